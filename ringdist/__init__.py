@@ -1,0 +1,43 @@
+"""ringdist: a pure-Python, socket-based ring transport for numpy arrays.
+
+    import ringdist as rd
+    g = rd.init()                       # the world group (rank 0 of 1 when not launched)
+    y = rd.all_gather(x)                # every rank's x, concatenated along axis 0
+
+Launch ranks with `ringdist-launch --hosts hosts.json script.py`. The API mirrors
+`mlx.core.distributed` with numpy arrays; see README.md for the whole table.
+"""
+
+from .bootstrap import init, is_available
+from .collectives import all_gather
+from .errors import (
+    AuthError,
+    ConfigError,
+    ConnectError,
+    GroupBrokenError,
+    MismatchError,
+    PeerLostError,
+    ProtocolError,
+    RingError,
+    RingTimeoutError,
+)
+from .group import Group
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "init",
+    "is_available",
+    "Group",
+    "all_gather",
+    "RingError",
+    "ConfigError",
+    "ConnectError",
+    "AuthError",
+    "ProtocolError",
+    "PeerLostError",
+    "RingTimeoutError",
+    "MismatchError",
+    "GroupBrokenError",
+    "__version__",
+]

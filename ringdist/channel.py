@@ -1,0 +1,159 @@
+"""One authenticated TCP connection to a peer, and blocking frame I/O with deadlines.
+
+A `Channel` owns its socket and a small staging buffer: bytes read ahead of the
+current frame (the next collective's header, say) wait there for the next reader.
+Large payloads bypass the buffer (`recv_into` straight into the output array).
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from typing import Any
+
+from . import wire
+from .errors import PeerLostError, ProtocolError, RingTimeoutError
+
+STAGE_SIZE = 256 * 1024
+
+
+def configure(sock: socket.socket) -> None:
+    """Socket options for a data connection: no Nagle delay, keepalive."""
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+
+
+def _remaining(deadline: float) -> float | None:
+    if deadline == float("inf"):
+        return None
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise socket.timeout("deadline passed")
+    return left
+
+
+def send_blocking(sock: socket.socket, data: bytes, deadline: float) -> None:
+    """sendall with an absolute deadline (socket.timeout when it passes)."""
+    view = memoryview(data)
+    while view:
+        sock.settimeout(_remaining(deadline))
+        sent = sock.send(view)
+        view = view[sent:]
+
+
+def recv_exact(sock: socket.socket, n: int, deadline: float) -> bytes:
+    """Exactly n bytes, or EOFError / socket.timeout."""
+    buf = bytearray(n)
+    view = memoryview(buf)
+    got = 0
+    while got < n:
+        sock.settimeout(_remaining(deadline))
+        k = sock.recv_into(view[got:])
+        if k == 0:
+            raise EOFError(f"connection closed after {got} of {n} bytes")
+        got += k
+    return bytes(buf)
+
+
+def recv_control(sock: socket.socket, deadline: float, expect: int | None = None) -> tuple[int, dict[str, Any], bytes]:
+    """One control frame: (kind, decoded map, raw body). ProtocolError on anything else."""
+    kind, length = wire.decode_prefix(recv_exact(sock, wire.PREFIX_SIZE, deadline))
+    if kind == wire.DATA:
+        raise ProtocolError("DATA frame where a control frame was expected")
+    body = recv_exact(sock, length, deadline)
+    fields = wire.decode_map(body)
+    if expect is not None and kind != expect:
+        if kind == wire.REJECT:
+            raise ProtocolError(f"refused by peer: {fields.get('reason', '?')}")
+        raise ProtocolError(f"expected a {wire.KIND_NAMES[expect]} frame, got {wire.KIND_NAMES[kind]}")
+    return kind, fields, body
+
+
+class Channel:
+    """An authenticated connection to `peer` (a rank of group `group`), in non-blocking mode."""
+
+    def __init__(self, sock: socket.socket, *, me: int, peer: int, group: str, role: str, lane: int = 0):
+        self.sock = sock
+        self.me = me
+        self.peer = peer
+        self.group = group
+        self.role = role  # "left", "right", "p2p-in", "p2p-out": how this rank uses it
+        self.lane = lane
+        try:
+            host, port = sock.getpeername()[:2]
+            self.address = f"{host}:{port}"
+        except OSError:
+            self.address = "?"
+        configure(sock)
+        sock.setblocking(False)
+        self.fd = sock.fileno()
+        self.stage = bytearray(STAGE_SIZE)
+        self.stage_view = memoryview(self.stage)
+        self.stage_start = 0  # first unread byte in stage
+        self.stage_end = 0  # one past the last byte read into stage
+        self.closed = False
+
+    def describe(self) -> str:
+        return f"rank {self.peer} ({self.address}, {self.role} link of group {self.group!r})"
+
+    def staged(self) -> int:
+        return self.stage_end - self.stage_start
+
+    def stage_room(self) -> int:
+        """Free bytes at the end of the staging buffer, compacting it first when that helps."""
+        if self.stage_start == self.stage_end:
+            self.stage_start = self.stage_end = 0
+        elif self.stage_start and STAGE_SIZE - self.stage_end < wire.MAX_CONTROL + wire.PREFIX_SIZE:
+            n = self.stage_end - self.stage_start
+            self.stage[:n] = self.stage[self.stage_start:self.stage_end]
+            self.stage_start, self.stage_end = 0, n
+        return STAGE_SIZE - self.stage_end
+
+    def fill_stage(self, limit: int = STAGE_SIZE) -> int:
+        """Read up to `limit` bytes the socket has into the staging buffer; 0 if none ready.
+
+        Raises PeerLostError on EOF or reset.
+        """
+        room = min(limit, self.stage_room())
+        if room <= 0:
+            return 0
+        try:
+            k = self.sock.recv_into(self.stage_view[self.stage_end:self.stage_end + room])
+        except BlockingIOError:
+            return 0
+        except OSError as exc:
+            raise self.lost(f"{type(exc).__name__}: {exc}") from None
+        if k == 0:
+            raise self.lost("connection closed by peer")
+        self.stage_end += k
+        return k
+
+    def lost(self, why: str, op: str = "") -> PeerLostError:
+        during = f" during {op}" if op else ""
+        return PeerLostError(f"rank {self.me}: lost {self.describe()}{during}: {why}")
+
+    def send_control_blocking(self, frame: bytes, timeout: float) -> None:
+        """Send a whole small frame, waiting at most `timeout` seconds (best effort helper)."""
+        import select
+
+        view = memoryview(frame)
+        deadline = time.monotonic() + timeout
+        poller = select.poll()
+        poller.register(self.fd, select.POLLOUT)
+        while view:
+            try:
+                view = view[self.sock.send(view):]
+                continue
+            except BlockingIOError:
+                pass
+            left = deadline - time.monotonic()
+            if left <= 0 or not poller.poll(left * 1000):
+                raise RingTimeoutError(f"rank {self.me}: could not send to {self.describe()} in {timeout:.1f} s")
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            try:
+                self.sock.close()
+            except OSError:
+                pass

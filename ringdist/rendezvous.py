@@ -1,0 +1,194 @@
+"""The rendezvous: where ranks register their addresses and learn everyone else's.
+
+`RendezvousServer` runs in the launcher (or, under a cluster scheduler, in rank 0).
+Each rank connects, passes the job's HMAC handshake, registers `(rank, addresses)`,
+and once all `world_size` ranks are in, receives the whole table. The connection
+then stays open as the rank's control connection: when the launcher goes away it
+closes, and the rank exits instead of lingering as an orphan.
+
+Messages are CONTROL frames (msgpack maps) with a "type":
+  rank -> server: register {rank, size, addresses, host, pid}; query {}
+  server -> rank: table {members: [{rank, addresses, host, pid}]}; missing {ranks, hosts}; error {message}
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import select
+import socket
+import threading
+import time
+from typing import Any
+
+from . import wire
+from .channel import recv_control, send_blocking
+from .errors import AuthError, ProtocolError
+from .handshake import server_handshake
+
+log = logging.getLogger("ringdist")
+
+RENDEZVOUS_GROUP = "rendezvous"
+
+
+def parse_address(text: str) -> tuple[str, int]:
+    """'host:port' or '[v6]:port' -> (host, port); ValueError when malformed."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{text!r} is not host:port")
+    return host.strip("[]"), int(port)
+
+
+def format_address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def encode(fields: dict[str, Any]) -> bytes:
+    return wire.encode_map(wire.CONTROL, fields)
+
+
+class RendezvousServer:
+    """Collects every rank's addresses and hands out the table; keeps control connections."""
+
+    def __init__(self, secret: str, world_size: int, host: str = "127.0.0.1", port: int = 0,
+                 rank_hosts: list[str] | None = None, handshake_timeout: float = 10.0):
+        self._secret = secret.encode()
+        self._job = wire.job_id(self._secret)
+        self.world_size = world_size
+        self.host = host
+        self.port = port
+        self.rank_hosts = rank_hosts
+        self.handshake_timeout = handshake_timeout
+        self.address = ""
+        self._members: dict[int, dict[str, Any]] = {}
+        self._conns: dict[int, socket.socket] = {}
+        self._send_locks: dict[int, threading.Lock] = {}
+        self._lock = threading.Lock()
+        self._complete = False
+        self._closed = False
+        self._listener: socket.socket | None = None
+        self._thread: threading.Thread | None = None
+        self._wake_r, self._wake_w = os.pipe()
+
+    def start(self) -> None:
+        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+        lsock = socket.socket(family, socket.SOCK_STREAM)
+        lsock.bind((self.host, self.port))
+        lsock.listen(max(128, self.world_size))
+        self._listener = lsock
+        self.address = format_address(self.host, lsock.getsockname()[1])
+        self._thread = threading.Thread(target=self._accept_loop, name="ringdist-rendezvous", daemon=True)
+        self._thread.start()
+
+    def missing(self) -> list[int]:
+        with self._lock:
+            return [r for r in range(self.world_size) if r not in self._members]
+
+    def _accept_loop(self) -> None:
+        assert self._listener is not None
+        poller = select.poll()
+        poller.register(self._wake_r, select.POLLIN)
+        poller.register(self._listener.fileno(), select.POLLIN)
+        while not self._closed:
+            for fd, _ in poller.poll():
+                if fd == self._wake_r:
+                    return
+                try:
+                    conn, addr = self._listener.accept()
+                except OSError:
+                    continue
+                threading.Thread(target=self._serve, args=(conn, addr), daemon=True,
+                                 name="ringdist-rendezvous-conn").start()
+
+    def _serve(self, conn: socket.socket, addr: tuple) -> None:
+        rank = None
+        try:
+            deadline = time.monotonic() + self.handshake_timeout
+            hello = server_handshake(conn, self._secret, self._job, deadline)
+            if hello["group"] != RENDEZVOUS_GROUP:
+                raise ProtocolError(f"connection for group {hello['group']!r} at the rendezvous")
+            _, msg, _ = recv_control(conn, deadline, expect=wire.CONTROL)
+            rank = self._register(conn, msg)
+            conn.settimeout(None)
+            while True:  # control connection: answer queries until the rank goes away
+                _, msg, _ = recv_control(conn, float("inf"), expect=wire.CONTROL)
+                if msg.get("type") == "query":
+                    self._send(rank, {"type": "missing", **self._missing_report()})
+        except (AuthError, ProtocolError) as exc:
+            log.warning("rendezvous: refused connection from %s: %s", addr[0], exc)
+        except (EOFError, OSError):
+            pass
+        finally:
+            with self._lock:
+                if rank is not None and self._conns.get(rank) is conn:
+                    del self._conns[rank]
+            conn.close()
+
+    def _missing_report(self) -> dict[str, Any]:
+        ranks = self.missing()
+        hosts = [self.rank_hosts[r] if self.rank_hosts and r < len(self.rank_hosts) else "?" for r in ranks]
+        return {"ranks": ranks, "hosts": hosts}
+
+    def _register(self, conn: socket.socket, msg: dict[str, Any]) -> int:
+        def refuse(message: str) -> ProtocolError:
+            try:
+                send_blocking(conn, encode({"type": "error", "message": message}), time.monotonic() + 2)
+            except OSError:
+                pass
+            return ProtocolError(message)
+
+        if msg.get("type") != "register":
+            raise refuse(f"expected a register message, got {msg.get('type')!r}")
+        rank, size = msg.get("rank"), msg.get("size")
+        if size != self.world_size:
+            raise refuse(f"rank {rank} says the world has {size} ranks; the launcher started {self.world_size}")
+        if not isinstance(rank, int) or not 0 <= rank < self.world_size:
+            raise refuse(f"rank {rank!r} is out of range for a world of {self.world_size}")
+        addresses = msg.get("addresses")
+        if not isinstance(addresses, list) or not addresses:
+            raise refuse(f"rank {rank} registered no addresses")
+        with self._lock:
+            if rank in self._members:
+                raise refuse(f"rank {rank} registered twice (second from pid {msg.get('pid')})")
+            self._members[rank] = {"rank": rank, "addresses": addresses, "host": msg.get("host", "?"),
+                                   "pid": msg.get("pid", 0)}
+            self._conns[rank] = conn
+            self._send_locks[rank] = threading.Lock()
+            done = len(self._members) == self.world_size
+            if done:
+                self._complete = True
+                table = {"type": "table", "members": [self._members[r] for r in range(self.world_size)]}
+        if done:
+            for r in range(self.world_size):
+                self._send(r, table)
+        return rank
+
+    def _send(self, rank: int, fields: dict[str, Any]) -> None:
+        conn = self._conns.get(rank)
+        if conn is None:
+            return
+        try:
+            with self._send_locks[rank]:
+                send_blocking(conn, encode(fields), time.monotonic() + 10)
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        """Stop serving and close every control connection (ranks still running then exit)."""
+        if self._closed:
+            return
+        self._closed = True
+        os.write(self._wake_w, b"x")
+        if self._thread is not None:
+            self._thread.join(timeout=2)
+        if self._listener is not None:
+            self._listener.close()
+        with self._lock:
+            conns = list(self._conns.values())
+        for conn in conns:
+            try:
+                conn.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        os.close(self._wake_w)
+        os.close(self._wake_r)

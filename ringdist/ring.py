@@ -1,0 +1,47 @@
+"""A group's ring: `lanes` authenticated connections to each ring neighbour.
+
+Rank r dials its right neighbour (r+1) and accepts from its left (r-1); with two
+ranks these are two distinct connections, so both directions of the ring exist
+whatever the size.
+"""
+
+from __future__ import annotations
+
+import time
+
+from .channel import Channel
+from .endpoint import Endpoint, InboxKey
+
+
+class RingLinks:
+    """The channels of one rank in one group's ring."""
+
+    def __init__(self, endpoint: Endpoint, group: str, rank: int, size: int,
+                 addresses: list[list[tuple[str, int]]], lanes: int, timeout: float):
+        self.group = group
+        self.rank = rank
+        self.size = size
+        self.right: list[Channel] = []
+        self.left: list[Channel] = []
+        right, left = (rank + 1) % size, (rank - 1) % size
+        deadline = time.monotonic() + timeout
+        try:
+            for lane in range(lanes):
+                sock = endpoint.connect(addresses[right], InboxKey(group, rank, "ring", lane), deadline,
+                                        f"rank {right} of group {group!r}")
+                self.right.append(Channel(sock, me=rank, peer=right, group=group, role="right", lane=lane))
+            for lane in range(lanes):
+                sock = endpoint.take(InboxKey(group, left, "ring", lane), deadline,
+                                     f"ring of group {group!r}: waiting for rank {left} to connect (lane {lane})")
+                self.left.append(Channel(sock, me=rank, peer=left, group=group, role="left", lane=lane))
+        except BaseException:
+            self.close()
+            raise
+
+    @property
+    def channels(self) -> list[Channel]:
+        return self.right + self.left
+
+    def close(self) -> None:
+        for ch in self.channels:
+            ch.close()

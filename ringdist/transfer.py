@@ -1,0 +1,395 @@
+"""The data path: streams of frames over non-blocking channels, driven by one poll loop.
+
+A collective is a set of `Inflow`s (bytes expected from a peer, received with
+`recv_into` straight into their destination) and `Outflow`s (bytes to a peer, sent
+with `sendmsg` from memoryviews of the source). An outflow may relay an inflow: it
+sends a byte as soon as its `source` has it, which is how a ring forwards a chunk
+before its whole block has arrived. Every stream starts with the collective's
+HEADER frame, checked by the receiver. The loop blocks in `poll` (no spinning) and
+its timeout is progress-based: it resets whenever a byte moves.
+"""
+
+from __future__ import annotations
+
+import select
+import time
+from typing import Any, Callable
+
+from . import errors, wire
+from .channel import STAGE_SIZE, Channel
+from .errors import MismatchError, PeerLostError, ProtocolError, RingError, RingTimeoutError
+
+MIN_FRAME = 64 * 1024  # do not cut frames smaller than this unless a segment ends
+MAX_FRAME = 4 * 1024 * 1024  # largest DATA frame a sender makes
+DIRECT_MIN = 64 * 1024  # below this many bytes left, payload goes through the staging buffer
+SMALL_REST = 64 * 1024  # with this little left to receive, read ahead freely into the stage
+
+POLLIN = select.POLLIN | select.POLLPRI
+POLLOUT = select.POLLOUT
+POLLERR = select.POLLERR | select.POLLHUP | select.POLLNVAL
+
+
+def raise_remote(fields: dict[str, Any], ch: Channel, op: str) -> None:
+    """Turn a received ABORT frame into the exception it carries."""
+    name = fields.get("error")
+    cls = getattr(errors, name, None) if isinstance(name, str) else None
+    if not (isinstance(cls, type) and issubclass(cls, RingError)):
+        cls = RingError
+    message = fields.get("message")
+    if not isinstance(message, str):
+        message = "(no message)"
+    raise cls(f"rank {ch.me}: {op} aborted, reported by rank {ch.peer}: {message}")
+
+
+class Segments:
+    """A stream's byte layout: a list of byte memoryviews, walked in order."""
+
+    __slots__ = ("views", "total", "index", "pos")
+
+    def __init__(self, views: list[memoryview]):
+        self.views = [v for v in views if len(v)]
+        self.total = sum(len(v) for v in self.views)
+        self.index = 0
+        self.pos = 0
+
+    def current(self, limit: int) -> memoryview:
+        view = self.views[self.index]
+        return view[self.pos:self.pos + limit]
+
+    def advance(self, n: int) -> None:
+        self.pos += n
+        if self.pos == len(self.views[self.index]):
+            self.index += 1
+            self.pos = 0
+
+    def left_in_segment(self) -> int:
+        return len(self.views[self.index]) - self.pos
+
+
+class Inflow:
+    """Bytes from `ch` into `segments`, after a HEADER equal to `expect` (or passing `check`)."""
+
+    def __init__(self, ch: Channel, segments: Segments, expect: dict[str, Any],
+                 check: Callable[[dict[str, Any], dict[str, Any], Channel], None] | None = None):
+        self.ch = ch
+        self.seg = segments
+        self.total = segments.total
+        self.expect = expect
+        self.check = check or check_same
+        self.need_header = True
+        self.received = 0
+        self.frame_left = 0
+        self.done = False
+
+    @property
+    def ready(self) -> int:
+        """Bytes of the stream that are in place (what a relaying outflow may forward)."""
+        return self.received
+
+    def on_readable(self) -> int:
+        """Receive what the socket has; return bytes read (progress)."""
+        ch = self.ch
+        if self.frame_left >= DIRECT_MIN and not ch.staged():
+            return self._direct()
+        if self.need_header or self.total - self.received <= SMALL_REST:
+            limit = STAGE_SIZE  # small: one recv takes header and payload
+        elif self.frame_left:
+            limit = self.frame_left + wire.PREFIX_SIZE  # the end of this frame and the next prefix
+        else:
+            limit = wire.PREFIX_SIZE - ch.staged()  # the prefix alone: the payload goes direct
+        k = ch.fill_stage(limit)
+        self._consume_stage()
+        return k
+
+    def consume_staged(self) -> None:
+        """Take bytes read ahead (during the previous collective) before polling the socket."""
+        if self.ch.staged():
+            self._consume_stage()
+
+    def _direct(self) -> int:
+        dest = self.seg.current(self.frame_left)
+        try:
+            k = self.ch.sock.recv_into(dest)
+        except BlockingIOError:
+            return 0
+        except OSError as exc:
+            raise self.ch.lost(f"{type(exc).__name__}: {exc}", self.expect["op"]) from None
+        if k == 0:
+            raise self.ch.lost("connection closed by peer", self.expect["op"])
+        self._advance(k)
+        return k
+
+    def _advance(self, n: int) -> None:
+        self.seg.advance(n)
+        self.frame_left -= n
+        self.received += n
+        if self.received == self.total and not self.need_header:
+            self.done = True
+
+    def _consume_stage(self) -> None:
+        ch = self.ch
+        stage = ch.stage_view
+        while not self.done and ch.staged():
+            if self.frame_left:
+                n = min(ch.staged(), self.frame_left, self.seg.left_in_segment())
+                start = ch.stage_start
+                self.seg.current(n)[:] = stage[start:start + n]
+                ch.stage_start += n
+                self._advance(n)
+                continue
+            if ch.staged() < wire.PREFIX_SIZE:
+                return
+            start = ch.stage_start
+            kind, length = wire.decode_prefix(stage[start:start + wire.PREFIX_SIZE])
+            if kind == wire.DATA:
+                if self.need_header:
+                    raise ProtocolError(f"rank {ch.me}: DATA before HEADER from {ch.describe()}")
+                rest = self.total - self.received
+                if length == 0 or length > rest:
+                    raise ProtocolError(
+                        f"rank {ch.me}: {ch.describe()} sent a DATA frame of {length} bytes "
+                        f"where {rest} remain in {self.expect['op']}")
+                ch.stage_start += wire.PREFIX_SIZE
+                self.frame_left = length
+                continue
+            if ch.staged() < wire.PREFIX_SIZE + length:
+                return
+            body = stage[start + wire.PREFIX_SIZE:start + wire.PREFIX_SIZE + length]
+            fields = wire.decode_map(body)
+            ch.stage_start += wire.PREFIX_SIZE + length
+            if kind == wire.ABORT:
+                raise_remote(fields, ch, self.expect["op"])
+            if kind != wire.HEADER or not self.need_header:
+                raise ProtocolError(f"rank {ch.me}: unexpected {wire.KIND_NAMES[kind]} frame from {ch.describe()}")
+            self.check(self.expect, wire.check_header(fields), ch)
+            self.need_header = False
+            if self.received == self.total:
+                self.done = True
+
+
+def check_same(mine: dict[str, Any], theirs: dict[str, Any], ch: Channel) -> None:
+    """The default header check: both sides called the same op with the same arguments."""
+    if mine != theirs:
+        raise MismatchError(
+            f"rank {ch.me} called {wire.describe_header(mine)} but rank {ch.peer} called "
+            f"{wire.describe_header(theirs)} (group {ch.group!r})")
+
+
+class Outflow:
+    """HEADER then bytes of `segments` to `ch`; with a `source`, only what the source has ready.
+
+    `head` bytes at the front of the stream are available from the start (this rank's
+    own block); byte `head + k` becomes available when `source.ready > k`.
+    """
+
+    def __init__(self, ch: Channel, header: dict[str, Any], segments: Segments,
+                 source: Inflow | None = None, head: int | None = None):
+        self.ch = ch
+        self.header = header
+        self.seg = segments
+        self.total = segments.total
+        self.source = source
+        self.head = self.total if head is None else head
+        self.framed = 0  # payload bytes already cut into frames
+        self.prefix = bytearray(wire.PREFIX_SIZE)
+        self.pending: list[memoryview] = [memoryview(wire.encode_map(wire.HEADER, header))]
+        self.data_pending = False  # a DATA frame (using self.prefix) is in pending
+        self.blocked = False
+        self.done = False
+
+    def _available(self) -> int:
+        if self.source is None:
+            return self.total
+        return min(self.total, self.head + self.source.ready)
+
+    def _next_frame(self) -> None:
+        avail = self._available() - self.framed
+        if avail <= 0:
+            return
+        n = min(avail, self.seg.left_in_segment(), MAX_FRAME)
+        if n < MIN_FRAME and n < self.seg.left_in_segment():
+            return  # wait for a worthwhile chunk
+        wire.pack_prefix_into(self.prefix, wire.DATA, n)
+        self.pending.append(memoryview(self.prefix))
+        self.pending.append(self.seg.current(n))
+        self.seg.advance(n)
+        self.framed += n
+        self.data_pending = True
+
+    def _consume(self, sent: int) -> None:
+        pending = self.pending
+        while sent:
+            first = pending[0]
+            if sent >= len(first):
+                sent -= len(first)
+                pending.pop(0)
+            else:
+                pending[0] = first[sent:]
+                sent = 0
+        if not pending:
+            self.data_pending = False
+
+    def pump(self) -> int:
+        """Send as much as the socket takes without blocking; return bytes sent."""
+        moved = 0
+        while True:
+            if not self.data_pending and self.framed < self.total:
+                self._next_frame()  # a pending header rides along with the first chunk
+            if not self.pending:
+                self.done = self.framed == self.total
+                return moved
+            try:
+                sent = self.ch.sock.sendmsg(self.pending)
+            except BlockingIOError:
+                self.blocked = True
+                return moved
+            except OSError as exc:
+                raise self.ch.lost(f"{type(exc).__name__}: {exc}", self.header["op"]) from None
+            moved += sent
+            self._consume(sent)
+            if self.pending:
+                self.blocked = True
+                return moved
+
+    def finish_frame(self, timeout: float) -> None:
+        """Complete a partly sent frame (so an ABORT can follow at a frame boundary)."""
+        deadline = time.monotonic() + timeout
+        poller = select.poll()
+        poller.register(self.ch.fd, POLLOUT)
+        while self.pending:
+            try:
+                self._consume(self.ch.sock.sendmsg(self.pending))
+            except BlockingIOError:
+                pass
+            left = deadline - time.monotonic()
+            if self.pending and (left <= 0 or not poller.poll(left * 1000)):
+                raise RingTimeoutError("could not finish frame")
+
+
+class Watch:
+    """Watches a channel that has no inflow in this collective, for an ABORT or a closed peer.
+
+    It only peeks: bytes it reads stay staged for the channel's next reader.
+    """
+
+    def __init__(self, ch: Channel, op: str):
+        self.ch = ch
+        self.op = op
+        self.done = False  # nothing more to learn: stop polling this channel
+
+    def on_readable(self) -> int:
+        ch = self.ch
+        try:
+            k = ch.fill_stage()
+        except PeerLostError:
+            # The peer closed: not an error by itself (it may have finished this collective);
+            # a flow that still needs it fails on its own.
+            self.done = True
+            return 0
+        if k == 0 and not ch.stage_room():
+            self.done = True
+            return 0
+        stage, pos, end = ch.stage_view, ch.stage_start, ch.stage_end
+        while end - pos >= wire.PREFIX_SIZE:
+            kind, length = wire.decode_prefix(stage[pos:pos + wire.PREFIX_SIZE])
+            if end - pos - wire.PREFIX_SIZE < length:
+                break
+            if kind == wire.ABORT:
+                raise_remote(wire.decode_map(stage[pos + wire.PREFIX_SIZE:pos + wire.PREFIX_SIZE + length]),
+                             ch, self.op)
+            pos += wire.PREFIX_SIZE + length
+        return 0  # bytes of a later collective are not progress of this one
+
+
+def run(inflows: list[Inflow], outflows: list[Outflow], watched: list[Channel], *,
+        timeout: float, op: str, me: int) -> None:
+    """Drive every flow to completion, or raise (RingTimeoutError after `timeout` s without progress)."""
+    by_fd: dict[int, list[Any]] = {}
+    for flow in inflows:
+        by_fd.setdefault(flow.ch.fd, [None, None])[0] = flow
+    for flow in outflows:
+        by_fd.setdefault(flow.ch.fd, [None, None])[1] = flow
+    watched_fds = {ch.fd for ch in watched}
+    for ch in watched:
+        if ch.fd not in by_fd:
+            by_fd[ch.fd] = [Watch(ch, op), None]
+        elif by_fd[ch.fd][0] is None:
+            by_fd[ch.fd][0] = Watch(ch, op)
+
+    for flow in outflows:
+        flow.pump()
+    for flow in inflows:
+        flow.consume_staged()
+    poller = select.poll()
+    masks: dict[int, int] = {}
+    last_progress = time.monotonic()
+    while True:
+        busy = False
+        for fd, pair in by_fd.items():
+            reader, writer = pair
+            if reader is not None and reader.done and fd in watched_fds and not isinstance(reader, Watch):
+                pair[0] = reader = Watch(reader.ch, op)  # keep listening for an ABORT
+            mask = 0
+            if reader is not None and not reader.done:
+                mask |= POLLIN
+                busy |= not isinstance(reader, Watch)
+            if writer is not None and not writer.done:
+                busy = True
+                if writer.blocked:
+                    mask |= POLLOUT
+            if masks.get(fd) != mask:
+                if mask:
+                    poller.register(fd, mask)
+                elif fd in masks:
+                    poller.unregister(fd)
+                masks[fd] = mask
+        if not busy:
+            return
+        wait = last_progress + timeout - time.monotonic()
+        events = poller.poll(max(0.0, wait) * 1000) if wait > 0 else []
+        if not events:
+            raise RingTimeoutError(_stall_message(inflows, outflows, op, me, timeout))
+        moved = 0
+        for fd, ev in events:
+            reader, writer = by_fd[fd]
+            if ev & (POLLIN | POLLERR) and reader is not None and not reader.done:
+                moved += reader.on_readable()
+            if ev & (POLLOUT | POLLERR) and writer is not None and not writer.done:
+                writer.blocked = False
+                moved += writer.pump()
+        for flow in outflows:
+            if not flow.done and not flow.blocked:
+                moved += flow.pump()
+        if moved:
+            last_progress = time.monotonic()
+
+
+def _stall_message(inflows: list[Inflow], outflows: list[Outflow], op: str, me: int, timeout: float) -> str:
+    waits = [f"receiving from {f.ch.describe()} ({f.received} of {f.total} bytes; staged {f.ch.staged()} frame_left {f.frame_left} hdr {f.need_header})"
+             for f in inflows if not f.done]
+    waits += [f"sending to {f.ch.describe()} ({f.framed} of {f.total} bytes framed)"
+              for f in outflows if not f.done and f.blocked]
+    detail = "; ".join(waits) or "waiting"
+    return f"rank {me}: {op} made no progress for {timeout:g} s: {detail}"
+
+
+def abort(outflows: list[Outflow], channels: list[Channel], exc: BaseException, timeout: float = 1.0) -> None:
+    """Tell every peer on `channels` that this collective failed (best effort, bounded)."""
+    frame = wire.encode_map(wire.ABORT, {"error": type(exc).__name__, "message": str(exc)[:4000]})
+    finished = set()
+    for flow in outflows:
+        try:
+            flow.finish_frame(timeout)
+            finished.add(flow.ch.fd)
+        except (OSError, RingError):
+            continue
+    for ch in channels:
+        if ch.closed:
+            continue
+        owned = any(flow.ch is ch for flow in outflows)
+        if owned and ch.fd not in finished:
+            continue  # mid-frame: an ABORT now would corrupt the stream
+        try:
+            ch.send_control_blocking(frame, timeout)
+        except (OSError, RingError):
+            pass
