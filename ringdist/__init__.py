@@ -9,7 +9,7 @@ Launch ranks with `ringdist-launch --hosts hosts.json script.py`. The API mirror
 """
 
 from .bootstrap import init, is_available
-from .collectives import all_gather
+from .collectives import all_gather, all_max, all_min, all_prod, all_sum, barrier, broadcast, sum_scatter
 from .errors import (
     AuthError,
     ConfigError,
@@ -22,6 +22,7 @@ from .errors import (
     RingTimeoutError,
 )
 from .group import Group
+from .p2p import recv, recv_like, send
 
 __version__ = "0.1.0"
 
@@ -30,6 +31,16 @@ __all__ = [
     "is_available",
     "Group",
     "all_gather",
+    "all_sum",
+    "all_max",
+    "all_min",
+    "all_prod",
+    "sum_scatter",
+    "broadcast",
+    "barrier",
+    "send",
+    "recv",
+    "recv_like",
     "RingError",
     "ConfigError",
     "ConnectError",

@@ -1,4 +1,10 @@
-"""Collective operations on numpy arrays, written against a group's ring of channels."""
+"""Collective operations on numpy arrays, written against a group's ring of channels.
+
+Each function checks its arguments, lays the input and output out as byte streams
+(`schedule` says which block goes where), and hands the flows to `Group.run`. Array
+data is copied at most once into the output (gathers) or read straight from the
+input (reductions); received bytes land with `recv_into` where they belong.
+"""
 
 from __future__ import annotations
 
@@ -6,10 +12,9 @@ from typing import Any
 
 import numpy as np
 
+from . import schedule
 from .group import Group
-from .transfer import Inflow, Outflow, Segments
-
-BIDIRECTIONAL_MIN = 256 * 1024  # blocks at least this large travel half clockwise, half counter-clockwise
+from .transfer import Inflow, Outflow, ReducingInflow, Segments
 
 
 def _group(group: Group | None) -> Group:
@@ -22,71 +27,73 @@ def _group(group: Group | None) -> Group:
     return group
 
 
-def _as_input(x: Any) -> np.ndarray:
+def as_array(x: Any) -> np.ndarray:
+    """`x` as an array of a dtype ringdist can send: any dtype with a fixed item size."""
     arr = np.asarray(x)
     if arr.dtype.hasobject:
         raise TypeError("ringdist sends raw array bytes; object arrays are not supported")
     if arr.dtype.itemsize == 0:
         raise TypeError(f"dtype {arr.dtype} has no fixed item size")
+    return arr
+
+
+def as_rows(x: Any) -> np.ndarray:
+    """The input of a gather: a 0-d array counts as shape (1,)."""
+    arr = as_array(x)
     return arr.reshape(1) if arr.ndim == 0 else arr
 
 
-def _bytes(arr: np.ndarray) -> memoryview:
+def byte_view(arr: np.ndarray) -> memoryview:
     """A flat byte view of a C-contiguous array (no copy)."""
     return memoryview(arr.reshape(-1).view(np.uint8))
 
 
-def _pieces(nbytes: int, lanes: int) -> list[tuple[int, int, int, int]]:
-    """How a block is cut: (direction, lane, lo, hi) with direction +1 clockwise, -1 counter-clockwise."""
-    if nbytes < BIDIRECTIONAL_MIN:
-        return [(1, 0, 0, nbytes)]
-    pieces = []
-    half = nbytes // 2
-    for direction, lo, hi in ((1, 0, half), (-1, half, nbytes)):
-        step = (hi - lo) // lanes
-        for lane in range(lanes):
-            end = hi if lane == lanes - 1 else lo + (lane + 1) * step
-            pieces.append((direction, lane, lo + lane * step, end))
-    return pieces
-
-
-def ring_gather_flows(group: Group, out: memoryview, block: int, header: dict[str, Any]
-                      ) -> tuple[list[Inflow], list[Outflow]]:
-    """Flows of a ring all-gather into `out` (N blocks of `block` bytes, this rank's already in place).
-
-    In direction d, rank r sends blocks r, r-d, ..., r-(N-2)d and receives r-d, ..., r-(N-1)d,
-    forwarding each received byte as soon as it lands.
-    """
+def _streams(group: Group, bounds: list[tuple[int, int]]):
+    """(direction, lane, piece index, piece count) of every stream for blocks with these byte bounds."""
     ring = group.ring
     assert ring is not None
+    largest = max(hi - lo for lo, hi in bounds)
+    chosen = schedule.streams(largest, len(ring.right))
+    for index, (direction, lane) in enumerate(chosen):
+        send_ch, recv_ch = ((ring.right[lane], ring.left[lane]) if direction == 1
+                            else (ring.left[lane], ring.right[lane]))
+        yield direction, send_ch, recv_ch, index, len(chosen)
+
+
+def gather_flows(group: Group, out: memoryview, bounds: list[tuple[int, int]], op: str,
+                 header: dict[str, Any] | None, unit: int = 1) -> tuple[list[Inflow], list[Outflow]]:
+    """Flows of a ring all-gather into `out`, block i at byte range bounds[i]; own block in place.
+
+    Each received byte is forwarded as soon as it lands. `unit` keeps pieces whole elements.
+    """
     n, r = group.size(), group.rank()
     inflows, outflows = [], []
-    for direction, lane, lo, hi in _pieces(block, len(ring.right)):
-        def piece(i: int, lo: int = lo, hi: int = hi) -> memoryview:
-            return out[i * block + lo:i * block + hi]
+    for direction, send_ch, recv_ch, index, parts in _streams(group, bounds):
+        def piece(i: int) -> memoryview:
+            lo, hi = bounds[i]
+            a, b = schedule.piece_bounds(lo // unit, hi // unit, parts, index)
+            return out[a * unit:b * unit]
 
-        send_ch, recv_ch = (ring.right[lane], ring.left[lane]) if direction == 1 else (ring.left[lane], ring.right[lane])
-        inflow = Inflow(recv_ch, Segments([piece((r - (s + 1) * direction) % n) for s in range(n - 1)]), header)
-        outflow = Outflow(send_ch, header, Segments([piece((r - s * direction) % n) for s in range(n - 1)]),
-                          source=inflow, head=hi - lo)
+        send, recv = schedule.gather_order(r, n, direction)
+        inflow = Inflow(recv_ch, Segments([piece(i) for i in recv]), op, header)
+        outflow = Outflow(send_ch, Segments([piece(i) for i in send]), op, header,
+                          source=inflow, head=len(piece(r)))
         inflows.append(inflow)
         outflows.append(outflow)
     return inflows, outflows
 
 
 def gather_rows(x: Any, *, group: Group | None = None, op: str = "all_gather") -> np.ndarray:
-    """all_gather under another op name (so split's exchange cannot pair with a user's all_gather)."""
+    """all_gather under a given op name (split's exchange cannot pair with a user's all_gather)."""
     g = _group(group)
-    arr = _as_input(x)
+    arr = as_rows(x)
     rows = arr.shape[0]
     out = np.empty((g.size() * rows,) + arr.shape[1:], dtype=arr.dtype)
     np.copyto(out[g.rank() * rows:(g.rank() + 1) * rows], arr)
-    if g.size() == 1:
-        g.next_header(op, arr)
-        return out
     header = g.next_header(op, arr)
-    inflows, outflows = ring_gather_flows(g, _bytes(out), arr.nbytes, header)
-    g.run(op, inflows, outflows)
+    if g.size() > 1:
+        bounds = [(i * arr.nbytes, (i + 1) * arr.nbytes) for i in range(g.size())]
+        g.run(op, *gather_flows(g, byte_view(out), bounds, op, header))
     return out
 
 
@@ -96,3 +103,153 @@ def all_gather(x: Any, *, group: Group | None = None) -> np.ndarray:
     All ranks must pass the same shape and dtype; otherwise every rank raises MismatchError.
     """
     return gather_rows(x, group=group, op="all_gather")
+
+
+# ---- reductions ------------------------------------------------------------------------------
+
+
+def _reduce_flows(g: Group, own: np.ndarray, dest: np.ndarray, bounds: list[tuple[int, int]],
+                  ufunc: Any, op: str, header: dict[str, Any]) -> tuple[list[Inflow], list[Outflow]]:
+    """Ring reduce-scatter of flat `own` (element bounds per block) leaving block r reduced in `dest`.
+
+    Partial sums travel in scratch buffers; a partial is forwarded as soon as it is reduced.
+    """
+    n, r = g.size(), g.rank()
+    itemsize = own.itemsize
+    inflows, outflows = [], []
+    byte_bounds = [(lo * itemsize, hi * itemsize) for lo, hi in bounds]
+    for direction, send_ch, recv_ch, index, parts in _streams(g, byte_bounds):
+        def piece(i: int) -> slice:
+            a, b = schedule.piece_bounds(bounds[i][0], bounds[i][1], parts, index)
+            return slice(a, b)
+
+        send, recv = schedule.reduce_scatter_order(r, n, direction)
+        accs = [np.empty(piece(i).stop - piece(i).start, dtype=own.dtype) for i in recv[:-1]]
+        mine = piece(r)
+        accs.append(dest[mine.start - bounds[r][0]:mine.stop - bounds[r][0]])
+        inflow = ReducingInflow(recv_ch, [(acc, own[piece(i)]) for acc, i in zip(accs, recv)],
+                                ufunc, op, header)
+        first = own[piece(send[0])]
+        out_views = [byte_view(first)] + [byte_view(acc) for acc in accs[:-1]]
+        outflows.append(Outflow(send_ch, Segments(out_views), op, header, source=inflow, head=first.nbytes))
+        inflows.append(inflow)
+    return inflows, outflows
+
+
+_REDUCERS = {"all_sum": np.add, "all_max": np.maximum, "all_min": np.minimum, "all_prod": np.multiply}
+
+
+def _check_reducible(arr: np.ndarray, op: str) -> None:
+    probe = np.zeros(1, dtype=arr.dtype)
+    try:
+        _REDUCERS[op](probe, probe, out=probe)
+    except TypeError:
+        raise TypeError(f"{op}: numpy cannot reduce dtype {arr.dtype} with {_REDUCERS[op].__name__}") from None
+
+
+def _all_reduce(x: Any, group: Group | None, op: str) -> np.ndarray:
+    g = _group(group)
+    arr = as_array(x)
+    _check_reducible(arr, op)
+    header = g.next_header(op, arr)
+    out = np.array(arr, order="C", copy=True)  # the result; also this rank's contribution when N == 1
+    if g.size() == 1:
+        return out
+    own = np.ascontiguousarray(arr).reshape(-1)
+    flat = out.reshape(-1)
+    n, r = g.size(), g.rank()
+    bounds = schedule.block_bounds(flat.size, n)
+    lo, hi = bounds[r]
+    inflows, outflows = _reduce_flows(g, own, flat[lo:hi], bounds, _REDUCERS[op], op, header)
+    g.run(op, inflows, outflows)
+    itemsize = arr.itemsize
+    byte_bounds = [(a * itemsize, b * itemsize) for a, b in bounds]
+    g.run(op, *gather_flows(g, byte_view(out), byte_bounds, op, None, unit=itemsize))
+    return out
+
+
+def all_sum(x: Any, *, group: Group | None = None) -> np.ndarray:
+    """Element-wise sum over the group; every rank gets a bitwise-identical result (bool: logical or)."""
+    return _all_reduce(x, group, "all_sum")
+
+
+def all_max(x: Any, *, group: Group | None = None) -> np.ndarray:
+    """Element-wise maximum over the group."""
+    return _all_reduce(x, group, "all_max")
+
+
+def all_min(x: Any, *, group: Group | None = None) -> np.ndarray:
+    """Element-wise minimum over the group."""
+    return _all_reduce(x, group, "all_min")
+
+
+def all_prod(x: Any, *, group: Group | None = None) -> np.ndarray:
+    """Element-wise product over the group."""
+    return _all_reduce(x, group, "all_prod")
+
+
+def sum_scatter(x: Any, *, group: Group | None = None) -> np.ndarray:
+    """Reduce-scatter: rank r gets rows [r*c, (r+1)*c) of all_sum(x), c = x.shape[0] // N."""
+    g = _group(group)
+    arr = as_rows(x)
+    _check_reducible(arr, "all_sum")
+    n, r = g.size(), g.rank()
+    if arr.shape[0] % n:
+        raise ValueError(f"sum_scatter: x.shape[0] = {arr.shape[0]} is not divisible by the group size {n}")
+    header = g.next_header("sum_scatter", arr)
+    c = arr.shape[0] // n
+    if n == 1:
+        return np.array(arr, order="C", copy=True)
+    out = np.empty((c,) + arr.shape[1:], dtype=arr.dtype)
+    own = np.ascontiguousarray(arr).reshape(-1)
+    per_rank = out.size
+    bounds = [(i * per_rank, (i + 1) * per_rank) for i in range(n)]
+    g.run("sum_scatter", *_reduce_flows(g, own, out.reshape(-1), bounds, np.add, "sum_scatter", header))
+    return out
+
+
+# ---- broadcast and barrier -------------------------------------------------------------------
+
+
+def broadcast(x: Any, root: int = 0, *, group: Group | None = None) -> np.ndarray:
+    """Root's `x` on every rank. Every rank passes an array of the root's shape and dtype.
+
+    A pipelined chain from the root; large arrays go half each way round the ring.
+    """
+    g = _group(group)
+    arr = as_array(x)
+    n, r = g.size(), g.rank()
+    if isinstance(root, bool) or not isinstance(root, (int, np.integer)) or not 0 <= root < n:
+        raise ValueError(f"broadcast: root {root!r} is not a rank of a group of size {n}")
+    root = int(root)
+    header = g.next_header("broadcast", arr, root=root)
+    out = np.array(arr, order="C", copy=True) if r == root else np.empty(arr.shape, dtype=arr.dtype)
+    if n == 1:
+        return out
+    ring = g.ring
+    assert ring is not None
+    data = byte_view(out)
+    total = len(data)
+    chosen = schedule.streams(total, len(ring.right))
+    inflows, outflows = [], []
+    for index, (direction, lane) in enumerate(chosen):
+        a, b = schedule.piece_bounds(0, total // arr.itemsize, len(chosen), index)
+        part = data[a * arr.itemsize:b * arr.itemsize]
+        upstream, downstream = schedule.chain_order(r, n, root, direction)
+        to_right = direction == 1
+        inflow = None
+        if upstream is not None:
+            inflow = Inflow((ring.left if to_right else ring.right)[lane], Segments([part]), "broadcast", header)
+            inflows.append(inflow)
+        if downstream is not None:
+            outflows.append(Outflow((ring.right if to_right else ring.left)[lane], Segments([part]),
+                                    "broadcast", header, source=inflow, head=0 if inflow else None))
+    g.run("broadcast", inflows, outflows)
+    return out
+
+
+def barrier(*, group: Group | None = None) -> None:
+    """Return only after every rank of the group has entered the barrier."""
+    g = _group(group)
+    # One byte per rank around the whole ring: a rank leaves only once it has every rank's byte.
+    gather_rows(np.zeros(1, dtype=np.uint8), group=g, op="barrier")

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import numbers
 import threading
+import time
 import weakref
 from typing import Any
 
 import numpy as np
 
 from . import transfer, wire
-from .endpoint import Endpoint
+from .channel import Channel
+from .endpoint import Endpoint, InboxKey
 from .errors import GroupBrokenError, RingError
 from .ring import RingLinks
 from .settings import Settings
@@ -41,6 +43,8 @@ class Group:
         self._closed = False
         self._lock = threading.Lock()
         self.ring: RingLinks | None = None
+        self._p2p_out: dict[int, list] = {}  # peer -> [Channel, messages sent]
+        self._p2p_in: dict[int, list] = {}  # peer -> [Channel, messages received]
         if size > 1:
             assert endpoint is not None
             self.ring = RingLinks(endpoint, gid, rank, size, addresses, settings.lanes,
@@ -98,27 +102,70 @@ class Group:
 
     def next_header(self, op: str, arr: np.ndarray, **extra: Any) -> dict[str, Any]:
         """Check the group is usable and make the header of this rank's next collective."""
+        self.check_usable(op)
+        seq = self._seq
+        self._seq += 1
+        dtype = arr.dtype.str if arr.dtype.fields is None else str(arr.dtype.descr)
+        return wire.make_header(op, seq, dtype, arr.shape, **extra)
+
+    def check_usable(self, op: str) -> None:
+        """Refuse work on a closed group, or one whose earlier operation failed."""
         if self._closed:
             raise RingError(f"rank {self._rank}: group {self.gid!r} is closed")
         if self._broken:
             raise GroupBrokenError(
                 f"rank {self._rank}: group {self.gid!r} cannot run {op}: an earlier collective failed "
                 f"({self._broken}); its ranks are no longer in step")
-        seq = self._seq
-        self._seq += 1
-        dtype = arr.dtype.str if arr.dtype.fields is None else str(arr.dtype.descr)
-        return wire.make_header(op, seq, dtype, arr.shape, **extra)
 
-    def run(self, op: str, inflows: list[transfer.Inflow], outflows: list[transfer.Outflow]) -> None:
-        """Drive a collective's flows; on any failure tell the neighbours and mark the group broken."""
-        assert self.ring is not None
+    def run(self, op: str, inflows: list[transfer.Inflow], outflows: list[transfer.Outflow],
+            channels: list[Channel] | None = None) -> None:
+        """Drive an operation's flows; on any failure tell the peers and mark the group broken.
+
+        `channels` are the connections to watch for an ABORT (default: the ring's).
+        """
+        if channels is None:
+            assert self.ring is not None
+            channels = self.ring.channels
         try:
-            transfer.run(inflows, outflows, self.ring.channels, timeout=self.settings.timeout,
-                         op=op, me=self._rank)
+            transfer.run(inflows, outflows, channels, timeout=self.settings.timeout, op=op, me=self._rank)
         except BaseException as exc:
             self._broken = f"{op}: {type(exc).__name__}: {exc}"
-            transfer.abort(outflows, self.ring.channels, exc)
+            transfer.abort(outflows, channels, exc)
             raise
+
+    # ---- point-to-point connections ----------------------------------------------------------
+
+    def check_peer(self, peer: Any, op: str, role: str) -> int:
+        """Validate a send/recv peer rank; ValueError as numpy-style argument errors are."""
+        if self._size == 1:
+            raise ValueError(f"{op}: a group of size 1 has no other rank to {op} with")
+        if isinstance(peer, bool) or not isinstance(peer, numbers.Integral):
+            raise TypeError(f"{op}: {role} must be an integer rank, got {type(peer).__name__}")
+        peer = int(peer)
+        if not 0 <= peer < self._size:
+            raise ValueError(f"{op}: {role}={peer} is not a rank of group {self.gid!r} (size {self._size})")
+        if peer == self._rank:
+            raise ValueError(f"{op}: {role}={peer} is this rank itself")
+        return peer
+
+    def p2p_channel(self, peer: int, outgoing: bool) -> tuple[Channel, int]:
+        """The direct connection for messages to (or from) `peer`, opened on first use; and its
+        message number (the k-th message between the pair in that direction)."""
+        table = self._p2p_out if outgoing else self._p2p_in
+        if peer not in table:
+            assert self._endpoint is not None
+            deadline = time.monotonic() + (self.settings.connect_timeout if outgoing else self.settings.timeout)
+            if outgoing:
+                sock = self._endpoint.connect(self._addresses[peer], InboxKey(self.gid, self._rank, "p2p", 0),
+                                              deadline, f"rank {peer} of group {self.gid!r}")
+            else:
+                sock = self._endpoint.take(InboxKey(self.gid, peer, "p2p", 0), deadline,
+                                           f"recv in group {self.gid!r}: waiting for rank {peer} to send")
+            table[peer] = [Channel(sock, me=self._rank, peer=peer, group=self.gid,
+                                   role="p2p-out" if outgoing else "p2p-in"), 0]
+        entry = table[peer]
+        entry[1] += 1
+        return entry[0], entry[1] - 1
 
     def close(self) -> None:
         """Release the group's connections. Idempotent; the group is unusable afterwards."""
@@ -127,6 +174,8 @@ class Group:
         self._closed = True
         if self.ring is not None:
             self.ring.close()
+        for ch, _ in list(self._p2p_out.values()) + list(self._p2p_in.values()):
+            ch.close()
         if self._endpoint is not None:
             self._endpoint.discard(self.gid)
         _open_groups.discard(self)

@@ -67,19 +67,23 @@ class Segments:
 
 
 class Inflow:
-    """Bytes from `ch` into `segments`, after a HEADER equal to `expect` (or passing `check`)."""
+    """Bytes from `ch` into `segments`, after a HEADER equal to `expect` (or passing `check`).
 
-    def __init__(self, ch: Channel, segments: Segments, expect: dict[str, Any],
+    With `expect=None` the stream continues an earlier one of the same operation: no header.
+    """
+
+    def __init__(self, ch: Channel, segments: Segments, op: str, expect: dict[str, Any] | None = None,
                  check: Callable[[dict[str, Any], dict[str, Any], Channel], None] | None = None):
         self.ch = ch
         self.seg = segments
         self.total = segments.total
+        self.op = op
         self.expect = expect
         self.check = check or check_same
-        self.need_header = True
+        self.need_header = expect is not None
         self.received = 0
         self.frame_left = 0
-        self.done = False
+        self.done = self.total == 0 and not self.need_header
 
     @property
     def ready(self) -> int:
@@ -113,9 +117,9 @@ class Inflow:
         except BlockingIOError:
             return 0
         except OSError as exc:
-            raise self.ch.lost(f"{type(exc).__name__}: {exc}", self.expect["op"]) from None
+            raise self.ch.lost(f"{type(exc).__name__}: {exc}", self.op) from None
         if k == 0:
-            raise self.ch.lost("connection closed by peer", self.expect["op"])
+            raise self.ch.lost("connection closed by peer", self.op)
         self._advance(k)
         return k
 
@@ -123,8 +127,12 @@ class Inflow:
         self.seg.advance(n)
         self.frame_left -= n
         self.received += n
+        self.on_data()
         if self.received == self.total and not self.need_header:
             self.done = True
+
+    def on_data(self) -> None:
+        """Hook: bytes up to `self.received` have landed (subclasses reduce them)."""
 
     def _consume_stage(self) -> None:
         ch = self.ch
@@ -148,7 +156,7 @@ class Inflow:
                 if length == 0 or length > rest:
                     raise ProtocolError(
                         f"rank {ch.me}: {ch.describe()} sent a DATA frame of {length} bytes "
-                        f"where {rest} remain in {self.expect['op']}")
+                        f"where {rest} remain in {self.op}")
                 ch.stage_start += wire.PREFIX_SIZE
                 self.frame_left = length
                 continue
@@ -158,13 +166,56 @@ class Inflow:
             fields = wire.decode_map(body)
             ch.stage_start += wire.PREFIX_SIZE + length
             if kind == wire.ABORT:
-                raise_remote(fields, ch, self.expect["op"])
+                raise_remote(fields, ch, self.op)
             if kind != wire.HEADER or not self.need_header:
                 raise ProtocolError(f"rank {ch.me}: unexpected {wire.KIND_NAMES[kind]} frame from {ch.describe()}")
             self.check(self.expect, wire.check_header(fields), ch)
             self.need_header = False
             if self.received == self.total:
                 self.done = True
+
+
+class ReducingInflow(Inflow):
+    """An inflow that folds each landed chunk into an accumulator: `acc = op(acc, own)`.
+
+    `pairs[j]` is (acc, own) for the j-th non-empty segment: typed views where acc is the
+    segment's destination. `ready` counts reduced bytes, so a relaying outflow only
+    forwards partial results that are complete.
+    """
+
+    def __init__(self, ch: Channel, pairs: list[tuple[Any, Any]], ufunc: Any, op: str,
+                 expect: dict[str, Any] | None = None, chunk: int = 64 * 1024):
+        pairs = [(acc, own) for acc, own in pairs if acc.size]
+        super().__init__(ch, Segments([memoryview(acc.reshape(-1).view("u1")) for acc, _ in pairs]), op, expect)
+        self.pairs = pairs
+        self.ufunc = ufunc
+        self.itemsize = pairs[0][0].itemsize if pairs else 1
+        self.chunk = chunk
+        self.reduced = 0  # stream bytes reduced
+        self.red_seg = 0  # segment being reduced
+        self.red_seg_start = 0  # its first stream byte
+
+    @property
+    def ready(self) -> int:
+        return self.reduced
+
+    def on_data(self) -> None:
+        while self.reduced < self.received:
+            acc, own = self.pairs[self.red_seg]
+            seg_bytes = acc.nbytes
+            end = min(self.received, self.red_seg_start + seg_bytes)
+            if end < self.red_seg_start + seg_bytes and end - self.reduced < self.chunk:
+                return  # wait for a chunk worth a ufunc call
+            a = (self.reduced - self.red_seg_start) // self.itemsize
+            b = (end - self.red_seg_start) // self.itemsize
+            if b > a:
+                self.ufunc(acc[a:b], own[a:b], out=acc[a:b])
+                self.reduced = self.red_seg_start + b * self.itemsize
+            if self.reduced == self.red_seg_start + seg_bytes:
+                self.red_seg += 1
+                self.red_seg_start = self.reduced
+            elif b == a:
+                return  # a partial element: wait for the rest
 
 
 def check_same(mine: dict[str, Any], theirs: dict[str, Any], ch: Channel) -> None:
@@ -179,23 +230,24 @@ class Outflow:
     """HEADER then bytes of `segments` to `ch`; with a `source`, only what the source has ready.
 
     `head` bytes at the front of the stream are available from the start (this rank's
-    own block); byte `head + k` becomes available when `source.ready > k`.
+    own block); byte `head + k` becomes available when `source.ready > k`. With
+    `header=None` the stream continues an earlier one: no header frame.
     """
 
-    def __init__(self, ch: Channel, header: dict[str, Any], segments: Segments,
+    def __init__(self, ch: Channel, segments: Segments, op: str, header: dict[str, Any] | None = None,
                  source: Inflow | None = None, head: int | None = None):
         self.ch = ch
-        self.header = header
+        self.op = op
         self.seg = segments
         self.total = segments.total
         self.source = source
         self.head = self.total if head is None else head
         self.framed = 0  # payload bytes already cut into frames
         self.prefix = bytearray(wire.PREFIX_SIZE)
-        self.pending: list[memoryview] = [memoryview(wire.encode_map(wire.HEADER, header))]
+        self.pending: list[memoryview] = [] if header is None else [memoryview(wire.encode_map(wire.HEADER, header))]
         self.data_pending = False  # a DATA frame (using self.prefix) is in pending
         self.blocked = False
-        self.done = False
+        self.done = not self.pending and self.total == 0
 
     def _available(self) -> int:
         if self.source is None:
@@ -244,7 +296,7 @@ class Outflow:
                 self.blocked = True
                 return moved
             except OSError as exc:
-                raise self.ch.lost(f"{type(exc).__name__}: {exc}", self.header["op"]) from None
+                raise self.ch.lost(f"{type(exc).__name__}: {exc}", self.op) from None
             moved += sent
             self._consume(sent)
             if self.pending:
@@ -316,14 +368,15 @@ def run(inflows: list[Inflow], outflows: list[Outflow], watched: list[Channel], 
         elif by_fd[ch.fd][0] is None:
             by_fd[ch.fd][0] = Watch(ch, op)
 
-    for flow in outflows:
-        flow.pump()
     for flow in inflows:
         flow.consume_staged()
     poller = select.poll()
     masks: dict[int, int] = {}
     last_progress = time.monotonic()
     while True:
+        for flow in outflows:
+            if not flow.done and not flow.blocked and flow.pump():
+                last_progress = time.monotonic()
         busy = False
         for fd, pair in by_fd.items():
             reader, writer = pair
@@ -356,10 +409,6 @@ def run(inflows: list[Inflow], outflows: list[Outflow], watched: list[Channel], 
                 moved += reader.on_readable()
             if ev & (POLLOUT | POLLERR) and writer is not None and not writer.done:
                 writer.blocked = False
-                moved += writer.pump()
-        for flow in outflows:
-            if not flow.done and not flow.blocked:
-                moved += flow.pump()
         if moved:
             last_progress = time.monotonic()
 

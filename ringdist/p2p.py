@@ -1,0 +1,70 @@
+"""Point-to-point messages between any two ranks of a group, over direct connections.
+
+Each ordered pair (sender, receiver) gets its own authenticated connection, opened by the
+sender on first use and kept; messages between a pair arrive in order. Like MPI's
+standard mode, `send` may block until the receiver takes the message.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from . import wire
+from .channel import Channel
+from .collectives import _group, as_array, byte_view
+from .errors import MismatchError
+from .group import Group
+from .transfer import Inflow, Outflow, Segments
+
+
+def _message_header(arr: np.ndarray, number: int) -> dict[str, Any]:
+    dtype = arr.dtype.str if arr.dtype.fields is None else str(arr.dtype.descr)
+    return wire.make_header("send", number, dtype, arr.shape)
+
+
+def send(x: Any, dst: int, *, group: Group | None = None) -> None:
+    """Send array `x` to rank `dst` of the group (any rank but this one)."""
+    g = _group(group)
+    dst = g.check_peer(dst, "send", "dst")
+    arr = as_array(x)
+    data = np.ascontiguousarray(arr)
+    g.check_usable("send")
+    ch, number = g.p2p_channel(dst, outgoing=True)
+    g.run("send", [], [Outflow(ch, Segments([byte_view(data)]), "send", _message_header(arr, number))], [ch])
+
+
+def _expect_message(mine: dict[str, Any], theirs: dict[str, Any], ch: Channel) -> None:
+    if mine != theirs:
+        got = dict(theirs, op="send")
+        raise MismatchError(
+            f"rank {ch.me} expected recv(shape={tuple(mine['shape'])}, dtype={_dtype_name(mine)}) "
+            f"from rank {ch.peer} but rank {ch.peer} sent {wire.describe_header(got)} (group {ch.group!r})")
+
+
+def _dtype_name(header: dict[str, Any]) -> str:
+    try:
+        return np.dtype(header["dtype"]).name
+    except Exception:
+        return str(header["dtype"])
+
+
+def recv(shape: Any, dtype: Any, src: int, *, group: Group | None = None) -> np.ndarray:
+    """Receive an array of `shape` and `dtype` from rank `src`; MismatchError if the sender's differs."""
+    g = _group(group)
+    src = g.check_peer(src, "recv", "src")
+    out = np.empty(shape, dtype=dtype)
+    if out.dtype.hasobject:
+        raise TypeError("ringdist receives raw array bytes; object dtypes are not supported")
+    g.check_usable("recv")
+    ch, number = g.p2p_channel(src, outgoing=False)
+    inflow = Inflow(ch, Segments([byte_view(out)]), "recv", _message_header(out, number), check=_expect_message)
+    g.run("recv", [inflow], [], [ch])
+    return out
+
+
+def recv_like(x: Any, src: int, *, group: Group | None = None) -> np.ndarray:
+    """Receive an array shaped and typed like `x` from rank `src`."""
+    arr = np.asarray(x)
+    return recv(arr.shape, arr.dtype, src, group=group)
