@@ -121,16 +121,21 @@ class Group:
             channels: list[Channel] | None = None) -> None:
         """Drive an operation's flows; on any failure tell the peers and mark the group broken.
 
-        `channels` are the connections to watch for an ABORT (default: the ring's).
+        `channels` are the connections to watch for an ABORT: the ring's for a collective
+        (the one whose header was made last), the pair's own for point-to-point.
         """
+        seq: int | None = self._seq - 1
         if channels is None:
             assert self.ring is not None
             channels = self.ring.channels
+        else:
+            seq = None
         try:
-            transfer.run(inflows, outflows, channels, timeout=self.settings.timeout, op=op, me=self._rank)
+            transfer.run(inflows, outflows, channels, timeout=self.settings.timeout, op=op, me=self._rank,
+                         seq=seq)
         except BaseException as exc:
             self._broken = f"{op}: {type(exc).__name__}: {exc}"
-            transfer.abort(outflows, channels, exc)
+            transfer.abort(outflows, channels, exc, seq)
             raise
 
     # ---- point-to-point connections ----------------------------------------------------------

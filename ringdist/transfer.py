@@ -99,8 +99,10 @@ class Inflow:
             limit = STAGE_SIZE  # small: one recv takes header and payload
         elif self.frame_left:
             limit = self.frame_left + wire.PREFIX_SIZE  # the end of this frame and the next prefix
-        else:
+        elif ch.staged() < wire.PREFIX_SIZE:
             limit = wire.PREFIX_SIZE - ch.staged()  # the prefix alone: the payload goes direct
+        else:
+            limit = STAGE_SIZE  # a control frame (an ABORT) is arriving: take its body
         k = ch.fill_stage(limit)
         self._consume_stage()
         return k
@@ -324,9 +326,10 @@ class Watch:
     It only peeks: bytes it reads stay staged for the channel's next reader.
     """
 
-    def __init__(self, ch: Channel, op: str):
+    def __init__(self, ch: Channel, op: str, seq: int | None):
         self.ch = ch
         self.op = op
+        self.seq = seq  # ABORTs of later collectives (a peer ahead of us) are not ours
         self.done = False  # nothing more to learn: stop polling this channel
 
     def on_readable(self) -> int:
@@ -347,14 +350,16 @@ class Watch:
             if end - pos - wire.PREFIX_SIZE < length:
                 break
             if kind == wire.ABORT:
-                raise_remote(wire.decode_map(stage[pos + wire.PREFIX_SIZE:pos + wire.PREFIX_SIZE + length]),
-                             ch, self.op)
+                fields = wire.decode_map(stage[pos + wire.PREFIX_SIZE:pos + wire.PREFIX_SIZE + length])
+                theirs = fields.get("seq")
+                if self.seq is None or not isinstance(theirs, int) or theirs <= self.seq:
+                    raise_remote(fields, ch, self.op)
             pos += wire.PREFIX_SIZE + length
         return 0  # bytes of a later collective are not progress of this one
 
 
 def run(inflows: list[Inflow], outflows: list[Outflow], watched: list[Channel], *,
-        timeout: float, op: str, me: int) -> None:
+        timeout: float, op: str, me: int, seq: int | None = None) -> None:
     """Drive every flow to completion, or raise (RingTimeoutError after `timeout` s without progress)."""
     by_fd: dict[int, list[Any]] = {}
     for flow in inflows:
@@ -364,9 +369,9 @@ def run(inflows: list[Inflow], outflows: list[Outflow], watched: list[Channel], 
     watched_fds = {ch.fd for ch in watched}
     for ch in watched:
         if ch.fd not in by_fd:
-            by_fd[ch.fd] = [Watch(ch, op), None]
+            by_fd[ch.fd] = [Watch(ch, op, seq), None]
         elif by_fd[ch.fd][0] is None:
-            by_fd[ch.fd][0] = Watch(ch, op)
+            by_fd[ch.fd][0] = Watch(ch, op, seq)
 
     for flow in inflows:
         flow.consume_staged()
@@ -381,7 +386,7 @@ def run(inflows: list[Inflow], outflows: list[Outflow], watched: list[Channel], 
         for fd, pair in by_fd.items():
             reader, writer = pair
             if reader is not None and reader.done and fd in watched_fds and not isinstance(reader, Watch):
-                pair[0] = reader = Watch(reader.ch, op)  # keep listening for an ABORT
+                pair[0] = reader = Watch(reader.ch, op, seq)  # keep listening for an ABORT
             mask = 0
             if reader is not None and not reader.done:
                 mask |= POLLIN
@@ -422,9 +427,10 @@ def _stall_message(inflows: list[Inflow], outflows: list[Outflow], op: str, me: 
     return f"rank {me}: {op} made no progress for {timeout:g} s: {detail}"
 
 
-def abort(outflows: list[Outflow], channels: list[Channel], exc: BaseException, timeout: float = 1.0) -> None:
-    """Tell every peer on `channels` that this collective failed (best effort, bounded)."""
-    frame = wire.encode_map(wire.ABORT, {"error": type(exc).__name__, "message": str(exc)[:4000]})
+def abort(outflows: list[Outflow], channels: list[Channel], exc: BaseException, seq: int | None,
+          timeout: float = 1.0) -> None:
+    """Tell every peer on `channels` that collective `seq` failed (best effort, bounded)."""
+    frame = wire.encode_map(wire.ABORT, {"error": type(exc).__name__, "message": str(exc)[:4000], "seq": seq})
     finished = set()
     for flow in outflows:
         try:

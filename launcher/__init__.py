@@ -1,0 +1,8 @@
+"""ringdist-launch: start the ranks of a ringdist job from a hostfile and supervise them.
+
+Installed as `ringdist_launch` (the source directory is launcher/). Modules:
+`cli` parses arguments, `plan` turns them into per-rank command lines and
+environments, `spawn` starts processes, `output` pumps their rank-prefixed
+lines, `policy` decides who to stop and with which exit code, and `job`
+applies those decisions to the running processes.
+"""

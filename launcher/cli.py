@@ -1,0 +1,197 @@
+"""`ringdist-launch`: command-line parsing and the entry point.
+
+    ringdist-launch [options] script.py [args...]
+    ringdist-launch [options] -m module [args...]
+    ringdist-launch [options] -- command [args...]
+
+Launcher options stop at the program: everything after `script.py`, after
+`-m module` or after `--` belongs to the program, so `ringdist-launch -n 2
+s.py -n 5` passes `-n 5` to s.py. Bad arguments or a malformed hostfile end
+with one `ringdist-launch: error: ...` line and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Sequence
+
+from ringdist.errors import ConfigError
+from ringdist.hostfile import Hostfile, load_hostfile, parse_env_assignment, parse_hosts_arg
+
+from .job import run_job
+from .output import LineWriter
+from .plan import JobPlan, Target, build_plan, describe_plan, local_hostfile
+from .spawn import LocalSpawner, spawner_for
+
+PROG = "ringdist-launch"
+EXIT_USAGE = 2
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse `argv` (default: the process's arguments), run the job, return the exit status."""
+    try:
+        return _main(list(sys.argv[1:] if argv is None else argv))
+    except KeyboardInterrupt:  # Ctrl-C before the ranks' supervision took over the signal
+        return 130
+
+
+def _main(argv: list[str]) -> int:
+    parser = _parser()
+    options, target = parse_command_line(parser, argv)
+    local = LocalSpawner()
+    try:
+        plan = _plan(options, target)
+        spawners = [spawner_for(r.placement, local) for r in plan.ranks]
+    except ConfigError as e:
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    if options.dry_run:
+        print(describe_plan(plan))
+        return 0
+    writer = LineWriter(sys.stdout.buffer, sys.stderr.buffer)
+    return run_job(
+        plan,
+        spawners,
+        writer,
+        prefix=not options.no_prefix,
+        timeout=options.timeout,
+        grace=options.grace,
+        verbose=options.verbose,
+    )
+
+
+def parse_command_line(parser: argparse.ArgumentParser, argv: list[str]) -> tuple[argparse.Namespace, Target]:
+    """Split `argv` at the program, parse the launcher's part; argparse exits 2 on errors."""
+    split = _program_start(argv)
+    options = parser.parse_args(argv if split is None else argv[: split[0]])
+    if split is None:
+        parser.error("no program to run: give script.py, -m module, or -- command")
+    index, kind = split
+    if kind == "module":
+        if argv[index] == "-m":
+            if index + 1 >= len(argv):
+                parser.error("argument -m: expected a module name")
+            name, rest = argv[index + 1], argv[index + 2 :]
+        else:  # -mmodule
+            name, rest = argv[index][2:], argv[index + 1 :]
+    elif kind == "command":
+        if index + 1 >= len(argv):
+            parser.error("no command after --")
+        name, rest = argv[index + 1], argv[index + 2 :]
+    else:
+        name, rest = argv[index], argv[index + 1 :]
+    return options, Target(kind, name, tuple(rest))
+
+
+def _program_start(argv: list[str]) -> tuple[int, str] | None:
+    """Index and kind ("script", "module", "command") of where the program begins in `argv`."""
+    i = 0
+    while i < len(argv):
+        token = argv[i]
+        if token == "--":
+            return i, "command"
+        if token.startswith("-m") and not token.startswith("--"):
+            return i, "module"
+        if token in _VALUE_OPTIONS:
+            i += 2  # the option and its value
+        elif token.startswith("-") and token != "-":
+            i += 1  # a flag, --opt=value, -n4, or an unknown option argparse will reject
+        else:
+            return i, "script"
+    return None
+
+
+# The options of _parser() that take a value (as a separate word): the scan must skip their values.
+_VALUE_OPTIONS = {"-n", "--nprocs", "--hosts", "--env", "--cwd", "--python", "--timeout", "--grace"}
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        usage=f"{PROG} [options] (script.py | -m module | -- command) [args ...]",
+        description="Start the ranks of a ringdist job and supervise them: "
+        "prefixed output, first failure stops the job.",
+        allow_abbrev=False,
+    )
+    parser.add_argument("-n", "--nprocs", type=_positive_int, metavar="N",
+                        help="number of ranks (default: 1, or every slot of --hosts)")
+    parser.add_argument("--hosts", metavar="FILE.json|h1,h2",
+                        help="a JSON hostfile, or comma-separated hosts (host:slots for several ranks)")
+    parser.add_argument("--env", action="append", default=[], metavar="K=V",
+                        help="set K=V in every rank (repeatable; wins over the hostfile's envs)")
+    parser.add_argument("--cwd", metavar="DIR", help="working directory of every rank")
+    parser.add_argument("--python", default=sys.executable, metavar="PY",
+                        help="interpreter for script.py and -m (default: the launcher's)")
+    parser.add_argument("--timeout", type=_positive_float, metavar="S",
+                        help="wall-clock limit of the whole job; on expiry stop every rank and exit 124")
+    parser.add_argument("--grace", type=_non_negative_float, default=5.0, metavar="S",
+                        help="seconds between SIGTERM and SIGKILL when stopping ranks (default: 5)")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="say what the launcher does, and set RINGDIST_VERBOSE=1 in the ranks")
+    parser.add_argument("--no-prefix", action="store_true", help="do not prefix output lines with [rank]")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="print each rank's command and environment (secret redacted) and exit")
+    parser.add_argument("-m", metavar="MODULE", dest="_module",
+                        help="run a module as python -m does; the rest of the line is its arguments")
+    return parser
+
+
+def _plan(options: argparse.Namespace, target: Target) -> JobPlan:
+    hostfile = _hosts(options)
+    env = [parse_env_assignment(text, "--env") for text in options.env]
+    if options.cwd is not None and not os.path.isdir(options.cwd):
+        raise ConfigError(f"--cwd: no such directory: {options.cwd}")
+    return build_plan(
+        target,
+        hostfile,
+        nprocs=options.nprocs,
+        python=options.python,
+        env=env,
+        cwd=options.cwd,
+        verbose=options.verbose,
+    )
+
+
+def _hosts(options: argparse.Namespace) -> Hostfile:
+    spec = options.hosts
+    if spec is None:
+        return local_hostfile(options.nprocs or 1)
+    if spec.endswith(".json") or os.path.isfile(spec):
+        return load_hostfile(spec)
+    return parse_hosts_arg(spec)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = _float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text!r}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    value = _float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds >= 0, got {text!r}")
+    return value
+
+
+def _float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if value != value or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a finite number of seconds, got {text!r}")
+    return value

@@ -1,0 +1,214 @@
+"""Running a planned job: rendezvous, spawning, output, waiting, and carrying out the policy.
+
+Everything here is mechanism; `policy.JobPolicy` makes every decision. The
+main thread spawns the ranks and then sleeps on one event queue, fed by a
+waiter thread per rank (its exit) and by the signal handlers (SIGINT,
+SIGTERM, SIGHUP), with a timeout only when a deadline is pending.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import queue
+import secrets
+import signal
+import subprocess
+import threading
+import time
+from dataclasses import dataclass
+from typing import Iterator, Sequence, Union
+
+from ringdist.rendezvous import RendezvousServer
+
+from .output import LineWriter, Pump, pump_rank
+from .plan import JobPlan, RankLaunch
+from .policy import Action, Decision, JobPolicy, RankInfo, describe_exit
+from .spawn import Spawner, signal_group, wait_exit
+
+# How long to wait for ranks after SIGKILL, and for their output to drain, before giving up.
+KILL_WAIT = 10.0
+DRAIN_WAIT = 5.0
+FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+@dataclass(frozen=True)
+class _Exited:
+    rank: int
+    returncode: int
+
+
+@dataclass(frozen=True)
+class _Signalled:
+    signum: int
+
+
+_Event = Union[_Exited, _Signalled]
+
+
+@dataclass
+class _Rank:
+    launch: RankLaunch
+    proc: subprocess.Popen[bytes]
+    pumps: list[Pump]
+
+
+def run_job(
+    plan: JobPlan,
+    spawners: Sequence[Spawner],
+    writer: LineWriter,
+    *,
+    prefix: bool = True,
+    timeout: float | None = None,
+    grace: float = 5.0,
+    verbose: bool = False,
+) -> int:
+    """Run every rank of `plan` (rank r started by `spawners[r]`) to completion; return the exit status."""
+    supervisor = _Supervisor(plan, writer, prefix=prefix, timeout=timeout, grace=grace, verbose=verbose)
+    return supervisor.run(spawners)
+
+
+class _Supervisor:
+    """One job's processes, deadlines and event queue; carries out `JobPolicy` decisions."""
+
+    def __init__(
+        self,
+        plan: JobPlan,
+        writer: LineWriter,
+        *,
+        prefix: bool,
+        timeout: float | None,
+        grace: float,
+        verbose: bool,
+    ) -> None:
+        self.plan = plan
+        self.writer = writer
+        self.prefix = prefix
+        self.timeout = timeout
+        self.grace = grace
+        self.verbose = verbose
+        self.policy = JobPolicy(timeout)
+        self.events: queue.SimpleQueue[_Event] = queue.SimpleQueue()
+        self.ranks: dict[int, _Rank] = {}
+        self.term_deadline: float | None = None
+        self.kill_deadline: float | None = None
+
+    def run(self, spawners: Sequence[Spawner]) -> int:
+        secret = secrets.token_hex(32)
+        with _signals_to(self.events):
+            server = RendezvousServer(
+                secret,
+                self.plan.world_size,
+                host=self.plan.rendezvous_host,
+                rank_hosts=[r.host for r in self.plan.ranks],
+            )
+            try:
+                server.start()
+            except OSError as e:
+                self.writer.message(f"ringdist-launch: error: cannot start the rendezvous service: {e}")
+                return 1
+            try:
+                self._log(f"rendezvous listening at {server.address}")
+                self._start_ranks(spawners, server.address, secret)
+                self._supervise()
+            finally:
+                self._clean_up()
+                server.close()
+        summary = self.policy.summary()
+        if summary:
+            self.writer.message(summary)
+        return self.policy.exit_status
+
+    def _start_ranks(self, spawners: Sequence[Spawner], rendezvous: str, secret: str) -> None:
+        # Ranks are started from the main thread: on Linux their parent-death
+        # signal fires when the thread that forked them ends.
+        for launch, spawner in zip(self.plan.ranks, spawners):
+            try:
+                proc = spawner.start(launch.argv, launch.env(rendezvous, secret), self.plan.cwd)
+            except OSError as e:
+                self._apply(self.policy.start_failed(launch.rank, launch.host, e))
+                return
+            self._log(f"rank {launch.rank} started on host {launch.host}, pid {proc.pid}")
+            self.policy.rank_started(RankInfo(launch.rank, launch.host, proc.pid))
+            pumps = pump_rank(launch.rank, proc.stdout, proc.stderr, self.writer, self.prefix)
+            self.ranks[launch.rank] = _Rank(launch, proc, pumps)
+            threading.Thread(
+                target=self._watch, args=(launch.rank, proc), name=f"wait rank {launch.rank}", daemon=True
+            ).start()
+
+    def _watch(self, rank: int, proc: subprocess.Popen[bytes]) -> None:
+        try:
+            returncode = wait_exit(proc)
+        except ChildProcessError:  # already reaped by the clean-up of a failed launcher
+            return
+        self.events.put(_Exited(rank, returncode))
+
+    def _supervise(self) -> None:
+        job_deadline = time.monotonic() + self.timeout if self.timeout else None
+        while self.policy.running:
+            deadline = self.kill_deadline or self.term_deadline
+            if deadline is None and not self.policy.stopping:
+                deadline = job_deadline
+            wait = None if deadline is None else max(0.0, deadline - time.monotonic())
+            try:
+                event = self.events.get(timeout=wait)
+            except queue.Empty:
+                if self.kill_deadline is not None:
+                    self.writer.message(
+                        f"ringdist-launch: ranks {','.join(map(str, self.policy.running))} "
+                        f"still running {KILL_WAIT:g}s after SIGKILL; giving up on them"
+                    )
+                    return
+                self._apply(self.policy.grace_expired() if self.policy.stopping else self.policy.timed_out())
+                continue
+            if isinstance(event, _Exited):
+                self._log(f"rank {event.rank} {describe_exit(event.returncode)}")
+                self._apply(self.policy.rank_exited(event.rank, event.returncode))
+            else:
+                self._apply(self.policy.signalled(event.signum))
+
+    def _apply(self, decision: Decision) -> None:
+        if decision.message:
+            self.writer.message(decision.message)
+        if decision.action is Action.STOP:
+            for rank in decision.ranks:
+                signal_group(self.ranks[rank].proc, signal.SIGTERM)
+            if self.term_deadline is None:
+                self.term_deadline = time.monotonic() + self.grace
+        elif decision.action is Action.KILL:
+            for rank in decision.ranks:
+                signal_group(self.ranks[rank].proc, signal.SIGKILL)
+            self.kill_deadline = time.monotonic() + KILL_WAIT
+
+    def _clean_up(self) -> None:
+        """Kill whatever is left in every rank's process group, reap the ranks, drain their output."""
+        for r in self.ranks.values():
+            signal_group(r.proc, signal.SIGKILL)
+        for r in self.ranks.values():
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                r.proc.wait(KILL_WAIT)
+        drain_until = time.monotonic() + DRAIN_WAIT
+        for r in self.ranks.values():
+            for pump in r.pumps:
+                pump.join(max(0.0, drain_until - time.monotonic()))
+
+    def _log(self, text: str) -> None:
+        if self.verbose:
+            self.writer.message(f"ringdist-launch: {text}")
+
+
+@contextlib.contextmanager
+def _signals_to(events: queue.SimpleQueue[_Event]) -> Iterator[None]:
+    """Turn SIGINT/SIGTERM/SIGHUP into queue events while the job runs (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, _frame: object) -> None:
+        events.put(_Signalled(signum))  # SimpleQueue.put is safe in a signal handler
+
+    previous = {sig: signal.signal(sig, handler) for sig in FORWARDED_SIGNALS}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)

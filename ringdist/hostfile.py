@@ -1,0 +1,330 @@
+"""Hostfiles: which hosts a job runs on, the addresses its ranks listen on, how many ranks each.
+
+The format is MLX's launcher hostfile, extended with `slots`::
+
+    {"hosts": [{"ssh": "node1", "ips": ["192.0.2.1"], "slots": 2},
+               {"ssh": "node2", "ips": ["192.0.2.2"]}],
+     "envs": ["OMP_NUM_THREADS=1"]}
+
+or a bare list of host objects. Per host: `ssh` is how the launcher reaches it
+(omitted or null: this machine); `ips` are the addresses its ranks listen on, the
+first one primary (omitted or empty: 127.0.0.1 for a local host, unknown for a
+remote one); `slots` is the number of ranks it runs (default 1).
+
+MLX-only fields (`backend` at the top, `rdma` per host) are accepted and ignored,
+so MLX hostfiles work unchanged; any other unknown field is an error, because a
+misspelt `slot` or `ip` silently ignored would run the wrong job.
+
+This module only parses: every malformed input raises `ConfigError` with a
+one-line message naming the file, the entry and the field.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import re
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+
+__all__ = [
+    "Host",
+    "Hostfile",
+    "Placement",
+    "load_hostfile",
+    "parse_hostfile",
+    "parse_hosts_arg",
+    "expand_placements",
+    "is_local_host",
+    "parse_env_assignment",
+]
+
+LOCAL_DEFAULT_IP = "127.0.0.1"
+
+_HOST_FIELDS = ("ssh", "ips", "slots")
+_TOP_FIELDS = ("hosts", "envs")
+_MLX_HOST_FIELDS = ("rdma",)
+_MLX_TOP_FIELDS = ("backend",)
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+
+
+@dataclass(frozen=True)
+class Host:
+    """One machine of a job: how to reach it, where its ranks listen, how many ranks."""
+
+    ssh: str | None
+    ips: tuple[str, ...]
+    slots: int = 1
+
+    @property
+    def name(self) -> str:
+        """The name used in messages: the ssh name, else the primary IP, else localhost."""
+        if self.ssh:
+            return self.ssh
+        return self.ips[0] if self.ips else "localhost"
+
+    @property
+    def is_local(self) -> bool:
+        """Whether ranks on this host are started as local processes (no ssh)."""
+        return self.ssh is None or is_local_host(self.ssh)
+
+
+@dataclass(frozen=True)
+class Hostfile:
+    """A parsed hostfile: the hosts in rank order and the `envs` every rank gets."""
+
+    source: str
+    hosts: tuple[Host, ...]
+    envs: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def slots(self) -> int:
+        """Total number of ranks the hostfile has room for."""
+        return sum(h.slots for h in self.hosts)
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where one rank runs: its host (by index and ssh name), addresses and rank on that host."""
+
+    rank: int
+    host_index: int
+    host: str
+    ssh: str | None
+    ips: tuple[str, ...]
+    local_rank: int
+    is_local: bool
+
+
+def load_hostfile(path: str | Path) -> Hostfile:
+    """Read and validate the JSON hostfile at `path`; `ConfigError` on anything malformed."""
+    source = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{source}: not UTF-8 text") from None
+    except OSError as e:
+        raise ConfigError(f"{source}: cannot read hostfile: {e.strerror or e}") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ConfigError(
+            f"{source}: not valid JSON: {e.msg} (line {e.lineno}, column {e.colno})"
+        ) from None
+    return parse_hostfile(data, source)
+
+
+def parse_hostfile(data: Any, source: str = "<hostfile>") -> Hostfile:
+    """Validate already-decoded hostfile JSON; `source` names it in error messages."""
+    if isinstance(data, list):
+        return Hostfile(source, _parse_hosts(data, source, ""))
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f'{source}: expected an object with "hosts" or a list of hosts, got {_kind(data)}'
+        )
+    _reject_unknown(data, _TOP_FIELDS + _MLX_TOP_FIELDS, source, "top level")
+    if "hosts" not in data:
+        raise ConfigError(f'{source}: missing "hosts" (a list of host objects)')
+    hosts = _parse_hosts(data["hosts"], source, "hosts")
+    return Hostfile(source, hosts, _parse_envs(data.get("envs", []), source))
+
+
+def parse_hosts_arg(spec: str) -> Hostfile:
+    """Parse `--hosts h1,h2:4,[::1]:2`: comma-separated hosts, each with optional `:slots`.
+
+    An IP address is both the ssh target and the listening address; a name is the
+    ssh target only. Use brackets for an IPv6 address with slots.
+    """
+    source = "--hosts"
+    if not spec.strip():
+        raise ConfigError(f"{source}: empty host list")
+    hosts = []
+    for i, token in enumerate(spec.split(",")):
+        name, slots = _split_slots(token.strip(), source, i)
+        if not name:
+            raise ConfigError(f"{source}: entry {i}: empty host name in {spec!r}")
+        _check_ssh_name(name, source, f"entry {i}")
+        if _is_ip(name):
+            ips: tuple[str, ...] = (name,)
+        elif is_local_host(name):
+            ips = (LOCAL_DEFAULT_IP,)
+        else:
+            ips = ()
+        hosts.append(Host(ssh=name, ips=ips, slots=slots))
+    return Hostfile(source, tuple(hosts))
+
+
+def expand_placements(hostfile: Hostfile, world_size: int | None = None) -> list[Placement]:
+    """Per-rank placements in rank order (host order, then slot order).
+
+    `world_size` takes the first that many slots (all slots when None); asking for
+    more ranks than the hostfile has slots is a `ConfigError`.
+    """
+    total = hostfile.slots
+    if world_size is None:
+        world_size = total
+    if world_size < 1:
+        raise ConfigError(f"{hostfile.source}: world size must be at least 1, got {world_size}")
+    if world_size > total:
+        raise ConfigError(
+            f"{hostfile.source}: {world_size} ranks requested but the hosts have "
+            f"{total} slot{'s' if total != 1 else ''}"
+        )
+    placements: list[Placement] = []
+    for host_index, host in enumerate(hostfile.hosts):
+        for local_rank in range(host.slots):
+            if len(placements) == world_size:
+                return placements
+            placements.append(
+                Placement(
+                    rank=len(placements),
+                    host_index=host_index,
+                    host=host.name,
+                    ssh=host.ssh,
+                    ips=host.ips,
+                    local_rank=local_rank,
+                    is_local=host.is_local,
+                )
+            )
+    return placements
+
+
+def is_local_host(name: str | None) -> bool:
+    """Whether `name` (an ssh target, possibly `user@host`) is this machine.
+
+    True for None (ssh omitted), localhost, 127.x.y.z, ::1 and this
+    machine's host name or fully qualified name. No DNS lookups: a name that only
+    resolves to a local address is not treated as local.
+    """
+    if name is None:
+        return True
+    host = name.rpartition("@")[2].strip("[]").lower()
+    if host in ("localhost", "localhost.localdomain", "ip6-localhost"):
+        return True
+    try:
+        addr = ipaddress.ip_address(host)
+    except ValueError:
+        pass
+    else:
+        return addr.is_loopback
+    return host in {socket.gethostname().lower(), socket.getfqdn().lower()}
+
+
+def _parse_hosts(value: Any, source: str, where: str) -> tuple[Host, ...]:
+    if not isinstance(value, list):
+        raise ConfigError(f"{_at(source, where)}expected a list of host objects, got {_kind(value)}")
+    if not value:
+        raise ConfigError(f"{_at(source, where)}empty list; at least one host is needed")
+    return tuple(_parse_host(entry, source, f"{where}[{i}]") for i, entry in enumerate(value))
+
+
+def _parse_host(entry: Any, source: str, where: str) -> Host:
+    if not isinstance(entry, dict):
+        raise ConfigError(f"{_at(source, where)}expected a host object, got {_kind(entry)}")
+    _reject_unknown(entry, _HOST_FIELDS + _MLX_HOST_FIELDS, source, where)
+
+    ssh = entry.get("ssh")
+    if ssh is not None:
+        if not isinstance(ssh, str):
+            raise ConfigError(f"{_at(source, where + '.ssh')}expected a string, got {_show(ssh)}")
+        _check_ssh_name(ssh, source, where + ".ssh")
+
+    ips_value = entry.get("ips", [])
+    if ips_value is None:
+        ips_value = []
+    if not isinstance(ips_value, list):
+        raise ConfigError(
+            f"{_at(source, where + '.ips')}expected a list of IP addresses, got {_show(ips_value)}"
+        )
+    for j, ip in enumerate(ips_value):
+        if not isinstance(ip, str) or not _is_ip(ip):
+            raise ConfigError(
+                f"{_at(source, f'{where}.ips[{j}]')}expected an IP address, got {_show(ip)}"
+            )
+    ips = tuple(ips_value)
+    if not ips and (ssh is None or is_local_host(ssh)):
+        ips = (LOCAL_DEFAULT_IP,)
+
+    slots = entry.get("slots", 1)
+    if isinstance(slots, bool) or not isinstance(slots, int) or slots < 1:
+        raise ConfigError(
+            f"{_at(source, where + '.slots')}expected a positive integer, got {_show(slots)}"
+        )
+    return Host(ssh=ssh, ips=ips, slots=slots)
+
+
+def parse_env_assignment(text: Any, where: str) -> tuple[str, str]:
+    """Split `NAME=value` (from `envs` or `--env`); `ConfigError` naming `where` otherwise."""
+    name, sep, value = text.partition("=") if isinstance(text, str) else ("", "", "")
+    if not sep or not _ENV_NAME.match(name):
+        raise ConfigError(f'{where}: expected "NAME=value", got {_show(text)}')
+    return name, value
+
+
+def _parse_envs(value: Any, source: str) -> tuple[tuple[str, str], ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        raise ConfigError(f'{source}: envs: expected a list of "NAME=value" strings, got {_show(value)}')
+    return tuple(parse_env_assignment(item, f"{source}: envs[{i}]") for i, item in enumerate(value))
+
+
+def _split_slots(token: str, source: str, index: int) -> tuple[str, int]:
+    """Split `host:slots`; a bare IPv6 address (or `[v6]`) has no slots part."""
+    if token.startswith("["):
+        host, close, rest = token[1:].partition("]")
+        if not close or (rest and not rest.startswith(":")):
+            raise ConfigError(f"{source}: entry {index}: malformed bracketed address {token!r}")
+        return host, _slots_of(rest[1:], source, index) if rest else 1
+    if _is_ip(token) or ":" not in token:
+        return token, 1
+    host, _, slots = token.rpartition(":")
+    return host, _slots_of(slots, source, index)
+
+
+def _slots_of(text: str, source: str, index: int) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise ConfigError(f"{source}: entry {index}: slots: expected a positive integer, got {text!r}")
+    return int(text)
+
+
+def _check_ssh_name(name: str, source: str, where: str) -> None:
+    # A leading "-" would be read by ssh as an option.
+    if not name or name.startswith("-") or any(c.isspace() for c in name):
+        raise ConfigError(f"{_at(source, where)}expected a host name, got {_show(name)}")
+
+
+def _reject_unknown(obj: dict, known: tuple[str, ...], source: str, where: str) -> None:
+    for key in obj:
+        if key not in known:
+            allowed = ", ".join(k for k in known if k not in _MLX_HOST_FIELDS + _MLX_TOP_FIELDS)
+            raise ConfigError(
+                f"{source}: {where}: unknown field {_show(key)} (expected {allowed})"
+            )
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _at(source: str, where: str) -> str:
+    return f"{source}: {where}: " if where else f"{source}: "
+
+
+def _kind(value: Any) -> str:
+    kinds = {dict: "an object", list: "a list", str: "a string", bool: "a boolean", type(None): "null"}
+    return kinds.get(type(value), "a number")
+
+
+def _show(value: Any) -> str:
+    """A short JSON rendering of a bad value for a one-line message."""
+    text = json.dumps(value)
+    return text if len(text) <= 40 else text[:37] + "..."

@@ -1,0 +1,183 @@
+"""Running ringdist-launch from tests: always with a timeout, never leaving a process behind."""
+
+from __future__ import annotations
+
+import os
+import queue
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import IO, Mapping, Sequence
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPTS = ROOT / "tests" / "scripts"
+HOSTFILES = ROOT / "hostfiles"
+LAUNCHER = [sys.executable, "-m", "ringdist_launch"]
+
+
+def run_launcher(
+    args: Sequence[str],
+    timeout: float = 60,
+    env: Mapping[str, str] | None = None,
+    cwd: str | os.PathLike[str] | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """Run `ringdist-launch args...` to completion (text output); fail the test after `timeout` s."""
+    proc = start_launcher(args, env=env, cwd=cwd)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        kill_tree(proc)
+        out, err = proc.communicate(timeout=10)
+        raise AssertionError(
+            f"ringdist-launch {' '.join(args)} did not finish in {timeout}s\n"
+            f"--- stdout ---\n{out}\n--- stderr ---\n{err}"
+        ) from None
+    finally:
+        kill_tree(proc)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def start_launcher(
+    args: Sequence[str],
+    env: Mapping[str, str] | None = None,
+    cwd: str | os.PathLike[str] | None = None,
+) -> subprocess.Popen[str]:
+    """Start `ringdist-launch args...` in its own session with piped text output."""
+    return subprocess.Popen(
+        [*LAUNCHER, *args],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        encoding="utf-8",
+        errors="replace",
+        env=None if env is None else {**os.environ, **env},
+        cwd=cwd,
+        start_new_session=True,
+    )
+
+
+def kill_tree(popen: subprocess.Popen[str]) -> None:
+    """SIGKILL the launcher, every process descending from it and their process groups; reap it.
+
+    A launcher that has already exited is left alone: its pid may belong to someone else now.
+    """
+    if popen.poll() is not None:
+        return
+    for pid in _descendants(popen.pid):
+        _kill_group_of(pid)
+        _signal(pid, signal.SIGKILL)
+    _kill_group_of(popen.pid)
+    _signal(popen.pid, signal.SIGKILL)
+    try:
+        popen.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        pass
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process `pid` exists and is not a zombie."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True  # no /proc (macOS): trust kill(0)
+    return stat.rpartition(")")[2].split()[0] != "Z"
+
+
+def wait_until_gone(pids: Sequence[int], timeout: float = 10) -> list[int]:
+    """Poll until none of `pids` is alive; return those still alive at `timeout`."""
+    deadline = time.monotonic() + timeout
+    alive = [p for p in pids if pid_alive(p)]
+    while alive and time.monotonic() < deadline:
+        time.sleep(0.05)
+        alive = [p for p in alive if pid_alive(p)]
+    return alive
+
+
+class LineReader:
+    """Collects a text pipe's lines in a thread, so tests can wait for a line with a timeout."""
+
+    def __init__(self, pipe: IO[str]) -> None:
+        self.lines: list[str] = []
+        self._queue: queue.SimpleQueue[str | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._read, args=(pipe,), daemon=True)
+        self._thread.start()
+
+    def _read(self, pipe: IO[str]) -> None:
+        for line in pipe:
+            self._queue.put(line)
+        self._queue.put(None)
+
+    def wait_for(self, pattern: str, count: int = 1, timeout: float = 20) -> list[re.Match[str]]:
+        """Read until `count` lines in all match `pattern`; AssertionError on timeout or EOF."""
+        regex = re.compile(pattern)
+        matches = [m for m in map(regex.search, self.lines) if m]
+        deadline = time.monotonic() + timeout
+        while len(matches) < count:
+            try:
+                line = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                line = None
+            if line is None:
+                got = "".join(self.lines)
+                raise AssertionError(f"wanted {count} lines matching {pattern!r}, got:\n{got}")
+            self.lines.append(line)
+            match = regex.search(line)
+            if match:
+                matches.append(match)
+        return matches
+
+    def rest(self, timeout: float = 10) -> str:
+        """Everything read so far plus the rest of the pipe, up to its end or `timeout`."""
+        self._thread.join(timeout)
+        while True:
+            try:
+                line = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if line is not None:
+                self.lines.append(line)
+        return "".join(self.lines)
+
+
+def _descendants(root: int) -> list[int]:
+    """Every live descendant of `root`, found through /proc (empty where there is no /proc)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            ppid = int((entry / "stat").read_text().rpartition(")")[2].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        children.setdefault(ppid, []).append(int(entry.name))
+    found, todo = [], [root]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def _kill_group_of(pid: int) -> None:
+    try:
+        pgid = os.getpgid(pid)
+    except ProcessLookupError:
+        return
+    if pgid != os.getpgrp():
+        _signal(-pgid, signal.SIGKILL)
+
+
+def _signal(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass

@@ -1,0 +1,33 @@
+"""Rank 1 passes a different shape (or dtype); every rank must raise MismatchError.
+
+usage: mismatch.py shape|dtype|op
+"""
+import sys
+import time
+
+import numpy as np
+
+import ringdist as rd
+
+g = rd.init()
+r = g.rank()
+kind = sys.argv[1]
+x = np.zeros(4, dtype=np.float32)
+rd.all_gather(x)  # one good collective first
+if r == 1:
+    x = {"shape": np.zeros(5, np.float32), "dtype": np.zeros(4, np.int32), "op": None}[kind]
+t0 = time.monotonic()
+try:
+    if kind == "op" and r == 1:
+        rd.all_sum(np.zeros(4, np.float32))
+    else:
+        rd.all_gather(x)
+except rd.MismatchError as exc:
+    print(f"MismatchError after {time.monotonic() - t0:.2f}s: {exc}", flush=True)
+    try:
+        rd.all_gather(np.zeros(4, np.float32))
+    except rd.GroupBrokenError as again:
+        print(f"then GroupBrokenError: {again}", flush=True)
+    time.sleep(1.0)  # let every rank report before the launcher stops the job
+    sys.exit(3)
+print("no error raised", flush=True)

@@ -1,0 +1,31 @@
+"""Rank 2 exits mid-job; the others must raise PeerLostError by themselves (not hang).
+
+The survivors ignore SIGTERM, so what they print is their own detection, not the launcher's stop.
+"""
+import os
+import signal
+import time
+
+import numpy as np
+
+import ringdist as rd
+
+g = rd.init()
+r = g.rank()
+x = np.ones(1 << 18, dtype=np.float32)
+for _ in range(5):
+    rd.all_gather(x)
+if r == 2:
+    print("exiting now", flush=True)
+    os._exit(7)
+signal.signal(signal.SIGTERM, lambda *a: None)
+t0 = time.monotonic()
+try:
+    for _ in range(100000):
+        rd.all_gather(x)
+except rd.PeerLostError as exc:
+    print(f"PeerLostError after {time.monotonic() - t0:.2f}s: {exc}", flush=True)
+    os._exit(1)
+except rd.RingError as exc:
+    print(f"other {type(exc).__name__}: {exc}", flush=True)
+    os._exit(1)

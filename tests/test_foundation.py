@@ -1,0 +1,134 @@
+"""The foundation through the public API: real ranks under ringdist-launch, over real sockets."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import time
+
+import pytest
+
+from helpers import HOSTFILES, ROOT, SCRIPTS, run_launcher
+
+FAST = {"RINGDIST_TIMEOUT": "20", "RINGDIST_CONNECT_TIMEOUT": "10"}
+
+
+def launch(n: int, script: str, *args: str, timeout: float = 120, env: dict | None = None,
+           launcher_args: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+    return run_launcher(["-n", str(n), *launcher_args, str(SCRIPTS / script), *args],
+                        timeout=timeout, env={**FAST, **(env or {})})
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 4, 5])
+def test_all_gather_every_dtype_and_shape(n):
+    big = str(16 << 20) if n in (2, 4) else "0"  # one large case (16 MiB per rank) where it is cheap
+    res = launch(n, "gather_matrix.py", big, timeout=240)
+    assert res.returncode == 0, res.stderr
+    oks = re.findall(r"^\[(\d+)\] gather ok rank=(\d+) size=(\d+) cases=(\d+)$", res.stdout, re.M)
+    assert sorted(int(r) for r, *_ in oks) == list(range(n))
+    assert all(int(size) == n and int(cases) >= 65 for _, _, size, cases in oks)
+
+
+def test_main_job_on_the_shipped_hostfiles():
+    for hostfile in ("localhost-4.json", "loopback-4.json"):
+        res = run_launcher(["--hosts", str(HOSTFILES / hostfile), str(ROOT / "examples" / "gather.py")],
+                           timeout=60, env=FAST)
+        assert res.returncode == 0, res.stderr
+        expected = [0.0, 1.0, 2.0, 3.0, 10.0, 11.0, 12.0, 13.0, 20.0, 21.0, 22.0, 23.0, 30.0, 31.0, 32.0, 33.0]
+        for r in range(4):
+            assert f"[{r}] rank {r} of 4: all_gather -> {expected}" in res.stdout
+
+
+def test_loopback_hostfile_binds_each_rank_to_its_own_address():
+    code = ("import ringdist as rd, ringdist.bootstrap as b; g = rd.init(); "
+            "print('bound', b._endpoint.addresses[0][0]); rd.barrier()")
+    script = ROOT / "tests" / "scripts" / "_bound.py"
+    res = run_launcher(["--hosts", str(HOSTFILES / "loopback-4.json"), "--", sys.executable, "-c", code],
+                       timeout=60, env=FAST)
+    assert res.returncode == 0, res.stderr
+    for r in range(4):
+        assert f"[{r}] bound 127.0.0.{r + 1}" in res.stdout
+    assert not script.exists()
+
+
+@pytest.mark.parametrize("kind", ["shape", "dtype", "op"])
+def test_mismatch_raises_on_every_rank(kind):
+    t0 = time.monotonic()
+    res = launch(4, "mismatch.py", kind, timeout=60)
+    elapsed = time.monotonic() - t0
+    assert res.returncode == 3, (res.stdout, res.stderr)
+    lines = re.findall(r"^\[(\d)\] MismatchError after ([\d.]+)s: (.*)$", res.stdout, re.M)
+    assert sorted(int(r) for r, _, _ in lines) == [0, 1, 2, 3], res.stdout
+    assert all(float(t) < 5 for _, t, _ in lines)
+    # The message shows both sides.
+    direct = [msg for _, _, msg in lines if "but rank" in msg]
+    assert direct and all(("shape=(5,)" in m and "shape=(4,)" in m) if kind == "shape" else True for m in direct)
+    if kind == "dtype":
+        assert any("int32" in m and "float32" in m for m in direct)
+    if kind == "op":
+        assert any("all_sum" in m and "all_gather" in m for m in direct)
+    assert len(re.findall(r"GroupBrokenError", res.stdout)) == 4
+    assert elapsed < 30
+
+
+def test_rank_exiting_mid_job_raises_peer_lost_elsewhere():
+    t0 = time.monotonic()
+    res = launch(4, "peer_exit.py", timeout=60, launcher_args=("--grace", "8"))
+    elapsed = time.monotonic() - t0
+    assert res.returncode == 7, (res.stdout, res.stderr)
+    lost = re.findall(r"^\[(\d)\] PeerLostError after ([\d.]+)s", res.stdout, re.M)
+    assert sorted(int(r) for r, _ in lost) == [0, 1, 3], res.stdout + res.stderr
+    assert all(float(t) < 5 for _, t in lost)
+    assert "rank 2" in res.stderr
+    assert elapsed < 20
+
+
+def test_strangers_are_refused_and_the_job_goes_on():
+    res = launch(3, "stranger.py", timeout=90)
+    assert res.returncode == 0, res.stdout + res.stderr
+    refused = {int(r): int(k) for r, k in re.findall(r"^\[(\d)\] correct; refused=(\d+)$", res.stdout, re.M)}
+    assert sorted(refused) == [0, 1, 2], res.stdout
+    assert refused[1] >= 4 and refused[2] >= 4, refused
+    assert "refused connection" in res.stderr  # dropped and logged
+
+
+def _python(code: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    clean = {k: v for k, v in __import__("os").environ.items()
+             if not k.startswith("RINGDIST_") and k not in ("RANK", "WORLD_SIZE")}
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                          env={**clean, **(env or {})})
+
+
+def test_init_without_launcher_is_a_singleton():
+    res = _python("import numpy as np, ringdist as rd\n"
+                  "g = rd.init(); assert rd.init() is g\n"
+                  "print(g.rank(), g.size(), rd.is_available(), rd.all_gather(np.arange(3)).tolist())")
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.split() == ["0", "1", "True", "[0,", "1,", "2]"]
+
+
+def test_init_strict_without_launcher_raises_config_error():
+    res = _python("import ringdist as rd\n"
+                  "try:\n    rd.init(strict=True)\nexcept rd.ConfigError as e:\n    print('ConfigError:', e)\n")
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.startswith("ConfigError:") and "ringdist-launch" in res.stdout
+
+
+def test_init_with_a_broken_environment_raises_even_when_not_strict():
+    res = _python("import ringdist as rd\n"
+                  "try:\n    rd.init()\nexcept rd.ConfigError as e:\n    print('ConfigError:', e)\n",
+                  env={"RINGDIST_RANK": "0", "RINGDIST_WORLD_SIZE": "2", "RINGDIST_RENDEZVOUS": "nowhere"})
+    assert res.returncode == 0, res.stderr
+    assert "RINGDIST_RENDEZVOUS" in res.stdout
+
+
+def test_init_names_the_ranks_that_never_registered():
+    # Rank 1 never calls init(): rank 0's init deadline lists it.
+    code = ("import os, time, ringdist as rd\n"
+            "if os.environ['RINGDIST_RANK'] == '1':\n    time.sleep(30)\n"
+            "else:\n    rd.init()\n")
+    res = run_launcher(["-n", "2", "--", sys.executable, "-c", code], timeout=60,
+                       env={**FAST, "RINGDIST_INIT_TIMEOUT": "2"})
+    assert res.returncode != 0
+    assert "init() timed out after 2 s" in res.stderr and "never registered: 1 (host" in res.stderr
