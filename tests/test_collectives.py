@@ -1,0 +1,35 @@
+"""Reductions, sum_scatter, broadcast, barrier and point-to-point, through real ranks."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from helpers import SCRIPTS, run_launcher
+
+FAST = {"RINGDIST_TIMEOUT": "20", "RINGDIST_CONNECT_TIMEOUT": "10"}
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 4, 5])
+def test_every_collective_against_numpy_on_world_and_split_groups(n):
+    big = str(16 << 20) if n in (2, 4) else "0"
+    res = run_launcher(["-n", str(n), str(SCRIPTS / "collectives_matrix.py"), big], timeout=240, env=FAST)
+    assert res.returncode == 0, res.stdout + res.stderr
+    oks = re.findall(r"^\[(\d+)\] collectives ok rank=\d+ size=(\d+) cases=(\d+)$", res.stdout, re.M)
+    assert sorted(int(r) for r, _, _ in oks) == list(range(n))
+    assert all(int(cases) >= 429 * (2 if n > 1 else 1) for _, _, cases in oks)
+
+
+def test_point_to_point_between_any_pair():
+    res = run_launcher(["-n", "4", str(SCRIPTS / "p2p_matrix.py")], timeout=120, env=FAST)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert sorted(re.findall(r"^\[(\d)\] p2p ok", res.stdout, re.M)) == ["0", "1", "2", "3"]
+    assert re.search(r"^\[0\] pingpong 1000 round trips in [\d.]+s$", res.stdout, re.M)
+
+
+def test_recv_of_a_different_shape_is_a_mismatch():
+    res = run_launcher(["-n", "2", str(SCRIPTS / "p2p_mismatch.py")], timeout=60, env=FAST)
+    assert res.returncode == 3, res.stdout + res.stderr
+    assert ("[1] MismatchError: rank 1 expected recv(shape=(5,), dtype=float32) from rank 0 "
+            "but rank 0 sent send(shape=(4,), dtype=float32)") in res.stdout

@@ -1,0 +1,41 @@
+"""Group.split over real sub-rings: semantics, nesting, meshes, and no leaks."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from helpers import ROOT, SCRIPTS, run_launcher
+
+FAST = {"RINGDIST_TIMEOUT": "20", "RINGDIST_CONNECT_TIMEOUT": "10"}
+
+
+@pytest.mark.parametrize("n", [4, 6, 8])
+def test_split_semantics_nesting_mesh_and_fd_leaks(n):
+    res = run_launcher(["-n", str(n), str(SCRIPTS / "split_matrix.py")], timeout=240, env=FAST)
+    assert res.returncode == 0, res.stdout + res.stderr
+    oks = re.findall(r"^\[(\d+)\] split ok rank=\d+ size=(\d+) fds (\d+)->(\d+)", res.stdout, re.M)
+    assert sorted(int(r) for r, *_ in oks) == list(range(n))
+    assert all(int(size) == n and int(after) <= int(before) for _, size, before, after in oks)
+
+
+@pytest.mark.parametrize("n", [4, 6])
+def test_mesh2d_example_runs_as_written(n):
+    res = run_launcher(["-n", str(n), str(ROOT / "examples" / "mesh2d.py")], timeout=60, env=FAST)
+    assert res.returncode == 0, res.stdout + res.stderr
+    cols = n // 2
+    for r in range(n):
+        row, col = divmod(r, cols)
+        row_ranks = [row * cols + c for c in range(cols)]
+        col_ranks = [col, cols + col]
+        assert (f"[{r}] rank {r} at (row {row}, col {col}): row {row_ranks} column {col_ranks} "
+                f"column sum {sum(col_ranks)}") in res.stdout
+
+
+def test_ranks_that_disagree_on_split_raise_mismatch():
+    res = run_launcher(["-n", "3", str(SCRIPTS / "split_disagree.py")], timeout=60, env=FAST)
+    assert res.returncode == 3, res.stdout + res.stderr
+    lines = re.findall(r"^\[(\d)\] MismatchError: (.*)$", res.stdout, re.M)
+    assert sorted(int(r) for r, _ in lines) == [0, 1, 2]
+    assert any("split" in msg and "all_gather" in msg for _, msg in lines)
