@@ -1,0 +1,38 @@
+"""The public surface: __all__, the exception tree, and the documented signatures."""
+
+from __future__ import annotations
+
+import inspect
+
+import ringdist as rd
+
+PUBLIC = {
+    "init", "is_available", "Group", "all_gather", "all_sum", "all_max", "all_min", "all_prod",
+    "sum_scatter", "broadcast", "barrier", "send", "recv", "recv_like",
+    "RingError", "ConfigError", "ConnectError", "AuthError", "ProtocolError", "PeerLostError",
+    "RingTimeoutError", "MismatchError", "GroupBrokenError", "__version__",
+}
+
+
+def test_all_lists_exactly_the_public_api():
+    assert set(rd.__all__) == PUBLIC
+    for name in rd.__all__:
+        assert hasattr(rd, name), name
+
+
+def test_exception_tree():
+    assert issubclass(rd.RingError, RuntimeError)
+    for name in PUBLIC:
+        obj = getattr(rd, name)
+        if isinstance(obj, type) and name.endswith("Error") and obj is not rd.RingError:
+            assert issubclass(obj, rd.RingError), name
+    assert issubclass(rd.RingTimeoutError, TimeoutError)
+
+
+def test_collectives_take_group_as_keyword_only():
+    for name in ("all_gather", "all_sum", "all_max", "all_min", "all_prod", "sum_scatter", "broadcast",
+                 "barrier", "send", "recv", "recv_like"):
+        param = inspect.signature(getattr(rd, name)).parameters["group"]
+        assert param.kind is inspect.Parameter.KEYWORD_ONLY and param.default is None, name
+    assert inspect.signature(rd.init).parameters["strict"].default is False
+    assert list(inspect.signature(rd.Group.split).parameters) == ["self", "color", "key"]
