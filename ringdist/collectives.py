@@ -1,5 +1,7 @@
 """Collective operations on numpy arrays, written against a group's ring of channels.
 
+Every collective takes `timeout=` (seconds without progress; default RINGDIST_TIMEOUT).
+
 Each function checks its arguments, lays the input and output out as byte streams
 (`schedule` says which block goes where), and hands the flows to `Group.run`. Array
 data is copied at most once into the output (gathers) or read straight from the
@@ -83,7 +85,8 @@ def gather_flows(group: Group, out: memoryview, bounds: list[tuple[int, int]], o
     return inflows, outflows
 
 
-def gather_rows(x: Any, *, group: Group | None = None, op: str = "all_gather") -> np.ndarray:
+def gather_rows(x: Any, *, group: Group | None = None, op: str = "all_gather",
+                timeout: float | None = None) -> np.ndarray:
     """all_gather under a given op name (split's exchange cannot pair with a user's all_gather)."""
     g = _group(group)
     arr = as_rows(x)
@@ -93,16 +96,16 @@ def gather_rows(x: Any, *, group: Group | None = None, op: str = "all_gather") -
     header = g.next_header(op, arr)
     if g.size() > 1:
         bounds = [(i * arr.nbytes, (i + 1) * arr.nbytes) for i in range(g.size())]
-        g.run(op, *gather_flows(g, byte_view(out), bounds, op, header))
+        g.run(op, *gather_flows(g, byte_view(out), bounds, op, header), timeout=timeout)
     return out
 
 
-def all_gather(x: Any, *, group: Group | None = None) -> np.ndarray:
+def all_gather(x: Any, *, group: Group | None = None, timeout: float | None = None) -> np.ndarray:
     """Every rank's `x` concatenated along axis 0, in rank order (a 0-d `x` counts as shape (1,)).
 
     All ranks must pass the same shape and dtype; otherwise every rank raises MismatchError.
     """
-    return gather_rows(x, group=group, op="all_gather")
+    return gather_rows(x, group=group, op="all_gather", timeout=timeout)
 
 
 # ---- reductions ------------------------------------------------------------------------------
@@ -147,7 +150,7 @@ def _check_reducible(arr: np.ndarray, op: str) -> None:
         raise TypeError(f"{op}: numpy cannot reduce dtype {arr.dtype} with {_REDUCERS[op].__name__}") from None
 
 
-def _all_reduce(x: Any, group: Group | None, op: str) -> np.ndarray:
+def _all_reduce(x: Any, group: Group | None, op: str, timeout: float | None) -> np.ndarray:
     g = _group(group)
     arr = as_array(x)
     _check_reducible(arr, op)
@@ -161,34 +164,34 @@ def _all_reduce(x: Any, group: Group | None, op: str) -> np.ndarray:
     bounds = schedule.block_bounds(flat.size, n)
     lo, hi = bounds[r]
     inflows, outflows = _reduce_flows(g, own, flat[lo:hi], bounds, _REDUCERS[op], op, header)
-    g.run(op, inflows, outflows)
+    g.run(op, inflows, outflows, timeout=timeout)
     itemsize = arr.itemsize
     byte_bounds = [(a * itemsize, b * itemsize) for a, b in bounds]
-    g.run(op, *gather_flows(g, byte_view(out), byte_bounds, op, None, unit=itemsize))
+    g.run(op, *gather_flows(g, byte_view(out), byte_bounds, op, None, unit=itemsize), timeout=timeout)
     return out
 
 
-def all_sum(x: Any, *, group: Group | None = None) -> np.ndarray:
+def all_sum(x: Any, *, group: Group | None = None, timeout: float | None = None) -> np.ndarray:
     """Element-wise sum over the group; every rank gets a bitwise-identical result (bool: logical or)."""
-    return _all_reduce(x, group, "all_sum")
+    return _all_reduce(x, group, "all_sum", timeout)
 
 
-def all_max(x: Any, *, group: Group | None = None) -> np.ndarray:
+def all_max(x: Any, *, group: Group | None = None, timeout: float | None = None) -> np.ndarray:
     """Element-wise maximum over the group."""
-    return _all_reduce(x, group, "all_max")
+    return _all_reduce(x, group, "all_max", timeout)
 
 
-def all_min(x: Any, *, group: Group | None = None) -> np.ndarray:
+def all_min(x: Any, *, group: Group | None = None, timeout: float | None = None) -> np.ndarray:
     """Element-wise minimum over the group."""
-    return _all_reduce(x, group, "all_min")
+    return _all_reduce(x, group, "all_min", timeout)
 
 
-def all_prod(x: Any, *, group: Group | None = None) -> np.ndarray:
+def all_prod(x: Any, *, group: Group | None = None, timeout: float | None = None) -> np.ndarray:
     """Element-wise product over the group."""
-    return _all_reduce(x, group, "all_prod")
+    return _all_reduce(x, group, "all_prod", timeout)
 
 
-def sum_scatter(x: Any, *, group: Group | None = None) -> np.ndarray:
+def sum_scatter(x: Any, *, group: Group | None = None, timeout: float | None = None) -> np.ndarray:
     """Reduce-scatter: rank r gets rows [r*c, (r+1)*c) of all_sum(x), c = x.shape[0] // N."""
     g = _group(group)
     arr = as_rows(x)
@@ -204,14 +207,15 @@ def sum_scatter(x: Any, *, group: Group | None = None) -> np.ndarray:
     own = np.ascontiguousarray(arr).reshape(-1)
     per_rank = out.size
     bounds = [(i * per_rank, (i + 1) * per_rank) for i in range(n)]
-    g.run("sum_scatter", *_reduce_flows(g, own, out.reshape(-1), bounds, np.add, "sum_scatter", header))
+    g.run("sum_scatter", *_reduce_flows(g, own, out.reshape(-1), bounds, np.add, "sum_scatter", header),
+          timeout=timeout)
     return out
 
 
 # ---- broadcast and barrier -------------------------------------------------------------------
 
 
-def broadcast(x: Any, root: int = 0, *, group: Group | None = None) -> np.ndarray:
+def broadcast(x: Any, root: int = 0, *, group: Group | None = None, timeout: float | None = None) -> np.ndarray:
     """Root's `x` on every rank. Every rank passes an array of the root's shape and dtype.
 
     A pipelined chain from the root; large arrays go half each way round the ring.
@@ -244,12 +248,12 @@ def broadcast(x: Any, root: int = 0, *, group: Group | None = None) -> np.ndarra
         if downstream is not None:
             outflows.append(Outflow((ring.right if to_right else ring.left)[lane], Segments([part]),
                                     "broadcast", header, source=inflow, head=0 if inflow else None))
-    g.run("broadcast", inflows, outflows)
+    g.run("broadcast", inflows, outflows, timeout=timeout)
     return out
 
 
-def barrier(*, group: Group | None = None) -> None:
+def barrier(*, group: Group | None = None, timeout: float | None = None) -> None:
     """Return only after every rank of the group has entered the barrier."""
     g = _group(group)
     # One byte per rank around the whole ring: a rank leaves only once it has every rank's byte.
-    gather_rows(np.zeros(1, dtype=np.uint8), group=g, op="barrier")
+    gather_rows(np.zeros(1, dtype=np.uint8), group=g, op="barrier", timeout=timeout)

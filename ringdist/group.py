@@ -118,7 +118,7 @@ class Group:
                 f"({self._broken}); its ranks are no longer in step")
 
     def run(self, op: str, inflows: list[transfer.Inflow], outflows: list[transfer.Outflow],
-            channels: list[Channel] | None = None) -> None:
+            channels: list[Channel] | None = None, timeout: float | None = None) -> None:
         """Drive an operation's flows; on any failure tell the peers and mark the group broken.
 
         `channels` are the connections to watch for an ABORT: the ring's for a collective
@@ -131,7 +131,7 @@ class Group:
         else:
             seq = None
         try:
-            transfer.run(inflows, outflows, channels, timeout=self.settings.timeout, op=op, me=self._rank,
+            transfer.run(inflows, outflows, channels, timeout=self._timeout(timeout), op=op, me=self._rank,
                          seq=seq)
         except BaseException as exc:
             self._broken = f"{op}: {type(exc).__name__}: {exc}"
@@ -153,13 +153,20 @@ class Group:
             raise ValueError(f"{op}: {role}={peer} is this rank itself")
         return peer
 
-    def p2p_channel(self, peer: int, outgoing: bool) -> tuple[Channel, int]:
+    def _timeout(self, timeout: float | None) -> float:
+        if timeout is None:
+            return self.settings.timeout
+        if not timeout > 0:
+            raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
+        return float(timeout)
+
+    def p2p_channel(self, peer: int, outgoing: bool, timeout: float | None = None) -> tuple[Channel, int]:
         """The direct connection for messages to (or from) `peer`, opened on first use; and its
         message number (the k-th message between the pair in that direction)."""
         table = self._p2p_out if outgoing else self._p2p_in
         if peer not in table:
             assert self._endpoint is not None
-            deadline = time.monotonic() + (self.settings.connect_timeout if outgoing else self.settings.timeout)
+            deadline = time.monotonic() + (self.settings.connect_timeout if outgoing else self._timeout(timeout))
             if outgoing:
                 sock = self._endpoint.connect(self._addresses[peer], InboxKey(self.gid, self._rank, "p2p", 0),
                                               deadline, f"rank {peer} of group {self.gid!r}")

@@ -24,7 +24,7 @@ def _message_header(arr: np.ndarray, number: int) -> dict[str, Any]:
     return wire.make_header("send", number, dtype, arr.shape)
 
 
-def send(x: Any, dst: int, *, group: Group | None = None) -> None:
+def send(x: Any, dst: int, *, group: Group | None = None, timeout: float | None = None) -> None:
     """Send array `x` to rank `dst` of the group (any rank but this one)."""
     g = _group(group)
     dst = g.check_peer(dst, "send", "dst")
@@ -32,7 +32,8 @@ def send(x: Any, dst: int, *, group: Group | None = None) -> None:
     data = np.ascontiguousarray(arr)
     g.check_usable("send")
     ch, number = g.p2p_channel(dst, outgoing=True)
-    g.run("send", [], [Outflow(ch, Segments([byte_view(data)]), "send", _message_header(arr, number))], [ch])
+    g.run("send", [], [Outflow(ch, Segments([byte_view(data)]), "send", _message_header(arr, number))], [ch],
+          timeout=timeout)
 
 
 def _expect_message(mine: dict[str, Any], theirs: dict[str, Any], ch: Channel) -> None:
@@ -50,7 +51,8 @@ def _dtype_name(header: dict[str, Any]) -> str:
         return str(header["dtype"])
 
 
-def recv(shape: Any, dtype: Any, src: int, *, group: Group | None = None) -> np.ndarray:
+def recv(shape: Any, dtype: Any, src: int, *, group: Group | None = None,
+         timeout: float | None = None) -> np.ndarray:
     """Receive an array of `shape` and `dtype` from rank `src`; MismatchError if the sender's differs."""
     g = _group(group)
     src = g.check_peer(src, "recv", "src")
@@ -58,13 +60,13 @@ def recv(shape: Any, dtype: Any, src: int, *, group: Group | None = None) -> np.
     if out.dtype.hasobject:
         raise TypeError("ringdist receives raw array bytes; object dtypes are not supported")
     g.check_usable("recv")
-    ch, number = g.p2p_channel(src, outgoing=False)
+    ch, number = g.p2p_channel(src, outgoing=False, timeout=timeout)
     inflow = Inflow(ch, Segments([byte_view(out)]), "recv", _message_header(out, number), check=_expect_message)
-    g.run("recv", [inflow], [], [ch])
+    g.run("recv", [inflow], [], [ch], timeout=timeout)
     return out
 
 
-def recv_like(x: Any, src: int, *, group: Group | None = None) -> np.ndarray:
+def recv_like(x: Any, src: int, *, group: Group | None = None, timeout: float | None = None) -> np.ndarray:
     """Receive an array shaped and typed like `x` from rank `src`."""
     arr = np.asarray(x)
-    return recv(arr.shape, arr.dtype, src, group=group)
+    return recv(arr.shape, arr.dtype, src, group=group, timeout=timeout)
