@@ -87,8 +87,7 @@ class Endpoint:
                 except OSError:
                     continue
                 if not self._pending.acquire(blocking=False):
-                    self.refused += 1
-                    log.warning("%s: too many connections in handshake; dropped %s", self.label, addr)
+                    self._refuse(addr, "too many connections in handshake")
                     conn.close()
                     continue
                 threading.Thread(target=self._authenticate, args=(conn, addr), daemon=True,
@@ -100,8 +99,7 @@ class Endpoint:
             try:
                 hello = server_handshake(conn, self._secret, self.job, deadline)
             except (AuthError, ProtocolError, EOFError, OSError) as exc:
-                self.refused += 1
-                log.warning("%s: refused connection from %s:%s: %s", self.label, addr[0], addr[1], exc)
+                self._refuse(addr, str(exc) or type(exc).__name__)
                 conn.close()
                 return
             key = InboxKey(hello["group"], hello["rank"], hello["kind"], hello["lane"])
@@ -113,6 +111,16 @@ class Endpoint:
                 self._cond.notify_all()
         finally:
             self._pending.release()
+
+    def _refuse(self, addr: tuple, why: str) -> None:
+        """Count a dropped connection; log the first few, then one line per hundred (no log floods)."""
+        with self._cond:
+            self.refused += 1
+            count = self.refused
+        if count <= 10:
+            log.warning("%s: refused connection from %s:%s: %s", self.label, addr[0], addr[1], why)
+        elif count % 100 == 0:
+            log.warning("%s: %d connections refused so far (latest from %s: %s)", self.label, count, addr[0], why)
 
     def take(self, key: InboxKey, deadline: float, what: str) -> socket.socket:
         """Wait for the authenticated connection filed under `key`; RingTimeoutError at deadline."""

@@ -1,0 +1,101 @@
+"""Faults reach every rank as an error, quickly: kill -9 mid-collective, a stalled peer."""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import signal
+import statistics
+import time
+
+import pytest
+
+from helpers import SCRIPTS, LineReader, kill_tree, pid_alive, start_launcher, wait_until_gone
+
+KILLS_PER_OP = 20
+
+
+def _ready_pids(reader: LineReader, n: int) -> dict[int, int]:
+    found = reader.wait_for(r"^\[(\d+)\] ready pid=(\d+)$", count=n, timeout=60)
+    return {int(m.group(1)): int(m.group(2)) for m in found}
+
+
+@pytest.mark.parametrize("op", ["all_gather", "all_sum"])
+def test_kill_9_mid_collective_reaches_every_rank_within_5s(op):
+    rng = random.Random(op)
+    detections = []
+    for round_no in range(KILLS_PER_OP):
+        proc = start_launcher(["-n", "4", "--grace", "10", str(SCRIPTS / "long_loop.py"), op, "4"],
+                              env={"RINGDIST_TIMEOUT": "30"})
+        try:
+            out = LineReader(proc.stdout)
+            pids = _ready_pids(out, 4)
+            time.sleep(rng.uniform(0.0, 0.3))
+            victim = rng.randrange(4)
+            os.kill(pids[victim], signal.SIGKILL)
+            killed_at = time.time()
+            proc.wait(timeout=30)
+            text = out.rest()
+            err = proc.stderr.read()
+        finally:
+            kill_tree(proc)
+        raised = {int(r): (name, float(t)) for r, name, t in
+                  re.findall(r"^\[(\d+)\] raised (\w+) at ([\d.]+):", text, re.M)}
+        assert sorted(raised) == sorted(set(range(4)) - {victim}), (round_no, victim, text, err)
+        for rank, (name, t) in raised.items():
+            assert name in ("PeerLostError", "RingTimeoutError"), (name, text)
+            detections.append(t - killed_at)
+            assert t - killed_at < 5.0, (rank, t - killed_at)
+        assert proc.returncode == 137, (proc.returncode, err)
+        assert f"rank {victim}" in err and "SIGKILL" in err
+        assert not wait_until_gone(list(pids.values()), timeout=10)
+    print(f"{op}: {KILLS_PER_OP} kills, detection median {statistics.median(detections) * 1e3:.0f} ms, "
+          f"max {max(detections) * 1e3:.0f} ms")
+
+
+def test_a_stalled_peer_is_a_timeout_naming_op_and_peer():
+    timeout = 3.0
+    proc = start_launcher(["-n", "3", "--grace", "10", str(SCRIPTS / "long_loop.py"), "all_gather", "1"],
+                          env={"RINGDIST_TIMEOUT": str(timeout)})
+    try:
+        out = LineReader(proc.stdout)
+        pids = _ready_pids(out, 3)
+        os.kill(pids[1], signal.SIGSTOP)
+        stopped_at = time.time()
+        found = out.wait_for(r"^\[(\d)\] raised (\w+) at ([\d.]+): (.*)$", count=2, timeout=timeout + 15)
+        proc.wait(timeout=30)
+        err = proc.stderr.read()
+    finally:
+        try:
+            os.kill(pids[1], signal.SIGCONT)
+        except (ProcessLookupError, NameError):
+            pass
+        kill_tree(proc)
+    by_rank = {int(m.group(1)): m for m in found}
+    assert sorted(by_rank) == [0, 2]
+    direct = 0
+    for m in by_rank.values():
+        assert m.group(2) == "RingTimeoutError", m.group(0)
+        assert float(m.group(3)) - stopped_at < timeout + 2, m.group(0)
+        if "made no progress for 3 s" in m.group(4):
+            direct += 1
+            assert "all_gather" in m.group(4) and "rank 1" in m.group(4)
+    assert direct >= 1
+    assert proc.returncode != 0 and "rank" in err
+    assert not pid_alive(pids[1])
+
+
+def test_a_flood_of_1000_stranger_connections_changes_nothing():
+    from helpers import run_launcher
+
+    res = run_launcher(["-n", "3", str(SCRIPTS / "flood.py")], timeout=180,
+                       env={"RINGDIST_TIMEOUT": "30", "RINGDIST_CONNECT_TIMEOUT": "3"})
+    assert res.returncode == 0, res.stdout + res.stderr[-3000:]
+    rows = {int(m[0]): m for m in re.findall(
+        r"^\[(\d)\] flood done rank=\d ops=(\d+) fds (\d+)->(\d+) refused=(\d+) connections=(\d+)$", res.stdout, re.M)}
+    assert sorted(rows) == [0, 1, 2], res.stdout
+    assert int(rows[0][5]) == 1000  # the stranger got its 1000 connections in
+    assert int(rows[1][4]) + int(rows[2][4]) >= 1000  # every one refused (or dropped at the door)
+    for _, ops, before, after, _, _ in rows.values():
+        assert int(ops) >= 2 and int(after) <= int(before)
