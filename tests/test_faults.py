@@ -99,3 +99,16 @@ def test_a_flood_of_1000_stranger_connections_changes_nothing():
     assert int(rows[1][4]) + int(rows[2][4]) >= 1000  # every one refused (or dropped at the door)
     for _, ops, before, after, _, _ in rows.values():
         assert int(ops) >= 2 and int(after) <= int(before)
+
+
+def test_soak_5000_random_collectives_on_world_and_splits():
+    from helpers import run_launcher
+
+    res = run_launcher(["-n", "4", str(SCRIPTS / "soak.py"), "5000"], timeout=400, env={"RINGDIST_TIMEOUT": "60"})
+    assert res.returncode == 0, res.stdout + res.stderr[-3000:]
+    rows = re.findall(r"^\[(\d)\] soak ok rank=\d collectives=5000 seconds=[\d.]+ MiB=\d+ "
+                      r"fds (\d+)->(\d+) rss_mib ([\d.]+)->([\d.]+)->([\d.]+)$", res.stdout, re.M)
+    assert sorted(int(r[0]) for r in rows) == [0, 1, 2, 3], res.stdout
+    for _, fd0, fd1, _, half, end in rows:
+        assert int(fd1) <= int(fd0)
+        assert float(end) < float(half) + 16, "resident memory kept growing in the second half"
