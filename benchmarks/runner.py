@@ -1,0 +1,99 @@
+"""The measurement loop of ringdist-bench (runs on every rank)."""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+import time
+from typing import Any
+
+import numpy as np
+
+import ringdist as rd
+
+
+def _bus_factor(op: str, n: int) -> tuple[float, float]:
+    """(bytes moved per call relative to the input, busbw factor), as nccl-tests define them."""
+    if op == "all_gather":
+        return n, (n - 1) / n
+    if op in ("all_sum", "all_max", "all_min", "all_prod"):
+        return 1, 2 * (n - 1) / n
+    if op == "sum_scatter":
+        return 1, (n - 1) / n
+    return 1, 1.0  # broadcast
+
+
+def _call(op: str, x: np.ndarray) -> np.ndarray:
+    if op == "broadcast":
+        return rd.broadcast(x, root=0)
+    return getattr(rd, op)(x)
+
+
+def _expected(op: str, size: int, n: int, r: int) -> np.ndarray:
+    base = lambda q: (np.arange(size, dtype=np.float32) % 251) + 256 * q  # noqa: E731 - exact sums
+    if op == "all_gather":
+        return np.concatenate([base(q) for q in range(n)])
+    if op == "all_sum":
+        return sum(base(q) for q in range(n))
+    if op == "all_max":
+        return base(n - 1)
+    if op == "all_min":
+        return base(0)
+    if op == "sum_scatter":
+        c = size // n
+        return sum(base(q) for q in range(n))[r * c:(r + 1) * c]
+    if op == "broadcast":
+        return base(0)
+    return np.prod([base(q) for q in range(n)], axis=0, dtype=np.float32)
+
+
+def run(args: Any) -> list[dict]:
+    g = rd.init()
+    r, n = g.rank(), g.size()
+    rows = []
+    size = args.minbytes
+    if r == 0:
+        print(f"# ringdist-bench  op {args.op}  ranks {n}  dtype float32  (size = per-rank input)", flush=True)
+        print(f"# {'size':>10} {'count':>10} {'time':>12} {'algbw GB/s':>11} {'busbw GB/s':>11} {'iters':>6}",
+              flush=True)
+    while size <= args.maxbytes:
+        count = max(1, size // 4)
+        if args.op == "sum_scatter":
+            count -= count % n or 0
+            count = max(count, n)
+        x = (np.arange(count, dtype=np.float32) % 251) + 256 * r
+        for _ in range(max(1, args.warmup)):
+            y = _call(args.op, x)
+        if not np.array_equal(y.reshape(-1), _expected(args.op, count, n, r)):
+            raise SystemExit(f"rank {r}: wrong result for {args.op} at {count * 4} bytes")
+        # agree on the iteration count from the warm-up estimate
+        t0 = time.perf_counter()
+        rd.barrier()
+        _call(args.op, x)
+        estimate = rd.all_max(np.array([time.perf_counter() - t0]))[0]
+        iters = args.iters or int(min(2000, max(5, math.ceil(args.time / max(estimate, 1e-7)))))
+        times = np.empty(iters)
+        for i in range(iters):
+            rd.barrier()
+            t0 = time.perf_counter()
+            y = _call(args.op, x)
+            times[i] = time.perf_counter() - t0
+            if args.check and not np.array_equal(y.reshape(-1), _expected(args.op, count, n, r)):
+                raise SystemExit(f"rank {r}: wrong result for {args.op} at {count * 4} bytes, call {i}")
+        slowest = rd.all_max(times)
+        t = float(statistics.median(slowest))
+        moved, factor = _bus_factor(args.op, n)
+        algbw = moved * count * 4 / t / 1e9
+        row = {"op": args.op, "n_ranks": n, "bytes_per_rank": count * 4, "time_s": t, "algbw_GBps": algbw,
+               "busbw_GBps": algbw * factor, "iters": iters, "time_s_min": float(slowest.min())}
+        rows.append(row)
+        if r == 0:
+            shown = f"{t * 1e6:.1f} us" if t < 1e-3 else f"{t * 1e3:.2f} ms"
+            print(f"  {count * 4:>10} {count:>10} {shown:>12} {algbw:>11.3f} {algbw * factor:>11.3f} {iters:>6}",
+                  flush=True)
+            if args.json:
+                with open(args.json, "a") as f:
+                    f.write(json.dumps(row) + "\n")
+        size *= args.stepfactor
+    return rows if r == 0 else []
