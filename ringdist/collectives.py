@@ -14,16 +14,14 @@ from typing import Any
 
 import numpy as np
 
-from . import schedule
+from . import bootstrap, schedule
 from .group import Group
 from .transfer import Inflow, Outflow, ReducingInflow, Segments
 
 
 def _group(group: Group | None) -> Group:
     if group is None:
-        from .bootstrap import init
-
-        return init()
+        return bootstrap._world or bootstrap.init()
     if not isinstance(group, Group):
         raise TypeError(f"group must be a ringdist Group or None, got {type(group).__name__}")
     return group

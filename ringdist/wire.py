@@ -115,6 +115,16 @@ def make_header(op: str, seq: int, dtype: str, shape: tuple[int, ...], **extra: 
     return header
 
 
+def header_frame(header: dict[str, Any]) -> bytes:
+    """A whole HEADER frame; the encoding is deterministic, so equal headers give equal bytes."""
+    return encode_map(HEADER, header)
+
+
+def header_body(header: dict[str, Any]) -> bytes:
+    """The body of `header_frame(header)`, for a byte-wise comparison with a received one."""
+    return msgpack.packb(header, use_bin_type=True)
+
+
 def check_header(fields: dict[str, Any]) -> dict[str, Any]:
     """Validate a decoded HEADER body; return it."""
     require(fields, "op", str)

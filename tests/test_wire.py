@@ -40,7 +40,7 @@ def test_header_round_trip_and_description():
     assert "root=1" in wire.describe_header(wire.make_header("broadcast", 0, "<i8", (4,), root=1))
 
 
-@pytest.mark.parametrize("body", [b"", b"\xc1", b"\x91\x01", b"\x81\x01\x02", os.urandom(64), b"\xdd\xff\xff\xff\xff"])
+@pytest.mark.parametrize("body", [b"", b"\xc1", b"\x91\x01", b"\x81\x01\x02", bytes(range(200, 256)), b"\xdd\xff\xff\xff\xff"])
 def test_garbage_bodies_are_protocol_errors(body):
     with pytest.raises(ProtocolError):
         wire.check_header(wire.decode_map(body))
