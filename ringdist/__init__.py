@@ -10,17 +10,8 @@ Launch ranks with `ringdist-launch --hosts hosts.json script.py`. The API mirror
 
 from .bootstrap import init, is_available
 from .collectives import all_gather, all_max, all_min, all_prod, all_sum, barrier, broadcast, sum_scatter
-from .errors import (
-    AuthError,
-    ConfigError,
-    ConnectError,
-    GroupBrokenError,
-    MismatchError,
-    PeerLostError,
-    ProtocolError,
-    RingError,
-    RingTimeoutError,
-)
+from . import errors
+from .errors import *  # noqa: F403 - the exception tree is part of the API
 from .group import Group
 from .p2p import recv, recv_like, send
 
@@ -41,14 +32,6 @@ __all__ = [
     "send",
     "recv",
     "recv_like",
-    "RingError",
-    "ConfigError",
-    "ConnectError",
-    "AuthError",
-    "ProtocolError",
-    "PeerLostError",
-    "RingTimeoutError",
-    "MismatchError",
-    "GroupBrokenError",
+    *errors.__all__,
     "__version__",
 ]
