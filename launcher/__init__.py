@@ -2,7 +2,8 @@
 
 Installed as `ringdist_launch` (the source directory is launcher/). Modules:
 `cli` parses arguments, `plan` turns them into per-rank command lines and
-environments, `spawn` starts processes, `output` pumps their rank-prefixed
-lines, `policy` decides who to stop and with which exit code, and `job`
-applies those decisions to the running processes.
+environments, `route` picks the rendezvous address, `spawn` starts processes
+(locally, or through ssh / an rsh agent, where `remote` keeps the rank), `output`
+pumps their rank-prefixed lines, `policy` decides who to stop and with which exit
+code, and `job` applies those decisions to the running processes.
 """

@@ -13,17 +13,21 @@ with one `ringdist-launch: error: ...` line and exit status 2.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
+import shlex
 import sys
 from typing import Sequence
 
 from ringdist.errors import ConfigError
 from ringdist.hostfile import Hostfile, load_hostfile, parse_env_assignment, parse_hosts_arg
+from ringdist.settings import Settings
 
 from .job import run_job
 from .output import LineWriter
-from .plan import JobPlan, Target, build_plan, describe_plan, local_hostfile
-from .spawn import LocalSpawner, spawner_for
+from .plan import JobPlan, RankLaunch, Target, build_plan, describe_plan, local_hostfile
+from .route import choose_rendezvous
+from .spawn import LocalSpawner, RemoteSpawner, spawner_for
 
 PROG = "ringdist-launch"
 EXIT_USAGE = 2
@@ -41,14 +45,30 @@ def _main(argv: list[str]) -> int:
     parser = _parser()
     options, target = parse_command_line(parser, argv)
     local = LocalSpawner()
+    remote: list[RemoteSpawner] = []
     try:
         plan = _plan(options, target)
-        spawners = [spawner_for(r.placement, local) for r in plan.ranks]
+        agent = _agent(options)
+        host, port = choose_rendezvous(plan, options.rendezvous, agent)
+        plan = dataclasses.replace(plan, rendezvous_host=host, rendezvous_port=port)
+
+        def remote_spawner() -> RemoteSpawner:
+            if not remote:
+                remote.append(RemoteSpawner(local, agent=agent, python=options.python, grace=options.grace,
+                                            connect_timeout=_connect_timeout(plan)))
+            return remote[0]
+
+        spawners = [spawner_for(r.placement, local, remote_spawner) for r in plan.ranks]
     except ConfigError as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return EXIT_USAGE
     if options.dry_run:
-        print(describe_plan(plan))
+        def remote_command(rank: RankLaunch, env: dict[str, str]) -> str:
+            argv = remote_spawner().command(rank.placement.ssh or "", rank.argv, env,
+                                            plan.cwd or os.getcwd(), keeper="<ringdist_launch/remote.py>")
+            return shlex.join(argv) + "  (the job secret goes on its stdin)"
+
+        print(describe_plan(plan, remote_command))
         return 0
     writer = LineWriter(sys.stdout.buffer, sys.stderr.buffer)
     return run_job(
@@ -104,7 +124,8 @@ def _program_start(argv: list[str]) -> tuple[int, str] | None:
 
 
 # The options of _parser() that take a value (as a separate word): the scan must skip their values.
-_VALUE_OPTIONS = {"-n", "--nprocs", "--hosts", "--env", "--cwd", "--python", "--timeout", "--grace"}
+_VALUE_OPTIONS = {"-n", "--nprocs", "--hosts", "--env", "--cwd", "--python", "--timeout", "--grace",
+                  "--rsh-agent", "--rendezvous"}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -124,6 +145,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--cwd", metavar="DIR", help="working directory of every rank")
     parser.add_argument("--python", default=sys.executable, metavar="PY",
                         help="interpreter for script.py and -m (default: the launcher's)")
+    parser.add_argument("--rsh-agent", metavar="CMD",
+                        help="command that runs a command on a host named after it, for hosts that are "
+                        "not local (default: ssh -o BatchMode=yes; e.g. 'ssh -p 2222', 'ip netns exec')")
+    parser.add_argument("--rendezvous", metavar="ADDR[:PORT]",
+                        help="address the launcher's rendezvous listens on, reachable from every host "
+                        "(default: 127.0.0.1, or this machine's address on the route to the first remote host)")
     parser.add_argument("--timeout", type=_positive_float, metavar="S",
                         help="wall-clock limit of the whole job; on expiry stop every rank and exit 124")
     parser.add_argument("--grace", type=_non_negative_float, default=5.0, metavar="S",
@@ -152,6 +179,24 @@ def _plan(options: argparse.Namespace, target: Target) -> JobPlan:
         cwd=options.cwd,
         verbose=options.verbose,
     )
+
+
+def _agent(options: argparse.Namespace) -> list[str] | None:
+    if options.rsh_agent is None:
+        return None
+    try:
+        agent = shlex.split(options.rsh_agent)
+    except ValueError as e:
+        raise ConfigError(f"--rsh-agent: {e}") from None
+    if not agent:
+        raise ConfigError("--rsh-agent: empty command")
+    return agent
+
+
+def _connect_timeout(plan: JobPlan) -> float:
+    """RINGDIST_CONNECT_TIMEOUT as the ranks will see it (their envs, else the launcher's environment)."""
+    env = {**os.environ, **dict(plan.ranks[0].user_env)} if plan.ranks else dict(os.environ)
+    return Settings.from_env(env).connect_timeout
 
 
 def _hosts(options: argparse.Namespace) -> Hostfile:

@@ -12,7 +12,6 @@ import contextlib
 import queue
 import secrets
 import signal
-import subprocess
 import threading
 import time
 from dataclasses import dataclass
@@ -23,7 +22,7 @@ from ringdist.rendezvous import RendezvousServer
 from .output import LineWriter, Pump, pump_rank
 from .plan import JobPlan, RankLaunch
 from .policy import Action, Decision, JobPolicy, RankInfo, describe_exit
-from .spawn import Spawner, signal_group, wait_exit
+from .spawn import RankProcess, Spawner
 
 # How long to wait for ranks after SIGKILL, and for their output to drain, before giving up.
 KILL_WAIT = 10.0
@@ -42,13 +41,20 @@ class _Signalled:
     signum: int
 
 
-_Event = Union[_Exited, _Signalled]
+@dataclass(frozen=True)
+class _NotStarted:
+    rank: int
+    reason: str
+    status: int
+
+
+_Event = Union[_Exited, _Signalled, _NotStarted]
 
 
 @dataclass
 class _Rank:
     launch: RankLaunch
-    proc: subprocess.Popen[bytes]
+    proc: RankProcess
     pumps: list[Pump]
 
 
@@ -99,6 +105,7 @@ class _Supervisor:
                 secret,
                 self.plan.world_size,
                 host=self.plan.rendezvous_host,
+                port=self.plan.rendezvous_port,
                 rank_hosts=[r.host for r in self.plan.ranks],
             )
             try:
@@ -129,15 +136,19 @@ class _Supervisor:
                 return
             self._log(f"rank {launch.rank} started on host {launch.host}, pid {proc.pid}")
             self.policy.rank_started(RankInfo(launch.rank, launch.host, proc.pid))
-            pumps = pump_rank(launch.rank, proc.stdout, proc.stderr, self.writer, self.prefix)
+            pumps = pump_rank(launch.rank, proc.stdout, proc.stderr, self.writer, self.prefix,
+                              (proc.stdout_tap, proc.stderr_tap))
             self.ranks[launch.rank] = _Rank(launch, proc, pumps)
             threading.Thread(
                 target=self._watch, args=(launch.rank, proc), name=f"wait rank {launch.rank}", daemon=True
             ).start()
 
-    def _watch(self, rank: int, proc: subprocess.Popen[bytes]) -> None:
+    def _watch(self, rank: int, proc: RankProcess) -> None:
         try:
-            returncode = wait_exit(proc)
+            problem = proc.wait_started()  # a remote rank: has its host answered?
+            if problem is not None:
+                self.events.put(_NotStarted(rank, *problem))
+            returncode = proc.wait_exit()
         except ChildProcessError:  # already reaped by the clean-up of a failed launcher
             return
         self.events.put(_Exited(rank, returncode))
@@ -161,8 +172,14 @@ class _Supervisor:
                 self._apply(self.policy.grace_expired() if self.policy.stopping else self.policy.timed_out())
                 continue
             if isinstance(event, _Exited):
+                remote_pid = getattr(self.ranks[event.rank].proc, "remote_pid", None)
+                if remote_pid is not None:
+                    self.policy.rank_pid(event.rank, remote_pid)
                 self._log(f"rank {event.rank} {describe_exit(event.returncode)}")
                 self._apply(self.policy.rank_exited(event.rank, event.returncode))
+            elif isinstance(event, _NotStarted):
+                host = self.ranks[event.rank].launch.host
+                self._apply(self.policy.host_failed(event.rank, host, event.reason, event.status))
             else:
                 self._apply(self.policy.signalled(event.signum))
 
@@ -171,21 +188,22 @@ class _Supervisor:
             self.writer.message(decision.message)
         if decision.action is Action.STOP:
             for rank in decision.ranks:
-                signal_group(self.ranks[rank].proc, signal.SIGTERM)
+                self.ranks[rank].proc.signal(signal.SIGTERM)
             if self.term_deadline is None:
                 self.term_deadline = time.monotonic() + self.grace
         elif decision.action is Action.KILL:
             for rank in decision.ranks:
-                signal_group(self.ranks[rank].proc, signal.SIGKILL)
+                self.ranks[rank].proc.signal(signal.SIGKILL)
             self.kill_deadline = time.monotonic() + KILL_WAIT
 
     def _clean_up(self) -> None:
         """Kill whatever is left in every rank's process group, reap the ranks, drain their output."""
-        for r in self.ranks.values():
-            signal_group(r.proc, signal.SIGKILL)
-        for r in self.ranks.values():
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                r.proc.wait(KILL_WAIT)
+        finishers = [threading.Thread(target=r.proc.finish, args=(KILL_WAIT,), daemon=True)
+                     for r in self.ranks.values()]
+        for t in finishers:
+            t.start()
+        for t in finishers:
+            t.join(KILL_WAIT + 1)
         drain_until = time.monotonic() + DRAIN_WAIT
         for r in self.ranks.values():
             for pump in r.pumps:

@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import os
 import threading
-from typing import BinaryIO
+from typing import BinaryIO, Callable, Optional
+
+# Sees each line read (None at end of file) and returns what to write (None: nothing).
+Tap = Callable[[Optional[bytes]], Optional[bytes]]
 
 
 class LineWriter:
@@ -40,11 +43,13 @@ class LineWriter:
 class Pump:
     """Copies one rank pipe to a launcher stream until the pipe closes."""
 
-    def __init__(self, pipe: BinaryIO, stream: BinaryIO, prefix: bytes, writer: LineWriter) -> None:
+    def __init__(self, pipe: BinaryIO, stream: BinaryIO, prefix: bytes, writer: LineWriter,
+                 tap: Tap | None = None) -> None:
         self._pipe = pipe
         self._stream = stream
         self._prefix = prefix
         self._writer = writer
+        self._tap = tap
         self._thread = threading.Thread(target=self._run, name=f"pump {prefix!r}", daemon=True)
         self._thread.start()
 
@@ -56,19 +61,29 @@ class Pump:
     def _run(self) -> None:
         try:
             for line in iter(self._pipe.readline, b""):
+                if self._tap is not None:
+                    line = self._tap(line)
+                    if not line:
+                        continue
                 if not line.endswith(b"\n"):
                     line += b"\n"
                 self._writer.write(self._stream, self._prefix + line)
         finally:
             self._pipe.close()
+            if self._tap is not None:
+                self._tap(None)
 
 
 def pump_rank(
-    rank: int, stdout: BinaryIO, stderr: BinaryIO, writer: LineWriter, prefix: bool = True
+    rank: int, stdout: BinaryIO, stderr: BinaryIO, writer: LineWriter, prefix: bool = True,
+    taps: tuple[Tap | None, Tap | None] = (None, None),
 ) -> list[Pump]:
-    """Start pumping a rank's stdout and stderr pipes; `prefix=False` for `--no-prefix`."""
+    """Start pumping a rank's stdout and stderr pipes; `prefix=False` for `--no-prefix`.
+
+    `taps` (stdout's, stderr's) see the lines first: a remote rank's keeper reports through them.
+    """
     tag = f"[{rank}] ".encode() if prefix else b""
-    return [Pump(stdout, writer.stdout, tag, writer), Pump(stderr, writer.stderr, tag, writer)]
+    return [Pump(stdout, writer.stdout, tag, writer, taps[0]), Pump(stderr, writer.stderr, tag, writer, taps[1])]
 
 
 def _discard_from_now_on(stream: BinaryIO) -> None:

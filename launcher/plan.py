@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import shlex
 from dataclasses import dataclass
-from typing import Literal, Sequence
+from typing import Callable, Literal, Sequence
 
 from ringdist.errors import ConfigError
 from ringdist.hostfile import Host, Hostfile, Placement, expand_placements
@@ -103,6 +103,11 @@ class JobPlan:
     ranks: tuple[RankLaunch, ...]
     cwd: str | None
     rendezvous_host: str = RENDEZVOUS_HOST
+    rendezvous_port: int = 0  # 0: an ephemeral port
+
+    @property
+    def has_remote_ranks(self) -> bool:
+        return any(not r.placement.is_local for r in self.ranks)
 
     @property
     def world_size(self) -> int:
@@ -143,12 +148,16 @@ def build_plan(
     return JobPlan(ranks=ranks, cwd=cwd)
 
 
-def describe_plan(plan: JobPlan) -> str:
-    """What `--dry-run` prints: each rank's host, working directory, added environment and command."""
-    rendezvous = f"{plan.rendezvous_host}:<port>"
+def describe_plan(plan: JobPlan, remote_command: Callable[[RankLaunch, dict[str, str]], str] | None = None) -> str:
+    """What `--dry-run` prints: each rank's host, working directory, added environment and command.
+
+    `remote_command` renders the local command line that starts a remote rank (`remote:` line).
+    """
+    port = plan.rendezvous_port or "<port>"
+    rendezvous = f"[{plan.rendezvous_host}]:{port}" if ":" in plan.rendezvous_host else f"{plan.rendezvous_host}:{port}"
     lines = [f"ringdist-launch: dry run: {plan.world_size} rank(s), rendezvous at {rendezvous}"]
     for r in plan.ranks:
-        where = "local" if r.placement.is_local else f"ssh {r.placement.ssh}"
+        where = "local" if r.placement.is_local else f"remote, through {r.placement.ssh}"
         lines.append(f"rank {r.rank} on host {r.host} ({where}):")
         if plan.cwd:
             lines.append(f"  cwd: {plan.cwd}")
@@ -156,4 +165,6 @@ def describe_plan(plan: JobPlan) -> str:
         shown = (f"{k}={v if v in (rendezvous, REDACTED) else shlex.quote(v)}" for k, v in env.items())
         lines.append("  env: " + " ".join(shown))
         lines.append("  cmd: " + shlex.join(r.argv))
+        if remote_command is not None and not r.placement.is_local:
+            lines.append("  remote: " + remote_command(r, env))
     return "\n".join(lines)

@@ -145,6 +145,18 @@ class JobPolicy:
         message = f"ringdist-launch: {name} again; killing {_rank_list(self.running)} now"
         return Decision(Action.KILL, tuple(self.running), message)
 
+    def rank_pid(self, rank: int, pid: int) -> None:
+        """A remote rank's own pid became known (messages name it rather than the ssh client's)."""
+        info = self._ranks[rank]
+        self._ranks[rank] = RankInfo(info.rank, info.host, pid)
+
+    def host_failed(self, rank: int, host: str, reason: str, status: int) -> Decision:
+        """A remote rank never started: its host could not be reached, or refused to run it."""
+        if self.stopping:
+            return NOTHING
+        self._set_cause(f"cannot start rank {rank} on host {host}: {reason}", status)
+        return self._stop_all(exclude=rank)  # its agent has exited, or was killed, already
+
     def timed_out(self) -> Decision:
         """The job's wall-clock limit (`--timeout`) passed."""
         if self.stopping:
@@ -173,8 +185,8 @@ class JobPolicy:
         self._cause = cause
         self._exit_status = status
 
-    def _stop_all(self) -> Decision:
-        targets = tuple(sorted(self._running))
+    def _stop_all(self, exclude: int | None = None) -> Decision:
+        targets = tuple(sorted(self._running - {exclude}))
         self._stopped.update(targets)
         tail = f"stopping {_rank_list(targets)}" if targets else "no other rank was running"
         return Decision(Action.STOP, targets, f"ringdist-launch: {self._cause}; {tail}")

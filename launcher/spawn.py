@@ -1,33 +1,92 @@
 """Starting rank processes and signalling them: the mechanics, no decisions.
 
-Each rank is a `subprocess.Popen` in its own session (so the launcher can
-signal its whole process group, and a terminal's Ctrl-C reaches only the
-launcher), with stdin closed and stdout/stderr piped to the launcher. A
-spawner per kind of host: `LocalSpawner` for this machine; an ssh spawner
-will sit beside it and return the same `Popen` (of the local ssh client).
+A spawner per kind of host returns a `RankProcess`, the launcher's handle on a
+rank: its output pipes, how to signal it, how to wait for it.
+
+- `LocalSpawner`: the rank is a child of the launcher, in its own session (so
+  the launcher can signal its whole process group, and a terminal's Ctrl-C
+  reaches only the launcher), stdin closed, stdout/stderr piped.
+- `RemoteSpawner`: the rank runs on another host, started through ssh or any
+  `--rsh-agent` command (`ssh -p 2222`, `ip netns exec`, ...). The agent runs
+  `remote.py` there (the keeper), which reads the job secret from the agent's
+  stdin, starts the rank in its own session, and from then on takes TERM/KILL
+  orders on stdin, stopping the rank's process group itself; when stdin ends
+  (the launcher or its connection died) it stops the rank on its own.
 """
 
 from __future__ import annotations
 
+import collections
 import ctypes
+import math
 import os
+import re
+import shlex
 import signal
 import subprocess
 import sys
+import threading
+from pathlib import Path
 from typing import Callable, Mapping, Protocol, Sequence
 
-from ringdist.errors import ConfigError
 from ringdist.hostfile import Placement
 
 _PR_SET_PDEATHSIG = 1
+DEFAULT_AGENT = ("ssh", "-o", "BatchMode=yes")
+KEEPER_SOURCE = (Path(__file__).with_name("remote.py")).read_text(encoding="utf-8")
+MARKER = b"\x00RINGDIST-REMOTE "  # as in remote.py
+UNREACHABLE = 255  # the exit status when a host cannot be reached, as ssh's own
+# How long to wait, after the agent exited, for its last output line (the keeper's exit report).
+EXIT_REPORT_WAIT = 5.0
+
+
+class RankProcess:
+    """A rank started on this machine: a child process in its own session."""
+
+    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
+        self.proc = proc
+        self.pid = proc.pid
+
+    @property
+    def stdout(self):  # noqa: ANN201 - a binary pipe
+        return self.proc.stdout
+
+    @property
+    def stderr(self):  # noqa: ANN201
+        return self.proc.stderr
+
+    def stdout_tap(self, line: bytes | None) -> bytes | None:
+        """Sees every stdout line (None at end of file); returns what to print (None: nothing)."""
+        return line
+
+    def stderr_tap(self, line: bytes | None) -> bytes | None:
+        return line
+
+    def wait_started(self) -> tuple[str, int] | None:
+        """Block until the rank is known to run: None, or why it never started and the exit status."""
+        return None
+
+    def signal(self, sig: int) -> None:
+        """Send `sig` (SIGTERM or SIGKILL) to the rank's whole process group."""
+        signal_group(self.proc, sig)
+
+    def wait_exit(self) -> int:
+        """Block until the rank exits; its returncode (-N for signal N), the process left unreaped."""
+        return wait_exit(self.proc)
+
+    def finish(self, timeout: float) -> None:
+        """Kill whatever is left of the rank and reap it (at the end of the job)."""
+        signal_group(self.proc, signal.SIGKILL)
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            pass
 
 
 class Spawner(Protocol):
-    """Starts one rank and returns its process; `env` holds only the variables to add."""
+    """Starts one rank; `env` holds only the variables to add to the rank's environment."""
 
-    def start(
-        self, argv: Sequence[str], env: Mapping[str, str], cwd: str | None
-    ) -> subprocess.Popen[bytes]: ...
+    def start(self, argv: Sequence[str], env: Mapping[str, str], cwd: str | None) -> RankProcess: ...
 
 
 class LocalSpawner:
@@ -36,15 +95,17 @@ class LocalSpawner:
     def __init__(self) -> None:
         self._preexec = _die_with_parent()
 
-    def start(
-        self, argv: Sequence[str], env: Mapping[str, str], cwd: str | None
-    ) -> subprocess.Popen[bytes]:
+    def start(self, argv: Sequence[str], env: Mapping[str, str], cwd: str | None) -> RankProcess:
         """Start `argv` with the launcher's environment plus `env`, in a new session."""
+        return RankProcess(self.popen(list(argv), {**os.environ, **env}, cwd, stdin=subprocess.DEVNULL))
+
+    def popen(self, argv: list[str], env: Mapping[str, str] | None, cwd: str | None,
+              stdin: int) -> subprocess.Popen[bytes]:
         return subprocess.Popen(
-            list(argv),
-            env={**os.environ, **env},
+            argv,
+            env=env,
             cwd=cwd,
-            stdin=subprocess.DEVNULL,
+            stdin=stdin,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             start_new_session=True,
@@ -52,15 +113,171 @@ class LocalSpawner:
         )
 
 
-def spawner_for(placement: Placement, local: LocalSpawner) -> Spawner:
-    """The spawner that can start a rank at `placement`; `ConfigError` if none can yet."""
+class RemoteSpawner:
+    """Starts ranks on other hosts through an rsh agent (default: ssh in batch mode).
+
+    An agent whose program name ends in `ssh` or `rsh` gets the remote command as
+    one shell string, as ssh expects; any other agent (`ip netns exec`, `docker
+    exec`, ...) gets `sh -c COMMAND`, as a command that execs its arguments expects.
+    """
+
+    def __init__(self, local: LocalSpawner, *, agent: Sequence[str] | None, python: str,
+                 grace: float, connect_timeout: float) -> None:
+        self.local = local
+        self.agent = list(agent) if agent else [*DEFAULT_AGENT, "-o", f"ConnectTimeout={math.ceil(connect_timeout)}"]
+        self.takes_a_string = is_ssh_like(self.agent)
+        self.python = python
+        self.grace = grace
+        self.connect_timeout = connect_timeout
+
+    @property
+    def name(self) -> str:
+        """The agent as named in messages: `ssh`, `ip netns exec`."""
+        return " ".join(self.agent[:3] if not self.takes_a_string else self.agent[:1])
+
+    def command(self, host: str, argv: Sequence[str], env: Mapping[str, str], cwd: str,
+                keeper: str = KEEPER_SOURCE) -> list[str]:
+        """The local command line that runs `argv` on `host`; the secret is not in it (it goes on stdin)."""
+        words = ["env", *(f"{k}={v}" for k, v in env.items() if k != "RINGDIST_SECRET"),
+                 self.python, "-c", keeper, f"{self.grace:g}", *argv]
+        line = f"cd {shlex.quote(cwd)} && exec {shlex.join(words)}"
+        if self.takes_a_string:
+            return [*self.agent, host, line]
+        return [*self.agent, host, "sh", "-c", line]
+
+    def for_host(self, host: str) -> "RemoteHost":
+        return RemoteHost(self, host)
+
+
+class RemoteHost:
+    """A `Spawner` for one remote host."""
+
+    def __init__(self, spawner: RemoteSpawner, host: str) -> None:
+        self.spawner = spawner
+        self.host = host
+
+    def start(self, argv: Sequence[str], env: Mapping[str, str], cwd: str | None) -> RankProcess:
+        s = self.spawner
+        command = s.command(self.host, argv, env, cwd or os.getcwd())
+        proc = s.local.popen(command, None, None, stdin=subprocess.PIPE)
+        rank = RemoteRankProcess(proc, self.host, s.name, s.connect_timeout)
+        rank.order(env["RINGDIST_SECRET"])
+        return rank
+
+
+class RemoteRankProcess(RankProcess):
+    """The local end (the agent's process) of a rank kept by remote.py on another host."""
+
+    def __init__(self, proc: subprocess.Popen[bytes], host: str, agent: str, connect_timeout: float) -> None:
+        super().__init__(proc)
+        self.host = host
+        self.agent = agent
+        self.connect_timeout = connect_timeout
+        self.remote_pid: int | None = None
+        self.remote_exit: int | None = None
+        self._started = False
+        self._answered = threading.Event()  # ready, or stdout ended first
+        self._exit_known = threading.Event()  # the exit report, or stdout ended first
+        self._stderr_done = threading.Event()
+        self._early_errors: collections.deque[str] = collections.deque(maxlen=3)
+        self._stdin_lock = threading.Lock()
+
+    def order(self, word: str, close: bool = False) -> None:
+        """Write one line to the keeper (the secret, TERM, KILL); a closed pipe is fine."""
+        with self._stdin_lock:
+            stdin = self.proc.stdin
+            if stdin is None or stdin.closed:
+                return
+            try:
+                stdin.write(word.encode() + b"\n")
+                stdin.flush()
+                if close:
+                    stdin.close()
+            except (BrokenPipeError, OSError, ValueError):
+                pass
+
+    def stdout_tap(self, line: bytes | None) -> bytes | None:
+        if line is None:
+            self._answered.set()
+            self._exit_known.set()
+            return None
+        at = line.find(MARKER)
+        if at < 0:
+            return line
+        report = line[at + len(MARKER):].decode("ascii", "replace").split()
+        if report == ["ready"]:
+            self._started = True
+            self._answered.set()
+        elif len(report) == 2 and report[0] == "pid" and report[1].isdigit():
+            self.remote_pid = int(report[1])
+        elif len(report) == 2 and report[0] == "exit" and re.fullmatch(r"-?\d+", report[1]):
+            self.remote_exit = int(report[1])
+            self._exit_known.set()
+        else:
+            return line
+        return line[:at] + b"\n" if at else None  # a rank's unfinished last line, then the report
+
+    def stderr_tap(self, line: bytes | None) -> bytes | None:
+        if line is None:
+            self._stderr_done.set()
+        elif not self._started:
+            text = line.decode("utf-8", "replace").strip()
+            if text:
+                self._early_errors.append(text)
+        return line
+
+    def wait_started(self) -> tuple[str, int] | None:
+        if not self._answered.wait(self.connect_timeout):
+            signal_group(self.proc, signal.SIGKILL)
+            return (f"no answer through {self.agent} within {self.connect_timeout:g} s "
+                    f"(RINGDIST_CONNECT_TIMEOUT sets the limit)", UNREACHABLE)
+        if self._started:
+            return None
+        code = wait_exit(self.proc)
+        self._stderr_done.wait(2.0)
+        how = f"exited with code {code}" if code >= 0 else f"was killed by signal {-code}"
+        detail = " | ".join(self._early_errors)
+        reason = f"{self.agent} {how} before the rank started" + (f": {detail}" if detail else "")
+        return reason, code if code > 0 else UNREACHABLE
+
+    def signal(self, sig: int) -> None:
+        if sig == signal.SIGKILL:
+            self.order("KILL", close=True)
+        else:
+            self.order("TERM")
+        if not self._started:  # still connecting: the keeper, if it ever starts, sees stdin end
+            signal_group(self.proc, sig)
+
+    def wait_exit(self) -> int:
+        code = wait_exit(self.proc)
+        self._exit_known.wait(EXIT_REPORT_WAIT)
+        return code if self.remote_exit is None else self.remote_exit
+
+    def finish(self, timeout: float) -> None:
+        if self.proc.poll() is None:
+            self.order("KILL", close=True)
+            try:
+                self.proc.wait(min(timeout, self.connect_timeout) / 2)
+            except subprocess.TimeoutExpired:
+                pass
+        super().finish(timeout / 2)
+
+
+def is_ssh_like(agent: Sequence[str]) -> bool:
+    """Whether the agent takes the remote command as one string (ssh, rsh, autossh, ...)."""
+    return bool(agent) and re.search(r"(ssh|rsh)$", os.path.basename(agent[0])) is not None
+
+
+def spawner_for(placement: Placement, local: LocalSpawner, remote: Callable[[], RemoteSpawner]) -> Spawner:
+    """The spawner for a rank at `placement`: local, or through the agent to `placement.ssh`."""
     if placement.is_local:
         return local
-    raise ConfigError(f"host {placement.host!r} is not local; ssh launch is not implemented yet")
+    assert placement.ssh is not None
+    return remote().for_host(placement.ssh)
 
 
 def signal_group(proc: subprocess.Popen[bytes], sig: int) -> None:
-    """Send `sig` to the rank's whole process group; a group already gone is fine."""
+    """Send `sig` to the process's whole process group; a group already gone is fine."""
     try:
         os.killpg(proc.pid, sig)
     except (ProcessLookupError, PermissionError):
@@ -69,7 +286,7 @@ def signal_group(proc: subprocess.Popen[bytes], sig: int) -> None:
 
 
 def wait_exit(proc: subprocess.Popen[bytes]) -> int:
-    """Block until the rank exits; return its returncode (-N for signal N).
+    """Block until the process exits; return its returncode (-N for signal N).
 
     On Linux the process is left unreaped (a zombie) so that its pid, and thus
     its process group id, cannot be reused until the launcher reaps it with

@@ -65,6 +65,7 @@ class RendezvousServer:
         self._send_locks: dict[int, threading.Lock] = {}
         self._lock = threading.Lock()
         self._complete = False
+        self._delivered = threading.Event()  # the table went out to every rank
         self._closed = False
         self._listener: socket.socket | None = None
         self._thread: threading.Thread | None = None
@@ -161,6 +162,7 @@ class RendezvousServer:
         if done:
             for r in range(self.world_size):
                 self._send(r, table)
+            self._delivered.set()
         return rank
 
     def _send(self, rank: int, fields: dict[str, Any]) -> None:
@@ -172,6 +174,10 @@ class RendezvousServer:
                 send_blocking(conn, encode(fields), time.monotonic() + 10)
         except OSError:
             pass
+
+    def wait_delivered(self, timeout: float) -> bool:
+        """Wait until every rank has been sent the table (before closing a rendezvous nobody watches)."""
+        return self._delivered.wait(timeout)
 
     def close(self) -> None:
         """Stop serving and close every control connection (ranks still running then exit)."""

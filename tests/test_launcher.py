@@ -471,8 +471,7 @@ def test_malformed_hostfile_is_one_line_and_exit_2(tmp_path, kind):
         (["--env", "RANK=3", "s.py"], "--env: RANK is set by the launcher for each rank"),
         (["--cwd", "/no/such/dir", "s.py"], "--cwd: no such directory: /no/such/dir"),
         (["--hosts", "/no/such/hosts.json", "s.py"], "/no/such/hosts.json: cannot read hostfile"),
-        (["--hosts", "node1.invalid,localhost", "s.py"], "host 'node1.invalid' is not local; ssh launch is not"),
-        (["--hosts", str(HOSTFILES / "cluster-example.json"), "s.py"], "host 'node1' is not local"),
+        (["--rendezvous", "127.0.0.1:http", "s.py"], "--rendezvous '127.0.0.1:http': the port must be a number"),
     ],
 )
 def test_bad_arguments_exit_2_without_traceback(args, message):

@@ -1,0 +1,193 @@
+"""init() under cluster schedulers: ranks started by the test itself (no launcher) with only Slurm,
+only Open MPI or only torchrun variables form the right world; rank 0 hosts the rendezvous."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from helpers import SCRIPTS
+from ringdist import bootstrap
+from ringdist.errors import ConfigError
+
+WORLD_CHECK = str(SCRIPTS / "world_check.py")
+# Variables of any launcher or scheduler: none may leak from the test's own environment into the ranks.
+FOREIGN = ("RINGDIST_", "SLURM_", "OMPI_", "PMIX_", "MASTER_", "RANK", "WORLD_SIZE", "LOCAL_RANK",
+           "LOCAL_WORLD_SIZE", "TORCHELASTIC_")
+BASE = {k: v for k, v in os.environ.items() if not k.startswith(FOREIGN)}
+FAST = {"RINGDIST_TIMEOUT": "20", "RINGDIST_CONNECT_TIMEOUT": "10", "RINGDIST_INIT_TIMEOUT": "30"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def port_is_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def job_id_with_free_port(make_env) -> str:
+    """A job id whose derived rendezvous port is free here (tests run in parallel)."""
+    for _ in range(100):
+        job = str(random.randrange(10**6, 10**7))
+        sched = bootstrap.detect_scheduler(make_env(job))
+        if sched is not None and sched.port_hint and port_is_free(sched.port_hint):
+            return job
+    raise AssertionError("no free port found")
+
+
+def run_ranks(envs: list[dict[str, str]], *, args: tuple[str, ...] = (), delays: dict[int, float] | None = None,
+              timeout: float = 60) -> list[subprocess.CompletedProcess[str]]:
+    """Start one process per env (in list order, rank r after delays[r] s), wait for all; kill on timeout."""
+    procs = []
+    try:
+        for i, env in enumerate(envs):
+            time.sleep((delays or {}).get(i, 0))
+            procs.append(subprocess.Popen([sys.executable, WORLD_CHECK, *args], env={**BASE, **FAST, **env},
+                                          stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                          stderr=subprocess.PIPE, text=True, start_new_session=True))
+        deadline = time.monotonic() + timeout
+        results = []
+        for p in procs:
+            try:
+                out, err = p.communicate(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                raise AssertionError(f"ranks did not finish in {timeout}s") from None
+            results.append(subprocess.CompletedProcess(p.args, p.returncode, out, err))
+        return results
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                os.killpg(p.pid, 9)
+                p.wait(10)
+
+
+def check_world(results, n: int, source: str) -> None:
+    reports = []
+    for res in results:
+        assert res.returncode == 0, res.stderr
+        reports.append(json.loads(res.stdout.strip().splitlines()[-1]))
+    assert sorted(r["rank"] for r in reports) == list(range(n))
+    for rep in reports:
+        assert rep["size"] == n and rep["source"] == source
+        assert rep["split"] == sorted((q for q in range(n) if q % 2 == rep["rank"] % 2), reverse=True)
+        assert rep["addresses"] == ["127.0.0.1"]  # the source address towards the rendezvous
+
+
+def test_slurm_variables_only():
+    n = 4
+
+    def env(job: str, rank: int = 0) -> dict[str, str]:
+        return {"SLURM_PROCID": str(rank), "SLURM_NTASKS": str(n), "SLURM_LOCALID": str(rank),
+                "SLURM_NNODES": "1", "SLURM_JOB_ID": job, "SLURM_STEP_ID": "0",
+                "SLURM_JOB_NODELIST": "localhost", "RINGDIST_SECRET": "slurm-test-secret"}
+
+    job = job_id_with_free_port(env)
+    check_world(run_ranks([env(job, r) for r in range(n)], args=("100000",)), n, "Slurm")
+
+
+def test_open_mpi_variables_only_with_a_secret_file(tmp_path):
+    n = 3
+    secret = tmp_path / "secret"
+    secret.write_text("0123456789abcdef\n")
+    secret.chmod(0o600)
+
+    def env(job: str, rank: int = 0) -> dict[str, str]:
+        return {"OMPI_COMM_WORLD_RANK": str(rank), "OMPI_COMM_WORLD_SIZE": str(n),
+                "OMPI_COMM_WORLD_LOCAL_RANK": str(rank), "OMPI_COMM_WORLD_LOCAL_SIZE": str(n),
+                "OMPI_MCA_ess_base_jobid": job, "RINGDIST_SECRET_FILE": str(secret)}
+
+    job = job_id_with_free_port(env)
+    results = run_ranks([env(job, r) for r in range(n)])
+    check_world(results, n, "Open MPI")
+    assert not any("secret" in r.stderr.lower() for r in results)  # a 0600 file: no warning
+
+
+def test_torchrun_variables_only_rank_0_last_and_insecure():
+    n, port = 4, free_port()
+    envs = [{"RANK": str(r), "WORLD_SIZE": str(n), "LOCAL_RANK": str(r), "LOCAL_WORLD_SIZE": str(n),
+             "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RINGDIST_INSECURE": "1"}
+            for r in reversed(range(n))]  # rank 0 starts a second after the others, which wait for it
+    results = run_ranks(envs, delays={n - 1: 1.0})
+    check_world(results, n, "torchrun")
+    assert all("RINGDIST_INSECURE=1: no job secret" in r.stderr for r in results)
+
+
+def test_no_secret_is_refused_with_the_line_to_add():
+    env = {"SLURM_PROCID": "0", "SLURM_NTASKS": "2", "SLURM_NNODES": "1", "SLURM_JOB_ID": "77"}
+    (res,) = run_ranks([env], timeout=30)
+    assert res.returncode == 1 and res.stdout == ""
+    assert "ConfigError: Slurm rank 0: no job secret. Add this line to the job script, before srun:" in res.stderr
+    assert "    export RINGDIST_SECRET=$(python3 -c 'import secrets; print(secrets.token_hex(32))')" in res.stderr
+
+
+def test_missing_rank_0_times_out_naming_the_rendezvous():
+    port = free_port()
+    env = {"RANK": "1", "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
+           "RINGDIST_SECRET": "s", "RINGDIST_INIT_TIMEOUT": "1.5"}
+    started = time.monotonic()
+    (res,) = run_ranks([env], timeout=30)
+    assert time.monotonic() - started < 15
+    assert res.returncode == 1
+    assert f"rank 1 (torchrun): init() gave up after 1.5 s: no rendezvous answered at 127.0.0.1:{port}" in res.stderr
+
+
+# --- the environment, read without starting anything --------------------------------------
+
+
+def test_innermost_launcher_wins_and_launcher_variables_win_over_all():
+    slurm = {"SLURM_PROCID": "1", "SLURM_NTASKS": "2", "RINGDIST_SECRET": "s", "MASTER_ADDR": "10.0.0.1"}
+    torch = {**slurm, "RANK": "5", "WORLD_SIZE": "8"}
+    job = bootstrap.read_environment(torch)
+    assert (job.source, job.rank, job.size, job.rendezvous) == ("torchrun", 5, 8, ("10.0.0.1", 29500))
+    ompi = {**slurm, "OMPI_COMM_WORLD_RANK": "3", "OMPI_COMM_WORLD_SIZE": "4"}
+    assert bootstrap.read_environment(ompi).source == "Open MPI"
+    launched = {**torch, "RINGDIST_RANK": "0", "RINGDIST_WORLD_SIZE": "1", "RINGDIST_RENDEZVOUS": "127.0.0.1:9",
+                "RINGDIST_BIND": "127.0.0.1"}
+    assert bootstrap.read_environment(launched).source == "ringdist-launch"
+    assert bootstrap.read_environment({"PATH": "/bin"}) is None
+
+
+def test_rendezvous_address_rules():
+    base = {"SLURM_PROCID": "2", "SLURM_NTASKS": "4", "SLURM_JOB_ID": "4242", "RINGDIST_SECRET": "s",
+            "RINGDIST_BIND": "127.0.0.1"}
+    multi = bootstrap.read_environment({**base, "SLURM_NNODES": "2", "SLURM_JOB_NODELIST": "gpu[07-08],cpu1"})
+    assert multi.rendezvous[0] == "gpu07" and 20000 <= multi.rendezvous[1] < 40000
+    assert not multi.hosts_rendezvous and multi.bind == ["127.0.0.1"]
+    single = bootstrap.read_environment({**base, "SLURM_NNODES": "1"})
+    assert single.rendezvous == ("127.0.0.1", multi.rendezvous[1])
+    given = bootstrap.read_environment({**base, "MASTER_ADDR": "node9", "MASTER_PORT": "1234"})
+    assert given.rendezvous == ("node9", 1234)
+    agent_store = {"RANK": "1", "WORLD_SIZE": "2", "MASTER_ADDR": "n1", "MASTER_PORT": "29500",
+                   "TORCHELASTIC_USE_AGENT_STORE": "True", "RINGDIST_SECRET": "s", "RINGDIST_BIND": "127.0.0.1"}
+    assert bootstrap.read_environment(agent_store).rendezvous == ("n1", 29501)  # torchrun's store has 29500
+    override = bootstrap.read_environment({**base, "MASTER_ADDR": "x", "RINGDIST_RENDEZVOUS": "[::1]:77"})
+    assert override.rendezvous == ("::1", 77)
+    rank0 = bootstrap.read_environment({**base, "SLURM_PROCID": "0", "SLURM_NNODES": "1"})
+    assert rank0.hosts_rendezvous
+    with pytest.raises(ConfigError, match="Open MPI rank 1: no rendezvous address: set MASTER_ADDR"):
+        bootstrap.read_environment({"OMPI_COMM_WORLD_RANK": "1", "OMPI_COMM_WORLD_SIZE": "4",
+                                    "OMPI_COMM_WORLD_LOCAL_SIZE": "2", "RINGDIST_SECRET": "s"})
+    with pytest.raises(ConfigError, match="rank 4 is not in range for a world of 4"):
+        bootstrap.read_environment({**base, "SLURM_PROCID": "4"})
+
+
+def test_first_slurm_host():
+    assert bootstrap.first_slurm_host("node[07-09,12],gpu1") == "node07"
+    assert bootstrap.first_slurm_host("a1,b[1-2]") == "a1"
+    assert bootstrap.first_slurm_host("rack[2-3]-n[04-05]") == "rack2-n04"
+    assert bootstrap.first_slurm_host("single") == "single"
