@@ -38,7 +38,7 @@ from .settings import Settings
 
 log = logging.getLogger("ringdist")
 
-BACKENDS = ("ring",)
+BACKENDS = ("ring", "any")  # "any" (MLX's default) means the best available: ring
 LAUNCHER = "ringdist-launch"
 INSECURE_SECRET = b"ringdist-insecure-job"  # RINGDIST_INSECURE=1: anyone who can connect may join
 DEFAULT_MASTER_PORT = 29500  # torchrun's default
@@ -296,20 +296,25 @@ def init(strict: bool = False, backend: str = "ring") -> Group:
         raise ConfigError(f"unknown backend {backend!r}; ringdist provides {', '.join(BACKENDS)}")
     with _world_lock:
         if _world is not None:
+            if strict and _job is None:
+                raise ConfigError(_not_launched("init(strict=True)"))
             return _world
         settings = Settings.from_env()
         job = _job = read_environment(dict(os.environ))
         if job is None:
             if strict:
-                raise ConfigError(
-                    "init(strict=True): this process was not launched by ringdist-launch "
-                    "(RINGDIST_RANK, RINGDIST_WORLD_SIZE and RINGDIST_RENDEZVOUS are not set) "
-                    "nor by a scheduler (no Slurm, Open MPI or torchrun rank variables)")
+                raise ConfigError(_not_launched("init(strict=True)"))
             _world = Group(gid="world", rank=0, size=1, endpoint=None, settings=settings,
                            addresses=[[]], world_ranks=[0])
         else:
             _world = _join(job, settings)
         return _world
+
+
+def _not_launched(what: str) -> str:
+    return (f"{what}: this process was not launched by ringdist-launch "
+            "(RINGDIST_RANK, RINGDIST_WORLD_SIZE and RINGDIST_RENDEZVOUS are not set) "
+            "nor by a scheduler (no Slurm, Open MPI or torchrun rank variables)")
 
 
 def _join(job: JobEnv, settings: Settings) -> Group:
@@ -447,12 +452,16 @@ class ControlLink:
 
 
 def shutdown() -> None:
-    """Close every group, the control connection and the listener (also run at exit)."""
+    """Close the control connection, every group and the listener (also run at exit).
+
+    The control connection goes first: the launcher then learns this rank is leaving
+    before its peers see the ring close, and names the right rank as the first to go.
+    """
     global _world, _control, _endpoint, _hosted
-    close_all()
     if _control is not None:
         _control.close()
         _control = None
+    close_all()
     if _hosted is not None:
         _hosted.close()
         _hosted = None

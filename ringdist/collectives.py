@@ -141,6 +141,8 @@ _REDUCERS = {"all_sum": np.add, "all_max": np.maximum, "all_min": np.minimum, "a
 
 
 def _check_reducible(arr: np.ndarray, op: str) -> None:
+    if arr.dtype.kind not in "biufc":  # strings would "add" by concatenation, truncated: refuse
+        raise TypeError(f"{op}: dtype {arr.dtype} is not numeric or bool; only those can be reduced")
     probe = np.zeros(1, dtype=arr.dtype)
     try:
         _REDUCERS[op](probe, probe, out=probe)

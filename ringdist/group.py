@@ -13,7 +13,7 @@ import numpy as np
 from . import transfer, wire
 from .channel import Channel
 from .endpoint import Endpoint, InboxKey
-from .errors import GroupBrokenError, RingError
+from .errors import GroupBrokenError, PeerLostError, RingError
 from .ring import RingLinks
 from .settings import Settings
 
@@ -131,11 +131,15 @@ class Group:
         else:
             seq = None
         try:
-            transfer.run(inflows, outflows, channels, timeout=self._timeout(timeout), op=op, me=self._rank,
-                         seq=seq)
+            try:
+                transfer.run(inflows, outflows, channels, timeout=self._timeout(timeout), op=op,
+                             me=self._rank, seq=seq)
+            except PeerLostError:
+                transfer.pending_abort(channels, op)  # the reason a peer left, if it sent one
+                raise
         except BaseException as exc:
             self._broken = f"{op}: {type(exc).__name__}: {exc}"
-            transfer.abort(outflows, channels, exc, seq)
+            transfer.abort(outflows, channels, exc, self._rank, seq)
             raise
 
     # ---- point-to-point connections ----------------------------------------------------------

@@ -30,7 +30,7 @@ POLLERR = select.POLLERR | select.POLLHUP | select.POLLNVAL
 
 
 def raise_remote(fields: dict[str, Any], ch: Channel, op: str) -> None:
-    """Turn a received ABORT frame into the exception it carries."""
+    """Turn a received ABORT frame into the exception it carries (passed on, it stays the same)."""
     name = fields.get("error")
     cls = getattr(errors, name, None) if isinstance(name, str) else None
     if not (isinstance(cls, type) and issubclass(cls, RingError)):
@@ -38,7 +38,43 @@ def raise_remote(fields: dict[str, Any], ch: Channel, op: str) -> None:
     message = fields.get("message")
     if not isinstance(message, str):
         message = "(no message)"
-    raise cls(f"rank {ch.me}: {op} aborted, reported by rank {ch.peer}: {message}")
+    origin = fields.get("origin")
+    if not isinstance(origin, int) or isinstance(origin, bool):
+        origin = ch.peer
+    exc = cls(f"rank {ch.me}: {op} aborted by rank {origin}: {message}")
+    exc.ringdist_origin = (origin, message)  # what an ABORT passed on carries, unchanged
+    raise exc
+
+
+def abort_fields(exc: BaseException, me: int, seq: int | None) -> dict[str, Any]:
+    """The body of the ABORT this rank sends for `exc`: the original cause, not a chain of hops."""
+    origin, message = getattr(exc, "ringdist_origin", (me, str(exc) or type(exc).__name__))
+    return {"error": type(exc).__name__, "message": message[:4000], "origin": origin, "seq": seq}
+
+
+def pending_abort(channels: list[Channel], op: str) -> None:
+    """Raise the ABORT a peer sent before it went away, if one already arrived on `channels`.
+
+    A peer that aborts and exits makes our next send fail with a broken pipe; the reason
+    it left is usually waiting, unread, in our receive buffer.
+    """
+    for ch in channels:
+        try:
+            while ch.fill_stage():
+                pass
+        except (PeerLostError, OSError):
+            pass
+        stage, pos, end = ch.stage_view, ch.stage_start, ch.stage_end
+        while end - pos >= wire.PREFIX_SIZE:
+            try:
+                kind, length = wire.decode_prefix(stage[pos:pos + wire.PREFIX_SIZE])
+            except ProtocolError:
+                break
+            if end - pos - wire.PREFIX_SIZE < length:
+                break
+            if kind == wire.ABORT:
+                raise_remote(wire.decode_map(stage[pos + wire.PREFIX_SIZE:pos + wire.PREFIX_SIZE + length]), ch, op)
+            pos += wire.PREFIX_SIZE + length
 
 
 class Segments:
@@ -431,10 +467,10 @@ def _stall_message(inflows: list[Inflow], outflows: list[Outflow], op: str, me: 
     return f"rank {me}: {op} made no progress for {timeout:g} s: {detail}"
 
 
-def abort(outflows: list[Outflow], channels: list[Channel], exc: BaseException, seq: int | None,
+def abort(outflows: list[Outflow], channels: list[Channel], exc: BaseException, me: int, seq: int | None,
           timeout: float = 1.0) -> None:
     """Tell every peer on `channels` that collective `seq` failed (best effort, bounded)."""
-    frame = wire.encode_map(wire.ABORT, {"error": type(exc).__name__, "message": str(exc)[:4000], "seq": seq})
+    frame = wire.encode_map(wire.ABORT, abort_fields(exc, me, seq))
     finished = set()
     for flow in outflows:
         try:

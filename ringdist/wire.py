@@ -141,10 +141,13 @@ def describe_header(fields: dict[str, Any]) -> str:
     import numpy as np
 
     try:
-        dtype = np.dtype(fields["dtype"]).name
+        dt = np.dtype(fields["dtype"])
+        dtype = dt.name if dt.kind in "biufc" else dt.str  # float32, but '<U6' rather than str192
     except Exception:
         dtype = repr(fields.get("dtype"))
     shape = tuple(fields.get("shape", ()))
+    if fields.get("op") == "split":  # its (color, key) exchange is an implementation detail
+        return f"Group.split() [call #{fields.get('seq')}]"
     extras = "".join(
         f", {k}={v!r}" for k, v in sorted(fields.items()) if k not in ("op", "seq", "dtype", "shape")
     )
