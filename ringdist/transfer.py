@@ -471,10 +471,11 @@ def abort(outflows: list[Outflow], channels: list[Channel], exc: BaseException, 
           timeout: float = 1.0) -> None:
     """Tell every peer on `channels` that collective `seq` failed (best effort, bounded)."""
     frame = wire.encode_map(wire.ABORT, abort_fields(exc, me, seq))
+    deadline = time.monotonic() + timeout  # one budget for the whole abort, not one per peer
     finished = set()
     for flow in outflows:
         try:
-            flow.finish_frame(timeout)
+            flow.finish_frame(max(0.0, deadline - time.monotonic()))
             finished.add(flow.ch.fd)
         except (OSError, RingError):
             continue
@@ -485,6 +486,6 @@ def abort(outflows: list[Outflow], channels: list[Channel], exc: BaseException, 
         if owned and ch.fd not in finished:
             continue  # mid-frame: an ABORT now would corrupt the stream
         try:
-            ch.send_control_blocking(frame, timeout)
+            ch.send_control_blocking(frame, max(0.05, deadline - time.monotonic()))
         except (OSError, RingError):
             pass
