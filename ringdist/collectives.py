@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from . import bootstrap, schedule
+from . import bootstrap, schedule, wire
 from .group import Group
 from .transfer import Inflow, Outflow, ReducingInflow, Segments
 
@@ -61,7 +61,7 @@ def _streams(group: Group, bounds: list[tuple[int, int]]):
 
 
 def gather_flows(group: Group, out: memoryview, bounds: list[tuple[int, int]], op: str,
-                 header: dict[str, Any] | None, unit: int = 1) -> tuple[list[Inflow], list[Outflow]]:
+                 header: wire.Header | None, unit: int = 1) -> tuple[list[Inflow], list[Outflow]]:
     """Flows of a ring all-gather into `out`, block i at byte range bounds[i]; own block in place.
 
     Each received byte is forwarded as soon as it lands. `unit` keeps pieces whole elements.
@@ -69,15 +69,17 @@ def gather_flows(group: Group, out: memoryview, bounds: list[tuple[int, int]], o
     n, r = group.size(), group.rank()
     inflows, outflows = [], []
     for direction, send_ch, recv_ch, index, parts in _streams(group, bounds):
-        def piece(i: int) -> memoryview:
-            lo, hi = bounds[i]
-            a, b = schedule.piece_bounds(lo // unit, hi // unit, parts, index)
-            return out[a * unit:b * unit]
-
+        if parts == 1:
+            pieces = [out[lo:hi] for lo, hi in bounds]
+        else:
+            pieces = []
+            for lo, hi in bounds:
+                a, b = schedule.piece_bounds(lo // unit, hi // unit, parts, index)
+                pieces.append(out[a * unit:b * unit])
         send, recv = schedule.gather_order(r, n, direction)
-        inflow = Inflow(recv_ch, Segments([piece(i) for i in recv]), op, header)
-        outflow = Outflow(send_ch, Segments([piece(i) for i in send]), op, header,
-                          source=inflow, head=len(piece(r)))
+        inflow = Inflow(recv_ch, Segments([pieces[i] for i in recv]), op, header)
+        outflow = Outflow(send_ch, Segments([pieces[i] for i in send]), op, header,
+                          source=inflow, head=len(pieces[r]))
         inflows.append(inflow)
         outflows.append(outflow)
     return inflows, outflows
@@ -110,7 +112,7 @@ def all_gather(x: Any, *, group: Group | None = None, timeout: float | None = No
 
 
 def _reduce_flows(g: Group, own: np.ndarray, dest: np.ndarray, bounds: list[tuple[int, int]],
-                  ufunc: Any, op: str, header: dict[str, Any]) -> tuple[list[Inflow], list[Outflow]]:
+                  ufunc: Any, op: str, header: wire.Header) -> tuple[list[Inflow], list[Outflow]]:
     """Ring reduce-scatter of flat `own` (element bounds per block) leaving block r reduced in `dest`.
 
     Partial sums travel in scratch buffers; a partial is forwarded as soon as it is reduced.

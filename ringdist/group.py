@@ -100,13 +100,13 @@ class Group:
 
     # ---- running collectives -----------------------------------------------------------------
 
-    def next_header(self, op: str, arr: np.ndarray, **extra: Any) -> dict[str, Any]:
+    def next_header(self, op: str, arr: np.ndarray, **extra: Any) -> wire.Header:
         """Check the group is usable and make the header of this rank's next collective."""
         self.check_usable(op)
         seq = self._seq
         self._seq += 1
         dtype = arr.dtype.str if arr.dtype.fields is None else str(arr.dtype.descr)
-        return wire.make_header(op, seq, dtype, arr.shape, **extra)
+        return wire.Header(wire.make_header(op, seq, dtype, arr.shape, **extra))
 
     def check_usable(self, op: str) -> None:
         """Refuse work on a closed group, or one whose earlier operation failed."""
@@ -133,7 +133,7 @@ class Group:
         try:
             try:
                 transfer.run(inflows, outflows, channels, timeout=self._timeout(timeout), op=op,
-                             me=self._rank, seq=seq)
+                             me=self._rank, seq=seq, spin=self.settings.spin_us * 1e-6)
             except PeerLostError:
                 transfer.pending_abort(channels, op)  # the reason a peer left, if it sent one
                 raise

@@ -19,9 +19,9 @@ from .group import Group
 from .transfer import Inflow, Outflow, Segments
 
 
-def _message_header(arr: np.ndarray, number: int) -> dict[str, Any]:
+def _message_header(arr: np.ndarray, number: int) -> wire.Header:
     dtype = arr.dtype.str if arr.dtype.fields is None else str(arr.dtype.descr)
-    return wire.make_header("send", number, dtype, arr.shape)
+    return wire.Header(wire.make_header("send", number, dtype, arr.shape))
 
 
 def send(x: Any, dst: int, *, group: Group | None = None, timeout: float | None = None) -> None:

@@ -4,7 +4,15 @@
 Each rank connects, passes the job's HMAC handshake, registers `(rank, addresses)`,
 and once all `world_size` ranks are in, receives the whole table. The connection
 then stays open as the rank's control connection: when the launcher goes away it
-closes, and the rank exits instead of lingering as an orphan.
+closes, and the rank exits instead of lingering as an orphan. The other way round,
+the server notes when each rank's control connection closes (`disconnected_at`):
+a rank closes it when its process exits, and first thing at interpreter exit, so
+the order of these times is the order in which ranks left - what the launcher
+needs to name the rank that failed first when its peers fail a moment later.
+The order must not depend on which of the server's threads the OS happens to run
+first, so on Linux the closes are read from one epoll set watching every control
+connection for the peer's FIN (EPOLLRDHUP), which reports them in arrival order;
+elsewhere each connection's thread notes the time it saw its connection end.
 
 Messages are CONTROL frames (msgpack maps) with a "type":
   rank -> server: register {rank, size, addresses, host, pid}; query {}
@@ -14,6 +22,7 @@ Messages are CONTROL frames (msgpack maps) with a "type":
 from __future__ import annotations
 
 import logging
+import math
 import os
 import select
 import socket
@@ -62,6 +71,9 @@ class RendezvousServer:
         self.address = ""
         self._members: dict[int, dict[str, Any]] = {}
         self._conns: dict[int, socket.socket] = {}
+        self._left: dict[int, float] = {}  # rank -> time.monotonic() its control connection closed
+        self._departures = select.epoll() if hasattr(select, "epoll") else None  # Linux
+        self._fd_rank: dict[int, int] = {}  # control connections in _departures
         self._send_locks: dict[int, threading.Lock] = {}
         self._lock = threading.Lock()
         self._complete = False
@@ -122,8 +134,50 @@ class RendezvousServer:
         finally:
             with self._lock:
                 if rank is not None and self._conns.get(rank) is conn:
+                    self._note_departures()
+                    if not self._closed and rank not in self._left:  # the rank's doing, not close()'s
+                        self._record_left(rank)
+                    self._unwatch(conn)
                     del self._conns[rank]
             conn.close()
+
+    def disconnected_at(self, rank: int) -> float | None:
+        """When (`time.monotonic()`) `rank`'s control connection closed; None while open or never made."""
+        return self.disconnected().get(rank)
+
+    def disconnected(self) -> dict[int, float]:
+        """`disconnected_at` of every rank whose control connection has closed."""
+        with self._lock:
+            self._note_departures()
+            return dict(self._left)
+
+    def _note_departures(self) -> None:
+        """Record the control connections whose peer has closed, in the order they closed (lock held)."""
+        if self._departures is None or self._closed:
+            return
+        for fd, _ in self._departures.poll(0):
+            rank = self._fd_rank.pop(fd, None)
+            self._departures.unregister(fd)
+            if rank is not None and rank not in self._left:
+                self._record_left(rank)
+
+    def _record_left(self, rank: int) -> None:
+        """Note `rank` as gone now, strictly after every rank noted before (lock held)."""
+        latest = max(self._left.values(), default=-math.inf)
+        self._left[rank] = max(time.monotonic(), math.nextafter(latest, math.inf))
+
+    def _watch(self, rank: int, conn: socket.socket) -> None:
+        if self._departures is not None:
+            self._departures.register(conn.fileno(), select.EPOLLRDHUP)
+            self._fd_rank[conn.fileno()] = rank
+
+    def _unwatch(self, conn: socket.socket) -> None:
+        fd = conn.fileno()
+        if self._departures is not None and self._fd_rank.pop(fd, None) is not None:
+            try:
+                self._departures.unregister(fd)
+            except (OSError, ValueError):  # ValueError: the epoll set is closed
+                pass
 
     def _missing_report(self) -> dict[str, Any]:
         ranks = self.missing()
@@ -154,6 +208,7 @@ class RendezvousServer:
             self._members[rank] = {"rank": rank, "addresses": addresses, "host": msg.get("host", "?"),
                                    "pid": msg.get("pid", 0)}
             self._conns[rank] = conn
+            self._watch(rank, conn)
             self._send_locks[rank] = threading.Lock()
             done = len(self._members) == self.world_size
             if done:
@@ -191,6 +246,8 @@ class RendezvousServer:
             self._listener.close()
         with self._lock:
             conns = list(self._conns.values())
+            if self._departures is not None:
+                self._departures.close()
         for conn in conns:
             try:
                 conn.shutdown(socket.SHUT_RDWR)

@@ -8,6 +8,8 @@ ring one neighbour per step.
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 BIDIRECTIONAL_MIN = 256 * 1024  # blocks at least this large travel half clockwise, half counter-clockwise
 
 
@@ -31,25 +33,27 @@ def piece_bounds(lo: int, hi: int, parts: int, index: int) -> tuple[int, int]:
     return lo + size * index // parts, lo + size * (index + 1) // parts
 
 
-def gather_order(rank: int, n: int, direction: int) -> tuple[list[int], list[int]]:
+@lru_cache(maxsize=256)
+def gather_order(rank: int, n: int, direction: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """All-gather: blocks sent at steps 0..N-2, blocks received at those steps.
 
     Sent: r, r-d, ..., r-(N-2)d (a received block is forwarded one step later);
     received: r-d, ..., r-(N-1)d.
     """
-    send = [(rank - s * direction) % n for s in range(n - 1)]
-    recv = [(rank - (s + 1) * direction) % n for s in range(n - 1)]
+    send = tuple((rank - s * direction) % n for s in range(n - 1))
+    recv = tuple((rank - (s + 1) * direction) % n for s in range(n - 1))
     return send, recv
 
 
-def reduce_scatter_order(rank: int, n: int, direction: int) -> tuple[list[int], list[int]]:
+@lru_cache(maxsize=256)
+def reduce_scatter_order(rank: int, n: int, direction: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """Reduce-scatter: rank r ends up holding the fully reduced block r.
 
     Sent: r-d, r-2d, ..., r-(N-1)d (own contribution first, then partial sums as they are
     reduced); received: r-2d, ..., r-Nd = r.
     """
-    send = [(rank - (s + 1) * direction) % n for s in range(n - 1)]
-    recv = [(rank - (s + 2) * direction) % n for s in range(n - 1)]
+    send = tuple((rank - (s + 1) * direction) % n for s in range(n - 1))
+    recv = tuple((rank - (s + 2) * direction) % n for s in range(n - 1))
     return send, recv
 
 

@@ -27,6 +27,7 @@ class Settings:
     connect_timeout: float = 30.0  # RINGDIST_CONNECT_TIMEOUT: connect + handshake
     init_timeout: float = 120.0  # RINGDIST_INIT_TIMEOUT: waiting for every rank at the rendezvous
     lanes: int = 1  # RINGDIST_LANES: connections per ring neighbour
+    spin_us: float = 0.0  # RINGDIST_SPIN_US: microseconds to poll before blocking (see default_spin_us)
     verbose: bool = False  # RINGDIST_VERBOSE
 
     @classmethod
@@ -35,10 +36,31 @@ class Settings:
         lanes = _number(env, "RINGDIST_LANES", 1, minimum=0)
         if lanes != int(lanes) or lanes > 16:
             raise ConfigError(f"RINGDIST_LANES={env.get('RINGDIST_LANES')!r} must be an integer from 1 to 16")
+        spin = env.get("RINGDIST_SPIN_US")
         return cls(
+            spin_us=default_spin_us(env) if spin in (None, "") else _number(env, "RINGDIST_SPIN_US", 0, minimum=-1),
             timeout=_number(env, "RINGDIST_TIMEOUT", cls.timeout),
             connect_timeout=_number(env, "RINGDIST_CONNECT_TIMEOUT", cls.connect_timeout),
             init_timeout=_number(env, "RINGDIST_INIT_TIMEOUT", cls.init_timeout),
             lanes=int(lanes),
             verbose=env.get("RINGDIST_VERBOSE", "") not in ("", "0"),
         )
+
+
+SPIN_US = 50.0
+
+
+def default_spin_us(env: dict[str, str]) -> float:
+    """Spin briefly before blocking only when this host has a core for every local rank.
+
+    A spinning rank on an oversubscribed host would take the core its peer needs.
+    """
+    for name in ("RINGDIST_LOCAL_WORLD_SIZE", "LOCAL_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_SIZE"):
+        raw = env.get(name, "")
+        if raw.isdigit():
+            try:
+                cores = len(os.sched_getaffinity(0))
+            except AttributeError:  # not Linux
+                cores = os.cpu_count() or 1
+            return SPIN_US if int(raw) <= cores else 0.0
+    return 0.0

@@ -108,14 +108,13 @@ class Inflow:
     With `expect=None` the stream continues an earlier one of the same operation: no header.
     """
 
-    def __init__(self, ch: Channel, segments: Segments, op: str, expect: dict[str, Any] | None = None,
+    def __init__(self, ch: Channel, segments: Segments, op: str, expect: wire.Header | None = None,
                  check: Callable[[dict[str, Any], dict[str, Any], Channel], None] | None = None):
         self.ch = ch
         self.seg = segments
         self.total = segments.total
         self.op = op
         self.expect = expect
-        self.expect_body = wire.header_body(expect) if expect is not None else b""
         self.check = check or check_same
         self.need_header = expect is not None
         self.received = 0
@@ -176,17 +175,17 @@ class Inflow:
     def _consume_stage(self) -> None:
         ch = self.ch
         stage = ch.stage_view
-        while not self.done and ch.staged():
+        while not self.done and ch.stage_end > ch.stage_start:
+            start = ch.stage_start
+            staged = ch.stage_end - start
             if self.frame_left:
-                n = min(ch.staged(), self.frame_left, self.seg.left_in_segment())
-                start = ch.stage_start
+                n = min(staged, self.frame_left, self.seg.left_in_segment())
                 self.seg.current(n)[:] = stage[start:start + n]
-                ch.stage_start += n
+                ch.stage_start = start + n
                 self._advance(n)
                 continue
-            if ch.staged() < wire.PREFIX_SIZE:
+            if staged < wire.PREFIX_SIZE:
                 return
-            start = ch.stage_start
             kind, length = wire.decode_prefix(stage[start:start + wire.PREFIX_SIZE])
             if kind == wire.DATA:
                 if self.need_header:
@@ -199,11 +198,11 @@ class Inflow:
                 ch.stage_start += wire.PREFIX_SIZE
                 self.frame_left = length
                 continue
-            if ch.staged() < wire.PREFIX_SIZE + length:
+            if staged < wire.PREFIX_SIZE + length:
                 return
             body = stage[start + wire.PREFIX_SIZE:start + wire.PREFIX_SIZE + length]
-            ch.stage_start += wire.PREFIX_SIZE + length
-            if kind == wire.HEADER and self.need_header and body == self.expect_body:
+            ch.stage_start = start + wire.PREFIX_SIZE + length
+            if kind == wire.HEADER and self.need_header and body == self.expect.body:
                 self.need_header = False  # byte-identical to ours: the common case, nothing to decode
             else:
                 fields = wire.decode_map(body)
@@ -211,7 +210,7 @@ class Inflow:
                     raise_remote(fields, ch, self.op)
                 if kind != wire.HEADER or not self.need_header:
                     raise ProtocolError(f"rank {ch.me}: unexpected {wire.KIND_NAMES[kind]} frame from {ch.describe()}")
-                self.check(self.expect, wire.check_header(fields), ch)
+                self.check(self.expect.fields, wire.check_header(fields), ch)
                 self.need_header = False
             if self.received == self.total:
                 self.done = True
@@ -226,7 +225,7 @@ class ReducingInflow(Inflow):
     """
 
     def __init__(self, ch: Channel, pairs: list[tuple[Any, Any]], ufunc: Any, op: str,
-                 expect: dict[str, Any] | None = None, chunk: int = 64 * 1024):
+                 expect: wire.Header | None = None, chunk: int = 64 * 1024):
         pairs = [(acc, own) for acc, own in pairs if acc.size]
         super().__init__(ch, Segments([memoryview(acc.reshape(-1).view("u1")) for acc, _ in pairs]), op, expect)
         self.pairs = pairs
@@ -276,7 +275,7 @@ class Outflow:
     `header=None` the stream continues an earlier one: no header frame.
     """
 
-    def __init__(self, ch: Channel, segments: Segments, op: str, header: dict[str, Any] | None = None,
+    def __init__(self, ch: Channel, segments: Segments, op: str, header: wire.Header | None = None,
                  source: Inflow | None = None, head: int | None = None):
         self.ch = ch
         self.op = op
@@ -286,7 +285,7 @@ class Outflow:
         self.head = self.total if head is None else head
         self.framed = 0  # payload bytes already cut into frames
         self.prefix = bytearray(wire.PREFIX_SIZE)
-        self.pending: list[memoryview] = [] if header is None else [memoryview(wire.header_frame(header))]
+        self.pending: list[Any] = [] if header is None else [header.frame]
         self.data_pending = False  # a DATA frame (using self.prefix) is in pending
         self.blocked = False
         self.done = not self.pending and self.total == 0
@@ -399,22 +398,20 @@ class Watch:
 
 
 def run(inflows: list[Inflow], outflows: list[Outflow], watched: list[Channel], *,
-        timeout: float, op: str, me: int, seq: int | None = None) -> None:
-    """Drive every flow to completion, or raise (RingTimeoutError after `timeout` s without progress)."""
-    by_fd: dict[int, list[Any]] = {}
-    for flow in inflows:
-        by_fd.setdefault(flow.ch.fd, [None, None])[0] = flow
-    for flow in outflows:
-        by_fd.setdefault(flow.ch.fd, [None, None])[1] = flow
-    watched_fds = {ch.fd for ch in watched}
-    for ch in watched:
-        if ch.fd not in by_fd:
-            by_fd[ch.fd] = [Watch(ch, op, seq), None]
-        elif by_fd[ch.fd][0] is None:
-            by_fd[ch.fd][0] = Watch(ch, op, seq)
+        timeout: float, op: str, me: int, seq: int | None = None, spin: float = 0.0) -> None:
+    """Drive every flow to completion, or raise (RingTimeoutError after `timeout` s without progress).
 
+    Channels in `watched` without a pending inflow are watched for an ABORT. Waits block
+    in poll; with `spin` > 0 each wait first polls without blocking for up to `spin`
+    seconds (tens of microseconds), which small messages finish within.
+    """
+    # fd -> [inflow or None, outflow or None, Watch or None]
+    slots: dict[int, list[Any]] = {ch.fd: [None, None, Watch(ch, op, seq)] for ch in watched}
     for flow in inflows:
+        slots.setdefault(flow.ch.fd, [None, None, None])[0] = flow
         flow.consume_staged()
+    for flow in outflows:
+        slots.setdefault(flow.ch.fd, [None, None, None])[1] = flow
     poller = select.poll()
     masks: dict[int, int] = {}
     last_progress = time.monotonic()
@@ -423,36 +420,44 @@ def run(inflows: list[Inflow], outflows: list[Outflow], watched: list[Channel], 
             if not flow.done and not flow.blocked and flow.pump():
                 last_progress = time.monotonic()
         busy = False
-        for fd, pair in by_fd.items():
-            reader, writer = pair
-            if reader is not None and reader.done and fd in watched_fds and not isinstance(reader, Watch):
-                pair[0] = reader = Watch(reader.ch, op, seq)  # keep listening for an ABORT
+        for fd, (reader, writer, watch) in slots.items():
             mask = 0
             if reader is not None and not reader.done:
-                mask |= POLLIN
-                busy |= not isinstance(reader, Watch)
+                mask = POLLIN
+                busy = True
+            elif watch is not None and not watch.done:
+                mask = POLLIN  # the inflow is done (or there is none): listen for an ABORT
             if writer is not None and not writer.done:
                 busy = True
                 if writer.blocked:
                     mask |= POLLOUT
-            if masks.get(fd) != mask:
+            if masks.get(fd, 0) != mask:
                 if mask:
                     poller.register(fd, mask)
-                elif fd in masks:
+                else:
                     poller.unregister(fd)
                 masks[fd] = mask
         if not busy:
             return
-        wait = last_progress + timeout - time.monotonic()
-        events = poller.poll(max(0.0, wait) * 1000) if wait > 0 else []
+        events = poller.poll(0) if spin else None
+        if not events and spin:
+            spin_until = time.perf_counter() + spin
+            while not events and time.perf_counter() < spin_until:
+                events = poller.poll(0)  # a short spin beats the kernel's wake-up latency
         if not events:
-            raise RingTimeoutError(_stall_message(inflows, outflows, op, me, timeout))
+            wait = last_progress + timeout - time.monotonic()
+            events = poller.poll(max(0.0, wait) * 1000) if wait > 0 else []
+            if not events:
+                raise RingTimeoutError(_stall_message(inflows, outflows, op, me, timeout))
         moved = 0
         for fd, ev in events:
-            reader, writer = by_fd[fd]
-            if ev & (POLLIN | POLLERR) and reader is not None and not reader.done:
-                moved += reader.on_readable()
-            if ev & (POLLOUT | POLLERR) and writer is not None and not writer.done:
+            reader, writer, watch = slots[fd]
+            if ev & (POLLIN | POLLERR):
+                if reader is not None and not reader.done:
+                    moved += reader.on_readable()
+                elif watch is not None and not watch.done:
+                    watch.on_readable()
+            if ev & (POLLOUT | POLLERR) and writer is not None:
                 writer.blocked = False
         if moved:
             last_progress = time.monotonic()

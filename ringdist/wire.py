@@ -115,14 +115,18 @@ def make_header(op: str, seq: int, dtype: str, shape: tuple[int, ...], **extra: 
     return header
 
 
-def header_frame(header: dict[str, Any]) -> bytes:
-    """A whole HEADER frame; the encoding is deterministic, so equal headers give equal bytes."""
-    return encode_map(HEADER, header)
+class Header:
+    """A collective's header, encoded once: `fields`, its msgpack `body` and the whole `frame`.
 
+    The encoding is deterministic, so a peer's header equal to ours arrives as the same bytes.
+    """
 
-def header_body(header: dict[str, Any]) -> bytes:
-    """The body of `header_frame(header)`, for a byte-wise comparison with a received one."""
-    return msgpack.packb(header, use_bin_type=True)
+    __slots__ = ("fields", "body", "frame")
+
+    def __init__(self, fields: dict[str, Any]):
+        self.fields = fields
+        self.body = msgpack.packb(fields, use_bin_type=True)
+        self.frame = encode_prefix(HEADER, len(self.body)) + self.body
 
 
 def check_header(fields: dict[str, Any]) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from ringdist.channel import Channel
 from ringdist.errors import MismatchError, PeerLostError, ProtocolError, RingError, RingTimeoutError
 
 EXPECTED = wire.make_header("all_gather", 0, "<f4", (4,))
+EXPECTED_HEADER = wire.Header(EXPECTED)
 PAYLOAD = 16  # bytes the operation expects
 ALLOCATION_BOUND = 1 << 20  # the decoder may not allocate more than this, whatever a frame claims
 
@@ -32,7 +33,7 @@ def decode(data: bytes) -> str:
     sender.close()
     ch = Channel(receiver, me=1, peer=0, group="fuzz", role="left")
     out = np.zeros(PAYLOAD, dtype=np.uint8)
-    flow = transfer.Inflow(ch, transfer.Segments([memoryview(out)]), "all_gather", EXPECTED)
+    flow = transfer.Inflow(ch, transfer.Segments([memoryview(out)]), "all_gather", EXPECTED_HEADER)
     tracemalloc.start()
     try:
         transfer.run([flow], [], [ch], timeout=5, op="all_gather", me=1)
