@@ -1,16 +1,19 @@
 """Running a planned job: rendezvous, spawning, output, waiting, and carrying out the policy.
 
 Everything here is mechanism; `policy.JobPolicy` makes every decision. The
-main thread spawns the ranks and then sleeps on one event queue, fed by a
-waiter thread per rank (its exit) and by the signal handlers (SIGINT,
-SIGTERM, SIGHUP), with a timeout only when a deadline is pending.
+main thread spawns the ranks and then sleeps in one place, `_Inbox.get`, woken
+by a waiter thread per rank (its exit) and by signals (SIGINT, SIGTERM,
+SIGHUP), with a timeout only when a deadline is pending.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
-import queue
+import math
+import os
 import secrets
+import select
 import signal
 import threading
 import time
@@ -21,7 +24,7 @@ from ringdist.rendezvous import RendezvousServer
 
 from .output import LineWriter, Pump, pump_rank
 from .plan import JobPlan, RankLaunch
-from .policy import Action, Decision, JobPolicy, RankInfo, describe_exit
+from .policy import SETTLE_WAIT, Action, Decision, JobPolicy, RankInfo, describe_exit, rank_list
 from .spawn import RankProcess, Spawner
 
 # How long to wait for ranks after SIGKILL, and for their output to drain, before giving up.
@@ -49,6 +52,71 @@ class _NotStarted:
 
 
 _Event = Union[_Exited, _Signalled, _NotStarted]
+
+
+class _Inbox:
+    """Where the main thread sleeps: woken at once by another thread's event or by a signal.
+
+    A signal cannot simply be turned into a queue item by its Python handler: CPython
+    runs that handler only between bytecodes, so a signal that lands while the main
+    thread is already inside a blocking `queue.get(timeout)` - past its last check for
+    pending signals, not yet asleep in the lock wait - or that the kernel hands to
+    another thread, only sets a flag, and the main thread sleeps on until the timeout
+    (the whole grace period, or for ever): a second Ctrl-C seemingly ignored. Here the
+    C-level handler itself writes the signal's number into a pipe (`signal.set_wakeup_fd`)
+    and the main thread sleeps in poll() on that pipe, so no signal is ever late (the
+    self-pipe trick). Other threads append their event and write a 0 byte to the pipe.
+    """
+
+    def __init__(self) -> None:
+        self._events: collections.deque[_Event] = collections.deque()
+        self._read_fd, self.wakeup_fd = os.pipe()
+        for fd in (self._read_fd, self.wakeup_fd):
+            os.set_blocking(fd, False)
+        self._poller = select.poll()
+        self._poller.register(self._read_fd, select.POLLIN)
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def put(self, event: _Event) -> None:
+        """Hand `event` to the main thread (any thread)."""
+        self._events.append(event)
+        with self._lock:  # never write to the fd number once closed (it may be reused)
+            if self._closed:
+                return
+            try:
+                os.write(self.wakeup_fd, b"\0")
+            except BlockingIOError:  # the pipe is full of wake-ups already
+                pass
+
+    def get(self, timeout: float | None) -> _Event | None:
+        """The next event, waiting at most `timeout` s (None: no limit); None when it passes."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            self._read_signals()
+            if self._events:
+                return self._events.popleft()
+            wait = None if deadline is None else deadline - time.monotonic()
+            if wait is not None and wait <= 0:
+                return None
+            self._poller.poll(None if wait is None else math.ceil(wait * 1000))
+
+    def _read_signals(self) -> None:
+        while True:
+            try:
+                data = os.read(self._read_fd, 512)
+            except BlockingIOError:
+                return
+            if not data:
+                return
+            self._events.extend(_Signalled(b) for b in data if b)
+
+    def close(self) -> None:
+        """Close the pipe (after `signal.set_wakeup_fd` has been given back)."""
+        with self._lock:
+            self._closed = True
+            os.close(self._read_fd)
+            os.close(self.wakeup_fd)
 
 
 @dataclass
@@ -93,37 +161,50 @@ class _Supervisor:
         self.grace = grace
         self.verbose = verbose
         self.policy = JobPolicy(timeout)
-        self.events: queue.SimpleQueue[_Event] = queue.SimpleQueue()
+        self.events = _Inbox()
         self.ranks: dict[int, _Rank] = {}
+        self.server: RendezvousServer | None = None
+        self.settle_deadline: float | None = None
         self.term_deadline: float | None = None
         self.kill_deadline: float | None = None
 
     def run(self, spawners: Sequence[Spawner]) -> int:
         secret = secrets.token_hex(32)
-        with _signals_to(self.events):
-            server = RendezvousServer(
-                secret,
-                self.plan.world_size,
-                host=self.plan.rendezvous_host,
-                port=self.plan.rendezvous_port,
-                rank_hosts=[r.host for r in self.plan.ranks],
-            )
-            try:
-                server.start()
-            except OSError as e:
-                self.writer.message(f"ringdist-launch: error: cannot start the rendezvous service: {e}")
-                return 1
-            try:
-                self._log(f"rendezvous listening at {server.address}")
-                self._start_ranks(spawners, server.address, secret)
-                self._supervise()
-            finally:
-                self._clean_up()
-                server.close()
+        try:
+            with _signals_to(self.events):
+                started = self._run(spawners, secret)
+        finally:
+            self.events.close()
+        if not started:
+            return 1
         summary = self.policy.summary()
         if summary:
             self.writer.message(summary)
         return self.policy.exit_status
+
+    def _run(self, spawners: Sequence[Spawner], secret: str) -> bool:
+        """Serve the rendezvous, start and supervise the ranks; False if the rendezvous cannot start."""
+        server = RendezvousServer(
+            secret,
+            self.plan.world_size,
+            host=self.plan.rendezvous_host,
+            port=self.plan.rendezvous_port,
+            rank_hosts=[r.host for r in self.plan.ranks],
+        )
+        try:
+            server.start()
+        except OSError as e:
+            self.writer.message(f"ringdist-launch: error: cannot start the rendezvous service: {e}")
+            return False
+        self.server = server
+        try:
+            self._log(f"rendezvous listening at {server.address}")
+            self._start_ranks(spawners, server.address, secret)
+            self._supervise()
+        finally:
+            self._clean_up()
+            server.close()
+        return True
 
     def _start_ranks(self, spawners: Sequence[Spawner], rendezvous: str, secret: str) -> None:
         # Ranks are started from the main thread: on Linux their parent-death
@@ -156,37 +237,51 @@ class _Supervisor:
     def _supervise(self) -> None:
         job_deadline = time.monotonic() + self.timeout if self.timeout else None
         while self.policy.running:
-            deadline = self.kill_deadline or self.term_deadline
+            deadline = self.kill_deadline or self.term_deadline or self.settle_deadline
             if deadline is None and not self.policy.stopping:
                 deadline = job_deadline
             wait = None if deadline is None else max(0.0, deadline - time.monotonic())
-            try:
-                event = self.events.get(timeout=wait)
-            except queue.Empty:
+            event = self.events.get(timeout=wait)
+            if event is None:
                 if self.kill_deadline is not None:
                     self.writer.message(
                         f"ringdist-launch: ranks {','.join(map(str, self.policy.running))} "
                         f"still running {KILL_WAIT:g}s after SIGKILL; giving up on them"
                     )
                     return
-                self._apply(self.policy.grace_expired() if self.policy.stopping else self.policy.timed_out())
+                if self.term_deadline is not None:
+                    self._apply(self.policy.grace_expired())
+                elif self.settle_deadline is not None:
+                    self._apply(self.policy.settle_expired(self._left()))
+                else:
+                    self._apply(self.policy.timed_out())
                 continue
             if isinstance(event, _Exited):
                 remote_pid = getattr(self.ranks[event.rank].proc, "remote_pid", None)
                 if remote_pid is not None:
                     self.policy.rank_pid(event.rank, remote_pid)
                 self._log(f"rank {event.rank} {describe_exit(event.returncode)}")
-                self._apply(self.policy.rank_exited(event.rank, event.returncode))
+                self._apply(self.policy.rank_exited(event.rank, event.returncode, self._left()))
             elif isinstance(event, _NotStarted):
                 host = self.ranks[event.rank].launch.host
                 self._apply(self.policy.host_failed(event.rank, host, event.reason, event.status))
             else:
                 self._apply(self.policy.signalled(event.signum))
 
+    def _left(self) -> dict[int, float]:
+        """When each rank's control connection closed, for those closed so far."""
+        return self.server.disconnected() if self.server is not None else {}
+
     def _apply(self, decision: Decision) -> None:
         if decision.message:
             self.writer.message(decision.message)
-        if decision.action is Action.STOP:
+        if decision.action is Action.WAIT:
+            if self.settle_deadline is None:
+                self.settle_deadline = time.monotonic() + SETTLE_WAIT
+            self._log(f"{rank_list(decision.ranks)} already leaving; waiting up to {SETTLE_WAIT:g}s "
+                      "before naming the first failure")
+        elif decision.action is Action.STOP:
+            self.settle_deadline = None
             for rank in decision.ranks:
                 self.ranks[rank].proc.signal(signal.SIGTERM)
             if self.term_deadline is None:
@@ -215,18 +310,26 @@ class _Supervisor:
 
 
 @contextlib.contextmanager
-def _signals_to(events: queue.SimpleQueue[_Event]) -> Iterator[None]:
-    """Turn SIGINT/SIGTERM/SIGHUP into queue events while the job runs (main thread only)."""
+def _signals_to(inbox: _Inbox) -> Iterator[None]:
+    """Deliver SIGINT/SIGTERM/SIGHUP to `inbox` while the job runs (main thread only).
+
+    The signal's number reaches the inbox's pipe from the C-level handler
+    (`signal.set_wakeup_fd`); the Python-level handler has nothing left to do.
+    """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
 
-    def handler(signum: int, _frame: object) -> None:
-        events.put(_Signalled(signum))  # SimpleQueue.put is safe in a signal handler
+    def handler(_signum: int, _frame: object) -> None:
+        pass
 
-    previous = {sig: signal.signal(sig, handler) for sig in FORWARDED_SIGNALS}
+    previous_fd = signal.set_wakeup_fd(inbox.wakeup_fd, warn_on_full_buffer=False)
+    previous = {}
     try:
+        for sig in FORWARDED_SIGNALS:
+            previous[sig] = signal.signal(sig, handler)
         yield
     finally:
         for sig, old in previous.items():
             signal.signal(sig, old)
+        signal.set_wakeup_fd(previous_fd)

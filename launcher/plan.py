@@ -23,6 +23,7 @@ LAUNCHER_VARS = frozenset(
         "RINGDIST_RANK",
         "RINGDIST_WORLD_SIZE",
         "RINGDIST_LOCAL_RANK",
+        "RINGDIST_LOCAL_WORLD_SIZE",
         "RINGDIST_RENDEZVOUS",
         "RINGDIST_SECRET",
         "RINGDIST_BIND",
@@ -60,6 +61,7 @@ class RankLaunch:
     argv: tuple[str, ...]
     user_env: tuple[tuple[str, str], ...]
     verbose: bool = False
+    same_machine: int = 1  # ranks sharing this rank's physical machine (the library's spin default)
 
     @property
     def rank(self) -> int:
@@ -82,6 +84,7 @@ class RankLaunch:
                 "RINGDIST_RANK": str(p.rank),
                 "RINGDIST_WORLD_SIZE": str(self.world_size),
                 "RINGDIST_LOCAL_RANK": str(p.local_rank),
+                "RINGDIST_LOCAL_WORLD_SIZE": str(self.same_machine),
                 "RINGDIST_RENDEZVOUS": rendezvous,
                 "RINGDIST_SECRET": secret,
                 "RINGDIST_BIND": ",".join(p.ips),
@@ -142,7 +145,9 @@ def build_plan(
     argv = tuple(target.argv(python))
     user_env = tuple(hostfile.envs) + tuple(env)
     ranks = tuple(
-        RankLaunch(placement=p, world_size=len(placements), argv=argv, user_env=user_env, verbose=verbose)
+        RankLaunch(placement=p, world_size=len(placements), argv=argv, user_env=user_env, verbose=verbose,
+                   same_machine=sum(1 for q in placements if q.is_local) if p.is_local
+                   else sum(1 for q in placements if q.ssh == p.ssh))
         for p in placements
     )
     return JobPlan(ranks=ranks, cwd=cwd)

@@ -4,25 +4,40 @@ Pure bookkeeping: `job` feeds it events (a rank started, exited, a signal
 arrived, the deadline passed) and carries out the `Decision` it returns.
 The first abnormal event is the job's cause: it fixes the exit status and
 the root-cause line; anything after it is a consequence of stopping.
+
+Which rank failed first is not always which exit the launcher saw first: when
+rank 1 leaves (say `sys.exit(1)` before a collective), rank 0 raises
+`PeerLostError` at once and may well finish exiting while rank 1 is still in
+interpreter teardown. What orders them is the rendezvous's control connections:
+a rank closes its own first thing when it leaves, so its peers can only fail
+after that. `job` passes the times these connections closed (`left`). When a
+rank fails while other ranks are already leaving (connection closed, process
+still running), the policy waits for those to exit (up to `SETTLE_WAIT`) rather
+than cut their exit short with SIGTERM, then names as first the failed rank
+that left earliest, and only then stops the rest.
 """
 
 from __future__ import annotations
 
 import enum
+import math
 import signal
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Iterable, Mapping
 
 EXIT_TIMEOUT = 124  # as timeout(1) and mpirun --timeout
 EXIT_NOT_EXECUTABLE = 126  # as the shell when a command cannot be executed
 EXIT_NOT_FOUND = 127  # as the shell when a command does not exist
 EXIT_START_FAILED = 1
+# How long to wait, after a rank failed, for ranks already leaving (control connection closed) to exit.
+SETTLE_WAIT = 2.0
 
 
 class Action(enum.Enum):
     """What the launcher must do to the ranks still running."""
 
     NOTHING = "nothing"
+    WAIT = "wait"  # ranks are already leaving: wait for them (SETTLE_WAIT) before naming the first failure
     STOP = "stop"  # SIGTERM each rank's process group, SIGKILL after the grace period
     KILL = "kill"  # SIGKILL each rank's process group now
 
@@ -67,11 +82,14 @@ def _signal_name(signum: int) -> str:
         return f"signal {signum}"
 
 
-def _rank_list(ranks: Iterable[int]) -> str:
+def rank_list(ranks: Iterable[int]) -> str:
     """'rank 3' or 'ranks 0,1,3'."""
     ordered = sorted(ranks)
     listed = ",".join(map(str, ordered))
     return f"rank {listed}" if len(ordered) == 1 else f"ranks {listed}"
+
+
+_STOP_SIGNALS = (-signal.SIGTERM, -signal.SIGKILL)  # returncodes of ranks the launcher's signals ended
 
 
 class JobPolicy:
@@ -81,9 +99,16 @@ class JobPolicy:
         self._timeout = timeout
         self._ranks: dict[int, RankInfo] = {}
         self._running: set[int] = set()
+        self._exits: dict[int, int] = {}  # rank -> returncode
+        self._exit_order: list[int] = []
+        self._left: dict[int, float] = {}  # rank -> when its control connection closed
+        self._failed: list[int] | None = None  # failed ranks while settling (None: not settling)
+        self._waiting_for: set[int] = set()  # the leaving ranks the settling waits for
         self._stopped: set[int] = set()
+        self._left_at_stop: set[int] = set()  # stopped ranks that were already leaving then
         self._killed: set[int] = set()
         self._cause: str | None = None
+        self._cause_rank: int | None = None
         self._exit_status = 0
 
     @property
@@ -97,6 +122,11 @@ class JobPolicy:
         return self._cause is not None
 
     @property
+    def settling(self) -> bool:
+        """Whether a rank failed and the policy waits for ranks already leaving (Action.WAIT)."""
+        return self._failed is not None
+
+    @property
     def exit_status(self) -> int:
         """The launcher's exit status: the cause's, or 0 if every rank exited 0."""
         return self._exit_status
@@ -106,17 +136,38 @@ class JobPolicy:
         self._ranks[info.rank] = info
         self._running.add(info.rank)
 
-    def rank_exited(self, rank: int, returncode: int) -> Decision:
-        """A rank exited; a non-zero or signalled exit is the cause unless one exists."""
+    def rank_exited(self, rank: int, returncode: int, left: Mapping[int, float] | None = None) -> Decision:
+        """A rank exited; a non-zero or signalled exit is the cause unless one exists.
+
+        `left`: when (any clock) each rank's control connection closed, for the ranks
+        whose connection has closed so far; it orders failures that come close together.
+        """
         self._running.discard(rank)
-        if returncode == 0 or self.stopping:
+        self._exits[rank] = returncode
+        self._exit_order.append(rank)
+        self._left.update(left or {})
+        if self.stopping:
             return NOTHING
-        info = self._ranks[rank]
-        self._set_cause(
-            f"rank {rank} (host {info.host}, pid {info.pid}) {describe_exit(returncode)} first",
-            exit_status(returncode),
-        )
-        return self._stop_all()
+        if self._failed is not None:  # settling: one more exit; the first-failure question may be settled
+            if returncode != 0:
+                self._failed.append(rank)
+            if self._waiting_for & self._running:
+                return NOTHING
+            return self._name_first_failure()
+        if returncode == 0:
+            return NOTHING
+        self._failed = [rank]
+        self._waiting_for = self._leaving()
+        if self._waiting_for:
+            return Decision(Action.WAIT, tuple(sorted(self._waiting_for)))
+        return self._name_first_failure()
+
+    def settle_expired(self, left: Mapping[int, float] | None = None) -> Decision:
+        """`SETTLE_WAIT` passed after Action.WAIT: name the first failure among the ranks failed so far."""
+        self._left.update(left or {})
+        if self._failed is None:
+            return NOTHING
+        return self._name_first_failure()
 
     def start_failed(self, rank: int, host: str, error: OSError) -> Decision:
         """A rank could not be started at all (no such program, not executable, ...)."""
@@ -135,6 +186,8 @@ class JobPolicy:
 
     def signalled(self, signum: int) -> Decision:
         """The launcher got SIGINT/SIGTERM/SIGHUP: stop in order; a second signal kills at once."""
+        if self.settling:  # a rank failed before the signal: that is the cause; stop in order
+            return self._name_first_failure()
         name = _signal_name(signum)
         if not self.stopping:
             self._set_cause(f"interrupted by {name}", 128 + signum)
@@ -142,7 +195,7 @@ class JobPolicy:
         if not self._running:
             return NOTHING
         self._killed.update(self._running)
-        message = f"ringdist-launch: {name} again; killing {_rank_list(self.running)} now"
+        message = f"ringdist-launch: {name} again; killing {rank_list(self.running)} now"
         return Decision(Action.KILL, tuple(self.running), message)
 
     def rank_pid(self, rank: int, pid: int) -> None:
@@ -152,13 +205,18 @@ class JobPolicy:
 
     def host_failed(self, rank: int, host: str, reason: str, status: int) -> Decision:
         """A remote rank never started: its host could not be reached, or refused to run it."""
+        if self.settling:
+            return self._name_first_failure()
         if self.stopping:
             return NOTHING
         self._set_cause(f"cannot start rank {rank} on host {host}: {reason}", status)
+        self._cause_rank = rank
         return self._stop_all(exclude=rank)  # its agent has exited, or was killed, already
 
     def timed_out(self) -> Decision:
         """The job's wall-clock limit (`--timeout`) passed."""
+        if self.settling:
+            return self._name_first_failure()
         if self.stopping:
             return NOTHING
         self._set_cause(f"job exceeded --timeout {self._timeout:g}s", EXIT_TIMEOUT)
@@ -173,20 +231,76 @@ class JobPolicy:
         return Decision(Action.KILL, tuple(sorted(survivors)))
 
     def summary(self) -> str | None:
-        """The closing root-cause line, repeated after the ranks' last output; None if nothing was stopped."""
-        if self._cause is None or not self._stopped:
+        """The closing line: the cause, then what became of every other rank; None if nothing to add.
+
+        Printed after the ranks' last output; the line printed when the cause was found
+        said only whom the launcher was stopping.
+
+        'rank 1 (host h, pid 9) exited with code 1 first; ranks 0,3 then failed on their own;
+        rank 4 had already exited (code 0); rank 2 stopped by the launcher'
+        """
+        if self._cause is None:
             return None
-        line = f"ringdist-launch: {self._cause}; {_rank_list(self._stopped)} stopped by the launcher"
-        if self._killed:
-            line += f" ({_rank_list(self._killed)} killed with SIGKILL)"
-        return line
+        on_own, early, stopped = [], [], []
+        for rank, returncode in self._exits.items():
+            if rank == self._cause_rank:
+                continue
+            if rank in self._stopped:
+                (on_own if self._failed_after_stop(rank, returncode) else stopped).append(rank)
+            else:
+                (early if returncode == 0 else on_own).append(rank)
+        stopped += sorted(self._stopped - self._exits.keys())  # never exited (given up on)
+        parts = [self._cause]
+        if on_own:
+            parts.append(f"{rank_list(on_own)} then failed on {'its' if len(on_own) == 1 else 'their'} own")
+        if early:
+            parts.append(f"{rank_list(early)} had already exited (code 0)")
+        if stopped:
+            part = f"{rank_list(stopped)} stopped by the launcher"
+            killed = self._killed.intersection(stopped)
+            if killed:
+                part += f" ({rank_list(killed)} killed with SIGKILL)"
+            parts.append(part)
+        if len(parts) == 1:
+            return None
+        return "ringdist-launch: " + "; ".join(parts)
+
+    def _failed_after_stop(self, rank: int, returncode: int) -> bool:
+        """Whether a rank the launcher stopped had failed on its own: it was leaving already, and
+        its exit is a failure of its own (not 0, not the launcher's SIGTERM or SIGKILL)."""
+        return rank in self._left_at_stop and returncode != 0 and returncode not in _STOP_SIGNALS
+
+    def _leaving(self) -> set[int]:
+        """Running ranks whose control connection has closed: on their way out."""
+        return {r for r in self._running if r in self._left}
+
+    def _name_first_failure(self) -> Decision:
+        """End the settling: of the ranks that failed, the first to leave is the cause."""
+        failed, self._failed, self._waiting_for = self._failed or [], None, set()
+
+        def leaving_order(rank: int) -> tuple[float, int]:  # unknown times last, then by exit order
+            return self._left.get(rank, math.inf), self._exit_order.index(rank)
+
+        first = min(failed, key=leaving_order)
+        info, returncode = self._ranks[first], self._exits[first]
+        self._cause_rank = first
+        self._set_cause(
+            f"rank {first} (host {info.host}, pid {info.pid}) {describe_exit(returncode)} first",
+            exit_status(returncode),
+        )
+        return self._stop_all()
 
     def _set_cause(self, cause: str, status: int) -> None:
         self._cause = cause
         self._exit_status = status
 
     def _stop_all(self, exclude: int | None = None) -> Decision:
+        """Stop every running rank, saying so now; with none left to stop, the summary says it all."""
         targets = tuple(sorted(self._running - {exclude}))
         self._stopped.update(targets)
-        tail = f"stopping {_rank_list(targets)}" if targets else "no other rank was running"
-        return Decision(Action.STOP, targets, f"ringdist-launch: {self._cause}; {tail}")
+        self._left_at_stop.update(r for r in targets if r in self._left)
+        if targets:
+            return Decision(Action.STOP, targets, f"ringdist-launch: {self._cause}; stopping {rank_list(targets)}")
+        if self.summary() is not None:
+            return Decision(Action.STOP)
+        return Decision(Action.STOP, (), f"ringdist-launch: {self._cause}; no other rank was running")

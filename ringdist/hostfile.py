@@ -39,6 +39,7 @@ __all__ = [
     "parse_hostfile",
     "parse_hosts_arg",
     "expand_placements",
+    "same_machine_groups",
     "is_local_host",
     "parse_env_assignment",
 ]
@@ -89,7 +90,7 @@ class Hostfile:
 
 @dataclass(frozen=True)
 class Placement:
-    """Where one rank runs: its host (by index and ssh name), addresses and rank on that host."""
+    """Where one rank runs: its host (by index and ssh name), addresses and rank on that machine."""
 
     rank: int
     host_index: int
@@ -162,7 +163,8 @@ def expand_placements(hostfile: Hostfile, world_size: int | None = None) -> list
     """Per-rank placements in rank order (host order, then slot order).
 
     `world_size` takes the first that many slots (all slots when None); asking for
-    more ranks than the hostfile has slots is a `ConfigError`.
+    more ranks than the hostfile has slots is a `ConfigError`. A rank's `local_rank`
+    is its index among the ranks on the same machine (see `same_machine_groups`).
     """
     total = hostfile.slots
     if world_size is None:
@@ -174,11 +176,15 @@ def expand_placements(hostfile: Hostfile, world_size: int | None = None) -> list
             f"{hostfile.source}: {world_size} ranks requested but the hosts have "
             f"{total} slot{'s' if total != 1 else ''}"
         )
+    machine = same_machine_groups(hostfile.hosts)
+    on_machine: dict[int, int] = {}  # machine -> ranks placed on it so far
     placements: list[Placement] = []
     for host_index, host in enumerate(hostfile.hosts):
-        for local_rank in range(host.slots):
+        for _ in range(host.slots):
             if len(placements) == world_size:
                 return placements
+            local_rank = on_machine.get(machine[host_index], 0)
+            on_machine[machine[host_index]] = local_rank + 1
             placements.append(
                 Placement(
                     rank=len(placements),
@@ -191,6 +197,31 @@ def expand_placements(hostfile: Hostfile, world_size: int | None = None) -> list
                 )
             )
     return placements
+
+
+def same_machine_groups(hosts: tuple[Host, ...] | list[Host]) -> list[int]:
+    """For each host entry, the index of the first entry on the same machine.
+
+    Two entries are the same machine when their `ssh` names are equal, or when both
+    are local and listen on the same `ips`; the relation is closed transitively.
+    Local entries with different `ips` (loopback-4.json's 127.0.0.1 to 127.0.0.4)
+    stand in for different machines, as they do for everything else.
+    """
+    group = list(range(len(hosts)))
+
+    def root(i: int) -> int:
+        while group[i] != i:
+            i = group[i]
+        return i
+
+    for j, b in enumerate(hosts):
+        for i in range(j):
+            a = hosts[i]
+            same = (a.ssh is not None and a.ssh == b.ssh) or (a.is_local and b.is_local and a.ips == b.ips)
+            if same:
+                ri, rj = root(i), root(j)
+                group[max(ri, rj)] = min(ri, rj)
+    return [root(i) for i in range(len(hosts))]
 
 
 def is_local_host(name: str | None) -> bool:

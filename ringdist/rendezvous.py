@@ -167,11 +167,13 @@ class RendezvousServer:
         self._left[rank] = max(time.monotonic(), math.nextafter(latest, math.inf))
 
     def _watch(self, rank: int, conn: socket.socket) -> None:
-        if self._departures is not None:
+        """Add a registered rank's control connection to the departures set (lock held)."""
+        if self._departures is not None and not self._closed:
             self._departures.register(conn.fileno(), select.EPOLLRDHUP)
             self._fd_rank[conn.fileno()] = rank
 
     def _unwatch(self, conn: socket.socket) -> None:
+        """Take a control connection out of the departures set before it is closed (lock held)."""
         fd = conn.fileno()
         if self._departures is not None and self._fd_rank.pop(fd, None) is not None:
             try:

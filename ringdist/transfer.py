@@ -456,7 +456,13 @@ def run(inflows: list[Inflow], outflows: list[Outflow], watched: list[Channel], 
                 if reader is not None and not reader.done:
                     moved += reader.on_readable()
                 elif watch is not None and not watch.done:
-                    watch.on_readable()
+                    try:
+                        watch.on_readable()
+                    except RingError:
+                        for flow in inflows:  # what this rank can see for itself wins over a relayed ABORT
+                            if not flow.done:
+                                flow.on_readable()
+                        raise
             if ev & (POLLOUT | POLLERR) and writer is not None:
                 writer.blocked = False
         if moved:

@@ -112,6 +112,28 @@ def test_placements_take_the_first_n_slots():
     assert [(p.host_index, p.local_rank) for p in expand_placements(hf, 3)] == [(0, 0), (0, 1), (1, 0)]
 
 
+def test_local_rank_counts_ranks_on_the_same_machine_across_entries():
+    def local_ranks(hosts, n=None):
+        return [p.local_rank for p in expand_placements(parse_hostfile(hosts), n)]
+
+    # The same ssh name twice is one machine, as torchrun's LOCAL_RANK counts it.
+    assert local_ranks([{"ssh": "rdtest-a", "slots": 2}, {"ssh": "rdtest-b"}, {"ssh": "rdtest-a"}]) == [0, 1, 0, 2]
+    # Local entries on the same ips are one machine, however they are spelt.
+    assert local_ranks([{"slots": 2}, {"ssh": "localhost"}, {"ips": ["127.0.0.1"]}]) == [0, 1, 2, 3]
+    same_name = [{"ssh": "localhost", "ips": ["127.0.0.2"]}, {"ssh": "localhost", "ips": ["127.0.0.3"]}]
+    assert local_ranks(same_name) == [0, 1]
+    # Local entries on different ips stand in for different machines (loopback-4.json).
+    assert local_ranks([{"ips": ["127.0.0.2"], "slots": 2}, {"ips": ["127.0.0.3"]}, {"ips": ["127.0.0.2"]}]) == [
+        0, 1, 0, 2]
+    # A remote entry is never the same machine as a local one, nor as another ssh name.
+    assert local_ranks([{"ssh": "rdtest-a", "ips": ["127.0.0.1"]}, {}, {"ssh": "rdtest-b", "ips": ["127.0.0.1"]}]) == [
+        0, 0, 0]
+    # -n takes the first slots; the count follows them.
+    assert local_ranks([{"ssh": "rdtest-a"}, {"ssh": "rdtest-a", "slots": 3}], 3) == [0, 1, 2]
+    assert [p.local_rank for p in expand_placements(parse_hosts_arg("localhost:2,localhost,127.0.0.2"))] == [
+        0, 1, 2, 0]
+
+
 def test_more_ranks_than_slots_is_an_error():
     hf = parse_hostfile([{"slots": 2}], "two.json")
     with pytest.raises(ConfigError, match=r"two\.json: 3 ranks requested but the hosts have 2 slots"):

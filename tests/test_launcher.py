@@ -6,13 +6,17 @@ import json
 import os
 import re
 import signal
+import socket
+import subprocess
 import sys
+import textwrap
 import time
 
 import pytest
 
 from helpers import (
     HOSTFILES,
+    ROOT,
     SCRIPTS,
     LineReader,
     kill_tree,
@@ -21,11 +25,15 @@ from helpers import (
     start_launcher,
     wait_until_gone,
 )
+from ringdist import wire
+from ringdist.channel import send_blocking
 from ringdist.errors import ConfigError
+from ringdist.handshake import client_handshake
 from ringdist.hostfile import load_hostfile, parse_hostfile
+from ringdist.rendezvous import RENDEZVOUS_GROUP, RendezvousServer, encode, parse_address
 from ringdist_launch.cli import _parser, parse_command_line
 from ringdist_launch.plan import REDACTED, Target, build_plan, describe_plan, local_hostfile
-from ringdist_launch.policy import Action, JobPolicy, RankInfo
+from ringdist_launch.policy import Action, Decision, JobPolicy, RankInfo
 
 PY = sys.executable
 RANK_ENV = str(SCRIPTS / "rank_env.py")
@@ -100,6 +108,7 @@ def test_plan_environment_and_precedence():
         "RINGDIST_RANK": "1",
         "RINGDIST_WORLD_SIZE": "3",
         "RINGDIST_LOCAL_RANK": "1",
+        "RINGDIST_LOCAL_WORLD_SIZE": "3",  # every local rank shares this machine's cores
         "RINGDIST_RENDEZVOUS": "127.0.0.1:5000",
         "RINGDIST_SECRET": "s3cret",
         "RINGDIST_BIND": "127.0.0.2,127.0.0.3",
@@ -166,7 +175,7 @@ def test_policy_first_failure_wins():
     assert policy.exit_status == 3
     assert policy.summary() == (
         "ringdist-launch: rank 2 (host localhost, pid 102) exited with code 3 first; "
-        "ranks 1,3 stopped by the launcher (rank 3 killed with SIGKILL)"
+        "rank 0 had already exited (code 0); ranks 1,3 stopped by the launcher (rank 3 killed with SIGKILL)"
     )
 
 
@@ -174,8 +183,90 @@ def test_policy_signal_exit_status_and_last_rank_failing():
     policy = started_policy(2)
     policy.rank_exited(0, 0)
     decision = policy.rank_exited(1, -9)
-    assert "was killed by signal 9 (SIGKILL) first; no other rank was running" in decision.message
-    assert decision.ranks == () and policy.exit_status == 137 and policy.summary() is None
+    assert decision == Decision(Action.STOP) and policy.exit_status == 137  # nothing to stop: the summary tells
+    assert policy.summary() == (
+        "ringdist-launch: rank 1 (host localhost, pid 101) was killed by signal 9 (SIGKILL) first; "
+        "rank 0 had already exited (code 0)"
+    )
+
+
+def test_policy_single_failing_rank_has_no_summary():
+    policy = started_policy(1)
+    decision = policy.rank_exited(0, 4)
+    assert decision.message == "ringdist-launch: rank 0 (host localhost, pid 100) exited with code 4 first; " \
+        "no other rank was running"
+    assert policy.exit_status == 4 and policy.summary() is None
+
+
+def test_policy_names_the_rank_that_left_first_not_the_first_exit_seen():
+    # Rank 1 left (sys.exit(1)); rank 0 raised PeerLostError and finished exiting first.
+    policy = started_policy(2)
+    wait = policy.rank_exited(0, 1, left={1: 10.0, 0: 10.2})
+    assert wait == Decision(Action.WAIT, (1,)) and policy.settling and not policy.stopping
+    decision = policy.rank_exited(1, 1, left={1: 10.0, 0: 10.2})
+    assert decision == Decision(Action.STOP)
+    assert policy.exit_status == 1
+    assert policy.summary() == (
+        "ringdist-launch: rank 1 (host localhost, pid 101) exited with code 1 first; rank 0 then failed on its own"
+    )
+
+
+def test_policy_a_rank_that_returned_early_is_mentioned():
+    # Rank 1 returned (code 0) before a collective; rank 0 then failed with PeerLostError.
+    policy = started_policy(2)
+    assert policy.rank_exited(0, 1, left={1: 3.0, 0: 3.1}).action is Action.WAIT
+    assert policy.rank_exited(1, 0, left={1: 3.0, 0: 3.1}) == Decision(Action.STOP)
+    assert policy.exit_status == 1
+    assert policy.summary() == (
+        "ringdist-launch: rank 0 (host localhost, pid 100) exited with code 1 first; rank 1 had already exited (code 0)"
+    )
+    # The same when the exits are seen in the other order.
+    policy = started_policy(2)
+    assert policy.rank_exited(1, 0, left={1: 3.0}) == Decision(Action.NOTHING)
+    policy.rank_exited(0, 1, left={1: 3.0, 0: 3.1})
+    assert policy.summary() == (
+        "ringdist-launch: rank 0 (host localhost, pid 100) exited with code 1 first; rank 1 had already exited (code 0)"
+    )
+
+
+def test_policy_several_failures_close_together_and_who_was_stopped():
+    policy = started_policy(5)
+    left = {1: 1.0, 0: 1.5, 3: 1.7}
+    assert policy.rank_exited(0, 1, left) == Decision(Action.WAIT, (1, 3))
+    assert policy.rank_exited(3, 1, left) == Decision(Action.NOTHING)  # still waiting for rank 1
+    stop = policy.rank_exited(1, 7, left)
+    assert stop.action is Action.STOP and stop.ranks == (2, 4) and policy.exit_status == 7
+    assert "rank 1 (host localhost, pid 101) exited with code 7 first; stopping ranks 2,4" in stop.message
+    policy.rank_exited(2, -15, left)
+    policy.rank_exited(4, -15, left)
+    assert policy.summary() == (
+        "ringdist-launch: rank 1 (host localhost, pid 101) exited with code 7 first; "
+        "ranks 0,3 then failed on their own; ranks 2,4 stopped by the launcher"
+    )
+
+
+def test_policy_a_stopped_rank_that_was_already_leaving_failed_on_its_own():
+    policy = started_policy(3)
+    stop = policy.rank_exited(1, 1, left={1: 1.0, 0: 1.1})  # rank 0 leaving too, but after rank 1
+    assert stop == Decision(Action.WAIT, (0,))
+    stop = policy.settle_expired(left={1: 1.0, 0: 1.1})  # rank 0 is slow to exit: stop it with the rest
+    assert stop.action is Action.STOP and stop.ranks == (0, 2)
+    policy.rank_exited(0, 1, left={1: 1.0, 0: 1.1})  # its own failure, not the launcher's SIGTERM
+    policy.rank_exited(2, -15, left={1: 1.0, 0: 1.1, 2: 1.2})
+    assert policy.summary() == (
+        "ringdist-launch: rank 1 (host localhost, pid 101) exited with code 1 first; "
+        "rank 0 then failed on its own; rank 2 stopped by the launcher"
+    )
+
+
+def test_policy_no_wait_when_nobody_else_is_leaving_and_signals_end_the_wait():
+    policy = started_policy(3)
+    assert policy.rank_exited(2, 5, left={2: 1.0}).action is Action.STOP  # nobody else leaving
+    policy = started_policy(3)
+    assert policy.rank_exited(0, 1, left={1: 1.0}).action is Action.WAIT
+    decision = policy.signalled(signal.SIGINT)  # a rank failed before the Ctrl-C: it is the cause
+    assert decision.action is Action.STOP and decision.ranks == (1, 2) and policy.exit_status == 1
+    assert policy.signalled(signal.SIGINT).action is Action.KILL
 
 
 def test_policy_interrupts_and_timeout():
@@ -249,10 +340,13 @@ def test_hostfile_with_n_uses_first_slots(tmp_path):
 
 
 def test_hosts_list_argument():
-    result = run_launcher(["--hosts", "localhost:2,127.0.0.2", RANK_ENV])
+    result = run_launcher(["--hosts", "localhost:2,127.0.0.2,localhost", RANK_ENV])
     assert result.returncode == 0, result.stderr
     reports = rank_reports(result.stdout)
-    assert [reports[r]["env"]["RINGDIST_BIND"] for r in range(3)] == ["127.0.0.1", "127.0.0.1", "127.0.0.2"]
+    envs = [reports[r]["env"] for r in range(4)]
+    assert [e["RINGDIST_BIND"] for e in envs] == ["127.0.0.1", "127.0.0.1", "127.0.0.2", "127.0.0.1"]
+    # localhost named twice is one machine; 127.0.0.2 stands in for another one
+    assert [e["LOCAL_RANK"] for e in envs] == [e["RINGDIST_LOCAL_RANK"] for e in envs] == ["0", "1", "0", "2"]
 
 
 def test_env_options_and_hostfile_envs(tmp_path):
@@ -357,6 +451,38 @@ def test_exit_code_of_the_first_failing_rank_and_others_stopped():
     assert "Traceback" not in result.stderr
 
 
+EARLY_EXIT = """
+import sys
+import numpy as np
+import ringdist as rd
+
+g = rd.init()
+if g.rank() == 1:
+    sys.exit(int(sys.argv[1]))  # leaves before the collective rank 0 is blocked in
+rd.all_sum(np.ones(4))
+"""
+
+
+@pytest.mark.parametrize("code", [1, 0])
+def test_a_rank_leaving_early_is_blamed_not_the_peer_it_made_fail(tmp_path, code):
+    """Rank 0 raises PeerLostError and may finish exiting before rank 1 does; rank 1 is still the cause."""
+    script = tmp_path / "early_exit.py"
+    script.write_text(EARLY_EXIT)
+    for _ in range(3):  # the exits race: one run proves little
+        result = run_launcher(["-n", "2", str(script), str(code)])
+        assert result.returncode == 1, result.stderr
+        lines = launcher_lines(result.stderr)
+        if code:
+            assert re.fullmatch(r"ringdist-launch: rank 1 \(host localhost, pid \d+\) exited with code 1 first; "
+                                r"rank 0 (then failed on its own|stopped by the launcher)", lines[-1]), lines
+        else:
+            assert "PeerLostError" in result.stderr
+            assert re.fullmatch(r"ringdist-launch: rank 0 \(host localhost, pid \d+\) exited with code 1 first; "
+                                r"rank 1 had already exited \(code 0\)", lines[-1]), lines
+        assert all("; stopping rank 0" in line for line in lines[:-1]), lines  # the cause once, then the summary
+        assert len(lines) <= 2, lines
+
+
 def test_rank_killed_by_a_signal_gives_128_plus_n():
     result = run_launcher(["-n", "2", EXIT_CODE, "1", "kill", "60"])
     assert result.returncode == 137
@@ -429,6 +555,81 @@ def test_second_sigint_kills_at_once():
         kill_tree(proc)
 
 
+SIGNAL_RACE = """
+import random, signal, threading, time
+from ringdist_launch.job import _Inbox, _Signalled, _signals_to
+
+inbox = _Inbox()
+main = threading.main_thread().ident
+go = threading.Semaphore(0)
+
+def sender():
+    while True:
+        go.acquire()
+        for _ in range(random.randrange(60)):  # land anywhere around the main thread entering its wait
+            pass
+        signal.pthread_kill(main, signal.SIGINT)
+
+threading.Thread(target=sender, daemon=True).start()
+late = 0
+with _signals_to(inbox):
+    for _ in range(1000):
+        go.release()
+        started = time.monotonic()
+        event = inbox.get(timeout=2.0)
+        late += event is None or time.monotonic() - started > 1.0
+        assert event in (None, _Signalled(signal.SIGINT)), event
+        while event is None:
+            event = inbox.get(timeout=2.0)
+print("late", late)
+"""
+
+
+def test_a_signal_at_any_moment_wakes_the_supervisor_at_once():
+    """A signal landing as the main thread entered its wait was seen only when the wait timed out
+    (the grace period): a second Ctrl-C then seemed ignored. Now the signal itself wakes the wait."""
+    result = subprocess.run([PY, "-c", SIGNAL_RACE], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["late", "0"]
+
+
+def control_client(server: RendezvousServer, secret: bytes, rank: int, size: int) -> socket.socket:
+    """Register `rank` at `server` as a rank's bootstrap does; the socket is its control connection."""
+    sock = socket.create_connection(parse_address(server.address), timeout=10)
+    deadline = time.monotonic() + 10
+    hello = wire.make_hello(wire.job_id(secret), RENDEZVOUS_GROUP, rank, "register", 0, os.urandom(wire.NONCE_SIZE))
+    client_handshake(sock, secret, hello, deadline, "the rendezvous")
+    send_blocking(sock, encode({"type": "register", "rank": rank, "size": size,
+                                "addresses": [["127.0.0.1", 1]], "host": "h", "pid": 1}), deadline)
+    return sock
+
+
+def test_rendezvous_notes_when_each_control_connection_closed_in_order():
+    secret = "ab" * 32
+    server = RendezvousServer(secret, 4)
+    server.start()
+    try:
+        socks = [control_client(server, secret.encode(), r, 4) for r in range(4)]
+        assert server.wait_delivered(10)
+        assert server.disconnected() == {} and server.disconnected_at(0) is None
+        for r in (2, 0, 1):  # back to back: the order must not depend on which server thread runs first
+            socks[r].shutdown(socket.SHUT_RDWR)
+            if not sys.platform.startswith("linux"):  # no epoll: each connection's thread notes its own
+                time.sleep(0.2)
+        deadline = time.monotonic() + 10
+        while len(server.disconnected()) < 3 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        left = server.disconnected()
+        assert sorted(left, key=left.__getitem__) == [2, 0, 1]
+        assert server.disconnected_at(2) == left[2] and server.disconnected_at(3) is None
+    finally:
+        server.close()
+    time.sleep(0.1)
+    assert 3 not in server.disconnected()  # closed by the launcher, not by the rank
+    for sock in socks:
+        sock.close()
+
+
 # --- configuration errors: one line, exit 2, no traceback ----------------------------------
 
 BAD_HOSTFILES = {
@@ -480,6 +681,15 @@ def test_bad_arguments_exit_2_without_traceback(args, message):
     assert "Traceback" not in result.stderr
     last = result.stderr.splitlines()[-1]
     assert last.startswith("ringdist-launch: error: ") and message in last, result.stderr
+
+
+def test_readme_synopsis_lists_every_option():
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## ringdist-launch\n", 1)[1].split("\n## ", 1)[0]
+    synopsis = section.split("```")[1]
+    for action in _parser()._actions:
+        if action.option_strings and action.dest != "_module":  # -m module is the program
+            assert any(re.search(rf"\[{re.escape(o)}[\] ]", synopsis) for o in action.option_strings), action
 
 
 def test_help_exits_0():
