@@ -13,6 +13,7 @@ import subprocess
 from typing import Sequence
 
 from ringdist.errors import ConfigError
+from ringdist.routes import source_address
 
 from .plan import RENDEZVOUS_HOST, JobPlan
 from .spawn import is_ssh_like
@@ -57,35 +58,17 @@ def choose_rendezvous(plan: JobPlan, option: str | None, agent: Sequence[str] | 
     target = first.ssh.rpartition("@")[2].strip("[]")
     candidates = [*first.ips, target]
     for candidate in candidates:
-        address = local_address_towards(candidate)
+        address = source_address(candidate)
         if address:
             return address, 0
     if agent is None or is_ssh_like(agent):  # an alias in ~/.ssh/config: ask ssh for the real name
         real = _ssh_hostname(list(agent or ["ssh"]), first.ssh)
-        address = local_address_towards(real) if real else None
+        address = source_address(real) if real else None
         if address:
             return address, 0
     raise ConfigError(
         f"cannot tell which address of this machine host {first.host!r} can reach "
         f"(tried {', '.join(candidates)}); give --rendezvous ADDR[:PORT]")
-
-
-def local_address_towards(host: str) -> str | None:
-    """This machine's source address for packets to `host` (a name or IP), or None if there is no route."""
-    try:
-        infos = socket.getaddrinfo(host, 9, type=socket.SOCK_DGRAM)
-    except (OSError, UnicodeError):
-        return None
-    for family, _, _, _, sockaddr in infos:
-        with socket.socket(family, socket.SOCK_DGRAM) as probe:
-            try:
-                probe.connect(sockaddr)  # UDP: a route lookup, nothing is sent
-            except OSError:
-                continue
-            address = probe.getsockname()[0]
-            if address not in ("0.0.0.0", "::"):
-                return address.split("%")[0]
-    return None
 
 
 def _ssh_hostname(agent: list[str], target: str) -> str | None:

@@ -30,6 +30,7 @@ import zlib
 from dataclasses import dataclass, field
 
 from . import rendezvous, wire
+from .routes import source_address
 from .channel import recv_control, send_blocking
 from .endpoint import Endpoint, InboxKey
 from .errors import ConfigError, ConnectError, ProtocolError, RingTimeoutError
@@ -259,30 +260,14 @@ def _address_towards(host: str, multi_node: bool | None) -> str:
     A loopback answer (rank 0's own name, which Debian maps to 127.0.1.1) is useless
     to ranks on other nodes: then the address on the default route is taken instead.
     """
-    address = _route_source(host)
+    address = source_address(host)
     if address is None:
         raise ConfigError(f"cannot find a route to the rendezvous host {host!r} "
                           f"(set RINGDIST_BIND to the address this rank should listen on)")
     if ipaddress.ip_address(address).is_loopback and multi_node:
         family = socket.AF_INET6 if ":" in address else socket.AF_INET
-        address = _route_source("2001:db8::1" if family == socket.AF_INET6 else "192.0.2.1") or address
+        address = source_address("2001:db8::1" if family == socket.AF_INET6 else "192.0.2.1") or address
     return address
-
-
-def _route_source(host: str) -> str | None:
-    """The kernel's source address for packets to `host` (nothing is sent), or None."""
-    try:
-        infos = socket.getaddrinfo(host, 9, type=socket.SOCK_DGRAM)
-    except (OSError, UnicodeError):
-        return None
-    for family, _, _, _, sockaddr in infos:
-        with socket.socket(family, socket.SOCK_DGRAM) as probe:
-            try:
-                probe.connect(sockaddr)
-            except OSError:
-                continue
-            return probe.getsockname()[0].split("%")[0]
-    return None
 
 
 def init(strict: bool = False, backend: str = "ring") -> Group:
