@@ -13,10 +13,21 @@ import time
 from pathlib import Path
 from typing import IO, Mapping, Sequence
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPTS = ROOT / "tests" / "scripts"
 HOSTFILES = ROOT / "hostfiles"
 LAUNCHER = [sys.executable, "-m", "ringdist_launch"]
+
+
+def require(ok: bool, reason: str) -> None:
+    """Skip when the machine cannot run the test; under CI (or RINGDIST_REQUIRE_ROOT_TESTS=1) fail instead."""
+    if ok:
+        return
+    if os.environ.get("CI") == "true" or os.environ.get("RINGDIST_REQUIRE_ROOT_TESTS") == "1":
+        pytest.fail(f"{reason} (CI=true or RINGDIST_REQUIRE_ROOT_TESTS=1: this test must run)", pytrace=False)
+    pytest.skip(reason)
 
 
 def run_launcher(

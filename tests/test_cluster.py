@@ -13,20 +13,11 @@ import uuid
 
 import pytest
 
-from helpers import ROOT, SCRIPTS, run_launcher
+from helpers import ROOT, SCRIPTS, require, run_launcher
 
 TOOL = ROOT / "tools" / "netns-cluster"
 FAST = {"RINGDIST_TIMEOUT": "30", "RINGDIST_CONNECT_TIMEOUT": "15"}
 AGENT = "ip netns exec"
-
-
-def require(ok: bool, reason: str) -> None:
-    """Skip when the machine cannot run the test; under CI (or RINGDIST_REQUIRE_ROOT_TESTS=1) fail instead."""
-    if ok:
-        return
-    if os.environ.get("CI") == "true" or os.environ.get("RINGDIST_REQUIRE_ROOT_TESTS") == "1":
-        pytest.fail(f"{reason} (CI=true or RINGDIST_REQUIRE_ROOT_TESTS=1: this test must run)", pytrace=False)
-    pytest.skip(reason)
 
 
 def _can_make_namespaces() -> str | None:

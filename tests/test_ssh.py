@@ -19,20 +19,11 @@ from pathlib import Path
 
 import pytest
 
-from helpers import ROOT, SCRIPTS, LineReader, kill_tree, pid_alive, run_launcher, start_launcher, wait_until_gone
+from helpers import ROOT, SCRIPTS, LineReader, kill_tree, pid_alive, require, run_launcher, start_launcher, wait_until_gone
 
 TEST_SSHD = ROOT / "tools" / "test-sshd"
 FAST = {"RINGDIST_TIMEOUT": "20", "RINGDIST_CONNECT_TIMEOUT": "15"}
 HEX_SECRET = re.compile(r"[0-9a-f]{64}")
-
-
-def require(ok: bool, reason: str) -> None:
-    """Skip when the machine cannot run the test; under CI (or RINGDIST_REQUIRE_ROOT_TESTS=1) fail instead."""
-    if ok:
-        return
-    if os.environ.get("CI") == "true" or os.environ.get("RINGDIST_REQUIRE_ROOT_TESTS") == "1":
-        pytest.fail(f"{reason} (CI=true or RINGDIST_REQUIRE_ROOT_TESTS=1: this test must run)", pytrace=False)
-    pytest.skip(reason)
 
 
 def _answers(sshd_dir: Path) -> bool:
