@@ -30,13 +30,6 @@ def parse_size(text: str) -> int:
     return int(digits) * UNITS[unit]
 
 
-def human(n: int) -> str:
-    for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
-        if n >= size and n % size == 0:
-            return f"{n // size} {unit}"
-    return f"{n} B"
-
-
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ringdist-bench", description=__doc__.split("\n\n")[0])
     p.add_argument("-n", "--nranks", type=int, help="launch N local ranks (when not already launched)")

@@ -198,7 +198,7 @@ def sum_scatter(x: Any, *, group: Group | None = None, timeout: float | None = N
     g = _group(group)
     arr = as_rows(x)
     _check_reducible(arr, "all_sum")
-    n, r = g.size(), g.rank()
+    n = g.size()
     if arr.shape[0] % n:
         raise ValueError(f"sum_scatter: x.shape[0] = {arr.shape[0]} is not divisible by the group size {n}")
     header = g.next_header("sum_scatter", arr)

@@ -76,7 +76,6 @@ class RendezvousServer:
         self._fd_rank: dict[int, int] = {}  # control connections in _departures
         self._send_locks: dict[int, threading.Lock] = {}
         self._lock = threading.Lock()
-        self._complete = False
         self._delivered = threading.Event()  # the table went out to every rank
         self._closed = False
         self._listener: socket.socket | None = None
@@ -214,7 +213,6 @@ class RendezvousServer:
             self._send_locks[rank] = threading.Lock()
             done = len(self._members) == self.world_size
             if done:
-                self._complete = True
                 table = {"type": "table", "members": [self._members[r] for r in range(self.world_size)]}
         if done:
             for r in range(self.world_size):
