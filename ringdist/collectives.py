@@ -85,6 +85,28 @@ def gather_flows(group: Group, out: memoryview, bounds: list[tuple[int, int]], o
     return inflows, outflows
 
 
+def direct_flows(group: Group, out: memoryview, bounds: list[tuple[int, int]], op: str,
+                 header: wire.Header) -> tuple[list[Inflow], list[Outflow]]:
+    """Flows of a direct all-gather: this rank's block to every rank, every rank's block from it.
+
+    One step instead of the ring's N-1: small messages pay one wake-up, not N-1 in a row.
+    """
+    mesh = group.mesh
+    assert mesh is not None
+    lo, hi = bounds[group.rank()]
+    inflows, outflows = [], []
+    for peer in mesh.order:
+        ch = mesh.peers[peer]
+        outflows.append(Outflow(ch, Segments([out[lo:hi]]), op, header))
+        inflows.append(Inflow(ch, Segments([out[bounds[peer][0]:bounds[peer][1]]]), op, header))
+    return inflows, outflows
+
+
+def _header(g: Group, op: str, arr: np.ndarray, direct: bool) -> wire.Header:
+    # The path is in the header: ranks configured differently fail with MismatchError, never hang.
+    return g.next_header(op, arr, path="direct") if direct else g.next_header(op, arr)
+
+
 def gather_rows(x: Any, *, group: Group | None = None, op: str = "all_gather",
                 timeout: float | None = None) -> np.ndarray:
     """all_gather under a given op name (split's exchange cannot pair with a user's all_gather)."""
@@ -93,10 +115,12 @@ def gather_rows(x: Any, *, group: Group | None = None, op: str = "all_gather",
     rows = arr.shape[0]
     out = np.empty((g.size() * rows,) + arr.shape[1:], dtype=arr.dtype)
     np.copyto(out[g.rank() * rows:(g.rank() + 1) * rows], arr)
-    header = g.next_header(op, arr)
+    direct = g.direct(arr.nbytes)
+    header = _header(g, op, arr, direct)
     if g.size() > 1:
         bounds = [(i * arr.nbytes, (i + 1) * arr.nbytes) for i in range(g.size())]
-        g.run(op, *gather_flows(g, byte_view(out), bounds, op, header), timeout=timeout)
+        flows = direct_flows if direct else gather_flows
+        g.run(op, *flows(g, byte_view(out), bounds, op, header), timeout=timeout)
     return out
 
 
@@ -156,13 +180,16 @@ def _all_reduce(x: Any, group: Group | None, op: str, timeout: float | None) -> 
     g = _group(group)
     arr = as_array(x)
     _check_reducible(arr, op)
-    header = g.next_header(op, arr)
+    n, r = g.size(), g.rank()
+    direct = g.direct(arr.nbytes)
+    header = _header(g, op, arr, direct)
+    if direct:
+        return _direct_reduce(g, arr, op, header, timeout)
     out = np.array(arr, order="C", copy=True)  # the result; also this rank's contribution when N == 1
-    if g.size() == 1:
+    if n == 1:
         return out
     own = np.ascontiguousarray(arr).reshape(-1)
     flat = out.reshape(-1)
-    n, r = g.size(), g.rank()
     bounds = schedule.block_bounds(flat.size, n)
     lo, hi = bounds[r]
     inflows, outflows = _reduce_flows(g, own, flat[lo:hi], bounds, _REDUCERS[op], op, header)
@@ -170,6 +197,21 @@ def _all_reduce(x: Any, group: Group | None, op: str, timeout: float | None) -> 
     itemsize = arr.itemsize
     byte_bounds = [(a * itemsize, b * itemsize) for a, b in bounds]
     g.run(op, *gather_flows(g, byte_view(out), byte_bounds, op, None, unit=itemsize), timeout=timeout)
+    return out
+
+
+def _direct_reduce(g: Group, arr: np.ndarray, op: str, header: wire.Header, timeout: float | None) -> np.ndarray:
+    """Gather every rank's array directly, then reduce them in rank order (the same on every rank)."""
+    n = g.size()
+    stack = np.empty((n,) + arr.shape, dtype=arr.dtype)
+    stack[g.rank()] = arr
+    size = arr.nbytes
+    g.run(op, *direct_flows(g, byte_view(stack), [(i * size, (i + 1) * size) for i in range(n)], op, header),
+          timeout=timeout)
+    out = np.array(stack[0], copy=True)  # an array even when 0-d
+    ufunc = _REDUCERS[op]
+    for i in range(1, n):
+        ufunc(out, stack[i], out=out)
     return out
 
 

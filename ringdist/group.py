@@ -14,6 +14,7 @@ from . import transfer, wire
 from .channel import Channel
 from .endpoint import Endpoint, InboxKey
 from .errors import GroupBrokenError, PeerLostError, RingError
+from .mesh import MAX_RANKS as MESH_MAX_RANKS, MeshLinks
 from .ring import RingLinks
 from .settings import Settings
 
@@ -43,12 +44,19 @@ class Group:
         self._closed = False
         self._lock = threading.Lock()
         self.ring: RingLinks | None = None
+        self.mesh: MeshLinks | None = None  # links to every rank, for the direct path (3..8 ranks)
         self._p2p_out: dict[int, list] = {}  # peer -> [Channel, messages sent]
         self._p2p_in: dict[int, list] = {}  # peer -> [Channel, messages received]
         if size > 1:
             assert endpoint is not None
             self.ring = RingLinks(endpoint, gid, rank, size, addresses, settings.lanes,
                                   settings.connect_timeout)
+            if 3 <= size <= MESH_MAX_RANKS and settings.direct_max:
+                try:
+                    self.mesh = MeshLinks(endpoint, self.ring, addresses, settings.connect_timeout)
+                except BaseException:
+                    self.ring.close()
+                    raise
         _open_groups.add(self)
 
     def rank(self) -> int:
@@ -100,6 +108,16 @@ class Group:
 
     # ---- running collectives -----------------------------------------------------------------
 
+    @property
+    def channels(self) -> list:
+        """Every connection of the group's collectives (watched for an ABORT during each one)."""
+        assert self.ring is not None
+        return self.ring.channels + (self.mesh.own if self.mesh is not None else [])
+
+    def direct(self, block_bytes: int) -> bool:
+        """Whether a collective with blocks of this many bytes takes the direct path (not the ring)."""
+        return self.mesh is not None and block_bytes <= self.settings.direct_max
+
     def next_header(self, op: str, arr: np.ndarray, **extra: Any) -> wire.Header:
         """Check the group is usable and make the header of this rank's next collective."""
         self.check_usable(op)
@@ -126,8 +144,7 @@ class Group:
         """
         seq: int | None = self._seq - 1
         if channels is None:
-            assert self.ring is not None
-            channels = self.ring.channels
+            channels = self.channels
         else:
             seq = None
         try:
@@ -188,6 +205,8 @@ class Group:
         if self._closed:
             return
         self._closed = True
+        if self.mesh is not None:
+            self.mesh.close()
         if self.ring is not None:
             self.ring.close()
         for ch, _ in list(self._p2p_out.values()) + list(self._p2p_in.values()):

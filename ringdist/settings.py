@@ -27,6 +27,7 @@ class Settings:
     connect_timeout: float = 30.0  # RINGDIST_CONNECT_TIMEOUT: connect + handshake
     init_timeout: float = 120.0  # RINGDIST_INIT_TIMEOUT: waiting for every rank at the rendezvous
     lanes: int = 1  # RINGDIST_LANES: connections per ring neighbour
+    direct_max: int = 64 * 1024  # RINGDIST_DIRECT_MAX: largest block (bytes) sent to every rank directly
     spin_us: float = 0.0  # RINGDIST_SPIN_US: microseconds to poll before blocking (see default_spin_us)
     verbose: bool = False  # RINGDIST_VERBOSE
 
@@ -36,6 +37,9 @@ class Settings:
         lanes = _number(env, "RINGDIST_LANES", 1, minimum=0)
         if lanes != int(lanes) or lanes > 16:
             raise ConfigError(f"RINGDIST_LANES={env.get('RINGDIST_LANES')!r} must be an integer from 1 to 16")
+        direct_max = _number(env, "RINGDIST_DIRECT_MAX", cls.direct_max, minimum=-1)
+        if direct_max != int(direct_max):
+            raise ConfigError(f"RINGDIST_DIRECT_MAX={env.get('RINGDIST_DIRECT_MAX')!r} must be a whole number of bytes")
         spin = env.get("RINGDIST_SPIN_US")
         return cls(
             spin_us=default_spin_us(env) if spin in (None, "") else _number(env, "RINGDIST_SPIN_US", 0, minimum=-1),
@@ -43,6 +47,7 @@ class Settings:
             connect_timeout=_number(env, "RINGDIST_CONNECT_TIMEOUT", cls.connect_timeout),
             init_timeout=_number(env, "RINGDIST_INIT_TIMEOUT", cls.init_timeout),
             lanes=int(lanes),
+            direct_max=int(direct_max),
             verbose=env.get("RINGDIST_VERBOSE", "") not in ("", "0"),
         )
 

@@ -262,6 +262,11 @@ class ReducingInflow(Inflow):
 def check_same(mine: dict[str, Any], theirs: dict[str, Any], ch: Channel) -> None:
     """The default header check: both sides called the same op with the same arguments."""
     if mine != theirs:
+        if {k: v for k, v in mine.items() if k != "path"} == {k: v for k, v in theirs.items() if k != "path"}:
+            raise MismatchError(
+                f"rank {ch.me} and rank {ch.peer} chose different paths for {wire.describe_header(mine)}: "
+                f"{mine.get('path', 'ring')} here, {theirs.get('path', 'ring')} there; set RINGDIST_DIRECT_MAX "
+                f"the same on every rank (group {ch.group!r})")
         raise MismatchError(
             f"rank {ch.me} called {wire.describe_header(mine)} but rank {ch.peer} called "
             f"{wire.describe_header(theirs)} (group {ch.group!r})")

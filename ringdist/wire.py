@@ -141,7 +141,10 @@ def check_header(fields: dict[str, Any]) -> dict[str, Any]:
 
 
 def describe_header(fields: dict[str, Any]) -> str:
-    """Human form of a header, e.g. `all_gather(shape=(3, 4), dtype=float32) [call #2]`."""
+    """Human form of a header, e.g. `all_gather(shape=(3, 4), dtype=float32) [call #2]`.
+
+    The `path` field (direct or ring, chosen from the size) is left out: it follows from the rest.
+    """
     import numpy as np
 
     try:
@@ -153,7 +156,7 @@ def describe_header(fields: dict[str, Any]) -> str:
     if fields.get("op") == "split":  # its (color, key) exchange is an implementation detail
         return f"Group.split() [call #{fields.get('seq')}]"
     extras = "".join(
-        f", {k}={v!r}" for k, v in sorted(fields.items()) if k not in ("op", "seq", "dtype", "shape")
+        f", {k}={v!r}" for k, v in sorted(fields.items()) if k not in ("op", "seq", "dtype", "shape", "path")
     )
     return f"{fields.get('op')}(shape={shape}, dtype={dtype}{extras}) [call #{fields.get('seq')}]"
 
