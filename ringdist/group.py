@@ -51,7 +51,7 @@ class Group:
             assert endpoint is not None
             self.ring = RingLinks(endpoint, gid, rank, size, addresses, settings.lanes,
                                   settings.connect_timeout)
-            if 3 <= size <= MESH_MAX_RANKS and settings.direct_max:
+            if 3 <= size <= MESH_MAX_RANKS:  # whatever this rank's settings: its peers expect the links
                 try:
                     self.mesh = MeshLinks(endpoint, self.ring, addresses, settings.connect_timeout)
                 except BaseException:

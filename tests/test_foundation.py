@@ -52,7 +52,7 @@ def test_loopback_hostfile_binds_each_rank_to_its_own_address():
     assert not script.exists()
 
 
-@pytest.mark.parametrize("kind", ["shape", "dtype", "op"])
+@pytest.mark.parametrize("kind", ["shape", "dtype", "op", "straddle", "path"])
 def test_mismatch_raises_on_every_rank(kind):
     t0 = time.monotonic()
     res = launch(4, "mismatch.py", kind, timeout=60)
@@ -62,12 +62,16 @@ def test_mismatch_raises_on_every_rank(kind):
     assert sorted(int(r) for r, _, _ in lines) == [0, 1, 2, 3], res.stdout
     assert all(float(t) < 5 for _, t, _ in lines)
     # The message shows both sides.
-    direct = [msg for _, _, msg in lines if "but rank" in msg]
+    direct = [msg for _, _, msg in lines if "but rank" in msg or "chose different paths" in msg]
     assert direct and all(("shape=(5,)" in m and "shape=(4,)" in m) if kind == "shape" else True for m in direct)
     if kind == "dtype":
         assert any("int32" in m and "float32" in m for m in direct)
     if kind == "op":
         assert any("all_sum" in m and "all_gather" in m for m in direct)
+    if kind == "straddle":  # direct path on three ranks, ring on one: still a mismatch, not a hang
+        assert any("shape=(1048576,)" in m and "shape=(4,)" in m for m in direct)
+    if kind == "path":
+        assert any("chose different paths" in m and "RINGDIST_DIRECT_MAX" in m for m in direct), direct
     assert len(re.findall(r"GroupBrokenError", res.stdout)) == 4
     assert elapsed < 30
 

@@ -1,7 +1,10 @@
 """Rank 1 passes a different shape (or dtype); every rank must raise MismatchError.
 
-usage: mismatch.py shape|dtype|op
+usage: mismatch.py shape|dtype|op|straddle|path
+  straddle: rank 1's array is above RINGDIST_DIRECT_MAX (ring path), the others' below (direct)
+  path: rank 1 runs with RINGDIST_DIRECT_MAX=0, so it takes the ring where the others go direct
 """
+import os
 import sys
 import time
 
@@ -9,13 +12,17 @@ import numpy as np
 
 import ringdist as rd
 
+kind = sys.argv[1]
+if kind == "path" and os.environ["RINGDIST_RANK"] == "1":
+    os.environ["RINGDIST_DIRECT_MAX"] = "0"
 g = rd.init()
 r = g.rank()
-kind = sys.argv[1]
 x = np.zeros(4, dtype=np.float32)
-rd.all_gather(x)  # one good collective first
+if kind != "path":
+    rd.all_gather(x)  # one good collective first
 if r == 1:
-    x = {"shape": np.zeros(5, np.float32), "dtype": np.zeros(4, np.int32), "op": None}[kind]
+    x = {"shape": np.zeros(5, np.float32), "dtype": np.zeros(4, np.int32), "op": None,
+         "straddle": np.zeros(1 << 20, np.float32), "path": x}[kind]
 t0 = time.monotonic()
 try:
     if kind == "op" and r == 1:
