@@ -36,3 +36,19 @@ def test_collectives_take_group_as_keyword_only():
         assert param.kind is inspect.Parameter.KEYWORD_ONLY and param.default is None, name
     assert inspect.signature(rd.init).parameters["strict"].default is False
     assert list(inspect.signature(rd.Group.split).parameters) == ["self", "color", "key"]
+
+
+def test_settings_read_from_the_environment_with_errors_that_name_the_variable():
+    import pytest
+
+    from ringdist.settings import Settings
+
+    base = Settings.from_env({})
+    assert (base.timeout, base.lanes, base.direct_max) == (300.0, 1, 65536)
+    tuned = Settings.from_env({"RINGDIST_DIRECT_MAX": "0", "RINGDIST_LANES": "2", "RINGDIST_TIMEOUT": "2.5"})
+    assert (tuned.direct_max, tuned.lanes, tuned.timeout) == (0, 2, 2.5)
+    assert Settings.from_env({"RINGDIST_DIRECT_MAX": "1048576"}).direct_max == 1 << 20
+    for name, bad in [("RINGDIST_DIRECT_MAX", "-1"), ("RINGDIST_DIRECT_MAX", "1.5"), ("RINGDIST_DIRECT_MAX", "64K"),
+                      ("RINGDIST_LANES", "0"), ("RINGDIST_LANES", "17"), ("RINGDIST_TIMEOUT", "0")]:
+        with pytest.raises(rd.ConfigError, match=name):
+            Settings.from_env({name: bad})
