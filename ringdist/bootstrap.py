@@ -29,7 +29,7 @@ import time
 import zlib
 from dataclasses import dataclass, field
 
-from . import rendezvous, wire
+from . import buffers, rendezvous, wire
 from .routes import source_address
 from .channel import recv_control, send_blocking
 from .endpoint import Endpoint, InboxKey
@@ -285,6 +285,7 @@ def init(strict: bool = False, backend: str = "ring") -> Group:
                 raise ConfigError(_not_launched("init(strict=True)"))
             return _world
         settings = Settings.from_env()
+        buffers.cache.limit = int(settings.buffer_cache_mb * (1 << 20))
         job = _job = read_environment(dict(os.environ))
         if job is None:
             if strict:

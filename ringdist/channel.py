@@ -105,7 +105,7 @@ class Channel:
             self.stage_start = self.stage_end = 0
         elif self.stage_start and STAGE_SIZE - self.stage_end < wire.MAX_CONTROL + wire.PREFIX_SIZE:
             n = self.stage_end - self.stage_start
-            self.stage[:n] = self.stage[self.stage_start:self.stage_end]
+            self.stage_view[:n] = self.stage_view[self.stage_start:self.stage_end]  # a memmove, no copy made
             self.stage_start, self.stage_end = 0, n
         return STAGE_SIZE - self.stage_end
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from . import bootstrap, schedule, wire
+from . import bootstrap, buffers, schedule, wire
 from .group import Group
 from .transfer import Inflow, Outflow, ReducingInflow, Segments
 
@@ -113,7 +113,7 @@ def gather_rows(x: Any, *, group: Group | None = None, op: str = "all_gather",
     g = _group(group)
     arr = as_rows(x)
     rows = arr.shape[0]
-    out = np.empty((g.size() * rows,) + arr.shape[1:], dtype=arr.dtype)
+    out = buffers.cache.empty((g.size() * rows,) + arr.shape[1:], arr.dtype)
     np.copyto(out[g.rank() * rows:(g.rank() + 1) * rows], arr)
     direct = g.direct(arr.nbytes)
     header = _header(g, op, arr, direct)
@@ -151,7 +151,7 @@ def _reduce_flows(g: Group, own: np.ndarray, dest: np.ndarray, bounds: list[tupl
             return slice(a, b)
 
         send, recv = schedule.reduce_scatter_order(r, n, direction)
-        accs = [np.empty(piece(i).stop - piece(i).start, dtype=own.dtype) for i in recv[:-1]]
+        accs = [buffers.cache.empty((piece(i).stop - piece(i).start,), own.dtype) for i in recv[:-1]]
         mine = piece(r)
         accs.append(dest[mine.start - bounds[r][0]:mine.stop - bounds[r][0]])
         inflow = ReducingInflow(recv_ch, [(acc, own[piece(i)]) for acc, i in zip(accs, recv)],
@@ -185,7 +185,8 @@ def _all_reduce(x: Any, group: Group | None, op: str, timeout: float | None) -> 
     header = _header(g, op, arr, direct)
     if direct:
         return _direct_reduce(g, arr, op, header, timeout)
-    out = np.array(arr, order="C", copy=True)  # the result; also this rank's contribution when N == 1
+    out = buffers.cache.empty(arr.shape, arr.dtype)  # the result; also this rank's contribution when N == 1
+    np.copyto(out, arr)
     if n == 1:
         return out
     own = np.ascontiguousarray(arr).reshape(-1)
@@ -203,7 +204,7 @@ def _all_reduce(x: Any, group: Group | None, op: str, timeout: float | None) -> 
 def _direct_reduce(g: Group, arr: np.ndarray, op: str, header: wire.Header, timeout: float | None) -> np.ndarray:
     """Gather every rank's array directly, then reduce them in rank order (the same on every rank)."""
     n = g.size()
-    stack = np.empty((n,) + arr.shape, dtype=arr.dtype)
+    stack = buffers.cache.empty((n,) + arr.shape, arr.dtype)
     stack[g.rank()] = arr
     size = arr.nbytes
     g.run(op, *direct_flows(g, byte_view(stack), [(i * size, (i + 1) * size) for i in range(n)], op, header),
@@ -247,7 +248,7 @@ def sum_scatter(x: Any, *, group: Group | None = None, timeout: float | None = N
     c = arr.shape[0] // n
     if n == 1:
         return np.array(arr, order="C", copy=True)
-    out = np.empty((c,) + arr.shape[1:], dtype=arr.dtype)
+    out = buffers.cache.empty((c,) + arr.shape[1:], arr.dtype)
     own = np.ascontiguousarray(arr).reshape(-1)
     per_rank = out.size
     bounds = [(i * per_rank, (i + 1) * per_rank) for i in range(n)]
@@ -271,7 +272,9 @@ def broadcast(x: Any, root: int = 0, *, group: Group | None = None, timeout: flo
         raise ValueError(f"broadcast: root {root!r} is not a rank of a group of size {n}")
     root = int(root)
     header = g.next_header("broadcast", arr, root=root)
-    out = np.array(arr, order="C", copy=True) if r == root else np.empty(arr.shape, dtype=arr.dtype)
+    out = buffers.cache.empty(arr.shape, arr.dtype)
+    if r == root:
+        np.copyto(out, arr)
     if n == 1:
         return out
     ring = g.ring

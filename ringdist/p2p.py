@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from . import wire
+from . import buffers, wire
 from .channel import Channel
 from .collectives import _group, as_array, byte_view
 from .errors import MismatchError
@@ -56,9 +56,10 @@ def recv(shape: Any, dtype: Any, src: int, *, group: Group | None = None,
     """Receive an array of `shape` and `dtype` from rank `src`; MismatchError if the sender's differs."""
     g = _group(group)
     src = g.check_peer(src, "recv", "src")
-    out = np.empty(shape, dtype=dtype)
-    if out.dtype.hasobject:
+    dt = np.dtype(dtype)
+    if dt.hasobject:
         raise TypeError("ringdist receives raw array bytes; object dtypes are not supported")
+    out = buffers.cache.empty(np.broadcast_to(0, shape).shape, dt)  # broadcast_to checks shape as np.empty does
     g.check_usable("recv")
     ch, number = g.p2p_channel(src, outgoing=False, timeout=timeout)
     inflow = Inflow(ch, Segments([byte_view(out)]), "recv", _message_header(out, number), check=_expect_message)

@@ -28,6 +28,7 @@ class Settings:
     init_timeout: float = 120.0  # RINGDIST_INIT_TIMEOUT: waiting for every rank at the rendezvous
     lanes: int = 1  # RINGDIST_LANES: connections per ring neighbour
     direct_max: int = 64 * 1024  # RINGDIST_DIRECT_MAX: largest block (bytes) sent to every rank directly
+    buffer_cache_mb: float = 1024.0  # RINGDIST_BUFFER_CACHE_MB: idle large buffers kept for reuse (0: none)
     spin_us: float = 0.0  # RINGDIST_SPIN_US: microseconds to poll before blocking (see default_spin_us)
     verbose: bool = False  # RINGDIST_VERBOSE
 
@@ -48,6 +49,7 @@ class Settings:
             init_timeout=_number(env, "RINGDIST_INIT_TIMEOUT", cls.init_timeout),
             lanes=int(lanes),
             direct_max=int(direct_max),
+            buffer_cache_mb=_number(env, "RINGDIST_BUFFER_CACHE_MB", cls.buffer_cache_mb, minimum=-1),
             verbose=env.get("RINGDIST_VERBOSE", "") not in ("", "0"),
         )
 

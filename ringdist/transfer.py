@@ -11,6 +11,7 @@ its timeout is progress-based: it resets whenever a byte moves.
 
 from __future__ import annotations
 
+import os
 import select
 import time
 from typing import Any, Callable
@@ -24,6 +25,7 @@ MAX_FRAME = 4 * 1024 * 1024  # largest DATA frame a sender makes
 DIRECT_MIN = 64 * 1024  # below this many bytes left, payload goes through the staging buffer
 SMALL_REST = 64 * 1024  # with this little left to receive, read ahead freely into the stage
 
+_YIELD = bool(os.environ.get('RINGDIST_YIELD'))
 POLLIN = select.POLLIN | select.POLLPRI
 POLLOUT = select.POLLOUT
 POLLERR = select.POLLERR | select.POLLHUP | select.POLLNVAL
@@ -448,6 +450,8 @@ def run(inflows: list[Inflow], outflows: list[Outflow], watched: list[Channel], 
         if not events and spin:
             spin_until = time.perf_counter() + spin
             while not events and time.perf_counter() < spin_until:
+                if _YIELD:
+                    os.sched_yield()
                 events = poller.poll(0)  # a short spin beats the kernel's wake-up latency
         if not events:
             wait = last_progress + timeout - time.monotonic()

@@ -47,6 +47,7 @@ KIND_NAMES = {
 }
 
 MAX_CONTROL = 64 * 1024  # largest control frame body (a rendezvous table of ~1000 ranks fits)
+PACK_BUFFER = 1024  # msgpack's initial buffer (it grows as needed); its default, 256 KiB, is allocated per call
 NONCE_SIZE = 16
 
 
@@ -74,7 +75,7 @@ def decode_prefix(prefix: bytes | bytearray | memoryview) -> tuple[int, int]:
 
 def encode_map(kind: int, fields: dict[str, Any]) -> bytes:
     """A whole control frame: prefix + msgpack body."""
-    body = msgpack.packb(fields, use_bin_type=True)
+    body = msgpack.packb(fields, use_bin_type=True, buf_size=PACK_BUFFER)
     if len(body) > MAX_CONTROL:
         raise ValueError(f"{KIND_NAMES[kind]} body of {len(body)} bytes exceeds {MAX_CONTROL}")
     return encode_prefix(kind, len(body)) + body
@@ -125,7 +126,7 @@ class Header:
 
     def __init__(self, fields: dict[str, Any]):
         self.fields = fields
-        self.body = msgpack.packb(fields, use_bin_type=True)
+        self.body = msgpack.packb(fields, use_bin_type=True, buf_size=PACK_BUFFER)
         self.frame = encode_prefix(HEADER, len(self.body)) + self.body
 
 
