@@ -18,6 +18,7 @@ from .mesh import MAX_RANKS as MESH_MAX_RANKS, MeshLinks
 from .ring import RingLinks
 from .settings import Settings
 
+SHARED_SPIN_MAX_BYTES = 1 << 20  # with more ranks than cores, operations receiving more do not spin
 _open_groups: "weakref.WeakSet[Group]" = weakref.WeakSet()
 
 
@@ -150,7 +151,7 @@ class Group:
         try:
             try:
                 transfer.run(inflows, outflows, channels, timeout=self._timeout(timeout), op=op,
-                             me=self._rank, seq=seq, spin=self.settings.spin_us * 1e-6)
+                             me=self._rank, seq=seq, spin=self._spin(inflows), yield_core=self.settings.spin_yield)
             except PeerLostError:
                 transfer.pending_abort(channels, op)  # the reason a peer left, if it sent one
                 raise
@@ -158,6 +159,13 @@ class Group:
             self._broken = f"{op}: {type(exc).__name__}: {exc}"
             transfer.abort(outflows, channels, exc, self._rank, seq)
             raise
+
+    def _spin(self, inflows: list[transfer.Inflow]) -> float:
+        """Seconds a wait may spin. Sharing cores, only small operations spin: a large one
+        would spin away the CPU time its peers' kernel copies need."""
+        if self.settings.spin_yield and sum(flow.total for flow in inflows) > SHARED_SPIN_MAX_BYTES:
+            return 0.0
+        return self.settings.spin_us * 1e-6
 
     # ---- point-to-point connections ----------------------------------------------------------
 

@@ -27,9 +27,10 @@ class Settings:
     connect_timeout: float = 30.0  # RINGDIST_CONNECT_TIMEOUT: connect + handshake
     init_timeout: float = 120.0  # RINGDIST_INIT_TIMEOUT: waiting for every rank at the rendezvous
     lanes: int = 1  # RINGDIST_LANES: connections per ring neighbour
-    direct_max: int = 64 * 1024  # RINGDIST_DIRECT_MAX: largest block (bytes) sent to every rank directly
+    direct_max: int = 256 * 1024  # RINGDIST_DIRECT_MAX: largest block (bytes) sent to every rank directly
     buffer_cache_mb: float = 1024.0  # RINGDIST_BUFFER_CACHE_MB: idle large buffers kept for reuse (0: none)
     spin_us: float = 0.0  # RINGDIST_SPIN_US: microseconds to poll before blocking (see default_spin_us)
+    spin_yield: bool = False  # more local ranks than cores: yield the core while spinning
     verbose: bool = False  # RINGDIST_VERBOSE
 
     @classmethod
@@ -48,20 +49,19 @@ class Settings:
             connect_timeout=_number(env, "RINGDIST_CONNECT_TIMEOUT", cls.connect_timeout),
             init_timeout=_number(env, "RINGDIST_INIT_TIMEOUT", cls.init_timeout),
             lanes=int(lanes),
+            spin_yield=bool(oversubscribed(env)),
             direct_max=int(direct_max),
             buffer_cache_mb=_number(env, "RINGDIST_BUFFER_CACHE_MB", cls.buffer_cache_mb, minimum=-1),
             verbose=env.get("RINGDIST_VERBOSE", "") not in ("", "0"),
         )
 
 
-SPIN_US = 50.0
+SPIN_US = 50.0  # a core per local rank: spin this long, then block
+SHARED_SPIN_US = 200.0  # more local ranks than cores: spin this long, yielding the core between polls
 
 
-def default_spin_us(env: dict[str, str]) -> float:
-    """Spin briefly before blocking only when this host has a core for every local rank.
-
-    A spinning rank on an oversubscribed host would take the core its peer needs.
-    """
+def oversubscribed(env: dict[str, str]) -> bool | None:
+    """Whether this host runs more ranks than it has cores (None: the launcher did not say)."""
     for name in ("RINGDIST_LOCAL_WORLD_SIZE", "LOCAL_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_SIZE"):
         raw = env.get(name, "")
         if raw.isdigit():
@@ -69,5 +69,18 @@ def default_spin_us(env: dict[str, str]) -> float:
                 cores = len(os.sched_getaffinity(0))
             except AttributeError:  # not Linux
                 cores = os.cpu_count() or 1
-            return SPIN_US if int(raw) <= cores else 0.0
-    return 0.0
+            return int(raw) > cores
+    return None
+
+
+def default_spin_us(env: dict[str, str]) -> float:
+    """Spin briefly before blocking when the launcher said how many ranks share this host.
+
+    With a core per rank, a plain spin beats the kernel's wake-up latency. With more
+    ranks than cores a plain spin would take the core a peer needs, so the spin yields
+    between polls (and only small operations spin: see Group.run).
+    """
+    shared = oversubscribed(env)
+    if shared is None:
+        return 0.0
+    return SHARED_SPIN_US if shared else SPIN_US

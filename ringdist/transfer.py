@@ -25,7 +25,6 @@ MAX_FRAME = 4 * 1024 * 1024  # largest DATA frame a sender makes
 DIRECT_MIN = 64 * 1024  # below this many bytes left, payload goes through the staging buffer
 SMALL_REST = 64 * 1024  # with this little left to receive, read ahead freely into the stage
 
-_YIELD = bool(os.environ.get('RINGDIST_YIELD'))
 POLLIN = select.POLLIN | select.POLLPRI
 POLLOUT = select.POLLOUT
 POLLERR = select.POLLERR | select.POLLHUP | select.POLLNVAL
@@ -405,12 +404,15 @@ class Watch:
 
 
 def run(inflows: list[Inflow], outflows: list[Outflow], watched: list[Channel], *,
-        timeout: float, op: str, me: int, seq: int | None = None, spin: float = 0.0) -> None:
+        timeout: float, op: str, me: int, seq: int | None = None, spin: float = 0.0,
+        yield_core: bool = False) -> None:
     """Drive every flow to completion, or raise (RingTimeoutError after `timeout` s without progress).
 
     Channels in `watched` without a pending inflow are watched for an ABORT. Waits block
     in poll; with `spin` > 0 each wait first polls without blocking for up to `spin`
-    seconds (tens of microseconds), which small messages finish within.
+    seconds (tens of microseconds), which small messages finish within. With `yield_core`
+    the spin gives the core away between polls (sched_yield): on a host with more ranks
+    than cores, the peer being waited for may need this very core.
     """
     # fd -> [inflow or None, outflow or None, Watch or None]
     slots: dict[int, list[Any]] = {ch.fd: [None, None, Watch(ch, op, seq)] for ch in watched}
@@ -450,7 +452,7 @@ def run(inflows: list[Inflow], outflows: list[Outflow], watched: list[Channel], 
         if not events and spin:
             spin_until = time.perf_counter() + spin
             while not events and time.perf_counter() < spin_until:
-                if _YIELD:
+                if yield_core:
                     os.sched_yield()
                 events = poller.poll(0)  # a short spin beats the kernel's wake-up latency
         if not events:

@@ -44,7 +44,7 @@ def test_settings_read_from_the_environment_with_errors_that_name_the_variable()
     from ringdist.settings import Settings
 
     base = Settings.from_env({})
-    assert (base.timeout, base.lanes, base.direct_max) == (300.0, 1, 65536)
+    assert (base.timeout, base.lanes, base.direct_max, base.spin_us) == (300.0, 1, 262144, 0.0)
     tuned = Settings.from_env({"RINGDIST_DIRECT_MAX": "0", "RINGDIST_LANES": "2", "RINGDIST_TIMEOUT": "2.5"})
     assert (tuned.direct_max, tuned.lanes, tuned.timeout) == (0, 2, 2.5)
     assert Settings.from_env({"RINGDIST_DIRECT_MAX": "1048576"}).direct_max == 1 << 20
@@ -52,3 +52,17 @@ def test_settings_read_from_the_environment_with_errors_that_name_the_variable()
                       ("RINGDIST_LANES", "0"), ("RINGDIST_LANES", "17"), ("RINGDIST_TIMEOUT", "0")]:
         with pytest.raises(rd.ConfigError, match=name):
             Settings.from_env({name: bad})
+
+
+def test_spin_defaults_follow_how_many_ranks_share_the_cores():
+    import os
+
+    from ringdist.settings import Settings
+
+    cores = len(os.sched_getaffinity(0))
+    own_core = Settings.from_env({"RINGDIST_LOCAL_WORLD_SIZE": str(cores)})
+    assert (own_core.spin_us, own_core.spin_yield) == (50.0, False)
+    shared = Settings.from_env({"RINGDIST_LOCAL_WORLD_SIZE": str(cores + 1)})
+    assert (shared.spin_us, shared.spin_yield) == (200.0, True)
+    chosen = Settings.from_env({"RINGDIST_LOCAL_WORLD_SIZE": str(cores + 1), "RINGDIST_SPIN_US": "0"})
+    assert (chosen.spin_us, chosen.spin_yield) == (0.0, True)
