@@ -33,3 +33,12 @@ def test_recv_of_a_different_shape_is_a_mismatch():
     assert res.returncode == 3, res.stdout + res.stderr
     assert ("[1] MismatchError: rank 1 expected recv(shape=(5,), dtype=float32) from rank 0 "
             "but rank 0 sent send(shape=(4,), dtype=float32)") in res.stdout
+
+
+def test_all_gather_peak_memory_is_input_plus_output_call_after_call():
+    # 24 MiB per rank on 4 ranks: input 24 + output 96 MiB; the target allows 16 MiB more.
+    res = run_launcher(["-n", "4", str(SCRIPTS / "memory_peak.py"), "24"], timeout=120, env=FAST)
+    assert res.returncode == 0, res.stdout + res.stderr
+    peaks = [float(p) for p in re.findall(r"^\[\d\] call \d: peak ([\d.]+) MiB over baseline$", res.stdout, re.M)]
+    assert len(peaks) == 12, res.stdout
+    assert all(24 + 96 - 1 <= p < 24 + 96 + 16 for p in peaks), peaks
