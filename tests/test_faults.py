@@ -21,12 +21,14 @@ def _ready_pids(reader: LineReader, n: int) -> dict[int, int]:
     return {int(m.group(1)): int(m.group(2)) for m in found}
 
 
-@pytest.mark.parametrize("op", ["all_gather", "all_sum"])
-def test_kill_9_mid_collective_reaches_every_rank_within_5s(op):
-    rng = random.Random(op)
+@pytest.mark.parametrize("op,mib,kills", [("all_gather", "4", KILLS_PER_OP), ("all_sum", "4", KILLS_PER_OP),
+                                          ("all_gather", "0.0625", 10), ("all_sum", "0.0625", 10)])
+def test_kill_9_mid_collective_reaches_every_rank_within_5s(op, mib, kills):
+    # 4 MiB per rank goes round the ring; 64 KiB takes the direct path (every pair connected).
+    rng = random.Random(op + mib)
     detections = []
-    for round_no in range(KILLS_PER_OP):
-        proc = start_launcher(["-n", "4", "--grace", "10", str(SCRIPTS / "long_loop.py"), op, "4"],
+    for round_no in range(kills):
+        proc = start_launcher(["-n", "4", "--grace", "10", str(SCRIPTS / "long_loop.py"), op, mib],
                               env={"RINGDIST_TIMEOUT": "30"})
         try:
             out = LineReader(proc.stdout)
@@ -50,13 +52,14 @@ def test_kill_9_mid_collective_reaches_every_rank_within_5s(op):
         assert proc.returncode == 137, (proc.returncode, err)
         assert f"rank {victim}" in err and "SIGKILL" in err
         assert not wait_until_gone(list(pids.values()), timeout=10)
-    print(f"{op}: {KILLS_PER_OP} kills, detection median {statistics.median(detections) * 1e3:.0f} ms, "
+    print(f"{op} {mib} MiB: {kills} kills, detection median {statistics.median(detections) * 1e3:.0f} ms, "
           f"max {max(detections) * 1e3:.0f} ms")
 
 
-def test_a_stalled_peer_is_a_timeout_naming_op_and_peer():
+@pytest.mark.parametrize("mib", ["1", "0.0625"])  # ring path; direct path
+def test_a_stalled_peer_is_a_timeout_naming_op_and_peer(mib):
     timeout = 3.0
-    proc = start_launcher(["-n", "3", "--grace", "10", str(SCRIPTS / "long_loop.py"), "all_gather", "1"],
+    proc = start_launcher(["-n", "3", "--grace", "10", str(SCRIPTS / "long_loop.py"), "all_gather", mib],
                           env={"RINGDIST_TIMEOUT": str(timeout)})
     try:
         out = LineReader(proc.stdout)
