@@ -29,7 +29,7 @@ import time
 import zlib
 from dataclasses import dataclass, field
 
-from . import buffers, rendezvous, wire
+from . import buffers, channel, rendezvous, wire
 from .routes import source_address
 from .channel import recv_control, send_blocking
 from .endpoint import Endpoint, InboxKey
@@ -286,6 +286,7 @@ def init(strict: bool = False, backend: str = "ring") -> Group:
             return _world
         settings = Settings.from_env()
         buffers.cache.limit = int(settings.buffer_cache_mb * (1 << 20))
+        channel.SOCKET_BUFFERS = settings.socket_buffers
         job = _job = read_environment(dict(os.environ))
         if job is None:
             if strict:

@@ -17,10 +17,22 @@ from .errors import PeerLostError, ProtocolError, RingTimeoutError
 STAGE_SIZE = 256 * 1024
 
 
+# (receive, send) buffer bytes for data connections; 0 leaves one to the kernel's autotuning.
+# Measured on localhost: a 2 MiB / 1 MiB cap is 10-20% faster at 1-16 MiB than autotuning
+# (which grows the receive queue to tens of MiB, so data goes cold in cache before it is read).
+# init() sets it from RINGDIST_SOCKET_BUFFERS.
+SOCKET_BUFFERS = (2 << 20, 1 << 20)
+
+
 def configure(sock: socket.socket) -> None:
-    """Socket options for a data connection: no Nagle delay, keepalive."""
+    """Socket options for a data connection: no Nagle delay, keepalive, bounded buffers."""
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    rcv, snd = SOCKET_BUFFERS
+    if rcv:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcv)
+    if snd:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, snd)
 
 
 def _remaining(deadline: float) -> float | None:

@@ -28,6 +28,7 @@ class Settings:
     init_timeout: float = 120.0  # RINGDIST_INIT_TIMEOUT: waiting for every rank at the rendezvous
     lanes: int = 1  # RINGDIST_LANES: connections per ring neighbour
     direct_max: int = 256 * 1024  # RINGDIST_DIRECT_MAX: largest block (bytes) sent to every rank directly
+    socket_buffers: tuple[int, int] = (2 << 20, 1 << 20)  # RINGDIST_SOCKET_BUFFERS: "RCV,SND" bytes, 0 = kernel
     buffer_cache_mb: float = 1024.0  # RINGDIST_BUFFER_CACHE_MB: idle large buffers kept for reuse (0: none)
     spin_us: float = 0.0  # RINGDIST_SPIN_US: microseconds to poll before blocking (see default_spin_us)
     spin_yield: bool = False  # more local ranks than cores: yield the core while spinning
@@ -43,6 +44,7 @@ class Settings:
         if direct_max != int(direct_max):
             raise ConfigError(f"RINGDIST_DIRECT_MAX={env.get('RINGDIST_DIRECT_MAX')!r} must be a whole number of bytes")
         spin = env.get("RINGDIST_SPIN_US")
+        socket_buffers = _socket_buffers(env.get("RINGDIST_SOCKET_BUFFERS"), cls.socket_buffers)
         return cls(
             spin_us=default_spin_us(env) if spin in (None, "") else _number(env, "RINGDIST_SPIN_US", 0, minimum=-1),
             timeout=_number(env, "RINGDIST_TIMEOUT", cls.timeout),
@@ -51,9 +53,20 @@ class Settings:
             lanes=int(lanes),
             spin_yield=bool(oversubscribed(env)),
             direct_max=int(direct_max),
+            socket_buffers=socket_buffers,
             buffer_cache_mb=_number(env, "RINGDIST_BUFFER_CACHE_MB", cls.buffer_cache_mb, minimum=-1),
             verbose=env.get("RINGDIST_VERBOSE", "") not in ("", "0"),
         )
+
+
+def _socket_buffers(raw: str | None, default: tuple[int, int]) -> tuple[int, int]:
+    if raw is None or raw == "":
+        return default
+    parts = raw.split(",")
+    if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
+        raise ConfigError(f"RINGDIST_SOCKET_BUFFERS={raw!r} must be two byte counts, RCV,SND (0: the kernel's)")
+    rcv, snd = (int(p) for p in parts)
+    return rcv, snd
 
 
 SPIN_US = 50.0  # a core per local rank: spin this long, then block

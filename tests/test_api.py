@@ -48,7 +48,10 @@ def test_settings_read_from_the_environment_with_errors_that_name_the_variable()
     tuned = Settings.from_env({"RINGDIST_DIRECT_MAX": "0", "RINGDIST_LANES": "2", "RINGDIST_TIMEOUT": "2.5"})
     assert (tuned.direct_max, tuned.lanes, tuned.timeout) == (0, 2, 2.5)
     assert Settings.from_env({"RINGDIST_DIRECT_MAX": "1048576"}).direct_max == 1 << 20
+    assert base.socket_buffers == (2 << 20, 1 << 20)
+    assert Settings.from_env({"RINGDIST_SOCKET_BUFFERS": "0,0"}).socket_buffers == (0, 0)
     for name, bad in [("RINGDIST_DIRECT_MAX", "-1"), ("RINGDIST_DIRECT_MAX", "1.5"), ("RINGDIST_DIRECT_MAX", "64K"),
+                      ("RINGDIST_SOCKET_BUFFERS", "4M"), ("RINGDIST_SOCKET_BUFFERS", "1,2,3"),
                       ("RINGDIST_LANES", "0"), ("RINGDIST_LANES", "17"), ("RINGDIST_TIMEOUT", "0")]:
         with pytest.raises(rd.ConfigError, match=name):
             Settings.from_env({name: bad})
