@@ -45,14 +45,14 @@ class Group:
         self._closed = False
         self._lock = threading.Lock()
         self.ring: RingLinks | None = None
-        self.mesh: MeshLinks | None = None  # links to every rank, for the direct path (3..8 ranks)
+        self.mesh: MeshLinks | None = None  # links to every rank, for the direct path (2..8 ranks)
         self._p2p_out: dict[int, list] = {}  # peer -> [Channel, messages sent]
         self._p2p_in: dict[int, list] = {}  # peer -> [Channel, messages received]
         if size > 1:
             assert endpoint is not None
             self.ring = RingLinks(endpoint, gid, rank, size, addresses, settings.lanes,
                                   settings.connect_timeout)
-            if 3 <= size <= MESH_MAX_RANKS:  # whatever this rank's settings: its peers expect the links
+            if size <= MESH_MAX_RANKS:  # whatever this rank's settings: its peers expect the links
                 try:
                     self.mesh = MeshLinks(endpoint, self.ring, addresses, settings.connect_timeout)
                 except BaseException:

@@ -1,6 +1,7 @@
 """One connection to every other rank of a group, for the direct (small-message) path.
 
-Ring neighbours already share a connection (the ring's lane 0, used both ways); a rank
+Ring neighbours already share a connection (the ring's lane 0, used both ways; of a pair
+of ranks' two ring connections, the one the lower rank dialed); a rank
 dials every other rank above it and accepts from every one below. A group opens these
 links when it is created, so a collective never waits for a connection that a peer
 in a different state would not open.
@@ -42,8 +43,11 @@ class MeshLinks:
         except BaseException:
             self.close()
             raise
-        self.peers[right] = ring.right[0]
-        self.peers[left] = ring.left[0]
+        if right != left:
+            self.peers[right] = ring.right[0]
+            self.peers[left] = ring.left[0]
+        else:  # two ranks: both ends must pick the same one of the pair's two ring connections
+            self.peers[right] = ring.right[0] if rank < right else ring.left[0]
         # Send order: nearest first going right, so no rank is everyone's first destination.
         self.order = [(rank + k) % size for k in range(1, size)]
 
