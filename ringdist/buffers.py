@@ -3,16 +3,16 @@
 A fresh large numpy array is a fresh mapping: the kernel faults in and zeroes every page
 on first touch, which costs as much as a quarter of a large collective. Large arrays
 here are views of cached blocks instead (anonymous mappings that ask for transparent
-huge pages). A block is handed out again only once nothing refers to it any more: the
-returned array, and every view of it, holds a reference to its block. At most
+huge pages). A block is handed out again only once the array made on it is gone, and
+with it every view of it (each view refers to that array). At most
 `RINGDIST_BUFFER_CACHE_MB` of idle blocks are kept; the oldest go first.
 """
 
 from __future__ import annotations
 
 import mmap
-import sys
 import threading
+import weakref
 
 import numpy as np
 
@@ -20,12 +20,27 @@ MIN_BYTES = 16 << 20  # smaller arrays come from numpy (malloc reuses freed heap
 _PAGE = mmap.PAGESIZE
 
 
+class _Block:
+    """A cached mapping and a weak reference to the array now using it (None: never used)."""
+
+    __slots__ = ("mem", "user")
+
+    def __init__(self, mem: mmap.mmap):
+        self.mem = mem
+        self.user: weakref.ref | None = None
+
+    def idle(self) -> bool:
+        # Every view of the array (reshape, slice, memoryview) keeps that array alive:
+        # numpy points a view's base at the first array whose own base is not an array.
+        return self.user is None or self.user() is None
+
+
 class BufferCache:
     """Blocks for large arrays, reused once unreferenced; idle blocks bounded by `limit` bytes."""
 
     def __init__(self, limit: int):
         self.limit = limit
-        self._blocks: list[mmap.mmap] = []
+        self._blocks: list[_Block] = []
         self._lock = threading.Lock()
 
     def empty(self, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
@@ -39,30 +54,31 @@ class BufferCache:
             return np.empty(shape, dtype=dtype)
         with self._lock:
             block = self._take(-(-nbytes // _PAGE) * _PAGE)
-        return np.frombuffer(block, dtype=dtype, count=count).reshape(shape)
+            owner = np.frombuffer(block.mem, dtype=dtype, count=count)  # its base is the mapping
+            block.user = weakref.ref(owner)
+        return owner.reshape(shape)
 
-    def _take(self, size: int) -> mmap.mmap:
+    def _take(self, size: int) -> _Block:
         blocks = self._blocks
-        for i in range(len(blocks)):
-            # Referenced only by this list (and the call's argument): nothing uses it.
-            if len(blocks[i]) == size and sys.getrefcount(blocks[i]) == 2:
-                block = blocks.pop(i)
-                blocks.append(block)  # most recently used last
+        for i, block in enumerate(blocks):
+            if len(block.mem) == size and block.idle():
+                blocks.append(blocks.pop(i))  # most recently used last
                 return block
-        idle = sum(len(b) for b in blocks if sys.getrefcount(b) == 2)
+        idle = sum(len(b.mem) for b in blocks if b.idle())
         i = 0
         while idle + size > self.limit and i < len(blocks):
-            if sys.getrefcount(blocks[i]) == 2:
-                idle -= len(blocks[i])
-                blocks.pop(i).close()
+            if blocks[i].idle():
+                idle -= len(blocks[i].mem)
+                blocks.pop(i).mem.close()
             else:
                 i += 1
-        block = mmap.mmap(-1, size)
+        mem = mmap.mmap(-1, size)
         if hasattr(mmap, "MADV_HUGEPAGE"):
             try:
-                block.madvise(mmap.MADV_HUGEPAGE)  # fewer faults and TLB misses in the copies
+                mem.madvise(mmap.MADV_HUGEPAGE)  # fewer faults and TLB misses in the copies
             except OSError:
                 pass
+        block = _Block(mem)
         blocks.append(block)
         return block
 

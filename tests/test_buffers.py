@@ -1,0 +1,44 @@
+"""The buffer cache: a block is reused only when no array or view of it is left."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ringdist.buffers import MIN_BYTES, BufferCache
+
+SHAPE = (MIN_BYTES // 4,)  # the smallest size the cache serves, as float32
+
+
+def test_small_arrays_come_from_numpy():
+    cache = BufferCache(1 << 30)
+    small = cache.empty((1000,), np.float64)
+    assert small.shape == (1000,) and small.flags.owndata and not cache._blocks
+
+
+def test_a_block_is_reused_only_once_every_view_is_gone():
+    cache = BufferCache(1 << 30)
+    a = cache.empty(SHAPE, np.float32)
+    a[:] = 1
+    views = [a[10:20], memoryview(a), a.reshape(2, -1), a[::2].T]
+    del a
+    b = cache.empty(SHAPE, np.float32)  # the views keep the first block busy
+    b[:] = 2
+    assert len(cache._blocks) == 2
+    assert views[0][0] == 1 and views[1][0] == 1 and views[2][0, 0] == 1 and views[3][0] == 1
+    del views
+    c = cache.empty(SHAPE, np.float32)
+    assert len(cache._blocks) == 2  # the first block again
+    c[:] = 3
+    assert b[0] == 2 and c.shape == SHAPE and c.dtype == np.float32 and c.flags.writeable
+
+
+def test_idle_blocks_are_bounded_and_other_shapes_fit():
+    cache = BufferCache(2 * MIN_BYTES)
+    for _ in range(5):
+        cache.empty((MIN_BYTES // 8,), np.float64)  # each dropped at once: one block serves all
+    assert len(cache._blocks) == 1
+    cache.empty((2, MIN_BYTES // 4), np.uint16)  # the same byte count, another dtype and shape
+    assert len(cache._blocks) == 1
+    big = cache.empty((MIN_BYTES // 2,), np.float32)  # twice the size: the idle block is dropped
+    assert len(cache._blocks) == 1 and big.nbytes == 2 * MIN_BYTES
+    assert cache.empty((3 * MIN_BYTES,), np.uint8).flags.owndata  # over the limit: numpy's own
