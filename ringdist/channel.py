@@ -81,6 +81,15 @@ def recv_control(sock: socket.socket, deadline: float, expect: int | None = None
     return kind, fields, body
 
 
+def socket_error(exc: OSError) -> str:
+    """Why a connection failed, in words: a peer that went away reads the same however it left."""
+    if isinstance(exc, ConnectionResetError):
+        return "connection closed by peer (reset)"
+    if isinstance(exc, BrokenPipeError):
+        return "connection closed by peer (broken pipe)"
+    return f"{type(exc).__name__}: {exc}"
+
+
 class Channel:
     """An authenticated connection to `peer` (a rank of group `group`), in non-blocking mode."""
 
@@ -134,7 +143,7 @@ class Channel:
         except BlockingIOError:
             return 0
         except OSError as exc:
-            raise self.lost(f"{type(exc).__name__}: {exc}") from None
+            raise self.lost(socket_error(exc)) from None
         if k == 0:
             raise self.lost("connection closed by peer")
         self.stage_end += k

@@ -17,7 +17,7 @@ import time
 from typing import Any, Callable
 
 from . import errors, wire
-from .channel import STAGE_SIZE, Channel
+from .channel import STAGE_SIZE, Channel, socket_error
 from .errors import MismatchError, PeerLostError, ProtocolError, RingError, RingTimeoutError
 
 MIN_FRAME = 64 * 1024  # do not cut frames smaller than this unless a segment ends
@@ -156,7 +156,7 @@ class Inflow:
         except BlockingIOError:
             return 0
         except OSError as exc:
-            raise self.ch.lost(f"{type(exc).__name__}: {exc}", self.op) from None
+            raise self.ch.lost(socket_error(exc), self.op) from None
         if k == 0:
             raise self.ch.lost("connection closed by peer", self.op)
         self._advance(k)
@@ -343,7 +343,7 @@ class Outflow:
                 self.blocked = True
                 return moved
             except OSError as exc:
-                raise self.ch.lost(f"{type(exc).__name__}: {exc}", self.op) from None
+                raise self.ch.lost(socket_error(exc), self.op) from None
             moved += sent
             self._consume(sent)
             if self.pending:
