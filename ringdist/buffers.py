@@ -10,6 +10,7 @@ with it every view of it (each view refers to that array). At most
 
 from __future__ import annotations
 
+import math
 import mmap
 import threading
 import weakref
@@ -46,9 +47,7 @@ class BufferCache:
     def empty(self, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
         """Like `np.empty(shape, dtype)` (C order); its contents are arbitrary."""
         dtype = np.dtype(dtype)
-        count = 1
-        for dim in shape:
-            count *= dim
+        count = math.prod(shape)
         nbytes = count * dtype.itemsize
         if nbytes < MIN_BYTES or nbytes > self.limit:
             return np.empty(shape, dtype=dtype)
@@ -81,11 +80,6 @@ class BufferCache:
         block = _Block(mem)
         blocks.append(block)
         return block
-
-    def clear(self) -> None:
-        """Forget every block (those still in use stay valid until their arrays go)."""
-        with self._lock:
-            self._blocks.clear()
 
 
 cache = BufferCache(int(1024 * (1 << 20)))  # its limit is set by init() from RINGDIST_BUFFER_CACHE_MB

@@ -110,7 +110,7 @@ class Group:
     # ---- running collectives -----------------------------------------------------------------
 
     @property
-    def channels(self) -> list:
+    def channels(self) -> list[Channel]:
         """Every connection of the group's collectives (watched for an ABORT during each one)."""
         assert self.ring is not None
         return self.ring.channels + (self.mesh.own if self.mesh is not None else [])

@@ -44,14 +44,15 @@ class Settings:
         if direct_max != int(direct_max):
             raise ConfigError(f"RINGDIST_DIRECT_MAX={env.get('RINGDIST_DIRECT_MAX')!r} must be a whole number of bytes")
         spin = env.get("RINGDIST_SPIN_US")
+        shared = oversubscribed(env)
         socket_buffers = _socket_buffers(env.get("RINGDIST_SOCKET_BUFFERS"), cls.socket_buffers)
         return cls(
-            spin_us=default_spin_us(env) if spin in (None, "") else _number(env, "RINGDIST_SPIN_US", 0, minimum=-1),
+            spin_us=default_spin_us(shared) if spin in (None, "") else _number(env, "RINGDIST_SPIN_US", 0, minimum=-1),
             timeout=_number(env, "RINGDIST_TIMEOUT", cls.timeout),
             connect_timeout=_number(env, "RINGDIST_CONNECT_TIMEOUT", cls.connect_timeout),
             init_timeout=_number(env, "RINGDIST_INIT_TIMEOUT", cls.init_timeout),
             lanes=int(lanes),
-            spin_yield=bool(oversubscribed(env)),
+            spin_yield=bool(shared),
             direct_max=int(direct_max),
             socket_buffers=socket_buffers,
             buffer_cache_mb=_number(env, "RINGDIST_BUFFER_CACHE_MB", cls.buffer_cache_mb, minimum=-1),
@@ -86,14 +87,13 @@ def oversubscribed(env: dict[str, str]) -> bool | None:
     return None
 
 
-def default_spin_us(env: dict[str, str]) -> float:
+def default_spin_us(shared: bool | None) -> float:
     """Spin briefly before blocking when the launcher said how many ranks share this host.
 
     With a core per rank, a plain spin beats the kernel's wake-up latency. With more
     ranks than cores a plain spin would take the core a peer needs, so the spin yields
     between polls (and only small operations spin: see Group.run).
     """
-    shared = oversubscribed(env)
     if shared is None:
         return 0.0
     return SHARED_SPIN_US if shared else SPIN_US
