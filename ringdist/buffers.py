@@ -18,6 +18,9 @@ import weakref
 import numpy as np
 
 MIN_BYTES = 16 << 20  # smaller arrays come from numpy (malloc reuses freed heap memory below ~32 MiB)
+# A collective's own scratch (never handed to the caller) is cached from this size: malloc
+# trims freed memory at the top of its heap, so a few MiB of scratch would fault in every call.
+SCRATCH_MIN_BYTES = 1 << 20
 _PAGE = mmap.PAGESIZE
 
 
@@ -44,12 +47,13 @@ class BufferCache:
         self._blocks: list[_Block] = []
         self._lock = threading.Lock()
 
-    def empty(self, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
-        """Like `np.empty(shape, dtype)` (C order); its contents are arbitrary."""
+    def empty(self, shape: tuple[int, ...], dtype: np.dtype, min_bytes: int = MIN_BYTES) -> np.ndarray:
+        """Like `np.empty(shape, dtype)` (C order); its contents are arbitrary. Arrays smaller
+        than `min_bytes` are plain numpy arrays."""
         dtype = np.dtype(dtype)
         count = math.prod(shape)
         nbytes = count * dtype.itemsize
-        if nbytes < MIN_BYTES or nbytes > self.limit:
+        if nbytes < min_bytes or nbytes > self.limit:
             return np.empty(shape, dtype=dtype)
         with self._lock:
             block = self._take(-(-nbytes // _PAGE) * _PAGE)

@@ -136,28 +136,48 @@ def all_gather(x: Any, *, group: Group | None = None, timeout: float | None = No
 
 
 def _reduce_flows(g: Group, own: np.ndarray, dest: np.ndarray, bounds: list[tuple[int, int]],
-                  ufunc: Any, op: str, header: wire.Header) -> tuple[list[Inflow], list[Outflow]]:
+                  ufunc: Any, op: str, header: wire.Header,
+                  out: np.ndarray | None = None) -> tuple[list[Inflow], list[Outflow]]:
     """Ring reduce-scatter of flat `own` (element bounds per block) leaving block r reduced in `dest`.
 
     Partial sums travel in scratch buffers; a partial is forwarded as soon as it is reduced.
+    With `out` (flat, `dest` being its block r) each stream goes on into the all-gather of
+    the reduced blocks into `out`, with no pause between the two: the all-gather sends this
+    rank's block as it is reduced and forwards the others as they land. Either way a
+    stream's outflow is its own first piece followed by its inflow, one segment behind.
     """
     n, r = g.size(), g.rank()
     itemsize = own.itemsize
     inflows, outflows = [], []
     byte_bounds = [(lo * itemsize, hi * itemsize) for lo, hi in bounds]
-    for direction, send_ch, recv_ch, index, parts in _streams(g, byte_bounds):
-        def piece(i: int) -> slice:
-            a, b = schedule.piece_bounds(bounds[i][0], bounds[i][1], parts, index)
-            return slice(a, b)
+    streams = list(_streams(g, byte_bounds))
 
+    def piece(i: int, parts: int, index: int) -> slice:
+        return slice(*schedule.piece_bounds(bounds[i][0], bounds[i][1], parts, index))
+
+    def partials(direction: int, parts: int, index: int) -> list[slice]:
+        """The pieces this stream receives as partial sums, to reduce and pass on (N-2 of them)."""
+        return [piece(i, parts, index) for i in schedule.reduce_scatter_order(r, n, direction)[1][:-1]]
+
+    # One scratch array holds every partial sum of the call; a large one is reused call after call.
+    need = sum(p.stop - p.start for direction, _, _, index, parts in streams for p in partials(direction, parts, index))
+    scratch = buffers.cache.empty((need,), own.dtype, min_bytes=buffers.SCRATCH_MIN_BYTES)
+    used = 0
+    for direction, send_ch, recv_ch, index, parts in streams:
         send, recv = schedule.reduce_scatter_order(r, n, direction)
-        accs = [buffers.cache.empty((piece(i).stop - piece(i).start,), own.dtype) for i in recv[:-1]]
-        mine = piece(r)
+        accs = []
+        for p in partials(direction, parts, index):
+            accs.append(scratch[used:used + p.stop - p.start])
+            used += p.stop - p.start
+        mine = piece(r, parts, index)
         accs.append(dest[mine.start - bounds[r][0]:mine.stop - bounds[r][0]])
-        inflow = ReducingInflow(recv_ch, [(acc, own[piece(i)]) for acc, i in zip(accs, recv)],
-                                ufunc, op, header)
-        first = own[piece(send[0])]
-        out_views = [byte_view(first)] + [byte_view(acc) for acc in accs[:-1]]
+        pairs: list[tuple[np.ndarray, np.ndarray | None]] = [(acc, own[piece(i, parts, index)])
+                                                             for acc, i in zip(accs, recv)]
+        if out is not None:
+            pairs += [(out[piece(i, parts, index)], None) for i in schedule.gather_order(r, n, direction)[1]]
+        inflow = ReducingInflow(recv_ch, pairs, ufunc, op, header)
+        first = own[piece(send[0], parts, index)]
+        out_views = [byte_view(first)] + [byte_view(acc) for acc, _ in pairs[:-1]]
         outflows.append(Outflow(send_ch, Segments(out_views), op, header, source=inflow, head=first.nbytes))
         inflows.append(inflow)
     return inflows, outflows
@@ -185,19 +205,16 @@ def _all_reduce(x: Any, group: Group | None, op: str, timeout: float | None) -> 
     header = _header(g, op, arr, direct)
     if direct:
         return _direct_reduce(g, arr, op, header, timeout)
-    out = buffers.cache.empty(arr.shape, arr.dtype)  # the result; also this rank's contribution when N == 1
-    np.copyto(out, arr)
+    out = buffers.cache.empty(arr.shape, arr.dtype)
     if n == 1:
+        np.copyto(out, arr)
         return out
+    # Every block of `out` is written by the transfer: block r as it is reduced, the rest as they arrive.
     own = np.ascontiguousarray(arr).reshape(-1)
     flat = out.reshape(-1)
     bounds = schedule.block_bounds(flat.size, n)
     lo, hi = bounds[r]
-    inflows, outflows = _reduce_flows(g, own, flat[lo:hi], bounds, _REDUCERS[op], op, header)
-    g.run(op, inflows, outflows, timeout=timeout)
-    itemsize = arr.itemsize
-    byte_bounds = [(a * itemsize, b * itemsize) for a, b in bounds]
-    g.run(op, *gather_flows(g, byte_view(out), byte_bounds, op, None, unit=itemsize), timeout=timeout)
+    g.run(op, *_reduce_flows(g, own, flat[lo:hi], bounds, _REDUCERS[op], op, header, out=flat), timeout=timeout)
     return out
 
 

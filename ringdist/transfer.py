@@ -221,8 +221,9 @@ class ReducingInflow(Inflow):
     """An inflow that folds each landed chunk into an accumulator: `acc = op(acc, own)`.
 
     `pairs[j]` is (acc, own) for the j-th non-empty segment: typed views where acc is the
-    segment's destination. `ready` counts reduced bytes, so a relaying outflow only
-    forwards partial results that are complete.
+    segment's destination; `own=None` makes a plain segment (bytes land, nothing to fold).
+    `ready` counts reduced (or landed plain) bytes, so a relaying outflow only forwards
+    partial results that are complete.
     """
 
     def __init__(self, ch: Channel, pairs: list[tuple[Any, Any]], ufunc: Any, op: str,
@@ -246,18 +247,23 @@ class ReducingInflow(Inflow):
             acc, own = self.pairs[self.red_seg]
             seg_bytes = acc.nbytes
             end = min(self.received, self.red_seg_start + seg_bytes)
-            if end < self.red_seg_start + seg_bytes and end - self.reduced < self.chunk:
-                return  # wait for a chunk worth a ufunc call
-            a = (self.reduced - self.red_seg_start) // self.itemsize
-            b = (end - self.red_seg_start) // self.itemsize
-            if b > a:
-                self.ufunc(acc[a:b], own[a:b], out=acc[a:b])
-                self.reduced = self.red_seg_start + b * self.itemsize
+            if own is None:  # a plain segment: landed is ready
+                self.reduced = end
+            else:
+                if end < self.red_seg_start + seg_bytes and end - self.reduced < self.chunk:
+                    return  # wait for a chunk worth a ufunc call
+                a = (self.reduced - self.red_seg_start) // self.itemsize
+                b = (end - self.red_seg_start) // self.itemsize
+                if b > a:
+                    self.ufunc(acc[a:b], own[a:b], out=acc[a:b])
+                    self.reduced = self.red_seg_start + b * self.itemsize
+                elif end < self.red_seg_start + seg_bytes:
+                    return  # a partial element: wait for the rest
             if self.reduced == self.red_seg_start + seg_bytes:
                 self.red_seg += 1
                 self.red_seg_start = self.reduced
-            elif b == a:
-                return  # a partial element: wait for the rest
+            elif own is None:
+                return
 
 
 def check_same(mine: dict[str, Any], theirs: dict[str, Any], ch: Channel) -> None:

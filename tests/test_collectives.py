@@ -21,6 +21,19 @@ def test_every_collective_against_numpy_on_world_and_split_groups(n):
     assert all(int(cases) >= 429 * (2 if n > 1 else 1) for _, _, cases in oks)
 
 
+@pytest.mark.parametrize("n", [3, 4])
+def test_every_collective_on_the_ring_path_with_two_lanes(n):
+    # Small groups take the direct path by default; this runs every case on the ring instead,
+    # with two lanes, and a large all_sum of an odd size cut into 4 streams (2 lanes x 2 ways).
+    env = dict(FAST, RINGDIST_DIRECT_MAX="0", RINGDIST_LANES="2")
+    big = str((3 << 20) + 12)
+    res = run_launcher(["-n", str(n), str(SCRIPTS / "collectives_matrix.py"), big], timeout=240, env=env)
+    assert res.returncode == 0, res.stdout + res.stderr
+    oks = re.findall(r"^\[(\d+)\] collectives ok rank=\d+ size=(\d+) cases=(\d+)$", res.stdout, re.M)
+    assert sorted(int(r) for r, _, _ in oks) == list(range(n))
+    assert all(int(cases) >= 429 * 2 for _, _, cases in oks)
+
+
 def test_point_to_point_between_any_pair():
     res = run_launcher(["-n", "4", str(SCRIPTS / "p2p_matrix.py")], timeout=120, env=FAST)
     assert res.returncode == 0, res.stdout + res.stderr
