@@ -63,10 +63,14 @@ class BufferCache:
 
     def _take(self, size: int) -> _Block:
         blocks = self._blocks
+        best = -1  # the smallest idle block that is large enough: sizes that vary call to call share blocks
         for i, block in enumerate(blocks):
-            if len(block.mem) == size and block.idle():
-                blocks.append(blocks.pop(i))  # most recently used last
-                return block
+            if len(block.mem) >= size and block.idle() and (best < 0 or len(block.mem) < len(blocks[best].mem)):
+                best = i
+        if best >= 0:
+            block = blocks.pop(best)
+            blocks.append(block)  # most recently used last
+            return block
         idle = sum(len(b.mem) for b in blocks if b.idle())
         i = 0
         while idle + size > self.limit and i < len(blocks):

@@ -85,21 +85,14 @@ def gather_flows(group: Group, out: memoryview, bounds: list[tuple[int, int]], o
     return inflows, outflows
 
 
-def direct_flows(group: Group, out: memoryview, bounds: list[tuple[int, int]], op: str,
-                 header: wire.Header) -> tuple[list[Inflow], list[Outflow]]:
-    """Flows of a direct all-gather: this rank's block to every rank, every rank's block from it.
-
-    One step instead of the ring's N-1: small messages pay one wake-up, not N-1 in a row.
-    """
+def direct_parts(group: Group, out: memoryview, bounds: list[tuple[int, int]]) -> tuple[memoryview, list[memoryview]]:
+    """A direct all-gather's views of `out`: this rank's block (sent to every rank), and the
+    block of each rank in the mesh's order (received from it). One step instead of the
+    ring's N-1: small messages pay one wake-up, not N-1 in a row."""
     mesh = group.mesh
     assert mesh is not None
     lo, hi = bounds[group.rank()]
-    inflows, outflows = [], []
-    for peer in mesh.order:
-        ch = mesh.peers[peer]
-        outflows.append(Outflow(ch, Segments([out[lo:hi]]), op, header))
-        inflows.append(Inflow(ch, Segments([out[bounds[peer][0]:bounds[peer][1]]]), op, header))
-    return inflows, outflows
+    return out[lo:hi], [out[bounds[p][0]:bounds[p][1]] for p in mesh.order]
 
 
 def _header(g: Group, op: str, arr: np.ndarray, direct: bool) -> wire.Header:
@@ -119,8 +112,10 @@ def gather_rows(x: Any, *, group: Group | None = None, op: str = "all_gather",
     header = _header(g, op, arr, direct)
     if g.size() > 1:
         bounds = [(i * arr.nbytes, (i + 1) * arr.nbytes) for i in range(g.size())]
-        flows = direct_flows if direct else gather_flows
-        g.run(op, *flows(g, byte_view(out), bounds, op, header), timeout=timeout)
+        if direct:
+            g.exchange(op, *direct_parts(g, byte_view(out), bounds), header, timeout=timeout)
+        else:
+            g.run(op, *gather_flows(g, byte_view(out), bounds, op, header), timeout=timeout)
     return out
 
 
@@ -224,8 +219,8 @@ def _direct_reduce(g: Group, arr: np.ndarray, op: str, header: wire.Header, time
     stack = buffers.cache.empty((n,) + arr.shape, arr.dtype)
     stack[g.rank()] = arr
     size = arr.nbytes
-    g.run(op, *direct_flows(g, byte_view(stack), [(i * size, (i + 1) * size) for i in range(n)], op, header),
-          timeout=timeout)
+    g.exchange(op, *direct_parts(g, byte_view(stack), [(i * size, (i + 1) * size) for i in range(n)]), header,
+               timeout=timeout)
     out = np.array(stack[0], copy=True)  # an array even when 0-d
     ufunc = _REDUCERS[op]
     for i in range(1, n):

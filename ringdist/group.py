@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from . import transfer, wire
+from .exchange import exchange as exchange_direct
 from .channel import Channel
 from .endpoint import Endpoint, InboxKey
 from .errors import GroupBrokenError, PeerLostError, RingError
@@ -148,10 +149,32 @@ class Group:
             channels = self.channels
         else:
             seq = None
+        watched = channels
+        self._guarded(op, channels, seq, outflows, lambda: transfer.run(
+            inflows, outflows, watched, timeout=self._timeout(timeout), op=op, me=self._rank, seq=seq,
+            spin=self._spin(sum(flow.total for flow in inflows)), yield_core=self.settings.spin_yield))
+
+    def exchange(self, op: str, send: memoryview, recvs: list[memoryview], header: wire.Header,
+                 timeout: float | None = None) -> None:
+        """The direct path of the collective whose header was made last: `send` to every rank,
+        `recvs[i]` from rank `mesh.order[i]`."""
+        mesh = self.mesh
+        assert mesh is not None
+        seq = self._seq - 1
+        channels = self.channels
+        outflows: list[transfer.Outflow] = []  # sends that did not complete at once
+        self._guarded(op, channels, seq, outflows, lambda: exchange_direct(
+            mesh.ordered, send, recvs, header, outflows=outflows, watched=channels,
+            timeout=self._timeout(timeout), op=op, me=self._rank, seq=seq,
+            spin=self._spin(sum(len(view) for view in recvs)), yield_core=self.settings.spin_yield,
+            poller=mesh.poller))
+
+    def _guarded(self, op: str, channels: list[Channel], seq: int | None, outflows: list[transfer.Outflow],
+                 body: Any) -> None:
+        """Run `body`; on any failure mark the group broken and send the peers an ABORT."""
         try:
             try:
-                transfer.run(inflows, outflows, channels, timeout=self._timeout(timeout), op=op,
-                             me=self._rank, seq=seq, spin=self._spin(inflows), yield_core=self.settings.spin_yield)
+                body()
             except PeerLostError:
                 transfer.pending_abort(channels, op)  # the reason a peer left, if it sent one
                 raise
@@ -160,10 +183,11 @@ class Group:
             transfer.abort(outflows, channels, exc, self._rank, seq)
             raise
 
-    def _spin(self, inflows: list[transfer.Inflow]) -> float:
-        """Seconds a wait may spin. Sharing cores, only small operations spin: a large one
-        would spin away the CPU time its peers' kernel copies need."""
-        if self.settings.spin_yield and sum(flow.total for flow in inflows) > SHARED_SPIN_MAX_BYTES:
+    def _spin(self, receiving: int) -> float:
+        """Seconds a wait may spin, for an operation receiving this many bytes. Sharing cores,
+        only small operations spin: a large one would spin away the CPU time its peers'
+        kernel copies need."""
+        if self.settings.spin_yield and receiving > SHARED_SPIN_MAX_BYTES:
             return 0.0
         return self.settings.spin_us * 1e-6
 

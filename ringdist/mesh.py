@@ -9,6 +9,7 @@ in a different state would not open.
 
 from __future__ import annotations
 
+import select
 import time
 
 from .channel import Channel
@@ -50,6 +51,10 @@ class MeshLinks:
             self.peers[right] = ring.right[0] if rank < right else ring.left[0]
         # Send order: nearest first going right, so no rank is everyone's first destination.
         self.order = [(rank + k) % size for k in range(1, size)]
+        self.ordered = [self.peers[p] for p in self.order]
+        self.poller = select.poll()  # every peer, for reading: the direct path's wait
+        for ch in self.ordered:
+            self.poller.register(ch.fd, select.POLLIN)
 
     def _add(self, ch: Channel) -> None:
         self.own.append(ch)

@@ -144,6 +144,16 @@ class Inflow:
         self._consume_stage()
         return k
 
+    def resume(self, received: int) -> None:
+        """Continue a stream whose header and DATA prefix were taken elsewhere, `received`
+        payload bytes already in place (a single DATA frame carries the whole payload)."""
+        self.need_header = False
+        self.frame_left = self.total - received
+        self.received = received
+        if received:
+            self.seg.advance(received)
+        self.done = received == self.total
+
     def consume_staged(self) -> None:
         """Take bytes read ahead (during the previous collective) before polling the socket."""
         if self.ch.staged():
@@ -301,6 +311,14 @@ class Outflow:
         self.data_pending = False  # a DATA frame (using self.prefix) is in pending
         self.blocked = False
         self.done = not self.pending and self.total == 0
+
+    def skip(self, sent: int) -> None:
+        """Continue a stream whose first `sent` bytes (header frame, DATA prefix, payload:
+        framed whole, as `pump` frames a small stream) were sent elsewhere."""
+        if self.total:
+            self._next_frame()
+        self._consume(sent)
+        self.done = not self.pending and self.framed == self.total
 
     def _available(self) -> int:
         if self.source is None:

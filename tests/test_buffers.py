@@ -42,3 +42,19 @@ def test_idle_blocks_are_bounded_and_other_shapes_fit():
     big = cache.empty((MIN_BYTES // 2,), np.float32)  # twice the size: the idle block is dropped
     assert len(cache._blocks) == 1 and big.nbytes == 2 * MIN_BYTES
     assert cache.empty((3 * MIN_BYTES,), np.uint8).flags.owndata  # over the limit: numpy's own
+
+
+def test_varying_sizes_share_the_smallest_idle_block_that_fits():
+    cache = BufferCache(1 << 30)
+    rng = np.random.default_rng(7)
+    largest, records = 0, 0
+    for _ in range(50):  # sizes that differ every call, as scratch of random shapes does
+        nbytes = int(rng.integers(MIN_BYTES, 2 * MIN_BYTES))
+        cache.empty((nbytes,), np.uint8)[-1] = 1
+        if nbytes > largest:
+            largest, records = nbytes, records + 1
+    # a new block only for a size larger than any before: not one block per size
+    assert len(cache._blocks) == records < 10
+    held = cache.empty((MIN_BYTES + 5,), np.uint8)  # served from a block at least that large
+    small = cache.empty((MIN_BYTES,), np.uint8)  # another block: never the one still held
+    assert not np.shares_memory(held, small)
