@@ -1,0 +1,137 @@
+"""The direct path's exchange over a real loopback connection, one end driven by hand.
+
+The common case (everything sent and received at once) runs in every collective test;
+these cases drive the hand-overs to the general engine: a payload that arrives in parts
+after the spin, a send the socket cannot take at once, a different header, an ABORT.
+"""
+
+from __future__ import annotations
+
+import select
+import socket
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from ringdist import wire
+from ringdist.channel import Channel
+from ringdist.errors import MismatchError, RingTimeoutError
+from ringdist.exchange import exchange
+
+
+@pytest.fixture
+def pair():
+    listener = socket.create_server(("127.0.0.1", 0))
+    far = socket.create_connection(listener.getsockname())
+    near, _ = listener.accept()
+    listener.close()
+    ch = Channel(near, me=0, peer=1, group="g", role="mesh")
+    far.settimeout(10)
+    yield ch, far
+    ch.close()
+    far.close()
+
+
+def run_exchange(ch: Channel, send: np.ndarray, recv: np.ndarray, header: wire.Header, **kw):
+    """exchange() in a thread; returns (thread, errors list)."""
+    poller = select.poll()
+    poller.register(ch.fd, select.POLLIN)
+    errors: list[BaseException] = []
+
+    def body():
+        try:
+            exchange([ch], memoryview(send).cast("B"), [memoryview(recv).cast("B")], header, outflows=[],
+                     watched=[ch], timeout=kw.get("timeout", 10.0), op="all_gather", me=0, seq=0,
+                     spin=kw.get("spin", 0.0), yield_core=False, poller=poller)
+        except BaseException as exc:  # noqa: BLE001 - handed to the test
+            errors.append(exc)
+
+    thread = threading.Thread(target=body, daemon=True)
+    thread.start()
+    return thread, errors
+
+
+def recv_all(sock: socket.socket, n: int) -> bytes:
+    got = bytearray()
+    while len(got) < n:
+        chunk = sock.recv(n - len(got))
+        assert chunk, "closed early"
+        got += chunk
+    return bytes(got)
+
+
+def header_for(arr: np.ndarray, seq: int = 0) -> wire.Header:
+    return wire.Header(wire.make_header("all_gather", seq, arr.dtype.str, arr.shape, path="direct"))
+
+
+def test_a_payload_arriving_in_parts_after_the_spin_lands_whole(pair):
+    ch, far = pair
+    mine = np.arange(20000, dtype=np.float32)  # 80 KB: above the staged size, received in place
+    theirs = (np.arange(20000) * 3).astype(np.float32)
+    out = np.zeros_like(theirs)
+    header = header_for(mine)
+    thread, errors = run_exchange(ch, mine, out, header)
+    stream = header.frame + wire.encode_prefix(wire.DATA, theirs.nbytes) + theirs.tobytes()
+    cut = len(header.frame) + 8 + 1001  # the intro, then an odd part of the payload
+    far.sendall(stream[:cut])
+    time.sleep(0.2)  # the exchange has handed over to the general engine by now
+    far.sendall(stream[cut:cut + 30000])
+    time.sleep(0.05)
+    far.sendall(stream[cut + 30000:])
+    sent = recv_all(far, len(header.frame) + 8 + mine.nbytes)
+    thread.join(10)
+    assert not thread.is_alive() and not errors, errors
+    assert np.array_equal(out, theirs)
+    assert sent[len(header.frame) + 8:] == mine.tobytes() and sent[:len(header.frame)] == header.frame
+
+
+def test_a_send_larger_than_the_socket_takes_finishes_in_the_general_engine(pair):
+    ch, far = pair
+    mine = np.arange(1 << 20, dtype=np.float32)  # 4 MiB: more than the socket buffers hold
+    theirs = np.full(1 << 20, 7, dtype=np.float32)
+    out = np.zeros_like(theirs)
+    header = header_for(mine)
+    thread, errors = run_exchange(ch, mine, out, header)
+    time.sleep(0.1)
+    far.sendall(header.frame + wire.encode_prefix(wire.DATA, theirs.nbytes))
+    sent = recv_all(far, len(header.frame) + 8 + mine.nbytes)  # read everything before sending the payload
+    far.sendall(theirs.tobytes())
+    thread.join(10)
+    assert not thread.is_alive() and not errors, errors
+    assert np.array_equal(out, theirs) and sent[len(header.frame) + 8:] == mine.tobytes()
+
+
+def test_a_different_header_is_a_mismatch_naming_both_calls(pair):
+    ch, far = pair
+    mine = np.zeros(10, dtype=np.float32)
+    out = np.zeros(10, dtype=np.float32)
+    thread, errors = run_exchange(ch, mine, out, header_for(mine), spin=0.01)
+    other = header_for(np.zeros(11, dtype=np.float32))
+    far.sendall(other.frame + wire.encode_prefix(wire.DATA, 44) + bytes(44))
+    thread.join(10)
+    assert len(errors) == 1 and isinstance(errors[0], MismatchError)
+    assert "shape=(10,)" in str(errors[0]) and "shape=(11,)" in str(errors[0])
+
+
+def test_an_abort_from_the_peer_is_raised_with_its_cause(pair):
+    ch, far = pair
+    mine = np.zeros(10, dtype=np.float32)
+    out = np.zeros(10, dtype=np.float32)
+    thread, errors = run_exchange(ch, mine, out, header_for(mine), spin=0.01)
+    far.sendall(wire.encode_map(wire.ABORT, {"error": "RingTimeoutError", "message": "rank 1 gave up",
+                                              "origin": 1, "seq": 0}))
+    thread.join(10)
+    assert len(errors) == 1 and isinstance(errors[0], RingTimeoutError)
+    assert "aborted by rank 1: rank 1 gave up" in str(errors[0])
+
+
+def test_a_silent_peer_times_out_naming_it(pair):
+    ch, far = pair
+    mine = np.zeros(10, dtype=np.float32)
+    out = np.zeros(10, dtype=np.float32)
+    thread, errors = run_exchange(ch, mine, out, header_for(mine), timeout=0.3)
+    thread.join(10)
+    assert len(errors) == 1 and isinstance(errors[0], RingTimeoutError)
+    assert "receiving from rank 1" in str(errors[0]) and "header not yet received" in str(errors[0])
