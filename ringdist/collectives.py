@@ -85,14 +85,14 @@ def gather_flows(group: Group, out: memoryview, bounds: list[tuple[int, int]], o
     return inflows, outflows
 
 
-def direct_parts(group: Group, out: memoryview, bounds: list[tuple[int, int]]) -> tuple[memoryview, list[memoryview]]:
+def direct_parts(group: Group, out: memoryview, bounds: list[tuple[int, int]]) -> tuple[list[memoryview], list[memoryview]]:
     """A direct all-gather's views of `out`: this rank's block (sent to every rank), and the
     block of each rank in the mesh's order (received from it). One step instead of the
     ring's N-1: small messages pay one wake-up, not N-1 in a row."""
     mesh = group.mesh
     assert mesh is not None
     lo, hi = bounds[group.rank()]
-    return out[lo:hi], [out[bounds[p][0]:bounds[p][1]] for p in mesh.order]
+    return [out[lo:hi]] * len(mesh.order), [out[bounds[p][0]:bounds[p][1]] for p in mesh.order]
 
 
 def _header(g: Group, op: str, arr: np.ndarray, direct: bool) -> wire.Header:

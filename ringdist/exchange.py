@@ -80,31 +80,37 @@ class _Receive:
         return flow
 
 
-def exchange(peers: list[Channel], send: memoryview, recvs: list[memoryview], header: wire.Header, *,
+def exchange(peers: list[Channel], sends: list[memoryview], recvs: list[memoryview], header: wire.Header, *,
              outflows: list[Outflow], watched: list[Channel], timeout: float, op: str, me: int, seq: int,
              spin: float, yield_core: bool, poller: "select.poll") -> None:
-    """Send `send` to every channel of `peers` and receive `recvs[i]` from `peers[i]`.
+    """Send `sends[i]` to `peers[i]` and receive `recvs[i]` from it, for every i.
 
     `poller` has every peer's fd registered for reading. Outflows that could not send
     everything at once are appended to `outflows` (a caller's abort must finish their frame).
     """
-    intro = header.frame + wire.encode_prefix(wire.DATA, len(send)) if len(send) else header.frame
-    for ch in peers:
+    intros: dict[int, bytes] = {}
+
+    def intro(length: int) -> bytes:
+        if length not in intros:
+            intros[length] = header.frame + wire.encode_prefix(wire.DATA, length) if length else header.frame
+        return intros[length]
+
+    for ch, send in zip(peers, sends):
+        first = intro(len(send))
         try:
-            sent = ch.sock.sendmsg([intro, send])
+            sent = ch.sock.sendmsg([first, send])
         except BlockingIOError:
             sent = 0
         except OSError as exc:
             raise ch.lost(socket_error(exc), op) from None
-        if sent < len(intro) + len(send):
+        if sent < len(first) + len(send):
             flow = Outflow(ch, Segments([send]), op, header)
             flow.skip(sent)
             outflows.append(flow)
     waiting = {}
     odd = []
     for ch, dest in zip(peers, recvs):
-        r = _Receive(ch, dest, intro if len(dest) == len(send) else
-                     header.frame + wire.encode_prefix(wire.DATA, len(dest)) if len(dest) else header.frame)
+        r = _Receive(ch, dest, intro(len(dest)))
         if ch.stage_end > ch.stage_start:  # read ahead earlier: take it first
             state = r.step()
             if state is None:

@@ -154,17 +154,17 @@ class Group:
             inflows, outflows, watched, timeout=self._timeout(timeout), op=op, me=self._rank, seq=seq,
             spin=self._spin(sum(flow.total for flow in inflows)), yield_core=self.settings.spin_yield))
 
-    def exchange(self, op: str, send: memoryview, recvs: list[memoryview], header: wire.Header,
+    def exchange(self, op: str, sends: list[memoryview], recvs: list[memoryview], header: wire.Header,
                  timeout: float | None = None) -> None:
-        """The direct path of the collective whose header was made last: `send` to every rank,
-        `recvs[i]` from rank `mesh.order[i]`."""
+        """The direct path of the collective whose header was made last: `sends[i]` to rank
+        `mesh.order[i]`, `recvs[i]` from it."""
         mesh = self.mesh
         assert mesh is not None
         seq = self._seq - 1
         channels = self.channels
         outflows: list[transfer.Outflow] = []  # sends that did not complete at once
         self._guarded(op, channels, seq, outflows, lambda: exchange_direct(
-            mesh.ordered, send, recvs, header, outflows=outflows, watched=channels,
+            mesh.ordered, sends, recvs, header, outflows=outflows, watched=channels,
             timeout=self._timeout(timeout), op=op, me=self._rank, seq=seq,
             spin=self._spin(sum(len(view) for view in recvs)), yield_core=self.settings.spin_yield,
             poller=mesh.poller))

@@ -313,10 +313,14 @@ class Outflow:
         self.done = not self.pending and self.total == 0
 
     def skip(self, sent: int) -> None:
-        """Continue a stream whose first `sent` bytes (header frame, DATA prefix, payload:
-        framed whole, as `pump` frames a small stream) were sent elsewhere."""
+        """Continue a stream whose first `sent` bytes were sent elsewhere, framed as the
+        header frame then the whole payload in one DATA frame (of any size)."""
         if self.total:
-            self._next_frame()
+            wire.pack_prefix_into(self.prefix, wire.DATA, self.total)
+            self.pending += [memoryview(self.prefix), self.seg.current(self.total)]
+            self.seg.advance(self.total)
+            self.framed = self.total
+            self.data_pending = True
         self._consume(sent)
         self.done = not self.pending and self.framed == self.total
 

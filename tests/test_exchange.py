@@ -42,7 +42,7 @@ def run_exchange(ch: Channel, send: np.ndarray, recv: np.ndarray, header: wire.H
 
     def body():
         try:
-            exchange([ch], memoryview(send).cast("B"), [memoryview(recv).cast("B")], header, outflows=[],
+            exchange([ch], [memoryview(send).cast("B")], [memoryview(recv).cast("B")], header, outflows=[],
                      watched=[ch], timeout=kw.get("timeout", 10.0), op="all_gather", me=0, seq=0,
                      spin=kw.get("spin", 0.0), yield_core=False, poller=poller)
         except BaseException as exc:  # noqa: BLE001 - handed to the test
@@ -89,8 +89,9 @@ def test_a_payload_arriving_in_parts_after_the_spin_lands_whole(pair):
 
 def test_a_send_larger_than_the_socket_takes_finishes_in_the_general_engine(pair):
     ch, far = pair
-    mine = np.arange(1 << 20, dtype=np.float32)  # 4 MiB: more than the socket buffers hold
-    theirs = np.full(1 << 20, 7, dtype=np.float32)
+    # 6 MiB: more than the socket buffers hold, and more than the largest frame the engine cuts
+    mine = np.arange(3 << 19, dtype=np.float32)
+    theirs = np.full(3 << 19, 7, dtype=np.float32)
     out = np.zeros_like(theirs)
     header = header_for(mine)
     thread, errors = run_exchange(ch, mine, out, header)
