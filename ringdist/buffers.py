@@ -20,7 +20,7 @@ import numpy as np
 MIN_BYTES = 16 << 20  # smaller arrays come from numpy (malloc reuses freed heap memory below ~32 MiB)
 # A collective's own scratch (never handed to the caller) is cached from this size: malloc
 # trims freed memory at the top of its heap, so a few MiB of scratch would fault in every call.
-SCRATCH_MIN_BYTES = 1 << 20
+SCRATCH_MIN_BYTES = 64 << 10
 _PAGE = mmap.PAGESIZE
 
 

@@ -196,10 +196,11 @@ def _all_reduce(x: Any, group: Group | None, op: str, timeout: float | None) -> 
     arr = as_array(x)
     _check_reducible(arr, op)
     n, r = g.size(), g.rank()
-    direct = g.direct(arr.nbytes)
-    header = _header(g, op, arr, direct)
-    if direct:
-        return _direct_reduce(g, arr, op, header, timeout)
+    if g.direct(arr.nbytes):  # small: one step, every rank's whole array
+        return _direct_reduce(g, arr, op, g.next_header(op, arr, path="direct"), timeout)
+    if g.direct(-(-arr.nbytes // n)):  # medium: two steps of one block each way
+        return _two_shot_reduce(g, arr, op, g.next_header(op, arr, path="two-shot"), timeout)
+    header = g.next_header(op, arr)
     out = buffers.cache.empty(arr.shape, arr.dtype)
     if n == 1:
         np.copyto(out, arr)
@@ -213,10 +214,38 @@ def _all_reduce(x: Any, group: Group | None, op: str, timeout: float | None) -> 
     return out
 
 
+def _two_shot_reduce(g: Group, arr: np.ndarray, op: str, header: wire.Header, timeout: float | None) -> np.ndarray:
+    """Reduce-scatter then all-gather, each one direct exchange: rank p gets block p of every
+    rank's array, reduces them in rank order, and sends the result to every rank.
+
+    The ring's bytes (2(N-1)/N of the array each way) in 2 steps instead of 2(N-1).
+    """
+    n, r = g.size(), g.rank()
+    mesh = g.mesh
+    assert mesh is not None
+    own = np.ascontiguousarray(arr).reshape(-1)
+    out = buffers.cache.empty(arr.shape, arr.dtype)
+    flat = out.reshape(-1)
+    bounds = schedule.block_bounds(flat.size, n)
+    lo, hi = bounds[r]
+    stack = buffers.cache.empty((n, hi - lo), arr.dtype, min_bytes=buffers.SCRATCH_MIN_BYTES)  # row q: rank q's block r
+    stack[r] = own[lo:hi]
+    g.exchange(op, [byte_view(own[bounds[p][0]:bounds[p][1]]) for p in mesh.order],
+               [byte_view(stack[p]) for p in mesh.order], header, timeout=timeout)
+    mine = flat[lo:hi]
+    np.copyto(mine, stack[0])
+    ufunc = _REDUCERS[op]
+    for q in range(1, n):
+        ufunc(mine, stack[q], out=mine)
+    g.exchange(op, [byte_view(mine)] * len(mesh.order),
+               [byte_view(flat[bounds[p][0]:bounds[p][1]]) for p in mesh.order], header, timeout=timeout)
+    return out
+
+
 def _direct_reduce(g: Group, arr: np.ndarray, op: str, header: wire.Header, timeout: float | None) -> np.ndarray:
     """Gather every rank's array directly, then reduce them in rank order (the same on every rank)."""
     n = g.size()
-    stack = buffers.cache.empty((n,) + arr.shape, arr.dtype)
+    stack = buffers.cache.empty((n,) + arr.shape, arr.dtype, min_bytes=buffers.SCRATCH_MIN_BYTES)
     stack[g.rank()] = arr
     size = arr.nbytes
     g.exchange(op, *direct_parts(g, byte_view(stack), [(i * size, (i + 1) * size) for i in range(n)]), header,
