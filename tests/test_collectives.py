@@ -21,11 +21,13 @@ def test_every_collective_against_numpy_on_world_and_split_groups(n):
     assert all(int(cases) >= 429 * (2 if n > 1 else 1) for _, _, cases in oks)
 
 
-@pytest.mark.parametrize("n", [3, 4])
-def test_every_collective_on_the_ring_path_with_two_lanes(n):
-    # Small groups take the direct path by default; this runs every case on the ring instead,
-    # with two lanes, and a large all_sum of an odd size cut into 4 streams (2 lanes x 2 ways).
-    env = dict(FAST, RINGDIST_DIRECT_MAX="0", RINGDIST_LANES="2")
+@pytest.mark.parametrize("n,direct_max", [(3, "0"), (4, "0"), (3, "8"), (4, "512")])
+def test_every_collective_on_the_other_paths(n, direct_max):
+    # Small groups take the one-step direct path for these small cases by default. With
+    # RINGDIST_DIRECT_MAX=0 every case runs on the ring (two lanes, and a large all_sum of an
+    # odd size cut into 4 streams); with 8 or 512 bytes, reductions of up to N times that
+    # take the two-step direct path (uneven and empty blocks included), larger ones the ring.
+    env = dict(FAST, RINGDIST_DIRECT_MAX=direct_max, RINGDIST_LANES="2")
     big = str((3 << 20) + 12)
     res = run_launcher(["-n", str(n), str(SCRIPTS / "collectives_matrix.py"), big], timeout=240, env=env)
     assert res.returncode == 0, res.stdout + res.stderr
