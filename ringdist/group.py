@@ -19,6 +19,7 @@ from .mesh import MAX_RANKS as MESH_MAX_RANKS, MeshLinks
 from .ring import RingLinks
 from .settings import Settings
 
+HEADER_TEMPLATES = 256  # kinds of call whose header bytes a group keeps
 SHARED_SPIN_MAX_BYTES = 1 << 20  # with more ranks than cores, operations receiving more do not spin
 _open_groups: "weakref.WeakSet[Group]" = weakref.WeakSet()
 
@@ -41,6 +42,8 @@ class Group:
         self._addresses = addresses  # per group rank: the (ip, port) list it listens on
         self._world_ranks = world_ranks  # per group rank: its rank in the world
         self._seq = 0
+        self._channels: list[Channel] | None = None
+        self._headers: dict[tuple, wire.HeaderTemplate] = {}  # per kind of call: its header's fixed bytes
         self._splits = 0
         self._broken: str | None = None
         self._closed = False
@@ -114,7 +117,9 @@ class Group:
     def channels(self) -> list[Channel]:
         """Every connection of the group's collectives (watched for an ABORT during each one)."""
         assert self.ring is not None
-        return self.ring.channels + (self.mesh.own if self.mesh is not None else [])
+        if self._channels is None:
+            self._channels = self.ring.channels + (self.mesh.own if self.mesh is not None else [])
+        return self._channels
 
     def direct(self, block_bytes: int) -> bool:
         """Whether a collective with blocks of this many bytes takes the direct path (not the ring)."""
@@ -122,11 +127,19 @@ class Group:
 
     def next_header(self, op: str, arr: np.ndarray, **extra: Any) -> wire.Header:
         """Check the group is usable and make the header of this rank's next collective."""
-        self.check_usable(op)
+        if self._closed or self._broken:
+            self.check_usable(op)
         seq = self._seq
         self._seq += 1
-        dtype = arr.dtype.str if arr.dtype.fields is None else str(arr.dtype.descr)
-        return wire.Header(wire.make_header(op, seq, dtype, arr.shape, **extra))
+        key = (op, arr.dtype, arr.shape, *extra.items())
+        template = self._headers.get(key)
+        if template is None:
+            dtype = arr.dtype.str if arr.dtype.fields is None else str(arr.dtype.descr)
+            template = wire.HeaderTemplate(op, dtype, arr.shape, **extra)
+            if len(self._headers) >= HEADER_TEMPLATES:
+                self._headers.clear()
+            self._headers[key] = template
+        return template.make(seq)
 
     def check_usable(self, op: str) -> None:
         """Refuse work on a closed group, or one whose earlier operation failed."""
@@ -163,11 +176,23 @@ class Group:
         seq = self._seq - 1
         channels = self.channels
         outflows: list[transfer.Outflow] = []  # sends that did not complete at once
-        self._guarded(op, channels, seq, outflows, lambda: exchange_direct(
-            mesh.ordered, sends, recvs, header, outflows=outflows, watched=channels,
-            timeout=self._timeout(timeout), op=op, me=self._rank, seq=seq,
-            spin=self._spin(sum(len(view) for view in recvs)), yield_core=self.settings.spin_yield,
-            poller=mesh.poller))
+        settings = self.settings
+        spin = settings.spin_us * 1e-6
+        if settings.spin_yield and sum(map(len, recvs)) > SHARED_SPIN_MAX_BYTES:
+            spin = 0.0
+        try:  # as _guarded, inline: this is the path of the smallest collectives
+            try:
+                exchange_direct(mesh.ordered, sends, recvs, header, outflows=outflows, watched=channels,
+                                timeout=settings.timeout if timeout is None else self._timeout(timeout), op=op,
+                                me=self._rank, seq=seq, spin=spin, yield_core=settings.spin_yield,
+                                poller=mesh.poller)
+            except PeerLostError:
+                transfer.pending_abort(channels, op)
+                raise
+        except BaseException as exc:
+            self._broken = f"{op}: {type(exc).__name__}: {exc}"
+            transfer.abort(outflows, channels, exc, self._rank, seq)
+            raise
 
     def _guarded(self, op: str, channels: list[Channel], seq: int | None, outflows: list[transfer.Outflow],
                  body: Any) -> None:

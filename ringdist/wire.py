@@ -124,10 +124,46 @@ class Header:
 
     __slots__ = ("fields", "body", "frame")
 
-    def __init__(self, fields: dict[str, Any]):
+    def __init__(self, fields: dict[str, Any], body: bytes | None = None):
         self.fields = fields
-        self.body = msgpack.packb(fields, use_bin_type=True, buf_size=PACK_BUFFER)
-        self.frame = encode_prefix(HEADER, len(self.body)) + self.body
+        self.body = msgpack.packb(fields, use_bin_type=True, buf_size=PACK_BUFFER) if body is None else body
+        self.frame = PREFIX.pack(MAGIC, HEADER, len(self.body)) + self.body
+
+
+def pack_uint(value: int) -> bytes:
+    """A non-negative int as msgpack packs it: the shortest of fixint, uint8/16/32/64."""
+    if value < 0x80:
+        return bytes((value,))
+    if value < 0x100:
+        return b"\xcc" + value.to_bytes(1, "big")
+    if value < 0x10000:
+        return b"\xcd" + value.to_bytes(2, "big")
+    if value < 0x100000000:
+        return b"\xce" + value.to_bytes(4, "big")
+    return b"\xcf" + value.to_bytes(8, "big")
+
+
+class HeaderTemplate:
+    """The headers of one kind of call (op, dtype, shape, extras) for any call number.
+
+    A msgpack map is its entries' encodings in order, so the body is the bytes before
+    `seq`'s value, that value, and the bytes after: no packing per call.
+    """
+
+    __slots__ = ("base", "head", "tail")
+
+    def __init__(self, op: str, dtype: str, shape: tuple[int, ...], **extra: Any):
+        self.base = make_header(op, 0, dtype, shape, **extra)
+        before, after = {"op": op}, {k: v for k, v in self.base.items() if k not in ("op", "seq")}
+        pack = msgpack.Packer(use_bin_type=True, autoreset=True, buf_size=PACK_BUFFER)
+        self.head = pack.pack_map_header(len(self.base)) + pack.pack("op") + pack.pack(op) + pack.pack("seq")
+        assert len(before) == 1
+        self.tail = b"".join(pack.pack(k) + pack.pack(v) for k, v in after.items())
+
+    def make(self, seq: int) -> Header:
+        fields = dict(self.base)
+        fields["seq"] = seq
+        return Header(fields, self.head + pack_uint(seq) + self.tail)
 
 
 def check_header(fields: dict[str, Any]) -> dict[str, Any]:

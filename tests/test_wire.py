@@ -111,3 +111,14 @@ def test_a_recorded_proof_cannot_be_replayed():
     nonce = os.urandom(16)
     assert not wire.macs_equal(wire.proof_mac(secret, b"client", body, nonce),
                                wire.proof_mac(secret, b"server", body, nonce))
+
+
+@pytest.mark.parametrize("seq", [0, 1, 127, 128, 255, 256, 65535, 65536, 2**32 - 1, 2**32, 2**40])
+def test_header_template_bytes_equal_msgpack_packing(seq):
+    cases = [("all_gather", "<f4", (4096,), {"path": "direct"}), ("broadcast", "|u1", (), {"root": 3}),
+             ("all_sum", "<c16", (2, 3, 5), {}), ("split", "<i8", (1, 2), {}),
+             ("all_gather", "[('a', '<i4'), ('b', '<f8')]", (7,), {"path": "two-shot"})]
+    for op, dtype, shape, extra in cases:
+        made = wire.HeaderTemplate(op, dtype, shape, **extra).make(seq)
+        packed = wire.Header(wire.make_header(op, seq, dtype, shape, **extra))
+        assert (made.body, made.frame, made.fields) == (packed.body, packed.frame, packed.fields)
