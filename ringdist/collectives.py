@@ -178,6 +178,8 @@ def _reduce_flows(g: Group, own: np.ndarray, dest: np.ndarray, bounds: list[tupl
     return inflows, outflows
 
 
+ONE_SHOT_MAX = 256 * 1024  # a reduction gathers every rank's whole array only up to this size
+
 _REDUCERS = {"all_sum": np.add, "all_max": np.maximum, "all_min": np.minimum, "all_prod": np.multiply}
 
 
@@ -196,7 +198,7 @@ def _all_reduce(x: Any, group: Group | None, op: str, timeout: float | None) -> 
     arr = as_array(x)
     _check_reducible(arr, op)
     n, r = g.size(), g.rank()
-    if g.direct(arr.nbytes):  # small: one step, every rank's whole array
+    if arr.nbytes <= ONE_SHOT_MAX and g.direct(arr.nbytes):  # small: one step, every rank's whole array
         return _direct_reduce(g, arr, op, g.next_header(op, arr, path="direct"), timeout)
     if g.direct(-(-arr.nbytes // n)):  # medium: two steps of one block each way
         return _two_shot_reduce(g, arr, op, g.next_header(op, arr, path="two-shot"), timeout)

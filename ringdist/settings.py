@@ -27,7 +27,7 @@ class Settings:
     connect_timeout: float = 30.0  # RINGDIST_CONNECT_TIMEOUT: connect + handshake
     init_timeout: float = 120.0  # RINGDIST_INIT_TIMEOUT: waiting for every rank at the rendezvous
     lanes: int = 1  # RINGDIST_LANES: connections per ring neighbour
-    direct_max: int = 256 * 1024  # RINGDIST_DIRECT_MAX: largest block (bytes) sent to every rank directly
+    direct_max: int | None = None  # RINGDIST_DIRECT_MAX: largest block (bytes) sent to every rank directly (None: by group size)
     socket_buffers: tuple[int, int] = (2 << 20, 1 << 20)  # RINGDIST_SOCKET_BUFFERS: "RCV,SND" bytes, 0 = kernel
     buffer_cache_mb: float = 1024.0  # RINGDIST_BUFFER_CACHE_MB: idle large buffers kept for reuse (0: none)
     spin_us: float = 0.0  # RINGDIST_SPIN_US: microseconds to poll before blocking (see default_spin_us)
@@ -40,7 +40,7 @@ class Settings:
         lanes = _number(env, "RINGDIST_LANES", 1, minimum=0)
         if lanes != int(lanes) or lanes > 16:
             raise ConfigError(f"RINGDIST_LANES={env.get('RINGDIST_LANES')!r} must be an integer from 1 to 16")
-        direct_max = _number(env, "RINGDIST_DIRECT_MAX", cls.direct_max, minimum=-1)
+        direct_max = _number(env, "RINGDIST_DIRECT_MAX", -1, minimum=-1)
         if direct_max != int(direct_max):
             raise ConfigError(f"RINGDIST_DIRECT_MAX={env.get('RINGDIST_DIRECT_MAX')!r} must be a whole number of bytes")
         spin = env.get("RINGDIST_SPIN_US")
@@ -53,7 +53,7 @@ class Settings:
             init_timeout=_number(env, "RINGDIST_INIT_TIMEOUT", cls.init_timeout),
             lanes=int(lanes),
             spin_yield=bool(shared),
-            direct_max=int(direct_max),
+            direct_max=None if direct_max < 0 else int(direct_max),
             socket_buffers=socket_buffers,
             buffer_cache_mb=_number(env, "RINGDIST_BUFFER_CACHE_MB", cls.buffer_cache_mb, minimum=-1),
             verbose=env.get("RINGDIST_VERBOSE", "") not in ("", "0"),

@@ -44,7 +44,7 @@ def test_settings_read_from_the_environment_with_errors_that_name_the_variable()
     from ringdist.settings import Settings
 
     base = Settings.from_env({})
-    assert (base.timeout, base.lanes, base.direct_max, base.spin_us) == (300.0, 1, 262144, 0.0)
+    assert (base.timeout, base.lanes, base.direct_max, base.spin_us) == (300.0, 1, None, 0.0)
     tuned = Settings.from_env({"RINGDIST_DIRECT_MAX": "0", "RINGDIST_LANES": "2", "RINGDIST_TIMEOUT": "2.5"})
     assert (tuned.direct_max, tuned.lanes, tuned.timeout) == (0, 2, 2.5)
     assert Settings.from_env({"RINGDIST_DIRECT_MAX": "1048576"}).direct_max == 1 << 20
