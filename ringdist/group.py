@@ -25,7 +25,7 @@ from .settings import Settings
 DIRECT_MAX_PAIR = 256 * 1024
 DIRECT_MAX_MESH = 1024 * 1024
 HEADER_TEMPLATES = 256  # kinds of call whose header bytes a group keeps
-SHARED_SPIN_MAX_BYTES = 1 << 20  # with more ranks than cores, operations receiving more do not spin
+SHARED_SPIN_MAX_BYTES = 4 << 20  # with more ranks than cores, operations receiving more do not spin
 _open_groups: "weakref.WeakSet[Group]" = weakref.WeakSet()
 
 
