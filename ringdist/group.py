@@ -175,9 +175,9 @@ class Group:
             spin=self._spin(sum(flow.total for flow in inflows)), yield_core=self.settings.spin_yield))
 
     def exchange(self, op: str, sends: list[memoryview], recvs: list[memoryview], header: wire.Header,
-                 timeout: float | None = None) -> None:
+                 timeout: float | None = None, peers: list[int] | None = None) -> None:
         """The direct path of the collective whose header was made last: `sends[i]` to rank
-        `mesh.order[i]`, `recvs[i]` from it."""
+        `peers[i]` (default: `mesh.order`, every other rank), `recvs[i]` from it."""
         mesh = self.mesh
         assert mesh is not None
         seq = self._seq - 1
@@ -189,7 +189,7 @@ class Group:
             spin = 0.0
         try:  # as _guarded, inline: this is the path of the smallest collectives
             try:
-                exchange_direct(mesh.ordered, sends, recvs, header, outflows=outflows, watched=channels,
+                exchange_direct(mesh.ordered if peers is None else [mesh.peers[p] for p in peers], sends, recvs, header, outflows=outflows, watched=channels,
                                 timeout=settings.timeout if timeout is None else self._timeout(timeout), op=op,
                                 me=self._rank, seq=seq, spin=spin, yield_core=settings.spin_yield,
                                 poller=mesh.poller)
