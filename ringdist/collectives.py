@@ -108,15 +108,39 @@ def gather_rows(x: Any, *, group: Group | None = None, op: str = "all_gather",
     rows = arr.shape[0]
     out = buffers.cache.empty((g.size() * rows,) + arr.shape[1:], arr.dtype)
     np.copyto(out[g.rank() * rows:(g.rank() + 1) * rows], arr)
+    n = g.size()
     direct = g.direct(arr.nbytes)
-    header = _header(g, op, arr, direct)
-    if g.size() > 1:
-        bounds = [(i * arr.nbytes, (i + 1) * arr.nbytes) for i in range(g.size())]
-        if direct:
+    doubling = direct and n > 2 and n & (n - 1) == 0 and arr.nbytes <= DOUBLING_GATHER_MAX
+    header = g.next_header(op, arr, path="doubling") if doubling else _header(g, op, arr, direct)
+    if n > 1:
+        bounds = [(i * arr.nbytes, (i + 1) * arr.nbytes) for i in range(n)]
+        if doubling:
+            _doubling_gather(g, byte_view(out), arr.nbytes, op, header, timeout)
+        elif direct:
             g.exchange(op, *direct_parts(g, byte_view(out), bounds), header, timeout=timeout)
         else:
             g.run(op, *gather_flows(g, byte_view(out), bounds, op, header), timeout=timeout)
     return out
+
+
+# Blocks up to this size gather by recursive doubling on 4 or 8 ranks. Measured on 4 ranks
+# (alternating runs, barrier before each call): 4-32 KiB 20-40% faster than one exchange with
+# every rank; 64 KiB 25% slower.
+DOUBLING_GATHER_MAX = 32 * 1024
+
+
+def _doubling_gather(g: Group, data: memoryview, size: int, op: str, header: wire.Header,
+                     timeout: float | None) -> None:
+    """All-gather by recursive doubling: at step k, the 2^k blocks this rank holds (a
+    contiguous run of `data`) go to rank r XOR 2^k, whose run comes back."""
+    n, r = g.size(), g.rank()
+    k = 1
+    while k < n:
+        base, partner = r & ~(k - 1), r ^ k
+        other = partner & ~(k - 1)
+        g.exchange(op, [data[base * size:(base + k) * size]], [data[other * size:(other + k) * size]],
+                   header, timeout=timeout, peers=[partner])
+        k <<= 1
 
 
 def all_gather(x: Any, *, group: Group | None = None, timeout: float | None = None) -> np.ndarray:
