@@ -64,7 +64,7 @@ def test_spin_defaults_follow_how_many_ranks_share_the_cores():
 
     cores = len(os.sched_getaffinity(0))
     own_core = Settings.from_env({"RINGDIST_LOCAL_WORLD_SIZE": str(cores)})
-    assert (own_core.spin_us, own_core.spin_yield) == (50.0, False)
+    assert (own_core.spin_us, own_core.spin_yield) == (2000.0, False)
     shared = Settings.from_env({"RINGDIST_LOCAL_WORLD_SIZE": str(cores + 1)})
     assert (shared.spin_us, shared.spin_yield) == (200.0, True)
     chosen = Settings.from_env({"RINGDIST_LOCAL_WORLD_SIZE": str(cores + 1), "RINGDIST_SPIN_US": "0"})
