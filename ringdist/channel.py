@@ -138,15 +138,23 @@ class Channel:
         room = min(limit, self.stage_room())
         if room <= 0:
             return 0
+        k = self.recv_into(self.stage_view[self.stage_end:self.stage_end + room])
+        self.stage_end += k
+        return k
+
+    def recv_into(self, dest: memoryview, op: str = "") -> int:
+        """Bytes the socket has, up to len(dest), into dest; 0 if none is ready.
+
+        Raises PeerLostError on EOF or reset.
+        """
         try:
-            k = self.sock.recv_into(self.stage_view[self.stage_end:self.stage_end + room])
+            k = self.sock.recv_into(dest)
         except BlockingIOError:
             return 0
         except OSError as exc:
-            raise self.lost(socket_error(exc)) from None
+            raise self.lost(socket_error(exc), op) from None
         if k == 0:
-            raise self.lost("connection closed by peer")
-        self.stage_end += k
+            raise self.lost("connection closed by peer", op)
         return k
 
     def lost(self, why: str, op: str = "") -> PeerLostError:

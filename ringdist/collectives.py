@@ -280,14 +280,10 @@ def _two_shot_reduce(g: Group, arr: np.ndarray, op: str, header: wire.Header, ti
     bounds = schedule.block_bounds(flat.size, n)
     lo, hi = bounds[r]
     stack = buffers.cache.empty((n, hi - lo), arr.dtype, min_bytes=buffers.SCRATCH_MIN_BYTES)  # row q: rank q's block r
-    stack[r] = own[lo:hi]
     g.exchange(op, [byte_view(own[bounds[p][0]:bounds[p][1]]) for p in mesh.order],
                [byte_view(stack[p]) for p in mesh.order], header, timeout=timeout)
     mine = flat[lo:hi]
-    np.copyto(mine, stack[0])
-    ufunc = _REDUCERS[op]
-    for q in range(1, n):
-        ufunc(mine, stack[q], out=mine)
+    _fold([own[lo:hi] if q == r else stack[q] for q in range(n)], _REDUCERS[op], mine)
     g.exchange(op, [byte_view(mine)] * len(mesh.order),
                [byte_view(flat[bounds[p][0]:bounds[p][1]]) for p in mesh.order], header, timeout=timeout)
     return out
@@ -301,11 +297,16 @@ def _direct_reduce(g: Group, arr: np.ndarray, op: str, header: wire.Header, time
     size = arr.nbytes
     g.exchange(op, *direct_parts(g, byte_view(stack), [(i * size, (i + 1) * size) for i in range(n)]), header,
                timeout=timeout)
-    out = np.array(stack[0], copy=True)  # an array even when 0-d
-    ufunc = _REDUCERS[op]
-    for i in range(1, n):
-        ufunc(out, stack[i], out=out)
+    out = np.empty(arr.shape, arr.dtype)  # an array even when 0-d
+    _fold(list(stack), _REDUCERS[op], out)
     return out
+
+
+def _fold(rows: list[np.ndarray], ufunc: Any, out: np.ndarray) -> None:
+    """out = rows[0] op rows[1] op ... in rank order, so every rank computing it gets the same bits."""
+    np.copyto(out, rows[0])
+    for row in rows[1:]:
+        ufunc(out, row, out=out)
 
 
 def all_sum(x: Any, *, group: Group | None = None, timeout: float | None = None) -> np.ndarray:

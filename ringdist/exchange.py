@@ -27,10 +27,11 @@ STAGED_PAYLOAD_MAX = 16 * 1024  # up to this, a payload is read with its header 
 class _Receive:
     """One peer's expected bytes: our header frame, a DATA prefix, then `dest`'s length of payload."""
 
-    __slots__ = ("ch", "dest", "intro", "got", "need")
+    __slots__ = ("ch", "dest", "intro", "got", "need", "op")
 
-    def __init__(self, ch: Channel, dest: memoryview, intro: bytes):
+    def __init__(self, ch: Channel, dest: memoryview, intro: bytes, op: str):
         self.ch = ch
+        self.op = op
         self.dest = dest
         self.intro = intro  # header frame + DATA prefix, byte-identical on both sides when all is well
         self.got = -1  # payload bytes in place; -1: the intro is not yet taken
@@ -61,14 +62,9 @@ class _Receive:
             ch.stage_start = start + take
             self.got = take
         while self.got < self.need:
-            try:
-                k = ch.sock.recv_into(self.dest[self.got:])
-            except BlockingIOError:
+            k = ch.recv_into(self.dest[self.got:], self.op)
+            if not k:
                 return False
-            except OSError as exc:
-                raise ch.lost(socket_error(exc)) from None
-            if k == 0:
-                raise ch.lost("connection closed by peer")
             self.got += k
         return True
 
@@ -110,7 +106,7 @@ def exchange(peers: list[Channel], sends: list[memoryview], recvs: list[memoryvi
     waiting = {}
     odd = []
     for ch, dest in zip(peers, recvs):
-        r = _Receive(ch, dest, intro(len(dest)))
+        r = _Receive(ch, dest, intro(len(dest)), op)
         if ch.stage_end > ch.stage_start:  # read ahead earlier: take it first
             state = r.step()
             if state is None:

@@ -186,21 +186,18 @@ class Group:
         channels = self.channels
         outflows: list[transfer.Outflow] = []  # sends that did not complete at once
         settings = self.settings
-        spin = settings.spin_us * 1e-6
-        if sum(map(len, recvs)) > SPIN_MAX_BYTES:
-            spin = 0.0
-        try:  # as _guarded, inline: this is the path of the smallest collectives
+        try:  # as _guarded, written out: a lambda and a call cost 3-4 µs on the smallest collectives
             try:
-                exchange_direct(mesh.ordered if peers is None else [mesh.peers[p] for p in peers], sends, recvs, header, outflows=outflows, watched=channels,
+                exchange_direct(mesh.ordered if peers is None else [mesh.peers[p] for p in peers], sends, recvs,
+                                header, outflows=outflows, watched=channels,
                                 timeout=settings.timeout if timeout is None else self._timeout(timeout), op=op,
-                                me=self._rank, seq=seq, spin=spin, yield_core=settings.spin_yield,
-                                poller=mesh.poller)
+                                me=self._rank, seq=seq, spin=self._spin(sum(map(len, recvs))),
+                                yield_core=settings.spin_yield, poller=mesh.poller)
             except PeerLostError:
                 transfer.pending_abort(channels, op)
                 raise
         except BaseException as exc:
-            self._broken = f"{op}: {type(exc).__name__}: {exc}"
-            transfer.abort(outflows, channels, exc, self._rank, seq)
+            self._fail(op, channels, seq, outflows, exc)
             raise
 
     def _guarded(self, op: str, channels: list[Channel], seq: int | None, outflows: list[transfer.Outflow],
@@ -213,9 +210,14 @@ class Group:
                 transfer.pending_abort(channels, op)  # the reason a peer left, if it sent one
                 raise
         except BaseException as exc:
-            self._broken = f"{op}: {type(exc).__name__}: {exc}"
-            transfer.abort(outflows, channels, exc, self._rank, seq)
+            self._fail(op, channels, seq, outflows, exc)
             raise
+
+    def _fail(self, op: str, channels: list[Channel], seq: int | None, outflows: list[transfer.Outflow],
+              exc: BaseException) -> None:
+        """Mark the group broken by `exc` and tell the peers (an ABORT on every channel)."""
+        self._broken = f"{op}: {type(exc).__name__}: {exc}"
+        transfer.abort(outflows, channels, exc, self._rank, seq)
 
     def _spin(self, receiving: int) -> float:
         """Seconds a wait may spin, for an operation receiving this many bytes: only operations

@@ -160,16 +160,9 @@ class Inflow:
             self._consume_stage()
 
     def _direct(self) -> int:
-        dest = self.seg.current(self.frame_left)
-        try:
-            k = self.ch.sock.recv_into(dest)
-        except BlockingIOError:
-            return 0
-        except OSError as exc:
-            raise self.ch.lost(socket_error(exc), self.op) from None
-        if k == 0:
-            raise self.ch.lost("connection closed by peer", self.op)
-        self._advance(k)
+        k = self.ch.recv_into(self.seg.current(self.frame_left), self.op)
+        if k:
+            self._advance(k)
         return k
 
     def _advance(self, n: int) -> None:

@@ -153,12 +153,10 @@ class HeaderTemplate:
     __slots__ = ("base", "head", "tail")
 
     def __init__(self, op: str, dtype: str, shape: tuple[int, ...], **extra: Any):
-        self.base = make_header(op, 0, dtype, shape, **extra)
-        before, after = {"op": op}, {k: v for k, v in self.base.items() if k not in ("op", "seq")}
+        self.base = make_header(op, 0, dtype, shape, **extra)  # op, seq, then the rest, in this order
         pack = msgpack.Packer(use_bin_type=True, autoreset=True, buf_size=PACK_BUFFER)
         self.head = pack.pack_map_header(len(self.base)) + pack.pack("op") + pack.pack(op) + pack.pack("seq")
-        assert len(before) == 1
-        self.tail = b"".join(pack.pack(k) + pack.pack(v) for k, v in after.items())
+        self.tail = b"".join(pack.pack(k) + pack.pack(v) for k, v in self.base.items() if k not in ("op", "seq"))
 
     def make(self, seq: int) -> Header:
         fields = dict(self.base)
