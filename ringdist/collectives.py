@@ -231,6 +231,8 @@ def _all_reduce(x: Any, group: Group | None, op: str, timeout: float | None) -> 
         return _direct_reduce(g, arr, op, g.next_header(op, arr, path="direct"), timeout)  # one step
     if g.direct(-(-arr.nbytes // n)):  # medium: two steps of one block each way
         return _two_shot_reduce(g, arr, op, g.next_header(op, arr, path="two-shot"), timeout)
+    if n == 2 and arr.nbytes <= PAIR_EXCHANGE_MAX:
+        return _pair_reduce(g, arr, op, g.next_header(op, arr, path="pairwise"), timeout)
     header = g.next_header(op, arr)
     out = buffers.cache.empty(arr.shape, arr.dtype)
     if n == 1:
@@ -242,6 +244,29 @@ def _all_reduce(x: Any, group: Group | None, op: str, timeout: float | None) -> 
     bounds = schedule.block_bounds(flat.size, n)
     lo, hi = bounds[r]
     g.run(op, *_reduce_flows(g, own, flat[lo:hi], bounds, _REDUCERS[op], op, header, out=flat), timeout=timeout)
+    return out
+
+
+# Two ranks exchange whole arrays up to this size. Measured with both variants alternating
+# call by call in one run (barrier before each call): 1 MiB 17-24% and 2 MiB 14-16% faster
+# than the ring's reduce-scatter and all-gather, 3 MiB 4% faster, 4-8 MiB 7-9% slower.
+PAIR_EXCHANGE_MAX = 2 << 20
+
+
+def _pair_reduce(g: Group, arr: np.ndarray, op: str, header: wire.Header, timeout: float | None) -> np.ndarray:
+    """Two ranks: each sends its whole array, split over both ring connections, and folds
+    the other's into the output as it lands (rank 0's operand first, on both ranks)."""
+    own = np.ascontiguousarray(arr).reshape(-1)
+    out = buffers.cache.empty(arr.shape, arr.dtype)
+    flat = out.reshape(-1)
+    ufunc = _REDUCERS[op]
+    inflows, outflows = [], []
+    for direction, send_ch, recv_ch, index, parts in _streams(g, [(0, own.nbytes)]):
+        a, b = schedule.piece_bounds(0, own.size, parts, index)
+        inflows.append(ReducingInflow(recv_ch, [(flat[a:b], own[a:b])], ufunc, op, header,
+                                      own_first=g.rank() == 0))
+        outflows.append(Outflow(send_ch, Segments([byte_view(own[a:b])]), op, header))
+    g.run(op, inflows, outflows, timeout=timeout)
     return out
 
 

@@ -225,18 +225,20 @@ class ReducingInflow(Inflow):
 
     `pairs[j]` is (acc, own) for the j-th non-empty segment: typed views where acc is the
     segment's destination; `own=None` makes a plain segment (bytes land, nothing to fold).
-    `ready` counts reduced (or landed plain) bytes, so a relaying outflow only forwards
+    With `own_first` the fold is `acc = op(own, acc)`: two ranks folding each other's
+    operands in the same order get the same bits. `ready` counts reduced (or landed plain) bytes, so a relaying outflow only forwards
     partial results that are complete.
     """
 
     def __init__(self, ch: Channel, pairs: list[tuple[Any, Any]], ufunc: Any, op: str,
-                 expect: wire.Header | None = None, chunk: int = 64 * 1024):
+                 expect: wire.Header | None = None, chunk: int = 64 * 1024, own_first: bool = False):
         pairs = [(acc, own) for acc, own in pairs if acc.size]
         super().__init__(ch, Segments([memoryview(acc.reshape(-1).view("u1")) for acc, _ in pairs]), op, expect)
         self.pairs = pairs
         self.ufunc = ufunc
         self.itemsize = pairs[0][0].itemsize if pairs else 1
         self.chunk = chunk
+        self.own_first = own_first
         self.reduced = 0  # stream bytes reduced
         self.red_seg = 0  # segment being reduced
         self.red_seg_start = 0  # its first stream byte
@@ -258,7 +260,10 @@ class ReducingInflow(Inflow):
                 a = (self.reduced - self.red_seg_start) // self.itemsize
                 b = (end - self.red_seg_start) // self.itemsize
                 if b > a:
-                    self.ufunc(acc[a:b], own[a:b], out=acc[a:b])
+                    if self.own_first:
+                        self.ufunc(own[a:b], acc[a:b], out=acc[a:b])
+                    else:
+                        self.ufunc(acc[a:b], own[a:b], out=acc[a:b])
                     self.reduced = self.red_seg_start + b * self.itemsize
                 elif end < self.red_seg_start + seg_bytes:
                     return  # a partial element: wait for the rest
