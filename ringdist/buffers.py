@@ -91,3 +91,24 @@ class BufferCache:
 
 
 cache = BufferCache(int(1024 * (1 << 20)))  # its limit is set by init() from RINGDIST_BUFFER_CACHE_MB
+
+
+class ChunkedCopy:
+    """A large copy done a piece at a time: `step()` copies the next piece and says whether
+    any is left, `finish()` copies the rest. A collective hands `step` to the transfer
+    engine as its idle work, so the copy fills the waits for the network."""
+
+    __slots__ = ("dst", "src", "pos", "piece")
+
+    def __init__(self, dst: memoryview, src: memoryview, piece: int = 512 << 10):
+        self.dst, self.src, self.pos, self.piece = dst, src, 0, piece
+
+    def step(self) -> bool:
+        end = min(self.pos + self.piece, len(self.src))
+        self.dst[self.pos:end] = self.src[self.pos:end]
+        self.pos = end
+        return end < len(self.src)
+
+    def finish(self) -> None:
+        self.dst[self.pos:] = self.src[self.pos:]
+        self.pos = len(self.src)

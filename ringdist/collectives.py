@@ -61,25 +61,33 @@ def _streams(group: Group, bounds: list[tuple[int, int]]):
 
 
 def gather_flows(group: Group, out: memoryview, bounds: list[tuple[int, int]], op: str,
-                 header: wire.Header | None, unit: int = 1) -> tuple[list[Inflow], list[Outflow]]:
-    """Flows of a ring all-gather into `out`, block i at byte range bounds[i]; own block in place.
+                 header: wire.Header | None, unit: int = 1,
+                 own: memoryview | None = None) -> tuple[list[Inflow], list[Outflow]]:
+    """Flows of a ring all-gather into `out`, block i at byte range bounds[i]; own block in
+    place, or sent from `own` (its bytes, not yet copied into `out`).
 
     Each received byte is forwarded as soon as it lands. `unit` keeps pieces whole elements.
     """
     n, r = group.size(), group.rank()
     inflows, outflows = [], []
+    base = bounds[r][0]
     for direction, send_ch, recv_ch, index, parts in _streams(group, bounds):
         if parts == 1:
             pieces = [out[lo:hi] for lo, hi in bounds]
+            mine = own
         else:
             pieces = []
             for lo, hi in bounds:
                 a, b = schedule.piece_bounds(lo // unit, hi // unit, parts, index)
                 pieces.append(out[a * unit:b * unit])
+            a, b = schedule.piece_bounds(bounds[r][0] // unit, bounds[r][1] // unit, parts, index)
+            mine = None if own is None else own[a * unit - base:b * unit - base]
         send, recv = schedule.gather_order(r, n, direction)
         inflow = Inflow(recv_ch, Segments([pieces[i] for i in recv]), op, header)
-        outflow = Outflow(send_ch, Segments([pieces[i] for i in send]), op, header,
-                          source=inflow, head=len(pieces[r]))
+        sent = [pieces[i] for i in send]
+        if mine is not None:
+            sent[0] = mine  # the stream starts with this rank's own block
+        outflow = Outflow(send_ch, Segments(sent), op, header, source=inflow, head=len(pieces[r]))
         inflows.append(inflow)
         outflows.append(outflow)
     return inflows, outflows
@@ -107,9 +115,14 @@ def gather_rows(x: Any, *, group: Group | None = None, op: str = "all_gather",
     arr = as_rows(x)
     rows = arr.shape[0]
     out = buffers.cache.empty((g.size() * rows,) + arr.shape[1:], arr.dtype)
-    np.copyto(out[g.rank() * rows:(g.rank() + 1) * rows], arr)
     n = g.size()
     direct = g.direct(arr.nbytes)
+    mine = out[g.rank() * rows:(g.rank() + 1) * rows]
+    copy = None
+    if n > 1 and not direct and arr.nbytes >= IDLE_COPY_MIN and arr.flags.c_contiguous:
+        copy = buffers.ChunkedCopy(byte_view(mine), byte_view(arr))  # while waiting for the network
+    else:
+        np.copyto(mine, arr)
     doubling = direct and n > 2 and n & (n - 1) == 0 and arr.nbytes <= DOUBLING_GATHER_MAX
     header = g.next_header(op, arr, path="doubling") if doubling else _header(g, op, arr, direct)
     if n > 1:
@@ -118,9 +131,20 @@ def gather_rows(x: Any, *, group: Group | None = None, op: str = "all_gather",
             _doubling_gather(g, byte_view(out), arr.nbytes, op, header, timeout)
         elif direct:
             g.exchange(op, *direct_parts(g, byte_view(out), bounds), header, timeout=timeout)
-        else:
+        elif copy is None:
             g.run(op, *gather_flows(g, byte_view(out), bounds, op, header), timeout=timeout)
+        else:
+            g.run(op, *gather_flows(g, byte_view(out), bounds, op, header, own=copy.src),
+                  timeout=timeout, idle=copy.step)
+            copy.finish()
     return out
+
+
+# A ring all-gather of blocks from this size sends its own block straight from the input and
+# copies it into the output piece by piece while it waits for the network, instead of before
+# it starts. Measured with both variants alternating call by call in one run: 16-64 MiB 2-6%
+# faster on 2 and 4 ranks, 8 MiB 1%, 2-4 MiB no gain.
+IDLE_COPY_MIN = 8 << 20
 
 
 # Blocks up to this size gather by recursive doubling on 4 or 8 ranks. Measured on 4 ranks

@@ -6,7 +6,7 @@ import numbers
 import threading
 import time
 import weakref
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -160,7 +160,8 @@ class Group:
                 f"({self._broken}); its ranks are no longer in step")
 
     def run(self, op: str, inflows: list[transfer.Inflow], outflows: list[transfer.Outflow],
-            channels: list[Channel] | None = None, timeout: float | None = None) -> None:
+            channels: list[Channel] | None = None, timeout: float | None = None,
+            idle: Callable[[], bool] | None = None) -> None:
         """Drive an operation's flows; on any failure tell the peers and mark the group broken.
 
         `channels` are the connections to watch for an ABORT: the ring's for a collective
@@ -174,7 +175,8 @@ class Group:
         watched = channels
         self._guarded(op, channels, seq, outflows, lambda: transfer.run(
             inflows, outflows, watched, timeout=self._timeout(timeout), op=op, me=self._rank, seq=seq,
-            spin=self._spin(sum(flow.total for flow in inflows)), yield_core=self.settings.spin_yield))
+            spin=self._spin(sum(flow.total for flow in inflows)), yield_core=self.settings.spin_yield,
+            idle=idle))
 
     def exchange(self, op: str, sends: list[memoryview], recvs: list[memoryview], header: wire.Header,
                  timeout: float | None = None, peers: list[int] | None = None) -> None:

@@ -431,14 +431,15 @@ class Watch:
 
 def run(inflows: list[Inflow], outflows: list[Outflow], watched: list[Channel], *,
         timeout: float, op: str, me: int, seq: int | None = None, spin: float = 0.0,
-        yield_core: bool = False) -> None:
+        yield_core: bool = False, idle: Callable[[], bool] | None = None) -> None:
     """Drive every flow to completion, or raise (RingTimeoutError after `timeout` s without progress).
 
     Channels in `watched` without a pending inflow are watched for an ABORT. Waits block
     in poll; with `spin` > 0 each wait first polls without blocking for up to `spin`
     seconds (tens of microseconds), which small messages finish within. With `yield_core`
     the spin gives the core away between polls (sched_yield): on a host with more ranks
-    than cores, the peer being waited for may need this very core.
+    than cores, the peer being waited for may need this very core. `idle` is work to do
+    instead of waiting, a piece per call; it returns False once there is none left.
     """
     # fd -> [inflow or None, outflow or None, Watch or None]
     slots: dict[int, list[Any]] = {ch.fd: [None, None, Watch(ch, op, seq)] for ch in watched}
@@ -481,6 +482,10 @@ def run(inflows: list[Inflow], outflows: list[Outflow], watched: list[Channel], 
                 if yield_core:
                     os.sched_yield()
                 events = poller.poll(0)  # a short spin beats the kernel's wake-up latency
+        while idle is not None and not events:
+            if not idle():
+                idle = None
+            events = poller.poll(0)
         if not events:
             wait = last_progress + timeout - time.monotonic()
             events = poller.poll(max(0.0, wait) * 1000) if wait > 0 else []

@@ -30,6 +30,15 @@ def test_all_gather_every_dtype_and_shape(n):
     assert all(int(size) == n and int(cases) >= 65 for _, _, size, cases in oks)
 
 
+def test_large_all_gather_over_three_lanes_both_ways():
+    # 9 MiB + 24 bytes per rank: six streams with uneven pieces, each sending its piece of
+    # this rank's block from the input while the block is copied into the output.
+    res = launch(3, "gather_matrix.py", str((9 << 20) + 24), timeout=240, env={"RINGDIST_LANES": "3"})
+    assert res.returncode == 0, res.stderr
+    oks = re.findall(r"^\[(\d+)\] gather ok rank=(\d+) size=(\d+) cases=(\d+)$", res.stdout, re.M)
+    assert sorted(int(r) for r, *_ in oks) == [0, 1, 2]
+
+
 def test_main_job_on_the_shipped_hostfiles():
     for hostfile in ("localhost-4.json", "loopback-4.json"):
         res = run_launcher(["--hosts", str(HOSTFILES / hostfile), str(ROOT / "examples" / "gather.py")],
