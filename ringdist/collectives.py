@@ -53,7 +53,7 @@ def _streams(group: Group, bounds: list[tuple[int, int]]):
     ring = group.ring
     assert ring is not None
     largest = max(hi - lo for lo, hi in bounds)
-    chosen = schedule.streams(largest, len(ring.right))
+    chosen = schedule.streams(largest, len(ring.right), group.both_ways)
     for index, (direction, lane) in enumerate(chosen):
         send_ch, recv_ch = ((ring.right[lane], ring.left[lane]) if direction == 1
                             else (ring.left[lane], ring.right[lane]))
@@ -423,7 +423,7 @@ def broadcast(x: Any, root: int = 0, *, group: Group | None = None, timeout: flo
     assert ring is not None
     data = byte_view(out)
     total = len(data)
-    chosen = schedule.streams(total, len(ring.right))
+    chosen = schedule.streams(total, len(ring.right), g.both_ways)
     inflows, outflows = [], []
     for index, (direction, lane) in enumerate(chosen):
         a, b = schedule.piece_bounds(0, total // arr.itemsize, len(chosen), index)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import numbers
 import threading
 import time
@@ -29,6 +30,18 @@ HEADER_TEMPLATES = 256  # kinds of call whose header bytes a group keeps
 # take CPU time the kernel's copies need (a 2-rank 64 MiB all_gather ran 1.6x slower spinning 2 ms).
 SPIN_MAX_BYTES = 4 << 20
 _open_groups: "weakref.WeakSet[Group]" = weakref.WeakSet()
+
+
+def one_host(addresses: list[list[tuple[str, int]]]) -> bool:
+    """Whether the ranks listening on these addresses are all on one host: every address
+    is a loopback one, or all are the same one."""
+    ips = {ip for listens in addresses for ip, _ in listens}
+    if len(ips) <= 1:
+        return True
+    try:
+        return all(ipaddress.ip_address(ip.split("%")[0]).is_loopback for ip in ips)
+    except ValueError:  # a name, not an address
+        return False
 
 
 class Group:
@@ -59,6 +72,10 @@ class Group:
         self.mesh: MeshLinks | None = None  # links to every rank, for the direct path (2..8 ranks)
         self.direct_max = settings.direct_max if settings.direct_max is not None else (
             DIRECT_MAX_PAIR if size == 2 else DIRECT_MAX_MESH)
+        # Large blocks travel both ways round the ring when the ranks are on several hosts
+        # (each direction of a cable carries its own bytes); on one host a stream each way only
+        # adds work for the same memory copies. Every rank sees the same addresses: same choice.
+        self.both_ways = settings.directions == 2 or (settings.directions == 0 and not one_host(addresses))
         self._p2p_out: dict[int, list] = {}  # peer -> [Channel, messages sent]
         self._p2p_in: dict[int, list] = {}  # peer -> [Channel, messages received]
         if size > 1:
@@ -140,6 +157,8 @@ class Group:
             self.check_usable(op)
         seq = self._seq
         self._seq += 1
+        if not self.both_ways:
+            extra["ways"] = 1  # in the header: ranks with different RINGDIST_DIRECTIONS fail, not hang
         key = (op, arr.dtype, arr.shape, *extra.items())
         template = self._headers.get(key)
         if template is None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-BIDIRECTIONAL_MIN = 256 * 1024  # blocks at least this large travel half clockwise, half counter-clockwise
+BIDIRECTIONAL_MIN = 256 * 1024  # blocks at least this large are cut across lanes and ring directions
 
 
 def block_bounds(count: int, n: int, unit: int = 1) -> list[tuple[int, int]]:
@@ -20,11 +20,12 @@ def block_bounds(count: int, n: int, unit: int = 1) -> list[tuple[int, int]]:
     return [(cuts[i], cuts[i + 1]) for i in range(n)]
 
 
-def streams(largest_block_bytes: int, lanes: int) -> list[tuple[int, int]]:
-    """The (direction, lane) streams an operation uses: one for small blocks, both ways for large."""
+def streams(largest_block_bytes: int, lanes: int, both_ways: bool = True) -> list[tuple[int, int]]:
+    """The (direction, lane) streams an operation uses: one for small blocks; for large ones
+    every lane, clockwise, and counter-clockwise too when `both_ways`."""
     if largest_block_bytes < BIDIRECTIONAL_MIN:
         return [(1, 0)]
-    return [(1, lane) for lane in range(lanes)] + [(-1, lane) for lane in range(lanes)]
+    return [(direction, lane) for direction in ((1, -1) if both_ways else (1,)) for lane in range(lanes)]
 
 
 def piece_bounds(lo: int, hi: int, parts: int, index: int) -> tuple[int, int]:

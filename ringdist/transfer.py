@@ -274,13 +274,24 @@ class ReducingInflow(Inflow):
                 return
 
 
+_PATH = ("path", "ways")  # header fields that follow from settings, not from the call
+
+
+def _paths(mine: dict[str, Any], theirs: dict[str, Any]) -> tuple[str, str]:
+    if mine.get("path") == theirs.get("path"):  # the same path: only the ring directions differ
+        return tuple(("one way" if f.get("ways") == 1 else "both ways") + " round the ring"  # type: ignore[return-value]
+                     for f in (mine, theirs))
+    return mine.get("path", "ring"), theirs.get("path", "ring")
+
+
 def check_same(mine: dict[str, Any], theirs: dict[str, Any], ch: Channel) -> None:
     """The default header check: both sides called the same op with the same arguments."""
     if mine != theirs:
-        if {k: v for k, v in mine.items() if k != "path"} == {k: v for k, v in theirs.items() if k != "path"}:
+        if {k: v for k, v in mine.items() if k not in _PATH} == {k: v for k, v in theirs.items() if k not in _PATH}:
+            here, there = _paths(mine, theirs)
             raise MismatchError(
                 f"rank {ch.me} and rank {ch.peer} chose different paths for {wire.describe_header(mine)}: "
-                f"{mine.get('path', 'ring')} here, {theirs.get('path', 'ring')} there; set RINGDIST_DIRECT_MAX "
+                f"{here} here, {there} there; set RINGDIST_DIRECT_MAX and RINGDIST_DIRECTIONS "
                 f"the same on every rank (group {ch.group!r})")
         raise MismatchError(
             f"rank {ch.me} called {wire.describe_header(mine)} but rank {ch.peer} called "

@@ -191,7 +191,7 @@ def describe_header(fields: dict[str, Any]) -> str:
     if fields.get("op") == "split":  # its (color, key) exchange is an implementation detail
         return f"Group.split() [call #{fields.get('seq')}]"
     extras = "".join(
-        f", {k}={v!r}" for k, v in sorted(fields.items()) if k not in ("op", "seq", "dtype", "shape", "path")
+        f", {k}={v!r}" for k, v in sorted(fields.items()) if k not in ("op", "seq", "dtype", "shape", "path", "ways")
     )
     return f"{fields.get('op')}(shape={shape}, dtype={dtype}{extras}) [call #{fields.get('seq')}]"
 

@@ -50,9 +50,11 @@ def test_settings_read_from_the_environment_with_errors_that_name_the_variable()
     assert Settings.from_env({"RINGDIST_DIRECT_MAX": "1048576"}).direct_max == 1 << 20
     assert base.socket_buffers == (2 << 20, 1 << 20)
     assert Settings.from_env({"RINGDIST_SOCKET_BUFFERS": "0,0"}).socket_buffers == (0, 0)
+    assert (base.directions, Settings.from_env({"RINGDIST_DIRECTIONS": "1"}).directions) == (0, 1)
     for name, bad in [("RINGDIST_DIRECT_MAX", "-1"), ("RINGDIST_DIRECT_MAX", "1.5"), ("RINGDIST_DIRECT_MAX", "64K"),
                       ("RINGDIST_SOCKET_BUFFERS", "4M"), ("RINGDIST_SOCKET_BUFFERS", "1,2,3"),
-                      ("RINGDIST_LANES", "0"), ("RINGDIST_LANES", "17"), ("RINGDIST_TIMEOUT", "0")]:
+                      ("RINGDIST_LANES", "0"), ("RINGDIST_LANES", "17"), ("RINGDIST_TIMEOUT", "0"),
+                      ("RINGDIST_DIRECTIONS", "3"), ("RINGDIST_DIRECTIONS", "both")]:
         with pytest.raises(rd.ConfigError, match=name):
             Settings.from_env({name: bad})
 

@@ -31,9 +31,11 @@ def test_all_gather_every_dtype_and_shape(n):
 
 
 def test_large_all_gather_over_three_lanes_both_ways():
-    # 9 MiB + 24 bytes per rank: six streams with uneven pieces, each sending its piece of
-    # this rank's block from the input while the block is copied into the output.
-    res = launch(3, "gather_matrix.py", str((9 << 20) + 24), timeout=240, env={"RINGDIST_LANES": "3"})
+    # 9 MiB + 24 bytes per rank: six streams with uneven pieces (both ways round the ring, as
+    # across hosts), each sending its piece of this rank's block from the input while the
+    # block is copied into the output.
+    res = launch(3, "gather_matrix.py", str((9 << 20) + 24), timeout=240,
+                 env={"RINGDIST_LANES": "3", "RINGDIST_DIRECTIONS": "2"})
     assert res.returncode == 0, res.stderr
     oks = re.findall(r"^\[(\d+)\] gather ok rank=(\d+) size=(\d+) cases=(\d+)$", res.stdout, re.M)
     assert sorted(int(r) for r, *_ in oks) == [0, 1, 2]
@@ -61,7 +63,7 @@ def test_loopback_hostfile_binds_each_rank_to_its_own_address():
     assert not script.exists()
 
 
-@pytest.mark.parametrize("kind", ["shape", "dtype", "op", "straddle", "path"])
+@pytest.mark.parametrize("kind", ["shape", "dtype", "op", "straddle", "path", "directions"])
 def test_mismatch_raises_on_every_rank(kind):
     t0 = time.monotonic()
     res = launch(4, "mismatch.py", kind, timeout=60)
@@ -81,6 +83,9 @@ def test_mismatch_raises_on_every_rank(kind):
         assert any("shape=(1048576,)" in m and "shape=(4,)" in m for m in direct)
     if kind == "path":
         assert any("chose different paths" in m and "RINGDIST_DIRECT_MAX" in m for m in direct), direct
+    if kind == "directions":
+        assert any("chose different paths" in m and "one way round the ring" in m and "RINGDIST_DIRECTIONS" in m
+                   for m in direct), direct
     assert len(re.findall(r"GroupBrokenError", res.stdout)) == 4
     assert elapsed < 30
 

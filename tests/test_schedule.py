@@ -49,6 +49,19 @@ def test_block_bounds_cover_everything_in_order():
 def test_streams_use_both_directions_only_for_large_blocks():
     assert schedule.streams(1000, 2) == [(1, 0)]
     assert schedule.streams(schedule.BIDIRECTIONAL_MIN, 2) == [(1, 0), (1, 1), (-1, 0), (-1, 1)]
+    assert schedule.streams(schedule.BIDIRECTIONAL_MIN, 2, both_ways=False) == [(1, 0), (1, 1)]
+    assert schedule.streams(1000, 2, both_ways=False) == [(1, 0)]
+
+
+def test_one_host_is_told_from_the_listening_addresses():
+    from ringdist.group import one_host
+
+    assert one_host([[("127.0.0.1", 5000)], [("127.0.0.1", 5001)]])
+    assert one_host([[("127.0.0.1", 5000)], [("127.0.0.2", 5001)], [("::1", 5002)]])
+    assert one_host([[("192.0.2.7", 5000)], [("192.0.2.7", 5001)]])
+    assert not one_host([[("10.0.0.1", 5000)], [("10.0.0.2", 5001)]])
+    assert not one_host([[("127.0.0.1", 5000)], [("10.0.0.2", 5001)]])
+    assert not one_host([[("node1", 5000)], [("node2", 5001)]])
 
 
 @pytest.mark.parametrize("n", range(1, 7))

@@ -1,8 +1,9 @@
 """Rank 1 passes a different shape (or dtype); every rank must raise MismatchError.
 
-usage: mismatch.py shape|dtype|op|straddle|path
+usage: mismatch.py shape|dtype|op|straddle|path|directions
   straddle: rank 1's array is above RINGDIST_DIRECT_MAX (ring path), the others' below (direct)
   path: rank 1 runs with RINGDIST_DIRECT_MAX=0, so it takes the ring where the others go direct
+  directions: rank 1 sends 4 MiB blocks both ways round the ring, the others one way
 """
 import os
 import sys
@@ -15,14 +16,18 @@ import ringdist as rd
 kind = sys.argv[1]
 if kind == "path" and os.environ["RINGDIST_RANK"] == "1":
     os.environ["RINGDIST_DIRECT_MAX"] = "0"
+if kind == "directions" and os.environ["RINGDIST_RANK"] == "1":
+    os.environ["RINGDIST_DIRECTIONS"] = "2"
 g = rd.init()
 r = g.rank()
 x = np.zeros(4, dtype=np.float32)
-if kind != "path":
+if kind not in ("path", "directions"):
     rd.all_gather(x)  # one good collective first
+if kind == "directions":
+    x = np.zeros(1 << 20, dtype=np.float32)  # 4 MiB blocks: the ring, both ways or one way
 if r == 1:
     x = {"shape": np.zeros(5, np.float32), "dtype": np.zeros(4, np.int32), "op": None,
-         "straddle": np.zeros(1 << 20, np.float32), "path": x}[kind]
+         "straddle": np.zeros(1 << 20, np.float32), "path": x, "directions": x}[kind]
 t0 = time.monotonic()
 try:
     if kind == "op" and r == 1:
