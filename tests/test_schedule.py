@@ -53,8 +53,8 @@ def test_streams_use_both_directions_only_for_large_blocks():
     assert schedule.streams(1000, 2, both_ways=False) == [(1, 0)]
 
 
-def test_one_host_is_told_from_the_listening_addresses():
-    from ringdist.group import one_host
+def test_one_host_and_several_links_are_told_from_the_listening_addresses():
+    from ringdist.group import one_host, several_links
 
     assert one_host([[("127.0.0.1", 5000)], [("127.0.0.1", 5001)]])
     assert one_host([[("127.0.0.1", 5000)], [("127.0.0.2", 5001)], [("::1", 5002)]])
@@ -62,6 +62,10 @@ def test_one_host_is_told_from_the_listening_addresses():
     assert not one_host([[("10.0.0.1", 5000)], [("10.0.0.2", 5001)]])
     assert not one_host([[("127.0.0.1", 5000)], [("10.0.0.2", 5001)]])
     assert not one_host([[("node1", 5000)], [("node2", 5001)]])
+    switched = [[(f"10.0.0.{i}", 5000)] for i in range(1, 5)]
+    cabled = [[(f"10.1.{i}.2", 5000), (f"10.1.{i}.1", 5000), (f"10.0.0.{i}", 5000)] for i in range(1, 5)]
+    assert not several_links(switched) and several_links(cabled)
+    assert not several_links([[("127.0.0.1", 5000), ("::1", 5000)], [("127.0.0.1", 5001), ("::1", 5001)]])
 
 
 @pytest.mark.parametrize("n", range(1, 7))
