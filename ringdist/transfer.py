@@ -21,7 +21,10 @@ from .channel import STAGE_SIZE, Channel, socket_error
 from .errors import MismatchError, PeerLostError, ProtocolError, RingError, RingTimeoutError
 
 MIN_FRAME = 64 * 1024  # do not cut frames smaller than this unless a segment ends
-MAX_FRAME = 4 * 1024 * 1024  # largest DATA frame a sender makes
+# Largest DATA frame a sender makes. Frames end where a segment ends anyway; measured with
+# both alternating call by call, 64 MiB frames made 16-64 MiB collectives 2-7% faster than
+# 4 MiB ones on 2 and 4 ranks. An ABORT waits for the frame in flight (within its 1 s budget).
+MAX_FRAME = 64 * 1024 * 1024
 DIRECT_MIN = 64 * 1024  # below this many bytes left, payload goes through the staging buffer
 SMALL_REST = 64 * 1024  # with this little left to receive, read ahead freely into the stage
 
