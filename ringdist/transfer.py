@@ -27,6 +27,7 @@ MIN_FRAME = 64 * 1024  # do not cut frames smaller than this unless a segment en
 MAX_FRAME = 64 * 1024 * 1024
 DIRECT_MIN = 64 * 1024  # below this many bytes left, payload goes through the staging buffer
 SMALL_REST = 64 * 1024  # with this little left to receive, read ahead freely into the stage
+REDUCE_CHUNK = 64 * 1024  # a reducing inflow folds what has landed once this much is there
 
 POLLIN = select.POLLIN | select.POLLPRI
 POLLOUT = select.POLLOUT
@@ -234,13 +235,13 @@ class ReducingInflow(Inflow):
     """
 
     def __init__(self, ch: Channel, pairs: list[tuple[Any, Any]], ufunc: Any, op: str,
-                 expect: wire.Header | None = None, chunk: int = 64 * 1024, own_first: bool = False):
+                 expect: wire.Header | None = None, chunk: int | None = None, own_first: bool = False):
         pairs = [(acc, own) for acc, own in pairs if acc.size]
         super().__init__(ch, Segments([memoryview(acc.reshape(-1).view("u1")) for acc, _ in pairs]), op, expect)
         self.pairs = pairs
         self.ufunc = ufunc
         self.itemsize = pairs[0][0].itemsize if pairs else 1
-        self.chunk = chunk
+        self.chunk = REDUCE_CHUNK if chunk is None else chunk
         self.own_first = own_first
         self.reduced = 0  # stream bytes reduced
         self.red_seg = 0  # segment being reduced
