@@ -278,8 +278,9 @@ PAIR_EXCHANGE_MAX = 2 << 20
 
 
 def _pair_reduce(g: Group, arr: np.ndarray, op: str, header: wire.Header, timeout: float | None) -> np.ndarray:
-    """Two ranks: each sends its whole array, split over both ring connections, and folds
-    the other's into the output as it lands (rank 0's operand first, on both ranks)."""
+    """Two ranks: each sends its whole array on the ring's streams (split over both of the
+    pair's connections when the ring goes both ways) and folds the other's into the output
+    as it lands, rank 0's operand first on both ranks."""
     own = np.ascontiguousarray(arr).reshape(-1)
     out = buffers.cache.empty(arr.shape, arr.dtype)
     flat = out.reshape(-1)

@@ -27,7 +27,7 @@ class Settings:
     connect_timeout: float = 30.0  # RINGDIST_CONNECT_TIMEOUT: connect + handshake
     init_timeout: float = 120.0  # RINGDIST_INIT_TIMEOUT: waiting for every rank at the rendezvous
     lanes: int = 1  # RINGDIST_LANES: connections per ring neighbour
-    directions: int = 0  # RINGDIST_DIRECTIONS: ring directions of large blocks, 1 or 2 (0: 2 across hosts, 1 on one)
+    directions: int = 0  # RINGDIST_DIRECTIONS: ring directions of large blocks, 1 or 2 (0: from the addresses)
     direct_max: int | None = None  # RINGDIST_DIRECT_MAX: largest block (bytes) sent to every rank directly (None: by group size)
     socket_buffers: tuple[int, int] = (2 << 20, 1 << 20)  # RINGDIST_SOCKET_BUFFERS: "RCV,SND" bytes, 0 = kernel
     buffer_cache_mb: float = 1024.0  # RINGDIST_BUFFER_CACHE_MB: idle large buffers kept for reuse (0: none)
@@ -46,7 +46,7 @@ class Settings:
             raise ConfigError(f"RINGDIST_DIRECT_MAX={env.get('RINGDIST_DIRECT_MAX')!r} must be a whole number of bytes")
         directions = env.get("RINGDIST_DIRECTIONS", "").strip()
         if directions not in ("", "0", "1", "2"):
-            raise ConfigError(f"RINGDIST_DIRECTIONS={directions!r} must be 1 or 2 (or 0: 2 across hosts, 1 on one host)")
+            raise ConfigError(f"RINGDIST_DIRECTIONS={directions!r} must be 1 or 2 (or 0: chosen from the ranks' addresses)")
         spin = env.get("RINGDIST_SPIN_US")
         shared = oversubscribed(env)
         socket_buffers = _socket_buffers(env.get("RINGDIST_SOCKET_BUFFERS"), cls.socket_buffers)

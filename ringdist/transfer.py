@@ -230,8 +230,8 @@ class ReducingInflow(Inflow):
     `pairs[j]` is (acc, own) for the j-th non-empty segment: typed views where acc is the
     segment's destination; `own=None` makes a plain segment (bytes land, nothing to fold).
     With `own_first` the fold is `acc = op(own, acc)`: two ranks folding each other's
-    operands in the same order get the same bits. `ready` counts reduced (or landed plain) bytes, so a relaying outflow only forwards
-    partial results that are complete.
+    operands in the same order get the same bits. `ready` counts reduced (or landed plain)
+    bytes, so a relaying outflow only forwards partial results that are complete.
     """
 
     def __init__(self, ch: Channel, pairs: list[tuple[Any, Any]], ufunc: Any, op: str,
@@ -283,9 +283,12 @@ _PATH = ("path", "ways")  # header fields that follow from settings, not from th
 
 def _paths(mine: dict[str, Any], theirs: dict[str, Any]) -> tuple[str, str]:
     if mine.get("path") == theirs.get("path"):  # the same path: only the ring directions differ
-        return tuple(("one way" if f.get("ways") == 1 else "both ways") + " round the ring"  # type: ignore[return-value]
-                     for f in (mine, theirs))
+        return _ways(mine), _ways(theirs)
     return mine.get("path", "ring"), theirs.get("path", "ring")
+
+
+def _ways(fields: dict[str, Any]) -> str:
+    return ("one way" if fields.get("ways") == 1 else "both ways") + " round the ring"
 
 
 def check_same(mine: dict[str, Any], theirs: dict[str, Any], ch: Channel) -> None:
