@@ -17,12 +17,7 @@ import weakref
 
 import numpy as np
 
-# Results from this size come from the cache. Below 32 MiB numpy's malloc may reuse freed heap
-# memory, but whether it does depends on what else the program allocated: in the shared
-# harness every 2-rank 1 MiB all_gather (a 2 MiB result) faulted its pages in, fastest call
-# 584-643 µs; from the cache, 205 µs. Blocks are only reused for arrays at least a quarter
-# of their size, so a small result kept by the caller does not pin a large block.
-MIN_BYTES = 256 << 10
+MIN_BYTES = 16 << 20  # smaller arrays come from numpy (malloc reuses freed heap memory below ~32 MiB)
 # A collective's own scratch (never handed to the caller) is cached from this size: malloc
 # trims freed memory at the top of its heap, so a few MiB of scratch would fault in every call.
 SCRATCH_MIN_BYTES = 64 << 10
@@ -70,8 +65,7 @@ class BufferCache:
         blocks = self._blocks
         best = -1  # the smallest idle block that is large enough: sizes that vary call to call share blocks
         for i, block in enumerate(blocks):
-            if (size <= len(block.mem) <= 4 * size and block.idle()
-                    and (best < 0 or len(block.mem) < len(blocks[best].mem))):
+            if len(block.mem) >= size and block.idle() and (best < 0 or len(block.mem) < len(blocks[best].mem)):
                 best = i
         if best >= 0:
             block = blocks.pop(best)
