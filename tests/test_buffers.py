@@ -51,10 +51,25 @@ def test_varying_sizes_share_the_smallest_idle_block_that_fits():
     for _ in range(50):  # sizes that differ every call, as scratch of random shapes does
         nbytes = int(rng.integers(MIN_BYTES, 2 * MIN_BYTES))
         cache.empty((nbytes,), np.uint8)[-1] = 1
-        if nbytes > largest:
-            largest, records = nbytes, records + 1
+        pages = -(-nbytes // 4096)  # blocks are whole pages
+        if pages > largest:
+            largest, records = pages, records + 1
     # a new block only for a size larger than any before: not one block per size
     assert len(cache._blocks) == records < 10
     held = cache.empty((MIN_BYTES + 5,), np.uint8)  # served from a block at least that large
     small = cache.empty((MIN_BYTES,), np.uint8)  # another block: never the one still held
     assert not np.shares_memory(held, small)
+
+
+def test_medium_results_reuse_one_block_and_idle_medium_blocks_are_capped():
+    from ringdist.buffers import MEDIUM_BYTES, MEDIUM_IDLE_BYTES
+
+    cache = BufferCache(1 << 30)
+    for _ in range(5):  # a loop that drops each 2 MiB result: one block, no fresh pages
+        cache.empty((2 << 20,), np.uint8)[:] = 1
+    assert len(cache._blocks) == 1
+    held = [cache.empty((k << 20,), np.uint8) for k in range(1, 9)]  # 1..8 MiB at once
+    del held  # 38 MiB of idle medium blocks, until the next block is made
+    fresh = cache.empty((9 << 20,), np.uint8)
+    idle = sum(len(b.mem) for b in cache._blocks if len(b.mem) < MEDIUM_BYTES and b.idle())
+    assert idle <= MEDIUM_IDLE_BYTES and fresh.nbytes == 9 << 20
