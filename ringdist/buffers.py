@@ -80,23 +80,9 @@ class BufferCache:
             block = blocks.pop(best)
             blocks.append(block)  # most recently used last
             return block
-        idle = sum(len(b.mem) for b in blocks if b.idle())
-        i = 0
-        while idle + size > self.limit and i < len(blocks):
-            if blocks[i].idle():
-                idle -= len(blocks[i].mem)
-                blocks.pop(i).mem.close()
-            else:
-                i += 1
+        self._drop_idle(size, self.limit, lambda block: True)
         if size < MEDIUM_BYTES:
-            medium = sum(len(b.mem) for b in blocks if len(b.mem) < MEDIUM_BYTES and b.idle())
-            i = 0
-            while medium + size > MEDIUM_IDLE_BYTES and i < len(blocks):
-                if len(blocks[i].mem) < MEDIUM_BYTES and blocks[i].idle():
-                    medium -= len(blocks[i].mem)
-                    blocks.pop(i).mem.close()
-                else:
-                    i += 1
+            self._drop_idle(size, MEDIUM_IDLE_BYTES, lambda block: len(block.mem) < MEDIUM_BYTES)
         mem = mmap.mmap(-1, size)
         if hasattr(mmap, "MADV_HUGEPAGE"):
             try:
@@ -106,6 +92,18 @@ class BufferCache:
         block = _Block(mem)
         blocks.append(block)
         return block
+
+    def _drop_idle(self, size: int, limit: int, kind) -> None:
+        """Unmap the oldest idle blocks of a kind until they and `size` more bytes fit in `limit`."""
+        blocks = self._blocks
+        idle = sum(len(b.mem) for b in blocks if kind(b) and b.idle())
+        i = 0
+        while idle + size > limit and i < len(blocks):
+            if kind(blocks[i]) and blocks[i].idle():
+                idle -= len(blocks[i].mem)
+                blocks.pop(i).mem.close()
+            else:
+                i += 1
 
 
 cache = BufferCache(int(1024 * (1 << 20)))  # its limit is set by init() from RINGDIST_BUFFER_CACHE_MB

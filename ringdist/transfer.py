@@ -235,13 +235,12 @@ class ReducingInflow(Inflow):
     """
 
     def __init__(self, ch: Channel, pairs: list[tuple[Any, Any]], ufunc: Any, op: str,
-                 expect: wire.Header | None = None, chunk: int | None = None, own_first: bool = False):
+                 expect: wire.Header | None = None, own_first: bool = False):
         pairs = [(acc, own) for acc, own in pairs if acc.size]
         super().__init__(ch, Segments([memoryview(acc.reshape(-1).view("u1")) for acc, _ in pairs]), op, expect)
         self.pairs = pairs
         self.ufunc = ufunc
         self.itemsize = pairs[0][0].itemsize if pairs else 1
-        self.chunk = REDUCE_CHUNK if chunk is None else chunk
         self.own_first = own_first
         self.reduced = 0  # stream bytes reduced
         self.red_seg = 0  # segment being reduced
@@ -259,7 +258,7 @@ class ReducingInflow(Inflow):
             if own is None:  # a plain segment: landed is ready
                 self.reduced = end
             else:
-                if end < self.red_seg_start + seg_bytes and end - self.reduced < self.chunk:
+                if end < self.red_seg_start + seg_bytes and end - self.reduced < REDUCE_CHUNK:
                     return  # wait for a chunk worth a ufunc call
                 a = (self.reduced - self.red_seg_start) // self.itemsize
                 b = (end - self.red_seg_start) // self.itemsize
