@@ -278,13 +278,25 @@ PAIR_EXCHANGE_MAX = 2 << 20
 
 
 def _pair_reduce(g: Group, arr: np.ndarray, op: str, header: wire.Header, timeout: float | None) -> np.ndarray:
-    """Two ranks: each sends its whole array on the ring's streams (split over both of the
-    pair's connections when the ring goes both ways) and folds the other's into the output
-    as it lands, rank 0's operand first on both ranks."""
+    """Two ranks: each sends its whole array to the other and folds the other's into the
+    output, rank 0's operand first on both ranks (the same bits on both).
+
+    One way round the ring, the arrays cross on the pair's direct connection and the fold
+    is one ufunc call once the array is in: measured call by call, 1 MiB 13-15% faster than
+    folding 64 KiB pieces as they land from the ring's streams (1.5 MiB 6%, 2 MiB 2%).
+    Both ways round, the arrays are split over both of the pair's ring connections and
+    folded as they land."""
     own = np.ascontiguousarray(arr).reshape(-1)
     out = buffers.cache.empty(arr.shape, arr.dtype)
     flat = out.reshape(-1)
     ufunc = _REDUCERS[op]
+    if not g.both_ways and g.mesh is not None:  # one connection: the direct path's exchange, then one fold
+        g.exchange(op, [byte_view(own)], [byte_view(flat)], header, timeout=timeout)
+        if g.rank() == 0:
+            ufunc(own, flat, out=flat)
+        else:
+            ufunc(flat, own, out=flat)
+        return out
     inflows, outflows = [], []
     for direction, send_ch, recv_ch, index, parts in _streams(g, [(0, own.nbytes)]):
         a, b = schedule.piece_bounds(0, own.size, parts, index)
