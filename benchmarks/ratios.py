@@ -6,11 +6,13 @@ A RUN is a results folder of `run_all.sh` (its peers-N*.jsonl files) or one JSON
 
 busbw ratio (ringdist / peer, above 1: ringdist faster) for every size, and for 4 KiB the
 time ratio (ringdist / peer, below 1: ringdist faster), as the issue's targets are stated.
+With several runs, the last column is the median over the runs that have the row.
 """
 import argparse
 import glob
 import json
 import os
+import statistics
 from collections import defaultdict
 
 
@@ -36,11 +38,15 @@ def main() -> None:
                     table[key][index] = ("time", mine["time_s"] / theirs["time_s"])
                 else:
                     table[key][index] = ("busbw", mine["busbw_GBps"] / theirs["busbw_GBps"])
-    print(f"| N | collective | size | ratio to {args.peer} | " + " | ".join(f"run {i + 1}" for i in range(len(args.runs))) + " |")
-    print("|---|---|---|---|" + "---|" * len(args.runs))
+    several = len(args.runs) > 1
+    print(f"| N | collective | size | ratio to {args.peer} | " + " | ".join(f"run {i + 1}" for i in range(len(args.runs)))
+          + (" | median |" if several else " |"))
+    print("|---|---|---|---|" + "---|" * (len(args.runs) + several))
     for (n, coll, size), cells in sorted(table.items()):
         kind = next(iter(cells.values()))[0]
         values = " | ".join(f"{cells[i][1]:.2f}" if i in cells else "-" for i in range(len(args.runs)))
+        if several:
+            values += f" | {statistics.median(v for _, v in cells.values()):.2f}"
         print(f"| {n} | {coll} | {size} | {kind} | {values} |")
 
 

@@ -40,3 +40,34 @@ def test_alternate_compares_two_values_call_by_call():
     assert a > 0 and b > 0 and abs(ratio - b / a) < 0.01
     bad = run_launcher(["-n", "2", str(script), "4096", "all_sum", "group.no_such_thing", "0", "1"], timeout=60)
     assert bad.returncode != 0 and "group.no_such_thing: no such attribute" in bad.stdout + bad.stderr
+
+
+def test_interleave_runs_each_size_and_peer_in_turn(tmp_path):
+    """benchmarks/interleave.py against a stand-in harness: one run per (repeat, size, peer),
+    peers alternating, every repeat in the harness's format, ratios with their median."""
+    from pathlib import Path
+
+    harness = tmp_path / "run_all.sh"
+    calls = tmp_path / "calls"
+    harness.write_text(r"""#!/usr/bin/env bash
+echo "$PEERS $SIZES $1" >> "$CALLS"
+case $PEERS in ringdist_ring) t=0.002;; *) t=0.004;; esac
+printf '{"peer": "%s", "n_ranks": %s, "collective": "all_gather", "bytes_per_rank": %s, "time_s": %s, "busbw_GBps": %s, "status": "ok"}\n' \
+  "$PEERS" "$1" "$SIZES" "$t" "$(python3 -c "print($SIZES / $t / 1e9)")" > "$RESULTS/peers-N$1.jsonl"
+""")
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "interleave.py"
+    env = dict(__import__("os").environ, CALLS=str(calls))
+    res = subprocess.run([sys.executable, str(script), "-n", "2", "--repeats", "3", "--sizes", "4K,1M",
+                          "--results", str(tmp_path / "out"), "--harness", str(harness)],
+                         capture_output=True, text=True, timeout=60, env=env)
+    assert res.returncode == 0, res.stdout + res.stderr
+    order = [line.split()[:2] for line in calls.read_text().splitlines()]
+    assert order == [["ringdist_ring", "4096"], ["mpi_tcp", "4096"], ["mpi_tcp", "1048576"], ["ringdist_ring", "1048576"],
+                     ["mpi_tcp", "4096"], ["ringdist_ring", "4096"], ["ringdist_ring", "1048576"], ["mpi_tcp", "1048576"],
+                     ["ringdist_ring", "4096"], ["mpi_tcp", "4096"], ["mpi_tcp", "1048576"], ["ringdist_ring", "1048576"]]
+    for k in (1, 2, 3):
+        rows = [json.loads(line) for line in (tmp_path / "out" / str(k) / "peers-N2.jsonl").read_text().splitlines()]
+        assert sorted((r["peer"], r["bytes_per_rank"]) for r in rows) == [
+            ("mpi_tcp", 4096), ("mpi_tcp", 1048576), ("ringdist_ring", 4096), ("ringdist_ring", 1048576)]
+    assert "| 2 | all_gather | 4096 | time | 0.50 | 0.50 | 0.50 | 0.50 |" in res.stdout, res.stdout
+    assert "| 2 | all_gather | 1048576 | busbw | 2.00 | 2.00 | 2.00 | 2.00 |" in res.stdout, res.stdout

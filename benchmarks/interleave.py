@@ -1,0 +1,83 @@
+"""Run the shared peer harness size by size, its peers taking turns, several times over.
+
+usage: python benchmarks/interleave.py -n N [--repeats 5] [--sizes 4K,64K,1M,16M,64M]
+           [--peers mpi_tcp,ringdist_ring] [--results DIR] [--harness .../run_all.sh]
+
+`run_all.sh N` runs each peer through every size in turn, so the same size of two peers is
+measured a minute or more apart. This machine goes through slow phases lasting seconds, in
+which kernel copies take two to three times the CPU time, and a ratio from one such run
+says more about the phases than about the transports. Here every (size, peer) is its own
+short harness run, the peers alternate size by size (seconds apart) and swap order from one
+repeat to the next, and the whole is repeated: repeat k goes to DIR/k/peers-N<N>.jsonl, in
+the harness's format. It ends by printing `ratios.py` over the repeats, with their median.
+
+Environment (RINGDIST_PYTHON, VENV, TARGET_TIME, ...) passes through to the harness.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+DEFAULT_HARNESS = HERE.parent.parent / "shared" / "bench" / "peers" / "run_all.sh"
+UNITS = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+
+
+def parse_size(text: str) -> int:
+    text = text.strip().upper().removesuffix("IB").removesuffix("B")
+    if text and text[-1] in UNITS:
+        return int(float(text[:-1]) * UNITS[text[-1]])
+    return int(text)
+
+
+def order(peers: list[str], repeat: int, index: int) -> list[str]:
+    """The peers' order for one size: reversed on every other (repeat + size) step, so
+    neither peer always runs first."""
+    return peers if (repeat + index) % 2 == 0 else peers[::-1]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("-n", type=int, required=True, help="ranks")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--sizes", default="4K,64K,1M,16M,64M")
+    parser.add_argument("--peers", default="mpi_tcp,ringdist_ring")
+    parser.add_argument("--results", default="/tmp/interleave")
+    parser.add_argument("--harness", default=str(DEFAULT_HARNESS), help="the shared bench/peers/run_all.sh")
+    args = parser.parse_args(argv)
+    sizes = [parse_size(s) for s in args.sizes.split(",") if s]
+    peers = [p for p in args.peers.split(",") if p]
+    harness = Path(args.harness)
+    if not harness.is_file():
+        parser.error(f"--harness {harness}: no such file (the shared bench/peers/run_all.sh)")
+    results = Path(args.results)
+    runs = []
+    for k in range(1, args.repeats + 1):
+        run = results / str(k)
+        run.mkdir(parents=True, exist_ok=True)
+        out = run / f"peers-N{args.n}.jsonl"
+        out.write_text("")
+        for index, size in enumerate(sizes):
+            for peer in order(peers, k, index):
+                with tempfile.TemporaryDirectory(prefix="interleave-") as tmp:
+                    env = dict(os.environ, PEERS=peer, SIZES=str(size), RESULTS=tmp)
+                    done = subprocess.run(["bash", str(harness), str(args.n)], env=env,
+                                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                    lines = Path(tmp, f"peers-N{args.n}.jsonl").read_text() if done.returncode == 0 else ""
+                    if '"status": "ok"' not in lines:
+                        print(f"repeat {k}, {size} B, {peer}: no result\n{done.stdout[-2000:]}", file=sys.stderr)
+                    with out.open("a") as f:
+                        f.write(lines)
+                print(f"repeat {k}/{args.repeats}: {size} B, {peer} done", flush=True)
+        runs.append(str(run))
+    subprocess.run([sys.executable, str(HERE / "ratios.py"), *runs], check=False)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
