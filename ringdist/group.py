@@ -20,10 +20,14 @@ from .mesh import MAX_RANKS as MESH_MAX_RANKS, MeshLinks
 from .ring import RingLinks
 from .settings import Settings
 
-# Default RINGDIST_DIRECT_MAX, measured on localhost (4 KiB to 4 MiB, 2 to 4 ranks): on two
-# ranks the ring already uses both of the pair's connections from 256 KiB; on more, one
-# direct step beats N-1 ring steps up to 1 MiB blocks (10-40% at 512 KiB-1 MiB), and ties at 2-4 MiB.
-DIRECT_MAX_PAIR = 256 * 1024
+# Default RINGDIST_DIRECT_MAX, measured on localhost (4 KiB to 16 MiB, 2 to 4 ranks). On more
+# than two ranks one direct step beats N-1 ring steps up to 1 MiB blocks (10-40% at 512 KiB-1 MiB),
+# and ties at 2-4 MiB. Two ranks, going one way round the ring, have one step either way: the
+# direct exchange was 20% faster at 512 KiB and 7-8% at 1 MiB (all_gather, alternating call by
+# call), tied at 2-4 MiB and lost 12% at 16 MiB. Going both ways round, the ring uses both of the
+# pair's connections from 256 KiB.
+DIRECT_MAX_PAIR = 2 << 20
+DIRECT_MAX_PAIR_BOTH_WAYS = 256 * 1024
 DIRECT_MAX_MESH = 1024 * 1024
 HEADER_TEMPLATES = 256  # kinds of call whose header bytes a group keeps
 # Operations receiving more than this never spin: they wait on bandwidth, and a spin would
@@ -80,10 +84,10 @@ class Group:
         self._lock = threading.Lock()
         self.ring: RingLinks | None = None
         self.mesh: MeshLinks | None = None  # links to every rank, for the direct path (2..8 ranks)
-        self.direct_max = settings.direct_max if settings.direct_max is not None else (
-            DIRECT_MAX_PAIR if size == 2 else DIRECT_MAX_MESH)
         # Every rank sees the same addresses, so every rank makes the same choice.
         self.both_ways = settings.directions == 2 or (settings.directions == 0 and several_links(addresses))
+        self.direct_max = settings.direct_max if settings.direct_max is not None else (
+            DIRECT_MAX_MESH if size > 2 else DIRECT_MAX_PAIR_BOTH_WAYS if self.both_ways else DIRECT_MAX_PAIR)
         self._p2p_out: dict[int, list] = {}  # peer -> [Channel, messages sent]
         self._p2p_in: dict[int, list] = {}  # peer -> [Channel, messages received]
         if size > 1:

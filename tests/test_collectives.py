@@ -24,12 +24,13 @@ def test_every_collective_against_numpy_on_world_and_split_groups(n):
 @pytest.mark.parametrize("n,direct_max,directions", [(2, "0", "2"), (2, "0", "1"), (3, "0", "2"), (4, "0", "2"),
                                                     (3, "8", "2"), (4, "512", "2")])
 def test_every_collective_on_the_other_paths(n, direct_max, directions):
-    # Small groups take the one-step direct path for these small cases by default. With
-    # RINGDIST_DIRECT_MAX=0 every case runs on the ring (two lanes, and a large all_sum of an
-    # odd size cut into 4 streams: both ways round the ring, as across hosts), except that two ranks reduce arrays of up to 2 MiB by
-    # exchanging them whole over both ring connections; with 8 or 512 bytes, reductions of up to N times that
-    # take the two-step direct path (uneven and empty blocks included), larger ones the ring.
-    # One way round the ring, two ranks exchange those arrays on their direct connection instead.
+    # Small groups take the direct path for these small cases by default (two ranks going one way
+    # round the ring reduce arrays of up to 2 MiB by exchanging them whole on their direct
+    # connection). With RINGDIST_DIRECT_MAX=0 every case runs on the ring (two lanes; both ways
+    # round, as across hosts, a large all_sum of an odd size is cut into 4 streams), except that
+    # two ranks reduce arrays of up to 2 MiB by exchanging them whole on the ring's connections
+    # (both of them both ways, one of each way one way). With 8 or 512 bytes, reductions of up to
+    # N times that take the two-step direct path (uneven and empty blocks included), larger ones the ring.
     env = dict(FAST, RINGDIST_DIRECT_MAX=direct_max, RINGDIST_LANES="2", RINGDIST_DIRECTIONS=directions)
     big = str((3 << 20) + 12)
     res = run_launcher(["-n", str(n), str(SCRIPTS / "collectives_matrix.py"), big], timeout=240, env=env)
