@@ -45,7 +45,10 @@ def as_rows(x: Any) -> np.ndarray:
 
 def byte_view(arr: np.ndarray) -> memoryview:
     """A flat byte view of a C-contiguous array (no copy)."""
-    return memoryview(arr.reshape(-1).view(np.uint8))
+    try:
+        return memoryview(arr).cast("B")  # a third of the time of the numpy route, on every small call
+    except (TypeError, ValueError):  # dtypes without a buffer format (datetime64), empty N-d shapes
+        return memoryview(arr.reshape(-1).view(np.uint8))
 
 
 def _streams(group: Group, bounds: list[tuple[int, int]]):

@@ -73,3 +73,17 @@ def test_medium_results_reuse_one_block_and_idle_medium_blocks_are_capped():
     fresh = cache.empty((9 << 20,), np.uint8)
     idle = sum(len(b.mem) for b in cache._blocks if len(b.mem) < MEDIUM_BYTES and b.idle())
     assert idle <= MEDIUM_IDLE_BYTES and fresh.nbytes == 9 << 20
+
+
+def test_byte_view_is_the_raw_bytes_of_any_contiguous_array():
+    from ringdist.collectives import byte_view
+
+    cases = [np.arange(12, dtype=np.float32).reshape(3, 4), np.float64(2.5) * np.ones(()), np.zeros(0, np.int8),
+             np.zeros((2, 0, 3)), np.array([1, 2, 3], dtype="datetime64[s]"), np.ones(4, np.complex64),
+             np.zeros(2, [("a", "<i4"), ("b", "<f8")]), np.array([True, False])]
+    for arr in cases:
+        view = byte_view(arr)
+        assert (view.format, view.ndim, bytes(view)) == ("B", 1, arr.tobytes()), arr.dtype
+        if arr.nbytes:
+            view[0] ^= 0xFF  # a view, not a copy
+            assert arr.tobytes()[0] == bytes(view)[0]
