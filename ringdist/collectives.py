@@ -288,14 +288,13 @@ def _pair_reduce(g: Group, arr: np.ndarray, op: str, header: wire.Header, timeou
     output, rank 0's operand first on both ranks (the same bits on both).
 
     `direct`: the arrays cross on the pair's direct connection (the direct path's exchange)
-    and the fold is one ufunc call once the array is in. This is the default for 2 ranks
-    going one way round the ring, up to 2 MiB. Measured call by call against what it
-    replaced: 1 MiB 13-15% faster than folding 64 KiB pieces as they land from the ring's
-    stream (1.5 MiB 6%, 2 MiB 2%); 512 KiB 24-32% faster than the two-step exchange of
-    half arrays; 64-256 KiB 9-16% and 4 KiB 5% faster than recursive doubling, which
-    copies the input first. Otherwise (RINGDIST_DIRECT_MAX below the size, or both ways
-    round the ring) the arrays go on the ring's streams, split over both of the pair's
-    connections when the ring goes both ways, and are folded as they land."""
+    and the fold is one ufunc call once the array is in: two ranks going one way round the
+    ring, up to RINGDIST_DIRECT_MAX (512 KiB). Measured call by call on the same connection
+    against what it replaced: 512 KiB 24-32% faster than the two-step exchange of half
+    arrays; 64-256 KiB 9-16% and 4 KiB 5% faster than recursive doubling, which copies the
+    input first. Otherwise the arrays go on the ring's streams, split over both of the
+    pair's connections when the ring goes both ways, and are folded as they land: at 1 MiB
+    that ties with the direct exchange (separate launches)."""
     own = np.ascontiguousarray(arr).reshape(-1)
     out = buffers.cache.empty(arr.shape, arr.dtype)
     flat = out.reshape(-1)

@@ -25,7 +25,7 @@ def test_every_collective_against_numpy_on_world_and_split_groups(n):
                                                     (3, "8", "2"), (4, "512", "2")])
 def test_every_collective_on_the_other_paths(n, direct_max, directions):
     # Small groups take the direct path for these small cases by default (two ranks going one way
-    # round the ring reduce arrays of up to 2 MiB by exchanging them whole on their direct
+    # round the ring reduce arrays of up to 512 KiB by exchanging them whole on their direct
     # connection). With RINGDIST_DIRECT_MAX=0 every case runs on the ring (two lanes; both ways
     # round, as across hosts, a large all_sum of an odd size is cut into 4 streams), except that
     # two ranks reduce arrays of up to 2 MiB by exchanging them whole on the ring's connections
