@@ -11,6 +11,10 @@ median and quartiles of each variant and the ratio of medians B/A (below 1: B fa
 
 On this project's shared 2-core VMs, separate runs of the same code differ by up to 2x
 minutes apart; alternating call by call, the same comparison repeats within a few percent.
+Compare variants that use the same connections. Between the direct path's connection and
+the ring's (RINGDIST_DIRECT_MAX on two ranks) alternation favoured the direct path at 1 MiB
+by 7-8%, while separate launches measured it 13% slower: check such choices in separate
+launches, several of each, taking turns.
 """
 
 from __future__ import annotations
