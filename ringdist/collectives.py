@@ -318,20 +318,25 @@ def _pair_reduce(g: Group, arr: np.ndarray, op: str, header: wire.Header, timeou
 
 def _doubling_reduce(g: Group, arr: np.ndarray, op: str, header: wire.Header, timeout: float | None) -> np.ndarray:
     """Recursive doubling (N a power of two): log2(N) exchanges of the whole array with rank
-    r XOR 2^k, each followed by a reduction with the lower rank's operand first."""
+    r XOR 2^k, each followed by a reduction with the lower rank's operand first. The first
+    step sends the input itself and folds into the result: no copy of the input."""
     n, r = g.size(), g.rank()
-    acc = np.array(arr, order="C", copy=True)
+    if arr.flags.c_contiguous:
+        mine, acc = arr, np.empty(arr.shape, arr.dtype)  # the first step sends the input itself
+    else:
+        mine = acc = np.array(arr, order="C", copy=True)  # a copy is needed anyway: fold into it
     theirs = buffers.cache.empty(arr.shape, arr.dtype, min_bytes=buffers.SCRATCH_MIN_BYTES)
     ufunc = _REDUCERS[op]
-    mine_view, their_view = byte_view(acc), byte_view(theirs)
+    their_view = byte_view(theirs)
     k = 1
     while k < n:
         partner = r ^ k
-        g.exchange(op, [mine_view], [their_view], header, timeout=timeout, peers=[partner])
+        g.exchange(op, [byte_view(mine)], [their_view], header, timeout=timeout, peers=[partner])
         if r < partner:
-            ufunc(acc, theirs, out=acc)
+            ufunc(mine, theirs, out=acc)
         else:
-            ufunc(theirs, acc, out=acc)
+            ufunc(theirs, mine, out=acc)
+        mine = acc
         k <<= 1
     return acc
 
