@@ -25,14 +25,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_HARNESS = HERE.parent.parent / "shared" / "bench" / "peers" / "run_all.sh"
-UNITS = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
-
-
-def parse_size(text: str) -> int:
-    text = text.strip().upper().removesuffix("IB").removesuffix("B")
-    if text and text[-1] in UNITS:
-        return int(float(text[:-1]) * UNITS[text[-1]])
-    return int(text)
+sys.path.insert(0, str(HERE.parent))  # run as a script, with or without ringdist installed
+from benchmarks.cli import parse_size  # noqa: E402  (ringdist-bench's size syntax: 4K, 64M)
 
 
 def order(peers: list[str], repeat: int, index: int) -> list[str]:
@@ -45,12 +39,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("-n", type=int, required=True, help="ranks")
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--sizes", default="4K,64K,1M,16M,64M")
+    parser.add_argument("--sizes", type=lambda text: [parse_size(s) for s in text.split(",") if s],
+                        default="4K,64K,1M,16M,64M")
     parser.add_argument("--peers", default="mpi_tcp,ringdist_ring")
     parser.add_argument("--results", default="/tmp/interleave")
     parser.add_argument("--harness", default=str(DEFAULT_HARNESS), help="the shared bench/peers/run_all.sh")
     args = parser.parse_args(argv)
-    sizes = [parse_size(s) for s in args.sizes.split(",") if s]
+    sizes = args.sizes
     peers = [p for p in args.peers.split(",") if p]
     harness = Path(args.harness)
     if not harness.is_file():
