@@ -71,3 +71,34 @@ printf '{"peer": "%s", "n_ranks": %s, "collective": "all_gather", "bytes_per_ran
             ("mpi_tcp", 4096), ("mpi_tcp", 1048576), ("ringdist_ring", 4096), ("ringdist_ring", 1048576)]
     assert "| 2 | all_gather | 4096 | time | 0.50 | 0.50 | 0.50 | 0.50 |" in res.stdout, res.stdout
     assert "| 2 | all_gather | 1048576 | busbw | 2.00 | 2.00 | 2.00 | 2.00 |" in res.stdout, res.stdout
+
+
+def test_bare_ring_beside_ringdist(tmp_path):
+    """benchmarks/bare.py: the bare-socket ring (its own processes, checked output) and
+    ringdist-bench at the same size, in turn, in the harness's format, with their ratio."""
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "bare.py"
+    res = subprocess.run([sys.executable, str(script), "-n", "3", "--sizes", "4K,64K", "--repeats", "2",
+                          "--time", "0.05", "--results", str(tmp_path)],
+                         capture_output=True, text=True, timeout=180, start_new_session=True)
+    assert res.returncode == 0, res.stdout + res.stderr
+    for k in (1, 2):
+        rows = [json.loads(line) for line in (tmp_path / str(k) / "peers-N3.jsonl").read_text().splitlines()]
+        assert sorted((r["peer"], r["bytes_per_rank"]) for r in rows) == [
+            ("bare_ring", 4096), ("bare_ring", 65536), ("ringdist_ring", 4096), ("ringdist_ring", 65536)]
+        for r in rows:
+            assert r["status"] == "ok" and r["n_ranks"] == 3 and r["collective"] == "all_gather"
+            assert r["time_s"] > 0 and abs(r["busbw_GBps"] - 2 * r["bytes_per_rank"] / r["time_s"] / 1e9) < 1e-6
+    assert "| 3 | all_gather | 65536 | busbw |" in res.stdout, res.stdout
+    assert "ratio to bare_ring" in res.stdout
+
+
+def test_bare_ring_refuses_a_size_that_is_not_float32():
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "bare.py"
+    res = subprocess.run([sys.executable, str(script), "-n", "2", "--sizes", "4099"],
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 2
+    assert "--sizes: 4099 is not a whole number of float32" in res.stderr
