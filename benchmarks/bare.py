@@ -54,9 +54,9 @@ def _recv_exactly(sock: socket.socket, view: memoryview) -> None:
         got += k
 
 
-def rank_main(rank: int, n: int, size: int, iters: int, listen_fd: int, next_port: int) -> None:
+def rank_main(rank: int, n: int, size: int, iters: int, listen_fd: int, next_port: int, out_path: str) -> None:
     """One bare-ring rank: connect to the next rank, accept the previous one, time `iters` calls,
-    check the output, print this rank's per-call times as JSON."""
+    check the output, write this rank's per-call times to `out_path` as JSON."""
     import numpy as np
 
     listener = socket.socket(fileno=listen_fd)
@@ -97,39 +97,45 @@ def rank_main(rank: int, n: int, size: int, iters: int, listen_fd: int, next_por
     if not np.array_equal(out, expected):
         raise SystemExit(f"bare ring rank {rank}: wrong output")
     barrier()  # nobody closes while a neighbour still reads
-    print(json.dumps(times), flush=True)
+    Path(out_path).write_text(json.dumps(times))
 
 
 def run_bare(n: int, size: int, iters: int) -> dict:
     """Launch n bare-ring ranks on loopback (listeners bound here on ephemeral ports and handed
-    down), and return a harness-format row."""
+    down), and return a harness-format row. A rank that fails stops the others at once."""
     listeners = [socket.socket() for _ in range(n)]
     procs: list[subprocess.Popen] = []
-    try:
-        for s in listeners:
-            s.bind(("127.0.0.1", 0))
-            s.listen(1)
-        ports = [s.getsockname()[1] for s in listeners]
-        for r in range(n):
-            fd = listeners[r].fileno()
-            procs.append(subprocess.Popen(
-                [sys.executable, __file__, "--rank", str(r), "-n", str(n), "--size", str(size),
-                 "--iters", str(iters), "--listen-fd", str(fd), "--next-port", str(ports[(r + 1) % n])],
-                pass_fds=(fd,), stdout=subprocess.PIPE, text=True))
-        for s in listeners:
-            s.close()
-        outputs = [p.communicate(timeout=RANK_TIMEOUT + 30)[0] for p in procs]
-    finally:
-        for s in listeners:
-            s.close()
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-    failed = [r for r, p in enumerate(procs) if p.returncode != 0]
-    if failed:
-        raise SystemExit(f"bare ring ranks {failed} failed (size {size}, {n} ranks)")
-    per_rank = [json.loads(o.strip().splitlines()[-1]) for o in outputs]
+    with tempfile.TemporaryDirectory(prefix="bare-") as tmp:
+        outs = [Path(tmp, f"rank{r}.json") for r in range(n)]
+        try:
+            for s in listeners:
+                s.bind(("127.0.0.1", 0))
+                s.listen(1)
+            ports = [s.getsockname()[1] for s in listeners]
+            for r in range(n):
+                fd = listeners[r].fileno()
+                procs.append(subprocess.Popen(
+                    [sys.executable, __file__, "--rank", str(r), "-n", str(n), "--size", str(size),
+                     "--iters", str(iters), "--listen-fd", str(fd), "--next-port", str(ports[(r + 1) % n]),
+                     "--out", str(outs[r])], pass_fds=(fd,)))
+            for s in listeners:
+                s.close()
+            deadline = time.monotonic() + RANK_TIMEOUT + 30
+            while any(p.poll() is None for p in procs):
+                if any(p.returncode not in (None, 0) for p in procs) or time.monotonic() > deadline:
+                    break
+                time.sleep(0.02)
+        finally:
+            for s in listeners:
+                s.close()
+            for p in procs:
+                if p.poll() is None:
+                    p.kill()
+                    p.wait()
+        failed = [r for r, p in enumerate(procs) if p.returncode != 0]
+        if failed:
+            raise SystemExit(f"bare ring ranks {failed} failed or were stopped (size {size}, {n} ranks)")
+        per_rank = [json.loads(out.read_text()) for out in outs]
     slowest = [max(ts) for ts in zip(*per_rank)]
     t = statistics.median(slowest)
     return {"peer": "bare_ring", "collective": "all_gather", "n_ranks": n, "bytes_per_rank": size,
@@ -168,9 +174,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--iters", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--listen-fd", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--next-port", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--out", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.rank is not None:
-        rank_main(args.rank, args.n, args.size, args.iters, args.listen_fd, args.next_port)
+        rank_main(args.rank, args.n, args.size, args.iters, args.listen_fd, args.next_port, args.out)
         return 0
     if args.n < 2:
         parser.error("-n: a ring needs at least 2 ranks")

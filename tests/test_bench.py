@@ -102,3 +102,44 @@ def test_bare_ring_refuses_a_size_that_is_not_float32():
                          capture_output=True, text=True, timeout=60)
     assert res.returncode == 2
     assert "--sizes: 4099 is not a whole number of float32" in res.stderr
+
+
+def test_bare_ring_stops_at_once_when_a_rank_dies(tmp_path):
+    """A bare-ring rank killed as it starts: the run fails within seconds and names it, and
+    no rank outlives it (none is left waiting out the ranks' 300 s timeout)."""
+    import os
+    import signal
+    import time
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "bare.py"
+    proc = subprocess.Popen([sys.executable, str(script), "-n", "3", "--sizes", "64K", "--repeats", "1",
+                             "--no-ringdist", "--results", str(tmp_path)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    ranks: dict[int, int] = {}  # rank -> pid
+    try:
+        deadline = time.monotonic() + 60
+        while 1 not in ranks and time.monotonic() < deadline:
+            for pid in filter(str.isdigit, os.listdir("/proc")):
+                try:
+                    cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+                    ppid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+                except (OSError, ValueError, IndexError):
+                    continue
+                if ppid == proc.pid and b"--rank" in cmd:
+                    ranks[int(cmd[cmd.index(b"--rank") + 1])] = int(pid)
+            time.sleep(0.01)
+        assert 1 in ranks, "rank 1 never started"
+        os.kill(ranks[1], signal.SIGKILL)
+        start = time.monotonic()
+        out, err = proc.communicate(timeout=60)
+        assert time.monotonic() - start < 20
+        assert proc.returncode != 0
+        assert "failed or were stopped (size 65536, 3 ranks)" in out + err, out + err
+        assert "1" in (out + err).split("bare ring ranks [")[1].split("]")[0]
+        for pid in ranks.values():  # every rank seen has exited and been reaped
+            assert not Path(f"/proc/{pid}").exists() or "Z" == Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
