@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import socket
 import statistics
 import subprocess
@@ -41,6 +40,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))  # run as a script, with or without ringdist installed
 from benchmarks.cli import parse_size  # noqa: E402  (ringdist-bench's size syntax: 4K, 64M)
+from benchmarks.interleave import order  # noqa: E402  (which peer goes first, repeat by repeat)
 
 RANK_TIMEOUT = 300.0  # seconds a bare rank may take in all; past it the run fails, it does not hang
 
@@ -68,7 +68,11 @@ def rank_main(rank: int, n: int, size: int, iters: int, listen_fd: int, next_por
         s.settimeout(RANK_TIMEOUT)
         s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     count = size // 4
-    mine = (np.arange(count, dtype=np.float32) % 251) + 256 * rank
+
+    def block(q: int) -> np.ndarray:  # rank q's input, as the shared harness makes it
+        return (np.arange(count, dtype=np.float32) % 251) + 256 * q
+
+    mine = block(rank)
     out = np.empty(n * count, dtype=np.float32)
     blocks = [memoryview(out[q * count:(q + 1) * count]).cast("B") for q in range(n)]
 
@@ -93,8 +97,7 @@ def rank_main(rank: int, n: int, size: int, iters: int, listen_fd: int, next_por
             _recv_exactly(prv, blocks[(rank - step - 1) % n])
             sender.join()
         times.append(time.perf_counter() - t0)
-    expected = np.concatenate([(np.arange(count, dtype=np.float32) % 251) + 256 * q for q in range(n)])
-    if not np.array_equal(out, expected):
+    if not np.array_equal(out, np.concatenate([block(q) for q in range(n)])):
         raise SystemExit(f"bare ring rank {rank}: wrong output")
     barrier()  # nobody closes while a neighbour still reads
     Path(out_path).write_text(json.dumps(times))
@@ -194,9 +197,7 @@ def main(argv: list[str] | None = None) -> int:
             # --time seconds of calls at 1 GB/s (the harness aims for 1 s); 5 to 2000 calls
             iters = max(5, min(2000, math.ceil(args.time * 1e9 / ((args.n - 1) * size))))
             peers = ["bare_ring"] if args.no_ringdist else ["bare_ring", "ringdist_ring"]
-            if (k + index) % 2:
-                peers.reverse()
-            for peer in peers:
+            for peer in order(peers, k, index):
                 row = run_bare(args.n, size, iters) if peer == "bare_ring" else run_ringdist(args.n, size, args.time)
                 if row is not None:
                     with out.open("a") as f:

@@ -79,7 +79,7 @@ def kill_tree(popen: subprocess.Popen[str]) -> None:
     """
     if popen.poll() is not None:
         return
-    for pid in _descendants(popen.pid):
+    for pid in descendants(popen.pid):
         _kill_group_of(pid)
         _signal(pid, signal.SIGKILL)
     _kill_group_of(popen.pid)
@@ -161,7 +161,7 @@ class LineReader:
         return "".join(self.lines)
 
 
-def _descendants(root: int) -> list[int]:
+def descendants(root: int) -> list[int]:
     """Every live descendant of `root`, found through /proc (empty where there is no /proc)."""
     children: dict[int, list[int]] = {}
     for entry in Path("/proc").glob("[0-9]*"):

@@ -112,22 +112,24 @@ def test_bare_ring_stops_at_once_when_a_rank_dies(tmp_path):
     import time
     from pathlib import Path
 
+    from helpers import descendants, kill_tree, wait_until_gone
+
+    def rank_of(pid: int) -> int | None:
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            return None
+        return int(cmd[cmd.index(b"--rank") + 1]) if b"--rank" in cmd else None
+
     script = Path(__file__).resolve().parents[1] / "benchmarks" / "bare.py"
     proc = subprocess.Popen([sys.executable, str(script), "-n", "3", "--sizes", "64K", "--repeats", "1",
                              "--no-ringdist", "--results", str(tmp_path)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
-    ranks: dict[int, int] = {}  # rank -> pid
     try:
+        ranks: dict[int, int] = {}  # rank -> pid
         deadline = time.monotonic() + 60
         while 1 not in ranks and time.monotonic() < deadline:
-            for pid in filter(str.isdigit, os.listdir("/proc")):
-                try:
-                    cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-                    ppid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
-                except (OSError, ValueError, IndexError):
-                    continue
-                if ppid == proc.pid and b"--rank" in cmd:
-                    ranks[int(cmd[cmd.index(b"--rank") + 1])] = int(pid)
+            ranks.update((rank_of(pid), pid) for pid in descendants(proc.pid) if rank_of(pid) is not None)
             time.sleep(0.01)
         assert 1 in ranks, "rank 1 never started"
         os.kill(ranks[1], signal.SIGKILL)
@@ -137,9 +139,6 @@ def test_bare_ring_stops_at_once_when_a_rank_dies(tmp_path):
         assert proc.returncode != 0
         assert "failed or were stopped (size 65536, 3 ranks)" in out + err, out + err
         assert "1" in (out + err).split("bare ring ranks [")[1].split("]")[0]
-        for pid in ranks.values():  # every rank seen has exited and been reaped
-            assert not Path(f"/proc/{pid}").exists() or "Z" == Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        assert wait_until_gone(list(ranks.values()), timeout=1) == []
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        kill_tree(proc)
