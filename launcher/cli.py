@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import os
 import shlex
 import sys
@@ -151,10 +152,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--rendezvous", metavar="ADDR[:PORT]",
                         help="address the launcher's rendezvous listens on, reachable from every host "
                         "(default: 127.0.0.1, or this machine's address on the route to the first remote host)")
-    parser.add_argument("--timeout", type=_positive_float, metavar="S",
-                        help="wall-clock limit of the whole job; on expiry stop every rank and exit 124")
-    parser.add_argument("--grace", type=_non_negative_float, default=5.0, metavar="S",
-                        help="seconds between SIGTERM and SIGKILL when stopping ranks (default: 5)")
+    parser.add_argument("--timeout", type=_timeout, metavar="S",
+                        help="wall-clock limit of the whole job; on expiry stop every rank and exit 124 "
+                        "(inf: no limit)")
+    parser.add_argument("--grace", type=_grace, default=5.0, metavar="S",
+                        help=f"seconds between SIGTERM and SIGKILL when stopping ranks (default: 5, "
+                        f"at most {MAX_GRACE:g})")
     parser.add_argument("-v", "--verbose", action="store_true",
                         help="say what the launcher does, and set RINGDIST_VERBOSE=1 in the ranks")
     parser.add_argument("--no-prefix", action="store_true", help="do not prefix output lines with [rank]")
@@ -170,7 +173,7 @@ def _plan(options: argparse.Namespace, target: Target) -> JobPlan:
     env = [parse_env_assignment(text, "--env") for text in options.env]
     if options.cwd is not None and not os.path.isdir(options.cwd):
         raise ConfigError(f"--cwd: no such directory: {options.cwd}")
-    return build_plan(
+    plan = build_plan(
         target,
         hostfile,
         nprocs=options.nprocs,
@@ -179,6 +182,9 @@ def _plan(options: argparse.Namespace, target: Target) -> JobPlan:
         cwd=options.cwd,
         verbose=options.verbose,
     )
+    for rank in plan.ranks[:1]:  # the library's settings, as the ranks will read them: refused here, not in N tracebacks
+        Settings.from_env({**os.environ, **dict(rank.user_env)})
+    return plan
 
 
 def _agent(options: argparse.Namespace) -> list[str] | None:
@@ -218,17 +224,21 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _positive_float(text: str) -> float:
+MAX_GRACE = 86400.0  # a day: ranks that ignore SIGTERM longer than that are killed anyway
+
+
+def _timeout(text: str) -> float | None:
+    """--timeout: a positive number of seconds; inf means no limit (None)."""
     value = _float(text)
     if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text!r}")
-    return value
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds (inf: no limit), got {text!r}")
+    return None if value == math.inf else value
 
 
-def _non_negative_float(text: str) -> float:
+def _grace(text: str) -> float:
     value = _float(text)
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"expected a number of seconds >= 0, got {text!r}")
+    if not 0 <= value <= MAX_GRACE:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds >= 0 and <= {MAX_GRACE:g}, got {text!r}")
     return value
 
 
@@ -237,6 +247,6 @@ def _float(text: str) -> float:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
-    if value != value or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a finite number of seconds, got {text!r}")
+    if value != value:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}")
     return value

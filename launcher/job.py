@@ -54,6 +54,9 @@ class _NotStarted:
 _Event = Union[_Exited, _Signalled, _NotStarted]
 
 
+MAX_POLL_WAIT = 3600.0  # the longest single poll() (its argument is a C int of ms); longer waits loop
+
+
 class _Inbox:
     """Where the main thread sleeps: woken at once by another thread's event or by a signal.
 
@@ -99,7 +102,7 @@ class _Inbox:
             wait = None if deadline is None else deadline - time.monotonic()
             if wait is not None and wait <= 0:
                 return None
-            self._poller.poll(None if wait is None else math.ceil(wait * 1000))
+            self._poller.poll(None if wait is None else math.ceil(min(wait, MAX_POLL_WAIT) * 1000))
 
     def _read_signals(self) -> None:
         while True:

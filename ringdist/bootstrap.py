@@ -29,7 +29,7 @@ import time
 import zlib
 from dataclasses import dataclass, field
 
-from . import buffers, channel, rendezvous, wire
+from . import buffers, channel, deadlines, rendezvous, wire
 from .routes import source_address
 from .channel import recv_control, send_blocking
 from .endpoint import Endpoint, InboxKey
@@ -285,7 +285,7 @@ def init(strict: bool = False, backend: str = "ring") -> Group:
                 raise ConfigError(_not_launched("init(strict=True)"))
             return _world
         settings = Settings.from_env()
-        buffers.cache.limit = int(settings.buffer_cache_mb * (1 << 20))
+        buffers.cache.limit = settings.buffer_cache_mb * (1 << 20)  # inf: no limit
         channel.SOCKET_BUFFERS = settings.socket_buffers
         job = _job = read_environment(dict(os.environ))
         if job is None:
@@ -317,7 +317,7 @@ def _join(job: JobEnv, settings: Settings) -> Group:
             _control.close()
             _control = None
             if _hosted is not None:
-                _hosted.wait_delivered(settings.connect_timeout)
+                _hosted.wait_delivered(deadlines.wait_slice(settings.connect_timeout))
                 _hosted.close()
                 _hosted = None
         addresses = [[(ip, int(port)) for ip, port in m["addresses"]] for m in members]
@@ -367,7 +367,7 @@ class ControlLink:
         try:
             self.sock = endpoint.connect([job.rendezvous],
                                          InboxKey(rendezvous.RENDEZVOUS_GROUP, job.rank, "register", 0),
-                                         time.monotonic() + wait, "the rendezvous")
+                                         deadlines.after(wait), "the rendezvous")
         except ConnectError as exc:
             if job.launched:
                 raise
@@ -378,7 +378,7 @@ class ControlLink:
 
     def register(self) -> list[dict]:
         job = self.job
-        deadline = time.monotonic() + self.settings.init_timeout
+        deadline = deadlines.after(self.settings.init_timeout)
         addresses = [[ip, port] for ip, port in _endpoint.addresses]  # type: ignore[union-attr]
         send_blocking(self.sock, rendezvous.encode(
             {"type": "register", "rank": job.rank, "size": job.size, "addresses": addresses,

@@ -11,7 +11,7 @@ import socket
 import time
 from typing import Any
 
-from . import wire
+from . import deadlines, wire
 from .errors import PeerLostError, ProtocolError, RingTimeoutError
 
 STAGE_SIZE = 256 * 1024
@@ -35,21 +35,17 @@ def configure(sock: socket.socket) -> None:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, snd)
 
 
-def _remaining(deadline: float) -> float | None:
-    if deadline == float("inf"):
-        return None
-    left = deadline - time.monotonic()
-    if left <= 0:
-        raise socket.timeout("deadline passed")
-    return left
-
-
 def send_blocking(sock: socket.socket, data: bytes, deadline: float) -> None:
     """sendall with an absolute deadline (socket.timeout when it passes)."""
     view = memoryview(data)
     while view:
-        sock.settimeout(_remaining(deadline))
-        sent = sock.send(view)
+        sock.settimeout(deadlines.socket_wait(deadline))
+        try:
+            sent = sock.send(view)
+        except socket.timeout:
+            if deadlines.passed(deadline):
+                raise
+            continue  # one slice of a long wait ended
         view = view[sent:]
 
 
@@ -59,8 +55,13 @@ def recv_exact(sock: socket.socket, n: int, deadline: float) -> bytes:
     view = memoryview(buf)
     got = 0
     while got < n:
-        sock.settimeout(_remaining(deadline))
-        k = sock.recv_into(view[got:])
+        sock.settimeout(deadlines.socket_wait(deadline))
+        try:
+            k = sock.recv_into(view[got:])
+        except socket.timeout:
+            if deadlines.passed(deadline):
+                raise
+            continue  # one slice of a long wait ended
         if k == 0:
             raise EOFError(f"connection closed after {got} of {n} bytes")
         got += k
@@ -166,7 +167,7 @@ class Channel:
         import select
 
         view = memoryview(frame)
-        deadline = time.monotonic() + timeout
+        deadline = deadlines.after(timeout)
         poller = select.poll()
         poller.register(self.fd, select.POLLOUT)
         while view:
@@ -175,8 +176,8 @@ class Channel:
                 continue
             except BlockingIOError:
                 pass
-            left = deadline - time.monotonic()
-            if left <= 0 or not poller.poll(left * 1000):
+            left = deadlines.left(deadline)
+            if left <= 0 or (not poller.poll(deadlines.poll_ms(left)) and deadlines.passed(deadline)):
                 raise RingTimeoutError(f"rank {self.me}: could not send to {self.describe()} in {timeout:.1f} s")
 
     def close(self) -> None:

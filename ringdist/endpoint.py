@@ -16,7 +16,7 @@ import threading
 import time
 from typing import NamedTuple
 
-from . import wire
+from . import deadlines, wire
 from .errors import AuthError, ConnectError, ProtocolError, RingTimeoutError
 from .handshake import client_handshake, server_handshake
 
@@ -136,7 +136,7 @@ class Endpoint:
                 left = deadline - time.monotonic()
                 if left <= 0 or self._closed:
                     raise RingTimeoutError(f"{self.label}: {what}: no connection arrived in time")
-                self._cond.wait(left)
+                self._cond.wait(deadlines.wait_slice(left))
 
     def discard(self, group: str) -> None:
         """Close connections still waiting in the inbox for `group` (it is being closed)."""
@@ -158,7 +158,7 @@ class Endpoint:
         while True:
             for ip, port in addresses:
                 try:
-                    sock = socket.create_connection((ip, port), timeout=max(0.01, deadline - time.monotonic()))
+                    sock = socket.create_connection((ip, port), timeout=max(0.01, deadlines.wait_slice(deadlines.left(deadline))))
                 except OSError as exc:
                     errors.append(f"{ip}:{port}: {exc.strerror or exc}")
                     continue

@@ -116,7 +116,7 @@ def exchange(peers: list[Channel], sends: list[memoryview], recvs: list[memoryvi
                 continue
         waiting[ch.fd] = r
     if waiting and not outflows and not odd:
-        deadline = time.perf_counter() + spin
+        deadline = time.perf_counter() + min(spin, timeout)  # never spinning past the timeout
         while True:
             events = poller.poll(0)
             for fd, _ in events:

@@ -11,7 +11,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from . import transfer, wire
+from . import deadlines, transfer, wire
 from .exchange import exchange as exchange_direct
 from .channel import Channel
 from .endpoint import Endpoint, InboxKey
@@ -277,9 +277,7 @@ class Group:
     def _timeout(self, timeout: float | None) -> float:
         if timeout is None:
             return self.settings.timeout
-        if not timeout > 0:
-            raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
-        return float(timeout)
+        return deadlines.check_timeout(timeout)
 
     def p2p_channel(self, peer: int, outgoing: bool, timeout: float | None = None) -> tuple[Channel, int]:
         """The direct connection for messages to (or from) `peer`, opened on first use; and its
@@ -287,7 +285,7 @@ class Group:
         table = self._p2p_out if outgoing else self._p2p_in
         if peer not in table:
             assert self._endpoint is not None
-            deadline = time.monotonic() + (self.settings.connect_timeout if outgoing else self._timeout(timeout))
+            deadline = deadlines.after(self.settings.connect_timeout if outgoing else self._timeout(timeout))
             if outgoing:
                 sock = self._endpoint.connect(self._addresses[peer], InboxKey(self.gid, self._rank, "p2p", 0),
                                               deadline, f"rank {peer} of group {self.gid!r}")

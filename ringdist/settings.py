@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 
 from .errors import ConfigError
 
 
-def _number(env: dict[str, str], name: str, default: float, *, minimum: float = 0.0) -> float:
+def _number(env: dict[str, str], name: str, default: float, *, minimum: float = 0.0,
+            unlimited: bool = True) -> float:
+    """A number greater than `minimum`; `inf` (no limit) only where `unlimited`. ConfigError names `name`."""
     raw = env.get(name)
     if raw is None or raw == "":
         return default
@@ -16,8 +19,10 @@ def _number(env: dict[str, str], name: str, default: float, *, minimum: float = 
         value = float(raw)
     except ValueError:
         raise ConfigError(f"{name}={raw!r} is not a number") from None
-    if not value > minimum:
+    if not value > minimum:  # NaN too
         raise ConfigError(f"{name}={raw!r} must be greater than {minimum:g}")
+    if value == math.inf and not unlimited:
+        raise ConfigError(f"{name}={raw!r} must be finite")
     return value
 
 
@@ -38,10 +43,10 @@ class Settings:
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> "Settings":
         env = dict(os.environ) if env is None else env
-        lanes = _number(env, "RINGDIST_LANES", 1, minimum=0)
+        lanes = _number(env, "RINGDIST_LANES", 1, minimum=0, unlimited=False)
         if lanes != int(lanes) or lanes > 16:
             raise ConfigError(f"RINGDIST_LANES={env.get('RINGDIST_LANES')!r} must be an integer from 1 to 16")
-        direct_max = _number(env, "RINGDIST_DIRECT_MAX", -1, minimum=-1)
+        direct_max = _number(env, "RINGDIST_DIRECT_MAX", -1, minimum=-1, unlimited=False)
         if direct_max != int(direct_max):
             raise ConfigError(f"RINGDIST_DIRECT_MAX={env.get('RINGDIST_DIRECT_MAX')!r} must be a whole number of bytes")
         directions = env.get("RINGDIST_DIRECTIONS", "").strip()
@@ -69,10 +74,16 @@ def _socket_buffers(raw: str | None, default: tuple[int, int]) -> tuple[int, int
     if raw is None or raw == "":
         return default
     parts = raw.split(",")
-    if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
+    if len(parts) != 2 or not all(p.strip().isascii() and p.strip().isdigit() for p in parts):
         raise ConfigError(f"RINGDIST_SOCKET_BUFFERS={raw!r} must be two byte counts, RCV,SND (0: the kernel's)")
     rcv, snd = (int(p) for p in parts)
+    if max(rcv, snd) > MAX_SOCKET_BUFFER:
+        raise ConfigError(f"RINGDIST_SOCKET_BUFFERS={raw!r}: at most {MAX_SOCKET_BUFFER} bytes each "
+                          "(the kernel's limit for one socket buffer)")
     return rcv, snd
+
+
+MAX_SOCKET_BUFFER = (1 << 30) - 1  # SO_RCVBUF / SO_SNDBUF take a C int, which the kernel doubles
 
 
 SPIN_US = 2000.0  # a core per local rank: spin this long, then block (2 ranks: 64 KiB-1 MiB calls 10-40% faster than 50 µs)

@@ -16,7 +16,7 @@ import select
 import time
 from typing import Any, Callable
 
-from . import errors, wire
+from . import deadlines, errors, wire
 from .channel import STAGE_SIZE, Channel, socket_error
 from .errors import MismatchError, PeerLostError, ProtocolError, RingError, RingTimeoutError
 
@@ -395,7 +395,7 @@ class Outflow:
 
     def finish_frame(self, timeout: float) -> None:
         """Complete a partly sent frame (so an ABORT can follow at a frame boundary)."""
-        deadline = time.monotonic() + timeout
+        deadline = deadlines.after(timeout)
         poller = select.poll()
         poller.register(self.ch.fd, POLLOUT)
         while self.pending:
@@ -403,8 +403,9 @@ class Outflow:
                 self._consume(self.ch.sock.sendmsg(self.pending))
             except BlockingIOError:
                 pass
-            left = deadline - time.monotonic()
-            if self.pending and (left <= 0 or not poller.poll(left * 1000)):
+            left = deadlines.left(deadline)
+            if self.pending and (left <= 0 or (not poller.poll(deadlines.poll_ms(left))
+                                               and deadlines.passed(deadline))):
                 raise RingTimeoutError("could not finish frame")
 
 
@@ -493,8 +494,8 @@ def run(inflows: list[Inflow], outflows: list[Outflow], watched: list[Channel], 
         if not busy:
             return
         events = poller.poll(0) if spin else None
-        if not events and spin:
-            spin_until = time.perf_counter() + spin
+        if not events and spin:  # never spinning past the timeout
+            spin_until = time.perf_counter() + min(spin, max(0.0, last_progress + timeout - time.monotonic()))
             while not events and time.perf_counter() < spin_until:
                 if yield_core:
                     os.sched_yield()
@@ -505,8 +506,10 @@ def run(inflows: list[Inflow], outflows: list[Outflow], watched: list[Channel], 
             events = poller.poll(0)
         if not events:
             wait = last_progress + timeout - time.monotonic()
-            events = poller.poll(max(0.0, wait) * 1000) if wait > 0 else []
+            events = poller.poll(deadlines.poll_ms(wait)) if wait > 0 else []
             if not events:
+                if time.monotonic() - last_progress < timeout:
+                    continue  # one slice of a long wait ended
                 raise RingTimeoutError(_stall_message(inflows, outflows, op, me, timeout))
         moved = 0
         for fd, ev in events:

@@ -1,0 +1,64 @@
+"""Deadlines and kernel waits: any timeout, `inf` included, without overflowing a system call.
+
+Timeouts are seconds (float); `math.inf` means no limit. A deadline is an absolute
+`time.monotonic()` value, `math.inf` for none. The kernel's waits take bounded
+arguments (`poll` an int of milliseconds, socket timeouts a `time_t`), so every wait
+here is cut into slices of at most `MAX_WAIT` seconds: a caller loops until its
+deadline really passes, and a long timeout is never an `OverflowError`.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import socket
+import time
+
+MAX_WAIT = 3600.0  # the longest single kernel wait, in seconds; longer waits take several
+
+
+def after(seconds: float) -> float:
+    """The deadline `seconds` from now (`inf` for no limit)."""
+    return math.inf if seconds == math.inf else time.monotonic() + seconds
+
+
+def left(deadline: float) -> float:
+    """Seconds until `deadline` (`inf` for none; <= 0 once it has passed)."""
+    return math.inf if deadline == math.inf else deadline - time.monotonic()
+
+
+def poll_ms(seconds: float) -> int:
+    """A `poll()` argument for a wait of `seconds`: rounded up, at least 0, at most `MAX_WAIT`."""
+    if not seconds > 0:
+        return 0
+    return math.ceil(min(seconds, MAX_WAIT) * 1000)
+
+
+def wait_slice(seconds: float) -> float:
+    """A `threading` or `select` wait of `seconds`, at most `MAX_WAIT` (the caller loops)."""
+    return max(0.0, min(seconds, MAX_WAIT))
+
+
+def socket_wait(deadline: float) -> float | None:
+    """A socket timeout for one blocking call before `deadline`: None (block) without a deadline.
+
+    Raises `socket.timeout` once the deadline has passed. A slice shorter than what is
+    left ends in `socket.timeout` too: callers check `passed(deadline)` and retry.
+    """
+    if deadline == math.inf:
+        return None
+    remaining = deadline - time.monotonic()
+    if remaining <= 0:
+        raise socket.timeout("deadline passed")
+    return min(remaining, MAX_WAIT)
+
+
+def passed(deadline: float) -> bool:
+    return deadline != math.inf and time.monotonic() >= deadline
+
+
+def check_timeout(value: object, what: str = "timeout") -> float:
+    """A timeout argument as float seconds: a positive number or `inf`; ValueError naming `what` otherwise."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not float(value) > 0:  # NaN too
+        raise ValueError(f"{what} must be a positive number of seconds (inf: no limit), got {value!r}")
+    return float(value)
