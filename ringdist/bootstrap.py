@@ -1,4 +1,4 @@
-"""Forming the world group from the environment (DESIGN.md section 3).
+"""Forming the world group from the environment.
 
 ringdist-launch sets RINGDIST_RANK, RINGDIST_WORLD_SIZE, RINGDIST_RENDEZVOUS,
 RINGDIST_SECRET and RINGDIST_BIND. Each rank listens on an ephemeral port of its
