@@ -1,0 +1,78 @@
+"""N ranks as threads of one process, each with its own endpoint, over real loopback connections.
+
+For algorithm coverage: every rank is a real `Group` with real sockets, so the wire, the
+engine and every algorithm run exactly as in a launched job, but N=17 starts in
+milliseconds. What only processes show (the launcher, kill -9, signals) stays in the
+multi-process tests.
+
+    results = run_ranks(4, lambda g: rd.all_sum(np.ones(3) * g.rank(), group=g))
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from typing import Any, Callable
+
+from ringdist.endpoint import Endpoint
+from ringdist.group import Group
+from ringdist.settings import Settings
+
+SECRET = b"in-process harness secret"
+DEFAULT = Settings(timeout=20.0, connect_timeout=10.0)
+
+
+class RankFailed(AssertionError):
+    """One or more ranks raised: `errors[r]` is rank r's exception (None where it returned)."""
+
+    def __init__(self, errors: list[BaseException | None]):
+        self.errors = errors
+        lines = [f"rank {r}: {type(e).__name__}: {e}" for r, e in enumerate(errors) if e is not None]
+        super().__init__("; ".join(lines))
+
+
+def run_ranks(n: int, fn: Callable[[Group], Any], *, settings: Settings | None = None,
+              timeout: float = 60.0, **overrides: Any) -> list[Any]:
+    """Run `fn(group)` on ranks 0..n-1 of a fresh world group, each in its own thread.
+
+    Returns every rank's result in rank order; raises `RankFailed` if any rank raised, and
+    AssertionError if the ranks did not finish within `timeout` seconds (their sockets are
+    closed then, so no thread is left waiting). `overrides` replace fields of `settings`.
+    """
+    settings = dataclasses.replace(settings or DEFAULT, **overrides)
+    endpoints = [Endpoint(SECRET, ["127.0.0.1"], connect_timeout=settings.connect_timeout, label=f"rank {r}")
+                 for r in range(n)] if n > 1 else [None]
+    addresses = [ep.addresses if ep is not None else [] for ep in endpoints]
+    results: list[Any] = [None] * n
+    errors: list[BaseException | None] = [None] * n
+    groups: list[Group | None] = [None] * n
+
+    def rank(r: int) -> None:
+        try:
+            group = groups[r] = Group(gid="world", rank=r, size=n, endpoint=endpoints[r], settings=settings,
+                                      addresses=addresses, world_ranks=list(range(n)))
+            results[r] = fn(group)
+        except BaseException as exc:  # noqa: BLE001 - reported to the test below
+            errors[r] = exc
+
+    threads = [threading.Thread(target=rank, args=(r,), name=f"harness-rank-{r}", daemon=True) for r in range(n)]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout)
+        stuck = [r for r, t in enumerate(threads) if t.is_alive()]
+    finally:
+        for group in groups:
+            if group is not None:
+                group.close()
+        for ep in endpoints:
+            if ep is not None:
+                ep.close()
+    if stuck:
+        for t in threads:
+            t.join(5)
+        raise AssertionError(f"ranks {stuck} of {n} did not finish within {timeout} s")
+    if any(e is not None for e in errors):
+        raise RankFailed(errors)
+    return results

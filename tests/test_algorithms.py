@@ -1,0 +1,134 @@
+"""Every collective on every path, at N = 1..17, in-process (ranks as threads, real sockets).
+
+Each case gives every rank a different input, runs the collective on all ranks, and checks
+each rank's result against numpy's answer and against every other rank's (bitwise). Sizes
+are chosen to cross the thresholds between paths: empty, one element, uneven blocks,
+small (direct exchange, recursive doubling), medium (two-shot), large (the ring).
+The variants force the ring (`direct_max=0`), both ring directions and several lanes.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import ringdist as rd
+
+from harness import run_ranks
+
+VARIANTS = {
+    "default": {},
+    "ring": {"direct_max": 0},
+    "both-ways": {"directions": 2},
+    "lanes": {"lanes": 2, "direct_max": 0},
+    "ring-both-ways-lanes": {"lanes": 2, "directions": 2, "direct_max": 0},
+}
+# Element counts: empty, one, uneven blocks, small, past recursive doubling's 32 KiB blocks,
+# past the whole-array reductions' 256 KiB, past the two-rank exchange's 512 KiB.
+COUNTS = [0, 1, 7, 1000, 9000, 70_000, 150_000]
+REDUCTIONS = {"all_sum": np.add, "all_max": np.maximum, "all_min": np.minimum, "all_prod": np.multiply}
+
+
+def make_input(rank: int, count: int, dtype: str) -> np.ndarray:
+    """Rank `rank`'s input: small integers (every sum and product exact), different per rank."""
+    values = (np.arange(count) * 7 + rank * 3) % 5 + (1 if dtype != "bool" else 0)
+    if dtype == "bool":
+        return (values % 2 == rank % 2)
+    return values.astype(dtype)
+
+
+def cases(n: int) -> list[tuple[str, str, int]]:
+    """(op, dtype, count) of every case at group size n, bounded so that N=17 stays quick."""
+    counts = [c for c in COUNTS if c * n <= 1_200_000]
+    out = []
+    for count in counts:
+        out.append(("all_gather", "float32", count))
+        out.append(("all_sum", "float32", count))
+    for op in REDUCTIONS:
+        out.append((op, "int64", 1000))
+    out += [("all_sum", "bool", 33), ("all_sum", "complex64", 9), ("all_max", "float16", 501),
+            ("all_gather", "uint8", 13), ("all_gather", "int16", 4097),
+            ("sum_scatter", "float32", 3 * n), ("sum_scatter", "int32", 5000 * n),
+            ("broadcast", "float64", 1), ("broadcast", "float32", 70_000), ("barrier", "", 0),
+            ("all_gather-strided", "float32", 2001), ("all_sum-strided", "float64", 2001)]
+    return out
+
+
+def run_case(g: rd.Group, op: str, dtype: str, count: int) -> np.ndarray | None:
+    r = g.rank()
+    if op == "barrier":
+        return rd.barrier(group=g)
+    if op.endswith("-strided"):
+        x = make_input(r, 2 * count, dtype)[::2]
+        assert not x.flags.c_contiguous
+        op = op.removesuffix("-strided")
+    else:
+        x = make_input(r, count, dtype)
+    if op == "broadcast":
+        return rd.broadcast(x, root=g.size() - 1, group=g)
+    return getattr(rd, op)(x, group=g)
+
+
+def expected(op: str, dtype: str, count: int, n: int) -> np.ndarray | None:
+    if op == "barrier":
+        return None
+    strided = op.endswith("-strided")
+    op = op.removesuffix("-strided")
+    inputs = [make_input(r, 2 * count, dtype)[::2] if strided else make_input(r, count, dtype) for r in range(n)]
+    if op == "all_gather":
+        return np.concatenate(inputs)
+    if op == "broadcast":
+        return inputs[-1]
+    if op == "sum_scatter":
+        return [np.add.reduce(np.stack(inputs), axis=0).astype(dtype)[r * count // n:(r + 1) * count // n]
+                for r in range(n)]
+    ufunc = REDUCTIONS[op]
+    out = inputs[0].copy()
+    for x in inputs[1:]:
+        ufunc(out, x, out=out)
+    return out
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+@pytest.mark.parametrize("n", range(1, 18))
+def test_every_collective_on_every_path(n, variant):
+    plan = cases(n)
+
+    def rank(g: rd.Group) -> list:
+        return [run_case(g, *case) for case in plan]
+
+    results = run_ranks(n, rank, **VARIANTS[variant])
+    for i, (op, dtype, count) in enumerate(plan):
+        want = expected(op, dtype, count, n)
+        for r in range(n):
+            got = results[r][i]
+            where = f"{op} {dtype} x{count}, N={n}, {variant}, rank {r}"
+            if want is None:
+                assert got is None, where
+                continue
+            w = want[r] if isinstance(want, list) else want
+            assert got.dtype == w.dtype and got.shape == w.shape, f"{where}: {got.dtype}{got.shape} != {w.dtype}{w.shape}"
+            assert np.array_equal(got, w), where
+            assert got.tobytes() == results[0][i].tobytes() or op.startswith("sum_scatter"), f"{where}: differs from rank 0"
+
+
+@pytest.mark.parametrize("n", [2, 3, 5, 8, 9])
+def test_split_and_point_to_point(n):
+    def rank(g: rd.Group) -> tuple:
+        r = g.rank()
+        sub = g.split(color=r % 2, key=n - r)  # reversed order
+        gathered = rd.all_gather(np.array([r]), group=sub)
+        dst, src = (r + 1) % n, (r - 1) % n
+        if r % 2 == 0:
+            rd.send(np.full(1000, r, dtype=np.int32), dst, group=g)
+            got = rd.recv((1000,), np.int32, src, group=g)
+        else:
+            got = rd.recv((1000,), np.int32, src, group=g)
+            rd.send(np.full(1000, r, dtype=np.int32), dst, group=g)
+        return gathered, got
+
+    results = run_ranks(n, rank)
+    for r, (gathered, got) in enumerate(results):
+        same = sorted((q for q in range(n) if q % 2 == r % 2), reverse=True)
+        assert gathered.tolist() == same, (r, gathered)
+        assert np.array_equal(got, np.full(1000, (r - 1) % n, dtype=np.int32))
