@@ -142,3 +142,70 @@ def test_bare_ring_stops_at_once_when_a_rank_dies(tmp_path):
         assert wait_until_gone(list(ranks.values()), timeout=1) == []
     finally:
         kill_tree(proc)
+
+
+PEER_ROW_FIELDS = {"schema", "peer", "version", "launcher", "transport", "collective", "n_ranks", "dtype",
+                   "bytes_per_rank", "bytes_out", "warmup", "iters", "capped", "time_s", "time_s_rank0",
+                   "time_s_min", "time_s_p90", "algbw_GBps", "busbw_GBps", "verified", "status", "host",
+                   "python", "omp_num_threads", "note", "unix_time"}
+
+
+def test_peer_harness_runs_ringdist_and_skips_what_is_not_installed(tmp_path):
+    """benchmarks/peers/run.py with ringdist on 2 ranks at two tiny sizes: schema-1 rows, every
+    output checked on every rank, a barrier row, the tables; a peer whose virtualenv does not
+    exist is skipped with a line saying why. Needs neither MPI, torch nor MLX."""
+    import os
+    from pathlib import Path
+
+    from helpers import kill_tree
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "peers" / "run.py"
+    env = {k: v for k, v in os.environ.items() if k not in ("PEERS", "SIZES", "COLLECTIVES", "RINGDIST_LAUNCH")}
+    env["RINGDIST_PYTHON"] = sys.executable
+    proc = subprocess.Popen([sys.executable, str(script), "2", "--peers", "ringdist_ring,mpi_tcp", "--sizes", "4K,16K",
+                             "--target-time", "0.05", "--max-time", "1", "--peer-timeout", "120",
+                             "--results", str(tmp_path), "--venv", str(tmp_path / "no-venv"), "--note", "tiny"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                            start_new_session=True)
+    try:
+        out, _ = proc.communicate(timeout=150)
+    finally:
+        kill_tree(proc)
+    assert proc.returncode == 0, out
+    lines = [json.loads(line) for line in (tmp_path / "peers-N2.jsonl").read_text().splitlines()]
+    rows = [r for r in lines if r["peer"] == "ringdist_ring"]
+    assert sorted((r["collective"], r["bytes_per_rank"]) for r in rows) == [
+        ("all_gather", 4096), ("all_gather", 16384), ("all_sum", 4096), ("all_sum", 16384), ("barrier", 0)], out
+    for r in rows:
+        assert set(r) == PEER_ROW_FIELDS, sorted(set(r) ^ PEER_ROW_FIELDS)
+        assert r["schema"] == 1 and r["verified"] is True and r["status"] == "ok", r
+        assert r["n_ranks"] == 2 and r["dtype"] == "float32" and r["note"] == "tiny"
+        assert r["iters"] >= 5 and r["warmup"] >= 2 and 0 < r["time_s_min"] <= r["time_s"] <= r["time_s_p90"]
+        if r["collective"] == "all_gather":
+            assert r["bytes_out"] == 2 * r["bytes_per_rank"]
+            assert abs(r["busbw_GBps"] - 2 * r["bytes_per_rank"] / r["time_s"] / 2 / 1e9) < 1e-9
+        elif r["collective"] == "all_sum":
+            assert r["bytes_out"] == r["bytes_per_rank"]
+            assert abs(r["busbw_GBps"] - r["bytes_per_rank"] / r["time_s"] / 1e9) < 1e-9
+    skipped = [r for r in lines if r["peer"] == "mpi_tcp"]
+    assert len(skipped) == 1 and skipped[0]["status"] == "skipped" and skipped[0]["reason"], skipped
+    assert "== mpi_tcp: skipped (" in out, out
+    md = (tmp_path / "peers-N2.md").read_text()
+    assert "## all_gather, N = 2" in md and "## barrier, N = 2" in md and "| 16 KiB |" in md, md
+    assert "| ringdist_ring | 2 | 5 rows | ringdist " in md and "| mpi_tcp | 2 | skipped |" in md, md
+
+
+def test_peer_harness_refuses_bad_settings(tmp_path):
+    """Bad sizes, rank counts and peer names stop run.py at once with one line naming them."""
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "peers" / "run.py"
+    cases = [(["2", "--sizes", "4099"], "--sizes: 4099: not a positive whole number of float32"),
+             (["1"], "N = 1: expected at least 2 ranks"),
+             (["2", "--peers", "nccl"], "--peers: 'nccl': expected some of"),
+             (["2", "--target-time", "0"], "--target-time: '0': expected a positive, finite number of seconds")]
+    for argv, message in cases:
+        res = subprocess.run([sys.executable, str(script), *argv, "--results", str(tmp_path)],
+                             capture_output=True, text=True, timeout=60)
+        assert res.returncode == 2 and message in res.stderr, (argv, res.stderr)
+        assert "Traceback" not in res.stderr

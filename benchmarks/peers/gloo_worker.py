@@ -1,7 +1,8 @@
 """torch.distributed with the gloo backend (TCP, CPU tensors) as a peer (label torch_gloo).
 
 Started on every rank by `torchrun --standalone --nproc_per_node N gloo_worker.py [loop options]`.
-all_gather goes into an output made once per row (all_gather_into_tensor); all_reduce works in
+all_gather goes into an output made once per row (all_gather_single; all_gather_into_tensor on a
+torch without it); all_reduce works in
 place, so its input is copied back, untimed, before every call.
 """
 
@@ -13,6 +14,8 @@ import loop  # noqa: E402
 
 import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
+
+gather_into = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor  # (output, input)
 
 
 class Gloo(loop.Adapter):
@@ -41,7 +44,7 @@ class Gloo(loop.Adapter):
 
     def all_gather(self, state):
         _, _, work, out = state
-        dist.all_gather_into_tensor(out, work)
+        gather_into(out, work)
         return out
 
     def all_sum(self, state):

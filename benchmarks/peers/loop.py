@@ -114,7 +114,8 @@ def bandwidths(collective: str, nbytes: int, size: int, seconds: float) -> tuple
 
 def _one_call(adapter: Adapter, collective: str, state):
     """One timed call, barrier first: (result, seconds)."""
-    adapter.restore(state)
+    if state is not None:
+        adapter.restore(state)
     adapter.barrier()
     t0 = time.perf_counter()
     if collective == "barrier":

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -114,10 +115,13 @@ def _stop(proc: subprocess.Popen) -> None:
 
 
 def _why(log: Path) -> str:
-    """The last line of a failed peer's log that names an error, cut short."""
-    lines = [line.strip() for line in log.read_text(errors="replace").splitlines() if line.strip()]
-    named = [line for line in lines if any(w in line.lower() for w in ("error", "exception", "abort", "fail"))]
-    return (named or lines or [""])[-1][:300]
+    """The line of a failed peer's log that says best why, cut short: the last Python exception
+    ('...Error: ...'), else the last line naming an error, else the last line."""
+    lines = [line.strip() for line in log.read_text(errors="replace").splitlines()
+             if line.strip() and not line.startswith("#")]
+    raised = [line for line in lines if re.search(r"\b\w*(Error|Exception)\b: ", line)]
+    named = [line for line in lines if re.search(r"error|abort|fail", line, re.I)]
+    return (raised or named or lines or [""])[-1][:300]
 
 
 def run_peer(peer: str, args, setting: commands.Setting, out: Path, logs: Path) -> dict | None:

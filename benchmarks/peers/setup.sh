@@ -65,8 +65,8 @@ import importlib
 for name, probe in (("numpy", "numpy"), ("mpi4py", "mpi4py.MPI"), ("mlx", "mlx.core"), ("torch", "torch.distributed")):
     try:
         module = importlib.import_module(probe)
-        top = importlib.import_module(name)
-        print(f"  {name} {getattr(top, '__version__', '?')}")
+        version = getattr(module, "__version__", None) or getattr(importlib.import_module(name), "__version__", "?")
+        print(f"  {name} {version}")
     except Exception as exc:  # report every peer, whatever its import raises
         print(f"  {name}: not importable ({type(exc).__name__}: {exc})")
 PY
