@@ -209,3 +209,29 @@ def test_peer_harness_refuses_bad_settings(tmp_path):
                              capture_output=True, text=True, timeout=60)
         assert res.returncode == 2 and message in res.stderr, (argv, res.stderr)
         assert "Traceback" not in res.stderr
+
+
+def test_interleave_runs_the_peer_harness_by_default(tmp_path):
+    """benchmarks/interleave.py without --harness runs benchmarks/peers/run.py: ringdist's rows
+    for the size (all_gather and all_sum, no barrier row), and a peer that cannot run named."""
+    import os
+    from pathlib import Path
+
+    from helpers import kill_tree
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "interleave.py"
+    env = {k: v for k, v in os.environ.items() if k not in ("PEERS", "SIZES", "COLLECTIVES", "RINGDIST_LAUNCH")}
+    env.update(RINGDIST_PYTHON=sys.executable, VENV=str(tmp_path / "no-venv"), TARGET_TIME="0.05", MAX_TIME="1")
+    proc = subprocess.Popen([sys.executable, str(script), "-n", "2", "--repeats", "1", "--sizes", "4K",
+                             "--peers", "ringdist_ring,mpi_tcp", "--results", str(tmp_path / "out")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=150)
+    finally:
+        kill_tree(proc)
+    assert proc.returncode == 0, out + err
+    rows = [json.loads(line) for line in (tmp_path / "out" / "1" / "peers-N2.jsonl").read_text().splitlines()]
+    ok = sorted((r["peer"], r["collective"], r["bytes_per_rank"]) for r in rows if r["status"] == "ok")
+    assert ok == [("ringdist_ring", "all_gather", 4096), ("ringdist_ring", "all_sum", 4096)], rows
+    assert all(r["verified"] for r in rows if r["status"] == "ok")
+    assert "repeat 1, 4096 B, mpi_tcp: no result" in err and "== mpi_tcp: skipped (" in err, err
