@@ -47,7 +47,7 @@ def test_interleave_runs_each_size_and_peer_in_turn(tmp_path):
     peers alternating, every repeat in the harness's format, ratios with their median."""
     from pathlib import Path
 
-    harness = tmp_path / "run_all.sh"
+    harness = tmp_path / "harness.sh"
     calls = tmp_path / "calls"
     harness.write_text(r"""#!/usr/bin/env bash
 echo "$PEERS $SIZES $1" >> "$CALLS"
@@ -235,3 +235,38 @@ def test_interleave_runs_the_peer_harness_by_default(tmp_path):
     assert ok == [("ringdist_ring", "all_gather", 4096), ("ringdist_ring", "all_sum", 4096)], rows
     assert all(r["verified"] for r in rows if r["status"] == "ok")
     assert "repeat 1, 4096 B, mpi_tcp: no result" in err and "== mpi_tcp: skipped (" in err, err
+
+
+def test_peer_harness_stops_a_peer_past_its_timeout(tmp_path):
+    """A peer still running at --peer-timeout is stopped with all its processes, and the run
+    records it as failed with the reason instead of waiting for it. The peer here is a launcher
+    that never ends, with a child of its own (RINGDIST_LAUNCH)."""
+    import os
+    import time
+    from pathlib import Path
+
+    from helpers import descendants, kill_tree, wait_until_gone
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "peers" / "run.py"
+    env = {k: v for k, v in os.environ.items() if k not in ("PEERS", "SIZES", "COLLECTIVES", "RINGDIST_LAUNCH")}
+    env.update(RINGDIST_PYTHON=sys.executable, RINGDIST_LAUNCH="sh -c 'sleep 600 & exec sleep 601'")
+    proc = subprocess.Popen([sys.executable, str(script), "2", "--peers", "ringdist_ring", "--sizes", "4K",
+                             "--peer-timeout", "3", "--results", str(tmp_path)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                            start_new_session=True)
+    try:
+        seen: set[int] = set()
+        deadline = time.monotonic() + 120
+        while proc.poll() is None and time.monotonic() < deadline:
+            seen.update(descendants(proc.pid))
+            time.sleep(0.05)
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        kill_tree(proc)
+    assert proc.returncode == 1, out
+    assert len(seen) >= 2, f"the peer's processes were not seen: {seen}"
+    assert wait_until_gone(sorted(seen), timeout=5) == []
+    lines = [json.loads(line) for line in (tmp_path / "peers-N2.jsonl").read_text().splitlines()]
+    assert [(r["peer"], r["status"]) for r in lines] == [("ringdist_ring", "failed")], lines
+    assert lines[0]["reason"].startswith("timed out after 3 s") and lines[0]["log"].endswith("N2-ringdist_ring.log")
+    assert "| ringdist_ring | 2 | failed |" in (tmp_path / "peers-N2.md").read_text()

@@ -19,7 +19,9 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 PEERS = ("ringdist_ring", "mlx_ring", "torch_gloo", "mpi_tcp", "mpi_shm")
-MPIRUN = ["--allow-run-as-root", "--oversubscribe", "--bind-to", "none", "--mca", "pml", "ob1"]
+# oob_tcp_if_include lo: mpirun and its ranks talk among themselves over loopback too
+MPIRUN = ["--allow-run-as-root", "--oversubscribe", "--bind-to", "none", "--mca", "pml", "ob1",
+          "--mca", "oob_tcp_if_include", "lo"]
 MPI_BTL = {"mpi_tcp": ("tcp", ["--mca", "btl", "self,tcp", "--mca", "btl_tcp_if_include", "lo"]),
            "mpi_shm": ("shm", ["--mca", "btl", "self,vader"])}
 # what each peer's interpreter must manage, printed as the reason when it cannot
