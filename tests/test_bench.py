@@ -270,3 +270,37 @@ def test_peer_harness_stops_a_peer_past_its_timeout(tmp_path):
     assert [(r["peer"], r["status"]) for r in lines] == [("ringdist_ring", "failed")], lines
     assert lines[0]["reason"].startswith("timed out after 3 s") and lines[0]["log"].endswith("N2-ringdist_ring.log")
     assert "| ringdist_ring | 2 | failed |" in (tmp_path / "peers-N2.md").read_text()
+
+
+def test_peer_loop_marks_a_wrong_output(tmp_path):
+    """A peer whose rank 1 returns a wrong all_sum: the row says wrong_result, verified false,
+    names the rank and the element, and the worker exits non-zero."""
+    from pathlib import Path
+
+    from helpers import run_launcher
+
+    peers = Path(__file__).resolve().parents[1] / "benchmarks" / "peers"
+    worker = tmp_path / "off_by_one_worker.py"
+    worker.write_text(f"""import sys
+sys.path.insert(0, {str(peers)!r})
+import loop
+from ringdist_worker import Ringdist
+
+class OffByOne(Ringdist):
+    def all_sum(self, x):
+        y = super().all_sum(x)
+        if self.rank == 1:
+            y[3] += 1
+        return y
+
+loop.main(OffByOne)
+""")
+    out = tmp_path / "rows.jsonl"
+    res = run_launcher(["-n", "2", str(worker), "--out", str(out), "--sizes", "4096", "--collectives", "all_gather,all_sum",
+                        "--target-time", "0.05", "--max-time", "1"], timeout=120)
+    assert res.returncode != 0, res.stdout + res.stderr
+    rows = {r["collective"]: r for r in map(json.loads, out.read_text().splitlines())}
+    assert rows["all_gather"]["verified"] is True and rows["all_gather"]["status"] == "ok"
+    bad = rows["all_sum"]
+    assert bad["verified"] is False and bad["status"] == "wrong_result", bad
+    assert bad["error"] == "all_sum: wrong output on rank(s) [1], first wrong element 3 on rank 1", bad

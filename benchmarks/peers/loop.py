@@ -84,21 +84,26 @@ def block(count: int, rank: int) -> np.ndarray:
     return (np.arange(count, dtype=np.int64) % 251).astype(np.float32) + np.float32(256 * rank)
 
 
-def check(collective: str, out, count: int, size: int) -> str:
-    """'' when `out` is the exact answer of `collective` over `size` ranks, else what differs."""
+def check(collective: str, out, count: int, size: int) -> tuple[int, str]:
+    """(-1, '') when `out` is the exact answer of `collective` over `size` ranks, else the first
+    wrong element (0 for a wrong length) and what differs. Compared block by block, so no
+    second copy of a large all_gather output is made."""
     got = np.asarray(out).reshape(-1)
+    base = block(count, 0)
     if collective == "all_gather":
-        want = np.concatenate([block(count, r) for r in range(size)])
+        want_size, blocks = count * size, ((r, base + np.float32(256 * r)) for r in range(size))
     else:
-        want = block(count, 0) * np.float32(size) + np.float32(256 * size * (size - 1) // 2)
-    if got.size != want.size:
-        return f"{collective}: {got.size} values, expected {want.size}"
-    wrong = np.flatnonzero(got != want)
-    if wrong.size:
-        i = int(wrong[0])
-        where = f"rank {i // count}'s block, " if collective == "all_gather" else ""
-        return f"{collective}: {where}element {i}: got {got[i]!r}, expected {want[i]!r}"
-    return ""
+        want_size, blocks = count, [(0, base * np.float32(size) + np.float32(256 * size * (size - 1) // 2))]
+    if got.size != want_size:
+        return 0, f"{got.size} values, expected {want_size}"
+    for r, want in blocks:
+        part = got[r * count:(r + 1) * count]
+        wrong = np.flatnonzero(part != want)
+        if wrong.size:
+            i = int(wrong[0])
+            where = f"rank {r}'s block, " if collective == "all_gather" else ""
+            return r * count + i, f"{where}element {r * count + i}: got {float(part[i])}, expected {float(want[i])}"
+    return -1, ""
 
 
 def bandwidths(collective: str, nbytes: int, size: int, seconds: float) -> tuple[float, float]:
@@ -134,7 +139,7 @@ def measure(adapter: Adapter, collective: str, nbytes: int, opts) -> dict:
     state = adapter.prepare(block(count, adapter.rank), collective) if collective != "barrier" else None
 
     result, _ = _one_call(adapter, collective, state)
-    problem = check(collective, adapter.as_numpy(result), count, size) if collective != "barrier" else ""
+    wrong_at, problem = check(collective, adapter.as_numpy(result), count, size) if collective != "barrier" else (-1, "")
     result = None
     warmup, batch = 1, 1
     while True:  # calibration batches (also warm-up) of 1, 4, 16, 64 calls
@@ -160,12 +165,15 @@ def measure(adapter: Adapter, collective: str, nbytes: int, opts) -> dict:
             if adapter.agree([time.perf_counter() - start]).max() > opts.max_time:
                 break
     if collective != "barrier" and not problem:
-        problem = check(collective, adapter.as_numpy(result), count, size)
+        wrong_at, problem = check(collective, adapter.as_numpy(result), count, size)
     result = state = None
 
-    table = adapter.agree(times + [0.0 if problem else 1.0])
-    verified = bool((table[:, -1] == 1.0).all())
-    per_call = table[:, :-1].max(axis=0)  # a call is over when its slowest rank is
+    # each rank's times, then its first wrong element (-1: none) in two parts exact in float32
+    table = adapter.agree(times + [*divmod(wrong_at, 1 << 16)] if wrong_at >= 0 else times + [-1.0, 0.0])
+    firsts = {r: int(table[r, -2]) * (1 << 16) + int(table[r, -1]) for r in range(size) if table[r, -2] >= 0}
+    verified = not firsts
+    table = table[:, :-2]
+    per_call = table.max(axis=0)  # a call is over when its slowest rank is
     median = float(np.median(per_call))
     algbw, busbw = bandwidths(collective, nbytes, size, median)
     row = {
@@ -174,7 +182,7 @@ def measure(adapter: Adapter, collective: str, nbytes: int, opts) -> dict:
         "n_ranks": size, "dtype": "float32", "bytes_per_rank": nbytes,
         "bytes_out": nbytes * size if collective == "all_gather" else nbytes,
         "warmup": warmup, "iters": len(times), "capped": len(times) < iters,
-        "time_s": median, "time_s_rank0": float(np.median(table[0, :-1])),
+        "time_s": median, "time_s_rank0": float(np.median(table[0])),
         "time_s_min": float(per_call.min()), "time_s_p90": float(np.percentile(per_call, 90)),
         "algbw_GBps": algbw, "busbw_GBps": busbw,
         "verified": verified, "status": "ok" if verified else "wrong_result",
@@ -183,8 +191,9 @@ def measure(adapter: Adapter, collective: str, nbytes: int, opts) -> dict:
         "unix_time": round(time.time(), 3),
     }
     if not verified:
-        bad = [r for r in range(size) if table[r, -1] != 1.0]
-        row["error"] = f"wrong output on rank(s) {bad}" + (f"; rank {adapter.rank}: {problem}" if problem else "")
+        row["error"] = (f"{collective}: wrong output on rank(s) {sorted(firsts)}, first wrong element "
+                        + ", ".join(f"{i} on rank {r}" for r, i in sorted(firsts.items()))
+                        + (f"; rank {adapter.rank}: {problem}" if problem else ""))
     return row
 
 
