@@ -13,9 +13,9 @@ rank receives (N-1)·size bytes over TCP, whatever the algorithm, and each of th
 the kernel a copy in and a copy out. (On 3 or more ranks it forwards whole blocks a step at a
 time, where ringdist forwards chunks as they land, so ringdist can beat it there.)
 
-Timing follows the shared harness: a barrier (a token round the ring) before every call, the
-call's time is the slowest rank's, the row's time is the median over calls, busbw is
-(N-1)·size/time. The outputs are checked after the last call.
+Timing follows the peer harness (benchmarks/peers/loop.py): a barrier (a token round the ring)
+before every call, the call's time is the slowest rank's, the row's time is the median over
+calls, busbw is (N-1)·size/time. The outputs are checked after the last call.
 
 For every size and repeat, the bare ring and `ringdist-bench` (same size, same N) run one after the
 other, swapping order each repeat. Repeat k goes to DIR/k/peers-N<N>.jsonl in the harness's
@@ -69,7 +69,7 @@ def rank_main(rank: int, n: int, size: int, iters: int, listen_fd: int, next_por
         s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     count = size // 4
 
-    def block(q: int) -> np.ndarray:  # rank q's input, as the shared harness makes it
+    def block(q: int) -> np.ndarray:  # rank q's input, as benchmarks/peers/loop.py makes it
         return (np.arange(count, dtype=np.float32) % 251) + 256 * q
 
     mine = block(rank)

@@ -1,9 +1,9 @@
-"""Run the shared peer harness size by size, its peers taking turns, several times over.
+"""Run the peer harness (benchmarks/peers/run.py) size by size, its peers taking turns, several times over.
 
 usage: python benchmarks/interleave.py -n N [--repeats 5] [--sizes 4K,64K,1M,16M,64M]
-           [--peers mpi_tcp,ringdist_ring] [--results DIR] [--harness .../run_all.sh]
+           [--peers mpi_tcp,ringdist_ring] [--results DIR] [--harness benchmarks/peers/run.py]
 
-`run_all.sh N` runs each peer through every size in turn, so the same size of two peers is
+`run.py N` runs each peer through every size in turn, so the same size of two peers is
 measured a minute or more apart. This machine goes through slow phases lasting seconds, in
 which kernel copies take two to three times the CPU time, and a ratio from one such run
 says more about the phases than about the transports. Here every (size, peer) is its own
@@ -11,7 +11,9 @@ short harness run, the peers alternate size by size (seconds apart) and swap ord
 repeat to the next, and the whole is repeated: repeat k goes to DIR/k/peers-N<N>.jsonl, in
 the harness's format. It ends by printing `ratios.py` over the repeats, with their median.
 
-Environment (RINGDIST_PYTHON, VENV, TARGET_TIME, ...) passes through to the harness.
+Environment (RINGDIST_PYTHON, VENV, TARGET_TIME, ...) passes through to the harness; COLLECTIVES
+defaults to all_gather,all_sum here (the barrier row does not depend on the size). A harness
+ending in .py runs with this interpreter, any other with bash.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import tempfile
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-DEFAULT_HARNESS = HERE.parent.parent / "shared" / "bench" / "peers" / "run_all.sh"
+DEFAULT_HARNESS = HERE / "peers" / "run.py"
 sys.path.insert(0, str(HERE.parent))  # run as a script, with or without ringdist installed
 from benchmarks.cli import parse_size  # noqa: E402  (ringdist-bench's size syntax: 4K, 64M)
 
@@ -43,13 +45,14 @@ def main(argv: list[str] | None = None) -> int:
                         default="4K,64K,1M,16M,64M")
     parser.add_argument("--peers", default="mpi_tcp,ringdist_ring")
     parser.add_argument("--results", default="/tmp/interleave")
-    parser.add_argument("--harness", default=str(DEFAULT_HARNESS), help="the shared bench/peers/run_all.sh")
+    parser.add_argument("--harness", default=str(DEFAULT_HARNESS), help="the peer harness (default: benchmarks/peers/run.py)")
     args = parser.parse_args(argv)
     sizes = args.sizes
     peers = [p for p in args.peers.split(",") if p]
     harness = Path(args.harness)
     if not harness.is_file():
-        parser.error(f"--harness {harness}: no such file (the shared bench/peers/run_all.sh)")
+        parser.error(f"--harness {harness}: no such file")
+    command = [sys.executable, str(harness)] if harness.suffix == ".py" else ["bash", str(harness)]
     results = Path(args.results)
     runs = []
     for k in range(1, args.repeats + 1):
@@ -61,7 +64,8 @@ def main(argv: list[str] | None = None) -> int:
             for peer in order(peers, k, index):
                 with tempfile.TemporaryDirectory(prefix="interleave-") as tmp:
                     env = dict(os.environ, PEERS=peer, SIZES=str(size), RESULTS=tmp)
-                    done = subprocess.run(["bash", str(harness), str(args.n)], env=env,
+                    env.setdefault("COLLECTIVES", "all_gather,all_sum")
+                    done = subprocess.run([*command, str(args.n)], env=env,
                                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
                     lines = Path(tmp, f"peers-N{args.n}.jsonl").read_text() if done.returncode == 0 else ""
                     if '"status": "ok"' not in lines:

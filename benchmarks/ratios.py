@@ -1,8 +1,8 @@
-"""ringdist / peer ratios from the shared harness's JSONL files, one column per run.
+"""ringdist / peer ratios from the peer harness's JSONL files (benchmarks/peers/), one column per run.
 
 usage: python benchmarks/ratios.py [--peer mpi_tcp] RUN [RUN ...]
 
-A RUN is a results folder of `run_all.sh` (its peers-N*.jsonl files) or one JSONL file.
+A RUN is a results folder of `benchmarks/peers/run.py` (its peers-N*.jsonl files) or one JSONL file.
 
 busbw ratio (ringdist / peer, above 1: ringdist faster) for every size, and for 4 KiB the
 time ratio (ringdist / peer, below 1: ringdist faster), as the issue's targets are stated.

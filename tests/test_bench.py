@@ -47,7 +47,7 @@ def test_interleave_runs_each_size_and_peer_in_turn(tmp_path):
     peers alternating, every repeat in the harness's format, ratios with their median."""
     from pathlib import Path
 
-    harness = tmp_path / "run_all.sh"
+    harness = tmp_path / "harness.sh"
     calls = tmp_path / "calls"
     harness.write_text(r"""#!/usr/bin/env bash
 echo "$PEERS $SIZES $1" >> "$CALLS"
@@ -142,3 +142,165 @@ def test_bare_ring_stops_at_once_when_a_rank_dies(tmp_path):
         assert wait_until_gone(list(ranks.values()), timeout=1) == []
     finally:
         kill_tree(proc)
+
+
+PEER_ROW_FIELDS = {"schema", "peer", "version", "launcher", "transport", "collective", "n_ranks", "dtype",
+                   "bytes_per_rank", "bytes_out", "warmup", "iters", "capped", "time_s", "time_s_rank0",
+                   "time_s_min", "time_s_p90", "algbw_GBps", "busbw_GBps", "verified", "status", "host",
+                   "python", "omp_num_threads", "note", "unix_time"}
+
+
+def test_peer_harness_runs_ringdist_and_skips_what_is_not_installed(tmp_path):
+    """benchmarks/peers/run.py with ringdist on 2 ranks at two tiny sizes: schema-1 rows, every
+    output checked on every rank, a barrier row, the tables; a peer whose virtualenv does not
+    exist is skipped with a line saying why. Needs neither MPI, torch nor MLX."""
+    import os
+    from pathlib import Path
+
+    from helpers import kill_tree
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "peers" / "run.py"
+    env = {k: v for k, v in os.environ.items() if k not in ("PEERS", "SIZES", "COLLECTIVES", "RINGDIST_LAUNCH")}
+    env["RINGDIST_PYTHON"] = sys.executable
+    proc = subprocess.Popen([sys.executable, str(script), "2", "--peers", "ringdist_ring,mpi_tcp", "--sizes", "4K,16K",
+                             "--target-time", "0.05", "--max-time", "1", "--peer-timeout", "120",
+                             "--results", str(tmp_path), "--venv", str(tmp_path / "no-venv"), "--note", "tiny"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                            start_new_session=True)
+    try:
+        out, _ = proc.communicate(timeout=150)
+    finally:
+        kill_tree(proc)
+    assert proc.returncode == 0, out
+    lines = [json.loads(line) for line in (tmp_path / "peers-N2.jsonl").read_text().splitlines()]
+    rows = [r for r in lines if r["peer"] == "ringdist_ring"]
+    assert sorted((r["collective"], r["bytes_per_rank"]) for r in rows) == [
+        ("all_gather", 4096), ("all_gather", 16384), ("all_sum", 4096), ("all_sum", 16384), ("barrier", 0)], out
+    for r in rows:
+        assert set(r) == PEER_ROW_FIELDS, sorted(set(r) ^ PEER_ROW_FIELDS)
+        assert r["schema"] == 1 and r["verified"] is True and r["status"] == "ok", r
+        assert r["n_ranks"] == 2 and r["dtype"] == "float32" and r["note"] == "tiny"
+        assert r["iters"] >= 5 and r["warmup"] >= 2 and 0 < r["time_s_min"] <= r["time_s"] <= r["time_s_p90"]
+        if r["collective"] == "all_gather":
+            assert r["bytes_out"] == 2 * r["bytes_per_rank"]
+            assert abs(r["busbw_GBps"] - 2 * r["bytes_per_rank"] / r["time_s"] / 2 / 1e9) < 1e-9
+        elif r["collective"] == "all_sum":
+            assert r["bytes_out"] == r["bytes_per_rank"]
+            assert abs(r["busbw_GBps"] - r["bytes_per_rank"] / r["time_s"] / 1e9) < 1e-9
+    skipped = [r for r in lines if r["peer"] == "mpi_tcp"]
+    assert len(skipped) == 1 and skipped[0]["status"] == "skipped" and skipped[0]["reason"], skipped
+    assert "== mpi_tcp: skipped (" in out, out
+    md = (tmp_path / "peers-N2.md").read_text()
+    assert "## all_gather, N = 2" in md and "## barrier, N = 2" in md and "| 16 KiB |" in md, md
+    assert "| ringdist_ring | 2 | 5 rows | ringdist " in md and "| mpi_tcp | 2 | skipped |" in md, md
+
+
+def test_peer_harness_refuses_bad_settings(tmp_path):
+    """Bad sizes, rank counts and peer names stop run.py at once with one line naming them."""
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "peers" / "run.py"
+    cases = [(["2", "--sizes", "4099"], "--sizes: 4099: not a positive whole number of float32"),
+             (["1"], "N = 1: expected at least 2 ranks"),
+             (["2", "--peers", "nccl"], "--peers: 'nccl': expected some of"),
+             (["2", "--target-time", "0"], "--target-time: '0': expected a positive, finite number of seconds")]
+    for argv, message in cases:
+        res = subprocess.run([sys.executable, str(script), *argv, "--results", str(tmp_path)],
+                             capture_output=True, text=True, timeout=60)
+        assert res.returncode == 2 and message in res.stderr, (argv, res.stderr)
+        assert "Traceback" not in res.stderr
+
+
+def test_interleave_runs_the_peer_harness_by_default(tmp_path):
+    """benchmarks/interleave.py without --harness runs benchmarks/peers/run.py: ringdist's rows
+    for the size (all_gather and all_sum, no barrier row), and a peer that cannot run named."""
+    import os
+    from pathlib import Path
+
+    from helpers import kill_tree
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "interleave.py"
+    env = {k: v for k, v in os.environ.items() if k not in ("PEERS", "SIZES", "COLLECTIVES", "RINGDIST_LAUNCH")}
+    env.update(RINGDIST_PYTHON=sys.executable, VENV=str(tmp_path / "no-venv"), TARGET_TIME="0.05", MAX_TIME="1")
+    proc = subprocess.Popen([sys.executable, str(script), "-n", "2", "--repeats", "1", "--sizes", "4K",
+                             "--peers", "ringdist_ring,mpi_tcp", "--results", str(tmp_path / "out")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=150)
+    finally:
+        kill_tree(proc)
+    assert proc.returncode == 0, out + err
+    rows = [json.loads(line) for line in (tmp_path / "out" / "1" / "peers-N2.jsonl").read_text().splitlines()]
+    ok = sorted((r["peer"], r["collective"], r["bytes_per_rank"]) for r in rows if r["status"] == "ok")
+    assert ok == [("ringdist_ring", "all_gather", 4096), ("ringdist_ring", "all_sum", 4096)], rows
+    assert all(r["verified"] for r in rows if r["status"] == "ok")
+    assert "repeat 1, 4096 B, mpi_tcp: no result" in err and "== mpi_tcp: skipped (" in err, err
+
+
+def test_peer_harness_stops_a_peer_past_its_timeout(tmp_path):
+    """A peer still running at --peer-timeout is stopped with all its processes, and the run
+    records it as failed with the reason instead of waiting for it. The peer here is a launcher
+    that never ends, with a child of its own (RINGDIST_LAUNCH)."""
+    import os
+    import time
+    from pathlib import Path
+
+    from helpers import descendants, kill_tree, wait_until_gone
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "peers" / "run.py"
+    env = {k: v for k, v in os.environ.items() if k not in ("PEERS", "SIZES", "COLLECTIVES", "RINGDIST_LAUNCH")}
+    env.update(RINGDIST_PYTHON=sys.executable, RINGDIST_LAUNCH="sh -c 'sleep 600 & exec sleep 601'")
+    proc = subprocess.Popen([sys.executable, str(script), "2", "--peers", "ringdist_ring", "--sizes", "4K",
+                             "--peer-timeout", "3", "--results", str(tmp_path)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                            start_new_session=True)
+    try:
+        seen: set[int] = set()
+        deadline = time.monotonic() + 120
+        while proc.poll() is None and time.monotonic() < deadline:
+            seen.update(descendants(proc.pid))
+            time.sleep(0.05)
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        kill_tree(proc)
+    assert proc.returncode == 1, out
+    assert len(seen) >= 2, f"the peer's processes were not seen: {seen}"
+    assert wait_until_gone(sorted(seen), timeout=5) == []
+    lines = [json.loads(line) for line in (tmp_path / "peers-N2.jsonl").read_text().splitlines()]
+    assert [(r["peer"], r["status"]) for r in lines] == [("ringdist_ring", "failed")], lines
+    assert lines[0]["reason"].startswith("timed out after 3 s") and lines[0]["log"].endswith("N2-ringdist_ring.log")
+    assert "| ringdist_ring | 2 | failed |" in (tmp_path / "peers-N2.md").read_text()
+
+
+def test_peer_loop_marks_a_wrong_output(tmp_path):
+    """A peer whose rank 1 returns a wrong all_sum: the row says wrong_result, verified false,
+    names the rank and the element, and the worker exits non-zero."""
+    from pathlib import Path
+
+    from helpers import run_launcher
+
+    peers = Path(__file__).resolve().parents[1] / "benchmarks" / "peers"
+    worker = tmp_path / "off_by_one_worker.py"
+    worker.write_text(f"""import sys
+sys.path.insert(0, {str(peers)!r})
+import loop
+from ringdist_worker import Ringdist
+
+class OffByOne(Ringdist):
+    def all_sum(self, x):
+        y = super().all_sum(x)
+        if self.rank == 1:
+            y[3] += 1
+        return y
+
+loop.main(OffByOne)
+""")
+    out = tmp_path / "rows.jsonl"
+    res = run_launcher(["-n", "2", str(worker), "--out", str(out), "--sizes", "4096", "--collectives", "all_gather,all_sum",
+                        "--target-time", "0.05", "--max-time", "1"], timeout=120)
+    assert res.returncode != 0, res.stdout + res.stderr
+    rows = {r["collective"]: r for r in map(json.loads, out.read_text().splitlines())}
+    assert rows["all_gather"]["verified"] is True and rows["all_gather"]["status"] == "ok"
+    bad = rows["all_sum"]
+    assert bad["verified"] is False and bad["status"] == "wrong_result", bad
+    assert bad["error"] == "all_sum: wrong output on rank(s) [1], first wrong element 3 on rank 1", bad
