@@ -261,12 +261,19 @@ class _Supervisor:
                 if remote_pid is not None:
                     self.policy.rank_pid(event.rank, remote_pid)
                 self._log(f"rank {event.rank} {describe_exit(event.returncode)}")
-                self._apply(self.policy.rank_exited(event.rank, event.returncode, self._left()))
+                self._apply(self.policy.rank_exited(event.rank, event.returncode, self._left(),
+                                                    self._exiting(event.returncode)))
             elif isinstance(event, _NotStarted):
                 host = self.ranks[event.rank].launch.host
                 self._apply(self.policy.host_failed(event.rank, host, event.reason, event.status))
             else:
                 self._apply(self.policy.signalled(event.signum))
+
+    def _exiting(self, returncode: int) -> set[int]:
+        """Running ranks whose process is dying, when the policy may need them (a failure is being judged)."""
+        if self.policy.stopping or (returncode == 0 and not self.policy.settling):
+            return set()
+        return {r for r in self.policy.running if self.ranks[r].proc.exiting()}
 
     def _left(self) -> dict[int, float]:
         """When each rank's control connection closed, for those closed so far."""

@@ -32,6 +32,7 @@ from typing import Callable, Mapping, Protocol, Sequence
 from ringdist.hostfile import Placement
 
 _PR_SET_PDEATHSIG = 1
+_PF_EXITING = 0x4  # a task's flag in /proc/PID/stat while it exits (include/linux/sched.h)
 DEFAULT_AGENT = ("ssh", "-o", "BatchMode=yes")
 KEEPER_SOURCE = (Path(__file__).with_name("remote.py")).read_text(encoding="utf-8")
 MARKER = b"\x00RINGDIST-REMOTE "  # as in remote.py
@@ -73,6 +74,10 @@ class RankProcess:
     def wait_exit(self) -> int:
         """Block until the rank exits; its returncode (-N for signal N), the process left unreaped."""
         return wait_exit(self.proc)
+
+    def exiting(self) -> bool:
+        """Whether the rank's process is dying or dead (its exit perhaps not seen yet); False where unknown."""
+        return process_exiting(self.pid)
 
     def finish(self, timeout: float) -> None:
         """Kill whatever is left of the rank and reap it (at the end of the job)."""
@@ -248,6 +253,9 @@ class RemoteRankProcess(RankProcess):
         if not self._started:  # still connecting: the keeper, if it ever starts, sees stdin end
             signal_group(self.proc, sig)
 
+    def exiting(self) -> bool:
+        return False  # the rank's process is on another host
+
     def wait_exit(self) -> int:
         code = wait_exit(self.proc)
         self._exit_known.wait(EXIT_REPORT_WAIT)
@@ -296,6 +304,21 @@ def wait_exit(proc: subprocess.Popen[bytes]) -> int:
         info = os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOWAIT)
         return info.si_status if info.si_code == os.CLD_EXITED else -info.si_status
     return proc.wait()
+
+
+def process_exiting(pid: int) -> bool:
+    """Linux: whether process `pid` has begun to exit (PF_EXITING) or is a zombie.
+
+    A process killed with SIGKILL closes its sockets in the middle of its exit, so its
+    peers can fail on the lost connections, and even finish exiting, before its own exit
+    is reported; from the moment they could notice, this says it is on its way out.
+    """
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rpartition(b")")[2].split()
+        return fields[0] in (b"Z", b"X") or bool(int(fields[6]) & _PF_EXITING)
+    except (OSError, IndexError, ValueError):
+        return False
 
 
 def _die_with_parent() -> Callable[[], None] | None:
