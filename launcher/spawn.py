@@ -35,6 +35,7 @@ _PR_SET_PDEATHSIG = 1
 _PF_EXITING = 0x4  # a task's flag in /proc/PID/stat while it exits (include/linux/sched.h)
 DEFAULT_AGENT = ("ssh", "-o", "BatchMode=yes")
 KEEPER_SOURCE = (Path(__file__).with_name("remote.py")).read_text(encoding="utf-8")
+GUARD_SOURCE = (Path(__file__).with_name("guard.py")).read_text(encoding="utf-8")
 MARKER = b"\x00RINGDIST-REMOTE "  # as in remote.py
 UNREACHABLE = 255  # the exit status when a host cannot be reached, as ssh's own
 # How long to wait, after the agent exited, for its last output line (the keeper's exit report).
@@ -269,6 +270,39 @@ class RemoteRankProcess(RankProcess):
             except subprocess.TimeoutExpired:
                 pass
         super().finish(timeout / 2)
+
+
+class Guard:
+    """The job's guard process (guard.py): if the launcher dies, it kills every rank's process group."""
+
+    def __init__(self) -> None:
+        self.proc = subprocess.Popen([sys.executable, "-c", GUARD_SOURCE], stdin=subprocess.PIPE,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                     start_new_session=True)
+
+    def watch(self, pgid: int) -> None:
+        """Add a process group to kill should the launcher die."""
+        self._say(f"+{pgid}")
+
+    def release(self) -> None:
+        """The job is cleaned up: let the guard exit without killing anything, and reap it."""
+        self._say("done")
+        try:
+            self.proc.stdin.close()  # type: ignore[union-attr]
+        except OSError:
+            pass
+        try:
+            self.proc.wait(5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+    def _say(self, line: str) -> None:
+        try:
+            self.proc.stdin.write(line.encode() + b"\n")  # type: ignore[union-attr]
+            self.proc.stdin.flush()  # type: ignore[union-attr]
+        except (OSError, ValueError):  # the guard is gone (someone killed it): the job goes on
+            pass
 
 
 def is_ssh_like(agent: Sequence[str]) -> bool:
