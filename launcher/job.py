@@ -226,8 +226,8 @@ class _Supervisor:
             except OSError as e:
                 self._apply(self.policy.start_failed(launch.rank, launch.host, e))
                 return
-            if self.guard is not None:
-                self.guard.watch(proc.pid)  # its process group: the rank is its leader
+            if self.guard is not None and proc.guarded_group is not None:
+                self.guard.watch(proc.guarded_group)
             self._log(f"rank {launch.rank} started on host {launch.host}, pid {proc.pid}")
             self.policy.rank_started(RankInfo(launch.rank, launch.host, proc.pid))
             pumps = pump_rank(launch.rank, proc.stdout, proc.stderr, self.writer, self.prefix,

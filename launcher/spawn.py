@@ -80,6 +80,11 @@ class RankProcess:
         """Whether the rank's process is dying or dead (its exit perhaps not seen yet); False where unknown."""
         return process_exiting(self.pid)
 
+    @property
+    def guarded_group(self) -> int | None:
+        """The process group the job's guard kills if the launcher dies: the rank's own."""
+        return self.pid
+
     def finish(self, timeout: float) -> None:
         """Kill whatever is left of the rank and reap it (at the end of the job)."""
         signal_group(self.proc, signal.SIGKILL)
@@ -256,6 +261,12 @@ class RemoteRankProcess(RankProcess):
 
     def exiting(self) -> bool:
         return False  # the rank's process is on another host
+
+    @property
+    def guarded_group(self) -> None:
+        """None: the keeper on the rank's host kills its process group when its stdin ends. (Killing
+        the agent would not reach the rank's host, and could kill a keeper the agent execs first.)"""
+        return None
 
     def wait_exit(self) -> int:
         code = wait_exit(self.proc)

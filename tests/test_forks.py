@@ -7,6 +7,7 @@ RINGDIST_TIMEOUT. And a launcher killed with kill -9 must take its ranks' childr
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -14,7 +15,8 @@ import subprocess
 import sys
 import time
 
-from helpers import SCRIPTS, LineReader, kill_tree, pid_alive, run_launcher, start_launcher, wait_until_gone
+from helpers import (SCRIPTS, LineReader, descendants, kill_tree, pid_alive, run_launcher, start_launcher,
+                     wait_until_gone)
 from test_schedulers import BASE, free_port
 
 FORKING_RANK = str(SCRIPTS / "forking_rank.py")
@@ -124,3 +126,25 @@ def test_kill_9_of_the_launcher_takes_every_rank_and_child_but_not_a_new_session
         kill_tree(proc)
         _kill_all(everyone)
         wait_until_gone(everyone, timeout=5)
+
+
+def test_kill_9_of_the_launcher_takes_remote_ranks_and_their_children(tmp_path):
+    # "Remote" hosts reached through an agent that execs the keeper on this machine (as `ip netns exec`
+    # does): the keeper must outlive the launcher to see its stdin end, and kill the rank's process group.
+    hostfile = tmp_path / "hosts.json"
+    hostfile.write_text(json.dumps({"hosts": [{"ssh": "agent-host-a", "ips": ["127.0.0.1"]},
+                                              {"ssh": "agent-host-b", "ips": ["127.0.0.1"]}]}))
+    proc = start_launcher(["--rsh-agent", str(SCRIPTS / "local_agent.sh"), "--hosts", str(hostfile),
+                           "--rendezvous", "127.0.0.1", FORKING_RANK], env=NO_TIMEOUT)
+    everyone: list[int] = []
+    try:
+        ready = _ready(LineReader(proc.stdout), 2)
+        keepers = descendants(proc.pid)
+        everyone = sorted(set(keepers) | {pid for pid, kids in ready.values() for pid in (pid, *kids)})
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+        left = wait_until_gone(everyone, timeout=5)
+        assert not left, f"still running 5 s after kill -9 of the launcher: {left} of {everyone}"
+    finally:
+        kill_tree(proc)
+        _kill_all(everyone)
