@@ -2,7 +2,7 @@
 
 The launcher starts it first, in its own session (so nothing aimed at the launcher's
 process group or terminal reaches it), and writes to its stdin:
-  +PGID        a rank's process group (a local rank's, or a remote rank's agent's)
+  +PGID        a local rank's process group (a remote rank's keeper does this job on its host)
   done         the job is over and cleaned up: exit, killing nothing
   end of file  without `done`: the launcher died (kill -9, a crash): SIGKILL every listed group
 On Linux the kernel kills each rank when the launcher dies (PR_SET_PDEATHSIG), but not

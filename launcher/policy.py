@@ -105,10 +105,10 @@ _STOP_SIGNALS = (-signal.SIGTERM, -signal.SIGKILL)  # returncodes of ranks the l
 
 
 def _killed_from_outside(returncode: int) -> bool:
-    """Whether a rank that failed while no rank had been stopped yet died of a signal: one the
-    launcher did not send (it sends none before the cause is named), so kill -9, the OOM killer,
-    a crash. ringdist turns a peer's death into an exception, never a signal, so such a death
-    is a cause, not a consequence; SIGPIPE (writing to a peer that is gone) may be one."""
+    """Whether a failed rank died of a signal the launcher did not send (it sends none before the
+    cause is named): kill -9, the OOM killer, a crash. ringdist turns a peer's death into an
+    exception, never a signal, so such a death is a cause, not a consequence. SIGPIPE (writing
+    to a peer that is gone) can be a consequence, and counts as an error code."""
     return returncode < 0 and returncode != -signal.SIGPIPE
 
 
