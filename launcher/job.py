@@ -25,7 +25,7 @@ from ringdist.rendezvous import RendezvousServer
 from .output import LineWriter, Pump, pump_rank
 from .plan import JobPlan, RankLaunch
 from .policy import SETTLE_WAIT, Action, Decision, JobPolicy, RankInfo, describe_exit, rank_list
-from .spawn import RankProcess, Spawner
+from .spawn import Guard, RankProcess, Spawner
 
 # How long to wait for ranks after SIGKILL, and for their output to drain, before giving up.
 KILL_WAIT = 10.0
@@ -167,6 +167,7 @@ class _Supervisor:
         self.events = _Inbox()
         self.ranks: dict[int, _Rank] = {}
         self.server: RendezvousServer | None = None
+        self.guard: Guard | None = None
         self.settle_deadline: float | None = None
         self.term_deadline: float | None = None
         self.kill_deadline: float | None = None
@@ -202,12 +203,22 @@ class _Supervisor:
         self.server = server
         try:
             self._log(f"rendezvous listening at {server.address}")
+            self._start_guard()
             self._start_ranks(spawners, server.address, secret)
             self._supervise()
         finally:
             self._clean_up()
             server.close()
+            if self.guard is not None:
+                self.guard.release()
         return True
+
+    def _start_guard(self) -> None:
+        """Start the process that kills the ranks' process groups (their children too) if the launcher dies."""
+        try:
+            self.guard = Guard()
+        except OSError as e:  # the ranks themselves still die with the launcher (Linux)
+            self.writer.message(f"ringdist-launch: warning: cannot start the job's guard process: {e}")
 
     def _start_ranks(self, spawners: Sequence[Spawner], rendezvous: str, secret: str) -> None:
         # Ranks are started from the main thread: on Linux their parent-death
@@ -218,6 +229,8 @@ class _Supervisor:
             except OSError as e:
                 self._apply(self.policy.start_failed(launch.rank, launch.host, e))
                 return
+            if self.guard is not None and proc.guarded_group is not None:
+                self.guard.watch(proc.guarded_group)
             self._log(f"rank {launch.rank} started on host {launch.host}, pid {proc.pid}")
             self.policy.rank_started(RankInfo(launch.rank, launch.host, proc.pid))
             pumps = pump_rank(launch.rank, proc.stdout, proc.stderr, self.writer, self.prefix,
@@ -264,12 +277,19 @@ class _Supervisor:
                 if remote_pid is not None:
                     self.policy.rank_pid(event.rank, remote_pid)
                 self._log(f"rank {event.rank} {describe_exit(event.returncode)}")
-                self._apply(self.policy.rank_exited(event.rank, event.returncode, self._left()))
+                self._apply(self.policy.rank_exited(event.rank, event.returncode, self._left(),
+                                                    self._exiting(event.returncode)))
             elif isinstance(event, _NotStarted):
                 host = self.ranks[event.rank].launch.host
                 self._apply(self.policy.host_failed(event.rank, host, event.reason, event.status))
             else:
                 self._apply(self.policy.signalled(event.signum))
+
+    def _exiting(self, returncode: int) -> set[int]:
+        """Running ranks whose process is dying, when the policy may need them (a failure is being judged)."""
+        if self.policy.stopping or (returncode == 0 and not self.policy.settling):
+            return set()
+        return {r for r in self.policy.running if self.ranks[r].proc.exiting()}
 
     def _left(self) -> dict[int, float]:
         """When each rank's control connection closed, for those closed so far."""

@@ -15,6 +15,18 @@ rank fails while other ranks are already leaving (connection closed, process
 still running), the policy waits for those to exit (up to `SETTLE_WAIT`) rather
 than cut their exit short with SIGTERM, then names as first the failed rank
 that left earliest, and only then stops the rest.
+
+A rank killed from outside (kill -9, the OOM killer) is different: the kernel
+closes its sockets in the middle of its exit, highest file descriptor first,
+so its data connections before its control connection (opened first), with
+reschedule points between them; on a busy machine its peers can then raise
+`PeerLostError`, close their own control connections and even finish exiting
+before its control connection closes. Timing cannot order these; causality
+can: ringdist turns a peer's death into an exception, never into a signal, so
+a rank that died of a signal the launcher did not send is named before ranks
+that exited with an error code. And since its peers could only notice once it
+was dying, `job` also reports the ranks whose process is exiting (`exiting`),
+which the policy waits for like ranks whose control connection has closed.
 """
 
 from __future__ import annotations
@@ -92,6 +104,14 @@ def rank_list(ranks: Iterable[int]) -> str:
 _STOP_SIGNALS = (-signal.SIGTERM, -signal.SIGKILL)  # returncodes of ranks the launcher's signals ended
 
 
+def _killed_from_outside(returncode: int) -> bool:
+    """Whether a failed rank died of a signal the launcher did not send (it sends none before the
+    cause is named): kill -9, the OOM killer, a crash. ringdist turns a peer's death into an
+    exception, never a signal, so such a death is a cause, not a consequence. SIGPIPE (writing
+    to a peer that is gone) can be a consequence, and counts as an error code."""
+    return returncode < 0 and returncode != -signal.SIGPIPE
+
+
 class JobPolicy:
     """Decides, event by event, what happens to a job; first failure wins."""
 
@@ -102,6 +122,7 @@ class JobPolicy:
         self._exits: dict[int, int] = {}  # rank -> returncode
         self._exit_order: list[int] = []
         self._left: dict[int, float] = {}  # rank -> when its control connection closed
+        self._exiting: set[int] = set()  # running ranks whose process is dying, as last reported
         self._failed: list[int] | None = None  # failed ranks while settling (None: not settling)
         self._waiting_for: set[int] = set()  # the leaving ranks the settling waits for
         self._stopped: set[int] = set()
@@ -136,21 +157,25 @@ class JobPolicy:
         self._ranks[info.rank] = info
         self._running.add(info.rank)
 
-    def rank_exited(self, rank: int, returncode: int, left: Mapping[int, float] | None = None) -> Decision:
+    def rank_exited(self, rank: int, returncode: int, left: Mapping[int, float] | None = None,
+                    exiting: Iterable[int] = ()) -> Decision:
         """A rank exited; a non-zero or signalled exit is the cause unless one exists.
 
         `left`: when (any clock) each rank's control connection closed, for the ranks
         whose connection has closed so far; it orders failures that come close together.
+        `exiting`: running ranks whose process is already dying (its exit not yet seen).
         """
         self._running.discard(rank)
         self._exits[rank] = returncode
         self._exit_order.append(rank)
         self._left.update(left or {})
+        self._exiting = set(exiting)
         if self.stopping:
             return NOTHING
         if self._failed is not None:  # settling: one more exit; the first-failure question may be settled
             if returncode != 0:
                 self._failed.append(rank)
+            self._waiting_for |= self._leaving()  # a rank that started leaving meanwhile is waited for too
             if self._waiting_for & self._running:
                 return NOTHING
             return self._name_first_failure()
@@ -271,15 +296,17 @@ class JobPolicy:
         return rank in self._left_at_stop and returncode != 0 and returncode not in _STOP_SIGNALS
 
     def _leaving(self) -> set[int]:
-        """Running ranks whose control connection has closed: on their way out."""
-        return {r for r in self._running if r in self._left}
+        """Running ranks on their way out: their control connection has closed, or their process is dying."""
+        return {r for r in self._running if r in self._left or r in self._exiting}
 
     def _name_first_failure(self) -> Decision:
         """End the settling: of the ranks that failed, the first to leave is the cause."""
         failed, self._failed, self._waiting_for = self._failed or [], None, set()
 
-        def leaving_order(rank: int) -> tuple[float, int]:  # unknown times last, then by exit order
-            return self._left.get(rank, math.inf), self._exit_order.index(rank)
+        def leaving_order(rank: int) -> tuple[bool, float, int]:
+            # Killed from outside first; then by when it left, unknown times last; then by exit order.
+            return not _killed_from_outside(self._exits[rank]), self._left.get(rank, math.inf), \
+                self._exit_order.index(rank)
 
         first = min(failed, key=leaving_order)
         info, returncode = self._ranks[first], self._exits[first]

@@ -4,8 +4,8 @@ The launcher starts it through ssh (or any --rsh-agent) and talks to it over the
 agent's stdin, so nothing secret is ever on a command line:
   line 1      the job secret; the keeper puts it in RINGDIST_SECRET for the rank
   TERM, KILL  signal the rank's whole process group
-  end of file the launcher (or its ssh connection) is gone: SIGTERM the group,
-              then SIGKILL after GRACE seconds
+  end of file the launcher (or its ssh connection) is gone: SIGKILL the group at
+              once, as the kernel and the job's guard do for local ranks
 The rank runs in its own session with stdin closed and this process's stdout and
 stderr, so its output streams back through the agent unchanged. On stdout the
 keeper adds marker lines, which the launcher strips: ready (before the rank
@@ -19,7 +19,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 
 MARKER = b"\x00RINGDIST-REMOTE "
 
@@ -29,6 +28,19 @@ def _say(word):
         os.write(1, MARKER + word.encode() + b"\n")
     except OSError:  # the launcher's end is gone; stdin's end of file will stop the rank
         pass
+
+
+def _outlive_the_agent():
+    """Linux: clear the parent-death signal an agent that execs its command (`ip netns exec`)
+    passes on from the launcher, so that when the launcher is killed the keeper lives to see
+    its stdin end and kill the rank's process group, the rank's children with it."""
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            ctypes.CDLL(None, use_errno=True).prctl(1, 0, 0, 0, 0)  # PR_SET_PDEATHSIG, none
+        except (OSError, AttributeError):
+            pass
 
 
 def _die_with_keeper():
@@ -75,8 +87,6 @@ class Keeper:
             word = line.strip()
             if word in (b"TERM", b"KILL"):
                 self.signal_rank(signal.SIGTERM if word == b"TERM" else signal.SIGKILL)
-        self.signal_rank(signal.SIGTERM)
-        time.sleep(self.grace)
         self.signal_rank(signal.SIGKILL)
 
     def run(self, stdin):
@@ -123,6 +133,7 @@ class Keeper:
 
 
 def main(argv):
+    _outlive_the_agent()
     keeper = Keeper(float(argv[0]), argv[1:])
 
     def stop(signum, frame):  # the keeper is told to go (SIGTERM, SIGHUP): its rank goes first

@@ -32,8 +32,10 @@ from typing import Callable, Mapping, Protocol, Sequence
 from ringdist.hostfile import Placement
 
 _PR_SET_PDEATHSIG = 1
+_PF_EXITING = 0x4  # a task's flag in /proc/PID/stat while it exits (include/linux/sched.h)
 DEFAULT_AGENT = ("ssh", "-o", "BatchMode=yes")
 KEEPER_SOURCE = (Path(__file__).with_name("remote.py")).read_text(encoding="utf-8")
+GUARD_SOURCE = (Path(__file__).with_name("guard.py")).read_text(encoding="utf-8")
 MARKER = b"\x00RINGDIST-REMOTE "  # as in remote.py
 UNREACHABLE = 255  # the exit status when a host cannot be reached, as ssh's own
 # How long to wait, after the agent exited, for its last output line (the keeper's exit report).
@@ -73,6 +75,15 @@ class RankProcess:
     def wait_exit(self) -> int:
         """Block until the rank exits; its returncode (-N for signal N), the process left unreaped."""
         return wait_exit(self.proc)
+
+    def exiting(self) -> bool:
+        """Whether the rank's process is dying or dead (its exit perhaps not seen yet); False where unknown."""
+        return process_exiting(self.pid)
+
+    @property
+    def guarded_group(self) -> int | None:
+        """The process group the job's guard kills if the launcher dies: the rank's own."""
+        return self.pid
 
     def finish(self, timeout: float) -> None:
         """Kill whatever is left of the rank and reap it (at the end of the job)."""
@@ -248,6 +259,15 @@ class RemoteRankProcess(RankProcess):
         if not self._started:  # still connecting: the keeper, if it ever starts, sees stdin end
             signal_group(self.proc, sig)
 
+    def exiting(self) -> bool:
+        return False  # the rank's process is on another host
+
+    @property
+    def guarded_group(self) -> None:
+        """None: the keeper on the rank's host kills its process group when its stdin ends. (Killing
+        the agent would not reach the rank's host, and could kill a keeper the agent execs first.)"""
+        return None
+
     def wait_exit(self) -> int:
         code = wait_exit(self.proc)
         self._exit_known.wait(EXIT_REPORT_WAIT)
@@ -261,6 +281,39 @@ class RemoteRankProcess(RankProcess):
             except subprocess.TimeoutExpired:
                 pass
         super().finish(timeout / 2)
+
+
+class Guard:
+    """The job's guard process (guard.py): if the launcher dies, it kills every rank's process group."""
+
+    def __init__(self) -> None:
+        self.proc = subprocess.Popen([sys.executable, "-c", GUARD_SOURCE], stdin=subprocess.PIPE,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                     start_new_session=True)
+
+    def watch(self, pgid: int) -> None:
+        """Add a process group to kill should the launcher die."""
+        self._say(f"+{pgid}")
+
+    def release(self) -> None:
+        """The job is cleaned up: let the guard exit without killing anything, and reap it."""
+        self._say("done")
+        try:
+            self.proc.stdin.close()  # type: ignore[union-attr]
+        except OSError:
+            pass
+        try:
+            self.proc.wait(5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+    def _say(self, line: str) -> None:
+        try:
+            self.proc.stdin.write(line.encode() + b"\n")  # type: ignore[union-attr]
+            self.proc.stdin.flush()  # type: ignore[union-attr]
+        except (OSError, ValueError):  # the guard is gone (someone killed it): the job goes on
+            pass
 
 
 def is_ssh_like(agent: Sequence[str]) -> bool:
@@ -296,6 +349,21 @@ def wait_exit(proc: subprocess.Popen[bytes]) -> int:
         info = os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOWAIT)
         return info.si_status if info.si_code == os.CLD_EXITED else -info.si_status
     return proc.wait()
+
+
+def process_exiting(pid: int) -> bool:
+    """Linux: whether process `pid` has begun to exit (PF_EXITING) or is a zombie.
+
+    A process killed with SIGKILL closes its sockets in the middle of its exit, so its
+    peers can fail on the lost connections, and even finish exiting, before its own exit
+    is reported; from the moment they could notice, this says it is on its way out.
+    """
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rpartition(b")")[2].split()
+        return fields[0] in (b"Z", b"X") or bool(int(fields[6]) & _PF_EXITING)
+    except (OSError, IndexError, ValueError):
+        return False
 
 
 def _die_with_parent() -> Callable[[], None] | None:

@@ -458,4 +458,13 @@ def shutdown() -> None:
     _world = None
 
 
+def _after_fork_in_child() -> None:
+    """A forked child leaves the rendezvous rank 0 may be serving to its parent (`forks` closes
+    the child's copies of the rank's own connections; the control connection is one of them)."""
+    global _hosted
+    _hosted = None
+
+
 atexit.register(shutdown)
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)

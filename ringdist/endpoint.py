@@ -16,7 +16,7 @@ import threading
 import time
 from typing import NamedTuple
 
-from . import deadlines, wire
+from . import deadlines, forks, wire
 from .errors import AuthError, ConnectError, ProtocolError, RingTimeoutError
 from .handshake import client_handshake, server_handshake
 
@@ -51,7 +51,7 @@ class Endpoint:
         self._listeners: list[socket.socket] = []
         self.addresses: list[tuple[str, int]] = []
         for ip in bind_ips:
-            lsock = socket.socket(_family(ip), socket.SOCK_STREAM)
+            lsock = forks.track(socket.socket(_family(ip), socket.SOCK_STREAM))
             try:
                 lsock.bind((ip, 0))
             except OSError as exc:
@@ -66,6 +66,7 @@ class Endpoint:
         self._wake_r, self._wake_w = os.pipe()
         self._thread = threading.Thread(target=self._accept_loop, name="ringdist-acceptor", daemon=True)
         self._thread.start()
+        forks.track(self)
 
     def __repr__(self) -> str:
         return f"<Endpoint {self.label} {self.addresses}>"
@@ -86,6 +87,7 @@ class Endpoint:
                     conn, addr = by_fd[fd].accept()
                 except OSError:
                     continue
+                forks.track(conn)
                 if not self._pending.acquire(blocking=False):
                     self._refuse(addr, "too many connections in handshake")
                     conn.close()
@@ -162,6 +164,7 @@ class Endpoint:
                 except OSError as exc:
                     errors.append(f"{ip}:{port}: {exc.strerror or exc}")
                     continue
+                forks.track(sock)
                 try:
                     hello = wire.make_hello(self.job, key.group, key.peer, key.kind, key.lane,
                                             os.urandom(wire.NONCE_SIZE))
@@ -180,6 +183,17 @@ class Endpoint:
                 raise ConnectError(f"{self.label}: cannot reach {peer}: {tried}")
             time.sleep(delay)
             delay = min(delay * 2, 0.5)
+
+    def forget_in_child(self) -> None:
+        """In a forked child: this copy is closed (its sockets are closed by `forks`); the wake-up
+        pipe, shared with the parent's acceptor, is closed here, never written to."""
+        self._cond = threading.Condition()  # the parent's may have been held by a thread the child lacks
+        self._closed = True
+        for fd in (self._wake_r, self._wake_w):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
 
     def close(self) -> None:
         with self._cond:

@@ -1,0 +1,71 @@
+"""Fork safety: a forked child lets go of its parent's connections.
+
+After `os.fork()` a child holds a copy of every file descriptor of the rank,
+its connections included. A rank that forks (a data-loader worker, a helper
+process) and then dies would leave its connections open in the child: its
+peers would see no close and wait for `RINGDIST_TIMEOUT` instead of failing
+at once, and a child that used them would write into its parent's streams.
+
+So in a forked child ringdist closes its copy of every socket it made
+(listening sockets, data and point-to-point connections, the control
+connection) and of its pipes. Only the child's copies close: nothing is shut
+down or sent, and the parent's connections are untouched. The parent's groups
+refuse work in the child with an error naming the process they belong to.
+Sockets are already closed on exec (Python makes them non-inheritable).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+import weakref
+from typing import Any
+
+from .errors import RingError
+
+_sockets: "weakref.WeakSet[socket.socket]" = weakref.WeakSet()
+_holders: "weakref.WeakSet[Any]" = weakref.WeakSet()  # objects with a forget_in_child() method
+_owner = os.getpid()  # the process the tracked sockets belong to
+
+
+def track(thing: Any) -> Any:
+    """Close `thing` in forked children: a socket, or an object with a `forget_in_child()` method
+    (called in the child, which has no other thread: it must take no lock the parent may hold)."""
+    (_sockets if isinstance(thing, socket.socket) else _holders).add(thing)
+    return thing
+
+
+def _disown(group: Any, owner: int) -> None:
+    """Make a parent's group refuse every operation in this child, with an error saying why."""
+    child = os.getpid()
+    why = f"this group belongs to process {owner}; a forked child (process {child}) cannot use it"
+
+    def refuse(op: str) -> None:
+        raise RingError(f"rank {group.rank()}: {op} on group {group.gid!r}: {why}")
+
+    group.check_usable = refuse  # every operation checks the group first
+    group._broken = why  # collectives check only groups marked closed or broken
+
+
+def _after_fork_in_child() -> None:
+    global _owner
+    owner, _owner = _owner, os.getpid()
+    for sock in list(_sockets):
+        try:
+            sock.close()  # this process's descriptor only: no shutdown, the parent's stays open
+        except OSError:
+            pass
+    _sockets.clear()
+    for holder in list(_holders):
+        holder.forget_in_child()
+    _holders.clear()
+    group_module = sys.modules.get("ringdist.group")
+    if group_module is not None:
+        for group in list(group_module._open_groups):
+            if group._endpoint is not None:  # a group of one process without connections works anywhere
+                _disown(group, owner)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)

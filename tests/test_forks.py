@@ -1,0 +1,150 @@
+"""Forked children neither defeat failure detection nor outlive the job.
+
+A rank's forked child holds a copy of the rank's sockets unless ringdist closes them in the
+child: a rank killed while its child lives would then go unnoticed by its peers until
+RINGDIST_TIMEOUT. And a launcher killed with kill -9 must take its ranks' children with it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+from helpers import (SCRIPTS, LineReader, descendants, kill_tree, pid_alive, run_launcher, start_launcher,
+                     wait_until_gone)
+from test_schedulers import BASE, free_port
+
+FORKING_RANK = str(SCRIPTS / "forking_rank.py")
+# Large enough that a peer noticing a death by its own timeout fails the test.
+NO_TIMEOUT = {"RINGDIST_TIMEOUT": "120"}
+
+
+def _ready(reader: LineReader, n: int, prefixed: bool = True) -> dict[int, tuple[int, list[int]]]:
+    """rank -> (pid, its children's pids), from the `ready` lines."""
+    pattern = (r"^\[(\d+)\] " if prefixed else r"^()") + r"ready pid=(\d+) children=([\d,]+)$"
+    found = reader.wait_for(pattern, count=n, timeout=60)
+    return {int(m.group(1) or 0): (int(m.group(2)), [int(c) for c in m.group(3).split(",")]) for m in found}
+
+
+def _kill_all(pids) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def _detections(text: str, killed_at: float) -> dict[int, tuple[str, float]]:
+    return {int(r): (name, float(t) - killed_at)
+            for r, name, t in re.findall(r"^\[(\d+)\] raised (\w+) at ([\d.]+):", text, re.M)}
+
+
+def test_a_forked_child_cannot_use_the_parents_groups_and_the_rank_goes_on():
+    result = run_launcher(["-n", "3", str(SCRIPTS / "fork_child_uses_group.py")], timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+    for rank in range(3):
+        refusals = re.findall(rf"^\[{rank}\] child: RingError: rank {rank}: (\w+) on group 'world': "
+                              rf"this group belongs to process (\d+); a forked child \(process \d+\) cannot use it$",
+                              result.stdout, re.M)
+        assert [op for op, _ in refusals] == ["all_gather", "send", "split", "all_sum"], result.stdout
+        assert f"[{rank}] ok 6" in result.stdout  # the rank's own connections survived its child's exit
+
+
+def test_peers_notice_a_killed_rank_whose_child_holds_its_sockets():
+    proc = start_launcher(["-n", "4", "--grace", "30", FORKING_RANK], env=NO_TIMEOUT)
+    children: list[int] = []
+    try:
+        out = LineReader(proc.stdout)
+        ready = _ready(out, 4)
+        children = [c for _, kids in ready.values() for c in kids]
+        victim = 2
+        os.kill(ready[victim][0], signal.SIGKILL)
+        killed_at = time.time()
+        out.wait_for(r"^\[\d\] raised ", count=3, timeout=30)
+        detected = _detections("".join(out.lines), killed_at)
+    finally:
+        kill_tree(proc)
+        _kill_all(children)
+    assert sorted(detected) == [0, 1, 3], detected
+    for rank, (name, seconds) in detected.items():
+        assert name == "PeerLostError" and seconds < 5.0, (rank, name, seconds)
+
+
+def test_peers_notice_a_killed_rank_whose_child_holds_its_sockets_under_torchrun():
+    # The ranks are started as torchrun would: no launcher, rank 0 serves the rendezvous during init.
+    n, port = 3, free_port()
+    procs = []
+    children: list[int] = []
+    try:
+        for r in range(n):
+            env = {**BASE, **NO_TIMEOUT, "RANK": str(r), "WORLD_SIZE": str(n), "LOCAL_RANK": str(r),
+                   "LOCAL_WORLD_SIZE": str(n), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
+                   "RINGDIST_SECRET": "torchrun-fork-test"}
+            procs.append(subprocess.Popen([sys.executable, FORKING_RANK], env=env, stdin=subprocess.DEVNULL,
+                                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                          start_new_session=True))
+        readers = [LineReader(p.stdout) for p in procs]
+        ready = {r: _ready(readers[r], 1, prefixed=False)[0] for r in range(n)}
+        children = [c for _, kids in ready.values() for c in kids]
+        victim = 1
+        os.kill(ready[victim][0], signal.SIGKILL)
+        killed_at = time.time()
+        detected = {}
+        for r in (0, 2):
+            line = readers[r].wait_for(r"^raised (\w+) at ([\d.]+):", timeout=30)[0]
+            detected[r] = (line.group(1), float(line.group(2)) - killed_at)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGKILL)
+            p.wait(10)
+        _kill_all(children)
+    for rank, (name, seconds) in detected.items():
+        assert name == "PeerLostError" and seconds < 5.0, (rank, name, seconds)
+
+
+def test_kill_9_of_the_launcher_takes_every_rank_and_child_but_not_a_new_session():
+    proc = start_launcher(["-n", "3", FORKING_RANK, "--setsid"], env=NO_TIMEOUT)
+    everyone: list[int] = []
+    try:
+        ready = _ready(LineReader(proc.stdout), 3)
+        ranks = [pid for pid, _ in ready.values()]
+        in_group = [kids[0] for _, kids in ready.values()]
+        own_session = [kids[1] for _, kids in ready.values()]
+        everyone = ranks + in_group + own_session
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+        left = wait_until_gone(ranks + in_group, timeout=5)
+        assert not left, f"still running 5 s after kill -9 of the launcher: {left} (ranks {ranks}, children {in_group})"
+        assert all(pid_alive(pid) for pid in own_session)  # they left the job: not the launcher's to kill
+    finally:
+        kill_tree(proc)
+        _kill_all(everyone)
+        wait_until_gone(everyone, timeout=5)
+
+
+def test_kill_9_of_the_launcher_takes_remote_ranks_and_their_children(tmp_path):
+    # "Remote" hosts reached through an agent that execs the keeper on this machine (as `ip netns exec`
+    # does): the keeper must outlive the launcher to see its stdin end, and kill the rank's process group.
+    hostfile = tmp_path / "hosts.json"
+    hostfile.write_text(json.dumps({"hosts": [{"ssh": "agent-host-a", "ips": ["127.0.0.1"]},
+                                              {"ssh": "agent-host-b", "ips": ["127.0.0.1"]}]}))
+    proc = start_launcher(["--rsh-agent", str(SCRIPTS / "local_agent.sh"), "--hosts", str(hostfile),
+                           "--rendezvous", "127.0.0.1", FORKING_RANK], env=NO_TIMEOUT)
+    everyone: list[int] = []
+    try:
+        ready = _ready(LineReader(proc.stdout), 2)
+        keepers = descendants(proc.pid)
+        everyone = sorted(set(keepers) | {pid for pid, kids in ready.values() for pid in (pid, *kids)})
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+        left = wait_until_gone(everyone, timeout=5)
+        assert not left, f"still running 5 s after kill -9 of the launcher: {left} of {everyone}"
+    finally:
+        kill_tree(proc)
+        _kill_all(everyone)

@@ -1,0 +1,87 @@
+"""The launcher names the rank that was killed: a kill -9 (or the OOM killer) of one rank mid-collective
+is reported as that rank's death (exit status 137), never as the PeerLostError of a survivor that
+happened to leave first."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import time
+
+from helpers import SCRIPTS, LineReader, kill_tree, start_launcher, wait_until_gone
+from ringdist_launch.policy import Action, Decision, JobPolicy, RankInfo
+
+TRIALS = 20
+
+
+def started_policy(n: int) -> JobPolicy:
+    policy = JobPolicy()
+    for r in range(n):
+        policy.rank_started(RankInfo(r, "localhost", 100 + r))
+    return policy
+
+
+def test_policy_a_rank_killed_by_a_signal_is_the_cause_over_ranks_that_left_before_it():
+    # Rank 2 was killed; its data connections closed first, and rank 1 raised PeerLostError and
+    # closed its control connection before rank 2's own closed. Rank 1's exit is seen first.
+    policy = started_policy(4)
+    left = {1: 5.000, 2: 5.001}
+    assert policy.rank_exited(1, 1, left) == Decision(Action.WAIT, (2,))
+    decision = policy.rank_exited(2, -9, left)
+    assert decision.action is Action.STOP and decision.ranks == (0, 3)
+    assert decision.message == ("ringdist-launch: rank 2 (host localhost, pid 102) was killed by signal 9 "
+                                "(SIGKILL) first; stopping ranks 0,3")
+    assert policy.exit_status == 137
+    policy.rank_exited(0, 1, left)
+    policy.rank_exited(3, -15, left)
+    assert policy.summary() == (
+        "ringdist-launch: rank 2 (host localhost, pid 102) was killed by signal 9 (SIGKILL) first; "
+        "rank 1 then failed on its own; ranks 0,3 stopped by the launcher")
+
+
+def test_policy_waits_for_a_dying_rank_whose_control_connection_is_still_open():
+    # Rank 0 failed on the lost connections of rank 3, which is still in its exit (control connection
+    # not closed yet): the policy waits for it rather than naming rank 0.
+    policy = started_policy(4)
+    assert policy.rank_exited(0, 1, {0: 1.0}, exiting=[3]) == Decision(Action.WAIT, (3,))
+    assert policy.rank_exited(1, 1, {0: 1.0, 1: 1.1}, exiting=[3]).action is Action.NOTHING
+    decision = policy.rank_exited(3, -9, {0: 1.0, 1: 1.1, 3: 1.2})
+    assert decision.action is Action.STOP and decision.ranks == (2,) and policy.exit_status == 137
+    assert "rank 3 (host localhost, pid 103) was killed by signal 9 (SIGKILL) first" in decision.message
+
+
+def test_policy_exit_codes_alone_still_go_by_who_left_first_and_sigpipe_is_no_cause():
+    policy = started_policy(3)
+    left = {2: 1.0, 0: 1.1}
+    assert policy.rank_exited(0, -signal.SIGPIPE, left).action is Action.WAIT
+    decision = policy.rank_exited(2, 3, left)
+    assert policy.exit_status == 3 and "rank 2 (host localhost, pid 102) exited with code 3 first" in decision.message
+
+
+def test_kill_9_of_one_rank_mid_collective_names_that_rank_every_time():
+    # 4 ranks looping 2 MiB all_gather/all_sum (ring path); one is SIGKILLed as soon as they run.
+    # Before the fix the launcher named a surviving rank ("exited with code 1 first", status 1)
+    # in about a quarter of the trials.
+    rng = random.Random(20)
+    wrong = []
+    for trial in range(TRIALS):
+        victim = rng.randrange(4)
+        proc = start_launcher(["-n", "4", str(SCRIPTS / "collectives_until_lost.py"), "2"],
+                              env={"RINGDIST_TIMEOUT": "60"})
+        try:
+            out = LineReader(proc.stdout)
+            found = out.wait_for(r"^\[(\d+)\] ready pid=(\d+)$", count=4, timeout=60)
+            pids = {int(m.group(1)): int(m.group(2)) for m in found}
+            time.sleep(rng.uniform(0.0, 0.1))
+            os.kill(pids[victim], signal.SIGKILL)
+            proc.wait(timeout=30)
+            err = proc.stderr.read()
+            out.rest()
+        finally:
+            kill_tree(proc)
+        named = f"rank {victim} (host localhost, pid {pids[victim]}) was killed by signal 9 (SIGKILL) first"
+        if proc.returncode != 137 or named not in err:
+            wrong.append((trial, victim, proc.returncode, [line for line in err.splitlines() if " first" in line]))
+        assert not wait_until_gone(list(pids.values()), timeout=10)
+    assert not wrong, f"{len(wrong)} of {TRIALS} trials named the wrong rank: {wrong}"
