@@ -21,12 +21,20 @@ signal.signal(signal.SIGTERM, lambda *a: None)
 
 
 def fork_sleeper(new_session: bool) -> int:
+    """Fork a sleeping child; return once it is settled (in its own session, with new_session)."""
+    settled_r, settled_w = os.pipe()
     pid = os.fork()
     if pid == 0:
+        os.close(settled_r)
         if new_session:
             os.setsid()
+        os.write(settled_w, b"x")  # only now may the rank say it is ready
+        os.close(settled_w)
         time.sleep(60)
         os._exit(0)
+    os.close(settled_w)
+    os.read(settled_r, 1)
+    os.close(settled_r)
     return pid
 
 
