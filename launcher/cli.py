@@ -7,7 +7,9 @@
 Launcher options stop at the program: everything after `script.py`, after
 `-m module` or after `--` belongs to the program, so `ringdist-launch -n 2
 s.py -n 5` passes `-n 5` to s.py. Bad arguments or a malformed hostfile end
-with one `ringdist-launch: error: ...` line and exit status 2.
+with one `ringdist-launch: error: ...` line and exit status 2; a script.py
+that does not exist ends with one line naming it and status 127, as a shell's
+"not found".
 """
 
 from __future__ import annotations
@@ -20,12 +22,13 @@ import sys
 from typing import Sequence
 
 from ringdist.errors import ConfigError
-from ringdist.hostfile import Hostfile, load_hostfile, parse_env_assignment, parse_hosts_arg
+from ringdist.hostfile import MAX_RANKS, Hostfile, load_hostfile, parse_env_assignment, parse_hosts_arg
 from ringdist.settings import Settings
 
 from .job import run_job
 from .output import LineWriter
 from .plan import JobPlan, RankLaunch, Target, build_plan, describe_plan, local_hostfile
+from .policy import EXIT_NOT_FOUND
 from .route import choose_rendezvous
 from .spawn import LocalSpawner, RemoteSpawner, spawner_for
 
@@ -62,6 +65,10 @@ def _main(argv: list[str]) -> int:
     except ConfigError as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return EXIT_USAGE
+    missing = _missing_script(target, plan)
+    if missing is not None:
+        print(f"{PROG}: {missing}", file=sys.stderr)
+        return EXIT_NOT_FOUND
     if options.dry_run:
         def remote_command(rank: RankLaunch, env: dict[str, str]) -> str:
             argv = remote_spawner().command(rank.placement.ssh or "", rank.argv, env,
@@ -136,7 +143,7 @@ def _parser() -> argparse.ArgumentParser:
         "prefixed output, first failure stops the job.",
         allow_abbrev=False,
     )
-    parser.add_argument("-n", "--nprocs", type=_positive_int, metavar="N",
+    parser.add_argument("-n", "--nprocs", type=_rank_count, metavar="N",
                         help="number of ranks (default: 1, or every slot of --hosts)")
     parser.add_argument("--hosts", metavar="FILE.json|h1,h2",
                         help="a JSON hostfile, or comma-separated hosts (host:slots for several ranks)")
@@ -181,6 +188,22 @@ def _plan(options: argparse.Namespace, target: Target) -> JobPlan:
     )
 
 
+def _missing_script(target: Target, plan: JobPlan) -> str | None:
+    """Why `script.py` cannot run on this machine (it does not exist), or None.
+
+    Checked only when some rank runs here: a remote host has its own files.
+    """
+    if target.kind != "script" or not target.name.endswith(".py"):
+        return None  # a command is looked up on PATH when it starts (127 if not found)
+    if not any(r.placement.is_local for r in plan.ranks):
+        return None
+    path = os.path.join(plan.cwd or "", target.name)
+    if os.path.exists(path):
+        return None
+    where = f" (in --cwd {plan.cwd})" if plan.cwd and not os.path.isabs(target.name) else ""
+    return f"{target.name}: No such file or directory{where}"
+
+
 def _agent(options: argparse.Namespace) -> list[str] | None:
     if options.rsh_agent is None:
         return None
@@ -215,6 +238,13 @@ def _positive_int(text: str) -> int:
         value = 0
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _rank_count(text: str) -> int:
+    value = _positive_int(text)
+    if value > MAX_RANKS:
+        raise argparse.ArgumentTypeError(f"at most {MAX_RANKS} ranks, got {text!r}")
     return value
 
 
