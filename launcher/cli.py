@@ -77,16 +77,21 @@ def _main(argv: list[str]) -> int:
 
         print(describe_plan(plan, remote_command))
         return 0
-    writer = LineWriter(sys.stdout.buffer, sys.stderr.buffer)
-    return run_job(
-        plan,
-        spawners,
-        writer,
-        prefix=not options.no_prefix,
-        timeout=options.timeout,
-        grace=options.grace,
-        verbose=options.verbose,
-    )
+    sys.stdout.flush()
+    sys.stderr.flush()
+    writer = LineWriter(sys.stdout.fileno(), sys.stderr.fileno())
+    try:
+        return run_job(
+            plan,
+            spawners,
+            writer,
+            prefix=not options.no_prefix,
+            timeout=options.timeout,
+            grace=options.grace,
+            verbose=options.verbose,
+        )
+    finally:
+        writer.close()  # bounded: a stdout nobody reads does not keep the launcher from exiting
 
 
 def parse_command_line(parser: argparse.ArgumentParser, argv: list[str]) -> tuple[argparse.Namespace, Target]:
