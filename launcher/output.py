@@ -88,34 +88,42 @@ class Pump:
 def split_segments(buffer: bytearray) -> list[tuple[bytes, bytes]]:
     """Take what can be written now off the front of `buffer`, as (text, tail) pairs.
 
-    `text` is the rank's bytes: a line with its "\n" (or "\r\n"), a segment ending
-    in a lone "\r", or a piece of a line longer than `LINE_CAP`, whose `tail` is
-    `CONTINUED` (b"" for the others). What is left in `buffer` is an unfinished
-    line shorter than `LINE_CAP`.
+    `text` is the rank's bytes: a line with its "\\n" (or "\\r\\n"), a segment ending
+    in a lone "\\r", or a `LINE_CAP` piece of a longer one, whose `tail` is
+    `CONTINUED` (b"" for the others). Pieces are cut every `LINE_CAP` bytes from
+    the start of a line, however the bytes were read. What is left in `buffer` is
+    an unfinished line shorter than `LINE_CAP`.
     """
     segments: list[tuple[bytes, bytes]] = []
-    start, size = 0, len(buffer)
+    start = 0
     newline, cr = buffer.find(b"\n"), buffer.find(b"\r")
     while newline >= 0 or cr >= 0:
         if cr >= 0 and (newline < 0 or cr < newline) and cr + 1 != newline:
             end = cr + 1  # a carriage return not followed by a newline: a redrawn line
         else:
             end = newline + 1  # a line, ending in "\n" or "\r\n"
+        start = _pieces(buffer, start, end, segments)
         segments.append((bytes(buffer[start:end]), b""))
         start = end
         if 0 <= newline < start:
             newline = buffer.find(b"\n", start)
         if 0 <= cr < start:
             cr = buffer.find(b"\r", start)
-    while size - start >= LINE_CAP:
-        end = start + LINE_CAP
-        nul = buffer.find(b"\0", end - _REPORT_BYTES, end)
-        if nul > start:
-            end = nul
-        segments.append((bytes(buffer[start:end]), CONTINUED))
-        start = end
+    start = _pieces(buffer, start, len(buffer) + 1, segments)
     del buffer[:start]
     return segments
+
+
+def _pieces(buffer: bytearray, start: int, end: int, segments: list[tuple[bytes, bytes]]) -> int:
+    """Cut `LINE_CAP` pieces off `buffer[start:end]` while more than that is left; where the rest starts."""
+    while end - start > LINE_CAP:
+        cut = start + LINE_CAP
+        nul = buffer.find(b"\0", cut - _REPORT_BYTES, cut)
+        if nul > start:
+            cut = nul
+        segments.append((bytes(buffer[start:cut]), CONTINUED))
+        start = cut
+    return start
 
 
 def pump_rank(

@@ -249,3 +249,19 @@ def test_carriage_return_updates_pass_through_before_the_line_ends(tmp_path):
         assert got == b"[0] step 1\r[0] step 2\r\n"
     finally:
         launch.close()
+
+
+def test_a_remote_ranks_output_keeps_its_pieces_and_exit_report(tmp_path):
+    """Through an rsh agent (here one that runs the command on this machine) the keeper's reports share stdout."""
+    agent = tmp_path / "agent.sh"
+    agent.write_text('#!/bin/sh\nshift\nexec "$@"\n')  # drop the host name, run the rest here
+    agent.chmod(0o755)
+    hostfile = tmp_path / "hosts.json"
+    hostfile.write_text('{"hosts": [{"ssh": "rdtest-elsewhere", "ips": ["127.0.0.1"]}]}')
+    code = "import sys; sys.stdout.write('a\\rb\\r' + 'q' * 70000 + '\\nlast, unfinished'); sys.exit(3)"
+    proc = subprocess.run([*LAUNCHER, "--rsh-agent", str(agent), "--hosts", str(hostfile), "--", PY, "-c", code],
+                          stdin=subprocess.DEVNULL, capture_output=True, timeout=60, start_new_session=True)
+    assert proc.returncode == 3, proc.stderr
+    assert proc.stdout == (b"[0] a\r[0] b\r[0] " + b"q" * 65536 + b" [line continues]\n[0] " + b"q" * 4464
+                           + b"\n[0] last, unfinished\n")
+    assert b"rank 0 (host rdtest-elsewhere, pid" in proc.stderr and b"exited with code 3" in proc.stderr
