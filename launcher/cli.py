@@ -231,7 +231,7 @@ def _hosts(options: argparse.Namespace) -> Hostfile:
     spec = options.hosts
     if spec is None:
         return local_hostfile(options.nprocs or 1)
-    if spec.endswith(".json") or os.path.isfile(spec):
+    if spec.endswith(".json") or os.sep in spec or os.path.isfile(spec):  # host names hold no "/"
         return load_hostfile(spec)
     return parse_hosts_arg(spec)
 

@@ -31,7 +31,7 @@ from typing import Callable
 BUFFER_BYTES = 4 << 20  # rank output queued for one destination, at most
 MESSAGE_ROOM = 1 << 20  # beyond BUFFER_BYTES, for the launcher's own messages
 WRITE_BYTES = 16 << 10  # the most one write() call is given: progress is seen at least this often
-STALL_AFTER = 1.0  # a write without progress this long: the destination is not being read
+STALL_AFTER = 2.0  # a write without progress this long: the destination is not being read
 NOTICE_EVERY = 5.0  # seconds between two "lines dropped" notices while the job runs
 CLOSE_STALL = 2.0  # at exit, give up on a destination whose write made no progress this long
 CLOSE_WAIT = 10.0  # at exit, give up on every destination after this long

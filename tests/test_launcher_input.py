@@ -70,6 +70,13 @@ def test_hostfile_that_never_ends_is_refused_promptly(tmp_path, kind):
     assert line.endswith("cannot read hostfile: not a regular file"), line
 
 
+def test_a_device_named_directly_is_read_as_a_hostfile_and_refused():
+    started = time.monotonic()
+    result = run_launcher(["--hosts", "/dev/zero", "--", PY, "-c", "print('ran')"], timeout=30)
+    line = one_error_line(result, started, "/dev/zero")
+    assert line.endswith("cannot read hostfile: not a regular file"), line
+
+
 def test_too_many_ranks_on_the_command_line():
     result = run_launcher(["-n", "100000000", "--", PY, "-c", "print('ran')"], timeout=30)
     assert result.returncode == 2 and result.stdout == ""

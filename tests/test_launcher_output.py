@@ -156,7 +156,7 @@ def test_output_resumes_with_a_count_of_the_lines_dropped(tmp_path):
     launch = Launch(["--", PY, "-c", CHATTY, str(stop)])
     try:
         launch.wait_until_stdout_is_full()
-        time.sleep(4)  # stalled for longer than the launcher waits for a writer to move
+        time.sleep(5)  # stalled for longer than the launcher waits for a writer to move (2 s)
         stop.touch()
         out = launch.read_all()
         code, _ = launch.wait(timeout=30)
