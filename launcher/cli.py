@@ -7,7 +7,9 @@
 Launcher options stop at the program: everything after `script.py`, after
 `-m module` or after `--` belongs to the program, so `ringdist-launch -n 2
 s.py -n 5` passes `-n 5` to s.py. Bad arguments or a malformed hostfile end
-with one `ringdist-launch: error: ...` line and exit status 2.
+with one `ringdist-launch: error: ...` line and exit status 2; a script.py
+that does not exist ends with one line naming it and status 127, as a shell's
+"not found".
 """
 
 from __future__ import annotations
@@ -21,12 +23,13 @@ import sys
 from typing import Sequence
 
 from ringdist.errors import ConfigError
-from ringdist.hostfile import Hostfile, load_hostfile, parse_env_assignment, parse_hosts_arg
+from ringdist.hostfile import MAX_RANKS, Hostfile, load_hostfile, parse_env_assignment, parse_hosts_arg
 from ringdist.settings import Settings
 
 from .job import run_job
 from .output import LineWriter
 from .plan import JobPlan, RankLaunch, Target, build_plan, describe_plan, local_hostfile
+from .policy import EXIT_NOT_FOUND
 from .route import choose_rendezvous
 from .spawn import LocalSpawner, RemoteSpawner, spawner_for
 
@@ -63,6 +66,10 @@ def _main(argv: list[str]) -> int:
     except ConfigError as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return EXIT_USAGE
+    missing = _missing_script(target, plan)
+    if missing is not None:
+        print(f"{PROG}: {missing}", file=sys.stderr)
+        return EXIT_NOT_FOUND
     if options.dry_run:
         def remote_command(rank: RankLaunch, env: dict[str, str]) -> str:
             argv = remote_spawner().command(rank.placement.ssh or "", rank.argv, env,
@@ -71,16 +78,21 @@ def _main(argv: list[str]) -> int:
 
         print(describe_plan(plan, remote_command))
         return 0
-    writer = LineWriter(sys.stdout.buffer, sys.stderr.buffer)
-    return run_job(
-        plan,
-        spawners,
-        writer,
-        prefix=not options.no_prefix,
-        timeout=options.timeout,
-        grace=options.grace,
-        verbose=options.verbose,
-    )
+    sys.stdout.flush()
+    sys.stderr.flush()
+    writer = LineWriter(sys.stdout.fileno(), sys.stderr.fileno())
+    try:
+        return run_job(
+            plan,
+            spawners,
+            writer,
+            prefix=not options.no_prefix,
+            timeout=options.timeout,
+            grace=options.grace,
+            verbose=options.verbose,
+        )
+    finally:
+        writer.close()  # bounded: a stdout nobody reads does not keep the launcher from exiting
 
 
 def parse_command_line(parser: argparse.ArgumentParser, argv: list[str]) -> tuple[argparse.Namespace, Target]:
@@ -137,7 +149,7 @@ def _parser() -> argparse.ArgumentParser:
         "prefixed output, first failure stops the job.",
         allow_abbrev=False,
     )
-    parser.add_argument("-n", "--nprocs", type=_positive_int, metavar="N",
+    parser.add_argument("-n", "--nprocs", type=_rank_count, metavar="N",
                         help="number of ranks (default: 1, or every slot of --hosts)")
     parser.add_argument("--hosts", metavar="FILE.json|h1,h2",
                         help="a JSON hostfile, or comma-separated hosts (host:slots for several ranks)")
@@ -187,6 +199,22 @@ def _plan(options: argparse.Namespace, target: Target) -> JobPlan:
     return plan
 
 
+def _missing_script(target: Target, plan: JobPlan) -> str | None:
+    """Why `script.py` cannot run on this machine (it does not exist), or None.
+
+    Checked only when some rank runs here: a remote host has its own files.
+    """
+    if target.kind != "script" or not target.name.endswith(".py"):
+        return None  # a command is looked up on PATH when it starts (127 if not found)
+    if not any(r.placement.is_local for r in plan.ranks):
+        return None
+    path = os.path.join(plan.cwd or "", target.name)
+    if os.path.exists(path):
+        return None
+    where = f" (in --cwd {plan.cwd})" if plan.cwd and not os.path.isabs(target.name) else ""
+    return f"{target.name}: No such file or directory{where}"
+
+
 def _agent(options: argparse.Namespace) -> list[str] | None:
     if options.rsh_agent is None:
         return None
@@ -209,7 +237,7 @@ def _hosts(options: argparse.Namespace) -> Hostfile:
     spec = options.hosts
     if spec is None:
         return local_hostfile(options.nprocs or 1)
-    if spec.endswith(".json") or os.path.isfile(spec):
+    if spec.endswith(".json") or os.sep in spec or os.path.isfile(spec):  # host names hold no "/"
         return load_hostfile(spec)
     return parse_hosts_arg(spec)
 
@@ -221,6 +249,13 @@ def _positive_int(text: str) -> int:
         value = 0
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _rank_count(text: str) -> int:
+    value = _positive_int(text)
+    if value > MAX_RANKS:
+        raise argparse.ArgumentTypeError(f"at most {MAX_RANKS} ranks, got {text!r}")
     return value
 
 

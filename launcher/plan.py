@@ -31,6 +31,7 @@ LAUNCHER_VARS = frozenset(
         "RANK",
         "WORLD_SIZE",
         "LOCAL_RANK",
+        "LOCAL_WORLD_SIZE",
     }
 )
 
@@ -92,6 +93,7 @@ class RankLaunch:
                 "RANK": str(p.rank),
                 "WORLD_SIZE": str(self.world_size),
                 "LOCAL_RANK": str(p.local_rank),
+                "LOCAL_WORLD_SIZE": str(self.same_machine),
             }
         )
         if self.verbose:

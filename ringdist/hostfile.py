@@ -16,15 +16,20 @@ so MLX hostfiles work unchanged; any other unknown field is an error, because a
 misspelt `slot` or `ip` silently ignored would run the wrong job.
 
 This module only parses: every malformed input raises `ConfigError` with a
-one-line message naming the file, the entry and the field.
+one-line message naming the file, the entry and the field. Input is bounded
+(`MAX_*` below): a hostfile pointing at /dev/zero, a FIFO, deeply nested JSON,
+`"slots": 1e23` or a NUL byte in a value is an error, never a hang or a traceback.
 """
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import json
+import os
 import re
 import socket
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -51,6 +56,15 @@ _TOP_FIELDS = ("hosts", "envs")
 _MLX_HOST_FIELDS = ("rdma",)
 _MLX_TOP_FIELDS = ("backend",)
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+
+# Bounds on what a hostfile may hold (documented in the README's Hostfile section).
+MAX_FILE_BYTES = 1 << 20
+MAX_DEPTH = 16  # JSON nesting; a hostfile needs 4 ({"hosts": [{"ips": [...]}]})
+MAX_HOSTS = 4096  # host entries
+MAX_SLOTS = 4096  # per host entry
+MAX_RANKS = 4096  # in the whole job
+MAX_NAME_CHARS = 255  # an ssh target (a host name is at most 253)
+MAX_ENV_CHARS = 65536  # one NAME=value entry
 
 
 @dataclass(frozen=True)
@@ -104,19 +118,68 @@ class Placement:
 def load_hostfile(path: str | Path) -> Hostfile:
     """Read and validate the JSON hostfile at `path`; `ConfigError` on anything malformed."""
     source = str(path)
+    raw = _read_bounded(path, source)
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        text = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise ConfigError(f"{source}: not UTF-8 text") from None
-    except OSError as e:
-        raise ConfigError(f"{source}: cannot read hostfile: {e.strerror or e}") from None
+    if _nested_too_deep(text):
+        raise ConfigError(f"{source}: JSON nested more than {MAX_DEPTH} levels deep")
     try:
         data = json.loads(text)
     except json.JSONDecodeError as e:
         raise ConfigError(
             f"{source}: not valid JSON: {e.msg} (line {e.lineno}, column {e.colno})"
         ) from None
+    except ValueError:  # an integer of thousands of digits (Python's int_max_str_digits)
+        raise ConfigError(f"{source}: not valid JSON: a number with too many digits") from None
     return parse_hostfile(data, source)
+
+
+def _read_bounded(path: str | Path, source: str) -> bytes:
+    """The bytes of the regular file at `path`, at most `MAX_FILE_BYTES` of them.
+
+    Opened without blocking, so a FIFO nobody writes to is refused rather than waited on.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    except OSError as e:
+        raise ConfigError(f"{source}: cannot read hostfile: {e.strerror or e}") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ConfigError(f"{source}: cannot read hostfile: not a regular file")
+        chunks, size = [], 0
+        while size <= MAX_FILE_BYTES:
+            chunk = os.read(fd, MAX_FILE_BYTES + 1 - size)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+    except OSError as e:
+        raise ConfigError(f"{source}: cannot read hostfile: {e.strerror or e}") from None
+    finally:
+        os.close(fd)
+    if size > MAX_FILE_BYTES:
+        raise ConfigError(f"{source}: hostfile larger than {MAX_FILE_BYTES} bytes")
+    return b"".join(chunks)
+
+
+# A string, or an unterminated one up to the end: a match from every quote, so the scan stays linear.
+_JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*(?:"|\\?\Z)', re.DOTALL)
+_BRACKET = re.compile(r"[\[\]{}]")
+
+
+def _nested_too_deep(text: str) -> bool:
+    """Whether arrays and objects in JSON `text` nest deeper than `MAX_DEPTH` (brackets in strings do not count)."""
+    depth = 0
+    for match in _BRACKET.finditer(_JSON_STRING.sub("", text)):
+        if match.group() in "[{":
+            depth += 1
+            if depth > MAX_DEPTH:
+                return True
+        else:
+            depth = max(0, depth - 1)
+    return False
 
 
 def parse_hostfile(data: Any, source: str = "<hostfile>") -> Hostfile:
@@ -143,8 +206,11 @@ def parse_hosts_arg(spec: str) -> Hostfile:
     source = "--hosts"
     if not spec.strip():
         raise ConfigError(f"{source}: empty host list")
+    tokens = spec.split(",")
+    if len(tokens) > MAX_HOSTS:
+        raise ConfigError(f"{source}: {len(tokens)} hosts; at most {MAX_HOSTS}")
     hosts = []
-    for i, token in enumerate(spec.split(",")):
+    for i, token in enumerate(tokens):
         name, slots = _split_slots(token.strip(), source, i)
         if not name:
             raise ConfigError(f"{source}: entry {i}: empty host name in {spec!r}")
@@ -171,6 +237,8 @@ def expand_placements(hostfile: Hostfile, world_size: int | None = None) -> list
         world_size = total
     if world_size < 1:
         raise ConfigError(f"{hostfile.source}: world size must be at least 1, got {world_size}")
+    if world_size > MAX_RANKS:
+        raise ConfigError(f"{hostfile.source}: {world_size} ranks; at most {MAX_RANKS} in one job")
     if world_size > total:
         raise ConfigError(
             f"{hostfile.source}: {world_size} ranks requested but the hosts have "
@@ -214,13 +282,15 @@ def same_machine_groups(hosts: tuple[Host, ...] | list[Host]) -> list[int]:
             i = group[i]
         return i
 
-    for j, b in enumerate(hosts):
-        for i in range(j):
-            a = hosts[i]
-            same = (a.ssh is not None and a.ssh == b.ssh) or (a.is_local and b.is_local and a.ips == b.ips)
-            if same:
-                ri, rj = root(i), root(j)
-                group[max(ri, rj)] = min(ri, rj)
+    first: dict[tuple, int] = {}  # ("ssh", name) or ("local", ips) -> the first entry with it
+    for j, host in enumerate(hosts):
+        keys = [("ssh", host.ssh)] if host.ssh is not None else []
+        if host.is_local:
+            keys.append(("local", host.ips))
+        for key in keys:
+            i = first.setdefault(key, j)
+            ri, rj = root(i), root(j)
+            group[max(ri, rj)] = min(ri, rj)
     return [root(i) for i in range(len(hosts))]
 
 
@@ -242,7 +312,13 @@ def is_local_host(name: str | None) -> bool:
         pass
     else:
         return addr.is_loopback
-    return host in {socket.gethostname().lower(), socket.getfqdn().lower()}
+    return host in _own_names()
+
+
+@functools.lru_cache(maxsize=1)
+def _own_names() -> frozenset[str]:
+    """This machine's host name and fully qualified name (looked up once: getfqdn may ask DNS)."""
+    return frozenset({socket.gethostname().lower(), socket.getfqdn().lower()})
 
 
 def _parse_hosts(value: Any, source: str, where: str) -> tuple[Host, ...]:
@@ -250,6 +326,8 @@ def _parse_hosts(value: Any, source: str, where: str) -> tuple[Host, ...]:
         raise ConfigError(f"{_at(source, where)}expected a list of host objects, got {_kind(value)}")
     if not value:
         raise ConfigError(f"{_at(source, where)}empty list; at least one host is needed")
+    if len(value) > MAX_HOSTS:
+        raise ConfigError(f"{_at(source, where)}{len(value)} host entries; at most {MAX_HOSTS}")
     return tuple(_parse_host(entry, source, f"{where}[{i}]") for i, entry in enumerate(value))
 
 
@@ -285,6 +363,8 @@ def _parse_host(entry: Any, source: str, where: str) -> Host:
         raise ConfigError(
             f"{_at(source, where + '.slots')}expected a positive integer, got {_show(slots)}"
         )
+    if slots > MAX_SLOTS:
+        raise ConfigError(f"{_at(source, where + '.slots')}at most {MAX_SLOTS} ranks per host, got {_show(slots)}")
     return Host(ssh=ssh, ips=ips, slots=slots)
 
 
@@ -293,6 +373,10 @@ def parse_env_assignment(text: Any, where: str) -> tuple[str, str]:
     name, sep, value = text.partition("=") if isinstance(text, str) else ("", "", "")
     if not sep or not _ENV_NAME.match(name):
         raise ConfigError(f'{where}: expected "NAME=value", got {_show(text)}')
+    if len(text) > MAX_ENV_CHARS:
+        raise ConfigError(f"{where}: {name}: longer than {MAX_ENV_CHARS} characters")
+    if "\0" in value:
+        raise ConfigError(f"{where}: {name}: the value holds a NUL byte")
     return name, value
 
 
@@ -318,15 +402,19 @@ def _split_slots(token: str, source: str, index: int) -> tuple[str, int]:
 
 
 def _slots_of(text: str, source: str, index: int) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise ConfigError(f"{source}: entry {index}: slots: expected a positive integer, got {text!r}")
+    if not (text.isascii() and text.isdigit()) or int(text.lstrip("0")[:10] or "0") < 1:
+        raise ConfigError(f"{source}: entry {index}: slots: expected a positive integer, got {_shorten(repr(text))}")
+    if len(text.lstrip("0")) > 9 or int(text) > MAX_SLOTS:
+        raise ConfigError(f"{source}: entry {index}: slots: at most {MAX_SLOTS} ranks per host, got {_shorten(text)}")
     return int(text)
 
 
 def _check_ssh_name(name: str, source: str, where: str) -> None:
-    # A leading "-" would be read by ssh as an option.
-    if not name or name.startswith("-") or any(c.isspace() for c in name):
+    # A leading "-" would be read by ssh as an option; NUL and other control characters cannot be in an argument.
+    if not name or name.startswith("-") or any(c.isspace() or not c.isprintable() for c in name):
         raise ConfigError(f"{_at(source, where)}expected a host name, got {_show(name)}")
+    if len(name) > MAX_NAME_CHARS:
+        raise ConfigError(f"{_at(source, where)}longer than {MAX_NAME_CHARS} characters")
 
 
 def _reject_unknown(obj: dict, known: tuple[str, ...], source: str, where: str) -> None:
@@ -357,5 +445,12 @@ def _kind(value: Any) -> str:
 
 def _show(value: Any) -> str:
     """A short JSON rendering of a bad value for a one-line message."""
-    text = json.dumps(value)
+    try:
+        text = json.dumps(value)
+    except (TypeError, ValueError):  # not JSON, or an integer of thousands of digits
+        text = f"<{type(value).__name__}>"
+    return _shorten(text)
+
+
+def _shorten(text: str) -> str:
     return text if len(text) <= 40 else text[:37] + "..."

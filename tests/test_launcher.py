@@ -115,6 +115,7 @@ def test_plan_environment_and_precedence():
         "RANK": "1",
         "WORLD_SIZE": "3",
         "LOCAL_RANK": "1",
+        "LOCAL_WORLD_SIZE": "3",
         "RINGDIST_VERBOSE": "1",
     }
     third = plan.ranks[2].env("r", "s")

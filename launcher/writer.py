@@ -1,0 +1,218 @@
+"""The launcher's stdout and stderr: bounded queues drained by writer threads, so output never holds up the job.
+
+Everything the launcher prints, rank output and its own messages, is queued here
+and written by one thread per destination: stdout and stderr, or a single
+thread when both are the same file or terminal, so that lines never interleave
+mid-line. The supervisor never waits on a write; a reader that stops reading (a
+paused `less`, a FIFO nobody drains) holds up only its writer thread.
+
+Rank output waits for room in its destination's queue (`BUFFER_BYTES`) while
+that destination's writes make progress, so a slow reader slows the ranks
+down as a terminal would. Once a write has made no progress for `STALL_AFTER`
+seconds, rank output for that destination is dropped and counted instead, so
+the ranks' pipes keep being read; one line on stderr says how many lines were
+lost (at most every `NOTICE_EVERY` seconds once the reader is back, and at
+exit). The launcher's own messages always get a place in the queue. At exit
+`close` lets the queues empty while their writes make progress, for at most
+`CLOSE_WAIT` seconds in all. A reader that went away (`| head`) just ends the
+output, as before.
+"""
+
+from __future__ import annotations
+
+import collections
+import errno
+import os
+import select
+import threading
+import time
+from typing import Callable
+
+BUFFER_BYTES = 4 << 20  # rank output queued for one destination, at most
+MESSAGE_ROOM = 1 << 20  # beyond BUFFER_BYTES, for the launcher's own messages
+WRITE_BYTES = 16 << 10  # the most one write() call is given: progress is seen at least this often
+STALL_AFTER = 2.0  # a write without progress this long: the destination is not being read
+NOTICE_EVERY = 5.0  # seconds between two "lines dropped" notices while the job runs
+CLOSE_STALL = 2.0  # at exit, give up on a destination whose write made no progress this long
+CLOSE_WAIT = 10.0  # at exit, give up on every destination after this long
+
+
+class Destination:
+    """One output file (the launcher's stdout or stderr) and the thread that writes to it."""
+
+    def __init__(self, fd: int, name: str, notify: Callable[[str], None]) -> None:
+        self.fd = fd
+        self.name = name
+        self._notify = notify  # says something on stderr (called without the lock held)
+        self._items: collections.deque[tuple[bytes, int]] = collections.deque()  # (data, rank lines in it)
+        self._queued = 0  # bytes in _items and in the write under way
+        self._writing_lines = 0  # rank lines in the write under way
+        self._cond = threading.Condition()
+        self._progress: float | None = None  # while a write is under way: when it last moved
+        self._dropped = 0  # rank lines dropped and not yet reported
+        self._last_notice = 0.0
+        self._dead = not _is_open(fd)
+        threading.Thread(target=self._run, name=f"write {name}", daemon=True).start()
+
+    def put(self, data: bytes, lines: int) -> None:
+        """Queue `lines` lines of rank output: wait while the destination is being written, else drop them."""
+        with self._cond:
+            while not self._dead and self._queued + len(data) > BUFFER_BYTES:
+                stalled = self._stalled_for()
+                if stalled >= STALL_AFTER:
+                    self._dropped += lines
+                    return
+                self._cond.wait(STALL_AFTER - stalled)
+            self._append(data, lines)
+
+    def put_message(self, data: bytes) -> None:
+        """Queue one of the launcher's own lines; never waits."""
+        with self._cond:
+            if self._queued + len(data) <= BUFFER_BYTES + MESSAGE_ROOM:
+                self._append(data, 0)
+
+    def drain(self, deadline: float) -> None:
+        """Wait until everything queued is written, or the writes stop moving, or `deadline` passes."""
+        with self._cond:
+            while not self._dead and (self._items or self._progress is not None):
+                now = time.monotonic()
+                stalled = self._stalled_for()
+                if now >= deadline or stalled >= CLOSE_STALL:
+                    return
+                self._cond.wait(min(deadline - now, CLOSE_STALL - stalled))
+
+    def lost(self) -> int:
+        """Rank lines dropped or still unwritten, not yet reported (resets the count)."""
+        with self._cond:
+            count = self._dropped
+            if not self._dead:
+                count += sum(lines for _, lines in self._items)
+                count += self._writing_lines if self._progress is not None else 0
+            self._dropped = 0
+            self._queued -= sum(len(data) for data, _ in self._items)
+            self._items.clear()
+            return count
+
+    def _append(self, data: bytes, lines: int) -> None:
+        if self._dead:
+            return
+        self._items.append((data, lines))
+        self._queued += len(data)
+        self._cond.notify_all()
+
+    def _stalled_for(self) -> float:
+        return 0.0 if self._progress is None else time.monotonic() - self._progress
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._items:
+                    self._cond.wait()
+                data, lines = self._items.popleft()
+                parts = [data]
+                size = len(data)
+                while self._items and size + len(self._items[0][0]) <= 4 * WRITE_BYTES:
+                    more, more_lines = self._items.popleft()
+                    parts.append(more)
+                    size += len(more)
+                    lines += more_lines
+                self._writing_lines = lines
+                self._progress = time.monotonic()
+            error = self._write(b"".join(parts) if len(parts) > 1 else data)
+            with self._cond:
+                self._progress = None
+                self._queued -= size
+                if error is not None:
+                    self._dead = True
+                    self._items.clear()
+                    self._queued = 0
+                report = 0
+                now = time.monotonic()
+                if self._dropped and error is None and now - self._last_notice >= NOTICE_EVERY:
+                    report, self._dropped, self._last_notice = self._dropped, 0, now
+                self._cond.notify_all()
+            if report:
+                self._notify(dropped_notice(report, self.name))
+            if error is not None and error.errno != errno.EPIPE:
+                self._notify(f"ringdist-launch: cannot write to {self.name}: {error.strerror or error}; "
+                             "dropping its output")
+
+    def _write(self, data: bytes) -> OSError | None:
+        """Write all of `data`; the error that ended the destination, if any."""
+        view = memoryview(data)
+        while view:
+            try:
+                n = os.write(self.fd, view[:WRITE_BYTES])
+            except BlockingIOError:  # a non-blocking file description: wait until it takes more
+                poller = select.poll()
+                poller.register(self.fd, select.POLLOUT)
+                poller.poll(1000)
+                continue
+            except OSError as e:
+                if e.errno == errno.EPIPE:
+                    _discard_from_now_on(self.fd)  # `| head` went away: later writes (and exit's flush) are no-ops
+                return e
+            view = view[n:]
+            with self._cond:
+                self._progress = time.monotonic()
+        return None
+
+
+class LineWriter:
+    """Where rank output and the launcher's messages go: stdout and stderr, each through a `Destination`."""
+
+    def __init__(self, stdout_fd: int = 1, stderr_fd: int = 2) -> None:
+        self.stderr = Destination(stderr_fd, "stderr", self.message)
+        self.stdout = self.stderr if _same_file(stdout_fd, stderr_fd) else Destination(stdout_fd, "stdout", self.message)
+        if self.stdout is self.stderr:
+            self.stderr.name = "stdout"
+
+    def write(self, destination: Destination, data: bytes, lines: int = 1) -> None:
+        """Queue `lines` whole lines of rank output (`data`) for `destination` (`self.stdout`, `self.stderr`)."""
+        destination.put(data, lines)
+
+    def message(self, text: str) -> None:
+        """A line from the launcher itself, on stderr; never waits."""
+        self.stderr.put_message(text.encode("utf-8", "replace") + b"\n")
+
+    def close(self) -> None:
+        """At exit: write what is queued while the writes make progress (bounded), then say what was lost."""
+        deadline = time.monotonic() + CLOSE_WAIT
+        destinations = [self.stdout] if self.stdout is self.stderr else [self.stdout, self.stderr]
+        for d in destinations:
+            d.drain(deadline)
+        lost = [(d.lost(), d.name) for d in destinations]
+        for count, name in lost:
+            if count:
+                self.message(dropped_notice(count, name))
+        self.stderr.drain(min(deadline, time.monotonic() + CLOSE_STALL))
+
+
+def dropped_notice(count: int, name: str) -> str:
+    return f"ringdist-launch: {count} line{'s' if count != 1 else ''} of rank output dropped ({name} not being read)"
+
+
+def _same_file(a: int, b: int) -> bool:
+    try:
+        sa, sb = os.fstat(a), os.fstat(b)
+    except OSError:
+        return False
+    return (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino)
+
+
+def _is_open(fd: int) -> bool:
+    try:
+        os.fstat(fd)
+    except OSError:
+        return False
+    return True
+
+
+def _discard_from_now_on(fd: int) -> None:
+    """The reader of `fd` went away: point it at /dev/null instead of failing on every write."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, fd)
+        os.close(devnull)
+    except OSError:
+        pass

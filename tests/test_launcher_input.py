@@ -1,0 +1,132 @@
+"""ringdist-launch's input: bounded, validated hostfiles, per-rank variables, and a script that is not there."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+import time
+
+import pytest
+
+from helpers import run_launcher
+
+PY = sys.executable
+SHOW_ENV = ("import json, os; print(json.dumps({k: os.environ.get(k) for k in "
+            "('RANK', 'LOCAL_RANK', 'LOCAL_WORLD_SIZE', 'RINGDIST_LOCAL_RANK', 'RINGDIST_LOCAL_WORLD_SIZE')}))")
+
+
+def one_error_line(result, started: float, path: str) -> str:
+    """The single `ringdist-launch: error: PATH: ...` line of a refused hostfile, checked."""
+    assert time.monotonic() - started < 20, "a bad hostfile must be refused promptly"
+    assert result.returncode == 2, result.stderr
+    assert result.stdout == ""
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith(f"ringdist-launch: error: {path}: "), lines[0]
+    return lines[0]
+
+
+# Written as bytes: each is a file a user (or a mistake) could hand to --hosts.
+BAD_HOSTFILES = {
+    "nul-in-env-value": (b'{"hosts": [{}], "envs": ["A=x\\u0000y"]}', r"envs\[0\]: A: the value holds a NUL byte"),
+    "nul-in-ssh": (b'{"hosts": [{"ssh": "node\\u00001"}]}', r'hosts\[0\]\.ssh: expected a host name, got "node\\u00001"'),
+    "deep-nesting": (b"[" * 100_000 + b"]" * 100_000, r"JSON nested more than 16 levels deep"),
+    "slots-1e23": (b'[{"slots": 100000000000000000000000}]', r"\[0\]\.slots: at most 4096 ranks per host"),
+    "slots-5000": (b'{"hosts": [{}, {"slots": 5000}]}', r"hosts\[1\]\.slots: at most 4096 ranks per host, got 5000"),
+    "ranks-in-all": (b'[{"slots": 4096}, {"ips": ["127.0.0.2"]}]', r"4097 ranks; at most 4096 in one job"),
+    "too-many-hosts": (b"[" + b",".join([b"{}"] * 5000) + b"]", r"5000 host entries; at most 4096"),
+    "huge-integer": (b'[{"slots": ' + b"9" * 5000 + b"}]", r"not valid JSON: a number with too many digits"),
+    "long-env": (b'{"hosts": [{}], "envs": ["A=' + b"x" * 70_000 + b'"]}', r"envs\[0\]: A: longer than 65536"),
+    "long-ssh": (b'[{"ssh": "' + b"n" * 300 + b'"}]', r"\[0\]\.ssh: longer than 255 characters"),
+    "over-1-mib": (b'{"hosts": [{}], "envs": [' + b'"A=1", ' * 200_000 + b'"A=1"]}', r"hostfile larger than 1048576"),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(BAD_HOSTFILES))
+def test_bad_hostfile_is_one_line_and_exit_2(tmp_path, kind):
+    data, message = BAD_HOSTFILES[kind]
+    path = tmp_path / f"{kind}.json"
+    path.write_bytes(data)
+    started = time.monotonic()
+    result = run_launcher(["--hosts", str(path), "--", PY, "-c", "print('ran')"], timeout=30)
+    line = one_error_line(result, started, str(path))
+    assert re.search(message, line), line
+
+
+@pytest.mark.parametrize("kind", ["dev-zero", "fifo"])
+def test_hostfile_that_never_ends_is_refused_promptly(tmp_path, kind):
+    """/dev/zero would be read for ever, a FIFO nobody writes to would block the open."""
+    path = tmp_path / "hosts.json"
+    if kind == "fifo":
+        os.mkfifo(path)
+    else:
+        path.symlink_to("/dev/zero")
+    started = time.monotonic()
+    result = run_launcher(["--hosts", str(path), "--", PY, "-c", "print('ran')"], timeout=30)
+    line = one_error_line(result, started, str(path))
+    assert line.endswith("cannot read hostfile: not a regular file"), line
+
+
+def test_a_device_named_directly_is_read_as_a_hostfile_and_refused():
+    started = time.monotonic()
+    result = run_launcher(["--hosts", "/dev/zero", "--", PY, "-c", "print('ran')"], timeout=30)
+    line = one_error_line(result, started, "/dev/zero")
+    assert line.endswith("cannot read hostfile: not a regular file"), line
+
+
+def test_too_many_ranks_on_the_command_line():
+    result = run_launcher(["-n", "100000000", "--", PY, "-c", "print('ran')"], timeout=30)
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.splitlines()[-1] == ("ringdist-launch: error: argument -n/--nprocs: "
+                                              "at most 4096 ranks, got '100000000'")
+    hosts = run_launcher(["--hosts", "localhost:100000", "--", PY, "-c", "print('ran')"], timeout=30)
+    assert hosts.returncode == 2 and hosts.stdout == ""
+    assert hosts.stderr == "ringdist-launch: error: --hosts: entry 0: slots: at most 4096 ranks per host, got 100000\n"
+
+
+def test_every_rank_gets_local_world_size():
+    # Two entries for this machine: LOCAL_RANK counts across them, LOCAL_WORLD_SIZE counts them all.
+    result = run_launcher(["--hosts", "localhost:2,localhost", "--", PY, "-c", SHOW_ENV], timeout=60)
+    assert result.returncode == 0, result.stderr
+    seen = {}
+    for line in result.stdout.splitlines():
+        m = re.fullmatch(r"\[(\d+)\] (\{.*\})", line)
+        assert m, line
+        seen[int(m.group(1))] = json.loads(m.group(2))
+    assert sorted(seen) == [0, 1, 2]
+    for rank, env in seen.items():
+        assert env == {"RANK": str(rank), "LOCAL_RANK": str(rank), "LOCAL_WORLD_SIZE": "3",
+                       "RINGDIST_LOCAL_RANK": str(rank), "RINGDIST_LOCAL_WORLD_SIZE": "3"}, env
+
+
+def test_local_world_size_is_the_launchers_to_set():
+    result = run_launcher(["-n", "2", "--env", "LOCAL_WORLD_SIZE=8", "--", PY, "-c", "print('ran')"], timeout=30)
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.splitlines()[-1] == "ringdist-launch: error: --env: LOCAL_WORLD_SIZE is set by the launcher for each rank"
+
+
+def test_missing_script_exits_127_naming_it(tmp_path):
+    result = run_launcher(["-n", "2", "no_such_script.py", "--flag"], timeout=30)
+    assert result.returncode == 127, result.stderr
+    assert result.stdout == ""
+    assert result.stderr == "ringdist-launch: no_such_script.py: No such file or directory\n"
+    in_cwd = run_launcher(["--cwd", str(tmp_path), "train.py"], timeout=30)
+    assert in_cwd.returncode == 127, in_cwd.stderr
+    assert in_cwd.stderr == f"ringdist-launch: train.py: No such file or directory (in --cwd {tmp_path})\n"
+    # The same script there runs: the check looks where the ranks will.
+    (tmp_path / "train.py").write_text("print('trained')\n")
+    found = run_launcher(["--cwd", str(tmp_path), "train.py"], timeout=60)
+    assert found.returncode == 0 and found.stdout == "[0] trained\n", found.stderr
+
+
+def test_program_that_is_not_executable_exits_126(tmp_path):
+    program = tmp_path / "run.sh"
+    program.write_text("#!/bin/sh\necho hi\n")
+    program.chmod(0o644)
+    result = run_launcher(["-n", "2", "--", str(program)], timeout=30)
+    assert result.returncode == 126, result.stderr
+    assert "Traceback" not in result.stderr
+    assert f"cannot start rank 0 (host localhost): Permission denied: '{program}'" in result.stderr

@@ -1,0 +1,267 @@
+"""ringdist-launch's output: a stdout nobody reads never holds up the job, memory stays bounded, \\r passes through."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import re
+import select
+import signal
+import subprocess
+import sys
+import tempfile
+import termios
+import time
+from pathlib import Path
+
+import pytest
+
+from helpers import LAUNCHER, descendants, kill_tree, wait_until_gone
+
+PY = sys.executable
+PIPE_FULL = 64 << 10  # Linux's default pipe capacity
+
+# Writes numbered lines to stdout until the file argv[1] exists (if given), then "done".
+CHATTY = """
+import os, sys
+stop = sys.argv[1] if len(sys.argv) > 1 else None
+i = 0
+while not (stop and i % 1000 == 0 and os.path.exists(stop)):
+    sys.stdout.write(f"line {i} " + "x" * 200 + "\\n")
+    i += 1
+print("done")
+"""
+NOT_READ = re.compile(r"^ringdist-launch: (\d+) lines of rank output dropped \(stdout not being read\)$", re.M)
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="pipe and /proc checks are Linux's")
+
+
+class Launch:
+    """ringdist-launch with its stdout on a pipe the test reads only when it wants, stderr in a file."""
+
+    def __init__(self, args: list[str]) -> None:
+        self.read_end, write_end = os.pipe()
+        self.err = tempfile.TemporaryFile()
+        self.started = time.monotonic()
+        self.proc = subprocess.Popen([*LAUNCHER, *args], stdin=subprocess.DEVNULL, stdout=write_end,
+                                     stderr=self.err, start_new_session=True)
+        os.close(write_end)
+        self.ranks: list[int] = []
+
+    def wait_until_stdout_is_full(self, timeout: float = 30) -> None:
+        """Until the pipe holds all it will take (unchanged for a while): the launcher's writes now block."""
+        deadline = time.monotonic() + timeout
+        last, since = -1, time.monotonic()
+        while True:
+            assert time.monotonic() < deadline, "stdout never filled up"
+            assert self.proc.poll() is None, self.stderr()
+            pending = _pending(self.read_end)
+            if pending != last:
+                last, since = pending, time.monotonic()
+            elif pending >= PIPE_FULL // 2 and time.monotonic() - since > 0.3:
+                break
+            time.sleep(0.05)
+        self.ranks = descendants(self.proc.pid)
+
+    def wait(self, timeout: float) -> tuple[int | None, float]:
+        """The launcher's exit status (None if still running after `timeout` s) and when it exited."""
+        try:
+            code = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            code = None
+        return code, time.monotonic()
+
+    def read(self, deadline: float) -> bytes:
+        """What stdout has now (b"" at its end), waiting until `deadline` at most."""
+        ready, _, _ = select.select([self.read_end], [], [], max(0.0, deadline - time.monotonic()))
+        assert ready, "stdout neither had output nor ended in time"
+        return os.read(self.read_end, 1 << 20)
+
+    def read_all(self, timeout: float = 30) -> bytes:
+        chunks, deadline = [], time.monotonic() + timeout
+        while chunk := self.read(deadline):
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def stderr(self) -> str:
+        self.err.seek(0)
+        return self.err.read().decode("utf-8", "replace")
+
+    def close(self) -> None:
+        kill_tree(self.proc)
+        os.close(self.read_end)
+        self.err.close()
+        assert wait_until_gone(self.ranks) == [], "ranks left behind"
+
+
+def _pending(fd: int) -> int:
+    return int.from_bytes(fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0"), sys.byteorder)
+
+
+def test_timeout_acts_on_time_while_stdout_is_not_read():
+    launch = Launch(["--timeout", "5", "--", PY, "-c", CHATTY])
+    try:
+        launch.wait_until_stdout_is_full()
+        code, ended = launch.wait(timeout=40)
+        assert code == 124, launch.stderr()
+        assert ended - launch.started < 15, f"--timeout 5 took {ended - launch.started:.1f}s"
+        stderr = launch.stderr()
+        assert "job exceeded --timeout 5s; rank 0 stopped by the launcher" in stderr
+        dropped = NOT_READ.findall(stderr)
+        assert dropped and int(dropped[-1]) > 0, stderr
+    finally:
+        launch.close()
+
+
+def test_sigterm_acts_at_once_while_stdout_is_not_read():
+    launch = Launch(["-n", "2", "--", PY, "-c", CHATTY])
+    try:
+        launch.wait_until_stdout_is_full()
+        time.sleep(1.5)  # the launcher's queue fills up and its writer is stuck
+        signalled = time.monotonic()
+        launch.proc.send_signal(signal.SIGTERM)
+        code, ended = launch.wait(timeout=40)
+        assert code == 143, launch.stderr()
+        assert ended - signalled < 10, f"SIGTERM took {ended - signalled:.1f}s"
+        assert "interrupted by SIGTERM; stopping ranks 0,1" in launch.stderr()
+    finally:
+        launch.close()
+
+
+FAIL_LATER = """
+import os, sys, time
+if os.environ["RINGDIST_RANK"] == "1":
+    time.sleep(3)
+    sys.exit(3)
+while True:
+    sys.stdout.write("x" * 200 + "\\n")
+"""
+
+
+def test_first_failure_acts_on_time_while_stdout_is_not_read():
+    launch = Launch(["-n", "2", "--", PY, "-c", FAIL_LATER])
+    try:
+        launch.wait_until_stdout_is_full()
+        code, ended = launch.wait(timeout=40)
+        assert code == 3, launch.stderr()
+        assert ended - launch.started < 20, f"the failure took {ended - launch.started:.1f}s to end the job"
+        assert re.search(r"rank 1 \(host localhost, pid \d+\) exited with code 3 first; rank 0 stopped by the launcher",
+                         launch.stderr())
+    finally:
+        launch.close()
+
+
+def test_output_resumes_with_a_count_of_the_lines_dropped(tmp_path):
+    stop = tmp_path / "stop"
+    launch = Launch(["--", PY, "-c", CHATTY, str(stop)])
+    try:
+        launch.wait_until_stdout_is_full()
+        time.sleep(5)  # stalled for longer than the launcher waits for a writer to move (2 s)
+        stop.touch()
+        out = launch.read_all()
+        code, _ = launch.wait(timeout=30)
+        assert code == 0, launch.stderr()
+        lines = out.decode().splitlines()
+        assert lines[-1] == "[0] done"
+        numbers = [int(m.group(1)) for m in (re.fullmatch(r"\[0\] line (\d+) x{200}", s) for s in lines[:-1]) if m]
+        assert len(numbers) == len(lines) - 1, "a mangled line"
+        assert numbers == sorted(numbers) and numbers[0] == 0
+        missing = numbers[-1] + 1 - len(numbers)
+        assert missing > 0, "nothing was dropped: the test did not stall the reader"
+        dropped = [int(n) for n in NOT_READ.findall(launch.stderr())]
+        assert sum(dropped) == missing, launch.stderr()  # every line is written or counted
+    finally:
+        launch.close()
+
+
+BIG_LINE = """
+import os
+block = b"y" * (8 << 20)
+for _ in range(50):  # 400 MiB without a newline
+    os.write(1, block)
+os.write(1, b"\\n")
+"""
+
+
+def test_memory_stays_bounded_with_a_400_mib_line():
+    proc = subprocess.Popen([*LAUNCHER, "--", PY, "-c", BIG_LINE], stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    peak = 0
+    try:
+        deadline = time.monotonic() + 120
+        while proc.poll() is None and time.monotonic() < deadline:
+            try:
+                status = Path(f"/proc/{proc.pid}/status").read_text()
+            except OSError:
+                break
+            m = re.search(r"^VmRSS:\s+(\d+) kB", status, re.M)
+            peak = max(peak, int(m.group(1)) if m else 0)
+            time.sleep(0.02)
+        assert proc.wait(timeout=30) == 0, proc.stderr.read()
+    finally:
+        kill_tree(proc)
+        proc.stderr.close()
+    assert 0 < peak < 200 * 1024, f"launcher peak RSS {peak // 1024} MiB while copying a 400 MiB line"
+
+
+def test_a_long_line_comes_out_in_marked_pieces():
+    size = 200 * 1024
+    code = f"import sys; sys.stdout.write('z' * {size} + '\\n'); sys.stdout.write('tail')"
+    proc = subprocess.run([*LAUNCHER, "--", PY, "-c", code], stdin=subprocess.DEVNULL, capture_output=True,
+                          timeout=60, start_new_session=True)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.split(b"\n")
+    assert lines[-1] == b"" and lines[-2] == b"[0] tail"
+    pieces = lines[:-2]
+    assert len(pieces) == 4  # 64 KiB, 64 KiB, 64 KiB, 8 KiB
+    assert all(p.startswith(b"[0] ") for p in pieces)
+    assert all(p.endswith(b" [line continues]") and len(p) == len(b"[0] ") + 65536 + 17 for p in pieces[:-1])
+    assert b"".join(p[4:].removesuffix(b" [line continues]") for p in pieces) == b"z" * size
+
+
+PROGRESS = """
+import os, sys, time
+sys.stdout.write("step 1\\r")
+sys.stdout.flush()
+deadline = time.monotonic() + 30
+while not os.path.exists(sys.argv[1]):  # the launcher passed the update on: go on
+    if time.monotonic() > deadline:
+        sys.exit(1)
+    time.sleep(0.02)
+sys.stdout.write("step 2\\r\\n")
+"""
+
+
+def test_carriage_return_updates_pass_through_before_the_line_ends(tmp_path):
+    seen = tmp_path / "seen"
+    launch = Launch(["--", PY, "-c", PROGRESS, str(seen)])
+    try:
+        got = b""
+        deadline = time.monotonic() + 20
+        while b"[0] step 1\r" not in got:
+            chunk = launch.read(deadline)
+            assert chunk, f"stdout ended first: {got!r}"
+            got += chunk
+        seen.touch()
+        got += launch.read_all()
+        code, _ = launch.wait(timeout=30)
+        assert code == 0, launch.stderr()
+        assert got == b"[0] step 1\r[0] step 2\r\n"
+    finally:
+        launch.close()
+
+
+def test_a_remote_ranks_output_keeps_its_pieces_and_exit_report(tmp_path):
+    """Through an rsh agent (here one that runs the command on this machine) the keeper's reports share stdout."""
+    agent = tmp_path / "agent.sh"
+    agent.write_text('#!/bin/sh\nshift\nexec "$@"\n')  # drop the host name, run the rest here
+    agent.chmod(0o755)
+    hostfile = tmp_path / "hosts.json"
+    hostfile.write_text('{"hosts": [{"ssh": "rdtest-elsewhere", "ips": ["127.0.0.1"]}]}')
+    code = "import sys; sys.stdout.write('a\\rb\\r' + 'q' * 70000 + '\\nlast, unfinished'); sys.exit(3)"
+    proc = subprocess.run([*LAUNCHER, "--rsh-agent", str(agent), "--hosts", str(hostfile), "--", PY, "-c", code],
+                          stdin=subprocess.DEVNULL, capture_output=True, timeout=60, start_new_session=True)
+    assert proc.returncode == 3, proc.stderr
+    assert proc.stdout == (b"[0] a\r[0] b\r[0] " + b"q" * 65536 + b" [line continues]\n[0] " + b"q" * 4464
+                           + b"\n[0] last, unfinished\n")
+    assert b"rank 0 (host rdtest-elsewhere, pid" in proc.stderr and b"exited with code 3" in proc.stderr
