@@ -23,7 +23,7 @@ import sys
 from typing import Sequence
 
 from ringdist.errors import ConfigError
-from ringdist.hostfile import MAX_RANKS, Hostfile, load_hostfile, parse_env_assignment, parse_hosts_arg
+from .hostfile import MAX_RANKS, Hostfile, load_hostfile, parse_env_assignment, parse_hosts_arg
 from ringdist.settings import Settings
 
 from .job import run_job

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Callable, Literal, Sequence
 
 from ringdist.errors import ConfigError
-from ringdist.hostfile import Host, Hostfile, Placement, expand_placements
+from .hostfile import Host, Hostfile, Placement, expand_placements
 
 REDACTED = "<redacted>"
 RENDEZVOUS_HOST = "127.0.0.1"

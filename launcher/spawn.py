@@ -29,7 +29,7 @@ import threading
 from pathlib import Path
 from typing import Callable, Mapping, Protocol, Sequence
 
-from ringdist.hostfile import Placement
+from .hostfile import Placement
 
 _PR_SET_PDEATHSIG = 1
 _PF_EXITING = 0x4  # a task's flag in /proc/PID/stat while it exits (include/linux/sched.h)

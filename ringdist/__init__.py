@@ -8,7 +8,7 @@ Launch ranks with `ringdist-launch --hosts hosts.json script.py`. The API mirror
 `mlx.core.distributed` with numpy arrays; see README.md for the whole table.
 """
 
-from .bootstrap import init, is_available
+from .world import init, is_available
 from .collectives import all_gather, all_max, all_min, all_prod, all_sum, barrier, broadcast, sum_scatter
 from . import errors
 from .errors import *  # noqa: F403 - the exception tree is part of the API

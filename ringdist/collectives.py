@@ -14,14 +14,14 @@ from typing import Any
 
 import numpy as np
 
-from . import bootstrap, buffers, schedule, wire
+from . import buffers, schedule, wire, world
 from .group import Group
 from .transfer import Inflow, Outflow, ReducingInflow, Segments
 
 
 def _group(group: Group | None) -> Group:
     if group is None:
-        return bootstrap._world or bootstrap.init()
+        return world.current()
     if not isinstance(group, Group):
         raise TypeError(f"group must be a ringdist Group or None, got {type(group).__name__}")
     return group

@@ -52,7 +52,7 @@ def test_main_job_on_the_shipped_hostfiles():
 
 
 def test_loopback_hostfile_binds_each_rank_to_its_own_address():
-    code = ("import ringdist as rd, ringdist.bootstrap as b; g = rd.init(); "
+    code = ("import ringdist as rd, ringdist.world as b; g = rd.init(); "
             "print('bound', b._endpoint.addresses[0][0]); rd.barrier()")
     script = ROOT / "tests" / "scripts" / "_bound.py"
     res = run_launcher(["--hosts", str(HOSTFILES / "loopback-4.json"), "--", sys.executable, "-c", code],

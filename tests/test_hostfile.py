@@ -10,7 +10,7 @@ import pytest
 
 from helpers import HOSTFILES
 from ringdist.errors import ConfigError
-from ringdist.hostfile import (
+from ringdist_launch.hostfile import (
     Host,
     Hostfile,
     expand_placements,

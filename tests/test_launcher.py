@@ -28,7 +28,7 @@ from ringdist import wire
 from ringdist.channel import send_blocking
 from ringdist.errors import ConfigError
 from ringdist.handshake import client_handshake
-from ringdist.hostfile import load_hostfile, parse_hostfile
+from ringdist_launch.hostfile import load_hostfile, parse_hostfile
 from ringdist.rendezvous import RENDEZVOUS_GROUP, RendezvousServer, encode, parse_address
 from ringdist_launch.cli import _parser, parse_command_line
 from ringdist_launch.plan import REDACTED, Target, build_plan, describe_plan, local_hostfile

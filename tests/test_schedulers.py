@@ -14,7 +14,7 @@ import time
 import pytest
 
 from helpers import SCRIPTS
-from ringdist import bootstrap
+from ringdist import jobenv
 from ringdist.errors import ConfigError
 
 WORLD_CHECK = str(SCRIPTS / "world_check.py")
@@ -44,7 +44,7 @@ def job_id_with_free_port(make_env) -> str:
     """A job id whose derived rendezvous port is free here (tests run in parallel)."""
     for _ in range(100):
         job = str(random.randrange(10**6, 10**7))
-        sched = bootstrap.detect_scheduler(make_env(job))
+        sched = jobenv.detect_scheduler(make_env(job))
         if sched is not None and sched.port_hint and port_is_free(sched.port_hint):
             return job
     raise AssertionError("no free port found")
@@ -152,42 +152,42 @@ def test_missing_rank_0_times_out_naming_the_rendezvous():
 def test_innermost_launcher_wins_and_launcher_variables_win_over_all():
     slurm = {"SLURM_PROCID": "1", "SLURM_NTASKS": "2", "RINGDIST_SECRET": "s", "MASTER_ADDR": "10.0.0.1"}
     torch = {**slurm, "RANK": "5", "WORLD_SIZE": "8"}
-    job = bootstrap.read_environment(torch)
+    job = jobenv.read_environment(torch)
     assert (job.source, job.rank, job.size, job.rendezvous) == ("torchrun", 5, 8, ("10.0.0.1", 29500))
     ompi = {**slurm, "OMPI_COMM_WORLD_RANK": "3", "OMPI_COMM_WORLD_SIZE": "4"}
-    assert bootstrap.read_environment(ompi).source == "Open MPI"
+    assert jobenv.read_environment(ompi).source == "Open MPI"
     launched = {**torch, "RINGDIST_RANK": "0", "RINGDIST_WORLD_SIZE": "1", "RINGDIST_RENDEZVOUS": "127.0.0.1:9",
                 "RINGDIST_BIND": "127.0.0.1"}
-    assert bootstrap.read_environment(launched).source == "ringdist-launch"
-    assert bootstrap.read_environment({"PATH": "/bin"}) is None
+    assert jobenv.read_environment(launched).source == "ringdist-launch"
+    assert jobenv.read_environment({"PATH": "/bin"}) is None
 
 
 def test_rendezvous_address_rules():
     base = {"SLURM_PROCID": "2", "SLURM_NTASKS": "4", "SLURM_JOB_ID": "4242", "RINGDIST_SECRET": "s",
             "RINGDIST_BIND": "127.0.0.1"}
-    multi = bootstrap.read_environment({**base, "SLURM_NNODES": "2", "SLURM_JOB_NODELIST": "gpu[07-08],cpu1"})
+    multi = jobenv.read_environment({**base, "SLURM_NNODES": "2", "SLURM_JOB_NODELIST": "gpu[07-08],cpu1"})
     assert multi.rendezvous[0] == "gpu07" and 20000 <= multi.rendezvous[1] < 40000
     assert not multi.hosts_rendezvous and multi.bind == ["127.0.0.1"]
-    single = bootstrap.read_environment({**base, "SLURM_NNODES": "1"})
+    single = jobenv.read_environment({**base, "SLURM_NNODES": "1"})
     assert single.rendezvous == ("127.0.0.1", multi.rendezvous[1])
-    given = bootstrap.read_environment({**base, "MASTER_ADDR": "node9", "MASTER_PORT": "1234"})
+    given = jobenv.read_environment({**base, "MASTER_ADDR": "node9", "MASTER_PORT": "1234"})
     assert given.rendezvous == ("node9", 1234)
     agent_store = {"RANK": "1", "WORLD_SIZE": "2", "MASTER_ADDR": "n1", "MASTER_PORT": "29500",
                    "TORCHELASTIC_USE_AGENT_STORE": "True", "RINGDIST_SECRET": "s", "RINGDIST_BIND": "127.0.0.1"}
-    assert bootstrap.read_environment(agent_store).rendezvous == ("n1", 29501)  # torchrun's store has 29500
-    override = bootstrap.read_environment({**base, "MASTER_ADDR": "x", "RINGDIST_RENDEZVOUS": "[::1]:77"})
+    assert jobenv.read_environment(agent_store).rendezvous == ("n1", 29501)  # torchrun's store has 29500
+    override = jobenv.read_environment({**base, "MASTER_ADDR": "x", "RINGDIST_RENDEZVOUS": "[::1]:77"})
     assert override.rendezvous == ("::1", 77)
-    rank0 = bootstrap.read_environment({**base, "SLURM_PROCID": "0", "SLURM_NNODES": "1"})
+    rank0 = jobenv.read_environment({**base, "SLURM_PROCID": "0", "SLURM_NNODES": "1"})
     assert rank0.hosts_rendezvous
     with pytest.raises(ConfigError, match="Open MPI rank 1: no rendezvous address: set MASTER_ADDR"):
-        bootstrap.read_environment({"OMPI_COMM_WORLD_RANK": "1", "OMPI_COMM_WORLD_SIZE": "4",
+        jobenv.read_environment({"OMPI_COMM_WORLD_RANK": "1", "OMPI_COMM_WORLD_SIZE": "4",
                                     "OMPI_COMM_WORLD_LOCAL_SIZE": "2", "RINGDIST_SECRET": "s"})
     with pytest.raises(ConfigError, match="rank 4 is not in range for a world of 4"):
-        bootstrap.read_environment({**base, "SLURM_PROCID": "4"})
+        jobenv.read_environment({**base, "SLURM_PROCID": "4"})
 
 
 def test_first_slurm_host():
-    assert bootstrap.first_slurm_host("node[07-09,12],gpu1") == "node07"
-    assert bootstrap.first_slurm_host("a1,b[1-2]") == "a1"
-    assert bootstrap.first_slurm_host("rack[2-3]-n[04-05]") == "rack2-n04"
-    assert bootstrap.first_slurm_host("single") == "single"
+    assert jobenv.first_slurm_host("node[07-09,12],gpu1") == "node07"
+    assert jobenv.first_slurm_host("a1,b[1-2]") == "a1"
+    assert jobenv.first_slurm_host("rack[2-3]-n[04-05]") == "rack2-n04"
+    assert jobenv.first_slurm_host("single") == "single"

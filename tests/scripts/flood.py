@@ -12,7 +12,7 @@ import time
 import numpy as np
 
 import ringdist as rd
-from ringdist import bootstrap, wire
+from ringdist import world, wire
 from ringdist.channel import recv_control
 
 
@@ -28,8 +28,8 @@ attempts = {"made": 0}
 
 
 def stranger():
-    secret = bootstrap._endpoint._secret
-    job = bootstrap._endpoint.job
+    secret = world._endpoint._secret
+    job = world._endpoint.job
     targets = [g._addresses[p][0] for p in range(1, n)]
     held = []
     for i in range(1000):
@@ -95,5 +95,5 @@ for _ in range(100):
     if after <= before:
         break
     time.sleep(0.1)
-print(f"flood done rank={r} ops={ops} fds {before}->{after} refused={bootstrap._endpoint.refused} "
+print(f"flood done rank={r} ops={ops} fds {before}->{after} refused={world._endpoint.refused} "
       f"connections={attempts['made']}", flush=True)

@@ -11,7 +11,7 @@ import time
 import numpy as np
 
 import ringdist as rd
-from ringdist import bootstrap, wire
+from ringdist import world, wire
 from ringdist.channel import recv_control
 
 g = rd.init()
@@ -26,7 +26,7 @@ if r == 0:
         s.close()
         # 2. wrong secret: a well-formed HELLO, then a PROOF made with another key
         s = socket.create_connection((ip, port), timeout=5)
-        hello = wire.make_hello(bootstrap._endpoint.job, "world", 0, "ring", 5, os.urandom(16))
+        hello = wire.make_hello(world._endpoint.job, "world", 0, "ring", 5, os.urandom(16))
         frame = wire.encode_map(wire.HELLO, hello)
         s.sendall(frame)
         _, challenge, _ = recv_control(s, time.monotonic() + 5, expect=wire.CHALLENGE)
@@ -47,7 +47,7 @@ if r == 0:
         s = socket.create_connection((ip, port), timeout=5)
         s.sendall(frame)
         recv_control(s, time.monotonic() + 5, expect=wire.CHALLENGE)
-        old_mac = wire.proof_mac(bootstrap._endpoint._secret, b"client", frame[8:], challenge["nonce"])
+        old_mac = wire.proof_mac(world._endpoint._secret, b"client", frame[8:], challenge["nonce"])
         s.sendall(wire.encode_map(wire.PROOF, {"mac": old_mac}))
         try:
             kind, _, _ = recv_control(s, time.monotonic() + 5)
@@ -59,4 +59,4 @@ time.sleep(0.5)
 x = np.arange(1000, dtype=np.int64) + 1000 * r
 got = rd.all_gather(x)
 assert np.array_equal(got, np.concatenate([np.arange(1000) + 1000 * q for q in range(n)]))
-print(f"correct; refused={bootstrap._endpoint.refused}", flush=True)
+print(f"correct; refused={world._endpoint.refused}", flush=True)

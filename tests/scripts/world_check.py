@@ -10,7 +10,7 @@ import time
 import numpy as np
 
 import ringdist as rd
-import ringdist.bootstrap as bootstrap
+import ringdist.world as world
 
 g = rd.init()
 r, n = g.rank(), g.size()
@@ -29,7 +29,7 @@ big = int(sys.argv[1]) if len(sys.argv) > 1 else 0
 if big:
     x = np.full(big, r + 1, dtype=np.float32)
     assert np.array_equal(rd.all_sum(x), np.full(big, n * (n + 1) // 2, dtype=np.float32))
-job = bootstrap._job
+job = world._job
 print(json.dumps({"rank": r, "size": n, "source": job.source if job else None,
-                  "addresses": [ip for ip, _ in bootstrap._endpoint.addresses] if bootstrap._endpoint else [],
+                  "addresses": [ip for ip, _ in world._endpoint.addresses] if world._endpoint else [],
                   "split": members}), flush=True)

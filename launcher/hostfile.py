@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError
+from ringdist.errors import ConfigError
 
 __all__ = [
     "Host",

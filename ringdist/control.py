@@ -1,0 +1,103 @@
+"""A rank's control connection to the rendezvous: registration, then a watch for the launcher's exit."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+
+from . import deadlines, rendezvous, wire
+from .channel import recv_control, send_blocking
+from .endpoint import Endpoint, InboxKey
+from .errors import ConfigError, ConnectError, ProtocolError, RingTimeoutError
+from .jobenv import JobEnv
+from .settings import Settings
+
+
+class ControlLink:
+    """This rank's connection to the rendezvous: registration, then a watch for the launcher's exit."""
+
+    def __init__(self, endpoint: Endpoint, job: JobEnv, settings: Settings):
+        self.job = job
+        self.endpoint = endpoint
+        self.settings = settings
+        self.closing = False
+        host, port = job.rendezvous
+        self.where = rendezvous.format_address(host, port)
+        # Under a scheduler rank 0 may start after the others: keep trying until the init deadline.
+        wait = settings.connect_timeout if job.launched else settings.init_timeout
+        try:
+            self.sock = endpoint.connect([job.rendezvous],
+                                         InboxKey(rendezvous.RENDEZVOUS_GROUP, job.rank, "register", 0),
+                                         deadlines.after(wait), "the rendezvous")
+        except ConnectError as exc:
+            if job.launched:
+                raise
+            raise ConnectError(
+                f"rank {job.rank} ({job.source}): init() gave up after {wait:g} s: no rendezvous answered at "
+                f"{self.where}, where rank 0 serves it (is rank 0 running on that host? "
+                f"RINGDIST_INIT_TIMEOUT sets the limit): {exc}") from None
+
+    def register(self) -> list[dict]:
+        job = self.job
+        deadline = deadlines.after(self.settings.init_timeout)
+        addresses = [[ip, port] for ip, port in self.endpoint.addresses]
+        send_blocking(self.sock, rendezvous.encode(
+            {"type": "register", "rank": job.rank, "size": job.size, "addresses": addresses,
+             "host": job.host, "pid": os.getpid()}), deadline)
+        try:
+            _, msg, _ = recv_control(self.sock, deadline, expect=wire.CONTROL)
+        except socket.timeout:
+            raise RingTimeoutError(self._timeout_message()) from None
+        except EOFError:
+            raise ConfigError(f"rank {job.rank}: the rendezvous at {self.where} closed the connection") from None
+        if msg.get("type") == "error":
+            raise ConfigError(f"rank {job.rank}: the rendezvous at {self.where} refused: {msg.get('message')}")
+        if msg.get("type") != "table" or not isinstance(msg.get("members"), list):
+            raise ProtocolError(f"rank {job.rank}: unexpected message from the rendezvous: {msg.get('type')!r}")
+        members = msg["members"]
+        if len(members) != job.size:
+            raise ProtocolError(f"rank {job.rank}: rendezvous table has {len(members)} ranks, expected {job.size}")
+        if job.launched:
+            threading.Thread(target=self._watch, name="ringdist-control", daemon=True).start()
+        return members
+
+    def _timeout_message(self) -> str:
+        waited = f"rank {self.job.rank}: init() timed out after {self.settings.init_timeout:g} s at the rendezvous {self.where}"
+        try:
+            send_blocking(self.sock, rendezvous.encode({"type": "query"}), time.monotonic() + 2)
+            _, msg, _ = recv_control(self.sock, time.monotonic() + 2, expect=wire.CONTROL)
+            ranks = msg.get("ranks", [])
+            hosts = msg.get("hosts", [])
+            listing = ", ".join(f"{r} (host {h})" for r, h in zip(ranks, hosts))
+            return f"{waited}: ranks that never registered: {listing} (RINGDIST_INIT_TIMEOUT sets the limit)"
+        except Exception:
+            return f"{waited} (RINGDIST_INIT_TIMEOUT sets the limit)"
+
+    def _watch(self) -> None:
+        """Exit when the launcher's end of the control connection closes (no orphans)."""
+        try:
+            self.sock.settimeout(None)
+            while self.sock.recv(4096):
+                pass
+        except OSError:
+            pass
+        if self.closing:
+            return
+        sys.stderr.write(f"ringdist: rank {self.job.rank}: the launcher's control connection to "
+                         f"{self.where} closed; exiting\n")
+        sys.stderr.flush()
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)
+        os._exit(143)
+
+    def close(self) -> None:
+        self.closing = True
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.sock.close()

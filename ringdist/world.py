@@ -1,0 +1,165 @@
+"""The world: `init()`, the default group, and what a rank holds for the whole job.
+
+ringdist-launch sets RINGDIST_RANK, RINGDIST_WORLD_SIZE, RINGDIST_RENDEZVOUS,
+RINGDIST_SECRET and RINGDIST_BIND (`jobenv` reads them, or a scheduler's variables).
+Each rank listens on an ephemeral port of its own address, registers at the
+rendezvous, learns every other rank's address, and connects its ring. The
+rendezvous connection then stays open (`control`): when the launcher goes away,
+the rank exits.
+
+Under a cluster scheduler - Slurm (srun), Open MPI (mpirun) or torchrun - rank 0
+hosts the rendezvous itself at MASTER_ADDR:MASTER_PORT (or RINGDIST_RENDEZVOUS).
+There is no launcher to watch then: the rendezvous closes once everyone has the table.
+
+With neither, the world is a single process.
+"""
+
+from __future__ import annotations
+
+import atexit
+import ipaddress
+import os
+import socket
+import threading
+
+from . import buffers, channel, deadlines, rendezvous
+from .control import ControlLink
+from .endpoint import Endpoint
+from .errors import ConfigError
+from .group import Group, close_all
+from .jobenv import JobEnv, read_environment
+from .settings import Settings
+
+BACKENDS = ("ring", "any")  # "any" (MLX's default) means the best available: ring
+
+_world: Group | None = None
+_world_lock = threading.Lock()
+_control: ControlLink | None = None
+_endpoint: Endpoint | None = None
+_hosted: "rendezvous.RendezvousServer | None" = None  # rank 0's, under a scheduler
+_job: JobEnv | None = None  # what init() read from the environment (None: not launched)
+
+
+def is_available(backend: str = "ring") -> bool:
+    """Whether `backend` can be used in this process (the ring backend always can)."""
+    return backend in BACKENDS
+
+
+def current() -> Group:
+    """The world group, made by `init()` on first use."""
+    return _world or init()
+
+
+def init(strict: bool = False, backend: str = "ring") -> Group:
+    """The world group; later calls return the same group.
+
+    Not launched: a singleton group (rank 0 of 1), or ConfigError when `strict`.
+    Launched but broken (bad environment, unreachable peer): raises even when not strict.
+    """
+    global _world, _job
+    if backend not in BACKENDS:
+        raise ConfigError(f"unknown backend {backend!r}; ringdist provides {', '.join(BACKENDS)}")
+    with _world_lock:
+        if _world is not None:
+            if strict and _job is None:
+                raise ConfigError(_not_launched("init(strict=True)"))
+            return _world
+        settings = Settings.from_env()
+        buffers.cache.limit = settings.buffer_cache_mb * (1 << 20)  # inf: no limit
+        channel.SOCKET_BUFFERS = settings.socket_buffers
+        job = _job = read_environment(dict(os.environ))
+        if job is None:
+            if strict:
+                raise ConfigError(_not_launched("init(strict=True)"))
+            _world = Group(gid="world", rank=0, size=1, endpoint=None, settings=settings,
+                           addresses=[[]], world_ranks=[0])
+        else:
+            _world = _join(job, settings)
+        return _world
+
+
+def _not_launched(what: str) -> str:
+    return (f"{what}: this process was not launched by ringdist-launch "
+            "(RINGDIST_RANK, RINGDIST_WORLD_SIZE and RINGDIST_RENDEZVOUS are not set) "
+            "nor by a scheduler (no Slurm, Open MPI or torchrun rank variables)")
+
+
+def _join(job: JobEnv, settings: Settings) -> Group:
+    global _endpoint, _control, _hosted
+    label = f"rank {job.rank}"
+    try:
+        if job.hosts_rendezvous:
+            _hosted = _host_rendezvous(job)
+        _endpoint = Endpoint(job.secret, job.bind, connect_timeout=settings.connect_timeout, label=label)
+        _control = ControlLink(_endpoint, job, settings)
+        members = _control.register()
+        if not job.launched:  # no launcher to watch: the rendezvous's work is done
+            _control.close()
+            _control = None
+            if _hosted is not None:
+                _hosted.wait_delivered(deadlines.wait_slice(settings.connect_timeout))
+                _hosted.close()
+                _hosted = None
+        addresses = [[(ip, int(port)) for ip, port in m["addresses"]] for m in members]
+        return Group(gid="world", rank=job.rank, size=job.size, endpoint=_endpoint, settings=settings,
+                     addresses=addresses, world_ranks=list(range(job.size)))
+    except BaseException:
+        shutdown()
+        raise
+
+
+def _host_rendezvous(job: JobEnv) -> rendezvous.RendezvousServer:
+    """Rank 0 under a scheduler: serve the rendezvous at the address every rank was given.
+
+    A loopback rendezvous address is served there (a one-node job); any other on
+    every interface, since the name other nodes resolve may not be how this node
+    names itself (Debian maps a host's own name to 127.0.1.1).
+    """
+    host, port = job.rendezvous
+    try:
+        ip = ipaddress.ip_address(socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][4][0].split("%")[0])
+    except (OSError, ValueError, UnicodeError) as exc:
+        raise ConfigError(f"{job.source} rank 0: cannot resolve the rendezvous host {host!r}: {exc}") from None
+    listen = str(ip) if ip.is_loopback else ("::" if ip.version == 6 else "0.0.0.0")
+    server = rendezvous.RendezvousServer(job.secret.decode("utf-8", "surrogateescape"), job.size,
+                                         host=listen, port=port)
+    try:
+        server.start()
+    except OSError as exc:
+        server.close()
+        raise ConfigError(
+            f"{job.source} rank 0: cannot serve the rendezvous at {rendezvous.format_address(listen, port)}: "
+            f"{exc.strerror or exc} (choose another MASTER_PORT)") from None
+    return server
+
+
+def shutdown() -> None:
+    """Close the control connection, every group and the listener (also run at exit).
+
+    The control connection goes first: the launcher then learns this rank is leaving
+    before its peers see the ring close, and names the right rank as the first to go.
+    """
+    global _world, _control, _endpoint, _hosted
+    if _control is not None:
+        _control.close()
+        _control = None
+    close_all()
+    if _hosted is not None:
+        _hosted.close()
+        _hosted = None
+    if _endpoint is not None:
+        _endpoint.close()
+        _endpoint = None
+    _world = None
+
+
+def _after_fork_in_child() -> None:
+    """A forked child leaves the rendezvous rank 0 may be serving to its parent (`forks` closes
+    the child's copies of the rank's own connections; the control connection is one of them)."""
+    global _hosted
+    _hosted = None
+
+
+atexit.register(shutdown)
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
