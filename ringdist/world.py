@@ -18,9 +18,11 @@ from __future__ import annotations
 
 import atexit
 import ipaddress
+import logging
 import os
 import socket
 import threading
+import time
 
 from . import buffers, channel, deadlines, rendezvous
 from .control import ControlLink
@@ -29,6 +31,8 @@ from .errors import ConfigError
 from .group import Group, close_all
 from .jobenv import JobEnv, read_environment
 from .settings import Settings
+
+log = logging.getLogger("ringdist")
 
 BACKENDS = ("ring", "any")  # "any" (MLX's default) means the best available: ring
 
@@ -68,6 +72,8 @@ def init(strict: bool = False, backend: str = "ring") -> Group:
         buffers.cache.limit = settings.buffer_cache_mb * (1 << 20)  # inf: no limit
         channel.SOCKET_BUFFERS = settings.socket_buffers
         job = _job = read_environment(dict(os.environ))
+        if settings.verbose:
+            _log_to_stderr()
         if job is None:
             if strict:
                 raise ConfigError(_not_launched("init(strict=True)"))
@@ -76,6 +82,15 @@ def init(strict: bool = False, backend: str = "ring") -> Group:
         else:
             _world = _join(job, settings)
         return _world
+
+
+def _log_to_stderr() -> None:
+    """RINGDIST_VERBOSE=1 (ringdist-launch -v): ringdist's log at INFO level on stderr."""
+    if not log.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("ringdist: %(message)s"))
+        log.addHandler(handler)
+    log.setLevel(logging.INFO)
 
 
 def _not_launched(what: str) -> str:
@@ -87,6 +102,7 @@ def _not_launched(what: str) -> str:
 def _join(job: JobEnv, settings: Settings) -> Group:
     global _endpoint, _control, _hosted
     label = f"rank {job.rank}"
+    started = time.monotonic()
     try:
         if job.hosts_rendezvous:
             _hosted = _host_rendezvous(job)
@@ -101,6 +117,9 @@ def _join(job: JobEnv, settings: Settings) -> Group:
                 _hosted.close()
                 _hosted = None
         addresses = [[(ip, int(port)) for ip, port in m["addresses"]] for m in members]
+        log.info("rank %d of %d (%s, pid %d): listening on %s; joined in %.1f ms", job.rank, job.size,
+                 job.source, os.getpid(), ", ".join(f"{ip}:{port}" for ip, port in _endpoint.addresses),
+                 (time.monotonic() - started) * 1e3)
         return Group(gid="world", rank=job.rank, size=job.size, endpoint=_endpoint, settings=settings,
                      addresses=addresses, world_ranks=list(range(job.size)))
     except BaseException:
