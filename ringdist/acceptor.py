@@ -6,10 +6,10 @@ and a `ServerHandshake` fed whatever bytes arrive. Strangers cannot starve real
 peers:
 
 - at most `max_pending` handshakes are in progress; a new arrival beyond that evicts
-  the one that got least far, oldest first: a connection that has sent nothing, then
-  one that sent part of a HELLO, then one that owes its PROOF. A real peer sends its
-  HELLO at once and answers the CHALLENGE within a round trip, so it is the last to go,
-  and a real peer that is cut off anyway dials again (`Endpoint.connect`);
+  the one that has been idle longest (since it arrived, if it never sent a byte). A
+  real peer sends its HELLO as it connects and answers the CHALLENGE within a round
+  trip, so it is never idle for long, while a stranger that sends nothing, or stops
+  halfway, soon is; a real peer that is cut off anyway dials again (`Endpoint.connect`);
 - every handshake has a deadline;
 - out of file descriptors (EMFILE/ENFILE), the acceptor evicts a handshake in progress
   to make room, or, with none to evict, stops accepting for a moment instead of
@@ -42,7 +42,6 @@ MAX_PENDING_HANDSHAKES = 64
 ACCEPTS_PER_ROUND = 32  # arrivals taken per wake-up: handshakes in progress are served first
 PAUSE_WHEN_OUT_OF_FDS = 0.1  # seconds the listeners rest when no handshake can be evicted
 _OUT_OF_FDS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
-_STAGES = {"silent": 0, "partial": 1, "proof": 2, "done": 3}
 
 
 class RefusalLog:
@@ -85,13 +84,14 @@ def _where(addr: Any) -> str:
 
 
 class _Pending:
-    __slots__ = ("sock", "addr", "hs", "deadline", "writing")
+    __slots__ = ("sock", "addr", "hs", "deadline", "active", "writing")
 
-    def __init__(self, sock: socket.socket, addr: Any, hs: ServerHandshake, deadline: float):
+    def __init__(self, sock: socket.socket, addr: Any, hs: ServerHandshake, now: float, timeout: float):
         self.sock = sock
         self.addr = addr
         self.hs = hs
-        self.deadline = deadline
+        self.deadline = now + timeout  # for the whole handshake: trickling bytes does not extend it
+        self.active = now  # when it arrived or last sent a byte
         self.writing = False  # registered for EVENT_WRITE: a reply did not fit in the send buffer
 
 
@@ -190,15 +190,15 @@ class Acceptor:
             if len(self._pending) >= self.max_pending:
                 self._evict(f"evicted: {self.max_pending} handshakes in progress")
             conn.setblocking(False)
-            p = _Pending(conn, addr, ServerHandshake(self._secret, self._job),
-                         time.monotonic() + self.handshake_timeout)
+            p = _Pending(conn, addr, ServerHandshake(self._secret, self._job), time.monotonic(),
+                         self.handshake_timeout)
             self._pending[conn.fileno()] = p
             self._selector.register(conn, selectors.EVENT_READ, p)
+            self._serve(p, selectors.EVENT_READ)  # a real peer's HELLO is usually here already
 
     def _evict(self, why: str) -> None:
-        """Drop the handshake that got least far (oldest first among equals)."""
-        victim = min(self._pending.values(), key=lambda p: _STAGES[p.hs.stage])  # min keeps the first of equals
-        self._drop(victim, why)
+        """Drop the handshake in progress that has been idle longest."""
+        self._drop(min(self._pending.values(), key=lambda p: p.active), why)
 
     def _pause(self, exc: OSError) -> None:
         """Out of file descriptors with nothing to evict: stop watching the listeners for a moment."""
@@ -236,6 +236,7 @@ class Acceptor:
                 if not data:
                     self._drop(p, f"connection closed after {hs.received} bytes of handshake")
                     return
+                p.active = time.monotonic()
                 hs.feed(data)
                 self._send(p)
         except (AuthError, ProtocolError) as exc:

@@ -83,15 +83,6 @@ class ServerHandshake:
         self.hello: dict[str, Any] | None = None
         self.done = False
 
-    @property
-    def stage(self) -> str:
-        """How far the peer got: "silent", "partial" (part of a HELLO), "proof" (owes its PROOF), "done"."""
-        if self.done:
-            return "done"
-        if self._expect == wire.PROOF:
-            return "proof"
-        return "partial" if self.received else "silent"
-
     def want(self) -> int:
         """Bytes to read next (0 once done)."""
         if self.done:
