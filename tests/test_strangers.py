@@ -215,19 +215,23 @@ server.close()
 
 class Server:
     """A RendezvousServer for a world of 2 in a process of its own; `stats()` reads its fds, threads and CPU
-    time from /proc (it may have no descriptor to spare for that itself)."""
+    time from /proc (it may have no descriptor to spare for that itself). Its output is read as it comes,
+    so a server logging without limit cannot block on a full pipe."""
 
     def __init__(self, secret: str, *args: str):
         self.secret = secret
         self.proc = subprocess.Popen([sys.executable, "-c", SERVER, *args], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                      env={**os.environ, "SECRET": secret})
-        self.address = parse_address(self.proc.stdout.readline().strip())
+        self.out, self.err = LineReader(self.proc.stdout), LineReader(self.proc.stderr)
+        self.address = parse_address(self.out.wait_for(r"^\S+:\d+$")[0][0])
+        self.asked = 0
 
     def stats(self) -> dict[str, float]:
         self.proc.stdin.write("\n")
         self.proc.stdin.flush()
-        refused = int(self.proc.stdout.readline().split("=")[1])
+        self.asked += 1
+        refused = int(self.out.wait_for(r"^refused=(\d+)$", self.asked)[-1][1])
         pid = self.proc.pid
         threads = int(re.search(r"^Threads:\s+(\d+)", Path(f"/proc/{pid}/status").read_text(), re.M)[1])
         utime, stime = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[11:13]
@@ -237,19 +241,17 @@ class Server:
     def finish(self) -> str:
         """Close the server (end of its stdin); its stderr."""
         self.proc.stdin.close()
-        err = self.proc.stderr.read()
         self.proc.wait(timeout=20)
-        return err
+        return self.err.rest()
 
     def kill(self) -> None:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(timeout=10)
-        for pipe in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
-            try:
-                pipe.close()
-            except BrokenPipeError:  # stdin, when the server has gone
-                pass
+        try:
+            self.proc.stdin.close()
+        except BrokenPipeError:  # the server has gone
+            pass
 
 
 def register(address: tuple[str, int], secret: bytes, rank: int, timeout: float = 10) -> socket.socket:
@@ -314,15 +316,11 @@ def test_wrong_job_connections_are_logged_at_a_bounded_rate():
                 s.sendall(wire.encode_map(wire.HELLO, hello))
                 kind, reply, _ = recv_control(s, time.monotonic() + 10)
                 assert kind == wire.REJECT and reply["reason"] == "wrong job"
-        deadline = time.monotonic() + 10  # the last refusal is counted just after its REJECT went out
-        while server.stats()["refused"] < count and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert server.stats()["refused"] == count
         err = server.finish()
     finally:
         server.kill()
     lines = err.splitlines()
-    assert 10 <= len(lines) <= 20, err  # ten lines, then a summary every 10 s and one at the end
+    assert 10 <= len(lines) <= 20, err[-2000:]  # ten lines, then a summary every 10 s and one at the end
     assert sum("connection for another job" in line for line in lines) >= 10
     assert re.search(rf"refused \d+ more connections \({count} in all; latest from 127\.0\.0\.1:\d+: "
                      r"connection for another job", lines[-1]), lines[-1]
