@@ -166,17 +166,24 @@ def test_a_job_survives_1000_idle_connections_on_every_port(tmp_path):
     stranger = None
     try:
         out, errors = LineReader(proc.stdout), LineReader(proc.stderr)
-        pids = {int(m[1]): int(m[2]) for m in out.wait_for(r"^\[(\d)\] pid (\d+)$", n)}
+
+        def expect(pattern: str, timeout: float = 30) -> list[re.Match[str]]:
+            try:
+                return out.wait_for(pattern, n, timeout=timeout)
+            except AssertionError as exc:
+                raise AssertionError(f"{exc}\n--- stderr ---\n{errors.rest(timeout=1)[-4000:]}") from None
+
+        pids = {int(m[1]): int(m[2]) for m in expect(r"^\[(\d)\] pid (\d+)$")}
         stranger = Stranger(job_of(pids[0]))
         stranger.hold(wait_listening(proc.pid))  # the rendezvous, before any rank registers
         (tmp_path / "init").touch()
         for r in range(n - 1):  # ranks waiting for the table: their ports, before the rings connect
             stranger.hold(wait_listening(pids[r]))
         (tmp_path / "last").touch()
-        out.wait_for(r"^\[\d\] ready$", n, timeout=60)
+        expect(r"^\[\d\] ready$", timeout=60)
         stranger.hold(wait_listening(pids[n - 1]))
         (tmp_path / "go").touch()
-        out.wait_for(r"^\[\d\] done ", n, timeout=120)
+        expect(r"^\[\d\] done ", timeout=120)
         assert proc.wait(timeout=30) == 0, out.rest() + errors.rest()
         err = errors.rest()
     finally:
