@@ -158,7 +158,8 @@ class Acceptor:
                 if key.data is None:
                     return  # close() woke us
                 if isinstance(key.data, _Pending):
-                    self._serve(key.data, events)
+                    if self._pending.get(key.fd) is key.data:  # not dropped earlier in this round
+                        self._serve(key.data, events)
                 else:
                     arrivals.append(key.data)
             for lsock in arrivals:  # after the handshakes in progress had their turn
