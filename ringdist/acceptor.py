@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import math
 import os
 import selectors
 import socket
@@ -120,11 +121,6 @@ class Acceptor:
             self._selector.register(lsock, selectors.EVENT_READ, lsock)
         self._thread = threading.Thread(target=self._loop, name="ringdist-acceptor", daemon=True)
 
-    @property
-    def pending(self) -> int:
-        """Handshakes in progress (for tests and diagnostics)."""
-        return len(self._pending)
-
     def start(self) -> None:
         self._thread.start()
 
@@ -151,8 +147,9 @@ class Acceptor:
             now = time.monotonic()
             if self._paused_until and now >= self._paused_until:
                 self._resume()
-            wake = min([p.deadline for p in self._take_oldest(1)] + [self._paused_until or float("inf")])
-            timeout = None if wake == float("inf") else max(0.0, wake - now)
+            oldest = next(iter(self._pending.values()), None)  # arrival order is deadline order
+            wake = min(oldest.deadline if oldest else math.inf, self._paused_until or math.inf)
+            timeout = None if wake == math.inf else max(0.0, wake - now)
             arrivals = []
             for key, events in self._selector.select(timeout):
                 if key.data is None:
@@ -165,14 +162,6 @@ class Acceptor:
             for lsock in arrivals:  # after the handshakes in progress had their turn
                 self._accept(lsock)
             self._expire(time.monotonic())
-
-    def _take_oldest(self, n: int) -> list[_Pending]:
-        out = []
-        for p in self._pending.values():
-            if len(out) == n:
-                break
-            out.append(p)
-        return out
 
     def _accept(self, lsock: socket.socket) -> None:
         for _ in range(ACCEPTS_PER_ROUND):
@@ -217,7 +206,7 @@ class Acceptor:
             self._selector.register(lsock, selectors.EVENT_READ, lsock)
 
     def _expire(self, now: float) -> None:
-        for p in self._take_oldest(len(self._pending)):
+        for p in list(self._pending.values()):
             if p.deadline > now:
                 break  # arrival order is deadline order
             self._drop(p, f"no handshake within {self.handshake_timeout:g} s")

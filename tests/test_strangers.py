@@ -160,6 +160,8 @@ class Stranger:
 
 
 def test_a_job_survives_1000_idle_connections_on_every_port(tmp_path):
+    # About 10 s on 2 cores: 4,000 held connections, replaced as the ranks drop them, while
+    # three ranks launch, split and run 160 checked collectives.
     n = 3
     raise_fd_limit(HELD * (n + 1) + 1000)
     proc = start_launcher(["-n", str(n), str(SCRIPTS / "besieged.py"), str(tmp_path)], env=FAST)
