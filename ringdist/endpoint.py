@@ -3,26 +3,27 @@
 One `Endpoint` per process serves every group: a peer's connection names its group,
 kind and lane in the handshake, and lands in the inbox under that key until the
 group that expects it takes it. Strangers (garbage, wrong secret, replays) are
-dropped and counted; the job goes on.
+dropped and counted; the job goes on. Accepting and the server side of the handshake
+run in one thread for every connection (`acceptor`), so idle or half-finished
+connections from strangers cannot keep a real peer out; a real peer whose handshake
+is cut off (the acceptor evicts under a flood) dials again until its deadline.
 """
 
 from __future__ import annotations
 
-import logging
 import os
-import select
 import socket
 import threading
 import time
 from typing import NamedTuple
 
 from . import deadlines, forks, wire
-from .errors import AuthError, ConnectError, ProtocolError, RingTimeoutError
-from .handshake import client_handshake, server_handshake
+from .acceptor import Acceptor
+from .errors import ConnectError, RingTimeoutError
+from .handshake import HandshakeCutOff, client_handshake
 
-log = logging.getLogger("ringdist")
-
-MAX_PENDING_HANDSHAKES = 32
+HANDSHAKE_TIMEOUT = 10.0  # seconds an arrival has to prove the job secret (at most RINGDIST_CONNECT_TIMEOUT)
+LISTEN_BACKLOG = 1024  # arrivals the kernel queues while the acceptor is busy
 
 
 class InboxKey(NamedTuple):
@@ -44,7 +45,6 @@ class Endpoint:
         self.job = wire.job_id(secret)
         self.connect_timeout = connect_timeout
         self.label = label  # e.g. "rank 3", for log lines
-        self.refused = 0  # connections dropped for failing the handshake
         self._inbox: dict[InboxKey, list[socket.socket]] = {}
         self._cond = threading.Condition()
         self._closed = False
@@ -58,14 +58,12 @@ class Endpoint:
                 lsock.close()
                 self.close()
                 raise ConnectError(f"{label}: cannot listen on {ip}: {exc.strerror or exc}") from None
-            lsock.listen(128)
-            lsock.setblocking(False)
+            lsock.listen(LISTEN_BACKLOG)
             self._listeners.append(lsock)
             self.addresses.append((ip, lsock.getsockname()[1]))
-        self._pending = threading.BoundedSemaphore(MAX_PENDING_HANDSHAKES)
-        self._wake_r, self._wake_w = os.pipe()
-        self._thread = threading.Thread(target=self._accept_loop, name="ringdist-acceptor", daemon=True)
-        self._thread.start()
+        self._acceptor = Acceptor(self._listeners, secret, self.job, on_ready=self._file, label=label,
+                                  handshake_timeout=min(connect_timeout, HANDSHAKE_TIMEOUT))
+        self._acceptor.start()
         forks.track(self)
 
     def __repr__(self) -> str:
@@ -73,56 +71,20 @@ class Endpoint:
 
     # ---- accepting ---------------------------------------------------------------------------
 
-    def _accept_loop(self) -> None:
-        poller = select.poll()
-        poller.register(self._wake_r, select.POLLIN)
-        for lsock in self._listeners:
-            poller.register(lsock.fileno(), select.POLLIN)
-        by_fd = {lsock.fileno(): lsock for lsock in self._listeners}
-        while not self._closed:
-            for fd, _ in poller.poll():
-                if fd == self._wake_r:
-                    return
-                try:
-                    conn, addr = by_fd[fd].accept()
-                except OSError:
-                    continue
-                forks.track(conn)
-                if not self._pending.acquire(blocking=False):
-                    self._refuse(addr, "too many connections in handshake")
-                    conn.close()
-                    continue
-                threading.Thread(target=self._authenticate, args=(conn, addr), daemon=True,
-                                 name="ringdist-handshake").start()
+    @property
+    def refused(self) -> int:
+        """Connections dropped before or during the handshake (strangers, garbage, evictions)."""
+        return self._acceptor.refusals.count
 
-    def _authenticate(self, conn: socket.socket, addr: tuple) -> None:
-        try:
-            deadline = time.monotonic() + min(self.connect_timeout, 10.0)
-            try:
-                hello = server_handshake(conn, self._secret, self.job, deadline)
-            except (AuthError, ProtocolError, EOFError, OSError) as exc:
-                self._refuse(addr, str(exc) or type(exc).__name__)
+    def _file(self, conn: socket.socket, hello: dict, addr: tuple) -> None:
+        """An authenticated connection (from the acceptor's thread): into the inbox under its key."""
+        key = InboxKey(hello["group"], hello["rank"], hello["kind"], hello["lane"])
+        with self._cond:
+            if self._closed:
                 conn.close()
                 return
-            key = InboxKey(hello["group"], hello["rank"], hello["kind"], hello["lane"])
-            with self._cond:
-                if self._closed:
-                    conn.close()
-                    return
-                self._inbox.setdefault(key, []).append(conn)
-                self._cond.notify_all()
-        finally:
-            self._pending.release()
-
-    def _refuse(self, addr: tuple, why: str) -> None:
-        """Count a dropped connection; log the first few, then one line per hundred (no log floods)."""
-        with self._cond:
-            self.refused += 1
-            count = self.refused
-        if count <= 10:
-            log.warning("%s: refused connection from %s:%s: %s", self.label, addr[0], addr[1], why)
-        elif count % 100 == 0:
-            log.warning("%s: %d connections refused so far (latest from %s: %s)", self.label, count, addr[0], why)
+            self._inbox.setdefault(key, []).append(conn)
+            self._cond.notify_all()
 
     def take(self, key: InboxKey, deadline: float, what: str) -> socket.socket:
         """Wait for the authenticated connection filed under `key`; RingTimeoutError at deadline."""
@@ -154,13 +116,19 @@ class Endpoint:
         """Dial `peer` at the first of `addresses` that answers, and authenticate.
 
         `key` is what the peer files the connection under: (group, my rank, kind, lane).
+        A refused connection, a reset, or a handshake cut off before WELCOME (the peer's
+        acceptor evicts under a flood of strangers) is tried again until `deadline`; a
+        peer that refuses the handshake (wrong secret, another job) is an AuthError at once.
         """
         errors: list[str] = []
+        attempts = 0
         delay = 0.01
         while True:
             for ip, port in addresses:
+                attempts += 1
                 try:
-                    sock = socket.create_connection((ip, port), timeout=max(0.01, deadlines.wait_slice(deadlines.left(deadline))))
+                    sock = socket.create_connection(
+                        (ip, port), timeout=max(0.01, deadlines.wait_slice(deadlines.left(deadline))))
                 except OSError as exc:
                     errors.append(f"{ip}:{port}: {exc.strerror or exc}")
                     continue
@@ -169,9 +137,13 @@ class Endpoint:
                     hello = wire.make_hello(self.job, key.group, key.peer, key.kind, key.lane,
                                             os.urandom(wire.NONCE_SIZE))
                     client_handshake(sock, self._secret, hello, deadline, f"{peer} at {ip}:{port}")
-                except (OSError, EOFError) as exc:
+                except HandshakeCutOff:
                     sock.close()
-                    errors.append(f"{ip}:{port}: handshake: {exc}")
+                    errors.append(f"{ip}:{port}: handshake cut off (connection closed before WELCOME)")
+                    continue
+                except OSError as exc:
+                    sock.close()
+                    errors.append(f"{ip}:{port}: handshake: {exc.strerror or exc}")
                     continue
                 except BaseException:
                     sock.close()
@@ -180,20 +152,17 @@ class Endpoint:
                 return sock
             if time.monotonic() + delay >= deadline:
                 tried = "; ".join(errors[-len(addresses):]) or "no address"
-                raise ConnectError(f"{self.label}: cannot reach {peer}: {tried}")
+                raise ConnectError(f"{self.label}: cannot reach {peer}: {tried} ({attempts} attempts)")
             time.sleep(delay)
             delay = min(delay * 2, 0.5)
 
     def forget_in_child(self) -> None:
-        """In a forked child: this copy is closed (its sockets are closed by `forks`); the wake-up
-        pipe, shared with the parent's acceptor, is closed here, never written to."""
+        """In a forked child: this copy is closed (its sockets are closed by `forks`), and so is
+        the acceptor's, whose thread the child does not have."""
         self._cond = threading.Condition()  # the parent's may have been held by a thread the child lacks
         self._closed = True
-        for fd in (self._wake_r, self._wake_w):
-            try:
-                os.close(fd)
-            except OSError:
-                pass
+        if hasattr(self, "_acceptor"):
+            self._acceptor.forget_in_child()
 
     def close(self) -> None:
         with self._cond:
@@ -205,10 +174,7 @@ class Endpoint:
                     conn.close()
             self._inbox.clear()
             self._cond.notify_all()
-        if hasattr(self, "_wake_w"):
-            os.write(self._wake_w, b"x")
-            self._thread.join(timeout=2)
-            os.close(self._wake_w)
-            os.close(self._wake_r)
+        if hasattr(self, "_acceptor"):
+            self._acceptor.close()
         for lsock in self._listeners:
             lsock.close()

@@ -8,6 +8,13 @@ Connecting side                        accepting side
 
 The server nonce is fresh per connection, so a recorded handshake cannot be replayed;
 the role tag keeps one side's proof from serving as the other's.
+
+The accepting side is `ServerHandshake`, a state machine fed bytes (no socket, no
+thread), so one selector can run many handshakes at once (`acceptor`). A refusal
+(wrong job, wrong secret) queues a REJECT for the peer before raising AuthError.
+The connecting side treats a REJECT or a failed server proof as final (AuthError),
+and a connection closed or reset before WELCOME as cut off (`HandshakeCutOff`, an
+EOFError): an acceptor at its limit drops connections, and the dialer tries again.
 """
 
 from __future__ import annotations
@@ -17,13 +24,23 @@ import socket
 from typing import Any
 
 from . import wire
-from .channel import recv_control, send_blocking
+from .channel import recv_control, recv_exact, send_blocking
 from .errors import AuthError, ProtocolError
+
+# Largest handshake frame body: a HELLO is a few hundred bytes (names are capped at 256).
+MAX_HANDSHAKE_FRAME = 2048
+
+
+class HandshakeCutOff(EOFError):
+    """The peer closed the connection before the handshake finished (no REJECT: not a refusal)."""
 
 
 def client_handshake(sock: socket.socket, secret: bytes, hello: dict[str, Any], deadline: float,
                      peer: str) -> None:
-    """Run the connecting side; AuthError if the peer is not part of this job."""
+    """Run the connecting side; AuthError if the peer is not part of this job.
+
+    HandshakeCutOff when the peer closes the connection before WELCOME without saying why.
+    """
     frame = wire.encode_map(wire.HELLO, hello)
     hello_body = frame[wire.PREFIX_SIZE:]
     send_blocking(sock, frame, deadline)
@@ -36,37 +53,121 @@ def client_handshake(sock: socket.socket, secret: bytes, hello: dict[str, Any], 
     except ProtocolError as exc:
         raise AuthError(f"handshake with {peer} failed: {exc}") from None
     except EOFError:
-        raise AuthError(f"handshake with {peer} failed: connection closed (wrong job secret?)") from None
+        raise HandshakeCutOff(f"handshake with {peer} cut off: connection closed before WELCOME") from None
     expected = wire.proof_mac(secret, b"server", hello_body, server_nonce)
     if not wire.macs_equal(wire.require(welcome, "mac", bytes), expected):
         raise AuthError(f"{peer} does not know this job's secret (server proof failed)")
 
 
+class ServerHandshake:
+    """The accepting side, sans I/O: `feed` it exactly `want()` bytes at a time, send `outgoing`.
+
+    It never asks for a byte past the PROOF, so whatever the peer sends after the
+    handshake stays in the socket for the connection's next reader. `received` counts
+    the bytes fed so far; `done` is set once WELCOME is queued, `hello` then holds the
+    verified HELLO fields. `feed` raises ProtocolError on garbage and AuthError on a
+    wrong job or secret (with a REJECT queued in `outgoing`).
+    """
+
+    def __init__(self, secret: bytes, job: str):
+        self._secret = secret
+        self._job = job
+        self._expect = wire.HELLO
+        self._kind = 0
+        self._length = -1  # body length of the frame being read; -1 while reading its prefix
+        self._buf = bytearray()
+        self._hello_body = b""
+        self._nonce = b""
+        self.outgoing = bytearray()
+        self.received = 0
+        self.hello: dict[str, Any] | None = None
+        self.done = False
+
+    def want(self) -> int:
+        """Bytes to read next (0 once done)."""
+        if self.done:
+            return 0
+        need = wire.PREFIX_SIZE if self._length < 0 else self._length
+        return need - len(self._buf)
+
+    def feed(self, data: bytes) -> None:
+        if len(data) > self.want():
+            raise ValueError(f"fed {len(data)} bytes, wanted at most {self.want()}")
+        self.received += len(data)
+        self._buf += data
+        if self._length < 0:
+            if len(self._buf) < wire.PREFIX_SIZE:
+                return
+            kind, length = wire.decode_prefix(self._buf)
+            if kind == wire.DATA:
+                raise ProtocolError("DATA frame during the handshake")
+            if length > MAX_HANDSHAKE_FRAME:
+                raise ProtocolError(f"{wire.KIND_NAMES[kind]} frame of {length} bytes during the handshake "
+                                    f"(limit {MAX_HANDSHAKE_FRAME})")
+            if kind != self._expect:
+                raise ProtocolError(f"expected a {wire.KIND_NAMES[self._expect]} frame, got {wire.KIND_NAMES[kind]}")
+            self._kind, self._length = kind, length
+            self._buf.clear()
+        if len(self._buf) < self._length:
+            return
+        body = bytes(self._buf)
+        self._buf.clear()
+        self._length = -1
+        fields = wire.decode_map(body)
+        if self._kind == wire.HELLO:
+            self._on_hello(fields, body)
+        else:
+            self._on_proof(fields)
+
+    def _on_hello(self, hello: dict[str, Any], body: bytes) -> None:
+        wire.check_hello(hello)
+        self.hello = hello
+        if hello["job"] != self._job:
+            self._reject("wrong job")
+            raise AuthError(f"connection for another job ({hello['job']!r})")
+        self._hello_body = body
+        self._nonce = os.urandom(wire.NONCE_SIZE)
+        self.outgoing += wire.encode_map(wire.CHALLENGE, {"nonce": self._nonce})
+        self._expect = wire.PROOF
+
+    def _on_proof(self, proof: dict[str, Any]) -> None:
+        assert self.hello is not None
+        expected = wire.proof_mac(self._secret, b"client", self._hello_body, self._nonce)
+        if not wire.macs_equal(wire.require(proof, "mac", bytes), expected):
+            self._reject("authentication failed")
+            raise AuthError(f"rank {self.hello['rank']} of group {self.hello['group']!r} failed authentication")
+        mac = wire.proof_mac(self._secret, b"server", self._hello_body, self._nonce)
+        self.outgoing += wire.encode_map(wire.WELCOME, {"mac": mac})
+        self.done = True
+
+    def _reject(self, reason: str) -> None:
+        self.outgoing += wire.encode_map(wire.REJECT, {"reason": reason})
+
+
 def server_handshake(sock: socket.socket, secret: bytes, job: str, deadline: float) -> dict[str, Any]:
-    """Run the accepting side; returns the verified HELLO fields.
+    """Run the accepting side on a blocking socket; returns the verified HELLO fields.
 
     Raises AuthError (wrong job or secret) or ProtocolError (garbage); on AuthError the
     peer is sent a REJECT first.
     """
-    _, hello, hello_body = recv_control(sock, deadline, expect=wire.HELLO)
-    wire.check_hello(hello)
-    if hello["job"] != job:
-        _reject(sock, "wrong job", deadline)
-        raise AuthError(f"connection for another job ({hello['job']!r})")
-    server_nonce = os.urandom(wire.NONCE_SIZE)
-    send_blocking(sock, wire.encode_map(wire.CHALLENGE, {"nonce": server_nonce}), deadline)
-    _, proof, _ = recv_control(sock, deadline, expect=wire.PROOF)
-    expected = wire.proof_mac(secret, b"client", hello_body, server_nonce)
-    if not wire.macs_equal(wire.require(proof, "mac", bytes), expected):
-        _reject(sock, "authentication failed", deadline)
-        raise AuthError(f"rank {hello['rank']} of group {hello['group']!r} failed authentication")
-    mac = wire.proof_mac(secret, b"server", hello_body, server_nonce)
-    send_blocking(sock, wire.encode_map(wire.WELCOME, {"mac": mac}), deadline)
-    return hello
-
-
-def _reject(sock: socket.socket, reason: str, deadline: float) -> None:
+    hs = ServerHandshake(secret, job)
     try:
-        send_blocking(sock, wire.encode_map(wire.REJECT, {"reason": reason}), deadline)
-    except OSError:
-        pass
+        while not hs.done:
+            hs.feed(recv_exact(sock, hs.want(), deadline))
+            _flush(sock, hs, deadline)
+    except AuthError:
+        try:
+            _flush(sock, hs, deadline)
+        except OSError:
+            pass
+        raise
+    _flush(sock, hs, deadline)
+    assert hs.hello is not None
+    return hs.hello
+
+
+def _flush(sock: socket.socket, hs: ServerHandshake, deadline: float) -> None:
+    if hs.outgoing:
+        data = bytes(hs.outgoing)
+        hs.outgoing.clear()
+        send_blocking(sock, data, deadline)

@@ -14,6 +14,10 @@ first, so on Linux the closes are read from one epoll set watching every control
 connection for the peer's FIN (EPOLLRDHUP), which reports them in arrival order;
 elsewhere each connection's thread notes the time it saw its connection end.
 
+Arrivals are accepted and authenticated by an `Acceptor` (one thread for all, a cap
+on handshakes in progress, rate-limited refusal logs); only a connection that proved
+the job secret gets a thread, to read its registration and queries.
+
 Messages are CONTROL frames (msgpack maps) with a "type":
   rank -> server: register {rank, size, addresses, host, pid}; query {}
   server -> rank: table {members: [{rank, addresses, host, pid}]}; missing {ranks, hosts}; error {message}
@@ -23,7 +27,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import select
 import socket
 import threading
@@ -31,13 +34,14 @@ import time
 from typing import Any
 
 from . import wire
+from .acceptor import MAX_PENDING_HANDSHAKES, Acceptor
 from .channel import recv_control, send_blocking
-from .errors import AuthError, ProtocolError
-from .handshake import server_handshake
+from .errors import ProtocolError
 
 log = logging.getLogger("ringdist")
 
 RENDEZVOUS_GROUP = "rendezvous"
+LISTEN_BACKLOG = 1024
 
 
 def parse_address(text: str) -> tuple[str, int]:
@@ -79,46 +83,44 @@ class RendezvousServer:
         self._delivered = threading.Event()  # the table went out to every rank
         self._closed = False
         self._listener: socket.socket | None = None
-        self._thread: threading.Thread | None = None
-        self._wake_r, self._wake_w = os.pipe()
+        self._acceptor: Acceptor | None = None
 
     def start(self) -> None:
         family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
         lsock = socket.socket(family, socket.SOCK_STREAM)
-        lsock.bind((self.host, self.port))
-        lsock.listen(max(128, self.world_size))
+        try:
+            lsock.bind((self.host, self.port))
+            lsock.listen(max(LISTEN_BACKLOG, self.world_size))
+        except OSError:
+            lsock.close()
+            raise
         self._listener = lsock
         self.address = format_address(self.host, lsock.getsockname()[1])
-        self._thread = threading.Thread(target=self._accept_loop, name="ringdist-rendezvous", daemon=True)
-        self._thread.start()
+        self._acceptor = Acceptor([lsock], self._secret, self._job, on_ready=self._admit, label="rendezvous",
+                                  handshake_timeout=self.handshake_timeout,
+                                  max_pending=max(MAX_PENDING_HANDSHAKES, self.world_size))
+        self._acceptor.start()
+
+    @property
+    def refused(self) -> int:
+        """Connections dropped before or during the handshake (strangers, garbage, evictions)."""
+        return self._acceptor.refusals.count if self._acceptor is not None else 0
 
     def missing(self) -> list[int]:
         with self._lock:
             return [r for r in range(self.world_size) if r not in self._members]
 
-    def _accept_loop(self) -> None:
-        assert self._listener is not None
-        poller = select.poll()
-        poller.register(self._wake_r, select.POLLIN)
-        poller.register(self._listener.fileno(), select.POLLIN)
-        while not self._closed:
-            for fd, _ in poller.poll():
-                if fd == self._wake_r:
-                    return
-                try:
-                    conn, addr = self._listener.accept()
-                except OSError:
-                    continue
-                threading.Thread(target=self._serve, args=(conn, addr), daemon=True,
-                                 name="ringdist-rendezvous-conn").start()
+    def _admit(self, conn: socket.socket, hello: dict[str, Any], addr: tuple) -> None:
+        """An authenticated connection (from the acceptor's thread): a thread of its own from now on."""
+        if hello["group"] != RENDEZVOUS_GROUP:
+            raise ProtocolError(f"connection for group {hello['group']!r} at the rendezvous")
+        threading.Thread(target=self._serve, args=(conn, addr), daemon=True,
+                         name="ringdist-rendezvous-conn").start()
 
     def _serve(self, conn: socket.socket, addr: tuple) -> None:
         rank = None
         try:
             deadline = time.monotonic() + self.handshake_timeout
-            hello = server_handshake(conn, self._secret, self._job, deadline)
-            if hello["group"] != RENDEZVOUS_GROUP:
-                raise ProtocolError(f"connection for group {hello['group']!r} at the rendezvous")
             _, msg, _ = recv_control(conn, deadline, expect=wire.CONTROL)
             rank = self._register(conn, msg)
             conn.settimeout(None)
@@ -126,8 +128,8 @@ class RendezvousServer:
                 _, msg, _ = recv_control(conn, float("inf"), expect=wire.CONTROL)
                 if msg.get("type") == "query":
                     self._send(rank, {"type": "missing", **self._missing_report()})
-        except (AuthError, ProtocolError) as exc:
-            log.warning("rendezvous: refused connection from %s: %s", addr[0], exc)
+        except ProtocolError as exc:
+            log.warning("rendezvous: refused rank connection from %s: %s", addr[0], exc)
         except (EOFError, OSError):
             pass
         finally:
@@ -239,9 +241,8 @@ class RendezvousServer:
         if self._closed:
             return
         self._closed = True
-        os.write(self._wake_w, b"x")
-        if self._thread is not None:
-            self._thread.join(timeout=2)
+        if self._acceptor is not None:
+            self._acceptor.close()
         if self._listener is not None:
             self._listener.close()
         with self._lock:
@@ -253,5 +254,3 @@ class RendezvousServer:
                 conn.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
-        os.close(self._wake_w)
-        os.close(self._wake_r)
