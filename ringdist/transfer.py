@@ -82,6 +82,61 @@ def pending_abort(channels: list[Channel], op: str) -> None:
             pos += wire.PREFIX_SIZE + length
 
 
+def abort_waiting(channels: dict[int, Channel], poller: "select.poll", seq: int, op: str) -> None:
+    """Raise the ABORT a peer sent for collective `seq` (or an earlier one) if it has arrived.
+
+    Called once a collective has gone well here: a peer that gave up on it (a timeout while
+    this rank was late, a failure further round the ring) sent an ABORT after its last
+    frame of the call, so it is the next frame on that peer's channel. `poller` has every
+    channel of `channels` (by fd) registered for reading; one poll tells which have bytes.
+    """
+    ready = poller.poll(0)
+    for ch in channels.values():
+        if ch.stage_end > ch.stage_start:
+            _raise_next_abort(ch, seq, op)
+    for fd, _ in ready:
+        ch = channels[fd]
+        if ch.stage_end == ch.stage_start:
+            _raise_next_abort(ch, seq, op)
+
+
+def _raise_next_abort(ch: Channel, seq: int, op: str) -> None:
+    """Raise the channel's next frame if it is an ABORT for collective `seq` or earlier.
+
+    Anything else (the next collective's header from a peer ahead) is left staged for its
+    reader, as is a closed connection: a peer may leave once a call has gone well.
+    """
+    try:
+        if ch.staged() < wire.PREFIX_SIZE:
+            ch.fill_stage(wire.PREFIX_SIZE - ch.staged())
+            if ch.staged() < wire.PREFIX_SIZE:
+                return
+        start = ch.stage_start
+        kind, length = wire.decode_prefix(ch.stage_view[start:start + wire.PREFIX_SIZE])
+        if kind != wire.ABORT:
+            return
+        end = wire.PREFIX_SIZE + length
+        waiter = None
+        deadline = time.monotonic() + 1.0  # an ABORT is sent whole: the rest is on its way
+        while ch.staged() < end:
+            if ch.fill_stage(end - ch.staged()):
+                continue
+            if waiter is None:
+                waiter = select.poll()
+                waiter.register(ch.fd, POLLIN)
+            left = deadline - time.monotonic()
+            if left <= 0 or not waiter.poll(left * 1000):
+                return
+        start = ch.stage_start
+        fields = wire.decode_map(ch.stage_view[start + wire.PREFIX_SIZE:start + end])
+    except (PeerLostError, ProtocolError):
+        return  # the next operation on this channel reports it
+    theirs = fields.get("seq")
+    if isinstance(theirs, int) and not isinstance(theirs, bool) and theirs > seq:
+        return
+    raise_remote(fields, ch, op)
+
+
 class Segments:
     """A stream's byte layout: a list of byte memoryviews, walked in order."""
 
@@ -277,7 +332,11 @@ class ReducingInflow(Inflow):
                 return
 
 
-_PATH = ("path", "ways")  # header fields that follow from settings, not from the call
+
+
+def _call(fields: dict[str, Any]) -> dict[str, Any]:
+    """A header's fields that come from the call's arguments (not from settings or roles)."""
+    return {k: v for k, v in fields.items() if k not in wire.INTERNAL_FIELDS}
 
 
 def _paths(mine: dict[str, Any], theirs: dict[str, Any]) -> tuple[str, str]:
@@ -293,7 +352,7 @@ def _ways(fields: dict[str, Any]) -> str:
 def check_same(mine: dict[str, Any], theirs: dict[str, Any], ch: Channel) -> None:
     """The default header check: both sides called the same op with the same arguments."""
     if mine != theirs:
-        if {k: v for k, v in mine.items() if k not in _PATH} == {k: v for k, v in theirs.items() if k not in _PATH}:
+        if _call(mine) == _call(theirs):
             here, there = _paths(mine, theirs)
             raise MismatchError(
                 f"rank {ch.me} and rank {ch.peer} chose different paths for {wire.describe_header(mine)}: "

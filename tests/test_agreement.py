@@ -1,0 +1,68 @@
+"""Ranks that disagree on a collective fail on every rank, in that call; none returns normally.
+
+Also: a rank that arrives after its peer gave up on the call (a timeout) fails too.
+"""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from helpers import SCRIPTS, run_launcher
+
+FAST = {"RINGDIST_TIMEOUT": "10", "RINGDIST_CONNECT_TIMEOUT": "10"}
+
+
+def outcomes(stdout: str, prefix: str = "") -> dict[int, str]:
+    """Each rank's `outcome` line (the first one after `prefix`), by rank."""
+    found = re.findall(rf"^\[(\d+)\] {re.escape(prefix)}outcome after ([\d.]+)s: (.*)$", stdout, re.M)
+    return {int(r): text for r, _, text in found}
+
+
+def disagree(n: int, case: str, env: dict | None = None):
+    res = run_launcher(["-n", str(n), str(SCRIPTS / "disagree.py"), case], timeout=60, env={**FAST, **(env or {})})
+    assert res.returncode == 0, res.stdout + res.stderr
+    return res
+
+
+@pytest.mark.parametrize("env", [{}, {"RINGDIST_DIRECT_MAX": "0"}], ids=["direct", "ring"])
+def test_every_rank_passing_its_own_rank_as_root_raises(env):
+    res = disagree(4, "own_root", env)
+    got = outcomes(res.stdout)
+    assert sorted(got) == [0, 1, 2, 3], res.stdout
+    assert all(text.startswith("MismatchError: ") for text in got.values()), res.stdout
+    # A rank that saw the difference itself names both roots.
+    seen = [t for t in got.values() if "aborted by" not in t]
+    assert seen and all(re.search(r"broadcast\(.*root=(\d).*\) \[call #0\] but rank \d called broadcast\(.*root=(?!\1)\d", t)
+                        for t in seen), seen
+
+
+@pytest.mark.parametrize("env", [{}, {"RINGDIST_DIRECT_MAX": "0"}], ids=["direct", "ring"])
+def test_ranks_split_over_two_roots_fail_in_the_broadcast_itself(env):
+    res = disagree(4, "split_root", env)
+    got = outcomes(res.stdout)
+    assert sorted(got) == [0, 1, 2, 3], res.stdout
+    assert "100 small calls returned" not in res.stdout
+    assert all(text.startswith("MismatchError: ") and "broadcast" in text and "all_gather" not in text
+               for text in got.values()), res.stdout
+    assert any("root=0" in t and "root=2" in t for t in got.values()), res.stdout
+
+
+@pytest.mark.parametrize("env", [{}, {"RINGDIST_DIRECT_MAX": "0"}], ids=["direct", "ring"])
+def test_a_root_with_a_different_shape_raises_as_the_others_do(env):
+    res = disagree(4, "root_shape", env)
+    got = outcomes(res.stdout)
+    assert sorted(got) == [0, 1, 2, 3], res.stdout
+    assert all(text.startswith("MismatchError: ") for text in got.values()), res.stdout
+    assert "shape=(5,)" in got[0] and "shape=(4,)" in got[0], got[0]
+
+
+@pytest.mark.parametrize("env", [{}, {"RINGDIST_DIRECT_MAX": "0"}], ids=["direct", "ring"])
+def test_a_rank_arriving_after_its_peer_timed_out_raises(env):
+    res = disagree(2, "late", env)
+    for op in ("broadcast(root=1)", "broadcast(root=0)", "all_gather", "all_sum", "barrier"):
+        got = outcomes(res.stdout, f"{op} ")
+        assert sorted(got) == [0, 1], res.stdout
+        assert got[0].startswith("RingTimeoutError: rank 0: "), (op, got)
+        assert got[1].startswith(f"RingTimeoutError: rank 1: {op.split('(')[0]} aborted by rank 0: rank 0: "), (op, got)
