@@ -274,7 +274,9 @@ def _reduce(g: Group, arr: np.ndarray, op: str, timeout: float | None) -> np.nda
     if g.direct(-(-arr.nbytes // n)):  # medium: two steps of one block each way
         return _two_shot_reduce(g, arr, op, g.next_header(op, arr, path="two-shot"), timeout)
     if n == 2 and arr.nbytes <= PAIR_EXCHANGE_MAX:
-        return _pair_reduce(g, arr, op, g.next_header(op, arr, path="pairwise"), timeout)
+        # Its own path name: the pair's exchange on the direct connection sends the same bytes on
+        # another connection, and a rank whose settings chose the other would wait for nothing.
+        return _pair_reduce(g, arr, op, g.next_header(op, arr, path="pairwise-ring"), timeout)
     header = g.next_header(op, arr)
     out = buffers.cache.empty(arr.shape, arr.dtype)
     if n == 1:

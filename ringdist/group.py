@@ -77,6 +77,7 @@ class Group:
         self._addresses = addresses  # per group rank: the (ip, port) list it listens on
         self._world_ranks = world_ranks  # per group rank: its rank in the world
         self._seq = 0
+        self._header: wire.Header | None = None  # the last collective's (checked on watched channels)
         self._channels: list[Channel] | None = None
         self._headers: dict[tuple, wire.HeaderTemplate] = {}  # per kind of call: its header's fixed bytes
         self._splits = 0
@@ -181,7 +182,8 @@ class Group:
             if len(self._headers) >= HEADER_TEMPLATES:
                 self._headers.clear()
             self._headers[key] = template
-        return template.make(seq)
+        self._header = header = template.make(seq)
+        return header
 
     def check_usable(self, op: str) -> None:
         """Refuse work on a closed group, or one whose earlier operation failed."""
@@ -212,7 +214,7 @@ class Group:
         self._guarded(op, channels, seq, outflows, lambda: transfer.run(
             inflows, outflows, watched, timeout=self._timeout(timeout), op=op, me=self._rank, seq=seq,
             spin=self._spin(sum(flow.total for flow in inflows)), yield_core=self.settings.spin_yield,
-            idle=idle), tell)
+            idle=idle, header=None if seq is None else self._header), tell)
 
     def exchange(self, op: str, sends: list[memoryview], recvs: list[memoryview], header: wire.Header,
                  timeout: float | None = None, peers: list[int] | None = None) -> None:

@@ -468,15 +468,19 @@ class Outflow:
 
 
 class Watch:
-    """Watches a channel that has no inflow in this collective, for an ABORT or a closed peer.
+    """Watches a channel that has no inflow in this collective, for an ABORT or a closed peer,
+    and for a HEADER of this very call (`header`'s call number) that describes another call.
 
-    It only peeks: bytes it reads stay staged for the channel's next reader.
+    The second is how ranks that chose different algorithms find out: each sends its header
+    on connections the other does not read in this call, and would otherwise wait for bytes
+    that never come. It only peeks: bytes it reads stay staged for the channel's next reader.
     """
 
-    def __init__(self, ch: Channel, op: str, seq: int | None):
+    def __init__(self, ch: Channel, op: str, seq: int | None, header: wire.Header | None = None):
         self.ch = ch
         self.op = op
         self.seq = seq  # ABORTs of later collectives (a peer ahead of us) are not ours
+        self.header = header
         self.done = False  # nothing more to learn: stop polling this channel
 
     def on_readable(self) -> int:
@@ -491,26 +495,43 @@ class Watch:
         if k == 0 and not ch.stage_room():
             self.done = True
             return 0
+        self.scan()
+        return 0  # bytes of a later collective are not progress of this one
+
+    def scan(self) -> None:
+        """Check the whole frames staged on the channel."""
+        ch = self.ch
         stage, pos, end = ch.stage_view, ch.stage_start, ch.stage_end
         while end - pos >= wire.PREFIX_SIZE:
             kind, length = wire.decode_prefix(stage[pos:pos + wire.PREFIX_SIZE])
             if end - pos - wire.PREFIX_SIZE < length:
                 break
+            body = stage[pos + wire.PREFIX_SIZE:pos + wire.PREFIX_SIZE + length]
             if kind == wire.ABORT:
-                fields = wire.decode_map(stage[pos + wire.PREFIX_SIZE:pos + wire.PREFIX_SIZE + length])
+                fields = wire.decode_map(body)
                 theirs = fields.get("seq")
                 if self.seq is None or not isinstance(theirs, int) or theirs <= self.seq:
                     raise_remote(fields, ch, self.op)
+            elif kind == wire.HEADER and self.header is not None and body != self.header.body:
+                fields = wire.check_header(wire.decode_map(body))
+                if fields["seq"] == self.seq:
+                    check_same(_role_free(self.header.fields), _role_free(fields), ch)
             pos += wire.PREFIX_SIZE + length
-        return 0  # bytes of a later collective are not progress of this one
+
+
+def _role_free(fields: dict[str, Any]) -> dict[str, Any]:
+    """A header's fields without `step` (a frame's part in the call, which differs by rank)."""
+    return {k: v for k, v in fields.items() if k != "step"}
 
 
 def run(inflows: list[Inflow], outflows: list[Outflow], watched: list[Channel], *,
         timeout: float, op: str, me: int, seq: int | None = None, spin: float = 0.0,
-        yield_core: bool = False, idle: Callable[[], bool] | None = None) -> None:
+        yield_core: bool = False, idle: Callable[[], bool] | None = None,
+        header: wire.Header | None = None) -> None:
     """Drive every flow to completion, or raise (RingTimeoutError after `timeout` s without progress).
 
-    Channels in `watched` without a pending inflow are watched for an ABORT. Waits block
+    Channels in `watched` without a pending inflow are watched for an ABORT, and for a
+    HEADER of call `seq` other than `header` (MismatchError). Waits block
     in poll; with `spin` > 0 each wait first polls without blocking for up to `spin`
     seconds (tens of microseconds), which small messages finish within. With `yield_core`
     the spin gives the core away between polls (sched_yield): on a host with more ranks
@@ -518,10 +539,13 @@ def run(inflows: list[Inflow], outflows: list[Outflow], watched: list[Channel], 
     instead of waiting, a piece per call; it returns False once there is none left.
     """
     # fd -> [inflow or None, outflow or None, Watch or None]
-    slots: dict[int, list[Any]] = {ch.fd: [None, None, Watch(ch, op, seq)] for ch in watched}
+    slots: dict[int, list[Any]] = {ch.fd: [None, None, Watch(ch, op, seq, header)] for ch in watched}
     for flow in inflows:
         slots.setdefault(flow.ch.fd, [None, None, None])[0] = flow
         flow.consume_staged()
+    for reader, _, watch in slots.values():
+        if watch is not None and reader is None and watch.ch.stage_end > watch.ch.stage_start:
+            watch.scan()  # frames read ahead earlier wake no poll
     for flow in outflows:
         slots.setdefault(flow.ch.fd, [None, None, None])[1] = flow
     poller = select.poll()

@@ -66,3 +66,29 @@ def test_a_rank_arriving_after_its_peer_timed_out_raises(env):
         assert sorted(got) == [0, 1], res.stdout
         assert got[0].startswith("RingTimeoutError: rank 0: "), (op, got)
         assert got[1].startswith(f"RingTimeoutError: rank 1: {op.split('(')[0]} aborted by rank 0: rank 0: "), (op, got)
+
+
+FUZZ_OPS = ["all_gather", "all_sum", "all_max", "all_min", "all_prod", "sum_scatter", "broadcast", "barrier", "p2p"]
+
+
+@pytest.mark.parametrize("n,seed,trials,env,extra", [
+    (5, 1, 150, {}, []),  # direct, doubling, pairwise and two-shot paths; groups of 2 to 5
+    (4, 2, 100, {"RINGDIST_DIRECT_MAX": "0", "RINGDIST_LANES": "2", "RINGDIST_DIRECTIONS": "2"}, ["--large"]),
+], ids=["direct-paths", "ring-lanes-both-ways"])
+def test_seeded_disagreeing_calls_fail_on_every_rank_of_the_group(n, seed, trials, env, extra):
+    # Each trial: a fresh sub-group; some members change the op, root, shape, dtype or path of
+    # the call (tests/scripts/agree_fuzz.py). Every member must raise (MismatchError naming both
+    # sides, then GroupBrokenError) within 5 s, though a timeout would take 10; the world stays exact.
+    res = run_launcher(["-n", str(n), str(SCRIPTS / "agree_fuzz.py"), str(seed), str(trials), *extra],
+                       timeout=180, env={**FAST, **env})
+    assert res.returncode == 0, res.stdout[-5000:] + res.stderr[-5000:]
+    assert "FAILED" not in res.stdout, "\n".join(l for l in res.stdout.splitlines() if "FAILED" in l)[:5000]
+    oks = re.findall(rf"^\[(\d+)\] fuzz ok rank=\d+ trials={trials} failures=0 (.*)$", res.stdout, re.M)
+    assert sorted(int(r) for r, _ in oks) == list(range(n)), res.stdout[-3000:]
+    counts: dict[str, int] = {}
+    for _, summary in oks:
+        for key, value in (item.split("=") for item in summary.split()):
+            counts[key] = counts.get(key, 0) + int(value)
+    missing = [f"op:{op}" for op in FUZZ_OPS] + [f"kind:{k}" for k in ("op", "root", "shape", "dtype", "path")]
+    assert all(counts.get(key, 0) > 0 for key in missing), counts
+    assert counts["outcome:MismatchError"] > trials, counts
