@@ -90,7 +90,7 @@ class Group:
         self.both_ways = settings.directions == 2 or (settings.directions == 0 and several_links(addresses))
         self.direct_max = settings.direct_max if settings.direct_max is not None else (
             DIRECT_MAX_MESH if size > 2 else DIRECT_MAX_PAIR_BOTH_WAYS if self.both_ways else DIRECT_MAX_PAIR)
-        self._peers_polled: tuple[dict[int, Channel], Any] | None = None  # see finish()
+        self._peers_polled: tuple[list[Channel], Any] | None = None  # see finish()
         self._p2p_out: dict[int, list] = {}  # peer -> [Channel, messages sent]
         self._p2p_in: dict[int, list] = {}  # peer -> [Channel, messages received]
         if size > 1:
@@ -245,21 +245,30 @@ class Group:
         peer already sent for it, if one has arrived (a peer that timed out before this rank
         came, or failed after sending its last frame of the call), and break the group.
 
-        One poll of a channel to every peer (the mesh's, else the ring neighbours'); a
-        channel with bytes waiting has its next frame read, and only an ABORT is taken."""
-        if self.ring is None:
-            return
-        if self._peers_polled is None:
+        One poll of a channel to every peer (the mesh's, else the ring neighbours'); only a
+        channel with bytes waiting has its next frame looked at."""
+        polled = self._peers_polled
+        if polled is None:
+            if self.ring is None:
+                return
             if self.mesh is not None:
                 chans, poller = self.mesh.ordered, self.mesh.poller
             else:
                 chans, poller = [self.ring.right[0], self.ring.left[0]], select.poll()
                 for ch in chans:
                     poller.register(ch.fd, select.POLLIN)
-            self._peers_polled = ({ch.fd: ch for ch in chans}, poller)
+            polled = self._peers_polled = (chans, poller)
+        chans, poller = polled
+        ready = poller.poll(0)
+        if not ready:
+            for ch in chans:
+                if ch.stage_end != ch.stage_start:
+                    break
+            else:
+                return  # the common case: nothing has come since the call's last frame
         seq = self._seq - 1
         try:
-            transfer.abort_waiting(*self._peers_polled, seq, op)
+            transfer.abort_waiting(chans, ready, seq, op)
         except BaseException as exc:
             self._fail(op, self.channels, seq, [], exc)
             raise

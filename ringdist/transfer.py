@@ -82,21 +82,17 @@ def pending_abort(channels: list[Channel], op: str) -> None:
             pos += wire.PREFIX_SIZE + length
 
 
-def abort_waiting(channels: dict[int, Channel], poller: "select.poll", seq: int, op: str) -> None:
+def abort_waiting(channels: list[Channel], ready: list[tuple[int, int]], seq: int, op: str) -> None:
     """Raise the ABORT a peer sent for collective `seq` (or an earlier one) if it has arrived.
 
     Called once a collective has gone well here: a peer that gave up on it (a timeout while
     this rank was late, a failure further round the ring) sent an ABORT after its last
-    frame of the call, so it is the next frame on that peer's channel. `poller` has every
-    channel of `channels` (by fd) registered for reading; one poll tells which have bytes.
+    frame of the call, so it is the next frame on that peer's channel. `ready` is a poll's
+    answer for `channels` (fds with bytes to read).
     """
-    ready = poller.poll(0)
-    for ch in channels.values():
-        if ch.stage_end > ch.stage_start:
-            _raise_next_abort(ch, seq, op)
-    for fd, _ in ready:
-        ch = channels[fd]
-        if ch.stage_end == ch.stage_start:
+    readable = {fd for fd, _ in ready}
+    for ch in channels:
+        if ch.fd in readable or ch.stage_end > ch.stage_start:
             _raise_next_abort(ch, seq, op)
 
 
