@@ -42,11 +42,13 @@ def draw(rng: np.random.Generator, m: int) -> dict:
     """One trial's call and disagreement, for a group of m ranks."""
     op = str(rng.choice(OPS + ["p2p"], p=[0.11] * 8 + [0.12]))
     cls = str(rng.choice(["tiny", "mid", "large"] if large else ["tiny", "tiny", "mid"]))
-    row = {"tiny": int(rng.integers(1, 64)), "mid": int(rng.integers(8 << 10, 40 << 10)),
-           "large": int(rng.integers(80 << 10, 200 << 10))}[cls]
-    cols = int(rng.choice([1, 1, 3]))
-    spec = {"op": op, "rows": m * max(1, row // m // cols), "cols": cols, "dtype": str(rng.choice(DTYPES)),
-            "root": int(rng.integers(m)), "size": cls}
+    # bytes: tiny takes the direct path (doubling, pairwise); mid two-shot reductions and the
+    # largest direct blocks; large (with RINGDIST_DIRECT_MAX=0) blocks cut over lanes and directions
+    nbytes = {"tiny": rng.integers(4, 4096), "mid": rng.integers(64 << 10, 900 << 10),
+              "large": rng.integers(1200 << 10, 5 << 20)}[cls]
+    cols, dtype = int(rng.choice([1, 1, 3])), str(rng.choice(DTYPES))
+    rows = m * max(1, int(nbytes) // np.dtype(dtype).itemsize // cols // m)
+    spec = {"op": op, "rows": rows, "cols": cols, "dtype": dtype, "root": int(rng.integers(m)), "size": cls}
     if op == "barrier":
         spec.update(rows=1, cols=1, dtype="uint8")
     kinds = {"barrier": ["op", "path"], "broadcast": KINDS, "p2p": ["shape", "dtype"]}.get(op, ["op", "shape", "dtype", "path"])
