@@ -58,6 +58,29 @@ def test_a_root_with_a_different_shape_raises_as_the_others_do(env):
     assert "shape=(5,)" in got[0] and "shape=(4,)" in got[0], got[0]
 
 
+def test_ranks_on_different_algorithms_find_out_at_once():
+    # sum_scatter on the ring against all_max by recursive doubling: before, every rank
+    # waited on a connection the other pair never wrote, until RingTimeoutError.
+    res = disagree(4, "algorithms")
+    got = outcomes(res.stdout)
+    assert sorted(got) == [0, 1, 2, 3], res.stdout
+    assert all(text.startswith("MismatchError: ") for text in got.values()), res.stdout
+    assert any(re.search(r"called (sum_scatter|all_max)\(.*\) \[call #0\] but rank \d called (sum_scatter|all_max)", t)
+               for t in got.values()), res.stdout
+    assert all(float(t) < 5 for t in re.findall(r"outcome after ([\d.]+)s", res.stdout))
+
+
+def test_a_pair_exchanging_on_different_connections_fails_on_both_ranks():
+    # Before, both sent the same header: rank 1 (the ring's connections) returned normally,
+    # rank 0 (the direct one) waited for bytes that came on the other connection.
+    res = disagree(2, "pair_path")
+    got = outcomes(res.stdout)
+    assert sorted(got) == [0, 1], res.stdout
+    assert all(text.startswith("MismatchError: ") and "chose different paths" in text for text in got.values()), got
+    assert any("pairwise-ring here, pairwise there" in t or "pairwise here, pairwise-ring there" in t
+               for t in got.values()), got
+
+
 @pytest.mark.parametrize("env", [{}, {"RINGDIST_DIRECT_MAX": "0"}], ids=["direct", "ring"])
 def test_a_rank_arriving_after_its_peer_timed_out_raises(env):
     res = disagree(2, "late", env)

@@ -5,12 +5,17 @@ usage: disagree.py CASE
   split_root: ranks 0 and 1 pass root 0, the others root 2; if the broadcast returns, 100
               small calls and one large one follow (each rank reports how far it got)
   root_shape: the root (rank 0) passes shape (5,), the others (4,)
+  algorithms: ranks 0 and 1 call sum_scatter (the ring), the others all_max (recursive
+              doubling on the mesh): each pair reads connections the other pair never writes
+  pair_path:  2 ranks, all_sum of 64 KiB; rank 1 runs with RINGDIST_DIRECT_MAX=0, so it
+              exchanges the arrays on the ring's connections, rank 0 on the direct one
   late:       for each op, on a fresh sub-group: rank 0 calls it with timeout=0.5, rank 1
               1.2 s later (2 ranks); a world barrier, then the sub-group is closed
 
 Each rank prints one `outcome: ...` line per call (`returned` or the exception) and exits 0,
 after staying long enough that no peer sees it leave (that would be a PeerLostError by itself).
 """
+import os
 import sys
 import time
 
@@ -19,6 +24,8 @@ import numpy as np
 import ringdist as rd
 
 case = sys.argv[1]
+if case == "pair_path" and os.environ["RINGDIST_RANK"] == "1":
+    os.environ["RINGDIST_DIRECT_MAX"] = "0"
 g = rd.init()
 r = g.rank()
 x = np.arange(4, dtype=np.float32) + r
@@ -60,6 +67,13 @@ try:
             rd.all_sum(x)
         print("100 small calls returned", flush=True)
         rd.all_gather(np.zeros(1 << 19, np.float32))
+    elif case == "algorithms":
+        if r < 2:
+            rd.sum_scatter(np.ones(8, np.int32))
+        else:
+            rd.all_max(np.ones(8, np.int32))
+    elif case == "pair_path":
+        rd.all_sum(np.ones(16384, np.float32))
     elif case == "root_shape":
         rd.broadcast(np.zeros(5 if r == 0 else 4, np.float32), root=0)
     else:
