@@ -328,8 +328,6 @@ class ReducingInflow(Inflow):
                 return
 
 
-
-
 def _call(fields: dict[str, Any]) -> dict[str, Any]:
     """A header's fields that come from the call's arguments (not from settings or roles)."""
     return {k: v for k, v in fields.items() if k not in wire.INTERNAL_FIELDS}
