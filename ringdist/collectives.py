@@ -140,6 +140,7 @@ def gather_rows(x: Any, *, group: Group | None = None, op: str = "all_gather",
             g.run(op, *gather_flows(g, byte_view(out), bounds, op, header, own=copy.src),
                   timeout=timeout, idle=copy.step)
             copy.finish()
+        g.finish(op)
     return out
 
 
@@ -251,6 +252,14 @@ def _all_reduce(x: Any, group: Group | None, op: str, timeout: float | None) -> 
     g = _group(group)
     arr = as_array(x)
     _check_reducible(arr, op)
+    out = _reduce(g, arr, op, timeout)
+    if g.size() > 1:
+        g.finish(op)
+    return out
+
+
+def _reduce(g: Group, arr: np.ndarray, op: str, timeout: float | None) -> np.ndarray:
+    """all_reduce of `arr` on the path its size selects."""
     n, r = g.size(), g.rank()
     if n == 2 and arr.nbytes <= PAIR_EXCHANGE_MAX and g.direct(arr.nbytes) and not g.both_ways:
         # One connection between the pair: one exchange on it, the other's array landing in the
@@ -265,7 +274,9 @@ def _all_reduce(x: Any, group: Group | None, op: str, timeout: float | None) -> 
     if g.direct(-(-arr.nbytes // n)):  # medium: two steps of one block each way
         return _two_shot_reduce(g, arr, op, g.next_header(op, arr, path="two-shot"), timeout)
     if n == 2 and arr.nbytes <= PAIR_EXCHANGE_MAX:
-        return _pair_reduce(g, arr, op, g.next_header(op, arr, path="pairwise"), timeout)
+        # Its own path name: the pair's exchange on the direct connection sends the same bytes on
+        # another connection, and a rank whose settings chose the other would wait for nothing.
+        return _pair_reduce(g, arr, op, g.next_header(op, arr, path="pairwise-ring"), timeout)
     header = g.next_header(op, arr)
     out = buffers.cache.empty(arr.shape, arr.dtype)
     if n == 1:
@@ -420,6 +431,7 @@ def sum_scatter(x: Any, *, group: Group | None = None, timeout: float | None = N
     bounds = [(i * per_rank, (i + 1) * per_rank) for i in range(n)]
     g.run("sum_scatter", *_reduce_flows(g, own, out.reshape(-1), bounds, np.add, "sum_scatter", header),
           timeout=timeout)
+    g.finish("sum_scatter")
     return out
 
 
@@ -429,7 +441,11 @@ def sum_scatter(x: Any, *, group: Group | None = None, timeout: float | None = N
 def broadcast(x: Any, root: int = 0, *, group: Group | None = None, timeout: float | None = None) -> np.ndarray:
     """Root's `x` on every rank. Every rank passes an array of the root's shape and dtype.
 
-    A pipelined chain from the root; large arrays go half each way round the ring.
+    Every rank checks a header from a peer and returns only once every rank has agreed on
+    the call (op, root, shape, dtype, path): ranks that disagree all raise MismatchError.
+    Small arrays go directly from the root to every rank, every other rank sending its
+    header to every rank; large ones down a pipelined chain from the root (half each way
+    round the ring going both ways), acknowledged back along it.
     """
     g = _group(group)
     arr = as_array(x)
@@ -437,21 +453,56 @@ def broadcast(x: Any, root: int = 0, *, group: Group | None = None, timeout: flo
     if isinstance(root, bool) or not isinstance(root, (int, np.integer)) or not 0 <= root < n:
         raise ValueError(f"broadcast: root {root!r} is not a rank of a group of size {n}")
     root = int(root)
-    header = g.next_header("broadcast", arr, root=root)
+    direct = g.direct(arr.nbytes)
+    header = (g.next_header("broadcast", arr, root=root, path="direct") if direct
+              else g.next_header("broadcast", arr, root=root))
     out = buffers.cache.empty(arr.shape, arr.dtype)
     if r == root:
         np.copyto(out, arr)
     if n == 1:
         return out
+    if direct:
+        _direct_broadcast(g, byte_view(out), root, header, timeout)
+    else:
+        _chain_broadcast(g, byte_view(out), arr.itemsize, root, header, timeout)
+    g.finish("broadcast")
+    return out
+
+
+_NOTHING = memoryview(bytearray())  # a header-only stream's payload
+
+
+def _direct_broadcast(g: Group, data: memoryview, root: int, header: wire.Header, timeout: float | None) -> None:
+    """One exchange with every rank: the root's data to each, every other rank's header to
+    each (no payload), so every rank compares its call with every other rank's."""
+    mesh = g.mesh
+    assert mesh is not None
+    if g.rank() == root:
+        sends, recvs = [data] * len(mesh.order), [_NOTHING] * len(mesh.order)
+    else:
+        sends, recvs = [_NOTHING] * len(mesh.order), [data if p == root else _NOTHING for p in mesh.order]
+    g.exchange("broadcast", sends, recvs, header, timeout=timeout)
+
+
+def _chain_broadcast(g: Group, data: memoryview, itemsize: int, root: int, header: wire.Header,
+                     timeout: float | None) -> None:
+    """A chain from the root round the ring, each rank forwarding bytes as they land.
+
+    The chain's last rank (clockwise) also sends its header to the root, so every rank
+    checks its left neighbour's call before any data moves. Then an acknowledgement goes
+    back along the chain (lane 0, clockwise order): a rank sends it to its left once it has
+    the whole array and its right neighbour's acknowledgement, so a rank returns only once
+    every rank after it has its data, and the root once every rank has.
+    """
+    n, r = g.size(), g.rank()
     ring = g.ring
     assert ring is not None
-    data = byte_view(out)
     total = len(data)
     chosen = schedule.streams(total, len(ring.right), g.both_ways)
     inflows, outflows = [], []
     for index, (direction, lane) in enumerate(chosen):
-        a, b = schedule.piece_bounds(0, total // arr.itemsize, len(chosen), index)
-        part = data[a * arr.itemsize:b * arr.itemsize]
+        a, b = schedule.piece_bounds(0, total // itemsize, len(chosen), index)
+        part = data[a * itemsize:b * itemsize]
         upstream, downstream = schedule.chain_order(r, n, root, direction)
         to_right = direction == 1
         inflow = None
@@ -461,8 +512,18 @@ def broadcast(x: Any, root: int = 0, *, group: Group | None = None, timeout: flo
         if downstream is not None:
             outflows.append(Outflow((ring.right if to_right else ring.left)[lane], Segments([part]),
                                     "broadcast", header, source=inflow, head=0 if inflow else None))
+    pos = (r - root) % n  # clockwise hops from the root
+    closing = wire.Header(dict(header.fields, step="close"))
+    if pos == n - 1:  # right[0] carries nothing else of this call from here
+        outflows.append(Outflow(ring.right[0], Segments([]), "broadcast", closing))
+    elif pos == 0:  # nor left[0] to the root
+        inflows.append(Inflow(ring.left[0], Segments([]), "broadcast", closing))
     g.run("broadcast", inflows, outflows, timeout=timeout)
-    return out
+    ack = wire.Header(dict(header.fields, step="ack"))
+    if pos < n - 1:
+        g.run("broadcast", [Inflow(ring.right[0], Segments([]), "broadcast", ack)], [], timeout=timeout)
+    if pos > 0:
+        g.run("broadcast", [], [Outflow(ring.left[0], Segments([]), "broadcast", ack)], timeout=timeout)
 
 
 def barrier(*, group: Group | None = None, timeout: float | None = None) -> None:

@@ -134,4 +134,4 @@ def exchange(peers: list[Channel], sends: list[memoryview], recvs: list[memoryvi
                 os.sched_yield()
     if waiting or odd or outflows:
         inflows = [r.inflow(op, header) for r in list(waiting.values()) + odd]
-        transfer.run(inflows, outflows, watched, timeout=timeout, op=op, me=me, seq=seq)
+        transfer.run(inflows, outflows, watched, timeout=timeout, op=op, me=me, seq=seq, header=header)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import numbers
+import select
 import threading
 import time
 import weakref
@@ -76,6 +77,7 @@ class Group:
         self._addresses = addresses  # per group rank: the (ip, port) list it listens on
         self._world_ranks = world_ranks  # per group rank: its rank in the world
         self._seq = 0
+        self._header: wire.Header | None = None  # the last collective's (checked on watched channels)
         self._channels: list[Channel] | None = None
         self._headers: dict[tuple, wire.HeaderTemplate] = {}  # per kind of call: its header's fixed bytes
         self._splits = 0
@@ -88,6 +90,7 @@ class Group:
         self.both_ways = settings.directions == 2 or (settings.directions == 0 and several_links(addresses))
         self.direct_max = settings.direct_max if settings.direct_max is not None else (
             DIRECT_MAX_MESH if size > 2 else DIRECT_MAX_PAIR_BOTH_WAYS if self.both_ways else DIRECT_MAX_PAIR)
+        self._peers_polled: tuple[list[Channel], Any] | None = None  # see finish()
         self._p2p_out: dict[int, list] = {}  # peer -> [Channel, messages sent]
         self._p2p_in: dict[int, list] = {}  # peer -> [Channel, messages received]
         if size > 1:
@@ -179,7 +182,8 @@ class Group:
             if len(self._headers) >= HEADER_TEMPLATES:
                 self._headers.clear()
             self._headers[key] = template
-        return template.make(seq)
+        self._header = header = template.make(seq)
+        return header
 
     def check_usable(self, op: str) -> None:
         """Refuse work on a closed group, or one whose earlier operation failed."""
@@ -199,15 +203,18 @@ class Group:
         (the one whose header was made last), the pair's own for point-to-point.
         """
         seq: int | None = self._seq - 1
+        tell = None
         if channels is None:
             channels = self.channels
         else:
             seq = None
+            if self.ring is not None:  # a failed message breaks the group: its collectives must fail everywhere
+                tell = channels + self.channels
         watched = channels
         self._guarded(op, channels, seq, outflows, lambda: transfer.run(
             inflows, outflows, watched, timeout=self._timeout(timeout), op=op, me=self._rank, seq=seq,
             spin=self._spin(sum(flow.total for flow in inflows)), yield_core=self.settings.spin_yield,
-            idle=idle))
+            idle=idle, header=None if seq is None else self._header), tell)
 
     def exchange(self, op: str, sends: list[memoryview], recvs: list[memoryview], header: wire.Header,
                  timeout: float | None = None, peers: list[int] | None = None) -> None:
@@ -233,9 +240,43 @@ class Group:
             self._fail(op, channels, seq, outflows, exc)
             raise
 
+    def finish(self, op: str) -> None:
+        """The collective whose header was made last has gone well here: raise the ABORT a
+        peer already sent for it, if one has arrived (a peer that timed out before this rank
+        came, or failed after sending its last frame of the call), and break the group.
+
+        One poll of a channel to every peer (the mesh's, else the ring neighbours'); only a
+        channel with bytes waiting has its next frame looked at."""
+        polled = self._peers_polled
+        if polled is None:
+            if self.ring is None:
+                return
+            if self.mesh is not None:
+                chans, poller = self.mesh.ordered, self.mesh.poller
+            else:
+                chans, poller = [self.ring.right[0], self.ring.left[0]], select.poll()
+                for ch in chans:
+                    poller.register(ch.fd, select.POLLIN)
+            polled = self._peers_polled = (chans, poller)
+        chans, poller = polled
+        ready = poller.poll(0)
+        if not ready:
+            for ch in chans:
+                if ch.stage_end != ch.stage_start:
+                    break
+            else:
+                return  # the common case: nothing has come since the call's last frame
+        seq = self._seq - 1
+        try:
+            transfer.abort_waiting(chans, ready, seq, op)
+        except BaseException as exc:
+            self._fail(op, self.channels, seq, [], exc)
+            raise
+
     def _guarded(self, op: str, channels: list[Channel], seq: int | None, outflows: list[transfer.Outflow],
-                 body: Any) -> None:
-        """Run `body`; on any failure mark the group broken and send the peers an ABORT."""
+                 body: Any, tell: list[Channel] | None = None) -> None:
+        """Run `body`; on any failure mark the group broken and send an ABORT on `tell`
+        (default: `channels`, the connections watched)."""
         try:
             try:
                 body()
@@ -243,7 +284,7 @@ class Group:
                 transfer.pending_abort(channels, op)  # the reason a peer left, if it sent one
                 raise
         except BaseException as exc:
-            self._fail(op, channels, seq, outflows, exc)
+            self._fail(op, channels if tell is None else tell, seq, outflows, exc)
             raise
 
     def _fail(self, op: str, channels: list[Channel], seq: int | None, outflows: list[transfer.Outflow],

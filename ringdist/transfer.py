@@ -82,6 +82,57 @@ def pending_abort(channels: list[Channel], op: str) -> None:
             pos += wire.PREFIX_SIZE + length
 
 
+def abort_waiting(channels: list[Channel], ready: list[tuple[int, int]], seq: int, op: str) -> None:
+    """Raise the ABORT a peer sent for collective `seq` (or an earlier one) if it has arrived.
+
+    Called once a collective has gone well here: a peer that gave up on it (a timeout while
+    this rank was late, a failure further round the ring) sent an ABORT after its last
+    frame of the call, so it is the next frame on that peer's channel. `ready` is a poll's
+    answer for `channels` (fds with bytes to read).
+    """
+    readable = {fd for fd, _ in ready}
+    for ch in channels:
+        if ch.fd in readable or ch.stage_end > ch.stage_start:
+            _raise_next_abort(ch, seq, op)
+
+
+def _raise_next_abort(ch: Channel, seq: int, op: str) -> None:
+    """Raise the channel's next frame if it is an ABORT for collective `seq` or earlier.
+
+    Anything else (the next collective's header from a peer ahead) is left staged for its
+    reader, as is a closed connection: a peer may leave once a call has gone well.
+    """
+    try:
+        if ch.staged() < wire.PREFIX_SIZE:
+            ch.fill_stage(wire.PREFIX_SIZE - ch.staged())
+            if ch.staged() < wire.PREFIX_SIZE:
+                return
+        start = ch.stage_start
+        kind, length = wire.decode_prefix(ch.stage_view[start:start + wire.PREFIX_SIZE])
+        if kind != wire.ABORT:
+            return
+        end = wire.PREFIX_SIZE + length
+        waiter = None
+        deadline = time.monotonic() + 1.0  # an ABORT is sent whole: the rest is on its way
+        while ch.staged() < end:
+            if ch.fill_stage(end - ch.staged()):
+                continue
+            if waiter is None:
+                waiter = select.poll()
+                waiter.register(ch.fd, POLLIN)
+            left = deadline - time.monotonic()
+            if left <= 0 or not waiter.poll(left * 1000):
+                return
+        start = ch.stage_start
+        fields = wire.decode_map(ch.stage_view[start + wire.PREFIX_SIZE:start + end])
+    except (PeerLostError, ProtocolError):
+        return  # the next operation on this channel reports it
+    theirs = fields.get("seq")
+    if isinstance(theirs, int) and not isinstance(theirs, bool) and theirs > seq:
+        return
+    raise_remote(fields, ch, op)
+
+
 class Segments:
     """A stream's byte layout: a list of byte memoryviews, walked in order."""
 
@@ -277,7 +328,9 @@ class ReducingInflow(Inflow):
                 return
 
 
-_PATH = ("path", "ways")  # header fields that follow from settings, not from the call
+def _call(fields: dict[str, Any]) -> dict[str, Any]:
+    """A header's fields that come from the call's arguments (not from settings or roles)."""
+    return {k: v for k, v in fields.items() if k not in wire.INTERNAL_FIELDS}
 
 
 def _paths(mine: dict[str, Any], theirs: dict[str, Any]) -> tuple[str, str]:
@@ -293,7 +346,7 @@ def _ways(fields: dict[str, Any]) -> str:
 def check_same(mine: dict[str, Any], theirs: dict[str, Any], ch: Channel) -> None:
     """The default header check: both sides called the same op with the same arguments."""
     if mine != theirs:
-        if {k: v for k, v in mine.items() if k not in _PATH} == {k: v for k, v in theirs.items() if k not in _PATH}:
+        if _call(mine) == _call(theirs):
             here, there = _paths(mine, theirs)
             raise MismatchError(
                 f"rank {ch.me} and rank {ch.peer} chose different paths for {wire.describe_header(mine)}: "
@@ -410,15 +463,19 @@ class Outflow:
 
 
 class Watch:
-    """Watches a channel that has no inflow in this collective, for an ABORT or a closed peer.
+    """Watches a channel that has no inflow in this collective, for an ABORT or a closed peer,
+    and for a HEADER of this very call (`header`'s call number) that describes another call.
 
-    It only peeks: bytes it reads stay staged for the channel's next reader.
+    The second is how ranks that chose different algorithms find out: each sends its header
+    on connections the other does not read in this call, and would otherwise wait for bytes
+    that never come. It only peeks: bytes it reads stay staged for the channel's next reader.
     """
 
-    def __init__(self, ch: Channel, op: str, seq: int | None):
+    def __init__(self, ch: Channel, op: str, seq: int | None, header: wire.Header | None = None):
         self.ch = ch
         self.op = op
         self.seq = seq  # ABORTs of later collectives (a peer ahead of us) are not ours
+        self.header = header
         self.done = False  # nothing more to learn: stop polling this channel
 
     def on_readable(self) -> int:
@@ -433,26 +490,43 @@ class Watch:
         if k == 0 and not ch.stage_room():
             self.done = True
             return 0
+        self.scan()
+        return 0  # bytes of a later collective are not progress of this one
+
+    def scan(self) -> None:
+        """Check the whole frames staged on the channel."""
+        ch = self.ch
         stage, pos, end = ch.stage_view, ch.stage_start, ch.stage_end
         while end - pos >= wire.PREFIX_SIZE:
             kind, length = wire.decode_prefix(stage[pos:pos + wire.PREFIX_SIZE])
             if end - pos - wire.PREFIX_SIZE < length:
                 break
+            body = stage[pos + wire.PREFIX_SIZE:pos + wire.PREFIX_SIZE + length]
             if kind == wire.ABORT:
-                fields = wire.decode_map(stage[pos + wire.PREFIX_SIZE:pos + wire.PREFIX_SIZE + length])
+                fields = wire.decode_map(body)
                 theirs = fields.get("seq")
                 if self.seq is None or not isinstance(theirs, int) or theirs <= self.seq:
                     raise_remote(fields, ch, self.op)
+            elif kind == wire.HEADER and self.header is not None and body != self.header.body:
+                fields = wire.check_header(wire.decode_map(body))
+                if fields["seq"] == self.seq:
+                    check_same(_role_free(self.header.fields), _role_free(fields), ch)
             pos += wire.PREFIX_SIZE + length
-        return 0  # bytes of a later collective are not progress of this one
+
+
+def _role_free(fields: dict[str, Any]) -> dict[str, Any]:
+    """A header's fields without `step` (a frame's part in the call, which differs by rank)."""
+    return {k: v for k, v in fields.items() if k != "step"}
 
 
 def run(inflows: list[Inflow], outflows: list[Outflow], watched: list[Channel], *,
         timeout: float, op: str, me: int, seq: int | None = None, spin: float = 0.0,
-        yield_core: bool = False, idle: Callable[[], bool] | None = None) -> None:
+        yield_core: bool = False, idle: Callable[[], bool] | None = None,
+        header: wire.Header | None = None) -> None:
     """Drive every flow to completion, or raise (RingTimeoutError after `timeout` s without progress).
 
-    Channels in `watched` without a pending inflow are watched for an ABORT. Waits block
+    Channels in `watched` without a pending inflow are watched for an ABORT, and for a
+    HEADER of call `seq` other than `header` (MismatchError). Waits block
     in poll; with `spin` > 0 each wait first polls without blocking for up to `spin`
     seconds (tens of microseconds), which small messages finish within. With `yield_core`
     the spin gives the core away between polls (sched_yield): on a host with more ranks
@@ -460,10 +534,13 @@ def run(inflows: list[Inflow], outflows: list[Outflow], watched: list[Channel], 
     instead of waiting, a piece per call; it returns False once there is none left.
     """
     # fd -> [inflow or None, outflow or None, Watch or None]
-    slots: dict[int, list[Any]] = {ch.fd: [None, None, Watch(ch, op, seq)] for ch in watched}
+    slots: dict[int, list[Any]] = {ch.fd: [None, None, Watch(ch, op, seq, header)] for ch in watched}
     for flow in inflows:
         slots.setdefault(flow.ch.fd, [None, None, None])[0] = flow
         flow.consume_staged()
+    for reader, _, watch in slots.values():
+        if watch is not None and reader is None and watch.ch.stage_end > watch.ch.stage_start:
+            watch.scan()  # frames read ahead earlier wake no poll
     for flow in outflows:
         slots.setdefault(flow.ch.fd, [None, None, None])[1] = flow
     poller = select.poll()

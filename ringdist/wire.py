@@ -110,6 +110,10 @@ def require(fields: dict[str, Any], name: str, kind: type | tuple[type, ...]) ->
 # ---- per-collective header -------------------------------------------------------------------
 
 
+# Header fields that follow from settings and roles rather than from a call's arguments.
+INTERNAL_FIELDS = ("path", "ways", "step")
+
+
 def make_header(op: str, seq: int, dtype: str, shape: tuple[int, ...], **extra: Any) -> dict[str, Any]:
     header = {"op": op, "seq": seq, "dtype": dtype, "shape": list(shape)}
     header.update(extra)
@@ -178,7 +182,8 @@ def check_header(fields: dict[str, Any]) -> dict[str, Any]:
 def describe_header(fields: dict[str, Any]) -> str:
     """Human form of a header, e.g. `all_gather(shape=(3, 4), dtype=float32) [call #2]`.
 
-    The `path` field (direct or ring, chosen from the size) is left out: it follows from the rest.
+    The `path` field (direct or ring, chosen from the size) is left out: it follows from the rest;
+    so is `step`, which names a frame's part in a call of several (a broadcast's closing header).
     """
     import numpy as np
 
@@ -191,7 +196,7 @@ def describe_header(fields: dict[str, Any]) -> str:
     if fields.get("op") == "split":  # its (color, key) exchange is an implementation detail
         return f"Group.split() [call #{fields.get('seq')}]"
     extras = "".join(
-        f", {k}={v!r}" for k, v in sorted(fields.items()) if k not in ("op", "seq", "dtype", "shape", "path", "ways")
+        f", {k}={v!r}" for k, v in sorted(fields.items()) if k not in ("op", "seq", "dtype", "shape") + INTERNAL_FIELDS
     )
     return f"{fields.get('op')}(shape={shape}, dtype={dtype}{extras}) [call #{fields.get('seq')}]"
 

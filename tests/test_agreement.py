@@ -1,0 +1,117 @@
+"""Ranks that disagree on a collective fail on every rank, in that call; none returns normally.
+
+Also: a rank that arrives after its peer gave up on the call (a timeout) fails too.
+"""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from helpers import SCRIPTS, run_launcher
+
+FAST = {"RINGDIST_TIMEOUT": "10", "RINGDIST_CONNECT_TIMEOUT": "10"}
+
+
+def outcomes(stdout: str, prefix: str = "") -> dict[int, str]:
+    """Each rank's `outcome` line (the first one after `prefix`), by rank."""
+    found = re.findall(rf"^\[(\d+)\] {re.escape(prefix)}outcome after ([\d.]+)s: (.*)$", stdout, re.M)
+    return {int(r): text for r, _, text in found}
+
+
+def disagree(n: int, case: str, env: dict | None = None):
+    res = run_launcher(["-n", str(n), str(SCRIPTS / "disagree.py"), case], timeout=60, env={**FAST, **(env or {})})
+    assert res.returncode == 0, res.stdout + res.stderr
+    return res
+
+
+@pytest.mark.parametrize("env", [{}, {"RINGDIST_DIRECT_MAX": "0"}], ids=["direct", "ring"])
+def test_every_rank_passing_its_own_rank_as_root_raises(env):
+    res = disagree(4, "own_root", env)
+    got = outcomes(res.stdout)
+    assert sorted(got) == [0, 1, 2, 3], res.stdout
+    assert all(text.startswith("MismatchError: ") for text in got.values()), res.stdout
+    # A rank that saw the difference itself names both roots.
+    seen = [t for t in got.values() if "aborted by" not in t]
+    assert seen and all(re.search(r"broadcast\(.*root=(\d).*\) \[call #0\] but rank \d called broadcast\(.*root=(?!\1)\d", t)
+                        for t in seen), seen
+
+
+@pytest.mark.parametrize("env", [{}, {"RINGDIST_DIRECT_MAX": "0"}], ids=["direct", "ring"])
+def test_ranks_split_over_two_roots_fail_in_the_broadcast_itself(env):
+    res = disagree(4, "split_root", env)
+    got = outcomes(res.stdout)
+    assert sorted(got) == [0, 1, 2, 3], res.stdout
+    assert "100 small calls returned" not in res.stdout
+    assert all(text.startswith("MismatchError: ") and "broadcast" in text and "all_gather" not in text
+               for text in got.values()), res.stdout
+    assert any("root=0" in t and "root=2" in t for t in got.values()), res.stdout
+
+
+@pytest.mark.parametrize("env", [{}, {"RINGDIST_DIRECT_MAX": "0"}], ids=["direct", "ring"])
+def test_a_root_with_a_different_shape_raises_as_the_others_do(env):
+    res = disagree(4, "root_shape", env)
+    got = outcomes(res.stdout)
+    assert sorted(got) == [0, 1, 2, 3], res.stdout
+    assert all(text.startswith("MismatchError: ") for text in got.values()), res.stdout
+    assert "shape=(5,)" in got[0] and "shape=(4,)" in got[0], got[0]
+
+
+def test_ranks_on_different_algorithms_find_out_at_once():
+    # sum_scatter on the ring against all_max by recursive doubling: before, every rank
+    # waited on a connection the other pair never wrote, until RingTimeoutError.
+    res = disagree(4, "algorithms")
+    got = outcomes(res.stdout)
+    assert sorted(got) == [0, 1, 2, 3], res.stdout
+    assert all(text.startswith("MismatchError: ") for text in got.values()), res.stdout
+    assert any(re.search(r"called (sum_scatter|all_max)\(.*\) \[call #0\] but rank \d called (sum_scatter|all_max)", t)
+               for t in got.values()), res.stdout
+    assert all(float(t) < 5 for t in re.findall(r"outcome after ([\d.]+)s", res.stdout))
+
+
+def test_a_pair_exchanging_on_different_connections_fails_on_both_ranks():
+    # Before, both sent the same header: rank 1 (the ring's connections) returned normally,
+    # rank 0 (the direct one) waited for bytes that came on the other connection.
+    res = disagree(2, "pair_path")
+    got = outcomes(res.stdout)
+    assert sorted(got) == [0, 1], res.stdout
+    assert all(text.startswith("MismatchError: ") and "chose different paths" in text for text in got.values()), got
+    assert any("pairwise-ring here, pairwise there" in t or "pairwise here, pairwise-ring there" in t
+               for t in got.values()), got
+
+
+@pytest.mark.parametrize("env", [{}, {"RINGDIST_DIRECT_MAX": "0"}], ids=["direct", "ring"])
+def test_a_rank_arriving_after_its_peer_timed_out_raises(env):
+    res = disagree(2, "late", env)
+    for op in ("broadcast(root=1)", "broadcast(root=0)", "all_gather", "all_sum", "barrier"):
+        got = outcomes(res.stdout, f"{op} ")
+        assert sorted(got) == [0, 1], res.stdout
+        assert got[0].startswith("RingTimeoutError: rank 0: "), (op, got)
+        assert got[1].startswith(f"RingTimeoutError: rank 1: {op.split('(')[0]} aborted by rank 0: rank 0: "), (op, got)
+
+
+FUZZ_OPS = ["all_gather", "all_sum", "all_max", "all_min", "all_prod", "sum_scatter", "broadcast", "barrier", "p2p"]
+
+
+@pytest.mark.parametrize("n,seed,trials,env,extra", [
+    (5, 1, 150, {}, []),  # direct, doubling, pairwise and two-shot paths; groups of 2 to 5
+    (4, 2, 100, {"RINGDIST_DIRECT_MAX": "0", "RINGDIST_LANES": "2", "RINGDIST_DIRECTIONS": "2"}, ["--large"]),
+], ids=["direct-paths", "ring-lanes-both-ways"])
+def test_seeded_disagreeing_calls_fail_on_every_rank_of_the_group(n, seed, trials, env, extra):
+    # Each trial: a fresh sub-group; some members change the op, root, shape, dtype or path of
+    # the call (tests/scripts/agree_fuzz.py). Every member must raise (MismatchError naming both
+    # sides, then GroupBrokenError) within 10 s, though a timeout would take 30; the world stays exact.
+    res = run_launcher(["-n", str(n), str(SCRIPTS / "agree_fuzz.py"), str(seed), str(trials), *extra],
+                       timeout=180, env={**FAST, "RINGDIST_TIMEOUT": "30", **env})
+    assert res.returncode == 0, res.stdout[-5000:] + res.stderr[-5000:]
+    assert "FAILED" not in res.stdout, "\n".join(l for l in res.stdout.splitlines() if "FAILED" in l)[:5000]
+    oks = re.findall(rf"^\[(\d+)\] fuzz ok rank=\d+ trials={trials} failures=0 (.*)$", res.stdout, re.M)
+    assert sorted(int(r) for r, _ in oks) == list(range(n)), res.stdout[-3000:]
+    counts: dict[str, int] = {}
+    for _, summary in oks:
+        for key, value in (item.split("=") for item in summary.split()):
+            counts[key] = counts.get(key, 0) + int(value)
+    missing = [f"op:{op}" for op in FUZZ_OPS] + [f"kind:{k}" for k in ("op", "root", "shape", "dtype", "path")]
+    assert all(counts.get(key, 0) > 0 for key in missing), counts
+    assert counts["outcome:MismatchError"] > trials, counts
