@@ -2,7 +2,7 @@
 
 usage: ringdist-launch -n N benchmarks/alternate.py SIZE OP TARGET A B [--calls K]
 
-TARGET is `module.NAME` (e.g. `ringdist.collectives.PAIR_EXCHANGE_MAX`) or `group.NAME`
+TARGET is `module.NAME` (e.g. `ringdist.tuning.PAIR_EXCHANGE_MAX`) or `group.NAME`
 (an attribute of the world group, e.g. `group.direct_max` or `group.both_ways`); A and B are
 Python literals (`0`, `"64<<20"`, `True`). Every rank sets TARGET to A before even calls and
 to B before odd ones, so both variants see the same moments of a shared machine; a

@@ -24,6 +24,7 @@ from typing import Sequence
 
 from ringdist.errors import ConfigError
 from .hostfile import MAX_RANKS, Hostfile, load_hostfile, parse_env_assignment, parse_hosts_arg
+from ringdist import tuning
 from ringdist.settings import Settings
 
 from .job import run_job
@@ -195,7 +196,7 @@ def _plan(options: argparse.Namespace, target: Target) -> JobPlan:
         verbose=options.verbose,
     )
     for rank in plan.ranks[:1]:  # the library's settings, as the ranks will read them: refused here, not in N tracebacks
-        Settings.from_env({**os.environ, **dict(rank.user_env)})
+        tuning.check_overrides(Settings.from_env({**os.environ, **dict(rank.user_env)}).algo)
     return plan
 
 

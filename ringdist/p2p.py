@@ -13,9 +13,10 @@ import numpy as np
 
 from . import buffers, wire
 from .channel import Channel
-from .collectives import _group, as_array, byte_view
+from .arrays import as_array, byte_view
+from .collectives import _comm
 from .errors import MismatchError
-from .group import Group
+from .comm import Comm
 from .transfer import Inflow, Outflow, Segments
 
 
@@ -24,9 +25,9 @@ def _message_header(arr: np.ndarray, number: int) -> wire.Header:
     return wire.Header(wire.make_header("send", number, dtype, arr.shape))
 
 
-def send(x: Any, dst: int, *, group: Group | None = None, timeout: float | None = None) -> None:
+def send(x: Any, dst: int, *, group: Comm | None = None, timeout: float | None = None) -> None:
     """Send array `x` to rank `dst` of the group (any rank but this one)."""
-    g = _group(group)
+    g = _comm(group, timeout)
     dst = g.check_peer(dst, "send", "dst")
     arr = as_array(x)
     data = np.ascontiguousarray(arr)
@@ -51,10 +52,10 @@ def _dtype_name(header: dict[str, Any]) -> str:
         return str(header["dtype"])
 
 
-def recv(shape: Any, dtype: Any, src: int, *, group: Group | None = None,
+def recv(shape: Any, dtype: Any, src: int, *, group: Comm | None = None,
          timeout: float | None = None) -> np.ndarray:
     """Receive an array of `shape` and `dtype` from rank `src`; MismatchError if the sender's differs."""
-    g = _group(group)
+    g = _comm(group, timeout)
     src = g.check_peer(src, "recv", "src")
     dt = np.dtype(dtype)
     if dt.hasobject:
@@ -67,7 +68,7 @@ def recv(shape: Any, dtype: Any, src: int, *, group: Group | None = None,
     return out
 
 
-def recv_like(x: Any, src: int, *, group: Group | None = None, timeout: float | None = None) -> np.ndarray:
+def recv_like(x: Any, src: int, *, group: Comm | None = None, timeout: float | None = None) -> np.ndarray:
     """Receive an array shaped and typed like `x` from rank `src`."""
     arr = np.asarray(x)
     return recv(arr.shape, arr.dtype, src, group=group, timeout=timeout)

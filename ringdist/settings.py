@@ -39,6 +39,7 @@ class Settings:
     spin_us: float = 0.0  # RINGDIST_SPIN_US: microseconds to poll before blocking (see default_spin_us)
     spin_yield: bool = False  # more local ranks than cores: yield the core while spinning
     verbose: bool = False  # RINGDIST_VERBOSE
+    algo: tuple[tuple[str, str], ...] = ()  # RINGDIST_ALGO: (op, algorithm) pairs overriding the tuning table
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> "Settings":
@@ -67,6 +68,7 @@ class Settings:
             socket_buffers=socket_buffers,
             buffer_cache_mb=_number(env, "RINGDIST_BUFFER_CACHE_MB", cls.buffer_cache_mb, minimum=-1),
             verbose=env.get("RINGDIST_VERBOSE", "") not in ("", "0"),
+            algo=_algo(env.get("RINGDIST_ALGO")),
         )
 
 
@@ -81,6 +83,24 @@ def _socket_buffers(raw: str | None, default: tuple[int, int]) -> tuple[int, int
         raise ConfigError(f"RINGDIST_SOCKET_BUFFERS={raw!r}: at most {MAX_SOCKET_BUFFER} bytes each "
                           "(the kernel's limit for one socket buffer)")
     return rcv, snd
+
+
+ALGO_OPS = ("all_gather", "all_sum", "all_max", "all_min", "all_prod", "sum_scatter", "broadcast", "barrier",
+            "all_reduce", "*")  # all_reduce: the four reductions; *: every op
+
+
+def _algo(raw: str | None) -> tuple[tuple[str, str], ...]:
+    """RINGDIST_ALGO=op:name,op:name (op as in ALGO_OPS); which names exist is the tuning table's to check."""
+    if not raw or not raw.strip():
+        return ()
+    pairs = []
+    for item in raw.split(","):
+        op, sep, name = item.strip().partition(":")
+        if not sep or not name.strip() or op.strip() not in ALGO_OPS:
+            raise ConfigError(f"RINGDIST_ALGO={raw!r}: {item.strip()!r} is not op:algorithm "
+                              f"(op one of {', '.join(ALGO_OPS)})")
+        pairs.append((op.strip(), name.strip()))
+    return tuple(pairs)
 
 
 MAX_SOCKET_BUFFER = (1 << 30) - 1  # SO_RCVBUF / SO_SNDBUF take a C int, which the kernel doubles

@@ -24,7 +24,7 @@ import socket
 import threading
 import time
 
-from . import buffers, channel, deadlines, rendezvous
+from . import buffers, channel, comm, deadlines, rendezvous, tuning
 from .control import ControlLink
 from .endpoint import Endpoint
 from .errors import ConfigError
@@ -54,6 +54,9 @@ def current() -> Group:
     return _world or init()
 
 
+comm.set_default(current)  # what `group=None` means in every call
+
+
 def init(strict: bool = False, backend: str = "ring") -> Group:
     """The world group; later calls return the same group.
 
@@ -69,6 +72,7 @@ def init(strict: bool = False, backend: str = "ring") -> Group:
                 raise ConfigError(_not_launched("init(strict=True)"))
             return _world
         settings = Settings.from_env()
+        tuning.check_overrides(settings.algo)
         buffers.cache.limit = settings.buffer_cache_mb * (1 << 20)  # inf: no limit
         channel.SOCKET_BUFFERS = settings.socket_buffers
         job = _job = read_environment(dict(os.environ))

@@ -132,3 +132,44 @@ def test_split_and_point_to_point(n):
         same = sorted((q for q in range(n) if q % 2 == r % 2), reverse=True)
         assert gathered.tolist() == same, (r, gathered)
         assert np.array_equal(got, np.full(1000, (r - 1) % n, dtype=np.int32))
+
+
+ALGORITHM_NAMES = sorted(__import__("ringdist.algorithms", fromlist=["ALGORITHMS"]).ALGORITHMS)
+FORCED_CASES = [("all_gather", "float32", 7), ("all_gather", "int16", 3001), ("barrier", "", 0),
+                ("all_sum", "float32", 1), ("all_max", "int64", 1000), ("all_sum", "float64", 40_000),
+                ("sum_scatter", "float32", 17 * 16 * 3), ("broadcast", "float64", 1000), ("broadcast", "uint8", 0)]
+
+
+@pytest.mark.parametrize("name", ALGORITHM_NAMES)
+@pytest.mark.parametrize("n", range(1, 18))
+def test_every_algorithm_forced_on_every_op(n, name):
+    """RINGDIST_ALGO=*:name at every N: each op either runs on that algorithm and gives numpy's
+    answer on every rank, or every rank refuses it with the same ConfigError saying why."""
+    plan = [(op, dtype, count) for op, dtype, count in FORCED_CASES if op != "sum_scatter" or count % n == 0]
+
+    def rank(g: rd.Group) -> list:
+        out = []
+        for case in plan:
+            try:
+                out.append(run_case(g, *case))
+            except rd.ConfigError as exc:
+                out.append(exc)
+        return out
+
+    results = run_ranks(n, rank, algo=(("*", name),))
+    ran = 0
+    for i, (op, dtype, count) in enumerate(plan):
+        got = [results[r][i] for r in range(n)]
+        where = f"{op} {dtype} x{count}, N={n}, forced {name}"
+        if isinstance(got[0], rd.ConfigError):
+            assert all(str(e) == str(got[0]) for e in got), f"{where}: ranks refused differently: {got}"
+            assert f"forces {name} for {op}, which cannot run here" in str(got[0]), where
+            assert n > 1 and name != "ring", f"{where}: {got[0]}"
+            continue
+        ran += 1
+        want = expected(op, dtype, count, n)
+        for r in range(n):
+            w = want[r] if isinstance(want, list) else want
+            assert (got[r] is None) if w is None else np.array_equal(got[r], w), f"{where}, rank {r}"
+    if n == 2 or name == "ring":
+        assert ran, f"{name} ran nothing at N={n}"

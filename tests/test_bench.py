@@ -29,10 +29,10 @@ def test_alternate_compares_two_values_call_by_call():
     from helpers import run_launcher
 
     script = Path(__file__).resolve().parents[1] / "benchmarks" / "alternate.py"
-    res = run_launcher(["-n", "2", str(script), "1048576", "all_sum", "ringdist.collectives.PAIR_EXCHANGE_MAX",
+    res = run_launcher(["-n", "2", str(script), "1048576", "all_sum", "ringdist.tuning.PAIR_EXCHANGE_MAX",
                         "0", "2<<20", "--calls", "20", "--warmup", "4"], timeout=120)
     assert res.returncode == 0, res.stdout + res.stderr
-    line = re.search(r"^\[0\] all_sum 1048576 B on 2 ranks, ringdist\.collectives\.PAIR_EXCHANGE_MAX: "
+    line = re.search(r"^\[0\] all_sum 1048576 B on 2 ranks, ringdist\.tuning\.PAIR_EXCHANGE_MAX: "
                      r"0: median ([\d.]+) µs .* \| 2<<20: median ([\d.]+) µs .* \| B/A ([\d.]+) \(10 calls each\)$",
                      res.stdout, re.M)
     assert line, res.stdout

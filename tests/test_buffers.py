@@ -76,7 +76,7 @@ def test_medium_results_reuse_one_block_and_idle_medium_blocks_are_capped():
 
 
 def test_byte_view_is_the_raw_bytes_of_any_contiguous_array():
-    from ringdist.collectives import byte_view
+    from ringdist.arrays import byte_view
 
     cases = [np.arange(12, dtype=np.float32).reshape(3, 4), np.full((), 2.5), np.zeros(0, np.int8),
              np.zeros((2, 0, 3)), np.array([1, 2, 3], dtype="datetime64[s]"), np.ones(4, np.complex64),

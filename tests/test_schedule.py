@@ -54,7 +54,7 @@ def test_streams_use_both_directions_only_for_large_blocks():
 
 
 def test_one_host_and_several_links_are_told_from_the_listening_addresses():
-    from ringdist.group import one_host, several_links
+    from ringdist.comm import one_host, several_links
 
     assert one_host([[("127.0.0.1", 5000)], [("127.0.0.1", 5001)]])
     assert one_host([[("127.0.0.1", 5000)], [("127.0.0.2", 5001)], [("::1", 5002)]])

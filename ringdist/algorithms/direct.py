@@ -1,0 +1,59 @@
+"""Direct: every rank sends its block to every other rank at once, over the mesh (2 to 8 ranks).
+
+One step instead of the ring's N-1, so a small collective pays one wake-up per rank
+rather than N-1 in a row; each rank sends N-1 messages. Cost: all-gather α + (N-1)mβ per
+rank; all-reduce (every rank's whole array, reduced in rank order on every rank, so
+every rank gets the same bits) α + (N-1)nβ; broadcast α + nβ at the root, which also
+receives every other rank's header (every rank compares its call with every other's).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .. import buffers, wire
+from ..arrays import REDUCERS, byte_view, fold
+from ..comm import Comm
+from . import Algorithm
+from .common import direct_parts, needs_mesh, place_own, row_bounds
+
+
+def gather(g: Comm, arr: np.ndarray, out: np.ndarray, header: wire.Header, timeout: float | None) -> None:
+    place_own(g, arr, out)
+    g.exchange(header.fields["op"], *direct_parts(g, byte_view(out), row_bounds(g, arr)), header, timeout=timeout)
+
+
+def reduce(g: Comm, arr: np.ndarray, op: str, header: wire.Header, timeout: float | None) -> np.ndarray:
+    """Gather every rank's array directly, then reduce them in rank order (the same on every rank)."""
+    n = g.size()
+    stack = buffers.cache.empty((n,) + arr.shape, arr.dtype, min_bytes=buffers.SCRATCH_MIN_BYTES)
+    stack[g.rank()] = arr
+    size = arr.nbytes
+    g.exchange(op, *direct_parts(g, byte_view(stack), [(i * size, (i + 1) * size) for i in range(n)]), header,
+               timeout=timeout)
+    out = np.empty(arr.shape, arr.dtype)  # an array even when 0-d
+    fold(list(stack), REDUCERS[op], out)
+    return out
+
+
+_NOTHING = memoryview(bytearray())  # a header-only stream's payload
+
+
+def broadcast(g: Comm, out: np.ndarray, root: int, header: wire.Header, timeout: float | None) -> None:
+    """One exchange with every rank: the root's data to each, every other rank's header to
+    each (no payload), so every rank compares its call with every other rank's."""
+    mesh = g.mesh
+    assert mesh is not None
+    data = byte_view(out)
+    if g.rank() == root:
+        sends, recvs = [data] * len(mesh.order), [_NOTHING] * len(mesh.order)
+    else:
+        sends, recvs = [_NOTHING] * len(mesh.order), [data if p == root else _NOTHING for p in mesh.order]
+    g.exchange("broadcast", sends, recvs, header, timeout=timeout)
+
+
+def _fits(comm: Comm, kind: str, nbytes: int) -> str | None:
+    return needs_mesh(comm)
+
+
+ALGORITHM = Algorithm("direct", gather=gather, reduce=reduce, broadcast=broadcast, fits=_fits)

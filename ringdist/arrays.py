@@ -1,0 +1,50 @@
+"""numpy arrays as ringdist sends them: what dtypes it accepts, byte views, and the reductions."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+REDUCERS = {"all_sum": np.add, "all_max": np.maximum, "all_min": np.minimum, "all_prod": np.multiply}
+
+
+def as_array(x: Any) -> np.ndarray:
+    """`x` as an array of a dtype ringdist can send: any dtype with a fixed item size."""
+    arr = np.asarray(x)
+    if arr.dtype.hasobject:
+        raise TypeError("ringdist sends raw array bytes; object arrays are not supported")
+    if arr.dtype.itemsize == 0:
+        raise TypeError(f"dtype {arr.dtype} has no fixed item size")
+    return arr
+
+
+def as_rows(x: Any) -> np.ndarray:
+    """The input of a gather: a 0-d array counts as shape (1,)."""
+    arr = as_array(x)
+    return arr.reshape(1) if arr.ndim == 0 else arr
+
+
+def byte_view(arr: np.ndarray) -> memoryview:
+    """A flat byte view of a C-contiguous array (no copy)."""
+    try:
+        return memoryview(arr).cast("B")  # a third of the time of the numpy route, on every small call
+    except (TypeError, ValueError):  # dtypes without a buffer format (datetime64), empty N-d shapes
+        return memoryview(arr.reshape(-1).view(np.uint8))
+
+
+def check_reducible(arr: np.ndarray, op: str) -> None:
+    if arr.dtype.kind not in "biufc":  # strings would "add" by concatenation, truncated: refuse
+        raise TypeError(f"{op}: dtype {arr.dtype} is not numeric or bool; only those can be reduced")
+    probe = np.zeros(1, dtype=arr.dtype)
+    try:
+        REDUCERS[op](probe, probe, out=probe)
+    except TypeError:
+        raise TypeError(f"{op}: numpy cannot reduce dtype {arr.dtype} with {REDUCERS[op].__name__}") from None
+
+
+def fold(rows: list[np.ndarray], ufunc: Any, out: np.ndarray) -> None:
+    """out = rows[0] op rows[1] op ... in rank order, so every rank computing it gets the same bits."""
+    np.copyto(out, rows[0])
+    for row in rows[1:]:
+        ufunc(out, row, out=out)

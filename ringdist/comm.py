@@ -1,0 +1,355 @@
+"""A communicator: rank, size, the links to its peers, call numbering, and the broken state.
+
+A `Comm` knows how to run flows over its connections and what to do when that fails
+(mark itself broken, tell every peer with an ABORT); it knows no collective. The
+algorithms build the flows (`algorithms/`), the tuning table chooses among them
+(`tuning`), and the public `Group` adds `split` on top (`group`, `split`).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import numbers
+import select
+import threading
+import weakref
+from typing import Any, Callable
+
+import numpy as np
+
+from . import deadlines, transfer, wire
+from .exchange import exchange as exchange_direct
+from .channel import Channel
+from .endpoint import Endpoint, InboxKey
+from .errors import GroupBrokenError, PeerLostError, RingError
+from .mesh import MAX_RANKS as MESH_MAX_RANKS, MeshLinks
+from .ring import RingLinks
+from .settings import Settings
+
+HEADER_TEMPLATES = 256  # kinds of call whose header bytes a group keeps
+# Operations receiving more than this never spin: they wait on bandwidth, and a spin would
+# take CPU time the kernel's copies need (a 2-rank 64 MiB all_gather ran 1.6x slower spinning 2 ms).
+SPIN_MAX_BYTES = 4 << 20
+_open_groups: "weakref.WeakSet[Comm]" = weakref.WeakSet()
+_default: "Callable[[], Comm] | None" = None  # makes the world group (set by `world`)
+
+
+def several_links(addresses: list[list[tuple[str, int]]]) -> bool:
+    """Whether large blocks should go both ways round the ring, from the addresses the ranks
+    listen on: when they are on several hosts and some host has several addresses (a cable
+    to each neighbour, say), each direction of a link carries its own bytes. With one address
+    per host (one NIC, a switch) both directions leave by the same NIC: no more bandwidth,
+    and two flows per NIC instead of one. On one host there are only memory copies, which a
+    second stream per neighbour made 5-15% slower at 64 MiB."""
+    return not one_host(addresses) and any(len(listens) > 1 for listens in addresses)
+
+
+def one_host(addresses: list[list[tuple[str, int]]]) -> bool:
+    """Whether the ranks listening on these addresses are all on one host: every address
+    is a loopback one, or all are the same one."""
+    ips = {ip for listens in addresses for ip, _ in listens}
+    if len(ips) <= 1:
+        return True
+    try:
+        return all(ipaddress.ip_address(ip.split("%")[0]).is_loopback for ip in ips)
+    except ValueError:  # a name, not an address
+        return False
+
+
+def set_default(factory: "Callable[[], Comm]") -> None:
+    """Who makes the default communicator (`group=None`): `world.init`."""
+    global _default
+    _default = factory
+
+
+def default() -> "Comm":
+    """The default communicator: the world group, made on first use."""
+    assert _default is not None, "ringdist.world sets the default communicator"
+    return _default()
+
+
+class Comm:
+    """A set of ranks that run collectives together; `rank()` and `size()` as in MLX.
+
+    Every collective on a communicator must be called by all its ranks, in the same order.
+    Use `close()` (or `with`) to release its connections; open ones close at exit.
+    """
+
+    def __init__(self, *, gid: str, rank: int, size: int, endpoint: Endpoint | None,
+                 settings: Settings, addresses: list[list[tuple[str, int]]],
+                 world_ranks: list[int]):
+        self.gid = gid
+        self._rank = rank
+        self._size = size
+        self._endpoint = endpoint
+        self.settings = settings
+        self._addresses = addresses  # per group rank: the (ip, port) list it listens on
+        self._world_ranks = world_ranks  # per group rank: its rank in the world
+        self._seq = 0
+        self._header: wire.Header | None = None  # the last collective's (checked on watched channels)
+        self._channels: list[Channel] | None = None
+        self._headers: dict[tuple, wire.HeaderTemplate] = {}  # per kind of call: its header's fixed bytes
+        self._splits = 0
+        self._broken: str | None = None
+        self._closed = False
+        self._lock = threading.Lock()
+        self.ring: RingLinks | None = None
+        self.mesh: MeshLinks | None = None  # links to every rank, for the direct path (2..8 ranks)
+        # Every rank sees the same addresses, so every rank makes the same choice.
+        self.both_ways = settings.directions == 2 or (settings.directions == 0 and several_links(addresses))
+        self.direct_max_override = settings.direct_max  # RINGDIST_DIRECT_MAX (None: the tuning table's)
+        self._peers_polled: tuple[list[Channel], Any] | None = None  # see finish()
+        self._p2p_out: dict[int, list] = {}  # peer -> [Channel, messages sent]
+        self._p2p_in: dict[int, list] = {}  # peer -> [Channel, messages received]
+        if size > 1:
+            assert endpoint is not None
+            self.ring = RingLinks(endpoint, gid, rank, size, addresses, settings.lanes,
+                                  settings.connect_timeout)
+            if size <= MESH_MAX_RANKS:  # whatever this rank's settings: its peers expect the links
+                try:
+                    self.mesh = MeshLinks(endpoint, self.ring, addresses, settings.connect_timeout)
+                except BaseException:
+                    self.ring.close()
+                    raise
+        _open_groups.add(self)
+
+    def rank(self) -> int:
+        """This process's rank in the group."""
+        return self._rank
+
+    def size(self) -> int:
+        """Number of ranks in the group."""
+        return self._size
+
+    @property
+    def endpoint(self) -> Endpoint | None:
+        """This process's endpoint (None in a group of one)."""
+        return self._endpoint
+
+    @property
+    def addresses(self) -> list[list[tuple[str, int]]]:
+        """Per rank of the group: the (ip, port) list it listens on."""
+        return self._addresses
+
+    @property
+    def world_ranks(self) -> list[int]:
+        """Per rank of the group: its rank in the world."""
+        return self._world_ranks
+
+    def next_split(self) -> int:
+        """Number this communicator's next split (every rank numbers its splits alike)."""
+        self._splits += 1
+        return self._splits - 1
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else ("broken" if self._broken else "open")
+        return f"<ringdist.Group {self.gid!r} rank {self._rank} of {self._size} ({state})>"
+
+    def __enter__(self) -> "Comm":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    # ---- running collectives -----------------------------------------------------------------
+
+    @property
+    def channels(self) -> list[Channel]:
+        """Every connection of the group's collectives (watched for an ABORT during each one)."""
+        assert self.ring is not None
+        if self._channels is None:
+            self._channels = self.ring.channels + (self.mesh.own if self.mesh is not None else [])
+        return self._channels
+
+    def next_header(self, op: str, arr: np.ndarray, **extra: Any) -> wire.Header:
+        """Check the group is usable and make the header of this rank's next collective."""
+        if self._closed or self._broken:
+            self.check_usable(op)
+        seq = self._seq
+        self._seq += 1
+        if not self.both_ways:
+            extra["ways"] = 1  # in the header: ranks with different RINGDIST_DIRECTIONS fail, not hang
+        key = (op, arr.dtype, arr.shape, *extra.items())
+        template = self._headers.get(key)
+        if template is None:
+            dtype = arr.dtype.str if arr.dtype.fields is None else str(arr.dtype.descr)
+            template = wire.HeaderTemplate(op, dtype, arr.shape, **extra)
+            if len(self._headers) >= HEADER_TEMPLATES:
+                self._headers.clear()
+            self._headers[key] = template
+        self._header = header = template.make(seq)
+        return header
+
+    def check_usable(self, op: str) -> None:
+        """Refuse work on a closed group, or one whose earlier operation failed."""
+        if self._closed:
+            raise RingError(f"rank {self._rank}: group {self.gid!r} is closed")
+        if self._broken:
+            raise GroupBrokenError(
+                f"rank {self._rank}: group {self.gid!r} cannot run {op}: an earlier collective failed "
+                f"({self._broken}); its ranks are no longer in step")
+
+    def run(self, op: str, inflows: list[transfer.Inflow], outflows: list[transfer.Outflow],
+            channels: list[Channel] | None = None, timeout: float | None = None,
+            idle: Callable[[], bool] | None = None) -> None:
+        """Drive an operation's flows; on any failure tell the peers and mark the group broken.
+
+        `channels` are the connections to watch for an ABORT: the ring's for a collective
+        (the one whose header was made last), the pair's own for point-to-point.
+        """
+        seq: int | None = self._seq - 1
+        tell = None
+        if channels is None:
+            channels = self.channels
+        else:
+            seq = None
+            if self.ring is not None:  # a failed message breaks the group: its collectives must fail everywhere
+                tell = channels + self.channels
+        watched = channels
+        self._guarded(op, channels, seq, outflows, lambda: transfer.run(
+            inflows, outflows, watched, timeout=self._timeout(timeout), op=op, me=self._rank, seq=seq,
+            spin=self._spin(sum(flow.total for flow in inflows)), yield_core=self.settings.spin_yield,
+            idle=idle, header=None if seq is None else self._header), tell)
+
+    def exchange(self, op: str, sends: list[memoryview], recvs: list[memoryview], header: wire.Header,
+                 timeout: float | None = None, peers: list[int] | None = None) -> None:
+        """The direct path of the collective whose header was made last: `sends[i]` to rank
+        `peers[i]` (default: `mesh.order`, every other rank), `recvs[i]` from it."""
+        mesh = self.mesh
+        assert mesh is not None
+        seq = self._seq - 1
+        channels = self.channels
+        outflows: list[transfer.Outflow] = []  # sends that did not complete at once
+        settings = self.settings
+        try:  # as _guarded, written out: a lambda and a call cost 3-4 µs on the smallest collectives
+            try:
+                exchange_direct(mesh.ordered if peers is None else [mesh.peers[p] for p in peers], sends, recvs,
+                                header, outflows=outflows, watched=channels,
+                                timeout=settings.timeout if timeout is None else self._timeout(timeout), op=op,
+                                me=self._rank, seq=seq, spin=self._spin(sum(map(len, recvs))),
+                                yield_core=settings.spin_yield, poller=mesh.poller)
+            except PeerLostError:
+                transfer.pending_abort(channels, op)
+                raise
+        except BaseException as exc:
+            self._fail(op, channels, seq, outflows, exc)
+            raise
+
+    def finish(self, op: str) -> None:
+        """The collective whose header was made last has gone well here: raise the ABORT a
+        peer already sent for it, if one has arrived (a peer that timed out before this rank
+        came, or failed after sending its last frame of the call), and break the group.
+
+        One poll of a channel to every peer (the mesh's, else the ring neighbours'); only a
+        channel with bytes waiting has its next frame looked at."""
+        polled = self._peers_polled
+        if polled is None:
+            if self.ring is None:
+                return
+            if self.mesh is not None:
+                chans, poller = self.mesh.ordered, self.mesh.poller
+            else:
+                chans, poller = [self.ring.right[0], self.ring.left[0]], select.poll()
+                for ch in chans:
+                    poller.register(ch.fd, select.POLLIN)
+            polled = self._peers_polled = (chans, poller)
+        chans, poller = polled
+        ready = poller.poll(0)
+        if not ready:
+            for ch in chans:
+                if ch.stage_end != ch.stage_start:
+                    break
+            else:
+                return  # the common case: nothing has come since the call's last frame
+        seq = self._seq - 1
+        try:
+            transfer.abort_waiting(chans, ready, seq, op)
+        except BaseException as exc:
+            self._fail(op, self.channels, seq, [], exc)
+            raise
+
+    def _guarded(self, op: str, channels: list[Channel], seq: int | None, outflows: list[transfer.Outflow],
+                 body: Any, tell: list[Channel] | None = None) -> None:
+        """Run `body`; on any failure mark the group broken and send an ABORT on `tell`
+        (default: `channels`, the connections watched)."""
+        try:
+            try:
+                body()
+            except PeerLostError:
+                transfer.pending_abort(channels, op)  # the reason a peer left, if it sent one
+                raise
+        except BaseException as exc:
+            self._fail(op, channels if tell is None else tell, seq, outflows, exc)
+            raise
+
+    def _fail(self, op: str, channels: list[Channel], seq: int | None, outflows: list[transfer.Outflow],
+              exc: BaseException) -> None:
+        """Mark the group broken by `exc` and tell the peers (an ABORT on every channel)."""
+        self._broken = f"{op}: {type(exc).__name__}: {exc}"
+        transfer.abort(outflows, channels, exc, self._rank, seq)
+
+    def _spin(self, receiving: int) -> float:
+        """Seconds a wait may spin, for an operation receiving this many bytes: only operations
+        up to SPIN_MAX_BYTES spin; a large one would spin away the CPU time of kernel copies."""
+        if receiving > SPIN_MAX_BYTES:
+            return 0.0
+        return self.settings.spin_us * 1e-6
+
+    # ---- point-to-point connections ----------------------------------------------------------
+
+    def check_peer(self, peer: Any, op: str, role: str) -> int:
+        """Validate a send/recv peer rank; ValueError as numpy-style argument errors are."""
+        if self._size == 1:
+            raise ValueError(f"{op}: a group of size 1 has no other rank to {op} with")
+        if isinstance(peer, bool) or not isinstance(peer, numbers.Integral):
+            raise TypeError(f"{op}: {role} must be an integer rank, got {type(peer).__name__}")
+        peer = int(peer)
+        if not 0 <= peer < self._size:
+            raise ValueError(f"{op}: {role}={peer} is not a rank of group {self.gid!r} (size {self._size})")
+        if peer == self._rank:
+            raise ValueError(f"{op}: {role}={peer} is this rank itself")
+        return peer
+
+    def _timeout(self, timeout: float | None) -> float:
+        if timeout is None:
+            return self.settings.timeout
+        return deadlines.check_timeout(timeout)
+
+    def p2p_channel(self, peer: int, outgoing: bool, timeout: float | None = None) -> tuple[Channel, int]:
+        """The direct connection for messages to (or from) `peer`, opened on first use; and its
+        message number (the k-th message between the pair in that direction)."""
+        table = self._p2p_out if outgoing else self._p2p_in
+        if peer not in table:
+            assert self._endpoint is not None
+            deadline = deadlines.after(self.settings.connect_timeout if outgoing else self._timeout(timeout))
+            if outgoing:
+                sock = self._endpoint.connect(self._addresses[peer], InboxKey(self.gid, self._rank, "p2p", 0),
+                                              deadline, f"rank {peer} of group {self.gid!r}")
+            else:
+                sock = self._endpoint.take(InboxKey(self.gid, peer, "p2p", 0), deadline,
+                                           f"recv in group {self.gid!r}: waiting for rank {peer} to send")
+            table[peer] = [Channel(sock, me=self._rank, peer=peer, group=self.gid,
+                                   role="p2p-out" if outgoing else "p2p-in"), 0]
+        entry = table[peer]
+        entry[1] += 1
+        return entry[0], entry[1] - 1
+
+    def close(self) -> None:
+        """Release the group's connections. Idempotent; the group is unusable afterwards."""
+        if self._closed:
+            return
+        self._closed = True
+        if self.mesh is not None:
+            self.mesh.close()
+        if self.ring is not None:
+            self.ring.close()
+        for ch, _ in list(self._p2p_out.values()) + list(self._p2p_in.values()):
+            ch.close()
+        if self._endpoint is not None:
+            self._endpoint.discard(self.gid)
+        _open_groups.discard(self)
+
+
+def close_all() -> None:
+    for group in list(_open_groups):
+        group.close()

@@ -1,0 +1,41 @@
+"""`split`: new communicators from an existing one, by color and key (as `MPI_Comm_split`).
+
+Collective over the parent: the ranks exchange `(color, key)` with one small all-gather
+over the parent's connections, then each new communicator's members connect among
+themselves. The new communicator is of the parent's class.
+"""
+
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+
+from .collectives import gather_rows
+from .comm import Comm
+
+
+def split(parent: Comm, color: int, key: int = -1) -> Comm | None:
+    """Ranks of `parent` with equal `color` form a new communicator ordered by (`key`, parent rank).
+
+    `key < 0` means this rank's parent rank; `color < 0` means no communicator (returns None).
+    """
+    for name, value in (("color", color), ("key", key)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+            raise TypeError(f"Group.split: {name} must be an integer, got {type(value).__name__}")
+    color, key = int(color), int(key)
+    me = parent.rank()
+    if key < 0:
+        key = me
+    table = gather_rows(np.array([[color, key]], dtype=np.int64), group=parent, op="split")
+    split_no = parent.next_split()
+    if color < 0:
+        return None
+    members = sorted((int(k), p) for p, (c, k) in enumerate(table.tolist()) if c == color)
+    parents = [p for _, p in members]
+    return type(parent)(
+        gid=f"{parent.gid}/{split_no}:{color}", rank=parents.index(me), size=len(parents),
+        endpoint=parent.endpoint, settings=parent.settings,
+        addresses=[parent.addresses[p] for p in parents],
+        world_ranks=[parent.world_ranks[p] for p in parents],
+    )

@@ -1,0 +1,157 @@
+"""The tuning table: which algorithm runs a collective, from its kind, the group and the size.
+
+One table, read top to bottom: the first row of the collective's kind whose condition
+holds and whose algorithm can run the case wins. Conditions see `Facts`: the group size,
+the bytes each rank contributes, whether the group has a mesh (a connection to every
+rank: groups of 2 to 8), whether large blocks go both ways round the ring, and the
+direct-exchange limit (`RINGDIST_DIRECT_MAX`, else by group size). Every threshold was
+measured on localhost with variants alternating call by call (docs/design.md has the
+figures). `RINGDIST_ALGO=op:name,...` overrides the table for benchmarks and debugging;
+the chosen algorithm's name rides in every header, so ranks that chose differently fail
+with MismatchError instead of waiting on each other.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from .algorithms import ALGORITHMS, Algorithm
+from .comm import Comm
+from .errors import ConfigError
+
+KIND_OF = {"all_gather": "gather", "barrier": "gather", "split": "gather",
+           "all_sum": "reduce", "all_max": "reduce", "all_min": "reduce", "all_prod": "reduce",
+           "sum_scatter": "reduce_scatter", "broadcast": "broadcast"}
+
+# Direct exchange limits (RINGDIST_DIRECT_MAX's default), per-rank block bytes. On more than two
+# ranks one direct step beats N-1 ring steps up to 1 MiB blocks (10-40% at 512 KiB-1 MiB), and
+# ties at 2-4 MiB. Two ranks going one way round the ring have one step either way: a 512 KiB
+# all_gather took a median of about 140 us directly against 200 on the ring, a 1 MiB one 390
+# against 340 (separate launches, 20 windows of 400 calls each). Going both ways round, the ring
+# uses both of the pair's connections from 256 KiB.
+DIRECT_MAX_PAIR = 512 * 1024
+DIRECT_MAX_PAIR_BOTH_WAYS = 256 * 1024
+DIRECT_MAX_MESH = 1024 * 1024
+# Blocks up to this size gather by recursive doubling on 4 or 8 ranks: 4-32 KiB 20-40% faster
+# than one exchange with every rank (4 ranks); 64 KiB 25% slower.
+DOUBLING_GATHER_MAX = 32 * 1024
+# A reduction exchanges whole arrays only up to this size: recursive doubling beat one step with
+# every rank from 4 KiB to 256 KiB (by 15-60%, 4 ranks), and lost to two-shot at 1 MiB.
+ONE_SHOT_MAX = 256 * 1024
+# Two ranks exchange whole arrays up to this size: 1 MiB 17-24% and 2 MiB 14-16% faster than
+# the ring's reduce-scatter and all-gather, 3 MiB 4% faster, 4-8 MiB 7-9% slower.
+PAIR_EXCHANGE_MAX = 2 << 20
+
+
+@dataclass(frozen=True)
+class Facts:
+    """What a row's condition may look at: the same on every rank of the group."""
+
+    n: int  # ranks in the group
+    nbytes: int  # bytes each rank contributes (its block of a gather, its whole array of a reduction)
+    mesh: bool  # a connection to every rank (groups of 2 to 8)
+    both_ways: bool  # large blocks go half each way round the ring (a cable to each neighbour)
+    direct_max: int  # largest per-rank block exchanged directly
+
+    @property
+    def pow2(self) -> bool:
+        return self.n & (self.n - 1) == 0
+
+    @property
+    def block(self) -> int:
+        """Bytes of one rank's share of a reduction's array (rounded up)."""
+        return -(-self.nbytes // self.n)
+
+
+@dataclass(frozen=True)
+class Row:
+    kind: str
+    algorithm: str
+    when: Callable[[Facts], bool]
+    why: str  # the measurement behind the row, or what it is for
+
+
+def _always(f: Facts) -> bool:
+    return True
+
+
+TABLE: list[Row] = [
+    Row("gather", "doubling", lambda f: f.mesh and f.n > 2 and f.pow2 and f.nbytes <= min(DOUBLING_GATHER_MAX, f.direct_max),
+        "log2(N) steps: 4-32 KiB blocks 20-40% faster than one direct exchange on 4 ranks"),
+    Row("gather", "direct", lambda f: f.mesh and f.nbytes <= f.direct_max,
+        "one step instead of N-1: up to 1 MiB blocks 10-40% faster than the ring"),
+    Row("gather", "ring", _always, "bandwidth-optimal, and the only one for groups over 8"),
+    Row("reduce", "pairwise", lambda f: f.n == 2 and not f.both_ways and f.mesh
+        and f.nbytes <= min(PAIR_EXCHANGE_MAX, f.direct_max),
+        "two ranks on their direct connection: 512 KiB 24-32% faster than two steps of half arrays"),
+    Row("reduce", "doubling", lambda f: f.mesh and f.pow2 and f.nbytes <= min(ONE_SHOT_MAX, f.direct_max),
+        "4-256 KiB 15-60% faster than one exchange with every rank (4 ranks)"),
+    Row("reduce", "direct", lambda f: f.mesh and f.nbytes <= min(ONE_SHOT_MAX, f.direct_max),
+        "small arrays on 3, 5, 6, 7 ranks: one step"),
+    Row("reduce", "two-shot", lambda f: f.mesh and f.block <= f.direct_max,
+        "the ring's bytes in 2 steps instead of 2(N-1): 4-rank 1 MiB 2.2-2.7 -> 1.0-1.2 ms"),
+    Row("reduce", "pairwise-ring", lambda f: f.n == 2 and f.nbytes <= PAIR_EXCHANGE_MAX,
+        "two ranks, 1-2 MiB: 14-24% faster than the ring's reduce-scatter and all-gather"),
+    Row("reduce", "ring", _always, "bandwidth-optimal"),
+    Row("reduce_scatter", "ring", _always, "bandwidth-optimal"),
+    Row("broadcast", "direct", lambda f: f.mesh and f.nbytes <= f.direct_max,
+        "one step, and every rank checks every other rank's call"),
+    Row("broadcast", "ring", _always, "a pipelined chain from the root"),
+]
+
+
+def default_direct_max(comm: Comm) -> int:
+    """RINGDIST_DIRECT_MAX's default for this group."""
+    if comm.size() > 2:
+        return DIRECT_MAX_MESH
+    return DIRECT_MAX_PAIR_BOTH_WAYS if comm.both_ways else DIRECT_MAX_PAIR
+
+
+def facts(comm: Comm, nbytes: int) -> Facts:
+    limit = comm.direct_max_override
+    return Facts(n=comm.size(), nbytes=nbytes, mesh=comm.mesh is not None, both_ways=comm.both_ways,
+                 direct_max=default_direct_max(comm) if limit is None else limit)
+
+
+def forced(comm: Comm, op: str) -> str | None:
+    """The algorithm RINGDIST_ALGO names for `op`, if any (the last matching entry wins)."""
+    kind = KIND_OF[op]
+    name = None
+    for entry_op, entry_name in comm.settings.algo:
+        if entry_op in (op, "*") or (entry_op == "all_reduce" and kind == "reduce"):
+            name = entry_name
+    return name
+
+
+def choose(comm: Comm, op: str, nbytes: int) -> Algorithm:
+    """The algorithm that runs `op` on `comm` for `nbytes` per rank: RINGDIST_ALGO's, else the table's."""
+    kind = KIND_OF[op]
+    name = forced(comm, op)
+    if name is not None:
+        algorithm = ALGORITHMS.get(name)
+        if algorithm is None:
+            raise ConfigError(f"RINGDIST_ALGO: no algorithm {name!r} (there are {', '.join(sorted(ALGORITHMS))})")
+        why = algorithm.why_not(comm, kind, nbytes)
+        if why is not None:
+            raise ConfigError(f"RINGDIST_ALGO forces {name} for {op}, which cannot run here: {why}")
+        return algorithm
+    f = facts(comm, nbytes)
+    for row in TABLE:
+        if row.kind == kind and row.when(f):
+            algorithm = ALGORITHMS[row.algorithm]
+            if algorithm.why_not(comm, kind, nbytes) is None:
+                return algorithm
+    raise AssertionError(f"the tuning table has no row for {op} on {comm!r}")  # every kind ends in the ring
+
+
+def check_overrides(settings_algo: tuple[tuple[str, str], ...]) -> None:
+    """ConfigError naming RINGDIST_ALGO if it names an algorithm that does not exist, or one that
+    has no such kind of collective at all."""
+    for op, name in settings_algo:
+        algorithm = ALGORITHMS.get(name)
+        if algorithm is None:
+            raise ConfigError(f"RINGDIST_ALGO: no algorithm {name!r} (there are {', '.join(sorted(ALGORITHMS))})")
+        kinds = {KIND_OF[o] for o in KIND_OF if op in (o, "*") or (op == "all_reduce" and KIND_OF[o] == "reduce")}
+        if not any(getattr(algorithm, k) is not None for k in kinds):
+            raise ConfigError(f"RINGDIST_ALGO: {name} cannot run {op} (it runs {', '.join(algorithm.kinds())})")

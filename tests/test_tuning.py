@@ -1,0 +1,87 @@
+"""The tuning table: which algorithm each case gets, RINGDIST_ALGO, and its errors."""
+
+from __future__ import annotations
+
+import pytest
+
+import ringdist as rd
+from ringdist import tuning
+from ringdist.algorithms import ALGORITHMS
+from ringdist.settings import Settings
+
+from harness import RankFailed, run_ranks
+from helpers import SCRIPTS, run_launcher
+
+
+def chosen(n: int, op: str, nbytes: int, **settings) -> str:
+    return run_ranks(n, lambda g: tuning.choose(g, op, nbytes).name, **settings)[0]
+
+
+@pytest.mark.parametrize("n, op, nbytes, name", [
+    (2, "all_gather", 4096, "direct"),
+    (2, "all_gather", 1 << 20, "ring"),
+    (4, "all_gather", 4096, "doubling"),
+    (4, "all_gather", 64 << 10, "direct"),
+    (4, "all_gather", 2 << 20, "ring"),
+    (3, "all_gather", 4096, "direct"),
+    (9, "all_gather", 4096, "ring"),
+    (2, "all_sum", 4096, "pairwise"),
+    (2, "all_sum", 1 << 20, "two-shot"),
+    (2, "all_sum", 2 << 20, "pairwise-ring"),
+    (2, "all_sum", 4 << 20, "ring"),
+    (4, "all_sum", 64 << 10, "doubling"),
+    (3, "all_sum", 64 << 10, "direct"),
+    (4, "all_sum", 1 << 20, "two-shot"),
+    (4, "all_sum", 16 << 20, "ring"),
+    (16, "all_sum", 4096, "ring"),
+    (4, "sum_scatter", 4096, "ring"),
+    (4, "broadcast", 4096, "direct"),
+    (4, "broadcast", 4 << 20, "ring"),
+])
+def test_the_table_chooses_as_measured(n, op, nbytes, name):
+    assert chosen(n, op, nbytes) == name
+
+
+def test_the_direct_limit_moves_the_crossover():
+    assert chosen(4, "all_gather", 64 << 10, direct_max=0) == "ring"
+    assert chosen(4, "all_sum", 4096, direct_max=0) == "ring"
+    assert chosen(2, "all_sum", 4096, directions=2) == "doubling"  # both ways: the pair keeps to the table's next row
+
+
+def test_rings_close_every_kind():
+    for kind in ("gather", "reduce", "reduce_scatter", "broadcast"):
+        assert [r.algorithm for r in tuning.TABLE if r.kind == kind][-1] == "ring"
+    assert {r.algorithm for r in tuning.TABLE} <= set(ALGORITHMS)
+
+
+def test_ringdist_algo_overrides_and_is_checked():
+    assert chosen(4, "all_sum", 4096, algo=(("all_sum", "ring"),)) == "ring"
+    assert chosen(4, "all_max", 4096, algo=(("all_reduce", "direct"),)) == "direct"
+    assert chosen(4, "all_gather", 4096, algo=(("all_sum", "ring"),)) == "doubling"  # other ops: the table
+    with pytest.raises(RankFailed) as failed:
+        run_ranks(3, lambda g: tuning.choose(g, "all_sum", 4096), algo=(("*", "doubling"),))
+    for exc in failed.value.errors:
+        assert isinstance(exc, rd.ConfigError) and str(exc).startswith(
+            "RINGDIST_ALGO forces doubling for all_sum, which cannot run here: it needs a power-of-two group size")
+    with pytest.raises(rd.ConfigError, match="RINGDIST_ALGO: no algorithm 'bogus'"):
+        tuning.check_overrides((("*", "bogus"),))
+    with pytest.raises(rd.ConfigError, match="RINGDIST_ALGO: two-shot cannot run all_gather"):
+        tuning.check_overrides((("all_gather", "two-shot"),))
+    with pytest.raises(rd.ConfigError, match="RINGDIST_ALGO"):
+        Settings.from_env({"RINGDIST_ALGO": "all_sum=ring"})
+
+
+def test_the_launcher_refuses_an_unknown_algorithm_in_one_line():
+    res = run_launcher(["-n", "2", "--env", "RINGDIST_ALGO=all_sum:fastest", str(SCRIPTS / "exit_code.py"),
+                        "-1", "0", "0"], timeout=30)
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert res.stderr.strip().splitlines()[-1].startswith("ringdist-launch: error: RINGDIST_ALGO: no algorithm 'fastest'")
+
+
+def test_ranks_forcing_different_algorithms_fail_with_a_mismatch_on_every_rank():
+    res = run_launcher(["-n", "4", str(SCRIPTS / "per_rank_algo.py"), "ring", "ring", "two-shot", "ring"],
+                       timeout=60, env={"RINGDIST_TIMEOUT": "20"})
+    lines = [line for line in res.stdout.splitlines() if "raised" in line or " ok " in line]
+    assert len(lines) == 4, res.stdout + res.stderr
+    assert all("raised MismatchError" in line for line in lines), res.stdout
+    assert "two-shot" in res.stdout
