@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import numbers
+import os
 import select
 import threading
 import weakref
@@ -17,7 +18,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from . import deadlines, transfer, wire
+from . import deadlines, forks, transfer, wire
 from .exchange import exchange as exchange_direct
 from .channel import Channel
 from .endpoint import Endpoint, InboxKey
@@ -112,6 +113,8 @@ class Comm:
                     self.ring.close()
                     raise
         _open_groups.add(self)
+        if endpoint is not None:  # a group of one process has no connections: it works in a child too
+            forks.track(self)
 
     def rank(self) -> int:
         """This process's rank in the group."""
@@ -333,6 +336,18 @@ class Comm:
         entry = table[peer]
         entry[1] += 1
         return entry[0], entry[1] - 1
+
+    def forget_in_child(self) -> None:
+        """In a forked child (its copies of the connections are closed by `forks`): refuse every
+        operation, saying whose group this is. No lock is taken: the child has no other thread."""
+        why = (f"this group belongs to process {forks.parent()}; a forked child (process {os.getpid()}) "
+               f"cannot use it")
+
+        def refuse(op: str) -> None:
+            raise RingError(f"rank {self._rank}: {op} on group {self.gid!r}: {why}")
+
+        self.check_usable = refuse  # type: ignore[method-assign] - every operation checks the group first
+        self._broken = why  # collectives check only groups marked closed or broken
 
     def close(self) -> None:
         """Release the group's connections. Idempotent; the group is unusable afterwards."""

@@ -18,15 +18,14 @@ from __future__ import annotations
 
 import os
 import socket
-import sys
 import weakref
 from typing import Any
 
-from .errors import RingError
 
 _sockets: "weakref.WeakSet[socket.socket]" = weakref.WeakSet()
 _holders: "weakref.WeakSet[Any]" = weakref.WeakSet()  # objects with a forget_in_child() method
 _owner = os.getpid()  # the process the tracked sockets belong to
+_parent = _owner  # in a forked child: the process it was forked from
 
 
 def track(thing: Any) -> Any:
@@ -36,21 +35,14 @@ def track(thing: Any) -> Any:
     return thing
 
 
-def _disown(group: Any, owner: int) -> None:
-    """Make a parent's group refuse every operation in this child, with an error saying why."""
-    child = os.getpid()
-    why = f"this group belongs to process {owner}; a forked child (process {child}) cannot use it"
-
-    def refuse(op: str) -> None:
-        raise RingError(f"rank {group.rank()}: {op} on group {group.gid!r}: {why}")
-
-    group.check_usable = refuse  # every operation checks the group first
-    group._broken = why  # collectives check only groups marked closed or broken
+def parent() -> int:
+    """In a forked child: the process whose sockets and groups it inherited."""
+    return _parent
 
 
 def _after_fork_in_child() -> None:
-    global _owner
-    owner, _owner = _owner, os.getpid()
+    global _owner, _parent
+    _parent, _owner = _owner, os.getpid()
     for sock in list(_sockets):
         try:
             sock.close()  # this process's descriptor only: no shutdown, the parent's stays open
@@ -60,11 +52,6 @@ def _after_fork_in_child() -> None:
     for holder in list(_holders):
         holder.forget_in_child()
     _holders.clear()
-    group_module = sys.modules.get("ringdist.group")
-    if group_module is not None:
-        for group in list(group_module._open_groups):
-            if group._endpoint is not None:  # a group of one process without connections works anywhere
-                _disown(group, owner)
 
 
 if hasattr(os, "register_at_fork"):
