@@ -22,6 +22,7 @@ import sys
 import weakref
 from typing import Any
 
+from . import channel
 from .errors import RingError
 
 _sockets: "weakref.WeakSet[socket.socket]" = weakref.WeakSet()
@@ -52,10 +53,7 @@ def _after_fork_in_child() -> None:
     global _owner
     owner, _owner = _owner, os.getpid()
     for sock in list(_sockets):
-        try:
-            sock.close()  # this process's descriptor only: no shutdown, the parent's stays open
-        except OSError:
-            pass
+        channel.close_quietly(sock)  # this process's descriptor only: no shutdown, the parent's stays open
     _sockets.clear()
     for holder in list(_holders):
         holder.forget_in_child()
