@@ -19,6 +19,7 @@ import pytest
 from ringdist import wire
 from ringdist.channel import recv_control
 from ringdist.handshake import server_handshake
+from ringdist.rendezvous import RendezvousServer
 
 SECRET = b"registration test secret"
 
@@ -87,3 +88,20 @@ def test_a_rendezvous_connection_broken_during_registration_is_a_ring_error_nami
     kind, _, message = res.stdout.strip().partition(": ")
     assert kind in ("ConnectError", "PeerLostError"), out
     assert f"{host}:{port}" in message and "rank 0" in message, out
+
+
+def test_an_init_timeout_that_passes_before_the_registration_is_sent_is_a_ring_timeout_error():
+    """RINGDIST_INIT_TIMEOUT so short that it has passed when the rank sends its registration."""
+    server = RendezvousServer(SECRET.decode(), 2)
+    server.start()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RINGDIST_")}
+    env.update(RINGDIST_RANK="0", RINGDIST_WORLD_SIZE="2", RINGDIST_RENDEZVOUS=server.address,
+               RINGDIST_SECRET=SECRET.decode(), RINGDIST_CONNECT_TIMEOUT="10", RINGDIST_INIT_TIMEOUT="1e-9")
+    try:
+        res = subprocess.run([sys.executable, "-c", RANK], capture_output=True, text=True, timeout=60, env=env)
+    finally:
+        server.close()
+    out = res.stdout + res.stderr
+    assert res.returncode == 3 and "Traceback" not in res.stderr, out
+    assert res.stdout.startswith(f"RingTimeoutError: rank 0: init() timed out after 1e-09 s at the rendezvous "
+                                 f"{server.address}"), out
