@@ -20,6 +20,7 @@ import time
 from dataclasses import dataclass
 from typing import Iterator, Sequence, Union
 
+from ringdist.errors import ConnectError
 from ringdist.rendezvous import RendezvousServer
 
 from .output import LineWriter, Pump, pump_rank
@@ -197,7 +198,7 @@ class _Supervisor:
         )
         try:
             server.start()
-        except OSError as e:
+        except ConnectError as e:
             self.writer.message(f"ringdist-launch: error: cannot start the rendezvous service: {e}")
             return False
         self.server = server

@@ -23,7 +23,6 @@ ProtocolError the connection is refused like any other.
 
 from __future__ import annotations
 
-import errno
 import logging
 import math
 import os
@@ -34,8 +33,8 @@ import time
 from collections import OrderedDict
 from typing import Any, Callable
 
-from . import forks
-from .errors import AuthError, ProtocolError
+from . import channel, forks
+from .errors import AuthError, PeerLostError, ProtocolError
 from .handshake import ServerHandshake
 
 log = logging.getLogger("ringdist")
@@ -43,7 +42,6 @@ log = logging.getLogger("ringdist")
 MAX_PENDING_HANDSHAKES = 64
 ACCEPTS_PER_ROUND = 32  # arrivals taken per wake-up: handshakes in progress are served first
 PAUSE_WHEN_OUT_OF_FDS = 0.1  # seconds the listeners rest when no handshake can be evicted
-_OUT_OF_FDS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 
 
 class RefusalLog:
@@ -148,10 +146,7 @@ class Acceptor:
         self._pending.clear()
         self._selector.close()
         for fd in (self._wake_r, self._wake_w):
-            try:
-                os.close(fd)
-            except OSError:
-                pass
+            channel.close_quietly(fd)
 
     # ---- the loop ------------------------------------------------------------------------------
 
@@ -178,18 +173,18 @@ class Acceptor:
 
     def _accept(self, lsock: socket.socket) -> None:
         for _ in range(ACCEPTS_PER_ROUND):
-            try:
-                conn, addr = lsock.accept()
-            except BlockingIOError:
+            got = channel.accept(lsock)
+            if got is None:
                 return
-            except OSError as exc:
-                if exc.errno not in _OUT_OF_FDS:
+            if isinstance(got, channel.AcceptFailed):
+                if not got.out_of_fds:
                     continue  # ECONNABORTED and the like: that arrival is gone, the next may be fine
                 if not self._pending:
-                    self._pause(exc)
+                    self._pause(got.reason)
                     return
-                self._evict(f"evicted to free a file descriptor ({os.strerror(exc.errno)})")
+                self._evict(f"evicted to free a file descriptor ({got.reason})")
                 continue
+            conn, addr = got
             if len(self._pending) >= self.max_pending:
                 self._evict(f"evicted: {self.max_pending} handshakes in progress")
             forks.track(conn)
@@ -204,7 +199,7 @@ class Acceptor:
         """Drop the handshake in progress that has been idle longest."""
         self._drop(min(self._pending.values(), key=lambda p: p.active), why)
 
-    def _pause(self, exc: OSError) -> None:
+    def _pause(self, why: str) -> None:
         """Out of file descriptors with nothing to evict: stop watching the listeners for a moment."""
         self._paused_until = time.monotonic() + PAUSE_WHEN_OUT_OF_FDS
         for lsock in self._listeners:
@@ -212,7 +207,7 @@ class Acceptor:
                 self._selector.unregister(lsock)
             except KeyError:
                 pass
-        self.refusals.refuse("(not accepted)", f"cannot accept: {os.strerror(exc.errno or 0)}")
+        self.refusals.refuse("(not accepted)", f"cannot accept: {why}")
 
     def _resume(self) -> None:
         self._paused_until = 0.0
@@ -233,9 +228,8 @@ class Acceptor:
             if events & selectors.EVENT_WRITE:
                 self._send(p)
             while not hs.outgoing and hs.want():
-                try:
-                    data = p.sock.recv(hs.want())
-                except BlockingIOError:
+                data = channel.recv_ready(p.sock, hs.want())
+                if data is None:
                     break
                 if not data:
                     self._drop(p, f"connection closed after {hs.received} bytes of handshake")
@@ -247,8 +241,8 @@ class Acceptor:
             self._send_last_words(p)
             self._drop(p, str(exc))
             return
-        except OSError as exc:
-            self._drop(p, f"{type(exc).__name__}: {exc.strerror or exc}")
+        except PeerLostError as exc:
+            self._drop(p, str(exc))
             return
         if hs.done and not hs.outgoing:
             self._hand_off(p)
@@ -257,9 +251,8 @@ class Acceptor:
         """Send what the handshake queued; wait for EVENT_WRITE if the socket takes only part."""
         out = p.hs.outgoing
         while out:
-            try:
-                sent = p.sock.send(out)
-            except BlockingIOError:
+            sent = channel.send_ready(p.sock, out)
+            if not sent:
                 break
             del out[:sent]
         want_write = bool(out)
@@ -272,8 +265,8 @@ class Acceptor:
         """The REJECT a refusal queued, if the socket takes it now (a stranger is not waited for)."""
         if p.hs.outgoing:
             try:
-                p.sock.send(p.hs.outgoing)
-            except OSError:
+                channel.send_ready(p.sock, p.hs.outgoing)
+            except PeerLostError:
                 pass
 
     def _hand_off(self, p: _Pending) -> None:

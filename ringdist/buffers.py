@@ -17,6 +17,8 @@ import weakref
 
 import numpy as np
 
+from . import channel
+
 # Results from this size come from the cache; smaller ones from numpy. Whether numpy's malloc
 # reuses freed memory depends on what else the program allocated: in the shared harness every
 # 2-rank 1 MiB all_gather (a 2 MiB result) faulted its pages in, fastest call 584-643 µs; from
@@ -84,11 +86,7 @@ class BufferCache:
         if size < MEDIUM_BYTES:
             self._drop_idle(size, MEDIUM_IDLE_BYTES, lambda block: len(block.mem) < MEDIUM_BYTES)
         mem = mmap.mmap(-1, size)
-        if hasattr(mmap, "MADV_HUGEPAGE"):
-            try:
-                mem.madvise(mmap.MADV_HUGEPAGE)  # fewer faults and TLB misses in the copies
-            except OSError:
-                pass
+        channel.advise_huge_pages(mem)  # fewer faults and TLB misses in the copies
         block = _Block(mem)
         blocks.append(block)
         return block
@@ -107,6 +105,11 @@ class BufferCache:
 
 
 cache = BufferCache(int(1024 * (1 << 20)))  # its limit is set by init() from RINGDIST_BUFFER_CACHE_MB
+
+
+def configure(limit: float) -> None:
+    """Keep at most `limit` bytes of idle blocks in the process's cache (`inf`: no limit, 0: none)."""
+    cache.limit = limit
 
 
 class ChunkedCopy:

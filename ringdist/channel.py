@@ -1,85 +1,51 @@
-"""One authenticated TCP connection to a peer, and blocking frame I/O with deadlines.
+"""One socket: the only module where an `OSError` becomes a `RingError`.
 
-A `Channel` owns its socket and a small staging buffer: bytes read ahead of the
-current frame (the next collective's header, say) wait there for the next reader.
-Large payloads bypass the buffer (`recv_into` straight into the output array).
+Every socket operation ringdist makes goes through here, and so do the few other
+system calls that can fail on their own (a secret file, a memory hint, a descriptor to
+close): each error is translated once, into a `RingError` subclass whose message names
+the address and, where the caller passes it, the peer and the operation.
+
+- opening: `listen`, `dial`, `accept` (with `AcceptFailed` for an arrival that could not be
+  taken, out of file descriptors or not), `resolve`, `datagram_addresses`, `route_source`;
+- non-blocking I/O: `recv_ready`, `send_ready`;
+- blocking I/O with deadlines: `send_blocking`, `recv_exact`, `recv_control`,
+  `wait_until_closed` (PeerLostError, RingTimeoutError, ProtocolError);
+- closing: `close_quietly`, `shutdown_quietly`, `forget_fd`;
+- edges that are not sockets: `read_private_file` (ConfigError), `advise_huge_pages`.
+
+A `Channel` is an authenticated connection to a peer rank. It owns its socket and a
+small staging buffer: bytes read ahead of the current frame (the next collective's
+header, say) wait there for the next reader. Large payloads bypass the buffer
+(`recv_into` straight into the output array).
 """
 
 from __future__ import annotations
 
+import errno
+import mmap
+import os
+import select
 import socket
-import time
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Union
 
 from . import deadlines, wire
-from .errors import PeerLostError, ProtocolError, RingTimeoutError
+from .errors import ConfigError, ConnectError, PeerLostError, ProtocolError, RingTimeoutError
 
 STAGE_SIZE = 256 * 1024
-
 
 # (receive, send) buffer bytes for data connections; 0 leaves one to the kernel's autotuning.
 # Measured on localhost: a 2 MiB / 1 MiB cap is 10-20% faster at 1-16 MiB than autotuning
 # (which grows the receive queue to tens of MiB, so data goes cold in cache before it is read).
-# init() sets it from RINGDIST_SOCKET_BUFFERS.
-SOCKET_BUFFERS = (2 << 20, 1 << 20)
+DEFAULT_SOCKET_BUFFERS = (2 << 20, 1 << 20)
+_socket_buffers = DEFAULT_SOCKET_BUFFERS  # what a Channel made without `buffers=` gets
+
+_OUT_OF_FDS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 
 
-def configure(sock: socket.socket) -> None:
-    """Socket options for a data connection: no Nagle delay, keepalive, bounded buffers."""
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-    rcv, snd = SOCKET_BUFFERS
-    if rcv:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcv)
-    if snd:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, snd)
-
-
-def send_blocking(sock: socket.socket, data: bytes, deadline: float) -> None:
-    """sendall with an absolute deadline (socket.timeout when it passes)."""
-    view = memoryview(data)
-    while view:
-        sock.settimeout(deadlines.socket_wait(deadline))
-        try:
-            sent = sock.send(view)
-        except socket.timeout:
-            if deadlines.passed(deadline):
-                raise
-            continue  # one slice of a long wait ended
-        view = view[sent:]
-
-
-def recv_exact(sock: socket.socket, n: int, deadline: float) -> bytes:
-    """Exactly n bytes, or EOFError / socket.timeout."""
-    buf = bytearray(n)
-    view = memoryview(buf)
-    got = 0
-    while got < n:
-        sock.settimeout(deadlines.socket_wait(deadline))
-        try:
-            k = sock.recv_into(view[got:])
-        except socket.timeout:
-            if deadlines.passed(deadline):
-                raise
-            continue  # one slice of a long wait ended
-        if k == 0:
-            raise EOFError(f"connection closed after {got} of {n} bytes")
-        got += k
-    return bytes(buf)
-
-
-def recv_control(sock: socket.socket, deadline: float, expect: int | None = None) -> tuple[int, dict[str, Any], bytes]:
-    """One control frame: (kind, decoded map, raw body). ProtocolError on anything else."""
-    kind, length = wire.decode_prefix(recv_exact(sock, wire.PREFIX_SIZE, deadline))
-    if kind == wire.DATA:
-        raise ProtocolError("DATA frame where a control frame was expected")
-    body = recv_exact(sock, length, deadline)
-    fields = wire.decode_map(body)
-    if expect is not None and kind != expect:
-        if kind == wire.REJECT:
-            raise ProtocolError(f"refused by peer: {fields.get('reason', '?')}")
-        raise ProtocolError(f"expected a {wire.KIND_NAMES[expect]} frame, got {wire.KIND_NAMES[kind]}")
-    return kind, fields, body
+def reason(exc: BaseException) -> str:
+    """An OS error in a few words: its strerror when it has one."""
+    return (exc.strerror if isinstance(exc, OSError) else None) or str(exc) or type(exc).__name__
 
 
 def socket_error(exc: OSError) -> str:
@@ -91,22 +57,324 @@ def socket_error(exc: OSError) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-class Channel:
-    """An authenticated connection to `peer` (a rank of group `group`), in non-blocking mode."""
+def format_address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
-    def __init__(self, sock: socket.socket, *, me: int, peer: int, group: str, role: str, lane: int = 0):
+
+def peer_address(sock: socket.socket) -> str:
+    """'host:port' of the other end, or '?' when the socket has none (closed, not connected, a pair)."""
+    try:
+        name = sock.getpeername()
+    except OSError:
+        return "?"
+    if isinstance(name, tuple) and len(name) >= 2:
+        return f"{name[0]}:{name[1]}"
+    return "?"
+
+
+# ---- socket options ------------------------------------------------------------------------
+
+
+def configure_defaults(settings: Any) -> None:
+    """The process default for data connections' buffers: `settings.socket_buffers` (RCV, SND).
+
+    Used by a `Channel` made without `buffers=`.
+    """
+    global _socket_buffers
+    _socket_buffers = tuple(settings.socket_buffers)
+
+
+def configure(sock: socket.socket, buffers: tuple[int, int] | None = None) -> None:
+    """Socket options for a data connection: no Nagle delay, keepalive, bounded buffers.
+
+    `buffers` is (receive, send) bytes, 0 leaving one to the kernel; None: the process default.
+    """
+    rcv, snd = _socket_buffers if buffers is None else buffers
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        if rcv:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcv)
+        if snd:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, snd)
+    except OSError as exc:
+        raise PeerLostError(f"connection to {peer_address(sock)}: cannot set socket options: {reason(exc)}") from None
+
+
+# ---- opening -------------------------------------------------------------------------------
+
+
+def listen(ip: str, port: int, backlog: int, label: str) -> socket.socket:
+    """A TCP socket listening on `ip`:`port` (0: an ephemeral port); ConnectError naming `label` and the address."""
+    family = socket.AF_INET6 if ":" in ip else socket.AF_INET
+    where = ip if port == 0 else format_address(ip, port)
+    try:
+        lsock = socket.socket(family, socket.SOCK_STREAM)
+    except OSError as exc:
+        raise ConnectError(f"{label}: cannot listen on {where}: {reason(exc)}") from None
+    try:
+        lsock.bind((ip, port))
+        lsock.listen(backlog)
+    except (OSError, OverflowError) as exc:
+        lsock.close()
+        raise ConnectError(f"{label}: cannot listen on {where}: {reason(exc)}") from None
+    return lsock
+
+
+def local_port(sock: socket.socket) -> int:
+    return sock.getsockname()[1]
+
+
+def dial(address: tuple[str, int], timeout: float) -> socket.socket:
+    """A TCP connection to `address` (blocking, with `timeout` for connecting).
+
+    ConnectError 'host:port: why' when it cannot be made (refused, unreachable, timed out).
+    """
+    try:
+        return socket.create_connection(address, timeout=timeout)
+    except OSError as exc:
+        raise ConnectError(f"{format_address(*address)}: {reason(exc)}") from None
+
+
+@dataclass(frozen=True)
+class AcceptFailed:
+    """An arrival `accept` could not take: `out_of_fds` when the process (or system) has no
+    descriptor or memory left for it; otherwise it is gone (aborted) and the next may be fine."""
+
+    reason: str
+    out_of_fds: bool
+
+
+def accept(lsock: socket.socket) -> Union[tuple[socket.socket, Any], AcceptFailed, None]:
+    """The next arrival on a non-blocking listener as (connection, address); None when none is
+    waiting; AcceptFailed when one could not be taken."""
+    try:
+        return lsock.accept()
+    except BlockingIOError:
+        return None
+    except OSError as exc:
+        return AcceptFailed(reason(exc), exc.errno in _OUT_OF_FDS)
+
+
+def resolve(host: str, port: int, *, label: str, what: str = "host") -> str:
+    """The first IP address `host` resolves to for a TCP connection (no scope id); ConfigError otherwise."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError) as exc:
+        raise ConfigError(f"{label}: cannot resolve {what} {host!r}: {reason(exc)}") from None
+    return str(infos[0][4][0]).split("%")[0]
+
+
+def datagram_addresses(host: str) -> list[tuple[int, Any]]:
+    """(family, sockaddr) of each address `host` resolves to, for a UDP socket; [] when it does not resolve."""
+    try:
+        infos = socket.getaddrinfo(host, 9, type=socket.SOCK_DGRAM)
+    except (OSError, UnicodeError):
+        return []
+    return [(family, sockaddr) for family, _, _, _, sockaddr in infos]
+
+
+def route_source(family: int, sockaddr: Any) -> str | None:
+    """The local address the kernel would send from to `sockaddr`, or None without a route.
+
+    Connecting a UDP socket only selects a route; no packet leaves the machine.
+    """
+    try:
+        with socket.socket(family, socket.SOCK_DGRAM) as probe:
+            probe.connect(sockaddr)
+            return str(probe.getsockname()[0]).split("%")[0]
+    except OSError:
+        return None
+
+
+# ---- non-blocking I/O ----------------------------------------------------------------------
+
+
+def recv_ready(sock: socket.socket, n: int) -> bytes | None:
+    """Up to `n` bytes a non-blocking socket has: None when none is ready, b'' at end of stream.
+
+    PeerLostError when the connection failed (reset and the like), saying why; the caller,
+    which knows who is at the other end, names it.
+    """
+    try:
+        return sock.recv(n)
+    except BlockingIOError:
+        return None
+    except OSError as exc:
+        raise PeerLostError(socket_error(exc)) from None
+
+
+def send_ready(sock: socket.socket, data: bytes | bytearray | memoryview) -> int:
+    """Send what a non-blocking socket takes now, returning how much (0 when its buffer is full).
+
+    PeerLostError when the connection failed, as `recv_ready`.
+    """
+    try:
+        return sock.send(data)
+    except BlockingIOError:
+        return 0
+    except OSError as exc:
+        raise PeerLostError(socket_error(exc)) from None
+
+
+# ---- blocking I/O with deadlines -----------------------------------------------------------
+
+
+def _lost(sock: socket.socket, peer: str | None, why: str) -> PeerLostError:
+    return PeerLostError(f"lost {peer or peer_address(sock)}: {why}")
+
+
+def send_blocking(sock: socket.socket, data: bytes, deadline: float, *, peer: str | None = None) -> None:
+    """sendall with an absolute deadline.
+
+    RingTimeoutError when the deadline passes, PeerLostError when the connection fails;
+    both name `peer` (a description of the other end; by default its address).
+    """
+    view = memoryview(data)
+    while view:
+        try:
+            sock.settimeout(deadlines.socket_wait(deadline))
+            sent = sock.send(view)
+        except socket.timeout:
+            if deadlines.passed(deadline):
+                raise RingTimeoutError(f"timed out sending to {peer or peer_address(sock)}") from None
+            continue  # one slice of a long wait ended
+        except OSError as exc:
+            raise _lost(sock, peer, socket_error(exc)) from None
+        view = view[sent:]
+
+
+def recv_exact(sock: socket.socket, n: int, deadline: float, *, peer: str | None = None) -> bytes:
+    """Exactly n bytes before `deadline`.
+
+    RingTimeoutError when the deadline passes, PeerLostError when the connection closes or
+    fails first; both name `peer` (a description of the other end; by default its address).
+    """
+    buf = bytearray(n)
+    view = memoryview(buf)
+    got = 0
+    while got < n:
+        try:
+            sock.settimeout(deadlines.socket_wait(deadline))
+            k = sock.recv_into(view[got:])
+        except socket.timeout:
+            if deadlines.passed(deadline):
+                raise RingTimeoutError(f"timed out waiting for {peer or peer_address(sock)} "
+                                       f"({got} of {n} bytes received)") from None
+            continue  # one slice of a long wait ended
+        except OSError as exc:
+            raise _lost(sock, peer, socket_error(exc)) from None
+        if k == 0:
+            raise _lost(sock, peer, f"connection closed by peer after {got} of {n} bytes")
+        got += k
+    return bytes(buf)
+
+
+def recv_control(sock: socket.socket, deadline: float, expect: int | None = None, *,
+                 peer: str | None = None) -> tuple[int, dict[str, Any], bytes]:
+    """One control frame: (kind, decoded map, raw body).
+
+    ProtocolError on anything else; RingTimeoutError or PeerLostError as `recv_exact`.
+    """
+    kind, length = wire.decode_prefix(recv_exact(sock, wire.PREFIX_SIZE, deadline, peer=peer))
+    if kind == wire.DATA:
+        raise ProtocolError("DATA frame where a control frame was expected")
+    body = recv_exact(sock, length, deadline, peer=peer)
+    fields = wire.decode_map(body)
+    if expect is not None and kind != expect:
+        if kind == wire.REJECT:
+            raise ProtocolError(f"refused by peer: {fields.get('reason', '?')}")
+        raise ProtocolError(f"expected a {wire.KIND_NAMES[expect]} frame, got {wire.KIND_NAMES[kind]}")
+    return kind, fields, body
+
+
+def wait_until_closed(sock: socket.socket) -> None:
+    """Block until the other end closes the connection (or it fails); what arrives is discarded."""
+    try:
+        sock.settimeout(None)
+        while sock.recv(4096):
+            pass
+    except OSError:
+        pass
+
+
+# ---- closing -------------------------------------------------------------------------------
+
+
+def close_quietly(thing: socket.socket | int) -> None:
+    """Close a socket or a file descriptor; one already closed, or failing to close, is fine."""
+    try:
+        if isinstance(thing, int):
+            os.close(thing)
+        else:
+            thing.close()
+    except OSError:
+        pass
+
+
+def shutdown_quietly(sock: socket.socket) -> None:
+    """Shut down both directions (the peer sees the close now); a connection already gone is fine."""
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+
+
+def forget_fd(poller: Any, fd: int) -> None:
+    """Take `fd` out of a poll or epoll set; one not in it, or a set already closed, is fine."""
+    try:
+        poller.unregister(fd)
+    except (OSError, ValueError, KeyError):  # ValueError: the epoll set is closed
+        pass
+
+
+# ---- edges that are not sockets ------------------------------------------------------------
+
+
+def read_private_file(path: str, label: str) -> tuple[bytes, int]:
+    """A small file's bytes and its mode bits (to warn about a secret others can read).
+
+    ConfigError '{label}: cannot read {path}: why' when it cannot be read.
+    """
+    try:
+        with open(path, "rb") as f:
+            mode = os.fstat(f.fileno()).st_mode
+            return f.read(), mode
+    except OSError as exc:
+        raise ConfigError(f"{label}: cannot read {path}: {reason(exc)}") from None
+
+
+def advise_huge_pages(mem: mmap.mmap) -> bool:
+    """Ask for transparent huge pages on an anonymous mapping; False where the kernel cannot."""
+    if not hasattr(mmap, "MADV_HUGEPAGE"):
+        return False
+    try:
+        mem.madvise(mmap.MADV_HUGEPAGE)
+    except OSError:
+        return False
+    return True
+
+
+# ---- a connection to a peer rank -----------------------------------------------------------
+
+
+class Channel:
+    """An authenticated connection to `peer` (a rank of group `group`), in non-blocking mode.
+
+    `buffers` is the (receive, send) buffer bytes of the socket, 0 leaving one to the
+    kernel; None means the process default (`configure_defaults`).
+    """
+
+    def __init__(self, sock: socket.socket, *, me: int, peer: int, group: str, role: str, lane: int = 0,
+                 buffers: tuple[int, int] | None = None):
         self.sock = sock
         self.me = me
         self.peer = peer
         self.group = group
         self.role = role  # "left", "right", "p2p-in", "p2p-out": how this rank uses it
         self.lane = lane
-        try:
-            host, port = sock.getpeername()[:2]
-            self.address = f"{host}:{port}"
-        except OSError:
-            self.address = "?"
-        configure(sock)
+        self.address = peer_address(sock)
+        configure(sock, buffers)
         sock.setblocking(False)
         self.fd = sock.fileno()
         self.stage = bytearray(STAGE_SIZE)
@@ -163,9 +431,10 @@ class Channel:
         return PeerLostError(f"rank {self.me}: lost {self.describe()}{during}: {why}")
 
     def send_control_blocking(self, frame: bytes, timeout: float) -> None:
-        """Send a whole small frame, waiting at most `timeout` seconds (best effort helper)."""
-        import select
+        """Send a whole small frame, waiting at most `timeout` seconds (best effort helper).
 
+        RingTimeoutError when it does not go in time, PeerLostError when the connection fails.
+        """
         view = memoryview(frame)
         deadline = deadlines.after(timeout)
         poller = select.poll()
@@ -176,6 +445,8 @@ class Channel:
                 continue
             except BlockingIOError:
                 pass
+            except OSError as exc:
+                raise self.lost(socket_error(exc)) from None
             left = deadlines.left(deadline)
             if left <= 0 or (not poller.poll(deadlines.poll_ms(left)) and deadlines.passed(deadline)):
                 raise RingTimeoutError(f"rank {self.me}: could not send to {self.describe()} in {timeout:.1f} s")
@@ -183,7 +454,4 @@ class Channel:
     def close(self) -> None:
         if not self.closed:
             self.closed = True
-            try:
-                self.sock.close()
-            except OSError:
-                pass
+            close_quietly(self.sock)

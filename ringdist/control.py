@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import sys
 import threading
 import time
 
-from . import deadlines, rendezvous, wire
+from . import channel, deadlines, rendezvous, wire
 from .channel import recv_control, send_blocking
 from .endpoint import Endpoint, InboxKey
-from .errors import ConfigError, ConnectError, ProtocolError, RingTimeoutError
+from .errors import ConfigError, ConnectError, PeerLostError, ProtocolError, RingError, RingTimeoutError
 from .jobenv import JobEnv
 from .settings import Settings
 
@@ -45,15 +44,16 @@ class ControlLink:
         job = self.job
         deadline = deadlines.after(self.settings.init_timeout)
         addresses = [[ip, port] for ip, port in self.endpoint.addresses]
-        send_blocking(self.sock, rendezvous.encode(
-            {"type": "register", "rank": job.rank, "size": job.size, "addresses": addresses,
-             "host": job.host, "pid": os.getpid()}), deadline)
+        peer = f"the rendezvous at {self.where}"
         try:
-            _, msg, _ = recv_control(self.sock, deadline, expect=wire.CONTROL)
-        except socket.timeout:
+            send_blocking(self.sock, rendezvous.encode(
+                {"type": "register", "rank": job.rank, "size": job.size, "addresses": addresses,
+                 "host": job.host, "pid": os.getpid()}), deadline, peer=peer)
+            _, msg, _ = recv_control(self.sock, deadline, expect=wire.CONTROL, peer=peer)
+        except RingTimeoutError:
             raise RingTimeoutError(self._timeout_message()) from None
-        except EOFError:
-            raise ConfigError(f"rank {job.rank}: the rendezvous at {self.where} closed the connection") from None
+        except PeerLostError as exc:
+            raise PeerLostError(f"rank {job.rank}: registering: {exc}") from None
         if msg.get("type") == "error":
             raise ConfigError(f"rank {job.rank}: the rendezvous at {self.where} refused: {msg.get('message')}")
         if msg.get("type") != "table" or not isinstance(msg.get("members"), list):
@@ -74,17 +74,12 @@ class ControlLink:
             hosts = msg.get("hosts", [])
             listing = ", ".join(f"{r} (host {h})" for r, h in zip(ranks, hosts))
             return f"{waited}: ranks that never registered: {listing} (RINGDIST_INIT_TIMEOUT sets the limit)"
-        except Exception:
+        except (RingError, TypeError):  # TypeError: a reply without lists
             return f"{waited} (RINGDIST_INIT_TIMEOUT sets the limit)"
 
     def _watch(self) -> None:
         """Exit when the launcher's end of the control connection closes (no orphans)."""
-        try:
-            self.sock.settimeout(None)
-            while self.sock.recv(4096):
-                pass
-        except OSError:
-            pass
+        channel.wait_until_closed(self.sock)
         if self.closing:
             return
         sys.stderr.write(f"ringdist: rank {self.job.rank}: the launcher's control connection to "
@@ -96,8 +91,5 @@ class ControlLink:
 
     def close(self) -> None:
         self.closing = True
-        try:
-            self.sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
+        channel.shutdown_quietly(self.sock)
         self.sock.close()

@@ -17,7 +17,7 @@ import threading
 import time
 from typing import NamedTuple
 
-from . import deadlines, forks, wire
+from . import channel, deadlines, forks, wire
 from .acceptor import Acceptor
 from .errors import ConnectError, RingTimeoutError
 from .handshake import HandshakeCutOff, client_handshake
@@ -31,10 +31,6 @@ class InboxKey(NamedTuple):
     peer: int
     kind: str
     lane: int
-
-
-def _family(ip: str) -> int:
-    return socket.AF_INET6 if ":" in ip else socket.AF_INET
 
 
 class Endpoint:
@@ -51,16 +47,13 @@ class Endpoint:
         self._listeners: list[socket.socket] = []
         self.addresses: list[tuple[str, int]] = []
         for ip in bind_ips:
-            lsock = forks.track(socket.socket(_family(ip), socket.SOCK_STREAM))
             try:
-                lsock.bind((ip, 0))
-            except OSError as exc:
-                lsock.close()
+                lsock = forks.track(channel.listen(ip, 0, LISTEN_BACKLOG, label))
+            except ConnectError:
                 self.close()
-                raise ConnectError(f"{label}: cannot listen on {ip}: {exc.strerror or exc}") from None
-            lsock.listen(LISTEN_BACKLOG)
+                raise
             self._listeners.append(lsock)
-            self.addresses.append((ip, lsock.getsockname()[1]))
+            self.addresses.append((ip, channel.local_port(lsock)))
         self._acceptor = Acceptor(self._listeners, secret, self.job, on_ready=self._file, label=label,
                                   handshake_timeout=min(connect_timeout, HANDSHAKE_TIMEOUT))
         self._acceptor.start()
@@ -127,10 +120,9 @@ class Endpoint:
             for ip, port in addresses:
                 attempts += 1
                 try:
-                    sock = socket.create_connection(
-                        (ip, port), timeout=max(0.01, deadlines.wait_slice(deadlines.left(deadline))))
-                except OSError as exc:
-                    errors.append(f"{ip}:{port}: {exc.strerror or exc}")
+                    sock = channel.dial((ip, port), max(0.01, deadlines.wait_slice(deadlines.left(deadline))))
+                except ConnectError as exc:
+                    errors.append(str(exc))
                     continue
                 forks.track(sock)
                 try:
@@ -141,9 +133,9 @@ class Endpoint:
                     sock.close()
                     errors.append(f"{ip}:{port}: handshake cut off (connection closed before WELCOME)")
                     continue
-                except OSError as exc:
+                except RingTimeoutError:
                     sock.close()
-                    errors.append(f"{ip}:{port}: handshake: {exc.strerror or exc}")
+                    errors.append(f"{ip}:{port}: handshake: timed out")
                     continue
                 except BaseException:
                     sock.close()

@@ -21,6 +21,7 @@ import socket
 import weakref
 from typing import Any
 
+from . import channel
 
 _sockets: "weakref.WeakSet[socket.socket]" = weakref.WeakSet()
 _holders: "weakref.WeakSet[Any]" = weakref.WeakSet()  # objects with a forget_in_child() method
@@ -44,10 +45,7 @@ def _after_fork_in_child() -> None:
     global _owner, _parent
     _parent, _owner = _owner, os.getpid()
     for sock in list(_sockets):
-        try:
-            sock.close()  # this process's descriptor only: no shutdown, the parent's stays open
-        except OSError:
-            pass
+        channel.close_quietly(sock)  # this process's descriptor only: no shutdown, the parent's stays open
     _sockets.clear()
     for holder in list(_holders):
         holder.forget_in_child()

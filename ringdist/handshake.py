@@ -13,8 +13,9 @@ The accepting side is `ServerHandshake`, a state machine fed bytes (no socket, n
 thread), so one selector can run many handshakes at once (`acceptor`). A refusal
 (wrong job, wrong secret) queues a REJECT for the peer before raising AuthError.
 The connecting side treats a REJECT or a failed server proof as final (AuthError),
-and a connection closed or reset before WELCOME as cut off (`HandshakeCutOff`, an
-EOFError): an acceptor at its limit drops connections, and the dialer tries again.
+and a connection closed or reset before WELCOME as cut off (`HandshakeCutOff`, a
+PeerLostError): an acceptor at its limit drops connections, and the dialer tries again.
+A deadline that passes is a RingTimeoutError.
 """
 
 from __future__ import annotations
@@ -25,35 +26,39 @@ from typing import Any
 
 from . import wire
 from .channel import recv_control, recv_exact, send_blocking
-from .errors import AuthError, ProtocolError
+from .errors import AuthError, PeerLostError, ProtocolError, RingTimeoutError
 
 # Largest handshake frame body: a HELLO is a few hundred bytes (names are capped at 256).
 MAX_HANDSHAKE_FRAME = 2048
 
 
-class HandshakeCutOff(EOFError):
-    """The peer closed the connection before the handshake finished (no REJECT: not a refusal)."""
+class HandshakeCutOff(PeerLostError, EOFError):
+    """The peer closed or reset the connection before the handshake finished (no REJECT: not a
+    refusal). Also an EOFError, for callers that treat it as the end of the stream."""
 
 
 def client_handshake(sock: socket.socket, secret: bytes, hello: dict[str, Any], deadline: float,
                      peer: str) -> None:
     """Run the connecting side; AuthError if the peer is not part of this job.
 
-    HandshakeCutOff when the peer closes the connection before WELCOME without saying why.
+    HandshakeCutOff when the peer closes or resets the connection before WELCOME without
+    saying why; RingTimeoutError when `deadline` passes first.
     """
     frame = wire.encode_map(wire.HELLO, hello)
     hello_body = frame[wire.PREFIX_SIZE:]
-    send_blocking(sock, frame, deadline)
     try:
-        _, challenge, _ = recv_control(sock, deadline, expect=wire.CHALLENGE)
+        send_blocking(sock, frame, deadline, peer=peer)
+        _, challenge, _ = recv_control(sock, deadline, expect=wire.CHALLENGE, peer=peer)
         server_nonce = wire.require(challenge, "nonce", bytes)
         mac = wire.proof_mac(secret, b"client", hello_body, server_nonce)
-        send_blocking(sock, wire.encode_map(wire.PROOF, {"mac": mac}), deadline)
-        _, welcome, _ = recv_control(sock, deadline, expect=wire.WELCOME)
+        send_blocking(sock, wire.encode_map(wire.PROOF, {"mac": mac}), deadline, peer=peer)
+        _, welcome, _ = recv_control(sock, deadline, expect=wire.WELCOME, peer=peer)
     except ProtocolError as exc:
         raise AuthError(f"handshake with {peer} failed: {exc}") from None
-    except EOFError:
-        raise HandshakeCutOff(f"handshake with {peer} cut off: connection closed before WELCOME") from None
+    except RingTimeoutError as exc:
+        raise RingTimeoutError(f"handshake: {exc}") from None
+    except PeerLostError as exc:
+        raise HandshakeCutOff(f"handshake cut off before WELCOME: {exc}") from None
     expected = wire.proof_mac(secret, b"server", hello_body, server_nonce)
     if not wire.macs_equal(wire.require(welcome, "mac", bytes), expected):
         raise AuthError(f"{peer} does not know this job's secret (server proof failed)")
@@ -148,7 +153,8 @@ def server_handshake(sock: socket.socket, secret: bytes, job: str, deadline: flo
     """Run the accepting side on a blocking socket; returns the verified HELLO fields.
 
     Raises AuthError (wrong job or secret) or ProtocolError (garbage); on AuthError the
-    peer is sent a REJECT first.
+    peer is sent a REJECT first. PeerLostError or RingTimeoutError when the connection
+    fails or the deadline passes.
     """
     hs = ServerHandshake(secret, job)
     try:
@@ -158,7 +164,7 @@ def server_handshake(sock: socket.socket, secret: bytes, job: str, deadline: flo
     except AuthError:
         try:
             _flush(sock, hs, deadline)
-        except OSError:
+        except (PeerLostError, RingTimeoutError):
             pass
         raise
     _flush(sock, hs, deadline)

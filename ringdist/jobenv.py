@@ -13,12 +13,11 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-import os
 import socket
 import zlib
 from dataclasses import dataclass, field
 
-from . import rendezvous
+from . import channel, rendezvous
 from .errors import ConfigError
 from .routes import source_address
 
@@ -201,12 +200,8 @@ def _scheduler_secret(env: dict[str, str], sched: Scheduler, who: str) -> bytes:
         return env["RINGDIST_SECRET"].encode()
     path = env.get("RINGDIST_SECRET_FILE")
     if path:
-        try:
-            with open(path, "rb") as f:
-                mode = os.fstat(f.fileno()).st_mode
-                secret = f.read().strip()
-        except OSError as exc:
-            raise ConfigError(f"{who}: RINGDIST_SECRET_FILE: cannot read {path}: {exc.strerror or exc}") from None
+        content, mode = channel.read_private_file(path, f"{who}: RINGDIST_SECRET_FILE")
+        secret = content.strip()
         if not secret:
             raise ConfigError(f"{who}: RINGDIST_SECRET_FILE: {path} is empty")
         if mode & 0o077:

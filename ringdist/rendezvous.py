@@ -33,10 +33,10 @@ import threading
 import time
 from typing import Any
 
-from . import wire
+from . import channel, wire
 from .acceptor import MAX_PENDING_HANDSHAKES, Acceptor
-from .channel import recv_control, send_blocking
-from .errors import ProtocolError
+from .channel import format_address, recv_control, send_blocking
+from .errors import PeerLostError, ProtocolError, RingTimeoutError
 
 log = logging.getLogger("ringdist")
 
@@ -50,10 +50,6 @@ def parse_address(text: str) -> tuple[str, int]:
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise ValueError(f"{text!r} is not host:port")
     return host.strip("[]"), int(port)
-
-
-def format_address(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def encode(fields: dict[str, Any]) -> bytes:
@@ -86,16 +82,10 @@ class RendezvousServer:
         self._acceptor: Acceptor | None = None
 
     def start(self) -> None:
-        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
-        lsock = socket.socket(family, socket.SOCK_STREAM)
-        try:
-            lsock.bind((self.host, self.port))
-            lsock.listen(max(LISTEN_BACKLOG, self.world_size))
-        except OSError:
-            lsock.close()
-            raise
+        """Listen and serve; ConnectError naming the address when it cannot listen there."""
+        lsock = channel.listen(self.host, self.port, max(LISTEN_BACKLOG, self.world_size), "rendezvous")
         self._listener = lsock
-        self.address = format_address(self.host, lsock.getsockname()[1])
+        self.address = format_address(self.host, channel.local_port(lsock))
         self._acceptor = Acceptor([lsock], self._secret, self._job, on_ready=self._admit, label="rendezvous",
                                   handshake_timeout=self.handshake_timeout,
                                   max_pending=max(MAX_PENDING_HANDSHAKES, self.world_size))
@@ -130,7 +120,7 @@ class RendezvousServer:
                     self._send(rank, {"type": "missing", **self._missing_report()})
         except ProtocolError as exc:
             log.warning("rendezvous: refused rank connection from %s: %s", addr[0], exc)
-        except (EOFError, OSError):
+        except (PeerLostError, RingTimeoutError):
             pass
         finally:
             with self._lock:
@@ -177,10 +167,7 @@ class RendezvousServer:
         """Take a control connection out of the departures set before it is closed (lock held)."""
         fd = conn.fileno()
         if self._departures is not None and self._fd_rank.pop(fd, None) is not None:
-            try:
-                self._departures.unregister(fd)
-            except (OSError, ValueError):  # ValueError: the epoll set is closed
-                pass
+            channel.forget_fd(self._departures, fd)
 
     def _missing_report(self) -> dict[str, Any]:
         ranks = self.missing()
@@ -191,7 +178,7 @@ class RendezvousServer:
         def refuse(message: str) -> ProtocolError:
             try:
                 send_blocking(conn, encode({"type": "error", "message": message}), time.monotonic() + 2)
-            except OSError:
+            except (PeerLostError, RingTimeoutError):
                 pass
             return ProtocolError(message)
 
@@ -229,7 +216,7 @@ class RendezvousServer:
         try:
             with self._send_locks[rank]:
                 send_blocking(conn, encode(fields), time.monotonic() + 10)
-        except OSError:
+        except (PeerLostError, RingTimeoutError):
             pass
 
     def wait_delivered(self, timeout: float) -> bool:
@@ -250,7 +237,4 @@ class RendezvousServer:
             if self._departures is not None:
                 self._departures.close()
         for conn in conns:
-            try:
-                conn.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
+            channel.shutdown_quietly(conn)

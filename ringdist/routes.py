@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import socket
+from . import channel
 
 
 def source_address(host: str) -> str | None:
@@ -10,17 +10,8 @@ def source_address(host: str) -> str | None:
 
     Connecting a UDP socket only selects a route; no packet leaves the machine.
     """
-    try:
-        infos = socket.getaddrinfo(host, 9, type=socket.SOCK_DGRAM)
-    except (OSError, UnicodeError):
-        return None
-    for family, _, _, _, sockaddr in infos:
-        with socket.socket(family, socket.SOCK_DGRAM) as probe:
-            try:
-                probe.connect(sockaddr)
-            except OSError:
-                continue
-            address = probe.getsockname()[0].split("%")[0]
-            if address not in ("0.0.0.0", "::"):
-                return address
+    for family, sockaddr in channel.datagram_addresses(host):
+        address = channel.route_source(family, sockaddr)
+        if address is not None and address not in ("0.0.0.0", "::"):
+            return address
     return None

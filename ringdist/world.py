@@ -20,14 +20,13 @@ import atexit
 import ipaddress
 import logging
 import os
-import socket
 import threading
 import time
 
 from . import buffers, channel, comm, deadlines, rendezvous, tuning
 from .control import ControlLink
 from .endpoint import Endpoint
-from .errors import ConfigError
+from .errors import ConfigError, ConnectError
 from .group import Group, close_all
 from .jobenv import JobEnv, read_environment
 from .settings import Settings
@@ -73,8 +72,8 @@ def init(strict: bool = False, backend: str = "ring") -> Group:
             return _world
         settings = Settings.from_env()
         tuning.check_overrides(settings.algo)
-        buffers.cache.limit = settings.buffer_cache_mb * (1 << 20)  # inf: no limit
-        channel.SOCKET_BUFFERS = settings.socket_buffers
+        buffers.configure(settings.buffer_cache_mb * (1 << 20))  # inf: no limit
+        channel.configure_defaults(settings)
         job = _job = read_environment(dict(os.environ))
         if settings.verbose:
             _log_to_stderr()
@@ -139,20 +138,15 @@ def _host_rendezvous(job: JobEnv) -> rendezvous.RendezvousServer:
     names itself (Debian maps a host's own name to 127.0.1.1).
     """
     host, port = job.rendezvous
-    try:
-        ip = ipaddress.ip_address(socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][4][0].split("%")[0])
-    except (OSError, ValueError, UnicodeError) as exc:
-        raise ConfigError(f"{job.source} rank 0: cannot resolve the rendezvous host {host!r}: {exc}") from None
+    ip = ipaddress.ip_address(channel.resolve(host, port, label=f"{job.source} rank 0", what="the rendezvous host"))
     listen = str(ip) if ip.is_loopback else ("::" if ip.version == 6 else "0.0.0.0")
     server = rendezvous.RendezvousServer(job.secret.decode("utf-8", "surrogateescape"), job.size,
                                          host=listen, port=port)
     try:
         server.start()
-    except OSError as exc:
+    except ConnectError as exc:
         server.close()
-        raise ConfigError(
-            f"{job.source} rank 0: cannot serve the rendezvous at {rendezvous.format_address(listen, port)}: "
-            f"{exc.strerror or exc} (choose another MASTER_PORT)") from None
+        raise ConfigError(f"{job.source} rank 0: {exc} (choose another MASTER_PORT)") from None
     return server
 
 

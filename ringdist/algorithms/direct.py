@@ -14,7 +14,7 @@ import numpy as np
 from .. import buffers, wire
 from ..arrays import REDUCERS, byte_view, fold
 from ..comm import Comm
-from . import Algorithm
+from .base import Algorithm
 from .common import direct_parts, needs_mesh, place_own, row_bounds
 
 

@@ -14,7 +14,7 @@ import numpy as np
 from .. import buffers, wire
 from ..arrays import REDUCERS, byte_view
 from ..comm import Comm
-from . import Algorithm
+from .base import Algorithm
 from .common import needs_mesh, place_own, pow2
 
 

@@ -7,7 +7,7 @@ call, the lower rank's operand first: α + nβ. This is recursive doubling's sin
 from __future__ import annotations
 
 from ..comm import Comm
-from . import Algorithm
+from .base import Algorithm
 from .common import needs_mesh
 from .doubling import reduce
 

@@ -14,7 +14,7 @@ from .. import buffers, schedule, wire
 from ..arrays import REDUCERS, byte_view
 from ..comm import Comm
 from ..transfer import Outflow, ReducingInflow, Segments
-from . import Algorithm
+from .base import Algorithm
 from .common import streams
 
 

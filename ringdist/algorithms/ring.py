@@ -19,7 +19,7 @@ from .. import buffers, schedule, wire
 from ..arrays import REDUCERS, byte_view
 from ..comm import Comm
 from ..transfer import Inflow, Outflow, ReducingInflow, Segments
-from . import Algorithm
+from .base import Algorithm
 from .common import gather_flows, own_rows, row_bounds, streams
 
 # A ring all-gather of blocks from this size sends its own block straight from the input and

@@ -12,7 +12,7 @@ import numpy as np
 from .. import buffers, schedule, wire
 from ..arrays import REDUCERS, byte_view, fold
 from ..comm import Comm
-from . import Algorithm
+from .base import Algorithm
 from .common import needs_mesh
 
 

@@ -1,0 +1,31 @@
+"""An algorithm's record: its name, its run functions per kind of collective, and `fits`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+KINDS = ("gather", "reduce", "reduce_scatter", "broadcast")
+
+
+def _always(comm: Any, kind: str, nbytes: int) -> str | None:
+    return None
+
+
+@dataclass(frozen=True)
+class Algorithm:
+    name: str
+    gather: Callable[..., None] | None = None
+    reduce: Callable[..., Any] | None = None
+    reduce_scatter: Callable[..., None] | None = None
+    broadcast: Callable[..., None] | None = None
+    fits: Callable[[Any, str, int], str | None] = _always  # (comm, kind, bytes per rank) -> why not
+
+    def kinds(self) -> list[str]:
+        return [k for k in KINDS if getattr(self, k) is not None]
+
+    def why_not(self, comm: Any, kind: str, nbytes: int) -> str | None:
+        """Why this algorithm cannot run this case, or None."""
+        if getattr(self, kind) is None:
+            return f"{self.name} has no {kind.replace('_', '-')}"
+        return self.fits(comm, kind, nbytes)

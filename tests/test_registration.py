@@ -1,0 +1,107 @@
+"""A rank whose rendezvous connection breaks while it registers: a RingError naming the rendezvous.
+
+The rendezvous here is a stand-in that passes the job's handshake and then breaks the
+connection in one of three ways; the rank is a real process calling `rd.init()`.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from ringdist import wire
+from ringdist.channel import recv_control
+from ringdist.handshake import server_handshake
+from ringdist.rendezvous import RendezvousServer
+
+SECRET = b"registration test secret"
+
+RANK = """
+import ringdist as rd
+try:
+    rd.init()
+except rd.RingError as exc:
+    print(f"{type(exc).__name__}: {exc}")
+    raise SystemExit(3)
+print("joined")
+"""
+
+
+class BreakingRendezvous:
+    """Accepts ranks, passes the handshake, then breaks the connection as `how` says:
+    'reset' (RST) at once, 'reset-after-register' (RST once the registration arrived) or
+    'close-after-register' (FIN once it arrived)."""
+
+    def __init__(self, how: str):
+        self.how = how
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.listener.settimeout(0.2)
+        self.address = self.listener.getsockname()
+        self.handshakes = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self.listener.accept()
+            except socket.timeout:
+                continue
+            with conn:
+                conn.settimeout(5)
+                server_handshake(conn, SECRET, wire.job_id(SECRET), time.monotonic() + 5)
+                self.handshakes += 1
+                if self.how != "reset":  # read the whole registration: a close is then a FIN, not a reset
+                    recv_control(conn, time.monotonic() + 5, expect=wire.CONTROL)
+                if self.how.startswith("reset"):
+                    conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
+        self.listener.close()
+
+
+@pytest.mark.parametrize("how", ["reset", "reset-after-register", "close-after-register"])
+def test_a_rendezvous_connection_broken_during_registration_is_a_ring_error_naming_it(how):
+    server = BreakingRendezvous(how)
+    host, port = server.address
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RINGDIST_")}
+    env.update(RINGDIST_RANK="0", RINGDIST_WORLD_SIZE="2", RINGDIST_RENDEZVOUS=f"{host}:{port}",
+               RINGDIST_SECRET=SECRET.decode(), RINGDIST_CONNECT_TIMEOUT="3", RINGDIST_INIT_TIMEOUT="20")
+    try:
+        res = subprocess.run([sys.executable, "-c", RANK], capture_output=True, text=True, timeout=60, env=env)
+    finally:
+        server.close()
+    out = res.stdout + res.stderr
+    assert server.handshakes >= 1, out
+    assert res.returncode == 3, out  # a RingError, not a traceback of a raw OSError
+    assert "Traceback" not in res.stderr, out
+    kind, _, message = res.stdout.strip().partition(": ")
+    assert kind in ("ConnectError", "PeerLostError"), out
+    assert f"{host}:{port}" in message and "rank 0" in message, out
+
+
+def test_an_init_timeout_that_passes_before_the_registration_is_sent_is_a_ring_timeout_error():
+    """RINGDIST_INIT_TIMEOUT so short that it has passed when the rank sends its registration."""
+    server = RendezvousServer(SECRET.decode(), 2)
+    server.start()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RINGDIST_")}
+    env.update(RINGDIST_RANK="0", RINGDIST_WORLD_SIZE="2", RINGDIST_RENDEZVOUS=server.address,
+               RINGDIST_SECRET=SECRET.decode(), RINGDIST_CONNECT_TIMEOUT="10", RINGDIST_INIT_TIMEOUT="1e-9")
+    try:
+        res = subprocess.run([sys.executable, "-c", RANK], capture_output=True, text=True, timeout=60, env=env)
+    finally:
+        server.close()
+    out = res.stdout + res.stderr
+    assert res.returncode == 3 and "Traceback" not in res.stderr, out
+    assert res.stdout.startswith(f"RingTimeoutError: rank 0: init() timed out after 1e-09 s at the rendezvous "
+                                 f"{server.address}"), out

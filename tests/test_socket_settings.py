@@ -1,0 +1,90 @@
+"""Settings that reach sockets and memory: passed as parameters or through a function, never by
+writing another module's globals."""
+
+from __future__ import annotations
+
+import socket
+
+import numpy as np
+
+from ringdist import buffers, channel
+from ringdist.settings import Settings
+
+from helpers import run_launcher
+
+# A rank that counts its TCP connections whose buffers are (2 * RCV, 2 * SND): Linux doubles
+# SO_RCVBUF and SO_SNDBUF for its bookkeeping.
+COUNT_SIZED = """
+import os, socket, sys
+import numpy as np
+import ringdist as rd
+
+rcv, snd = (2 * int(v) for v in os.environ["RINGDIST_SOCKET_BUFFERS"].split(","))
+g = rd.init()
+rd.all_gather(np.arange(4) + g.rank())  # the ring is up
+sized = 0
+for fd in map(int, os.listdir("/proc/self/fd")):
+    try:
+        s = socket.socket(fileno=os.dup(fd))
+    except OSError:
+        continue  # not a socket
+    with s:
+        if s.type != socket.SOCK_STREAM:
+            continue
+        try:
+            s.getpeername()
+        except OSError:
+            continue  # a listener
+        got = s.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF), s.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
+        sized += got == (rcv, snd)
+print("sized", sized)
+"""
+
+
+def test_socket_buffer_sizes_from_the_environment_reach_the_ranks_data_connections(tmp_path):
+    script = tmp_path / "count_sized.py"
+    script.write_text(COUNT_SIZED)
+    res = run_launcher(["-n", "2", str(script)], timeout=60,
+                       env={"RINGDIST_SOCKET_BUFFERS": "200000,100000", "RINGDIST_TIMEOUT": "20"})
+    assert res.returncode == 0, res.stdout + res.stderr
+    counts = [int(line.split()[-1]) for line in res.stdout.splitlines() if "sized" in line]
+    assert len(counts) == 2 and min(counts) >= 1, res.stdout + res.stderr
+
+
+def _connected_pair() -> tuple[socket.socket, socket.socket]:
+    with socket.create_server(("127.0.0.1", 0)) as lsock:
+        a = socket.create_connection(lsock.getsockname(), timeout=5)
+        b, _ = lsock.accept()
+    return a, b
+
+
+def _sizes(ch: channel.Channel) -> tuple[int, int]:
+    return (ch.sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF),
+            ch.sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF))
+
+
+def test_a_channel_takes_its_buffer_sizes_as_a_parameter_or_the_process_default():
+    socks = [*_connected_pair(), *_connected_pair()]
+    try:
+        given = channel.Channel(socks[0], me=0, peer=1, group="g", role="right", buffers=(64 << 10, 32 << 10))
+        assert _sizes(given) == (128 << 10, 64 << 10)
+        channel.configure_defaults(Settings(socket_buffers=(96 << 10, 48 << 10)))
+        by_default = channel.Channel(socks[2], me=0, peer=1, group="g", role="right")
+        assert _sizes(by_default) == (192 << 10, 96 << 10)
+        also_given = channel.Channel(socks[1], me=1, peer=0, group="g", role="left", buffers=(64 << 10, 32 << 10))
+        assert _sizes(also_given) == (128 << 10, 64 << 10)  # a parameter wins over the default
+    finally:
+        channel.configure_defaults(Settings())
+        for s in socks:
+            s.close()
+
+
+def test_the_buffer_cache_limit_is_set_through_configure():
+    big = (buffers.MIN_BYTES // 8,)  # float64: the smallest size the cache serves
+    try:
+        buffers.configure(0)
+        assert buffers.cache.empty(big, np.float64).flags.owndata  # a plain numpy array: nothing kept
+        buffers.configure(1 << 30)
+        assert not buffers.cache.empty(big, np.float64).flags.owndata  # a view of a cached block
+    finally:
+        buffers.configure(Settings().buffer_cache_mb * (1 << 20))
