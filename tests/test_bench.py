@@ -6,6 +6,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 
 def test_bench_prints_rows_and_json(tmp_path):
     out = tmp_path / "rows.jsonl"
@@ -42,6 +44,7 @@ def test_alternate_compares_two_values_call_by_call():
     assert bad.returncode != 0 and "group.no_such_thing: no such attribute" in bad.stdout + bad.stderr
 
 
+@pytest.mark.slow  # a benchmark tool, run by `pytest -m slow` (CI runs both)
 def test_interleave_runs_each_size_and_peer_in_turn(tmp_path):
     """benchmarks/interleave.py against a stand-in harness: one run per (repeat, size, peer),
     peers alternating, every repeat in the harness's format, ratios with their median."""
@@ -73,6 +76,7 @@ printf '{"peer": "%s", "n_ranks": %s, "collective": "all_gather", "bytes_per_ran
     assert "| 2 | all_gather | 1048576 | busbw | 2.00 | 2.00 | 2.00 | 2.00 |" in res.stdout, res.stdout
 
 
+@pytest.mark.slow  # a benchmark tool, run by `pytest -m slow` (CI runs both)
 def test_bare_ring_beside_ringdist(tmp_path):
     """benchmarks/bare.py: the bare-socket ring (its own processes, checked output) and
     ringdist-bench at the same size, in turn, in the harness's format, with their ratio."""
@@ -104,6 +108,7 @@ def test_bare_ring_refuses_a_size_that_is_not_float32():
     assert "--sizes: 4099 is not a whole number of float32" in res.stderr
 
 
+@pytest.mark.slow  # a benchmark tool, run by `pytest -m slow` (CI runs both)
 def test_bare_ring_stops_at_once_when_a_rank_dies(tmp_path):
     """A bare-ring rank killed as it starts: the run fails within seconds and names it, and
     no rank outlives it (none is left waiting out the ranks' 300 s timeout)."""
@@ -150,6 +155,7 @@ PEER_ROW_FIELDS = {"schema", "peer", "version", "launcher", "transport", "collec
                    "python", "omp_num_threads", "note", "unix_time"}
 
 
+@pytest.mark.slow  # a benchmark tool, run by `pytest -m slow` (CI runs both)
 def test_peer_harness_runs_ringdist_and_skips_what_is_not_installed(tmp_path):
     """benchmarks/peers/run.py with ringdist on 2 ranks at two tiny sizes: schema-1 rows, every
     output checked on every rank, a barrier row, the tables; a peer whose virtualenv does not
@@ -211,6 +217,7 @@ def test_peer_harness_refuses_bad_settings(tmp_path):
         assert "Traceback" not in res.stderr
 
 
+@pytest.mark.slow  # a benchmark tool, run by `pytest -m slow` (CI runs both)
 def test_interleave_runs_the_peer_harness_by_default(tmp_path):
     """benchmarks/interleave.py without --harness runs benchmarks/peers/run.py: ringdist's rows
     for the size (all_gather and all_sum, no barrier row), and a peer that cannot run named."""
@@ -237,6 +244,7 @@ def test_interleave_runs_the_peer_harness_by_default(tmp_path):
     assert "repeat 1, 4096 B, mpi_tcp: no result" in err and "== mpi_tcp: skipped (" in err, err
 
 
+@pytest.mark.slow  # a benchmark tool, run by `pytest -m slow` (CI runs both)
 def test_peer_harness_stops_a_peer_past_its_timeout(tmp_path):
     """A peer still running at --peer-timeout is stopped with all its processes, and the run
     records it as failed with the reason instead of waiting for it. The peer here is a launcher
@@ -272,6 +280,7 @@ def test_peer_harness_stops_a_peer_past_its_timeout(tmp_path):
     assert "| ringdist_ring | 2 | failed |" in (tmp_path / "peers-N2.md").read_text()
 
 
+@pytest.mark.slow  # a benchmark tool, run by `pytest -m slow` (CI runs both)
 def test_peer_loop_marks_a_wrong_output(tmp_path):
     """A peer whose rank 1 returns a wrong all_sum: the row says wrong_result, verified false,
     names the rank and the element, and the worker exits non-zero."""

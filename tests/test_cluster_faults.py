@@ -41,8 +41,9 @@ def _set_link(ns: str, dev: str, state: str) -> None:
     subprocess.run(["ip", "-n", ns, "link", "set", dev, state], check=True, capture_output=True, timeout=10)
 
 
-@pytest.mark.parametrize("op", ["all_gather", "all_sum"])
-@pytest.mark.parametrize("topology", ["ring", "switched"])
+@pytest.mark.parametrize("op,topology", [("all_gather", "ring"), pytest.param("all_sum", "ring", marks=pytest.mark.slow),
+                                         pytest.param("all_gather", "switched", marks=pytest.mark.slow),
+                                         pytest.param("all_sum", "switched", marks=pytest.mark.slow)])
 def test_a_link_taken_down_mid_collective_is_an_error_on_every_rank(netns_cluster, topology, op):
     name, path, _ = netns_cluster(f"ld{topology[0]}", "-k", str(HOSTS), "--topology", topology)
     namespaces = [f"{name}-h{i}" for i in range(HOSTS)] + [f"{name}-sw"]
@@ -95,6 +96,7 @@ def _tcp_retransmissions(ns: str) -> int:
     return int(lines[1][lines[0].index("RetransSegs")])
 
 
+@pytest.mark.slow
 def test_one_percent_loss_on_every_link_gives_correct_results(netns_cluster):
     mib, repeats, rounds = 16, 5, 2
     clusters = {}

@@ -21,7 +21,8 @@ def _ready_pids(reader: LineReader, n: int) -> dict[int, int]:
     return {int(m.group(1)): int(m.group(2)) for m in found}
 
 
-@pytest.mark.parametrize("op,mib,kills", [("all_gather", "4", KILLS_PER_OP), ("all_sum", "4", KILLS_PER_OP),
+@pytest.mark.parametrize("op,mib,kills", [pytest.param("all_gather", "4", KILLS_PER_OP, marks=pytest.mark.slow),
+                                          pytest.param("all_sum", "4", KILLS_PER_OP, marks=pytest.mark.slow),
                                           ("all_gather", "0.0625", 10), ("all_sum", "0.0625", 10),
                                           ("all_gather", "0.00390625", 6)])
 def test_kill_9_mid_collective_reaches_every_rank_within_5s(op, mib, kills):
@@ -58,7 +59,7 @@ def test_kill_9_mid_collective_reaches_every_rank_within_5s(op, mib, kills):
           f"max {max(detections) * 1e3:.0f} ms")
 
 
-@pytest.mark.parametrize("mib", ["1", "0.0625"])  # ring path; direct path
+@pytest.mark.parametrize("mib", [pytest.param("1", marks=pytest.mark.slow), "0.0625"])  # ring path; direct path
 def test_a_stalled_peer_is_a_timeout_naming_op_and_peer(mib):
     timeout = 3.0
     proc = start_launcher(["-n", "3", "--grace", "10", str(SCRIPTS / "long_loop.py"), "all_gather", mib],
@@ -106,6 +107,7 @@ def test_a_flood_of_1000_stranger_connections_changes_nothing():
         assert int(ops) >= 2 and int(after) <= int(before)
 
 
+@pytest.mark.slow
 def test_soak_5000_random_collectives_on_world_and_splits():
     from helpers import run_launcher
 

@@ -9,6 +9,8 @@ import random
 import signal
 import time
 
+import pytest
+
 from helpers import SCRIPTS, LineReader, kill_tree, start_launcher, wait_until_gone
 from ringdist_launch.policy import Action, Decision, JobPolicy, RankInfo
 
@@ -59,6 +61,7 @@ def test_policy_exit_codes_alone_still_go_by_who_left_first_and_sigpipe_is_no_ca
     assert policy.exit_status == 3 and "rank 2 (host localhost, pid 102) exited with code 3 first" in decision.message
 
 
+@pytest.mark.slow
 def test_kill_9_of_one_rank_mid_collective_names_that_rank_every_time():
     # 4 ranks looping 2 MiB all_gather/all_sum (ring path); one is SIGKILLed as soon as they run.
     # Before the fix the launcher named a surviving rank ("exited with code 1 first", status 1)

@@ -157,8 +157,15 @@ def test_output_resumes_with_a_count_of_the_lines_dropped(tmp_path):
     try:
         launch.wait_until_stdout_is_full()
         time.sleep(5)  # stalled for longer than the launcher waits for a writer to move (2 s)
+        # Read again, and tell the rank to finish only once the launcher is writing again: were
+        # "done" printed before the launcher saw its stdout move, it would rightly be dropped too.
+        chunks, deadline = [], time.monotonic() + 30
+        while sum(map(len, chunks)) < 4 << 20:  # more than the pipe and the launcher's queue hold
+            chunk = launch.read(deadline)
+            assert chunk, "the job ended before the rank was told to"
+            chunks.append(chunk)
         stop.touch()
-        out = launch.read_all()
+        out = b"".join(chunks) + launch.read_all()
         code, _ = launch.wait(timeout=30)
         assert code == 0, launch.stderr()
         lines = out.decode().splitlines()
