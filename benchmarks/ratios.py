@@ -5,7 +5,7 @@ usage: python benchmarks/ratios.py [--peer mpi_tcp] RUN [RUN ...]
 A RUN is a results folder of `benchmarks/peers/run.py` (its peers-N*.jsonl files) or one JSONL file.
 
 busbw ratio (ringdist / peer, above 1: ringdist faster) for every size, and for 4 KiB the
-time ratio (ringdist / peer, below 1: ringdist faster), as the issue's targets are stated.
+time ratio (ringdist / peer, below 1: ringdist faster): latency matters there, not bandwidth.
 With several runs, the last column is the median over the runs that have the row.
 """
 import argparse
