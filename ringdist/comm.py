@@ -99,6 +99,7 @@ class Comm:
         # Every rank sees the same addresses, so every rank makes the same choice.
         self.both_ways = settings.directions == 2 or (settings.directions == 0 and several_links(addresses))
         self.direct_max_override = settings.direct_max  # RINGDIST_DIRECT_MAX (None: the tuning table's)
+        self.choices: dict[tuple, Any] = {}  # the tuning table's answers for this communicator (`tuning.choose`)
         self._peers_polled: tuple[list[Channel], Any] | None = None  # see finish()
         self._p2p_out: dict[int, list] = {}  # peer -> [Channel, messages sent]
         self._p2p_in: dict[int, list] = {}  # peer -> [Channel, messages received]

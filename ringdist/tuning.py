@@ -124,8 +124,26 @@ def forced(comm: Comm, op: str) -> str | None:
     return name
 
 
+CHOICES_KEPT = 256  # choices a communicator remembers (its kinds of call); then it starts afresh
+
+
 def choose(comm: Comm, op: str, nbytes: int) -> Algorithm:
-    """The algorithm that runs `op` on `comm` for `nbytes` per rank: RINGDIST_ALGO's, else the table's."""
+    """The algorithm that runs `op` on `comm` for `nbytes` per rank: RINGDIST_ALGO's, else the table's.
+
+    Remembered per communicator, for what the choice depends on (a small collective's whole
+    budget is tens of microseconds; the table's walk costs a few)."""
+    key = (op, nbytes, comm.both_ways, comm.direct_max_override)
+    cache = comm.choices
+    algorithm = cache.get(key)
+    if algorithm is None:
+        algorithm = _choose(comm, op, nbytes)
+        if len(cache) >= CHOICES_KEPT:
+            cache.clear()
+        cache[key] = algorithm
+    return algorithm
+
+
+def _choose(comm: Comm, op: str, nbytes: int) -> Algorithm:
     kind = KIND_OF[op]
     name = forced(comm, op)
     if name is not None:
