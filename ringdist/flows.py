@@ -49,8 +49,8 @@ class Segments:
     __slots__ = ("views", "total", "index", "pos")
 
     def __init__(self, views: list[memoryview]):
-        self.views = [v for v in views if len(v)]
-        self.total = sum(len(v) for v in self.views)
+        self.views = views = [v for v in views if len(v)]
+        self.total = sum(map(len, views))
         self.index = 0
         self.pos = 0
 
@@ -100,10 +100,11 @@ class Inflow:
         """Finish now if possible: take a stream that begins with `intro` (see `intro()`) and
         carries its payload in that one DATA frame, from what has arrived. True: done;
         False: more to come; None: the bytes are not those (nothing of them is taken).
-        A plain inflow of one segment, not yet started; `on_readable` goes on from here."""
+        For a plain inflow of one segment; `on_readable` goes on from where it stops."""
         ch = self.ch
         reader = self.reader
         total = self.total
+        got = self.received
         if self.need_header:
             have = reader.end - reader.start
             want = len(intro) + (total if total <= STAGED_PAYLOAD_MAX else 0)
@@ -116,17 +117,23 @@ class Inflow:
             if not state:
                 return state
             self.need_header = False
-            if total:
-                self._advance(reader.take_payload(self.seg.current(total)))
-            else:
+            if not total:
                 self.done = True
-        while not self.done:
-            k = ch.recv_into(self.seg.current(total - self.received), self.op)
-            if not k:
-                return False
-            reader.payload_landed(k)
-            self._advance(k)
-        return True
+                return True
+            got = reader.take_payload(self.seg.current(total))
+        if got < total:
+            dest = self.seg.views[0]
+            staged = got
+            while got < total:
+                k = ch.recv_into(dest[got:], self.op)
+                if not k:
+                    break
+                got += k
+            if got > staged:
+                reader.payload_landed(got - staged)
+        if got > self.received:
+            self._advance(got - self.received)
+        return self.done
 
     def on_readable(self) -> int:
         """Receive what the socket has; return bytes read (progress)."""
