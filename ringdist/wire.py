@@ -9,7 +9,9 @@ Every byte on a ringdist connection belongs to a frame:
 
 Control frames (handshake, HEADER, ABORT, CONTROL) carry a msgpack map and are
 bounded by MAX_CONTROL; DATA frames carry raw array bytes and are bounded by
-what the current operation still expects. This module knows nothing of sockets.
+what the current operation still expects. A `FrameReader` turns one connection's bytes
+into events (a control frame, the start of a DATA frame, NEED_DATA); every reader of a
+data connection goes through one. This module knows nothing of sockets.
 """
 
 from __future__ import annotations
@@ -408,7 +410,8 @@ class FrameReader:
         self.payload_left -= n
 
     def lookahead(self) -> "FrameReader":
-        """A reader over the same staged bytes whose reading leaves this one where it is."""
+        """A reader over the same staged bytes whose reading leaves this one where it is
+        (for reading only: feeding it would move bytes under this one)."""
         other = FrameReader.__new__(FrameReader)
         other.buf, other.view, other.size = self.buf, self.view, self.size
         other.start, other.end, other.payload_left = self.start, self.end, self.payload_left
