@@ -49,8 +49,13 @@ class Segments:
     __slots__ = ("views", "total", "index", "pos")
 
     def __init__(self, views: list[memoryview]):
-        self.views = views = [v for v in views if len(v)]
-        self.total = sum(map(len, views))
+        if len(views) == 1:  # the common case, without a comprehension (small collectives count µs)
+            total = len(views[0])
+            self.views = views if total else []
+        else:
+            self.views = views = [v for v in views if len(v)]
+            total = sum(map(len, views))
+        self.total = total
         self.index = 0
         self.pos = 0
 
@@ -100,7 +105,7 @@ class Inflow:
         """Finish now if possible: take a stream that begins with `intro` (see `intro()`) and
         carries its payload in that one DATA frame, from what has arrived. True: done;
         False: more to come; None: the bytes are not those (nothing of them is taken).
-        For a plain inflow of one segment; `on_readable` goes on from where it stops."""
+        For a plain inflow (no `on_data`) of one segment; `on_readable` goes on from where it stops."""
         ch = self.ch
         reader = self.reader
         total = self.total
@@ -120,7 +125,7 @@ class Inflow:
             if not total:
                 self.done = True
                 return True
-            got = reader.take_payload(self.seg.current(total))
+            got = reader.take_payload(self.seg.views[0])
         if got < total:
             dest = self.seg.views[0]
             staged = got
@@ -131,9 +136,13 @@ class Inflow:
                 got += k
             if got > staged:
                 reader.payload_landed(got - staged)
-        if got > self.received:
-            self._advance(got - self.received)
-        return self.done
+            if got < total:
+                if got > self.received:
+                    self._advance(got - self.received)
+                return False
+        self.received = total  # a plain inflow has nothing to do as bytes land (see on_data)
+        self.done = True
+        return True
 
     def on_readable(self) -> int:
         """Receive what the socket has; return bytes read (progress)."""
