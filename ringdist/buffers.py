@@ -114,7 +114,7 @@ def configure(limit: float) -> None:
 
 class ChunkedCopy:
     """A large copy done a piece at a time: `step()` copies the next piece and says whether
-    any is left, `finish()` copies the rest. A collective hands `step` to the transfer
+    any is left, `finish()` copies the rest. A collective hands `step` to the
     engine as its idle work, so the copy fills the waits for the network."""
 
     __slots__ = ("dst", "src", "pos", "piece")

@@ -13,10 +13,10 @@ the address and, where the caller passes it, the peer and the operation.
 - closing: `close_quietly`, `shutdown_quietly`, `forget_fd`;
 - edges that are not sockets: `read_private_file` (ConfigError), `advise_huge_pages`.
 
-A `Channel` is an authenticated connection to a peer rank. It owns its socket and a
-small staging buffer: bytes read ahead of the current frame (the next collective's
-header, say) wait there for the next reader. Large payloads bypass the buffer
-(`recv_into` straight into the output array).
+A `Channel` is an authenticated connection to a peer rank. It owns its socket and its
+`wire.FrameReader`: bytes read ahead of the current frame (the next collective's header,
+say) wait in the reader's staging buffer for the next reader. Large payloads bypass the
+buffer (`recv_into` straight into the output array).
 """
 
 from __future__ import annotations
@@ -377,38 +377,26 @@ class Channel:
         configure(sock, buffers)
         sock.setblocking(False)
         self.fd = sock.fileno()
-        self.stage = bytearray(STAGE_SIZE)
-        self.stage_view = memoryview(self.stage)
-        self.stage_start = 0  # first unread byte in stage
-        self.stage_end = 0  # one past the last byte read into stage
+        self.reader = wire.FrameReader(STAGE_SIZE)  # the frames read so far, and bytes read ahead
         self.closed = False
 
     def describe(self) -> str:
         return f"rank {self.peer} ({self.address}, {self.role} link of group {self.group!r})"
 
     def staged(self) -> int:
-        return self.stage_end - self.stage_start
-
-    def stage_room(self) -> int:
-        """Free bytes at the end of the staging buffer, compacting it first when that helps."""
-        if self.stage_start == self.stage_end:
-            self.stage_start = self.stage_end = 0
-        elif self.stage_start and STAGE_SIZE - self.stage_end < wire.MAX_CONTROL + wire.PREFIX_SIZE:
-            n = self.stage_end - self.stage_start
-            self.stage_view[:n] = self.stage_view[self.stage_start:self.stage_end]  # a memmove, no copy made
-            self.stage_start, self.stage_end = 0, n
-        return STAGE_SIZE - self.stage_end
+        return self.reader.end - self.reader.start
 
     def fill_stage(self, limit: int = STAGE_SIZE) -> int:
-        """Read up to `limit` bytes the socket has into the staging buffer; 0 if none ready.
+        """Read up to `limit` bytes the socket has into the reader's staging buffer; 0 if none
+        is ready or there is no room.
 
         Raises PeerLostError on EOF or reset.
         """
-        room = min(limit, self.stage_room())
-        if room <= 0:
+        room = self.reader.room(limit)
+        if not room:
             return 0
-        k = self.recv_into(self.stage_view[self.stage_end:self.stage_end + room])
-        self.stage_end += k
+        k = self.recv_into(room)
+        self.reader.end += k
         return k
 
     def recv_into(self, dest: memoryview, op: str = "") -> int:
@@ -430,6 +418,18 @@ class Channel:
         during = f" during {op}" if op else ""
         return PeerLostError(f"rank {self.me}: lost {self.describe()}{during}: {why}")
 
+    def sendmsg(self, buffers: list, op: str = "") -> int:
+        """Bytes of `buffers` the socket takes now (one sendmsg); 0 if it takes none.
+
+        Raises PeerLostError when the connection is gone.
+        """
+        try:
+            return self.sock.sendmsg(buffers)
+        except BlockingIOError:
+            return 0
+        except OSError as exc:
+            raise self.lost(socket_error(exc), op) from None
+
     def send_control_blocking(self, frame: bytes, timeout: float) -> None:
         """Send a whole small frame, waiting at most `timeout` seconds (best effort helper).
 
@@ -440,13 +440,10 @@ class Channel:
         poller = select.poll()
         poller.register(self.fd, select.POLLOUT)
         while view:
-            try:
-                view = view[self.sock.send(view):]
+            sent = self.sendmsg([view])
+            if sent:
+                view = view[sent:]
                 continue
-            except BlockingIOError:
-                pass
-            except OSError as exc:
-                raise self.lost(socket_error(exc)) from None
             left = deadlines.left(deadline)
             if left <= 0 or (not poller.poll(deadlines.poll_ms(left)) and deadlines.passed(deadline)):
                 raise RingTimeoutError(f"rank {self.me}: could not send to {self.describe()} in {timeout:.1f} s")

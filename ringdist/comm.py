@@ -18,8 +18,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from . import deadlines, forks, transfer, wire
-from .exchange import exchange as exchange_direct
+from . import aborts, deadlines, engine, forks, wire
+from .flows import Inflow, Outflow
 from .channel import Channel
 from .endpoint import Endpoint, InboxKey
 from .errors import GroupBrokenError, PeerLostError, RingError
@@ -193,7 +193,7 @@ class Comm:
                 f"rank {self._rank}: group {self.gid!r} cannot run {op}: an earlier collective failed "
                 f"({self._broken}); its ranks are no longer in step")
 
-    def run(self, op: str, inflows: list[transfer.Inflow], outflows: list[transfer.Outflow],
+    def run(self, op: str, inflows: list[Inflow], outflows: list[Outflow],
             channels: list[Channel] | None = None, timeout: float | None = None,
             idle: Callable[[], bool] | None = None) -> None:
         """Drive an operation's flows; on any failure tell the peers and mark the group broken.
@@ -210,7 +210,7 @@ class Comm:
             if self.ring is not None:  # a failed message breaks the group: its collectives must fail everywhere
                 tell = channels + self.channels
         watched = channels
-        self._guarded(op, channels, seq, outflows, lambda: transfer.run(
+        self._guarded(op, channels, seq, outflows, lambda: engine.run(
             inflows, outflows, watched, timeout=self._timeout(timeout), op=op, me=self._rank, seq=seq,
             spin=self._spin(sum(flow.total for flow in inflows)), yield_core=self.settings.spin_yield,
             idle=idle, header=None if seq is None else self._header), tell)
@@ -223,17 +223,17 @@ class Comm:
         assert mesh is not None
         seq = self._seq - 1
         channels = self.channels
-        outflows: list[transfer.Outflow] = []  # sends that did not complete at once
+        outflows: list[Outflow] = []  # sends that did not complete at once
         settings = self.settings
         try:  # as _guarded, written out: a lambda and a call cost 3-4 µs on the smallest collectives
             try:
-                exchange_direct(mesh.ordered if peers is None else [mesh.peers[p] for p in peers], sends, recvs,
+                engine.exchange(mesh.ordered if peers is None else [mesh.peers[p] for p in peers], sends, recvs,
                                 header, outflows=outflows, watched=channels,
                                 timeout=settings.timeout if timeout is None else self._timeout(timeout), op=op,
                                 me=self._rank, seq=seq, spin=self._spin(sum(map(len, recvs))),
                                 yield_core=settings.spin_yield, poller=mesh.poller)
             except PeerLostError:
-                transfer.pending_abort(channels, op)
+                aborts.pending_abort(channels, op)
                 raise
         except BaseException as exc:
             self._fail(op, channels, seq, outflows, exc)
@@ -261,18 +261,18 @@ class Comm:
         ready = poller.poll(0)
         if not ready:
             for ch in chans:
-                if ch.stage_end != ch.stage_start:
+                if ch.reader.end != ch.reader.start:
                     break
             else:
                 return  # the common case: nothing has come since the call's last frame
         seq = self._seq - 1
         try:
-            transfer.abort_waiting(chans, ready, seq, op)
+            aborts.abort_waiting(chans, ready, seq, op)
         except BaseException as exc:
             self._fail(op, self.channels, seq, [], exc)
             raise
 
-    def _guarded(self, op: str, channels: list[Channel], seq: int | None, outflows: list[transfer.Outflow],
+    def _guarded(self, op: str, channels: list[Channel], seq: int | None, outflows: list[Outflow],
                  body: Any, tell: list[Channel] | None = None) -> None:
         """Run `body`; on any failure mark the group broken and send an ABORT on `tell`
         (default: `channels`, the connections watched)."""
@@ -280,17 +280,17 @@ class Comm:
             try:
                 body()
             except PeerLostError:
-                transfer.pending_abort(channels, op)  # the reason a peer left, if it sent one
+                aborts.pending_abort(channels, op)  # the reason a peer left, if it sent one
                 raise
         except BaseException as exc:
             self._fail(op, channels if tell is None else tell, seq, outflows, exc)
             raise
 
-    def _fail(self, op: str, channels: list[Channel], seq: int | None, outflows: list[transfer.Outflow],
+    def _fail(self, op: str, channels: list[Channel], seq: int | None, outflows: list[Outflow],
               exc: BaseException) -> None:
         """Mark the group broken by `exc` and tell the peers (an ABORT on every channel)."""
         self._broken = f"{op}: {type(exc).__name__}: {exc}"
-        transfer.abort(outflows, channels, exc, self._rank, seq)
+        aborts.abort(outflows, channels, exc, self._rank, seq)
 
     def _spin(self, receiving: int) -> float:
         """Seconds a wait may spin, for an operation receiving this many bytes: only operations

@@ -17,7 +17,7 @@ from .arrays import as_array, byte_view
 from .collectives import _comm
 from .errors import MismatchError
 from .comm import Comm
-from .transfer import Inflow, Outflow, Segments
+from .flows import Inflow, Outflow, Segments
 
 
 def _message_header(arr: np.ndarray, number: int) -> wire.Header:

@@ -9,7 +9,9 @@ Every byte on a ringdist connection belongs to a frame:
 
 Control frames (handshake, HEADER, ABORT, CONTROL) carry a msgpack map and are
 bounded by MAX_CONTROL; DATA frames carry raw array bytes and are bounded by
-what the current operation still expects. This module knows nothing of sockets.
+what the current operation still expects. A `FrameReader` turns one connection's bytes
+into events (a control frame, the start of a DATA frame, NEED_DATA); every reader of a
+data connection goes through one. This module knows nothing of sockets.
 """
 
 from __future__ import annotations
@@ -241,3 +243,176 @@ def proof_mac(secret: bytes, role: bytes, hello_body: bytes, server_nonce: bytes
 
 def macs_equal(a: bytes, b: bytes) -> bool:
     return hmac.compare_digest(a, b)
+
+
+# ---- reading frames ----------------------------------------------------------------------------
+
+
+class _Signal:
+    __slots__ = ("name",)
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+NEED_DATA = _Signal("NEED_DATA")  # no whole event is staged: feed more bytes
+PAYLOAD = _Signal("PAYLOAD")  # inside a DATA frame: `payload_left` bytes of it are still to come
+
+
+class ControlFrame:
+    """A whole control frame: its kind and raw body (valid until the reader is fed again)."""
+
+    __slots__ = ("kind", "body")
+
+    def __init__(self, kind: int, body: memoryview):
+        self.kind = kind
+        self.body = body
+
+    def fields(self) -> dict[str, Any]:
+        """The body decoded (ProtocolError unless it is a str-keyed map)."""
+        return decode_map(self.body)
+
+    def __repr__(self) -> str:
+        return f"ControlFrame({KIND_NAMES[self.kind]}, {bytes(self.body)!r})"
+
+
+class DataFrame:
+    """The start of a DATA frame of `length` payload bytes (the reader now expects them)."""
+
+    __slots__ = ("length",)
+
+    def __init__(self, length: int):
+        self.length = length
+
+    def __repr__(self) -> str:
+        return f"DataFrame({self.length})"
+
+
+class FrameReader:
+    """The frames of one connection, from its bytes: no I/O, a fixed staging buffer.
+
+    Bytes come in by `feed(data)`, or by receiving into `room()` and calling
+    `landed(n)`. `next_event()` returns a `ControlFrame` once its whole frame is staged,
+    a `DataFrame` as soon as a DATA prefix is, `PAYLOAD` while payload bytes are still due,
+    and `NEED_DATA` otherwise; garbage raises ProtocolError. Payload bytes never need the
+    buffer: `take_payload(dest)` copies what is staged, and a caller that received payload
+    straight into its destination says so with `payload_landed(n)`. Control frames are
+    bounded by MAX_CONTROL, so the buffer (larger than one) never grows.
+    """
+
+    __slots__ = ("buf", "view", "size", "start", "end", "payload_left")
+
+    def __init__(self, size: int = 256 * 1024):
+        if size < MAX_CONTROL + PREFIX_SIZE:
+            raise ValueError(f"a frame reader needs at least {MAX_CONTROL + PREFIX_SIZE} bytes, got {size}")
+        self.buf = bytearray(size)
+        self.view = memoryview(self.buf)
+        self.size = size
+        self.start = 0  # first unread byte
+        self.end = 0  # one past the last byte staged
+        self.payload_left = 0  # bytes of the current DATA frame not yet taken
+
+    def staged(self) -> int:
+        return self.end - self.start
+
+    def room(self, limit: int | None = None) -> memoryview:
+        """Where the next bytes go (up to `limit`), compacting the buffer first when that helps."""
+        start, end = self.start, self.end
+        if start == end:
+            self.start = self.end = end = 0
+        elif start and self.size - end < MAX_CONTROL + PREFIX_SIZE:
+            n = end - start
+            self.view[:n] = self.view[start:end]  # a memmove, no copy made
+            self.start, self.end = 0, n
+            end = n
+        stop = self.size if limit is None else min(self.size, end + limit)
+        return self.view[end:stop]
+
+    def landed(self, n: int) -> None:
+        """`n` bytes were written at the front of `room()`."""
+        if not 0 <= n <= self.size - self.end:
+            raise ValueError(f"{n} bytes cannot have landed in {self.size - self.end} bytes of room")
+        self.end += n
+
+    def feed(self, data: bytes | bytearray | memoryview) -> int:
+        """Copy as much of `data` as there is room for; return how much (the rest waits until
+        the staged events are taken)."""
+        room = self.room(len(data))
+        n = len(room)
+        room[:] = memoryview(data)[:n]
+        self.end += n
+        return n
+
+    def next_event(self) -> ControlFrame | DataFrame | _Signal:
+        if self.payload_left:
+            return PAYLOAD
+        start = self.start
+        staged = self.end - start
+        if staged < PREFIX_SIZE:
+            return NEED_DATA
+        kind, length = decode_prefix(self.view[start:start + PREFIX_SIZE])
+        if kind == DATA:
+            self.start = start + PREFIX_SIZE
+            self.payload_left = length
+            return DataFrame(length)
+        if staged < PREFIX_SIZE + length:
+            return NEED_DATA
+        self.start = start + PREFIX_SIZE + length
+        return ControlFrame(kind, self.view[start + PREFIX_SIZE:self.start])
+
+    def next_prefix(self) -> tuple[int, int] | None:
+        """(kind, length) of the next frame once its prefix is staged, without taking it."""
+        if self.payload_left or self.end - self.start < PREFIX_SIZE:
+            return None
+        return decode_prefix(self.view[self.start:self.start + PREFIX_SIZE])
+
+    def match(self, intro: bytes, payload: int) -> bool | None:
+        """Take `intro` (a control frame, then the prefix of a DATA frame of `payload` bytes
+        unless `payload` is 0) if the staged bytes begin with it: True once taken, False if
+        they agree so far but end early, None if they differ (nothing is taken)."""
+        if self.payload_left:
+            return None
+        start = self.start
+        n = min(self.end - start, len(intro))
+        if self.view[start:start + n] != intro[:n]:
+            return None
+        if n < len(intro):
+            return False
+        self.start = start + n
+        self.payload_left = payload
+        return True
+
+    def take_payload(self, dest: memoryview) -> int:
+        """Copy staged payload bytes (as many as fit in `dest`) to `dest`; return how many."""
+        start = self.start
+        n = min(len(dest), self.payload_left, self.end - start)
+        if n:
+            dest[:n] = self.view[start:start + n]
+            self.start = start + n
+            self.payload_left -= n
+        return n
+
+    def skip_payload(self) -> int:
+        """Drop the staged payload bytes; return how many."""
+        n = min(self.payload_left, self.end - self.start)
+        self.start += n
+        self.payload_left -= n
+        return n
+
+    def payload_landed(self, n: int) -> None:
+        """`n` payload bytes were received straight into their destination (none was staged)."""
+        if self.end != self.start or not 0 <= n <= self.payload_left:
+            raise ValueError(f"{n} payload bytes cannot have landed with {self.payload_left} due "
+                             f"and {self.end - self.start} staged")
+        self.payload_left -= n
+
+    def lookahead(self) -> "FrameReader":
+        """A reader over the same staged bytes whose reading leaves this one where it is
+        (for reading only: feeding it would move bytes under this one)."""
+        other = FrameReader.__new__(FrameReader)
+        other.buf, other.view, other.size = self.buf, self.view, self.size
+        other.start, other.end, other.payload_left = self.start, self.end, self.payload_left
+        return other

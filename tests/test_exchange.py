@@ -18,7 +18,7 @@ import pytest
 from ringdist import wire
 from ringdist.channel import Channel
 from ringdist.errors import MismatchError, RingTimeoutError
-from ringdist.exchange import exchange
+from ringdist.engine import exchange
 
 
 @pytest.fixture

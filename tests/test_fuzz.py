@@ -1,7 +1,7 @@
 """Property-based fuzzing of the wire decoder: arbitrary bytes never cost more than a ProtocolError.
 
 The decoder under test is the real one: an Inflow reading from a real loopback TCP
-connection, driven by the transfer loop, with the peer's bytes followed by EOF.
+connection, driven by the engine, with the peer's bytes followed by EOF.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ringdist import transfer, wire
+from ringdist import engine, flows, wire
 from ringdist.channel import Channel
 from ringdist.errors import MismatchError, PeerLostError, ProtocolError, RingError, RingTimeoutError
 
@@ -33,10 +33,10 @@ def decode(data: bytes) -> str:
     sender.close()
     ch = Channel(receiver, me=1, peer=0, group="fuzz", role="left")
     out = np.zeros(PAYLOAD, dtype=np.uint8)
-    flow = transfer.Inflow(ch, transfer.Segments([memoryview(out)]), "all_gather", EXPECTED_HEADER)
+    flow = flows.Inflow(ch, flows.Segments([memoryview(out)]), "all_gather", EXPECTED_HEADER)
     tracemalloc.start()
     try:
-        transfer.run([flow], [], [ch], timeout=5, op="all_gather", me=1)
+        engine.run([flow], [], [ch], timeout=5, op="all_gather", me=1)
         result = "ok"
     except (ProtocolError, MismatchError, PeerLostError) as exc:
         result = type(exc).__name__

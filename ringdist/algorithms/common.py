@@ -9,7 +9,7 @@ import numpy as np
 from .. import schedule, wire
 from ..channel import Channel
 from ..comm import Comm
-from ..transfer import Inflow, Outflow, Segments
+from ..flows import Inflow, Outflow, Segments
 
 
 def pow2(n: int) -> bool:

@@ -13,7 +13,7 @@ import numpy as np
 from .. import buffers, schedule, wire
 from ..arrays import REDUCERS, byte_view
 from ..comm import Comm
-from ..transfer import Outflow, ReducingInflow, Segments
+from ..flows import Outflow, ReducingInflow, Segments
 from .base import Algorithm
 from .common import streams
 

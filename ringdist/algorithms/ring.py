@@ -18,7 +18,7 @@ import numpy as np
 from .. import buffers, schedule, wire
 from ..arrays import REDUCERS, byte_view
 from ..comm import Comm
-from ..transfer import Inflow, Outflow, ReducingInflow, Segments
+from ..flows import Inflow, Outflow, ReducingInflow, Segments
 from .base import Algorithm
 from .common import gather_flows, own_rows, row_bounds, streams
 
@@ -94,7 +94,7 @@ def reduce_flows(g: Comm, own: np.ndarray, dest: np.ndarray, bounds: list[tuple[
 def reduce(g: Comm, arr: np.ndarray, op: str, header: wire.Header, timeout: float | None) -> np.ndarray:
     """Ring reduce-scatter running straight on into the ring all-gather of the reduced blocks.
 
-    Every block of the output is written by the transfer: block r as it is reduced, the
+    Every block of the output is written by the engine: block r as it is reduced, the
     rest as they arrive."""
     n, r = g.size(), g.rank()
     out = buffers.cache.empty(arr.shape, arr.dtype)

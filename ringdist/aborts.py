@@ -1,0 +1,153 @@
+"""ABORT frames: a failed collective told to every peer, and found again on the receiving side.
+
+A rank whose collective fails sends an ABORT (the error's class, message and origin rank,
+and the call number) on each of its connections, at a frame boundary. Receivers raise it
+as the same error class, naming the rank where it started: from an inflow or watch that
+meets it (`flows`), from what a peer sent before it went away (`pending_abort`), or once
+a call has gone well here (`abort_waiting`). Staged bytes are read with a lookahead of the
+channel's `wire.FrameReader`, so they stay where they are for the channel's next reader.
+"""
+
+from __future__ import annotations
+
+import select
+import time
+from typing import Any, Protocol
+
+from . import errors, wire
+from .channel import Channel
+from .errors import PeerLostError, ProtocolError, RingError
+
+
+class Finishing(Protocol):
+    """An outflow that can complete a partly sent frame (see `flows.Outflow`)."""
+
+    ch: Channel
+
+    def finish_frame(self, timeout: float) -> None: ...
+
+
+def raise_remote(fields: dict[str, Any], ch: Channel, op: str) -> None:
+    """Turn a received ABORT frame into the exception it carries (passed on, it stays the same)."""
+    name = fields.get("error")
+    cls = getattr(errors, name, None) if isinstance(name, str) else None
+    if not (isinstance(cls, type) and issubclass(cls, RingError)):
+        cls = RingError
+    message = fields.get("message")
+    if not isinstance(message, str):
+        message = "(no message)"
+    origin = fields.get("origin")
+    if not isinstance(origin, int) or isinstance(origin, bool):
+        origin = ch.peer
+    exc = cls(f"rank {ch.me}: {op} aborted by rank {origin}: {message}")
+    exc.ringdist_origin = (origin, message)  # what an ABORT passed on carries, unchanged
+    raise exc
+
+
+def abort_fields(exc: BaseException, me: int, seq: int | None) -> dict[str, Any]:
+    """The body of the ABORT this rank sends for `exc`: the original cause, not a chain of hops."""
+    origin, message = getattr(exc, "ringdist_origin", (me, str(exc) or type(exc).__name__))
+    return {"error": type(exc).__name__, "message": message[:4000], "origin": origin, "seq": seq}
+
+
+def pending_abort(channels: list[Channel], op: str) -> None:
+    """Raise the ABORT a peer sent before it went away, if one already arrived on `channels`.
+
+    A peer that aborts and exits makes our next send fail with a broken pipe; the reason
+    it left is usually waiting, unread, in our receive buffer.
+    """
+    for ch in channels:
+        try:
+            while ch.fill_stage():
+                pass
+        except PeerLostError:
+            pass
+        reader = ch.reader.lookahead()
+        try:
+            while True:
+                event = reader.next_event()
+                if event is wire.PAYLOAD:
+                    reader.skip_payload()
+                    if reader.payload_left:
+                        break
+                elif event is wire.NEED_DATA:
+                    break
+                elif isinstance(event, wire.ControlFrame) and event.kind == wire.ABORT:
+                    fields = event.fields()
+                    raise_remote(fields, ch, op)
+        except ProtocolError:
+            continue
+
+
+def abort_waiting(channels: list[Channel], ready: list[tuple[int, int]], seq: int, op: str) -> None:
+    """Raise the ABORT a peer sent for collective `seq` (or an earlier one) if it has arrived.
+
+    Called once a collective has gone well here: a peer that gave up on it (a timeout while
+    this rank was late, a failure further round the ring) sent an ABORT after its last
+    frame of the call, so it is the next frame on that peer's channel. `ready` is a poll's
+    answer for `channels` (fds with bytes to read).
+    """
+    readable = {fd for fd, _ in ready}
+    for ch in channels:
+        if ch.fd in readable or ch.staged():
+            _raise_next_abort(ch, seq, op)
+
+
+def _raise_next_abort(ch: Channel, seq: int, op: str) -> None:
+    """Raise the channel's next frame if it is an ABORT for collective `seq` or earlier.
+
+    Anything else (the next collective's header from a peer ahead) is left staged for its
+    reader, as is a closed connection: a peer may leave once a call has gone well.
+    """
+    reader = ch.reader
+    try:
+        if reader.staged() < wire.PREFIX_SIZE:
+            ch.fill_stage(wire.PREFIX_SIZE - reader.staged())
+        prefix = reader.next_prefix()
+        if prefix is None or prefix[0] != wire.ABORT:
+            return
+        end = wire.PREFIX_SIZE + prefix[1]
+        waiter = None
+        deadline = time.monotonic() + 1.0  # an ABORT is sent whole: the rest is on its way
+        while reader.staged() < end:
+            if ch.fill_stage(end - reader.staged()):
+                continue
+            if waiter is None:
+                waiter = select.poll()
+                waiter.register(ch.fd, select.POLLIN)
+            left = deadline - time.monotonic()
+            if left <= 0 or not waiter.poll(left * 1000):
+                return
+        event = reader.lookahead().next_event()
+        assert isinstance(event, wire.ControlFrame)
+        fields = event.fields()
+    except (PeerLostError, ProtocolError):
+        return  # the next operation on this channel reports it
+    theirs = fields.get("seq")
+    if isinstance(theirs, int) and not isinstance(theirs, bool) and theirs > seq:
+        return
+    raise_remote(fields, ch, op)
+
+
+def abort(outflows: list[Finishing], channels: list[Channel], exc: BaseException, me: int, seq: int | None,
+          timeout: float = 1.0) -> None:
+    """Tell every peer on `channels` that collective `seq` failed (best effort, bounded)."""
+    frame = wire.encode_map(wire.ABORT, abort_fields(exc, me, seq))
+    deadline = time.monotonic() + timeout  # one budget for the whole abort, not one per peer
+    finished = set()
+    for flow in outflows:
+        try:
+            flow.finish_frame(max(0.0, deadline - time.monotonic()))
+            finished.add(flow.ch.fd)
+        except RingError:
+            continue
+    for ch in channels:
+        if ch.closed:
+            continue
+        owned = any(flow.ch is ch for flow in outflows)
+        if owned and ch.fd not in finished:
+            continue  # mid-frame: an ABORT now would corrupt the stream
+        try:
+            ch.send_control_blocking(frame, max(0.05, deadline - time.monotonic()))
+        except RingError:
+            pass

@@ -1,0 +1,185 @@
+"""The engine: one poll loop that drives a collective's flows, and its short road.
+
+`run` drives every `Inflow` and `Outflow` (`flows`) of an operation to completion over
+non-blocking channels. The loop blocks in `poll` (no spinning unless asked) and its
+timeout is progress-based: it resets whenever a byte moves. Channels without an inflow
+are watched for an ABORT or a header of another call.
+
+`exchange` is the direct path's way in: one block to every peer and one from each.
+Small collectives are dominated by fixed costs, so it first tries to finish the flows
+at once: one `sendmsg` per peer (header, DATA prefix and payload together), then each
+peer's header and prefix are compared, as bytes, with what this rank expects, and the
+payload lands in place. The wait spins for the configured time only. Whatever is not
+finished then (a partial send, a header that differs, an ABORT, a wait longer than the
+spin) goes to `run` in the same flows, exactly where it stands, which checks, reports
+and times out as for every collective.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import time
+from typing import Any, Callable
+
+from . import deadlines, wire
+from .channel import Channel
+from .errors import RingError, RingTimeoutError
+from .flows import Inflow, Outflow, Segments, Watch, intro
+
+POLLIN = select.POLLIN | select.POLLPRI
+POLLOUT = select.POLLOUT
+POLLERR = select.POLLERR | select.POLLHUP | select.POLLNVAL
+
+
+def run(inflows: list[Inflow], outflows: list[Outflow], watched: list[Channel], *,
+        timeout: float, op: str, me: int, seq: int | None = None, spin: float = 0.0,
+        yield_core: bool = False, idle: Callable[[], bool] | None = None,
+        header: wire.Header | None = None) -> None:
+    """Drive every flow to completion, or raise (RingTimeoutError after `timeout` s without progress).
+
+    Channels in `watched` without a pending inflow are watched for an ABORT, and for a
+    HEADER of call `seq` other than `header` (MismatchError). Waits block
+    in poll; with `spin` > 0 each wait first polls without blocking for up to `spin`
+    seconds (tens of microseconds), which small messages finish within. With `yield_core`
+    the spin gives the core away between polls (sched_yield): on a host with more ranks
+    than cores, the peer being waited for may need this very core. `idle` is work to do
+    instead of waiting, a piece per call; it returns False once there is none left.
+    """
+    # fd -> [inflow or None, outflow or None, Watch or None]
+    slots: dict[int, list[Any]] = {ch.fd: [None, None, Watch(ch, op, seq, header)] for ch in watched}
+    for flow in inflows:
+        slots.setdefault(flow.ch.fd, [None, None, None])[0] = flow
+        flow.consume_staged()
+    for reader, _, watch in slots.values():
+        if watch is not None and reader is None and watch.ch.reader.end != watch.ch.reader.start:
+            watch.scan()  # frames read ahead earlier wake no poll
+    for flow in outflows:
+        slots.setdefault(flow.ch.fd, [None, None, None])[1] = flow
+    poller = select.poll()
+    masks: dict[int, int] = {}
+    last_progress = time.monotonic()
+    while True:
+        for flow in outflows:
+            if not flow.done and not flow.blocked and flow.pump():
+                last_progress = time.monotonic()
+        busy = False
+        for fd, (reader, writer, watch) in slots.items():
+            mask = 0
+            if reader is not None and not reader.done:
+                mask = POLLIN
+                busy = True
+            elif watch is not None and not watch.done:
+                mask = POLLIN  # the inflow is done (or there is none): listen for an ABORT
+            if writer is not None and not writer.done:
+                busy = True
+                if writer.blocked:
+                    mask |= POLLOUT
+            if masks.get(fd, 0) != mask:
+                if mask:
+                    poller.register(fd, mask)
+                else:
+                    poller.unregister(fd)
+                masks[fd] = mask
+        if not busy:
+            return
+        events = poller.poll(0) if spin else None
+        if not events and spin:  # never spinning past the timeout
+            spin_until = time.perf_counter() + min(spin, max(0.0, last_progress + timeout - time.monotonic()))
+            while not events and time.perf_counter() < spin_until:
+                if yield_core:
+                    os.sched_yield()
+                events = poller.poll(0)  # a short spin beats the kernel's wake-up latency
+        while idle is not None and not events:
+            if not idle():
+                idle = None
+            events = poller.poll(0)
+        if not events:
+            wait = last_progress + timeout - time.monotonic()
+            events = poller.poll(deadlines.poll_ms(wait)) if wait > 0 else []
+            if not events:
+                if time.monotonic() - last_progress < timeout:
+                    continue  # one slice of a long wait ended
+                raise RingTimeoutError(_stall_message(inflows, outflows, op, me, timeout))
+        moved = 0
+        for fd, ev in events:
+            reader, writer, watch = slots[fd]
+            if ev & (POLLIN | POLLERR):
+                if reader is not None and not reader.done:
+                    moved += reader.on_readable()
+                elif watch is not None and not watch.done:
+                    try:
+                        watch.on_readable()
+                    except RingError:
+                        for flow in inflows:  # what this rank can see for itself wins over a relayed ABORT
+                            if not flow.done:
+                                flow.on_readable()
+                        raise
+            if ev & (POLLOUT | POLLERR) and writer is not None:
+                writer.blocked = False
+        if moved:
+            last_progress = time.monotonic()
+
+
+def _stall_message(inflows: list[Inflow], outflows: list[Outflow], op: str, me: int, timeout: float) -> str:
+    waits = [f"receiving from {f.ch.describe()} ({f.received} of {f.total} bytes"
+             f"{', header not yet received' if f.need_header else ''})" for f in inflows if not f.done]
+    waits += [f"sending to {f.ch.describe()} ({f.framed} of {f.total} bytes framed)"
+              for f in outflows if not f.done and f.blocked]
+    detail = "; ".join(waits) or "waiting"
+    return f"rank {me}: {op} made no progress for {timeout:g} s: {detail}"
+
+
+
+def exchange(peers: list[Channel], sends: list[memoryview], recvs: list[memoryview], header: wire.Header, *,
+             outflows: list[Outflow], watched: list[Channel], timeout: float, op: str, me: int, seq: int,
+             spin: float, yield_core: bool, poller: "select.poll") -> None:
+    """Send `sends[i]` to `peers[i]` and receive `recvs[i]` from it, for every i.
+
+    `poller` has every peer's fd registered for reading. Outflows that could not send
+    everything at once are appended to `outflows` (a caller's abort must finish their frame).
+    """
+    intros: dict[int, bytes] = {}
+    for ch, send in zip(peers, sends):
+        n = len(send)
+        first = intros.get(n)
+        if first is None:
+            first = intros[n] = intro(header, n)
+        rest = Outflow.send_whole(ch, send, op, first)
+        if rest is not None:
+            outflows.append(rest)
+    waiting = {}
+    odd = []
+    for ch, dest in zip(peers, recvs):
+        n = len(dest)
+        first = intros.get(n)
+        if first is None:
+            first = intros[n] = intro(header, n)
+        flow = Inflow(ch, Segments([dest]), op, header)
+        if ch.reader.end != ch.reader.start:  # read ahead earlier: take it first
+            state = flow.take(first)
+            if state is None:
+                odd.append(flow)
+                continue
+            if state:
+                continue
+        waiting[ch.fd] = (flow, first)
+    if waiting and not outflows and not odd:
+        deadline = time.perf_counter() + min(spin, timeout)  # never spinning past the timeout
+        while True:
+            for fd, _ in poller.poll(0):
+                entry = waiting.get(fd)
+                if entry is None:
+                    continue
+                state = entry[0].take(entry[1])
+                if state is None:
+                    odd.append(waiting.pop(fd)[0])
+                elif state:
+                    del waiting[fd]
+            if not waiting or odd or time.perf_counter() >= deadline:
+                break
+            if yield_core:
+                os.sched_yield()
+    if waiting or odd or outflows:
+        inflows = [flow for flow, _ in waiting.values()] + odd
+        run(inflows, outflows, watched, timeout=timeout, op=op, me=me, seq=seq, header=header)
