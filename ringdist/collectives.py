@@ -22,7 +22,7 @@ def _comm(group: Comm | None, timeout: float | None) -> Comm:
     if timeout is not None:
         deadlines.check_timeout(timeout)
     if group is None:
-        return comm_module.default()
+        return comm_module.default_made or comm_module.default()
     if not isinstance(group, Comm):
         raise TypeError(f"group must be a ringdist Group or None, got {type(group).__name__}")
     return group

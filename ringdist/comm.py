@@ -69,6 +69,14 @@ def default() -> "Comm":
     return _default()
 
 
+default_made: "Comm | None" = None  # the default communicator once made (read on every call with group=None)
+
+
+def set_default_made(comm: "Comm | None") -> None:
+    global default_made
+    default_made = comm
+
+
 class Comm:
     """A set of ranks that run collectives together; `rank()` and `size()` as in MLX.
 

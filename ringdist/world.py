@@ -84,6 +84,7 @@ def init(strict: bool = False, backend: str = "ring") -> Group:
                            addresses=[[]], world_ranks=[0])
         else:
             _world = _join(job, settings)
+        comm.set_default_made(_world)
         return _world
 
 
@@ -168,6 +169,7 @@ def shutdown() -> None:
         _endpoint.close()
         _endpoint = None
     _world = None
+    comm.set_default_made(None)
 
 
 def _after_fork_in_child() -> None:
