@@ -62,19 +62,10 @@ def pending_abort(channels: list[Channel], op: str) -> None:
                 pass
         except PeerLostError:
             pass
-        reader = ch.reader.lookahead()
         try:
-            while True:
-                event = reader.next_event()
-                if event is wire.PAYLOAD:
-                    reader.skip_payload()
-                    if reader.payload_left:
-                        break
-                elif event is wire.NEED_DATA:
-                    break
-                elif isinstance(event, wire.ControlFrame) and event.kind == wire.ABORT:
-                    fields = event.fields()
-                    raise_remote(fields, ch, op)
+            for frame in ch.reader.staged_control_frames():
+                if frame.kind == wire.ABORT:
+                    raise_remote(frame.fields(), ch, op)
         except ProtocolError:
             continue
 

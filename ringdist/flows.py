@@ -448,25 +448,16 @@ class Watch:
     def scan(self) -> None:
         """Check the whole frames staged on the channel."""
         ch = self.ch
-        reader = ch.reader.lookahead()
-        while True:
-            event = reader.next_event()
-            if event is wire.PAYLOAD:
-                reader.skip_payload()
-                if reader.payload_left:
-                    return
-            elif event is wire.NEED_DATA:
-                return
-            elif isinstance(event, wire.ControlFrame):
-                if event.kind == wire.ABORT:
-                    fields = event.fields()
-                    theirs = fields.get("seq")
-                    if self.seq is None or not isinstance(theirs, int) or theirs <= self.seq:
-                        raise_remote(fields, ch, self.op)
-                elif event.kind == wire.HEADER and self.header is not None and event.body != self.header.body:
-                    fields = wire.check_header(event.fields())
-                    if fields["seq"] == self.seq:
-                        check_same(_role_free(self.header.fields), _role_free(fields), ch)
+        for frame in ch.reader.staged_control_frames():
+            if frame.kind == wire.ABORT:
+                fields = frame.fields()
+                theirs = fields.get("seq")
+                if self.seq is None or not isinstance(theirs, int) or theirs <= self.seq:
+                    raise_remote(fields, ch, self.op)
+            elif frame.kind == wire.HEADER and self.header is not None and frame.body != self.header.body:
+                fields = wire.check_header(frame.fields())
+                if fields["seq"] == self.seq:
+                    check_same(_role_free(self.header.fields), _role_free(fields), ch)
 
 
 def _role_free(fields: dict[str, Any]) -> dict[str, Any]:

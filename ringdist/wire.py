@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import struct
-from typing import Any
+from typing import Any, Iterator
 
 import msgpack
 
@@ -408,6 +408,21 @@ class FrameReader:
             raise ValueError(f"{n} payload bytes cannot have landed with {self.payload_left} due "
                              f"and {self.end - self.start} staged")
         self.payload_left -= n
+
+    def staged_control_frames(self) -> "Iterator[ControlFrame]":
+        """The whole control frames staged after the current position, payloads skipped, read
+        through a lookahead (this reader stays where it is). ProtocolError on garbage."""
+        reader = self.lookahead()
+        while True:
+            event = reader.next_event()
+            if event is PAYLOAD:
+                reader.skip_payload()
+                if reader.payload_left:
+                    return
+            elif event is NEED_DATA:
+                return
+            elif isinstance(event, ControlFrame):
+                yield event
 
     def lookahead(self) -> "FrameReader":
         """A reader over the same staged bytes whose reading leaves this one where it is
