@@ -379,6 +379,9 @@ class Channel:
         self.fd = sock.fileno()
         self.reader = wire.FrameReader(STAGE_SIZE)  # the frames read so far, and bytes read ahead
         self.closed = False
+        # The last recv found the socket empty: it returned fewer bytes than it had room for
+        # (what a poll for input at that moment would have said).
+        self.drained = False
 
     def describe(self) -> str:
         return f"rank {self.peer} ({self.address}, {self.role} link of group {self.group!r})"
@@ -407,11 +410,13 @@ class Channel:
         try:
             k = self.sock.recv_into(dest)
         except BlockingIOError:
+            self.drained = True
             return 0
         except OSError as exc:
             raise self.lost(socket_error(exc), op) from None
         if k == 0:
             raise self.lost("connection closed by peer", op)
+        self.drained = k < len(dest)
         return k
 
     def lost(self, why: str, op: str = "") -> PeerLostError:

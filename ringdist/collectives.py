@@ -29,17 +29,15 @@ def _comm(group: Comm | None, timeout: float | None) -> Comm:
 
 
 def _header(g: Comm, op: str, arr: np.ndarray, name: str, **extra: Any) -> wire.Header:
-    # The algorithm is in the header (the ring's implicitly): ranks that chose differently fail
-    # with MismatchError, never hang.
-    if name != "ring":
-        extra["path"] = name
-    return g.next_header(op, arr, **extra)
+    return g.next_header(op, arr, name, **extra)
 
 
 def gather_rows(x: Any, *, group: Comm | None = None, op: str = "all_gather",
                 timeout: float | None = None) -> np.ndarray:
     """all_gather under a given op name (split's exchange cannot pair with a user's all_gather)."""
-    g = _comm(group, timeout)
+    g = comm_module.default_made if group is None and timeout is None else None  # the common case
+    if g is None:
+        g = _comm(group, timeout)
     arr = as_rows(x)
     n = g.size()
     out = buffers.cache.empty((n * arr.shape[0],) + arr.shape[1:], arr.dtype)
@@ -48,8 +46,7 @@ def gather_rows(x: Any, *, group: Comm | None = None, op: str = "all_gather",
         np.copyto(out, arr)
         return out
     algorithm = tuning.choose(g, op, arr.nbytes)
-    header = _header(g, op, arr, algorithm.name)
-    algorithm.gather(g, arr, out, header, timeout)
+    algorithm.gather(g, arr, out, g.next_header(op, arr, algorithm.name), timeout)
     g.finish(op)
     return out
 
@@ -63,7 +60,9 @@ def all_gather(x: Any, *, group: Comm | None = None, timeout: float | None = Non
 
 
 def _all_reduce(x: Any, group: Comm | None, op: str, timeout: float | None) -> np.ndarray:
-    g = _comm(group, timeout)
+    g = comm_module.default_made if group is None and timeout is None else None  # the common case
+    if g is None:
+        g = _comm(group, timeout)
     arr = as_array(x)
     check_reducible(arr, op)
     if g.size() == 1:
@@ -72,7 +71,7 @@ def _all_reduce(x: Any, group: Comm | None, op: str, timeout: float | None) -> n
         np.copyto(out, arr)
         return out
     algorithm = tuning.choose(g, op, arr.nbytes)
-    out = algorithm.reduce(g, arr, op, _header(g, op, arr, algorithm.name), timeout)
+    out = algorithm.reduce(g, arr, op, g.next_header(op, arr, algorithm.name), timeout)
     g.finish(op)
     return out
 

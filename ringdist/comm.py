@@ -109,6 +109,7 @@ class Comm:
         self.direct_max_override = settings.direct_max  # RINGDIST_DIRECT_MAX (None: the tuning table's)
         self.choices: dict[tuple, Any] = {}  # the tuning table's answers for this communicator (`tuning.choose`)
         self._peers_polled: tuple[list[Channel], Any] | None = None  # see finish()
+        self._quiet = -1  # a call whose exchange found every peer's socket empty after its frames
         self._p2p_out: dict[int, list] = {}  # peer -> [Channel, messages sent]
         self._p2p_in: dict[int, list] = {}  # peer -> [Channel, messages received]
         if size > 1:
@@ -173,12 +174,16 @@ class Comm:
             self._channels = self.ring.channels + (self.mesh.own if self.mesh is not None else [])
         return self._channels
 
-    def next_header(self, op: str, arr: np.ndarray, **extra: Any) -> wire.Header:
-        """Check the group is usable and make the header of this rank's next collective."""
+    def next_header(self, op: str, arr: np.ndarray, path: str = "ring", **extra: Any) -> wire.Header:
+        """Check the group is usable and make the header of this rank's next collective, run
+        by the algorithm named `path`: it rides in the header (the ring's implicitly), so
+        ranks that chose differently fail with MismatchError, never hang."""
         if self._closed or self._broken:
             self.check_usable(op)
         seq = self._seq
         self._seq += 1
+        if path != "ring":
+            extra["path"] = path
         if not self.both_ways:
             extra["ways"] = 1  # in the header: ranks with different RINGDIST_DIRECTIONS fail, not hang
         key = (op, arr.dtype, arr.shape, *extra.items())
@@ -210,6 +215,7 @@ class Comm:
         (the one whose header was made last), the pair's own for point-to-point.
         """
         seq: int | None = self._seq - 1
+        self._quiet = -1
         tell = None
         if channels is None:
             channels = self.channels
@@ -235,11 +241,20 @@ class Comm:
         settings = self.settings
         try:  # as _guarded, written out: a lambda and a call cost 3-4 µs on the smallest collectives
             try:
-                engine.exchange(mesh.ordered if peers is None else [mesh.peers[p] for p in peers], sends, recvs,
-                                header, outflows=outflows, watched=channels,
-                                timeout=settings.timeout if timeout is None else self._timeout(timeout), op=op,
-                                me=self._rank, seq=seq, spin=self._spin(sum(map(len, recvs))),
-                                yield_core=settings.spin_yield, poller=mesh.poller)
+                if peers is None:
+                    chans = mesh.ordered
+                elif len(peers) == 1:  # recursive doubling's steps
+                    chans = [mesh.peers[peers[0]]]
+                else:
+                    chans = [mesh.peers[p] for p in peers]
+                receiving = sum(map(len, recvs))  # as _spin, written out
+                quiet = engine.exchange(chans, sends, recvs, header, outflows=outflows, watched=channels,
+                                        timeout=settings.timeout if timeout is None else self._timeout(timeout),
+                                        op=op, me=self._rank, seq=seq,
+                                        spin=0.0 if receiving > SPIN_MAX_BYTES else settings.spin_us * 1e-6,
+                                        yield_core=settings.spin_yield, poller=mesh.poller)
+                # Every peer's socket read empty after this call's frames: finish() need not poll.
+                self._quiet = seq if quiet and len(chans) == len(mesh.ordered) else -1
             except PeerLostError:
                 aborts.pending_abort(channels, op)
                 raise
@@ -253,7 +268,14 @@ class Comm:
         came, or failed after sending its last frame of the call), and break the group.
 
         One poll of a channel to every peer (the mesh's, else the ring neighbours'); only a
-        channel with bytes waiting has its next frame looked at."""
+        channel with bytes waiting has its next frame looked at. No poll when the call's last
+        exchange read every peer's socket empty after its frames (`engine.exchange`)."""
+        if self._quiet == self._seq - 1 and self.mesh is not None:
+            for ch in self.mesh.ordered:
+                if ch.reader.end != ch.reader.start:
+                    break
+            else:
+                return
         polled = self._peers_polled
         if polled is None:
             if self.ring is None:

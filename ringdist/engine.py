@@ -133,11 +133,13 @@ def _stall_message(inflows: list[Inflow], outflows: list[Outflow], op: str, me: 
 
 def exchange(peers: list[Channel], sends: list[memoryview], recvs: list[memoryview], header: wire.Header, *,
              outflows: list[Outflow], watched: list[Channel], timeout: float, op: str, me: int, seq: int,
-             spin: float, yield_core: bool, poller: "select.poll") -> None:
+             spin: float, yield_core: bool, poller: "select.poll") -> bool:
     """Send `sends[i]` to `peers[i]` and receive `recvs[i]` from it, for every i.
 
     `poller` has every peer's fd registered for reading. Outflows that could not send
     everything at once are appended to `outflows` (a caller's abort must finish their frame).
+    True when every flow finished at once and each peer's last read found its socket
+    empty: nothing (no ABORT) had come after the call's frames then.
     """
     intros: dict[int, bytes] = {}
     for ch, send in zip(peers, sends):
@@ -156,6 +158,7 @@ def exchange(peers: list[Channel], sends: list[memoryview], recvs: list[memoryvi
         if first is None:
             first = intros[n] = intro(header, n)
         flow = Inflow(ch, Segments([dest]), op, header)
+        ch.drained = False  # until a read of this call finds the socket empty
         if ch.reader.end != ch.reader.start:  # read ahead earlier: take it first
             state = flow.take(first)
             if state is None:
@@ -183,3 +186,8 @@ def exchange(peers: list[Channel], sends: list[memoryview], recvs: list[memoryvi
     if waiting or odd or outflows:
         inflows = [flow for flow, _ in waiting.values()] + odd
         run(inflows, outflows, watched, timeout=timeout, op=op, me=me, seq=seq, header=header)
+        return False
+    for ch in peers:
+        if not ch.drained:
+            return False
+    return True

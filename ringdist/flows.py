@@ -35,6 +35,7 @@ SMALL_REST = 64 * 1024  # with this little left to receive, read ahead freely in
 REDUCE_CHUNK = 64 * 1024  # a reducing inflow folds what has landed once this much is there
 POLLOUT = select.POLLOUT
 STAGED_PAYLOAD_MAX = 16 * 1024  # `take` reads a payload up to this with its header, into the stage
+READ_MORE = 4096  # `take` reads up to this much past the stream it wants (an ABORT behind it, say)
 
 
 def intro(header: wire.Header, length: int) -> bytes:
@@ -114,8 +115,8 @@ class Inflow:
             have = reader.end - reader.start
             want = len(intro) + (total if total <= STAGED_PAYLOAD_MAX else 0)
             if have < want:
-                try:
-                    ch.fill_stage(want - have)
+                try:  # room for a frame more: a short read says the socket is drained (see Comm.finish)
+                    ch.fill_stage(want - have + READ_MORE)
                 except PeerLostError:
                     return None  # the engine reports it, after any ABORT the peer sent first
             state = reader.match(intro, total)
