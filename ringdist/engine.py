@@ -133,8 +133,9 @@ def _stall_message(inflows: list[Inflow], outflows: list[Outflow], op: str, me: 
 
 def exchange(peers: list[Channel], sends: list[memoryview], recvs: list[memoryview], header: wire.Header, *,
              outflows: list[Outflow], watched: list[Channel], timeout: float, op: str, me: int, seq: int,
-             spin: float, yield_core: bool, poller: "select.poll") -> None:
-    """Send `sends[i]` to `peers[i]` and receive `recvs[i]` from it, for every i.
+             spin: float, yield_core: bool, poller: "select.poll", sources: list[Channel] | None = None) -> None:
+    """Send `sends[i]` to `peers[i]` and receive `recvs[i]` from it (from `sources[i]` if
+    given: a shift, sending one way and receiving from the other), for every i.
 
     `poller` has every peer's fd registered for reading. Outflows that could not send
     everything at once are appended to `outflows` (a caller's abort must finish their frame).
@@ -150,7 +151,7 @@ def exchange(peers: list[Channel], sends: list[memoryview], recvs: list[memoryvi
             outflows.append(rest)
     waiting = {}
     odd = []
-    for ch, dest in zip(peers, recvs):
+    for ch, dest in zip(peers if sources is None else sources, recvs):
         n = len(dest)
         first = intros.get(n)
         if first is None:

@@ -20,7 +20,7 @@ from .algorithms import ALGORITHMS, Algorithm
 from .comm import Comm
 from .errors import ConfigError
 
-KIND_OF = {"all_gather": "gather", "barrier": "gather", "split": "gather",
+KIND_OF = {"all_gather": "gather", "barrier": "barrier", "split": "gather",
            "all_sum": "reduce", "all_max": "reduce", "all_min": "reduce", "all_prod": "reduce",
            "sum_scatter": "reduce_scatter", "broadcast": "broadcast"}
 
@@ -81,7 +81,9 @@ TABLE: list[Row] = [
         "log2(N) steps: 4-32 KiB blocks 20-40% faster than one direct exchange on 4 ranks"),
     Row("gather", "direct", lambda f: f.mesh and f.nbytes <= f.direct_max,
         "one step instead of N-1: up to 1 MiB blocks 10-40% faster than the ring"),
-    Row("gather", "ring", _always, "bandwidth-optimal, and the only one for groups over 8"),
+    Row("gather", "doubling", lambda f: not f.mesh and f.nbytes <= DOUBLING_GATHER_MAX,
+        "groups over 8: log2(N) steps (+2 folding in and out the ranks past a power of two)"),
+    Row("gather", "ring", _always, "bandwidth-optimal"),
     Row("reduce", "pairwise", lambda f: f.n == 2 and not f.both_ways and f.mesh
         and f.nbytes <= min(PAIR_EXCHANGE_MAX, f.direct_max),
         "two ranks on their direct connection: 512 KiB 24-32% faster than two steps of half arrays"),
@@ -93,11 +95,15 @@ TABLE: list[Row] = [
         "the ring's bytes in 2 steps instead of 2(N-1): 4-rank 1 MiB 2.2-2.7 -> 1.0-1.2 ms"),
     Row("reduce", "pairwise-ring", lambda f: f.n == 2 and f.nbytes <= PAIR_EXCHANGE_MAX,
         "two ranks, 1-2 MiB: 14-24% faster than the ring's reduce-scatter and all-gather"),
+    Row("reduce", "doubling", lambda f: not f.mesh and f.nbytes <= ONE_SHOT_MAX,
+        "groups over 8: log2(N) steps (+2 folding in and out the ranks past a power of two)"),
     Row("reduce", "ring", _always, "bandwidth-optimal"),
     Row("reduce_scatter", "ring", _always, "bandwidth-optimal"),
     Row("broadcast", "direct", lambda f: f.mesh and f.nbytes <= f.direct_max,
         "one step, and every rank checks every other rank's call"),
     Row("broadcast", "ring", _always, "a pipelined chain from the root"),
+    Row("barrier", "direct", lambda f: f.mesh and f.nbytes <= f.direct_max, "one step: a byte to every rank"),
+    Row("barrier", "dissemination", _always, "ceil(log2 N) rounds of a header-only message"),
 ]
 
 
@@ -171,5 +177,5 @@ def check_overrides(settings_algo: tuple[tuple[str, str], ...]) -> None:
         if algorithm is None:
             raise ConfigError(f"RINGDIST_ALGO: no algorithm {name!r} (there are {', '.join(sorted(ALGORITHMS))})")
         kinds = {KIND_OF[o] for o in KIND_OF if op in (o, "*") or (op == "all_reduce" and KIND_OF[o] == "reduce")}
-        if not any(getattr(algorithm, k) is not None for k in kinds):
+        if not any(algorithm.runs(k) for k in kinds):
             raise ConfigError(f"RINGDIST_ALGO: {name} cannot run {op} (it runs {', '.join(algorithm.kinds())})")
