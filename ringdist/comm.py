@@ -18,7 +18,7 @@ from typing import Any, Callable
 import numpy as np
 
 from . import aborts, deadlines, engine, forks, wire
-from .flows import Inflow, Outflow
+from .flows import Inflow, Outflow, Watch
 from .channel import Channel
 from .endpoint import Endpoint, InboxKey
 from .errors import GroupBrokenError, PeerLostError, RingError
@@ -187,8 +187,13 @@ class Comm:
             return ch
         channels, seq, op = self.channels, self._seq - 1, self._header.fields["op"] if self._header else "link"
 
-        def check() -> None:
-            aborts.abort_waiting(channels, links.poller.poll(0), seq, op)
+        watches = {ch.fd: Watch(ch, op, seq, self._header) for ch in channels}
+
+        def check() -> None:  # an ABORT, or this call's header describing another call (MismatchError)
+            for fd, _ in links.poller.poll(0):
+                watch = watches.get(fd)
+                if watch is not None and not watch.done:
+                    watch.on_readable()
 
         ch = links.link(p, deadlines.after(self.settings.connect_timeout), deadlines.after(self._timeout(timeout)),
                         check)

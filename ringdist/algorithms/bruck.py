@@ -17,10 +17,13 @@ from ..arrays import byte_view
 from ..comm import Comm
 from .base import Algorithm
 from .common import own_rows
+from .dissemination import neighbours
 
 
 def gather(g: Comm, arr: np.ndarray, out: np.ndarray, header: wire.Header, timeout: float | None) -> None:
     n, r, size, op = g.size(), g.rank(), arr.nbytes, header.fields["op"]
+    if g.mesh is None:
+        neighbours(g, header, op, timeout)
     held = buffers.cache.empty((n, size), np.uint8, min_bytes=buffers.SCRATCH_MIN_BYTES)  # row i: rank (r+i)%n's
     mine = own_rows(g, arr, out)
     np.copyto(mine, arr)

@@ -19,6 +19,7 @@ from ..arrays import REDUCERS, byte_view
 from ..comm import Comm
 from .base import Algorithm
 from .common import place_own
+from .dissemination import neighbours
 
 
 def fold(n: int) -> int:
@@ -29,6 +30,8 @@ def fold(n: int) -> int:
 def gather(g: Comm, arr: np.ndarray, out: np.ndarray, header: wire.Header, timeout: float | None) -> None:
     place_own(g, arr, out)
     n, r, size, op = g.size(), g.rank(), arr.nbytes, header.fields["op"]
+    if g.mesh is None:
+        neighbours(g, header, op, timeout)
     data = byte_view(out)
     p2 = fold(n)
     if p2 == n:
@@ -81,6 +84,8 @@ def reduce(g: Comm, arr: np.ndarray, op: str, header: wire.Header, timeout: floa
     n, r = g.size(), g.rank()
     p2 = fold(n)
     ufunc = REDUCERS[op]
+    if g.mesh is None:
+        neighbours(g, header, op, timeout)
     if arr.flags.c_contiguous:
         mine, acc = arr, buffers.cache.empty(arr.shape, arr.dtype)  # an array even when 0-d
     else:

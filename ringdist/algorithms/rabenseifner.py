@@ -23,6 +23,7 @@ from .. import buffers, schedule, wire
 from ..arrays import REDUCERS, byte_view
 from ..comm import Comm
 from .base import Algorithm
+from .dissemination import neighbours
 from .doubling import fold
 
 
@@ -83,6 +84,8 @@ def reduce(g: Comm, arr: np.ndarray, op: str, header: wire.Header, timeout: floa
     n, r = g.size(), g.rank()
     p2 = fold(n)
     ufunc = REDUCERS[op]
+    if g.mesh is None:
+        neighbours(g, header, op, timeout)
     out = buffers.cache.empty(arr.shape, arr.dtype)
     np.copyto(out, arr)
     acc = out.reshape(-1)
@@ -102,6 +105,8 @@ def reduce_scatter(g: Comm, own: np.ndarray, out: np.ndarray, header: wire.Heade
     n, r = g.size(), g.rank()
     p2 = fold(n)
     rem = n - p2
+    if g.mesh is None:
+        neighbours(g, header, "sum_scatter", timeout)
     c = out.size  # elements per rank's block
     ufunc = REDUCERS["all_sum"]
     acc = buffers.cache.empty(own.shape, own.dtype, min_bytes=buffers.SCRATCH_MIN_BYTES)
