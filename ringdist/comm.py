@@ -179,17 +179,17 @@ class Comm:
     def link(self, p: int, timeout: float | None = None) -> Channel:
         """The channel to rank p, opened now if this is the pair's first use of it (`links`): the
         lower rank dials, the higher waits for it, within the collective's timeout and watching
-        the group's connections for an ABORT of the collective whose header was made last."""
+        the group's connections meanwhile for an ABORT, or a header of the collective whose
+        header was made last that describes another call (MismatchError)."""
         links = self.links
         assert links is not None
         ch = links.peers.get(p)
         if ch is not None:
             return ch
-        channels, seq, op = self.channels, self._seq - 1, self._header.fields["op"] if self._header else "link"
+        seq, op = self._seq - 1, self._header.fields["op"] if self._header else "link"
+        watches = {c.fd: Watch(c, op, seq, self._header) for c in self.channels}
 
-        watches = {ch.fd: Watch(ch, op, seq, self._header) for ch in channels}
-
-        def check() -> None:  # an ABORT, or this call's header describing another call (MismatchError)
+        def check() -> None:
             for fd, _ in links.poller.poll(0):
                 watch = watches.get(fd)
                 if watch is not None and not watch.done:
@@ -265,6 +265,7 @@ class Comm:
         channels = self.channels
         try:  # as _guarded, written out: a lambda and a call cost 3-4 µs on the smallest collectives
             try:
+                sources_ch = None
                 if peers is None:
                     assert self.mesh is not None
                     to = self.mesh.ordered
@@ -273,13 +274,13 @@ class Comm:
                     to = [known.get(p) or self.link(p, timeout) for p in peers]
                     if sources is not None:
                         sources_ch = [known.get(p) or self.link(p, timeout) for p in sources]
-                    channels = self.channels
+                    channels = self.channels  # with any link just opened
                 engine.exchange(to, sends, recvs,
                                 header, outflows=outflows, watched=channels,
                                 timeout=settings.timeout if timeout is None else self._timeout(timeout), op=op,
                                 me=self._rank, seq=seq, spin=self._spin(sum(map(len, recvs))),
                                 yield_core=settings.spin_yield, poller=links.poller,
-                                sources=None if peers is None or sources is None else sources_ch)
+                                sources=sources_ch)
             except PeerLostError:
                 aborts.pending_abort(channels, op)
                 raise

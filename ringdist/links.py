@@ -7,7 +7,8 @@ collective of either needs it: the dialer never waits on its peer's collective (
 peer's acceptor thread authenticates it and files it in the endpoint's inbox under
 (group, rank, "mesh", 0)), so the two sides may come to their first use in either order.
 The accepting side waits for it as for the peer's data: within the collective's timeout,
-watching the group's other connections for an ABORT meanwhile. A recursive-doubling or
+watching the group's other connections meanwhile (`Comm.link`: an ABORT, or a header
+saying a peer is in another call). A recursive-doubling or
 tree algorithm thus costs a rank O(log N) connections, whatever N; the group's creation
 opens none beyond the ring's.
 """
@@ -36,7 +37,6 @@ class Links:
         self.peers: dict[int, Channel] = {}
         self.own: list[Channel] = []
         self.poller = select.poll()
-        self.opened = 0  # links opened so far (a comm recomputes what it watches when this changes)
         rank, size = self.rank, self.size
         right, left = (rank + 1) % size, (rank - 1) % size
         if right != left:
@@ -66,7 +66,6 @@ class Links:
         ch = Channel(sock, me=self.rank, peer=p, group=self.group, role=KIND)
         self.own.append(ch)
         self._file(p, ch)
-        self.opened += 1
         return ch
 
     def open_all(self, timeout: float) -> None:
