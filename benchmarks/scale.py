@@ -5,8 +5,9 @@ usage: ringdist-launch -n N benchmarks/scale.py OP[,OP...] SIZE[,SIZE...] [--alg
 
 OP is all_gather, all_sum, sum_scatter, broadcast or barrier; SIZE bytes per rank
 (float32 elements; ignored by barrier). With --algos the named algorithms take turns call
-by call (RINGDIST_ALGO set for that op on every rank before each call), so every variant
-meets the same moments of a shared machine; without it the tuning table chooses. A
+by call (RINGDIST_ALGO set for that op on every rank before each call; `table`: the tuning
+table's choice), so every variant meets the same moments of a shared machine; without it
+the tuning table chooses. A
 barrier precedes each call; a call's time is its slowest rank's. Prints, per (op, size,
 algorithm), the median and quartiles in microseconds; rank 0 appends them to FILE as JSON
 lines. Also prints the seconds from this rank's `init()` to the end of its first barrier
@@ -63,7 +64,7 @@ def main() -> None:
     startup = time.perf_counter() - t0
     n, r = g.size(), g.rank()
     base = g.settings
-    names = [a for a in args.algos.split(",") if a] or [None]
+    names = [None if a == "table" else a for a in args.algos.split(",") if a] or [None]
     rows = []
     for op in args.ops.split(","):
         for size in ([1] if op == "barrier" else [int(s) for s in args.sizes.split(",")]):
