@@ -184,3 +184,48 @@ def test_launched_groups_past_the_mesh(n):
     found = {int(r): int(s) for r, s in re.findall(r"ok rank=(\d+) sockets=(\d+)", res.stdout)}
     assert sorted(found) == list(range(n)), res.stdout[-3000:]
     assert max(found.values()) <= 2 * math.ceil(math.log2(n)) + 3, found
+
+
+GATHERING = sorted(name for name, a in ALGORITHMS.items() if a.gather is not None)
+BROADCASTING = sorted(name for name, a in ALGORITHMS.items() if a.broadcast is not None)
+
+
+@pytest.mark.parametrize("name", sorted(set(GATHERING) | set(BROADCASTING)))
+@pytest.mark.parametrize("n", range(1, 18))
+def test_gathers_and_broadcasts_of_every_shape(n, name):
+    """Each all-gather and broadcast algorithm, forced, on empty, one-row, uneven, 2-D and
+    strided inputs, every root of a broadcast: numpy's answer on every rank (or the same
+    refusal on every rank, where the algorithm cannot run at this N)."""
+    shapes = [(0,), (1,), (7,), (5, 3), (0, 4)]
+
+    def rank(g: rd.Group) -> list:
+        r, out = g.rank(), []
+        for shape in shapes:
+            x = (np.arange(int(np.prod(shape))).reshape(shape) + 100 * r).astype(np.float32)
+            for case in ("gather", "gather-strided", "broadcast"):
+                try:
+                    if case == "broadcast":
+                        out.append(rd.broadcast(x, root=(len(out) + n // 2) % n, group=g))
+                    elif case == "gather":
+                        out.append(rd.all_gather(x, group=g))
+                    else:
+                        out.append(rd.all_gather(np.repeat(x, 2, axis=-1)[..., ::2], group=g))
+                except rd.ConfigError as exc:
+                    out.append(exc)
+        return out
+
+    results = run_ranks(n, rank, algo=(("all_gather", name), ("broadcast", name)))
+    i = 0
+    for shape in shapes:
+        inputs = [(np.arange(int(np.prod(shape))).reshape(shape) + 100 * q).astype(np.float32) for q in range(n)]
+        for case in ("gather", "gather-strided", "broadcast"):
+            got = [results[r][i] for r in range(n)]
+            where = f"{name} {case} {shape}, N={n}"
+            root = (i + n // 2) % n
+            i += 1
+            if isinstance(got[0], rd.ConfigError):
+                assert n > 1 and all(str(e) == str(got[0]) for e in got), where
+                continue
+            want = inputs[root] if case == "broadcast" else np.concatenate(inputs)
+            for r in range(n):
+                assert got[r].shape == want.shape and np.array_equal(got[r], want), f"{where}, rank {r}"
