@@ -135,7 +135,8 @@ def exchange(peers: list[Channel], sends: list[memoryview], recvs: list[memoryvi
              outflows: list[Outflow], watched: list[Channel], timeout: float, op: str, me: int, seq: int,
              spin: float, yield_core: bool, poller: "select.poll", sources: list[Channel] | None = None) -> None:
     """Send `sends[i]` to `peers[i]` and receive `recvs[i]` from it (from `sources[i]` if
-    given: a shift, sending one way and receiving from the other), for every i.
+    given: a shift, sending one way and receiving from the other), for every i. `sends` or
+    `recvs` may be empty: a message one way only.
 
     `poller` has every peer's fd registered for reading. Outflows that could not send
     everything at once are appended to `outflows` (a caller's abort must finish their frame).
