@@ -10,7 +10,10 @@ own choices and the sockets each rank holds.
 from __future__ import annotations
 
 import math
+import os
+import random
 import re
+import signal
 import time
 
 import numpy as np
@@ -21,7 +24,7 @@ from ringdist.algorithms import ALGORITHMS
 from ringdist.settings import Settings
 
 from harness import RankFailed, run_ranks
-from helpers import SCRIPTS, run_launcher
+from helpers import SCRIPTS, LineReader, kill_tree, run_launcher, start_launcher, wait_until_gone
 
 REDUCING = sorted(name for name, a in ALGORITHMS.items() if a.reduce is not None)
 COUNTS = [0, 1, 7, 1000, 3001]  # empty, one element, uneven blocks, blocks of every size
@@ -229,3 +232,33 @@ def test_gathers_and_broadcasts_of_every_shape(n, name):
             want = inputs[root] if case == "broadcast" else np.concatenate(inputs)
             for r in range(n):
                 assert got[r].shape == want.shape and np.array_equal(got[r], want), f"{where}, rank {r}"
+
+
+@pytest.mark.parametrize("op,mib", [("all_sum", "0.00390625"), ("all_gather", "0.0625"), ("all_sum", "1")],
+                         ids=["doubling", "bruck", "rabenseifner"])
+def test_kill_9_past_the_mesh_reaches_every_rank_within_5s(op, mib):
+    """10 ranks in a loop of collectives on links opened on first use (4 KiB all_sum:
+    doubling; 64 KiB all_gather: Bruck; 1 MiB all_sum: Rabenseifner): a rank killed with
+    SIGKILL is an error on every other rank within 5 s, not after the 30 s timeout."""
+    n = 10
+    rng = random.Random(op + mib)
+    for _ in range(2):
+        proc = start_launcher(["-n", str(n), "--grace", "10", str(SCRIPTS / "long_loop.py"), op, mib],
+                              env={"RINGDIST_TIMEOUT": "30"})
+        try:
+            out = LineReader(proc.stdout)
+            found = out.wait_for(r"^\[(\d+)\] ready pid=(\d+)$", count=n, timeout=60)
+            pids = {int(m.group(1)): int(m.group(2)) for m in found}
+            time.sleep(rng.uniform(0.0, 0.3))
+            victim = rng.randrange(n)
+            os.kill(pids[victim], signal.SIGKILL)
+            killed_at = time.time()
+            proc.wait(timeout=40)
+            text = out.rest()
+        finally:
+            kill_tree(proc)
+        raised = {int(r): (name, float(t) - killed_at)
+                  for r, name, t in re.findall(r"^\[(\d+)\] raised (\w+) at ([\d.]+):", text, re.M)}
+        assert sorted(raised) == sorted(set(range(n)) - {victim}), (victim, text[-3000:])
+        assert all(name in ("PeerLostError", "RingTimeoutError") and t < 5.0 for name, t in raised.values()), raised
+        assert not wait_until_gone(list(pids.values()), timeout=10)
