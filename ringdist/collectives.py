@@ -142,5 +142,12 @@ def broadcast(x: Any, root: int = 0, *, group: Comm | None = None, timeout: floa
 def barrier(*, group: Comm | None = None, timeout: float | None = None) -> None:
     """Return only after every rank of the group has entered the barrier."""
     g = _comm(group, timeout)
-    # One byte per rank: a rank leaves only once it has every rank's byte.
-    gather_rows(np.zeros(1, dtype=np.uint8), group=g, op="barrier", timeout=timeout)
+    token = np.zeros(1, dtype=np.uint8)
+    if g.size() > 1:
+        algorithm = tuning.choose(g, "barrier", 1)
+        if algorithm.barrier is not None:
+            algorithm.barrier(g, _header(g, "barrier", token, algorithm.name), timeout)
+            g.finish("barrier")
+            return
+    # Otherwise one byte per rank: a rank leaves only once it has every rank's byte.
+    gather_rows(token, group=g, op="barrier", timeout=timeout)

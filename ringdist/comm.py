@@ -11,7 +11,6 @@ from __future__ import annotations
 import ipaddress
 import numbers
 import os
-import select
 import threading
 import weakref
 from typing import Any, Callable
@@ -19,10 +18,11 @@ from typing import Any, Callable
 import numpy as np
 
 from . import aborts, deadlines, engine, forks, wire
-from .flows import Inflow, Outflow
+from .flows import Inflow, Outflow, Watch
 from .channel import Channel
 from .endpoint import Endpoint, InboxKey
 from .errors import GroupBrokenError, PeerLostError, RingError
+from .links import Links
 from .mesh import MAX_RANKS as MESH_MAX_RANKS, MeshLinks
 from .ring import RingLinks
 from .settings import Settings
@@ -104,6 +104,7 @@ class Comm:
         self._lock = threading.Lock()
         self.ring: RingLinks | None = None
         self.mesh: MeshLinks | None = None  # links to every rank, for the direct path (2..8 ranks)
+        self.links: Links | None = None  # links to peers, opened on first use (the mesh where there is one)
         # Every rank sees the same addresses, so every rank makes the same choice.
         self.both_ways = settings.directions == 2 or (settings.directions == 0 and several_links(addresses))
         self.direct_max_override = settings.direct_max  # RINGDIST_DIRECT_MAX (None: the tuning table's)
@@ -118,10 +119,12 @@ class Comm:
                                   settings.connect_timeout)
             if size <= MESH_MAX_RANKS:  # whatever this rank's settings: its peers expect the links
                 try:
-                    self.mesh = MeshLinks(endpoint, self.ring, addresses, settings.connect_timeout)
+                    self.links = self.mesh = MeshLinks(endpoint, self.ring, addresses, settings.connect_timeout)
                 except BaseException:
                     self.ring.close()
                     raise
+            else:
+                self.links = Links(endpoint, self.ring, addresses)
         _open_groups.add(self)
         if endpoint is not None:  # a group of one process has no connections: it works in a child too
             forks.track(self)
@@ -171,8 +174,33 @@ class Comm:
         """Every connection of the group's collectives (watched for an ABORT during each one)."""
         assert self.ring is not None
         if self._channels is None:
-            self._channels = self.ring.channels + (self.mesh.own if self.mesh is not None else [])
+            self._channels = self.ring.channels + (self.links.own if self.links is not None else [])
         return self._channels
+
+    def link(self, p: int, timeout: float | None = None) -> Channel:
+        """The channel to rank p, opened now if this is the pair's first use of it (`links`): the
+        lower rank dials, the higher waits for it, within the collective's timeout and watching
+        the group's connections meanwhile for an ABORT, or a header of the collective whose
+        header was made last that describes another call (MismatchError)."""
+        links = self.links
+        assert links is not None
+        ch = links.peers.get(p)
+        if ch is not None:
+            return ch
+        seq, op = self._seq - 1, self._header.fields["op"] if self._header else "link"
+        watches = {c.fd: Watch(c, op, seq, self._header) for c in self.channels}
+
+        def check() -> None:
+            for fd, _ in links.poller.poll(0):
+                watch = watches.get(fd)
+                if watch is not None and not watch.done:
+                    watch.on_readable()
+
+        ch = links.link(p, deadlines.after(self.settings.connect_timeout), deadlines.after(self._timeout(timeout)),
+                        check)
+        self._channels = None  # watch it from now on
+        self._peers_polled = None
+        return ch
 
     def next_header(self, op: str, arr: np.ndarray, path: str = "ring", **extra: Any) -> wire.Header:
         """Check the group is usable and make the header of this rank's next collective, run
@@ -230,31 +258,39 @@ class Comm:
             idle=idle, header=None if seq is None else self._header), tell)
 
     def exchange(self, op: str, sends: list[memoryview], recvs: list[memoryview], header: wire.Header,
-                 timeout: float | None = None, peers: list[int] | None = None) -> None:
+                 timeout: float | None = None, peers: list[int] | None = None,
+                 sources: list[int] | None = None) -> None:
         """The direct path of the collective whose header was made last: `sends[i]` to rank
-        `peers[i]` (default: `mesh.order`, every other rank), `recvs[i]` from it."""
-        mesh = self.mesh
-        assert mesh is not None
+        `peers[i]` (default: `mesh.order`, every other rank), `recvs[i]` from rank `sources[i]`
+        (default: `peers[i]`). Links not yet open are opened first (`link`)."""
+        links = self.links
+        assert links is not None
         seq = self._seq - 1
-        channels = self.channels
         outflows: list[Outflow] = []  # sends that did not complete at once
         settings = self.settings
+        channels = self.channels
         try:  # as _guarded, written out: a lambda and a call cost 3-4 µs on the smallest collectives
             try:
+                sources_ch = None
                 if peers is None:
-                    chans = mesh.ordered
-                elif len(peers) == 1:  # recursive doubling's steps
-                    chans = [mesh.peers[peers[0]]]
+                    assert self.mesh is not None
+                    to = self.mesh.ordered
+                elif len(peers) == 1 and sources is None and peers[0] in links.peers:  # doubling's steps
+                    to = [links.peers[peers[0]]]
                 else:
-                    chans = [mesh.peers[p] for p in peers]
+                    known = links.peers
+                    to = [known.get(p) or self.link(p, timeout) for p in peers]
+                    if sources is not None:
+                        sources_ch = [known.get(p) or self.link(p, timeout) for p in sources]
+                    channels = self.channels  # with any link just opened
                 receiving = sum(map(len, recvs))  # as _spin, written out
-                quiet = engine.exchange(chans, sends, recvs, header, outflows=outflows, watched=channels,
+                quiet = engine.exchange(to, sends, recvs, header, outflows=outflows, watched=channels,
                                         timeout=settings.timeout if timeout is None else self._timeout(timeout),
                                         op=op, me=self._rank, seq=seq,
                                         spin=0.0 if receiving > SPIN_MAX_BYTES else settings.spin_us * 1e-6,
-                                        yield_core=settings.spin_yield, poller=mesh.poller)
+                                        yield_core=settings.spin_yield, poller=links.poller, sources=sources_ch)
                 # Every peer's socket read empty after this call's frames: finish() need not poll.
-                self._quiet = seq if quiet and len(chans) == len(mesh.ordered) else -1
+                self._quiet = seq if quiet and len(recvs) == len(links.peers) else -1
             except PeerLostError:
                 aborts.pending_abort(channels, op)
                 raise
@@ -267,11 +303,12 @@ class Comm:
         peer already sent for it, if one has arrived (a peer that timed out before this rank
         came, or failed after sending its last frame of the call), and break the group.
 
-        One poll of a channel to every peer (the mesh's, else the ring neighbours'); only a
-        channel with bytes waiting has its next frame looked at. No poll when the call's last
-        exchange read every peer's socket empty after its frames (`engine.exchange`)."""
-        if self._quiet == self._seq - 1 and self.mesh is not None:
-            for ch in self.mesh.ordered:
+        One poll of the channel to every peer linked so far (`links`); only a channel with
+        bytes waiting has its next frame looked at. No poll when the call's last exchange read
+        every one of them empty after its frames (`engine.exchange`)."""
+        if self._quiet == self._seq - 1:
+            assert self.links is not None
+            for ch in self.links.peers.values():
                 if ch.reader.end != ch.reader.start:
                     break
             else:
@@ -280,12 +317,8 @@ class Comm:
         if polled is None:
             if self.ring is None:
                 return
-            if self.mesh is not None:
-                chans, poller = self.mesh.ordered, self.mesh.poller
-            else:
-                chans, poller = [self.ring.right[0], self.ring.left[0]], select.poll()
-                for ch in chans:
-                    poller.register(ch.fd, select.POLLIN)
+            assert self.links is not None
+            chans, poller = list(self.links.peers.values()), self.links.poller
             polled = self._peers_polled = (chans, poller)
         chans, poller = polled
         ready = poller.poll(0)
@@ -385,8 +418,8 @@ class Comm:
         if self._closed:
             return
         self._closed = True
-        if self.mesh is not None:
-            self.mesh.close()
+        if self.links is not None:
+            self.links.close()
         if self.ring is not None:
             self.ring.close()
         for ch, _ in list(self._p2p_out.values()) + list(self._p2p_in.values()):

@@ -15,7 +15,7 @@ import os
 import socket
 import threading
 import time
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 from . import channel, deadlines, forks, wire
 from .acceptor import Acceptor
@@ -24,6 +24,7 @@ from .handshake import HandshakeCutOff, client_handshake
 
 HANDSHAKE_TIMEOUT = 10.0  # seconds an arrival has to prove the job secret (at most RINGDIST_CONNECT_TIMEOUT)
 LISTEN_BACKLOG = 1024  # arrivals the kernel queues while the acceptor is busy
+CHECK_INTERVAL = 0.005  # seconds between a waiting take's checks
 
 
 class InboxKey(NamedTuple):
@@ -79,10 +80,14 @@ class Endpoint:
             self._inbox.setdefault(key, []).append(conn)
             self._cond.notify_all()
 
-    def take(self, key: InboxKey, deadline: float, what: str) -> socket.socket:
-        """Wait for the authenticated connection filed under `key`; RingTimeoutError at deadline."""
-        with self._cond:
-            while True:
+    def take(self, key: InboxKey, deadline: float, what: str,
+             check: Callable[[], None] | None = None) -> socket.socket:
+        """Wait for the authenticated connection filed under `key`; RingTimeoutError at deadline.
+
+        `check` (if given) runs every CHECK_INTERVAL seconds of the wait, outside the lock:
+        it may raise to give up (an ABORT found on another connection, say)."""
+        while True:
+            with self._cond:
                 queue = self._inbox.get(key)
                 if queue:
                     conn = queue.pop(0)
@@ -93,7 +98,10 @@ class Endpoint:
                 left = deadline - time.monotonic()
                 if left <= 0 or self._closed:
                     raise RingTimeoutError(f"{self.label}: {what}: no connection arrived in time")
-                self._cond.wait(deadlines.wait_slice(left))
+                wait = deadlines.wait_slice(left)
+                self._cond.wait(wait if check is None else min(wait, CHECK_INTERVAL))
+            if check is not None:
+                check()
 
     def discard(self, group: str) -> None:
         """Close connections still waiting in the inbox for `group` (it is being closed)."""

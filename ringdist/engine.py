@@ -133,13 +133,15 @@ def _stall_message(inflows: list[Inflow], outflows: list[Outflow], op: str, me: 
 
 def exchange(peers: list[Channel], sends: list[memoryview], recvs: list[memoryview], header: wire.Header, *,
              outflows: list[Outflow], watched: list[Channel], timeout: float, op: str, me: int, seq: int,
-             spin: float, yield_core: bool, poller: "select.poll") -> bool:
-    """Send `sends[i]` to `peers[i]` and receive `recvs[i]` from it, for every i.
+             spin: float, yield_core: bool, poller: "select.poll", sources: list[Channel] | None = None) -> bool:
+    """Send `sends[i]` to `peers[i]` and receive `recvs[i]` from it (from `sources[i]` if
+    given: a shift, sending one way and receiving from the other), for every i. `sends` or
+    `recvs` may be empty: a message one way only.
 
     `poller` has every peer's fd registered for reading. Outflows that could not send
     everything at once are appended to `outflows` (a caller's abort must finish their frame).
-    True when every flow finished at once and each peer's last read found its socket
-    empty: nothing (no ABORT) had come after the call's frames then.
+    True when every flow finished at once and each channel received on found its socket
+    empty at its last read: nothing (no ABORT) had come after the call's frames then.
     """
     intros: dict[int, bytes] = {}
     for ch, send in zip(peers, sends):
@@ -152,7 +154,8 @@ def exchange(peers: list[Channel], sends: list[memoryview], recvs: list[memoryvi
             outflows.append(rest)
     waiting = {}
     odd = []
-    for ch, dest in zip(peers, recvs):
+    froms = peers if sources is None else sources
+    for ch, dest in zip(froms, recvs):
         n = len(dest)
         first = intros.get(n)
         if first is None:
@@ -187,7 +190,7 @@ def exchange(peers: list[Channel], sends: list[memoryview], recvs: list[memoryvi
         inflows = [flow for flow, _ in waiting.values()] + odd
         run(inflows, outflows, watched, timeout=timeout, op=op, me=me, seq=seq, header=header)
         return False
-    for ch in peers:
+    for ch, _ in zip(froms, recvs):
         if not ch.drained:
             return False
     return True

@@ -4,7 +4,8 @@ One table, read top to bottom: the first row of the collective's kind whose cond
 holds and whose algorithm can run the case wins. Conditions see `Facts`: the group size,
 the bytes each rank contributes, whether the group has a mesh (a connection to every
 rank: groups of 2 to 8), whether large blocks go both ways round the ring, and the
-direct-exchange limit (`RINGDIST_DIRECT_MAX`, else by group size). Every threshold was
+direct-exchange limit (`RINGDIST_DIRECT_MAX`, else by group size). Groups over 8 ranks have
+no mesh: their latency-optimal algorithms open links to their partners on first use. Every threshold was
 measured on localhost with variants alternating call by call (docs/design.md has the
 figures). `RINGDIST_ALGO=op:name,...` overrides the table for benchmarks and debugging;
 the chosen algorithm's name rides in every header, so ranks that chose differently fail
@@ -20,7 +21,7 @@ from .algorithms import ALGORITHMS, Algorithm
 from .comm import Comm
 from .errors import ConfigError
 
-KIND_OF = {"all_gather": "gather", "barrier": "gather", "split": "gather",
+KIND_OF = {"all_gather": "gather", "barrier": "barrier", "split": "gather",
            "all_sum": "reduce", "all_max": "reduce", "all_min": "reduce", "all_prod": "reduce",
            "sum_scatter": "reduce_scatter", "broadcast": "broadcast"}
 
@@ -39,6 +40,26 @@ DOUBLING_GATHER_MAX = 32 * 1024
 # A reduction exchanges whole arrays only up to this size: recursive doubling beat one step with
 # every rank from 4 KiB to 256 KiB (by 15-60%, 4 ranks), and lost to two-shot at 1 MiB.
 ONE_SHOT_MAX = 256 * 1024
+# Groups over 8 ranks (measured at 12 and 16 ranks on 2 cores, algorithms alternating call by call;
+# docs/design.md has the figures). All-gather: recursive doubling up to 32 KiB blocks (12-14% faster
+# than Bruck at 12 ranks), Bruck up to 256 KiB when N is not a power of two (5-12% faster than
+# doubling's folding), doubling up to 256 KiB on a power of two; both 25-50% faster than the ring
+# there, which wins from 1 MiB (10% at 12 ranks; a tie at 16).
+LOG_GATHER_MAX = 256 * 1024
+# Reductions: recursive doubling up to 512 KiB (2-3x faster than the ring, 14% faster than
+# Rabenseifner at 512 KiB), Rabenseifner up to 4 MiB (16 ranks: 1.5x faster than the ring at
+# 4 MiB; 12 ranks: a tie), the ring beyond (a tie at 16 MiB, and neighbours only on a network).
+LOG_REDUCE_MAX = 512 * 1024
+HALVING_REDUCE_MAX = 4 << 20
+# Reduce-scatter by recursive halving for blocks up to 256 KiB (13-50% faster than the ring); the
+# ring wins at 1 MiB blocks (10-30%).
+HALVING_SCATTER_BLOCK_MAX = 256 * 1024
+# Binomial broadcast up to 4 MiB (1 MiB: 1.5-2x faster than the ring's chain; 4 MiB: 10%); the
+# ring's pipelined chain wins at 16 MiB (25%).
+TREE_BROADCAST_MAX = 4 << 20
+# On 5 to 7 ranks, reductions of 64-256 KiB are 13-27% faster by recursive doubling (extra ranks
+# folded in and out) than by one exchange with every rank; at 4 KiB neither wins by more than noise.
+FOLDED_DOUBLING_MIN = 64 * 1024
 # Two ranks exchange whole arrays up to this size: 1 MiB 17-24% and 2 MiB 14-16% faster than
 # the ring's reduce-scatter and all-gather, 3 MiB 4% faster, 4-8 MiB 7-9% slower.
 PAIR_EXCHANGE_MAX = 2 << 20
@@ -81,23 +102,41 @@ TABLE: list[Row] = [
         "log2(N) steps: 4-32 KiB blocks 20-40% faster than one direct exchange on 4 ranks"),
     Row("gather", "direct", lambda f: f.mesh and f.nbytes <= f.direct_max,
         "one step instead of N-1: up to 1 MiB blocks 10-40% faster than the ring"),
-    Row("gather", "ring", _always, "bandwidth-optimal, and the only one for groups over 8"),
+    Row("gather", "doubling", lambda f: not f.mesh and (f.pow2 or f.nbytes <= DOUBLING_GATHER_MAX)
+        and f.nbytes <= LOG_GATHER_MAX,
+        "groups over 8: log2(N) steps (+2 folding the ranks past a power of two in and out); 25-50% faster than the ring"),
+    Row("gather", "bruck", lambda f: not f.mesh and f.nbytes <= LOG_GATHER_MAX,
+        "groups over 8, N not a power of two, 64-256 KiB blocks: ceil(log2 N) steps, 5-12% faster than doubling"),
+    Row("gather", "ring", _always, "bandwidth-optimal"),
     Row("reduce", "pairwise", lambda f: f.n == 2 and not f.both_ways and f.mesh
         and f.nbytes <= min(PAIR_EXCHANGE_MAX, f.direct_max),
         "two ranks on their direct connection: 512 KiB 24-32% faster than two steps of half arrays"),
-    Row("reduce", "doubling", lambda f: f.mesh and f.pow2 and f.nbytes <= min(ONE_SHOT_MAX, f.direct_max),
-        "4-256 KiB 15-60% faster than one exchange with every rank (4 ranks)"),
+    Row("reduce", "doubling", lambda f: f.mesh and (f.pow2 or (f.n >= 5 and f.nbytes >= FOLDED_DOUBLING_MIN))
+        and f.nbytes <= min(ONE_SHOT_MAX, f.direct_max),
+        "4-256 KiB 15-60% faster than one exchange with every rank (4 ranks); 64-256 KiB 13-27% on 5-7"),
     Row("reduce", "direct", lambda f: f.mesh and f.nbytes <= min(ONE_SHOT_MAX, f.direct_max),
         "small arrays on 3, 5, 6, 7 ranks: one step"),
     Row("reduce", "two-shot", lambda f: f.mesh and f.block <= f.direct_max,
         "the ring's bytes in 2 steps instead of 2(N-1): 4-rank 1 MiB 2.2-2.7 -> 1.0-1.2 ms"),
     Row("reduce", "pairwise-ring", lambda f: f.n == 2 and f.nbytes <= PAIR_EXCHANGE_MAX,
         "two ranks, 1-2 MiB: 14-24% faster than the ring's reduce-scatter and all-gather"),
+    Row("reduce", "doubling", lambda f: not f.mesh and f.nbytes <= LOG_REDUCE_MAX,
+        "groups over 8: log2(N) steps (+2 folding the ranks past a power of two in and out); 2-3x faster than the ring"),
+    Row("reduce", "rabenseifner", lambda f: not f.mesh and f.nbytes <= HALVING_REDUCE_MAX,
+        "groups over 8: the ring's bytes in 2log2(N) steps; 16 ranks, 4 MiB: 1.5x faster than the ring"),
     Row("reduce", "ring", _always, "bandwidth-optimal"),
+    Row("reduce_scatter", "rabenseifner", lambda f: not f.mesh and f.block <= HALVING_SCATTER_BLOCK_MAX,
+        "groups over 8: recursive halving, log2(N) steps; 13-50% faster than the ring up to 256 KiB blocks"),
     Row("reduce_scatter", "ring", _always, "bandwidth-optimal"),
     Row("broadcast", "direct", lambda f: f.mesh and f.nbytes <= f.direct_max,
         "one step, and every rank checks every other rank's call"),
+    Row("broadcast", "binomial", lambda f: not f.mesh and f.nbytes <= TREE_BROADCAST_MAX,
+        "groups over 8: log2(N) steps down a tree; up to 4 MiB 10%-2x faster than the chain"),
     Row("broadcast", "ring", _always, "a pipelined chain from the root"),
+    Row("barrier", "direct", lambda f: f.mesh and f.nbytes <= f.direct_max,
+        "one step: a byte to every rank; on 4-8 ranks within noise of dissemination"),
+    Row("barrier", "dissemination", _always,
+        "ceil(log2 N) rounds of a header-only message: 12-16 ranks 1.6-2x faster than a gather round the ring"),
 ]
 
 
@@ -171,5 +210,5 @@ def check_overrides(settings_algo: tuple[tuple[str, str], ...]) -> None:
         if algorithm is None:
             raise ConfigError(f"RINGDIST_ALGO: no algorithm {name!r} (there are {', '.join(sorted(ALGORITHMS))})")
         kinds = {KIND_OF[o] for o in KIND_OF if op in (o, "*") or (op == "all_reduce" and KIND_OF[o] == "reduce")}
-        if not any(getattr(algorithm, k) is not None for k in kinds):
+        if not any(algorithm.runs(k) for k in kinds):
             raise ConfigError(f"RINGDIST_ALGO: {name} cannot run {op} (it runs {', '.join(algorithm.kinds())})")

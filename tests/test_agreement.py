@@ -97,7 +97,8 @@ FUZZ_OPS = ["all_gather", "all_sum", "all_max", "all_min", "all_prod", "sum_scat
 @pytest.mark.parametrize("n,seed,trials,env,extra", [
     (5, 1, 150, {}, []),  # direct, doubling, pairwise and two-shot paths; groups of 2 to 5
     (4, 2, 100, {"RINGDIST_DIRECT_MAX": "0", "RINGDIST_LANES": "2", "RINGDIST_DIRECTIONS": "2"}, ["--large"]),
-], ids=["direct-paths", "ring-lanes-both-ways"])
+    (13, 8, 100, {}, []),  # groups of up to 13: doubling, Bruck, Rabenseifner, binomial, dissemination
+], ids=["direct-paths", "ring-lanes-both-ways", "past-the-mesh"])
 def test_seeded_disagreeing_calls_fail_on_every_rank_of_the_group(n, seed, trials, env, extra):
     # Each trial: a fresh sub-group; some members change the op, root, shape, dtype or path of
     # the call (tests/scripts/agree_fuzz.py). Every member must raise (MismatchError naming both

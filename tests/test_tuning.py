@@ -24,7 +24,18 @@ def chosen(n: int, op: str, nbytes: int, **settings) -> str:
     (4, "all_gather", 64 << 10, "direct"),
     (4, "all_gather", 2 << 20, "ring"),
     (3, "all_gather", 4096, "direct"),
-    (9, "all_gather", 4096, "ring"),
+    (9, "all_gather", 4096, "doubling"),
+    (12, "all_gather", 64 << 10, "bruck"),
+    (16, "all_gather", 256 << 10, "doubling"),
+    (12, "all_gather", 1 << 20, "ring"),
+    (16, "sum_scatter", 16 << 12, "rabenseifner"),
+    (16, "sum_scatter", 16 << 20, "ring"),
+    (16, "broadcast", 4096, "binomial"),
+    (16, "broadcast", 16 << 20, "ring"),
+    (16, "barrier", 1, "dissemination"),
+    (4, "barrier", 1, "direct"),
+    (6, "all_sum", 4096, "direct"),
+    (6, "all_sum", 64 << 10, "doubling"),
     (2, "all_sum", 4096, "pairwise"),
     (2, "all_sum", 1 << 20, "two-shot"),
     (2, "all_sum", 2 << 20, "pairwise-ring"),
@@ -33,7 +44,9 @@ def chosen(n: int, op: str, nbytes: int, **settings) -> str:
     (3, "all_sum", 64 << 10, "direct"),
     (4, "all_sum", 1 << 20, "two-shot"),
     (4, "all_sum", 16 << 20, "ring"),
-    (16, "all_sum", 4096, "ring"),
+    (16, "all_sum", 4096, "doubling"),
+    (12, "all_sum", 1 << 20, "rabenseifner"),
+    (16, "all_sum", 16 << 20, "ring"),
     (4, "sum_scatter", 4096, "ring"),
     (4, "broadcast", 4096, "direct"),
     (4, "broadcast", 4 << 20, "ring"),
@@ -59,10 +72,10 @@ def test_ringdist_algo_overrides_and_is_checked():
     assert chosen(4, "all_max", 4096, algo=(("all_reduce", "direct"),)) == "direct"
     assert chosen(4, "all_gather", 4096, algo=(("all_sum", "ring"),)) == "doubling"  # other ops: the table
     with pytest.raises(RankFailed) as failed:
-        run_ranks(3, lambda g: tuning.choose(g, "all_sum", 4096), algo=(("*", "doubling"),))
+        run_ranks(9, lambda g: tuning.choose(g, "all_sum", 4096), algo=(("*", "two-shot"),))
     for exc in failed.value.errors:
         assert isinstance(exc, rd.ConfigError) and str(exc).startswith(
-            "RINGDIST_ALGO forces doubling for all_sum, which cannot run here: it needs a power-of-two group size")
+            "RINGDIST_ALGO forces two-shot for all_sum, which cannot run here: it needs a connection to every rank")
     with pytest.raises(rd.ConfigError, match="RINGDIST_ALGO: no algorithm 'bogus'"):
         tuning.check_overrides((("*", "bogus"),))
     with pytest.raises(rd.ConfigError, match="RINGDIST_ALGO: two-shot cannot run all_gather"):

@@ -12,6 +12,8 @@ Kinds and their run functions (all over a `Comm`, `header` already made):
   reduce          (comm, arr, op, header, timeout) -> the element-wise reduction, a new array
   reduce_scatter  (comm, own, out, header, timeout): block r of the sum of every rank's flat `own`
   broadcast       (comm, out, root, header, timeout): `out` (filled on the root) on every rank
+  barrier         (comm, header, timeout): returns once every rank has entered it (without
+                  one, an algorithm's barrier is its gather of one byte per rank)
 """
 
 from __future__ import annotations

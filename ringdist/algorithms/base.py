@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
-KINDS = ("gather", "reduce", "reduce_scatter", "broadcast")
+KINDS = ("gather", "reduce", "reduce_scatter", "broadcast", "barrier")
 
 
 def _always(comm: Any, kind: str, nbytes: int) -> str | None:
@@ -19,13 +19,20 @@ class Algorithm:
     reduce: Callable[..., Any] | None = None
     reduce_scatter: Callable[..., None] | None = None
     broadcast: Callable[..., None] | None = None
+    barrier: Callable[..., None] | None = None  # without one, a barrier is the algorithm's gather of one byte
     fits: Callable[[Any, str, int], str | None] = _always  # (comm, kind, bytes per rank) -> why not
 
+    def runs(self, kind: str) -> bool:
+        """Whether this algorithm has this kind of collective at all."""
+        return getattr(self, kind) is not None or (kind == "barrier" and self.gather is not None)
+
     def kinds(self) -> list[str]:
-        return [k for k in KINDS if getattr(self, k) is not None]
+        return [k for k in KINDS if self.runs(k)]
 
     def why_not(self, comm: Any, kind: str, nbytes: int) -> str | None:
         """Why this algorithm cannot run this case, or None."""
-        if getattr(self, kind) is None:
+        if not self.runs(kind):
             return f"{self.name} has no {kind.replace('_', '-')}"
+        if kind == "barrier" and self.barrier is None:
+            kind = "gather"
         return self.fits(comm, kind, nbytes)

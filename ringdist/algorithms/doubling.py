@@ -1,10 +1,13 @@
-"""Recursive doubling: log2(N) steps, in step k every rank exchanging with rank r XOR 2^k.
+"""Recursive doubling: in step k every rank exchanges with rank r XOR 2^k; any N.
 
-On a power-of-two number of ranks, over the mesh. An all-gather doubles the run of
-blocks each rank holds at every step: log2(N)α + (N-1)mβ. An all-reduce exchanges the
-whole array at every step and folds it in, the lower rank's operand first, so every rank
-computes the same bits: log2(N)(α + nβ). Latency-optimal; the whole array at every step
-makes it the choice for small messages only.
+With P the largest power of two up to N, the N-P extra ranks fold in first (rank P+i
+sends its block, or its whole array, to rank i) and out last (rank i sends it the
+result), as MPICH does; ranks 0..P-1 run log2(P) pairwise steps. An all-gather doubles
+the run of blocks each rank holds at every step: (log2(P) + 2[N≠P])α + (N-1)mβ (plus a
+local reordering when N≠P). An all-reduce exchanges the whole array at every step and
+folds it in, the lower rank's operand first, so every rank computes the same bits:
+(log2(P) + 2[N≠P])(α + nβ). Latency-optimal; the whole array at every step makes it the
+choice for small messages only. Links are opened on first use: 2·log2(N)+1 per rank at most.
 """
 
 from __future__ import annotations
@@ -15,63 +18,107 @@ from .. import buffers, wire
 from ..arrays import REDUCERS, byte_view
 from ..comm import Comm
 from .base import Algorithm
-from .common import needs_mesh, place_own, pow2
+from .common import place_own
+from .dissemination import neighbours
+
+
+def fold(n: int) -> int:
+    """The largest power of two up to n: the ranks that run the pairwise steps."""
+    return 1 << (n.bit_length() - 1)
 
 
 def gather(g: Comm, arr: np.ndarray, out: np.ndarray, header: wire.Header, timeout: float | None) -> None:
     place_own(g, arr, out)
-    _gather(g, byte_view(out), arr.nbytes, header.fields["op"], header, timeout)
+    n, r, size, op = g.size(), g.rank(), arr.nbytes, header.fields["op"]
+    if g.mesh is None:
+        neighbours(g, header, op, timeout)
+    data = byte_view(out)
+    p2 = fold(n)
+    if p2 == n:
+        _gather(g, data, lambda q: q * size, p2, op, header, timeout)
+        return
+    rem = n - p2
+    if r >= p2:  # an extra rank: its block to rank r-P, the whole result back from it
+        g.exchange(op, [data[r * size:(r + 1) * size]], [], header, timeout=timeout, peers=[r - p2])
+        g.exchange(op, [], [data], header, timeout=timeout, peers=[r - p2])
+        return
+    # Slot q (q < P) holds block q, then block q+P if q < N-P: every run of slots is contiguous.
+    scratch = buffers.cache.empty((n, size), np.uint8, min_bytes=buffers.SCRATCH_MIN_BYTES)
+    view = byte_view(scratch)
+
+    def offset(q: int) -> int:
+        return (q + min(q, rem)) * size
+
+    view[offset(r):offset(r) + size] = data[r * size:(r + 1) * size]
+    if r < rem:
+        g.exchange(op, [], [view[offset(r) + size:offset(r + 1)]], header, timeout=timeout, peers=[r + p2])
+    _gather(g, view, offset, p2, op, header, timeout)
+    order = [b for q in range(p2) for b in ((q, q + p2) if q < rem else (q,))]
+    np.frombuffer(data, np.uint8).reshape(n, size)[order] = scratch
+    if r < rem:
+        g.exchange(op, [data], [], header, timeout=timeout, peers=[r + p2])
 
 
-def _gather(g: Comm, data: memoryview, size: int, op: str, header: wire.Header, timeout: float | None) -> None:
-    """All-gather by recursive doubling: at step k, the 2^k blocks this rank holds (a
-    contiguous run of `data`) go to rank r XOR 2^k, whose run comes back."""
-    n, r = g.size(), g.rank()
+def _gather(g: Comm, data: memoryview, offset, p2: int, op: str, header: wire.Header,
+            timeout: float | None) -> None:
+    """All-gather by recursive doubling among ranks 0..p2-1: at step k, the 2^k slots this
+    rank holds (a contiguous run of `data`, slot q at `offset(q)`) go to rank r XOR 2^k,
+    whose run comes back."""
+    r = g.rank()
     k = 1
-    while k < n:
+    while k < p2:
         base, partner = r & ~(k - 1), r ^ k
         other = partner & ~(k - 1)
-        g.exchange(op, [data[base * size:(base + k) * size]], [data[other * size:(other + k) * size]],
+        g.exchange(op, [data[offset(base):offset(base + k)]], [data[offset(other):offset(other + k)]],
                    header, timeout=timeout, peers=[partner])
         k <<= 1
 
 
 def reduce(g: Comm, arr: np.ndarray, op: str, header: wire.Header, timeout: float | None) -> np.ndarray:
-    """Recursive doubling (N a power of two): log2(N) exchanges of the whole array with rank
-    r XOR 2^k, each followed by a reduction with the lower rank's operand first.
+    """Recursive doubling: log2(P) exchanges of the whole array with rank r XOR 2^k, each
+    followed by a reduction with the lower rank's operand first (the extra ranks folded
+    in and out around them).
 
     The first step sends the input itself and receives straight into the result, folded in
     place; later steps send the result so far and receive into scratch."""
     n, r = g.size(), g.rank()
+    p2 = fold(n)
     ufunc = REDUCERS[op]
+    if g.mesh is None:
+        neighbours(g, header, op, timeout)
     if arr.flags.c_contiguous:
         mine, acc = arr, buffers.cache.empty(arr.shape, arr.dtype)  # an array even when 0-d
     else:
         mine = acc = np.array(arr, order="C", copy=True)  # a copy is needed anyway: fold into it
+    if r >= p2:  # an extra rank: its array to rank r-P, the result back from it
+        g.exchange(op, [byte_view(mine)], [], header, timeout=timeout, peers=[r - p2])
+        g.exchange(op, [], [byte_view(acc)], header, timeout=timeout, peers=[r - p2])
+        return acc
     theirs = None
-    k = 1
-    while k < n:
-        partner = r ^ k
+    partners = ([r + p2] if r + p2 < n else []) + [r ^ k for k in _powers(p2)]
+    for partner in partners:
         if mine is acc:  # the result so far is being sent: the partner's array lands in scratch
             if theirs is None:
                 theirs = buffers.cache.empty(arr.shape, arr.dtype, min_bytes=buffers.SCRATCH_MIN_BYTES)
             into = theirs
         else:
             into = acc
-        g.exchange(op, [byte_view(mine)], [byte_view(into)], header, timeout=timeout, peers=[partner])
+        if partner >= p2:  # folding in: receive only
+            g.exchange(op, [], [byte_view(into)], header, timeout=timeout, peers=[partner])
+        else:
+            g.exchange(op, [byte_view(mine)], [byte_view(into)], header, timeout=timeout, peers=[partner])
         if r < partner:
             ufunc(mine, into, out=acc)
         else:
             ufunc(into, mine, out=acc)
         mine = acc
-        k <<= 1
+    if r + p2 < n:
+        g.exchange(op, [byte_view(acc)], [], header, timeout=timeout, peers=[r + p2])
     return acc
 
 
-def _fits(comm: Comm, kind: str, nbytes: int) -> str | None:
-    if not pow2(comm.size()):
-        return f"it needs a power-of-two group size (this one has {comm.size()})"
-    return needs_mesh(comm)
+def _powers(p2: int) -> list[int]:
+    return [1 << i for i in range(p2.bit_length() - 1)]
 
 
-ALGORITHM = Algorithm("doubling", gather=gather, reduce=reduce, fits=_fits)
+ALGORITHM = Algorithm("doubling", gather=gather, reduce=reduce)

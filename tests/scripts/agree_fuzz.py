@@ -77,8 +77,8 @@ def draw(rng: np.random.Generator, m: int) -> dict:
     elif kind == "dtype":
         other["dtype"] = str(rng.choice([d for d in DTYPES if d != spec["dtype"]]))
     else:  # a flip of direct_max changes the path where it decides it: not for sum_scatter (always the
-        # ring), nor by default for arrays above the direct path's limit
-        decides = op != "sum_scatter" and (cls == "tiny" or RING)
+        # ring), nor by default for arrays above the direct path's limit, nor in groups over 8 (no mesh)
+        decides = op != "sum_scatter" and (cls == "tiny" or RING) and m <= 8
         other["flip"] = str(rng.choice(["direct_max", "both_ways"])) if decides else "both_ways"
     return {"spec": spec, "other": other, "kind": kind, "deviants": deviants}
 
