@@ -21,8 +21,7 @@ from .flows import Inflow, Outflow, Segments
 
 
 def _message_header(arr: np.ndarray, number: int) -> wire.Header:
-    dtype = arr.dtype.str if arr.dtype.fields is None else str(arr.dtype.descr)
-    return wire.Header(wire.make_header("send", number, dtype, arr.shape))
+    return wire.Header(wire.make_header("send", number, wire.dtype_tag(arr.dtype), arr.shape))
 
 
 def send(x: Any, dst: int, *, group: Comm | None = None, timeout: float | None = None) -> None:
