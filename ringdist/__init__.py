@@ -9,7 +9,8 @@ Launch ranks with `ringdist-launch --hosts hosts.json script.py`. The API mirror
 """
 
 from .world import init, is_available
-from .collectives import all_gather, all_max, all_min, all_prod, all_sum, barrier, broadcast, sum_scatter
+from .collectives import all_gather, all_max, all_min, all_prod, all_sum, barrier, broadcast, gather, reduce, sum_scatter
+from .uneven import all_to_all, scatter
 from . import errors
 from .errors import *  # noqa: F403 - the exception tree is part of the API
 from .group import Group
@@ -29,6 +30,10 @@ __all__ = [
     "sum_scatter",
     "broadcast",
     "barrier",
+    "gather",
+    "scatter",
+    "reduce",
+    "all_to_all",
     "send",
     "recv",
     "recv_like",

@@ -34,18 +34,18 @@ def byte_view(arr: np.ndarray) -> memoryview:
         return memoryview(arr.reshape(-1).view(np.uint8))
 
 
-def check_reducible(arr: np.ndarray, op: str) -> None:
+def check_reducible(arr: np.ndarray, op: str, call: str | None = None) -> None:
     """TypeError unless numpy's ufunc for `op` reduces this dtype: numbers, bool, and numeric
     extension dtypes such as ml_dtypes' bfloat16 and float8 (kind 'V' without fields).
     Strings would "add" by concatenation, truncated; objects and structured dtypes are not numbers."""
     dt = arr.dtype
     if dt.kind in "SUOM" or dt.fields is not None or type(dt) is _RAW_BYTES:
-        raise TypeError(f"{op}: dtype {dt} is not numeric or bool; only those can be reduced")
+        raise TypeError(f"{call or op}: dtype {dt} is not numeric or bool; only those can be reduced")
     probe = np.zeros(1, dtype=dt)
     try:
         REDUCERS[op](probe, probe, out=probe)
     except TypeError:
-        raise TypeError(f"{op}: numpy cannot reduce dtype {dt} with {REDUCERS[op].__name__}") from None
+        raise TypeError(f"{call or op}: numpy cannot reduce dtype {dt} with {REDUCERS[op].__name__}") from None
 
 
 def fold(rows: list[np.ndarray], ufunc: Any, out: np.ndarray) -> None:

@@ -22,7 +22,13 @@ from .errors import ConfigError
 
 KIND_OF = {"all_gather": "gather", "barrier": "gather", "split": "gather",
            "all_sum": "reduce", "all_max": "reduce", "all_min": "reduce", "all_prod": "reduce",
-           "sum_scatter": "reduce_scatter", "broadcast": "broadcast"}
+           "sum_scatter": "reduce_scatter", "broadcast": "broadcast",
+           # Rooted calls run their all-* counterpart (a reduce's root gets all_<op>'s very bits).
+           "gather": "gather", "reduce": "reduce",
+           # Blocks whose sizes ride in the headers (algorithms/blocks.py); chosen without the size,
+           # which may differ by rank.
+           "all_to_all": "all_to_all", "scatter": "all_to_all", "all_gather_uneven": "gather_v",
+           "all_gather_object": "gather_v", "broadcast_object": "gather_v"}
 
 # Direct exchange limits (RINGDIST_DIRECT_MAX's default), per-rank block bytes. On more than two
 # ranks one direct step beats N-1 ring steps up to 1 MiB blocks (10-40% at 512 KiB-1 MiB), and
@@ -98,6 +104,12 @@ TABLE: list[Row] = [
     Row("broadcast", "direct", lambda f: f.mesh and f.nbytes <= f.direct_max,
         "one step, and every rank checks every other rank's call"),
     Row("broadcast", "ring", _always, "a pipelined chain from the root"),
+    Row("all_to_all", "direct", lambda f: f.mesh and f.direct_max > 0,
+        "one step, each rank sending (N-1)/N of its array once: the fewest bytes and steps there are"),
+    Row("all_to_all", "ring", _always, "N-1 hops, each passing on the blocks for ranks further on"),
+    Row("gather_v", "direct", lambda f: f.mesh and f.direct_max > 0,
+        "one step; every rank checks every other rank's call"),
+    Row("gather_v", "ring", _always, "N-1 hops, each block passed on whole"),
 ]
 
 

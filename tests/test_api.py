@@ -9,6 +9,7 @@ import ringdist as rd
 PUBLIC = {
     "init", "is_available", "Group", "all_gather", "all_sum", "all_max", "all_min", "all_prod",
     "sum_scatter", "broadcast", "barrier", "send", "recv", "recv_like",
+    "gather", "scatter", "reduce", "all_to_all",
     "RingError", "ConfigError", "ConnectError", "AuthError", "ProtocolError", "PeerLostError",
     "RingTimeoutError", "MismatchError", "GroupBrokenError", "__version__",
 }
@@ -31,9 +32,15 @@ def test_exception_tree():
 
 def test_collectives_take_group_as_keyword_only():
     for name in ("all_gather", "all_sum", "all_max", "all_min", "all_prod", "sum_scatter", "broadcast",
-                 "barrier", "send", "recv", "recv_like"):
-        param = inspect.signature(getattr(rd, name)).parameters["group"]
-        assert param.kind is inspect.Parameter.KEYWORD_ONLY and param.default is None, name
+                 "barrier", "send", "recv", "recv_like", "gather", "scatter", "reduce", "all_to_all"):
+        params = inspect.signature(getattr(rd, name)).parameters
+        for keyword in ("group", "timeout"):
+            assert params[keyword].kind is inspect.Parameter.KEYWORD_ONLY and params[keyword].default is None, name
+    for name in ("gather", "scatter", "reduce"):
+        assert inspect.signature(getattr(rd, name)).parameters["root"].default == 0, name
+    assert inspect.signature(rd.reduce).parameters["op"].default == "sum"
+    assert inspect.signature(rd.all_to_all).parameters["splits"].default is None
+    assert inspect.signature(rd.all_gather).parameters["uneven"].default is False
     assert inspect.signature(rd.init).parameters["strict"].default is False
     assert list(inspect.signature(rd.Group.split).parameters) == ["self", "color", "key"]
 

@@ -12,6 +12,10 @@ Kinds and their run functions (all over a `Comm`, `header` already made):
   reduce          (comm, arr, op, header, timeout) -> the element-wise reduction, a new array
   reduce_scatter  (comm, own, out, header, timeout): block r of the sum of every rank's flat `own`
   broadcast       (comm, out, root, header, timeout): `out` (filled on the root) on every rank
+  all_to_all      (comm, header, blocks, check, timeout) -> the blocks received, by source rank:
+                  blocks[p] (bytes) goes to rank p; sizes ride in the headers (`blocks.py`)
+  gather_v        (comm, header, parts, check, timeout) -> {source: (its header, its bytes)}:
+                  this rank's parts to every rank, of any size (`blocks.py`)
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ __all__ = ["ALGORITHMS", "KINDS", "Algorithm"]
 def _discover() -> dict[str, Algorithm]:
     found: dict[str, Algorithm] = {}
     for info in pkgutil.iter_modules(__path__):
-        if info.name.startswith("_") or info.name in ("base", "common"):
+        if info.name.startswith("_") or info.name in ("base", "common", "blocks"):
             continue
         algorithm = getattr(importlib.import_module(f"{__name__}.{info.name}"), "ALGORITHM", None)
         if isinstance(algorithm, Algorithm):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
-KINDS = ("gather", "reduce", "reduce_scatter", "broadcast")
+KINDS = ("gather", "reduce", "reduce_scatter", "broadcast", "all_to_all", "gather_v")
 
 
 def _always(comm: Any, kind: str, nbytes: int) -> str | None:
@@ -19,6 +19,8 @@ class Algorithm:
     reduce: Callable[..., Any] | None = None
     reduce_scatter: Callable[..., None] | None = None
     broadcast: Callable[..., None] | None = None
+    all_to_all: Callable[..., Any] | None = None
+    gather_v: Callable[..., Any] | None = None
     fits: Callable[[Any, str, int], str | None] = _always  # (comm, kind, bytes per rank) -> why not
 
     def kinds(self) -> list[str]:

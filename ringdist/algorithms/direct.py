@@ -15,6 +15,7 @@ from .. import buffers, wire
 from ..arrays import REDUCERS, byte_view, fold
 from ..comm import Comm
 from .base import Algorithm
+from .blocks import all_to_all_direct, gather_direct
 from .common import direct_parts, needs_mesh
 
 
@@ -64,4 +65,5 @@ def _fits(comm: Comm, kind: str, nbytes: int) -> str | None:
     return needs_mesh(comm)
 
 
-ALGORITHM = Algorithm("direct", gather=gather, reduce=reduce, broadcast=broadcast, fits=_fits)
+ALGORITHM = Algorithm("direct", gather=gather, reduce=reduce, broadcast=broadcast, all_to_all=all_to_all_direct,
+                      gather_v=gather_direct, fits=_fits)

@@ -20,6 +20,7 @@ from ..arrays import REDUCERS, byte_view
 from ..comm import Comm
 from ..flows import Inflow, Outflow, ReducingInflow, Segments
 from .base import Algorithm
+from .blocks import all_to_all_ring, gather_ring
 from .common import gather_flows, own_rows, row_bounds, streams
 
 # A ring all-gather of blocks from this size sends its own block straight from the input and
@@ -159,4 +160,5 @@ def _chain(g: Comm, data: memoryview, itemsize: int, root: int, header: wire.Hea
         g.run("broadcast", [], [Outflow(ring.left[0], Segments([]), "broadcast", ack)], timeout=timeout)
 
 
-ALGORITHM = Algorithm("ring", gather=gather, reduce=reduce, reduce_scatter=reduce_scatter, broadcast=broadcast)
+ALGORITHM = Algorithm("ring", gather=gather, reduce=reduce, reduce_scatter=reduce_scatter, broadcast=broadcast,
+                      all_to_all=all_to_all_ring, gather_v=gather_ring)
