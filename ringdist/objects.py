@@ -12,6 +12,7 @@ the job (every connection passed the handshake with the job's secret).
 
 from __future__ import annotations
 
+import contextlib
 import pickle
 from typing import Any
 
@@ -57,6 +58,22 @@ class Pickled:
     def raise_error(self) -> None:
         if self.error is not None:
             raise ValueError(self.error)
+
+    def sending(self) -> "_Sending":
+        """A context in which a peer's error (told of this rank's) gives way to this rank's own."""
+        return _Sending(self)
+
+
+class _Sending:
+    def __init__(self, pickled: Pickled):
+        self.pickled = pickled
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: Any, exc: Any, tb: Any) -> None:
+        if self.pickled.error is not None:
+            raise ValueError(self.pickled.error) from exc
 
 
 def _raw(buffer: pickle.PickleBuffer) -> memoryview:
@@ -119,9 +136,9 @@ def all_gather_object(obj: Any, *, group: Comm | None = None, timeout: float | N
         return [_copy(pickled)]
     algorithm = tuning.choose(g, "all_gather_object", 0)
     header = _header(g, "all_gather_object", NOTHING, algorithm.name)
-    got = algorithm.gather_v(g, header, (pickled.parts, pickled.fields), _object_check(header, cap), timeout)
-    g.finish("all_gather_object")
-    pickled.raise_error()
+    with pickled.sending():
+        got = algorithm.gather_v(g, header, (pickled.parts, pickled.fields), _object_check(header, cap), timeout)
+        g.finish("all_gather_object")
     return [_copy(pickled) if q == r else unpickle(got[q][1], got[q][0]["sizes"]) for q in range(n)]
 
 
@@ -138,10 +155,10 @@ def broadcast_object(obj: Any, root: int = 0, *, group: Comm | None = None, time
     algorithm = tuning.choose(g, "broadcast_object", 0)
     header = _header(g, "broadcast_object", NOTHING, algorithm.name, root=root)
     mine = (pickled.parts, pickled.fields) if pickled is not None else ([], {"sizes": []})
-    got = algorithm.gather_v(g, header, mine, _object_check(header, cap, lambda src: src == root), timeout)
-    g.finish("broadcast_object")
+    with pickled.sending() if pickled is not None else contextlib.nullcontext():
+        got = algorithm.gather_v(g, header, mine, _object_check(header, cap, lambda src: src == root), timeout)
+        g.finish("broadcast_object")
     if pickled is not None:
-        pickled.raise_error()
         return obj
     fields, payload = got[root]
     return unpickle(payload, fields["sizes"])
@@ -158,9 +175,9 @@ def send_object(obj: Any, dst: int, *, group: Comm | None = None, timeout: float
     pickled = Pickled(obj, g.settings.max_object_bytes, "send_object", g.rank())
     g.check_usable("send_object")
     ch, number = g.p2p_channel(dst, outgoing=True)
-    g.run("send_object", [], [Outflow(ch, Segments(pickled.parts), "send_object",
-                                      _message_header(number, pickled.fields))], [ch], timeout=timeout)
-    pickled.raise_error()
+    with pickled.sending():
+        g.run("send_object", [], [Outflow(ch, Segments(pickled.parts), "send_object",
+                                          _message_header(number, pickled.fields))], [ch], timeout=timeout)
 
 
 def recv_object(src: int, *, group: Comm | None = None, timeout: float | None = None) -> Any:

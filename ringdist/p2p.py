@@ -38,7 +38,7 @@ def send(x: Any, dst: int, *, group: Comm | None = None, timeout: float | None =
 
 def _expect_message(mine: dict[str, Any], theirs: dict[str, Any], ch: Channel) -> None:
     if mine != theirs:
-        got = dict(theirs, op="send")
+        got = dict(theirs)
         raise MismatchError(
             f"rank {ch.me} expected recv(shape={tuple(mine['shape'])}, dtype={_dtype_name(mine)}) "
             f"from rank {ch.peer} but rank {ch.peer} sent {wire.describe_header(got)} (group {ch.group!r})")

@@ -5,6 +5,8 @@ raises MismatchError in that call (or, told by a peer, the peer's error), then G
 
 from __future__ import annotations
 
+import re
+
 import ml_dtypes
 import numpy as np
 import pytest
@@ -149,3 +151,13 @@ def test_ranks_that_disagree_all_raise_then_the_group_is_broken(case, variant):
     for o in outcomes:  # a rank that did not see it itself was told by a peer (the peer's MismatchError)
         assert isinstance(o, rd.MismatchError) or "MismatchError" in str(o), outcomes
     assert all(isinstance(e, rd.GroupBrokenError) for e in info.value.errors), info.value.errors
+
+
+@pytest.mark.parametrize("n", [2, 3, 9])
+def test_every_rooted_uneven_and_object_call_in_a_launched_job(n):
+    from helpers import SCRIPTS, run_launcher
+
+    res = run_launcher(["-n", str(n), str(SCRIPTS / "blocks_matrix.py")], timeout=120,
+                       env={"RINGDIST_TIMEOUT": "30"})
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert sorted(int(k) for k in re.findall(r"blocks ok rank=(\d+)", res.stdout)) == list(range(n)), res.stdout
