@@ -15,26 +15,46 @@ import ringdist as rd
 
 def _bus_factor(op: str, n: int) -> tuple[float, float]:
     """(bytes moved per call relative to the input, busbw factor), as nccl-tests define them."""
-    if op == "all_gather":
+    if op in ("all_gather", "gather", "scatter", "all_gather_object"):
         return n, (n - 1) / n
+    if op == "all_to_all":
+        return 1, (n - 1) / n
     if op in ("all_sum", "all_max", "all_min", "all_prod"):
         return 1, 2 * (n - 1) / n
     if op == "sum_scatter":
         return 1, (n - 1) / n
-    return 1, 1.0  # broadcast
+    return 1, 1.0  # broadcast, reduce
+
+OBJECT_PARTS = 16  # arrays in all_gather_object's dict
 
 
 def _call(op: str, x: np.ndarray) -> np.ndarray:
     if op == "broadcast":
         return rd.broadcast(x, root=0)
+    if op == "scatter":  # the root cuts its x into N blocks of x's size
+        n = rd.init().size()
+        return rd.scatter(np.tile(x, n) if rd.init().rank() == 0 else None, root=0)
+    if op in ("gather", "reduce"):
+        y = getattr(rd, op)(x, root=0)
+        return x if y is None else y  # only the root's result is checked
+    if op == "all_gather_object":
+        got = rd.all_gather_object({f"a{i}": part for i, part in enumerate(np.array_split(x, OBJECT_PARTS))})
+        return np.concatenate([np.concatenate([d[f"a{i}"] for i in range(OBJECT_PARTS)]) for d in got])
     return getattr(rd, op)(x)
 
 
 def _expected(op: str, size: int, n: int, r: int) -> np.ndarray:
     base = lambda q: (np.arange(size, dtype=np.float32) % 251) + 256 * q  # noqa: E731 - exact sums
-    if op == "all_gather":
+    if op in ("all_gather", "all_gather_object") or (op == "gather" and r == 0):
         return np.concatenate([base(q) for q in range(n)])
-    if op == "all_sum":
+    if op in ("gather", "reduce") and r != 0:
+        return base(r)
+    if op == "all_to_all":
+        c = size // n
+        return np.concatenate([base(q)[r * c:(r + 1) * c] for q in range(n)])
+    if op == "scatter":
+        return base(0)
+    if op in ("all_sum", "reduce"):
         return sum(base(q) for q in range(n))
     if op == "all_max":
         return base(n - 1)
@@ -59,7 +79,7 @@ def run(args: Any) -> list[dict]:
               flush=True)
     while size <= args.maxbytes:
         count = max(1, size // 4)
-        if args.op == "sum_scatter":
+        if args.op in ("sum_scatter", "all_to_all"):
             count -= count % n or 0
             count = max(count, n)
         x = (np.arange(count, dtype=np.float32) % 251) + 256 * r

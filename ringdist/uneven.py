@@ -68,13 +68,17 @@ def _counts(splits: Any, rows: int, n: int) -> list[int]:
     return counts
 
 
-def _assemble(got: list[tuple[int, memoryview]], trailing: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
-    """Blocks of rows (row count, bytes) concatenated in source order, in a new array."""
-    out = buffers.cache.empty((sum(rows for rows, _ in got),) + trailing, dtype)
+def _assemble(got: list[tuple[int, memoryview]], trailing: tuple[int, ...], dtype: np.dtype,
+              out: np.ndarray | None = None, landed: list[memoryview] | None = None) -> np.ndarray:
+    """Blocks of rows (row count, bytes) concatenated in source order, in a new array (or in
+    `out`, where the blocks that are `landed[q]` already lie in place)."""
+    if out is None:
+        out = buffers.cache.empty((sum(rows for rows, _ in got),) + trailing, dtype)
     data = byte_view(out)
     at = 0
-    for _, block in got:
-        data[at:at + len(block)] = block
+    for q, (_, block) in enumerate(got):
+        if landed is None or block is not landed[q]:
+            data[at:at + len(block)] = block
         at += len(block)
     return out
 
@@ -103,9 +107,15 @@ def all_to_all(x: Any, *, splits: Any = None, group: Comm | None = None, timeout
     view = byte_view(data)
     ends = np.cumsum([0] + counts) * unit
     blocks = [view[ends[p]:ends[p + 1]] for p in range(n)]
-    got = algorithm.all_to_all(g, header, blocks, counts, _rows_check(header, unit, expect), timeout)
+    out = None
+    into = None
+    if splits is None:  # every block's size is known: the direct path lands them in place
+        out = buffers.cache.empty(arr.shape, arr.dtype)
+        data_out = byte_view(out)
+        into = [data_out[ends[p]:ends[p + 1]] for p in range(n)]
+    got = algorithm.all_to_all(g, header, blocks, counts, _rows_check(header, unit, expect), timeout, into=into)
     g.finish("all_to_all")
-    return _assemble(got, arr.shape[1:], arr.dtype)
+    return _assemble(got, arr.shape[1:], arr.dtype, out, into)
 
 
 def _dtype(tag: str, ch: Channel) -> np.dtype:
