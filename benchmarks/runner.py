@@ -31,16 +31,31 @@ OBJECT_PARTS = 16  # arrays in all_gather_object's dict
 def _call(op: str, x: np.ndarray) -> np.ndarray:
     if op == "broadcast":
         return rd.broadcast(x, root=0)
-    if op == "scatter":  # the root cuts its x into N blocks of x's size
-        n = rd.init().size()
-        return rd.scatter(np.tile(x, n) if rd.init().rank() == 0 else None, root=0)
+    if op == "scatter":
+        return rd.scatter(x, root=0)
     if op in ("gather", "reduce"):
         y = getattr(rd, op)(x, root=0)
         return x if y is None else y  # only the root's result is checked
-    if op == "all_gather_object":
-        got = rd.all_gather_object({f"a{i}": part for i, part in enumerate(np.array_split(x, OBJECT_PARTS))})
-        return np.concatenate([np.concatenate([d[f"a{i}"] for i in range(OBJECT_PARTS)]) for d in got])
+    if op == "all_gather_object":  # the dict is made outside the timed call (_input)
+        return rd.all_gather_object(x)
     return getattr(rd, op)(x)
+
+
+def _input(op: str, x: np.ndarray) -> Any:
+    """What a rank passes, made once per size."""
+    if op == "scatter":  # the root cuts its x into N blocks of x's size
+        g = rd.init()
+        return np.tile(x, g.size()) if g.rank() == 0 else None
+    if op == "all_gather_object":
+        return {f"a{i}": part for i, part in enumerate(np.array_split(x, OBJECT_PARTS))}
+    return x
+
+
+def _flat(op: str, y: Any) -> np.ndarray:
+    """A result as one flat array, to check."""
+    if op == "all_gather_object":
+        return np.concatenate([np.concatenate([d[f"a{i}"] for i in range(OBJECT_PARTS)]) for d in y])
+    return y.reshape(-1)
 
 
 def _expected(op: str, size: int, n: int, r: int) -> np.ndarray:
@@ -82,10 +97,10 @@ def run(args: Any) -> list[dict]:
         if args.op in ("sum_scatter", "all_to_all"):
             count -= count % n or 0
             count = max(count, n)
-        x = (np.arange(count, dtype=np.float32) % 251) + 256 * r
+        x = _input(args.op, (np.arange(count, dtype=np.float32) % 251) + 256 * r)
         for _ in range(max(1, args.warmup)):
             y = _call(args.op, x)
-        if not np.array_equal(y.reshape(-1), _expected(args.op, count, n, r)):
+        if not np.array_equal(_flat(args.op, y), _expected(args.op, count, n, r)):
             raise SystemExit(f"rank {r}: wrong result for {args.op} at {count * 4} bytes")
         # agree on the iteration count from the warm-up estimate
         t0 = time.perf_counter()
@@ -99,7 +114,7 @@ def run(args: Any) -> list[dict]:
             t0 = time.perf_counter()
             y = _call(args.op, x)
             times[i] = time.perf_counter() - t0
-            if args.check and not np.array_equal(y.reshape(-1), _expected(args.op, count, n, r)):
+            if args.check and not np.array_equal(_flat(args.op, y), _expected(args.op, count, n, r)):
                 raise SystemExit(f"rank {r}: wrong result for {args.op} at {count * 4} bytes, call {i}")
         slowest = rd.all_max(times)
         t = float(statistics.median(slowest))

@@ -474,10 +474,12 @@ class SizedInflow(Inflow):
     trip is needed to learn them. `fields` is the peer's header once it has arrived.
     """
 
-    def __init__(self, ch: Channel, op: str, accept: Callable[[dict[str, Any], Channel], memoryview]):
+    def __init__(self, ch: Channel, op: str, accept: Callable[[dict[str, Any], Channel], memoryview],
+                 hint: int = 0):
         super().__init__(ch, Segments([]), op, None)
         self.need_header = True
         self.done = False
+        self.total = hint  # until the header comes: about what is expected (whether a wait may spin)
         self.accept = accept
         self.fields: dict[str, Any] | None = None
         self.dest: memoryview | None = None

@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .. import wire
+from .. import buffers, wire
 from ..channel import Channel
 from ..comm import Comm
 from ..errors import ProtocolError
@@ -46,7 +46,8 @@ def common(fields: dict[str, Any], drop: tuple[str, ...] = ()) -> dict[str, Any]
 
 
 def _landing(nbytes: int) -> memoryview:
-    return memoryview(np.empty(nbytes, dtype=np.uint8))
+    """Where a stream lands: reused memory from 256 KiB (held while anything views it)."""
+    return memoryview(buffers.cache.empty((nbytes,), np.dtype(np.uint8)))
 
 
 def direct(g: Comm, header: wire.Header, sends: dict[int, Parts], check: Check,
@@ -65,7 +66,7 @@ def direct(g: Comm, header: wire.Header, sends: dict[int, Parts], check: Check,
             unit = check(p, theirs, ch)
             return _landing(sum(sizes_of(theirs, ch)) * unit)
 
-        inflows.append(SizedInflow(mesh.peers[p], op, accept))
+        inflows.append(SizedInflow(mesh.peers[p], op, accept, hint=sum(map(len, parts))))
     g.run(op, inflows, outflows, timeout=timeout)
     return {p: (flow.fields, flow.dest) for p, flow in zip(mesh.order, inflows)}
 
@@ -92,7 +93,7 @@ def shift(g: Comm, header: wire.Header, first: Parts,
             unit = accept(origin, theirs, ch)
             return _landing(sum(sizes_of(theirs, ch)) * unit)
 
-        inflow = SizedInflow(ring.left[0], op, land)
+        inflow = SizedInflow(ring.left[0], op, land, hint=sum(map(len, parts)))
         sent = wire.Header(dict(fields, hop=s))
         g.run(op, [inflow], [Outflow(ring.right[0], Segments(parts), op, sent)], timeout=timeout)
         assert inflow.fields is not None and inflow.dest is not None
