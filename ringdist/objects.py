@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from . import tuning, wire
+from . import buffers, tuning, wire
 from .algorithms.blocks import common, sizes_of
 from .calls import _comm, _header, check_root
 from .channel import Channel
@@ -94,8 +94,13 @@ def unpickle(payload: memoryview, sizes: list[int]) -> Any:
 
 def _copy(pickled: Pickled) -> Any:
     """This rank's own object as every other rank sees it (a copy, sharing no memory)."""
-    data = memoryview(bytearray(b"".join(pickled.parts)))
-    return unpickle(data, [len(p) for p in pickled.parts])
+    sizes = [len(p) for p in pickled.parts]
+    data = memoryview(buffers.cache.empty((sum(sizes),), np.dtype(np.uint8)))  # one copy, into reused memory
+    at = 0
+    for part in pickled.parts:
+        data[at:at + len(part)] = part
+        at += len(part)
+    return unpickle(data, sizes)
 
 
 def _object_check(header: wire.Header, cap: int, sender: Any = None):
