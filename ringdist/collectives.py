@@ -20,7 +20,7 @@ from .comm import Comm
 
 
 def gather_rows(x: Any, *, group: Comm | None = None, op: str = "all_gather",
-                timeout: float | None = None, **extra: Any) -> np.ndarray:
+                timeout: float | None = None) -> np.ndarray:
     """all_gather under a given op name (split's exchange cannot pair with a user's all_gather)."""
     g = _comm(group, timeout)
     arr = as_rows(x)
@@ -31,7 +31,7 @@ def gather_rows(x: Any, *, group: Comm | None = None, op: str = "all_gather",
         np.copyto(out, arr)
         return out
     algorithm = tuning.choose(g, op, arr.nbytes)
-    header = _header(g, op, arr, algorithm.name, **extra)
+    header = _header(g, op, arr, algorithm.name)
     algorithm.gather(g, arr, out, header, timeout)
     g.finish(op)
     return out
@@ -51,15 +51,17 @@ def all_gather(x: Any, *, uneven: bool = False, group: Comm | None = None,
 
 
 def gather(x: Any, root: int = 0, *, group: Comm | None = None, timeout: float | None = None) -> np.ndarray | None:
-    """all_gather's result on the root; None on every other rank.
-
-    Runs the all-gather the tuning table chooses (on the ring its cost is the root's own
-    receive, (N-1) blocks); the root is in the header, so ranks that disagree on it fail."""
+    """all_gather's result on the root; None on every other rank. Same shape and dtype on
+    every rank; the root is in the header, so ranks that disagree on it fail."""
     g = _comm(group, timeout)
     root = check_root(root, g, "gather")
     arr = as_rows(x)
-    out = gather_rows(arr, group=g, op="gather", timeout=timeout, root=root)
-    return out if g.rank() == root else None
+    if g.size() == 1:
+        return gather_rows(arr, group=g, op="gather", timeout=timeout)
+    algorithm = tuning.choose(g, "gather", arr.nbytes)
+    out = algorithm.gather_root(g, arr, root, _header(g, "gather", arr, algorithm.name, root=root), timeout)
+    g.finish("gather")
+    return out
 
 
 REDUCE_OPS = ("sum", "max", "min", "prod")

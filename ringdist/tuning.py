@@ -23,8 +23,8 @@ from .errors import ConfigError
 KIND_OF = {"all_gather": "gather", "barrier": "gather", "split": "gather",
            "all_sum": "reduce", "all_max": "reduce", "all_min": "reduce", "all_prod": "reduce",
            "sum_scatter": "reduce_scatter", "broadcast": "broadcast",
-           # Rooted calls run their all-* counterpart (a reduce's root gets all_<op>'s very bits).
-           "gather": "gather", "reduce": "reduce",
+           # A rooted reduce runs all_<op>'s rows, so its root gets all_<op>'s very bits.
+           "gather": "gather_root", "reduce": "reduce",
            # Blocks whose sizes ride in the headers (algorithms/blocks.py); chosen without the size,
            # which may differ by rank.
            "all_to_all": "all_to_all", "scatter": "all_to_all", "all_gather_uneven": "gather_v",
@@ -104,6 +104,9 @@ TABLE: list[Row] = [
     Row("broadcast", "direct", lambda f: f.mesh and f.nbytes <= f.direct_max,
         "one step, and every rank checks every other rank's call"),
     Row("broadcast", "ring", _always, "a pipelined chain from the root"),
+    Row("gather_root", "direct", lambda f: f.mesh and f.direct_max > 0,
+        "one step: only the root receives, (N-1) blocks; the others send one"),
+    Row("gather_root", "ring", _always, "the ring all-gather kept on the root: (N-1) blocks in N-1 pipelined steps"),
     Row("all_to_all", "direct", lambda f: f.mesh and f.direct_max > 0,
         "one step, each rank sending (N-1)/N of its array once: the fewest bytes and steps there are"),
     Row("all_to_all", "ring", _always, "N-1 hops, each passing on the blocks for ranks further on"),

@@ -16,6 +16,8 @@ Kinds and their run functions (all over a `Comm`, `header` already made):
                   blocks[p] (bytes) goes to rank p; sizes ride in the headers (`blocks.py`)
   gather_v        (comm, header, parts, check, timeout) -> {source: (its header, its bytes)}:
                   this rank's parts to every rank, of any size (`blocks.py`)
+  gather_root     (comm, arr, root, header, timeout) -> every rank's rows in rank order on
+                  the root, None elsewhere
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
-KINDS = ("gather", "reduce", "reduce_scatter", "broadcast", "all_to_all", "gather_v")
+KINDS = ("gather", "reduce", "reduce_scatter", "broadcast", "all_to_all", "gather_v", "gather_root")
 
 
 def _always(comm: Any, kind: str, nbytes: int) -> str | None:
@@ -21,6 +21,7 @@ class Algorithm:
     broadcast: Callable[..., None] | None = None
     all_to_all: Callable[..., Any] | None = None
     gather_v: Callable[..., Any] | None = None
+    gather_root: Callable[..., Any] | None = None
     fits: Callable[[Any, str, int], str | None] = _always  # (comm, kind, bytes per rank) -> why not
 
     def kinds(self) -> list[str]:

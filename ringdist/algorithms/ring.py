@@ -44,6 +44,14 @@ def gather(g: Comm, arr: np.ndarray, out: np.ndarray, header: wire.Header, timeo
         g.run(op, *gather_flows(g, byte_view(out), bounds, op, header), timeout=timeout)
 
 
+def gather_root(g: Comm, arr: np.ndarray, root: int, header: wire.Header, timeout: float | None) -> np.ndarray | None:
+    """The ring all-gather, kept on the root: its cost is the root's own receive, (N-1) blocks
+    in N-1 pipelined steps, and every rank checks its neighbour's call."""
+    out = buffers.cache.empty((g.size() * arr.shape[0],) + arr.shape[1:], arr.dtype)
+    gather(g, arr, out, header, timeout)
+    return out if g.rank() == root else None
+
+
 def reduce_flows(g: Comm, own: np.ndarray, dest: np.ndarray, bounds: list[tuple[int, int]],
                   ufunc: Any, op: str, header: wire.Header,
                   out: np.ndarray | None = None) -> tuple[list[Inflow], list[Outflow]]:
@@ -161,4 +169,4 @@ def _chain(g: Comm, data: memoryview, itemsize: int, root: int, header: wire.Hea
 
 
 ALGORITHM = Algorithm("ring", gather=gather, reduce=reduce, reduce_scatter=reduce_scatter, broadcast=broadcast,
-                      all_to_all=all_to_all_ring, gather_v=gather_ring)
+                      all_to_all=all_to_all_ring, gather_v=gather_ring, gather_root=gather_root)
