@@ -6,7 +6,9 @@
 Sizes are per-rank input bytes (float32). Each size: warm-up calls, then timed calls with a
 barrier before each; a call's time is the slowest rank's; the row shows the median. algbw
 and busbw follow nccl-tests: all_gather busbw = algbw * (N-1)/N with algbw = N*size/time;
-all_sum busbw = algbw * 2(N-1)/N with algbw = size/time.
+all_sum busbw = algbw * 2(N-1)/N with algbw = size/time. all_to_all: busbw = algbw * (N-1)/N,
+algbw = size/time. gather, scatter (the root's x is N*size) and all_gather_object (a dict of
+16 arrays, size bytes in all) as all_gather; reduce as broadcast (busbw = algbw = size/time).
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ import argparse
 import os
 import sys
 
-OPS = ("all_gather", "all_sum", "all_max", "all_min", "all_prod", "sum_scatter", "broadcast")
+OPS = ("all_gather", "all_sum", "all_max", "all_min", "all_prod", "sum_scatter", "broadcast",
+       "all_to_all", "gather", "scatter", "reduce", "all_gather_object")
 UNITS = {"": 1, "B": 1, "K": 1 << 10, "KB": 1 << 10, "KIB": 1 << 10, "M": 1 << 20, "MB": 1 << 20,
          "MIB": 1 << 20, "G": 1 << 30, "GB": 1 << 30, "GIB": 1 << 30}
 

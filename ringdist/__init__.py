@@ -9,7 +9,9 @@ Launch ranks with `ringdist-launch --hosts hosts.json script.py`. The API mirror
 """
 
 from .world import init, is_available
-from .collectives import all_gather, all_max, all_min, all_prod, all_sum, barrier, broadcast, sum_scatter
+from .collectives import all_gather, all_max, all_min, all_prod, all_sum, barrier, broadcast, gather, reduce, sum_scatter
+from .objects import all_gather_object, broadcast_object, recv_object, send_object
+from .uneven import all_to_all, scatter
 from . import errors
 from .errors import *  # noqa: F403 - the exception tree is part of the API
 from .group import Group
@@ -29,9 +31,17 @@ __all__ = [
     "sum_scatter",
     "broadcast",
     "barrier",
+    "gather",
+    "scatter",
+    "reduce",
+    "all_to_all",
+    "all_gather_object",
+    "broadcast_object",
     "send",
     "recv",
     "recv_like",
+    "send_object",
+    "recv_object",
     *errors.__all__,
     "__version__",
 ]

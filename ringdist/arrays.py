@@ -6,6 +6,7 @@ from typing import Any
 
 import numpy as np
 
+_RAW_BYTES = type(np.dtype("V1"))  # numpy's own void dtype; extension dtypes (bfloat16) have their own class
 REDUCERS = {"all_sum": np.add, "all_max": np.maximum, "all_min": np.minimum, "all_prod": np.multiply}
 
 
@@ -33,14 +34,18 @@ def byte_view(arr: np.ndarray) -> memoryview:
         return memoryview(arr.reshape(-1).view(np.uint8))
 
 
-def check_reducible(arr: np.ndarray, op: str) -> None:
-    if arr.dtype.kind not in "biufc":  # strings would "add" by concatenation, truncated: refuse
-        raise TypeError(f"{op}: dtype {arr.dtype} is not numeric or bool; only those can be reduced")
-    probe = np.zeros(1, dtype=arr.dtype)
+def check_reducible(arr: np.ndarray, op: str, call: str | None = None) -> None:
+    """TypeError unless numpy's ufunc for `op` reduces this dtype: numbers, bool, and numeric
+    extension dtypes such as ml_dtypes' bfloat16 and float8 (kind 'V' without fields).
+    Strings would "add" by concatenation, truncated; objects and structured dtypes are not numbers."""
+    dt = arr.dtype
+    if dt.kind in "SUOM" or dt.fields is not None or type(dt) is _RAW_BYTES:
+        raise TypeError(f"{call or op}: dtype {dt} is not numeric or bool; only those can be reduced")
+    probe = np.zeros(1, dtype=dt)
     try:
         REDUCERS[op](probe, probe, out=probe)
     except TypeError:
-        raise TypeError(f"{op}: numpy cannot reduce dtype {arr.dtype} with {REDUCERS[op].__name__}") from None
+        raise TypeError(f"{call or op}: numpy cannot reduce dtype {dt} with {REDUCERS[op].__name__}") from None
 
 
 def fold(rows: list[np.ndarray], ufunc: Any, out: np.ndarray) -> None:

@@ -13,23 +13,10 @@ from typing import Any
 
 import numpy as np
 
-from . import buffers, comm as comm_module, deadlines, tuning, wire
+from . import buffers, comm as comm_module, tuning, uneven as uneven_module
 from .arrays import as_array, as_rows, check_reducible
+from .calls import _comm, _header, check_root
 from .comm import Comm
-
-
-def _comm(group: Comm | None, timeout: float | None) -> Comm:
-    if timeout is not None:
-        deadlines.check_timeout(timeout)
-    if group is None:
-        return comm_module.default_made or comm_module.default()
-    if not isinstance(group, Comm):
-        raise TypeError(f"group must be a ringdist Group or None, got {type(group).__name__}")
-    return group
-
-
-def _header(g: Comm, op: str, arr: np.ndarray, name: str, **extra: Any) -> wire.Header:
-    return g.next_header(op, arr, name, **extra)
 
 
 def gather_rows(x: Any, *, group: Comm | None = None, op: str = "all_gather",
@@ -51,28 +38,67 @@ def gather_rows(x: Any, *, group: Comm | None = None, op: str = "all_gather",
     return out
 
 
-def all_gather(x: Any, *, group: Comm | None = None, timeout: float | None = None) -> np.ndarray:
+def all_gather(x: Any, *, uneven: bool = False, group: Comm | None = None,
+               timeout: float | None = None) -> np.ndarray:
     """Every rank's `x` concatenated along axis 0, in rank order (a 0-d `x` counts as shape (1,)).
 
     All ranks must pass the same shape and dtype; otherwise every rank raises MismatchError.
+    With `uneven=True` ranks may pass different numbers of rows (the other dims and the
+    dtype still equal everywhere).
     """
+    if uneven:
+        return uneven_module.all_gather_uneven(x, _comm(group, timeout), timeout)
     return gather_rows(x, group=group, op="all_gather", timeout=timeout)
 
 
-def _all_reduce(x: Any, group: Comm | None, op: str, timeout: float | None) -> np.ndarray:
+def gather(x: Any, root: int = 0, *, group: Comm | None = None, timeout: float | None = None) -> np.ndarray | None:
+    """all_gather's result on the root; None on every other rank. Same shape and dtype on
+    every rank; the root is in the header, so ranks that disagree on it fail."""
+    g = _comm(group, timeout)
+    root = check_root(root, g, "gather")
+    arr = as_rows(x)
+    if g.size() == 1:
+        return gather_rows(arr, group=g, op="gather", timeout=timeout)
+    algorithm = tuning.choose(g, "gather", arr.nbytes)
+    out = algorithm.gather_root(g, arr, root, _header(g, "gather", arr, algorithm.name, root=root), timeout)
+    g.finish("gather")
+    return out
+
+
+REDUCE_OPS = ("sum", "max", "min", "prod")
+
+
+def reduce(x: Any, root: int = 0, *, op: str = "sum", group: Comm | None = None,
+           timeout: float | None = None) -> np.ndarray | None:
+    """The element-wise reduction (`op`: sum, max, min or prod) on the root, bitwise identical
+    to all_<op>'s (it runs the same algorithm); None on every other rank."""
+    if op not in REDUCE_OPS:
+        raise ValueError(f"reduce: op must be one of {', '.join(REDUCE_OPS)}, got {op!r}")
+    g = _comm(group, timeout)
+    root = check_root(root, g, "reduce")
+    out = _all_reduce(x, g, f"all_{op}", timeout, name="reduce", root=root)
+    return out if g.rank() == root else None
+
+
+def _all_reduce(x: Any, group: Comm | None, op: str, timeout: float | None, name: str | None = None,
+                **extra: Any) -> np.ndarray:
+    """all_<op>; under the op `name` (with `extra` header fields) for a rooted reduce."""
     g = comm_module.default_made if group is None and timeout is None else None  # the common case
     if g is None:
         g = _comm(group, timeout)
     arr = as_array(x)
-    check_reducible(arr, op)
+    call = name or op
+    check_reducible(arr, op, call)
+    if name is not None:
+        extra["reduce"] = op.removeprefix("all_")
     if g.size() == 1:
-        g.check_usable(op)
+        g.check_usable(call)
         out = buffers.cache.empty(arr.shape, arr.dtype)
         np.copyto(out, arr)
         return out
-    algorithm = tuning.choose(g, op, arr.nbytes)
-    out = algorithm.reduce(g, arr, op, g.next_header(op, arr, algorithm.name), timeout)
-    g.finish(op)
+    algorithm = tuning.choose(g, call, arr.nbytes)
+    out = algorithm.reduce(g, arr, op, _header(g, call, arr, algorithm.name, **extra), timeout)
+    g.finish(call)
     return out
 
 
@@ -124,9 +150,7 @@ def broadcast(x: Any, root: int = 0, *, group: Comm | None = None, timeout: floa
     g = _comm(group, timeout)
     arr = as_array(x)
     n, r = g.size(), g.rank()
-    if isinstance(root, bool) or not isinstance(root, (int, np.integer)) or not 0 <= root < n:
-        raise ValueError(f"broadcast: root {root!r} is not a rank of a group of size {n}")
-    root = int(root)
+    root = check_root(root, g, "broadcast")
     out = buffers.cache.empty(arr.shape, arr.dtype)
     if r == root:
         np.copyto(out, arr)

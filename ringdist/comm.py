@@ -217,7 +217,7 @@ class Comm:
         key = (op, arr.dtype, arr.shape, *extra.items())
         template = self._headers.get(key)
         if template is None:
-            dtype = arr.dtype.str if arr.dtype.fields is None else str(arr.dtype.descr)
+            dtype = wire.dtype_tag(arr.dtype)
             template = wire.HeaderTemplate(op, dtype, arr.shape, **extra)
             if len(self._headers) >= HEADER_TEMPLATES:
                 self._headers.clear()

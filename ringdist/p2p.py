@@ -21,8 +21,7 @@ from .flows import Inflow, Outflow, Segments
 
 
 def _message_header(arr: np.ndarray, number: int) -> wire.Header:
-    dtype = arr.dtype.str if arr.dtype.fields is None else str(arr.dtype.descr)
-    return wire.Header(wire.make_header("send", number, dtype, arr.shape))
+    return wire.Header(wire.make_header("send", number, wire.dtype_tag(arr.dtype), arr.shape))
 
 
 def send(x: Any, dst: int, *, group: Comm | None = None, timeout: float | None = None) -> None:
@@ -39,7 +38,7 @@ def send(x: Any, dst: int, *, group: Comm | None = None, timeout: float | None =
 
 def _expect_message(mine: dict[str, Any], theirs: dict[str, Any], ch: Channel) -> None:
     if mine != theirs:
-        got = dict(theirs, op="send")
+        got = dict(theirs)
         raise MismatchError(
             f"rank {ch.me} expected recv(shape={tuple(mine['shape'])}, dtype={_dtype_name(mine)}) "
             f"from rank {ch.peer} but rank {ch.peer} sent {wire.describe_header(got)} (group {ch.group!r})")

@@ -40,6 +40,7 @@ class Settings:
     spin_yield: bool = False  # more local ranks than cores: yield the core while spinning
     verbose: bool = False  # RINGDIST_VERBOSE
     algo: tuple[tuple[str, str], ...] = ()  # RINGDIST_ALGO: (op, algorithm) pairs overriding the tuning table
+    max_object_bytes: int = 1 << 30  # RINGDIST_MAX_OBJECT_BYTES: largest pickled object sent or accepted
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> "Settings":
@@ -53,6 +54,10 @@ class Settings:
         directions = env.get("RINGDIST_DIRECTIONS", "").strip()
         if directions not in ("", "0", "1", "2"):
             raise ConfigError(f"RINGDIST_DIRECTIONS={directions!r} must be 1 or 2 (or 0: chosen from the ranks' addresses)")
+        max_object = _number(env, "RINGDIST_MAX_OBJECT_BYTES", cls.max_object_bytes, minimum=0, unlimited=False)
+        if max_object != int(max_object):
+            raise ConfigError(f"RINGDIST_MAX_OBJECT_BYTES={env.get('RINGDIST_MAX_OBJECT_BYTES')!r} "
+                              f"must be a whole number of bytes")
         spin = env.get("RINGDIST_SPIN_US")
         shared = oversubscribed(env)
         socket_buffers = _socket_buffers(env.get("RINGDIST_SOCKET_BUFFERS"), cls.socket_buffers)
@@ -69,6 +74,7 @@ class Settings:
             buffer_cache_mb=_number(env, "RINGDIST_BUFFER_CACHE_MB", cls.buffer_cache_mb, minimum=-1),
             verbose=env.get("RINGDIST_VERBOSE", "") not in ("", "0"),
             algo=_algo(env.get("RINGDIST_ALGO")),
+            max_object_bytes=int(max_object),
         )
 
 
@@ -86,7 +92,8 @@ def _socket_buffers(raw: str | None, default: tuple[int, int]) -> tuple[int, int
 
 
 ALGO_OPS = ("all_gather", "all_sum", "all_max", "all_min", "all_prod", "sum_scatter", "broadcast", "barrier",
-            "all_reduce", "*")  # all_reduce: the four reductions; *: every op
+            "gather", "reduce", "all_to_all", "scatter", "all_gather_uneven", "all_gather_object",
+            "broadcast_object", "all_reduce", "*")  # all_reduce: the four reductions; *: every op
 
 
 def _algo(raw: str | None) -> tuple[tuple[str, str], ...]:

@@ -23,7 +23,13 @@ from .errors import ConfigError
 
 KIND_OF = {"all_gather": "gather", "barrier": "barrier", "split": "gather",
            "all_sum": "reduce", "all_max": "reduce", "all_min": "reduce", "all_prod": "reduce",
-           "sum_scatter": "reduce_scatter", "broadcast": "broadcast"}
+           "sum_scatter": "reduce_scatter", "broadcast": "broadcast",
+           # A rooted reduce runs all_<op>'s rows, so its root gets all_<op>'s very bits.
+           "gather": "gather_root", "reduce": "reduce",
+           # Blocks whose sizes ride in the headers (algorithms/blocks.py); chosen without the size,
+           # which may differ by rank.
+           "all_to_all": "all_to_all", "scatter": "all_to_all", "all_gather_uneven": "gather_v",
+           "all_gather_object": "gather_v", "broadcast_object": "gather_v"}
 
 # Direct exchange limits (RINGDIST_DIRECT_MAX's default), per-rank block bytes. On more than two
 # ranks one direct step beats N-1 ring steps up to 1 MiB blocks (10-40% at 512 KiB-1 MiB), and
@@ -137,6 +143,15 @@ TABLE: list[Row] = [
         "one step: a byte to every rank; on 4-8 ranks within noise of dissemination"),
     Row("barrier", "dissemination", _always,
         "ceil(log2 N) rounds of a header-only message: 12-16 ranks 1.6-2x faster than a gather round the ring"),
+    Row("gather_root", "direct", lambda f: f.mesh and f.direct_max > 0,
+        "one step: only the root receives, (N-1) blocks; the others send one"),
+    Row("gather_root", "ring", _always, "the ring all-gather kept on the root: (N-1) blocks in N-1 pipelined steps"),
+    Row("all_to_all", "direct", lambda f: f.mesh and f.direct_max > 0,
+        "one step, each rank sending (N-1)/N of its array once: the fewest bytes and steps there are"),
+    Row("all_to_all", "ring", _always, "N-1 hops, each passing on the blocks for ranks further on"),
+    Row("gather_v", "direct", lambda f: f.mesh and f.direct_max > 0,
+        "one step; every rank checks every other rank's call"),
+    Row("gather_v", "ring", _always, "N-1 hops, each block passed on whole"),
 ]
 
 

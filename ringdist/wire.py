@@ -116,6 +116,17 @@ def require(fields: dict[str, Any], name: str, kind: type | tuple[type, ...]) ->
 INTERNAL_FIELDS = ("path", "ways", "step")
 
 
+def dtype_tag(dtype: Any) -> str:
+    """A dtype as headers name it: its array-protocol string ('<f4'); a structured dtype's
+    descr; an extension dtype whose string is raw bytes ('<V2': ml_dtypes' bfloat16, float8
+    and int4 all look alike) by its name, so ranks passing different ones disagree."""
+    if dtype.fields is not None:
+        return str(dtype.descr)
+    if dtype.kind == "V" and not dtype.name.startswith("void"):
+        return dtype.name
+    return dtype.str
+
+
 def make_header(op: str, seq: int, dtype: str, shape: tuple[int, ...], **extra: Any) -> dict[str, Any]:
     header = {"op": op, "seq": seq, "dtype": dtype, "shape": list(shape)}
     header.update(extra)
@@ -191,7 +202,7 @@ def describe_header(fields: dict[str, Any]) -> str:
 
     try:
         dt = np.dtype(fields["dtype"])
-        dtype = dt.name if dt.kind in "biufc" else dt.str  # float32, but '<U6' rather than str192
+        dtype = dt.name if dt.kind in "biufc" or dtype_tag(dt) == dt.name else dt.str  # float32, bfloat16, but '<U6' rather than str192
     except Exception:
         dtype = repr(fields.get("dtype"))
     shape = tuple(fields.get("shape", ()))

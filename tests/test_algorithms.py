@@ -66,6 +66,17 @@ def run_case(g: rd.Group, op: str, dtype: str, count: int) -> np.ndarray | None:
         x = make_input(r, count, dtype)
     if op == "broadcast":
         return rd.broadcast(x, root=g.size() - 1, group=g)
+    n = g.size()
+    if op == "all_to_all":  # `count` elements for each rank
+        return rd.all_to_all(make_input(r, count * n, dtype), group=g)
+    if op == "scatter":
+        return rd.scatter(make_input(r, count * n, dtype) if r == n - 1 else None, root=n - 1, group=g)
+    if op == "gather":
+        return rd.gather(x, root=n - 1, group=g)
+    if op == "reduce":
+        return rd.reduce(x, root=n - 1, op="max", group=g)
+    if op == "all_gather_uneven":
+        return rd.all_gather(make_input(r, count + r, dtype), uneven=True, group=g)
     return getattr(rd, op)(x, group=g)
 
 
@@ -77,6 +88,17 @@ def expected(op: str, dtype: str, count: int, n: int) -> np.ndarray | None:
     inputs = [make_input(r, 2 * count, dtype)[::2] if strided else make_input(r, count, dtype) for r in range(n)]
     if op == "all_gather":
         return np.concatenate(inputs)
+    if op == "all_to_all":
+        return [np.concatenate([make_input(q, count * n, dtype)[r * count:(r + 1) * count] for q in range(n)])
+                for r in range(n)]
+    if op == "scatter":
+        return [make_input(n - 1, count * n, dtype)[r * count:(r + 1) * count] for r in range(n)]
+    if op == "gather":
+        return [np.concatenate(inputs) if r == n - 1 else None for r in range(n)]
+    if op == "reduce":
+        return [np.maximum.reduce(inputs) if r == n - 1 else None for r in range(n)]
+    if op == "all_gather_uneven":
+        return np.concatenate([make_input(q, count + q, dtype) for q in range(n)])
     if op == "broadcast":
         return inputs[-1]
     if op == "sum_scatter":
@@ -137,7 +159,9 @@ def test_split_and_point_to_point(n):
 ALGORITHM_NAMES = sorted(__import__("ringdist.algorithms", fromlist=["ALGORITHMS"]).ALGORITHMS)
 FORCED_CASES = [("all_gather", "float32", 7), ("all_gather", "int16", 3001), ("barrier", "", 0),
                 ("all_sum", "float32", 1), ("all_max", "int64", 1000), ("all_sum", "float64", 40_000),
-                ("sum_scatter", "float32", 17 * 16 * 3), ("broadcast", "float64", 1000), ("broadcast", "uint8", 0)]
+                ("sum_scatter", "float32", 17 * 16 * 3), ("broadcast", "float64", 1000), ("broadcast", "uint8", 0),
+                ("all_to_all", "int32", 5), ("scatter", "float32", 3), ("gather", "float32", 7),
+                ("reduce", "int64", 1000), ("all_gather_uneven", "int16", 2)]
 
 
 @pytest.mark.parametrize("name", ALGORITHM_NAMES)
@@ -170,6 +194,7 @@ def test_every_algorithm_forced_on_every_op(n, name):
         want = expected(op, dtype, count, n)
         for r in range(n):
             w = want[r] if isinstance(want, list) else want
-            assert (got[r] is None) if w is None else np.array_equal(got[r], w), f"{where}, rank {r}"
+            assert (got[r] is None) if w is None else (got[r].dtype == w.dtype and np.array_equal(got[r], w)), \
+                f"{where}, rank {r}"
     if n == 2 or name == "ring":
         assert ran, f"{name} ran nothing at N={n}"

@@ -9,6 +9,8 @@ import ringdist as rd
 PUBLIC = {
     "init", "is_available", "Group", "all_gather", "all_sum", "all_max", "all_min", "all_prod",
     "sum_scatter", "broadcast", "barrier", "send", "recv", "recv_like",
+    "gather", "scatter", "reduce", "all_to_all", "all_gather_object", "broadcast_object", "send_object",
+    "recv_object",
     "RingError", "ConfigError", "ConnectError", "AuthError", "ProtocolError", "PeerLostError",
     "RingTimeoutError", "MismatchError", "GroupBrokenError", "__version__",
 }
@@ -31,9 +33,16 @@ def test_exception_tree():
 
 def test_collectives_take_group_as_keyword_only():
     for name in ("all_gather", "all_sum", "all_max", "all_min", "all_prod", "sum_scatter", "broadcast",
-                 "barrier", "send", "recv", "recv_like"):
-        param = inspect.signature(getattr(rd, name)).parameters["group"]
-        assert param.kind is inspect.Parameter.KEYWORD_ONLY and param.default is None, name
+                 "barrier", "send", "recv", "recv_like", "gather", "scatter", "reduce", "all_to_all",
+                 "all_gather_object", "broadcast_object", "send_object", "recv_object"):
+        params = inspect.signature(getattr(rd, name)).parameters
+        for keyword in ("group", "timeout"):
+            assert params[keyword].kind is inspect.Parameter.KEYWORD_ONLY and params[keyword].default is None, name
+    for name in ("gather", "scatter", "reduce"):
+        assert inspect.signature(getattr(rd, name)).parameters["root"].default == 0, name
+    assert inspect.signature(rd.reduce).parameters["op"].default == "sum"
+    assert inspect.signature(rd.all_to_all).parameters["splits"].default is None
+    assert inspect.signature(rd.all_gather).parameters["uneven"].default is False
     assert inspect.signature(rd.init).parameters["strict"].default is False
     assert list(inspect.signature(rd.Group.split).parameters) == ["self", "color", "key"]
 
@@ -51,10 +60,13 @@ def test_settings_read_from_the_environment_with_errors_that_name_the_variable()
     assert base.socket_buffers == (2 << 20, 1 << 20)
     assert Settings.from_env({"RINGDIST_SOCKET_BUFFERS": "0,0"}).socket_buffers == (0, 0)
     assert (base.directions, Settings.from_env({"RINGDIST_DIRECTIONS": "1"}).directions) == (0, 1)
+    assert (base.max_object_bytes, Settings.from_env({"RINGDIST_MAX_OBJECT_BYTES": "4096"}).max_object_bytes) == (
+        1 << 30, 4096)
     for name, bad in [("RINGDIST_DIRECT_MAX", "-1"), ("RINGDIST_DIRECT_MAX", "1.5"), ("RINGDIST_DIRECT_MAX", "64K"),
                       ("RINGDIST_SOCKET_BUFFERS", "4M"), ("RINGDIST_SOCKET_BUFFERS", "1,2,3"),
                       ("RINGDIST_LANES", "0"), ("RINGDIST_LANES", "17"), ("RINGDIST_TIMEOUT", "0"),
-                      ("RINGDIST_DIRECTIONS", "3"), ("RINGDIST_DIRECTIONS", "both")]:
+                      ("RINGDIST_DIRECTIONS", "3"), ("RINGDIST_DIRECTIONS", "both"),
+                      ("RINGDIST_MAX_OBJECT_BYTES", "0"), ("RINGDIST_MAX_OBJECT_BYTES", "1.5")]:
         with pytest.raises(rd.ConfigError, match=name):
             Settings.from_env({name: bad})
 

@@ -24,6 +24,19 @@ def test_bench_prints_rows_and_json(tmp_path):
     assert printed == ["4096", "16384", "65536"], res.stdout
 
 
+@pytest.mark.parametrize("op,factor", [("all_to_all", 1 / 2), ("gather", 1 / 2), ("scatter", 1 / 2),
+                                       ("reduce", 1.0), ("all_gather_object", 1 / 2)])
+def test_bench_runs_the_rooted_all_to_all_and_object_calls_checking_every_output(tmp_path, op, factor):
+    out = tmp_path / "rows.jsonl"
+    res = subprocess.run([sys.executable, "-m", "ringdist_bench", "-n", "2", "-o", op, "-b", "4K", "-e", "16K",
+                          "-t", "0.02", "--check", "--json", str(out)],
+                         capture_output=True, text=True, timeout=120, start_new_session=True)
+    assert res.returncode == 0, res.stdout + res.stderr
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["bytes_per_rank"] for r in rows] == [4096, 16384] and all(r["op"] == op for r in rows), rows
+    assert all(abs(r["busbw_GBps"] - r["algbw_GBps"] * factor) < 1e-9 for r in rows), rows
+
+
 def test_alternate_compares_two_values_call_by_call():
     import re
     from pathlib import Path

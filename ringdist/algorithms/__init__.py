@@ -14,6 +14,12 @@ Kinds and their run functions (all over a `Comm`, `header` already made):
   broadcast       (comm, out, root, header, timeout): `out` (filled on the root) on every rank
   barrier         (comm, header, timeout): returns once every rank has entered it (without
                   one, an algorithm's barrier is its gather of one byte per rank)
+  all_to_all      (comm, header, blocks, check, timeout) -> the blocks received, by source rank:
+                  blocks[p] (bytes) goes to rank p; sizes ride in the headers (`blocks.py`)
+  gather_v        (comm, header, parts, check, timeout) -> {source: (its header, its bytes)}:
+                  this rank's parts to every rank, of any size (`blocks.py`)
+  gather_root     (comm, arr, root, header, timeout) -> every rank's rows in rank order on
+                  the root, None elsewhere
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ __all__ = ["ALGORITHMS", "KINDS", "Algorithm"]
 def _discover() -> dict[str, Algorithm]:
     found: dict[str, Algorithm] = {}
     for info in pkgutil.iter_modules(__path__):
-        if info.name.startswith("_") or info.name in ("base", "common"):
+        if info.name.startswith("_") or info.name in ("base", "common", "blocks"):
             continue
         algorithm = getattr(importlib.import_module(f"{__name__}.{info.name}"), "ALGORITHM", None)
         if isinstance(algorithm, Algorithm):

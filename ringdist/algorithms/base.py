@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
-KINDS = ("gather", "reduce", "reduce_scatter", "broadcast", "barrier")
+KINDS = ("gather", "reduce", "reduce_scatter", "broadcast", "barrier", "all_to_all", "gather_v", "gather_root")
 
 
 def _always(comm: Any, kind: str, nbytes: int) -> str | None:
@@ -20,6 +20,9 @@ class Algorithm:
     reduce_scatter: Callable[..., None] | None = None
     broadcast: Callable[..., None] | None = None
     barrier: Callable[..., None] | None = None  # without one, a barrier is the algorithm's gather of one byte
+    all_to_all: Callable[..., Any] | None = None
+    gather_v: Callable[..., Any] | None = None
+    gather_root: Callable[..., Any] | None = None
     fits: Callable[[Any, str, int], str | None] = _always  # (comm, kind, bytes per rank) -> why not
 
     def runs(self, kind: str) -> bool:

@@ -15,6 +15,7 @@ from .. import buffers, wire
 from ..arrays import REDUCERS, byte_view, fold
 from ..comm import Comm
 from .base import Algorithm
+from .blocks import all_to_all_direct, gather_direct
 from .common import direct_parts, needs_mesh
 
 
@@ -47,6 +48,26 @@ def reduce(g: Comm, arr: np.ndarray, op: str, header: wire.Header, timeout: floa
 _NOTHING = memoryview(bytearray())  # a header-only stream's payload
 
 
+def gather_root(g: Comm, arr: np.ndarray, root: int, header: wire.Header, timeout: float | None) -> np.ndarray | None:
+    """One exchange with every rank: each rank's block to the root, its header alone to the
+    others (so every rank checks every other rank's call); the root's result in rank order."""
+    mesh = g.mesh
+    assert mesh is not None
+    rows, size, r = arr.shape[0], arr.nbytes, g.rank()
+    op = header.fields["op"]
+    if r != root:
+        mine = byte_view(np.ascontiguousarray(arr))
+        g.exchange(op, [mine if p == root else _NOTHING for p in mesh.order], [_NOTHING] * len(mesh.order), header,
+                   timeout=timeout)
+        return None
+    out = buffers.cache.empty((g.size() * rows,) + arr.shape[1:], arr.dtype)
+    np.copyto(out[r * rows:(r + 1) * rows], arr)
+    data = byte_view(out)
+    g.exchange(op, [_NOTHING] * len(mesh.order), [data[p * size:(p + 1) * size] for p in mesh.order], header,
+               timeout=timeout)
+    return out
+
+
 def broadcast(g: Comm, out: np.ndarray, root: int, header: wire.Header, timeout: float | None) -> None:
     """One exchange with every rank: the root's data to each, every other rank's header to
     each (no payload), so every rank compares its call with every other rank's."""
@@ -64,4 +85,5 @@ def _fits(comm: Comm, kind: str, nbytes: int) -> str | None:
     return needs_mesh(comm)
 
 
-ALGORITHM = Algorithm("direct", gather=gather, reduce=reduce, broadcast=broadcast, fits=_fits)
+ALGORITHM = Algorithm("direct", gather=gather, reduce=reduce, broadcast=broadcast, all_to_all=all_to_all_direct,
+                      gather_v=gather_direct, gather_root=gather_root, fits=_fits)

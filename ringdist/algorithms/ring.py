@@ -20,6 +20,7 @@ from ..arrays import REDUCERS, byte_view
 from ..comm import Comm
 from ..flows import Inflow, Outflow, ReducingInflow, Segments
 from .base import Algorithm
+from .blocks import all_to_all_ring, gather_ring
 from .common import gather_flows, own_rows, row_bounds, streams
 
 # A ring all-gather of blocks from this size sends its own block straight from the input and
@@ -41,6 +42,14 @@ def gather(g: Comm, arr: np.ndarray, out: np.ndarray, header: wire.Header, timeo
     else:
         np.copyto(mine, arr)
         g.run(op, *gather_flows(g, byte_view(out), bounds, op, header), timeout=timeout)
+
+
+def gather_root(g: Comm, arr: np.ndarray, root: int, header: wire.Header, timeout: float | None) -> np.ndarray | None:
+    """The ring all-gather, kept on the root: its cost is the root's own receive, (N-1) blocks
+    in N-1 pipelined steps, and every rank checks its neighbour's call."""
+    out = buffers.cache.empty((g.size() * arr.shape[0],) + arr.shape[1:], arr.dtype)
+    gather(g, arr, out, header, timeout)
+    return out if g.rank() == root else None
 
 
 def reduce_flows(g: Comm, own: np.ndarray, dest: np.ndarray, bounds: list[tuple[int, int]],
@@ -159,4 +168,5 @@ def _chain(g: Comm, data: memoryview, itemsize: int, root: int, header: wire.Hea
         g.run("broadcast", [], [Outflow(ring.left[0], Segments([]), "broadcast", ack)], timeout=timeout)
 
 
-ALGORITHM = Algorithm("ring", gather=gather, reduce=reduce, reduce_scatter=reduce_scatter, broadcast=broadcast)
+ALGORITHM = Algorithm("ring", gather=gather, reduce=reduce, reduce_scatter=reduce_scatter, broadcast=broadcast,
+                      all_to_all=all_to_all_ring, gather_v=gather_ring, gather_root=gather_root)

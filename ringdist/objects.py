@@ -1,0 +1,212 @@
+"""Collectives and messages of picklable Python objects.
+
+Objects are pickled with protocol 5: numpy arrays (and other buffers) inside travel as
+out-of-band parts, sent from their own memory and unpickled as views of the one buffer
+they land in, so they cost no copy beyond the network's. The header declares the byte
+length of every part before any byte of them moves: a receiver allocates only what it
+declares, and never more than RINGDIST_MAX_OBJECT_BYTES (default 1 GiB; a sender refuses a
+larger object with an error naming the variable, and its peers raise too). Unpickling runs
+code of the sender's choosing: objects are only accepted from authenticated members of
+the job (every connection passed the handshake with the job's secret).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import pickle
+from typing import Any
+
+import numpy as np
+
+from . import buffers, tuning, wire
+from .algorithms.blocks import common, sizes_of
+from .calls import _comm, _header, check_root
+from .channel import Channel
+from .comm import Comm
+from .errors import MismatchError, RingError
+from .flows import Outflow, Segments, SizedInflow, check_same
+
+NOTHING = np.empty(0, dtype=np.uint8)  # the header template of an object call
+
+
+class Pickled:
+    """An object as parts to send (the pickle, then its out-of-band buffers), or why it cannot be sent."""
+
+    def __init__(self, obj: Any, cap: int, op: str, rank: int):
+        self.parts: list[memoryview] = []
+        self.error: str | None = None
+        out_of_band: list[pickle.PickleBuffer] = []
+        try:
+            main = pickle.dumps(obj, protocol=5, buffer_callback=out_of_band.append)
+            self.parts = [memoryview(main)] + [_raw(b) for b in out_of_band]
+        except Exception as exc:  # noqa: BLE001 - whatever pickling raised, every rank hears of it
+            self.error = f"rank {rank}: {op}: the object cannot be pickled: {type(exc).__name__}: {exc}"
+            return
+        total = sum(map(len, self.parts))
+        if total > cap:
+            self.error = (f"rank {rank}: {op}: the pickled object is {total} bytes, over "
+                          f"RINGDIST_MAX_OBJECT_BYTES={cap}")
+            self.parts = []
+
+    @property
+    def fields(self) -> dict[str, Any]:
+        """What the header says of it: its parts' byte lengths, or the error."""
+        if self.error is not None:
+            return {"sizes": [], "failed": self.error}
+        return {"sizes": [len(p) for p in self.parts]}
+
+    def raise_error(self) -> None:
+        if self.error is not None:
+            raise ValueError(self.error)
+
+    def sending(self) -> "_Sending":
+        """A context in which a peer's error (told of this rank's) gives way to this rank's own."""
+        return _Sending(self)
+
+
+class _Sending:
+    def __init__(self, pickled: Pickled):
+        self.pickled = pickled
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: Any, exc: Any, tb: Any) -> None:
+        if self.pickled.error is not None:
+            raise ValueError(self.pickled.error) from exc
+
+
+def _raw(buffer: pickle.PickleBuffer) -> memoryview:
+    try:
+        return buffer.raw()
+    except BufferError:  # not contiguous: one copy
+        return memoryview(bytes(buffer))
+
+
+def unpickle(payload: memoryview, sizes: list[int]) -> Any:
+    """The object whose parts (the pickle, then its buffers) lie back to back in `payload`."""
+    parts, at = [], 0
+    for k in sizes:
+        parts.append(payload[at:at + k])
+        at += k
+    return pickle.loads(parts[0], buffers=parts[1:])
+
+
+def _copy(pickled: Pickled) -> Any:
+    """This rank's own object as every other rank sees it (a copy, sharing no memory)."""
+    sizes = [len(p) for p in pickled.parts]
+    data = memoryview(buffers.cache.empty((sum(sizes),), np.dtype(np.uint8)))  # one copy, into reused memory
+    at = 0
+    for part in pickled.parts:
+        data[at:at + len(part)] = part
+        at += len(part)
+    return unpickle(data, sizes)
+
+
+def _object_check(header: wire.Header, cap: int, sender: Any = None):
+    """A check of the senders' headers: the same call, and a declared size within the cap
+    (`sender(src)`: whether `src` sends an object; by default every rank does)."""
+    mine = common(header.fields, ("failed",))
+
+    def check(src: int, fields: dict[str, Any], ch: Channel) -> int:
+        theirs = common(fields, ("failed",))
+        if theirs != mine:
+            check_same(mine, theirs, ch)
+        failed = fields.get("failed")
+        if isinstance(failed, str):
+            raise RingError(f"rank {ch.me}: {mine['op']}: rank {src} could not send its object ({failed})")
+        sizes = sizes_of(fields, ch)
+        if sender is not None and not sender(src):
+            if sizes:
+                raise MismatchError(f"rank {ch.me}: {mine['op']}: rank {src} sends an object but is not the root")
+            return 1
+        if not sizes:
+            raise MismatchError(f"rank {ch.me}: {mine['op']}: rank {src} sends no object")
+        if sum(sizes) > cap:
+            raise RingError(f"rank {ch.me}: {mine['op']}: rank {src} declares a {sum(sizes)}-byte object, over "
+                            f"RINGDIST_MAX_OBJECT_BYTES={cap} here")
+        return 1
+    return check
+
+
+def all_gather_object(obj: Any, *, group: Comm | None = None, timeout: float | None = None) -> list:
+    """Every rank's picklable `obj`, in rank order (this rank's own as a copy)."""
+    g = _comm(group, timeout)
+    n, r = g.size(), g.rank()
+    cap = g.settings.max_object_bytes
+    pickled = Pickled(obj, cap, "all_gather_object", r)
+    if n == 1:
+        g.check_usable("all_gather_object")
+        pickled.raise_error()
+        return [_copy(pickled)]
+    algorithm = tuning.choose(g, "all_gather_object", 0)
+    header = _header(g, "all_gather_object", NOTHING, algorithm.name)
+    with pickled.sending():
+        got = algorithm.gather_v(g, header, (pickled.parts, pickled.fields), _object_check(header, cap), timeout)
+        g.finish("all_gather_object")
+    return [_copy(pickled) if q == r else unpickle(got[q][1], got[q][0]["sizes"]) for q in range(n)]
+
+
+def broadcast_object(obj: Any, root: int = 0, *, group: Comm | None = None, timeout: float | None = None) -> Any:
+    """The root's picklable `obj` on every rank (the root gets its own back); others pass anything."""
+    g = _comm(group, timeout)
+    n, r = g.size(), g.rank()
+    root = check_root(root, g, "broadcast_object")
+    cap = g.settings.max_object_bytes
+    if n == 1:
+        g.check_usable("broadcast_object")
+        return obj
+    pickled = Pickled(obj, cap, "broadcast_object", r) if r == root else None
+    algorithm = tuning.choose(g, "broadcast_object", 0)
+    header = _header(g, "broadcast_object", NOTHING, algorithm.name, root=root)
+    mine = (pickled.parts, pickled.fields) if pickled is not None else ([], {"sizes": []})
+    with pickled.sending() if pickled is not None else contextlib.nullcontext():
+        got = algorithm.gather_v(g, header, mine, _object_check(header, cap, lambda src: src == root), timeout)
+        g.finish("broadcast_object")
+    if pickled is not None:
+        return obj
+    fields, payload = got[root]
+    return unpickle(payload, fields["sizes"])
+
+
+def _message_header(number: int, fields: dict[str, Any]) -> wire.Header:
+    return wire.Header(wire.make_header("send_object", number, NOTHING.dtype.str, (), **fields))
+
+
+def send_object(obj: Any, dst: int, *, group: Comm | None = None, timeout: float | None = None) -> None:
+    """Send picklable `obj` to rank `dst` of the group, for its recv_object."""
+    g = _comm(group, timeout)
+    dst = g.check_peer(dst, "send_object", "dst")
+    pickled = Pickled(obj, g.settings.max_object_bytes, "send_object", g.rank())
+    g.check_usable("send_object")
+    ch, number = g.p2p_channel(dst, outgoing=True)
+    with pickled.sending():
+        g.run("send_object", [], [Outflow(ch, Segments(pickled.parts), "send_object",
+                                          _message_header(number, pickled.fields))], [ch], timeout=timeout)
+
+
+def recv_object(src: int, *, group: Comm | None = None, timeout: float | None = None) -> Any:
+    """The next object rank `src` sends with send_object."""
+    g = _comm(group, timeout)
+    src = g.check_peer(src, "recv_object", "src")
+    cap = g.settings.max_object_bytes
+    g.check_usable("recv_object")
+    ch, number = g.p2p_channel(src, outgoing=False, timeout=timeout)
+
+    def accept(fields: dict[str, Any], ch: Channel) -> memoryview:
+        if fields.get("op") != "send_object" or fields.get("seq") != number:
+            raise MismatchError(f"rank {ch.me} expected send_object from rank {ch.peer} (message #{number}) but "
+                                f"rank {ch.peer} sent {wire.describe_header(fields)} (group {ch.group!r})")
+        failed = fields.get("failed")
+        if isinstance(failed, str):
+            raise RingError(f"rank {ch.me}: recv_object: rank {ch.peer} could not send its object ({failed})")
+        sizes = sizes_of(fields, ch)
+        if not sizes or sum(sizes) > cap:
+            raise RingError(f"rank {ch.me}: recv_object: rank {ch.peer} declares a {sum(sizes)}-byte object, "
+                            f"over RINGDIST_MAX_OBJECT_BYTES={cap} here")
+        return memoryview(np.empty(sum(sizes), dtype=np.uint8))
+
+    inflow = SizedInflow(ch, "recv_object", accept)
+    g.run("recv_object", [inflow], [], [ch], timeout=timeout)
+    assert inflow.fields is not None and inflow.dest is not None
+    return unpickle(inflow.dest, inflow.fields["sizes"])

@@ -1,0 +1,192 @@
+"""Collectives whose receivers learn block sizes from the senders' headers: all_to_all (with
+or without splits), scatter (non-roots learn the root's shape and dtype), and all_gather of
+uneven row counts.
+
+Every stream's header declares its rows (`algorithms/blocks.py`), so no round is spent
+exchanging counts. A receiver compares every sender's call with its own: the op, root,
+dtype, trailing shape, whether splits were given, and (without splits) the whole shape;
+ranks that disagree raise MismatchError, and the group is broken on every rank.
+"""
+
+from __future__ import annotations
+
+import ast
+import math
+import numbers
+from typing import Any, Callable
+
+import numpy as np
+
+from . import buffers, tuning, wire
+from .algorithms.blocks import common, sizes_of
+from .arrays import as_rows, byte_view
+from .calls import _comm, _header, check_root
+from .channel import Channel
+from .comm import Comm
+from .errors import MismatchError, ProtocolError
+from .flows import check_same
+
+NOTHING = np.empty(0, dtype=np.uint8)  # the header template of a rank that contributes no array
+
+
+def _rows_check(header: wire.Header, unit: int, expect: Callable[[int], int | None],
+                drop: tuple[str, ...] = ()) -> Callable[[int, dict[str, Any], Channel], int]:
+    """A check of the senders' headers: the same call as this rank's (but for `drop`), and
+    the rows `expect(source)` where it is not None. Returns the bytes of one row."""
+    mine = common(header.fields, drop)
+
+    def check(src: int, fields: dict[str, Any], ch: Channel) -> int:
+        theirs = common(fields, drop)
+        if theirs != mine:
+            check_same(mine, theirs, ch)
+        want = expect(src)
+        sizes = sizes_of(fields, ch, 1)
+        if want is not None and sizes != [want]:
+            raise MismatchError(f"rank {ch.me}: {wire.describe_header(mine)}: rank {src} sends {sizes[0]} rows "
+                                f"where this rank expects {want} (group {ch.group!r})")
+        return unit
+    return check
+
+
+def _row_bytes(arr: np.ndarray) -> int:
+    return arr.itemsize * math.prod(arr.shape[1:])
+
+
+def _counts(splits: Any, rows: int, n: int) -> list[int]:
+    if splits is None:
+        if rows % n:
+            raise ValueError(f"all_to_all: x.shape[0] = {rows} is not divisible by the group size {n}")
+        return [rows // n] * n
+    try:
+        counts = [int(k) for k in splits]
+        ok = all(isinstance(k, numbers.Integral) and not isinstance(k, bool) for k in splits)
+    except TypeError:
+        ok = False
+    if not ok or len(counts) != n or any(k < 0 for k in counts) or sum(counts) != rows:
+        raise ValueError(f"all_to_all: splits must be {n} non-negative integers summing to x.shape[0] = {rows}, "
+                         f"got {splits!r}")
+    return counts
+
+
+def _assemble(got: list[tuple[int, memoryview]], trailing: tuple[int, ...], dtype: np.dtype,
+              out: np.ndarray | None = None, landed: list[memoryview] | None = None) -> np.ndarray:
+    """Blocks of rows (row count, bytes) concatenated in source order, in a new array (or in
+    `out`, where the blocks that are `landed[q]` already lie in place)."""
+    if out is None:
+        out = buffers.cache.empty((sum(rows for rows, _ in got),) + trailing, dtype)
+    data = byte_view(out)
+    at = 0
+    for q, (_, block) in enumerate(got):
+        if landed is None or block is not landed[q]:
+            data[at:at + len(block)] = block
+        at += len(block)
+    return out
+
+
+def all_to_all(x: Any, *, splits: Any = None, group: Comm | None = None, timeout: float | None = None) -> np.ndarray:
+    """x's rows cut into N blocks, block j to rank j; the blocks received, concatenated in
+    source-rank order. Without `splits` x.shape[0] must divide by N (every rank's x the
+    same shape); with `splits` (N row counts summing to x.shape[0]) ranks send any counts,
+    and receivers learn them from the headers. Dtype and trailing dims equal everywhere."""
+    g = _comm(group, timeout)
+    arr = as_rows(x)
+    n, r = g.size(), g.rank()
+    counts = _counts(splits, arr.shape[0], n)
+    data = np.ascontiguousarray(arr)
+    if n == 1:
+        g.check_usable("all_to_all")
+        return _assemble([(arr.shape[0], byte_view(data))], arr.shape[1:], arr.dtype)
+    algorithm = tuning.choose(g, "all_to_all", 0)
+    if splits is None:
+        header = _header(g, "all_to_all", arr, algorithm.name)
+        expect: Callable[[int], int | None] = lambda src: counts[r]
+    else:
+        header = _header(g, "all_to_all", arr[:0], algorithm.name, splits=True)
+        expect = lambda src: None
+    unit = _row_bytes(arr)
+    view = byte_view(data)
+    ends = np.cumsum([0] + counts) * unit
+    blocks = [view[ends[p]:ends[p + 1]] for p in range(n)]
+    out = None
+    into = None
+    if splits is None:  # every block's size is known: the direct path lands them in place
+        out = buffers.cache.empty(arr.shape, arr.dtype)
+        data_out = byte_view(out)
+        into = [data_out[ends[p]:ends[p + 1]] for p in range(n)]
+    got = algorithm.all_to_all(g, header, blocks, counts, _rows_check(header, unit, expect), timeout, into=into)
+    g.finish("all_to_all")
+    return _assemble(got, arr.shape[1:], arr.dtype, out, into)
+
+
+def _dtype(tag: str, ch: Channel) -> np.dtype:
+    """A dtype from a header's tag (`wire.dtype_tag`)."""
+    try:
+        return np.dtype(ast.literal_eval(tag) if tag.startswith("[") else tag)
+    except (TypeError, ValueError, SyntaxError):
+        raise MismatchError(f"rank {ch.me}: {ch.describe()} sends dtype {tag!r}, which numpy here does not know "
+                            f"(an extension dtype: import its package, e.g. ml_dtypes)") from None
+
+
+def scatter(x: Any, root: int = 0, *, group: Comm | None = None, timeout: float | None = None) -> np.ndarray:
+    """Root's `x` cut into N equal row blocks: rank r gets block r. Non-roots pass None (or
+    anything; it is ignored) and learn the shape and dtype from the root's header."""
+    g = _comm(group, timeout)
+    n, r = g.size(), g.rank()
+    root = check_root(root, g, "scatter")
+    arr = as_rows(x) if r == root else NOTHING
+    if r == root and arr.shape[0] % n:
+        raise ValueError(f"scatter: x.shape[0] = {arr.shape[0]} is not divisible by the group size {n}")
+    if n == 1:
+        g.check_usable("scatter")
+        return _assemble([(arr.shape[0], byte_view(np.ascontiguousarray(arr)))], arr.shape[1:], arr.dtype)
+    algorithm = tuning.choose(g, "scatter", 0)
+    header = _header(g, "scatter", arr, algorithm.name, root=root)
+    learned: dict[str, Any] = {}
+    if r == root:
+        per = arr.shape[0] // n
+        view = byte_view(np.ascontiguousarray(arr))
+        unit = _row_bytes(arr)
+        blocks, counts = [view[p * per * unit:(p + 1) * per * unit] for p in range(n)], [per] * n
+    else:
+        blocks, counts = [byte_view(NOTHING)] * n, [0] * n
+    mine = common(header.fields, ("dtype", "shape"))
+
+    def check(src: int, fields: dict[str, Any], ch: Channel) -> int:
+        theirs = common(fields, ("dtype", "shape"))
+        if theirs != mine:
+            check_same(mine, theirs, ch)
+        sizes = sizes_of(fields, ch, 1)
+        if src != root:
+            if sizes != [0]:
+                raise ProtocolError(f"rank {ch.me}: {ch.describe()} sends scatter data but is not its root")
+            return 0
+        shape = tuple(fields["shape"])
+        dtype = _dtype(fields["dtype"], ch)
+        if r == root or not shape or shape[0] % n or sizes != [shape[0] // n]:
+            raise ProtocolError(f"rank {ch.me}: root {src} of scatter sends {sizes} rows of shape {shape}")
+        learned.update(shape=shape, dtype=dtype)
+        return dtype.itemsize * math.prod(shape[1:])
+
+    got = algorithm.all_to_all(g, header, blocks, counts, check, timeout)
+    g.finish("scatter")
+    if r == root:
+        return _assemble([got[r]], arr.shape[1:], arr.dtype)
+    return _assemble([got[root]], learned["shape"][1:], learned["dtype"])
+
+
+def all_gather_uneven(x: Any, g: Comm, timeout: float | None) -> np.ndarray:
+    """all_gather of any row counts: every rank's rows concatenated in rank order."""
+    arr = as_rows(x)
+    n, r = g.size(), g.rank()
+    data = np.ascontiguousarray(arr)
+    if n == 1:
+        g.check_usable("all_gather")
+        return _assemble([(arr.shape[0], byte_view(data))], arr.shape[1:], arr.dtype)
+    algorithm = tuning.choose(g, "all_gather_uneven", 0)
+    header = _header(g, "all_gather", arr[:0], algorithm.name, uneven=True)
+    unit = _row_bytes(arr)
+    got = algorithm.gather_v(g, header, ([byte_view(data)], {"sizes": [arr.shape[0]]}),
+                             _rows_check(header, unit, lambda src: None), timeout)
+    g.finish("all_gather")
+    blocks = [(arr.shape[0], byte_view(data)) if q == r else (got[q][0]["sizes"][0], got[q][1]) for q in range(n)]
+    return _assemble(blocks, arr.shape[1:], arr.dtype)

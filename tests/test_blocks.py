@@ -1,0 +1,163 @@
+"""gather, reduce, scatter, all_to_all (with and without splits) and all_gather(uneven=True)
+at N = 1..17, in-process (ranks as threads, real sockets), on the table's path and on the
+ring; and ranks that disagree on root, op, splits, dtype or trailing shape: every rank
+raises MismatchError in that call (or, told by a peer, the peer's error), then GroupBrokenError."""
+
+from __future__ import annotations
+
+import re
+
+import ml_dtypes
+import numpy as np
+import pytest
+
+import ringdist as rd
+
+from harness import RankFailed, run_ranks
+
+VARIANTS = {"default": {}, "ring": {"direct_max": 0}}
+
+
+def rows(rank: int, count: int, width: int = 3, dtype=np.float32) -> np.ndarray:
+    """Rank `rank`'s input: `count` rows, every element naming its rank, row and column."""
+    return (np.arange(count * width).reshape(count, width) + 1000 * rank).astype(dtype)
+
+
+def splits_of(rank: int, n: int) -> list[int]:
+    """Uneven row counts, zeros included, different on every rank."""
+    return [(rank * 7 + p * 3) % 4 for p in range(n)]
+
+
+def calls(g: rd.Group) -> dict:
+    r, n = g.rank(), g.size()
+    root = n // 2
+    x = rows(r, 2 * n)
+    mine = splits_of(r, n)
+    return {
+        "all_to_all": rd.all_to_all(x, group=g),
+        "all_to_all_splits": rd.all_to_all(rows(r, sum(mine), 2, np.int64), splits=mine, group=g),
+        "all_to_all_bf16_4d": rd.all_to_all(np.ones((n, 2, 1, 2), ml_dtypes.bfloat16) * r, group=g),
+        "scatter": rd.scatter(rows(r, 3 * n, 4, np.int16) if r == root else None, root=root, group=g),
+        "scatter_empty": rd.scatter(np.zeros((0, 5)) if r == 0 else "ignored", group=g),
+        "gather": rd.gather(x, root=root, group=g),
+        "gather_large": rd.gather(rows(r, 9000), root=n - 1, group=g),  # past the direct limits
+        "reduce_sum": rd.reduce(x, root=root, group=g),
+        "reduce_max_large": rd.reduce(rows(r, 30_000), root=0, op="max", group=g),
+        "reduce_prod": rd.reduce(np.full(5, r + 1, np.int64), root=n - 1, op="prod", group=g),
+        "all_sum_large": rd.all_sum(rows(r, 30_000) / 7, group=g),
+        "reduce_sum_large": rd.reduce(rows(r, 30_000) / 7, root=0, group=g),
+        "all_gather_uneven": rd.all_gather(rows(r, r % 3, 2), uneven=True, group=g),
+        "all_gather_uneven_large": rd.all_gather(rows(r, 5000 * (r % 2)), uneven=True, group=g),
+    }
+
+
+def check(results: list[dict], n: int) -> None:
+    root = n // 2
+    for r, got in enumerate(results):
+        where = f"N={n}, rank {r}"
+        want_a2a = np.concatenate([rows(q, 2 * n)[2 * r:2 * r + 2] for q in range(n)])
+        assert np.array_equal(got["all_to_all"], want_a2a), where
+        parts = []
+        for q in range(n):
+            theirs = splits_of(q, n)
+            start = sum(theirs[:r])
+            parts.append(rows(q, sum(theirs), 2, np.int64)[start:start + theirs[r]])
+        assert np.array_equal(got["all_to_all_splits"], np.concatenate(parts)), where
+        bf = got["all_to_all_bf16_4d"]
+        assert bf.dtype == ml_dtypes.bfloat16 and bf.shape == (n, 2, 1, 2), where
+        assert np.array_equal(bf.astype(np.float32)[:, 0, 0, 0], np.arange(n, dtype=np.float32)), where
+        s = got["scatter"]
+        assert s.dtype == np.int16 and np.array_equal(s, rows(root, 3 * n, 4, np.int16)[3 * r:3 * r + 3]), where
+        assert got["scatter_empty"].shape == (0, 5) and got["scatter_empty"].dtype == np.float64, where
+        if r == root:
+            assert np.array_equal(got["gather"], np.concatenate([rows(q, 2 * n) for q in range(n)])), where
+            assert np.array_equal(got["reduce_sum"], sum(rows(q, 2 * n) for q in range(n))), where
+        else:
+            assert got["gather"] is None and got["reduce_sum"] is None, where
+        if r == n - 1:
+            assert np.array_equal(got["gather_large"], np.concatenate([rows(q, 9000) for q in range(n)])), where
+            assert np.array_equal(got["reduce_prod"], np.full(5, np.prod(np.arange(1, n + 1)), np.int64)), where
+        else:
+            assert got["gather_large"] is None and got["reduce_prod"] is None, where
+        if r == 0:
+            assert np.array_equal(got["reduce_max_large"], rows(n - 1, 30_000)), where
+            # bitwise all_sum's, float rounding included
+            assert got["reduce_sum_large"].tobytes() == got["all_sum_large"].tobytes(), where
+        else:
+            assert got["reduce_max_large"] is None and got["reduce_sum_large"] is None, where
+        want_u = np.concatenate([rows(q, q % 3, 2) for q in range(n)])
+        assert np.array_equal(got["all_gather_uneven"], want_u), where
+        want_ul = np.concatenate([rows(q, 5000 * (q % 2)) for q in range(n)])
+        assert np.array_equal(got["all_gather_uneven_large"], want_ul), where
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+@pytest.mark.parametrize("n", range(1, 18))
+def test_rooted_and_uneven_collectives(n, variant):
+    check(run_ranks(n, calls, **VARIANTS[variant]), n)
+
+
+def test_argument_errors_are_clear():
+    with pytest.raises(RankFailed) as info:
+        run_ranks(2, lambda g: rd.all_to_all(np.zeros(3), group=g))
+    assert all(isinstance(e, ValueError) and "all_to_all: x.shape[0] = 3 is not divisible by the group size 2"
+               in str(e) for e in info.value.errors), info.value.errors
+    with pytest.raises(ValueError, match=r"splits must be 1 non-negative integers summing to x.shape\[0\] = 3"):
+        rd.all_to_all(np.zeros(3), splits=[2])
+    with pytest.raises(ValueError, match="reduce: op must be one of sum, max, min, prod, got 'avg'"):
+        rd.reduce(np.zeros(3), op="avg")
+    for call in (rd.gather, rd.scatter, rd.reduce):
+        with pytest.raises(ValueError, match=r"root 1 is not a rank of a group of size 1"):
+            call(np.zeros(3), root=1)
+    with pytest.raises(TypeError, match="reduce: dtype <U1 is not numeric"):
+        rd.reduce(np.array(["a"]))
+
+
+DISAGREEMENTS = {
+    "root": lambda g: rd.gather(np.ones(4), root=g.rank() % 2, group=g),
+    "scatter_root": lambda g: rd.scatter(np.ones(6), root=0 if g.rank() < 2 else 1, group=g),
+    "reduce_root": lambda g: rd.reduce(np.ones(4), root=int(g.rank() == 2), group=g),
+    "reduce_op": lambda g: rd.reduce(np.ones(4), op="max" if g.rank() == 1 else "sum", group=g),
+    "splits_or_not": lambda g: rd.all_to_all(np.ones((3, 2)), splits=[1, 1, 1] if g.rank() else None, group=g),
+    "dtype": lambda g: rd.all_to_all(np.ones((3, 2), np.float32 if g.rank() else np.float64), splits=[1, 1, 1],
+                                     group=g),
+    "trailing": lambda g: rd.all_to_all(np.ones((3, 2 + (g.rank() == 2))), splits=[0, 1, 2], group=g),
+    "shape_no_splits": lambda g: rd.all_to_all(np.ones((3 * (1 + (g.rank() == 1)), 2)), group=g),
+    "uneven_or_not": lambda g: rd.all_gather(np.ones((2, 2)), uneven=g.rank() != 0, group=g),
+    "uneven_trailing": lambda g: rd.all_gather(np.ones((g.rank(), 2 + g.rank() % 2)), uneven=True, group=g),
+    "op": lambda g: (rd.gather if g.rank() else rd.all_gather)(np.ones(4), group=g),
+    "scatter_vs_all_to_all": lambda g: (rd.scatter(np.ones(3), group=g) if g.rank() else
+                                        rd.all_to_all(np.ones(3), group=g)),
+}
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+@pytest.mark.parametrize("case", list(DISAGREEMENTS))
+def test_ranks_that_disagree_all_raise_then_the_group_is_broken(case, variant):
+    outcomes: list = [None] * 3
+
+    def rank(g):
+        try:
+            DISAGREEMENTS[case](g)
+            outcomes[g.rank()] = "returned"
+        except rd.RingError as exc:
+            outcomes[g.rank()] = exc
+        rd.all_sum(np.ones(1), group=g)  # GroupBrokenError
+
+    with pytest.raises(RankFailed) as info:
+        run_ranks(3, rank, timeout=30, **VARIANTS[variant])
+    assert all(isinstance(o, rd.RingError) for o in outcomes), outcomes
+    assert any(isinstance(o, rd.MismatchError) for o in outcomes), outcomes
+    for o in outcomes:  # a rank that did not see it itself was told by a peer (the peer's MismatchError)
+        assert isinstance(o, rd.MismatchError) or "MismatchError" in str(o), outcomes
+    assert all(isinstance(e, rd.GroupBrokenError) for e in info.value.errors), info.value.errors
+
+
+@pytest.mark.parametrize("n", [2, 3, 9])
+def test_every_rooted_uneven_and_object_call_in_a_launched_job(n):
+    from helpers import SCRIPTS, run_launcher
+
+    res = run_launcher(["-n", str(n), str(SCRIPTS / "blocks_matrix.py")], timeout=120,
+                       env={"RINGDIST_TIMEOUT": "30"})
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert sorted(int(k) for k in re.findall(r"blocks ok rank=(\d+)", res.stdout)) == list(range(n)), res.stdout

@@ -1,0 +1,165 @@
+"""all_gather_object, broadcast_object, send_object/recv_object at N = 1..17 in-process (real
+sockets), on the table's path and on the ring; arrays inside objects travel out of band
+(unpickled as views of the buffer they landed in); RINGDIST_MAX_OBJECT_BYTES bounds what a
+sender sends and what a receiver accepts; a failure on one rank reaches every rank."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+import ringdist as rd
+
+from harness import RankFailed, run_ranks
+
+VARIANTS = {"default": {}, "ring": {"direct_max": 0}}
+
+
+def thing(rank: int) -> dict:
+    """A picklable object with arrays of several sizes (one past a 64 KiB frame) and plain values."""
+    return {"rank": rank, "name": f"r{rank}" * rank, "small": np.arange(rank, dtype=np.int16),
+            "big": np.full(20_000 + rank, rank, dtype=np.float64), "nested": [(rank, None), {"k": b"x" * rank}]}
+
+
+def same(a: dict, b: dict) -> bool:
+    return (a.keys() == b.keys() and a["rank"] == b["rank"] and a["name"] == b["name"] and a["nested"] == b["nested"]
+            and all(np.array_equal(a[k], b[k]) and a[k].dtype == b[k].dtype for k in ("small", "big")))
+
+
+def calls(g: rd.Group) -> dict:
+    r, n = g.rank(), g.size()
+    root = n // 2
+    out = {"all_gather_object": rd.all_gather_object(thing(r), group=g),
+           "broadcast_object": rd.broadcast_object(thing(r) if r == root else "ignored", root=root, group=g),
+           "none": rd.all_gather_object(None, group=g)}
+    if n > 1:
+        dst, src = (r + 1) % n, (r - 1) % n
+        if r % 2 == 0:
+            rd.send_object(thing(r), dst, group=g)
+            out["recv_object"] = rd.recv_object(src, group=g)
+        else:
+            out["recv_object"] = rd.recv_object(src, group=g)
+            rd.send_object(thing(r), dst, group=g)
+    return out
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+@pytest.mark.parametrize("n", range(1, 18))
+def test_object_collectives(n, variant):
+    results = run_ranks(n, calls, **VARIANTS[variant])
+    root = n // 2
+    for r, got in enumerate(results):
+        where = f"N={n}, rank {r}"
+        assert len(got["all_gather_object"]) == n and all(same(o, thing(q)) for q, o in enumerate(got["all_gather_object"])), where
+        assert same(got["broadcast_object"], thing(root)), where
+        assert got["none"] == [None] * n, where
+        if n > 1:
+            assert same(got["recv_object"], thing((r - 1) % n)), where
+
+
+def test_arrays_inside_objects_land_out_of_band_and_own_copies_share_nothing():
+    def rank(g):
+        mine = {"a": np.arange(100_000, dtype=np.float32) + g.rank()}
+        got = rd.all_gather_object(mine, group=g)
+        if g.rank() == 0:
+            rd.send_object(mine, 1, group=g)
+            return got, None, mine
+        return got, rd.recv_object(0, group=g), mine
+
+    results = run_ranks(2, rank)
+    for r, (got, received, mine) in enumerate(results):
+        other = got[1 - r]["a"]
+        # Pickled in band, numpy makes an array that owns a copy of its bytes; out of band it
+        # is a view of the receive buffer.
+        assert not other.flags.owndata and other.base is not None and other.flags.writeable, r
+        assert np.array_equal(other, np.arange(100_000, dtype=np.float32) + 1 - r)
+        assert not np.shares_memory(got[r]["a"], mine["a"]), r  # this rank's own entry is a copy
+    assert not results[1][1]["a"].flags.owndata
+
+
+def test_an_object_over_the_cap_fails_on_the_sender_naming_the_variable_and_on_every_peer():
+    outcomes: list = [None] * 3
+
+    def rank(g):
+        big = np.zeros(2000, dtype=np.uint8) if g.rank() == 1 else None
+        try:
+            rd.all_gather_object(big, group=g)
+        except (ValueError, rd.RingError) as exc:
+            outcomes[g.rank()] = exc
+
+    run_ranks(3, rank, max_object_bytes=1000)
+    assert isinstance(outcomes[1], ValueError), outcomes
+    assert "over RINGDIST_MAX_OBJECT_BYTES=1000" in str(outcomes[1]) and "rank 1" in str(outcomes[1]), outcomes
+    for r in (0, 2):
+        assert isinstance(outcomes[r], rd.RingError) and "rank 1 could not send its object" in str(outcomes[r]), outcomes
+
+
+def test_a_receiver_refuses_an_object_over_its_own_cap_from_the_header():
+    def rank(g):
+        if g.rank() == 1:
+            g.settings = dataclasses.replace(g.settings, max_object_bytes=50_000)
+            return rd.recv_object(0, group=g, timeout=10)
+        rd.send_object(np.zeros(1 << 20, dtype=np.uint8), 1, group=g, timeout=10)
+
+    with pytest.raises(RankFailed) as info:
+        run_ranks(2, rank)
+    error = info.value.errors[1]
+    assert isinstance(error, rd.RingError), info.value.errors
+    assert "declares a 1048" in str(error) and "over RINGDIST_MAX_OBJECT_BYTES=50000 here" in str(error), error
+
+
+def test_an_unpicklable_object_fails_on_every_rank():
+    outcomes: list = [None] * 2
+
+    def rank(g):
+        try:
+            rd.broadcast_object((lambda: 0) if g.rank() == 0 else None, group=g)
+        except (ValueError, rd.RingError) as exc:
+            outcomes[g.rank()] = exc
+
+    run_ranks(2, rank)
+    assert isinstance(outcomes[0], ValueError) and "cannot be pickled" in str(outcomes[0]), outcomes
+    assert isinstance(outcomes[1], rd.RingError) and "rank 0 could not send its object" in str(outcomes[1]), outcomes
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_ranks_disagreeing_on_the_root_all_raise_then_the_group_is_broken(variant):
+    outcomes: list = [None] * 3
+
+    def rank(g):
+        try:
+            rd.broadcast_object("x", root=0 if g.rank() < 2 else 2, group=g)
+        except rd.RingError as exc:
+            outcomes[g.rank()] = exc
+        rd.all_gather_object(1, group=g)
+
+    with pytest.raises(RankFailed) as info:
+        run_ranks(3, rank, **VARIANTS[variant])
+    assert all(isinstance(o, rd.MismatchError) or "MismatchError" in str(o) for o in outcomes), outcomes
+    assert all(isinstance(e, rd.GroupBrokenError) for e in info.value.errors), info.value.errors
+
+
+def test_recv_object_of_an_array_message_and_recv_of_an_object_raise_mismatch():
+    def rank(g):
+        if g.rank() == 0:
+            rd.send(np.zeros(3), 1, group=g, timeout=10)
+        else:
+            rd.recv_object(0, group=g, timeout=10)
+
+    with pytest.raises(RankFailed) as info:
+        run_ranks(2, rank)
+    assert isinstance(info.value.errors[1], rd.MismatchError), info.value.errors
+    assert "expected send_object from rank 0" in str(info.value.errors[1])
+
+    def other(g):
+        if g.rank() == 0:
+            rd.send_object([1, 2], 1, group=g, timeout=10)
+        else:
+            rd.recv((3,), np.float64, 0, group=g, timeout=10)
+
+    with pytest.raises(RankFailed) as info:
+        run_ranks(2, other)
+    assert isinstance(info.value.errors[1], rd.MismatchError), info.value.errors
+    assert "send_object" in str(info.value.errors[1])

@@ -1,0 +1,72 @@
+"""Reductions of numpy extension dtypes (ml_dtypes' bfloat16 and float8) across ranks, and the
+dtypes no reduction accepts: strings, objects, structured and raw-bytes dtypes."""
+
+from __future__ import annotations
+
+import ml_dtypes
+import numpy as np
+import pytest
+
+import ringdist as rd
+
+from harness import RankFailed, run_ranks
+
+EXTENSION = [ml_dtypes.bfloat16, ml_dtypes.float8_e4m3fn, ml_dtypes.float8_e5m2]
+SIZES = [1, 33, 70_000]  # one element; the direct paths; the ring's (past the whole-array reductions)
+
+
+def values(rank: int, count: int, dtype) -> np.ndarray:
+    """Small integers, exact in every one of these dtypes and in any sum of up to 5 of them."""
+    return ((np.arange(count) * 3 + rank) % 4).astype(dtype)
+
+
+@pytest.mark.parametrize("variant", [{}, {"direct_max": 0}], ids=["default", "ring"])
+@pytest.mark.parametrize("n", [2, 3, 4, 5])
+def test_bfloat16_and_float8_sum_and_max_across_ranks(n, variant):
+    def rank(g):
+        out = []
+        for dtype in EXTENSION:
+            for count in SIZES:
+                x = values(g.rank(), count, dtype)
+                out.append((rd.all_sum(x, group=g), rd.all_max(x, group=g)))
+        return out
+
+    results = run_ranks(n, rank, **variant)
+    i = 0
+    for dtype in EXTENSION:
+        for count in SIZES:
+            inputs = [values(r, count, np.float32) for r in range(n)]
+            want_sum = np.sum(inputs, axis=0).astype(dtype)
+            want_max = np.max(inputs, axis=0).astype(dtype)
+            for r in range(n):
+                got_sum, got_max = results[r][i]
+                where = f"{np.dtype(dtype).name} x{count}, N={n}, rank {r}"
+                assert got_sum.dtype == np.dtype(dtype) and got_max.dtype == np.dtype(dtype), where
+                assert got_sum.tobytes() == want_sum.tobytes(), where
+                assert got_max.tobytes() == want_max.tobytes(), where
+                assert got_sum.tobytes() == results[0][i][0].tobytes(), where
+            i += 1
+
+
+@pytest.mark.parametrize("dtype,word", [("U3", "<U3"), ("S2", "|S2"), ("V4", "|V4"),
+                                        ([("a", "<i4")], "('a', '<i4')"), (object, "object")])
+def test_strings_objects_structured_and_raw_bytes_are_refused(dtype, word):
+    x = np.zeros(3, dtype=dtype)
+    for call in (rd.all_sum, rd.all_max):
+        with pytest.raises(TypeError, match=r"all_(sum|max): dtype .* not numeric or bool|object arrays") as info:
+            call(x)
+        assert word in str(info.value) or dtype is object
+
+
+def test_ranks_passing_different_extension_dtypes_of_one_size_disagree():
+    # Both float8 formats' array-protocol string is raw '|V1': the header names the dtype, so
+    # neither rank folds the other's bits as if they were its own format.
+    def rank(g):
+        dtype = ml_dtypes.float8_e4m3fn if g.rank() == 0 else ml_dtypes.float8_e4m3b11fnuz
+        rd.all_sum(np.ones(8, dtype=dtype), group=g)
+
+    with pytest.raises(RankFailed) as info:
+        run_ranks(2, rank)
+    errors = info.value.errors
+    assert all(isinstance(e, rd.MismatchError) for e in errors), errors
+    assert "float8_e4m3fn" in str(errors[0]) and "float8_e4m3b11fnuz" in str(errors[0]), errors[0]
