@@ -40,6 +40,7 @@ class Settings:
     spin_yield: bool = False  # more local ranks than cores: yield the core while spinning
     verbose: bool = False  # RINGDIST_VERBOSE
     algo: tuple[tuple[str, str], ...] = ()  # RINGDIST_ALGO: (op, algorithm) pairs overriding the tuning table
+    shm: bool = True  # RINGDIST_SHM: shared memory between the ranks of a group on one machine
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> "Settings":
@@ -54,6 +55,9 @@ class Settings:
         if directions not in ("", "0", "1", "2"):
             raise ConfigError(f"RINGDIST_DIRECTIONS={directions!r} must be 1 or 2 (or 0: chosen from the ranks' addresses)")
         spin = env.get("RINGDIST_SPIN_US")
+        shm = env.get("RINGDIST_SHM", "").strip()
+        if shm not in ("", "0", "1"):
+            raise ConfigError(f"RINGDIST_SHM={shm!r} must be 0 (TCP only) or 1 (shared memory on one machine)")
         shared = oversubscribed(env)
         socket_buffers = _socket_buffers(env.get("RINGDIST_SOCKET_BUFFERS"), cls.socket_buffers)
         return cls(
@@ -69,6 +73,7 @@ class Settings:
             buffer_cache_mb=_number(env, "RINGDIST_BUFFER_CACHE_MB", cls.buffer_cache_mb, minimum=-1),
             verbose=env.get("RINGDIST_VERBOSE", "") not in ("", "0"),
             algo=_algo(env.get("RINGDIST_ALGO")),
+            shm=shm != "0",
         )
 
 

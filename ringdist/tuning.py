@@ -42,6 +42,11 @@ ONE_SHOT_MAX = 256 * 1024
 # Two ranks exchange whole arrays up to this size: 1 MiB 17-24% and 2 MiB 14-16% faster than
 # the ring's reduce-scatter and all-gather, 3 MiB 4% faster, 4-8 MiB 7-9% slower.
 PAIR_EXCHANGE_MAX = 2 << 20
+# Groups on one machine with shared memory (`Facts.shm`) use it from these sizes (bytes per rank).
+# Below them one TCP exchange carries the data with the header that shared memory needs anyway.
+# Chosen, not yet measured apart from TCP's rows: the 2-core box ran at a load of 15-17.
+SHM_GATHER_MIN = 64 * 1024
+SHM_REDUCE_MIN = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -53,6 +58,7 @@ class Facts:
     mesh: bool  # a connection to every rank (groups of 2 to 8)
     both_ways: bool  # large blocks go half each way round the ring (a cable to each neighbour)
     direct_max: int  # largest per-rank block exchanged directly
+    shm: bool = False  # shared memory with every rank (all on one machine: `ringdist.shm`)
 
     @property
     def pow2(self) -> bool:
@@ -77,6 +83,14 @@ def _always(f: Facts) -> bool:
 
 
 TABLE: list[Row] = [
+    Row("gather", "shm", lambda f: f.shm and f.nbytes >= SHM_GATHER_MIN,
+        "one copy per byte received instead of the kernel's two"),
+    Row("reduce", "shm", lambda f: f.shm and f.nbytes >= SHM_REDUCE_MIN,
+        "each rank reduces its slice straight from every rank's segment"),
+    Row("reduce_scatter", "shm", lambda f: f.shm and f.nbytes >= SHM_REDUCE_MIN,
+        "each rank reduces its block straight from every rank's segment"),
+    Row("broadcast", "shm", lambda f: f.shm and f.nbytes >= SHM_GATHER_MIN,
+        "the root writes once, every rank copies once"),
     Row("gather", "doubling", lambda f: f.mesh and f.n > 2 and f.pow2 and f.nbytes <= min(DOUBLING_GATHER_MAX, f.direct_max),
         "log2(N) steps: 4-32 KiB blocks 20-40% faster than one direct exchange on 4 ranks"),
     Row("gather", "direct", lambda f: f.mesh and f.nbytes <= f.direct_max,
@@ -111,7 +125,7 @@ def default_direct_max(comm: Comm) -> int:
 def facts(comm: Comm, nbytes: int) -> Facts:
     limit = comm.direct_max_override
     return Facts(n=comm.size(), nbytes=nbytes, mesh=comm.mesh is not None, both_ways=comm.both_ways,
-                 direct_max=default_direct_max(comm) if limit is None else limit)
+                 direct_max=default_direct_max(comm) if limit is None else limit, shm=comm.shm is not None)
 
 
 def forced(comm: Comm, op: str) -> str | None:
