@@ -80,7 +80,7 @@ class RefusalLog:
 def _where(addr: Any) -> str:
     if isinstance(addr, tuple) and len(addr) >= 2:
         return f"[{addr[0]}]:{addr[1]}" if ":" in str(addr[0]) else f"{addr[0]}:{addr[1]}"
-    return str(addr)
+    return str(addr) or "a local socket"
 
 
 class _Pending:

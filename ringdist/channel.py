@@ -11,7 +11,9 @@ the address and, where the caller passes it, the peer and the operation.
 - blocking I/O with deadlines: `send_blocking`, `recv_exact`, `recv_control`,
   `wait_until_closed` (PeerLostError, RingTimeoutError, ProtocolError);
 - closing: `close_quietly`, `shutdown_quietly`, `forget_fd`;
-- edges that are not sockets: `read_private_file` (ConfigError), `advise_huge_pages`.
+- edges that are not sockets: `read_private_file` (ConfigError), `advise_huge_pages`;
+- shared memory on one machine: `listen_local`, `dial_local` (abstract Unix sockets),
+  `make_segment`, `map_segment`, `unmap` (anonymous memory files), `send_fd`, `recv_fd`.
 
 A `Channel` is an authenticated connection to a peer rank. It owns its socket and its
 `wire.FrameReader`: bytes read ahead of the current frame (the next collective's header,
@@ -26,6 +28,7 @@ import mmap
 import os
 import select
 import socket
+import sys
 from dataclasses import dataclass
 from typing import Any, Union
 
@@ -353,6 +356,113 @@ def advise_huge_pages(mem: mmap.mmap) -> bool:
     except OSError:
         return False
     return True
+
+
+# ---- shared memory between ranks of one machine (Linux) -------------------------------------
+
+
+def local_sockets() -> bool:
+    """Whether this system has what the shared-memory link needs: abstract Unix sockets,
+    descriptor passing and anonymous memory files (Linux)."""
+    return sys.platform.startswith("linux") and hasattr(os, "memfd_create") and hasattr(socket, "send_fds")
+
+
+def listen_local(name: str, backlog: int, label: str) -> socket.socket:
+    """A Unix socket listening on `name` in the abstract namespace: nothing in the file
+    system, gone with the process. ConnectError naming `label`."""
+    try:
+        lsock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    except OSError as exc:
+        raise ConnectError(f"{label}: cannot open a local socket: {reason(exc)}") from None
+    try:
+        lsock.bind("\0" + name)
+        lsock.listen(backlog)
+    except OSError as exc:
+        lsock.close()
+        raise ConnectError(f"{label}: cannot listen on local socket {name}: {reason(exc)}") from None
+    return lsock
+
+
+def dial_local(name: str, timeout: float) -> socket.socket:
+    """A connection to the abstract Unix socket `name`; ConnectError when nobody listens
+    there (another machine, another network namespace)."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.settimeout(timeout)
+        sock.connect("\0" + name)
+    except OSError as exc:
+        sock.close()
+        raise ConnectError(f"local socket {name}: {reason(exc)}") from None
+    return sock
+
+
+def make_segment(size: int, label: str) -> tuple[int, mmap.mmap]:
+    """An anonymous shared memory file of `size` bytes (no name anyone could open; freed when
+    the last descriptor and mapping go) and its mapping: (fd, mapping). ConnectError if it
+    cannot be made."""
+    try:
+        fd = os.memfd_create("ringdist", os.MFD_CLOEXEC)
+    except OSError as exc:
+        raise ConnectError(f"{label}: cannot create shared memory: {reason(exc)}") from None
+    try:
+        os.ftruncate(fd, size)
+        return fd, mmap.mmap(fd, size)
+    except OSError as exc:
+        os.close(fd)
+        raise ConnectError(f"{label}: cannot map {size} bytes of shared memory: {reason(exc)}") from None
+
+
+def map_segment(fd: int, size: int, peer: str) -> mmap.mmap:
+    """Map a peer's segment (received as `fd`) and close the descriptor: the mapping keeps
+    the memory. ProtocolError when it is not `size` bytes; ConnectError when it cannot be mapped."""
+    try:
+        actual = os.fstat(fd).st_size
+        if actual != size:
+            raise ProtocolError(f"{peer}: shared memory of {actual} bytes, expected {size}")
+        return mmap.mmap(fd, size)
+    except OSError as exc:
+        raise ConnectError(f"{peer}: cannot map shared memory: {reason(exc)}") from None
+    finally:
+        close_quietly(fd)
+
+
+def send_fd(sock: socket.socket, fd: int, data: bytes, deadline: float, *, peer: str) -> None:
+    """`data` (a few bytes) with descriptor `fd` attached (SCM_RIGHTS)."""
+    try:
+        sock.settimeout(deadlines.socket_wait(deadline))
+        sent = socket.send_fds(sock, [data], [fd])
+    except OSError as exc:
+        raise _lost(sock, peer, f"cannot send shared memory: {socket_error(exc)}") from None
+    if sent != len(data):
+        raise _lost(sock, peer, f"sent {sent} of {len(data)} bytes with shared memory")
+
+
+def recv_fd(sock: socket.socket, size: int, deadline: float, *, peer: str) -> tuple[bytes, int]:
+    """`size` bytes and the one descriptor that comes with them; PeerLostError if the
+    connection closes or nothing is attached, RingTimeoutError at the deadline."""
+    while True:
+        try:
+            sock.settimeout(deadlines.socket_wait(deadline))
+            data, fds, _, _ = socket.recv_fds(sock, size, 4)
+            break
+        except socket.timeout:
+            if deadlines.passed(deadline):
+                raise RingTimeoutError(f"timed out waiting for shared memory from {peer}") from None
+        except OSError as exc:
+            raise _lost(sock, peer, socket_error(exc)) from None
+    if len(data) != size or len(fds) != 1:
+        for fd in fds:
+            close_quietly(fd)
+        raise _lost(sock, peer, f"no shared memory received ({len(data)} bytes, {len(fds)} descriptors)")
+    return data, fds[0]
+
+
+def unmap(mem: mmap.mmap) -> None:
+    """Release a mapping; one that numpy views still use is left to the garbage collector."""
+    try:
+        mem.close()
+    except BufferError:
+        pass
 
 
 # ---- a connection to a peer rank -----------------------------------------------------------

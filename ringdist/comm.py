@@ -26,6 +26,7 @@ from .links import Links
 from .mesh import MAX_RANKS as MESH_MAX_RANKS, MeshLinks
 from .ring import RingLinks
 from .settings import Settings
+from .shm import ShmLink, open_link
 
 HEADER_TEMPLATES = 256  # kinds of call whose header bytes a group keeps
 # Operations receiving more than this never spin: they wait on bandwidth, and a spin would
@@ -105,6 +106,7 @@ class Comm:
         self.ring: RingLinks | None = None
         self.mesh: MeshLinks | None = None  # links to every rank, for the direct path (2..8 ranks)
         self.links: Links | None = None  # links to peers, opened on first use (the mesh where there is one)
+        self.shm: ShmLink | None = None  # shared memory with every rank (all on this machine; `shm`)
         # Every rank sees the same addresses, so every rank makes the same choice.
         self.both_ways = settings.directions == 2 or (settings.directions == 0 and several_links(addresses))
         self.direct_max_override = settings.direct_max  # RINGDIST_DIRECT_MAX (None: the tuning table's)
@@ -120,7 +122,12 @@ class Comm:
             if size <= MESH_MAX_RANKS:  # whatever this rank's settings: its peers expect the links
                 try:
                     self.links = self.mesh = MeshLinks(endpoint, self.ring, addresses, settings.connect_timeout)
+                    self.shm = open_link(endpoint, self.mesh, group=gid, rank=rank, size=size,
+                                         addresses=addresses, wanted=settings.shm,
+                                         timeout=settings.connect_timeout)
                 except BaseException:
+                    if self.mesh is not None:
+                        self.mesh.close()
                     self.ring.close()
                     raise
             else:
@@ -418,6 +425,8 @@ class Comm:
         if self._closed:
             return
         self._closed = True
+        if self.shm is not None:
+            self.shm.close()
         if self.links is not None:
             self.links.close()
         if self.ring is not None:

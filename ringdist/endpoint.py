@@ -19,7 +19,7 @@ from typing import Callable, NamedTuple
 
 from . import channel, deadlines, forks, wire
 from .acceptor import Acceptor
-from .errors import ConnectError, RingTimeoutError
+from .errors import ConnectError, RingError, RingTimeoutError
 from .handshake import HandshakeCutOff, client_handshake
 
 HANDSHAKE_TIMEOUT = 10.0  # seconds an arrival has to prove the job secret (at most RINGDIST_CONNECT_TIMEOUT)
@@ -55,6 +55,15 @@ class Endpoint:
                 raise
             self._listeners.append(lsock)
             self.addresses.append((ip, channel.local_port(lsock)))
+        # The same handshake on an abstract Unix socket, for the shared-memory link (`shm`).
+        self.local_name = self.local_name_of(self.addresses[0]) if self.addresses else None
+        if self.local_name is not None and channel.local_sockets():
+            try:
+                self._listeners.append(forks.track(channel.listen_local(self.local_name, LISTEN_BACKLOG, label)))
+            except ConnectError:
+                self.local_name = None  # the name is taken: peers find a stranger there and use TCP
+        else:
+            self.local_name = None
         self._acceptor = Acceptor(self._listeners, secret, self.job, on_ready=self._file, label=label,
                                   handshake_timeout=min(connect_timeout, HANDSHAKE_TIMEOUT))
         self._acceptor.start()
@@ -155,6 +164,34 @@ class Endpoint:
                 raise ConnectError(f"{self.label}: cannot reach {peer}: {tried} ({attempts} attempts)")
             time.sleep(delay)
             delay = min(delay * 2, 0.5)
+
+    def local_name_of(self, address: tuple[str, int]) -> str:
+        """The abstract Unix socket name of the rank whose first address is `address`: keyed
+        by the job secret, found only by ranks of the job on the same machine."""
+        return wire.local_socket_name(self._secret, address)
+
+    def connect_local(self, address: tuple[str, int], key: InboxKey, deadline: float,
+                      peer: str) -> socket.socket | None:
+        """Dial the Unix socket of the rank whose first address is `address` and authenticate,
+        once; None when it cannot be reached or authenticated there (another machine or
+        network namespace, or a stranger on the name): the caller uses TCP."""
+        name = self.local_name_of(address)
+        try:
+            sock = channel.dial_local(name, max(0.01, deadlines.wait_slice(deadlines.left(deadline))))
+        except ConnectError:
+            return None
+        forks.track(sock)
+        try:
+            hello = wire.make_hello(self.job, key.group, key.peer, key.kind, key.lane, os.urandom(wire.NONCE_SIZE))
+            client_handshake(sock, self._secret, hello, deadline, f"{peer} on local socket {name}")
+        except RingError:
+            sock.close()
+            return None
+        except BaseException:
+            sock.close()
+            raise
+        sock.settimeout(None)
+        return sock
 
     def forget_in_child(self) -> None:
         """In a forked child: this copy is closed (its sockets are closed by `forks`), and so is

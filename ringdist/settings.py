@@ -41,6 +41,7 @@ class Settings:
     verbose: bool = False  # RINGDIST_VERBOSE
     algo: tuple[tuple[str, str], ...] = ()  # RINGDIST_ALGO: (op, algorithm) pairs overriding the tuning table
     max_object_bytes: int = 1 << 30  # RINGDIST_MAX_OBJECT_BYTES: largest pickled object sent or accepted
+    shm: bool = True  # RINGDIST_SHM: shared memory between the ranks of a group on one machine
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> "Settings":
@@ -59,6 +60,9 @@ class Settings:
             raise ConfigError(f"RINGDIST_MAX_OBJECT_BYTES={env.get('RINGDIST_MAX_OBJECT_BYTES')!r} "
                               f"must be a whole number of bytes")
         spin = env.get("RINGDIST_SPIN_US")
+        shm = env.get("RINGDIST_SHM", "").strip()
+        if shm not in ("", "0", "1"):
+            raise ConfigError(f"RINGDIST_SHM={shm!r} must be 0 (TCP only) or 1 (shared memory on one machine)")
         shared = oversubscribed(env)
         socket_buffers = _socket_buffers(env.get("RINGDIST_SOCKET_BUFFERS"), cls.socket_buffers)
         return cls(
@@ -75,6 +79,7 @@ class Settings:
             verbose=env.get("RINGDIST_VERBOSE", "") not in ("", "0"),
             algo=_algo(env.get("RINGDIST_ALGO")),
             max_object_bytes=int(max_object),
+            shm=shm != "0",
         )
 
 

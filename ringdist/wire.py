@@ -222,6 +222,12 @@ def job_id(secret: bytes) -> str:
     return hashlib.sha256(b"ringdist-job-id\0" + secret).hexdigest()[:16]
 
 
+def local_socket_name(secret: bytes, address: tuple[str, int]) -> str:
+    """The abstract Unix socket name of the rank listening first on `address` (ip, port)."""
+    tag = hmac.new(secret, f"ringdist local socket {address[0]}:{address[1]}".encode(), hashlib.sha256)
+    return "ringdist-" + tag.hexdigest()[:32]
+
+
 def make_hello(job: str, group: str, rank: int, kind: str, lane: int, nonce: bytes) -> dict[str, Any]:
     return {"magic": "ringdist", "version": PROTOCOL_VERSION, "job": job, "group": group,
             "rank": rank, "kind": kind, "lane": lane, "nonce": nonce}

@@ -73,7 +73,7 @@ def test_ranks_on_different_algorithms_find_out_at_once():
 def test_a_pair_exchanging_on_different_connections_fails_on_both_ranks():
     # Before, both sent the same header: rank 1 (the ring's connections) returned normally,
     # rank 0 (the direct one) waited for bytes that came on the other connection.
-    res = disagree(2, "pair_path")
+    res = disagree(2, "pair_path", {"RINGDIST_SHM": "0"})  # two TCP paths
     got = outcomes(res.stdout)
     assert sorted(got) == [0, 1], res.stdout
     assert all(text.startswith("MismatchError: ") and "chose different paths" in text for text in got.values()), got
@@ -95,10 +95,12 @@ FUZZ_OPS = ["all_gather", "all_sum", "all_max", "all_min", "all_prod", "sum_scat
 
 
 @pytest.mark.parametrize("n,seed,trials,env,extra", [
-    (5, 1, 150, {}, []),  # direct, doubling, pairwise and two-shot paths; groups of 2 to 5
-    (4, 2, 100, {"RINGDIST_DIRECT_MAX": "0", "RINGDIST_LANES": "2", "RINGDIST_DIRECTIONS": "2"}, ["--large"]),
+    (5, 1, 150, {"RINGDIST_SHM": "0"}, []),  # direct, doubling, pairwise and two-shot paths; groups of 2 to 5
+    (4, 2, 100, {"RINGDIST_SHM": "0", "RINGDIST_DIRECT_MAX": "0", "RINGDIST_LANES": "2", "RINGDIST_DIRECTIONS": "2"},
+     ["--large"]),
     (13, 8, 100, {}, []),  # groups of up to 13: doubling, Bruck, Rabenseifner, binomial, dissemination
-], ids=["direct-paths", "ring-lanes-both-ways", "past-the-mesh"])
+    (4, 3, 100, {}, ["--large"]),  # shared memory against TCP paths, and calls that differ over shared memory
+], ids=["direct-paths", "ring-lanes-both-ways", "past-the-mesh", "shared-memory"])
 def test_seeded_disagreeing_calls_fail_on_every_rank_of_the_group(n, seed, trials, env, extra):
     # Each trial: a fresh sub-group; some members change the op, root, shape, dtype or path of
     # the call (tests/scripts/agree_fuzz.py). Every member must raise (MismatchError naming both

@@ -17,11 +17,12 @@ import ringdist as rd
 from harness import run_ranks
 
 VARIANTS = {
-    "default": {},
-    "ring": {"direct_max": 0},
-    "both-ways": {"directions": 2},
-    "lanes": {"lanes": 2, "direct_max": 0},
-    "ring-both-ways-lanes": {"lanes": 2, "directions": 2, "direct_max": 0},
+    "default": {},  # on one machine: shared memory (groups of 2 to 8)
+    "tcp": {"shm": False},  # RINGDIST_SHM=0: the table's TCP rows
+    "ring": {"direct_max": 0, "shm": False},
+    "both-ways": {"directions": 2, "shm": False},
+    "lanes": {"lanes": 2, "direct_max": 0, "shm": False},
+    "ring-both-ways-lanes": {"lanes": 2, "directions": 2, "direct_max": 0, "shm": False},
 }
 # Element counts: empty, one, uneven blocks, small, past recursive doubling's 32 KiB blocks,
 # past the whole-array reductions' 256 KiB, past the two-rank exchange's 512 KiB.

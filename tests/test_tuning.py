@@ -14,6 +14,7 @@ from helpers import SCRIPTS, run_launcher
 
 
 def chosen(n: int, op: str, nbytes: int, **settings) -> str:
+    settings.setdefault("shm", False)  # the TCP rows, as measured (the shared-memory rows: below)
     return run_ranks(n, lambda g: tuning.choose(g, op, nbytes).name, **settings)[0]
 
 

@@ -16,6 +16,7 @@ every member's next collective on the group must raise (GroupBrokenError where i
 raised). After the trials the world must still give exact results. Each rank prints
 `fuzz ok rank=R trials=T calls=C ...` or one `fuzz FAILED ...` line per bad trial.
 """
+import dataclasses
 import os
 import re
 import sys
@@ -25,6 +26,7 @@ from collections import Counter
 import numpy as np
 
 import ringdist as rd
+from ringdist import tuning
 
 TRIAL_LIMIT = 10.0  # the tests run with RINGDIST_TIMEOUT=30: a detection by timeout would be over it
 OPS = ["all_gather", "all_sum", "all_max", "all_min", "all_prod", "sum_scatter", "broadcast", "barrier"]
@@ -34,6 +36,7 @@ DTYPES = ["float32", "float64", "int32", "int64", "int16", "uint8"]
 seed, trials = int(sys.argv[1]), int(sys.argv[2])
 large = "--large" in sys.argv[3:]
 RING = os.environ.get("RINGDIST_DIRECT_MAX") == "0"
+SHM = os.environ.get("RINGDIST_SHM") != "0"
 world = rd.init()
 me = world.rank()
 
@@ -80,6 +83,8 @@ def draw(rng: np.random.Generator, m: int) -> dict:
         # ring), nor by default for arrays above the direct path's limit, nor in groups over 8 (no mesh)
         decides = op != "sum_scatter" and (cls == "tiny" or RING) and m <= 8
         other["flip"] = str(rng.choice(["direct_max", "both_ways"])) if decides else "both_ways"
+        if SHM and cls != "tiny" and m <= 8:  # shared memory or not (groups of 2 to 8): the one not chosen
+            other["flip"] = "shm"
     return {"spec": spec, "other": other, "kind": kind, "deviants": deviants}
 
 
@@ -95,6 +100,10 @@ def call(spec: dict, g: rd.Group) -> None:
         g.both_ways = not g.both_ways
     x = array(spec, g.rank())
     op = spec["op"]
+    if spec.get("flip") == "shm":  # this rank forces the path the table does not choose here
+        chosen = tuning.choose(g, op, x.nbytes).name
+        g.settings = dataclasses.replace(g.settings, algo=(("*", "ring" if chosen == "shm" else "shm"),))
+        g.choices.clear()
     if op == "broadcast":
         root = g.rank() if spec["root"] == "own" else spec["root"]
         rd.broadcast(x, root=root, group=g)
