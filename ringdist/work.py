@@ -368,18 +368,21 @@ class _Background:
         plan = job.plan
         g = job.g
         ch = plan.ch  # type: ignore[union-attr]
-        if ch is not None and not isinstance(exc, _Closed):
+        if ch is not None and not getattr(exc, "ringdist_closed", False):
+            running_here = self.running is not None and self.running.g is g
             if isinstance(exc, PeerLostError):
+                # Why the peer left, if it said so: on this channel, or (when no collective of
+                # the group is reading them) on the group's own connections.
+                look = [ch] + (g.channels if g.ring is not None and not running_here else [])
                 try:
-                    aborts.pending_abort([ch], plan.op)  # type: ignore[union-attr]
+                    aborts.pending_abort(look, plan.op)  # type: ignore[union-attr]
                 except RingError as reason:
                     exc = reason
-            running_here = self.running is not None and self.running.g is g
             tell = [ch] + (g.channels if g.ring is not None and not running_here else [])
             g._fail(plan.op, tell, None, plan.outflows, exc)  # type: ignore[union-attr]
         self._retire(job)
         _finished(job, None, exc)
-        if self.running is not None and self.running.g is g and not isinstance(exc, _Closed):
+        if self.running is not None and self.running.g is g and not getattr(exc, "ringdist_closed", False):
             # The collective on the thread shares the group: it fails too, and tells the peers.
             raise GroupBrokenError(f"rank {g.rank()}: group {g.gid!r}: an earlier operation failed "
                                    f"({plan.op}: {type(exc).__name__}: {exc})")  # type: ignore[union-attr]
@@ -391,12 +394,14 @@ class _Background:
                 _finished(job, None, reason(job.plan.op))  # type: ignore[union-attr]
 
 
-class _Closed(RingError):
-    """An operation ended because its group closed (or the process exited) first."""
-
-
-def _closed_error(g: Comm, why: str) -> Callable[[str], BaseException]:
-    return lambda op: _Closed(f"rank {g.rank()}: {op} on group {g.gid!r}: {why} with the operation outstanding")
+def _closed_error(g: Comm, exiting: bool) -> Callable[[str], BaseException]:
+    """The error of an operation ended because its group closed (or the process exited) first."""
+    def make(op: str) -> BaseException:
+        exc = RingError(f"rank {g.rank()}: {op} on group {g.gid!r}: closed with the operation outstanding"
+                        f"{' (the process is exiting)' if exiting else ''}")
+        exc.ringdist_closed = True  # type: ignore[attr-defined]
+        return exc
+    return make
 
 
 def _finished(job: _Job, result: Any, error: BaseException | None) -> None:
@@ -422,14 +427,14 @@ def _end_closing(flows: _Background) -> None:
         for job in queued:
             _queue.remove(job)
     for g in closing:
-        why = _closed_error(g, "exited" if _stopping else "closed")
+        why = _closed_error(g, _stopping)
         flows.drop(g, why)
         for job in queued:
             if job.g is g:
                 _finished(job, None, why(job.work.op))
     running = flows.running
     if running is not None and running.g in closing:
-        raise _closed_error(running.g, "exited" if _stopping else "closed")(running.work.op)
+        raise _closed_error(running.g, _stopping)(running.work.op)
 
 
 def _main(flows: _Background) -> None:
@@ -456,7 +461,7 @@ def _main(flows: _Background) -> None:
 
 def _start(flows: _Background, job: _Job) -> None:
     if job.g in _closing:
-        _finished(job, None, _closed_error(job.g, "exited" if _stopping else "closed")(job.work.op))
+        _finished(job, None, _closed_error(job.g, _stopping)(job.work.op))
         return
     if job.plan is not None:
         try:

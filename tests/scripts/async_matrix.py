@@ -84,8 +84,32 @@ if n > 1:
     assert (total == n).all()
     print(f"p2p ok rank={r}", flush=True)
 
+    # a wait that runs out says the operation is outstanding, and the handle stays valid
+    if r == 0:
+        w = rd.recv((2,), np.int64, 1, async_op=True)
+        try:
+            w.wait(timeout=0.2)
+            raise AssertionError("wait(timeout=0.2) returned before rank 1 sent")
+        except rd.RingTimeoutError as exc:
+            assert "recv on group 'world' is still outstanding after wait(timeout=0.2)" in str(exc), exc
+        assert not w.done()
+    rd.barrier()  # rank 0: queued behind its recv, done only once rank 1 has sent
+    if r == 1:
+        rd.send(np.array([7, 8]), 0)
+    elif r == 0:
+        assert w.done() and w.wait().tolist() == [7, 8]
+    print(f"wait timeout ok rank={r}", flush=True)
+
 half = g.split(r % 2)
 w = rd.all_sum(np.array([r]), group=half, async_op=True)
 assert w.wait()[0] == sum(q for q in range(n) if q % 2 == r % 2)
+if half.size() > 1:  # closing a group ends what is outstanding on it
+    w = rd.recv((1,), np.int64, (half.rank() + 1) % half.size(), group=half, async_op=True)
+    half.close()
+    try:
+        w.wait(timeout=10)
+        raise AssertionError("a recv outstanding at close returned")
+    except rd.RingError as exc:
+        assert "closed with the operation outstanding" in str(exc) and "recv on group 'world/0:" in str(exc), exc
 half.close()
 print(f"async ok rank={r} size={n}", flush=True)
