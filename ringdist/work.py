@@ -5,9 +5,12 @@ the call returns a `Work` at once and the operation runs on the progress thread,
 first use (a process that never asks starts none). Its inputs must not be changed until
 `wait()` returns, as in MPI.
 
-Order: the thread starts jobs in issue order, and an operation is done only once every
-earlier operation of its group is done. A blocking call on a group with operations
-outstanding queues behind them and waits; with none outstanding it runs inline as ever.
+Order: the thread starts jobs in issue order. Collectives run one at a time, so a group's
+collectives complete in issue order, and so do the messages of a pair in one direction; a
+send or recv does not hold up a later collective (as in MPI: `irecv; barrier; send; wait`
+would deadlock if the barrier waited for the irecv). A blocking call on a group with
+operations outstanding queues behind them and waits for its own completion; with none
+outstanding it runs inline as ever.
 
 Deadlock freedom: a collective runs on the thread as it would inline (it blocks the
 thread), but point-to-point jobs do not: their flows are built when they start (a recv
@@ -51,7 +54,7 @@ active = False  # True once any operation was issued with async_op=True (read by
 
 _lock = threading.Lock()
 _queue: "deque[_Job]" = deque()  # issued, not yet started
-_pending: "dict[Comm, deque[_Job]]" = {}  # per group: issued, not yet done, in issue order
+_pending: "dict[Comm, list[_Job]]" = {}  # per group: issued, not yet done
 _closing: "set[Comm]" = set()  # groups whose operations are being ended
 _thread: threading.Thread | None = None
 _thread_id: int | None = None
@@ -106,7 +109,7 @@ class Work:
         """The operation's result, or its error raised; after `timeout` seconds (None: no limit)
         a RingTimeoutError says it is still outstanding, and the handle stays valid."""
         if not self._event.is_set():
-            if timeout is not None:
+            if timeout is not None and timeout != 0:  # 0: only look
                 deadlines.check_timeout(timeout)
             deadline = None if timeout is None else deadlines.after(timeout)
             while not self._event.wait(deadlines.wait_slice(60.0 if deadline is None else deadlines.left(deadline))):
@@ -171,7 +174,7 @@ def route(op: str, group: Any, async_op: bool, call: Callable[[Comm], Any], p2p:
     with _lock:
         _ensure_thread()
         _queue.append(job)
-        _pending.setdefault(g, deque()).append(job)
+        _pending.setdefault(g, []).append(job)
         _works.add(work)
     _wake()
     return work if async_op else work.wait()
@@ -405,18 +408,20 @@ def _closed_error(g: Comm, exiting: bool) -> Callable[[str], BaseException]:
 
 
 def _finished(job: _Job, result: Any, error: BaseException | None) -> None:
-    """Record an operation's outcome; complete, in issue order, every job of its group that can."""
+    """Record an operation's outcome and complete its handle. (Collectives finish in issue
+    order, one after another on the thread; messages of a pair in one direction too.)"""
     job.finished, job.result, job.error = True, result, error
+    work = job.work
     with _lock:
-        lane = _pending.get(job.g)
-        while lane and lane[0].finished:
-            head = lane.popleft()
-            head.work._result, head.work._error = head.result, head.error
-            if head.error is None:
-                _works.discard(head.work)
-            head.work._event.set()
-        if lane is not None and not lane:
-            del _pending[job.g]
+        jobs = _pending.get(job.g)
+        if jobs is not None:
+            jobs.remove(job)
+            if not jobs:
+                del _pending[job.g]
+        work._result, work._error = result, error
+        if error is None:
+            _works.discard(work)
+        work._event.set()
 
 
 def _end_closing(flows: _Background) -> None:
@@ -438,6 +443,22 @@ def _end_closing(flows: _Background) -> None:
 
 
 def _main(flows: _Background) -> None:
+    global _thread, _thread_id
+    try:
+        _loop(flows)
+    except BaseException as exc:  # noqa: BLE001 - a defect here must not leave waits hanging
+        log.exception("ringdist: the progress thread failed")
+        with _lock:
+            jobs = [job for lane in _pending.values() for job in lane]
+            _queue.clear()
+            _thread = _thread_id = None  # the next async call starts a new one
+        for job in jobs:
+            if not job.finished:
+                _finished(job, None, RingError(f"rank {job.g.rank()}: {job.work.op} on group {job.g.gid!r}: "
+                                               f"the progress thread failed: {type(exc).__name__}: {exc}"))
+
+
+def _loop(flows: _Background) -> None:
     poller = select.poll()
     registered: dict[int, int] = {}
     while True:
@@ -487,16 +508,17 @@ def _start(flows: _Background, job: _Job) -> None:
 
 def before_close(g: Comm, why: str = "closed") -> None:
     """End group `g`'s outstanding operations (a RingError at their wait) before it closes."""
-    lane = _pending.get(g)
-    if not lane or _thread is None:
+    jobs = list(_pending.get(g, ()))
+    if not jobs or _thread is None:
         return
     if _thread_id == threading.get_ident():
         return  # closed from an operation on the thread: its own jobs end as they fail
-    last = lane[-1].work
     with _lock:
         _closing.add(g)
     _wake()
-    last._event.wait(CLOSE_WAIT)
+    deadline = deadlines.after(CLOSE_WAIT)
+    for job in jobs:
+        job.work._event.wait(max(0.0, deadlines.left(deadline)))
     with _lock:
         _closing.discard(g)
 
@@ -506,11 +528,13 @@ def _at_exit() -> None:
     global _stopping, _thread, _thread_id, active
     thread = _thread
     if thread is None:
+        for work in list(_works):  # the thread failed: what it left is reported all the same
+            work._report()
         return
     with _lock:
         _stopping = True
         _closing.update(_pending)
-        lasts = [lane[-1].work for lane in _pending.values() if lane]
+        lasts = [job.work for jobs in _pending.values() for job in jobs]
     _wake()
     deadline = deadlines.after(CLOSE_WAIT)
     for work in lasts:

@@ -82,6 +82,13 @@ if n > 1:
     else:
         total = rd.all_sum(y)
     assert (total == n).all()
+    # a recv posted before a collective does not hold it up (MPI: irecv; barrier; send; wait)
+    if r in (0, 1):
+        pending = rd.recv((4,), np.int64, 1 - r, async_op=True)
+    rd.barrier()
+    if r in (0, 1):
+        rd.send(np.arange(4) * (r + 1), 1 - r)
+        assert pending.wait(timeout=30).tolist() == (np.arange(4) * (2 - r)).tolist()
     print(f"p2p ok rank={r}", flush=True)
 
     # a wait that runs out says the operation is outstanding, and the handle stays valid
@@ -93,11 +100,11 @@ if n > 1:
         except rd.RingTimeoutError as exc:
             assert "recv on group 'world' is still outstanding after wait(timeout=0.2)" in str(exc), exc
         assert not w.done()
-    rd.barrier()  # rank 0: queued behind its recv, done only once rank 1 has sent
+    rd.barrier()  # rank 0: queued behind its recv, and done without waiting for it
     if r == 1:
         rd.send(np.array([7, 8]), 0)
     elif r == 0:
-        assert w.done() and w.wait().tolist() == [7, 8]
+        assert w.wait(timeout=30).tolist() == [7, 8] and w.done()
     print(f"wait timeout ok rank={r}", flush=True)
 
 half = g.split(r % 2)
