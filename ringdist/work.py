@@ -224,6 +224,7 @@ class _Background:
         self.owner: int | None = None
         self.lanes: dict[tuple, deque[_Job]] = {}
         self.running: _Job | None = None  # the collective running on the thread
+        self.deferred: list[_Job] = []  # failed point-to-point jobs of its group: completed after it
         self.watches: dict[int, Watch] = {}  # an outgoing lane's channel, read for the receiver's ABORT
 
     def add(self, job: _Job) -> None:
@@ -241,6 +242,13 @@ class _Background:
 
     def _open(self, job: _Job) -> None:
         plan = job.plan
+        if job.g._broken or job.g._closed:  # an earlier operation failed: this one never starts
+            try:
+                job.g.check_usable(plan.op)  # type: ignore[union-attr]
+            except RingError as exc:
+                self._retire(job)
+                _finished(job, None, exc)
+                return
         try:
             job.opened = plan.open(False)  # type: ignore[union-attr]
             if job.opened:
@@ -384,11 +392,13 @@ class _Background:
             tell = [ch] + (g.channels if g.ring is not None and not running_here else [])
             g._fail(plan.op, tell, None, plan.outflows, exc)  # type: ignore[union-attr]
         self._retire(job)
-        _finished(job, None, exc)
         if self.running is not None and self.running.g is g and not getattr(exc, "ringdist_closed", False):
-            # The collective on the thread shares the group: it fails too, and tells the peers.
-            raise GroupBrokenError(f"rank {g.rank()}: group {g.gid!r}: an earlier operation failed "
-                                   f"({plan.op}: {type(exc).__name__}: {exc})")  # type: ignore[union-attr]
+            # The collective on the thread shares the group: it fails too and tells the peers
+            # (looking first for the ABORT that says why the peer left); `_start` completes both.
+            job.error = exc
+            self.deferred.append(job)
+            raise exc
+        _finished(job, None, exc)
 
     def drop(self, g: Comm, reason: Callable[[str], BaseException]) -> None:
         """End every started point-to-point job of group `g`."""
@@ -497,9 +507,21 @@ def _start(flows: _Background, job: _Job) -> None:
         result = job.call(job.g)
     except BaseException as exc:  # noqa: BLE001 - the job's error
         flows.running = None
+        deferred, flows.deferred = flows.deferred, []
+        for earlier in deferred:  # a send or recv of the group failed while this collective ran
+            cause = earlier.error
+            if isinstance(cause, PeerLostError) and getattr(exc, "ringdist_origin", None):
+                cause = exc  # the ABORT found on the group's connections says why the peer left
+            _finished(earlier, None, cause)
+            exc = GroupBrokenError(f"rank {job.g.rank()}: group {job.g.gid!r} cannot run {job.work.op}: an "
+                                   f"earlier operation failed ({earlier.plan.op}: "  # type: ignore[union-attr]
+                                   f"{type(cause).__name__}: {cause})")
         _finished(job, None, exc)
         return
     flows.running = None
+    deferred, flows.deferred = flows.deferred, []
+    for earlier in deferred:  # (a collective that swallowed the raise: none do, but never lose one)
+        _finished(earlier, None, earlier.error)
     _finished(job, result, None)
 
 

@@ -24,8 +24,9 @@ def test_every_operation_async_ordered_and_deadlock_free(n):
     # thread in a process that made only blocking calls.
     res = run_launcher(["-n", str(n), str(SCRIPTS / "async_matrix.py")], timeout=150, env=FAST)
     assert res.returncode == 0, res.stdout + res.stderr
-    for line in ("no thread when unused", "collectives ok", "many ok", "async ok")[:4]:
-        assert sorted(re.findall(rf"^\[(\d+)\] {line} rank=", res.stdout, re.M)) == sorted(map(str, range(n))), line
+    for line in ("no thread when unused", "collectives ok", "many ok", "async ok"):
+        ranks = sorted(int(r) for r in re.findall(rf"^\[(\d+)\] {line} rank=", res.stdout, re.M))
+        assert ranks == list(range(n)), (line, res.stdout + res.stderr)
     if n > 1:
         assert len(re.findall(r"^\[\d+\] p2p ok", res.stdout, re.M)) == n
         assert len(re.findall(r"^\[\d+\] wait timeout ok", res.stdout, re.M)) == n
@@ -67,11 +68,12 @@ def test_kill_9_during_outstanding_operations_reaches_every_survivor_at_wait():
     raised = _raised(text)
     assert sorted(raised) == [0, 1, 3], text + err
     for rank, errors in raised.items():
-        name, t, message = errors[0]
-        assert name in ("PeerLostError", "RingTimeoutError", "GroupBrokenError"), errors
-        assert "rank 2" in message, message
-        assert t - killed_at < 5.0, (rank, t - killed_at)
-        assert all(later == "GroupBrokenError" for later, _, _ in errors[1:]), errors
+        # The first wait that raises, and each later one: the op's own detection of the loss,
+        # an ABORT passed on, or GroupBrokenError naming the failure that broke the group.
+        for name, t, message in errors:
+            assert name in ("PeerLostError", "RingTimeoutError", "GroupBrokenError"), errors
+            assert "rank 2" in message, message
+        assert errors[0][1] - killed_at < 5.0, (rank, errors[0][1] - killed_at)
     assert "rank 2" in err and "SIGKILL" in err
     assert not wait_until_gone(list(pids.values()), timeout=10)
 
