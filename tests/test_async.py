@@ -95,6 +95,13 @@ def test_exit_with_operations_outstanding_ends_them_and_logs():
                      res.stdout + res.stderr, re.M), res.stderr
 
 
+def test_timeouts_count_from_the_start_of_progress_not_the_issue():
+    res = run_launcher(["-n", "2", str(SCRIPTS / "async_faults.py"), "late"], timeout=60, env=FAST)
+    assert res.returncode == 0, res.stdout + res.stderr
+    late = re.search(r"^\[0\] late ok after ([\d.]+)s$", res.stdout, re.M)
+    assert late and float(late.group(1)) >= 2.5, res.stdout  # longer than the 2 s timeouts since issue
+
+
 def test_a_forked_child_has_no_progress_thread_and_refuses():
     res = run_launcher(["-n", "2", str(SCRIPTS / "async_faults.py"), "fork"], timeout=60, env=FAST)
     assert res.returncode == 0, res.stdout + res.stderr

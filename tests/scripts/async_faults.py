@@ -7,6 +7,8 @@ usage: async_faults.py mismatch|kill|exit|fork
   exit: each rank leaves with operations outstanding (an irecv no one answers; rank 0 an
         all_gather rank 1 never calls); prints `leaving at <time>`.
   fork: a forked child tries the parent's group and waits for a handle of its parent's.
+  late: rank 0 queues a recv and an all_sum with timeout=2 behind a barrier that rank 1
+        joins 3 s late: their timeouts count from their start, so both succeed.
 Prints `raised <Name> at <time>: <message>` for each error a wait raises.
 """
 import os
@@ -66,6 +68,21 @@ if mode == "exit":
     if r == 0:
         rd.all_gather(np.ones(2), async_op=True)  # rank 1 never calls it
     print(f"leaving at {time.time():.3f}", flush=True)
+    sys.exit(0)
+
+if mode == "late":
+    if r == 0:
+        works = [rd.barrier(async_op=True, timeout=20), rd.recv((2,), np.int64, 1, async_op=True, timeout=2),
+                 rd.all_sum(np.ones(2), async_op=True, timeout=2)]
+        t0 = time.monotonic()
+        results = [w.wait(timeout=30) for w in works]
+        assert results[1].tolist() == [5, 6] and results[2].tolist() == [2, 2], results
+        print(f"late ok after {time.monotonic() - t0:.1f}s", flush=True)
+    else:
+        time.sleep(3)
+        rd.barrier()
+        rd.send(np.array([5, 6]), 0)
+        rd.all_sum(np.ones(2))
     sys.exit(0)
 
 if mode == "fork":
