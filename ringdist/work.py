@@ -116,8 +116,10 @@ class Work:
                 if deadline is not None and deadlines.passed(deadline):
                     raise RingTimeoutError(f"rank {self.rank}: {self.op} on group {self.gid!r} is still "
                                            f"outstanding after wait(timeout={timeout:g})")
-        self._waited = True
-        _works.discard(self)
+        if not self._waited:
+            self._waited = True
+            with _lock:
+                _works.discard(self)
         if self._error is not None:
             raise self._error
         return self._result
