@@ -8,7 +8,7 @@ import ringdist as rd
 
 PUBLIC = {
     "init", "is_available", "Group", "all_gather", "all_sum", "all_max", "all_min", "all_prod",
-    "sum_scatter", "broadcast", "barrier", "send", "recv", "recv_like",
+    "sum_scatter", "broadcast", "barrier", "send", "recv", "recv_like", "Work",
     "RingError", "ConfigError", "ConnectError", "AuthError", "ProtocolError", "PeerLostError",
     "RingTimeoutError", "MismatchError", "GroupBrokenError", "__version__",
 }
@@ -34,6 +34,8 @@ def test_collectives_take_group_as_keyword_only():
                  "barrier", "send", "recv", "recv_like"):
         param = inspect.signature(getattr(rd, name)).parameters["group"]
         assert param.kind is inspect.Parameter.KEYWORD_ONLY and param.default is None, name
+        param = inspect.signature(getattr(rd, name)).parameters["async_op"]
+        assert param.kind is inspect.Parameter.KEYWORD_ONLY and param.default is False, name
     assert inspect.signature(rd.init).parameters["strict"].default is False
     assert list(inspect.signature(rd.Group.split).parameters) == ["self", "color", "key"]
 
