@@ -21,10 +21,6 @@ class Group(Comm):
 
         `key < 0` means this rank's parent rank; `color < 0` means no group (returns None).
         """
-        if work.active:  # behind the group's outstanding operations
-            r = work.route("split", self, False, lambda g: split_module.split(g, color, key))
-            if r is not work.HERE:
-                return r  # type: ignore[no-any-return]
         return split_module.split(self, color, key)  # type: ignore[return-value]
 
     def close(self) -> None:

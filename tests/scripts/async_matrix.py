@@ -82,6 +82,17 @@ if n > 1:
     else:
         total = rd.all_sum(y)
     assert (total == n).all()
+    # the same with split, whose new group connects while rank 0's send still moves
+    if r == 0:
+        s = rd.send(big, 1, async_op=True)
+        whole = g.split(0)
+        s.wait()
+    else:
+        if r == 1:
+            assert (rd.recv_like(big, 0) == 0).all()
+        whole = g.split(0)
+    assert rd.all_sum(np.ones(1), group=whole)[0] == n
+    whole.close()
     # a recv posted before a collective does not hold it up (MPI: irecv; barrier; send; wait)
     if r in (0, 1):
         pending = rd.recv((4,), np.int64, 1 - r, async_op=True)
@@ -117,6 +128,6 @@ if half.size() > 1:  # closing a group ends what is outstanding on it
         w.wait(timeout=10)
         raise AssertionError("a recv outstanding at close returned")
     except rd.RingError as exc:
-        assert "closed with the operation outstanding" in str(exc) and "recv on group 'world/0:" in str(exc), exc
+        assert "closed with the operation outstanding" in str(exc) and "recv on group 'world/1:" in str(exc), exc
 half.close()
 print(f"async ok rank={r} size={n}", flush=True)
