@@ -248,8 +248,8 @@ class _Background:
             try:
                 job.g.check_usable(plan.op)  # type: ignore[union-attr]
             except RingError as exc:
-                self._retire(job)
                 _finished(job, None, exc)
+                self._retire(job)
                 return
         try:
             job.opened = plan.open(False)  # type: ignore[union-attr]
@@ -362,17 +362,20 @@ class _Background:
     def _check_done(self, job: _Job) -> None:
         plan = job.plan
         if all(f.done for f in plan.inflows) and all(f.done for f in plan.outflows):  # type: ignore[union-attr]
-            self._retire(job)
             _finished(job, plan.result(), None)  # type: ignore[union-attr]
+            self._retire(job)
 
     def _retire(self, job: _Job) -> None:
         plan = job.plan
         key = (job.g, plan.peer, plan.outgoing)  # type: ignore[union-attr]
-        lane = self.lanes[key]
-        lane.popleft()
+        lane = self.lanes.get(key)
+        if lane is None or job not in lane:
+            return  # already retired
+        was_head = lane[0] is job
+        lane.remove(job)
         if not lane:
             del self.lanes[key]
-        else:
+        elif was_head:
             lane[0].since = time.monotonic()
             self._open(lane[0])
 
@@ -381,8 +384,9 @@ class _Background:
         plan = job.plan
         g = job.g
         ch = plan.ch  # type: ignore[union-attr]
-        if ch is not None and not getattr(exc, "ringdist_closed", False):
-            running_here = self.running is not None and self.running.g is g
+        breaks = ch is not None and not getattr(exc, "ringdist_closed", False)  # as a blocking one would
+        running_here = self.running is not None and self.running.g is g
+        if breaks:
             if isinstance(exc, PeerLostError):
                 # Why the peer left, if it said so: on this channel, or (when no collective of
                 # the group is reading them) on the group's own connections.
@@ -393,14 +397,15 @@ class _Background:
                     exc = reason
             tell = [ch] + (g.channels if g.ring is not None and not running_here else [])
             g._fail(plan.op, tell, None, plan.outflows, exc)  # type: ignore[union-attr]
-        self._retire(job)
-        if self.running is not None and self.running.g is g and not getattr(exc, "ringdist_closed", False):
+        if breaks and running_here:
             # The collective on the thread shares the group: it fails too and tells the peers
             # (looking first for the ABORT that says why the peer left); `_start` completes both.
             job.error = exc
             self.deferred.append(job)
+            self._retire(job)  # the next message of the lane finds the group broken
             raise exc
         _finished(job, None, exc)
+        self._retire(job)
 
     def drop(self, g: Comm, reason: Callable[[str], BaseException]) -> None:
         """End every started point-to-point job of group `g`."""
