@@ -86,7 +86,7 @@ def run(inflows: list[Inflow], outflows: list[Outflow], watched: list[Channel], 
         if bg is not None:
             bg.tick()
             bg.pump()
-            bg_masks = _sync(poller, bg_masks, bg.masks())
+            bg_masks = sync_fds(poller, bg_masks, bg.masks())
         busy = False
         for fd, (reader, writer, watch) in slots.items():
             mask = 0
@@ -153,8 +153,8 @@ def run(inflows: list[Inflow], outflows: list[Outflow], watched: list[Channel], 
             last_progress = time.monotonic()
 
 
-def _sync(poller: "select.poll", old: dict[int, int], new: dict[int, int]) -> dict[int, int]:
-    """Bring the background fds registered in `poller` from `old` to `new` (fd -> mask)."""
+def sync_fds(poller: "select.poll", old: dict[int, int], new: dict[int, int]) -> dict[int, int]:
+    """Bring the fds registered in `poller` from `old` to `new` (fd -> mask); returns `new`."""
     for fd in old:
         if fd not in new:
             poller.unregister(fd)

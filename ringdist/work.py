@@ -488,7 +488,7 @@ def _loop(flows: _Background) -> None:
         if job is not None:
             _start(flows, job)
             continue
-        registered = engine._sync(poller, registered, flows.masks())
+        registered = engine.sync_fds(poller, registered, flows.masks())
         wait = flows.max_wait()
         events = poller.poll(None if wait is None else deadlines.poll_ms(wait))
         for fd, ev in events:
