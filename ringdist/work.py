@@ -592,6 +592,9 @@ def _after_fork_in_child() -> None:
                                         f"{forks.parent()}; a forked child cannot wait for it")
             job.work._event = threading.Event()
             job.work._event.set()
+    for work in list(_works):
+        work._waited = True  # the parent's to report, not the child's
+    _works.clear()
     _pending.clear()
     _queue.clear()
     _closing.clear()
