@@ -16,6 +16,7 @@ from . import errors
 from .errors import *  # noqa: F403 - the exception tree is part of the API
 from .group import Group
 from .p2p import recv, recv_like, send
+from .work import Work
 
 __version__ = "0.1.0"
 
@@ -42,6 +43,7 @@ __all__ = [
     "recv_like",
     "send_object",
     "recv_object",
+    "Work",
     *errors.__all__,
     "__version__",
 ]

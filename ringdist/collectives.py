@@ -5,6 +5,9 @@ Which algorithm runs is the tuning table's choice (`tuning.choose`); its name go
 the call's header. Results are new C-contiguous arrays (large ones from the buffer
 cache); inputs are never modified. After the algorithm, `Comm.finish` raises an ABORT a
 peer already sent for this call (a peer that gave up on it before this rank came).
+
+Every collective takes `async_op=` too: True returns a `work.Work` at once (the operation
+runs on the progress thread; its input must not change until `wait()` returns).
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from . import buffers, comm as comm_module, tuning, uneven as uneven_module
+from . import buffers, comm as comm_module, tuning, uneven as uneven_module, work
 from .arrays import as_array, as_rows, check_reducible
 from .calls import _comm, _header, check_root
 from .comm import Comm
@@ -39,21 +42,31 @@ def gather_rows(x: Any, *, group: Comm | None = None, op: str = "all_gather",
 
 
 def all_gather(x: Any, *, uneven: bool = False, group: Comm | None = None,
-               timeout: float | None = None) -> np.ndarray:
+               timeout: float | None = None, async_op: bool = False) -> Any:
     """Every rank's `x` concatenated along axis 0, in rank order (a 0-d `x` counts as shape (1,)).
 
     All ranks must pass the same shape and dtype; otherwise every rank raises MismatchError.
     With `uneven=True` ranks may pass different numbers of rows (the other dims and the
     dtype still equal everywhere).
     """
+    if async_op or work.active:
+        r = work.route("all_gather", group, async_op,
+                       lambda g: all_gather(x, uneven=uneven, group=g, timeout=timeout))
+        if r is not work.HERE:
+            return r
     if uneven:
         return uneven_module.all_gather_uneven(x, _comm(group, timeout), timeout)
     return gather_rows(x, group=group, op="all_gather", timeout=timeout)
 
 
-def gather(x: Any, root: int = 0, *, group: Comm | None = None, timeout: float | None = None) -> np.ndarray | None:
+def gather(x: Any, root: int = 0, *, group: Comm | None = None, timeout: float | None = None,
+           async_op: bool = False) -> Any:
     """all_gather's result on the root; None on every other rank. Same shape and dtype on
     every rank; the root is in the header, so ranks that disagree on it fail."""
+    if async_op or work.active:
+        r = work.route("gather", group, async_op, lambda g: gather(x, root, group=g, timeout=timeout))
+        if r is not work.HERE:
+            return r
     g = _comm(group, timeout)
     root = check_root(root, g, "gather")
     arr = as_rows(x)
@@ -69,9 +82,13 @@ REDUCE_OPS = ("sum", "max", "min", "prod")
 
 
 def reduce(x: Any, root: int = 0, *, op: str = "sum", group: Comm | None = None,
-           timeout: float | None = None) -> np.ndarray | None:
+           timeout: float | None = None, async_op: bool = False) -> Any:
     """The element-wise reduction (`op`: sum, max, min or prod) on the root, bitwise identical
     to all_<op>'s (it runs the same algorithm); None on every other rank."""
+    if async_op or work.active:
+        r = work.route("reduce", group, async_op, lambda g: reduce(x, root, op=op, group=g, timeout=timeout))
+        if r is not work.HERE:
+            return r
     if op not in REDUCE_OPS:
         raise ValueError(f"reduce: op must be one of {', '.join(REDUCE_OPS)}, got {op!r}")
     g = _comm(group, timeout)
@@ -102,28 +119,53 @@ def _all_reduce(x: Any, group: Comm | None, op: str, timeout: float | None, name
     return out
 
 
-def all_sum(x: Any, *, group: Comm | None = None, timeout: float | None = None) -> np.ndarray:
+def all_sum(x: Any, *, group: Comm | None = None, timeout: float | None = None,
+            async_op: bool = False) -> Any:
     """Element-wise sum over the group; every rank gets a bitwise-identical result (bool: logical or)."""
+    if async_op or work.active:
+        r = work.route("all_sum", group, async_op, lambda g: all_sum(x, group=g, timeout=timeout))
+        if r is not work.HERE:
+            return r
     return _all_reduce(x, group, "all_sum", timeout)
 
 
-def all_max(x: Any, *, group: Comm | None = None, timeout: float | None = None) -> np.ndarray:
+def all_max(x: Any, *, group: Comm | None = None, timeout: float | None = None,
+            async_op: bool = False) -> Any:
     """Element-wise maximum over the group."""
+    if async_op or work.active:
+        r = work.route("all_max", group, async_op, lambda g: all_max(x, group=g, timeout=timeout))
+        if r is not work.HERE:
+            return r
     return _all_reduce(x, group, "all_max", timeout)
 
 
-def all_min(x: Any, *, group: Comm | None = None, timeout: float | None = None) -> np.ndarray:
+def all_min(x: Any, *, group: Comm | None = None, timeout: float | None = None,
+            async_op: bool = False) -> Any:
     """Element-wise minimum over the group."""
+    if async_op or work.active:
+        r = work.route("all_min", group, async_op, lambda g: all_min(x, group=g, timeout=timeout))
+        if r is not work.HERE:
+            return r
     return _all_reduce(x, group, "all_min", timeout)
 
 
-def all_prod(x: Any, *, group: Comm | None = None, timeout: float | None = None) -> np.ndarray:
+def all_prod(x: Any, *, group: Comm | None = None, timeout: float | None = None,
+             async_op: bool = False) -> Any:
     """Element-wise product over the group."""
+    if async_op or work.active:
+        r = work.route("all_prod", group, async_op, lambda g: all_prod(x, group=g, timeout=timeout))
+        if r is not work.HERE:
+            return r
     return _all_reduce(x, group, "all_prod", timeout)
 
 
-def sum_scatter(x: Any, *, group: Comm | None = None, timeout: float | None = None) -> np.ndarray:
+def sum_scatter(x: Any, *, group: Comm | None = None, timeout: float | None = None,
+                async_op: bool = False) -> Any:
     """Reduce-scatter: rank r gets rows [r*c, (r+1)*c) of all_sum(x), c = x.shape[0] // N."""
+    if async_op or work.active:
+        r = work.route("sum_scatter", group, async_op, lambda g: sum_scatter(x, group=g, timeout=timeout))
+        if r is not work.HERE:
+            return r
     g = _comm(group, timeout)
     arr = as_rows(x)
     check_reducible(arr, "all_sum")
@@ -141,12 +183,17 @@ def sum_scatter(x: Any, *, group: Comm | None = None, timeout: float | None = No
     return out
 
 
-def broadcast(x: Any, root: int = 0, *, group: Comm | None = None, timeout: float | None = None) -> np.ndarray:
+def broadcast(x: Any, root: int = 0, *, group: Comm | None = None, timeout: float | None = None,
+              async_op: bool = False) -> Any:
     """Root's `x` on every rank. Every rank passes an array of the root's shape and dtype.
 
     Every rank checks a header from a peer and returns only once every rank has agreed on
     the call (op, root, shape, dtype, algorithm): ranks that disagree all raise MismatchError.
     """
+    if async_op or work.active:
+        r = work.route("broadcast", group, async_op, lambda g: broadcast(x, root, group=g, timeout=timeout))
+        if r is not work.HERE:
+            return r
     g = _comm(group, timeout)
     arr = as_array(x)
     n, r = g.size(), g.rank()
@@ -163,8 +210,12 @@ def broadcast(x: Any, root: int = 0, *, group: Comm | None = None, timeout: floa
     return out
 
 
-def barrier(*, group: Comm | None = None, timeout: float | None = None) -> None:
+def barrier(*, group: Comm | None = None, timeout: float | None = None, async_op: bool = False) -> Any:
     """Return only after every rank of the group has entered the barrier."""
+    if async_op or work.active:
+        r = work.route("barrier", group, async_op, lambda g: barrier(group=g, timeout=timeout))
+        if r is not work.HERE:
+            return r
     g = _comm(group, timeout)
     token = np.zeros(1, dtype=np.uint8)
     if g.size() > 1:

@@ -196,6 +196,9 @@ class Comm:
             return ch
         seq, op = self._seq - 1, self._header.fields["op"] if self._header else "link"
         watches = {c.fd: Watch(c, op, seq, self._header) for c in self.channels}
+        for watch in watches.values():
+            if watch.ch.reader.end != watch.ch.reader.start:
+                watch.scan()  # frames read ahead earlier (an ABORT behind a peer's last frame) wake no poll
 
         def check() -> None:
             for fd, _ in links.poller.poll(0):
@@ -389,9 +392,11 @@ class Comm:
             return self.settings.timeout
         return deadlines.check_timeout(timeout)
 
-    def p2p_channel(self, peer: int, outgoing: bool, timeout: float | None = None) -> tuple[Channel, int]:
+    def p2p_channel(self, peer: int, outgoing: bool, timeout: float | None = None,
+                    wait: bool = True) -> tuple[Channel, int] | None:
         """The direct connection for messages to (or from) `peer`, opened on first use; and its
-        message number (the k-th message between the pair in that direction)."""
+        message number (the k-th message between the pair in that direction). With `wait`
+        False, None when the connection from `peer` has not arrived yet (nothing is counted)."""
         table = self._p2p_out if outgoing else self._p2p_in
         if peer not in table:
             assert self._endpoint is not None
@@ -399,6 +404,11 @@ class Comm:
             if outgoing:
                 sock = self._endpoint.connect(self._addresses[peer], InboxKey(self.gid, self._rank, "p2p", 0),
                                               deadline, f"rank {peer} of group {self.gid!r}")
+            elif not wait:
+                found = self._endpoint.take_nowait(InboxKey(self.gid, peer, "p2p", 0))
+                if found is None:
+                    return None
+                sock = found
             else:
                 sock = self._endpoint.take(InboxKey(self.gid, peer, "p2p", 0), deadline,
                                            f"recv in group {self.gid!r}: waiting for rank {peer} to send")

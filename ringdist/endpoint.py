@@ -112,6 +112,18 @@ class Endpoint:
             if check is not None:
                 check()
 
+    def take_nowait(self, key: InboxKey) -> socket.socket | None:
+        """The authenticated connection filed under `key` if it has arrived, else None."""
+        with self._cond:
+            queue = self._inbox.get(key)
+            if not queue:
+                return None
+            conn = queue.pop(0)
+            if not queue:
+                del self._inbox[key]
+        conn.settimeout(None)
+        return conn
+
     def discard(self, group: str) -> None:
         """Close connections still waiting in the inbox for `group` (it is being closed)."""
         with self._cond:

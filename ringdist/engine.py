@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import select
+import threading
 import time
 from typing import Any, Callable
 
@@ -30,6 +31,18 @@ from .flows import Inflow, Outflow, Segments, Watch, intro
 POLLIN = select.POLLIN | select.POLLPRI
 POLLOUT = select.POLLOUT
 POLLERR = select.POLLERR | select.POLLHUP | select.POLLNVAL
+
+# The progress thread's own flows (`work`), driven by every `run` on that thread: their fds
+# join the poll set, they are pumped and read, never waited for. None until a first async op.
+background: Any = None
+
+
+def set_background(flows: Any) -> None:
+    """Install (or, with None, remove) the progress thread's background flows: an object with
+    `owner` (its thread's ident), `masks()`, `pump()`, `on_event(fd, ev)`, `tick()` and
+    `max_wait()` (seconds a poll may block, or None)."""
+    global background
+    background = flows
 
 
 def run(inflows: list[Inflow], outflows: list[Outflow], watched: list[Channel], *,
@@ -46,6 +59,13 @@ def run(inflows: list[Inflow], outflows: list[Outflow], watched: list[Channel], 
     than cores, the peer being waited for may need this very core. `idle` is work to do
     instead of waiting, a piece per call; it returns False once there is none left.
     """
+    bg = background
+    if bg is not None:
+        if bg.owner != threading.get_ident():
+            bg = None
+        else:
+            spin = 0.0  # the progress thread leaves the cores to the compute it overlaps
+            bg_masks: dict[int, int] = {}
     # fd -> [inflow or None, outflow or None, Watch or None]
     slots: dict[int, list[Any]] = {ch.fd: [None, None, Watch(ch, op, seq, header)] for ch in watched}
     for flow in inflows:
@@ -63,6 +83,10 @@ def run(inflows: list[Inflow], outflows: list[Outflow], watched: list[Channel], 
         for flow in outflows:
             if not flow.done and not flow.blocked and flow.pump():
                 last_progress = time.monotonic()
+        if bg is not None:
+            bg.tick()
+            bg.pump()
+            bg_masks = sync_fds(poller, bg_masks, bg.masks())
         busy = False
         for fd, (reader, writer, watch) in slots.items():
             mask = 0
@@ -96,14 +120,22 @@ def run(inflows: list[Inflow], outflows: list[Outflow], watched: list[Channel], 
             events = poller.poll(0)
         if not events:
             wait = last_progress + timeout - time.monotonic()
+            if bg is not None:
+                cap = bg.max_wait()
+                if cap is not None and cap < wait:
+                    wait = max(cap, 0.0)
             events = poller.poll(deadlines.poll_ms(wait)) if wait > 0 else []
             if not events:
                 if time.monotonic() - last_progress < timeout:
                     continue  # one slice of a long wait ended
-                raise RingTimeoutError(_stall_message(inflows, outflows, op, me, timeout))
+                raise RingTimeoutError(stall_message(inflows, outflows, op, me, timeout))
         moved = 0
         for fd, ev in events:
-            reader, writer, watch = slots[fd]
+            entry = slots.get(fd)
+            if entry is None:
+                bg.on_event(fd, ev)
+                continue
+            reader, writer, watch = entry
             if ev & (POLLIN | POLLERR):
                 if reader is not None and not reader.done:
                     moved += reader.on_readable()
@@ -121,7 +153,18 @@ def run(inflows: list[Inflow], outflows: list[Outflow], watched: list[Channel], 
             last_progress = time.monotonic()
 
 
-def _stall_message(inflows: list[Inflow], outflows: list[Outflow], op: str, me: int, timeout: float) -> str:
+def sync_fds(poller: "select.poll", old: dict[int, int], new: dict[int, int]) -> dict[int, int]:
+    """Bring the fds registered in `poller` from `old` to `new` (fd -> mask); returns `new`."""
+    for fd in old:
+        if fd not in new:
+            poller.unregister(fd)
+    for fd, mask in new.items():
+        if old.get(fd) != mask:
+            poller.register(fd, mask)
+    return new
+
+
+def stall_message(inflows: list[Inflow], outflows: list[Outflow], op: str, me: int, timeout: float) -> str:
     waits = [f"receiving from {f.ch.describe()} ({f.received} of {f.total} bytes"
              f"{', header not yet received' if f.need_header else ''})" for f in inflows if not f.done]
     waits += [f"sending to {f.ch.describe()} ({f.framed} of {f.total} bytes framed)"
@@ -170,6 +213,8 @@ def exchange(peers: list[Channel], sends: list[memoryview], recvs: list[memoryvi
             if state:
                 continue
         waiting[ch.fd] = (flow, first)
+    if background is not None and background.owner == threading.get_ident():
+        spin = 0.0  # the progress thread: straight to run, which drives its background flows too
     if waiting and not outflows and not odd:
         deadline = time.perf_counter() + min(spin, timeout)  # never spinning past the timeout
         while True:

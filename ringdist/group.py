@@ -7,7 +7,7 @@ Use `close()` (or `with`) to release its connections; open groups close at exit.
 
 from __future__ import annotations
 
-from . import split as split_module, tuning
+from . import split as split_module, tuning, work
 from .comm import Comm, close_all
 
 __all__ = ["Group", "close_all"]
@@ -22,6 +22,13 @@ class Group(Comm):
         `key < 0` means this rank's parent rank; `color < 0` means no group (returns None).
         """
         return split_module.split(self, color, key)  # type: ignore[return-value]
+
+    def close(self) -> None:
+        """Release the group's connections. Idempotent; the group is unusable afterwards.
+        Operations still outstanding end with a RingError ("closed with the operation outstanding")."""
+        if work.active:
+            work.before_close(self)
+        super().close()
 
     @property
     def direct_max(self) -> int:

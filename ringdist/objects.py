@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from . import buffers, tuning, wire
+from . import buffers, tuning, wire, work
 from .algorithms.blocks import common, sizes_of
 from .calls import _comm, _header, check_root
 from .channel import Channel
@@ -129,8 +129,14 @@ def _object_check(header: wire.Header, cap: int, sender: Any = None):
     return check
 
 
-def all_gather_object(obj: Any, *, group: Comm | None = None, timeout: float | None = None) -> list:
+def all_gather_object(obj: Any, *, group: Comm | None = None, timeout: float | None = None,
+                      async_op: bool = False) -> Any:
     """Every rank's picklable `obj`, in rank order (this rank's own as a copy)."""
+    if async_op or work.active:
+        r = work.route("all_gather_object", group, async_op,
+                       lambda g: all_gather_object(obj, group=g, timeout=timeout))
+        if r is not work.HERE:
+            return r
     g = _comm(group, timeout)
     n, r = g.size(), g.rank()
     cap = g.settings.max_object_bytes
@@ -147,8 +153,14 @@ def all_gather_object(obj: Any, *, group: Comm | None = None, timeout: float | N
     return [_copy(pickled) if q == r else unpickle(got[q][1], got[q][0]["sizes"]) for q in range(n)]
 
 
-def broadcast_object(obj: Any, root: int = 0, *, group: Comm | None = None, timeout: float | None = None) -> Any:
+def broadcast_object(obj: Any, root: int = 0, *, group: Comm | None = None, timeout: float | None = None,
+                     async_op: bool = False) -> Any:
     """The root's picklable `obj` on every rank (the root gets its own back); others pass anything."""
+    if async_op or work.active:
+        r = work.route("broadcast_object", group, async_op,
+                       lambda g: broadcast_object(obj, root, group=g, timeout=timeout))
+        if r is not work.HERE:
+            return r
     g = _comm(group, timeout)
     n, r = g.size(), g.rank()
     root = check_root(root, g, "broadcast_object")
@@ -175,6 +187,10 @@ def _message_header(number: int, fields: dict[str, Any]) -> wire.Header:
 
 def send_object(obj: Any, dst: int, *, group: Comm | None = None, timeout: float | None = None) -> None:
     """Send picklable `obj` to rank `dst` of the group, for its recv_object."""
+    if work.active:  # queued behind the group's outstanding operations
+        r = work.route("send_object", group, False, lambda g: send_object(obj, dst, group=g, timeout=timeout))
+        if r is not work.HERE:
+            return r
     g = _comm(group, timeout)
     dst = g.check_peer(dst, "send_object", "dst")
     pickled = Pickled(obj, g.settings.max_object_bytes, "send_object", g.rank())
@@ -187,6 +203,10 @@ def send_object(obj: Any, dst: int, *, group: Comm | None = None, timeout: float
 
 def recv_object(src: int, *, group: Comm | None = None, timeout: float | None = None) -> Any:
     """The next object rank `src` sends with send_object."""
+    if work.active:  # queued behind the group's outstanding operations
+        r = work.route("recv_object", group, False, lambda g: recv_object(src, group=g, timeout=timeout))
+        if r is not work.HERE:
+            return r
     g = _comm(group, timeout)
     src = g.check_peer(src, "recv_object", "src")
     cap = g.settings.max_object_bytes

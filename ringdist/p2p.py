@@ -2,7 +2,8 @@
 
 Each ordered pair (sender, receiver) gets its own authenticated connection, opened by the
 sender on first use and kept; messages between a pair arrive in order. Like MPI's
-standard mode, `send` may block until the receiver takes the message.
+standard mode, `send` may block until the receiver takes the message; with `async_op=True`
+(MPI's isend/irecv) both return a `work.Work` at once and move on the progress thread.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from . import buffers, wire
+from . import buffers, wire, work
 from .channel import Channel
 from .arrays import as_array, byte_view
 from .collectives import _comm
@@ -24,16 +25,51 @@ def _message_header(arr: np.ndarray, number: int) -> wire.Header:
     return wire.Header(wire.make_header("send", number, wire.dtype_tag(arr.dtype), arr.shape))
 
 
-def send(x: Any, dst: int, *, group: Comm | None = None, timeout: float | None = None) -> None:
-    """Send array `x` to rank `dst` of the group (any rank but this one)."""
+class _Send:
+    """A send as a plan: checked and framed when it starts, its channel opened (see `work.Plan`)."""
+
+    op = "send"
+    outgoing = True
+
+    def __init__(self, x: Any, dst: Any, g: Comm, timeout: float | None):
+        self.x, self.peer, self.g, self.timeout = x, dst, g, timeout
+        self.ch: Channel | None = None
+        self.inflows: list[Inflow] = []
+        self.outflows: list[Outflow] = []
+
+    def start(self) -> float:
+        g = self.g
+        self.peer = g.check_peer(self.peer, "send", "dst")
+        self.arr = as_array(self.x)
+        self.data = np.ascontiguousarray(self.arr)
+        g.check_usable("send")
+        return g._timeout(self.timeout)
+
+    def open(self, wait: bool = True) -> bool:
+        ch, number = self.g.p2p_channel(self.peer, outgoing=True)  # type: ignore[misc]
+        self.ch = ch
+        self.outflows = [Outflow(ch, Segments([byte_view(self.data)]), "send", _message_header(self.arr, number))]
+        return True
+
+    def result(self) -> None:
+        return None
+
+
+def send(x: Any, dst: int, *, group: Comm | None = None, timeout: float | None = None,
+         async_op: bool = False) -> "None | work.Work":
+    """Send array `x` to rank `dst` of the group (any rank but this one).
+
+    With `async_op=True`: a `Work` at once; `x` must not change until its `wait()` returns."""
+    if async_op or work.active:
+        r = work.route("send", group, async_op, lambda g: _Send(x, dst, g, timeout), p2p=True)
+        if r is not work.HERE:
+            return r
     g = _comm(group, timeout)
-    dst = g.check_peer(dst, "send", "dst")
-    arr = as_array(x)
-    data = np.ascontiguousarray(arr)
-    g.check_usable("send")
-    ch, number = g.p2p_channel(dst, outgoing=True)
-    g.run("send", [], [Outflow(ch, Segments([byte_view(data)]), "send", _message_header(arr, number))], [ch],
-          timeout=timeout)
+    plan = _Send(x, dst, g, timeout)
+    plan.start()
+    plan.open()
+    g.run("send", [], plan.outflows, [plan.ch], timeout=timeout)  # type: ignore[list-item]
+    return None
 
 
 def _expect_message(mine: dict[str, Any], theirs: dict[str, Any], ch: Channel) -> None:
@@ -51,23 +87,63 @@ def _dtype_name(header: dict[str, Any]) -> str:
         return str(header["dtype"])
 
 
+class _Recv:
+    """A recv as a plan: checked and allocated when it starts; its channel taken once the
+    sender's connection has arrived (see `work.Plan`)."""
+
+    op = "recv"
+    outgoing = False
+
+    def __init__(self, shape: Any, dtype: Any, src: Any, g: Comm, timeout: float | None):
+        self.shape, self.dtype, self.peer, self.g, self.timeout = shape, dtype, src, g, timeout
+        self.ch: Channel | None = None
+        self.inflows: list[Inflow] = []
+        self.outflows: list[Outflow] = []
+
+    def start(self) -> float:
+        g = self.g
+        self.peer = g.check_peer(self.peer, "recv", "src")
+        dt = np.dtype(self.dtype)
+        if dt.hasobject:
+            raise TypeError("ringdist receives raw array bytes; object dtypes are not supported")
+        # broadcast_to checks shape as np.empty does
+        self.out = buffers.cache.empty(np.broadcast_to(0, self.shape).shape, dt)
+        g.check_usable("recv")
+        return g._timeout(self.timeout)
+
+    def open(self, wait: bool = True) -> bool:
+        got = self.g.p2p_channel(self.peer, outgoing=False, timeout=self.timeout, wait=wait)
+        if got is None:
+            return False
+        ch, number = got
+        self.ch = ch
+        self.inflows = [Inflow(ch, Segments([byte_view(self.out)]), "recv", _message_header(self.out, number),
+                               check=_expect_message)]
+        return True
+
+    def result(self) -> np.ndarray:
+        return self.out
+
+
 def recv(shape: Any, dtype: Any, src: int, *, group: Comm | None = None,
-         timeout: float | None = None) -> np.ndarray:
-    """Receive an array of `shape` and `dtype` from rank `src`; MismatchError if the sender's differs."""
+         timeout: float | None = None, async_op: bool = False) -> "np.ndarray | work.Work":
+    """Receive an array of `shape` and `dtype` from rank `src`; MismatchError if the sender's differs.
+
+    With `async_op=True`: a `Work` at once, whose `wait()` returns the array."""
+    if async_op or work.active:
+        r = work.route("recv", group, async_op, lambda g: _Recv(shape, dtype, src, g, timeout), p2p=True)
+        if r is not work.HERE:
+            return r
     g = _comm(group, timeout)
-    src = g.check_peer(src, "recv", "src")
-    dt = np.dtype(dtype)
-    if dt.hasobject:
-        raise TypeError("ringdist receives raw array bytes; object dtypes are not supported")
-    out = buffers.cache.empty(np.broadcast_to(0, shape).shape, dt)  # broadcast_to checks shape as np.empty does
-    g.check_usable("recv")
-    ch, number = g.p2p_channel(src, outgoing=False, timeout=timeout)
-    inflow = Inflow(ch, Segments([byte_view(out)]), "recv", _message_header(out, number), check=_expect_message)
-    g.run("recv", [inflow], [], [ch], timeout=timeout)
-    return out
+    plan = _Recv(shape, dtype, src, g, timeout)
+    plan.start()
+    plan.open()
+    g.run("recv", plan.inflows, [], [plan.ch], timeout=timeout)  # type: ignore[list-item]
+    return plan.out
 
 
-def recv_like(x: Any, src: int, *, group: Comm | None = None, timeout: float | None = None) -> np.ndarray:
-    """Receive an array shaped and typed like `x` from rank `src`."""
+def recv_like(x: Any, src: int, *, group: Comm | None = None, timeout: float | None = None,
+              async_op: bool = False) -> "np.ndarray | work.Work":
+    """Receive an array shaped and typed like `x` from rank `src` (`async_op` as for `recv`)."""
     arr = np.asarray(x)
-    return recv(arr.shape, arr.dtype, src, group=group, timeout=timeout)
+    return recv(arr.shape, arr.dtype, src, group=group, timeout=timeout, async_op=async_op)

@@ -12,6 +12,7 @@ import numbers
 import numpy as np
 
 from .collectives import gather_rows
+from . import work
 from .comm import Comm
 
 
@@ -27,7 +28,13 @@ def split(parent: Comm, color: int, key: int = -1) -> Comm | None:
     me = parent.rank()
     if key < 0:
         key = me
-    table = gather_rows(np.array([[color, key]], dtype=np.int64), group=parent, op="split")
+    mine = np.array([[color, key]], dtype=np.int64)
+    table = work.HERE
+    if work.active:  # the exchange queues behind the parent's outstanding operations
+        table = work.route("split", parent, False, lambda g: gather_rows(mine, group=g, op="split"))
+    if table is work.HERE:
+        table = gather_rows(mine, group=parent, op="split")
+    # The new group connects here, not on the progress thread, which goes on moving messages.
     split_no = parent.next_split()
     if color < 0:
         return None

@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from . import buffers, tuning, wire
+from . import buffers, tuning, wire, work
 from .algorithms.blocks import common, sizes_of
 from .arrays import as_rows, byte_view
 from .calls import _comm, _header, check_root
@@ -83,11 +83,17 @@ def _assemble(got: list[tuple[int, memoryview]], trailing: tuple[int, ...], dtyp
     return out
 
 
-def all_to_all(x: Any, *, splits: Any = None, group: Comm | None = None, timeout: float | None = None) -> np.ndarray:
+def all_to_all(x: Any, *, splits: Any = None, group: Comm | None = None, timeout: float | None = None,
+               async_op: bool = False) -> Any:
     """x's rows cut into N blocks, block j to rank j; the blocks received, concatenated in
     source-rank order. Without `splits` x.shape[0] must divide by N (every rank's x the
     same shape); with `splits` (N row counts summing to x.shape[0]) ranks send any counts,
     and receivers learn them from the headers. Dtype and trailing dims equal everywhere."""
+    if async_op or work.active:
+        r = work.route("all_to_all", group, async_op,
+                       lambda g: all_to_all(x, splits=splits, group=g, timeout=timeout))
+        if r is not work.HERE:
+            return r
     g = _comm(group, timeout)
     arr = as_rows(x)
     n, r = g.size(), g.rank()
@@ -127,9 +133,14 @@ def _dtype(tag: str, ch: Channel) -> np.dtype:
                             f"(an extension dtype: import its package, e.g. ml_dtypes)") from None
 
 
-def scatter(x: Any, root: int = 0, *, group: Comm | None = None, timeout: float | None = None) -> np.ndarray:
+def scatter(x: Any, root: int = 0, *, group: Comm | None = None, timeout: float | None = None,
+            async_op: bool = False) -> Any:
     """Root's `x` cut into N equal row blocks: rank r gets block r. Non-roots pass None (or
     anything; it is ignored) and learn the shape and dtype from the root's header."""
+    if async_op or work.active:
+        r = work.route("scatter", group, async_op, lambda g: scatter(x, root, group=g, timeout=timeout))
+        if r is not work.HERE:
+            return r
     g = _comm(group, timeout)
     n, r = g.size(), g.rank()
     root = check_root(root, g, "scatter")

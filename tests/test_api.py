@@ -8,7 +8,7 @@ import ringdist as rd
 
 PUBLIC = {
     "init", "is_available", "Group", "all_gather", "all_sum", "all_max", "all_min", "all_prod",
-    "sum_scatter", "broadcast", "barrier", "send", "recv", "recv_like",
+    "sum_scatter", "broadcast", "barrier", "send", "recv", "recv_like", "Work",
     "gather", "scatter", "reduce", "all_to_all", "all_gather_object", "broadcast_object", "send_object",
     "recv_object",
     "RingError", "ConfigError", "ConnectError", "AuthError", "ProtocolError", "PeerLostError",
@@ -38,6 +38,9 @@ def test_collectives_take_group_as_keyword_only():
         params = inspect.signature(getattr(rd, name)).parameters
         for keyword in ("group", "timeout"):
             assert params[keyword].kind is inspect.Parameter.KEYWORD_ONLY and params[keyword].default is None, name
+        if name not in ("send_object", "recv_object"):
+            param = params["async_op"]
+            assert param.kind is inspect.Parameter.KEYWORD_ONLY and param.default is False, name
     for name in ("gather", "scatter", "reduce"):
         assert inspect.signature(getattr(rd, name)).parameters["root"].default == 0, name
     assert inspect.signature(rd.reduce).parameters["op"].default == "sum"

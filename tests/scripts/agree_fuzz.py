@@ -147,7 +147,7 @@ def run_trial(t: int, g: rd.Group, trial: dict) -> tuple[str, str | None]:
     if p2p and r == trial["dst"] and outcome != "MismatchError":
         bad = f"the receiver got {outcome}"
     elif not p2p and outcome != "MismatchError":
-        bad = f"the call {'returned normally' if outcome == 'returned' else 'raised ' + outcome}"
+        bad = f"the call {'returned normally' if outcome == 'returned' else 'raised ' + outcome + ': ' + message}"
     elif outcome != "returned" and outcome != "idle" and after != "GroupBrokenError":
         bad = f"the next call after {outcome} gave {after}, not GroupBrokenError"
     elif after == "returned":

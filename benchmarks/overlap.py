@@ -1,0 +1,104 @@
+"""Compute/communication overlap with async_op: a training-like loop, blocking against async.
+
+usage: ringdist-launch -n N benchmarks/overlap.py [--bytes 4M] [--steps 20] [--rounds 5]
+
+Each step is a numpy matmul sized (every rank measuring at once; rank 0's size is used) to take about as long as a
+blocking all_sum (medians of 7) of `--bytes` bytes of float32, followed by that all_sum. Blocking: compute,
+then all_sum. Async: issue the step's all_sum, compute the next step, then wait for it.
+Rounds alternate blocking and async (the machine's slow phases hit both alike); rank 0 prints
+the median time per step of each and the speedup. Figures only: nothing is asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import ringdist as rd  # noqa: E402
+from benchmarks.cli import parse_size  # noqa: E402
+
+
+def median_time(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def matmul_size(target: float) -> int:
+    """The side k of a float32 k x k matmul that takes about `target` seconds here."""
+    k, t = 32, 0.0
+    while k < 8192:
+        a = np.ones((k, k), dtype=np.float32)
+        a @ a  # warm-up (BLAS threads start on first use)
+        t = median_time(lambda: a @ a, 7)
+        if t >= target / 2:
+            break
+        k *= 2
+    return max(16, int(k * (target / max(t, 1e-9)) ** (1 / 3)))
+
+
+def blocking_round(a: np.ndarray, grad: np.ndarray, steps: int) -> float:
+    rd.barrier()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        a @ a
+        rd.all_sum(grad)
+    return (time.perf_counter() - t0) / steps
+
+
+def async_round(a: np.ndarray, grad: np.ndarray, steps: int) -> float:
+    rd.barrier()
+    t0 = time.perf_counter()
+    pending = None
+    for _ in range(steps):
+        a @ a  # this step's compute overlaps the previous step's all_sum
+        if pending is not None:
+            pending.wait()
+        pending = rd.all_sum(grad, async_op=True)
+    pending.wait()
+    return (time.perf_counter() - t0) / steps
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--bytes", type=parse_size, default=4 << 20)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--scale", type=float, default=1.0,
+                        help="size the matmul to this many all_sum times (0: no compute, the all_sums alone)")
+    args = parser.parse_args()
+    g = rd.init()
+    grad = np.ones(args.bytes // 4, dtype=np.float32)
+    for _ in range(3):
+        rd.all_sum(grad)  # warm the connections and the buffer cache
+    comm = rd.all_max(np.array([median_time(lambda: rd.all_sum(grad), 7)]))[0]
+    # every rank measuring at once, as in a step
+    k = int(rd.broadcast(np.array([matmul_size(comm * args.scale) if args.scale else 0]), 0)[0])
+    a = np.ones((k, k), dtype=np.float32)
+    compute = rd.all_max(np.array([median_time(lambda: a @ a, 7)]))[0]
+    blocking, overlapped = [], []
+    for _ in range(args.rounds):
+        blocking.append(blocking_round(a, grad, args.steps))
+        overlapped.append(async_round(a, grad, args.steps))
+    b, o = statistics.median(blocking), statistics.median(overlapped)
+    if g.rank() == 0:
+        print(f"ranks {g.size()}, all_sum {args.bytes} B: {comm * 1e3:.2f} ms; matmul {k}x{k}: {compute * 1e3:.2f} ms "
+              f"(OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS', 'unset')})")
+        print(f"per step: blocking {b * 1e3:.2f} ms, async {o * 1e3:.2f} ms; speedup {b / o:.2f}x "
+              f"(median of {args.rounds} rounds of {args.steps} steps; perfect overlap of the measured "
+              f"times: {(comm + compute) / max(comm, compute, 1e-9):.2f}x)", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,116 @@
+"""Non-blocking operations (async_op=True): results, ordering, deadlock freedom and failures,
+through real launched ranks (the progress thread is one per process)."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import time
+
+import pytest
+
+from helpers import SCRIPTS, LineReader, kill_tree, run_launcher, start_launcher, wait_until_gone
+
+FAST = {"RINGDIST_TIMEOUT": "20", "RINGDIST_CONNECT_TIMEOUT": "10"}
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 4, 8])
+def test_every_operation_async_ordered_and_deadlock_free(n):
+    # Every collective and send/recv/recv_like with async_op=True against numpy, waited in
+    # reverse; 50 outstanding with a blocking call behind them; a 4 MiB isend/irecv ring shift
+    # on every rank at once; an isend then all_sum while the receiver runs a blocking recv
+    # first; wait(timeout) on an outstanding recv; close with a recv outstanding; and no
+    # thread in a process that made only blocking calls.
+    res = run_launcher(["-n", str(n), str(SCRIPTS / "async_matrix.py")], timeout=150, env=FAST)
+    assert res.returncode == 0, res.stdout + res.stderr
+    for line in ("no thread when unused", "collectives ok", "many ok", "async ok"):
+        ranks = sorted(int(r) for r in re.findall(rf"^\[(\d+)\] {line} rank=", res.stdout, re.M))
+        assert ranks == list(range(n)), (line, res.stdout + res.stderr)
+    if n > 1:
+        assert len(re.findall(r"^\[\d+\] p2p ok", res.stdout, re.M)) == n
+        assert len(re.findall(r"^\[\d+\] wait timeout ok", res.stdout, re.M)) == n
+
+
+def _raised(text: str) -> dict[int, list[tuple[str, float, str]]]:
+    found: dict[int, list[tuple[str, float, str]]] = {}
+    for rank, name, t, message in re.findall(r"^\[(\d+)\] raised (\w+) at ([\d.]+): (.*)$", text, re.M):
+        found.setdefault(int(rank), []).append((name, float(t), message))
+    return found
+
+
+def test_a_mismatch_is_raised_at_wait_on_every_rank_and_breaks_the_group():
+    res = run_launcher(["-n", "3", str(SCRIPTS / "async_faults.py"), "mismatch"], timeout=60, env=FAST)
+    assert res.returncode == 3, res.stdout + res.stderr
+    raised = _raised(res.stdout)
+    assert sorted(raised) == [0, 1, 2], res.stdout
+    for rank, errors in raised.items():
+        assert [name for name, _, _ in errors] == ["MismatchError", "GroupBrokenError"], errors
+        assert "all_gather(shape=(5,), dtype=float32)" in errors[0][2]
+        assert "cannot run all_sum" in errors[1][2]
+
+
+def test_kill_9_during_outstanding_operations_reaches_every_survivor_at_wait():
+    proc = start_launcher(["-n", "4", "--grace", "10", str(SCRIPTS / "async_faults.py"), "kill"],
+                          env={"RINGDIST_TIMEOUT": "30"})
+    try:
+        out = LineReader(proc.stdout)
+        found = out.wait_for(r"^\[(\d+)\] ready pid=(\d+)$", count=4, timeout=60)
+        pids = {int(m.group(1)): int(m.group(2)) for m in found}
+        time.sleep(0.2)
+        os.kill(pids[2], signal.SIGKILL)
+        killed_at = time.time()
+        proc.wait(timeout=30)
+        text = out.rest()
+        err = proc.stderr.read()
+    finally:
+        kill_tree(proc)
+    raised = _raised(text)
+    assert sorted(raised) == [0, 1, 3], text + err
+    for rank, errors in raised.items():
+        # The first wait that raises, and each later one: the op's own detection of the loss,
+        # an ABORT passed on, or GroupBrokenError naming the failure that broke the group.
+        for name, t, message in errors:
+            assert name in ("PeerLostError", "RingTimeoutError", "GroupBrokenError"), errors
+            assert "rank 2" in message, message
+        assert errors[0][1] - killed_at < 5.0, (rank, errors[0][1] - killed_at)
+    assert "rank 2" in err and "SIGKILL" in err
+    assert not wait_until_gone(list(pids.values()), timeout=10)
+
+
+def test_exit_with_operations_outstanding_ends_them_and_logs():
+    start = time.time()
+    res = run_launcher(["-n", "2", str(SCRIPTS / "async_faults.py"), "exit"], timeout=60, env=FAST)
+    ended = time.time()
+    # The exit status is the script's own; each outstanding operation is logged on stderr.
+    assert res.returncode == 0, res.stdout + res.stderr
+    left = [float(t) for t in re.findall(r"^\[\d\] leaving at ([\d.]+)$", res.stdout, re.M)]
+    assert len(left) == 2 and min(left) >= start
+    assert ended - max(left) < 4.0, ended - max(left)  # not the 5 s a hung close would wait
+    for rank in (0, 1):
+        assert re.search(rf"^\[{rank}\] rank {rank}: recv on group 'world' failed and was never waited: "
+                         rf"RingError: rank {rank}: recv on group 'world': closed with the operation "
+                         rf"outstanding \(the process is exiting\)$", res.stdout + res.stderr, re.M), res.stderr
+    assert re.search(r"^\[0\] rank 0: all_gather on group 'world' failed and was never waited: ",
+                     res.stdout + res.stderr, re.M), res.stderr
+
+
+def test_timeouts_count_from_the_start_of_progress_not_the_issue():
+    res = run_launcher(["-n", "2", str(SCRIPTS / "async_faults.py"), "late"], timeout=60, env=FAST)
+    assert res.returncode == 0, res.stdout + res.stderr
+    late = re.search(r"^\[0\] late ok after ([\d.]+)s$", res.stdout, re.M)
+    assert late and float(late.group(1)) >= 2.5, res.stdout  # longer than the 2 s timeouts since issue
+
+
+def test_a_forked_child_has_no_progress_thread_and_refuses():
+    res = run_launcher(["-n", "2", str(SCRIPTS / "async_faults.py"), "fork"], timeout=60, env=FAST)
+    assert res.returncode == 0, res.stdout + res.stderr
+    for rank in (0, 1):
+        child = re.findall(rf"^\[{rank}\] child: (.*)$", res.stdout, re.M)
+        assert len(child) == 3, res.stdout
+        assert re.fullmatch(r"RingError: recv on group 'world' was issued by process \d+; "
+                            r"a forked child cannot wait for it", child[0]), child
+        for line in child[1:]:
+            assert re.fullmatch(rf"RingError: rank {rank}: all_gather on group 'world': this group belongs to "
+                                rf"process \d+; a forked child \(process \d+\) cannot use it", line), line
+        assert f"[{rank}] fork ok" in res.stdout
