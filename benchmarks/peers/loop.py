@@ -169,7 +169,8 @@ def measure(adapter: Adapter, collective: str, nbytes: int, opts) -> dict:
     state = adapter.prepare(initial(collective, count, rank, size), collective) if collective != "barrier" else None
 
     result, _ = _one_call(adapter, collective, state)
-    wrong_at, problem = check(collective, adapter.as_numpy(result), count, size, rank) if collective != "barrier" else (-1, "")
+    wrong_at, problem = ((-1, "") if collective == "barrier"
+                         else check(collective, adapter.as_numpy(result), count, size, rank))
     result = None
     warmup, batch = 1, 1
     while True:  # calibration batches (also warm-up) of 1, 4, 16, 64 calls
@@ -277,7 +278,8 @@ def main(make_adapter) -> None:
         sys.exit(f"{adapter.peer} rank {adapter.rank}: {size} ranks: all_sum's answer would not be exact in float32")
     if "all_to_all" in opts.collectives:
         if 256 * size * size >= EXACT_FLOAT32:
-            sys.exit(f"{adapter.peer} rank {adapter.rank}: {size} ranks: all_to_all's blocks would not be exact in float32")
+            sys.exit(f"{adapter.peer} rank {adapter.rank}: {size} ranks: "
+                     "all_to_all's blocks would not be exact in float32")
         uneven = [n for n in opts.sizes if (n // 4) % size]
         if uneven:
             sys.exit(f"{adapter.peer} rank {adapter.rank}: all_to_all: --sizes {uneven[0]} is not {size} equal "

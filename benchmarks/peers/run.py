@@ -78,8 +78,10 @@ def options(argv: list[str] | None) -> argparse.Namespace:
                    help="space or comma separated (env PEERS; default: all)")
     p.add_argument("--sizes", type=_sizes, default=env("SIZES") or DEFAULT_SIZES,
                    help=f"per-rank bytes, comma separated, 4K / 64M allowed (env SIZES; default {DEFAULT_SIZES})")
-    p.add_argument("--collectives", type=_names(COLLECTIVES), default=env("COLLECTIVES") or ",".join(DEFAULT_COLLECTIVES),
-                   help=f"env COLLECTIVES; default {','.join(DEFAULT_COLLECTIVES)}; the barrier is timed once, not per size")
+    p.add_argument("--collectives", type=_names(COLLECTIVES),
+                   default=env("COLLECTIVES") or ",".join(DEFAULT_COLLECTIVES),
+                   help=f"env COLLECTIVES; default {','.join(DEFAULT_COLLECTIVES)}; "
+                        "the barrier is timed once, not per size")
     p.add_argument("--target-time", type=_seconds, default=env("TARGET_TIME") or "1.0",
                    help="seconds of timed calls per row (env TARGET_TIME)")
     p.add_argument("--max-time", type=_seconds, default=env("MAX_TIME") or "5",
