@@ -222,12 +222,87 @@ def test_peer_harness_refuses_bad_settings(tmp_path):
     cases = [(["2", "--sizes", "4099"], "--sizes: 4099: not a positive whole number of float32"),
              (["1"], "N = 1: expected at least 2 ranks"),
              (["2", "--peers", "nccl"], "--peers: 'nccl': expected some of"),
-             (["2", "--target-time", "0"], "--target-time: '0': expected a positive, finite number of seconds")]
+             (["2", "--target-time", "0"], "--target-time: '0': expected a positive, finite number of seconds"),
+             (["3", "--collectives", "all_to_all", "--sizes", "4K"],
+              "--sizes 4096: all_to_all needs a size of 3 equal blocks of float32 values")]
     for argv, message in cases:
         res = subprocess.run([sys.executable, str(script), *argv, "--results", str(tmp_path)],
                              capture_output=True, text=True, timeout=60)
         assert res.returncode == 2 and message in res.stderr, (argv, res.stderr)
         assert "Traceback" not in res.stderr
+
+
+@pytest.mark.slow  # a benchmark tool, run by `pytest -m slow` (CI runs both)
+def test_peer_harness_runs_all_to_all_when_chosen(tmp_path):
+    """--collectives all_to_all on 3 ranks: ringdist's rows only for it, every received block
+    checked, busbw algbw·(N-1)/N with the whole send buffer as the size."""
+    import os
+    from pathlib import Path
+
+    from helpers import kill_tree
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "peers" / "run.py"
+    env = {k: v for k, v in os.environ.items() if k not in ("PEERS", "SIZES", "COLLECTIVES", "RINGDIST_LAUNCH")}
+    env["RINGDIST_PYTHON"] = sys.executable
+    proc = subprocess.Popen([sys.executable, str(script), "3", "--peers", "ringdist_ring", "--sizes", "12K,48K",
+                             "--collectives", "all_to_all", "--target-time", "0.05", "--max-time", "1",
+                             "--peer-timeout", "120", "--results", str(tmp_path), "--venv", str(tmp_path / "no-venv")],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                            start_new_session=True)
+    try:
+        out, _ = proc.communicate(timeout=150)
+    finally:
+        kill_tree(proc)
+    assert proc.returncode == 0, out
+    rows = [json.loads(line) for line in (tmp_path / "peers-N3.jsonl").read_text().splitlines()]
+    assert [(r["peer"], r["collective"], r["bytes_per_rank"]) for r in rows] == [
+        ("ringdist_ring", "all_to_all", 12288), ("ringdist_ring", "all_to_all", 49152)], out
+    for r in rows:
+        assert set(r) == PEER_ROW_FIELDS and r["verified"] is True and r["status"] == "ok", r
+        assert r["n_ranks"] == 3 and r["bytes_out"] == r["bytes_per_rank"]
+        assert abs(r["algbw_GBps"] - r["bytes_per_rank"] / r["time_s"] / 1e9) < 1e-9
+        assert abs(r["busbw_GBps"] - r["algbw_GBps"] * 2 / 3) < 1e-9
+    md = (tmp_path / "peers-N3.md").read_text()
+    assert "## all_to_all, N = 3" in md and "| 48 KiB |" in md and "## all_gather" not in md, md
+
+
+@pytest.mark.slow  # a benchmark tool, run by `pytest -m slow` (CI runs both)
+def test_peer_loop_checks_every_all_to_all_block_and_skips_what_a_peer_lacks(tmp_path):
+    """A peer whose rank 1 gets two of its received all_to_all blocks swapped: wrong_result
+    naming rank 1 and the first element of the block that moved. A collective the peer lists
+    in `missing` gets a skipped line with the reason, and is no failure in itself."""
+    from pathlib import Path
+
+    from helpers import run_launcher
+
+    peers = Path(__file__).resolve().parents[1] / "benchmarks" / "peers"
+    worker = tmp_path / "swapped_blocks_worker.py"
+    worker.write_text(f"""import sys
+sys.path.insert(0, {str(peers)!r})
+import loop
+from ringdist_worker import Ringdist
+
+class SwappedBlocks(Ringdist):
+    missing = {{"all_gather": "none here"}}
+
+    def all_to_all(self, x):
+        y = super().all_to_all(x)
+        if self.rank == 1:
+            part = y.size // self.size
+            y[part:2 * part], y[2 * part:] = y[2 * part:].copy(), y[part:2 * part].copy()
+        return y
+
+loop.main(SwappedBlocks)
+""")
+    out = tmp_path / "rows.jsonl"
+    res = run_launcher(["-n", "3", str(worker), "--out", str(out), "--sizes", "1200", "--collectives",
+                        "all_gather,all_to_all", "--target-time", "0.05", "--max-time", "1"], timeout=120)
+    assert res.returncode != 0, res.stdout + res.stderr
+    skipped, bad = map(json.loads, out.read_text().splitlines())
+    assert skipped == {"schema": 1, "peer": "ringdist_ring", "n_ranks": 3, "collective": "all_gather",
+                       "status": "skipped", "reason": "all_gather: none here"}, skipped
+    assert bad["collective"] == "all_to_all" and bad["verified"] is False and bad["status"] == "wrong_result", bad
+    assert bad["error"] == "all_to_all: wrong output on rank(s) [1], first wrong element 100 on rank 1", bad
 
 
 @pytest.mark.slow  # a benchmark tool, run by `pytest -m slow` (CI runs both)

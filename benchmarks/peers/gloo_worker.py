@@ -1,8 +1,8 @@
 """torch.distributed with the gloo backend (TCP, CPU tensors) as a peer (label torch_gloo).
 
 Started on every rank by `torchrun --standalone --nproc_per_node N gloo_worker.py [loop options]`.
-all_gather goes into an output made once per row (all_gather_single; all_gather_into_tensor on a
-torch without it); all_reduce works in
+all_gather and all_to_all (all_to_all_single) go into an output made once per row
+(all_gather_single; all_gather_into_tensor on a torch without it); all_reduce works in
 place, so its input is copied back, untimed, before every call.
 """
 
@@ -34,7 +34,8 @@ class Gloo(loop.Adapter):
     def prepare(self, x, collective):
         original = torch.from_numpy(x.copy())
         work = original.clone()
-        out = torch.empty(work.numel() * self.size, dtype=work.dtype) if collective == "all_gather" else None
+        out = (torch.empty(work.numel() * self.size, dtype=work.dtype) if collective == "all_gather"
+               else torch.empty_like(work) if collective == "all_to_all" else None)
         return collective, original, work, out
 
     def restore(self, state):
@@ -51,6 +52,11 @@ class Gloo(loop.Adapter):
         _, _, work, _ = state
         dist.all_reduce(work, op=dist.ReduceOp.SUM)
         return work
+
+    def all_to_all(self, state):
+        _, _, work, out = state
+        dist.all_to_all_single(out, work)
+        return out
 
     def as_numpy(self, result):
         return result.numpy().reshape(-1)

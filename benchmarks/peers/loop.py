@@ -5,7 +5,8 @@ A peer is a small adapter class (see `Adapter`) in its own module; the module en
 numpy is needed here, so this file runs in any peer's interpreter.
 
 Per collective and per-rank size (see README.md in this folder for the full rule):
-input `(arange(n) % 251) + 256*rank` as float32, so every sum is exact; one warm-up call
+input `(arange(n) % 251) + 256*rank` as float32, so every sum is exact (all_to_all: N blocks,
+block j `(arange(n/N) % 251) + 256*(N*rank + j)`, each one distinguishable); one warm-up call
 whose whole output is checked; calibration batches of 1, 4, 16, 64 calls until one lasts
 `calib_time`; then `clamp(ceil(target_time / estimate), min_iters, max_iters)` timed calls,
 each `barrier(); t0; op(); t1`, stopped early by agreement once `max_time` has passed; the
@@ -26,7 +27,8 @@ import time
 import numpy as np
 
 SCHEMA = 1
-COLLECTIVES = ("all_gather", "all_sum", "barrier")
+DEFAULT_COLLECTIVES = ("all_gather", "all_sum", "barrier")
+COLLECTIVES = DEFAULT_COLLECTIVES + ("all_to_all",)
 DEFAULT_SIZES = (4 << 10, 64 << 10, 1 << 20, 16 << 20, 64 << 20)
 EXACT_FLOAT32 = 1 << 24  # integers up to this are exact in float32
 AGREE_EVERY = 16  # timed calls between two checks of the elapsed time
@@ -37,9 +39,10 @@ class Adapter:
     the job and set `rank` and `size`.
 
     `prepare` turns a 1-D float32 numpy input into whatever the peer's calls take (and
-    may allocate outputs once); `all_gather` and `all_sum` run one call on it and return
+    may allocate outputs once); `all_gather`, `all_sum` and `all_to_all` run one call on it and return
     only when the result is complete; `restore` (untimed, before each call) is for peers
     whose call overwrites its input; `as_numpy` makes a result a flat numpy array.
+    `missing` maps a collective the peer does not have to why; its rows are skipped.
     """
 
     peer = "?"
@@ -48,6 +51,7 @@ class Adapter:
     transport = ""
     rank = 0
     size = 1
+    missing: dict[str, str] = {}
 
     def barrier(self) -> None:
         raise NotImplementedError
@@ -62,6 +66,9 @@ class Adapter:
         raise NotImplementedError
 
     def all_sum(self, state):
+        raise NotImplementedError
+
+    def all_to_all(self, state):
         raise NotImplementedError
 
     def as_numpy(self, result) -> np.ndarray:
@@ -84,14 +91,32 @@ def block(count: int, rank: int) -> np.ndarray:
     return (np.arange(count, dtype=np.int64) % 251).astype(np.float32) + np.float32(256 * rank)
 
 
-def check(collective: str, out, count: int, size: int) -> tuple[int, str]:
+def exchange(count: int, rank: int, size: int) -> np.ndarray:
+    """Rank `rank`'s all_to_all input of `count` float32 values: `size` blocks, block j (for
+    rank j) `(arange(count // size) % 251) + 256 * (size * rank + j)`, so every block of
+    every rank is different and exact in float32."""
+    part = count // size
+    pattern = (np.arange(part, dtype=np.int64) % 251).astype(np.float32)
+    return np.concatenate([pattern + np.float32(256 * (size * rank + j)) for j in range(size)])
+
+
+def initial(collective: str, count: int, rank: int, size: int) -> np.ndarray:
+    return exchange(count, rank, size) if collective == "all_to_all" else block(count, rank)
+
+
+def check(collective: str, out, count: int, size: int, rank: int = 0) -> tuple[int, str]:
     """(-1, '') when `out` is the exact answer of `collective` over `size` ranks, else the first
     wrong element (0 for a wrong length) and what differs. Compared block by block, so no
-    second copy of a large all_gather output is made."""
+    second copy of a large all_gather output is made. For all_to_all, `rank` is the receiver:
+    its block r must be block `rank` of rank r's input."""
     got = np.asarray(out).reshape(-1)
     base = block(count, 0)
     if collective == "all_gather":
         want_size, blocks = count * size, ((r, base + np.float32(256 * r)) for r in range(size))
+    elif collective == "all_to_all":
+        count //= size
+        base = base[:count]
+        want_size, blocks = count * size, ((r, base + np.float32(256 * (size * r + rank))) for r in range(size))
     else:
         want_size, blocks = count, [(0, base * np.float32(size) + np.float32(256 * size * (size - 1) // 2))]
     if got.size != want_size:
@@ -101,7 +126,7 @@ def check(collective: str, out, count: int, size: int) -> tuple[int, str]:
         wrong = np.flatnonzero(part != want)
         if wrong.size:
             i = int(wrong[0])
-            where = f"rank {r}'s block, " if collective == "all_gather" else ""
+            where = f"rank {r}'s block, " if collective in ("all_gather", "all_to_all") else ""
             return r * count + i, f"{where}element {r * count + i}: got {float(part[i])}, expected {float(want[i])}"
     return -1, ""
 
@@ -114,6 +139,8 @@ def bandwidths(collective: str, nbytes: int, size: int, seconds: float) -> tuple
         algbw = nbytes * size / seconds
         return algbw / 1e9, algbw * (size - 1) / size / 1e9
     algbw = nbytes / seconds
+    if collective == "all_to_all":  # nbytes: the whole send buffer, N blocks
+        return algbw / 1e9, algbw * (size - 1) / size / 1e9
     return algbw / 1e9, algbw * 2 * (size - 1) / size / 1e9
 
 
@@ -127,6 +154,8 @@ def _one_call(adapter: Adapter, collective: str, state):
         result = adapter.barrier()
     elif collective == "all_gather":
         result = adapter.all_gather(state)
+    elif collective == "all_to_all":
+        result = adapter.all_to_all(state)
     else:
         result = adapter.all_sum(state)
     return result, time.perf_counter() - t0
@@ -136,10 +165,12 @@ def measure(adapter: Adapter, collective: str, nbytes: int, opts) -> dict:
     """One row: warm-up, calibration, timed calls, checks, agreement on the times."""
     size = adapter.size
     count = nbytes // 4
-    state = adapter.prepare(block(count, adapter.rank), collective) if collective != "barrier" else None
+    rank = adapter.rank
+    state = adapter.prepare(initial(collective, count, rank, size), collective) if collective != "barrier" else None
 
     result, _ = _one_call(adapter, collective, state)
-    wrong_at, problem = check(collective, adapter.as_numpy(result), count, size) if collective != "barrier" else (-1, "")
+    wrong_at, problem = ((-1, "") if collective == "barrier"
+                         else check(collective, adapter.as_numpy(result), count, size, rank))
     result = None
     warmup, batch = 1, 1
     while True:  # calibration batches (also warm-up) of 1, 4, 16, 64 calls
@@ -165,7 +196,7 @@ def measure(adapter: Adapter, collective: str, nbytes: int, opts) -> dict:
             if adapter.agree([time.perf_counter() - start]).max() > opts.max_time:
                 break
     if collective != "barrier" and not problem:
-        wrong_at, problem = check(collective, adapter.as_numpy(result), count, size)
+        wrong_at, problem = check(collective, adapter.as_numpy(result), count, size, rank)
     result = state = None
 
     # each rank's times, then its first wrong element (-1: none) in two parts exact in float32
@@ -221,7 +252,7 @@ def options(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="One peer's measurement on every rank (rank 0 writes the rows).")
     p.add_argument("--out", help="append the JSON lines to this file (rank 0)")
     p.add_argument("--sizes", type=byte_counts, default=list(DEFAULT_SIZES), help="per-rank bytes, comma-separated")
-    p.add_argument("--collectives", type=collective_names, default=list(COLLECTIVES))
+    p.add_argument("--collectives", type=collective_names, default=list(DEFAULT_COLLECTIVES))
     p.add_argument("--target-time", type=float, default=1.0, help="seconds of timed calls per row")
     p.add_argument("--calib-time", type=float, default=0.2, help="seconds a calibration batch must last")
     p.add_argument("--min-iters", type=int, default=5)
@@ -245,10 +276,30 @@ def main(make_adapter) -> None:
     largest = 250 * size + 256 * size * (size - 1) // 2
     if "all_sum" in opts.collectives and largest >= EXACT_FLOAT32:
         sys.exit(f"{adapter.peer} rank {adapter.rank}: {size} ranks: all_sum's answer would not be exact in float32")
+    if "all_to_all" in opts.collectives:
+        if 256 * size * size >= EXACT_FLOAT32:
+            sys.exit(f"{adapter.peer} rank {adapter.rank}: {size} ranks: "
+                     "all_to_all's blocks would not be exact in float32")
+        uneven = [n for n in opts.sizes if (n // 4) % size]
+        if uneven:
+            sys.exit(f"{adapter.peer} rank {adapter.rank}: all_to_all: --sizes {uneven[0]} is not {size} equal "
+                     "blocks of float32 values")
     wrong = 0
     out = open(opts.out, "a") if opts.out and adapter.rank == 0 else None
     try:
         for collective in opts.collectives:
+            if collective in adapter.missing:
+                if adapter.rank == 0:
+                    line = json.dumps({"schema": SCHEMA, "peer": opts.peer_name or adapter.peer, "n_ranks": size,
+                                       "collective": collective, "status": "skipped",
+                                       "reason": f"{collective}: {adapter.missing[collective]}"})
+                    print(line, flush=True)
+                    if out:
+                        out.write(line + "\n")
+                        out.flush()
+                    print(f"# {adapter.peer} {collective} N={size}: skipped ({adapter.missing[collective]})",
+                          file=sys.stderr, flush=True)
+                continue
             for nbytes in (opts.sizes if collective != "barrier" else [0]):
                 row = measure(adapter, collective, nbytes, opts)
                 wrong += not row["verified"]

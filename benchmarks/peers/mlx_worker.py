@@ -3,6 +3,7 @@
 Started on every rank by `mlx.launch --backend ring -n N --python PY -- mlx_worker.py [loop options]`.
 mx.distributed has no barrier: the barrier is an all_sum of one float (PEER_MLX_BARRIER=all_gather
 makes it an all_gather of one float). Every call returns a new array, evaluated before it returns.
+mx.distributed has no all_to_all: that collective is skipped, with a line saying so.
 """
 
 import os
@@ -18,6 +19,7 @@ class MLXRing(loop.Adapter):
     peer = "mlx_ring"
     launcher = "mlx.launch --backend ring"
     transport = "tcp"
+    missing = {"all_to_all": "mx.distributed has no all_to_all"}
 
     def __init__(self):
         self.version = f"mlx {mx.__version__}"

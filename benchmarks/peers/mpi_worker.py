@@ -2,7 +2,7 @@
 
 Started on every rank by `mpirun -n N [--mca btl ...] PY mpi_worker.py --peer-name LABEL [loop options]`;
 run.py picks the transport with `--mca btl` (self,tcp over lo, or self,vader: shared memory) and
-says which in PEER_TRANSPORT. Allgather and Allreduce(SUM) write into outputs made once per row.
+says which in PEER_TRANSPORT. Allgather, Allreduce(SUM) and Alltoall write into outputs made once per row.
 """
 
 import os
@@ -42,6 +42,11 @@ class OpenMPI(loop.Adapter):
     def all_sum(self, state):
         x, out = state
         self.comm.Allreduce([x, MPI.FLOAT], [out, MPI.FLOAT], op=MPI.SUM)
+        return out
+
+    def all_to_all(self, state):
+        x, out = state
+        self.comm.Alltoall([x, MPI.FLOAT], [out, MPI.FLOAT])
         return out
 
 

@@ -64,7 +64,8 @@ def markdown(paths) -> str:
           f"- from {', '.join(os.path.basename(str(p)) for p in paths)}, {time.strftime('%Y-%m-%d %H:%M:%S %Z')}",
           "- float32; time = median over the timed calls of the slowest rank's time for the call, with a "
           "barrier before every call outside the timing",
-          "- busbw (GB/s = 1e9 B/s): all_gather N·size/time·(N−1)/N, all_sum size/time·2(N−1)/N",
+          "- busbw (GB/s = 1e9 B/s): all_gather N·size/time·(N−1)/N, all_sum size/time·2(N−1)/N, "
+          "all_to_all size/time·(N−1)/N",
           "- the whole output of the first and the last call was checked on every rank; WRONG marks a row that "
           "failed the check", ""]
 
@@ -85,7 +86,7 @@ def markdown(paths) -> str:
     md += ["## Peers", ""] + _table(["peer", "N", "status", "version", "launcher", "transport", "note"], body, False)
 
     for n in ns:
-        for collective in ("all_gather", "all_sum"):
+        for collective in ("all_gather", "all_sum", "all_to_all"):
             these = {(r["peer"], r["bytes_per_rank"]): r for r in rows
                      if r["n_ranks"] == n and r["collective"] == collective}
             if not these:
@@ -100,7 +101,8 @@ def markdown(paths) -> str:
             def flag(r):
                 return "" if r.get("verified") else " WRONG"
 
-            output = "N × the input" if collective == "all_gather" else "the input's size"
+            output = ("N × the input" if collective == "all_gather" else
+                      "the input's size, N blocks" if collective == "all_to_all" else "the input's size")
             md += [f"## {collective}, N = {n} (size: per-rank input; output: {output})", "", "Median time per call", ""]
             md += _table(["size", *cols], grid(lambda r: duration(r["time_s"]) + flag(r)))
             md += ["busbw, GB/s", ""]

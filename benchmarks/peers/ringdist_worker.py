@@ -32,6 +32,9 @@ class Ringdist(loop.Adapter):
     def all_sum(self, x):
         return ringdist.all_sum(x, group=self.group)
 
+    def all_to_all(self, x):
+        return ringdist.all_to_all(x, group=self.group)
+
 
 if __name__ == "__main__":
     loop.main(Ringdist)

@@ -30,7 +30,7 @@ sys.path.insert(0, str(HERE.parents[1]))  # the repository root, for benchmarks.
 import commands  # noqa: E402
 import report  # noqa: E402
 from benchmarks.cli import parse_size  # noqa: E402  (ringdist-bench's size syntax: 4K, 64M)
-from loop import COLLECTIVES, EXACT_FLOAT32  # noqa: E402
+from loop import COLLECTIVES, DEFAULT_COLLECTIVES, EXACT_FLOAT32  # noqa: E402
 
 DEFAULT_SIZES = "4K,64K,1M,16M,64M"
 STOP_GRACE = 10.0  # seconds between SIGTERM and SIGKILL for a peer's process group
@@ -78,8 +78,10 @@ def options(argv: list[str] | None) -> argparse.Namespace:
                    help="space or comma separated (env PEERS; default: all)")
     p.add_argument("--sizes", type=_sizes, default=env("SIZES") or DEFAULT_SIZES,
                    help=f"per-rank bytes, comma separated, 4K / 64M allowed (env SIZES; default {DEFAULT_SIZES})")
-    p.add_argument("--collectives", type=_names(COLLECTIVES), default=env("COLLECTIVES") or ",".join(COLLECTIVES),
-                   help="env COLLECTIVES; the barrier is timed once, not per size")
+    p.add_argument("--collectives", type=_names(COLLECTIVES),
+                   default=env("COLLECTIVES") or ",".join(DEFAULT_COLLECTIVES),
+                   help=f"env COLLECTIVES; default {','.join(DEFAULT_COLLECTIVES)}; "
+                        "the barrier is timed once, not per size")
     p.add_argument("--target-time", type=_seconds, default=env("TARGET_TIME") or "1.0",
                    help="seconds of timed calls per row (env TARGET_TIME)")
     p.add_argument("--max-time", type=_seconds, default=env("MAX_TIME") or "5",
@@ -94,6 +96,10 @@ def options(argv: list[str] | None) -> argparse.Namespace:
         p.error(f"N = {args.n}: expected at least 2 ranks")
     if 250 * args.n + 256 * args.n * (args.n - 1) // 2 >= EXACT_FLOAT32:
         p.error(f"N = {args.n}: too many ranks for all_sum's answer to be exact in float32")
+    if "all_to_all" in args.collectives:
+        uneven = [size for size in args.sizes if (size // 4) % args.n]
+        if uneven:
+            p.error(f"--sizes {uneven[0]}: all_to_all needs a size of {args.n} equal blocks of float32 values")
     return args
 
 
