@@ -22,6 +22,8 @@ class Ringdist(loop.Adapter):
         self.version = f"ringdist {ringdist.__version__}"
         self.group = ringdist.init()
         self.rank, self.size = self.group.rank(), self.group.size()
+        # Groups of 2 to 8 on one machine also have shared memory (RINGDIST_SHM=0: TCP only).
+        self.transport = "tcp+shm" if getattr(self.group, "shm", None) is not None else "tcp"
 
     def barrier(self):
         ringdist.barrier(group=self.group)
