@@ -453,7 +453,12 @@ class Watch:
             if frame.kind == wire.ABORT:
                 fields = frame.fields()
                 theirs = fields.get("seq")
-                if self.seq is None or not isinstance(theirs, int) or theirs <= self.seq:
+                if isinstance(theirs, int):
+                    ours = self.seq is None or theirs <= self.seq
+                else:  # a message's failure (no call number): it breaks every collective of the group,
+                    # but not the group's setup (call number -1), which that peer had finished
+                    ours = self.seq is None or self.seq >= 0
+                if ours:
                     raise_remote(fields, ch, self.op)
             elif frame.kind == wire.HEADER and self.header is not None and frame.body != self.header.body:
                 fields = wire.check_header(frame.fields())

@@ -108,7 +108,7 @@ def test_seeded_disagreeing_calls_fail_on_every_rank_of_the_group(n, seed, trial
     res = run_launcher(["-n", str(n), str(SCRIPTS / "agree_fuzz.py"), str(seed), str(trials), *extra],
                        timeout=180, env={**FAST, "RINGDIST_TIMEOUT": "30", **env})
     first = re.search(r"rank (\d+) \(host [^)]*\) (?:exited|was killed)", res.stderr)
-    own = [line for line in res.stdout.splitlines() if first and line.startswith(f"[{first.group(1)}]")]
+    own = [line for line in (res.stdout + res.stderr).splitlines() if first and line.startswith(f"[{first.group(1)}]")]
     assert res.returncode == 0, "\n".join(own)[-5000:] + "\n...\n" + res.stdout[-3000:] + res.stderr[-3000:]
     assert "FAILED" not in res.stdout, "\n".join(l for l in res.stdout.splitlines() if "FAILED" in l)[:5000]
     oks = re.findall(rf"^\[(\d+)\] fuzz ok rank=\d+ trials={trials} failures=0 (.*)$", res.stdout, re.M)
