@@ -98,8 +98,13 @@ def reduce(x: Any, root: int = 0, *, op: str = "sum", group: Comm | None = None,
 
 
 def _all_reduce(x: Any, group: Comm | None, op: str, timeout: float | None, name: str | None = None,
-                **extra: Any) -> np.ndarray:
-    """all_<op>; under the op `name` (with `extra` header fields) for a rooted reduce."""
+                async_op: bool = False, **extra: Any) -> Any:
+    """all_<op> (queued as `work.route` says); under the op `name` (with `extra` header
+    fields) for a rooted reduce, which has been routed already."""
+    if async_op or work.active:
+        r = work.route(op, group, async_op, lambda g: _all_reduce(x, g, op, timeout))
+        if r is not work.HERE:
+            return r
     g = comm_module.default_made if group is None and timeout is None else None  # the common case
     if g is None:
         g = _comm(group, timeout)
@@ -122,41 +127,25 @@ def _all_reduce(x: Any, group: Comm | None, op: str, timeout: float | None, name
 def all_sum(x: Any, *, group: Comm | None = None, timeout: float | None = None,
             async_op: bool = False) -> Any:
     """Element-wise sum over the group; every rank gets a bitwise-identical result (bool: logical or)."""
-    if async_op or work.active:
-        r = work.route("all_sum", group, async_op, lambda g: all_sum(x, group=g, timeout=timeout))
-        if r is not work.HERE:
-            return r
-    return _all_reduce(x, group, "all_sum", timeout)
+    return _all_reduce(x, group, "all_sum", timeout, async_op=async_op)
 
 
 def all_max(x: Any, *, group: Comm | None = None, timeout: float | None = None,
             async_op: bool = False) -> Any:
     """Element-wise maximum over the group."""
-    if async_op or work.active:
-        r = work.route("all_max", group, async_op, lambda g: all_max(x, group=g, timeout=timeout))
-        if r is not work.HERE:
-            return r
-    return _all_reduce(x, group, "all_max", timeout)
+    return _all_reduce(x, group, "all_max", timeout, async_op=async_op)
 
 
 def all_min(x: Any, *, group: Comm | None = None, timeout: float | None = None,
             async_op: bool = False) -> Any:
     """Element-wise minimum over the group."""
-    if async_op or work.active:
-        r = work.route("all_min", group, async_op, lambda g: all_min(x, group=g, timeout=timeout))
-        if r is not work.HERE:
-            return r
-    return _all_reduce(x, group, "all_min", timeout)
+    return _all_reduce(x, group, "all_min", timeout, async_op=async_op)
 
 
 def all_prod(x: Any, *, group: Comm | None = None, timeout: float | None = None,
              async_op: bool = False) -> Any:
     """Element-wise product over the group."""
-    if async_op or work.active:
-        r = work.route("all_prod", group, async_op, lambda g: all_prod(x, group=g, timeout=timeout))
-        if r is not work.HERE:
-            return r
-    return _all_reduce(x, group, "all_prod", timeout)
+    return _all_reduce(x, group, "all_prod", timeout, async_op=async_op)
 
 
 def sum_scatter(x: Any, *, group: Comm | None = None, timeout: float | None = None,
