@@ -92,8 +92,11 @@ def _raise_next_abort(ch: Channel, seq: int, op: str) -> None:
     """
     reader = ch.reader
     try:
-        if reader.staged() < wire.PREFIX_SIZE:
-            ch.fill_stage(wire.PREFIX_SIZE - reader.staged())
+        staged = reader.end - reader.start
+        if staged < wire.PREFIX_SIZE:
+            ch.fill_stage(wire.PREFIX_SIZE - staged)
+        if reader.next_kind() != wire.ABORT:
+            return  # the common case: the next call's header, from a peer ahead
         prefix = reader.next_prefix()
         if prefix is None or prefix[0] != wire.ABORT:
             return

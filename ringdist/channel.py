@@ -505,11 +505,16 @@ class Channel:
 
         Raises PeerLostError on EOF or reset.
         """
-        room = self.reader.room(limit)
-        if not room:
-            return 0
+        reader = self.reader
+        if reader.start == reader.end:  # the common case: an empty stage, used from its start
+            reader.start = reader.end = 0
+            room = reader.view[:limit]
+        else:
+            room = reader.room(limit)
+            if not room:
+                return 0
         k = self.recv_into(room)
-        self.reader.end += k
+        reader.end += k
         return k
 
     def recv_into(self, dest: memoryview, op: str = "") -> int:

@@ -119,7 +119,7 @@ def _all_reduce(x: Any, group: Comm | None, op: str, timeout: float | None, name
         np.copyto(out, arr)
         return out
     algorithm = tuning.choose(g, call, arr.nbytes)
-    out = algorithm.reduce(g, arr, op, _header(g, call, arr, algorithm.name, **extra), timeout)
+    out = algorithm.reduce(g, arr, op, g.next_header(call, arr, algorithm.name, **extra), timeout)
     g.finish(call)
     return out
 

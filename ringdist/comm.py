@@ -111,8 +111,10 @@ class Comm:
         self.both_ways = settings.directions == 2 or (settings.directions == 0 and several_links(addresses))
         self.direct_max_override = settings.direct_max  # RINGDIST_DIRECT_MAX (None: the tuning table's)
         self.choices: dict[tuple, Any] = {}  # the tuning table's answers for this communicator (`tuning.choose`)
+        self.plans: dict[str, Any] = {}  # an algorithm's own per-communicator precomputation, by its name
         self._peers_polled: tuple[list[Channel], Any] | None = None  # see finish()
-        self._quiet = -1  # a call whose exchange found every peer's socket empty after its frames
+        self._quiet = -1  # a call whose exchanges found their peers' sockets empty after its frames
+        self._loud = -1  # a call with an exchange (or a run) that did not: see finish()
         self._p2p_out: dict[int, list] = {}  # peer -> [Channel, messages sent]
         self._p2p_in: dict[int, list] = {}  # peer -> [Channel, messages received]
         if size > 1:
@@ -253,7 +255,7 @@ class Comm:
         (the one whose header was made last), the pair's own for point-to-point.
         """
         seq: int | None = self._seq - 1
-        self._quiet = -1
+        self._loud = seq
         tell = None
         if channels is None:
             channels = self.channels
@@ -277,30 +279,40 @@ class Comm:
         assert links is not None
         seq = self._seq - 1
         outflows: list[Outflow] = []  # sends that did not complete at once
-        settings = self.settings
-        channels = self.channels
+        channels = self._channels or self.channels
         try:  # as _guarded, written out: a lambda and a call cost 3-4 µs on the smallest collectives
             try:
                 sources_ch = None
                 if peers is None:
-                    assert self.mesh is not None
-                    to = self.mesh.ordered
-                elif len(peers) == 1 and sources is None and peers[0] in links.peers:  # doubling's steps
-                    to = [links.peers[peers[0]]]
+                    to = self.mesh.ordered  # type: ignore[union-attr]
+                elif sources is None and len(peers) == 1:  # a pairwise step (doubling)
+                    ch = links.peers.get(peers[0])
+                    if ch is None:
+                        ch = self.link(peers[0], timeout)
+                        channels = self.channels  # with the link just opened
+                    to = [ch]
                 else:
                     known = links.peers
-                    to = [known.get(p) or self.link(p, timeout) for p in peers]
+                    to = [known.get(p) for p in peers]
                     if sources is not None:
-                        sources_ch = [known.get(p) or self.link(p, timeout) for p in sources]
-                    channels = self.channels  # with any link just opened
-                receiving = sum(map(len, recvs))  # as _spin, written out
-                quiet = engine.exchange(to, sends, recvs, header, outflows=outflows, watched=channels,
-                                        timeout=settings.timeout if timeout is None else self._timeout(timeout),
-                                        op=op, me=self._rank, seq=seq,
-                                        spin=0.0 if receiving > SPIN_MAX_BYTES else settings.spin_us * 1e-6,
-                                        yield_core=settings.spin_yield, poller=links.poller, sources=sources_ch)
-                # Every peer's socket read empty after this call's frames: finish() need not poll.
-                self._quiet = seq if quiet and len(recvs) == len(links.peers) else -1
+                        sources_ch = [known.get(p) for p in sources]
+                    if None in to or (sources_ch is not None and None in sources_ch):  # not linked yet
+                        to = [known.get(p) or self.link(p, timeout) for p in peers]
+                        if sources is not None:
+                            sources_ch = [known.get(p) or self.link(p, timeout) for p in sources]
+                        channels = self.channels  # with any link just opened
+                settings = self.settings
+                quiet = engine.exchange(to, sends, recvs, header, outflows, channels,
+                                        settings.timeout if timeout is None else self._timeout(timeout),
+                                        op, self._rank, seq,
+                                        settings.spin_us * 1e-6 if sum(map(len, recvs)) <= SPIN_MAX_BYTES else 0.0,
+                                        settings.spin_yield, links.poller, sources_ch)
+                # Every peer sent to was also read from, and read empty after its frames: as far
+                # as this exchange goes, finish() need not poll.
+                if quiet and (not sends or (sources is None and len(recvs) == len(sends))):
+                    self._quiet = seq
+                else:
+                    self._loud = seq
             except PeerLostError:
                 aborts.pending_abort(channels, op)
                 raise
@@ -314,12 +326,18 @@ class Comm:
         came, or failed after sending its last frame of the call), and break the group.
 
         One poll of the channel to every peer linked so far (`links`); only a channel with
-        bytes waiting has its next frame looked at. No poll when the call's last exchange read
-        every one of them empty after its frames (`engine.exchange`)."""
-        if self._quiet == self._seq - 1:
+        bytes waiting has its next frame looked at. No poll when every exchange of the call
+        read each peer it sent to empty after that peer's frames (`engine.exchange`): an
+        ABORT sent before that read would have been read with them (and is staged), and one
+        sent after it, by a peer that failed later on, races this check with a poll too."""
+        seq = self._seq - 1
+        if self._quiet == seq and self._loud != seq:
             assert self.links is not None
             for ch in self.links.peers.values():
-                if ch.reader.end != ch.reader.start:
+                reader = ch.reader
+                # A peer's next call (its header) may have been read with its last frames of
+                # this one: an ABORT for this call could only have come before it.
+                if reader.end != reader.start and reader.next_kind() != wire.HEADER:
                     break
             else:
                 return
@@ -338,7 +356,6 @@ class Comm:
                     break
             else:
                 return  # the common case: nothing has come since the call's last frame
-        seq = self._seq - 1
         try:
             aborts.abort_waiting(chans, ready, seq, op)
         except BaseException as exc:

@@ -174,7 +174,7 @@ def stall_message(inflows: list[Inflow], outflows: list[Outflow], op: str, me: i
 
 
 
-def exchange(peers: list[Channel], sends: list[memoryview], recvs: list[memoryview], header: wire.Header, *,
+def exchange(peers: list[Channel], sends: list[memoryview], recvs: list[memoryview], header: wire.Header,
              outflows: list[Outflow], watched: list[Channel], timeout: float, op: str, me: int, seq: int,
              spin: float, yield_core: bool, poller: "select.poll", sources: list[Channel] | None = None) -> bool:
     """Send `sends[i]` to `peers[i]` and receive `recvs[i]` from it (from `sources[i]` if
@@ -183,8 +183,8 @@ def exchange(peers: list[Channel], sends: list[memoryview], recvs: list[memoryvi
 
     `poller` has every peer's fd registered for reading. Outflows that could not send
     everything at once are appended to `outflows` (a caller's abort must finish their frame).
-    True when every flow finished at once and each channel received on found its socket
-    empty at its last read: nothing (no ABORT) had come after the call's frames then.
+    True when each channel received on found its socket empty at its last read, or has the
+    peer's next header staged: nothing (no ABORT) had come after the call's frames then.
     """
     intros: dict[int, bytes] = {}
     for ch, send in zip(peers, sends):
@@ -234,8 +234,11 @@ def exchange(peers: list[Channel], sends: list[memoryview], recvs: list[memoryvi
     if waiting or odd or outflows:
         inflows = [flow for flow, _ in waiting.values()] + odd
         run(inflows, outflows, watched, timeout=timeout, op=op, me=me, seq=seq, header=header)
-        return False
     for ch, _ in zip(froms, recvs):
         if not ch.drained:
-            return False
+            # Read past the call's frames: clean too if a header (the peer's next call) is
+            # next, for an ABORT of this call could only have come before it.
+            reader = ch.reader
+            if reader.end == reader.start or reader.next_kind() != wire.HEADER:
+                return False
     return True

@@ -35,6 +35,7 @@ SMALL_REST = 64 * 1024  # with this little left to receive, read ahead freely in
 REDUCE_CHUNK = 64 * 1024  # a reducing inflow folds what has landed once this much is there
 POLLOUT = select.POLLOUT
 STAGED_PAYLOAD_MAX = 16 * 1024  # `take` reads a payload up to this with its header, into the stage
+NO_BYTES = memoryview(b"")
 READ_MORE = 4096  # `take` reads up to this much past the stream it wants (an ABORT behind it, say)
 
 
@@ -119,14 +120,12 @@ class Inflow:
                     ch.fill_stage(want - have + READ_MORE)
                 except PeerLostError:
                     return None  # the engine reports it, after any ABORT the peer sent first
-            state = reader.match(intro, total)
-            if not state:
-                return state
+            got = reader.take_stream(intro, self.seg.views[0] if total else NO_BYTES)
+            if got is None:
+                return None
+            if got < 0:
+                return False
             self.need_header = False
-            if not total:
-                self.done = True
-                return True
-            got = reader.take_payload(self.seg.views[0])
         if got < total:
             dest = self.seg.views[0]
             staged = got

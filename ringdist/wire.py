@@ -386,21 +386,38 @@ class FrameReader:
             return None
         return decode_prefix(self.view[self.start:self.start + PREFIX_SIZE])
 
-    def match(self, intro: bytes, payload: int) -> bool | None:
-        """Take `intro` (a control frame, then the prefix of a DATA frame of `payload` bytes
-        unless `payload` is 0) if the staged bytes begin with it: True once taken, False if
-        they agree so far but end early, None if they differ (nothing is taken)."""
+    def next_kind(self) -> int | None:
+        """The kind of the next frame once its prefix is staged (its magic not yet checked)."""
+        if self.payload_left or self.end - self.start < PREFIX_SIZE:
+            return None
+        return self.view[self.start + 2]
+
+    def take_stream(self, intro: bytes, dest: memoryview) -> int | None:
+        """Take `intro` (a control frame, then the prefix of a DATA frame of len(dest) bytes
+        unless dest is empty) if the staged bytes begin with it, and copy the payload bytes
+        staged after it into `dest`: how many (0 or more) once `intro` is taken; -1 if the
+        staged bytes agree with it so far but end early; None if they differ (nothing is
+        taken). A payload not all staged goes on with `take_payload` or `payload_landed`."""
         if self.payload_left:
             return None
         start = self.start
-        n = min(self.end - start, len(intro))
-        if self.view[start:start + n] != intro[:n]:
+        end = self.end
+        n = len(intro)
+        if end - start < n:
+            n = end - start
+            return -1 if self.view[start:end] == intro[:n] else None
+        if self.view[start:start + n] != intro:
             return None
-        if n < len(intro):
-            return False
-        self.start = start + n
-        self.payload_left = payload
-        return True
+        start += n
+        need = len(dest)
+        k = end - start
+        if k > need:
+            k = need
+        if k:
+            dest[:k] = self.view[start:start + k]
+        self.start = start + k
+        self.payload_left = need - k
+        return k
 
     def take_payload(self, dest: memoryview) -> int:
         """Copy staged payload bytes (as many as fit in `dest`) to `dest`; return how many."""

@@ -130,21 +130,30 @@ def test_an_undecodable_control_body_is_a_protocol_error():
         event.fields()
 
 
-def test_match_takes_the_expected_intro_or_nothing():
-    intro = HEADER.frame + wire.encode_prefix(wire.DATA, 4)
+def test_take_stream_takes_the_expected_intro_and_staged_payload_or_nothing():
+    intro = HEADER.frame + wire.encode_prefix(wire.DATA, 6)
     reader = wire.FrameReader(SIZE)
+    dest = bytearray(6)
     reader.feed(intro[:10])
-    assert reader.match(intro, 4) is False and reader.staged() == 10  # so far so good, nothing taken
+    assert reader.take_stream(intro, memoryview(dest)) == -1 and reader.staged() == 10  # so far so good
+    assert reader.next_kind() == wire.HEADER
     reader.feed(intro[10:] + b"abcd")
-    assert reader.match(intro, 4) is True and reader.payload_left == 4
-    dest = bytearray(4)
-    assert reader.take_payload(memoryview(dest)) == 4 and dest == b"abcd"
+    assert reader.take_stream(intro, memoryview(dest)) == 4 and dest[:4] == b"abcd"
+    assert reader.payload_left == 2 and reader.staged() == 0 and reader.next_kind() is None
+    reader.feed(b"ef")
+    assert reader.take_payload(memoryview(dest)[4:]) == 2 and dest == b"abcdef"
 
     other = wire.Header(wire.make_header("all_gather", 3, "<f4", (5,)))
-    reader.feed(other.frame + wire.encode_prefix(wire.DATA, 4))
-    assert reader.match(intro, 4) is None  # another call: left for the general reader
+    reader.feed(other.frame + wire.encode_prefix(wire.DATA, 6))
+    assert reader.take_stream(intro, memoryview(dest)) is None  # another call: left for the general reader
     event = reader.next_event()
     assert isinstance(event, wire.ControlFrame) and bytes(event.body) == other.body
+
+    reader = wire.FrameReader(SIZE)
+    reader.feed(wire.encode_prefix(wire.ABORT, 3)[:7])
+    assert reader.next_kind() is None  # not a whole prefix yet
+    reader.feed(wire.encode_prefix(wire.ABORT, 3)[7:])
+    assert reader.next_kind() == wire.ABORT
 
 
 def test_a_lookahead_reads_without_moving_the_reader():

@@ -81,8 +81,10 @@ def reduce(g: Comm, arr: np.ndarray, op: str, header: wire.Header, timeout: floa
 
     The first step sends the input itself and receives straight into the result, folded in
     place; later steps send the result so far and receive into scratch."""
-    n, r = g.size(), g.rank()
-    p2 = fold(n)
+    plan = g.plans.get("doubling")
+    if plan is None:
+        plan = g.plans["doubling"] = _plan(g.size(), g.rank())
+    p2, partners, extra = plan
     ufunc = REDUCERS[op]
     if g.mesh is None:
         neighbours(g, header, op, timeout)
@@ -90,31 +92,43 @@ def reduce(g: Comm, arr: np.ndarray, op: str, header: wire.Header, timeout: floa
         mine, acc = arr, buffers.cache.empty(arr.shape, arr.dtype)  # an array even when 0-d
     else:
         mine = acc = np.array(arr, order="C", copy=True)  # a copy is needed anyway: fold into it
-    if r >= p2:  # an extra rank: its array to rank r-P, the result back from it
-        g.exchange(op, [byte_view(mine)], [], header, timeout=timeout, peers=[r - p2])
-        g.exchange(op, [], [byte_view(acc)], header, timeout=timeout, peers=[r - p2])
+    acc_bytes = byte_view(acc)
+    if extra is not None:  # an extra rank: its array to rank r-P, the result back from it
+        g.exchange(op, [byte_view(mine)], [], header, timeout=timeout, peers=extra)
+        g.exchange(op, [], [acc_bytes], header, timeout=timeout, peers=extra)
         return acc
-    theirs = None
-    partners = ([r + p2] if r + p2 < n else []) + [r ^ k for k in _powers(p2)]
-    for partner in partners:
+    theirs = theirs_bytes = None
+    for partner, lower in partners:
         if mine is acc:  # the result so far is being sent: the partner's array lands in scratch
             if theirs is None:
                 theirs = buffers.cache.empty(arr.shape, arr.dtype, min_bytes=buffers.SCRATCH_MIN_BYTES)
-            into = theirs
+                theirs_bytes = byte_view(theirs)
+            into, into_bytes, sent = theirs, theirs_bytes, acc_bytes
         else:
-            into = acc
-        if partner >= p2:  # folding in: receive only
-            g.exchange(op, [], [byte_view(into)], header, timeout=timeout, peers=[partner])
+            into, into_bytes, sent = acc, acc_bytes, byte_view(mine)
+        if partner[0] >= p2:  # folding in: receive only
+            g.exchange(op, [], [into_bytes], header, timeout=timeout, peers=partner)
         else:
-            g.exchange(op, [byte_view(mine)], [byte_view(into)], header, timeout=timeout, peers=[partner])
-        if r < partner:
+            g.exchange(op, [sent], [into_bytes], header, timeout=timeout, peers=partner)
+        if lower:
             ufunc(mine, into, out=acc)
         else:
             ufunc(into, mine, out=acc)
         mine = acc
-    if r + p2 < n:
-        g.exchange(op, [byte_view(acc)], [], header, timeout=timeout, peers=[r + p2])
+    r = g.rank()
+    if r + p2 < g.size():
+        g.exchange(op, [acc_bytes], [], header, timeout=timeout, peers=[r + p2])
     return acc
+
+
+def _plan(n: int, r: int) -> tuple[int, list[tuple[list[int], bool]], list[int] | None]:
+    """(P, this rank's partners in step order, each as a peers list with whether this rank
+    is the lower of the pair, and the rank it folds into when it is an extra rank)."""
+    p2 = fold(n)
+    if r >= p2:
+        return p2, [], [r - p2]
+    partners = ([r + p2] if r + p2 < n else []) + [r ^ k for k in _powers(p2)]
+    return p2, [([q], r < q) for q in partners], None
 
 
 def _powers(p2: int) -> list[int]:
