@@ -26,7 +26,7 @@ def _message_header(arr: np.ndarray, number: int) -> wire.Header:
 
 
 class _Send:
-    """A send as a plan: checked and framed when it starts, its channel opened (see `work.Plan`)."""
+    """A send as a plan: checked and framed when it starts, its channel opened (see `jobs.Plan`)."""
 
     op = "send"
     outgoing = True
@@ -89,7 +89,7 @@ def _dtype_name(header: dict[str, Any]) -> str:
 
 class _Recv:
     """A recv as a plan: checked and allocated when it starts; its channel taken once the
-    sender's connection has arrived (see `work.Plan`)."""
+    sender's connection has arrived (see `jobs.Plan`)."""
 
     op = "recv"
     outgoing = False

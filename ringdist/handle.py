@@ -1,0 +1,100 @@
+"""The `Work` handle of an operation issued with `async_op=True`, and the handles not yet
+reported: a failed handle never waited is logged ("ringdist" logger) when it is collected,
+or at exit (`work`)."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import weakref
+from typing import Any
+
+from . import deadlines
+from .errors import RingTimeoutError
+
+log = logging.getLogger("ringdist")
+
+lock = threading.Lock()  # guards `unreported` and the job queue (`jobs`); a forked child makes its own
+unreported: "weakref.WeakSet[Work]" = weakref.WeakSet()  # every handle not yet reported as failed
+
+
+class Work:
+    """The handle of an operation issued with `async_op=True`.
+
+    `wait(timeout=None)` returns its result (None for barrier and send) or raises its error;
+    `done()` says whether it has finished. Handles may be waited in any order, and again.
+    """
+
+    __slots__ = ("op", "gid", "rank", "_event", "_result", "_error", "_waited", "__weakref__")
+
+    def __init__(self, op: str, g: Any):
+        self.op = op
+        self.gid = g.gid
+        self.rank = g.rank()
+        self._event = threading.Event()
+        self._result: Any = None
+        self._error: BaseException | None = None
+        self._waited = False
+
+    def __repr__(self) -> str:
+        state = "done" if self._event.is_set() else "outstanding"
+        return f"<ringdist.Work {self.op} on group {self.gid!r} rank {self.rank} ({state})>"
+
+    def done(self) -> bool:
+        """Whether the operation has finished (with a result or an error)."""
+        return self._event.is_set()
+
+    def wait(self, timeout: float | None = None) -> Any:
+        """The operation's result, or its error raised; after `timeout` seconds (None: no limit)
+        a RingTimeoutError says it is still outstanding, and the handle stays valid."""
+        if not self._event.is_set():
+            if timeout is not None and timeout != 0:  # 0: only look
+                deadlines.check_timeout(timeout)
+            deadline = None if timeout is None else deadlines.after(timeout)
+            while not self._event.wait(deadlines.wait_slice(60.0 if deadline is None else deadlines.left(deadline))):
+                if deadline is not None and deadlines.passed(deadline):
+                    raise RingTimeoutError(f"rank {self.rank}: {self.op} on group {self.gid!r} is still "
+                                           f"outstanding after wait(timeout={timeout:g})")
+        if not self._waited:
+            self._waited = True
+            with lock:
+                unreported.discard(self)
+        if self._error is not None:
+            raise self._error
+        return self._result
+
+    def complete(self, result: Any, error: BaseException | None) -> None:
+        """Record the outcome and wake every waiter (under `lock`)."""
+        self._result, self._error = result, error
+        if error is None:
+            unreported.discard(self)
+        self._event.set()
+
+    def fail_in_child(self, error: BaseException) -> None:
+        """In a forked child: the handle of the parent's operation, failed, and the parent's to report."""
+        self._error = error
+        self._event = threading.Event()
+        self._event.set()
+        self._waited = True
+
+    def report(self) -> None:
+        """Log the error of a failed handle never waited (once)."""
+        if self._error is not None and not self._waited:
+            self._waited = True
+            log.error("rank %d: %s on group %r failed and was never waited: %s: %s", self.rank, self.op,
+                      self.gid, type(self._error).__name__, self._error)
+
+    def __del__(self) -> None:
+        try:
+            self.report()
+        except Exception:  # noqa: BLE001 - at interpreter exit logging may be gone
+            pass
+
+
+def after_fork_in_child() -> None:
+    """A forked child's handles: a fresh lock; the parent's handles are the parent's to report."""
+    global lock
+    lock = threading.Lock()
+    for work in list(unreported):
+        work._waited = True
+    unreported.clear()

@@ -1,0 +1,91 @@
+"""The operations issued with `async_op=True` (or queued behind them): each a `Job`, in the
+issue queue until the progress thread starts it and in its group's pending list until done.
+`finished` records an outcome and completes the job's `Work` handle."""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Any, Callable, Protocol
+
+from . import handle
+from .channel import Channel
+from .comm import Comm
+from .errors import RingError
+from .flows import Inflow, Outflow
+from .handle import Work
+
+queue: "deque[Job]" = deque()  # issued, not yet started (guarded by handle.lock)
+pending: "dict[Comm, list[Job]]" = {}  # per group: issued, not yet done
+closing: "set[Comm]" = set()  # groups whose operations are being ended
+
+
+class Plan(Protocol):
+    """A point-to-point operation as the thread runs it (see `p2p`)."""
+
+    op: str
+    peer: int
+    outgoing: bool
+    ch: Channel | None
+    inflows: list[Inflow]
+    outflows: list[Outflow]
+
+    def start(self) -> float: ...  # validate and allocate; the timeout in seconds
+    def open(self, wait: bool) -> bool: ...  # the channel and the flows; False: not yet arrived
+    def result(self) -> Any: ...
+
+
+class Job:
+    __slots__ = ("work", "g", "call", "plan", "finished", "result", "error", "timeout", "since", "opened")
+
+    def __init__(self, work: Work, g: Comm, call: Callable[[Comm], Any], p2p: bool):
+        self.work = work
+        self.g = g
+        self.call = call  # a collective: runs it; point-to-point: makes its Plan
+        self.plan: Plan | None = None if not p2p else call(g)
+        self.finished = False
+        self.result: Any = None
+        self.error: BaseException | None = None
+        self.timeout = 0.0
+        self.since = 0.0  # start of progress, then the last progress
+        self.opened = False
+
+
+def issue(job: Job) -> None:
+    """Queue a job (under handle.lock)."""
+    queue.append(job)
+    pending.setdefault(job.g, []).append(job)
+    handle.unreported.add(job.work)
+
+
+def finished(job: Job, result: Any, error: BaseException | None) -> None:
+    """Record an operation's outcome and complete its handle. (Collectives finish in issue
+    order, one after another on the thread; messages of a pair in one direction too.)"""
+    job.finished, job.result, job.error = True, result, error
+    with handle.lock:
+        jobs = pending.get(job.g)
+        if jobs is not None:
+            jobs.remove(job)
+            if not jobs:
+                del pending[job.g]
+        job.work.complete(result, error)
+
+
+def closed_error(g: Comm, exiting: bool) -> Callable[[str], BaseException]:
+    """The error of an operation ended because its group closed (or the process exited) first."""
+    def make(op: str) -> BaseException:
+        exc = RingError(f"rank {g.rank()}: {op} on group {g.gid!r}: closed with the operation outstanding"
+                        f"{' (the process is exiting)' if exiting else ''}")
+        exc.ringdist_closed = True  # type: ignore[attr-defined]
+        return exc
+    return make
+
+
+def forget_in_child(parent: int) -> None:
+    """A forked child: the parent's jobs are not its own (their handles fail; the parent reports them)."""
+    for lane in pending.values():
+        for job in lane:
+            job.work.fail_in_child(RingError(f"{job.work.op} on group {job.work.gid!r} was issued by process "
+                                             f"{parent}; a forked child cannot wait for it"))
+    pending.clear()
+    queue.clear()
+    closing.clear()

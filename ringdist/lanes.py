@@ -1,0 +1,217 @@
+"""Background point-to-point: the sends and recvs the progress thread has started, one lane
+per (group, peer, direction). A lane's first job's flows move, driven by the thread's own
+poll loop and, while a collective runs on the thread, by the engine's (`engine.set_background`);
+the rest of the lane wait their turn (messages of a pair go in order). A recv whose
+connection has not arrived tries again every CONNECT_RETRY seconds."""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from typing import Callable
+
+from . import aborts, engine, jobs
+from .channel import Channel
+from .comm import Comm
+from .errors import PeerLostError, RingError, RingTimeoutError
+from .flows import Watch
+from .jobs import Job
+
+CONNECT_RETRY = 0.005  # seconds between tries of a recv whose connection has not arrived
+
+
+class Lanes:
+    """The point-to-point jobs that have started: one lane per (group, peer, direction), whose
+    first job's flows move; the rest wait their turn (messages of a pair go in order)."""
+
+    def __init__(self, wake_fd: int, on_wake: Callable[["Lanes"], None]):
+        self.wake_fd = wake_fd  # the progress thread's wake-up pipe, in every poll set
+        self.on_wake = on_wake  # called when it is readable
+        self.owner: int | None = None
+        self.lanes: dict[tuple, deque[Job]] = {}
+        self.running: Job | None = None  # the collective running on the thread
+        self.deferred: list[Job] = []  # failed point-to-point jobs of its group: completed after it
+        self.watches: dict[int, Watch] = {}  # an outgoing lane's channel, read for the receiver's ABORT
+
+    def add(self, job: Job) -> None:
+        plan = job.plan
+        assert plan is not None
+        key = (job.g, plan.peer, plan.outgoing)
+        lane = self.lanes.setdefault(key, deque())
+        lane.append(job)
+        if len(lane) == 1:
+            job.since = time.monotonic()
+            self._open(job)
+
+    def heads(self) -> list[Job]:
+        return [lane[0] for lane in self.lanes.values()]
+
+    def _open(self, job: Job) -> None:
+        plan = job.plan
+        if job.g._broken or job.g._closed:  # an earlier operation failed: this one never starts
+            try:
+                job.g.check_usable(plan.op)  # type: ignore[union-attr]
+            except RingError as exc:
+                jobs.finished(job, None, exc)
+                self._retire(job)
+                return
+        try:
+            job.opened = plan.open(False)  # type: ignore[union-attr]
+            if job.opened:
+                for flow in plan.inflows:  # type: ignore[union-attr]
+                    flow.consume_staged()  # read ahead by the pair's previous message
+                for flow in plan.outflows:  # type: ignore[union-attr]
+                    flow.pump()
+        except BaseException as exc:  # noqa: BLE001 - the job's error
+            self._failed(job, exc)
+            return
+        if job.opened:
+            self._check_done(job)
+
+    def masks(self) -> dict[int, int]:
+        masks = {self.wake_fd: engine.POLLIN}
+        for job in self.heads():
+            plan = job.plan
+            if not job.opened:
+                continue
+            fd = plan.ch.fd  # type: ignore[union-attr]
+            mask = 0
+            for flow in plan.inflows:
+                if not flow.done:
+                    mask |= engine.POLLIN
+            for flow in plan.outflows:
+                if not flow.done:
+                    mask |= engine.POLLIN if not self._watch(plan.ch).done else 0  # type: ignore[arg-type]
+                    if flow.blocked:
+                        mask |= engine.POLLOUT
+            if mask:
+                masks[fd] = mask
+        return masks
+
+    def _watch(self, ch: Channel) -> Watch:
+        watch = self.watches.get(ch.fd)
+        if watch is None or watch.ch is not ch:
+            watch = self.watches[ch.fd] = Watch(ch, "send", None)
+        return watch
+
+    def pump(self) -> None:
+        for job in self.heads():
+            if job.opened:
+                for flow in job.plan.outflows:  # type: ignore[union-attr]
+                    if not flow.done and not flow.blocked:
+                        try:
+                            if flow.pump():
+                                job.since = time.monotonic()
+                        except BaseException as exc:  # noqa: BLE001 - the job's error
+                            self._failed(job, exc)
+                            break
+                else:
+                    self._check_done(job)
+
+    def on_event(self, fd: int, ev: int) -> None:
+        if fd == self.wake_fd:
+            self.on_wake(self)
+            return
+        for job in self.heads():
+            plan = job.plan
+            if not job.opened or plan.ch.fd != fd:  # type: ignore[union-attr]
+                continue
+            try:
+                if ev & (engine.POLLIN | engine.POLLERR):
+                    for flow in plan.inflows:  # type: ignore[union-attr]
+                        if not flow.done and flow.on_readable():
+                            job.since = time.monotonic()
+                    if plan.outflows:  # type: ignore[union-attr]
+                        watch = self._watch(plan.ch)  # type: ignore[arg-type]
+                        if not watch.done:
+                            watch.on_readable()
+                if ev & (engine.POLLOUT | engine.POLLERR):
+                    for flow in plan.outflows:  # type: ignore[union-attr]
+                        flow.blocked = False
+            except BaseException as exc:  # noqa: BLE001 - the job's error
+                self._failed(job, exc)
+                return
+            self._check_done(job)
+            return
+
+    def tick(self) -> None:
+        """Try again the recvs whose connection had not arrived; time out stalled jobs."""
+        now = time.monotonic()
+        for job in self.heads():
+            if not job.opened:
+                self._open(job)
+                if job.opened or job.finished:
+                    continue
+            if now - job.since > job.timeout:
+                plan = job.plan
+                if job.opened:
+                    message = engine.stall_message(plan.inflows, plan.outflows, plan.op,  # type: ignore[union-attr]
+                                                   job.g.rank(), job.timeout)
+                else:
+                    message = (f"rank {job.g.rank()}: recv in group {job.g.gid!r}: waiting for rank "
+                               f"{plan.peer} to send: no connection arrived in time")  # type: ignore[union-attr]
+                self._failed(job, RingTimeoutError(message))
+
+    def max_wait(self) -> float | None:
+        heads = self.heads()
+        if not heads:
+            return None
+        now = time.monotonic()
+        wait = min(job.since + job.timeout - now for job in heads)
+        if any(not job.opened for job in heads):
+            wait = min(wait, CONNECT_RETRY)
+        return max(wait, 0.0)
+
+    def _check_done(self, job: Job) -> None:
+        plan = job.plan
+        if all(f.done for f in plan.inflows) and all(f.done for f in plan.outflows):  # type: ignore[union-attr]
+            jobs.finished(job, plan.result(), None)  # type: ignore[union-attr]
+            self._retire(job)
+
+    def _retire(self, job: Job) -> None:
+        plan = job.plan
+        key = (job.g, plan.peer, plan.outgoing)  # type: ignore[union-attr]
+        lane = self.lanes.get(key)
+        if lane is None or job not in lane:
+            return  # already retired
+        was_head = lane[0] is job
+        lane.remove(job)
+        if not lane:
+            del self.lanes[key]
+        elif was_head:
+            lane[0].since = time.monotonic()
+            self._open(lane[0])
+
+    def _failed(self, job: Job, exc: BaseException) -> None:
+        """A point-to-point job failed: break its group and tell the peers, as a blocking one does."""
+        plan = job.plan
+        g = job.g
+        ch = plan.ch  # type: ignore[union-attr]
+        breaks = ch is not None and not getattr(exc, "ringdist_closed", False)  # as a blocking one would
+        running_here = self.running is not None and self.running.g is g
+        if breaks:
+            if isinstance(exc, PeerLostError):
+                # Why the peer left, if it said so: on this channel, or (when no collective of
+                # the group is reading them) on the group's own connections.
+                look = [ch] + (g.channels if g.ring is not None and not running_here else [])
+                try:
+                    aborts.pending_abort(look, plan.op)  # type: ignore[union-attr]
+                except RingError as reason:
+                    exc = reason
+            tell = [ch] + (g.channels if g.ring is not None and not running_here else [])
+            g._fail(plan.op, tell, None, plan.outflows, exc)  # type: ignore[union-attr]
+        if breaks and running_here:
+            # The collective on the thread shares the group: it fails too and tells the peers
+            # (looking first for the ABORT that says why the peer left); `_start` completes both.
+            job.error = exc
+            self.deferred.append(job)
+            self._retire(job)  # the next message of the lane finds the group broken
+            raise exc
+        jobs.finished(job, None, exc)
+        self._retire(job)
+
+    def drop(self, g: Comm, reason: Callable[[str], BaseException]) -> None:
+        """End every started point-to-point job of group `g`."""
+        for key in [k for k in self.lanes if k[0] is g]:
+            for job in self.lanes.pop(key):
+                jobs.finished(job, None, reason(job.plan.op))  # type: ignore[union-attr]

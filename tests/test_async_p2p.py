@@ -1,0 +1,58 @@
+"""Failures of async send/recv: a send's timeout, a failed handle never waited, and a
+send/recv mismatch, each through real launched ranks."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from helpers import SCRIPTS, run_launcher
+
+FAST = {"RINGDIST_TIMEOUT": "20", "RINGDIST_CONNECT_TIMEOUT": "10"}
+SCRIPT = str(SCRIPTS / "async_p2p_faults.py")
+STALL = (r"rank 0: send made no progress for 1 s: sending to rank 1 \([\d.]+:\d+, p2p-out link of group "
+         r"'world'\) \(33554432 of 33554432 bytes framed\)")
+
+
+def test_an_async_send_that_times_out_raises_at_wait_and_breaks_the_group():
+    res = run_launcher(["-n", "2", SCRIPT, "timeout"], timeout=60, env=FAST)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "[0] issued done=False" in res.stdout, res.stdout  # the call returned before the timeout
+    rank0 = re.findall(r"^\[0\] raised (\w+): (.*)$", res.stdout, re.M)
+    assert [name for name, _ in rank0] == ["RingTimeoutError", "GroupBrokenError"], res.stdout + res.stderr
+    assert re.fullmatch(STALL, rank0[0][1]), rank0[0][1]
+    assert "cannot run all_sum" in rank0[1][1], rank0[1][1]
+    # The receiver, which never posted its recv, learns why at its next operation.
+    assert re.search(rf"^\[1\] raised RingTimeoutError: rank 1: all_sum aborted by rank 0: {STALL}$",
+                     res.stdout, re.M), res.stdout + res.stderr
+
+
+def test_a_failed_handle_never_waited_is_logged_when_collected_and_at_exit():
+    res = run_launcher(["-n", "2", SCRIPT, "unwaited"], timeout=60, env=FAST)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "[0] before drop: 0 logged" in res.stdout, res.stdout
+    # Collected: the logger said so at once (the script saw it before going on).
+    dropped = re.findall(r"^\[0\] logged when dropped: (.*)$", res.stdout, re.M)
+    assert len(dropped) == 1, res.stdout + res.stderr
+    assert re.fullmatch(r"rank 0: send on group 'world' failed and was never waited: RingTimeoutError: "
+                        + STALL, dropped[0]), dropped[0]
+    # Left at exit: the exit hook logs it on stderr, once.
+    assert "[0] leaving" in res.stdout, res.stdout
+    left = re.findall(r"^\[0\] rank 0: send on group 'world' failed and was never waited: "
+                      r"GroupBrokenError: rank 0: group 'world' cannot run send: .*$", res.stderr, re.M)
+    assert len(left) == 1, res.stderr
+    assert res.stderr.count("was never waited") == 1, res.stderr  # the collected one is not logged again
+
+
+@pytest.mark.parametrize("variant", ["dtype", "shape"])
+def test_an_async_send_recv_mismatch_is_raised_at_wait_on_both_ranks(variant):
+    res = run_launcher(["-n", "2", SCRIPT, "mismatch", variant], timeout=60, env=FAST)
+    assert res.returncode == 0, res.stdout + res.stderr
+    expected = "shape=(1048576,), dtype=float64" if variant == "dtype" else "shape=(2097153,), dtype=float32"
+    detail = (rf"rank 1 expected recv\({re.escape(expected)}\) from rank 0 but rank 0 sent "
+              r"send\(shape=\(2097152,\), dtype=float32\) \[call #0\] \(group 'world'\)")
+    assert re.search(rf"^\[1\] raised MismatchError: {detail}$", res.stdout, re.M), res.stdout + res.stderr
+    assert re.search(rf"^\[0\] raised MismatchError: rank 0: send aborted by rank 1: {detail}$",
+                     res.stdout, re.M), res.stdout + res.stderr
+    assert "ok " not in res.stdout, res.stdout
