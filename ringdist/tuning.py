@@ -117,15 +117,15 @@ def _always(f: Facts) -> bool:
 TABLE: list[Row] = [
     Row("gather", "shm", lambda f: f.shm and not f.mesh and f.nbytes >= SHM_WIDE_GATHER_MIN,
         "16 ranks: 0.41-0.91x TCP's time at 64 KiB-4 MiB per rank (see SHM_WIDE_GATHER_MIN)"),
-    Row("gather", "shm", lambda f: f.shm and f.mesh and f.nbytes >= SHM_GATHER_MIN,
+    Row("gather", "shm", lambda f: f.shm and f.mesh and f.direct_max > 0 and f.nbytes >= SHM_GATHER_MIN,
         "one copy per byte received instead of the kernel's two: 4 ranks 2.2-2.8x faster at 1-64 MiB, "
         "2 ranks 1.2-1.8x at 1-16 MiB, 0.92x at 64 MiB (alternating with TCP, loaded 2-core box)"),
-    Row("reduce", "shm", lambda f: f.shm and f.mesh and f.n > 2 and f.nbytes >= SHM_REDUCE_MIN,
+    Row("reduce", "shm", lambda f: f.shm and f.mesh and f.direct_max > 0 and f.n > 2 and f.nbytes >= SHM_REDUCE_MIN,
         "4 ranks, alternating with TCP on a loaded 2-core box: 1 MiB 1.17x, 16 MiB 1.0x, 64 MiB 1.44x "
         "faster; 2 ranks lost (0.38-0.86x) to the pair's exchanges"),
-    Row("reduce_scatter", "shm", lambda f: f.shm and f.mesh and f.n > 2 and f.nbytes >= SHM_REDUCE_MIN,
+    Row("reduce_scatter", "shm", lambda f: f.shm and f.mesh and f.direct_max > 0 and f.n > 2 and f.nbytes >= SHM_REDUCE_MIN,
         "each rank reduces its block straight from every rank's segment"),
-    Row("broadcast", "shm", lambda f: f.shm and f.mesh and f.nbytes >= SHM_GATHER_MIN,
+    Row("broadcast", "shm", lambda f: f.shm and f.mesh and f.direct_max > 0 and f.nbytes >= SHM_GATHER_MIN,
         "the root writes once, every rank copies once"),
     Row("gather", "doubling", lambda f: f.mesh and f.n > 2 and f.pow2 and f.nbytes <= min(DOUBLING_GATHER_MAX, f.direct_max),
         "log2(N) steps: 4-32 KiB blocks 20-40% faster than one direct exchange on 4 ranks"),
