@@ -134,8 +134,8 @@ def broadcast(g: Comm, out: np.ndarray, root: int, header: wire.Header, timeout:
 
 def _fits(comm: Comm, kind: str, nbytes: int) -> str | None:
     if comm.shm is None:
-        return ("it needs shared memory with every rank of the group: all on one machine, Linux, "
-                "RINGDIST_SHM not 0)")
+        return ("it needs shared memory with every rank of the group: all on one machine, Linux, and "
+                "RINGDIST_SHM not 0")
     return None
 
 
