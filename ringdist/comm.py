@@ -121,19 +121,18 @@ class Comm:
             assert endpoint is not None
             self.ring = RingLinks(endpoint, gid, rank, size, addresses, settings.lanes,
                                   settings.connect_timeout)
-            if size <= MESH_MAX_RANKS:  # whatever this rank's settings: its peers expect the links
-                try:
+            try:  # whatever this rank's settings: its peers expect the links and its vote
+                if size <= MESH_MAX_RANKS:
                     self.links = self.mesh = MeshLinks(endpoint, self.ring, addresses, settings.connect_timeout)
-                    self.shm = open_link(endpoint, self.mesh, group=gid, rank=rank, size=size,
-                                         addresses=addresses, wanted=settings.shm,
-                                         timeout=settings.connect_timeout)
-                except BaseException:
-                    if self.mesh is not None:
-                        self.mesh.close()
-                    self.ring.close()
-                    raise
-            else:
-                self.links = Links(endpoint, self.ring, addresses)
+                else:
+                    self.links = Links(endpoint, self.ring, addresses)
+                self.shm = open_link(endpoint, self.links, group=gid, rank=rank, size=size,
+                                     addresses=addresses, wanted=settings.shm, timeout=settings.connect_timeout)
+            except BaseException:
+                if self.links is not None:
+                    self.links.close()
+                self.ring.close()
+                raise
         _open_groups.add(self)
         if endpoint is not None:  # a group of one process has no connections: it works in a child too
             forks.track(self)

@@ -9,15 +9,16 @@ it and closes the descriptor. A rank reads every peer's segment directly; only t
 header exchanges), so a waiting rank blocks in the kernel and sees a dead peer at once.
 
 "Same machine" means that exchange worked with every peer. Whether a group uses the link
-is one decision for the whole group: every rank says over the mesh whether it reached
-every peer it dialed (and has shared memory on: `RINGDIST_SHM`), and the link is used
-only if every rank said yes; otherwise the group uses TCP and nothing waits on a link a
-peer did not build.
+is one decision for the whole group (`votes`: over the mesh, or in dissemination rounds
+in a group of more than 8 ranks): every rank says whether it reached every peer it dialed
+(and has shared memory on: `RINGDIST_SHM`), and the link is used only if every rank said
+yes; otherwise the group uses TCP and nothing waits on a link a peer did not build.
 
 A segment is two slots, used alternately by the link's rounds (`round`): a rank writes
 slot k % 2 in round k only after round k-1's signal from every peer, which each peer sent
 after it had finished reading round k-2 from the same slot. Sized so that every mapped
-segment together stays within `MAPPED_BYTES`; pages are resident only once touched.
+segment together stays within `MAPPED_BYTES`, whatever N (slots of 3 MiB on 2 ranks,
+384 KiB on 16); pages are resident only once touched.
 """
 
 from __future__ import annotations
@@ -25,10 +26,10 @@ from __future__ import annotations
 import mmap
 import struct
 
-from . import channel, deadlines, engine, wire
+from . import channel, deadlines, votes
 from .endpoint import Endpoint, InboxKey
 from .errors import ProtocolError
-from .mesh import MeshLinks
+from .links import Links
 
 MAPPED_BYTES = 12 << 20  # every rank's segment together, as mapped by each rank (two slots each)
 ALIGN = 4096
@@ -68,29 +69,12 @@ class ShmLink:
         self.maps.clear()
 
 
-def _vote(mesh: MeshLinks, yes: bool, rank: int, timeout: float) -> bool:
-    """Whether every rank of the group said yes: one byte to and from every peer over the mesh.
-
-    Only the mesh's channels are read: the group's first collective (call #0 too) may
-    already be coming on the others, from a peer that has its answers."""
-    # Call number -1: before the group's first collective, which a peer with its answers may
-    # already have sent (its header, call #0, is no mismatch with this one).
-    header = wire.Header(wire.make_header("shm-setup", -1, "|u1", (1,)))
-    mine = memoryview(b"\x01" if yes else b"\x00")
-    theirs = [memoryview(bytearray(1)) for _ in mesh.order]
-    outflows: list = []
-    engine.exchange(mesh.ordered, [mine] * len(mesh.order), theirs, header, outflows=outflows, watched=mesh.ordered,
-                    timeout=timeout, op="group setup (shared memory)", me=rank, seq=-1, spin=0.0,
-                    yield_core=False, poller=mesh.poller)
-    return yes and all(v[0] == 1 for v in theirs)
-
-
-def open_link(endpoint: Endpoint, mesh: MeshLinks, *, group: str, rank: int, size: int,
+def open_link(endpoint: Endpoint, links: Links, *, group: str, rank: int, size: int,
               addresses: list[list[tuple[str, int]]], wanted: bool, timeout: float) -> ShmLink | None:
     """The group's shared-memory link, or None (TCP) when any rank cannot or will not build it.
 
-    Every rank of a group with a mesh calls this when the group is made: the vote goes over
-    the mesh whatever this rank's settings, so ranks always agree."""
+    Every rank of a group calls this when the group is made: the vote (`votes`) runs
+    whatever this rank's settings, so ranks always agree."""
     deadline = deadlines.after(timeout)
     slot = slot_bytes(size)
     own_fd, own_map = -1, None
@@ -107,7 +91,7 @@ def open_link(endpoint: Endpoint, mesh: MeshLinks, *, group: str, rank: int, siz
                     yes = False
                     break
                 dialed[p] = sock
-        if not _vote(mesh, yes, rank, deadlines.left(deadline)):
+        if not votes.vote(links, yes, deadlines.left(deadline)):
             return None
         assert own_map is not None
         maps[rank] = own_map

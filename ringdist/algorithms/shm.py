@@ -3,7 +3,8 @@
 Over the group's shared-memory link (`ringdist.shm`: a segment per rank, mapped by every
 rank), in rounds of at most one slot: each rank writes its part into its own segment,
 every rank exchanges the call's header with every other rank over TCP (the signal that
-the data is there, and the check that every rank made the same call), and each rank
+the data is there, and the check that every rank made the same call; in groups of more
+than 8 ranks, the dissemination barrier's rounds instead), and each rank
 copies what it needs straight out of its peers' segments. A byte a rank receives costs
 one copy by the CPU instead of two by the kernel (send and receive).
 
@@ -23,6 +24,7 @@ import numpy as np
 from .. import buffers, schedule, wire
 from ..arrays import REDUCERS, byte_view, fold
 from ..comm import Comm
+from . import dissemination
 from .base import Algorithm
 
 _NOTHING = memoryview(bytearray())
@@ -30,8 +32,13 @@ _RESULT_ALIGN = 64
 
 
 def _signal(g: Comm, op: str, header: wire.Header, timeout: float | None) -> None:
-    """The call's header to and from every peer: 'my part of this round is in my segment'.
+    """'My part of this round is in my segment', and back from every rank: the call's header
+    to and from every peer over the mesh, or (more than 8 ranks, no mesh) the dissemination
+    barrier's ceil(log2 N) rounds, after which every rank has entered this signal too.
     Blocks in the kernel (after the usual spin); a peer that died or called something else raises."""
+    if g.mesh is None:
+        dissemination.rounds(g, header, op, timeout)
+        return
     k = g.size() - 1
     g.exchange(op, [_NOTHING] * k, [_NOTHING] * k, header, timeout=timeout)
 
@@ -127,8 +134,8 @@ def broadcast(g: Comm, out: np.ndarray, root: int, header: wire.Header, timeout:
 
 def _fits(comm: Comm, kind: str, nbytes: int) -> str | None:
     if comm.shm is None:
-        return ("it needs shared memory with every rank of the group: all on one machine, Linux, "
-                "RINGDIST_SHM not 0, and a group of 2 to 8 ranks")
+        return ("it needs shared memory with every rank of the group: all on one machine, Linux, and "
+                "RINGDIST_SHM not 0")
     return None
 
 
