@@ -74,6 +74,10 @@ PAIR_EXCHANGE_MAX = 2 << 20
 # 64 KiB is chosen, not measured: the 2-core box ran at a load of 15-17.
 SHM_GATHER_MIN = 64 * 1024
 SHM_REDUCE_MIN = 64 * 1024
+SHM_ALL_TO_ALL_MIN = 64 * 1024
+# `nbytes` of a call whose ranks may contribute different sizes (all_to_all with splits, scatter):
+# its rows cannot look at the size.
+UNKNOWN = -1
 
 
 @dataclass(frozen=True)
@@ -162,6 +166,8 @@ TABLE: list[Row] = [
     Row("gather_root", "direct", lambda f: f.mesh and f.direct_max > 0,
         "one step: only the root receives, (N-1) blocks; the others send one"),
     Row("gather_root", "ring", _always, "the ring all-gather kept on the root: (N-1) blocks in N-1 pipelined steps"),
+    Row("all_to_all", "shm", lambda f: f.shm and (f.nbytes == UNKNOWN or f.nbytes >= SHM_ALL_TO_ALL_MIN),
+        "one copy into the sender's segment and one out per byte, instead of the kernel's two"),
     Row("all_to_all", "direct", lambda f: f.mesh and f.direct_max > 0,
         "one step, each rank sending (N-1)/N of its array once: the fewest bytes and steps there are"),
     Row("all_to_all", "ring", _always, "N-1 hops, each passing on the blocks for ranks further on"),

@@ -14,6 +14,8 @@ one copy by the CPU instead of two by the kernel (send and receive).
   signal every rank copies every reduced slice. 2α + (1 + 2/N)n copied.
 - reduce-scatter: each rank writes its array; rank p reduces block p in rank order.
 - broadcast: the root writes its array; every other rank copies it.
+- all-to-all and scatter (`shm_blocks.py`): each rank writes its blocks for the other
+  ranks once; each rank copies its block out of every peer's segment.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from .. import buffers, schedule, wire
 from ..arrays import REDUCERS, byte_view, fold
 from ..comm import Comm
 from .base import Algorithm
+from .shm_blocks import all_to_all
 
 _NOTHING = memoryview(bytearray())
 _RESULT_ALIGN = 64
@@ -133,4 +136,4 @@ def _fits(comm: Comm, kind: str, nbytes: int) -> str | None:
 
 
 ALGORITHM = Algorithm("shm", gather=gather, reduce=reduce, reduce_scatter=reduce_scatter, broadcast=broadcast,
-                      fits=_fits)
+                      all_to_all=all_to_all, fits=_fits)
