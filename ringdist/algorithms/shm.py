@@ -67,14 +67,16 @@ def gather(g: Comm, arr: np.ndarray, out: np.ndarray, header: wire.Header, timeo
             dst[p * m + a:p * m + b] = link.slot(p, k)[:b - a]
 
 
-def reduce(g: Comm, arr: np.ndarray, op: str, header: wire.Header, timeout: float | None) -> np.ndarray:
+def reduce(g: Comm, arr: np.ndarray, op: str, header: wire.Header, timeout: float | None,
+           root: int | None = None) -> np.ndarray | None:
+    """The all-reduce; with `root`, only the root copies the reduced slices out (None elsewhere)."""
     link = g.shm
     assert link is not None
     n, r = g.size(), g.rank()
     ufunc = REDUCERS[op]
     own = np.ascontiguousarray(arr).reshape(-1)
-    out = buffers.cache.empty(arr.shape, arr.dtype)
-    flat = out.reshape(-1)
+    gets = root is None or r == root
+    out = buffers.cache.empty(arr.shape, arr.dtype) if gets else None
     dtype, isz = arr.dtype, arr.dtype.itemsize
     # A slot holds a round's input (c elements) and, past it, this rank's reduced slice (c/N).
     c = max(1, (link.slot_size - _RESULT_ALIGN - 2 * isz) // isz * n // (n + 1))
@@ -90,10 +92,17 @@ def reduce(g: Comm, arr: np.ndarray, op: str, header: wire.Header, timeout: floa
         fold([own[a + lo:a + hi] if q == r else _array(slots[q], dtype, hi - lo, lo * isz) for q in range(n)],
              ufunc, mine)
         _signal(g, op, header, timeout)
-        for q in range(n):
-            qlo, qhi = bounds[q]
-            np.copyto(flat[a + qlo:a + qhi], _array(slots[q], dtype, qhi - qlo, result_at))
+        if out is not None:
+            flat = out.reshape(-1)
+            for q in range(n):
+                qlo, qhi = bounds[q]
+                np.copyto(flat[a + qlo:a + qhi], _array(slots[q], dtype, qhi - qlo, result_at))
     return out
+
+
+def reduce_root(g: Comm, arr: np.ndarray, op: str, root: int, header: wire.Header,
+                timeout: float | None) -> np.ndarray | None:
+    return reduce(g, arr, op, header, timeout, root)
 
 
 def reduce_scatter(g: Comm, own: np.ndarray, out: np.ndarray, header: wire.Header, timeout: float | None) -> None:
@@ -136,4 +145,4 @@ def _fits(comm: Comm, kind: str, nbytes: int) -> str | None:
 
 
 ALGORITHM = Algorithm("shm", gather=gather, reduce=reduce, reduce_scatter=reduce_scatter, broadcast=broadcast,
-                      all_to_all=all_to_all, fits=_fits)
+                      all_to_all=all_to_all, reduce_root=reduce_root, fits=_fits)
