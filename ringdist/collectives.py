@@ -94,7 +94,7 @@ def reduce(x: Any, root: int = 0, *, op: str = "sum", group: Comm | None = None,
     g = _comm(group, timeout)
     root = check_root(root, g, "reduce")
     out = _all_reduce(x, g, f"all_{op}", timeout, name="reduce", root=root)
-    return out if g.rank() == root else None
+    return out if g.rank() == root else None  # where the algorithm ran the whole all-reduce
 
 
 def _all_reduce(x: Any, group: Comm | None, op: str, timeout: float | None, name: str | None = None,
@@ -119,7 +119,11 @@ def _all_reduce(x: Any, group: Comm | None, op: str, timeout: float | None, name
         np.copyto(out, arr)
         return out
     algorithm = tuning.choose(g, call, arr.nbytes)
-    out = algorithm.reduce(g, arr, op, g.next_header(call, arr, algorithm.name, **extra), timeout)
+    header = g.next_header(call, arr, algorithm.name, **extra)
+    if name == "reduce" and algorithm.reduce_root is not None:  # the same bits, on the root only
+        out = algorithm.reduce_root(g, arr, op, extra["root"], header, timeout)
+    else:
+        out = algorithm.reduce(g, arr, op, header, timeout)
     g.finish(call)
     return out
 

@@ -247,11 +247,12 @@ class Comm:
 
     def run(self, op: str, inflows: list[Inflow], outflows: list[Outflow],
             channels: list[Channel] | None = None, timeout: float | None = None,
-            idle: Callable[[], bool] | None = None) -> None:
+            idle: Callable[[], bool] | None = None, header: wire.Header | None = None) -> None:
         """Drive an operation's flows; on any failure tell the peers and mark the group broken.
 
         `channels` are the connections to watch for an ABORT: the ring's for a collective
-        (the one whose header was made last), the pair's own for point-to-point.
+        (the one whose header was made last), the pair's own for point-to-point. `header`
+        is what a peer's other headers of this call may be (default: the call's).
         """
         seq: int | None = self._seq - 1
         self._loud = seq
@@ -266,7 +267,7 @@ class Comm:
         self._guarded(op, channels, seq, outflows, lambda: engine.run(
             inflows, outflows, watched, timeout=self._timeout(timeout), op=op, me=self._rank, seq=seq,
             spin=self._spin(sum(flow.total for flow in inflows)), yield_core=self.settings.spin_yield,
-            idle=idle, header=None if seq is None else self._header), tell)
+            idle=idle, header=None if seq is None else header or self._header), tell)
 
     def exchange(self, op: str, sends: list[memoryview], recvs: list[memoryview], header: wire.Header,
                  timeout: float | None = None, peers: list[int] | None = None,

@@ -79,6 +79,12 @@ SHM_REDUCE_MIN = 64 * 1024
 # 0.62x and 0.91x the time at 64 KiB (two runs), 0.41x at 1 MiB (both), 0.44x at 4 MiB per rank; but reduced 1.13x at 64 KiB,
 # 1.7x at 1 MiB, 3.7x at 16 MiB (two signals of ceil(log2 N) rounds per 384 KiB slot): no reduction row.
 SHM_WIDE_GATHER_MIN = 64 * 1024
+# all_to_all on 4 ranks, alternating with the direct exchange (loaded 2-core box): 64 KiB 1.05x slower,
+# 256 KiB 0.97x, 1 MiB 0.79x, 16 MiB 0.67x the time.
+SHM_ALL_TO_ALL_MIN = 256 * 1024
+# `nbytes` of a call whose ranks may contribute different sizes (all_to_all with splits, scatter):
+# its rows cannot look at the size.
+UNKNOWN = -1
 
 
 @dataclass(frozen=True)
@@ -169,6 +175,8 @@ TABLE: list[Row] = [
     Row("gather_root", "direct", lambda f: f.mesh and f.direct_max > 0,
         "one step: only the root receives, (N-1) blocks; the others send one"),
     Row("gather_root", "ring", _always, "the ring all-gather kept on the root: (N-1) blocks in N-1 pipelined steps"),
+    Row("all_to_all", "shm", lambda f: f.shm and (f.nbytes == UNKNOWN or f.nbytes >= SHM_ALL_TO_ALL_MIN),
+        "one copy into the sender's segment and one out per byte, instead of the kernel's two"),
     Row("all_to_all", "direct", lambda f: f.mesh and f.direct_max > 0,
         "one step, each rank sending (N-1)/N of its array once: the fewest bytes and steps there are"),
     Row("all_to_all", "ring", _always, "N-1 hops, each passing on the blocks for ranks further on"),

@@ -18,7 +18,7 @@ from typing import Any, Callable
 import numpy as np
 
 from . import buffers, tuning, wire, work
-from .algorithms.blocks import common, sizes_of
+from .algorithms.blocks import Assembled, common, sizes_of
 from .arrays import as_rows, byte_view
 from .calls import _comm, _header, check_root
 from .channel import Channel
@@ -71,7 +71,10 @@ def _counts(splits: Any, rows: int, n: int) -> list[int]:
 def _assemble(got: list[tuple[int, memoryview]], trailing: tuple[int, ...], dtype: np.dtype,
               out: np.ndarray | None = None, landed: list[memoryview] | None = None) -> np.ndarray:
     """Blocks of rows (row count, bytes) concatenated in source order, in a new array (or in
-    `out`, where the blocks that are `landed[q]` already lie in place)."""
+    `out`, where the blocks that are `landed[q]` already lie in place). Blocks that an
+    algorithm landed in order in one array (`Assembled`) are that array, viewed."""
+    if out is None and isinstance(got, Assembled):
+        return got.whole.view(dtype).reshape((sum(rows for rows, _ in got),) + trailing)
     if out is None:
         out = buffers.cache.empty((sum(rows for rows, _ in got),) + trailing, dtype)
     data = byte_view(out)
@@ -102,7 +105,8 @@ def all_to_all(x: Any, *, splits: Any = None, group: Comm | None = None, timeout
     if n == 1:
         g.check_usable("all_to_all")
         return _assemble([(arr.shape[0], byte_view(data))], arr.shape[1:], arr.dtype)
-    algorithm = tuning.choose(g, "all_to_all", 0)
+    # Without splits every rank's x has the same shape (the header checks it), so the same size.
+    algorithm = tuning.choose(g, "all_to_all", arr.nbytes if splits is None else tuning.UNKNOWN)
     if splits is None:
         header = _header(g, "all_to_all", arr, algorithm.name)
         expect: Callable[[int], int | None] = lambda src: counts[r]
@@ -150,7 +154,7 @@ def scatter(x: Any, root: int = 0, *, group: Comm | None = None, timeout: float 
     if n == 1:
         g.check_usable("scatter")
         return _assemble([(arr.shape[0], byte_view(np.ascontiguousarray(arr)))], arr.shape[1:], arr.dtype)
-    algorithm = tuning.choose(g, "scatter", 0)
+    algorithm = tuning.choose(g, "scatter", tuning.UNKNOWN)
     header = _header(g, "scatter", arr, algorithm.name, root=root)
     learned: dict[str, Any] = {}
     if r == root:
@@ -180,9 +184,10 @@ def scatter(x: Any, root: int = 0, *, group: Comm | None = None, timeout: float 
 
     got = algorithm.all_to_all(g, header, blocks, counts, check, timeout)
     g.finish("scatter")
+    mine = got if isinstance(got, Assembled) else [got[root]]  # every other block is empty
     if r == root:
-        return _assemble([got[r]], arr.shape[1:], arr.dtype)
-    return _assemble([got[root]], learned["shape"][1:], learned["dtype"])
+        return _assemble(mine, arr.shape[1:], arr.dtype)
+    return _assemble(mine, learned["shape"][1:], learned["dtype"])
 
 
 def all_gather_uneven(x: Any, g: Comm, timeout: float | None) -> np.ndarray:

@@ -6,7 +6,8 @@ numpy is needed here, so this file runs in any peer's interpreter.
 
 Per collective and per-rank size (see README.md in this folder for the full rule):
 input `(arange(n) % 251) + 256*rank` as float32, so every sum is exact (all_to_all: N blocks,
-block j `(arange(n/N) % 251) + 256*(N*rank + j)`, each one distinguishable); one warm-up call
+block j `(arange(n/N) % 251) + 256*(N*rank + j)`, each one distinguishable; scatter: root 0's
+all_to_all input; gather, scatter and reduce have root 0); one warm-up call
 whose whole output is checked; calibration batches of 1, 4, 16, 64 calls until one lasts
 `calib_time`; then `clamp(ceil(target_time / estimate), min_iters, max_iters)` timed calls,
 each `barrier(); t0; op(); t1`, stopped early by agreement once `max_time` has passed; the
@@ -28,7 +29,8 @@ import numpy as np
 
 SCHEMA = 1
 DEFAULT_COLLECTIVES = ("all_gather", "all_sum", "barrier")
-COLLECTIVES = DEFAULT_COLLECTIVES + ("all_to_all",)
+COLLECTIVES = DEFAULT_COLLECTIVES + ("all_to_all", "gather", "scatter", "reduce")
+ROOTED = ("gather", "scatter", "reduce")  # root 0; the others' results are not checked
 DEFAULT_SIZES = (4 << 10, 64 << 10, 1 << 20, 16 << 20, 64 << 20)
 EXACT_FLOAT32 = 1 << 24  # integers up to this are exact in float32
 AGREE_EVERY = 16  # timed calls between two checks of the elapsed time
@@ -39,7 +41,8 @@ class Adapter:
     the job and set `rank` and `size`.
 
     `prepare` turns a 1-D float32 numpy input into whatever the peer's calls take (and
-    may allocate outputs once); `all_gather`, `all_sum` and `all_to_all` run one call on it and return
+    may allocate outputs once); `all_gather`, `all_sum`, `all_to_all`, `gather`, `scatter` and
+    `reduce` (root 0; any result, e.g. None, off the root) run one call on it and return
     only when the result is complete; `restore` (untimed, before each call) is for peers
     whose call overwrites its input; `as_numpy` makes a result a flat numpy array.
     `missing` maps a collective the peer does not have to why; its rows are skipped.
@@ -69,6 +72,15 @@ class Adapter:
         raise NotImplementedError
 
     def all_to_all(self, state):
+        raise NotImplementedError
+
+    def gather(self, state):
+        raise NotImplementedError
+
+    def scatter(self, state):
+        raise NotImplementedError
+
+    def reduce(self, state):
         raise NotImplementedError
 
     def as_numpy(self, result) -> np.ndarray:
@@ -101,6 +113,8 @@ def exchange(count: int, rank: int, size: int) -> np.ndarray:
 
 
 def initial(collective: str, count: int, rank: int, size: int) -> np.ndarray:
+    if collective == "scatter":
+        return exchange(count, 0, size)  # root 0's; the others' is not read
     return exchange(count, rank, size) if collective == "all_to_all" else block(count, rank)
 
 
@@ -108,10 +122,16 @@ def check(collective: str, out, count: int, size: int, rank: int = 0) -> tuple[i
     """(-1, '') when `out` is the exact answer of `collective` over `size` ranks, else the first
     wrong element (0 for a wrong length) and what differs. Compared block by block, so no
     second copy of a large all_gather output is made. For all_to_all, `rank` is the receiver:
-    its block r must be block `rank` of rank r's input."""
+    its block r must be block `rank` of rank r's input. A rooted call's result is checked on
+    root 0 (a scatter's on every rank: block `rank` of root 0's input)."""
+    if collective in ("gather", "reduce") and rank != 0:
+        return -1, ""
     got = np.asarray(out).reshape(-1)
     base = block(count, 0)
-    if collective == "all_gather":
+    if collective == "scatter":
+        count //= size
+        want_size, blocks = count, [(0, base[:count] + np.float32(256 * rank))]
+    elif collective in ("all_gather", "gather"):
         want_size, blocks = count * size, ((r, base + np.float32(256 * r)) for r in range(size))
     elif collective == "all_to_all":
         count //= size
@@ -135,12 +155,14 @@ def bandwidths(collective: str, nbytes: int, size: int, seconds: float) -> tuple
     """(algbw, busbw) in GB/s (1e9 B/s) as nccl-tests define them; 0 for a barrier."""
     if collective == "barrier" or seconds <= 0:
         return 0.0, 0.0
-    if collective == "all_gather":
+    if collective in ("all_gather", "gather"):
         algbw = nbytes * size / seconds
         return algbw / 1e9, algbw * (size - 1) / size / 1e9
     algbw = nbytes / seconds
-    if collective == "all_to_all":  # nbytes: the whole send buffer, N blocks
+    if collective in ("all_to_all", "scatter"):  # nbytes: the whole send buffer, N blocks
         return algbw / 1e9, algbw * (size - 1) / size / 1e9
+    if collective == "reduce":  # nccl-tests: busbw = algbw
+        return algbw / 1e9, algbw / 1e9
     return algbw / 1e9, algbw * 2 * (size - 1) / size / 1e9
 
 
@@ -156,6 +178,8 @@ def _one_call(adapter: Adapter, collective: str, state):
         result = adapter.all_gather(state)
     elif collective == "all_to_all":
         result = adapter.all_to_all(state)
+    elif collective in ROOTED:
+        result = getattr(adapter, collective)(state)
     else:
         result = adapter.all_sum(state)
     return result, time.perf_counter() - t0
@@ -169,7 +193,7 @@ def measure(adapter: Adapter, collective: str, nbytes: int, opts) -> dict:
     state = adapter.prepare(initial(collective, count, rank, size), collective) if collective != "barrier" else None
 
     result, _ = _one_call(adapter, collective, state)
-    wrong_at, problem = ((-1, "") if collective == "barrier"
+    wrong_at, problem = ((-1, "") if collective == "barrier" or (collective in ROOTED and result is None)
                          else check(collective, adapter.as_numpy(result), count, size, rank))
     result = None
     warmup, batch = 1, 1
@@ -195,7 +219,7 @@ def measure(adapter: Adapter, collective: str, nbytes: int, opts) -> dict:
         if i < iters and i >= opts.min_iters and i % AGREE_EVERY == 0:
             if adapter.agree([time.perf_counter() - start]).max() > opts.max_time:
                 break
-    if collective != "barrier" and not problem:
+    if collective != "barrier" and not problem and not (collective in ROOTED and result is None):
         wrong_at, problem = check(collective, adapter.as_numpy(result), count, size, rank)
     result = state = None
 
@@ -211,7 +235,7 @@ def measure(adapter: Adapter, collective: str, nbytes: int, opts) -> dict:
         "schema": SCHEMA, "peer": opts.peer_name or adapter.peer, "version": adapter.version,
         "launcher": adapter.launcher, "transport": adapter.transport, "collective": collective,
         "n_ranks": size, "dtype": "float32", "bytes_per_rank": nbytes,
-        "bytes_out": nbytes * size if collective == "all_gather" else nbytes,
+        "bytes_out": nbytes * size if collective in ("all_gather", "gather") else nbytes,
         "warmup": warmup, "iters": len(times), "capped": len(times) < iters,
         "time_s": median, "time_s_rank0": float(np.median(table[0])),
         "time_s_min": float(per_call.min()), "time_s_p90": float(np.percentile(per_call, 90)),
@@ -274,15 +298,17 @@ def main(make_adapter) -> None:
     adapter = make_adapter()
     size = adapter.size
     largest = 250 * size + 256 * size * (size - 1) // 2
-    if "all_sum" in opts.collectives and largest >= EXACT_FLOAT32:
+    if ("all_sum" in opts.collectives or "reduce" in opts.collectives) and largest >= EXACT_FLOAT32:
         sys.exit(f"{adapter.peer} rank {adapter.rank}: {size} ranks: all_sum's answer would not be exact in float32")
-    if "all_to_all" in opts.collectives:
+    for name in ("all_to_all", "scatter"):
+        if name not in opts.collectives:
+            continue
         if 256 * size * size >= EXACT_FLOAT32:
             sys.exit(f"{adapter.peer} rank {adapter.rank}: {size} ranks: "
-                     "all_to_all's blocks would not be exact in float32")
+                     f"{name}'s blocks would not be exact in float32")
         uneven = [n for n in opts.sizes if (n // 4) % size]
         if uneven:
-            sys.exit(f"{adapter.peer} rank {adapter.rank}: all_to_all: --sizes {uneven[0]} is not {size} equal "
+            sys.exit(f"{adapter.peer} rank {adapter.rank}: {name}: --sizes {uneven[0]} is not {size} equal "
                      "blocks of float32 values")
     wrong = 0
     out = open(opts.out, "a") if opts.out and adapter.rank == 0 else None

@@ -19,7 +19,8 @@ class MLXRing(loop.Adapter):
     peer = "mlx_ring"
     launcher = "mlx.launch --backend ring"
     transport = "tcp"
-    missing = {"all_to_all": "mx.distributed has no all_to_all"}
+    missing = {"all_to_all": "mx.distributed has no all_to_all", "gather": "mx.distributed has no gather",
+               "scatter": "mx.distributed has no scatter", "reduce": "mx.distributed has no rooted reduce"}
 
     def __init__(self):
         self.version = f"mlx {mx.__version__}"

@@ -2,7 +2,8 @@
 
 Started on every rank by `mpirun -n N [--mca btl ...] PY mpi_worker.py --peer-name LABEL [loop options]`;
 run.py picks the transport with `--mca btl` (self,tcp over lo, or self,vader: shared memory) and
-says which in PEER_TRANSPORT. Allgather, Allreduce(SUM) and Alltoall write into outputs made once per row.
+says which in PEER_TRANSPORT. Allgather, Allreduce(SUM), Alltoall, Gather, Scatter and Reduce(SUM)
+(root 0) write into outputs made once per row.
 """
 
 import os
@@ -31,7 +32,8 @@ class OpenMPI(loop.Adapter):
         self.comm.Barrier()
 
     def prepare(self, x, collective):
-        out = np.empty(x.size * self.size if collective == "all_gather" else x.size, dtype=np.float32)
+        count = {"all_gather": x.size * self.size, "gather": x.size * self.size, "scatter": x.size // self.size}
+        out = np.empty(count.get(collective, x.size), dtype=np.float32)
         return x, out
 
     def all_gather(self, state):
@@ -48,6 +50,21 @@ class OpenMPI(loop.Adapter):
         x, out = state
         self.comm.Alltoall([x, MPI.FLOAT], [out, MPI.FLOAT])
         return out
+
+    def gather(self, state):
+        x, out = state
+        self.comm.Gather([x, MPI.FLOAT], [out, MPI.FLOAT] if self.rank == 0 else None, root=0)
+        return out if self.rank == 0 else None
+
+    def scatter(self, state):
+        x, out = state
+        self.comm.Scatter([x, MPI.FLOAT] if self.rank == 0 else None, [out, MPI.FLOAT], root=0)
+        return out
+
+    def reduce(self, state):
+        x, out = state
+        self.comm.Reduce([x, MPI.FLOAT], [out, MPI.FLOAT] if self.rank == 0 else None, op=MPI.SUM, root=0)
+        return out if self.rank == 0 else None
 
 
 if __name__ == "__main__":

@@ -65,7 +65,8 @@ def markdown(paths) -> str:
           "- float32; time = median over the timed calls of the slowest rank's time for the call, with a "
           "barrier before every call outside the timing",
           "- busbw (GB/s = 1e9 B/s): all_gather N·size/time·(N−1)/N, all_sum size/time·2(N−1)/N, "
-          "all_to_all size/time·(N−1)/N",
+          "all_to_all size/time·(N−1)/N; gather (root 0) as all_gather, scatter (root 0) as all_to_all, "
+          "reduce (sum to root 0) size/time",
           "- the whole output of the first and the last call was checked on every rank; WRONG marks a row that "
           "failed the check", ""]
 
@@ -86,7 +87,7 @@ def markdown(paths) -> str:
     md += ["## Peers", ""] + _table(["peer", "N", "status", "version", "launcher", "transport", "note"], body, False)
 
     for n in ns:
-        for collective in ("all_gather", "all_sum", "all_to_all"):
+        for collective in ("all_gather", "all_sum", "all_to_all", "gather", "scatter", "reduce"):
             these = {(r["peer"], r["bytes_per_rank"]): r for r in rows
                      if r["n_ranks"] == n and r["collective"] == collective}
             if not these:
@@ -101,8 +102,8 @@ def markdown(paths) -> str:
             def flag(r):
                 return "" if r.get("verified") else " WRONG"
 
-            output = ("N × the input" if collective == "all_gather" else
-                      "the input's size, N blocks" if collective == "all_to_all" else "the input's size")
+            output = ("N × the input" if collective in ("all_gather", "gather") else
+                      "the input's size, N blocks" if collective in ("all_to_all", "scatter") else "the input's size")
             md += [f"## {collective}, N = {n} (size: per-rank input; output: {output})", "", "Median time per call", ""]
             md += _table(["size", *cols], grid(lambda r: duration(r["time_s"]) + flag(r)))
             md += ["busbw, GB/s", ""]

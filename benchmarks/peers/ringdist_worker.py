@@ -37,6 +37,15 @@ class Ringdist(loop.Adapter):
     def all_to_all(self, x):
         return ringdist.all_to_all(x, group=self.group)
 
+    def gather(self, x):
+        return ringdist.gather(x, root=0, group=self.group)
+
+    def scatter(self, x):
+        return ringdist.scatter(x if self.rank == 0 else None, root=0, group=self.group)
+
+    def reduce(self, x):
+        return ringdist.reduce(x, root=0, group=self.group)
+
 
 if __name__ == "__main__":
     loop.main(Ringdist)

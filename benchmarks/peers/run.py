@@ -96,10 +96,10 @@ def options(argv: list[str] | None) -> argparse.Namespace:
         p.error(f"N = {args.n}: expected at least 2 ranks")
     if 250 * args.n + 256 * args.n * (args.n - 1) // 2 >= EXACT_FLOAT32:
         p.error(f"N = {args.n}: too many ranks for all_sum's answer to be exact in float32")
-    if "all_to_all" in args.collectives:
+    for name in ("all_to_all", "scatter"):
         uneven = [size for size in args.sizes if (size // 4) % args.n]
-        if uneven:
-            p.error(f"--sizes {uneven[0]}: all_to_all needs a size of {args.n} equal blocks of float32 values")
+        if name in args.collectives and uneven:
+            p.error(f"--sizes {uneven[0]}: {name} needs a size of {args.n} equal blocks of float32 values")
     return args
 
 

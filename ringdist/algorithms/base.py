@@ -23,6 +23,9 @@ class Algorithm:
     all_to_all: Callable[..., Any] | None = None
     gather_v: Callable[..., Any] | None = None
     gather_root: Callable[..., Any] | None = None
+    # A rooted reduce's run (comm, arr, op, root, header, timeout) -> `reduce`'s very bits on the
+    # root, None elsewhere, doing less; without it a rooted reduce runs `reduce` on every rank.
+    reduce_root: Callable[..., Any] | None = None
     fits: Callable[[Any, str, int], str | None] = _always  # (comm, kind, bytes per rank) -> why not
 
     def runs(self, kind: str) -> bool:

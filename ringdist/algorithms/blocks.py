@@ -24,11 +24,18 @@ from ..comm import Comm
 from ..errors import ProtocolError
 from ..flows import Outflow, Segments, SizedInflow
 
-PER_SENDER = ("sizes", "hop")  # header fields that differ by sender or by relay
+PER_SENDER = ("sizes", "hop", "at")  # header fields that differ by sender or by relay (`at`: shm_blocks.py)
 # (source rank, its header's fields, the channel) -> bytes per unit of `sizes`; raises if refused.
 # It compares the call before it reads `sizes`: a header of another call may have none.
 Check = Callable[[int, dict[str, Any], Channel], int]
 Parts = tuple[list[memoryview], dict[str, Any]]  # a stream's payload parts, and its header's fields (with sizes)
+
+
+class Assembled(list):
+    """An all-to-all's (units, bytes) by source whose blocks lie in order in `whole`, one
+    uint8 array: the result itself, no copy needed."""
+
+    whole: np.ndarray
 
 
 def sizes_of(fields: dict[str, Any], ch: Channel, count: int | None = None) -> list[int]:

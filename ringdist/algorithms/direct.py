@@ -81,9 +81,21 @@ def broadcast(g: Comm, out: np.ndarray, root: int, header: wire.Header, timeout:
     g.exchange("broadcast", sends, recvs, header, timeout=timeout)
 
 
+def reduce_root(g: Comm, arr: np.ndarray, op: str, root: int, header: wire.Header,
+                timeout: float | None) -> np.ndarray | None:
+    """`reduce`'s result on the root only: every array to the root (`gather_root`), folded
+    there in rank order."""
+    stack = gather_root(g, arr.reshape(1, -1), root, header, timeout)
+    if stack is None:
+        return None
+    out = np.empty(arr.shape, arr.dtype)
+    fold([row.reshape(arr.shape) for row in stack], REDUCERS[op], out)
+    return out
+
+
 def _fits(comm: Comm, kind: str, nbytes: int) -> str | None:
     return needs_mesh(comm)
 
 
 ALGORITHM = Algorithm("direct", gather=gather, reduce=reduce, broadcast=broadcast, all_to_all=all_to_all_direct,
-                      gather_v=gather_direct, gather_root=gather_root, fits=_fits)
+                      gather_v=gather_direct, gather_root=gather_root, reduce_root=reduce_root, fits=_fits)

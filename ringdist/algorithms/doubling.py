@@ -131,8 +131,57 @@ def _plan(n: int, r: int) -> tuple[int, list[tuple[list[int], bool]], list[int] 
     return p2, [([q], r < q) for q in partners], None
 
 
+_NOTHING = memoryview(bytearray())  # a header-only message's payload
+
+
+def reduce_root(g: Comm, arr: np.ndarray, op: str, root: int, header: wire.Header,
+                timeout: float | None) -> np.ndarray | None:
+    """`reduce`'s result on the root only: the same pairs fold the same operands in the same
+    order, but one way (a binomial tree): at step k the rank of each pair whose bit k
+    differs from the target's sends its partial result and is done. The target is the root,
+    or rank root-P where the root is an extra rank (which gets the result from it at the end).
+    Half the bytes, and no step back out. A receiver sends its header back (no payload):
+    ranks that disagree on the root would otherwise all wait to receive."""
+    n, r = g.size(), g.rank()
+    p2 = fold(n)
+    ufunc = REDUCERS[op]
+    if g.mesh is None:
+        neighbours(g, header, op, timeout)
+    target = root if root < p2 else root - p2
+    mine = arr if arr.flags.c_contiguous else np.array(arr, order="C", copy=True)  # 0-d stays 0-d
+    acc = buffers.cache.empty(arr.shape, arr.dtype)  # an array even when 0-d
+    if r >= p2:  # an extra rank: its array to rank r-P (and, on the root, the result back from it)
+        g.exchange(op, [byte_view(mine)], [_NOTHING], header, timeout=timeout, peers=[r - p2])
+        if r != root:
+            return None
+        g.exchange(op, [], [byte_view(acc)], header, timeout=timeout, peers=[target])
+        return acc
+    theirs = None
+    partners = ([r + p2] if r + p2 < n else []) + [r ^ k for k in _powers(p2)]
+    for partner in partners:
+        if partner < p2 and (r ^ target) & (partner ^ r):  # this rank's partial goes to the partner
+            g.exchange(op, [byte_view(mine)], [_NOTHING], header, timeout=timeout, peers=[partner])
+            return None
+        if mine is acc:
+            if theirs is None:
+                theirs = buffers.cache.empty(arr.shape, arr.dtype, min_bytes=buffers.SCRATCH_MIN_BYTES)
+            into = theirs
+        else:
+            into = acc
+        g.exchange(op, [_NOTHING], [byte_view(into)], header, timeout=timeout, peers=[partner])
+        if r < partner:
+            ufunc(mine, into, out=acc)
+        else:
+            ufunc(into, mine, out=acc)
+        mine = acc
+    if r != root:  # the target, for an extra rank's root
+        g.exchange(op, [byte_view(acc)], [], header, timeout=timeout, peers=[root])
+        return None
+    return acc
+
+
 def _powers(p2: int) -> list[int]:
     return [1 << i for i in range(p2.bit_length() - 1)]
 
 
-ALGORITHM = Algorithm("doubling", gather=gather, reduce=reduce)
+ALGORITHM = Algorithm("doubling", gather=gather, reduce=reduce, reduce_root=reduce_root)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from ..comm import Comm
 from .base import Algorithm
 from .common import needs_mesh
-from .doubling import reduce
+from .doubling import reduce, reduce_root
 
 
 def _fits(comm: Comm, kind: str, nbytes: int) -> str | None:
@@ -18,4 +18,4 @@ def _fits(comm: Comm, kind: str, nbytes: int) -> str | None:
     return needs_mesh(comm)
 
 
-ALGORITHM = Algorithm("pairwise", reduce=reduce, fits=_fits)
+ALGORITHM = Algorithm("pairwise", reduce=reduce, reduce_root=reduce_root, fits=_fits)

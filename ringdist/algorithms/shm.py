@@ -15,6 +15,8 @@ one copy by the CPU instead of two by the kernel (send and receive).
   signal every rank copies every reduced slice. 2α + (1 + 2/N)n copied.
 - reduce-scatter: each rank writes its array; rank p reduces block p in rank order.
 - broadcast: the root writes its array; every other rank copies it.
+- all-to-all and scatter (`shm_blocks.py`): each rank writes its blocks for the other
+  ranks once; each rank copies its block out of every peer's segment.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from ..arrays import REDUCERS, byte_view, fold
 from ..comm import Comm
 from . import dissemination
 from .base import Algorithm
+from .shm_blocks import all_to_all
 
 _NOTHING = memoryview(bytearray())
 _RESULT_ALIGN = 64
@@ -71,14 +74,16 @@ def gather(g: Comm, arr: np.ndarray, out: np.ndarray, header: wire.Header, timeo
             dst[p * m + a:p * m + b] = link.slot(p, k)[:b - a]
 
 
-def reduce(g: Comm, arr: np.ndarray, op: str, header: wire.Header, timeout: float | None) -> np.ndarray:
+def reduce(g: Comm, arr: np.ndarray, op: str, header: wire.Header, timeout: float | None,
+           root: int | None = None) -> np.ndarray | None:
+    """The all-reduce; with `root`, only the root copies the reduced slices out (None elsewhere)."""
     link = g.shm
     assert link is not None
     n, r = g.size(), g.rank()
     ufunc = REDUCERS[op]
     own = np.ascontiguousarray(arr).reshape(-1)
-    out = buffers.cache.empty(arr.shape, arr.dtype)
-    flat = out.reshape(-1)
+    gets = root is None or r == root
+    out = buffers.cache.empty(arr.shape, arr.dtype) if gets else None
     dtype, isz = arr.dtype, arr.dtype.itemsize
     # A slot holds a round's input (c elements) and, past it, this rank's reduced slice (c/N).
     c = max(1, (link.slot_size - _RESULT_ALIGN - 2 * isz) // isz * n // (n + 1))
@@ -94,10 +99,17 @@ def reduce(g: Comm, arr: np.ndarray, op: str, header: wire.Header, timeout: floa
         fold([own[a + lo:a + hi] if q == r else _array(slots[q], dtype, hi - lo, lo * isz) for q in range(n)],
              ufunc, mine)
         _signal(g, op, header, timeout)
-        for q in range(n):
-            qlo, qhi = bounds[q]
-            np.copyto(flat[a + qlo:a + qhi], _array(slots[q], dtype, qhi - qlo, result_at))
+        if out is not None:
+            flat = out.reshape(-1)
+            for q in range(n):
+                qlo, qhi = bounds[q]
+                np.copyto(flat[a + qlo:a + qhi], _array(slots[q], dtype, qhi - qlo, result_at))
     return out
+
+
+def reduce_root(g: Comm, arr: np.ndarray, op: str, root: int, header: wire.Header,
+                timeout: float | None) -> np.ndarray | None:
+    return reduce(g, arr, op, header, timeout, root)
 
 
 def reduce_scatter(g: Comm, own: np.ndarray, out: np.ndarray, header: wire.Header, timeout: float | None) -> None:
@@ -140,4 +152,4 @@ def _fits(comm: Comm, kind: str, nbytes: int) -> str | None:
 
 
 ALGORITHM = Algorithm("shm", gather=gather, reduce=reduce, reduce_scatter=reduce_scatter, broadcast=broadcast,
-                      fits=_fits)
+                      all_to_all=all_to_all, reduce_root=reduce_root, fits=_fits)

@@ -16,9 +16,11 @@ from .base import Algorithm
 from .common import needs_mesh
 
 
-def reduce(g: Comm, arr: np.ndarray, op: str, header: wire.Header, timeout: float | None) -> np.ndarray:
+def reduce(g: Comm, arr: np.ndarray, op: str, header: wire.Header, timeout: float | None,
+           root: int | None = None) -> np.ndarray | None:
     """Reduce-scatter then all-gather, each one direct exchange: rank p gets block p of every
-    rank's array, reduces them in rank order, and sends the result to every rank.
+    rank's array, reduces them in rank order, and sends the result to every rank (only to
+    `root`, when given: None elsewhere).
 
     The ring's bytes (2(N-1)/N of the array each way) in 2 steps instead of 2(N-1).
     """
@@ -35,6 +37,14 @@ def reduce(g: Comm, arr: np.ndarray, op: str, header: wire.Header, timeout: floa
                [byte_view(stack[p]) for p in mesh.order], header, timeout=timeout)
     mine = flat[lo:hi]
     fold([own[lo:hi] if q == r else stack[q] for q in range(n)], REDUCERS[op], mine)
+    if root is not None:
+        if r != root:
+            g.exchange(op, [byte_view(mine)], [], header, timeout=timeout, peers=[root])
+            return None
+        others = [p for p in range(n) if p != r]
+        g.exchange(op, [], [byte_view(flat[bounds[p][0]:bounds[p][1]]) for p in others], header,
+                   timeout=timeout, peers=others)
+        return out
     g.exchange(op, [byte_view(mine)] * len(mesh.order),
                [byte_view(flat[bounds[p][0]:bounds[p][1]]) for p in mesh.order], header, timeout=timeout)
     return out
@@ -44,4 +54,9 @@ def _fits(comm: Comm, kind: str, nbytes: int) -> str | None:
     return needs_mesh(comm)
 
 
-ALGORITHM = Algorithm("two-shot", reduce=reduce, fits=_fits)
+def reduce_root(g: Comm, arr: np.ndarray, op: str, root: int, header: wire.Header,
+                timeout: float | None) -> np.ndarray | None:
+    return reduce(g, arr, op, header, timeout, root)
+
+
+ALGORITHM = Algorithm("two-shot", reduce=reduce, reduce_root=reduce_root, fits=_fits)

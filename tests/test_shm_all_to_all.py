@@ -1,0 +1,158 @@
+"""all_to_all and scatter through shared memory: bit for bit against numpy at N = 1..9 (forced),
+with splits, empty blocks, 2-D and 4-D rows, strided inputs and streams longer than a slot;
+ranks that disagree all raise; the table's choice."""
+
+from __future__ import annotations
+
+import sys
+
+import ml_dtypes
+import numpy as np
+import pytest
+
+import ringdist as rd
+from ringdist import tuning
+from ringdist.shm import slot_bytes
+
+from harness import RankFailed, run_ranks
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the shared-memory link is Linux's")
+SHM = (("*", "shm"),)
+
+
+def rows(rank: int, count: int, width: int = 3, dtype=np.float32) -> np.ndarray:
+    """`count` rows of rank `rank`, every element naming its rank, row and column."""
+    return (np.arange(count * width).reshape(count, width) + 100_000 * rank).astype(dtype)
+
+
+def splits_of(rank: int, n: int) -> list[int]:
+    """Uneven row counts, zeros included, different on every rank."""
+    return [(rank * 7 + p * 3) % 4 for p in range(n)]
+
+
+def big_splits(rank: int, n: int, width: int) -> list[int]:
+    """Rank 0 sends a stream of about three slots, the others a few rows: rounds follow the longest."""
+    many = 3 * slot_bytes(max(n, 2)) // (4 * width) // max(n - 1, 1) + 7
+    return [many if rank == 0 and p != 0 else (p + rank) % 3 for p in range(n)]
+
+
+def calls(n: int, r: int, g: rd.Group | None) -> dict:
+    """The cases; with g None, each rank's inputs and the expected results from numpy alone."""
+    big = 3 * slot_bytes(max(n, 2)) // 12 // n * n + n  # float32 rows of 3: about three slots a rank
+    cases = {
+        "even": (rows(r, 2 * n), {}),
+        "even_big": (rows(r, big), {}),
+        "even_empty": (rows(r, 0), {}),
+        "even_strided": (rows(r, 4 * n, 6)[::2, ::2], {}),
+        "even_bf16_4d": (np.full((2 * n, 2, 1, 3), r + 0.5, ml_dtypes.bfloat16), {}),
+        "splits": (rows(r, sum(splits_of(r, n)), 2, np.int64), {"splits": splits_of(r, n)}),
+        "splits_big": (rows(r, sum(big_splits(r, n, 5)), 5), {"splits": big_splits(r, n, 5)}),
+        "splits_zero": (rows(r, 0, 4, np.int16), {"splits": [0] * n}),
+        "splits_strided": (rows(r, 2 * sum(splits_of(r, n)), 4, np.float64)[::2],
+                           {"splits": splits_of(r, n)}),
+    }
+    out = {}
+    for name, (x, kw) in cases.items():
+        out[name] = (x, kw) if g is None else rd.all_to_all(x, group=g, **kw)
+    root = n // 2
+    for name, x in {"scatter": rows(root, 3 * n, 4, np.int16), "scatter_big": rows(root, big),
+                    "scatter_empty": rows(root, 0, 5, np.float64)}.items():
+        out[name] = x if g is None else rd.scatter(x if r == root else None, root=root, group=g)
+    return out
+
+
+def expected(n: int, r: int) -> dict:
+    mine = calls(n, r, None)
+    theirs = [calls(n, q, None) for q in range(n)]
+    want = {}
+    for name in (k for k in mine if not k.startswith("scatter")):
+        parts = []
+        for q in range(n):
+            xq, kwq = theirs[q][name]
+            counts = kwq.get("splits") or [xq.shape[0] // n] * n
+            start = sum(counts[:r])
+            parts.append(xq[start:start + counts[r]])
+        want[name] = np.concatenate(parts)
+    for name in ("scatter", "scatter_big", "scatter_empty"):
+        x = mine[name]
+        per = x.shape[0] // n
+        want[name] = x[r * per:(r + 1) * per]
+    return want
+
+
+@pytest.mark.parametrize("n", range(1, 10))
+def test_forced_shm_all_to_all_and_scatter_match_numpy_bit_for_bit(n):
+    def rank(g: rd.Group):
+        if 2 <= n <= 8:
+            assert g.shm is not None
+        try:
+            return calls(n, g.rank(), g)
+        except rd.ConfigError as exc:
+            return exc
+
+    results = run_ranks(n, rank, algo=SHM)
+    if n > 8:  # no mesh, no link: every rank refuses alike
+        assert all(isinstance(e, rd.ConfigError) and "needs shared memory" in str(e) for e in results), results
+        return
+    for r in range(n):
+        want = expected(n, r)
+        assert sorted(results[r]) == sorted(want)
+        for name, w in want.items():
+            got = results[r][name]
+            assert got.dtype == w.dtype and got.shape == w.shape, (name, r, got.shape, w.shape)
+            assert got.flags.c_contiguous and got.tobytes() == w.tobytes(), (name, r)
+
+
+def test_a_result_is_not_overwritten_by_later_calls():
+    def rank(g: rd.Group):
+        n, r = g.size(), g.rank()
+        first = rd.all_to_all(rows(r, 2 * n), splits=[2] * n, group=g)
+        second = rd.all_to_all(rows(r + 10, 2 * n), splits=[2] * n, group=g)
+        return first, second
+
+    for r, (first, second) in enumerate(run_ranks(3, rank, algo=SHM)):
+        assert np.array_equal(first, np.concatenate([rows(q, 6)[2 * r:2 * r + 2] for q in range(3)]))
+        assert np.array_equal(second, np.concatenate([rows(q + 10, 6)[2 * r:2 * r + 2] for q in range(3)]))
+
+
+DISAGREEMENTS = {
+    "splits_or_not": lambda g: rd.all_to_all(np.ones((3, 2)), splits=[1, 1, 1] if g.rank() else None, group=g),
+    "dtype": lambda g: rd.all_to_all(np.ones((3, 2), np.float32 if g.rank() else np.float64), splits=[1, 1, 1],
+                                     group=g),
+    "trailing": lambda g: rd.all_to_all(np.ones((3, 2 + (g.rank() == 2))), splits=[0, 1, 2], group=g),
+    "shape_no_splits": lambda g: rd.all_to_all(np.ones((3 * (1 + (g.rank() == 1)), 2)), group=g),
+    "big_shape_no_splits": lambda g: rd.all_to_all(np.ones((3 << (17 + (g.rank() == 1)), 2)), group=g),
+    "scatter_root": lambda g: rd.scatter(np.ones(6), root=0 if g.rank() < 2 else 1, group=g),
+    "scatter_vs_all_to_all": lambda g: (rd.scatter(np.ones(3), group=g) if g.rank() else
+                                        rd.all_to_all(np.ones(3), splits=[1, 1, 1], group=g)),
+    "all_to_all_vs_all_gather": lambda g: (rd.all_gather(np.ones(3 << 16), group=g) if g.rank() == 1 else
+                                           rd.all_to_all(np.ones(3 << 16), group=g)),
+}
+
+
+@pytest.mark.parametrize("case", list(DISAGREEMENTS))
+def test_ranks_that_disagree_over_shared_memory_all_raise_then_the_group_is_broken(case):
+    outcomes: list = [None] * 3
+
+    def rank(g):
+        try:
+            DISAGREEMENTS[case](g)
+            outcomes[g.rank()] = "returned"
+        except rd.RingError as exc:
+            outcomes[g.rank()] = exc
+        rd.all_sum(np.ones(1), group=g)  # GroupBrokenError
+
+    with pytest.raises(RankFailed) as info:
+        run_ranks(3, rank, timeout=30, algo=SHM)
+    assert all(isinstance(o, rd.RingError) for o in outcomes), outcomes
+    assert any(isinstance(o, rd.MismatchError) for o in outcomes), outcomes
+    assert all(isinstance(e, rd.GroupBrokenError) for e in info.value.errors), info.value.errors
+
+
+def test_the_table_sends_all_to_all_through_shared_memory_from_its_threshold():
+    def choices(g: rd.Group) -> list:
+        return [tuning.choose(g, op, nbytes).name for op, nbytes in
+                [("all_to_all", 4096), ("all_to_all", tuning.SHM_ALL_TO_ALL_MIN), ("all_to_all", tuning.UNKNOWN),
+                 ("scatter", tuning.UNKNOWN)]]
+    assert run_ranks(4, choices)[0] == ["direct", "shm", "shm", "shm"]
+    assert run_ranks(4, choices, shm=False)[0] == ["direct"] * 4
