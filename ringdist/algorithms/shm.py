@@ -148,6 +148,8 @@ def _fits(comm: Comm, kind: str, nbytes: int) -> str | None:
     if comm.shm is None:
         return ("it needs shared memory with every rank of the group: all on one machine, Linux, and "
                 "RINGDIST_SHM not 0")
+    if kind == "all_to_all" and comm.mesh is None:  # each peer's sizes ride in its header (`shm_blocks`)
+        return f"its all_to_all needs a connection to every rank, which groups of 2 to 8 ranks have (this one has {comm.size()})"
     return None
 
 
