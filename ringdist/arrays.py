@@ -39,13 +39,25 @@ def check_reducible(arr: np.ndarray, op: str, call: str | None = None) -> None:
     extension dtypes such as ml_dtypes' bfloat16 and float8 (kind 'V' without fields).
     Strings would "add" by concatenation, truncated; objects and structured dtypes are not numbers."""
     dt = arr.dtype
+    why = _unreducible.get((dt, op), "")
+    if why == "":  # not asked yet for this dtype and op
+        why = _unreducible[(dt, op)] = _why_unreducible(dt, op)
+    if why is not None:
+        raise TypeError(f"{call or op}: {why}")
+
+
+_unreducible: dict[tuple[np.dtype, str], str | None] = {}  # (dtype, op) -> why it cannot be reduced, or None
+
+
+def _why_unreducible(dt: np.dtype, op: str) -> str | None:
     if dt.kind in "SUOM" or dt.fields is not None or type(dt) is _RAW_BYTES:
-        raise TypeError(f"{call or op}: dtype {dt} is not numeric or bool; only those can be reduced")
+        return f"dtype {dt} is not numeric or bool; only those can be reduced"
     probe = np.zeros(1, dtype=dt)
     try:
         REDUCERS[op](probe, probe, out=probe)
     except TypeError:
-        raise TypeError(f"{call or op}: numpy cannot reduce dtype {dt} with {REDUCERS[op].__name__}") from None
+        return f"numpy cannot reduce dtype {dt} with {REDUCERS[op].__name__}"
+    return None
 
 
 def fold(rows: list[np.ndarray], ufunc: Any, out: np.ndarray) -> None:

@@ -50,13 +50,17 @@ def all_gather(x: Any, *, uneven: bool = False, group: Comm | None = None,
     dtype still equal everywhere).
     """
     if async_op or work.active:
-        r = work.route("all_gather", group, async_op,
-                       lambda g: all_gather(x, uneven=uneven, group=g, timeout=timeout))
+        r = _route_all_gather(x, uneven, group, timeout, async_op)
         if r is not work.HERE:
             return r
     if uneven:
         return uneven_module.all_gather_uneven(x, _comm(group, timeout), timeout)
     return gather_rows(x, group=group, op="all_gather", timeout=timeout)
+
+
+def _route_all_gather(x: Any, uneven: bool, group: Comm | None, timeout: float | None, async_op: bool) -> Any:
+    # Apart from all_gather, so that its variables stay plain locals (no closure cells) on the common path.
+    return work.route("all_gather", group, async_op, lambda g: all_gather(x, uneven=uneven, group=g, timeout=timeout))
 
 
 def gather(x: Any, root: int = 0, *, group: Comm | None = None, timeout: float | None = None,
@@ -102,7 +106,7 @@ def _all_reduce(x: Any, group: Comm | None, op: str, timeout: float | None, name
     """all_<op> (queued as `work.route` says); under the op `name` (with `extra` header
     fields) for a rooted reduce, which has been routed already."""
     if async_op or work.active:
-        r = work.route(op, group, async_op, lambda g: _all_reduce(x, g, op, timeout))
+        r = _route_all_reduce(x, group, op, timeout, async_op)
         if r is not work.HERE:
             return r
     g = comm_module.default_made if group is None and timeout is None else None  # the common case
@@ -126,6 +130,11 @@ def _all_reduce(x: Any, group: Comm | None, op: str, timeout: float | None, name
         out = algorithm.reduce(g, arr, op, header, timeout)
     g.finish(call)
     return out
+
+
+def _route_all_reduce(x: Any, group: Comm | None, op: str, timeout: float | None, async_op: bool) -> Any:
+    # Apart from _all_reduce, so that its variables stay plain locals (no closure cells) on the common path.
+    return work.route(op, group, async_op, lambda g: _all_reduce(x, g, op, timeout))
 
 
 def all_sum(x: Any, *, group: Comm | None = None, timeout: float | None = None,

@@ -292,15 +292,8 @@ class Comm:
                         channels = self.channels  # with the link just opened
                     to = [ch]
                 else:
-                    known = links.peers
-                    to = [known.get(p) for p in peers]
-                    if sources is not None:
-                        sources_ch = [known.get(p) for p in sources]
-                    if None in to or (sources_ch is not None and None in sources_ch):  # not linked yet
-                        to = [known.get(p) or self.link(p, timeout) for p in peers]
-                        if sources is not None:
-                            sources_ch = [known.get(p) or self.link(p, timeout) for p in sources]
-                        channels = self.channels  # with any link just opened
+                    to, sources_ch = self._linked(peers, sources, timeout)
+                    channels = self.channels  # with any link just opened
                 settings = self.settings
                 quiet = engine.exchange(to, sends, recvs, header, outflows, channels,
                                         settings.timeout if timeout is None else self._timeout(timeout),
@@ -319,6 +312,15 @@ class Comm:
         except BaseException as exc:
             self._fail(op, channels, seq, outflows, exc)
             raise
+
+    def _linked(self, peers: list[int], sources: list[int] | None,
+                timeout: float | None) -> tuple[list[Channel], list[Channel] | None]:
+        """The channels to `peers` and from `sources` (None: the same), links opened first."""
+        known = self.links.peers  # type: ignore[union-attr]
+        to = [known.get(p) or self.link(p, timeout) for p in peers]
+        if sources is None:
+            return to, None
+        return to, [known.get(p) or self.link(p, timeout) for p in sources]
 
     def finish(self, op: str) -> None:
         """The collective whose header was made last has gone well here: raise the ABORT a

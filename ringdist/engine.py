@@ -28,6 +28,7 @@ from .channel import Channel
 from .errors import RingError, RingTimeoutError
 from .flows import Inflow, Outflow, Segments, Watch, intro
 
+perf_counter = time.perf_counter
 POLLIN = select.POLLIN | select.POLLPRI
 POLLOUT = select.POLLOUT
 POLLERR = select.POLLERR | select.POLLHUP | select.POLLNVAL
@@ -186,23 +187,21 @@ def exchange(peers: list[Channel], sends: list[memoryview], recvs: list[memoryvi
     True when each channel received on found its socket empty at its last read, or has the
     peer's next header staged: nothing (no ABORT) had come after the call's frames then.
     """
-    intros: dict[int, bytes] = {}
+    last, first = -1, b""  # the intro of the last length seen: blocks are mostly of one length
     for ch, send in zip(peers, sends):
         n = len(send)
-        first = intros.get(n)
-        if first is None:
-            first = intros[n] = intro(header, n)
-        rest = Outflow.send_whole(ch, send, op, first)
-        if rest is not None:
-            outflows.append(rest)
+        if n != last:
+            first, last = intro(header, n), n
+        sent = ch.sendmsg([first, send], op)
+        if sent != len(first) + n:
+            outflows.append(Outflow.rest_of(ch, send, op, first, sent))
     waiting = {}
     odd = []
     froms = peers if sources is None else sources
     for ch, dest in zip(froms, recvs):
         n = len(dest)
-        first = intros.get(n)
-        if first is None:
-            first = intros[n] = intro(header, n)
+        if n != last:
+            first, last = intro(header, n), n
         flow = Inflow(ch, Segments([dest]), op, header)
         ch.drained = False  # until a read of this call finds the socket empty
         if ch.reader.end != ch.reader.start:  # read ahead earlier: take it first
@@ -216,7 +215,7 @@ def exchange(peers: list[Channel], sends: list[memoryview], recvs: list[memoryvi
     if background is not None and background.owner == threading.get_ident():
         spin = 0.0  # the progress thread: straight to run, which drives its background flows too
     if waiting and not outflows and not odd:
-        deadline = time.perf_counter() + min(spin, timeout)  # never spinning past the timeout
+        deadline = perf_counter() + min(spin, timeout)  # never spinning past the timeout
         while True:
             for fd, _ in poller.poll(0):
                 entry = waiting.get(fd)
@@ -227,7 +226,7 @@ def exchange(peers: list[Channel], sends: list[memoryview], recvs: list[memoryvi
                     odd.append(waiting.pop(fd)[0])
                 elif state:
                     del waiting[fd]
-            if not waiting or odd or time.perf_counter() >= deadline:
+            if not waiting or odd or perf_counter() >= deadline:
                 break
             if yield_core:
                 os.sched_yield()

@@ -9,10 +9,10 @@ HEADER frame, checked by the receiver. A `Watch` looks at a connection with no i
 in the call, for an ABORT or a header of another call. Inflows and watches read frames
 with their channel's `wire.FrameReader`; `engine` drives them all.
 
-Small streams can finish at once: `Outflow.send_whole` sends the header and the whole
-payload in one `sendmsg`, and `Inflow.take` compares the header and DATA prefix with
-the expected bytes in one comparison and lands the payload; what they cannot finish
-stays in the same flows, for the engine's poll loop.
+Small streams can finish at once: the engine sends the header and the whole payload in
+one `sendmsg` (`Outflow.rest_of` is what a partial send leaves), and `Inflow.take`
+compares the header and DATA prefix with the expected bytes in one comparison and lands
+the payload; what they cannot finish stays in the same flows, for the engine's poll loop.
 """
 
 from __future__ import annotations
@@ -335,13 +335,9 @@ class Outflow:
         self.done = not self.pending and self.total == 0
 
     @classmethod
-    def send_whole(cls, ch: Channel, payload: memoryview, op: str, intro: bytes) -> "Outflow | None":
-        """Finish now if possible: send `intro` (see `intro()`) and `payload` after it, the
-        whole payload in that one DATA frame, in one sendmsg. None once all is sent; else
-        the outflow of the rest, for the engine."""
-        sent = ch.sendmsg([intro, payload], op)
-        if sent == len(intro) + len(payload):
-            return None
+    def rest_of(cls, ch: Channel, payload: memoryview, op: str, intro: bytes, sent: int) -> "Outflow":
+        """The outflow of what is left once `sent` bytes of `intro` (see `intro()`) and
+        `payload` after it, the whole payload in that one DATA frame, went in one sendmsg."""
         flow = cls(ch, Segments([payload]), op)
         flow.pending = [intro, payload] if len(payload) else [intro]
         flow.framed = flow.total

@@ -35,8 +35,16 @@ def gather(g: Comm, arr: np.ndarray, out: np.ndarray, header: wire.Header, timeo
     data = byte_view(out)
     p2 = fold(n)
     if p2 == n:
-        _gather(g, data, lambda q: q * size, p2, op, header, timeout)
+        for peers, base, other, k in _gather_steps(g):
+            g.exchange(op, [data[base * size:(base + k) * size]], [data[other * size:(other + k) * size]],
+                       header, timeout=timeout, peers=peers)
         return
+    _gather_folded(g, data, size, n, r, p2, op, header, timeout)
+
+
+def _gather_folded(g: Comm, data: memoryview, size: int, n: int, r: int, p2: int, op: str, header: wire.Header,
+                   timeout: float | None) -> None:
+    """The all-gather where N is not a power of two: the extra ranks fold in and out."""
     rem = n - p2
     if r >= p2:  # an extra rank: its block to rank r-P, the whole result back from it
         g.exchange(op, [data[r * size:(r + 1) * size]], [], header, timeout=timeout, peers=[r - p2])
@@ -52,26 +60,30 @@ def gather(g: Comm, arr: np.ndarray, out: np.ndarray, header: wire.Header, timeo
     view[offset(r):offset(r) + size] = data[r * size:(r + 1) * size]
     if r < rem:
         g.exchange(op, [], [view[offset(r) + size:offset(r + 1)]], header, timeout=timeout, peers=[r + p2])
-    _gather(g, view, offset, p2, op, header, timeout)
+    for peers, base, other, k in _gather_steps(g):
+        g.exchange(op, [view[offset(base):offset(base + k)]], [view[offset(other):offset(other + k)]],
+                   header, timeout=timeout, peers=peers)
     order = [b for q in range(p2) for b in ((q, q + p2) if q < rem else (q,))]
     np.frombuffer(data, np.uint8).reshape(n, size)[order] = scratch
     if r < rem:
         g.exchange(op, [data], [], header, timeout=timeout, peers=[r + p2])
 
 
-def _gather(g: Comm, data: memoryview, offset, p2: int, op: str, header: wire.Header,
-            timeout: float | None) -> None:
-    """All-gather by recursive doubling among ranks 0..p2-1: at step k, the 2^k slots this
-    rank holds (a contiguous run of `data`, slot q at `offset(q)`) go to rank r XOR 2^k,
-    whose run comes back."""
-    r = g.rank()
-    k = 1
-    while k < p2:
-        base, partner = r & ~(k - 1), r ^ k
-        other = partner & ~(k - 1)
-        g.exchange(op, [data[offset(base):offset(base + k)]], [data[offset(other):offset(other + k)]],
-                   header, timeout=timeout, peers=[partner])
-        k <<= 1
+def _gather_steps(g: Comm) -> list[tuple[list[int], int, int, int]]:
+    """The all-gather's steps among ranks 0..P-1, computed once per communicator: at step k,
+    the 2^k slots this rank holds (from slot `base`) go to rank r XOR 2^k, whose run (from
+    slot `other`) comes back. Each step is (peers list, base, other, 2^k)."""
+    steps = g.plans.get("doubling-gather")
+    if steps is None:
+        r, p2 = g.rank(), fold(g.size())
+        steps = []
+        k = 1
+        while k < p2:
+            partner = r ^ k
+            steps.append(([partner], r & ~(k - 1), partner & ~(k - 1), k))
+            k <<= 1
+        g.plans["doubling-gather"] = steps
+    return steps
 
 
 def reduce(g: Comm, arr: np.ndarray, op: str, header: wire.Header, timeout: float | None) -> np.ndarray:
