@@ -7,11 +7,12 @@ have sent (its header, call #0, is no mismatch with this one).
 
 - A group with a mesh (2 to 8 ranks): one byte to and from every peer over the mesh.
 - A larger group (no mesh): round the ring, over the connections the group already has.
-  In each of N-1 steps a rank sends its right neighbour the AND of every answer it has
-  heard so far and ANDs in its left neighbour's; after step j it has heard from the j
-  ranks to its left, so after N-1 steps from every rank. No link is opened for it: links
-  past the ring's still open on first use (the shared-memory signals' dissemination
-  rounds open theirs on the first shared-memory collective).
+  Rank 0 sends its answer to its right neighbour; each rank in turn passes on the AND of
+  what it received and its own; what comes back to rank 0 is every rank's AND, which goes
+  round once more as the answer. Two messages in and two out per rank (2N hops in all).
+  No link is opened for it: links past the ring's still open on first use (the
+  shared-memory signals' dissemination rounds open theirs on the first shared-memory
+  collective).
 """
 
 from __future__ import annotations
@@ -46,10 +47,23 @@ def vote(links: Links, yes: bool, timeout: float) -> bool:
                   rank, deadline)
         return yes and all(v[0] == 1 for v in theirs)
     right, left = links.peers[(rank + 1) % size], links.peers[(rank - 1) % size]
-    heard = yes
-    for _ in range(size - 1):
+    watched = [right, left]
+
+    def send(flag: bool) -> None:
+        _exchange(links, [right], [], memoryview(b"\x01" if flag else b"\x00"), watched, rank, deadline)
+
+    def receive() -> bool:
         theirs = memoryview(bytearray(1))
-        _exchange(links, [right], [theirs], memoryview(b"\x01" if heard else b"\x00"), [right, left], rank,
-                  deadline, sources=[left])
-        heard = heard and theirs[0] == 1
-    return heard
+        _exchange(links, [], [theirs], memoryview(b""), watched, rank, deadline, sources=[left])
+        return theirs[0] == 1
+
+    if rank == 0:  # starts the tally round the ring, then sends the answer round after it
+        send(yes)
+        answer = receive()
+        send(answer)
+        receive()  # the answer, back round
+        return answer
+    send(receive() and yes)
+    answer = receive()
+    send(answer)
+    return answer

@@ -20,6 +20,8 @@ Kinds and their run functions (all over a `Comm`, `header` already made):
                   this rank's parts to every rank, of any size (`blocks.py`)
   gather_root     (comm, arr, root, header, timeout) -> every rank's rows in rank order on
                   the root, None elsewhere
+  reduce_root     (comm, arr, op, root, header, timeout) -> `reduce`'s result (the same bits)
+                  on the root, None elsewhere; optional: without it a rooted reduce runs `reduce`
 """
 
 from __future__ import annotations
