@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     fig.savefig(os.path.join(args.out, "time-4K.png"), dpi=110)
     plt.close(fig)
 
-    big = [n for n in ns if any(k[2] == n and k[3] > SMALL and k[1] in BANDWIDTH for k in rows)]
+    big = [n for n in ns if len({k[3] for k in rows if k[2] == n and k[3] > SMALL and k[1] in BANDWIDTH}) > 1]
     if not big:
         return 0
     fig, axes = plt.subplots(len(BANDWIDTH), len(big), figsize=(3.4 * len(big), 3.0 * len(BANDWIDTH)),
@@ -101,13 +101,14 @@ def main(argv: list[str] | None = None) -> int:
     for i, coll in enumerate(BANDWIDTH):
         for j, n in enumerate(big):
             ax = axes[i][j]
+            ax.set_xscale("log", base=2)
             for peer in peers:
                 sizes = sorted(k[3] for k in rows if k[:3] == (peer, coll, n) and k[3] > SMALL)
                 if sizes:
                     ax.plot(sizes, [median(rows[(peer, coll, n, s)], "busbw_GBps") for s in sizes],
                             marker="o", label=peer)
                     ax.set_xticks(sizes, [size_label(s) for s in sizes])
-            ax.set_xscale("log", base=2)
+                    ax.minorticks_off()
             ax.set_title(f"{coll}, {n} ranks", fontsize=9)
             ax.grid(True, alpha=0.3)
             if j == 0:

@@ -18,7 +18,6 @@ from .. import buffers, wire
 from ..arrays import REDUCERS, byte_view
 from ..comm import Comm
 from .base import Algorithm
-from .common import place_own
 from .dissemination import neighbours
 
 
@@ -28,22 +27,25 @@ def fold(n: int) -> int:
 
 
 def gather(g: Comm, arr: np.ndarray, out: np.ndarray, header: wire.Header, timeout: float | None) -> None:
-    place_own(g, arr, out)
-    n, r, size, op = g.size(), g.rank(), arr.nbytes, header.fields["op"]
+    steps = g.plans.get("doubling-gather")
+    if steps is None:
+        steps = _gather_steps(g)
+    r, rows, size, op = g.rank(), arr.shape[0], arr.nbytes, header.fields["op"]
+    np.copyto(out[r * rows:(r + 1) * rows], arr)  # this rank's rows in place (place_own, written out)
     if g.mesh is None:
         neighbours(g, header, op, timeout)
     data = byte_view(out)
-    p2 = fold(n)
-    if p2 == n:
-        for peers, base, other, k in _gather_steps(g):
+    n = g.size()
+    if n & (n - 1) == 0:  # a power of two: no rank folds in
+        for peers, base, other, k in steps:
             g.exchange(op, [data[base * size:(base + k) * size]], [data[other * size:(other + k) * size]],
                        header, timeout=timeout, peers=peers)
         return
-    _gather_folded(g, data, size, n, r, p2, op, header, timeout)
+    _gather_folded(g, data, size, n, r, fold(n), op, header, timeout, steps)
 
 
 def _gather_folded(g: Comm, data: memoryview, size: int, n: int, r: int, p2: int, op: str, header: wire.Header,
-                   timeout: float | None) -> None:
+                   timeout: float | None, steps: list[tuple[list[int], int, int, int]]) -> None:
     """The all-gather where N is not a power of two: the extra ranks fold in and out."""
     rem = n - p2
     if r >= p2:  # an extra rank: its block to rank r-P, the whole result back from it
@@ -60,7 +62,7 @@ def _gather_folded(g: Comm, data: memoryview, size: int, n: int, r: int, p2: int
     view[offset(r):offset(r) + size] = data[r * size:(r + 1) * size]
     if r < rem:
         g.exchange(op, [], [view[offset(r) + size:offset(r + 1)]], header, timeout=timeout, peers=[r + p2])
-    for peers, base, other, k in _gather_steps(g):
+    for peers, base, other, k in steps:
         g.exchange(op, [view[offset(base):offset(base + k)]], [view[offset(other):offset(other + k)]],
                    header, timeout=timeout, peers=peers)
     order = [b for q in range(p2) for b in ((q, q + p2) if q < rem else (q,))]
@@ -70,19 +72,17 @@ def _gather_folded(g: Comm, data: memoryview, size: int, n: int, r: int, p2: int
 
 
 def _gather_steps(g: Comm) -> list[tuple[list[int], int, int, int]]:
-    """The all-gather's steps among ranks 0..P-1, computed once per communicator: at step k,
+    """The all-gather's steps among ranks 0..P-1, kept per communicator: at step k,
     the 2^k slots this rank holds (from slot `base`) go to rank r XOR 2^k, whose run (from
     slot `other`) comes back. Each step is (peers list, base, other, 2^k)."""
-    steps = g.plans.get("doubling-gather")
-    if steps is None:
-        r, p2 = g.rank(), fold(g.size())
-        steps = []
-        k = 1
-        while k < p2:
-            partner = r ^ k
-            steps.append(([partner], r & ~(k - 1), partner & ~(k - 1), k))
-            k <<= 1
-        g.plans["doubling-gather"] = steps
+    r, p2 = g.rank(), fold(g.size())
+    steps = []
+    k = 1
+    while k < p2:
+        partner = r ^ k
+        steps.append(([partner], r & ~(k - 1), partner & ~(k - 1), k))
+        k <<= 1
+    g.plans["doubling-gather"] = steps
     return steps
 
 
