@@ -220,16 +220,16 @@ class Comm:
         if self._closed or self._broken:
             self.check_usable(op)
         seq = self._seq
-        self._seq += 1
-        if path != "ring":
-            extra["path"] = path
-        if not self.both_ways:
-            extra["ways"] = 1  # in the header: ranks with different RINGDIST_DIRECTIONS fail, not hang
-        key = (op, arr.dtype, arr.shape, *extra.items())
+        self._seq = seq + 1
+        key = (op, arr.dtype, arr.shape, path, self.both_ways, *extra.items()) if extra else \
+            (op, arr.dtype, arr.shape, path, self.both_ways)
         template = self._headers.get(key)
         if template is None:
-            dtype = wire.dtype_tag(arr.dtype)
-            template = wire.HeaderTemplate(op, dtype, arr.shape, **extra)
+            if path != "ring":
+                extra["path"] = path
+            if not self.both_ways:
+                extra["ways"] = 1  # in the header: ranks with different RINGDIST_DIRECTIONS fail, not hang
+            template = wire.HeaderTemplate(op, wire.dtype_tag(arr.dtype), arr.shape, **extra)
             if len(self._headers) >= HEADER_TEMPLATES:
                 self._headers.clear()
             self._headers[key] = template

@@ -178,7 +178,8 @@ class HeaderTemplate:
     def make(self, seq: int) -> Header:
         fields = dict(self.base)
         fields["seq"] = seq
-        return Header(fields, self.head + pack_uint(seq) + self.tail)
+        body = self.head + (bytes((seq,)) if seq < 0x80 else pack_uint(seq)) + self.tail
+        return Header(fields, body)
 
 
 def check_header(fields: dict[str, Any]) -> dict[str, Any]:
