@@ -242,7 +242,7 @@ class Comm:
             raise RingError(f"rank {self._rank}: group {self.gid!r} is closed")
         if self._broken:
             raise GroupBrokenError(
-                f"rank {self._rank}: group {self.gid!r} cannot run {op}: an earlier collective failed "
+                f"rank {self._rank}: group {self.gid!r} cannot run {op}: an earlier operation on it failed "
                 f"({self._broken}); its ranks are no longer in step")
 
     def run(self, op: str, inflows: list[Inflow], outflows: list[Outflow],

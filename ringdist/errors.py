@@ -12,7 +12,7 @@ the address and the operation wherever they are known.
     ├── PeerLostError      a peer closed or reset its connection mid-operation
     ├── RingTimeoutError   a bounded wait expired (also a TimeoutError)
     ├── MismatchError      ranks called different collectives / shapes / dtypes
-    └── GroupBrokenError   a group whose earlier collective failed
+    └── GroupBrokenError   a group whose earlier collective or message failed
 """
 
 from __future__ import annotations
