@@ -76,3 +76,32 @@ def run_ranks(n: int, fn: Callable[[Group], Any], *, settings: Settings | None =
     if any(e is not None for e in errors):
         raise RankFailed(errors)
     return results
+
+
+def run_disagreement(n: int, call: Callable[[Group], Any], *, timeout: float = 30.0,
+                     **options: Any) -> tuple[list[Any], list[BaseException | None]]:
+    """Run `call(group)` on n ranks that disagree about it, then a small all_sum.
+
+    Returns (outcomes, errors): `outcomes[r]` is the RingError `call` raised on rank r (or
+    "returned"), and `errors[r]` what the all_sum after it raised there (None if it returned).
+    `options` go to `run_ranks`."""
+    import numpy as np
+
+    from ringdist import collectives
+    from ringdist.errors import RingError
+
+    outcomes: list[Any] = [None] * n
+
+    def rank(g: Group) -> None:
+        try:
+            call(g)
+            outcomes[g.rank()] = "returned"
+        except RingError as exc:
+            outcomes[g.rank()] = exc
+        collectives.all_sum(np.ones(1), group=g)  # GroupBrokenError, once the group has failed
+
+    try:
+        run_ranks(n, rank, timeout=timeout, **options)
+    except RankFailed as failed:
+        return outcomes, failed.errors
+    return outcomes, [None] * n

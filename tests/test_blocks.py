@@ -13,7 +13,7 @@ import pytest
 
 import ringdist as rd
 
-from harness import RankFailed, run_ranks
+from harness import RankFailed, run_disagreement, run_ranks
 
 VARIANTS = {"default": {}, "ring": {"direct_max": 0}}
 
@@ -134,23 +134,12 @@ DISAGREEMENTS = {
 @pytest.mark.parametrize("variant", list(VARIANTS))
 @pytest.mark.parametrize("case", list(DISAGREEMENTS))
 def test_ranks_that_disagree_all_raise_then_the_group_is_broken(case, variant):
-    outcomes: list = [None] * 3
-
-    def rank(g):
-        try:
-            DISAGREEMENTS[case](g)
-            outcomes[g.rank()] = "returned"
-        except rd.RingError as exc:
-            outcomes[g.rank()] = exc
-        rd.all_sum(np.ones(1), group=g)  # GroupBrokenError
-
-    with pytest.raises(RankFailed) as info:
-        run_ranks(3, rank, timeout=30, **VARIANTS[variant])
+    outcomes, errors = run_disagreement(3, DISAGREEMENTS[case], **VARIANTS[variant])
     assert all(isinstance(o, rd.RingError) for o in outcomes), outcomes
     assert any(isinstance(o, rd.MismatchError) for o in outcomes), outcomes
     for o in outcomes:  # a rank that did not see it itself was told by a peer (the peer's MismatchError)
         assert isinstance(o, rd.MismatchError) or "MismatchError" in str(o), outcomes
-    assert all(isinstance(e, rd.GroupBrokenError) for e in info.value.errors), info.value.errors
+    assert all(isinstance(e, rd.GroupBrokenError) for e in errors), errors
 
 
 @pytest.mark.parametrize("n", [2, 3, 9])

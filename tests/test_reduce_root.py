@@ -11,7 +11,7 @@ import pytest
 
 import ringdist as rd
 
-from harness import RankFailed, run_ranks
+from harness import run_disagreement, run_ranks
 
 # (group size, forced algorithm or None for the table's, shm)
 CASES = [(2, None, True), (2, "pairwise", False), (2, "doubling", False), (3, None, True), (3, None, False),
@@ -102,18 +102,7 @@ DISAGREEMENTS = {
 def test_ranks_that_disagree_on_a_rooted_reduce_all_raise(case, n):
     # A leaf whose partner agreed with it is done once it has sent: it learns of the failure
     # in its next call. Every other rank raises in this one.
-    outcomes: list = [None] * n
-
-    def rank(g):
-        try:
-            DISAGREEMENTS[case](g)
-            outcomes[g.rank()] = "returned"
-        except rd.RingError as exc:
-            outcomes[g.rank()] = exc
-        rd.all_sum(np.ones(1), group=g)
-
-    with pytest.raises(RankFailed) as info:
-        run_ranks(n, rank, timeout=60, algo=(("all_reduce", "doubling"),))
+    outcomes, errors = run_disagreement(n, DISAGREEMENTS[case], timeout=60, algo=(("all_reduce", "doubling"),))
     assert any(isinstance(o, rd.MismatchError) for o in outcomes), outcomes
     assert all(isinstance(o, rd.RingError) for o in outcomes if o != "returned"), outcomes
-    assert all(isinstance(e, rd.RingError) for e in info.value.errors), info.value.errors
+    assert all(isinstance(e, rd.RingError) for e in errors), errors
