@@ -286,7 +286,8 @@ def test_peak_memory_of_a_large_shm_collective_is_its_input_output_and_at_most_1
     # 4 ranks, 64 MiB per rank through the op (all_gather: 16 MiB in, 64 MiB out; all_sum:
     # 64 MiB in and out); each rank measures its peak resident memory (VmHWM, reset before
     # the input is made) over its baseline, and the test prints it.
-    res = run_launcher(["-n", "4", str(SCRIPTS / "shm_memory.py"), op, "64"], timeout=120,
+    mib = 16 if op == "all_gather" else 64  # per rank in
+    res = run_launcher(["-n", "4", str(SCRIPTS / "memory_peak.py"), str(mib), op, "1"], timeout=120,
                        env={"RINGDIST_ALGO": "*:shm"})
     assert res.returncode == 0, res.stdout + res.stderr
     found = re.findall(r"^\[(\d)\] shm=True in=([\d.]+) out=([\d.]+) peak=([\d.]+)$", res.stdout, re.M)

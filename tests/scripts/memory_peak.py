@@ -1,7 +1,11 @@
-"""Peak resident memory of an all_gather: input + output and little more, call after call.
+"""Peak resident memory of a large collective: input + output and little more, call after call.
 
-usage: memory_peak.py MIB_PER_RANK   (prints one line per call on every rank)
-The cached result block is reused once the previous result is dropped (ringdist.buffers).
+usage: memory_peak.py MIB_PER_RANK [OP [CALLS]]   (OP: all_gather, the default, or all_sum; CALLS: 3)
+Prints on every rank `call <i>: peak <MiB> MiB over baseline` after each call, then
+`shm=<bool> in=<MiB> out=<MiB> peak=<MiB>`. The peak is VmHWM, reset to the current RSS
+after the group is made, minus the RSS then: it counts the input, the result, every shared
+segment touched and any other memory the calls needed. The cached result block is reused
+once the previous result is dropped (ringdist.buffers).
 """
 import sys
 
@@ -18,16 +22,24 @@ def status_mib(field: str) -> float:
     raise KeyError(field)
 
 
+mib = int(sys.argv[1])
+op = sys.argv[2] if len(sys.argv) > 2 else "all_gather"
+calls = int(sys.argv[3]) if len(sys.argv) > 3 else 3
 g = rd.init()
 rd.barrier()
-mib = int(sys.argv[1])
+n, count = g.size(), mib * (1 << 20) // 4
 base = status_mib("VmRSS")
 with open("/proc/self/clear_refs", "w") as f:
     f.write("5")  # the peak (VmHWM) starts again from the current RSS
-x = np.ones(mib * (1 << 20) // 4, np.float32)
-x[:] = g.rank()
-for call in range(3):
-    y = rd.all_gather(x)
-    assert y.shape == (g.size() * x.size,) and all(y[r * x.size] == r for r in range(g.size()))
-    del y
-    print(f"call {call}: peak {status_mib('VmHWM') - base:.1f} MiB over baseline", flush=True)
+x = np.full(count, g.rank() + 1, np.float32)
+for call in range(calls):
+    y = getattr(rd, op)(x)
+    peak = status_mib("VmHWM") - base
+    out = y.nbytes
+    if call < calls - 1:
+        del y
+    print(f"call {call}: peak {peak:.1f} MiB over baseline", flush=True)
+print(f"shm={g.shm is not None} in={x.nbytes / (1 << 20):.1f} out={out / (1 << 20):.1f} peak={peak:.1f}", flush=True)
+want = np.repeat(np.arange(1, n + 1, dtype=np.float32), count) if op == "all_gather" else \
+    np.full(count, n * (n + 1) / 2, np.float32)
+assert np.array_equal(y, want)
