@@ -35,7 +35,7 @@ SMALL_REST = 64 * 1024  # with this little left to receive, read ahead freely in
 REDUCE_CHUNK = 64 * 1024  # a reducing inflow folds what has landed once this much is there
 POLLOUT = select.POLLOUT
 STAGED_PAYLOAD_MAX = 16 * 1024  # `take` reads a payload up to this with its header, into the stage
-NO_BYTES = memoryview(b"")
+NO_BYTES = memoryview(bytearray())  # an empty payload: a header-only message, sent or received
 READ_MORE = 4096  # `take` reads up to this much past the stream it wants (an ABORT behind it, say)
 
 

@@ -14,6 +14,7 @@ import numpy as np
 from .. import buffers, wire
 from ..arrays import REDUCERS, byte_view, fold
 from ..comm import Comm
+from ..flows import NO_BYTES
 from .base import Algorithm
 from .blocks import all_to_all_direct, gather_direct
 from .common import direct_parts, needs_mesh
@@ -45,8 +46,6 @@ def reduce(g: Comm, arr: np.ndarray, op: str, header: wire.Header, timeout: floa
     return out
 
 
-_NOTHING = memoryview(bytearray())  # a header-only stream's payload
-
 
 def gather_root(g: Comm, arr: np.ndarray, root: int, header: wire.Header, timeout: float | None) -> np.ndarray | None:
     """One exchange with every rank: each rank's block to the root, its header alone to the
@@ -57,13 +56,13 @@ def gather_root(g: Comm, arr: np.ndarray, root: int, header: wire.Header, timeou
     op = header.fields["op"]
     if r != root:
         mine = byte_view(np.ascontiguousarray(arr))
-        g.exchange(op, [mine if p == root else _NOTHING for p in mesh.order], [_NOTHING] * len(mesh.order), header,
+        g.exchange(op, [mine if p == root else NO_BYTES for p in mesh.order], [NO_BYTES] * len(mesh.order), header,
                    timeout=timeout)
         return None
     out = buffers.cache.empty((g.size() * rows,) + arr.shape[1:], arr.dtype)
     np.copyto(out[r * rows:(r + 1) * rows], arr)
     data = byte_view(out)
-    g.exchange(op, [_NOTHING] * len(mesh.order), [data[p * size:(p + 1) * size] for p in mesh.order], header,
+    g.exchange(op, [NO_BYTES] * len(mesh.order), [data[p * size:(p + 1) * size] for p in mesh.order], header,
                timeout=timeout)
     return out
 
@@ -75,9 +74,9 @@ def broadcast(g: Comm, out: np.ndarray, root: int, header: wire.Header, timeout:
     assert mesh is not None
     data = byte_view(out)
     if g.rank() == root:
-        sends, recvs = [data] * len(mesh.order), [_NOTHING] * len(mesh.order)
+        sends, recvs = [data] * len(mesh.order), [NO_BYTES] * len(mesh.order)
     else:
-        sends, recvs = [_NOTHING] * len(mesh.order), [data if p == root else _NOTHING for p in mesh.order]
+        sends, recvs = [NO_BYTES] * len(mesh.order), [data if p == root else NO_BYTES for p in mesh.order]
     g.exchange("broadcast", sends, recvs, header, timeout=timeout)
 
 

@@ -10,9 +10,8 @@ from __future__ import annotations
 
 from .. import wire
 from ..comm import Comm
+from ..flows import NO_BYTES
 from .base import Algorithm
-
-NOTHING = memoryview(bytearray())  # a header-only message's payload
 
 
 def barrier(g: Comm, header: wire.Header, timeout: float | None) -> None:
@@ -26,7 +25,7 @@ def rounds(g: Comm, header: wire.Header, op: str, timeout: float | None, last: i
     n, r = g.size(), g.rank()
     k = 1
     while k < n and (last is None or k <= last):
-        g.exchange(op, [NOTHING], [NOTHING], header, timeout=timeout, peers=[(r + k) % n], sources=[(r - k) % n])
+        g.exchange(op, [NO_BYTES], [NO_BYTES], header, timeout=timeout, peers=[(r + k) % n], sources=[(r - k) % n])
         k <<= 1
 
 

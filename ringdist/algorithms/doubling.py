@@ -17,6 +17,7 @@ import numpy as np
 from .. import buffers, wire
 from ..arrays import REDUCERS, byte_view
 from ..comm import Comm
+from ..flows import NO_BYTES
 from .base import Algorithm
 from .dissemination import neighbours
 
@@ -93,10 +94,7 @@ def reduce(g: Comm, arr: np.ndarray, op: str, header: wire.Header, timeout: floa
 
     The first step sends the input itself and receives straight into the result, folded in
     place; later steps send the result so far and receive into scratch."""
-    plan = g.plans.get("doubling")
-    if plan is None:
-        plan = g.plans["doubling"] = _plan(g.size(), g.rank())
-    p2, partners, extra = plan
+    p2, partners, extra = g.plans.get("doubling") or _plan(g)
     ufunc = REDUCERS[op]
     if g.mesh is None:
         neighbours(g, header, op, timeout)
@@ -133,17 +131,20 @@ def reduce(g: Comm, arr: np.ndarray, op: str, header: wire.Header, timeout: floa
     return acc
 
 
-def _plan(n: int, r: int) -> tuple[int, list[tuple[list[int], bool]], list[int] | None]:
+def _plan(g: Comm) -> tuple[int, list[tuple[list[int], bool]], list[int] | None]:
     """(P, this rank's partners in step order, each as a peers list with whether this rank
-    is the lower of the pair, and the rank it folds into when it is an extra rank)."""
+    is the lower of the pair, and the rank it folds into when it is an extra rank), kept
+    per communicator."""
+    n, r = g.size(), g.rank()
     p2 = fold(n)
     if r >= p2:
-        return p2, [], [r - p2]
-    partners = ([r + p2] if r + p2 < n else []) + [r ^ k for k in _powers(p2)]
-    return p2, [([q], r < q) for q in partners], None
+        plan: tuple = (p2, [], [r - p2])
+    else:
+        partners = ([r + p2] if r + p2 < n else []) + [r ^ k for k in _powers(p2)]
+        plan = (p2, [([q], r < q) for q in partners], None)
+    g.plans["doubling"] = plan
+    return plan
 
-
-_NOTHING = memoryview(bytearray())  # a header-only message's payload
 
 
 def reduce_root(g: Comm, arr: np.ndarray, op: str, root: int, header: wire.Header,
@@ -154,25 +155,25 @@ def reduce_root(g: Comm, arr: np.ndarray, op: str, root: int, header: wire.Heade
     or rank root-P where the root is an extra rank (which gets the result from it at the end).
     Half the bytes, and no step back out. A receiver sends its header back (no payload):
     ranks that disagree on the root would otherwise all wait to receive."""
-    n, r = g.size(), g.rank()
-    p2 = fold(n)
+    r = g.rank()
+    p2, partners, extra = g.plans.get("doubling") or _plan(g)
     ufunc = REDUCERS[op]
     if g.mesh is None:
         neighbours(g, header, op, timeout)
     target = root if root < p2 else root - p2
     mine = arr if arr.flags.c_contiguous else np.array(arr, order="C", copy=True)  # 0-d stays 0-d
     acc = buffers.cache.empty(arr.shape, arr.dtype)  # an array even when 0-d
-    if r >= p2:  # an extra rank: its array to rank r-P (and, on the root, the result back from it)
-        g.exchange(op, [byte_view(mine)], [_NOTHING], header, timeout=timeout, peers=[r - p2])
+    if extra is not None:  # an extra rank: its array to rank r-P (and, on the root, the result back from it)
+        g.exchange(op, [byte_view(mine)], [NO_BYTES], header, timeout=timeout, peers=extra)
         if r != root:
             return None
         g.exchange(op, [], [byte_view(acc)], header, timeout=timeout, peers=[target])
         return acc
     theirs = None
-    partners = ([r + p2] if r + p2 < n else []) + [r ^ k for k in _powers(p2)]
-    for partner in partners:
+    for peers, lower in partners:
+        partner = peers[0]
         if partner < p2 and (r ^ target) & (partner ^ r):  # this rank's partial goes to the partner
-            g.exchange(op, [byte_view(mine)], [_NOTHING], header, timeout=timeout, peers=[partner])
+            g.exchange(op, [byte_view(mine)], [NO_BYTES], header, timeout=timeout, peers=peers)
             return None
         if mine is acc:
             if theirs is None:
@@ -180,8 +181,8 @@ def reduce_root(g: Comm, arr: np.ndarray, op: str, root: int, header: wire.Heade
             into = theirs
         else:
             into = acc
-        g.exchange(op, [_NOTHING], [byte_view(into)], header, timeout=timeout, peers=[partner])
-        if r < partner:
+        g.exchange(op, [NO_BYTES], [byte_view(into)], header, timeout=timeout, peers=peers)
+        if lower:
             ufunc(mine, into, out=acc)
         else:
             ufunc(into, mine, out=acc)

@@ -26,11 +26,11 @@ import numpy as np
 from .. import buffers, schedule, wire
 from ..arrays import REDUCERS, byte_view, fold
 from ..comm import Comm
+from ..flows import NO_BYTES
 from . import dissemination
 from .base import Algorithm
 from .shm_blocks import all_to_all
 
-_NOTHING = memoryview(bytearray())
 _RESULT_ALIGN = 64
 
 
@@ -43,7 +43,7 @@ def _signal(g: Comm, op: str, header: wire.Header, timeout: float | None) -> Non
         dissemination.rounds(g, header, op, timeout)
         return
     k = g.size() - 1
-    g.exchange(op, [_NOTHING] * k, [_NOTHING] * k, header, timeout=timeout)
+    g.exchange(op, [NO_BYTES] * k, [NO_BYTES] * k, header, timeout=timeout)
 
 
 def _rounds(total: int, step: int) -> list[tuple[int, int]]:

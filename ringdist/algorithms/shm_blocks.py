@@ -25,10 +25,8 @@ from .. import buffers, wire
 from ..channel import Channel
 from ..comm import Comm
 from ..errors import ProtocolError
-from ..flows import Outflow, Segments, SizedInflow
+from ..flows import NO_BYTES, Outflow, Segments, SizedInflow
 from .blocks import Assembled, Check, sizes_of
-
-_NOTHING = memoryview(bytearray())
 
 
 def _stream(blocks: list[memoryview], r: int) -> tuple[list[int], int]:
@@ -65,7 +63,7 @@ def _declare(g: Comm, header: wire.Header, sizes: list[int], rows_at: list[int],
                 raise ProtocolError(f"rank {ch.me}: {ch.describe()} declares a block of {rows} rows at {at!r} "
                                     f"in its shared memory")
             found[p] = (at[0] * unit, rows * unit, at[1] * unit, rows)
-            return _NOTHING
+            return NO_BYTES
 
         inflows.append(SizedInflow(mesh.peers[p], op, accept))
     g.run(op, inflows, outflows, timeout=timeout, header=follow)
@@ -75,7 +73,7 @@ def _declare(g: Comm, header: wire.Header, sizes: list[int], rows_at: list[int],
 def _signal(g: Comm, op: str, header: wire.Header, timeout: float | None) -> None:
     """The header to and from every peer: 'this round's bytes are in my slot'."""
     k = g.size() - 1
-    g.exchange(op, [_NOTHING] * k, [_NOTHING] * k, header, timeout=timeout)
+    g.exchange(op, [NO_BYTES] * k, [NO_BYTES] * k, header, timeout=timeout)
 
 
 def all_to_all(g: Comm, header: wire.Header, blocks: list[memoryview], sizes: list[int], check: Check,
