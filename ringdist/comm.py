@@ -22,6 +22,7 @@ from .flows import Inflow, Outflow, Watch
 from .channel import Channel
 from .endpoint import Endpoint, InboxKey
 from .errors import GroupBrokenError, PeerLostError, RingError
+from .hosts import Hierarchy, hierarchical, layout
 from .links import Links
 from .mesh import MAX_RANKS as MESH_MAX_RANKS, MeshLinks
 from .ring import RingLinks
@@ -107,6 +108,7 @@ class Comm:
         self.mesh: MeshLinks | None = None  # links to every rank, for the direct path (2..8 ranks)
         self.links: Links | None = None  # links to peers, opened on first use (the mesh where there is one)
         self.shm: ShmLink | None = None  # shared memory with every rank (all on this machine; `shm`)
+        self.hierarchy: Hierarchy | None = None  # ranks on several hosts, as many on each (`hosts`)
         # Every rank sees the same addresses, so every rank makes the same choice.
         self.both_ways = settings.directions == 2 or (settings.directions == 0 and several_links(addresses))
         self.direct_max_override = settings.direct_max  # RINGDIST_DIRECT_MAX (None: the tuning table's)
@@ -128,7 +130,14 @@ class Comm:
                     self.links = Links(endpoint, self.ring, addresses)
                 self.shm = open_link(endpoint, self.links, group=gid, rank=rank, size=size,
                                      addresses=addresses, wanted=settings.shm, timeout=settings.connect_timeout)
+                if self.shm is None:
+                    hosts = layout(addresses)
+                    if hierarchical(hosts):
+                        self.hierarchy = Hierarchy.of(hosts, rank, None)
+                        self.hierarchy.link = self._host_link()
             except BaseException:
+                if self.shm is not None:
+                    self.shm.close()
                 if self.links is not None:
                     self.links.close()
                 self.ring.close()
@@ -136,6 +145,19 @@ class Comm:
         _open_groups.add(self)
         if endpoint is not None:  # a group of one process has no connections: it works in a child too
             forks.track(self)
+
+    def _host_link(self) -> ShmLink | None:
+        """The shared-memory link among this rank's host's ranks (None: they use TCP): made as
+        that host's own group is, whose TCP connections then close; its ranks alone agree on it."""
+        h = self.hierarchy
+        assert h is not None
+        ranks = h.hosts[h.host]
+        host = Comm(gid=f"{self.gid}/host{h.host}", rank=h.local, size=len(ranks), endpoint=self._endpoint,
+                    settings=self.settings, addresses=[self._addresses[p] for p in ranks],
+                    world_ranks=[self._world_ranks[p] for p in ranks])
+        link, host.shm = host.shm, None
+        host.close()
+        return link
 
     def rank(self) -> int:
         """This process's rank in the group."""
@@ -456,6 +478,8 @@ class Comm:
         self._closed = True
         if self.shm is not None:
             self.shm.close()
+        if self.hierarchy is not None:
+            self.hierarchy.close()
         if self.links is not None:
             self.links.close()
         if self.ring is not None:

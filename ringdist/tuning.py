@@ -82,6 +82,11 @@ SHM_WIDE_GATHER_MIN = 64 * 1024
 # all_to_all on 4 ranks, alternating with the direct exchange (loaded 2-core box): 64 KiB 1.05x slower,
 # 256 KiB 0.97x, 1 MiB 0.79x, 16 MiB 0.67x the time.
 SHM_ALL_TO_ALL_MIN = 256 * 1024
+# Groups on several hosts with as many ranks on each (`Facts.hosts` > 1) gather and reduce
+# hierarchically from these sizes (bytes per rank): each byte crosses a host's network interface
+# once. Chosen, not yet measured: the measurements are in docs/design.md.
+HIER_GATHER_MIN = 64 * 1024
+HIER_REDUCE_MIN = 64 * 1024
 # `nbytes` of a call whose ranks may contribute different sizes (all_to_all with splits, scatter):
 # its rows cannot look at the size.
 UNKNOWN = -1
@@ -97,6 +102,7 @@ class Facts:
     both_ways: bool  # large blocks go half each way round the ring (a cable to each neighbour)
     direct_max: int  # largest per-rank block exchanged directly
     shm: bool = False  # shared memory with every rank (all on one machine: `ringdist.shm`)
+    hosts: int = 1  # hosts of a hierarchical group (`ringdist.hosts`: several, as many ranks on each)
 
     @property
     def pow2(self) -> bool:
@@ -133,6 +139,10 @@ TABLE: list[Row] = [
         "each rank reduces its block straight from every rank's segment"),
     Row("broadcast", "shm", lambda f: f.shm and f.mesh and f.direct_max > 0 and f.nbytes >= SHM_GATHER_MIN,
         "the root writes once, every rank copies once"),
+    Row("gather", "hier", lambda f: f.hosts > 1 and f.nbytes >= HIER_GATHER_MIN,
+        "several hosts: each byte crosses a host's interface once (a flat ring: (N-1)/(N-L) times)"),
+    Row("reduce", "hier", lambda f: f.hosts > 1 and f.nbytes >= HIER_REDUCE_MIN,
+        "several hosts: a host's interface carries 2(H-1)/H of the array (a flat ring: 2(N-1)/N)"),
     Row("gather", "doubling", lambda f: f.mesh and f.n > 2 and f.pow2 and f.nbytes <= min(DOUBLING_GATHER_MAX, f.direct_max),
         "log2(N) steps: 4-32 KiB blocks 20-40% faster than one direct exchange on 4 ranks"),
     Row("gather", "direct", lambda f: f.mesh and f.nbytes <= f.direct_max,
@@ -196,7 +206,8 @@ def default_direct_max(comm: Comm) -> int:
 def facts(comm: Comm, nbytes: int) -> Facts:
     limit = comm.direct_max_override
     return Facts(n=comm.size(), nbytes=nbytes, mesh=comm.mesh is not None, both_ways=comm.both_ways,
-                 direct_max=default_direct_max(comm) if limit is None else limit, shm=comm.shm is not None)
+                 direct_max=default_direct_max(comm) if limit is None else limit, shm=comm.shm is not None,
+                 hosts=len(comm.hierarchy.hosts) if comm.hierarchy is not None else 1)
 
 
 def forced(comm: Comm, op: str) -> str | None:

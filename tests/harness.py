@@ -32,16 +32,20 @@ class RankFailed(AssertionError):
 
 
 def run_ranks(n: int, fn: Callable[[Group], Any], *, settings: Settings | None = None,
-              timeout: float = 60.0, **overrides: Any) -> list[Any]:
+              timeout: float = 60.0, ips: list[str] | None = None,
+              rank_overrides: dict[int, dict[str, Any]] | None = None, **overrides: Any) -> list[Any]:
     """Run `fn(group)` on ranks 0..n-1 of a fresh world group, each in its own thread.
 
     Returns every rank's result in rank order; raises `RankFailed` if any rank raised, and
     AssertionError if the ranks did not finish within `timeout` seconds (their sockets are
-    closed then, so no thread is left waiting). `overrides` replace fields of `settings`.
+    closed then, so no thread is left waiting). `overrides` replace fields of `settings`;
+    `rank_overrides[r]` those of rank r's only. `ips[r]` is the loopback address rank r listens
+    on (default 127.0.0.1): ranks on different addresses are on different hosts to `ringdist.hosts`.
     """
     settings = dataclasses.replace(settings or DEFAULT, **overrides)
-    endpoints = [Endpoint(SECRET, ["127.0.0.1"], connect_timeout=settings.connect_timeout, label=f"rank {r}")
-                 for r in range(n)] if n > 1 else [None]
+    ranks_settings = [dataclasses.replace(settings, **(rank_overrides or {}).get(r, {})) for r in range(n)]
+    endpoints = [Endpoint(SECRET, [ips[r] if ips else "127.0.0.1"], connect_timeout=settings.connect_timeout,
+                          label=f"rank {r}") for r in range(n)] if n > 1 else [None]
     addresses = [ep.addresses if ep is not None else [] for ep in endpoints]
     results: list[Any] = [None] * n
     errors: list[BaseException | None] = [None] * n
@@ -49,7 +53,7 @@ def run_ranks(n: int, fn: Callable[[Group], Any], *, settings: Settings | None =
 
     def rank(r: int) -> None:
         try:
-            group = groups[r] = Group(gid="world", rank=r, size=n, endpoint=endpoints[r], settings=settings,
+            group = groups[r] = Group(gid="world", rank=r, size=n, endpoint=endpoints[r], settings=ranks_settings[r],
                                       addresses=addresses, world_ranks=list(range(n)))
             results[r] = fn(group)
         except BaseException as exc:  # noqa: BLE001 - reported to the test below
