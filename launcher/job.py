@@ -14,7 +14,9 @@ import math
 import os
 import secrets
 import select
+import shutil
 import signal
+import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -202,17 +204,31 @@ class _Supervisor:
             self.writer.message(f"ringdist-launch: error: cannot start the rendezvous service: {e}")
             return False
         self.server = server
+        socket_dir = self._make_socket_dir()
         try:
             self._log(f"rendezvous listening at {server.address}")
             self._start_guard()
-            self._start_ranks(spawners, server.address, secret)
+            self._start_ranks(spawners, server.address, secret, socket_dir)
             self._supervise()
         finally:
             self._clean_up()
             server.close()
+            if socket_dir is not None:
+                shutil.rmtree(socket_dir, ignore_errors=True)  # with what a rank killed by a signal left there
             if self.guard is not None:
                 self.guard.release()
         return True
+
+    def _make_socket_dir(self) -> str | None:
+        """A private (0700) directory for the local ranks' Unix sockets (the shared-memory link's
+        portable backend), removed when the job ends; None without local ranks, or if it cannot be made."""
+        if not any(r.placement.is_local for r in self.plan.ranks):
+            return None
+        try:
+            return tempfile.mkdtemp(prefix="rd-")
+        except OSError as e:  # the ranks then put their sockets under $TMPDIR themselves
+            self.writer.message(f"ringdist-launch: warning: cannot make the job's socket directory: {e}")
+            return None
 
     def _start_guard(self) -> None:
         """Start the process that kills the ranks' process groups (their children too) if the launcher dies."""
@@ -221,12 +237,13 @@ class _Supervisor:
         except OSError as e:  # the ranks themselves still die with the launcher (Linux)
             self.writer.message(f"ringdist-launch: warning: cannot start the job's guard process: {e}")
 
-    def _start_ranks(self, spawners: Sequence[Spawner], rendezvous: str, secret: str) -> None:
+    def _start_ranks(self, spawners: Sequence[Spawner], rendezvous: str, secret: str,
+                     socket_dir: str | None) -> None:
         # Ranks are started from the main thread: on Linux their parent-death
         # signal fires when the thread that forked them ends.
         for launch, spawner in zip(self.plan.ranks, spawners):
             try:
-                proc = spawner.start(launch.argv, launch.env(rendezvous, secret), self.plan.cwd)
+                proc = spawner.start(launch.argv, launch.env(rendezvous, secret, socket_dir), self.plan.cwd)
             except OSError as e:
                 self._apply(self.policy.start_failed(launch.rank, launch.host, e))
                 return

@@ -40,8 +40,8 @@ def run_ranks(n: int, fn: Callable[[Group], Any], *, settings: Settings | None =
     closed then, so no thread is left waiting). `overrides` replace fields of `settings`.
     """
     settings = dataclasses.replace(settings or DEFAULT, **overrides)
-    endpoints = [Endpoint(SECRET, ["127.0.0.1"], connect_timeout=settings.connect_timeout, label=f"rank {r}")
-                 for r in range(n)] if n > 1 else [None]
+    endpoints = [Endpoint(SECRET, ["127.0.0.1"], connect_timeout=settings.connect_timeout, label=f"rank {r}",
+                          local=settings.shm_backend) for r in range(n)] if n > 1 else [None]
     addresses = [ep.addresses if ep is not None else [] for ep in endpoints]
     results: list[Any] = [None] * n
     errors: list[BaseException | None] = [None] * n
