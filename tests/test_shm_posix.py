@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 import stat
 import subprocess
 import sys
@@ -27,6 +28,7 @@ from helpers import SCRIPTS, LineReader, kill_tree, run_launcher, start_launcher
 pytestmark = pytest.mark.skipif(not posixshm.available(), reason="no POSIX shared memory on this system")
 SHM = (("*", "shm"),)
 POSIX = {"RINGDIST_SHM": "posix"}
+LINUX = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc and /dev/shm, or needs memfd")
 
 
 def _input(r: int, count: int, dtype: str) -> np.ndarray:
@@ -78,6 +80,7 @@ def test_the_portable_backend_matches_numpy_bit_for_bit(n):
             assert got.dtype == want[r].dtype and got.tobytes() == want[r].tobytes(), (op, dtype, count, r)
 
 
+@LINUX
 def test_segments_are_mapped_with_their_names_already_gone():
     # Every rank maps every rank's segment (4 x 4 mappings in this one process), each a POSIX
     # shared memory object whose name the kernel reports deleted: nothing in /dev/shm.
@@ -104,6 +107,42 @@ def test_the_socket_sits_in_a_private_directory_removed_when_the_endpoint_closes
     for path, mode, is_socket in results:
         assert mode == 0o700 and is_socket, (path, oct(mode))
         assert not os.path.exists(os.path.dirname(path)), path  # the harness closed the endpoints
+
+
+def test_a_stranger_on_the_socket_file_gets_no_memory():
+    # The same handshake as on TCP: garbage, and a well-formed HELLO under another job's
+    # secret, are refused without a descriptor; the job goes on over shared memory.
+    def rank(g: rd.Group) -> float:
+        if g.rank() == 0:
+            ep = g.endpoint
+            refused = ep.refused
+            for attempt in (b"garbage" * 20, None):
+                s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                s.settimeout(5)
+                s.connect(ep.local_path)
+                if attempt is None:
+                    hello = wire.make_hello(wire.job_id(b"wrong secret"), g.gid, 1, "shm", 0, os.urandom(wire.NONCE_SIZE))
+                    attempt = wire.encode_map(wire.HELLO, hello)
+                s.sendall(attempt)
+                got_fds = []
+                try:
+                    while True:
+                        data, fds, _, _ = socket.recv_fds(s, 4096, 4)
+                        got_fds += fds
+                        if not data:
+                            break
+                except (ConnectionResetError, TimeoutError):
+                    pass
+                s.close()
+                assert got_fds == []
+            deadline = time.monotonic() + 5
+            while ep.refused < refused + 2 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert ep.refused >= refused + 2
+        rd.barrier(group=g)
+        return float(rd.all_sum(np.ones(1 << 17, np.float32), group=g, timeout=20)[0])
+
+    assert run_ranks(2, rank, algo=SHM, shm_backend="posix") == [2.0, 2.0]
 
 
 def test_a_rank_that_cannot_make_its_segment_sends_the_whole_group_to_tcp(monkeypatch):
@@ -148,6 +187,7 @@ def test_a_launched_job_leaves_no_socket_directory_after_a_normal_end():
     assert not any(os.path.exists(p) for p in [*job_dirs, *found]), found
 
 
+@LINUX
 def test_ranks_with_different_backends_all_use_tcp():
     # Rank 1 forces the portable backend, ranks 0 and 2 pick memfd: no rank finds the others'
     # sockets, and every rank, not some, goes without shared memory.
@@ -158,6 +198,7 @@ def test_ranks_with_different_backends_all_use_tcp():
     assert len(re.findall(r"sum ok", res.stdout)) == 3
 
 
+@LINUX
 def test_kill_9_mid_operation_over_the_portable_backend_reaches_every_rank_and_leaves_nothing():
     n, victim = 4, 2
     proc = start_launcher(["-n", str(n), "--grace", "10", str(SCRIPTS / "shm_posix.py"), "loop", "4"],
