@@ -2,11 +2,11 @@
 
 ringdist-launch sets RINGDIST_RANK, RINGDIST_WORLD_SIZE, RINGDIST_RENDEZVOUS,
 RINGDIST_SECRET, RINGDIST_BIND and, for ranks on its own machine, RINGDIST_SOCKET_DIR.
-Without the launcher, the environment of a cluster scheduler - Slurm (srun), Open MPI (mpirun) or torchrun - gives the rank
-and the world size, MASTER_ADDR:MASTER_PORT (or RINGDIST_RENDEZVOUS) the
-rendezvous that rank 0 serves, and RINGDIST_SECRET or RINGDIST_SECRET_FILE the
-job secret. Pure functions of the environment, but for the route lookup that picks
-an address to listen on (which sends nothing).
+Without the launcher, the environment of a cluster scheduler - Slurm (srun), Open
+MPI (mpirun) or torchrun - gives the rank and the world size, MASTER_ADDR:MASTER_PORT
+(or RINGDIST_RENDEZVOUS) the rendezvous that rank 0 serves, and RINGDIST_SECRET or
+RINGDIST_SECRET_FILE the job secret. Pure functions of the environment, but for the
+route lookup that picks an address to listen on (which sends nothing).
 """
 
 from __future__ import annotations
