@@ -22,8 +22,10 @@ import time
 from dataclasses import dataclass
 from typing import Iterator, Sequence, Union
 
+from ringdist.endpoint import local_backend
 from ringdist.errors import ConnectError
 from ringdist.rendezvous import RendezvousServer
+from ringdist.settings import Settings
 
 from .output import LineWriter, Pump, pump_rank
 from .plan import JobPlan, RankLaunch
@@ -220,15 +222,21 @@ class _Supervisor:
         return True
 
     def _make_socket_dir(self) -> str | None:
-        """A private (0700) directory for the local ranks' Unix sockets (the shared-memory link's
-        portable backend), removed when the job ends; None without local ranks, or if it cannot be made."""
-        if not any(r.placement.is_local for r in self.plan.ranks):
+        """A private (0700) directory for the local ranks' Unix sockets, removed when the job ends;
+        None unless local ranks use the shared-memory link's portable backend (files; Linux's
+        abstract sockets need none), or if it cannot be made."""
+        if not any(r.placement.is_local and local_backend(self._shm_setting(r)) == "posix" for r in self.plan.ranks):
             return None
         try:
             return tempfile.mkdtemp(prefix="rd-")
         except OSError as e:  # the ranks then put their sockets under $TMPDIR themselves
             self.writer.message(f"ringdist-launch: warning: cannot make the job's socket directory: {e}")
             return None
+
+    @staticmethod
+    def _shm_setting(launch: RankLaunch) -> str:
+        """The shared-memory backend `launch`'s rank will ask for ("auto" or "posix")."""
+        return Settings.from_env({**os.environ, **dict(launch.user_env)}).shm_backend
 
     def _start_guard(self) -> None:
         """Start the process that kills the ranks' process groups (their children too) if the launcher dies."""

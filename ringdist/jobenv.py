@@ -1,7 +1,7 @@
 """Who this process is in a job, from its environment: ringdist-launch's variables or a scheduler's.
 
 ringdist-launch sets RINGDIST_RANK, RINGDIST_WORLD_SIZE, RINGDIST_RENDEZVOUS,
-RINGDIST_SECRET, RINGDIST_BIND and, for ranks on its own machine, RINGDIST_SOCKET_DIR.
+RINGDIST_SECRET, RINGDIST_BIND and RINGDIST_SOCKET_DIR (see `posixshm`).
 Without the launcher, the environment of a cluster scheduler - Slurm (srun), Open
 MPI (mpirun) or torchrun - gives the rank and the world size, MASTER_ADDR:MASTER_PORT
 (or RINGDIST_RENDEZVOUS) the rendezvous that rank 0 serves, and RINGDIST_SECRET or
