@@ -199,9 +199,12 @@ def test_ranks_with_different_backends_all_use_tcp():
 
 
 @LINUX
-def test_kill_9_mid_operation_over_the_portable_backend_reaches_every_rank_and_leaves_nothing():
-    n, victim = 4, 2
-    proc = start_launcher(["-n", str(n), "--grace", "10", str(SCRIPTS / "shm_posix.py"), "loop", "4"],
+@pytest.mark.parametrize("n", [4, 9])
+def test_kill_9_mid_operation_over_the_portable_backend_reaches_every_rank_and_leaves_nothing(n):
+    # 9 ranks: no mesh, the signals go in dissemination rounds; blocks of more than one slot.
+    victim = n // 2
+    mib = "4" if n <= 8 else "0.5"
+    proc = start_launcher(["-n", str(n), "--grace", "10", str(SCRIPTS / "shm_posix.py"), "loop", mib],
                           env={**POSIX, "RINGDIST_TIMEOUT": "30", "RINGDIST_ALGO": "*:shm"})
     try:
         out = LineReader(proc.stdout)
