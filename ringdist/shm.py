@@ -7,15 +7,17 @@ handshake as TCP, on an abstract socket: nothing in the file system), where the 
 it and closes the descriptor. Where Linux's memfd and abstract sockets are missing (macOS),
 or with `RINGDIST_SHM=posix`, the portable backend (`posixshm`) does the same with POSIX
 shared memory unlinked as soon as it is made and a Unix socket file in a private (0700)
-directory; the endpoint's `local_backend` says which. A rank reads every peer's segment directly; only the
-"my data is in my segment" signals go over the group's TCP connections (the algorithms'
-header exchanges), so a waiting rank blocks in the kernel and sees a dead peer at once.
+directory; the endpoint's `local_backend` says which. A rank reads every peer's segment
+directly; only the "my data is in my segment" signals go over the group's TCP connections
+(the algorithms' header exchanges), so a waiting rank blocks in the kernel and sees a dead
+peer at once.
 
 "Same machine" means that exchange worked with every peer. Whether a group uses the link
 is one decision for the whole group (`votes`: over the mesh, or in dissemination rounds
-in a group of more than 8 ranks): every rank says whether it made its segment and reached every
-peer it dialed (and has shared memory on: `RINGDIST_SHM`), and the link is used only if every rank said
-yes; otherwise the group uses TCP and nothing waits on a link a peer did not build.
+in a group of more than 8 ranks): every rank says whether it made its segment and reached
+every peer it dialed (and has shared memory on: `RINGDIST_SHM`), and the link is used only
+if every rank said yes; otherwise the group uses TCP and nothing waits on a link a peer did
+not build.
 
 A segment is two slots, used alternately by the link's rounds (`round`): a rank writes
 slot k % 2 in round k only after round k-1's signal from every peer, which each peer sent
