@@ -14,14 +14,18 @@ import math
 import os
 import secrets
 import select
+import shutil
 import signal
+import tempfile
 import threading
 import time
 from dataclasses import dataclass
 from typing import Iterator, Sequence, Union
 
+from ringdist.endpoint import local_backend
 from ringdist.errors import ConnectError
 from ringdist.rendezvous import RendezvousServer
+from ringdist.settings import Settings
 
 from .output import LineWriter, Pump, pump_rank
 from .plan import JobPlan, RankLaunch
@@ -202,17 +206,37 @@ class _Supervisor:
             self.writer.message(f"ringdist-launch: error: cannot start the rendezvous service: {e}")
             return False
         self.server = server
+        socket_dir = self._make_socket_dir()
         try:
             self._log(f"rendezvous listening at {server.address}")
             self._start_guard()
-            self._start_ranks(spawners, server.address, secret)
+            self._start_ranks(spawners, server.address, secret, socket_dir)
             self._supervise()
         finally:
             self._clean_up()
             server.close()
+            if socket_dir is not None:
+                shutil.rmtree(socket_dir, ignore_errors=True)  # with what a rank killed by a signal left there
             if self.guard is not None:
                 self.guard.release()
         return True
+
+    def _make_socket_dir(self) -> str | None:
+        """A private (0700) directory for the local ranks' Unix sockets, removed when the job ends;
+        None unless local ranks use the shared-memory link's portable backend (files; Linux's
+        abstract sockets need none), or if it cannot be made."""
+        if not any(r.placement.is_local and local_backend(self._shm_setting(r)) == "posix" for r in self.plan.ranks):
+            return None
+        try:
+            return tempfile.mkdtemp(prefix="rd-")
+        except OSError as e:  # the ranks then put their sockets under $TMPDIR themselves
+            self.writer.message(f"ringdist-launch: warning: cannot make the job's socket directory: {e}")
+            return None
+
+    @staticmethod
+    def _shm_setting(launch: RankLaunch) -> str:
+        """The shared-memory backend `launch`'s rank will ask for ("auto" or "posix")."""
+        return Settings.from_env({**os.environ, **dict(launch.user_env)}).shm_backend
 
     def _start_guard(self) -> None:
         """Start the process that kills the ranks' process groups (their children too) if the launcher dies."""
@@ -221,12 +245,13 @@ class _Supervisor:
         except OSError as e:  # the ranks themselves still die with the launcher (Linux)
             self.writer.message(f"ringdist-launch: warning: cannot start the job's guard process: {e}")
 
-    def _start_ranks(self, spawners: Sequence[Spawner], rendezvous: str, secret: str) -> None:
+    def _start_ranks(self, spawners: Sequence[Spawner], rendezvous: str, secret: str,
+                     socket_dir: str | None) -> None:
         # Ranks are started from the main thread: on Linux their parent-death
         # signal fires when the thread that forked them ends.
         for launch, spawner in zip(self.plan.ranks, spawners):
             try:
-                proc = spawner.start(launch.argv, launch.env(rendezvous, secret), self.plan.cwd)
+                proc = spawner.start(launch.argv, launch.env(rendezvous, secret, socket_dir), self.plan.cwd)
             except OSError as e:
                 self._apply(self.policy.start_failed(launch.rank, launch.host, e))
                 return

@@ -72,10 +72,11 @@ class RankLaunch:
     def host(self) -> str:
         return self.placement.host
 
-    def env(self, rendezvous: str, secret: str) -> dict[str, str]:
+    def env(self, rendezvous: str, secret: str, socket_dir: str | None = None) -> dict[str, str]:
         """Every variable this rank gets on top of the launcher's own environment.
 
         Hostfile `envs`, then `--env`, then the launcher's per-rank variables; later wins.
+        `socket_dir`: the job's directory for local sockets, given to ranks on this machine.
         """
         p = self.placement
         env = dict(self.user_env)
@@ -98,6 +99,8 @@ class RankLaunch:
         )
         if self.verbose:
             env["RINGDIST_VERBOSE"] = "1"
+        if socket_dir is not None and p.is_local:
+            env["RINGDIST_SOCKET_DIR"] = socket_dir
         return env
 
 

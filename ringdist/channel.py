@@ -1,4 +1,4 @@
-"""One socket: the only module where an `OSError` becomes a `RingError`.
+"""One socket: where an `OSError` becomes a `RingError` (with `posixshm`, its portable twin for shared memory).
 
 Every socket operation ringdist makes goes through here, and so do the few other
 system calls that can fail on their own (a secret file, a memory hint, a descriptor to
@@ -13,7 +13,8 @@ the address and, where the caller passes it, the peer and the operation.
 - closing: `close_quietly`, `shutdown_quietly`, `forget_fd`;
 - edges that are not sockets: `read_private_file` (ConfigError), `advise_huge_pages`;
 - shared memory on one machine: `listen_local`, `dial_local` (abstract Unix sockets),
-  `make_segment`, `map_segment`, `unmap` (anonymous memory files), `send_fd`, `recv_fd`.
+  `make_segment`, `map_segment`, `unmap` (anonymous memory files), `send_fd`, `recv_fd`
+  (the portable backend's own edge, POSIX shared memory and socket files, is `posixshm`).
 
 A `Channel` is an authenticated connection to a peer rank. It owns its socket and its
 `wire.FrameReader`: bytes read ahead of the current frame (the next collective's header,
@@ -414,10 +415,11 @@ def make_segment(size: int, label: str) -> tuple[int, mmap.mmap]:
 
 def map_segment(fd: int, size: int, peer: str) -> mmap.mmap:
     """Map a peer's segment (received as `fd`) and close the descriptor: the mapping keeps
-    the memory. ProtocolError when it is not `size` bytes; ConnectError when it cannot be mapped."""
+    the memory. ProtocolError when it is smaller than `size` bytes (macOS rounds POSIX shared
+    memory up to its page size); ConnectError when it cannot be mapped."""
     try:
         actual = os.fstat(fd).st_size
-        if actual != size:
+        if actual < size:
             raise ProtocolError(f"{peer}: shared memory of {actual} bytes, expected {size}")
         return mmap.mmap(fd, size)
     except OSError as exc:

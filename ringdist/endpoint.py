@@ -17,7 +17,7 @@ import threading
 import time
 from typing import Callable, NamedTuple
 
-from . import channel, deadlines, forks, wire
+from . import channel, deadlines, forks, posixshm, wire
 from .acceptor import Acceptor
 from .errors import ConnectError, RingError, RingTimeoutError
 from .handshake import HandshakeCutOff, client_handshake
@@ -37,7 +37,8 @@ class InboxKey(NamedTuple):
 class Endpoint:
     """Listens on this rank's addresses; accepts and authenticates peers; connects to peers."""
 
-    def __init__(self, secret: bytes, bind_ips: list[str], *, connect_timeout: float, label: str = ""):
+    def __init__(self, secret: bytes, bind_ips: list[str], *, connect_timeout: float, label: str = "",
+                 local: str = "auto", socket_dir: str | None = None):
         self._secret = secret
         self.job = wire.job_id(secret)
         self.connect_timeout = connect_timeout
@@ -46,6 +47,7 @@ class Endpoint:
         self._cond = threading.Condition()
         self._closed = False
         self._listeners: list[socket.socket] = []
+        self.local_path: str | None = None  # the "posix" backend's socket file, while listening
         self.addresses: list[tuple[str, int]] = []
         for ip in bind_ips:
             try:
@@ -55,15 +57,24 @@ class Endpoint:
                 raise
             self._listeners.append(lsock)
             self.addresses.append((ip, channel.local_port(lsock)))
-        # The same handshake on an abstract Unix socket, for the shared-memory link (`shm`).
+        # The same handshake on a Unix socket, for the shared-memory link (`shm`): abstract
+        # ("memfd" backend, Linux), or a file in a private directory ("posix": `posixshm`).
+        self.local_backend = local_backend(local)
+        self._socket_base = posixshm.base_directory(socket_dir)
         self.local_name = self.local_name_of(self.addresses[0]) if self.addresses else None
-        if self.local_name is not None and channel.local_sockets():
+        if self.local_name is not None and self.local_backend is not None:
             try:
-                self._listeners.append(forks.track(channel.listen_local(self.local_name, LISTEN_BACKLOG, label)))
+                if self.local_backend == "posix":
+                    path = posixshm.socket_path(self._socket_base, self.local_name)
+                    self._listeners.append(forks.track(posixshm.listen(path, LISTEN_BACKLOG, label)))
+                    self.local_path = path
+                else:
+                    self._listeners.append(forks.track(channel.listen_local(self.local_name, LISTEN_BACKLOG,
+                                                                            label)))
             except ConnectError:
                 self.local_name = None  # the name is taken: peers find a stranger there and use TCP
-        else:
-            self.local_name = None
+        if self.local_name is None:
+            self.local_backend = None
         self._acceptor = Acceptor(self._listeners, secret, self.job, on_ready=self._file, label=label,
                                   handshake_timeout=min(connect_timeout, HANDSHAKE_TIMEOUT))
         self._acceptor.start()
@@ -188,8 +199,13 @@ class Endpoint:
         once; None when it cannot be reached or authenticated there (another machine or
         network namespace, or a stranger on the name): the caller uses TCP."""
         name = self.local_name_of(address)
+        timeout = max(0.01, deadlines.wait_slice(deadlines.left(deadline)))
         try:
-            sock = channel.dial_local(name, max(0.01, deadlines.wait_slice(deadlines.left(deadline))))
+            if self.local_backend == "posix":
+                name = posixshm.socket_path(self._socket_base, name)
+                sock = posixshm.dial(name, timeout)
+            else:
+                sock = channel.dial_local(name, timeout)
         except ConnectError:
             return None
         forks.track(sock)
@@ -210,6 +226,7 @@ class Endpoint:
         the acceptor's, whose thread the child does not have."""
         self._cond = threading.Condition()  # the parent's may have been held by a thread the child lacks
         self._closed = True
+        self.local_path = None  # the parent's socket file: not the child's to remove
         if hasattr(self, "_acceptor"):
             self._acceptor.forget_in_child()
 
@@ -227,3 +244,15 @@ class Endpoint:
             self._acceptor.close()
         for lsock in self._listeners:
             lsock.close()
+        if self.local_path is not None:
+            posixshm.remove(self.local_path)
+            self.local_path = None
+
+
+def local_backend(wanted: str) -> str | None:
+    """The shared-memory link's backend for `wanted` (RINGDIST_SHM): "memfd" (anonymous memory
+    files and abstract sockets, Linux) when "auto" finds it, else "posix" (`posixshm`) where the
+    system has it; None when neither is there (the link is never built)."""
+    if wanted == "auto" and channel.local_sockets():
+        return "memfd"
+    return "posix" if posixshm.available() else None

@@ -1,12 +1,12 @@
 """Who this process is in a job, from its environment: ringdist-launch's variables or a scheduler's.
 
 ringdist-launch sets RINGDIST_RANK, RINGDIST_WORLD_SIZE, RINGDIST_RENDEZVOUS,
-RINGDIST_SECRET and RINGDIST_BIND. Without the launcher, the environment of a
-cluster scheduler - Slurm (srun), Open MPI (mpirun) or torchrun - gives the rank
-and the world size, MASTER_ADDR:MASTER_PORT (or RINGDIST_RENDEZVOUS) the
-rendezvous that rank 0 serves, and RINGDIST_SECRET or RINGDIST_SECRET_FILE the
-job secret. Pure functions of the environment, but for the route lookup that picks
-an address to listen on (which sends nothing).
+RINGDIST_SECRET, RINGDIST_BIND and RINGDIST_SOCKET_DIR (see `posixshm`).
+Without the launcher, the environment of a cluster scheduler - Slurm (srun), Open
+MPI (mpirun) or torchrun - gives the rank and the world size, MASTER_ADDR:MASTER_PORT
+(or RINGDIST_RENDEZVOUS) the rendezvous that rank 0 serves, and RINGDIST_SECRET or
+RINGDIST_SECRET_FILE the job secret. Pure functions of the environment, but for the
+route lookup that picks an address to listen on (which sends nothing).
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ class JobEnv:
     host: str
     source: str = LAUNCHER  # who started the rank: ringdist-launch, Slurm, Open MPI or torchrun
     hosts_rendezvous: bool = False  # rank 0 under a scheduler serves the rendezvous itself
+    socket_dir: str | None = None  # RINGDIST_SOCKET_DIR: the launcher's per-job directory for local sockets
 
     @property
     def launched(self) -> bool:
@@ -85,7 +86,8 @@ def read_environment(env: dict[str, str]) -> JobEnv | None:
     else:
         bind = ["127.0.0.1"]
     return JobEnv(rank=rank, size=size, rendezvous=rdv, secret=secret.encode(), bind=bind,
-                  host=env.get("RINGDIST_HOST") or socket.gethostname())
+                  host=env.get("RINGDIST_HOST") or socket.gethostname(),
+                  socket_dir=env.get("RINGDIST_SOCKET_DIR") or None)
 
 
 # ---- cluster schedulers --------------------------------------------------------------------

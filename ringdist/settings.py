@@ -42,6 +42,7 @@ class Settings:
     algo: tuple[tuple[str, str], ...] = ()  # RINGDIST_ALGO: (op, algorithm) pairs overriding the tuning table
     max_object_bytes: int = 1 << 30  # RINGDIST_MAX_OBJECT_BYTES: largest pickled object sent or accepted
     shm: bool = True  # RINGDIST_SHM: shared memory between the ranks of a group on one machine
+    shm_backend: str = "auto"  # RINGDIST_SHM=posix: "posix" (the portable backend, `posixshm`); else "auto"
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> "Settings":
@@ -61,8 +62,9 @@ class Settings:
                               f"must be a whole number of bytes")
         spin = env.get("RINGDIST_SPIN_US")
         shm = env.get("RINGDIST_SHM", "").strip()
-        if shm not in ("", "0", "1"):
-            raise ConfigError(f"RINGDIST_SHM={shm!r} must be 0 (TCP only) or 1 (shared memory on one machine)")
+        if shm not in ("", "0", "1", "posix"):
+            raise ConfigError(f"RINGDIST_SHM={shm!r} must be 0 (TCP only), 1 (shared memory on one machine) "
+                              f"or posix (shared memory, the portable backend)")
         shared = oversubscribed(env)
         socket_buffers = _socket_buffers(env.get("RINGDIST_SOCKET_BUFFERS"), cls.socket_buffers)
         return cls(
@@ -80,6 +82,7 @@ class Settings:
             algo=_algo(env.get("RINGDIST_ALGO")),
             max_object_bytes=int(max_object),
             shm=shm != "0",
+            shm_backend="posix" if shm == "posix" else "auto",
         )
 
 

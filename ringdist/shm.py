@@ -4,15 +4,20 @@ Each rank makes an anonymous memory file (`memfd_create`: no name another proces
 open, freed when the last process using it goes, however it goes) and hands it to every
 peer as a file descriptor over an authenticated Unix-domain connection (the same HMAC
 handshake as TCP, on an abstract socket: nothing in the file system), where the peer maps
-it and closes the descriptor. A rank reads every peer's segment directly; only the
-"my data is in my segment" signals go over the group's TCP connections (the algorithms'
-header exchanges), so a waiting rank blocks in the kernel and sees a dead peer at once.
+it and closes the descriptor. Where Linux's memfd and abstract sockets are missing (macOS),
+or with `RINGDIST_SHM=posix`, the portable backend (`posixshm`) does the same with POSIX
+shared memory unlinked as soon as it is made and a Unix socket file in a private (0700)
+directory; the endpoint's `local_backend` says which. A rank reads every peer's segment
+directly; only the "my data is in my segment" signals go over the group's TCP connections
+(the algorithms' header exchanges), so a waiting rank blocks in the kernel and sees a dead
+peer at once.
 
 "Same machine" means that exchange worked with every peer. Whether a group uses the link
 is one decision for the whole group (`votes`: over the mesh, or in dissemination rounds
-in a group of more than 8 ranks): every rank says whether it reached every peer it dialed
-(and has shared memory on: `RINGDIST_SHM`), and the link is used only if every rank said
-yes; otherwise the group uses TCP and nothing waits on a link a peer did not build.
+in a group of more than 8 ranks): every rank says whether it made its segment and reached
+every peer it dialed (and has shared memory on: `RINGDIST_SHM`), and the link is used only
+if every rank said yes; otherwise the group uses TCP and nothing waits on a link a peer did
+not build.
 
 A segment is two slots, used alternately by the link's rounds (`round`): a rank writes
 slot k % 2 in round k only after round k-1's signal from every peer, which each peer sent
@@ -23,13 +28,16 @@ segment together stays within `MAPPED_BYTES`, whatever N (slots of 3 MiB on 2 ra
 
 from __future__ import annotations
 
+import logging
 import mmap
 import struct
 
-from . import channel, deadlines, votes
+from . import channel, deadlines, posixshm, votes
 from .endpoint import Endpoint, InboxKey
-from .errors import ProtocolError
+from .errors import ConnectError, ProtocolError
 from .links import Links
+
+log = logging.getLogger("ringdist")
 
 MAPPED_BYTES = 12 << 20  # every rank's segment together, as mapped by each rank (two slots each)
 ALIGN = 4096
@@ -83,7 +91,9 @@ def open_link(endpoint: Endpoint, links: Links, *, group: str, rank: int, size: 
     try:
         yes = wanted and endpoint.local_name is not None and all(addresses[p] for p in range(size))
         if yes:
-            own_fd, own_map = channel.make_segment(2 * slot, f"rank {rank} of group {group!r}")
+            own_fd, own_map = _segment(endpoint, 2 * slot, f"rank {rank} of group {group!r}")
+            yes = own_map is not None
+        if yes:
             for p in range(rank + 1, size):
                 sock = endpoint.connect_local(addresses[p][0], InboxKey(group, rank, "shm", 0), deadline,
                                               f"rank {p} of group {group!r}")
@@ -122,6 +132,18 @@ def open_link(endpoint: Endpoint, links: Links, *, group: str, rank: int, size: 
             channel.close_quietly(own_fd)
         if own_map is not None and rank not in maps:
             channel.unmap(own_map)
+
+
+def _segment(endpoint: Endpoint, size: int, what: str) -> tuple[int, mmap.mmap | None]:
+    """This rank's segment from the endpoint's backend, or (-1, None) when the system will not
+    give it (no room in /dev/shm, say): the rank then votes no and the group uses TCP."""
+    try:
+        if endpoint.local_backend == "posix":
+            return posixshm.make_segment(size, what, endpoint.job)
+        return channel.make_segment(size, what)
+    except ConnectError as exc:
+        log.warning("%s; the group uses TCP", exc)
+        return -1, None
 
 
 def _receive(sock: object, size: int, deadline: float, peer: str) -> mmap.mmap:

@@ -110,7 +110,8 @@ def _join(job: JobEnv, settings: Settings) -> Group:
     try:
         if job.hosts_rendezvous:
             _hosted = _host_rendezvous(job)
-        _endpoint = Endpoint(job.secret, job.bind, connect_timeout=settings.connect_timeout, label=label)
+        _endpoint = Endpoint(job.secret, job.bind, connect_timeout=settings.connect_timeout, label=label,
+                             local=settings.shm_backend, socket_dir=job.socket_dir)
         _control = ControlLink(_endpoint, job, settings)
         members = _control.register()
         if not job.launched:  # no launcher to watch: the rendezvous's work is done

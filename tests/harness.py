@@ -45,7 +45,8 @@ def run_ranks(n: int, fn: Callable[[Group], Any], *, settings: Settings | None =
     settings = dataclasses.replace(settings or DEFAULT, **overrides)
     ranks_settings = [dataclasses.replace(settings, **(rank_overrides or {}).get(r, {})) for r in range(n)]
     endpoints = [Endpoint(SECRET, [ips[r] if ips else "127.0.0.1"], connect_timeout=settings.connect_timeout,
-                          label=f"rank {r}") for r in range(n)] if n > 1 else [None]
+                          label=f"rank {r}", local=ranks_settings[r].shm_backend)
+                 for r in range(n)] if n > 1 else [None]
     addresses = [ep.addresses if ep is not None else [] for ep in endpoints]
     results: list[Any] = [None] * n
     errors: list[BaseException | None] = [None] * n
