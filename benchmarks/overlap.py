@@ -13,6 +13,12 @@ default to 1; set them to choose): ranks already outnumber or match the cores, a
 pool per rank would take the cores the all_sums need in both modes alike. The async path is
 warmed up (its thread started) before the first round. The bound printed counts the one
 all_sum per round an async loop cannot hide (the last): steps * (c + m) / (steps * max + min).
+
+Where /proc/stat exists, rank 0 also prints the CPU time this machine spent per step in each
+mode (every process and the kernel's network processing: on one machine running every
+rank, as on the emulated cluster, that is the whole job's), against the CPU time the step's
+wall time offers (cores x time): a step whose CPU time is near that is CPU-bound, and no
+overlap can make it shorter than its CPU time over the cores.
 """
 
 from __future__ import annotations
@@ -60,17 +66,42 @@ def bound(comm: float, compute: float, steps: int) -> float:
     return steps * (comm + compute) / max(steps * max(comm, compute) + min(comm, compute), 1e-9)
 
 
+def machine_cpu() -> dict[str, float] | None:
+    """Seconds of CPU time this machine has spent so far, by kind (None without /proc/stat)."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(v) for v in f.readline().split()[1:8]]
+    except OSError:
+        return None
+    tick = os.sysconf("SC_CLK_TCK")
+    user, nice, system, idle, iowait, irq, softirq = (v / tick for v in fields)
+    return {"user": user + nice, "system": system, "irq": irq + softirq, "idle": idle + iowait}
+
+
+CPU: dict[str, list[dict[str, float]]] = {"blocking": [], "async": []}
+
+
+def _cpu_since(start: dict[str, float] | None, mode: str, steps: int) -> None:
+    end = machine_cpu()
+    if start is not None and end is not None:
+        CPU[mode].append({k: (end[k] - start[k]) / steps for k in end})
+
+
 def blocking_round(a: np.ndarray, grad: np.ndarray, steps: int) -> float:
     rd.barrier()
+    cpu = machine_cpu()
     t0 = time.perf_counter()
     for _ in range(steps):
         a @ a
         rd.all_sum(grad)
-    return (time.perf_counter() - t0) / steps
+    took = (time.perf_counter() - t0) / steps
+    _cpu_since(cpu, "blocking", steps)
+    return took
 
 
 def async_round(a: np.ndarray, grad: np.ndarray, steps: int) -> float:
     rd.barrier()
+    cpu = machine_cpu()
     t0 = time.perf_counter()
     pending = None
     for _ in range(steps):
@@ -79,7 +110,9 @@ def async_round(a: np.ndarray, grad: np.ndarray, steps: int) -> float:
             pending.wait()
         pending = rd.all_sum(grad, async_op=True)
     pending.wait()
-    return (time.perf_counter() - t0) / steps
+    took = (time.perf_counter() - t0) / steps
+    _cpu_since(cpu, "async", steps)
+    return took
 
 
 def main() -> int:
@@ -111,6 +144,14 @@ def main() -> int:
         print(f"per step: blocking {b * 1e3:.2f} ms, async {o * 1e3:.2f} ms; speedup {b / o:.2f}x "
               f"(median of {args.rounds} rounds of {args.steps} steps; perfect overlap of the measured "
               f"times: {bound(comm, compute, args.steps):.2f}x)", flush=True)
+        cores = os.cpu_count() or 1
+        for mode, step in (("blocking", b), ("async", o)):
+            if CPU[mode]:
+                kinds = {k: statistics.median(r[k] for r in CPU[mode]) * 1e3 for k in CPU[mode][0]}
+                busy = kinds["user"] + kinds["system"] + kinds["irq"]
+                print(f"machine CPU per {mode} step: {busy:.1f} ms busy (user {kinds['user']:.1f}, system "
+                      f"{kinds['system']:.1f}, irq+softirq {kinds['irq']:.1f}), idle {kinds['idle']:.1f}; "
+                      f"{cores} cores x {step * 1e3:.1f} ms = {cores * step * 1e3:.1f} ms", flush=True)
     return 0
 
 
