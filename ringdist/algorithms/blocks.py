@@ -110,17 +110,9 @@ def shift(g: Comm, header: wire.Header, first: Parts,
 def all_to_all_direct(g: Comm, header: wire.Header, blocks: list[memoryview], sizes: list[int], check: Check,
                       timeout: float | None, into: list[memoryview] | None = None) -> list[tuple[int, memoryview]]:
     """Block p (sizes[p] units) to rank p, one step over the mesh. Returns (size, bytes) of
-    the block from each rank, by source (this rank's own: its block for itself).
-
-    With `into` (where each source's block lands, its size known: every rank's header the
-    same) it is the direct path's exchange, which finishes small calls at once."""
+    the block from each rank, by source (this rank's own: its block for itself). (`into` is
+    for shared memory; blocks of one size known everywhere go by `direct.all_to_all_even`.)"""
     r = g.rank()
-    mesh = g.mesh
-    assert mesh is not None
-    if into is not None:
-        g.exchange(header.fields["op"], [blocks[p] for p in mesh.order], [into[p] for p in mesh.order], header,
-                   timeout=timeout)
-        return [(sizes[r], blocks[r]) if q == r else (sizes[r], into[q]) for q in range(g.size())]
     got = direct(g, header, {p: ([blocks[p]], {"sizes": [sizes[p]]}) for p in range(g.size()) if p != r},
                  check, timeout)
     return [(sizes[q], blocks[q]) if q == r else (got[q][0]["sizes"][0], got[q][1]) for q in range(g.size())]

@@ -67,6 +67,19 @@ def gather_root(g: Comm, arr: np.ndarray, root: int, header: wire.Header, timeou
     return out
 
 
+def all_to_all_even(g: Comm, data: memoryview, out: memoryview, header: wire.Header, timeout: float | None) -> None:
+    """One exchange with every rank: block p of `data` to rank p, rank p's block into block p
+    of `out` (this rank's own copied across); every block's size known, so each lands in place."""
+    mesh = g.mesh
+    assert mesh is not None
+    step = len(data) // g.size()
+    lo = g.rank() * step
+    out[lo:lo + step] = data[lo:lo + step]
+    starts = mesh.starts(step)
+    g.exchange(header.fields["op"], [data[a:a + step] for a in starts], [out[a:a + step] for a in starts], header,
+               timeout=timeout)
+
+
 def broadcast(g: Comm, out: np.ndarray, root: int, header: wire.Header, timeout: float | None) -> None:
     """One exchange with every rank: the root's data to each, every other rank's header to
     each (no payload), so every rank compares its call with every other rank's."""
@@ -97,4 +110,5 @@ def _fits(comm: Comm, kind: str, nbytes: int) -> str | None:
 
 
 ALGORITHM = Algorithm("direct", gather=gather, reduce=reduce, broadcast=broadcast, all_to_all=all_to_all_direct,
+                      all_to_all_even=all_to_all_even,
                       gather_v=gather_direct, gather_root=gather_root, reduce_root=reduce_root, fits=_fits)
