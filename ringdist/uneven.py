@@ -10,7 +10,6 @@ ranks that disagree raise MismatchError, and the group is broken on every rank.
 
 from __future__ import annotations
 
-import ast
 import math
 import numbers
 from typing import Any, Callable
@@ -18,15 +17,14 @@ from typing import Any, Callable
 import numpy as np
 
 from . import buffers, comm as comm_module, tuning, wire, work
-from .algorithms.blocks import Assembled, common, sizes_of
-from .arrays import as_rows, byte_view
+from .algorithms.blocks import Assembled, common, dtype_of, sizes_of
+from .arrays import NOTHING, as_rows, byte_view
 from .calls import _comm, _header, check_root
 from .channel import Channel
 from .comm import Comm
 from .errors import MismatchError, ProtocolError
 from .flows import check_same
 
-NOTHING = np.empty(0, dtype=np.uint8)  # the header template of a rank that contributes no array
 
 
 def _rows_check(header: wire.Header, unit: int, expect: Callable[[int], int | None],
@@ -154,15 +152,6 @@ def _all_to_all_splits(g: Comm, arr: np.ndarray, splits: Any, timeout: float | N
     return _assemble(got, arr.shape[1:], arr.dtype)
 
 
-def _dtype(tag: str, ch: Channel) -> np.dtype:
-    """A dtype from a header's tag (`wire.dtype_tag`)."""
-    try:
-        return np.dtype(ast.literal_eval(tag) if tag.startswith("[") else tag)
-    except (TypeError, ValueError, SyntaxError):
-        raise MismatchError(f"rank {ch.me}: {ch.describe()} sends dtype {tag!r}, which numpy here does not know "
-                            f"(an extension dtype: import its package, e.g. ml_dtypes)") from None
-
-
 def scatter(x: Any, root: int = 0, *, group: Comm | None = None, timeout: float | None = None,
             async_op: bool = False) -> Any:
     """Root's `x` cut into N equal row blocks: rank r gets block r. Non-roots pass None (or
@@ -180,8 +169,12 @@ def scatter(x: Any, root: int = 0, *, group: Comm | None = None, timeout: float 
     if n == 1:
         g.check_usable("scatter")
         return _assemble([(arr.shape[0], byte_view(np.ascontiguousarray(arr)))], arr.shape[1:], arr.dtype)
-    algorithm = tuning.choose(g, "scatter", tuning.UNKNOWN)
+    algorithm = tuning.choose(g, "scatter", tuning.ROOTED)
     header = _header(g, "scatter", arr, algorithm.name, root=root)
+    if algorithm.scatter is not None:
+        out = algorithm.scatter(g, arr, root, header, timeout)
+        g.finish("scatter")
+        return out
     learned: dict[str, Any] = {}
     if r == root:
         per = arr.shape[0] // n
@@ -202,7 +195,7 @@ def scatter(x: Any, root: int = 0, *, group: Comm | None = None, timeout: float 
                 raise ProtocolError(f"rank {ch.me}: {ch.describe()} sends scatter data but is not its root")
             return 0
         shape = tuple(fields["shape"])
-        dtype = _dtype(fields["dtype"], ch)
+        dtype = dtype_of(fields["dtype"], ch)
         if r == root or not shape or shape[0] % n or sizes != [shape[0] // n]:
             raise ProtocolError(f"rank {ch.me}: root {src} of scatter sends {sizes} rows of shape {shape}")
         learned.update(shape=shape, dtype=dtype)

@@ -29,6 +29,10 @@ class Algorithm:
     # An all_to_all of equal blocks (comm, data, out, header, timeout): block p of `data` (bytes)
     # to rank p, rank p's block into block p of `out`; optional: without it `all_to_all` runs.
     all_to_all_even: Callable[..., None] | None = None
+    # A scatter (comm, arr, root, header, timeout) -> this rank's block, its shape and dtype learned
+    # from the root's header (`arr`: the root's array; NOTHING elsewhere); optional: without it a
+    # scatter runs `all_to_all`, only the root's blocks carrying bytes.
+    scatter: Callable[..., Any] | None = None
     fits: Callable[[Any, str, int], str | None] = _always  # (comm, kind, bytes per rank) -> why not
 
     def runs(self, kind: str) -> bool:

@@ -14,6 +14,7 @@ it too checks every other rank's call, in the origin's own header, which relayer
 
 from __future__ import annotations
 
+import ast
 from typing import Any, Callable
 
 import numpy as np
@@ -21,7 +22,7 @@ import numpy as np
 from .. import buffers, wire
 from ..channel import Channel
 from ..comm import Comm
-from ..errors import ProtocolError
+from ..errors import MismatchError, ProtocolError
 from ..flows import Outflow, Segments, SizedInflow
 
 PER_SENDER = ("sizes", "hop", "at")  # header fields that differ by sender or by relay (`at`: shm_blocks.py)
@@ -45,6 +46,15 @@ def sizes_of(fields: dict[str, Any], ch: Channel, count: int | None = None) -> l
             or not all(isinstance(k, int) and not isinstance(k, bool) and k >= 0 for k in sizes)):
         raise ProtocolError(f"rank {ch.me}: {ch.describe()} sent a header whose sizes are {sizes!r}")
     return sizes
+
+
+def dtype_of(tag: Any, ch: Channel) -> np.dtype:
+    """A dtype from a header's tag (`wire.dtype_tag`)."""
+    try:
+        return np.dtype(ast.literal_eval(tag) if tag.startswith("[") else tag)
+    except (TypeError, ValueError, SyntaxError):
+        raise MismatchError(f"rank {ch.me}: {ch.describe()} sends dtype {tag!r}, which numpy here does not know "
+                            f"(an extension dtype: import its package, e.g. ml_dtypes)") from None
 
 
 def common(fields: dict[str, Any], drop: tuple[str, ...] = ()) -> dict[str, Any]:
