@@ -7,6 +7,7 @@ from typing import Any
 import numpy as np
 
 _RAW_BYTES = type(np.dtype("V1"))  # numpy's own void dtype; extension dtypes (bfloat16) have their own class
+NOTHING = np.empty(0, dtype=np.uint8)  # what a rank that contributes no array (a scatter's non-root) passes
 REDUCERS = {"all_sum": np.add, "all_max": np.maximum, "all_min": np.minimum, "all_prod": np.multiply}
 
 

@@ -247,16 +247,29 @@ class Comm:
             (op, arr.dtype, arr.shape, path, self.both_ways)
         template = self._headers.get(key)
         if template is None:
-            if path != "ring":
-                extra["path"] = path
-            if not self.both_ways:
-                extra["ways"] = 1  # in the header: ranks with different RINGDIST_DIRECTIONS fail, not hang
-            template = wire.HeaderTemplate(op, wire.dtype_tag(arr.dtype), arr.shape, **extra)
-            if len(self._headers) >= HEADER_TEMPLATES:
-                self._headers.clear()
-            self._headers[key] = template
+            template = self._template(key, op, arr, path, extra)
         self._header = header = template.make(seq)
         return header
+
+    def peer_header(self, op: str, arr: np.ndarray, path: str = "ring", **extra: Any) -> wire.Header:
+        """The header a peer makes for this rank's current call (the one whose header was made
+        last) from these arguments: a rank in another role of the call (a scatter's non-root,
+        which passes no array) sends it, so this rank can expect it byte for byte."""
+        key = (op, arr.dtype, arr.shape, path, self.both_ways, *extra.items())
+        template = self._headers.get(key) or self._template(key, op, arr, path, extra)
+        return template.make(self._seq - 1)
+
+    def _template(self, key: tuple, op: str, arr: np.ndarray, path: str, extra: dict[str, Any]) -> wire.HeaderTemplate:
+        """A new kind of call's header template, kept under `key`."""
+        if path != "ring":
+            extra["path"] = path
+        if not self.both_ways:
+            extra["ways"] = 1  # in the header: ranks with different RINGDIST_DIRECTIONS fail, not hang
+        template = wire.HeaderTemplate(op, wire.dtype_tag(arr.dtype), arr.shape, **extra)
+        if len(self._headers) >= HEADER_TEMPLATES:
+            self._headers.clear()
+        self._headers[key] = template
+        return template
 
     def check_usable(self, op: str) -> None:
         """Refuse work on a closed group, or one whose earlier operation failed."""
@@ -293,10 +306,11 @@ class Comm:
 
     def exchange(self, op: str, sends: list[memoryview], recvs: list[memoryview], header: wire.Header,
                  timeout: float | None = None, peers: list[int] | None = None,
-                 sources: list[int] | None = None) -> None:
+                 sources: list[int] | None = None, expect: wire.Header | None = None) -> None:
         """The direct path of the collective whose header was made last: `sends[i]` to rank
         `peers[i]` (default: `mesh.order`, every other rank), `recvs[i]` from rank `sources[i]`
-        (default: `peers[i]`). Links not yet open are opened first (`link`)."""
+        (default: `peers[i]`), each after the header `expect` (default: `header`, this rank's).
+        Links not yet open are opened first (`link`)."""
         links = self.links
         assert links is not None
         seq = self._seq - 1
@@ -321,7 +335,7 @@ class Comm:
                                         settings.timeout if timeout is None else self._timeout(timeout),
                                         op, self._rank, seq,
                                         settings.spin_us * 1e-6 if sum(map(len, recvs)) <= SPIN_MAX_BYTES else 0.0,
-                                        settings.spin_yield, links.poller, sources_ch)
+                                        settings.spin_yield, links.poller, sources_ch, expect)
                 # Every peer sent to was also read from, and read empty after its frames: as far
                 # as this exchange goes, finish() need not poll.
                 if quiet and (not sends or (sources is None and len(recvs) == len(sends))):

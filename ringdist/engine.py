@@ -177,10 +177,12 @@ def stall_message(inflows: list[Inflow], outflows: list[Outflow], op: str, me: i
 
 def exchange(peers: list[Channel], sends: list[memoryview], recvs: list[memoryview], header: wire.Header,
              outflows: list[Outflow], watched: list[Channel], timeout: float, op: str, me: int, seq: int,
-             spin: float, yield_core: bool, poller: "select.poll", sources: list[Channel] | None = None) -> bool:
+             spin: float, yield_core: bool, poller: "select.poll", sources: list[Channel] | None = None,
+             expect: wire.Header | None = None) -> bool:
     """Send `sends[i]` to `peers[i]` and receive `recvs[i]` from it (from `sources[i]` if
     given: a shift, sending one way and receiving from the other), for every i. `sends` or
-    `recvs` may be empty: a message one way only.
+    `recvs` may be empty: a message one way only. Received streams start with `expect`
+    (default: `header`, what this rank sends), compared as bytes.
 
     `poller` has every peer's fd registered for reading. Outflows that could not send
     everything at once are appended to `outflows` (a caller's abort must finish their frame).
@@ -198,11 +200,15 @@ def exchange(peers: list[Channel], sends: list[memoryview], recvs: list[memoryvi
     waiting = {}
     odd = []
     froms = peers if sources is None else sources
+    if expect is None:
+        expect = header
+    else:
+        last = -1
     for ch, dest in zip(froms, recvs):
         n = len(dest)
         if n != last:
-            first, last = intro(header, n), n
-        flow = Inflow(ch, Segments([dest]), op, header)
+            first, last = intro(expect, n), n
+        flow = Inflow(ch, Segments([dest]), op, expect)
         ch.drained = False  # until a read of this call finds the socket empty
         if ch.reader.end != ch.reader.start:  # read ahead earlier: take it first
             state = flow.take(first)
@@ -232,7 +238,7 @@ def exchange(peers: list[Channel], sends: list[memoryview], recvs: list[memoryvi
                 os.sched_yield()
     if waiting or odd or outflows:
         inflows = [flow for flow, _ in waiting.values()] + odd
-        run(inflows, outflows, watched, timeout=timeout, op=op, me=me, seq=seq, header=header)
+        run(inflows, outflows, watched, timeout=timeout, op=op, me=me, seq=seq, header=expect)
     for ch, _ in zip(froms, recvs):
         if not ch.drained:
             # Read past the call's frames: clean too if a header (the peer's next call) is

@@ -12,6 +12,7 @@ from .links import Links
 from .ring import RingLinks
 
 MAX_RANKS = 8  # larger groups keep to the ring: a direct exchange costs N-1 messages per rank
+STARTS_KEPT = 64  # block sizes whose offsets a mesh remembers
 
 
 class MeshLinks(Links):
@@ -28,3 +29,14 @@ class MeshLinks(Links):
             raise
         self.order = [(self.rank + k) % self.size for k in range(1, self.size)]
         self.ordered = [self.peers[p] for p in self.order]
+        self._starts: dict[int, list[int]] = {}
+
+    def starts(self, step: int) -> list[int]:
+        """Where each peer's block of `step` bytes starts in a buffer of one block per rank, in
+        `order` (remembered per block size: a small collective cannot spare the multiplications)."""
+        found = self._starts.get(step)
+        if found is None:
+            if len(self._starts) >= STARTS_KEPT:
+                self._starts.clear()
+            found = self._starts[step] = [p * step for p in self.order]
+        return found

@@ -20,13 +20,13 @@ import numpy as np
 
 from . import buffers, tuning, wire, work
 from .algorithms.blocks import common, sizes_of
+from .arrays import NOTHING
 from .calls import _comm, _header, check_root
 from .channel import Channel
 from .comm import Comm
 from .errors import MismatchError, RingError
 from .flows import Outflow, Segments, SizedInflow, check_same
 
-NOTHING = np.empty(0, dtype=np.uint8)  # the header template of an object call
 
 
 class Pickled:

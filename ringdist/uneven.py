@@ -10,23 +10,21 @@ ranks that disagree raise MismatchError, and the group is broken on every rank.
 
 from __future__ import annotations
 
-import ast
 import math
 import numbers
 from typing import Any, Callable
 
 import numpy as np
 
-from . import buffers, tuning, wire, work
-from .algorithms.blocks import Assembled, common, sizes_of
-from .arrays import as_rows, byte_view
+from . import buffers, comm as comm_module, tuning, wire, work
+from .algorithms.blocks import Assembled, common, dtype_of, sizes_of
+from .arrays import NOTHING, as_rows, byte_view
 from .calls import _comm, _header, check_root
 from .channel import Channel
 from .comm import Comm
 from .errors import MismatchError, ProtocolError
 from .flows import check_same
 
-NOTHING = np.empty(0, dtype=np.uint8)  # the header template of a rank that contributes no array
 
 
 def _rows_check(header: wire.Header, unit: int, expect: Callable[[int], int | None],
@@ -57,10 +55,6 @@ def _row_bytes(arr: np.ndarray) -> int:
 
 
 def _counts(splits: Any, rows: int, n: int) -> list[int]:
-    if splits is None:
-        if rows % n:
-            raise ValueError(f"all_to_all: x.shape[0] = {rows} is not divisible by the group size {n}")
-        return [rows // n] * n
     try:
         counts = [int(k) for k in splits]
         ok = all(isinstance(k, numbers.Integral) and not isinstance(k, bool) for k in splits)
@@ -72,20 +66,16 @@ def _counts(splits: Any, rows: int, n: int) -> list[int]:
     return counts
 
 
-def _assemble(got: list[tuple[int, memoryview]], trailing: tuple[int, ...], dtype: np.dtype,
-              out: np.ndarray | None = None, landed: list[memoryview] | None = None) -> np.ndarray:
-    """Blocks of rows (row count, bytes) concatenated in source order, in a new array (or in
-    `out`, where the blocks that are `landed[q]` already lie in place). Blocks that an
-    algorithm landed in order in one array (`Assembled`) are that array, viewed."""
-    if out is None and isinstance(got, Assembled):
+def _assemble(got: list[tuple[int, memoryview]], trailing: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    """Blocks of rows (row count, bytes) concatenated in source order, in a new array. Blocks
+    that an algorithm landed in order in one array (`Assembled`) are that array, viewed."""
+    if isinstance(got, Assembled):
         return got.whole.view(dtype).reshape((sum(rows for rows, _ in got),) + trailing)
-    if out is None:
-        out = buffers.cache.empty((sum(rows for rows, _ in got),) + trailing, dtype)
+    out = buffers.cache.empty((sum(rows for rows, _ in got),) + trailing, dtype)
     data = byte_view(out)
     at = 0
-    for q, (_, block) in enumerate(got):
-        if landed is None or block is not landed[q]:
-            data[at:at + len(block)] = block
+    for _, block in got:
+        data[at:at + len(block)] = block
         at += len(block)
     return out
 
@@ -97,54 +87,69 @@ def all_to_all(x: Any, *, splits: Any = None, group: Comm | None = None, timeout
     same shape); with `splits` (N row counts summing to x.shape[0]) ranks send any counts,
     and receivers learn them from the headers. Dtype and trailing dims equal everywhere."""
     if async_op or work.active:
-        r = work.route("all_to_all", group, async_op,
-                       lambda g: all_to_all(x, splits=splits, group=g, timeout=timeout))
+        r = _route_all_to_all(x, splits, group, timeout, async_op)
         if r is not work.HERE:
             return r
-    g = _comm(group, timeout)
+    g = comm_module.default_made if group is None and timeout is None else None  # the common case
+    if g is None:
+        g = _comm(group, timeout)
     arr = as_rows(x)
-    n, r = g.size(), g.rank()
+    if splits is not None:
+        return _all_to_all_splits(g, arr, splits, timeout)
+    n = g.size()
+    if arr.shape[0] % n:
+        raise ValueError(f"all_to_all: x.shape[0] = {arr.shape[0]} is not divisible by the group size {n}")
+    out = buffers.cache.empty(arr.shape, arr.dtype)
+    if n == 1:
+        g.check_usable("all_to_all")
+        np.copyto(out, arr)
+        return out
+    # Every rank's x has the same shape (the header says so, and is compared whole), so the same size.
+    algorithm = tuning.choose(g, "all_to_all", arr.nbytes)
+    header = g.next_header("all_to_all", arr, algorithm.name)
+    data = byte_view(np.ascontiguousarray(arr))
+    if algorithm.all_to_all_even is not None:
+        algorithm.all_to_all_even(g, data, byte_view(out), header, timeout)
+    else:  # every block's size is known: shared memory lands them in place, the ring in its own buffers
+        step = len(data) // n
+        ends = range(0, (n + 1) * step, step) if step else [0] * (n + 1)
+        whole = byte_view(out)
+        into = [whole[ends[p]:ends[p + 1]] for p in range(n)]
+        rows = arr.shape[0] // n
+        got = algorithm.all_to_all(g, header, [data[ends[p]:ends[p + 1]] for p in range(n)], [rows] * n,
+                                   _rows_check(header, _row_bytes(arr), lambda src: rows), timeout, into=into)
+        for q, (_, block) in enumerate(got):
+            if block is not into[q]:
+                into[q][:] = block
+    g.finish("all_to_all")
+    return out
+
+
+def _route_all_to_all(x: Any, splits: Any, group: Comm | None, timeout: float | None, async_op: bool) -> Any:
+    # Apart from all_to_all, so that its variables stay plain locals (no closure cells) on the common path.
+    return work.route("all_to_all", group, async_op,
+                      lambda g: all_to_all(x, splits=splits, group=g, timeout=timeout))
+
+
+def _all_to_all_splits(g: Comm, arr: np.ndarray, splits: Any, timeout: float | None) -> np.ndarray:
+    """all_to_all with `splits`: blocks of any row counts, which receivers learn from the headers."""
+    n = g.size()
     counts = _counts(splits, arr.shape[0], n)
     data = np.ascontiguousarray(arr)
     if n == 1:
         g.check_usable("all_to_all")
         return _assemble([(arr.shape[0], byte_view(data))], arr.shape[1:], arr.dtype)
-    # Without splits every rank's x has the same shape (the header checks it), so the same size.
-    algorithm = tuning.choose(g, "all_to_all", arr.nbytes if splits is None else tuning.UNKNOWN)
-    if splits is None:
-        header = _header(g, "all_to_all", arr, algorithm.name)
-        expect: Callable[[int], int | None] = lambda src: counts[r]
-    else:
-        header = _header(g, "all_to_all", arr[:0], algorithm.name, splits=True)
-        expect = lambda src: None
+    algorithm = tuning.choose(g, "all_to_all", tuning.UNKNOWN)
+    header = _header(g, "all_to_all", arr[:0], algorithm.name, splits=True)
     unit = _row_bytes(arr)
     view = byte_view(data)
-    if splits is None:  # blocks of one size: no running sum needed
-        step = counts[0] * unit
-        ends = range(0, (n + 1) * step, step) if step else [0] * (n + 1)
-    else:
-        ends = [0]
-        for k in counts:
-            ends.append(ends[-1] + k * unit)
+    ends = [0]
+    for k in counts:
+        ends.append(ends[-1] + k * unit)
     blocks = [view[ends[p]:ends[p + 1]] for p in range(n)]
-    out = None
-    into = None
-    if splits is None:  # every block's size is known: the direct path lands them in place
-        out = buffers.cache.empty(arr.shape, arr.dtype)
-        data_out = byte_view(out)
-        into = [data_out[ends[p]:ends[p + 1]] for p in range(n)]
-    got = algorithm.all_to_all(g, header, blocks, counts, _rows_check(header, unit, expect), timeout, into=into)
+    got = algorithm.all_to_all(g, header, blocks, counts, _rows_check(header, unit, lambda src: None), timeout)
     g.finish("all_to_all")
-    return _assemble(got, arr.shape[1:], arr.dtype, out, into)
-
-
-def _dtype(tag: str, ch: Channel) -> np.dtype:
-    """A dtype from a header's tag (`wire.dtype_tag`)."""
-    try:
-        return np.dtype(ast.literal_eval(tag) if tag.startswith("[") else tag)
-    except (TypeError, ValueError, SyntaxError):
-        raise MismatchError(f"rank {ch.me}: {ch.describe()} sends dtype {tag!r}, which numpy here does not know "
-                            f"(an extension dtype: import its package, e.g. ml_dtypes)") from None
+    return _assemble(got, arr.shape[1:], arr.dtype)
 
 
 def scatter(x: Any, root: int = 0, *, group: Comm | None = None, timeout: float | None = None,
@@ -164,8 +169,12 @@ def scatter(x: Any, root: int = 0, *, group: Comm | None = None, timeout: float 
     if n == 1:
         g.check_usable("scatter")
         return _assemble([(arr.shape[0], byte_view(np.ascontiguousarray(arr)))], arr.shape[1:], arr.dtype)
-    algorithm = tuning.choose(g, "scatter", tuning.UNKNOWN)
+    algorithm = tuning.choose(g, "scatter", tuning.ROOTED)
     header = _header(g, "scatter", arr, algorithm.name, root=root)
+    if algorithm.scatter is not None:
+        out = algorithm.scatter(g, arr, root, header, timeout)
+        g.finish("scatter")
+        return out
     learned: dict[str, Any] = {}
     if r == root:
         per = arr.shape[0] // n
@@ -186,7 +195,7 @@ def scatter(x: Any, root: int = 0, *, group: Comm | None = None, timeout: float 
                 raise ProtocolError(f"rank {ch.me}: {ch.describe()} sends scatter data but is not its root")
             return 0
         shape = tuple(fields["shape"])
-        dtype = _dtype(fields["dtype"], ch)
+        dtype = dtype_of(fields["dtype"], ch)
         if r == root or not shape or shape[0] % n or sizes != [shape[0] // n]:
             raise ProtocolError(f"rank {ch.me}: root {src} of scatter sends {sizes} rows of shape {shape}")
         learned.update(shape=shape, dtype=dtype)

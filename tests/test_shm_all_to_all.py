@@ -143,6 +143,7 @@ def test_the_table_sends_all_to_all_through_shared_memory_from_its_threshold():
     def choices(g: rd.Group) -> list:
         return [tuning.choose(g, op, nbytes).name for op, nbytes in
                 [("all_to_all", 4096), ("all_to_all", tuning.SHM_ALL_TO_ALL_MIN), ("all_to_all", tuning.UNKNOWN),
-                 ("scatter", tuning.UNKNOWN)]]
-    assert run_ranks(4, choices)[0] == ["direct", "shm", "shm", "shm"]
+                 ("scatter", tuning.ROOTED)]]
+    # A scatter's size only its root knows: one direct step, the root's header declaring it.
+    assert run_ranks(4, choices)[0] == ["direct", "shm", "shm", "direct"]
     assert run_ranks(4, choices, shm=False)[0] == ["direct"] * 4

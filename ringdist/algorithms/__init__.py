@@ -22,6 +22,12 @@ Kinds and their run functions (all over a `Comm`, `header` already made):
                   the root, None elsewhere
   reduce_root     (comm, arr, op, root, header, timeout) -> `reduce`'s result (the same bits)
                   on the root, None elsewhere; optional: without it a rooted reduce runs `reduce`
+  all_to_all_even (comm, data, out, header, timeout): block p of `data` to rank p, rank p's
+                  block into block p of `out`, every block the same size; optional: without it
+                  an all_to_all without splits runs `all_to_all`
+  scatter         (comm, arr, root, header, timeout) -> this rank's row block of the root's `arr`
+                  (NOTHING elsewhere), learned from the root's header; optional: without it a
+                  scatter runs `all_to_all`, only the root's blocks carrying bytes
 """
 
 from __future__ import annotations

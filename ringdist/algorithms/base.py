@@ -26,6 +26,13 @@ class Algorithm:
     # A rooted reduce's run (comm, arr, op, root, header, timeout) -> `reduce`'s very bits on the
     # root, None elsewhere, doing less; without it a rooted reduce runs `reduce` on every rank.
     reduce_root: Callable[..., Any] | None = None
+    # An all_to_all of equal blocks (comm, data, out, header, timeout): block p of `data` (bytes)
+    # to rank p, rank p's block into block p of `out`; optional: without it `all_to_all` runs.
+    all_to_all_even: Callable[..., None] | None = None
+    # A scatter (comm, arr, root, header, timeout) -> this rank's block, its shape and dtype learned
+    # from the root's header (`arr`: the root's array; NOTHING elsewhere); optional: without it a
+    # scatter runs `all_to_all`, only the root's blocks carrying bytes.
+    scatter: Callable[..., Any] | None = None
     fits: Callable[[Any, str, int], str | None] = _always  # (comm, kind, bytes per rank) -> why not
 
     def runs(self, kind: str) -> bool:

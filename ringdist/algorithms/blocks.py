@@ -14,6 +14,7 @@ it too checks every other rank's call, in the origin's own header, which relayer
 
 from __future__ import annotations
 
+import ast
 from typing import Any, Callable
 
 import numpy as np
@@ -21,7 +22,7 @@ import numpy as np
 from .. import buffers, wire
 from ..channel import Channel
 from ..comm import Comm
-from ..errors import ProtocolError
+from ..errors import MismatchError, ProtocolError
 from ..flows import Outflow, Segments, SizedInflow
 
 PER_SENDER = ("sizes", "hop", "at")  # header fields that differ by sender or by relay (`at`: shm_blocks.py)
@@ -45,6 +46,15 @@ def sizes_of(fields: dict[str, Any], ch: Channel, count: int | None = None) -> l
             or not all(isinstance(k, int) and not isinstance(k, bool) and k >= 0 for k in sizes)):
         raise ProtocolError(f"rank {ch.me}: {ch.describe()} sent a header whose sizes are {sizes!r}")
     return sizes
+
+
+def dtype_of(tag: Any, ch: Channel) -> np.dtype:
+    """A dtype from a header's tag (`wire.dtype_tag`)."""
+    try:
+        return np.dtype(ast.literal_eval(tag) if tag.startswith("[") else tag)
+    except (TypeError, ValueError, SyntaxError):
+        raise MismatchError(f"rank {ch.me}: {ch.describe()} sends dtype {tag!r}, which numpy here does not know "
+                            f"(an extension dtype: import its package, e.g. ml_dtypes)") from None
 
 
 def common(fields: dict[str, Any], drop: tuple[str, ...] = ()) -> dict[str, Any]:
@@ -110,17 +120,9 @@ def shift(g: Comm, header: wire.Header, first: Parts,
 def all_to_all_direct(g: Comm, header: wire.Header, blocks: list[memoryview], sizes: list[int], check: Check,
                       timeout: float | None, into: list[memoryview] | None = None) -> list[tuple[int, memoryview]]:
     """Block p (sizes[p] units) to rank p, one step over the mesh. Returns (size, bytes) of
-    the block from each rank, by source (this rank's own: its block for itself).
-
-    With `into` (where each source's block lands, its size known: every rank's header the
-    same) it is the direct path's exchange, which finishes small calls at once."""
+    the block from each rank, by source (this rank's own: its block for itself). (`into` is
+    for shared memory; blocks of one size known everywhere go by `direct.all_to_all_even`.)"""
     r = g.rank()
-    mesh = g.mesh
-    assert mesh is not None
-    if into is not None:
-        g.exchange(header.fields["op"], [blocks[p] for p in mesh.order], [into[p] for p in mesh.order], header,
-                   timeout=timeout)
-        return [(sizes[r], blocks[r]) if q == r else (sizes[r], into[q]) for q in range(g.size())]
     got = direct(g, header, {p: ([blocks[p]], {"sizes": [sizes[p]]}) for p in range(g.size()) if p != r},
                  check, timeout)
     return [(sizes[q], blocks[q]) if q == r else (got[q][0]["sizes"][0], got[q][1]) for q in range(g.size())]

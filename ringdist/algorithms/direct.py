@@ -9,14 +9,18 @@ receives every other rank's header (every rank compares its call with every othe
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from .. import buffers, wire
-from ..arrays import REDUCERS, byte_view, fold
+from ..arrays import NOTHING, REDUCERS, byte_view, fold
+from ..channel import Channel
 from ..comm import Comm
-from ..flows import NO_BYTES
+from ..errors import ProtocolError
+from ..flows import NO_BYTES, Inflow, Outflow, Segments, SizedInflow, check_same
 from .base import Algorithm
-from .blocks import all_to_all_direct, gather_direct
+from .blocks import all_to_all_direct, common, dtype_of, gather_direct
 from .common import direct_parts, needs_mesh
 
 
@@ -67,6 +71,60 @@ def gather_root(g: Comm, arr: np.ndarray, root: int, header: wire.Header, timeou
     return out
 
 
+def all_to_all_even(g: Comm, data: memoryview, out: memoryview, header: wire.Header, timeout: float | None) -> None:
+    """One exchange with every rank: block p of `data` to rank p, rank p's block into block p
+    of `out` (this rank's own copied across); every block's size known, so each lands in place."""
+    mesh = g.mesh
+    assert mesh is not None
+    step = len(data) // g.size()
+    lo = g.rank() * step
+    out[lo:lo + step] = data[lo:lo + step]
+    starts = mesh.starts(step)
+    g.exchange(header.fields["op"], [data[a:a + step] for a in starts], [out[a:a + step] for a in starts], header,
+               timeout=timeout)
+
+
+def scatter(g: Comm, arr: np.ndarray, root: int, header: wire.Header, timeout: float | None) -> np.ndarray:
+    """One step over the mesh: the root's header (its shape and dtype) and block p to rank p;
+    every other rank's header alone to every rank, so every rank checks every other's call.
+    The root expects the non-roots' headers byte for byte; a non-root learns its block's
+    shape and dtype from the root's and lands the block in its result."""
+    mesh = g.mesh
+    assert mesh is not None
+    n, r = g.size(), g.rank()
+    op = header.fields["op"]
+    if r == root:
+        data = byte_view(np.ascontiguousarray(arr))
+        step = len(data) // n
+        out = buffers.cache.empty((arr.shape[0] // n,) + arr.shape[1:], arr.dtype)
+        byte_view(out)[:] = data[r * step:(r + 1) * step]
+        theirs = g.peer_header(op, NOTHING, ALGORITHM.name, root=root)
+        g.exchange(op, [data[a:a + step] for a in mesh.starts(step)], [NO_BYTES] * len(mesh.order), header,
+                   timeout=timeout, expect=theirs)
+        return out
+    mine = common(header.fields, ("dtype", "shape"))
+    landed: list[np.ndarray] = []
+
+    def accept(fields: dict[str, Any], ch: Channel) -> memoryview:
+        called = common(fields, ("dtype", "shape"))
+        if called != mine:
+            check_same(mine, called, ch)
+        shape = tuple(fields["shape"])
+        dtype = dtype_of(fields["dtype"], ch)
+        if not shape or shape[0] % n:
+            raise ProtocolError(f"rank {ch.me}: root {root} of scatter sends shape {shape}, "
+                                f"whose rows do not divide among {n} ranks")
+        out = buffers.cache.empty((shape[0] // n,) + shape[1:], dtype)
+        landed.append(out)
+        return byte_view(out)
+
+    peers = mesh.peers
+    inflows: list[Inflow] = [SizedInflow(peers[root], op, accept)]
+    inflows += [Inflow(peers[p], Segments([]), op, header) for p in mesh.order if p != root]
+    g.run(op, inflows, [Outflow(ch, Segments([]), op, header) for ch in mesh.ordered], timeout=timeout)
+    return landed[0]
+
+
 def broadcast(g: Comm, out: np.ndarray, root: int, header: wire.Header, timeout: float | None) -> None:
     """One exchange with every rank: the root's data to each, every other rank's header to
     each (no payload), so every rank compares its call with every other rank's."""
@@ -97,4 +155,5 @@ def _fits(comm: Comm, kind: str, nbytes: int) -> str | None:
 
 
 ALGORITHM = Algorithm("direct", gather=gather, reduce=reduce, broadcast=broadcast, all_to_all=all_to_all_direct,
+                      all_to_all_even=all_to_all_even, scatter=scatter,
                       gather_v=gather_direct, gather_root=gather_root, reduce_root=reduce_root, fits=_fits)
