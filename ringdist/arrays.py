@@ -62,7 +62,12 @@ def _why_unreducible(dt: np.dtype, op: str) -> str | None:
 
 
 def fold(rows: list[np.ndarray], ufunc: Any, out: np.ndarray) -> None:
-    """out = rows[0] op rows[1] op ... in rank order, so every rank computing it gets the same bits."""
-    np.copyto(out, rows[0])
-    for row in rows[1:]:
+    """out = rows[0] op rows[1] op ... in rank order, so every rank computing it gets the same bits.
+
+    The first op reads both rows and writes `out` in one pass (no copy of rows[0] first)."""
+    if len(rows) == 1:
+        np.copyto(out, rows[0])
+        return
+    ufunc(rows[0], rows[1], out=out)
+    for row in rows[2:]:
         ufunc(out, row, out=out)
