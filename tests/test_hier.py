@@ -84,7 +84,7 @@ def test_hierarchical_collectives_give_every_rank_the_exact_result(n, per_host):
         y = np.arange(5, dtype=np.float32) * (g.rank() + 1)
         out.append(rd.all_gather(y, group=g).tobytes())
         out.append(rd.all_sum(y, group=g).tobytes())
-        return (h.host, h.local, h.link is not None, tuning.choose(g, "all_sum", 1 << 20).name), out
+        return (h.host, h.local, h.link is not None, tuning.choose(g, "all_gather", 1 << 20).name), out
 
     res = run_ranks(n, rank, ips=_ips(n, per_host), rank_overrides={0: {"shm": False}},
                     algo=(("all_gather", "hier"), ("all_sum", "hier"), ("all_max", "hier"), ("all_min", "hier"),
@@ -94,16 +94,16 @@ def test_hierarchical_collectives_give_every_rank_the_exact_result(n, per_host):
     assert all(outs == res[0][1] for _, outs in res)  # the same bits on every rank
 
 
-def test_the_table_chooses_the_hierarchy_for_large_arrays_only():
+def test_the_table_chooses_the_hierarchy_for_large_gathers_only():
     def rank(g: rd.Group) -> tuple:
         x = np.ones(1 << 18, np.float32)
         rd.all_gather(x, group=g)
         rd.all_sum(x, group=g)
-        return tuning.choose(g, "all_gather", 4096).name, tuning.choose(g, "all_sum", 1 << 20).name, \
-            tuning.choose(g, "all_gather", 1 << 20).name
+        return tuning.choose(g, "all_gather", 4096).name, tuning.choose(g, "all_gather", 1 << 20).name, \
+            tuning.choose(g, "all_sum", 1 << 20).name
 
     res = run_ranks(4, rank, ips=_ips(4, 2), shm=False)
-    assert res == [("doubling", "hier", "hier")] * 4
+    assert res == [("doubling", "hier", "two-shot")] * 4  # reductions: the flat algorithms (tuning.py)
 
 
 def test_no_hierarchy_on_one_host_or_with_uneven_hosts():
@@ -136,7 +136,8 @@ def _reports(stdout: str) -> dict[int, dict]:
 def test_two_hosts_of_two_ranks_share_memory_within_each_host(netns_cluster):
     _, path, _ = netns_cluster("hier", "-k", "2", "--slots", "2")
     res = run_launcher(["--rsh-agent", AGENT, "--hosts", path, str(SCRIPTS / "hier_check.py")], timeout=120,
-                       env={"RINGDIST_TIMEOUT": "30", "RINGDIST_CONNECT_TIMEOUT": "15"})
+                       env={"RINGDIST_TIMEOUT": "30", "RINGDIST_CONNECT_TIMEOUT": "15",
+                            "RINGDIST_ALGO": "all_reduce:hier"})
     assert res.returncode == 0, res.stdout + res.stderr
     got = _reports(res.stdout)
     assert sorted(got) == [0, 1, 2, 3]
@@ -144,15 +145,16 @@ def test_two_hosts_of_two_ranks_share_memory_within_each_host(netns_cluster):
         assert rep["hosts"] == [[0, 1], [2, 3]] and rep["host"] == r // 2
         assert rep["link"] is True  # the two ranks of each namespace share memory; across, they cannot
         assert all(rep["ok"].values()), rep["ok"]
-        assert rep["chosen"] == {"all_gather-300001": "hier", "all_sum-1000003": "hier", "all_max-70000": "hier",
-                                 "all_gather-5": "doubling"}
+        assert rep["chosen"] == {"all_gather-300001": "hier", "all_gather-5": "doubling"}
         assert rep["digest"] == got[0]["digest"]
 
 
-def test_kill_9_mid_hierarchical_operation_reaches_every_rank(netns_cluster):
+@pytest.mark.parametrize("op", ["all_gather", "all_sum"])
+def test_kill_9_mid_hierarchical_operation_reaches_every_rank(netns_cluster, op):
     _, path, _ = netns_cluster("hkil", "-k", "2", "--slots", "2")
     proc = start_launcher(["--rsh-agent", AGENT, "--hosts", path, "--grace", "10",
-                           str(SCRIPTS / "long_loop.py"), "all_sum", "2"], env={"RINGDIST_TIMEOUT": "30"})
+                           str(SCRIPTS / "long_loop.py"), op, "2"],
+                          env={"RINGDIST_TIMEOUT": "30", "RINGDIST_ALGO": "all_gather:hier,all_reduce:hier"})
     try:
         out = LineReader(proc.stdout)
         found = out.wait_for(r"^\[(\d+)\] ready pid=(\d+)$", count=4, timeout=90)
