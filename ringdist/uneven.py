@@ -169,11 +169,14 @@ def scatter(x: Any, root: int = 0, *, group: Comm | None = None, timeout: float 
     if n == 1:
         g.check_usable("scatter")
         return _assemble([(arr.shape[0], byte_view(np.ascontiguousarray(arr)))], arr.shape[1:], arr.dtype)
-    algorithm = tuning.choose(g, "scatter", tuning.ROOTED)
+    # Only the root knows the size: the table sees the size of the group's previous scatter,
+    # which every rank learned alike (a loop of same-sized scatters gets its row from the second call).
+    algorithm = tuning.choose(g, "scatter", g.plans.get("scatter-size", tuning.ROOTED))
     header = _header(g, "scatter", arr, algorithm.name, root=root)
     if algorithm.scatter is not None:
         out = algorithm.scatter(g, arr, root, header, timeout)
         g.finish("scatter")
+        g.plans["scatter-size"] = out.nbytes * n  # the root's whole array
         return out
     learned: dict[str, Any] = {}
     if r == root:
@@ -205,8 +208,11 @@ def scatter(x: Any, root: int = 0, *, group: Comm | None = None, timeout: float 
     g.finish("scatter")
     mine = got if isinstance(got, Assembled) else [got[root]]  # every other block is empty
     if r == root:
-        return _assemble(mine, arr.shape[1:], arr.dtype)
-    return _assemble(mine, learned["shape"][1:], learned["dtype"])
+        out = _assemble(mine, arr.shape[1:], arr.dtype)
+    else:
+        out = _assemble(mine, learned["shape"][1:], learned["dtype"])
+    g.plans["scatter-size"] = out.nbytes * n  # the root's whole array
+    return out
 
 
 def all_gather_uneven(x: Any, g: Comm, timeout: float | None) -> np.ndarray:

@@ -147,3 +147,24 @@ def test_the_table_sends_all_to_all_through_shared_memory_from_its_threshold():
     # A scatter's size only its root knows: one direct step, the root's header declaring it.
     assert run_ranks(4, choices)[0] == ["direct", "shm", "shm", "direct"]
     assert run_ranks(4, choices, shm=False)[0] == ["direct"] * 4
+
+
+def test_a_scatter_is_chosen_by_the_size_of_the_previous_one_and_sizes_may_change():
+    # Only the root knows a scatter's size: the table sees the previous scatter's (one direct step
+    # for the first). Small, large, large, small, small: each result right on every rank, and the
+    # algorithm the table saw follows the previous call's size on every rank alike.
+    sizes = [8, 1 << 18, 1 << 18, 8, 8]
+
+    def rank(g: rd.Group) -> list:
+        seen = []
+        for count in sizes:
+            hint = g.plans.get("scatter-size", tuning.ROOTED)
+            seen.append(tuning.choose(g, "scatter", hint).name)
+            whole = np.arange(4 * count, dtype=np.float32).reshape(count, 4)
+            got = rd.scatter(whole if g.rank() == 1 else None, root=1, group=g)
+            per = count // 4
+            assert np.array_equal(got, whole[g.rank() * per:(g.rank() + 1) * per]), (count, g.rank())
+        return seen
+
+    res = run_ranks(4, rank)
+    assert res == [["direct", "direct", "shm", "shm", "direct"]] * 4
