@@ -3,8 +3,9 @@
 One table, read top to bottom: the first row of the collective's kind whose condition
 holds and whose algorithm can run the case wins. Conditions see `Facts`: the group size,
 the bytes each rank contributes, whether the group has a mesh (a connection to every
-rank: groups of 2 to 8), whether large blocks go both ways round the ring, and the
-direct-exchange limit (`RINGDIST_DIRECT_MAX`, else by group size). Groups over 8 ranks have
+rank: groups of 2 to 8), whether large blocks go both ways round the ring, the
+direct-exchange limit (`RINGDIST_DIRECT_MAX`, else by group size), shared memory across the
+group, and the hosts of a group on several (`ringdist.hosts`). Groups over 8 ranks have
 no mesh: their latency-optimal algorithms open links to their partners on first use. Every threshold was
 measured on localhost with variants alternating call by call (docs/design.md has the
 figures). `RINGDIST_ALGO=op:name,...` overrides the table for benchmarks and debugging;
