@@ -104,7 +104,8 @@ def _ensure_thread() -> None:
 
 
 def _wake() -> None:
-    """Wake the thread (a byte down the pipe; none while one is already there unread)."""
+    """Wake the thread (a byte down the pipe; none while one is already there unread).
+    Callers change what the thread is to see (the queue, `jobs.closing`) before this."""
     global _woken
     if not _woken:
         _woken = True
@@ -112,10 +113,14 @@ def _wake() -> None:
 
 
 def _on_wake(flows: Lanes) -> None:
-    """On the thread, once a poll found the pipe readable (so the read cannot block)."""
+    """On the thread, once a poll found the pipe readable (so the read cannot block).
+
+    The pipe is emptied before the flag is cleared: cleared first, a `_wake` landing between
+    the two would write a byte this read takes, and leave the flag set with the pipe empty,
+    so that every later `_wake` wrote nothing and the thread slept through queued work."""
     global _woken
-    _woken = False
     os.read(_wake_r, 64)
+    _woken = False
     _end_closing(flows)
 
 

@@ -114,3 +114,36 @@ def test_a_forked_child_has_no_progress_thread_and_refuses():
             assert re.fullmatch(rf"RingError: rank {rank}: all_gather on group 'world': this group belongs to "
                                 rf"process \d+; a forked child \(process \d+\) cannot use it", line), line
         assert f"[{rank}] fork ok" in res.stdout
+
+
+def test_a_wake_up_landing_while_the_thread_takes_the_last_one_is_not_lost(monkeypatch):
+    # The progress thread sleeps in poll until a byte comes down its pipe; `_wake` writes one
+    # only when none is there unread. A `_wake` from the calling thread may land while the
+    # progress thread is in `_on_wake`, just before its read: here the read itself lets it land.
+    # Afterwards the pipe and the flag must agree, so that the next `_wake` writes again;
+    # otherwise a queued operation (or exit's request to end them) would never wake the thread.
+    import select
+    import types
+
+    from ringdist import work
+
+    r, w = os.pipe()
+    monkeypatch.setattr(work, "_wake_r", r)
+    monkeypatch.setattr(work, "_wake_w", w)
+    monkeypatch.setattr(work, "_woken", False)
+    real_read = os.read
+
+    def read_after_a_wake(fd: int, n: int) -> bytes:
+        work._wake()  # the other thread's wake-up, landing now
+        return real_read(fd, n)
+
+    try:
+        work._wake()  # a job was queued: one byte
+        monkeypatch.setattr(work, "os", types.SimpleNamespace(read=read_after_a_wake, write=os.write))
+        work._on_wake(types.SimpleNamespace(running=None))
+        monkeypatch.setattr(work, "os", os)
+        work._wake()  # the next job: the thread must be woken for it
+        assert select.select([r], [], [], 0)[0] == [r], "a wake-up was lost: the thread would sleep"
+    finally:
+        os.close(r)
+        os.close(w)
