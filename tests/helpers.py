@@ -11,7 +11,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import IO, Mapping, Sequence
+from typing import IO, Any, Mapping, Sequence
 
 import pytest
 
@@ -113,6 +113,47 @@ def wait_until_gone(pids: Sequence[int], timeout: float = 10) -> list[int]:
         time.sleep(0.05)
         alive = [p for p in alive if pid_alive(p)]
     return alive
+
+
+def assert_raised_after_kill(text: str, ranks: Sequence[int], killed_at: float, within: float = 5.0) -> None:
+    """Exactly `ranks` printed long_loop.py's `raised <Type> at <time>:` line, each within
+    `within` seconds of the kill at `killed_at`."""
+    raised = {int(r): float(t) for r, t in re.findall(r"^\[(\d+)\] raised \w+ at ([\d.]+):", text, re.M)}
+    assert sorted(raised) == sorted(ranks), text
+    assert all(t - killed_at < within for t in raised.values()), {r: round(t - killed_at, 2) for r, t in raised.items()}
+
+
+def assert_strangers_get_no_descriptor(ep: Any, address: str, gid: str) -> None:
+    """Garbage, and a well-formed HELLO under another job's secret, sent to endpoint `ep`'s local
+    socket at `address`: both refused without a file descriptor, and counted as refusals."""
+    import socket
+
+    from ringdist import wire
+
+    refused = ep.refused
+    for attempt in (b"garbage" * 20, None):
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.settimeout(5)
+        s.connect(address)
+        if attempt is None:
+            hello = wire.make_hello(wire.job_id(b"wrong secret"), gid, 1, "shm", 0, os.urandom(wire.NONCE_SIZE))
+            attempt = wire.encode_map(wire.HELLO, hello)
+        s.sendall(attempt)
+        got_fds = []
+        try:
+            while True:
+                data, fds, _, _ = socket.recv_fds(s, 4096, 4)
+                got_fds += fds
+                if not data:
+                    break
+        except (ConnectionResetError, TimeoutError):
+            pass
+        s.close()
+        assert got_fds == []
+    deadline = time.monotonic() + 5
+    while ep.refused < refused + 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert ep.refused >= refused + 2
 
 
 class LineReader:

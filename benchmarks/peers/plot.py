@@ -51,6 +51,16 @@ def size_label(n: int) -> str:
     return str(n)
 
 
+def _save(plt, fig, axes, args, name: str, legend_size: int) -> None:
+    """Legend on the first panel, the title, then the figure written to `args.out`/`name`."""
+    axes[0][0].legend(fontsize=legend_size)
+    if args.title:
+        fig.suptitle(args.title)
+    fig.tight_layout()
+    fig.savefig(os.path.join(args.out, name), dpi=110)
+    plt.close(fig)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("out")
@@ -86,12 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         ax.set_ylabel("median call time (µs)")
         ax.set_title(coll if coll == "barrier" else f"{coll}, 4 KiB per rank")
         ax.grid(True, alpha=0.3)
-    axes[0][0].legend(fontsize=8)
-    if args.title:
-        fig.suptitle(args.title)
-    fig.tight_layout()
-    fig.savefig(os.path.join(args.out, "time-4K.png"), dpi=110)
-    plt.close(fig)
+    _save(plt, fig, axes, args, "time-4K.png", 8)
 
     big = [n for n in ns if len({k[3] for k in rows if k[2] == n and k[3] > SMALL and k[1] in BANDWIDTH}) > 1]
     if not big:
@@ -115,12 +120,7 @@ def main(argv: list[str] | None = None) -> int:
                 ax.set_ylabel("busbw (GB/s)")
             if i == len(BANDWIDTH) - 1:
                 ax.set_xlabel("bytes per rank")
-    axes[0][0].legend(fontsize=7)
-    if args.title:
-        fig.suptitle(args.title)
-    fig.tight_layout()
-    fig.savefig(os.path.join(args.out, "busbw.png"), dpi=110)
-    plt.close(fig)
+    _save(plt, fig, axes, args, "busbw.png", 7)
     return 0
 
 
