@@ -13,7 +13,7 @@ the address and, where the caller passes it, the peer and the operation.
 - closing: `close_quietly`, `shutdown_quietly`, `forget_fd`;
 - edges that are not sockets: `read_private_file` (ConfigError), `advise_huge_pages`;
 - shared memory on one machine: `listen_local`, `dial_local` (abstract Unix sockets),
-  `make_segment`, `map_segment`, `unmap` (anonymous memory files), `send_fd`, `recv_fd`
+  `make_segment`, `map_segment`, `unmap` (anonymous memory files), `send_fds`, `recv_fds`
   (the portable backend's own edge, POSIX shared memory and socket files, is `posixshm`).
 
 A `Channel` is an authenticated connection to a peer rank. It owns its socket and its
@@ -428,35 +428,58 @@ def map_segment(fd: int, size: int, peer: str) -> mmap.mmap:
         close_quietly(fd)
 
 
-def send_fd(sock: socket.socket, fd: int, data: bytes, deadline: float, *, peer: str) -> None:
-    """`data` (a few bytes) with descriptor `fd` attached (SCM_RIGHTS)."""
+def send_fds(sock: socket.socket, fds: list[int], data: bytes, deadline: float, *, peer: str) -> None:
+    """`data` (a few bytes) with descriptors `fds` attached (SCM_RIGHTS)."""
     try:
         sock.settimeout(deadlines.socket_wait(deadline))
-        sent = socket.send_fds(sock, [data], [fd])
+        sent = socket.send_fds(sock, [data], fds)
     except OSError as exc:
         raise _lost(sock, peer, f"cannot send shared memory: {socket_error(exc)}") from None
     if sent != len(data):
         raise _lost(sock, peer, f"sent {sent} of {len(data)} bytes with shared memory")
 
 
-def recv_fd(sock: socket.socket, size: int, deadline: float, *, peer: str) -> tuple[bytes, int]:
-    """`size` bytes and the one descriptor that comes with them; PeerLostError if the
-    connection closes or nothing is attached, RingTimeoutError at the deadline."""
+def recv_fds(sock: socket.socket, size: int, most: int, deadline: float, *, peer: str) -> tuple[bytes, list[int]]:
+    """`size` bytes and the 1 to `most` descriptors that come with them; PeerLostError if the
+    connection closes or none is attached, RingTimeoutError at the deadline."""
     while True:
         try:
             sock.settimeout(deadlines.socket_wait(deadline))
-            data, fds, _, _ = socket.recv_fds(sock, size, 4)
+            data, fds, _, _ = socket.recv_fds(sock, size, most + 2)
             break
         except socket.timeout:
             if deadlines.passed(deadline):
                 raise RingTimeoutError(f"timed out waiting for shared memory from {peer}") from None
         except OSError as exc:
             raise _lost(sock, peer, socket_error(exc)) from None
-    if len(data) != size or len(fds) != 1:
+    if len(data) != size or not 1 <= len(fds) <= most:
         for fd in fds:
             close_quietly(fd)
         raise _lost(sock, peer, f"no shared memory received ({len(data)} bytes, {len(fds)} descriptors)")
-    return data, fds[0]
+    return data, fds
+
+
+def make_eventfd() -> int:
+    """A non-blocking eventfd (a shared-memory link's wake-up); -1 where the system gives none."""
+    try:
+        return os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+    except (OSError, AttributeError):
+        return -1
+
+
+def ring_eventfd(fd: int) -> None:
+    """Wake whoever polls `fd`; a counter already full of wake-ups, or a closed one, is fine."""
+    try:
+        os.eventfd_write(fd, 1)
+    except OSError:
+        pass
+
+
+def drain_eventfd(fd: int) -> None:
+    try:
+        os.eventfd_read(fd)
+    except OSError:  # BlockingIOError: drained already
+        pass
 
 
 def unmap(mem: mmap.mmap) -> None:

@@ -28,6 +28,7 @@ from .mesh import MAX_RANKS as MESH_MAX_RANKS, MeshLinks
 from .ring import RingLinks
 from .settings import Settings
 from .shm import ShmLink, open_link
+from .shmsignal import Signals
 
 HEADER_TEMPLATES = 256  # kinds of call whose header bytes a group keeps
 # Operations receiving more than this never spin: they wait on bandwidth, and a spin would
@@ -108,6 +109,7 @@ class Comm:
         self.mesh: MeshLinks | None = None  # links to every rank, for the direct path (2..8 ranks)
         self.links: Links | None = None  # links to peers, opened on first use (the mesh where there is one)
         self.shm: ShmLink | None = None  # shared memory with every rank (all on this machine; `shm`)
+        self._signals: Signals | None = None  # its signals through shared memory (`shmsignal`), if any
         self.hierarchy: Hierarchy | None = None  # ranks on several hosts, as many on each (`hosts`)
         # Every rank sees the same addresses, so every rank makes the same choice.
         self.both_ways = settings.directions == 2 or (settings.directions == 0 and several_links(addresses))
@@ -129,7 +131,10 @@ class Comm:
                 else:
                     self.links = Links(endpoint, self.ring, addresses)
                 self.shm = open_link(endpoint, self.links, group=gid, rank=rank, size=size,
-                                     addresses=addresses, wanted=settings.shm, timeout=settings.connect_timeout)
+                                     addresses=addresses, wanted=settings.shm, timeout=settings.connect_timeout,
+                                     signals=settings.shm_signals)
+                if self.shm is not None:
+                    self._signals = self.shm.signals
                 if self.shm is None:
                     hosts = layout(addresses)
                     if hierarchical(hosts):
@@ -249,6 +254,8 @@ class Comm:
         if template is None:
             template = self._template(key, op, arr, path, extra)
         self._header = header = template.make(seq)
+        if self._signals is not None:
+            self._signals.announce(seq, header)
         return header
 
     def peer_header(self, op: str, arr: np.ndarray, path: str = "ring", **extra: Any) -> wire.Header:
@@ -490,6 +497,7 @@ class Comm:
         if self._closed:
             return
         self._closed = True
+        self._signals = None
         if self.shm is not None:
             self.shm.close()
         if self.hierarchy is not None:

@@ -43,6 +43,7 @@ class Settings:
     max_object_bytes: int = 1 << 30  # RINGDIST_MAX_OBJECT_BYTES: largest pickled object sent or accepted
     shm: bool = True  # RINGDIST_SHM: shared memory between the ranks of a group on one machine
     shm_backend: str = "auto"  # RINGDIST_SHM=posix: "posix" (the portable backend, `posixshm`); else "auto"
+    shm_signals: bool = True  # RINGDIST_SHM_SIGNALS: shared-memory rounds signal through the segments (0: over TCP)
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> "Settings":
@@ -65,6 +66,10 @@ class Settings:
         if shm not in ("", "0", "1", "posix"):
             raise ConfigError(f"RINGDIST_SHM={shm!r} must be 0 (TCP only), 1 (shared memory on one machine) "
                               f"or posix (shared memory, the portable backend)")
+        signals = env.get("RINGDIST_SHM_SIGNALS", "").strip()
+        if signals not in ("", "0", "1"):
+            raise ConfigError(f"RINGDIST_SHM_SIGNALS={signals!r} must be 1 (shared-memory rounds signal through "
+                              f"the segments where the machine allows) or 0 (over TCP)")
         shared = oversubscribed(env)
         socket_buffers = _socket_buffers(env.get("RINGDIST_SOCKET_BUFFERS"), cls.socket_buffers)
         return cls(
@@ -83,6 +88,7 @@ class Settings:
             max_object_bytes=int(max_object),
             shm=shm != "0",
             shm_backend="posix" if shm == "posix" else "auto",
+            shm_signals=signals != "0",
         )
 
 

@@ -19,11 +19,16 @@ every peer it dialed (and has shared memory on: `RINGDIST_SHM`), and the link is
 if every rank said yes; otherwise the group uses TCP and nothing waits on a link a peer did
 not build.
 
-A segment is two slots, used alternately by the link's rounds (`round`): a rank writes
-slot k % 2 in round k only after round k-1's signal from every peer, which each peer sent
-after it had finished reading round k-2 from the same slot. Sized so that every mapped
-segment together stays within `MAPPED_BYTES`, whatever N (slots of 3 MiB on 2 ranks,
-384 KiB on 16); pages are resident only once touched.
+A segment is a control page (`shmsignal`) and two slots, used alternately by the link's
+rounds (`round`): a rank writes slot k % 2 in round k only after round k-1's signal from
+every peer, which each peer sent after it had finished reading round k-2 from the same
+slot. Sized so that every mapped segment together stays within `MAPPED_BYTES`, whatever N
+(slots of 3 MiB on 2 ranks, 384 KiB on 16); pages are resident only once touched.
+
+Signals go through the control pages (`shmsignal`) where every rank can (Linux on x86-64,
+the memfd backend, `RINGDIST_SHM_SIGNALS` not 0): each rank's offer says whether it can,
+and sends its eventfd with its segment; every rank sees every offer, so all decide alike.
+Otherwise they are the header exchanges over TCP.
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ import logging
 import mmap
 import struct
 
-from . import channel, deadlines, posixshm, votes
+from . import channel, deadlines, posixshm, shmsignal, votes
 from .endpoint import Endpoint, InboxKey
 from .errors import ConnectError, ProtocolError
 from .links import Links
@@ -41,7 +46,7 @@ log = logging.getLogger("ringdist")
 
 MAPPED_BYTES = 12 << 20  # every rank's segment together, as mapped by each rank (two slots each)
 ALIGN = 4096
-_SIZE = struct.Struct("<Q")
+_OFFER = struct.Struct("<QB")  # segment bytes, and whether signals may go through shared memory (an eventfd follows)
 
 
 def slot_bytes(n: int) -> int:
@@ -52,12 +57,15 @@ def slot_bytes(n: int) -> int:
 class ShmLink:
     """This rank's segment and its peers', mapped: `slot(p, k)` is rank p's slot for round k."""
 
-    def __init__(self, rank: int, maps: dict[int, mmap.mmap], slot: int):
+    def __init__(self, rank: int, maps: dict[int, mmap.mmap], slot: int, wake: dict[int, int] | None = None):
         self.rank = rank
         self.maps = maps  # rank -> its segment (this rank's own included)
         self.slot_size = slot
         self.rounds = 0  # rounds run so far: the next one uses slot rounds % 2
         self._views = {p: memoryview(m) for p, m in maps.items()}
+        # Signals through the control pages, or None (over TCP); `wake`: each rank's eventfd.
+        self.signals = None if wake is None else shmsignal.Signals(
+            rank, {p: v[:shmsignal.CONTROL] for p, v in self._views.items()}, wake)
 
     def next_round(self) -> int:
         k = self.rounds
@@ -65,10 +73,13 @@ class ShmLink:
         return k
 
     def slot(self, p: int, k: int) -> memoryview:
-        base = (k & 1) * self.slot_size
+        base = shmsignal.CONTROL + (k & 1) * self.slot_size
         return self._views[p][base:base + self.slot_size]
 
     def close(self) -> None:
+        if self.signals is not None:
+            self.signals.close()
+            self.signals = None
         for view in self._views.values():
             view.release()
         self._views.clear()
@@ -78,20 +89,24 @@ class ShmLink:
 
 
 def open_link(endpoint: Endpoint, links: Links, *, group: str, rank: int, size: int,
-              addresses: list[list[tuple[str, int]]], wanted: bool, timeout: float) -> ShmLink | None:
+              addresses: list[list[tuple[str, int]]], wanted: bool, timeout: float,
+              signals: bool = True) -> ShmLink | None:
     """The group's shared-memory link, or None (TCP) when any rank cannot or will not build it.
 
     Every rank of a group calls this when the group is made: the vote (`votes`) runs
-    whatever this rank's settings, so ranks always agree."""
+    whatever this rank's settings, so ranks always agree. `signals`: this rank's wish to
+    signal through the control pages (`RINGDIST_SHM_SIGNALS`)."""
     deadline = deadlines.after(timeout)
     slot = slot_bytes(size)
-    own_fd, own_map = -1, None
+    total = shmsignal.CONTROL + 2 * slot
+    own_fd, own_map, own_wake = -1, None, -1
     dialed: dict[int, object] = {}
     maps: dict[int, mmap.mmap] = {}
+    wake: dict[int, int] = {}
     try:
         yes = wanted and endpoint.local_name is not None and all(addresses[p] for p in range(size))
         if yes:
-            own_fd, own_map = _segment(endpoint, 2 * slot, f"rank {rank} of group {group!r}")
+            own_fd, own_map = _segment(endpoint, total, f"rank {rank} of group {group!r}")
             yes = own_map is not None
         if yes:
             for p in range(rank + 1, size):
@@ -105,33 +120,58 @@ def open_link(endpoint: Endpoint, links: Links, *, group: str, rank: int, size: 
             return None
         assert own_map is not None
         maps[rank] = own_map
-        offer = _SIZE.pack(2 * slot)
+        if signals and endpoint.local_backend != "posix" and shmsignal.supported():
+            own_wake = channel.make_eventfd()
+        offer = _OFFER.pack(total, own_wake >= 0)
+        fds = [own_fd] if own_wake < 0 else [own_fd, own_wake]
+        every = own_wake >= 0  # whether every rank offered its eventfd
         for p, sock in dialed.items():
-            channel.send_fd(sock, own_fd, offer, deadline, peer=f"rank {p} of group {group!r}")
+            channel.send_fds(sock, fds, offer, deadline, peer=f"rank {p} of group {group!r}")
         for p in range(rank):
             what = f"rank {p} of group {group!r}"
             sock = endpoint.take(InboxKey(group, p, "shm", 0), deadline,
                                  f"group {group!r}: waiting for rank {p}'s shared memory")
             try:
-                maps[p] = _receive(sock, 2 * slot, deadline, what)
-                channel.send_fd(sock, own_fd, offer, deadline, peer=what)
+                maps[p], theirs = _receive(sock, total, deadline, what)
+                every = _keep(wake, p, theirs, every)
+                channel.send_fds(sock, fds, offer, deadline, peer=what)
             finally:
                 sock.close()
         for p, sock in dialed.items():
-            maps[p] = _receive(sock, 2 * slot, deadline, f"rank {p} of group {group!r}")
+            maps[p], theirs = _receive(sock, total, deadline, f"rank {p} of group {group!r}")
+            every = _keep(wake, p, theirs, every)
         own_map = None  # in `maps` now
-        return ShmLink(rank, maps, slot)
+        if every:
+            wake[rank], own_wake = own_wake, -1
+        else:
+            for fd in wake.values():
+                channel.close_quietly(fd)
+        link = ShmLink(rank, maps, slot, wake if every else None)
+        wake = {}
+        return link
     except BaseException:
         for mem in maps.values():
             channel.unmap(mem)
+        for fd in wake.values():
+            channel.close_quietly(fd)
         raise
     finally:
         for sock in dialed.values():
             sock.close()
         if own_fd >= 0:
             channel.close_quietly(own_fd)
+        if own_wake >= 0:
+            channel.close_quietly(own_wake)
         if own_map is not None and rank not in maps:
             channel.unmap(own_map)
+
+
+def _keep(wake: dict[int, int], p: int, fd: int, every: bool) -> bool:
+    """Keep rank p's eventfd (-1: it offered none); whether every rank so far offered one."""
+    if fd < 0:
+        return False
+    wake[p] = fd
+    return every
 
 
 def _segment(endpoint: Endpoint, size: int, what: str) -> tuple[int, mmap.mmap | None]:
@@ -146,11 +186,19 @@ def _segment(endpoint: Endpoint, size: int, what: str) -> tuple[int, mmap.mmap |
         return -1, None
 
 
-def _receive(sock: object, size: int, deadline: float, peer: str) -> mmap.mmap:
-    data, fd = channel.recv_fd(sock, _SIZE.size, deadline, peer=peer)  # type: ignore[arg-type]
-    (announced,) = _SIZE.unpack(data)
-    if announced != size:
-        channel.close_quietly(fd)
-        raise ProtocolError(f"{peer}: shared memory of {announced} bytes, expected {size} "
-                            f"(ranks with different versions of ringdist?)")
-    return channel.map_segment(fd, size, peer)
+def _receive(sock: object, size: int, deadline: float, peer: str) -> tuple[mmap.mmap, int]:
+    """A peer's segment, mapped, and its eventfd (-1 when it offered none)."""
+    data, fds = channel.recv_fds(sock, _OFFER.size, 2, deadline, peer=peer)  # type: ignore[arg-type]
+    announced, has_wake = _OFFER.unpack(data)
+    if announced != size or len(fds) != 1 + bool(has_wake):
+        for fd in fds:
+            channel.close_quietly(fd)
+        raise ProtocolError(f"{peer}: shared memory of {announced} bytes with {len(fds)} descriptors, expected "
+                            f"{size} bytes (ranks with different versions of ringdist?)")
+    try:
+        mem = channel.map_segment(fds[0], size, peer)
+    except BaseException:
+        for fd in fds[1:]:
+            channel.close_quietly(fd)
+        raise
+    return mem, fds[1] if has_wake else -1

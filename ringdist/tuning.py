@@ -89,6 +89,17 @@ SHM_WIDE_GATHER_MIN = 64 * 1024
 # all_to_all on 4 ranks, alternating with the direct exchange (loaded 2-core box): 64 KiB 1.05x slower,
 # 256 KiB 0.97x, 1 MiB 0.79x, 16 MiB 0.67x the time.
 SHM_ALL_TO_ALL_MIN = 256 * 1024
+# Where rounds signal through the segments (`Facts.signals`: `ringdist.shmsignal`), a round costs no
+# message, and the rows above start lower. Calls back to back, shared memory against the table's TCP
+# choice, two launches of each taking turns (2-core VM, µs per call; N=2 / 4 / 8):
+#   all_to_all 4 KiB 8-9 / 43-49 / 198-200 against 18 / 119-128 / 518-594; 64 KiB 14 / 57-60 / 212-265
+#     against 27-29 / 132-148 / 564-662;
+#   all_gather 4 KiB 10 / 51 / 213-231 against 20 / 104-116 / 507-561; 64 KiB 21-23 / 92-117 / 353-457
+#     against 20-21 / 96-102 / 354-459 (a tie);
+#   all_sum 4 KiB 18 / 108-124 / 404-416 against 20 / 117-122 / 549-550; 64 KiB 27-28 / 145-151 / 445-528
+#     against 39-41 / 122-142 / 505-521.
+# So from the first byte, but 2-rank reductions from 64 KiB (4 KiB a tie).
+SIGNALLED_PAIR_REDUCE_MIN = 64 * 1024
 # Groups on several hosts with as many ranks on each (`Facts.hosts` > 1) gather hierarchically from
 # this size (bytes per rank): each byte crosses a host's interface once. On the emulated cluster (4
 # namespaces x 2 ranks, 1 Gbit/s, 2 cores for all 8 ranks) it tied with the flat ring at 16 and 64 MiB
@@ -118,6 +129,8 @@ class Facts:
     both_ways: bool  # large blocks go half each way round the ring (a cable to each neighbour)
     direct_max: int  # largest per-rank block exchanged directly
     shm: bool = False  # shared memory with every rank (all on one machine: `ringdist.shm`)
+    signals: bool = False  # its rounds signal through the segments (`ringdist.shmsignal`), not over TCP
+    scatter: bool = False  # the all_to_all kind runs a scatter (only the root's blocks carry bytes)
     hosts: int = 1  # hosts of a hierarchical group (`ringdist.hosts`: several, as many ranks on each)
 
     @property
@@ -142,19 +155,32 @@ def _always(f: Facts) -> bool:
     return True
 
 
+def _shm_reduce_min(f: Facts) -> int:
+    if f.n == 2:
+        return SIGNALLED_PAIR_REDUCE_MIN if f.signals else SHM_PAIR_REDUCE_MIN
+    return 0 if f.signals else SHM_REDUCE_MIN
+
+
 TABLE: list[Row] = [
+    Row("barrier", "shm", lambda f: f.shm and f.signals and f.direct_max > 0,
+        "one signal through the segments: no message"),
+    Row("gather", "shm", lambda f: f.shm and f.signals and f.mesh and f.direct_max > 0,
+        "signalled through the segments: 4 KiB 2-2.4x faster than TCP at N=2-8, 64 KiB a tie "
+        "(the figures above SIGNALLED_PAIR_REDUCE_MIN)"),
     Row("gather", "shm", lambda f: f.shm and not f.mesh and f.nbytes >= SHM_WIDE_GATHER_MIN,
         "16 ranks: 0.41-0.91x TCP's time at 64 KiB-4 MiB per rank (see SHM_WIDE_GATHER_MIN)"),
     Row("gather", "shm", lambda f: f.shm and f.mesh and f.direct_max > 0 and f.nbytes >= SHM_GATHER_MIN,
         "one copy per byte received instead of the kernel's two: 4 ranks 2.2-2.8x faster at 1-64 MiB, "
         "2 ranks 1.2-1.8x at 1-16 MiB, 0.92x at 64 MiB (alternating with TCP, loaded 2-core box)"),
-    Row("reduce", "shm", lambda f: f.shm and f.mesh and f.direct_max > 0
-        and f.nbytes >= (SHM_REDUCE_MIN if f.n > 2 else SHM_PAIR_REDUCE_MIN),
+    Row("reduce", "shm", lambda f: f.shm and f.mesh and f.direct_max > 0 and f.nbytes >= _shm_reduce_min(f),
         "4 ranks, alternating with TCP on a loaded 2-core box: 1 MiB 1.17x, 16 MiB 1.0x, 64 MiB 1.44x "
-        "faster; 2 ranks from 1 MiB (quiet box: 1.3-1.9x faster than the pair's TCP algorithms)"),
-    Row("reduce_scatter", "shm", lambda f: f.shm and f.mesh and f.direct_max > 0 and f.n > 2 and f.nbytes >= SHM_REDUCE_MIN,
+        "faster; 2 ranks from 1 MiB (quiet box: 1.3-1.9x faster than the pair's TCP algorithms); "
+        "signalled through the segments, from the first byte (2 ranks: 64 KiB 1.45x)"),
+    Row("reduce_scatter", "shm", lambda f: f.shm and f.mesh and f.direct_max > 0 and f.n > 2
+        and f.nbytes >= (0 if f.signals else SHM_REDUCE_MIN),
         "each rank reduces its block straight from every rank's segment"),
-    Row("broadcast", "shm", lambda f: f.shm and f.mesh and f.direct_max > 0 and f.nbytes >= SHM_GATHER_MIN,
+    Row("broadcast", "shm", lambda f: f.shm and f.mesh and f.direct_max > 0
+        and f.nbytes >= (0 if f.signals else SHM_GATHER_MIN),
         "the root writes once, every rank copies once"),
     Row("gather", "hier", lambda f: f.hosts > 1 and f.nbytes >= HIER_GATHER_MIN,
         "several hosts: each byte crosses a host's interface once (a flat ring: (N-1)/(N-L) times); "
@@ -201,7 +227,8 @@ TABLE: list[Row] = [
     Row("gather_root", "direct", lambda f: f.mesh and f.direct_max > 0,
         "one step: only the root receives, (N-1) blocks; the others send one"),
     Row("gather_root", "ring", _always, "the ring all-gather kept on the root: (N-1) blocks in N-1 pipelined steps"),
-    Row("all_to_all", "shm", lambda f: f.shm and f.mesh and (f.nbytes == UNKNOWN or f.nbytes >= SHM_ALL_TO_ALL_MIN),
+    Row("all_to_all", "shm", lambda f: f.shm and f.mesh
+        and ((f.signals and not f.scatter) or f.nbytes == UNKNOWN or f.nbytes >= SHM_ALL_TO_ALL_MIN),
         "one copy into the sender's segment and one out per byte, instead of the kernel's two"),
     Row("all_to_all", "direct", lambda f: f.mesh and f.direct_max > 0,
         "one step, each rank sending (N-1)/N of its array once: the fewest bytes and steps there are"),
@@ -219,10 +246,11 @@ def default_direct_max(comm: Comm) -> int:
     return DIRECT_MAX_PAIR_BOTH_WAYS if comm.both_ways else DIRECT_MAX_PAIR
 
 
-def facts(comm: Comm, nbytes: int) -> Facts:
+def facts(comm: Comm, nbytes: int, op: str = "") -> Facts:
     limit = comm.direct_max_override
     return Facts(n=comm.size(), nbytes=nbytes, mesh=comm.mesh is not None, both_ways=comm.both_ways,
                  direct_max=default_direct_max(comm) if limit is None else limit, shm=comm.shm is not None,
+                 signals=comm.shm is not None and comm.shm.signals is not None, scatter=op == "scatter",
                  hosts=len(comm.hierarchy.hosts) if comm.hierarchy is not None else 1)
 
 
@@ -266,7 +294,7 @@ def _choose(comm: Comm, op: str, nbytes: int) -> Algorithm:
         if why is not None:
             raise ConfigError(f"RINGDIST_ALGO forces {name} for {op}, which cannot run here: {why}")
         return algorithm
-    f = facts(comm, nbytes)
+    f = facts(comm, nbytes, op)
     for row in TABLE:
         if row.kind == kind and row.when(f):
             algorithm = ALGORITHMS[row.algorithm]

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import ringdist as rd
-from ringdist import tuning
+from ringdist import shmsignal, tuning
 from ringdist.shm import slot_bytes
 
 from harness import run_ranks
@@ -82,7 +82,11 @@ def test_the_table_uses_shared_memory_from_its_threshold_and_rings_close():
         return [tuning.choose(g, op, nbytes).name for op, nbytes in
                 [("all_gather", 4096), ("all_gather", tuning.SHM_GATHER_MIN), ("all_sum", 16 << 20),
                  ("sum_scatter", 1 << 20), ("broadcast", 4 << 20)]]
-    assert run_ranks(4, choices)[0] == ["doubling", "shm", "shm", "shm", "shm"]
+    # Rounds signalled over TCP: shared memory from its threshold; through the segments
+    # (`shmsignal`, where the machine has them): from the first byte.
+    assert run_ranks(4, choices, shm_signals=False)[0] == ["doubling", "shm", "shm", "shm", "shm"]
+    if shmsignal.supported():
+        assert run_ranks(4, choices)[0] == ["shm", "shm", "shm", "shm", "shm"]
     assert run_ranks(4, choices, shm=False)[0] == ["doubling", "direct", "ring", "ring", "ring"]
     # More than 8 ranks: the link all the same; the table gathers over it (measured faster
     # at 16 ranks) but reduces over TCP (measured slower).

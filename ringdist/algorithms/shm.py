@@ -15,8 +15,10 @@ one copy by the CPU instead of two by the kernel (send and receive).
   signal every rank copies every reduced slice. 2α + (1 + 2/N)n copied.
 - reduce-scatter: each rank writes its array; rank p reduces block p in rank order.
 - broadcast: the root writes its array; every other rank copies it.
+- barrier: one signal.
 - all-to-all and scatter (`shm_blocks.py`): each rank writes its blocks for the other
-  ranks once; each rank copies its block out of every peer's segment.
+  ranks once; each rank copies its block out of every peer's segment. Blocks of one size
+  that fit one slot: the input in place (two copies), one signal.
 """
 
 from __future__ import annotations
@@ -38,7 +40,12 @@ def _signal(g: Comm, op: str, header: wire.Header, timeout: float | None) -> Non
     """'My part of this round is in my segment', and back from every rank: the call's header
     to and from every peer over the mesh, or (more than 8 ranks, no mesh) the dissemination
     barrier's ceil(log2 N) rounds, after which every rank has entered this signal too.
-    Blocks in the kernel (after the usual spin); a peer that died or called something else raises."""
+    Blocks in the kernel (after the usual spin); a peer that died or called something else raises.
+    Where the link signals through its control pages (`shmsignal`), that instead: no message."""
+    signals = g._signals
+    if signals is not None:
+        signals.signal(g, op, header, timeout)
+        return
     if g.mesh is None:
         dissemination.rounds(g, header, op, timeout)
         return
@@ -144,6 +151,43 @@ def broadcast(g: Comm, out: np.ndarray, root: int, header: wire.Header, timeout:
             data[a:b] = link.slot(root, k)[:b - a]
 
 
+def all_to_all_even(g: Comm, data: memoryview, out: memoryview, header: wire.Header, timeout: float | None) -> None:
+    """Blocks of one size: where a rank's whole input fits one slot, its blocks go in where
+    they lie in the input (two copies: before and after its own block), and each rank copies
+    its block out of every peer's slot; larger inputs take `all_to_all`'s rounds."""
+    link = g.shm
+    assert link is not None
+    n, r = g.size(), g.rank()
+    m = len(data) // n
+    if len(data) > link.slot_size:
+        blocks = [data[p * m:(p + 1) * m] for p in range(n)]
+        into = [out[p * m:(p + 1) * m] for p in range(n)]
+        got = all_to_all(g, header, blocks, [m] * n, _no_sizes, timeout, into=into)
+        for q, (_, block) in enumerate(got):
+            if block is not into[q]:
+                into[q][:] = block
+        return
+    k = link.next_round()
+    slot = link.slot(r, k)
+    lo, hi = r * m, (r + 1) * m
+    slot[:lo] = data[:lo]  # every block where it lies in the input, but this rank's own
+    slot[hi:len(data)] = data[hi:]
+    _signal(g, header.fields["op"], header, timeout)
+    out[lo:hi] = data[lo:hi]
+    for i in range(1, n):
+        p = (r + i) % n  # each rank starts with a different peer's segment
+        out[p * m:(p + 1) * m] = link.slot(p, k)[lo:hi]
+
+
+def _no_sizes(src: int, fields: dict, ch: object) -> int:  # pragma: no cover - blocks of one size declare nothing
+    raise AssertionError("an all_to_all of equal blocks reads no sizes")
+
+
+def barrier(g: Comm, header: wire.Header, timeout: float | None) -> None:
+    """One signal: every rank has entered the barrier once it returns."""
+    _signal(g, "barrier", header, timeout)
+
+
 def _fits(comm: Comm, kind: str, nbytes: int) -> str | None:
     if comm.shm is None:
         return ("it needs shared memory with every rank of the group: all on one machine, Linux, and "
@@ -154,4 +198,5 @@ def _fits(comm: Comm, kind: str, nbytes: int) -> str | None:
 
 
 ALGORITHM = Algorithm("shm", gather=gather, reduce=reduce, reduce_scatter=reduce_scatter, broadcast=broadcast,
-                      all_to_all=all_to_all, reduce_root=reduce_root, fits=_fits)
+                      all_to_all=all_to_all, all_to_all_even=all_to_all_even, reduce_root=reduce_root, barrier=barrier,
+                      fits=_fits)

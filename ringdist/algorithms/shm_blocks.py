@@ -71,7 +71,12 @@ def _declare(g: Comm, header: wire.Header, sizes: list[int], rows_at: list[int],
 
 
 def _signal(g: Comm, op: str, header: wire.Header, timeout: float | None) -> None:
-    """The header to and from every peer: 'this round's bytes are in my slot'."""
+    """The header to and from every peer, or through the control pages (`shmsignal`): 'this
+    round's bytes are in my slot'."""
+    signals = g._signals
+    if signals is not None:
+        signals.signal(g, op, header, timeout)
+        return
     k = g.size() - 1
     g.exchange(op, [NO_BYTES] * k, [NO_BYTES] * k, header, timeout=timeout)
 

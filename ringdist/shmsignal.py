@@ -1,0 +1,275 @@
+"""Signals through shared memory: "my part of this round is in my segment", with no message.
+
+A shared-memory round (`algorithms/shm.py`) ends with a signal: every rank says its part is
+in its segment and waits until every peer has said so too, checking that every rank made
+the same call. Over TCP that is the call's header to and from every peer: 2(N-1) messages
+and as many wake-ups, most of a small call's time. Here each rank writes the signal into
+the control page at the start of its own segment (`ringdist.shm`) and reads its peers':
+
+  word 0  signals given so far (signal s is given when this word becomes s + 1)
+  word 1  fingerprint (CRC-32) of the header of the signal with an even number; word 2: odd
+  word 3  1 + the number of the collective this rank is in (`Comm.next_header`), word 4 the
+          fingerprint of its op and algorithm (the rest of a header may differ by rank: a
+          scatter's root's has the shape), word 6 the length of its header, at byte 64
+  word 5  nonzero while the rank sleeps in the kernel waiting for a signal
+
+Only the owner writes its page. A signal's fingerprint is written before its count, and
+x86-64 keeps stores in order, so a peer that sees the count sees the fingerprint (other
+architectures signal over TCP). A peer can give signal s + 2 only after this rank gave
+s + 1, so the word of s's parity is still s's when this rank reads it.
+
+Waiting spins as the TCP path does (`RINGDIST_SPIN_US`, yielding the core when ranks
+outnumber cores), then sleeps in the kernel: the rank sets its word 5, looks once more, and
+polls its eventfd (handed to every peer with its segment) and its TCP connections. A rank
+that signals writes its peers' eventfds only when their word 5 is set. The sleep is cut
+into slices, so a wake-up lost to the CPU's store buffer costs a slice, never a hang.
+
+On the progress thread (`work`) the wait also drives that thread's point-to-point flows, as
+the engine's waits do, so an isend followed by a collective keeps moving.
+
+Failures are seen as on TCP:
+- a peer's different call: a different fingerprint for the same signal, or a peer whose
+  announced call has the same number and another op or algorithm, or a later number, or a peer whose
+  TCP connection carries a header (a call without shared memory) while it has not given
+  this signal: MismatchError, naming both calls;
+- a peer that died: its connection closes (PeerLostError), or the ABORT it or another rank
+  sent arrives;
+- a stalled peer: RingTimeoutError after the call's timeout.
+The error is sent to every peer as an ABORT and breaks the group, as on TCP.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import select
+import sys
+import threading
+import time
+import zlib
+from types import SimpleNamespace
+from typing import Any
+
+import msgpack
+import numpy as np
+
+from . import aborts, channel, engine, wire
+from .errors import MismatchError, PeerLostError, ProtocolError, RingTimeoutError
+from .flows import check_same
+
+CONTROL = 4096  # bytes of the control page at the start of every segment
+HEADER_AT = 64  # where a rank's current call's header starts in its page
+SIGNALS, FP_EVEN, FP_ODD, CALL, CALL_FP, ASLEEP, HEADER_LEN = range(7)
+_SLICE_FIRST, _SLICE_MOST = 0.001, 0.064  # seconds of one sleep: the first, and the longest
+
+
+def supported() -> bool:
+    """Whether signals can go through shared memory here: Linux (eventfd) on x86-64 (ordered stores)."""
+    return (sys.platform.startswith("linux") and hasattr(os, "eventfd")
+            and platform.machine().lower() in ("x86_64", "amd64"))
+
+
+def fingerprint(body: bytes) -> int:
+    return zlib.crc32(body)
+
+
+def call_fingerprint(op: str, path: str) -> int:
+    return zlib.crc32(f"{op}\0{path}".encode())
+
+
+class Signals:
+    """One rank's view of every rank's control page, and its peers' eventfds."""
+
+    def __init__(self, rank: int, pages: dict[int, memoryview], wake: dict[int, int]):
+        self.rank = rank
+        self.words = {p: np.frombuffer(page, np.int64, 8) for p, page in pages.items()}
+        self.pages = pages
+        self.own = self.words[rank]
+        self.wake = wake  # rank -> its eventfd (this rank's own included: the one it sleeps on)
+        self.given = 0
+        self.others = sorted((p for p in pages if p != rank), key=lambda p: (p - rank) % len(pages))
+
+    def announce(self, seq: int, header: wire.Header) -> None:
+        """This rank's current collective: its number and header, for peers to check while they wait."""
+        own, body = self.own, header.body
+        n = min(len(body), CONTROL - HEADER_AT)
+        self.pages[self.rank][HEADER_AT:HEADER_AT + n] = body[:n]
+        own[HEADER_LEN] = n
+        fields = header.fields
+        own[CALL_FP] = call_fingerprint(fields["op"], fields.get("path", "ring"))
+        own[CALL] = seq + 1  # 0: none announced yet
+
+    def signal(self, g: Any, op: str, header: wire.Header, timeout: float | None) -> None:
+        """Give this rank's next signal and return once every peer has given it, with the same header."""
+        s = self.given
+        self.given = s + 1
+        target = s + 1
+        fp = fingerprint(header.body)
+        own, words = self.own, self.words
+        own[1 + (s & 1)] = fp
+        own[SIGNALS] = target
+        for p in self.others:
+            if words[p][ASLEEP]:
+                channel.ring_eventfd(self.wake[p])
+        for p in self.others:
+            w = words[p]
+            if w[SIGNALS] < target or w[1 + (s & 1)] != fp:
+                break
+        else:
+            return  # every peer was there first: the common case on a rank that comes last
+        try:
+            self._wait(g, op, target, fp, timeout)
+        except BaseException as exc:
+            g._fail(op, g.channels, g._seq - 1, [], exc)
+            raise
+
+    def _wait(self, g: Any, op: str, target: int, fp: int, timeout: float | None) -> None:
+        words = self.words
+        pending = [p for p in self.others if words[p][SIGNALS] < target]
+        settings = g.settings
+        spin = settings.spin_us * 1e-6
+        bg = engine.background  # on the progress thread: its send/recv flows move while this waits
+        if bg is not None and bg.owner != threading.get_ident():
+            bg = None
+        bg_masks: dict[int, int] = {}
+        if bg is not None:
+            spin = 0.0  # as the engine: the progress thread leaves the cores to the compute it overlaps
+        start = time.monotonic()
+        limit = g._timeout(timeout)
+        if spin > 0 and pending:
+            # Yielding the core, the spin counts this thread's own CPU time: while peers run on
+            # the core it gave them, the wait costs nothing and they progress.
+            clock = time.thread_time if settings.spin_yield else time.monotonic
+            until = clock() + spin
+            while pending:
+                pending = [p for p in pending if words[p][SIGNALS] < target]
+                if clock() >= until:
+                    break
+                if clock is time.thread_time:
+                    os.sched_yield()
+        poller = None
+        waiting: dict[int, Any] = {}
+        nap = _SLICE_FIRST
+        while True:
+            pending = [p for p in pending if words[p][SIGNALS] < target]
+            if not pending:
+                break
+            self._check_calls(g, op, pending, target)
+            if poller is None:
+                poller = select.poll()
+                poller.register(self.wake[self.rank], select.POLLIN)
+                for ch in g.channels:
+                    if not ch.closed:
+                        waiting[ch.fd] = ch
+                        poller.register(ch.fd, select.POLLIN)
+            wait = nap
+            if bg is not None:
+                bg.tick()
+                bg.pump()
+                bg_masks = engine.sync_fds(poller, bg_masks, bg.masks())
+                cap = bg.max_wait()
+                if cap is not None:
+                    wait = max(0.0, min(wait, cap))
+            self.own[ASLEEP] = 1
+            try:
+                if all(words[p][SIGNALS] < target for p in pending):  # once more, now that peers may see word 5
+                    ready = poller.poll(wait * 1000)
+                    nap = min(nap * 2, _SLICE_MOST)
+                else:
+                    ready = []
+            finally:
+                self.own[ASLEEP] = 0
+            for fd, ev in ready:
+                if fd == self.wake[self.rank]:
+                    channel.drain_eventfd(fd)
+                    continue
+                ch = waiting.get(fd)
+                if ch is not None:
+                    self._check_given(g, target, fp)  # a mismatch seen here, before a peer's ABORT for it
+                    if self._look(g, ch, op, target):
+                        poller.unregister(fd)  # a peer's next call waits there: not for this signal
+                        del waiting[fd]
+                elif bg is not None and fd in bg_masks:
+                    bg.on_event(fd, ev)
+            if time.monotonic() - start > limit:
+                pending = [p for p in pending if words[p][SIGNALS] < target]
+                if pending:
+                    raise RingTimeoutError(
+                        f"rank {self.rank}: {op} made no progress for {limit:g} s: waiting for "
+                        f"{', '.join(f'rank {p}' for p in pending)} to signal through shared memory "
+                        f"(group {g.gid!r})")
+        self._check_given(g, target, fp)
+
+    def _check_given(self, g: Any, target: int, fp: int) -> None:
+        """A peer that gave this signal with another header: MismatchError."""
+        slot = 1 + ((target - 1) & 1)
+        for p in self.others:
+            w = self.words[p]
+            if w[SIGNALS] >= target and w[slot] != fp:
+                raise MismatchError(self._different(g, p, "made a different call at the same step"))
+
+    def _look(self, g: Any, ch: Any, op: str, target: int) -> bool:
+        """A TCP connection became readable while this rank waits: raise what it carries (an
+        ABORT, a closed connection, the header of a call that does not use shared memory);
+        True when it is the peer's next call, to be left for that call's reader, or a peer that
+        gave this signal has closed its connection."""
+        seq = g._seq - 1
+        try:
+            ch.fill_stage()
+        except PeerLostError:
+            aborts.pending_abort([ch], op)
+            if self.words[ch.peer][SIGNALS] >= target:
+                return True  # a peer done with this call may leave (its next call reports the loss)
+            raise
+        aborts._raise_next_abort(ch, seq, op)
+        reader = ch.reader
+        if reader.end == reader.start:
+            return False
+        if reader.next_kind() == wire.HEADER:
+            if self.words[ch.peer][SIGNALS] >= target:
+                return True
+            raise MismatchError(self._different(g, ch.peer, "sent a call's header over TCP instead"))
+        return False
+
+    def _check_calls(self, g: Any, op: str, pending: list[int], target: int) -> None:
+        """A peer that announced this rank's call number with another op, or a later call,
+        without giving this signal (read after its call: it gives a signal before it moves on)."""
+        own, seq = self.own, g._seq - 1
+        for p in pending:
+            w = self.words[p]
+            call = int(w[CALL]) - 1
+            if ((call == seq and w[CALL_FP] != own[CALL_FP]) or call > seq) and w[SIGNALS] < target:
+                raise MismatchError(self._different(g, p, "announced a different call"))
+
+    def _different(self, g: Any, p: int, how: str) -> str:
+        """The mismatch's message: the TCP check's own (`flows.check_same`) where both calls'
+        headers can be read, so it says the same things (both calls, or the setting that differs)."""
+        mine, theirs = self._fields(self.rank), self._fields(p)
+        if mine is not None and theirs is not None:
+            try:
+                check_same(mine, theirs, SimpleNamespace(me=self.rank, peer=p, group=g.gid))  # type: ignore[arg-type]
+            except MismatchError as exc:
+                return str(exc)  # word for word what TCP's check says
+        return (f"rank {self.rank} called {self._describe(self.rank, mine)} but rank {p} called "
+                f"{self._describe(p, theirs)} ({how}; group {g.gid!r})")
+
+    def _fields(self, p: int) -> dict[str, Any] | None:
+        """Rank p's current call's header, as it announced it (None if unreadable)."""
+        n = int(self.words[p][HEADER_LEN])
+        try:
+            return wire.check_header(msgpack.unpackb(bytes(self.pages[p][HEADER_AT:HEADER_AT + n]), raw=False))
+        except (ValueError, TypeError, ProtocolError, msgpack.UnpackException):
+            return None
+
+    def _describe(self, p: int, fields: dict[str, Any] | None) -> str:
+        return wire.describe_header(fields) if fields is not None else f"call #{int(self.words[p][CALL]) - 1}"
+
+    def close(self) -> None:
+        self.words.clear()  # the arrays over the pages go before the pages are released
+        self.own = None  # type: ignore[assignment]
+        for page in self.pages.values():
+            page.release()
+        self.pages.clear()
+        for fd in self.wake.values():
+            channel.close_quietly(fd)
+        self.wake.clear()

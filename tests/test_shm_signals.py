@@ -1,0 +1,191 @@
+"""Signals through shared memory: a shared-memory round's "my part is there" without a message.
+
+Ranks as threads over real connections and real segments (the in-process harness), and real
+processes where a rank is killed."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+
+import numpy as np
+import pytest
+
+import ringdist as rd
+from ringdist import shmsignal
+from ringdist.settings import Settings
+from ringdist.shm import slot_bytes
+
+from harness import RankFailed, run_ranks
+from helpers import (
+    LineReader, SCRIPTS, assert_raised_after_kill, kill_tree, run_launcher, start_launcher, wait_until_gone)
+
+pytestmark = pytest.mark.skipif(not shmsignal.supported(), reason="signals through shared memory need Linux on x86-64")
+SHM = (("*", "shm"),)
+
+
+def _cases(n: int) -> list[tuple[str, np.ndarray]]:
+    big = slot_bytes(n) // 4 + 777  # more than a slot: several rounds, each signalled
+    return [("all_gather", np.arange(5, dtype=np.float32)), ("all_gather", np.arange(big, dtype=np.float32)),
+            ("all_sum", np.linspace(0, 1, 3001, dtype=np.float32)), ("all_sum", np.linspace(0, 1, big)),
+            ("all_max", np.arange(1000, dtype=np.int64)), ("broadcast", np.arange(big, dtype=np.float32)),
+            ("sum_scatter", np.arange(4 * n, dtype=np.float64))] + ([
+            ("all_to_all", np.arange(16 * n, dtype=np.float32)),  # one slot: the even path in place
+            ("all_to_all", np.arange(n * (big // n + 1), dtype=np.float32))] if n <= 8 else [])  # several rounds
+
+
+def _run(g: rd.Group, n: int) -> list[bytes]:
+    out = []
+    for op, base in _cases(n):
+        x = base + g.rank() * 3
+        y = rd.broadcast(x, root=n - 1, group=g) if op == "broadcast" else getattr(rd, op)(x, group=g)
+        out.append(y.tobytes())
+    return out
+
+
+@pytest.mark.parametrize("n", [2, 3, 5, 9])
+def test_rounds_signal_through_memory_and_give_the_bits_of_tcp_signals(n):
+    # 9 ranks: no mesh, so TCP signals are the dissemination barrier's rounds.
+    def rank(g: rd.Group, want: bool) -> list[bytes]:
+        assert g.shm is not None
+        assert (g.shm.signals is not None) == want
+        return _run(g, n)
+
+    memory = run_ranks(n, lambda g: rank(g, True), algo=SHM)
+    tcp = run_ranks(n, lambda g: rank(g, False), algo=SHM, shm_signals=False)
+    assert memory == tcp
+    for r in range(n):  # and they are right
+        inputs = [np.arange(1000, dtype=np.int64) + q * 3 for q in range(n)]
+        assert memory[r][4] == np.maximum.reduce(inputs).tobytes()
+        if n <= 8:  # all_to_all on shared memory needs the mesh
+            blocks = [np.arange(16 * n, dtype=np.float32) + q * 3 for q in range(n)]
+            assert memory[r][7] == np.concatenate([b[r * 16:(r + 1) * 16] for b in blocks]).tobytes()
+
+
+def test_one_rank_without_them_makes_every_rank_signal_over_tcp():
+    def rank(g: rd.Group) -> tuple[bool, bytes]:
+        return g.shm.signals is not None, rd.all_gather(np.full(3, g.rank()), group=g).tobytes()
+
+    results = run_ranks(4, rank, algo=SHM, rank_overrides={2: {"shm_signals": False}})
+    assert [on for on, _ in results] == [False] * 4
+    assert len({data for _, data in results}) == 1
+
+
+def test_the_setting_is_read_and_checked():
+    assert Settings.from_env({"RINGDIST_SHM_SIGNALS": "0"}).shm_signals is False
+    assert Settings.from_env({}).shm_signals is True
+    with pytest.raises(rd.ConfigError, match="RINGDIST_SHM_SIGNALS='yes'"):
+        Settings.from_env({"RINGDIST_SHM_SIGNALS": "yes"})
+
+
+def _errors(exc: RankFailed) -> list[str]:
+    return [f"{type(e).__name__}: {e}" for e in exc.errors]
+
+
+def test_a_different_shape_is_a_mismatch_on_every_rank_naming_both_calls():
+    def rank(g: rd.Group) -> None:
+        rd.all_gather(np.ones(5 if g.rank() == 1 else 4, np.float32), group=g)
+
+    with pytest.raises(RankFailed) as info:
+        run_ranks(3, rank, algo=SHM)
+    errors = _errors(info.value)
+    assert all(e.startswith("MismatchError") for e in errors), errors
+    assert any("shape=(5,)" in e and "shape=(4,)" in e for e in errors), errors
+
+
+def test_a_peer_in_a_tcp_call_that_sends_first_is_a_mismatch():
+    # Rank 1 runs the direct path (its header goes over TCP); the others wait for its signal.
+    def rank(g: rd.Group) -> None:
+        rd.all_gather(np.ones(4, np.float32), group=g)
+
+    with pytest.raises(RankFailed) as info:
+        run_ranks(3, rank, algo=SHM, rank_overrides={1: {"algo": (("all_gather", "direct"),)}})
+    errors = _errors(info.value)
+    assert all(e.startswith("MismatchError") for e in errors), errors
+    assert any("chose different paths" in e for e in errors), errors
+
+
+def test_a_peer_in_a_tcp_call_that_waits_first_is_a_mismatch_not_a_timeout():
+    # Rank 1's broadcast (not the root) waits for rank 0 over TCP; rank 0 waits for rank 1's
+    # signal. Neither would send: rank 0 sees rank 1's announced call instead.
+    def rank(g: rd.Group) -> None:
+        if g.rank() == 1:
+            rd.broadcast(np.ones(4, np.float32), root=0, group=g)
+        else:
+            rd.all_gather(np.ones(4, np.float32), group=g)
+
+    t0 = time.monotonic()
+    with pytest.raises(RankFailed) as info:
+        run_ranks(2, rank, algo=SHM, rank_overrides={1: {"algo": ()}}, timeout=30)
+    errors = _errors(info.value)
+    assert time.monotonic() - t0 < 10  # the harness's timeout is 20 s
+    assert all(e.startswith("MismatchError") for e in errors), errors
+    assert any("all_gather" in e and "broadcast" in e for e in errors), errors
+
+
+def test_a_stalled_peer_is_a_timeout_naming_it():
+    def rank(g: rd.Group) -> None:
+        if g.rank() == 2:
+            time.sleep(2.5)
+        rd.all_sum(np.ones(1000), group=g, timeout=1.0)
+
+    with pytest.raises(RankFailed) as info:
+        run_ranks(3, rank, algo=SHM)
+    errors = info.value.errors
+    for r in (0, 1):
+        assert isinstance(errors[r], rd.RingTimeoutError), errors
+        assert "made no progress for 1 s" in str(errors[r]) and "rank 2" in str(errors[r]) \
+            and "shared memory" in str(errors[r])
+    assert isinstance(errors[2], rd.RingError)  # the ABORT, or its group already broken
+
+
+def test_a_late_peer_wakes_the_sleeping_ranks_at_once():
+    # The others spin, then sleep in the kernel; the late rank's signal wakes them (its
+    # eventfd), long before a sleep's slice runs out or the timeout.
+    came: dict[str, float] = {}
+    lock = threading.Lock()
+
+    def rank(g: rd.Group) -> bytes:
+        rd.all_sum(np.ones(10), group=g)  # every rank past setup
+        if g.rank() == 0:
+            time.sleep(0.5)
+            with lock:
+                came["late"] = time.monotonic()
+        out = rd.all_gather(np.full(100, g.rank(), np.float32), group=g).tobytes()
+        with lock:
+            came[f"done {g.rank()}"] = time.monotonic()
+        return out
+
+    results = run_ranks(4, rank, algo=SHM)
+    assert len(set(results)) == 1
+    late = came["late"]
+    assert all(came[f"done {r}"] >= late for r in range(4))
+    assert max(came[f"done {r}"] for r in range(4)) - late < 0.4, came
+
+
+def test_kill_9_while_peers_wait_on_a_signal_reaches_every_rank():
+    # long_loop.py's ranks loop over small all_gathers (10 KiB), each one signal through memory.
+    proc = start_launcher(["-n", "4", "--grace", "10", str(SCRIPTS / "long_loop.py"), "all_gather", "0.01"],
+                          env={"RINGDIST_TIMEOUT": "30", "RINGDIST_ALGO": "*:shm"})
+    try:
+        out = LineReader(proc.stdout)
+        found = out.wait_for(r"^\[(\d+)\] ready pid=(\d+)$", count=4, timeout=90)
+        pids = {int(m.group(1)): int(m.group(2)) for m in found}
+        time.sleep(0.3)
+        os.kill(pids[1], signal.SIGKILL)
+        killed_at = time.time()
+        proc.wait(timeout=60)
+        text = out.rest()
+    finally:
+        kill_tree(proc)
+    assert_raised_after_kill(text, [0, 2, 3], killed_at)
+    assert not wait_until_gone(list(pids.values()), timeout=10)
+
+
+def test_signals_run_in_launched_jobs():
+    res = run_launcher(["-n", "3", str(SCRIPTS / "shm_fds.py"), "200"], timeout=120,
+                       env={"RINGDIST_ALGO": "*:shm"})
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert res.stdout.count("shm=True") == 3
