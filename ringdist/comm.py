@@ -8,6 +8,8 @@ algorithms build the flows (`algorithms/`), the tuning table chooses among them
 
 from __future__ import annotations
 
+import dataclasses
+
 import ipaddress
 import numbers
 import os
@@ -158,7 +160,9 @@ class Comm:
         assert h is not None
         ranks = h.hosts[h.host]
         host = Comm(gid=f"{self.gid}/host{h.host}", rank=h.local, size=len(ranks), endpoint=self._endpoint,
-                    settings=self.settings, addresses=[self._addresses[p] for p in ranks],
+                    # the hierarchy's host steps signal over the group's TCP connections: no eventfds
+                    settings=dataclasses.replace(self.settings, shm_signals=False),
+                    addresses=[self._addresses[p] for p in ranks],
                     world_ranks=[self._world_ranks[p] for p in ranks])
         link, host.shm = host.shm, None
         host.close()
