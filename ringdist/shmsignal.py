@@ -61,6 +61,7 @@ CONTROL = 4096  # bytes of the control page at the start of every segment
 HEADER_AT = 64  # where a rank's current call's header starts in its page
 SIGNALS, FP_EVEN, FP_ODD, CALL, CALL_FP, ASLEEP, HEADER_LEN = range(7)
 _SLICE_FIRST, _SLICE_MOST = 0.001, 0.064  # seconds of one sleep: the first, and the longest
+_SPIN_PIECE = 0.005  # seconds of spinning between looks at the connections (ABORTs, lost peers, timeout)
 
 
 def supported() -> bool:
@@ -136,21 +137,21 @@ class Signals:
             spin = 0.0  # as the engine: the progress thread leaves the cores to the compute it overlaps
         start = time.monotonic()
         limit = g._timeout(timeout)
-        if spin > 0 and pending:
-            # Yielding the core, the spin counts this thread's own CPU time: while peers run on
-            # the core it gave them, the wait costs nothing and they progress.
-            clock = time.thread_time if settings.spin_yield else time.monotonic
-            until = clock() + spin
-            while pending:
-                pending = [p for p in pending if words[p][SIGNALS] < target]
-                if clock() >= until:
-                    break
-                if clock is time.thread_time:
-                    os.sched_yield()
+        # Yielding the core, the spin counts this thread's own CPU time: while peers run on the
+        # core it gave them, the wait costs nothing and they progress.
+        clock = time.thread_time if settings.spin_yield else time.monotonic
         poller = None
         waiting: dict[int, Any] = {}
         nap = _SLICE_FIRST
         while True:
+            if spin > 0:  # in pieces of at most _SPIN_PIECE, with the connections looked at between
+                began = clock()
+                until = began + min(spin, _SPIN_PIECE)
+                while pending and clock() < until:
+                    if clock is time.thread_time:
+                        os.sched_yield()
+                    pending = [p for p in pending if words[p][SIGNALS] < target]
+                spin -= clock() - began
             pending = [p for p in pending if words[p][SIGNALS] < target]
             if not pending:
                 break
@@ -162,7 +163,7 @@ class Signals:
                     if not ch.closed:
                         waiting[ch.fd] = ch
                         poller.register(ch.fd, select.POLLIN)
-            wait = nap
+            wait = nap if spin <= 0 else 0.0
             if bg is not None:
                 bg.tick()
                 bg.pump()
@@ -174,7 +175,8 @@ class Signals:
             try:
                 if all(words[p][SIGNALS] < target for p in pending):  # once more, now that peers may see word 5
                     ready = poller.poll(wait * 1000)
-                    nap = min(nap * 2, _SLICE_MOST)
+                    if wait:
+                        nap = min(nap * 2, _SLICE_MOST)
                 else:
                     ready = []
             finally:
@@ -196,9 +198,16 @@ class Signals:
                 if pending:
                     raise RingTimeoutError(
                         f"rank {self.rank}: {op} made no progress for {limit:g} s: waiting for "
-                        f"{', '.join(f'rank {p}' for p in pending)} to signal through shared memory "
-                        f"(group {g.gid!r})")
+                        f"{', '.join(self._peer(g, p) for p in pending)} to signal through shared memory")
         self._check_given(g, target, fp)
+
+    def _peer(self, g: Any, p: int) -> str:
+        """Rank p as errors name it: with its address and the connection to it, where there is one."""
+        links = g.links
+        ch = links.peers.get(p) if links is not None else None
+        if ch is None:
+            ch = next((c for c in g.channels if c.peer == p), None)
+        return ch.describe() if ch is not None else f"rank {p} (group {g.gid!r})"
 
     def _check_given(self, g: Any, target: int, fp: int) -> None:
         """A peer that gave this signal with another header: MismatchError."""

@@ -98,8 +98,8 @@ SHM_ALL_TO_ALL_MIN = 256 * 1024
 #     against 20-21 / 96-102 / 354-459 (a tie);
 #   all_sum 4 KiB 18 / 108-124 / 404-416 against 20 / 117-122 / 549-550; 64 KiB 27-28 / 145-151 / 445-528
 #     against 39-41 / 122-142 / 505-521.
-# So from the first byte, but 2-rank reductions from 64 KiB (4 KiB a tie).
-SIGNALLED_PAIR_REDUCE_MIN = 64 * 1024
+# So from the first byte. 2-rank reductions then take one signal a round (`algorithms/shm.py`,
+# ONE_SIGNAL_REDUCE_MAX): 4 KiB 11-12 against TCP's 20 us, 64 KiB 20-21 against 20.
 # Groups on several hosts with as many ranks on each (`Facts.hosts` > 1) gather hierarchically from
 # this size (bytes per rank): each byte crosses a host's interface once. On the emulated cluster (4
 # namespaces x 2 ranks, 1 Gbit/s, 2 cores for all 8 ranks) it tied with the flat ring at 16 and 64 MiB
@@ -156,9 +156,9 @@ def _always(f: Facts) -> bool:
 
 
 def _shm_reduce_min(f: Facts) -> int:
-    if f.n == 2:
-        return SIGNALLED_PAIR_REDUCE_MIN if f.signals else SHM_PAIR_REDUCE_MIN
-    return 0 if f.signals else SHM_REDUCE_MIN
+    if f.signals:
+        return 0
+    return SHM_PAIR_REDUCE_MIN if f.n == 2 else SHM_REDUCE_MIN
 
 
 TABLE: list[Row] = [
@@ -166,7 +166,7 @@ TABLE: list[Row] = [
         "one signal through the segments: no message"),
     Row("gather", "shm", lambda f: f.shm and f.signals and f.mesh and f.direct_max > 0,
         "signalled through the segments: 4 KiB 2-2.4x faster than TCP at N=2-8, 64 KiB a tie "
-        "(the figures above SIGNALLED_PAIR_REDUCE_MIN)"),
+        "(the figures above _shm_reduce_min)"),
     Row("gather", "shm", lambda f: f.shm and not f.mesh and f.nbytes >= SHM_WIDE_GATHER_MIN,
         "16 ranks: 0.41-0.91x TCP's time at 64 KiB-4 MiB per rank (see SHM_WIDE_GATHER_MIN)"),
     Row("gather", "shm", lambda f: f.shm and f.mesh and f.direct_max > 0 and f.nbytes >= SHM_GATHER_MIN,
@@ -175,7 +175,7 @@ TABLE: list[Row] = [
     Row("reduce", "shm", lambda f: f.shm and f.mesh and f.direct_max > 0 and f.nbytes >= _shm_reduce_min(f),
         "4 ranks, alternating with TCP on a loaded 2-core box: 1 MiB 1.17x, 16 MiB 1.0x, 64 MiB 1.44x "
         "faster; 2 ranks from 1 MiB (quiet box: 1.3-1.9x faster than the pair's TCP algorithms); "
-        "signalled through the segments, from the first byte (2 ranks: 64 KiB 1.45x)"),
+        "signalled through the segments, from the first byte (one signal a round on 2 ranks and up to 256 KiB)"),
     Row("reduce_scatter", "shm", lambda f: f.shm and f.mesh and f.direct_max > 0 and f.n > 2
         and f.nbytes >= (0 if f.signals else SHM_REDUCE_MIN),
         "each rank reduces its block straight from every rank's segment"),
