@@ -89,15 +89,21 @@ class Signals:
         self.wake = wake  # rank -> its eventfd (this rank's own included: the one it sleeps on)
         self.given = 0
         self.others = sorted((p for p in pages if p != rank), key=lambda p: (p - rank) % len(pages))
+        self._page = pages[rank]
+        self._call_fps: dict[tuple[str, str], int] = {}
 
     def announce(self, seq: int, header: wire.Header) -> None:
         """This rank's current collective: its number and header, for peers to check while they wait."""
         own, body = self.own, header.body
         n = min(len(body), CONTROL - HEADER_AT)
-        self.pages[self.rank][HEADER_AT:HEADER_AT + n] = body[:n]
+        self._page[HEADER_AT:HEADER_AT + n] = body[:n]
         own[HEADER_LEN] = n
         fields = header.fields
-        own[CALL_FP] = call_fingerprint(fields["op"], fields.get("path", "ring"))
+        key = (fields["op"], fields.get("path", "ring"))
+        fp = self._call_fps.get(key)
+        if fp is None:
+            fp = self._call_fps[key] = call_fingerprint(*key)
+        own[CALL_FP] = fp
         own[CALL] = seq + 1  # 0: none announced yet
 
     def signal(self, g: Any, op: str, header: wire.Header, timeout: float | None) -> None:
@@ -276,6 +282,7 @@ class Signals:
     def close(self) -> None:
         self.words.clear()  # the arrays over the pages go before the pages are released
         self.own = None  # type: ignore[assignment]
+        self._page = None  # type: ignore[assignment]
         for page in self.pages.values():
             page.release()
         self.pages.clear()
