@@ -224,6 +224,8 @@ TABLE: list[Row] = [
         "one step: a byte to every rank; on 4-8 ranks within noise of dissemination"),
     Row("barrier", "dissemination", _always,
         "ceil(log2 N) rounds of a header-only message: 12-16 ranks 1.6-2x faster than a gather round the ring"),
+    Row("gather_root", "shm", lambda f: f.shm and f.signals and f.direct_max > 0,
+        "signalled through the segments: the others write, the root copies"),
     Row("gather_root", "direct", lambda f: f.mesh and f.direct_max > 0,
         "one step: only the root receives, (N-1) blocks; the others send one"),
     Row("gather_root", "ring", _always, "the ring all-gather kept on the root: (N-1) blocks in N-1 pipelined steps"),

@@ -26,12 +26,17 @@ pytestmark = pytest.mark.skipif(not shmsignal.supported(), reason="signals throu
 SHM = (("*", "shm"),)
 
 
+def big_count(n: int) -> int:
+    return slot_bytes(n) // 4 + 777  # float32s: more than a slot, so several rounds, each signalled
+
+
 def _cases(n: int) -> list[tuple[str, np.ndarray]]:
-    big = slot_bytes(n) // 4 + 777  # more than a slot: several rounds, each signalled
+    big = big_count(n)
     return [("all_gather", np.arange(5, dtype=np.float32)), ("all_gather", np.arange(big, dtype=np.float32)),
             ("all_sum", np.linspace(0, 1, 3001, dtype=np.float32)), ("all_sum", np.linspace(0, 1, big)),
             ("all_max", np.arange(1000, dtype=np.int64)), ("broadcast", np.arange(big, dtype=np.float32)),
-            ("sum_scatter", np.arange(4 * n, dtype=np.float64))] + ([
+            ("sum_scatter", np.arange(4 * n, dtype=np.float64)),
+            ("gather", np.arange(7, dtype=np.int32)), ("gather", np.arange(big, dtype=np.float32))] + ([
             ("all_to_all", np.arange(16 * n, dtype=np.float32)),  # one slot: the even path in place
             ("all_to_all", np.arange(n * (big // n + 1), dtype=np.float32))] if n <= 8 else [])  # several rounds
 
@@ -40,7 +45,13 @@ def _run(g: rd.Group, n: int) -> list[bytes]:
     out = []
     for op, base in _cases(n):
         x = base + g.rank() * 3
-        y = rd.broadcast(x, root=n - 1, group=g) if op == "broadcast" else getattr(rd, op)(x, group=g)
+        if op == "broadcast":
+            y = rd.broadcast(x, root=n - 1, group=g)
+        elif op == "gather":
+            y = rd.gather(x, root=1, group=g)
+            y = np.zeros(0) if y is None else y
+        else:
+            y = getattr(rd, op)(x, group=g)
         out.append(y.tobytes())
     return out
 
@@ -59,9 +70,11 @@ def test_rounds_signal_through_memory_and_give_the_bits_of_tcp_signals(n):
     for r in range(n):  # and they are right
         inputs = [np.arange(1000, dtype=np.int64) + q * 3 for q in range(n)]
         assert memory[r][4] == np.maximum.reduce(inputs).tobytes()
+        rows = [np.arange(big_count(n), dtype=np.float32) + q * 3 for q in range(n)]
+        assert memory[r][8] == (np.concatenate(rows).tobytes() if r == 1 else b"")  # the root's alone
         if n <= 8:  # all_to_all on shared memory needs the mesh
             blocks = [np.arange(16 * n, dtype=np.float32) + q * 3 for q in range(n)]
-            assert memory[r][7] == np.concatenate([b[r * 16:(r + 1) * 16] for b in blocks]).tobytes()
+            assert memory[r][9] == np.concatenate([b[r * 16:(r + 1) * 16] for b in blocks]).tobytes()
 
 
 def test_one_rank_without_them_makes_every_rank_signal_over_tcp():

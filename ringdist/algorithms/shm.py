@@ -17,6 +17,7 @@ one copy by the CPU instead of two by the kernel (send and receive).
   every array in rank order (α + n copied, N·n read).
 - reduce-scatter: each rank writes its array; rank p reduces block p in rank order.
 - broadcast: the root writes its array; every other rank copies it.
+- gather (rooted): as all-gather, but only the root copies out.
 - barrier: one signal.
 - all-to-all and scatter (`shm_blocks.py`): each rank writes its blocks for the other
   ranks once; each rank copies its block out of every peer's segment. Blocks of one size
@@ -87,6 +88,32 @@ def gather(g: Comm, arr: np.ndarray, out: np.ndarray, header: wire.Header, timeo
         _signal(g, op, header, timeout)
         for p in others:
             dst[p * m + a:p * m + b] = link.slot(p, k)[:b - a]
+
+
+def gather_root(g: Comm, arr: np.ndarray, root: int, header: wire.Header, timeout: float | None) -> np.ndarray | None:
+    """all_gather's rows on the root alone: the others write their blocks, the root copies them out."""
+    link = g.shm
+    assert link is not None
+    n, r = g.size(), g.rank()
+    rows, m = arr.shape[0], arr.nbytes
+    op = header.fields["op"]
+    out = dst = None
+    if r == root:
+        out = buffers.cache.empty((n * rows,) + arr.shape[1:], arr.dtype)
+        np.copyto(out[r * rows:(r + 1) * rows], arr)
+        dst = byte_view(out)
+    else:
+        src = byte_view(np.ascontiguousarray(arr))
+    others = [(r + i) % n for i in range(1, n)]
+    for a, b in _rounds(m, link.slot_size):
+        k = link.next_round()
+        if dst is None:
+            link.slot(r, k)[:b - a] = src[a:b]
+        _signal(g, op, header, timeout)
+        if dst is not None:
+            for p in others:
+                dst[p * m + a:p * m + b] = link.slot(p, k)[:b - a]
+    return out
 
 
 def reduce(g: Comm, arr: np.ndarray, op: str, header: wire.Header, timeout: float | None,
@@ -221,4 +248,4 @@ def _fits(comm: Comm, kind: str, nbytes: int) -> str | None:
 
 ALGORITHM = Algorithm("shm", gather=gather, reduce=reduce, reduce_scatter=reduce_scatter, broadcast=broadcast,
                       all_to_all=all_to_all, all_to_all_even=all_to_all_even, reduce_root=reduce_root, barrier=barrier,
-                      fits=_fits)
+                      gather_root=gather_root, fits=_fits)
