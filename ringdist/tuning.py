@@ -230,7 +230,7 @@ TABLE: list[Row] = [
         "one step: only the root receives, (N-1) blocks; the others send one"),
     Row("gather_root", "ring", _always, "the ring all-gather kept on the root: (N-1) blocks in N-1 pipelined steps"),
     Row("all_to_all", "shm", lambda f: f.shm and f.mesh
-        and ((f.signals and not f.scatter) or f.nbytes == UNKNOWN or f.nbytes >= SHM_ALL_TO_ALL_MIN),
+        and (f.signals or f.nbytes == UNKNOWN or f.nbytes >= SHM_ALL_TO_ALL_MIN),
         "one copy into the sender's segment and one out per byte, instead of the kernel's two"),
     Row("all_to_all", "direct", lambda f: f.mesh and f.direct_max > 0,
         "one step, each rank sending (N-1)/N of its array once: the fewest bytes and steps there are"),

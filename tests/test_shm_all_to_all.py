@@ -146,8 +146,8 @@ def test_the_table_sends_all_to_all_through_shared_memory_from_its_threshold():
                  ("scatter", tuning.ROOTED)]]
     # A scatter's size only its root knows: one direct step, the root's header declaring it.
     assert run_ranks(4, choices, shm_signals=False)[0] == ["direct", "shm", "shm", "direct"]
-    if shmsignal.supported():  # rounds signalled through the segments: all_to_all from the first byte
-        assert run_ranks(4, choices)[0] == ["shm", "shm", "shm", "direct"]
+    if shmsignal.supported():  # rounds signalled through the segments: all_to_all and scatter from the first byte
+        assert run_ranks(4, choices)[0] == ["shm", "shm", "shm", "shm"]
     assert run_ranks(4, choices, shm=False)[0] == ["direct"] * 4
 
 
@@ -168,5 +168,7 @@ def test_a_scatter_is_chosen_by_the_size_of_the_previous_one_and_sizes_may_chang
             assert np.array_equal(got, whole[g.rank() * per:(g.rank() + 1) * per]), (count, g.rank())
         return seen
 
-    res = run_ranks(4, rank)
+    res = run_ranks(4, rank, shm_signals=False)
     assert res == [["direct", "direct", "shm", "shm", "direct"]] * 4
+    if shmsignal.supported():  # signalled through the segments: shared memory whatever the size
+        assert run_ranks(4, rank) == [["shm"] * 5] * 4

@@ -37,6 +37,7 @@ def _cases(n: int) -> list[tuple[str, np.ndarray]]:
             ("all_max", np.arange(1000, dtype=np.int64)), ("broadcast", np.arange(big, dtype=np.float32)),
             ("sum_scatter", np.arange(4 * n, dtype=np.float64)),
             ("gather", np.arange(7, dtype=np.int32)), ("gather", np.arange(big, dtype=np.float32))] + ([
+            ("scatter", np.arange(3 * n, dtype=np.int16)), ("scatter", np.arange(n * big, dtype=np.float32)),
             ("all_to_all", np.arange(16 * n, dtype=np.float32)),  # one slot: the even path in place
             ("all_to_all", np.arange(n * (big // n + 1), dtype=np.float32))] if n <= 8 else [])  # several rounds
 
@@ -50,6 +51,8 @@ def _run(g: rd.Group, n: int) -> list[bytes]:
         elif op == "gather":
             y = rd.gather(x, root=1, group=g)
             y = np.zeros(0) if y is None else y
+        elif op == "scatter":  # the root's 2-d array; the others learn its shape and dtype
+            y = rd.scatter(x.reshape(n, -1) if g.rank() == n - 1 else None, root=n - 1, group=g)
         else:
             y = getattr(rd, op)(x, group=g)
         out.append(y.tobytes())
@@ -58,7 +61,8 @@ def _run(g: rd.Group, n: int) -> list[bytes]:
 
 @pytest.mark.parametrize("n", [2, 3, 5, 9])
 def test_rounds_signal_through_memory_and_give_the_bits_of_tcp_signals(n):
-    # 9 ranks: no mesh, so TCP signals are the dissemination barrier's rounds.
+    # 9 ranks: no mesh, so TCP signals are the dissemination barrier's rounds (and no shared-memory
+    # scatter or all_to_all).
     def rank(g: rd.Group, want: bool) -> list[bytes]:
         assert g.shm is not None
         assert (g.shm.signals is not None) == want
@@ -72,9 +76,11 @@ def test_rounds_signal_through_memory_and_give_the_bits_of_tcp_signals(n):
         assert memory[r][4] == np.maximum.reduce(inputs).tobytes()
         rows = [np.arange(big_count(n), dtype=np.float32) + q * 3 for q in range(n)]
         assert memory[r][8] == (np.concatenate(rows).tobytes() if r == 1 else b"")  # the root's alone
-        if n <= 8:  # all_to_all on shared memory needs the mesh
+        if n <= 8:  # scatter and all_to_all on shared memory need the mesh
+            whole = (np.arange(n * big_count(n), dtype=np.float32) + (n - 1) * 3).reshape(n, -1)
+            assert memory[r][10] == whole[r].tobytes()
             blocks = [np.arange(16 * n, dtype=np.float32) + q * 3 for q in range(n)]
-            assert memory[r][9] == np.concatenate([b[r * 16:(r + 1) * 16] for b in blocks]).tobytes()
+            assert memory[r][11] == np.concatenate([b[r * 16:(r + 1) * 16] for b in blocks]).tobytes()
 
 
 def test_one_rank_without_them_makes_every_rank_signal_over_tcp():
@@ -136,6 +142,18 @@ def test_a_peer_in_a_tcp_call_that_waits_first_is_a_mismatch_not_a_timeout():
     assert time.monotonic() - t0 < 10  # the harness's timeout is 20 s
     assert all(e.startswith("MismatchError") for e in errors), errors
     assert any("all_gather" in e and "broadcast" in e for e in errors), errors
+
+
+def test_a_scatter_whose_ranks_disagree_on_the_root_is_a_mismatch_on_every_rank():
+    def rank(g: rd.Group) -> None:
+        root = 1 if g.rank() == 2 else 0
+        rd.scatter(np.arange(12.0).reshape(3, 4) if g.rank() == root else None, root=root, group=g)
+
+    with pytest.raises(RankFailed) as info:
+        run_ranks(3, rank, algo=SHM)
+    errors = _errors(info.value)
+    assert all(e.startswith("MismatchError") for e in errors), errors
+    assert any("root=1" in e and "root=0" in e for e in errors), errors
 
 
 def test_a_stalled_peer_is_a_timeout_naming_it():

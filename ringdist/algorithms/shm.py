@@ -18,6 +18,7 @@ one copy by the CPU instead of two by the kernel (send and receive).
 - reduce-scatter: each rank writes its array; rank p reduces block p in rank order.
 - broadcast: the root writes its array; every other rank copies it.
 - gather (rooted): as all-gather, but only the root copies out.
+- scatter: the root writes a descriptor (shape, dtype) and the blocks; each rank copies its own.
 - barrier: one signal.
 - all-to-all and scatter (`shm_blocks.py`): each rank writes its blocks for the other
   ranks once; each rank copies its block out of every peer's segment. Blocks of one size
@@ -26,11 +27,15 @@ one copy by the CPU instead of two by the kernel (send and receive).
 
 from __future__ import annotations
 
+import ast
+
+import msgpack
 import numpy as np
 
 from .. import buffers, schedule, wire
 from ..arrays import REDUCERS, byte_view, fold
 from ..comm import Comm
+from ..errors import MismatchError, ProtocolError
 from ..flows import NO_BYTES
 from . import dissemination
 from .base import Algorithm
@@ -232,6 +237,86 @@ def _no_sizes(src: int, fields: dict, ch: object) -> int:  # pragma: no cover - 
     raise AssertionError("an all_to_all of equal blocks reads no sizes")
 
 
+_DESCRIPTOR = 1024  # bytes at the head of a scatter's stream: the root's shape and dtype (msgpack)
+
+
+def scatter(g: Comm, arr: np.ndarray, root: int, header: wire.Header, timeout: float | None) -> np.ndarray:
+    """The root's stream, in rounds of a slot: a descriptor (its array's shape and dtype, which
+    only it knows), then every rank's block; each rank copies its block out of the root's slot,
+    learning its size from the descriptor after the first round. Every round's header is the
+    call's with shape and dtype made equal (the root's differs), so the signals compare op,
+    root and call number."""
+    link = g.shm
+    assert link is not None
+    n, r = g.size(), g.rank()
+    op = header.fields["op"]
+    follow = wire.Header(dict(header.fields, dtype="|u1", shape=[0]))
+    size = link.slot_size
+    out: np.ndarray | None = None
+    if r == root:
+        data = byte_view(np.ascontiguousarray(arr))
+        step = len(data) // n
+        head = msgpack.packb({"shape": list(arr.shape), "dtype": wire.dtype_tag(arr.dtype)}, use_bin_type=True)
+        if len(head) + 4 > _DESCRIPTOR:
+            raise ValueError(f"scatter: an array of {arr.ndim} dimensions has too long a description for "
+                             f"shared memory ({len(head)} bytes)")
+        descriptor = len(head).to_bytes(4, "little") + head
+        out = buffers.cache.empty((arr.shape[0] // n,) + arr.shape[1:], arr.dtype)
+        byte_view(out)[:] = data[r * step:(r + 1) * step]
+        total = _DESCRIPTOR + len(data)
+    a = 0
+    while True:
+        b = a + size
+        k = link.next_round()
+        if r == root:
+            slot = link.slot(r, k)
+            if a == 0:
+                slot[:len(descriptor)] = descriptor
+            lo, hi = max(a, _DESCRIPTOR), min(b, total)
+            if lo < hi:
+                slot[lo - a:hi - a] = data[lo - _DESCRIPTOR:hi - _DESCRIPTOR]
+        _signal(g, op, follow, timeout)
+        theirs = link.slot(root, k)
+        if out is None:  # round 0, not the root: the descriptor
+            shape, dtype = _described(theirs, g, root, n)
+            out = buffers.cache.empty((shape[0] // n,) + shape[1:], dtype)
+            step = out.nbytes
+            total = _DESCRIPTOR + n * step
+        if r != root:
+            start = _DESCRIPTOR + r * step
+            lo, hi = max(a, start), min(b, start + step)
+            if lo < hi:
+                byte_view(out)[lo - start:hi - start] = theirs[lo - a:hi - a]
+        a = b
+        if a >= total:
+            return out
+
+
+def _described(slot: memoryview, g: Comm, root: int, n: int) -> tuple[tuple[int, ...], np.dtype]:
+    """The shape and dtype a scatter's root wrote at the head of its stream; ProtocolError if
+    unreadable, MismatchError for a dtype numpy here does not know (as over TCP)."""
+    try:
+        length = int.from_bytes(slot[:4], "little")
+        fields = msgpack.unpackb(bytes(slot[4:4 + min(length, _DESCRIPTOR - 4)]), raw=False)
+        shape = tuple(fields["shape"])
+        tag = fields["dtype"]
+        if (not shape or len(shape) > 64 or not isinstance(tag, str)
+                or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)):
+            raise ValueError(shape)
+    except (ValueError, TypeError, KeyError, msgpack.UnpackException):
+        raise ProtocolError(f"rank {g.rank()}: scatter's root, rank {root}, wrote no readable shape and dtype "
+                            f"into its shared memory (group {g.gid!r})") from None
+    if shape[0] % n:
+        raise ProtocolError(f"rank {g.rank()}: root {root} of scatter sends shape {shape}, "
+                            f"whose rows do not divide among {n} ranks")
+    try:
+        dtype = np.dtype(ast.literal_eval(tag) if tag.startswith("[") else tag)
+    except (TypeError, ValueError, SyntaxError):
+        raise MismatchError(f"rank {g.rank()}: scatter's root, rank {root}, sends dtype {tag!r}, which numpy here "
+                            f"does not know (an extension dtype: import its package, e.g. ml_dtypes)") from None
+    return shape, dtype
+
+
 def barrier(g: Comm, header: wire.Header, timeout: float | None) -> None:
     """One signal: every rank has entered the barrier once it returns."""
     _signal(g, "barrier", header, timeout)
@@ -248,4 +333,4 @@ def _fits(comm: Comm, kind: str, nbytes: int) -> str | None:
 
 ALGORITHM = Algorithm("shm", gather=gather, reduce=reduce, reduce_scatter=reduce_scatter, broadcast=broadcast,
                       all_to_all=all_to_all, all_to_all_even=all_to_all_even, reduce_root=reduce_root, barrier=barrier,
-                      gather_root=gather_root, fits=_fits)
+                      gather_root=gather_root, scatter=scatter, fits=_fits)
