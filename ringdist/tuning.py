@@ -99,7 +99,11 @@ SHM_ALL_TO_ALL_MIN = 256 * 1024
 #   all_sum 4 KiB 18 / 108-124 / 404-416 against 20 / 117-122 / 549-550; 64 KiB 27-28 / 145-151 / 445-528
 #     against 39-41 / 122-142 / 505-521.
 # So from the first byte. 2-rank reductions then take one signal a round (`algorithms/shm.py`,
-# ONE_SIGNAL_REDUCE_MAX): 4 KiB 11-12 against TCP's 20 us, 64 KiB 20-21 against 20.
+# ONE_SIGNAL_REDUCE_MAX): 4 KiB 11-12 against TCP's 20 us, 64 KiB 20-21 against 20. Groups over 8
+# ranks too (no mesh, whose dissemination signals made shared-memory reductions lose): 16 ranks,
+# back to back, all_sum 4 KiB 0.79 against 2.85 ms, 64 KiB 1.00-1.04 against 3.13-3.53, 1 MiB 6.5
+# against 13.4, 16 MiB 86 against 128; all_gather 4 KiB 0.58 against 2.78 ms; against RINGDIST_SHM=0,
+# broadcast 4 and 64 KiB 0.57-0.61 against 2.48-2.92 ms, sum_scatter 0.73-0.89 against 3.06-3.27 ms.
 # Groups on several hosts with as many ranks on each (`Facts.hosts` > 1) gather hierarchically from
 # this size (bytes per rank): each byte crosses a host's interface once. On the emulated cluster (4
 # namespaces x 2 ranks, 1 Gbit/s, 2 cores for all 8 ranks) it tied with the flat ring at 16 and 64 MiB
@@ -164,7 +168,7 @@ def _shm_reduce_min(f: Facts) -> int:
 TABLE: list[Row] = [
     Row("barrier", "shm", lambda f: f.shm and f.signals and f.direct_max > 0,
         "one signal through the segments: no message"),
-    Row("gather", "shm", lambda f: f.shm and f.signals and f.mesh and f.direct_max > 0,
+    Row("gather", "shm", lambda f: f.shm and f.signals and f.direct_max > 0,
         "signalled through the segments: 4 KiB 2-2.4x faster than TCP at N=2-8, 64 KiB a tie "
         "(the figures above _shm_reduce_min)"),
     Row("gather", "shm", lambda f: f.shm and not f.mesh and f.nbytes >= SHM_WIDE_GATHER_MIN,
@@ -172,15 +176,15 @@ TABLE: list[Row] = [
     Row("gather", "shm", lambda f: f.shm and f.mesh and f.direct_max > 0 and f.nbytes >= SHM_GATHER_MIN,
         "one copy per byte received instead of the kernel's two: 4 ranks 2.2-2.8x faster at 1-64 MiB, "
         "2 ranks 1.2-1.8x at 1-16 MiB, 0.92x at 64 MiB (alternating with TCP, loaded 2-core box)"),
-    Row("reduce", "shm", lambda f: f.shm and f.mesh and f.direct_max > 0 and f.nbytes >= _shm_reduce_min(f),
+    Row("reduce", "shm", lambda f: f.shm and f.direct_max > 0 and (f.signals or f.mesh) and f.nbytes >= _shm_reduce_min(f),
         "4 ranks, alternating with TCP on a loaded 2-core box: 1 MiB 1.17x, 16 MiB 1.0x, 64 MiB 1.44x "
         "faster; 2 ranks from 1 MiB (quiet box: 1.3-1.9x faster than the pair's TCP algorithms); "
         "signalled through the segments, from the first byte (one signal a round on 2 ranks and up to 256 KiB)"),
-    Row("reduce_scatter", "shm", lambda f: f.shm and f.mesh and f.direct_max > 0 and f.n > 2
-        and f.nbytes >= (0 if f.signals else SHM_REDUCE_MIN),
+    Row("reduce_scatter", "shm", lambda f: f.shm and f.direct_max > 0 and f.n > 2
+        and (f.signals or (f.mesh and f.nbytes >= SHM_REDUCE_MIN)),
         "each rank reduces its block straight from every rank's segment"),
-    Row("broadcast", "shm", lambda f: f.shm and f.mesh and f.direct_max > 0
-        and f.nbytes >= (0 if f.signals else SHM_GATHER_MIN),
+    Row("broadcast", "shm", lambda f: f.shm and f.direct_max > 0
+        and (f.signals or (f.mesh and f.nbytes >= SHM_GATHER_MIN)),
         "the root writes once, every rank copies once"),
     Row("gather", "hier", lambda f: f.hosts > 1 and f.nbytes >= HIER_GATHER_MIN,
         "several hosts: each byte crosses a host's interface once (a flat ring: (N-1)/(N-L) times); "

@@ -90,8 +90,10 @@ def test_the_table_uses_shared_memory_from_its_threshold_and_rings_close():
     assert run_ranks(4, choices, shm=False)[0] == ["doubling", "direct", "ring", "ring", "ring"]
     # More than 8 ranks: the link all the same; the table gathers over it (measured faster
     # at 16 ranks) but reduces over TCP (measured slower).
-    wide = run_ranks(9, lambda g: (g.shm is not None, choices(g)))
+    wide = run_ranks(9, lambda g: (g.shm is not None, choices(g)), shm_signals=False)
     assert wide[0] == (True, ["doubling", "shm", "ring", "rabenseifner", "binomial"])
+    if shmsignal.supported():  # signalled through the segments, every row of it
+        assert run_ranks(9, choices)[0] == ["shm"] * 5
     assert "shm" not in run_ranks(9, choices, shm=False)[0]
 
 
