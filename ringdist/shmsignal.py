@@ -226,8 +226,8 @@ class Signals:
     def _look(self, g: Any, ch: Any, op: str, target: int) -> bool:
         """A TCP connection became readable while this rank waits: raise what it carries (an
         ABORT, a closed connection, the header of a call that does not use shared memory);
-        True when it is the peer's next call, to be left for that call's reader, or a peer that
-        gave this signal has closed its connection."""
+        True when it is the peer's next call (its header, or an ABORT of it), to be left for
+        that call's reader, or a peer that gave this signal has closed its connection."""
         seq = g._seq - 1
         try:
             ch.fill_stage()
@@ -240,11 +240,12 @@ class Signals:
         reader = ch.reader
         if reader.end == reader.start:
             return False
-        if reader.next_kind() == wire.HEADER:
+        kind = reader.next_kind()
+        if kind == wire.HEADER:
             if self.words[ch.peer][SIGNALS] >= target:
                 return True
             raise MismatchError(self._different(g, ch.peer, "sent a call's header over TCP instead"))
-        return False
+        return kind == wire.ABORT  # for a later call (this one's was raised): left for that call
 
     def _check_calls(self, g: Any, op: str, pending: list[int], target: int) -> None:
         """A peer that announced this rank's call number with another op, or a later call,
