@@ -187,6 +187,8 @@ class Signals:
                     ready = []
             finally:
                 self.own[ASLEEP] = 0
+            if bg is not None and len(ready) > 1:  # the progress thread's own first: a closing group or
+                ready.sort(key=lambda e: e[0] not in bg_masks)  # exit ends the call before a peer's loss does
             for fd, ev in ready:
                 if fd == self.wake[self.rank]:
                     channel.drain_eventfd(fd)
