@@ -94,6 +94,22 @@ def test_hierarchical_collectives_give_every_rank_the_exact_result(n, per_host):
     assert all(outs == res[0][1] for _, outs in res)  # the same bits on every rank
 
 
+def test_a_host_without_shared_memory_passes_its_columns_in_bounded_rounds(monkeypatch):
+    # 3 hosts of 2 ranks, none sharing memory: the host step goes over TCP, here in rounds of
+    # 1,000 bytes per rank (so 334 of each block per round: several, the last one shorter).
+    from ringdist.algorithms import hier
+    monkeypatch.setattr(hier, "HOST_TCP_ROUND", 1000)
+
+    def rank(g: rd.Group) -> bytes:
+        assert g.hierarchy is not None and g.hierarchy.link is None
+        x = np.arange(1250, dtype=np.float32) + 10_000 * g.rank()  # 5,000-byte blocks
+        return rd.all_gather(x, group=g).tobytes()
+
+    res = run_ranks(6, rank, ips=_ips(6, 2), shm=False, algo=(("all_gather", "hier"),))
+    want = np.concatenate([np.arange(1250, dtype=np.float32) + 10_000 * r for r in range(6)]).tobytes()
+    assert res == [want] * 6
+
+
 def test_the_table_chooses_the_hierarchy_for_large_gathers_only():
     def rank(g: rd.Group) -> tuple:
         x = np.ones(1 << 18, np.float32)

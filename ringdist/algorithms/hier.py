@@ -36,6 +36,9 @@ from .base import Algorithm
 # Within a host, blocks of at least this many bytes per rank go through shared memory; smaller
 # ones ride with the header of the TCP exchange that a shared-memory round needs anyway.
 LOCAL_SHM_MIN = 64 * 1024
+# A host without shared memory passes its columns over TCP in rounds of at most this many bytes
+# per rank sent (its scratch: this much out, (L-1) times it in), whatever the blocks' size.
+HOST_TCP_ROUND = 8 << 20
 # The between-hosts reduction works on at most this many bytes of a rank's slice at a time: its
 # scratch (the column's sub-blocks before they are reduced) stays this size, whatever the array.
 CROSS_ROUND_BYTES = 8 << 20
@@ -72,16 +75,20 @@ def gather(g: Comm, arr: np.ndarray, out: np.ndarray, header: wire.Header, timeo
     columns = {q: [ranks[h.hosts[h.host].index(q)] for ranks in h.hosts] for q in local}  # the blocks q holds
     mine = [ranks[h.local] for ranks in h.hosts]
     link = _local_link(h, m)
-    if link is None:  # the column, packed, to every other rank of the host in one exchange
-        pack = np.empty(len(mine) * m, np.uint8)
-        for x, p in enumerate(mine):
-            pack[x * m:(x + 1) * m] = data[p * m:(p + 1) * m]
-        theirs = np.empty((len(local), len(mine) * m), np.uint8)
-        g.exchange(op, [memoryview(pack)] * len(local), [memoryview(row) for row in theirs], header,
-                   timeout=timeout, peers=local)
-        for row, q in zip(theirs, local):
-            for x, p in enumerate(columns[q]):
-                data[p * m:(p + 1) * m] = row[x * m:(x + 1) * m]
+    if link is None:  # the column, packed, to every other rank of the host: one exchange a round
+        per = max(1, HOST_TCP_ROUND // len(mine))  # bytes of each block of the column per round
+        width = len(mine) * min(per, m)
+        pack = np.empty(width, np.uint8)
+        theirs = np.empty((len(local), width), np.uint8)  # scratch bounded by the round, not the blocks
+        for a, b in _rounds(m, per):
+            w = b - a
+            for x, p in enumerate(mine):
+                pack[x * w:(x + 1) * w] = data[p * m + a:p * m + b]
+            g.exchange(op, [memoryview(pack[:len(mine) * w])] * len(local),
+                       [memoryview(row[:len(mine) * w]) for row in theirs], header, timeout=timeout, peers=local)
+            for row, q in zip(theirs, local):
+                for x, p in enumerate(columns[q]):
+                    data[p * m + a:p * m + b] = row[x * w:(x + 1) * w]
         return
     index = {q: h.hosts[h.host].index(q) for q in local}
     per = max(1, link.slot_size // len(mine))  # bytes of each block of the column per round
