@@ -9,7 +9,6 @@ algorithms build the flows (`algorithms/`), the tuning table chooses among them
 from __future__ import annotations
 
 import dataclasses
-
 import ipaddress
 import numbers
 import os
@@ -137,7 +136,7 @@ class Comm:
                                      signals=settings.shm_signals)
                 if self.shm is not None:
                     self._signals = self.shm.signals
-                if self.shm is None:
+                else:
                     hosts = layout(addresses)
                     if hierarchical(hosts):
                         self.hierarchy = Hierarchy.of(hosts, rank, None)

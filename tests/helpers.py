@@ -115,6 +115,33 @@ def wait_until_gone(pids: Sequence[int], timeout: float = 10) -> list[int]:
     return alive
 
 
+def kill_one_mid_loop(args: Sequence[str], n: int, victim: int, env: Mapping[str, str], *,
+                      on_start: Any = None, on_ready: Any = None, settle: float = 0.2) -> dict[int, int]:
+    """Launch `ringdist-launch --grace 10 args...` (a job of n ranks whose script, such as
+    long_loop.py, prints `ready pid=<pid>` on each rank once looping), kill rank `victim` with SIGKILL once all are ready, and check that every other
+    rank raised within 5 s and that every rank's process is gone. `on_start(out)` reads the
+    output first, `on_ready(pids)` looks at the ranks before the kill. Returns the pids."""
+    proc = start_launcher(["--grace", "10", *args], env=env)
+    try:
+        out = LineReader(proc.stdout)
+        if on_start is not None:
+            on_start(out)
+        found = out.wait_for(r"^\[(\d+)\] ready pid=(\d+)$", count=n, timeout=90)
+        pids = {int(m.group(1)): int(m.group(2)) for m in found}
+        if on_ready is not None:
+            on_ready(pids)
+        time.sleep(settle)
+        os.kill(pids[victim], signal.SIGKILL)
+        killed_at = time.time()
+        proc.wait(timeout=60)
+        text = out.rest()
+    finally:
+        kill_tree(proc)
+    assert_raised_after_kill(text, [r for r in range(n) if r != victim], killed_at)
+    assert not wait_until_gone(list(pids.values()), timeout=10)
+    return pids
+
+
 def assert_raised_after_kill(text: str, ranks: Sequence[int], killed_at: float, within: float = 5.0) -> None:
     """Exactly `ranks` printed long_loop.py's `raised <Type> at <time>:` line, each within
     `within` seconds of the kill at `killed_at`."""

@@ -10,17 +10,14 @@ namespaces, root) runs it as launched: hosts that share memory only within thems
 from __future__ import annotations
 
 import json
-import os
 import re
-import signal
-import time
 
 import numpy as np
 import pytest
 
 import ringdist as rd
 from harness import run_disagreement, run_ranks
-from helpers import LineReader, SCRIPTS, assert_raised_after_kill, kill_tree, run_launcher, start_launcher
+from helpers import SCRIPTS, kill_one_mid_loop, run_launcher
 from ringdist import tuning
 from ringdist.errors import ConfigError, MismatchError
 from ringdist.hosts import hierarchical, layout
@@ -168,18 +165,5 @@ def test_two_hosts_of_two_ranks_share_memory_within_each_host(netns_cluster):
 @pytest.mark.parametrize("op", ["all_gather", "all_sum"])
 def test_kill_9_mid_hierarchical_operation_reaches_every_rank(netns_cluster, op):
     _, path, _ = netns_cluster("hkil", "-k", "2", "--slots", "2")
-    proc = start_launcher(["--rsh-agent", AGENT, "--hosts", path, "--grace", "10",
-                           str(SCRIPTS / "long_loop.py"), op, "2"],
-                          env={"RINGDIST_TIMEOUT": "30", "RINGDIST_ALGO": "all_gather:hier,all_reduce:hier"})
-    try:
-        out = LineReader(proc.stdout)
-        found = out.wait_for(r"^\[(\d+)\] ready pid=(\d+)$", count=4, timeout=90)
-        pids = {int(m.group(1)): int(m.group(2)) for m in found}
-        time.sleep(0.2)
-        os.kill(pids[1], signal.SIGKILL)
-        killed_at = time.time()
-        proc.wait(timeout=60)
-        text = out.rest()
-    finally:
-        kill_tree(proc)
-    assert_raised_after_kill(text, [0, 2, 3], killed_at)
+    kill_one_mid_loop(["--rsh-agent", AGENT, "--hosts", path, str(SCRIPTS / "long_loop.py"), op, "2"], 4, 1,
+                      {"RINGDIST_TIMEOUT": "30", "RINGDIST_ALGO": "all_gather:hier,all_reduce:hier"})

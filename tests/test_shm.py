@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import re
-import signal
 import sys
 import time
 
@@ -16,9 +15,7 @@ from ringdist import shmsignal, tuning
 from ringdist.shm import slot_bytes
 
 from harness import run_ranks
-from helpers import (
-    LineReader, SCRIPTS, assert_raised_after_kill, assert_strangers_get_no_descriptor, kill_tree, run_launcher,
-    start_launcher, wait_until_gone)
+from helpers import SCRIPTS, assert_strangers_get_no_descriptor, kill_one_mid_loop, run_launcher
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the shared-memory link is Linux's")
 SHM = (("*", "shm"),)
@@ -175,24 +172,13 @@ def test_kill_9_mid_operation_over_shared_memory_reaches_every_rank_and_leaves_n
     # Blocks of 0.5 MiB: more than one slot at 9 ranks and more (several rounds, each signalled).
     before = _dev_shm()
     mib = "4" if n <= 8 else "0.5"
-    proc = start_launcher(["-n", str(n), "--grace", "10", str(SCRIPTS / "long_loop.py"), "all_gather", mib],
-                          env={"RINGDIST_TIMEOUT": "30", "RINGDIST_ALGO": "*:shm"})
-    try:
-        out = LineReader(proc.stdout)
-        found = out.wait_for(r"^\[(\d+)\] ready pid=(\d+)$", count=n, timeout=90)
-        pids = {int(m.group(1)): int(m.group(2)) for m in found}
+
+    def mapped(pids: dict[int, int]) -> None:
         with open(f"/proc/{pids[0]}/maps") as f:
             assert sum("memfd:ringdist" in line for line in f) == n  # every rank's segment, mapped
-        time.sleep(0.2)
-        victim = n // 2
-        os.kill(pids[victim], signal.SIGKILL)
-        killed_at = time.time()
-        proc.wait(timeout=60)
-        text = out.rest()
-    finally:
-        kill_tree(proc)
-    assert_raised_after_kill(text, [r for r in range(n) if r != victim], killed_at)
-    assert not wait_until_gone(list(pids.values()), timeout=10)
+
+    kill_one_mid_loop(["-n", str(n), str(SCRIPTS / "long_loop.py"), "all_gather", mib], n, n // 2,
+                      {"RINGDIST_TIMEOUT": "30", "RINGDIST_ALGO": "*:shm"}, on_ready=mapped)
     assert _dev_shm() <= before  # nothing named was ever made
 
 

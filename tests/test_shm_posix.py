@@ -7,11 +7,10 @@ from __future__ import annotations
 
 import os
 import re
-import signal
 import stat
 import subprocess
 import sys
-import time
+from typing import Any
 
 import numpy as np
 import pytest
@@ -22,9 +21,7 @@ from ringdist.settings import Settings
 from ringdist.shm import slot_bytes
 
 from harness import SECRET, run_ranks
-from helpers import (
-    LineReader, SCRIPTS, assert_raised_after_kill, assert_strangers_get_no_descriptor, kill_tree, run_launcher,
-    start_launcher, wait_until_gone)
+from helpers import LineReader, SCRIPTS, assert_strangers_get_no_descriptor, kill_one_mid_loop, run_launcher
 
 pytestmark = pytest.mark.skipif(not posixshm.available(), reason="no POSIX shared memory on this system")
 SHM = (("*", "shm"),)
@@ -181,27 +178,20 @@ def test_kill_9_mid_operation_over_the_portable_backend_reaches_every_rank_and_l
     # 9 ranks: no mesh, the signals go in dissemination rounds; blocks of more than one slot.
     victim = n // 2
     mib = "4" if n <= 8 else "0.5"
-    proc = start_launcher(["-n", str(n), "--grace", "10", str(SCRIPTS / "shm_posix.py"), "loop", mib],
-                          env={**POSIX, "RINGDIST_TIMEOUT": "30", "RINGDIST_ALGO": "*:shm"})
-    try:
-        out = LineReader(proc.stdout)
+    seen: dict[str, Any] = {}
+
+    def started(out: LineReader) -> None:
         info = out.wait_for(r"^\[(\d)\] backend=posix shm=True job=(\w+) socket=(\S+) dir=0o700$", count=n, timeout=90)
-        job = info[0].group(2)
-        sockets = [m.group(3) for m in info]
-        found = out.wait_for(r"^\[(\d+)\] ready pid=(\d+)$", count=n, timeout=90)
-        pids = {int(m.group(1)): int(m.group(2)) for m in found}
+        seen["job"], seen["sockets"] = info[0].group(2), [m.group(3) for m in info]
+
+    def mapped(pids: dict[int, int]) -> None:
         with open(f"/proc/{pids[0]}/maps") as f:
-            mapped = [line for line in f if f"/dev/shm{posixshm.SEGMENT_PREFIX}{job[:8]}" in line]
-        assert len(mapped) == n and all(line.rstrip().endswith("(deleted)") for line in mapped), mapped
-        time.sleep(0.2)
-        os.kill(pids[victim], signal.SIGKILL)
-        killed_at = time.time()
-        proc.wait(timeout=60)
-        text = out.rest()
-    finally:
-        kill_tree(proc)
-    assert_raised_after_kill(text, [r for r in range(n) if r != victim], killed_at)
-    assert not wait_until_gone(list(pids.values()), timeout=10)
+            lines = [line for line in f if f"/dev/shm{posixshm.SEGMENT_PREFIX}{seen['job'][:8]}" in line]
+        assert len(lines) == n and all(line.rstrip().endswith("(deleted)") for line in lines), lines
+
+    kill_one_mid_loop(["-n", str(n), str(SCRIPTS / "shm_posix.py"), "loop", mib], n, victim,
+                      {**POSIX, "RINGDIST_TIMEOUT": "30", "RINGDIST_ALGO": "*:shm"}, on_start=started, on_ready=mapped)
+    job, sockets = seen["job"], seen["sockets"]
     assert not [e for e in os.listdir("/dev/shm") if e.startswith(posixshm.SEGMENT_PREFIX[1:] + job[:8])]
     # The killed rank's socket file, and the directories of all: gone with the launcher's job directory.
     job_dir = os.path.dirname(os.path.dirname(sockets[victim]))

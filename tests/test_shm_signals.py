@@ -5,8 +5,6 @@ processes where a rank is killed."""
 
 from __future__ import annotations
 
-import os
-import signal
 import threading
 import time
 
@@ -19,8 +17,7 @@ from ringdist.settings import Settings
 from ringdist.shm import slot_bytes
 
 from harness import RankFailed, run_ranks
-from helpers import (
-    LineReader, SCRIPTS, assert_raised_after_kill, kill_tree, run_launcher, start_launcher, wait_until_gone)
+from helpers import SCRIPTS, kill_one_mid_loop, run_launcher
 
 pytestmark = pytest.mark.skipif(not shmsignal.supported(), reason="signals through shared memory need Linux on x86-64")
 SHM = (("*", "shm"),)
@@ -99,18 +96,20 @@ def test_the_setting_is_read_and_checked():
         Settings.from_env({"RINGDIST_SHM_SIGNALS": "yes"})
 
 
-def _errors(exc: RankFailed) -> list[str]:
-    return [f"{type(e).__name__}: {e}" for e in exc.errors]
+def _mismatches(n: int, rank, **options) -> list[str]:
+    """Run `rank` on n ranks that disagree: every rank must raise MismatchError; their messages."""
+    with pytest.raises(RankFailed) as info:
+        run_ranks(n, rank, **options)
+    errors = [f"{type(e).__name__}: {e}" for e in info.value.errors]
+    assert all(e.startswith("MismatchError") for e in errors), errors
+    return errors
 
 
 def test_a_different_shape_is_a_mismatch_on_every_rank_naming_both_calls():
     def rank(g: rd.Group) -> None:
         rd.all_gather(np.ones(5 if g.rank() == 1 else 4, np.float32), group=g)
 
-    with pytest.raises(RankFailed) as info:
-        run_ranks(3, rank, algo=SHM)
-    errors = _errors(info.value)
-    assert all(e.startswith("MismatchError") for e in errors), errors
+    errors = _mismatches(3, rank, algo=SHM)
     assert any("shape=(5,)" in e and "shape=(4,)" in e for e in errors), errors
 
 
@@ -119,10 +118,7 @@ def test_a_peer_in_a_tcp_call_that_sends_first_is_a_mismatch():
     def rank(g: rd.Group) -> None:
         rd.all_gather(np.ones(4, np.float32), group=g)
 
-    with pytest.raises(RankFailed) as info:
-        run_ranks(3, rank, algo=SHM, rank_overrides={1: {"algo": (("all_gather", "direct"),)}})
-    errors = _errors(info.value)
-    assert all(e.startswith("MismatchError") for e in errors), errors
+    errors = _mismatches(3, rank, algo=SHM, rank_overrides={1: {"algo": (("all_gather", "direct"),)}})
     assert any("chose different paths" in e for e in errors), errors
 
 
@@ -136,11 +132,8 @@ def test_a_peer_in_a_tcp_call_that_waits_first_is_a_mismatch_not_a_timeout():
             rd.all_gather(np.ones(4, np.float32), group=g)
 
     t0 = time.monotonic()
-    with pytest.raises(RankFailed) as info:
-        run_ranks(2, rank, algo=SHM, rank_overrides={1: {"algo": ()}}, timeout=30)
-    errors = _errors(info.value)
+    errors = _mismatches(2, rank, algo=SHM, rank_overrides={1: {"algo": ()}}, timeout=30)
     assert time.monotonic() - t0 < 10  # the harness's timeout is 20 s
-    assert all(e.startswith("MismatchError") for e in errors), errors
     assert any("all_gather" in e and "broadcast" in e for e in errors), errors
 
 
@@ -149,10 +142,7 @@ def test_a_scatter_whose_ranks_disagree_on_the_root_is_a_mismatch_on_every_rank(
         root = 1 if g.rank() == 2 else 0
         rd.scatter(np.arange(12.0).reshape(3, 4) if g.rank() == root else None, root=root, group=g)
 
-    with pytest.raises(RankFailed) as info:
-        run_ranks(3, rank, algo=SHM)
-    errors = _errors(info.value)
-    assert all(e.startswith("MismatchError") for e in errors), errors
+    errors = _mismatches(3, rank, algo=SHM)
     assert any("root=1" in e and "root=0" in e for e in errors), errors
 
 
@@ -198,21 +188,8 @@ def test_a_late_peer_wakes_the_sleeping_ranks_at_once():
 
 def test_kill_9_while_peers_wait_on_a_signal_reaches_every_rank():
     # long_loop.py's ranks loop over small all_gathers (10 KiB), each one signal through memory.
-    proc = start_launcher(["-n", "4", "--grace", "10", str(SCRIPTS / "long_loop.py"), "all_gather", "0.01"],
-                          env={"RINGDIST_TIMEOUT": "30", "RINGDIST_ALGO": "*:shm"})
-    try:
-        out = LineReader(proc.stdout)
-        found = out.wait_for(r"^\[(\d+)\] ready pid=(\d+)$", count=4, timeout=90)
-        pids = {int(m.group(1)): int(m.group(2)) for m in found}
-        time.sleep(0.3)
-        os.kill(pids[1], signal.SIGKILL)
-        killed_at = time.time()
-        proc.wait(timeout=60)
-        text = out.rest()
-    finally:
-        kill_tree(proc)
-    assert_raised_after_kill(text, [0, 2, 3], killed_at)
-    assert not wait_until_gone(list(pids.values()), timeout=10)
+    kill_one_mid_loop(["-n", "4", str(SCRIPTS / "long_loop.py"), "all_gather", "0.01"], 4, 1,
+                      {"RINGDIST_TIMEOUT": "30", "RINGDIST_ALGO": "*:shm"}, settle=0.3)
 
 
 def test_signals_run_in_launched_jobs():

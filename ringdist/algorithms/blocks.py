@@ -50,10 +50,16 @@ def sizes_of(fields: dict[str, Any], ch: Channel, count: int | None = None) -> l
 
 def dtype_of(tag: Any, ch: Channel) -> np.dtype:
     """A dtype from a header's tag (`wire.dtype_tag`)."""
+    return dtype_from(tag, f"rank {ch.me}: {ch.describe()}")
+
+
+def dtype_from(tag: Any, sender: str) -> np.dtype:
+    """A dtype from a tag (`wire.dtype_tag`) that `sender` sent; MismatchError naming it if numpy
+    here does not know it."""
     try:
         return np.dtype(ast.literal_eval(tag) if tag.startswith("[") else tag)
-    except (TypeError, ValueError, SyntaxError):
-        raise MismatchError(f"rank {ch.me}: {ch.describe()} sends dtype {tag!r}, which numpy here does not know "
+    except (TypeError, ValueError, SyntaxError, AttributeError):
+        raise MismatchError(f"{sender} sends dtype {tag!r}, which numpy here does not know "
                             f"(an extension dtype: import its package, e.g. ml_dtypes)") from None
 
 

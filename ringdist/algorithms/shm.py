@@ -27,19 +27,16 @@ one copy by the CPU instead of two by the kernel (send and receive).
 
 from __future__ import annotations
 
-import ast
-
 import msgpack
 import numpy as np
 
 from .. import buffers, schedule, wire
 from ..arrays import REDUCERS, byte_view, fold
 from ..comm import Comm
-from ..errors import MismatchError, ProtocolError
-from ..flows import NO_BYTES
-from . import dissemination
+from ..errors import ProtocolError
 from .base import Algorithm
-from .shm_blocks import all_to_all
+from .blocks import dtype_from
+from .shm_blocks import all_to_all, signal
 
 _RESULT_ALIGN = 64
 # Where rounds signal through memory, reductions on 2 ranks, and on more up to this size, take one
@@ -48,23 +45,6 @@ _RESULT_ALIGN = 64
 # the time at N=2, 4, 8; 64 KiB 0.76-0.78x; 256 KiB 0.66x (N=2), 0.95x (4), 0.99x (8); on 2 ranks
 # 1 MiB 0.62x, 4 MiB 0.65x, 16 MiB 0.71x, 64 MiB 0.77x.
 ONE_SIGNAL_REDUCE_MAX = 256 * 1024
-
-
-def _signal(g: Comm, op: str, header: wire.Header, timeout: float | None) -> None:
-    """'My part of this round is in my segment', and back from every rank: the call's header
-    to and from every peer over the mesh, or (more than 8 ranks, no mesh) the dissemination
-    barrier's ceil(log2 N) rounds, after which every rank has entered this signal too.
-    Blocks in the kernel (after the usual spin); a peer that died or called something else raises.
-    Where the link signals through its control pages (`shmsignal`), that instead: no message."""
-    signals = g._signals
-    if signals is not None:
-        signals.signal(g, op, header, timeout)
-        return
-    if g.mesh is None:
-        dissemination.rounds(g, header, op, timeout)
-        return
-    k = g.size() - 1
-    g.exchange(op, [NO_BYTES] * k, [NO_BYTES] * k, header, timeout=timeout)
 
 
 def _rounds(total: int, step: int) -> list[tuple[int, int]]:
@@ -90,7 +70,7 @@ def gather(g: Comm, arr: np.ndarray, out: np.ndarray, header: wire.Header, timeo
     for a, b in _rounds(m, link.slot_size):
         k = link.next_round()
         link.slot(r, k)[:b - a] = src[a:b]
-        _signal(g, op, header, timeout)
+        signal(g, op, header, timeout)
         for p in others:
             dst[p * m + a:p * m + b] = link.slot(p, k)[:b - a]
 
@@ -114,7 +94,7 @@ def gather_root(g: Comm, arr: np.ndarray, root: int, header: wire.Header, timeou
         k = link.next_round()
         if dst is None:
             link.slot(r, k)[:b - a] = src[a:b]
-        _signal(g, op, header, timeout)
+        signal(g, op, header, timeout)
         if dst is not None:
             for p in others:
                 dst[p * m + a:p * m + b] = link.slot(p, k)[:b - a]
@@ -140,7 +120,7 @@ def reduce(g: Comm, arr: np.ndarray, op: str, header: wire.Header, timeout: floa
         for a, b in _rounds(own.size, step):
             k = link.next_round()
             np.copyto(_array(link.slot(r, k), own.dtype, b - a), own[a:b])
-            _signal(g, op, header, timeout)
+            signal(g, op, header, timeout)
             if flat is not None:
                 fold([own[a:b] if q == r else _array(link.slot(q, k), own.dtype, b - a) for q in range(n)],
                      ufunc, flat[a:b])
@@ -153,13 +133,13 @@ def reduce(g: Comm, arr: np.ndarray, op: str, header: wire.Header, timeout: floa
         k = link.next_round()
         slots = [link.slot(q, k) for q in range(n)]
         np.copyto(_array(slots[r], dtype, b - a), own[a:b])
-        _signal(g, op, header, timeout)
+        signal(g, op, header, timeout)
         bounds = schedule.block_bounds(b - a, n)
         lo, hi = bounds[r]
         mine = _array(slots[r], dtype, hi - lo, result_at)
         fold([own[a + lo:a + hi] if q == r else _array(slots[q], dtype, hi - lo, lo * isz) for q in range(n)],
              ufunc, mine)
-        _signal(g, op, header, timeout)
+        signal(g, op, header, timeout)
         if out is not None:
             flat = out.reshape(-1)
             for q in range(n):
@@ -186,7 +166,7 @@ def reduce_scatter(g: Comm, own: np.ndarray, out: np.ndarray, header: wire.Heade
         k = link.next_round()
         slots = [link.slot(q, k) for q in range(n)]
         np.copyto(_array(slots[r], dtype, n * (b - a)).reshape(n, b - a), blocks[:, a:b])
-        _signal(g, op, header, timeout)
+        signal(g, op, header, timeout)
         fold([blocks[r, a:b] if q == r else _array(slots[q], dtype, b - a, r * (b - a) * isz) for q in range(n)],
              np.add, out[a:b])
 
@@ -200,7 +180,7 @@ def broadcast(g: Comm, out: np.ndarray, root: int, header: wire.Header, timeout:
         k = link.next_round()
         if r == root:
             link.slot(r, k)[:b - a] = data[a:b]
-        _signal(g, "broadcast", header, timeout)
+        signal(g, "broadcast", header, timeout)
         if r != root:
             data[a:b] = link.slot(root, k)[:b - a]
 
@@ -226,7 +206,7 @@ def all_to_all_even(g: Comm, data: memoryview, out: memoryview, header: wire.Hea
     lo, hi = r * m, (r + 1) * m
     slot[:lo] = data[:lo]  # every block where it lies in the input, but this rank's own
     slot[hi:len(data)] = data[hi:]
-    _signal(g, header.fields["op"], header, timeout)
+    signal(g, header.fields["op"], header, timeout)
     out[lo:hi] = data[lo:hi]
     for i in range(1, n):
         p = (r + i) % n  # each rank starts with a different peer's segment
@@ -275,7 +255,7 @@ def scatter(g: Comm, arr: np.ndarray, root: int, header: wire.Header, timeout: f
             lo, hi = max(a, _DESCRIPTOR), min(b, total)
             if lo < hi:
                 slot[lo - a:hi - a] = data[lo - _DESCRIPTOR:hi - _DESCRIPTOR]
-        _signal(g, op, follow, timeout)
+        signal(g, op, follow, timeout)
         theirs = link.slot(root, k)
         if out is None:  # round 0, not the root: the descriptor
             shape, dtype = _described(theirs, g, root, n)
@@ -309,17 +289,12 @@ def _described(slot: memoryview, g: Comm, root: int, n: int) -> tuple[tuple[int,
     if shape[0] % n:
         raise ProtocolError(f"rank {g.rank()}: root {root} of scatter sends shape {shape}, "
                             f"whose rows do not divide among {n} ranks")
-    try:
-        dtype = np.dtype(ast.literal_eval(tag) if tag.startswith("[") else tag)
-    except (TypeError, ValueError, SyntaxError):
-        raise MismatchError(f"rank {g.rank()}: scatter's root, rank {root}, sends dtype {tag!r}, which numpy here "
-                            f"does not know (an extension dtype: import its package, e.g. ml_dtypes)") from None
-    return shape, dtype
+    return shape, dtype_from(tag, f"rank {g.rank()}: scatter's root, rank {root},")
 
 
 def barrier(g: Comm, header: wire.Header, timeout: float | None) -> None:
     """One signal: every rank has entered the barrier once it returns."""
-    _signal(g, "barrier", header, timeout)
+    signal(g, "barrier", header, timeout)
 
 
 def _fits(comm: Comm, kind: str, nbytes: int) -> str | None:

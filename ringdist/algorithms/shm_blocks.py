@@ -26,6 +26,7 @@ from ..channel import Channel
 from ..comm import Comm
 from ..errors import ProtocolError
 from ..flows import NO_BYTES, Outflow, Segments, SizedInflow
+from . import dissemination
 from .blocks import Assembled, Check, sizes_of
 
 
@@ -70,12 +71,19 @@ def _declare(g: Comm, header: wire.Header, sizes: list[int], rows_at: list[int],
     return found
 
 
-def _signal(g: Comm, op: str, header: wire.Header, timeout: float | None) -> None:
-    """The header to and from every peer, or through the control pages (`shmsignal`): 'this
-    round's bytes are in my slot'."""
+def signal(g: Comm, op: str, header: wire.Header, timeout: float | None) -> None:
+    """'My part of this round is in my segment', and back from every rank (every shared-memory
+    round ends with it): through the control pages where the link signals there (`shmsignal`:
+    no message); else the call's header to and from every peer over the mesh, or (more than 8
+    ranks, no mesh) the dissemination barrier's ceil(log2 N) rounds, after which every rank has
+    entered this signal too. Blocks in the kernel (after the usual spin); a peer that died or
+    called something else raises."""
     signals = g._signals
     if signals is not None:
         signals.signal(g, op, header, timeout)
+        return
+    if g.mesh is None:
+        dissemination.rounds(g, header, op, timeout)
         return
     k = g.size() - 1
     g.exchange(op, [NO_BYTES] * k, [NO_BYTES] * k, header, timeout=timeout)
@@ -96,7 +104,7 @@ def all_to_all(g: Comm, header: wire.Header, blocks: list[memoryview], sizes: li
     _write(link.slot(r, k), blocks, at, r, 0, size)
     if into is not None:  # every block m bytes: rank r's lies at (r or r-1) * m in each peer's stream
         follow = header
-        _signal(g, op, header, timeout)
+        signal(g, op, header, timeout)
         m = len(blocks[r])
         where = {p: ((r - (r > p)) * m, m, total, sizes[r]) for p in range(n) if p != r}
         dest = into
@@ -136,7 +144,7 @@ def all_to_all(g: Comm, header: wire.Header, blocks: list[memoryview], sizes: li
             return got
         k = link.next_round()
         _write(link.slot(r, k), blocks, at, r, a, size)
-        _signal(g, op, follow, timeout)
+        signal(g, op, follow, timeout)
 
 
 def _write(slot: memoryview, blocks: list[memoryview], at: list[int], r: int, a: int, size: int) -> None:
