@@ -101,6 +101,9 @@ if mode == "fork":
         sys.exit(0)
     _, status = os.waitpid(pid, 0)
     assert status == 0, status
+    # Both children are done before either rank sends: a message landing before the other rank
+    # forks would complete its handle there, and its child would rightly see no error.
+    rd.barrier()
     rd.send(np.arange(3) + r, other)
     assert pending.wait(timeout=30).tolist() == [other, other + 1, other + 2]
     assert rd.all_sum(np.ones(2), async_op=True).wait().tolist() == [n, n]
