@@ -169,8 +169,13 @@ def _loop(flows: Lanes) -> None:
             _end_closing(flows)
         with handle.lock:
             job = jobs.queue.popleft() if jobs.queue else None
-            if job is None and _stopping:
-                break
+            stop = job is None and _stopping
+        if stop:
+            # Exit set `_stopping` and `jobs.closing` together, under the lock, possibly after
+            # the look at `jobs.closing` above: end the started jobs before leaving, or their
+            # handles would wait out CLOSE_WAIT.
+            _end_closing(flows)
+            break
         if job is not None:
             _start(flows, job)
             continue

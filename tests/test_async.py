@@ -147,3 +147,52 @@ def test_a_wake_up_landing_while_the_thread_takes_the_last_one_is_not_lost(monke
     finally:
         os.close(r)
         os.close(w)
+
+
+def test_exit_landing_between_the_threads_looks_still_ends_the_started_jobs(monkeypatch):
+    # Exit sets `_stopping` and `jobs.closing` under the lock, and the thread looks at
+    # `jobs.closing` before it takes the lock to read `_stopping`. Exit may land between the
+    # two looks: the thread must still end the started jobs (a recv waiting for its sender)
+    # before it leaves, rather than leave them for exit to wait out CLOSE_WAIT.
+    import types
+    from collections import deque
+
+    from ringdist import jobs, work
+    from ringdist.errors import RingError
+    from ringdist.handle import Work
+    from ringdist.lanes import Lanes
+
+    class Group:  # what the thread reads of a group: its id and this rank
+        gid = "world"
+
+        def rank(self) -> int:
+            return 1
+
+    group = Group()
+    plan = types.SimpleNamespace(op="recv", peer=0, outgoing=False)
+    job = types.SimpleNamespace(work=Work("recv", group), g=group, plan=plan, finished=False,
+                                result=None, error=None)
+
+    class SetByExitAfterTheLook(set):
+        looks = 0
+
+        def __bool__(self) -> bool:  # the thread's first look comes just before exit's change
+            SetByExitAfterTheLook.looks += 1
+            return SetByExitAfterTheLook.looks > 1 and super().__bool__()
+
+    r, w = os.pipe()
+    try:
+        flows = Lanes(r, lambda flows: None)
+        flows.lanes[(group, 0, False)] = deque([job])
+        monkeypatch.setattr(jobs, "pending", {group: [job]})
+        monkeypatch.setattr(jobs, "queue", deque())
+        monkeypatch.setattr(jobs, "closing", SetByExitAfterTheLook({group}))
+        monkeypatch.setattr(work, "_stopping", True)
+        work._loop(flows)
+        assert job.work.done() and not flows.lanes
+        with pytest.raises(RingError, match=r"rank 1: recv on group 'world': closed with the operation "
+                                            r"outstanding \(the process is exiting\)"):
+            job.work.wait(timeout=0)
+    finally:
+        os.close(r)
+        os.close(w)
