@@ -85,7 +85,9 @@ class BufferCache:
         self._drop_idle(size, self.limit, lambda block: True)
         if size < MEDIUM_BYTES:
             self._drop_idle(size, MEDIUM_IDLE_BYTES, lambda block: len(block.mem) < MEDIUM_BYTES)
-        mem = mmap.mmap(-1, size)
+        # Private: an anonymous mapping is shared by default, and a forked child writing into a
+        # result would change its parent's (copy on write instead, as for any numpy array).
+        mem = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
         channel.advise_huge_pages(mem)  # fewer faults and TLB misses in the copies
         block = _Block(mem)
         blocks.append(block)

@@ -148,3 +148,48 @@ def test_kill_9_of_the_launcher_takes_remote_ranks_and_their_children(tmp_path):
     finally:
         kill_tree(proc)
         _kill_all(everyone)
+
+
+def test_a_forked_childs_writes_into_a_result_stay_in_the_child():
+    # Large results are views of reused blocks (`ringdist.buffers`). A forked child that
+    # writes into one (a data-loader worker scribbling on a batch) must change its own copy
+    # only, as with any numpy array; and a block the parent reuses for its next result must
+    # not show through in the child's.
+    import numpy as np
+
+    import ringdist as rd
+    from harness import run_ranks
+
+    def rank(g: rd.Group) -> tuple[float, float, float]:
+        x = np.full(1 << 18, g.rank() + 1, np.float32)  # 1 MiB: results come from the block cache
+        y = rd.all_gather(x, group=g)
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            status = 4
+            try:
+                os.close(r)
+                y[:] = -1.0
+                os.write(w, b"x")  # written: the parent reuses the block while this child still holds y
+                status = 0
+                for _ in range(1000):  # until the parent kills it (10 s at most)
+                    time.sleep(0.01)
+                    if y[0] != -1.0 or y[-1] != -1.0:
+                        status = 3  # the parent's next result showed through
+                        break
+            finally:
+                os._exit(status)
+        os.close(w)
+        os.read(r, 1)
+        os.close(r)
+        seen = float(y[0]), float(y[-1])
+        del y
+        z = rd.all_gather(np.full(1 << 18, 9.0, np.float32), group=g)  # may reuse y's block
+        time.sleep(0.05)
+        os.kill(pid, signal.SIGKILL)
+        _, status = os.waitpid(pid, 0)
+        return seen[0], seen[1], float(z[0]) if os.WIFSIGNALED(status) else -float(os.WEXITSTATUS(status))
+
+    for seen_first, seen_last, after in run_ranks(2, rank):
+        assert (seen_first, seen_last) == (1.0, 2.0), "a child's write showed in its parent's result"
+        assert after == 9.0, "the parent's next result showed in the child's (exit status %d)" % -after
