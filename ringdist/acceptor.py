@@ -137,6 +137,7 @@ class Acceptor:
         self._selector.close()
         os.close(self._wake_w)
         os.close(self._wake_r)
+        self._wake_r = self._wake_w = -1  # closed: a forked child must not close these numbers again
         self.refusals.flush()
 
     def forget_in_child(self) -> None:
@@ -146,7 +147,9 @@ class Acceptor:
         self._pending.clear()
         self._selector.close()
         for fd in (self._wake_r, self._wake_w):
-            channel.close_quietly(fd)
+            if fd >= 0:  # (-1 once closed here: the number may be another file's by now)
+                channel.close_quietly(fd)
+        self._wake_r = self._wake_w = -1
 
     # ---- the loop ------------------------------------------------------------------------------
 

@@ -133,7 +133,7 @@ class Comm:
                     self.links = Links(endpoint, self.ring, addresses)
                 self.shm = open_link(endpoint, self.links, group=gid, rank=rank, size=size,
                                      addresses=addresses, wanted=settings.shm, timeout=settings.connect_timeout,
-                                     signals=settings.shm_signals)
+                                     signals=settings.shm_signals, cross=settings.shm_cma)
                 if self.shm is not None:
                     self._signals = self.shm.signals
                 else:

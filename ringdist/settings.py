@@ -44,6 +44,7 @@ class Settings:
     shm: bool = True  # RINGDIST_SHM: shared memory between the ranks of a group on one machine
     shm_backend: str = "auto"  # RINGDIST_SHM=posix: "posix" (the portable backend, `posixshm`); else "auto"
     shm_signals: bool = True  # RINGDIST_SHM_SIGNALS: shared-memory rounds signal through the segments (0: over TCP)
+    shm_cma: bool = True  # RINGDIST_SHM_CMA: large one-host blocks read straight from a peer's memory (0: through the segments)
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> "Settings":
@@ -70,6 +71,10 @@ class Settings:
         if signals not in ("", "0", "1"):
             raise ConfigError(f"RINGDIST_SHM_SIGNALS={signals!r} must be 1 (shared-memory rounds signal through "
                               f"the segments where the machine allows) or 0 (over TCP)")
+        cma = env.get("RINGDIST_SHM_CMA", "").strip()
+        if cma not in ("", "0", "1"):
+            raise ConfigError(f"RINGDIST_SHM_CMA={cma!r} must be 1 (large blocks read straight from a peer's "
+                              f"memory where the system allows) or 0 (through the shared segments)")
         shared = oversubscribed(env)
         socket_buffers = _socket_buffers(env.get("RINGDIST_SOCKET_BUFFERS"), cls.socket_buffers)
         return cls(
@@ -89,6 +94,7 @@ class Settings:
             shm=shm != "0",
             shm_backend="posix" if shm == "posix" else "auto",
             shm_signals=signals != "0",
+            shm_cma=cma != "0",
         )
 
 

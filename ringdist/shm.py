@@ -29,15 +29,23 @@ Signals go through the control pages (`shmsignal`) where every rank can (Linux o
 the memfd backend, `RINGDIST_SHM_SIGNALS` not 0): each rank's offer says whether it can,
 and sends its eventfd with its segment; every rank sees every offer, so all decide alike.
 Otherwise they are the header exchanges over TCP.
+
+Where signals go through memory, each offer also carries the rank's process id and the
+address of its control page, and every rank tries a cross-memory read of each peer's
+(`crossmem`: random bytes the peer wrote there, so a process id of another pid namespace
+cannot pass); a second vote says whether every rank could read every peer (and has
+`RINGDIST_SHM_CMA` on). If so the link's `pids` holds the peers' process ids (else None)
+and the algorithms read large blocks straight out of a peer's memory.
 """
 
 from __future__ import annotations
 
 import logging
 import mmap
+import os
 import struct
 
-from . import channel, deadlines, posixshm, shmsignal, votes
+from . import channel, crossmem, deadlines, posixshm, shmsignal, votes
 from .endpoint import Endpoint, InboxKey
 from .errors import ConnectError, ProtocolError
 from .links import Links
@@ -46,7 +54,10 @@ log = logging.getLogger("ringdist")
 
 MAPPED_BYTES = 12 << 20  # every rank's segment together, as mapped by each rank (two slots each)
 ALIGN = 4096
-_OFFER = struct.Struct("<QB")  # segment bytes, and whether signals may go through shared memory (an eventfd follows)
+# Segment bytes; whether signals may go through shared memory (an eventfd follows); the rank's
+# process id and the address of its control page (for the cross-memory probe).
+_OFFER = struct.Struct("<QBqQ")
+_NONCE_AT = shmsignal.CONTROL - 16  # random bytes at the end of a control page, read by the probe
 
 
 def slot_bytes(n: int) -> int:
@@ -57,8 +68,11 @@ def slot_bytes(n: int) -> int:
 class ShmLink:
     """This rank's segment and its peers', mapped: `slot(p, k)` is rank p's slot for round k."""
 
-    def __init__(self, rank: int, maps: dict[int, mmap.mmap], slot: int, wake: dict[int, int] | None = None):
+    def __init__(self, rank: int, maps: dict[int, mmap.mmap], slot: int, wake: dict[int, int] | None = None,
+                 pids: dict[int, int] | None = None):
         self.rank = rank
+        # Each peer's process id where this rank can read its memory (`crossmem`), else None.
+        self.pids = pids
         self.maps = maps  # rank -> its segment (this rank's own included)
         self.slot_size = slot
         self.rounds = 0  # rounds run so far: the next one uses slot rounds % 2
@@ -90,12 +104,13 @@ class ShmLink:
 
 def open_link(endpoint: Endpoint, links: Links, *, group: str, rank: int, size: int,
               addresses: list[list[tuple[str, int]]], wanted: bool, timeout: float,
-              signals: bool = True) -> ShmLink | None:
+              signals: bool = True, cross: bool = True) -> ShmLink | None:
     """The group's shared-memory link, or None (TCP) when any rank cannot or will not build it.
 
     Every rank of a group calls this when the group is made: the vote (`votes`) runs
     whatever this rank's settings, so ranks always agree. `signals`: this rank's wish to
-    signal through the control pages (`RINGDIST_SHM_SIGNALS`)."""
+    signal through the control pages (`RINGDIST_SHM_SIGNALS`); `cross`: to read peers'
+    memory where it can (`RINGDIST_SHM_CMA`)."""
     deadline = deadlines.after(timeout)
     slot = slot_bytes(size)
     total = shmsignal.CONTROL + 2 * slot
@@ -103,6 +118,7 @@ def open_link(endpoint: Endpoint, links: Links, *, group: str, rank: int, size: 
     dialed: dict[int, object] = {}
     maps: dict[int, mmap.mmap] = {}
     wake: dict[int, int] = {}
+    probes: dict[int, tuple[int, int]] = {}  # rank -> its process id and control page's address
     try:
         yes = wanted and endpoint.local_name is not None and all(addresses[p] for p in range(size))
         if yes:
@@ -122,7 +138,8 @@ def open_link(endpoint: Endpoint, links: Links, *, group: str, rank: int, size: 
         maps[rank] = own_map
         if signals and endpoint.local_backend != "posix" and shmsignal.supported():
             own_wake = channel.make_eventfd()
-        offer = _OFFER.pack(total, own_wake >= 0)
+        own_map[_NONCE_AT:shmsignal.CONTROL] = os.urandom(shmsignal.CONTROL - _NONCE_AT)  # for the probe
+        offer = _OFFER.pack(total, own_wake >= 0, os.getpid(), crossmem.address(own_map))
         fds = [own_fd] if own_wake < 0 else [own_fd, own_wake]
         every = own_wake >= 0  # whether every rank offered its eventfd
         for p, sock in dialed.items():
@@ -132,13 +149,13 @@ def open_link(endpoint: Endpoint, links: Links, *, group: str, rank: int, size: 
             sock = endpoint.take(InboxKey(group, p, "shm", 0), deadline,
                                  f"group {group!r}: waiting for rank {p}'s shared memory")
             try:
-                maps[p], theirs = _receive(sock, total, deadline, what)
+                maps[p], theirs, probes[p] = _receive(sock, total, deadline, what)
                 every = _keep(wake, p, theirs, every)
                 channel.send_fds(sock, fds, offer, deadline, peer=what)
             finally:
                 sock.close()
         for p, sock in dialed.items():
-            maps[p], theirs = _receive(sock, total, deadline, f"rank {p} of group {group!r}")
+            maps[p], theirs, probes[p] = _receive(sock, total, deadline, f"rank {p} of group {group!r}")
             every = _keep(wake, p, theirs, every)
         own_map = None  # in `maps` now
         if every:
@@ -146,7 +163,14 @@ def open_link(endpoint: Endpoint, links: Links, *, group: str, rank: int, size: 
         else:
             for fd in wake.values():
                 channel.close_quietly(fd)
-        link = ShmLink(rank, maps, slot, wake if every else None)
+        pids = None
+        if every:  # every rank reads every peer's memory, or none does: a second vote
+            if cross and crossmem.supported():
+                pids = {p: pid for p, (pid, at) in probes.items()
+                        if crossmem.reads(pid, at + _NONCE_AT, maps[p][_NONCE_AT:shmsignal.CONTROL])}
+            if not votes.vote(links, pids is not None and len(pids) == size - 1, deadlines.left(deadline)):
+                pids = None
+        link = ShmLink(rank, maps, slot, wake if every else None, pids)
         wake = {}
         return link
     except BaseException:
@@ -186,10 +210,11 @@ def _segment(endpoint: Endpoint, size: int, what: str) -> tuple[int, mmap.mmap |
         return -1, None
 
 
-def _receive(sock: object, size: int, deadline: float, peer: str) -> tuple[mmap.mmap, int]:
-    """A peer's segment, mapped, and its eventfd (-1 when it offered none)."""
+def _receive(sock: object, size: int, deadline: float, peer: str) -> tuple[mmap.mmap, int, tuple[int, int]]:
+    """A peer's segment, mapped; its eventfd (-1 when it offered none); its process id and
+    control page's address."""
     data, fds = channel.recv_fds(sock, _OFFER.size, 2, deadline, peer=peer)  # type: ignore[arg-type]
-    announced, has_wake = _OFFER.unpack(data)
+    announced, has_wake, pid, at = _OFFER.unpack(data)
     if announced != size or len(fds) != 1 + bool(has_wake):
         for fd in fds:
             channel.close_quietly(fd)
@@ -201,4 +226,4 @@ def _receive(sock: object, size: int, deadline: float, peer: str) -> tuple[mmap.
         for fd in fds[1:]:
             channel.close_quietly(fd)
         raise
-    return mem, fds[1] if has_wake else -1
+    return mem, fds[1] if has_wake else -1, (pid, at)

@@ -12,6 +12,8 @@ the control page at the start of its own segment (`ringdist.shm`) and reads its 
           fingerprint of its op and algorithm (the rest of a header may differ by rank: a
           scatter's root's has the shape), word 6 the length of its header, at byte 64
   word 5  nonzero while the rank sleeps in the kernel waiting for a signal
+  word 7  where this call's block lies in the rank's memory, for peers that read it from
+          there (`crossmem`); written before the signal that says it is there
 
 Only the owner writes its page. A signal's fingerprint is written before its count, and
 x86-64 keeps stores in order, so a peer that sees the count sees the fingerprint (other
@@ -59,7 +61,7 @@ from .flows import check_same
 
 CONTROL = 4096  # bytes of the control page at the start of every segment
 HEADER_AT = 64  # where a rank's current call's header starts in its page
-SIGNALS, FP_EVEN, FP_ODD, CALL, CALL_FP, ASLEEP, HEADER_LEN = range(7)
+SIGNALS, FP_EVEN, FP_ODD, CALL, CALL_FP, ASLEEP, HEADER_LEN, ADDRESS = range(8)
 _SLICE_FIRST, _SLICE_MOST = 0.001, 0.064  # seconds of one sleep: the first, and the longest
 _SPIN_PIECE = 0.005  # seconds of spinning between looks at the connections (ABORTs, lost peers, timeout)
 
@@ -105,6 +107,14 @@ class Signals:
             fp = self._call_fps[key] = call_fingerprint(*key)
         own[CALL_FP] = fp
         own[CALL] = seq + 1  # 0: none announced yet
+
+    def publish(self, address: int) -> None:
+        """Where this rank's block lies in its memory, for its peers to read after the next signal."""
+        self.own[ADDRESS] = address
+
+    def published(self, p: int) -> int:
+        """Where rank p's block lies in its memory (read after the signal that follows its `publish`)."""
+        return int(self.words[p][ADDRESS])
 
     def signal(self, g: Any, op: str, header: wire.Header, timeout: float | None) -> None:
         """Give this rank's next signal and return once every peer has given it, with the same header."""

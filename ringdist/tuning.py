@@ -112,6 +112,14 @@ SHM_ALL_TO_ALL_MIN = 256 * 1024
 # 263-334 ms against 245-248; 64 MiB: 1041-2403 against 984-990), so reductions keep the flat
 # algorithms; `RINGDIST_ALGO=all_reduce:hier` forces it. docs/design.md has the figures.
 HIER_GATHER_MIN = 64 * 1024
+# Where every rank reads its peers' memory (`Facts.cma`), blocks from 1 MiB are read straight out
+# of their owner's memory (`algorithms/shm_cma.py`). Alternating call by call with the segments
+# (benchmarks/alternate.py, 2-core VM; time ratio, below 1 faster): all_to_all blocks of 256 KiB
+# 1.0-1.54x (one slot's single signal wins), 1 MiB 0.92x (N=4), 2 MiB 0.91x (N=2) and 0.41x (N=8),
+# 4 MiB 0.49x (N=4); all_gather on 2 ranks 1 MiB 0.97x, 4 MiB 0.75x, 16 MiB 0.72x, 64 MiB 0.39x,
+# but on 3-8 ranks 0.97-1.18x (16 MiB N=4 1.07x): each segment is read by N-1 peers while in the
+# cache. Rooted gather lost (1.38-1.50x: the root alone reads), broadcast within 10%: neither has a row.
+CMA_BLOCK_MIN = 1 << 20
 # `nbytes` of a call whose ranks may contribute different sizes (all_to_all with splits, scatter):
 # its rows cannot look at the size.
 UNKNOWN = -1
@@ -134,6 +142,7 @@ class Facts:
     direct_max: int  # largest per-rank block exchanged directly
     shm: bool = False  # shared memory with every rank (all on one machine: `ringdist.shm`)
     signals: bool = False  # its rounds signal through the segments (`ringdist.shmsignal`), not over TCP
+    cma: bool = False  # every rank reads its peers' memory (`ringdist.crossmem`: the link's `pids`)
     scatter: bool = False  # the all_to_all kind runs a scatter (only the root's blocks carry bytes)
     hosts: int = 1  # hosts of a hierarchical group (`ringdist.hosts`: several, as many ranks on each)
 
@@ -166,6 +175,12 @@ def _shm_reduce_min(f: Facts) -> int:
 
 
 TABLE: list[Row] = [
+    Row("gather", "shm-cma", lambda f: f.cma and f.n == 2 and f.direct_max > 0 and f.nbytes >= CMA_BLOCK_MIN,
+        "2 ranks: each reads the other's block from its memory, one kernel copy (0.39-0.75x the time at 4-64 MiB)"),
+    Row("all_to_all", "shm-cma", lambda f: f.cma and f.mesh and f.direct_max > 0 and not f.scatter and f.nbytes >= 0
+        and f.nbytes // f.n >= CMA_BLOCK_MIN,
+        "each rank reads its blocks from its peers' inputs: one kernel copy per byte instead of two "
+        "(2 MiB blocks on 8 ranks: 0.41x the time)"),
     Row("barrier", "shm", lambda f: f.shm and f.signals and f.direct_max > 0,
         "one signal through the segments: no message"),
     Row("gather", "shm", lambda f: f.shm and f.signals and f.direct_max > 0,
@@ -257,6 +272,7 @@ def facts(comm: Comm, nbytes: int, op: str = "") -> Facts:
     return Facts(n=comm.size(), nbytes=nbytes, mesh=comm.mesh is not None, both_ways=comm.both_ways,
                  direct_max=default_direct_max(comm) if limit is None else limit, shm=comm.shm is not None,
                  signals=comm.shm is not None and comm.shm.signals is not None, scatter=op == "scatter",
+                 cma=comm.shm is not None and comm.shm.pids is not None,
                  hosts=len(comm.hierarchy.hosts) if comm.hierarchy is not None else 1)
 
 

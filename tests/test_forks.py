@@ -193,3 +193,34 @@ def test_a_forked_childs_writes_into_a_result_stay_in_the_child():
     for seen_first, seen_last, after in run_ranks(2, rank):
         assert (seen_first, seen_last) == (1.0, 2.0), "a child's write showed in its parent's result"
         assert after == 9.0, "the parent's next result showed in the child's (exit status %d)" % -after
+
+
+def test_a_forked_child_closes_no_file_its_parent_closed_and_reused():
+    # A closed endpoint stays tracked for forks until collected; its acceptor's wake-up pipe
+    # was closed, and the numbers go to the next files the process opens. A forked child must
+    # not close them again.
+    from ringdist.endpoint import Endpoint
+
+    ep = Endpoint(b"secret of a closed endpoint", ["127.0.0.1"], connect_timeout=5, label="closed")
+    numbers = {ep._acceptor._wake_r, ep._acceptor._wake_w}
+    ep.close()
+    opened: list[int] = []
+    while not numbers <= set(opened) and len(opened) < 64:
+        opened.extend(os.pipe())  # the lowest free numbers, until the acceptor's are reused
+    try:
+        assert numbers <= set(opened)
+        pid = os.fork()
+        if pid == 0:
+            status = 1
+            try:
+                for fd in numbers:
+                    os.fstat(fd)  # OSError (EBADF) if the fork closed it
+                status = 0
+            finally:
+                os._exit(status)
+        _, status = os.waitpid(pid, 0)
+        assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, "the child's copies were closed at the fork"
+    finally:
+        for fd in opened:
+            os.close(fd)
+        del ep

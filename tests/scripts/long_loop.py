@@ -1,6 +1,6 @@
 """A long loop of one collective on large arrays, for fault tests.
 
-usage: long_loop.py all_gather|all_sum [MiB]
+usage: long_loop.py all_gather|all_sum|all_to_all [MiB]
 Prints `ready pid=<pid>` once running. On any RingError prints
 `raised <Type> at <unix time>: <message>` and exits 1. SIGTERM is ignored, so
 what a rank prints is its own detection, not the launcher stopping it.

@@ -1,0 +1,135 @@
+"""Cross-memory reads on one machine (`ringdist/crossmem.py`, `algorithms/shm_cma.py`): large
+blocks copied straight out of a peer's memory, with the same bits as through the segments, a
+group-wide choice, and failures that reach every rank."""
+
+from __future__ import annotations
+
+import os
+import re
+
+import numpy as np
+import pytest
+
+import ringdist as rd
+from ringdist import crossmem, shmsignal, tuning
+from ringdist.errors import ConfigError, RingError
+from ringdist.settings import Settings
+
+from harness import RankFailed, run_ranks
+from helpers import SCRIPTS, kill_one_mid_loop, run_launcher
+
+pytestmark = pytest.mark.skipif(not (crossmem.supported() and shmsignal.supported()),
+                                reason="cross-memory reads need Linux's process_vm_readv and signals through memory")
+BLOCK = tuning.CMA_BLOCK_MIN
+
+
+def _calls(g: rd.Group) -> dict[str, object]:
+    """all_gather (2 ranks) and all_to_all (any) with blocks over the threshold, odd shapes and a
+    strided input included; and the algorithm each ran."""
+    n, r = g.size(), g.rank()
+    rows = BLOCK // (3 * 8) + 5  # rows of 3 float64: a block just over the threshold
+    x = np.arange(rows * 3, dtype=np.float64).reshape(rows, 3) * (r + 1) + r
+    wide = np.arange(2 * n * rows * 3, dtype=np.float32).reshape(2 * n * rows, 3) - 11 * r
+    found: dict[str, object] = {
+        "all_to_all": rd.all_to_all(wide, group=g),
+        "all_to_all strided": rd.all_to_all(wide[::2], group=g),
+        "names": (tuning.choose(g, "all_to_all", wide.nbytes).name,),
+    }
+    if n == 2:
+        found["all_gather"] = rd.all_gather(x, group=g)
+        found["all_gather strided"] = rd.all_gather(np.asfortranarray(x)[:, ::2], group=g)
+        found["names"] += (tuning.choose(g, "all_gather", x.nbytes).name,)
+    return found
+
+
+@pytest.mark.parametrize("n", [2, 3, 4])
+def test_the_bits_equal_those_through_the_segments(n):
+    on = run_ranks(n, _calls)
+    off = run_ranks(n, _calls, shm_cma=False)
+    for r, (a, b) in enumerate(zip(on, off)):
+        assert set(a["names"]) == {"shm-cma"}, (r, a["names"])
+        assert set(b["names"]) == {"shm"}, (r, b["names"])
+        for key in a:
+            if key != "names":
+                assert np.array_equal(a[key], b[key]), (n, r, key)
+    # and the values themselves: block r of every rank's input, in source order
+    rows = BLOCK // (3 * 8) + 5
+    for r, got in enumerate(on):
+        want = np.concatenate([(np.arange(2 * n * rows * 3, dtype=np.float32).reshape(2 * n * rows, 3) - 11 * q)
+                               [r * 2 * rows:(r + 1) * 2 * rows] for q in range(n)])
+        assert np.array_equal(got["all_to_all"], want)
+        if n == 2:
+            x = [np.arange(rows * 3, dtype=np.float64).reshape(rows, 3) * (q + 1) + q for q in range(n)]
+            assert np.array_equal(got["all_gather"], np.concatenate(x))
+            assert np.array_equal(got["all_gather strided"], np.concatenate([v[:, ::2] for v in x]))
+
+
+def test_one_rank_with_it_off_turns_it_off_for_the_group():
+    def rank(g: rd.Group) -> tuple:
+        return g.shm is not None, g.shm.pids, tuning.choose(g, "all_to_all", 4 * BLOCK * 4).name, \
+            rd.all_to_all(np.arange(16 * BLOCK // 4, dtype=np.float32) + g.rank(), group=g)
+
+    got = run_ranks(4, rank, rank_overrides={2: {"shm_cma": False}})
+    for r, (has_shm, pids, name, _) in enumerate(got):
+        assert has_shm and pids is None and name == "shm", (r, pids, name)
+
+
+def test_the_setting_is_checked():
+    assert Settings.from_env({"RINGDIST_SHM_CMA": "0"}).shm_cma is False
+    assert Settings.from_env({}).shm_cma is True
+    with pytest.raises(ConfigError, match=r"RINGDIST_SHM_CMA='yes' must be 1 .* or 0"):
+        Settings.from_env({"RINGDIST_SHM_CMA": "yes"})
+
+
+def test_a_refused_read_fails_the_call_on_every_rank_naming_the_peer():
+    # Rank 0's record of rank 1's process names one that does not exist (as if it had died
+    # after the group was made): its read is refused, it raises PeerLostError naming rank 1
+    # and the process, and rank 1 gets the ABORT instead of waiting for rank 0's signal.
+    gone = 1
+    while os.path.exists(f"/proc/{gone}"):
+        gone += 7919
+
+    def rank(g: rd.Group) -> str:
+        if g.rank() == 0:
+            g.shm.pids[1] = gone
+        try:
+            rd.all_gather(np.ones(BLOCK // 4, np.float32), group=g)
+        except RingError as exc:
+            return f"{type(exc).__name__}: {exc}"
+        return "no error"
+
+    try:
+        got = run_ranks(2, rank, timeout=30)
+    except RankFailed as exc:  # pragma: no cover - a rank raising something else
+        raise AssertionError(str(exc))
+    assert re.fullmatch(rf"PeerLostError: rank 0: all_gather on group 'world': reading rank 1's block from its "
+                        rf"memory \(process {gone}\) failed: No such process \(the process is gone\)", got[0]), got
+    assert got[1].startswith("PeerLostError: ") and "reading rank 1's block" in got[1], got
+
+
+def test_reads_go_between_launched_processes():
+    # Real ranks: separate processes, each reading the others' memory (a 2-rank all_gather
+    # and a 4-rank all_to_all over the threshold), the results checked on every rank.
+    for n, op in ((2, "all_gather"), (4, "all_to_all")):
+        res = run_launcher(["-n", str(n), str(SCRIPTS / "cma_job.py"), op], timeout=120)
+        assert res.returncode == 0, res.stdout + res.stderr
+        found = re.findall(r"^\[(\d)\] (\w+) by shm-cma ok, peers' processes ([\d,]+)$", res.stdout, re.M)
+        assert sorted(int(r) for r, _, _ in found) == list(range(n)), res.stdout + res.stderr
+        pids = {int(r): set(p.split(",")) for r, _, p in found}
+        assert len(set.union(*pids.values())) == n  # every rank a process of its own
+
+
+def test_kill_9_while_peers_read_reaches_every_rank():
+    # 4 MiB all_to_all on 4 ranks: 1 MiB blocks, read from the peers' memory.
+    kill_one_mid_loop(["-n", "4", str(SCRIPTS / "long_loop.py"), "all_to_all", "4"], 4, 2,
+                      {"RINGDIST_TIMEOUT": "30", "RINGDIST_ALGO": "all_to_all:shm-cma"}, settle=0.3)
+
+
+def test_it_is_not_chosen_without_the_link():
+    def rank(g: rd.Group) -> str:
+        return tuning.choose(g, "all_to_all", 64 * BLOCK).name
+
+    assert "shm-cma" not in run_ranks(2, rank, shm=False)
+    with pytest.raises(RankFailed, match=r"shm-cma.*needs every rank to read its peers' memory"):
+        run_ranks(2, rank, shm_cma=False, algo=(("all_to_all", "shm-cma"),))
+
