@@ -176,9 +176,16 @@ class Signals:
                 poller = select.poll()
                 poller.register(self.wake[self.rank], select.POLLIN)
                 for ch in g.channels:
-                    if not ch.closed:
-                        waiting[ch.fd] = ch
-                        poller.register(ch.fd, select.POLLIN)
+                    if ch.closed:
+                        continue
+                    # Frames read ahead (a peer's header behind the last call's bytes) wake no
+                    # poll: they are looked at now, as the socket's are when it is readable.
+                    if ch.staged():
+                        self._check_given(g, target, fp)
+                        if self._look(g, ch, op, target):
+                            continue
+                    waiting[ch.fd] = ch
+                    poller.register(ch.fd, select.POLLIN)
             wait = nap if spin <= 0 else 0.0
             if bg is not None:
                 bg.tick()

@@ -137,6 +137,27 @@ def test_a_peer_in_a_tcp_call_that_waits_first_is_a_mismatch_not_a_timeout():
     assert any("all_gather" in e and "broadcast" in e for e in errors), errors
 
 
+def test_a_peer_header_read_ahead_before_the_wait_is_a_mismatch_not_a_timeout():
+    # Bytes read ahead (a peer's next header behind the last call's frames) are in the
+    # channel's stage, where no poll sees them: the wait looks there before it sleeps. Rank 1's
+    # all_to_all with splits announces the same op and path as rank 0's without, so only its
+    # header (sent over TCP, then waited on) says they differ.
+    def rank(g: rd.Group) -> None:
+        if g.rank() == 0:
+            ch = next(c for c in g.channels if c.peer == 1)
+            deadline = time.monotonic() + 10
+            while not ch.staged() and time.monotonic() < deadline:  # rank 1's header, read ahead
+                ch.fill_stage()
+                time.sleep(0.01)
+            assert ch.staged(), "rank 1's header never came"
+        rd.all_to_all(np.ones((2, 3)), splits=[1, 1] if g.rank() else None, group=g)
+
+    t0 = time.monotonic()
+    errors = _mismatches(2, rank, algo=SHM, timeout=30)
+    assert time.monotonic() - t0 < 10  # the harness's timeout is 20 s
+    assert any("splits=True" in e for e in errors), errors
+
+
 def test_a_scatter_whose_ranks_disagree_on_the_root_is_a_mismatch_on_every_rank():
     def rank(g: rd.Group) -> None:
         root = 1 if g.rank() == 2 else 0
