@@ -77,6 +77,12 @@ class ShmLink:
         self.slot_size = slot
         self.rounds = 0  # rounds run so far: the next one uses slot rounds % 2
         self._views = {p: memoryview(m) for p, m in maps.items()}
+        # Every rank's two slots, cut once (a small call takes them without slicing).
+        base = shmsignal.CONTROL
+        self._slots = tuple({p: v[base + parity * slot:base + (parity + 1) * slot] for p, v in self._views.items()}
+                            for parity in (0, 1))
+        n = len(maps)
+        self.others = [(rank + i) % n for i in range(1, n)]  # each rank starts with a different peer
         # Signals through the control pages, or None (over TCP); `wake`: each rank's eventfd.
         self.signals = None if wake is None else shmsignal.Signals(
             rank, {p: v[:shmsignal.CONTROL] for p, v in self._views.items()}, wake)
@@ -87,16 +93,23 @@ class ShmLink:
         return k
 
     def slot(self, p: int, k: int) -> memoryview:
-        base = shmsignal.CONTROL + (k & 1) * self.slot_size
-        return self._views[p][base:base + self.slot_size]
+        return self._slots[k & 1][p]
+
+    def slots(self, k: int) -> dict[int, memoryview]:
+        """Every rank's slot for round k."""
+        return self._slots[k & 1]
 
     def close(self) -> None:
         if self.signals is not None:
             self.signals.close()
             self.signals = None
-        for view in self._views.values():
-            view.release()
-        self._views.clear()
+        for views in (*self._slots, self._views):
+            for view in views.values():
+                try:
+                    view.release()
+                except BufferError:  # an array over it is still alive: the collector releases it
+                    pass
+            views.clear()
         for mem in self.maps.values():
             channel.unmap(mem)
         self.maps.clear()

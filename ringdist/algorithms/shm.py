@@ -59,14 +59,21 @@ def _array(view: memoryview, dtype: np.dtype, count: int, offset: int = 0) -> np
 def gather(g: Comm, arr: np.ndarray, out: np.ndarray, header: wire.Header, timeout: float | None) -> None:
     link = g.shm
     assert link is not None
-    n, r = g.size(), g.rank()
+    r = link.rank
     rows = arr.shape[0]
     np.copyto(out[r * rows:(r + 1) * rows], arr)  # a strided input is gathered into place here
     dst = byte_view(out)
     m = arr.nbytes
     src = dst[r * m:(r + 1) * m]
     op = header.fields["op"]
-    others = [(r + i) % n for i in range(1, n)]  # each rank starts with a different peer's segment
+    others = link.others
+    if m <= link.slot_size:  # one round: the common small call
+        slots = link.slots(link.next_round())
+        slots[r][:m] = src
+        signal(g, op, header, timeout)
+        for p in others:
+            dst[p * m:(p + 1) * m] = slots[p][:m]
+        return
     for a, b in _rounds(m, link.slot_size):
         k = link.next_round()
         link.slot(r, k)[:b - a] = src[a:b]
@@ -116,6 +123,14 @@ def reduce(g: Comm, arr: np.ndarray, op: str, header: wire.Header, timeout: floa
         # per round) and folds all of them itself, in rank order (the same bits): one signal
         # per round instead of two.
         flat = out.reshape(-1) if out is not None else None
+        dtype, size = own.dtype, own.size
+        if size * dtype.itemsize <= link.slot_size:  # one round: the common small call
+            slots = link.slots(link.next_round())
+            np.copyto(_array(slots[r], dtype, size), own)
+            signal(g, op, header, timeout)
+            if flat is not None:
+                fold([own if q == r else _array(slots[q], dtype, size) for q in range(n)], ufunc, flat)
+            return out
         step = max(1, link.slot_size // own.dtype.itemsize)
         for a, b in _rounds(own.size, step):
             k = link.next_round()
