@@ -33,7 +33,8 @@ Failures are seen as on TCP:
 - a peer's different call: a different fingerprint for the same signal, or a peer whose
   announced call has the same number and another op or algorithm, or a later number, or a peer whose
   TCP connection carries a header (a call without shared memory) while it has not given
-  this signal: MismatchError, naming both calls;
+  this signal: MismatchError, naming both calls (a header already read, behind the last
+  call's bytes, is looked at before the first sleep: it wakes no poll);
 - a peer that died: its connection closes (PeerLostError), or the ABORT it or another rank
   sent arrives;
 - a stalled peer: RingTimeoutError after the call's timeout.
