@@ -113,28 +113,35 @@ def test_argument_errors_are_clear():
         rd.reduce(np.array(["a"]))
 
 
-DISAGREEMENTS = {
+DISAGREEMENTS = {  # for any N >= 2: every input is valid on its own rank, the ranks just disagree
     "root": lambda g: rd.gather(np.ones(4), root=g.rank() % 2, group=g),
-    "scatter_root": lambda g: rd.scatter(np.ones(6), root=0 if g.rank() < 2 else 1, group=g),
-    "reduce_root": lambda g: rd.reduce(np.ones(4), root=int(g.rank() == 2), group=g),
+    "scatter_root": lambda g: rd.scatter(np.ones(2 * g.size()), root=0 if g.rank() < g.size() - 1 else 1, group=g),
+    "reduce_root": lambda g: rd.reduce(np.ones(4), root=int(g.rank() == g.size() - 1), group=g),
     "reduce_op": lambda g: rd.reduce(np.ones(4), op="max" if g.rank() == 1 else "sum", group=g),
-    "splits_or_not": lambda g: rd.all_to_all(np.ones((3, 2)), splits=[1, 1, 1] if g.rank() else None, group=g),
-    "dtype": lambda g: rd.all_to_all(np.ones((3, 2), np.float32 if g.rank() else np.float64), splits=[1, 1, 1],
-                                     group=g),
-    "trailing": lambda g: rd.all_to_all(np.ones((3, 2 + (g.rank() == 2))), splits=[0, 1, 2], group=g),
-    "shape_no_splits": lambda g: rd.all_to_all(np.ones((3 * (1 + (g.rank() == 1)), 2)), group=g),
+    "splits_or_not": lambda g: rd.all_to_all(np.ones((g.size(), 2)), splits=[1] * g.size() if g.rank() else None,
+                                             group=g),
+    "dtype": lambda g: rd.all_to_all(np.ones((g.size(), 2), np.float32 if g.rank() else np.float64),
+                                     splits=[1] * g.size(), group=g),
+    "trailing": lambda g: rd.all_to_all(np.ones((g.size(), 2 + (g.rank() == g.size() - 1))), splits=[1] * g.size(),
+                                        group=g),
+    "shape_no_splits": lambda g: rd.all_to_all(np.ones((g.size() * (1 + (g.rank() == 1)), 2)), group=g),
     "uneven_or_not": lambda g: rd.all_gather(np.ones((2, 2)), uneven=g.rank() != 0, group=g),
     "uneven_trailing": lambda g: rd.all_gather(np.ones((g.rank(), 2 + g.rank() % 2)), uneven=True, group=g),
     "op": lambda g: (rd.gather if g.rank() else rd.all_gather)(np.ones(4), group=g),
-    "scatter_vs_all_to_all": lambda g: (rd.scatter(np.ones(3), group=g) if g.rank() else
-                                        rd.all_to_all(np.ones(3), group=g)),
+    "scatter_vs_all_to_all": lambda g: (rd.scatter(np.ones(g.size()), group=g) if g.rank() else
+                                        rd.all_to_all(np.ones(g.size()), group=g)),
+    "all_gather_shape": lambda g: rd.all_gather(np.ones(4 + (g.rank() == g.size() - 1)), group=g),
+    "all_sum_dtype": lambda g: rd.all_sum(np.ones(5, np.float32 if g.rank() == 1 else np.float64), group=g),
+    "broadcast_root": lambda g: rd.broadcast(np.ones(6), root=int(g.rank() == 1), group=g),
+    "large_against_small": lambda g: rd.all_gather(np.ones(300_000 if g.rank() == 0 else 3), group=g),
 }
 
 
+@pytest.mark.parametrize("n", [2, 3, 4])
 @pytest.mark.parametrize("variant", list(VARIANTS))
 @pytest.mark.parametrize("case", list(DISAGREEMENTS))
-def test_ranks_that_disagree_all_raise_then_the_group_is_broken(case, variant):
-    outcomes, errors = run_disagreement(3, DISAGREEMENTS[case], **VARIANTS[variant])
+def test_ranks_that_disagree_all_raise_then_the_group_is_broken(case, variant, n):
+    outcomes, errors = run_disagreement(n, DISAGREEMENTS[case], **VARIANTS[variant])
     assert all(isinstance(o, rd.RingError) for o in outcomes), outcomes
     assert any(isinstance(o, rd.MismatchError) for o in outcomes), outcomes
     for o in outcomes:  # a rank that did not see it itself was told by a peer (the peer's MismatchError)
