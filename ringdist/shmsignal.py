@@ -62,6 +62,7 @@ from .flows import check_same
 
 CONTROL = 4096  # bytes of the control page at the start of every segment
 HEADER_AT = 64  # where a rank's current call's header starts in its page
+_HEADER_ROOM = CONTROL - HEADER_AT - 16  # up to the cross-memory probe's bytes (`shm._NONCE_AT`)
 SIGNALS, FP_EVEN, FP_ODD, CALL, CALL_FP, ASLEEP, HEADER_LEN, ADDRESS = range(8)
 _SLICE_FIRST, _SLICE_MOST = 0.001, 0.064  # seconds of one sleep: the first, and the longest
 _SPIN_PIECE = 0.005  # seconds of spinning between looks at the connections (ABORTs, lost peers, timeout)
@@ -94,12 +95,16 @@ class Signals:
         self.others = sorted((p for p in pages if p != rank), key=lambda p: (p - rank) % len(pages))
         self._page = pages[rank]
         self._call_fps: dict[tuple[str, str], int] = {}
+        self._peers = [(self.words[p], wake[p]) for p in self.others]  # each peer's words and eventfd
 
     def announce(self, seq: int, header: wire.Header) -> None:
         """This rank's current collective: its number and header, for peers to check while they wait."""
         own, body = self.own, header.body
-        n = min(len(body), CONTROL - HEADER_AT)
-        self._page[HEADER_AT:HEADER_AT + n] = body[:n]
+        n = len(body)
+        if n > _HEADER_ROOM:  # kept for error messages only: a longer header is cut
+            n = _HEADER_ROOM
+            body = body[:n]
+        self._page[HEADER_AT:HEADER_AT + n] = body
         own[HEADER_LEN] = n
         fields = header.fields
         key = (fields["op"], fields.get("path", "ring"))
@@ -120,18 +125,18 @@ class Signals:
     def signal(self, g: Any, op: str, header: wire.Header, timeout: float | None) -> None:
         """Give this rank's next signal and return once every peer has given it, with the same header."""
         s = self.given
-        self.given = s + 1
-        target = s + 1
-        fp = fingerprint(header.body)
-        own, words = self.own, self.words
-        own[1 + (s & 1)] = fp
+        self.given = target = s + 1
+        fp = zlib.crc32(header.body)  # `fingerprint`
+        own = self.own
+        slot = 1 + (s & 1)  # FP_EVEN or FP_ODD
+        own[slot] = fp
         own[SIGNALS] = target
-        for p in self.others:
-            if words[p][ASLEEP]:
-                channel.ring_eventfd(self.wake[p])
-        for p in self.others:
-            w = words[p]
-            if w[SIGNALS] < target or w[1 + (s & 1)] != fp:
+        peers = self._peers
+        for w, fd in peers:
+            if w[ASLEEP]:
+                channel.ring_eventfd(fd)
+        for w, _ in peers:
+            if w[SIGNALS] < target or w[slot] != fp:
                 break
         else:
             return  # every peer was there first: the common case on a rank that comes last
@@ -302,6 +307,7 @@ class Signals:
 
     def close(self) -> None:
         self.words.clear()  # the arrays over the pages go before the pages are released
+        self._peers.clear()
         self.own = None  # type: ignore[assignment]
         self._page = None  # type: ignore[assignment]
         for page in self.pages.values():
