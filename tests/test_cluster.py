@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -130,6 +131,13 @@ def test_clusters_side_by_side_and_idempotent_teardown(netns_cluster):
     (a, _, file_a), (b, _, file_b) = results["a"], results["b"]
     assert file_a["hosts"][0]["ips"][-1].rsplit(".", 1)[0] != file_b["hosts"][0]["ips"][-1].rsplit(".", 1)[0]
     assert {f"{a}-h0", f"{a}-h1", f"{a}-sw", f"{b}-h0", f"{b}-h1", f"{b}-sw"} <= namespace_names()
+    # This machine's end of each cluster's management link, and the routes through it. (Not the
+    # subnets: once a cluster is down, a cluster of a test running beside this one may take its subnet.)
+    ends = {t: "rdn" + hashlib.sha1(t.encode()).hexdigest()[:10] for t in (a, b)}
+    routes = subprocess.run(["ip", "route", "show", "table", "all"], capture_output=True, text=True).stdout
+    for t, hostfile in ((a, file_a), (b, file_b)):
+        subnet = hostfile["hosts"][0]["ips"][-1].rsplit(".", 1)[0] + "."
+        assert f"{subnet}0/24 dev {ends[t]} " in routes, routes
     tool("down", a)
     tool("down", a)  # twice: nothing left to do, still fine
     assert not any(ns.startswith(a + "-") for ns in namespace_names())
@@ -137,8 +145,9 @@ def test_clusters_side_by_side_and_idempotent_teardown(netns_cluster):
     tool("down", b)
     assert not any(ns.startswith((a + "-", b + "-")) for ns in namespace_names())
     routes = subprocess.run(["ip", "route", "show", "table", "all"], capture_output=True, text=True).stdout
-    for hostfile in (file_a, file_b):
-        assert hostfile["hosts"][0]["ips"][-1].rsplit(".", 1)[0] + "." not in routes
+    links = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True).stdout
+    for end in ends.values():
+        assert f"dev {end} " not in routes and f" {end}:" not in links and f" {end}@" not in links, (routes, links)
 
 
 def _same_30(a: str, b: str) -> bool:
