@@ -85,7 +85,7 @@ class ShmLink:
         self.others = [(rank + i) % n for i in range(1, n)]  # each rank starts with a different peer
         # Signals through the control pages, or None (over TCP); `wake`: each rank's eventfd.
         self.signals = None if wake is None else shmsignal.Signals(
-            rank, {p: v[:shmsignal.CONTROL] for p, v in self._views.items()}, wake)
+            rank, {p: v[:shmsignal.CONTROL] for p, v in self._views.items()}, wake, self.others)
 
     def next_round(self) -> int:
         k = self.rounds

@@ -74,8 +74,7 @@ def supported() -> bool:
             and platform.machine().lower() in ("x86_64", "amd64"))
 
 
-def fingerprint(body: bytes) -> int:
-    return zlib.crc32(body)
+fingerprint = zlib.crc32  # of a header's body: bytes -> int
 
 
 def call_fingerprint(op: str, path: str) -> int:
@@ -85,14 +84,14 @@ def call_fingerprint(op: str, path: str) -> int:
 class Signals:
     """One rank's view of every rank's control page, and its peers' eventfds."""
 
-    def __init__(self, rank: int, pages: dict[int, memoryview], wake: dict[int, int]):
+    def __init__(self, rank: int, pages: dict[int, memoryview], wake: dict[int, int], others: list[int]):
         self.rank = rank
         self.words = {p: np.frombuffer(page, np.int64, 8) for p, page in pages.items()}
         self.pages = pages
         self.own = self.words[rank]
         self.wake = wake  # rank -> its eventfd (this rank's own included: the one it sleeps on)
         self.given = 0
-        self.others = sorted((p for p in pages if p != rank), key=lambda p: (p - rank) % len(pages))
+        self.others = others  # every peer, from the next rank up (`ShmLink.others`)
         self._page = pages[rank]
         self._call_fps: dict[tuple[str, str], int] = {}
         self._peers = [(self.words[p], wake[p]) for p in self.others]  # each peer's words and eventfd
@@ -126,7 +125,7 @@ class Signals:
         """Give this rank's next signal and return once every peer has given it, with the same header."""
         s = self.given
         self.given = target = s + 1
-        fp = zlib.crc32(header.body)  # `fingerprint`
+        fp = fingerprint(header.body)
         own = self.own
         slot = 1 + (s & 1)  # FP_EVEN or FP_ODD
         own[slot] = fp

@@ -96,7 +96,7 @@ def gather_root(g: Comm, arr: np.ndarray, root: int, header: wire.Header, timeou
         dst = byte_view(out)
     else:
         src = byte_view(np.ascontiguousarray(arr))
-    others = [(r + i) % n for i in range(1, n)]
+    others = link.others
     for a, b in _rounds(m, link.slot_size):
         k = link.next_round()
         if dst is None:
@@ -223,8 +223,7 @@ def all_to_all_even(g: Comm, data: memoryview, out: memoryview, header: wire.Hea
     slot[hi:len(data)] = data[hi:]
     signal(g, header.fields["op"], header, timeout)
     out[lo:hi] = data[lo:hi]
-    for i in range(1, n):
-        p = (r + i) % n  # each rank starts with a different peer's segment
+    for p in link.others:
         out[p * m:(p + 1) * m] = link.slot(p, k)[lo:hi]
 
 

@@ -130,7 +130,7 @@ def all_to_all(g: Comm, header: wire.Header, blocks: list[memoryview], sizes: li
         got = Assembled((sizes[r] if q == r else where[q][3], dest[q]) for q in range(n))
         got.whole = whole
     longest = max([total] + [w[2] for w in where.values()])
-    others = [(r + i) % n for i in range(1, n)]  # each rank starts with a different peer's segment
+    others = link.others
     a = 0
     while True:
         b = a + size

@@ -52,15 +52,14 @@ def _publish(g: Comm, address: int, op: str, header: wire.Header, timeout: float
 
 
 def gather(g: Comm, arr: np.ndarray, out: np.ndarray, header: wire.Header, timeout: float | None) -> None:
-    n, r = g.size(), g.rank()
+    r = g.rank()
     rows = arr.shape[0]
     np.copyto(out[r * rows:(r + 1) * rows], arr)  # a strided input is gathered into place here
     dst = byte_view(out)
     m = arr.nbytes
     op = header.fields["op"]
     _publish(g, crossmem.address(dst[r * m:(r + 1) * m]), op, header, timeout)
-    for i in range(1, n):
-        p = (r + i) % n  # each rank starts with a different peer
+    for p in g.shm.others:  # type: ignore[union-attr]
         _read(g, p, dst[p * m:(p + 1) * m], g._signals.published(p), op)  # type: ignore[union-attr]
     signal(g, op, header, timeout)  # every peer has its copy: the output may change
 
@@ -72,8 +71,7 @@ def all_to_all_even(g: Comm, data: memoryview, out: memoryview, header: wire.Hea
     op = header.fields["op"]
     out[lo:lo + m] = data[lo:lo + m]
     _publish(g, crossmem.address(data), op, header, timeout)
-    for i in range(1, n):
-        p = (r + i) % n
+    for p in g.shm.others:  # type: ignore[union-attr]
         _read(g, p, out[p * m:(p + 1) * m], g._signals.published(p) + lo, op)  # type: ignore[union-attr]
     signal(g, op, header, timeout)  # every rank has its blocks: the inputs may change
 
