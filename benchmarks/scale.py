@@ -1,13 +1,14 @@
 """Small collectives across group sizes: the latency a call costs, algorithms alternating.
 
 usage: ringdist-launch -n N benchmarks/scale.py OP[,OP...] SIZE[,SIZE...] [--algos A,B,...]
-           [--calls K] [--json FILE]
+           [--calls K] [--fresh] [--json FILE]
 
 OP is all_gather, all_sum, sum_scatter, broadcast or barrier; SIZE bytes per rank
 (float32 elements; ignored by barrier). With --algos the named algorithms take turns call
 by call (RINGDIST_ALGO set for that op on every rank before each call; `table`: the tuning
 table's choice), so every variant meets the same moments of a shared machine; without it
-the tuning table chooses. A
+the tuning table chooses. With --fresh every rank rewrites its input before each call (untimed),
+as a program's new data would be, so no peer finds it still in its cache from the last call. A
 barrier precedes each call; a call's time is its slowest rank's. Prints, per (op, size,
 algorithm), the median and quartiles in microseconds; rank 0 appends them to FILE as JSON
 lines. Also prints the seconds from this rank's `init()` to the end of its first barrier
@@ -56,6 +57,7 @@ def main() -> None:
     p.add_argument("--algos", default="")
     p.add_argument("--calls", type=int, default=200)
     p.add_argument("--warmup", type=int, default=20)
+    p.add_argument("--fresh", action="store_true", help="rewrite the input before each call (untimed)")
     p.add_argument("--json")
     args = p.parse_args()
     t0 = time.perf_counter()
@@ -74,6 +76,8 @@ def main() -> None:
             for i in range(args.warmup + args.calls * len(names)):
                 which = i % len(names)
                 name = names[which]
+                if args.fresh:
+                    x.fill(1 + i % 3)
                 rd.barrier(group=g)
                 g.settings = base if name is None else dataclasses.replace(base, algo=((op, name),))
                 g.choices.clear()
@@ -86,7 +90,7 @@ def main() -> None:
             slowest = rd.all_gather(times[None], group=g).max(axis=0)
             for which, name in enumerate(names):
                 q1, med, q3 = np.percentile(slowest[which], [25, 50, 75]) * 1e6
-                rows.append({"n": n, "op": op, "bytes": size, "algorithm": name or "table",
+                rows.append({"n": n, "op": op, "bytes": size, "algorithm": name or "table", "fresh": args.fresh,
                              "median_us": round(med, 1), "q1_us": round(q1, 1), "q3_us": round(q3, 1),
                              "calls": args.calls})
     start_max = float(rd.all_gather(np.array([startup]), group=g).max())

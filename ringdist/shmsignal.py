@@ -13,7 +13,9 @@ the control page at the start of its own segment (`ringdist.shm`) and reads its 
           scatter's root's has the shape), word 6 the length of its header, at byte 64
   word 5  nonzero while the rank sleeps in the kernel waiting for a signal
   word 7  where this call's block lies in the rank's memory, for peers that read it from
-          there (`crossmem`); written before the signal that says it is there
+          there (`crossmem`); written before the signal that says it is there; word 8 a
+          second such place (a reduction's input, then its result: both said at once, for a
+          peer may still read the first after this rank has moved on to the second)
 
 Only the owner writes its page. A signal's fingerprint is written before its count, and
 x86-64 keeps stores in order, so a peer that sees the count sees the fingerprint (other
@@ -61,9 +63,9 @@ from .errors import MismatchError, PeerLostError, ProtocolError, RingTimeoutErro
 from .flows import check_same
 
 CONTROL = 4096  # bytes of the control page at the start of every segment
-HEADER_AT = 64  # where a rank's current call's header starts in its page
+HEADER_AT = 128  # where a rank's current call's header starts in its page (after 16 words)
 _HEADER_ROOM = CONTROL - HEADER_AT - 16  # up to the cross-memory probe's bytes (`shm._NONCE_AT`)
-SIGNALS, FP_EVEN, FP_ODD, CALL, CALL_FP, ASLEEP, HEADER_LEN, ADDRESS = range(8)
+SIGNALS, FP_EVEN, FP_ODD, CALL, CALL_FP, ASLEEP, HEADER_LEN, ADDRESS, ADDRESS_2 = range(9)
 _SLICE_FIRST, _SLICE_MOST = 0.001, 0.064  # seconds of one sleep: the first, and the longest
 _SPIN_PIECE = 0.005  # seconds of spinning between looks at the connections (ABORTs, lost peers, timeout)
 
@@ -86,7 +88,7 @@ class Signals:
 
     def __init__(self, rank: int, pages: dict[int, memoryview], wake: dict[int, int], others: list[int]):
         self.rank = rank
-        self.words = {p: np.frombuffer(page, np.int64, 8) for p, page in pages.items()}
+        self.words = {p: np.frombuffer(page, np.int64, ADDRESS_2 + 1) for p, page in pages.items()}
         self.pages = pages
         self.own = self.words[rank]
         self.wake = wake  # rank -> its eventfd (this rank's own included: the one it sleeps on)
@@ -113,13 +115,17 @@ class Signals:
         own[CALL_FP] = fp
         own[CALL] = seq + 1  # 0: none announced yet
 
-    def publish(self, address: int) -> None:
-        """Where this rank's block lies in its memory, for its peers to read after the next signal."""
-        self.own[ADDRESS] = address
+    def publish(self, address: int, second: int = 0) -> None:
+        """Where this rank's block (and a second one) lie in its memory, for its peers to read
+        after the next signal."""
+        own = self.own
+        own[ADDRESS] = address
+        own[ADDRESS_2] = second
 
-    def published(self, p: int) -> int:
-        """Where rank p's block lies in its memory (read after the signal that follows its `publish`)."""
-        return int(self.words[p][ADDRESS])
+    def published(self, p: int, which: int = ADDRESS) -> int:
+        """Where rank p's block (`which`: ADDRESS_2, its second) lies in its memory (read after
+        the signal that follows its `publish`)."""
+        return int(self.words[p][which])
 
     def signal(self, g: Any, op: str, header: wire.Header, timeout: float | None) -> None:
         """Give this rank's next signal and return once every peer has given it, with the same header."""

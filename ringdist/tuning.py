@@ -120,6 +120,16 @@ HIER_GATHER_MIN = 64 * 1024
 # but on 3-8 ranks 0.97-1.18x (16 MiB N=4 1.07x): each segment is read by N-1 peers while in the
 # cache. Rooted gather lost (1.38-1.50x: the root alone reads), broadcast within 10%: neither has a row.
 CMA_BLOCK_MIN = 1 << 20
+# Reductions read every rank's input from its memory (three signals in all) from this size, or from
+# three slots (`Facts.slot`) where that is less: through the segments each round of a slot takes
+# two signals (one on 2 ranks), and each waits for every rank. Alternating call by call with the
+# segments, every call's input rewritten first (2-core VM; time ratio, below 1 faster): 2 ranks
+# 4 MiB 1.02x, 16 MiB 0.77x, 64 MiB 0.40x; 4 ranks 1 MiB 0.85x, 4 MiB 0.62x, 16 MiB 0.80x; 8 ranks
+# 1 MiB 1.10x, 4 MiB 0.67x, 16 MiB 0.49x; 16 ranks 256 KiB 1.97x, 1 MiB 1.04x, 4 MiB 0.63x,
+# 16 MiB 0.39x; 32 ranks 256 KiB 1.35x, 1 MiB 0.75x, 4 MiB 0.35x; 64 ranks 1 MiB 95 against 328 ms
+# (Open MPI-style TCP halving and doubling: 88).
+CMA_REDUCE_MIN = 4 << 20
+CMA_REDUCE_SLOTS = 3
 # `nbytes` of a call whose ranks may contribute different sizes (all_to_all with splits, scatter):
 # its rows cannot look at the size.
 UNKNOWN = -1
@@ -145,6 +155,7 @@ class Facts:
     cma: bool = False  # every rank reads its peers' memory (`ringdist.crossmem`: the link's `pids`)
     scatter: bool = False  # the all_to_all kind runs a scatter (only the root's blocks carry bytes)
     hosts: int = 1  # hosts of a hierarchical group (`ringdist.hosts`: several, as many ranks on each)
+    slot: int = 0  # bytes of one slot of the shared-memory link (`ringdist.shm.slot_bytes`), 0 without one
 
     @property
     def pow2(self) -> bool:
@@ -191,6 +202,10 @@ TABLE: list[Row] = [
     Row("gather", "shm", lambda f: f.shm and f.mesh and f.direct_max > 0 and f.nbytes >= SHM_GATHER_MIN,
         "one copy per byte received instead of the kernel's two: 4 ranks 2.2-2.8x faster at 1-64 MiB, "
         "2 ranks 1.2-1.8x at 1-16 MiB, 0.92x at 64 MiB (alternating with TCP, loaded 2-core box)"),
+    Row("reduce", "shm-cma", lambda f: f.cma and f.direct_max > 0
+        and f.nbytes >= min(CMA_REDUCE_MIN, CMA_REDUCE_SLOTS * f.slot),
+        "each rank reduces its slice reading every rank's input from its memory: three signals, where the "
+        "segments take one or two a slot (16 MiB: 0.39-0.80x the time at N=2-16; see CMA_REDUCE_MIN)"),
     Row("reduce", "shm", lambda f: f.shm and f.direct_max > 0 and (f.signals or f.mesh) and f.nbytes >= _shm_reduce_min(f),
         "4 ranks, alternating with TCP on a loaded 2-core box: 1 MiB 1.17x, 16 MiB 1.0x, 64 MiB 1.44x "
         "faster; 2 ranks from 1 MiB (quiet box: 1.3-1.9x faster than the pair's TCP algorithms); "
@@ -273,6 +288,7 @@ def facts(comm: Comm, nbytes: int, op: str = "") -> Facts:
                  direct_max=default_direct_max(comm) if limit is None else limit, shm=comm.shm is not None,
                  signals=comm.shm is not None and comm.shm.signals is not None, scatter=op == "scatter",
                  cma=comm.shm is not None and comm.shm.pids is not None,
+                 slot=comm.shm.slot_size if comm.shm is not None else 0,
                  hosts=len(comm.hierarchy.hosts) if comm.hierarchy is not None else 1)
 
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import ringdist as rd
-from ringdist import shmsignal, tuning
+from ringdist import crossmem, shmsignal, tuning
 from ringdist.shm import slot_bytes
 
 from harness import run_ranks
@@ -83,14 +83,18 @@ def test_the_table_uses_shared_memory_from_its_threshold_and_rings_close():
     # (`shmsignal`, where the machine has them): from the first byte.
     assert run_ranks(4, choices, shm_signals=False)[0] == ["doubling", "shm", "shm", "shm", "shm"]
     if shmsignal.supported():
-        assert run_ranks(4, choices)[0] == ["shm", "shm", "shm", "shm", "shm"]
+        assert run_ranks(4, choices, shm_cma=False)[0] == ["shm", "shm", "shm", "shm", "shm"]
+        if crossmem.supported():  # a large reduction reads every rank's input from its memory
+            assert run_ranks(4, choices)[0] == ["shm", "shm", "shm-cma", "shm", "shm"]
     assert run_ranks(4, choices, shm=False)[0] == ["doubling", "direct", "ring", "ring", "ring"]
     # More than 8 ranks: the link all the same; the table gathers over it (measured faster
     # at 16 ranks) but reduces over TCP (measured slower).
     wide = run_ranks(9, lambda g: (g.shm is not None, choices(g)), shm_signals=False)
     assert wide[0] == (True, ["doubling", "shm", "ring", "rabenseifner", "binomial"])
     if shmsignal.supported():  # signalled through the segments, every row of it
-        assert run_ranks(9, choices)[0] == ["shm"] * 5
+        assert run_ranks(9, choices, shm_cma=False)[0] == ["shm"] * 5
+        if crossmem.supported():
+            assert run_ranks(9, choices)[0] == ["shm", "shm", "shm-cma", "shm", "shm"]
     assert "shm" not in run_ranks(9, choices, shm=False)[0]
 
 
@@ -248,14 +252,18 @@ def test_a_stalled_peer_over_shm_times_out_on_every_other_rank_naming_the_op(n):
     print({r: (kind.__name__, round(took, 2)) for r, (kind, _, took) in enumerate(results)})
 
 
-@pytest.mark.parametrize("op", ["all_gather", "all_sum"])
-def test_peak_memory_of_a_large_shm_collective_is_its_input_output_and_at_most_16_mib(op):
+@pytest.mark.parametrize("op, algo", [("all_gather", "shm"), ("all_sum", "shm"), ("all_sum", "shm-cma"),
+                                      ("reduce", "shm-cma")])
+def test_peak_memory_of_a_large_shm_collective_is_its_input_output_and_at_most_16_mib(op, algo):
     # 4 ranks, 64 MiB per rank through the op (all_gather: 16 MiB in, 64 MiB out; all_sum:
-    # 64 MiB in and out); each rank measures its peak resident memory (VmHWM, reset before
-    # the input is made) over its baseline, and the test prints it.
+    # 64 MiB in and out; reduce: 64 MiB in, out on rank 0 only); each rank measures its peak
+    # resident memory (VmHWM, reset before the input is made) over its baseline, and the test
+    # prints it. Through the segments, or read from the peers' memory (a piece at a time).
+    if algo == "shm-cma" and not (crossmem.supported() and shmsignal.supported()):
+        pytest.skip("cross-memory reads need Linux's process_vm_readv and signals through memory")
     mib = 16 if op == "all_gather" else 64  # per rank in
     res = run_launcher(["-n", "4", str(SCRIPTS / "memory_peak.py"), str(mib), op, "1"], timeout=120,
-                       env={"RINGDIST_ALGO": "*:shm"})
+                       env={"RINGDIST_ALGO": f"*:{algo}" if algo == "shm" else f"all_reduce:{algo},reduce:{algo}"})
     assert res.returncode == 0, res.stdout + res.stderr
     found = re.findall(r"^\[(\d)\] shm=True in=([\d.]+) out=([\d.]+) peak=([\d.]+)$", res.stdout, re.M)
     assert len(found) == 4, res.stdout + res.stderr

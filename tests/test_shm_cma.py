@@ -12,6 +12,7 @@ import pytest
 
 import ringdist as rd
 from ringdist import crossmem, shmsignal, tuning
+from ringdist.algorithms import shm_cma
 from ringdist.errors import ConfigError, RingError
 from ringdist.settings import Settings
 
@@ -64,6 +65,75 @@ def test_the_bits_equal_those_through_the_segments(n):
             assert np.array_equal(got["all_gather strided"], np.concatenate([v[:, ::2] for v in x]))
 
 
+def _reductions(g: rd.Group) -> dict[object, object]:
+    """Reductions of several sizes (none, fewer elements than ranks, odd), dtypes and ops, an
+    N-d and a strided input, a 0-d one and a rooted reduce; and the algorithm each kind ran."""
+    n, r = g.size(), g.rank()
+    rng = np.random.default_rng(11 + r)
+    found: dict[object, object] = {}
+    for size in (0, 1, n - 1, 1001, 3 * 4096 + 7):
+        for dtype in (np.float32, np.float64, np.int64):
+            x = (rng.standard_normal(size) * 50).astype(dtype)
+            found[("input", size, dtype)] = x
+            for op in ("all_sum", "all_max", "all_prod"):
+                found[(op, size, dtype)] = getattr(rd, op)(x, group=g)
+    m = rng.standard_normal((40, 30)).astype(np.float32)
+    found["2-d"] = rd.all_sum(m, group=g)
+    found["strided"] = rd.all_sum(m[:, ::3], group=g)
+    found["0-d"] = rd.all_sum(np.float64(r + 0.5), group=g)
+    found["reduce to 1"] = rd.reduce(m, root=1, group=g)
+    found["names"] = {tuning.choose(g, "all_sum", m.nbytes).name, tuning.choose(g, "reduce", m.nbytes).name}
+    return found
+
+
+@pytest.mark.parametrize("n", [2, 3, 5])
+def test_reductions_read_from_the_peers_give_the_bits_of_the_segments(n, monkeypatch):
+    # Pieces of 4 KiB, so a rank's slice is read from each peer in several.
+    monkeypatch.setattr(shm_cma, "READ_PIECE", 4096)
+    cma = run_ranks(n, _reductions, algo=(("all_reduce", "shm-cma"), ("reduce", "shm-cma")))
+    segments = run_ranks(n, _reductions, algo=(("all_reduce", "shm"), ("reduce", "shm")))
+    for r, (a, b) in enumerate(zip(cma, segments)):
+        assert a["names"] == {"shm-cma"} and b["names"] == {"shm"}, (r, a["names"], b["names"])
+        assert a.keys() == b.keys()
+        for key in a:
+            if key != "names" and key != "reduce to 1":
+                assert np.array_equal(a[key], b[key]), (n, r, key)
+                assert a[key].shape == b[key].shape and a[key].dtype == b[key].dtype, (n, r, key)
+        assert (a["reduce to 1"] is None) == (r != 1)
+        if r == 1:
+            assert np.array_equal(a["reduce to 1"], b["reduce to 1"])
+    # and the values: every rank's inputs folded in rank order
+    ufuncs = {"all_sum": np.add, "all_max": np.maximum, "all_prod": np.multiply}
+    for key, got in cma[0].items():
+        if isinstance(key, tuple) and key[0] in ufuncs:
+            want = cma[0][("input",) + key[1:]].copy()
+            for q in range(1, n):
+                want = ufuncs[key[0]](want, cma[q][("input",) + key[1:]])
+            assert np.array_equal(got, want), key
+    assert cma[0]["0-d"].shape == () and cma[0]["0-d"] == sum(q + 0.5 for q in range(n))
+
+
+def test_a_refused_read_in_a_reduction_fails_the_call_on_every_rank():
+    gone = 1
+    while os.path.exists(f"/proc/{gone}"):
+        gone += 7919
+
+    def rank(g: rd.Group) -> str:
+        if g.rank() == 0:
+            g.shm.pids[2] = gone
+        try:
+            rd.all_sum(np.ones(3 * 4096, np.float32), group=g)
+        except RingError as exc:
+            return f"{type(exc).__name__}: {exc}"
+        return "no error"
+
+    got = run_ranks(3, rank, timeout=30, algo=(("all_reduce", "shm-cma"),))
+    assert re.fullmatch(rf"PeerLostError: rank 0: all_sum on group 'world': reading rank 2's block from its "
+                        rf"memory \(process {gone}\) failed: No such process \(the process is gone\)", got[0]), got
+    for r in (1, 2):
+        assert got[r].startswith("PeerLostError: ") and "reading rank 2's block" in got[r], got
+
+
 def test_one_rank_with_it_off_turns_it_off_for_the_group():
     def rank(g: rd.Group) -> tuple:
         return g.shm is not None, g.shm.pids, tuning.choose(g, "all_to_all", 4 * BLOCK * 4).name, \
@@ -110,7 +180,7 @@ def test_a_refused_read_fails_the_call_on_every_rank_naming_the_peer():
 def test_reads_go_between_launched_processes():
     # Real ranks: separate processes, each reading the others' memory (a 2-rank all_gather
     # and a 4-rank all_to_all over the threshold), the results checked on every rank.
-    for n, op in ((2, "all_gather"), (4, "all_to_all")):
+    for n, op in ((2, "all_gather"), (4, "all_to_all"), (4, "all_sum")):
         res = run_launcher(["-n", str(n), str(SCRIPTS / "cma_job.py"), op], timeout=120)
         assert res.returncode == 0, res.stdout + res.stderr
         found = re.findall(r"^\[(\d)\] (\w+) by shm-cma ok, peers' processes ([\d,]+)$", res.stdout, re.M)
@@ -123,6 +193,11 @@ def test_kill_9_while_peers_read_reaches_every_rank():
     # 4 MiB all_to_all on 4 ranks: 1 MiB blocks, read from the peers' memory.
     kill_one_mid_loop(["-n", "4", str(SCRIPTS / "long_loop.py"), "all_to_all", "4"], 4, 2,
                       {"RINGDIST_TIMEOUT": "30", "RINGDIST_ALGO": "all_to_all:shm-cma"}, settle=0.3)
+
+
+def test_kill_9_while_peers_read_a_reduction_reaches_every_rank():
+    kill_one_mid_loop(["-n", "4", str(SCRIPTS / "long_loop.py"), "all_sum", "4"], 4, 1,
+                      {"RINGDIST_TIMEOUT": "30", "RINGDIST_ALGO": "all_reduce:shm-cma"}, settle=0.3)
 
 
 def test_it_is_not_chosen_without_the_link():

@@ -1,6 +1,6 @@
 """One collective whose blocks are read straight out of the peers' memory, checked on every rank.
 
-usage: cma_job.py all_gather|all_to_all
+usage: cma_job.py all_gather|all_to_all|all_sum
 Prints `<op> by shm-cma ok, peers' processes <pid>,<pid>,...` (this rank's and its peers').
 """
 import os
@@ -19,6 +19,8 @@ x = np.arange(n * block, dtype=np.float32) + 1000 * r
 if op == "all_gather":
     x = x[:block]
     want = np.concatenate([np.arange(block, dtype=np.float32) + 1000 * q for q in range(n)])
+elif op == "all_sum":  # exact in float32: every value below 2**24
+    want = sum(np.arange(n * block, dtype=np.float32) + 1000 * q for q in range(n))
 else:
     want = np.concatenate([np.arange(r * block, (r + 1) * block, dtype=np.float32) + 1000 * q for q in range(n)])
 name = tuning.choose(g, op, x.nbytes).name

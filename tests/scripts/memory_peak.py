@@ -1,6 +1,7 @@
 """Peak resident memory of a large collective: input + output and little more, call after call.
 
-usage: memory_peak.py MIB_PER_RANK [OP [CALLS]]   (OP: all_gather, the default, or all_sum; CALLS: 3)
+usage: memory_peak.py MIB_PER_RANK [OP [CALLS]]   (OP: all_gather, the default, all_sum or reduce
+(to rank 0; None elsewhere); CALLS: 3)
 Prints on every rank `call <i>: peak <MiB> MiB over baseline` after each call, then
 `shm=<bool> in=<MiB> out=<MiB> peak=<MiB>`. The peak is VmHWM, reset to the current RSS
 after the group is made, minus the RSS then: it counts the input, the result, every shared
@@ -33,13 +34,13 @@ with open("/proc/self/clear_refs", "w") as f:
     f.write("5")  # the peak (VmHWM) starts again from the current RSS
 x = np.full(count, g.rank() + 1, np.float32)
 for call in range(calls):
-    y = getattr(rd, op)(x)
+    y = rd.reduce(x, root=0) if op == "reduce" else getattr(rd, op)(x)
     peak = status_mib("VmHWM") - base
-    out = y.nbytes
+    out = y.nbytes if y is not None else 0
     if call < calls - 1:
         del y
     print(f"call {call}: peak {peak:.1f} MiB over baseline", flush=True)
 print(f"shm={g.shm is not None} in={x.nbytes / (1 << 20):.1f} out={out / (1 << 20):.1f} peak={peak:.1f}", flush=True)
 want = np.repeat(np.arange(1, n + 1, dtype=np.float32), count) if op == "all_gather" else \
     np.full(count, n * (n + 1) / 2, np.float32)
-assert np.array_equal(y, want)
+assert np.array_equal(y, want) if op != "reduce" or g.rank() == 0 else y is None
