@@ -82,16 +82,22 @@ def _reductions(g: rd.Group) -> dict[object, object]:
     found["strided"] = rd.all_sum(m[:, ::3], group=g)
     found["0-d"] = rd.all_sum(np.float64(r + 0.5), group=g)
     found["reduce to 1"] = rd.reduce(m, root=1, group=g)
-    found["names"] = {tuning.choose(g, "all_sum", m.nbytes).name, tuning.choose(g, "reduce", m.nbytes).name}
+    for k in (0, 1, 4099):  # rows of each rank's block of a sum_scatter
+        x = (rng.standard_normal((n * k, 3)) * 50).astype(np.float64)
+        found[("scatter input", k)] = x
+        found[("sum_scatter", k)] = rd.sum_scatter(x, group=g)
+    found["sum_scatter strided"] = rd.sum_scatter(found[("scatter input", 4099)][:, ::2], group=g)
+    found["names"] = {tuning.choose(g, op, m.nbytes).name for op in ("all_sum", "reduce", "sum_scatter")}
     return found
 
 
 @pytest.mark.parametrize("n", [2, 3, 5])
 def test_reductions_read_from_the_peers_give_the_bits_of_the_segments(n, monkeypatch):
+    # all-reduce, rooted reduce and sum_scatter.
     # Pieces of 4 KiB, so a rank's slice is read from each peer in several.
     monkeypatch.setattr(shm_cma, "READ_PIECE", 4096)
-    cma = run_ranks(n, _reductions, algo=(("all_reduce", "shm-cma"), ("reduce", "shm-cma")))
-    segments = run_ranks(n, _reductions, algo=(("all_reduce", "shm"), ("reduce", "shm")))
+    cma = run_ranks(n, _reductions, algo=(("all_reduce", "shm-cma"), ("reduce", "shm-cma"), ("sum_scatter", "shm-cma")))
+    segments = run_ranks(n, _reductions, algo=(("all_reduce", "shm"), ("reduce", "shm"), ("sum_scatter", "shm")))
     for r, (a, b) in enumerate(zip(cma, segments)):
         assert a["names"] == {"shm-cma"} and b["names"] == {"shm"}, (r, a["names"], b["names"])
         assert a.keys() == b.keys()
@@ -111,6 +117,13 @@ def test_reductions_read_from_the_peers_give_the_bits_of_the_segments(n, monkeyp
                 want = ufuncs[key[0]](want, cma[q][("input",) + key[1:]])
             assert np.array_equal(got, want), key
     assert cma[0]["0-d"].shape == () and cma[0]["0-d"] == sum(q + 0.5 for q in range(n))
+    for r in range(n):
+        for k in (0, 1, 4099):
+            want = cma[0][("scatter input", k)].copy()
+            for q in range(1, n):
+                want += cma[q][("scatter input", k)]
+            assert cma[r][("sum_scatter", k)].shape == (k, 3)
+            assert np.array_equal(cma[r][("sum_scatter", k)], want[r * k:(r + 1) * k]), (r, k)
 
 
 def test_a_refused_read_in_a_reduction_fails_the_call_on_every_rank():

@@ -18,6 +18,9 @@ every reader is done: the owner may return, and its caller change the buffer.
   that peer's memory (the root alone, in a rooted reduce). Three signals whatever the size
   and N, where the segments take two a round of a slot (12 MiB / 2N): 64 ranks reducing
   1 MiB took 22 signals, each waiting for all 64 ranks.
+- reduce-scatter: each rank says where its input lies, signals, sums block r of every rank's
+  input in rank order into its output, and signals that it reads no input any more: two
+  signals, where the segments take one a round of a slot's 1/N of each block.
 
 Other kinds (uneven all-to-all) go through the segments, as `shm` does.
 """
@@ -95,7 +98,7 @@ def reduce(g: Comm, arr: np.ndarray, op: str, header: wire.Header, timeout: floa
     n, r = g.size(), g.rank()
     ufunc = REDUCERS[op]
     own = np.ascontiguousarray(arr).reshape(-1)
-    dtype, isz = own.dtype, own.dtype.itemsize
+    dtype = own.dtype
     bounds = schedule.block_bounds(own.size, n)
     lo, hi = bounds[r]
     gets = root is None or r == root
@@ -109,24 +112,7 @@ def reduce(g: Comm, arr: np.ndarray, op: str, header: wire.Header, timeout: floa
     name = header.fields["op"]
     signals.publish(crossmem.address(own), crossmem.address(mine))
     signal(g, name, header, timeout)  # every rank's input and the place of its slice are said
-    inputs = [signals.published(q) for q in range(n)]
-    if hi > lo:
-        step = max(1, READ_PIECE // isz)
-        scratch = buffers.cache.empty((min(step, hi - lo),), dtype, min_bytes=buffers.SCRATCH_MIN_BYTES)
-        for a in range(lo, hi, step):  # rank order, as `arrays.fold`: every rank's slice the same bits
-            b = min(hi, a + step)
-            dst = mine[a - lo:b - lo]
-            if r == 0:
-                np.copyto(dst, own[a:b])
-            else:
-                _read(g, 0, byte_view(dst), inputs[0] + a * isz, name)
-            for q in range(1, n):
-                if q == r:
-                    ufunc(dst, own[a:b], out=dst)
-                else:
-                    part = scratch[:b - a]
-                    _read(g, q, byte_view(part), inputs[q] + a * isz, name)
-                    ufunc(dst, part, out=dst)
+    _fold_from_inputs(g, ufunc, own, lo, mine, [signals.published(q) for q in range(n)], name)
     signal(g, name, header, timeout)  # every slice is reduced; no rank reads an input any more
     if flat is not None:
         for q in g.shm.others:  # type: ignore[union-attr]
@@ -135,6 +121,45 @@ def reduce(g: Comm, arr: np.ndarray, op: str, header: wire.Header, timeout: floa
                 _read(g, q, byte_view(flat[qlo:qhi]), signals.published(q, shmsignal.ADDRESS_2), name)
     signal(g, name, header, timeout)  # every reader has its slices: the buffers may change
     return out
+
+
+def _fold_from_inputs(g: Comm, ufunc: np.ufunc, own: np.ndarray, at: int, dst: np.ndarray, inputs: list[int],
+                      name: str) -> None:
+    """dst = element `at` onward of every rank's input (this rank's `own`, its peers' at the
+    addresses they published) folded in rank order, read a piece at a time: the bits of
+    `arrays.fold`, whose first step reads two rows where this copies the first."""
+    n, r = g.size(), g.rank()
+    isz = own.dtype.itemsize
+    count = dst.size
+    if not count:
+        return
+    step = max(1, READ_PIECE // isz)
+    scratch = buffers.cache.empty((min(step, count),), own.dtype, min_bytes=buffers.SCRATCH_MIN_BYTES)
+    for a in range(0, count, step):
+        b = min(count, a + step)
+        piece = dst[a:b]
+        if r == 0:
+            np.copyto(piece, own[at + a:at + b])
+        else:
+            _read(g, 0, byte_view(piece), inputs[0] + (at + a) * isz, name)
+        for q in range(1, n):
+            if q == r:
+                ufunc(piece, own[at + a:at + b], out=piece)
+            else:
+                part = scratch[:b - a]
+                _read(g, q, byte_view(part), inputs[q] + (at + a) * isz, name)
+                ufunc(piece, part, out=piece)
+
+
+def reduce_scatter(g: Comm, own: np.ndarray, out: np.ndarray, header: wire.Header, timeout: float | None) -> None:
+    """`out` = block r of every rank's `own` (flat, contiguous), summed in rank order."""
+    signals = g._signals
+    assert signals is not None
+    name = header.fields["op"]
+    signals.publish(crossmem.address(own))
+    signal(g, name, header, timeout)  # every rank's input is said
+    _fold_from_inputs(g, np.add, own, g.rank() * out.size, out, [signals.published(q) for q in range(g.size())], name)
+    signal(g, name, header, timeout)  # no rank reads an input any more: they may change
 
 
 def reduce_root(g: Comm, arr: np.ndarray, op: str, root: int, header: wire.Header,
@@ -154,5 +179,5 @@ def _fits(comm: Comm, kind: str, nbytes: int) -> str | None:
     return None
 
 
-ALGORITHM = Algorithm("shm-cma", gather=gather, reduce=reduce, reduce_root=reduce_root, all_to_all=shm.all_to_all,
-                      all_to_all_even=all_to_all_even, barrier=shm.barrier, fits=_fits)
+ALGORITHM = Algorithm("shm-cma", gather=gather, reduce=reduce, reduce_root=reduce_root, reduce_scatter=reduce_scatter,
+                      all_to_all=shm.all_to_all, all_to_all_even=all_to_all_even, barrier=shm.barrier, fits=_fits)
