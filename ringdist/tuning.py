@@ -123,13 +123,15 @@ CMA_BLOCK_MIN = 1 << 20
 # Reductions read every rank's input from its memory (three signals in all) from this size, or from
 # three slots (`Facts.slot`) where that is less: through the segments each round of a slot takes
 # two signals (one on 2 ranks), and each waits for every rank. Alternating call by call with the
-# segments, every call's input rewritten first (2-core VM; time ratio, below 1 faster): 2 ranks
-# 4 MiB 1.02x, 16 MiB 0.77x, 64 MiB 0.40x; 4 ranks 1 MiB 0.85x, 4 MiB 0.62x, 16 MiB 0.80x; 8 ranks
-# 1 MiB 1.10x, 4 MiB 0.67x, 16 MiB 0.49x; 16 ranks 256 KiB 1.97x, 1 MiB 1.04x, 4 MiB 0.63x,
-# 16 MiB 0.39x; 32 ranks 256 KiB 1.35x, 1 MiB 0.75x, 4 MiB 0.35x; 64 ranks 1 MiB 95 against 328 ms
-# (TCP's halving and doubling: 88). sum_scatter by the same rule (the size: its whole input), from
-# 3 ranks: 4 ranks, 256 KiB blocks 1.29x, 1 MiB 0.85x, 4 MiB 0.91x; 16 ranks, 64 KiB blocks 1.07x,
-# 256 KiB 0.60x, 1 MiB 0.32x, 4 MiB 0.45x.
+# segments, every call's input rewritten first (benchmarks/scale.py --fresh, 2-core VM; time ratio,
+# below 1 faster; benchmarks/results/2core-2026-12-05/reduce-cma.md): 2 ranks 4 MiB 1.01x, 16 MiB
+# 0.78x, 64 MiB 0.39x (smaller sizes 1.9x, but 0.4-0.5x in the VM's launches where the segments'
+# copies run slow); 4 ranks 1 MiB 1.13x, 4 MiB 0.62x, 16 MiB 0.81x; 8 ranks 1 MiB 1.26x, 4 MiB
+# 0.82x, 16 MiB 0.71x; 16 ranks 256 KiB 1.78x, 1 MiB 0.99x, 4 MiB 0.50x, 16 MiB 0.45x; 32 ranks
+# 256 KiB 1.50x, 1 MiB 0.59x, 4 MiB 0.27x; 64 ranks 1 MiB 98 against 323 ms (TCP's halving and
+# doubling: 102). sum_scatter by the same rule (the size: its whole input), from 3 ranks: 4 ranks,
+# 256 KiB blocks 1.29x, 1 MiB 0.85x, 4 MiB 0.91x; 16 ranks, 64 KiB blocks 1.07x, 256 KiB 0.60x,
+# 1 MiB 0.32x, 4 MiB 0.45x.
 CMA_REDUCE_MIN = 4 << 20
 CMA_REDUCE_SLOTS = 3
 # `nbytes` of a call whose ranks may contribute different sizes (all_to_all with splits, scatter):
@@ -207,7 +209,7 @@ TABLE: list[Row] = [
     Row("reduce", "shm-cma", lambda f: f.cma and f.direct_max > 0
         and f.nbytes >= min(CMA_REDUCE_MIN, CMA_REDUCE_SLOTS * f.slot),
         "each rank reduces its slice reading every rank's input from its memory: three signals, where the "
-        "segments take one or two a slot (16 MiB: 0.39-0.80x the time at N=2-16; see CMA_REDUCE_MIN)"),
+        "segments take one or two a slot (16 MiB: 0.45-0.81x the time at N=2-16; see CMA_REDUCE_MIN)"),
     Row("reduce", "shm", lambda f: f.shm and f.direct_max > 0 and (f.signals or f.mesh) and f.nbytes >= _shm_reduce_min(f),
         "4 ranks, alternating with TCP on a loaded 2-core box: 1 MiB 1.17x, 16 MiB 1.0x, 64 MiB 1.44x "
         "faster; 2 ranks from 1 MiB (quiet box: 1.3-1.9x faster than the pair's TCP algorithms); "
