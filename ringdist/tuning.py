@@ -118,7 +118,10 @@ HIER_GATHER_MIN = 64 * 1024
 # 1.0-1.54x (one slot's single signal wins), 1 MiB 0.92x (N=4), 2 MiB 0.91x (N=2) and 0.41x (N=8),
 # 4 MiB 0.49x (N=4); all_gather on 2 ranks 1 MiB 0.97x, 4 MiB 0.75x, 16 MiB 0.72x, 64 MiB 0.39x,
 # but on 3-8 ranks 0.97-1.18x (16 MiB N=4 1.07x): each segment is read by N-1 peers while in the
-# cache. Rooted gather lost (1.38-1.50x: the root alone reads), broadcast within 10%: neither has a row.
+# cache. Rooted gather lost (1.38-1.50x: the root alone reads). Broadcast from 1 MiB too: every
+# input rewritten before its call (benchmarks/scale.py --fresh; reduce-cma.md), 1, 4 and 16 MiB
+# 0.73/0.87/0.95x on 4 ranks, 0.75/0.37/0.44x on 8, 0.69/0.41/0.68x on 16, 0.87/0.50/0.36x on 32,
+# 0.25-0.47x on 2 (256 KiB: 1.14-1.53x on 4-32 ranks).
 CMA_BLOCK_MIN = 1 << 20
 # Reductions read every rank's input from its memory (three signals in all) from this size, or from
 # three slots (`Facts.slot`) where that is less: through the segments each round of a slot takes
@@ -221,6 +224,9 @@ TABLE: list[Row] = [
     Row("reduce_scatter", "shm", lambda f: f.shm and f.direct_max > 0 and f.n > 2
         and (f.signals or (f.mesh and f.nbytes >= SHM_REDUCE_MIN)),
         "each rank reduces its block straight from every rank's segment"),
+    Row("broadcast", "shm-cma", lambda f: f.cma and f.direct_max > 0 and f.nbytes >= CMA_BLOCK_MIN,
+        "every rank reads the root's array from its memory: one kernel copy, two signals, where the segments "
+        "take two copies and a signal a slot (1-16 MiB: 0.36-0.95x the time at N=2-32; see CMA_BLOCK_MIN)"),
     Row("broadcast", "shm", lambda f: f.shm and f.direct_max > 0
         and (f.signals or (f.mesh and f.nbytes >= SHM_GATHER_MIN)),
         "the root writes once, every rank copies once"),

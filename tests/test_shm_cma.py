@@ -78,6 +78,7 @@ def _reductions(g: rd.Group) -> dict[object, object]:
             for op in ("all_sum", "all_max", "all_prod"):
                 found[(op, size, dtype)] = getattr(rd, op)(x, group=g)
     m = rng.standard_normal((40, 30)).astype(np.float32)
+    found["2-d input"] = m
     found["2-d"] = rd.all_sum(m, group=g)
     found["strided"] = rd.all_sum(m[:, ::3], group=g)
     found["0-d"] = rd.all_sum(np.float64(r + 0.5), group=g)
@@ -87,17 +88,21 @@ def _reductions(g: rd.Group) -> dict[object, object]:
         found[("scatter input", k)] = x
         found[("sum_scatter", k)] = rd.sum_scatter(x, group=g)
     found["sum_scatter strided"] = rd.sum_scatter(found[("scatter input", 4099)][:, ::2], group=g)
-    found["names"] = {tuning.choose(g, op, m.nbytes).name for op in ("all_sum", "reduce", "sum_scatter")}
+    for root in (0, n - 1):  # broadcast: the root's array, whatever the others pass
+        for key, x in (("m", m), ("strided", m[:, ::3]), ("empty", m[:0]), ("0-d", np.float64(7.5))):
+            found[("broadcast", root, key)] = rd.broadcast(x if r == root else np.zeros_like(x), root=root, group=g)
+    found["names"] = {tuning.choose(g, op, m.nbytes).name for op in ("all_sum", "reduce", "sum_scatter", "broadcast")}
     return found
 
 
 @pytest.mark.parametrize("n", [2, 3, 5])
 def test_reductions_read_from_the_peers_give_the_bits_of_the_segments(n, monkeypatch):
-    # all-reduce, rooted reduce and sum_scatter.
+    # all-reduce, rooted reduce, sum_scatter and broadcast.
     # Pieces of 4 KiB, so a rank's slice is read from each peer in several.
     monkeypatch.setattr(shm_cma, "READ_PIECE", 4096)
-    cma = run_ranks(n, _reductions, algo=(("all_reduce", "shm-cma"), ("reduce", "shm-cma"), ("sum_scatter", "shm-cma")))
-    segments = run_ranks(n, _reductions, algo=(("all_reduce", "shm"), ("reduce", "shm"), ("sum_scatter", "shm")))
+    ops = ("all_reduce", "reduce", "sum_scatter", "broadcast")
+    cma = run_ranks(n, _reductions, algo=tuple((op, "shm-cma") for op in ops))
+    segments = run_ranks(n, _reductions, algo=tuple((op, "shm") for op in ops))
     for r, (a, b) in enumerate(zip(cma, segments)):
         assert a["names"] == {"shm-cma"} and b["names"] == {"shm"}, (r, a["names"], b["names"])
         assert a.keys() == b.keys()
@@ -124,6 +129,11 @@ def test_reductions_read_from_the_peers_give_the_bits_of_the_segments(n, monkeyp
                 want += cma[q][("scatter input", k)]
             assert cma[r][("sum_scatter", k)].shape == (k, 3)
             assert np.array_equal(cma[r][("sum_scatter", k)], want[r * k:(r + 1) * k]), (r, k)
+        for root in (0, n - 1):
+            m = cma[root]["2-d input"]
+            for key, x in (("m", m), ("strided", m[:, ::3]), ("empty", m[:0]), ("0-d", np.float64(7.5))):
+                got = cma[r][("broadcast", root, key)]
+                assert got.shape == np.shape(x) and np.array_equal(got, x), (r, root, key)
 
 
 def test_a_refused_read_in_a_reduction_fails_the_call_on_every_rank():
@@ -191,9 +201,10 @@ def test_a_refused_read_fails_the_call_on_every_rank_naming_the_peer():
 
 
 def test_reads_go_between_launched_processes():
-    # Real ranks: separate processes, each reading the others' memory (a 2-rank all_gather
-    # and a 4-rank all_to_all over the threshold), the results checked on every rank.
-    for n, op in ((2, "all_gather"), (4, "all_to_all"), (4, "all_sum")):
+    # Real ranks: separate processes, each reading the others' memory (a 2-rank all_gather,
+    # a 4-rank all_to_all and all_sum, a 3-rank broadcast, each over its threshold), the
+    # results checked on every rank.
+    for n, op in ((2, "all_gather"), (4, "all_to_all"), (4, "all_sum"), (3, "broadcast")):
         res = run_launcher(["-n", str(n), str(SCRIPTS / "cma_job.py"), op], timeout=120)
         assert res.returncode == 0, res.stdout + res.stderr
         found = re.findall(r"^\[(\d)\] (\w+) by shm-cma ok, peers' processes ([\d,]+)$", res.stdout, re.M)

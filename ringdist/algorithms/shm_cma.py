@@ -21,6 +21,9 @@ every reader is done: the owner may return, and its caller change the buffer.
 - reduce-scatter: each rank says where its input lies, signals, sums block r of every rank's
   input in rank order into its output, and signals that it reads no input any more: two
   signals, where the segments take one a round of a slot's 1/N of each block.
+- broadcast: the root says where its array lies, signals, every other rank reads it, and a
+  second signal frees it: one kernel copy per reader, where the segments take two copies
+  and a signal a slot.
 
 Other kinds (uneven all-to-all) go through the segments, as `shm` does.
 """
@@ -162,6 +165,19 @@ def reduce_scatter(g: Comm, own: np.ndarray, out: np.ndarray, header: wire.Heade
     signal(g, name, header, timeout)  # no rank reads an input any more: they may change
 
 
+def broadcast(g: Comm, out: np.ndarray, root: int, header: wire.Header, timeout: float | None) -> None:
+    """Every rank but the root reads the root's array (its `out`) straight out of its memory."""
+    data = byte_view(out)
+    name = header.fields["op"]
+    if g.rank() == root:
+        _publish(g, crossmem.address(data), name, header, timeout)
+    else:
+        signal(g, name, header, timeout)
+        if len(data):
+            _read(g, root, data, g._signals.published(root), name)  # type: ignore[union-attr]
+    signal(g, name, header, timeout)  # every rank has it: the root's array may change
+
+
 def reduce_root(g: Comm, arr: np.ndarray, op: str, root: int, header: wire.Header,
                 timeout: float | None) -> np.ndarray | None:
     if -(-arr.size // g.size()) * arr.dtype.itemsize > ROOTED_SLICE_MAX:  # alike on every rank
@@ -180,4 +196,5 @@ def _fits(comm: Comm, kind: str, nbytes: int) -> str | None:
 
 
 ALGORITHM = Algorithm("shm-cma", gather=gather, reduce=reduce, reduce_root=reduce_root, reduce_scatter=reduce_scatter,
+                      broadcast=broadcast,
                       all_to_all=shm.all_to_all, all_to_all_even=all_to_all_even, barrier=shm.barrier, fits=_fits)
