@@ -95,6 +95,34 @@ READ_PIECE = 1 << 20
 ROOTED_SLICE_MAX = 8 << 20
 
 
+def _fold_from_inputs(g: Comm, ufunc: np.ufunc, own: np.ndarray, at: int, dst: np.ndarray, inputs: list[int],
+                      name: str) -> None:
+    """dst = element `at` onward of every rank's input (this rank's `own`, its peers' at the
+    addresses they published) folded in rank order, read a piece at a time: the bits of
+    `arrays.fold`, whose first step reads two rows where this copies the first."""
+    n, r = g.size(), g.rank()
+    isz = own.dtype.itemsize
+    count = dst.size
+    if not count:
+        return
+    step = max(1, READ_PIECE // isz)
+    scratch = buffers.cache.empty((min(step, count),), own.dtype, min_bytes=buffers.SCRATCH_MIN_BYTES)
+    for a in range(0, count, step):
+        b = min(count, a + step)
+        piece = dst[a:b]
+        if r == 0:
+            np.copyto(piece, own[at + a:at + b])
+        else:
+            _read(g, 0, byte_view(piece), inputs[0] + (at + a) * isz, name)
+        for q in range(1, n):
+            if q == r:
+                ufunc(piece, own[at + a:at + b], out=piece)
+            else:
+                part = scratch[:b - a]
+                _read(g, q, byte_view(part), inputs[q] + (at + a) * isz, name)
+                ufunc(piece, part, out=piece)
+
+
 def reduce(g: Comm, arr: np.ndarray, op: str, header: wire.Header, timeout: float | None,
            root: int | None = None) -> np.ndarray | None:
     """The all-reduce; with `root`, only the root reads the reduced slices (None elsewhere)."""
@@ -126,32 +154,11 @@ def reduce(g: Comm, arr: np.ndarray, op: str, header: wire.Header, timeout: floa
     return out
 
 
-def _fold_from_inputs(g: Comm, ufunc: np.ufunc, own: np.ndarray, at: int, dst: np.ndarray, inputs: list[int],
-                      name: str) -> None:
-    """dst = element `at` onward of every rank's input (this rank's `own`, its peers' at the
-    addresses they published) folded in rank order, read a piece at a time: the bits of
-    `arrays.fold`, whose first step reads two rows where this copies the first."""
-    n, r = g.size(), g.rank()
-    isz = own.dtype.itemsize
-    count = dst.size
-    if not count:
-        return
-    step = max(1, READ_PIECE // isz)
-    scratch = buffers.cache.empty((min(step, count),), own.dtype, min_bytes=buffers.SCRATCH_MIN_BYTES)
-    for a in range(0, count, step):
-        b = min(count, a + step)
-        piece = dst[a:b]
-        if r == 0:
-            np.copyto(piece, own[at + a:at + b])
-        else:
-            _read(g, 0, byte_view(piece), inputs[0] + (at + a) * isz, name)
-        for q in range(1, n):
-            if q == r:
-                ufunc(piece, own[at + a:at + b], out=piece)
-            else:
-                part = scratch[:b - a]
-                _read(g, q, byte_view(part), inputs[q] + (at + a) * isz, name)
-                ufunc(piece, part, out=piece)
+def reduce_root(g: Comm, arr: np.ndarray, op: str, root: int, header: wire.Header,
+                timeout: float | None) -> np.ndarray | None:
+    if -(-arr.size // g.size()) * arr.dtype.itemsize > ROOTED_SLICE_MAX:  # alike on every rank
+        return shm.reduce(g, arr, op, header, timeout, root)
+    return reduce(g, arr, op, header, timeout, root)
 
 
 def reduce_scatter(g: Comm, own: np.ndarray, out: np.ndarray, header: wire.Header, timeout: float | None) -> None:
@@ -176,13 +183,6 @@ def broadcast(g: Comm, out: np.ndarray, root: int, header: wire.Header, timeout:
         if len(data):
             _read(g, root, data, g._signals.published(root), name)  # type: ignore[union-attr]
     signal(g, name, header, timeout)  # every rank has it: the root's array may change
-
-
-def reduce_root(g: Comm, arr: np.ndarray, op: str, root: int, header: wire.Header,
-                timeout: float | None) -> np.ndarray | None:
-    if -(-arr.size // g.size()) * arr.dtype.itemsize > ROOTED_SLICE_MAX:  # alike on every rank
-        return shm.reduce(g, arr, op, header, timeout, root)
-    return reduce(g, arr, op, header, timeout, root)
 
 
 def _fits(comm: Comm, kind: str, nbytes: int) -> str | None:
