@@ -134,6 +134,13 @@ DISAGREEMENTS = {  # for any N >= 2: every input is valid on its own rank, the r
     "all_sum_dtype": lambda g: rd.all_sum(np.ones(5, np.float32 if g.rank() == 1 else np.float64), group=g),
     "broadcast_root": lambda g: rd.broadcast(np.ones(6), root=int(g.rank() == 1), group=g),
     "large_against_small": lambda g: rd.all_gather(np.ones(300_000 if g.rank() == 0 else 3), group=g),
+    # 4.4 MiB: on one machine read from the peers' memory, against a small call's path
+    "reduction_large_against_small": lambda g: rd.all_sum(np.ones(1_100_000 if g.rank() == 0 else 3, np.float32),
+                                                         group=g),
+    # both read from the peers' memory (over 4 MiB, 2.4 MiB broadcast), of different sizes
+    "reduction_sizes_both_large": lambda g: rd.all_sum(np.ones(1_100_000 + (g.rank() == g.size() - 1), np.float32),
+                                                      group=g),
+    "broadcast_sizes_both_large": lambda g: rd.broadcast(np.ones(300_000 + (g.rank() == 1)), root=0, group=g),
 }
 
 
