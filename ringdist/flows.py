@@ -462,8 +462,10 @@ class Watch:
 
 
 def _role_free(fields: dict[str, Any]) -> dict[str, Any]:
-    """A header's fields without `step` (a frame's part in the call, which differs by rank)."""
-    return {k: v for k, v in fields.items() if k != "step"}
+    """A header's fields without `step` (a frame's part in the call, which differs by rank) and
+    those that differ by sender or relay (`wire.PER_SENDER_FIELDS`): a neighbour ahead by a
+    hop of the ring's relay sends the next hop's header, the same call."""
+    return {k: v for k, v in fields.items() if k != "step" and k not in wire.PER_SENDER_FIELDS}
 
 
 class SizedInflow(Inflow):

@@ -114,6 +114,9 @@ def require(fields: dict[str, Any], name: str, kind: type | tuple[type, ...]) ->
 
 # Header fields that follow from settings and roles rather than from a call's arguments.
 INTERNAL_FIELDS = ("path", "ways", "step")
+# Header fields that differ by sender or by relay within one call: a stream's block sizes, the
+# hop that relays it round the ring, where it lies in a segment (`algorithms/shm_blocks.py`).
+PER_SENDER_FIELDS = ("sizes", "hop", "at")
 
 
 def dtype_tag(dtype: Any) -> str:

@@ -97,6 +97,33 @@ def test_rooted_and_uneven_collectives(n, variant):
     check(run_ranks(n, calls, **VARIANTS[variant]), n)
 
 
+@pytest.mark.parametrize("shm", [False, True])
+def test_large_blocks_relayed_round_the_ring_with_a_neighbour_a_hop_ahead(shm):
+    # 9 ranks (no connection to every rank): all_to_all and uneven all_gather relay streams
+    # round the ring, hop by hop. With blocks of 256 KiB a rank's send to its right neighbour
+    # outlasts its receive from the left, and the left neighbour, a hop ahead, sends the next
+    # hop's header meanwhile: the same call (another hop, other sizes), not a mismatch.
+    n, block = 9, 65536
+
+    def rank(g: rd.Group) -> list[np.ndarray]:
+        r = g.rank()
+        x = np.arange(n * block, dtype=np.float32) + 1e6 * r  # exact in float32
+        got = []
+        for _ in range(3):
+            got.append(rd.all_to_all(x, group=g))
+            got.append(rd.all_gather(x[:50_000 * (r % 3)], uneven=True, group=g))
+        return got
+
+    results = run_ranks(n, rank, shm=shm)
+    xs = [np.arange(n * block, dtype=np.float32) + 1e6 * q for q in range(n)]
+    for r, got in enumerate(results):
+        want_a2a = np.concatenate([x[r * block:(r + 1) * block] for x in xs])
+        want_ag = np.concatenate([x[:50_000 * (q % 3)] for q, x in enumerate(xs)])
+        for i in range(0, 6, 2):
+            assert np.array_equal(got[i], want_a2a), (r, i)
+            assert np.array_equal(got[i + 1], want_ag), (r, i)
+
+
 def test_argument_errors_are_clear():
     with pytest.raises(RankFailed) as info:
         run_ranks(2, lambda g: rd.all_to_all(np.zeros(3), group=g))

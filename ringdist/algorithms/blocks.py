@@ -25,7 +25,7 @@ from ..comm import Comm
 from ..errors import MismatchError, ProtocolError
 from ..flows import Outflow, Segments, SizedInflow
 
-PER_SENDER = ("sizes", "hop", "at")  # header fields that differ by sender or by relay (`at`: shm_blocks.py)
+PER_SENDER = wire.PER_SENDER_FIELDS
 # (source rank, its header's fields, the channel) -> bytes per unit of `sizes`; raises if refused.
 # It compares the call before it reads `sizes`: a header of another call may have none.
 Check = Callable[[int, dict[str, Any], Channel], int]
