@@ -3,7 +3,8 @@
 usage: ringdist-launch -n N benchmarks/scale.py OP[,OP...] SIZE[,SIZE...] [--algos A,B,...]
            [--calls K] [--fresh] [--json FILE]
 
-OP is all_gather, all_sum, sum_scatter, broadcast or barrier; SIZE bytes per rank
+OP is all_gather, all_sum, sum_scatter, all_to_all, broadcast or barrier; SIZE bytes per rank
+(sum_scatter and all_to_all: per block, N blocks a rank)
 (float32 elements; ignored by barrier). With --algos the named algorithms take turns call
 by call (RINGDIST_ALGO set for that op on every rank before each call; `table`: the tuning
 table's choice), so every variant meets the same moments of a shared machine; without it
@@ -70,7 +71,7 @@ def main() -> None:
     rows = []
     for op in args.ops.split(","):
         for size in ([1] if op == "barrier" else [int(s) for s in args.sizes.split(",")]):
-            elements = max(size // 4, 1) * (n if op == "sum_scatter" else 1)
+            elements = max(size // 4, 1) * (n if op in ("sum_scatter", "all_to_all") else 1)
             x = np.ones(elements, np.float32)
             times = np.empty((len(names), args.calls))
             for i in range(args.warmup + args.calls * len(names)):

@@ -199,6 +199,10 @@ TABLE: list[Row] = [
         and f.nbytes // f.n >= CMA_BLOCK_MIN,
         "each rank reads its blocks from its peers' inputs: one kernel copy per byte instead of two "
         "(2 MiB blocks on 8 ranks: 0.41x the time)"),
+    Row("all_to_all", "shm-cma", lambda f: f.cma and not f.mesh and f.direct_max > 0 and not f.scatter
+        and f.nbytes >= 0,
+        "groups over 8 (no mesh), blocks of one size: each rank reads its blocks from its peers' inputs, where the "
+        "ring relays them N-1 hops (16 ranks: 4 KiB-1 MiB blocks 0.07-0.27x the ring's time)"),
     Row("barrier", "shm", lambda f: f.shm and f.signals and f.direct_max > 0,
         "one signal through the segments: no message"),
     Row("gather", "shm", lambda f: f.shm and f.signals and f.direct_max > 0,

@@ -11,7 +11,9 @@ every reader is done: the owner may return, and its caller change the buffer.
   block into its segment). Used on 2 ranks only: with more, the segments' copy is made
   once and read by N-1 peers while it is in the cache, and they won on 3-8 ranks (2-core VM).
 - all-to-all of equal blocks: each rank reads its block where it lies in every peer's
-  input: (N-1)m copied instead of 2(N-1)m.
+  input: (N-1)m copied instead of 2(N-1)m. The sizes are known, so no header need pass
+  between every pair: groups of more than 8 ranks (no mesh) use it too, where the blocks
+  would otherwise go round the ring.
 - all-reduce (and rooted reduce): each rank says where its input and its slice of the
   result lie, signals, reduces slice r of every rank's input in rank order (read a piece at
   a time through a scratch buffer), signals, and reads every peer's reduced slice out of
@@ -186,7 +188,9 @@ def broadcast(g: Comm, out: np.ndarray, root: int, header: wire.Header, timeout:
 
 
 def _fits(comm: Comm, kind: str, nbytes: int) -> str | None:
-    why = shm.ALGORITHM.fits(comm, kind, nbytes)
+    # An all_to_all of equal blocks (its size known, >= 0) reads them where they lie: no sizes to
+    # exchange, so no connection to every rank needed, unlike the segments' (any sizes).
+    why = shm.ALGORITHM.fits(comm, "gather" if kind == "all_to_all" and nbytes >= 0 else kind, nbytes)
     if why is not None:
         return why
     if comm.shm is None or comm.shm.pids is None:
