@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import ringdist as rd
-from ringdist import shmsignal, tuning
+from ringdist import crossmem, shmsignal, tuning
 from ringdist.shm import slot_bytes
 
 from harness import run_disagreement, run_ranks
@@ -36,8 +36,9 @@ def big_splits(rank: int, n: int, width: int) -> list[int]:
     return [many if rank == 0 and p != 0 else (p + rank) % 3 for p in range(n)]
 
 
-def calls(n: int, r: int, g: rd.Group | None) -> dict:
-    """The cases; with g None, each rank's inputs and the expected results from numpy alone."""
+def calls(n: int, r: int, g: rd.Group | None, only: tuple[str, ...] | None = None) -> dict:
+    """The cases (`only` those named); with g None, each rank's inputs and the expected results
+    from numpy alone."""
     big = 3 * slot_bytes(max(n, 2)) // 12 // n * n + n  # float32 rows of 3: about three slots a rank
     cases = {
         "even": (rows(r, 2 * n), {}),
@@ -53,7 +54,10 @@ def calls(n: int, r: int, g: rd.Group | None) -> dict:
     }
     out = {}
     for name, (x, kw) in cases.items():
-        out[name] = (x, kw) if g is None else rd.all_to_all(x, group=g, **kw)
+        if only is None or name in only:
+            out[name] = (x, kw) if g is None else rd.all_to_all(x, group=g, **kw)
+    if only is not None:
+        return out
     root = n // 2
     for name, x in {"scatter": rows(root, 3 * n, 4, np.int16), "scatter_big": rows(root, big),
                     "scatter_empty": rows(root, 0, 5, np.float64)}.items():
@@ -61,9 +65,9 @@ def calls(n: int, r: int, g: rd.Group | None) -> dict:
     return out
 
 
-def expected(n: int, r: int) -> dict:
-    mine = calls(n, r, None)
-    theirs = [calls(n, q, None) for q in range(n)]
+def expected(n: int, r: int, only: tuple[str, ...] | None = None) -> dict:
+    mine = calls(n, r, None, only)
+    theirs = [calls(n, q, None, only) for q in range(n)]
     want = {}
     for name in (k for k in mine if not k.startswith("scatter")):
         parts = []
@@ -73,11 +77,34 @@ def expected(n: int, r: int) -> dict:
             start = sum(counts[:r])
             parts.append(xq[start:start + counts[r]])
         want[name] = np.concatenate(parts)
-    for name in ("scatter", "scatter_big", "scatter_empty"):
+    for name in ("scatter", "scatter_big", "scatter_empty") if only is None else ():
         x = mine[name]
         per = x.shape[0] // n
         want[name] = x[r * per:(r + 1) * per]
     return want
+
+
+@pytest.mark.parametrize("n, cma", [(9, False), (9, True), (11, False)])
+def test_equal_blocks_past_the_mesh_go_through_shared_memory(n, cma):
+    # More than 8 ranks: no connection to every rank, so no header between every pair to carry
+    # a stream's layout. Blocks of one size need none: through the segments in rounds (or, where
+    # every rank reads its peers' memory and the input is over a slot, read from the peers).
+    even = ("even", "even_big", "even_empty", "even_strided", "even_bf16_4d")
+
+    def rank(g: rd.Group) -> dict:
+        found = {name: v for name, v in calls(n, g.rank(), g, only=even).items()}
+        big = calls(n, g.rank(), None, only=("even", "even_big"))
+        found["names"] = [tuning.choose(g, "all_to_all", big[k][0].nbytes).name for k in ("even", "even_big")]
+        return found
+
+    results = run_ranks(n, rank, shm_cma=cma)
+    for r in range(n):
+        want = expected(n, r, only=even)
+        assert results[r]["names"] == ["shm", "shm-cma" if cma and crossmem.supported() else "shm"], results[r]["names"]
+        for name in even:
+            got = results[r][name]
+            assert got.dtype == want[name].dtype and got.shape == want[name].shape, (name, r)
+            assert got.tobytes() == want[name].tobytes(), (name, r)
 
 
 @pytest.mark.parametrize("n", range(1, 10))

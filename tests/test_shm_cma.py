@@ -138,24 +138,26 @@ def test_reductions_read_from_the_peers_give_the_bits_of_the_segments(n, monkeyp
 
 @pytest.mark.parametrize("n", [9, 12])
 def test_all_to_all_past_the_mesh_reads_its_blocks_from_the_peers(n):
-    # More than 8 ranks have no connection to every rank: an all_to_all of blocks of one size
-    # reads them from the peers' inputs (two signals) instead of relaying them round the ring.
+    # More than 8 ranks have no connection to every rank: an all_to_all of blocks of one size,
+    # over a slot, reads them from the peers' inputs (two signals) instead of relaying them
+    # round the ring (without shared memory) or passing them through the segments in rounds.
+    rows = 20_000  # of 3 float64 a block: 480 KB, N of them a rank
+
     def rank(g: rd.Group) -> tuple:
         r = g.rank()
-        x = (np.arange(n * 6000, dtype=np.float64).reshape(n * 2000, 3) + 1e6 * r)
+        x = (np.arange(n * rows * 3, dtype=np.float64).reshape(n * rows, 3) + 1e7 * r)
         return (tuning.choose(g, "all_to_all", x.nbytes).name, rd.all_to_all(x, group=g),
                 rd.all_to_all(x[::2], group=g), rd.all_to_all(x[:0], group=g))
 
-    cma = run_ranks(n, rank)
-    ring = run_ranks(n, rank, shm_cma=False)
-    xs = [np.arange(n * 6000, dtype=np.float64).reshape(n * 2000, 3) + 1e6 * q for q in range(n)]
+    runs = {"shm-cma": run_ranks(n, rank), "shm": run_ranks(n, rank, shm_cma=False), "ring": run_ranks(n, rank, shm=False)}
+    xs = [np.arange(n * rows * 3, dtype=np.float64).reshape(n * rows, 3) + 1e7 * q for q in range(n)]
     for r in range(n):
-        assert cma[r][0] == "shm-cma" and ring[r][0] == "ring", (r, cma[r][0], ring[r][0])
-        want = np.concatenate([x[r * 2000:(r + 1) * 2000] for x in xs])
-        assert np.array_equal(cma[r][1], want) and np.array_equal(ring[r][1], want), r
-        want = np.concatenate([x[::2][r * 1000:(r + 1) * 1000] for x in xs])
-        assert np.array_equal(cma[r][2], want) and np.array_equal(ring[r][2], want), r
-        assert cma[r][3].shape == (0, 3), r
+        want = np.concatenate([x[r * rows:(r + 1) * rows] for x in xs])
+        strided = np.concatenate([x[::2][r * rows // 2:(r + 1) * rows // 2] for x in xs])
+        for name, got in runs.items():
+            assert got[r][0] == name, (r, name, got[r][0])
+            assert np.array_equal(got[r][1], want) and np.array_equal(got[r][2], strided), (r, name)
+            assert got[r][3].shape == (0, 3), (r, name)
 
 
 def test_a_refused_read_in_a_reduction_fails_the_call_on_every_rank():

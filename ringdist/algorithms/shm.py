@@ -208,6 +208,9 @@ def all_to_all_even(g: Comm, data: memoryview, out: memoryview, header: wire.Hea
     assert link is not None
     n, r = g.size(), g.rank()
     m = len(data) // n
+    if len(data) > link.slot_size and g.mesh is None:
+        _all_to_all_rounds(g, data, out, header, timeout)
+        return
     if len(data) > link.slot_size:
         blocks = [data[p * m:(p + 1) * m] for p in range(n)]
         into = [out[p * m:(p + 1) * m] for p in range(n)]
@@ -225,6 +228,26 @@ def all_to_all_even(g: Comm, data: memoryview, out: memoryview, header: wire.Hea
     out[lo:hi] = data[lo:hi]
     for p in link.others:
         out[p * m:(p + 1) * m] = link.slot(p, k)[lo:hi]
+
+
+def _all_to_all_rounds(g: Comm, data: memoryview, out: memoryview, header: wire.Header, timeout: float | None) -> None:
+    """Blocks of one size past the mesh (no header between every pair to carry a stream's
+    layout): in rounds, each rank writes piece k of every block for a peer into its slot, in
+    rank order, and after the round's signal copies its piece out of every peer's slot."""
+    link = g.shm
+    assert link is not None
+    n, r = g.size(), g.rank()
+    m = len(data) // n
+    op = header.fields["op"]
+    out[r * m:(r + 1) * m] = data[r * m:(r + 1) * m]
+    for a, b in _rounds(m, max(1, link.slot_size // n)):
+        k = link.next_round()
+        slot, w = link.slot(r, k), b - a
+        for p in link.others:
+            slot[p * w:(p + 1) * w] = data[p * m + a:p * m + b]
+        signal(g, op, header, timeout)
+        for p in link.others:
+            out[p * m + a:p * m + b] = link.slot(p, k)[r * w:(r + 1) * w]
 
 
 def _no_sizes(src: int, fields: dict, ch: object) -> int:  # pragma: no cover - blocks of one size declare nothing
@@ -315,8 +338,9 @@ def _fits(comm: Comm, kind: str, nbytes: int) -> str | None:
     if comm.shm is None:
         return ("it needs shared memory with every rank of the group: all on one machine, Linux, and "
                 "RINGDIST_SHM not 0")
-    if kind == "all_to_all" and comm.mesh is None:  # each peer's sizes ride in its header (`shm_blocks`)
-        return f"its all_to_all needs a connection to every rank, which groups of 2 to 8 ranks have (this one has {comm.size()})"
+    if kind == "all_to_all" and comm.mesh is None and nbytes < 0:  # each peer's sizes ride in its header
+        return (f"its all_to_all of blocks of different sizes needs a connection to every rank, which groups of "
+                f"2 to 8 ranks have (this one has {comm.size()})")  # (`shm_blocks`); equal blocks go in rounds
     return None
 
 
