@@ -54,6 +54,20 @@ def test_recv_of_a_different_shape_is_a_mismatch():
             "but rank 0 sent send(shape=(4,), dtype=float32)") in res.stdout
 
 
+def test_all_to_all_round_the_ring_keeps_two_hops_of_blocks_not_every_hop():
+    # 12 ranks over TCP (no mesh: the ring relays the blocks), 1 MiB blocks: input and output
+    # 12 MiB each. A hop's buffer holds the blocks still to pass on, N-1 at most; kept whole
+    # until the end, the hops' buffers came to N(N-1)/2 blocks (66 MiB more here), now about
+    # two hops' worth.
+    res = run_launcher(["-n", "12", str(SCRIPTS / "memory_peak.py"), "12", "all_to_all", "2"], timeout=120,
+                       env={**FAST, "RINGDIST_SHM": "0"})
+    assert res.returncode == 0, res.stdout + res.stderr
+    found = re.findall(r"^\[(\d+)\] shm=False in=([\d.]+) out=([\d.]+) peak=([\d.]+)$", res.stdout, re.M)
+    assert len(found) == 12, res.stdout + res.stderr
+    for r, inp, out, peak in found:
+        assert float(peak) <= float(inp) + float(out) + 2 * 11 + 4, (r, inp, out, peak)
+
+
 def test_all_gather_peak_memory_is_input_plus_output_call_after_call():
     # 24 MiB per rank on 4 ranks: input 24 + output 96 MiB; the target allows 16 MiB more.
     res = run_launcher(["-n", "4", str(SCRIPTS / "memory_peak.py"), "24"], timeout=120, env=FAST)

@@ -1,7 +1,7 @@
 """Peak resident memory of a large collective: input + output and little more, call after call.
 
-usage: memory_peak.py MIB_PER_RANK [OP [CALLS]]   (OP: all_gather, the default, all_sum or reduce
-(to rank 0; None elsewhere); CALLS: 3)
+usage: memory_peak.py MIB_PER_RANK [OP [CALLS]]   (OP: all_gather, the default, all_sum, all_to_all
+or reduce (to rank 0; None elsewhere); CALLS: 3)
 Prints on every rank `call <i>: peak <MiB> MiB over baseline` after each call, then
 `shm=<bool> in=<MiB> out=<MiB> peak=<MiB>`. The peak is VmHWM, reset to the current RSS
 after the group is made, minus the RSS then: it counts the input, the result, every shared
@@ -42,5 +42,6 @@ for call in range(calls):
     print(f"call {call}: peak {peak:.1f} MiB over baseline", flush=True)
 print(f"shm={g.shm is not None} in={x.nbytes / (1 << 20):.1f} out={out / (1 << 20):.1f} peak={peak:.1f}", flush=True)
 want = np.repeat(np.arange(1, n + 1, dtype=np.float32), count) if op == "all_gather" else \
+    np.repeat(np.arange(1, n + 1, dtype=np.float32), count // n) if op == "all_to_all" else \
     np.full(count, n * (n + 1) / 2, np.float32)
 assert np.array_equal(y, want) if op != "reduce" or g.rank() == 0 else y is None
