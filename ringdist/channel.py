@@ -397,6 +397,15 @@ def dial_local(name: str, timeout: float) -> socket.socket:
     return sock
 
 
+def map_shared(fd: int, size: int) -> mmap.mmap:
+    """A shared mapping of `size` bytes of `fd`. Python's mmap keeps a duplicate of the
+    descriptor for the mapping's life unless told not to (`trackfd`, Python 3.13): with it,
+    closing `fd` leaves no descriptor behind; before 3.13, one per mapping stays open."""
+    if sys.version_info >= (3, 13):
+        return mmap.mmap(fd, size, trackfd=False)  # type: ignore[call-arg]
+    return mmap.mmap(fd, size)
+
+
 def make_segment(size: int, label: str) -> tuple[int, mmap.mmap]:
     """An anonymous shared memory file of `size` bytes (no name anyone could open; freed when
     the last descriptor and mapping go) and its mapping: (fd, mapping). ConnectError if it
@@ -407,7 +416,7 @@ def make_segment(size: int, label: str) -> tuple[int, mmap.mmap]:
         raise ConnectError(f"{label}: cannot create shared memory: {reason(exc)}") from None
     try:
         os.ftruncate(fd, size)
-        return fd, mmap.mmap(fd, size)
+        return fd, map_shared(fd, size)
     except OSError as exc:
         os.close(fd)
         raise ConnectError(f"{label}: cannot map {size} bytes of shared memory: {reason(exc)}") from None
@@ -421,7 +430,7 @@ def map_segment(fd: int, size: int, peer: str) -> mmap.mmap:
         actual = os.fstat(fd).st_size
         if actual < size:
             raise ProtocolError(f"{peer}: shared memory of {actual} bytes, expected {size}")
-        return mmap.mmap(fd, size)
+        return map_shared(fd, size)
     except OSError as exc:
         raise ConnectError(f"{peer}: cannot map shared memory: {reason(exc)}") from None
     finally:

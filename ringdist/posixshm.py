@@ -28,6 +28,7 @@ import stat
 import tempfile
 import threading
 
+from . import channel
 from .errors import ConnectError
 
 try:
@@ -79,7 +80,7 @@ def make_segment(size: int, label: str, job: str) -> tuple[int, mmap.mmap]:
     try:
         os.set_inheritable(fd, False)
         os.ftruncate(fd, size)
-        return fd, mmap.mmap(fd, size)
+        return fd, channel.map_shared(fd, size)
     except OSError as exc:
         os.close(fd)
         raise ConnectError(f"{label}: cannot map {size} bytes of shared memory: {_reason(exc)}") from None

@@ -4,7 +4,7 @@ Each rank makes an anonymous memory file (`memfd_create`: no name another proces
 open, freed when the last process using it goes, however it goes) and hands it to every
 peer as a file descriptor over an authenticated Unix-domain connection (the same HMAC
 handshake as TCP, on an abstract socket: nothing in the file system), where the peer maps
-it and closes the descriptor. Where Linux's memfd and abstract sockets are missing (macOS),
+it and closes the descriptor (`channel.map_shared`). Where Linux's memfd and abstract sockets are missing (macOS),
 or with `RINGDIST_SHM=posix`, the portable backend (`posixshm`) does the same with POSIX
 shared memory unlinked as soon as it is made and a Unix socket file in a private (0700)
 directory; the endpoint's `local_backend` says which. A rank reads every peer's segment
