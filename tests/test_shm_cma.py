@@ -248,6 +248,12 @@ def test_kill_9_while_peers_read_a_reduction_reaches_every_rank():
                       {"RINGDIST_TIMEOUT": "30", "RINGDIST_ALGO": "all_reduce:shm-cma"}, settle=0.3)
 
 
+def test_kill_9_during_an_all_to_all_past_the_mesh_reaches_every_rank():
+    # 10 ranks (no mesh), 4 MiB a rank: blocks read from the peers' inputs, two signals a call.
+    kill_one_mid_loop(["-n", "10", str(SCRIPTS / "long_loop.py"), "all_to_all", "4"], 10, 6,
+                      {"RINGDIST_TIMEOUT": "30"}, settle=0.3)
+
+
 def test_it_is_not_chosen_without_the_link():
     def rank(g: rd.Group) -> str:
         return tuning.choose(g, "all_to_all", 64 * BLOCK).name

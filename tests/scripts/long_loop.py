@@ -18,7 +18,8 @@ signal.signal(signal.SIGTERM, lambda *a: None)
 op = getattr(rd, sys.argv[1])
 mib = float(sys.argv[2]) if len(sys.argv) > 2 else 4
 g = rd.init()
-x = np.full(int(mib * (1 << 20)) // 4, g.rank() + 1, dtype=np.float32)
+count = int(mib * (1 << 20)) // 4
+x = np.full(count - count % g.size(), g.rank() + 1, dtype=np.float32)  # all_to_all: N equal blocks
 op(x)
 print(f"ready pid={os.getpid()}", flush=True)
 try:
