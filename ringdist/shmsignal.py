@@ -10,7 +10,7 @@ the control page at the start of its own segment (`ringdist.shm`) and reads its 
   word 1  fingerprint (CRC-32) of the header of the signal with an even number; word 2: odd
   word 3  1 + the number of the collective this rank is in (`Comm.next_header`), word 4 the
           fingerprint of its op and algorithm (the rest of a header may differ by rank: a
-          scatter's root's has the shape), word 6 the length of its header, at byte 64
+          scatter's root's has the shape), word 6 the length of its header, at byte 128 (`HEADER_AT`)
   word 5  nonzero while the rank sleeps in the kernel waiting for a signal
   word 7  where this call's block lies in the rank's memory, for peers that read it from
           there (`crossmem`); written before the signal that says it is there; word 8 a

@@ -160,21 +160,32 @@ def test_all_to_all_past_the_mesh_reads_its_blocks_from_the_peers(n):
             assert got[r][3].shape == (0, 3), (r, name)
 
 
-def test_a_refused_read_in_a_reduction_fails_the_call_on_every_rank():
+def _with_a_gone_peer(n: int, gone_rank: int, call, **overrides) -> tuple[int, list[str]]:
+    """Each rank's error from `call(group)` after rank 0's record of rank `gone_rank`'s process
+    is made to name one that does not exist (as if it had died after the group was made):
+    (that process id, the errors as 'Type: message', or 'no error')."""
     gone = 1
     while os.path.exists(f"/proc/{gone}"):
         gone += 7919
 
     def rank(g: rd.Group) -> str:
         if g.rank() == 0:
-            g.shm.pids[2] = gone
+            g.shm.pids[gone_rank] = gone
         try:
-            rd.all_sum(np.ones(3 * 4096, np.float32), group=g)
+            call(g)
         except RingError as exc:
             return f"{type(exc).__name__}: {exc}"
         return "no error"
 
-    got = run_ranks(3, rank, timeout=30, algo=(("all_reduce", "shm-cma"),))
+    try:
+        return gone, run_ranks(n, rank, timeout=30, **overrides)
+    except RankFailed as exc:  # pragma: no cover - a rank raising something else
+        raise AssertionError(str(exc))
+
+
+def test_a_refused_read_in_a_reduction_fails_the_call_on_every_rank():
+    gone, got = _with_a_gone_peer(3, 2, lambda g: rd.all_sum(np.ones(3 * 4096, np.float32), group=g),
+                                  algo=(("all_reduce", "shm-cma"),))
     assert re.fullmatch(rf"PeerLostError: rank 0: all_sum on group 'world': reading rank 2's block from its "
                         rf"memory \(process {gone}\) failed: No such process \(the process is gone\)", got[0]), got
     for r in (1, 2):
@@ -202,23 +213,7 @@ def test_a_refused_read_fails_the_call_on_every_rank_naming_the_peer():
     # Rank 0's record of rank 1's process names one that does not exist (as if it had died
     # after the group was made): its read is refused, it raises PeerLostError naming rank 1
     # and the process, and rank 1 gets the ABORT instead of waiting for rank 0's signal.
-    gone = 1
-    while os.path.exists(f"/proc/{gone}"):
-        gone += 7919
-
-    def rank(g: rd.Group) -> str:
-        if g.rank() == 0:
-            g.shm.pids[1] = gone
-        try:
-            rd.all_gather(np.ones(BLOCK // 4, np.float32), group=g)
-        except RingError as exc:
-            return f"{type(exc).__name__}: {exc}"
-        return "no error"
-
-    try:
-        got = run_ranks(2, rank, timeout=30)
-    except RankFailed as exc:  # pragma: no cover - a rank raising something else
-        raise AssertionError(str(exc))
+    gone, got = _with_a_gone_peer(2, 1, lambda g: rd.all_gather(np.ones(BLOCK // 4, np.float32), group=g))
     assert re.fullmatch(rf"PeerLostError: rank 0: all_gather on group 'world': reading rank 1's block from its "
                         rf"memory \(process {gone}\) failed: No such process \(the process is gone\)", got[0]), got
     assert got[1].startswith("PeerLostError: ") and "reading rank 1's block" in got[1], got

@@ -25,7 +25,6 @@ from ..comm import Comm
 from ..errors import MismatchError, ProtocolError
 from ..flows import Outflow, Segments, SizedInflow
 
-PER_SENDER = wire.PER_SENDER_FIELDS
 # (source rank, its header's fields, the channel) -> bytes per unit of `sizes`; raises if refused.
 # It compares the call before it reads `sizes`: a header of another call may have none.
 Check = Callable[[int, dict[str, Any], Channel], int]
@@ -65,7 +64,7 @@ def dtype_from(tag: Any, sender: str) -> np.dtype:
 
 def common(fields: dict[str, Any], drop: tuple[str, ...] = ()) -> dict[str, Any]:
     """A header's fields that every rank of the call must agree on."""
-    return {k: v for k, v in fields.items() if k not in PER_SENDER and k not in drop}
+    return {k: v for k, v in fields.items() if k not in wire.PER_SENDER_FIELDS and k not in drop}
 
 
 def _landing(nbytes: int) -> memoryview:

@@ -208,10 +208,10 @@ def all_to_all_even(g: Comm, data: memoryview, out: memoryview, header: wire.Hea
     assert link is not None
     n, r = g.size(), g.rank()
     m = len(data) // n
-    if len(data) > link.slot_size and g.mesh is None:
-        _all_to_all_rounds(g, data, out, header, timeout)
-        return
     if len(data) > link.slot_size:
+        if g.mesh is None:  # no header between every pair to carry a stream's layout
+            _all_to_all_rounds(g, data, out, header, timeout)
+            return
         blocks = [data[p * m:(p + 1) * m] for p in range(n)]
         into = [out[p * m:(p + 1) * m] for p in range(n)]
         got = all_to_all(g, header, blocks, [m] * n, _no_sizes, timeout, into=into)

@@ -188,9 +188,7 @@ def broadcast(g: Comm, out: np.ndarray, root: int, header: wire.Header, timeout:
 
 
 def _fits(comm: Comm, kind: str, nbytes: int) -> str | None:
-    # An all_to_all of equal blocks (its size known, >= 0) reads them where they lie: no sizes to
-    # exchange, so no connection to every rank needed, unlike the segments' (any sizes).
-    why = shm.ALGORITHM.fits(comm, "gather" if kind == "all_to_all" and nbytes >= 0 else kind, nbytes)
+    why = shm.ALGORITHM.fits(comm, kind, nbytes)  # an all_to_all of equal blocks needs no mesh there either
     if why is not None:
         return why
     if comm.shm is None or comm.shm.pids is None:
