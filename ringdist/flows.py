@@ -462,10 +462,13 @@ class Watch:
 
 
 def _role_free(fields: dict[str, Any]) -> dict[str, Any]:
-    """A header's fields without `step` (a frame's part in the call, which differs by rank) and
-    those that differ by sender or relay (`wire.PER_SENDER_FIELDS`): a neighbour ahead by a
-    hop of the ring's relay sends the next hop's header, the same call."""
-    return {k: v for k, v in fields.items() if k != "step" and k not in wire.PER_SENDER_FIELDS}
+    """A header's fields without `step` (a frame's part in the call, which differs by rank),
+    those that differ by sender or relay (`wire.PER_SENDER_FIELDS`: a neighbour ahead by a hop
+    of the ring's relay sends the next hop's header, the same call), and those that differ by
+    role (`wire.ROLE_FIELDS`: a scatter's root sends its array's dtype and shape, the others an
+    empty one's). The receiver of each header checks those fields itself."""
+    drop = wire.ROLE_FIELDS.get(fields.get("op"), ())
+    return {k: v for k, v in fields.items() if k != "step" and k not in wire.PER_SENDER_FIELDS and k not in drop}
 
 
 class SizedInflow(Inflow):

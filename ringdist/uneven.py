@@ -186,10 +186,10 @@ def scatter(x: Any, root: int = 0, *, group: Comm | None = None, timeout: float 
         blocks, counts = [view[p * per * unit:(p + 1) * per * unit] for p in range(n)], [per] * n
     else:
         blocks, counts = [byte_view(NOTHING)] * n, [0] * n
-    mine = common(header.fields, ("dtype", "shape"))
+    mine = common(header.fields, wire.ROLE_FIELDS["scatter"])
 
     def check(src: int, fields: dict[str, Any], ch: Channel) -> int:
-        theirs = common(fields, ("dtype", "shape"))
+        theirs = common(fields, wire.ROLE_FIELDS["scatter"])
         if theirs != mine:
             check_same(mine, theirs, ch)
         sizes = sizes_of(fields, ch, 1)

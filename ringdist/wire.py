@@ -117,6 +117,9 @@ INTERNAL_FIELDS = ("path", "ways", "step")
 # Header fields that differ by sender or by relay within one call: a stream's block sizes, the
 # hop that relays it round the ring, where it lies in a segment (`algorithms/shm_blocks.py`).
 PER_SENDER_FIELDS = ("sizes", "hop", "at")
+# Header fields that differ by role within one call, by op: a scatter's root declares its array,
+# the other ranks pass none (their headers carry an empty array's dtype and shape).
+ROLE_FIELDS = {"scatter": ("dtype", "shape")}
 
 
 def dtype_tag(dtype: Any) -> str:

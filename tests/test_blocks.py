@@ -124,6 +124,23 @@ def test_large_blocks_relayed_round_the_ring_with_a_neighbour_a_hop_ahead(shm):
             assert np.array_equal(got[i + 1], want_ag), (r, i)
 
 
+@pytest.mark.parametrize("shm", [False, True])
+def test_large_scatter_on_9_ranks_where_the_root_and_the_others_declare_different_arrays(shm):
+    # A scatter's root declares its array's dtype and shape, every other rank an empty array's.
+    # Round the ring (9 ranks, no shared memory) with 1 MiB blocks, a rank watching a connection
+    # it does not read in this hop sees a neighbour's header of the same call: a role, not a mismatch.
+    n, block = 9, 1 << 18
+
+    def rank(g: rd.Group) -> list[np.ndarray]:
+        x = np.arange(n * block, dtype=np.float32) if g.rank() == 0 else None
+        return [rd.scatter(x, root=0, group=g) for _ in range(4)]
+
+    results = run_ranks(n, rank, shm=shm)
+    for r, got in enumerate(results):
+        for y in got:
+            assert np.array_equal(y, np.arange(r * block, (r + 1) * block, dtype=np.float32)), r
+
+
 def test_argument_errors_are_clear():
     with pytest.raises(RankFailed) as info:
         run_ranks(2, lambda g: rd.all_to_all(np.zeros(3), group=g))
