@@ -3,8 +3,9 @@
 usage: ringdist-launch -n N benchmarks/scale.py OP[,OP...] SIZE[,SIZE...] [--algos A,B,...]
            [--calls K] [--fresh] [--json FILE]
 
-OP is all_gather, all_sum, sum_scatter, all_to_all, broadcast or barrier; SIZE bytes per rank
-(sum_scatter and all_to_all: per block, N blocks a rank)
+OP is all_gather, all_sum, sum_scatter, all_to_all, all_to_all_splits (all_to_all's blocks,
+passed as splits), scatter, broadcast or barrier; SIZE bytes per rank (sum_scatter, all_to_all
+and scatter: per block, N blocks a rank, the root's for scatter)
 (float32 elements; ignored by barrier). With --algos the named algorithms take turns call
 by call (RINGDIST_ALGO set for that op on every rank before each call; `table`: the tuning
 table's choice), so every variant meets the same moments of a shared machine; without it
@@ -42,11 +43,18 @@ def sockets() -> int:
     return count
 
 
+OP_OF = {"all_to_all_splits": "all_to_all"}  # the op RINGDIST_ALGO names
+
+
 def call(op: str, x: np.ndarray, g) -> None:
     if op == "barrier":
         rd.barrier(group=g)
     elif op == "broadcast":
         rd.broadcast(x, root=0, group=g)
+    elif op == "scatter":
+        rd.scatter(x, root=0, group=g)
+    elif op == "all_to_all_splits":  # the same bytes as all_to_all, declared as splits
+        rd.all_to_all(x, splits=[len(x) // g.size()] * g.size(), group=g)
     else:
         getattr(rd, op)(x, group=g)
 
@@ -71,7 +79,8 @@ def main() -> None:
     rows = []
     for op in args.ops.split(","):
         for size in ([1] if op == "barrier" else [int(s) for s in args.sizes.split(",")]):
-            elements = max(size // 4, 1) * (n if op in ("sum_scatter", "all_to_all") else 1)
+            elements = max(size // 4, 1) * (n if op in ("sum_scatter", "all_to_all", "all_to_all_splits",
+                                                         "scatter") else 1)
             x = np.ones(elements, np.float32)
             times = np.empty((len(names), args.calls))
             for i in range(args.warmup + args.calls * len(names)):
@@ -80,7 +89,7 @@ def main() -> None:
                 if args.fresh:
                     x.fill(1 + i % 3)
                 rd.barrier(group=g)
-                g.settings = base if name is None else dataclasses.replace(base, algo=((op, name),))
+                g.settings = base if name is None else dataclasses.replace(base, algo=((OP_OF.get(op, op), name),))
                 g.choices.clear()
                 start = time.perf_counter()
                 call(op, x, g)

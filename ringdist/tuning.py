@@ -200,13 +200,15 @@ TABLE: list[Row] = [
         "each rank reads its blocks from its peers' inputs: one kernel copy per byte instead of two "
         "(2 MiB blocks on 8 ranks: 0.41x the time)"),
     Row("all_to_all", "shm-cma", lambda f: f.cma and not f.mesh and f.direct_max > 0 and not f.scatter
-        and f.nbytes > f.slot,
+        and (f.nbytes > f.slot or f.nbytes == UNKNOWN),
         "groups over 8 (no mesh), blocks of one size, more than a slot: each rank reads its blocks from its peers' "
         "inputs, where the ring relays them N-1 hops (16 ranks, 64 KiB-1 MiB blocks: 0.07-0.14x the ring's time, "
-        "0.52-0.96x the segments')"),
-    Row("all_to_all", "shm", lambda f: f.shm and not f.mesh and f.direct_max > 0 and not f.scatter and f.nbytes >= 0,
-        "groups over 8, blocks of one size: through the segments in rounds (16 ranks: 4 KiB blocks, one slot, "
-        "0.13x the ring's time and 0.55x the reads'; 64 KiB-1 MiB 0.13-0.14x the ring's)"),
+        "0.52-0.96x the segments'); with splits, the segments' first round carries the layouts, then reads where "
+        "a stream is over a slot (16 ranks, 1 MiB blocks: 0.39x the segments' time, 64 KiB a tie)"),
+    Row("all_to_all", "shm", lambda f: f.shm and not f.mesh and f.direct_max > 0,
+        "groups over 8: through the segments in rounds, blocks of one size (16 ranks: 4 KiB blocks, one slot, "
+        "0.13x the ring's time and 0.55x the reads'; 64 KiB-1 MiB 0.13-0.14x the ring's), of any sizes (each "
+        "stream headed by its layout: 0.17-0.22x at 4 KiB-1 MiB) or a scatter (0.20-0.48x)"),
     Row("barrier", "shm", lambda f: f.shm and f.signals and f.direct_max > 0,
         "one signal through the segments: no message"),
     Row("gather", "shm", lambda f: f.shm and f.signals and f.direct_max > 0,

@@ -1,4 +1,4 @@
-"""all_to_all and scatter through shared memory: bit for bit against numpy at N = 1..9 (forced),
+"""all_to_all and scatter through shared memory: bit for bit against numpy at N = 1..9 and 11 (forced),
 with splits, empty blocks, 2-D and 4-D rows, strided inputs and streams longer than a slot;
 ranks that disagree all raise; the table's choice."""
 
@@ -107,21 +107,18 @@ def test_equal_blocks_past_the_mesh_go_through_shared_memory(n, cma):
             assert got.tobytes() == want[name].tobytes(), (name, r)
 
 
-@pytest.mark.parametrize("n", range(1, 10))
-def test_forced_shm_all_to_all_and_scatter_match_numpy_bit_for_bit(n):
-    def rank(g: rd.Group):
-        if 2 <= n <= 8:
-            assert g.shm is not None
-        try:
-            return calls(n, g.rank(), g)
-        except rd.ConfigError as exc:
-            return exc
+@pytest.mark.parametrize("n, algo", [(n, "shm") for n in range(1, 10)] + [(11, "shm"), (9, "shm-cma"), (11, "shm-cma")])
+def test_forced_shm_all_to_all_and_scatter_match_numpy_bit_for_bit(n, algo):
+    # Past 8 ranks (no mesh) blocks of any sizes declare their layout at the head of each stream;
+    # shm-cma reads them from the peers' memory where a stream is longer than a slot (splits_big).
+    if algo == "shm-cma" and not crossmem.supported():
+        pytest.skip("no process_vm_readv here")
 
-    results = run_ranks(n, rank, algo=SHM)
-    if n > 8:  # a link but no mesh (each peer's sizes ride in its header): every rank refuses alike
-        assert all(isinstance(e, rd.ConfigError) and "needs a connection to every rank" in str(e)
-                   for e in results), results
-        return
+    def rank(g: rd.Group):
+        assert n == 1 or g.shm is not None
+        return calls(n, g.rank(), g)
+
+    results = run_ranks(n, rank, algo=(("*", algo),))
     for r in range(n):
         want = expected(n, r)
         assert sorted(results[r]) == sorted(want)
@@ -166,6 +163,25 @@ def test_ranks_that_disagree_over_shared_memory_all_raise_then_the_group_is_brok
     assert all(isinstance(e, rd.GroupBrokenError) for e in errors), errors
 
 
+WIDE_DISAGREEMENTS = {  # 9 ranks: no mesh; the layouts ride in the segments
+    "splits_or_not": lambda g: rd.all_to_all(np.ones((9, 2)), splits=[1] * 9 if g.rank() != 4 else None, group=g),
+    "dtype": lambda g: rd.all_to_all(np.ones((9, 2), np.float32 if g.rank() != 7 else np.float64), splits=[1] * 9,
+                                     group=g),
+    "trailing": lambda g: rd.all_to_all(np.ones((9, 2 + (g.rank() == 2))), splits=[1] * 9, group=g),
+    "scatter_vs_all_to_all": lambda g: (rd.scatter(np.ones(9), group=g) if g.rank() != 3 else
+                                        rd.all_to_all(np.ones(9), splits=[1] * 9, group=g)),
+}
+
+
+@pytest.mark.parametrize("cma", [False, True])
+@pytest.mark.parametrize("case", list(WIDE_DISAGREEMENTS))
+def test_ranks_that_disagree_past_the_mesh_all_raise_then_the_group_is_broken(case, cma):
+    outcomes, errors = run_disagreement(9, WIDE_DISAGREEMENTS[case], shm_cma=cma)
+    assert all(isinstance(o, rd.RingError) for o in outcomes), outcomes
+    assert any(isinstance(o, rd.MismatchError) for o in outcomes), outcomes
+    assert all(isinstance(e, rd.GroupBrokenError) for e in errors), errors
+
+
 def test_the_table_sends_all_to_all_through_shared_memory_from_its_threshold():
     def choices(g: rd.Group) -> list:
         return [tuning.choose(g, op, nbytes).name for op, nbytes in
@@ -176,6 +192,18 @@ def test_the_table_sends_all_to_all_through_shared_memory_from_its_threshold():
     if shmsignal.supported():  # rounds signalled through the segments: all_to_all and scatter from the first byte
         assert run_ranks(4, choices)[0] == ["shm", "shm", "shm", "shm"]
     assert run_ranks(4, choices, shm=False)[0] == ["direct"] * 4
+
+
+@pytest.mark.parametrize("cma", [False, True])
+def test_past_the_mesh_the_table_sends_uneven_all_to_all_and_scatter_through_shared_memory(cma):
+    # 9 ranks, no mesh: all_to_all with splits and scatter used to go round the ring.
+    def choices(g: rd.Group) -> list:
+        return [tuning.choose(g, op, nbytes).name for op, nbytes in
+                [("all_to_all", tuning.UNKNOWN), ("scatter", tuning.ROOTED), ("scatter", 1 << 20)]]
+
+    want = ["shm-cma" if cma and crossmem.supported() else "shm", "shm", "shm"]
+    assert run_ranks(9, choices, shm_cma=cma) == [want] * 9
+    assert run_ranks(9, choices, shm=False)[0] == ["ring"] * 3
 
 
 def test_a_scatter_is_chosen_by_the_size_of_the_previous_one_and_sizes_may_change():

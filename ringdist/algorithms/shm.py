@@ -36,7 +36,7 @@ from ..comm import Comm
 from ..errors import ProtocolError
 from .base import Algorithm
 from .blocks import dtype_from
-from .shm_blocks import all_to_all, signal
+from .shm_blocks import all_to_all, layout_bytes, signal
 
 _RESULT_ALIGN = 64
 # Where rounds signal through memory, reductions on 2 ranks, and on more up to this size, take one
@@ -338,9 +338,9 @@ def _fits(comm: Comm, kind: str, nbytes: int) -> str | None:
     if comm.shm is None:
         return ("it needs shared memory with every rank of the group: all on one machine, Linux, and "
                 "RINGDIST_SHM not 0")
-    if kind == "all_to_all" and comm.mesh is None and nbytes < 0:  # each peer's sizes ride in its header
-        return (f"its all_to_all of blocks of different sizes needs a connection to every rank, which groups of "
-                f"2 to 8 ranks have (this one has {comm.size()})")  # (`shm_blocks`); equal blocks go in rounds
+    if kind == "all_to_all" and comm.mesh is None and layout_bytes(comm.size()) > comm.shm.slot_size:
+        return (f"its all_to_all in a group of {comm.size()} ranks needs the blocks' layout "
+                f"({layout_bytes(comm.size())} bytes) to fit a slot of shared memory ({comm.shm.slot_size})")
     return None
 
 

@@ -12,22 +12,25 @@ rank's blocks the same size (all_to_all without splits) it follows from its own 
 splits or for a scatter, round 0's header to each peer declares the block's rows (`sizes`,
 checked as every block exchange checks them) and `at`: the block's first row in the
 sender's stream and the stream's rows. Later rounds' headers are the call's, with the
-fields that may differ by sender (a scatter's dtype and shape) made equal.
+fields that may differ by sender (a scatter's dtype and shape) made equal. A group with no
+mesh (more than 8 ranks) has no header between every pair: there each stream opens with its
+layout instead (`layout_bytes`), read out of every peer's first slot after the first signal.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import math
+from typing import Any, Callable
 
 import numpy as np
 
-from .. import buffers, wire
+from .. import buffers, crossmem, wire
 from ..channel import Channel
 from ..comm import Comm
 from ..errors import ProtocolError
 from ..flows import NO_BYTES, Outflow, Segments, SizedInflow
 from . import dissemination
-from .blocks import Assembled, Check, sizes_of
+from .blocks import Assembled, Check, dtype_from, sizes_of
 
 
 def _stream(blocks: list[memoryview], r: int) -> tuple[list[int], int]:
@@ -90,10 +93,13 @@ def signal(g: Comm, op: str, header: wire.Header, timeout: float | None) -> None
 
 
 def all_to_all(g: Comm, header: wire.Header, blocks: list[memoryview], sizes: list[int], check: Check,
-               timeout: float | None, into: list[memoryview] | None = None) -> list[tuple[int, memoryview]]:
+               timeout: float | None, into: list[memoryview] | None = None,
+               read: Read | None = None) -> list[tuple[int, memoryview]]:
     """Block p (sizes[p] units) to rank p through shared memory. With `into` (every rank's
     blocks the same size) they land there; otherwise in one buffer, in source order
-    (`Assembled`). Returns (units, bytes) of the block from each rank, by source."""
+    (`Assembled`). Returns (units, bytes) of the block from each rank, by source. `read`: a
+    group with no mesh reads blocks straight out of the peers' memory where a stream takes
+    more than one round (`_all_to_all_laid_out`)."""
     link = g.shm
     assert link is not None
     n, r = g.size(), g.rank()
@@ -101,6 +107,8 @@ def all_to_all(g: Comm, header: wire.Header, blocks: list[memoryview], sizes: li
     at, total = _stream(blocks, r)
     size = link.slot_size
     k = link.next_round()
+    if into is None and g.mesh is None:  # no header between every pair: the layout heads the stream
+        return _all_to_all_laid_out(g, header, blocks, sizes, at, total, timeout, read)
     _write(link.slot(r, k), blocks, at, r, 0, size)
     if into is not None:  # every block m bytes: rank r's lies at (r or r-1) * m in each peer's stream
         follow = header
@@ -129,6 +137,18 @@ def all_to_all(g: Comm, header: wire.Header, blocks: list[memoryview], sizes: li
         dest[r][:] = blocks[r]
         got = Assembled((sizes[r] if q == r else where[q][3], dest[q]) for q in range(n))
         got.whole = whole
+    return _rounds(g, k, blocks, at, total, where, dest, follow, timeout, got)
+
+
+def _rounds(g: Comm, k: int, blocks: list[memoryview], at: list[int], total: int,
+            where: dict[int, tuple[int, int, int, int]], dest: list[memoryview], follow: wire.Header,
+            timeout: float | None, got: list[tuple[int, memoryview]]) -> list[tuple[int, memoryview]]:
+    """Round k's copies out of the peers' slots (its signal given), then the rounds left: this
+    rank's stream written a slot at a time, each rank's block copied out of every stream
+    (`where`: its byte offset, bytes and stream length per peer) into `dest`."""
+    link = g.shm
+    assert link is not None
+    r, size, op = g.rank(), link.slot_size, follow.fields["op"]
     longest = max([total] + [w[2] for w in where.values()])
     others = link.others
     a = 0
@@ -145,6 +165,87 @@ def all_to_all(g: Comm, header: wire.Header, blocks: list[memoryview], sizes: li
         k = link.next_round()
         _write(link.slot(r, k), blocks, at, r, a, size)
         signal(g, op, follow, timeout)
+
+
+# The longest stream a layout may declare: more is a corrupt layout, not a call (it would take
+# rounds without end).
+_STREAM_MAX = 1 << 48
+
+
+_LAYOUT = 4  # int64s per rank in a layout
+
+
+def layout_bytes(n: int) -> int:
+    """Bytes at the head of a rank's stream where its blocks' layout lies (groups with no mesh):
+    for each rank the offset of its block in the stream, the block's bytes, its rows and its
+    address in this rank's memory (for `read`), then the stream's length; int64s, 64-aligned."""
+    return -(-8 * (_LAYOUT * n + 1) // 64) * 64
+
+
+# Reads rank p's bytes at an address in its memory into a buffer (`shm_cma`): (g, p, into, address, op).
+Read = Callable[[Comm, int, memoryview, int, str], None]
+
+
+def _all_to_all_laid_out(g: Comm, header: wire.Header, blocks: list[memoryview], sizes: list[int],
+                         at: list[int], total: int, timeout: float | None,
+                         read: Read | None) -> list[tuple[int, memoryview]]:
+    """Blocks of any sizes in a group with no mesh (no header between every pair to declare
+    them): each rank's stream opens with its layout, which every rank reads out of every peer's
+    first slot after the first signal. Every round's signal is the call's header, the same on
+    every rank (op, dtype, trailing dims: a scatter, whose ranks' differ, has its own path);
+    every rank then knows every stream's length, so all run as many rounds. With `read`, where
+    the longest stream takes more than that first round, every rank instead reads its blocks
+    out of the peers' memory, and a second signal ends the call (the inputs may change):
+    every rank sees the same lengths, so all choose alike."""
+    link = g.shm
+    assert link is not None
+    n, r = g.size(), g.rank()
+    head = layout_bytes(n)
+    at = [a + head for a in at]
+    total += head
+    k = link.rounds - 1  # the round `all_to_all` took
+    slot = link.slot(r, k)
+    layout = np.frombuffer(slot, np.int64, _LAYOUT * n + 1)
+    for p in range(n):
+        if p != r:
+            block = blocks[p]
+            layout[_LAYOUT * p:_LAYOUT * p + _LAYOUT] = (at[p], len(block), sizes[p],
+                                                        crossmem.address(block) if read is not None else 0)
+    layout[_LAYOUT * n] = total
+    _write(slot, blocks, at, r, 0, link.slot_size)
+    op = header.fields["op"]
+    signal(g, op, header, timeout)
+    fields = header.fields
+    unit = dtype_from(fields["dtype"], f"rank {r}").itemsize * math.prod(fields["shape"][1:])
+    where: dict[int, tuple[int, int, int, int]] = {}
+    addresses = {}
+    for p in link.others:
+        theirs = np.frombuffer(link.slot(p, k), np.int64, _LAYOUT * n + 1)
+        start, length, rows, addresses[p] = (int(v) for v in theirs[_LAYOUT * r:_LAYOUT * (r + 1)])
+        stream = int(theirs[_LAYOUT * n])
+        if not head <= stream <= _STREAM_MAX or start < head or rows < 0 or start + length > stream \
+                or length != rows * unit:
+            raise ProtocolError(f"rank {r}: rank {p}'s all_to_all layout in shared memory declares a block of "
+                                f"{rows} rows, {length} bytes, at {start} of a {stream}-byte stream, for rows of "
+                                f"{unit} bytes (group {g.gid!r})")
+        where[p] = (start, length, stream, rows)
+    lengths = [len(blocks[r]) if q == r else where[q][1] for q in range(n)]
+    whole = buffers.cache.empty((sum(lengths),), np.dtype(np.uint8))
+    view = memoryview(whole)
+    dest, pos = [], 0
+    for q in range(n):
+        dest.append(view[pos:pos + lengths[q]])
+        pos += lengths[q]
+    dest[r][:] = blocks[r]
+    got = Assembled((sizes[r] if q == r else where[q][3], dest[q]) for q in range(n))
+    got.whole = whole
+    if read is not None and max([total] + [w[2] for w in where.values()]) > link.slot_size:
+        for p in link.others:
+            if where[p][1]:
+                read(g, p, dest[p], addresses[p], op)
+        signal(g, op, header, timeout)  # every rank has its blocks: the inputs may change
+        return got
+    return _rounds(g, k, blocks, at, total, where, dest, header, timeout, got)
 
 
 def _write(slot: memoryview, blocks: list[memoryview], at: list[int], r: int, a: int, size: int) -> None:

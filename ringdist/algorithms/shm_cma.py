@@ -27,7 +27,11 @@ every reader is done: the owner may return, and its caller change the buffer.
   second signal frees it: one kernel copy per reader, where the segments take two copies
   and a signal a slot.
 
-Other kinds (uneven all-to-all) go through the segments, as `shm` does.
+- all-to-all of blocks of any sizes (splits), in groups of more than 8 ranks: the segments'
+  first round carries every rank's layout (`shm_blocks`), including where each block lies in
+  its owner's memory; where some stream is longer than a slot, each rank then reads its
+  blocks from their owners' memory and a second signal ends the call, instead of a signal a
+  slot. With a mesh, and for scatter, the segments' rounds run as in `shm`.
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ from ..comm import Comm
 from ..errors import PeerLostError, RingError
 from . import shm
 from .base import Algorithm
+from .blocks import Check
 from .shm_blocks import signal
 
 
@@ -197,6 +202,14 @@ def _fits(comm: Comm, kind: str, nbytes: int) -> str | None:
     return None
 
 
+def all_to_all(g: Comm, header: wire.Header, blocks: list[memoryview], sizes: list[int], check: Check,
+               timeout: float | None, into: list[memoryview] | None = None) -> list[tuple[int, memoryview]]:
+    """The segments' all_to_all; in a group with no mesh, blocks of any sizes are read straight out
+    of the peers' memory where a stream is longer than a slot (`shm_blocks._all_to_all_laid_out`)."""
+    return shm.all_to_all(g, header, blocks, sizes, check, timeout, into=into, read=_read)
+
+
 ALGORITHM = Algorithm("shm-cma", gather=gather, reduce=reduce, reduce_root=reduce_root, reduce_scatter=reduce_scatter,
                       broadcast=broadcast,
-                      all_to_all=shm.all_to_all, all_to_all_even=all_to_all_even, barrier=shm.barrier, fits=_fits)
+                      all_to_all=all_to_all, all_to_all_even=all_to_all_even, barrier=shm.barrier,
+                      scatter=shm.scatter, fits=_fits)
