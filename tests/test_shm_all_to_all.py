@@ -7,11 +7,13 @@ from __future__ import annotations
 import sys
 
 import ml_dtypes
+import msgpack
 import numpy as np
 import pytest
 
 import ringdist as rd
 from ringdist import crossmem, shmsignal, tuning
+from ringdist.algorithms import shm, shm_blocks
 from ringdist.shm import slot_bytes
 
 from harness import run_disagreement, run_ranks
@@ -180,6 +182,43 @@ def test_ranks_that_disagree_past_the_mesh_all_raise_then_the_group_is_broken(ca
     assert all(isinstance(o, rd.RingError) for o in outcomes), outcomes
     assert any(isinstance(o, rd.MismatchError) for o in outcomes), outcomes
     assert all(isinstance(e, rd.GroupBrokenError) for e in errors), errors
+
+
+@pytest.mark.parametrize("field, value", [(1, 5), (2, 1 << 40), (0, -1)])
+def test_a_corrupt_layout_in_shared_memory_fails_the_call_on_every_rank_at_once(monkeypatch, field, value):
+    # A layout no rank could have written (bytes that are not whole rows, a block past its
+    # stream, an offset inside the layout): the rank that reads it raises ProtocolError naming
+    # the writer and tells the others (who may have finished the call: one round), so the
+    # group's next call fails on every rank at once instead of waiting out its timeout.
+    original = shm_blocks._write_layout
+
+    def corrupt(slot, r, *args):
+        original(slot, r, *args)
+        if r == 3:  # rank 3's entry for rank 0
+            np.frombuffer(slot, np.int64, 4)[field] = value
+
+    monkeypatch.setattr(shm_blocks, "_write_layout", corrupt)
+    outcomes, errors = run_disagreement(
+        9, lambda g: rd.all_to_all(np.ones((18, 2)), splits=[2] * 9, group=g, timeout=60), timeout=60)
+    assert isinstance(outcomes[0], rd.ProtocolError), outcomes
+    assert "rank 0: rank 3's all_to_all layout in shared memory declares" in str(outcomes[0]), outcomes[0]
+    assert all(o == "returned" or isinstance(o, rd.RingError) for o in outcomes), outcomes
+    assert isinstance(errors[0], rd.GroupBrokenError), errors[0]
+    assert all(isinstance(e, rd.RingError) and "rank 3's all_to_all layout" in str(e) for e in errors), errors
+
+
+@pytest.mark.parametrize("n", [4, 9])
+@pytest.mark.parametrize("descriptor, says", [
+    (b"\xff\xff", "wrote no readable shape and dtype"),
+    (len(msgpack.packb({"shape": [7], "dtype": "<f4"})).to_bytes(4, "little") + msgpack.packb({"shape": [7], "dtype": "<f4"}),
+     "whose rows do not divide"),
+])
+def test_a_scatter_whose_root_wrote_an_unreadable_descriptor_fails_on_every_rank(monkeypatch, n, descriptor, says):
+    monkeypatch.setattr(shm, "_descriptor", lambda arr: descriptor)
+    outcomes, errors = run_disagreement(n, lambda g: rd.scatter(np.ones(n) if g.rank() == 1 else None, root=1, group=g,
+                                                                 timeout=60), algo=SHM, timeout=60)
+    assert all(isinstance(outcomes[r], rd.ProtocolError) and says in str(outcomes[r]) for r in range(n) if r != 1), outcomes
+    assert all(isinstance(e, rd.RingError) for e in errors), errors
 
 
 def test_the_table_sends_all_to_all_through_shared_memory_from_its_threshold():

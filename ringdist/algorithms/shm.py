@@ -33,10 +33,10 @@ import numpy as np
 from .. import buffers, schedule, wire
 from ..arrays import REDUCERS, byte_view, fold
 from ..comm import Comm
-from ..errors import ProtocolError
+from ..errors import MismatchError, ProtocolError
 from .base import Algorithm
 from .blocks import dtype_from
-from .shm_blocks import all_to_all, layout_bytes, signal
+from .shm_blocks import all_to_all, failed, layout_bytes, signal
 
 _RESULT_ALIGN = 64
 # Where rounds signal through memory, reductions on 2 ranks, and on more up to this size, take one
@@ -273,11 +273,7 @@ def scatter(g: Comm, arr: np.ndarray, root: int, header: wire.Header, timeout: f
     if r == root:
         data = byte_view(np.ascontiguousarray(arr))
         step = len(data) // n
-        head = msgpack.packb({"shape": list(arr.shape), "dtype": wire.dtype_tag(arr.dtype)}, use_bin_type=True)
-        if len(head) + 4 > _DESCRIPTOR:
-            raise ValueError(f"scatter: an array of {arr.ndim} dimensions has too long a description for "
-                             f"shared memory ({len(head)} bytes)")
-        descriptor = len(head).to_bytes(4, "little") + head
+        descriptor = _descriptor(arr)
         out = buffers.cache.empty((arr.shape[0] // n,) + arr.shape[1:], arr.dtype)
         byte_view(out)[:] = data[r * step:(r + 1) * step]
         total = _DESCRIPTOR + len(data)
@@ -295,7 +291,10 @@ def scatter(g: Comm, arr: np.ndarray, root: int, header: wire.Header, timeout: f
         signal(g, op, follow, timeout)
         theirs = link.slot(root, k)
         if out is None:  # round 0, not the root: the descriptor
-            shape, dtype = _described(theirs, g, root, n)
+            try:
+                shape, dtype = _described(theirs, g, root, n)
+            except (ProtocolError, MismatchError) as exc:
+                raise failed(g, op, exc) from None
             out = buffers.cache.empty((shape[0] // n,) + shape[1:], dtype)
             step = out.nbytes
             total = _DESCRIPTOR + n * step
@@ -307,6 +306,15 @@ def scatter(g: Comm, arr: np.ndarray, root: int, header: wire.Header, timeout: f
         a = b
         if a >= total:
             return out
+
+
+def _descriptor(arr: np.ndarray) -> bytes:
+    """What heads a scatter's stream: the root's array's shape and dtype, for the other ranks."""
+    head = msgpack.packb({"shape": list(arr.shape), "dtype": wire.dtype_tag(arr.dtype)}, use_bin_type=True)
+    if len(head) + 4 > _DESCRIPTOR:
+        raise ValueError(f"scatter: an array of {arr.ndim} dimensions has too long a description for "
+                         f"shared memory ({len(head)} bytes)")
+    return len(head).to_bytes(4, "little") + head
 
 
 def _described(slot: memoryview, g: Comm, root: int, n: int) -> tuple[tuple[int, ...], np.dtype]:

@@ -167,6 +167,14 @@ def _rounds(g: Comm, k: int, blocks: list[memoryview], at: list[int], total: int
         signal(g, op, follow, timeout)
 
 
+def failed(g: Comm, op: str, exc: BaseException) -> BaseException:
+    """`exc`, found in what a peer wrote into shared memory, after the group is marked broken and
+    every peer told (an ABORT), as a failure inside an exchange would be: no peer waits on this
+    rank's next signal until its timeout."""
+    g._fail(op, g.channels, g._seq - 1, [], exc)
+    return exc
+
+
 # The longest stream a layout may declare: more is a corrupt layout, not a call (it would take
 # rounds without end).
 _STREAM_MAX = 1 << 48
@@ -205,13 +213,7 @@ def _all_to_all_laid_out(g: Comm, header: wire.Header, blocks: list[memoryview],
     total += head
     k = link.rounds - 1  # the round `all_to_all` took
     slot = link.slot(r, k)
-    layout = np.frombuffer(slot, np.int64, _LAYOUT * n + 1)
-    for p in range(n):
-        if p != r:
-            block = blocks[p]
-            layout[_LAYOUT * p:_LAYOUT * p + _LAYOUT] = (at[p], len(block), sizes[p],
-                                                        crossmem.address(block) if read is not None else 0)
-    layout[_LAYOUT * n] = total
+    _write_layout(slot, r, blocks, sizes, at, total, read is not None)
     _write(slot, blocks, at, r, 0, link.slot_size)
     op = header.fields["op"]
     signal(g, op, header, timeout)
@@ -225,9 +227,9 @@ def _all_to_all_laid_out(g: Comm, header: wire.Header, blocks: list[memoryview],
         stream = int(theirs[_LAYOUT * n])
         if not head <= stream <= _STREAM_MAX or start < head or rows < 0 or start + length > stream \
                 or length != rows * unit:
-            raise ProtocolError(f"rank {r}: rank {p}'s all_to_all layout in shared memory declares a block of "
-                                f"{rows} rows, {length} bytes, at {start} of a {stream}-byte stream, for rows of "
-                                f"{unit} bytes (group {g.gid!r})")
+            raise failed(g, op, ProtocolError(
+                f"rank {r}: rank {p}'s all_to_all layout in shared memory declares a block of {rows} rows, "
+                f"{length} bytes, at {start} of a {stream}-byte stream, for rows of {unit} bytes (group {g.gid!r})"))
         where[p] = (start, length, stream, rows)
     lengths = [len(blocks[r]) if q == r else where[q][1] for q in range(n)]
     whole = buffers.cache.empty((sum(lengths),), np.dtype(np.uint8))
@@ -246,6 +248,18 @@ def _all_to_all_laid_out(g: Comm, header: wire.Header, blocks: list[memoryview],
         signal(g, op, header, timeout)  # every rank has its blocks: the inputs may change
         return got
     return _rounds(g, k, blocks, at, total, where, dest, header, timeout, got)
+
+
+def _write_layout(slot: memoryview, r: int, blocks: list[memoryview], sizes: list[int], at: list[int], total: int,
+                  addresses: bool) -> None:
+    """This rank's layout (`layout_bytes`) at the head of its first slot."""
+    n = len(blocks)
+    layout = np.frombuffer(slot, np.int64, _LAYOUT * n + 1)
+    for p, block in enumerate(blocks):
+        if p != r:
+            layout[_LAYOUT * p:_LAYOUT * (p + 1)] = (at[p], len(block), sizes[p],
+                                                    crossmem.address(block) if addresses else 0)
+    layout[_LAYOUT * n] = total
 
 
 def _write(slot: memoryview, blocks: list[memoryview], at: list[int], r: int, a: int, size: int) -> None:
