@@ -204,7 +204,7 @@ TABLE: list[Row] = [
         "groups over 8 (no mesh), blocks of one size, more than a slot: each rank reads its blocks from its peers' "
         "inputs, where the ring relays them N-1 hops (16 ranks, 64 KiB-1 MiB blocks: 0.07-0.14x the ring's time, "
         "0.52-0.96x the segments'); with splits, the segments' first round carries the layouts, then reads where "
-        "a stream is over a slot (16 ranks, 1 MiB blocks: 0.39x the segments' time, 64 KiB a tie)"),
+        "a stream is over 4 slots (16 ranks: 256 KiB blocks 0.63x the segments' time, 1 MiB 0.39-0.46x)"),
     Row("all_to_all", "shm", lambda f: f.shm and not f.mesh and f.direct_max > 0,
         "groups over 8: through the segments in rounds, blocks of one size (16 ranks: 4 KiB blocks, one slot, "
         "0.13x the ring's time and 0.55x the reads'; 64 KiB-1 MiB 0.13-0.14x the ring's), of any sizes (each "

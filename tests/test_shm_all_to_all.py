@@ -13,7 +13,7 @@ import pytest
 
 import ringdist as rd
 from ringdist import crossmem, shmsignal, tuning
-from ringdist.algorithms import shm, shm_blocks
+from ringdist.algorithms import shm, shm_blocks, shm_cma
 from ringdist.shm import slot_bytes
 
 from harness import run_disagreement, run_ranks
@@ -33,8 +33,9 @@ def splits_of(rank: int, n: int) -> list[int]:
 
 
 def big_splits(rank: int, n: int, width: int) -> list[int]:
-    """Rank 0 sends a stream of about three slots, the others a few rows: rounds follow the longest."""
-    many = 3 * slot_bytes(max(n, 2)) // (4 * width) // max(n - 1, 1) + 7
+    """Rank 0 sends a stream of about five slots, the others a few rows: rounds follow the longest
+    (past the mesh, with reads from the peers' memory, over READ_SLOTS slots: reads)."""
+    many = (shm_blocks.READ_SLOTS + 1) * slot_bytes(max(n, 2)) // (4 * width) // max(n - 1, 1) + 7
     return [many if rank == 0 and p != 0 else (p + rank) % 3 for p in range(n)]
 
 
@@ -231,6 +232,29 @@ def test_the_table_sends_all_to_all_through_shared_memory_from_its_threshold():
     if shmsignal.supported():  # rounds signalled through the segments: all_to_all and scatter from the first byte
         assert run_ranks(4, choices)[0] == ["shm", "shm", "shm", "shm"]
     assert run_ranks(4, choices, shm=False)[0] == ["direct"] * 4
+
+
+@pytest.mark.skipif(not crossmem.supported(), reason="no process_vm_readv here")
+def test_past_the_mesh_uneven_blocks_beyond_the_first_slot_are_read_from_their_owner(monkeypatch):
+    # Rank 0's stream is over READ_SLOTS slots: every rank copies what the first slots hold and
+    # reads the rest of rank 0's block for it from rank 0's memory (ranks whose block lies in the
+    # first slot read nothing); no other rank is read.
+    n, reads = 9, []
+    real = shm_cma._read
+
+    def read(g, p, into, remote, op):
+        reads.append((g.rank(), p))
+        real(g, p, into, remote, op)
+
+    monkeypatch.setattr(shm_cma, "_read", read)
+    results = run_ranks(n, lambda g: calls(n, g.rank(), g, only=("splits", "splits_big")), shm_cma=True)
+    for r in range(n):
+        want = expected(n, r, only=("splits", "splits_big"))
+        for name in want:
+            assert results[r][name].tobytes() == want[name].tobytes(), (name, r)
+    block = big_splits(0, n, 5)[1] * 4 * 5  # rank 0's block for each rank, in rank order in its stream
+    past = [(r, 0) for r in range(1, n) if shm_blocks.layout_bytes(n) + r * block > slot_bytes(n)]
+    assert len(past) >= n - 2 and sorted(reads) == past, reads
 
 
 @pytest.mark.parametrize("cma", [False, True])

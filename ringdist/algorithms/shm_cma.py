@@ -29,9 +29,9 @@ every reader is done: the owner may return, and its caller change the buffer.
 
 - all-to-all of blocks of any sizes (splits), in groups of more than 8 ranks: the segments'
   first round carries every rank's layout (`shm_blocks`), including where each block lies in
-  its owner's memory; where some stream is longer than a slot, each rank then reads its
-  blocks from their owners' memory and a second signal ends the call, instead of a signal a
-  slot. With a mesh, and for scatter, the segments' rounds run as in `shm`.
+  its owner's memory; where some stream is longer than 4 slots, each rank then copies what
+  the first slots hold, reads the rest of its blocks from their owners' memory, and a second
+  signal ends the call, instead of a signal a slot. With a mesh, and for scatter, the segments' rounds run as in `shm`.
 """
 
 from __future__ import annotations
@@ -205,7 +205,7 @@ def _fits(comm: Comm, kind: str, nbytes: int) -> str | None:
 def all_to_all(g: Comm, header: wire.Header, blocks: list[memoryview], sizes: list[int], check: Check,
                timeout: float | None, into: list[memoryview] | None = None) -> list[tuple[int, memoryview]]:
     """The segments' all_to_all; in a group with no mesh, blocks of any sizes are read straight out
-    of the peers' memory where a stream is longer than a slot (`shm_blocks._all_to_all_laid_out`)."""
+    of the peers' memory where a stream is long (`shm_blocks._all_to_all_laid_out`)."""
     return shm.all_to_all(g, header, blocks, sizes, check, timeout, into=into, read=_read)
 
 
