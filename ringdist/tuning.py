@@ -205,6 +205,10 @@ TABLE: list[Row] = [
         "inputs, where the ring relays them N-1 hops (16 ranks, 64 KiB-1 MiB blocks: 0.07-0.14x the ring's time, "
         "0.52-0.96x the segments'); with splits, the segments' first round carries the layouts, then reads where "
         "a stream is over 4 slots (16 ranks: 256 KiB blocks 0.63x the segments' time, 1 MiB 0.39-0.46x)"),
+    Row("all_to_all", "shm-cma", lambda f: f.cma and f.scatter and f.direct_max > 0 and f.nbytes > f.slot,
+        "a scatter over a slot (the previous scatter's size): every rank reads its block from the root's memory, "
+        "two signals where the segments take one a slot (16 ranks, 1-4 MiB: 0.68-0.75x the time; within a slot "
+        "1.30x)"),
     Row("all_to_all", "shm", lambda f: f.shm and not f.mesh and f.direct_max > 0,
         "groups over 8: through the segments in rounds, blocks of one size (16 ranks: 4 KiB blocks, one slot, "
         "0.13x the ring's time and 0.55x the reads'; 64 KiB-1 MiB 0.13-0.14x the ring's), of any sizes (each "

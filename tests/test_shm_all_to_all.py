@@ -264,7 +264,8 @@ def test_past_the_mesh_the_table_sends_uneven_all_to_all_and_scatter_through_sha
         return [tuning.choose(g, op, nbytes).name for op, nbytes in
                 [("all_to_all", tuning.UNKNOWN), ("scatter", tuning.ROOTED), ("scatter", 1 << 20)]]
 
-    want = ["shm-cma" if cma and crossmem.supported() else "shm", "shm", "shm"]
+    reads = "shm-cma" if cma and crossmem.supported() else "shm"
+    want = [reads, "shm", reads]  # a scatter: by the previous one's size; over a slot, read from the root
     assert run_ranks(9, choices, shm_cma=cma) == [want] * 9
     assert run_ranks(9, choices, shm=False)[0] == ["ring"] * 3
 
@@ -289,4 +290,7 @@ def test_a_scatter_is_chosen_by_the_size_of_the_previous_one_and_sizes_may_chang
     res = run_ranks(4, rank, shm_signals=False)
     assert res == [["direct", "direct", "shm", "shm", "direct"]] * 4
     if shmsignal.supported():  # signalled through the segments: shared memory whatever the size
-        assert run_ranks(4, rank) == [["shm"] * 5] * 4
+        assert run_ranks(4, rank, shm_cma=False) == [["shm"] * 5] * 4
+        # Where ranks read each other's memory, a scatter after one over a slot reads from the root.
+        reads = "shm-cma" if crossmem.supported() else "shm"
+        assert run_ranks(4, rank) == [["shm", "shm", reads, reads, "shm"]] * 4

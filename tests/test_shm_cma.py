@@ -221,9 +221,9 @@ def test_a_refused_read_fails_the_call_on_every_rank_naming_the_peer():
 
 def test_reads_go_between_launched_processes():
     # Real ranks: separate processes, each reading the others' memory (a 2-rank all_gather,
-    # a 4-rank all_to_all and all_sum, a 3-rank broadcast, each over its threshold), the
-    # results checked on every rank.
-    for n, op in ((2, "all_gather"), (4, "all_to_all"), (4, "all_sum"), (3, "broadcast")):
+    # a 4-rank all_to_all and all_sum, a 3-rank broadcast and scatter, each over its threshold),
+    # the results checked on every rank.
+    for n, op in ((2, "all_gather"), (4, "all_to_all"), (4, "all_sum"), (3, "broadcast"), (3, "scatter")):
         res = run_launcher(["-n", str(n), str(SCRIPTS / "cma_job.py"), op], timeout=120)
         assert res.returncode == 0, res.stdout + res.stderr
         found = re.findall(r"^\[(\d)\] (\w+) by shm-cma ok, peers' processes ([\d,]+)$", res.stdout, re.M)

@@ -27,6 +27,9 @@ every reader is done: the owner may return, and its caller change the buffer.
   second signal frees it: one kernel copy per reader, where the segments take two copies
   and a signal a slot.
 
+- scatter (chosen by the previous scatter's size, as every scatter is): the root writes its
+  array's shape and dtype into its slot and says where the array lies; every other rank
+  reads its block from the root's memory; two signals whatever the size.
 - all-to-all of blocks of any sizes (splits), in groups of more than 8 ranks: the segments'
   first round carries every rank's layout (`shm_blocks`), including where each block lies in
   its owner's memory; where some stream is longer than 4 slots, each rank then copies what
@@ -44,11 +47,11 @@ import numpy as np
 from .. import buffers, crossmem, schedule, shmsignal, wire
 from ..arrays import REDUCERS, byte_view
 from ..comm import Comm
-from ..errors import PeerLostError, RingError
+from ..errors import MismatchError, PeerLostError, ProtocolError, RingError
 from . import shm
 from .base import Algorithm
 from .blocks import Check
-from .shm_blocks import signal
+from .shm_blocks import failed, signal
 
 
 def _read(g: Comm, p: int, into: memoryview, remote: int, op: str) -> None:
@@ -192,6 +195,40 @@ def broadcast(g: Comm, out: np.ndarray, root: int, header: wire.Header, timeout:
     signal(g, name, header, timeout)  # every rank has it: the root's array may change
 
 
+def scatter(g: Comm, arr: np.ndarray, root: int, header: wire.Header, timeout: float | None) -> np.ndarray:
+    """The root writes its array's shape and dtype into its slot (`shm._descriptor`: only it knows
+    them) and says where the array lies; after the signal every other rank reads its block
+    straight out of the root's memory; a second signal frees the root's array. Two signals
+    whatever the size, where the segments take one a slot."""
+    link, signals = g.shm, g._signals
+    assert link is not None and signals is not None
+    n, r = g.size(), g.rank()
+    name = header.fields["op"]
+    follow = wire.Header(dict(header.fields, dtype="|u1", shape=[0]))  # the root's dtype and shape are its own
+    k = link.next_round()
+    if r == root:
+        data = byte_view(np.ascontiguousarray(arr))  # alive until the last signal: the peers read it
+        descriptor = shm._descriptor(arr)
+        link.slot(r, k)[:len(descriptor)] = descriptor
+        out = buffers.cache.empty((arr.shape[0] // n,) + arr.shape[1:], arr.dtype)
+        step = out.nbytes
+        byte_view(out)[:] = data[r * step:(r + 1) * step]
+        signals.publish(crossmem.address(data))
+        signal(g, name, follow, timeout)
+    else:
+        signal(g, name, follow, timeout)
+        try:
+            shape, dtype = shm._described(link.slot(root, k), g, root, n)
+        except (ProtocolError, MismatchError) as exc:
+            raise failed(g, name, exc) from None
+        out = buffers.cache.empty((shape[0] // n,) + shape[1:], dtype)
+        step = out.nbytes
+        if step:
+            _read(g, root, byte_view(out), signals.published(root) + r * step, name)
+    signal(g, name, follow, timeout)  # every rank has its block: the root's array may change
+    return out
+
+
 def _fits(comm: Comm, kind: str, nbytes: int) -> str | None:
     why = shm.ALGORITHM.fits(comm, kind, nbytes)  # an all_to_all of equal blocks needs no mesh there either
     if why is not None:
@@ -212,4 +249,4 @@ def all_to_all(g: Comm, header: wire.Header, blocks: list[memoryview], sizes: li
 ALGORITHM = Algorithm("shm-cma", gather=gather, reduce=reduce, reduce_root=reduce_root, reduce_scatter=reduce_scatter,
                       broadcast=broadcast,
                       all_to_all=all_to_all, all_to_all_even=all_to_all_even, barrier=shm.barrier,
-                      scatter=shm.scatter, fits=_fits)
+                      scatter=scatter, fits=_fits)
