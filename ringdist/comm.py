@@ -359,6 +359,17 @@ class Comm:
             self._fail(op, channels, seq, outflows, exc)
             raise
 
+    def open_links(self, op: str, peers: list[int], timeout: float | None = None) -> list[Channel]:
+        """The channels to `peers`, links not yet open opened first (`link`), for an algorithm
+        that then drives its own flows (`run`); a failure meanwhile (an ABORT or another call
+        seen while waiting for a link) breaks the group and is told to every peer, as within an
+        exchange."""
+        try:
+            return self._linked(peers, None, timeout)[0]
+        except BaseException as exc:
+            self._fail(op, self.channels, self._seq - 1, [], exc)
+            raise
+
     def _linked(self, peers: list[int], sources: list[int] | None,
                 timeout: float | None) -> tuple[list[Channel], list[Channel] | None]:
         """The channels to `peers` and from `sources` (None: the same), links opened first."""

@@ -137,6 +137,13 @@ CMA_BLOCK_MIN = 1 << 20
 # 1 MiB 0.32x, 4 MiB 0.45x.
 CMA_REDUCE_MIN = 4 << 20
 CMA_REDUCE_SLOTS = 3
+# Groups of more than 8 ranks over TCP (no mesh, no shared memory): all_to_all of equal blocks
+# by Bruck's algorithm up to this block size, else (and with splits, and scatter) by pairwise
+# exchange; the ring relayed N(N-1)/2 blocks. 16 ranks on the 2-core VM over loopback, the three
+# alternating call by call (benchmarks/scale.py, RINGDIST_SHM=0; ms): blocks of 64 B-4 KiB 6.3-7.0
+# (Bruck) / 9.8-10.6 (pairwise) / 16.7-18.7 (ring); 16 KiB 9.5 / 11.8 / 25.0; 32 KiB 15.9 / 12.5 /
+# 38.5; 64 KiB 23.7 / 15.6 / 59.4; 256 KiB 82 / 28 / 162; 1 MiB 251 / 62 / 517.
+BRUCK_ALL_TO_ALL_BLOCK_MAX = 16 * 1024
 # `nbytes` of a call whose ranks may contribute different sizes (all_to_all with splits, scatter):
 # its rows cannot look at the size.
 UNKNOWN = -1
@@ -296,6 +303,14 @@ TABLE: list[Row] = [
         "one copy into the sender's segment and one out per byte, instead of the kernel's two"),
     Row("all_to_all", "direct", lambda f: f.mesh and f.direct_max > 0,
         "one step, each rank sending (N-1)/N of its array once: the fewest bytes and steps there are"),
+    Row("all_to_all", "bruck", lambda f: not f.mesh and not f.scatter and 0 <= f.nbytes
+        and f.nbytes // f.n <= BRUCK_ALL_TO_ALL_BLOCK_MAX,
+        "groups over 8, blocks of one size up to 16 KiB: ceil(log2 N) steps of about N/2 blocks "
+        "(16 ranks over TCP: 0.38-0.47x the ring's time, 0.66-0.81x pairwise exchange's)"),
+    Row("all_to_all", "pairwise-exchange", lambda f: not f.mesh,
+        "groups over 8: N-1 steps, every block straight to its rank over links opened on first use, where the "
+        "ring relays N(N-1)/2 blocks (16 ranks over TCP: 0.12-0.63x the ring's time, 1 MiB blocks 62 against "
+        "517 ms); splits and scatter too"),
     Row("all_to_all", "ring", _always, "N-1 hops, each passing on the blocks for ranks further on"),
     Row("gather_v", "direct", lambda f: f.mesh and f.direct_max > 0,
         "one step; every rank checks every other rank's call"),
@@ -357,6 +372,8 @@ def _choose(comm: Comm, op: str, nbytes: int) -> Algorithm:
         if algorithm is None:
             raise ConfigError(f"RINGDIST_ALGO: no algorithm {name!r} (there are {', '.join(sorted(ALGORITHMS))})")
         why = algorithm.why_not(comm, kind, nbytes)
+        if why is None and op == "scatter" and algorithm.scatter is None and algorithm.all_to_all is None:
+            why = "its all_to_all needs blocks of one size (no splits; not a scatter)"
         if why is not None:
             raise ConfigError(f"RINGDIST_ALGO forces {name} for {op}, which cannot run here: {why}")
         return algorithm

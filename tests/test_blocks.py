@@ -141,6 +141,65 @@ def test_large_scatter_on_9_ranks_where_the_root_and_the_others_declare_differen
             assert np.array_equal(y, np.arange(r * block, (r + 1) * block, dtype=np.float32)), r
 
 
+@pytest.mark.parametrize("n", [9, 13])
+@pytest.mark.parametrize("algo", ["bruck", "pairwise-exchange", "ring", None])
+def test_all_to_all_and_scatter_past_the_mesh_over_tcp_bit_for_bit(n, algo):
+    # Groups over 8 over TCP: Bruck (blocks of one size), pairwise exchange (any), the ring, and
+    # the table's choice; empty, small, strided and large blocks (past a socket's buffers), splits
+    # with empty blocks, scatters from two roots. Every result against numpy on every rank.
+    def rank(g: rd.Group) -> dict:
+        r = g.rank()
+        found = {}
+        for rows in (0, 1, 5, 3000):
+            x = np.arange(n * rows * 4, dtype=np.int32).reshape(n * rows, 4) + 1_000_000 * r
+            found[("even", rows)] = rd.all_to_all(x, group=g)
+        found["strided"] = rd.all_to_all((np.arange(n * 12, dtype=np.float64) + 1000 * r).reshape(n * 2, 6)[:, ::2],
+                                         group=g)
+        if algo != "bruck":
+            counts = [(r * 7 + p * 3) % 5 * (1 if p % 3 else 700) for p in range(n)]
+            x = np.concatenate([np.full((c, 3), 1000 * r + p, np.int16) for p, c in enumerate(counts)])
+            found["splits"] = rd.all_to_all(x, splits=counts, group=g)
+            for root in (0, n - 2):
+                whole = np.arange(n * 6 * 40, dtype=np.float32).reshape(n * 6, 40) + root
+                found[("scatter", root)] = rd.scatter(whole if r == root else None, root=root, group=g)
+        return found
+
+    results = run_ranks(n, rank, shm=False, algo=() if algo is None else (("all_to_all", algo), ("scatter", algo)))
+    for r, found in enumerate(results):
+        for rows in (0, 1, 5, 3000):
+            want = np.concatenate([(np.arange(n * rows * 4, dtype=np.int32).reshape(n * rows, 4) + 1_000_000 * q)
+                                   [r * rows:(r + 1) * rows] for q in range(n)])
+            assert np.array_equal(found[("even", rows)], want), (r, rows)
+        want = np.concatenate([(np.arange(n * 12, dtype=np.float64) + 1000 * q).reshape(n * 2, 6)[2 * r:2 * r + 2, ::2]
+                               for q in range(n)])
+        assert np.array_equal(found["strided"], want), r
+        if algo != "bruck":
+            want = np.concatenate([np.full(((q * 7 + r * 3) % 5 * (1 if r % 3 else 700), 3), 1000 * q + r, np.int16)
+                                   for q in range(n)])
+            assert np.array_equal(found["splits"], want), r
+            for root in (0, n - 2):
+                whole = np.arange(n * 6 * 40, dtype=np.float32).reshape(n * 6, 40) + root
+                assert np.array_equal(found[("scatter", root)], whole[6 * r:6 * r + 6]), (r, root)
+
+
+PAST_THE_MESH_DISAGREEMENTS = {
+    "splits_or_not": lambda g: rd.all_to_all(np.ones((9, 2)), splits=[1] * 9 if g.rank() != 4 else None, group=g),
+    "dtype": lambda g: rd.all_to_all(np.ones((9, 2), np.float32 if g.rank() != 7 else np.float64), group=g),
+    "shape": lambda g: rd.all_to_all(np.ones((9 * (1 + (g.rank() == 5)), 2)), group=g),
+    "small_against_large": lambda g: rd.all_to_all(np.ones((9 << (4 + 10 * (g.rank() == 2)), 2)), group=g),
+    "scatter_vs_all_to_all": lambda g: (rd.scatter(np.ones(9), group=g) if g.rank() != 3 else
+                                        rd.all_to_all(np.ones(9), group=g)),
+}
+
+
+@pytest.mark.parametrize("case", list(PAST_THE_MESH_DISAGREEMENTS))
+def test_ranks_that_disagree_on_an_all_to_all_past_the_mesh_over_tcp_all_raise(case):
+    outcomes, errors = run_disagreement(9, PAST_THE_MESH_DISAGREEMENTS[case], shm=False)
+    assert all(isinstance(o, rd.RingError) for o in outcomes), outcomes
+    assert any(isinstance(o, rd.MismatchError) for o in outcomes), outcomes
+    assert all(isinstance(e, rd.GroupBrokenError) for e in errors), errors
+
+
 def test_argument_errors_are_clear():
     with pytest.raises(RankFailed) as info:
         run_ranks(2, lambda g: rd.all_to_all(np.zeros(3), group=g))

@@ -140,7 +140,8 @@ def test_reductions_read_from_the_peers_give_the_bits_of_the_segments(n, monkeyp
 def test_all_to_all_past_the_mesh_reads_its_blocks_from_the_peers(n):
     # More than 8 ranks have no connection to every rank: an all_to_all of blocks of one size,
     # over a slot, reads them from the peers' inputs (two signals) instead of relaying them
-    # round the ring (without shared memory) or passing them through the segments in rounds.
+    # exchanging them pairwise over TCP (without shared memory) or passing them through the
+    # segments in rounds.
     rows = 20_000  # of 3 float64 a block: 480 KB, N of them a rank
 
     def rank(g: rd.Group) -> tuple:
@@ -149,7 +150,7 @@ def test_all_to_all_past_the_mesh_reads_its_blocks_from_the_peers(n):
         return (tuning.choose(g, "all_to_all", x.nbytes).name, rd.all_to_all(x, group=g),
                 rd.all_to_all(x[::2], group=g), rd.all_to_all(x[:0], group=g))
 
-    runs = {"shm-cma": run_ranks(n, rank), "shm": run_ranks(n, rank, shm_cma=False), "ring": run_ranks(n, rank, shm=False)}
+    runs = {"shm-cma": run_ranks(n, rank), "shm": run_ranks(n, rank, shm_cma=False), "pairwise-exchange": run_ranks(n, rank, shm=False)}
     xs = [np.arange(n * rows * 3, dtype=np.float64).reshape(n * rows, 3) + 1e7 * q for q in range(n)]
     for r in range(n):
         want = np.concatenate([x[r * rows:(r + 1) * rows] for x in xs])

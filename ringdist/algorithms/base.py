@@ -37,7 +37,8 @@ class Algorithm:
 
     def runs(self, kind: str) -> bool:
         """Whether this algorithm has this kind of collective at all."""
-        return getattr(self, kind) is not None or (kind == "barrier" and self.gather is not None)
+        return (getattr(self, kind) is not None or (kind == "barrier" and self.gather is not None)
+                or (kind == "all_to_all" and self.all_to_all_even is not None))
 
     def kinds(self) -> list[str]:
         return [k for k in KINDS if self.runs(k)]

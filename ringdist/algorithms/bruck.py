@@ -1,4 +1,4 @@
-"""Bruck's all-gather: ceil(log2 N) steps for any N; in step k rank r sends the first
+"""Bruck's all-gather (and all-to-all of blocks of one size, below): ceil(log2 N) steps for any N; in step k rank r sends the first
 min(2^k, N-2^k) blocks it holds to rank r-2^k and appends as many from rank r+2^k.
 
 A rank holds its blocks rotated (its own first), so every send and receive is one
@@ -18,6 +18,12 @@ from ..comm import Comm
 from .base import Algorithm
 from .common import own_rows
 from .dissemination import neighbours
+
+
+def _fits(comm: Comm, kind: str, nbytes: int) -> str | None:
+    if kind == "all_to_all" and nbytes < 0:
+        return "its all_to_all needs blocks of one size (no splits; not a scatter)"
+    return None
 
 
 def gather(g: Comm, arr: np.ndarray, out: np.ndarray, header: wire.Header, timeout: float | None) -> None:
@@ -40,4 +46,31 @@ def gather(g: Comm, arr: np.ndarray, out: np.ndarray, header: wire.Header, timeo
     rows[:r] = held[n - r:]
 
 
-ALGORITHM = Algorithm("bruck", gather=gather)
+def all_to_all_even(g: Comm, data: memoryview, out: memoryview, header: wire.Header, timeout: float | None) -> None:
+    """Bruck's all-to-all of blocks of one size: ceil(log2 N) steps. A rank holds its blocks
+    rotated (row i: the block for rank r+i); in step k it sends the rows whose index has bit k
+    set to rank r+k and takes rank r-k's in their place. After the last step row i holds the
+    block rank r-i sent to it. About N/2 blocks a step: ceil(log2 N)α + (N/2)ceil(log2 N)bβ,
+    against pairwise exchange's (N-1)α + (N-1)bβ, for small blocks; scratch of twice the input."""
+    n, r, op = g.size(), g.rank(), header.fields["op"]
+    m = len(data) // n
+    if g.mesh is None:
+        neighbours(g, header, op, timeout)
+    held = buffers.cache.empty((n, m), np.uint8, min_bytes=buffers.SCRATCH_MIN_BYTES)
+    rows = np.frombuffer(data, np.uint8).reshape(n, m)
+    held[:n - r] = rows[r:]
+    held[n - r:] = rows[:r]
+    k = 1
+    while k < n:
+        picked = [i for i in range(n) if i & k]
+        sent = np.ascontiguousarray(held[picked])
+        came = buffers.cache.empty(sent.shape, np.uint8, min_bytes=buffers.SCRATCH_MIN_BYTES)
+        g.exchange(op, [byte_view(sent)], [byte_view(came)], header, timeout=timeout,
+                   peers=[(r + k) % n], sources=[(r - k) % n])
+        held[picked] = came
+        k <<= 1
+    result = np.frombuffer(out, np.uint8).reshape(n, m)
+    result[(r - np.arange(n)) % n] = held
+
+
+ALGORITHM = Algorithm("bruck", gather=gather, all_to_all_even=all_to_all_even, fits=_fits)
