@@ -142,8 +142,15 @@ CMA_REDUCE_SLOTS = 3
 # exchange; the ring relayed N(N-1)/2 blocks. 16 ranks on the 2-core VM over loopback, the three
 # alternating call by call (benchmarks/scale.py, RINGDIST_SHM=0; ms): blocks of 64 B-4 KiB 6.3-7.0
 # (Bruck) / 9.8-10.6 (pairwise) / 16.7-18.7 (ring); 16 KiB 9.5 / 11.8 / 25.0; 32 KiB 15.9 / 12.5 /
-# 38.5; 64 KiB 23.7 / 15.6 / 59.4; 256 KiB 82 / 28 / 162; 1 MiB 251 / 62 / 517.
+# 38.5; 64 KiB 23.7 / 15.6 / 59.4; 256 KiB 82 / 28 / 162; 1 MiB 251 / 62 / 517. 64 ranks: 4 KiB 72
+# (Bruck) against 378 (ring), 64 KiB 444 (pairwise) against 3078. With splits (pairwise; the sizes
+# ride in each step's header): 16 ranks 4 KiB 19.7 against 17.2 ms, 64 KiB 28.4 against 61.1, 1 MiB
+# 94 against 617; 64 ranks 4 KiB 598 against 508, 64 KiB 689 against 3039.
 BRUCK_ALL_TO_ALL_BLOCK_MAX = 16 * 1024
+# A scatter there (only the root's blocks carry bytes, every rank still takes N-1 steps) goes
+# pairwise from blocks of this size (by the previous scatter's), else round the ring: 16 ranks
+# 4 KiB blocks 1.22x the ring's time, 64 KiB 1.04x, 1 MiB 0.44x; 64 ranks 4 KiB 1.96x, 64 KiB 1.6x.
+PAIRWISE_SCATTER_BLOCK_MIN = 256 * 1024
 # `nbytes` of a call whose ranks may contribute different sizes (all_to_all with splits, scatter):
 # its rows cannot look at the size.
 UNKNOWN = -1
@@ -307,10 +314,11 @@ TABLE: list[Row] = [
         and f.nbytes // f.n <= BRUCK_ALL_TO_ALL_BLOCK_MAX,
         "groups over 8, blocks of one size up to 16 KiB: ceil(log2 N) steps of about N/2 blocks "
         "(16 ranks over TCP: 0.38-0.47x the ring's time, 0.66-0.81x pairwise exchange's)"),
-    Row("all_to_all", "pairwise-exchange", lambda f: not f.mesh,
+    Row("all_to_all", "pairwise-exchange", lambda f: not f.mesh
+        and (not f.scatter or f.nbytes // f.n >= PAIRWISE_SCATTER_BLOCK_MIN),
         "groups over 8: N-1 steps, every block straight to its rank over links opened on first use, where the "
         "ring relays N(N-1)/2 blocks (16 ranks over TCP: 0.12-0.63x the ring's time, 1 MiB blocks 62 against "
-        "517 ms); splits and scatter too"),
+        "517 ms; splits 0.15-0.46x at 64 KiB-1 MiB, 1.15x at 4 KiB); a scatter from 256 KiB blocks"),
     Row("all_to_all", "ring", _always, "N-1 hops, each passing on the blocks for ranks further on"),
     Row("gather_v", "direct", lambda f: f.mesh and f.direct_max > 0,
         "one step; every rank checks every other rank's call"),

@@ -262,12 +262,13 @@ def test_past_the_mesh_the_table_sends_uneven_all_to_all_and_scatter_through_sha
     # 9 ranks, no mesh: all_to_all with splits and scatter used to go round the ring.
     def choices(g: rd.Group) -> list:
         return [tuning.choose(g, op, nbytes).name for op, nbytes in
-                [("all_to_all", tuning.UNKNOWN), ("scatter", tuning.ROOTED), ("scatter", 1 << 20)]]
+                [("all_to_all", tuning.UNKNOWN), ("scatter", tuning.ROOTED), ("scatter", 1 << 20), ("scatter", 9 << 20)]]
 
     reads = "shm-cma" if cma and crossmem.supported() else "shm"
-    want = [reads, "shm", reads]  # a scatter: by the previous one's size; over a slot, read from the root
+    want = [reads, "shm", reads, reads]  # a scatter: by the previous one's size; over a slot, read from the root
     assert run_ranks(9, choices, shm_cma=cma) == [want] * 9
-    assert run_ranks(9, choices, shm=False)[0] == ["pairwise-exchange"] * 3  # over TCP: no relay round the ring
+    # Over TCP: splits pairwise; a scatter round the ring, but pairwise from blocks of 256 KiB.
+    assert run_ranks(9, choices, shm=False)[0] == ["pairwise-exchange", "ring", "ring", "pairwise-exchange"]
 
 
 def test_a_scatter_is_chosen_by_the_size_of_the_previous_one_and_sizes_may_change():
