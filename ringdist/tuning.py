@@ -29,7 +29,7 @@ KIND_OF = {"all_gather": "gather", "barrier": "barrier", "split": "gather",
            "gather": "gather_root", "reduce": "reduce",
            # Blocks whose sizes ride in the headers (algorithms/blocks.py); chosen without the size,
            # which may differ by rank.
-           "all_to_all": "all_to_all", "scatter": "all_to_all", "all_gather_uneven": "gather_v",
+           "all_to_all": "all_to_all", "scatter": "scatter", "all_gather_uneven": "gather_v",
            "all_gather_object": "gather_v", "broadcast_object": "gather_v"}
 
 # Direct exchange limits (RINGDIST_DIRECT_MAX's default), per-rank block bytes. On more than two
@@ -138,7 +138,7 @@ CMA_BLOCK_MIN = 1 << 20
 CMA_REDUCE_MIN = 4 << 20
 CMA_REDUCE_SLOTS = 3
 # Groups of more than 8 ranks over TCP (no mesh, no shared memory): all_to_all of equal blocks
-# by Bruck's algorithm up to this block size, else (and with splits, and scatter) by pairwise
+# by Bruck's algorithm up to this block size, else (and with splits) by pairwise
 # exchange; the ring relayed N(N-1)/2 blocks. 16 ranks on the 2-core VM over loopback, the three
 # alternating call by call (benchmarks/scale.py, RINGDIST_SHM=0; ms): blocks of 64 B-4 KiB 6.3-7.0
 # (Bruck) / 9.8-10.6 (pairwise) / 16.7-18.7 (ring); 16 KiB 9.5 / 11.8 / 25.0; 32 KiB 15.9 / 12.5 /
@@ -147,12 +147,8 @@ CMA_REDUCE_SLOTS = 3
 # ride in each step's header): 16 ranks 4 KiB 19.7 against 17.2 ms, 64 KiB 28.4 against 61.1, 1 MiB
 # 94 against 617; 64 ranks 4 KiB 598 against 508, 64 KiB 689 against 3039.
 BRUCK_ALL_TO_ALL_BLOCK_MAX = 16 * 1024
-# A scatter there (only the root's blocks carry bytes, every rank still takes N-1 steps) goes
-# pairwise from blocks of this size (by the previous scatter's), else round the ring: 16 ranks
-# 4 KiB blocks 1.22x the ring's time, 64 KiB 1.04x, 1 MiB 0.44x; 64 ranks 4 KiB 1.96x, 64 KiB 1.6x.
-PAIRWISE_SCATTER_BLOCK_MIN = 256 * 1024
-# `nbytes` of a call whose ranks may contribute different sizes (all_to_all with splits, scatter):
-# its rows cannot look at the size.
+# `nbytes` of a call whose ranks may contribute different sizes (all_to_all with splits): its rows
+# cannot look at the size.
 UNKNOWN = -1
 # `nbytes` of a group's first scatter: only the root knows the size, so a scatter is chosen by
 # the size of the group's previous one (the root's whole array; every rank learned it alike), and
@@ -174,7 +170,6 @@ class Facts:
     shm: bool = False  # shared memory with every rank (all on one machine: `ringdist.shm`)
     signals: bool = False  # its rounds signal through the segments (`ringdist.shmsignal`), not over TCP
     cma: bool = False  # every rank reads its peers' memory (`ringdist.crossmem`: the link's `pids`)
-    scatter: bool = False  # the all_to_all kind runs a scatter (only the root's blocks carry bytes)
     hosts: int = 1  # hosts of a hierarchical group (`ringdist.hosts`: several, as many ranks on each)
     slot: int = 0  # bytes of one slot of the shared-memory link (`ringdist.shm.slot_bytes`), 0 without one
 
@@ -209,24 +204,27 @@ def _shm_reduce_min(f: Facts) -> int:
 TABLE: list[Row] = [
     Row("gather", "shm-cma", lambda f: f.cma and f.n == 2 and f.direct_max > 0 and f.nbytes >= CMA_BLOCK_MIN,
         "2 ranks: each reads the other's block from its memory, one kernel copy (0.39-0.75x the time at 4-64 MiB)"),
-    Row("all_to_all", "shm-cma", lambda f: f.cma and f.mesh and f.direct_max > 0 and not f.scatter and f.nbytes >= 0
+    Row("all_to_all", "shm-cma", lambda f: f.cma and f.mesh and f.direct_max > 0 and f.nbytes >= 0
         and f.nbytes // f.n >= CMA_BLOCK_MIN,
         "each rank reads its blocks from its peers' inputs: one kernel copy per byte instead of two "
         "(2 MiB blocks on 8 ranks: 0.41x the time)"),
-    Row("all_to_all", "shm-cma", lambda f: f.cma and not f.mesh and f.direct_max > 0 and not f.scatter
+    Row("all_to_all", "shm-cma", lambda f: f.cma and not f.mesh and f.direct_max > 0
         and (f.nbytes > f.slot or f.nbytes == UNKNOWN),
         "groups over 8 (no mesh), blocks of one size, more than a slot: each rank reads its blocks from its peers' "
         "inputs, where the ring relays them N-1 hops (16 ranks, 64 KiB-1 MiB blocks: 0.07-0.14x the ring's time, "
         "0.52-0.96x the segments'); with splits, the segments' first round carries the layouts, then reads where "
         "a stream is over 4 slots (16 ranks: 256 KiB blocks 0.63x the segments' time, 1 MiB 0.39-0.46x)"),
-    Row("all_to_all", "shm-cma", lambda f: f.cma and f.scatter and f.direct_max > 0 and f.nbytes > f.slot,
+    Row("scatter", "shm-cma", lambda f: f.cma and f.direct_max > 0 and f.nbytes > f.slot,
         "a scatter over a slot (the previous scatter's size): every rank reads its block from the root's memory, "
         "two signals where the segments take one a slot (16 ranks, 1-4 MiB: 0.68-0.75x the time; within a slot "
         "1.30x)"),
     Row("all_to_all", "shm", lambda f: f.shm and not f.mesh and f.direct_max > 0,
         "groups over 8: through the segments in rounds, blocks of one size (16 ranks: 4 KiB blocks, one slot, "
         "0.13x the ring's time and 0.55x the reads'; 64 KiB-1 MiB 0.13-0.14x the ring's), of any sizes (each "
-        "stream headed by its layout: 0.17-0.22x at 4 KiB-1 MiB) or a scatter (0.20-0.48x)"),
+        "stream headed by its layout: 0.17-0.22x at 4 KiB-1 MiB)"),
+    Row("scatter", "shm", lambda f: f.shm and not f.mesh and f.direct_max > 0,
+        "groups over 8: the root's stream through the segments, headed by its shape and dtype (16 ranks, 4 KiB-1 "
+        "MiB blocks: 0.20-0.48x the ring's time)"),
     Row("barrier", "shm", lambda f: f.shm and f.signals and f.direct_max > 0,
         "one signal through the segments: no message"),
     Row("gather", "shm", lambda f: f.shm and f.signals and f.direct_max > 0,
@@ -308,17 +306,25 @@ TABLE: list[Row] = [
     Row("all_to_all", "shm", lambda f: f.shm and f.mesh
         and (f.signals or f.nbytes == UNKNOWN or f.nbytes >= SHM_ALL_TO_ALL_MIN),
         "one copy into the sender's segment and one out per byte, instead of the kernel's two"),
+    Row("scatter", "shm", lambda f: f.shm and f.mesh and (f.signals or f.nbytes >= SHM_ALL_TO_ALL_MIN),
+        "the root writes once, each rank copies its block out (see ROOTED)"),
+    Row("scatter", "direct", lambda f: f.mesh and f.direct_max > 0,
+        "one step: the root's header declares the shape and dtype, every other rank's header goes alone to every "
+        "rank"),
+    Row("scatter", "binomial", lambda f: not f.mesh,
+        "groups over 8: dissemination rounds, then a binomial tree from the root, ceil(log2 N) steps, where the "
+        "ring relays N(N-1)/2 blocks"),
+    Row("scatter", "ring", _always, "N-1 hops, each passing on the blocks for ranks further on"),
     Row("all_to_all", "direct", lambda f: f.mesh and f.direct_max > 0,
         "one step, each rank sending (N-1)/N of its array once: the fewest bytes and steps there are"),
-    Row("all_to_all", "bruck", lambda f: not f.mesh and not f.scatter and 0 <= f.nbytes
+    Row("all_to_all", "bruck", lambda f: not f.mesh and 0 <= f.nbytes
         and f.nbytes // f.n <= BRUCK_ALL_TO_ALL_BLOCK_MAX,
         "groups over 8, blocks of one size up to 16 KiB: ceil(log2 N) steps of about N/2 blocks "
         "(16 ranks over TCP: 0.38-0.47x the ring's time, 0.66-0.81x pairwise exchange's)"),
-    Row("all_to_all", "pairwise-exchange", lambda f: not f.mesh
-        and (not f.scatter or f.nbytes // f.n >= PAIRWISE_SCATTER_BLOCK_MIN),
+    Row("all_to_all", "pairwise-exchange", lambda f: not f.mesh,
         "groups over 8: N-1 steps, every block straight to its rank over links opened on first use, where the "
         "ring relays N(N-1)/2 blocks (16 ranks over TCP: 0.12-0.63x the ring's time, 1 MiB blocks 62 against "
-        "517 ms; splits 0.15-0.46x at 64 KiB-1 MiB, 1.15x at 4 KiB); a scatter from 256 KiB blocks"),
+        "517 ms; splits 0.15-0.46x at 64 KiB-1 MiB, 1.15x at 4 KiB)"),
     Row("all_to_all", "ring", _always, "N-1 hops, each passing on the blocks for ranks further on"),
     Row("gather_v", "direct", lambda f: f.mesh and f.direct_max > 0,
         "one step; every rank checks every other rank's call"),
@@ -333,11 +339,11 @@ def default_direct_max(comm: Comm) -> int:
     return DIRECT_MAX_PAIR_BOTH_WAYS if comm.both_ways else DIRECT_MAX_PAIR
 
 
-def facts(comm: Comm, nbytes: int, op: str = "") -> Facts:
+def facts(comm: Comm, nbytes: int) -> Facts:
     limit = comm.direct_max_override
     return Facts(n=comm.size(), nbytes=nbytes, mesh=comm.mesh is not None, both_ways=comm.both_ways,
                  direct_max=default_direct_max(comm) if limit is None else limit, shm=comm.shm is not None,
-                 signals=comm.shm is not None and comm.shm.signals is not None, scatter=op == "scatter",
+                 signals=comm.shm is not None and comm.shm.signals is not None,
                  cma=comm.shm is not None and comm.shm.pids is not None,
                  slot=comm.shm.slot_size if comm.shm is not None else 0,
                  hosts=len(comm.hierarchy.hosts) if comm.hierarchy is not None else 1)
@@ -380,12 +386,10 @@ def _choose(comm: Comm, op: str, nbytes: int) -> Algorithm:
         if algorithm is None:
             raise ConfigError(f"RINGDIST_ALGO: no algorithm {name!r} (there are {', '.join(sorted(ALGORITHMS))})")
         why = algorithm.why_not(comm, kind, nbytes)
-        if why is None and op == "scatter" and algorithm.scatter is None and algorithm.all_to_all is None:
-            why = "its all_to_all needs blocks of one size (no splits; not a scatter)"
         if why is not None:
             raise ConfigError(f"RINGDIST_ALGO forces {name} for {op}, which cannot run here: {why}")
         return algorithm
-    f = facts(comm, nbytes, op)
+    f = facts(comm, nbytes)
     for row in TABLE:
         if row.kind == kind and row.when(f):
             algorithm = ALGORITHMS[row.algorithm]

@@ -145,8 +145,9 @@ def test_large_scatter_on_9_ranks_where_the_root_and_the_others_declare_differen
 @pytest.mark.parametrize("algo", ["bruck", "pairwise-exchange", "ring", None])
 def test_all_to_all_and_scatter_past_the_mesh_over_tcp_bit_for_bit(n, algo):
     # Groups over 8 over TCP: Bruck (blocks of one size), pairwise exchange (any), the ring, and
-    # the table's choice; empty, small, strided and large blocks (past a socket's buffers), splits
-    # with empty blocks, scatters from two roots. Every result against numpy on every rank.
+    # the table's choice (scatter: a binomial tree); empty, small, strided and large blocks (past a
+    # socket's buffers), splits with empty blocks, scatters from two roots, of rows of 0 bytes too.
+    # Every result against numpy on every rank.
     def rank(g: rd.Group) -> dict:
         r = g.rank()
         found = {}
@@ -162,9 +163,14 @@ def test_all_to_all_and_scatter_past_the_mesh_over_tcp_bit_for_bit(n, algo):
             for root in (0, n - 2):
                 whole = np.arange(n * 6 * 40, dtype=np.float32).reshape(n * 6, 40) + root
                 found[("scatter", root)] = rd.scatter(whole if r == root else None, root=root, group=g)
+            found["scatter_empty_rows"] = rd.scatter(np.zeros((2 * n, 0), np.int8) if r == 3 else None, root=3,
+                                                     group=g)
+            found["scatter_big"] = rd.scatter(np.arange(n * 70_000, dtype=np.int32) if r == 1 else None, root=1,
+                                              group=g)
         return found
 
-    results = run_ranks(n, rank, shm=False, algo=() if algo is None else (("all_to_all", algo), ("scatter", algo)))
+    forced = (("all_to_all", algo),) + ((("scatter", algo),) if algo != "bruck" else ())
+    results = run_ranks(n, rank, shm=False, algo=() if algo is None else forced)
     for r, found in enumerate(results):
         for rows in (0, 1, 5, 3000):
             want = np.concatenate([(np.arange(n * rows * 4, dtype=np.int32).reshape(n * rows, 4) + 1_000_000 * q)
@@ -180,6 +186,9 @@ def test_all_to_all_and_scatter_past_the_mesh_over_tcp_bit_for_bit(n, algo):
             for root in (0, n - 2):
                 whole = np.arange(n * 6 * 40, dtype=np.float32).reshape(n * 6, 40) + root
                 assert np.array_equal(found[("scatter", root)], whole[6 * r:6 * r + 6]), (r, root)
+            empty = found["scatter_empty_rows"]
+            assert empty.shape == (2, 0) and empty.dtype == np.int8, (r, empty.shape, empty.dtype)
+            assert np.array_equal(found["scatter_big"], np.arange(r * 70_000, (r + 1) * 70_000, dtype=np.int32)), r
 
 
 PAST_THE_MESH_DISAGREEMENTS = {
@@ -189,6 +198,9 @@ PAST_THE_MESH_DISAGREEMENTS = {
     "small_against_large": lambda g: rd.all_to_all(np.ones((9 << (4 + 10 * (g.rank() == 2)), 2)), group=g),
     "scatter_vs_all_to_all": lambda g: (rd.scatter(np.ones(9), group=g) if g.rank() != 3 else
                                         rd.all_to_all(np.ones(9), group=g)),
+    "scatter_roots": lambda g: rd.scatter(np.ones(9), root=0 if g.rank() != 6 else 2, group=g),
+    "scatter_big_vs_all_to_all": lambda g: (rd.scatter(np.ones(9 << 16) if g.rank() == 0 else None, group=g)
+                                            if g.rank() != 8 else rd.all_to_all(np.ones(9 << 16), group=g)),
 }
 
 

@@ -267,8 +267,8 @@ def test_past_the_mesh_the_table_sends_uneven_all_to_all_and_scatter_through_sha
     reads = "shm-cma" if cma and crossmem.supported() else "shm"
     want = [reads, "shm", reads, reads]  # a scatter: by the previous one's size; over a slot, read from the root
     assert run_ranks(9, choices, shm_cma=cma) == [want] * 9
-    # Over TCP: splits pairwise; a scatter round the ring, but pairwise from blocks of 256 KiB.
-    assert run_ranks(9, choices, shm=False)[0] == ["pairwise-exchange", "ring", "ring", "pairwise-exchange"]
+    # Over TCP: splits by pairwise exchange, a scatter down a binomial tree.
+    assert run_ranks(9, choices, shm=False)[0] == ["pairwise-exchange"] + ["binomial"] * 3
 
 
 def test_a_scatter_is_chosen_by_the_size_of_the_previous_one_and_sizes_may_change():

@@ -26,8 +26,8 @@ Kinds and their run functions (all over a `Comm`, `header` already made):
                   block into block p of `out`, every block the same size; optional: without it
                   an all_to_all without splits runs `all_to_all`
   scatter         (comm, arr, root, header, timeout) -> this rank's row block of the root's `arr`
-                  (NOTHING elsewhere), learned from the root's header; optional: without it a
-                  scatter runs `all_to_all`, only the root's blocks carrying bytes
+                  (NOTHING elsewhere), learned from the root's header; an algorithm without it
+                  that has `all_to_all` runs a scatter as that, only the root's blocks carrying bytes
 """
 
 from __future__ import annotations

@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
-KINDS = ("gather", "reduce", "reduce_scatter", "broadcast", "barrier", "all_to_all", "gather_v", "gather_root")
+KINDS = ("gather", "reduce", "reduce_scatter", "broadcast", "barrier", "all_to_all", "scatter", "gather_v",
+         "gather_root")
 
 
 def _always(comm: Any, kind: str, nbytes: int) -> str | None:
@@ -30,15 +31,16 @@ class Algorithm:
     # to rank p, rank p's block into block p of `out`; optional: without it `all_to_all` runs.
     all_to_all_even: Callable[..., None] | None = None
     # A scatter (comm, arr, root, header, timeout) -> this rank's block, its shape and dtype learned
-    # from the root's header (`arr`: the root's array; NOTHING elsewhere); optional: without it a
-    # scatter runs `all_to_all`, only the root's blocks carrying bytes.
+    # from the root's header (`arr`: the root's array; NOTHING elsewhere); without it an algorithm
+    # with `all_to_all` runs a scatter as that, only the root's blocks carrying bytes.
     scatter: Callable[..., Any] | None = None
     fits: Callable[[Any, str, int], str | None] = _always  # (comm, kind, bytes per rank) -> why not
 
     def runs(self, kind: str) -> bool:
         """Whether this algorithm has this kind of collective at all."""
         return (getattr(self, kind) is not None or (kind == "barrier" and self.gather is not None)
-                or (kind == "all_to_all" and self.all_to_all_even is not None))
+                or (kind == "all_to_all" and self.all_to_all_even is not None)
+                or (kind == "scatter" and self.all_to_all is not None))
 
     def kinds(self) -> list[str]:
         return [k for k in KINDS if self.runs(k)]

@@ -1,4 +1,4 @@
-"""Binomial-tree broadcast: ceil(log2 N) steps; a rank receives from its parent, then sends
+"""Binomial-tree broadcast (and scatter, below): ceil(log2 N) steps; a rank receives from its parent, then sends
 to its children, largest subtree first (ranks counted from the root).
 
 Dissemination rounds of header-only messages come first (`dissemination.rounds`), so
@@ -11,12 +11,19 @@ ceil(log2 N)α for the agreement: for small messages; the ring's pipelined chain
 
 from __future__ import annotations
 
+import math
+from typing import Any
+
 import numpy as np
 
-from .. import wire
+from .. import buffers, wire
 from ..arrays import byte_view
+from ..channel import Channel
 from ..comm import Comm
+from ..errors import ProtocolError
+from ..flows import Outflow, Segments, SizedInflow, check_same
 from .base import Algorithm
+from .blocks import common, dtype_of, sizes_of
 from .dissemination import rounds
 
 
@@ -41,4 +48,92 @@ def broadcast(g: Comm, out: np.ndarray, root: int, header: wire.Header, timeout:
         g.exchange("broadcast", [data] * len(children), [], header, timeout=timeout, peers=children)
 
 
-ALGORITHM = Algorithm("binomial", broadcast=broadcast)
+def scatter(g: Comm, arr: np.ndarray, root: int, header: wire.Header, timeout: float | None) -> np.ndarray:
+    """Binomial-tree scatter: a rank receives from its parent the blocks of its subtree (ranks
+    counted from the root), keeps its own and sends each child its subtree's, largest first.
+    The root sends N-1 blocks in all, each rank a block once per level above it: ceil(log2 N)
+    steps on the path from the root, where the ring relays N(N-1)/2 blocks in N-1 hops.
+
+    Only the root knows the array's shape and dtype: its header says them, and every rank
+    passes them on in the header to its children. The agreement rounds come first, their
+    headers with those fields made equal (`wire.ROLE_FIELDS`), as the broadcast's do."""
+    n, r = g.size(), g.rank()
+    op = header.fields["op"]
+    follow = wire.Header(dict(header.fields, dtype="|u1", shape=[0]))
+    rounds(g, follow, op, timeout)
+    v = (r - root) % n  # rank counted from the root
+    mask, parent = 1, None
+    while mask < n:
+        if v & mask:
+            parent = (r - mask) % n
+            break
+        mask <<= 1
+    count = min(mask, n - v)  # blocks of this rank's subtree: its own, then its children's
+    children = []  # (rank, first block counted from this rank, blocks)
+    mask >>= 1
+    while mask > 0:
+        if v + mask < n:
+            children.append(((r + mask) % n, mask, min(mask, n - v - mask)))
+        mask >>= 1
+    if parent is None:  # the root: blocks counted from it may wrap round its array's end
+        data = byte_view(np.ascontiguousarray(arr))
+        step = len(data) // n
+        fields = header.fields
+        out = buffers.cache.empty((arr.shape[0] // n,) + arr.shape[1:], arr.dtype)
+        byte_view(out)[:] = data[r * step:(r + 1) * step]
+
+        def blocks(first: int, k: int) -> list[memoryview]:
+            a = (r + first) % n
+            if a + k <= n:
+                return [data[a * step:(a + k) * step]]
+            return [data[a * step:], data[:(a + k - n) * step]]
+    else:
+        out, fields, held, step = _receive(g, header, root, parent, count, timeout)
+
+        def blocks(first: int, k: int) -> list[memoryview]:
+            return [held[first * step:(first + k) * step]]
+    if children:
+        rows = out.shape[0]
+        chans = g.open_links(op, [c for c, _, _ in children], timeout)
+        g.run(op, [], [Outflow(ch, Segments(blocks(first, k)), op, wire.Header(dict(fields, sizes=[k * rows])))
+                       for ch, (_, first, k) in zip(chans, children)], timeout=timeout)
+    return out
+
+
+def _receive(g: Comm, header: wire.Header, root: int, parent: int, count: int,
+             timeout: float | None) -> tuple[np.ndarray, dict[str, Any], memoryview, int]:
+    """This rank's subtree's blocks from its parent: (its own block as its result, the root's
+    header fields, the subtree's bytes, a block's bytes)."""
+    n, op = g.size(), header.fields["op"]
+    mine = common(header.fields, wire.ROLE_FIELDS["scatter"])
+    learned: dict[str, Any] = {}
+
+    def accept(theirs: dict[str, Any], ch: Channel) -> memoryview:
+        called = common(theirs, wire.ROLE_FIELDS["scatter"])
+        if called != mine:
+            check_same(mine, called, ch)
+        shape = theirs["shape"]
+        dtype = dtype_of(theirs["dtype"], ch)
+        (rows,) = sizes_of(theirs, ch, 1)
+        if not shape or shape[0] % n or rows != shape[0] // n * count:
+            raise ProtocolError(f"rank {ch.me}: {ch.describe()} passes on scatter's blocks as {rows} rows of shape "
+                                f"{tuple(shape)}, where this rank's subtree has {count} of the {n} blocks")
+        learned.update(fields={k: v for k, v in theirs.items() if k != "sizes"}, shape=tuple(shape), dtype=dtype)
+        return memoryview(buffers.cache.empty((rows * dtype.itemsize * math.prod(shape[1:]),), np.dtype(np.uint8)))
+
+    (ch,) = g.open_links(op, [parent], timeout)
+    inflow = SizedInflow(ch, op, accept)
+    g.run(op, [inflow], [], timeout=timeout)
+    held = inflow.dest
+    assert held is not None
+    shape, dtype = learned["shape"], learned["dtype"]
+    step = len(held) // count
+    rows = (shape[0] // n,) + shape[1:]
+    if not step:
+        return np.empty(rows, dtype), learned["fields"], held, step
+    block = np.frombuffer(held[:step], dtype).reshape(rows)
+    out = block if count == 1 else block.copy()  # a leaf's result is its whole buffer; others free theirs
+    return out, learned["fields"], held, step
+
+
+ALGORITHM = Algorithm("binomial", broadcast=broadcast, scatter=scatter)
