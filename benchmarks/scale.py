@@ -3,8 +3,8 @@
 usage: ringdist-launch -n N benchmarks/scale.py OP[,OP...] SIZE[,SIZE...] [--algos A,B,...]
            [--calls K] [--fresh] [--json FILE]
 
-OP is all_gather, all_sum, sum_scatter, all_to_all, all_to_all_splits (all_to_all's blocks,
-passed as splits), scatter, broadcast or barrier; SIZE bytes per rank (sum_scatter, all_to_all
+OP is all_gather, gather, all_sum, sum_scatter, all_to_all, all_to_all_splits (all_to_all's
+blocks, passed as splits), scatter, broadcast or barrier; SIZE bytes per rank (sum_scatter, all_to_all
 and scatter: per block, N blocks a rank, the root's for scatter)
 (float32 elements; ignored by barrier). With --algos the named algorithms take turns call
 by call (RINGDIST_ALGO set for that op on every rank before each call; `table`: the tuning
@@ -53,6 +53,8 @@ def call(op: str, x: np.ndarray, g) -> None:
         rd.broadcast(x, root=0, group=g)
     elif op == "scatter":
         rd.scatter(x, root=0, group=g)
+    elif op == "gather":
+        rd.gather(x, root=0, group=g)
     elif op == "all_to_all_splits":  # the same bytes as all_to_all, declared as splits
         rd.all_to_all(x, splits=[len(x) // g.size()] * g.size(), group=g)
     else:

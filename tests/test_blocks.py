@@ -5,6 +5,7 @@ raises MismatchError in that call (or, told by a peer, the peer's error), then G
 
 from __future__ import annotations
 
+import math
 import re
 
 import ml_dtypes
@@ -191,7 +192,37 @@ def test_all_to_all_and_scatter_past_the_mesh_over_tcp_bit_for_bit(n, algo):
             assert np.array_equal(found["scatter_big"], np.arange(r * 70_000, (r + 1) * 70_000, dtype=np.int32)), r
 
 
+@pytest.mark.parametrize("n", [9, 13])
+@pytest.mark.parametrize("algo", ["binomial", "ring", None])
+def test_gather_past_the_mesh_over_tcp_bit_for_bit(n, algo):
+    # The binomial tree (the table's choice past 8 ranks over TCP) and the ring: each root's result
+    # in rank order, None elsewhere; rows of 0 bytes, no rows, large blocks, N-d rows.
+    cases = [(3, (2,), np.float32), (0, (4,), np.int16), (5, (0,), np.int8), (20_000, (3,), np.float64),
+             (2, (2, 3), np.uint8)]
+
+    def make(q: int, rows: int, tail: tuple, dtype) -> np.ndarray:
+        return (np.arange(rows * math.prod(tail)) + 7 * q).astype(dtype).reshape((rows,) + tail)
+
+    def rank(g: rd.Group) -> list:
+        return [rd.gather(make(g.rank(), rows, tail, dt), root=root, group=g)
+                for root in (0, n - 1, 4) for rows, tail, dt in cases]
+
+    results = run_ranks(n, rank, shm=False, algo=() if algo is None else (("gather", algo),))
+    for r, got in enumerate(results):
+        i = 0
+        for root in (0, n - 1, 4):
+            for rows, tail, dt in cases:
+                if r == root:
+                    want = np.concatenate([make(q, rows, tail, dt) for q in range(n)])
+                    assert got[i].dtype == want.dtype and np.array_equal(got[i], want), (r, root, rows)
+                else:
+                    assert got[i] is None, (r, root)
+                i += 1
+
+
 PAST_THE_MESH_DISAGREEMENTS = {
+    "gather_roots": lambda g: rd.gather(np.ones(3), root=0 if g.rank() != 6 else 2, group=g),
+    "gather_shape": lambda g: rd.gather(np.ones(3 + (g.rank() == 8)), group=g),
     "splits_or_not": lambda g: rd.all_to_all(np.ones((9, 2)), splits=[1] * 9 if g.rank() != 4 else None, group=g),
     "dtype": lambda g: rd.all_to_all(np.ones((9, 2), np.float32 if g.rank() != 7 else np.float64), group=g),
     "shape": lambda g: rd.all_to_all(np.ones((9 * (1 + (g.rank() == 5)), 2)), group=g),

@@ -1,4 +1,4 @@
-"""Binomial-tree broadcast (and scatter, below): ceil(log2 N) steps; a rank receives from its parent, then sends
+"""Binomial-tree broadcast (and scatter and gather, below): ceil(log2 N) steps; a rank receives from its parent, then sends
 to its children, largest subtree first (ranks counted from the root).
 
 Dissemination rounds of header-only messages come first (`dissemination.rounds`), so
@@ -136,4 +136,37 @@ def _receive(g: Comm, header: wire.Header, root: int, parent: int, count: int,
     return out, learned["fields"], held, step
 
 
-ALGORITHM = Algorithm("binomial", broadcast=broadcast, scatter=scatter)
+def gather_root(g: Comm, arr: np.ndarray, root: int, header: wire.Header, timeout: float | None) -> np.ndarray | None:
+    """Binomial-tree gather: a rank receives its children's subtrees' blocks (ranks counted from
+    the root), smallest first, then sends its whole subtree's to its parent; the root puts them in
+    rank order. ceil(log2 N) steps on the path to the root, where the ring's all-gather takes N-1.
+    Every rank's call is the same (shape, dtype, root), so every stream is the call's header and a
+    known number of bytes; the agreement rounds come first, as the broadcast's do."""
+    n, r = g.size(), g.rank()
+    op = header.fields["op"]
+    rounds(g, header, op, timeout)
+    v = (r - root) % n  # rank counted from the root
+    rows, m = arr.shape[0], arr.nbytes
+    mask = 1
+    while mask < n and not v & mask:
+        mask <<= 1
+    count = min(mask, n - v)  # blocks of this rank's subtree: its own, then its children's
+    held = buffers.cache.empty((count, m), np.uint8, min_bytes=buffers.SCRATCH_MIN_BYTES)
+    if m:
+        held[0] = np.frombuffer(byte_view(np.ascontiguousarray(arr)), np.uint8)
+    view = byte_view(held)
+    k = 1
+    while k < mask and v + k < n:  # children, smallest subtree first: each sends its blocks from v + k on
+        g.exchange(op, [], [view[k * m:(k + min(k, n - v - k)) * m]], header, timeout=timeout, peers=[(r + k) % n])
+        k <<= 1
+    if v:
+        g.exchange(op, [view[:count * m]], [], header, timeout=timeout, peers=[(r - mask) % n])
+        return None
+    out = buffers.cache.empty((n * rows,) + arr.shape[1:], arr.dtype)
+    blocks = np.frombuffer(byte_view(out), np.uint8).reshape(n, m)
+    blocks[r:] = held[:n - r]  # block i of `held` is rank root + i's
+    blocks[:r] = held[n - r:]
+    return out
+
+
+ALGORITHM = Algorithm("binomial", broadcast=broadcast, scatter=scatter, gather_root=gather_root)
