@@ -132,12 +132,15 @@ def local_port(sock: socket.socket) -> int:
 def dial(address: tuple[str, int], timeout: float) -> socket.socket:
     """A TCP connection to `address` (blocking, with `timeout` for connecting).
 
-    ConnectError 'host:port: why' when it cannot be made (refused, unreachable, timed out).
+    ConnectError 'host:port: why' when it cannot be made (refused, unreachable, timed out);
+    its `refused` says whether nothing listened there (ECONNREFUSED).
     """
     try:
         return socket.create_connection(address, timeout=timeout)
     except OSError as exc:
-        raise ConnectError(f"{format_address(*address)}: {reason(exc)}") from None
+        err = ConnectError(f"{format_address(*address)}: {reason(exc)}")
+        err.refused = isinstance(exc, ConnectionRefusedError)
+        raise err from None
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from typing import Callable, NamedTuple
 
 from . import channel, deadlines, forks, posixshm, wire
 from .acceptor import Acceptor
-from .errors import ConnectError, RingError, RingTimeoutError
+from .errors import ConnectError, PeerLostError, RingError, RingTimeoutError
 from .handshake import HandshakeCutOff, client_handshake
 
 HANDSHAKE_TIMEOUT = 10.0  # seconds an arrival has to prove the job secret (at most RINGDIST_CONNECT_TIMEOUT)
@@ -145,24 +145,29 @@ class Endpoint:
     # ---- connecting --------------------------------------------------------------------------
 
     def connect(self, addresses: list[tuple[str, int]], key: InboxKey, deadline: float,
-                peer: str) -> socket.socket:
+                peer: str, *, up: bool = False, check: Callable[[], None] | None = None) -> socket.socket:
         """Dial `peer` at the first of `addresses` that answers, and authenticate.
 
         `key` is what the peer files the connection under: (group, my rank, kind, lane).
         A refused connection, a reset, or a handshake cut off before WELCOME (the peer's
         acceptor evicts under a flood of strangers) is tried again until `deadline`; a
         peer that refuses the handshake (wrong secret, another job) is an AuthError at once.
+        With `up` (the peer's endpoint listened once: a link opened after the group was
+        made), every address refusing means its process is gone: PeerLostError at once, not
+        a wait until `deadline`. `check` is called between tries (an ABORT seen meanwhile).
         """
         errors: list[str] = []
         attempts = 0
         delay = 0.01
         while True:
+            refused = 0
             for ip, port in addresses:
                 attempts += 1
                 try:
                     sock = channel.dial((ip, port), max(0.01, deadlines.wait_slice(deadlines.left(deadline))))
                 except ConnectError as exc:
                     errors.append(str(exc))
+                    refused += getattr(exc, "refused", False)
                     continue
                 forks.track(sock)
                 try:
@@ -182,9 +187,14 @@ class Endpoint:
                     raise
                 sock.settimeout(None)
                 return sock
+            if up and refused == len(addresses):
+                raise PeerLostError(f"{self.label}: lost {peer}: nothing listens at its address any more "
+                                    f"({'; '.join(errors[-len(addresses):])}): its process is gone")
             if time.monotonic() + delay >= deadline:
                 tried = "; ".join(errors[-len(addresses):]) or "no address"
                 raise ConnectError(f"{self.label}: cannot reach {peer}: {tried} ({attempts} attempts)")
+            if check is not None:
+                check()
             time.sleep(delay)
             delay = min(delay * 2, 0.5)
 

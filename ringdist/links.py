@@ -52,14 +52,15 @@ class Links:
     def link(self, p: int, connect_deadline: float, accept_deadline: float,
              check: Callable[[], None] | None = None) -> Channel:
         """The channel to rank p, opened now if this is the pair's first use of it: dialed
-        (by `connect_deadline`) if this rank is the lower, else taken from the inbox (by
-        `accept_deadline`, calling `check` every few milliseconds meanwhile)."""
+        (by `connect_deadline`; a peer whose address refuses is gone) if this rank is the lower,
+        else taken from the inbox (by `accept_deadline`), calling `check` every few
+        milliseconds meanwhile."""
         ch = self.peers.get(p)
         if ch is not None:
             return ch
-        if self.rank < p:
+        if self.rank < p:  # its endpoint listened when the group was made: refused now, it is gone
             sock = self.endpoint.connect(self.addresses[p], InboxKey(self.group, self.rank, KIND, 0),
-                                         connect_deadline, f"rank {p} of group {self.group!r}")
+                                         connect_deadline, f"rank {p} of group {self.group!r}", up=True, check=check)
         else:
             sock = self.endpoint.take(InboxKey(self.group, p, KIND, 0), accept_deadline,
                                       f"group {self.group!r}: waiting for rank {p} to connect", check=check)

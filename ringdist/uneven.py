@@ -165,7 +165,12 @@ def scatter(x: Any, root: int = 0, *, group: Comm | None = None, timeout: float 
     root = check_root(root, g, "scatter")
     arr = as_rows(x) if r == root else NOTHING
     if r == root and arr.shape[0] % n:
-        raise ValueError(f"scatter: x.shape[0] = {arr.shape[0]} is not divisible by the group size {n}")
+        exc = ValueError(f"scatter: x.shape[0] = {arr.shape[0]} is not divisible by the group size {n}")
+        # Only the root sees it, and the others already wait for its blocks: they are told (an
+        # ABORT of this call), so they raise at once instead of waiting out their timeout.
+        g.check_usable("scatter")
+        g._fail("scatter", g.channels, g._seq, [], exc)
+        raise exc
     if n == 1:
         g.check_usable("scatter")
         return _assemble([(arr.shape[0], byte_view(np.ascontiguousarray(arr)))], arr.shape[1:], arr.dtype)

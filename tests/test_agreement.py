@@ -120,3 +120,19 @@ def test_seeded_disagreeing_calls_fail_on_every_rank_of_the_group(n, seed, trial
     missing = [f"op:{op}" for op in FUZZ_OPS] + [f"kind:{k}" for k in ("op", "root", "shape", "dtype", "path")]
     assert all(counts.get(key, 0) > 0 for key in missing), counts
     assert counts["outcome:MismatchError"] > trials, counts
+
+
+@pytest.mark.parametrize("n, env", [(4, {}), (4, {"RINGDIST_SHM": "0"}), (9, {}), (9, {"RINGDIST_SHM": "0"})],
+                         ids=["segments", "direct", "segments-9", "binomial"])
+def test_a_scatter_of_a_dtype_only_the_root_knows_fails_on_every_other_rank(n, env):
+    # The others cannot take their blocks (numpy there does not know bfloat16): they all raise.
+    # The binomial tree closes with agreement rounds, so its root, which only sends, raises too;
+    # in one step (direct) or one round of the segments the root may be done first, and returns.
+    res = disagree(n, "unknown_dtype", env)
+    got = outcomes(res.stdout)
+    assert sorted(got) == list(range(n)), res.stdout
+    assert all(text.startswith("MismatchError: ") and "bfloat16" in text for r, text in got.items() if r), res.stdout
+    if n == 9 and env:
+        assert got[0].startswith("MismatchError: ") and "bfloat16" in got[0], res.stdout
+    else:
+        assert got[0] == "returned" or got[0].startswith("MismatchError: "), res.stdout

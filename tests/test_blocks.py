@@ -15,6 +15,7 @@ import pytest
 import ringdist as rd
 
 from harness import RankFailed, run_disagreement, run_ranks
+from helpers import SCRIPTS, run_launcher
 
 VARIANTS = {"default": {}, "ring": {"direct_max": 0}}
 
@@ -241,6 +242,44 @@ def test_ranks_that_disagree_on_an_all_to_all_past_the_mesh_over_tcp_all_raise(c
     assert all(isinstance(o, rd.RingError) for o in outcomes), outcomes
     assert any(isinstance(o, rd.MismatchError) for o in outcomes), outcomes
     assert all(isinstance(e, rd.GroupBrokenError) for e in errors), errors
+
+
+@pytest.mark.parametrize("case", ["all_to_all", "all_to_all_small", "scatter", "gather"])
+def test_a_rank_gone_during_a_first_call_past_the_mesh_ends_it_on_every_rank_at_once(case):
+    # 9 ranks over TCP: pairwise exchange, Bruck and the binomial trees open links on first use.
+    # Rank 4 leaves mid-call; a rank dialing it finds nothing listening (its process is gone) and
+    # says so at once, where it would have redialed until the connect timeout, and the ABORT
+    # reaches the rest: nobody waits out the call's 20 s timeout.
+    res = run_launcher(["-n", "9", str(SCRIPTS / "gone_mid_first_call.py"), case], timeout=120,
+                       env={"RINGDIST_SHM": "0", "RINGDIST_TIMEOUT": "20"})
+    ended = {int(r): (float(t), how) for r, t, how in
+             re.findall(r"^\[\d+\] (\d+) ended after ([\d.]+)s: (\w+):", res.stdout, re.M)}
+    assert sorted(ended) == [0, 1, 2, 3, 5, 6, 7, 8], res.stdout + res.stderr
+    assert all(t < 5 for t, _ in ended.values()), ended
+    # A leaf of the gather may have sent its block before rank 4 left: it returns; the rest raise.
+    raised = [r for r, (_, how) in ended.items() if how != "returned"]
+    assert len(raised) >= (6 if case == "gather" else 8), ended
+    assert all(ended[r][1] in ("PeerLostError", "ConnectError") for r in raised), res.stdout
+
+
+@pytest.mark.parametrize("n, shm", [(3, True), (9, True), (9, False)])
+def test_a_scatter_root_whose_rows_do_not_divide_tells_the_others(n, shm):
+    # Only the root sees its array: it raises ValueError, and the others, already waiting for
+    # its blocks, are told and raise at once rather than after their 30 s timeout.
+    def rank(g: rd.Group):
+        import time
+        start = time.monotonic()
+        try:
+            rd.scatter(np.ones(n + 1) if g.rank() == 1 else None, root=1, group=g, timeout=30)
+            return "returned", 0.0
+        except (ValueError, rd.RingError) as exc:
+            return f"{type(exc).__name__}: {exc}", time.monotonic() - start
+
+    got = run_ranks(n, rank, shm=shm)
+    message = f"scatter: x.shape[0] = {n + 1} is not divisible by the group size {n}"
+    assert got[1][0] == f"ValueError: {message}", got[1]
+    assert all(r == 1 or ("aborted by rank 1" in how and message in how) for r, (how, _) in enumerate(got)), got
+    assert all(took < 10 for _, took in got), got
 
 
 def test_argument_errors_are_clear():

@@ -215,11 +215,33 @@ def test_a_corrupt_layout_in_shared_memory_fails_the_call_on_every_rank_at_once(
      "whose rows do not divide"),
 ])
 def test_a_scatter_whose_root_wrote_an_unreadable_descriptor_fails_on_every_rank(monkeypatch, n, descriptor, says):
-    monkeypatch.setattr(shm, "_descriptor", lambda arr: descriptor)
+    monkeypatch.setattr(shm, "_descriptor", lambda g, arr: descriptor)
     outcomes, errors = run_disagreement(n, lambda g: rd.scatter(np.ones(n) if g.rank() == 1 else None, root=1, group=g,
                                                                  timeout=60), algo=SHM, timeout=60)
     assert all(isinstance(outcomes[r], rd.ProtocolError) and says in str(outcomes[r]) for r in range(n) if r != 1), outcomes
     assert all(isinstance(e, rd.RingError) for e in errors), errors
+
+
+@pytest.mark.parametrize("n, cma", [(4, False), (9, False), (9, True)])
+def test_a_scatter_whose_dtype_is_too_long_to_describe_fails_on_every_rank_at_once(n, cma):
+    # A structured dtype of 60 fields: its description does not fit the room at the head of the
+    # root's stream. The root raises ValueError naming it and tells the others, who were waiting
+    # for its first signal: they raise at once, not after their timeout.
+    wide = np.dtype([(f"field{i}", "<f8") for i in range(60)])
+
+    def rank(g: rd.Group):
+        import time
+        start = time.monotonic()
+        try:
+            rd.scatter(np.zeros(2 * n, wide) if g.rank() == 0 else None, group=g, timeout=30)
+            return "returned", time.monotonic() - start
+        except (ValueError, rd.RingError) as exc:
+            return f"{type(exc).__name__}: {exc}", time.monotonic() - start
+
+    got = run_ranks(n, rank, algo=SHM if not cma else (("scatter", "shm-cma"),), shm_cma=cma)
+    assert got[0][0].startswith("ValueError: rank 0: scatter on group 'world': the description of its array's dtype"), got
+    assert all(how.startswith("ValueError") or "aborted by rank 0" in how for how, _ in got), got
+    assert all(took < 10 for _, took in got), got
 
 
 def test_the_table_sends_all_to_all_through_shared_memory_from_its_threshold():

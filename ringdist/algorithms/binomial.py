@@ -56,7 +56,8 @@ def scatter(g: Comm, arr: np.ndarray, root: int, header: wire.Header, timeout: f
 
     Only the root knows the array's shape and dtype: its header says them, and every rank
     passes them on in the header to its children. The agreement rounds come first, their
-    headers with those fields made equal (`wire.ROLE_FIELDS`), as the broadcast's do."""
+    headers with those fields made equal (`wire.ROLE_FIELDS`), as the broadcast's do; since a
+    rank can fail on what the root's header says, the same rounds close the call too."""
     n, r = g.size(), g.rank()
     op = header.fields["op"]
     follow = wire.Header(dict(header.fields, dtype="|u1", shape=[0]))
@@ -97,6 +98,10 @@ def scatter(g: Comm, arr: np.ndarray, root: int, header: wire.Header, timeout: f
         chans = g.open_links(op, [c for c, _, _ in children], timeout)
         g.run(op, [], [Outflow(ch, Segments(blocks(first, k)), op, wire.Header(dict(fields, sizes=[k * rows])))
                        for ch, (_, first, k) in zip(chans, children)], timeout=timeout)
+    # Closing rounds: a rank returns only once every rank has its block. A rank that could not
+    # take its block (a dtype numpy there does not know) sends an ABORT instead, and the root,
+    # which only sent, raises too rather than return.
+    rounds(g, follow, op, timeout)
     return out
 
 
@@ -146,11 +151,13 @@ def gather_root(g: Comm, arr: np.ndarray, root: int, header: wire.Header, timeou
     op = header.fields["op"]
     rounds(g, header, op, timeout)
     v = (r - root) % n  # rank counted from the root
-    rows, m = arr.shape[0], arr.nbytes
+    m = arr.nbytes
     mask = 1
     while mask < n and not v & mask:
         mask <<= 1
     count = min(mask, n - v)  # blocks of this rank's subtree: its own, then its children's
+    if v == 0:  # the root: every subtree lands in its place in the result; the one that wraps round
+        return _gather_at_root(g, arr, header, timeout)  # the result's end through scratch
     held = buffers.cache.empty((count, m), np.uint8, min_bytes=buffers.SCRATCH_MIN_BYTES)
     if m:
         held[0] = np.frombuffer(byte_view(np.ascontiguousarray(arr)), np.uint8)
@@ -159,13 +166,32 @@ def gather_root(g: Comm, arr: np.ndarray, root: int, header: wire.Header, timeou
     while k < mask and v + k < n:  # children, smallest subtree first: each sends its blocks from v + k on
         g.exchange(op, [], [view[k * m:(k + min(k, n - v - k)) * m]], header, timeout=timeout, peers=[(r + k) % n])
         k <<= 1
-    if v:
-        g.exchange(op, [view[:count * m]], [], header, timeout=timeout, peers=[(r - mask) % n])
-        return None
+    g.exchange(op, [view[:count * m]], [], header, timeout=timeout, peers=[(r - mask) % n])
+    return None
+
+
+def _gather_at_root(g: Comm, arr: np.ndarray, header: wire.Header, timeout: float | None) -> np.ndarray:
+    """The root's part of the binomial gather: child k (ranks counted from the root) sends the
+    blocks of ranks root+k to root+2k-1, straight into the result, except the one subtree that
+    passes the last rank: it lands in scratch and is copied in two pieces."""
+    n, r = g.size(), g.rank()
+    op = header.fields["op"]
+    rows, m = arr.shape[0], arr.nbytes
     out = buffers.cache.empty((n * rows,) + arr.shape[1:], arr.dtype)
-    blocks = np.frombuffer(byte_view(out), np.uint8).reshape(n, m)
-    blocks[r:] = held[:n - r]  # block i of `held` is rank root + i's
-    blocks[:r] = held[n - r:]
+    np.copyto(out[r * rows:(r + 1) * rows], arr)
+    data = byte_view(out)
+    k = 1
+    while k < n:
+        first, count = (r + k) % n, min(k, n - k)
+        if first + count <= n:
+            g.exchange(op, [], [data[first * m:(first + count) * m]], header, timeout=timeout, peers=[(r + k) % n])
+        else:
+            scratch = buffers.cache.empty((count * m,), np.uint8, min_bytes=buffers.SCRATCH_MIN_BYTES)
+            g.exchange(op, [], [byte_view(scratch)], header, timeout=timeout, peers=[(r + k) % n])
+            cut = (n - first) * m
+            data[first * m:] = byte_view(scratch)[:cut]
+            data[:count * m - cut] = byte_view(scratch)[cut:]
+        k <<= 1
     return out
 
 

@@ -273,7 +273,7 @@ def scatter(g: Comm, arr: np.ndarray, root: int, header: wire.Header, timeout: f
     if r == root:
         data = byte_view(np.ascontiguousarray(arr))
         step = len(data) // n
-        descriptor = _descriptor(arr)
+        descriptor = _descriptor(g, arr)
         out = buffers.cache.empty((arr.shape[0] // n,) + arr.shape[1:], arr.dtype)
         byte_view(out)[:] = data[r * step:(r + 1) * step]
         total = _DESCRIPTOR + len(data)
@@ -308,12 +308,15 @@ def scatter(g: Comm, arr: np.ndarray, root: int, header: wire.Header, timeout: f
             return out
 
 
-def _descriptor(arr: np.ndarray) -> bytes:
-    """What heads a scatter's stream: the root's array's shape and dtype, for the other ranks."""
+def _descriptor(g: Comm, arr: np.ndarray) -> bytes:
+    """What heads a scatter's stream: the root's array's shape and dtype, for the other ranks. One
+    too long for its room (a structured dtype of many fields) fails the call on every rank: the
+    others already wait for the root's first signal."""
     head = msgpack.packb({"shape": list(arr.shape), "dtype": wire.dtype_tag(arr.dtype)}, use_bin_type=True)
     if len(head) + 4 > _DESCRIPTOR:
-        raise ValueError(f"scatter: an array of {arr.ndim} dimensions has too long a description for "
-                         f"shared memory ({len(head)} bytes)")
+        raise failed(g, "scatter", ValueError(
+            f"rank {g.rank()}: scatter on group {g.gid!r}: the description of its array's dtype and shape takes "
+            f"{len(head)} bytes, over the {_DESCRIPTOR - 4} shared memory's scatter allows (dtype {arr.dtype})"))
     return len(head).to_bytes(4, "little") + head
 
 

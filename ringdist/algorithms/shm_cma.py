@@ -205,10 +205,10 @@ def scatter(g: Comm, arr: np.ndarray, root: int, header: wire.Header, timeout: f
     n, r = g.size(), g.rank()
     name = header.fields["op"]
     follow = wire.Header(dict(header.fields, dtype="|u1", shape=[0]))  # the root's dtype and shape are its own
+    descriptor = shm._descriptor(g, arr) if r == root else b""
     k = link.next_round()
     if r == root:
         data = byte_view(np.ascontiguousarray(arr))  # alive until the last signal: the peers read it
-        descriptor = shm._descriptor(arr)
         link.slot(r, k)[:len(descriptor)] = descriptor
         out = buffers.cache.empty((arr.shape[0] // n,) + arr.shape[1:], arr.dtype)
         step = out.nbytes

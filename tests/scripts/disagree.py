@@ -9,6 +9,8 @@ usage: disagree.py CASE
               doubling on the mesh): each pair reads connections the other pair never writes
   pair_path:  2 ranks, all_sum of 64 KiB; rank 1 runs with RINGDIST_DIRECT_MAX=0, so it
               exchanges the arrays on the ring's connections, rank 0 on the direct one
+  unknown_dtype: the root (rank 0) alone imports ml_dtypes and scatters a bfloat16 array,
+              whose dtype the other ranks' numpy does not know
   late:       for each op, on a fresh sub-group: rank 0 calls it with timeout=0.5, rank 1
               1.2 s later (2 ranks); a world barrier, then the sub-group is closed
 
@@ -76,6 +78,12 @@ try:
         rd.all_sum(np.ones(16384, np.float32))
     elif case == "root_shape":
         rd.broadcast(np.zeros(5 if r == 0 else 4, np.float32), root=0)
+    elif case == "unknown_dtype":
+        if r == 0:
+            import ml_dtypes
+            rd.scatter(np.ones((4 * g.size(), 3), ml_dtypes.bfloat16), root=0)
+        else:
+            rd.scatter(None, root=0)
     else:
         raise SystemExit(f"unknown case {case}")
     outcome = "returned"
