@@ -3,7 +3,7 @@
 usage: ringdist-launch -n N benchmarks/scale.py OP[,OP...] SIZE[,SIZE...] [--algos A,B,...]
            [--calls K] [--fresh] [--json FILE]
 
-OP is all_gather, gather, all_sum, sum_scatter, all_to_all, all_to_all_splits (all_to_all's
+OP is all_gather, all_gather_uneven, all_gather_object, gather, all_sum, sum_scatter, all_to_all, all_to_all_splits (all_to_all's
 blocks, passed as splits), scatter, broadcast or barrier; SIZE bytes per rank (sum_scatter, all_to_all
 and scatter: per block, N blocks a rank, the root's for scatter)
 (float32 elements; ignored by barrier). With --algos the named algorithms take turns call
@@ -55,6 +55,10 @@ def call(op: str, x: np.ndarray, g) -> None:
         rd.scatter(x, root=0, group=g)
     elif op == "gather":
         rd.gather(x, root=0, group=g)
+    elif op == "all_gather_uneven":  # all_gather's rows, declared uneven
+        rd.all_gather(x, uneven=True, group=g)
+    elif op == "all_gather_object":  # the array, pickled
+        rd.all_gather_object(x, group=g)
     elif op == "all_to_all_splits":  # the same bytes as all_to_all, declared as splits
         rd.all_to_all(x, splits=[len(x) // g.size()] * g.size(), group=g)
     else:

@@ -79,8 +79,10 @@ def test_arrays_inside_objects_land_out_of_band_and_own_copies_share_nothing():
     assert not results[1][1]["a"].flags.owndata
 
 
-def test_an_object_over_the_cap_fails_on_the_sender_naming_the_variable_and_on_every_peer():
-    outcomes: list = [None] * 3
+@pytest.mark.parametrize("n", [3, 9])
+def test_an_object_over_the_cap_fails_on_the_sender_naming_the_variable_and_on_every_peer(n):
+    # 9 ranks: past the mesh, through shared memory (each stream's fields at its head)
+    outcomes: list = [None] * n
 
     def rank(g):
         big = np.zeros(2000, dtype=np.uint8) if g.rank() == 1 else None
@@ -89,10 +91,10 @@ def test_an_object_over_the_cap_fails_on_the_sender_naming_the_variable_and_on_e
         except (ValueError, rd.RingError) as exc:
             outcomes[g.rank()] = exc
 
-    run_ranks(3, rank, max_object_bytes=1000)
+    run_ranks(n, rank, max_object_bytes=1000)
     assert isinstance(outcomes[1], ValueError), outcomes
     assert "over RINGDIST_MAX_OBJECT_BYTES=1000" in str(outcomes[1]) and "rank 1" in str(outcomes[1]), outcomes
-    for r in (0, 2):
+    for r in [q for q in range(n) if q != 1]:
         assert isinstance(outcomes[r], rd.RingError) and "rank 1 could not send its object" in str(outcomes[r]), outcomes
 
 
@@ -110,8 +112,9 @@ def test_a_receiver_refuses_an_object_over_its_own_cap_from_the_header():
     assert "declares a 1048" in str(error) and "over RINGDIST_MAX_OBJECT_BYTES=50000 here" in str(error), error
 
 
-def test_an_unpicklable_object_fails_on_every_rank():
-    outcomes: list = [None] * 2
+@pytest.mark.parametrize("n", [2, 9])
+def test_an_unpicklable_object_fails_on_every_rank(n):
+    outcomes: list = [None] * n
 
     def rank(g):
         try:
@@ -119,14 +122,15 @@ def test_an_unpicklable_object_fails_on_every_rank():
         except (ValueError, rd.RingError) as exc:
             outcomes[g.rank()] = exc
 
-    run_ranks(2, rank)
+    run_ranks(n, rank)
     assert isinstance(outcomes[0], ValueError) and "cannot be pickled" in str(outcomes[0]), outcomes
-    assert isinstance(outcomes[1], rd.RingError) and "rank 0 could not send its object" in str(outcomes[1]), outcomes
+    assert all(isinstance(o, rd.RingError) and "rank 0 could not send its object" in str(o) for o in outcomes[1:]), outcomes
 
 
+@pytest.mark.parametrize("n", [3, 9])
 @pytest.mark.parametrize("variant", list(VARIANTS))
-def test_ranks_disagreeing_on_the_root_all_raise_then_the_group_is_broken(variant):
-    outcomes: list = [None] * 3
+def test_ranks_disagreeing_on_the_root_all_raise_then_the_group_is_broken(variant, n):
+    outcomes: list = [None] * n
 
     def rank(g):
         try:
@@ -136,7 +140,7 @@ def test_ranks_disagreeing_on_the_root_all_raise_then_the_group_is_broken(varian
         rd.all_gather_object(1, group=g)
 
     with pytest.raises(RankFailed) as info:
-        run_ranks(3, rank, **VARIANTS[variant])
+        run_ranks(n, rank, **VARIANTS[variant])
     assert all(isinstance(o, rd.MismatchError) or "MismatchError" in str(o) for o in outcomes), outcomes
     assert all(isinstance(e, rd.GroupBrokenError) for e in info.value.errors), info.value.errors
 

@@ -173,6 +173,12 @@ WIDE_DISAGREEMENTS = {  # 9 ranks: no mesh; the layouts ride in the segments
     "trailing": lambda g: rd.all_to_all(np.ones((9, 2 + (g.rank() == 2))), splits=[1] * 9, group=g),
     "scatter_vs_all_to_all": lambda g: (rd.scatter(np.ones(9), group=g) if g.rank() != 3 else
                                         rd.all_to_all(np.ones(9), splits=[1] * 9, group=g)),
+    # all_gather(uneven=True): each stream's fields at its head
+    "uneven_or_not": lambda g: rd.all_gather(np.ones((2, 2)), uneven=g.rank() != 5, group=g),
+    "uneven_dtype": lambda g: rd.all_gather(np.ones((g.rank() % 3, 2), np.float32 if g.rank() != 2 else np.float64),
+                                            uneven=True, group=g),
+    "object_vs_uneven": lambda g: (rd.all_gather_object(g.rank(), group=g) if g.rank() != 6 else
+                                   rd.all_gather(np.ones(2), uneven=True, group=g)),
 }
 
 

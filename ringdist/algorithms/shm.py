@@ -36,7 +36,7 @@ from ..comm import Comm
 from ..errors import MismatchError, ProtocolError
 from .base import Algorithm
 from .blocks import dtype_from
-from .shm_blocks import all_to_all, failed, layout_bytes, signal
+from .shm_blocks import all_to_all, failed, gather_v, layout_bytes, signal
 
 _RESULT_ALIGN = 64
 # Where rounds signal through memory, reductions on 2 ranks, and on more up to this size, take one
@@ -357,4 +357,4 @@ def _fits(comm: Comm, kind: str, nbytes: int) -> str | None:
 
 ALGORITHM = Algorithm("shm", gather=gather, reduce=reduce, reduce_scatter=reduce_scatter, broadcast=broadcast,
                       all_to_all=all_to_all, all_to_all_even=all_to_all_even, reduce_root=reduce_root, barrier=barrier,
-                      gather_root=gather_root, scatter=scatter, fits=_fits)
+                      gather_root=gather_root, scatter=scatter, gather_v=gather_v, fits=_fits)

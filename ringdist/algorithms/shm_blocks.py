@@ -22,12 +22,13 @@ from __future__ import annotations
 import math
 from typing import Any, Callable
 
+import msgpack
 import numpy as np
 
 from .. import buffers, crossmem, wire
 from ..channel import Channel
 from ..comm import Comm
-from ..errors import ProtocolError
+from ..errors import MismatchError, ProtocolError, RingError
 from ..flows import NO_BYTES, Outflow, Segments, SizedInflow
 from . import dissemination
 from .blocks import Assembled, Check, dtype_from, sizes_of
@@ -262,6 +263,79 @@ def _all_to_all_laid_out(g: Comm, header: wire.Header, blocks: list[memoryview],
         signal(g, op, header, timeout)  # every rank has its blocks: the inputs may change
         return got
     return _rounds(g, k, blocks, at, total, where, dest, header, timeout, got)
+
+
+class _Peer:
+    """Who wrote a stream in shared memory, as a header check names the connection a header came on."""
+
+    def __init__(self, g: Comm, p: int):
+        self.me, self.peer, self.group = g.rank(), p, g.gid
+
+    def describe(self) -> str:
+        return f"rank {self.peer} (shared memory of group {self.group!r})"
+
+
+_HEAD = 16  # a gather_v stream's head: the bytes of its fields (msgpack), then of its payload; int64s
+
+
+def gather_v(g: Comm, header: wire.Header, mine: Any, check: Check,
+             timeout: float | None) -> dict[int, tuple[dict[str, Any], memoryview]]:
+    """This rank's parts to every rank, of any size (uneven all_gather, the object collectives),
+    through the segments: each rank's stream opens with its head and its header's extra fields
+    (`sizes`, and what the objects' calls add), then its parts. After the first signal (the
+    call's header, the same on every rank) every rank reads every peer's head and fields out of
+    its first slot and checks them as a header over TCP would be; all then know the longest
+    stream, so all run as many rounds. For groups with no mesh, where the ring relayed each
+    stream N-1 hops."""
+    link = g.shm
+    assert link is not None
+    r, op = g.rank(), header.fields["op"]
+    parts, extra = mine
+    body = msgpack.packb(extra, use_bin_type=True)
+    head = -(-(_HEAD + len(body)) // 8) * 8
+    size = link.slot_size
+    if head > size:
+        raise failed(g, op, ProtocolError(f"rank {r}: {op} on group {g.gid!r}: its header's fields take {len(body)} "
+                                          f"bytes, over a slot of shared memory ({size})"))
+    payload = sum(len(part) for part in parts)
+    k = link.next_round()
+    slot = link.slot(r, k)
+    np.frombuffer(slot, np.int64, 2)[:] = (len(body), payload)
+    slot[_HEAD:_HEAD + len(body)] = body
+    items = [memoryview(b"")] * (r + 1) + list(parts)  # stream order; `_write` skips the item at index r
+    at, pos = [], head
+    for item in items:
+        at.append(pos)
+        pos += len(item)
+    _write(slot, items, at, r, 0, size)
+    signal(g, op, header, timeout)
+    where: dict[int, tuple[int, int, int, int]] = {}
+    got: dict[int, tuple[dict[str, Any], memoryview]] = {}
+    dest: list[Any] = [None] * g.size()
+    for p in link.others:
+        theirs = link.slot(p, k)
+        length, bytes_ = (int(v) for v in np.frombuffer(theirs, np.int64, 2))
+        try:
+            if not 0 <= length <= size - _HEAD or not 0 <= bytes_ <= _STREAM_MAX:
+                raise ValueError(length)
+            fields = dict(header.fields, **msgpack.unpackb(bytes(theirs[_HEAD:_HEAD + length]), raw=False))
+        except (ValueError, TypeError, msgpack.UnpackException):
+            raise failed(g, op, ProtocolError(f"rank {r}: rank {p}'s {op} head in shared memory is unreadable "
+                                              f"(group {g.gid!r})")) from None
+        try:
+            unit = check(p, fields, _Peer(g, p))  # type: ignore[arg-type]
+            declared = sum(sizes_of(fields, _Peer(g, p))) * unit  # type: ignore[arg-type]
+            if declared != bytes_:
+                raise ProtocolError(f"rank {r}: rank {p}'s {op} declares {declared} bytes in its fields and "
+                                    f"{bytes_} in its shared memory (group {g.gid!r})")
+        except (ProtocolError, MismatchError, RingError) as exc:
+            raise failed(g, op, exc) from None
+        their_head = -(-(_HEAD + length) // 8) * 8
+        where[p] = (their_head, bytes_, their_head + bytes_, 0)
+        dest[p] = memoryview(buffers.cache.empty((bytes_,), np.dtype(np.uint8)))
+        got[p] = (fields, dest[p])
+    _rounds(g, k, items, at, pos, where, dest, header, timeout, got)  # type: ignore[arg-type]
+    return got
 
 
 def _write_layout(slot: memoryview, r: int, blocks: list[memoryview], sizes: list[int], at: list[int], total: int,
