@@ -195,8 +195,8 @@ def scatter(x: Any, root: int = 0, *, group: Comm | None = None, timeout: float 
 
     def check(src: int, fields: dict[str, Any], ch: Channel) -> int:
         theirs = common(fields, wire.ROLE_FIELDS["scatter"])
-        if theirs != mine:
-            check_same(mine, theirs, ch)
+        if theirs != mine:  # named with their dtypes and shapes, which the comparison leaves out
+            check_same(common(header.fields), common(fields), ch)
         sizes = sizes_of(fields, ch, 1)
         if src != root:
             if sizes != [0]:

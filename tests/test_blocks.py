@@ -260,6 +260,18 @@ PAST_THE_MESH_DISAGREEMENTS = {
 }
 
 
+@pytest.mark.parametrize("algo", ["ring", "direct", "binomial"])
+def test_a_scatter_mismatch_names_each_side_with_a_real_dtype_and_shape(algo):
+    # The check leaves the root's dtype and shape out (only it knows them); its error message
+    # does not: no "dtype=None" or "shape=()" for fields that were merely left out.
+    n = 4 if algo == "direct" else 9
+    outcomes, _ = run_disagreement(
+        n, lambda g: rd.scatter(np.ones(2 * n) if g.rank() == 0 else None, root=0 if g.rank() != 3 else 1, group=g),
+        shm=False, algo=(("scatter", algo),))
+    assert all(isinstance(o, rd.MismatchError) for o in outcomes), outcomes
+    assert not any("dtype=None" in str(o) or "shape=()" in str(o) for o in outcomes), outcomes
+
+
 @pytest.mark.parametrize("case", list(PAST_THE_MESH_DISAGREEMENTS))
 def test_ranks_that_disagree_on_an_all_to_all_past_the_mesh_over_tcp_all_raise(case):
     outcomes, errors = run_disagreement(9, PAST_THE_MESH_DISAGREEMENTS[case], shm=False)

@@ -115,8 +115,8 @@ def _receive(g: Comm, header: wire.Header, root: int, parent: int, count: int,
 
     def accept(theirs: dict[str, Any], ch: Channel) -> memoryview:
         called = common(theirs, wire.ROLE_FIELDS["scatter"])
-        if called != mine:
-            check_same(mine, called, ch)
+        if called != mine:  # named with their dtypes and shapes, which the comparison leaves out
+            check_same(common(header.fields), common(theirs), ch)
         shape = theirs["shape"]
         dtype = dtype_of(theirs["dtype"], ch)
         (rows,) = sizes_of(theirs, ch, 1)
