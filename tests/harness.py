@@ -110,3 +110,14 @@ def run_disagreement(n: int, call: Callable[[Group], Any], *, timeout: float = 3
     except RankFailed as failed:
         return outcomes, failed.errors
     return outcomes, [None] * n
+
+
+def assert_all_raised_then_broken(outcomes: list[Any], errors: list[BaseException | None]) -> None:
+    """`run_disagreement`'s results when every rank must raise in the call: each a RingError, at
+    least one a MismatchError (the ranks that saw the difference), and the group broken on every
+    rank afterwards."""
+    from ringdist.errors import GroupBrokenError, MismatchError, RingError
+
+    assert all(isinstance(o, RingError) for o in outcomes), outcomes
+    assert any(isinstance(o, MismatchError) for o in outcomes), outcomes
+    assert all(isinstance(e, GroupBrokenError) for e in errors), errors

@@ -16,7 +16,7 @@ from ringdist import crossmem, shmsignal, tuning
 from ringdist.algorithms import shm, shm_blocks, shm_cma
 from ringdist.shm import slot_bytes
 
-from harness import run_disagreement, run_ranks
+from harness import assert_all_raised_then_broken, run_disagreement, run_ranks
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the shared-memory link is Linux's")
 SHM = (("*", "shm"),)
@@ -161,9 +161,7 @@ DISAGREEMENTS = {
 @pytest.mark.parametrize("case", list(DISAGREEMENTS))
 def test_ranks_that_disagree_over_shared_memory_all_raise_then_the_group_is_broken(case):
     outcomes, errors = run_disagreement(3, DISAGREEMENTS[case], algo=SHM)
-    assert all(isinstance(o, rd.RingError) for o in outcomes), outcomes
-    assert any(isinstance(o, rd.MismatchError) for o in outcomes), outcomes
-    assert all(isinstance(e, rd.GroupBrokenError) for e in errors), errors
+    assert_all_raised_then_broken(outcomes, errors)
 
 
 WIDE_DISAGREEMENTS = {  # 9 ranks: no mesh; the layouts ride in the segments
@@ -186,9 +184,7 @@ WIDE_DISAGREEMENTS = {  # 9 ranks: no mesh; the layouts ride in the segments
 @pytest.mark.parametrize("case", list(WIDE_DISAGREEMENTS))
 def test_ranks_that_disagree_past_the_mesh_all_raise_then_the_group_is_broken(case, cma):
     outcomes, errors = run_disagreement(9, WIDE_DISAGREEMENTS[case], shm_cma=cma)
-    assert all(isinstance(o, rd.RingError) for o in outcomes), outcomes
-    assert any(isinstance(o, rd.MismatchError) for o in outcomes), outcomes
-    assert all(isinstance(e, rd.GroupBrokenError) for e in errors), errors
+    assert_all_raised_then_broken(outcomes, errors)
 
 
 @pytest.mark.parametrize("field, value", [(1, 5), (2, 1 << 40), (0, -1)])

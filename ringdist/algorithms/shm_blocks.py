@@ -128,17 +128,26 @@ def all_to_all(g: Comm, header: wire.Header, blocks: list[memoryview], sizes: li
                 rows_at[p] = rows
                 rows += sizes[p]
         where = _declare(g, header, sizes, rows_at, rows, check, follow, timeout)
-        lengths = [len(blocks[r]) if q == r else where[q][1] for q in range(n)]
-        whole = buffers.cache.empty((sum(lengths),), np.dtype(np.uint8))
-        view = memoryview(whole)
-        dest, pos = [], 0
-        for q in range(n):
-            dest.append(view[pos:pos + lengths[q]])
-            pos += lengths[q]
-        dest[r][:] = blocks[r]
-        got = Assembled((sizes[r] if q == r else where[q][3], dest[q]) for q in range(n))
-        got.whole = whole
+        dest, got = _assembled(blocks, sizes, where, r)
     return _rounds(g, k, blocks, at, total, where, dest, follow, timeout, got)
+
+
+def _assembled(blocks: list[memoryview], sizes: list[int], where: dict[int, tuple[int, int, int, int]],
+               r: int) -> tuple[list[memoryview], Assembled]:
+    """One buffer for every rank's block to this one, in source order (this rank's own copied in):
+    where each lands, and the (units, bytes) by source that the call returns."""
+    n = len(blocks)
+    lengths = [len(blocks[r]) if q == r else where[q][1] for q in range(n)]
+    whole = buffers.cache.empty((sum(lengths),), np.dtype(np.uint8))
+    view = memoryview(whole)
+    dest, pos = [], 0
+    for q in range(n):
+        dest.append(view[pos:pos + lengths[q]])
+        pos += lengths[q]
+    dest[r][:] = blocks[r]
+    got = Assembled((sizes[r] if q == r else where[q][3], dest[q]) for q in range(n))
+    got.whole = whole
+    return dest, got
 
 
 def _rounds(g: Comm, k: int, blocks: list[memoryview], at: list[int], total: int,
@@ -241,16 +250,7 @@ def _all_to_all_laid_out(g: Comm, header: wire.Header, blocks: list[memoryview],
                 f"rank {r}: rank {p}'s all_to_all layout in shared memory declares a block of {rows} rows, "
                 f"{length} bytes, at {start} of a {stream}-byte stream, for rows of {unit} bytes (group {g.gid!r})"))
         where[p] = (start, length, stream, rows)
-    lengths = [len(blocks[r]) if q == r else where[q][1] for q in range(n)]
-    whole = buffers.cache.empty((sum(lengths),), np.dtype(np.uint8))
-    view = memoryview(whole)
-    dest, pos = [], 0
-    for q in range(n):
-        dest.append(view[pos:pos + lengths[q]])
-        pos += lengths[q]
-    dest[r][:] = blocks[r]
-    got = Assembled((sizes[r] if q == r else where[q][3], dest[q]) for q in range(n))
-    got.whole = whole
+    dest, got = _assembled(blocks, sizes, where, r)
     size = link.slot_size
     if read is not None and max([total] + [w[2] for w in where.values()]) > READ_SLOTS * size:
         for p in link.others:
@@ -322,9 +322,10 @@ def gather_v(g: Comm, header: wire.Header, mine: Any, check: Check,
         except (ValueError, TypeError, msgpack.UnpackException):
             raise failed(g, op, ProtocolError(f"rank {r}: rank {p}'s {op} head in shared memory is unreadable "
                                               f"(group {g.gid!r})")) from None
+        peer: Any = _Peer(g, p)
         try:
-            unit = check(p, fields, _Peer(g, p))  # type: ignore[arg-type]
-            declared = sum(sizes_of(fields, _Peer(g, p))) * unit  # type: ignore[arg-type]
+            unit = check(p, fields, peer)
+            declared = sum(sizes_of(fields, peer)) * unit
             if declared != bytes_:
                 raise ProtocolError(f"rank {r}: rank {p}'s {op} declares {declared} bytes in its fields and "
                                     f"{bytes_} in its shared memory (group {g.gid!r})")
