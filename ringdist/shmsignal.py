@@ -25,8 +25,12 @@ s + 1, so the word of s's parity is still s's when this rank reads it.
 Waiting spins as the TCP path does (`RINGDIST_SPIN_US`, yielding the core when ranks
 outnumber cores), then sleeps in the kernel: the rank sets its word 5, looks once more, and
 polls its eventfd (handed to every peer with its segment) and its TCP connections. A rank
-that signals writes its peers' eventfds only when their word 5 is set. The sleep is cut
-into slices, so a wake-up lost to the CPU's store buffer costs a slice, never a hang.
+that signals writes its peers' eventfds only when their word 5 is set. Each side's store
+(the count; word 5) and its next load (word 5; the counts) are a store then a load of
+different words, which x86-64 may reorder (the store waits in the core's store buffer): both
+could read the old word, and the sleeper would miss its wake-up. A full fence between them
+(`fence`: a lock's atomic instruction) rules that out. The sleep is cut into slices as
+well, so a rank that never hears a wake-up still looks again.
 
 On the progress thread (`work`) the wait also drives that thread's point-to-point flows, as
 the engine's waits do, so an isend followed by a collective keeps moving.
@@ -77,6 +81,15 @@ def supported() -> bool:
 
 
 fingerprint = zlib.crc32  # of a header's body: bytes -> int
+
+_FENCE = threading.Lock()
+
+
+def fence() -> None:
+    """A full memory fence: acquiring a lock is an atomic read-modify-write (`lock cmpxchg` in
+    glibc's semaphores), which x86-64 does not reorder with earlier stores or later loads."""
+    _FENCE.acquire()
+    _FENCE.release()
 
 
 def call_fingerprint(op: str, path: str) -> int:
@@ -136,6 +149,7 @@ class Signals:
         slot = 1 + (s & 1)  # FP_EVEN or FP_ODD
         own[slot] = fp
         own[SIGNALS] = target
+        fence()  # the count is seen before word 5 is read: a peer going to sleep now sees it
         peers = self._peers
         for w, fd in peers:
             if w[ASLEEP]:
@@ -206,6 +220,7 @@ class Signals:
                 if cap is not None:
                     wait = max(0.0, min(wait, cap))
             self.own[ASLEEP] = 1
+            fence()  # word 5 is seen before the counts are read: a peer signalling now wakes this rank
             try:
                 if all(words[p][SIGNALS] < target for p in pending):  # once more, now that peers may see word 5
                     ready = poller.poll(wait * 1000)
