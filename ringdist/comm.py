@@ -22,7 +22,7 @@ from . import aborts, deadlines, engine, forks, wire
 from .flows import Inflow, Outflow, Watch
 from .channel import Channel
 from .endpoint import Endpoint, InboxKey
-from .errors import GroupBrokenError, PeerLostError, RingError
+from .errors import GroupBrokenError, MismatchError, PeerLostError, RingError
 from .hosts import Hierarchy, hierarchical, layout
 from .links import Links
 from .mesh import MAX_RANKS as MESH_MAX_RANKS, MeshLinks
@@ -106,6 +106,8 @@ class Comm:
         self._broken: str | None = None
         self._closed = False
         self._lock = threading.Lock()
+        self._caller: dict[int, int] = {}  # 0 -> the thread in this group's current collective (`next_header`)
+        self._intruder: str | None = None  # why another thread's call was refused during it (`finish` fails it)
         self.ring: RingLinks | None = None
         self.mesh: MeshLinks | None = None  # links to every rank, for the direct path (2..8 ranks)
         self.links: Links | None = None  # links to peers, opened on first use (the mesh where there is one)
@@ -249,6 +251,9 @@ class Comm:
         ranks that chose differently fail with MismatchError, never hang."""
         if self._closed or self._broken:
             self.check_usable(op)
+        me = threading.get_ident()
+        if self._caller.setdefault(0, me) != me:  # atomic under the GIL: one thread wins
+            self._refuse_thread(op, me)
         seq = self._seq
         self._seq = seq + 1
         key = (op, arr.dtype, arr.shape, path, self.both_ways, *extra.items()) if extra else \
@@ -260,6 +265,23 @@ class Comm:
         if self._signals is not None:
             self._signals.announce(seq, header)
         return header
+
+    def _refuse_thread(self, op: str, me: int) -> None:
+        """A collective from thread `me` while another thread's collective on this group runs.
+
+        This rank can no longer say in which order it made the two calls, so its peers may pair
+        them differently, and data would go to the wrong call. The call is refused here before it
+        takes a number or touches a connection; the running call, which owns the connections,
+        then fails when it ends (`finish`), breaking the group and telling the peers."""
+        owner = self._caller.get(0)
+        names = {t.ident: t.name for t in threading.enumerate()}
+        running = wire.describe_header(self._header.fields) if self._header is not None else "a collective"
+        why = (f"rank {self._rank}: {op} on group {self.gid!r} from thread {names.get(me, me)!r} while "
+               f"{running} runs on it from thread {names.get(owner, owner)!r}: a group's collectives must "
+               f"come from one thread at a time, in the same order on every rank (order them, give each "
+               f"thread its own group with split(), or use async_op=True)")
+        self._intruder = why
+        raise MismatchError(why)
 
     def peer_header(self, op: str, arr: np.ndarray, path: str = "ring", **extra: Any) -> wire.Header:
         """The header a peer makes for this rank's current call (the one whose header was made
@@ -390,6 +412,12 @@ class Comm:
         ABORT sent before that read would have been read with them (and is staged), and one
         sent after it, by a peer that failed later on, races this check with a poll too."""
         seq = self._seq - 1
+        self._caller.clear()
+        if self._intruder is not None:  # another thread called during this call: see _refuse_thread
+            exc = MismatchError(self._intruder)
+            self._intruder = None
+            self._fail(op, self.channels, seq, [], exc)
+            raise exc
         if self._quiet == seq and self._loud != seq:
             assert self.links is not None
             for ch in self.links.peers.values():

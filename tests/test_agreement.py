@@ -136,3 +136,38 @@ def test_a_scatter_of_a_dtype_only_the_root_knows_fails_on_every_other_rank(n, e
         assert got[0].startswith("MismatchError: ") and "bfloat16" in got[0], res.stdout
     else:
         assert got[0] == "returned" or got[0].startswith("MismatchError: "), res.stdout
+
+
+def two_threads(mode: str, env: dict) -> dict[str, str]:
+    res = run_launcher(["-n", "2", str(SCRIPTS / "two_threads.py"), mode], timeout=60, env={**FAST, **env})
+    assert res.returncode == 0, res.stdout + res.stderr
+    lines = re.findall(r"^\[(\d)\] ([^:]+): (.*)$", res.stdout, re.M)
+    return {f"{r} {who}": text for r, who, text in lines}
+
+
+@pytest.mark.parametrize("mode", ["overlap", "async"])
+@pytest.mark.parametrize("env", [{}, {"RINGDIST_SHM": "0"}], ids=["shm", "tcp"])
+def test_a_second_thread_calling_during_a_collective_is_refused_and_the_running_call_fails(mode, env):
+    # Rank 0's thread A waits in an all_sum for rank 1 (1 s late) when another thread of rank 0
+    # calls one on the same group (its main thread, or with async_op the progress thread).
+    got = two_threads(mode, env)
+    refused = got["0 main"]
+    assert re.match(r"MismatchError after 0\.\d s: rank 0: all_sum on group 'world' from thread "
+                    r"'(MainThread|ringdist-progress)' while all_sum\(shape=\(4,\), dtype=float32\) \[call #0\] runs "
+                    r"on it from thread 'Thread-1 \(report\)': a group's collectives must come from one thread "
+                    r"at a time", refused), got
+    # The running call cannot return as if nothing happened: rank 0 no longer knows its order of
+    # calls, so rank 1 may have paired it with the other one. It fails, the group breaks, and
+    # rank 1 is told (in its call, or at its next one when its call ended first).
+    assert got["0 thread A"].startswith("MismatchError after 1.") and "from thread" in got["0 thread A"], got
+    assert got["0 rank 0 next"].startswith("GroupBrokenError"), got
+    told = [text for who, text in got.items() if who.startswith("1 ") and text.startswith("MismatchError")]
+    assert len(told) == 1 and "aborted by rank 0" in told[0] and "one thread at a time" in told[0], got
+    for who, text in got.items():  # a call that returned got the sum of the calls paired, 1 + 1
+        assert not text.startswith("ok") or text == "ok 2.0", got
+
+
+def test_threads_taking_turns_on_a_group_are_fine():
+    got = two_threads("apart", {})
+    assert got == {"0 thread 1.0": "ok 2.0", "1 thread 1.0": "ok 2.0", "0 thread 2.0": "ok 4.0",
+                   "1 thread 2.0": "ok 4.0", "0 main": "ok 6.0", "1 main": "ok 6.0"}, got

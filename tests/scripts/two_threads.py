@@ -1,0 +1,57 @@
+"""Two threads of one rank call collectives on one group.
+
+usage: two_threads.py overlap|async|apart
+- overlap: rank 0's thread A is inside an all_sum (rank 1 comes 1 s late) when its main thread
+  calls another; async: the main thread's second call is async_op=True (it runs on the progress
+  thread); apart: two threads call one after the other, which is fine.
+Prints one line per outcome: "<who>: ok <value>" or "<who>: <ErrorClass> after S s: <message>".
+"""
+import sys
+import threading
+import time
+
+import numpy as np
+
+import ringdist as rd
+
+mode = sys.argv[1]
+g = rd.init()
+r = g.rank()
+
+
+def report(who, fn):
+    start = time.monotonic()
+    try:
+        out = fn()
+        print(f"{who}: ok {float(out[0])}", flush=True)
+    except rd.RingError as exc:
+        print(f"{who}: {type(exc).__name__} after {time.monotonic() - start:.1f} s: {exc}", flush=True)
+
+
+def call(value):
+    return rd.all_sum(np.full(4, value, np.float32), timeout=20)
+
+
+if mode == "apart":
+    for value in (1.0, 2.0):
+        t = threading.Thread(target=report, args=(f"thread {value}", lambda v=value: call(v)))
+        t.start()
+        t.join()
+    report("main", lambda: call(3.0))
+    sys.exit(0)
+
+if r == 1:
+    time.sleep(1.0)
+    report("rank 1", lambda: call(1.0))
+    report("rank 1 next", lambda: call(1.0))
+    sys.exit(0)
+
+a = threading.Thread(target=report, args=("thread A", lambda: call(1.0)))
+a.start()
+time.sleep(0.3)  # A is in its all_sum, waiting for rank 1
+if mode == "overlap":
+    report("main", lambda: call(2.0))
+else:
+    report("main", lambda: rd.all_sum(np.full(4, 2.0, np.float32), timeout=20, async_op=True).wait())
+a.join()
+report("rank 0 next", lambda: call(1.0))
