@@ -22,7 +22,7 @@ from . import aborts, deadlines, engine, forks, wire
 from .flows import Inflow, Outflow, Watch
 from .channel import Channel
 from .endpoint import Endpoint, InboxKey
-from .errors import GroupBrokenError, MismatchError, PeerLostError, RingError
+from .errors import GroupBrokenError, MismatchError, PeerLostError, RingError, RingTimeoutError
 from .hosts import Hierarchy, hierarchical, layout
 from .links import Links
 from .mesh import MAX_RANKS as MESH_MAX_RANKS, MeshLinks
@@ -124,6 +124,7 @@ class Comm:
         self._loud = -1  # a call with an exchange (or a run) that did not: see finish()
         self._p2p_out: dict[int, list] = {}  # peer -> [Channel, messages sent]
         self._p2p_in: dict[int, list] = {}  # peer -> [Channel, messages received]
+        self._p2p_turns: dict[tuple[int, bool], threading.Lock] = {}  # (peer, outgoing) -> its message's turn
         if size > 1:
             assert endpoint is not None
             self.ring = RingLinks(endpoint, gid, rank, size, addresses, settings.lanes,
@@ -495,6 +496,28 @@ class Comm:
         if timeout is None:
             return self.settings.timeout
         return deadlines.check_timeout(timeout)
+
+    def p2p_turn(self, peer: int, outgoing: bool, op: str, timeout: float | None,
+                 wait: bool = True) -> threading.Lock | None:
+        """This thread's turn at the messages to (or from) `peer`, held until its message has gone
+        (released by the caller). Messages of a pair go one at a time in each direction: two
+        threads' frames on one connection would interleave, and a message number be taken twice.
+        A second thread waits for its turn, up to its timeout; with `wait` False, None if busy."""
+        key = (peer, outgoing)
+        turn = self._p2p_turns.get(key)
+        if turn is None:
+            turn = self._p2p_turns.setdefault(key, threading.Lock())
+        if turn.acquire(False):
+            return turn
+        if not wait:
+            return None
+        limit = self._timeout(timeout)
+        if turn.acquire(timeout=-1 if limit > threading.TIMEOUT_MAX else limit):
+            return turn
+        way = "to" if outgoing else "from"
+        raise RingTimeoutError(f"rank {self._rank}: {op} {way} rank {peer} of group {self.gid!r}: another "
+                               f"thread's message {way} it did not end within {limit:g} s (messages between "
+                               f"a pair go one at a time in each direction)")
 
     def p2p_channel(self, peer: int, outgoing: bool, timeout: float | None = None,
                     wait: bool = True) -> tuple[Channel, int] | None:

@@ -32,6 +32,7 @@ class Plan(Protocol):
     def start(self) -> float: ...  # validate and allocate; the timeout in seconds
     def open(self, wait: bool) -> bool: ...  # the channel and the flows; False: not yet arrived
     def result(self) -> Any: ...
+    def release(self) -> None: ...  # give up the pair's turn taken by `open` (idempotent)
 
 
 class Job:

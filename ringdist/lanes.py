@@ -170,6 +170,7 @@ class Lanes:
 
     def _retire(self, job: Job) -> None:
         plan = job.plan
+        plan.release()  # type: ignore[union-attr]
         key = (job.g, plan.peer, plan.outgoing)  # type: ignore[union-attr]
         lane = self.lanes.get(key)
         if lane is None or job not in lane:
@@ -214,4 +215,5 @@ class Lanes:
         """End every started point-to-point job of group `g`."""
         for key in [k for k in self.lanes if k[0] is g]:
             for job in self.lanes.pop(key):
+                job.plan.release()  # type: ignore[union-attr]
                 jobs.finished(job, None, reason(job.plan.op))  # type: ignore[union-attr]

@@ -195,10 +195,14 @@ def send_object(obj: Any, dst: int, *, group: Comm | None = None, timeout: float
     dst = g.check_peer(dst, "send_object", "dst")
     pickled = Pickled(obj, g.settings.max_object_bytes, "send_object", g.rank())
     g.check_usable("send_object")
-    ch, number = g.p2p_channel(dst, outgoing=True)
-    with pickled.sending():
-        g.run("send_object", [], [Outflow(ch, Segments(pickled.parts), "send_object",
-                                          _message_header(number, pickled.fields))], [ch], timeout=timeout)
+    turn = g.p2p_turn(dst, True, "send_object", timeout)
+    try:
+        ch, number = g.p2p_channel(dst, outgoing=True)
+        with pickled.sending():
+            g.run("send_object", [], [Outflow(ch, Segments(pickled.parts), "send_object",
+                                              _message_header(number, pickled.fields))], [ch], timeout=timeout)
+    finally:
+        turn.release()
 
 
 def recv_object(src: int, *, group: Comm | None = None, timeout: float | None = None) -> Any:
@@ -211,6 +215,14 @@ def recv_object(src: int, *, group: Comm | None = None, timeout: float | None = 
     src = g.check_peer(src, "recv_object", "src")
     cap = g.settings.max_object_bytes
     g.check_usable("recv_object")
+    turn = g.p2p_turn(src, False, "recv_object", timeout)
+    try:
+        return _recv_object(g, src, cap, timeout)
+    finally:
+        turn.release()
+
+
+def _recv_object(g: Comm, src: int, cap: int, timeout: float | None) -> Any:
     ch, number = g.p2p_channel(src, outgoing=False, timeout=timeout)
 
     def accept(fields: dict[str, Any], ch: Channel) -> memoryview:

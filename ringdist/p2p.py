@@ -4,6 +4,8 @@ Each ordered pair (sender, receiver) gets its own authenticated connection, open
 sender on first use and kept; messages between a pair arrive in order. Like MPI's
 standard mode, `send` may block until the receiver takes the message; with `async_op=True`
 (MPI's isend/irecv) both return a `work.Work` at once and move on the progress thread.
+Threads may share a pair: its messages take turns in each direction (`Comm.p2p_turn`), so
+each arrives whole, and each thread's in its order.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ class _Send:
         self.ch: Channel | None = None
         self.inflows: list[Inflow] = []
         self.outflows: list[Outflow] = []
+        self.turn: Any = None  # this message's turn on the pair's direction (`Comm.p2p_turn`)
 
     def start(self) -> float:
         g = self.g
@@ -46,6 +49,10 @@ class _Send:
         return g._timeout(self.timeout)
 
     def open(self, wait: bool = True) -> bool:
+        if self.turn is None:
+            self.turn = self.g.p2p_turn(self.peer, True, "send", self.timeout, wait)
+            if self.turn is None:
+                return False
         ch, number = self.g.p2p_channel(self.peer, outgoing=True)  # type: ignore[misc]
         self.ch = ch
         self.outflows = [Outflow(ch, Segments([byte_view(self.data)]), "send", _message_header(self.arr, number))]
@@ -53,6 +60,11 @@ class _Send:
 
     def result(self) -> None:
         return None
+
+    def release(self) -> None:
+        turn, self.turn = self.turn, None
+        if turn is not None:
+            turn.release()
 
 
 def send(x: Any, dst: int, *, group: Comm | None = None, timeout: float | None = None,
@@ -67,8 +79,11 @@ def send(x: Any, dst: int, *, group: Comm | None = None, timeout: float | None =
     g = _comm(group, timeout)
     plan = _Send(x, dst, g, timeout)
     plan.start()
-    plan.open()
-    g.run("send", [], plan.outflows, [plan.ch], timeout=timeout)  # type: ignore[list-item]
+    try:
+        plan.open()
+        g.run("send", [], plan.outflows, [plan.ch], timeout=timeout)  # type: ignore[list-item]
+    finally:
+        plan.release()
     return None
 
 
@@ -99,6 +114,7 @@ class _Recv:
         self.ch: Channel | None = None
         self.inflows: list[Inflow] = []
         self.outflows: list[Outflow] = []
+        self.turn: Any = None  # as a send's
 
     def start(self) -> float:
         g = self.g
@@ -112,6 +128,10 @@ class _Recv:
         return g._timeout(self.timeout)
 
     def open(self, wait: bool = True) -> bool:
+        if self.turn is None:  # held while the sender's connection is awaited: recvs keep their order
+            self.turn = self.g.p2p_turn(self.peer, False, "recv", self.timeout, wait)
+            if self.turn is None:
+                return False
         got = self.g.p2p_channel(self.peer, outgoing=False, timeout=self.timeout, wait=wait)
         if got is None:
             return False
@@ -123,6 +143,8 @@ class _Recv:
 
     def result(self) -> np.ndarray:
         return self.out
+
+    release = _Send.release
 
 
 def recv(shape: Any, dtype: Any, src: int, *, group: Comm | None = None,
@@ -137,8 +159,11 @@ def recv(shape: Any, dtype: Any, src: int, *, group: Comm | None = None,
     g = _comm(group, timeout)
     plan = _Recv(shape, dtype, src, g, timeout)
     plan.start()
-    plan.open()
-    g.run("recv", plan.inflows, [], [plan.ch], timeout=timeout)  # type: ignore[list-item]
+    try:
+        plan.open()
+        g.run("recv", plan.inflows, [], [plan.ch], timeout=timeout)  # type: ignore[list-item]
+    finally:
+        plan.release()
     return plan.out
 
 

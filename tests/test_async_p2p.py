@@ -56,3 +56,19 @@ def test_an_async_send_recv_mismatch_is_raised_at_wait_on_both_ranks(variant):
     assert re.search(rf"^\[0\] raised MismatchError: rank 0: send aborted by rank 1: {detail}$",
                      res.stdout, re.M), res.stdout + res.stderr
     assert "ok " not in res.stdout, res.stdout
+
+
+@pytest.mark.parametrize("mode", ["send", "recv", "mixed", "objects"])
+def test_threads_sharing_a_pair_send_and_receive_whole_messages(mode):
+    # Two threads of rank 0 send to rank 1 at once (blocking, or one of them with async_op;
+    # arrays or objects), or two threads of rank 1 receive from rank 0 at once: each message
+    # arrives whole, and each sending thread's messages in its order. Before the pair's
+    # direction took turns, frames of two messages interleaved (a message of two threads'
+    # values, "bad frame magic", or a stalled send).
+    res = run_launcher(["-n", "2", str(SCRIPTS / "p2p_threads.py"), mode, "150", "5000"], timeout=120, env=FAST)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "raised" not in res.stdout, res.stdout + res.stderr
+    order = "(in|out of) order" if mode == "recv" else "in order"  # receiving threads interleave their appends
+    for sender in (1, 2):
+        assert re.search(rf"^\[1\] intact 150 from {sender}: {order} True$", res.stdout, re.M), res.stdout
+    assert "[1] torn 0" in res.stdout, res.stdout
