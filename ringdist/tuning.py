@@ -336,6 +336,9 @@ TABLE: list[Row] = [
         "groups over 8 on one machine: every stream through the segments, headed by its fields, where the ring "
         "relays each N-1 hops (16 ranks, 4 KiB-1 MiB a rank: uneven all_gather 0.26-0.45x the ring's time, "
         "all_gather_object 0.25-0.40x)"),
+    Row("gather_v", "bruck", lambda f: not f.mesh and not f.shm,
+        "groups over 8 over TCP: ceil(log2 N) steps, each carrying its blocks' fields, where the ring takes N-1 "
+        "hops"),
     Row("gather_v", "ring", _always, "N-1 hops, each block passed on whole"),
 ]
 

@@ -113,10 +113,11 @@ def require(fields: dict[str, Any], name: str, kind: type | tuple[type, ...]) ->
 
 
 # Header fields that follow from settings and roles rather than from a call's arguments.
-INTERNAL_FIELDS = ("path", "ways", "step")
+INTERNAL_FIELDS = ("path", "ways", "step", "each")
 # Header fields that differ by sender or by relay within one call: a stream's block sizes, the
-# hop that relays it round the ring, where it lies in a segment (`algorithms/shm_blocks.py`).
-PER_SENDER_FIELDS = ("sizes", "hop", "at")
+# hop that relays it round the ring, where it lies in a segment (`algorithms/shm_blocks.py`), the
+# fields of each rank whose block a step carries (`algorithms/bruck.py`'s gather_v).
+PER_SENDER_FIELDS = ("sizes", "hop", "at", "each")
 # Header fields that differ by role within one call, by op: a scatter's root declares its array,
 # the other ranks pass none (their headers carry an empty array's dtype and shape).
 ROLE_FIELDS = {"scatter": ("dtype", "shape")}

@@ -221,11 +221,13 @@ def test_gather_past_the_mesh_over_tcp_bit_for_bit(n, algo):
                 i += 1
 
 
-@pytest.mark.parametrize("n, shm", [(9, True), (11, True), (9, False)])
-def test_uneven_all_gather_past_the_mesh_bit_for_bit(n, shm):
+@pytest.mark.parametrize("n, shm, algo", [(9, True, None), (11, True, None), (9, False, None), (13, False, None),
+                                          (16, False, None), (9, False, "ring")])
+def test_uneven_all_gather_past_the_mesh_bit_for_bit(n, shm, algo):
     # Past 8 ranks on one host each stream goes through the segments, headed by its fields (its
     # rows); one rank's stream is over a slot, so the rounds follow the longest; empty ranks and
-    # rows of 0 bytes too. Without shared memory, round the ring.
+    # rows of 0 bytes too. Without shared memory, Bruck's steps (each carrying its blocks' rows),
+    # or round the ring where forced.
     many = 70_000  # rows of 3 float32 on rank 2: over a slot on 9 and 11 ranks
 
     def rows_of(q: int) -> int:
@@ -237,7 +239,7 @@ def test_uneven_all_gather_past_the_mesh_bit_for_bit(n, shm):
         return [rd.all_gather(x, uneven=True, group=g), rd.all_gather(np.zeros((r % 3, 0), np.int8), uneven=True, group=g),
                 rd.all_gather(x[::2], uneven=True, group=g)]
 
-    results = run_ranks(n, rank, shm=shm)
+    results = run_ranks(n, rank, shm=shm, algo=() if algo is None else (("all_gather_uneven", algo),))
     xs = [(np.arange(rows_of(q) * 3) + 1_000_000 * q).astype(np.float32).reshape(rows_of(q), 3) for q in range(n)]
     for r, (whole, empty, strided) in enumerate(results):
         assert np.array_equal(whole, np.concatenate(xs)), r
@@ -257,6 +259,15 @@ PAST_THE_MESH_DISAGREEMENTS = {
     "scatter_roots": lambda g: rd.scatter(np.ones(9), root=0 if g.rank() != 6 else 2, group=g),
     "scatter_big_vs_all_to_all": lambda g: (rd.scatter(np.ones(9 << 16) if g.rank() == 0 else None, group=g)
                                             if g.rank() != 8 else rd.all_to_all(np.ones(9 << 16), group=g)),
+    # Bruck's steps, each carrying the fields of the ranks whose blocks it relays
+    "uneven_or_not": lambda g: rd.all_gather(np.ones((2, 2)), uneven=g.rank() != 5, group=g),
+    "uneven_dtype": lambda g: rd.all_gather(np.ones((g.rank() % 3, 2), np.float32 if g.rank() != 2 else np.float64),
+                                            uneven=True, group=g),
+    "uneven_trailing": lambda g: rd.all_gather(np.ones((g.rank(), 2 + (g.rank() == 7))), uneven=True, group=g),
+    "object_vs_uneven": lambda g: (rd.all_gather_object(g.rank(), group=g) if g.rank() != 6 else
+                                   rd.all_gather(np.ones(2), uneven=True, group=g)),
+    "object_roots": lambda g: rd.broadcast_object("x", root=0 if g.rank() != 4 else 3, group=g),
+    "uneven_vs_ring": lambda g: rd.all_gather(np.ones((g.rank(), 2)), uneven=True, group=g),
 }
 
 
@@ -274,13 +285,15 @@ def test_a_scatter_mismatch_names_each_side_with_a_real_dtype_and_shape(algo):
 
 @pytest.mark.parametrize("case", list(PAST_THE_MESH_DISAGREEMENTS))
 def test_ranks_that_disagree_on_an_all_to_all_past_the_mesh_over_tcp_all_raise(case):
-    outcomes, errors = run_disagreement(9, PAST_THE_MESH_DISAGREEMENTS[case], shm=False)
+    # uneven_vs_ring: one rank forced round the ring while the rest take Bruck's steps
+    per_rank = {6: {"algo": (("all_gather_uneven", "ring"),)}} if case == "uneven_vs_ring" else None
+    outcomes, errors = run_disagreement(9, PAST_THE_MESH_DISAGREEMENTS[case], shm=False, rank_overrides=per_rank)
     assert_all_raised_then_broken(outcomes, errors)
 
 
-@pytest.mark.parametrize("case", ["all_to_all", "all_to_all_small", "scatter", "gather"])
+@pytest.mark.parametrize("case", ["all_to_all", "all_to_all_small", "scatter", "gather", "all_gather_object"])
 def test_a_rank_gone_during_a_first_call_past_the_mesh_ends_it_on_every_rank_at_once(case):
-    # 9 ranks over TCP: pairwise exchange, Bruck and the binomial trees open links on first use.
+    # 9 ranks over TCP: pairwise exchange, Bruck (both kinds) and the binomial trees open links on first use.
     # Rank 4 leaves mid-call; a rank dialing it finds nothing listening (its process is gone) and
     # says so at once, where it would have redialed until the connect timeout, and the ABORT
     # reaches the rest: nobody waits out the call's 20 s timeout.

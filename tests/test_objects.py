@@ -14,7 +14,8 @@ import ringdist as rd
 
 from harness import RankFailed, run_ranks
 
-VARIANTS = {"default": {}, "ring": {"direct_max": 0}}
+# tcp: past 8 ranks, Bruck's steps where shared memory would take the rest
+VARIANTS = {"default": {}, "ring": {"direct_max": 0}, "tcp": {"shm": False}}
 
 
 def thing(rank: int) -> dict:
@@ -79,9 +80,9 @@ def test_arrays_inside_objects_land_out_of_band_and_own_copies_share_nothing():
     assert not results[1][1]["a"].flags.owndata
 
 
-@pytest.mark.parametrize("n", [3, 9])
-def test_an_object_over_the_cap_fails_on_the_sender_naming_the_variable_and_on_every_peer(n):
-    # 9 ranks: past the mesh, through shared memory (each stream's fields at its head)
+@pytest.mark.parametrize("n, shm", [(3, True), (9, True), (9, False)])
+def test_an_object_over_the_cap_fails_on_the_sender_naming_the_variable_and_on_every_peer(n, shm):
+    # 9 ranks: past the mesh, through shared memory (each stream's fields at its head), or Bruck's steps
     outcomes: list = [None] * n
 
     def rank(g):
@@ -91,7 +92,7 @@ def test_an_object_over_the_cap_fails_on_the_sender_naming_the_variable_and_on_e
         except (ValueError, rd.RingError) as exc:
             outcomes[g.rank()] = exc
 
-    run_ranks(n, rank, max_object_bytes=1000)
+    run_ranks(n, rank, max_object_bytes=1000, shm=shm)
     assert isinstance(outcomes[1], ValueError), outcomes
     assert "over RINGDIST_MAX_OBJECT_BYTES=1000" in str(outcomes[1]) and "rank 1" in str(outcomes[1]), outcomes
     for r in [q for q in range(n) if q != 1]:
@@ -112,8 +113,8 @@ def test_a_receiver_refuses_an_object_over_its_own_cap_from_the_header():
     assert "declares a 1048" in str(error) and "over RINGDIST_MAX_OBJECT_BYTES=50000 here" in str(error), error
 
 
-@pytest.mark.parametrize("n", [2, 9])
-def test_an_unpicklable_object_fails_on_every_rank(n):
+@pytest.mark.parametrize("n, shm", [(2, True), (9, True), (9, False)])
+def test_an_unpicklable_object_fails_on_every_rank(n, shm):
     outcomes: list = [None] * n
 
     def rank(g):
@@ -122,7 +123,7 @@ def test_an_unpicklable_object_fails_on_every_rank(n):
         except (ValueError, rd.RingError) as exc:
             outcomes[g.rank()] = exc
 
-    run_ranks(n, rank)
+    run_ranks(n, rank, shm=shm)
     assert isinstance(outcomes[0], ValueError) and "cannot be pickled" in str(outcomes[0]), outcomes
     assert all(isinstance(o, rd.RingError) and "rank 0 could not send its object" in str(o) for o in outcomes[1:]), outcomes
 

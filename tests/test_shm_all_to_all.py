@@ -295,6 +295,15 @@ def test_past_the_mesh_the_table_sends_uneven_all_to_all_and_scatter_through_sha
     assert run_ranks(9, choices, shm=False)[0] == ["pairwise-exchange"] + ["binomial"] * 3
 
 
+def test_past_the_mesh_blocks_of_any_size_gather_through_shared_memory_or_by_bruck_over_tcp():
+    def choices(g: rd.Group) -> list:
+        return [tuning.choose(g, op, 0).name for op in ("all_gather_uneven", "all_gather_object", "broadcast_object")]
+
+    assert run_ranks(9, choices) == [["shm"] * 3] * 9
+    assert run_ranks(9, choices, shm=False) == [["bruck"] * 3] * 9  # ceil(log2 N) steps, not N-1 hops
+    assert run_ranks(4, choices, shm=False) == [["direct"] * 3] * 4
+
+
 def test_a_scatter_is_chosen_by_the_size_of_the_previous_one_and_sizes_may_change():
     # Only the root knows a scatter's size: the table sees the previous scatter's (one direct step
     # for the first). Small, large, large, small, small: each result right on every rank, and the

@@ -6,16 +6,28 @@ contiguous run of scratch; one copy puts them in rank order at the end. Cost
 ceil(log2 N)α + (N-1)mβ plus that copy: recursive doubling's latency without its two
 extra steps (folding in and out) when N is not a power of two. Links on first use: at
 most 2·ceil(log2 N) per rank.
+
+Blocks of any size (`gather_v`: uneven all_gather, the object collectives) go the same
+way: a step's header lists, for each rank whose block it carries, that rank's own fields
+(`each`: its rows, its object's buffer sizes), and the receiver checks each as the ring
+checks a relayed header. A rank passes on only blocks whose call it has checked against
+its own, so every rank checks every other rank's call, directly or through others.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from typing import Any
+
 from .. import buffers, wire
 from ..arrays import byte_view
+from ..channel import Channel
 from ..comm import Comm
+from ..errors import ProtocolError
+from ..flows import Outflow, Segments, SizedInflow
 from .base import Algorithm
+from .blocks import Check, Parts, _landing, sizes_of
 from .common import own_rows
 from .dissemination import neighbours
 
@@ -73,4 +85,51 @@ def all_to_all_even(g: Comm, data: memoryview, out: memoryview, header: wire.Hea
     result[(r - np.arange(n)) % n] = held
 
 
-ALGORITHM = Algorithm("bruck", gather=gather, all_to_all_even=all_to_all_even, fits=_fits)
+def gather_v(g: Comm, header: wire.Header, mine: Parts, check: Check,
+             timeout: float | None) -> dict[int, tuple[dict[str, Any], memoryview]]:
+    """Every rank's parts, of any size, by source: ceil(log2 N) steps, in step k the first
+    min(k, N-k) blocks this rank holds (its own first, then ranks r+1, ...) to rank r-k and as
+    many from rank r+k. Step 1 goes over the ring's own connections, so a rank in another call
+    is found before any rank waits for a link."""
+    n, r, op = g.size(), g.rank(), header.fields["op"]
+    parts, extra = mine
+    fields: list[dict[str, Any]] = [extra]  # fields[i], payload[i]: rank (r+i)'s
+    payload: list[list[memoryview]] = [list(parts)]
+    k = 1
+    while k < n:
+        count = min(k, n - k)
+        to, source = (r - k) % n, (r + k) % n
+        send, receive = g.open_links(op, [to, source], timeout)
+        took: list[tuple[list[dict[str, Any]], list[int]]] = []
+
+        def accept(theirs: dict[str, Any], ch: Channel, source: int = source, count: int = count) -> memoryview:
+            each = theirs.get("each")
+            base = {key: v for key, v in theirs.items() if key != "each"}
+            if not (isinstance(each, list) and len(each) == count and all(isinstance(e, dict) for e in each)):
+                check(source, base, ch)  # another call's header: MismatchError naming both
+                raise ProtocolError(f"rank {ch.me}: {ch.describe()} sent {op}'s step {count} blocks' fields as "
+                                    f"{str(each)[:200]}")
+            sizes = []
+            for i, own in enumerate(each):
+                theirs_i = dict(base, **own)
+                unit = check((source + i) % n, theirs_i, ch)
+                sizes.append(sum(sizes_of(theirs_i, ch)) * unit)
+            took.append((each, sizes))
+            return _landing(sum(sizes))
+
+        inflow = SizedInflow(receive, op, accept, hint=sum(len(p) for ps in payload[:count] for p in ps))
+        sent = wire.Header(dict(header.fields, each=fields[:count]))
+        g.run(op, [inflow], [Outflow(send, Segments([p for ps in payload[:count] for p in ps]), op, sent)],
+              timeout=timeout)
+        assert inflow.dest is not None
+        (each, sizes), = took
+        at = 0
+        for own, size in zip(each, sizes):
+            fields.append(own)
+            payload.append([inflow.dest[at:at + size]])
+            at += size
+        k <<= 1
+    return {(r + i) % n: (dict(header.fields, **fields[i]), payload[i][0]) for i in range(1, n)}
+
+
+ALGORITHM = Algorithm("bruck", gather=gather, all_to_all_even=all_to_all_even, gather_v=gather_v, fits=_fits)

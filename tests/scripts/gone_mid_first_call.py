@@ -2,7 +2,7 @@
 while links to it are still to be opened; the others print how long their call took and how it
 ended (`<rank> ended after <s>s: <Type or returned>: <message>`).
 
-usage: gone_mid_first_call.py all_to_all|all_to_all_small|scatter|gather
+usage: gone_mid_first_call.py all_to_all|all_to_all_small|scatter|gather|all_gather_object
 """
 import os
 import sys
@@ -37,6 +37,8 @@ try:
         rd.all_to_all(np.ones((n, 2)), timeout=20)
     elif case == "scatter":
         rd.scatter(np.ones((n * 3, 2)) if r == 0 else None, root=0, timeout=20)
+    elif case == "all_gather_object":  # Bruck's steps with each block's fields
+        rd.all_gather_object({"rank": r}, timeout=20)
     else:
         rd.gather(np.ones(4), root=0, timeout=20)
     ended = "returned: "
