@@ -300,10 +300,11 @@ def check_same(mine: dict[str, Any], theirs: dict[str, Any], ch: Channel) -> Non
     if mine != theirs:
         if _call(mine) == _call(theirs):
             here, there = _paths(mine, theirs)
+            settings = ("RINGDIST_DIRECTIONS" if mine.get("path") == theirs.get("path")
+                        else "RINGDIST_ALGO and RINGDIST_DIRECT_MAX")  # what chooses each
             raise MismatchError(
                 f"rank {ch.me} and rank {ch.peer} chose different paths for {wire.describe_header(mine)}: "
-                f"{here} here, {there} there; set RINGDIST_DIRECT_MAX and RINGDIST_DIRECTIONS "
-                f"the same on every rank (group {ch.group!r})")
+                f"{here} here, {there} there; set {settings} the same on every rank (group {ch.group!r})")
         raise MismatchError(
             f"rank {ch.me} called {wire.describe_header(mine)} but rank {ch.peer} called "
             f"{wire.describe_header(theirs)} (group {ch.group!r})")

@@ -112,6 +112,8 @@ def require(fields: dict[str, Any], name: str, kind: type | tuple[type, ...]) ->
 # ---- per-collective header -------------------------------------------------------------------
 
 
+# Calls of pickled objects: no array of the caller's in their headers.
+OBJECT_OPS = ("all_gather_object", "broadcast_object", "send_object")
 # Header fields that follow from settings and roles rather than from a call's arguments.
 INTERNAL_FIELDS = ("path", "ways", "step", "each")
 # Header fields that differ by sender or by relay within one call: a stream's block sizes, the
@@ -219,6 +221,10 @@ def describe_header(fields: dict[str, Any]) -> str:
     extras = "".join(
         f", {k}={v!r}" for k, v in sorted(fields.items()) if k not in ("op", "seq", "dtype", "shape") + INTERNAL_FIELDS
     )
+    if fields.get("op") in OBJECT_OPS:  # their header's array is a stand-in (`arrays.NOTHING`)
+        return f"{fields.get('op')}({extras[2:]}) [call #{fields.get('seq')}]"
+    if (fields.get("uneven") is True or fields.get("splits") is True) and shape:  # rows differ by rank:
+        shape = "(any" + "".join(f", {d}" for d in shape[1:]) + ("," if len(shape) == 1 else "") + ")"  # not in the header
     return f"{fields.get('op')}(shape={shape}, dtype={dtype}{extras}) [call #{fields.get('seq')}]"
 
 

@@ -304,8 +304,14 @@ def test_a_rank_gone_during_a_first_call_past_the_mesh_ends_it_on_every_rank_at_
     assert sorted(ended) == [0, 1, 2, 3, 5, 6, 7, 8], res.stdout + res.stderr
     assert all(t < 5 for t, _ in ended.values()), ended
     # A leaf of the gather may have sent its block before rank 4 left: it returns; the rest raise.
+    # Bruck's all_gather_object: rank 4 leaves after steps 1 and 2, which passed its block to ranks
+    # 3 and 2; ranks 0 (step 4) and 5 (step 8) read from it and raise, and a rank that needs nothing
+    # more from it may return with every block, rank 4's included.
     raised = [r for r, (_, how) in ended.items() if how != "returned"]
-    assert len(raised) >= (6 if case == "gather" else 8), ended
+    if case == "all_gather_object":
+        assert {0, 5} <= set(raised), ended
+    else:
+        assert len(raised) >= (6 if case == "gather" else 8), ended
     assert all(ended[r][1] in ("PeerLostError", "ConnectError") for r in raised), res.stdout
 
 

@@ -38,7 +38,8 @@ try:
     elif case == "scatter":
         rd.scatter(np.ones((n * 3, 2)) if r == 0 else None, root=0, timeout=20)
     elif case == "all_gather_object":  # Bruck's steps with each block's fields
-        rd.all_gather_object({"rank": r}, timeout=20)
+        got = rd.all_gather_object({"rank": r}, timeout=20)
+        assert [o["rank"] for o in got] == list(range(n)), got  # a rank that returns has every block
     else:
         rd.gather(np.ones(4), root=0, timeout=20)
     ended = "returned: "
