@@ -72,3 +72,14 @@ def test_threads_sharing_a_pair_send_and_receive_whole_messages(mode):
     for sender in (1, 2):
         assert re.search(rf"^\[1\] intact 150 from {sender}: {order} True$", res.stdout, re.M), res.stdout
     assert "[1] torn 0" in res.stdout, res.stdout
+
+
+def test_a_thread_waiting_for_its_turn_at_a_pair_times_out_naming_why():
+    # Rank 0's thread A sends 32 MB that rank 1 takes only after 3 s; thread B's send to rank 1,
+    # with a timeout of 0.5 s, waits for its turn and gives up, saying why. A's message arrives.
+    res = run_launcher(["-n", "2", str(SCRIPTS / "p2p_threads.py"), "wait", "0", "4000000"], timeout=60, env=FAST)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert re.search(r"^\[0\] B raised RingTimeoutError: rank 0: send to rank 1 of group 'world': another "
+                     r"thread's message to it did not end within 0\.5 s \(messages between a pair go one at a "
+                     r"time in each direction\)$", res.stdout, re.M), res.stdout + res.stderr
+    assert "[1] received from 1" in res.stdout and "[0] A raised" not in res.stdout, res.stdout

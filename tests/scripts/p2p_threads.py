@@ -1,16 +1,19 @@
 """Threads of one rank sending to (or receiving from) the same peer at once.
 
-usage: p2p_threads.py send|recv|mixed|objects K SIZE
+usage: p2p_threads.py send|recv|mixed|objects|wait K SIZE
 - send: rank 0's threads A and B each send K arrays to rank 1, which receives 2K;
 - recv: rank 0 sends 2K arrays; rank 1's threads A and B each receive K;
 - mixed: rank 0's thread A sends K arrays blocking while its main thread sends K with async_op;
-- objects: as send, with send_object/recv_object.
+- objects: as send, with send_object/recv_object;
+- wait: rank 0's thread A sends SIZE float64s that rank 1 takes only after 3 s, and meanwhile
+  its thread B sends with a timeout of 0.5 s (K is ignored).
 Every array is filled with one value, sender * 1e6 + index, so a message cut into another
 shows as an array of two values. Rank 1 prints "intact N from A: i..j" per sender and
 "torn N"; each thread that failed prints "<who> raised <Error>: <message>".
 """
 import sys
 import threading
+import time
 
 import numpy as np
 
@@ -56,6 +59,15 @@ def both(first, second):
 
 
 got = []
+if mode == "wait":
+    if r == 0:
+        both(lambda: rd.send(arr(1, 0), 1, timeout=30),
+             lambda: (time.sleep(0.3), rd.send(arr(2, 0), 1, timeout=0.5)))
+    else:
+        time.sleep(3)
+        got.append(rd.recv((SIZE,), np.float64, 0, timeout=30))
+        print(f"received from {int(got[0][0] // 1e6)}", flush=True)
+    sys.exit(0)
 if r == 0:
     if mode == "send":
         both(lambda: sends(1), lambda: sends(2))
