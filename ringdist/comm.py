@@ -253,8 +253,9 @@ class Comm:
         if self._closed or self._broken:
             self.check_usable(op)
         me = threading.get_ident()
-        if self._caller.setdefault(0, me) != me:  # atomic under the GIL: one thread wins
+        if self._caller.setdefault(0, me) != me and self._in_call():  # setdefault: atomic under the GIL
             self._refuse_thread(op, me)
+        self._caller[0] = me
         seq = self._seq
         self._seq = seq + 1
         key = (op, arr.dtype, arr.shape, path, self.both_ways, *extra.items()) if extra else \
@@ -266,6 +267,14 @@ class Comm:
         if self._signals is not None:
             self._signals.announce(seq, header)
         return header
+
+    def _in_call(self) -> int | None:
+        """The thread in this group's current collective, if there is one (a thread that has
+        ended is in none: it left a call that raised past `finish` and `_fail`)."""
+        owner = self._caller.get(0)
+        if owner is not None and not any(t.ident == owner for t in threading.enumerate()):
+            return None
+        return owner
 
     def _refuse_thread(self, op: str, me: int) -> None:
         """A collective from thread `me` while another thread's collective on this group runs.
@@ -468,6 +477,7 @@ class Comm:
               exc: BaseException) -> None:
         """Mark the group broken by `exc` and tell the peers (an ABORT on every channel)."""
         self._broken = f"{op}: {type(exc).__name__}: {exc}"
+        self._caller.clear()  # the call is over
         aborts.abort(outflows, channels, exc, self._rank, seq)
 
     def _spin(self, receiving: int) -> float:
@@ -558,7 +568,28 @@ class Comm:
         self._broken = why  # collectives check only groups marked closed or broken
 
     def close(self) -> None:
-        """Release the group's connections. Idempotent; the group is unusable afterwards."""
+        """Release the group's connections. Idempotent; the group is unusable afterwards.
+
+        Not while another thread is in a collective on it (RingError): its connections and
+        shared memory would go from under that call. (The progress thread's calls are ended
+        first by `work.before_close`.)"""
+        self.check_closable()
+        self._release()
+
+    def check_closable(self) -> None:
+        """RingError if another thread (not the progress thread) is in a collective on this group."""
+        if self._closed:
+            return
+        owner = self._in_call()
+        bg = engine.background
+        if owner is not None and owner != threading.get_ident() and (bg is None or owner != bg.owner):
+            names = {t.ident: t.name for t in threading.enumerate()}
+            running = wire.describe_header(self._header.fields) if self._header is not None else "a collective"
+            raise RingError(f"rank {self._rank}: group {self.gid!r} cannot be closed from thread "
+                            f"{names.get(threading.get_ident())!r} while {running} runs on it from thread "
+                            f"{names.get(owner, owner)!r}: close it from that thread once the call has returned")
+
+    def _release(self) -> None:
         if self._closed:
             return
         self._closed = True
@@ -579,5 +610,6 @@ class Comm:
 
 
 def close_all() -> None:
+    """Release every open group (at exit: a thread still in a collective loses it)."""
     for group in list(_open_groups):
-        group.close()
+        Comm._release(group)

@@ -25,7 +25,9 @@ class Group(Comm):
 
     def close(self) -> None:
         """Release the group's connections. Idempotent; the group is unusable afterwards.
-        Operations still outstanding end with a RingError ("closed with the operation outstanding")."""
+        Operations still outstanding end with a RingError ("closed with the operation outstanding").
+        RingError, closing nothing, while another thread is in a collective on the group."""
+        self.check_closable()
         if work.active:
             work.before_close(self)
         super().close()

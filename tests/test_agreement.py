@@ -171,3 +171,16 @@ def test_threads_taking_turns_on_a_group_are_fine():
     got = two_threads("apart", {})
     assert got == {"0 thread 1.0": "ok 2.0", "1 thread 1.0": "ok 2.0", "0 thread 2.0": "ok 4.0",
                    "1 thread 2.0": "ok 4.0", "0 main": "ok 6.0", "1 main": "ok 6.0"}, got
+
+
+def test_closing_a_group_while_another_thread_is_in_a_collective_on_it_is_refused():
+    # Closing would take the connections and shared memory from under the running call (it
+    # crashed with a TypeError through shared memory). Refused, nothing closed: the call ends
+    # well, and the group closes once it has returned.
+    got = two_threads("close", {})
+    assert got["0 main"] == (
+        "RingError after 0.0 s: rank 0: group 'world/0:0' cannot be closed from thread 'MainThread' while "
+        "all_sum(shape=(4,), dtype=float32) [call #0] runs on it from thread 'Thread-1 (report)': close it from "
+        "that thread once the call has returned"), got
+    assert got["0 thread A"] == "ok 2.0" and got["1 rank 1"] == "ok 2.0", got
+    assert got["0 main once A is done"] == "ok 2.0", got  # the group's size, read after closing
