@@ -106,8 +106,8 @@ class Comm:
         self._broken: str | None = None
         self._closed = False
         self._lock = threading.Lock()
-        self._caller: dict[int, int] = {}  # 0 -> the thread in this group's current collective (`next_header`)
-        self._intruder: str | None = None  # why another thread's call was refused during it (`finish` fails it)
+        self._caller: dict[int, threading.Thread] = {}  # 0 -> the thread in this group's current collective
+        self._intruder: tuple[int, str] | None = None  # (call, why): another thread's call refused during it
         self.ring: RingLinks | None = None
         self.mesh: MeshLinks | None = None  # links to every rank, for the direct path (2..8 ranks)
         self.links: Links | None = None  # links to peers, opened on first use (the mesh where there is one)
@@ -252,8 +252,8 @@ class Comm:
         ranks that chose differently fail with MismatchError, never hang."""
         if self._closed or self._broken:
             self.check_usable(op)
-        me = threading.get_ident()
-        if self._caller.setdefault(0, me) != me and self._in_call():  # setdefault: atomic under the GIL
+        me = threading.current_thread()  # a thread the threading module did not start gets a stand-in
+        if self._caller.setdefault(0, me) is not me and self._in_call():  # setdefault: atomic under the GIL
             self._refuse_thread(op, me)
         self._caller[0] = me
         seq = self._seq
@@ -268,15 +268,13 @@ class Comm:
             self._signals.announce(seq, header)
         return header
 
-    def _in_call(self) -> int | None:
+    def _in_call(self) -> threading.Thread | None:
         """The thread in this group's current collective, if there is one (a thread that has
         ended is in none: it left a call that raised past `finish` and `_fail`)."""
         owner = self._caller.get(0)
-        if owner is not None and not any(t.ident == owner for t in threading.enumerate()):
-            return None
-        return owner
+        return owner if owner is not None and owner.is_alive() else None
 
-    def _refuse_thread(self, op: str, me: int) -> None:
+    def _refuse_thread(self, op: str, me: threading.Thread) -> None:
         """A collective from thread `me` while another thread's collective on this group runs.
 
         This rank can no longer say in which order it made the two calls, so its peers may pair
@@ -284,13 +282,13 @@ class Comm:
         takes a number or touches a connection; the running call, which owns the connections,
         then fails when it ends (`finish`), breaking the group and telling the peers."""
         owner = self._caller.get(0)
-        names = {t.ident: t.name for t in threading.enumerate()}
         running = wire.describe_header(self._header.fields) if self._header is not None else "a collective"
-        why = (f"rank {self._rank}: {op} on group {self.gid!r} from thread {names.get(me, me)!r} while "
-               f"{running} runs on it from thread {names.get(owner, owner)!r}: a group's collectives must "
-               f"come from one thread at a time, in the same order on every rank (order them, give each "
-               f"thread its own group with split(), or use async_op=True)")
-        self._intruder = why
+        why = (f"rank {self._rank}: {op} on group {self.gid!r} from thread {me.name!r} while {running} runs "
+               f"on it from thread {getattr(owner, 'name', '?')!r}: a group's collectives must come from one "
+               f"thread at a time, in the same order on every rank (order them, or give each thread its own "
+               f"group with split())")
+        # For the call running now (number seq - 1): if it has ended meanwhile, nothing is failed.
+        self._intruder = (self._seq - 1, why)
         raise MismatchError(why)
 
     def peer_header(self, op: str, arr: np.ndarray, path: str = "ring", **extra: Any) -> wire.Header:
@@ -423,11 +421,13 @@ class Comm:
         sent after it, by a peer that failed later on, races this check with a poll too."""
         seq = self._seq - 1
         self._caller.clear()
-        if self._intruder is not None:  # another thread called during this call: see _refuse_thread
-            exc = MismatchError(self._intruder)
+        intruder = self._intruder
+        if intruder is not None:  # another thread called during a call: see _refuse_thread
             self._intruder = None
-            self._fail(op, self.channels, seq, [], exc)
-            raise exc
+            if intruder[0] == seq:  # during this one
+                exc = MismatchError(intruder[1])
+                self._fail(op, self.channels, seq, [], exc)
+                raise exc
         if self._quiet == seq and self._loud != seq:
             assert self.links is not None
             for ch in self.links.peers.values():
@@ -582,12 +582,12 @@ class Comm:
             return
         owner = self._in_call()
         bg = engine.background
-        if owner is not None and owner != threading.get_ident() and (bg is None or owner != bg.owner):
-            names = {t.ident: t.name for t in threading.enumerate()}
+        me = threading.current_thread()
+        if owner is not None and owner is not me and (bg is None or owner.ident != bg.owner):
             running = wire.describe_header(self._header.fields) if self._header is not None else "a collective"
-            raise RingError(f"rank {self._rank}: group {self.gid!r} cannot be closed from thread "
-                            f"{names.get(threading.get_ident())!r} while {running} runs on it from thread "
-                            f"{names.get(owner, owner)!r}: close it from that thread once the call has returned")
+            raise RingError(f"rank {self._rank}: group {self.gid!r} cannot be closed from thread {me.name!r} "
+                            f"while {running} runs on it from thread {owner.name!r}: close it from that thread "
+                            f"once the call has returned")
 
     def _release(self) -> None:
         if self._closed:

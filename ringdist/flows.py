@@ -300,8 +300,8 @@ def check_same(mine: dict[str, Any], theirs: dict[str, Any], ch: Channel) -> Non
     if mine != theirs:
         if _call(mine) == _call(theirs):
             here, there = _paths(mine, theirs)
-            settings = ("RINGDIST_DIRECTIONS" if mine.get("path") == theirs.get("path")
-                        else "RINGDIST_ALGO and RINGDIST_DIRECT_MAX")  # what chooses each
+            settings = ("RINGDIST_DIRECTIONS" if mine.get("path") == theirs.get("path")  # what chooses them
+                        else "RINGDIST_ALGO, RINGDIST_DIRECT_MAX and RINGDIST_DIRECTIONS")
             raise MismatchError(
                 f"rank {ch.me} and rank {ch.peer} chose different paths for {wire.describe_header(mine)}: "
                 f"{here} here, {there} there; set {settings} the same on every rank (group {ch.group!r})")

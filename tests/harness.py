@@ -14,7 +14,9 @@ import dataclasses
 import threading
 from typing import Any, Callable
 
+from ringdist.comm import Comm
 from ringdist.endpoint import Endpoint
+from ringdist.errors import RingError
 from ringdist.group import Group
 from ringdist.settings import Settings
 
@@ -70,7 +72,10 @@ def run_ranks(n: int, fn: Callable[[Group], Any], *, settings: Settings | None =
     finally:
         for group in groups:
             if group is not None:
-                group.close()
+                try:
+                    group.close()
+                except RingError:  # a stuck rank's thread is still in a call: close under it
+                    Comm._release(group)
         for ep in endpoints:
             if ep is not None:
                 ep.close()
