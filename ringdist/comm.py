@@ -522,12 +522,12 @@ class Comm:
         if not wait:
             return None
         limit = self._timeout(timeout)
-        if turn.acquire(timeout=-1 if limit > threading.TIMEOUT_MAX else limit):
+        if engine.on_progress_thread():  # the turn's holder may be a queued message this thread moves
+            if engine.drive_until(lambda: turn.acquire(False), limit):
+                return turn
+        elif turn.acquire(timeout=-1 if limit > threading.TIMEOUT_MAX else limit):
             return turn
-        way = "to" if outgoing else "from"
-        raise RingTimeoutError(f"rank {self._rank}: {op} {way} rank {peer} of group {self.gid!r}: another "
-                               f"thread's message {way} it did not end within {limit:g} s (messages between "
-                               f"a pair go one at a time in each direction)")
+        raise RingTimeoutError(busy_pair(self._rank, op, peer, outgoing, self.gid, limit))
 
     def p2p_channel(self, peer: int, outgoing: bool, timeout: float | None = None,
                     wait: bool = True) -> tuple[Channel, int] | None:
@@ -607,6 +607,14 @@ class Comm:
         if self._endpoint is not None:
             self._endpoint.discard(self.gid)
         _open_groups.discard(self)
+
+
+def busy_pair(rank: int, op: str, peer: int, outgoing: bool, gid: str, limit: float) -> str:
+    """Why a message never got its turn at a pair's direction (`Comm.p2p_turn`)."""
+    way = "to" if outgoing else "from"
+    return (f"rank {rank}: {op} {way} rank {peer} of group {gid!r}: an earlier message {way} it (another "
+            f"thread's, or one queued with async_op) did not end within {limit:g} s (messages between a pair go "
+            f"one at a time in each direction)")
 
 
 def close_all() -> None:

@@ -28,6 +28,7 @@ class Plan(Protocol):
     ch: Channel | None
     inflows: list[Inflow]
     outflows: list[Outflow]
+    turn: Any  # its turn at the pair's direction once `open` took it (`Comm.p2p_turn`), else None
 
     def start(self) -> float: ...  # validate and allocate; the timeout in seconds
     def open(self, wait: bool) -> bool: ...  # the channel and the flows; False: not yet arrived

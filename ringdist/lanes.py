@@ -12,7 +12,7 @@ from typing import Callable
 
 from . import aborts, engine, jobs
 from .channel import Channel
-from .comm import Comm
+from .comm import Comm, busy_pair
 from .errors import PeerLostError, RingError, RingTimeoutError
 from .flows import Watch
 from .jobs import Job
@@ -147,6 +147,9 @@ class Lanes:
                 if job.opened:
                     message = engine.stall_message(plan.inflows, plan.outflows, plan.op,  # type: ignore[union-attr]
                                                    job.g.rank(), job.timeout)
+                elif plan.turn is None:  # type: ignore[union-attr]
+                    message = busy_pair(job.g.rank(), plan.op, plan.peer, plan.outgoing,  # type: ignore[union-attr]
+                                        job.g.gid, job.timeout)
                 else:
                     message = (f"rank {job.g.rank()}: recv in group {job.g.gid!r}: waiting for rank "
                                f"{plan.peer} to send: no connection arrived in time")  # type: ignore[union-attr]

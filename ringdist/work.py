@@ -156,6 +156,8 @@ def _main(flows: Lanes) -> None:
             jobs.queue.clear()
             _thread = _thread_id = None  # the next async call starts a new one
         for job in left:
+            if job.plan is not None:
+                job.plan.release()  # its pair's turn, if it held one
             if not job.finished:
                 jobs.finished(job, None, RingError(f"rank {job.g.rank()}: {job.work.op} on group {job.g.gid!r}: "
                                                    f"the progress thread failed: {type(exc).__name__}: {exc}"))

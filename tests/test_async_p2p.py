@@ -79,7 +79,20 @@ def test_a_thread_waiting_for_its_turn_at_a_pair_times_out_naming_why():
     # with a timeout of 0.5 s, waits for its turn and gives up, saying why. A's message arrives.
     res = run_launcher(["-n", "2", str(SCRIPTS / "p2p_threads.py"), "wait", "0", "4000000"], timeout=60, env=FAST)
     assert res.returncode == 0, res.stdout + res.stderr
-    assert re.search(r"^\[0\] B raised RingTimeoutError: rank 0: send to rank 1 of group 'world': another "
-                     r"thread's message to it did not end within 0\.5 s \(messages between a pair go one at a "
-                     r"time in each direction\)$", res.stdout, re.M), res.stdout + res.stderr
+    assert re.search(r"^\[0\] B raised RingTimeoutError: rank 0: send to rank 1 of group 'world': an earlier "
+                     r"message to it \(another thread's, or one queued with async_op\) did not end within 0\.5 s "
+                     r"\(messages between a pair go one at a time in each direction\)$", res.stdout, re.M), \
+        res.stdout + res.stderr
     assert "[1] received from 1" in res.stdout and "[0] A raised" not in res.stdout, res.stdout
+
+
+@pytest.mark.parametrize("mode", ["queued_send", "queued_recv"])
+def test_an_object_message_queued_behind_an_async_one_to_the_same_peer_waits_for_it(mode):
+    # queued_send: rank 0 sends 64 MiB with async_op, then send_object to the same peer (queued
+    # on the progress thread behind it); queued_recv: rank 0 posts an async recv, then
+    # recv_object from the same peer. The object call waits for the earlier message to end,
+    # moving it meanwhile (it waited out its timeout, the turn's holder being its own thread).
+    res = run_launcher(["-n", "2", str(SCRIPTS / "p2p_threads.py"), mode, "0", "0"], timeout=60, env=FAST)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "[1] got 8388608.0 {'x': 1}" in res.stdout or "[0] got [0. 1. 2. 3.] hello" in res.stdout, res.stdout
+    assert "raised" not in res.stdout, res.stdout

@@ -1,12 +1,14 @@
 """Threads of one rank sending to (or receiving from) the same peer at once.
 
-usage: p2p_threads.py send|recv|mixed|objects|wait K SIZE
+usage: p2p_threads.py send|recv|mixed|objects|wait|queued_send|queued_recv K SIZE
 - send: rank 0's threads A and B each send K arrays to rank 1, which receives 2K;
 - recv: rank 0 sends 2K arrays; rank 1's threads A and B each receive K;
 - mixed: rank 0's thread A sends K arrays blocking while its main thread sends K with async_op;
 - objects: as send, with send_object/recv_object;
 - wait: rank 0's thread A sends SIZE float64s that rank 1 takes only after 3 s, and meanwhile
-  its thread B sends with a timeout of 0.5 s (K is ignored).
+  its thread B sends with a timeout of 0.5 s (K is ignored);
+- queued_send: rank 0 sends 64 MiB with async_op, then an object to the same peer; queued_recv:
+  rank 0 posts an async recv, then receives an object from the same peer (K, SIZE ignored).
 Every array is filled with one value, sender * 1e6 + index, so a message cut into another
 shows as an array of two values. Rank 1 prints "intact N from A: i..j" per sender and
 "torn N"; each thread that failed prints "<who> raised <Error>: <message>".
@@ -59,6 +61,26 @@ def both(first, second):
 
 
 got = []
+if mode == "queued_send":
+    if r == 0:
+        handle = rd.send(np.ones(8 << 20), 1, async_op=True, timeout=20)
+        guarded("main", lambda: rd.send_object({"x": 1}, 1, timeout=20))()
+        guarded("main", handle.wait)()
+    else:
+        time.sleep(0.5)
+        whole = rd.recv((8 << 20,), np.float64, 0, timeout=20)
+        print(f"got {whole.sum()} {rd.recv_object(0, timeout=20)}", flush=True)
+    sys.exit(0)
+if mode == "queued_recv":
+    if r == 0:
+        handle = rd.recv((4,), np.float64, 1, async_op=True, timeout=20)
+        thing = rd.recv_object(1, timeout=20)
+        print(f"got {handle.wait()} {thing}", flush=True)
+    else:
+        time.sleep(0.5)
+        rd.send(np.arange(4.0), 0, timeout=20)
+        rd.send_object("hello", 0, timeout=20)
+    sys.exit(0)
 if mode == "wait":
     if r == 0:
         both(lambda: rd.send(arr(1, 0), 1, timeout=30),
