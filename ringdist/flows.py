@@ -474,32 +474,33 @@ def _role_free(fields: dict[str, Any]) -> dict[str, Any]:
 
 class SizedInflow(Inflow):
     """An inflow whose size the peer's header declares: `accept(fields, ch)` checks the peer's
-    header (raising MismatchError or ProtocolError) and returns where its payload lands.
+    header (raising MismatchError or ProtocolError) and returns where its payload lands (a
+    buffer, or a list of them filled in turn).
 
     For collectives whose receivers cannot know what comes (uneven blocks, objects, a
     scatter's shape): the bytes are bounded by what `accept` allows, and no extra round
     trip is needed to learn them. `fields` is the peer's header once it has arrived.
     """
 
-    def __init__(self, ch: Channel, op: str, accept: Callable[[dict[str, Any], Channel], memoryview],
-                 hint: int = 0):
+    def __init__(self, ch: Channel, op: str,
+                 accept: Callable[[dict[str, Any], Channel], "memoryview | list[memoryview]"], hint: int = 0):
         super().__init__(ch, Segments([]), op, None)
         self.need_header = True
         self.done = False
         self.total = hint  # until the header comes: about what is expected (whether a wait may spin)
         self.accept = accept
         self.fields: dict[str, Any] | None = None
-        self.dest: memoryview | None = None
+        self.dest: "memoryview | list[memoryview] | None" = None
 
     def _control(self, event: wire.ControlFrame) -> None:
         if event.kind != wire.HEADER or not self.need_header:
             super()._control(event)  # an ABORT, or a frame out of place
             return
         fields = wire.check_header(event.fields())
-        dest = self.accept(fields, self.ch)
+        dest = self.accept(fields, self.ch)  # one buffer, or a list the payload fills in turn
         self.fields, self.dest = fields, dest
-        self.seg = Segments([dest])
-        self.total = len(dest)
+        self.seg = Segments(dest if isinstance(dest, list) else [dest])
+        self.total = self.seg.total
         self.need_header = False
         if self.received == self.total:
             self.done = True

@@ -168,3 +168,36 @@ def test_recv_object_of_an_array_message_and_recv_of_an_object_raise_mismatch():
         run_ranks(2, other)
     assert isinstance(info.value.errors[1], rd.MismatchError), info.value.errors
     assert "send_object" in str(info.value.errors[1])
+
+
+@pytest.mark.parametrize("algo", ["bruck", "ring"])
+def test_objects_of_thousands_of_buffers_past_the_mesh_over_tcp(algo):
+    # Each object lists 6001 buffer sizes (256 B: 3 bytes each) in its fields; a Bruck step that
+    # carries 4 ranks' blocks cannot list them all in one header (64 KiB), so it sends them in
+    # several frames.
+    def rank(g):
+        got = rd.all_gather_object([np.full(64, g.rank() * 10_000 + i, np.int32) for i in range(6000)], group=g)
+        return all(np.array_equal(got[q][i], np.full(64, q * 10_000 + i, np.int32))
+                   for q in range(g.size()) for i in (0, 1234, 5999))
+
+    assert run_ranks(9, rank, shm=False, algo=(("all_gather_object", algo),)) == [True] * 9
+
+
+@pytest.mark.parametrize("algo", ["bruck", "ring"])
+def test_an_object_kept_keeps_only_its_own_bytes_alive(algo):
+    # A Bruck step carries several ranks' blocks; each lands in a buffer of its own, so keeping
+    # one rank's array (a view of its block) does not keep the others' alive.
+    size = 1 << 20
+
+    def rank(g):
+        got = rd.all_gather_object(np.full(size, g.rank(), np.uint8), group=g)
+        held = {}
+        for q in range(g.size()):
+            base = got[q].base
+            while base is not None and not isinstance(base, memoryview):
+                base = getattr(base, "base", None)
+            held[q] = base.obj.nbytes if base is not None and hasattr(base.obj, "nbytes") else 0
+        return held
+
+    for r, held in enumerate(run_ranks(9, rank, shm=False, algo=(("all_gather_object", algo),))):
+        assert all(nbytes < 2 * size for nbytes in held.values()), (r, held)

@@ -20,6 +20,8 @@ import numpy as np
 
 from typing import Any
 
+import msgpack
+
 from .. import buffers, wire
 from ..arrays import byte_view
 from ..channel import Channel
@@ -85,12 +87,32 @@ def all_to_all_even(g: Comm, data: memoryview, out: memoryview, header: wire.Hea
     result[(r - np.arange(n)) % n] = held
 
 
+# A step's header lists the fields of each block it carries; past this many bytes of them the
+# step's blocks go in several frames, each header under the control frame limit (an object of
+# thousands of buffers lists thousands of sizes, and a step carries up to N/2 blocks).
+EACH_BYTES_MAX = wire.MAX_CONTROL // 2
+
+
+def _frames(fields: list[dict[str, Any]]) -> list[tuple[int, int]]:
+    """[a, b): the blocks of each frame of a step, as many to a frame as their fields allow."""
+    cuts, a, used = [], 0, 0
+    for i, own in enumerate(fields):
+        size = len(msgpack.packb(own, use_bin_type=True))
+        if i > a and used + size > EACH_BYTES_MAX:
+            cuts.append((a, i))
+            a, used = i, 0
+        used += size
+    cuts.append((a, len(fields)))
+    return cuts
+
+
 def gather_v(g: Comm, header: wire.Header, mine: Parts, check: Check,
              timeout: float | None) -> dict[int, tuple[dict[str, Any], memoryview]]:
     """Every rank's parts, of any size, by source: ceil(log2 N) steps, in step k the first
     min(k, N-k) blocks this rank holds (its own first, then ranks r+1, ...) to rank r-k and as
-    many from rank r+k. Step 1 goes over the ring's own connections, so a rank in another call
-    is found before any rank waits for a link."""
+    many from rank r+k, each block landing in a buffer of its own (an object keeps no other
+    rank's bytes alive). Step 1 goes over the ring's own connections, so a rank in another
+    call is found before any rank waits for a link."""
     n, r, op = g.size(), g.rank(), header.fields["op"]
     parts, extra = mine
     fields: list[dict[str, Any]] = [extra]  # fields[i], payload[i]: rank (r+i)'s
@@ -100,36 +122,44 @@ def gather_v(g: Comm, header: wire.Header, mine: Parts, check: Check,
         count = min(k, n - k)
         to, source = (r - k) % n, (r + k) % n
         send, receive = g.open_links(op, [to, source], timeout)
-        took: list[tuple[list[dict[str, Any]], list[int]]] = []
-
-        def accept(theirs: dict[str, Any], ch: Channel, source: int = source, count: int = count) -> memoryview:
-            each = theirs.get("each")
-            base = {key: v for key, v in theirs.items() if key != "each"}
-            if not (isinstance(each, list) and len(each) == count and all(isinstance(e, dict) for e in each)):
-                check(source, base, ch)  # another call's header: MismatchError naming both
-                raise ProtocolError(f"rank {ch.me}: {ch.describe()} sent {op}'s step {count} blocks' fields as "
-                                    f"{str(each)[:200]}")
-            sizes = []
-            for i, own in enumerate(each):
-                theirs_i = dict(base, **own)
-                unit = check((source + i) % n, theirs_i, ch)
-                sizes.append(sum(sizes_of(theirs_i, ch)) * unit)
-            took.append((each, sizes))
-            return _landing(sum(sizes))
-
-        inflow = SizedInflow(receive, op, accept, hint=sum(len(p) for ps in payload[:count] for p in ps))
-        sent = wire.Header(dict(header.fields, each=fields[:count]))
-        g.run(op, [inflow], [Outflow(send, Segments([p for ps in payload[:count] for p in ps]), op, sent)],
-              timeout=timeout)
-        assert inflow.dest is not None
-        (each, sizes), = took
-        at = 0
-        for own, size in zip(each, sizes):
-            fields.append(own)
-            payload.append([inflow.dest[at:at + size]])
-            at += size
+        frames = _frames(fields[:count])
+        held = len(fields)
+        while frames or len(fields) - held < count:
+            inflows, outflows = [], []
+            if len(fields) - held < count:
+                first = (source + len(fields) - held) % n  # the first rank whose block the next frame has
+                inflows.append(SizedInflow(receive, op, _accepting(check, fields, payload, first, count - len(fields)
+                                                                   + held, n, op)))
+            if frames:
+                a, b = frames.pop(0)
+                outflows.append(Outflow(send, Segments([p for ps in payload[a:b] for p in ps]), op,
+                                        wire.Header(dict(header.fields, each=fields[a:b]))))
+            g.run(op, inflows, outflows, timeout=timeout)
         k <<= 1
-    return {(r + i) % n: (dict(header.fields, **fields[i]), payload[i][0]) for i in range(1, n)}
+    return {(r + i) % n: ({**header.fields, **fields[i]}, payload[i][0]) for i in range(1, n)}
+
+
+def _accepting(check: Check, fields: list[dict[str, Any]], payload: list[list[memoryview]], first: int,
+               left: int, n: int, op: str) -> Any:
+    """The check of a step's frame that carries the blocks of ranks first, first+1, ... (at most
+    `left`): each block's fields checked as a relayed header is, each block given a buffer of its
+    own; the fields and buffers appended to `fields` and `payload`."""
+    def accept(theirs: dict[str, Any], ch: Channel) -> list[memoryview]:
+        each = theirs.get("each")
+        base = {key: v for key, v in theirs.items() if key != "each"}
+        if not (isinstance(each, list) and 0 < len(each) <= left and all(isinstance(e, dict) for e in each)):
+            check(first, base, ch)  # another call's header: MismatchError naming both
+            raise ProtocolError(f"rank {ch.me}: {ch.describe()} sent a step of {op} whose blocks' fields are "
+                                f"{str(each)[:200]}, where up to {left} blocks were due")
+        landed = []
+        for i, own in enumerate(each):
+            theirs_i = {**base, **own}
+            unit = check((first + i) % n, theirs_i, ch)
+            landed.append(_landing(sum(sizes_of(theirs_i, ch)) * unit))
+        fields.extend(each)
+        payload.extend([view] for view in landed)
+        return landed
+    return accept
 
 
 ALGORITHM = Algorithm("bruck", gather=gather, all_to_all_even=all_to_all_even, gather_v=gather_v, fits=_fits)
