@@ -282,14 +282,17 @@ class Comm:
         takes a number or touches a connection; the running call, which owns the connections,
         then fails when it ends (`finish`), breaking the group and telling the peers."""
         owner = self._caller.get(0)
-        running = wire.describe_header(self._header.fields) if self._header is not None else "a collective"
-        why = (f"rank {self._rank}: {op} on group {self.gid!r} from thread {me.name!r} while {running} runs "
+        why = (f"rank {self._rank}: {op} on group {self.gid!r} from thread {me.name!r} while {self._running()} runs "
                f"on it from thread {getattr(owner, 'name', '?')!r}: a group's collectives must come from one "
                f"thread at a time, in the same order on every rank (order them, or give each thread its own "
                f"group with split())")
         # For the call running now (number seq - 1): if it has ended meanwhile, nothing is failed.
         self._intruder = (self._seq - 1, why)
         raise MismatchError(why)
+
+    def _running(self) -> str:
+        """The collective whose header was made last, as error messages name it."""
+        return wire.describe_header(self._header.fields) if self._header is not None else "a collective"
 
     def peer_header(self, op: str, arr: np.ndarray, path: str = "ring", **extra: Any) -> wire.Header:
         """The header a peer makes for this rank's current call (the one whose header was made
@@ -584,10 +587,9 @@ class Comm:
         bg = engine.background
         me = threading.current_thread()
         if owner is not None and owner is not me and (bg is None or owner.ident != bg.owner):
-            running = wire.describe_header(self._header.fields) if self._header is not None else "a collective"
             raise RingError(f"rank {self._rank}: group {self.gid!r} cannot be closed from thread {me.name!r} "
-                            f"while {running} runs on it from thread {owner.name!r}: close it from that thread "
-                            f"once the call has returned")
+                            f"while {self._running()} runs on it from thread {owner.name!r}: close it from that "
+                            f"thread once the call has returned")
 
     def _release(self) -> None:
         if self._closed:

@@ -16,11 +16,10 @@ its own, so every rank checks every other rank's call, directly or through other
 
 from __future__ import annotations
 
-import numpy as np
-
 from typing import Any
 
 import msgpack
+import numpy as np
 
 from .. import buffers, wire
 from ..arrays import byte_view
@@ -93,17 +92,21 @@ def all_to_all_even(g: Comm, data: memoryview, out: memoryview, header: wire.Hea
 EACH_BYTES_MAX = wire.MAX_CONTROL // 2
 
 
-def _frames(fields: list[dict[str, Any]]) -> list[tuple[int, int]]:
-    """[a, b): the blocks of each frame of a step, as many to a frame as their fields allow."""
+def _frames(weights: list[int]) -> list[tuple[int, int]]:
+    """[a, b): the blocks of each frame of a step, as many to a frame as their fields' encoded
+    sizes (`weights`) allow."""
     cuts, a, used = [], 0, 0
-    for i, own in enumerate(fields):
-        size = len(msgpack.packb(own, use_bin_type=True))
+    for i, size in enumerate(weights):
         if i > a and used + size > EACH_BYTES_MAX:
             cuts.append((a, i))
             a, used = i, 0
         used += size
-    cuts.append((a, len(fields)))
+    cuts.append((a, len(weights)))
     return cuts
+
+
+def _weight(own: dict[str, Any]) -> int:
+    return len(msgpack.packb(own, use_bin_type=True))
 
 
 def gather_v(g: Comm, header: wire.Header, mine: Parts, check: Check,
@@ -115,21 +118,22 @@ def gather_v(g: Comm, header: wire.Header, mine: Parts, check: Check,
     call is found before any rank waits for a link."""
     n, r, op = g.size(), g.rank(), header.fields["op"]
     parts, extra = mine
-    fields: list[dict[str, Any]] = [extra]  # fields[i], payload[i]: rank (r+i)'s
+    fields: list[dict[str, Any]] = [extra]  # fields[i], payload[i], weights[i]: rank (r+i)'s
     payload: list[list[memoryview]] = [list(parts)]
+    weights = [_weight(extra)]  # its fields' encoded bytes, for cutting a step into frames
     k = 1
     while k < n:
         count = min(k, n - k)
         to, source = (r - k) % n, (r + k) % n
         send, receive = g.open_links(op, [to, source], timeout)
-        frames = _frames(fields[:count])
-        held = len(fields)
-        while frames or len(fields) - held < count:
+        frames = _frames(weights[:count])
+        due = len(fields) + count  # blocks held once this step's have come
+        while frames or len(fields) < due:
             inflows, outflows = [], []
-            if len(fields) - held < count:
-                first = (source + len(fields) - held) % n  # the first rank whose block the next frame has
-                inflows.append(SizedInflow(receive, op, _accepting(check, fields, payload, first, count - len(fields)
-                                                                   + held, n, op)))
+            if len(fields) < due:
+                first = (r + len(fields)) % n  # the first rank whose block the next frame has
+                inflows.append(SizedInflow(receive, op, _accepting(check, fields, payload, weights, first,
+                                                                   due - len(fields), n, op)))
             if frames:
                 a, b = frames.pop(0)
                 outflows.append(Outflow(send, Segments([p for ps in payload[a:b] for p in ps]), op,
@@ -139,11 +143,11 @@ def gather_v(g: Comm, header: wire.Header, mine: Parts, check: Check,
     return {(r + i) % n: ({**header.fields, **fields[i]}, payload[i][0]) for i in range(1, n)}
 
 
-def _accepting(check: Check, fields: list[dict[str, Any]], payload: list[list[memoryview]], first: int,
-               left: int, n: int, op: str) -> Any:
+def _accepting(check: Check, fields: list[dict[str, Any]], payload: list[list[memoryview]], weights: list[int],
+               first: int, left: int, n: int, op: str) -> Any:
     """The check of a step's frame that carries the blocks of ranks first, first+1, ... (at most
     `left`): each block's fields checked as a relayed header is, each block given a buffer of its
-    own; the fields and buffers appended to `fields` and `payload`."""
+    own; the fields, buffers and fields' sizes appended to `fields`, `payload` and `weights`."""
     def accept(theirs: dict[str, Any], ch: Channel) -> list[memoryview]:
         each = theirs.get("each")
         base = {key: v for key, v in theirs.items() if key != "each"}
@@ -158,6 +162,7 @@ def _accepting(check: Check, fields: list[dict[str, Any]], payload: list[list[me
             landed.append(_landing(sum(sizes_of(theirs_i, ch)) * unit))
         fields.extend(each)
         payload.extend([view] for view in landed)
+        weights.extend(_weight(own) for own in each)
         return landed
     return accept
 
