@@ -303,6 +303,8 @@ class _Supervisor:
                 if remote_pid is not None:
                     self.policy.rank_pid(event.rank, remote_pid)
                 self._log(f"rank {event.rank} {describe_exit(event.returncode)}")
+                if self.server is not None:  # ranks waiting for it (to register, to connect) fail now
+                    self.server.rank_left(event.rank, describe_exit(event.returncode))
                 self._apply(self.policy.rank_exited(event.rank, event.returncode, self._left(),
                                                     self._exiting(event.returncode)))
             elif isinstance(event, _NotStarted):

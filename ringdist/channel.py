@@ -8,8 +8,8 @@ the address and, where the caller passes it, the peer and the operation.
 - opening: `listen`, `dial`, `accept` (with `AcceptFailed` for an arrival that could not be
   taken, out of file descriptors or not), `resolve`, `datagram_addresses`, `route_source`;
 - non-blocking I/O: `recv_ready`, `send_ready`;
-- blocking I/O with deadlines: `send_blocking`, `recv_exact`, `recv_control`,
-  `wait_until_closed` (PeerLostError, RingTimeoutError, ProtocolError);
+- blocking I/O with deadlines: `send_blocking`, `recv_exact`, `recv_control` (PeerLostError,
+  RingTimeoutError, ProtocolError);
 - closing: `close_quietly`, `shutdown_quietly`, `forget_fd`;
 - edges that are not sockets: `read_private_file` (ConfigError), `advise_huge_pages`;
 - shared memory on one machine: `listen_local`, `dial_local` (abstract Unix sockets),
@@ -293,16 +293,6 @@ def recv_control(sock: socket.socket, deadline: float, expect: int | None = None
             raise ProtocolError(f"refused by peer: {fields.get('reason', '?')}")
         raise ProtocolError(f"expected a {wire.KIND_NAMES[expect]} frame, got {wire.KIND_NAMES[kind]}")
     return kind, fields, body
-
-
-def wait_until_closed(sock: socket.socket) -> None:
-    """Block until the other end closes the connection (or it fails); what arrives is discarded."""
-    try:
-        sock.settimeout(None)
-        while sock.recv(4096):
-            pass
-    except OSError:
-        pass
 
 
 # ---- closing -------------------------------------------------------------------------------

@@ -543,15 +543,18 @@ class Comm:
             deadline = deadlines.after(self.settings.connect_timeout if outgoing else self._timeout(timeout))
             if outgoing:
                 sock = self._endpoint.connect(self._addresses[peer], InboxKey(self.gid, self._rank, "p2p", 0),
-                                              deadline, f"rank {peer} of group {self.gid!r}")
+                                              deadline, f"rank {peer} of group {self.gid!r}", up=True)
             elif not wait:
-                found = self._endpoint.take_nowait(InboxKey(self.gid, peer, "p2p", 0))
+                found = self._endpoint.take_nowait(InboxKey(self.gid, peer, "p2p", 0),
+                                                   f"recv in group {self.gid!r}: waiting for rank {peer} to send",
+                                                   self._addresses[peer])
                 if found is None:
                     return None
                 sock = found
             else:
                 sock = self._endpoint.take(InboxKey(self.gid, peer, "p2p", 0), deadline,
-                                           f"recv in group {self.gid!r}: waiting for rank {peer} to send")
+                                           f"recv in group {self.gid!r}: waiting for rank {peer} to send",
+                                           source=self._addresses[peer])
             table[peer] = [Channel(sock, me=self._rank, peer=peer, group=self.gid,
                                    role="p2p-out" if outgoing else "p2p-in"), 0]
         entry = table[peer]

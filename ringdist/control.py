@@ -1,4 +1,5 @@
-"""A rank's control connection to the rendezvous: registration, then a watch for the launcher's exit."""
+"""A rank's control connection to the rendezvous: registration, then a watch for the launcher's
+exit and for ranks that leave the job (`Endpoint.note_departed`)."""
 
 from __future__ import annotations
 
@@ -56,11 +57,15 @@ class ControlLink:
             raise PeerLostError(f"rank {job.rank}: registering: {exc}") from None
         if msg.get("type") == "error":
             raise ConfigError(f"rank {job.rank}: the rendezvous at {self.where} refused: {msg.get('message')}")
+        if msg.get("type") == "left":
+            raise PeerLostError(f"rank {job.rank}: init(): rank {msg.get('rank')} {_why(msg)} before the "
+                                f"job started")
         if msg.get("type") != "table" or not isinstance(msg.get("members"), list):
             raise ProtocolError(f"rank {job.rank}: unexpected message from the rendezvous: {msg.get('type')!r}")
         members = msg["members"]
         if len(members) != job.size:
             raise ProtocolError(f"rank {job.rank}: rendezvous table has {len(members)} ranks, expected {job.size}")
+        self.members = members
         if job.launched:
             threading.Thread(target=self._watch, name="ringdist-control", daemon=True).start()
         return members
@@ -78,8 +83,18 @@ class ControlLink:
             return f"{waited} (RINGDIST_INIT_TIMEOUT sets the limit)"
 
     def _watch(self) -> None:
-        """Exit when the launcher's end of the control connection closes (no orphans)."""
-        channel.wait_until_closed(self.sock)
+        """Note each rank that leaves the job; exit when the launcher's end of the control
+        connection closes (no orphans)."""
+        members = self.members
+        try:
+            while True:
+                _, msg, _ = recv_control(self.sock, float("inf"), expect=wire.CONTROL)
+                rank = msg.get("rank")
+                if msg.get("type") == "left" and isinstance(rank, int) and 0 <= rank < len(members):
+                    ip, port = members[rank]["addresses"][0]  # checked by `world` when the table came
+                    self.endpoint.note_departed((ip, port), f"world rank {rank} {_why(msg)}")
+        except RingError:
+            pass  # closed (a frame that is not the protocol's: the launcher's side is gone either way)
         if self.closing:
             return
         sys.stderr.write(f"ringdist: rank {self.job.rank}: the launcher's control connection to "
@@ -93,3 +108,9 @@ class ControlLink:
         self.closing = True
         channel.shutdown_quietly(self.sock)
         self.sock.close()
+
+
+def _why(msg: dict) -> str:
+    """A `left` message's reason, as words after "rank N"."""
+    why = msg.get("why")
+    return f"left the job: {why}" if isinstance(why, str) else "left the job"

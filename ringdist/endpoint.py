@@ -25,6 +25,9 @@ from .handshake import HandshakeCutOff, client_handshake
 HANDSHAKE_TIMEOUT = 10.0  # seconds an arrival has to prove the job secret (at most RINGDIST_CONNECT_TIMEOUT)
 LISTEN_BACKLOG = 1024  # arrivals the kernel queues while the acceptor is busy
 CHECK_INTERVAL = 0.005  # seconds between a waiting take's checks
+# Seconds a connection from a rank that has left the job may still take to land in the inbox
+# (its handshake done, the acceptor not yet through filing it) before a take gives up on it.
+DEPARTED_GRACE = 0.25
 
 
 class InboxKey(NamedTuple):
@@ -45,6 +48,9 @@ class Endpoint:
         self.label = label  # e.g. "rank 3", for log lines
         self._inbox: dict[InboxKey, list[socket.socket]] = {}
         self._cond = threading.Condition()
+        # Ranks that have left the job, by their first address: why, and when this rank heard
+        # (from the launcher's rendezvous: `control`).
+        self._departed: dict[tuple[str, int], tuple[str, float]] = {}
         self._closed = False
         self._listeners: list[socket.socket] = []
         self.local_path: str | None = None  # the "posix" backend's socket file, while listening
@@ -100,12 +106,43 @@ class Endpoint:
             self._inbox.setdefault(key, []).append(conn)
             self._cond.notify_all()
 
+    def note_departed(self, address: tuple[str, int], why: str) -> None:
+        """The rank whose first address is `address` has left the job: waits for its connection end."""
+        with self._cond:
+            self._departed.setdefault((address[0], int(address[1])), (why, time.monotonic()))
+            self._cond.notify_all()
+
+    def departed(self, addresses: list[tuple[str, int]]) -> str | None:
+        """Why the rank listening at `addresses` has left the job, if it has (None: not known to)."""
+        if not addresses or not self._departed:
+            return None
+        ip, port = addresses[0]
+        gone = self._departed.get((ip, int(port)))
+        return gone[0] if gone is not None else None
+
+    def _gone(self, source: list[tuple[str, int]] | None, what: str, now: float) -> float | None:
+        """With the lock held and nothing in the inbox from the rank listening at `source`:
+        PeerLostError if it left the job DEPARTED_GRACE ago or more; the seconds of grace left
+        if it left less long ago; None if it has not left (as far as this rank knows)."""
+        if source is None or not self._departed:
+            return None
+        gone = self._departed.get((source[0][0], int(source[0][1])))
+        if gone is None:
+            return None
+        why, heard = gone
+        if now - heard >= DEPARTED_GRACE:
+            raise PeerLostError(f"{self.label}: {what}: {why}")
+        return heard + DEPARTED_GRACE - now
+
     def take(self, key: InboxKey, deadline: float, what: str,
-             check: Callable[[], None] | None = None) -> socket.socket:
+             check: Callable[[], None] | None = None,
+             source: list[tuple[str, int]] | None = None) -> socket.socket:
         """Wait for the authenticated connection filed under `key`; RingTimeoutError at deadline.
 
         `check` (if given) runs every CHECK_INTERVAL seconds of the wait, outside the lock:
-        it may raise to give up (an ABORT found on another connection, say)."""
+        it may raise to give up (an ABORT found on another connection, say). `source`: the
+        addresses of the rank expected to connect; once it is known to have left the job (and
+        DEPARTED_GRACE has passed with nothing from it), PeerLostError."""
         while True:
             with self._cond:
                 queue = self._inbox.get(key)
@@ -115,19 +152,26 @@ class Endpoint:
                         del self._inbox[key]
                     conn.settimeout(None)
                     return conn
-                left = deadline - time.monotonic()
+                now = time.monotonic()
+                left = deadline - now
                 if left <= 0 or self._closed:
                     raise RingTimeoutError(f"{self.label}: {what}: no connection arrived in time")
                 wait = deadlines.wait_slice(left)
+                gone = self._gone(source, what, now)
+                if gone is not None:  # heard of its departure: the grace, then PeerLostError
+                    wait = min(wait, gone)
                 self._cond.wait(wait if check is None else min(wait, CHECK_INTERVAL))
             if check is not None:
                 check()
 
-    def take_nowait(self, key: InboxKey) -> socket.socket | None:
-        """The authenticated connection filed under `key` if it has arrived, else None."""
+    def take_nowait(self, key: InboxKey, what: str = "", source: list[tuple[str, int]] | None = None
+                    ) -> socket.socket | None:
+        """The authenticated connection filed under `key` if it has arrived, else None (or, as
+        `take`, PeerLostError when `source` has left the job)."""
         with self._cond:
             queue = self._inbox.get(key)
             if not queue:
+                self._gone(source, what, time.monotonic())
                 return None
             conn = queue.pop(0)
             if not queue:
@@ -152,14 +196,18 @@ class Endpoint:
         A refused connection, a reset, or a handshake cut off before WELCOME (the peer's
         acceptor evicts under a flood of strangers) is tried again until `deadline`; a
         peer that refuses the handshake (wrong secret, another job) is an AuthError at once.
-        With `up` (the peer's endpoint listened once: a link opened after the group was
-        made), every address refusing means its process is gone: PeerLostError at once, not
-        a wait until `deadline`. `check` is called between tries (an ABORT seen meanwhile).
+        With `up` (the peer's endpoint listened once: a rank's addresses are in the rendezvous's
+        table only once it listens there), every address refusing means it has left the job:
+        PeerLostError at once, not a wait until `deadline`; so does a peer known to have left
+        the job (`note_departed`). `check` is called between tries (an ABORT seen meanwhile).
         """
         errors: list[str] = []
         attempts = 0
         delay = 0.01
         while True:
+            gone = self.departed(addresses)
+            if gone is not None:
+                raise PeerLostError(f"{self.label}: lost {peer}: {gone}")
             refused = 0
             for ip, port in addresses:
                 attempts += 1
@@ -189,7 +237,7 @@ class Endpoint:
                 return sock
             if up and refused == len(addresses):
                 raise PeerLostError(f"{self.label}: lost {peer}: nothing listens at its address any more "
-                                    f"({'; '.join(errors[-len(addresses):])}): its process is gone")
+                                    f"({'; '.join(errors[-len(addresses):])}): it has left the job")
             if time.monotonic() + delay >= deadline:
                 tried = "; ".join(errors[-len(addresses):]) or "no address"
                 raise ConnectError(f"{self.label}: cannot reach {peer}: {tried} ({attempts} attempts)")

@@ -63,7 +63,8 @@ class Links:
                                          connect_deadline, f"rank {p} of group {self.group!r}", up=True, check=check)
         else:
             sock = self.endpoint.take(InboxKey(self.group, p, KIND, 0), accept_deadline,
-                                      f"group {self.group!r}: waiting for rank {p} to connect", check=check)
+                                      f"group {self.group!r}: waiting for rank {p} to connect", check=check,
+                                      source=self.addresses[p])
         ch = Channel(sock, me=self.rank, peer=p, group=self.group, role=KIND)
         self.own.append(ch)
         self._file(p, ch)

@@ -18,9 +18,15 @@ Arrivals are accepted and authenticated by an `Acceptor` (one thread for all, a 
 on handshakes in progress, rate-limited refusal logs); only a connection that proved
 the job secret gets a thread, to read its registration and queries.
 
+Every rank still connected hears when another leaves the job (its control connection closes,
+or the launcher sees its process end before it registered): a rank waiting for a connection
+from that rank, or dialing it, then fails at once (`Endpoint.note_departed`) instead of
+waiting out its timeout.
+
 Messages are CONTROL frames (msgpack maps) with a "type":
   rank -> server: register {rank, size, addresses, host, pid}; query {}
-  server -> rank: table {members: [{rank, addresses, host, pid}]}; missing {ranks, hosts}; error {message}
+  server -> rank: table {members: [{rank, addresses, host, pid}]}; missing {ranks, hosts}; error {message};
+                  left {rank, why}
 """
 
 from __future__ import annotations
@@ -72,6 +78,7 @@ class RendezvousServer:
         self._members: dict[int, dict[str, Any]] = {}
         self._conns: dict[int, socket.socket] = {}
         self._left: dict[int, float] = {}  # rank -> time.monotonic() its control connection closed
+        self._told: set[int] = set()  # ranks whose departure every connected rank has been told of
         self._departures = select.epoll() if hasattr(select, "epoll") else None  # Linux
         self._fd_rank: dict[int, int] = {}  # control connections in _departures
         self._send_locks: dict[int, threading.Lock] = {}
@@ -124,13 +131,27 @@ class RendezvousServer:
             pass
         finally:
             with self._lock:
-                if rank is not None and self._conns.get(rank) is conn:
+                ours = rank is not None and self._conns.get(rank) is conn
+                if ours:
                     self._note_departures()
                     if not self._closed and rank not in self._left:  # the rank's doing, not close()'s
                         self._record_left(rank)
                     self._unwatch(conn)
                     del self._conns[rank]
             conn.close()
+            if ours and not self._closed:
+                self.rank_left(rank, "its connection to the launcher closed (its process ended)")
+
+    def rank_left(self, rank: int, why: str) -> None:
+        """Tell every rank still connected that `rank` has left the job (once per rank)."""
+        with self._lock:
+            if rank in self._told or self._closed:
+                return
+            self._told.add(rank)
+            others = [r for r in self._conns if r != rank]
+        message = {"type": "left", "rank": rank, "why": why}
+        for r in others:
+            self._send(r, message)
 
     def disconnected_at(self, rank: int) -> float | None:
         """When (`time.monotonic()`) `rank`'s control connection closed; None while open or never made."""

@@ -28,11 +28,12 @@ class RingLinks:
         try:
             for lane in range(lanes):
                 sock = endpoint.connect(addresses[right], InboxKey(group, rank, "ring", lane), deadline,
-                                        f"rank {right} of group {group!r}")
+                                        f"rank {right} of group {group!r}", up=True)
                 self.right.append(Channel(sock, me=rank, peer=right, group=group, role="right", lane=lane))
             for lane in range(lanes):
                 sock = endpoint.take(InboxKey(group, left, "ring", lane), deadline,
-                                     f"ring of group {group!r}: waiting for rank {left} to connect (lane {lane})")
+                                     f"ring of group {group!r}: waiting for rank {left} to connect (lane {lane})",
+                                     source=addresses[left])
                 self.left.append(Channel(sock, me=rank, peer=left, group=group, role="left", lane=lane))
         except BaseException:
             self.close()

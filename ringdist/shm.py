@@ -160,7 +160,7 @@ def open_link(endpoint: Endpoint, links: Links, *, group: str, rank: int, size: 
         for p in range(rank):
             what = f"rank {p} of group {group!r}"
             sock = endpoint.take(InboxKey(group, p, "shm", 0), deadline,
-                                 f"group {group!r}: waiting for rank {p}'s shared memory")
+                                 f"group {group!r}: waiting for rank {p}'s shared memory", source=addresses[p])
             try:
                 maps[p], theirs, probes[p] = _receive(sock, total, deadline, what)
                 every = _keep(wake, p, theirs, every)

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from helpers import SCRIPTS, LineReader, kill_tree, pid_alive, start_launcher, wait_until_gone
+from helpers import SCRIPTS, LineReader, kill_tree, pid_alive, run_launcher, start_launcher, wait_until_gone
 
 KILLS_PER_OP = 20
 
@@ -119,3 +119,22 @@ def test_soak_5000_random_collectives_on_world_and_splits():
     for _, fd0, fd1, _, half, end in rows:
         assert int(fd1) <= int(fd0)
         assert float(end) < float(half) + 16, "resident memory kept growing in the second half"
+
+
+@pytest.mark.parametrize("mode,raising", [("init", [0, 1]), ("registered", [0, 1]), ("split", [0, 1]),
+                                          ("recv", [0]), ("send", [0])])
+def test_a_rank_gone_before_its_peers_connect_is_lost_at_once(mode, raising):
+    # Connecting and waiting for a connection would each last a minute here (both timeouts 60 s);
+    # the survivors must hear that rank 2 left (from the launcher's rendezvous, or a refused dial).
+    res = run_launcher(["-n", "3", "--grace", "60", str(SCRIPTS / "leaves_early.py"), mode], timeout=45,
+                       env={"RINGDIST_CONNECT_TIMEOUT": "60", "RINGDIST_TIMEOUT": "60",
+                            "RINGDIST_INIT_TIMEOUT": "60"})
+    raised = dict(re.findall(r"^\[(\d+)\] raised (\w+: .*)$", res.stdout, re.M))
+    assert sorted(map(int, raised)) == raising, (res.stdout, res.stderr)
+    for text in raised.values():
+        # Naming rank 2, or a survivor that failed first and closed its endpoint (it left too).
+        assert text.startswith("PeerLostError: "), text
+    if mode in ("init", "registered", "split"):
+        assert res.returncode == 137 and "rank 2" in res.stderr and "SIGKILL" in res.stderr, res.stderr
+    else:
+        assert res.returncode == 1, (res.returncode, res.stderr)
