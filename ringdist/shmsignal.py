@@ -60,7 +60,6 @@ from types import SimpleNamespace
 from typing import Any
 
 import msgpack
-import numpy as np
 
 from . import aborts, channel, engine, wire
 from .errors import MismatchError, PeerLostError, ProtocolError, RingTimeoutError
@@ -70,6 +69,7 @@ CONTROL = 4096  # bytes of the control page at the start of every segment
 HEADER_AT = 128  # where a rank's current call's header starts in its page (after 16 words)
 _HEADER_ROOM = CONTROL - HEADER_AT - 16  # up to the cross-memory probe's bytes (`shm._NONCE_AT`)
 SIGNALS, FP_EVEN, FP_ODD, CALL, CALL_FP, ASLEEP, HEADER_LEN, ADDRESS, ADDRESS_2 = range(9)
+_WORDS_BYTES = 8 * (ADDRESS_2 + 1)
 _SLICE_FIRST, _SLICE_MOST = 0.001, 0.064  # seconds of one sleep: the first, and the longest
 _SPIN_PIECE = 0.005  # seconds of spinning between looks at the connections (ABORTs, lost peers, timeout)
 
@@ -101,7 +101,9 @@ class Signals:
 
     def __init__(self, rank: int, pages: dict[int, memoryview], wake: dict[int, int], others: list[int]):
         self.rank = rank
-        self.words = {p: np.frombuffer(page, np.int64, ADDRESS_2 + 1) for p, page in pages.items()}
+        # Each page's words as a memoryview of signed 64-bit integers: an item read or written through
+        # it costs a quarter of numpy's (no scalar object), and most of a signal is such items.
+        self.words = {p: page[:_WORDS_BYTES].cast("q") for p, page in pages.items()}
         self.pages = pages
         self.own = self.words[rank]
         self.wake = wake  # rank -> its eventfd (this rank's own included: the one it sleeps on)
@@ -138,7 +140,7 @@ class Signals:
     def published(self, p: int, which: int = ADDRESS) -> int:
         """Where rank p's block (`which`: ADDRESS_2, its second) lies in its memory (read after
         the signal that follows its `publish`)."""
-        return int(self.words[p][which])
+        return self.words[p][which]
 
     def signal(self, g: Any, op: str, header: wire.Header, timeout: float | None) -> None:
         """Give this rank's next signal and return once every peer has given it, with the same header."""
@@ -298,7 +300,7 @@ class Signals:
         own, seq = self.own, g._seq - 1
         for p in pending:
             w = self.words[p]
-            call = int(w[CALL]) - 1
+            call = w[CALL] - 1
             if ((call == seq and w[CALL_FP] != own[CALL_FP]) or call > seq) and w[SIGNALS] < target:
                 raise MismatchError(self._different(g, p, "announced a different call"))
 
@@ -316,17 +318,19 @@ class Signals:
 
     def _fields(self, p: int) -> dict[str, Any] | None:
         """Rank p's current call's header, as it announced it (None if unreadable)."""
-        n = int(self.words[p][HEADER_LEN])
+        n = self.words[p][HEADER_LEN]
         try:
             return wire.check_header(msgpack.unpackb(bytes(self.pages[p][HEADER_AT:HEADER_AT + n]), raw=False))
         except (ValueError, TypeError, ProtocolError, msgpack.UnpackException):
             return None
 
     def _describe(self, p: int, fields: dict[str, Any] | None) -> str:
-        return wire.describe_header(fields) if fields is not None else f"call #{int(self.words[p][CALL]) - 1}"
+        return wire.describe_header(fields) if fields is not None else f"call #{self.words[p][CALL] - 1}"
 
     def close(self) -> None:
-        self.words.clear()  # the arrays over the pages go before the pages are released
+        for words in self.words.values():  # the views over the pages go before the pages
+            words.release()
+        self.words.clear()
         self._peers.clear()
         self.own = None  # type: ignore[assignment]
         self._page = None  # type: ignore[assignment]
