@@ -49,7 +49,7 @@ class ControlLink:
         try:
             send_blocking(self.sock, rendezvous.encode(
                 {"type": "register", "rank": job.rank, "size": job.size, "addresses": addresses,
-                 "host": job.host, "pid": os.getpid()}), deadline, peer=peer)
+                 "host": job.host, "pid": os.getpid(), "agree": self._agree()}), deadline, peer=peer)
             _, msg, _ = recv_control(self.sock, deadline, expect=wire.CONTROL, peer=peer)
         except RingTimeoutError:
             raise RingTimeoutError(self._timeout_message()) from None
@@ -65,10 +65,25 @@ class ControlLink:
         members = msg["members"]
         if len(members) != job.size:
             raise ProtocolError(f"rank {job.rank}: rendezvous table has {len(members)} ranks, expected {job.size}")
+        self._check_agree(members)
         self.members = members
         if job.launched:
             threading.Thread(target=self._watch, name="ringdist-control", daemon=True).start()
         return members
+
+    def _agree(self) -> dict[str, int]:
+        """Settings every rank must share before any connection is made (their variables' names)."""
+        return {"RINGDIST_LANES": self.settings.lanes}
+
+    def _check_agree(self, members: list[dict]) -> None:
+        """ConfigError on every rank alike when ranks' `_agree` settings differ (each sees the whole table)."""
+        mine = self._agree()
+        for name in sorted(mine):
+            values = [m.get("agree", {}).get(name) if isinstance(m.get("agree"), dict) else None for m in members]
+            if len(set(map(repr, values))) > 1:
+                by = ", ".join(f"rank {r}: {v}" for r, v in enumerate(values))
+                raise ConfigError(f"rank {self.job.rank}: {name} differs between ranks ({by}); set it the same "
+                                  f"on every rank")
 
     def _timeout_message(self) -> str:
         waited = f"rank {self.job.rank}: init() timed out after {self.settings.init_timeout:g} s at the rendezvous {self.where}"

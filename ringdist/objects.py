@@ -83,16 +83,21 @@ def _raw(buffer: pickle.PickleBuffer) -> memoryview:
         return memoryview(bytes(buffer))
 
 
-def unpickle(payload: memoryview, sizes: list[int]) -> Any:
-    """The object whose parts (the pickle, then its buffers) lie back to back in `payload`."""
+def unpickle(payload: memoryview, sizes: list[int], whose: str) -> Any:
+    """The object whose parts (the pickle, then its buffers) lie back to back in `payload`;
+    one that cannot be unpickled here is a ValueError saying `whose` it is ("rank 1: recv_object:
+    the object from rank 0"), the unpickler's own error chained to it."""
     parts, at = [], 0
     for k in sizes:
         parts.append(payload[at:at + k])
         at += k
-    return pickle.loads(parts[0], buffers=parts[1:])
+    try:
+        return pickle.loads(parts[0], buffers=parts[1:])
+    except Exception as exc:  # noqa: BLE001 - unpickling runs the sender's classes' code
+        raise ValueError(f"{whose} cannot be unpickled here: {type(exc).__name__}: {exc}") from exc
 
 
-def _copy(pickled: Pickled) -> Any:
+def _copy(pickled: Pickled, whose: str) -> Any:
     """This rank's own object as every other rank sees it (a copy, sharing no memory)."""
     sizes = [len(p) for p in pickled.parts]
     data = memoryview(buffers.cache.empty((sum(sizes),), np.dtype(np.uint8)))  # one copy, into reused memory
@@ -100,7 +105,7 @@ def _copy(pickled: Pickled) -> Any:
     for part in pickled.parts:
         data[at:at + len(part)] = part
         at += len(part)
-    return unpickle(data, sizes)
+    return unpickle(data, sizes, whose)
 
 
 def _object_check(header: wire.Header, cap: int, sender: Any = None):
@@ -144,13 +149,15 @@ def all_gather_object(obj: Any, *, group: Comm | None = None, timeout: float | N
     if n == 1:
         g.check_usable("all_gather_object")
         pickled.raise_error()
-        return [_copy(pickled)]
+        return [_copy(pickled, f"rank {r}: all_gather_object: the object from rank {r}")]
     algorithm = tuning.choose(g, "all_gather_object", 0)
     header = _header(g, "all_gather_object", NOTHING, algorithm.name)
     with pickled.sending():
         got = algorithm.gather_v(g, header, (pickled.parts, pickled.fields), _object_check(header, cap), timeout)
         g.finish("all_gather_object")
-    return [_copy(pickled) if q == r else unpickle(got[q][1], got[q][0]["sizes"]) for q in range(n)]
+    whose = f"rank {r}: all_gather_object: the object from rank "
+    return [_copy(pickled, f"{whose}{q}") if q == r else unpickle(got[q][1], got[q][0]["sizes"], f"{whose}{q}")
+            for q in range(n)]
 
 
 def broadcast_object(obj: Any, root: int = 0, *, group: Comm | None = None, timeout: float | None = None,
@@ -178,7 +185,7 @@ def broadcast_object(obj: Any, root: int = 0, *, group: Comm | None = None, time
     if pickled is not None:
         return obj
     fields, payload = got[root]
-    return unpickle(payload, fields["sizes"])
+    return unpickle(payload, fields["sizes"], f"rank {r}: broadcast_object: the object from rank {root}")
 
 
 def _message_header(number: int, fields: dict[str, Any]) -> wire.Header:
@@ -241,4 +248,4 @@ def _recv_object(g: Comm, src: int, cap: int, timeout: float | None) -> Any:
     inflow = SizedInflow(ch, "recv_object", accept)
     g.run("recv_object", [inflow], [], [ch], timeout=timeout)
     assert inflow.fields is not None and inflow.dest is not None
-    return unpickle(inflow.dest, inflow.fields["sizes"])
+    return unpickle(inflow.dest, inflow.fields["sizes"], f"rank {g.rank()}: recv_object: the object from rank {src}")

@@ -10,6 +10,8 @@ each arrives whole, and each thread's in its order.
 
 from __future__ import annotations
 
+import math
+import numbers
 from typing import Any
 
 import numpy as np
@@ -91,15 +93,8 @@ def _expect_message(mine: dict[str, Any], theirs: dict[str, Any], ch: Channel) -
     if mine != theirs:
         got = dict(theirs)
         raise MismatchError(
-            f"rank {ch.me} expected recv(shape={tuple(mine['shape'])}, dtype={_dtype_name(mine)}) "
+            f"rank {ch.me} expected recv(shape={tuple(mine['shape'])}, dtype={wire.describe_dtype(mine['dtype'])}) "
             f"from rank {ch.peer} but rank {ch.peer} sent {wire.describe_header(got)} (group {ch.group!r})")
-
-
-def _dtype_name(header: dict[str, Any]) -> str:
-    try:
-        return np.dtype(header["dtype"]).name
-    except Exception:
-        return str(header["dtype"])
 
 
 class _Recv:
@@ -122,8 +117,12 @@ class _Recv:
         dt = np.dtype(self.dtype)
         if dt.hasobject:
             raise TypeError("ringdist receives raw array bytes; object dtypes are not supported")
-        # broadcast_to checks shape as np.empty does
-        self.out = buffers.cache.empty(np.broadcast_to(0, self.shape).shape, dt)
+        shape = _shape(self.shape)
+        try:
+            self.out = buffers.cache.empty(shape, dt)
+        except MemoryError:
+            raise MemoryError(f"rank {g.rank()}: recv: no memory for shape={shape}, dtype={dt} "
+                              f"({math.prod(shape) * dt.itemsize} bytes)") from None
         g.check_usable("recv")
         return g._timeout(self.timeout)
 
@@ -145,6 +144,22 @@ class _Recv:
         return self.out
 
     release = _Send.release
+
+
+def _shape(shape: Any) -> tuple[int, ...]:
+    """recv's `shape` as a tuple: an integer or a sequence of them, none negative."""
+    dims = (shape,) if isinstance(shape, numbers.Integral) else shape
+    try:
+        dims = tuple(dims)
+    except TypeError:
+        raise TypeError(f"recv: shape must be an integer or a sequence of integers, got "
+                        f"{type(shape).__name__}") from None
+    for d in dims:
+        if isinstance(d, bool) or not isinstance(d, numbers.Integral):
+            raise TypeError(f"recv: shape={shape!r}: each dimension must be an integer, got {type(d).__name__}")
+        if d < 0:
+            raise ValueError(f"recv: shape={shape!r}: dimensions cannot be negative")
+    return tuple(int(d) for d in dims)
 
 
 def recv(shape: Any, dtype: Any, src: int, *, group: Comm | None = None,

@@ -24,8 +24,8 @@ from that rank, or dialing it, then fails at once (`Endpoint.note_departed`) ins
 waiting out its timeout.
 
 Messages are CONTROL frames (msgpack maps) with a "type":
-  rank -> server: register {rank, size, addresses, host, pid}; query {}
-  server -> rank: table {members: [{rank, addresses, host, pid}]}; missing {ranks, hosts}; error {message};
+  rank -> server: register {rank, size, addresses, host, pid, agree}; query {}
+  server -> rank: table {members: [{rank, addresses, host, pid, agree}]}; missing {ranks, hosts}; error {message};
                   left {rank, why}
 """
 
@@ -217,7 +217,7 @@ class RendezvousServer:
             if rank in self._members:
                 raise refuse(f"rank {rank} registered twice (second from pid {msg.get('pid')})")
             self._members[rank] = {"rank": rank, "addresses": addresses, "host": msg.get("host", "?"),
-                                   "pid": msg.get("pid", 0)}
+                                   "pid": msg.get("pid", 0), "agree": msg.get("agree", {})}
             self._conns[rank] = conn
             self._watch(rank, conn)
             self._send_locks[rank] = threading.Lock()

@@ -15,6 +15,8 @@ from .collectives import gather_rows
 from . import work
 from .comm import Comm
 
+_INT64_MIN, _INT64_MAX = -(1 << 63), (1 << 63) - 1
+
 
 def split(parent: Comm, color: int, key: int = -1) -> Comm | None:
     """Ranks of `parent` with equal `color` form a new communicator ordered by (`key`, parent rank).
@@ -24,6 +26,9 @@ def split(parent: Comm, color: int, key: int = -1) -> Comm | None:
     for name, value in (("color", color), ("key", key)):
         if isinstance(value, bool) or not isinstance(value, numbers.Integral):
             raise TypeError(f"Group.split: {name} must be an integer, got {type(value).__name__}")
+        if not _INT64_MIN <= int(value) <= _INT64_MAX:  # the exchange carries them as int64
+            raise ValueError(f"Group.split: {name}={int(value)} is out of range (a 64-bit signed integer: "
+                             f"{_INT64_MIN} to {_INT64_MAX})")
     color, key = int(color), int(key)
     me = parent.rank()
     if key < 0:

@@ -202,19 +202,25 @@ def check_header(fields: dict[str, Any]) -> dict[str, Any]:
     return fields
 
 
+def describe_dtype(tag: Any) -> str:
+    """A header's dtype as messages name it: float32, bfloat16; '>f4' (quoted) where the byte order
+    is not this machine's (else both sides of a mismatch would read float32); '<U6' rather than str192."""
+    import numpy as np
+
+    try:
+        dt = np.dtype(tag)
+        return dt.name if (dt.kind in "biufc" and dt.isnative) or dtype_tag(dt) == dt.name else repr(dt.str)
+    except Exception:
+        return repr(tag)
+
+
 def describe_header(fields: dict[str, Any]) -> str:
     """Human form of a header, e.g. `all_gather(shape=(3, 4), dtype=float32) [call #2]`.
 
     The `path` field (direct or ring, chosen from the size) is left out: it follows from the rest;
     so is `step`, which names a frame's part in a call of several (a broadcast's closing header).
     """
-    import numpy as np
-
-    try:
-        dt = np.dtype(fields["dtype"])
-        dtype = dt.name if dt.kind in "biufc" or dtype_tag(dt) == dt.name else dt.str  # float32, bfloat16, but '<U6' rather than str192
-    except Exception:
-        dtype = repr(fields.get("dtype"))
+    dtype = describe_dtype(fields.get("dtype"))
     shape = tuple(fields.get("shape", ()))
     if fields.get("op") == "split":  # its (color, key) exchange is an implementation detail
         return f"Group.split() [call #{fields.get('seq')}]"

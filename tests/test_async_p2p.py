@@ -96,3 +96,30 @@ def test_an_object_message_queued_behind_an_async_one_to_the_same_peer_waits_for
     assert res.returncode == 0, res.stdout + res.stderr
     assert "[1] got 8388608.0 {'x': 1}" in res.stdout or "[0] got [0. 1. 2. 3.] hello" in res.stdout, res.stdout
     assert "raised" not in res.stdout, res.stdout
+
+
+def test_recv_checks_its_shape_before_taking_a_message():
+    import numpy as np
+
+    import ringdist as rd
+    from harness import run_ranks
+
+    def rank(g):
+        if g.rank() == 0:
+            rd.send(np.arange(3.0), 1, group=g)
+            return None
+        found = []
+        for shape in ("abc", (-1,), 2.5, (2, None)):
+            try:
+                rd.recv(shape, np.float64, 0, group=g)
+            except (TypeError, ValueError) as exc:
+                found.append(f"{type(exc).__name__}: {exc}")
+        found.append(rd.recv(3, np.float64, 0, group=g).tolist())  # the message is still there, whole
+        return found
+
+    got = run_ranks(2, rank)[1]
+    assert got == ["TypeError: recv: shape='abc': each dimension must be an integer, got str",
+                   "ValueError: recv: shape=(-1,): dimensions cannot be negative",
+                   "TypeError: recv: shape must be an integer or a sequence of integers, got float",
+                   "TypeError: recv: shape=(2, None): each dimension must be an integer, got NoneType",
+                   [0.0, 1.0, 2.0]], got

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from helpers import run_launcher
+from helpers import SCRIPTS, run_launcher
 
 PY = sys.executable
 SHOW_ENV = ("import json, os; print(json.dumps({k: os.environ.get(k) for k in "
@@ -130,3 +130,14 @@ def test_program_that_is_not_executable_exits_126(tmp_path):
     assert result.returncode == 126, result.stderr
     assert "Traceback" not in result.stderr
     assert f"cannot start rank 0 (host localhost): Permission denied: '{program}'" in result.stderr
+
+
+def test_ranks_with_different_lane_counts_fail_in_init_naming_the_setting():
+    # Before anything connects: a ring built with 1 lane on one side and 2 on the other waited 30 s.
+    res = run_launcher(["-n", "2", str(SCRIPTS / "lanes_differ.py")], timeout=30,
+                       env={"RINGDIST_CONNECT_TIMEOUT": "60"})
+    lines = re.findall(r"^\[(\d)\] ConfigError: (.*)$", res.stdout, re.M)
+    assert sorted(r for r, _ in lines) == ["0", "1"], res.stdout + res.stderr
+    for _, text in lines:
+        assert "RINGDIST_LANES differs between ranks (rank 0: 1, rank 1: 2)" in text, text
+    assert res.returncode == 3

@@ -128,6 +128,41 @@ def test_an_unpicklable_object_fails_on_every_rank(n, shm):
     assert all(isinstance(o, rd.RingError) and "rank 0 could not send its object" in str(o) for o in outcomes[1:]), outcomes
 
 
+class _Refuses:
+    """Pickles; its unpickling raises (a class whose state the receiving side rejects)."""
+
+    def __reduce__(self):
+        return (_refuse, ("not here",))
+
+
+def _refuse(why):
+    raise ValueError(why)
+
+
+def test_an_object_that_cannot_be_unpickled_names_its_sender():
+    def rank(g):
+        found = []
+        for call in (lambda: rd.all_gather_object(_Refuses() if g.rank() == 1 else 0, group=g),
+                     lambda: rd.broadcast_object(_Refuses(), root=1, group=g),
+                     lambda: rd.send_object(_Refuses(), 1, group=g) if g.rank() == 0 else rd.recv_object(0, group=g)):
+            try:
+                call()
+                found.append(None)
+            except ValueError as exc:
+                found.append(str(exc))
+                assert isinstance(exc.__cause__, ValueError) and str(exc.__cause__) == "not here"
+        return found
+
+    got = run_ranks(2, rank)
+    for r in (0, 1):  # rank 1 unpickles its own copy too
+        assert got[r][0] == (f"rank {r}: all_gather_object: the object from rank 1 cannot be unpickled here: "
+                             "ValueError: not here"), got
+    assert got[0][1] == ("rank 0: broadcast_object: the object from rank 1 cannot be unpickled here: "
+                         "ValueError: not here") and got[1][1] is None, got
+    assert got[0][2] is None and got[1][2] == ("rank 1: recv_object: the object from rank 0 cannot be "
+                                               "unpickled here: ValueError: not here"), got
+
+
 @pytest.mark.parametrize("n", [3, 9])
 @pytest.mark.parametrize("variant", list(VARIANTS))
 def test_ranks_disagreeing_on_the_root_all_raise_then_the_group_is_broken(variant, n):

@@ -39,3 +39,25 @@ def test_ranks_that_disagree_on_split_raise_mismatch():
     lines = re.findall(r"^\[(\d)\] MismatchError: (.*)$", res.stdout, re.M)
     assert sorted(int(r) for r, _ in lines) == [0, 1, 2]
     assert any("split" in msg and "all_gather" in msg for _, msg in lines)
+
+
+def test_split_arguments_are_checked_before_anything_is_sent():
+    import ringdist as rd
+    from harness import run_ranks
+
+    def rank(g):
+        found = []
+        for color, key in ((1 << 63, 0), (0, -(1 << 63) - 1), (1.0, 0), (0, True)):
+            try:
+                g.split(color, key)
+            except (TypeError, ValueError) as exc:
+                found.append(f"{type(exc).__name__}: {exc}")
+        rd.barrier(group=g)  # the group is still usable: nothing was exchanged
+        return found
+
+    for found in run_ranks(2, rank):
+        assert len(found) == 4, found
+        assert found[0].startswith("ValueError: Group.split: color=9223372036854775808 is out of range"), found
+        assert found[1].startswith("ValueError: Group.split: key=-9223372036854775809 is out of range"), found
+        assert found[2] == "TypeError: Group.split: color must be an integer, got float", found
+        assert found[3] == "TypeError: Group.split: key must be an integer, got bool", found

@@ -38,6 +38,9 @@ def test_header_round_trip_and_description():
     assert decoded == header
     assert wire.describe_header(decoded) == "all_gather(shape=(2, 5), dtype=float32) [call #3]"
     assert "root=1" in wire.describe_header(wire.make_header("broadcast", 0, "<i8", (4,), root=1))
+    # The other byte order is shown as such: a mismatch between the two must not read float32 on both sides.
+    assert "dtype='>f4'" in wire.describe_header(wire.make_header("all_sum", 0, ">f4", (4,)))
+    assert "dtype=int8" in wire.describe_header(wire.make_header("all_sum", 0, "|i1", (4,)))
 
 
 @pytest.mark.parametrize("body", [b"", b"\xc1", b"\x91\x01", b"\x81\x01\x02", bytes(range(200, 256)), b"\xdd\xff\xff\xff\xff"])
