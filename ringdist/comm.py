@@ -252,17 +252,17 @@ class Comm:
         ranks that chose differently fail with MismatchError, never hang."""
         if self._closed or self._broken:
             self.check_usable(op)
+        key = (op, arr.dtype, arr.shape, path, self.both_ways, *extra.items()) if extra else \
+            (op, arr.dtype, arr.shape, path, self.both_ways)
+        template = self._headers.get(key)
+        if template is None:  # before a number is taken: a header too long (ValueError) leaves the group in step
+            template = self._template(key, op, arr, path, extra)
         me = threading.current_thread()  # a thread the threading module did not start gets a stand-in
         if self._caller.setdefault(0, me) is not me and self._in_call():  # setdefault: atomic under the GIL
             self._refuse_thread(op, me)
         self._caller[0] = me
         seq = self._seq
         self._seq = seq + 1
-        key = (op, arr.dtype, arr.shape, path, self.both_ways, *extra.items()) if extra else \
-            (op, arr.dtype, arr.shape, path, self.both_ways)
-        template = self._headers.get(key)
-        if template is None:
-            template = self._template(key, op, arr, path, extra)
         self._header = header = template.make(seq)
         if self._signals is not None:
             self._signals.announce(seq, header)

@@ -16,6 +16,7 @@ import contextlib
 import pickle
 from typing import Any
 
+import msgpack
 import numpy as np
 
 from . import buffers, tuning, wire, work
@@ -29,6 +30,12 @@ from .flows import Outflow, Segments, SizedInflow, check_same
 
 
 
+# The most bytes an object's list of part lengths may take in a header (a header is at most
+# wire.MAX_CONTROL): an object of more buffers than that lists (some 10,000: a list of small
+# arrays) is pickled with its buffers inside, one part (a copy more, on each side).
+SIZES_BYTES_MAX = wire.MAX_CONTROL // 2
+
+
 class Pickled:
     """An object as parts to send (the pickle, then its out-of-band buffers), or why it cannot be sent."""
 
@@ -39,6 +46,8 @@ class Pickled:
         try:
             main = pickle.dumps(obj, protocol=5, buffer_callback=out_of_band.append)
             self.parts = [memoryview(main)] + [_raw(b) for b in out_of_band]
+            if len(self.parts) > 1 and len(msgpack.packb([len(p) for p in self.parts])) > SIZES_BYTES_MAX:
+                self.parts = [memoryview(pickle.dumps(obj, protocol=5))]  # its buffers inside the pickle
         except Exception as exc:  # noqa: BLE001 - whatever pickling raised, every rank hears of it
             self.error = f"rank {rank}: {op}: the object cannot be pickled: {type(exc).__name__}: {exc}"
             return

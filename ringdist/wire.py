@@ -136,7 +136,18 @@ def dtype_tag(dtype: Any) -> str:
     return dtype.str
 
 
+# The longest dtype description a header carries (a header is at most MAX_CONTROL, with room
+# left for the fields a call's steps add): a structured dtype of about a thousand fields.
+DTYPE_TAG_MAX = MAX_CONTROL // 2
+
+
 def make_header(op: str, seq: int, dtype: str, shape: tuple[int, ...], **extra: Any) -> dict[str, Any]:
+    """A call's header fields; ValueError (before anything is sent) for a dtype too long to describe in one."""
+    if len(dtype) > DTYPE_TAG_MAX:
+        raise ValueError(
+            f"{op}: the dtype's description is {len(dtype)} characters, over the {DTYPE_TAG_MAX} a header "
+            f"carries (a structured dtype of about a thousand fields or more): send the array as raw bytes "
+            f"(x.view(np.uint8), then .view(dtype) on arrival)")
     header = {"op": op, "seq": seq, "dtype": dtype, "shape": list(shape)}
     header.update(extra)
     return header

@@ -218,6 +218,28 @@ def test_objects_of_thousands_of_buffers_past_the_mesh_over_tcp(algo):
     assert run_ranks(9, rank, shm=False, algo=(("all_gather_object", algo),)) == [True] * 9
 
 
+def test_objects_of_more_buffers_than_a_header_lists_travel_in_one_part():
+    # 100,000 small arrays: their lengths would not fit a header (64 KiB); pickled with the
+    # buffers inside instead, on every path (a message, a broadcast, a gather).
+    def rank(g):
+        obj = [np.full(2, g.rank() * 7 + i % 5, np.int8) for i in range(100_000)]
+        if g.rank() == 0:
+            rd.send_object(obj, 1, group=g)
+            got = None
+        else:
+            got = rd.recv_object(0, group=g)
+        b = rd.broadcast_object(obj, root=1, group=g)
+        a = rd.all_gather_object(obj, group=g)
+        return got, b, a
+
+    for r, (got, b, a) in enumerate(run_ranks(2, rank)):
+        want = [[np.full(2, q * 7 + i % 5, np.int8) for i in range(100_000)] for q in range(2)]
+        assert (got is None) == (r == 0)
+        for have, expect in [(got, want[0]), (b, want[1]), (a[0], want[0]), (a[1], want[1])]:
+            if have is not None:
+                assert len(have) == 100_000 and all(np.array_equal(x, y) for x, y in zip(have, expect))
+
+
 @pytest.mark.parametrize("algo", ["bruck", "ring"])
 def test_an_object_kept_keeps_only_its_own_bytes_alive(algo):
     # A Bruck step carries several ranks' blocks; each lands in a buffer of its own, so keeping

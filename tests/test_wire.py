@@ -125,3 +125,14 @@ def test_header_template_bytes_equal_msgpack_packing(seq):
         made = wire.HeaderTemplate(op, dtype, shape, **extra).make(seq)
         packed = wire.Header(wire.make_header(op, seq, dtype, shape, **extra))
         assert (made.body, made.frame, made.fields) == (packed.body, packed.frame, packed.fields)
+
+
+def test_a_dtype_too_long_for_a_header_is_refused_before_anything_is_sent():
+    import numpy as np
+
+    tag = wire.dtype_tag(np.dtype([(f"field_{i:05d}", "<i1") for i in range(3000)]))
+    with pytest.raises(ValueError, match=r"all_gather: the dtype's description is \d+ characters, over the 32768"):
+        wire.HeaderTemplate("all_gather", tag, (2,))
+    with pytest.raises(ValueError, match="send: the dtype's description"):
+        wire.make_header("send", 0, tag, (2,))
+    wire.HeaderTemplate("all_gather", wire.dtype_tag(np.dtype([(f"f{i}", "<i1") for i in range(500)])), (2,))
