@@ -152,6 +152,10 @@ class Comm:
                 self.ring.close()
                 raise
         _open_groups.add(self)
+        # A group dropped without close() releases what it holds when it is collected (its
+        # connections, eventfds and shared memory; its peers see its connections close).
+        self._finalizer = weakref.finalize(self, _release_parts, self.shm, self.hierarchy, self.links, self.ring,
+                                           self._p2p_out, self._p2p_in, endpoint, gid)
         if endpoint is not None:  # a group of one process has no connections: it works in a child too
             forks.track(self)
 
@@ -572,6 +576,7 @@ class Comm:
 
         self.check_usable = refuse  # type: ignore[method-assign] - every operation checks the group first
         self._broken = why  # collectives check only groups marked closed or broken
+        self._finalizer.detach()  # the connections and memory are the parent's: the child closes nothing of them
 
     def close(self) -> None:
         """Release the group's connections. Idempotent; the group is unusable afterwards.
@@ -599,19 +604,25 @@ class Comm:
             return
         self._closed = True
         self._signals = None
-        if self.shm is not None:
-            self.shm.close()
-        if self.hierarchy is not None:
-            self.hierarchy.close()
-        if self.links is not None:
-            self.links.close()
-        if self.ring is not None:
-            self.ring.close()
-        for ch, _ in list(self._p2p_out.values()) + list(self._p2p_in.values()):
-            ch.close()
-        if self._endpoint is not None:
-            self._endpoint.discard(self.gid)
+        self._finalizer()  # `_release_parts`, once
         _open_groups.discard(self)
+
+
+def _release_parts(shm: ShmLink | None, hierarchy: Hierarchy | None, links: Links | None, ring: RingLinks | None,
+                   p2p_out: dict[int, list], p2p_in: dict[int, list], endpoint: Endpoint | None, gid: str) -> None:
+    """Close what a group holds: at `close()`, or when a group nobody closed is collected."""
+    if shm is not None:
+        shm.close()
+    if hierarchy is not None:
+        hierarchy.close()
+    if links is not None:
+        links.close()
+    if ring is not None:
+        ring.close()
+    for ch, _ in list(p2p_out.values()) + list(p2p_in.values()):
+        ch.close()
+    if endpoint is not None:
+        endpoint.discard(gid)
 
 
 def busy_pair(rank: int, op: str, peer: int, outgoing: bool, gid: str, limit: float) -> str:
