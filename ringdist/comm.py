@@ -154,8 +154,9 @@ class Comm:
         _open_groups.add(self)
         # A group dropped without close() releases what it holds when it is collected (its
         # connections, eventfds and shared memory; its peers see its connections close).
-        self._finalizer = weakref.finalize(self, _release_parts, self.shm, self.hierarchy, self.links, self.ring,
-                                           self._p2p_out, self._p2p_in, endpoint, gid)
+        self._parts = {"shm": self.shm, "hierarchy": self.hierarchy, "links": self.links, "ring": self.ring}
+        self._finalizer = weakref.finalize(self, _release_parts, self._parts, self._p2p_out, self._p2p_in,
+                                           endpoint, gid)
         if endpoint is not None:  # a group of one process has no connections: it works in a child too
             forks.track(self)
 
@@ -170,7 +171,7 @@ class Comm:
                     settings=dataclasses.replace(self.settings, shm_signals=False),
                     addresses=[self._addresses[p] for p in ranks],
                     world_ranks=[self._world_ranks[p] for p in ranks])
-        link, host.shm = host.shm, None
+        link, host.shm, host._parts["shm"] = host.shm, None, None  # kept: only its TCP connections close
         host.close()
         return link
 
@@ -608,17 +609,14 @@ class Comm:
         _open_groups.discard(self)
 
 
-def _release_parts(shm: ShmLink | None, hierarchy: Hierarchy | None, links: Links | None, ring: RingLinks | None,
-                   p2p_out: dict[int, list], p2p_in: dict[int, list], endpoint: Endpoint | None, gid: str) -> None:
-    """Close what a group holds: at `close()`, or when a group nobody closed is collected."""
-    if shm is not None:
-        shm.close()
-    if hierarchy is not None:
-        hierarchy.close()
-    if links is not None:
-        links.close()
-    if ring is not None:
-        ring.close()
+def _release_parts(parts: dict[str, Any], p2p_out: dict[int, list], p2p_in: dict[int, list],
+                   endpoint: Endpoint | None, gid: str) -> None:
+    """Close what a group holds (`parts`: its shm link, hierarchy, links and ring, each with a
+    close(), or None): at `close()`, or when a group nobody closed is collected."""
+    for name in ("shm", "hierarchy", "links", "ring"):
+        part = parts[name]
+        if part is not None:
+            part.close()
     for ch, _ in list(p2p_out.values()) + list(p2p_in.values()):
         ch.close()
     if endpoint is not None:
