@@ -124,8 +124,9 @@ def _raise_next_abort(ch: Channel, seq: int, op: str) -> None:
 
 
 def abort(outflows: list[Finishing], channels: list[Channel], exc: BaseException, me: int, seq: int | None,
-          timeout: float = 1.0) -> None:
-    """Tell every peer on `channels` that collective `seq` failed (best effort, bounded)."""
+          timeout: float = 1.0) -> bytes:
+    """Tell every peer on `channels` that collective `seq` failed (best effort, bounded); returns
+    the ABORT frame, for peers that connect later (`Endpoint.note_aborted`)."""
     frame = wire.encode_map(wire.ABORT, abort_fields(exc, me, seq))
     deadline = time.monotonic() + timeout  # one budget for the whole abort, not one per peer
     finished = set()
@@ -145,3 +146,4 @@ def abort(outflows: list[Finishing], channels: list[Channel], exc: BaseException
             ch.send_control_blocking(frame, max(0.05, deadline - time.monotonic()))
         except RingError:
             pass
+    return frame

@@ -10,7 +10,7 @@ the address and, where the caller passes it, the peer and the operation.
 - non-blocking I/O: `recv_ready`, `send_ready`;
 - blocking I/O with deadlines: `send_blocking`, `recv_exact`, `recv_control` (PeerLostError,
   RingTimeoutError, ProtocolError);
-- closing: `close_quietly`, `shutdown_quietly`, `forget_fd`;
+- closing: `send_quietly` (a last frame), `close_quietly`, `shutdown_quietly`, `forget_fd`;
 - edges that are not sockets: `read_private_file` (ConfigError), `advise_huge_pages`;
 - shared memory on one machine: `listen_local`, `dial_local` (abstract Unix sockets),
   `make_segment`, `map_segment`, `unmap` (anonymous memory files), `send_fds`, `recv_fds`
@@ -305,6 +305,16 @@ def close_quietly(thing: socket.socket | int) -> None:
             os.close(thing)
         else:
             thing.close()
+    except OSError:
+        pass
+
+
+def send_quietly(sock: socket.socket, data: bytes) -> None:
+    """Send a small frame without waiting (it fits an empty socket's buffer); a connection already
+    gone, or a full buffer, is fine: the peer then sees the close alone."""
+    try:
+        sock.setblocking(False)
+        sock.send(data)
     except OSError:
         pass
 

@@ -483,10 +483,19 @@ class Comm:
 
     def _fail(self, op: str, channels: list[Channel], seq: int | None, outflows: list[Outflow],
               exc: BaseException) -> None:
-        """Mark the group broken by `exc` and tell the peers (an ABORT on every channel)."""
+        """Mark the group broken by `exc` and tell the peers (an ABORT on every channel).
+
+        A collective's failure goes to every connection of the group's collectives, not only
+        the call's: a peer linked to this rank but not in this step must read why before it
+        sees this rank's connections close (past 8 ranks, where links open on first use, it
+        saw the close first and told its own peers of a lost rank instead of the mismatch)."""
         self._broken = f"{op}: {type(exc).__name__}: {exc}"
         self._caller.clear()  # the call is over
-        aborts.abort(outflows, channels, exc, self._rank, seq)
+        if self.ring is not None and not any(ch.role.startswith("p2p") for ch in channels):
+            channels = channels + [ch for ch in self.channels if ch not in channels]
+        frame = aborts.abort(outflows, channels, exc, self._rank, seq)
+        if self._endpoint is not None:  # a peer that connects to this group from now on hears it too
+            self._endpoint.note_aborted(self.gid, frame)
 
     def _spin(self, receiving: int) -> float:
         """Seconds a wait may spin, for an operation receiving this many bytes: only operations

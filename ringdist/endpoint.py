@@ -51,6 +51,9 @@ class Endpoint:
         # Ranks that have left the job, by their first address: why, and when this rank heard
         # (from the launcher's rendezvous: `control`).
         self._departed: dict[tuple[str, int], tuple[str, float]] = {}
+        # Groups whose collective failed here: the ABORT sent to their peers, by group id, for
+        # a peer whose link arrives after it was sent (a link opened on first use).
+        self._aborted: dict[str, bytes] = {}
         self._closed = False
         self._listeners: list[socket.socket] = []
         self.local_path: str | None = None  # the "posix" backend's socket file, while listening
@@ -103,6 +106,11 @@ class Endpoint:
             if self._closed:
                 conn.close()
                 return
+            frame = self._aborted.get(key.group)
+            if frame is not None:  # the group failed here: the dialer reads why, then the end
+                channel.send_quietly(conn, frame)
+                conn.close()
+                return
             self._inbox.setdefault(key, []).append(conn)
             self._cond.notify_all()
 
@@ -112,6 +120,13 @@ class Endpoint:
             self._departed.setdefault((address[0], int(address[1])), (why, time.monotonic()))
             self._cond.notify_all()
 
+    def note_aborted(self, group: str, frame: bytes) -> None:
+        """Group `group`'s collective failed here with the ABORT `frame`: a peer's connection for
+        that group arriving from now on gets the frame and is closed, instead of waiting in the
+        inbox for a take that will never come (the dialer raises the ABORT, not a lost peer)."""
+        with self._cond:
+            self._aborted[group] = frame
+
     def departed(self, addresses: list[tuple[str, int]]) -> str | None:
         """Why the rank listening at `addresses` has left the job, if it has (None: not known to)."""
         if not addresses or not self._departed:
@@ -120,19 +135,17 @@ class Endpoint:
         gone = self._departed.get((ip, int(port)))
         return gone[0] if gone is not None else None
 
-    def _gone(self, source: list[tuple[str, int]] | None, what: str, now: float) -> float | None:
-        """With the lock held and nothing in the inbox from the rank listening at `source`:
-        PeerLostError if it left the job DEPARTED_GRACE ago or more; the seconds of grace left
-        if it left less long ago; None if it has not left (as far as this rank knows)."""
+    def _gone(self, source: list[tuple[str, int]] | None, now: float) -> str | float | None:
+        """With the lock held and nothing in the inbox from the rank listening at `source`: why
+        it left the job, if that was DEPARTED_GRACE ago or more; the seconds of grace left if it
+        left less long ago; None if it has not left (as far as this rank knows)."""
         if source is None or not self._departed:
             return None
         gone = self._departed.get((source[0][0], int(source[0][1])))
         if gone is None:
             return None
         why, heard = gone
-        if now - heard >= DEPARTED_GRACE:
-            raise PeerLostError(f"{self.label}: {what}: {why}")
-        return heard + DEPARTED_GRACE - now
+        return why if now - heard >= DEPARTED_GRACE else heard + DEPARTED_GRACE - now
 
     def take(self, key: InboxKey, deadline: float, what: str,
              check: Callable[[], None] | None = None,
@@ -142,7 +155,8 @@ class Endpoint:
         `check` (if given) runs every CHECK_INTERVAL seconds of the wait, outside the lock:
         it may raise to give up (an ABORT found on another connection, say). `source`: the
         addresses of the rank expected to connect; once it is known to have left the job (and
-        DEPARTED_GRACE has passed with nothing from it), PeerLostError."""
+        DEPARTED_GRACE has passed with nothing from it), PeerLostError, after a last `check` (an
+        ABORT from another rank names the first failure, which that rank's departure may follow)."""
         while True:
             with self._cond:
                 queue = self._inbox.get(key)
@@ -157,12 +171,15 @@ class Endpoint:
                 if left <= 0 or self._closed:
                     raise RingTimeoutError(f"{self.label}: {what}: no connection arrived in time")
                 wait = deadlines.wait_slice(left)
-                gone = self._gone(source, what, now)
-                if gone is not None:  # heard of its departure: the grace, then PeerLostError
+                gone = self._gone(source, now)
+                if isinstance(gone, float):  # heard of its departure: the grace, then PeerLostError
                     wait = min(wait, gone)
-                self._cond.wait(wait if check is None else min(wait, CHECK_INTERVAL))
+                if not isinstance(gone, str):
+                    self._cond.wait(wait if check is None else min(wait, CHECK_INTERVAL))
             if check is not None:
                 check()
+            if isinstance(gone, str):
+                raise PeerLostError(f"{self.label}: {what}: {gone}")
 
     def take_nowait(self, key: InboxKey, what: str = "", source: list[tuple[str, int]] | None = None
                     ) -> socket.socket | None:
@@ -171,7 +188,9 @@ class Endpoint:
         with self._cond:
             queue = self._inbox.get(key)
             if not queue:
-                self._gone(source, what, time.monotonic())
+                gone = self._gone(source, time.monotonic())
+                if isinstance(gone, str):
+                    raise PeerLostError(f"{self.label}: {what}: {gone}")
                 return None
             conn = queue.pop(0)
             if not queue:
@@ -207,6 +226,8 @@ class Endpoint:
         while True:
             gone = self.departed(addresses)
             if gone is not None:
+                if check is not None:
+                    check()  # an ABORT already here names the first failure
                 raise PeerLostError(f"{self.label}: lost {peer}: {gone}")
             refused = 0
             for ip, port in addresses:
@@ -236,6 +257,8 @@ class Endpoint:
                 sock.settimeout(None)
                 return sock
             if up and refused == len(addresses):
+                if check is not None:
+                    check()
                 raise PeerLostError(f"{self.label}: lost {peer}: nothing listens at its address any more "
                                     f"({'; '.join(errors[-len(addresses):])}): it has left the job")
             if time.monotonic() + delay >= deadline:

@@ -136,3 +136,37 @@ def test_a_silent_peer_times_out_naming_it(pair):
     thread.join(10)
     assert len(errors) == 1 and isinstance(errors[0], RingTimeoutError)
     assert "receiving from rank 1" in str(errors[0]) and "header not yet received" in str(errors[0])
+
+
+def test_a_link_arriving_after_its_group_failed_reads_the_abort_then_the_close():
+    # Past 8 ranks links open on first use: a peer may dial a rank whose collective already
+    # failed. It must read why (the ABORT that rank sent its other peers), not just a close.
+    import time
+
+    from ringdist import aborts, wire
+    from ringdist.channel import recv_control
+    from ringdist.endpoint import Endpoint, InboxKey
+    from ringdist.errors import MismatchError, PeerLostError
+
+    secret = b"late link secret"
+    failed = Endpoint(secret, ["127.0.0.1"], connect_timeout=5, label="rank 6")
+    dialer = Endpoint(secret, ["127.0.0.1"], connect_timeout=5, label="rank 2")
+    try:
+        frame = wire.encode_map(wire.ABORT, aborts.abort_fields(MismatchError("rank 5 called all_max"), 6, 3))
+        failed.note_aborted("world", frame)
+        sock = dialer.connect(failed.addresses, InboxKey("world", 2, "link", 0), time.monotonic() + 5,
+                              "rank 6 of group 'world'", up=True)
+        kind, fields, _ = recv_control(sock, time.monotonic() + 5)
+        assert kind == wire.ABORT and fields["error"] == "MismatchError" and fields["seq"] == 3, fields
+        assert fields["message"] == "rank 5 called all_max" and fields["origin"] == 6, fields
+        with pytest.raises(PeerLostError):  # then the end
+            recv_control(sock, time.monotonic() + 5)
+        sock.close()
+        # Another group's connections are filed as ever.
+        other = dialer.connect(failed.addresses, InboxKey("world/0:0", 2, "link", 0), time.monotonic() + 5,
+                               "rank 6 of group 'world/0:0'", up=True)
+        failed.take(InboxKey("world/0:0", 2, "link", 0), time.monotonic() + 5, "waiting for rank 2").close()
+        other.close()
+    finally:
+        failed.close()
+        dialer.close()
