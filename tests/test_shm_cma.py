@@ -258,3 +258,24 @@ def test_it_is_not_chosen_without_the_link():
     with pytest.raises(RankFailed, match=r"shm-cma.*needs every rank to read its peers' memory"):
         run_ranks(2, rank, shm_cma=False, algo=(("all_to_all", "shm-cma"),))
 
+
+
+def test_a_block_gone_from_its_owners_memory_is_a_lost_peer():
+    # Rank 1 says its block lies at an address nothing is mapped at (as when its process is
+    # exiting and its memory goes first): rank 0's read fails with EFAULT, a PeerLostError
+    # naming rank 1, and rank 1 gets the ABORT instead of waiting for rank 0's signal.
+    def rank(g: rd.Group) -> str:
+        if g.rank() == 1:
+            publish = g._signals.publish
+            g._signals.publish = lambda address, second=0: publish(4096, second)  # the first page: never mapped
+        try:
+            rd.all_gather(np.ones(BLOCK // 4, np.float32), group=g)
+        except RingError as exc:
+            return f"{type(exc).__name__}: {exc}"
+        return "no error"
+
+    got = run_ranks(2, rank, timeout=30)
+    assert re.fullmatch(r"PeerLostError: rank 0: all_gather on group 'world': reading rank 1's block from its "
+                        r"memory \(process \d+\) failed: Bad address \(its memory there is gone: the process is "
+                        r"exiting\)", got[0]), got
+    assert got[1].startswith("PeerLostError: ") and "reading rank 1's block" in got[1], got

@@ -44,7 +44,7 @@ import os
 
 import numpy as np
 
-from .. import buffers, crossmem, schedule, shmsignal, wire
+from .. import aborts, buffers, crossmem, schedule, shmsignal, wire
 from ..arrays import REDUCERS, byte_view
 from ..comm import Comm
 from ..errors import MismatchError, PeerLostError, ProtocolError, RingError
@@ -62,7 +62,17 @@ def _read(g: Comm, p: int, into: memoryview, remote: int, op: str) -> None:
     if code:
         what = (f"rank {g.rank()}: {op} on group {g.gid!r}: reading rank {p}'s block from its memory "
                 f"(process {link.pids[p]}) failed: {os.strerror(code)}")
-        err = PeerLostError(what + " (the process is gone)") if code == errno.ESRCH else RingError(what)
+        if code == errno.ESRCH:
+            err: RingError = PeerLostError(what + " (the process is gone)")
+        elif code == errno.EFAULT:  # the block is no longer mapped there: the process is leaving
+            err = PeerLostError(what + " (its memory there is gone: the process is exiting)")
+        else:
+            err = RingError(what)
+        try:
+            aborts.pending_abort(g.channels, op)  # why the peer left, if it said so first
+        except BaseException as exc:
+            g._fail(op, g.channels, g._seq - 1, [], exc)
+            raise
         g._fail(op, g.channels, g._seq - 1, [], err)
         raise err
 
