@@ -199,6 +199,7 @@ class _Supervisor:
             host=self.plan.rendezvous_host,
             port=self.plan.rendezvous_port,
             rank_hosts=[r.host for r in self.plan.ranks],
+            announce_departures=True,  # its ranks watch their control connections for the whole job
         )
         try:
             server.start()
@@ -304,7 +305,8 @@ class _Supervisor:
                     self.policy.rank_pid(event.rank, remote_pid)
                 self._log(f"rank {event.rank} {describe_exit(event.returncode)}")
                 if self.server is not None:  # ranks waiting for it (to register, to connect) fail now
-                    self.server.rank_left(event.rank, describe_exit(event.returncode))
+                    threading.Thread(target=self.server.rank_left, args=(event.rank, describe_exit(event.returncode)),
+                                     name="ringdist-left", daemon=True).start()  # sends may block: not here
                 self._apply(self.policy.rank_exited(event.rank, event.returncode, self._left(),
                                                     self._exiting(event.returncode)))
             elif isinstance(event, _NotStarted):

@@ -157,6 +157,7 @@ class Comm:
         self._parts = {"shm": self.shm, "hierarchy": self.hierarchy, "links": self.links, "ring": self.ring}
         self._finalizer = weakref.finalize(self, _release_parts, self._parts, self._p2p_out, self._p2p_in,
                                            endpoint, gid)
+        self._finalizer.atexit = False  # at exit `world.shutdown` closes the control connection first, then groups
         if endpoint is not None:  # a group of one process has no connections: it works in a child too
             forks.track(self)
 

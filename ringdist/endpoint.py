@@ -316,7 +316,7 @@ class Endpoint:
             if self._closed:
                 return
             self._closed = True
-            for queue in self._inbox.values():
+            for queue in list(self._inbox.values()):
                 for conn in queue:
                     conn.close()
             self._inbox.clear()

@@ -102,6 +102,8 @@ def unpickle(payload: memoryview, sizes: list[int], whose: str) -> Any:
         at += k
     try:
         return pickle.loads(parts[0], buffers=parts[1:])
+    except MemoryError:
+        raise
     except Exception as exc:  # noqa: BLE001 - unpickling runs the sender's classes' code
         raise ValueError(f"{whose} cannot be unpickled here: {type(exc).__name__}: {exc}") from exc
 

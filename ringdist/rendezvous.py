@@ -18,10 +18,13 @@ Arrivals are accepted and authenticated by an `Acceptor` (one thread for all, a 
 on handshakes in progress, rate-limited refusal logs); only a connection that proved
 the job secret gets a thread, to read its registration and queries.
 
-Every rank still connected hears when another leaves the job (its control connection closes,
-or the launcher sees its process end before it registered): a rank waiting for a connection
-from that rank, or dialing it, then fails at once (`Endpoint.note_departed`) instead of
-waiting out its timeout.
+Under the launcher (`announce_departures`), every rank still connected hears when another
+leaves the job (its control connection closes, or the launcher sees its process end before it
+registered): a rank waiting for a connection from that rank, or dialing it, then fails at once
+(`Endpoint.note_departed`) instead of waiting out its timeout. A rank that registers later hears
+of earlier departures at once; a rank whose table is due gets it before any notice, so every
+rank checks the same table (`ConfigError`s alike). Under a scheduler every rank closes its control
+connection once it has the table: nothing is announced.
 
 Messages are CONTROL frames (msgpack maps) with a "type":
   rank -> server: register {rank, size, addresses, host, pid, agree}; query {}
@@ -66,7 +69,8 @@ class RendezvousServer:
     """Collects every rank's addresses and hands out the table; keeps control connections."""
 
     def __init__(self, secret: str, world_size: int, host: str = "127.0.0.1", port: int = 0,
-                 rank_hosts: list[str] | None = None, handshake_timeout: float = 10.0):
+                 rank_hosts: list[str] | None = None, handshake_timeout: float = 10.0,
+                 announce_departures: bool = False):
         self._secret = secret.encode()
         self._job = wire.job_id(self._secret)
         self.world_size = world_size
@@ -78,7 +82,11 @@ class RendezvousServer:
         self._members: dict[int, dict[str, Any]] = {}
         self._conns: dict[int, socket.socket] = {}
         self._left: dict[int, float] = {}  # rank -> time.monotonic() its control connection closed
-        self._told: set[int] = set()  # ranks whose departure every connected rank has been told of
+        self.announce_departures = announce_departures
+        self._notices: dict[int, dict[str, Any]] = {}  # rank -> the `left` notice of its departure
+        self._table: dict[str, Any] | None = None  # once every rank has registered
+        self._tabled: set[int] = set()  # ranks sent the table
+        self._held: dict[int, list[dict[str, Any]]] = {}  # notices for a rank whose table is still due
         self._departures = select.epoll() if hasattr(select, "epoll") else None  # Linux
         self._fd_rank: dict[int, int] = {}  # control connections in _departures
         self._send_locks: dict[int, threading.Lock] = {}
@@ -143,15 +151,40 @@ class RendezvousServer:
                 self.rank_left(rank, "its connection to the launcher closed (its process ended)")
 
     def rank_left(self, rank: int, why: str) -> None:
-        """Tell every rank still connected that `rank` has left the job (once per rank)."""
-        with self._lock:
-            if rank in self._told or self._closed:
-                return
-            self._told.add(rank)
-            others = [r for r in self._conns if r != rank]
+        """Tell every rank still connected that `rank` has left the job (once per rank; only
+        with `announce_departures`)."""
+        if not self.announce_departures:
+            return
         message = {"type": "left", "rank": rank, "why": why}
+        with self._lock:
+            if rank in self._notices or self._closed:
+                return
+            self._notices[rank] = message
+            others = [r for r in self._conns if r != rank]
         for r in others:
-            self._send(r, message)
+            self._notify(r, message)
+
+    def _notify(self, rank: int, message: dict[str, Any]) -> None:
+        """Send a notice to `rank`, after its table if that is due (held until `_send_table`)."""
+        lock = self._send_locks.get(rank)
+        if lock is None:
+            return
+        with lock:
+            if self._table is not None and rank not in self._tabled:
+                self._held.setdefault(rank, []).append(message)
+                return
+            self._send_now(rank, message)
+
+    def _send_table(self, rank: int) -> None:
+        lock = self._send_locks.get(rank)
+        if lock is None:
+            return
+        with lock:
+            assert self._table is not None
+            self._send_now(rank, self._table)
+            self._tabled.add(rank)
+            for message in self._held.pop(rank, []):
+                self._send_now(rank, message)
 
     def disconnected_at(self, rank: int) -> float | None:
         """When (`time.monotonic()`) `rank`'s control connection closed; None while open or never made."""
@@ -223,26 +256,42 @@ class RendezvousServer:
             self._send_locks[rank] = threading.Lock()
             done = len(self._members) == self.world_size
             if done:
-                table = {"type": "table", "members": [self._members[r] for r in range(self.world_size)]}
+                self._table = {"type": "table", "members": [self._members[r] for r in range(self.world_size)]}
+            earlier = [] if done else list(self._notices.values())  # the job cannot start: say why now
+        for message in earlier:
+            self._notify(rank, message)
         if done:
             for r in range(self.world_size):
-                self._send(r, table)
+                self._send_table(r)
             self._delivered.set()
         return rank
 
     def _send(self, rank: int, fields: dict[str, Any]) -> None:
+        lock = self._send_locks.get(rank)
+        if lock is None:
+            return
+        with lock:
+            self._send_now(rank, fields)
+
+    def _send_now(self, rank: int, fields: dict[str, Any]) -> None:
+        """Send to `rank` (its send lock held); a rank gone or not reading is skipped."""
         conn = self._conns.get(rank)
         if conn is None:
             return
         try:
-            with self._send_locks[rank]:
-                send_blocking(conn, encode(fields), time.monotonic() + 10)
+            send_blocking(conn, encode(fields), time.monotonic() + 10)
         except (PeerLostError, RingTimeoutError):
             pass
 
     def wait_delivered(self, timeout: float) -> bool:
         """Wait until every rank has been sent the table (before closing a rendezvous nobody watches)."""
         return self._delivered.wait(timeout)
+
+    def finish_delivery(self, timeout: float) -> None:
+        """Where every rank has registered, wait (up to `timeout`) for the table to reach them all:
+        a rank hosting the rendezvous that fails in init() must not cut the others off mid-delivery."""
+        if self._table is not None:
+            self._delivered.wait(timeout)
 
     def close(self) -> None:
         """Stop serving and close every control connection (ranks still running then exit)."""

@@ -329,13 +329,19 @@ class Signals:
 
     def close(self) -> None:
         for words in self.words.values():  # the views over the pages go before the pages
-            words.release()
+            try:
+                words.release()
+            except BufferError:  # something still exports from it: the collector releases it
+                pass
         self.words.clear()
         self._peers.clear()
         self.own = None  # type: ignore[assignment]
         self._page = None  # type: ignore[assignment]
         for page in self.pages.values():
-            page.release()
+            try:
+                page.release()
+            except BufferError:
+                pass
         self.pages.clear()
         for fd in self.wake.values():
             channel.close_quietly(fd)

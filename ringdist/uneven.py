@@ -171,6 +171,13 @@ def scatter(x: Any, root: int = 0, *, group: Comm | None = None, timeout: float 
         g.check_usable("scatter")
         g._fail("scatter", g.channels, g._seq, [], exc)
         raise exc
+    if r == root:
+        try:
+            wire.check_dtype_tag("scatter", wire.dtype_tag(arr.dtype))
+        except ValueError as exc:  # as above: the others learn the dtype from the root's header
+            g.check_usable("scatter")
+            g._fail("scatter", g.channels, g._seq, [], exc)
+            raise
     if n == 1:
         g.check_usable("scatter")
         return _assemble([(arr.shape[0], byte_view(np.ascontiguousarray(arr)))], arr.shape[1:], arr.dtype)

@@ -141,13 +141,18 @@ def dtype_tag(dtype: Any) -> str:
 DTYPE_TAG_MAX = MAX_CONTROL // 2
 
 
+def check_dtype_tag(op: str, dtype: str) -> None:
+    """ValueError for a dtype description too long for a header (counted in bytes, as sent)."""
+    if len(dtype) > DTYPE_TAG_MAX // 4 and len(dtype.encode("utf-8", "surrogatepass")) > DTYPE_TAG_MAX:
+        raise ValueError(
+            f"{op}: the dtype's description is {len(dtype.encode('utf-8', 'surrogatepass'))} bytes, over the "
+            f"{DTYPE_TAG_MAX} a header carries (a structured dtype of about a thousand fields or more): send "
+            f"the array as raw bytes (x.view(np.uint8), then .view(dtype) on arrival)")
+
+
 def make_header(op: str, seq: int, dtype: str, shape: tuple[int, ...], **extra: Any) -> dict[str, Any]:
     """A call's header fields; ValueError (before anything is sent) for a dtype too long to describe in one."""
-    if len(dtype) > DTYPE_TAG_MAX:
-        raise ValueError(
-            f"{op}: the dtype's description is {len(dtype)} characters, over the {DTYPE_TAG_MAX} a header "
-            f"carries (a structured dtype of about a thousand fields or more): send the array as raw bytes "
-            f"(x.view(np.uint8), then .view(dtype) on arrival)")
+    check_dtype_tag(op, dtype)
     header = {"op": op, "seq": seq, "dtype": dtype, "shape": list(shape)}
     header.update(extra)
     return header

@@ -128,6 +128,8 @@ def _join(job: JobEnv, settings: Settings) -> Group:
         return Group(gid="world", rank=job.rank, size=job.size, endpoint=_endpoint, settings=settings,
                      addresses=addresses, world_ranks=list(range(job.size)))
     except BaseException:
+        if _hosted is not None:  # the others may still be owed the table (then they fail on their own)
+            _hosted.finish_delivery(deadlines.wait_slice(settings.connect_timeout))
         shutdown()
         raise
 

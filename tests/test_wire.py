@@ -131,8 +131,13 @@ def test_a_dtype_too_long_for_a_header_is_refused_before_anything_is_sent():
     import numpy as np
 
     tag = wire.dtype_tag(np.dtype([(f"field_{i:05d}", "<i1") for i in range(3000)]))
-    with pytest.raises(ValueError, match=r"all_gather: the dtype's description is \d+ characters, over the 32768"):
+    with pytest.raises(ValueError, match=r"all_gather: the dtype's description is \d+ bytes, over the 32768"):
         wire.HeaderTemplate("all_gather", tag, (2,))
     with pytest.raises(ValueError, match="send: the dtype's description"):
         wire.make_header("send", 0, tag, (2,))
     wire.HeaderTemplate("all_gather", wire.dtype_tag(np.dtype([(f"f{i}", "<i1") for i in range(500)])), (2,))
+    # Counted in bytes, as sent: 250 fields of 100 CJK characters (under 32 K characters, 78 KB).
+    wide = wire.dtype_tag(np.dtype([("名" * 100 + str(i), "<i1") for i in range(250)]))
+    assert len(wide) < wire.DTYPE_TAG_MAX < len(wide.encode())
+    with pytest.raises(ValueError, match=r"the dtype's description is \d+ bytes"):
+        wire.HeaderTemplate("all_gather", wide, (2,))

@@ -1,4 +1,4 @@
-"""Rank 1 asks for 2 connections per ring neighbour, rank 0 for 1: init() must say so on both."""
+"""Rank 1 asks for 2 connections per ring neighbour, the others for 1: init() must say so on every rank."""
 import os
 
 os.environ["RINGDIST_LANES"] = "2" if os.environ["RINGDIST_RANK"] == "1" else "1"

@@ -2,7 +2,7 @@
 PeerLostError at once, not wait out RINGDIST_CONNECT_TIMEOUT / RINGDIST_TIMEOUT.
 
 usage: leaves_early.py MODE, MODE one of
-  init        rank 2 is killed before init()
+  init        rank 2 is killed before init() (a second after it started)
   registered  rank 2 is killed in init(), after registering, before its ring is built
   split       rank 2 is killed in split(), after the color exchange, before the new ring is built
   recv        rank 0 receives from rank 2, which exits without sending (a link opened on first use)
@@ -31,6 +31,7 @@ def die() -> None:
 if not victim:
     signal.signal(signal.SIGTERM, lambda *a: None)
 elif mode == "init":
+    time.sleep(1.0)  # the others have set their SIGTERM handler (and likely registered) by now
     die()
 elif mode == "registered":
     import ringdist.control as control  # noqa: E402 - the moment of the kill, nothing else changed
