@@ -105,3 +105,57 @@ def test_an_init_timeout_that_passes_before_the_registration_is_sent_is_a_ring_t
     assert res.returncode == 3 and "Traceback" not in res.stderr, out
     assert res.stdout.startswith(f"RingTimeoutError: rank 0: init() timed out after 1e-09 s at the rendezvous "
                                  f"{server.address}"), out
+
+
+def _register(server: RendezvousServer, dialer, rank: int) -> socket.socket:
+    """A rank's control connection to `server`, its registration sent."""
+    from ringdist import rendezvous
+    from ringdist.channel import send_blocking
+    from ringdist.endpoint import InboxKey
+
+    host, port = server.address.rsplit(":", 1)
+    sock = dialer.connect([(host, int(port))], InboxKey(rendezvous.RENDEZVOUS_GROUP, rank, "register", 0),
+                          time.monotonic() + 5, "the rendezvous")
+    send_blocking(sock, rendezvous.encode({"type": "register", "rank": rank, "size": 4,
+                                           "addresses": [["127.0.0.1", 1000 + rank]], "host": "h", "pid": 1,
+                                           "agree": {}}), time.monotonic() + 5)
+    return sock
+
+
+@pytest.mark.parametrize("announce", [True, False])
+def test_departures_reach_ranks_registered_before_and_after_and_follow_the_table(announce):
+    # Under the launcher (announce) a rank that leaves is told to every rank, those that register
+    # later included; a rank owed the table gets the table first. Under a scheduler nothing is.
+    from ringdist.endpoint import Endpoint
+
+    server = RendezvousServer(SECRET.decode(), 4, announce_departures=announce)
+    server.start()
+    dialer = Endpoint(SECRET, ["127.0.0.1"], connect_timeout=5, label="test")
+    try:
+        a = _register(server, dialer, 0)
+        b = _register(server, dialer, 1)
+        b.close()  # rank 1 leaves before the job starts
+        c = _register(server, dialer, 2)  # rank 2 registers after it left
+        expected = [{"type": "left", "rank": 1, "why": "its connection to the launcher closed (its process ended)"}]
+        for sock in (a, c):
+            if announce:
+                _, msg, _ = recv_control(sock, time.monotonic() + 5)
+                assert [msg] == expected, msg
+            else:
+                sock.settimeout(0.3)
+                with pytest.raises(socket.timeout):
+                    sock.recv(1)
+        d = _register(server, dialer, 3)  # the table is complete: ranks 0, 2 and 3 get it
+        for sock in (a, c, d):
+            _, msg, _ = recv_control(sock, time.monotonic() + 5)
+            assert msg["type"] == "table" and [m["rank"] for m in msg["members"]] == [0, 1, 2, 3], msg
+        server.rank_left(3, "exited with code 1")  # after the table: told to the others
+        for sock in (a, c):
+            if announce:
+                _, msg, _ = recv_control(sock, time.monotonic() + 5)
+                assert msg == {"type": "left", "rank": 3, "why": "exited with code 1"}, msg
+        for sock in (a, c, d):
+            sock.close()
+    finally:
+        dialer.close()
+        server.close()
