@@ -106,8 +106,11 @@ class ControlLink:
                 _, msg, _ = recv_control(self.sock, float("inf"), expect=wire.CONTROL)
                 rank = msg.get("rank")
                 if msg.get("type") == "left" and isinstance(rank, int) and 0 <= rank < len(members):
-                    ip, port = members[rank]["addresses"][0]  # checked by `world` when the table came
-                    self.endpoint.note_departed((ip, port), f"world rank {rank} {_why(msg)}")
+                    try:
+                        ip, port = members[rank]["addresses"][0]
+                        self.endpoint.note_departed((ip, int(port)), f"world rank {rank} {_why(msg)}")
+                    except (KeyError, IndexError, TypeError, ValueError):
+                        pass  # a table entry without an address: `world` refuses that table anyway
         except RingError:
             pass  # closed (a frame that is not the protocol's: the launcher's side is gone either way)
         if self.closing:
