@@ -127,21 +127,18 @@ class Endpoint:
         with self._cond:
             self._aborted[group] = frame
 
-    def departed(self, addresses: list[tuple[str, int]]) -> str | None:
-        """Why the rank listening at `addresses` has left the job, if it has (None: not known to)."""
+    def _departure(self, addresses: list[tuple[str, int]] | None) -> tuple[str, float] | None:
+        """(why, when this rank heard) if the rank listening at `addresses` has left the job."""
         if not addresses or not self._departed:
             return None
         ip, port = addresses[0]
-        gone = self._departed.get((ip, int(port)))
-        return gone[0] if gone is not None else None
+        return self._departed.get((ip, int(port)))
 
     def _gone(self, source: list[tuple[str, int]] | None, now: float) -> str | float | None:
         """With the lock held and nothing in the inbox from the rank listening at `source`: why
         it left the job, if that was DEPARTED_GRACE ago or more; the seconds of grace left if it
         left less long ago; None if it has not left (as far as this rank knows)."""
-        if source is None or not self._departed:
-            return None
-        gone = self._departed.get((source[0][0], int(source[0][1])))
+        gone = self._departure(source)
         if gone is None:
             return None
         why, heard = gone
@@ -224,11 +221,11 @@ class Endpoint:
         attempts = 0
         delay = 0.01
         while True:
-            gone = self.departed(addresses)
+            gone = self._departure(addresses)
             if gone is not None:
                 if check is not None:
                     check()  # an ABORT already here names the first failure
-                raise PeerLostError(f"{self.label}: lost {peer}: {gone}")
+                raise PeerLostError(f"{self.label}: lost {peer}: {gone[0]}")
             refused = 0
             for ip, port in addresses:
                 attempts += 1

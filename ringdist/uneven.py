@@ -164,17 +164,14 @@ def scatter(x: Any, root: int = 0, *, group: Comm | None = None, timeout: float 
     n, r = g.size(), g.rank()
     root = check_root(root, g, "scatter")
     arr = as_rows(x) if r == root else NOTHING
-    if r == root and arr.shape[0] % n:
-        exc = ValueError(f"scatter: x.shape[0] = {arr.shape[0]} is not divisible by the group size {n}")
-        # Only the root sees it, and the others already wait for its blocks: they are told (an
-        # ABORT of this call), so they raise at once instead of waiting out their timeout.
-        g.check_usable("scatter")
-        g._fail("scatter", g.channels, g._seq, [], exc)
-        raise exc
     if r == root:
         try:
-            wire.check_dtype_tag("scatter", wire.dtype_tag(arr.dtype))
-        except ValueError as exc:  # as above: the others learn the dtype from the root's header
+            if arr.shape[0] % n:
+                raise ValueError(f"scatter: x.shape[0] = {arr.shape[0]} is not divisible by the group size {n}")
+            wire.check_dtype_tag("scatter", wire.dtype_tag(arr.dtype))  # the others learn it from the header
+        except ValueError as exc:
+            # Only the root sees it, and the others already wait for its blocks: they are told (an
+            # ABORT of this call), so they raise at once instead of waiting out their timeout.
             g.check_usable("scatter")
             g._fail("scatter", g.channels, g._seq, [], exc)
             raise

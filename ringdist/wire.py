@@ -143,9 +143,12 @@ DTYPE_TAG_MAX = MAX_CONTROL // 2
 
 def check_dtype_tag(op: str, dtype: str) -> None:
     """ValueError for a dtype description too long for a header (counted in bytes, as sent)."""
-    if len(dtype) > DTYPE_TAG_MAX // 4 and len(dtype.encode("utf-8", "surrogatepass")) > DTYPE_TAG_MAX:
+    if len(dtype) <= DTYPE_TAG_MAX // 4:  # the common case: at most 4 bytes a character
+        return
+    size = len(dtype.encode("utf-8", "surrogatepass"))
+    if size > DTYPE_TAG_MAX:
         raise ValueError(
-            f"{op}: the dtype's description is {len(dtype.encode('utf-8', 'surrogatepass'))} bytes, over the "
+            f"{op}: the dtype's description is {size} bytes, over the "
             f"{DTYPE_TAG_MAX} a header carries (a structured dtype of about a thousand fields or more): send "
             f"the array as raw bytes (x.view(np.uint8), then .view(dtype) on arrival)")
 

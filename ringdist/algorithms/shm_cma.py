@@ -70,9 +70,8 @@ def _read(g: Comm, p: int, into: memoryview, remote: int, op: str) -> None:
             err = RingError(what)
         try:
             aborts.pending_abort(g.channels, op)  # why the peer left, if it said so first
-        except BaseException as exc:
-            g._fail(op, g.channels, g._seq - 1, [], exc)
-            raise
+        except RingError as told:
+            err = told
         g._fail(op, g.channels, g._seq - 1, [], err)
         raise err
 

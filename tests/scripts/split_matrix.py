@@ -105,12 +105,18 @@ for i in range(200):
     with s:
         if i % 50 == 0:
             expect(s, [q for q in range(n) if q % 2 == r % 2])
-rd.barrier()
-for _ in range(50):  # handshake threads close their sockets asynchronously
-    after = open_fds()
-    if after <= before:
-        break
-    time.sleep(0.05)
+def settled_fds(before):
+    """Open descriptors once back to `before` (handshake threads close theirs asynchronously), or after 2.5 s."""
+    rd.barrier()
+    for _ in range(50):
+        now = open_fds()
+        if now <= before:
+            break
+        time.sleep(0.05)
+    return now
+
+
+after = settled_fds(before)
 assert after <= before, f"fds before {before}, after {after}"
 
 # 100 splits dropped without close(): collected, they release what they held too
@@ -119,12 +125,7 @@ for i in range(100):
     assert rd.all_sum(me, group=s).tolist() == [sum(q for q in range(n) if q % 2 == r % 2)]
     del s
 gc.collect()
-rd.barrier()
-for _ in range(50):
-    dropped = open_fds()
-    if dropped <= before:
-        break
-    time.sleep(0.05)
+dropped = settled_fds(before)
 assert dropped <= before, f"fds before {before}, after 100 splits dropped unclosed {dropped}"
 times.sort()
 print(f"split ok rank={r} size={n} fds {before}->{max(after, dropped)} split_median_ms={times[100] * 1e3:.2f}", flush=True)
