@@ -11,14 +11,23 @@ from . import comm as comm_module, deadlines, wire
 from .comm import Comm
 
 
-def _comm(group: Comm | None, timeout: float | None) -> Comm:
-    if timeout is not None:
-        deadlines.check_timeout(timeout)
+def _comm(group: Comm | None, timeout: float | None, op: str | None = None) -> Comm:
+    """The communicator a call runs on, its `timeout` checked: for a collective (`op`), a bad
+    timeout is refused on every rank (`Comm.refuse`), as any argument of it that fails a check."""
     if group is None:
-        return comm_module.default_made or comm_module.default()
-    if not isinstance(group, Comm):
+        g = comm_module.default_made or comm_module.default()
+    elif not isinstance(group, Comm):
         raise TypeError(f"group must be a ringdist Group or None, got {type(group).__name__}")
-    return group
+    else:
+        g = group
+    if timeout is not None:
+        try:
+            deadlines.check_timeout(timeout)
+        except ValueError as exc:
+            if op is not None:
+                g.refuse(op, exc)
+            raise
+    return g
 
 
 def _header(g: Comm, op: str, arr: np.ndarray, name: str, **extra: Any) -> wire.Header:

@@ -27,8 +27,12 @@ def gather_rows(x: Any, *, group: Comm | None = None, op: str = "all_gather",
     """all_gather under a given op name (split's exchange cannot pair with a user's all_gather)."""
     g = comm_module.default_made if group is None and timeout is None else None  # the common case
     if g is None:
-        g = _comm(group, timeout)
-    arr = as_rows(x)
+        g = _comm(group, timeout, op)
+    try:
+        arr = as_rows(x)
+    except Exception as exc:
+        g.refuse(op, exc)  # the others wait in the call: it fails there too
+        raise
     n = g.size()
     out = buffers.cache.empty((n * arr.shape[0],) + arr.shape[1:], arr.dtype)
     if n == 1:
@@ -54,7 +58,7 @@ def all_gather(x: Any, *, uneven: bool = False, group: Comm | None = None,
         if r is not work.HERE:
             return r
     if uneven:
-        return uneven_module.all_gather_uneven(x, _comm(group, timeout), timeout)
+        return uneven_module.all_gather_uneven(x, _comm(group, timeout, "all_gather"), timeout)
     return gather_rows(x, group=group, op="all_gather", timeout=timeout)
 
 
@@ -71,9 +75,13 @@ def gather(x: Any, root: int = 0, *, group: Comm | None = None, timeout: float |
         r = work.route("gather", group, async_op, lambda g: gather(x, root, group=g, timeout=timeout))
         if r is not work.HERE:
             return r
-    g = _comm(group, timeout)
-    root = check_root(root, g, "gather")
-    arr = as_rows(x)
+    g = _comm(group, timeout, "gather")
+    try:
+        root = check_root(root, g, "gather")
+        arr = as_rows(x)
+    except Exception as exc:
+        g.refuse("gather", exc)
+        raise
     if g.size() == 1:
         return gather_rows(arr, group=g, op="gather", timeout=timeout)
     algorithm = tuning.choose(g, "gather", arr.nbytes)
@@ -93,10 +101,14 @@ def reduce(x: Any, root: int = 0, *, op: str = "sum", group: Comm | None = None,
         r = work.route("reduce", group, async_op, lambda g: reduce(x, root, op=op, group=g, timeout=timeout))
         if r is not work.HERE:
             return r
-    if op not in REDUCE_OPS:
-        raise ValueError(f"reduce: op must be one of {', '.join(REDUCE_OPS)}, got {op!r}")
-    g = _comm(group, timeout)
-    root = check_root(root, g, "reduce")
+    g = _comm(group, timeout, "reduce")
+    try:
+        if op not in REDUCE_OPS:
+            raise ValueError(f"reduce: op must be one of {', '.join(REDUCE_OPS)}, got {op!r}")
+        root = check_root(root, g, "reduce")
+    except Exception as exc:
+        g.refuse("reduce", exc)
+        raise
     out = _all_reduce(x, g, f"all_{op}", timeout, name="reduce", root=root)
     return out if g.rank() == root else None  # where the algorithm ran the whole all-reduce
 
@@ -110,11 +122,15 @@ def _all_reduce(x: Any, group: Comm | None, op: str, timeout: float | None, name
         if r is not work.HERE:
             return r
     g = comm_module.default_made if group is None and timeout is None else None  # the common case
-    if g is None:
-        g = _comm(group, timeout)
-    arr = as_array(x)
     call = name or op
-    check_reducible(arr, op, call)
+    if g is None:
+        g = _comm(group, timeout, call)
+    try:
+        arr = as_array(x)
+        check_reducible(arr, op, call)
+    except Exception as exc:
+        g.refuse(call, exc)
+        raise
     if name is not None:
         extra["reduce"] = op.removeprefix("all_")
     if g.size() == 1:
@@ -168,12 +184,16 @@ def sum_scatter(x: Any, *, group: Comm | None = None, timeout: float | None = No
         r = work.route("sum_scatter", group, async_op, lambda g: sum_scatter(x, group=g, timeout=timeout))
         if r is not work.HERE:
             return r
-    g = _comm(group, timeout)
-    arr = as_rows(x)
-    check_reducible(arr, "all_sum")
+    g = _comm(group, timeout, "sum_scatter")
     n = g.size()
-    if arr.shape[0] % n:
-        raise ValueError(f"sum_scatter: x.shape[0] = {arr.shape[0]} is not divisible by the group size {n}")
+    try:
+        arr = as_rows(x)
+        check_reducible(arr, "all_sum", "sum_scatter")
+        if arr.shape[0] % n:
+            raise ValueError(f"sum_scatter: x.shape[0] = {arr.shape[0]} is not divisible by the group size {n}")
+    except Exception as exc:
+        g.refuse("sum_scatter", exc)
+        raise
     if n == 1:
         g.check_usable("sum_scatter")
         return np.array(arr, order="C", copy=True)
@@ -196,10 +216,14 @@ def broadcast(x: Any, root: int = 0, *, group: Comm | None = None, timeout: floa
         r = work.route("broadcast", group, async_op, lambda g: broadcast(x, root, group=g, timeout=timeout))
         if r is not work.HERE:
             return r
-    g = _comm(group, timeout)
-    arr = as_array(x)
+    g = _comm(group, timeout, "broadcast")
     n, r = g.size(), g.rank()
-    root = check_root(root, g, "broadcast")
+    try:
+        arr = as_array(x)
+        root = check_root(root, g, "broadcast")
+    except Exception as exc:
+        g.refuse("broadcast", exc)
+        raise
     out = buffers.cache.empty(arr.shape, arr.dtype)
     if r == root:
         np.copyto(out, arr)
@@ -218,7 +242,7 @@ def barrier(*, group: Comm | None = None, timeout: float | None = None, async_op
         r = work.route("barrier", group, async_op, lambda g: barrier(group=g, timeout=timeout))
         if r is not work.HERE:
             return r
-    g = _comm(group, timeout)
+    g = _comm(group, timeout, "barrier")
     token = np.zeros(1, dtype=np.uint8)
     if g.size() > 1:
         algorithm = tuning.choose(g, "barrier", 1)

@@ -261,8 +261,12 @@ class Comm:
         key = (op, arr.dtype, arr.shape, path, self.both_ways, *extra.items()) if extra else \
             (op, arr.dtype, arr.shape, path, self.both_ways)
         template = self._headers.get(key)
-        if template is None:  # before a number is taken: a header too long (ValueError) leaves the group in step
-            template = self._template(key, op, arr, path, extra)
+        if template is None:
+            try:
+                template = self._template(key, op, arr, path, extra)
+            except ValueError as exc:  # a header too long: refused before the call takes a number
+                self.refuse(op, exc)
+                raise
         me = threading.current_thread()  # a thread the threading module did not start gets a stand-in
         if self._caller.setdefault(0, me) is not me and self._in_call():  # setdefault: atomic under the GIL
             self._refuse_thread(op, me)
@@ -481,6 +485,21 @@ class Comm:
         except BaseException as exc:
             self._fail(op, channels if tell is None else tell, seq, outflows, exc)
             raise
+
+    def refuse(self, op: str, exc: BaseException) -> None:
+        """This rank's `op` failed a check of its arguments before it began (`exc`): it fails on
+        every rank, not here alone while the peers wait out their timeout in the call.
+
+        The group is marked broken and its peers get an ABORT for the call they are in (the
+        number this call would have taken). Nothing is told where the group has no peers, is
+        closed or broken already (its peers have heard), or where another thread of this rank
+        is in a call on it (the refusal is that thread's, as `_refuse_thread` says)."""
+        if self.ring is None or self._closed or self._broken:
+            return
+        owner = self._in_call()
+        if owner is not None and owner is not threading.current_thread():
+            return
+        self._fail(op, self.channels, self._seq, [], exc)
 
     def _fail(self, op: str, channels: list[Channel], seq: int | None, outflows: list[Outflow],
               exc: BaseException) -> None:

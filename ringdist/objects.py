@@ -153,7 +153,7 @@ def all_gather_object(obj: Any, *, group: Comm | None = None, timeout: float | N
                        lambda g: all_gather_object(obj, group=g, timeout=timeout))
         if r is not work.HERE:
             return r
-    g = _comm(group, timeout)
+    g = _comm(group, timeout, "all_gather_object")
     n, r = g.size(), g.rank()
     cap = g.settings.max_object_bytes
     pickled = Pickled(obj, cap, "all_gather_object", r)
@@ -179,9 +179,13 @@ def broadcast_object(obj: Any, root: int = 0, *, group: Comm | None = None, time
                        lambda g: broadcast_object(obj, root, group=g, timeout=timeout))
         if r is not work.HERE:
             return r
-    g = _comm(group, timeout)
+    g = _comm(group, timeout, "broadcast_object")
     n, r = g.size(), g.rank()
-    root = check_root(root, g, "broadcast_object")
+    try:
+        root = check_root(root, g, "broadcast_object")
+    except ValueError as exc:
+        g.refuse("broadcast_object", exc)
+        raise
     cap = g.settings.max_object_bytes
     if n == 1:
         g.check_usable("broadcast_object")

@@ -92,13 +92,19 @@ def all_to_all(x: Any, *, splits: Any = None, group: Comm | None = None, timeout
             return r
     g = comm_module.default_made if group is None and timeout is None else None  # the common case
     if g is None:
-        g = _comm(group, timeout)
-    arr = as_rows(x)
-    if splits is not None:
-        return _all_to_all_splits(g, arr, splits, timeout)
+        g = _comm(group, timeout, "all_to_all")
     n = g.size()
-    if arr.shape[0] % n:
-        raise ValueError(f"all_to_all: x.shape[0] = {arr.shape[0]} is not divisible by the group size {n}")
+    try:
+        arr = as_rows(x)
+        if splits is not None:
+            counts = _counts(splits, arr.shape[0], n)
+        elif arr.shape[0] % n:
+            raise ValueError(f"all_to_all: x.shape[0] = {arr.shape[0]} is not divisible by the group size {n}")
+    except Exception as exc:
+        g.refuse("all_to_all", exc)
+        raise
+    if splits is not None:
+        return _all_to_all_splits(g, arr, counts, timeout)
     out = buffers.cache.empty(arr.shape, arr.dtype)
     if n == 1:
         g.check_usable("all_to_all")
@@ -131,10 +137,10 @@ def _route_all_to_all(x: Any, splits: Any, group: Comm | None, timeout: float | 
                       lambda g: all_to_all(x, splits=splits, group=g, timeout=timeout))
 
 
-def _all_to_all_splits(g: Comm, arr: np.ndarray, splits: Any, timeout: float | None) -> np.ndarray:
-    """all_to_all with `splits`: blocks of any row counts, which receivers learn from the headers."""
+def _all_to_all_splits(g: Comm, arr: np.ndarray, counts: list[int], timeout: float | None) -> np.ndarray:
+    """all_to_all with `counts` rows to each rank: blocks of any row counts, which receivers
+    learn from the headers."""
     n = g.size()
-    counts = _counts(splits, arr.shape[0], n)
     data = np.ascontiguousarray(arr)
     if n == 1:
         g.check_usable("all_to_all")
@@ -160,21 +166,20 @@ def scatter(x: Any, root: int = 0, *, group: Comm | None = None, timeout: float 
         r = work.route("scatter", group, async_op, lambda g: scatter(x, root, group=g, timeout=timeout))
         if r is not work.HERE:
             return r
-    g = _comm(group, timeout)
+    g = _comm(group, timeout, "scatter")
     n, r = g.size(), g.rank()
-    root = check_root(root, g, "scatter")
-    arr = as_rows(x) if r == root else NOTHING
-    if r == root:
-        try:
+    try:
+        root = check_root(root, g, "scatter")
+        arr = as_rows(x) if r == root else NOTHING
+        if r == root:
             if arr.shape[0] % n:
                 raise ValueError(f"scatter: x.shape[0] = {arr.shape[0]} is not divisible by the group size {n}")
             wire.check_dtype_tag("scatter", wire.dtype_tag(arr.dtype))  # the others learn it from the header
-        except ValueError as exc:
-            # Only the root sees it, and the others already wait for its blocks: they are told (an
-            # ABORT of this call), so they raise at once instead of waiting out their timeout.
-            g.check_usable("scatter")
-            g._fail("scatter", g.channels, g._seq, [], exc)
-            raise
+    except Exception as exc:
+        # Only the root may see it, and the others already wait for its blocks: they are told
+        # (an ABORT of this call), so they raise at once instead of waiting out their timeout.
+        g.refuse("scatter", exc)
+        raise
     if n == 1:
         g.check_usable("scatter")
         return _assemble([(arr.shape[0], byte_view(np.ascontiguousarray(arr)))], arr.shape[1:], arr.dtype)
@@ -226,7 +231,11 @@ def scatter(x: Any, root: int = 0, *, group: Comm | None = None, timeout: float 
 
 def all_gather_uneven(x: Any, g: Comm, timeout: float | None) -> np.ndarray:
     """all_gather of any row counts: every rank's rows concatenated in rank order."""
-    arr = as_rows(x)
+    try:
+        arr = as_rows(x)
+    except Exception as exc:
+        g.refuse("all_gather", exc)
+        raise
     n, r = g.size(), g.rank()
     data = np.ascontiguousarray(arr)
     if n == 1:

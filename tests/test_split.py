@@ -48,11 +48,15 @@ def test_split_arguments_are_checked_before_anything_is_sent():
     def rank(g):
         found = []
         for color, key in ((1 << 63, 0), (0, -(1 << 63) - 1), (1.0, 0), (0, True)):
+            spare = g.split(0)
             try:
-                g.split(color, key)
+                spare.split(color, key)
             except (TypeError, ValueError) as exc:
                 found.append(f"{type(exc).__name__}: {exc}")
-        rd.barrier(group=g)  # the group is still usable: nothing was exchanged
+            with pytest.raises(rd.GroupBrokenError):  # refused on every rank: the group is broken
+                rd.barrier(group=spare)
+            spare.close()
+        rd.barrier(group=g)  # the parent is not
         return found
 
     for found in run_ranks(2, rank):

@@ -78,14 +78,22 @@ def check_group(group, label):
         assert np.array_equal(y, reference("all_sum", [data(q, (8, 12), dtype)[::2, 1::3] for q in range(n)], dtype))
         assert np.array_equal(base, data(r, (8, 12), dtype)), "input modified"
         cases += 1
-    if n > 1:
+    rd.barrier(group=group)
+    if n > 1:  # an argument error fails the call on every rank, and breaks the group (a spare one here)
+        spare = group.split(0)
         try:
-            rd.sum_scatter(np.zeros(n + 1), group=group)
+            rd.sum_scatter(np.zeros(n + 1), group=spare)
         except ValueError:
             pass
         else:
             raise AssertionError("sum_scatter accepted an indivisible first axis")
-    rd.barrier(group=group)
+        try:
+            rd.barrier(group=spare)
+        except rd.RingError as exc:
+            assert "is not divisible by the group size" in str(exc), exc
+        else:
+            raise AssertionError("a group stayed usable after a refused call")
+        spare.close()
     return cases
 
 

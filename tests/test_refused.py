@@ -1,0 +1,126 @@
+"""A collective one rank refuses (an argument fails its checks there) fails on every rank, at once.
+
+The rank with the bad argument raises its TypeError or ValueError before the call takes a
+number; the others, already in the call or about to be, are told with an ABORT of that call
+and raise a RingError naming the rank and the problem, instead of waiting out their timeout.
+The group is broken everywhere afterwards, as after any failed collective.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+import ringdist as rd
+from harness import run_ranks
+
+BAD = 1  # the rank that passes the bad argument
+HUGE = np.dtype([(f"field_{i:05d}_" + "x" * 40, "u1") for i in range(700)])  # a description past 32 KiB
+
+
+def _cases(n: int) -> dict:
+    """name -> (call with rank BAD's bad argument, the same call as every other rank makes it, words)."""
+    good = np.arange(2 * n, dtype=np.float64)
+    return {
+        "all_sum object array": (lambda g: rd.all_sum(np.array([1, None], dtype=object), group=g),
+                                 lambda g: rd.all_sum(good[:2], group=g), "object arrays are not supported"),
+        "all_max of strings": (lambda g: rd.all_max(np.array(["a", "b"]), group=g),
+                               lambda g: rd.all_max(good[:2], group=g), "all_max: dtype <U1 is not numeric"),
+        "all_gather ragged list": (lambda g: rd.all_gather([[1, 2], [3]], group=g),
+                                   lambda g: rd.all_gather(good[:2], group=g), "inhomogeneous"),
+        "all_gather dtype too long": (lambda g: rd.all_gather(np.zeros(2, dtype=HUGE), group=g),
+                                      lambda g: rd.all_gather(np.zeros(2, dtype=np.uint8), group=g), "32768"),
+        "uneven all_gather object": (lambda g: rd.all_gather(np.array([None]), uneven=True, group=g),
+                                     lambda g: rd.all_gather(good[:3], uneven=True, group=g),
+                                     "object arrays are not supported"),
+        "gather root out of range": (lambda g: rd.gather(good, root=n, group=g),
+                                     lambda g: rd.gather(good, root=0, group=g), f"root {n} is not a rank"),
+        "reduce op avg": (lambda g: rd.reduce(good, op="avg", group=g),
+                          lambda g: rd.reduce(good, group=g), "op must be one of sum, max, min, prod"),
+        "broadcast root -1": (lambda g: rd.broadcast(good, root=-1, group=g),
+                              lambda g: rd.broadcast(good, group=g), "root -1 is not a rank"),
+        "sum_scatter rows": (lambda g: rd.sum_scatter(good[:n + 1], group=g),
+                             lambda g: rd.sum_scatter(good[:n], group=g), "is not divisible by the group size"),
+        "all_to_all rows": (lambda g: rd.all_to_all(good[:n + 1], group=g),
+                            lambda g: rd.all_to_all(good[:n], group=g), "is not divisible by the group size"),
+        "all_to_all splits": (lambda g: rd.all_to_all(good[:n], splits=[n], group=g),
+                              lambda g: rd.all_to_all(good[:n], splits=[1] * n, group=g),
+                              "splits must be"),
+        "scatter root on a non-root": (lambda g: rd.scatter(None, root="0", group=g),
+                                       lambda g: rd.scatter(good[:n] if g.rank() == 0 else None, group=g),
+                                       "root '0' is not a rank"),
+        "broadcast_object root": (lambda g: rd.broadcast_object({"a": 1}, root=2.0, group=g),
+                                  lambda g: rd.broadcast_object({"a": 1}, group=g), "root 2.0 is not a rank"),
+        "barrier timeout": (lambda g: rd.barrier(group=g, timeout=-1),
+                            lambda g: rd.barrier(group=g), "timeout must be a positive number"),
+        "split color": (lambda g: g.split("red"), lambda g: g.split(0), "color must be an integer"),
+    }
+
+
+CASES = sorted(_cases(2))
+ROOTED = ("gather root out of range", "reduce op avg", "scatter root on a non-root")  # root 0 for the others
+
+
+@pytest.mark.parametrize("n,shm", [(3, True), (3, False), (10, True), (10, False)],
+                         ids=["3-shm", "3-tcp", "10-shm", "10-tcp"])
+@pytest.mark.parametrize("case", CASES)
+def test_an_argument_one_rank_gets_wrong_fails_the_call_on_every_rank(case, n, shm):
+    bad, good, words = _cases(n)[case]
+
+    def rank(g: rd.Group):
+        rd.all_sum(np.ones(2), group=g)  # the group's links are up and in use
+        start = time.monotonic()
+        try:
+            (bad if g.rank() == BAD else good)(g)
+            outcome = "returned"
+        except Exception as exc:  # noqa: BLE001 - every rank's outcome is checked below
+            outcome = f"{type(exc).__name__}: {exc}"
+        took = time.monotonic() - start
+        try:
+            rd.all_sum(np.ones(2), group=g, timeout=5)
+            after = "returned"
+        except rd.RingError as exc:
+            after = f"{type(exc).__name__}: {exc}"
+        return outcome, took, after
+
+    got = run_ranks(n, rank, timeout=120, shm=shm)
+    mine, _, _ = got[BAD]
+    assert mine.startswith(("TypeError: ", "ValueError: ")) and words in mine, got[BAD]
+    for r, (outcome, took, after) in enumerate(got):
+        assert took < 10, (r, took, outcome)  # told, not timed out (the timeout is 20 s)
+        if r == BAD:
+            assert after.startswith("GroupBrokenError: ") and words in after, (r, after)
+        elif outcome == "returned" and case in ROOTED and r != 0:
+            # A tree's leaf or a scatter's receiver may finish its part (its result is right)
+            # before the ABORT reaches it: its next call on the group raises it.
+            assert after.startswith("RingError: ") and f"aborted by rank {BAD}: " in after and words in after, \
+                (r, after)
+        else:
+            assert outcome.startswith(f"RingError: rank {r}: ") and f"aborted by rank {BAD}: " in outcome, (r, outcome)
+            assert words in outcome, (r, outcome)
+            assert after.startswith("GroupBrokenError: ") and words in after, (r, after)
+
+
+def test_a_group_of_one_stays_usable_after_a_refused_call():
+    def rank(g: rd.Group):
+        with pytest.raises(ValueError, match="root 3 is not a rank"):
+            rd.broadcast(np.ones(2), root=3, group=g)
+        return rd.all_sum(np.ones(2), group=g)
+
+    assert run_ranks(1, rank)[0].tolist() == [1.0, 1.0]
+
+
+def test_a_refused_call_on_a_broken_group_raises_its_own_error():
+    def rank(g: rd.Group):
+        try:
+            rd.all_max(np.zeros(3) if g.rank() else np.zeros(4), group=g)  # a mismatch breaks the group
+        except rd.MismatchError:
+            pass
+        with pytest.raises(TypeError, match="object arrays are not supported"):
+            rd.all_sum(np.array([None]), group=g)
+        with pytest.raises(rd.GroupBrokenError):
+            rd.all_sum(np.ones(2), group=g)
+
+    run_ranks(2, rank)
