@@ -46,7 +46,8 @@ def raise_remote(fields: dict[str, Any], ch: Channel, op: str) -> None:
 
 def abort_fields(exc: BaseException, me: int, seq: int | None) -> dict[str, Any]:
     """The body of the ABORT this rank sends for `exc`: the original cause, not a chain of hops."""
-    origin, message = getattr(exc, "ringdist_origin", (me, str(exc) or type(exc).__name__))
+    default = str(exc) if isinstance(exc, RingError) else f"{type(exc).__name__}: {exc}".removesuffix(": ")
+    origin, message = getattr(exc, "ringdist_origin", (me, default or type(exc).__name__))
     return {"error": type(exc).__name__, "message": message[:4000], "origin": origin, "seq": seq}
 
 

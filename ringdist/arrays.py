@@ -11,19 +11,20 @@ NOTHING = np.empty(0, dtype=np.uint8)  # what a rank that contributes no array (
 REDUCERS = {"all_sum": np.add, "all_max": np.maximum, "all_min": np.minimum, "all_prod": np.multiply}
 
 
-def as_array(x: Any) -> np.ndarray:
-    """`x` as an array of a dtype ringdist can send: any dtype with a fixed item size."""
+def as_array(x: Any, op: str | None = None) -> np.ndarray:
+    """`x` as an array of a dtype ringdist can send: any dtype with a fixed item size (a
+    TypeError naming the call `op` otherwise)."""
     arr = np.asarray(x)
-    if arr.dtype.hasobject:
-        raise TypeError("ringdist sends raw array bytes; object arrays are not supported")
-    if arr.dtype.itemsize == 0:
-        raise TypeError(f"dtype {arr.dtype} has no fixed item size")
+    if arr.dtype.hasobject or arr.dtype.itemsize == 0:
+        why = ("ringdist sends raw array bytes; object arrays are not supported" if arr.dtype.hasobject else
+               f"dtype {arr.dtype} has no fixed item size")
+        raise TypeError(f"{op}: {why}" if op else why)
     return arr
 
 
-def as_rows(x: Any) -> np.ndarray:
+def as_rows(x: Any, op: str | None = None) -> np.ndarray:
     """The input of a gather: a 0-d array counts as shape (1,)."""
-    arr = as_array(x)
+    arr = as_array(x, op)
     return arr.reshape(1) if arr.ndim == 0 else arr
 
 

@@ -23,7 +23,7 @@ def _comm(group: Comm | None, timeout: float | None, op: str | None = None) -> C
     if timeout is not None:
         try:
             deadlines.check_timeout(timeout)
-        except ValueError as exc:
+        except Exception as exc:
             if op is not None:
                 g.refuse(op, exc)
             raise

@@ -29,19 +29,19 @@ def gather_rows(x: Any, *, group: Comm | None = None, op: str = "all_gather",
     if g is None:
         g = _comm(group, timeout, op)
     try:
-        arr = as_rows(x)
+        arr = as_rows(x, op)
+        n = g.size()
+        out = buffers.cache.empty((n * arr.shape[0],) + arr.shape[1:], arr.dtype)
+        if n == 1:
+            g.check_usable(op)
+            np.copyto(out, arr)
+            return out
+        algorithm = tuning.choose(g, op, arr.nbytes)
+        algorithm.gather(g, arr, out, g.next_header(op, arr, algorithm.name), timeout)
+        g.finish(op)
     except Exception as exc:
-        g.refuse(op, exc)  # the others wait in the call: it fails there too
+        g.refuse(op, exc)  # failed here before (or outside) the algorithm's guard: it fails on every rank
         raise
-    n = g.size()
-    out = buffers.cache.empty((n * arr.shape[0],) + arr.shape[1:], arr.dtype)
-    if n == 1:
-        g.check_usable(op)
-        np.copyto(out, arr)
-        return out
-    algorithm = tuning.choose(g, op, arr.nbytes)
-    algorithm.gather(g, arr, out, g.next_header(op, arr, algorithm.name), timeout)
-    g.finish(op)
     return out
 
 
@@ -78,15 +78,15 @@ def gather(x: Any, root: int = 0, *, group: Comm | None = None, timeout: float |
     g = _comm(group, timeout, "gather")
     try:
         root = check_root(root, g, "gather")
-        arr = as_rows(x)
+        arr = as_rows(x, "gather")
+        if g.size() == 1:
+            return gather_rows(arr, group=g, op="gather", timeout=timeout)
+        algorithm = tuning.choose(g, "gather", arr.nbytes)
+        out = algorithm.gather_root(g, arr, root, _header(g, "gather", arr, algorithm.name, root=root), timeout)
+        g.finish("gather")
     except Exception as exc:
         g.refuse("gather", exc)
         raise
-    if g.size() == 1:
-        return gather_rows(arr, group=g, op="gather", timeout=timeout)
-    algorithm = tuning.choose(g, "gather", arr.nbytes)
-    out = algorithm.gather_root(g, arr, root, _header(g, "gather", arr, algorithm.name, root=root), timeout)
-    g.finish("gather")
     return out
 
 
@@ -126,25 +126,25 @@ def _all_reduce(x: Any, group: Comm | None, op: str, timeout: float | None, name
     if g is None:
         g = _comm(group, timeout, call)
     try:
-        arr = as_array(x)
+        arr = as_array(x, call)
         check_reducible(arr, op, call)
+        if name is not None:
+            extra["reduce"] = op.removeprefix("all_")
+        if g.size() == 1:
+            g.check_usable(call)
+            out = buffers.cache.empty(arr.shape, arr.dtype)
+            np.copyto(out, arr)
+            return out
+        algorithm = tuning.choose(g, call, arr.nbytes)
+        header = g.next_header(call, arr, algorithm.name, **extra)
+        if name == "reduce" and algorithm.reduce_root is not None:  # the same bits, on the root only
+            out = algorithm.reduce_root(g, arr, op, extra["root"], header, timeout)
+        else:
+            out = algorithm.reduce(g, arr, op, header, timeout)
+        g.finish(call)
     except Exception as exc:
         g.refuse(call, exc)
         raise
-    if name is not None:
-        extra["reduce"] = op.removeprefix("all_")
-    if g.size() == 1:
-        g.check_usable(call)
-        out = buffers.cache.empty(arr.shape, arr.dtype)
-        np.copyto(out, arr)
-        return out
-    algorithm = tuning.choose(g, call, arr.nbytes)
-    header = g.next_header(call, arr, algorithm.name, **extra)
-    if name == "reduce" and algorithm.reduce_root is not None:  # the same bits, on the root only
-        out = algorithm.reduce_root(g, arr, op, extra["root"], header, timeout)
-    else:
-        out = algorithm.reduce(g, arr, op, header, timeout)
-    g.finish(call)
     return out
 
 
@@ -187,21 +187,21 @@ def sum_scatter(x: Any, *, group: Comm | None = None, timeout: float | None = No
     g = _comm(group, timeout, "sum_scatter")
     n = g.size()
     try:
-        arr = as_rows(x)
+        arr = as_rows(x, "sum_scatter")
         check_reducible(arr, "all_sum", "sum_scatter")
         if arr.shape[0] % n:
             raise ValueError(f"sum_scatter: x.shape[0] = {arr.shape[0]} is not divisible by the group size {n}")
+        if n == 1:
+            g.check_usable("sum_scatter")
+            return np.array(arr, order="C", copy=True)
+        algorithm = tuning.choose(g, "sum_scatter", arr.nbytes)
+        header = _header(g, "sum_scatter", arr, algorithm.name)
+        out = buffers.cache.empty((arr.shape[0] // n,) + arr.shape[1:], arr.dtype)
+        algorithm.reduce_scatter(g, np.ascontiguousarray(arr).reshape(-1), out.reshape(-1), header, timeout)
+        g.finish("sum_scatter")
     except Exception as exc:
         g.refuse("sum_scatter", exc)
         raise
-    if n == 1:
-        g.check_usable("sum_scatter")
-        return np.array(arr, order="C", copy=True)
-    algorithm = tuning.choose(g, "sum_scatter", arr.nbytes)
-    header = _header(g, "sum_scatter", arr, algorithm.name)
-    out = buffers.cache.empty((arr.shape[0] // n,) + arr.shape[1:], arr.dtype)
-    algorithm.reduce_scatter(g, np.ascontiguousarray(arr).reshape(-1), out.reshape(-1), header, timeout)
-    g.finish("sum_scatter")
     return out
 
 
@@ -219,20 +219,20 @@ def broadcast(x: Any, root: int = 0, *, group: Comm | None = None, timeout: floa
     g = _comm(group, timeout, "broadcast")
     n, r = g.size(), g.rank()
     try:
-        arr = as_array(x)
+        arr = as_array(x, "broadcast")
         root = check_root(root, g, "broadcast")
+        out = buffers.cache.empty(arr.shape, arr.dtype)
+        if r == root:
+            np.copyto(out, arr)
+        if n == 1:
+            g.check_usable("broadcast")
+            return out
+        algorithm = tuning.choose(g, "broadcast", arr.nbytes)
+        algorithm.broadcast(g, out, root, _header(g, "broadcast", arr, algorithm.name, root=root), timeout)
+        g.finish("broadcast")
     except Exception as exc:
         g.refuse("broadcast", exc)
         raise
-    out = buffers.cache.empty(arr.shape, arr.dtype)
-    if r == root:
-        np.copyto(out, arr)
-    if n == 1:
-        g.check_usable("broadcast")
-        return out
-    algorithm = tuning.choose(g, "broadcast", arr.nbytes)
-    algorithm.broadcast(g, out, root, _header(g, "broadcast", arr, algorithm.name, root=root), timeout)
-    g.finish("broadcast")
     return out
 
 
@@ -247,8 +247,12 @@ def barrier(*, group: Comm | None = None, timeout: float | None = None, async_op
     if g.size() > 1:
         algorithm = tuning.choose(g, "barrier", 1)
         if algorithm.barrier is not None:
-            algorithm.barrier(g, _header(g, "barrier", token, algorithm.name), timeout)
-            g.finish("barrier")
+            try:
+                algorithm.barrier(g, _header(g, "barrier", token, algorithm.name), timeout)
+                g.finish("barrier")
+            except Exception as exc:
+                g.refuse("barrier", exc)
+                raise
             return
     # Otherwise one byte per rank: a rank leaves only once it has every rank's byte.
     gather_rows(token, group=g, op="barrier", timeout=timeout)

@@ -22,7 +22,7 @@ from . import aborts, deadlines, engine, forks, wire
 from .flows import Inflow, Outflow, Watch
 from .channel import Channel
 from .endpoint import Endpoint, InboxKey
-from .errors import GroupBrokenError, MismatchError, PeerLostError, RingError, RingTimeoutError
+from .errors import ConfigError, GroupBrokenError, MismatchError, PeerLostError, RingError, RingTimeoutError
 from .hosts import Hierarchy, hierarchical, layout
 from .links import Links
 from .mesh import MAX_RANKS as MESH_MAX_RANKS, MeshLinks
@@ -291,14 +291,16 @@ class Comm:
         them differently, and data would go to the wrong call. The call is refused here before it
         takes a number or touches a connection; the running call, which owns the connections,
         then fails when it ends (`finish`), breaking the group and telling the peers."""
-        owner = self._caller.get(0)
-        why = (f"rank {self._rank}: {op} on group {self.gid!r} from thread {me.name!r} while {self._running()} runs "
-               f"on it from thread {getattr(owner, 'name', '?')!r}: a group's collectives must come from one "
-               f"thread at a time, in the same order on every rank (order them, or give each thread its own "
-               f"group with split())")
+        why = self._intrusion(op, me, self._caller.get(0))
         # For the call running now (number seq - 1): if it has ended meanwhile, nothing is failed.
         self._intruder = (self._seq - 1, why)
         raise MismatchError(why)
+
+    def _intrusion(self, op: str, me: threading.Thread, owner: threading.Thread | None) -> str:
+        return (f"rank {self._rank}: {op} on group {self.gid!r} from thread {me.name!r} while {self._running()} "
+                f"runs on it from thread {getattr(owner, 'name', '?')!r}: a group's collectives must come from "
+                f"one thread at a time, in the same order on every rank (order them, or give each thread its own "
+                f"group with split())")
 
     def _running(self) -> str:
         """The collective whose header was made last, as error messages name it."""
@@ -487,19 +489,22 @@ class Comm:
             raise
 
     def refuse(self, op: str, exc: BaseException) -> None:
-        """This rank's `op` failed a check of its arguments before it began (`exc`): it fails on
-        every rank, not here alone while the peers wait out their timeout in the call.
+        """This rank's `op` failed here outside the algorithm's own guard (`exc`: an argument that
+        fails its checks, no memory for the result, an object that cannot be unpickled): it
+        fails on every rank, not here alone while the peers wait out their timeout in the call.
 
-        The group is marked broken and its peers get an ABORT for the call they are in (the
-        number this call would have taken). Nothing is told where the group has no peers, is
-        closed or broken already (its peers have heard), or where another thread of this rank
-        is in a call on it (the refusal is that thread's, as `_refuse_thread` says)."""
-        if self.ring is None or self._closed or self._broken:
+        The group is marked broken and its peers get an ABORT for the call they are in: the
+        number this call would have taken, or the one it took if it got that far. Nothing is
+        told where the group has no peers, or is closed or broken already (its peers have
+        heard). A call from another thread while one runs is refused as `_refuse_thread`
+        says: the running call fails when it ends."""
+        if self.ring is None or self._closed or self._broken or isinstance(exc, ConfigError):
+            return  # a ConfigError (a forced algorithm that cannot run) is alike on every rank
+        owner, me = self._in_call(), threading.current_thread()
+        if owner is not None and owner is not me:
+            self._intruder = (self._seq - 1, self._intrusion(op, me, owner))
             return
-        owner = self._in_call()
-        if owner is not None and owner is not threading.current_thread():
-            return
-        self._fail(op, self.channels, self._seq, [], exc)
+        self._fail(op, self.channels, self._seq if owner is None else self._seq - 1, [], exc)
 
     def _fail(self, op: str, channels: list[Channel], seq: int | None, outflows: list[Outflow],
               exc: BaseException) -> None:

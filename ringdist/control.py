@@ -8,6 +8,7 @@ import signal
 import sys
 import threading
 import time
+from typing import Any
 
 from . import channel, deadlines, rendezvous, wire
 from .channel import recv_control, send_blocking
@@ -71,9 +72,11 @@ class ControlLink:
             threading.Thread(target=self._watch, name="ringdist-control", daemon=True).start()
         return members
 
-    def _agree(self) -> dict[str, int]:
-        """Settings every rank must share before any connection is made (their variables' names)."""
-        return {"RINGDIST_LANES": self.settings.lanes}
+    def _agree(self) -> dict[str, Any]:
+        """Settings every rank must share before any connection is made (their variables' names):
+        the lanes each pair opens, and the algorithms forced (a forced algorithm that cannot run
+        is then a ConfigError on every rank alike, `tuning.choose`)."""
+        return {"RINGDIST_LANES": self.settings.lanes, "RINGDIST_ALGO": [list(pair) for pair in self.settings.algo]}
 
     def _check_agree(self, members: list[dict]) -> None:
         """ConfigError on every rank alike when ranks' `_agree` settings differ (each sees the whole table)."""

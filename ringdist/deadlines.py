@@ -59,6 +59,19 @@ def passed(deadline: float) -> bool:
 
 def check_timeout(value: object, what: str = "timeout") -> float:
     """A timeout argument as float seconds: a positive number or `inf`; ValueError naming `what` otherwise."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not float(value) > 0:  # NaN too
-        raise ValueError(f"{what} must be a positive number of seconds (inf: no limit), got {value!r}")
-    return float(value)
+    try:
+        seconds = float(value) if isinstance(value, numbers.Real) and not isinstance(value, bool) else math.nan
+    except OverflowError:  # an int past float's range: no limit, as inf, if it is positive
+        seconds = math.inf if value > 0 else math.nan  # type: ignore[operator]
+    if not seconds > 0:  # NaN too
+        raise ValueError(f"{what} must be a positive number of seconds (inf: no limit), got {_shown(value)}")
+    return seconds
+
+
+def _shown(value: object) -> str:
+    """`value` as an error message shows it: its repr, cut short (an int past 4300 digits has none)."""
+    try:
+        text = repr(value)
+    except ValueError:
+        return f"an integer of {value.bit_length()} bits" if isinstance(value, int) else type(value).__name__
+    return text if len(text) <= 60 else f"{text[:60]}..."

@@ -154,6 +154,16 @@ def all_gather_object(obj: Any, *, group: Comm | None = None, timeout: float | N
         if r is not work.HERE:
             return r
     g = _comm(group, timeout, "all_gather_object")
+    try:
+        return _all_gather_object(g, obj, timeout)
+    except Exception as exc:
+        # Failed here outside the algorithm's guard (an object that cannot be unpickled here):
+        # the others are told, at their next call on the group if they have returned.
+        g.refuse("all_gather_object", exc)
+        raise
+
+
+def _all_gather_object(g: Comm, obj: Any, timeout: float | None) -> list[Any]:
     n, r = g.size(), g.rank()
     cap = g.settings.max_object_bytes
     pickled = Pickled(obj, cap, "all_gather_object", r)
@@ -180,12 +190,16 @@ def broadcast_object(obj: Any, root: int = 0, *, group: Comm | None = None, time
         if r is not work.HERE:
             return r
     g = _comm(group, timeout, "broadcast_object")
-    n, r = g.size(), g.rank()
     try:
-        root = check_root(root, g, "broadcast_object")
-    except ValueError as exc:
-        g.refuse("broadcast_object", exc)
+        return _broadcast_object(g, obj, root, timeout)
+    except Exception as exc:
+        g.refuse("broadcast_object", exc)  # the root, which does not unpickle, hears at its next call
         raise
+
+
+def _broadcast_object(g: Comm, obj: Any, root: Any, timeout: float | None) -> Any:
+    n, r = g.size(), g.rank()
+    root = check_root(root, g, "broadcast_object")
     cap = g.settings.max_object_bytes
     if n == 1:
         g.check_usable("broadcast_object")

@@ -45,7 +45,7 @@ class _Send:
     def start(self) -> float:
         g = self.g
         self.peer = g.check_peer(self.peer, "send", "dst")
-        self.arr = as_array(self.x)
+        self.arr = as_array(self.x, self.op)
         self.data = np.ascontiguousarray(self.arr)
         g.check_usable("send")
         return g._timeout(self.timeout)
@@ -123,6 +123,8 @@ class _Recv:
         except MemoryError:
             raise MemoryError(f"rank {g.rank()}: recv: no memory for shape={shape}, dtype={dt} "
                               f"({math.prod(shape) * dt.itemsize} bytes)") from None
+        except ValueError as exc:  # numpy's own limits: more than 32 dimensions, or past its sizes
+            raise ValueError(f"rank {g.rank()}: recv: shape={shape}, dtype={dt} cannot be allocated: {exc}") from None
         g.check_usable("recv")
         return g._timeout(self.timeout)
 

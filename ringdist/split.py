@@ -8,6 +8,7 @@ themselves. The new communicator is of the parent's class.
 from __future__ import annotations
 
 import numbers
+from typing import Any
 
 import numpy as np
 
@@ -18,11 +19,10 @@ from .comm import Comm
 _INT64_MIN, _INT64_MAX = -(1 << 63), (1 << 63) - 1
 
 
-def split(parent: Comm, color: int, key: int = -1) -> Comm | None:
-    """Ranks of `parent` with equal `color` form a new communicator ordered by (`key`, parent rank).
-
-    `key < 0` means this rank's parent rank; `color < 0` means no communicator (returns None).
-    """
+def _exchange(parent: Comm, color: Any, key: Any) -> np.ndarray:
+    """Every rank's (color, key), in parent rank order, key < 0 made the rank's own: the
+    arguments are checked in turn with the parent's other calls, and refused on every rank
+    (`Comm.refuse`) if they fail, as a collective's are."""
     try:
         for name, value in (("color", color), ("key", key)):
             if isinstance(value, bool) or not isinstance(value, numbers.Integral):
@@ -33,16 +33,23 @@ def split(parent: Comm, color: int, key: int = -1) -> Comm | None:
     except Exception as exc:
         parent.refuse("split", exc)  # the others wait in the exchange: it fails there too
         raise
-    color, key = int(color), int(key)
-    me = parent.rank()
-    if key < 0:
-        key = me
-    mine = np.array([[color, key]], dtype=np.int64)
+    key = int(key)
+    mine = np.array([[int(color), key if key >= 0 else parent.rank()]], dtype=np.int64)
+    return gather_rows(mine, group=parent, op="split")
+
+
+def split(parent: Comm, color: int, key: int = -1) -> Comm | None:
+    """Ranks of `parent` with equal `color` form a new communicator ordered by (`key`, parent rank).
+
+    `key < 0` means this rank's parent rank; `color < 0` means no communicator (returns None).
+    """
     table = work.HERE
     if work.active:  # the exchange queues behind the parent's outstanding operations
-        table = work.route("split", parent, False, lambda g: gather_rows(mine, group=g, op="split"))
+        table = work.route("split", parent, False, lambda g: _exchange(g, color, key))
     if table is work.HERE:
-        table = gather_rows(mine, group=parent, op="split")
+        table = _exchange(parent, color, key)
+    color = int(color)
+    me = parent.rank()
     # The new group connects here, not on the progress thread, which goes on moving messages.
     split_no = parent.next_split()
     if color < 0:

@@ -55,14 +55,17 @@ def _row_bytes(arr: np.ndarray) -> int:
 
 
 def _counts(splits: Any, rows: int, n: int) -> list[int]:
+    """all_to_all's `splits` as N row counts; ValueError naming what is wrong with them."""
     try:
-        counts = [int(k) for k in splits]
-        ok = all(isinstance(k, numbers.Integral) and not isinstance(k, bool) for k in splits)
+        given = list(splits)  # once: a generator is read once
+        shown = repr(given if iter(splits) is splits else splits)  # an iterator's repr says nothing
     except TypeError:
-        ok = False
+        given, shown = None, repr(splits)
+    ok = given is not None and all(isinstance(k, numbers.Integral) and not isinstance(k, bool) for k in given)
+    counts = [int(k) for k in given] if ok else []  # type: ignore[union-attr]
     if not ok or len(counts) != n or any(k < 0 for k in counts) or sum(counts) != rows:
         raise ValueError(f"all_to_all: splits must be {n} non-negative integers summing to x.shape[0] = {rows}, "
-                         f"got {splits!r}")
+                         f"got {shown if len(shown) <= 200 else shown[:200] + '...'}")
     return counts
 
 
@@ -93,18 +96,20 @@ def all_to_all(x: Any, *, splits: Any = None, group: Comm | None = None, timeout
     g = comm_module.default_made if group is None and timeout is None else None  # the common case
     if g is None:
         g = _comm(group, timeout, "all_to_all")
-    n = g.size()
     try:
-        arr = as_rows(x)
-        if splits is not None:
-            counts = _counts(splits, arr.shape[0], n)
-        elif arr.shape[0] % n:
-            raise ValueError(f"all_to_all: x.shape[0] = {arr.shape[0]} is not divisible by the group size {n}")
+        return _all_to_all(g, x, splits, timeout)
     except Exception as exc:
-        g.refuse("all_to_all", exc)
+        g.refuse("all_to_all", exc)  # failed here before (or outside) the algorithm's guard: it fails on every rank
         raise
+
+
+def _all_to_all(g: Comm, x: Any, splits: Any, timeout: float | None) -> np.ndarray:
+    n = g.size()
+    arr = as_rows(x, "all_to_all")
     if splits is not None:
-        return _all_to_all_splits(g, arr, counts, timeout)
+        return _all_to_all_splits(g, arr, _counts(splits, arr.shape[0], n), timeout)
+    if arr.shape[0] % n:
+        raise ValueError(f"all_to_all: x.shape[0] = {arr.shape[0]} is not divisible by the group size {n}")
     out = buffers.cache.empty(arr.shape, arr.dtype)
     if n == 1:
         g.check_usable("all_to_all")
@@ -167,19 +172,23 @@ def scatter(x: Any, root: int = 0, *, group: Comm | None = None, timeout: float 
         if r is not work.HERE:
             return r
     g = _comm(group, timeout, "scatter")
-    n, r = g.size(), g.rank()
     try:
-        root = check_root(root, g, "scatter")
-        arr = as_rows(x) if r == root else NOTHING
-        if r == root:
-            if arr.shape[0] % n:
-                raise ValueError(f"scatter: x.shape[0] = {arr.shape[0]} is not divisible by the group size {n}")
-            wire.check_dtype_tag("scatter", wire.dtype_tag(arr.dtype))  # the others learn it from the header
+        return _scatter(g, x, root, timeout)
     except Exception as exc:
         # Only the root may see it, and the others already wait for its blocks: they are told
         # (an ABORT of this call), so they raise at once instead of waiting out their timeout.
         g.refuse("scatter", exc)
         raise
+
+
+def _scatter(g: Comm, x: Any, root: Any, timeout: float | None) -> np.ndarray:
+    n, r = g.size(), g.rank()
+    root = check_root(root, g, "scatter")
+    arr = as_rows(x, "scatter") if r == root else NOTHING
+    if r == root:
+        if arr.shape[0] % n:
+            raise ValueError(f"scatter: x.shape[0] = {arr.shape[0]} is not divisible by the group size {n}")
+        wire.check_dtype_tag("scatter", wire.dtype_tag(arr.dtype))  # the others learn it from the header
     if n == 1:
         g.check_usable("scatter")
         return _assemble([(arr.shape[0], byte_view(np.ascontiguousarray(arr)))], arr.shape[1:], arr.dtype)
@@ -232,10 +241,14 @@ def scatter(x: Any, root: int = 0, *, group: Comm | None = None, timeout: float 
 def all_gather_uneven(x: Any, g: Comm, timeout: float | None) -> np.ndarray:
     """all_gather of any row counts: every rank's rows concatenated in rank order."""
     try:
-        arr = as_rows(x)
+        return _all_gather_uneven(x, g, timeout)
     except Exception as exc:
         g.refuse("all_gather", exc)
         raise
+
+
+def _all_gather_uneven(x: Any, g: Comm, timeout: float | None) -> np.ndarray:
+    arr = as_rows(x, "all_gather")
     n, r = g.size(), g.rank()
     data = np.ascontiguousarray(arr)
     if n == 1:

@@ -132,15 +132,18 @@ def test_program_that_is_not_executable_exits_126(tmp_path):
     assert f"cannot start rank 0 (host localhost): Permission denied: '{program}'" in result.stderr
 
 
-def test_ranks_with_different_lane_counts_fail_in_init_naming_the_setting():
-    # Before anything connects: a ring built with 1 lane on one side and 2 on the other waited 30 s.
+@pytest.mark.parametrize("name, theirs, ours, shown", [
+    ("RINGDIST_LANES", "2", "1", "rank 0: 1, rank 1: 2, rank 2: 1, rank 3: 1, rank 4: 1, rank 5: 1"),
+    ("RINGDIST_ALGO", "all_gather:ring", "", "rank 0: [], rank 1: [['all_gather', 'ring']], rank 2: []")])
+def test_ranks_with_different_settings_they_must_share_fail_in_init_naming_it(name, theirs, ours, shown):
+    # Before anything connects: a ring built with 1 lane on one side and 2 on the other waited 30 s;
+    # a forced algorithm that cannot run on one rank alone would leave the others in the call.
     # Every rank says so, the first to leave included in no other's table: each gets its table
     # before any notice that a rank has left.
-    res = run_launcher(["-n", "6", str(SCRIPTS / "lanes_differ.py")], timeout=30,
+    res = run_launcher(["-n", "6", str(SCRIPTS / "setting_differs.py"), name, theirs, ours], timeout=30,
                        env={"RINGDIST_CONNECT_TIMEOUT": "60"})
     lines = re.findall(r"^\[(\d)\] ConfigError: (.*)$", res.stdout, re.M)
     assert sorted(r for r, _ in lines) == [str(r) for r in range(6)], res.stdout + res.stderr
     for _, text in lines:
-        assert ("RINGDIST_LANES differs between ranks (rank 0: 1, rank 1: 2, rank 2: 1, rank 3: 1, rank 4: 1, "
-                "rank 5: 1)") in text, text
+        assert f"{name} differs between ranks ({shown}" in text, text
     assert res.returncode == 3

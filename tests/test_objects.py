@@ -140,27 +140,43 @@ def _refuse(why):
 
 
 def test_an_object_that_cannot_be_unpickled_names_its_sender():
+    # A collective's unpickling failure breaks the group and reaches every rank: a rank that
+    # returned (broadcast_object's root, which does not unpickle) raises at its next call.
     def rank(g):
         found = []
-        for call in (lambda: rd.all_gather_object(_Refuses() if g.rank() == 1 else 0, group=g),
-                     lambda: rd.broadcast_object(_Refuses(), root=1, group=g),
-                     lambda: rd.send_object(_Refuses(), 1, group=g) if g.rank() == 0 else rd.recv_object(0, group=g)):
+        for call in (lambda s: rd.all_gather_object(_Refuses() if g.rank() == 1 else 0, group=s),
+                     lambda s: rd.broadcast_object(_Refuses(), root=1, group=s),
+                     lambda s: rd.send_object(_Refuses(), 1, group=s) if g.rank() == 0 else rd.recv_object(0, group=s)):
+            spare = g.split(0)
             try:
-                call()
+                call(spare)
                 found.append(None)
             except ValueError as exc:
                 found.append(str(exc))
                 assert isinstance(exc.__cause__, ValueError) and str(exc.__cause__) == "not here"
+            try:
+                rd.barrier(group=spare)
+                found.append("usable")
+            except rd.RingError as exc:
+                found.append(f"{type(exc).__name__}: {exc}")
+            spare.close()
         return found
 
     got = run_ranks(2, rank)
     for r in (0, 1):  # rank 1 unpickles its own copy too
         assert got[r][0] == (f"rank {r}: all_gather_object: the object from rank 1 cannot be unpickled here: "
                              "ValueError: not here"), got
-    assert got[0][1] == ("rank 0: broadcast_object: the object from rank 1 cannot be unpickled here: "
-                         "ValueError: not here") and got[1][1] is None, got
-    assert got[0][2] is None and got[1][2] == ("rank 1: recv_object: the object from rank 0 cannot be "
+        assert got[r][1].startswith("GroupBrokenError: ") and "cannot be unpickled" in got[r][1], got
+    assert got[0][2] == ("rank 0: broadcast_object: the object from rank 1 cannot be unpickled here: "
+                         "ValueError: not here") and got[1][2] is None, got
+    assert got[0][3].startswith("GroupBrokenError: "), got
+    assert got[1][3].startswith("RingError: rank 1: barrier aborted by rank 0: ValueError: rank 0: broadcast_object: "
+                                "the object "
+                                "from rank 1 cannot be unpickled here"), got
+    # A message's receiver alone unpickles it; the pair's group stays usable.
+    assert got[0][4] is None and got[1][4] == ("rank 1: recv_object: the object from rank 0 cannot be "
                                                "unpickled here: ValueError: not here"), got
+    assert got[0][5] == got[1][5] == "usable", got
 
 
 @pytest.mark.parametrize("n", [3, 9])

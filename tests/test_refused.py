@@ -8,6 +8,7 @@ The group is broken everywhere afterwards, as after any failed collective.
 
 from __future__ import annotations
 
+import re
 import time
 
 import numpy as np
@@ -15,6 +16,7 @@ import pytest
 
 import ringdist as rd
 from harness import run_ranks
+from helpers import SCRIPTS, run_launcher
 
 BAD = 1  # the rank that passes the bad argument
 HUGE = np.dtype([(f"field_{i:05d}_" + "x" * 40, "u1") for i in range(700)])  # a description past 32 KiB
@@ -56,6 +58,12 @@ def _cases(n: int) -> dict:
         "barrier timeout": (lambda g: rd.barrier(group=g, timeout=-1),
                             lambda g: rd.barrier(group=g), "timeout must be a positive number"),
         "split color": (lambda g: g.split("red"), lambda g: g.split(0), "color must be an integer"),
+        "all_gather no memory": (lambda g: rd.all_gather(np.broadcast_to(np.zeros(1), (1 << 42,)), group=g),
+                                 lambda g: rd.all_gather(np.zeros(1), group=g),
+                                 "Unable to allocate"),
+        "broadcast no memory": (lambda g: rd.broadcast(np.broadcast_to(np.zeros(1), (1 << 42,)), group=g),
+                                lambda g: rd.broadcast(np.zeros(2), group=g),
+                                "Unable to allocate"),
     }
 
 
@@ -87,7 +95,7 @@ def test_an_argument_one_rank_gets_wrong_fails_the_call_on_every_rank(case, n, s
 
     got = run_ranks(n, rank, timeout=120, shm=shm)
     mine, _, _ = got[BAD]
-    assert mine.startswith(("TypeError: ", "ValueError: ")) and words in mine, got[BAD]
+    assert mine.startswith(("TypeError: ", "ValueError: ", "MemoryError: ")) and words in mine, got[BAD]
     for r, (outcome, took, after) in enumerate(got):
         assert took < 10, (r, took, outcome)  # told, not timed out (the timeout is 20 s)
         if r == BAD:
@@ -124,3 +132,42 @@ def test_a_refused_call_on_a_broken_group_raises_its_own_error():
             rd.all_sum(np.ones(2), group=g)
 
     run_ranks(2, rank)
+
+
+def test_a_timeout_past_floats_range_is_no_limit():
+    assert run_ranks(2, lambda g: rd.all_sum(np.ones(2), group=g, timeout=10 ** 400).tolist()) == [[2.0, 2.0]] * 2
+
+
+def _outcomes(stdout: str) -> dict[tuple[int, str], str]:
+    return {(int(r), what): how for r, what, how in re.findall(r"^\[(\d+)\] outcome (\w+): (.*)$", stdout, re.M)}
+
+
+@pytest.mark.parametrize("case", ["split-small", "split-large", "async-dtype"])
+def test_a_refused_call_behind_async_work_fails_in_its_turn_on_every_rank(case):
+    # The earlier async call completes everywhere; the refused one fails on every rank.
+    res = run_launcher(["-n", "3", str(SCRIPTS / "refused_async.py"), case], timeout=90,
+                       env={"RINGDIST_TIMEOUT": "20", "RINGDIST_CONNECT_TIMEOUT": "10"})
+    assert res.returncode == 0, res.stdout + res.stderr
+    got = _outcomes(res.stdout)
+    first, then, bad = ("earlier", "split", 0) if case.startswith("split") else ("good", "bad", 1)
+    words = "color must be an integer" if bad == 0 else "object arrays are not supported"
+    for r in range(3):
+        assert got[(r, first)] == "ok", res.stdout
+        mine = got[(r, then)]
+        assert (mine.startswith("TypeError: ") if r == bad else
+                mine.startswith(f"RingError: rank {r}: ") and f"aborted by rank {bad}: TypeError: " in mine), mine
+        assert words in mine, mine
+    assert len(re.findall(r"^\[\d\] group broken$", res.stdout, re.M)) == 3, res.stdout
+
+
+def test_a_refused_call_from_a_second_thread_fails_the_running_call():
+    res = run_launcher(["-n", "3", str(SCRIPTS / "refused_async.py"), "thread"], timeout=90,
+                       env={"RINGDIST_TIMEOUT": "20", "RINGDIST_CONNECT_TIMEOUT": "10"})
+    assert res.returncode == 0, res.stdout + res.stderr
+    got = _outcomes(res.stdout)
+    assert got[(0, "thread")].startswith("TypeError: all_gather: ") and "object arrays" in got[(0, "thread")]
+    assert got[(0, "all_sum")].startswith("MismatchError: rank 0: all_gather on group 'world' from thread"), got
+    for r in (1, 2):  # in their all_sum, or at the next call if it completed before rank 0's failed
+        told = got[(r, "all_sum")] if got[(r, "all_sum")] != "ok" else got[(r, "next")]
+        assert told.startswith(f"MismatchError: rank {r}: ") and "aborted by rank 0" in told, got
+    assert len(re.findall(r"^\[\d\] group broken$", res.stdout, re.M)) == 3, res.stdout

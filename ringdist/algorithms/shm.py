@@ -115,6 +115,7 @@ def reduce(g: Comm, arr: np.ndarray, op: str, header: wire.Header, timeout: floa
     assert link is not None
     n, r = g.size(), g.rank()
     ufunc = REDUCERS[op]
+    name = header.fields["op"]  # the call's (reduce's, for a rooted one)
     own = np.ascontiguousarray(arr).reshape(-1)
     gets = root is None or r == root
     out = buffers.cache.empty(arr.shape, arr.dtype) if gets else None
@@ -127,7 +128,7 @@ def reduce(g: Comm, arr: np.ndarray, op: str, header: wire.Header, timeout: floa
         if size * dtype.itemsize <= link.slot_size:  # one round: the common small call
             slots = link.slots(link.next_round())
             np.copyto(_array(slots[r], dtype, size), own)
-            signal(g, op, header, timeout)
+            signal(g, name, header, timeout)
             if flat is not None:
                 fold([own if q == r else _array(slots[q], dtype, size) for q in range(n)], ufunc, flat)
             return out
@@ -135,7 +136,7 @@ def reduce(g: Comm, arr: np.ndarray, op: str, header: wire.Header, timeout: floa
         for a, b in _rounds(own.size, step):
             k = link.next_round()
             np.copyto(_array(link.slot(r, k), own.dtype, b - a), own[a:b])
-            signal(g, op, header, timeout)
+            signal(g, name, header, timeout)
             if flat is not None:
                 fold([own[a:b] if q == r else _array(link.slot(q, k), own.dtype, b - a) for q in range(n)],
                      ufunc, flat[a:b])
@@ -148,13 +149,13 @@ def reduce(g: Comm, arr: np.ndarray, op: str, header: wire.Header, timeout: floa
         k = link.next_round()
         slots = [link.slot(q, k) for q in range(n)]
         np.copyto(_array(slots[r], dtype, b - a), own[a:b])
-        signal(g, op, header, timeout)
+        signal(g, name, header, timeout)
         bounds = schedule.block_bounds(b - a, n)
         lo, hi = bounds[r]
         mine = _array(slots[r], dtype, hi - lo, result_at)
         fold([own[a + lo:a + hi] if q == r else _array(slots[q], dtype, hi - lo, lo * isz) for q in range(n)],
              ufunc, mine)
-        signal(g, op, header, timeout)
+        signal(g, name, header, timeout)
         if out is not None:
             flat = out.reshape(-1)
             for q in range(n):
