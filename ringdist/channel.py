@@ -605,6 +605,19 @@ class Channel:
             if left <= 0 or (not poller.poll(deadlines.poll_ms(left)) and deadlines.passed(deadline)):
                 raise RingTimeoutError(f"rank {self.me}: could not send to {self.describe()} in {timeout:.1f} s")
 
+    def gone(self) -> str | None:
+        """On a connection this rank sends on: why the other end has gone (it closed or reset the
+        connection); "" if bytes have come back (an ABORT, say: left for the reader); None if
+        nothing has. One system call, which does not block."""
+        try:
+            if self.sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT):
+                return ""
+        except (BlockingIOError, InterruptedError):
+            return None  # nothing has come back
+        except OSError as exc:
+            return socket_error(exc)
+        return "connection closed by peer"
+
     def close(self) -> None:
         if not self.closed:
             self.closed = True

@@ -596,9 +596,27 @@ class Comm:
                                            source=self._addresses[peer])
             table[peer] = [Channel(sock, me=self._rank, peer=peer, group=self.gid,
                                    role="p2p-out" if outgoing else "p2p-in"), 0]
+        else:
+            if outgoing:
+                self._check_outgoing(table[peer][0], peer)
         entry = table[peer]
         entry[1] += 1
         return entry[0], entry[1] - 1
+
+    def _check_outgoing(self, ch: Channel, peer: int) -> None:
+        """Before a message goes on the open connection to `peer`: PeerLostError if that rank has
+        left the job or closed the connection, its ABORT if it sent one. Otherwise a small message
+        would land in the kernel's buffer of a connection nobody reads, and its send return as if
+        delivered. (A rank that leaves after this look is the message's loss, as in MPI.)"""
+        why = self._endpoint.departed(self._addresses[peer]) if self._endpoint is not None else None
+        if why is None:
+            why = "" if ch.reader.staged() else ch.gone()
+            if why is None:
+                return  # the common case: nothing has come back on it
+            if why == "":
+                aborts.pending_abort([ch], "send")  # the receiver's ABORT; anything else is left
+                return
+        raise PeerLostError(f"rank {self._rank}: lost {ch.describe()}: {why}; the message was not sent")
 
     def forget_in_child(self) -> None:
         """In a forked child (its copies of the connections are closed by `forks`): refuse every

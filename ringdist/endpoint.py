@@ -127,6 +127,11 @@ class Endpoint:
         with self._cond:
             self._aborted[group] = frame
 
+    def departed(self, addresses: list[tuple[str, int]] | None) -> str | None:
+        """Why the rank listening at `addresses` left the job, if this rank has heard that it did."""
+        gone = self._departure(addresses)
+        return gone[0] if gone is not None else None
+
     def _departure(self, addresses: list[tuple[str, int]] | None) -> tuple[str, float] | None:
         """(why, when this rank heard) if the rank listening at `addresses` has left the job."""
         if not addresses or not self._departed:

@@ -47,7 +47,7 @@ import struct
 
 from . import channel, crossmem, deadlines, posixshm, shmsignal, votes
 from .endpoint import Endpoint, InboxKey
-from .errors import ConnectError, ProtocolError
+from .errors import ConnectError, ProtocolError, RingError
 from .links import Links
 
 log = logging.getLogger("ringdist")
@@ -155,21 +155,27 @@ def open_link(endpoint: Endpoint, links: Links, *, group: str, rank: int, size: 
         offer = _OFFER.pack(total, own_wake >= 0, os.getpid(), crossmem.address(own_map))
         fds = [own_fd] if own_wake < 0 else [own_fd, own_wake]
         every = own_wake >= 0  # whether every rank offered its eventfd
-        for p, sock in dialed.items():
-            channel.send_fds(sock, fds, offer, deadline, peer=f"rank {p} of group {group!r}")
-        for p in range(rank):
-            what = f"rank {p} of group {group!r}"
-            sock = endpoint.take(InboxKey(group, p, "shm", 0), deadline,
-                                 f"group {group!r}: waiting for rank {p}'s shared memory", source=addresses[p])
-            try:
-                maps[p], theirs, probes[p] = _receive(sock, total, deadline, what)
+        try:
+            for p, sock in dialed.items():
+                channel.send_fds(sock, fds, offer, deadline, peer=_who(p, addresses, group))
+            for p in range(rank):
+                what = _who(p, addresses, group)
+                sock = endpoint.take(InboxKey(group, p, "shm", 0), deadline,
+                                     f"group {group!r}: waiting for rank {p}'s shared memory", source=addresses[p])
+                try:
+                    maps[p], theirs, probes[p] = _receive(sock, total, deadline, what)
+                    every = _keep(wake, p, theirs, every)
+                    channel.send_fds(sock, fds, offer, deadline, peer=what)
+                finally:
+                    sock.close()
+            for p, sock in dialed.items():
+                maps[p], theirs, probes[p] = _receive(sock, total, deadline, _who(p, addresses, group))
                 every = _keep(wake, p, theirs, every)
-                channel.send_fds(sock, fds, offer, deadline, peer=what)
-            finally:
-                sock.close()
-        for p, sock in dialed.items():
-            maps[p], theirs, probes[p] = _receive(sock, total, deadline, f"rank {p} of group {group!r}")
-            every = _keep(wake, p, theirs, every)
+        except RingError as exc:
+            text = str(exc)
+            if text.startswith(f"rank {rank}: "):
+                raise
+            raise type(exc)(f"rank {rank}: making group {group!r}: {text}") from exc
         own_map = None  # in `maps` now
         if every:
             wake[rank], own_wake = own_wake, -1
@@ -201,6 +207,12 @@ def open_link(endpoint: Endpoint, links: Links, *, group: str, rank: int, size: 
             channel.close_quietly(own_wake)
         if own_map is not None and rank not in maps:
             channel.unmap(own_map)
+
+
+def _who(p: int, addresses: list[list[tuple[str, int]]], group: str) -> str:
+    """Rank p as an error in the exchange of segments names it."""
+    ip, port = addresses[p][0]
+    return f"rank {p} ({ip}:{port}, shared memory of group {group!r})"
 
 
 def _keep(wake: dict[int, int], p: int, fd: int, every: bool) -> bool:

@@ -138,3 +138,17 @@ def test_a_rank_gone_before_its_peers_connect_is_lost_at_once(mode, raising):
         assert res.returncode == 137 and "rank 2" in res.stderr and "SIGKILL" in res.stderr, res.stderr
     else:
         assert res.returncode == 1, (res.returncode, res.stderr)
+
+
+@pytest.mark.parametrize("how", ["exit", "close"])
+@pytest.mark.parametrize("call", ["send", "isend"])
+def test_a_message_to_a_rank_that_has_left_fails_on_the_open_connection(how, call):
+    # A small message fit the kernel's buffer of the connection to a rank gone from the other end,
+    # and its send returned as if delivered: the message was lost and the job ended well.
+    res = run_launcher(["-n", "2", str(SCRIPTS / "send_after_exit.py"), how, call], timeout=60,
+                       env={"RINGDIST_TIMEOUT": "10", "RINGDIST_CONNECT_TIMEOUT": "10"})
+    outcome = re.search(r"^\[0\] outcome: (.*)$", res.stdout, re.M)
+    assert outcome is not None, res.stdout + res.stderr
+    why = "left the job" if how == "exit" else "connection closed by peer"
+    assert outcome.group(1).startswith("PeerLostError: rank 0: lost rank 1 ") and why in outcome.group(1), outcome
+    assert "the message was not sent" in outcome.group(1)
