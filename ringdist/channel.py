@@ -529,6 +529,7 @@ class Channel:
         # The last recv found the socket empty: it returned fewer bytes than it had room for
         # (what a poll for input at that moment would have said).
         self.drained = False
+        self._looker: Any = None  # a poll of this socket alone, for `gone`
 
     def describe(self) -> str:
         return f"rank {self.peer} ({self.address}, {self.role} link of group {self.group!r})"
@@ -608,7 +609,14 @@ class Channel:
     def gone(self) -> str | None:
         """On a connection this rank sends on: why the other end has gone (it closed or reset the
         connection); "" if bytes have come back (an ABORT, say: left for the reader); None if
-        nothing has. One system call, which does not block."""
+        nothing has. A poll that does not wait (0.4 us where nothing has come, a fifth of a
+        peek that raises BlockingIOError), then a peek if it found something."""
+        looker = self._looker
+        if looker is None:
+            looker = self._looker = select.poll()
+            looker.register(self.fd, select.POLLIN)
+        if not looker.poll(0):
+            return None  # nothing has come back
         try:
             if self.sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT):
                 return ""

@@ -294,7 +294,9 @@ class Comm:
         why = self._intrusion(op, me, self._caller.get(0))
         # For the call running now (number seq - 1): if it has ended meanwhile, nothing is failed.
         self._intruder = (self._seq - 1, why)
-        raise MismatchError(why)
+        exc = MismatchError(why)
+        exc.ringdist_intrusion = True  # refused here alone: not for `refuse` to tell the peers
+        raise exc
 
     def _intrusion(self, op: str, me: threading.Thread, owner: threading.Thread | None) -> str:
         return (f"rank {self._rank}: {op} on group {self.gid!r} from thread {me.name!r} while {self._running()} "
@@ -498,7 +500,8 @@ class Comm:
         told where the group has no peers, or is closed or broken already (its peers have
         heard). A call from another thread while one runs is refused as `_refuse_thread`
         says: the running call fails when it ends."""
-        if self.ring is None or self._closed or self._broken or isinstance(exc, ConfigError):
+        if self.ring is None or self._closed or self._broken or isinstance(exc, ConfigError) or \
+                getattr(exc, "ringdist_intrusion", False):
             return  # a ConfigError (a forced algorithm that cannot run) is alike on every rank
         owner, me = self._in_call(), threading.current_thread()
         if owner is not None and owner is not me:
@@ -616,7 +619,9 @@ class Comm:
             if why == "":
                 aborts.pending_abort([ch], "send")  # the receiver's ABORT; anything else is left
                 return
-        raise PeerLostError(f"rank {self._rank}: lost {ch.describe()}: {why}; the message was not sent")
+        exc = PeerLostError(f"rank {self._rank}: lost {ch.describe()}: {why}; the message was not sent")
+        self._fail("send", [ch] + (self.channels if self.ring is not None else []), None, [], exc)
+        raise exc  # a failed message breaks the group, as one that fails while it is sent
 
     def forget_in_child(self) -> None:
         """In a forked child (its copies of the connections are closed by `forks`): refuse every

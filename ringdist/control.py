@@ -15,7 +15,7 @@ from .channel import recv_control, send_blocking
 from .endpoint import Endpoint, InboxKey
 from .errors import ConfigError, ConnectError, PeerLostError, ProtocolError, RingError, RingTimeoutError
 from .jobenv import JobEnv
-from .settings import Settings
+from .settings import Settings, algo_key
 
 
 class ControlLink:
@@ -76,7 +76,7 @@ class ControlLink:
         """Settings every rank must share before any connection is made (their variables' names):
         the lanes each pair opens, and the algorithms forced (a forced algorithm that cannot run
         is then a ConfigError on every rank alike, `tuning.choose`)."""
-        return {"RINGDIST_LANES": self.settings.lanes, "RINGDIST_ALGO": [list(pair) for pair in self.settings.algo]}
+        return {"RINGDIST_LANES": self.settings.lanes, "RINGDIST_ALGO": algo_key(self.settings.algo)}
 
     def _check_agree(self, members: list[dict]) -> None:
         """ConfigError on every rank alike when ranks' `_agree` settings differ (each sees the whole table)."""

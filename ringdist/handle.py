@@ -49,7 +49,7 @@ class Work:
         a RingTimeoutError says it is still outstanding, and the handle stays valid."""
         if not self._event.is_set():
             if timeout is not None and timeout != 0:  # 0: only look
-                deadlines.check_timeout(timeout)
+                timeout = deadlines.check_timeout(timeout)
             deadline = None if timeout is None else deadlines.after(timeout)
             while not self._event.wait(deadlines.wait_slice(60.0 if deadline is None else deadlines.left(deadline))):
                 if deadline is not None and deadlines.passed(deadline):

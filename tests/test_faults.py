@@ -152,3 +152,4 @@ def test_a_message_to_a_rank_that_has_left_fails_on_the_open_connection(how, cal
     why = "left the job" if how == "exit" else "connection closed by peer"
     assert outcome.group(1).startswith("PeerLostError: rank 0: lost rank 1 ") and why in outcome.group(1), outcome
     assert "the message was not sent" in outcome.group(1)
+    assert re.search(r"^\[0\] group broken$", res.stdout, re.M), res.stdout  # as any failed message does

@@ -136,6 +136,8 @@ def test_a_refused_call_on_a_broken_group_raises_its_own_error():
 
 def test_a_timeout_past_floats_range_is_no_limit():
     assert run_ranks(2, lambda g: rd.all_sum(np.ones(2), group=g, timeout=10 ** 400).tolist()) == [[2.0, 2.0]] * 2
+    work = rd.all_sum(np.ones(2), async_op=True)  # the world of one, on the progress thread
+    assert work.wait(timeout=10 ** 400).tolist() == [1.0, 1.0]
 
 
 def _outcomes(stdout: str) -> dict[tuple[int, str], str]:

@@ -105,3 +105,13 @@ def test_ranks_forcing_different_algorithms_fail_with_a_mismatch_on_every_rank()
     got = run_ranks(4, rank, algo=(("all_sum", "ring"),), rank_overrides={2: {"algo": (("all_sum", "two-shot"),)}})
     assert all(line.startswith("raised MismatchError") for line in got), got
     assert any("two-shot" in line for line in got), got
+
+
+def test_ranks_spelling_the_same_forced_algorithms_differently_agree():
+    from ringdist.settings import algo_key
+
+    same = [(("all_sum", "ring"), ("all_gather", "bruck")), (("all_gather", "bruck"), ("all_sum", "ring")),
+            (("all_sum", "two-shot"), ("all_gather", "bruck"), ("all_sum", "ring"))]
+    assert all(algo_key(pairs) == [["all_gather", "bruck"], ["all_sum", "ring"]] for pairs in same)
+    # An entry for several ops makes the order matter: the last matching entry wins.
+    assert algo_key((("*", "ring"), ("all_sum", "doubling"))) != algo_key((("all_sum", "doubling"), ("*", "ring")))

@@ -31,3 +31,4 @@ try:
     print("outcome: returned", flush=True)
 except rd.RingError as exc:
     print(f"outcome: {type(exc).__name__}: {exc}", flush=True)
+print(f"group {'broken' if 'broken' in repr(g) else 'open'}", flush=True)
