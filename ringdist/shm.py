@@ -157,9 +157,9 @@ def open_link(endpoint: Endpoint, links: Links, *, group: str, rank: int, size: 
         every = own_wake >= 0  # whether every rank offered its eventfd
         try:
             for p, sock in dialed.items():
-                channel.send_fds(sock, fds, offer, deadline, peer=_who(p, addresses, group))
+                channel.send_fds(sock, fds, offer, deadline, peer=_who(p, addresses))
             for p in range(rank):
-                what = _who(p, addresses, group)
+                what = _who(p, addresses)
                 sock = endpoint.take(InboxKey(group, p, "shm", 0), deadline,
                                      f"group {group!r}: waiting for rank {p}'s shared memory", source=addresses[p])
                 try:
@@ -169,7 +169,7 @@ def open_link(endpoint: Endpoint, links: Links, *, group: str, rank: int, size: 
                 finally:
                     sock.close()
             for p, sock in dialed.items():
-                maps[p], theirs, probes[p] = _receive(sock, total, deadline, _who(p, addresses, group))
+                maps[p], theirs, probes[p] = _receive(sock, total, deadline, _who(p, addresses))
                 every = _keep(wake, p, theirs, every)
         except RingError as exc:
             text = str(exc)
@@ -209,10 +209,10 @@ def open_link(endpoint: Endpoint, links: Links, *, group: str, rank: int, size: 
             channel.unmap(own_map)
 
 
-def _who(p: int, addresses: list[list[tuple[str, int]]], group: str) -> str:
+def _who(p: int, addresses: list[list[tuple[str, int]]]) -> str:
     """Rank p as an error in the exchange of segments names it."""
     ip, port = addresses[p][0]
-    return f"rank {p} ({ip}:{port}, shared memory of group {group!r})"
+    return f"rank {p} ({ip}:{port}, shared memory)"
 
 
 def _keep(wake: dict[int, int], p: int, fd: int, every: bool) -> bool:
