@@ -159,3 +159,38 @@ def test_departures_reach_ranks_registered_before_and_after_and_follow_the_table
     finally:
         dialer.close()
         server.close()
+
+
+def test_a_departure_while_the_table_goes_out_reaches_a_rank_after_its_table(monkeypatch):
+    # The last registration makes the table; a rank that leaves while it is being sent out is
+    # told to each rank only once that rank has its table, so every rank checks the same table.
+    from ringdist.endpoint import Endpoint
+
+    server = RendezvousServer(SECRET.decode(), 4, announce_departures=True)
+    send_table = server._send_table
+
+    def departure_first(rank: int) -> None:
+        if rank == 2:  # the table is made, ranks 0 and 1 have it, rank 2's is still due
+            server.rank_left(1, "exited with code 1")
+        send_table(rank)
+
+    monkeypatch.setattr(server, "_send_table", departure_first)
+    server.start()
+    dialer = Endpoint(SECRET, ["127.0.0.1"], connect_timeout=5, label="test")
+    try:
+        socks = [_register(server, dialer, r) for r in range(4)]
+        got = {}
+        for r in (0, 2, 3):
+            kinds = []
+            for _ in range(2):
+                _, msg, _ = recv_control(socks[r], time.monotonic() + 5)
+                kinds.append(msg["type"])
+                if msg["type"] == "left":
+                    assert msg == {"type": "left", "rank": 1, "why": "exited with code 1"}, msg
+            got[r] = kinds
+        assert got == {0: ["table", "left"], 2: ["table", "left"], 3: ["table", "left"]}, got
+        for sock in socks:
+            sock.close()
+    finally:
+        dialer.close()
+        server.close()
