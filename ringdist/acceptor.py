@@ -235,7 +235,10 @@ class Acceptor:
                 if data is None:
                     break
                 if not data:
-                    self._drop(p, f"connection closed after {hs.received} bytes of handshake")
+                    # Closed before a byte: a peer's look at whether this rank still listens
+                    # (`Endpoint.take`'s probe), or a port scan; counted, not logged.
+                    self._drop(p, f"connection closed after {hs.received} bytes of handshake",
+                               quiet=hs.received == 0)
                     return
                 p.active = time.monotonic()
                 hs.feed(data)
@@ -282,10 +285,13 @@ class Acceptor:
             self.refusals.refuse(p.addr, str(exc))
             p.sock.close()
 
-    def _drop(self, p: _Pending, why: str) -> None:
+    def _drop(self, p: _Pending, why: str, quiet: bool = False) -> None:
         self._forget(p)
         p.sock.close()
-        self.refusals.refuse(p.addr, why)
+        if quiet:
+            self.refusals.count += 1
+        else:
+            self.refusals.refuse(p.addr, why)
 
     def _forget(self, p: _Pending) -> None:
         self._pending.pop(p.sock.fileno(), None)

@@ -143,6 +143,21 @@ def dial(address: tuple[str, int], timeout: float) -> socket.socket:
         raise err from None
 
 
+def refused_everywhere(addresses: list[tuple[str, int]], timeout: float) -> bool:
+    """Whether every one of `addresses` refuses a connection now (nothing listens there); a
+    connection made is closed at once without a byte sent, one that times out counts as no."""
+    for address in addresses:
+        try:
+            sock = socket.create_connection((address[0], int(address[1])), timeout=timeout)
+        except ConnectionRefusedError:
+            continue
+        except OSError:
+            return False
+        close_quietly(sock)
+        return False
+    return bool(addresses)
+
+
 @dataclass(frozen=True)
 class AcceptFailed:
     """An arrival `accept` could not take: `out_of_fds` when the process (or system) has no

@@ -28,6 +28,15 @@ CHECK_INTERVAL = 0.005  # seconds between a waiting take's checks
 # Seconds a connection from a rank that has left the job may still take to land in the inbox
 # (its handshake done, the acceptor not yet through filing it) before a take gives up on it.
 DEPARTED_GRACE = 0.25
+# A wait for a rank's connection that lasts this long tries that rank's addresses, and again as
+# often (`Endpoint._probe`); each try may take PROBE_TIMEOUT (a host that does not answer).
+PROBE_AFTER = 1.0
+PROBE_TIMEOUT = 0.05
+
+
+def _first(addresses: list[tuple[str, int]] | None) -> tuple[str, int] | None:
+    """A rank's first address, as departures are noted by."""
+    return (addresses[0][0], int(addresses[0][1])) if addresses else None
 
 
 class InboxKey(NamedTuple):
@@ -54,6 +63,9 @@ class Endpoint:
         # Groups whose collective failed here: the ABORT sent to their peers, by group id, for
         # a peer whose link arrives after it was sent (a link opened on first use).
         self._aborted: dict[str, bytes] = {}
+        # Ranks whose connection is waited for, by their first address: when their addresses
+        # are next tried (`_probe`).
+        self._probes: dict[tuple[str, int], float] = {}
         self._closed = False
         self._listeners: list[socket.socket] = []
         self.local_path: str | None = None  # the "posix" backend's socket file, while listening
@@ -167,6 +179,7 @@ class Endpoint:
                     if not queue:
                         del self._inbox[key]
                     conn.settimeout(None)
+                    self._probes.pop(_first(source), None)
                     return conn
                 now = time.monotonic()
                 left = deadline - now
@@ -176,12 +189,34 @@ class Endpoint:
                 gone = self._gone(source, now)
                 if isinstance(gone, float):  # heard of its departure: the grace, then PeerLostError
                     wait = min(wait, gone)
+                elif source:  # its addresses are tried every PROBE_AFTER (`_probe`)
+                    wait = min(wait, PROBE_AFTER)
                 if not isinstance(gone, str):
                     self._cond.wait(wait if check is None else min(wait, CHECK_INTERVAL))
             if check is not None:
                 check()
             if isinstance(gone, str):
                 raise PeerLostError(f"{self.label}: {what}: {gone}")
+            if gone is None:
+                self._probe(source)
+
+    def _probe(self, source: list[tuple[str, int]] | None) -> None:
+        """While a wait for the connection of the rank listening at `source` goes on: after
+        PROBE_AFTER seconds, and then every PROBE_AFTER, try its addresses; every one refusing
+        means it has left the job (its process ended, or it closed its endpoint), which is then
+        noted as a departure (`note_departed`). Under the launcher the rendezvous says so
+        sooner; without one (a scheduler's variables) nothing else would."""
+        first = _first(source)
+        if first is None:
+            return
+        now = time.monotonic()
+        with self._cond:
+            due = self._probes.setdefault(first, now + PROBE_AFTER)
+            if now < due:
+                return
+            self._probes[first] = now + PROBE_AFTER
+        if channel.refused_everywhere(source, PROBE_TIMEOUT):  # type: ignore[arg-type]
+            self.note_departed(first, "nothing listens at its address any more: it has left the job")
 
     def take_nowait(self, key: InboxKey, what: str = "", source: list[tuple[str, int]] | None = None
                     ) -> socket.socket | None:
@@ -193,10 +228,16 @@ class Endpoint:
                 gone = self._gone(source, time.monotonic())
                 if isinstance(gone, str):
                     raise PeerLostError(f"{self.label}: {what}: {gone}")
-                return None
-            conn = queue.pop(0)
-            if not queue:
-                del self._inbox[key]
+                queue = None
+            else:
+                conn = queue.pop(0)
+                if not queue:
+                    del self._inbox[key]
+                self._probes.pop(_first(source), None)
+        if queue is None:
+            if gone is None:
+                self._probe(source)
+            return None
         conn.settimeout(None)
         return conn
 

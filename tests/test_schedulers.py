@@ -51,13 +51,13 @@ def job_id_with_free_port(make_env) -> str:
 
 
 def run_ranks(envs: list[dict[str, str]], *, args: tuple[str, ...] = (), delays: dict[int, float] | None = None,
-              timeout: float = 60) -> list[subprocess.CompletedProcess[str]]:
+              timeout: float = 60, script: str = WORLD_CHECK) -> list[subprocess.CompletedProcess[str]]:
     """Start one process per env (in list order, rank r after delays[r] s), wait for all; kill on timeout."""
     procs = []
     try:
         for i, env in enumerate(envs):
             time.sleep((delays or {}).get(i, 0))
-            procs.append(subprocess.Popen([sys.executable, WORLD_CHECK, *args], env={**BASE, **FAST, **env},
+            procs.append(subprocess.Popen([sys.executable, script, *args], env={**BASE, **FAST, **env},
                                           stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                           stderr=subprocess.PIPE, text=True, start_new_session=True))
         deadline = time.monotonic() + timeout
@@ -125,6 +125,25 @@ def test_torchrun_variables_only_rank_0_last_and_insecure():
     results = run_ranks(envs, delays={n - 1: 1.0})
     check_world(results, n, "torchrun")
     assert all("RINGDIST_INSECURE=1: no job secret" in r.stderr for r in results)
+
+
+@pytest.mark.parametrize("call", ["recv", "irecv"])
+def test_a_recv_from_a_rank_that_has_left_fails_without_a_launcher(call):
+    # No launcher tells the others that rank 1 has left: a wait for its connection tries its
+    # address after a second, finds nothing listening, and raises instead of waiting 300 s.
+    n, port = 3, free_port()
+    envs = [{"RANK": str(r), "WORLD_SIZE": str(n), "LOCAL_RANK": str(r), "LOCAL_WORLD_SIZE": str(n),
+             "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RINGDIST_SECRET": "probe-test-secret",
+             "RINGDIST_TIMEOUT": "120"} for r in range(n)]
+    results = run_ranks(envs, args=(call,), script=str(SCRIPTS / "recv_from_gone.py"), timeout=90)
+    for r in (0, 2):
+        line = [x for x in results[r].stdout.splitlines() if x.startswith("outcome after ")]
+        assert line, results[r].stdout + results[r].stderr
+        took, _, what = line[0].removeprefix("outcome after ").partition(": ")
+        assert what.startswith(f"PeerLostError: rank {r}: recv in group 'world': waiting for rank 1 to send: "
+                               "nothing listens at its address any more: it has left the job"), what
+        assert float(took) < 10, took
+    assert results[1].returncode == 0, results[1].stderr
 
 
 def test_no_secret_is_refused_with_the_line_to_add():

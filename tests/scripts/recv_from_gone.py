@@ -1,0 +1,25 @@
+"""Rank 1 leaves after a barrier; every other rank then waits to receive from it.
+
+usage: recv_from_gone.py {recv|irecv}
+Prints `outcome after <s>: <error class>: <message>` (or `outcome after <s>: returned`).
+"""
+import sys
+import time
+
+import numpy as np
+
+import ringdist as rd
+
+g = rd.init()
+rd.barrier()
+if g.rank() == 1:
+    sys.exit(0)
+start = time.monotonic()
+try:
+    if sys.argv[1] == "irecv":
+        rd.recv((3,), np.float64, 1, async_op=True).wait()
+    else:
+        rd.recv((3,), np.float64, 1)
+    print(f"outcome after {time.monotonic() - start:.2f}: returned", flush=True)
+except rd.RingError as exc:
+    print(f"outcome after {time.monotonic() - start:.2f}: {type(exc).__name__}: {exc}", flush=True)
