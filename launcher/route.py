@@ -32,7 +32,7 @@ def parse_rendezvous_option(text: str) -> tuple[str, int]:
         host, port_text = text.split(":")
     else:
         port_text = "0"
-    if not port_text.isdigit() or not 0 <= int(port_text) < 65536:
+    if not (port_text.isascii() and port_text.isdigit()) or not 0 <= int(port_text) < 65536:
         raise ConfigError(f"{where}: the port must be a number from 1 to 65535")
     port = int(port_text)
     if not host:

@@ -117,6 +117,9 @@ def listen(ip: str, port: int, backlog: int, label: str) -> socket.socket:
     except OSError as exc:
         raise ConnectError(f"{label}: cannot listen on {where}: {reason(exc)}") from None
     try:
+        if port:  # a port chosen in advance (the rendezvous's): free again while a failed run's
+            # connections to it linger in TIME_WAIT (a live listener still holds it: Linux)
+            lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         lsock.bind((ip, port))
         lsock.listen(backlog)
     except (OSError, OverflowError) as exc:

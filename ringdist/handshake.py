@@ -37,6 +37,11 @@ class HandshakeCutOff(PeerLostError, EOFError):
     refusal). Also an EOFError, for callers that treat it as the end of the stream."""
 
 
+# Ranks of one job that know different secrets meet as strangers: say where the secret comes from.
+SECRET_HINT = (" (every rank of a job needs the same secret: RINGDIST_SECRET or RINGDIST_SECRET_FILE, "
+               "set alike for every rank; the launcher sets it itself)")
+
+
 def client_handshake(sock: socket.socket, secret: bytes, hello: dict[str, Any], deadline: float,
                      peer: str) -> None:
     """Run the connecting side; AuthError if the peer is not part of this job.
@@ -54,14 +59,15 @@ def client_handshake(sock: socket.socket, secret: bytes, hello: dict[str, Any], 
         send_blocking(sock, wire.encode_map(wire.PROOF, {"mac": mac}), deadline, peer=peer)
         _, welcome, _ = recv_control(sock, deadline, expect=wire.WELCOME, peer=peer)
     except ProtocolError as exc:
-        raise AuthError(f"handshake with {peer} failed: {exc}") from None
+        hint = SECRET_HINT if str(exc).startswith("refused by peer") else ""
+        raise AuthError(f"handshake with {peer} failed: {exc}{hint}") from None
     except RingTimeoutError as exc:
         raise RingTimeoutError(f"handshake: {exc}") from None
     except PeerLostError as exc:
         raise HandshakeCutOff(f"handshake cut off before WELCOME: {exc}") from None
     expected = wire.proof_mac(secret, b"server", hello_body, server_nonce)
     if not wire.macs_equal(wire.require(welcome, "mac", bytes), expected):
-        raise AuthError(f"{peer} does not know this job's secret (server proof failed)")
+        raise AuthError(f"{peer} does not know this job's secret (server proof failed){SECRET_HINT}")
 
 
 class ServerHandshake:

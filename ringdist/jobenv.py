@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import os
 import socket
 import zlib
 from dataclasses import dataclass, field
 
 from . import channel, rendezvous
 from .errors import ConfigError
+from .settings import flag
 from .routes import source_address
 
 log = logging.getLogger("ringdist")
@@ -85,7 +87,7 @@ def read_environment(env: dict[str, str]) -> JobEnv | None:
         bind = _bind_list(env["RINGDIST_BIND"]) or [_address_towards(rdv[0], multi_node=None)]
     else:
         bind = ["127.0.0.1"]
-    return JobEnv(rank=rank, size=size, rendezvous=rdv, secret=secret.encode(), bind=bind,
+    return JobEnv(rank=rank, size=size, rendezvous=rdv, secret=secret_bytes(secret), bind=bind,
                   host=env.get("RINGDIST_HOST") or socket.gethostname(),
                   socket_dir=env.get("RINGDIST_SOCKET_DIR") or None)
 
@@ -124,7 +126,7 @@ def detect_scheduler(env: dict[str, str]) -> Scheduler | None:
     if "SLURM_PROCID" in env and size_var is not None:
         rank, size = _int_var(env, "SLURM_PROCID"), _int_var(env, size_var)
         nodes = next((env[n] for n in ("SLURM_STEP_NUM_NODES", "SLURM_NNODES", "SLURM_JOB_NUM_NODES") if n in env), "")
-        multi = int(nodes) > 1 if nodes.isdigit() else None
+        multi = int(nodes) > 1 if _digits(nodes) else None
         nodelist = next((env[n] for n in ("SLURM_STEP_NODELIST", "SLURM_JOB_NODELIST", "SLURM_NODELIST")
                          if env.get(n)), "")
         first = "127.0.0.1" if multi is False else (first_slurm_host(nodelist) or None)
@@ -157,9 +159,21 @@ def first_slurm_host(nodelist: str) -> str:
     return prefix + ranges.split(",")[0].split("-")[0] + (first_slurm_host(suffix) if suffix else "")
 
 
+def _digits(text: str) -> bool:
+    """Whether `text` is a non-negative decimal integer in ASCII digits (int() takes "²" and "٣"
+    as digits only in part: `str.isdigit` says yes to the first, which int() refuses)."""
+    return text.isascii() and text.isdigit()
+
+
+def secret_bytes(value: str) -> bytes:
+    """A secret from the environment as the bytes it was set to (bytes that are not UTF-8
+    included: Python keeps them as surrogates, which `os.fsencode` turns back)."""
+    return os.fsencode(value)
+
+
 def _more_than(env: dict[str, str], local_var: str, size: int) -> bool | None:
     raw = env.get(local_var, "")
-    return int(raw) < size if raw.isdigit() else None
+    return int(raw) < size if _digits(raw) else None
 
 
 def _scheduler_environment(env: dict[str, str], sched: Scheduler) -> JobEnv:
@@ -179,7 +193,7 @@ def _scheduler_environment(env: dict[str, str], sched: Scheduler) -> JobEnv:
                 f"free port there (or RINGDIST_RENDEZVOUS=host:port)")
         port_text = env.get("MASTER_PORT", "")
         if port_text:
-            if not port_text.isdigit() or not 0 < int(port_text) < 65535:
+            if not _digits(port_text) or not 0 < int(port_text) < 65536:
                 raise ConfigError(f"{who}: MASTER_PORT={port_text!r} is not a port number")
             port = int(port_text)
             if env.get("TORCHELASTIC_USE_AGENT_STORE") == "True":
@@ -199,7 +213,7 @@ def _scheduler_environment(env: dict[str, str], sched: Scheduler) -> JobEnv:
 
 def _scheduler_secret(env: dict[str, str], sched: Scheduler, who: str) -> bytes:
     if env.get("RINGDIST_SECRET"):
-        return env["RINGDIST_SECRET"].encode()
+        return secret_bytes(env["RINGDIST_SECRET"])
     path = env.get("RINGDIST_SECRET_FILE")
     if path:
         content, mode = channel.read_private_file(path, f"{who}: RINGDIST_SECRET_FILE")
@@ -209,9 +223,9 @@ def _scheduler_secret(env: dict[str, str], sched: Scheduler, who: str) -> bytes:
         if mode & 0o077:
             log.warning("ringdist: %s: the secret file %s can be read by other users (chmod 600 it)", who, path)
         return secret
-    if env.get("RINGDIST_INSECURE", "") not in ("", "0"):
-        log.warning("ringdist: %s: RINGDIST_INSECURE=1: no job secret; anyone who can reach the ranks "
-                    "can join this job or read its data", who)
+    if flag(env, "RINGDIST_INSECURE"):
+        log.warning("ringdist: %s: RINGDIST_INSECURE=%s: no job secret; anyone who can reach the ranks "
+                    "can join this job or read its data", who, env["RINGDIST_INSECURE"].strip())
         return INSECURE_SECRET
     raise ConfigError(
         f"{who}: no job secret. Add this line to the job script{sched.secret_hint}:\n"

@@ -10,8 +10,9 @@ from .errors import ConfigError
 
 
 def _number(env: dict[str, str], name: str, default: float, *, minimum: float = 0.0,
-            unlimited: bool = True) -> float:
-    """A number greater than `minimum`; `inf` (no limit) only where `unlimited`. ConfigError names `name`."""
+            unlimited: bool = True, inclusive: bool = False) -> float:
+    """A number greater than `minimum` (or equal to it, where `inclusive`); `inf` (no limit) only
+    where `unlimited`. ConfigError names `name`."""
     raw = env.get(name)
     if raw is None or raw == "":
         return default
@@ -19,11 +20,22 @@ def _number(env: dict[str, str], name: str, default: float, *, minimum: float = 
         value = float(raw)
     except ValueError:
         raise ConfigError(f"{name}={raw!r} is not a number") from None
-    if not value > minimum:  # NaN too
-        raise ConfigError(f"{name}={raw!r} must be greater than {minimum:g}")
+    if not (value >= minimum if inclusive else value > minimum):  # NaN too
+        raise ConfigError(f"{name}={raw!r} must be {'at least' if inclusive else 'greater than'} {minimum:g}")
     if value == math.inf and not unlimited:
         raise ConfigError(f"{name}={raw!r} must be finite")
     return value
+
+
+def flag(env: dict[str, str], name: str) -> bool:
+    """A yes/no variable: 1, true, yes, on (any case) or 0, false, no, off, unset or empty;
+    anything else a ConfigError naming it."""
+    raw = env.get(name, "").strip().lower()
+    if raw in ("", "0", "false", "no", "off"):
+        return False
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    raise ConfigError(f"{name}={env[name]!r} must be 1 or 0 (or true/false, yes/no, on/off)")
 
 
 @dataclass(frozen=True)
@@ -52,7 +64,7 @@ class Settings:
         lanes = _number(env, "RINGDIST_LANES", 1, minimum=0, unlimited=False)
         if lanes != int(lanes) or lanes > 16:
             raise ConfigError(f"RINGDIST_LANES={env.get('RINGDIST_LANES')!r} must be an integer from 1 to 16")
-        direct_max = _number(env, "RINGDIST_DIRECT_MAX", -1, minimum=-1, unlimited=False)
+        direct_max = _number(env, "RINGDIST_DIRECT_MAX", -1, minimum=0, inclusive=True, unlimited=False)
         if direct_max != int(direct_max):
             raise ConfigError(f"RINGDIST_DIRECT_MAX={env.get('RINGDIST_DIRECT_MAX')!r} must be a whole number of bytes")
         directions = env.get("RINGDIST_DIRECTIONS", "").strip()
@@ -78,7 +90,7 @@ class Settings:
         shared = oversubscribed(env)
         socket_buffers = _socket_buffers(env.get("RINGDIST_SOCKET_BUFFERS"), cls.socket_buffers)
         return cls(
-            spin_us=default_spin_us(shared) if spin in (None, "") else _number(env, "RINGDIST_SPIN_US", 0, minimum=-1),
+            spin_us=default_spin_us(shared) if spin in (None, "") else _number(env, "RINGDIST_SPIN_US", 0, minimum=0, inclusive=True),
             timeout=_number(env, "RINGDIST_TIMEOUT", cls.timeout),
             connect_timeout=_number(env, "RINGDIST_CONNECT_TIMEOUT", cls.connect_timeout),
             init_timeout=_number(env, "RINGDIST_INIT_TIMEOUT", cls.init_timeout),
@@ -87,8 +99,9 @@ class Settings:
             spin_yield=bool(shared),
             direct_max=None if direct_max < 0 else int(direct_max),
             socket_buffers=socket_buffers,
-            buffer_cache_mb=_number(env, "RINGDIST_BUFFER_CACHE_MB", cls.buffer_cache_mb, minimum=-1),
-            verbose=env.get("RINGDIST_VERBOSE", "") not in ("", "0"),
+            buffer_cache_mb=_number(env, "RINGDIST_BUFFER_CACHE_MB", cls.buffer_cache_mb, minimum=0,
+                                    inclusive=True),
+            verbose=flag(env, "RINGDIST_VERBOSE"),
             algo=_algo(env.get("RINGDIST_ALGO")),
             max_object_bytes=int(max_object),
             shm=shm != "0",
@@ -153,7 +166,7 @@ def oversubscribed(env: dict[str, str]) -> bool | None:
     """Whether this host runs more ranks than it has cores (None: the launcher did not say)."""
     for name in ("RINGDIST_LOCAL_WORLD_SIZE", "LOCAL_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_SIZE"):
         raw = env.get(name, "")
-        if raw.isdigit():
+        if raw.isascii() and raw.isdigit():
             try:
                 cores = len(os.sched_getaffinity(0))
             except AttributeError:  # not Linux

@@ -210,3 +210,38 @@ def test_first_slurm_host():
     assert jobenv.first_slurm_host("a1,b[1-2]") == "a1"
     assert jobenv.first_slurm_host("rack[2-3]-n[04-05]") == "rack2-n04"
     assert jobenv.first_slurm_host("single") == "single"
+
+
+def test_values_a_user_can_get_wrong_are_config_errors_naming_them():
+    from launcher.route import parse_rendezvous_option
+    from ringdist.settings import Settings
+
+    torch = {"RANK": "1", "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "RINGDIST_BIND": "127.0.0.1"}
+    # Digits int() does not take ("²" passes str.isdigit) are refused by name, not a traceback.
+    for name in ("MASTER_PORT", "LOCAL_WORLD_SIZE"):
+        env = {**torch, "RINGDIST_SECRET": "s", name: "\u00b2"}
+        if name == "MASTER_PORT":
+            with pytest.raises(ConfigError, match="MASTER_PORT='\u00b2' is not a port number"):
+                jobenv.read_environment(env)
+        else:
+            assert jobenv.read_environment(env).size == 2
+            Settings.from_env(env)  # the cores per rank unknown: the default spin, no traceback
+    with pytest.raises(ConfigError, match="the port must be a number"):
+        parse_rendezvous_option("127.0.0.1:\u00b2")
+    assert jobenv.read_environment({**torch, "RINGDIST_SECRET": "s", "MASTER_PORT": "65535"}).rendezvous[1] == 65535
+    # RINGDIST_INSECURE=false is no: without a secret, the error that says how to set one.
+    with pytest.raises(ConfigError, match="no job secret"):
+        jobenv.read_environment({**torch, "RINGDIST_INSECURE": "false"})
+    with pytest.raises(ConfigError, match="RINGDIST_INSECURE='maybe' must be 1 or 0"):
+        jobenv.read_environment({**torch, "RINGDIST_INSECURE": "maybe"})
+    assert jobenv.read_environment({**torch, "RINGDIST_INSECURE": "yes"}).secret == jobenv.INSECURE_SECRET
+    # A secret of bytes that are not UTF-8 (as `head -c16 /dev/urandom` gives) is those bytes.
+    assert jobenv.read_environment({**torch, "RINGDIST_SECRET": os.fsdecode(b"\xff\xfe\x01")}).secret == b"\xff\xfe\x01"
+    for name in ("RINGDIST_SPIN_US", "RINGDIST_BUFFER_CACHE_MB", "RINGDIST_DIRECT_MAX"):
+        with pytest.raises(ConfigError, match=f"{name}='-0.5' must be at least 0"):
+            Settings.from_env({name: "-0.5"})
+        Settings.from_env({name: "0"})
+    assert Settings.from_env({"RINGDIST_VERBOSE": "false"}).verbose is False
+    assert Settings.from_env({"RINGDIST_VERBOSE": "True"}).verbose is True
+    with pytest.raises(ConfigError, match="RINGDIST_VERBOSE='2' must be 1 or 0"):
+        Settings.from_env({"RINGDIST_VERBOSE": "2"})
