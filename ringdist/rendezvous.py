@@ -92,6 +92,7 @@ class RendezvousServer:
         self._send_locks: dict[int, threading.Lock] = {}
         self._lock = threading.Lock()
         self._delivered = threading.Event()  # the table went out to every rank
+        self._cannot_start: str | None = None  # a registration no job can form with (see `_register`)
         self._closed = False
         self._listener: socket.socket | None = None
         self._acceptor: Acceptor | None = None
@@ -236,16 +237,37 @@ class RendezvousServer:
                 pass
             return ProtocolError(message)
 
+        def cannot_start(message: str) -> ProtocolError:
+            # A rank of this job (it knows the secret) that no world of this size can take: two of
+            # one rank, or ranks counting different worlds. The ranks waiting for the table would
+            # wait out RINGDIST_INIT_TIMEOUT for a rank that never comes: they are told now, as
+            # is every rank that registers from now on.
+            with self._lock:
+                if self._table is None and self._cannot_start is None:
+                    self._cannot_start = message
+                waiting = [r for r in self._conns if r not in self._tabled] if self._table is None else []
+            for r in waiting:
+                self._send(r, {"type": "error", "message": f"the job cannot start: {message}"})
+            return refuse(message)
+
         if msg.get("type") != "register":
             raise refuse(f"expected a register message, got {msg.get('type')!r}")
+        if self._cannot_start is not None:
+            raise refuse(f"the job cannot start: {self._cannot_start}")
         rank, size = msg.get("rank"), msg.get("size")
         if size != self.world_size:
-            raise refuse(f"rank {rank} says the world has {size} ranks; the launcher started {self.world_size}")
+            raise cannot_start(f"rank {rank} says the world has {size} ranks; this rendezvous serves a world of "
+                               f"{self.world_size}")
         if not isinstance(rank, int) or not 0 <= rank < self.world_size:
-            raise refuse(f"rank {rank!r} is out of range for a world of {self.world_size}")
+            raise cannot_start(f"rank {rank!r} is out of range for a world of {self.world_size}")
         addresses = msg.get("addresses")
         if not isinstance(addresses, list) or not addresses:
             raise refuse(f"rank {rank} registered no addresses")
+        with self._lock:
+            duplicate = rank in self._members
+        if duplicate:
+            raise cannot_start(f"rank {rank} registered twice (first from pid {self._members[rank].get('pid')}, "
+                               f"then from pid {msg.get('pid')}): each process needs its own rank")
         with self._lock:
             if rank in self._members:
                 raise refuse(f"rank {rank} registered twice (second from pid {msg.get('pid')})")

@@ -150,7 +150,8 @@ def _host_rendezvous(job: JobEnv) -> rendezvous.RendezvousServer:
         server.start()
     except ConnectError as exc:
         server.close()
-        raise ConfigError(f"{job.source} rank 0: {exc} (choose another MASTER_PORT)") from None
+        raise ConfigError(f"{job.source} rank 0: {exc} (another process listens there: a second rank 0 of "
+                          f"this job, or another job or program; each job needs its own MASTER_PORT)") from None
     return server
 
 

@@ -194,3 +194,43 @@ def test_a_departure_while_the_table_goes_out_reaches_a_rank_after_its_table(mon
     finally:
         dialer.close()
         server.close()
+
+
+@pytest.mark.parametrize("mistake", ["twice", "size", "range"])
+def test_a_registration_no_world_can_take_ends_the_wait_of_every_rank(mistake):
+    # Two processes with one rank, or ranks counting different worlds (a scheduler's variables
+    # set wrong): the ranks waiting for the table hear at once, not after RINGDIST_INIT_TIMEOUT.
+    from ringdist import rendezvous
+    from ringdist.channel import send_blocking
+    from ringdist.endpoint import Endpoint, InboxKey
+
+    server = RendezvousServer(SECRET.decode(), 4)
+    server.start()
+    dialer = Endpoint(SECRET, ["127.0.0.1"], connect_timeout=5, label="test")
+    try:
+        waiting = [_register(server, dialer, 0), _register(server, dialer, 1)]
+        time.sleep(0.2)  # both are filed before the mistake comes
+        host, port = server.address.rsplit(":", 1)
+        bad = dialer.connect([(host, int(port))], InboxKey(rendezvous.RENDEZVOUS_GROUP, 1, "register", 0),
+                             time.monotonic() + 5, "the rendezvous")
+        rank, size = {"twice": (1, 4), "size": (2, 3), "range": (7, 4)}[mistake]
+        send_blocking(bad, rendezvous.encode({"type": "register", "rank": rank, "size": size,
+                                              "addresses": [["127.0.0.1", 999]], "host": "h", "pid": 77,
+                                              "agree": {}}), time.monotonic() + 5)
+        words = {"twice": "rank 1 registered twice (first from pid 1, then from pid 77): each process needs its "
+                          "own rank",
+                 "size": "rank 2 says the world has 3 ranks; this rendezvous serves a world of 4",
+                 "range": "rank 7 is out of range for a world of 4"}[mistake]
+        _, msg, _ = recv_control(bad, time.monotonic() + 5)
+        assert msg == {"type": "error", "message": words}, msg
+        for sock in waiting:
+            _, msg, _ = recv_control(sock, time.monotonic() + 5)
+            assert msg == {"type": "error", "message": f"the job cannot start: {words}"}, msg
+        late = _register(server, dialer, 3)  # a rank that registers afterwards hears it too
+        _, msg, _ = recv_control(late, time.monotonic() + 5)
+        assert msg == {"type": "error", "message": f"the job cannot start: {words}"}, msg
+        for sock in (*waiting, bad, late):
+            sock.close()
+    finally:
+        dialer.close()
+        server.close()
