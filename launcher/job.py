@@ -211,6 +211,8 @@ class _Supervisor:
         try:
             self._log(f"rendezvous listening at {server.address}")
             self._start_guard()
+            if self.guard is not None and socket_dir is not None:
+                self.guard.remove(socket_dir)
             self._start_ranks(spawners, server.address, secret, socket_dir)
             self._supervise()
         finally:

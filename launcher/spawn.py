@@ -295,6 +295,10 @@ class Guard:
         """Add a process group to kill should the launcher die."""
         self._say(f"+{pgid}")
 
+    def remove(self, path: str) -> None:
+        """Add a directory to remove (after the kills) should the launcher die."""
+        self._say(f"={path}")
+
     def release(self) -> None:
         """The job is cleaned up: let the guard exit without killing anything, and reap it."""
         self._say("done")

@@ -10,6 +10,7 @@ import re
 import stat
 import subprocess
 import sys
+import time
 from typing import Any
 
 import numpy as np
@@ -21,7 +22,8 @@ from ringdist.settings import Settings
 from ringdist.shm import slot_bytes
 
 from harness import SECRET, run_ranks
-from helpers import LineReader, SCRIPTS, assert_strangers_get_no_descriptor, kill_one_mid_loop, run_launcher
+from helpers import (LineReader, SCRIPTS, assert_strangers_get_no_descriptor, kill_one_mid_loop, kill_tree,
+                     run_launcher, start_launcher, wait_until_gone)
 
 pytestmark = pytest.mark.skipif(not posixshm.available(), reason="no POSIX shared memory on this system")
 SHM = (("*", "shm"),)
@@ -159,6 +161,28 @@ def test_a_launched_job_leaves_no_socket_directory_after_a_normal_end():
     job_dirs = {os.path.dirname(os.path.dirname(path)) for path in found}
     assert len(job_dirs) == 1, found  # the launcher's one directory for the job
     assert not any(os.path.exists(p) for p in [*job_dirs, *found]), found
+
+
+def test_kill_9_of_the_launcher_leaves_no_socket_directory():
+    # The launcher's own cleanup never runs: its guard, which kills the ranks, removes the directory.
+    proc = start_launcher(["-n", "2", str(SCRIPTS / "shm_posix.py"), "loop", "0.01"],
+                          env={**POSIX, "PYTHONUNBUFFERED": "1"})
+    try:
+        out = LineReader(proc.stdout)
+        found = [m.group(1) for m in out.wait_for(r"^\[\d\] backend=posix shm=True job=\w+ socket=(\S+) dir=0o700$",
+                                                  count=2, timeout=60)]
+        pids = [int(m.group(1)) for m in out.wait_for(r"^\[\d\] ready pid=(\d+)$", count=2, timeout=60)]
+        job_dir = os.path.dirname(os.path.dirname(found[0]))
+        assert os.path.isdir(job_dir)
+        os.kill(proc.pid, 9)
+        proc.wait(10)
+        assert not wait_until_gone(pids, 10), pids
+        deadline = time.monotonic() + 10
+        while os.path.exists(job_dir) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not os.path.exists(job_dir), os.listdir(job_dir)
+    finally:
+        kill_tree(proc)
 
 
 @LINUX
