@@ -9,6 +9,7 @@ import time
 import numpy as np
 
 import ringdist as rd
+from refusal import check_refused
 
 world = rd.init()
 r, n = world.rank(), world.size()
@@ -59,27 +60,9 @@ c = b.split(0, key=b.size() - b.rank())
 expect(c, list(reversed(b_members)))
 for grp, want in ((c, list(reversed(b_members))), (a, a_members), (world, list(range(n))), (b, b_members)):
     expect(grp, want)
-# bad arguments: refused on every rank, and the group they were given to is broken (a spare one)
-def refused(color, key=-1):
-    spare = world.split(0)
-    try:
-        spare.split(color, key)
-    except TypeError:
-        pass
-    else:
-        raise AssertionError(f"split({color!r}, key={key!r}) did not raise TypeError")
-    try:
-        rd.barrier(group=spare)
-    except rd.GroupBrokenError as exc:
-        assert "must be an integer" in str(exc), exc
-    else:
-        raise AssertionError("a group stayed usable after a refused split")
-    spare.close()
-
-
-for bad in ("1", 1.5, None, True):
-    refused(bad)
-refused(0, key=2.0)
+# bad arguments: refused on every rank, and the group they were given to is broken
+for color, key in (("1", -1), (1.5, -1), (None, -1), (True, -1), (0, 2.0)):
+    check_refused(world, lambda g: g.split(color, key), TypeError, "must be an integer")
 
 # 2-D mesh: rows and columns used in an interleaved order the members agree on
 cols = 2 if n % 2 == 0 else 1
