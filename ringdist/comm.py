@@ -261,12 +261,8 @@ class Comm:
         key = (op, arr.dtype, arr.shape, path, self.both_ways, *extra.items()) if extra else \
             (op, arr.dtype, arr.shape, path, self.both_ways)
         template = self._headers.get(key)
-        if template is None:
-            try:
-                template = self._template(key, op, arr, path, extra)
-            except ValueError as exc:  # a header too long: refused before the call takes a number
-                self.refuse(op, exc)
-                raise
+        if template is None:  # before a number is taken: a header too long (ValueError) is refused (`refuse`)
+            template = self._template(key, op, arr, path, extra)
         me = threading.current_thread()  # a thread the threading module did not start gets a stand-in
         if self._caller.setdefault(0, me) is not me and self._in_call():  # setdefault: atomic under the GIL
             self._refuse_thread(op, me)
@@ -599,9 +595,8 @@ class Comm:
                                            source=self._addresses[peer])
             table[peer] = [Channel(sock, me=self._rank, peer=peer, group=self.gid,
                                    role="p2p-out" if outgoing else "p2p-in"), 0]
-        else:
-            if outgoing:
-                self._check_outgoing(table[peer][0], peer)
+        elif outgoing:
+            self._check_outgoing(table[peer][0], peer)
         entry = table[peer]
         entry[1] += 1
         return entry[0], entry[1] - 1

@@ -264,22 +264,20 @@ class RendezvousServer:
         if not isinstance(addresses, list) or not addresses:
             raise refuse(f"rank {rank} registered no addresses")
         with self._lock:
-            duplicate = rank in self._members
-        if duplicate:
-            raise cannot_start(f"rank {rank} registered twice (first from pid {self._members[rank].get('pid')}, "
-                               f"then from pid {msg.get('pid')}): each process needs its own rank")
-        with self._lock:
-            if rank in self._members:
-                raise refuse(f"rank {rank} registered twice (second from pid {msg.get('pid')})")
-            self._members[rank] = {"rank": rank, "addresses": addresses, "host": msg.get("host", "?"),
-                                   "pid": msg.get("pid", 0), "agree": msg.get("agree", {})}
-            self._conns[rank] = conn
-            self._watch(rank, conn)
-            self._send_locks[rank] = threading.Lock()
-            done = len(self._members) == self.world_size
-            if done:
-                self._table = {"type": "table", "members": [self._members[r] for r in range(self.world_size)]}
-            earlier = [] if done else list(self._notices.values())  # the job cannot start: say why now
+            first = self._members.get(rank)
+            if first is None:
+                self._members[rank] = {"rank": rank, "addresses": addresses, "host": msg.get("host", "?"),
+                                       "pid": msg.get("pid", 0), "agree": msg.get("agree", {})}
+                self._conns[rank] = conn
+                self._watch(rank, conn)
+                self._send_locks[rank] = threading.Lock()
+                done = len(self._members) == self.world_size
+                if done:
+                    self._table = {"type": "table", "members": [self._members[r] for r in range(self.world_size)]}
+                earlier = [] if done else list(self._notices.values())  # the job cannot start: say why now
+        if first is not None:
+            raise cannot_start(f"rank {rank} registered twice (first from pid {first.get('pid')}, then from pid "
+                               f"{msg.get('pid')}): each process needs its own rank")
         for message in earlier:
             self._notify(rank, message)
         if done:
