@@ -53,18 +53,18 @@ class RefusalLog:
         self.interval = interval
         self.count = 0
         self.suppressed = 0
-        self._latest = ""
+        self.last = ""  # the latest refusal: where from, and why
         self._last_summary = 0.0
 
     def refuse(self, addr: Any, why: str) -> None:
         self.count += 1
         where = _where(addr)
+        self.last = f"{where}: {why}"
         if self.count <= self.burst:
             log.warning("%s: refused connection from %s: %s", self.label, where, why)
             self._last_summary = time.monotonic()
             return
         self.suppressed += 1
-        self._latest = f"{where}: {why}"
         if time.monotonic() - self._last_summary >= self.interval:
             self.flush()
 
@@ -72,7 +72,7 @@ class RefusalLog:
         """Log the refusals not logged yet, in one line."""
         if self.suppressed:
             log.warning("%s: refused %d more connections (%d in all; latest from %s)",
-                        self.label, self.suppressed, self.count, self._latest)
+                        self.label, self.suppressed, self.count, self.last)
             self.suppressed = 0
             self._last_summary = time.monotonic()
 

@@ -96,7 +96,11 @@ class ControlLink:
             ranks = msg.get("ranks", [])
             hosts = msg.get("hosts", [])
             listing = ", ".join(f"{r} (host {h})" for r, h in zip(ranks, hosts))
-            return f"{waited}: ranks that never registered: {listing} (RINGDIST_INIT_TIMEOUT sets the limit)"
+            refused = msg.get("refused")
+            seen = (f"; the rendezvous refused {refused} connection{'s' * (refused != 1)} meanwhile, the latest from "
+                    f"{msg.get('last_refused')} (a rank started with another RINGDIST_SECRET is refused as a stranger)"
+                    if isinstance(refused, int) and refused > 0 else "")
+            return f"{waited}: ranks that never registered: {listing}{seen} (RINGDIST_INIT_TIMEOUT sets the limit)"
         except (RingError, TypeError):  # TypeError: a reply without lists
             return f"{waited} (RINGDIST_INIT_TIMEOUT sets the limit)"
 

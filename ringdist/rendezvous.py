@@ -227,7 +227,10 @@ class RendezvousServer:
     def _missing_report(self) -> dict[str, Any]:
         ranks = self.missing()
         hosts = [self.rank_hosts[r] if self.rank_hosts and r < len(self.rank_hosts) else "?" for r in ranks]
-        return {"ranks": ranks, "hosts": hosts}
+        refusals = self._acceptor.refusals if self._acceptor is not None else None
+        if refusals is None or not refusals.count:
+            return {"ranks": ranks, "hosts": hosts}
+        return {"ranks": ranks, "hosts": hosts, "refused": refusals.count, "last_refused": refusals.last}
 
     def _register(self, conn: socket.socket, msg: dict[str, Any]) -> int:
         def refuse(message: str) -> ProtocolError:
