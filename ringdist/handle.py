@@ -47,9 +47,9 @@ class Work:
     def wait(self, timeout: float | None = None) -> Any:
         """The operation's result, or its error raised; after `timeout` seconds (None: no limit)
         a RingTimeoutError says it is still outstanding, and the handle stays valid."""
+        if timeout is not None and timeout != 0:  # 0: only look. Checked done or not: the same call always raises
+            timeout = deadlines.check_timeout(timeout)
         if not self._event.is_set():
-            if timeout is not None and timeout != 0:  # 0: only look
-                timeout = deadlines.check_timeout(timeout)
             deadline = None if timeout is None else deadlines.after(timeout)
             while not self._event.wait(deadlines.wait_slice(60.0 if deadline is None else deadlines.left(deadline))):
                 if deadline is not None and deadlines.passed(deadline):

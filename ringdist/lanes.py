@@ -32,6 +32,8 @@ class Lanes:
         self.running: Job | None = None  # the collective running on the thread
         self.deferred: list[Job] = []  # failed point-to-point jobs of its group: completed after it
         self.watches: dict[int, Watch] = {}  # an outgoing lane's channel, read for the receiver's ABORT
+        self._to_open: deque[Job] = deque()  # lanes' new heads to open (`_open_next`)
+        self._opening = False
 
     def add(self, job: Job) -> None:
         plan = job.plan
@@ -184,7 +186,24 @@ class Lanes:
             del self.lanes[key]
         elif was_head:
             lane[0].since = time.monotonic()
-            self._open(lane[0])
+            self._open_next(lane[0])
+
+    def _open_next(self, head: Job) -> None:
+        """Open a lane's new head. One that completes at once (its bytes read ahead) retires in
+        turn and opens the next: those are opened here in a loop, not by recursion, however many
+        messages wait. A head left unopened by a failure that raised is opened by `tick`."""
+        self._to_open.append(head)
+        if self._opening:
+            return  # a loop further up the stack opens it
+        self._opening = True
+        try:
+            while self._to_open:
+                job = self._to_open.popleft()
+                if not job.opened and not job.finished:
+                    self._open(job)
+        finally:
+            self._opening = False
+            self._to_open.clear()
 
     def _failed(self, job: Job, exc: BaseException) -> None:
         """A point-to-point job failed: break its group and tell the peers, as a blocking one does."""

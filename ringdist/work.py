@@ -155,12 +155,23 @@ def _main(flows: Lanes) -> None:
             left = [job for lane in jobs.pending.values() for job in lane]
             jobs.queue.clear()
             _thread = _thread_id = None  # the next async call starts a new one
+        broken: set[Comm] = set()
         for job in left:
             if job.plan is not None:
                 job.plan.release()  # its pair's turn, if it held one
-            if not job.finished:
-                jobs.finished(job, None, RingError(f"rank {job.g.rank()}: {job.work.op} on group {job.g.gid!r}: "
-                                                   f"the progress thread failed: {type(exc).__name__}: {exc}"))
+            if job.finished:
+                continue
+            error = RingError(f"rank {job.g.rank()}: {job.work.op} on group {job.g.gid!r}: the progress thread "
+                              f"failed: {type(exc).__name__}: {exc}")
+            if job.g not in broken and not (job.g._broken or job.g._closed):
+                # This rank's operations on the group are lost: it can no longer keep step with its
+                # peers, who are told (an ABORT), as for any failed operation.
+                broken.add(job.g)
+                try:
+                    job.g._fail(job.work.op, job.g.channels, None, [], error)
+                except Exception:  # noqa: BLE001 - the handles below must complete whatever happens
+                    log.exception("ringdist: telling the peers of group %r failed", job.g.gid)
+            jobs.finished(job, None, error)
 
 
 def _loop(flows: Lanes) -> None:
@@ -181,13 +192,15 @@ def _loop(flows: Lanes) -> None:
         if job is not None:
             _start(flows, job)
             continue
+        # Moved before every poll: an event handled elsewhere (a collective's wait drives these
+        # flows too) may have unblocked a send whose socket is then polled for reading only.
+        flows.tick()
+        flows.pump()
         registered = engine.sync_fds(poller, registered, flows.masks())
         wait = flows.max_wait()
         events = poller.poll(None if wait is None else deadlines.poll_ms(wait))
         for fd, ev in events:
             flows.on_event(fd, ev)
-        flows.tick()
-        flows.pump()
 
 
 def _start(flows: Lanes, job: Job) -> None:

@@ -200,3 +200,28 @@ def test_exit_landing_between_the_threads_looks_still_ends_the_started_jobs(monk
     finally:
         os.close(r)
         os.close(w)
+
+
+def test_many_preposted_recvs_each_read_ahead_of_its_turn_all_arrive_in_order():
+    # Every head of the lane after the first completes as it opens (its bytes were read with the
+    # previous message's): 3,000 such heads once took the progress thread past Python's recursion limit.
+    res = run_launcher(["-n", "2", str(SCRIPTS / "async_lanes.py"), "preposted", "3000"], timeout=120, env=FAST)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert sorted(re.findall(r"^\[(\d)\] preposted ok$", res.stdout, re.M)) == ["0", "1"], res.stdout
+
+
+@pytest.mark.parametrize("shm", ["1", "0"])
+def test_async_work_beside_blocking_collectives_on_another_group(shm):
+    # The blocking collectives' waits drive the progress thread's flows: a send they unblock must
+    # still be sent once they return (it once stalled until its timeout with shared memory on).
+    res = run_launcher(["-n", "4", str(SCRIPTS / "async_lanes.py"), "beside"], timeout=150,
+                       env={**FAST, "RINGDIST_SHM": shm})
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert len(re.findall(r"^\[\d\] beside ok$", res.stdout, re.M)) == 4, res.stdout
+
+
+def test_wait_refuses_a_bad_timeout_whether_or_not_the_operation_has_finished():
+    res = run_launcher(["-n", "1", str(SCRIPTS / "async_lanes.py"), "wait_args"], timeout=60, env=FAST)
+    assert res.returncode == 0, res.stdout + res.stderr
+    lines = re.findall(r"^\[0\] finished=(\w+) timeout=(.*): (\w+)$", res.stdout, re.M)
+    assert len(lines) == 6 and all(outcome == "ValueError" for _, _, outcome in lines), res.stdout

@@ -1,0 +1,69 @@
+"""Non-blocking work that stresses the progress thread's point-to-point lanes.
+
+preposted N: rank 1 posts N small irecvs from rank 0 before any byte arrives (MPI-style
+    pre-posted receives), rank 0 then sends them all at once: every message after the first
+    is read ahead with it, so each head of the lane completes as it opens.
+beside: async collectives and a ring shift on the world while the main thread runs blocking
+    collectives on a second group of the same ranks (their waits drive the world's flows).
+wait_args: Work.wait refuses a bad timeout whether the operation has finished or not.
+"""
+
+import sys
+import time
+
+import numpy as np
+
+import ringdist as rd
+
+g = rd.init()
+r, n = g.rank(), g.size()
+mode = sys.argv[1]
+
+if mode == "preposted":
+    count = int(sys.argv[2])
+    if r == 1:
+        works = [rd.recv((2,), np.int64, 0, async_op=True) for _ in range(count)]
+        time.sleep(0.5)  # every recv is in the lane before a byte arrives
+        rd.barrier()
+        got = [w.wait(timeout=60) for w in works]
+        assert [int(a[0]) for a in got] == list(range(count)), "messages lost or out of order"
+    elif r == 0:
+        rd.barrier()
+        for i in range(count):
+            rd.send(np.full(2, i), 1)  # each fits the socket buffer: the sends return at once
+    else:
+        rd.barrier()
+    print("preposted ok", flush=True)
+
+if mode == "beside":
+    sub = g.split(0)
+    right, left = (r + 1) % n, (r - 1) % n
+    for it in range(30):
+        x = np.full((10, 70000, 300000)[it % 3], it + r, dtype=np.float64)
+        total = rd.all_sum(x, async_op=True)
+        sent = rd.send(x, right, async_op=True)
+        came = rd.recv_like(x, left, async_op=True)
+        rows = rd.all_gather(x[:1000], async_op=True)
+        y = rd.all_sum(x * 2, group=sub)  # blocking, on the other group, on this thread
+        z = rd.all_max(x, group=sub)
+        want = sum(it + q for q in range(n))
+        assert (y == 2 * want).all() and (z == it + n - 1).all()
+        assert (total.wait(timeout=60) == want).all()
+        assert (came.wait(timeout=60) == it + left).all()
+        sent.wait(timeout=60)
+        assert rows.wait(timeout=60).reshape(n, -1)[:, 0].tolist() == [it + q for q in range(n)]
+    print("beside ok", flush=True)
+
+if mode == "wait_args":
+    for finished in (False, True):
+        w = rd.all_sum(np.ones(2), async_op=True)
+        if finished:
+            w.wait()
+        for bad in (-1, float("nan"), "1"):
+            try:
+                w.wait(timeout=bad)
+            except (TypeError, ValueError) as exc:
+                print(f"finished={finished} timeout={bad!r}: {type(exc).__name__}", flush=True)
+            else:
+                print(f"finished={finished} timeout={bad!r}: accepted", flush=True)
+        w.wait()
