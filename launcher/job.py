@@ -207,10 +207,11 @@ class _Supervisor:
             self.writer.message(f"ringdist-launch: error: cannot start the rendezvous service: {e}")
             return False
         self.server = server
-        socket_dir = self._make_socket_dir()
+        socket_dir = None
         try:
             self._log(f"rendezvous listening at {server.address}")
             self._start_guard()
+            socket_dir = self._make_socket_dir()  # after the guard starts: it is told at once to remove it
             if self.guard is not None and socket_dir is not None:
                 self.guard.remove(socket_dir)
             self._start_ranks(spawners, server.address, secret, socket_dir)

@@ -414,7 +414,9 @@ def dial_local(name: str, timeout: float) -> socket.socket:
         sock.connect("\0" + name)
     except OSError as exc:
         sock.close()
-        raise ConnectError(f"local socket {name}: {reason(exc)}") from None
+        err = ConnectError(f"local socket {name}: {reason(exc)}")
+        err.refused = isinstance(exc, (ConnectionRefusedError, FileNotFoundError))  # nobody there
+        raise err from None
     return sock
 
 

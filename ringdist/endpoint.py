@@ -319,31 +319,47 @@ class Endpoint:
 
     def connect_local(self, address: tuple[str, int], key: InboxKey, deadline: float,
                       peer: str) -> socket.socket | None:
-        """Dial the Unix socket of the rank whose first address is `address` and authenticate,
-        once; None when it cannot be reached or authenticated there (another machine or
-        network namespace, or a stranger on the name): the caller uses TCP."""
+        """Dial the Unix socket of the rank whose first address is `address` and authenticate;
+        None when nobody listens there (another machine or network namespace) or the peer
+        there refuses the handshake (a stranger on the name): the caller uses TCP. A handshake
+        cut off (the peer's acceptor evicts under a flood of strangers) or a dial that did not
+        get through in time is tried again until `deadline`, as `connect` does."""
         name = self.local_name_of(address)
-        timeout = max(0.01, deadlines.wait_slice(deadlines.left(deadline)))
-        try:
-            if self.local_backend == "posix":
-                name = posixshm.socket_path(self._socket_base, name)
-                sock = posixshm.dial(name, timeout)
-            else:
-                sock = channel.dial_local(name, timeout)
-        except ConnectError:
-            return None
-        forks.track(sock)
-        try:
-            hello = wire.make_hello(self.job, key.group, key.peer, key.kind, key.lane, os.urandom(wire.NONCE_SIZE))
-            client_handshake(sock, self._secret, hello, deadline, f"{peer} on local socket {name}")
-        except RingError:
-            sock.close()
-            return None
-        except BaseException:
-            sock.close()
-            raise
-        sock.settimeout(None)
-        return sock
+        if self.local_backend == "posix":
+            name = posixshm.socket_path(self._socket_base, name)
+        delay = 0.01
+        while True:
+            timeout = max(0.01, deadlines.wait_slice(deadlines.left(deadline)))
+            try:
+                if self.local_backend == "posix":
+                    sock = posixshm.dial(name, timeout)
+                else:
+                    sock = channel.dial_local(name, timeout)
+            except ConnectError as exc:
+                if getattr(exc, "refused", False):
+                    return None
+                sock = None
+            if sock is not None:
+                forks.track(sock)
+                try:
+                    hello = wire.make_hello(self.job, key.group, key.peer, key.kind, key.lane,
+                                            os.urandom(wire.NONCE_SIZE))
+                    client_handshake(sock, self._secret, hello, deadline, f"{peer} on local socket {name}")
+                except (HandshakeCutOff, RingTimeoutError):
+                    sock.close()
+                except RingError:
+                    sock.close()
+                    return None
+                except BaseException:
+                    sock.close()
+                    raise
+                else:
+                    sock.settimeout(None)
+                    return sock
+            if time.monotonic() + delay >= deadline:
+                return None
+            time.sleep(delay)
+            delay = min(delay * 2, 0.5)
 
     def forget_in_child(self) -> None:
         """In a forked child: this copy is closed (its sockets are closed by `forks`), and so is

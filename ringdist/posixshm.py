@@ -147,7 +147,9 @@ def dial(path: str, timeout: float) -> socket.socket:
         sock.connect(path)
     except OSError as exc:
         sock.close()
-        raise ConnectError(f"local socket {path}: {_reason(exc)}") from None
+        err = ConnectError(f"local socket {path}: {_reason(exc)}")
+        err.refused = isinstance(exc, (ConnectionRefusedError, FileNotFoundError))  # nobody there
+        raise err from None
     return sock
 
 

@@ -18,10 +18,14 @@ have sent (its header, call #0, is no mismatch with this one).
 from __future__ import annotations
 
 from . import deadlines, engine, wire
+from .errors import RingTimeoutError
 from .links import Links
 from .mesh import MeshLinks
 
 OP = "group setup (shared memory)"
+# Seconds a vote waits at least: what its caller had left may be spent already (a peer that
+# stopped while the links were made), and the vote's own wait should still be a real one.
+MIN_WAIT = 1.0
 
 
 def _header() -> wire.Header:
@@ -31,13 +35,23 @@ def _header() -> wire.Header:
 def _exchange(links: Links, to: list, recvs: list[memoryview], mine: memoryview, watched: list, rank: int,
               deadline: float, sources: list | None = None) -> None:
     engine.exchange(to, [mine] * len(to), recvs, _header(), outflows=[], watched=watched,
-                    timeout=deadlines.left(deadline), op=OP, me=rank, seq=-1, spin=0.0, yield_core=False,
+                    timeout=max(deadlines.left(deadline), 0.001), op=OP, me=rank, seq=-1, spin=0.0, yield_core=False,
                     poller=links.poller, sources=sources)
 
 
 def vote(links: Links, yes: bool, timeout: float) -> bool:
-    """Whether every rank of the group said yes (see the module's docstring)."""
-    deadline = deadlines.after(timeout)
+    """Whether every rank of the group said yes (see the module's docstring); waits `timeout`
+    seconds, at least MIN_WAIT, for the peers' answers (RingTimeoutError)."""
+    limit = max(timeout, MIN_WAIT)
+    try:
+        return _vote(links, yes, deadlines.after(limit))
+    except RingTimeoutError as exc:
+        # The steps share one deadline: say how long the vote waited, not what its last step had left.
+        detail = str(exc).partition(" s: ")[2] or str(exc)
+        raise RingTimeoutError(f"rank {links.rank}: {OP} made no progress for {limit:g} s: {detail}") from None
+
+
+def _vote(links: Links, yes: bool, deadline: float) -> bool:
     rank, size = links.rank, links.size
     if isinstance(links, MeshLinks):
         # Only the mesh's channels are read: the group's first collective may already be

@@ -152,6 +152,53 @@ def test_a_rank_whose_unix_exchange_fails_sends_the_whole_group_to_tcp(n, failin
     assert all((total == n * (n - 1) // 2).all() for _, _, total in results)
 
 
+@pytest.mark.parametrize("backend", ["auto", "posix"])
+def test_a_local_handshake_cut_off_is_dialed_again_and_the_group_keeps_shared_memory(backend, monkeypatch):
+    # A peer's acceptor evicts handshakes under a flood of strangers on its Unix socket: the real
+    # rank cut off so dials again, as over TCP, rather than send the whole group to TCP.
+    from ringdist import endpoint as endpoint_module
+    from ringdist.handshake import HandshakeCutOff
+    real = endpoint_module.client_handshake
+    cut = []
+
+    def client_handshake(sock, secret, hello, deadline, peer):
+        if "local socket" in peer and len(cut) < 3:
+            cut.append(peer)
+            raise HandshakeCutOff("handshake cut off before WELCOME: connection reset")
+        return real(sock, secret, hello, deadline, peer)
+    monkeypatch.setattr(endpoint_module, "client_handshake", client_handshake)
+    results = run_ranks(3, lambda g: (g.shm is not None, rd.all_sum(np.full(4, g.rank()), group=g).tolist()),
+                        shm_backend=backend)
+    assert len(cut) == 3
+    assert results == [(True, [3, 3, 3, 3])] * 3
+
+
+def test_a_vote_after_the_links_took_the_whole_deadline_still_waits_and_says_for_how_long():
+    # A peer that never answers the vote, which is given nothing left of its caller's deadline.
+    import threading
+
+    from ringdist import votes
+    from ringdist.errors import RingTimeoutError
+    stalled = threading.Event()
+
+    def rank(g: rd.Group):
+        if g.rank() == 1:
+            stalled.wait(10)
+            return None
+        started = time.monotonic()
+        try:
+            votes.vote(g.links, True, -0.03)
+        except RingTimeoutError as exc:
+            return time.monotonic() - started, str(exc)
+        finally:
+            stalled.set()
+
+    results = run_ranks(2, rank, shm=False)
+    waited, message = results[0]
+    assert votes.MIN_WAIT <= waited < votes.MIN_WAIT + 2, waited
+    assert message.startswith("rank 0: group setup (shared memory) made no progress for 1 s: receiving from rank 1"), message
+
+
 @pytest.mark.parametrize("n, calls", [(2, 5000), (16, 300)])
 def test_descriptors_and_mappings_stay_flat_over_many_calls(n, calls):
     # 16 ranks: 16 processes on a shared 2-core box, so fewer calls (each a dissemination signal).

@@ -185,6 +185,27 @@ def test_kill_9_of_the_launcher_leaves_no_socket_directory():
         kill_tree(proc)
 
 
+def test_kill_9_of_the_launcher_as_it_makes_the_socket_directory_leaves_nothing(tmp_path):
+    # Killed as soon as the directory appears, before any rank runs: the guard was started first
+    # and told of the directory at once (made before the guard, it was left behind 2 times in 3).
+    proc = start_launcher(["-n", "2", str(SCRIPTS / "shm_posix.py"), "loop", "0.01"],
+                          env={**POSIX, "TMPDIR": str(tmp_path)})
+    try:
+        deadline = time.monotonic() + 30
+        made: list[str] = []
+        while not made and proc.poll() is None and time.monotonic() < deadline:
+            made = [name for name in os.listdir(tmp_path) if name.startswith("rd-")]
+        assert made, "the launcher made no socket directory"
+        os.kill(proc.pid, 9)
+        proc.wait(10)
+        deadline = time.monotonic() + 10
+        while os.path.exists(tmp_path / made[0]) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not os.path.exists(tmp_path / made[0])
+    finally:
+        kill_tree(proc)
+
+
 @LINUX
 def test_ranks_with_different_backends_all_use_tcp():
     # Rank 1 forces the portable backend, ranks 0 and 2 pick memfd: no rank finds the others'
