@@ -477,18 +477,36 @@ def recv_fds(sock: socket.socket, size: int, most: int, deadline: float, *, peer
     while True:
         try:
             sock.settimeout(deadlines.socket_wait(deadline))
-            data, fds, _, _ = socket.recv_fds(sock, size, most + 2)
+            data, fds, flags, _ = socket.recv_fds(sock, size, most + 2)
             break
         except socket.timeout:
             if deadlines.passed(deadline):
                 raise RingTimeoutError(f"timed out waiting for shared memory from {peer}") from None
         except OSError as exc:
             raise _lost(sock, peer, socket_error(exc)) from None
+    if flags & getattr(socket, "MSG_CTRUNC", 0):  # the kernel dropped descriptors this process had no room for
+        for fd in fds:
+            close_quietly(fd)
+        raise ConnectError(f"cannot receive the shared memory of {peer}: this process is out of file "
+                           f"descriptors ({fd_usage()}); raise `ulimit -n`, or use fewer groups at once")
     if len(data) != size or not 1 <= len(fds) <= most:
         for fd in fds:
             close_quietly(fd)
         raise _lost(sock, peer, f"no shared memory received ({len(data)} bytes, {len(fds)} descriptors)")
     return data, fds
+
+
+def fd_usage() -> str:
+    """'N open, limit L' for this process's file descriptors (as far as the system tells)."""
+    try:
+        import resource
+        limit = f"limit {resource.getrlimit(resource.RLIMIT_NOFILE)[0]}"
+    except (ImportError, OSError, ValueError):
+        limit = "limit unknown"
+    try:
+        return f"{len(os.listdir('/proc/self/fd')) - 1} open, {limit}"
+    except OSError:
+        return limit
 
 
 def make_eventfd() -> int:

@@ -636,18 +636,17 @@ class Comm:
 
         Not while another thread is in a collective on it (RingError): its connections and
         shared memory would go from under that call. (The progress thread's calls are ended
-        first by `work.before_close`.)"""
+        first by `work.before_close`, as are its runner's.)"""
         self.check_closable()
         self._release()
 
     def check_closable(self) -> None:
-        """RingError if another thread (not the progress thread) is in a collective on this group."""
+        """RingError if another thread (not one running non-blocking operations) is in a collective on this group."""
         if self._closed:
             return
         owner = self._in_call()
-        bg = engine.background
         me = threading.current_thread()
-        if owner is not None and owner is not me and (bg is None or owner.ident != bg.owner):
+        if owner is not None and owner is not me and owner.ident not in engine.backgrounds:
             raise RingError(f"rank {self._rank}: group {self.gid!r} cannot be closed from thread {me.name!r} "
                             f"while {self._running()} runs on it from thread {owner.name!r}: close it from that "
                             f"thread once the call has returned")

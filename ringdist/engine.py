@@ -33,17 +33,25 @@ POLLIN = select.POLLIN | select.POLLPRI
 POLLOUT = select.POLLOUT
 POLLERR = select.POLLERR | select.POLLHUP | select.POLLNVAL
 
-# The progress thread's own flows (`work`), driven by every `run` on that thread: their fds
-# join the poll set, they are pumped and read, never waited for. None until a first async op.
-background: Any = None
+# Each non-blocking thread's background (`work`: the progress thread's send/recv flows; a
+# group's runner's wake-up, `runners`), by thread ident, driven by every wait on that thread:
+# its fds join the poll set, it is pumped and read, never waited for. Empty until a first async op.
+backgrounds: dict[int, Any] = {}
 
 
-def set_background(flows: Any) -> None:
-    """Install (or, with None, remove) the progress thread's background flows: an object with
-    `owner` (its thread's ident), `masks()`, `pump()`, `on_event(fd, ev)`, `tick()` and
+def set_background(bg: Any, owner: int) -> None:
+    """Install (or, with None, remove) thread `owner`'s background: an object with `masks()`,
+    `pump()`, `on_event(fd, ev)` (which may raise into the wait: a closing group), `tick()` and
     `max_wait()` (seconds a poll may block, or None)."""
-    global background
-    background = flows
+    if bg is None:
+        backgrounds.pop(owner, None)
+    else:
+        backgrounds[owner] = bg
+
+
+def current() -> Any:
+    """This thread's background, or None (a caller's thread)."""
+    return backgrounds.get(threading.get_ident()) if backgrounds else None
 
 
 def run(inflows: list[Inflow], outflows: list[Outflow], watched: list[Channel], *,
@@ -60,13 +68,10 @@ def run(inflows: list[Inflow], outflows: list[Outflow], watched: list[Channel], 
     than cores, the peer being waited for may need this very core. `idle` is work to do
     instead of waiting, a piece per call; it returns False once there is none left.
     """
-    bg = background
+    bg = backgrounds.get(threading.get_ident()) if backgrounds else None
     if bg is not None:
-        if bg.owner != threading.get_ident():
-            bg = None
-        else:
-            spin = 0.0  # the progress thread leaves the cores to the compute it overlaps
-            bg_masks: dict[int, int] = {}
+        spin = 0.0  # a non-blocking operation's thread leaves the cores to the compute it overlaps
+        bg_masks: dict[int, int] = {}
     # fd -> [inflow or None, outflow or None, Watch or None]
     slots: dict[int, list[Any]] = {ch.fd: [None, None, Watch(ch, op, seq, header)] for ch in watched}
     for flow in inflows:
@@ -158,8 +163,8 @@ def drive_until(ready: Callable[[], bool], timeout: float) -> bool:
     """On the progress thread, wait for `ready()` while driving the thread's background flows
     (what `ready` waits for may be one of them); True once it is, False after `timeout` s.
     Elsewhere: False at once (this thread has nothing to drive)."""
-    bg = background
-    if bg is None or bg.owner != threading.get_ident():
+    bg = current()
+    if bg is None:
         return False
     poller = select.poll()
     masks: dict[int, int] = {}
@@ -178,8 +183,8 @@ def drive_until(ready: Callable[[], bool], timeout: float) -> bool:
 
 
 def on_progress_thread() -> bool:
-    bg = background
-    return bg is not None and bg.owner == threading.get_ident()
+    """Whether this thread runs non-blocking operations (the progress thread, a group's runner)."""
+    return current() is not None
 
 
 def sync_fds(poller: "select.poll", old: dict[int, int], new: dict[int, int]) -> dict[int, int]:
@@ -246,8 +251,8 @@ def exchange(peers: list[Channel], sends: list[memoryview], recvs: list[memoryvi
             if state:
                 continue
         waiting[ch.fd] = (flow, first)
-    if background is not None and background.owner == threading.get_ident():
-        spin = 0.0  # the progress thread: straight to run, which drives its background flows too
+    if backgrounds and threading.get_ident() in backgrounds:
+        spin = 0.0  # a non-blocking operation's thread: straight to run, which drives its background too
     if waiting and not outflows and not odd:
         deadline = perf_counter() + min(spin, timeout)  # never spinning past the timeout
         while True:

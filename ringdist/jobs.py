@@ -37,7 +37,8 @@ class Plan(Protocol):
 
 
 class Job:
-    __slots__ = ("work", "g", "call", "plan", "finished", "result", "error", "timeout", "since", "opened")
+    __slots__ = ("work", "g", "call", "plan", "finished", "result", "error", "timeout", "since", "opened",
+                 "on_runner")
 
     def __init__(self, work: Work, g: Comm, call: Callable[[Comm], Any], p2p: bool):
         self.work = work
@@ -50,11 +51,13 @@ class Job:
         self.timeout = 0.0
         self.since = 0.0  # start of progress, then the last progress
         self.opened = False
+        self.on_runner = False  # a collective, run by its group's runner (`runners`)
 
 
-def issue(job: Job) -> None:
-    """Queue a job (under handle.lock)."""
-    queue.append(job)
+def issue(job: Job, queued: bool = True) -> None:
+    """Record a job as pending and, `queued`, queue it for the progress thread (under handle.lock)."""
+    if queued:
+        queue.append(job)
     pending.setdefault(job.g, []).append(job)
     handle.unreported.add(job.work)
 

@@ -1,8 +1,8 @@
 """Background point-to-point: the sends and recvs the progress thread has started, one lane
 per (group, peer, direction). A lane's first job's flows move, driven by the thread's own
-poll loop and, while a collective runs on the thread, by the engine's (`engine.set_background`);
-the rest of the lane wait their turn (messages of a pair go in order). A recv whose
-connection has not arrived tries again every CONNECT_RETRY seconds."""
+poll loop and by the waits of a blocking message call running on the thread
+(`engine.set_background`); the rest of the lane wait their turn (messages of a pair go in
+order). A recv whose connection has not arrived tries again every CONNECT_RETRY seconds."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import time
 from collections import deque
 from typing import Callable
 
-from . import aborts, engine, jobs
+from . import aborts, engine, jobs, runners
 from .channel import Channel
 from .comm import Comm, busy_pair
 from .errors import PeerLostError, RingError, RingTimeoutError
@@ -27,9 +27,8 @@ class Lanes:
     def __init__(self, wake_fd: int, on_wake: Callable[["Lanes"], None]):
         self.wake_fd = wake_fd  # the progress thread's wake-up pipe, in every poll set
         self.on_wake = on_wake  # called when it is readable
-        self.owner: int | None = None
         self.lanes: dict[tuple, deque[Job]] = {}
-        self.running: Job | None = None  # the collective running on the thread
+        self.running: Job | None = None  # the blocking message call (send_object, recv_object) running on the thread
         self.deferred: list[Job] = []  # failed point-to-point jobs of its group: completed after it
         self.watches: dict[int, Watch] = {}  # an outgoing lane's channel, read for the receiver's ABORT
         self._to_open: deque[Job] = deque()  # lanes' new heads to open (`_open_next`)
@@ -207,31 +206,50 @@ class Lanes:
 
     def _failed(self, job: Job, exc: BaseException) -> None:
         """A point-to-point job failed: break its group and tell the peers, as a blocking one does."""
-        plan = job.plan
         g = job.g
-        ch = plan.ch  # type: ignore[union-attr]
-        breaks = ch is not None and not getattr(exc, "ringdist_closed", False)  # as a blocking one would
+        if job.plan.ch is None or getattr(exc, "ringdist_closed", False):  # type: ignore[union-attr]
+            jobs.finished(job, None, exc)  # never sent a byte, or ended by a close: nothing to tell
+            self._retire(job)
+            return
+        # A blocking message call of the group on this thread (send_object, recv_object), or a
+        # collective on the group's runner, may be using its connections: then the job's channel
+        # alone is told here, and that call fails too, telling the rest; it completes this job.
         running_here = self.running is not None and self.running.g is g
-        if breaks:
-            if isinstance(exc, PeerLostError):
-                # Why the peer left, if it said so: on this channel, or (when no collective of
-                # the group is reading them) on the group's own connections.
-                look = [ch] + (g.channels if g.ring is not None and not running_here else [])
-                try:
-                    aborts.pending_abort(look, plan.op)  # type: ignore[union-attr]
-                except RingError as reason:
-                    exc = reason
-            tell = [ch] + (g.channels if g.ring is not None and not running_here else [])
-            g._fail(plan.op, tell, None, plan.outflows, exc)  # type: ignore[union-attr]
-        if breaks and running_here:
-            # The collective on the thread shares the group: it fails too and tells the peers
-            # (looking first for the ABORT that says why the peer left); `_start` completes both.
-            job.error = exc
-            self.deferred.append(job)
-            self._retire(job)  # the next message of the lane finds the group broken
-            raise exc
+        runner = None if running_here else runners.of(g)
+        if runner is None:
+            exc = self._tell(job, exc, everyone=not running_here)
+            if running_here:
+                job.error = exc
+                self.deferred.append(job)
+                self._retire(job)  # the next message of the lane finds the group broken
+                raise exc  # into the call on this thread; `_start` completes both
+        else:
+            with runner.lock:  # while held, the runner starts no collective on the group's connections
+                busy = runner.running is not None
+                exc = self._tell(job, exc, everyone=not busy)
+                if busy:
+                    job.error = exc
+                    runner.deferred.append(job)
+                    failure = exc
+                    runner.raise_locked(lambda: failure)  # `Runner._run` completes both
+                    self._retire(job)
+                    return
         jobs.finished(job, None, exc)
         self._retire(job)
+
+    def _tell(self, job: Job, exc: BaseException, everyone: bool) -> BaseException:
+        """Break job's group and send the ABORT on the job's channel, and on the group's own with
+        `everyone`; returns the error to report: a PeerLostError's peer may have said why it left."""
+        plan = job.plan
+        g, ch = job.g, plan.ch  # type: ignore[union-attr]
+        look = [ch] + (g.channels if everyone and g.ring is not None else [])
+        if isinstance(exc, PeerLostError):
+            try:
+                aborts.pending_abort(look, plan.op)  # type: ignore[union-attr]
+            except RingError as reason:
+                exc = reason
+        g._fail(plan.op, look, None, plan.outflows, exc)  # type: ignore[union-attr]
+        return exc
 
     def drop(self, g: Comm, reason: Callable[[str], BaseException]) -> None:
         """End every started point-to-point job of group `g`."""

@@ -201,18 +201,19 @@ def _broadcast_object(g: Comm, obj: Any, root: Any, timeout: float | None) -> An
     n, r = g.size(), g.rank()
     root = check_root(root, g, "broadcast_object")
     cap = g.settings.max_object_bytes
+    pickled = Pickled(obj, cap, "broadcast_object", r) if r == root else None
     if n == 1:
         g.check_usable("broadcast_object")
-        return obj
-    pickled = Pickled(obj, cap, "broadcast_object", r) if r == root else None
+        pickled.raise_error()  # type: ignore[union-attr]
+        return _copy(pickled, f"rank {r}: broadcast_object: the object from rank {r}")  # type: ignore[arg-type]
     algorithm = tuning.choose(g, "broadcast_object", 0)
     header = _header(g, "broadcast_object", NOTHING, algorithm.name, root=root)
     mine = (pickled.parts, pickled.fields) if pickled is not None else ([], {"sizes": []})
     with pickled.sending() if pickled is not None else contextlib.nullcontext():
         got = algorithm.gather_v(g, header, mine, _object_check(header, cap, lambda src: src == root), timeout)
         g.finish("broadcast_object")
-    if pickled is not None:
-        return obj
+    if pickled is not None:  # a copy, as every rank gets: never the object itself
+        return _copy(pickled, f"rank {r}: broadcast_object: the object from rank {r}")
     fields, payload = got[root]
     return unpickle(payload, fields["sizes"], f"rank {r}: broadcast_object: the object from rank {root}")
 
@@ -224,7 +225,8 @@ def _message_header(number: int, fields: dict[str, Any]) -> wire.Header:
 def send_object(obj: Any, dst: int, *, group: Comm | None = None, timeout: float | None = None) -> None:
     """Send picklable `obj` to rank `dst` of the group, for its recv_object."""
     if work.active:  # queued behind the group's outstanding operations
-        r = work.route("send_object", group, False, lambda g: send_object(obj, dst, group=g, timeout=timeout))
+        r = work.route("send_object", group, False, lambda g: send_object(obj, dst, group=g, timeout=timeout),
+                       message=True)
         if r is not work.HERE:
             return r
     g = _comm(group, timeout)
@@ -244,7 +246,8 @@ def send_object(obj: Any, dst: int, *, group: Comm | None = None, timeout: float
 def recv_object(src: int, *, group: Comm | None = None, timeout: float | None = None) -> Any:
     """The next object rank `src` sends with send_object."""
     if work.active:  # queued behind the group's outstanding operations
-        r = work.route("recv_object", group, False, lambda g: recv_object(src, group=g, timeout=timeout))
+        r = work.route("recv_object", group, False, lambda g: recv_object(src, group=g, timeout=timeout),
+                       message=True)
         if r is not work.HERE:
             return r
     g = _comm(group, timeout)

@@ -80,6 +80,10 @@ def make_segment(size: int, label: str, job: str) -> tuple[int, mmap.mmap]:
     try:
         os.set_inheritable(fd, False)
         os.ftruncate(fd, size)
+        if hasattr(os, "posix_fallocate"):
+            # Its pages now, while the rank can still vote for TCP: a sparse segment on a full
+            # /dev/shm (a container's 64 MiB) would fail later, as SIGBUS at the first write.
+            os.posix_fallocate(fd, 0, size)
         return fd, channel.map_shared(fd, size)
     except OSError as exc:
         os.close(fd)

@@ -172,9 +172,7 @@ class Signals:
         pending = [p for p in self.others if words[p][SIGNALS] < target]
         settings = g.settings
         spin = settings.spin_us * 1e-6
-        bg = engine.background  # on the progress thread: its send/recv flows move while this waits
-        if bg is not None and bg.owner != threading.get_ident():
-            bg = None
+        bg = engine.current()  # on a non-blocking operation's thread: its background moves while this waits
         bg_masks: dict[int, int] = {}
         if bg is not None:
             spin = 0.0  # as the engine: the progress thread leaves the cores to the compute it overlaps

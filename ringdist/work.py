@@ -1,26 +1,30 @@
-"""Non-blocking operations: `Work` handles, the job queue, and one progress thread per process.
+"""Non-blocking operations: `Work` handles, the job queue, and the threads that run them.
 
 Every collective and send/recv takes `async_op=True` (torch's name; mpi4py's `I*` calls):
-the call returns a `Work` at once and the operation runs on the progress thread, started on
+the call returns a `Work` at once and the operation runs on another thread, started on
 first use (a process that never asks starts none). Its inputs must not be changed until
 `wait()` returns, as in MPI.
 
-Order: the thread starts jobs in issue order. Collectives run one at a time, so a group's
-collectives complete in issue order, and so do the messages of a pair in one direction; a
-send or recv does not hold up a later collective (as in MPI: `irecv; barrier; send; wait`
-would deadlock if the barrier waited for the irecv). A blocking call on a group with
-operations outstanding queues behind them and waits for its own completion; with none
-outstanding it runs inline as ever.
+Where: a collective on its group's runner (`runners`: a thread per group, so groups never
+wait for each other, whatever order ranks issue them in); a send or recv on the one
+progress thread, whose loop moves every started message in the background.
 
-Deadlock freedom: a collective runs on the thread as it would inline (it blocks the
-thread), but point-to-point jobs do not: their flows are built when they start (a recv
-whose connection has not arrived yet tries again every few milliseconds) and then move in
-the background, driven by the thread's own loop and, while a collective runs on the
-thread, by the engine's poll loop too (`engine.set_background`). So a ring of isends
-larger than the socket buffers, or an isend followed by a collective, keeps moving.
+Order: a runner runs its group's collectives one at a time, in issue order; the progress
+thread starts messages in issue order, and the messages of a pair in one direction complete
+in issue order. A send or recv does not hold up a later collective (as in MPI: `irecv;
+barrier; send; wait` would deadlock if the barrier waited for the irecv). A blocking call
+on a group with operations outstanding queues behind them and waits for its own completion;
+with none outstanding it runs inline as ever.
+
+Deadlock freedom: a collective runs on its runner as it would inline (it blocks that
+thread), but point-to-point jobs never block the progress thread: their flows are built when
+they start (a recv whose connection has not arrived yet tries again every few milliseconds)
+and then move in the background. So a ring of isends larger than the socket buffers, or an
+isend followed by a collective, keeps moving.
 
 Modules: `handle` (the Work handle), `jobs` (the queue of issued operations), `lanes`
-(background send/recv), this one (where a call runs, and the thread's loop, exit and fork).
+(background send/recv), `runners` (each group's collectives), this one (where a call runs,
+the progress thread's loop, exit and fork).
 
 Failures: an operation's error (carried to every rank by the ABORT machinery) is raised
 by its `wait()`; later operations of the group find it broken (GroupBrokenError). A failed
@@ -36,7 +40,7 @@ import select
 import threading
 from typing import Any, Callable
 
-from . import channel, comm as comm_module, deadlines, engine, forks, handle, jobs
+from . import channel, comm as comm_module, deadlines, engine, forks, handle, jobs, runners
 from .comm import Comm
 from .errors import GroupBrokenError, PeerLostError, RingError
 from .handle import Work, log
@@ -66,41 +70,55 @@ def _resolve(group: Any) -> Comm:
     return group
 
 
-def route(op: str, group: Any, async_op: bool, call: Callable[[Comm], Any], p2p: bool = False) -> Any:
-    """Where a public call runs. HERE: inline (on the progress thread, or blocking on a group
-    with nothing outstanding). Otherwise the call is queued: a Work with `async_op`, else its
-    result once its turn has come and gone. `call(group)` runs the operation (a collective)
-    or returns its Plan (point-to-point, `p2p`); it runs on the progress thread."""
-    if _thread_id is not None and _thread_id == threading.get_ident():
+def route(op: str, group: Any, async_op: bool, call: Callable[[Comm], Any], p2p: bool = False,
+          message: bool = False) -> Any:
+    """Where a public call runs. HERE: inline (on a thread of non-blocking operations, or
+    blocking on a group with nothing outstanding). Otherwise the call is queued: a Work with
+    `async_op`, else its result once its turn has come and gone. `call(group)` runs the
+    operation or returns its Plan (point-to-point, `p2p`). A collective runs on its group's
+    runner (`runners`); a Plan, or a blocking `message` call (send_object, recv_object: in
+    turn with the pair's other messages), on the progress thread."""
+    if engine.backgrounds and threading.get_ident() in engine.backgrounds:
         return HERE
     g = _resolve(group)
     if not async_op and g not in jobs.pending:
         return HERE
+    global active
     work = Work(op, g)
     job = Job(work, g, call, p2p)
     with handle.lock:
-        _ensure_thread()
-        jobs.issue(job)
-    _wake()
+        _ensure_exit_hook()
+        active = True
+        if p2p or message:
+            _ensure_thread()
+            jobs.issue(job)
+        else:
+            job.on_runner = True
+            jobs.issue(job, queued=False)
+            runners.submit(job)
+    if p2p or message:
+        _wake()
     return work if async_op else work.wait()
 
 
-def _ensure_thread() -> None:
-    """Start the progress thread and the exit hook (under handle.lock)."""
-    global active, _thread, _thread_id, _wake_r, _wake_w, _stopping
-    if _thread is not None:
-        return
+def _ensure_exit_hook() -> None:
+    """The exit hook, and the progress thread's wake-up pipe (under handle.lock)."""
+    global _wake_r, _wake_w
     if _wake_r < 0:
         _wake_r, _wake_w = os.pipe()
         atexit.register(_at_exit)  # runs before world.shutdown's (registered at import)
+
+
+def _ensure_thread() -> None:
+    """Start the progress thread (under handle.lock)."""
+    global _thread, _thread_id, _stopping
+    if _thread is not None:
+        return
     _stopping = False
     flows = Lanes(_wake_r, _on_wake)
     _thread = threading.Thread(target=_main, args=(flows,), name="ringdist-progress", daemon=True)
     _thread.start()
     _thread_id = _thread.ident
-    flows.owner = _thread.ident
-    engine.set_background(flows)
-    active = True
 
 
 def _wake() -> None:
@@ -147,31 +165,19 @@ def _end_closing(flows: Lanes) -> None:
 
 def _main(flows: Lanes) -> None:
     global _thread, _thread_id
+    me = threading.get_ident()
+    engine.set_background(flows, me)
     try:
         _loop(flows)
     except BaseException as exc:  # noqa: BLE001 - a defect here must not leave waits hanging
         log.exception("ringdist: the progress thread failed")
         with handle.lock:
-            left = [job for lane in jobs.pending.values() for job in lane]
+            left = [job for lane in jobs.pending.values() for job in lane if not job.on_runner]
             jobs.queue.clear()
             _thread = _thread_id = None  # the next async call starts a new one
-        broken: set[Comm] = set()
-        for job in left:
-            if job.plan is not None:
-                job.plan.release()  # its pair's turn, if it held one
-            if job.finished:
-                continue
-            error = RingError(f"rank {job.g.rank()}: {job.work.op} on group {job.g.gid!r}: the progress thread "
-                              f"failed: {type(exc).__name__}: {exc}")
-            if job.g not in broken and not (job.g._broken or job.g._closed):
-                # This rank's operations on the group are lost: it can no longer keep step with its
-                # peers, who are told (an ABORT), as for any failed operation.
-                broken.add(job.g)
-                try:
-                    job.g._fail(job.work.op, job.g.channels, None, [], error)
-                except Exception:  # noqa: BLE001 - the handles below must complete whatever happens
-                    log.exception("ringdist: telling the peers of group %r failed", job.g.gid)
-            jobs.finished(job, None, error)
+        runners.fail_all(left, exc, "the progress thread failed")
+    finally:
+        engine.set_background(None, me)
 
 
 def _loop(flows: Lanes) -> None:
@@ -244,13 +250,15 @@ def _start(flows: Lanes, job: Job) -> None:
 def before_close(g: Comm, why: str = "closed") -> None:
     """End group `g`'s outstanding operations (a RingError at their wait) before it closes."""
     mine = list(jobs.pending.get(g, ()))
-    if not mine or _thread is None:
+    if not mine:
         return
-    if _thread_id == threading.get_ident():
-        return  # closed from an operation on the thread: its own jobs end as they fail
+    if threading.get_ident() in engine.backgrounds:
+        return  # closed from an operation on a thread of them: its own jobs end as they fail
     with handle.lock:
         jobs.closing.add(g)
-    _wake()
+    runners.end(g, jobs.closed_error(g, False))
+    if _thread is not None:
+        _wake()
     deadline = deadlines.after(CLOSE_WAIT)
     for job in mine:
         job.work._event.wait(max(0.0, deadlines.left(deadline)))
@@ -262,27 +270,28 @@ def _at_exit() -> None:
     """End every outstanding operation, stop the thread (bounded), log failures never waited."""
     global _stopping, _thread, _thread_id, active
     thread = _thread
-    if thread is None:
-        for work in list(handle.unreported):  # the thread failed: what it left is reported all the same
-            work.report()
-        return
     with handle.lock:
         _stopping = True
+        runners.exiting()
         jobs.closing.update(jobs.pending)
         lasts = [job.work for lane in jobs.pending.values() for job in lane]
-    _wake()
+        groups = list(jobs.pending)
+    for g in groups:
+        runners.end(g, jobs.closed_error(g, True))
+    if thread is not None:
+        _wake()
     deadline = deadlines.after(CLOSE_WAIT)
     for work in lasts:
         work._event.wait(max(0.0, deadlines.left(deadline)))
-    thread.join(JOIN_WAIT)
-    if thread.is_alive():
-        log.error("ringdist: the progress thread did not stop within %g s", CLOSE_WAIT + JOIN_WAIT)
+    for waited in ([thread] if thread is not None else []) + runners.threads():
+        waited.join(max(0.0, deadlines.left(deadline)) + JOIN_WAIT)
+        if waited.is_alive():
+            log.error("ringdist: thread %s did not stop within %g s", waited.name, CLOSE_WAIT + JOIN_WAIT)
     for work in list(handle.unreported):
         if work.done():
             work.report()
         else:
             log.error("rank %d: %s on group %r was still outstanding at exit", work.rank, work.op, work.gid)
-    engine.set_background(None)
     _thread = None
     _thread_id = None
     active = False
@@ -293,11 +302,12 @@ def _after_fork_in_child() -> None:
     global _thread, _thread_id, active, _wake_r, _wake_w, _stopping, _woken
     jobs.forget_in_child(forks.parent())
     handle.after_fork_in_child()
+    runners.forget_in_child()
+    engine.backgrounds.clear()  # the parent's threads: none of them is in the child
     _thread = None
     _thread_id = None
     _stopping = False
     active = False
-    engine.set_background(None)
     for fd in (_wake_r, _wake_w):
         if fd >= 0:
             channel.close_quietly(fd)

@@ -149,11 +149,11 @@ def two_threads(mode: str, env: dict) -> dict[str, str]:
 @pytest.mark.parametrize("env", [{}, {"RINGDIST_SHM": "0"}], ids=["shm", "tcp"])
 def test_a_second_thread_calling_during_a_collective_is_refused_and_the_running_call_fails(mode, env):
     # Rank 0's thread A waits in an all_sum for rank 1 (1 s late) when another thread of rank 0
-    # calls one on the same group (its main thread, or with async_op the progress thread).
+    # calls one on the same group (its main thread, or with async_op the group's runner).
     got = two_threads(mode, env)
     refused = got["0 main"]
     assert re.match(r"MismatchError after 0\.\d s: rank 0: all_sum on group 'world' from thread "
-                    r"'(MainThread|ringdist-progress)' while all_sum\(shape=\(4,\), dtype=float32\) \[call #0\] runs "
+                    r"'(MainThread|ringdist-runner-world)' while all_sum\(shape=\(4,\), dtype=float32\) \[call #0\] runs "
                     r"on it from thread 'Thread-1 \(report\)': a group's collectives must come from one thread "
                     r"at a time", refused), got
     # The running call cannot return as if nothing happened: rank 0 no longer knows its order of

@@ -225,3 +225,13 @@ def test_wait_refuses_a_bad_timeout_whether_or_not_the_operation_has_finished():
     assert res.returncode == 0, res.stdout + res.stderr
     lines = re.findall(r"^\[0\] finished=(\w+) timeout=(.*): (\w+)$", res.stdout, re.M)
     assert len(lines) == 6 and all(outcome == "ValueError" for _, _, outcome in lines), res.stdout
+
+
+@pytest.mark.parametrize("shm", ["1", "0"])
+def test_async_collectives_on_different_groups_may_be_issued_in_any_order(shm):
+    # As MPI allows for non-blocking collectives on different communicators: each group's run
+    # on a thread of their own (with one progress thread for every group, both waited out their timeout).
+    res = run_launcher(["-n", "3", str(SCRIPTS / "async_lanes.py"), "cross"], timeout=120,
+                       env={**FAST, "RINGDIST_TIMEOUT": "8", "RINGDIST_SHM": shm})
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert len(re.findall(r"^\[\d\] cross ok$", res.stdout, re.M)) == 3, res.stdout

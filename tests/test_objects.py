@@ -80,6 +80,21 @@ def test_arrays_inside_objects_land_out_of_band_and_own_copies_share_nothing():
     assert not results[1][1]["a"].flags.owndata
 
 
+@pytest.mark.parametrize("n", [1, 2])
+def test_the_root_of_broadcast_object_gets_a_copy_as_every_rank_does(n):
+    def rank(g):
+        mine = {"a": np.arange(1000, dtype=np.float64)} if g.rank() == 0 else None
+        got = rd.broadcast_object(mine, root=0, group=g)
+        return mine, got
+
+    for r, (mine, got) in enumerate(run_ranks(n, rank)):
+        assert np.array_equal(got["a"], np.arange(1000, dtype=np.float64)), r
+        if r == 0:
+            assert got is not mine and not np.shares_memory(got["a"], mine["a"])
+            got["a"][:] = -1  # the caller's object is untouched
+            assert np.array_equal(mine["a"], np.arange(1000, dtype=np.float64))
+
+
 @pytest.mark.parametrize("n, shm", [(3, True), (9, True), (9, False)])
 def test_an_object_over_the_cap_fails_on_the_sender_naming_the_variable_and_on_every_peer(n, shm):
     # 9 ranks: past the mesh, through shared memory (each stream's fields at its head), or Bruck's steps

@@ -335,3 +335,27 @@ def test_direct_max_0_means_the_ring_with_shared_memory_on():
             assert has_shm and "shm" not in names and names == tcp_names, (n, names, tcp_names)
             assert set(names) <= {"ring", "pairwise-ring"}, names  # the ring, or the pair's own ring
             assert (total == n * (n + 1) / 2).all()
+
+
+def test_descriptors_dropped_for_want_of_room_are_named_as_this_process_s_limit():
+    # The kernel drops descriptors a full table has no room for (MSG_CTRUNC): the error says so,
+    # where it blamed the peer ("no shared memory received") or versions of ringdist.
+    import subprocess
+    code = """
+import os, resource, socket, time
+from ringdist import channel
+from ringdist.errors import ConnectError
+a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+r, w = os.pipe()
+socket.send_fds(a, [b"x" * 25], [r, w])
+used = len(os.listdir("/proc/self/fd")) - 1
+resource.setrlimit(resource.RLIMIT_NOFILE, (used, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+try:
+    channel.recv_fds(b, 25, 2, time.monotonic() + 5, peer="rank 1")
+except ConnectError as exc:
+    print(exc)
+"""
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert re.fullmatch(r"cannot receive the shared memory of rank 1: this process is out of file descriptors "
+                        r"\((\d+ open, )?limit \d+\); raise `ulimit -n`, or use fewer groups at once\n", res.stdout), \
+        res.stdout + res.stderr

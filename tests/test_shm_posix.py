@@ -263,3 +263,19 @@ def test_a_socket_file_not_closed_is_removed_at_exit_but_not_by_a_forked_child()
     path, child_left_it = res.stdout.split()
     assert child_left_it == "True", res.stdout
     assert path.endswith("/s") and not os.path.exists(os.path.dirname(path)), path
+
+
+def test_a_segment_the_file_system_has_no_room_for_is_refused_when_made(monkeypatch):
+    # A full /dev/shm: the rank votes for TCP at once (a sparse segment would fail at its first write, SIGBUS).
+    import errno
+
+    from ringdist import posixshm
+    from ringdist.errors import ConnectError
+    if not hasattr(os, "posix_fallocate") or not posixshm.available():
+        pytest.skip("no posix_fallocate here")
+
+    def full(fd, offset, length):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(os, "posix_fallocate", full)
+    with pytest.raises(ConnectError, match=r"rank 3: cannot map 8192 bytes of shared memory: No space left on device"):
+        posixshm.make_segment(8192, "rank 3", "0123456789abcdef")

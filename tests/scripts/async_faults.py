@@ -71,17 +71,20 @@ if mode == "exit":
     sys.exit(0)
 
 if mode == "late":
+    # Queued behind a 3 s wait with 2 s timeouts: a collective behind the group's barrier, and a
+    # recv behind the pair's first recv. Each timeout counts from the operation's own start.
     if r == 0:
-        works = [rd.barrier(async_op=True, timeout=20), rd.recv((2,), np.int64, 1, async_op=True, timeout=2),
-                 rd.all_sum(np.ones(2), async_op=True, timeout=2)]
+        works = [rd.barrier(async_op=True, timeout=20), rd.recv((2,), np.int64, 1, async_op=True, timeout=20),
+                 rd.recv((2,), np.int64, 1, async_op=True, timeout=2), rd.all_sum(np.ones(2), async_op=True, timeout=2)]
         t0 = time.monotonic()
         results = [w.wait(timeout=30) for w in works]
-        assert results[1].tolist() == [5, 6] and results[2].tolist() == [2, 2], results
+        assert results[1].tolist() == [5, 6] and results[2].tolist() == [7, 8] and results[3].tolist() == [2, 2], results
         print(f"late ok after {time.monotonic() - t0:.1f}s", flush=True)
     else:
         time.sleep(3)
         rd.barrier()
         rd.send(np.array([5, 6]), 0)
+        rd.send(np.array([7, 8]), 0)
         rd.all_sum(np.ones(2))
     sys.exit(0)
 

@@ -6,9 +6,13 @@ preposted N: rank 1 posts N small irecvs from rank 0 before any byte arrives (MP
 beside: async collectives and a ring shift on the world while the main thread runs blocking
     collectives on a second group of the same ranks (their waits drive the world's flows).
 wait_args: Work.wait refuses a bad timeout whether the operation has finished or not.
+cross: async collectives on two groups issued in opposite orders on ranks 0 and 1, then two
+    threads each issuing 20 async all_gathers on a group of its own, started in opposite
+    orders: each group's runner keeps its own order.
 """
 
 import sys
+import threading
 import time
 
 import numpy as np
@@ -67,3 +71,27 @@ if mode == "wait_args":
             else:
                 print(f"finished={finished} timeout={bad!r}: accepted", flush=True)
         w.wait()
+
+if mode == "cross":
+    sub = g.split(0)
+    first, second = (sub, g) if r % 2 == 0 else (g, sub)
+    scale = {id(g): 1.0, id(sub): 10.0}  # each group's sum tells which group it came from
+    a = rd.all_sum(np.full(3, scale[id(first)] * r), group=first, async_op=True)
+    b = rd.all_sum(np.full(3, scale[id(second)] * r), group=second, async_op=True)
+    want = sum(range(n))
+    assert a.wait(timeout=60).tolist() == [scale[id(first)] * want] * 3
+    assert b.wait(timeout=60).tolist() == [scale[id(second)] * want] * 3
+    groups = [g.split(0), g.split(0)]
+    got: dict[int, list] = {}
+
+    def issue(i: int) -> None:
+        works = [rd.all_gather(np.array([r * 100 + i * 10 + k]), group=groups[i], async_op=True) for k in range(20)]
+        got[i] = [w.wait(timeout=60).tolist() for w in works]
+
+    threads = [threading.Thread(target=issue, args=(i,)) for i in ((0, 1) if r % 2 == 0 else (1, 0))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all(got[i][k] == [q * 100 + i * 10 + k for q in range(n)] for i in (0, 1) for k in range(20)), got
+    print("cross ok", flush=True)

@@ -1,0 +1,228 @@
+"""A thread per group for its non-blocking collectives: the group's runner.
+
+A group's collectives issued with `async_op=True` (or queued behind them) run on its
+runner, one at a time, in issue order; each group has its own. So collectives on two
+groups never wait for each other: ranks may issue them in different orders, as MPI allows
+for non-blocking collectives on different communicators, and two threads may each drive a
+group of their own with `async_op=True`, as they may with blocking calls. Point-to-point
+messages stay on the progress thread (`work`), whatever runs here.
+
+A runner starts on its group's first such collective and ends after IDLE seconds with
+nothing to run (or when the group closes, or at exit), so it holds no group for long.
+
+While a collective runs, its waits (`engine.run`, the shared-memory signals) also watch the
+runner's wake-up pipe (`engine.set_background`): `interrupt` raises an error into the running
+collective from another thread, there, where its connections are owned. A group closing
+with the collective outstanding ends it so; a send or recv of the group that failed on the
+progress thread ends it so too (`defer`), and is completed with it.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections import deque
+from typing import Callable
+
+from . import engine, handle, jobs
+from .comm import Comm
+from .errors import GroupBrokenError, PeerLostError, RingError
+from .jobs import Job
+
+IDLE = 1.0  # seconds a runner with nothing to run waits for more before it ends
+
+_runners: dict[Comm, "Runner"] = {}  # (under handle.lock)
+
+
+class Runner:
+    """Group `g`'s collective jobs, run in issue order on a thread of its own."""
+
+    def __init__(self, g: Comm):
+        self.g = g
+        self.queue: deque[Job] = deque()  # issued, not yet started (under handle.lock)
+        self.running: Job | None = None  # (under `lock`)
+        self.deferred: list[Job] = []  # failed point-to-point jobs of the group, completed with `running`
+        self.lock = threading.Lock()  # `running`, `deferred`, `_why`; held by the progress thread telling peers
+        self._why: Callable[[], BaseException] | None = None  # what `interrupt` raises into `running`
+        self._wake_r, self._wake_w = os.pipe()
+        self._masks = {self._wake_r: engine.POLLIN}
+        self._stop = False
+        self._closed = False  # the pipe is closed (under `lock`)
+        self._more = threading.Condition(handle.lock)
+        self.thread = threading.Thread(target=self._main, name=f"ringdist-runner-{g.gid}", daemon=True)
+
+    # ---- the background its collectives' waits drive (`engine.set_background`) --------------------
+
+    def masks(self) -> dict[int, int]:
+        return self._masks
+
+    def pump(self) -> None:
+        pass
+
+    def tick(self) -> None:
+        pass
+
+    def max_wait(self) -> float | None:
+        return None
+
+    def on_event(self, fd: int, ev: int) -> None:
+        os.read(self._wake_r, 64)  # readable: this cannot block
+        with self.lock:
+            why, self._why = self._why, None
+        if why is not None:
+            raise why()
+
+    def interrupt(self, why: Callable[[], BaseException]) -> bool:
+        """Raise `why()` into the running collective at its next wait; False if none runs."""
+        with self.lock:  # held for the write: the thread closes the pipe under it when it ends
+            return self.raise_locked(why)
+
+    def raise_locked(self, why: Callable[[], BaseException]) -> bool:
+        """`interrupt`, with `lock` held."""
+        if self.running is None or self._closed:
+            return False
+        self._why = why
+        os.write(self._wake_w, b"x")
+        return True
+
+    # ---- the thread ----------------------------------------------------------------------------
+
+    def _main(self) -> None:
+        me = threading.get_ident()
+        engine.set_background(self, me)
+        try:
+            while True:
+                with handle.lock:
+                    if not self.queue and not self._stop:
+                        self._more.wait(IDLE)
+                    if not self.queue:
+                        if _runners.get(self.g) is self:
+                            del _runners[self.g]  # a job issued from now on starts a new runner
+                        break
+                    job = self.queue.popleft()
+                self._run(job)
+        except BaseException as exc:  # noqa: BLE001 - a defect here must not leave waits hanging
+            handle.log.exception("ringdist: the runner of group %r failed", self.g.gid)
+            with handle.lock:
+                if _runners.get(self.g) is self:
+                    del _runners[self.g]
+                left = ([self.running] if self.running is not None else []) + list(self.queue)
+                self.queue.clear()
+            fail_all(left, exc, "its runner failed")
+        finally:
+            engine.set_background(None, me)
+            with self.lock:
+                self.running = None
+                self._closed = True
+                for fd in (self._wake_r, self._wake_w):
+                    os.close(fd)
+
+    def _run(self, job: Job) -> None:
+        g = job.g
+        if g in jobs.closing:
+            jobs.finished(job, None, jobs.closed_error(g, stopping)(job.work.op))
+            return
+        with self.lock:
+            self.running = job
+            self._why = None
+        try:
+            result = job.call(g)
+        except BaseException as exc:  # noqa: BLE001 - the job's error
+            with self.lock:
+                self.running = None
+                deferred, self.deferred = self.deferred, []
+            for earlier in deferred:  # a send or recv of the group failed while this collective ran
+                cause = earlier.error
+                if isinstance(cause, PeerLostError) and getattr(exc, "ringdist_origin", None):
+                    cause = exc  # the ABORT found on the group's connections says why the peer left
+                jobs.finished(earlier, None, cause)
+                exc = GroupBrokenError(f"rank {g.rank()}: group {g.gid!r} cannot run {job.work.op}: an earlier "
+                                       f"operation failed ({earlier.plan.op}: "  # type: ignore[union-attr]
+                                       f"{type(cause).__name__}: {cause})")
+            jobs.finished(job, None, exc)
+            return
+        with self.lock:
+            self.running = None
+            deferred, self.deferred = self.deferred, []
+        for earlier in deferred:  # failed after this collective's last wait: completed all the same
+            jobs.finished(earlier, None, earlier.error)
+        jobs.finished(job, result, None)
+
+
+stopping = False  # the process is exiting (`exiting`)
+
+
+def exiting() -> None:
+    """The process is exiting: a job ended from now on says so."""
+    global stopping
+    stopping = True
+
+
+def submit(job: Job) -> None:
+    """Queue a collective job on its group's runner, starting one if it has none (under handle.lock)."""
+    runner = _runners.get(job.g)
+    if runner is None:
+        runner = _runners[job.g] = Runner(job.g)
+        runner.queue.append(job)
+        runner.thread.start()
+        return
+    runner.queue.append(job)
+    runner._more.notify()
+
+
+def of(g: Comm) -> Runner | None:
+    return _runners.get(g)
+
+
+def end(g: Comm, why: Callable[[str], BaseException]) -> None:
+    """End group `g`'s collective jobs: those queued at once, the running one at its next wait."""
+    with handle.lock:
+        runner = _runners.get(g)
+        if runner is None:
+            return
+        queued = list(runner.queue)
+        runner.queue.clear()
+        runner._stop = True
+        runner._more.notify()
+    for job in queued:
+        jobs.finished(job, None, why(job.work.op))
+    running = runner.running
+    if running is not None:
+        runner.interrupt(lambda: why(running.work.op))
+
+
+def threads() -> list[threading.Thread]:
+    with handle.lock:
+        return [runner.thread for runner in _runners.values()]
+
+
+def fail_all(left: list[Job], exc: BaseException, what: str) -> None:
+    """Complete the jobs a failed thread leaves, breaking their groups and telling their peers:
+    this rank can no longer keep step with them."""
+    broken: set[Comm] = set()
+    for job in left:
+        if job.plan is not None:
+            job.plan.release()  # its pair's turn, if it held one
+        if job.finished:
+            continue
+        error = RingError(f"rank {job.g.rank()}: {job.work.op} on group {job.g.gid!r}: {what}: "
+                          f"{type(exc).__name__}: {exc}")
+        if job.g not in broken and not (job.g._broken or job.g._closed):
+            broken.add(job.g)
+            try:
+                job.g._fail(job.work.op, job.g.channels, None, [], error)
+            except Exception:  # noqa: BLE001 - the handles below must complete whatever happens
+                handle.log.exception("ringdist: telling the peers of group %r failed", job.g.gid)
+        jobs.finished(job, None, error)
+
+
+def forget_in_child() -> None:
+    """A forked child has none of the parent's runners (their jobs fail with `jobs.forget_in_child`)."""
+    global stopping
+    for runner in _runners.values():
+        runner.lock = threading.Lock()  # the parent's may have been held by a thread the child lacks
+        runner._closed = True
+        for fd in (runner._wake_r, runner._wake_w):
+            os.close(fd)
+    _runners.clear()
+    stopping = False
