@@ -22,6 +22,7 @@ import time
 from dataclasses import dataclass
 from typing import Iterator, Sequence, Union
 
+from ringdist import channel
 from ringdist.endpoint import local_backend
 from ringdist.errors import ConnectError
 from ringdist.rendezvous import RendezvousServer
@@ -34,6 +35,10 @@ from .spawn import Guard, RankProcess, Spawner
 
 # How long to wait for ranks after SIGKILL, and for their output to drain, before giving up.
 KILL_WAIT = 10.0
+# Open files the launcher holds at least: per rank its output pipes and its control connection,
+# and its own (measured: 32 local ranks, 109 in all). Below this a job cannot start: said at once.
+FDS_PER_RANK = 3
+FDS_BASE = 20
 DRAIN_WAIT = 5.0
 FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
@@ -193,6 +198,13 @@ class _Supervisor:
 
     def _run(self, spawners: Sequence[Spawner], secret: str) -> bool:
         """Serve the rendezvous, start and supervise the ranks; False if the rendezvous cannot start."""
+        need = FDS_PER_RANK * self.plan.world_size + FDS_BASE
+        have = channel.raise_fd_limit(need)
+        if have < need:
+            self.writer.message(f"ringdist-launch: error: {self.plan.world_size} ranks need about {need} open files "
+                                f"in the launcher (pipes and a control connection for each), and it may open "
+                                f"{have} (`ulimit -n`; its hard limit is as far as it can raise it): raise the limit")
+            return False
         server = RendezvousServer(
             secret,
             self.plan.world_size,

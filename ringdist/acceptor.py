@@ -112,6 +112,7 @@ class Acceptor:
         self._pending: OrderedDict[int, _Pending] = OrderedDict()  # by fd, in arrival order
         self._selector = selectors.DefaultSelector()
         self._paused_until = 0.0
+        self.out_of_fds: tuple[float, str] | None = None  # when an arrival last found no descriptor free, and why
         self._closed = False
         self._wake_r, self._wake_w = os.pipe()
         self._selector.register(self._wake_r, selectors.EVENT_READ, None)
@@ -182,6 +183,7 @@ class Acceptor:
             if isinstance(got, channel.AcceptFailed):
                 if not got.out_of_fds:
                     continue  # ECONNABORTED and the like: that arrival is gone, the next may be fine
+                self.out_of_fds = (time.monotonic(), got.reason)
                 if not self._pending:
                     self._pause(got.reason)
                     return

@@ -496,6 +496,28 @@ def recv_fds(sock: socket.socket, size: int, most: int, deadline: float, *, peer
     return data, fds
 
 
+def raise_fd_limit(want: int) -> int:
+    """Raise this process's soft limit on open files towards `want`, as far as its hard limit
+    lets it (a job of many ranks and groups holds a connection, and a segment, per peer and
+    group); returns the soft limit now (a large number where the system sets none)."""
+    try:
+        import resource
+    except ImportError:  # not a POSIX system
+        return 1 << 30
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    unlimited = resource.RLIM_INFINITY
+    if soft == unlimited or soft >= want:
+        return want if soft == unlimited else soft
+    target = want if hard == unlimited else min(want, hard)
+    if target <= soft:
+        return soft
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    except (OSError, ValueError):  # not allowed here (macOS caps the soft limit): keep what there is
+        return soft
+    return target
+
+
 def fd_usage() -> str:
     """'N open, limit L' for this process's file descriptors (as far as the system tells)."""
     try:

@@ -184,7 +184,7 @@ class Endpoint:
                 now = time.monotonic()
                 left = deadline - now
                 if left <= 0 or self._closed:
-                    raise RingTimeoutError(f"{self.label}: {what}: no connection arrived in time")
+                    raise RingTimeoutError(f"{self.label}: {what}: no connection arrived in time{self._starved()}")
                 wait = deadlines.wait_slice(left)
                 gone = self._gone(source, now)
                 if isinstance(gone, float):  # heard of its departure: the grace, then PeerLostError
@@ -199,6 +199,15 @@ class Endpoint:
                 raise PeerLostError(f"{self.label}: {what}: {gone}")
             if gone is None:
                 self._probe(source)
+
+    def _starved(self) -> str:
+        """Why connections may not have arrived: this process had no file descriptor to take
+        one with (in the last minute), or ''."""
+        seen = getattr(self, "_acceptor", None) and self._acceptor.out_of_fds
+        if not seen or time.monotonic() - seen[0] > 60:
+            return ""
+        return (f"; this rank could not accept connections: {seen[1]} (out of file descriptors: "
+                f"{channel.fd_usage()}; raise `ulimit -n`)")
 
     def _probe(self, source: list[tuple[str, int]] | None) -> None:
         """While a wait for the connection of the rank listening at `source` goes on: after

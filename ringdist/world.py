@@ -33,6 +33,10 @@ from .settings import Settings
 
 log = logging.getLogger("ringdist")
 
+# Open files a rank may want: a connection per peer and lane, and a segment per peer, for every
+# group it is in (64 ranks: about 130 a group). The soft limit is raised this far at init, as
+# far as the hard limit allows (a common soft limit is 1024: eight groups of 64 ranks).
+FD_LIMIT = 65536
 BACKENDS = ("ring", "any")  # "any" (MLX's default) means the best available: ring
 
 _world: Group | None = None
@@ -108,6 +112,7 @@ def _join(job: JobEnv, settings: Settings) -> Group:
     label = f"rank {job.rank}"
     started = time.monotonic()
     try:
+        channel.raise_fd_limit(FD_LIMIT)
         if job.hosts_rendezvous:
             _hosted = _host_rendezvous(job)
         _endpoint = Endpoint(job.secret, job.bind, connect_timeout=settings.connect_timeout, label=label,

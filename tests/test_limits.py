@@ -98,3 +98,54 @@ def test_the_launcher_takes_long_limits(args):
     res = run_launcher(["-n", "2", *args, str(SCRIPTS / "exit_code.py"), "-1", "0", "0"], timeout=60)
     assert res.returncode == 0, res.stdout + res.stderr
     assert "Traceback" not in res.stderr
+
+
+def _limited(soft: int, hard: int):
+    import resource
+
+    def set_limit() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    return set_limit
+
+
+def test_a_launcher_without_files_enough_for_its_ranks_says_so_at_once(tmp_path):
+    # It once served the rendezvous through "Too many open files" for half a minute, then blamed a rank.
+    import subprocess
+    import sys
+    script = tmp_path / "job.py"
+    script.write_text("import ringdist as rd\nrd.init()\n")
+    started = time.monotonic()
+    res = subprocess.run([sys.executable, "-m", "ringdist_launch", "-n", "32", str(script)], capture_output=True,
+                         text=True, timeout=60, preexec_fn=_limited(60, 60))
+    assert time.monotonic() - started < 20
+    assert res.returncode == 1, res.stdout + res.stderr
+    assert re.search(r"ringdist-launch: error: 32 ranks need about \d+ open files in the launcher .* and it may "
+                     r"open 60 \(`ulimit -n`", res.stderr), res.stderr
+
+
+def test_ranks_raise_their_soft_limit_on_open_files_as_far_as_the_hard_one(tmp_path):
+    # 64 ranks hold about 130 files a group: a soft limit of 1024 runs out at the eighth group.
+    import subprocess
+    import sys
+    script = tmp_path / "job.py"
+    script.write_text("import resource\nimport ringdist as rd\nrd.init()\n"
+                      "print('limit', *resource.getrlimit(resource.RLIMIT_NOFILE))\n")
+    res = subprocess.run([sys.executable, "-m", "ringdist_launch", "-n", "2", str(script)], capture_output=True,
+                         text=True, timeout=60, preexec_fn=_limited(200, 3000))
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert sorted(re.findall(r"^\[(\d)\] limit (\d+) (\d+)$", res.stdout, re.M)) == [("0", "3000", "3000"),
+                                                                                      ("1", "3000", "3000")], res.stdout
+
+
+def test_a_wait_for_a_connection_says_when_this_rank_could_not_accept_for_want_of_files():
+    from ringdist.endpoint import Endpoint, InboxKey
+    from ringdist.errors import RingTimeoutError
+    ep = Endpoint(b"secret", ["127.0.0.1"], connect_timeout=5, label="rank 3")
+    try:
+        ep._acceptor.out_of_fds = (time.monotonic(), "Too many open files")
+        with pytest.raises(RingTimeoutError, match=r"rank 3: waiting for rank 1: no connection arrived in time; this "
+                                                   r"rank could not accept connections: Too many open files \(out of "
+                                                   r"file descriptors: (\d+ open, )?limit \d+; raise `ulimit -n`\)"):
+            ep.take(InboxKey("world", 1, "ring", 0), time.monotonic() + 0.2, "waiting for rank 1")
+    finally:
+        ep.close()
