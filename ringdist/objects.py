@@ -183,7 +183,7 @@ def _all_gather_object(g: Comm, obj: Any, timeout: float | None) -> list[Any]:
 
 def broadcast_object(obj: Any, root: int = 0, *, group: Comm | None = None, timeout: float | None = None,
                      async_op: bool = False) -> Any:
-    """The root's picklable `obj` on every rank (the root gets its own back); others pass anything."""
+    """The root's picklable `obj` on every rank (the root a copy, as every rank); others pass anything."""
     if async_op or work.active:
         r = work.route("broadcast_object", group, async_op,
                        lambda g: broadcast_object(obj, root, group=g, timeout=timeout))
@@ -193,7 +193,7 @@ def broadcast_object(obj: Any, root: int = 0, *, group: Comm | None = None, time
     try:
         return _broadcast_object(g, obj, root, timeout)
     except Exception as exc:
-        g.refuse("broadcast_object", exc)  # the root, which does not unpickle, hears at its next call
+        g.refuse("broadcast_object", exc)  # every rank unpickles, the root its own copy too
         raise
 
 
