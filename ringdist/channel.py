@@ -416,6 +416,8 @@ def dial_local(name: str, timeout: float) -> socket.socket:
         sock.close()
         err = ConnectError(f"local socket {name}: {reason(exc)}")
         err.refused = isinstance(exc, (ConnectionRefusedError, FileNotFoundError))  # nobody there
+        # A full backlog, a slow accept or a reset (a flood of strangers): worth dialing again.
+        err.transient = isinstance(exc, (TimeoutError, BlockingIOError, ConnectionResetError, InterruptedError))
         raise err from None
     return sock
 
@@ -487,13 +489,17 @@ def recv_fds(sock: socket.socket, size: int, most: int, deadline: float, *, peer
     if flags & getattr(socket, "MSG_CTRUNC", 0):  # the kernel dropped descriptors this process had no room for
         for fd in fds:
             close_quietly(fd)
-        raise ConnectError(f"cannot receive the shared memory of {peer}: this process is out of file "
-                           f"descriptors ({fd_usage()}); raise `ulimit -n`, or use fewer groups at once")
+        raise ConnectError(f"cannot receive the shared memory of {peer}: the system dropped its descriptors "
+                           f"(more than {most} sent, or this process is out of file descriptors: {fd_usage()}); "
+                           f"raise `ulimit -n`, or use fewer groups at once")
     if len(data) != size or not 1 <= len(fds) <= most:
         for fd in fds:
             close_quietly(fd)
         raise _lost(sock, peer, f"no shared memory received ({len(data)} bytes, {len(fds)} descriptors)")
     return data, fds
+
+
+OPEN_MAX_MACOS = 10240  # macOS's OPEN_MAX: the most a soft limit on open files may be there by default
 
 
 def raise_fd_limit(want: int) -> int:
@@ -511,11 +517,15 @@ def raise_fd_limit(want: int) -> int:
     target = want if hard == unlimited else min(want, hard)
     if target <= soft:
         return soft
-    try:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-    except (OSError, ValueError):  # not allowed here (macOS caps the soft limit): keep what there is
-        return soft
-    return target
+    for limit in (target, min(target, OPEN_MAX_MACOS)):  # macOS refuses more than its kern.maxfilesperproc
+        if limit <= soft:
+            break
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (limit, hard))
+            return limit
+        except (OSError, ValueError):
+            continue
+    return soft
 
 
 def fd_usage() -> str:

@@ -349,7 +349,9 @@ class Comm:
             channels = self.channels
         else:
             seq = None
-            if self.ring is not None:  # a failed message breaks the group: its collectives must fail everywhere
+            # A failed message breaks the group: its collectives must fail everywhere. On a thread of
+            # non-blocking operations the group's connections may be its runner's: `work` tells them.
+            if self.ring is not None and not engine.on_progress_thread():
                 tell = channels + self.channels
         watched = channels
         self._guarded(op, channels, seq, outflows, lambda: engine.run(
@@ -505,6 +507,12 @@ class Comm:
             return
         self._fail(op, self.channels, self._seq if owner is None else self._seq - 1, [], exc)
 
+    def mark_broken(self, op: str, exc: BaseException) -> None:
+        """Mark the group broken by `exc` (no call of it starts from now on) without telling anyone:
+        for a thread other than the one whose collective owns the connections (`runners`)."""
+        if not self._broken:
+            self._broken = f"{op}: {type(exc).__name__}: {exc}"
+
     def _fail(self, op: str, channels: list[Channel], seq: int | None, outflows: list[Outflow],
               exc: BaseException) -> None:
         """Mark the group broken by `exc` and tell the peers (an ABORT on every channel).
@@ -563,7 +571,7 @@ class Comm:
         if not wait:
             return None
         limit = self._timeout(timeout)
-        if engine.on_progress_thread():  # the turn's holder may be a queued message this thread moves
+        if engine.on_progress_thread():  # the turn's holder may be a queued message this thread moves (the progress thread)
             if engine.drive_until(lambda: turn.acquire(False), limit):
                 return turn
         elif turn.acquire(timeout=-1 if limit > threading.TIMEOUT_MAX else limit):

@@ -11,6 +11,7 @@ is cut off (the acceptor evicts under a flood) dials again until its deadline.
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import threading
@@ -21,6 +22,8 @@ from . import channel, deadlines, forks, posixshm, wire
 from .acceptor import Acceptor
 from .errors import ConnectError, PeerLostError, RingError, RingTimeoutError
 from .handshake import HandshakeCutOff, client_handshake
+
+log = logging.getLogger("ringdist")
 
 HANDSHAKE_TIMEOUT = 10.0  # seconds an arrival has to prove the job secret (at most RINGDIST_CONNECT_TIMEOUT)
 LISTEN_BACKLOG = 1024  # arrivals the kernel queues while the acceptor is busy
@@ -329,14 +332,16 @@ class Endpoint:
     def connect_local(self, address: tuple[str, int], key: InboxKey, deadline: float,
                       peer: str) -> socket.socket | None:
         """Dial the Unix socket of the rank whose first address is `address` and authenticate;
-        None when nobody listens there (another machine or network namespace) or the peer
-        there refuses the handshake (a stranger on the name): the caller uses TCP. A handshake
-        cut off (the peer's acceptor evicts under a flood of strangers) or a dial that did not
-        get through in time is tried again until `deadline`, as `connect` does."""
+        None when nobody listens there (another machine or network namespace), the peer there
+        refuses the handshake (a stranger on the name) or the dial fails for good (not allowed,
+        say): the caller uses TCP. A handshake cut off (the peer's acceptor evicts under a flood
+        of strangers) or a dial that did not get through in time is tried again until
+        `deadline`, as `connect` does; given up so, it is logged."""
         name = self.local_name_of(address)
         if self.local_backend == "posix":
             name = posixshm.socket_path(self._socket_base, name)
         delay = 0.01
+        last = ""
         while True:
             timeout = max(0.01, deadlines.wait_slice(deadlines.left(deadline)))
             try:
@@ -345,8 +350,11 @@ class Endpoint:
                 else:
                     sock = channel.dial_local(name, timeout)
             except ConnectError as exc:
-                if getattr(exc, "refused", False):
+                if not getattr(exc, "transient", False):
+                    if not getattr(exc, "refused", False):
+                        log.warning("%s: %s; the group uses TCP", self.label, exc)
                     return None
+                last = str(exc)
                 sock = None
             if sock is not None:
                 forks.track(sock)
@@ -354,8 +362,9 @@ class Endpoint:
                     hello = wire.make_hello(self.job, key.group, key.peer, key.kind, key.lane,
                                             os.urandom(wire.NONCE_SIZE))
                     client_handshake(sock, self._secret, hello, deadline, f"{peer} on local socket {name}")
-                except (HandshakeCutOff, RingTimeoutError):
+                except (HandshakeCutOff, RingTimeoutError) as exc:
                     sock.close()
+                    last = f"{peer} on local socket {name}: {exc}"
                 except RingError:
                     sock.close()
                     return None
@@ -366,6 +375,7 @@ class Endpoint:
                     sock.settimeout(None)
                     return sock
             if time.monotonic() + delay >= deadline:
+                log.warning("%s: %s (tried until the deadline); the group uses TCP", self.label, last)
                 return None
             time.sleep(delay)
             delay = min(delay * 2, 0.5)

@@ -1,6 +1,7 @@
-"""The operations issued with `async_op=True` (or queued behind them): each a `Job`, in the
-issue queue until the progress thread starts it and in its group's pending list until done.
-`finished` records an outcome and completes the job's `Work` handle."""
+"""The operations issued with `async_op=True` (or queued behind them): each a `Job`, in a queue
+until its thread starts it (the progress thread's `queue` for messages, its group's runner's for
+collectives: `runners`) and in its group's pending list until done. `finished` records an
+outcome and completes the job's `Work` handle."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from typing import Any, Callable, Protocol
 from . import handle
 from .channel import Channel
 from .comm import Comm
-from .errors import RingError
+from .errors import GroupBrokenError, PeerLostError, RingError
 from .flows import Inflow, Outflow
 from .handle import Work
 
@@ -63,8 +64,8 @@ def issue(job: Job, queued: bool = True) -> None:
 
 
 def finished(job: Job, result: Any, error: BaseException | None) -> None:
-    """Record an operation's outcome and complete its handle. (Collectives finish in issue
-    order, one after another on the thread; messages of a pair in one direction too.)"""
+    """Record an operation's outcome and complete its handle. (A group's collectives finish in
+    issue order, one after another on its runner; messages of a pair in one direction too.)"""
     job.finished, job.result, job.error = True, result, error
     with handle.lock:
         jobs = pending.get(job.g)
@@ -73,6 +74,27 @@ def finished(job: Job, result: Any, error: BaseException | None) -> None:
             if not jobs:
                 del pending[job.g]
         job.work.complete(result, error)
+
+
+def settle(job: Job, result: Any, exc: BaseException | None, deferred: list[Job],
+           tell: Callable[[Job], None] | None = None) -> None:
+    """Complete a call job (a collective on its runner, or a blocking message call on the progress
+    thread) and its group's sends and recvs that failed while it ran (`deferred`, each with its
+    error). The call, told of them at its next wait, failed with GroupBrokenError naming the
+    first; one that ended well before it heard keeps its result, and `tell(first)` tells the
+    group's peers, which no one has yet."""
+    if exc is None and deferred and tell is not None:
+        tell(deferred[0])
+    for earlier in deferred:
+        cause = earlier.error
+        if exc is not None:
+            if isinstance(cause, PeerLostError) and getattr(exc, "ringdist_origin", None):
+                cause = exc  # the ABORT found on the group's connections says why the peer left
+            exc = GroupBrokenError(f"rank {job.g.rank()}: group {job.g.gid!r} cannot run {job.work.op}: an "
+                                   f"earlier operation failed ({earlier.plan.op}: "  # type: ignore[union-attr]
+                                   f"{type(cause).__name__}: {cause})")
+        finished(earlier, None, cause)
+    finished(job, result if exc is None else None, exc)
 
 
 def closed_error(g: Comm, exiting: bool) -> Callable[[str], BaseException]:

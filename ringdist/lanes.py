@@ -13,7 +13,7 @@ from typing import Callable
 from . import aborts, engine, jobs, runners
 from .channel import Channel
 from .comm import Comm, busy_pair
-from .errors import PeerLostError, RingError, RingTimeoutError
+from .errors import RingError, RingTimeoutError
 from .flows import Watch
 from .jobs import Job
 
@@ -206,50 +206,27 @@ class Lanes:
 
     def _failed(self, job: Job, exc: BaseException) -> None:
         """A point-to-point job failed: break its group and tell the peers, as a blocking one does."""
-        g = job.g
-        if job.plan.ch is None or getattr(exc, "ringdist_closed", False):  # type: ignore[union-attr]
+        g, plan = job.g, job.plan
+        ch = plan.ch  # type: ignore[union-attr]
+        if ch is None or getattr(exc, "ringdist_closed", False):
             jobs.finished(job, None, exc)  # never sent a byte, or ended by a close: nothing to tell
             self._retire(job)
             return
-        # A blocking message call of the group on this thread (send_object, recv_object), or a
-        # collective on the group's runner, may be using its connections: then the job's channel
-        # alone is told here, and that call fails too, telling the rest; it completes this job.
-        running_here = self.running is not None and self.running.g is g
-        runner = None if running_here else runners.of(g)
-        if runner is None:
-            exc = self._tell(job, exc, everyone=not running_here)
-            if running_here:
-                job.error = exc
-                self.deferred.append(job)
-                self._retire(job)  # the next message of the lane finds the group broken
-                raise exc  # into the call on this thread; `_start` completes both
-        else:
-            with runner.lock:  # while held, the runner starts no collective on the group's connections
-                busy = runner.running is not None
-                exc = self._tell(job, exc, everyone=not busy)
-                if busy:
-                    job.error = exc
-                    runner.deferred.append(job)
-                    failure = exc
-                    runner.raise_locked(lambda: failure)  # `Runner._run` completes both
-                    self._retire(job)
-                    return
-        jobs.finished(job, None, exc)
+        if self.running is not None and self.running.g is g:
+            # A blocking message call of the group runs on this thread (send_object, recv_object):
+            # this job's channel is told here, and that call fails too; `_start` completes both and
+            # tells the group's peers.
+            exc = runners._why_lost(exc, [ch], plan.op)  # type: ignore[union-attr]
+            g.mark_broken(plan.op, exc)  # type: ignore[union-attr]
+            aborts.abort(plan.outflows, [ch], exc, g.rank(), None)  # type: ignore[union-attr]
+            job.error = exc
+            self.deferred.append(job)
+            self._retire(job)  # the next message of the lane finds the group broken
+            raise exc
+        handed, exc = runners.break_group(g, plan.op, [ch], plan.outflows, exc, job)  # type: ignore[union-attr]
+        if not handed:
+            jobs.finished(job, None, exc)
         self._retire(job)
-
-    def _tell(self, job: Job, exc: BaseException, everyone: bool) -> BaseException:
-        """Break job's group and send the ABORT on the job's channel, and on the group's own with
-        `everyone`; returns the error to report: a PeerLostError's peer may have said why it left."""
-        plan = job.plan
-        g, ch = job.g, plan.ch  # type: ignore[union-attr]
-        look = [ch] + (g.channels if everyone and g.ring is not None else [])
-        if isinstance(exc, PeerLostError):
-            try:
-                aborts.pending_abort(look, plan.op)  # type: ignore[union-attr]
-            except RingError as reason:
-                exc = reason
-        g._fail(plan.op, look, None, plan.outflows, exc)  # type: ignore[union-attr]
-        return exc
 
     def drop(self, g: Comm, reason: Callable[[str], BaseException]) -> None:
         """End every started point-to-point job of group `g`."""

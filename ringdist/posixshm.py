@@ -153,6 +153,8 @@ def dial(path: str, timeout: float) -> socket.socket:
         sock.close()
         err = ConnectError(f"local socket {path}: {_reason(exc)}")
         err.refused = isinstance(exc, (ConnectionRefusedError, FileNotFoundError))  # nobody there
+        # A full backlog, a slow accept or a reset (a flood of strangers): worth dialing again.
+        err.transient = isinstance(exc, (TimeoutError, BlockingIOError, ConnectionResetError, InterruptedError))
         raise err from None
     return sock
 

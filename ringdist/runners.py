@@ -24,9 +24,11 @@ import threading
 from collections import deque
 from typing import Callable
 
-from . import engine, handle, jobs
+from . import aborts, channel, engine, handle, jobs
+from .channel import Channel
 from .comm import Comm
-from .errors import GroupBrokenError, PeerLostError, RingError
+from .errors import PeerLostError, RingError
+from .flows import Outflow
 from .jobs import Job
 
 IDLE = 1.0  # seconds a runner with nothing to run waits for more before it ends
@@ -106,8 +108,9 @@ class Runner:
             with handle.lock:
                 if _runners.get(self.g) is self:
                     del _runners[self.g]
-                left = ([self.running] if self.running is not None else []) + list(self.queue)
+                left = ([self.running] if self.running is not None else []) + list(self.queue) + self.deferred
                 self.queue.clear()
+                self.deferred = []
             fail_all(left, exc, "its runner failed")
         finally:
             engine.set_background(None, me)
@@ -119,55 +122,57 @@ class Runner:
 
     def _run(self, job: Job) -> None:
         g = job.g
-        if g in jobs.closing:
+        with self.lock:  # `end` adds to jobs.closing, then interrupts under this lock: one of the two sees the other
+            closing = g in jobs.closing
+            if not closing:
+                self.running = job
+                self._why = None
+        if closing:
             jobs.finished(job, None, jobs.closed_error(g, stopping)(job.work.op))
             return
-        with self.lock:
-            self.running = job
-            self._why = None
+        result = exc = None
         try:
             result = job.call(g)
-        except BaseException as exc:  # noqa: BLE001 - the job's error
-            with self.lock:
-                self.running = None
-                deferred, self.deferred = self.deferred, []
-            for earlier in deferred:  # a send or recv of the group failed while this collective ran
-                cause = earlier.error
-                if isinstance(cause, PeerLostError) and getattr(exc, "ringdist_origin", None):
-                    cause = exc  # the ABORT found on the group's connections says why the peer left
-                jobs.finished(earlier, None, cause)
-                exc = GroupBrokenError(f"rank {g.rank()}: group {g.gid!r} cannot run {job.work.op}: an earlier "
-                                       f"operation failed ({earlier.plan.op}: "  # type: ignore[union-attr]
-                                       f"{type(cause).__name__}: {cause})")
-            jobs.finished(job, None, exc)
-            return
+        except BaseException as error:  # noqa: BLE001 - the job's error
+            exc = error
         with self.lock:
             self.running = None
             deferred, self.deferred = self.deferred, []
-        for earlier in deferred:  # failed after this collective's last wait: completed all the same
-            jobs.finished(earlier, None, earlier.error)
-        jobs.finished(job, result, None)
+        # This thread owns the group's connections: it tells the peers of a failure it did not hear.
+        jobs.settle(job, result, exc, deferred,
+                    lambda first: g._fail(first.plan.op, g.channels, None, [], first.error))  # type: ignore[union-attr]
 
 
 stopping = False  # the process is exiting (`exiting`)
 
 
 def exiting() -> None:
-    """The process is exiting: a job ended from now on says so."""
+    """The process is exiting (under handle.lock): a job ended from now on says so, and every
+    runner ends once it has nothing to run, without waiting out IDLE."""
     global stopping
     stopping = True
+    for runner in _runners.values():
+        runner._stop = True
+        runner._more.notify()
 
 
 def submit(job: Job) -> None:
-    """Queue a collective job on its group's runner, starting one if it has none (under handle.lock)."""
+    """Queue a collective job on its group's runner, starting one if it has none (under handle.lock;
+    the runner takes it once the lock is released). Raises, queueing nothing, if none can start."""
     runner = _runners.get(job.g)
-    if runner is None:
-        runner = _runners[job.g] = Runner(job.g)
+    if runner is not None:
         runner.queue.append(job)
-        runner.thread.start()
+        runner._more.notify()
         return
+    runner = Runner(job.g)
     runner.queue.append(job)
-    runner._more.notify()
+    try:
+        runner.thread.start()
+    except BaseException:
+        for fd in (runner._wake_r, runner._wake_w):
+            channel.close_quietly(fd)
+        raise
+    _runners[job.g] = runner
 
 
 def of(g: Comm) -> Runner | None:
@@ -186,14 +191,62 @@ def end(g: Comm, why: Callable[[str], BaseException]) -> None:
         runner._more.notify()
     for job in queued:
         jobs.finished(job, None, why(job.work.op))
-    running = runner.running
-    if running is not None:
-        runner.interrupt(lambda: why(running.work.op))
+    with runner.lock:
+        running = runner.running
+        if running is not None:
+            runner.raise_locked(lambda: why(running.work.op))
 
 
 def threads() -> list[threading.Thread]:
     with handle.lock:
         return [runner.thread for runner in _runners.values()]
+
+
+def break_group(g: Comm, op: str, own: list[Channel], outflows: list[Outflow], exc: BaseException,
+                job: Job | None = None) -> tuple[bool, BaseException]:
+    """Break group `g` for a failure outside its collectives (a send or recv that failed on the
+    progress thread, a failed thread) and tell its peers: an ABORT on `own` (the failed
+    message's connection) and on the group's connections. Where a collective of the group runs
+    on its runner, that collective owns those connections: `own` alone is told here, and the
+    collective fails with `exc` at its next wait and tells the rest (or, done first, tells them
+    as it ends; `job`, given, is completed with it: `jobs.settle`).
+
+    Returns whether it was handed over so, and the error to report: a lost peer's own ABORT
+    (why it left), where one is found on the connections this thread may read."""
+    with handle.lock:
+        runner = _runners.get(g)
+        if runner is None:
+            g.mark_broken(op, exc)  # a runner started from now on runs nothing on the connections
+    if runner is None:
+        exc = _why_lost(exc, own + list(g.channels), op)
+        g._fail(op, own + list(g.channels), None, outflows, exc)
+        return False, exc
+    with runner.lock:  # while held, the runner starts no collective
+        if runner.running is None:
+            g.mark_broken(op, exc)
+            exc = _why_lost(exc, own + list(g.channels), op)
+            g._fail(op, own + list(g.channels), None, outflows, exc)
+            return False, exc
+        exc = _why_lost(exc, own, op)
+        g.mark_broken(op, exc)  # a send or recv of the group behind this one starts no more
+        if own:
+            aborts.abort(outflows, own, exc, g.rank(), None)
+        if job is not None:
+            job.error = exc
+            runner.deferred.append(job)
+        failure = exc
+        runner.raise_locked(lambda: failure)
+        return True, exc
+
+
+def _why_lost(exc: BaseException, look: list[Channel], op: str) -> BaseException:
+    """A PeerLostError's peer may have said why it left (an ABORT on `look`): that, else `exc`."""
+    if isinstance(exc, PeerLostError):
+        try:
+            aborts.pending_abort(look, op)
+        except RingError as reason:
+            return reason
+    return exc
 
 
 def fail_all(left: list[Job], exc: BaseException, what: str) -> None:
@@ -209,8 +262,9 @@ def fail_all(left: list[Job], exc: BaseException, what: str) -> None:
                           f"{type(exc).__name__}: {exc}")
         if job.g not in broken and not (job.g._broken or job.g._closed):
             broken.add(job.g)
+            own = [job.plan.ch] if job.plan is not None and job.plan.ch is not None else []
             try:
-                job.g._fail(job.work.op, job.g.channels, None, [], error)
+                break_group(job.g, job.work.op, own, [], error)  # type: ignore[arg-type]
             except Exception:  # noqa: BLE001 - the handles below must complete whatever happens
                 handle.log.exception("ringdist: telling the peers of group %r failed", job.g.gid)
         jobs.finished(job, None, error)
@@ -223,6 +277,6 @@ def forget_in_child() -> None:
         runner.lock = threading.Lock()  # the parent's may have been held by a thread the child lacks
         runner._closed = True
         for fd in (runner._wake_r, runner._wake_w):
-            os.close(fd)
+            channel.close_quietly(fd)
     _runners.clear()
     stopping = False

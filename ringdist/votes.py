@@ -48,7 +48,7 @@ def vote(links: Links, yes: bool, timeout: float) -> bool:
     except RingTimeoutError as exc:
         # The steps share one deadline: say how long the vote waited, not what its last step had left.
         detail = str(exc).partition(" s: ")[2] or str(exc)
-        raise RingTimeoutError(f"rank {links.rank}: {OP} made no progress for {limit:g} s: {detail}") from None
+        raise RingTimeoutError(f"rank {links.rank}: {OP} did not finish within {limit:g} s: {detail}") from None
 
 
 def _vote(links: Links, yes: bool, deadline: float) -> bool:

@@ -42,7 +42,6 @@ from typing import Any, Callable
 
 from . import channel, comm as comm_module, deadlines, engine, forks, handle, jobs, runners
 from .comm import Comm
-from .errors import GroupBrokenError, PeerLostError, RingError
 from .handle import Work, log
 from .jobs import Job
 from .lanes import Lanes
@@ -94,8 +93,8 @@ def route(op: str, group: Any, async_op: bool, call: Callable[[Comm], Any], p2p:
             jobs.issue(job)
         else:
             job.on_runner = True
+            runners.submit(job)  # first: if no runner can start (no file, no thread), nothing is left pending
             jobs.issue(job, queued=False)
-            runners.submit(job)
     if p2p or message:
         _wake()
     return work if async_op else work.wait()
@@ -221,27 +220,23 @@ def _start(flows: Lanes, job: Job) -> None:
             return
         flows.add(job)
         return
-    flows.running = job
+    flows.running = job  # a blocking message call (send_object, recv_object), queued behind async work
+    g = job.g
+    was_broken = bool(g._broken)
+    result = exc = None
     try:
-        result = job.call(job.g)
-    except BaseException as exc:  # noqa: BLE001 - the job's error
-        flows.running = None
-        deferred, flows.deferred = flows.deferred, []
-        for earlier in deferred:  # a send or recv of the group failed while this collective ran
-            cause = earlier.error
-            if isinstance(cause, PeerLostError) and getattr(exc, "ringdist_origin", None):
-                cause = exc  # the ABORT found on the group's connections says why the peer left
-            jobs.finished(earlier, None, cause)
-            exc = GroupBrokenError(f"rank {job.g.rank()}: group {job.g.gid!r} cannot run {job.work.op}: an "
-                                   f"earlier operation failed ({earlier.plan.op}: "  # type: ignore[union-attr]
-                                   f"{type(cause).__name__}: {cause})")
-        jobs.finished(job, None, exc)
-        return
+        result = job.call(g)
+    except BaseException as error:  # noqa: BLE001 - the job's error
+        exc = error
     flows.running = None
     deferred, flows.deferred = flows.deferred, []
-    for earlier in deferred:  # (a collective that swallowed the raise: none do, but never lose one)
-        jobs.finished(earlier, None, earlier.error)
-    jobs.finished(job, result, None)
+    # A message that failed here told its own connection alone (`Comm.run`, `Lanes._failed`): the
+    # group's peers are told now, through its runner if a collective of the group runs there.
+    if deferred:
+        runners.break_group(g, deferred[0].plan.op, [], [], deferred[0].error)  # type: ignore[union-attr, arg-type]
+    elif exc is not None and g._broken and not was_broken:
+        runners.break_group(g, job.work.op, [], [], exc)
+    jobs.settle(job, result, exc, deferred)
 
 
 # ---- closing, exit and fork ---------------------------------------------------------------------
@@ -251,6 +246,7 @@ def before_close(g: Comm, why: str = "closed") -> None:
     """End group `g`'s outstanding operations (a RingError at their wait) before it closes."""
     mine = list(jobs.pending.get(g, ()))
     if not mine:
+        runners.end(g, jobs.closed_error(g, False))  # an idle runner: it holds the group until it ends
         return
     if threading.get_ident() in engine.backgrounds:
         return  # closed from an operation on a thread of them: its own jobs end as they fail

@@ -212,8 +212,9 @@ def test_many_preposted_recvs_each_read_ahead_of_its_turn_all_arrive_in_order():
 
 @pytest.mark.parametrize("shm", ["1", "0"])
 def test_async_work_beside_blocking_collectives_on_another_group(shm):
-    # The blocking collectives' waits drive the progress thread's flows: a send they unblock must
-    # still be sent once they return (it once stalled until its timeout with shared memory on).
+    # Async collectives and a ring shift on the world while this thread runs blocking collectives
+    # on another group of the same ranks (with one thread for every async operation, a send
+    # unblocked inside a collective's wait once stalled until its timeout, shared memory on).
     res = run_launcher(["-n", "4", str(SCRIPTS / "async_lanes.py"), "beside"], timeout=150,
                        env={**FAST, "RINGDIST_SHM": shm})
     assert res.returncode == 0, res.stdout + res.stderr
@@ -235,3 +236,31 @@ def test_async_collectives_on_different_groups_may_be_issued_in_any_order(shm):
                        env={**FAST, "RINGDIST_TIMEOUT": "8", "RINGDIST_SHM": shm})
     assert res.returncode == 0, res.stdout + res.stderr
     assert len(re.findall(r"^\[\d\] cross ok$", res.stdout, re.M)) == 3, res.stdout
+
+
+def test_a_message_failing_while_its_groups_collective_ends_without_a_wait_is_told_to_the_peers():
+    # Rank 0's irecv fails while its all_gather_object, past its last wait, unpickles on the
+    # runner: nothing raises into it, so it tells the peers as it ends (they waited 20 s before).
+    res = run_launcher(["-n", "3", str(SCRIPTS / "async_lanes.py"), "told"], timeout=120, env=FAST)
+    raised = dict(re.findall(r"^\[(\d)\] all_sum raised (.*)$", res.stdout, re.M))
+    assert sorted(raised) == ["0", "1", "2"], res.stdout + res.stderr
+    assert raised["0"].startswith("GroupBrokenError"), raised
+    for rank in ("1", "2"):
+        after = float(re.match(r"\w+ after ([\d.]+)s", raised[rank]).group(1))
+        assert "aborted by rank 0" in raised[rank] and "recv made no progress" in raised[rank], raised
+        assert after < 10, raised
+
+
+def test_a_closed_groups_runner_ends_with_it():
+    res = run_launcher(["-n", "2", str(SCRIPTS / "async_lanes.py"), "groups"], timeout=120, env=FAST)
+    assert res.returncode == 0, res.stdout + res.stderr
+    peaks = [int(p) for p in re.findall(r"^\[\d\] runner threads at most (\d+)$", res.stdout, re.M)]
+    assert len(peaks) == 2 and max(peaks) <= 2, res.stdout  # was one per group closed in the last second
+
+
+def test_a_runner_that_cannot_start_leaves_nothing_pending():
+    res = run_launcher(["-n", "1", str(SCRIPTS / "async_lanes.py"), "no_runner"], timeout=60, env=FAST)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "[0] first call raised Too many open files; pending: 0" in res.stdout, res.stdout
+    assert "[0] second call: [1.0, 1.0]" in res.stdout, res.stdout
+    assert "still outstanding at exit" not in res.stdout + res.stderr

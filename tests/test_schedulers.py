@@ -166,7 +166,6 @@ def test_missing_rank_0_times_out_naming_the_rendezvous():
     assert f"rank 1 (torchrun): init() gave up after 1.5 s: no rendezvous answered at 127.0.0.1:{port}" in res.stderr
 
 
-
 def test_a_rank_with_another_secret_is_named_in_rank_0s_timeout():
     """Rank 1's secret differs: it is refused as a stranger at once, and rank 0's init timeout
     says that the rendezvous refused a connection meanwhile, and what a refusal may mean."""
@@ -180,6 +179,7 @@ def test_a_rank_with_another_secret_is_named_in_rank_0s_timeout():
                      r"ranks that never registered: 1 \(host \?\); the rendezvous refused 1 connection meanwhile, "
                      r"the latest from 127\.0\.0\.1:\d+: connection for another job \('[0-9a-f]+'\) \(a rank "
                      r"started with another RINGDIST_SECRET is refused as a stranger\)", res0.stderr), res0.stderr
+
 
 # --- the environment, read without starting anything --------------------------------------
 

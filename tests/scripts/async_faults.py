@@ -7,8 +7,9 @@ usage: async_faults.py mismatch|kill|exit|fork
   exit: each rank leaves with operations outstanding (an irecv no one answers; rank 0 an
         all_gather rank 1 never calls); prints `leaving at <time>`.
   fork: a forked child tries the parent's group and waits for a handle of its parent's.
-  late: rank 0 queues a recv and an all_sum with timeout=2 behind a barrier that rank 1
-        joins 3 s late: their timeouts count from their start, so both succeed.
+  late: rank 0 queues an all_sum with timeout=2 behind a barrier that rank 1 joins 3 s late,
+        and a recv with timeout=2 behind a recv from rank 1 that comes as late: their timeouts
+        count from their start, so both succeed.
 Prints `raised <Name> at <time>: <message>` for each error a wait raises.
 """
 import os

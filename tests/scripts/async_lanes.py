@@ -4,8 +4,13 @@ preposted N: rank 1 posts N small irecvs from rank 0 before any byte arrives (MP
     pre-posted receives), rank 0 then sends them all at once: every message after the first
     is read ahead with it, so each head of the lane completes as it opens.
 beside: async collectives and a ring shift on the world while the main thread runs blocking
-    collectives on a second group of the same ranks (their waits drive the world's flows).
+    collectives on a second group of the same ranks.
 wait_args: Work.wait refuses a bad timeout whether the operation has finished or not.
+told: rank 0's irecv times out while its group's all_gather_object, past its last wait, unpickles
+    a slow object on the runner: the peers must hear of the broken group at once, not at their timeout.
+groups: 50 sub-groups, one async all_sum each, closed at once: each closed group's runner ends.
+no_runner: the first runner cannot start (no file descriptor for its pipe): the call raises and
+    nothing is left pending; the next call works, and exit is prompt.
 cross: async collectives on two groups issued in opposite orders on ranks 0 and 1, then two
     threads each issuing 20 async all_gathers on a group of its own, started in opposite
     orders: each group's runner keeps its own order.
@@ -95,3 +100,68 @@ if mode == "cross":
         t.join()
     assert all(got[i][k] == [q * 100 + i * 10 + k for q in range(n)] for i in (0, 1) for k in range(20)), got
     print("cross ok", flush=True)
+
+
+class Slow:
+    """Unpickles in `seconds`."""
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+
+    def __reduce__(self):
+        return (_slow, (self.seconds,))
+
+
+def _slow(seconds: float) -> float:
+    time.sleep(seconds)
+    return seconds
+
+
+if mode == "told":
+    rd.send(np.ones(1), (r + 1) % n)  # rank n-1's connection to rank 0 is open: the recv below fails on it
+    rd.recv((1,), np.float64, (r - 1) % n)
+    rd.barrier()
+    t0 = time.monotonic()
+    if r == 0:
+        gathered = rd.all_gather_object(Slow(0.0), async_op=True)
+        lost = rd.recv((1,), np.float64, n - 1, async_op=True, timeout=0.5)  # nobody sends it
+        gathered.wait(timeout=30)
+        try:
+            lost.wait(timeout=30)
+        except rd.RingTimeoutError:
+            pass
+    else:
+        rd.all_gather_object(Slow(1.5), timeout=10)  # rank 0 unpickles these for 3 s
+    try:
+        rd.all_sum(np.ones(3), timeout=20)
+        print("all_sum returned", flush=True)
+    except rd.RingError as exc:
+        print(f"all_sum raised {type(exc).__name__} after {time.monotonic() - t0:.1f}s: {exc}", flush=True)
+    time.sleep(1 if r == 0 else 0)  # rank 0 stays: its peers hear its ABORT, not its exit
+
+if mode == "groups":
+    peak = 0
+    for _ in range(50):
+        sub = g.split(0)
+        rd.all_sum(np.ones(2), group=sub, async_op=True).wait(timeout=30)
+        sub.close()
+        peak = max(peak, sum(t.name.startswith("ringdist-runner") for t in threading.enumerate()))
+    print(f"runner threads at most {peak}", flush=True)
+
+if mode == "no_runner":
+    import errno
+
+    from ringdist import jobs, runners
+
+    Real = runners.Runner
+
+    class NoFiles(Real):
+        def __init__(self, g):
+            runners.Runner = Real  # once
+            raise OSError(errno.EMFILE, "Too many open files")  # as os.pipe() would
+    runners.Runner = NoFiles
+    try:
+        rd.all_sum(np.ones(2), async_op=True)
+    except OSError as exc:
+        print(f"first call raised {exc.strerror}; pending: {len(jobs.pending)}", flush=True)
+    print(f"second call: {rd.all_sum(np.ones(2), async_op=True).wait(timeout=30).tolist()}", flush=True)
