@@ -264,3 +264,12 @@ def test_a_runner_that_cannot_start_leaves_nothing_pending():
     assert "[0] first call raised Too many open files; pending: 0" in res.stdout, res.stdout
     assert "[0] second call: [1.0, 1.0]" in res.stdout, res.stdout
     assert "still outstanding at exit" not in res.stdout + res.stderr
+
+
+def test_a_failed_progress_thread_breaks_the_group_on_every_rank():
+    res = run_launcher(["-n", "2", str(SCRIPTS / "async_lanes.py"), "thread_fails"], timeout=60, env=FAST)
+    assert "[0] send raised rank 0: send on group 'world': the progress thread failed: RuntimeError: injected" \
+        in res.stdout, res.stdout + res.stderr
+    heard = re.search(r"^\[1\] all_sum raised after ([\d.]+)s: (.*)$", res.stdout, re.M)
+    assert heard and "aborted by rank 0" in heard.group(2) and "the progress thread failed" in heard.group(2), res.stdout
+    assert float(heard.group(1)) < 3, res.stdout  # before rank 0 leaves

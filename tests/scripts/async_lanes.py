@@ -11,6 +11,8 @@ told: rank 0's irecv times out while its group's all_gather_object, past its las
 groups: 50 sub-groups, one async all_sum each, closed at once: each closed group's runner ends.
 no_runner: the first runner cannot start (no file descriptor for its pipe): the call raises and
     nothing is left pending; the next call works, and exit is prompt.
+thread_fails: rank 0's progress thread fails (a defect, injected) as it starts a send: its
+    handle raises, and rank 1, in a collective of the group, hears of it at once.
 cross: async collectives on two groups issued in opposite orders on ranks 0 and 1, then two
     threads each issuing 20 async all_gathers on a group of its own, started in opposite
     orders: each group's runner keeps its own order.
@@ -165,3 +167,23 @@ if mode == "no_runner":
     except OSError as exc:
         print(f"first call raised {exc.strerror}; pending: {len(jobs.pending)}", flush=True)
     print(f"second call: {rd.all_sum(np.ones(2), async_op=True).wait(timeout=30).tolist()}", flush=True)
+
+if mode == "thread_fails":
+    if r == 0:
+        from ringdist import lanes
+
+        def add(self, job):
+            raise RuntimeError("injected")
+        lanes.Lanes.add = add
+        t0 = time.monotonic()
+        try:
+            rd.send(np.ones(4), 1, async_op=True).wait(timeout=30)
+        except rd.RingError as exc:
+            print(f"send raised {exc}", flush=True)
+        time.sleep(3)  # stays: rank 1 hears the ABORT, not this rank's exit
+    else:
+        t0 = time.monotonic()
+        try:
+            rd.all_sum(np.ones(2), timeout=20)
+        except rd.RingError as exc:
+            print(f"all_sum raised after {time.monotonic() - t0:.1f}s: {exc}", flush=True)
