@@ -20,8 +20,8 @@ progress thread ends it so too (`defer`), and is completed with it.
 from __future__ import annotations
 
 import os
+import queue
 import threading
-from collections import deque
 from typing import Callable
 
 from . import aborts, channel, engine, handle, jobs
@@ -41,16 +41,16 @@ class Runner:
 
     def __init__(self, g: Comm):
         self.g = g
-        self.queue: deque[Job] = deque()  # issued, not yet started (under handle.lock)
+        # Issued, not yet started; put under handle.lock, and None to wake the thread to look
+        # whether to end. A SimpleQueue wakes its getter with no lock of Python's to take again.
+        self.queue: "queue.SimpleQueue[Job | None]" = queue.SimpleQueue()
         self.running: Job | None = None  # (under `lock`)
         self.deferred: list[Job] = []  # failed point-to-point jobs of the group, completed with `running`
         self.lock = threading.Lock()  # `running`, `deferred`, `_why`; held by the progress thread telling peers
         self._why: Callable[[], BaseException] | None = None  # what `interrupt` raises into `running`
         self._wake_r, self._wake_w = os.pipe()
         self._masks = {self._wake_r: engine.POLLIN}
-        self._stop = False
         self._closed = False  # the pipe is closed (under `lock`)
-        self._more = threading.Condition(handle.lock)
         self.thread = threading.Thread(target=self._main, name=f"ringdist-runner-{g.gid}", daemon=True)
 
     # ---- the background its collectives' waits drive (`engine.set_background`) --------------------
@@ -94,22 +94,24 @@ class Runner:
         engine.set_background(self, me)
         try:
             while True:
-                with handle.lock:
-                    if not self.queue and not self._stop:
-                        self._more.wait(IDLE)
-                    if not self.queue:
-                        if _runners.get(self.g) is self:
-                            del _runners[self.g]  # a job issued from now on starts a new runner
-                        break
-                    job = self.queue.popleft()
+                try:
+                    job = self.queue.get(timeout=IDLE)
+                except queue.Empty:
+                    job = None
+                if job is None:  # idle for IDLE seconds, or told to look (`end`, exit)
+                    with handle.lock:
+                        if self.queue.empty():
+                            if _runners.get(self.g) is self:
+                                del _runners[self.g]  # a job issued from now on starts a new runner
+                            break
+                    continue
                 self._run(job)
         except BaseException as exc:  # noqa: BLE001 - a defect here must not leave waits hanging
             handle.log.exception("ringdist: the runner of group %r failed", self.g.gid)
             with handle.lock:
                 if _runners.get(self.g) is self:
                     del _runners[self.g]
-                left = ([self.running] if self.running is not None else []) + list(self.queue) + self.deferred
-                self.queue.clear()
+                left = ([self.running] if self.running is not None else []) + _drain(self.queue) + self.deferred
                 self.deferred = []
             fail_all(left, exc, "its runner failed")
         finally:
@@ -152,8 +154,7 @@ def exiting() -> None:
     global stopping
     stopping = True
     for runner in _runners.values():
-        runner._stop = True
-        runner._more.notify()
+        runner.queue.put(None)
 
 
 def submit(job: Job) -> None:
@@ -161,11 +162,10 @@ def submit(job: Job) -> None:
     the runner takes it once the lock is released). Raises, queueing nothing, if none can start."""
     runner = _runners.get(job.g)
     if runner is not None:
-        runner.queue.append(job)
-        runner._more.notify()
+        runner.queue.put(job)
         return
     runner = Runner(job.g)
-    runner.queue.append(job)
+    runner.queue.put(job)
     try:
         runner.thread.start()
     except BaseException:
@@ -173,6 +173,18 @@ def submit(job: Job) -> None:
             channel.close_quietly(fd)
         raise
     _runners[job.g] = runner
+
+
+def _drain(jobs_queue: "queue.SimpleQueue[Job | None]") -> list[Job]:
+    """What a runner's queue holds, taken out (wake-ups dropped)."""
+    taken = []
+    while True:
+        try:
+            job = jobs_queue.get_nowait()
+        except queue.Empty:
+            return taken
+        if job is not None:
+            taken.append(job)
 
 
 def of(g: Comm) -> Runner | None:
@@ -185,10 +197,8 @@ def end(g: Comm, why: Callable[[str], BaseException]) -> None:
         runner = _runners.get(g)
         if runner is None:
             return
-        queued = list(runner.queue)
-        runner.queue.clear()
-        runner._stop = True
-        runner._more.notify()
+        queued = _drain(runner.queue)
+        runner.queue.put(None)  # ends once it has nothing to run
     for job in queued:
         jobs.finished(job, None, why(job.work.op))
     with runner.lock:
