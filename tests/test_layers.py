@@ -235,3 +235,19 @@ def test_the_foreign_write_check_sees_attribute_writes():
                                    "local = 3\nobj.attr = 4\n"),
              "buffers.py": ast.parse(""), "channel.py": ast.parse("")}
     assert foreign_writes(trees) == ["world.py line 2: buffers.cache.limit = ...", "world.py line 3: channel.X = ..."]
+
+
+def test_every_package_of_the_source_is_installed():
+    # A wheel (not an editable install) holds only the packages pyproject.toml lists: one left
+    # out (ringdist.algorithms was) makes `import ringdist` fail wherever it is installed so.
+    import re
+    root = PACKAGE.parent
+    text = (root / "pyproject.toml").read_text(encoding="utf-8")
+    listed = set(re.findall(r'"([\w.]+)"', re.search(r"^packages = \[(.*?)\]", text, re.M).group(1)))
+    dirs = dict(re.findall(r'"(\w+)" = "(\w+)"', re.search(r"^package-dir = \{(.*?)\}", text, re.M).group(1)))
+    found = set()
+    for name, folder in dirs.items():
+        for init in sorted((root / folder).rglob("__init__.py")):
+            parts = init.parent.relative_to(root / folder).parts
+            found.add(".".join((name, *parts)))
+    assert found == listed, f"packages with an __init__.py: {sorted(found)}; listed: {sorted(listed)}"
