@@ -113,6 +113,7 @@ class Placement:
     ips: tuple[str, ...]
     local_rank: int
     is_local: bool
+    machine: int = 0  # which machine, as `local_rank` counts them (`same_machine_groups`)
 
 
 def load_hostfile(path: str | Path) -> Hostfile:
@@ -262,6 +263,7 @@ def expand_placements(hostfile: Hostfile, world_size: int | None = None) -> list
                     ips=host.ips,
                     local_rank=local_rank,
                     is_local=host.is_local,
+                    machine=machine[host_index],
                 )
             )
     return placements

@@ -63,6 +63,7 @@ class RankLaunch:
     user_env: tuple[tuple[str, str], ...]
     verbose: bool = False
     same_machine: int = 1  # ranks sharing this rank's physical machine (the library's spin default)
+    local_world_size: int = 1  # ranks that `local_rank` counts among (torchrun's LOCAL_WORLD_SIZE)
 
     @property
     def rank(self) -> int:
@@ -94,7 +95,7 @@ class RankLaunch:
                 "RANK": str(p.rank),
                 "WORLD_SIZE": str(self.world_size),
                 "LOCAL_RANK": str(p.local_rank),
-                "LOCAL_WORLD_SIZE": str(self.same_machine),
+                "LOCAL_WORLD_SIZE": str(self.local_world_size),
             }
         )
         if self.verbose:
@@ -152,7 +153,8 @@ def build_plan(
     ranks = tuple(
         RankLaunch(placement=p, world_size=len(placements), argv=argv, user_env=user_env, verbose=verbose,
                    same_machine=sum(1 for q in placements if q.is_local) if p.is_local
-                   else sum(1 for q in placements if q.ssh == p.ssh))
+                   else sum(1 for q in placements if q.ssh == p.ssh),
+                   local_world_size=sum(1 for q in placements if q.machine == p.machine))
         for p in placements
     )
     return JobPlan(ranks=ranks, cwd=cwd)

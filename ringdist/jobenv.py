@@ -112,7 +112,8 @@ def detect_scheduler(env: dict[str, str]) -> Scheduler | None:
     """The scheduler whose variables are set (torchrun, Open MPI, Slurm, in that order), or None."""
     if "RANK" in env and "WORLD_SIZE" in env:
         rank, size = _int_var(env, "RANK"), _int_var(env, "WORLD_SIZE")
-        return Scheduler("torchrun", rank, size, _more_than(env, "LOCAL_WORLD_SIZE", size),
+        multi = _more_than(env, "LOCAL_WORLD_SIZE", size)
+        return Scheduler("torchrun", rank, size, multi, "127.0.0.1" if multi is False else None,
                          secret_hint=", before torchrun (on several nodes, give every node the same value, "
                          "e.g. with RINGDIST_SECRET_FILE on a shared filesystem)")
     if "OMPI_COMM_WORLD_RANK" in env and "OMPI_COMM_WORLD_SIZE" in env:

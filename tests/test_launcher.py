@@ -115,7 +115,7 @@ def test_plan_environment_and_precedence():
         "RANK": "1",
         "WORLD_SIZE": "3",
         "LOCAL_RANK": "1",
-        "LOCAL_WORLD_SIZE": "3",
+        "LOCAL_WORLD_SIZE": "2",  # the ranks LOCAL_RANK counts among: this entry's (the third's ips differ)
         "RINGDIST_VERBOSE": "1",
     }
     third = plan.ranks[2].env("r", "s")

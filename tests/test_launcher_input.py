@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from helpers import SCRIPTS, run_launcher
+from helpers import HOSTFILES, SCRIPTS, run_launcher
 
 PY = sys.executable
 SHOW_ENV = ("import json, os; print(json.dumps({k: os.environ.get(k) for k in "
@@ -147,3 +147,15 @@ def test_ranks_with_different_settings_they_must_share_fail_in_init_naming_it(na
     for _, text in lines:
         assert f"{name} differs between ranks ({shown}" in text, text
     assert res.returncode == 3
+
+
+def test_local_world_size_counts_the_ranks_local_rank_counts_among():
+    # loopback-4.json: four "hosts" on one machine. LOCAL_RANK is 0 on each, so torchrun's
+    # LOCAL_WORLD_SIZE is 1 (it was 4: LOCAL_RANK < LOCAL_WORLD_SIZE held, but not RANK =
+    # node * LOCAL_WORLD_SIZE + LOCAL_RANK); RINGDIST_LOCAL_WORLD_SIZE still counts the
+    # machine's ranks, for the spin default.
+    result = run_launcher(["--hosts", str(HOSTFILES / "loopback-4.json"), "--dry-run", "--", PY, "-c", "pass"],
+                          timeout=30)
+    assert result.returncode == 0, result.stderr
+    for name, value in (("LOCAL_RANK", "0"), ("LOCAL_WORLD_SIZE", "1"), ("RINGDIST_LOCAL_WORLD_SIZE", "4")):
+        assert re.findall(rf"(?<![A-Z_]){name}=(\d+)", result.stdout) == [value] * 4, (name, result.stdout)

@@ -128,6 +128,14 @@ def test_torchrun_variables_only_rank_0_last_and_insecure():
     assert all("RINGDIST_INSECURE=1: no job secret" in r.stderr for r in results)
 
 
+def test_torchrun_variables_on_one_node_without_master_addr_meet_on_loopback():
+    # LOCAL_WORLD_SIZE == WORLD_SIZE: one node, so 127.0.0.1, as under Slurm and Open MPI.
+    n, port = 2, free_port()
+    envs = [{"RANK": str(r), "WORLD_SIZE": str(n), "LOCAL_RANK": str(r), "LOCAL_WORLD_SIZE": str(n),
+             "MASTER_PORT": str(port), "RINGDIST_SECRET": "s"} for r in range(n)]
+    check_world(run_ranks(envs), n, "torchrun")
+
+
 @pytest.mark.parametrize("call", ["recv", "irecv"])
 def test_a_recv_from_a_rank_that_has_left_fails_without_a_launcher(call):
     # No launcher tells the others that rank 1 has left: a wait for its connection tries its
