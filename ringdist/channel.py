@@ -607,11 +607,11 @@ class Channel:
     def staged(self) -> int:
         return self.reader.end - self.reader.start
 
-    def fill_stage(self, limit: int = STAGE_SIZE) -> int:
+    def fill_stage(self, limit: int = STAGE_SIZE, op: str = "") -> int:
         """Read up to `limit` bytes the socket has into the reader's staging buffer; 0 if none
         is ready or there is no room.
 
-        Raises PeerLostError on EOF or reset.
+        Raises PeerLostError on EOF or reset (naming `op`, the call reading, if given).
         """
         reader = self.reader
         if reader.start == reader.end:  # the common case: an empty stage, used from its start
@@ -621,7 +621,7 @@ class Channel:
             room = reader.room(limit)
             if not room:
                 return 0
-        k = self.recv_into(room)
+        k = self.recv_into(room, op)
         reader.end += k
         return k
 

@@ -160,7 +160,7 @@ class Inflow:
             limit = wire.PREFIX_SIZE - staged  # the prefix alone: the payload goes direct
         else:
             limit = STAGE_SIZE  # a control frame (an ABORT) is arriving: take its body
-        k = ch.fill_stage(limit)
+        k = ch.fill_stage(limit, self.op)
         self._consume_stage()
         return k
 

@@ -153,3 +153,24 @@ def test_a_message_to_a_rank_that_has_left_fails_on_the_open_connection(how, cal
     assert outcome.group(1).startswith("PeerLostError: rank 0: lost rank 1 ") and why in outcome.group(1), outcome
     assert "the message was not sent" in outcome.group(1)
     assert re.search(r"^\[0\] group broken$", res.stdout, re.M), res.stdout  # as any failed message does
+
+
+def test_a_peer_lost_while_receiving_is_named_with_the_call():
+    # As a loss found while sending is: "lost rank 1 (...) during broadcast: ...".
+    import numpy as np
+
+    import ringdist as rd
+    from harness import run_ranks
+
+    def rank(g):
+        if g.rank() == 1:
+            time.sleep(0.3)
+            g.close()  # rank 0 is receiving the root's array from it
+            return None
+        with pytest.raises(rd.PeerLostError) as lost:
+            rd.broadcast(np.ones(4), root=1, group=g)
+        return str(lost.value)
+
+    message = run_ranks(2, rank, shm=False)[0]
+    assert re.match(r"rank 0: lost rank 1 \(127\.0\.0\.1:\d+, right link of group 'world'\) during broadcast: "
+                    r"connection closed by peer", message), message
