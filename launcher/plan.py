@@ -7,6 +7,8 @@ without starting anything.
 
 from __future__ import annotations
 
+import collections
+
 import shlex
 from dataclasses import dataclass
 from typing import Callable, Literal, Sequence
@@ -150,11 +152,12 @@ def build_plan(
     placements = expand_placements(hostfile, nprocs)
     argv = tuple(target.argv(python))
     user_env = tuple(hostfile.envs) + tuple(env)
+    local = sum(1 for p in placements if p.is_local)
+    by_ssh = collections.Counter(p.ssh for p in placements)
+    by_machine = collections.Counter(p.machine for p in placements)
     ranks = tuple(
         RankLaunch(placement=p, world_size=len(placements), argv=argv, user_env=user_env, verbose=verbose,
-                   same_machine=sum(1 for q in placements if q.is_local) if p.is_local
-                   else sum(1 for q in placements if q.ssh == p.ssh),
-                   local_world_size=sum(1 for q in placements if q.machine == p.machine))
+                   same_machine=local if p.is_local else by_ssh[p.ssh], local_world_size=by_machine[p.machine])
         for p in placements
     )
     return JobPlan(ranks=ranks, cwd=cwd)

@@ -141,9 +141,17 @@ def dial(address: tuple[str, int], timeout: float) -> socket.socket:
     try:
         return socket.create_connection(address, timeout=timeout)
     except OSError as exc:
-        err = ConnectError(f"{format_address(*address)}: {reason(exc)}")
-        err.refused = isinstance(exc, ConnectionRefusedError)
-        raise err from None
+        raise dial_error(f"{format_address(*address)}: {reason(exc)}", exc) from None
+
+
+def dial_error(message: str, exc: OSError) -> ConnectError:
+    """A failed dial as a ConnectError: its `refused` says whether nothing listened there, its
+    `transient` whether dialing again may work (a full backlog, a slow accept, a reset: a flood
+    of strangers)."""
+    err = ConnectError(message)
+    err.refused = isinstance(exc, (ConnectionRefusedError, FileNotFoundError))
+    err.transient = isinstance(exc, (TimeoutError, BlockingIOError, ConnectionResetError, InterruptedError))
+    return err
 
 
 def refused_everywhere(addresses: list[tuple[str, int]], timeout: float) -> bool:
@@ -414,11 +422,7 @@ def dial_local(name: str, timeout: float) -> socket.socket:
         sock.connect("\0" + name)
     except OSError as exc:
         sock.close()
-        err = ConnectError(f"local socket {name}: {reason(exc)}")
-        err.refused = isinstance(exc, (ConnectionRefusedError, FileNotFoundError))  # nobody there
-        # A full backlog, a slow accept or a reset (a flood of strangers): worth dialing again.
-        err.transient = isinstance(exc, (TimeoutError, BlockingIOError, ConnectionResetError, InterruptedError))
-        raise err from None
+        raise dial_error(f"local socket {name}: {reason(exc)}", exc) from None
     return sock
 
 
@@ -511,12 +515,9 @@ def raise_fd_limit(want: int) -> int:
     except ImportError:  # not a POSIX system
         return 1 << 30
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    unlimited = resource.RLIM_INFINITY
-    if soft == unlimited or soft >= want:
-        return want if soft == unlimited else soft
-    target = want if hard == unlimited else min(want, hard)
-    if target <= soft:
-        return soft
+    if soft == resource.RLIM_INFINITY:
+        return want
+    target = want if hard == resource.RLIM_INFINITY else min(want, hard)
     for limit in (target, min(target, OPEN_MAX_MACOS)):  # macOS refuses more than its kern.maxfilesperproc
         if limit <= soft:
             break

@@ -571,7 +571,7 @@ class Comm:
         if not wait:
             return None
         limit = self._timeout(timeout)
-        if engine.on_progress_thread():  # the turn's holder may be a queued message this thread moves (the progress thread)
+        if engine.on_progress_thread():  # the turn's holder may be a queued message this thread moves
             if engine.drive_until(lambda: turn.acquire(False), limit):
                 return turn
         elif turn.acquire(timeout=-1 if limit > threading.TIMEOUT_MAX else limit):

@@ -293,23 +293,14 @@ class Endpoint:
                     errors.append(str(exc))
                     refused += getattr(exc, "refused", False)
                     continue
-                forks.track(sock)
                 try:
-                    hello = wire.make_hello(self.job, key.group, key.peer, key.kind, key.lane,
-                                            os.urandom(wire.NONCE_SIZE))
-                    client_handshake(sock, self._secret, hello, deadline, f"{peer} at {ip}:{port}")
+                    self._authenticate(sock, key, deadline, f"{peer} at {ip}:{port}")
                 except HandshakeCutOff:
-                    sock.close()
                     errors.append(f"{ip}:{port}: handshake cut off (connection closed before WELCOME)")
                     continue
                 except RingTimeoutError:
-                    sock.close()
                     errors.append(f"{ip}:{port}: handshake: timed out")
                     continue
-                except BaseException:
-                    sock.close()
-                    raise
-                sock.settimeout(None)
                 return sock
             if up and refused == len(addresses):
                 if check is not None:
@@ -323,6 +314,18 @@ class Endpoint:
                 check()
             time.sleep(delay)
             delay = min(delay * 2, 0.5)
+
+    def _authenticate(self, sock: socket.socket, key: InboxKey, deadline: float, who: str) -> None:
+        """The handshake on a connection just dialed, filed at the peer under `key`; on any
+        failure the connection is closed and the error raised."""
+        forks.track(sock)
+        try:
+            hello = wire.make_hello(self.job, key.group, key.peer, key.kind, key.lane, os.urandom(wire.NONCE_SIZE))
+            client_handshake(sock, self._secret, hello, deadline, who)
+        except BaseException:
+            sock.close()
+            raise
+        sock.settimeout(None)
 
     def local_name_of(self, address: tuple[str, int]) -> str:
         """The abstract Unix socket name of the rank whose first address is `address`: keyed
@@ -357,22 +360,13 @@ class Endpoint:
                 last = str(exc)
                 sock = None
             if sock is not None:
-                forks.track(sock)
                 try:
-                    hello = wire.make_hello(self.job, key.group, key.peer, key.kind, key.lane,
-                                            os.urandom(wire.NONCE_SIZE))
-                    client_handshake(sock, self._secret, hello, deadline, f"{peer} on local socket {name}")
+                    self._authenticate(sock, key, deadline, f"{peer} on local socket {name}")
                 except (HandshakeCutOff, RingTimeoutError) as exc:
-                    sock.close()
                     last = f"{peer} on local socket {name}: {exc}"
                 except RingError:
-                    sock.close()
                     return None
-                except BaseException:
-                    sock.close()
-                    raise
                 else:
-                    sock.settimeout(None)
                     return sock
             if time.monotonic() + delay >= deadline:
                 log.warning("%s: %s (tried until the deadline); the group uses TCP", self.label, last)

@@ -10,7 +10,7 @@ import time
 from collections import deque
 from typing import Callable
 
-from . import aborts, engine, jobs, runners
+from . import engine, jobs, runners
 from .channel import Channel
 from .comm import Comm, busy_pair
 from .errors import RingError, RingTimeoutError
@@ -216,9 +216,7 @@ class Lanes:
             # A blocking message call of the group runs on this thread (send_object, recv_object):
             # this job's channel is told here, and that call fails too; `_start` completes both and
             # tells the group's peers.
-            exc = runners._why_lost(exc, [ch], plan.op)  # type: ignore[union-attr]
-            g.mark_broken(plan.op, exc)  # type: ignore[union-attr]
-            aborts.abort(plan.outflows, [ch], exc, g.rank(), None)  # type: ignore[union-attr]
+            exc = runners.tell_own(g, plan.op, [ch], plan.outflows, exc)  # type: ignore[union-attr]
             job.error = exc
             self.deferred.append(job)
             self._retire(job)  # the next message of the lane finds the group broken

@@ -151,11 +151,7 @@ def dial(path: str, timeout: float) -> socket.socket:
         sock.connect(path)
     except OSError as exc:
         sock.close()
-        err = ConnectError(f"local socket {path}: {_reason(exc)}")
-        err.refused = isinstance(exc, (ConnectionRefusedError, FileNotFoundError))  # nobody there
-        # A full backlog, a slow accept or a reset (a flood of strangers): worth dialing again.
-        err.transient = isinstance(exc, (TimeoutError, BlockingIOError, ConnectionResetError, InterruptedError))
-        raise err from None
+        raise channel.dial_error(f"local socket {path}: {_reason(exc)}", exc) from None
     return sock
 
 

@@ -223,30 +223,32 @@ def break_group(g: Comm, op: str, own: list[Channel], outflows: list[Outflow], e
 
     Returns whether it was handed over so, and the error to report: a lost peer's own ABORT
     (why it left), where one is found on the connections this thread may read."""
-    with handle.lock:
-        runner = _runners.get(g)
-        if runner is None:
-            g.mark_broken(op, exc)  # a runner started from now on runs nothing on the connections
-    if runner is None:
-        exc = _why_lost(exc, own + list(g.channels), op)
-        g._fail(op, own + list(g.channels), None, outflows, exc)
-        return False, exc
-    with runner.lock:  # while held, the runner starts no collective
-        if runner.running is None:
-            g.mark_broken(op, exc)
-            exc = _why_lost(exc, own + list(g.channels), op)
-            g._fail(op, own + list(g.channels), None, outflows, exc)
-            return False, exc
-        exc = _why_lost(exc, own, op)
-        g.mark_broken(op, exc)  # a send or recv of the group behind this one starts no more
-        if own:
-            aborts.abort(outflows, own, exc, g.rank(), None)
-        if job is not None:
-            job.error = exc
-            runner.deferred.append(job)
-        failure = exc
-        runner.raise_locked(lambda: failure)
-        return True, exc
+    g.mark_broken(op, exc)  # a collective the runner starts from now on refuses before it touches them
+    runner = _runners.get(g)
+    if runner is not None:
+        with runner.lock:
+            if runner.running is not None:
+                exc = tell_own(g, op, own, outflows, exc)
+                if job is not None:
+                    job.error = exc
+                    runner.deferred.append(job)
+                failure = exc
+                runner.raise_locked(lambda: failure)
+                return True, exc
+    everyone = own + list(g.channels)
+    exc = _why_lost(exc, everyone, op)
+    g._fail(op, everyone, None, outflows, exc)
+    return False, exc
+
+
+def tell_own(g: Comm, op: str, own: list[Channel], outflows: list[Outflow], exc: BaseException) -> BaseException:
+    """A failed message's group is broken and its own connection told (an ABORT), by a thread that
+    leaves the group's other connections to the call using them; returns the error to report."""
+    exc = _why_lost(exc, own, op)
+    g.mark_broken(op, exc)
+    if own:
+        aborts.abort(outflows, own, exc, g.rank(), None)
+    return exc
 
 
 def _why_lost(exc: BaseException, look: list[Channel], op: str) -> BaseException:

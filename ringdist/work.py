@@ -55,7 +55,6 @@ JOIN_WAIT = 2.0  # seconds exit waits for the thread itself
 active = False  # True once any operation was issued with async_op=True (read by every public call)
 
 _thread: threading.Thread | None = None
-_thread_id: int | None = None
 _stopping = False
 _wake_r = _wake_w = -1
 _woken = False  # a byte is in the wake-up pipe, unread
@@ -77,12 +76,12 @@ def route(op: str, group: Any, async_op: bool, call: Callable[[Comm], Any], p2p:
     operation or returns its Plan (point-to-point, `p2p`). A collective runs on its group's
     runner (`runners`); a Plan, or a blocking `message` call (send_object, recv_object: in
     turn with the pair's other messages), on the progress thread."""
-    if engine.backgrounds and threading.get_ident() in engine.backgrounds:
+    global active
+    if engine.on_progress_thread():
         return HERE
     g = _resolve(group)
     if not async_op and g not in jobs.pending:
         return HERE
-    global active
     work = Work(op, g)
     job = Job(work, g, call, p2p)
     with handle.lock:
@@ -110,14 +109,13 @@ def _ensure_exit_hook() -> None:
 
 def _ensure_thread() -> None:
     """Start the progress thread (under handle.lock)."""
-    global _thread, _thread_id, _stopping
+    global _thread, _stopping
     if _thread is not None:
         return
     _stopping = False
     flows = Lanes(_wake_r, _on_wake)
     _thread = threading.Thread(target=_main, args=(flows,), name="ringdist-progress", daemon=True)
     _thread.start()
-    _thread_id = _thread.ident
 
 
 def _wake() -> None:
@@ -163,7 +161,7 @@ def _end_closing(flows: Lanes) -> None:
 
 
 def _main(flows: Lanes) -> None:
-    global _thread, _thread_id
+    global _thread
     me = threading.get_ident()
     engine.set_background(flows, me)
     try:
@@ -173,7 +171,7 @@ def _main(flows: Lanes) -> None:
         with handle.lock:
             left = [job for lane in jobs.pending.values() for job in lane if not job.on_runner]
             jobs.queue.clear()
-            _thread = _thread_id = None  # the next async call starts a new one
+            _thread = None  # the next async call starts a new one
         runners.fail_all(left, exc, "the progress thread failed")
     finally:
         engine.set_background(None, me)
@@ -248,7 +246,7 @@ def before_close(g: Comm, why: str = "closed") -> None:
     if not mine:
         runners.end(g, jobs.closed_error(g, False))  # an idle runner: it holds the group until it ends
         return
-    if threading.get_ident() in engine.backgrounds:
+    if engine.on_progress_thread():
         return  # closed from an operation on a thread of them: its own jobs end as they fail
     with handle.lock:
         jobs.closing.add(g)
@@ -264,7 +262,7 @@ def before_close(g: Comm, why: str = "closed") -> None:
 
 def _at_exit() -> None:
     """End every outstanding operation, stop the thread (bounded), log failures never waited."""
-    global _stopping, _thread, _thread_id, active
+    global _stopping, _thread, active
     thread = _thread
     with handle.lock:
         _stopping = True
@@ -289,19 +287,17 @@ def _at_exit() -> None:
         else:
             log.error("rank %d: %s on group %r was still outstanding at exit", work.rank, work.op, work.gid)
     _thread = None
-    _thread_id = None
     active = False
 
 
 def _after_fork_in_child() -> None:
     """A forked child has no progress thread: forget its jobs (their handles fail) and start afresh."""
-    global _thread, _thread_id, active, _wake_r, _wake_w, _stopping, _woken
+    global _thread, active, _wake_r, _wake_w, _stopping, _woken
     jobs.forget_in_child(forks.parent())
     handle.after_fork_in_child()
     runners.forget_in_child()
     engine.backgrounds.clear()  # the parent's threads: none of them is in the child
     _thread = None
-    _thread_id = None
     _stopping = False
     active = False
     for fd in (_wake_r, _wake_w):
