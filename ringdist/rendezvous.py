@@ -84,6 +84,7 @@ class RendezvousServer:
         self._left: dict[int, float] = {}  # rank -> time.monotonic() its control connection closed
         self.announce_departures = announce_departures
         self._notices: dict[int, dict[str, Any]] = {}  # rank -> the `left` notice of its departure
+        self._whys: dict[int, str] = {}  # rank -> why it left, as first told
         self._table: dict[str, Any] | None = None  # once every rank has registered
         self._tabled: set[int] = set()  # ranks sent the table
         self._held: dict[int, list[dict[str, Any]]] = {}  # notices for a rank whose table is still due
@@ -156,14 +157,29 @@ class RendezvousServer:
         with `announce_departures`)."""
         if not self.announce_departures:
             return
-        message = {"type": "left", "rank": rank, "why": why}
         with self._lock:
             if rank in self._notices or self._closed:
                 return
+            self._whys[rank] = why
+            why += self._first_left(rank)
+            message = {"type": "left", "rank": rank, "why": why}
             self._notices[rank] = message
             others = [r for r in self._conns if r != rank]
         for r in others:
             self._notify(r, message)
+
+    def _first_left(self, rank: int) -> str:
+        """', after world rank 2 left first (why)' when another rank left the job before `rank`:
+        the first departure is often the cause of the later ones (lock held)."""
+        self._note_departures()
+        gone = {r: t for r, t in self._left.items() if r != rank}
+        if not gone:
+            return ""
+        first = min(gone, key=gone.__getitem__)
+        if gone[first] > self._left.get(rank, math.inf):
+            return ""
+        why = self._whys.get(first)
+        return f", after world rank {first} left first" + (f" ({why})" if why else "")
 
     def _notify(self, rank: int, message: dict[str, Any]) -> None:
         """Send a notice to `rank`, after its table if that is due (held until `_send_table`)."""

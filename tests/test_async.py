@@ -69,10 +69,12 @@ def test_kill_9_during_outstanding_operations_reaches_every_survivor_at_wait():
     assert sorted(raised) == [0, 1, 3], text + err
     for rank, errors in raised.items():
         # The first wait that raises, and each later one: the op's own detection of the loss,
-        # an ABORT passed on, or GroupBrokenError naming the failure that broke the group.
+        # an ABORT passed on, or GroupBrokenError naming the failure that broke the group. A
+        # message to or from a survivor that has already raised and left may fail on that: its
+        # departure (named with rank 2's, which came first) or its closed connection.
         for name, t, message in errors:
             assert name in ("PeerLostError", "RingTimeoutError", "GroupBrokenError"), errors
-            assert "rank 2" in message, message
+            assert "rank 2" in message or re.search(r"lost rank [013] \(.*p2p-(in|out) link", message), message
         assert errors[0][1] - killed_at < 5.0, (rank, errors[0][1] - killed_at)
     assert "rank 2" in err and "SIGKILL" in err
     assert not wait_until_gone(list(pids.values()), timeout=10)

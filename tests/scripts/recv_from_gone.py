@@ -1,6 +1,7 @@
 """Rank 1 leaves after a barrier; every other rank then waits to receive from it.
 
-usage: recv_from_gone.py {recv|irecv}
+usage: recv_from_gone.py {recv|irecv|chain}
+  chain: rank 2 waits for rank 1 instead, then leaves too; rank 0 waits for rank 2.
 Prints `outcome after <s>: <error class>: <message>` (or `outcome after <s>: returned`).
 """
 import sys
@@ -15,8 +16,15 @@ rd.barrier()
 if g.rank() == 1:
     sys.exit(0)
 start = time.monotonic()
+if sys.argv[1] == "chain" and g.rank() == 2:
+    try:
+        rd.recv((3,), np.float64, 1)
+    except rd.PeerLostError:
+        sys.exit(0)
 try:
-    if sys.argv[1] == "irecv":
+    if sys.argv[1] == "chain":
+        rd.recv((3,), np.float64, 2)
+    elif sys.argv[1] == "irecv":
         rd.recv((3,), np.float64, 1, async_op=True).wait()
     else:
         rd.recv((3,), np.float64, 1)
