@@ -274,4 +274,4 @@ def test_a_failed_progress_thread_breaks_the_group_on_every_rank():
         in res.stdout, res.stdout + res.stderr
     heard = re.search(r"^\[1\] all_sum raised after ([\d.]+)s: (.*)$", res.stdout, re.M)
     assert heard and "aborted by rank 0" in heard.group(2) and "the progress thread failed" in heard.group(2), res.stdout
-    assert float(heard.group(1)) < 3, res.stdout  # before rank 0 leaves
+    assert float(heard.group(1)) < 4.5, res.stdout  # at once, long before rank 0 leaves (6 s)

@@ -61,7 +61,7 @@ def test_kill_9_mid_collective_reaches_every_rank_within_5s(op, mib, kills):
 
 @pytest.mark.parametrize("mib", [pytest.param("1", marks=pytest.mark.slow), "0.0625"])  # ring path; direct path
 def test_a_stalled_peer_is_a_timeout_naming_op_and_peer(mib):
-    timeout = 3.0
+    timeout = 4.0
     proc = start_launcher(["-n", "3", "--grace", "10", str(SCRIPTS / "long_loop.py"), "all_gather", mib],
                           env={"RINGDIST_TIMEOUT": str(timeout)})
     try:
@@ -83,8 +83,8 @@ def test_a_stalled_peer_is_a_timeout_naming_op_and_peer(mib):
     direct = 0
     for m in by_rank.values():
         assert m.group(2) == "RingTimeoutError", m.group(0)
-        assert float(m.group(3)) - stopped_at < timeout + 2, m.group(0)
-        if "made no progress for 3 s" in m.group(4):
+        assert float(m.group(3)) - stopped_at < timeout + 3.5, m.group(0)  # within one timeout, not two
+        if "made no progress for 4 s" in m.group(4):
             direct += 1
             assert "all_gather" in m.group(4) and "rank 1" in m.group(4)
     assert direct >= 1
@@ -123,12 +123,12 @@ def test_soak_5000_random_collectives_on_world_and_splits():
 
 @pytest.mark.parametrize("mode,raising", [("init", [0, 1]), ("registered", [0, 1]), ("split", [0, 1]),
                                           ("recv", [0]), ("send", [0])])
-def test_a_rank_gone_before_its_peers_connect_is_lost_at_once(mode, raising):
+def test_a_rank_gone_before_its_peers_connect_is_lost_at_once(mode, raising, tmp_path):
     # Connecting and waiting for a connection would each last a minute here (both timeouts 60 s);
     # the survivors must hear that rank 2 left (from the launcher's rendezvous, or a refused dial).
     res = run_launcher(["-n", "3", "--grace", "60", str(SCRIPTS / "leaves_early.py"), mode], timeout=45,
                        env={"RINGDIST_CONNECT_TIMEOUT": "60", "RINGDIST_TIMEOUT": "60",
-                            "RINGDIST_INIT_TIMEOUT": "60"})
+                            "RINGDIST_INIT_TIMEOUT": "60", "LEAVES_EARLY_DIR": str(tmp_path)})
     raised = dict(re.findall(r"^\[(\d+)\] raised (\w+: .*)$", res.stdout, re.M))
     assert sorted(map(int, raised)) == raising, (res.stdout, res.stderr)
     for text in raised.values():

@@ -78,6 +78,7 @@ def test_arrays_inside_objects_land_out_of_band_and_own_copies_share_nothing():
         assert np.array_equal(other, np.arange(100_000, dtype=np.float32) + 1 - r)
         assert not np.shares_memory(got[r]["a"], mine["a"]), r  # this rank's own entry is a copy
     assert not results[1][1]["a"].flags.owndata
+    assert np.array_equal(results[1][1]["a"], np.arange(100_000, dtype=np.float32))  # rank 0's object
 
 
 @pytest.mark.parametrize("n", [1, 2])

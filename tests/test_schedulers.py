@@ -178,12 +178,12 @@ def test_a_rank_with_another_secret_is_named_in_rank_0s_timeout():
     """Rank 1's secret differs: it is refused as a stranger at once, and rank 0's init timeout
     says that the rendezvous refused a connection meanwhile, and what a refusal may mean."""
     port = free_port()
-    env = {"WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RINGDIST_INIT_TIMEOUT": "3"}
+    env = {"WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RINGDIST_INIT_TIMEOUT": "6"}
     res0, res1 = run_ranks([{**env, "RANK": "0", "RINGDIST_SECRET": "one"},
                             {**env, "RANK": "1", "RINGDIST_SECRET": "another"}], delays={1: 0.5}, timeout=40)
     assert res1.returncode == 1 and "refused by peer: wrong job (every rank of a job needs the same secret" in res1.stderr
     assert res0.returncode == 1
-    assert re.search(r"RingTimeoutError: rank 0: init\(\) timed out after 3 s at the rendezvous 127\.0\.0\.1:\d+: "
+    assert re.search(r"RingTimeoutError: rank 0: init\(\) timed out after 6 s at the rendezvous 127\.0\.0\.1:\d+: "
                      r"ranks that never registered: 1 \(host \?\); the rendezvous refused 1 connection meanwhile, "
                      r"the latest from 127\.0\.0\.1:\d+: connection for another job \('[0-9a-f]+'\) \(a rank "
                      r"started with another RINGDIST_SECRET is refused as a stranger\)", res0.stderr), res0.stderr

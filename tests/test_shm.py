@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import ringdist as rd
-from ringdist import crossmem, shmsignal, tuning
+from ringdist import crossmem, posixshm, shmsignal, tuning, wire
 from ringdist.shm import slot_bytes
 
 from harness import run_ranks
@@ -214,23 +214,32 @@ def test_descriptors_and_mappings_stay_flat_over_many_calls(n, calls):
     assert all(int(b) < 40 + 3 * n for _, b in fds), fds
 
 
-def _dev_shm() -> set[str]:
-    return set(os.listdir("/dev/shm")) if os.path.isdir("/dev/shm") else set()
+def _dev_shm(job: str) -> list[str]:
+    """/dev/shm entries named for `job` (what the portable backend would name its segments)."""
+    prefix = posixshm.SEGMENT_PREFIX[1:] + job[:8]
+    return [e for e in os.listdir("/dev/shm") if e.startswith(prefix)] if os.path.isdir("/dev/shm") else []
+
+
+def _job_of(pid: int) -> str:
+    env = dict(v.split(b"=", 1) for v in open(f"/proc/{pid}/environ", "rb").read().split(b"\0") if b"=" in v)
+    return wire.job_id(env[b"RINGDIST_SECRET"])
 
 
 @pytest.mark.parametrize("n", [3, 9, 12, 16])
 def test_kill_9_mid_operation_over_shared_memory_reaches_every_rank_and_leaves_nothing(n):
     # Blocks of 0.5 MiB: more than one slot at 9 ranks and more (several rounds, each signalled).
-    before = _dev_shm()
     mib = "4" if n <= 8 else "0.5"
+    jobs = []
 
     def mapped(pids: dict[int, int]) -> None:
         with open(f"/proc/{pids[0]}/maps") as f:
             assert sum("memfd:ringdist" in line for line in f) == n  # every rank's segment, mapped
+        jobs.append(_job_of(pids[0]))
+        assert not _dev_shm(jobs[0])  # nothing named: the segments are memfds
 
     kill_one_mid_loop(["-n", str(n), str(SCRIPTS / "long_loop.py"), "all_gather", mib], n, n // 2,
                       {"RINGDIST_TIMEOUT": "30", "RINGDIST_ALGO": "*:shm"}, on_ready=mapped)
-    assert _dev_shm() <= before  # nothing named was ever made
+    assert len(jobs) == 1 and not _dev_shm(jobs[0])
 
 
 @pytest.mark.parametrize("n", [9, 12, 16])

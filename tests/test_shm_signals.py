@@ -183,9 +183,12 @@ def test_a_stalled_peer_is_a_timeout_naming_it():
     assert isinstance(errors[2], rd.RingError)  # the ABORT, or its group already broken
 
 
-def test_a_late_peer_wakes_the_sleeping_ranks_at_once():
+def test_a_late_peer_wakes_the_sleeping_ranks_at_once(monkeypatch):
     # The others spin, then sleep in the kernel; the late rank's signal wakes them (its
-    # eventfd), long before a sleep's slice runs out or the timeout.
+    # eventfd), long before a sleep's slice runs out or the timeout. Slices of 5 s here: a
+    # rank left to its slice would end seconds late.
+    monkeypatch.setattr(shmsignal, "_SLICE_FIRST", 5.0)
+    monkeypatch.setattr(shmsignal, "_SLICE_MOST", 5.0)
     came: dict[str, float] = {}
     lock = threading.Lock()
 

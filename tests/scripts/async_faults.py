@@ -7,7 +7,7 @@ usage: async_faults.py mismatch|kill|exit|fork
   exit: each rank leaves with operations outstanding (an irecv no one answers; rank 0 an
         all_gather rank 1 never calls); prints `leaving at <time>`.
   fork: a forked child tries the parent's group and waits for a handle of its parent's.
-  late: rank 0 queues an all_sum with timeout=2 behind a barrier that rank 1 joins 3 s late,
+  late: rank 0 queues an all_sum with timeout=2 behind a barrier that rank 1 joins 4 s late,
         and a recv with timeout=2 behind a recv from rank 1 that comes as late: their timeouts
         count from their start, so both succeed.
 Prints `raised <Name> at <time>: <message>` for each error a wait raises.
@@ -22,7 +22,7 @@ import numpy as np
 import ringdist as rd
 
 mode = sys.argv[1]
-if mode == "kill":
+if mode in ("kill", "mismatch"):  # each rank reports, then leaves by itself
     signal.signal(signal.SIGTERM, lambda *a: None)
 g = rd.init()
 r, n = g.rank(), g.size()
@@ -72,7 +72,7 @@ if mode == "exit":
     sys.exit(0)
 
 if mode == "late":
-    # Queued behind a 3 s wait with 2 s timeouts: a collective behind the group's barrier, and a
+    # Queued behind a 4 s wait with 2 s timeouts: a collective behind the group's barrier, and a
     # recv behind the pair's first recv. Each timeout counts from the operation's own start.
     if r == 0:
         works = [rd.barrier(async_op=True, timeout=20), rd.recv((2,), np.int64, 1, async_op=True, timeout=20),
@@ -82,7 +82,7 @@ if mode == "late":
         assert results[1].tolist() == [5, 6] and results[2].tolist() == [7, 8] and results[3].tolist() == [2, 2], results
         print(f"late ok after {time.monotonic() - t0:.1f}s", flush=True)
     else:
-        time.sleep(3)
+        time.sleep(4)
         rd.barrier()
         rd.send(np.array([5, 6]), 0)
         rd.send(np.array([7, 8]), 0)

@@ -180,7 +180,7 @@ if mode == "thread_fails":
             rd.send(np.ones(4), 1, async_op=True).wait(timeout=30)
         except rd.RingError as exc:
             print(f"send raised {exc}", flush=True)
-        time.sleep(3)  # stays: rank 1 hears the ABORT, not this rank's exit
+        time.sleep(6)  # stays: rank 1 hears the ABORT, not this rank's exit
     else:
         t0 = time.monotonic()
         try:

@@ -12,7 +12,7 @@ usage: disagree.py CASE
   unknown_dtype: the root (rank 0) alone imports ml_dtypes and scatters a bfloat16 array,
               whose dtype the other ranks' numpy does not know
   late:       for each op, on a fresh sub-group: rank 0 calls it with timeout=0.5, rank 1
-              1.2 s later (2 ranks); a world barrier, then the sub-group is closed
+              once rank 0's call has ended (2 ranks); a world barrier, then the sub-group is closed
 
 Each rank prints one `outcome: ...` line per call (`returned` or the exception) and exits 0,
 after staying long enough that no peer sees it leave (that would be a PeerLostError by itself).
@@ -44,9 +44,12 @@ def late() -> None:
         t0 = time.monotonic()
         try:
             if r == 0:
-                call(sub, timeout=0.5)
+                try:
+                    call(sub, timeout=0.5)
+                finally:
+                    rd.send(np.zeros(1), 1)  # over the world group: rank 0's call has ended
             else:
-                time.sleep(1.2)
+                rd.recv((1,), np.float64, 0)
                 call(sub)
             outcome = "returned"
         except rd.RingError as exc:

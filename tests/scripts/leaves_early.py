@@ -2,7 +2,8 @@
 PeerLostError at once, not wait out RINGDIST_CONNECT_TIMEOUT / RINGDIST_TIMEOUT.
 
 usage: leaves_early.py MODE, MODE one of
-  init        rank 2 is killed before init() (a second after it started)
+  init        rank 2 is killed before init(), once the others have set their SIGTERM handler
+              (each writes a file in $LEAVES_EARLY_DIR then)
   registered  rank 2 is killed in init(), after registering, before its ring is built
   split       rank 2 is killed in split(), after the color exchange, before the new ring is built
   recv        rank 0 receives from rank 2, which exits without sending (a link opened on first use)
@@ -28,10 +29,16 @@ def die() -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
 
+marks = os.environ.get("LEAVES_EARLY_DIR")  # where each survivor notes that its handler is set
 if not victim:
     signal.signal(signal.SIGTERM, lambda *a: None)
+    if marks:
+        open(os.path.join(marks, os.environ["RINGDIST_RANK"]), "w").close()
 elif mode == "init":
-    time.sleep(1.0)  # the others have set their SIGTERM handler (and likely registered) by now
+    deadline = time.monotonic() + 30
+    while marks and len(os.listdir(marks)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.2)  # the others have likely registered too
     die()
 elif mode == "registered":
     import ringdist.control as control  # noqa: E402 - the moment of the kill, nothing else changed

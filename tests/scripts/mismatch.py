@@ -6,6 +6,7 @@ usage: mismatch.py shape|dtype|op|straddle|path|directions
   directions: rank 1 sends 4 MiB blocks both ways round the ring, the others one way
 """
 import os
+import signal
 import sys
 import time
 
@@ -13,6 +14,7 @@ import numpy as np
 
 import ringdist as rd
 
+signal.signal(signal.SIGTERM, lambda *a: None)  # each rank reports, then leaves by itself
 kind = sys.argv[1]
 if kind == "path" and os.environ["RINGDIST_RANK"] == "1":
     os.environ["RINGDIST_DIRECT_MAX"] = "0"

@@ -84,7 +84,7 @@ if mode == "queued_recv":
 if mode == "wait":
     if r == 0:
         both(lambda: rd.send(arr(1, 0), 1, timeout=30),
-             lambda: (time.sleep(0.3), rd.send(arr(2, 0), 1, timeout=0.5)))
+             lambda: (time.sleep(1.0), rd.send(arr(2, 0), 1, timeout=0.5)))  # A has its turn by then
     else:
         time.sleep(3)
         got.append(rd.recv((SIZE,), np.float64, 0, timeout=30))

@@ -44,12 +44,15 @@ elif case == "async-dtype":
 elif case == "thread":
     if r == 0:
         def second():
-            time.sleep(0.2)
+            deadline = time.monotonic() + 10
+            while g._in_call() is not main and time.monotonic() < deadline:  # main is in its all_sum
+                time.sleep(0.001)
             outcome("thread", lambda: rd.all_gather(np.array([object()])))
+        main = threading.current_thread()
         threading.Thread(target=second).start()
         outcome("all_sum", lambda: rd.all_sum(np.ones(4)))
     else:
-        time.sleep(1.0)
+        time.sleep(2.0)
         outcome("all_sum", lambda: rd.all_sum(np.ones(4)))
         outcome("next", lambda: rd.barrier())
     time.sleep(0.5)

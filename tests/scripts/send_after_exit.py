@@ -23,6 +23,10 @@ if g.rank() == 1:
     sys.exit(0)
 rd.send(x, 1)
 time.sleep(1.0)  # rank 1 has left, or closed its end
+if how == "exit":  # and the launcher has said so (a closed connection alone is the `close` case)
+    deadline = time.monotonic() + 30
+    while g.endpoint.departed(g.addresses[1]) is None and time.monotonic() < deadline:
+        time.sleep(0.01)
 try:
     if call == "isend":
         rd.send(x, 1, async_op=True).wait(timeout=10)

@@ -1,7 +1,7 @@
 """Two threads of one rank call collectives on one group.
 
 usage: two_threads.py overlap|async|apart|close
-- overlap: rank 0's thread A is inside an all_sum (rank 1 comes 1 s late) when its main thread
+- overlap: rank 0's thread A is inside an all_sum (rank 1 comes 2 s late) when its main thread
   calls another; async: the main thread's second call is async_op=True (it runs on the progress
   thread); apart: two threads call one after the other, which is fine; close: rank 0's main
   thread closes a split group while thread A is in an all_sum on it, then again once A is done.
@@ -52,14 +52,17 @@ if mode == "close":
         return np.array([sub.size()])
 
 if r == 1:
-    time.sleep(1.0)
+    time.sleep(2.0)
     report("rank 1", lambda: call(1.0))
     report("rank 1 next", lambda: call(1.0))
     sys.exit(0)
 
 a = threading.Thread(target=report, args=("thread A", lambda: call(1.0)))
 a.start()
-time.sleep(0.3)  # A is in its all_sum, waiting for rank 1
+running = sub if mode == "close" else g
+deadline = time.monotonic() + 10
+while running._in_call() is not a and time.monotonic() < deadline:  # A is in its all_sum, waiting for rank 1
+    time.sleep(0.001)
 if mode == "overlap":
     report("main", lambda: call(2.0))
 elif mode == "close":
