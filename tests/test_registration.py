@@ -211,7 +211,9 @@ def test_a_registration_no_world_can_take_ends_the_wait_of_every_rank(mistake):
     dialer = Endpoint(SECRET, ["127.0.0.1"], connect_timeout=5, label="test")
     try:
         waiting = [_register(server, dialer, 0), _register(server, dialer, 1)]
-        time.sleep(0.2)  # both are filed before the mistake comes
+        deadline = time.monotonic() + 10
+        while server.missing() != [2, 3] and time.monotonic() < deadline:  # both filed before the mistake comes
+            time.sleep(0.001)
         host, port = server.address.rsplit(":", 1)
         bad = dialer.connect([(host, int(port))], InboxKey(rendezvous.RENDEZVOUS_GROUP, 1, "register", 0),
                              time.monotonic() + 5, "the rendezvous")
