@@ -173,11 +173,14 @@ class RendezvousServer:
         the first departure is often the cause of the later ones (lock held)."""
         self._note_departures()
         gone = {r: t for r, t in self._left.items() if r != rank}
-        if not gone:
-            return ""
-        first = min(gone, key=gone.__getitem__)
-        if gone[first] > self._left.get(rank, math.inf):
-            return ""
+        if gone:  # by when their control connections closed
+            first = min(gone, key=gone.__getitem__)
+            if gone[first] > self._left.get(rank, math.inf):
+                return ""
+        else:  # ranks that never registered: by when their departure was told
+            first = next((r for r in self._whys if r != rank), None)
+            if first is None:
+                return ""
         why = self._whys.get(first)
         return f", after world rank {first} left first" + (f" ({why})" if why else "")
 

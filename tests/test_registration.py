@@ -198,6 +198,29 @@ def test_a_departure_while_the_table_goes_out_reaches_a_rank_after_its_table(mon
         server.close()
 
 
+def test_a_departure_after_one_before_registering_names_that_one():
+    # Rank 3 never registered (killed before init): the later departure of rank 1 names it first.
+    from ringdist.endpoint import Endpoint
+
+    server = RendezvousServer(SECRET.decode(), 4, announce_departures=True)
+    server.start()
+    dialer = Endpoint(SECRET, ["127.0.0.1"], connect_timeout=5, label="test")
+    try:
+        server.rank_left(3, "was killed by signal 9 (SIGKILL)")
+        a = _register(server, dialer, 0)
+        _, msg, _ = recv_control(a, time.monotonic() + 5)
+        assert msg == {"type": "left", "rank": 3, "why": "was killed by signal 9 (SIGKILL)"}, msg
+        b = _register(server, dialer, 1)
+        b.close()
+        _, msg, _ = recv_control(a, time.monotonic() + 5)
+        assert msg == {"type": "left", "rank": 1, "why": "its connection to the launcher closed (its process "
+                       "ended), after world rank 3 left first (was killed by signal 9 (SIGKILL))"}, msg
+        a.close()
+    finally:
+        dialer.close()
+        server.close()
+
+
 @pytest.mark.parametrize("mistake", ["twice", "size", "range"])
 def test_a_registration_no_world_can_take_ends_the_wait_of_every_rank(mistake):
     # Two processes with one rank, or ranks counting different worlds (a scheduler's variables
