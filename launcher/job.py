@@ -320,7 +320,8 @@ class _Supervisor:
                     self.policy.rank_pid(event.rank, remote_pid)
                 self._log(f"rank {event.rank} {describe_exit(event.returncode)}")
                 if self.server is not None:  # ranks waiting for it (to register, to connect) fail now
-                    threading.Thread(target=self.server.rank_left, args=(event.rank, describe_exit(event.returncode)),
+                    threading.Thread(target=self.server.rank_exited,
+                                     args=(event.rank, describe_exit(event.returncode), event.returncode == 0),
                                      name="ringdist-left", daemon=True).start()  # sends may block: not here
                 self._apply(self.policy.rank_exited(event.rank, event.returncode, self._left(),
                                                     self._exiting(event.returncode)))

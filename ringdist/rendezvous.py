@@ -51,6 +51,7 @@ log = logging.getLogger("ringdist")
 
 RENDEZVOUS_GROUP = "rendezvous"
 LISTEN_BACKLOG = 1024
+CLOSED = "its connection to the launcher closed (its process ended)"  # why a rank left, from the rendezvous's side
 
 
 def parse_address(text: str) -> tuple[str, int]:
@@ -84,7 +85,11 @@ class RendezvousServer:
         self._left: dict[int, float] = {}  # rank -> time.monotonic() its control connection closed
         self.announce_departures = announce_departures
         self._notices: dict[int, dict[str, Any]] = {}  # rank -> the `left` notice of its departure
-        self._whys: dict[int, str] = {}  # rank -> why it left, as first told
+        self._whys: dict[int, str] = {}  # rank -> why it left (the launcher's word on its exit, once it has one)
+        self._order: list[int] = []  # ranks in the order they left (connection closed, or departure told)
+        self._clean: set[int] = set()  # ranks the launcher saw exit with code 0
+        self._ordered: set[int] = set()  # the ranks in `_order`
+        self._scan = 0  # `_order` before this index: ranks that exited cleanly
         self._table: dict[str, Any] | None = None  # once every rank has registered
         self._tabled: set[int] = set()  # ranks sent the table
         self._held: dict[int, list[dict[str, Any]]] = {}  # notices for a rank whose table is still due
@@ -150,7 +155,17 @@ class RendezvousServer:
                     del self._conns[rank]
             conn.close()
             if ours and not self._closed:
-                self.rank_left(rank, "its connection to the launcher closed (its process ended)")
+                self.rank_left(rank, CLOSED)
+
+    def rank_exited(self, rank: int, why: str, clean: bool) -> None:
+        """The launcher saw `rank`'s process end (`clean`: with code 0): `rank_left`, and its
+        word on the exit kept for the notices of later departures, which name the first rank
+        to leave unless it exited cleanly."""
+        with self._lock:
+            if clean:
+                self._clean.add(rank)
+            self._whys[rank] = why
+        self.rank_left(rank, why)
 
     def rank_left(self, rank: int, why: str) -> None:
         """Tell every rank still connected that `rank` has left the job (once per rank; only
@@ -160,7 +175,8 @@ class RendezvousServer:
         with self._lock:
             if rank in self._notices or self._closed:
                 return
-            self._whys[rank] = why
+            self._whys.setdefault(rank, why)
+            self._gone(rank)
             why += self._first_left(rank)
             message = {"type": "left", "rank": rank, "why": why}
             self._notices[rank] = message
@@ -168,19 +184,24 @@ class RendezvousServer:
         for r in others:
             self._notify(r, message)
 
+    def _gone(self, rank: int) -> None:
+        """Note `rank` in the order of departures, if it is not there yet (lock held)."""
+        if rank not in self._ordered:
+            self._ordered.add(rank)
+            self._order.append(rank)
+
     def _first_left(self, rank: int) -> str:
-        """', after world rank 2 left first (why)' when another rank left the job before `rank`:
-        the first departure is often the cause of the later ones (lock held)."""
+        """', after world rank 2 left first (why)' when another rank left the job before `rank`
+        and did not exit cleanly: the first failure is often the cause of the later ones (lock
+        held). Amortized O(1): the clean exits at the front of the order are skipped once."""
         self._note_departures()
-        gone = {r: t for r, t in self._left.items() if r != rank}
-        if gone:  # by when their control connections closed
-            first = min(gone, key=gone.__getitem__)
-            if gone[first] > self._left.get(rank, math.inf):
-                return ""
-        else:  # ranks that never registered: by when their departure was told
-            first = next((r for r in self._whys if r != rank), None)
-            if first is None:
-                return ""
+        order, i = self._order, self._scan
+        while i < len(order) and order[i] in self._clean:
+            i += 1
+        self._scan = i
+        if i == len(order) or order[i] == rank:
+            return ""
+        first = order[i]
         why = self._whys.get(first)
         return f", after world rank {first} left first" + (f" ({why})" if why else "")
 
@@ -230,6 +251,8 @@ class RendezvousServer:
         """Note `rank` as gone now, strictly after every rank noted before (lock held)."""
         latest = max(self._left.values(), default=-math.inf)
         self._left[rank] = max(time.monotonic(), math.nextafter(latest, math.inf))
+        self._whys.setdefault(rank, CLOSED)
+        self._gone(rank)
 
     def _watch(self, rank: int, conn: socket.socket) -> None:
         """Add a registered rank's control connection to the departures set (lock held)."""

@@ -210,12 +210,40 @@ def test_a_departure_after_one_before_registering_names_that_one():
         a = _register(server, dialer, 0)
         _, msg, _ = recv_control(a, time.monotonic() + 5)
         assert msg == {"type": "left", "rank": 3, "why": "was killed by signal 9 (SIGKILL)"}, msg
-        b = _register(server, dialer, 1)
-        b.close()
-        _, msg, _ = recv_control(a, time.monotonic() + 5)
-        assert msg == {"type": "left", "rank": 1, "why": "its connection to the launcher closed (its process "
-                       "ended), after world rank 3 left first (was killed by signal 9 (SIGKILL))"}, msg
+        b, c = _register(server, dialer, 1), _register(server, dialer, 2)
+        for sock, rank in ((b, 1), (c, 2)):  # each names rank 3, the first to leave
+            sock.close()
+            _, msg, _ = recv_control(a, time.monotonic() + 5)
+            assert msg == {"type": "left", "rank": rank, "why": "its connection to the launcher closed (its "
+                           "process ended), after world rank 3 left first (was killed by signal 9 (SIGKILL))"}, msg
         a.close()
+    finally:
+        dialer.close()
+        server.close()
+
+
+def test_a_rank_that_exited_cleanly_is_not_named_as_the_first_to_leave():
+    # Rank 2 finished and exited with code 0; rank 1 fails later: its notice names no one before it.
+    from ringdist.endpoint import Endpoint
+
+    server = RendezvousServer(SECRET.decode(), 4, announce_departures=True)
+    server.start()
+    dialer = Endpoint(SECRET, ["127.0.0.1"], connect_timeout=5, label="test")
+    try:
+        a, b, c = (_register(server, dialer, r) for r in range(3))
+        c.close()
+        _, msg, _ = recv_control(a, time.monotonic() + 5)
+        assert msg == {"type": "left", "rank": 2, "why": "its connection to the launcher closed (its process ended)"}
+        server.rank_exited(2, "exited with code 0", clean=True)
+        server.rank_exited(1, "exited with code 1", clean=False)
+        _, msg, _ = recv_control(a, time.monotonic() + 5)
+        assert msg == {"type": "left", "rank": 1, "why": "exited with code 1"}, msg
+        server.rank_exited(3, "was killed by signal 9 (SIGKILL)", clean=False)  # named with rank 1's exit
+        _, msg, _ = recv_control(a, time.monotonic() + 5)
+        assert msg == {"type": "left", "rank": 3, "why": "was killed by signal 9 (SIGKILL), after world rank 1 "
+                       "left first (exited with code 1)"}, msg
+        for sock in (a, b):
+            sock.close()
     finally:
         dialer.close()
         server.close()
@@ -237,6 +265,7 @@ def test_a_registration_no_world_can_take_ends_the_wait_of_every_rank(mistake):
         deadline = time.monotonic() + 10
         while server.missing() != [2, 3] and time.monotonic() < deadline:  # both filed before the mistake comes
             time.sleep(0.001)
+        assert server.missing() == [2, 3]
         host, port = server.address.rsplit(":", 1)
         bad = dialer.connect([(host, int(port))], InboxKey(rendezvous.RENDEZVOUS_GROUP, 1, "register", 0),
                              time.monotonic() + 5, "the rendezvous")
