@@ -51,6 +51,12 @@ def abort_fields(exc: BaseException, me: int, seq: int | None) -> dict[str, Any]
     return {"error": type(exc).__name__, "message": message[:4000], "origin": origin, "seq": seq}
 
 
+def summary(exc: BaseException, me: int) -> str:
+    """'MismatchError: rank 3: ...': the error an ABORT for `exc` carries, in a line."""
+    fields = abort_fields(exc, me, None)
+    return f"{fields['error']}: {fields['message']}"
+
+
 def pending_abort(channels: list[Channel], op: str) -> None:
     """Raise the ABORT a peer sent before it went away, if one already arrived on `channels`.
 

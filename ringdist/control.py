@@ -26,6 +26,7 @@ class ControlLink:
         self.endpoint = endpoint
         self.settings = settings
         self.closing = False
+        self._send_lock = threading.Lock()  # a failure may be told from any thread
         host, port = job.rendezvous
         self.where = rendezvous.format_address(host, port)
         # Under a scheduler rank 0 may start after the others: keep trying until the init deadline.
@@ -70,7 +71,20 @@ class ControlLink:
         self.members = members
         if job.launched:
             threading.Thread(target=self._watch, name="ringdist-control", daemon=True).start()
+            self.endpoint.tell_failures_to(self._tell_failure)
         return members
+
+    def _tell_failure(self, why: str) -> None:
+        """This process's first failure, for the rendezvous to give with its departure (the
+        peers that lose it then read what it raised). Best effort: a second at most."""
+        if self.closing:
+            return
+        message = rendezvous.encode({"type": "failed", "why": why[:rendezvous.FAILURE_CHARS]})
+        try:
+            with self._send_lock:
+                send_blocking(self.sock, message, deadlines.after(1.0))
+        except RingError:
+            pass  # the launcher is gone: the watch thread ends the process
 
     def _agree(self) -> dict[str, Any]:
         """Settings every rank must share before any connection is made (their variables' names):

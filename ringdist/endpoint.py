@@ -66,6 +66,8 @@ class Endpoint:
         # Groups whose collective failed here: the ABORT sent to their peers, by group id, for
         # a peer whose link arrives after it was sent (a link opened on first use).
         self._aborted: dict[str, bytes] = {}
+        self._failed = False  # a group of this process has failed (the first is told: `tell_failures_to`)
+        self._on_failure: Callable[[str], None] | None = None  # told that first failure
         # Ranks whose connection is waited for, by their first address: when their addresses
         # are next tried (`_probe`).
         self._probes: dict[tuple[str, int], float] = {}
@@ -135,12 +137,24 @@ class Endpoint:
             self._departed.setdefault((address[0], int(address[1])), (why, time.monotonic()))
             self._cond.notify_all()
 
-    def note_aborted(self, group: str, frame: bytes) -> None:
+    def note_aborted(self, group: str, frame: bytes, why: str = "") -> None:
         """Group `group`'s collective failed here with the ABORT `frame`: a peer's connection for
         that group arriving from now on gets the frame and is closed, instead of waiting in the
-        inbox for a take that will never come (the dialer raises the ABORT, not a lost peer)."""
+        inbox for a take that will never come (the dialer raises the ABORT, not a lost peer).
+        The first failure of the process (`why`: 'MismatchError: rank 3: ...') goes to the
+        listener set with `tell_failures_to`."""
         with self._cond:
             self._aborted[group] = frame
+            first = not self._failed
+            self._failed = True
+            listener = self._on_failure
+        if first and listener is not None:
+            listener(why)
+
+    def tell_failures_to(self, listener: Callable[[str], None]) -> None:
+        """Call `listener(text)` with this process's first failure (`note_aborted`), once."""
+        with self._cond:
+            self._on_failure = listener
 
     def departed(self, addresses: list[tuple[str, int]] | None) -> str | None:
         """Why the rank listening at `addresses` left the job, if this rank has heard that it did."""

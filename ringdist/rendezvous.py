@@ -52,6 +52,7 @@ log = logging.getLogger("ringdist")
 RENDEZVOUS_GROUP = "rendezvous"
 LISTEN_BACKLOG = 1024
 CLOSED = "its connection to the launcher closed (its process ended)"  # why a rank left, from the rendezvous's side
+FAILURE_CHARS = 500  # of a rank's first failure, given with its departure
 
 
 def parse_address(text: str) -> tuple[str, int]:
@@ -89,6 +90,7 @@ class RendezvousServer:
         self._order: list[int] = []  # ranks in the order they left (connection closed, or departure told)
         self._clean: set[int] = set()  # ranks the launcher saw exit with code 0
         self._ordered: set[int] = set()  # the ranks in `_order`
+        self._raised: dict[int, str] = {}  # rank -> its first failure, as it told it ('MismatchError: ...')
         self._scan = 0  # `_order` before this index: ranks that exited cleanly
         self._table: dict[str, Any] | None = None  # once every rank has registered
         self._tabled: set[int] = set()  # ranks sent the table
@@ -140,6 +142,9 @@ class RendezvousServer:
                 _, msg, _ = recv_control(conn, float("inf"), expect=wire.CONTROL)
                 if msg.get("type") == "query":
                     self._send(rank, {"type": "missing", **self._missing_report()})
+                elif msg.get("type") == "failed" and isinstance(msg.get("why"), str):
+                    with self._lock:
+                        self._raised.setdefault(rank, msg["why"][:FAILURE_CHARS])
         except ProtocolError as exc:
             log.warning("rendezvous: refused rank connection from %s: %s", addr[0], exc)
         except (PeerLostError, RingTimeoutError):
@@ -177,7 +182,7 @@ class RendezvousServer:
                 return
             self._whys.setdefault(rank, why)
             self._gone(rank)
-            why += self._first_left(rank)
+            why += self._raised_by(rank) + self._first_left(rank)
             message = {"type": "left", "rank": rank, "why": why}
             self._notices[rank] = message
             others = [r for r in self._conns if r != rank]
@@ -192,18 +197,24 @@ class RendezvousServer:
 
     def _first_left(self, rank: int) -> str:
         """', after world rank 2 left first (why)' when another rank left the job before `rank`
-        and did not exit cleanly: the first failure is often the cause of the later ones (lock
-        held). Amortized O(1): the clean exits at the front of the order are skipped once."""
+        and did not exit cleanly (code 0, no failure told): the first failure is often the
+        cause of the later ones (lock held). Amortized O(1): the clean exits at the front of
+        the order are skipped once (a failure is told before the connection closes)."""
         self._note_departures()
         order, i = self._order, self._scan
-        while i < len(order) and order[i] in self._clean:
+        while i < len(order) and order[i] in self._clean and order[i] not in self._raised:
             i += 1
         self._scan = i
         if i == len(order) or order[i] == rank:
             return ""
         first = order[i]
-        why = self._whys.get(first)
-        return f", after world rank {first} left first" + (f" ({why})" if why else "")
+        why = (self._whys.get(first) or "") + self._raised_by(first)
+        return f", after world rank {first} left first" + (f" ({why.lstrip('; ')})" if why else "")
+
+    def _raised_by(self, rank: int) -> str:
+        """'; it had raised MismatchError: ...' if `rank` told its first failure (lock held)."""
+        raised = self._raised.get(rank)
+        return f"; it had raised {raised}" if raised else ""
 
     def _notify(self, rank: int, message: dict[str, Any]) -> None:
         """Send a notice to `rank`, after its table if that is due (held until `_send_table`)."""

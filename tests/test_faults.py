@@ -169,6 +169,21 @@ def test_a_later_departure_names_the_first_one():
                         r"launcher closed \(its process ended\)|exited with code 1)\)", outcome[0][1]), outcome[0][1]
 
 
+def test_a_departure_says_what_the_rank_had_raised():
+    # Rank 1 raised MismatchError in a group without rank 0 and exited: rank 0, which lost it,
+    # reads why (the rank told its first failure to the rendezvous before it left).
+    res = run_launcher(["-n", "3", "--grace", "30", str(SCRIPTS / "recv_from_gone.py"), "raised"], timeout=60,
+                       env={"RINGDIST_TIMEOUT": "20", "RINGDIST_CONNECT_TIMEOUT": "20"})
+    outcome = re.findall(r"^\[(\d)\] outcome after [\d.]+: (.*)$", res.stdout, re.M)
+    assert [r for r, _ in outcome] == ["0"], res.stdout + res.stderr
+    assert re.fullmatch(r"PeerLostError: rank 0: recv in group 'world': waiting for rank 1 to send: world rank 1 "
+                        r"left the job: (its connection to the launcher closed \(its process ended\)|exited with "
+                        r"code 3); it had raised MismatchError: rank 0 called all_gather\(shape=\(4,\), "
+                        r"dtype=float64\) \[call #0\] but rank 1 called all_gather\(shape=\(5,\), dtype=float64\) "
+                        r"\[call #0\] \(group 'world/0:1'\)(, after world rank 2 left first \(.*; it had raised "
+                        r"MismatchError: .*\))?", outcome[0][1]), outcome[0][1]  # rank 2 raised too, and may leave first
+
+
 def test_a_peer_lost_while_receiving_is_named_with_the_call():
     # As a loss found while sending is: "lost rank 1 (...) during broadcast: ...".
     import numpy as np

@@ -222,6 +222,42 @@ def test_a_departure_after_one_before_registering_names_that_one():
         server.close()
 
 
+def test_a_departure_gives_the_failure_the_rank_told():
+    from ringdist import rendezvous
+    from ringdist.channel import send_blocking
+    from ringdist.endpoint import Endpoint
+
+    server = RendezvousServer(SECRET.decode(), 4, announce_departures=True)
+    server.start()
+    dialer = Endpoint(SECRET, ["127.0.0.1"], connect_timeout=5, label="test")
+    try:
+        a, b, c, d = (_register(server, dialer, r) for r in range(4))
+        d.close()
+        for sock in (a, c):
+            _, msg, _ = recv_control(sock, time.monotonic() + 5)
+            assert msg["type"] == "table", msg
+            _, msg, _ = recv_control(sock, time.monotonic() + 5)
+            assert msg["type"] == "left" and msg["rank"] == 3, msg
+        server.rank_exited(3, "exited with code 0", clean=True)  # not the first to leave, then
+        send_blocking(b, rendezvous.encode({"type": "failed", "why": "MismatchError: rank 1: " + "x" * 900}),
+                      time.monotonic() + 5)
+        b.close()  # after its failure, on the same connection: read first
+        raised = "; it had raised MismatchError: rank 1: " + "x" * (rendezvous.FAILURE_CHARS - 23)
+        for sock in (a, c):
+            _, msg, _ = recv_control(sock, time.monotonic() + 5)
+            assert msg == {"type": "left", "rank": 1,
+                           "why": "its connection to the launcher closed (its process ended)" + raised}, msg
+        c.close()  # the first to leave, and what it raised, with the next departure
+        _, msg, _ = recv_control(a, time.monotonic() + 5)
+        assert msg == {"type": "left", "rank": 2, "why": "its connection to the launcher closed (its process ended), "
+                       "after world rank 1 left first (its connection to the launcher closed (its process ended)"
+                       + raised + ")"}, msg
+        a.close()
+    finally:
+        dialer.close()
+        server.close()
+
+
 def test_a_rank_that_exited_cleanly_is_not_named_as_the_first_to_leave():
     # Rank 2 finished and exited with code 0; rank 1 fails later: its notice names no one before it.
     from ringdist.endpoint import Endpoint

@@ -1,8 +1,10 @@
 """Rank 1 leaves after a barrier; every other rank then waits to receive from it.
 
-usage: recv_from_gone.py {recv|irecv|chain}
+usage: recv_from_gone.py {recv|irecv|chain|raised}
   chain: rank 1 fails (exit code 1); rank 2 waits for rank 1 instead, then leaves too; rank 0,
          once told that rank 2 left, receives from it.
+  raised: ranks 1 and 2 split off a group of their own, where rank 1 passes another shape
+          (MismatchError on both) and exits with code 3; rank 0 then receives from rank 1.
 Prints `outcome after <s>: <error class>: <message>` (or `outcome after <s>: returned`).
 """
 import signal
@@ -13,10 +15,20 @@ import numpy as np
 
 import ringdist as rd
 
-if sys.argv[1] == "chain":  # the launcher stops the job when rank 1 fails: the others stay to report
+if sys.argv[1] in ("chain", "raised"):  # the launcher stops the job when rank 1 fails: the others stay to report
     signal.signal(signal.SIGTERM, lambda *a: None)
 g = rd.init()
 rd.barrier()
+if sys.argv[1] == "raised":
+    sub = g.split(0 if g.rank() == 0 else 1)
+    if g.rank() != 0:
+        try:
+            rd.all_gather(np.zeros(3 + g.rank()), group=sub)
+        except rd.MismatchError:
+            sys.exit(3 if g.rank() == 1 else 0)
+    deadline = time.monotonic() + 30
+    while g.endpoint.departed(g.addresses[1]) is None and time.monotonic() < deadline:
+        time.sleep(0.01)
 if g.rank() == 1:
     sys.exit(1 if sys.argv[1] == "chain" else 0)
 start = time.monotonic()
@@ -31,6 +43,8 @@ if sys.argv[1] == "chain":  # rank 2's departure heard from the launcher, not fo
 try:
     if sys.argv[1] == "chain":
         rd.recv((3,), np.float64, 2)
+    elif sys.argv[1] == "raised":
+        rd.recv((3,), np.float64, 1)
     elif sys.argv[1] == "irecv":
         rd.recv((3,), np.float64, 1, async_op=True).wait()
     else:
