@@ -54,7 +54,8 @@ def abort_fields(exc: BaseException, me: int, seq: int | None) -> dict[str, Any]
 def summary(exc: BaseException, me: int) -> str:
     """'MismatchError: rank 3: ...': the error an ABORT for `exc` carries, in a line."""
     fields = abort_fields(exc, me, None)
-    return f"{fields['error']}: {fields['message']}"
+    error, message = fields["error"], fields["message"]
+    return message if message.startswith(f"{error}: ") else f"{error}: {message}"  # 'TypeError: ...' once
 
 
 def pending_abort(channels: list[Channel], op: str) -> None:

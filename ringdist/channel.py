@@ -277,6 +277,26 @@ def send_blocking(sock: socket.socket, data: bytes, deadline: float, *, peer: st
         view = view[sent:]
 
 
+def send_beside_reader(sock: socket.socket, data: bytes, deadline: float, *, peer: str | None = None) -> None:
+    """`send_blocking` for a socket another thread is blocked reading: its timeout (shared with
+    that thread) is left alone; each send is MSG_DONTWAIT, with a poll for room between."""
+    view = memoryview(data)
+    poller = select.poll()
+    poller.register(sock, select.POLLOUT)
+    while True:
+        try:
+            view = view[sock.send(view, socket.MSG_DONTWAIT):]
+        except BlockingIOError:
+            pass
+        except OSError as exc:
+            raise _lost(sock, peer, socket_error(exc)) from None
+        if not view:
+            return
+        if deadlines.passed(deadline):
+            raise RingTimeoutError(f"timed out sending to {peer or peer_address(sock)}")
+        poller.poll(max(1, int(deadlines.left(deadline) * 1000)))
+
+
 def recv_exact(sock: socket.socket, n: int, deadline: float, *, peer: str | None = None) -> bytes:
     """Exactly n bytes before `deadline`.
 

@@ -527,7 +527,10 @@ class Comm:
             channels = channels + [ch for ch in self.channels if ch not in channels]
         frame = aborts.abort(outflows, channels, exc, self._rank, seq)
         if self._endpoint is not None:  # a peer that connects to this group from now on hears it too
-            self._endpoint.note_aborted(self.gid, frame, aborts.summary(exc, self._rank))
+            why = aborts.summary(exc, self._rank)
+            if self.gid != "world":  # its ranks are the group's, not the world's the departure names
+                why = f"(as rank {self._rank} of group {self.gid!r}) {why}"
+            self._endpoint.note_aborted(self.gid, frame, why)
 
     def _spin(self, receiving: int) -> float:
         """Seconds a wait may spin, for an operation receiving this many bytes: only operations

@@ -81,8 +81,8 @@ class ControlLink:
             return
         message = rendezvous.encode({"type": "failed", "why": why[:rendezvous.FAILURE_CHARS]})
         try:
-            with self._send_lock:
-                send_blocking(self.sock, message, deadlines.after(1.0))
+            with self._send_lock:  # the watch thread is in a recv on this socket: its timeout stays
+                channel.send_beside_reader(self.sock, message, deadlines.after(1.0))
         except RingError:
             pass  # the launcher is gone: the watch thread ends the process
 

@@ -53,6 +53,7 @@ RENDEZVOUS_GROUP = "rendezvous"
 LISTEN_BACKLOG = 1024
 CLOSED = "its connection to the launcher closed (its process ended)"  # why a rank left, from the rendezvous's side
 FAILURE_CHARS = 500  # of a rank's first failure, given with its departure
+EXIT_READ_WAIT = 0.25  # seconds an exit seen waits for the rank's connection to be read to its end
 
 
 def parse_address(text: str) -> tuple[str, int]:
@@ -166,6 +167,12 @@ class RendezvousServer:
         """The launcher saw `rank`'s process end (`clean`: with code 0): `rank_left`, and its
         word on the exit kept for the notices of later departures, which name the first rank
         to leave unless it exited cleanly."""
+        deadline = time.monotonic() + EXIT_READ_WAIT
+        while time.monotonic() < deadline:  # what its connection still holds is read first (a failure it told)
+            with self._lock:
+                if rank not in self._conns:
+                    break
+            time.sleep(0.005)
         with self._lock:
             if clean:
                 self._clean.add(rank)
@@ -197,12 +204,12 @@ class RendezvousServer:
 
     def _first_left(self, rank: int) -> str:
         """', after world rank 2 left first (why)' when another rank left the job before `rank`
-        and did not exit cleanly (code 0, no failure told): the first failure is often the
-        cause of the later ones (lock held). Amortized O(1): the clean exits at the front of
-        the order are skipped once (a failure is told before the connection closes)."""
+        and did not exit cleanly (code 0, whatever it caught before): the first failure is
+        often the cause of the later ones (lock held). Amortized O(1): the clean exits at the
+        front of the order are skipped once."""
         self._note_departures()
         order, i = self._order, self._scan
-        while i < len(order) and order[i] in self._clean and order[i] not in self._raised:
+        while i < len(order) and order[i] in self._clean:
             i += 1
         self._scan = i
         if i == len(order) or order[i] == rank:

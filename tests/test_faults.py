@@ -178,10 +178,10 @@ def test_a_departure_says_what_the_rank_had_raised():
     assert [r for r, _ in outcome] == ["0"], res.stdout + res.stderr
     assert re.fullmatch(r"PeerLostError: rank 0: recv in group 'world': waiting for rank 1 to send: world rank 1 "
                         r"left the job: (its connection to the launcher closed \(its process ended\)|exited with "
-                        r"code 3); it had raised MismatchError: rank 0 called all_gather\(shape=\(4,\), "
+                        r"code 3); it had raised \(as rank 0 of group 'world/0:1'\) MismatchError: rank 0 called all_gather\(shape=\(4,\), "
                         r"dtype=float64\) \[call #0\] but rank 1 called all_gather\(shape=\(5,\), dtype=float64\) "
                         r"\[call #0\] \(group 'world/0:1'\)(, after world rank 2 left first \(.*; it had raised "
-                        r"MismatchError: .*\))?", outcome[0][1]), outcome[0][1]  # rank 2 raised too, and may leave first
+                        r"\(as rank 1 of group 'world/0:1'\) MismatchError: .*\))?", outcome[0][1]), outcome[0][1]  # rank 2 raised too, and may leave first
 
 
 def test_a_peer_lost_while_receiving_is_named_with_the_call():

@@ -258,6 +258,33 @@ def test_a_departure_gives_the_failure_the_rank_told():
         server.close()
 
 
+def test_a_failure_is_told_in_one_line_without_touching_the_readers_timeout():
+    import socket
+    import threading
+
+    from ringdist import aborts, channel
+    from ringdist.errors import MismatchError
+
+    assert aborts.summary(TypeError("all_sum: dtype <U1 is not numeric"), 0) == \
+        "TypeError: all_sum: dtype <U1 is not numeric"  # the class named once
+    assert aborts.summary(MismatchError("rank 0 called x but rank 1 called y"), 0) == \
+        "MismatchError: rank 0 called x but rank 1 called y"
+    # The control connection's watch thread blocks in a recv: a failure sent beside it leaves
+    # the socket blocking (a timeout set meanwhile would make that recv spin on EAGAIN).
+    a, b = socket.socketpair()
+    got = []
+    reader = threading.Thread(target=lambda: got.append(a.recv(100)))
+    reader.start()
+    time.sleep(0.05)
+    channel.send_beside_reader(b, b"x" * 10, time.monotonic() + 5)
+    channel.send_beside_reader(a, b"y" * 3, time.monotonic() + 5)
+    reader.join(5)
+    assert got == [b"x" * 10] and a.gettimeout() is None and b.gettimeout() is None
+    assert b.recv(10) == b"yyy"
+    a.close()
+    b.close()
+
+
 def test_a_rank_that_exited_cleanly_is_not_named_as_the_first_to_leave():
     # Rank 2 finished and exited with code 0; rank 1 fails later: its notice names no one before it.
     from ringdist.endpoint import Endpoint
