@@ -32,6 +32,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def run_on_a_free_port(make_envs, **kwargs) -> tuple[int, list[subprocess.CompletedProcess[str]]]:
+    """`run_ranks(make_envs(port), **kwargs)` on a free port; again on another (3 tries in all)
+    when rank 0 found it taken by the time it listened: a port checked free can go to another
+    test's process before then (tests run in parallel)."""
+    for _ in range(3):
+        port = free_port()
+        results = run_ranks(make_envs(port), **kwargs)
+        if not any("cannot listen on" in r.stderr and "Address already in use" in r.stderr for r in results):
+            break
+    return port, results
+
+
 def port_is_free(port: int) -> bool:
     with socket.socket() as s:
         try:
@@ -119,32 +131,35 @@ def test_open_mpi_variables_only_with_a_secret_file(tmp_path):
 
 
 def test_torchrun_variables_only_rank_0_last_and_insecure():
-    n, port = 4, free_port()
-    envs = [{"RANK": str(r), "WORLD_SIZE": str(n), "LOCAL_RANK": str(r), "LOCAL_WORLD_SIZE": str(n),
-             "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RINGDIST_INSECURE": "1"}
-            for r in reversed(range(n))]  # rank 0 starts a second after the others, which wait for it
-    results = run_ranks(envs, delays={n - 1: 1.0})
+    n = 4
+    _, results = run_on_a_free_port(
+        lambda port: [{"RANK": str(r), "WORLD_SIZE": str(n), "LOCAL_RANK": str(r), "LOCAL_WORLD_SIZE": str(n),
+                       "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RINGDIST_INSECURE": "1"}
+                      for r in reversed(range(n))],  # rank 0 starts a second after the others, which wait for it
+        delays={n - 1: 1.0})
     check_world(results, n, "torchrun")
     assert all("RINGDIST_INSECURE=1: no job secret" in r.stderr for r in results)
 
 
 def test_torchrun_variables_on_one_node_without_master_addr_meet_on_loopback():
     # LOCAL_WORLD_SIZE == WORLD_SIZE: one node, so 127.0.0.1, as under Slurm and Open MPI.
-    n, port = 2, free_port()
-    envs = [{"RANK": str(r), "WORLD_SIZE": str(n), "LOCAL_RANK": str(r), "LOCAL_WORLD_SIZE": str(n),
-             "MASTER_PORT": str(port), "RINGDIST_SECRET": "s"} for r in range(n)]
-    check_world(run_ranks(envs), n, "torchrun")
+    n = 2
+    _, results = run_on_a_free_port(
+        lambda port: [{"RANK": str(r), "WORLD_SIZE": str(n), "LOCAL_RANK": str(r), "LOCAL_WORLD_SIZE": str(n),
+                       "MASTER_PORT": str(port), "RINGDIST_SECRET": "s"} for r in range(n)])
+    check_world(results, n, "torchrun")
 
 
 @pytest.mark.parametrize("call", ["recv", "irecv"])
 def test_a_recv_from_a_rank_that_has_left_fails_without_a_launcher(call):
     # No launcher tells the others that rank 1 has left: a wait for its connection tries its
     # address after a second, finds nothing listening, and raises instead of waiting 300 s.
-    n, port = 3, free_port()
-    envs = [{"RANK": str(r), "WORLD_SIZE": str(n), "LOCAL_RANK": str(r), "LOCAL_WORLD_SIZE": str(n),
-             "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RINGDIST_SECRET": "probe-test-secret",
-             "RINGDIST_TIMEOUT": "120"} for r in range(n)]
-    results = run_ranks(envs, args=(call,), script=str(SCRIPTS / "recv_from_gone.py"), timeout=90)
+    n = 3
+    _, results = run_on_a_free_port(
+        lambda port: [{"RANK": str(r), "WORLD_SIZE": str(n), "LOCAL_RANK": str(r), "LOCAL_WORLD_SIZE": str(n),
+                       "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RINGDIST_SECRET": "probe-test-secret",
+                       "RINGDIST_TIMEOUT": "120"} for r in range(n)],
+        args=(call,), script=str(SCRIPTS / "recv_from_gone.py"), timeout=90)
     for r in (0, 2):
         line = [x for x in results[r].stdout.splitlines() if x.startswith("outcome after ")]
         assert line, results[r].stdout + results[r].stderr
@@ -177,10 +192,10 @@ def test_missing_rank_0_times_out_naming_the_rendezvous():
 def test_a_rank_with_another_secret_is_named_in_rank_0s_timeout():
     """Rank 1's secret differs: it is refused as a stranger at once, and rank 0's init timeout
     says that the rendezvous refused a connection meanwhile, and what a refusal may mean."""
-    port = free_port()
-    env = {"WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RINGDIST_INIT_TIMEOUT": "6"}
-    res0, res1 = run_ranks([{**env, "RANK": "0", "RINGDIST_SECRET": "one"},
-                            {**env, "RANK": "1", "RINGDIST_SECRET": "another"}], delays={1: 0.5}, timeout=40)
+    def envs(port: int) -> list[dict[str, str]]:
+        env = {"WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RINGDIST_INIT_TIMEOUT": "6"}
+        return [{**env, "RANK": "0", "RINGDIST_SECRET": "one"}, {**env, "RANK": "1", "RINGDIST_SECRET": "another"}]
+    _, (res0, res1) = run_on_a_free_port(envs, delays={1: 0.5}, timeout=40)
     assert res1.returncode == 1 and "refused by peer: wrong job (every rank of a job needs the same secret" in res1.stderr
     assert res0.returncode == 1
     assert re.search(r"RingTimeoutError: rank 0: init\(\) timed out after 6 s at the rendezvous 127\.0\.0\.1:\d+: "
