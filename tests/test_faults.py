@@ -155,33 +155,36 @@ def test_a_message_to_a_rank_that_has_left_fails_on_the_open_connection(how, cal
     assert re.search(r"^\[0\] group broken$", res.stdout, re.M), res.stdout  # as any failed message does
 
 
+def _rank_0_outcome(mode: str) -> str:
+    """What rank 0's receive ended with, in a 3-rank `recv_from_gone.py` job of `mode` (the only outcome)."""
+    res = run_launcher(["-n", "3", "--grace", "30", str(SCRIPTS / "recv_from_gone.py"), mode], timeout=60,
+                       env={"RINGDIST_TIMEOUT": "20", "RINGDIST_CONNECT_TIMEOUT": "20"})
+    outcome = re.findall(r"^\[(\d)\] outcome after [\d.]+: (.*)$", res.stdout, re.M)
+    assert [r for r, _ in outcome] == ["0"], res.stdout + res.stderr
+    return outcome[0][1]
+
+
 def test_a_later_departure_names_the_first_one():
     # Rank 1 fails; rank 2, waiting for it, leaves on that; rank 0, waiting for rank 2, hears
     # of rank 2's departure and of the first one, which is often the cause of the later ones.
     # Each why is the rendezvous's (a closed connection) or the launcher's (the exit), whichever came first.
-    res = run_launcher(["-n", "3", "--grace", "30", str(SCRIPTS / "recv_from_gone.py"), "chain"], timeout=60,
-                       env={"RINGDIST_TIMEOUT": "20", "RINGDIST_CONNECT_TIMEOUT": "20"})
-    outcome = re.findall(r"^\[(\d)\] outcome after [\d.]+: (.*)$", res.stdout, re.M)
-    assert [r for r, _ in outcome] == ["0"], res.stdout + res.stderr
+    outcome = _rank_0_outcome("chain")
     assert re.fullmatch(r"PeerLostError: rank 0: recv in group 'world': waiting for rank 2 to send: "
                         r".*world rank 2 left the job: (its connection to the launcher closed \(its process "
                         r"ended\)|exited with code 0), after world rank 1 left first \((its connection to the "
-                        r"launcher closed \(its process ended\)|exited with code 1)\)", outcome[0][1]), outcome[0][1]
+                        r"launcher closed \(its process ended\)|exited with code 1)\)", outcome), outcome
 
 
 def test_a_departure_says_what_the_rank_had_raised():
     # Rank 1 raised MismatchError in a group without rank 0 and exited: rank 0, which lost it,
     # reads why (the rank told its first failure to the rendezvous before it left).
-    res = run_launcher(["-n", "3", "--grace", "30", str(SCRIPTS / "recv_from_gone.py"), "raised"], timeout=60,
-                       env={"RINGDIST_TIMEOUT": "20", "RINGDIST_CONNECT_TIMEOUT": "20"})
-    outcome = re.findall(r"^\[(\d)\] outcome after [\d.]+: (.*)$", res.stdout, re.M)
-    assert [r for r, _ in outcome] == ["0"], res.stdout + res.stderr
+    outcome = _rank_0_outcome("raised")
     assert re.fullmatch(r"PeerLostError: rank 0: recv in group 'world': waiting for rank 1 to send: world rank 1 "
                         r"left the job: (its connection to the launcher closed \(its process ended\)|exited with "
                         r"code 3); it had raised \(as rank 0 of group 'world/0:1'\) MismatchError: rank 0 called all_gather\(shape=\(4,\), "
                         r"dtype=float64\) \[call #0\] but rank 1 called all_gather\(shape=\(5,\), dtype=float64\) "
                         r"\[call #0\] \(group 'world/0:1'\)(, after world rank 2 left first \(.*; it had raised "
-                        r"\(as rank 1 of group 'world/0:1'\) MismatchError: .*\))?", outcome[0][1]), outcome[0][1]  # rank 2 raised too, and may leave first
+                        r"\(as rank 1 of group 'world/0:1'\) MismatchError: .*\))?", outcome), outcome  # rank 2 raised too, and may leave first
 
 
 def test_a_peer_lost_while_receiving_is_named_with_the_call():

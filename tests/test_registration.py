@@ -6,6 +6,7 @@ connection in one of three ways; the rank is a real process calling `rd.init()`.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import struct
@@ -122,6 +123,21 @@ def _register(server: RendezvousServer, dialer, rank: int) -> socket.socket:
     return sock
 
 
+@contextlib.contextmanager
+def _announcing():
+    """A rendezvous of 4 ranks that announces departures, and a dialer to register at it."""
+    from ringdist.endpoint import Endpoint
+
+    server = RendezvousServer(SECRET.decode(), 4, announce_departures=True)
+    server.start()
+    dialer = Endpoint(SECRET, ["127.0.0.1"], connect_timeout=5, label="test")
+    try:
+        yield server, dialer
+    finally:
+        dialer.close()
+        server.close()
+
+
 @pytest.mark.parametrize("announce", [True, False])
 def test_departures_reach_ranks_registered_before_and_after_and_follow_the_table(announce):
     # Under the launcher (announce) a rank that leaves is told to every rank, those that register
@@ -200,12 +216,7 @@ def test_a_departure_while_the_table_goes_out_reaches_a_rank_after_its_table(mon
 
 def test_a_departure_after_one_before_registering_names_that_one():
     # Rank 3 never registered (killed before init): the later departure of rank 1 names it first.
-    from ringdist.endpoint import Endpoint
-
-    server = RendezvousServer(SECRET.decode(), 4, announce_departures=True)
-    server.start()
-    dialer = Endpoint(SECRET, ["127.0.0.1"], connect_timeout=5, label="test")
-    try:
+    with _announcing() as (server, dialer):
         server.rank_left(3, "was killed by signal 9 (SIGKILL)")
         a = _register(server, dialer, 0)
         _, msg, _ = recv_control(a, time.monotonic() + 5)
@@ -217,20 +228,13 @@ def test_a_departure_after_one_before_registering_names_that_one():
             assert msg == {"type": "left", "rank": rank, "why": "its connection to the launcher closed (its "
                            "process ended), after world rank 3 left first (was killed by signal 9 (SIGKILL))"}, msg
         a.close()
-    finally:
-        dialer.close()
-        server.close()
 
 
 def test_a_departure_gives_the_failure_the_rank_told():
     from ringdist import rendezvous
     from ringdist.channel import send_blocking
-    from ringdist.endpoint import Endpoint
 
-    server = RendezvousServer(SECRET.decode(), 4, announce_departures=True)
-    server.start()
-    dialer = Endpoint(SECRET, ["127.0.0.1"], connect_timeout=5, label="test")
-    try:
+    with _announcing() as (server, dialer):
         a, b, c, d = (_register(server, dialer, r) for r in range(4))
         d.close()
         for sock in (a, c):
@@ -253,9 +257,6 @@ def test_a_departure_gives_the_failure_the_rank_told():
                        "after world rank 1 left first (its connection to the launcher closed (its process ended)"
                        + raised + ")"}, msg
         a.close()
-    finally:
-        dialer.close()
-        server.close()
 
 
 def test_a_failure_is_told_in_one_line_without_touching_the_readers_timeout():
@@ -287,12 +288,8 @@ def test_a_failure_is_told_in_one_line_without_touching_the_readers_timeout():
 
 def test_a_rank_that_exited_cleanly_is_not_named_as_the_first_to_leave():
     # Rank 2 finished and exited with code 0; rank 1 fails later: its notice names no one before it.
-    from ringdist.endpoint import Endpoint
 
-    server = RendezvousServer(SECRET.decode(), 4, announce_departures=True)
-    server.start()
-    dialer = Endpoint(SECRET, ["127.0.0.1"], connect_timeout=5, label="test")
-    try:
+    with _announcing() as (server, dialer):
         a, b, c = (_register(server, dialer, r) for r in range(3))
         c.close()
         _, msg, _ = recv_control(a, time.monotonic() + 5)
@@ -307,9 +304,6 @@ def test_a_rank_that_exited_cleanly_is_not_named_as_the_first_to_leave():
                        "left first (exited with code 1)"}, msg
         for sock in (a, b):
             sock.close()
-    finally:
-        dialer.close()
-        server.close()
 
 
 @pytest.mark.parametrize("mistake", ["twice", "size", "range"])
