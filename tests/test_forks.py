@@ -75,22 +75,51 @@ def test_peers_notice_a_killed_rank_whose_child_holds_its_sockets():
         assert name == "PeerLostError" and seconds < 5.0, (rank, name, seconds)
 
 
+def _start_under_torchrun(n: int) -> tuple[list[subprocess.Popen[str]], list[LineReader], dict[int, tuple[int, list[int]]]]:
+    """n forking ranks started as torchrun would (no launcher: rank 0 serves the rendezvous during
+    init), each ready; again on another port (3 tries in all) when rank 0 found its port taken by
+    the time it listened: a port checked free can go to another test's process before then."""
+    for attempt in range(3):
+        port = free_port()
+        procs: list[subprocess.Popen[str]] = []
+        try:
+            for r in range(n):
+                env = {**BASE, **NO_TIMEOUT, "RANK": str(r), "WORLD_SIZE": str(n), "LOCAL_RANK": str(r),
+                       "LOCAL_WORLD_SIZE": str(n), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
+                       "RINGDIST_SECRET": "torchrun-fork-test"}
+                procs.append(subprocess.Popen([sys.executable, FORKING_RANK], env=env, stdin=subprocess.DEVNULL,
+                                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                              start_new_session=True))
+            readers = [LineReader(p.stdout) for p in procs]
+            try:
+                ready = {r: _ready(readers[r], 1, prefixed=False)[0] for r in range(n)}
+            except AssertionError:
+                taken = procs[0].poll() is not None and "Address already in use" in procs[0].stderr.read()
+                if not taken or attempt == 2:
+                    raise
+                _stop(procs)
+                continue
+            return procs, readers, ready
+        except BaseException:
+            _stop(procs)
+            raise
+    raise AssertionError("unreachable")
+
+
+def _stop(procs: list[subprocess.Popen[str]]) -> None:
+    """Each rank's process group (itself and the children it forked), ended rank or not."""
+    for p in procs:
+        try:
+            os.killpg(p.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        p.wait(10)
+
+
 def test_peers_notice_a_killed_rank_whose_child_holds_its_sockets_under_torchrun():
-    # The ranks are started as torchrun would: no launcher, rank 0 serves the rendezvous during init.
-    n, port = 3, free_port()
-    procs = []
-    children: list[int] = []
+    procs, readers, ready = _start_under_torchrun(3)
+    children = [c for _, kids in ready.values() for c in kids]
     try:
-        for r in range(n):
-            env = {**BASE, **NO_TIMEOUT, "RANK": str(r), "WORLD_SIZE": str(n), "LOCAL_RANK": str(r),
-                   "LOCAL_WORLD_SIZE": str(n), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
-                   "RINGDIST_SECRET": "torchrun-fork-test"}
-            procs.append(subprocess.Popen([sys.executable, FORKING_RANK], env=env, stdin=subprocess.DEVNULL,
-                                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                          start_new_session=True))
-        readers = [LineReader(p.stdout) for p in procs]
-        ready = {r: _ready(readers[r], 1, prefixed=False)[0] for r in range(n)}
-        children = [c for _, kids in ready.values() for c in kids]
         victim = 1
         os.kill(ready[victim][0], signal.SIGKILL)
         killed_at = time.time()
@@ -99,10 +128,7 @@ def test_peers_notice_a_killed_rank_whose_child_holds_its_sockets_under_torchrun
             line = readers[r].wait_for(r"^raised (\w+) at ([\d.]+):", timeout=30)[0]
             detected[r] = (line.group(1), float(line.group(2)) - killed_at)
     finally:
-        for p in procs:
-            if p.poll() is None:
-                os.killpg(p.pid, signal.SIGKILL)
-            p.wait(10)
+        _stop(procs)
         _kill_all(children)
     for rank, (name, seconds) in detected.items():
         assert name == "PeerLostError" and seconds < 5.0, (rank, name, seconds)
