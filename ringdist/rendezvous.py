@@ -100,6 +100,7 @@ class RendezvousServer:
         self._fd_rank: dict[int, int] = {}  # control connections in _departures
         self._send_locks: dict[int, threading.Lock] = {}
         self._lock = threading.Lock()
+        self._conn_gone = threading.Condition(self._lock)  # a control connection left `_conns`
         self._delivered = threading.Event()  # the table went out to every rank
         self._cannot_start: str | None = None  # a registration no job can form with (see `_register`)
         self._closed = False
@@ -159,6 +160,7 @@ class RendezvousServer:
                         self._record_left(rank)
                     self._unwatch(conn)
                     del self._conns[rank]
+                    self._conn_gone.notify_all()
             conn.close()
             if ours and not self._closed:
                 self.rank_left(rank, CLOSED)
@@ -167,13 +169,8 @@ class RendezvousServer:
         """The launcher saw `rank`'s process end (`clean`: with code 0): `rank_left`, and its
         word on the exit kept for the notices of later departures, which name the first rank
         to leave unless it exited cleanly."""
-        deadline = time.monotonic() + EXIT_READ_WAIT
-        while time.monotonic() < deadline:  # what its connection still holds is read first (a failure it told)
-            with self._lock:
-                if rank not in self._conns:
-                    break
-            time.sleep(0.005)
-        with self._lock:
+        with self._lock:  # what its connection still holds is read first (a failure it told)
+            self._conn_gone.wait_for(lambda: rank not in self._conns, EXIT_READ_WAIT)
             if clean:
                 self._clean.add(rank)
             self._whys[rank] = why
