@@ -15,7 +15,7 @@ import time
 import numpy as np
 import pytest
 
-from ringdist import wire
+from ringdist import engine, wire
 from ringdist.channel import Channel
 from ringdist.errors import MismatchError, RingTimeoutError
 from ringdist.engine import exchange
@@ -66,8 +66,16 @@ def header_for(arr: np.ndarray, seq: int = 0) -> wire.Header:
     return wire.Header(wire.make_header("all_gather", seq, arr.dtype.str, arr.shape, path="direct"))
 
 
-def test_a_payload_arriving_in_parts_after_the_spin_lands_whole(pair):
+def test_a_payload_arriving_in_parts_after_the_spin_lands_whole(pair, monkeypatch):
     ch, far = pair
+    handed_over = threading.Event()
+    general = engine.run
+
+    def run(*args, **kwargs):
+        handed_over.set()
+        return general(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "run", run)
     mine = np.arange(20000, dtype=np.float32)  # 80 KB: above the staged size, received in place
     theirs = (np.arange(20000) * 3).astype(np.float32)
     out = np.zeros_like(theirs)
@@ -76,7 +84,7 @@ def test_a_payload_arriving_in_parts_after_the_spin_lands_whole(pair):
     stream = header.frame + wire.encode_prefix(wire.DATA, theirs.nbytes) + theirs.tobytes()
     cut = len(header.frame) + 8 + 1001  # the intro, then an odd part of the payload
     far.sendall(stream[:cut])
-    time.sleep(0.2)  # the exchange has handed over to the general engine by now
+    assert handed_over.wait(10)  # the payload's first part came after the spin: the general engine waits for the rest
     far.sendall(stream[cut:cut + 30000])
     time.sleep(0.05)
     far.sendall(stream[cut + 30000:])
