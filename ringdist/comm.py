@@ -108,6 +108,9 @@ class Comm:
         self._lock = threading.Lock()
         self._caller: dict[int, threading.Thread] = {}  # 0 -> the thread in this group's current collective
         self._intruder: tuple[int, str] | None = None  # (call, why): another thread's call refused during it
+        # A failure another thread had while this group's collective held its connections: that
+        # collective tells the peers once its frames are out (`_fail`, `finish`).
+        self._untold: list[BaseException] = []
         self.ring: RingLinks | None = None
         self.mesh: MeshLinks | None = None  # links to every rank, for the direct path (2..8 ranks)
         self.links: Links | None = None  # links to peers, opened on first use (the mesh where there is one)
@@ -287,6 +290,8 @@ class Comm:
         them differently, and data would go to the wrong call. The call is refused here before it
         takes a number or touches a connection; the running call, which owns the connections,
         then fails when it ends (`finish`), breaking the group and telling the peers."""
+        if self._broken:  # the holder is telling the peers of a failure: the group is broken already
+            self.check_usable(op)
         why = self._intrusion(op, me, self._caller.get(0))
         # For the call running now (number seq - 1): if it has ended meanwhile, nothing is failed.
         self._intruder = (self._seq - 1, why)
@@ -436,6 +441,8 @@ class Comm:
         sent after it, by a peer that failed later on, races this check with a poll too."""
         seq = self._seq - 1
         self._caller.clear()
+        if self._untold:  # another thread's failure during this call: its frames are out, the peers are told now
+            self._tell_untold()
         intruder = self._intruder
         if intruder is not None:  # another thread called during a call: see _refuse_thread
             self._intruder = None
@@ -522,15 +529,47 @@ class Comm:
         sees this rank's connections close (past 8 ranks, where links open on first use, it
         saw the close first and told its own peers of a lost rank instead of the mismatch)."""
         self._broken = f"{op}: {type(exc).__name__}: {exc}"
-        self._caller.clear()  # the call is over
         if self.ring is not None and not any(ch.role.startswith("p2p") for ch in channels):
             channels = channels + [ch for ch in self.channels if ch not in channels]
-        frame = aborts.abort(outflows, channels, exc, self._rank, seq)
+        me = threading.current_thread()
+        held = self._caller.get(0)
+        owner = self._caller.setdefault(0, me)  # the group's connections, unless a collective holds them
+        if seq is None and held is not me:
+            # A message's failure outside this rank's collectives: the group's collectives fail
+            # from the next one this rank makes, on every rank (one it has finished, and a peer
+            # may still be in, went well).
+            seq = self._seq
+        if owner is not me and owner.is_alive():
+            # Another thread's collective is writing on the group's connections: an ABORT now
+            # could land inside one of its frames. This failure's own connections (a message's)
+            # are told now, the rest by that collective once its frames are out.
+            own = [ch for ch in channels if ch.role.startswith("p2p")]
+            frame = aborts.abort(outflows, own, exc, self._rank, seq)
+            if len(own) < len(channels):
+                self._untold.append(exc)
+                if self._caller.setdefault(0, me) is me:  # it ended meanwhile: told here after all
+                    self._tell_untold()
+                    self._caller.clear()
+        else:
+            self._caller[0] = me  # a thread that ended in a call holds nothing
+            self._untold.clear()  # this ABORT says it all
+            frame = aborts.abort(outflows, channels, exc, self._rank, seq)
+            self._caller.clear()  # the call is over
         if self._endpoint is not None:  # a peer that connects to this group from now on hears it too
             why = aborts.summary(exc, self._rank)
             if self.gid != "world":  # its ranks are the group's, not the world's the departure names
                 why = f"(as rank {self._rank} of group {self.gid!r}) {why}"
             self._endpoint.note_aborted(self.gid, frame, why)
+
+    def _tell_untold(self) -> None:
+        """The ABORT of a failure another thread had while this group's collective held its
+        connections (`_fail`), on those connections, now at a frame boundary (once)."""
+        try:
+            exc = self._untold.pop()
+        except IndexError:  # told by the other thread meanwhile
+            return
+        self._untold.clear()
+        aborts.abort([], self.channels, exc, self._rank, self._seq)  # from the call after the one that held them
 
     def _spin(self, receiving: int) -> float:
         """Seconds a wait may spin, for an operation receiving this many bytes: only operations

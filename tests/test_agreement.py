@@ -185,3 +185,19 @@ def test_closing_a_group_while_another_thread_is_in_a_collective_on_it_is_refuse
         r"it from that thread once the call has returned", got["0 main"]), got
     assert got["0 thread A"] == "ok 2.0" and got["1 rank 1"] == "ok 2.0", got
     assert got["0 main once A is done"] == "ok 2.0", got  # the group's size, read after closing
+
+
+@pytest.mark.parametrize("env", [{}, {"RINGDIST_SHM": "0", "RINGDIST_DIRECTIONS": "2"}], ids=["shm", "tcp"])
+def test_a_message_failing_on_another_thread_leaves_a_running_collective_s_frames_whole(env):
+    # The failed recv's ABORT to the group's connections waits for the collective on them to
+    # end (sent at once, it went inside one of its frames: rank 0 read a bad frame, or wrong
+    # data). That collective goes well on every rank; the group fails from the next one on.
+    res = run_launcher(["-n", "2", str(SCRIPTS / "message_fails_in_a_collective.py")], timeout=60,
+                       env={**FAST, **env})
+    lines = {f"{r} {who}": text for r, who, text in re.findall(r"^\[(\d)\] (\w+): (.*)$", res.stdout, re.M)}
+    assert lines["1 recv"].startswith("RingTimeoutError: rank 1: recv made no progress for 0.001 s"), res.stdout
+    assert lines["0 all_gather"] == "ok" and lines["1 all_gather"] == "ok", res.stdout
+    assert lines["0 next"].startswith("RingTimeoutError: rank 0: all_gather aborted by rank 1: rank 1: recv made "
+                                      "no progress for 0.001 s"), res.stdout
+    assert lines["1 next"].startswith("GroupBrokenError: rank 1: group 'world' cannot run all_gather: an earlier "
+                                      "operation on it failed (recv: RingTimeoutError"), res.stdout
