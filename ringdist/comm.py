@@ -323,7 +323,11 @@ class Comm:
             extra["path"] = path
         if not self.both_ways:
             extra["ways"] = 1  # in the header: ranks with different RINGDIST_DIRECTIONS fail, not hang
-        template = wire.HeaderTemplate(op, wire.dtype_tag(arr.dtype), arr.shape, **extra)
+        try:
+            tag = wire.header_dtype(op, arr.dtype)
+        except ValueError as exc:
+            raise ValueError(f"rank {self._rank}: {exc}") from None
+        template = wire.HeaderTemplate(op, tag, arr.shape, **extra)
         if len(self._headers) >= HEADER_TEMPLATES:
             self._headers.clear()
         self._headers[key] = template

@@ -25,8 +25,17 @@ from .comm import Comm
 from .flows import Inflow, Outflow, Segments
 
 
-def _message_header(arr: np.ndarray, number: int) -> wire.Header:
-    return wire.Header(wire.make_header("send", number, wire.dtype_tag(arr.dtype), arr.shape))
+def _message_header(tag: str, shape: tuple[int, ...], number: int) -> wire.Header:
+    return wire.Header(wire.make_header("send", number, tag, shape))
+
+
+def _tag(dtype: np.dtype, op: str, g: Comm) -> str:
+    """The dtype as the message's header names it, checked before the message takes its number
+    (a message refused after it would leave the pair's numbers out of step)."""
+    try:
+        return wire.header_dtype(op, dtype)
+    except ValueError as exc:
+        raise ValueError(f"rank {g.rank()}: {exc}") from None
 
 
 class _Send:
@@ -47,6 +56,7 @@ class _Send:
         self.peer = g.check_peer(self.peer, "send", "dst")
         self.arr = as_array(self.x, self.op)
         self.data = np.ascontiguousarray(self.arr)
+        self.tag = _tag(self.arr.dtype, "send", g)
         g.check_usable("send")
         return g._timeout(self.timeout)
 
@@ -57,7 +67,8 @@ class _Send:
                 return False
         ch, number = self.g.p2p_channel(self.peer, outgoing=True)  # type: ignore[misc]
         self.ch = ch
-        self.outflows = [Outflow(ch, Segments([byte_view(self.data)]), "send", _message_header(self.arr, number))]
+        self.outflows = [Outflow(ch, Segments([byte_view(self.data)]), "send",
+                                 _message_header(self.tag, self.arr.shape, number))]
         return True
 
     def result(self) -> None:
@@ -118,6 +129,7 @@ class _Recv:
         if dt.hasobject:
             raise TypeError("ringdist receives raw array bytes; object dtypes are not supported")
         shape = _shape(self.shape)
+        self.tag = _tag(dt, "recv", g)
         try:
             self.out = buffers.cache.empty(shape, dt)
         except MemoryError:
@@ -138,8 +150,8 @@ class _Recv:
             return False
         ch, number = got
         self.ch = ch
-        self.inflows = [Inflow(ch, Segments([byte_view(self.out)]), "recv", _message_header(self.out, number),
-                               check=_expect_message)]
+        header = _message_header(self.tag, self.out.shape, number)
+        self.inflows = [Inflow(ch, Segments([byte_view(self.out)]), "recv", header, check=_expect_message)]
         return True
 
     def result(self) -> np.ndarray:

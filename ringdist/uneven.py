@@ -188,7 +188,7 @@ def _scatter(g: Comm, x: Any, root: Any, timeout: float | None) -> np.ndarray:
     if r == root:
         if arr.shape[0] % n:
             raise ValueError(f"scatter: x.shape[0] = {arr.shape[0]} is not divisible by the group size {n}")
-        wire.check_dtype_tag("scatter", wire.dtype_tag(arr.dtype))  # the others learn it from the header
+        wire.header_dtype("scatter", arr.dtype)  # the others learn it from the header
     if n == 1:
         g.check_usable("scatter")
         return _assemble([(arr.shape[0], byte_view(np.ascontiguousarray(arr)))], arr.shape[1:], arr.dtype)

@@ -130,7 +130,11 @@ def dtype_tag(dtype: Any) -> str:
     descr; an extension dtype whose string is raw bytes ('<V2': ml_dtypes' bfloat16, float8
     and int4 all look alike) by its name, so ranks passing different ones disagree."""
     if dtype.fields is not None:
-        return str(dtype.descr)
+        try:
+            return str(dtype.descr)
+        except ValueError:  # numpy has no description of such fields for another process to read
+            raise ValueError(f"dtype {dtype} has overlapping or out-of-order fields, which numpy cannot "
+                             f"describe: send x.view(np.uint8), and .view(dtype) on arrival") from None
     if dtype.kind == "V" and not dtype.name.startswith("void"):
         return dtype.name
     return dtype.str
@@ -151,6 +155,16 @@ def check_dtype_tag(op: str, dtype: str) -> None:
             f"{op}: the dtype's description is {size} bytes, over the "
             f"{DTYPE_TAG_MAX} a header carries (a structured dtype of about a thousand fields or more): send "
             f"the array as raw bytes (x.view(np.uint8), then .view(dtype) on arrival)")
+
+
+def header_dtype(op: str, dtype: Any) -> str:
+    """`dtype_tag(dtype)`, checked for a header of `op`; ValueError naming `op` if it has none."""
+    try:
+        tag = dtype_tag(dtype)
+    except ValueError as exc:
+        raise ValueError(f"{op}: {exc}") from None
+    check_dtype_tag(op, tag)
+    return tag
 
 
 def make_header(op: str, seq: int, dtype: str, shape: tuple[int, ...], **extra: Any) -> dict[str, Any]:
