@@ -510,8 +510,8 @@ class Comm:
         heard). A call from another thread while one runs is refused as `_refuse_thread`
         says: the running call fails when it ends."""
         if self.ring is None or self._closed or self._broken or isinstance(exc, ConfigError) or \
-                getattr(exc, "ringdist_intrusion", False):
-            return  # a ConfigError (a forced algorithm that cannot run) is alike on every rank
+                getattr(exc, "ringdist_intrusion", False) or getattr(exc, "ringdist_everywhere", False):
+            return  # a ConfigError (a forced algorithm that cannot run) is alike on every rank, as is an agreed failure
         owner, me = self._in_call(), threading.current_thread()
         if owner is not None and owner is not me:
             self._intruder = (self._seq - 1, self._intrusion(op, me, owner))

@@ -108,6 +108,52 @@ def unpickle(payload: memoryview, sizes: list[int], whose: str) -> Any:
         raise ValueError(f"{whose} cannot be unpickled here: {type(exc).__name__}: {exc}") from exc
 
 
+# Characters of an unpickling failure that the other ranks hear (`_agree`).
+FAILURE_CHARS = 2000
+
+
+def _agree(g: Comm, op: str, algorithm: Any, failure: ValueError | None, timeout: float | None) -> None:
+    """After an object collective's unpickling: every rank hears whether every rank could
+    unpickle what it got (an object may unpickle on its sender and not elsewhere: a class
+    defined on one rank only). One more small step of the same algorithm carries each rank's
+    failure, if any; where there is one, every rank raises ValueError in the call, naming it.
+    The group stays usable: every rank made the same calls and raised in the same one."""
+    header = _header(g, op, NOTHING, algorithm.name)
+    text = ("" if failure is None else str(failure))[:FAILURE_CHARS].encode("utf-8", "replace")
+
+    def check(src: int, fields: dict[str, Any], ch: Channel) -> int:
+        mine = common(header.fields)
+        if common(fields) != mine:
+            check_same(mine, common(fields), ch)
+        sizes = sizes_of(fields, ch, 1)
+        if sizes[0] > 4 * FAILURE_CHARS:
+            raise RingError(f"rank {ch.me}: {op}: rank {src} declares a {sizes[0]}-byte failure, over "
+                            f"{4 * FAILURE_CHARS}")
+        return 1
+
+    got = algorithm.gather_v(g, header, ([memoryview(text)], {"sizes": [len(text)]}), check, timeout)
+    g.finish(op)
+    if failure is not None:
+        exc = failure  # the unpickler's own error chained to it
+    else:
+        failed = sorted(q for q, (fields, _) in got.items() if fields["sizes"][0])
+        if not failed:
+            return
+        q = failed[0]
+        exc = ValueError(f"rank {g.rank()}: {op} failed on rank {q}: "
+                         f"{bytes(got[q][1][:got[q][0]['sizes'][0]]).decode('utf-8', 'replace')}")
+    exc.ringdist_everywhere = True  # type: ignore[attr-defined] - raised alike on every rank: the group is in step
+    raise exc
+
+
+def _unpickled(make: Any) -> tuple[Any, ValueError | None]:
+    """`make()`, or why it could not unpickle (`unpickle`'s ValueError)."""
+    try:
+        return make(), None
+    except ValueError as exc:
+        return None, exc
+
+
 def _copy(pickled: Pickled, whose: str) -> Any:
     """This rank's own object as every other rank sees it (a copy, sharing no memory)."""
     sizes = [len(p) for p in pickled.parts]
@@ -157,9 +203,7 @@ def all_gather_object(obj: Any, *, group: Comm | None = None, timeout: float | N
     try:
         return _all_gather_object(g, obj, timeout)
     except Exception as exc:
-        # Failed here outside the algorithm's guard (an object that cannot be unpickled here):
-        # the others are told, at their next call on the group if they have returned.
-        g.refuse("all_gather_object", exc)
+        g.refuse("all_gather_object", exc)  # failed here outside the algorithm's guard: the others are told
         raise
 
 
@@ -177,8 +221,11 @@ def _all_gather_object(g: Comm, obj: Any, timeout: float | None) -> list[Any]:
         got = algorithm.gather_v(g, header, (pickled.parts, pickled.fields), _object_check(header, cap), timeout)
         g.finish("all_gather_object")
     whose = f"rank {r}: all_gather_object: the object from rank "
-    return [_copy(pickled, f"{whose}{q}") if q == r else unpickle(got[q][1], got[q][0]["sizes"], f"{whose}{q}")
-            for q in range(n)]
+    objects, failure = _unpickled(lambda: [
+        _copy(pickled, f"{whose}{q}") if q == r else unpickle(got[q][1], got[q][0]["sizes"], f"{whose}{q}")
+        for q in range(n)])
+    _agree(g, "all_gather_object", algorithm, failure, timeout)
+    return objects
 
 
 def broadcast_object(obj: Any, root: int = 0, *, group: Comm | None = None, timeout: float | None = None,
@@ -193,7 +240,7 @@ def broadcast_object(obj: Any, root: int = 0, *, group: Comm | None = None, time
     try:
         return _broadcast_object(g, obj, root, timeout)
     except Exception as exc:
-        g.refuse("broadcast_object", exc)  # every rank unpickles, the root its own copy too
+        g.refuse("broadcast_object", exc)
         raise
 
 
@@ -212,10 +259,14 @@ def _broadcast_object(g: Comm, obj: Any, root: Any, timeout: float | None) -> An
     with pickled.sending() if pickled is not None else contextlib.nullcontext():
         got = algorithm.gather_v(g, header, mine, _object_check(header, cap, lambda src: src == root), timeout)
         g.finish("broadcast_object")
+    whose = f"rank {r}: broadcast_object: the object from rank {root}"
     if pickled is not None:  # a copy, as every rank gets: never the object itself
-        return _copy(pickled, f"rank {r}: broadcast_object: the object from rank {r}")
-    fields, payload = got[root]
-    return unpickle(payload, fields["sizes"], f"rank {r}: broadcast_object: the object from rank {root}")
+        obj, failure = _unpickled(lambda: _copy(pickled, whose))
+    else:
+        fields, payload = got[root]
+        obj, failure = _unpickled(lambda: unpickle(payload, fields["sizes"], whose))
+    _agree(g, "broadcast_object", algorithm, failure, timeout)
+    return obj
 
 
 def _message_header(number: int, fields: dict[str, Any]) -> wire.Header:
