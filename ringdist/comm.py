@@ -128,6 +128,7 @@ class Comm:
         self._p2p_out: dict[int, list] = {}  # peer -> [Channel, messages sent]
         self._p2p_in: dict[int, list] = {}  # peer -> [Channel, messages received]
         self._p2p_turns: dict[tuple[int, bool], threading.Lock] = {}  # (peer, outgoing) -> its message's turn
+        self._p2p_holders: dict[tuple[int, bool], threading.Thread] = {}  # the thread that took each turn last
         if size > 1:
             assert endpoint is not None
             self.ring = RingLinks(endpoint, gid, rank, size, addresses, settings.lanes,
@@ -612,17 +613,18 @@ class Comm:
         turn = self._p2p_turns.get(key)
         if turn is None:
             turn = self._p2p_turns.setdefault(key, threading.Lock())
-        if turn.acquire(False):
-            return turn
-        if not wait:
-            return None
-        limit = self._timeout(timeout)
-        if engine.on_progress_thread():  # the turn's holder may be a queued message this thread moves
-            if engine.drive_until(lambda: turn.acquire(False), limit):
-                return turn
-        elif turn.acquire(timeout=-1 if limit > threading.TIMEOUT_MAX else limit):
-            return turn
-        raise RingTimeoutError(busy_pair(self._rank, op, peer, outgoing, self.gid, limit))
+        if not turn.acquire(False):
+            if not wait:
+                return None
+            limit = self._timeout(timeout)
+            if engine.on_progress_thread():  # the turn's holder may be a queued message this thread moves
+                taken = engine.drive_until(lambda: turn.acquire(False), limit)
+            else:
+                taken = turn.acquire(timeout=-1 if limit > threading.TIMEOUT_MAX else limit)
+            if not taken:
+                raise RingTimeoutError(busy_pair(self._rank, op, peer, outgoing, self.gid, limit))
+        self._p2p_holders[key] = threading.current_thread()  # for `check_closable`
+        return turn
 
     def p2p_channel(self, peer: int, outgoing: bool, timeout: float | None = None,
                     wait: bool = True) -> tuple[Channel, int] | None:
@@ -688,14 +690,15 @@ class Comm:
     def close(self) -> None:
         """Release the group's connections. Idempotent; the group is unusable afterwards.
 
-        Not while another thread is in a collective on it (RingError): its connections and
-        shared memory would go from under that call. (The progress thread's calls are ended
-        first by `work.before_close`, as are its runner's.)"""
+        Not while another thread is in a collective on it, or in a send or recv (RingError): its
+        connections and shared memory would go from under that call. (The progress thread's
+        calls are ended first by `work.before_close`, as are its runner's.)"""
         self.check_closable()
         self._release()
 
     def check_closable(self) -> None:
-        """RingError if another thread (not one running non-blocking operations) is in a collective on this group."""
+        """RingError if another thread (not one running non-blocking operations) is in a collective
+        on this group, or sending or receiving a message on it."""
         if self._closed:
             return
         owner = self._in_call()
@@ -704,6 +707,13 @@ class Comm:
             raise RingError(f"rank {self._rank}: group {self.gid!r} cannot be closed from thread {me.name!r} "
                             f"while {self._running()} runs on it from thread {owner.name!r}: close it from that "
                             f"thread once the call has returned")
+        for (peer, outgoing), turn in list(self._p2p_turns.items()):  # a message under way holds its pair's turn
+            holder = self._p2p_holders.get((peer, outgoing))
+            if (turn.locked() and holder is not None and holder is not me and holder.is_alive()
+                    and holder.ident not in engine.backgrounds):
+                raise RingError(f"rank {self._rank}: group {self.gid!r} cannot be closed from thread {me.name!r} "
+                                f"while a message {'to' if outgoing else 'from'} rank {peer} is under way on it "
+                                f"from thread {holder.name!r}: close it once that call has returned")
 
     def _release(self) -> None:
         if self._closed:

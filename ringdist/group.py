@@ -26,7 +26,8 @@ class Group(Comm):
     def close(self) -> None:
         """Release the group's connections. Idempotent; the group is unusable afterwards.
         Operations still outstanding end with a RingError ("closed with the operation outstanding").
-        RingError, closing nothing, while another thread is in a collective on the group."""
+        RingError, closing nothing, while another thread is in a collective on the group, or in
+        a send or recv on it."""
         self.check_closable()
         if work.active:
             work.before_close(self)

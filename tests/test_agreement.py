@@ -6,9 +6,15 @@ Also: a rank that arrives after its peer gave up on the call (a timeout) fails t
 from __future__ import annotations
 
 import re
+import threading
+import time
 
+import numpy as np
 import pytest
 
+import ringdist as rd
+
+from harness import run_ranks
 from helpers import SCRIPTS, run_launcher
 
 FAST = {"RINGDIST_TIMEOUT": "10", "RINGDIST_CONNECT_TIMEOUT": "10"}
@@ -201,3 +207,35 @@ def test_a_message_failing_on_another_thread_leaves_a_running_collective_s_frame
                                       "no progress for 0.001 s"), res.stdout
     assert lines["1 next"].startswith("GroupBrokenError: rank 1: group 'world' cannot run all_gather: an earlier "
                                       "operation on it failed (recv: RingTimeoutError"), res.stdout
+
+
+def test_closing_a_group_while_another_thread_waits_in_a_recv_on_it_is_refused():
+    # Closing took the recv's connection from under it: the recv waited out its timeout, then
+    # blamed the peer ("Bad file descriptor"), and a message sent meanwhile was lost. Refused,
+    # nothing closed: the message arrives, and the group closes once the recv has returned.
+    sent = threading.Event()
+
+    def rank(g):
+        sub = g.split(0)
+        if g.rank() == 1:
+            assert sent.wait(20)
+            rd.send(np.arange(4.0), 0, group=sub)
+            return rd.barrier(group=sub)
+        got = []
+        waiter = threading.Thread(target=lambda: got.append(rd.recv(4, np.float64, 1, group=sub, timeout=20)),
+                                  name="waiter")
+        waiter.start()
+        deadline = time.monotonic() + 10
+        while not any(turn.locked() for turn in sub._p2p_turns.values()) and time.monotonic() < deadline:
+            time.sleep(0.001)  # the waiter is in its recv
+        with pytest.raises(rd.RingError, match=r"rank 0: group 'world/0:0' cannot be closed from thread "
+                           r"'harness-rank-0' while a message from rank 1 is under way on it from thread 'waiter'"):
+            sub.close()
+        sent.set()
+        waiter.join(20)
+        rd.barrier(group=sub)
+        sub.close()
+        return got
+
+    got, _ = run_ranks(2, rank)
+    assert len(got) == 1 and np.array_equal(got[0], np.arange(4.0))
