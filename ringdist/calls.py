@@ -38,5 +38,5 @@ def check_root(root: Any, g: Comm, op: str) -> int:
     """`root` as a rank of `g`; ValueError otherwise."""
     n = g.size()
     if isinstance(root, bool) or not isinstance(root, numbers.Integral) or not 0 <= root < n:
-        raise ValueError(f"{op}: root {root!r} is not a rank of a group of size {n}")
+        raise ValueError(f"rank {g.rank()}: {op}: root {root!r} is not a rank of a group of size {n}")
     return int(root)

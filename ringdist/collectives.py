@@ -104,7 +104,7 @@ def reduce(x: Any, root: int = 0, *, op: str = "sum", group: Comm | None = None,
     g = _comm(group, timeout, "reduce")
     try:
         if op not in REDUCE_OPS:
-            raise ValueError(f"reduce: op must be one of {', '.join(REDUCE_OPS)}, got {op!r}")
+            raise ValueError(f"rank {g.rank()}: reduce: op must be one of {', '.join(REDUCE_OPS)}, got {op!r}")
         root = check_root(root, g, "reduce")
     except Exception as exc:
         g.refuse("reduce", exc)
@@ -190,7 +190,8 @@ def sum_scatter(x: Any, *, group: Comm | None = None, timeout: float | None = No
         arr = as_rows(x, "sum_scatter")
         check_reducible(arr, "all_sum", "sum_scatter")
         if arr.shape[0] % n:
-            raise ValueError(f"sum_scatter: x.shape[0] = {arr.shape[0]} is not divisible by the group size {n}")
+            raise ValueError(f"rank {g.rank()}: sum_scatter: x.shape[0] = {arr.shape[0]} is not divisible by the "
+                             f"group size {n}")
         if n == 1:
             g.check_usable("sum_scatter")
             return np.array(arr, order="C", copy=True)

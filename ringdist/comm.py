@@ -588,14 +588,15 @@ class Comm:
     def check_peer(self, peer: Any, op: str, role: str) -> int:
         """Validate a send/recv peer rank; ValueError as numpy-style argument errors are."""
         if self._size == 1:
-            raise ValueError(f"{op}: a group of size 1 has no other rank to {op} with")
+            raise ValueError(f"rank {self._rank}: {op}: a group of size 1 has no other rank to {op} with")
         if isinstance(peer, bool) or not isinstance(peer, numbers.Integral):
-            raise TypeError(f"{op}: {role} must be an integer rank, got {type(peer).__name__}")
+            raise TypeError(f"rank {self._rank}: {op}: {role} must be an integer rank, got {type(peer).__name__}")
         peer = int(peer)
         if not 0 <= peer < self._size:
-            raise ValueError(f"{op}: {role}={peer} is not a rank of group {self.gid!r} (size {self._size})")
+            raise ValueError(f"rank {self._rank}: {op}: {role}={peer} is not a rank of group {self.gid!r} "
+                             f"(size {self._size})")
         if peer == self._rank:
-            raise ValueError(f"{op}: {role}={peer} is this rank itself")
+            raise ValueError(f"rank {self._rank}: {op}: {role}={peer} is this rank itself")
         return peer
 
     def _timeout(self, timeout: float | None) -> float:

@@ -127,8 +127,8 @@ class _Recv:
         self.peer = g.check_peer(self.peer, "recv", "src")
         dt = np.dtype(self.dtype)
         if dt.hasobject:
-            raise TypeError("ringdist receives raw array bytes; object dtypes are not supported")
-        shape = _shape(self.shape)
+            raise TypeError(f"rank {g.rank()}: recv: ringdist receives raw array bytes; object dtypes are not supported")
+        shape = _shape(self.shape, g.rank())
         self.tag = _tag(dt, "recv", g)
         try:
             self.out = buffers.cache.empty(shape, dt)
@@ -160,19 +160,20 @@ class _Recv:
     release = _Send.release
 
 
-def _shape(shape: Any) -> tuple[int, ...]:
+def _shape(shape: Any, rank: int) -> tuple[int, ...]:
     """recv's `shape` as a tuple: an integer or a sequence of them, none negative."""
     dims = (shape,) if isinstance(shape, numbers.Integral) else shape
     try:
         dims = tuple(dims)
     except TypeError:
-        raise TypeError(f"recv: shape must be an integer or a sequence of integers, got "
+        raise TypeError(f"rank {rank}: recv: shape must be an integer or a sequence of integers, got "
                         f"{type(shape).__name__}") from None
     for d in dims:
         if isinstance(d, bool) or not isinstance(d, numbers.Integral):
-            raise TypeError(f"recv: shape={shape!r}: each dimension must be an integer, got {type(d).__name__}")
+            raise TypeError(f"rank {rank}: recv: shape={shape!r}: each dimension must be an integer, got "
+                            f"{type(d).__name__}")
         if d < 0:
-            raise ValueError(f"recv: shape={shape!r}: dimensions cannot be negative")
+            raise ValueError(f"rank {rank}: recv: shape={shape!r}: dimensions cannot be negative")
     return tuple(int(d) for d in dims)
 
 

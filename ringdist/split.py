@@ -26,9 +26,9 @@ def _exchange(parent: Comm, color: Any, key: Any) -> np.ndarray:
     try:
         for name, value in (("color", color), ("key", key)):
             if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-                raise TypeError(f"Group.split: {name} must be an integer, got {type(value).__name__}")
+                raise TypeError(f"rank {parent.rank()}: Group.split: {name} must be an integer, got {type(value).__name__}")
             if not _INT64_MIN <= int(value) <= _INT64_MAX:  # the exchange carries them as int64
-                raise ValueError(f"Group.split: {name}={int(value)} is out of range (a 64-bit signed integer: "
+                raise ValueError(f"rank {parent.rank()}: Group.split: {name}={int(value)} is out of range (a 64-bit signed integer: "
                                  f"{_INT64_MIN} to {_INT64_MAX})")
     except Exception as exc:
         parent.refuse("split", exc)  # the others wait in the exchange: it fails there too

@@ -54,7 +54,7 @@ def _row_bytes(arr: np.ndarray) -> int:
     return arr.itemsize * math.prod(arr.shape[1:])
 
 
-def _counts(splits: Any, rows: int, n: int) -> list[int]:
+def _counts(splits: Any, rows: int, n: int, rank: int) -> list[int]:
     """all_to_all's `splits` as N row counts; ValueError naming what is wrong with them."""
     try:
         given = list(splits)  # once: a generator is read once
@@ -64,7 +64,8 @@ def _counts(splits: Any, rows: int, n: int) -> list[int]:
     ok = given is not None and all(isinstance(k, numbers.Integral) and not isinstance(k, bool) for k in given)
     counts = [int(k) for k in given] if ok else []  # type: ignore[union-attr]
     if not ok or len(counts) != n or any(k < 0 for k in counts) or sum(counts) != rows:
-        raise ValueError(f"all_to_all: splits must be {n} non-negative integers summing to x.shape[0] = {rows}, "
+        raise ValueError(f"rank {rank}: all_to_all: splits must be {n} non-negative integers summing to x.shape[0] "
+                         f"= {rows}, "
                          f"got {shown if len(shown) <= 200 else shown[:200] + '...'}")
     return counts
 
@@ -107,9 +108,9 @@ def _all_to_all(g: Comm, x: Any, splits: Any, timeout: float | None) -> np.ndarr
     n = g.size()
     arr = as_rows(x, "all_to_all")
     if splits is not None:
-        return _all_to_all_splits(g, arr, _counts(splits, arr.shape[0], n), timeout)
+        return _all_to_all_splits(g, arr, _counts(splits, arr.shape[0], n, g.rank()), timeout)
     if arr.shape[0] % n:
-        raise ValueError(f"all_to_all: x.shape[0] = {arr.shape[0]} is not divisible by the group size {n}")
+        raise ValueError(f"rank {g.rank()}: all_to_all: x.shape[0] = {arr.shape[0]} is not divisible by the group size {n}")
     out = buffers.cache.empty(arr.shape, arr.dtype)
     if n == 1:
         g.check_usable("all_to_all")
@@ -187,7 +188,7 @@ def _scatter(g: Comm, x: Any, root: Any, timeout: float | None) -> np.ndarray:
     arr = as_rows(x, "scatter") if r == root else NOTHING
     if r == root:
         if arr.shape[0] % n:
-            raise ValueError(f"scatter: x.shape[0] = {arr.shape[0]} is not divisible by the group size {n}")
+            raise ValueError(f"rank {r}: scatter: x.shape[0] = {arr.shape[0]} is not divisible by the group size {n}")
         wire.header_dtype("scatter", arr.dtype)  # the others learn it from the header
     if n == 1:
         g.check_usable("scatter")

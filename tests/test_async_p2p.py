@@ -118,8 +118,8 @@ def test_recv_checks_its_shape_before_taking_a_message():
         return found
 
     got = run_ranks(2, rank)[1]
-    assert got == ["TypeError: recv: shape='abc': each dimension must be an integer, got str",
-                   "ValueError: recv: shape=(-1,): dimensions cannot be negative",
-                   "TypeError: recv: shape must be an integer or a sequence of integers, got float",
-                   "TypeError: recv: shape=(2, None): each dimension must be an integer, got NoneType",
+    assert got == ["TypeError: rank 1: recv: shape='abc': each dimension must be an integer, got str",
+                   "ValueError: rank 1: recv: shape=(-1,): dimensions cannot be negative",
+                   "TypeError: rank 1: recv: shape must be an integer or a sequence of integers, got float",
+                   "TypeError: rank 1: recv: shape=(2, None): each dimension must be an integer, got NoneType",
                    [0.0, 1.0, 2.0]], got

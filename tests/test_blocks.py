@@ -329,7 +329,7 @@ def test_a_scatter_root_whose_rows_do_not_divide_tells_the_others(n, shm):
             return f"{type(exc).__name__}: {exc}", time.monotonic() - start
 
     got = run_ranks(n, rank, shm=shm)
-    message = f"scatter: x.shape[0] = {n + 1} is not divisible by the group size {n}"
+    message = f"rank 1: scatter: x.shape[0] = {n + 1} is not divisible by the group size {n}"
     assert got[1][0] == f"ValueError: {message}", got[1]
     assert all(r == 1 or ("aborted by rank 1" in how and message in how) for r, (how, _) in enumerate(got)), got
     assert all(took < 10 for _, took in got), got

@@ -59,9 +59,9 @@ def test_split_arguments_are_checked_before_anything_is_sent():
         rd.barrier(group=g)  # the parent is not
         return found
 
-    for found in run_ranks(2, rank):
+    for r, found in enumerate(run_ranks(2, rank)):
         assert len(found) == 4, found
-        assert found[0].startswith("ValueError: Group.split: color=9223372036854775808 is out of range"), found
-        assert found[1].startswith("ValueError: Group.split: key=-9223372036854775809 is out of range"), found
-        assert found[2] == "TypeError: Group.split: color must be an integer, got float", found
-        assert found[3] == "TypeError: Group.split: key must be an integer, got bool", found
+        assert found[0].startswith(f"ValueError: rank {r}: Group.split: color=9223372036854775808 is out of range")
+        assert found[1].startswith(f"ValueError: rank {r}: Group.split: key=-9223372036854775809 is out of range")
+        assert found[2] == f"TypeError: rank {r}: Group.split: color must be an integer, got float", found
+        assert found[3] == f"TypeError: rank {r}: Group.split: key must be an integer, got bool", found
