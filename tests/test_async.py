@@ -241,7 +241,7 @@ def test_async_collectives_on_different_groups_may_be_issued_in_any_order(shm):
 
 
 def test_a_message_failing_while_its_groups_collective_ends_without_a_wait_is_told_to_the_peers():
-    # Rank 0's irecv fails while its all_gather_object, past its last wait, unpickles on the
+    # Rank 0's irecv fails while its all_gather_object, past its last wait, still works on the
     # runner: nothing raises into it, so it tells the peers as it ends (they waited 20 s before).
     res = run_launcher(["-n", "3", str(SCRIPTS / "async_lanes.py"), "told"], timeout=120, env=FAST)
     raised = dict(re.findall(r"^\[(\d)\] all_sum raised (.*)$", res.stdout, re.M))

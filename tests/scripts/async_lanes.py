@@ -6,8 +6,9 @@ preposted N: rank 1 posts N small irecvs from rank 0 before any byte arrives (MP
 beside: async collectives and a ring shift on the world while the main thread runs blocking
     collectives on a second group of the same ranks.
 wait_args: Work.wait refuses a bad timeout whether the operation has finished or not.
-told: rank 0's irecv times out while its group's all_gather_object, past its last wait, unpickles
-    a slow object on the runner: the peers must hear of the broken group at once, not at their timeout.
+told: rank 0's irecv times out while its group's all_gather_object, past its last wait, still
+    works on the runner (3 s more, added after its last step): the peers must hear of the broken
+    group at once, not at their timeout.
 groups: 50 sub-groups, one async all_sum each, closed at once: each closed group's runner ends.
 no_runner: the first runner cannot start (no file descriptor for its pipe): the call raises and
     nothing is left pending; the next call works, and exit is prompt.
@@ -104,28 +105,22 @@ if mode == "cross":
     print("cross ok", flush=True)
 
 
-class Slow:
-    """Unpickles in `seconds`."""
-
-    def __init__(self, seconds: float):
-        self.seconds = seconds
-
-    def __reduce__(self):
-        return (_slow, (self.seconds,))
-
-
-def _slow(seconds: float) -> float:
-    time.sleep(seconds)
-    return seconds
-
-
 if mode == "told":
     rd.send(np.ones(1), (r + 1) % n)  # rank n-1's connection to rank 0 is open: the recv below fails on it
     rd.recv((1,), np.float64, (r - 1) % n)
     rd.barrier()
     t0 = time.monotonic()
     if r == 0:
-        gathered = rd.all_gather_object(Slow(0.0), async_op=True)
+        import ringdist.objects
+
+        agree = ringdist.objects._agree  # an object collective's last step
+
+        def agree_then_linger(*args, **kwargs):
+            agree(*args, **kwargs)
+            time.sleep(3)  # past the call's last wait, on the runner
+
+        ringdist.objects._agree = agree_then_linger
+        gathered = rd.all_gather_object(0, async_op=True)
         lost = rd.recv((1,), np.float64, n - 1, async_op=True, timeout=0.5)  # nobody sends it
         gathered.wait(timeout=30)
         try:
@@ -133,7 +128,7 @@ if mode == "told":
         except rd.RingTimeoutError:
             pass
     else:
-        rd.all_gather_object(Slow(1.5), timeout=10)  # rank 0 unpickles these for 3 s
+        rd.all_gather_object(r, timeout=10)
     try:
         rd.all_sum(np.ones(3), timeout=20)
         print("all_sum returned", flush=True)
