@@ -4,7 +4,8 @@ usage: recv_from_gone.py {recv|irecv|chain|raised}
   chain: rank 1 fails (exit code 1); rank 2 waits for rank 1 instead, then leaves too; rank 0,
          once told that rank 2 left, receives from it.
   raised: ranks 1 and 2 split off a group of their own, where rank 1 passes another shape
-          (MismatchError on both) and exits with code 3; rank 0 then receives from rank 1.
+          (MismatchError on both) and exits with code 3, rank 2 once it has heard that; rank 0 then
+          receives from rank 1.
 Prints `outcome after <s>: <error class>: <message>` (or `outcome after <s>: returned`).
 """
 import signal
@@ -25,6 +26,10 @@ if sys.argv[1] == "raised":
         try:
             rd.all_gather(np.zeros(3 + g.rank()), group=sub)
         except rd.MismatchError:
+            if g.rank() == 2:  # leaves after rank 1, whose departure rank 0 reads: never the first to leave
+                deadline = time.monotonic() + 30
+                while g.endpoint.departed(g.addresses[1]) is None and time.monotonic() < deadline:
+                    time.sleep(0.01)
             sys.exit(3 if g.rank() == 1 else 0)
     deadline = time.monotonic() + 30
     while g.endpoint.departed(g.addresses[1]) is None and time.monotonic() < deadline:
