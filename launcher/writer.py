@@ -46,7 +46,9 @@ class Destination:
         self._notify = notify  # says something on stderr (called without the lock held)
         self._items: collections.deque[tuple[bytes, int]] = collections.deque()  # (data, rank lines in it)
         self._queued = 0  # bytes in _items and in the write under way
-        self._writing_lines = 0  # rank lines in the write under way
+        self._writing = b""  # the write under way
+        self._writing_parts: list[tuple[int, int]] = []  # its items: (bytes, rank lines in them)
+        self._written = 0  # bytes of it written so far
         self._cond = threading.Condition()
         self._progress: float | None = None  # while a write is under way: when it last moved
         self._dropped = 0  # rank lines dropped and not yet reported
@@ -87,11 +89,22 @@ class Destination:
             count = self._dropped
             if not self._dead:
                 count += sum(lines for _, lines in self._items)
-                count += self._writing_lines if self._progress is not None else 0
+                if self._progress is not None:
+                    count += self._unwritten_lines()
             self._dropped = 0
             self._queued -= sum(len(data) for data, _ in self._items)
             self._items.clear()
             return count
+
+    def _unwritten_lines(self) -> int:
+        """Rank lines of the write under way not yet wholly written (a line cut short counts)."""
+        count, start, written = 0, 0, self._written
+        for size, lines in self._writing_parts:
+            end = start + size
+            if lines and end > written:
+                count += lines if start >= written else self._writing.count(b"\n", written, end)
+            start = end
+        return count
 
     def _append(self, data: bytes, lines: int) -> None:
         if self._dead:
@@ -110,15 +123,17 @@ class Destination:
                     self._cond.wait()
                 data, lines = self._items.popleft()
                 parts = [data]
+                self._writing_parts = [(len(data), lines)]
                 size = len(data)
                 while self._items and size + len(self._items[0][0]) <= 4 * WRITE_BYTES:
                     more, more_lines = self._items.popleft()
                     parts.append(more)
+                    self._writing_parts.append((len(more), more_lines))
                     size += len(more)
-                    lines += more_lines
-                self._writing_lines = lines
+                self._writing = b"".join(parts) if len(parts) > 1 else data
+                self._written = 0
                 self._progress = time.monotonic()
-            error = self._write(b"".join(parts) if len(parts) > 1 else data)
+            error = self._write(self._writing)
             with self._cond:
                 self._progress = None
                 self._queued -= size
@@ -154,6 +169,7 @@ class Destination:
                 return e
             view = view[n:]
             with self._cond:
+                self._written += n
                 self._progress = time.monotonic()
         return None
 
