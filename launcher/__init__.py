@@ -1,7 +1,8 @@
 """ringdist-launch: start the ranks of a ringdist job from a hostfile and supervise them.
 
 Installed as `ringdist_launch` (the source directory is launcher/). Modules:
-`cli` parses arguments, `plan` turns them into per-rank command lines and
+`cli` parses arguments (and is the entry point), `launch` checks and carries
+them out, `plan` turns them into per-rank command lines and
 environments, `route` picks the rendezvous address, `spawn` starts processes
 (locally, or through ssh / an rsh agent, where `remote` keeps the rank), `output`
 pumps their rank-prefixed lines (through `writer`, which never lets a stalled reader

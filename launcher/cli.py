@@ -9,91 +9,107 @@ Launcher options stop at the program: everything after `script.py`, after
 s.py -n 5` passes `-n 5` to s.py. Bad arguments or a malformed hostfile end
 with one `ringdist-launch: error: ...` line and exit status 2; a script.py
 that does not exist ends with one line naming it and status 127, as a shell's
-"not found".
+"not found" (`launch` makes these checks).
+
+This module imports only the standard library and the pure `policy`: the rest
+(`launch`, and ringdist with numpy) loads inside `main`, once Ctrl-C ends the
+launcher quietly.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
+import errno
 import math
 import os
-import shlex
+import signal
 import sys
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
-from ringdist.errors import ConfigError
-from .hostfile import MAX_RANKS, Hostfile, load_hostfile, parse_env_assignment, parse_hosts_arg
-from ringdist import tuning
-from ringdist.settings import Settings
+from .policy import PROG, Outcome
 
-from .job import run_job
-from .output import LineWriter
-from .plan import JobPlan, RankLaunch, Target, build_plan, describe_plan, local_hostfile
-from .policy import EXIT_NOT_FOUND
-from .route import choose_rendezvous
-from .spawn import LocalSpawner, RemoteSpawner, spawner_for
+if TYPE_CHECKING:
+    from .plan import Target
 
-PROG = "ringdist-launch"
-EXIT_USAGE = 2
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Parse `argv` (default: the process's arguments), run the job, return the exit status."""
+    """Parse `argv` (default: the process's arguments), run the job, return the exit status.
+
+    A job stopped by SIGINT, SIGTERM or SIGHUP ends with the launcher killed by that same
+    signal once the job is cleaned up and its output written, as a shell expects of an
+    interrupted program (a loop running it stops); 128+N is returned only should it survive.
+    Before the job's supervision takes a signal over, it ends the launcher at once, quietly.
+    A reader of its output that went away (`| head`) ends it quietly too, by SIGPIPE.
+    """
+    _open_standard_files()
+    interrupt = signal.getsignal(signal.SIGINT)
+    if interrupt is signal.default_int_handler:  # not SIG_IGN (a background job): that stays
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
     try:
-        return _main(list(sys.argv[1:] if argv is None else argv))
-    except KeyboardInterrupt:  # Ctrl-C before the ranks' supervision took over the signal
-        return 130
+        try:
+            from .launch import launch  # loads ringdist and numpy: a Ctrl-C meanwhile ends the launcher
 
-
-def _main(argv: list[str]) -> int:
-    parser = _parser()
-    options, target = parse_command_line(parser, argv)
-    local = LocalSpawner()
-    remote: list[RemoteSpawner] = []
-    try:
-        plan = _plan(options, target)
-        agent = _agent(options)
-        host, port = choose_rendezvous(plan, options.rendezvous, agent)
-        plan = dataclasses.replace(plan, rendezvous_host=host, rendezvous_port=port)
-
-        def remote_spawner() -> RemoteSpawner:
-            if not remote:
-                remote.append(RemoteSpawner(local, agent=agent, python=options.python, grace=options.grace,
-                                            connect_timeout=_connect_timeout(plan)))
-            return remote[0]
-
-        spawners = [spawner_for(r.placement, local, remote_spawner) for r in plan.ranks]
-    except ConfigError as e:
-        print(f"{PROG}: error: {e}", file=sys.stderr)
-        return EXIT_USAGE
-    missing = _missing_script(target, plan)
-    if missing is not None:
-        print(f"{PROG}: {missing}", file=sys.stderr)
-        return EXIT_NOT_FOUND
-    if options.dry_run:
-        def remote_command(rank: RankLaunch, env: dict[str, str]) -> str:
-            argv = remote_spawner().command(rank.placement.ssh or "", rank.argv, env,
-                                            plan.cwd or os.getcwd(), keeper="<ringdist_launch/remote.py>")
-            return shlex.join(argv) + "  (the job secret goes on its stdin)"
-
-        print(describe_plan(plan, remote_command))
-        return 0
-    sys.stdout.flush()
-    sys.stderr.flush()
-    writer = LineWriter(sys.stdout.fileno(), sys.stderr.fileno())
-    try:
-        return run_job(
-            plan,
-            spawners,
-            writer,
-            prefix=not options.no_prefix,
-            timeout=options.timeout,
-            grace=options.grace,
-            verbose=options.verbose,
-        )
+            outcome = launch(*parse_command_line(_parser(), list(sys.argv[1:] if argv is None else argv)))
+        except KeyboardInterrupt:  # Python's handler was back (`main` called by a program that set it)
+            outcome = Outcome(128 + signal.SIGINT, signal.SIGINT)
+        finally:
+            _flush_standard_files()
+    except BrokenPipeError:
+        return _end_of_readers()
     finally:
-        writer.close()  # bounded: a stdout nobody reads does not keep the launcher from exiting
+        if interrupt is signal.default_int_handler:
+            signal.signal(signal.SIGINT, interrupt)
+    if outcome.fatal_signal is not None:
+        return _die_of(outcome.fatal_signal, outcome.status)
+    return outcome.status
+
+
+def _open_standard_files() -> None:
+    """Point a closed file descriptor 0, 1 or 2 (`>&-`) at /dev/null, and give Python a
+    sys.stdout and sys.stderr for it: else the first pipe or socket the launcher opens takes
+    that number, and its messages and the ranks' output would go there."""
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError as e:
+            if e.errno != errno.EBADF:
+                continue
+            null = os.open(os.devnull, os.O_RDWR)
+            if null != fd:
+                os.dup2(null, fd)
+                os.close(null)
+            os.set_inheritable(fd, True)
+    if sys.stdout is None:
+        sys.stdout = open(1, "w", closefd=False)
+    if sys.stderr is None:
+        sys.stderr = open(2, "w", errors="backslashreplace", closefd=False)
+
+
+def _flush_standard_files() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        if stream is not None:
+            stream.flush()
+
+
+def _end_of_readers() -> int:
+    """The reader of stdout or stderr went away (`| head -1`): end as other programs do, killed by
+    SIGPIPE, with no traceback (what is still buffered goes to /dev/null)."""
+    try:
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, 1)
+        os.dup2(null, 2)
+        os.close(null)
+    except OSError:
+        pass
+    return _die_of(signal.SIGPIPE, 128 + signal.SIGPIPE)
+
+
+def _die_of(sig: int, status: int) -> int:
+    """End the process by signal `sig`, its default action restored; `status` if that does not end it."""
+    signal.signal(sig, signal.SIG_DFL)
+    os.kill(os.getpid(), sig)
+    return status
 
 
 def parse_command_line(parser: argparse.ArgumentParser, argv: list[str]) -> tuple[argparse.Namespace, Target]:
@@ -116,6 +132,8 @@ def parse_command_line(parser: argparse.ArgumentParser, argv: list[str]) -> tupl
         name, rest = argv[index + 1], argv[index + 2 :]
     else:
         name, rest = argv[index], argv[index + 1 :]
+    from .plan import Target  # loads ringdist: not before `main` has taken Ctrl-C over
+
     return options, Target(kind, name, tuple(rest))
 
 
@@ -181,68 +199,6 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _plan(options: argparse.Namespace, target: Target) -> JobPlan:
-    hostfile = _hosts(options)
-    env = [parse_env_assignment(text, "--env") for text in options.env]
-    if options.cwd is not None and not os.path.isdir(options.cwd):
-        raise ConfigError(f"--cwd: no such directory: {options.cwd}")
-    plan = build_plan(
-        target,
-        hostfile,
-        nprocs=options.nprocs,
-        python=options.python,
-        env=env,
-        cwd=options.cwd,
-        verbose=options.verbose,
-    )
-    for rank in plan.ranks[:1]:  # the library's settings, as the ranks will read them: refused here, not in N tracebacks
-        tuning.check_overrides(Settings.from_env({**os.environ, **dict(rank.user_env)}).algo)
-    return plan
-
-
-def _missing_script(target: Target, plan: JobPlan) -> str | None:
-    """Why `script.py` cannot run on this machine (it does not exist), or None.
-
-    Checked only when some rank runs here: a remote host has its own files.
-    """
-    if target.kind != "script" or not target.name.endswith(".py"):
-        return None  # a command is looked up on PATH when it starts (127 if not found)
-    if not any(r.placement.is_local for r in plan.ranks):
-        return None
-    path = os.path.join(plan.cwd or "", target.name)
-    if os.path.exists(path):
-        return None
-    where = f" (in --cwd {plan.cwd})" if plan.cwd and not os.path.isabs(target.name) else ""
-    return f"{target.name}: No such file or directory{where}"
-
-
-def _agent(options: argparse.Namespace) -> list[str] | None:
-    if options.rsh_agent is None:
-        return None
-    try:
-        agent = shlex.split(options.rsh_agent)
-    except ValueError as e:
-        raise ConfigError(f"--rsh-agent: {e}") from None
-    if not agent:
-        raise ConfigError("--rsh-agent: empty command")
-    return agent
-
-
-def _connect_timeout(plan: JobPlan) -> float:
-    """RINGDIST_CONNECT_TIMEOUT as the ranks will see it (their envs, else the launcher's environment)."""
-    env = {**os.environ, **dict(plan.ranks[0].user_env)} if plan.ranks else dict(os.environ)
-    return Settings.from_env(env).connect_timeout
-
-
-def _hosts(options: argparse.Namespace) -> Hostfile:
-    spec = options.hosts
-    if spec is None:
-        return local_hostfile(options.nprocs or 1)
-    if spec.endswith(".json") or os.sep in spec or os.path.isfile(spec):  # host names hold no "/"
-        return load_hostfile(spec)
-    return parse_hosts_arg(spec)
-
-
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -254,6 +210,8 @@ def _positive_int(text: str) -> int:
 
 
 def _rank_count(text: str) -> int:
+    from .hostfile import MAX_RANKS  # loads ringdist: not before `main` has taken Ctrl-C over
+
     value = _positive_int(text)
     if value > MAX_RANKS:
         raise argparse.ArgumentTypeError(f"at most {MAX_RANKS} ranks, got {text!r}")

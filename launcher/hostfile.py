@@ -391,13 +391,24 @@ def _parse_envs(value: Any, source: str) -> tuple[tuple[str, str], ...]:
 
 
 def _split_slots(token: str, source: str, index: int) -> tuple[str, int]:
-    """Split `host:slots`; a bare IPv6 address (or `[v6]`) has no slots part."""
+    """Split `host:slots`; a bare IPv6 address (or `[v6]`) has no slots part.
+
+    A bare IPv6 address whose last group is all digits and whose rest is an address itself
+    (`::1:2`) is refused: it reads as that address with slots as well, so brackets must say which.
+    """
     if token.startswith("["):
         host, close, rest = token[1:].partition("]")
         if not close or (rest and not rest.startswith(":")):
             raise ConfigError(f"{source}: entry {index}: malformed bracketed address {token!r}")
         return host, _slots_of(rest[1:], source, index) if rest else 1
-    if _is_ip(token) or ":" not in token:
+    if _is_ip(token):
+        before, _, last = token.rpartition(":")
+        if last.isascii() and last.isdigit() and _is_ip(before):
+            raise ConfigError(f"{source}: entry {index}: {token!r} is ambiguous: write [{before}]:{last} for "
+                              f"{last} slot{'s' if last.lstrip('0') != '1' else ''} on {before}, "
+                              f"or [{token}] for that address")
+        return token, 1
+    if ":" not in token:
         return token, 1
     host, _, slots = token.rpartition(":")
     return host, _slots_of(slots, source, index)

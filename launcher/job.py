@@ -2,8 +2,9 @@
 
 Everything here is mechanism; `policy.JobPolicy` makes every decision. The
 main thread spawns the ranks and then sleeps in one place, `_Inbox.get`, woken
-by a waiter thread per rank (its exit) and by signals (SIGINT, SIGTERM,
-SIGHUP), with a timeout only when a deadline is pending.
+by a waiter thread per rank (its exit) and by signals (`HANDLED_SIGNALS`), with a
+timeout only when a deadline is pending. A signal ignored when the launcher
+started (`nohup`, a background job's SIGINT) stays ignored.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from ringdist.settings import Settings
 
 from .output import LineWriter, Pump, pump_rank
 from .plan import JobPlan, RankLaunch
-from .policy import SETTLE_WAIT, Action, Decision, JobPolicy, RankInfo, describe_exit, rank_list
+from .policy import SETTLE_WAIT, Action, Decision, JobPolicy, Outcome, RankInfo, describe_exit, rank_list
 from .spawn import Guard, RankProcess, Spawner
 
 # How long to wait for ranks after SIGKILL, and for their output to drain, before giving up.
@@ -40,7 +41,9 @@ KILL_WAIT = 10.0
 FDS_PER_RANK = 3
 FDS_BASE = 20
 DRAIN_WAIT = 5.0
-FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+# The signals the launcher handles while the job runs: the policy stops the job on the first
+# four and passes SIGUSR1/SIGUSR2 on to the ranks.
+HANDLED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
 
 
 @dataclass(frozen=True)
@@ -59,6 +62,7 @@ class _NotStarted:
     rank: int
     reason: str
     status: int
+    by_signal: bool  # what was starting it was ended by a signal
 
 
 _Event = Union[_Exited, _Signalled, _NotStarted]
@@ -148,8 +152,8 @@ def run_job(
     timeout: float | None = None,
     grace: float = 5.0,
     verbose: bool = False,
-) -> int:
-    """Run every rank of `plan` (rank r started by `spawners[r]`) to completion; return the exit status."""
+) -> Outcome:
+    """Run every rank of `plan` (rank r started by `spawners[r]`) to completion; say how it ended."""
     supervisor = _Supervisor(plan, writer, prefix=prefix, timeout=timeout, grace=grace, verbose=verbose)
     return supervisor.run(spawners)
 
@@ -182,7 +186,7 @@ class _Supervisor:
         self.term_deadline: float | None = None
         self.kill_deadline: float | None = None
 
-    def run(self, spawners: Sequence[Spawner]) -> int:
+    def run(self, spawners: Sequence[Spawner]) -> Outcome:
         secret = secrets.token_hex(32)
         try:
             with _signals_to(self.events):
@@ -190,11 +194,11 @@ class _Supervisor:
         finally:
             self.events.close()
         if not started:
-            return 1
+            return Outcome(1)
         summary = self.policy.summary()
         if summary:
             self.writer.message(summary)
-        return self.policy.exit_status
+        return Outcome(self.policy.exit_status, self.policy.fatal_signal)
 
     def _run(self, spawners: Sequence[Spawner], secret: str) -> bool:
         """Serve the rendezvous, start and supervise the ranks; False if the rendezvous cannot start."""
@@ -327,7 +331,7 @@ class _Supervisor:
                                                     self._exiting(event.returncode)))
             elif isinstance(event, _NotStarted):
                 host = self.ranks[event.rank].launch.host
-                self._apply(self.policy.host_failed(event.rank, host, event.reason, event.status))
+                self._apply(self.policy.host_failed(event.rank, host, event.reason, event.status, event.by_signal))
             else:
                 self._apply(self.policy.signalled(event.signum))
 
@@ -359,6 +363,10 @@ class _Supervisor:
             for rank in decision.ranks:
                 self.ranks[rank].proc.signal(signal.SIGKILL)
             self.kill_deadline = time.monotonic() + KILL_WAIT
+        elif decision.action is Action.FORWARD and decision.signum is not None:
+            self._log(f"passing {signal.Signals(decision.signum).name} on to {rank_list(decision.ranks)}")
+            for rank in decision.ranks:
+                self.ranks[rank].proc.signal(decision.signum)
 
     def _clean_up(self) -> None:
         """Kill whatever is left in every rank's process group, reap the ranks, drain their output."""
@@ -380,10 +388,12 @@ class _Supervisor:
 
 @contextlib.contextmanager
 def _signals_to(inbox: _Inbox) -> Iterator[None]:
-    """Deliver SIGINT/SIGTERM/SIGHUP to `inbox` while the job runs (main thread only).
+    """Deliver `HANDLED_SIGNALS` to `inbox` while the job runs (main thread only).
 
     The signal's number reaches the inbox's pipe from the C-level handler
     (`signal.set_wakeup_fd`); the Python-level handler has nothing left to do.
+    A signal ignored at the start (SIG_IGN: `nohup`, a shell's background job)
+    is left ignored, as Python itself leaves an ignored SIGINT.
     """
     if threading.current_thread() is not threading.main_thread():
         yield
@@ -395,8 +405,9 @@ def _signals_to(inbox: _Inbox) -> Iterator[None]:
     previous_fd = signal.set_wakeup_fd(inbox.wakeup_fd, warn_on_full_buffer=False)
     previous = {}
     try:
-        for sig in FORWARDED_SIGNALS:
-            previous[sig] = signal.signal(sig, handler)
+        for sig in HANDLED_SIGNALS:
+            if signal.getsignal(sig) is not signal.SIG_IGN:
+                previous[sig] = signal.signal(sig, handler)
         yield
     finally:
         for sig, old in previous.items():

@@ -37,6 +37,8 @@ import signal
 from dataclasses import dataclass
 from typing import Iterable, Mapping
 
+PROG = "ringdist-launch"  # as messages name the launcher
+EXIT_USAGE = 2  # bad arguments or a malformed hostfile, as argparse
 EXIT_TIMEOUT = 124  # as timeout(1) and mpirun --timeout
 EXIT_NOT_EXECUTABLE = 126  # as the shell when a command cannot be executed
 EXIT_NOT_FOUND = 127  # as the shell when a command does not exist
@@ -52,6 +54,7 @@ class Action(enum.Enum):
     WAIT = "wait"  # ranks are already leaving: wait for them (SETTLE_WAIT) before naming the first failure
     STOP = "stop"  # SIGTERM each rank's process group, SIGKILL after the grace period
     KILL = "kill"  # SIGKILL each rank's process group now
+    FORWARD = "forward"  # pass `Decision.signum` on to each rank's process group; the job goes on
 
 
 @dataclass(frozen=True)
@@ -61,9 +64,19 @@ class Decision:
     action: Action
     ranks: tuple[int, ...] = ()
     message: str | None = None
+    signum: int | None = None  # the signal to pass on (Action.FORWARD)
 
 
 NOTHING = Decision(Action.NOTHING)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How the launcher ends: its exit status, or, once everything is cleaned up and written,
+    killed by `fatal_signal` (`JobPolicy.fatal_signal`; `status` only should it survive that)."""
+
+    status: int
+    fatal_signal: int | None = None
 
 
 @dataclass(frozen=True)
@@ -102,6 +115,13 @@ def rank_list(ranks: Iterable[int]) -> str:
 
 
 _STOP_SIGNALS = (-signal.SIGTERM, -signal.SIGKILL)  # returncodes of ranks the launcher's signals ended
+# Signals to the launcher that it passes on to every rank, as mpirun does (a scheduler's warning
+# before pre-emption, `--signal=USR1@60`); any other it handles stops the job.
+PASSED_ON = (signal.SIGUSR1, signal.SIGUSR2)
+# Signals that stop the job and that the launcher then dies of itself, once the job is cleaned
+# up, so that its caller sees how it ended: a shell loop stops on Ctrl-C. (Not SIGQUIT: its
+# default action dumps core; the launcher exits 131 instead.)
+_DIE_OF = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 def _killed_from_outside(returncode: int) -> bool:
@@ -128,9 +148,11 @@ class JobPolicy:
         self._stopped: set[int] = set()
         self._left_at_stop: set[int] = set()  # stopped ranks that were already leaving then
         self._killed: set[int] = set()
+        self._not_started: set[int] = set()  # remote ranks whose agent failed on its own, after the cause
         self._cause: str | None = None
         self._cause_rank: int | None = None
         self._exit_status = 0
+        self._stopped_by: int | None = None  # the signal to the launcher that stopped the job
 
     @property
     def running(self) -> list[int]:
@@ -151,6 +173,12 @@ class JobPolicy:
     def exit_status(self) -> int:
         """The launcher's exit status: the cause's, or 0 if every rank exited 0."""
         return self._exit_status
+
+    @property
+    def fatal_signal(self) -> int | None:
+        """The signal the launcher ends by, after the job is cleaned up: the SIGINT, SIGTERM or
+        SIGHUP that stopped the job (`exit_status` then 128+N, should it survive it); else None."""
+        return self._stopped_by if self._stopped_by in _DIE_OF else None
 
     def rank_started(self, info: RankInfo) -> None:
         """Record a started rank."""
@@ -210,12 +238,16 @@ class JobPolicy:
         return self._stop_all()
 
     def signalled(self, signum: int) -> Decision:
-        """The launcher got SIGINT/SIGTERM/SIGHUP: stop in order; a second signal kills at once."""
+        """The launcher got a signal. SIGUSR1/SIGUSR2: pass it on to every running rank. Any other
+        (SIGINT, SIGTERM, SIGHUP, SIGQUIT): stop in order; a second such signal kills at once."""
+        if signum in PASSED_ON:
+            return Decision(Action.FORWARD, tuple(self.running), signum=signum)
         if self.settling:  # a rank failed before the signal: that is the cause; stop in order
             return self._name_first_failure()
         name = _signal_name(signum)
         if not self.stopping:
             self._set_cause(f"interrupted by {name}", 128 + signum)
+            self._stopped_by = signum
             return self._stop_all()
         if not self._running:
             return NOTHING
@@ -228,12 +260,16 @@ class JobPolicy:
         info = self._ranks[rank]
         self._ranks[rank] = RankInfo(info.rank, info.host, pid)
 
-    def host_failed(self, rank: int, host: str, reason: str, status: int) -> Decision:
-        """A remote rank never started: its host could not be reached, or refused to run it."""
-        if self.settling:
-            return self._name_first_failure()
-        if self.stopping:
-            return NOTHING
+    def host_failed(self, rank: int, host: str, reason: str, status: int, by_signal: bool = False) -> Decision:
+        """A remote rank never started: its host could not be reached, or refused to run it.
+
+        `by_signal`: a signal ended its agent. Once the job is being stopped that is the launcher's
+        own doing for a rank it stopped; any other such failure is the rank's own, and the summary
+        says so."""
+        if self.settling or self.stopping:
+            if not (by_signal and rank in self._stopped):
+                self._not_started.add(rank)
+            return self._name_first_failure() if self.settling else NOTHING
         self._set_cause(f"cannot start rank {rank} on host {host}: {reason}", status)
         self._cause_rank = rank
         return self._stop_all(exclude=rank)  # its agent has exited, or was killed, already
@@ -271,7 +307,8 @@ class JobPolicy:
             if rank == self._cause_rank:
                 continue
             if rank in self._stopped:
-                (on_own if self._failed_after_stop(rank, returncode) else stopped).append(rank)
+                failed = self._failed_after_stop(rank, returncode) or rank in self._not_started
+                (on_own if failed else stopped).append(rank)
             else:
                 (early if returncode == 0 else on_own).append(rank)
         stopped += sorted(self._stopped - self._exits.keys())  # never exited (given up on)

@@ -3,7 +3,9 @@
 The launcher starts it through ssh (or any --rsh-agent) and talks to it over the
 agent's stdin, so nothing secret is ever on a command line:
   line 1      the job secret; the keeper puts it in RINGDIST_SECRET for the rank
-  TERM, KILL  signal the rank's whole process group
+  TERM, KILL  stop the rank: signal its whole process group, and (Linux) the rest of its
+              session, what it started in process groups of its own
+  USR1, USR2  pass the signal on to the rank's process group (the launcher got it)
   end of file the launcher (or its ssh connection) is gone: SIGKILL the group at
               once, as the kernel and the job's guard do for local ranks
 The rank runs in its own session with stdin closed and this process's stdout and
@@ -21,6 +23,35 @@ import sys
 import threading
 
 MARKER = b"\x00RINGDIST-REMOTE "
+ORDERS = {b"TERM": signal.SIGTERM, b"KILL": signal.SIGKILL, b"USR1": signal.SIGUSR1, b"USR2": signal.SIGUSR2}
+
+
+def _signal_session(sid, sig):
+    """Linux: send `sig` to every live process of session `sid` (the rank's: it leads one), again
+    while new ones appear; as the launcher's guard.py does for local ranks."""
+    if not sys.platform.startswith("linux"):
+        return
+    done = set()
+    for _ in range(100 if sig == signal.SIGKILL else 1):
+        more = set()
+        try:
+            names = os.listdir("/proc")
+        except OSError:
+            return
+        for name in names:
+            if not name.isdigit() or int(name) in done:
+                continue
+            try:
+                with open(f"/proc/{name}/stat", "rb") as f:
+                    fields = f.read().rpartition(b")")[2].split()  # state, ppid, group, session, ...
+                if len(fields) > 3 and fields[3] == str(sid).encode() and fields[0] not in (b"Z", b"X"):
+                    os.kill(int(name), sig)
+                    more.add(int(name))
+            except OSError:
+                pass
+        if not more:
+            return
+        done |= more
 
 
 def _say(word):
@@ -80,13 +111,15 @@ class Keeper:
                 os.killpg(self.proc.pid, sig)
             except (ProcessLookupError, PermissionError):
                 pass
+            if sig in (signal.SIGTERM, signal.SIGKILL):
+                _signal_session(self.proc.pid, sig)
 
     def listen(self, stdin):
-        """Carry out the launcher's TERM/KILL lines; on end of file stop the rank ourselves."""
+        """Carry out the launcher's orders (`ORDERS`); on end of file stop the rank ourselves."""
         for line in iter(stdin.readline, b""):
             word = line.strip()
-            if word in (b"TERM", b"KILL"):
-                self.signal_rank(signal.SIGTERM if word == b"TERM" else signal.SIGKILL)
+            if word in ORDERS:
+                self.signal_rank(ORDERS[word])
         self.signal_rank(signal.SIGKILL)
 
     def run(self, stdin):
@@ -110,10 +143,11 @@ class Keeper:
         threading.Thread(target=self.listen, args=(stdin,), daemon=True).start()
         returncode = self._wait()
         with self.lock:
-            try:  # whatever the rank left in its process group goes with it, as for local ranks
+            try:  # whatever the rank left in its process group and session goes with it, as for local ranks
                 os.killpg(self.proc.pid, signal.SIGKILL)
             except (ProcessLookupError, PermissionError):
                 pass
+            _signal_session(self.proc.pid, signal.SIGKILL)
             self.proc.wait()
             self.reaped = True
         _say(f"exit {returncode}")

@@ -10,7 +10,7 @@ rank: its output pipes, how to signal it, how to wait for it.
   `--rsh-agent` command (`ssh -p 2222`, `ip netns exec`, ...). The agent runs
   `remote.py` there (the keeper), which reads the job secret from the agent's
   stdin, starts the rank in its own session, and from then on takes TERM/KILL
-  orders on stdin, stopping the rank's process group itself; when stdin ends
+  (and USR1/USR2) orders on stdin, signalling the rank itself; when stdin ends
   (the launcher or its connection died) it stops the rank on its own.
 """
 
@@ -29,6 +29,7 @@ import threading
 from pathlib import Path
 from typing import Callable, Mapping, Protocol, Sequence
 
+from .guard import kill_session, signal_session
 from .hostfile import Placement
 
 _PR_SET_PDEATHSIG = 1
@@ -64,13 +65,17 @@ class RankProcess:
     def stderr_tap(self, line: bytes | None) -> bytes | None:
         return line
 
-    def wait_started(self) -> tuple[str, int] | None:
-        """Block until the rank is known to run: None, or why it never started and the exit status."""
+    def wait_started(self) -> tuple[str, int, bool] | None:
+        """Block until the rank is known to run: None, or why it never started, the exit status,
+        and whether a signal ended what was starting it (perhaps the launcher's own)."""
         return None
 
     def signal(self, sig: int) -> None:
-        """Send `sig` (SIGTERM or SIGKILL) to the rank's whole process group."""
+        """Send `sig` to the rank's whole process group; SIGTERM and SIGKILL (stopping the rank)
+        also to the rest of its session (`stop_session`)."""
         signal_group(self.proc, sig)
+        if sig in (signal.SIGTERM, signal.SIGKILL):
+            stop_session(self.proc, sig)
 
     def wait_exit(self) -> int:
         """Block until the rank exits; its returncode (-N for signal N), the process left unreaped."""
@@ -82,12 +87,13 @@ class RankProcess:
 
     @property
     def guarded_group(self) -> int | None:
-        """The process group the job's guard kills if the launcher dies: the rank's own."""
+        """The process group the job's guard kills if the launcher dies, its session too: the rank's own."""
         return self.pid
 
     def finish(self, timeout: float) -> None:
-        """Kill whatever is left of the rank and reap it (at the end of the job)."""
+        """Kill whatever is left of the rank, its session included, and reap it (at the end of the job)."""
         signal_group(self.proc, signal.SIGKILL)
+        stop_session(self.proc, signal.SIGKILL)
         try:
             self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
@@ -237,11 +243,11 @@ class RemoteRankProcess(RankProcess):
                 self._early_errors.append(text)
         return line
 
-    def wait_started(self) -> tuple[str, int] | None:
+    def wait_started(self) -> tuple[str, int, bool] | None:
         if not self._answered.wait(self.connect_timeout):
             signal_group(self.proc, signal.SIGKILL)
             return (f"no answer through {self.agent} within {self.connect_timeout:g} s "
-                    f"(RINGDIST_CONNECT_TIMEOUT sets the limit)", UNREACHABLE)
+                    f"(RINGDIST_CONNECT_TIMEOUT sets the limit)", UNREACHABLE, False)
         if self._started:
             return None
         code = wait_exit(self.proc)
@@ -249,9 +255,13 @@ class RemoteRankProcess(RankProcess):
         how = f"exited with code {code}" if code >= 0 else f"was killed by signal {-code}"
         detail = " | ".join(self._early_errors)
         reason = f"{self.agent} {how} before the rank started" + (f": {detail}" if detail else "")
-        return reason, code if code > 0 else UNREACHABLE
+        return reason, code if code > 0 else UNREACHABLE, code < 0
 
     def signal(self, sig: int) -> None:
+        if sig not in (signal.SIGTERM, signal.SIGKILL):  # passed on (SIGUSR1, SIGUSR2): a rank not started misses it
+            if self._started:
+                self.order(signal.Signals(sig).name[3:])
+            return
         if sig == signal.SIGKILL:
             self.order("KILL", close=True)
         else:
@@ -284,7 +294,7 @@ class RemoteRankProcess(RankProcess):
 
 
 class Guard:
-    """The job's guard process (guard.py): if the launcher dies, it kills every rank's process group."""
+    """The job's guard process (guard.py): if the launcher dies, it kills every rank's process group and session."""
 
     def __init__(self) -> None:
         self.proc = subprocess.Popen([sys.executable, "-c", GUARD_SOURCE], stdin=subprocess.PIPE,
@@ -292,7 +302,7 @@ class Guard:
                                      start_new_session=True)
 
     def watch(self, pgid: int) -> None:
-        """Add a process group to kill should the launcher die."""
+        """Add a process group (and the session of the same id) to kill should the launcher die."""
         self._say(f"+{pgid}")
 
     def remove(self, path: str) -> None:
@@ -340,6 +350,17 @@ def signal_group(proc: subprocess.Popen[bytes], sig: int) -> None:
     except (ProcessLookupError, PermissionError):
         # PermissionError: macOS reports EPERM for a group whose only member is a zombie.
         pass
+
+
+def stop_session(proc: subprocess.Popen[bytes], sig: int) -> None:
+    """Linux: send `sig` (SIGTERM, SIGKILL) to the rest of the session the process leads (a rank
+    leads its own): what it started in a process group of its own is still the job's. Only a
+    process that started a session of its own has left the job. Call it before the process is
+    reaped, so that its id, the session's, cannot have been reused. Elsewhere: nothing."""
+    if sig == signal.SIGKILL:
+        kill_session(proc.pid)
+    else:
+        signal_session(proc.pid, sig)
 
 
 def wait_exit(proc: subprocess.Popen[bytes]) -> int:

@@ -275,7 +275,7 @@ def test_policy_interrupts_and_timeout():
     assert first.action is Action.STOP and first.ranks == (0, 1) and policy.exit_status == 130
     second = policy.signalled(signal.SIGINT)
     assert second.action is Action.KILL and second.ranks == (0, 1)
-    assert policy.exit_status == 130
+    assert policy.exit_status == 130 and policy.fatal_signal == signal.SIGINT
 
     policy = started_policy(1, timeout=2.5)
     assert "job exceeded --timeout 2.5s" in policy.timed_out().message
@@ -283,7 +283,7 @@ def test_policy_interrupts_and_timeout():
 
     policy = started_policy(1)
     policy.signalled(signal.SIGTERM)
-    assert policy.exit_status == 143
+    assert policy.exit_status == 143 and policy.fatal_signal == signal.SIGTERM
 
 
 def test_policy_start_failure():
@@ -291,6 +291,20 @@ def test_policy_start_failure():
     decision = policy.start_failed(1, "localhost", FileNotFoundError(2, "No such file or directory", "nope"))
     assert decision.ranks == (0,) and policy.exit_status == 127
     assert "cannot start rank 1 (host localhost): No such file or directory: 'nope'" in decision.message
+
+
+def test_policy_a_remote_rank_that_could_not_start_either_failed_on_its_own():
+    policy = started_policy(4)
+    first = policy.host_failed(0, "a", "ssh exited with code 255 before the rank started", 255)
+    assert first.action is Action.STOP and first.ranks == (1, 2, 3) and policy.exit_status == 255
+    second = policy.host_failed(1, "b", "ssh exited with code 255 before the rank started", 255)
+    assert second == Decision(Action.NOTHING)
+    policy.host_failed(2, "c", "ssh was killed by signal 15 before the rank started", 255, by_signal=True)  # the stop
+    for rank, code in ((1, 255), (2, 255), (3, -15)):
+        policy.rank_exited(rank, code)
+    assert policy.exit_status == 255
+    assert policy.summary() == ("ringdist-launch: cannot start rank 0 on host a: ssh exited with code 255 before the "
+                                "rank started; rank 1 then failed on its own; ranks 2,3 stopped by the launcher")
 
 
 # --- real launches ------------------------------------------------------------------------
@@ -523,15 +537,15 @@ def test_timeout_stops_the_job_with_124():
     assert "job exceeded --timeout 1s; stopping ranks 0,1" in result.stderr
 
 
-@pytest.mark.parametrize("sig, status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
-def test_signal_to_the_launcher_stops_every_rank(sig, status):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP], ids=lambda s: s.name)
+def test_signal_to_the_launcher_stops_every_rank_and_then_ends_it(sig):
     proc = start_launcher(["-n", "3", SLEEPER, "60"])
     try:
         out = LineReader(proc.stdout)
         pids = [int(p) for m in out.wait_for(r"pid (\d+) (\d+)", 3) for p in m.groups()]
         assert all(pid_alive(p) for p in pids)
         proc.send_signal(sig)
-        assert proc.wait(timeout=20) == status
+        assert proc.wait(timeout=20) == -sig  # killed by it, once the job is stopped: as a shell expects
         assert wait_until_gone(pids, timeout=5) == []
         assert f"interrupted by {signal.Signals(sig).name}; stopping ranks 0,1,2" in proc.stderr.read()
     finally:
@@ -547,7 +561,7 @@ def test_second_sigint_kills_at_once():
         err.wait_for("stopping ranks 0,1")
         started = time.monotonic()
         proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=20) == 130
+        assert proc.wait(timeout=20) == -signal.SIGINT
         assert time.monotonic() - started < 10
         assert wait_until_gone(pids) == []
         err.wait_for(r"SIGINT again; killing ranks 0,1 now")
@@ -724,3 +738,30 @@ def test_value_options_table_matches_the_parser():
     helptext = parser.format_help()
     for flag in re.findall(r"(--?[\w-]+) [A-Z]", helptext):
         assert flag in _VALUE_OPTIONS or flag == "-m", flag
+
+
+def test_a_remote_rank_whose_agent_fails_on_its_own_during_the_stop_is_not_said_stopped(tmp_path):
+    # rdtest-a cannot be reached (once rdtest-b's agent ignores SIGTERM); rdtest-b neither, a moment later.
+    ready = tmp_path / "b-ignores-term"
+    agent = tmp_path / "agent.sh"
+    agent.write_text(f"""#!/bin/sh
+if [ "$1" = rdtest-a ]; then
+    i=0; while [ ! -e {ready} ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done
+    echo "no route to $1" >&2; exit 255
+fi
+trap "" TERM
+touch {ready}
+sleep 1
+echo "no route to $1" >&2
+exit 255
+""")
+    agent.chmod(0o755)
+    hostfile = tmp_path / "hosts.json"
+    hostfile.write_text(json.dumps({"hosts": [{"ssh": "rdtest-a", "ips": ["127.0.0.1"]},
+                                              {"ssh": "rdtest-b", "ips": ["127.0.0.1"]}]}))
+    result = run_launcher(["--rsh-agent", str(agent), "--rendezvous", "127.0.0.1", "--hosts", str(hostfile),
+                           "--grace", "20", "--", PY, "-c", "pass"], timeout=60)
+    assert result.returncode == 255, result.stderr
+    assert launcher_lines(result.stderr)[-1] == (
+        f"ringdist-launch: cannot start rank 0 on host rdtest-a: {agent} exited with code 255 before the rank "
+        "started: no route to rdtest-a; rank 1 then failed on its own"), result.stderr

@@ -1,16 +1,20 @@
-"""ringdist-launch's input: bounded, validated hostfiles, per-rank variables, and a script that is not there."""
+"""ringdist-launch's input: bounded, validated hostfiles, per-rank variables, a script that is not there,
+and standard files that are closed or go away."""
 
 from __future__ import annotations
 
 import json
 import os
 import re
+import shlex
+import signal
+import subprocess
 import sys
 import time
 
 import pytest
 
-from helpers import HOSTFILES, SCRIPTS, run_launcher
+from helpers import HOSTFILES, LAUNCHER, SCRIPTS, kill_tree, run_launcher
 
 PY = sys.executable
 SHOW_ENV = ("import json, os; print(json.dumps({k: os.environ.get(k) for k in "
@@ -159,3 +163,80 @@ def test_local_world_size_counts_the_ranks_local_rank_counts_among():
     assert result.returncode == 0, result.stderr
     for name, value in (("LOCAL_RANK", "0"), ("LOCAL_WORLD_SIZE", "1"), ("RINGDIST_LOCAL_WORLD_SIZE", "4")):
         assert re.findall(rf"(?<![A-Z_]){name}=(\d+)", result.stdout) == [value] * 4, (name, result.stdout)
+
+
+def test_a_directory_given_as_script_is_refused_before_anything_starts(tmp_path):
+    (tmp_path / "job.py").mkdir()  # no __main__.py: each rank's python would fail
+    result = run_launcher(["-n", "2", "job.py"], timeout=30, cwd=tmp_path)
+    assert result.returncode == 127 and result.stdout == "", result.stderr
+    assert result.stderr == "ringdist-launch: job.py: is a directory without a __main__.py for Python to run\n"
+    (tmp_path / "app.py").mkdir()  # one Python can run
+    (tmp_path / "app.py" / "__main__.py").write_text("print('app ran')\n")
+    ran = run_launcher(["-n", "2", "app.py"], timeout=60, cwd=tmp_path)
+    assert ran.returncode == 0 and sorted(ran.stdout.splitlines()) == ["[0] app ran", "[1] app ran"], ran.stderr
+    (tmp_path / "tool").mkdir()
+    named = run_launcher(["-n", "2", "./tool"], timeout=30, cwd=tmp_path)
+    assert named.returncode == 126 and named.stderr == "ringdist-launch: ./tool: is a directory, not a program\n"
+
+
+def test_a_program_named_without_a_slash_is_looked_up_on_path_and_that_is_said(tmp_path):
+    program = tmp_path / "train"
+    program.write_text("#!/bin/sh\necho trained\n")
+    program.chmod(0o755)
+    (tmp_path / "tools").mkdir()
+    for args, shown in ((["train"], "to run the file here, write ./train"),
+                        (["--", "train"], "to run the file here, write ./train"),
+                        (["tools"], "./tools is a directory, not a program")):
+        result = run_launcher(["-n", "2", *args], timeout=30, cwd=tmp_path)
+        assert result.returncode == 127 and result.stdout == "", result.stderr
+        name = args[-1]
+        assert result.stderr == (f"ringdist-launch: {name}: not found on PATH (a program named without '/' "
+                                 f"is looked up there); {shown}\n")
+    ran = run_launcher(["-n", "2", "./train"], timeout=30, cwd=tmp_path)
+    assert ran.returncode == 0 and sorted(ran.stdout.splitlines()) == ["[0] trained", "[1] trained"], ran.stderr
+
+
+def test_an_ipv6_address_with_a_slots_like_tail_must_be_bracketed():
+    result = run_launcher(["--hosts", "::1:2", "--dry-run", "--", PY, "-c", "pass"], timeout=30)
+    assert result.returncode == 2 and result.stdout == "", result.stderr
+    assert result.stderr == ("ringdist-launch: error: --hosts: entry 0: '::1:2' is ambiguous: write [::1]:2 "
+                             "for 2 slots on ::1, or [::1:2] for that address\n")
+    slots = run_launcher(["--hosts", "[::1]:2", "--dry-run", "--", PY, "-c", "pass"], timeout=30)
+    assert slots.returncode == 0, slots.stderr
+    assert slots.stdout.count("on host ::1 (local)") == 2 and "ssh" not in slots.stdout, slots.stdout
+
+
+@pytest.mark.parametrize("closed", [">&-", "2>&-"])
+def test_a_closed_standard_file_is_not_a_crash(closed):
+    """`ringdist-launch ... >&-`: Python starts with sys.stdout None, and the launcher's first pipe would take fd 1."""
+    code = "import sys; print('out'); print('err', file=sys.stderr)"
+    launch = shlex.join([*LAUNCHER, "-n", "2", "--", PY, "-c", code])
+    proc = subprocess.Popen(["bash", "-c", f"exec {launch} {closed}"], stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=60)
+    finally:
+        kill_tree(proc)
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err
+    if closed != ">&-":
+        assert sorted(out.splitlines()) == ["[0] out", "[1] out"], out + err
+    if closed != "2>&-":
+        assert sorted(err.splitlines()) == ["[0] err", "[1] err"], out + err
+
+
+def test_output_whose_reader_went_away_ends_the_launcher_quietly():
+    """`ringdist-launch --dry-run ... | head -1`: killed by SIGPIPE as other programs are, no traceback."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone before the first write
+    try:
+        proc = subprocess.Popen([*LAUNCHER, "-n", "64", "--dry-run", "--", PY, "-c", "pass"], stdin=subprocess.DEVNULL,
+                                stdout=write_end, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    finally:
+        os.close(write_end)
+    try:
+        _, err = proc.communicate(timeout=60)
+    finally:
+        kill_tree(proc)
+    assert err == ""
+    assert proc.returncode == -signal.SIGPIPE

@@ -1,0 +1,162 @@
+"""Carrying out a parsed command line: the plan, the checks made before anything starts, then a
+dry run or the job. `cli` imports this module only once it has taken over Ctrl-C: it loads
+ringdist (and numpy).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import shlex
+import shutil
+import sys
+
+from ringdist import tuning
+from ringdist.errors import ConfigError
+from ringdist.settings import Settings
+
+from .hostfile import Hostfile, load_hostfile, parse_env_assignment, parse_hosts_arg
+from .job import run_job
+from .output import LineWriter
+from .plan import JobPlan, RankLaunch, Target, build_plan, describe_plan, local_hostfile
+from .policy import EXIT_NOT_EXECUTABLE, EXIT_NOT_FOUND, EXIT_USAGE, PROG, Outcome
+from .route import choose_rendezvous
+from .spawn import LocalSpawner, RemoteSpawner, spawner_for
+
+
+def launch(options: argparse.Namespace, target: Target) -> Outcome:
+    """Print the plan of a parsed command line (--dry-run) or run its job; how the launcher ends."""
+    local = LocalSpawner()
+    remote: list[RemoteSpawner] = []
+    try:
+        plan = _plan(options, target)
+        agent = _agent(options)
+        host, port = choose_rendezvous(plan, options.rendezvous, agent)
+        plan = dataclasses.replace(plan, rendezvous_host=host, rendezvous_port=port)
+
+        def remote_spawner() -> RemoteSpawner:
+            if not remote:
+                remote.append(RemoteSpawner(local, agent=agent, python=options.python, grace=options.grace,
+                                            connect_timeout=_connect_timeout(plan)))
+            return remote[0]
+
+        spawners = [spawner_for(r.placement, local, remote_spawner) for r in plan.ranks]
+    except ConfigError as e:
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        return Outcome(EXIT_USAGE)
+    problem = _program_problem(target, plan)
+    if problem is not None:
+        message, status = problem
+        print(f"{PROG}: {message}", file=sys.stderr)
+        return Outcome(status)
+    if options.dry_run:
+        def remote_command(rank: RankLaunch, env: dict[str, str]) -> str:
+            argv = remote_spawner().command(rank.placement.ssh or "", rank.argv, env,
+                                            plan.cwd or os.getcwd(), keeper="<ringdist_launch/remote.py>")
+            return shlex.join(argv) + "  (the job secret goes on its stdin)"
+
+        print(describe_plan(plan, remote_command))
+        return Outcome(0)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    writer = LineWriter(sys.stdout.fileno(), sys.stderr.fileno())
+    try:
+        return run_job(
+            plan,
+            spawners,
+            writer,
+            prefix=not options.no_prefix,
+            timeout=options.timeout,
+            grace=options.grace,
+            verbose=options.verbose,
+        )
+    finally:
+        writer.close()  # bounded: a stdout nobody reads does not keep the launcher from exiting
+
+
+def _plan(options: argparse.Namespace, target: Target) -> JobPlan:
+    hostfile = _hosts(options)
+    env = [parse_env_assignment(text, "--env") for text in options.env]
+    if options.cwd is not None and not os.path.isdir(options.cwd):
+        raise ConfigError(f"--cwd: no such directory: {options.cwd}")
+    plan = build_plan(
+        target,
+        hostfile,
+        nprocs=options.nprocs,
+        python=options.python,
+        env=env,
+        cwd=options.cwd,
+        verbose=options.verbose,
+    )
+    for rank in plan.ranks[:1]:  # the library's settings, as the ranks will read them: refused here, not in N tracebacks
+        tuning.check_overrides(Settings.from_env({**os.environ, **dict(rank.user_env)}).algo)
+    return plan
+
+
+def _program_problem(target: Target, plan: JobPlan) -> tuple[str, int] | None:
+    """Why the program cannot start on this machine, seen before anything starts, and the exit
+    status to end with; None if no problem is seen.
+
+    - `script.py` that does not exist, or that is a directory without `__main__.py` (what
+      Python runs of a directory): 127, as a shell's "not found";
+    - a program named with a "/" that is a directory: 126, as a shell's "Is a directory";
+    - a program named without "/" is looked up on PATH (as a shell does): when it is not
+      found there but a file or directory of that name is where the ranks start, 127, saying
+      so and how to name that file.
+
+    Checked only when some rank runs here: a remote host has its own files.
+    """
+    if target.kind == "module":
+        return None
+    local = [r for r in plan.ranks if r.placement.is_local]
+    if not local:
+        return None
+    name = target.name
+    path = os.path.join(plan.cwd or "", name)
+    where = f" (in --cwd {plan.cwd})" if plan.cwd and not os.path.isabs(name) else ""
+    if target.kind == "script" and name.endswith(".py"):
+        if not os.path.exists(path):
+            return f"{name}: No such file or directory{where}", EXIT_NOT_FOUND
+        if os.path.isdir(path) and not os.path.isfile(os.path.join(path, "__main__.py")):
+            return f"{name}: is a directory without a __main__.py for Python to run{where}", EXIT_NOT_FOUND
+        return None
+    if os.sep in name or (os.altsep and os.altsep in name):
+        if os.path.isdir(path):
+            return f"{name}: is a directory, not a program{where}", EXIT_NOT_EXECUTABLE
+        return None
+    search = dict(local[0].user_env).get("PATH", os.environ.get("PATH", os.defpath))
+    if shutil.which(name, path=search) is not None or not os.path.lexists(path):
+        return None  # found on PATH; or nowhere, which starting it reports (127)
+    found = "not found on PATH (a program named without '/' is looked up there)"
+    if os.path.isdir(path):
+        return f"{name}: {found}; ./{name}{where} is a directory, not a program", EXIT_NOT_FOUND
+    here = f"in --cwd {plan.cwd}" if plan.cwd else "here"
+    return f"{name}: {found}; to run the file {here}, write ./{name}", EXIT_NOT_FOUND
+
+
+def _agent(options: argparse.Namespace) -> list[str] | None:
+    if options.rsh_agent is None:
+        return None
+    try:
+        agent = shlex.split(options.rsh_agent)
+    except ValueError as e:
+        raise ConfigError(f"--rsh-agent: {e}") from None
+    if not agent:
+        raise ConfigError("--rsh-agent: empty command")
+    return agent
+
+
+def _connect_timeout(plan: JobPlan) -> float:
+    """RINGDIST_CONNECT_TIMEOUT as the ranks will see it (their envs, else the launcher's environment)."""
+    env = {**os.environ, **dict(plan.ranks[0].user_env)} if plan.ranks else dict(os.environ)
+    return Settings.from_env(env).connect_timeout
+
+
+def _hosts(options: argparse.Namespace) -> Hostfile:
+    spec = options.hosts
+    if spec is None:
+        return local_hostfile(options.nprocs or 1)
+    if spec.endswith(".json") or os.sep in spec or os.path.isfile(spec):  # host names hold no "/"
+        return load_hostfile(spec)
+    return parse_hosts_arg(spec)

@@ -1,0 +1,196 @@
+"""ringdist-launch and signals: how it ends when signalled, signals it ignores or passes on, and
+what a rank started that it must not leave behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from helpers import LAUNCHER, SCRIPTS, LineReader, kill_tree, pid_alive, start_launcher, wait_until_gone
+from ringdist_launch.policy import Action, JobPolicy, RankInfo
+
+SLEEPER = str(SCRIPTS / "sleeper.py")
+EXIT_CODE = str(SCRIPTS / "exit_code.py")
+SIGNAL_WAITER = str(SCRIPTS / "signal_waiter.py")
+REGROUPED_CHILD = str(SCRIPTS / "regrouped_child.py")
+LINUX = sys.platform.startswith("linux")
+
+
+def started_policy(n: int) -> JobPolicy:
+    policy = JobPolicy()
+    for r in range(n):
+        policy.rank_started(RankInfo(r, "localhost", 100 + r))
+    return policy
+
+
+def kill_pids(pids: list[int]) -> None:
+    """SIGKILL processes a test started that outlived their launcher (a failed test must not leave them)."""
+    for pid in pids:
+        if pid_alive(pid):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+
+
+# --- policy (pure) ------------------------------------------------------------------------
+
+
+def test_policy_ends_the_launcher_by_the_signal_that_stopped_the_job():
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        policy = started_policy(2)
+        assert policy.signalled(sig).action is Action.STOP
+        assert policy.fatal_signal == sig and policy.exit_status == 128 + sig
+    policy = started_policy(2)
+    assert policy.signalled(signal.SIGQUIT).action is Action.STOP  # as SIGTERM, but its default dumps core
+    assert policy.fatal_signal is None and policy.exit_status == 131
+    policy = started_policy(2)
+    policy.rank_exited(0, 3)
+    policy.signalled(signal.SIGINT)  # the rank's failure is the cause: its code, no signal
+    assert policy.fatal_signal is None and policy.exit_status == 3
+    assert started_policy(1).fatal_signal is None
+
+
+def test_policy_passes_sigusr1_and_sigusr2_on_and_the_job_goes_on():
+    policy = started_policy(3)
+    policy.rank_exited(1, 0)
+    for sig in (signal.SIGUSR1, signal.SIGUSR2):
+        decision = policy.signalled(sig)
+        assert decision.action is Action.FORWARD and decision.ranks == (0, 2) and decision.signum == sig
+        assert decision.message is None
+    assert not policy.stopping and policy.exit_status == 0
+    assert policy.signalled(signal.SIGTERM).action is Action.STOP  # the first signal that stops it, not a second
+
+
+# --- real launches --------------------------------------------------------------------------
+
+
+def test_ctrl_c_stops_the_shell_loop_running_the_launcher():
+    """Ctrl-C reaches the shell and the launcher (their process group); a shell goes on with its
+    script unless the program it waits for was killed by SIGINT."""
+    launch = shlex.join([*LAUNCHER, "-n", "2", SLEEPER, "60"])
+    proc = subprocess.Popen(["bash", "-c", f"for i in 1 2; do {launch}; echo went on with $?; done; echo after"],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        out = LineReader(proc.stdout)
+        pids = [int(p) for m in out.wait_for(r"pid (\d+) (\d+)", 2, timeout=60) for p in m.groups()]
+        os.killpg(proc.pid, signal.SIGINT)  # as a terminal's Ctrl-C: the foreground process group
+        assert proc.wait(timeout=30) == -signal.SIGINT, out.rest()
+        text = out.rest()
+        assert "went on" not in text and "after" not in text, text
+        assert wait_until_gone(pids) == []
+        assert "interrupted by SIGINT; stopping ranks 0,1" in proc.stderr.read()
+    finally:
+        kill_tree(proc)
+
+
+def test_ctrl_c_while_the_launcher_loads_ends_it_quietly():
+    proc = start_launcher(["-n", "1", SLEEPER, "60"])
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:  # numpy loads only once `main` runs: it is loading now
+            try:
+                if "numpy" in Path(f"/proc/{proc.pid}/maps").read_text():
+                    break
+            except OSError:
+                if not LINUX:
+                    time.sleep(0.2)
+                    break
+            time.sleep(0.005)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+        assert proc.returncode == -signal.SIGINT, err
+        assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
+    finally:
+        kill_tree(proc)
+
+
+def test_sighup_ignored_at_start_stays_ignored():
+    """`nohup ringdist-launch ...`: a hangup must not stop the job."""
+    proc = subprocess.Popen(["nohup", *LAUNCHER, "-n", "2", EXIT_CODE, "-1", "0", "2"],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        out = LineReader(proc.stdout)
+        out.wait_for(r"^\[\d\] pid \d+$", 2, timeout=60)
+        proc.send_signal(signal.SIGHUP)
+        assert proc.wait(timeout=30) == 0
+        err = proc.stderr.read()
+        assert "interrupted" not in err and "SIGHUP" not in err, err
+    finally:
+        kill_tree(proc)
+
+
+def remote_hosts(tmp_path: Path, slots: int) -> list[str]:
+    """Options that run `slots` ranks on a "remote" host through an rsh agent that runs them here (a keeper each)."""
+    hostfile = tmp_path / "hosts.json"
+    hostfile.write_text(json.dumps({"hosts": [{"ssh": "rdtest-elsewhere", "ips": ["127.0.0.1"], "slots": slots}]}))
+    return ["--rsh-agent", str(SCRIPTS / "local_agent.sh"), "--rendezvous", "127.0.0.1", "--hosts", str(hostfile)]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGUSR1, signal.SIGUSR2], ids=lambda s: s.name)
+@pytest.mark.parametrize("where", ["local", "remote"])
+def test_sigusr1_and_sigusr2_are_passed_on_to_every_rank(sig, where, tmp_path):
+    """As mpirun: a scheduler's warning before pre-emption (Slurm's --signal=USR1@60) reaches the ranks."""
+    hosts = ["-n", "3"] if where == "local" else remote_hosts(tmp_path, 3)
+    proc = start_launcher([*hosts, SIGNAL_WAITER, "30"])
+    try:
+        out = LineReader(proc.stdout)
+        out.wait_for(r"^\[\d\] ready pid=\d+$", 3, timeout=60)
+        proc.send_signal(sig)
+        got = out.wait_for(rf"^\[(\d)\] got {sig.name}$", 3, timeout=20)
+        assert sorted(m.group(1) for m in got) == ["0", "1", "2"]
+        assert proc.wait(timeout=30) == 0
+        assert proc.stderr.read() == ""
+    finally:
+        kill_tree(proc)
+
+
+def test_sigquit_stops_the_job_as_sigterm_does():
+    proc = start_launcher(["-n", "2", SLEEPER, "60"])
+    try:
+        out = LineReader(proc.stdout)
+        pids = [int(p) for m in out.wait_for(r"pid (\d+) (\d+)", 2, timeout=60) for p in m.groups()]
+        proc.send_signal(signal.SIGQUIT)
+        assert proc.wait(timeout=30) == 131
+        assert wait_until_gone(pids) == []
+        assert proc.stderr.read().splitlines() == [
+            "ringdist-launch: interrupted by SIGQUIT; stopping ranks 0,1",
+            "ringdist-launch: interrupted by SIGQUIT; ranks 0,1 stopped by the launcher",
+        ]
+    finally:
+        kill_tree(proc)
+
+
+@pytest.mark.skipif(not LINUX, reason="a rank's session is found through /proc")
+@pytest.mark.parametrize("end", ["normal", "launcher killed", "remote normal", "remote launcher killed"])
+def test_a_process_in_its_own_group_goes_with_the_rank_one_in_its_own_session_stays(end, tmp_path):
+    """A rank's child that moved to a process group of its own is still in the rank's session, and the
+    job's; a child that started its own session has left the job. A remote rank's keeper does the same."""
+    seconds = "0.5" if end.endswith("normal") else "60"
+    hosts = remote_hosts(tmp_path, 2) if end.startswith("remote") else ["-n", "2"]
+    proc = start_launcher([*hosts, REGROUPED_CHILD, seconds])
+    children: list[int] = []
+    try:
+        found = LineReader(proc.stdout).wait_for(r"children (\d+) (\d+)", 2, timeout=60)
+        children = [int(p) for m in found for p in m.groups()]
+        regrouped, left = children[0::2], children[1::2]
+        if end.endswith("normal"):
+            assert proc.wait(timeout=30) == 0
+        else:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=10)
+        assert wait_until_gone(regrouped) == []
+        assert all(pid_alive(p) for p in left)
+    finally:
+        kill_tree(proc)
+        kill_pids(children)
