@@ -24,6 +24,7 @@ import collections
 import errno
 import os
 import select
+import stat
 import threading
 import time
 from typing import Callable
@@ -31,6 +32,10 @@ from typing import Callable
 BUFFER_BYTES = 4 << 20  # rank output queued for one destination, at most
 MESSAGE_ROOM = 1 << 20  # beyond BUFFER_BYTES, for the launcher's own messages
 WRITE_BYTES = 16 << 10  # the most one write() call is given: progress is seen at least this often
+# To a pipe, at most this much, ending at a line's end where one fits: the kernel takes such a write
+# whole or not at all (POSIX's PIPE_BUF), so a reader that stops for good leaves no line cut short,
+# and what was written is known to the byte when the launcher gives up on it.
+PIPE_WRITE_BYTES = 4096
 STALL_AFTER = 2.0  # a write without progress this long: the destination is not being read
 NOTICE_EVERY = 5.0  # seconds between two "lines dropped" notices while the job runs
 CLOSE_STALL = 2.0  # at exit, give up on a destination whose write made no progress this long
@@ -54,6 +59,7 @@ class Destination:
         self._dropped = 0  # rank lines dropped and not yet reported
         self._last_notice = 0.0
         self._dead = not _is_open(fd)
+        self._piece = PIPE_WRITE_BYTES if _is_pipe(fd) else WRITE_BYTES
         threading.Thread(target=self._run, name=f"write {name}", daemon=True).start()
 
     def put(self, data: bytes, lines: int) -> None:
@@ -155,9 +161,15 @@ class Destination:
     def _write(self, data: bytes) -> OSError | None:
         """Write all of `data`; the error that ended the destination, if any."""
         view = memoryview(data)
-        while view:
+        pos, size, piece = 0, len(data), self._piece
+        while pos < size:
+            end = pos + piece
+            if end < size and piece == PIPE_WRITE_BYTES:
+                cut = data.rfind(b"\n", pos, end)
+                if cut >= pos:
+                    end = cut + 1
             try:
-                n = os.write(self.fd, view[:WRITE_BYTES])
+                n = os.write(self.fd, view[pos:end])
             except BlockingIOError:  # a non-blocking file description: wait until it takes more
                 poller = select.poll()
                 poller.register(self.fd, select.POLLOUT)
@@ -167,7 +179,7 @@ class Destination:
                 if e.errno == errno.EPIPE:
                     _discard_from_now_on(self.fd)  # `| head` went away: later writes (and exit's flush) are no-ops
                 return e
-            view = view[n:]
+            pos += n
             with self._cond:
                 self._written += n
                 self._progress = time.monotonic()
@@ -214,6 +226,13 @@ def _same_file(a: int, b: int) -> bool:
     except OSError:
         return False
     return (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino)
+
+
+def _is_pipe(fd: int) -> bool:
+    try:
+        return stat.S_ISFIFO(os.fstat(fd).st_mode)
+    except OSError:
+        return False
 
 
 def _is_open(fd: int) -> bool:
