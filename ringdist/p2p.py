@@ -129,7 +129,6 @@ class _Recv:
         if dt.hasobject:
             raise TypeError(f"rank {g.rank()}: recv: ringdist receives raw array bytes; object dtypes are not supported")
         shape = _shape(self.shape, g.rank())
-        self.tag = _tag(dt, "recv", g)
         try:
             self.out = buffers.cache.empty(shape, dt)
         except MemoryError:
@@ -137,6 +136,9 @@ class _Recv:
                               f"({math.prod(shape) * dt.itemsize} bytes)") from None
         except ValueError as exc:  # numpy's own limits: more than 32 dimensions, or past its sizes
             raise ValueError(f"rank {g.rank()}: recv: shape={shape}, dtype={dt} cannot be allocated: {exc}") from None
+        # The array's dtype, not the one asked for: numpy sizes an unsized one ('S') and moves a
+        # subarray dtype's shape into the array's, as the sender's array has them.
+        self.tag = _tag(self.out.dtype, "recv", g)
         g.check_usable("recv")
         return g._timeout(self.timeout)
 

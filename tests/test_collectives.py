@@ -84,6 +84,21 @@ def test_a_message_whose_dtype_no_header_can_name_is_refused_and_the_pair_s_next
     assert np.array_equal(got, np.arange(3)) and total[0] == total_1[0] == 2.0
 
 
+def test_a_recv_asking_for_a_subarray_or_unsized_dtype_gets_the_array_numpy_makes_of_it():
+    # recv(3, ('f8', (2,))) makes a (3, 2) float64 array, recv(3, 'S') one of |S1: what a sender
+    # of such arrays sends. Compared as asked ('|V16', '|S0'), no send could ever match them.
+    def rank(g):
+        if g.rank() == 0:
+            rd.send(np.arange(6.0).reshape(3, 2), 1, group=g)
+            rd.send(np.array([b"a", b"b", b"c"]), 1, group=g)
+            return None
+        return rd.recv(3, np.dtype(("f8", (2,))), 0, group=g), rd.recv(3, "S", 0, group=g)
+
+    _, (sub, unsized) = run_ranks(2, rank)
+    assert sub.dtype == np.float64 and np.array_equal(sub, np.arange(6.0).reshape(3, 2))
+    assert unsized.dtype == np.dtype("S1") and unsized.tolist() == [b"a", b"b", b"c"]
+
+
 @pytest.mark.parametrize("algo", ["ring", "table"])
 def test_all_to_all_past_the_mesh_over_tcp_keeps_its_memory_bounded(algo):
     # 12 ranks over TCP (no mesh), 1 MiB blocks: input and output 12 MiB each.
