@@ -445,9 +445,11 @@ class Comm:
         ABORT sent before that read would have been read with them (and is staged), and one
         sent after it, by a peer that failed later on, races this check with a poll too."""
         seq = self._seq - 1
-        self._caller.clear()
         if self._untold:  # another thread's failure during this call: its frames are out, the peers are told now
-            self._tell_untold()
+            self._tell_untold()  # while this thread still holds the connections
+        self._caller.clear()
+        if self._untold:  # one that came meanwhile, its thread seeing this call still running
+            self._claim_untold()
         intruder = self._intruder
         if intruder is not None:  # another thread called during a call: see _refuse_thread
             self._intruder = None
@@ -549,22 +551,36 @@ class Comm:
             # could land inside one of its frames. This failure's own connections (a message's)
             # are told now, the rest by that collective once its frames are out.
             own = [ch for ch in channels if ch.role.startswith("p2p")]
-            frame = aborts.abort(outflows, own, exc, self._rank, seq)
+            aborts.abort(outflows, own, exc, self._rank, seq)
+            if self._endpoint is not None:  # links that collective opens must still be made: no ABORT for them yet
+                self._endpoint.note_failure(self._why(exc))
             if len(own) < len(channels):
                 self._untold.append(exc)
-                if self._caller.setdefault(0, me) is me:  # it ended meanwhile: told here after all
-                    self._tell_untold()
-                    self._caller.clear()
+                self._claim_untold()  # it ended meanwhile: told here after all
         else:
             self._caller[0] = me  # a thread that ended in a call holds nothing
             self._untold.clear()  # this ABORT says it all
             frame = aborts.abort(outflows, channels, exc, self._rank, seq)
             self._caller.clear()  # the call is over
-        if self._endpoint is not None:  # a peer that connects to this group from now on hears it too
-            why = aborts.summary(exc, self._rank)
-            if self.gid != "world":  # its ranks are the group's, not the world's the departure names
-                why = f"(as rank {self._rank} of group {self.gid!r}) {why}"
-            self._endpoint.note_aborted(self.gid, frame, why)
+            if self._endpoint is not None:  # a peer that connects to this group from now on hears it too
+                self._endpoint.note_aborted(self.gid, frame, self._why(exc))
+
+    def _why(self, exc: BaseException) -> str:
+        """A failure as the rendezvous is told it (`Endpoint.note_failure`)."""
+        why = aborts.summary(exc, self._rank)
+        if self.gid != "world":  # its ranks are the group's, not the world's the departure names
+            why = f"(as rank {self._rank} of group {self.gid!r}) {why}"
+        return why
+
+    def _claim_untold(self) -> None:
+        """Tell a failure left for this group's collective (`_untold`) if no collective holds the
+        connections now; else the one that does tells it."""
+        me = threading.current_thread()
+        if self._caller.setdefault(0, me) is me:
+            try:
+                self._tell_untold()
+            finally:
+                self._caller.clear()
 
     def _tell_untold(self) -> None:
         """The ABORT of a failure another thread had while this group's collective held its
@@ -574,7 +590,9 @@ class Comm:
         except IndexError:  # told by the other thread meanwhile
             return
         self._untold.clear()
-        aborts.abort([], self.channels, exc, self._rank, self._seq)  # from the call after the one that held them
+        frame = aborts.abort([], self.channels, exc, self._rank, self._seq)  # from the call after the one that held them
+        if self._endpoint is not None:  # a peer that connects to this group from now on hears it too
+            self._endpoint.note_aborted(self.gid, frame, self._why(exc))
 
     def _spin(self, receiving: int) -> float:
         """Seconds a wait may spin, for an operation receiving this many bytes: only operations
@@ -625,6 +643,9 @@ class Comm:
             if not taken:
                 raise RingTimeoutError(busy_pair(self._rank, op, peer, outgoing, self.gid, limit))
         self._p2p_holders[key] = threading.current_thread()  # for `check_closable`
+        if self._closed:  # closed while this thread waited for its turn (or was about to take it)
+            turn.release()
+            self.check_usable(op)
         return turn
 
     def p2p_channel(self, peer: int, outgoing: bool, timeout: float | None = None,

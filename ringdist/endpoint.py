@@ -145,6 +145,12 @@ class Endpoint:
         listener set with `tell_failures_to`."""
         with self._cond:
             self._aborted[group] = frame
+        self.note_failure(why)
+
+    def note_failure(self, why: str) -> None:
+        """A failure here (`why`): the first of the process goes to the listener set with
+        `tell_failures_to` (`note_aborted` calls it; a failure whose ABORT waits to be sent, too)."""
+        with self._cond:
             first = not self._failed
             self._failed = True
             listener = self._on_failure

@@ -193,20 +193,26 @@ def test_closing_a_group_while_another_thread_is_in_a_collective_on_it_is_refuse
     assert got["0 main once A is done"] == "ok 2.0", got  # the group's size, read after closing
 
 
-@pytest.mark.parametrize("env", [{}, {"RINGDIST_SHM": "0", "RINGDIST_DIRECTIONS": "2"}], ids=["shm", "tcp"])
-def test_a_message_failing_on_another_thread_leaves_a_running_collective_s_frames_whole(env):
+@pytest.mark.parametrize("n, op, env", [(2, "all_gather", {}), (2, "all_gather", {"RINGDIST_SHM": "0", "RINGDIST_DIRECTIONS": "2"}),
+                                         (9, "all_sum", {"RINGDIST_SHM": "0"}), (9, "all_sum", {})],
+                         ids=["2-shm", "2-tcp", "9-tcp", "9-shm"])
+def test_a_message_failing_on_another_thread_leaves_a_running_collective_whole(n, op, env):
     # The failed recv's ABORT to the group's connections waits for the collective on them to
-    # end (sent at once, it went inside one of its frames: rank 0 read a bad frame, or wrong
-    # data). That collective goes well on every rank; the group fails from the next one on.
-    res = run_launcher(["-n", "2", str(SCRIPTS / "message_fails_in_a_collective.py")], timeout=60,
+    # end: sent at once, it went inside one of its frames (rank 0 read a bad frame, or wrong
+    # data), and past 8 ranks a link that collective opened after it was answered with it. That
+    # collective goes well on every rank; the group fails from the next one on.
+    res = run_launcher(["-n", str(n), str(SCRIPTS / "message_fails_in_a_collective.py"), op], timeout=90,
                        env={**FAST, **env})
     lines = {f"{r} {who}": text for r, who, text in re.findall(r"^\[(\d)\] (\w+): (.*)$", res.stdout, re.M)}
-    assert lines["1 recv"].startswith("RingTimeoutError: rank 1: recv made no progress for 0.001 s"), res.stdout
-    assert lines["0 all_gather"] == "ok" and lines["1 all_gather"] == "ok", res.stdout
-    assert lines["0 next"].startswith("RingTimeoutError: rank 0: all_gather aborted by rank 1: rank 1: recv made "
-                                      "no progress for 0.001 s"), res.stdout
-    assert lines["1 next"].startswith("GroupBrokenError: rank 1: group 'world' cannot run all_gather: an earlier "
-                                      "operation on it failed (recv: RingTimeoutError"), res.stdout
+    failing = max(1, n - 2)
+    assert lines[f"{failing} recv"].startswith(f"RingTimeoutError: rank {failing}: recv made no progress for 0.001 s"), \
+        res.stdout
+    assert all(lines[f"{r} call"] == "ok" for r in range(n)), res.stdout
+    told = f"{op} aborted by rank {failing}: rank {failing}: recv made no progress for 0.001 s"
+    assert all(lines[f"{r} next"].startswith(f"RingTimeoutError: rank {r}: {told}") for r in range(n) if r != failing), \
+        res.stdout
+    assert lines[f"{failing} next"].startswith(f"GroupBrokenError: rank {failing}: group 'world' cannot run {op}: an "
+                                            "earlier operation on it failed (recv: RingTimeoutError"), res.stdout
 
 
 def test_closing_a_group_while_another_thread_waits_in_a_recv_on_it_is_refused():
