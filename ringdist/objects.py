@@ -202,7 +202,7 @@ def all_gather_object(obj: Any, *, group: Comm | None = None, timeout: float | N
     g = _comm(group, timeout, "all_gather_object")
     try:
         return _all_gather_object(g, obj, timeout)
-    except Exception as exc:
+    except BaseException as exc:  # SystemExit or KeyboardInterrupt from an unpickler too: the others wait
         g.refuse("all_gather_object", exc)  # failed here outside the algorithm's guard: the others are told
         raise
 
@@ -239,7 +239,7 @@ def broadcast_object(obj: Any, root: int = 0, *, group: Comm | None = None, time
     g = _comm(group, timeout, "broadcast_object")
     try:
         return _broadcast_object(g, obj, root, timeout)
-    except Exception as exc:
+    except BaseException as exc:
         g.refuse("broadcast_object", exc)
         raise
 

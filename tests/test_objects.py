@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -237,6 +238,38 @@ def test_an_object_only_some_ranks_cannot_unpickle_fails_on_every_rank_in_the_ca
         assert got[bad][k] == own, got
         assert all(got[r][k] == f"rank {r}: {op} failed on rank {bad}: {own}" for r in range(n) if r != bad), got
     assert all(got[r][2] == list(range(n)) for r in range(n)), got
+
+
+class _ExitsOn(_RefusedOn):
+    """Unpickles everywhere but on one rank, where unpickling raises SystemExit (not an Exception)."""
+
+    def __reduce__(self):
+        return (_exits_on, (self.rank,))
+
+
+def _exits_on(rank):
+    if threading.current_thread().name == f"harness-rank-{rank}":
+        raise SystemExit(f"leaving from rank {rank}")
+    return "unpickled"
+
+
+def test_an_unpickler_that_ends_its_rank_fails_the_call_on_every_rank_at_once():
+    # SystemExit (or KeyboardInterrupt) while rank 2 unpickles: it skipped the agreement and told
+    # nobody, and the others waited out their timeout in it.
+    def rank(g):
+        start = time.monotonic()
+        try:
+            rd.all_gather_object(_ExitsOn(2) if g.rank() == 0 else g.rank(), group=g, timeout=30)
+            return "returned", 0.0
+        except BaseException as exc:  # noqa: BLE001 - SystemExit on rank 2
+            return f"{type(exc).__name__}: {exc}", time.monotonic() - start
+
+    got = run_ranks(3, rank)
+    assert got[2][0] == "SystemExit: leaving from rank 2", got
+    for r in (0, 1):
+        assert got[r][0].startswith(f"RingError: rank {r}: all_gather_object aborted by rank 2: SystemExit: "
+                                    "leaving from rank 2"), got
+    assert all(took < 10 for _, took in got), got
 
 
 @pytest.mark.parametrize("n", [3, 9])
