@@ -111,6 +111,7 @@ class Comm:
         # A failure another thread had while this group's collective held its connections: that
         # collective tells the peers once its frames are out (`_fail`, `finish`).
         self._untold: list[BaseException] = []
+        self.told_peers = False  # an ABORT went on the group's connections (`_fail`, `_tell_untold`)
         self.ring: RingLinks | None = None
         self.mesh: MeshLinks | None = None  # links to every rank, for the direct path (2..8 ranks)
         self.links: Links | None = None  # links to peers, opened on first use (the mesh where there is one)
@@ -561,6 +562,7 @@ class Comm:
             self._caller[0] = me  # a thread that ended in a call holds nothing
             self._untold.clear()  # this ABORT says it all
             frame = aborts.abort(outflows, channels, exc, self._rank, seq)
+            self.told_peers = self.told_peers or any(not ch.role.startswith("p2p") for ch in channels)
             self._caller.clear()  # the call is over
             if self._endpoint is not None:  # a peer that connects to this group from now on hears it too
                 self._endpoint.note_aborted(self.gid, frame, self._why(exc))
@@ -591,6 +593,7 @@ class Comm:
             return
         self._untold.clear()
         frame = aborts.abort([], self.channels, exc, self._rank, self._seq)  # from the call after the one that held them
+        self.told_peers = True
         if self._endpoint is not None:  # a peer that connects to this group from now on hears it too
             self._endpoint.note_aborted(self.gid, frame, self._why(exc))
 

@@ -81,9 +81,9 @@ def settle(job: Job, result: Any, exc: BaseException | None, deferred: list[Job]
     """Complete a call job (a collective on its runner, or a blocking message call on the progress
     thread) and its group's sends and recvs that failed while it ran (`deferred`, each with its
     error). The call, told of them at its next wait, failed with GroupBrokenError naming the
-    first; one that ended well before it heard keeps its result, and `tell(first)` tells the
-    group's peers, which no one has yet."""
-    if exc is None and deferred and tell is not None:
+    first; one that ended well before it heard keeps its result. `tell(first)` tells the group's
+    peers where no one has yet: the call ended well, or was refused before it touched the group."""
+    if deferred and tell is not None and not job.g.told_peers:
         tell(deferred[0])
     for earlier in deferred:
         cause = earlier.error

@@ -253,6 +253,20 @@ def test_a_message_failing_while_its_groups_collective_ends_without_a_wait_is_to
         assert after < 10, raised
 
 
+def test_a_message_failing_before_its_groups_queued_collective_reaches_the_group_is_told_to_the_peers():
+    # Rank 1's irecv fails while its async all_gather_object is still pickling: the call is then
+    # refused (the group is broken) before it touches a connection, and nobody told the peers,
+    # which waited out their 20 s in the call.
+    res = run_launcher(["-n", "3", str(SCRIPTS / "async_lanes.py"), "refused"], timeout=120, env=FAST)
+    assert "[1] recv raised RingTimeoutError" in res.stdout and "[1] all_gather_object raised GroupBrokenError" \
+        in res.stdout, res.stdout + res.stderr
+    for rank in ("0", "2"):
+        heard = re.search(rf"^\[{rank}\] all_gather_object raised \w+ after ([\d.]+)s: (.*)$", res.stdout, re.M)
+        assert heard and "aborted by rank 1" in heard.group(2) and "recv made no progress" in heard.group(2), \
+            res.stdout + res.stderr
+        assert float(heard.group(1)) < 10, res.stdout
+
+
 def test_a_closed_groups_runner_ends_with_it():
     res = run_launcher(["-n", "2", str(SCRIPTS / "async_lanes.py"), "groups"], timeout=120, env=FAST)
     assert res.returncode == 0, res.stdout + res.stderr

@@ -9,6 +9,9 @@ wait_args: Work.wait refuses a bad timeout whether the operation has finished or
 told: rank 0's irecv times out while its group's all_gather_object, past its last wait, still
     works on the runner (3 s more, added after its last step): the peers must hear of the broken
     group at once, not at their timeout.
+refused: rank 1's irecv times out while its group's async all_gather_object has not reached the
+    group yet (its object takes 2 s to pickle), so the call is refused there, the group broken:
+    the peers, in the call, must hear of it at once, not at their timeout.
 groups: 50 sub-groups, one async all_sum each, closed at once: each closed group's runner ends.
 no_runner: the first runner cannot start (no file descriptor for its pipe): the call raises and
     nothing is left pending; the next call works, and exit is prompt.
@@ -135,6 +138,37 @@ if mode == "told":
     except rd.RingError as exc:
         print(f"all_sum raised {type(exc).__name__} after {time.monotonic() - t0:.1f}s: {exc}", flush=True)
     time.sleep(1 if r == 0 else 0)  # rank 0 stays: its peers hear its ABORT, not its exit
+
+class SlowToPickle:
+    def __reduce__(self):
+        time.sleep(2.0)
+        return (int, (7,))
+
+
+if mode == "refused":
+    if r == 0:
+        rd.send(np.zeros(1), 1)  # the pair's connection is open: the recv below fails on it
+    elif r == 1:
+        rd.recv(1, np.float64, 0)
+    rd.barrier()
+    t0 = time.monotonic()
+    if r == 1:
+        lost = rd.recv(1, np.float64, 0, timeout=0.5, async_op=True)  # nobody sends it
+        gathered = rd.all_gather_object(SlowToPickle(), async_op=True)
+        for name, work in (("recv", lost), ("all_gather_object", gathered)):
+            try:
+                work.wait(timeout=30)
+                print(f"{name} returned", flush=True)
+            except rd.RingError as exc:
+                print(f"{name} raised {type(exc).__name__}", flush=True)
+        time.sleep(3)  # stays: its peers hear its ABORT, not its exit
+    else:
+        try:
+            rd.all_gather_object(r, timeout=20)
+            print("all_gather_object returned", flush=True)
+        except rd.RingError as exc:
+            print(f"all_gather_object raised {type(exc).__name__} after {time.monotonic() - t0:.1f}s: {exc}",
+                  flush=True)
 
 if mode == "groups":
     peak = 0
