@@ -23,6 +23,7 @@ from . import buffers, tuning, wire, work
 from .algorithms.blocks import common, sizes_of
 from .arrays import NOTHING
 from .calls import _comm, _header, check_root
+from .collectives import gather_rows
 from .channel import Channel
 from .comm import Comm
 from .errors import MismatchError, RingError
@@ -115,9 +116,13 @@ FAILURE_CHARS = 2000
 def _agree(g: Comm, op: str, algorithm: Any, failure: ValueError | None, timeout: float | None) -> None:
     """After an object collective's unpickling: every rank hears whether every rank could
     unpickle what it got (an object may unpickle on its sender and not elsewhere: a class
-    defined on one rank only). One more small step of the same algorithm carries each rank's
-    failure, if any; where there is one, every rank raises ValueError in the call, naming it.
-    The group stays usable: every rank made the same calls and raised in the same one."""
+    defined on one rank only). A byte from every rank says whether it could (an all_gather
+    under the op `<op> (agreement step)`); where one could not, one more step of the collective's own
+    algorithm carries every rank's failure, and every rank raises ValueError in the call,
+    naming it. The group stays usable: every rank made the same calls and raised in the same one."""
+    flags = gather_rows(np.array([failure is not None], np.uint8), group=g, op=f"{op} (agreement step)", timeout=timeout)
+    if not flags.any():
+        return
     header = _header(g, op, NOTHING, algorithm.name)
     text = ("" if failure is None else str(failure))[:FAILURE_CHARS].encode("utf-8", "replace")
 

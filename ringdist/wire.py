@@ -257,6 +257,9 @@ def describe_header(fields: dict[str, Any]) -> str:
     shape = tuple(fields.get("shape", ()))
     if fields.get("op") == "split":  # its (color, key) exchange is an implementation detail
         return f"Group.split() [call #{fields.get('seq')}]"
+    op = fields.get("op")
+    if isinstance(op, str) and op.endswith(" (agreement step)"):  # an object collective's last step (`objects`)
+        return f"{op} [call #{fields.get('seq')}]"
     extras = "".join(
         f", {k}={v!r}" for k, v in sorted(fields.items()) if k not in ("op", "seq", "dtype", "shape") + INTERNAL_FIELDS
     )
