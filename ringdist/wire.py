@@ -238,10 +238,14 @@ def check_header(fields: dict[str, Any]) -> dict[str, Any]:
 def describe_dtype(tag: Any) -> str:
     """A header's dtype as messages name it: float32, bfloat16; '>f4' (quoted) where the byte order
     is not this machine's (else both sides of a mismatch would read float32); '<U6' rather than str192."""
+    import warnings
+
     import numpy as np
 
     try:
-        dt = np.dtype(tag)
+        with warnings.catch_warnings():  # a peer's tag numpy deprecates ('a') is described, not warned of
+            warnings.simplefilter("ignore")
+            dt = np.dtype(tag)
         return dt.name if (dt.kind in "biufc" and dt.isnative) or dtype_tag(dt) == dt.name else repr(dt.str)
     except Exception:
         return repr(tag)
