@@ -12,7 +12,7 @@ process group, and the guard kills that; a rank leads its own session too (the g
 id is the session's), and on Linux the guard also kills the rest of that session: a
 process the rank started in a process group of its own. A process that started its own
 session has left the job and is left alone. Standard library only, and nothing else to
-import (`spawn` imports `kill_session` and `signal_session` from here).
+import (`spawn` imports `kill_sessions` and `signal_sessions` from here).
 """
 
 import os
@@ -24,16 +24,16 @@ import sys
 KILL_PASSES = 100
 
 
-def signal_session(sid, sig, skip=()):
-    """Linux: send `sig` to every live process of session `sid` whose pid is not in `skip`;
-    return the pids signalled (elsewhere, or without /proc: none)."""
-    if not sys.platform.startswith("linux"):
+def signal_sessions(sids, sig, skip=()):
+    """Linux: send `sig` to every live process of the sessions `sids` whose pid is not in `skip`,
+    in one pass over /proc; return the pids signalled (elsewhere, or without /proc: none)."""
+    if not sids or not sys.platform.startswith("linux"):
         return set()
     try:
         names = os.listdir("/proc")
     except OSError:
         return set()
-    wanted = str(sid).encode()
+    wanted = {str(sid).encode() for sid in sids}
     signalled = set()
     for name in names:
         if not name.isdigit() or int(name) in skip:
@@ -44,7 +44,7 @@ def signal_session(sid, sig, skip=()):
                 fields = f.read().rpartition(b")")[2].split()
         except OSError:  # gone already
             continue
-        if len(fields) > 3 and fields[3] == wanted and fields[0] not in (b"Z", b"X"):
+        if len(fields) > 3 and fields[3] in wanted and fields[0] not in (b"Z", b"X"):
             try:
                 os.kill(int(name), sig)
             except OSError:
@@ -53,13 +53,13 @@ def signal_session(sid, sig, skip=()):
     return signalled
 
 
-def kill_session(sid):
-    """Linux: SIGKILL every process of session `sid`, again while new ones appear (a process forking
-    as it is killed). The caller keeps `sid` from being reused meanwhile: its leader is alive or
-    an unreaped zombie, or, as here in the guard, its leader died a moment ago."""
+def kill_sessions(sids):
+    """Linux: SIGKILL every process of the sessions `sids`, again while new ones appear (a process
+    forking as it is killed). The caller keeps each id from being reused meanwhile: its leader is
+    alive or an unreaped zombie, or, as here in the guard, its leader died a moment ago."""
     killed = set()
     for _ in range(KILL_PASSES):
-        more = signal_session(sid, signal.SIGKILL, killed)
+        more = signal_sessions(sids, signal.SIGKILL, killed)
         if not more:
             return
         killed |= more
@@ -92,7 +92,7 @@ def main():
             os.killpg(pgid, signal.SIGKILL)
         except OSError:  # the group is gone already
             pass
-        kill_session(pgid)  # a rank's process group id is its session's
+    kill_sessions(set(groups))  # a rank's process group id is its session's
     for path in paths:
         shutil.rmtree(path, ignore_errors=True)
     return 0

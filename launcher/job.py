@@ -32,7 +32,7 @@ from ringdist.settings import Settings
 from .output import LineWriter, Pump, pump_rank
 from .plan import JobPlan, RankLaunch
 from .policy import SETTLE_WAIT, Action, Decision, JobPolicy, Outcome, RankInfo, describe_exit, rank_list
-from .spawn import Guard, RankProcess, Spawner
+from .spawn import Guard, RankProcess, Spawner, stop_sessions
 
 # How long to wait for ranks after SIGKILL, and for their output to drain, before giving up.
 KILL_WAIT = 10.0
@@ -357,11 +357,13 @@ class _Supervisor:
             self.settle_deadline = None
             for rank in decision.ranks:
                 self.ranks[rank].proc.signal(signal.SIGTERM)
+            stop_sessions([self.ranks[rank].proc for rank in decision.ranks], signal.SIGTERM)
             if self.term_deadline is None:
                 self.term_deadline = time.monotonic() + self.grace
         elif decision.action is Action.KILL:
             for rank in decision.ranks:
                 self.ranks[rank].proc.signal(signal.SIGKILL)
+            stop_sessions([self.ranks[rank].proc for rank in decision.ranks], signal.SIGKILL)
             self.kill_deadline = time.monotonic() + KILL_WAIT
         elif decision.action is Action.FORWARD and decision.signum is not None:
             self._log(f"passing {signal.Signals(decision.signum).name} on to {rank_list(decision.ranks)}")
@@ -369,7 +371,8 @@ class _Supervisor:
                 self.ranks[rank].proc.signal(decision.signum)
 
     def _clean_up(self) -> None:
-        """Kill whatever is left in every rank's process group, reap the ranks, drain their output."""
+        """Kill whatever is left in every rank's process group and session, reap the ranks, drain their output."""
+        stop_sessions([r.proc for r in self.ranks.values()], signal.SIGKILL)  # one pass, before any is reaped
         finishers = [threading.Thread(target=r.proc.finish, args=(KILL_WAIT,), daemon=True)
                      for r in self.ranks.values()]
         for t in finishers:

@@ -29,7 +29,7 @@ import threading
 from pathlib import Path
 from typing import Callable, Mapping, Protocol, Sequence
 
-from .guard import kill_session, signal_session
+from .guard import kill_sessions, signal_sessions
 from .hostfile import Placement
 
 _PR_SET_PDEATHSIG = 1
@@ -71,11 +71,8 @@ class RankProcess:
         return None
 
     def signal(self, sig: int) -> None:
-        """Send `sig` to the rank's whole process group; SIGTERM and SIGKILL (stopping the rank)
-        also to the rest of its session (`stop_session`)."""
+        """Send `sig` to the rank's whole process group (the rest of its session: `stop_sessions`)."""
         signal_group(self.proc, sig)
-        if sig in (signal.SIGTERM, signal.SIGKILL):
-            stop_session(self.proc, sig)
 
     def wait_exit(self) -> int:
         """Block until the rank exits; its returncode (-N for signal N), the process left unreaped."""
@@ -86,14 +83,21 @@ class RankProcess:
         return process_exiting(self.pid)
 
     @property
+    def session(self) -> int | None:
+        """The session the rank leads on this machine, while its id is still its own (the rank not
+        reaped): what it started in process groups of its own is in it too (`stop_sessions`)."""
+        return self.pid if self.proc.returncode is None else None
+
+    @property
     def guarded_group(self) -> int | None:
         """The process group the job's guard kills if the launcher dies, its session too: the rank's own."""
         return self.pid
 
     def finish(self, timeout: float) -> None:
-        """Kill whatever is left of the rank, its session included, and reap it (at the end of the job)."""
-        signal_group(self.proc, signal.SIGKILL)
-        stop_session(self.proc, signal.SIGKILL)
+        """Kill whatever is left in the rank's process group and reap it (at the end of the job, after
+        `stop_sessions`)."""
+        if self.proc.returncode is None:  # not reaped: the group's id is still the rank's
+            signal_group(self.proc, signal.SIGKILL)
         try:
             self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
@@ -273,6 +277,11 @@ class RemoteRankProcess(RankProcess):
         return False  # the rank's process is on another host
 
     @property
+    def session(self) -> None:
+        """None: the keeper on the rank's host stops the rank's session."""
+        return None
+
+    @property
     def guarded_group(self) -> None:
         """None: the keeper on the rank's host kills its process group when its stdin ends. (Killing
         the agent would not reach the rank's host, and could kill a keeper the agent execs first.)"""
@@ -352,15 +361,16 @@ def signal_group(proc: subprocess.Popen[bytes], sig: int) -> None:
         pass
 
 
-def stop_session(proc: subprocess.Popen[bytes], sig: int) -> None:
-    """Linux: send `sig` (SIGTERM, SIGKILL) to the rest of the session the process leads (a rank
-    leads its own): what it started in a process group of its own is still the job's. Only a
-    process that started a session of its own has left the job. Call it before the process is
-    reaped, so that its id, the session's, cannot have been reused. Elsewhere: nothing."""
+def stop_sessions(ranks: Sequence[RankProcess], sig: int) -> None:
+    """Linux: send `sig` (SIGTERM, SIGKILL) to the rest of the sessions these ranks lead on this
+    machine, in one pass over /proc: what a rank started in a process group of its own is still
+    the job's. Only a process that started a session of its own has left the job. Ranks already
+    reaped are left out (their ids may be another's now). Elsewhere: nothing."""
+    sessions = {r.session for r in ranks} - {None}
     if sig == signal.SIGKILL:
-        kill_session(proc.pid)
+        kill_sessions(sessions)
     else:
-        signal_session(proc.pid, sig)
+        signal_sessions(sessions, sig)
 
 
 def wait_exit(proc: subprocess.Popen[bytes]) -> int:
