@@ -31,7 +31,8 @@ from ringdist.settings import Settings
 
 from .output import LineWriter, Pump, pump_rank
 from .plan import JobPlan, RankLaunch
-from .policy import SETTLE_WAIT, Action, Decision, JobPolicy, Outcome, RankInfo, describe_exit, rank_list
+from .policy import (PASSED_ON, SETTLE_WAIT, Action, Decision, JobPolicy, Outcome, RankInfo, describe_exit,
+                     rank_list)
 from .spawn import Guard, RankProcess, Spawner, stop_sessions
 
 # How long to wait for ranks after SIGKILL, and for their output to drain, before giving up.
@@ -379,10 +380,27 @@ class _Supervisor:
             t.start()
         for t in finishers:
             t.join(KILL_WAIT + 1)
+        # Their output is still being written: a signal meanwhile is heard (what the launcher dies of,
+        # `fatal_signal`), and a stop signal ends the wait.
         drain_until = time.monotonic() + DRAIN_WAIT
-        for r in self.ranks.values():
-            for pump in r.pumps:
-                pump.join(max(0.0, drain_until - time.monotonic()))
+        pumps = [pump for r in self.ranks.values() for pump in r.pumps]
+        while pumps and time.monotonic() < drain_until:
+            if self._heard_signal(min(0.05, max(0.0, drain_until - time.monotonic()))):
+                break
+            pumps = [p for p in pumps if not p.join(0)]
+        self._heard_signal(0)  # any that came as the last rank ended
+
+    def _heard_signal(self, wait: float) -> bool:
+        """The inbox's events (waiting up to `wait` s for the first), its signals given to the
+        policy (the ranks are gone: nothing to carry out); whether one came that stops the job."""
+        stop = False
+        event = self.events.get(timeout=wait)
+        while event is not None:
+            if isinstance(event, _Signalled):
+                self.policy.signalled(event.signum)
+                stop = stop or event.signum not in PASSED_ON
+            event = self.events.get(timeout=0)
+        return stop
 
     def _log(self, text: str) -> None:
         if self.verbose:

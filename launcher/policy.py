@@ -239,20 +239,27 @@ class JobPolicy:
 
     def signalled(self, signum: int) -> Decision:
         """The launcher got a signal. SIGUSR1/SIGUSR2: pass it on to every running rank. Any other
-        (SIGINT, SIGTERM, SIGHUP, SIGQUIT): stop in order; a second such signal kills at once."""
+        (SIGINT, SIGTERM, SIGHUP, SIGQUIT): stop in order; a second such signal kills at once. The
+        first such signal is what the launcher dies of once the job is cleaned up (`fatal_signal`),
+        even where a rank's failure, which came first, stays the job's cause and exit status: a
+        shell loop that ran it stops. One that comes after the ranks are gone (their output still
+        being written) counts too."""
         if signum in PASSED_ON:
             return Decision(Action.FORWARD, tuple(self.running), signum=signum)
+        first = self._stopped_by is None
+        if first:
+            self._stopped_by = signum
         if self.settling:  # a rank failed before the signal: that is the cause; stop in order
             return self._name_first_failure()
         name = _signal_name(signum)
         if not self.stopping:
             self._set_cause(f"interrupted by {name}", 128 + signum)
-            self._stopped_by = signum
             return self._stop_all()
         if not self._running:
             return NOTHING
         self._killed.update(self._running)
-        message = f"ringdist-launch: {name} again; killing {rank_list(self.running)} now"
+        said = f"{name} again" if not first else f"interrupted by {name}"  # a failure's stop, interrupted
+        message = f"ringdist-launch: {said}; killing {rank_list(self.running)} now"
         return Decision(Action.KILL, tuple(self.running), message)
 
     def rank_pid(self, rank: int, pid: int) -> None:

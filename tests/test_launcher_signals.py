@@ -21,6 +21,7 @@ SLEEPER = str(SCRIPTS / "sleeper.py")
 EXIT_CODE = str(SCRIPTS / "exit_code.py")
 SIGNAL_WAITER = str(SCRIPTS / "signal_waiter.py")
 REGROUPED_CHILD = str(SCRIPTS / "regrouped_child.py")
+LINGERING_OUTPUT = str(SCRIPTS / "lingering_output.py")
 LINUX = sys.platform.startswith("linux")
 
 
@@ -54,8 +55,8 @@ def test_policy_ends_the_launcher_by_the_signal_that_stopped_the_job():
     assert policy.fatal_signal is None and policy.exit_status == 131
     policy = started_policy(2)
     policy.rank_exited(0, 3)
-    policy.signalled(signal.SIGINT)  # the rank's failure is the cause: its code, no signal
-    assert policy.fatal_signal is None and policy.exit_status == 3
+    policy.signalled(signal.SIGINT)  # the rank's failure is the cause and its code the status; the
+    assert policy.fatal_signal == signal.SIGINT and policy.exit_status == 3  # launcher still dies of the signal
     assert started_policy(1).fatal_signal is None
 
 
@@ -89,6 +90,46 @@ def test_ctrl_c_stops_the_shell_loop_running_the_launcher():
         assert "went on" not in text and "after" not in text, text
         assert wait_until_gone(pids) == []
         assert "interrupted by SIGINT; stopping ranks 0,1" in proc.stderr.read()
+    finally:
+        kill_tree(proc)
+
+
+def test_ctrl_c_while_the_ranks_output_is_still_written_ends_the_launcher_by_it():
+    # The ranks have ended; a child of theirs that left the job keeps their stdout open, so the
+    # launcher waits for the output to end (up to 5 s). A Ctrl-C then went unread: the launcher
+    # exited 0 when the wait was over, and a shell loop running it went on.
+    proc = start_launcher(["-n", "2", LINGERING_OUTPUT, "20"])
+    children: list[int] = []
+    try:
+        out = LineReader(proc.stdout)
+        found = out.wait_for(r"child (\d+) rank (\d+)", 2, timeout=60)
+        children = [int(m.group(1)) for m in found]
+        assert wait_until_gone([int(m.group(2)) for m in found]) == []  # reaped: what is left is their output
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=10) == -signal.SIGINT
+        assert "interrupted by SIGINT" in proc.stderr.read()
+    finally:
+        kill_tree(proc)
+        kill_pids(children)
+
+
+def test_ctrl_c_while_a_failure_stops_the_job_ends_the_launcher_by_it():
+    # Rank 1 fails; rank 0 ignores SIGTERM, so the stop waits out its grace. A Ctrl-C meanwhile
+    # said "SIGINT again" (it was the first), and the launcher exited 1: a shell loop went on.
+    proc = start_launcher(["--grace", "20", "-n", "2", SLEEPER, "60", "--ignore-term"])
+    try:
+        out = LineReader(proc.stdout)
+        pids = {int(m.group(1)): int(m.group(2)) for m in out.wait_for(r"^\[(\d)\] pid (\d+) \d+$", 2, timeout=60)}
+        os.kill(pids[1], signal.SIGKILL)  # rank 1 fails
+        deadline = time.monotonic() + 20
+        while pid_alive(pids[1]) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.5)  # the launcher is stopping rank 0, which ignores SIGTERM
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=15) == -signal.SIGINT
+        err = proc.stderr.read()
+        assert "interrupted by SIGINT; killing rank 0 now" in err and "again" not in err, err
+        assert "rank 1 (host localhost" in err and "was killed by signal 9 (SIGKILL) first" in err, err
     finally:
         kill_tree(proc)
 
