@@ -54,6 +54,7 @@ class Destination:
         self._writing = b""  # the write under way
         self._writing_parts: list[tuple[int, int]] = []  # its items: (bytes, rank lines in them)
         self._written = 0  # bytes of it written so far
+        self._given_up = False  # its rest was counted as dropped (`lost`): not written after all
         self._cond = threading.Condition()
         self._progress: float | None = None  # while a write is under way: when it last moved
         self._dropped = 0  # rank lines dropped and not yet reported
@@ -90,16 +91,19 @@ class Destination:
                 self._cond.wait(min(deadline - now, CLOSE_STALL - stalled))
 
     def lost(self) -> int:
-        """Rank lines dropped or still unwritten, not yet reported (resets the count)."""
+        """Rank lines dropped or still unwritten, not yet reported (resets the count); they are
+        given up on. The launcher's own lines stay queued."""
         with self._cond:
             count = self._dropped
             if not self._dead:
                 count += sum(lines for _, lines in self._items)
                 if self._progress is not None:
                     count += self._unwritten_lines()
+                    self._given_up = True
             self._dropped = 0
-            self._queued -= sum(len(data) for data, _ in self._items)
-            self._items.clear()
+            kept = collections.deque(item for item in self._items if item[1] == 0)
+            self._queued -= sum(len(data) for data, lines in self._items if lines)
+            self._items = kept
             return count
 
     def _unwritten_lines(self) -> int:
@@ -138,6 +142,7 @@ class Destination:
                     size += len(more)
                 self._writing = b"".join(parts) if len(parts) > 1 else data
                 self._written = 0
+                self._given_up = False
                 self._progress = time.monotonic()
             error = self._write(self._writing)
             with self._cond:
@@ -162,12 +167,27 @@ class Destination:
         """Write all of `data`; the error that ended the destination, if any."""
         view = memoryview(data)
         pos, size, piece = 0, len(data), self._piece
+        room = None
         while pos < size:
             end = pos + piece
-            if end < size and piece == PIPE_WRITE_BYTES:
-                cut = data.rfind(b"\n", pos, end)
-                if cut >= pos:
-                    end = cut + 1
+            if piece == PIPE_WRITE_BYTES:
+                if end < size:
+                    cut = data.rfind(b"\n", pos, end)
+                    if cut >= pos:
+                        end = cut + 1
+                # A pipe with room for a piece takes it at once: wait for that room here, where
+                # giving up (`lost`) can still stop the piece (once in a blocked write it would go
+                # out after being counted as dropped).
+                if room is None:
+                    room = select.poll()
+                    room.register(self.fd, select.POLLOUT)
+                while not room.poll(100):
+                    with self._cond:
+                        if self._given_up:
+                            return None
+                with self._cond:
+                    if self._given_up:
+                        return None
             try:
                 n = os.write(self.fd, view[pos:end])
             except BlockingIOError:  # a non-blocking file description: wait until it takes more
@@ -213,7 +233,7 @@ class LineWriter:
         for count, name in lost:
             if count:
                 self.message(dropped_notice(count, name))
-        self.stderr.drain(min(deadline, time.monotonic() + CLOSE_STALL))
+        self.stderr.drain(time.monotonic() + CLOSE_STALL)  # its own time: the rank output's may be spent
 
 
 def dropped_notice(count: int, name: str) -> str:

@@ -293,3 +293,39 @@ def test_at_exit_every_line_is_written_or_counted_once():
         assert dropped and len(whole) + sum(dropped) == 80000, (len(whole), dropped)
     finally:
         launch.close()
+
+
+FAIL_AFTER_OUTPUT = """
+import os, sys, time
+if os.environ["RINGDIST_RANK"] == "1":
+    line = b"x" * 99 + b"\\n"
+    for _ in range(50):
+        sys.stdout.buffer.write(line * 1000)  # 5 MB in all
+    sys.stdout.flush()
+    sys.exit(3)
+time.sleep(60)
+"""
+
+
+@pytest.mark.slow
+def test_a_slow_reader_of_both_outputs_still_gets_the_launchers_own_lines():
+    # stdout and stderr into one pipe read slowly (4 KiB every 20 ms): the output that cannot be
+    # written by the end is dropped, and said so. The launcher's own lines (the failure, the
+    # count) went with it: waiting for the rank output had used up the time left for them, and
+    # giving up on it dropped them too. A piece already in a blocked write went out after it
+    # was counted as dropped.
+    proc = subprocess.Popen([*LAUNCHER, "-n", "2", "--", PY, "-c", FAIL_AFTER_OUTPUT], stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        chunks = []
+        while chunk := proc.stdout.read1(4096):
+            chunks.append(chunk)
+            time.sleep(0.02)
+        assert proc.wait(timeout=30) == 3
+        text = b"".join(chunks).decode()
+        assert "rank 1 (host localhost" in text and "exited with code 3 first" in text, text[-2000:]
+        written = len(re.findall(r"^\[1\] x{99}$", text, re.M))
+        dropped = [int(n) for n in re.findall(r"^ringdist-launch: (\d+) lines of rank output dropped", text, re.M)]
+        assert dropped and written + sum(dropped) == 50000, (written, dropped)
+    finally:
+        kill_tree(proc)
