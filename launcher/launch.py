@@ -10,6 +10,7 @@ import dataclasses
 import os
 import shlex
 import shutil
+import socket
 import sys
 
 from ringdist import tuning
@@ -91,7 +92,31 @@ def _plan(options: argparse.Namespace, target: Target) -> JobPlan:
     )
     for rank in plan.ranks[:1]:  # the library's settings, as the ranks will read them: refused here, not in N tracebacks
         tuning.check_overrides(Settings.from_env({**os.environ, **dict(rank.user_env)}).algo)
+    _check_local_addresses(plan)
     return plan
+
+
+def _check_local_addresses(plan: JobPlan) -> None:
+    """ConfigError for an address of a host whose ranks start on this machine (no `ssh` naming
+    another one) that this machine does not have: each rank would fail to listen there. Found
+    by binding a socket to it (nothing is sent)."""
+    seen: set[str] = set()
+    for rank in plan.ranks:
+        placement = rank.placement
+        if not placement.is_local:
+            continue
+        for ip in placement.ips:
+            if ip in seen:
+                continue
+            seen.add(ip)
+            family = socket.AF_INET6 if ":" in ip else socket.AF_INET
+            try:
+                with socket.socket(family, socket.SOCK_STREAM) as probe:
+                    probe.bind((ip, 0))
+            except OSError as e:
+                raise ConfigError(f"host {placement.host!r}: {ip} is not an address of this machine "
+                                  f"({e.strerror or e}); its ranks start here, as it names no other machine "
+                                  f"with \"ssh\": list one of this machine's addresses, or add \"ssh\"") from None
 
 
 def _program_problem(target: Target, plan: JobPlan) -> tuple[str, int] | None:

@@ -240,3 +240,16 @@ def test_output_whose_reader_went_away_ends_the_launcher_quietly():
         kill_tree(proc)
     assert err == ""
     assert proc.returncode == -signal.SIGPIPE
+
+
+def test_a_host_that_runs_here_with_an_address_this_machine_lacks_is_refused_before_anything_starts(tmp_path):
+    # No "ssh": its ranks start on this machine, and each failed to listen on 203.0.113.9 with a
+    # traceback of its own. Found by binding to it, which sends nothing.
+    hosts = tmp_path / "hosts.json"
+    hosts.write_text(json.dumps({"hosts": [{"ips": ["127.0.0.1"]}, {"ips": ["203.0.113.9"], "slots": 2}]}))
+    result = run_launcher(["--hosts", str(hosts), "--dry-run", "--", PY, "-c", "pass"], timeout=30)
+    assert result.returncode == 2 and result.stdout == "", result.stderr
+    assert result.stderr.startswith("ringdist-launch: error: host '203.0.113.9': 203.0.113.9 is not an address of "
+                                    "this machine ("), result.stderr
+    assert result.stderr.endswith('its ranks start here, as it names no other machine with "ssh": list one of '
+                                  'this machine\'s addresses, or add "ssh"\n'), result.stderr
