@@ -153,6 +153,7 @@ class JobPolicy:
         self._cause_rank: int | None = None
         self._exit_status = 0
         self._stopped_by: int | None = None  # the signal to the launcher that stopped the job
+        self._passed_on: set[int] = set()  # signals the launcher passed on to the ranks (PASSED_ON)
 
     @property
     def running(self) -> list[int]:
@@ -245,6 +246,7 @@ class JobPolicy:
         shell loop that ran it stops. One that comes after the ranks are gone (their output still
         being written) counts too."""
         if signum in PASSED_ON:
+            self._passed_on.add(signum)
             return Decision(Action.FORWARD, tuple(self.running), signum=signum)
         first = self._stopped_by is None
         if first:
@@ -355,8 +357,12 @@ class JobPolicy:
         first = min(failed, key=leaving_order)
         info, returncode = self._ranks[first], self._exits[first]
         self._cause_rank = first
+        passed_on = ""
+        if returncode < 0 and -returncode in self._passed_on:  # a rank with no handler for it
+            passed_on = (f" (the launcher had passed {_signal_name(-returncode)} on to the ranks; rank {first} "
+                         f"has no handler for it)")
         self._set_cause(
-            f"rank {first} (host {info.host}, pid {info.pid}) {describe_exit(returncode)} first",
+            f"rank {first} (host {info.host}, pid {info.pid}) {describe_exit(returncode)} first{passed_on}",
             exit_status(returncode),
         )
         return self._stop_all()

@@ -71,6 +71,18 @@ def test_policy_passes_sigusr1_and_sigusr2_on_and_the_job_goes_on():
     assert policy.signalled(signal.SIGTERM).action is Action.STOP  # the first signal that stops it, not a second
 
 
+def test_policy_says_a_rank_died_of_a_signal_it_passed_on():
+    policy = started_policy(3)
+    assert policy.signalled(signal.SIGUSR1).action is Action.FORWARD
+    policy.rank_exited(1, -signal.SIGUSR1)
+    assert policy.summary() is not None and policy.summary().startswith(
+        "ringdist-launch: rank 1 (host localhost, pid 101) was killed by signal 10 (SIGUSR1) first (the launcher had "
+        "passed SIGUSR1 on to the ranks; rank 1 has no handler for it)"), policy.summary()
+    other = started_policy(3)
+    other.rank_exited(1, -signal.SIGUSR1)  # not passed on by the launcher: from outside
+    assert "passed" not in (other.summary() or ""), other.summary()
+
+
 # --- real launches --------------------------------------------------------------------------
 
 
