@@ -196,20 +196,20 @@ def test_an_object_that_cannot_be_unpickled_names_its_sender():
     assert got[0][5] == got[1][5] == "usable", got
 
 
-class _RefusedOn:
-    """Pickles; unpickles everywhere but on one rank (harness ranks are threads named by rank): a
-    class the other ranks do not have, say."""
+class _FailsOn:
+    """Pickles; unpickles everywhere but on one rank, where unpickling raises `error` (harness ranks
+    are threads named by rank): a class the other ranks do not have, say."""
 
-    def __init__(self, rank: int):
-        self.rank = rank
+    def __init__(self, rank: int, error: BaseException):
+        self.rank, self.error = rank, error
 
     def __reduce__(self):
-        return (_refused_on, (self.rank,))
+        return (_fails_on, (self.rank, self.error))
 
 
-def _refused_on(rank):
+def _fails_on(rank, error):
     if threading.current_thread().name == f"harness-rank-{rank}":
-        raise ValueError(f"not on rank {rank}")
+        raise error
     return "unpickled"
 
 
@@ -219,11 +219,12 @@ def test_an_object_only_some_ranks_cannot_unpickle_fails_on_every_rank_in_the_ca
     # while that rank raised. Every rank now raises in the call, naming the rank that could not
     # unpickle and why; the ranks are still in step, and the group goes on.
     bad = n - 1
+    refused = _FailsOn(bad, ValueError(f"not on rank {bad}"))
 
     def rank(g):
         found = []
-        for call in (lambda: rd.all_gather_object(_RefusedOn(bad) if g.rank() == 0 else g.rank(), group=g),
-                     lambda: rd.broadcast_object(_RefusedOn(bad), root=1, group=g)):
+        for call in (lambda: rd.all_gather_object(refused if g.rank() == 0 else g.rank(), group=g),
+                     lambda: rd.broadcast_object(refused, root=1, group=g)):
             try:
                 found.append(call())
             except ValueError as exc:
@@ -240,26 +241,15 @@ def test_an_object_only_some_ranks_cannot_unpickle_fails_on_every_rank_in_the_ca
     assert all(got[r][2] == list(range(n)) for r in range(n)), got
 
 
-class _ExitsOn(_RefusedOn):
-    """Unpickles everywhere but on one rank, where unpickling raises SystemExit (not an Exception)."""
-
-    def __reduce__(self):
-        return (_exits_on, (self.rank,))
-
-
-def _exits_on(rank):
-    if threading.current_thread().name == f"harness-rank-{rank}":
-        raise SystemExit(f"leaving from rank {rank}")
-    return "unpickled"
-
-
 def test_an_unpickler_that_ends_its_rank_fails_the_call_on_every_rank_at_once():
     # SystemExit (or KeyboardInterrupt) while rank 2 unpickles: it skipped the agreement and told
     # nobody, and the others waited out their timeout in it.
+    exits = _FailsOn(2, SystemExit("leaving from rank 2"))
+
     def rank(g):
         start = time.monotonic()
         try:
-            rd.all_gather_object(_ExitsOn(2) if g.rank() == 0 else g.rank(), group=g, timeout=30)
+            rd.all_gather_object(exits if g.rank() == 0 else g.rank(), group=g, timeout=30)
             return "returned", 0.0
         except BaseException as exc:  # noqa: BLE001 - SystemExit on rank 2
             return f"{type(exc).__name__}: {exc}", time.monotonic() - start
