@@ -26,7 +26,7 @@ from .calls import _comm, _header, check_root
 from .collectives import gather_rows
 from .channel import Channel
 from .comm import Comm
-from .errors import MismatchError, RingError
+from .errors import MismatchError, ProtocolError, RingError
 from .flows import Outflow, Segments, SizedInflow, check_same
 
 
@@ -35,6 +35,8 @@ from .flows import Outflow, Segments, SizedInflow, check_same
 # wire.MAX_CONTROL): an object of more buffers than that lists (some 10,000: a list of small
 # arrays) is pickled with its buffers inside, one part (a copy more, on each side).
 SIZES_BYTES_MAX = wire.MAX_CONTROL // 2
+# Characters of a pickling or unpickling failure that the other ranks hear (in a header; `_agree`).
+FAILURE_CHARS = 2000
 
 
 class Pickled:
@@ -51,6 +53,7 @@ class Pickled:
                 self.parts = [memoryview(pickle.dumps(obj, protocol=5))]  # its buffers inside the pickle
         except Exception as exc:  # noqa: BLE001 - whatever pickling raised, every rank hears of it
             self.error = f"rank {rank}: {op}: the object cannot be pickled: {type(exc).__name__}: {exc}"
+            self.parts = []
             return
         total = sum(map(len, self.parts))
         if total > cap:
@@ -61,8 +64,8 @@ class Pickled:
     @property
     def fields(self) -> dict[str, Any]:
         """What the header says of it: its parts' byte lengths, or the error."""
-        if self.error is not None:
-            return {"sizes": [], "failed": self.error}
+        if self.error is not None:  # cut as an unpickling failure's text is (`_agree`): a header is bounded
+            return {"sizes": [], "failed": self.error[:FAILURE_CHARS]}
         return {"sizes": [len(p) for p in self.parts]}
 
     def raise_error(self) -> None:
@@ -70,7 +73,8 @@ class Pickled:
             raise ValueError(self.error)
 
     def sending(self) -> "_Sending":
-        """A context in which a peer's error (told of this rank's) gives way to this rank's own."""
+        """A context in which an error raised while this rank sends its header gives way to this
+        rank's own failure to pickle, if it had one (a peer's error may be about it)."""
         return _Sending(self)
 
 
@@ -82,8 +86,25 @@ class _Sending:
         return None
 
     def __exit__(self, kind: Any, exc: Any, tb: Any) -> None:
-        if self.pickled.error is not None:
+        if exc is not None and self.pickled.error is not None:
             raise ValueError(self.pickled.error) from exc
+
+
+def _told_failure(g: Comm, op: str, own: Pickled | None, got: dict[int, tuple[dict[str, Any], Any]]) -> None:
+    """After an object collective's exchange: where a sender could not pickle its object (or
+    it was over its cap), every rank raises ValueError in the call, naming it (the sender its
+    own error). Every rank read the same headers, so every rank raises alike and the group stays
+    usable, as after an unpickling failure (`_agree`, not needed: nothing was unpickled)."""
+    if own is not None and own.error is not None:
+        exc = ValueError(own.error)
+    else:
+        failed = sorted(q for q, (fields, _) in got.items() if isinstance(fields.get("failed"), str))
+        if not failed:
+            return
+        q = failed[0]
+        exc = ValueError(f"rank {g.rank()}: {op} failed on rank {q}: {got[q][0]['failed']}")
+    exc.ringdist_everywhere = True  # type: ignore[attr-defined] - raised alike on every rank: the group is in step
+    raise exc
 
 
 def _raw(buffer: pickle.PickleBuffer) -> memoryview:
@@ -108,9 +129,6 @@ def unpickle(payload: memoryview, sizes: list[int], whose: str) -> Any:
     except Exception as exc:  # noqa: BLE001 - unpickling runs the sender's classes' code
         raise ValueError(f"{whose} cannot be unpickled here: {type(exc).__name__}: {exc}") from exc
 
-
-# Characters of an unpickling failure that the other ranks hear (`_agree`).
-FAILURE_CHARS = 2000
 
 
 def _agree(g: Comm, op: str, algorithm: Any, failure: ValueError | None, timeout: float | None) -> None:
@@ -179,10 +197,12 @@ def _object_check(header: wire.Header, cap: int, sender: Any = None):
         theirs = common(fields, ("failed",))
         if theirs != mine:
             check_same(mine, theirs, ch)
-        failed = fields.get("failed")
-        if isinstance(failed, str):
-            raise RingError(f"rank {ch.me}: {mine['op']}: rank {src} could not send its object ({failed})")
         sizes = sizes_of(fields, ch)
+        if isinstance(fields.get("failed"), str):  # raised on every rank once the exchange is done (`_told_failure`)
+            if sizes:
+                raise ProtocolError(f"rank {ch.me}: {mine['op']}: rank {src} says it could not send its object "
+                                    f"yet declares parts of {sizes!r}")
+            return 1
         if sender is not None and not sender(src):
             if sizes:
                 raise MismatchError(f"rank {ch.me}: {mine['op']}: rank {src} sends an object but is not the root")
@@ -225,6 +245,7 @@ def _all_gather_object(g: Comm, obj: Any, timeout: float | None) -> list[Any]:
     with pickled.sending():
         got = algorithm.gather_v(g, header, (pickled.parts, pickled.fields), _object_check(header, cap), timeout)
         g.finish("all_gather_object")
+    _told_failure(g, "all_gather_object", pickled, got)
     whose = f"rank {r}: all_gather_object: the object from rank "
     objects, failure = _unpickled(lambda: [
         _copy(pickled, f"{whose}{q}") if q == r else unpickle(got[q][1], got[q][0]["sizes"], f"{whose}{q}")
@@ -264,6 +285,7 @@ def _broadcast_object(g: Comm, obj: Any, root: Any, timeout: float | None) -> An
     with pickled.sending() if pickled is not None else contextlib.nullcontext():
         got = algorithm.gather_v(g, header, mine, _object_check(header, cap, lambda src: src == root), timeout)
         g.finish("broadcast_object")
+    _told_failure(g, "broadcast_object", pickled, {q: got[q] for q in got if q == root})
     whose = f"rank {r}: broadcast_object: the object from rank {root}"
     if pickled is not None:  # a copy, as every rank gets: never the object itself
         obj, failure = _unpickled(lambda: _copy(pickled, whose))
@@ -297,6 +319,7 @@ def send_object(obj: Any, dst: int, *, group: Comm | None = None, timeout: float
                                               _message_header(number, pickled.fields))], [ch], timeout=timeout)
     finally:
         turn.release()
+    pickled.raise_error()  # after its header went: the receiver raises too, and the pair stays in step
 
 
 def recv_object(src: int, *, group: Comm | None = None, timeout: float | None = None) -> Any:
@@ -324,10 +347,12 @@ def _recv_object(g: Comm, src: int, cap: int, timeout: float | None) -> Any:
         if fields.get("op") != "send_object" or fields.get("seq") != number:
             raise MismatchError(f"rank {ch.me} expected send_object from rank {ch.peer} (message #{number}) but "
                                 f"rank {ch.peer} sent {wire.describe_header(fields)} (group {ch.group!r})")
-        failed = fields.get("failed")
-        if isinstance(failed, str):
-            raise RingError(f"rank {ch.me}: recv_object: rank {ch.peer} could not send its object ({failed})")
         sizes = sizes_of(fields, ch)
+        if isinstance(fields.get("failed"), str):  # raised once the message is read whole: the pair stays in step
+            if sizes:
+                raise ProtocolError(f"rank {ch.me}: recv_object: rank {ch.peer} says it could not send its object "
+                                    f"yet declares parts of {sizes!r}")
+            return memoryview(NOTHING)
         if not sizes or sum(sizes) > cap:
             raise RingError(f"rank {ch.me}: recv_object: rank {ch.peer} declares a {sum(sizes)}-byte object, "
                             f"over RINGDIST_MAX_OBJECT_BYTES={cap} here")
@@ -336,4 +361,7 @@ def _recv_object(g: Comm, src: int, cap: int, timeout: float | None) -> Any:
     inflow = SizedInflow(ch, "recv_object", accept)
     g.run("recv_object", [inflow], [], [ch], timeout=timeout)
     assert inflow.fields is not None and inflow.dest is not None
+    failed = inflow.fields.get("failed")
+    if isinstance(failed, str):
+        raise ValueError(f"rank {g.rank()}: recv_object: rank {src} could not send its object: {failed}")
     return unpickle(inflow.dest, inflow.fields["sizes"], f"rank {g.rank()}: recv_object: the object from rank {src}")

@@ -6,6 +6,7 @@ sender sends and what a receiver accepts; a failure on one rank reaches every ra
 from __future__ import annotations
 
 import dataclasses
+import re
 import threading
 import time
 
@@ -100,7 +101,8 @@ def test_the_root_of_broadcast_object_gets_a_copy_as_every_rank_does(n):
 
 @pytest.mark.parametrize("n, shm", [(3, True), (9, True), (9, False)])
 def test_an_object_over_the_cap_fails_on_the_sender_naming_the_variable_and_on_every_peer(n, shm):
-    # 9 ranks: past the mesh, through shared memory (each stream's fields at its head), or Bruck's steps
+    # 9 ranks: past the mesh, through shared memory (each stream's fields at its head), or Bruck's steps.
+    # Every rank read the sender's header saying why: every rank raises in the call, the group in step.
     outcomes: list = [None] * n
 
     def rank(g):
@@ -109,12 +111,16 @@ def test_an_object_over_the_cap_fails_on_the_sender_naming_the_variable_and_on_e
             rd.all_gather_object(big, group=g)
         except (ValueError, rd.RingError) as exc:
             outcomes[g.rank()] = exc
+        return rd.all_gather_object(g.rank(), group=g)
 
-    run_ranks(n, rank, max_object_bytes=1000, shm=shm)
+    after = run_ranks(n, rank, max_object_bytes=1000, shm=shm)
     assert isinstance(outcomes[1], ValueError), outcomes
-    assert "over RINGDIST_MAX_OBJECT_BYTES=1000" in str(outcomes[1]) and "rank 1" in str(outcomes[1]), outcomes
+    assert re.fullmatch(r"rank 1: all_gather_object: the pickled object is \d{4} bytes, over "
+                        r"RINGDIST_MAX_OBJECT_BYTES=1000", str(outcomes[1])), outcomes
     for r in [q for q in range(n) if q != 1]:
-        assert isinstance(outcomes[r], rd.RingError) and "rank 1 could not send its object" in str(outcomes[r]), outcomes
+        assert type(outcomes[r]) is ValueError and str(outcomes[r]) == (
+            f"rank {r}: all_gather_object failed on rank 1: {outcomes[1]}"), outcomes
+    assert after == [list(range(n))] * n
 
 
 def test_a_receiver_refuses_an_object_over_its_own_cap_from_the_header():
@@ -132,18 +138,50 @@ def test_a_receiver_refuses_an_object_over_its_own_cap_from_the_header():
 
 
 @pytest.mark.parametrize("n, shm", [(2, True), (9, True), (9, False)])
-def test_an_unpicklable_object_fails_on_every_rank(n, shm):
+def test_an_unpicklable_object_fails_on_every_rank_and_the_group_stays_usable(n, shm):
+    # As an object that cannot be unpickled: every rank raises ValueError in the call, naming
+    # the rank and its error, and the next calls go on in step.
     outcomes: list = [None] * n
 
     def rank(g):
-        try:
-            rd.broadcast_object((lambda: 0) if g.rank() == 0 else None, group=g)
-        except (ValueError, rd.RingError) as exc:
-            outcomes[g.rank()] = exc
+        got = []
+        for call in (lambda: rd.broadcast_object((lambda: 0) if g.rank() == 0 else None, group=g),
+                     lambda: rd.all_gather_object(threading.Lock() if g.rank() == n - 1 else 0, group=g)):
+            try:
+                call()
+            except (ValueError, rd.RingError) as exc:
+                got.append(exc)
+        outcomes[g.rank()] = got
+        return rd.all_gather_object(g.rank(), group=g)
 
-    run_ranks(n, rank, shm=shm)
-    assert isinstance(outcomes[0], ValueError) and "cannot be pickled" in str(outcomes[0]), outcomes
-    assert all(isinstance(o, rd.RingError) and "rank 0 could not send its object" in str(o) for o in outcomes[1:]), outcomes
+    after = run_ranks(n, rank, shm=shm)
+    last = n - 1
+    for k, (op, sender, why) in enumerate([("broadcast_object", 0, "AttributeError: Can't pickle local object"),
+                                           ("all_gather_object", last, "TypeError: cannot pickle '_thread.lock'")]):
+        own = outcomes[sender][k]
+        assert type(own) is ValueError and str(own).startswith(
+            f"rank {sender}: {op}: the object cannot be pickled: {why}"), outcomes
+        for r in [q for q in range(n) if q != sender]:
+            assert type(outcomes[r][k]) is ValueError and str(outcomes[r][k]) == (
+                f"rank {r}: {op} failed on rank {sender}: {own}"), outcomes
+    assert after == [list(range(n))] * n
+
+
+def test_an_unpicklable_message_fails_on_both_ends_and_the_pair_stays_in_step():
+    def rank(g):
+        if g.rank() == 0:
+            with pytest.raises(ValueError) as info:
+                rd.send_object(threading.Lock(), 1, group=g, timeout=10)
+            rd.send_object("next", 1, group=g, timeout=10)
+            return str(info.value)
+        with pytest.raises(ValueError) as info:
+            rd.recv_object(0, group=g, timeout=10)
+        return str(info.value), rd.recv_object(0, group=g, timeout=10)
+
+    sent, (received, following) = run_ranks(2, rank)
+    assert sent == "rank 0: send_object: the object cannot be pickled: TypeError: cannot pickle '_thread.lock' object"
+    assert received == f"rank 1: recv_object: rank 0 could not send its object: {sent}"
+    assert following == "next"
 
 
 class _Refuses:
