@@ -10,7 +10,8 @@ Launch ranks with `ringdist-launch --hosts hosts.json script.py`. The API mirror
 
 from .world import init, is_available
 from .collectives import all_gather, all_max, all_min, all_prod, all_sum, barrier, broadcast, gather, reduce, sum_scatter
-from .objects import all_gather_object, broadcast_object, recv_object, send_object
+from .object_messages import recv_object, send_object
+from .objects import all_gather_object, broadcast_object
 from .uneven import all_to_all, scatter
 from . import errors
 from .errors import *  # noqa: F403 - the exception tree is part of the API

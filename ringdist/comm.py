@@ -81,6 +81,15 @@ def set_default_made(comm: "Comm | None") -> None:
     default_made = comm
 
 
+def thread_name(t: threading.Thread | None) -> str:
+    """A thread as errors name it: the thread that issued a non-blocking call its group's runner
+    runs (`runners`), not the runner."""
+    if t is None:
+        return "'?'"
+    issuer = getattr(t, "ringdist_issuer", None)
+    return repr(t.name) if issuer is None else f"{issuer.name!r} (its non-blocking call, run by {t.name!r})"
+
+
 class Comm:
     """A set of ranks that run collectives together; `rank()` and `size()` as in MLX.
 
@@ -302,10 +311,10 @@ class Comm:
         raise exc
 
     def _intrusion(self, op: str, me: threading.Thread, owner: threading.Thread | None) -> str:
-        return (f"rank {self._rank}: {op} on group {self.gid!r} from thread {me.name!r} while {self._running()} "
-                f"runs on it from thread {getattr(owner, 'name', '?')!r}: a group's collectives must come from "
-                f"one thread at a time, in the same order on every rank (order them, or give each thread its own "
-                f"group with split())")
+        return (f"rank {self._rank}: {op} on group {self.gid!r} from thread {thread_name(me)} while "
+                f"{self._running()} runs on it from thread {thread_name(owner)}: a group's collectives must come "
+                f"from one thread at a time, in the same order on every rank (order them, or give each thread its "
+                f"own group with split())")
 
     def _running(self) -> str:
         """The collective whose header was made last, as error messages name it."""
@@ -638,11 +647,8 @@ class Comm:
         if not turn.acquire(False):
             if not wait:
                 return None
-            limit = self._timeout(timeout)
-            if engine.on_progress_thread():  # the turn's holder may be a queued message this thread moves
-                taken = engine.drive_until(lambda: turn.acquire(False), limit)
-            else:
-                taken = turn.acquire(timeout=-1 if limit > threading.TIMEOUT_MAX else limit)
+            limit = self._timeout(timeout)  # (the progress thread never waits here: it opens with `wait` False)
+            taken = turn.acquire(timeout=-1 if limit > threading.TIMEOUT_MAX else limit)
             if not taken:
                 raise RingTimeoutError(busy_pair(self._rank, op, peer, outgoing, self.gid, limit))
         self._p2p_holders[key] = threading.current_thread()  # for `check_closable`
@@ -652,7 +658,7 @@ class Comm:
         return turn
 
     def p2p_channel(self, peer: int, outgoing: bool, timeout: float | None = None,
-                    wait: bool = True) -> tuple[Channel, int] | None:
+                    wait: bool = True, op: str = "recv") -> tuple[Channel, int] | None:
         """The direct connection for messages to (or from) `peer`, opened on first use; and its
         message number (the k-th message between the pair in that direction). With `wait`
         False, None when the connection from `peer` has not arrived yet (nothing is counted)."""
@@ -665,14 +671,14 @@ class Comm:
                                               deadline, f"rank {peer} of group {self.gid!r}", up=True)
             elif not wait:
                 found = self._endpoint.take_nowait(InboxKey(self.gid, peer, "p2p", 0),
-                                                   f"recv in group {self.gid!r}: waiting for rank {peer} to send",
+                                                   f"{op} in group {self.gid!r}: waiting for rank {peer} to send",
                                                    self._addresses[peer])
                 if found is None:
                     return None
                 sock = found
             else:
                 sock = self._endpoint.take(InboxKey(self.gid, peer, "p2p", 0), deadline,
-                                           f"recv in group {self.gid!r}: waiting for rank {peer} to send",
+                                           f"{op} in group {self.gid!r}: waiting for rank {peer} to send",
                                            source=self._addresses[peer])
             table[peer] = [Channel(sock, me=self._rank, peer=peer, group=self.gid,
                                    role="p2p-out" if outgoing else "p2p-in"), 0]
@@ -730,8 +736,8 @@ class Comm:
         me = threading.current_thread()
         if owner is not None and owner is not me and owner.ident not in engine.backgrounds:
             raise RingError(f"rank {self._rank}: group {self.gid!r} cannot be closed from thread {me.name!r} "
-                            f"while {self._running()} runs on it from thread {owner.name!r}: close it from that "
-                            f"thread once the call has returned")
+                            f"while {self._running()} runs on it from thread {thread_name(owner)}: close it from "
+                            f"that thread once the call has returned")
         for (peer, outgoing), turn in list(self._p2p_turns.items()):  # a message under way holds its pair's turn
             holder = self._p2p_holders.get((peer, outgoing))
             if (turn.locked() and holder is not None and holder is not me and holder.is_alive()

@@ -159,29 +159,6 @@ def run(inflows: list[Inflow], outflows: list[Outflow], watched: list[Channel], 
             last_progress = time.monotonic()
 
 
-def drive_until(ready: Callable[[], bool], timeout: float) -> bool:
-    """On the progress thread, wait for `ready()` while driving the thread's background flows
-    (what `ready` waits for may be one of them); True once it is, False after `timeout` s.
-    Elsewhere: False at once (this thread has nothing to drive)."""
-    bg = current()
-    if bg is None:
-        return False
-    poller = select.poll()
-    masks: dict[int, int] = {}
-    deadline = time.monotonic() + timeout
-    while not ready():
-        left = deadline - time.monotonic()
-        if left <= 0:
-            return False
-        bg.tick()
-        bg.pump()
-        masks = sync_fds(poller, masks, bg.masks())
-        cap = bg.max_wait()
-        for fd, ev in poller.poll(1000 * min(left, 0.05 if cap is None else max(cap, 0.001))):
-            bg.on_event(fd, ev)
-    return True
-
-
 def on_progress_thread() -> bool:
     """Whether this thread runs non-blocking operations (the progress thread, a group's runner)."""
     return current() is not None

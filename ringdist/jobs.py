@@ -5,6 +5,7 @@ outcome and completes the job's `Work` handle."""
 
 from __future__ import annotations
 
+import threading
 from collections import deque
 from typing import Any, Callable, Protocol
 
@@ -39,7 +40,7 @@ class Plan(Protocol):
 
 class Job:
     __slots__ = ("work", "g", "call", "plan", "finished", "result", "error", "timeout", "since", "opened",
-                 "on_runner")
+                 "on_runner", "issuer")
 
     def __init__(self, work: Work, g: Comm, call: Callable[[Comm], Any], p2p: bool):
         self.work = work
@@ -53,6 +54,7 @@ class Job:
         self.since = 0.0  # start of progress, then the last progress
         self.opened = False
         self.on_runner = False  # a collective, run by its group's runner (`runners`)
+        self.issuer = threading.current_thread()  # the thread that called, named in errors (`Comm.thread_name`)
 
 
 def issue(job: Job, queued: bool = True) -> None:

@@ -1,8 +1,7 @@
-"""Background point-to-point: the sends and recvs the progress thread has started, one lane
-per (group, peer, direction). A lane's first job's flows move, driven by the thread's own
-poll loop and by the waits of a blocking message call running on the thread
-(`engine.set_background`); the rest of the lane wait their turn (messages of a pair go in
-order). A recv whose connection has not arrived tries again every CONNECT_RETRY seconds."""
+"""Background point-to-point: the messages the progress thread has started (sends and recvs
+of arrays and objects), one lane per (group, peer, direction). A lane's first job's flows
+move, driven by the thread's own poll loop; the rest of the lane wait their turn (messages
+of a pair go in order). A recv whose connection has not arrived tries again every CONNECT_RETRY seconds."""
 
 from __future__ import annotations
 
@@ -28,8 +27,6 @@ class Lanes:
         self.wake_fd = wake_fd  # the progress thread's wake-up pipe, in every poll set
         self.on_wake = on_wake  # called when it is readable
         self.lanes: dict[tuple, deque[Job]] = {}
-        self.running: Job | None = None  # the blocking message call (send_object, recv_object) running on the thread
-        self.deferred: list[Job] = []  # failed point-to-point jobs of its group: completed after it
         self.watches: dict[int, Watch] = {}  # an outgoing lane's channel, read for the receiver's ABORT
         self._to_open: deque[Job] = deque()  # lanes' new heads to open (`_open_next`)
         self._opening = False
@@ -152,7 +149,7 @@ class Lanes:
                     message = busy_pair(job.g.rank(), plan.op, plan.peer, plan.outgoing,  # type: ignore[union-attr]
                                         job.g.gid, job.timeout)
                 else:
-                    message = (f"rank {job.g.rank()}: recv in group {job.g.gid!r}: waiting for rank "
+                    message = (f"rank {job.g.rank()}: {plan.op} in group {job.g.gid!r}: waiting for rank "
                                f"{plan.peer} to send: no connection arrived in time")  # type: ignore[union-attr]
                 self._failed(job, RingTimeoutError(message))
 
@@ -212,15 +209,6 @@ class Lanes:
             jobs.finished(job, None, exc)  # never sent a byte, or ended by a close: nothing to tell
             self._retire(job)
             return
-        if self.running is not None and self.running.g is g:
-            # A blocking message call of the group runs on this thread (send_object, recv_object):
-            # this job's channel is told here, and that call fails too; `_start` completes both and
-            # tells the group's peers.
-            exc = runners.tell_own(g, plan.op, [ch], plan.outflows, exc)  # type: ignore[union-attr]
-            job.error = exc
-            self.deferred.append(job)
-            self._retire(job)  # the next message of the lane finds the group broken
-            raise exc
         handed, exc = runners.break_group(g, plan.op, [ch], plan.outflows, exc, job)  # type: ignore[union-attr]
         if not handed:
             jobs.finished(job, None, exc)

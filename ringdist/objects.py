@@ -27,7 +27,7 @@ from .collectives import gather_rows
 from .channel import Channel
 from .comm import Comm
 from .errors import MismatchError, ProtocolError, RingError
-from .flows import Outflow, Segments, SizedInflow, check_same
+from .flows import check_same
 
 
 
@@ -294,74 +294,3 @@ def _broadcast_object(g: Comm, obj: Any, root: Any, timeout: float | None) -> An
         obj, failure = _unpickled(lambda: unpickle(payload, fields["sizes"], whose))
     _agree(g, "broadcast_object", algorithm, failure, timeout)
     return obj
-
-
-def _message_header(number: int, fields: dict[str, Any]) -> wire.Header:
-    return wire.Header(wire.make_header("send_object", number, NOTHING.dtype.str, (), **fields))
-
-
-def send_object(obj: Any, dst: int, *, group: Comm | None = None, timeout: float | None = None) -> None:
-    """Send picklable `obj` to rank `dst` of the group, for its recv_object."""
-    if work.active:  # queued behind the group's outstanding operations
-        r = work.route("send_object", group, False, lambda g: send_object(obj, dst, group=g, timeout=timeout),
-                       message=True)
-        if r is not work.HERE:
-            return r
-    g = _comm(group, timeout)
-    dst = g.check_peer(dst, "send_object", "dst")
-    pickled = Pickled(obj, g.settings.max_object_bytes, "send_object", g.rank())
-    g.check_usable("send_object")
-    turn = g.p2p_turn(dst, True, "send_object", timeout)
-    try:
-        ch, number = g.p2p_channel(dst, outgoing=True)
-        with pickled.sending():
-            g.run("send_object", [], [Outflow(ch, Segments(pickled.parts), "send_object",
-                                              _message_header(number, pickled.fields))], [ch], timeout=timeout)
-    finally:
-        turn.release()
-    pickled.raise_error()  # after its header went: the receiver raises too, and the pair stays in step
-
-
-def recv_object(src: int, *, group: Comm | None = None, timeout: float | None = None) -> Any:
-    """The next object rank `src` sends with send_object."""
-    if work.active:  # queued behind the group's outstanding operations
-        r = work.route("recv_object", group, False, lambda g: recv_object(src, group=g, timeout=timeout),
-                       message=True)
-        if r is not work.HERE:
-            return r
-    g = _comm(group, timeout)
-    src = g.check_peer(src, "recv_object", "src")
-    cap = g.settings.max_object_bytes
-    g.check_usable("recv_object")
-    turn = g.p2p_turn(src, False, "recv_object", timeout)
-    try:
-        return _recv_object(g, src, cap, timeout)
-    finally:
-        turn.release()
-
-
-def _recv_object(g: Comm, src: int, cap: int, timeout: float | None) -> Any:
-    ch, number = g.p2p_channel(src, outgoing=False, timeout=timeout)
-
-    def accept(fields: dict[str, Any], ch: Channel) -> memoryview:
-        if fields.get("op") != "send_object" or fields.get("seq") != number:
-            raise MismatchError(f"rank {ch.me} expected send_object from rank {ch.peer} (message #{number}) but "
-                                f"rank {ch.peer} sent {wire.describe_header(fields)} (group {ch.group!r})")
-        sizes = sizes_of(fields, ch)
-        if isinstance(fields.get("failed"), str):  # raised once the message is read whole: the pair stays in step
-            if sizes:
-                raise ProtocolError(f"rank {ch.me}: recv_object: rank {ch.peer} says it could not send its object "
-                                    f"yet declares parts of {sizes!r}")
-            return memoryview(NOTHING)
-        if not sizes or sum(sizes) > cap:
-            raise RingError(f"rank {ch.me}: recv_object: rank {ch.peer} declares a {sum(sizes)}-byte object, "
-                            f"over RINGDIST_MAX_OBJECT_BYTES={cap} here")
-        return memoryview(np.empty(sum(sizes), dtype=np.uint8))
-
-    inflow = SizedInflow(ch, "recv_object", accept)
-    g.run("recv_object", [inflow], [], [ch], timeout=timeout)
-    assert inflow.fields is not None and inflow.dest is not None
-    failed = inflow.fields.get("failed")
-    if isinstance(failed, str):
-        raise ValueError(f"rank {g.rank()}: recv_object: rank {src} could not send its object: {failed}")
-    return unpickle(inflow.dest, inflow.fields["sizes"], f"rank {g.rank()}: recv_object: the object from rank {src}")

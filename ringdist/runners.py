@@ -133,10 +133,12 @@ class Runner:
             jobs.finished(job, None, jobs.closed_error(g, stopping)(job.work.op))
             return
         result = exc = None
+        self.thread.ringdist_issuer = job.issuer  # type: ignore[attr-defined] - named in errors for it
         try:
             result = job.call(g)
         except BaseException as error:  # noqa: BLE001 - the job's error
             exc = error
+        self.thread.ringdist_issuer = None  # type: ignore[attr-defined]
         with self.lock:
             self.running = None
             deferred, self.deferred = self.deferred, []

@@ -68,14 +68,12 @@ def _resolve(group: Any) -> Comm:
     return group
 
 
-def route(op: str, group: Any, async_op: bool, call: Callable[[Comm], Any], p2p: bool = False,
-          message: bool = False) -> Any:
+def route(op: str, group: Any, async_op: bool, call: Callable[[Comm], Any], p2p: bool = False) -> Any:
     """Where a public call runs. HERE: inline (on a thread of non-blocking operations, or
     blocking on a group with nothing outstanding). Otherwise the call is queued: a Work with
     `async_op`, else its result once its turn has come and gone. `call(group)` runs the
     operation or returns its Plan (point-to-point, `p2p`). A collective runs on its group's
-    runner (`runners`); a Plan, or a blocking `message` call (send_object, recv_object: in
-    turn with the pair's other messages), on the progress thread."""
+    runner (`runners`); a Plan on the progress thread."""
     global active
     if engine.on_progress_thread():
         return HERE
@@ -87,14 +85,14 @@ def route(op: str, group: Any, async_op: bool, call: Callable[[Comm], Any], p2p:
     with handle.lock:
         _ensure_exit_hook()
         active = True
-        if p2p or message:
+        if p2p:
             _ensure_thread()
             jobs.issue(job)
         else:
             job.on_runner = True
             runners.submit(job)  # first: if no runner can start (no file, no thread), nothing is left pending
             jobs.issue(job, queued=False)
-    if p2p or message:
+    if p2p:
         _wake()
     return work if async_op else work.wait()
 
@@ -155,9 +153,6 @@ def _end_closing(flows: Lanes) -> None:
         for job in queued:
             if job.g is g:
                 jobs.finished(job, None, why(job.work.op))
-    running = flows.running
-    if running is not None and running.g in closing:
-        raise jobs.closed_error(running.g, _stopping)(running.work.op)
 
 
 def _main(flows: Lanes) -> None:
@@ -210,31 +205,13 @@ def _start(flows: Lanes, job: Job) -> None:
     if job.g in jobs.closing:
         jobs.finished(job, None, jobs.closed_error(job.g, _stopping)(job.work.op))
         return
-    if job.plan is not None:
-        try:
-            job.timeout = job.plan.start()
-        except BaseException as exc:  # noqa: BLE001 - the job's error
-            jobs.finished(job, None, exc)
-            return
-        flows.add(job)
-        return
-    flows.running = job  # a blocking message call (send_object, recv_object), queued behind async work
-    g = job.g
-    was_broken = bool(g._broken)
-    result = exc = None
+    assert job.plan is not None  # only point-to-point plans come here; collectives go to runners
     try:
-        result = job.call(g)
-    except BaseException as error:  # noqa: BLE001 - the job's error
-        exc = error
-    flows.running = None
-    deferred, flows.deferred = flows.deferred, []
-    # A message that failed here told its own connection alone (`Comm.run`, `Lanes._failed`): the
-    # group's peers are told now, through its runner if a collective of the group runs there.
-    if deferred:
-        runners.break_group(g, deferred[0].plan.op, [], [], deferred[0].error)  # type: ignore[union-attr, arg-type]
-    elif exc is not None and g._broken and not was_broken:
-        runners.break_group(g, job.work.op, [], [], exc)
-    jobs.settle(job, result, exc, deferred)
+        job.timeout = job.plan.start()
+    except BaseException as exc:  # noqa: BLE001 - the job's error
+        jobs.finished(job, None, exc)
+        return
+    flows.add(job)
 
 
 # ---- closing, exit and fork ---------------------------------------------------------------------

@@ -223,6 +223,31 @@ def test_async_work_beside_blocking_collectives_on_another_group(shm):
     assert len(re.findall(r"^\[\d\] beside ok$", res.stdout, re.M)) == 4, res.stdout
 
 
+@pytest.mark.parametrize("mode", ["two_groups", "one_group"])
+def test_queued_object_messages_of_two_threads_do_not_wait_for_each_other(mode):
+    # Rank 0's threads each have an object message queued behind a non-blocking barrier; T1's
+    # recv_object is answered only after T2's send_object arrived. Run whole on the progress
+    # thread, T1's recv held T2's send behind it until RINGDIST_TIMEOUT.
+    res = run_launcher(["-n", "2", str(SCRIPTS / "async_objects.py"), mode], timeout=90,
+                       env={**FAST, "RINGDIST_TIMEOUT": "15"})
+    assert res.returncode == 0, res.stdout + res.stderr
+    for line in ("T2 sent rank=0", "T1 got from rank 1 rank=0", "got from T2 rank=1", "done rank=0", "done rank=1"):
+        assert re.search(rf"^\[\d\] {line}$", res.stdout, re.M), (line, res.stdout + res.stderr)
+
+
+def test_queued_object_messages_that_fail_raise_on_both_ends_and_name_their_call():
+    res = run_launcher(["-n", "2", str(SCRIPTS / "async_objects.py"), "failures"], timeout=90, env=FAST)
+    assert res.returncode == 0, res.stdout + res.stderr
+    sent = ("rank 0: send_object: the object cannot be pickled: TypeError: cannot pickle '_thread.lock' "
+            "object")
+    assert f"[0] send raised {sent} rank=0\n" in res.stdout, res.stdout
+    assert f"[1] recv raised rank 1: recv_object: rank 0 could not send its object: {sent} rank=1\n" in res.stdout
+    assert "[1] then got next rank=1\n" in res.stdout, res.stdout
+    assert ("[1] timed out rank 1: recv_object in group 'world/0:0': waiting for rank 0 to send: no connection "
+            "arrived in time rank=1\n") in res.stdout, res.stdout
+    assert "[0] done rank=0\n" in res.stdout and "[1] done rank=1\n" in res.stdout, res.stdout
+
+
 def test_wait_refuses_a_bad_timeout_whether_or_not_the_operation_has_finished():
     res = run_launcher(["-n", "1", str(SCRIPTS / "async_lanes.py"), "wait_args"], timeout=60, env=FAST)
     assert res.returncode == 0, res.stdout + res.stderr

@@ -2,8 +2,8 @@
 
 usage: two_threads.py overlap|async|apart|close
 - overlap: rank 0's thread A is inside an all_sum (rank 1 comes 2 s late) when its main thread
-  calls another; async: the main thread's second call is async_op=True (it runs on the progress
-  thread); apart: two threads call one after the other, which is fine; close: rank 0's main
+  calls another; async: the main thread's second call is async_op=True (it runs on the group's
+  runner, and the refusal names the main thread); apart: two threads call one after the other, which is fine; close: rank 0's main
   thread closes a split group while thread A is in an all_sum on it, then again once A is done.
 Prints one line per outcome: "<who>: ok <value>" or "<who>: <ErrorClass> after S s: <message>".
 """

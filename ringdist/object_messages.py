@@ -1,0 +1,199 @@
+"""send_object and recv_object: a picklable object to one rank of the group, as a message.
+
+Each is a plan, as an array's send and recv are (`p2p`, `jobs.Plan`): the object pickled at
+the call, checked when it starts, then its flows built on the pair's direct connection once its turn
+at the pair's direction has come. Inline they run at once; queued behind the group's
+outstanding operations they move on the progress thread with the other messages, never
+blocking it (one waiting for its peer would hold up every other group's messages). The
+receiver unpickles on the calling thread.
+
+A sender that cannot pickle its object (or whose object is over RINGDIST_MAX_OBJECT_BYTES)
+still sends the header, saying why in place of the parts' sizes: both ends raise ValueError
+and the pair's messages stay in step.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from . import wire, work
+from .algorithms.blocks import sizes_of
+from .arrays import NOTHING
+from .calls import _comm
+from .channel import Channel
+from .comm import Comm
+from .errors import MismatchError, ProtocolError, RingError
+from .flows import Inflow, Outflow, Segments, SizedInflow
+from .objects import Pickled, unpickle
+
+
+def _message_header(number: int, fields: dict[str, Any]) -> wire.Header:
+    return wire.Header(wire.make_header("send_object", number, NOTHING.dtype.str, (), **fields))
+
+
+class _Turned:
+    """What both plans share: the pair's turn, taken by `open` and given up by `release`."""
+
+    op = ""
+    outgoing = True
+
+    def __init__(self, peer: Any, g: Comm, timeout: float | None):
+        self.peer, self.g, self.timeout = peer, g, timeout
+        self.ch: Channel | None = None
+        self.inflows: list[Inflow] = []
+        self.outflows: list[Outflow] = []
+        self.turn: Any = None
+
+    def _take_turn(self, wait: bool) -> bool:
+        if self.turn is None:
+            self.turn = self.g.p2p_turn(self.peer, self.outgoing, self.op, self.timeout, wait)
+        return self.turn is not None
+
+    def release(self) -> None:
+        turn, self.turn = self.turn, None
+        if turn is not None:
+            turn.release()
+
+
+class _SendObject(_Turned):
+    op = "send_object"
+    outgoing = True
+
+    def __init__(self, obj: Any, dst: Any, g: Comm, timeout: float | None):
+        super().__init__(dst, g, timeout)
+        # Pickled here, on the calling thread: the object as it is at the call, and no user
+        # code (its __reduce__) on the progress thread. A failure is raised once its header went.
+        self.pickled = Pickled(obj, g.settings.max_object_bytes, "send_object", g.rank())
+
+    def start(self) -> float:
+        g = self.g
+        self.peer = g.check_peer(self.peer, "send_object", "dst")
+        g.check_usable("send_object")
+        return g._timeout(self.timeout)
+
+    def open(self, wait: bool = True) -> bool:
+        if not self._take_turn(wait):
+            return False
+        ch, number = self.g.p2p_channel(self.peer, outgoing=True)  # type: ignore[misc]
+        self.ch = ch
+        pickled = self.pickled
+        self.outflows = [Outflow(ch, Segments(pickled.parts), "send_object", _message_header(number, pickled.fields))]
+        return True
+
+    def result(self) -> None:
+        return None
+
+    def own_error(self, exc: BaseException | None = None) -> None:
+        """ValueError if the object could not be sent (its header said why), from `exc` if the
+        message failed too: the peer's error may be about it."""
+        if self.pickled.error is not None:
+            raise ValueError(self.pickled.error) from exc
+
+
+class _RecvObject(_Turned):
+    op = "recv_object"
+    outgoing = False
+
+    def __init__(self, src: Any, g: Comm, timeout: float | None):
+        super().__init__(src, g, timeout)
+        self.inflow: SizedInflow | None = None
+
+    def start(self) -> float:
+        g = self.g
+        self.peer = g.check_peer(self.peer, "recv_object", "src")
+        self.cap = g.settings.max_object_bytes
+        g.check_usable("recv_object")
+        return g._timeout(self.timeout)
+
+    def open(self, wait: bool = True) -> bool:
+        if not self._take_turn(wait):
+            return False
+        got = self.g.p2p_channel(self.peer, outgoing=False, timeout=self.timeout, wait=wait, op="recv_object")
+        if got is None:
+            return False
+        ch, number = got
+        self.ch = ch
+        cap = self.cap
+
+        def accept(fields: dict[str, Any], ch: Channel) -> memoryview:
+            if fields.get("op") != "send_object" or fields.get("seq") != number:
+                raise MismatchError(f"rank {ch.me} expected send_object from rank {ch.peer} (message #{number}) but "
+                                    f"rank {ch.peer} sent {wire.describe_header(fields)} (group {ch.group!r})")
+            sizes = sizes_of(fields, ch)
+            if isinstance(fields.get("failed"), str):  # raised once the message is read whole: the pair stays in step
+                if sizes:
+                    raise ProtocolError(f"rank {ch.me}: recv_object: rank {ch.peer} says it could not send its "
+                                        f"object yet declares parts of {sizes!r}")
+                return memoryview(NOTHING)
+            if not sizes or sum(sizes) > cap:
+                raise RingError(f"rank {ch.me}: recv_object: rank {ch.peer} declares a {sum(sizes)}-byte object, "
+                                f"over RINGDIST_MAX_OBJECT_BYTES={cap} here")
+            return memoryview(np.empty(sum(sizes), dtype=np.uint8))
+
+        self.inflow = SizedInflow(ch, "recv_object", accept)
+        self.inflows = [self.inflow]
+        return True
+
+    def result(self) -> "_RecvObject":
+        return self  # unpickled by the caller, on its own thread (`unpickled`)
+
+    def unpickled(self) -> Any:
+        inflow = self.inflow
+        assert inflow is not None and inflow.fields is not None and inflow.dest is not None
+        r, src = self.g.rank(), self.peer
+        failed = inflow.fields.get("failed")
+        if isinstance(failed, str):
+            raise ValueError(f"rank {r}: recv_object: rank {src} could not send its object: {failed}")
+        return unpickle(inflow.dest, inflow.fields["sizes"], f"rank {r}: recv_object: the object from rank {src}")
+
+
+def send_object(obj: Any, dst: int, *, group: Comm | None = None, timeout: float | None = None) -> None:
+    """Send picklable `obj` to rank `dst` of the group, for its recv_object."""
+    if work.active:  # queued behind the group's outstanding operations, if it has any
+        made: list[_SendObject] = []
+
+        def plan(g: Comm) -> _SendObject:
+            made.append(_SendObject(obj, dst, g, timeout))
+            return made[0]
+
+        try:
+            r = work.route("send_object", group, False, plan, p2p=True)
+        except BaseException as exc:
+            if made:
+                made[0].own_error(exc)
+            raise
+        if r is not work.HERE:
+            made[0].own_error()
+            return None
+    g = _comm(group, timeout)
+    sending = _SendObject(obj, dst, g, timeout)
+    sending.start()
+    try:
+        sending.open()
+        g.run("send_object", [], sending.outflows, [sending.ch], timeout=timeout)  # type: ignore[list-item]
+    except BaseException as exc:
+        sending.own_error(exc)
+        raise
+    finally:
+        sending.release()
+    sending.own_error()  # after its header went: the receiver raises too, and the pair stays in step
+    return None
+
+
+def recv_object(src: int, *, group: Comm | None = None, timeout: float | None = None) -> Any:
+    """The next object rank `src` sends with send_object."""
+    if work.active:  # queued behind the group's outstanding operations, if it has any
+        r = work.route("recv_object", group, False, lambda g: _RecvObject(src, g, timeout), p2p=True)
+        if r is not work.HERE:
+            return r.unpickled()
+    g = _comm(group, timeout)
+    receiving = _RecvObject(src, g, timeout)
+    receiving.start()
+    try:
+        receiving.open()
+        g.run("recv_object", receiving.inflows, [], [receiving.ch], timeout=timeout)  # type: ignore[list-item]
+    finally:
+        receiving.release()
+    return receiving.unpickled()
