@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass
 from typing import Iterator, Sequence, Union
 
-from ringdist import channel
+from ringdist import channel, posixshm
 from ringdist.endpoint import local_backend
 from ringdist.errors import ConnectError
 from ringdist.rendezvous import RendezvousServer
@@ -248,8 +248,10 @@ class _Supervisor:
         abstract sockets need none), or if it cannot be made."""
         if not any(r.placement.is_local and local_backend(self._shm_setting(r)) == "posix" for r in self.plan.ranks):
             return None
+        # Under /tmp where $TMPDIR is too long a path for the socket files (`posixshm.fits`).
+        short = posixshm.fits(os.path.join(tempfile.gettempdir(), "rd-" + "x" * 8))
         try:
-            return tempfile.mkdtemp(prefix="rd-")
+            return tempfile.mkdtemp(prefix="rd-", dir=None if short else posixshm.SHORT_BASE)
         except OSError as e:  # the ranks then put their sockets under $TMPDIR themselves
             self.writer.message(f"ringdist-launch: warning: cannot make the job's socket directory: {e}")
             return None

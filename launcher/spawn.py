@@ -75,8 +75,14 @@ class RankProcess:
         signal_group(self.proc, sig)
 
     def wait_exit(self) -> int:
-        """Block until the rank exits; its returncode (-N for signal N), the process left unreaped."""
-        return wait_exit(self.proc)
+        """Block until the rank exits; its returncode (-N for signal N), the process left unreaped
+        on Linux. Elsewhere it is reaped here (no `waitid` that leaves it), and its process group's
+        id may be another's once the group is empty: what the rank left in its group is killed now,
+        while that id can only be the rank's (on Linux, at `finish`)."""
+        code = wait_exit(self.proc)
+        if not sys.platform.startswith("linux"):
+            signal_group(self.proc, signal.SIGKILL)
+        return code
 
     def exiting(self) -> bool:
         """Whether the rank's process is dying or dead (its exit perhaps not seen yet); False where unknown."""

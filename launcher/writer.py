@@ -35,7 +35,7 @@ WRITE_BYTES = 16 << 10  # the most one write() call is given: progress is seen a
 # To a pipe, at most this much, ending at a line's end where one fits: the kernel takes such a write
 # whole or not at all (POSIX's PIPE_BUF), so a reader that stops for good leaves no line cut short,
 # and what was written is known to the byte when the launcher gives up on it.
-PIPE_WRITE_BYTES = 4096
+PIPE_WRITE_BYTES = min(4096, getattr(select, "PIPE_BUF", 512))  # Linux 4096; macOS 512
 STALL_AFTER = 2.0  # a write without progress this long: the destination is not being read
 NOTICE_EVERY = 5.0  # seconds between two "lines dropped" notices while the job runs
 CLOSE_STALL = 2.0  # at exit, give up on a destination whose write made no progress this long

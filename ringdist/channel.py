@@ -98,11 +98,28 @@ def configure(sock: socket.socket, buffers: tuple[int, int] | None = None) -> No
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
         if rcv:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcv)
+            _set_buffer(sock, socket.SO_RCVBUF, rcv)
         if snd:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, snd)
+            _set_buffer(sock, socket.SO_SNDBUF, snd)
     except OSError as exc:
         raise PeerLostError(f"connection to {peer_address(sock)}: cannot set socket options: {reason(exc)}") from None
+
+
+_BUFFER_FLOOR = 64 * 1024  # the least a buffer asked for is cut to before its refusal is an error
+
+
+def _set_buffer(sock: socket.socket, option: int, size: int) -> None:
+    """A socket buffer of `size` bytes, or the largest the system allows: Linux cuts a size over
+    its limit itself; macOS refuses one over kern.ipc.maxsockbuf (about 7 MiB by default) with
+    ENOBUFS, and is asked again for half as much."""
+    while True:
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, option, size)
+            return
+        except OSError as exc:
+            if exc.errno not in (errno.ENOBUFS, errno.EINVAL) or size <= _BUFFER_FLOOR:
+                raise
+            size //= 2
 
 
 # ---- opening -------------------------------------------------------------------------------

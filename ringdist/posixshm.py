@@ -38,6 +38,8 @@ except ImportError:  # not a POSIX system
 
 SEGMENT_PREFIX = "/rd"  # then 8 hex digits of the job id and 16 random: 27 characters (macOS allows 31)
 SOCKET_FILE = "s"
+PATH_MAX = 103  # bytes of a Unix socket file's path: macOS's sun_path holds 104 with its NUL (Linux's 108)
+SHORT_BASE = "/tmp"  # where socket directories go when the base directory's path is too long for them
 
 _made: dict[str, int] = {}  # socket path -> the process that made it (a forked child must not remove it)
 _made_lock = threading.Lock()
@@ -94,13 +96,21 @@ def make_segment(size: int, label: str, job: str) -> tuple[int, mmap.mmap]:
 
 
 def base_directory(given: str | None) -> str:
-    """Where socket directories go: `given` (the launcher's per-job directory), else $TMPDIR."""
-    return given or tempfile.gettempdir()
+    """Where socket directories go: `given` (the launcher's per-job directory), else $TMPDIR;
+    /tmp where that is too long a path for a socket file under it (a 90-character $TMPDIR:
+    every bind failed, and the group quietly used TCP). Every rank of a machine decides alike."""
+    base = given or tempfile.gettempdir()
+    return base if fits(base) or not os.path.isdir(SHORT_BASE) else SHORT_BASE
+
+
+def fits(base: str) -> bool:
+    """Whether socket files under `base` (`socket_path`) are short enough to bind."""
+    return len(os.fsencode(socket_path(base, "0" * 24))) <= PATH_MAX
 
 
 def socket_path(base: str, name: str) -> str:
     """The socket file of the endpoint whose abstract name is `name` ('ringdist-' + hex digits):
-    `base/rd<24 hex>/s`, short enough for macOS's 104-byte limit under its $TMPDIR."""
+    `base/rd<24 hex>/s`: 29 bytes past the base, which may then be 74 bytes long (`PATH_MAX`)."""
     return os.path.join(base, "rd" + name[-24:], SOCKET_FILE)
 
 

@@ -30,6 +30,19 @@ def require(ok: bool, reason: str) -> None:
     pytest.skip(reason)
 
 
+def loopback_aliases() -> None:
+    """Skip (fail under CI) unless 127.0.0.2-127.0.0.4 are this machine's, as the tests that stand
+    them in for other hosts need (loopback-4.json): Linux has all of 127/8; macOS 127.0.0.1 alone."""
+    import socket
+
+    for ip in ("127.0.0.2", "127.0.0.3", "127.0.0.4"):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind((ip, 0))
+            except OSError:
+                require(False, f"{ip} is not on the loopback interface (macOS: sudo ifconfig lo0 alias {ip} up)")
+
+
 def run_launcher(
     args: Sequence[str],
     timeout: float = 60,

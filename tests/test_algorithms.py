@@ -15,6 +15,7 @@ import pytest
 import ringdist as rd
 
 from harness import run_ranks
+from helpers import loopback_aliases
 
 VARIANTS = {
     "default": {},  # on one machine: shared memory (groups of 2 to 8)
@@ -183,6 +184,7 @@ def test_every_algorithm_forced_on_every_op(n, name):
 
     options = {}
     if name == "hier" and n >= 4 and n % 2 == 0:  # hosts of 2 ranks each (their own loopback addresses)
+        loopback_aliases()
         options = dict(ips=[f"127.0.0.{1 + r // 2}" for r in range(n)], rank_overrides={0: {"shm": False}})
     results = run_ranks(n, rank, algo=(("*", name),), **options)
     ran = 0

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from helpers import HOSTFILES, ROOT, SCRIPTS, run_launcher
+from helpers import HOSTFILES, ROOT, SCRIPTS, loopback_aliases, run_launcher
 
 FAST = {"RINGDIST_TIMEOUT": "20", "RINGDIST_CONNECT_TIMEOUT": "10"}
 
@@ -43,6 +43,8 @@ def test_large_all_gather_over_three_lanes_both_ways():
 
 def test_main_job_on_the_shipped_hostfiles():
     for hostfile in ("localhost-4.json", "loopback-4.json"):
+        if hostfile == "loopback-4.json":
+            loopback_aliases()
         res = run_launcher(["--hosts", str(HOSTFILES / hostfile), str(ROOT / "examples" / "gather.py")],
                            timeout=60, env=FAST)
         assert res.returncode == 0, res.stderr
@@ -52,6 +54,7 @@ def test_main_job_on_the_shipped_hostfiles():
 
 
 def test_loopback_hostfile_binds_each_rank_to_its_own_address():
+    loopback_aliases()
     code = ("import ringdist as rd, ringdist.world as b; g = rd.init(); "
             "print('bound', b._endpoint.addresses[0][0]); rd.barrier()")
     script = ROOT / "tests" / "scripts" / "_bound.py"

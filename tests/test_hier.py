@@ -17,7 +17,7 @@ import pytest
 
 import ringdist as rd
 from harness import run_disagreement, run_ranks
-from helpers import SCRIPTS, kill_one_mid_loop, run_launcher
+from helpers import SCRIPTS, kill_one_mid_loop, loopback_aliases, run_launcher
 from ringdist import tuning
 from ringdist.errors import ConfigError, MismatchError
 from ringdist.hosts import hierarchical, layout
@@ -53,6 +53,7 @@ def _value(op: str, dtype: str, count: int, r: int) -> np.ndarray:
 
 @pytest.mark.parametrize("n, per_host", [(4, 2), (6, 3), (6, 2), (8, 4), (9, 3)])
 def test_hierarchical_collectives_give_every_rank_the_exact_result(n, per_host):
+    loopback_aliases()
     big = slot_bytes(per_host) // 4 + 1001  # more than a slot of float32: several rounds on shm hosts
     cases = CASES + [("all_gather", "float32", big), ("all_sum", "float32", big)]
 
@@ -92,6 +93,7 @@ def test_hierarchical_collectives_give_every_rank_the_exact_result(n, per_host):
 
 
 def test_a_host_without_shared_memory_passes_its_columns_in_bounded_rounds(monkeypatch):
+    loopback_aliases()
     # 3 hosts of 2 ranks, none sharing memory: the host step goes over TCP, here in rounds of
     # 1,000 bytes per rank (so 334 of each block per round: several, the last one shorter).
     from ringdist.algorithms import hier
@@ -108,6 +110,7 @@ def test_a_host_without_shared_memory_passes_its_columns_in_bounded_rounds(monke
 
 
 def test_the_table_chooses_the_hierarchy_for_large_gathers_only():
+    loopback_aliases()
     def rank(g: rd.Group) -> tuple:
         x = np.ones(1 << 18, np.float32)
         rd.all_gather(x, group=g)
@@ -120,6 +123,7 @@ def test_the_table_chooses_the_hierarchy_for_large_gathers_only():
 
 
 def test_no_hierarchy_on_one_host_or_with_uneven_hosts():
+    loopback_aliases()
     def rank(g: rd.Group) -> tuple:
         return g.hierarchy is None, tuning.choose(g, "all_sum", 1 << 20).name
 
@@ -135,6 +139,7 @@ def test_no_hierarchy_on_one_host_or_with_uneven_hosts():
 
 
 def test_a_rank_running_another_algorithm_is_a_mismatch_on_every_rank():
+    loopback_aliases()
     # Rank 3 forces the flat ring; the others choose the hierarchy: nobody waits for ever.
     outcomes, _ = run_disagreement(4, lambda g: rd.all_sum(np.ones(1 << 17, np.float32), group=g),
                                    ips=_ips(4, 2), shm=False, rank_overrides={3: {"algo": (("all_sum", "ring"),)}})

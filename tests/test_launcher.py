@@ -19,6 +19,7 @@ from helpers import (
     SCRIPTS,
     LineReader,
     kill_tree,
+    loopback_aliases,
     pid_alive,
     run_launcher,
     start_launcher,
@@ -336,6 +337,7 @@ def test_each_job_gets_a_fresh_secret():
 
 
 def test_loopback_hostfile_binds_each_rank_to_its_address():
+    loopback_aliases()
     result = run_launcher(["--hosts", str(HOSTFILES / "loopback-4.json"), RANK_ENV])
     assert result.returncode == 0, result.stderr
     reports = rank_reports(result.stdout)
@@ -354,6 +356,7 @@ def test_hostfile_with_n_uses_first_slots(tmp_path):
 
 
 def test_hosts_list_argument():
+    loopback_aliases()
     result = run_launcher(["--hosts", "localhost:2,127.0.0.2,localhost", RANK_ENV])
     assert result.returncode == 0, result.stderr
     reports = rank_reports(result.stdout)
@@ -725,6 +728,28 @@ def test_ranks_die_with_a_sigkilled_launcher():
         for pid in pids:  # orphans escape kill_tree once their launcher is gone
             if pid_alive(pid):
                 os.kill(pid, signal.SIGKILL)
+
+
+def test_where_ranks_are_reaped_as_they_exit_what_they_left_in_their_group_is_killed_then(monkeypatch):
+    # Off Linux (macOS: no waitid that leaves a process unreaped) the launcher reaps a rank as it
+    # exits, and its group's id is no longer only the rank's to signal at the end: a child the
+    # rank left running (the job ended 0) outlived the job. Linux's path (`finish`) is covered by
+    # the launcher tests; this runs the other one here.
+    from ringdist_launch import spawn
+
+    monkeypatch.setattr(spawn.sys, "platform", "darwin")
+    rank = spawn.LocalSpawner().start(["sh", "-c", "sleep 60 & echo $!; exit 3"], {}, None)
+    child = int(rank.proc.stdout.readline())
+    try:
+        assert rank.wait_exit() == 3
+        assert wait_until_gone([child], 10) == [], "the rank's child outlived it"
+    finally:
+        try:
+            os.kill(child, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        rank.proc.stdout.close()
+        rank.proc.stderr.close()
 
 
 def test_value_options_table_matches_the_parser():

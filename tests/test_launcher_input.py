@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from helpers import HOSTFILES, LAUNCHER, SCRIPTS, kill_tree, run_launcher
+from helpers import HOSTFILES, LAUNCHER, SCRIPTS, kill_tree, loopback_aliases, run_launcher
 
 PY = sys.executable
 SHOW_ENV = ("import json, os; print(json.dumps({k: os.environ.get(k) for k in "
@@ -158,6 +158,7 @@ def test_local_world_size_counts_the_ranks_local_rank_counts_among():
     # LOCAL_WORLD_SIZE is 1 (it was 4: LOCAL_RANK < LOCAL_WORLD_SIZE held, but not RANK =
     # node * LOCAL_WORLD_SIZE + LOCAL_RANK); RINGDIST_LOCAL_WORLD_SIZE still counts the
     # machine's ranks, for the spin default.
+    loopback_aliases()
     result = run_launcher(["--hosts", str(HOSTFILES / "loopback-4.json"), "--dry-run", "--", PY, "-c", "pass"],
                           timeout=30)
     assert result.returncode == 0, result.stderr

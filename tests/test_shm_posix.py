@@ -7,10 +7,13 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import stat
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -185,9 +188,11 @@ def test_kill_9_of_the_launcher_leaves_no_socket_directory():
         kill_tree(proc)
 
 
-def test_kill_9_of_the_launcher_as_it_makes_the_socket_directory_leaves_nothing(tmp_path):
+def test_kill_9_of_the_launcher_as_it_makes_the_socket_directory_leaves_nothing():
     # Killed as soon as the directory appears, before any rank runs: the guard was started first
     # and told of the directory at once (made before the guard, it was left behind 2 times in 3).
+    # A TMPDIR of its own, short enough for the socket files (pytest's tmp_path may not be).
+    tmp_path = Path(tempfile.mkdtemp(prefix="rdt-", dir="/tmp"))
     proc = start_launcher(["-n", "2", str(SCRIPTS / "shm_posix.py"), "loop", "0.01"],
                           env={**POSIX, "TMPDIR": str(tmp_path)})
     try:
@@ -204,6 +209,25 @@ def test_kill_9_of_the_launcher_as_it_makes_the_socket_directory_leaves_nothing(
         assert not os.path.exists(tmp_path / made[0])
     finally:
         kill_tree(proc)
+        shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+def test_a_tmpdir_too_long_for_socket_files_puts_them_under_tmp():
+    # macOS allows 103 bytes in a socket file's path, and its $TMPDIR is long already: with 90
+    # characters of TMPDIR every bind failed and the job quietly used TCP.
+    long_dir = Path(tempfile.mkdtemp(prefix="rdt-", dir="/tmp")) / ("d" * 80)
+    long_dir.mkdir()
+    try:
+        res = run_launcher(["-n", "2", str(SCRIPTS / "shm_posix.py"), "once"], env={**POSIX, "TMPDIR": str(long_dir)},
+                           timeout=60)
+        assert res.returncode == 0, res.stdout + res.stderr
+        found = re.findall(r"^\[\d\] backend=posix shm=True job=\w+ socket=(/tmp/rd-\w+/rd\w{24}/s) dir=0o700$",
+                           res.stdout, re.M)
+        assert len(found) == 2 and len(re.findall(r"sum ok", res.stdout)) == 2, res.stdout
+        assert not any(os.path.exists(os.path.dirname(os.path.dirname(p))) for p in found), found
+        assert os.listdir(long_dir) == []
+    finally:
+        shutil.rmtree(long_dir.parent, ignore_errors=True)
 
 
 @LINUX

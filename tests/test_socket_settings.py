@@ -3,10 +3,13 @@ writing another module's globals."""
 
 from __future__ import annotations
 
+import errno
 import socket
 
 import numpy as np
+import pytest
 
+import ringdist as rd
 from ringdist import buffers, channel
 from ringdist.settings import Settings
 
@@ -77,6 +80,38 @@ def test_a_channel_takes_its_buffer_sizes_as_a_parameter_or_the_process_default(
         channel.configure_defaults(Settings())
         for s in socks:
             s.close()
+
+
+class _CappedSocket(socket.socket):
+    """A socket whose buffers refuse sizes over macOS's default cap (kern.ipc.maxsockbuf 8 MiB, of
+    which a buffer may take 2048/2304) with ENOBUFS, where Linux cuts them itself."""
+
+    cap = 8 * (1 << 20) * 2048 // 2304
+
+    def setsockopt(self, level, option, value, *rest):  # type: ignore[override]
+        if level == socket.SOL_SOCKET and option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+            self.asked.append((option, value))
+            if value > self.cap:
+                raise OSError(errno.ENOBUFS, "No buffer space available")
+        return super().setsockopt(level, option, value, *rest)
+
+
+def test_buffer_sizes_over_the_systems_cap_are_halved_until_taken():
+    lsock = socket.create_server(("127.0.0.1", 0))
+    sock = _CappedSocket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.asked = []
+    try:
+        sock.connect(lsock.getsockname())
+        channel.configure(sock, (16 << 20, 32 << 20))
+        assert sock.asked == [(socket.SO_RCVBUF, 16 << 20), (socket.SO_RCVBUF, 8 << 20), (socket.SO_RCVBUF, 4 << 20),
+                              (socket.SO_SNDBUF, 32 << 20), (socket.SO_SNDBUF, 16 << 20), (socket.SO_SNDBUF, 8 << 20),
+                              (socket.SO_SNDBUF, 4 << 20)], sock.asked
+        sock.cap = 1000  # below the floor: a refusal is the error it was
+        with pytest.raises(rd.PeerLostError, match="cannot set socket options: No buffer space available"):
+            channel.configure(sock, (1 << 20, 0))
+    finally:
+        sock.close()
+        lsock.close()
 
 
 def test_the_buffer_cache_limit_is_set_through_configure():
