@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 import threading
 import weakref
-from typing import Any
+from typing import Any, Callable
 
 from . import deadlines
 from .errors import RingTimeoutError
@@ -25,7 +25,8 @@ class Work:
     `done()` says whether it has finished. Handles may be waited in any order, and again.
     """
 
-    __slots__ = ("op", "gid", "rank", "_event", "_result", "_error", "_waited", "__weakref__")
+    __slots__ = ("op", "gid", "rank", "_event", "_result", "_error", "_waited", "_finish", "_finish_lock",
+                 "__weakref__")
 
     def __init__(self, op: str, g: Any):
         self.op = op
@@ -35,6 +36,14 @@ class Work:
         self._result: Any = None
         self._error: BaseException | None = None
         self._waited = False
+        self._finish: Callable[[Any, BaseException | None], Any] | None = None
+        self._finish_lock: threading.Lock | None = None
+
+    def then(self, finish: Callable[[Any, BaseException | None], Any]) -> None:
+        """Have the first `wait` turn the outcome into its result with `finish(result, error)`, on
+        the waiting thread (a received object is unpickled there, not on the progress thread); it
+        may raise instead, and an `error` it lets pass is raised still."""
+        self._finish, self._finish_lock = finish, threading.Lock()
 
     def __repr__(self) -> str:
         state = "done" if self._event.is_set() else "outstanding"
@@ -59,6 +68,14 @@ class Work:
             self._waited = True
             with lock:
                 unreported.discard(self)
+        if self._finish_lock is not None:
+            with self._finish_lock:  # once, whichever thread waits first; the others see its outcome
+                finish, self._finish = self._finish, None
+                if finish is not None:
+                    try:
+                        self._result = finish(self._result, self._error)
+                    except BaseException as exc:  # noqa: BLE001 - the operation's error, as any other
+                        self._result, self._error = None, exc
         if self._error is not None:
             raise self._error
         return self._result

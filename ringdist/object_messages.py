@@ -5,7 +5,7 @@ the call, checked when it starts, then its flows built on the pair's direct conn
 at the pair's direction has come. Inline they run at once; queued behind the group's
 outstanding operations they move on the progress thread with the other messages, never
 blocking it (one waiting for its peer would hold up every other group's messages). The
-receiver unpickles on the calling thread.
+receiver unpickles on the calling thread (with `async_op=True`, the thread that waits).
 
 A sender that cannot pickle its object (or whose object is over RINGDIST_MAX_OBJECT_BYTES)
 still sends the header, saying why in place of the parts' sizes: both ends raise ValueError
@@ -149,24 +149,22 @@ class _RecvObject(_Turned):
         return unpickle(inflow.dest, inflow.fields["sizes"], f"rank {r}: recv_object: the object from rank {src}")
 
 
-def send_object(obj: Any, dst: int, *, group: Comm | None = None, timeout: float | None = None) -> None:
-    """Send picklable `obj` to rank `dst` of the group, for its recv_object."""
-    if work.active:  # queued behind the group's outstanding operations, if it has any
+def send_object(obj: Any, dst: int, *, group: Comm | None = None, timeout: float | None = None,
+                async_op: bool = False) -> "None | work.Work":
+    """Send picklable `obj` to rank `dst` of the group, for its recv_object.
+
+    With `async_op=True` (mpi4py's `isend`): a `Work` at once; `obj` is pickled before it returns."""
+    if async_op or work.active:  # queued behind the group's outstanding operations, if it has any
         made: list[_SendObject] = []
 
         def plan(g: Comm) -> _SendObject:
             made.append(_SendObject(obj, dst, g, timeout))
             return made[0]
 
-        try:
-            r = work.route("send_object", group, False, plan, p2p=True)
-        except BaseException as exc:
-            if made:
-                made[0].own_error(exc)
-            raise
+        r = work.route("send_object", group, async_op, plan, p2p=True,
+                       finish=lambda result, error: made[0].own_error(error))
         if r is not work.HERE:
-            made[0].own_error()
-            return None
+            return r
     g = _comm(group, timeout)
     sending = _SendObject(obj, dst, g, timeout)
     sending.start()
@@ -182,12 +180,17 @@ def send_object(obj: Any, dst: int, *, group: Comm | None = None, timeout: float
     return None
 
 
-def recv_object(src: int, *, group: Comm | None = None, timeout: float | None = None) -> Any:
-    """The next object rank `src` sends with send_object."""
-    if work.active:  # queued behind the group's outstanding operations, if it has any
-        r = work.route("recv_object", group, False, lambda g: _RecvObject(src, g, timeout), p2p=True)
+def recv_object(src: int, *, group: Comm | None = None, timeout: float | None = None,
+                async_op: bool = False) -> Any:
+    """The next object rank `src` sends with send_object.
+
+    With `async_op=True` (mpi4py's `irecv`): a `Work` at once, whose `wait()` returns the object
+    (unpickled there, on the waiting thread)."""
+    if async_op or work.active:  # queued behind the group's outstanding operations, if it has any
+        r = work.route("recv_object", group, async_op, lambda g: _RecvObject(src, g, timeout), p2p=True,
+                       finish=lambda received, error: received.unpickled() if error is None else None)
         if r is not work.HERE:
-            return r.unpickled()
+            return r
     g = _comm(group, timeout)
     receiving = _RecvObject(src, g, timeout)
     receiving.start()

@@ -68,12 +68,13 @@ def _resolve(group: Any) -> Comm:
     return group
 
 
-def route(op: str, group: Any, async_op: bool, call: Callable[[Comm], Any], p2p: bool = False) -> Any:
+def route(op: str, group: Any, async_op: bool, call: Callable[[Comm], Any], p2p: bool = False,
+          finish: Callable[[Any, BaseException | None], Any] | None = None) -> Any:
     """Where a public call runs. HERE: inline (on a thread of non-blocking operations, or
     blocking on a group with nothing outstanding). Otherwise the call is queued: a Work with
     `async_op`, else its result once its turn has come and gone. `call(group)` runs the
     operation or returns its Plan (point-to-point, `p2p`). A collective runs on its group's
-    runner (`runners`); a Plan on the progress thread."""
+    runner (`runners`); a Plan on the progress thread. `finish`: see `Work.then`."""
     global active
     if engine.on_progress_thread():
         return HERE
@@ -81,6 +82,8 @@ def route(op: str, group: Any, async_op: bool, call: Callable[[Comm], Any], p2p:
     if not async_op and g not in jobs.pending:
         return HERE
     work = Work(op, g)
+    if finish is not None:
+        work.then(finish)
     job = Job(work, g, call, p2p)
     with handle.lock:
         _ensure_exit_hook()

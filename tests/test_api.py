@@ -38,9 +38,8 @@ def test_collectives_take_group_as_keyword_only():
         params = inspect.signature(getattr(rd, name)).parameters
         for keyword in ("group", "timeout"):
             assert params[keyword].kind is inspect.Parameter.KEYWORD_ONLY and params[keyword].default is None, name
-        if name not in ("send_object", "recv_object"):
-            param = params["async_op"]
-            assert param.kind is inspect.Parameter.KEYWORD_ONLY and param.default is False, name
+        param = params["async_op"]
+        assert param.kind is inspect.Parameter.KEYWORD_ONLY and param.default is False, name
     for name in ("gather", "scatter", "reduce"):
         assert inspect.signature(getattr(rd, name)).parameters["root"].default == 0, name
     assert inspect.signature(rd.reduce).parameters["op"].default == "sum"

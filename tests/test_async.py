@@ -248,6 +248,26 @@ def test_queued_object_messages_that_fail_raise_on_both_ends_and_name_their_call
     assert "[0] done rank=0\n" in res.stdout and "[1] done rank=1\n" in res.stdout, res.stdout
 
 
+@pytest.mark.parametrize("n", [2, 3])
+def test_object_messages_with_async_op(n):
+    # mpi4py's isend/irecv of objects: pickled at the call, unpickled by the first wait (two
+    # threads waiting get one object); a failure to pickle or unpickle is raised at the wait.
+    res = run_launcher(["-n", str(n), str(SCRIPTS / "async_objects.py"), "nonblocking"], timeout=90, env=FAST)
+    assert res.returncode == 0, res.stdout + res.stderr
+    out = res.stdout
+    assert sorted(re.findall(r"^\[(\d)\] ring ok", out, re.M)) == [str(r) for r in range(n)], out
+    assert sorted(re.findall(r"^\[(\d)\] done", out, re.M)) == [str(r) for r in range(n)], out
+    sent = "rank 0: send_object: the object cannot be pickled: TypeError: cannot pickle '_thread.lock' object"
+    for line in ("[1] two waiters ok rank=1",
+                 f"[0] unpicklable send raised {sent} rank=0",
+                 f"[1] unpicklable recv raised rank 1: recv_object: rank 0 could not send its object: {sent} (cause None) rank=1",
+                 "[0] refused sent None rank=0",
+                 "[1] refused recv raised rank 1: recv_object: the object from rank 0 cannot be unpickled here: "
+                 "ValueError: not here (cause ValueError('not here')) rank=1",
+                 "[0] after sent None rank=0", "[1] after got after rank=1"):
+        assert line + "\n" in out, (line, out)
+
+
 def test_wait_refuses_a_bad_timeout_whether_or_not_the_operation_has_finished():
     res = run_launcher(["-n", "1", str(SCRIPTS / "async_lanes.py"), "wait_args"], timeout=60, env=FAST)
     assert res.returncode == 0, res.stdout + res.stderr
