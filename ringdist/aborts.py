@@ -48,7 +48,9 @@ def abort_fields(exc: BaseException, me: int, seq: int | None) -> dict[str, Any]
     """The body of the ABORT this rank sends for `exc`: the original cause, not a chain of hops."""
     default = str(exc) if isinstance(exc, RingError) else f"{type(exc).__name__}: {exc}".removesuffix(": ")
     origin, message = getattr(exc, "ringdist_origin", (me, default or type(exc).__name__))
-    return {"error": type(exc).__name__, "message": message[:4000], "origin": origin, "seq": seq}
+    # A lone surrogate (an undecodable file name in the error) cannot go as UTF-8: escaped, not lost.
+    message = message[:4000].encode("utf-8", "backslashreplace").decode("utf-8")
+    return {"error": type(exc).__name__, "message": message, "origin": origin, "seq": seq}
 
 
 def summary(exc: BaseException, me: int) -> str:

@@ -87,7 +87,7 @@ def thread_name(t: threading.Thread | None) -> str:
     if t is None:
         return "'?'"
     issuer = getattr(t, "ringdist_issuer", None)
-    return repr(t.name) if issuer is None else f"{issuer.name!r} (its non-blocking call, run by {t.name!r})"
+    return repr(t.name) if issuer is None else f"{issuer.name!r} (its call run by {t.name!r})"
 
 
 class Comm:

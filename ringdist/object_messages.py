@@ -76,19 +76,21 @@ class _SendObject(_Turned):
     def open(self, wait: bool = True) -> bool:
         if not self._take_turn(wait):
             return False
-        ch, number = self.g.p2p_channel(self.peer, outgoing=True)  # type: ignore[misc]
-        self.ch = ch
         pickled = self.pickled
+        _message_header(0, pickled.fields)  # one that cannot be made fails before the message takes its number
+        ch, number = self.g.p2p_channel(self.peer, outgoing=True)  # type: ignore[misc]
         self.outflows = [Outflow(ch, Segments(pickled.parts), "send_object", _message_header(number, pickled.fields))]
+        self.ch = ch  # the message has its number: its header goes, saying why if it could not be pickled
         return True
 
     def result(self) -> None:
         return None
 
     def own_error(self, exc: BaseException | None = None) -> None:
-        """ValueError if the object could not be sent (its header said why), from `exc` if the
-        message failed too: the peer's error may be about it."""
-        if self.pickled.error is not None:
+        """ValueError if the object could not be pickled and its header, saying so, was sent;
+        from `exc` if the message failed too (the peer's error may be about it). A message that
+        never took its number, or an interrupt, keeps its own error: the receiver heard nothing."""
+        if self.pickled.error is not None and self.ch is not None and (exc is None or isinstance(exc, Exception)):
             raise ValueError(self.pickled.error) from exc
 
 

@@ -52,7 +52,10 @@ class Pickled:
             if len(self.parts) > 1 and len(msgpack.packb([len(p) for p in self.parts])) > SIZES_BYTES_MAX:
                 self.parts = [memoryview(pickle.dumps(obj, protocol=5))]  # its buffers inside the pickle
         except Exception as exc:  # noqa: BLE001 - whatever pickling raised, every rank hears of it
-            self.error = f"rank {rank}: {op}: the object cannot be pickled: {type(exc).__name__}: {exc}"
+            # As every rank reads it: a lone surrogate (an undecodable file name) escaped, or no
+            # header could carry it.
+            self.error = (f"rank {rank}: {op}: the object cannot be pickled: {type(exc).__name__}: {exc}"
+                          .encode("utf-8", "backslashreplace").decode("utf-8"))
             self.parts = []
             return
         total = sum(map(len, self.parts))

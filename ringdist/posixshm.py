@@ -25,6 +25,7 @@ import os
 import secrets
 import socket
 import stat
+import sys
 import tempfile
 import threading
 
@@ -38,7 +39,8 @@ except ImportError:  # not a POSIX system
 
 SEGMENT_PREFIX = "/rd"  # then 8 hex digits of the job id and 16 random: 27 characters (macOS allows 31)
 SOCKET_FILE = "s"
-PATH_MAX = 103  # bytes of a Unix socket file's path: macOS's sun_path holds 104 with its NUL (Linux's 108)
+# Bytes of a Unix socket file's path: sun_path holds 108 with its NUL on Linux, 104 on macOS and the BSDs.
+PATH_MAX = 107 if sys.platform.startswith("linux") else 103
 SHORT_BASE = "/tmp"  # where socket directories go when the base directory's path is too long for them
 
 _made: dict[str, int] = {}  # socket path -> the process that made it (a forked child must not remove it)
@@ -110,7 +112,8 @@ def fits(base: str) -> bool:
 
 def socket_path(base: str, name: str) -> str:
     """The socket file of the endpoint whose abstract name is `name` ('ringdist-' + hex digits):
-    `base/rd<24 hex>/s`: 29 bytes past the base, which may then be 74 bytes long (`PATH_MAX`)."""
+    `base/rd<24 hex>/s`: 29 bytes past the base, which may then be 78 bytes long on Linux, 74
+    on macOS (`PATH_MAX`)."""
     return os.path.join(base, "rd" + name[-24:], SOCKET_FILE)
 
 

@@ -193,8 +193,8 @@ def _loop(flows: Lanes) -> None:
         if job is not None:
             _start(flows, job)
             continue
-        # Moved before every poll: an event handled elsewhere (a collective's wait drives these
-        # flows too) may have unblocked a send whose socket is then polled for reading only.
+        # Moved before every poll: a lane's new head (opened as the one before it ended) may
+        # have a send ready whose socket would otherwise be polled for reading only.
         flows.tick()
         flows.pump()
         registered = engine.sync_fds(poller, registered, flows.masks())

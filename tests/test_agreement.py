@@ -159,7 +159,7 @@ def test_a_second_thread_calling_during_a_collective_is_refused_and_the_running_
     got = two_threads(mode, env)
     refused = got["0 main"]
     # The calling thread is named, not the group's runner that ran its async_op call.
-    caller = "'MainThread'" if mode == "overlap" else r"'MainThread' \(its non-blocking call, run by 'ringdist-runner-world'\)"
+    caller = "'MainThread'" if mode == "overlap" else r"'MainThread' \(its call run by 'ringdist-runner-world'\)"
     assert re.match(r"MismatchError after 0\.\d s: rank 0: all_sum on group 'world' from thread "
                     rf"{caller} while all_sum\(shape=\(4,\), dtype=float32\) \[call #0\] runs "
                     r"on it from thread 'Thread-1 \(report\)': a group's collectives must come from one thread "

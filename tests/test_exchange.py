@@ -160,13 +160,15 @@ def test_a_link_arriving_after_its_group_failed_reads_the_abort_then_the_close()
     failed = Endpoint(secret, ["127.0.0.1"], connect_timeout=5, label="rank 6")
     dialer = Endpoint(secret, ["127.0.0.1"], connect_timeout=5, label="rank 2")
     try:
-        frame = wire.encode_map(wire.ABORT, aborts.abort_fields(MismatchError("rank 5 called all_max"), 6, 3))
+        # A lone surrogate in the text (an undecodable file name) goes escaped: as it was, the
+        # ABORT could not be encoded, and its peers read only a closed connection.
+        frame = wire.encode_map(wire.ABORT, aborts.abort_fields(MismatchError("rank 5 called all_max /d/\udcff"), 6, 3))
         failed.note_aborted("world", frame)
         sock = dialer.connect(failed.addresses, InboxKey("world", 2, "link", 0), time.monotonic() + 5,
                               "rank 6 of group 'world'", up=True)
         kind, fields, _ = recv_control(sock, time.monotonic() + 5)
         assert kind == wire.ABORT and fields["error"] == "MismatchError" and fields["seq"] == 3, fields
-        assert fields["message"] == "rank 5 called all_max" and fields["origin"] == 6, fields
+        assert fields["message"] == "rank 5 called all_max /d/\\udcff" and fields["origin"] == 6, fields
         with pytest.raises(PeerLostError):  # then the end
             recv_control(sock, time.monotonic() + 5)
         sock.close()

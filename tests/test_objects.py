@@ -184,6 +184,54 @@ def test_an_unpicklable_message_fails_on_both_ends_and_the_pair_stays_in_step():
     assert following == "next"
 
 
+class _BadFileName:
+    """Cannot be pickled, and says so with a lone surrogate (an undecodable file name), which
+    cannot travel as UTF-8 as it is: the failure's text failed to encode into the header."""
+
+    def __reduce__(self):
+        raise OSError("cannot read /data/\udcff.bin")
+
+
+def test_a_pickling_failure_whose_text_cannot_be_encoded_is_still_told_and_the_group_goes_on():
+    def rank(g):
+        got = []
+        for call in (lambda: rd.all_gather_object(_BadFileName() if g.rank() == 1 else 0, group=g),
+                     lambda: rd.send_object(_BadFileName(), 1, group=g) if g.rank() == 0 else rd.recv_object(0, group=g)):
+            try:
+                call()
+                got.append(None)
+            except ValueError as exc:
+                got.append(str(exc))
+        return got, rd.all_gather_object(g.rank(), group=g)
+
+    (gathered0, sent), (gathered1, received) = [got for got, _ in run_ranks(2, rank)]
+    why = "the object cannot be pickled: OSError: cannot read /data/\\udcff.bin"
+    assert gathered1 == f"rank 1: all_gather_object: {why}"
+    assert gathered0 == f"rank 0: all_gather_object failed on rank 1: {gathered1}"
+    assert sent == f"rank 0: send_object: {why}"
+    assert received == f"rank 1: recv_object: rank 0 could not send its object: {sent}"
+
+
+def test_an_unpicklable_message_that_never_got_its_turn_keeps_its_own_error():
+    # Another thread's large message holds the pair's turn past this one's timeout: nothing of
+    # it went, so it is a timeout, not "cannot be pickled" (which says the receiver was told),
+    # and the receiver's next message is the one sent after it.
+    def rank(g):
+        if g.rank() == 1:
+            time.sleep(2.0)
+            return rd.recv_object(0, group=g).shape, rd.recv_object(0, group=g, timeout=10)
+        big = threading.Thread(target=lambda: rd.send_object(np.ones(40_000_000), 1, group=g))
+        big.start()
+        while not g._p2p_turns.get((1, True)) or not g._p2p_turns[(1, True)].locked():
+            time.sleep(0.01)
+        with pytest.raises(rd.RingTimeoutError):
+            rd.send_object(threading.Lock(), 1, group=g, timeout=0.5)
+        big.join()
+        rd.send_object("next", 1, group=g)
+
+    assert run_ranks(2, rank)[1] == ((40_000_000,), "next")
+
+
 class _Refuses:
     """Pickles; its unpickling raises (a class whose state the receiving side rejects)."""
 
