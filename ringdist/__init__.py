@@ -17,6 +17,7 @@ from . import errors
 from .errors import *  # noqa: F403 - the exception tree is part of the API
 from .group import Group
 from .p2p import recv, recv_like, send
+from .prefix import scan
 from .work import Work
 
 __version__ = "0.1.0"
@@ -37,6 +38,7 @@ __all__ = [
     "scatter",
     "reduce",
     "all_to_all",
+    "scan",
     "all_gather_object",
     "broadcast_object",
     "send",

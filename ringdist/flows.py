@@ -231,15 +231,17 @@ class ReducingInflow(Inflow):
 
     `pairs[j]` is (acc, own) for the j-th non-empty segment: typed views where acc is the
     segment's destination; `own=None` makes a plain segment (bytes land, nothing to fold).
+    A third item, `dest`, takes the fold instead (`dest = op(acc, own)`), leaving what landed
+    in acc as it came (an exclusive scan keeps it, and passes on the fold).
     With `own_first` the fold is `acc = op(own, acc)`: two ranks folding each other's
     operands in the same order get the same bits. `ready` counts reduced (or landed plain)
     bytes, so a relaying outflow only forwards partial results that are complete.
     """
 
-    def __init__(self, ch: Channel, pairs: list[tuple[Any, Any]], ufunc: Any, op: str,
+    def __init__(self, ch: Channel, pairs: list[tuple[Any, ...]], ufunc: Any, op: str,
                  expect: wire.Header | None = None, own_first: bool = False):
-        pairs = [(acc, own) for acc, own in pairs if acc.size]
-        super().__init__(ch, Segments([memoryview(acc.reshape(-1).view("u1")) for acc, _ in pairs]), op, expect)
+        pairs = [(pair[0], pair[1], pair[2] if len(pair) > 2 else pair[0]) for pair in pairs if pair[0].size]
+        super().__init__(ch, Segments([memoryview(acc.reshape(-1).view("u1")) for acc, _, _ in pairs]), op, expect)
         self.pairs = pairs
         self.ufunc = ufunc
         self.itemsize = pairs[0][0].itemsize if pairs else 1
@@ -254,7 +256,7 @@ class ReducingInflow(Inflow):
 
     def on_data(self) -> None:
         while self.reduced < self.received:
-            acc, own = self.pairs[self.red_seg]
+            acc, own, dest = self.pairs[self.red_seg]
             seg_bytes = acc.nbytes
             end = min(self.received, self.red_seg_start + seg_bytes)
             if own is None:  # a plain segment: landed is ready
@@ -266,9 +268,9 @@ class ReducingInflow(Inflow):
                 b = (end - self.red_seg_start) // self.itemsize
                 if b > a:
                     if self.own_first:
-                        self.ufunc(own[a:b], acc[a:b], out=acc[a:b])
+                        self.ufunc(own[a:b], acc[a:b], out=dest[a:b])
                     else:
-                        self.ufunc(acc[a:b], own[a:b], out=acc[a:b])
+                        self.ufunc(acc[a:b], own[a:b], out=dest[a:b])
                     self.reduced = self.red_seg_start + b * self.itemsize
                 elif end < self.red_seg_start + seg_bytes:
                     return  # a partial element: wait for the rest

@@ -29,7 +29,7 @@ KIND_OF = {"all_gather": "gather", "barrier": "barrier", "split": "gather",
            "gather": "gather_root", "reduce": "reduce",
            # Blocks whose sizes ride in the headers (algorithms/blocks.py); chosen without the size,
            # which may differ by rank.
-           "all_to_all": "all_to_all", "scatter": "scatter", "all_gather_uneven": "gather_v",
+           "all_to_all": "all_to_all", "scatter": "scatter", "all_gather_uneven": "gather_v", "scan": "scan",
            "all_gather_object": "gather_v", "broadcast_object": "gather_v",
            # An object collective's last step: a byte from every rank, whether it could unpickle (`objects`).
            "all_gather_object (agreement step)": "gather", "broadcast_object (agreement step)": "gather"}
@@ -149,6 +149,12 @@ CMA_REDUCE_SLOTS = 3
 # ride in each step's header): 16 ranks 4 KiB 19.7 against 17.2 ms, 64 KiB 28.4 against 61.1, 1 MiB
 # 94 against 617; 64 ranks 4 KiB 598 against 508, 64 KiB 689 against 3039.
 BRUCK_ALL_TO_ALL_BLOCK_MAX = 16 * 1024
+# scan over TCP: one direct step (rank 0 sends its array to all N-1 others) up to this size, the
+# chain beyond. Taking turns call by call (RINGDIST_SHM=0, 2-core VM): 4 ranks 4 KiB 124 against
+# 139 us, 64-256 KiB within 10%, 1 MiB 1245 against 862 us; 8 ranks 256 KiB 2.0 against 1.6 ms,
+# 1 MiB 5.5 against 3.2 ms. On one machine shared memory won at every size (4 ranks: 4 KiB 70 us
+# against 124 direct; 1 MiB 0.74 against 0.80 ms on the chain; 16 MiB 9.9 against 12.3 ms).
+SCAN_DIRECT_MAX = 64 * 1024
 # `nbytes` of a call whose ranks may contribute different sizes (all_to_all with splits): its rows
 # cannot look at the size.
 UNKNOWN = -1
@@ -343,6 +349,13 @@ TABLE: list[Row] = [
         "hops (uneven all_gather and all_gather_object, 4 KiB-1 MiB a rank: 0.61-0.92x the ring's time at 16 "
         "ranks, 0.48-0.57x at 64)"),
     Row("gather_v", "ring", _always, "N-1 hops, each block passed on whole"),
+    Row("scan", "shm", lambda f: f.shm and f.direct_max > 0,
+        "one machine: every rank writes its array once and folds those before it straight from their segments "
+        "(4 ranks, 4 KiB-16 MiB: 0.56x direct's time at 4 KiB, 0.80x the chain's at 16 MiB)"),
+    Row("scan", "direct", lambda f: f.mesh and f.nbytes <= min(SCAN_DIRECT_MAX, f.direct_max),
+        "one step where the chain takes N-1 hops in a row (4 ranks, 4 KiB: 0.89x the chain's time)"),
+    Row("scan", "ring", _always, "a pipelined chain from rank 0, each rank passing on its fold as it is made, "
+        "each byte sent once (1 MiB: 0.69x direct's time on 4 ranks, 0.58x on 8)"),
 ]
 
 

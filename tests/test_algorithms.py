@@ -52,7 +52,9 @@ def cases(n: int) -> list[tuple[str, str, int]]:
             ("all_gather", "uint8", 13), ("all_gather", "int16", 4097),
             ("sum_scatter", "float32", 3 * n), ("sum_scatter", "int32", 5000 * n),
             ("broadcast", "float64", 1), ("broadcast", "float32", 70_000), ("barrier", "", 0),
-            ("all_gather-strided", "float32", 2001), ("all_sum-strided", "float64", 2001)]
+            ("all_gather-strided", "float32", 2001), ("all_sum-strided", "float64", 2001),
+            ("scan", "float32", 1000), ("scan", "float64", 70_000), ("exscan", "int64", 1000),
+            ("exscan", "bool", 33), ("scan-strided", "float32", 2001)]
     return out
 
 
@@ -79,6 +81,10 @@ def run_case(g: rd.Group, op: str, dtype: str, count: int) -> np.ndarray | None:
         return rd.reduce(x, root=n - 1, op="max", group=g)
     if op == "all_gather_uneven":
         return rd.all_gather(make_input(r, count + r, dtype), uneven=True, group=g)
+    if op == "scan":
+        return rd.scan(x, group=g)
+    if op == "exscan":
+        return rd.scan(x, op="max", exclusive=True, group=g)
     return getattr(rd, op)(x, group=g)
 
 
@@ -106,6 +112,18 @@ def expected(op: str, dtype: str, count: int, n: int) -> np.ndarray | None:
     if op == "sum_scatter":
         return [np.add.reduce(np.stack(inputs), axis=0).astype(dtype)[r * count // n:(r + 1) * count // n]
                 for r in range(n)]
+    if op in ("scan", "exscan"):  # rank r: ranks 0..r (exscan: 0..r-1, None on rank 0) folded left to right
+        ufunc, skip = (np.add, 0) if op == "scan" else (np.maximum, 1)
+        prefixes = []
+        for r in range(n):
+            if r - skip < 0:
+                prefixes.append(None)
+                continue
+            acc = inputs[0].copy()
+            for x in inputs[1:r + 1 - skip]:
+                acc = ufunc(acc, x)
+            prefixes.append(acc)
+        return prefixes
     ufunc = REDUCTIONS[op]
     out = inputs[0].copy()
     for x in inputs[1:]:
@@ -131,9 +149,13 @@ def test_every_collective_on_every_path(n, variant):
                 assert got is None, where
                 continue
             w = want[r] if isinstance(want, list) else want
+            if w is None:  # exscan's rank 0
+                assert got is None, where
+                continue
             assert got.dtype == w.dtype and got.shape == w.shape, f"{where}: {got.dtype}{got.shape} != {w.dtype}{w.shape}"
             assert np.array_equal(got, w), where
-            assert got.tobytes() == results[0][i].tobytes() or op.startswith("sum_scatter"), f"{where}: differs from rank 0"
+            assert op.startswith(("sum_scatter", "scan", "exscan")) or got.tobytes() == results[0][i].tobytes(), \
+                f"{where}: differs from rank 0"
 
 
 @pytest.mark.parametrize("n", [2, 3, 5, 8, 9])
@@ -163,7 +185,8 @@ FORCED_CASES = [("all_gather", "float32", 7), ("all_gather", "int16", 3001), ("b
                 ("all_sum", "float32", 1), ("all_max", "int64", 1000), ("all_sum", "float64", 40_000),
                 ("sum_scatter", "float32", 17 * 16 * 3), ("broadcast", "float64", 1000), ("broadcast", "uint8", 0),
                 ("all_to_all", "int32", 5), ("scatter", "float32", 3), ("gather", "float32", 7),
-                ("reduce", "int64", 1000), ("all_gather_uneven", "int16", 2)]
+                ("reduce", "int64", 1000), ("all_gather_uneven", "int16", 2), ("scan", "float32", 1000),
+                ("exscan", "int64", 3000)]
 
 
 @pytest.mark.parametrize("name", ALGORITHM_NAMES)
@@ -193,7 +216,8 @@ def test_every_algorithm_forced_on_every_op(n, name):
         where = f"{op} {dtype} x{count}, N={n}, forced {name}"
         if isinstance(got[0], rd.ConfigError):
             assert all(str(e) == str(got[0]) for e in got), f"{where}: ranks refused differently: {got}"
-            assert f"forces {name} for {op}, which cannot run here" in str(got[0]), where
+            called = "scan" if op == "exscan" else op
+            assert f"forces {name} for {called}, which cannot run here" in str(got[0]), where
             assert n > 1 and name != "ring", f"{where}: {got[0]}"
             continue
         ran += 1

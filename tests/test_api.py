@@ -10,7 +10,7 @@ PUBLIC = {
     "init", "is_available", "Group", "all_gather", "all_sum", "all_max", "all_min", "all_prod",
     "sum_scatter", "broadcast", "barrier", "send", "recv", "recv_like", "Work",
     "gather", "scatter", "reduce", "all_to_all", "all_gather_object", "broadcast_object", "send_object",
-    "recv_object",
+    "recv_object", "scan",
     "RingError", "ConfigError", "ConnectError", "AuthError", "ProtocolError", "PeerLostError",
     "RingTimeoutError", "MismatchError", "GroupBrokenError", "__version__",
 }
@@ -34,7 +34,7 @@ def test_exception_tree():
 def test_collectives_take_group_as_keyword_only():
     for name in ("all_gather", "all_sum", "all_max", "all_min", "all_prod", "sum_scatter", "broadcast",
                  "barrier", "send", "recv", "recv_like", "gather", "scatter", "reduce", "all_to_all",
-                 "all_gather_object", "broadcast_object", "send_object", "recv_object"):
+                 "all_gather_object", "broadcast_object", "send_object", "recv_object", "scan"):
         params = inspect.signature(getattr(rd, name)).parameters
         for keyword in ("group", "timeout"):
             assert params[keyword].kind is inspect.Parameter.KEYWORD_ONLY and params[keyword].default is None, name
@@ -45,6 +45,8 @@ def test_collectives_take_group_as_keyword_only():
     assert inspect.signature(rd.reduce).parameters["op"].default == "sum"
     assert inspect.signature(rd.all_to_all).parameters["splits"].default is None
     assert inspect.signature(rd.all_gather).parameters["uneven"].default is False
+    scan = inspect.signature(rd.scan).parameters
+    assert scan["op"].default == "sum" and scan["exclusive"].default is False
     assert inspect.signature(rd.init).parameters["strict"].default is False
     assert list(inspect.signature(rd.Group.split).parameters) == ["self", "color", "key"]
 

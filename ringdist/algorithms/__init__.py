@@ -28,6 +28,9 @@ Kinds and their run functions (all over a `Comm`, `header` already made):
   scatter         (comm, arr, root, header, timeout) -> this rank's row block of the root's `arr`
                   (NOTHING elsewhere), learned from the root's header; an algorithm without it
                   that has `all_to_all` runs a scatter as that, only the root's blocks carrying bytes
+  scan            (comm, arr, op, exclusive, header, timeout) -> the fold of ranks 0..r's arrays
+                  (exclusive: 0..r-1, None on rank 0) in rank order, left to right: the same bits
+                  whichever algorithm runs it
 """
 
 from __future__ import annotations

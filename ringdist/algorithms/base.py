@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 KINDS = ("gather", "reduce", "reduce_scatter", "broadcast", "barrier", "all_to_all", "scatter", "gather_v",
-         "gather_root")
+         "gather_root", "scan")
 
 
 def _always(comm: Any, kind: str, nbytes: int) -> str | None:
@@ -34,6 +34,9 @@ class Algorithm:
     # from the root's header (`arr`: the root's array; NOTHING elsewhere); without it an algorithm
     # with `all_to_all` runs a scatter as that, only the root's blocks carrying bytes.
     scatter: Callable[..., Any] | None = None
+    # A prefix reduction (comm, arr, op, exclusive, header, timeout) -> rank r's fold of ranks 0..r
+    # (exclusive: 0..r-1; None on rank 0), always left to right in rank order: every algorithm's bits alike.
+    scan: Callable[..., Any] | None = None
     fits: Callable[[Any, str, int], str | None] = _always  # (comm, kind, bytes per rank) -> why not
 
     def runs(self, kind: str) -> bool:

@@ -51,6 +51,29 @@ def reduce(g: Comm, arr: np.ndarray, op: str, header: wire.Header, timeout: floa
 
 
 
+def scan(g: Comm, arr: np.ndarray, op: str, exclusive: bool, header: wire.Header,
+         timeout: float | None) -> np.ndarray | None:
+    """One exchange with every rank: this rank's array to the ranks after it, its header alone to
+    the ranks before it (so every rank checks every other rank's call); then the arrays of the
+    ranks before it (and its own, unless `exclusive`) folded in rank order."""
+    mesh = g.mesh
+    assert mesh is not None
+    r = g.rank()
+    take = r if exclusive else r + 1
+    stack = buffers.cache.empty((max(take, 1),) + arr.shape, arr.dtype, min_bytes=buffers.SCRATCH_MIN_BYTES)
+    size = arr.nbytes
+    data = byte_view(stack)
+    mine = byte_view(np.ascontiguousarray(arr))
+    g.exchange(header.fields["op"], [mine if p > r else NO_BYTES for p in mesh.order],
+               [data[p * size:(p + 1) * size] if p < r else NO_BYTES for p in mesh.order], header, timeout=timeout)
+    if not take:
+        return None
+    rows = [stack[p] for p in range(r)] + ([] if exclusive else [arr])
+    out = np.empty(arr.shape, arr.dtype)
+    fold(rows, REDUCERS[op], out)
+    return out
+
+
 def gather_root(g: Comm, arr: np.ndarray, root: int, header: wire.Header, timeout: float | None) -> np.ndarray | None:
     """One exchange with every rank: each rank's block to the root, its header alone to the
     others (so every rank checks every other rank's call); the root's result in rank order."""
@@ -156,4 +179,5 @@ def _fits(comm: Comm, kind: str, nbytes: int) -> str | None:
 
 ALGORITHM = Algorithm("direct", gather=gather, reduce=reduce, broadcast=broadcast, all_to_all=all_to_all_direct,
                       all_to_all_even=all_to_all_even, scatter=scatter,
-                      gather_v=gather_direct, gather_root=gather_root, reduce_root=reduce_root, fits=_fits)
+                      gather_v=gather_direct, gather_root=gather_root, reduce_root=reduce_root, scan=scan,
+                      fits=_fits)

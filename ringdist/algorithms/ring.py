@@ -6,7 +6,7 @@ and forwards each chunk as soon as it lands. Large blocks may go half each way r
 the ring (`comm.both_ways`) and over several lanes. Cost (α latency, β seconds per
 byte): all-gather (N-1)α + (N-1)/N·Nmβ for blocks of m bytes; all-reduce of n bytes
 2(N-1)α + 2(N-1)/N·nβ; broadcast (a pipelined chain) (N-1)α + nβ, plus an
-acknowledgement back along the chain.
+acknowledgement back along the chain; scan (a pipelined chain from rank 0) (N-1)α + nβ.
 """
 
 from __future__ import annotations
@@ -168,5 +168,47 @@ def _chain(g: Comm, data: memoryview, itemsize: int, root: int, header: wire.Hea
         g.run("broadcast", [], [Outflow(ring.left[0], Segments([]), "broadcast", ack)], timeout=timeout)
 
 
+def scan(g: Comm, arr: np.ndarray, op: str, exclusive: bool, header: wire.Header,
+         timeout: float | None) -> np.ndarray | None:
+    """A pipelined chain from rank 0 to rank N-1 round the ring: rank r folds its array into the
+    prefix from its left as it lands, and passes the fold on to its right as it is made (an
+    exclusive scan keeps what landed and passes on the fold). Rank N-1 sends its header alone on
+    to rank 0, so every rank checks its left neighbour's call."""
+    n, r = g.size(), g.rank()
+    ring = g.ring
+    assert ring is not None
+    name = header.fields["op"]
+    own = np.ascontiguousarray(arr).reshape(-1)
+    out = buffers.cache.empty(arr.shape, arr.dtype) if r or not exclusive else None
+    inflows: list[Inflow] = []
+    outflows: list[Outflow] = []
+    closing = wire.Header(dict(header.fields, step="close"))
+    inflow = None
+    if r == 0:
+        if out is not None:
+            np.copyto(out.reshape(-1), own)
+        passed = own
+        inflows.append(Inflow(ring.left[0], Segments([]), name, closing))
+    else:
+        flat = out.reshape(-1)  # type: ignore[union-attr]
+        if not exclusive:
+            pair: tuple[Any, ...] = (flat, own)  # the prefix lands here and becomes this rank's
+            passed = flat
+        elif r < n - 1:
+            passed = buffers.cache.empty(own.shape, own.dtype, min_bytes=buffers.SCRATCH_MIN_BYTES)
+            pair = (flat, own, passed)
+        else:
+            pair, passed = (flat, None), flat  # the last rank keeps the prefix as it lands, and passes nothing on
+        inflow = ReducingInflow(ring.left[0], [pair], REDUCERS[op], name, header)
+        inflows.append(inflow)
+    if r < n - 1:
+        outflows.append(Outflow(ring.right[0], Segments([byte_view(passed)]), name, header, source=inflow,
+                                head=0 if inflow is not None else None))
+    else:
+        outflows.append(Outflow(ring.right[0], Segments([]), name, closing))
+    g.run(name, inflows, outflows, timeout=timeout)
+    return out
+
+
 ALGORITHM = Algorithm("ring", gather=gather, reduce=reduce, reduce_scatter=reduce_scatter, broadcast=broadcast,
-                      all_to_all=all_to_all_ring, gather_v=gather_ring, gather_root=gather_root)
+                      all_to_all=all_to_all_ring, gather_v=gather_ring, gather_root=gather_root, scan=scan)

@@ -20,6 +20,8 @@ one copy by the CPU instead of two by the kernel (send and receive).
 - gather (rooted): as all-gather, but only the root copies out.
 - scatter: the root writes a descriptor (shape, dtype) and the blocks; each rank copies its own.
 - barrier: one signal.
+- scan: each rank writes its array; rank r folds the arrays of ranks 0..r in rank order. One
+  signal a round; rank r reads r arrays.
 - all-to-all and scatter (`shm_blocks.py`): each rank writes its blocks for the other
   ranks once; each rank copies its block out of every peer's segment. Blocks of one size
   that fit one slot: the input in place (two copies), one signal.
@@ -346,6 +348,31 @@ def barrier(g: Comm, header: wire.Header, timeout: float | None) -> None:
     signal(g, "barrier", header, timeout)
 
 
+def scan(g: Comm, arr: np.ndarray, op: str, exclusive: bool, header: wire.Header,
+         timeout: float | None) -> np.ndarray | None:
+    """Every rank writes its array (a slot per round) and folds the slots of the ranks before it
+    (and its own array, unless `exclusive`) in rank order: one signal a round, no message."""
+    link = g.shm
+    assert link is not None
+    n, r = g.size(), g.rank()
+    ufunc = REDUCERS[op]
+    name = header.fields["op"]
+    own = np.ascontiguousarray(arr).reshape(-1)
+    take = r if exclusive else r + 1  # ranks folded
+    out = buffers.cache.empty(arr.shape, arr.dtype) if take else None
+    flat = out.reshape(-1) if out is not None else None
+    dtype = own.dtype
+    for a, b in _rounds(own.size, max(1, link.slot_size // dtype.itemsize)):
+        k = link.next_round()
+        if r < n - 1:  # read by the ranks after this one only
+            np.copyto(_array(link.slot(r, k), dtype, b - a), own[a:b])
+        signal(g, name, header, timeout)
+        if flat is not None:
+            fold([own[a:b] if q == r else _array(link.slot(q, k), dtype, b - a) for q in range(take)], ufunc,
+                 flat[a:b])
+    return out
+
+
 def _fits(comm: Comm, kind: str, nbytes: int) -> str | None:
     if comm.shm is None:
         return ("it needs shared memory with every rank of the group: all on one machine, Linux, and "
@@ -358,4 +385,4 @@ def _fits(comm: Comm, kind: str, nbytes: int) -> str | None:
 
 ALGORITHM = Algorithm("shm", gather=gather, reduce=reduce, reduce_scatter=reduce_scatter, broadcast=broadcast,
                       all_to_all=all_to_all, all_to_all_even=all_to_all_even, reduce_root=reduce_root, barrier=barrier,
-                      gather_root=gather_root, scatter=scatter, gather_v=gather_v, fits=_fits)
+                      gather_root=gather_root, scatter=scatter, gather_v=gather_v, scan=scan, fits=_fits)

@@ -1,0 +1,54 @@
+"""scan: the prefix reduction (MPI_Scan, and MPI_Exscan with `exclusive=True`).
+
+Rank r gets its own array folded with those of every rank before it, left to right in rank
+order: x0 op x1 op ... op xr (exclusive: up to x(r-1), and None on rank 0, where MPI leaves
+the result undefined). Every algorithm folds in that order, so the bits do not depend on which
+one ran: the same as a sequential fold in numpy, element by element.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from . import buffers, tuning, work
+from .arrays import as_array, check_reducible
+from .calls import _comm, _header
+from .collectives import REDUCE_OPS
+from .comm import Comm
+
+
+def scan(x: Any, *, op: str = "sum", exclusive: bool = False, group: Comm | None = None,
+         timeout: float | None = None, async_op: bool = False) -> Any:
+    """Rank r's prefix reduction of every rank's `x` (`op`: sum, max, min or prod), ranks 0..r in
+    order; with `exclusive=True` ranks 0..r-1, and None on rank 0. Same shape and dtype on every
+    rank; ranks that pass different `op` or `exclusive` fail with MismatchError."""
+    if async_op or work.active:
+        r = work.route("scan", group, async_op,
+                       lambda g: scan(x, op=op, exclusive=exclusive, group=g, timeout=timeout))
+        if r is not work.HERE:
+            return r
+    g = _comm(group, timeout, "scan")
+    try:
+        if op not in REDUCE_OPS:
+            raise ValueError(f"rank {g.rank()}: scan: op must be one of {', '.join(REDUCE_OPS)}, got {op!r}")
+        if not isinstance(exclusive, bool):
+            raise TypeError(f"rank {g.rank()}: scan: exclusive must be True or False, got {exclusive!r}")
+        arr = as_array(x, "scan")
+        check_reducible(arr, f"all_{op}", "scan")
+        if g.size() == 1:
+            g.check_usable("scan")
+            if exclusive:
+                return None
+            out = buffers.cache.empty(arr.shape, arr.dtype)
+            np.copyto(out, arr)
+            return out
+        algorithm = tuning.choose(g, "scan", arr.nbytes)
+        header = _header(g, "scan", arr, algorithm.name, reduce=op, exclusive=exclusive)
+        out = algorithm.scan(g, arr, f"all_{op}", exclusive, header, timeout)
+        g.finish("scan")
+    except Exception as exc:
+        g.refuse("scan", exc)
+        raise
+    return out
