@@ -51,6 +51,7 @@ HANDLED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT,
 class _Exited:
     rank: int
     returncode: int
+    seen: float  # time.monotonic() when its exit was seen
 
 
 @dataclass(frozen=True)
@@ -297,7 +298,7 @@ class _Supervisor:
             returncode = proc.wait_exit()
         except ChildProcessError:  # already reaped by the clean-up of a failed launcher
             return
-        self.events.put(_Exited(rank, returncode))
+        self.events.put(_Exited(rank, returncode, time.monotonic()))
 
     def _supervise(self) -> None:
         job_deadline = time.monotonic() + self.timeout if self.timeout else None
@@ -330,7 +331,13 @@ class _Supervisor:
                     threading.Thread(target=self.server.rank_exited,
                                      args=(event.rank, describe_exit(event.returncode), event.returncode == 0),
                                      name="ringdist-left", daemon=True).start()  # sends may block: not here
-                self._apply(self.policy.rank_exited(event.rank, event.returncode, self._left(),
+                left = self._left()
+                if self.server is not None and event.rank not in left and not self.server.registered(event.rank):
+                    # It never registered, so no control connection says when it left: it left when its
+                    # exit was seen, before its peers heard (they learn it from the rendezvous just now).
+                    # Counted as leaving last, it lost to the peers it made fail.
+                    left[event.rank] = event.seen
+                self._apply(self.policy.rank_exited(event.rank, event.returncode, left,
                                                     self._exiting(event.returncode)))
             elif isinstance(event, _NotStarted):
                 host = self.ranks[event.rank].launch.host

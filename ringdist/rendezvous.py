@@ -242,6 +242,11 @@ class RendezvousServer:
             for message in self._held.pop(rank, []):
                 self._send_now(rank, message)
 
+    def registered(self, rank: int) -> bool:
+        """Whether `rank` has registered (so its control connection's close will be recorded)."""
+        with self._lock:
+            return rank in self._members
+
     def disconnected_at(self, rank: int) -> float | None:
         """When (`time.monotonic()`) `rank`'s control connection closed; None while open or never made."""
         return self.disconnected().get(rank)

@@ -44,6 +44,7 @@ import logging
 import mmap
 import os
 import struct
+import time
 
 from . import channel, crossmem, deadlines, posixshm, shmsignal, votes
 from .endpoint import Endpoint, InboxKey
@@ -124,7 +125,7 @@ def open_link(endpoint: Endpoint, links: Links, *, group: str, rank: int, size: 
     whatever this rank's settings, so ranks always agree. `signals`: this rank's wish to
     signal through the control pages (`RINGDIST_SHM_SIGNALS`); `cross`: to read peers'
     memory where it can (`RINGDIST_SHM_CMA`)."""
-    deadline = deadlines.after(timeout)
+    began, deadline = time.monotonic(), deadlines.after(timeout)
     slot = slot_bytes(size)
     total = shmsignal.CONTROL + 2 * slot
     own_fd, own_map, own_wake = -1, None, -1
@@ -145,7 +146,7 @@ def open_link(endpoint: Endpoint, links: Links, *, group: str, rank: int, size: 
                     yes = False
                     break
                 dialed[p] = sock
-        if not votes.vote(links, yes, deadlines.left(deadline)):
+        if not votes.vote(links, yes, deadlines.left(deadline), began):
             return None
         assert own_map is not None
         maps[rank] = own_map
@@ -187,7 +188,7 @@ def open_link(endpoint: Endpoint, links: Links, *, group: str, rank: int, size: 
             if cross and crossmem.supported():
                 pids = {p: pid for p, (pid, at) in probes.items()
                         if crossmem.reads(pid, at + _NONCE_AT, maps[p][_NONCE_AT:shmsignal.CONTROL])}
-            if not votes.vote(links, pids is not None and len(pids) == size - 1, deadlines.left(deadline)):
+            if not votes.vote(links, pids is not None and len(pids) == size - 1, deadlines.left(deadline), began):
                 pids = None
         link = ShmLink(rank, maps, slot, wake if every else None, pids)
         wake = {}

@@ -17,6 +17,8 @@ have sent (its header, call #0, is no mismatch with this one).
 
 from __future__ import annotations
 
+import time
+
 from . import deadlines, engine, wire
 from .errors import RingTimeoutError
 from .links import Links
@@ -39,16 +41,19 @@ def _exchange(links: Links, to: list, recvs: list[memoryview], mine: memoryview,
                     poller=links.poller, sources=sources)
 
 
-def vote(links: Links, yes: bool, timeout: float) -> bool:
+def vote(links: Links, yes: bool, timeout: float, began: float | None = None) -> bool:
     """Whether every rank of the group said yes (see the module's docstring); waits `timeout`
-    seconds, at least MIN_WAIT, for the peers' answers (RingTimeoutError)."""
+    seconds, at least MIN_WAIT, for the peers' answers (RingTimeoutError). `began`: when
+    (`time.monotonic()`) the step the vote ends began, for the error to say how long it waited."""
     limit = max(timeout, MIN_WAIT)
+    start = time.monotonic() if began is None else began
     try:
         return _vote(links, yes, deadlines.after(limit))
     except RingTimeoutError as exc:
         # The steps share one deadline: say how long the vote waited, not what its last step had left.
         detail = str(exc).partition(" s: ")[2] or str(exc)
-        raise RingTimeoutError(f"rank {links.rank}: {OP} did not finish within {limit:g} s: {detail}") from None
+        raise RingTimeoutError(f"rank {links.rank}: {OP} did not finish within {time.monotonic() - start:.1f} s: "
+                               f"{detail}") from None
 
 
 def _vote(links: Links, yes: bool, deadline: float) -> bool:

@@ -500,6 +500,19 @@ def test_a_rank_leaving_early_is_blamed_not_the_peer_it_made_fail(tmp_path, code
         assert len(lines) <= 2, lines
 
 
+def test_a_rank_exiting_before_init_is_blamed_not_the_peers_it_made_fail(tmp_path):
+    """It never registers, so no control connection says when it left: counted as leaving last,
+    it lost to a peer whose init() failed on hearing of it (in 2 runs of 12 at 8 ranks)."""
+    script = tmp_path / "before_init.py"
+    script.write_text("import os, sys, time\nimport ringdist as rd\n"
+                      "if os.environ['RINGDIST_RANK'] == '5':\n    time.sleep(0.5)\n    sys.exit(3)\nrd.init()\n")
+    for _ in range(3):  # the exits race: one run proves little
+        result = run_launcher(["-n", "8", str(script)], timeout=60)
+        lines = launcher_lines(result.stderr)
+        assert result.returncode == 3, result.stderr
+        assert re.match(r"ringdist-launch: rank 5 \(host localhost, pid \d+\) exited with code 3 first", lines[-1]), lines
+
+
 def test_rank_killed_by_a_signal_gives_128_plus_n():
     result = run_launcher(["-n", "2", EXIT_CODE, "1", "kill", "60"])
     assert result.returncode == 137
