@@ -62,6 +62,16 @@ def _why_unreducible(dt: np.dtype, op: str) -> str | None:
     return None
 
 
+def fold_in_place(rows: list[np.ndarray], ufunc: Any, out: np.ndarray) -> None:
+    """out = rows[0], then out = out op row for each next row, in place: a scan's fold. Every
+    step in place, as the chain folds a prefix into what landed (`flows.ReducingInflow`): numpy
+    may round complex products differently into a separate array (AVX-512), so every scan
+    algorithm folds this one way and their bits agree."""
+    np.copyto(out, rows[0])
+    for row in rows[1:]:
+        ufunc(out, row, out=out)
+
+
 def fold(rows: list[np.ndarray], ufunc: Any, out: np.ndarray) -> None:
     """out = rows[0] op rows[1] op ... in rank order, so every rank computing it gets the same bits.
 

@@ -20,6 +20,8 @@ from __future__ import annotations
 import select
 from typing import Any, Callable
 
+import numpy as np
+
 from . import deadlines, wire
 from .aborts import raise_remote
 from .channel import STAGE_SIZE, Channel
@@ -33,6 +35,11 @@ MAX_FRAME = 64 * 1024 * 1024
 DIRECT_MIN = 64 * 1024  # below this many bytes left, payload goes through the staging buffer
 SMALL_REST = 64 * 1024  # with this little left to receive, read ahead freely into the stage
 REDUCE_CHUNK = 64 * 1024  # a reducing inflow folds what has landed once this much is there
+# ...in calls that end on a multiple of this many bytes from the segment's start (but its last):
+# numpy's vector loops and their scalar tail may differ in a NaN's sign (float32 add of +NaN and
+# -NaN), so folds cut where TCP happened to deliver varied run to run; cut on whole blocks they
+# give a whole-array call's bits (a scan's promise: numpy's sequential fold, bit for bit).
+REDUCE_BLOCK = 4096
 POLLOUT = select.POLLOUT
 STAGED_PAYLOAD_MAX = 16 * 1024  # `take` reads a payload up to this with its header, into the stage
 NO_BYTES = memoryview(bytearray())  # an empty payload: a header-only message, sent or received
@@ -231,8 +238,9 @@ class ReducingInflow(Inflow):
 
     `pairs[j]` is (acc, own) for the j-th non-empty segment: typed views where acc is the
     segment's destination; `own=None` makes a plain segment (bytes land, nothing to fold).
-    A third item, `dest`, takes the fold instead (`dest = op(acc, own)`), leaving what landed
-    in acc as it came (an exclusive scan keeps it, and passes on the fold).
+    A third item, `dest`, takes the fold instead (dest = acc, then dest = op(dest, own) in
+    place), leaving what landed in acc as it came (an exclusive scan keeps it, and passes on
+    the fold).
     With `own_first` the fold is `acc = op(own, acc)`: two ranks folding each other's
     operands in the same order get the same bits. `ready` counts reduced (or landed plain)
     bytes, so a relaying outflow only forwards partial results that are complete.
@@ -245,6 +253,7 @@ class ReducingInflow(Inflow):
         self.pairs = pairs
         self.ufunc = ufunc
         self.itemsize = pairs[0][0].itemsize if pairs else 1
+        self.block = max(1, REDUCE_BLOCK // self.itemsize)  # elements
         self.own_first = own_first
         self.reduced = 0  # stream bytes reduced
         self.red_seg = 0  # segment being reduced
@@ -266,11 +275,16 @@ class ReducingInflow(Inflow):
                     return  # wait for a chunk worth a ufunc call
                 a = (self.reduced - self.red_seg_start) // self.itemsize
                 b = (end - self.red_seg_start) // self.itemsize
+                if end < self.red_seg_start + seg_bytes:
+                    b -= b % self.block
                 if b > a:
-                    if self.own_first:
-                        self.ufunc(own[a:b], acc[a:b], out=dest[a:b])
+                    if dest is not acc:  # what landed stays; the fold goes on in place in dest, as `fold_in_place`
+                        np.copyto(dest[a:b], acc[a:b])
+                        self.ufunc(dest[a:b], own[a:b], out=dest[a:b])
+                    elif self.own_first:
+                        self.ufunc(own[a:b], acc[a:b], out=acc[a:b])
                     else:
-                        self.ufunc(acc[a:b], own[a:b], out=dest[a:b])
+                        self.ufunc(acc[a:b], own[a:b], out=acc[a:b])
                     self.reduced = self.red_seg_start + b * self.itemsize
                 elif end < self.red_seg_start + seg_bytes:
                     return  # a partial element: wait for the rest

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from .. import buffers, wire
-from ..arrays import NOTHING, REDUCERS, byte_view, fold
+from ..arrays import NOTHING, REDUCERS, byte_view, fold, fold_in_place
 from ..channel import Channel
 from ..comm import Comm
 from ..errors import ProtocolError
@@ -70,7 +70,7 @@ def scan(g: Comm, arr: np.ndarray, op: str, exclusive: bool, header: wire.Header
         return None
     rows = [stack[p] for p in range(r)] + ([] if exclusive else [arr])
     out = np.empty(arr.shape, arr.dtype)
-    fold(rows, REDUCERS[op], out)
+    fold_in_place(rows, REDUCERS[op], out)
     return out
 
 

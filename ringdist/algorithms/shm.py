@@ -33,7 +33,7 @@ import msgpack
 import numpy as np
 
 from .. import buffers, schedule, wire
-from ..arrays import REDUCERS, byte_view, fold
+from ..arrays import REDUCERS, byte_view, fold, fold_in_place
 from ..comm import Comm
 from ..errors import MismatchError, ProtocolError
 from .base import Algorithm
@@ -368,8 +368,8 @@ def scan(g: Comm, arr: np.ndarray, op: str, exclusive: bool, header: wire.Header
             np.copyto(_array(link.slot(r, k), dtype, b - a), own[a:b])
         signal(g, name, header, timeout)
         if flat is not None:
-            fold([own[a:b] if q == r else _array(link.slot(q, k), dtype, b - a) for q in range(take)], ufunc,
-                 flat[a:b])
+            fold_in_place([own[a:b] if q == r else _array(link.slot(q, k), dtype, b - a) for q in range(take)],
+                          ufunc, flat[a:b])
     return out
 
 
