@@ -100,3 +100,14 @@ def test_scatter_costs_about_what_broadcast_does(root):
                                                 root, group=g),
     }, n)
     assert min(counts["scatter"]) <= SCATTER_MARGIN[root] * statistics.median(counts["broadcast"]), counts
+
+
+@pytest.mark.parametrize("n", [2, 4])
+def test_scan_costs_about_what_all_sum_does(n):
+    """The same arrays to fold, over TCP: a scan should not run much more Python than an
+    all-reduce (counted on rank 0; 2 ranks: about 1,130 bytecodes against 1,200; 4: 2,000 each)."""
+    counts = _counts({
+        "all_sum": lambda g: lambda: rd.all_sum(np.ones(1024, np.float32), group=g),
+        "scan": lambda g: lambda: rd.scan(np.ones(1024, np.float32), group=g),
+    }, n)
+    assert min(counts["scan"]) <= MARGIN * statistics.median(counts["all_sum"]), counts

@@ -362,6 +362,14 @@ def scan(g: Comm, arr: np.ndarray, op: str, exclusive: bool, header: wire.Header
     out = buffers.cache.empty(arr.shape, arr.dtype) if take else None
     flat = out.reshape(-1) if out is not None else None
     dtype = own.dtype
+    if own.nbytes <= link.slot_size:  # one round: the common small call
+        slots = link.slots(link.next_round())
+        if r < n - 1:
+            np.copyto(_array(slots[r], dtype, own.size), own)
+        signal(g, name, header, timeout)
+        if flat is not None:
+            fold_in_place([own if q == r else _array(slots[q], dtype, own.size) for q in range(take)], ufunc, flat)
+        return out
     for a, b in _rounds(own.size, max(1, link.slot_size // dtype.itemsize)):
         k = link.next_round()
         if r < n - 1:  # read by the ranks after this one only
