@@ -508,6 +508,8 @@ def send_fds(sock: socket.socket, fds: list[int], data: bytes, deadline: float, 
     try:
         sock.settimeout(deadlines.socket_wait(deadline))
         sent = socket.send_fds(sock, [data], fds)
+    except socket.timeout:  # the peer is there but not reading: a stall, not a loss
+        raise RingTimeoutError(f"timed out sending shared memory to {peer}") from None
     except OSError as exc:
         raise _lost(sock, peer, f"cannot send shared memory: {socket_error(exc)}") from None
     if sent != len(data):

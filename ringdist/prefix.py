@@ -3,7 +3,8 @@
 Rank r gets its own array folded with those of every rank before it, left to right in rank
 order: x0 op x1 op ... op xr (exclusive: up to x(r-1), and None on rank 0, where MPI leaves
 the result undefined). Every algorithm folds in that order, in place, so the bits do not depend
-on which one ran: numpy's `acc = x0.copy(); op(acc, x1, out=acc); ...`, element by element.
+on which one ran: numpy's `acc = x0.copy(); op(acc, x1, out=acc); ...` over C-contiguous
+copies of the inputs, element by element.
 On the chain (past 8 ranks over TCP) a rank before one whose call differs or is refused may
 return its prefix, which is right, and raise at its next call.
 """

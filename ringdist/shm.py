@@ -148,6 +148,8 @@ def open_link(endpoint: Endpoint, links: Links, *, group: str, rank: int, size: 
                 dialed[p] = sock
         if not votes.vote(links, yes, deadlines.left(deadline), began):
             return None
+        # A vote decided in its grace (MIN_WAIT) past the deadline: the steps after it get as long.
+        deadline = max(deadline, deadlines.after(votes.MIN_WAIT))
         assert own_map is not None
         maps[rank] = own_map
         if signals and endpoint.local_backend != "posix" and shmsignal.supported():

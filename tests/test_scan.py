@@ -81,6 +81,18 @@ def test_the_bits_are_numpys_fold_for_nans_of_both_signs_whatever_tcp_delivers(p
                 assert got[r].tobytes() == _folded(xs, np.add, r + 1).tobytes(), (path, r)
 
 
+def test_a_strided_input_gets_the_same_bits_on_every_path():
+    # numpy's strided loop and its contiguous one keep different NaN signs: direct folded the
+    # caller's strided view, the others a contiguous copy (9 of 3001 elements differed).
+    nans = np.array([0x7FC00000, 0xFFC00000], np.uint32).view(np.float32)
+    bases = [np.full(6002, nans[q % 2], np.float32) for q in range(2)]
+    want = _folded([np.ascontiguousarray(b[::2]) for b in bases], np.add, 2).tobytes()
+    with np.errstate(invalid="ignore"):
+        for path in ("shm", "direct", "ring"):
+            got = run_ranks(2, lambda g: rd.scan(bases[g.rank()][::2], group=g), **PATHS[path])
+            assert got[1].tobytes() == want, path
+
+
 def test_every_algorithm_gives_the_same_bits_for_complex_products():
     # numpy may round a complex product into a separate array differently from one in place
     # (AVX-512): 217 of 800 rank results differed between the chain and the others, by a last bit.

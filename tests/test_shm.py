@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import sys
+import threading
 import time
 
 import numpy as np
@@ -200,6 +201,25 @@ def test_a_vote_after_the_links_took_the_whole_deadline_still_waits_and_says_for
     assert votes.MIN_WAIT <= waited < votes.MIN_WAIT + 2, waited
     assert re.match(r"rank 0: group setup \(shared memory\) did not finish within 5\.\d s: receiving from rank 1",
                     message), message
+
+
+def test_a_vote_decided_in_its_grace_leaves_the_steps_after_it_time_to_finish(monkeypatch):
+    # Both ranks late to make their segments (2.9 and 3.2 s of a 3 s setup): the vote waits its
+    # grace and both say yes, but the steps after it had a deadline already past, and rank 0
+    # read its own timeout as "lost rank 1" (PeerLostError) while rank 1 timed out.
+    from ringdist import shm as shm_module
+
+    made = shm_module._segment
+    late = {"harness-rank-0": 2.9, "harness-rank-1": 3.2}
+
+    def slow_segment(*args, **kwargs):
+        time.sleep(late.get(threading.current_thread().name, 0))
+        return made(*args, **kwargs)
+
+    monkeypatch.setattr(shm_module, "_segment", slow_segment)
+    got = run_ranks(2, lambda g: (g.shm is not None, rd.all_sum(np.ones(3), group=g).tolist()), connect_timeout=3.0,
+                    timeout=60)
+    assert got == [(True, [2.0, 2.0, 2.0])] * 2, got
 
 
 @pytest.mark.parametrize("n, calls", [(2, 5000), (16, 300)])

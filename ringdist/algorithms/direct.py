@@ -63,12 +63,12 @@ def scan(g: Comm, arr: np.ndarray, op: str, exclusive: bool, header: wire.Header
     stack = buffers.cache.empty((max(take, 1),) + arr.shape, arr.dtype, min_bytes=buffers.SCRATCH_MIN_BYTES)
     size = arr.nbytes
     data = byte_view(stack)
-    mine = byte_view(np.ascontiguousarray(arr))
-    g.exchange(header.fields["op"], [mine if p > r else NO_BYTES for p in mesh.order],
+    own = np.ascontiguousarray(arr)  # folded as sent: a strided view's NaN signs are numpy's strided loop's
+    g.exchange(header.fields["op"], [byte_view(own) if p > r else NO_BYTES for p in mesh.order],
                [data[p * size:(p + 1) * size] if p < r else NO_BYTES for p in mesh.order], header, timeout=timeout)
     if not take:
         return None
-    rows = [stack[p] for p in range(r)] + ([] if exclusive else [arr])
+    rows = [stack[p] for p in range(r)] + ([] if exclusive else [own])
     out = np.empty(arr.shape, arr.dtype)
     fold_in_place(rows, REDUCERS[op], out)
     return out
