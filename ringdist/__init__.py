@@ -12,6 +12,7 @@ from .world import init, is_available
 from .collectives import all_gather, all_max, all_min, all_prod, all_sum, barrier, broadcast, gather, reduce, sum_scatter
 from .object_messages import recv_object, send_object
 from .objects import all_gather_object, broadcast_object
+from .rooted_objects import gather_object, scatter_object
 from .uneven import all_to_all, scatter
 from . import errors
 from .errors import *  # noqa: F403 - the exception tree is part of the API
@@ -41,6 +42,8 @@ __all__ = [
     "scan",
     "all_gather_object",
     "broadcast_object",
+    "gather_object",
+    "scatter_object",
     "send",
     "recv",
     "recv_like",

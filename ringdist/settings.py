@@ -126,7 +126,7 @@ def _socket_buffers(raw: str | None, default: tuple[int, int]) -> tuple[int, int
 
 ALGO_OPS = ("all_gather", "all_sum", "all_max", "all_min", "all_prod", "sum_scatter", "broadcast", "barrier",
             "gather", "reduce", "all_to_all", "scatter", "all_gather_uneven", "all_gather_object",
-            "broadcast_object", "scan", "all_reduce", "*")  # all_reduce: the four reductions; *: every op
+            "broadcast_object", "gather_object", "scatter_object", "scan", "all_reduce", "*")  # all_reduce: the four reductions; *: every op
 
 
 def _algo(raw: str | None) -> tuple[tuple[str, str], ...]:

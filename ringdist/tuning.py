@@ -31,8 +31,11 @@ KIND_OF = {"all_gather": "gather", "barrier": "barrier", "split": "gather",
            # which may differ by rank.
            "all_to_all": "all_to_all", "scatter": "scatter", "all_gather_uneven": "gather_v", "scan": "scan",
            "all_gather_object": "gather_v", "broadcast_object": "gather_v",
+           # Objects to or from a root: all_to_all blocks whose sizes ride in the headers (`rooted_objects`).
+           "gather_object": "all_to_all", "scatter_object": "all_to_all",
            # An object collective's last step: a byte from every rank, whether it could unpickle (`objects`).
-           "all_gather_object (agreement step)": "gather", "broadcast_object (agreement step)": "gather"}
+           "all_gather_object (agreement step)": "gather", "broadcast_object (agreement step)": "gather",
+           "gather_object (agreement step)": "gather", "scatter_object (agreement step)": "gather"}
 
 # Direct exchange limits (RINGDIST_DIRECT_MAX's default), per-rank block bytes. On more than two
 # ranks one direct step beats N-1 ring steps up to 1 MiB blocks (10-40% at 512 KiB-1 MiB), and

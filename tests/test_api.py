@@ -10,7 +10,7 @@ PUBLIC = {
     "init", "is_available", "Group", "all_gather", "all_sum", "all_max", "all_min", "all_prod",
     "sum_scatter", "broadcast", "barrier", "send", "recv", "recv_like", "Work",
     "gather", "scatter", "reduce", "all_to_all", "all_gather_object", "broadcast_object", "send_object",
-    "recv_object", "scan",
+    "recv_object", "scan", "gather_object", "scatter_object",
     "RingError", "ConfigError", "ConnectError", "AuthError", "ProtocolError", "PeerLostError",
     "RingTimeoutError", "MismatchError", "GroupBrokenError", "__version__",
 }
@@ -34,13 +34,14 @@ def test_exception_tree():
 def test_collectives_take_group_as_keyword_only():
     for name in ("all_gather", "all_sum", "all_max", "all_min", "all_prod", "sum_scatter", "broadcast",
                  "barrier", "send", "recv", "recv_like", "gather", "scatter", "reduce", "all_to_all",
-                 "all_gather_object", "broadcast_object", "send_object", "recv_object", "scan"):
+                 "all_gather_object", "broadcast_object", "send_object", "recv_object", "scan", "gather_object",
+                 "scatter_object"):
         params = inspect.signature(getattr(rd, name)).parameters
         for keyword in ("group", "timeout"):
             assert params[keyword].kind is inspect.Parameter.KEYWORD_ONLY and params[keyword].default is None, name
         param = params["async_op"]
         assert param.kind is inspect.Parameter.KEYWORD_ONLY and param.default is False, name
-    for name in ("gather", "scatter", "reduce"):
+    for name in ("gather", "scatter", "reduce", "gather_object", "scatter_object"):
         assert inspect.signature(getattr(rd, name)).parameters["root"].default == 0, name
     assert inspect.signature(rd.reduce).parameters["op"].default == "sum"
     assert inspect.signature(rd.all_to_all).parameters["splits"].default is None

@@ -443,3 +443,68 @@ def test_an_object_kept_keeps_only_its_own_bytes_alive(algo):
 
     for r, held in enumerate(run_ranks(9, rank, shm=False, algo=(("all_gather_object", algo),))):
         assert all(nbytes < 2 * size for nbytes in held.values()), (r, held)
+
+
+@pytest.mark.parametrize("n, shm", [(1, True), (2, True), (3, False), (5, True), (9, True), (9, False)])
+def test_gather_object_and_scatter_object_move_each_object_to_its_rank(n, shm):
+    # 9 ranks: past the mesh (pairwise exchange over TCP, the segments over shared memory).
+    def rank(g):
+        r = g.rank()
+        out = []
+        for root in sorted({0, n - 1}):
+            out.append(rd.gather_object({"from": r, "a": np.arange(r + 1)}, root=root, group=g))
+            out.append(rd.scatter_object([("to", q, "x" * q) for q in range(n)] if r == root else None, root=root,
+                                         group=g))
+        big = [np.full(200_000, q, np.int64) for q in range(n)]  # 1.6 MB each: several rounds of a slot
+        out.append(rd.scatter_object(big if r == 0 else "ignored", group=g))
+        return out
+
+    got = run_ranks(n, rank, shm=shm)
+    for r, out in enumerate(got):
+        i = 0
+        for root in sorted({0, n - 1}):
+            gathered, scattered = out[i], out[i + 1]
+            i += 2
+            if r == root:
+                assert [d["from"] for d in gathered] == list(range(n)), gathered
+                assert all(np.array_equal(d["a"], np.arange(q + 1)) for q, d in enumerate(gathered))
+            else:
+                assert gathered is None
+            assert scattered == ("to", r, "x" * r)
+        assert np.array_equal(out[i], np.full(200_000, r, np.int64))
+
+
+@pytest.mark.parametrize("n, shm", [(3, True), (9, False)])
+def test_a_rooted_object_call_that_cannot_pickle_or_unpickle_fails_on_every_rank_and_the_group_goes_on(n, shm):
+    last = n - 1
+
+    def rank(g):
+        r = g.rank()
+        found = []
+        for call in (
+                lambda: rd.gather_object(threading.Lock() if r == 1 else r, root=0, group=g),  # a sender cannot pickle
+                lambda: rd.scatter_object([0, threading.Lock()] + [0] * (n - 2) if r == 0 else None, group=g),
+                lambda: rd.gather_object(_FailsOn(0, ValueError("not on the root")), root=0, group=g),
+                lambda: rd.scatter_object([_FailsOn(last, ValueError("not here"))] * n if r == 0 else None, group=g)):
+            try:
+                call()
+                found.append(None)
+            except ValueError as exc:
+                found.append(str(exc))
+        found.append(rd.gather_object(r, root=last, group=g))
+        return found
+
+    got = run_ranks(n, rank, shm=shm)
+    lock = "the object cannot be pickled: TypeError: cannot pickle '_thread.lock' object"
+    for r, found in enumerate(got):
+        assert found[0] == (f"rank 1: gather_object: {lock}" if r == 1 else
+                            f"rank {r}: gather_object failed on rank 1: rank 1: gather_object: {lock}"), found
+        assert found[1] == (f"rank 0: scatter_object: {lock}" if r == 0 else
+                            f"rank {r}: scatter_object failed on rank 0: rank 0: scatter_object: {lock}"), found
+        unpickling = ("rank 0: gather_object: the object from rank 0 cannot be unpickled here: ValueError: not on the "
+                      "root")
+        assert found[2] == (unpickling if r == 0 else f"rank {r}: gather_object failed on rank 0: {unpickling}"), found
+        theirs = (f"rank {last}: scatter_object: the object from rank 0 cannot be unpickled here: ValueError: not "
+                  "here")
+        assert found[3] == (theirs if r == last else f"rank {r}: scatter_object failed on rank {last}: {theirs}"), found
+        assert found[4] == (list(range(n)) if r == last else None), found

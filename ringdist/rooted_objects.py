@@ -1,0 +1,151 @@
+"""gather_object and scatter_object: picklable objects to and from one root (mpi4py's
+`comm.gather(obj, root)` and `comm.scatter(objs, root)`; torch's `gather_object` and
+`scatter_object_list`).
+
+Each object is pickled whole (protocol 5, its buffers inside: one part) and travels as a block
+of an all_to_all whose sizes ride in the headers (`algorithms/blocks.py`): only the root's
+blocks (scatter), or only the blocks to the root (gather), carry bytes, so each object crosses
+once, as a rooted call's data should. Around the exchange, two agreement steps (`objects._agree`)
+keep every rank in step: before it, whether every rank could pickle what it sends (or kept within
+RINGDIST_MAX_OBJECT_BYTES); after it, whether every rank could unpickle what it got. Where one
+could not, every rank raises ValueError in the call, naming it, and the group stays usable.
+"""
+
+from __future__ import annotations
+
+import pickle
+from typing import Any
+
+from . import tuning, work
+from .algorithms.blocks import common, sizes_of
+from .arrays import NOTHING
+from .calls import _comm, _header, check_root
+from .channel import Channel
+from .comm import Comm
+from .errors import ProtocolError, RingError
+from .flows import check_same
+from .objects import _agree, unpickle
+
+
+def _pickle(obj: Any, cap: int, op: str, rank: int) -> tuple[memoryview, ValueError | None]:
+    """`obj` pickled whole, or why it cannot be sent (an escaped text: every rank may read it)."""
+    try:
+        data = pickle.dumps(obj, protocol=5)
+    except Exception as exc:  # noqa: BLE001 - whatever pickling raised, every rank hears of it
+        why = f"rank {rank}: {op}: the object cannot be pickled: {type(exc).__name__}: {exc}"
+        return memoryview(b""), ValueError(why.encode("utf-8", "backslashreplace").decode("utf-8"))
+    if len(data) > cap:
+        return memoryview(b""), ValueError(f"rank {rank}: {op}: the pickled object is {len(data)} bytes, over "
+                                           f"RINGDIST_MAX_OBJECT_BYTES={cap}")
+    return memoryview(data), None
+
+
+def _check(header: Any, root: int, cap: int, sends_to_me: Any):
+    """The senders' headers: the same call, and a block to this rank only from whom it may come
+    (`sends_to_me(src)`), within the cap."""
+    mine = common(header.fields)
+
+    def check(src: int, fields: dict[str, Any], ch: Channel) -> int:
+        theirs = common(fields)
+        if theirs != mine:
+            check_same(mine, theirs, ch)
+        size = sizes_of(fields, ch, 1)[0]
+        if not sends_to_me(src) and size:
+            raise ProtocolError(f"rank {ch.me}: {ch.describe()} sends {size} bytes in {mine['op']} but is not "
+                                f"meant to send this rank anything (root {root})")
+        if size > cap:
+            raise RingError(f"rank {ch.me}: {mine['op']}: rank {src} declares a {size}-byte object, over "
+                            f"RINGDIST_MAX_OBJECT_BYTES={cap} here")
+        return 1
+    return check
+
+
+def gather_object(obj: Any, root: int = 0, *, group: Comm | None = None, timeout: float | None = None,
+                  async_op: bool = False) -> Any:
+    """Every rank's picklable `obj`, in rank order, on the root (its own as a copy); None elsewhere."""
+    if async_op or work.active:
+        r = work.route("gather_object", group, async_op,
+                       lambda g: gather_object(obj, root, group=g, timeout=timeout))
+        if r is not work.HERE:
+            return r
+    g = _comm(group, timeout, "gather_object")
+    try:
+        return _rooted(g, "gather_object", root, lambda r, n, cap: _gather_blocks(obj, r, n, cap, root), timeout)
+    except BaseException as exc:  # SystemExit or KeyboardInterrupt from an unpickler too: the others wait
+        g.refuse("gather_object", exc)
+        raise
+
+
+def scatter_object(objs: Any, root: int = 0, *, group: Comm | None = None, timeout: float | None = None,
+                   async_op: bool = False) -> Any:
+    """Rank r gets `objs[r]` of the root's sequence of N picklable objects (as a copy); the others
+    pass anything (None)."""
+    if async_op or work.active:
+        r = work.route("scatter_object", group, async_op,
+                       lambda g: scatter_object(objs, root, group=g, timeout=timeout))
+        if r is not work.HERE:
+            return r
+    g = _comm(group, timeout, "scatter_object")
+    try:
+        return _rooted(g, "scatter_object", root, lambda r, n, cap: _scatter_blocks(objs, r, n, cap, root), timeout)
+    except BaseException as exc:
+        g.refuse("scatter_object", exc)
+        raise
+
+
+def _gather_blocks(obj: Any, r: int, n: int, cap: int, root: int) -> tuple[list[memoryview], ValueError | None]:
+    data, failure = _pickle(obj, cap, "gather_object", r)
+    return [data if p == root else memoryview(b"") for p in range(n)], failure
+
+
+def _scatter_blocks(objs: Any, r: int, n: int, cap: int, root: int) -> tuple[list[memoryview], ValueError | None]:
+    if r != root:
+        return [memoryview(b"")] * n, None
+    try:
+        items = list(objs)
+    except TypeError:
+        raise TypeError(f"rank {r}: scatter_object: the root passes a sequence of {n} objects, got "
+                        f"{type(objs).__name__}") from None
+    if len(items) != n:
+        raise ValueError(f"rank {r}: scatter_object: the root passes {n} objects, one for each rank, got {len(items)}")
+    blocks = []
+    for item in items:
+        data, failure = _pickle(item, cap, "scatter_object", r)
+        if failure is not None:
+            return [memoryview(b"")] * n, failure
+        blocks.append(data)
+    return blocks, None
+
+
+def _rooted(g: Comm, op: str, root: Any, make: Any, timeout: float | None) -> Any:
+    n, r = g.size(), g.rank()
+    root = check_root(root, g, op)
+    cap = g.settings.max_object_bytes
+    blocks, failure = make(r, n, cap)
+    gathering = op == "gather_object"
+    if n == 1:
+        g.check_usable(op)
+        if failure is not None:
+            raise failure
+        copy = unpickle(blocks[0], [len(blocks[0])], f"rank {r}: {op}: the object from rank {r}")
+        return [copy] if gathering else copy
+    texts = tuning.choose(g, "all_gather_object", 0)  # carries failures' texts (`_agree`)
+    _agree(g, op, texts, failure, timeout)  # every rank could pickle what it sends, or every rank raises
+    algorithm = tuning.choose(g, op, tuning.UNKNOWN)
+    header = _header(g, op, NOTHING, algorithm.name, root=root)
+    sends_to_me = (lambda src: r == root) if gathering else (lambda src: src == root)
+    got = algorithm.all_to_all(g, header, blocks, [len(b) for b in blocks], _check(header, root, cap, sends_to_me),
+                               timeout)
+    g.finish(op)
+    result, failure = None, None
+    try:
+        if gathering and r == root:
+            result = [unpickle(payload[:size], [size], f"rank {r}: {op}: the object from rank {q}")
+                      for q, (size, payload) in enumerate(got)]
+        elif not gathering:
+            size, payload = got[root]
+            result = unpickle(payload[:size], [size], f"rank {r}: {op}: the object from rank {root}")
+    except ValueError as exc:
+        failure = exc
+    _agree(g, op, texts, failure, timeout)
+    return result
