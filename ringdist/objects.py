@@ -144,6 +144,8 @@ def _agree(g: Comm, op: str, algorithm: Any, failure: ValueError | None, timeout
     flags = gather_rows(np.array([failure is not None], np.uint8), group=g, op=f"{op} (agreement step)", timeout=timeout)
     if not flags.any():
         return
+    if callable(algorithm):  # chosen only when a failure's texts must go
+        algorithm = algorithm()
     header = _header(g, op, NOTHING, algorithm.name)
     text = ("" if failure is None else str(failure))[:FAILURE_CHARS].encode("utf-8", "replace")
 

@@ -5,44 +5,50 @@
 Each object is pickled whole (protocol 5, its buffers inside: one part) and travels as a block
 of an all_to_all whose sizes ride in the headers (`algorithms/blocks.py`): only the root's
 blocks (scatter), or only the blocks to the root (gather), carry bytes, so each object crosses
-once, as a rooted call's data should. Around the exchange, two agreement steps (`objects._agree`)
-keep every rank in step: before it, whether every rank could pickle what it sends (or kept within
-RINGDIST_MAX_OBJECT_BYTES); after it, whether every rank could unpickle what it got. Where one
-could not, every rank raises ValueError in the call, naming it, and the group stays usable.
+once, as a rooted call's data should. Around the exchange, two small steps keep every rank in
+step. Before it, every rank's cap (RINGDIST_MAX_OBJECT_BYTES) and the bytes it sends each rank,
+to every rank: so every rank knows alike whether every rank could pickle what it sends and
+whether every block fits its receiver's cap. After it, whether every rank could unpickle what it
+got (`objects._agree`). Where one could not, every rank raises ValueError in the call, naming
+it, and the group stays usable.
 """
 
 from __future__ import annotations
 
 import pickle
+from collections.abc import Mapping, Set as AbstractSet
 from typing import Any
+
+import numpy as np
 
 from . import tuning, work
 from .algorithms.blocks import common, sizes_of
 from .arrays import NOTHING
 from .calls import _comm, _header, check_root
 from .channel import Channel
+from .collectives import gather_rows
 from .comm import Comm
 from .errors import ProtocolError, RingError
 from .flows import check_same
 from .objects import _agree, unpickle
 
 
-def _pickle(obj: Any, cap: int, op: str, rank: int) -> tuple[memoryview, ValueError | None]:
+def _pickle(obj: Any, cap: int, op: str, rank: int, what: str = "the object") -> tuple[memoryview, ValueError | None]:
     """`obj` pickled whole, or why it cannot be sent (an escaped text: every rank may read it)."""
     try:
         data = pickle.dumps(obj, protocol=5)
     except Exception as exc:  # noqa: BLE001 - whatever pickling raised, every rank hears of it
-        why = f"rank {rank}: {op}: the object cannot be pickled: {type(exc).__name__}: {exc}"
+        why = f"rank {rank}: {op}: {what} cannot be pickled: {type(exc).__name__}: {exc}"
         return memoryview(b""), ValueError(why.encode("utf-8", "backslashreplace").decode("utf-8"))
     if len(data) > cap:
-        return memoryview(b""), ValueError(f"rank {rank}: {op}: the pickled object is {len(data)} bytes, over "
+        return memoryview(b""), ValueError(f"rank {rank}: {op}: {what} pickles to {len(data)} bytes, over "
                                            f"RINGDIST_MAX_OBJECT_BYTES={cap}")
     return memoryview(data), None
 
 
 def _check(header: Any, root: int, cap: int, sends_to_me: Any):
-    """The senders' headers: the same call, and a block to this rank only from whom it may come
-    (`sends_to_me(src)`), within the cap."""
+    """The senders' headers, where the algorithm reads them: the same call, and a block to this
+    rank only from whom it may come (`sends_to_me(src)`), within the cap."""
     mine = common(header.fields)
 
     def check(src: int, fields: dict[str, Any], ch: Channel) -> int:
@@ -70,7 +76,7 @@ def gather_object(obj: Any, root: int = 0, *, group: Comm | None = None, timeout
             return r
     g = _comm(group, timeout, "gather_object")
     try:
-        return _rooted(g, "gather_object", root, lambda r, n, cap: _gather_blocks(obj, r, n, cap, root), timeout)
+        return _rooted(g, "gather_object", root, lambda r, n, cap, at: _gather_blocks(obj, r, n, cap, at), timeout)
     except BaseException as exc:  # SystemExit or KeyboardInterrupt from an unpickler too: the others wait
         g.refuse("gather_object", exc)
         raise
@@ -87,7 +93,7 @@ def scatter_object(objs: Any, root: int = 0, *, group: Comm | None = None, timeo
             return r
     g = _comm(group, timeout, "scatter_object")
     try:
-        return _rooted(g, "scatter_object", root, lambda r, n, cap: _scatter_blocks(objs, r, n, cap, root), timeout)
+        return _rooted(g, "scatter_object", root, lambda r, n, cap, at: _scatter_blocks(objs, r, n, cap, at), timeout)
     except BaseException as exc:
         g.refuse("scatter_object", exc)
         raise
@@ -101,16 +107,20 @@ def _gather_blocks(obj: Any, r: int, n: int, cap: int, root: int) -> tuple[list[
 def _scatter_blocks(objs: Any, r: int, n: int, cap: int, root: int) -> tuple[list[memoryview], ValueError | None]:
     if r != root:
         return [memoryview(b"")] * n, None
+    if isinstance(objs, (Mapping, AbstractSet, str, bytes)):  # iterable, but not N objects in rank order
+        raise TypeError(f"rank {r}: scatter_object: the root passes a sequence of {n} objects, got "
+                        f"{type(objs).__name__}")
     try:
-        items = list(objs)
+        items = iter(objs)
     except TypeError:
         raise TypeError(f"rank {r}: scatter_object: the root passes a sequence of {n} objects, got "
                         f"{type(objs).__name__}") from None
+    items = list(items)  # an error a generator raises is its own
     if len(items) != n:
         raise ValueError(f"rank {r}: scatter_object: the root passes {n} objects, one for each rank, got {len(items)}")
     blocks = []
-    for item in items:
-        data, failure = _pickle(item, cap, "scatter_object", r)
+    for p, item in enumerate(items):
+        data, failure = _pickle(item, cap, "scatter_object", r, f"the object for rank {p}")
         if failure is not None:
             return [memoryview(b"")] * n, failure
         blocks.append(data)
@@ -121,7 +131,7 @@ def _rooted(g: Comm, op: str, root: Any, make: Any, timeout: float | None) -> An
     n, r = g.size(), g.rank()
     root = check_root(root, g, op)
     cap = g.settings.max_object_bytes
-    blocks, failure = make(r, n, cap)
+    blocks, failure = make(r, n, cap, root)
     gathering = op == "gather_object"
     if n == 1:
         g.check_usable(op)
@@ -129,9 +139,22 @@ def _rooted(g: Comm, op: str, root: Any, make: Any, timeout: float | None) -> An
             raise failure
         copy = unpickle(blocks[0], [len(blocks[0])], f"rank {r}: {op}: the object from rank {r}")
         return [copy] if gathering else copy
-    texts = tuning.choose(g, "all_gather_object", 0)  # carries failures' texts (`_agree`)
-    _agree(g, op, texts, failure, timeout)  # every rank could pickle what it sends, or every rank raises
-    algorithm = tuning.choose(g, op, tuning.UNKNOWN)
+    algorithm = tuning.choose(g, op, tuning.UNKNOWN)  # a forced one that cannot run: ConfigError, before any step
+    texts = lambda: tuning.choose(g, "all_gather_object", 0)  # noqa: E731 - carries failures' texts (`_agree`)
+    # Every rank's cap and the bytes it sends each rank (-1: it could not pickle), to every rank:
+    # each rank then judges every block alike, before any moves (an algorithm that relays or reads
+    # peers' layouts need not check them again).
+    mine = np.array([cap] + ([-1] * n if failure is not None else [len(b) for b in blocks]), np.int64)
+    table = gather_rows(mine, group=g, op=f"{op} (agreement step)", timeout=timeout).reshape(n, n + 1)
+    if failure is not None or (table[:, 1:] < 0).any():
+        _agree(g, op, texts, failure, timeout)  # every rank raises, naming the first that could not pickle
+    over = [(s, p) for s in range(n) for p in range(n) if table[s, 1 + p] > table[p, 0]]
+    if over:
+        s, p = over[0]
+        exc = ValueError(f"rank {r}: {op}: rank {s}'s object for rank {p} pickles to {table[s, 1 + p]} bytes, over "
+                         f"rank {p}'s RINGDIST_MAX_OBJECT_BYTES={table[p, 0]}")
+        exc.ringdist_everywhere = True  # type: ignore[attr-defined] - judged alike on every rank: the group is in step
+        raise exc
     header = _header(g, op, NOTHING, algorithm.name, root=root)
     sends_to_me = (lambda src: r == root) if gathering else (lambda src: src == root)
     got = algorithm.all_to_all(g, header, blocks, [len(b) for b in blocks], _check(header, root, cap, sends_to_me),

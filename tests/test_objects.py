@@ -499,8 +499,8 @@ def test_a_rooted_object_call_that_cannot_pickle_or_unpickle_fails_on_every_rank
     for r, found in enumerate(got):
         assert found[0] == (f"rank 1: gather_object: {lock}" if r == 1 else
                             f"rank {r}: gather_object failed on rank 1: rank 1: gather_object: {lock}"), found
-        assert found[1] == (f"rank 0: scatter_object: {lock}" if r == 0 else
-                            f"rank {r}: scatter_object failed on rank 0: rank 0: scatter_object: {lock}"), found
+        scattered = f"rank 0: scatter_object: {lock.replace('the object', 'the object for rank 1')}"
+        assert found[1] == (scattered if r == 0 else f"rank {r}: scatter_object failed on rank 0: {scattered}"), found
         unpickling = ("rank 0: gather_object: the object from rank 0 cannot be unpickled here: ValueError: not on the "
                       "root")
         assert found[2] == (unpickling if r == 0 else f"rank {r}: gather_object failed on rank 0: {unpickling}"), found
@@ -508,3 +508,47 @@ def test_a_rooted_object_call_that_cannot_pickle_or_unpickle_fails_on_every_rank
                   "here")
         assert found[3] == (theirs if r == last else f"rank {r}: scatter_object failed on rank {last}: {theirs}"), found
         assert found[4] == (list(range(n)) if r == last else None), found
+
+
+@pytest.mark.parametrize("n, shm", [(4, True), (9, True), (9, False)])
+def test_a_rooted_object_over_its_receivers_cap_fails_on_every_rank_before_anything_moves(n, shm):
+    # Every rank's cap and the sizes it sends go to every rank first, so every rank judges every
+    # block alike: on one host past 8 ranks the segments' layouts were read unchecked, and the
+    # receiver took a 3 MB object over its 1 MB cap.
+    last = n - 1
+
+    def rank(g):
+        if g.rank() == last:
+            g.settings = dataclasses.replace(g.settings, max_object_bytes=1_000_000)
+        r = g.rank()
+        found = []
+        for call in (lambda: rd.scatter_object([b"x" * 3_000_000] * n if r == 0 else None, group=g),
+                     lambda: rd.gather_object(b"y" * 3_000_000 if r == 0 else b"", root=last, group=g)):
+            try:
+                call()
+                found.append(None)
+            except ValueError as exc:
+                found.append(str(exc))
+        found.append(rd.gather_object(r, root=last, group=g))
+        return found
+
+    got = run_ranks(n, rank, shm=shm)
+    for r, found in enumerate(got):
+        assert re.fullmatch(rf"rank {r}: scatter_object: rank 0's object for rank {last} pickles to 30000\d\d bytes, "
+                            rf"over rank {last}'s RINGDIST_MAX_OBJECT_BYTES=1000000", found[0]), found
+        assert re.fullmatch(rf"rank {r}: gather_object: rank 0's object for rank {last} pickles to 30000\d\d bytes, "
+                            rf"over rank {last}'s RINGDIST_MAX_OBJECT_BYTES=1000000", found[1]), found
+        assert found[2] == (list(range(n)) if r == last else None), found
+
+
+def test_scatter_object_takes_a_sequence_in_rank_order_not_a_mapping_or_a_set():
+    def rank(g):
+        try:
+            rd.scatter_object({0: "a", 1: "b"} if g.rank() == 0 else None, group=g)
+        except (TypeError, rd.RingError) as exc:
+            return f"{type(exc).__name__}: {exc}"
+
+    got = run_ranks(2, rank)
+    assert got[0] == "TypeError: rank 0: scatter_object: the root passes a sequence of 2 objects, got dict", got
+    assert got[1] == ("RingError: rank 1: scatter_object (agreement step) aborted by rank 0: TypeError: rank 0: "
+                      "scatter_object: the root passes a sequence of 2 objects, got dict"), got
