@@ -428,6 +428,11 @@ def _choose(comm: Comm, op: str, nbytes: int) -> Algorithm:
     raise AssertionError(f"the tuning table has no row for {op} on {comm!r}")  # every kind ends in the ring
 
 
+# Ops that always send blocks of sizes the receivers learn from the headers: an algorithm's even
+# all_to_all (all blocks one size) cannot run them.
+SIZED_ALL_TO_ALL = ("gather_object", "scatter_object")
+
+
 def check_overrides(settings_algo: tuple[tuple[str, str], ...]) -> None:
     """ConfigError naming RINGDIST_ALGO if it names an algorithm that does not exist, or one that
     has no such kind of collective at all."""
@@ -436,5 +441,5 @@ def check_overrides(settings_algo: tuple[tuple[str, str], ...]) -> None:
         if algorithm is None:
             raise ConfigError(f"RINGDIST_ALGO: no algorithm {name!r} (there are {', '.join(sorted(ALGORITHMS))})")
         kinds = {KIND_OF[o] for o in KIND_OF if op in (o, "*") or (op == "all_reduce" and KIND_OF[o] == "reduce")}
-        if not any(algorithm.runs(k) for k in kinds):
+        if not any(algorithm.runs(k) for k in kinds) or (op in SIZED_ALL_TO_ALL and algorithm.all_to_all is None):
             raise ConfigError(f"RINGDIST_ALGO: {name} cannot run {op} (it runs {', '.join(algorithm.kinds())})")

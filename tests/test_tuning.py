@@ -82,6 +82,10 @@ def test_ringdist_algo_overrides_and_is_checked():
         tuning.check_overrides((("*", "bogus"),))
     with pytest.raises(rd.ConfigError, match="RINGDIST_ALGO: two-shot cannot run all_gather"):
         tuning.check_overrides((("all_gather", "two-shot"),))
+    # Bruck's all_to_all takes blocks of one size only; objects to or from a root are of any size.
+    with pytest.raises(rd.ConfigError, match="RINGDIST_ALGO: bruck cannot run gather_object"):
+        tuning.check_overrides((("gather_object", "bruck"),))
+    tuning.check_overrides((("scatter_object", "pairwise-exchange"), ("all_to_all", "bruck"), ("*", "bruck")))
     with pytest.raises(rd.ConfigError, match="RINGDIST_ALGO"):
         Settings.from_env({"RINGDIST_ALGO": "all_sum=ring"})
 
