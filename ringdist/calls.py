@@ -40,3 +40,13 @@ def check_root(root: Any, g: Comm, op: str) -> int:
     if isinstance(root, bool) or not isinstance(root, numbers.Integral) or not 0 <= root < n:
         raise ValueError(f"rank {g.rank()}: {op}: root {root!r} is not a rank of a group of size {n}")
     return int(root)
+
+
+REDUCE_OPS = ("sum", "max", "min", "prod")
+
+
+def check_reduce_op(op: Any, g: Comm, call: str) -> str:
+    """A rooted reduce's or a scan's `op` as its all-reduce's name (`all_sum`); ValueError otherwise."""
+    if op not in REDUCE_OPS:
+        raise ValueError(f"rank {g.rank()}: {call}: op must be one of {', '.join(REDUCE_OPS)}, got {op!r}")
+    return f"all_{op}"

@@ -18,7 +18,7 @@ import numpy as np
 
 from . import buffers, comm as comm_module, tuning, uneven as uneven_module, work
 from .arrays import as_array, as_rows, check_reducible
-from .calls import _comm, _header, check_root
+from .calls import _comm, _header, check_reduce_op, check_root
 from .comm import Comm
 
 
@@ -90,9 +90,6 @@ def gather(x: Any, root: int = 0, *, group: Comm | None = None, timeout: float |
     return out
 
 
-REDUCE_OPS = ("sum", "max", "min", "prod")
-
-
 def reduce(x: Any, root: int = 0, *, op: str = "sum", group: Comm | None = None,
            timeout: float | None = None, async_op: bool = False) -> Any:
     """The element-wise reduction (`op`: sum, max, min or prod) on the root, bitwise identical
@@ -103,8 +100,7 @@ def reduce(x: Any, root: int = 0, *, op: str = "sum", group: Comm | None = None,
             return r
     g = _comm(group, timeout, "reduce")
     try:
-        if op not in REDUCE_OPS:
-            raise ValueError(f"rank {g.rank()}: reduce: op must be one of {', '.join(REDUCE_OPS)}, got {op!r}")
+        check_reduce_op(op, g, "reduce")
         root = check_root(root, g, "reduce")
     except Exception as exc:
         g.refuse("reduce", exc)

@@ -27,6 +27,7 @@ from .comm import Comm
 from .errors import MismatchError, ProtocolError, RingError
 from .flows import Inflow, Outflow, Segments, SizedInflow
 from .objects import Pickled, unpickle
+from .p2p import run_inline
 
 
 def _message_header(number: int, fields: dict[str, Any]) -> wire.Header:
@@ -169,15 +170,11 @@ def send_object(obj: Any, dst: int, *, group: Comm | None = None, timeout: float
             return r
     g = _comm(group, timeout)
     sending = _SendObject(obj, dst, g, timeout)
-    sending.start()
     try:
-        sending.open()
-        g.run("send_object", [], sending.outflows, [sending.ch], timeout=timeout)  # type: ignore[list-item]
+        run_inline(g, sending, timeout)
     except BaseException as exc:
         sending.own_error(exc)
         raise
-    finally:
-        sending.release()
     sending.own_error()  # after its header went: the receiver raises too, and the pair stays in step
     return None
 
@@ -195,10 +192,5 @@ def recv_object(src: int, *, group: Comm | None = None, timeout: float | None = 
             return r
     g = _comm(group, timeout)
     receiving = _RecvObject(src, g, timeout)
-    receiving.start()
-    try:
-        receiving.open()
-        g.run("recv_object", receiving.inflows, [], [receiving.ch], timeout=timeout)  # type: ignore[list-item]
-    finally:
-        receiving.release()
+    run_inline(g, receiving, timeout)
     return receiving.unpickled()

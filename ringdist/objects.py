@@ -40,27 +40,28 @@ FAILURE_CHARS = 2000
 
 
 class Pickled:
-    """An object as parts to send (the pickle, then its out-of-band buffers), or why it cannot be sent."""
+    """An object as parts to send (the pickle, then its out-of-band buffers; with `whole`, one
+    part, its buffers inside), or why it cannot be sent. `what` names it in that error."""
 
-    def __init__(self, obj: Any, cap: int, op: str, rank: int):
+    def __init__(self, obj: Any, cap: int, op: str, rank: int, whole: bool = False, what: str = "object"):
         self.parts: list[memoryview] = []
         self.error: str | None = None
         out_of_band: list[pickle.PickleBuffer] = []
         try:
-            main = pickle.dumps(obj, protocol=5, buffer_callback=out_of_band.append)
+            main = pickle.dumps(obj, protocol=5, buffer_callback=None if whole else out_of_band.append)
             self.parts = [memoryview(main)] + [_raw(b) for b in out_of_band]
             if len(self.parts) > 1 and len(msgpack.packb([len(p) for p in self.parts])) > SIZES_BYTES_MAX:
                 self.parts = [memoryview(pickle.dumps(obj, protocol=5))]  # its buffers inside the pickle
         except Exception as exc:  # noqa: BLE001 - whatever pickling raised, every rank hears of it
             # As every rank reads it: a lone surrogate (an undecodable file name) escaped, or no
             # header could carry it.
-            self.error = (f"rank {rank}: {op}: the object cannot be pickled: {type(exc).__name__}: {exc}"
+            self.error = (f"rank {rank}: {op}: the {what} cannot be pickled: {type(exc).__name__}: {exc}"
                           .encode("utf-8", "backslashreplace").decode("utf-8"))
             self.parts = []
             return
         total = sum(map(len, self.parts))
         if total > cap:
-            self.error = (f"rank {rank}: {op}: the pickled object is {total} bytes, over "
+            self.error = (f"rank {rank}: {op}: the pickled {what} is {total} bytes, over "
                           f"RINGDIST_MAX_OBJECT_BYTES={cap}")
             self.parts = []
 

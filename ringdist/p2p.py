@@ -90,14 +90,19 @@ def send(x: Any, dst: int, *, group: Comm | None = None, timeout: float | None =
         if r is not work.HERE:
             return r
     g = _comm(group, timeout)
-    plan = _Send(x, dst, g, timeout)
+    run_inline(g, _Send(x, dst, g, timeout), timeout)
+    return None
+
+
+def run_inline(g: Comm, plan: Any, timeout: float | None) -> None:
+    """A point-to-point plan (`jobs.Plan`) run here and now, as a blocking call with nothing
+    queued before it: checked, its pair's turn and channel taken, its flows run, its turn given up."""
     plan.start()
     try:
         plan.open()
-        g.run("send", [], plan.outflows, [plan.ch], timeout=timeout)  # type: ignore[list-item]
+        g.run(plan.op, plan.inflows, plan.outflows, [plan.ch], timeout=timeout)
     finally:
         plan.release()
-    return None
 
 
 def _expect_message(mine: dict[str, Any], theirs: dict[str, Any], ch: Channel) -> None:
@@ -190,12 +195,7 @@ def recv(shape: Any, dtype: Any, src: int, *, group: Comm | None = None,
             return r
     g = _comm(group, timeout)
     plan = _Recv(shape, dtype, src, g, timeout)
-    plan.start()
-    try:
-        plan.open()
-        g.run("recv", plan.inflows, [], [plan.ch], timeout=timeout)  # type: ignore[list-item]
-    finally:
-        plan.release()
+    run_inline(g, plan, timeout)
     return plan.out
 
 

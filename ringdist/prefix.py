@@ -17,8 +17,7 @@ import numpy as np
 
 from . import buffers, tuning, work
 from .arrays import as_array, check_reducible
-from .calls import _comm, _header
-from .collectives import REDUCE_OPS
+from .calls import _comm, _header, check_reduce_op
 from .comm import Comm
 
 
@@ -34,12 +33,11 @@ def scan(x: Any, *, op: str = "sum", exclusive: bool = False, group: Comm | None
             return r
     g = _comm(group, timeout, "scan")
     try:
-        if op not in REDUCE_OPS:
-            raise ValueError(f"rank {g.rank()}: scan: op must be one of {', '.join(REDUCE_OPS)}, got {op!r}")
+        reduction = check_reduce_op(op, g, "scan")
         if not isinstance(exclusive, bool):
             raise TypeError(f"rank {g.rank()}: scan: exclusive must be True or False, got {exclusive!r}")
         arr = as_array(x, "scan")
-        check_reducible(arr, f"all_{op}", "scan")
+        check_reducible(arr, reduction, "scan")
         if g.size() == 1:
             g.check_usable("scan")
             if exclusive:
@@ -49,7 +47,7 @@ def scan(x: Any, *, op: str = "sum", exclusive: bool = False, group: Comm | None
             return out
         algorithm = tuning.choose(g, "scan", arr.nbytes)
         header = _header(g, "scan", arr, algorithm.name, reduce=op, exclusive=exclusive)
-        out = algorithm.scan(g, arr, f"all_{op}", exclusive, header, timeout)
+        out = algorithm.scan(g, arr, reduction, exclusive, header, timeout)
         g.finish("scan")
     except Exception as exc:
         g.refuse("scan", exc)

@@ -15,9 +15,8 @@ it, and the group stays usable.
 
 from __future__ import annotations
 
-import pickle
 from collections.abc import Mapping, Set as AbstractSet
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -30,20 +29,15 @@ from .collectives import gather_rows
 from .comm import Comm
 from .errors import ProtocolError, RingError
 from .flows import check_same
-from .objects import _agree, unpickle
+from .objects import Pickled, _agree, unpickle
 
 
-def _pickle(obj: Any, cap: int, op: str, rank: int, what: str = "the object") -> tuple[memoryview, ValueError | None]:
-    """`obj` pickled whole, or why it cannot be sent (an escaped text: every rank may read it)."""
-    try:
-        data = pickle.dumps(obj, protocol=5)
-    except Exception as exc:  # noqa: BLE001 - whatever pickling raised, every rank hears of it
-        why = f"rank {rank}: {op}: {what} cannot be pickled: {type(exc).__name__}: {exc}"
-        return memoryview(b""), ValueError(why.encode("utf-8", "backslashreplace").decode("utf-8"))
-    if len(data) > cap:
-        return memoryview(b""), ValueError(f"rank {rank}: {op}: {what} pickles to {len(data)} bytes, over "
-                                           f"RINGDIST_MAX_OBJECT_BYTES={cap}")
-    return memoryview(data), None
+def _pickle(obj: Any, cap: int, op: str, rank: int, what: str = "object") -> tuple[memoryview, ValueError | None]:
+    """`obj` pickled whole (one part), or why it cannot be sent."""
+    pickled = Pickled(obj, cap, op, rank, whole=True, what=what)
+    if pickled.error is not None:
+        return memoryview(b""), ValueError(pickled.error)
+    return pickled.parts[0], None
 
 
 def _check(header: Any, root: int, cap: int, sends_to_me: Any):
@@ -69,33 +63,33 @@ def _check(header: Any, root: int, cap: int, sends_to_me: Any):
 def gather_object(obj: Any, root: int = 0, *, group: Comm | None = None, timeout: float | None = None,
                   async_op: bool = False) -> Any:
     """Every rank's picklable `obj`, in rank order, on the root (its own as a copy); None elsewhere."""
-    if async_op or work.active:
-        r = work.route("gather_object", group, async_op,
-                       lambda g: gather_object(obj, root, group=g, timeout=timeout))
-        if r is not work.HERE:
-            return r
-    g = _comm(group, timeout, "gather_object")
-    try:
-        return _rooted(g, "gather_object", root, lambda r, n, cap, at: _gather_blocks(obj, r, n, cap, at), timeout)
-    except BaseException as exc:  # SystemExit or KeyboardInterrupt from an unpickler too: the others wait
-        g.refuse("gather_object", exc)
-        raise
+    return _call("gather_object", root, group, timeout, async_op,
+                 lambda g: gather_object(obj, root, group=g, timeout=timeout),
+                 lambda r, n, cap, at: _gather_blocks(obj, r, n, cap, at))
 
 
 def scatter_object(objs: Any, root: int = 0, *, group: Comm | None = None, timeout: float | None = None,
                    async_op: bool = False) -> Any:
     """Rank r gets `objs[r]` of the root's sequence of N picklable objects (as a copy); the others
     pass anything (None)."""
+    return _call("scatter_object", root, group, timeout, async_op,
+                 lambda g: scatter_object(objs, root, group=g, timeout=timeout),
+                 lambda r, n, cap, at: _scatter_blocks(objs, r, n, cap, at))
+
+
+def _call(op: str, root: Any, group: Comm | None, timeout: float | None, async_op: bool,
+          again: Callable[[Comm], Any], make: Callable[..., Any]) -> Any:
+    """Where the call runs (`again(g)` is it, queued), then `_rooted`; a failure outside the
+    exchange's own guard is told to the peers (`Comm.refuse`)."""
     if async_op or work.active:
-        r = work.route("scatter_object", group, async_op,
-                       lambda g: scatter_object(objs, root, group=g, timeout=timeout))
+        r = work.route(op, group, async_op, again)
         if r is not work.HERE:
             return r
-    g = _comm(group, timeout, "scatter_object")
+    g = _comm(group, timeout, op)
     try:
-        return _rooted(g, "scatter_object", root, lambda r, n, cap, at: _scatter_blocks(objs, r, n, cap, at), timeout)
-    except BaseException as exc:
-        g.refuse("scatter_object", exc)
+        return _rooted(g, op, root, make, timeout)
+    except BaseException as exc:  # SystemExit or KeyboardInterrupt from an unpickler too: the others wait
+        g.refuse(op, exc)
         raise
 
 
@@ -120,7 +114,7 @@ def _scatter_blocks(objs: Any, r: int, n: int, cap: int, root: int) -> tuple[lis
         raise ValueError(f"rank {r}: scatter_object: the root passes {n} objects, one for each rank, got {len(items)}")
     blocks = []
     for p, item in enumerate(items):
-        data, failure = _pickle(item, cap, "scatter_object", r, f"the object for rank {p}")
+        data, failure = _pickle(item, cap, "scatter_object", r, f"object for rank {p}")
         if failure is not None:
             return [memoryview(b"")] * n, failure
         blocks.append(data)

@@ -184,6 +184,18 @@ def test_an_unpicklable_message_fails_on_both_ends_and_the_pair_stays_in_step():
     assert following == "next"
 
 
+def _value_errors(calls) -> list:
+    """Each call's ValueError text, or None where it returned."""
+    found = []
+    for call in calls:
+        try:
+            call()
+            found.append(None)
+        except ValueError as exc:
+            found.append(str(exc))
+    return found
+
+
 class _BadFileName:
     """Cannot be pickled, and says so with a lone surrogate (an undecodable file name), which
     cannot travel as UTF-8 as it is: the failure's text failed to encode into the header."""
@@ -194,14 +206,9 @@ class _BadFileName:
 
 def test_a_pickling_failure_whose_text_cannot_be_encoded_is_still_told_and_the_group_goes_on():
     def rank(g):
-        got = []
-        for call in (lambda: rd.all_gather_object(_BadFileName() if g.rank() == 1 else 0, group=g),
-                     lambda: rd.send_object(_BadFileName(), 1, group=g) if g.rank() == 0 else rd.recv_object(0, group=g)):
-            try:
-                call()
-                got.append(None)
-            except ValueError as exc:
-                got.append(str(exc))
+        got = _value_errors((
+            lambda: rd.all_gather_object(_BadFileName() if g.rank() == 1 else 0, group=g),
+            lambda: rd.send_object(_BadFileName(), 1, group=g) if g.rank() == 0 else rd.recv_object(0, group=g)))
         return got, rd.all_gather_object(g.rank(), group=g)
 
     (gathered0, sent), (gathered1, received) = [got for got, _ in run_ranks(2, rank)]
@@ -480,17 +487,11 @@ def test_a_rooted_object_call_that_cannot_pickle_or_unpickle_fails_on_every_rank
 
     def rank(g):
         r = g.rank()
-        found = []
-        for call in (
-                lambda: rd.gather_object(threading.Lock() if r == 1 else r, root=0, group=g),  # a sender cannot pickle
-                lambda: rd.scatter_object([0, threading.Lock()] + [0] * (n - 2) if r == 0 else None, group=g),
-                lambda: rd.gather_object(_FailsOn(0, ValueError("not on the root")), root=0, group=g),
-                lambda: rd.scatter_object([_FailsOn(last, ValueError("not here"))] * n if r == 0 else None, group=g)):
-            try:
-                call()
-                found.append(None)
-            except ValueError as exc:
-                found.append(str(exc))
+        found = _value_errors((
+            lambda: rd.gather_object(threading.Lock() if r == 1 else r, root=0, group=g),  # a sender cannot pickle
+            lambda: rd.scatter_object([0, threading.Lock()] + [0] * (n - 2) if r == 0 else None, group=g),
+            lambda: rd.gather_object(_FailsOn(0, ValueError("not on the root")), root=0, group=g),
+            lambda: rd.scatter_object([_FailsOn(last, ValueError("not here"))] * n if r == 0 else None, group=g)))
         found.append(rd.gather_object(r, root=last, group=g))
         return found
 
@@ -521,14 +522,8 @@ def test_a_rooted_object_over_its_receivers_cap_fails_on_every_rank_before_anyth
         if g.rank() == last:
             g.settings = dataclasses.replace(g.settings, max_object_bytes=1_000_000)
         r = g.rank()
-        found = []
-        for call in (lambda: rd.scatter_object([b"x" * 3_000_000] * n if r == 0 else None, group=g),
-                     lambda: rd.gather_object(b"y" * 3_000_000 if r == 0 else b"", root=last, group=g)):
-            try:
-                call()
-                found.append(None)
-            except ValueError as exc:
-                found.append(str(exc))
+        found = _value_errors((lambda: rd.scatter_object([b"x" * 3_000_000] * n if r == 0 else None, group=g),
+                               lambda: rd.gather_object(b"y" * 3_000_000 if r == 0 else b"", root=last, group=g)))
         found.append(rd.gather_object(r, root=last, group=g))
         return found
 
