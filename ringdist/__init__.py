@@ -9,7 +9,8 @@ Launch ranks with `ringdist-launch --hosts hosts.json script.py`. The API mirror
 """
 
 from .world import init, is_available
-from .collectives import all_gather, all_max, all_min, all_prod, all_sum, barrier, broadcast, gather, reduce, sum_scatter
+from .collectives import (all_gather, all_max, all_min, all_prod, all_reduce, all_sum, barrier, broadcast, gather, reduce,
+                          reduce_scatter, sum_scatter)
 from .object_messages import recv_object, send_object
 from .objects import all_gather_object, broadcast_object
 from .rooted_objects import gather_object, scatter_object
@@ -32,7 +33,9 @@ __all__ = [
     "all_max",
     "all_min",
     "all_prod",
+    "all_reduce",
     "sum_scatter",
+    "reduce_scatter",
     "broadcast",
     "barrier",
     "gather",

@@ -8,7 +8,12 @@ import numpy as np
 
 _RAW_BYTES = type(np.dtype("V1"))  # numpy's own void dtype; extension dtypes (bfloat16) have their own class
 NOTHING = np.empty(0, dtype=np.uint8)  # what a rank that contributes no array (a scatter's non-root) passes
-REDUCERS = {"all_sum": np.add, "all_max": np.maximum, "all_min": np.minimum, "all_prod": np.multiply}
+# The element-wise reductions, by the `op` a call names them with (MPI_SUM ... MPI_BXOR); the
+# bitwise ones take integers and bool (on bool: logical and, or, xor).
+REDUCE_UFUNCS = {"sum": np.add, "max": np.maximum, "min": np.minimum, "prod": np.multiply,
+                 "band": np.bitwise_and, "bor": np.bitwise_or, "bxor": np.bitwise_xor}
+REDUCE_OPS = tuple(REDUCE_UFUNCS)
+REDUCERS = {f"all_{op}": ufunc for op, ufunc in REDUCE_UFUNCS.items()}  # by the all-reduce's call name
 
 
 def as_array(x: Any, op: str | None = None) -> np.ndarray:

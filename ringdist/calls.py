@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from . import comm as comm_module, deadlines, wire
+from .arrays import REDUCE_OPS
 from .comm import Comm
 
 
@@ -42,11 +43,14 @@ def check_root(root: Any, g: Comm, op: str) -> int:
     return int(root)
 
 
-REDUCE_OPS = ("sum", "max", "min", "prod")
-
-
 def check_reduce_op(op: Any, g: Comm, call: str) -> str:
-    """A rooted reduce's or a scan's `op` as its all-reduce's name (`all_sum`); ValueError otherwise."""
-    if op not in REDUCE_OPS:
+    """A call's reduction `op` as its all-reduce's name (`all_sum`); ValueError otherwise."""
+    if not isinstance(op, str) or op not in REDUCE_OPS:
         raise ValueError(f"rank {g.rank()}: {call}: op must be one of {', '.join(REDUCE_OPS)}, got {op!r}")
     return f"all_{op}"
+
+
+def check_flag(value: Any, name: str, g: Comm, call: str) -> None:
+    """TypeError unless the flag `name` is True or False (numpy's bools too)."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"rank {g.rank()}: {call}: {name} must be True or False, got {value!r}")

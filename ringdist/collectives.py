@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 
 from . import buffers, comm as comm_module, tuning, uneven as uneven_module, work
-from .arrays import as_array, as_rows, check_reducible
-from .calls import _comm, _header, check_reduce_op, check_root
+from .arrays import REDUCE_OPS, as_array, as_rows, check_reducible
+from .calls import _comm, _header, check_flag, check_reduce_op, check_root
 from .comm import Comm
 
 
@@ -67,16 +67,20 @@ def _route_all_gather(x: Any, uneven: bool, group: Comm | None, timeout: float |
     return work.route("all_gather", group, async_op, lambda g: all_gather(x, uneven=uneven, group=g, timeout=timeout))
 
 
-def gather(x: Any, root: int = 0, *, group: Comm | None = None, timeout: float | None = None,
-           async_op: bool = False) -> Any:
+def gather(x: Any, root: int = 0, *, uneven: bool = False, group: Comm | None = None,
+           timeout: float | None = None, async_op: bool = False) -> Any:
     """all_gather's result on the root; None on every other rank. Same shape and dtype on
-    every rank; the root is in the header, so ranks that disagree on it fail."""
+    every rank (`uneven=True`: row counts may differ); the root is in the header, so ranks
+    that disagree on it fail."""
     if async_op or work.active:
-        r = work.route("gather", group, async_op, lambda g: gather(x, root, group=g, timeout=timeout))
+        r = work.route("gather", group, async_op, lambda g: gather(x, root, uneven=uneven, group=g, timeout=timeout))
         if r is not work.HERE:
             return r
     g = _comm(group, timeout, "gather")
     try:
+        check_flag(uneven, "uneven", g, "gather")
+        if uneven:
+            return uneven_module.gather_uneven(x, root, g, timeout)
         root = check_root(root, g, "gather")
         arr = as_rows(x, "gather")
         if g.size() == 1:
@@ -92,7 +96,7 @@ def gather(x: Any, root: int = 0, *, group: Comm | None = None, timeout: float |
 
 def reduce(x: Any, root: int = 0, *, op: str = "sum", group: Comm | None = None,
            timeout: float | None = None, async_op: bool = False) -> Any:
-    """The element-wise reduction (`op`: sum, max, min or prod) on the root, bitwise identical
+    """The element-wise reduction (`op`: as all_reduce's) on the root, bitwise identical
     to all_<op>'s (it runs the same algorithm); None on every other rank."""
     if async_op or work.active:
         r = work.route("reduce", group, async_op, lambda g: reduce(x, root, op=op, group=g, timeout=timeout))
@@ -173,31 +177,70 @@ def all_prod(x: Any, *, group: Comm | None = None, timeout: float | None = None,
     return _all_reduce(x, group, "all_prod", timeout, async_op=async_op)
 
 
+def all_reduce(x: Any, op: str = "sum", *, group: Comm | None = None, timeout: float | None = None,
+               async_op: bool = False) -> Any:
+    """Element-wise `op` over the group (sum, max, min, prod; band, bor, bxor on integers and
+    bool): the call all_<op>, so `all_reduce(x, "max")` on one rank pairs with `all_max(x)` on another."""
+    if isinstance(op, str) and op in REDUCE_OPS:
+        return _all_reduce(x, group, "all_" + op, timeout, async_op=async_op)
+    return _bad_op(x, op, "all_reduce", group, timeout, async_op)
+
+
+def _bad_op(x: Any, op: Any, call: str, group: Comm | None, timeout: float | None, async_op: bool) -> Any:
+    """An all_reduce or reduce_scatter naming no reduction: ValueError, on every rank."""
+    if async_op or work.active:
+        r = work.route(call, group, async_op, lambda g: _bad_op(x, op, call, g, timeout, False))
+        if r is not work.HERE:
+            return r
+    g = _comm(group, timeout, call)
+    try:
+        check_reduce_op(op, g, call)
+    except Exception as exc:
+        g.refuse(call, exc)
+        raise
+    raise AssertionError("_bad_op with a good op")
+
+
 def sum_scatter(x: Any, *, group: Comm | None = None, timeout: float | None = None,
                 async_op: bool = False) -> Any:
     """Reduce-scatter: rank r gets rows [r*c, (r+1)*c) of all_sum(x), c = x.shape[0] // N."""
+    return _reduce_scatter(x, "sum", group, timeout, async_op)
+
+
+def reduce_scatter(x: Any, op: str = "sum", *, group: Comm | None = None, timeout: float | None = None,
+                   async_op: bool = False) -> Any:
+    """Rank r gets rows [r*c, (r+1)*c) of all_reduce(x, op), c = x.shape[0] // N: the call
+    <op>_scatter (`reduce_scatter(x)` is `sum_scatter(x)`)."""
+    if isinstance(op, str) and op in REDUCE_OPS:
+        return _reduce_scatter(x, op, group, timeout, async_op)
+    return _bad_op(x, op, "reduce_scatter", group, timeout, async_op)
+
+
+def _reduce_scatter(x: Any, op: str, group: Comm | None, timeout: float | None, async_op: bool) -> Any:
+    call = op + "_scatter"
     if async_op or work.active:
-        r = work.route("sum_scatter", group, async_op, lambda g: sum_scatter(x, group=g, timeout=timeout))
+        r = work.route(call, group, async_op, lambda g: _reduce_scatter(x, op, g, timeout, False))
         if r is not work.HERE:
             return r
-    g = _comm(group, timeout, "sum_scatter")
+    g = _comm(group, timeout, call)
     n = g.size()
     try:
-        arr = as_rows(x, "sum_scatter")
-        check_reducible(arr, "all_sum", "sum_scatter")
+        arr = as_rows(x, call)
+        check_reducible(arr, "all_" + op, call)
         if arr.shape[0] % n:
-            raise ValueError(f"rank {g.rank()}: sum_scatter: x.shape[0] = {arr.shape[0]} is not divisible by the "
+            raise ValueError(f"rank {g.rank()}: {call}: x.shape[0] = {arr.shape[0]} is not divisible by the "
                              f"group size {n}")
         if n == 1:
-            g.check_usable("sum_scatter")
+            g.check_usable(call)
             return np.array(arr, order="C", copy=True)
-        algorithm = tuning.choose(g, "sum_scatter", arr.nbytes)
-        header = _header(g, "sum_scatter", arr, algorithm.name)
+        algorithm = tuning.choose(g, call, arr.nbytes)
+        header = _header(g, call, arr, algorithm.name)
         out = buffers.cache.empty((arr.shape[0] // n,) + arr.shape[1:], arr.dtype)
-        algorithm.reduce_scatter(g, np.ascontiguousarray(arr).reshape(-1), out.reshape(-1), header, timeout)
-        g.finish("sum_scatter")
+        algorithm.reduce_scatter(g, np.ascontiguousarray(arr).reshape(-1), out.reshape(-1), "all_" + op, header,
+                                 timeout)
+        g.finish(call)
     except Exception as exc:
-        g.refuse("sum_scatter", exc)
+        g.refuse(call, exc)
         raise
     return out
 

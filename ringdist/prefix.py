@@ -17,13 +17,13 @@ import numpy as np
 
 from . import buffers, tuning, work
 from .arrays import as_array, check_reducible
-from .calls import _comm, _header, check_reduce_op
+from .calls import _comm, _header, check_flag, check_reduce_op
 from .comm import Comm
 
 
 def scan(x: Any, *, op: str = "sum", exclusive: bool = False, group: Comm | None = None,
          timeout: float | None = None, async_op: bool = False) -> Any:
-    """Rank r's prefix reduction of every rank's `x` (`op`: sum, max, min or prod), ranks 0..r in
+    """Rank r's prefix reduction of every rank's `x` (`op`: as all_reduce's), ranks 0..r in
     order; with `exclusive=True` ranks 0..r-1, and None on rank 0. Same shape and dtype on every
     rank; ranks that pass different `op` or `exclusive` fail with MismatchError."""
     if async_op or work.active:
@@ -34,8 +34,8 @@ def scan(x: Any, *, op: str = "sum", exclusive: bool = False, group: Comm | None
     g = _comm(group, timeout, "scan")
     try:
         reduction = check_reduce_op(op, g, "scan")
-        if not isinstance(exclusive, bool):
-            raise TypeError(f"rank {g.rank()}: scan: exclusive must be True or False, got {exclusive!r}")
+        check_flag(exclusive, "exclusive", g, "scan")
+        exclusive = bool(exclusive)
         arr = as_array(x, "scan")
         check_reducible(arr, reduction, "scan")
         if g.size() == 1:

@@ -6,6 +6,7 @@ import math
 import os
 from dataclasses import dataclass
 
+from .arrays import REDUCE_OPS
 from .errors import ConfigError
 
 
@@ -124,9 +125,11 @@ def _socket_buffers(raw: str | None, default: tuple[int, int]) -> tuple[int, int
     return rcv, snd
 
 
-ALGO_OPS = ("all_gather", "all_sum", "all_max", "all_min", "all_prod", "sum_scatter", "broadcast", "barrier",
-            "gather", "reduce", "all_to_all", "scatter", "all_gather_uneven", "all_gather_object",
-            "broadcast_object", "gather_object", "scatter_object", "scan", "all_reduce", "*")  # all_reduce: the four reductions; *: every op
+# all_reduce: every all_<op> and the rooted reduce; reduce_scatter: every <op>_scatter; *: every op.
+ALGO_OPS = ("all_gather", *("all_" + op for op in REDUCE_OPS), *(op + "_scatter" for op in REDUCE_OPS), "broadcast",
+            "barrier", "gather", "reduce", "all_to_all", "scatter", "all_gather_uneven", "all_gather_object",
+            "broadcast_object", "gather_object", "scatter_object", "gather_uneven", "scatter_uneven", "scan", "all_reduce",
+            "reduce_scatter", "*")
 
 
 def _algo(raw: str | None) -> tuple[tuple[str, str], ...]:

@@ -19,12 +19,13 @@ from dataclasses import dataclass
 from typing import Callable
 
 from .algorithms import ALGORITHMS, Algorithm
+from .arrays import REDUCE_OPS
 from .comm import Comm
 from .errors import ConfigError
 
-KIND_OF = {"all_gather": "gather", "barrier": "barrier", "split": "gather",
-           "all_sum": "reduce", "all_max": "reduce", "all_min": "reduce", "all_prod": "reduce",
-           "sum_scatter": "reduce_scatter", "broadcast": "broadcast",
+KIND_OF = {"all_gather": "gather", "barrier": "barrier", "split": "gather", "broadcast": "broadcast",
+           **{"all_" + op: "reduce" for op in REDUCE_OPS},  # all_sum ... all_bxor
+           **{op + "_scatter": "reduce_scatter" for op in REDUCE_OPS},  # sum_scatter ... bxor_scatter
            # A rooted reduce runs all_<op>'s rows, so its root gets all_<op>'s very bits.
            "gather": "gather_root", "reduce": "reduce",
            # Blocks whose sizes ride in the headers (algorithms/blocks.py); chosen without the size,
@@ -33,6 +34,8 @@ KIND_OF = {"all_gather": "gather", "barrier": "barrier", "split": "gather",
            "all_gather_object": "gather_v", "broadcast_object": "gather_v",
            # Objects to or from a root: all_to_all blocks whose sizes ride in the headers (`rooted_objects`).
            "gather_object": "all_to_all", "scatter_object": "all_to_all",
+           # Uneven rows to or from a root: the same, the blocks' rows in the headers (`uneven`).
+           "gather_uneven": "all_to_all", "scatter_uneven": "all_to_all", "scatter (agreement step)": "gather_v",
            # An object collective's last step: a byte from every rank, whether it could unpickle (`objects`).
            "all_gather_object (agreement step)": "gather", "broadcast_object (agreement step)": "gather",
            "gather_object (agreement step)": "gather", "scatter_object (agreement step)": "gather"}
@@ -368,6 +371,10 @@ def default_direct_max(comm: Comm) -> int:
         return DIRECT_MAX_MESH
     return DIRECT_MAX_PAIR_BOTH_WAYS if comm.both_ways else DIRECT_MAX_PAIR
 
+# RINGDIST_ALGO's names for every op of a kind: all_reduce (all_sum ... all_bxor, and the rooted
+# reduce, which runs them) and reduce_scatter (sum_scatter ... bxor_scatter).
+GROUPS = {"reduce": "all_reduce", "reduce_scatter": "reduce_scatter"}
+
 
 def facts(comm: Comm, nbytes: int) -> Facts:
     limit = comm.direct_max_override
@@ -380,11 +387,13 @@ def facts(comm: Comm, nbytes: int) -> Facts:
 
 
 def forced(comm: Comm, op: str) -> str | None:
-    """The algorithm RINGDIST_ALGO names for `op`, if any (the last matching entry wins)."""
+    """The algorithm RINGDIST_ALGO names for `op`, if any (the last matching entry wins). A call's
+    agreement step is the table's unless named itself: `*` forces the calls, not their steps."""
     kind = KIND_OF[op]
     name = None
+    every = None if op.endswith(" (agreement step)") else "*"
     for entry_op, entry_name in comm.settings.algo:
-        if entry_op in (op, "*") or (entry_op == "all_reduce" and kind == "reduce"):
+        if entry_op in (op, every, GROUPS.get(kind)):
             name = entry_name
     return name
 
@@ -430,7 +439,7 @@ def _choose(comm: Comm, op: str, nbytes: int) -> Algorithm:
 
 # Ops that always send blocks of sizes the receivers learn from the headers: an algorithm's even
 # all_to_all (all blocks one size) cannot run them.
-SIZED_ALL_TO_ALL = ("gather_object", "scatter_object")
+SIZED_ALL_TO_ALL = ("gather_object", "scatter_object", "gather_uneven", "scatter_uneven")
 
 
 def check_overrides(settings_algo: tuple[tuple[str, str], ...]) -> None:
@@ -440,6 +449,6 @@ def check_overrides(settings_algo: tuple[tuple[str, str], ...]) -> None:
         algorithm = ALGORITHMS.get(name)
         if algorithm is None:
             raise ConfigError(f"RINGDIST_ALGO: no algorithm {name!r} (there are {', '.join(sorted(ALGORITHMS))})")
-        kinds = {KIND_OF[o] for o in KIND_OF if op in (o, "*") or (op == "all_reduce" and KIND_OF[o] == "reduce")}
+        kinds = {KIND_OF[o] for o in KIND_OF if op in (o, "*", GROUPS.get(KIND_OF[o]))}
         if not any(algorithm.runs(k) for k in kinds) or (op in SIZED_ALL_TO_ALL and algorithm.all_to_all is None):
             raise ConfigError(f"RINGDIST_ALGO: {name} cannot run {op} (it runs {', '.join(algorithm.kinds())})")

@@ -1,6 +1,6 @@
 """Collectives whose receivers learn block sizes from the senders' headers: all_to_all (with
-or without splits), scatter (non-roots learn the root's shape and dtype), and all_gather of
-uneven row counts.
+or without splits), scatter (non-roots learn the root's shape and dtype), and all_gather,
+gather and scatter of uneven row counts (MPI's Allgatherv, Gatherv and Scatterv).
 
 Every stream's header declares its rows (`algorithms/blocks.py`), so no round is spent
 exchanging counts. A receiver compares every sender's call with its own: the op, root,
@@ -14,12 +14,13 @@ import math
 import numbers
 from typing import Any, Callable
 
+import msgpack
 import numpy as np
 
 from . import buffers, comm as comm_module, tuning, wire, work
-from .algorithms.blocks import Assembled, common, dtype_of, sizes_of
+from .algorithms.blocks import Assembled, common, dtype_from, dtype_of, sizes_of
 from .arrays import NOTHING, as_rows, byte_view
-from .calls import _comm, _header, check_root
+from .calls import _comm, _header, check_flag, check_root
 from .channel import Channel
 from .comm import Comm
 from .errors import MismatchError, ProtocolError
@@ -164,17 +165,21 @@ def _all_to_all_splits(g: Comm, arr: np.ndarray, counts: list[int], timeout: flo
     return _assemble(got, arr.shape[1:], arr.dtype)
 
 
-def scatter(x: Any, root: int = 0, *, group: Comm | None = None, timeout: float | None = None,
-            async_op: bool = False) -> Any:
+def scatter(x: Any, root: int = 0, *, uneven: bool = False, group: Comm | None = None,
+            timeout: float | None = None, async_op: bool = False) -> Any:
     """Root's `x` cut into N equal row blocks: rank r gets block r. Non-roots pass None (or
-    anything; it is ignored) and learn the shape and dtype from the root's header."""
+    anything; it is ignored) and learn the shape and dtype from the root's header. With
+    `uneven=True` (on every rank) the root's `x` is a list of N arrays, block r for rank r,
+    of any row counts (the dtype and the other dims alike)."""
     if async_op or work.active:
-        r = work.route("scatter", group, async_op, lambda g: scatter(x, root, group=g, timeout=timeout))
+        r = work.route("scatter", group, async_op,
+                       lambda g: scatter(x, root, uneven=uneven, group=g, timeout=timeout))
         if r is not work.HERE:
             return r
     g = _comm(group, timeout, "scatter")
     try:
-        return _scatter(g, x, root, timeout)
+        check_flag(uneven, "uneven", g, "scatter")
+        return _scatter_uneven(g, x, root, timeout) if uneven else _scatter(g, x, root, timeout)
     except Exception as exc:
         # Only the root may see it, and the others already wait for its blocks: they are told
         # (an ABORT of this call), so they raise at once instead of waiting out their timeout.
@@ -250,16 +255,106 @@ def all_gather_uneven(x: Any, g: Comm, timeout: float | None) -> np.ndarray:
 
 def _all_gather_uneven(x: Any, g: Comm, timeout: float | None) -> np.ndarray:
     arr = as_rows(x, "all_gather")
+    if g.size() == 1:
+        g.check_usable("all_gather")
+        return _assemble([(arr.shape[0], byte_view(np.ascontiguousarray(arr)))], arr.shape[1:], arr.dtype)
+    return _gathered_rows(g, arr, "all_gather", "all_gather_uneven", timeout)
+
+
+def _gathered_rows(g: Comm, arr: np.ndarray, op: str, table_op: str, timeout: float | None,
+                   **extra: Any) -> np.ndarray:
+    """Every rank's rows, of any counts, concatenated in rank order on every rank, as the call
+    `op` (chosen as `table_op`; `extra`: more header fields, which every rank must pass alike)."""
     n, r = g.size(), g.rank()
     data = np.ascontiguousarray(arr)
-    if n == 1:
-        g.check_usable("all_gather")
-        return _assemble([(arr.shape[0], byte_view(data))], arr.shape[1:], arr.dtype)
-    algorithm = tuning.choose(g, "all_gather_uneven", 0)
-    header = _header(g, "all_gather", arr[:0], algorithm.name, uneven=True)
-    unit = _row_bytes(arr)
+    algorithm = tuning.choose(g, table_op, 0)
+    header = _header(g, op, arr[:0], algorithm.name, uneven=True, **extra)
     got = algorithm.gather_v(g, header, ([byte_view(data)], {"sizes": [arr.shape[0]]}),
-                             _rows_check(header, unit, lambda src: None), timeout)
-    g.finish("all_gather")
+                             _rows_check(header, _row_bytes(arr), lambda src: None), timeout)
+    g.finish(op)
     blocks = [(arr.shape[0], byte_view(data)) if q == r else (got[q][0]["sizes"][0], got[q][1]) for q in range(n)]
     return _assemble(blocks, arr.shape[1:], arr.dtype)
+
+
+def _blocks_for_ranks(x: Any, n: int, r: int) -> list[np.ndarray]:
+    """An uneven scatter's `x` on the root: N arrays alike but for their rows, C-contiguous."""
+    if not isinstance(x, (list, tuple)):
+        raise TypeError(f"rank {r}: scatter: with uneven=True the root passes a list of {n} arrays, one for each "
+                        f"rank, got {type(x).__name__}")
+    if len(x) != n:
+        raise ValueError(f"rank {r}: scatter: the root passes {n} arrays, one for each rank, got {len(x)}")
+    blocks = [np.ascontiguousarray(as_rows(b, "scatter")) for b in x]
+    first = blocks[0]
+    for q, b in enumerate(blocks):
+        if wire.dtype_tag(b.dtype) != wire.dtype_tag(first.dtype) or b.shape[1:] != first.shape[1:]:
+            raise ValueError(f"rank {r}: scatter: the block for rank {q} is {b.dtype} of shape {b.shape}, the one "
+                             f"for rank 0 {first.dtype} of shape {first.shape}: blocks may differ in rows only")
+    return blocks
+
+
+def _scatter_uneven(g: Comm, x: Any, root: Any, timeout: float | None) -> np.ndarray:
+    """scatter of the root's N blocks of any row counts (MPI_Scatterv), in two steps. First the
+    root's dtype and other dims, to every rank (`SCATTER_LAYOUT`): every rank's header for the
+    blocks is then the same, as algorithms that signal through shared memory need. Then each
+    block crosses once, as a block of an all_to_all whose rows ride in the headers."""
+    n, r = g.size(), g.rank()
+    root = check_root(root, g, "scatter")
+    if r == root:
+        parts = _blocks_for_ranks(x, n, r)
+        wire.header_dtype("scatter", parts[0].dtype)  # the others' headers will say it too
+        layout = msgpack.packb([wire.dtype_tag(parts[0].dtype), list(parts[0].shape[1:])])
+    else:
+        parts, layout = [], b""
+    if n == 1:
+        g.check_usable("scatter")
+        return _assemble([(parts[0].shape[0], byte_view(parts[0]))], parts[0].shape[1:], parts[0].dtype)
+    algorithm = tuning.choose(g, "scatter_uneven", tuning.UNKNOWN)  # a forced one that cannot run: before any step
+    said = _gathered_rows(g, np.frombuffer(layout, np.uint8), SCATTER_LAYOUT, SCATTER_LAYOUT, timeout, root=root)
+    if r == root:
+        like = parts[0][:0]
+        counts, blocks = [b.shape[0] for b in parts], [byte_view(b) for b in parts]
+    else:
+        like = _layout(said, root, r)
+        counts, blocks = [0] * n, [byte_view(NOTHING)] * n
+    header = _header(g, "scatter", like, algorithm.name, root=root, uneven=True)
+    got = algorithm.all_to_all(g, header, blocks, counts,
+                               _rows_check(header, _row_bytes(like), lambda src: None if src == root else 0), timeout)
+    g.finish("scatter")
+    return _assemble(got if isinstance(got, Assembled) else [got[root]], like.shape[1:], like.dtype)
+
+
+SCATTER_LAYOUT = "scatter (agreement step)"  # an uneven scatter's first step: the root's dtype and other dims
+
+
+def _layout(said: np.ndarray, root: int, r: int) -> np.ndarray:
+    """An empty array of the dtype and other dims the root of an uneven scatter said."""
+    try:
+        tag, trailing = msgpack.unpackb(said.tobytes(), raw=False)
+        dims = tuple(trailing)
+        if not isinstance(tag, str) or not all(isinstance(d, int) and d >= 0 for d in dims):
+            raise ValueError(tag, dims)
+        return np.empty((0,) + dims, dtype_from(tag, f"rank {r}: scatter's root, rank {root},"))
+    except (ValueError, TypeError, msgpack.UnpackException):
+        raise ProtocolError(f"rank {r}: scatter's root, rank {root}, said no readable dtype and shape "
+                            f"({len(said)} bytes)") from None
+
+
+def gather_uneven(x: Any, root: Any, g: Comm, timeout: float | None) -> np.ndarray | None:
+    """gather of any row counts (MPI_Gatherv): every rank's rows concatenated in rank order on
+    the root, None elsewhere. Each rank's rows cross once, as its block to the root of an
+    all_to_all whose sizes ride in the headers. (The caller refuses what raises.)"""
+    n, r = g.size(), g.rank()
+    root = check_root(root, g, "gather")
+    arr = as_rows(x, "gather")
+    data = np.ascontiguousarray(arr)
+    if n == 1:
+        g.check_usable("gather")
+        return _assemble([(arr.shape[0], byte_view(data))], arr.shape[1:], arr.dtype)
+    algorithm = tuning.choose(g, "gather_uneven", tuning.UNKNOWN)
+    header = _header(g, "gather", arr[:0], algorithm.name, root=root, uneven=True)
+    blocks, counts = [byte_view(NOTHING)] * n, [0] * n
+    blocks[root], counts[root] = byte_view(data), arr.shape[0]
+    got = algorithm.all_to_all(g, header, blocks, counts,
+                               _rows_check(header, _row_bytes(arr), lambda src: None if r == root else 0), timeout)
+    g.finish("gather")
+    return _assemble(got, arr.shape[1:], arr.dtype) if r == root else None

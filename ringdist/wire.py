@@ -262,11 +262,14 @@ def describe_header(fields: dict[str, Any]) -> str:
     if fields.get("op") == "split":  # its (color, key) exchange is an implementation detail
         return f"Group.split() [call #{fields.get('seq')}]"
     op = fields.get("op")
-    if isinstance(op, str) and op.endswith(" (agreement step)"):  # an object collective's last step (`objects`)
-        return f"{op} [call #{fields.get('seq')}]"
     extras = "".join(
         f", {k}={v!r}" for k, v in sorted(fields.items()) if k not in ("op", "seq", "dtype", "shape") + INTERNAL_FIELDS
     )
+    if isinstance(op, str) and op.endswith(" (agreement step)"):  # an object collective's last step (`objects`),
+        # an uneven scatter's first (`uneven`): its bytes are an implementation detail, its root is not
+        step = "".join(f", {k}={v!r}" for k, v in sorted(fields.items()) if k in ("root", "uneven"))
+        return f"{op[:-len(' (agreement step)')]}({step[2:]}) (agreement step) [call #{fields.get('seq')}]" if step \
+            else f"{op} [call #{fields.get('seq')}]"
     if fields.get("op") in OBJECT_OPS:  # their header's array is a stand-in (`arrays.NOTHING`)
         return f"{fields.get('op')}({extras[2:]}) [call #{fields.get('seq')}]"
     if (fields.get("uneven") is True or fields.get("splits") is True) and shape:  # rows differ by rank:

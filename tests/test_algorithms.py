@@ -15,6 +15,7 @@ import pytest
 import ringdist as rd
 
 from harness import run_ranks
+from reductions import UFUNCS, folded, run_reduction
 from helpers import loopback_aliases
 
 VARIANTS = {
@@ -28,7 +29,7 @@ VARIANTS = {
 # Element counts: empty, one, uneven blocks, small, past recursive doubling's 32 KiB blocks,
 # past the whole-array reductions' 256 KiB, past the two-rank exchange's 512 KiB.
 COUNTS = [0, 1, 7, 1000, 9000, 70_000, 150_000]
-REDUCTIONS = {"all_sum": np.add, "all_max": np.maximum, "all_min": np.minimum, "all_prod": np.multiply}
+REDUCTIONS = [f"all_{op}" for op in UFUNCS]
 
 
 def make_input(rank: int, count: int, dtype: str) -> np.ndarray:
@@ -50,11 +51,14 @@ def cases(n: int) -> list[tuple[str, str, int]]:
         out.append((op, "int64", 1000))
     out += [("all_sum", "bool", 33), ("all_sum", "complex64", 9), ("all_max", "float16", 501),
             ("all_gather", "uint8", 13), ("all_gather", "int16", 4097),
-            ("sum_scatter", "float32", 3 * n), ("sum_scatter", "int32", 5000 * n),
+            ("sum_scatter", "float32", 3 * n), ("sum_scatter", "int32", 5000 * n), ("all_bxor", "bool", 33),
+            ("max_scatter", "float32", 3 * n), ("prod_scatter", "int64", 5000 * n), ("bor_scatter", "uint8", 9000 * n),
+            ("bxor_scatter", "bool", 7 * n), ("min_scatter", "float16", 70_000 // n * n),
             ("broadcast", "float64", 1), ("broadcast", "float32", 70_000), ("barrier", "", 0),
             ("all_gather-strided", "float32", 2001), ("all_sum-strided", "float64", 2001),
             ("scan", "float32", 1000), ("scan", "float64", 70_000), ("exscan", "int64", 1000),
-            ("exscan", "bool", 33), ("scan-strided", "float32", 2001)]
+            ("exscan", "bool", 33), ("scan-strided", "float32", 2001), ("gather_uneven", "float64", 3),
+            ("gather_uneven", "int8", 9000), ("scatter_uneven", "float32", 1), ("scatter_uneven", "uint16", 20_000)]
     return out
 
 
@@ -81,11 +85,19 @@ def run_case(g: rd.Group, op: str, dtype: str, count: int) -> np.ndarray | None:
         return rd.reduce(x, root=n - 1, op="max", group=g)
     if op == "all_gather_uneven":
         return rd.all_gather(make_input(r, count + r, dtype), uneven=True, group=g)
+    if op == "gather_uneven":  # rank q: count * q rows of 3 (none on rank 0), to the last rank
+        return rd.gather(make_input(r, count * r * 3, dtype).reshape(-1, 3), root=n - 1, uneven=True, group=g)
+    if op == "scatter_uneven":  # from rank 1 (0 alone): count * (q + 1) rows for rank q, its row q of 0s
+        root = min(1, n - 1)
+        parts = [make_input(q, count * (q + 1), dtype) for q in range(n)]
+        if n > 2:
+            parts[2] = parts[2][:0]
+        return rd.scatter(parts if r == root else None, root=root, uneven=True, group=g)
     if op == "scan":
         return rd.scan(x, group=g)
     if op == "exscan":
         return rd.scan(x, op="max", exclusive=True, group=g)
-    return getattr(rd, op)(x, group=g)
+    return run_reduction(op, x, g)
 
 
 def expected(op: str, dtype: str, count: int, n: int) -> np.ndarray | None:
@@ -107,11 +119,15 @@ def expected(op: str, dtype: str, count: int, n: int) -> np.ndarray | None:
         return [np.maximum.reduce(inputs) if r == n - 1 else None for r in range(n)]
     if op == "all_gather_uneven":
         return np.concatenate([make_input(q, count + q, dtype) for q in range(n)])
+    if op == "gather_uneven":
+        whole = np.concatenate([make_input(q, count * q * 3, dtype).reshape(-1, 3) for q in range(n)])
+        return [whole if r == n - 1 else None for r in range(n)]
+    if op == "scatter_uneven":
+        return [make_input(q, 0 if q == 2 else count * (q + 1), dtype) for q in range(n)]
     if op == "broadcast":
         return inputs[-1]
-    if op == "sum_scatter":
-        return [np.add.reduce(np.stack(inputs), axis=0).astype(dtype)[r * count // n:(r + 1) * count // n]
-                for r in range(n)]
+    if op.endswith("_scatter"):
+        return [folded(inputs, op)[r * count // n:(r + 1) * count // n] for r in range(n)]
     if op in ("scan", "exscan"):  # rank r: ranks 0..r (exscan: 0..r-1, None on rank 0) folded left to right
         ufunc, skip = (np.add, 0) if op == "scan" else (np.maximum, 1)
         prefixes = []
@@ -124,11 +140,7 @@ def expected(op: str, dtype: str, count: int, n: int) -> np.ndarray | None:
                 acc = ufunc(acc, x)
             prefixes.append(acc)
         return prefixes
-    ufunc = REDUCTIONS[op]
-    out = inputs[0].copy()
-    for x in inputs[1:]:
-        ufunc(out, x, out=out)
-    return out
+    return folded(inputs, op)
 
 
 @pytest.mark.parametrize("variant", list(VARIANTS))
@@ -154,7 +166,7 @@ def test_every_collective_on_every_path(n, variant):
                 continue
             assert got.dtype == w.dtype and got.shape == w.shape, f"{where}: {got.dtype}{got.shape} != {w.dtype}{w.shape}"
             assert np.array_equal(got, w), where
-            assert op.startswith(("sum_scatter", "scan", "exscan")) or got.tobytes() == results[0][i].tobytes(), \
+            assert isinstance(want, list) or got.tobytes() == results[0][i].tobytes(), \
                 f"{where}: differs from rank 0"
 
 
@@ -183,9 +195,11 @@ def test_split_and_point_to_point(n):
 ALGORITHM_NAMES = sorted(__import__("ringdist.algorithms", fromlist=["ALGORITHMS"]).ALGORITHMS)
 FORCED_CASES = [("all_gather", "float32", 7), ("all_gather", "int16", 3001), ("barrier", "", 0),
                 ("all_sum", "float32", 1), ("all_max", "int64", 1000), ("all_sum", "float64", 40_000),
-                ("sum_scatter", "float32", 17 * 16 * 3), ("broadcast", "float64", 1000), ("broadcast", "uint8", 0),
+                ("sum_scatter", "float32", 17 * 16 * 3), ("max_scatter", "int64", 17 * 16 * 30),
+                ("all_band", "int16", 3000), ("broadcast", "float64", 1000), ("broadcast", "uint8", 0),
                 ("all_to_all", "int32", 5), ("scatter", "float32", 3), ("gather", "float32", 7),
                 ("reduce", "int64", 1000), ("all_gather_uneven", "int16", 2), ("scan", "float32", 1000),
+                ("gather_uneven", "float32", 5), ("scatter_uneven", "int64", 700),
                 ("exscan", "int64", 3000)]
 
 
@@ -194,7 +208,7 @@ FORCED_CASES = [("all_gather", "float32", 7), ("all_gather", "int16", 3001), ("b
 def test_every_algorithm_forced_on_every_op(n, name):
     """RINGDIST_ALGO=*:name at every N: each op either runs on that algorithm and gives numpy's
     answer on every rank, or every rank refuses it with the same ConfigError saying why."""
-    plan = [(op, dtype, count) for op, dtype, count in FORCED_CASES if op != "sum_scatter" or count % n == 0]
+    plan = [(op, dtype, count) for op, dtype, count in FORCED_CASES if not op.endswith("_scatter") or count % n == 0]
 
     def rank(g: rd.Group) -> list:
         out = []

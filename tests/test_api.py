@@ -10,7 +10,7 @@ PUBLIC = {
     "init", "is_available", "Group", "all_gather", "all_sum", "all_max", "all_min", "all_prod",
     "sum_scatter", "broadcast", "barrier", "send", "recv", "recv_like", "Work",
     "gather", "scatter", "reduce", "all_to_all", "all_gather_object", "broadcast_object", "send_object",
-    "recv_object", "scan", "gather_object", "scatter_object",
+    "recv_object", "scan", "gather_object", "scatter_object", "all_reduce", "reduce_scatter",
     "RingError", "ConfigError", "ConnectError", "AuthError", "ProtocolError", "PeerLostError",
     "RingTimeoutError", "MismatchError", "GroupBrokenError", "__version__",
 }
@@ -35,7 +35,7 @@ def test_collectives_take_group_as_keyword_only():
     for name in ("all_gather", "all_sum", "all_max", "all_min", "all_prod", "sum_scatter", "broadcast",
                  "barrier", "send", "recv", "recv_like", "gather", "scatter", "reduce", "all_to_all",
                  "all_gather_object", "broadcast_object", "send_object", "recv_object", "scan", "gather_object",
-                 "scatter_object"):
+                 "scatter_object", "all_reduce", "reduce_scatter"):
         params = inspect.signature(getattr(rd, name)).parameters
         for keyword in ("group", "timeout"):
             assert params[keyword].kind is inspect.Parameter.KEYWORD_ONLY and params[keyword].default is None, name
@@ -43,7 +43,8 @@ def test_collectives_take_group_as_keyword_only():
         assert param.kind is inspect.Parameter.KEYWORD_ONLY and param.default is False, name
     for name in ("gather", "scatter", "reduce", "gather_object", "scatter_object"):
         assert inspect.signature(getattr(rd, name)).parameters["root"].default == 0, name
-    assert inspect.signature(rd.reduce).parameters["op"].default == "sum"
+    for name in ("reduce", "all_reduce", "reduce_scatter"):
+        assert inspect.signature(getattr(rd, name)).parameters["op"].default == "sum", name
     assert inspect.signature(rd.all_to_all).parameters["splits"].default is None
     assert inspect.signature(rd.all_gather).parameters["uneven"].default is False
     scan = inspect.signature(rd.scan).parameters

@@ -342,7 +342,7 @@ def test_argument_errors_are_clear():
                in str(e) for e in info.value.errors), info.value.errors
     with pytest.raises(ValueError, match=r"splits must be 1 non-negative integers summing to x.shape\[0\] = 3"):
         rd.all_to_all(np.zeros(3), splits=[2])
-    with pytest.raises(ValueError, match="reduce: op must be one of sum, max, min, prod, got 'avg'"):
+    with pytest.raises(ValueError, match="reduce: op must be one of sum, max, min, prod, band, bor, bxor, got 'avg'"):
         rd.reduce(np.zeros(3), op="avg")
     for call in (rd.gather, rd.scatter, rd.reduce):
         with pytest.raises(ValueError, match=r"root 1 is not a rank of a group of size 1"):
@@ -366,6 +366,17 @@ DISAGREEMENTS = {  # for any N >= 2: every input is valid on its own rank, the r
     "uneven_or_not": lambda g: rd.all_gather(np.ones((2, 2)), uneven=g.rank() != 0, group=g),
     "uneven_trailing": lambda g: rd.all_gather(np.ones((g.rank(), 2 + g.rank() % 2)), uneven=True, group=g),
     "op": lambda g: (rd.gather if g.rank() else rd.all_gather)(np.ones(4), group=g),
+    "gather_uneven_or_not": lambda g: rd.gather(np.ones((2, 2)), uneven=g.rank() != 1, group=g),
+    "gather_uneven_dtype": lambda g: rd.gather(np.ones((g.rank(), 2), np.int8 if g.rank() == 1 else np.uint8),
+                                               uneven=True, group=g),
+    "gather_uneven_roots": lambda g: rd.gather(np.ones((g.rank(), 2)), root=int(g.rank() == 0), uneven=True, group=g),
+    "scatter_uneven_or_not": lambda g: rd.scatter([np.ones(2)] * g.size() if g.rank() == 0 else None,
+                                                  uneven=g.rank() != g.size() - 1, group=g),
+    "scatter_uneven_roots": lambda g: rd.scatter([np.ones(q) for q in range(g.size())], root=int(g.rank() == 1),
+                                                 uneven=True, group=g),
+    "scatter_uneven_against_gather_object": lambda g: (
+        rd.scatter([np.ones(2)] * g.size() if g.rank() == 0 else None, uneven=True, group=g) if g.rank() != 1
+        else rd.gather_object(1, group=g)),
     "scatter_vs_all_to_all": lambda g: (rd.scatter(np.ones(g.size()), group=g) if g.rank() else
                                         rd.all_to_all(np.ones(g.size()), group=g)),
     "all_gather_shape": lambda g: rd.all_gather(np.ones(4 + (g.rank() == g.size() - 1)), group=g),

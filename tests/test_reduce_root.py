@@ -36,14 +36,15 @@ def _input(r: int, count: int, dtype: str) -> np.ndarray:
 def test_a_rooted_reduce_gives_all_ops_bits_on_the_root(n, algo, shm):
     p2 = 1 << (n.bit_length() - 1)
     roots = sorted({0, 1, n - 1, p2 % n})  # p2 % n: an extra rank past the power of two, where there is one
-    ops = [("sum", "float32"), ("prod", "float64"), ("max", "zeros"), ("min", "float16")]
+    ops = [("sum", "float32"), ("prod", "float64"), ("max", "zeros"), ("min", "float16"), ("bxor", "int32"),
+           ("band", "bool")]
 
     def rank(g: rd.Group) -> list:
         out = []
         for count in SIZES:
             for op, dtype in ops:
                 x = _input(g.rank(), count, dtype)
-                every = getattr(rd, f"all_{op}")(x, group=g)
+                every = rd.all_reduce(x, op, group=g)
                 for root in roots:
                     got = rd.reduce(x, root=root, op=op, group=g)
                     out.append((count, op, root, every, got))

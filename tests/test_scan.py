@@ -133,3 +133,21 @@ def test_scan_through_the_launcher_on_every_path():
                            env={"RINGDIST_TIMEOUT": "20", "RINGDIST_ALGO": algo})
         assert res.returncode == 0, (algo, res.stdout + res.stderr)
         assert sorted(res.stdout.split()) == ["[0]", "[1]", "[2]", "ok", "ok", "ok"], (algo, res.stdout)
+
+
+@pytest.mark.parametrize("path", ["shm", "direct", "ring"])
+def test_bitwise_scans_fold_integers_and_bools(path):
+    rng = np.random.default_rng(5)
+    xs = {"int32": [rng.integers(-2**31, 2**31, 5001).astype(np.int32) for _ in range(5)],
+          "bool": [rng.random(33) < 0.5 for _ in range(5)]}
+    ufuncs = {"band": np.bitwise_and, "bor": np.bitwise_or, "bxor": np.bitwise_xor}
+
+    def rank(g: rd.Group) -> dict:
+        return {(op, dtype, exclusive): rd.scan(x[g.rank()], op=op, exclusive=exclusive, group=g)
+                for op in ufuncs for dtype, x in xs.items() for exclusive in (False, True)}
+
+    got = run_ranks(5, rank, **PATHS[path])
+    for (op, dtype, exclusive), _ in got[0].items():
+        for r in range(1 if exclusive else 0, 5):
+            want = _folded(xs[dtype], ufuncs[op], r if exclusive else r + 1)
+            assert got[r][(op, dtype, exclusive)].tobytes() == want.tobytes(), (path, op, dtype, exclusive, r)

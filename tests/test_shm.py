@@ -16,11 +16,11 @@ from ringdist import crossmem, posixshm, shmsignal, tuning, wire
 from ringdist.shm import slot_bytes
 
 from harness import run_ranks
+from reductions import folded, run_reduction
 from helpers import SCRIPTS, assert_strangers_get_no_descriptor, kill_one_mid_loop, run_launcher
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the shared-memory link is Linux's")
 SHM = (("*", "shm"),)
-REDUCERS = {"all_sum": np.add, "all_max": np.maximum, "all_min": np.minimum, "all_prod": np.multiply}
 
 
 def _input(r: int, count: int, dtype: str) -> np.ndarray:
@@ -40,7 +40,8 @@ def test_forced_shm_matches_numpy_bit_for_bit_at_every_size(n):
              ("all_min", "float16", 501), ("all_prod", "int32", 77), ("all_sum", "bool", 33),
              ("all_sum", "complex64", 9), ("broadcast", "float64", 0), ("broadcast", "float32", big),
              ("sum_scatter", "float32", 5 * n), ("sum_scatter", "int32", big // n * n),
-             ("all_gather-strided", "float32", 2001), ("all_sum-strided", "float64", 2001)]
+             ("max_scatter", "float32", big // n * n), ("bxor_scatter", "int16", 5 * n), ("all_bor", "uint32", big),
+             ("all_band", "bool", 33), ("all_gather-strided", "float32", 2001), ("all_sum-strided", "float64", 2001)]
 
     def rank(g: rd.Group) -> list:
         if n >= 2:
@@ -51,7 +52,7 @@ def test_forced_shm_matches_numpy_bit_for_bit_at_every_size(n):
             op = op.removesuffix("-strided")
             x = _input(g.rank(), 2 * count, dtype)[::2] if strided else _input(g.rank(), count, dtype)
             try:
-                out.append(rd.broadcast(x, root=n - 1, group=g) if op == "broadcast" else getattr(rd, op)(x, group=g))
+                out.append(rd.broadcast(x, root=n - 1, group=g) if op == "broadcast" else run_reduction(op, x, g))
             except rd.ConfigError as exc:
                 out.append(exc)
         return out
@@ -67,10 +68,8 @@ def test_forced_shm_matches_numpy_bit_for_bit_at_every_size(n):
         elif op == "broadcast":
             want = [inputs[-1]] * n
         else:
-            acc = inputs[0].copy()
-            for x in inputs[1:]:  # rank order, as the direct and two-shot paths reduce
-                (np.add if op == "sum_scatter" else REDUCERS[op])(acc, x, out=acc)
-            want = [acc[r * (count // n):(r + 1) * (count // n)] for r in range(n)] if op == "sum_scatter" else [acc] * n
+            acc = folded(inputs, op)  # rank order, as the direct and two-shot paths reduce
+            want = [acc[r * (count // n):(r + 1) * (count // n)] for r in range(n)] if op.endswith("_scatter") else [acc] * n
         for r in range(n):
             assert got[r].dtype == want[r].dtype and got[r].tobytes() == want[r].tobytes(), (op, dtype, count, r)
 
@@ -274,13 +273,14 @@ def test_large_groups_over_shm_match_their_tcp_results_bit_for_bit(n):
     cases = [("all_gather", "float32", 7), ("all_gather", "float64", big), ("broadcast", "float32", big),
              ("all_sum", "int64", big), ("all_max", "float32", 3001), ("all_min", "int16", big),
              ("all_prod", "int32", 77), ("sum_scatter", "int32", big // n * n), ("all_sum", "bool", 33),
-             ("all_sum", "float32", big), ("all_sum", "float64", 3 * n + 1)]
+             ("all_sum", "float32", big), ("all_sum", "float64", 3 * n + 1), ("min_scatter", "float64", big // n * n),
+             ("band_scatter", "int64", 3 * n), ("all_bxor", "int8", big)]
 
     def rank(g: rd.Group) -> tuple:
         out = []
         for op, dtype, count in cases:
             x = _input(g.rank(), count, dtype)
-            out.append(rd.broadcast(x, root=n - 1, group=g) if op == "broadcast" else getattr(rd, op)(x, group=g))
+            out.append(rd.broadcast(x, root=n - 1, group=g) if op == "broadcast" else run_reduction(op, x, g))
         return g.shm is not None, out
 
     over_shm = run_ranks(n, rank, algo=SHM)

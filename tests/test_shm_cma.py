@@ -87,20 +87,22 @@ def _reductions(g: rd.Group) -> dict[object, object]:
         x = (rng.standard_normal((n * k, 3)) * 50).astype(np.float64)
         found[("scatter input", k)] = x
         found[("sum_scatter", k)] = rd.sum_scatter(x, group=g)
+        found[("min_scatter", k)] = rd.reduce_scatter(x, "min", group=g)
     found["sum_scatter strided"] = rd.sum_scatter(found[("scatter input", 4099)][:, ::2], group=g)
     for root in (0, n - 1):  # broadcast: the root's array, whatever the others pass
         for key, x in (("m", m), ("strided", m[:, ::3]), ("empty", m[:0]), ("0-d", np.float64(7.5))):
             found[("broadcast", root, key)] = rd.broadcast(x if r == root else np.zeros_like(x), root=root, group=g)
-    found["names"] = {tuning.choose(g, op, m.nbytes).name for op in ("all_sum", "reduce", "sum_scatter", "broadcast")}
+    found["names"] = {tuning.choose(g, op, m.nbytes).name
+                      for op in ("all_sum", "all_bxor", "reduce", "sum_scatter", "min_scatter", "broadcast")}
     return found
 
 
 @pytest.mark.parametrize("n", [2, 3, 5])
 def test_reductions_read_from_the_peers_give_the_bits_of_the_segments(n, monkeypatch):
-    # all-reduce, rooted reduce, sum_scatter and broadcast.
+    # all-reduce, rooted reduce, reduce-scatter (sum and min) and broadcast.
     # Pieces of 4 KiB, so a rank's slice is read from each peer in several.
     monkeypatch.setattr(shm_cma, "READ_PIECE", 4096)
-    ops = ("all_reduce", "reduce", "sum_scatter", "broadcast")
+    ops = ("all_reduce", "reduce", "reduce_scatter", "broadcast")
     cma = run_ranks(n, _reductions, algo=tuple((op, "shm-cma") for op in ops))
     segments = run_ranks(n, _reductions, algo=tuple((op, "shm") for op in ops))
     for r, (a, b) in enumerate(zip(cma, segments)):
@@ -129,6 +131,8 @@ def test_reductions_read_from_the_peers_give_the_bits_of_the_segments(n, monkeyp
                 want += cma[q][("scatter input", k)]
             assert cma[r][("sum_scatter", k)].shape == (k, 3)
             assert np.array_equal(cma[r][("sum_scatter", k)], want[r * k:(r + 1) * k]), (r, k)
+            least = np.minimum.reduce([cma[q][("scatter input", k)] for q in range(n)])
+            assert np.array_equal(cma[r][("min_scatter", k)], least[r * k:(r + 1) * k]), (r, k)
         for root in (0, n - 1):
             m = cma[root]["2-d input"]
             for key, x in (("m", m), ("strided", m[:, ::3]), ("empty", m[:0]), ("0-d", np.float64(7.5))):

@@ -73,6 +73,14 @@ def test_ringdist_algo_overrides_and_is_checked():
     assert chosen(4, "all_sum", 4096, algo=(("all_sum", "ring"),)) == "ring"
     assert chosen(4, "all_max", 4096, algo=(("all_reduce", "direct"),)) == "direct"
     assert chosen(4, "all_gather", 4096, algo=(("all_sum", "ring"),)) == "doubling"  # other ops: the table
+    # all_reduce and reduce_scatter name every reduction of their kind, bitwise ones included.
+    assert chosen(4, "all_bxor", 4096, algo=(("all_reduce", "ring"),)) == "ring"
+    assert chosen(4, "max_scatter", 1 << 20, algo=(("reduce_scatter", "rabenseifner"),)) == "rabenseifner"
+    assert chosen(4, "band_scatter", 1 << 20, algo=(("sum_scatter", "rabenseifner"),)) != "rabenseifner"
+    with pytest.raises(rd.ConfigError, match="RINGDIST_ALGO: bruck cannot run reduce_scatter"):
+        tuning.check_overrides((("reduce_scatter", "bruck"),))
+    assert Settings.from_env({"RINGDIST_ALGO": "bor_scatter:ring,all_band:direct"}).algo == (
+        ("bor_scatter", "ring"), ("all_band", "direct"))
     with pytest.raises(RankFailed) as failed:
         run_ranks(9, lambda g: tuning.choose(g, "all_sum", 4096), algo=(("*", "two-shot"),))
     for exc in failed.value.errors:

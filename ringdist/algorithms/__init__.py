@@ -10,7 +10,7 @@ here and a row in that table: modules are found by name.
 Kinds and their run functions (all over a `Comm`, `header` already made):
   gather          (comm, arr, out, header, timeout): `out` gets every rank's rows in rank order
   reduce          (comm, arr, op, header, timeout) -> the element-wise reduction, a new array
-  reduce_scatter  (comm, own, out, header, timeout): block r of the sum of every rank's flat `own`
+  reduce_scatter  (comm, own, out, op, header, timeout): block r of every rank's flat `own` reduced by `op`
   broadcast       (comm, out, root, header, timeout): `out` (filled on the root) on every rank
   barrier         (comm, header, timeout): returns once every rank has entered it (without
                   one, an algorithm's barrier is its gather of one byte per rank)

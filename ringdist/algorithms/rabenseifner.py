@@ -101,29 +101,31 @@ def reduce(g: Comm, arr: np.ndarray, op: str, header: wire.Header, timeout: floa
     return out
 
 
-def reduce_scatter(g: Comm, own: np.ndarray, out: np.ndarray, header: wire.Header, timeout: float | None) -> None:
+def reduce_scatter(g: Comm, own: np.ndarray, out: np.ndarray, op: str, header: wire.Header,
+                   timeout: float | None) -> None:
     n, r = g.size(), g.rank()
     p2 = fold(n)
     rem = n - p2
+    name = header.fields["op"]
     if g.mesh is None:
-        neighbours(g, header, "sum_scatter", timeout)
+        neighbours(g, header, name, timeout)
     c = out.size  # elements per rank's block
-    ufunc = REDUCERS["all_sum"]
+    ufunc = REDUCERS[op]
     acc = buffers.cache.empty(own.shape, own.dtype, min_bytes=buffers.SCRATCH_MIN_BYTES)
     order = [b for q in range(p2) for b in ((q, q + p2) if q < rem else (q,))]  # slot order
     acc.reshape(n, c)[:] = own.reshape(n, c)[order]
-    if _fold_in(g, acc, p2, ufunc, "sum_scatter", header, timeout):
-        g.exchange("sum_scatter", [], [byte_view(out)], header, timeout=timeout, peers=[r - p2])
+    if _fold_in(g, acc, p2, ufunc, name, header, timeout):
+        g.exchange(name, [], [byte_view(out)], header, timeout=timeout, peers=[r - p2])
         return
 
     def offset(q: int) -> int:
         return (q + min(q, rem)) * c
 
-    _halve(g, acc, offset, p2, ufunc, "sum_scatter", header, timeout)
+    _halve(g, acc, offset, p2, ufunc, name, header, timeout)
     start = offset(r)
     np.copyto(out, acc[start:start + c])
     if r < rem:
-        g.exchange("sum_scatter", [byte_view(acc[start + c:start + 2 * c])], [], header, timeout=timeout,
+        g.exchange(name, [byte_view(acc[start + c:start + 2 * c])], [], header, timeout=timeout,
                    peers=[r + p2])
 
 

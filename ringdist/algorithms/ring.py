@@ -115,11 +115,12 @@ def reduce(g: Comm, arr: np.ndarray, op: str, header: wire.Header, timeout: floa
     return out
 
 
-def reduce_scatter(g: Comm, own: np.ndarray, out: np.ndarray, header: wire.Header, timeout: float | None) -> None:
+def reduce_scatter(g: Comm, own: np.ndarray, out: np.ndarray, op: str, header: wire.Header,
+                   timeout: float | None) -> None:
     per_rank = out.size
     bounds = [(i * per_rank, (i + 1) * per_rank) for i in range(g.size())]
-    op = header.fields["op"]
-    g.run(op, *reduce_flows(g, own, out, bounds, np.add, op, header), timeout=timeout)
+    name = header.fields["op"]
+    g.run(name, *reduce_flows(g, own, out, bounds, REDUCERS[op], name, header), timeout=timeout)
 
 
 def broadcast(g: Comm, out: np.ndarray, root: int, header: wire.Header, timeout: float | None) -> None:

@@ -171,7 +171,8 @@ def reduce_root(g: Comm, arr: np.ndarray, op: str, root: int, header: wire.Heade
     return reduce(g, arr, op, header, timeout, root)
 
 
-def reduce_scatter(g: Comm, own: np.ndarray, out: np.ndarray, header: wire.Header, timeout: float | None) -> None:
+def reduce_scatter(g: Comm, own: np.ndarray, out: np.ndarray, op: str, header: wire.Header,
+                   timeout: float | None) -> None:
     link = g.shm
     assert link is not None
     n, r = g.size(), g.rank()
@@ -179,14 +180,14 @@ def reduce_scatter(g: Comm, own: np.ndarray, out: np.ndarray, header: wire.Heade
     blocks = own.reshape(n, per_rank)
     dtype, isz = own.dtype, own.dtype.itemsize
     c = max(1, link.slot_size // isz // n)  # elements of each block per round
-    op = header.fields["op"]
+    name, ufunc = header.fields["op"], REDUCERS[op]
     for a, b in _rounds(per_rank, c):
         k = link.next_round()
         slots = [link.slot(q, k) for q in range(n)]
         np.copyto(_array(slots[r], dtype, n * (b - a)).reshape(n, b - a), blocks[:, a:b])
-        signal(g, op, header, timeout)
+        signal(g, name, header, timeout)
         fold([blocks[r, a:b] if q == r else _array(slots[q], dtype, b - a, r * (b - a) * isz) for q in range(n)],
-             np.add, out[a:b])
+             ufunc, out[a:b])
 
 
 def broadcast(g: Comm, out: np.ndarray, root: int, header: wire.Header, timeout: float | None) -> None:

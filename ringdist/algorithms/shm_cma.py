@@ -180,14 +180,16 @@ def reduce_root(g: Comm, arr: np.ndarray, op: str, root: int, header: wire.Heade
     return reduce(g, arr, op, header, timeout, root)
 
 
-def reduce_scatter(g: Comm, own: np.ndarray, out: np.ndarray, header: wire.Header, timeout: float | None) -> None:
-    """`out` = block r of every rank's `own` (flat, contiguous), summed in rank order."""
+def reduce_scatter(g: Comm, own: np.ndarray, out: np.ndarray, op: str, header: wire.Header,
+                   timeout: float | None) -> None:
+    """`out` = block r of every rank's `own` (flat, contiguous), reduced by `op` in rank order."""
     signals = g._signals
     assert signals is not None
     name = header.fields["op"]
     signals.publish(crossmem.address(own))
     signal(g, name, header, timeout)  # every rank's input is said
-    _fold_from_inputs(g, np.add, own, g.rank() * out.size, out, [signals.published(q) for q in range(g.size())], name)
+    _fold_from_inputs(g, REDUCERS[op], own, g.rank() * out.size, out, [signals.published(q) for q in range(g.size())],
+                      name)
     signal(g, name, header, timeout)  # no rank reads an input any more: they may change
 
 

@@ -14,6 +14,7 @@ from refusal import check_refused
 DTYPES = ["int8", "uint8", "int16", "uint16", "int32", "int64", "uint64",
           "float16", "float32", "float64", "complex64", "complex128", "bool"]
 
+BITWISE = ("all_band", "all_bor", "all_bxor")  # integers and bool
 world = rd.init()
 r0, n0 = world.rank(), world.size()
 
@@ -26,6 +27,9 @@ def data(rank, shape, dtype, salt=0):
 
 def reference(op, arrays, dtype):
     stack = np.stack(arrays)
+    bitwise = {"all_band": np.bitwise_and, "all_bor": np.bitwise_or, "all_bxor": np.bitwise_xor}.get(op)
+    if bitwise is not None:
+        return bitwise.reduce(stack, axis=0)
     if dtype == "bool":
         fold = {"all_sum": np.logical_or, "all_max": np.logical_or,
                 "all_min": np.logical_and, "all_prod": np.logical_and}[op]
@@ -53,8 +57,8 @@ def check_group(group, label):
         for shape in shapes:
             mine = data(r, shape, dtype)
             everyone = [data(q, shape, dtype) for q in range(n)]
-            for op in ("all_sum", "all_max", "all_min", "all_prod"):
-                y = getattr(rd, op)(mine, group=group)
+            for op in ("all_sum", "all_max", "all_min", "all_prod") + (BITWISE if dtype[0] in "iub" else ()):
+                y = getattr(rd, op)(mine, group=group) if hasattr(rd, op) else rd.all_reduce(mine, op[4:], group=group)
                 want = reference(op, everyone, dtype)
                 assert y.shape == mine.shape and y.dtype == mine.dtype, (label, op, dtype, shape)
                 assert np.array_equal(y, want), (label, op, dtype, shape, y, want)
@@ -67,10 +71,15 @@ def check_group(group, label):
         for rows_per in (1, 3):
             shape = (n * rows_per, 5)
             mine = data(r, shape, dtype, salt=1)
+            everyone = [data(q, shape, dtype, salt=1) for q in range(n)]
             y = rd.sum_scatter(mine, group=group)
-            full = reference("all_sum", [data(q, shape, dtype, salt=1) for q in range(n)], dtype)
+            full = reference("all_sum", everyone, dtype)
             assert np.array_equal(y, full[r * rows_per:(r + 1) * rows_per]), (label, dtype, rows_per)
-            cases += 1
+            op = ("all_prod", "all_max", "all_min", *BITWISE)[DTYPES.index(dtype) % 3 + (3 if dtype[0] in "iub" else 0)]
+            y = rd.reduce_scatter(mine, op[4:], group=group)
+            full = reference(op, everyone, dtype)
+            assert np.array_equal(y, full[r * rows_per:(r + 1) * rows_per]), (label, op, dtype, rows_per)
+            cases += 2
         # a non-contiguous view
         base = data(r, (8, 12), dtype)
         view = base[::2, 1::3]
