@@ -48,8 +48,12 @@ _OUT_OF_FDS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 
 
 def reason(exc: BaseException) -> str:
-    """An OS error in a few words: its strerror when it has one."""
-    return (exc.strerror if isinstance(exc, OSError) else None) or str(exc) or type(exc).__name__
+    """An OS error in a few words: its strerror when it has one; running out of file
+    descriptors says how many this process has open and its limit."""
+    words = (exc.strerror if isinstance(exc, OSError) else None) or str(exc) or type(exc).__name__
+    if isinstance(exc, OSError) and exc.errno in (errno.EMFILE, errno.ENFILE):
+        words += f" (this process: {fd_usage()}; raise `ulimit -n`)"
+    return words
 
 
 def socket_error(exc: OSError) -> str:
@@ -166,6 +170,7 @@ def dial_error(message: str, exc: OSError) -> ConnectError:
     `transient` whether dialing again may work (a full backlog, a slow accept, a reset: a flood
     of strangers)."""
     err = ConnectError(message)
+    err.out_of_fds = exc.errno in (errno.EMFILE, errno.ENFILE)  # this process's limit: no use dialing again
     err.refused = isinstance(exc, (ConnectionRefusedError, FileNotFoundError))
     err.transient = isinstance(exc, (TimeoutError, BlockingIOError, ConnectionResetError, InterruptedError))
     return err
@@ -453,12 +458,14 @@ def listen_local(name: str, backlog: int, label: str) -> socket.socket:
 def dial_local(name: str, timeout: float) -> socket.socket:
     """A connection to the abstract Unix socket `name`; ConnectError when nobody listens
     there (another machine, another network namespace)."""
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock = None
     try:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.settimeout(timeout)
         sock.connect("\0" + name)
     except OSError as exc:
-        sock.close()
+        if sock is not None:
+            sock.close()
         raise dial_error(f"local socket {name}: {reason(exc)}", exc) from None
     return sock
 
@@ -568,6 +575,29 @@ def raise_fd_limit(want: int) -> int:
     return soft
 
 
+def untouched(size: int) -> "mmap.mmap | bytearray":
+    """`size` zero bytes that take no memory until written: a connection's staging buffer is
+    mostly unused (small frames), and at 64 ranks a rank holds hundreds of connections, where a
+    zero-filled bytearray made each resident whole. Private: a forked child's copy is its own."""
+    try:
+        return mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    except (AttributeError, ValueError, OSError):  # no such mapping here: a plain buffer
+        return bytearray(size)
+
+
+def fd_room() -> int | None:
+    """How many more files this process may open under its soft limit; None where the system
+    does not say."""
+    try:
+        import resource
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        if soft == resource.RLIM_INFINITY:
+            return None
+        return soft - (len(os.listdir("/proc/self/fd")) - 1)  # less the listing's own
+    except (ImportError, OSError, ValueError):
+        return None
+
+
 def fd_usage() -> str:
     """'N open, limit L' for this process's file descriptors (as far as the system tells)."""
     try:
@@ -634,7 +664,7 @@ class Channel:
         configure(sock, buffers)
         sock.setblocking(False)
         self.fd = sock.fileno()
-        self.reader = wire.FrameReader(STAGE_SIZE)  # the frames read so far, and bytes read ahead
+        self.reader = wire.FrameReader(STAGE_SIZE, untouched(STAGE_SIZE))  # the frames read so far, and bytes read ahead
         self.closed = False
         # The last recv found the socket empty: it returned fewer bytes than it had room for
         # (what a poll for input at that moment would have said).

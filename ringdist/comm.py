@@ -141,8 +141,12 @@ class Comm:
         self._p2p_holders: dict[tuple[int, bool], threading.Thread] = {}  # the thread that took each turn last
         if size > 1:
             assert endpoint is not None
-            self.ring = RingLinks(endpoint, gid, rank, size, addresses, settings.lanes,
-                                  settings.connect_timeout)
+            try:
+                self.ring = RingLinks(endpoint, gid, rank, size, addresses, settings.lanes,
+                                      settings.connect_timeout)
+            except BaseException:
+                endpoint.discard(gid, later=False)  # what its peers filed here for it
+                raise
             try:  # whatever this rank's settings: its peers expect the links and its vote
                 if size <= MESH_MAX_RANKS:
                     self.links = self.mesh = MeshLinks(endpoint, self.ring, addresses, settings.connect_timeout)
@@ -164,6 +168,7 @@ class Comm:
                 if self.links is not None:
                     self.links.close()
                 self.ring.close()
+                endpoint.discard(gid, later=False)  # what its peers filed here for it
                 raise
         _open_groups.add(self)
         # A group dropped without close() releases what it holds when it is collected (its
@@ -666,9 +671,14 @@ class Comm:
         if peer not in table:
             assert self._endpoint is not None
             deadline = deadlines.after(self.settings.connect_timeout if outgoing else self._timeout(timeout))
+
+            def check() -> None:  # while it waits: the group failed here meanwhile (another message, a collective)
+                if self._broken or self._closed:
+                    self.check_usable(op)
+
             if outgoing:
                 sock = self._endpoint.connect(self._addresses[peer], InboxKey(self.gid, self._rank, "p2p", 0),
-                                              deadline, f"rank {peer} of group {self.gid!r}", up=True)
+                                              deadline, f"rank {peer} of group {self.gid!r}", up=True, check=check)
             elif not wait:
                 found = self._endpoint.take_nowait(InboxKey(self.gid, peer, "p2p", 0),
                                                    f"{op} in group {self.gid!r}: waiting for rank {peer} to send",
@@ -679,7 +689,7 @@ class Comm:
             else:
                 sock = self._endpoint.take(InboxKey(self.gid, peer, "p2p", 0), deadline,
                                            f"{op} in group {self.gid!r}: waiting for rank {peer} to send",
-                                           source=self._addresses[peer])
+                                           check=check, source=self._addresses[peer])
             table[peer] = [Channel(sock, me=self._rank, peer=peer, group=self.gid,
                                    role="p2p-out" if outgoing else "p2p-in"), 0]
         elif outgoing:

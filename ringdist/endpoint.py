@@ -35,6 +35,7 @@ DEPARTED_GRACE = 0.25
 # often (`Endpoint._probe`); each try may take PROBE_TIMEOUT (a host that does not answer).
 PROBE_AFTER = 1.0
 PROBE_TIMEOUT = 0.05
+ENDED_KEPT = 4096  # ended groups whose late connections an endpoint closes (`discard`): the latest
 
 
 def _first(addresses: list[tuple[str, int]] | None) -> tuple[str, int] | None:
@@ -66,6 +67,9 @@ class Endpoint:
         # Groups whose collective failed here: the ABORT sent to their peers, by group id, for
         # a peer whose link arrives after it was sent (a link opened on first use).
         self._aborted: dict[str, bytes] = {}
+        # Groups (or a group's kind of connection) that have ended here: a connection for one
+        # that arrives later is closed, not kept in the inbox for good. The latest ENDED_KEPT.
+        self._ended: dict[tuple[str, str | None], None] = {}
         self._failed = False  # a group of this process has failed (the first is told: `tell_failures_to`)
         self._on_failure: Callable[[str], None] | None = None  # told that first failure
         # Ranks whose connection is waited for, by their first address: when their addresses
@@ -127,6 +131,9 @@ class Endpoint:
             if frame is not None:  # the group failed here: the dialer reads why, then the end
                 channel.send_quietly(conn, frame)
                 conn.close()
+                return
+            if (key.group, None) in self._ended or (key.group, key.kind) in self._ended:
+                conn.close()  # its group was closed, or never made, here: the dialer sees it closed
                 return
             self._inbox.setdefault(key, []).append(conn)
             self._cond.notify_all()
@@ -273,10 +280,17 @@ class Endpoint:
         conn.settimeout(None)
         return conn
 
-    def discard(self, group: str) -> None:
-        """Close connections still waiting in the inbox for `group` (it is being closed)."""
+    def discard(self, group: str, kind: str | None = None, *, later: bool = True) -> None:
+        """Close connections waiting in the inbox for `group` (only those of `kind`, if given),
+        and with `later` those that come later: the group is closed (or gave up that kind of
+        connection: shared memory's, after a vote for TCP). Without `later`: a group that
+        could not be made here (its id may be tried again: the world's)."""
         with self._cond:
-            for key in [k for k in self._inbox if k.group == group]:
+            if later:
+                self._ended[(group, kind)] = None
+                if len(self._ended) > ENDED_KEPT:
+                    del self._ended[next(iter(self._ended))]
+            for key in [k for k in self._inbox if k.group == group and kind in (None, k.kind)]:
                 for conn in self._inbox.pop(key):
                     conn.close()
 
@@ -310,6 +324,8 @@ class Endpoint:
                 try:
                     sock = channel.dial((ip, port), max(0.01, deadlines.wait_slice(deadlines.left(deadline))))
                 except ConnectError as exc:
+                    if getattr(exc, "out_of_fds", False):  # this rank's own limit: dialing again will not help
+                        raise ConnectError(f"{self.label}: cannot dial {peer}: {exc}") from None
                     errors.append(str(exc))
                     refused += getattr(exc, "refused", False)
                     continue

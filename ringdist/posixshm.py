@@ -53,8 +53,7 @@ def available() -> bool:
     return _posixshmem is not None and hasattr(socket, "AF_UNIX") and hasattr(socket, "send_fds")
 
 
-def _reason(exc: OSError) -> str:
-    return exc.strerror or str(exc)
+_reason = channel.reason
 
 
 # ---- segments ------------------------------------------------------------------------------
@@ -158,12 +157,14 @@ def listen(path: str, backlog: int, label: str) -> socket.socket:
 
 def dial(path: str, timeout: float) -> socket.socket:
     """A connection to the Unix socket at `path`; ConnectError when nobody listens there."""
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock = None
     try:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.settimeout(timeout)
         sock.connect(path)
     except OSError as exc:
-        sock.close()
+        if sock is not None:
+            sock.close()
         raise channel.dial_error(f"local socket {path}: {_reason(exc)}", exc) from None
     return sock
 

@@ -100,7 +100,7 @@ class Settings:
             spin_yield=bool(shared),
             direct_max=None if direct_max < 0 else int(direct_max),
             socket_buffers=socket_buffers,
-            buffer_cache_mb=_number(env, "RINGDIST_BUFFER_CACHE_MB", cls.buffer_cache_mb, minimum=0,
+            buffer_cache_mb=_number(env, "RINGDIST_BUFFER_CACHE_MB", default_buffer_cache_mb(env), minimum=0,
                                     inclusive=True),
             verbose=flag(env, "RINGDIST_VERBOSE"),
             algo=_algo(env.get("RINGDIST_ALGO")),
@@ -165,17 +165,41 @@ SPIN_US = 2000.0  # a core per local rank: spin this long, then block (2 ranks: 
 SHARED_SPIN_US = 200.0  # more local ranks than cores: spin this long, yielding the core between polls
 
 
-def oversubscribed(env: dict[str, str]) -> bool | None:
-    """Whether this host runs more ranks than it has cores (None: the launcher did not say)."""
+def local_ranks(env: dict[str, str]) -> int | None:
+    """How many ranks run on this host, where the launcher (or a scheduler) says."""
     for name in ("RINGDIST_LOCAL_WORLD_SIZE", "LOCAL_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_SIZE"):
         raw = env.get(name, "")
         if raw.isascii() and raw.isdigit():
-            try:
-                cores = len(os.sched_getaffinity(0))
-            except AttributeError:  # not Linux
-                cores = os.cpu_count() or 1
-            return int(raw) > cores
+            return int(raw)
     return None
+
+
+def oversubscribed(env: dict[str, str]) -> bool | None:
+    """Whether this host runs more ranks than it has cores (None: the launcher did not say)."""
+    ranks = local_ranks(env)
+    if ranks is None:
+        return None
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    return ranks > cores
+
+
+BUFFER_CACHE_MB = 1024.0  # idle memory a rank keeps for reuse, at most
+BUFFER_CACHE_MIN_MB = 64.0  # ... and at least, however many ranks share the host
+BUFFER_CACHE_SHARE = 0.25  # of the host's memory, for the idle buffers of all its ranks together
+
+
+def default_buffer_cache_mb(env: dict[str, str]) -> float:
+    """RINGDIST_BUFFER_CACHE_MB's default: 1024, or less where this host's ranks together would
+    keep more than a quarter of its memory idle (64 ranks on 128 GiB: 512 each), but at least 64."""
+    try:
+        memory = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, AttributeError):  # the system does not say
+        return BUFFER_CACHE_MB
+    share = memory * BUFFER_CACHE_SHARE / (local_ranks(env) or 1) / (1 << 20)
+    return max(BUFFER_CACHE_MIN_MB, min(BUFFER_CACHE_MB, share))
 
 
 def default_spin_us(shared: bool | None) -> float:

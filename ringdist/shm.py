@@ -55,6 +55,10 @@ log = logging.getLogger("ringdist")
 
 MAPPED_BYTES = 12 << 20  # every rank's segment together, as mapped by each rank (two slots each)
 ALIGN = 4096
+# Open files a rank needs room for before it votes for shared memory: per peer, its segment's
+# mapping (Python before 3.13 keeps a descriptor for each) and its eventfd; and some to spare.
+FDS_PER_PEER = 2
+FDS_SPARE = 16
 # Segment bytes; whether signals may go through shared memory (an eventfd follows); the rank's
 # process id and the address of its control page (for the cross-memory probe).
 _OFFER = struct.Struct("<QBqQ")
@@ -135,6 +139,12 @@ def open_link(endpoint: Endpoint, links: Links, *, group: str, rank: int, size: 
     probes: dict[int, tuple[int, int]] = {}  # rank -> its process id and control page's address
     try:
         yes = wanted and endpoint.local_name is not None and all(addresses[p] for p in range(size))
+        room = channel.fd_room() if yes else None
+        if room is not None and room < FDS_PER_PEER * size + FDS_SPARE:
+            log.warning("rank %d of group %r: %d more open files would fit under this process's limit (%s), too "
+                        "few for shared memory with %d ranks; the group uses TCP (raise `ulimit -n`)",
+                        rank, group, room, channel.fd_usage(), size)
+            yes = False
         if yes:
             own_fd, own_map = _segment(endpoint, total, f"rank {rank} of group {group!r}")
             yes = own_map is not None
@@ -147,6 +157,7 @@ def open_link(endpoint: Endpoint, links: Links, *, group: str, rank: int, size: 
                     break
                 dialed[p] = sock
         if not votes.vote(links, yes, deadlines.left(deadline), began):
+            endpoint.discard(group, "shm")  # what the ranks below dialed before the vote, and will
             return None
         # A vote decided in its grace (MIN_WAIT) past the deadline: the steps after it get as long.
         deadline = max(deadline, deadlines.after(votes.MIN_WAIT))

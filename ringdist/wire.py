@@ -385,10 +385,10 @@ class FrameReader:
 
     __slots__ = ("buf", "view", "size", "start", "end", "payload_left")
 
-    def __init__(self, size: int = 256 * 1024):
+    def __init__(self, size: int = 256 * 1024, buffer: Any = None):
         if size < MAX_CONTROL + PREFIX_SIZE:
             raise ValueError(f"a frame reader needs at least {MAX_CONTROL + PREFIX_SIZE} bytes, got {size}")
-        self.buf = bytearray(size)
+        self.buf = bytearray(size) if buffer is None else buffer  # `buffer`: `size` writable bytes of the caller's
         self.view = memoryview(self.buf)
         self.size = size
         self.start = 0  # first unread byte

@@ -33,9 +33,11 @@ from .settings import Settings
 
 log = logging.getLogger("ringdist")
 
-# Open files a rank may want: a connection per peer and lane, and a segment per peer, for every
-# group it is in (64 ranks: about 130 a group). The soft limit is raised this far at init, as
-# far as the hard limit allows (a common soft limit is 1024: eight groups of 64 ranks).
+# Open files a rank may want: for every group it is in, a connection per peer and lane (past 8
+# ranks, those opened on first use), and with shared memory a segment and an eventfd per peer
+# (64 ranks: about 2N+2 = 130 a group); messages add a connection each way per pair. The soft
+# limit is raised this far at init, as far as the hard limit allows (a common soft limit is
+# 1024: the world and six groups of 64 ranks on one machine).
 FD_LIMIT = 65536
 BACKENDS = ("ring", "any")  # "any" (MLX's default) means the best available: ring
 

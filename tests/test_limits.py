@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import re
+import sys
 import time
 
 import numpy as np
@@ -149,3 +150,73 @@ def test_a_wait_for_a_connection_says_when_this_rank_could_not_accept_for_want_o
             ep.take(InboxKey("world", 1, "ring", 0), time.monotonic() + 0.2, "waiting for rank 1")
     finally:
         ep.close()
+
+
+def test_out_of_file_descriptors_a_dial_fails_at_once_naming_the_limit():
+    # It was dialed again and again until RINGDIST_CONNECT_TIMEOUT, then blamed the peer
+    # ("cannot reach rank 0: Too many open files (65 attempts)"); a local socket's dial let a
+    # bare OSError out.
+    import subprocess
+    import sys
+    code = """
+import os, resource, time
+from ringdist import channel
+from ringdist.endpoint import Endpoint, InboxKey
+from ringdist.errors import ConnectError
+a = Endpoint(b"s", ["127.0.0.1"], connect_timeout=30, label="rank 0")
+b = Endpoint(b"s", ["127.0.0.1"], connect_timeout=30, label="rank 1")
+hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+resource.setrlimit(resource.RLIMIT_NOFILE, (len(os.listdir("/proc/self/fd")) - 1, hard))
+for dial in (lambda: b.connect(a.addresses, InboxKey("world", 1, "p2p", 0), time.monotonic() + 30,
+                               "rank 0 of group 'world'", up=True),
+             lambda: channel.dial_local("ringdist-nobody", 5)):
+    try:
+        dial()
+    except ConnectError as exc:
+        print(type(exc).__name__, getattr(exc, "out_of_fds", None), exc)
+"""
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    lines = res.stdout.splitlines()
+    assert len(lines) == 2, res.stdout + res.stderr
+    assert re.fullmatch(r"ConnectError None rank 1: cannot dial rank 0 of group 'world': 127\.0\.0\.1:\d+: Too many "
+                        r"open files \(this process: (\d+ open, )?limit \d+; raise `ulimit -n`\)", lines[0]), lines[0]
+    assert re.fullmatch(r"ConnectError True local socket ringdist-nobody: Too many open files \(this process: "
+                        r"(\d+ open, )?limit \d+; raise `ulimit -n`\)", lines[1]), lines[1]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads resident memory from /proc")
+def test_a_connection_s_staging_buffer_takes_memory_only_as_it_is_used():
+    # Each connection's 256 KiB staging buffer was zero-filled, so resident: at 64 ranks a rank
+    # with a connection to every peer each way held 32 MB more.
+    import socket
+    from ringdist import channel
+
+    def resident_kib() -> int:
+        with open("/proc/self/status") as f:
+            return int(next(line for line in f if line.startswith("RssAnon")).split()[1])
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    socks = [socket.create_connection(listener.getsockname()) for _ in range(40)]
+    try:
+        before = resident_kib()
+        chans = [channel.Channel(s, me=0, peer=1, group="g", role="ring") for s in socks]
+        grew = resident_kib() - before
+        assert grew < 40 * 32, f"{grew} KiB for 40 connections"
+        for ch in chans:
+            ch.close()
+    finally:
+        listener.close()
+        for s in socks:
+            s.close()
+
+
+def test_the_buffer_cache_default_shares_a_quarter_of_the_memory_among_the_local_ranks(monkeypatch):
+    # 1 GiB of idle buffers per rank whatever the ranks per host: 64 ranks could keep 64 GiB idle.
+    from ringdist import settings
+    from ringdist.settings import Settings
+    sizes = {"SC_PHYS_PAGES": (32 << 30) // 4096, "SC_PAGE_SIZE": 4096}  # 32 GiB
+    monkeypatch.setattr(settings.os, "sysconf", lambda name: sizes[name])
+    got = [Settings.from_env({"RINGDIST_LOCAL_WORLD_SIZE": str(n)}).buffer_cache_mb for n in (1, 8, 16, 64, 256)]
+    assert got == [1024, 1024, 512, 128, 64]
+    assert Settings.from_env({}).buffer_cache_mb == 1024
+    assert Settings.from_env({"LOCAL_WORLD_SIZE": "64", "RINGDIST_BUFFER_CACHE_MB": "2048"}).buffer_cache_mb == 2048

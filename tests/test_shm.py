@@ -392,3 +392,98 @@ except ConnectError as exc:
                         r"2 sent, or this process is out of file descriptors: (\d+ open, )?limit \d+\); raise "
                         r"`ulimit -n`, or use fewer groups at once\n", res.stdout), \
         res.stdout + res.stderr
+
+
+def _waiting(g: rd.Group, group: str | None = None) -> list[str]:
+    """The kinds of connection filed for `group` (every group but the world's) in the inbox of
+    g's endpoint, waiting for a taker."""
+    return sorted(k.kind for k in g._endpoint._inbox if (k.group == group if group else k.group != "world"))
+
+
+def test_a_vote_for_tcp_leaves_no_shared_memory_connection_waiting():
+    # Ranks below dial the ranks above before the vote; after a vote for TCP nothing takes those
+    # connections, and each rank kept one from every rank below it for the group's life.
+    def rank(g: rd.Group) -> tuple:
+        sub = g.split(0)
+        time.sleep(0.2)  # a connection filed late is closed as it comes
+        return g.shm is None, sub.shm is None, _waiting(g, "world"), _waiting(g)
+
+    got = run_ranks(4, rank, rank_overrides={1: {"shm": False}})
+    assert all(x == (True, True, [], []) for x in got), got
+
+
+def test_a_group_that_could_not_be_made_leaves_nothing_waiting():
+    from ringdist import shm as shm_module
+    failing = threading.local()
+    receive = shm_module._receive
+
+    def fails_on_rank_2(*args):
+        if getattr(failing, "here", False):
+            raise rd.ConnectError("cannot map shared memory (a test's failure)")
+        return receive(*args)
+
+    def rank(g: rd.Group) -> tuple:
+        failing.here = g.rank() == 2
+        try:
+            g.split(0, key=g.rank())
+            outcome = "made"
+        except rd.RingError as exc:
+            outcome = type(exc).__name__
+        time.sleep(0.3)
+        return outcome, _waiting(g)
+
+    shm_module._receive = fails_on_rank_2
+    try:
+        got = run_ranks(4, rank, timeout=60)
+    finally:
+        shm_module._receive = receive
+    assert got[2][0] == "ConnectError" and all(outcome != "made" for outcome, _ in got), got
+    assert all(waiting == [] for _, waiting in got), got
+
+
+def test_a_message_for_a_group_closed_here_is_not_kept():
+    # Rank 1 closes the group first; rank 0's message on it arrives after: its connection is
+    # closed, not filed for good.
+    def rank(g: rd.Group) -> list:
+        sub = g.split(0)
+        if g.rank() == 1:
+            sub.close()
+        rd.barrier(group=g)
+        if g.rank() == 0:
+            try:
+                rd.send(np.ones(4), 1, group=sub)
+            except rd.RingError:
+                pass
+        rd.barrier(group=g)
+        time.sleep(0.2)
+        if g.rank() == 0:
+            sub.close()
+        return _waiting(g)
+
+    assert run_ranks(2, rank) == [[], []]
+
+
+def test_a_rank_without_room_for_the_descriptors_votes_for_tcp(caplog):
+    # 64 ranks at a limit of 128 files could not start: every rank mapping its peers' segments
+    # ran out of descriptors, where TCP needs a dozen there.
+    from ringdist import channel
+    short = threading.local()
+    room = channel.fd_room
+
+    def little_room_on_rank_1() -> int | None:
+        return 20 if getattr(short, "here", False) else room()
+
+    def rank(g: rd.Group) -> tuple:
+        short.here = g.rank() == 1
+        sub = g.split(0)
+        return sub.shm is None, rd.all_sum(np.ones(3), group=sub).tolist()
+
+    channel.fd_room = little_room_on_rank_1
+    try:
+        got = run_ranks(3, rank)
+    finally:
+        channel.fd_room = room
+    assert got == [(True, [3.0, 3.0, 3.0])] * 3, got
+    assert re.search(r"rank 1 of group 'world/\d+:0': 20 more open files would fit under this process's limit "
+                     r"\((\d+ open, )?limit \d+\), too few for shared memory with 3 ranks; the group uses TCP "
+                     r"\(raise `ulimit -n`\)", caplog.text), caplog.text
