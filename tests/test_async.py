@@ -10,6 +10,10 @@ import time
 
 import pytest
 
+import numpy as np
+
+import ringdist as rd
+from harness import run_ranks
 from helpers import SCRIPTS, LineReader, kill_tree, run_launcher, start_launcher, wait_until_gone
 
 FAST = {"RINGDIST_TIMEOUT": "20", "RINGDIST_CONNECT_TIMEOUT": "10"}
@@ -334,3 +338,37 @@ def test_a_failed_progress_thread_breaks_the_group_on_every_rank():
     heard = re.search(r"^\[1\] all_sum raised after ([\d.]+)s: (.*)$", res.stdout, re.M)
     assert heard and "aborted by rank 0" in heard.group(2) and "the progress thread failed" in heard.group(2), res.stdout
     assert float(heard.group(1)) < 4.5, res.stdout  # at once, long before rank 0 leaves (6 s)
+
+
+def test_a_recv_waiting_for_its_connection_gives_up_when_its_group_breaks():
+    # Rank 1 never sends. While rank 0's recv waits for the connection, another thread of rank 0
+    # makes a collective call with a bad argument, which breaks the group: the recv raised only
+    # at its timeout, naming no cause.
+    import threading as _threading
+
+    def rank(g: rd.Group) -> str:
+        if g.rank() == 0:
+            def bad_call() -> None:
+                time.sleep(0.3)
+                try:
+                    rd.all_sum(np.array(["not a number"]), group=g)
+                except TypeError:
+                    pass
+            t = _threading.Thread(target=bad_call)
+            t.start()
+            try:
+                rd.recv((3,), np.float64, 1, group=g, timeout=60)
+                outcome = "received"
+            except rd.RingError as exc:
+                outcome = f"{type(exc).__name__}: {exc}"
+            t.join()
+            return outcome
+        try:
+            rd.all_sum(np.ones(2), group=g, timeout=60)
+        except rd.RingError as exc:
+            return f"{type(exc).__name__}: {exc}"
+        return "returned"
+
+    got = run_ranks(2, rank, timeout=90)
+    assert got[0].startswith("GroupBrokenError: rank 0: group 'world' cannot run recv") and "not numeric" in got[0], got
+    assert "aborted by rank 0" in got[1] and "not numeric" in got[1], got
