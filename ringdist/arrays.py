@@ -67,6 +67,16 @@ def _why_unreducible(dt: np.dtype, op: str) -> str | None:
     return None
 
 
+def combine(ufunc: Any, first: np.ndarray, second: np.ndarray, out: np.ndarray) -> None:
+    """out = first op second, with the bits whatever `out` aliases. numpy runs a one-element call
+    whose output is its first input as a reduction, which keeps the other operand's NaN (+NaN +
+    -NaN): two ranks folding the same pair, the output on a different operand on each, disagreed."""
+    if out.size == 1 and np.may_share_memory(out, first):
+        np.copyto(out, ufunc(first, second))
+    else:
+        ufunc(first, second, out=out)
+
+
 def fold_in_place(rows: list[np.ndarray], ufunc: Any, out: np.ndarray) -> None:
     """out = rows[0], then out = out op row for each next row, in place: a scan's fold. Every
     step in place, as the chain folds a prefix into what landed (`flows.ReducingInflow`): numpy

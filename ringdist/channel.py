@@ -27,6 +27,11 @@ from __future__ import annotations
 import errno
 import mmap
 import os
+
+try:  # imported now: with no descriptor left, an import (and so the limit's error text) fails
+    import resource
+except ImportError:  # not a POSIX system
+    resource = None  # type: ignore[assignment]
 import select
 import socket
 import sys
@@ -51,8 +56,10 @@ def reason(exc: BaseException) -> str:
     """An OS error in a few words: its strerror when it has one; running out of file
     descriptors says how many this process has open and its limit."""
     words = (exc.strerror if isinstance(exc, OSError) else None) or str(exc) or type(exc).__name__
-    if isinstance(exc, OSError) and exc.errno in (errno.EMFILE, errno.ENFILE):
+    if isinstance(exc, OSError) and exc.errno == errno.EMFILE:
         words += f" (this process: {fd_usage()}; raise `ulimit -n`)"
+    elif isinstance(exc, OSError) and exc.errno == errno.ENFILE:
+        words += " (the system's table of open files is full: see fs.file-max)"
     return words
 
 
@@ -556,9 +563,7 @@ def raise_fd_limit(want: int) -> int:
     """Raise this process's soft limit on open files towards `want`, as far as its hard limit
     lets it (a job of many ranks and groups holds a connection, and a segment, per peer and
     group); returns the soft limit now (a large number where the system sets none)."""
-    try:
-        import resource
-    except ImportError:  # not a POSIX system
+    if resource is None:  # not a POSIX system
         return 1 << 30
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft == resource.RLIM_INFINITY:
@@ -588,22 +593,23 @@ def untouched(size: int) -> "mmap.mmap | bytearray":
 def fd_room() -> int | None:
     """How many more files this process may open under its soft limit; None where the system
     does not say."""
+    if resource is None:
+        return None
     try:
-        import resource
         soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
         if soft == resource.RLIM_INFINITY:
             return None
         return soft - (len(os.listdir("/proc/self/fd")) - 1)  # less the listing's own
-    except (ImportError, OSError, ValueError):
+    except (OSError, ValueError):
         return None
 
 
 def fd_usage() -> str:
-    """'N open, limit L' for this process's file descriptors (as far as the system tells)."""
+    """'N open, limit L' for this process's file descriptors (as far as the system tells: with
+    none left, the count cannot be read)."""
     try:
-        import resource
-        limit = f"limit {resource.getrlimit(resource.RLIMIT_NOFILE)[0]}"
-    except (ImportError, OSError, ValueError):
+        limit = f"limit {resource.getrlimit(resource.RLIMIT_NOFILE)[0]}" if resource is not None else "limit unknown"
+    except (OSError, ValueError):
         limit = "limit unknown"
     try:
         return f"{len(os.listdir('/proc/self/fd')) - 1} open, {limit}"

@@ -145,7 +145,7 @@ class Comm:
                 self.ring = RingLinks(endpoint, gid, rank, size, addresses, settings.lanes,
                                       settings.connect_timeout)
             except BaseException:
-                endpoint.discard(gid, later=False)  # what its peers filed here for it
+                endpoint.discard(gid)  # what its peers filed here for it, and will (ids are not reused)
                 raise
             try:  # whatever this rank's settings: its peers expect the links and its vote
                 if size <= MESH_MAX_RANKS:
@@ -168,7 +168,7 @@ class Comm:
                 if self.links is not None:
                     self.links.close()
                 self.ring.close()
-                endpoint.discard(gid, later=False)  # what its peers filed here for it
+                endpoint.discard(gid)  # what its peers filed here for it, and will (ids are not reused)
                 raise
         _open_groups.add(self)
         # A group dropped without close() releases what it holds when it is collected (its

@@ -236,6 +236,8 @@ class Endpoint:
         seen = getattr(self, "_acceptor", None) and self._acceptor.out_of_fds
         if not seen or time.monotonic() - seen[0] > 60:
             return ""
+        if "ulimit -n" in seen[1]:  # `channel.reason` said it
+            return f"; this rank could not accept connections: {seen[1]}"
         return (f"; this rank could not accept connections: {seen[1]} (out of file descriptors: "
                 f"{channel.fd_usage()}; raise `ulimit -n`)")
 
@@ -280,16 +282,14 @@ class Endpoint:
         conn.settimeout(None)
         return conn
 
-    def discard(self, group: str, kind: str | None = None, *, later: bool = True) -> None:
+    def discard(self, group: str, kind: str | None = None) -> None:
         """Close connections waiting in the inbox for `group` (only those of `kind`, if given),
-        and with `later` those that come later: the group is closed (or gave up that kind of
-        connection: shared memory's, after a vote for TCP). Without `later`: a group that
-        could not be made here (its id may be tried again: the world's)."""
+        and those that come later: the group is closed, or could not be made here (group ids
+        are not reused), or gave up that kind of connection (shared memory's, after a vote for TCP)."""
         with self._cond:
-            if later:
-                self._ended[(group, kind)] = None
-                if len(self._ended) > ENDED_KEPT:
-                    del self._ended[next(iter(self._ended))]
+            self._ended[(group, kind)] = None
+            if len(self._ended) > ENDED_KEPT:
+                del self._ended[next(iter(self._ended))]
             for key in [k for k in self._inbox if k.group == group and kind in (None, k.kind)]:
                 for conn in self._inbox.pop(key):
                     conn.close()

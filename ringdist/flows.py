@@ -24,6 +24,7 @@ import numpy as np
 
 from . import deadlines, wire
 from .aborts import raise_remote
+from .arrays import combine
 from .channel import STAGE_SIZE, Channel
 from .errors import MismatchError, PeerLostError, ProtocolError, RingTimeoutError
 
@@ -281,10 +282,10 @@ class ReducingInflow(Inflow):
                     if dest is not acc:  # what landed stays; the fold goes on in place in dest, as `fold_in_place`
                         np.copyto(dest[a:b], acc[a:b])
                         self.ufunc(dest[a:b], own[a:b], out=dest[a:b])
-                    elif self.own_first:
-                        self.ufunc(own[a:b], acc[a:b], out=acc[a:b])
+                    elif self.own_first:  # `combine`: the bits of the peer's fold of the same pair
+                        combine(self.ufunc, own[a:b], acc[a:b], acc[a:b])
                     else:
-                        self.ufunc(acc[a:b], own[a:b], out=acc[a:b])
+                        combine(self.ufunc, acc[a:b], own[a:b], acc[a:b])
                     self.reduced = self.red_seg_start + b * self.itemsize
                 elif end < self.red_seg_start + seg_bytes:
                     return  # a partial element: wait for the rest

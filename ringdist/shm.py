@@ -55,9 +55,10 @@ log = logging.getLogger("ringdist")
 
 MAPPED_BYTES = 12 << 20  # every rank's segment together, as mapped by each rank (two slots each)
 ALIGN = 4096
-# Open files a rank needs room for before it votes for shared memory: per peer, its segment's
-# mapping (Python before 3.13 keeps a descriptor for each) and its eventfd; and some to spare.
-FDS_PER_PEER = 2
+# Open files a rank needs room for before it votes for shared memory: per peer, the local socket
+# it dialed or took (rank 0 holds N-1 until its segments are mapped), its segment's mapping (Python
+# before 3.13 keeps a descriptor for each) and its eventfd; and some to spare.
+FDS_PER_PEER = 3
 FDS_SPARE = 16
 # Segment bytes; whether signals may go through shared memory (an eventfd follows); the rank's
 # process id and the address of its control page (for the cross-memory probe).

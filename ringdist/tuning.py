@@ -388,7 +388,7 @@ def facts(comm: Comm, nbytes: int) -> Facts:
 
 def forced(comm: Comm, op: str) -> str | None:
     """The algorithm RINGDIST_ALGO names for `op`, if any (the last matching entry wins). A call's
-    agreement step is the table's unless named itself: `*` forces the calls, not their steps."""
+    agreement steps are always the table's: `*` forces the calls, not their steps."""
     kind = KIND_OF[op]
     name = None
     every = None if op.endswith(" (agreement step)") else "*"

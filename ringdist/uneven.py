@@ -301,7 +301,10 @@ def _scatter_uneven(g: Comm, x: Any, root: Any, timeout: float | None) -> np.nda
     root = check_root(root, g, "scatter")
     if r == root:
         parts = _blocks_for_ranks(x, n, r)
-        wire.header_dtype("scatter", parts[0].dtype)  # the others' headers will say it too
+        try:
+            wire.header_dtype("scatter", parts[0].dtype)  # the others' headers will say it too
+        except ValueError as exc:
+            raise ValueError(f"rank {r}: {exc}") from None
         layout = msgpack.packb([wire.dtype_tag(parts[0].dtype), list(parts[0].shape[1:])])
     else:
         parts, layout = [], b""

@@ -127,16 +127,17 @@ ROLE_FIELDS = {"scatter": ("dtype", "shape")}
 
 def dtype_tag(dtype: Any) -> str:
     """A dtype as headers name it: its array-protocol string ('<f4'); a structured dtype's
-    descr; an extension dtype whose string is raw bytes ('<V2': ml_dtypes' bfloat16, float8
-    and int4 all look alike) by its name, so ranks passing different ones disagree."""
+    descr (padding included: `blocks.dtype_from` reads it back whole); an extension dtype by its
+    name, since its string may be raw bytes ('<V2': ml_dtypes' bfloat16, float8 and int4 all
+    look alike), so ranks passing different ones disagree."""
     if dtype.fields is not None:
         try:
             return str(dtype.descr)
         except ValueError:  # numpy has no description of such fields for another process to read
             raise ValueError(f"dtype {dtype} has overlapping or out-of-order fields, which numpy cannot "
                              f"describe: send x.view(np.uint8), and .view(dtype) on arrival") from None
-    if dtype.kind == "V" and not dtype.name.startswith("void"):
-        return dtype.name
+    if dtype.num >= 256:  # a dtype a package registered: its string may be raw bytes, or read as another
+        return dtype.name  # (ml_dtypes' float8_e5m2 is '<f1', which numpy cannot read back)
     return dtype.str
 
 

@@ -413,3 +413,61 @@ def test_every_rooted_uneven_and_object_call_in_a_launched_job(n):
                        env={"RINGDIST_TIMEOUT": "30"})
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     assert sorted(int(k) for k in re.findall(r"blocks ok rank=(\d+)", res.stdout)) == list(range(n)), res.stdout
+
+
+PADDED = [np.dtype([("a", "u1"), ("b", "<f8")], align=True),
+          np.dtype({"names": ["a"], "formats": ["<i4"], "itemsize": 8}),
+          np.dtype([("n", np.dtype([("p", "u1"), ("q", ">f8")], align=True)), ("z", "i2")], align=True)]
+
+
+@pytest.mark.parametrize("shm", [True, False], ids=["shm", "tcp"])
+@pytest.mark.parametrize("n", [2, 3, 9])
+def test_scatter_gives_every_rank_the_root_s_dtype_exactly(n, shm):
+    # Padding in a structured dtype came back as fields named f1, f2 (an even scatter's blocks
+    # then disagreed with the root's in any later call; an uneven one failed with MismatchError),
+    # and ml_dtypes' float8_e5m2 ('<f1') could not be read back at all.
+    dtypes = PADDED + [np.dtype(ml_dtypes.float8_e5m2), np.dtype(ml_dtypes.bfloat16)]
+
+    def rank(g: rd.Group) -> list:
+        out = []
+        for dt in dtypes:
+            whole = np.arange(2 * n).astype(np.uint8).view(np.uint8).repeat(dt.itemsize).view(dt) \
+                if dt.fields is not None else np.arange(2 * n, dtype=np.float32).astype(dt)
+            even = rd.scatter(whole if g.rank() == 0 else None, root=0, group=g)
+            parts = [whole[:q + 1] for q in range(n)]
+            uneven = rd.scatter(parts if g.rank() == 0 else None, root=0, uneven=True, group=g)
+            out.append((even, uneven, rd.all_gather(even, group=g)))
+        return out
+
+    got = run_ranks(n, rank, shm=shm)
+    for i, dt in enumerate(dtypes):
+        whole = np.arange(2 * n).astype(np.uint8).repeat(dt.itemsize).view(dt) if dt.fields is not None else \
+            np.arange(2 * n, dtype=np.float32).astype(dt)
+        for r in range(n):
+            even, uneven, gathered = got[r][i]
+            assert even.dtype == dt and uneven.dtype == dt and gathered.dtype == dt, (dt, r, even.dtype, uneven.dtype)
+            def same(a, b):  # padding bytes are numpy's to leave undefined: compare the fields
+                return a.shape == b.shape and bool((a == b).all()) if dt.fields is not None else a.tobytes() == b.tobytes()
+            assert same(even, whole[2 * r:2 * r + 2]) and same(uneven, whole[:r + 1]) and same(gathered, whole), (dt, r)
+
+
+@pytest.mark.parametrize("algo", ["direct", "doubling", "ring", "shm"])
+def test_a_0_d_scan_and_a_64_dimensional_reduction_on_every_path(algo):
+    # The direct path stacked every rank's array in one more dimension (65 for a 64-d array, past
+    # numpy's limit) and gave a 0-d scan's fold a shape of (1,).
+    deep = (1,) * 64
+
+    def rank(g: rd.Group) -> tuple:
+        return (rd.scan(np.float64(g.rank() + 1), group=g), rd.all_sum(np.ones(deep, np.float32), group=g),
+                rd.scan(np.ones(deep, np.int32), group=g))
+
+    options = {"algo": (("scan", algo), ("all_reduce", algo))}
+    if algo != "shm":
+        options["shm"] = False
+    if algo == "doubling":
+        options["algo"] = (("all_reduce", algo),)
+    got = run_ranks(4, rank, **options)
+    for r, (prefix, total, deep_prefix) in enumerate(got):
+        assert prefix.shape == () and prefix == sum(range(1, r + 2)), (r, prefix)
+        assert total.shape == deep and total.item() == 4.0
+        assert deep_prefix.shape == deep and deep_prefix.item() == r + 1

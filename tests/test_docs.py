@@ -39,7 +39,7 @@ import pytest
 from helpers import ROOT, run_launcher
 
 DOCS = ROOT / "docs"
-GUIDES = ["coming-from-pytorch.md", "coming-from-mlx.md", "numpy.md", "pitfalls.md"]
+GUIDES = ["coming-from-pytorch.md", "coming-from-mlx.md", "coming-from-mpi.md", "numpy.md", "pitfalls.md"]
 RUN_TIMEOUT = 45  # seconds for any one block; the slowest pitfall takes about 4 s
 RUNNABLE = {"python", "pycon", "console"}
 MARKER = re.compile(r"^<!--\s*(no-run|file:\s*(\S+)|exit:\s*(\d+))\s*-->\s*$")

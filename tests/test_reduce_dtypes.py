@@ -70,3 +70,37 @@ def test_ranks_passing_different_extension_dtypes_of_one_size_disagree():
     errors = info.value.errors
     assert all(isinstance(e, rd.MismatchError) for e in errors), errors
     assert "float8_e4m3fn" in str(errors[0]) and "float8_e4m3b11fnuz" in str(errors[0]), errors[0]
+
+
+ALGORITHM_NAMES = sorted(__import__("ringdist.algorithms", fromlist=["ALGORITHMS"]).ALGORITHMS)
+
+
+@pytest.mark.parametrize("n", [2, 3, 4, 5, 9])
+def test_a_one_element_sum_of_nans_of_both_signs_has_the_same_bits_on_every_rank(n):
+    # numpy runs a one-element add whose output is its first input as a reduction, which keeps
+    # the other NaN: recursive doubling's lower and upper rank (and a pair's exchange) folded the
+    # same two operands with the output on different ones, and got +NaN on some ranks, -NaN on others.
+    nans = np.array([0x7FF8000000000000, 0xFFF8000000000000], np.uint64).view(np.float64)
+
+    for name in ALGORITHM_NAMES:
+        if name == "hier":
+            continue  # hosts of their own (test_hier)
+        got = run_ranks(n, lambda g: _one_element_nan_sum(g, nans), algo=(("all_reduce", name),))
+        runs = [r for r in got if r is not None]
+        if not runs:
+            continue
+        assert len(runs) == n, (name, got)
+        every = {r[0] for r in runs}
+        assert len(every) == 1, (name, n, [bytes(b).hex() for b in every])
+        for q in range(n):  # the rooted reduce gives the root all_sum's bits
+            assert got[q][1 + q] == runs[0][0], (name, n, q)
+
+
+def _one_element_nan_sum(g: rd.Group, nans: np.ndarray):
+    x = nans[g.rank() % 2:g.rank() % 2 + 1]
+    with np.errstate(invalid="ignore"):
+        try:
+            return [rd.all_sum(x, group=g).tobytes()] + [
+                (lambda y: None if y is None else y.tobytes())(rd.reduce(x, root=q, group=g)) for q in range(g.size())]
+        except rd.ConfigError:
+            return None

@@ -56,7 +56,9 @@ def dtype_from(tag: Any, sender: str) -> np.dtype:
     """A dtype from a tag (`wire.dtype_tag`) that `sender` sent; MismatchError naming it if numpy
     here does not know it."""
     try:
-        return np.dtype(ast.literal_eval(tag) if tag.startswith("[") else tag)
+        # A structured dtype's descr names its padding '' (`wire.dtype_tag`): numpy's own reader
+        # keeps it padding, where np.dtype() would make it fields.
+        return np.lib.format.descr_to_dtype(ast.literal_eval(tag)) if tag.startswith("[") else np.dtype(tag)
     except (TypeError, ValueError, SyntaxError, AttributeError):
         raise MismatchError(f"{sender} sends dtype {tag!r}, which numpy here does not know "
                             f"(an extension dtype: import its package, e.g. ml_dtypes)") from None

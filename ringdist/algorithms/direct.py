@@ -40,13 +40,14 @@ def gather(g: Comm, arr: np.ndarray, out: np.ndarray, header: wire.Header, timeo
 def reduce(g: Comm, arr: np.ndarray, op: str, header: wire.Header, timeout: float | None) -> np.ndarray:
     """Gather every rank's array directly, then reduce them in rank order (the same on every rank)."""
     n = g.size()
-    stack = buffers.cache.empty((n,) + arr.shape, arr.dtype, min_bytes=buffers.SCRATCH_MIN_BYTES)
-    stack[g.rank()] = arr
+    # Rows flat: a row of every rank's shape would be one dimension past numpy's 64 for a 64-d array.
+    stack = buffers.cache.empty((n, arr.size), arr.dtype, min_bytes=buffers.SCRATCH_MIN_BYTES)
+    np.copyto(stack[g.rank()].reshape(arr.shape), arr)
     size = arr.nbytes
     g.exchange(op, *direct_parts(g, byte_view(stack), [(i * size, (i + 1) * size) for i in range(n)]), header,
                timeout=timeout)
     out = np.empty(arr.shape, arr.dtype)  # an array even when 0-d
-    fold(list(stack), REDUCERS[op], out)
+    fold([row.reshape(arr.shape) for row in stack], REDUCERS[op], out)
     return out
 
 
@@ -60,15 +61,16 @@ def scan(g: Comm, arr: np.ndarray, op: str, exclusive: bool, header: wire.Header
     assert mesh is not None
     r = g.rank()
     take = r if exclusive else r + 1
-    stack = buffers.cache.empty((max(take, 1),) + arr.shape, arr.dtype, min_bytes=buffers.SCRATCH_MIN_BYTES)
+    stack = buffers.cache.empty((max(take, 1), arr.size), arr.dtype, min_bytes=buffers.SCRATCH_MIN_BYTES)
     size = arr.nbytes
     data = byte_view(stack)
-    own = np.ascontiguousarray(arr)  # folded as sent: a strided view's NaN signs are numpy's strided loop's
+    # Folded as sent (a strided view's NaN signs are numpy's strided loop's), in the shape given (0-d too).
+    own = np.ascontiguousarray(arr).reshape(arr.shape)
     g.exchange(header.fields["op"], [byte_view(own) if p > r else NO_BYTES for p in mesh.order],
                [data[p * size:(p + 1) * size] if p < r else NO_BYTES for p in mesh.order], header, timeout=timeout)
     if not take:
         return None
-    rows = [stack[p] for p in range(r)] + ([] if exclusive else [own])
+    rows = [stack[p].reshape(arr.shape) for p in range(r)] + ([] if exclusive else [own])
     out = np.empty(arr.shape, arr.dtype)
     fold_in_place(rows, REDUCERS[op], out)
     return out

@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import buffers, wire
-from ..arrays import REDUCERS, byte_view
+from ..arrays import REDUCERS, byte_view, combine
 from ..comm import Comm
 from ..flows import NO_BYTES
 from .base import Algorithm
@@ -120,10 +120,10 @@ def reduce(g: Comm, arr: np.ndarray, op: str, header: wire.Header, timeout: floa
             g.exchange(op, [], [into_bytes], header, timeout=timeout, peers=partner)
         else:
             g.exchange(op, [sent], [into_bytes], header, timeout=timeout, peers=partner)
-        if lower:
-            ufunc(mine, into, out=acc)
+        if lower:  # the lower rank's operand first, the output on either: the same bits on both
+            combine(ufunc, mine, into, acc)
         else:
-            ufunc(into, mine, out=acc)
+            combine(ufunc, into, mine, acc)
         mine = acc
     r = g.rank()
     if r + p2 < g.size():
@@ -183,9 +183,9 @@ def reduce_root(g: Comm, arr: np.ndarray, op: str, root: int, header: wire.Heade
             into = acc
         g.exchange(op, [NO_BYTES], [byte_view(into)], header, timeout=timeout, peers=peers)
         if lower:
-            ufunc(mine, into, out=acc)
+            combine(ufunc, mine, into, acc)
         else:
-            ufunc(into, mine, out=acc)
+            combine(ufunc, into, mine, acc)
         mine = acc
     if r != root:  # the target, for an extra rank's root
         g.exchange(op, [byte_view(acc)], [], header, timeout=timeout, peers=[root])
