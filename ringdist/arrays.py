@@ -68,11 +68,15 @@ def _why_unreducible(dt: np.dtype, op: str) -> str | None:
 
 
 def combine(ufunc: Any, first: np.ndarray, second: np.ndarray, out: np.ndarray) -> None:
-    """out = first op second, with the bits whatever `out` aliases. numpy runs a one-element call
-    whose output is its first input as a reduction, which keeps the other operand's NaN (+NaN +
-    -NaN): two ranks folding the same pair, the output on a different operand on each, disagreed."""
-    if out.size == 1 and np.may_share_memory(out, first):
-        np.copyto(out, ufunc(first, second))
+    """out = first op second, with the bits of numpy's fold in place into `first` (as
+    `fold_in_place` folds) whatever `out` aliases. numpy runs a one-element call whose output is
+    its first input as a reduction, which keeps the other NaN (+NaN + -NaN) and rounds complex
+    products otherwise: two ranks folding the same pair, the output on a different operand on
+    each, disagreed. (Longer arrays get the same bits either way.)"""
+    if out.size == 1 and not np.may_share_memory(out, first):
+        acc = np.array(first, copy=True)
+        ufunc(acc, second, out=acc)
+        np.copyto(out, acc)
     else:
         ufunc(first, second, out=out)
 

@@ -35,6 +35,7 @@ except ImportError:  # not a POSIX system
 import select
 import socket
 import sys
+import time
 from dataclasses import dataclass
 from typing import Any, Union
 
@@ -392,6 +393,27 @@ def send_quietly(sock: socket.socket, data: bytes) -> None:
         sock.send(data)
     except OSError:
         pass
+
+
+def read_abort(sock: socket.socket, deadline: float) -> dict | None:
+    """The fields of an ABORT frame the peer sends on `sock` before closing it, or None (it
+    closed with nothing to say, or said nothing by `deadline`)."""
+    reader = wire.FrameReader(wire.MAX_CONTROL + wire.PREFIX_SIZE)
+    try:
+        while True:
+            sock.settimeout(max(0.001, deadline - time.monotonic()))
+            room = reader.room()
+            n = sock.recv_into(room)
+            if n == 0:
+                return None
+            reader.landed(n)
+            event = reader.next_event()
+            if isinstance(event, wire.ControlFrame):
+                return event.fields() if event.kind == wire.ABORT else None
+            if event is not wire.NEED_DATA:
+                return None
+    except (OSError, ProtocolError, ValueError):  # gone, timed out, or not a frame: nothing learned
+        return None
 
 
 def shutdown_quietly(sock: socket.socket) -> None:

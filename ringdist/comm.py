@@ -13,7 +13,9 @@ import ipaddress
 import numbers
 import os
 import threading
+import time
 import weakref
+from types import SimpleNamespace
 from typing import Any, Callable
 
 import numpy as np
@@ -35,6 +37,12 @@ HEADER_TEMPLATES = 256  # kinds of call whose header bytes a group keeps
 # Operations receiving more than this never spin: they wait on bandwidth, and a spin would
 # take CPU time the kernel's copies need (a 2-rank 64 MiB all_gather ran 1.6x slower spinning 2 ms).
 SPIN_MAX_BYTES = 4 << 20
+# A rank waiting this long for a lower rank's link (opened on first use) asks that rank whether
+# the group failed there, and again as often: a rank that failed first tells only the peers it is
+# linked to, who may have finished the call meanwhile and not passed it on. Each ask may take
+# ASK_TIMEOUT.
+ASK_AFTER = 0.5
+ASK_TIMEOUT = 0.2
 _open_groups: "weakref.WeakSet[Comm]" = weakref.WeakSet()
 _default: "Callable[[], Comm] | None" = None  # makes the world group (set by `world`)
 
@@ -259,11 +267,21 @@ class Comm:
             if watch.ch.reader.end != watch.ch.reader.start:
                 watch.scan()  # frames read ahead earlier (an ABORT behind a peer's last frame) wake no poll
 
+        asked = [time.monotonic()]
+
         def check() -> None:
             for fd, _ in links.poller.poll(0):
                 watch = watches.get(fd)
                 if watch is not None and not watch.done:
                     watch.on_readable()
+            now = time.monotonic()
+            if p < self._rank and now - asked[0] >= ASK_AFTER:  # waiting for p to dial: has p failed?
+                asked[0] = now  # (told its linked peers only; they may have finished the call since)
+                assert self._endpoint is not None
+                told = self._endpoint.ask_failed(self._addresses[p], self.gid, self._rank,
+                                                 f"rank {p} of group {self.gid!r}", ASK_TIMEOUT)
+                if told is not None and (not isinstance(told.get("seq"), int) or told["seq"] <= seq):
+                    aborts.raise_remote(told, SimpleNamespace(me=self._rank, peer=p), op)  # type: ignore[arg-type]
 
         ch = links.link(p, deadlines.after(self.settings.connect_timeout), deadlines.after(self._timeout(timeout)),
                         check)

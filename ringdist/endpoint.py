@@ -16,7 +16,7 @@ import os
 import socket
 import threading
 import time
-from typing import Callable, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 from . import channel, deadlines, forks, posixshm, wire
 from .acceptor import Acceptor
@@ -36,6 +36,7 @@ DEPARTED_GRACE = 0.25
 PROBE_AFTER = 1.0
 PROBE_TIMEOUT = 0.05
 ENDED_KEPT = 4096  # ended groups whose late connections an endpoint closes (`discard`): the latest
+ASK_KIND = "ask"  # a connection that asks whether a group failed at the rank dialed (`ask_failed`)
 
 
 def _first(addresses: list[tuple[str, int]] | None) -> tuple[str, int] | None:
@@ -130,6 +131,9 @@ class Endpoint:
             frame = self._aborted.get(key.group)
             if frame is not None:  # the group failed here: the dialer reads why, then the end
                 channel.send_quietly(conn, frame)
+                conn.close()
+                return
+            if key.kind == ASK_KIND:  # asked whether the group failed here: it has not (yet)
                 conn.close()
                 return
             if (key.group, None) in self._ended or (key.group, key.kind) in self._ended:
@@ -281,6 +285,22 @@ class Endpoint:
             return None
         conn.settimeout(None)
         return conn
+
+    def ask_failed(self, addresses: list[tuple[str, int]], group: str, me: int, peer: str,
+                   timeout: float) -> dict[str, Any] | None:
+        """Whether the rank listening at `addresses` has seen `group` fail: the fields of the ABORT
+        it told its peers, or None (it has not, or could not be asked within `timeout`). For a
+        rank waiting for a link the other opens on first use: a rank that failed before opening
+        it told the peers it was linked to, not this one."""
+        deadline = time.monotonic() + timeout
+        try:
+            sock = self.connect(addresses, InboxKey(group, me, ASK_KIND, 0), deadline, peer)
+        except RingError:
+            return None
+        try:
+            return channel.read_abort(sock, deadline)
+        finally:
+            sock.close()
 
     def discard(self, group: str, kind: str | None = None) -> None:
         """Close connections waiting in the inbox for `group` (only those of `kind`, if given),

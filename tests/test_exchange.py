@@ -180,3 +180,28 @@ def test_a_link_arriving_after_its_group_failed_reads_the_abort_then_the_close()
     finally:
         failed.close()
         dialer.close()
+
+
+def test_a_rank_waiting_for_a_link_can_ask_whether_the_group_failed_at_its_dialer():
+    # 12 ranks over TCP, a rooted reduce that one rank called with another op: a rank whose
+    # partner failed before dialing it heard nothing (the partner tells the peers it is linked to,
+    # which had finished their part of the call) and waited out its timeout. It asks now.
+    from ringdist import aborts
+    from ringdist.endpoint import Endpoint
+
+    secret = b"ask secret"
+    failed = Endpoint(secret, ["127.0.0.1"], connect_timeout=5, label="rank 4")
+    waiting = Endpoint(secret, ["127.0.0.1"], connect_timeout=5, label="rank 6")
+    try:
+        frame = wire.encode_map(wire.ABORT, aborts.abort_fields(MismatchError("rank 2 called reduce"), 4, 0))
+        failed.note_aborted("world", frame)
+        told = waiting.ask_failed(failed.addresses, "world", 6, "rank 4 of group 'world'", 2.0)
+        assert told is not None and told["error"] == "MismatchError" and told["seq"] == 0, told
+        assert told["message"] == "rank 2 called reduce" and told["origin"] == 4, told
+        # A group that has not failed there: nothing told, and nothing left in its inbox.
+        assert waiting.ask_failed(failed.addresses, "world/0:0", 6, "rank 4 of group 'world/0:0'", 2.0) is None
+        time.sleep(0.1)
+        assert not failed._inbox, failed._inbox
+    finally:
+        failed.close()
+        waiting.close()

@@ -97,10 +97,15 @@ def test_a_one_element_sum_of_nans_of_both_signs_has_the_same_bits_on_every_rank
 
 
 def _one_element_nan_sum(g: rd.Group, nans: np.ndarray):
+    """A one-element sum of NaNs of both signs and a one-element complex product (which numpy
+    rounds otherwise in place), then the rooted reduce of both at every root: their bytes."""
     x = nans[g.rank() % 2:g.rank() % 2 + 1]
+    z = np.array([(g.rank() + 1.37) * 1e3 + 1j * (g.rank() - 2.71) * 1e3])
     with np.errstate(invalid="ignore"):
         try:
-            return [rd.all_sum(x, group=g).tobytes()] + [
-                (lambda y: None if y is None else y.tobytes())(rd.reduce(x, root=q, group=g)) for q in range(g.size())]
+            return [rd.all_sum(x, group=g).tobytes() + rd.all_prod(z, group=g).tobytes()] + [
+                (lambda y, w: None if y is None else y.tobytes() + w.tobytes())(
+                    rd.reduce(x, root=q, group=g), rd.reduce(z, root=q, op="prod", group=g))
+                for q in range(g.size())]
         except rd.ConfigError:
             return None
