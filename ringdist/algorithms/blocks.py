@@ -15,6 +15,7 @@ it too checks every other rank's call, in the origin's own header, which relayer
 from __future__ import annotations
 
 import ast
+import threading
 from typing import Any, Callable
 
 import numpy as np
@@ -55,13 +56,32 @@ def dtype_of(tag: Any, ch: Channel) -> np.dtype:
 def dtype_from(tag: Any, sender: str) -> np.dtype:
     """A dtype from a tag (`wire.dtype_tag`) that `sender` sent; MismatchError naming it if numpy
     here does not know it."""
+    dt = _parsed.get(tag) if isinstance(tag, str) else None
+    if dt is not None:
+        return dt
     try:
-        # A structured dtype's descr names its padding '' (`wire.dtype_tag`): numpy's own reader
-        # keeps it padding, where np.dtype() would make it fields.
-        return np.lib.format.descr_to_dtype(ast.literal_eval(tag)) if tag.startswith("[") else np.dtype(tag)
-    except (TypeError, ValueError, SyntaxError, AttributeError):
+        if tag.startswith("["):
+            # A structured dtype's descr names its padding '' (`wire.dtype_tag`): numpy's own reader
+            # keeps it padding, where np.dtype() would make it fields.
+            with _parse_lock:
+                descr = ast.literal_eval(tag)
+            dt = np.lib.format.descr_to_dtype(descr)
+        else:
+            dt = np.dtype(tag)
+    except (TypeError, ValueError, SyntaxError, AttributeError, RecursionError, MemoryError, SystemError):
         raise MismatchError(f"{sender} sends dtype {tag!r}, which numpy here does not know "
                             f"(an extension dtype: import its package, e.g. ml_dtypes)") from None
+    if len(_parsed) >= PARSED_KEPT:
+        _parsed.clear()
+    _parsed[tag] = dt
+    return dt
+
+
+PARSED_KEPT = 256  # dtypes `dtype_from` keeps, by tag
+_parsed: dict[str, np.dtype] = {}
+# Python's parser is not safe for two threads at once (3.11: "SystemError: AST constructor
+# recursion depth mismatch"), and every group's runner may read a structured dtype's tag.
+_parse_lock = threading.Lock()
 
 
 def common(fields: dict[str, Any], drop: tuple[str, ...] = ()) -> dict[str, Any]:
