@@ -60,6 +60,7 @@ ALIGN = 4096
 # before 3.13 keeps a descriptor for each) and its eventfd; and some to spare.
 FDS_PER_PEER = 3
 FDS_SPARE = 16
+_told_room = False  # this process has warned that a group used TCP for want of descriptors
 # Segment bytes; whether signals may go through shared memory (an eventfd follows); the rank's
 # process id and the address of its control page (for the cross-memory probe).
 _OFFER = struct.Struct("<QBqQ")
@@ -142,9 +143,12 @@ def open_link(endpoint: Endpoint, links: Links, *, group: str, rank: int, size: 
         yes = wanted and endpoint.local_name is not None and all(addresses[p] for p in range(size))
         room = channel.fd_room() if yes else None
         if room is not None and room < FDS_PER_PEER * size + FDS_SPARE:
-            log.warning("rank %d of group %r: %d more open files would fit under this process's limit (%s), too "
-                        "few for shared memory with %d ranks; the group uses TCP (raise `ulimit -n`)",
-                        rank, group, room, channel.fd_usage(), size)
+            global _told_room
+            log.log(logging.INFO if _told_room else logging.WARNING,  # a warning once a process, not a group
+                    "rank %d of group %r: %d more open files would fit under this process's limit (%s), too "
+                    "few for shared memory with %d ranks; the group uses TCP (raise `ulimit -n`)",
+                    rank, group, room, channel.fd_usage(), size)
+            _told_room = True
             yes = False
         if yes:
             own_fd, own_map = _segment(endpoint, total, f"rank {rank} of group {group!r}")

@@ -463,7 +463,7 @@ def test_a_message_for_a_group_closed_here_is_not_kept():
     assert run_ranks(2, rank) == [[], []]
 
 
-def test_a_rank_without_room_for_the_descriptors_votes_for_tcp(caplog):
+def test_a_rank_without_room_for_the_descriptors_votes_for_tcp(caplog, monkeypatch):
     # 64 ranks at a limit of 128 files could not start: every rank mapping its peers' segments
     # ran out of descriptors, where TCP needs a dozen there.
     from ringdist import channel
@@ -478,6 +478,8 @@ def test_a_rank_without_room_for_the_descriptors_votes_for_tcp(caplog):
         sub = g.split(0)
         return sub.shm is None, rd.all_sum(np.ones(3), group=sub).tolist()
 
+    from ringdist import shm as shm_module
+    monkeypatch.setattr(shm_module, "_told_room", False)  # a warning the first time in a process
     channel.fd_room = little_room_on_rank_1
     try:
         got = run_ranks(3, rank)
