@@ -274,6 +274,7 @@ class Comm:
                 watch = watches.get(fd)
                 if watch is not None and not watch.done:
                     watch.on_readable()
+            engine.poll_background()  # on a group's runner: the group closing, or the process exiting
             now = time.monotonic()
             if p < self._rank and now - asked[0] >= ASK_AFTER:  # waiting for p to dial: has p failed?
                 asked[0] = now  # (told its linked peers only; they may have finished the call since)

@@ -217,7 +217,9 @@ class Endpoint:
                     return conn
                 now = time.monotonic()
                 left = deadline - now
-                if left <= 0 or self._closed:
+                if self._closed:
+                    raise RingError(f"{self.label}: {what}: this rank's endpoint closed (the process is exiting)")
+                if left <= 0:
                     raise RingTimeoutError(f"{self.label}: {what}: no connection arrived in time{self._starved()}")
                 wait = deadlines.wait_slice(left)
                 gone = self._gone(source, now)

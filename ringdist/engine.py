@@ -54,6 +54,21 @@ def current() -> Any:
     return backgrounds.get(threading.get_ident()) if backgrounds else None
 
 
+def poll_background() -> None:
+    """Drive this thread's background once without waiting, from a wait outside `run` (a link's,
+    for a runner's collective: a closing group's interrupt is raised here too)."""
+    bg = current()
+    if bg is None:
+        return
+    poller = select.poll()
+    for fd, mask in bg.masks().items():
+        poller.register(fd, mask)
+    bg.pump()
+    for fd, ev in poller.poll(0):
+        bg.on_event(fd, ev)
+    bg.tick()
+
+
 def run(inflows: list[Inflow], outflows: list[Outflow], watched: list[Channel], *,
         timeout: float, op: str, me: int, seq: int | None = None, spin: float = 0.0,
         yield_core: bool = False, idle: Callable[[], bool] | None = None,

@@ -59,8 +59,10 @@ class Links:
         if ch is not None:
             return ch
         if self.rank < p:  # its endpoint listened when the group was made: refused now, it is gone
+            # Within the call's own timeout too: a stalled peer's handshake held the dialer past it.
             sock = self.endpoint.connect(self.addresses[p], InboxKey(self.group, self.rank, KIND, 0),
-                                         connect_deadline, f"rank {p} of group {self.group!r}", up=True, check=check)
+                                         min(connect_deadline, accept_deadline), f"rank {p} of group {self.group!r}",
+                                         up=True, check=check)
         else:
             sock = self.endpoint.take(InboxKey(self.group, p, KIND, 0), accept_deadline,
                                       f"group {self.group!r}: waiting for rank {p} to connect", check=check,
