@@ -57,8 +57,15 @@ def all_gather(x: Any, *, uneven: bool = False, group: Comm | None = None,
         r = _route_all_gather(x, uneven, group, timeout, async_op)
         if r is not work.HERE:
             return r
-    if uneven:
-        return uneven_module.all_gather_uneven(x, _comm(group, timeout, "all_gather"), timeout)
+    if uneven is not False:
+        g = _comm(group, timeout, "all_gather")
+        try:
+            check_flag(uneven, "uneven", g, "all_gather")
+        except Exception as exc:
+            g.refuse("all_gather", exc)
+            raise
+        if uneven:
+            return uneven_module.all_gather_uneven(x, g, timeout)
     return gather_rows(x, group=group, op="all_gather", timeout=timeout)
 
 

@@ -190,6 +190,8 @@ def scatter(x: Any, root: int = 0, *, uneven: bool = False, group: Comm | None =
 def _scatter(g: Comm, x: Any, root: Any, timeout: float | None) -> np.ndarray:
     n, r = g.size(), g.rank()
     root = check_root(root, g, "scatter")
+    if r == root and x is None:
+        raise TypeError(f"rank {r}: scatter: the root passes the array to scatter, got None")
     arr = as_rows(x, "scatter") if r == root else NOTHING
     if r == root:
         if arr.shape[0] % n:
