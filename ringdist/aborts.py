@@ -44,6 +44,16 @@ def raise_remote(fields: dict[str, Any], ch: Channel, op: str) -> None:
     raise exc
 
 
+def concerns(fields: dict[str, Any], seq: int | None) -> bool:
+    """Whether an ABORT ends collective `seq` (None: whatever runs): one for it or an earlier
+    call does; a message's failure (no call number) breaks every collective of the group, but
+    not the group's setup (call number -1), which that peer had finished."""
+    theirs = fields.get("seq")
+    if isinstance(theirs, int):
+        return seq is None or theirs <= seq
+    return seq is None or seq >= 0
+
+
 def abort_fields(exc: BaseException, me: int, seq: int | None) -> dict[str, Any]:
     """The body of the ABORT this rank sends for `exc`: the original cause, not a chain of hops."""
     default = str(exc) if isinstance(exc, RingError) else f"{type(exc).__name__}: {exc}".removesuffix(": ")

@@ -281,7 +281,7 @@ class Comm:
                 assert self._endpoint is not None
                 told = self._endpoint.ask_failed(self._addresses[p], self.gid, self._rank,
                                                  f"rank {p} of group {self.gid!r}", ASK_TIMEOUT)
-                if told is not None and (not isinstance(told.get("seq"), int) or told["seq"] <= seq):
+                if told is not None and aborts.concerns(told, seq):
                     aborts.raise_remote(told, SimpleNamespace(me=self._rank, peer=p), op)  # type: ignore[arg-type]
 
         ch = links.link(p, deadlines.after(self.settings.connect_timeout), deadlines.after(self._timeout(timeout)),
@@ -692,8 +692,7 @@ class Comm:
             deadline = deadlines.after(self.settings.connect_timeout if outgoing else self._timeout(timeout))
 
             def check() -> None:  # while it waits: the group failed here meanwhile (another message, a collective)
-                if self._broken or self._closed:
-                    self.check_usable(op)
+                self.check_usable(op)
 
             if outgoing:
                 sock = self._endpoint.connect(self._addresses[peer], InboxKey(self.gid, self._rank, "p2p", 0),

@@ -23,7 +23,7 @@ from typing import Any, Callable
 import numpy as np
 
 from . import deadlines, wire
-from .aborts import raise_remote
+from .aborts import concerns, raise_remote
 from .arrays import combine
 from .channel import STAGE_SIZE, Channel
 from .errors import MismatchError, PeerLostError, ProtocolError, RingTimeoutError
@@ -465,13 +465,7 @@ class Watch:
         for frame in ch.reader.staged_control_frames():
             if frame.kind == wire.ABORT:
                 fields = frame.fields()
-                theirs = fields.get("seq")
-                if isinstance(theirs, int):
-                    ours = self.seq is None or theirs <= self.seq
-                else:  # a message's failure (no call number): it breaks every collective of the group,
-                    # but not the group's setup (call number -1), which that peer had finished
-                    ours = self.seq is None or self.seq >= 0
-                if ours:
+                if concerns(fields, self.seq):
                     raise_remote(fields, ch, self.op)
             elif frame.kind == wire.HEADER and self.header is not None and frame.body != self.header.body:
                 fields = wire.check_header(frame.fields())

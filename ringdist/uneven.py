@@ -304,10 +304,10 @@ def _scatter_uneven(g: Comm, x: Any, root: Any, timeout: float | None) -> np.nda
     if r == root:
         parts = _blocks_for_ranks(x, n, r)
         try:
-            wire.header_dtype("scatter", parts[0].dtype)  # the others' headers will say it too
+            tag = wire.header_dtype("scatter", parts[0].dtype)  # the others' headers will say it too
         except ValueError as exc:
             raise ValueError(f"rank {r}: {exc}") from None
-        layout = msgpack.packb([wire.dtype_tag(parts[0].dtype), list(parts[0].shape[1:])])
+        layout = msgpack.packb([tag, list(parts[0].shape[1:])])
     else:
         parts, layout = [], b""
     if n == 1:

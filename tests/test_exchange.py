@@ -7,6 +7,7 @@ after the spin, a send the socket cannot take at once, a different header, an AB
 
 from __future__ import annotations
 
+import contextlib
 import select
 import socket
 import threading
@@ -149,21 +150,13 @@ def test_a_silent_peer_times_out_naming_it(pair):
 def test_a_link_arriving_after_its_group_failed_reads_the_abort_then_the_close():
     # Past 8 ranks links open on first use: a peer may dial a rank whose collective already
     # failed. It must read why (the ABORT that rank sent its other peers), not just a close.
-    import time
-
-    from ringdist import aborts, wire
     from ringdist.channel import recv_control
-    from ringdist.endpoint import Endpoint, InboxKey
-    from ringdist.errors import MismatchError, PeerLostError
+    from ringdist.endpoint import InboxKey
+    from ringdist.errors import PeerLostError
 
-    secret = b"late link secret"
-    failed = Endpoint(secret, ["127.0.0.1"], connect_timeout=5, label="rank 6")
-    dialer = Endpoint(secret, ["127.0.0.1"], connect_timeout=5, label="rank 2")
-    try:
-        # A lone surrogate in the text (an undecodable file name) goes escaped: as it was, the
-        # ABORT could not be encoded, and its peers read only a closed connection.
-        frame = wire.encode_map(wire.ABORT, aborts.abort_fields(MismatchError("rank 5 called all_max /d/\udcff"), 6, 3))
-        failed.note_aborted("world", frame)
+    # A lone surrogate in the text (an undecodable file name) goes escaped: as it was, the
+    # ABORT could not be encoded, and its peers read only a closed connection.
+    with _failed_and_other("rank 5 called all_max /d/\udcff", 6, 3, "rank 2") as (failed, dialer):
         sock = dialer.connect(failed.addresses, InboxKey("world", 2, "link", 0), time.monotonic() + 5,
                               "rank 6 of group 'world'", up=True)
         kind, fields, _ = recv_control(sock, time.monotonic() + 5)
@@ -177,24 +170,30 @@ def test_a_link_arriving_after_its_group_failed_reads_the_abort_then_the_close()
                                "rank 6 of group 'world/0:0'", up=True)
         failed.take(InboxKey("world/0:0", 2, "link", 0), time.monotonic() + 5, "waiting for rank 2").close()
         other.close()
+
+
+@contextlib.contextmanager
+def _failed_and_other(message: str, rank: int, seq: int, other: str):
+    """Two endpoints on loopback with one job secret: rank `rank`'s, whose group 'world' failed in
+    call `seq` (MismatchError `message`, its ABORT noted), and `other`'s; both closed after."""
+    from ringdist import aborts
+    from ringdist.endpoint import Endpoint
+
+    failed = Endpoint(b"late link secret", ["127.0.0.1"], connect_timeout=5, label=f"rank {rank}")
+    peer = Endpoint(b"late link secret", ["127.0.0.1"], connect_timeout=5, label=other)
+    try:
+        failed.note_aborted("world", wire.encode_map(wire.ABORT, aborts.abort_fields(MismatchError(message), rank, seq)))
+        yield failed, peer
     finally:
         failed.close()
-        dialer.close()
+        peer.close()
 
 
 def test_a_rank_waiting_for_a_link_can_ask_whether_the_group_failed_at_its_dialer():
     # 12 ranks over TCP, a rooted reduce that one rank called with another op: a rank whose
     # partner failed before dialing it heard nothing (the partner tells the peers it is linked to,
     # which had finished their part of the call) and waited out its timeout. It asks now.
-    from ringdist import aborts
-    from ringdist.endpoint import Endpoint
-
-    secret = b"ask secret"
-    failed = Endpoint(secret, ["127.0.0.1"], connect_timeout=5, label="rank 4")
-    waiting = Endpoint(secret, ["127.0.0.1"], connect_timeout=5, label="rank 6")
-    try:
-        frame = wire.encode_map(wire.ABORT, aborts.abort_fields(MismatchError("rank 2 called reduce"), 4, 0))
-        failed.note_aborted("world", frame)
+    with _failed_and_other("rank 2 called reduce", 4, 0, "rank 6") as (failed, waiting):
         told = waiting.ask_failed(failed.addresses, "world", 6, "rank 4 of group 'world'", 2.0)
         assert told is not None and told["error"] == "MismatchError" and told["seq"] == 0, told
         assert told["message"] == "rank 2 called reduce" and told["origin"] == 4, told
@@ -202,6 +201,3 @@ def test_a_rank_waiting_for_a_link_can_ask_whether_the_group_failed_at_its_diale
         assert waiting.ask_failed(failed.addresses, "world/0:0", 6, "rank 4 of group 'world/0:0'", 2.0) is None
         time.sleep(0.1)
         assert not failed._inbox, failed._inbox
-    finally:
-        failed.close()
-        waiting.close()
