@@ -9,6 +9,7 @@ Launch ranks with `ringdist-launch --hosts hosts.json script.py`. The API mirror
 """
 
 from .world import init, is_available
+from .any_source import recv_any, recv_object_any
 from .collectives import (all_gather, all_max, all_min, all_prod, all_reduce, all_sum, barrier, broadcast, gather, reduce,
                           reduce_scatter, sum_scatter)
 from .object_messages import recv_object, send_object
@@ -52,6 +53,8 @@ __all__ = [
     "recv_like",
     "send_object",
     "recv_object",
+    "recv_any",
+    "recv_object_any",
     "Work",
     *errors.__all__,
     "__version__",

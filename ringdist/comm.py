@@ -147,6 +147,7 @@ class Comm:
         self._p2p_in: dict[int, list] = {}  # peer -> [Channel, messages received]
         self._p2p_turns: dict[tuple[int, bool], threading.Lock] = {}  # (peer, outgoing) -> its message's turn
         self._p2p_holders: dict[tuple[int, bool], threading.Thread] = {}  # the thread that took each turn last
+        self.any_source_next = 0  # the rank an any-source receive looks at first (`any_source`)
         if size > 1:
             assert endpoint is not None
             try:
@@ -697,24 +698,37 @@ class Comm:
             if outgoing:
                 sock = self._endpoint.connect(self._addresses[peer], InboxKey(self.gid, self._rank, "p2p", 0),
                                               deadline, f"rank {peer} of group {self.gid!r}", up=True, check=check)
+                table[peer] = [Channel(sock, me=self._rank, peer=peer, group=self.gid, role="p2p-out"), 0]
             elif not wait:
-                found = self._endpoint.take_nowait(InboxKey(self.gid, peer, "p2p", 0),
-                                                   f"{op} in group {self.gid!r}: waiting for rank {peer} to send",
-                                                   self._addresses[peer])
-                if found is None:
+                if self.p2p_incoming(peer, op) is None:
                     return None
-                sock = found
             else:
                 sock = self._endpoint.take(InboxKey(self.gid, peer, "p2p", 0), deadline,
                                            f"{op} in group {self.gid!r}: waiting for rank {peer} to send",
                                            check=check, source=self._addresses[peer])
-            table[peer] = [Channel(sock, me=self._rank, peer=peer, group=self.gid,
-                                   role="p2p-out" if outgoing else "p2p-in"), 0]
+                table[peer] = [Channel(sock, me=self._rank, peer=peer, group=self.gid, role="p2p-in"), 0]
         elif outgoing:
             self._check_outgoing(table[peer][0], peer)
         entry = table[peer]
         entry[1] += 1
         return entry[0], entry[1] - 1
+
+    def p2p_incoming(self, peer: int, op: str, take: bool = True) -> Channel | None:
+        """The connection for messages from `peer` if it has arrived (nothing is counted), else
+        None; with `take` False, only one already taken. PeerLostError if `peer` left the job
+        without opening it (as a recv's wait for it finds)."""
+        entry = self._p2p_in.get(peer)
+        if entry is not None or not take:
+            return entry[0] if entry is not None else None
+        assert self._endpoint is not None
+        sock = self._endpoint.take_nowait(InboxKey(self.gid, peer, "p2p", 0),
+                                          f"{op} in group {self.gid!r}: waiting for rank {peer} to send",
+                                          self._addresses[peer])
+        if sock is None:
+            return None
+        ch = Channel(sock, me=self._rank, peer=peer, group=self.gid, role="p2p-in")
+        self._p2p_in[peer] = [ch, 0]
+        return ch
 
     def _check_outgoing(self, ch: Channel, peer: int) -> None:
         """Before a message goes on the open connection to `peer`: PeerLostError if that rank has

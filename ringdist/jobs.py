@@ -31,6 +31,9 @@ class Plan(Protocol):
     inflows: list[Inflow]
     outflows: list[Outflow]
     turn: Any  # its turn at the pair's direction once `open` took it (`Comm.p2p_turn`), else None
+    # An any-source receive's, until a message has chosen its `peer`: the ranks it may take one
+    # from (it waits in each one's lane: `lanes`); None for every other plan.
+    sources: list[int] | None
 
     def start(self) -> float: ...  # validate and allocate; the timeout in seconds
     def open(self, wait: bool) -> bool: ...  # the channel and the flows; False: not yet arrived

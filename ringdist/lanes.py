@@ -1,7 +1,9 @@
 """Background point-to-point: the messages the progress thread has started (sends and recvs
 of arrays and objects), one lane per (group, peer, direction). A lane's first job's flows
 move, driven by the thread's own poll loop; the rest of the lane wait their turn (messages
-of a pair go in order). A recv whose connection has not arrived tries again every CONNECT_RETRY seconds."""
+of a pair go in order). A recv whose connection has not arrived tries again every CONNECT_RETRY seconds.
+An any-source receive (`any_source`) waits in the lane of every rank it may take a message from,
+and looks for one where it leads; once a message has chosen its source, it leaves the others."""
 
 from __future__ import annotations
 
@@ -32,17 +34,17 @@ class Lanes:
         self._opening = False
 
     def add(self, job: Job) -> None:
-        plan = job.plan
-        assert plan is not None
-        key = (job.g, plan.peer, plan.outgoing)
-        lane = self.lanes.setdefault(key, deque())
-        lane.append(job)
-        if len(lane) == 1:
+        leads = False
+        for key in _keys(job):
+            lane = self.lanes.setdefault(key, deque())
+            lane.append(job)
+            leads = leads or len(lane) == 1
+        if leads:
             job.since = time.monotonic()
             self._open(job)
 
     def heads(self) -> list[Job]:
-        return [lane[0] for lane in self.lanes.values()]
+        return list(dict.fromkeys(lane[0] for lane in self.lanes.values()))  # (an any-source job leads several)
 
     def _open(self, job: Job) -> None:
         plan = job.plan
@@ -53,6 +55,9 @@ class Lanes:
                 jobs.finished(job, None, exc)
                 self._retire(job)
                 return
+        before = _keys(job)
+        if plan.sources is not None:  # type: ignore[union-attr]
+            plan.heads = [key[1] for key in before if self.lanes[key][0] is job]  # type: ignore[union-attr]
         try:
             job.opened = plan.open(False)  # type: ignore[union-attr]
             if job.opened:
@@ -61,16 +66,28 @@ class Lanes:
                 for flow in plan.outflows:  # type: ignore[union-attr]
                     flow.pump()
         except BaseException as exc:  # noqa: BLE001 - the job's error
+            self._leave(job, before)
             self._failed(job, exc)
             return
+        self._leave(job, before)
         if job.opened:
             self._check_done(job)
+
+    def _leave(self, job: Job, before: list[tuple]) -> None:
+        """An any-source job whose source a message chose leaves the other lanes it waited in."""
+        now = _keys(job)
+        for key in before:
+            if key not in now:
+                self._remove(job, key)
 
     def masks(self) -> dict[int, int]:
         masks = {self.wake_fd: engine.POLLIN}
         for job in self.heads():
             plan = job.plan
             if not job.opened:
+                if plan.sources is not None:  # type: ignore[union-attr]
+                    for fd in plan.watched():  # type: ignore[union-attr]
+                        masks[fd] = engine.POLLIN
                 continue
             fd = plan.ch.fd  # type: ignore[union-attr]
             mask = 0
@@ -112,7 +129,12 @@ class Lanes:
             return
         for job in self.heads():
             plan = job.plan
-            if not job.opened or plan.ch.fd != fd:  # type: ignore[union-attr]
+            if not job.opened:
+                if plan.sources is not None and fd in plan.watched():  # type: ignore[union-attr]
+                    self._open(job)  # a first message for an any-source receive
+                    return
+                continue
+            if plan.ch.fd != fd:  # type: ignore[union-attr]
                 continue
             try:
                 if ev & (engine.POLLIN | engine.POLLERR):
@@ -145,6 +167,8 @@ class Lanes:
                 if job.opened:
                     message = engine.stall_message(plan.inflows, plan.outflows, plan.op,  # type: ignore[union-attr]
                                                    job.g.rank(), job.timeout)
+                elif plan.sources is not None:  # type: ignore[union-attr]
+                    message = plan.waiting(job.timeout)  # type: ignore[union-attr]
                 elif plan.turn is None:  # type: ignore[union-attr]
                     message = busy_pair(job.g.rank(), plan.op, plan.peer, plan.outgoing,  # type: ignore[union-attr]
                                         job.g.gid, job.timeout)
@@ -170,9 +194,12 @@ class Lanes:
             self._retire(job)
 
     def _retire(self, job: Job) -> None:
-        plan = job.plan
-        plan.release()  # type: ignore[union-attr]
-        key = (job.g, plan.peer, plan.outgoing)  # type: ignore[union-attr]
+        job.plan.release()  # type: ignore[union-attr]
+        for key in _keys(job):
+            self._remove(job, key)
+
+    def _remove(self, job: Job, key: tuple) -> None:
+        """Take `job` out of lane `key`; open the lane's next job if it led."""
         lane = self.lanes.get(key)
         if lane is None or job not in lane:
             return  # already retired
@@ -216,7 +243,18 @@ class Lanes:
 
     def drop(self, g: Comm, reason: Callable[[str], BaseException]) -> None:
         """End every started point-to-point job of group `g`."""
+        ended: set[Job] = set()
         for key in [k for k in self.lanes if k[0] is g]:
             for job in self.lanes.pop(key):
-                job.plan.release()  # type: ignore[union-attr]
-                jobs.finished(job, None, reason(job.plan.op))  # type: ignore[union-attr]
+                if job not in ended:  # (an any-source job waits in several lanes)
+                    ended.add(job)
+                    job.plan.release()  # type: ignore[union-attr]
+                    jobs.finished(job, None, reason(job.plan.op))  # type: ignore[union-attr]
+
+
+def _keys(job: Job) -> list[tuple]:
+    """The lanes `job` waits in: its pair's direction; an any-source receive's, every rank's it may hear from."""
+    plan = job.plan
+    if plan.sources is not None:  # type: ignore[union-attr]
+        return [(job.g, s, False) for s in plan.sources]  # type: ignore[union-attr]
+    return [(job.g, plan.peer, plan.outgoing)]  # type: ignore[union-attr]

@@ -27,7 +27,7 @@ from .comm import Comm
 from .errors import MismatchError, ProtocolError, RingError
 from .flows import Inflow, Outflow, Segments, SizedInflow
 from .objects import Pickled, unpickle
-from .p2p import run_inline
+from .p2p import ANYONE, run_inline
 
 
 def _message_header(number: int, fields: dict[str, Any]) -> wire.Header:
@@ -39,6 +39,7 @@ class _Turned:
 
     op = ""
     outgoing = True
+    sources = None  # (an any-source receive's: `any_source`)
 
     def __init__(self, peer: Any, g: Comm, timeout: float | None):
         self.peer, self.g, self.timeout = peer, g, timeout
@@ -105,7 +106,8 @@ class _RecvObject(_Turned):
 
     def start(self) -> float:
         g = self.g
-        self.peer = g.check_peer(self.peer, "recv_object", "src")
+        if self.peer is not ANYONE:  # (an any-source receive's source is its first message's)
+            self.peer = g.check_peer(self.peer, "recv_object", "src")
         self.cap = g.settings.max_object_bytes
         g.check_usable("recv_object")
         return g._timeout(self.timeout)

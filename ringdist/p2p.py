@@ -25,6 +25,16 @@ from .comm import Comm
 from .flows import Inflow, Outflow, Segments
 
 
+class _Anyone:
+    """A receive's source until a message has chosen it (`any_source`)."""
+
+    def __repr__(self) -> str:
+        return "any rank"
+
+
+ANYONE = _Anyone()
+
+
 def _message_header(tag: str, shape: tuple[int, ...], number: int) -> wire.Header:
     return wire.Header(wire.make_header("send", number, tag, shape))
 
@@ -43,6 +53,7 @@ class _Send:
 
     op = "send"
     outgoing = True
+    sources = None  # (an any-source receive's: `any_source`)
 
     def __init__(self, x: Any, dst: Any, g: Comm, timeout: float | None):
         self.x, self.peer, self.g, self.timeout = x, dst, g, timeout
@@ -105,11 +116,11 @@ def run_inline(g: Comm, plan: Any, timeout: float | None) -> None:
         plan.release()
 
 
-def _expect_message(mine: dict[str, Any], theirs: dict[str, Any], ch: Channel) -> None:
+def _expect_message(mine: dict[str, Any], theirs: dict[str, Any], ch: Channel, op: str = "recv") -> None:
     if mine != theirs:
         got = dict(theirs)
         raise MismatchError(
-            f"rank {ch.me} expected recv(shape={tuple(mine['shape'])}, dtype={wire.describe_dtype(mine['dtype'])}) "
+            f"rank {ch.me} expected {op}(shape={tuple(mine['shape'])}, dtype={wire.describe_dtype(mine['dtype'])}) "
             f"from rank {ch.peer} but rank {ch.peer} sent {wire.describe_header(got)} (group {ch.group!r})")
 
 
@@ -119,6 +130,7 @@ class _Recv:
 
     op = "recv"
     outgoing = False
+    sources = None
 
     def __init__(self, shape: Any, dtype: Any, src: Any, g: Comm, timeout: float | None):
         self.shape, self.dtype, self.peer, self.g, self.timeout = shape, dtype, src, g, timeout
@@ -129,27 +141,28 @@ class _Recv:
 
     def start(self) -> float:
         g = self.g
-        self.peer = g.check_peer(self.peer, "recv", "src")
+        if self.peer is not ANYONE:  # (an any-source receive's source is its first message's)
+            self.peer = g.check_peer(self.peer, "recv", "src")
         dt = np.dtype(self.dtype)
         if dt.hasobject:
-            raise TypeError(f"rank {g.rank()}: recv: ringdist receives raw array bytes; object dtypes are not supported")
-        shape = _shape(self.shape, g.rank())
+            raise TypeError(f"rank {g.rank()}: {self.op}: ringdist receives raw array bytes; object dtypes are not supported")
+        shape = _shape(self.shape, g.rank(), self.op)
         try:
             self.out = buffers.cache.empty(shape, dt)
         except MemoryError:
-            raise MemoryError(f"rank {g.rank()}: recv: no memory for shape={shape}, dtype={dt} "
+            raise MemoryError(f"rank {g.rank()}: {self.op}: no memory for shape={shape}, dtype={dt} "
                               f"({math.prod(shape) * dt.itemsize} bytes)") from None
         except ValueError as exc:  # numpy's own limits: more than 32 dimensions, or past its sizes
-            raise ValueError(f"rank {g.rank()}: recv: shape={shape}, dtype={dt} cannot be allocated: {exc}") from None
+            raise ValueError(f"rank {g.rank()}: {self.op}: shape={shape}, dtype={dt} cannot be allocated: {exc}") from None
         # The array's dtype, not the one asked for: numpy sizes an unsized one ('S') and moves a
         # subarray dtype's shape into the array's, as the sender's array has them.
-        self.tag = _tag(self.out.dtype, "recv", g)
-        g.check_usable("recv")
+        self.tag = _tag(self.out.dtype, self.op, g)
+        g.check_usable(self.op)
         return g._timeout(self.timeout)
 
     def open(self, wait: bool = True) -> bool:
         if self.turn is None:  # held while the sender's connection is awaited: recvs keep their order
-            self.turn = self.g.p2p_turn(self.peer, False, "recv", self.timeout, wait)
+            self.turn = self.g.p2p_turn(self.peer, False, self.op, self.timeout, wait)
             if self.turn is None:
                 return False
         got = self.g.p2p_channel(self.peer, outgoing=False, timeout=self.timeout, wait=wait)
@@ -158,7 +171,9 @@ class _Recv:
         ch, number = got
         self.ch = ch
         header = _message_header(self.tag, self.out.shape, number)
-        self.inflows = [Inflow(ch, Segments([byte_view(self.out)]), "recv", header, check=_expect_message)]
+        op = self.op  # (recv_any's, for an any-source receive)
+        self.inflows = [Inflow(ch, Segments([byte_view(self.out)]), op, header,
+                               check=lambda mine, theirs, ch: _expect_message(mine, theirs, ch, op))]
         return True
 
     def result(self) -> np.ndarray:
@@ -167,20 +182,20 @@ class _Recv:
     release = _Send.release
 
 
-def _shape(shape: Any, rank: int) -> tuple[int, ...]:
+def _shape(shape: Any, rank: int, op: str = "recv") -> tuple[int, ...]:
     """recv's `shape` as a tuple: an integer or a sequence of them, none negative."""
     dims = (shape,) if isinstance(shape, numbers.Integral) else shape
     try:
         dims = tuple(dims)
     except TypeError:
-        raise TypeError(f"rank {rank}: recv: shape must be an integer or a sequence of integers, got "
+        raise TypeError(f"rank {rank}: {op}: shape must be an integer or a sequence of integers, got "
                         f"{type(shape).__name__}") from None
     for d in dims:
         if isinstance(d, bool) or not isinstance(d, numbers.Integral):
-            raise TypeError(f"rank {rank}: recv: shape={shape!r}: each dimension must be an integer, got "
+            raise TypeError(f"rank {rank}: {op}: shape={shape!r}: each dimension must be an integer, got "
                             f"{type(d).__name__}")
         if d < 0:
-            raise ValueError(f"rank {rank}: recv: shape={shape!r}: dimensions cannot be negative")
+            raise ValueError(f"rank {rank}: {op}: shape={shape!r}: dimensions cannot be negative")
     return tuple(int(d) for d in dims)
 
 

@@ -11,6 +11,7 @@ PUBLIC = {
     "sum_scatter", "broadcast", "barrier", "send", "recv", "recv_like", "Work",
     "gather", "scatter", "reduce", "all_to_all", "all_gather_object", "broadcast_object", "send_object",
     "recv_object", "scan", "gather_object", "scatter_object", "all_reduce", "reduce_scatter",
+    "recv_any", "recv_object_any",
     "RingError", "ConfigError", "ConnectError", "AuthError", "ProtocolError", "PeerLostError",
     "RingTimeoutError", "MismatchError", "GroupBrokenError", "__version__",
 }
@@ -35,7 +36,7 @@ def test_collectives_take_group_as_keyword_only():
     for name in ("all_gather", "all_sum", "all_max", "all_min", "all_prod", "sum_scatter", "broadcast",
                  "barrier", "send", "recv", "recv_like", "gather", "scatter", "reduce", "all_to_all",
                  "all_gather_object", "broadcast_object", "send_object", "recv_object", "scan", "gather_object",
-                 "scatter_object", "all_reduce", "reduce_scatter"):
+                 "scatter_object", "all_reduce", "reduce_scatter", "recv_any", "recv_object_any"):
         params = inspect.signature(getattr(rd, name)).parameters
         for keyword in ("group", "timeout"):
             assert params[keyword].kind is inspect.Parameter.KEYWORD_ONLY and params[keyword].default is None, name

@@ -1,0 +1,209 @@
+"""Receives from whichever rank sends first (MPI's ANY_SOURCE): recv_any and recv_object_any.
+
+An any-source receive watches the direct connections from every other rank of the group and
+takes the first message to arrive, as a recv (or recv_object) from its sender would: the result
+comes with the sender's rank. Messages from one rank still arrive in their order, and receives
+match messages in the order this rank posted them (MPI's rule; there are no tags): a receive
+from rank s posted before an any-source one gets s's next message first, and one posted after
+it waits until the any-source receive has its message. When messages from several ranks are
+waiting, the ranks take turns (the rank after the last sender first), so none is starved.
+
+A rank whose connection closes between messages (it closed the group, or left the job) drops
+out of the wait; once every rank has, PeerLostError. Nothing within the timeout:
+RingTimeoutError. A message of another shape, dtype or kind breaks the group, as for recv.
+"""
+
+from __future__ import annotations
+
+import select
+from typing import Any
+
+import numpy as np
+
+from . import deadlines, work
+from .calls import _comm
+from .comm import Comm
+from .errors import PeerLostError, RingTimeoutError
+from .object_messages import _RecvObject
+from .p2p import ANYONE, _Recv, run_inline
+
+CONNECT_RETRY = 0.005  # seconds between looks for connections not yet arrived (a blocking wait)
+POLL_SLICE = 0.05  # seconds a blocking wait polls before it looks at the group and the clock again
+
+
+class FromAny:
+    """An any-source receive as a plan (`jobs.Plan`): `inner`, a recv or recv_object, gets the
+    source of the first message that arrives. Until then `sources` lists the ranks it may take
+    one from; the progress thread sets `heads` to those whose lane it leads (`lanes`)."""
+
+    outgoing = False
+
+    def __init__(self, inner: Any, op: str, g: Comm, timeout: float | None):
+        self.inner, self.op, self.g, self.timeout = inner, op, g, timeout
+        if op == "recv_any":
+            inner.op = op  # named in its errors (an object's receive names itself: recv_object)
+        self.peer: int | None = None
+        self.sources: list[int] | None = None
+        self.heads: list[int] | None = None
+        self.left: dict[int, str] = {}  # ranks whose connection closed between messages, and why
+        self.limit = 0.0
+
+    # The plan's channel, flows and turn are its inner receive's, once it has a source.
+    ch = property(lambda self: self.inner.ch)
+    inflows = property(lambda self: self.inner.inflows)
+    outflows = property(lambda self: self.inner.outflows)
+    turn = property(lambda self: self.inner.turn)
+
+    def start(self) -> float:
+        g = self.g
+        if g.size() == 1:
+            raise ValueError(f"rank {g.rank()}: {self.op}: a group of size 1 has no other rank to receive from")
+        self.limit = self.inner.start()
+        me = g.rank()
+        self.sources = [s for s in range(g.size()) if s != me]
+        return self.limit
+
+    def open(self, wait: bool = True) -> bool:
+        if self.peer is None and not self._choose(wait):
+            return False
+        return self.inner.open(wait)
+
+    def result(self) -> tuple[int, Any]:
+        assert self.peer is not None
+        return self.peer, self.inner.result()
+
+    def release(self) -> None:
+        self.inner.release()
+
+    def watched(self) -> list[int]:
+        """The sockets to poll for a first message: the arrived connections of the ranks it may take one from."""
+        g = self.g
+        return [ch.fd for ch in (g.p2p_incoming(s, self.op, take=False) for s in self.heads or ())
+                if ch is not None and self.left.get(ch.peer) is None]
+
+    def waiting(self, limit: float) -> str:
+        """Why it failed to get a message in `limit` seconds."""
+        g = self.g
+        return f"rank {g.rank()}: {self.op} in group {g.gid!r}: no rank sent a message within {limit:g} s"
+
+    def _choose(self, wait: bool) -> bool:
+        """Take the first message's source (and its turn); False if none has come (`wait` False)."""
+        assert self.sources is not None
+        if not wait:  # on the progress thread: a look that does not wait, at the lanes it leads
+            return self._look(self.heads if self.heads is not None else self.sources, 0.0)
+        g = self.g
+        deadline = deadlines.after(self.limit)
+        while True:
+            g.check_usable(self.op)
+            left = deadlines.left(deadline)
+            if left <= 0:
+                raise RingTimeoutError(self.waiting(self.limit))
+            if self._look(self.sources, min(left, POLL_SLICE)):
+                return True
+
+    def _look(self, ranks: list[int], wait: float) -> bool:
+        """Whether a message from one of `ranks` has come, waiting up to `wait` seconds for one
+        (less while a connection has yet to arrive); if so its sender is this receive's source."""
+        g, op = self.g, self.op
+        start = g.any_source_next
+        order = sorted(ranks, key=lambda s: (s < start, s))  # from `start` on, then round to it
+        turns: dict[int, Any] = {}
+        channels: dict[int, Any] = {}
+        missing = staged = False
+        try:
+            for s in order:
+                if s in self.left:
+                    continue
+                turn = g.p2p_turn(s, False, op, self.timeout, wait=False)
+                if turn is None:
+                    continue  # another thread's receive from s has its turn: it came first
+                try:
+                    ch = g.p2p_incoming(s, op)
+                except PeerLostError as exc:  # s left the job without a word to this rank
+                    turn.release()
+                    self.left[s] = str(exc)
+                    continue
+                if ch is None:
+                    turn.release()
+                    missing = True
+                    continue
+                turns[s] = turn
+                channels[s] = ch
+                staged = staged or ch.staged() > 0
+            # Bytes already read ahead are a message: then the poll only says which ranks before it have one too.
+            chosen = self._first_ready(channels, 0.0 if staged else min(wait, CONNECT_RETRY) if missing else wait)
+            if chosen is None:
+                self._check_left()
+                return False
+            self.inner.turn = turns.pop(chosen)
+            self.peer = self.inner.peer = chosen
+            self.sources = None
+            g.any_source_next = chosen + 1
+            return True
+        finally:
+            for turn in turns.values():
+                turn.release()
+
+    def _first_ready(self, channels: dict[int, Any], wait: float) -> int | None:
+        """The first of `channels` (in their order) with bytes read ahead or to read, after a poll
+        of up to `wait` seconds; one found closed between messages is left out of the wait from then on."""
+        poller = select.poll()
+        for ch in channels.values():
+            poller.register(ch.fd, select.POLLIN)
+        ready = {fd for fd, _ in poller.poll(deadlines.poll_ms(wait))}
+        for s, ch in channels.items():
+            if ch.staged():
+                return s
+            if ch.fd not in ready:
+                continue
+            why = ch.gone()
+            if why == "":
+                return s
+            if why is not None:
+                self.left[s] = f"lost {ch.describe()}: {why}"
+        return None
+
+    def _check_left(self) -> None:
+        """PeerLostError once no rank is left that could send."""
+        assert self.sources is not None
+        if len(self.left) < len(self.sources):
+            return
+        g = self.g
+        whys = "; ".join(f"rank {s}: {why}" for s, why in sorted(self.left.items()))
+        raise PeerLostError(f"rank {g.rank()}: {self.op} in group {g.gid!r}: no rank is left to send ({whys})")
+
+
+def recv_any(shape: Any, dtype: Any, *, group: Comm | None = None, timeout: float | None = None,
+             async_op: bool = False) -> "tuple[int, np.ndarray] | work.Work":
+    """`(src, x)`: the first array any other rank of the group sends, of `shape` and `dtype`, and
+    its sender's rank (MPI's Recv from ANY_SOURCE); MismatchError if the sender's differs.
+
+    With `async_op=True`: a `Work` at once, whose `wait()` returns `(src, x)`."""
+    if async_op or work.active:
+        r = work.route("recv_any", group, async_op,
+                       lambda g: FromAny(_Recv(shape, dtype, ANYONE, g, timeout), "recv_any", g, timeout), p2p=True)
+        if r is not work.HERE:
+            return r
+    g = _comm(group, timeout)
+    plan = FromAny(_Recv(shape, dtype, ANYONE, g, timeout), "recv_any", g, timeout)
+    run_inline(g, plan, timeout)
+    return plan.result()
+
+
+def recv_object_any(*, group: Comm | None = None, timeout: float | None = None,
+                    async_op: bool = False) -> "tuple[int, Any] | work.Work":
+    """`(src, obj)`: the first object any other rank of the group sends with send_object, and its
+    sender's rank (mpi4py's `recv(source=ANY_SOURCE)`).
+
+    With `async_op=True`: a `Work` at once, whose `wait()` returns `(src, obj)` (unpickled there)."""
+    if async_op or work.active:
+        r = work.route("recv_object_any", group, async_op,
+                       lambda g: FromAny(_RecvObject(ANYONE, g, timeout), "recv_object_any", g, timeout), p2p=True,
+                       finish=lambda got, error: (got[0], got[1].unpickled()) if error is None else None)
+        if r is not work.HERE:
+            return r
+    g = _comm(group, timeout)
+    plan = FromAny(_RecvObject(ANYONE, g, timeout), "recv_object_any", g, timeout)
+    run_inline(g, plan, timeout)
+    src, received = plan.result()
+    return src, received.unpickled()

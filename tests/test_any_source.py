@@ -1,0 +1,220 @@
+"""Receives from any rank (recv_any, recv_object_any): which message each takes, in what order,
+beside receives from one rank, and how they fail. Ranks as threads over real connections; the
+ranks that leave the job are real processes under the launcher."""
+
+from __future__ import annotations
+
+import re
+import time
+
+import numpy as np
+import pytest
+
+import ringdist as rd
+from ringdist.errors import GroupBrokenError, MismatchError, PeerLostError, RingError, RingTimeoutError
+
+from harness import RankFailed, run_ranks
+from helpers import SCRIPTS, run_launcher
+
+
+def test_recv_any_takes_every_message_with_its_sender_and_each_sender_s_in_order():
+    n, each = 5, 3
+
+    def rank(g):
+        r = g.rank()
+        if r != 0:
+            for k in range(each):
+                rd.send(np.array([r, k, r * k], dtype=np.int32), 0, group=g)
+            return None
+        got = []
+        for _ in range((n - 1) * each):
+            src, x = rd.recv_any(3, np.int32, group=g)
+            assert x.dtype == np.int32 and x.shape == (3,)
+            got.append((src, x.tolist()))
+        return got
+
+    got = run_ranks(n, rank)[0]
+    for s in range(1, n):
+        assert [x for src, x in got if src == s] == [[s, k, s * k] for k in range(each)], got
+
+
+def test_recv_object_any_returns_each_sender_s_object_with_its_rank():
+    def rank(g):
+        r = g.rank()
+        if r != 0:
+            rd.send_object({"rank": r, "text": "x" * r}, 0, group=g)
+            return None
+        return sorted(rd.recv_object_any(group=g) for _ in range(g.size() - 1))
+
+    assert run_ranks(4, rank)[0] == [(s, {"rank": s, "text": "x" * s}) for s in (1, 2, 3)]
+
+
+def test_senders_whose_messages_all_wait_take_turns():
+    # Ranks 1 and 2 have four messages each waiting before rank 0 starts: it takes them in
+    # turn, not all of rank 1's first (a sender sending without pause would starve the other).
+    def rank(g):
+        r = g.rank()
+        if r != 0:
+            for k in range(4):
+                rd.send(np.full(2, k), 0, group=g)
+        rd.barrier(group=g)
+        if r == 0:
+            return [rd.recv_any(2, np.int64, group=g)[0] for _ in range(8)]
+        return None
+
+    assert run_ranks(3, rank)[0] == [1, 2, 1, 2, 1, 2, 1, 2]
+
+
+@pytest.mark.parametrize("first", ["recv", "recv_any"])
+def test_receives_match_messages_in_the_order_this_rank_posted_them(first):
+    # Posted first, a recv from rank 1 gets rank 1's first message and recv_any the next; posted
+    # first, recv_any gets rank 1's first message, and the recv from 1 waits for the second.
+    def rank(g):
+        r = g.rank()
+        if r == 1:
+            time.sleep(0.2)  # both receives are posted before anything arrives
+            rd.send(np.array([10]), 0, group=g)
+            rd.send(np.array([20]), 0, group=g)
+        if r != 0:
+            return None
+        if first == "recv":
+            one = rd.recv(1, np.int64, 1, group=g, async_op=True)
+            anyone = rd.recv_any(1, np.int64, group=g, async_op=True)
+        else:
+            anyone = rd.recv_any(1, np.int64, group=g, async_op=True)
+            one = rd.recv(1, np.int64, 1, group=g, async_op=True)
+        src, x = anyone.wait()
+        return src, int(x[0]), int(one.wait()[0])
+
+    assert run_ranks(3, rank)[0] == ((1, 20, 10) if first == "recv" else (1, 10, 20))
+
+
+def test_a_recv_from_one_rank_posted_after_recv_any_waits_for_it_even_when_its_rank_sent_first():
+    # Rank 2's message arrives while recv_any is still waiting: recv_any takes it (it was
+    # posted first), and the recv from 2 gets rank 2's second message.
+    def rank(g):
+        r = g.rank()
+        if r == 2:
+            rd.send(np.array([1]), 0, group=g)
+            rd.send(np.array([2]), 0, group=g)
+        if r == 1:
+            time.sleep(0.3)
+            rd.send(np.array([3]), 0, group=g)
+        if r != 0:
+            return None
+        anyone = rd.recv_any(1, np.int64, group=g, async_op=True)
+        two = rd.recv(1, np.int64, 2, group=g, async_op=True)
+        last = rd.recv_any(1, np.int64, group=g, async_op=True)
+        return [(s, int(x[0])) for s, x in (anyone.wait(), last.wait())], int(two.wait()[0])
+
+    assert run_ranks(3, rank)[0] == ([(2, 1), (1, 3)], 2)
+
+
+@pytest.mark.parametrize("async_op", [False, True])
+def test_a_message_of_another_shape_breaks_the_group_on_both_ranks(async_op):
+    def rank(g):
+        r = g.rank()
+        try:
+            if r == 2:
+                rd.send(np.zeros(4, np.float32), 0, group=g)
+            elif r == 0:
+                got = rd.recv_any(3, np.int64, group=g, async_op=async_op)
+                if async_op:
+                    got.wait()
+            rd.barrier(group=g)
+        except RingError as exc:
+            return type(exc), str(exc)
+        return None
+
+    outcomes = run_ranks(3, rank)
+    detail = ("rank 0 expected recv_any(shape=(3,), dtype=int64) from rank 2 but rank 2 sent "
+              "send(shape=(4,), dtype=float32) [call #0] (group 'world')")
+    assert outcomes[0] == (MismatchError, detail), outcomes
+    assert outcomes[2] == (MismatchError, f"rank 2: barrier aborted by rank 0: {detail}"), outcomes
+    assert outcomes[1][0] in (MismatchError, GroupBrokenError), outcomes
+
+
+@pytest.mark.parametrize("async_op", [False, True])
+def test_recv_any_with_no_sender_times_out_saying_so(async_op):
+    def rank(g):
+        if g.rank() != 0:
+            return None
+        began = time.monotonic()
+        try:
+            got = rd.recv_any(1, np.int8, group=g, timeout=0.4, async_op=async_op)
+            if async_op:
+                got.wait()
+        except RingTimeoutError as exc:
+            return str(exc), time.monotonic() - began
+        return "returned", 0.0
+
+    message, took = run_ranks(3, rank)[0]
+    assert message == "rank 0: recv_any in group 'world': no rank sent a message within 0.4 s"
+    assert 0.3 < took < 5, took
+
+
+def test_recv_any_refuses_a_group_of_one_and_bad_arguments_before_taking_a_message():
+    def rank(g):
+        r = g.rank()
+        if r == 1:
+            rd.send(np.arange(3), 0, group=g)
+            return None
+        errors = []
+        for call in (lambda: rd.recv_any((3, -1), np.int64, group=g),
+                     lambda: rd.recv_any(3, object, group=g),
+                     lambda: rd.recv_any(3, np.int64, group=g, timeout=-1)):
+            with pytest.raises((TypeError, ValueError)) as info:
+                call()
+            errors.append(str(info.value))
+        src, x = rd.recv_any(3, np.int64, group=g)  # the message is still there, for a good call
+        return errors, src, x.tolist()
+
+    errors, src, x = run_ranks(2, rank)[0]
+    assert "dimensions cannot be negative" in errors[0] and "object dtypes are not supported" in errors[1], errors
+    assert "timeout" in errors[2], errors
+    assert (src, x) == (1, [0, 1, 2])
+
+    def alone(g):
+        with pytest.raises(ValueError, match="rank 0: recv_any: a group of size 1 has no other rank to receive from"):
+            rd.recv_any(1, np.int8, group=g)
+        with pytest.raises(ValueError, match="rank 0: recv_object_any: a group of size 1"):
+            rd.recv_object_any(group=g)
+        return True
+
+    assert run_ranks(1, alone) == [True]
+
+
+def test_closing_a_group_ends_an_outstanding_recv_any():
+    # An async recv_any waits in every sender's lane: closing its group ends it once, with the
+    # closing error, as it does a send outstanding beside it, and the progress thread goes on
+    # serving other groups.
+    def rank(g):
+        sub = g.split(0)
+        if g.rank() != 0:
+            rd.barrier(group=g)
+            rd.send(np.array([7]), 0, group=g)
+            return None
+        pending = rd.recv_any(1, np.int64, group=sub, async_op=True)
+        unread = rd.send(np.zeros(1 << 22), 1, group=sub, async_op=True)  # 32 MB that rank 1 never takes
+        time.sleep(0.1)
+        sub.close()
+        for work in (pending, unread):
+            with pytest.raises(RingError, match="closed"):
+                work.wait(timeout=10)
+        rd.barrier(group=g)
+        return rd.recv_any(1, np.int64, group=g, async_op=True).wait(timeout=10)[0]
+
+    assert run_ranks(3, rank)[0] in (1, 2)
+
+
+def test_ranks_that_leave_drop_out_and_recv_any_says_when_none_is_left():
+    # Under the launcher: rank 1 sends and exits at once; rank 2 sends a second later. Rank 0
+    # gets both, then learns at once that nobody is left to send (not after its timeout).
+    res = run_launcher(["-n", "3", str(SCRIPTS / "any_source_leavers.py")], timeout=60,
+                       env={"RINGDIST_TIMEOUT": "30", "RINGDIST_CONNECT_TIMEOUT": "10"})
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "[0] got [(1, 1), (2, 2)]" in res.stdout, res.stdout + res.stderr
+    m = re.search(r"^\[0\] raised PeerLostError after ([\d.]+) s: rank 0: recv_any in group 'world': no rank is "
+                  r"left to send \(rank 1: .*; rank 2: .*\)$", res.stdout, re.M)
+    assert m, res.stdout + res.stderr
+    assert float(m.group(1)) < 10, m.group(0)
