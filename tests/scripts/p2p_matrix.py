@@ -1,4 +1,5 @@
-"""Point-to-point between any two ranks: every ordered pair, ping-pong, 0 B and 32 MiB, a shifted exchange."""
+"""Point-to-point between any two ranks: every ordered pair, ping-pong, 0 B and 32 MiB, a shifted
+exchange, and every rank receiving from every other with recv_any."""
 import time
 
 import numpy as np
@@ -56,6 +57,24 @@ else:
     got = rd.recv_like(payload, src)
     rd.send(payload, dst)
 assert (got == src).all()
+
+# any source: every rank sends each other rank three 1 MiB messages at once, and takes the
+# 3 (n - 1) messages it is sent with recv_any (queued behind its own sends: on the progress thread)
+sends = [rd.send(np.full(1 << 18, r * 10 + k, dtype=np.float32), dst, async_op=True)
+         for k in range(3) for dst in range(n) if dst != r]
+heard: dict[int, list[int]] = {}
+for _ in range(3 * (n - 1)):
+    src, x = rd.recv_any(1 << 18, np.float32)
+    assert (x == x[0]).all() and int(x[0]) // 10 == src, (src, x[:2])
+    heard.setdefault(src, []).append(int(x[0]) % 10)
+for w in sends:
+    w.wait()
+assert heard == {s: [0, 1, 2] for s in range(n) if s != r}, heard
+src, x = rd.recv_any((), np.float64) if r == 0 else (None, None)  # a 0-d message, from whichever rank
+if r == 1:
+    rd.send(np.float64(1.5), 0)
+if r == 0:
+    assert (src, float(x)) == (1, 1.5), (src, x)
 
 # mixed: reductions on a split group interleaved with world gathers and messages
 half = g.split(r % 2)
