@@ -677,14 +677,16 @@ class Channel:
     """An authenticated connection to `peer` (a rank of group `group`), in non-blocking mode.
 
     `buffers` is the (receive, send) buffer bytes of the socket, 0 leaving one to the
-    kernel; None means the process default (`configure_defaults`).
+    kernel; None means the process default (`configure_defaults`). `world`: the peer's rank
+    in the world group, named in errors where it differs from `peer` (in a sub-group).
     """
 
     def __init__(self, sock: socket.socket, *, me: int, peer: int, group: str, role: str, lane: int = 0,
-                 buffers: tuple[int, int] | None = None):
+                 buffers: tuple[int, int] | None = None, world: int | None = None):
         self.sock = sock
         self.me = me
         self.peer = peer
+        self.world = peer if world is None else world
         self.group = group
         self.role = role  # "left", "right", "p2p-in", "p2p-out": how this rank uses it
         self.lane = lane
@@ -700,7 +702,8 @@ class Channel:
         self._looker: Any = None  # a poll of this socket alone, for `gone`
 
     def describe(self) -> str:
-        return f"rank {self.peer} ({self.address}, {self.role} link of group {self.group!r})"
+        world = f"world rank {self.world}, " if self.world != self.peer else ""
+        return f"rank {self.peer} ({world}{self.address}, {self.role} link of group {self.group!r})"
 
     def staged(self) -> int:
         return self.reader.end - self.reader.start

@@ -152,7 +152,7 @@ class Comm:
             assert endpoint is not None
             try:
                 self.ring = RingLinks(endpoint, gid, rank, size, addresses, settings.lanes,
-                                      settings.connect_timeout)
+                                      settings.connect_timeout, world_ranks)
             except BaseException:
                 endpoint.discard(gid)  # what its peers filed here for it, and will (ids are not reused)
                 raise
@@ -698,7 +698,8 @@ class Comm:
             if outgoing:
                 sock = self._endpoint.connect(self._addresses[peer], InboxKey(self.gid, self._rank, "p2p", 0),
                                               deadline, f"rank {peer} of group {self.gid!r}", up=True, check=check)
-                table[peer] = [Channel(sock, me=self._rank, peer=peer, group=self.gid, role="p2p-out"), 0]
+                table[peer] = [Channel(sock, me=self._rank, peer=peer, group=self.gid, role="p2p-out",
+                                               world=self._world_ranks[peer]), 0]
             elif not wait:
                 if self.p2p_incoming(peer, op) is None:
                     return None
@@ -706,7 +707,8 @@ class Comm:
                 sock = self._endpoint.take(InboxKey(self.gid, peer, "p2p", 0), deadline,
                                            f"{op} in group {self.gid!r}: waiting for rank {peer} to send",
                                            check=check, source=self._addresses[peer])
-                table[peer] = [Channel(sock, me=self._rank, peer=peer, group=self.gid, role="p2p-in"), 0]
+                table[peer] = [Channel(sock, me=self._rank, peer=peer, group=self.gid, role="p2p-in",
+                                       world=self._world_ranks[peer]), 0]
         elif outgoing:
             self._check_outgoing(table[peer][0], peer)
         entry = table[peer]
@@ -726,7 +728,7 @@ class Comm:
                                           self._addresses[peer])
         if sock is None:
             return None
-        ch = Channel(sock, me=self._rank, peer=peer, group=self.gid, role="p2p-in")
+        ch = Channel(sock, me=self._rank, peer=peer, group=self.gid, role="p2p-in", world=self._world_ranks[peer])
         self._p2p_in[peer] = [ch, 0]
         return ch
 

@@ -33,6 +33,7 @@ class Links:
     def __init__(self, endpoint: Endpoint, ring: RingLinks, addresses: list[list[tuple[str, int]]]):
         self.endpoint = endpoint
         self.group, self.rank, self.size = ring.group, ring.rank, ring.size
+        self.world_ranks = ring.world_ranks
         self.addresses = addresses
         self.peers: dict[int, Channel] = {}
         self.own: list[Channel] = []
@@ -67,7 +68,7 @@ class Links:
             sock = self.endpoint.take(InboxKey(self.group, p, KIND, 0), accept_deadline,
                                       f"group {self.group!r}: waiting for rank {p} to connect", check=check,
                                       source=self.addresses[p])
-        ch = Channel(sock, me=self.rank, peer=p, group=self.group, role=KIND)
+        ch = Channel(sock, me=self.rank, peer=p, group=self.group, role=KIND, world=self.world_ranks[p])
         self.own.append(ch)
         self._file(p, ch)
         return ch

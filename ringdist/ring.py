@@ -17,10 +17,12 @@ class RingLinks:
     """The channels of one rank in one group's ring."""
 
     def __init__(self, endpoint: Endpoint, group: str, rank: int, size: int,
-                 addresses: list[list[tuple[str, int]]], lanes: int, timeout: float):
+                 addresses: list[list[tuple[str, int]]], lanes: int, timeout: float,
+                 world_ranks: list[int] | None = None):
         self.group = group
         self.rank = rank
         self.size = size
+        self.world_ranks = world_ranks or list(range(size))  # each rank's in the world, for errors
         self.right: list[Channel] = []
         self.left: list[Channel] = []
         right, left = (rank + 1) % size, (rank - 1) % size
@@ -29,12 +31,14 @@ class RingLinks:
             for lane in range(lanes):
                 sock = endpoint.connect(addresses[right], InboxKey(group, rank, "ring", lane), deadline,
                                         f"rank {right} of group {group!r}", up=True)
-                self.right.append(Channel(sock, me=rank, peer=right, group=group, role="right", lane=lane))
+                self.right.append(Channel(sock, me=rank, peer=right, group=group, role="right", lane=lane,
+                                          world=self.world_ranks[right]))
             for lane in range(lanes):
                 sock = endpoint.take(InboxKey(group, left, "ring", lane), deadline,
                                      f"ring of group {group!r}: waiting for rank {left} to connect (lane {lane})",
                                      source=addresses[left])
-                self.left.append(Channel(sock, me=rank, peer=left, group=group, role="left", lane=lane))
+                self.left.append(Channel(sock, me=rank, peer=left, group=group, role="left", lane=lane,
+                                         world=self.world_ranks[left]))
         except BaseException:
             self.close()
             raise

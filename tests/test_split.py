@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import re
+import time
 
+import numpy as np
 import pytest
 
+import ringdist as rd
+
+from harness import run_ranks
 from helpers import ROOT, SCRIPTS, run_launcher
 
 FAST = {"RINGDIST_TIMEOUT": "20", "RINGDIST_CONNECT_TIMEOUT": "10"}
@@ -65,3 +70,31 @@ def test_split_arguments_are_checked_before_anything_is_sent():
         assert found[1].startswith(f"ValueError: rank {r}: Group.split: key=-9223372036854775809 is out of range")
         assert found[2] == f"TypeError: rank {r}: Group.split: color must be an integer, got float", found
         assert found[3] == f"TypeError: rank {r}: Group.split: key must be an integer, got bool", found
+
+
+def test_errors_in_a_sub_group_name_a_peer_s_world_rank_too():
+    # Ranks reversed by key: group rank 0 is world rank 2. A rank that stays away from a
+    # sub-group's call is named by both ranks in its peers' timeout (group ranks alone did not
+    # say which process it was).
+    def rank(g):
+        sub = g.split(0, key=g.size() - g.rank())
+        if g.rank() == 2:
+            time.sleep(2)  # (its connections close when it returns)
+            return None
+        with pytest.raises(rd.RingTimeoutError) as info:
+            rd.all_sum(np.ones(4), group=sub, timeout=0.5)
+        return str(info.value)
+
+    messages = run_ranks(3, rank, shm=False)
+    assert "rank 0 (world rank 2, 127.0.0.1:" in messages[1], messages
+    assert "world rank" not in run_ranks(2, lambda g: str(_stall_message(g)), shm=False)[0]
+
+
+def _stall_message(g):
+    """In the world group: no world rank is named beside the rank (they are the same)."""
+    if g.rank() == 1:
+        time.sleep(2)
+        return None
+    with pytest.raises(rd.RingTimeoutError) as info:
+        rd.all_sum(np.ones(4), group=g, timeout=0.5)
+    return info.value
