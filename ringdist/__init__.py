@@ -22,6 +22,7 @@ from .group import Group
 from .p2p import recv, recv_like, send
 from .prefix import scan
 from .work import Work
+from .handle import wait_all, wait_any
 
 __version__ = "0.1.0"
 
@@ -56,6 +57,8 @@ __all__ = [
     "recv_any",
     "recv_object_any",
     "Work",
+    "wait_any",
+    "wait_all",
     *errors.__all__,
     "__version__",
 ]

@@ -16,6 +16,7 @@ log = logging.getLogger("ringdist")
 
 lock = threading.Lock()  # guards `unreported` and the job queue (`jobs`); a forked child makes its own
 unreported: "weakref.WeakSet[Work]" = weakref.WeakSet()  # every handle not yet reported as failed
+finishing = threading.Condition()  # notified as each handle completes (`wait_any`); a forked child makes its own
 
 
 class Work:
@@ -86,6 +87,8 @@ class Work:
         if error is None:
             unreported.discard(self)
         self._event.set()
+        with finishing:
+            finishing.notify_all()
 
     def fail_in_child(self, error: BaseException) -> None:
         """In a forked child: the handle of the parent's operation, failed, and the parent's to report."""
@@ -108,10 +111,64 @@ class Work:
             pass
 
 
+def wait_any(works: "list[Work]", timeout: float | None = None) -> tuple[int, Any]:
+    """`(i, result)`: the first of `works` (in list order) that is done, and its result, waiting
+    for one to finish (MPI's Waitany); its error is raised instead if it failed. After `timeout`
+    seconds (None: no limit) RingTimeoutError says none has finished, and every handle stays valid."""
+    works = list(works)
+    if not works or not all(isinstance(w, Work) for w in works):
+        raise TypeError("wait_any: works must be a non-empty sequence of ringdist Work handles")
+    if timeout is not None and timeout != 0:
+        timeout = deadlines.check_timeout(timeout)
+    deadline = None if timeout is None else deadlines.after(timeout)
+    with finishing:  # looked at under the condition that completions notify: none is missed
+        while True:
+            for i, w in enumerate(works):
+                if w._event.is_set():
+                    break
+            else:
+                if deadline is not None and deadlines.passed(deadline):
+                    raise RingTimeoutError(f"rank {works[0].rank}: wait_any: none of {len(works)} operations "
+                                           f"finished within wait_any(timeout={timeout:g})")
+                finishing.wait(deadlines.wait_slice(60.0 if deadline is None else deadlines.left(deadline)))
+                continue
+            break
+    return i, w.wait()
+
+
+def wait_all(works: "list[Work]", timeout: float | None = None) -> list[Any]:
+    """Every handle's result, in order, once all of `works` are done (MPI's Waitall); if any
+    failed, the first error in list order is raised, after all have finished. After `timeout`
+    seconds (None: no limit) RingTimeoutError names how many are still outstanding."""
+    works = list(works)
+    if not all(isinstance(w, Work) for w in works):
+        raise TypeError("wait_all: works must be a sequence of ringdist Work handles")
+    if timeout is not None and timeout != 0:
+        timeout = deadlines.check_timeout(timeout)
+    deadline = None if timeout is None else deadlines.after(timeout)
+    for w in works:
+        while not w._event.wait(deadlines.wait_slice(60.0 if deadline is None else deadlines.left(deadline))):
+            if deadline is not None and deadlines.passed(deadline):
+                outstanding = sum(not x.done() for x in works)
+                raise RingTimeoutError(f"rank {w.rank}: wait_all: {outstanding} of {len(works)} operations "
+                                       f"still outstanding after wait_all(timeout={timeout:g})")
+    results, first = [], None
+    for w in works:
+        try:
+            results.append(w.wait())
+        except BaseException as exc:  # noqa: BLE001 - raised below, once every handle is looked at
+            results.append(None)
+            first = first if first is not None else exc
+    if first is not None:
+        raise first
+    return results
+
+
 def after_fork_in_child() -> None:
     """A forked child's handles: a fresh lock; the parent's handles are the parent's to report."""
-    global lock
+    global lock, finishing
     lock = threading.Lock()
+    finishing = threading.Condition()
     for work in list(unreported):
         work._waited = True
     unreported.clear()

@@ -11,7 +11,7 @@ PUBLIC = {
     "sum_scatter", "broadcast", "barrier", "send", "recv", "recv_like", "Work",
     "gather", "scatter", "reduce", "all_to_all", "all_gather_object", "broadcast_object", "send_object",
     "recv_object", "scan", "gather_object", "scatter_object", "all_reduce", "reduce_scatter",
-    "recv_any", "recv_object_any",
+    "recv_any", "recv_object_any", "wait_any", "wait_all",
     "RingError", "ConfigError", "ConnectError", "AuthError", "ProtocolError", "PeerLostError",
     "RingTimeoutError", "MismatchError", "GroupBrokenError", "__version__",
 }
