@@ -19,6 +19,7 @@ from .uneven import all_to_all, scatter
 from . import errors
 from .errors import *  # noqa: F403 - the exception tree is part of the API
 from .group import Group
+from .locations import all_maxloc, all_minloc
 from .p2p import recv, recv_like, send
 from .prefix import scan
 from .work import Work
@@ -36,6 +37,8 @@ __all__ = [
     "all_min",
     "all_prod",
     "all_reduce",
+    "all_maxloc",
+    "all_minloc",
     "sum_scatter",
     "reduce_scatter",
     "broadcast",

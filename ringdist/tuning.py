@@ -28,6 +28,8 @@ KIND_OF = {"all_gather": "gather", "barrier": "barrier", "split": "gather", "bro
            **{op + "_scatter": "reduce_scatter" for op in REDUCE_OPS},  # sum_scatter ... bxor_scatter
            # A rooted reduce runs all_<op>'s rows, so its root gets all_<op>'s very bits.
            "gather": "gather_root", "reduce": "reduce",
+           # MAXLOC and MINLOC: two all-reduces under the call's name (`locations`).
+           "all_maxloc": "reduce", "all_minloc": "reduce",
            # Blocks whose sizes ride in the headers (algorithms/blocks.py); chosen without the size,
            # which may differ by rank.
            "all_to_all": "all_to_all", "scatter": "scatter", "all_gather_uneven": "gather_v", "scan": "scan",

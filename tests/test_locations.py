@@ -1,0 +1,111 @@
+"""all_maxloc and all_minloc (MPI's MAXLOC and MINLOC) against numpy's answer, on ranks as
+threads over real connections: ties, NaNs, integers, bool, given indices; and their errors."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+
+import ringdist as rd
+from ringdist.errors import MismatchError, RingError
+
+from harness import run_ranks
+
+
+def _expected(blocks, which, indices):
+    """numpy's extreme of each element over the ranks, and the least index of a rank holding it."""
+    stack = np.stack(blocks)
+    values = np.max(stack, axis=0) if which == "max" else np.min(stack, axis=0)
+    held = stack == values
+    if stack.dtype.kind == "f":
+        held |= np.isnan(stack) & np.isnan(values)
+    where = np.where(held, np.stack(indices), np.iinfo(np.int64).max).min(axis=0)
+    return values, where
+
+
+def _block(r, dtype, shape, seed):
+    rng = np.random.default_rng(seed * 100 + r)
+    x = rng.integers(0, 4, size=shape).astype(dtype)  # few values: many ties
+    if np.dtype(dtype).kind == "f" and x.size:
+        x.flat[rng.integers(0, x.size)] = np.nan if r % 2 else x.flat[0]
+    return x
+
+
+@pytest.mark.parametrize("n", [2, 3, 5])
+@pytest.mark.parametrize("which", ["max", "min"])
+@pytest.mark.parametrize("dtype, shape", [(np.float64, (40,)), (np.int16, (3, 7)), (np.bool_, (9,)),
+                                          (np.float32, ()), (np.uint8, (70000,))])
+@pytest.mark.parametrize("given", [False, True])
+def test_every_rank_gets_numpy_s_extremes_and_the_least_index_holding_each(n, which, dtype, shape, given):
+    seed = n * 7 + len(shape)
+    blocks = [_block(r, dtype, shape, seed) for r in range(n)]
+    indices = [np.full(shape, r) if not given else (np.arange(int(np.prod(shape))).reshape(shape) * n + (n - 1 - r))
+               for r in range(n)]
+    call = rd.all_maxloc if which == "max" else rd.all_minloc
+
+    def rank(g):
+        r = g.rank()
+        return call(blocks[r], indices[r] if given else None, group=g)
+
+    values, where = _expected(blocks, which, indices)
+    for got_values, got_where in run_ranks(n, rank):
+        assert got_values.dtype == np.dtype(dtype) and got_where.dtype == np.int64
+        np.testing.assert_array_equal(got_values, values)  # NaN where numpy has NaN
+        np.testing.assert_array_equal(got_where, where)
+
+
+def test_async_and_a_group_of_one():
+    def rank(g):
+        w = rd.all_minloc(np.array([g.rank(), -g.rank()]), async_op=True, group=g)
+        values, where = w.wait()
+        return values.tolist(), where.tolist()
+
+    assert run_ranks(3, rank) == [([0, -2], [0, 2])] * 3
+    assert run_ranks(1, lambda g: [a.tolist() for a in rd.all_maxloc(np.array([4.0]), 9, group=g)]) == [[[4.0], [9]]]
+
+
+def test_all_maxloc_never_pairs_with_all_max():
+    def rank(g):
+        try:
+            if g.rank() == 0:
+                rd.all_maxloc(np.ones(3), group=g)
+            else:
+                rd.all_max(np.ones(3), group=g)
+        except RingError as exc:
+            return type(exc)
+        return None
+
+    outcomes = run_ranks(2, rank)
+    assert MismatchError in outcomes and all(o is not None for o in outcomes), outcomes
+
+
+@pytest.mark.parametrize("index, error", [("x", "index must be an integer or integers, got dtype <U1"),
+                                          (True, "index must be an integer or integers, got True"),
+                                          (np.zeros(4, int), r"index of shape \(4,\) does not fit x's shape \(3,\)"),
+                                          (np.array([2**64 - 1] * 3, np.uint64), "index values must fit in int64")])
+def test_a_bad_index_on_one_rank_fails_the_call_on_every_rank(index, error):
+    def rank(g):
+        try:
+            rd.all_maxloc(np.ones(3), index if g.rank() == 1 else None, group=g, timeout=20)
+        except (TypeError, ValueError, RingError) as exc:
+            return str(exc)
+        return "returned"
+
+    outcomes = run_ranks(3, rank)
+    assert re.search(f"rank 1: all_maxloc: {error}", outcomes[1]), outcomes
+    assert all("aborted by rank 1" in o for o in (outcomes[0], outcomes[2])), outcomes
+
+
+def test_a_dtype_that_cannot_be_compared_is_refused_on_every_rank():
+    def rank(g):
+        try:
+            rd.all_minloc(np.array(["a"]) if g.rank() == 0 else np.array([1.0]), group=g)
+        except (TypeError, RingError) as exc:
+            return str(exc)
+        return "returned"
+
+    outcomes = run_ranks(2, rank)
+    assert "rank 0: all_minloc: dtype <U1 is not numeric or bool" in outcomes[0], outcomes
+    assert "aborted by rank 0" in outcomes[1], outcomes
