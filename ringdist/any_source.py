@@ -76,10 +76,15 @@ class FromAny:
         self.inner.release()
 
     def watched(self) -> list[int]:
-        """The sockets to poll for a first message: the arrived connections of the ranks it may take one from."""
+        """The sockets to poll for a first message: the arrived connections of the ranks it may take
+        one from whose turn is free (one another thread holds would wake the poll for nothing)."""
         g = self.g
-        return [ch.fd for ch in (g.p2p_incoming(s, self.op, take=False) for s in self.heads or ())
-                if ch is not None and self.left.get(ch.peer) is None]
+        found = []
+        for s in self.heads or ():
+            ch = g.p2p_incoming(s, self.op, take=False)
+            if ch is not None and s not in self.left and not g.p2p_busy(s, False):
+                found.append(ch.fd)
+        return found
 
     def waiting(self, limit: float) -> str:
         """Why it failed to get a message in `limit` seconds."""
@@ -87,51 +92,67 @@ class FromAny:
         return f"rank {g.rank()}: {self.op} in group {g.gid!r}: no rank sent a message within {limit:g} s"
 
     def _choose(self, wait: bool) -> bool:
-        """Take the first message's source (and its turn); False if none has come (`wait` False)."""
+        """Take the first message's source (and its turn); False if none has come (`wait` False).
+
+        On the progress thread the lanes keep its place in each sender's queue, and a look holds
+        no turn. A blocking one keeps each turn it takes until its message has come: a receive
+        from that rank posted later (another thread's) waits for it."""
         assert self.sources is not None
         if not wait:  # on the progress thread: a look that does not wait, at the lanes it leads
-            return self._look(self.heads if self.heads is not None else self.sources, 0.0)
+            return self._look(self.heads if self.heads is not None else self.sources, 0.0, None)
         g = self.g
         deadline = deadlines.after(self.limit)
-        while True:
-            g.check_usable(self.op)
-            left = deadlines.left(deadline)
-            if left <= 0:
-                raise RingTimeoutError(self.waiting(self.limit))
-            if self._look(self.sources, min(left, POLL_SLICE)):
-                return True
+        held: dict[int, Any] = {}
+        try:
+            while True:
+                g.check_usable(self.op)
+                left = deadlines.left(deadline)
+                if left <= 0:
+                    raise RingTimeoutError(self.waiting(self.limit))
+                if self._look(self.sources, min(left, POLL_SLICE), held):
+                    return True
+        finally:
+            for turn in held.values():
+                turn.release()
 
-    def _look(self, ranks: list[int], wait: float) -> bool:
+    def _look(self, ranks: list[int], wait: float, held: dict[int, Any] | None) -> bool:
         """Whether a message from one of `ranks` has come, waiting up to `wait` seconds for one
-        (less while a connection has yet to arrive); if so its sender is this receive's source."""
+        (less while a connection has yet to arrive); if so its sender is this receive's source,
+        and its turn the inner receive's. `held`: the turns a blocking receive keeps between
+        looks (taken out as they are given up or handed on); None on the progress thread."""
         g, op = self.g, self.op
+        keep = held is not None
         start = g.any_source_next
         order = sorted(ranks, key=lambda s: (s < start, s))  # from `start` on, then round to it
-        turns: dict[int, Any] = {}
+        turns: dict[int, Any] = held if held is not None else {}
         channels: dict[int, Any] = {}
         missing = staged = False
         try:
             for s in order:
                 if s in self.left:
                     continue
-                turn = g.p2p_turn(s, False, op, self.timeout, wait=False)
+                turn = turns.get(s) or g.p2p_turn(s, False, op, self.timeout, wait=False)
                 if turn is None:
-                    continue  # another thread's receive from s has its turn: it came first
+                    continue  # another receive from s has its turn: it came first
+                turns[s] = turn
                 try:
                     ch = g.p2p_incoming(s, op)
                 except PeerLostError as exc:  # s left the job without a word to this rank
-                    turn.release()
-                    self.left[s] = str(exc)
+                    self.left[s] = g.departure(s) or str(exc)
+                    turns.pop(s).release()
                     continue
                 if ch is None:
-                    turn.release()
                     missing = True
+                    if not keep:
+                        turns.pop(s).release()
                     continue
-                turns[s] = turn
                 channels[s] = ch
                 staged = staged or ch.staged() > 0
             # Bytes already read ahead are a message: then the poll only says which ranks before it have one too.
             chosen = self._first_ready(channels, 0.0 if staged else min(wait, CONNECT_RETRY) if missing else wait)
+            for s in channels:
+                if s in self.left:
+                    turns.pop(s).release()  # closed between messages: out of the wait
             if chosen is None:
                 self._check_left()
                 return False
@@ -141,8 +162,10 @@ class FromAny:
             g.any_source_next = chosen + 1
             return True
         finally:
-            for turn in turns.values():
-                turn.release()
+            if not keep:
+                for turn in turns.values():
+                    turn.release()
+                turns.clear()
 
     def _first_ready(self, channels: dict[int, Any], wait: float) -> int | None:
         """The first of `channels` (in their order) with bytes read ahead or to read, after a poll

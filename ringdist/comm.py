@@ -732,12 +732,21 @@ class Comm:
         self._p2p_in[peer] = [ch, 0]
         return ch
 
+    def p2p_busy(self, peer: int, outgoing: bool) -> bool:
+        """Whether a message's turn at the pair's direction is taken now (`p2p_turn`)."""
+        turn = self._p2p_turns.get((peer, outgoing))
+        return turn is not None and turn.locked()
+
+    def departure(self, peer: int) -> str | None:
+        """Why rank `peer` left the job, if this rank has heard that it did."""
+        return self._endpoint.departed(self._addresses[peer]) if self._endpoint is not None else None
+
     def _check_outgoing(self, ch: Channel, peer: int) -> None:
         """Before a message goes on the open connection to `peer`: PeerLostError if that rank has
         left the job or closed the connection, its ABORT if it sent one. Otherwise a small message
         would land in the kernel's buffer of a connection nobody reads, and its send return as if
         delivered. (A rank that leaves after this look is the message's loss, as in MPI.)"""
-        why = self._endpoint.departed(self._addresses[peer]) if self._endpoint is not None else None
+        why = self.departure(peer)
         if why is None:
             why = "" if ch.reader.staged() else ch.gone()
             if why is None:
@@ -787,8 +796,8 @@ class Comm:
             if (turn.locked() and holder is not None and holder is not me and holder.is_alive()
                     and holder.ident not in engine.backgrounds):
                 raise RingError(f"rank {self._rank}: group {self.gid!r} cannot be closed from thread {me.name!r} "
-                                f"while a message {'to' if outgoing else 'from'} rank {peer} is under way on it "
-                                f"from thread {holder.name!r}: close it once that call has returned")
+                                f"while a message {'to' if outgoing else 'from'} rank {peer} is awaited or under way "
+                                f"on it from thread {holder.name!r}: close it once that call has returned")
 
     def _release(self) -> None:
         if self._closed:

@@ -44,9 +44,17 @@ class Lanes:
             self._open(job)
 
     def heads(self) -> list[Job]:
-        return list(dict.fromkeys(lane[0] for lane in self.lanes.values()))  # (an any-source job leads several)
+        heads, seen = [], set()
+        for lane in self.lanes.values():
+            job = lane[0]
+            if id(job) not in seen:  # (an any-source job may lead several lanes)
+                seen.add(id(job))
+                heads.append(job)
+        return heads
 
     def _open(self, job: Job) -> None:
+        if job.finished:  # an any-source job ended from another of its lanes since the caller looked
+            return
         plan = job.plan
         if job.g._broken or job.g._closed:  # an earlier operation failed: this one never starts
             try:
@@ -72,6 +80,10 @@ class Lanes:
         self._leave(job, before)
         if job.opened:
             self._check_done(job)
+
+    def _leads(self, job: Job, but: tuple) -> bool:
+        """Whether `job` leads a lane other than `but`."""
+        return any(key != but and key in self.lanes and self.lanes[key][0] is job for key in _keys(job))
 
     def _leave(self, job: Job, before: list[tuple]) -> None:
         """An any-source job whose source a message chose leaves the other lanes it waited in."""
@@ -158,6 +170,8 @@ class Lanes:
         """Try again the recvs whose connection had not arrived; time out stalled jobs."""
         now = time.monotonic()
         for job in self.heads():
+            if job.finished:
+                continue  # ended by an earlier one's opening (an any-source job, from another of its lanes)
             if not job.opened:
                 self._open(job)
                 if job.opened or job.finished:
@@ -208,8 +222,10 @@ class Lanes:
         if not lane:
             del self.lanes[key]
         elif was_head:
-            lane[0].since = time.monotonic()
-            self._open_next(lane[0])
+            head = lane[0]
+            if not self._leads(head, key):  # (an any-source job leading another lane has been waiting since)
+                head.since = time.monotonic()
+            self._open_next(head)
 
     def _open_next(self, head: Job) -> None:
         """Open a lane's new head. One that completes at once (its bytes read ahead) retires in
@@ -243,11 +259,11 @@ class Lanes:
 
     def drop(self, g: Comm, reason: Callable[[str], BaseException]) -> None:
         """End every started point-to-point job of group `g`."""
-        ended: set[Job] = set()
+        ended: set[int] = set()
         for key in [k for k in self.lanes if k[0] is g]:
             for job in self.lanes.pop(key):
-                if job not in ended:  # (an any-source job waits in several lanes)
-                    ended.add(job)
+                if id(job) not in ended:  # (an any-source job waits in several lanes)
+                    ended.add(id(job))
                     job.plan.release()  # type: ignore[union-attr]
                     jobs.finished(job, None, reason(job.plan.op))  # type: ignore[union-attr]
 

@@ -237,7 +237,7 @@ def test_closing_a_group_while_another_thread_waits_in_a_recv_on_it_is_refused()
         while not any(turn.locked() for turn in sub._p2p_turns.values()) and time.monotonic() < deadline:
             time.sleep(0.001)  # the waiter is in its recv
         with pytest.raises(rd.RingError, match=r"rank 0: group 'world/0:0' cannot be closed from thread "
-                           r"'harness-rank-0' while a message from rank 1 is under way on it from thread 'waiter'"):
+                           r"'harness-rank-0' while a message from rank 1 is awaited or under way on it from thread 'waiter'"):
             sub.close()
         sent.set()
         waiter.join(20)

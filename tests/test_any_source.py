@@ -5,6 +5,7 @@ ranks that leave the job are real processes under the launcher."""
 from __future__ import annotations
 
 import re
+import threading
 import time
 
 import numpy as np
@@ -218,3 +219,126 @@ def test_ranks_that_leave_drop_out_and_recv_any_says_when_none_is_left():
                   r"left to send \(rank 1: .*; rank 2: .*\)$", res.stdout, re.M)
     assert m, res.stdout + res.stderr
     assert float(m.group(1)) < 10, m.group(0)
+
+
+def test_a_blocking_recv_any_keeps_its_place_against_a_recv_another_thread_posts_later():
+    # Thread A's recv_any is waiting when thread B posts a recv from rank 1: rank 1's first
+    # message is A's. (A gave its turns back between looks, and B took rank 1's message.)
+    def rank(g):
+        if g.rank() == 1:
+            time.sleep(0.6)
+            rd.send(np.array([10]), 0, group=g)
+            rd.send(np.array([20]), 0, group=g)
+        if g.rank() != 0:
+            return None
+        out = {}
+        a = threading.Thread(target=lambda: out.setdefault("any", rd.recv_any(1, np.int64, group=g, timeout=10)))
+        b = threading.Thread(target=lambda: out.setdefault("one", rd.recv(1, np.int64, 1, group=g, timeout=10)))
+        a.start()
+        time.sleep(0.3)
+        b.start()
+        a.join()
+        b.join()
+        return out["any"][0], int(out["any"][1][0]), int(out["one"][0])
+
+    assert run_ranks(3, rank)[0] == (1, 10, 20)
+
+
+def test_a_recv_any_that_failed_from_one_lane_is_not_opened_again_from_another():
+    # Rank 0's async recv from rank 1 (which never sends) and recv_any behind it, beside a send
+    # nobody reads; then a collective breaks the group. Ending the recv opened recv_any, which
+    # failed there; the progress thread then opened it again from its other lane and failed
+    # itself (KeyError, or "x not in list"), failing every group's messages.
+    def rank(g):
+        if g.rank() != 0:
+            time.sleep(0.3)
+            with pytest.raises(RingError):
+                rd.all_sum(np.ones(4), group=g, timeout=5)
+            time.sleep(1)
+            return None
+        works = [rd.send(np.zeros(1 << 22), 2, group=g, async_op=True, timeout=30),
+                 rd.recv(1, np.int64, 1, group=g, async_op=True, timeout=30),
+                 rd.recv_any(1, np.int64, group=g, async_op=True, timeout=30)]
+        time.sleep(0.2)
+        with pytest.raises(MismatchError):
+            rd.all_sum(np.ones(3), group=g, timeout=5)
+        errors = []
+        for w in works:
+            with pytest.raises(RingError) as info:
+                w.wait(timeout=10)
+            errors.append(str(info.value))
+        return errors
+
+    errors = run_ranks(3, rank)[0]
+    assert not any("progress thread failed" in e for e in errors), errors
+
+
+@pytest.mark.parametrize("async_op", [True, False])
+def test_a_recv_any_queued_behind_a_recv_times_out_on_time(async_op):
+    # recv_any waits first in rank 2's lane from the start: its timeout counts from then, not
+    # again from when the recv from rank 1 ahead of it ends.
+    def rank(g):
+        r = g.rank()
+        if r == 1:
+            time.sleep(0.9)
+            rd.send(np.array([1]), 0, group=g)
+        if r == 2:
+            rd.send(np.array([2]), 0, group=g)  # its connection, for rank 2's lane
+        if r != 0:
+            time.sleep(3)
+            return None
+        rd.recv(1, np.int64, 2, group=g)
+        began = time.monotonic()
+        one = rd.recv(1, np.int64, 1, group=g, async_op=True, timeout=5)
+        with pytest.raises(RingTimeoutError, match="recv_any in group 'world': no rank sent a message within 1 s"):
+            got = rd.recv_any(1, np.int64, group=g, async_op=async_op, timeout=1)
+            if async_op:
+                got.wait()
+        took = time.monotonic() - began
+        assert int(one.wait()[0]) == 1
+        return took
+
+    assert run_ranks(3, rank)[0] < 1.6
+
+
+def test_an_async_recv_any_does_not_spin_while_another_thread_receives_from_a_rank_it_watches(monkeypatch):
+    # Thread A takes a 128 MB message from rank 1 while an async recv_any waits: rank 1's socket
+    # stays readable, but its turn is A's, so the progress thread does not poll it (it looked
+    # tens of thousands of times a second, each look finding the turn taken).
+    from ringdist import any_source
+
+    looks = [0]
+    real = any_source.FromAny._look
+
+    def counted(self, *args):
+        looks[0] += 1
+        return real(self, *args)
+
+    monkeypatch.setattr(any_source.FromAny, "_look", counted)
+
+    def rank(g):
+        r = g.rank()
+        if r == 1:
+            rd.send(np.zeros(1), 0, group=g)
+            rd.send(np.ones(1 << 24), 0, group=g)
+        if r != 0:
+            rd.barrier(group=g)
+            if r == 2:
+                rd.send(np.array([5.0]), 0, group=g)
+            return None
+        rd.recv(1, np.float64, 1, group=g)
+        took = []
+        a = threading.Thread(target=lambda: took.append(rd.recv(1 << 24, np.float64, 1, group=g).size))
+        a.start()
+        time.sleep(0.05)
+        began = time.monotonic()
+        pending = rd.recv_any(1, np.float64, group=g, async_op=True)
+        a.join()
+        seconds, counted_looks = time.monotonic() - began, looks[0]
+        rd.barrier(group=g)
+        pending.wait(timeout=10)
+        return took, seconds, counted_looks
+
+    took, seconds, counted_looks = run_ranks(3, rank)[0]
+    assert took == [1 << 24]
+    assert counted_looks <= 20 + 2 * seconds / any_source.CONNECT_RETRY, (counted_looks, seconds)

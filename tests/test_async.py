@@ -179,7 +179,7 @@ def test_exit_landing_between_the_threads_looks_still_ends_the_started_jobs(monk
             return 1
 
     group = Group()
-    plan = types.SimpleNamespace(op="recv", peer=0, outgoing=False, turn=None, release=lambda: None)
+    plan = types.SimpleNamespace(op="recv", peer=0, outgoing=False, turn=None, sources=None, release=lambda: None)
     job = types.SimpleNamespace(work=Work("recv", group), g=group, plan=plan, finished=False,
                                 result=None, error=None)
 
