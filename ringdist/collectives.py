@@ -214,19 +214,22 @@ def sum_scatter(x: Any, *, group: Comm | None = None, timeout: float | None = No
     return _reduce_scatter(x, "sum", group, timeout, async_op)
 
 
-def reduce_scatter(x: Any, op: str = "sum", *, group: Comm | None = None, timeout: float | None = None,
-                   async_op: bool = False) -> Any:
+def reduce_scatter(x: Any, op: str = "sum", *, counts: Any = None, group: Comm | None = None,
+                   timeout: float | None = None, async_op: bool = False) -> Any:
     """Rank r gets rows [r*c, (r+1)*c) of all_reduce(x, op), c = x.shape[0] // N: the call
-    <op>_scatter (`reduce_scatter(x)` is `sum_scatter(x)`)."""
+    <op>_scatter (`reduce_scatter(x)` is `sum_scatter(x)`). With `counts` (N row counts summing
+    to x.shape[0], the same on every rank; MPI's Reduce_scatter): rows [sum(counts[:r]),
+    sum(counts[:r + 1])), reduced in rank order."""
     if isinstance(op, str) and op in REDUCE_OPS:
-        return _reduce_scatter(x, op, group, timeout, async_op)
+        return _reduce_scatter(x, op, group, timeout, async_op, counts)
     return _bad_op(x, op, "reduce_scatter", group, timeout, async_op)
 
 
-def _reduce_scatter(x: Any, op: str, group: Comm | None, timeout: float | None, async_op: bool) -> Any:
+def _reduce_scatter(x: Any, op: str, group: Comm | None, timeout: float | None, async_op: bool,
+                    counts: Any = None) -> Any:
     call = op + "_scatter"
     if async_op or work.active:
-        r = work.route(call, group, async_op, lambda g: _reduce_scatter(x, op, g, timeout, False))
+        r = work.route(call, group, async_op, lambda g: _reduce_scatter(x, op, g, timeout, False, counts))
         if r is not work.HERE:
             return r
     g = _comm(group, timeout, call)
@@ -234,6 +237,8 @@ def _reduce_scatter(x: Any, op: str, group: Comm | None, timeout: float | None, 
     try:
         arr = as_rows(x, call)
         check_reducible(arr, "all_" + op, call)
+        if counts is not None:
+            return uneven_module.reduce_scatter_counts(g, arr, op, counts, timeout)
         if arr.shape[0] % n:
             raise ValueError(f"rank {g.rank()}: {call}: x.shape[0] = {arr.shape[0]} is not divisible by the "
                              f"group size {n}")

@@ -38,6 +38,8 @@ KIND_OF = {"all_gather": "gather", "barrier": "barrier", "split": "gather", "bro
            "gather_object": "all_to_all", "scatter_object": "all_to_all",
            # Uneven rows to or from a root: the same, the blocks' rows in the headers (`uneven`).
            "gather_uneven": "all_to_all", "scatter_uneven": "all_to_all", "scatter (agreement step)": "gather_v",
+           # A reduce-scatter of uneven counts: its blocks exchanged, then folded (`uneven`).
+           "reduce_scatter_counts": "all_to_all",
            # An object collective's last step: a byte from every rank, whether it could unpickle (`objects`).
            "all_gather_object (agreement step)": "gather", "broadcast_object (agreement step)": "gather",
            "gather_object (agreement step)": "gather", "scatter_object (agreement step)": "gather"}

@@ -1,6 +1,7 @@
 """Collectives whose receivers learn block sizes from the senders' headers: all_to_all (with
-or without splits), scatter (non-roots learn the root's shape and dtype), and all_gather,
-gather and scatter of uneven row counts (MPI's Allgatherv, Gatherv and Scatterv).
+or without splits), scatter (non-roots learn the root's shape and dtype), all_gather,
+gather and scatter of uneven row counts (MPI's Allgatherv, Gatherv and Scatterv), and a
+reduce-scatter of uneven row counts (MPI's Reduce_scatter with recvcounts).
 
 Every stream's header declares its rows (`algorithms/blocks.py`), so no round is spent
 exchanging counts. A receiver compares every sender's call with its own: the op, root,
@@ -19,7 +20,7 @@ import numpy as np
 
 from . import buffers, comm as comm_module, tuning, wire, work
 from .algorithms.blocks import Assembled, common, dtype_from, dtype_of, sizes_of
-from .arrays import NOTHING, as_rows, byte_view
+from .arrays import NOTHING, REDUCERS, as_rows, byte_view
 from .calls import _comm, _header, check_flag, check_root
 from .channel import Channel
 from .comm import Comm
@@ -55,8 +56,9 @@ def _row_bytes(arr: np.ndarray) -> int:
     return arr.itemsize * math.prod(arr.shape[1:])
 
 
-def _counts(splits: Any, rows: int, n: int, rank: int) -> list[int]:
-    """all_to_all's `splits` as N row counts; ValueError naming what is wrong with them."""
+def _counts(splits: Any, rows: int, n: int, rank: int, call: str = "all_to_all", name: str = "splits") -> list[int]:
+    """all_to_all's `splits` (or another call's row counts, `name`) as N row counts; ValueError
+    naming what is wrong with them."""
     try:
         given = list(splits)  # once: a generator is read once
         shown = repr(given if iter(splits) is splits else splits)  # an iterator's repr says nothing
@@ -65,7 +67,7 @@ def _counts(splits: Any, rows: int, n: int, rank: int) -> list[int]:
     ok = given is not None and all(isinstance(k, numbers.Integral) and not isinstance(k, bool) for k in given)
     counts = [int(k) for k in given] if ok else []  # type: ignore[union-attr]
     if not ok or len(counts) != n or any(k < 0 for k in counts) or sum(counts) != rows:
-        raise ValueError(f"rank {rank}: all_to_all: splits must be {n} non-negative integers summing to x.shape[0] "
+        raise ValueError(f"rank {rank}: {call}: {name} must be {n} non-negative integers summing to x.shape[0] "
                          f"= {rows}, "
                          f"got {shown if len(shown) <= 200 else shown[:200] + '...'}")
     return counts
@@ -163,6 +165,42 @@ def _all_to_all_splits(g: Comm, arr: np.ndarray, counts: list[int], timeout: flo
     got = algorithm.all_to_all(g, header, blocks, counts, _rows_check(header, unit, lambda src: None), timeout)
     g.finish("all_to_all")
     return _assemble(got, arr.shape[1:], arr.dtype)
+
+
+def reduce_scatter_counts(g: Comm, arr: np.ndarray, op: str, counts: Any, timeout: float | None) -> np.ndarray:
+    """Rank r gets rows [sum(counts[:r]), sum(counts[:r + 1])) of every rank's `arr` reduced
+    with `op` ('sum', ...), folded in rank order. The counts, the same on every rank, ride in
+    the header: ranks that disagree raise MismatchError. Each rank sends block j of its rows
+    to rank j (an all_to_all: blocks of any counts) and folds the N blocks it receives, so it
+    holds N times its result's rows meanwhile."""
+    n, r = g.size(), g.rank()
+    call = op + "_scatter"
+    counts = _counts(counts, arr.shape[0], n, r, call, "counts")
+    data = np.ascontiguousarray(arr)
+    if n == 1:
+        g.check_usable(call)
+        return np.array(data, copy=True)
+    algorithm = tuning.choose(g, "reduce_scatter_counts", tuning.UNKNOWN)
+    # The counts as text: a header field that arrives as it went (a list would come back from a
+    # tuple), and a key of the group's header cache.
+    header = _header(g, call, arr[:0], algorithm.name, splits=True, counts=",".join(map(str, counts)))
+    unit = _row_bytes(arr)
+    view = byte_view(data)
+    ends = [0]
+    for k in counts:
+        ends.append(ends[-1] + k * unit)
+    blocks = [view[ends[p]:ends[p + 1]] for p in range(n)]
+    mine = counts[r]
+    got = algorithm.all_to_all(g, header, blocks, counts, _rows_check(header, unit, lambda src: mine), timeout)
+    g.finish(call)
+    trailing = arr.shape[1:]
+    stacked = _assemble(got, trailing, arr.dtype).reshape((n, mine) + trailing)
+    out = buffers.cache.empty((mine,) + trailing, arr.dtype)
+    np.copyto(out, stacked[0])
+    fold = REDUCERS["all_" + op]
+    for q in range(1, n):
+        fold(out, stacked[q], out=out)
+    return out
 
 
 def scatter(x: Any, root: int = 0, *, uneven: bool = False, group: Comm | None = None,

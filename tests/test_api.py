@@ -47,6 +47,7 @@ def test_collectives_take_group_as_keyword_only():
     for name in ("reduce", "all_reduce", "reduce_scatter"):
         assert inspect.signature(getattr(rd, name)).parameters["op"].default == "sum", name
     assert inspect.signature(rd.all_to_all).parameters["splits"].default is None
+    assert inspect.signature(rd.reduce_scatter).parameters["counts"].default is None
     assert inspect.signature(rd.all_gather).parameters["uneven"].default is False
     scan = inspect.signature(rd.scan).parameters
     assert scan["op"].default == "sum" and scan["exclusive"].default is False

@@ -1,0 +1,91 @@
+"""reduce_scatter with `counts` (MPI's Reduce_scatter with recvcounts) against numpy's fold in
+rank order, on ranks as threads over real connections, over shared memory and TCP; and its errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import ringdist as rd
+from ringdist.errors import MismatchError, RingError
+
+from harness import run_ranks
+
+UFUNCS = {"sum": np.add, "max": np.maximum, "bxor": np.bitwise_xor, "prod": np.multiply}
+
+
+def _counts(n, rows, seed):
+    rng = np.random.default_rng(seed)
+    cuts = np.sort(rng.integers(0, rows + 1, size=n - 1))
+    return np.diff(np.concatenate([[0], cuts, [rows]])).tolist()
+
+
+@pytest.mark.parametrize("n", [2, 3, 5])
+@pytest.mark.parametrize("shm", [True, False])
+@pytest.mark.parametrize("op, dtype, trailing, rows", [("sum", np.float64, (3,), 50), ("max", np.int16, (), 7),
+                                                      ("bxor", np.uint8, (2, 2), 0), ("sum", np.float32, (), 300000),
+                                                      ("prod", np.bool_, (), 11)])
+def test_each_rank_gets_its_rows_folded_in_rank_order(n, shm, op, dtype, trailing, rows):
+    counts = _counts(n, rows, seed=n * 31 + rows)
+    rng = np.random.default_rng(rows)
+    blocks = [rng.integers(0, 50, size=(rows,) + trailing).astype(dtype) for _ in range(n)]
+
+    def rank(g):
+        return rd.reduce_scatter(blocks[g.rank()], op, counts=counts, group=g)
+
+    whole = blocks[0].copy()
+    for b in blocks[1:]:
+        UFUNCS[op](whole, b, out=whole)
+    ends = np.cumsum([0] + counts)
+    for r, got in enumerate(run_ranks(n, rank, shm=shm)):
+        assert got.dtype == np.dtype(dtype) and got.shape == (counts[r],) + trailing
+        assert got.tobytes() == whole[ends[r]:ends[r + 1]].tobytes(), r  # the same bits as the fold in rank order
+
+
+def test_async_a_generator_of_counts_and_a_group_of_one():
+    def rank(g):
+        x = np.arange(6) * (g.rank() + 1)
+        return rd.reduce_scatter(x, counts=(k for k in [1, 5, 0]), async_op=True, group=g).wait().tolist()
+
+    assert run_ranks(3, rank) == [[0], [6, 12, 18, 24, 30], []]
+    assert run_ranks(1, lambda g: rd.reduce_scatter(np.arange(3), "max", counts=[3], group=g).tolist()) == [[0, 1, 2]]
+
+
+def test_ranks_that_disagree_on_the_counts_all_raise():
+    def rank(g):
+        counts = [2, 2] if g.rank() == 0 else [1, 3]
+        try:
+            rd.reduce_scatter(np.ones(4), counts=counts, group=g)
+        except RingError as exc:
+            return type(exc), str(exc)
+        return None
+
+    outcomes = run_ranks(2, rank)
+    assert all(o is not None and o[0] is MismatchError for o in outcomes), outcomes
+    assert "counts='2,2'" in outcomes[1][1] and "counts='1,3'" in outcomes[1][1], outcomes
+
+
+def test_counts_against_even_blocks_is_a_mismatch_and_bad_counts_fail_every_rank():
+    def rank(g):
+        try:
+            if g.rank() == 0:
+                rd.reduce_scatter(np.ones(4), counts=[2, 2], group=g)
+            else:
+                rd.reduce_scatter(np.ones(4), group=g)
+        except RingError as exc:
+            return type(exc)
+        return None
+
+    assert MismatchError in run_ranks(2, rank)
+
+    def bad(g):
+        try:
+            rd.reduce_scatter(np.ones(4), counts=[2, 3] if g.rank() == 1 else [2, 2], group=g, timeout=20)
+        except (ValueError, RingError) as exc:
+            return str(exc)
+        return "returned"
+
+    outcomes = run_ranks(2, bad)
+    assert outcomes[1] == ("rank 1: sum_scatter: counts must be 2 non-negative integers summing to x.shape[0] = 4, "
+                           "got [2, 3]"), outcomes
+    assert "aborted by rank 1" in outcomes[0], outcomes
