@@ -15,7 +15,7 @@ import time
 from typing import Any, Protocol
 
 from . import errors, wire
-from .channel import Channel
+from .channel import Channel, world_rank
 from .errors import PeerLostError, ProtocolError, RingError
 
 
@@ -39,7 +39,8 @@ def raise_remote(fields: dict[str, Any], ch: Channel, op: str) -> None:
     origin = fields.get("origin")
     if not isinstance(origin, int) or isinstance(origin, bool):
         origin = ch.peer
-    exc = cls(f"rank {ch.me}: {op} aborted by rank {origin}: {message}")
+    world = world_rank(ch, origin)
+    exc = cls(f"rank {ch.me}: {op} aborted by rank {origin}{f' ({world})' if world else ''}: {message}")
     exc.ringdist_origin = (origin, message)  # what an ABORT passed on carries, unchanged
     raise exc
 

@@ -673,20 +673,28 @@ def unmap(mem: mmap.mmap) -> None:
 # ---- a connection to a peer rank -----------------------------------------------------------
 
 
+def world_rank(ch: Any, rank: int, after: str = "") -> str:
+    """'world rank W' (and `after`) for group rank `rank` of `ch`'s group where W differs; else ''."""
+    ranks = getattr(ch, "world_ranks", None)
+    if not ranks or not 0 <= rank < len(ranks) or ranks[rank] == rank:
+        return ""
+    return f"world rank {ranks[rank]}{after}"
+
+
 class Channel:
     """An authenticated connection to `peer` (a rank of group `group`), in non-blocking mode.
 
     `buffers` is the (receive, send) buffer bytes of the socket, 0 leaving one to the
-    kernel; None means the process default (`configure_defaults`). `world`: the peer's rank
-    in the world group, named in errors where it differs from `peer` (in a sub-group).
+    kernel; None means the process default (`configure_defaults`). `world_ranks`: each group
+    rank's rank in the world, named in errors where it differs (in a sub-group).
     """
 
     def __init__(self, sock: socket.socket, *, me: int, peer: int, group: str, role: str, lane: int = 0,
-                 buffers: tuple[int, int] | None = None, world: int | None = None):
+                 buffers: tuple[int, int] | None = None, world_ranks: list[int] | None = None):
         self.sock = sock
         self.me = me
         self.peer = peer
-        self.world = peer if world is None else world
+        self.world_ranks = world_ranks
         self.group = group
         self.role = role  # "left", "right", "p2p-in", "p2p-out": how this rank uses it
         self.lane = lane
@@ -702,8 +710,7 @@ class Channel:
         self._looker: Any = None  # a poll of this socket alone, for `gone`
 
     def describe(self) -> str:
-        world = f"world rank {self.world}, " if self.world != self.peer else ""
-        return f"rank {self.peer} ({world}{self.address}, {self.role} link of group {self.group!r})"
+        return f"rank {self.peer} ({world_rank(self, self.peer, ', ')}{self.address}, {self.role} link of group {self.group!r})"
 
     def staged(self) -> int:
         return self.reader.end - self.reader.start

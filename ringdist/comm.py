@@ -283,7 +283,7 @@ class Comm:
                 told = self._endpoint.ask_failed(self._addresses[p], self.gid, self._rank,
                                                  f"rank {p} of group {self.gid!r}", ASK_TIMEOUT)
                 if told is not None and aborts.concerns(told, seq):
-                    aborts.raise_remote(told, SimpleNamespace(me=self._rank, peer=p), op)  # type: ignore[arg-type]
+                    aborts.raise_remote(told, SimpleNamespace(me=self._rank, peer=p, world_ranks=self._world_ranks), op)  # type: ignore[arg-type]
 
         ch = links.link(p, deadlines.after(self.settings.connect_timeout), deadlines.after(self._timeout(timeout)),
                         check)
@@ -699,7 +699,7 @@ class Comm:
                 sock = self._endpoint.connect(self._addresses[peer], InboxKey(self.gid, self._rank, "p2p", 0),
                                               deadline, f"rank {peer} of group {self.gid!r}", up=True, check=check)
                 table[peer] = [Channel(sock, me=self._rank, peer=peer, group=self.gid, role="p2p-out",
-                                               world=self._world_ranks[peer]), 0]
+                                               world_ranks=self._world_ranks), 0]
             elif not wait:
                 if self.p2p_incoming(peer, op) is None:
                     return None
@@ -708,7 +708,7 @@ class Comm:
                                            f"{op} in group {self.gid!r}: waiting for rank {peer} to send",
                                            check=check, source=self._addresses[peer])
                 table[peer] = [Channel(sock, me=self._rank, peer=peer, group=self.gid, role="p2p-in",
-                                       world=self._world_ranks[peer]), 0]
+                                       world_ranks=self._world_ranks), 0]
         elif outgoing:
             self._check_outgoing(table[peer][0], peer)
         entry = table[peer]
@@ -728,7 +728,7 @@ class Comm:
                                           self._addresses[peer])
         if sock is None:
             return None
-        ch = Channel(sock, me=self._rank, peer=peer, group=self.gid, role="p2p-in", world=self._world_ranks[peer])
+        ch = Channel(sock, me=self._rank, peer=peer, group=self.gid, role="p2p-in", world_ranks=self._world_ranks)
         self._p2p_in[peer] = [ch, 0]
         return ch
 

@@ -32,13 +32,13 @@ class RingLinks:
                 sock = endpoint.connect(addresses[right], InboxKey(group, rank, "ring", lane), deadline,
                                         f"rank {right} of group {group!r}", up=True)
                 self.right.append(Channel(sock, me=rank, peer=right, group=group, role="right", lane=lane,
-                                          world=self.world_ranks[right]))
+                                          world_ranks=self.world_ranks))
             for lane in range(lanes):
                 sock = endpoint.take(InboxKey(group, left, "ring", lane), deadline,
                                      f"ring of group {group!r}: waiting for rank {left} to connect (lane {lane})",
                                      source=addresses[left])
                 self.left.append(Channel(sock, me=rank, peer=left, group=group, role="left", lane=lane,
-                                         world=self.world_ranks[left]))
+                                         world_ranks=self.world_ranks))
         except BaseException:
             self.close()
             raise

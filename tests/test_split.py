@@ -87,6 +87,16 @@ def test_errors_in_a_sub_group_name_a_peer_s_world_rank_too():
 
     messages = run_ranks(3, rank, shm=False)
     assert "rank 0 (world rank 2, 127.0.0.1:" in messages[1], messages
+
+    # Told by an ABORT, a rank names where it started by both ranks too.
+    def refused(g):
+        sub = g.split(0, key=g.size() - g.rank())
+        with pytest.raises(TypeError if g.rank() == 2 else rd.RingError) as info:
+            rd.all_sum(np.ones(4) if g.rank() != 2 else np.ones(4, dtype="U1"), group=sub)
+        return str(info.value)
+
+    told = run_ranks(3, refused, shm=False)
+    assert all(re.match(r"rank \d: all_sum aborted by rank 0 \(world rank 2\): ", told[r]) for r in (0, 1)), told
     assert "world rank" not in run_ranks(2, lambda g: str(_stall_message(g)), shm=False)[0]
 
 
