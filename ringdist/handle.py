@@ -156,7 +156,7 @@ def wait_all(works: "list[Work]", timeout: float | None = None) -> list[Any]:
     for w in works:
         try:
             results.append(w.wait())
-        except BaseException as exc:  # noqa: BLE001 - raised below, once every handle is looked at
+        except Exception as exc:  # raised below, once every handle is looked at (an interrupt goes at once)
             results.append(None)
             first = first if first is not None else exc
     if first is not None:

@@ -54,10 +54,15 @@ def _located(x: Any, index: Any, which: str, group: Comm | None, timeout: float 
         g.refuse(call, exc)
         raise
     values = _all_reduce(arr, g, f"all_{which}", timeout, name=call)
-    held = values == arr
-    if arr.dtype.kind in "fc":
-        held |= np.isnan(values) & np.isnan(arr)
-    where = _all_reduce(np.where(held, mine, NOWHERE), g, "all_min", timeout, name=call)
+    try:  # between the two steps (8 bytes an element, and a mask): no memory fails every rank at once
+        held = values == arr
+        if arr.dtype.kind in "fc":
+            held |= np.isnan(values) & np.isnan(arr)
+        candidates = np.where(held, mine, NOWHERE)
+    except Exception as exc:
+        g.refuse(call, exc)
+        raise
+    where = _all_reduce(candidates, g, "all_min", timeout, name=call)
     return values, where
 
 

@@ -109,3 +109,39 @@ def test_a_dtype_that_cannot_be_compared_is_refused_on_every_rank():
     outcomes = run_ranks(2, rank)
     assert "rank 0: all_minloc: dtype <U1 is not numeric or bool" in outcomes[0], outcomes
     assert "aborted by rank 0" in outcomes[1], outcomes
+
+
+def test_no_memory_between_the_two_steps_fails_every_rank_at_once(monkeypatch):
+    # Rank 1 runs out of memory making its candidates (8 bytes an element): the others, in the
+    # second all-reduce already, are told at once rather than waiting out their timeout.
+    import threading
+    import time
+
+    from ringdist import locations
+
+    real = np.where
+
+    class Numpy:
+        def __getattr__(self, name):
+            return getattr(np, name)
+
+        def where(self, *args):
+            if threading.current_thread().name == "harness-rank-1":
+                raise MemoryError("no memory for the candidates")
+            return real(*args)
+
+    monkeypatch.setattr(locations, "np", Numpy())
+
+    def rank(g):
+        began = time.monotonic()
+        try:
+            rd.all_maxloc(np.arange(1000.0), group=g, timeout=30)
+        except (MemoryError, RingError) as exc:
+            return type(exc).__name__, str(exc), time.monotonic() - began
+        return "returned"
+
+    outcomes = run_ranks(3, rank)
+    assert outcomes[1][0] == "MemoryError", outcomes
+    for r in (0, 2):
+        assert "all_maxloc aborted by rank 1: MemoryError: no memory for the candidates" in outcomes[r][1], outcomes
+        assert outcomes[r][2] < 10, outcomes

@@ -75,3 +75,28 @@ def test_wait_any_and_wait_all_refuse_what_is_not_a_list_of_handles():
         rd.wait_any([])
     with pytest.raises(TypeError, match="wait_all: works must be a sequence of ringdist Work handles"):
         rd.wait_all([None])
+
+
+def _interrupted():
+    raise KeyboardInterrupt  # as Ctrl-C landing while the object is unpickled
+
+
+class _Interrupting:
+    def __reduce__(self):
+        return (_interrupted, ())
+
+
+def test_an_interrupt_in_wait_all_goes_at_once_even_after_a_failed_handle():
+    def rank(g):
+        if g.rank() == 1:
+            rd.send_object(_Interrupting(), 0, group=g)
+            return None
+        bad = rd.recv((-1,), np.int64, 1, group=g, async_op=True)  # refused when it starts
+        obj = rd.recv_object(1, group=g, async_op=True)
+        try:
+            rd.wait_all([bad, obj])
+        except BaseException as exc:  # noqa: BLE001 - which one is the test
+            return type(exc).__name__
+        return "returned"
+
+    assert run_ranks(2, rank)[0] == "KeyboardInterrupt"
