@@ -199,7 +199,8 @@ class FromAny:
 def recv_any(shape: Any, dtype: Any, *, group: Comm | None = None, timeout: float | None = None,
              async_op: bool = False) -> "tuple[int, np.ndarray] | work.Work":
     """`(src, x)`: the first array any other rank of the group sends, of `shape` and `dtype`, and
-    its sender's rank (MPI's Recv from ANY_SOURCE); MismatchError if the sender's differs.
+    its sender's rank (MPI's Recv from ANY_SOURCE); MismatchError if the sender's differs. A
+    `shape` or `dtype` of None takes the sender's, as recv's.
 
     With `async_op=True`: a `Work` at once, whose `wait()` returns `(src, x)`."""
     if async_op or work.active:

@@ -18,11 +18,12 @@ import numpy as np
 
 from . import buffers, wire, work
 from .channel import Channel
+from .algorithms.blocks import dtype_of
 from .arrays import as_array, byte_view
 from .collectives import _comm
 from .errors import MismatchError
 from .comm import Comm
-from .flows import Inflow, Outflow, Segments
+from .flows import Inflow, Outflow, Segments, SizedInflow
 
 
 class _Anyone:
@@ -125,8 +126,9 @@ def _expect_message(mine: dict[str, Any], theirs: dict[str, Any], ch: Channel, o
 
 
 class _Recv:
-    """A recv as a plan: checked and allocated when it starts; its channel taken once the
-    sender's connection has arrived (see `jobs.Plan`)."""
+    """A recv as a plan: checked and allocated when it starts (or, with a `shape` or `dtype` of
+    None, once the sender's header says them); its channel taken once the sender's connection
+    has arrived (see `jobs.Plan`)."""
 
     op = "recv"
     outgoing = False
@@ -138,25 +140,25 @@ class _Recv:
         self.inflows: list[Inflow] = []
         self.outflows: list[Outflow] = []
         self.turn: Any = None  # as a send's
+        self.out: np.ndarray | None = None
 
     def start(self) -> float:
         g = self.g
         if self.peer is not ANYONE:  # (an any-source receive's source is its first message's)
             self.peer = g.check_peer(self.peer, "recv", "src")
-        dt = np.dtype(self.dtype)
-        if dt.hasobject:
+        dt = None if self.dtype is None else np.dtype(self.dtype)
+        if dt is not None and dt.hasobject:
             raise TypeError(f"rank {g.rank()}: {self.op}: ringdist receives raw array bytes; object dtypes are not supported")
-        shape = _shape(self.shape, g.rank(), self.op)
-        try:
-            self.out = buffers.cache.empty(shape, dt)
-        except MemoryError:
-            raise MemoryError(f"rank {g.rank()}: {self.op}: no memory for shape={shape}, dtype={dt} "
-                              f"({math.prod(shape) * dt.itemsize} bytes)") from None
-        except ValueError as exc:  # numpy's own limits: more than 32 dimensions, or past its sizes
-            raise ValueError(f"rank {g.rank()}: {self.op}: shape={shape}, dtype={dt} cannot be allocated: {exc}") from None
-        # The array's dtype, not the one asked for: numpy sizes an unsized one ('S') and moves a
-        # subarray dtype's shape into the array's, as the sender's array has them.
-        self.tag = _tag(self.out.dtype, self.op, g)
+        shape = None if self.shape is None else _shape(self.shape, g.rank(), self.op)
+        if shape is None or dt is None:  # the sender's header says the rest (`_accept`)
+            # As an allocated array would have it: numpy sizes an unsized dtype ('S') and moves
+            # a subarray dtype's shape into the array's.
+            self.tag = None if dt is None else _tag(np.empty(0, dt).dtype, self.op, g)
+            self.shape = shape
+        else:
+            self.out = _allocate(shape, dt, g.rank(), self.op)
+            # The array's dtype, not the one asked for, as above.
+            self.tag = _tag(self.out.dtype, self.op, g)
         g.check_usable(self.op)
         return g._timeout(self.timeout)
 
@@ -170,16 +172,47 @@ class _Recv:
             return False
         ch, number = got
         self.ch = ch
-        header = _message_header(self.tag, self.out.shape, number)
         op = self.op  # (recv_any's, for an any-source receive)
+        if self.out is None:
+            self.inflows = [SizedInflow(ch, op, lambda fields, ch: self._accept(fields, ch, number))]
+            return True
+        header = _message_header(self.tag, self.out.shape, number)
         self.inflows = [Inflow(ch, Segments([byte_view(self.out)]), op, header,
                                check=lambda mine, theirs, ch: _expect_message(mine, theirs, ch, op))]
         return True
+
+    def _accept(self, fields: dict[str, Any], ch: Channel, number: int) -> memoryview:
+        """Where the message whose header is `fields` lands, allocated for the shape and dtype the
+        sender declares, once they are checked against what this receive fixed."""
+        shape = fields.get("shape")
+        ok = (fields.get("op") == "send" and fields.get("seq") == number and isinstance(shape, list)
+              and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)
+              and (self.tag is None or fields.get("dtype") == self.tag)
+              and (self.shape is None or tuple(shape) == self.shape))
+        if not ok:
+            want = (f"shape={'any' if self.shape is None else self.shape}, "
+                    f"dtype={'any' if self.tag is None else wire.describe_dtype(self.tag)}")
+            raise MismatchError(f"rank {ch.me} expected {self.op}({want}) from rank {ch.peer} but rank {ch.peer} "
+                                f"sent {wire.describe_header(dict(fields))} (group {ch.group!r})")
+        dt = dtype_of(fields.get("dtype"), ch)
+        self.out = _allocate(tuple(shape), dt, ch.me, f"{self.op} from rank {ch.peer}")
+        return byte_view(self.out)
 
     def result(self) -> np.ndarray:
         return self.out
 
     release = _Send.release
+
+
+def _allocate(shape: tuple[int, ...], dt: np.dtype, rank: int, op: str) -> np.ndarray:
+    """A received message's array; MemoryError or ValueError naming it when it cannot be made."""
+    try:
+        return buffers.cache.empty(shape, dt)
+    except MemoryError:
+        raise MemoryError(f"rank {rank}: {op}: no memory for shape={shape}, dtype={dt} "
+                          f"({math.prod(shape) * dt.itemsize} bytes)") from None
+    except ValueError as exc:  # numpy's own limits: more than 32 dimensions, or past its sizes
+        raise ValueError(f"rank {rank}: {op}: shape={shape}, dtype={dt} cannot be allocated: {exc}") from None
 
 
 def _shape(shape: Any, rank: int, op: str = "recv") -> tuple[int, ...]:
@@ -202,6 +235,7 @@ def _shape(shape: Any, rank: int, op: str = "recv") -> tuple[int, ...]:
 def recv(shape: Any, dtype: Any, src: int, *, group: Comm | None = None,
          timeout: float | None = None, async_op: bool = False) -> "np.ndarray | work.Work":
     """Receive an array of `shape` and `dtype` from rank `src`; MismatchError if the sender's differs.
+    A `shape` or `dtype` of None takes the sender's (MPI's Probe and Get_count, without the probe).
 
     With `async_op=True`: a `Work` at once, whose `wait()` returns the array."""
     if async_op or work.active:

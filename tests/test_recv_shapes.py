@@ -1,0 +1,73 @@
+"""recv with a shape or dtype of None takes the sender's (what MPI's Probe and Get_count are
+for), on ranks as threads over real connections: any array, blocking, async and from any rank."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import ringdist as rd
+from ringdist.errors import MismatchError, RingError
+
+from harness import run_ranks
+
+ARRAYS = [np.arange(5, dtype=np.int16), np.ones((2, 3, 4)), np.float32(3.5), np.zeros((0, 4), np.uint8),
+          np.arange(1 << 21, dtype=np.float32),  # 8 MB: many frames
+          np.array([(1, 2.5)], dtype=[("a", "<i4"), ("b", "<f8")]), np.array([b"ab", b"c"])]
+
+
+@pytest.mark.parametrize("known", ["neither", "shape", "dtype"])
+@pytest.mark.parametrize("async_op", [False, True])
+def test_recv_takes_whatever_the_sender_declares(known, async_op):
+    def rank(g):
+        if g.rank() == 1:
+            for x in ARRAYS:
+                rd.send(x, 0, group=g)
+            return None
+        got = []
+        for x in ARRAYS:
+            shape = np.shape(x) if known == "shape" else None
+            dtype = np.asarray(x).dtype if known == "dtype" else None
+            y = rd.recv(shape, dtype, 1, group=g, async_op=async_op)
+            got.append(y.wait() if async_op else y)
+        return got
+
+    for x, y in zip(ARRAYS, run_ranks(2, rank)[0]):
+        assert y.shape == np.shape(x) and y.dtype == np.asarray(x).dtype and y.tobytes() == np.asarray(x).tobytes()
+
+
+def test_recv_any_of_any_shape_says_who_sent_what():
+    def rank(g):
+        r = g.rank()
+        if r != 0:
+            rd.send(np.arange(r * 3, dtype=np.int64).reshape(r, 3), 0, group=g)
+            return None
+        return sorted((src, x.shape) for src, x in (rd.recv_any(None, np.int64, group=g) for _ in range(3)))
+
+    assert run_ranks(4, rank)[0] == [(1, (1, 3)), (2, (2, 3)), (3, (3, 3))]
+
+
+@pytest.mark.parametrize("shape, dtype, sent", [(None, np.float32, "shape=(4,), dtype=float64"),
+                                                ((5,), None, "shape=(4,), dtype=float64"),
+                                                (None, None, "send_object")])
+def test_what_the_receive_fixes_must_match_on_both_ranks(shape, dtype, sent):
+    def rank(g):
+        try:
+            if g.rank() == 1:
+                if sent == "send_object":
+                    rd.send_object([1], 0, group=g)
+                else:
+                    rd.send(np.arange(4.0), 0, group=g)
+                rd.barrier(group=g)
+            else:
+                rd.recv(shape, dtype, 1, group=g)
+        except RingError as exc:
+            return type(exc), str(exc)
+        return None
+
+    outcomes = run_ranks(2, rank)
+    want = (f"shape={'any' if shape is None else shape}, "
+            f"dtype={'any' if dtype is None else np.dtype(dtype).name}")
+    assert outcomes[0][0] is MismatchError and f"rank 0 expected recv({want}) from rank 1 but rank 1 sent" in \
+        outcomes[0][1] and sent in outcomes[0][1], outcomes
+    assert outcomes[1][0] is MismatchError and "aborted by rank 0" in outcomes[1][1], outcomes
