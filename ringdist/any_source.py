@@ -15,6 +15,7 @@ RingTimeoutError. A message of another shape, dtype or kind breaks the group, as
 
 from __future__ import annotations
 
+import bisect
 import select
 from typing import Any
 
@@ -46,6 +47,9 @@ class FromAny:
         self.sources: list[int] | None = None
         self.heads: list[int] | None = None
         self.left: dict[int, str] = {}  # ranks whose connection closed between messages, and why
+        self.known: dict[int, Any] = {}  # the ranks whose connection has arrived: its channel
+        self._poller = select.poll()  # a blocking receive's, over the channels whose turns it holds
+        self._polled: set[int] = set()
         self.limit = 0.0
 
     # The plan's channel, flows and turn are its inner receive's, once it has a source.
@@ -101,6 +105,8 @@ class FromAny:
         if not wait:  # on the progress thread: a look that does not wait, at the lanes it leads
             return self._look(self.heads if self.heads is not None else self.sources, 0.0, None)
         g = self.g
+        if self._quick():
+            return True
         deadline = deadlines.after(self.limit)
         held: dict[int, Any] = {}
         try:
@@ -115,43 +121,72 @@ class FromAny:
             for turn in held.values():
                 turn.release()
 
+    def _quick(self) -> bool:
+        """Whether a message has come already from a sender whose turn is free, found by one poll
+        of every arrived connection (`Comm.p2p_arrivals`) rather than a look at each sender in
+        turn; if so it is this receive's. (Where none has, `_look` waits, holding the turns.)"""
+        g = self.g
+        found = g.p2p_arrivals()
+        if not found:
+            return False
+        start = g.any_source_next
+        for s in sorted(set(found), key=lambda s: (s < start, s)):  # from the rank after the last sender
+            turn = g.p2p_turn(s, False, self.op, self.timeout, wait=False)
+            if turn is None:
+                continue  # another receive from s has its turn: it came first
+            ch = g.p2p_incoming(s, self.op, take=False)
+            why = "" if ch.staged() else ch.gone()
+            if why == "":
+                self.inner.turn = turn
+                self.peer = self.inner.peer = s
+                self.sources = None
+                g.any_source_next = s + 1
+                return True
+            turn.release()
+            if why is not None:  # closed between messages: out of this wait, and of the group's poll
+                self.left[s] = f"lost {ch.describe()}: {why}"
+                g.p2p_unpoll(s)
+        return False
+
     def _look(self, ranks: list[int], wait: float, held: dict[int, Any] | None) -> bool:
         """Whether a message from one of `ranks` has come, waiting up to `wait` seconds for one
         (less while a connection has yet to arrive); if so its sender is this receive's source,
         and its turn the inner receive's. `held`: the turns a blocking receive keeps between
         looks (taken out as they are given up or handed on); None on the progress thread."""
-        g, op = self.g, self.op
-        keep = held is not None
-        start = g.any_source_next
-        order = sorted(ranks, key=lambda s: (s < start, s))  # from `start` on, then round to it
+        g, left, known = self.g, self.left, self.known
+        at = bisect.bisect_left(ranks, g.any_source_next)
+        order = ranks[at:] + ranks[:at]  # from the rank after the last sender, then round
         turns: dict[int, Any] = held if held is not None else {}
-        channels: dict[int, Any] = {}
+        wanted = [s for s in order if s not in turns and s not in left]
+        if wanted:  # a busy one belongs to a receive that came first
+            turns.update(g.p2p_take_turns(wanted, self.op))
+        channels: list[tuple[int, Any]] = []
         missing = staged = False
         try:
             for s in order:
-                if s in self.left:
+                if s not in turns:
                     continue
-                turn = turns.get(s) or g.p2p_turn(s, False, op, self.timeout, wait=False)
-                if turn is None:
-                    continue  # another receive from s has its turn: it came first
-                turns[s] = turn
-                try:
-                    ch = g.p2p_incoming(s, op)
-                except PeerLostError as exc:  # s left the job without a word to this rank
-                    self.left[s] = g.departure(s) or str(exc)
-                    turns.pop(s).release()
-                    continue
+                ch = known.get(s)
                 if ch is None:
-                    missing = True
-                    if not keep:
+                    try:
+                        ch = g.p2p_incoming(s, self.op)
+                    except PeerLostError as exc:  # s left the job without a word to this rank
+                        left[s] = g.departure(s) or str(exc)
                         turns.pop(s).release()
-                    continue
-                channels[s] = ch
+                        continue
+                    if ch is None:
+                        missing = True
+                        if held is None:
+                            turns.pop(s).release()
+                        continue
+                    known[s] = ch
+                channels.append((s, ch))
                 staged = staged or ch.staged() > 0
             # Bytes already read ahead are a message: then the poll only says which ranks before it have one too.
-            chosen = self._first_ready(channels, 0.0 if staged else min(wait, CONNECT_RETRY) if missing else wait)
-            for s in channels:
-                if s in self.left:
+            chosen = self._first_ready(channels, 0.0 if staged else min(wait, CONNECT_RETRY) if missing else wait,
+                                       held is not None)
+            for s, _ in channels:
+                if s in left:
                     turns.pop(s).release()  # closed between messages: out of the wait
             if chosen is None:
                 self._check_left()
@@ -162,19 +197,27 @@ class FromAny:
             g.any_source_next = chosen + 1
             return True
         finally:
-            if not keep:
+            if held is None:
                 for turn in turns.values():
                     turn.release()
                 turns.clear()
 
-    def _first_ready(self, channels: dict[int, Any], wait: float) -> int | None:
+    def _first_ready(self, channels: list[tuple[int, Any]], wait: float, keep: bool) -> int | None:
         """The first of `channels` (in their order) with bytes read ahead or to read, after a poll
-        of up to `wait` seconds; one found closed between messages is left out of the wait from then on."""
-        poller = select.poll()
-        for ch in channels.values():
-            poller.register(ch.fd, select.POLLIN)
+        of up to `wait` seconds; one found closed between messages is left out of the wait from
+        then on. `keep`: poll with this receive's own poller (a blocking one's channels only grow)."""
+        if keep:
+            poller, polled = self._poller, self._polled
+            for s, ch in channels:
+                if ch.fd not in polled:
+                    poller.register(ch.fd, select.POLLIN)
+                    polled.add(ch.fd)
+        else:
+            poller = select.poll()
+            for s, ch in channels:
+                poller.register(ch.fd, select.POLLIN)
         ready = {fd for fd, _ in poller.poll(deadlines.poll_ms(wait))}
-        for s, ch in channels.items():
+        for s, ch in channels:
             if ch.staged():
                 return s
             if ch.fd not in ready:
@@ -184,6 +227,9 @@ class FromAny:
                 return s
             if why is not None:
                 self.left[s] = f"lost {ch.describe()}: {why}"
+                if keep:
+                    poller.unregister(ch.fd)  # (it would wake every poll from now on)
+                    self._polled.discard(ch.fd)
         return None
 
     def _check_left(self) -> None:

@@ -12,6 +12,7 @@ import dataclasses
 import ipaddress
 import numbers
 import os
+import select
 import threading
 import time
 import weakref
@@ -148,6 +149,9 @@ class Comm:
         self._p2p_turns: dict[tuple[int, bool], threading.Lock] = {}  # (peer, outgoing) -> its message's turn
         self._p2p_holders: dict[tuple[int, bool], threading.Thread] = {}  # the thread that took each turn last
         self.any_source_next = 0  # the rank an any-source receive looks at first (`any_source`)
+        self._in_poller: Any = None  # a poll of the arrived connections from senders (`p2p_arrivals`)
+        self._in_polled: dict[int, int] = {}  # fd -> sender, of those it polls
+        self._in_unpolled: set[int] = set()  # senders whose connection closed between messages
         if size > 1:
             assert endpoint is not None
             try:
@@ -731,6 +735,51 @@ class Comm:
         ch = Channel(sock, me=self._rank, peer=peer, group=self.gid, role="p2p-in", world_ranks=self._world_ranks)
         self._p2p_in[peer] = [ch, 0]
         return ch
+
+    def p2p_arrivals(self) -> list[int]:
+        """The senders whose arrived connection has bytes read ahead or to read now: one poll of
+        them all, that does not wait (an any-source receive's first look, `any_source`). A
+        connection closed for good stays readable: `p2p_unpoll` it."""
+        poller = self._in_poller
+        if poller is None:
+            poller = self._in_poller = select.poll()
+        polled = self._in_polled
+        table = self._p2p_in
+        if len(polled) + len(self._in_unpolled) < len(table):
+            for peer, (ch, _) in table.items():
+                if ch.fd not in polled and peer not in self._in_unpolled:
+                    poller.register(ch.fd, select.POLLIN)
+                    polled[ch.fd] = peer
+        found = [polled[fd] for fd, _ in poller.poll(0)]
+        found.extend(peer for peer, (ch, _) in table.items() if ch.reader.end != ch.reader.start)
+        return found
+
+    def p2p_unpoll(self, peer: int) -> None:
+        """Leave the connection from `peer` out of `p2p_arrivals` (it closed between messages)."""
+        self._in_unpolled.add(peer)
+        entry = self._p2p_in.get(peer)
+        if entry is not None and self._in_polled.pop(entry[0].fd, None) is not None:
+            self._in_poller.unregister(entry[0].fd)
+
+    def p2p_take_turns(self, peers: list[int], op: str) -> dict[int, threading.Lock]:
+        """The turns at messages from `peers` that are free now, taken (as `p2p_turn` with `wait`
+        False, for many peers at once: an any-source receive's look)."""
+        me = threading.current_thread()
+        taken = {}
+        turns, holders = self._p2p_turns, self._p2p_holders
+        for peer in peers:
+            key = (peer, False)
+            turn = turns.get(key)
+            if turn is None:
+                turn = turns.setdefault(key, threading.Lock())
+            if turn.acquire(False):
+                holders[key] = me
+                taken[peer] = turn
+        if self._closed:  # closed while it looked
+            for turn in taken.values():
+                turn.release()
+            self.check_usable(op)
+        return taken
 
     def p2p_busy(self, peer: int, outgoing: bool) -> bool:
         """Whether a message's turn at the pair's direction is taken now (`p2p_turn`)."""
