@@ -20,7 +20,8 @@ from . import errors
 from .errors import *  # noqa: F403 - the exception tree is part of the API
 from .group import Group
 from .locations import all_maxloc, all_minloc
-from .p2p import recv, recv_like, send
+from .p2p import recv, recv_like, send, sendrecv
+from .grid import Grid, dims_create
 from .prefix import scan
 from .work import Work
 from .handle import wait_all, wait_any
@@ -55,6 +56,9 @@ __all__ = [
     "send",
     "recv",
     "recv_like",
+    "sendrecv",
+    "Grid",
+    "dims_create",
     "send_object",
     "recv_object",
     "recv_any",

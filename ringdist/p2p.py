@@ -253,3 +253,63 @@ def recv_like(x: Any, src: int, *, group: Comm | None = None, timeout: float | N
     """Receive an array shaped and typed like `x` from rank `src` (`async_op` as for `recv`)."""
     arr = np.asarray(x)
     return recv(arr.shape, arr.dtype, src, group=group, timeout=timeout, async_op=async_op)
+
+
+def sendrecv(x: Any, dst: "int | None", src: "int | None", *, shape: Any = None, dtype: Any = None,
+             group: Comm | None = None, timeout: float | None = None, async_op: bool = False) -> Any:
+    """Send `x` to rank `dst` and receive from rank `src` at once (MPI's Sendrecv): the array
+    received (of `shape` and `dtype`; None: the sender's), after `x` has gone. A `dst` or `src`
+    of None skips that half (MPI's PROC_NULL: an edge of a grid); then None is returned.
+
+    The send goes without blocking while the receive waits, so a ring of sendrecvs of any size
+    completes. With `async_op=True`: a `Work` at once, whose `wait()` returns the array."""
+    if dst is None and src is None:
+        if async_op:
+            return recv_nothing(group)
+        return None
+    if dst is None:
+        return recv(shape, dtype, src, group=group, timeout=timeout, async_op=async_op)  # type: ignore[arg-type]
+    sending = send(x, dst, group=group, timeout=timeout, async_op=True)
+    if src is None:
+        if async_op:
+            return sending
+        sending.wait()  # type: ignore[union-attr]
+        return None
+    try:
+        receiving = recv(shape, dtype, src, group=group, timeout=timeout, async_op=async_op)
+    except Exception:
+        _settle(sending)
+        raise
+    if not async_op:
+        sending.wait()  # type: ignore[union-attr]
+        return receiving
+    receiving.then(lambda result, error: _both(sending, result, error))  # type: ignore[union-attr]
+    return receiving
+
+
+def _both(sending: Any, result: Any, error: BaseException | None) -> Any:
+    """A sendrecv's outcome once both halves are done: the received array, or the first error."""
+    try:
+        sending.wait()
+    except BaseException:
+        if error is None:
+            raise
+    if error is not None:
+        raise error
+    return result
+
+
+def _settle(sending: Any) -> None:
+    """Wait out a sendrecv's send whose receive could not start (its own error goes with the receive's)."""
+    try:
+        sending.wait()
+    except Exception:  # noqa: BLE001 - the receive's error is the one raised
+        pass
+
+
+def recv_nothing(group: Comm | None) -> "work.Work":
+    """A Work that is done at once with None (a sendrecv with neither half)."""
+    g = _comm(group, None)
+    done = work.Work("sendrecv", g)
+    done.complete(None, None)
+    return done

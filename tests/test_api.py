@@ -12,6 +12,7 @@ PUBLIC = {
     "gather", "scatter", "reduce", "all_to_all", "all_gather_object", "broadcast_object", "send_object",
     "recv_object", "scan", "gather_object", "scatter_object", "all_reduce", "reduce_scatter",
     "recv_any", "recv_object_any", "wait_any", "wait_all", "all_maxloc", "all_minloc",
+    "sendrecv", "Grid", "dims_create",
     "RingError", "ConfigError", "ConnectError", "AuthError", "ProtocolError", "PeerLostError",
     "RingTimeoutError", "MismatchError", "GroupBrokenError", "__version__",
 }
@@ -36,7 +37,8 @@ def test_collectives_take_group_as_keyword_only():
     for name in ("all_gather", "all_sum", "all_max", "all_min", "all_prod", "sum_scatter", "broadcast",
                  "barrier", "send", "recv", "recv_like", "gather", "scatter", "reduce", "all_to_all",
                  "all_gather_object", "broadcast_object", "send_object", "recv_object", "scan", "gather_object",
-                 "scatter_object", "all_reduce", "reduce_scatter", "recv_any", "recv_object_any", "all_maxloc", "all_minloc"):
+                 "scatter_object", "all_reduce", "reduce_scatter", "recv_any", "recv_object_any", "all_maxloc", "all_minloc",
+                 "sendrecv"):
         params = inspect.signature(getattr(rd, name)).parameters
         for keyword in ("group", "timeout"):
             assert params[keyword].kind is inspect.Parameter.KEYWORD_ONLY and params[keyword].default is None, name

@@ -1,0 +1,87 @@
+"""Grid (MPI's Create_cart, Cart_shift, Cart_sub), dims_create and sendrecv, on ranks as threads
+over real connections."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import ringdist as rd
+from ringdist.errors import MismatchError, RingError
+
+from harness import run_ranks
+
+
+@pytest.mark.parametrize("n, ndims, dims", [(12, 2, (4, 3)), (16, 3, (4, 2, 2)), (7, 2, (7, 1)), (1, 3, (1, 1, 1)),
+                                            (72, 2, (9, 8)), (24, 3, (4, 3, 2)), (4096, 3, (16, 16, 16)),
+                                            (30, 3, (5, 3, 2))])
+def test_dims_create_gives_mpi_s_sizes(n, ndims, dims):
+    assert rd.dims_create(n, ndims) == dims
+
+
+def test_a_grid_places_ranks_row_major_and_shifts_wrap_where_periodic():
+    def rank(g):
+        grid = rd.Grid((2, 3), periodic=(True, False), group=g)
+        return grid.coords(), grid.shift(0), grid.shift(1), grid.shift(1, -2), grid.rank_of((-1, 2)), grid.rank_of((0, 3))
+
+    got = run_ranks(6, rank)
+    assert [c for c, *_ in got] == [(0, 0), (0, 1), (0, 2), (1, 0), (1, 1), (1, 2)]
+    assert got[0][1:] == ((3, 3), (None, 1), (2, None), 5, None)  # rows wrap; columns end
+    assert got[4][1:] == ((1, 1), (3, 5), (None, None), 5, None)
+
+
+def test_sub_grids_are_the_rows_and_columns():
+    def rank(g):
+        grid = rd.Grid(rd.dims_create(g.size(), 2), group=g)
+        row, col = grid.sub((False, True)), grid.sub((True, False))
+        mine = np.array([g.rank()])
+        return rd.all_gather(mine, group=row).tolist(), rd.all_gather(mine, group=col).tolist(), row.rank(), col.rank()
+
+    got = run_ranks(6, rank)  # dims (3, 2): rows of 2, columns of 3
+    assert got[0] == ([0, 1], [0, 2, 4], 0, 0) and got[5] == ([4, 5], [1, 3, 5], 1, 2), got
+
+
+def test_grid_refuses_dims_that_do_not_hold_the_group():
+    def rank(g):
+        with pytest.raises(ValueError, match=r"dims \(2, 2\) hold 4 ranks, but group 'world' has 6 "
+                                             r"\(dims_create\(6, 2\) = \(3, 2\)\)"):
+            rd.Grid((2, 2), group=g)
+        with pytest.raises(ValueError, match="periodic must be True, False or 2 of them"):
+            rd.Grid((3, 2), periodic=(True,), group=g)
+        with pytest.raises(ValueError, match="dim must be 0 to 1, got 2"):
+            rd.Grid((3, 2), group=g).shift(2)
+        return True
+
+    assert all(run_ranks(6, rank))
+    with pytest.raises(ValueError, match="dims_create: n must be an integer of at least 1"):
+        rd.dims_create(0, 2)
+
+
+@pytest.mark.parametrize("async_op", [False, True])
+def test_sendrecv_round_a_ring_of_any_size_and_off_an_edge(async_op):
+    # 8 MB each way round a periodic ring (more than the socket buffers: blocking sends in that
+    # order would wait for each other), then along a line whose ends have no neighbour.
+    def rank(g):
+        ring = rd.Grid((g.size(),), periodic=True, group=g)
+        src, dst = ring.shift(0)
+        out = rd.sendrecv(np.full(1 << 20, g.rank(), dtype=np.float64), dst, src, group=g, async_op=async_op)
+        got = out.wait() if async_op else out
+        line = rd.Grid((g.size(),), group=g)
+        src, dst = line.shift(0)
+        edge = rd.sendrecv(np.array([g.rank()]), dst, src, group=g, async_op=async_op)
+        edge = edge.wait() if async_op else edge
+        return int(got[0]), bool((got == got[0]).all()), None if edge is None else int(edge[0])
+
+    assert run_ranks(4, rank) == [(3, True, None), (0, True, 0), (1, True, 1), (2, True, 2)]
+
+
+def test_sendrecv_fixing_the_shape_checks_it_on_both_ranks():
+    def rank(g):
+        other = 1 - g.rank()
+        try:
+            rd.sendrecv(np.zeros(3 + g.rank()), other, other, shape=(3,), dtype=np.float64, group=g)
+        except RingError as exc:
+            return type(exc)
+        return None
+
+    assert MismatchError in run_ranks(2, rank)
