@@ -152,6 +152,7 @@ class Comm:
         self._in_poller: Any = None  # a poll of the arrived connections from senders (`p2p_arrivals`)
         self._in_polled: dict[int, int] = {}  # fd -> sender, of those it polls
         self._in_unpolled: set[int] = set()  # senders whose connection closed between messages
+        self._in_lock = threading.Lock()  # guards the three above
         if size > 1:
             assert endpoint is not None
             try:
@@ -740,26 +741,42 @@ class Comm:
         """The senders whose arrived connection has bytes read ahead or to read now: one poll of
         them all, that does not wait (an any-source receive's first look, `any_source`). A
         connection closed for good stays readable: `p2p_unpoll` it."""
-        poller = self._in_poller
-        if poller is None:
-            poller = self._in_poller = select.poll()
-        polled = self._in_polled
         table = self._p2p_in
-        if len(polled) + len(self._in_unpolled) < len(table):
-            for peer, (ch, _) in table.items():
-                if ch.fd not in polled and peer not in self._in_unpolled:
-                    poller.register(ch.fd, select.POLLIN)
-                    polled[ch.fd] = peer
-        found = [polled[fd] for fd, _ in poller.poll(0)]
-        found.extend(peer for peer, (ch, _) in table.items() if ch.reader.end != ch.reader.start)
+        if self._endpoint is not None:  # connections that arrived since: a new sender is seen at once
+            for peer in self._endpoint.filed(self.gid, "p2p"):
+                if peer in table or not 0 <= peer < self._size:
+                    continue
+                # Under the pair's turn: a thread holding it may be waiting in the inbox for this one.
+                turn = self.p2p_turn(peer, False, "recv_any", None, wait=False)
+                if turn is not None:
+                    try:
+                        self.p2p_incoming(peer, "recv_any")
+                    except PeerLostError:
+                        pass  # (it left as it came: the inbox had it a moment ago) a look at it says so
+                    finally:
+                        turn.release()
+        with self._in_lock:  # (one poll object: two threads may not poll it at once)
+            poller = self._in_poller
+            if poller is None:
+                poller = self._in_poller = select.poll()
+            polled = self._in_polled
+            entries = list(table.items())  # (another thread may add one meanwhile)
+            if len(polled) + len(self._in_unpolled) < len(entries):
+                for peer, (ch, _) in entries:
+                    if ch.fd not in polled and peer not in self._in_unpolled:
+                        poller.register(ch.fd, select.POLLIN)
+                        polled[ch.fd] = peer
+            found = [polled[fd] for fd, _ in poller.poll(0)]
+        found.extend(peer for peer, (ch, _) in entries if ch.reader.end != ch.reader.start)
         return found
 
     def p2p_unpoll(self, peer: int) -> None:
         """Leave the connection from `peer` out of `p2p_arrivals` (it closed between messages)."""
-        self._in_unpolled.add(peer)
-        entry = self._p2p_in.get(peer)
-        if entry is not None and self._in_polled.pop(entry[0].fd, None) is not None:
-            self._in_poller.unregister(entry[0].fd)
+        with self._in_lock:
+            self._in_unpolled.add(peer)
+            entry = self._p2p_in.get(peer)
+            if entry is not None and self._in_polled.pop(entry[0].fd, None) is not None:
+                self._in_poller.unregister(entry[0].fd)
 
     def p2p_take_turns(self, peers: list[int], op: str) -> dict[int, threading.Lock]:
         """The turns at messages from `peers` that are free now, taken (as `p2p_turn` with `wait`

@@ -288,6 +288,11 @@ class Endpoint:
         conn.settimeout(None)
         return conn
 
+    def filed(self, group: str, kind: str) -> list[int]:
+        """The peers whose connection of `kind` for `group` waits in the inbox, not yet taken."""
+        with self._cond:
+            return [key.peer for key in self._inbox if key.group == group and key.kind == kind]
+
     def ask_failed(self, addresses: list[tuple[str, int]], group: str, me: int, peer: str,
                    timeout: float) -> dict[str, Any] | None:
         """Whether the rank listening at `addresses` has seen `group` fail: the fields of the ABORT

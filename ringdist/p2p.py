@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from . import buffers, wire, work
-from .channel import Channel
+from .channel import Channel, peer_name
 from .algorithms.blocks import dtype_of
 from .arrays import as_array, byte_view
 from .collectives import _comm
@@ -122,7 +122,7 @@ def _expect_message(mine: dict[str, Any], theirs: dict[str, Any], ch: Channel, o
         got = dict(theirs)
         raise MismatchError(
             f"rank {ch.me} expected {op}(shape={tuple(mine['shape'])}, dtype={wire.describe_dtype(mine['dtype'])}) "
-            f"from rank {ch.peer} but rank {ch.peer} sent {wire.describe_header(got)} (group {ch.group!r})")
+            f"from {peer_name(ch)} but rank {ch.peer} sent {wire.describe_header(got)} (group {ch.group!r})")
 
 
 class _Recv:
@@ -141,6 +141,7 @@ class _Recv:
         self.outflows: list[Outflow] = []
         self.turn: Any = None  # as a send's
         self.out: np.ndarray | None = None
+        self.trailing: tuple[int, ...] = ()  # a subarray dtype's dims, with no shape given
 
     def start(self) -> float:
         g = self.g
@@ -152,9 +153,11 @@ class _Recv:
         shape = None if self.shape is None else _shape(self.shape, g.rank(), self.op)
         if shape is None or dt is None:  # the sender's header says the rest (`_accept`)
             # As an allocated array would have it: numpy sizes an unsized dtype ('S') and moves
-            # a subarray dtype's shape into the array's.
-            self.tag = None if dt is None else _tag(np.empty(0, dt).dtype, self.op, g)
-            self.shape = shape
+            # a subarray dtype's shape into the array's, as the sender's trailing dims.
+            probe = None if dt is None else np.empty(0, dt)
+            self.tag = None if probe is None else _tag(probe.dtype, self.op, g)
+            self.trailing = () if probe is None or shape is not None else probe.shape[1:]
+            self.shape = shape if shape is None or probe is None else shape + probe.shape[1:]
         else:
             self.out = _allocate(shape, dt, g.rank(), self.op)
             # The array's dtype, not the one asked for, as above.
@@ -188,11 +191,14 @@ class _Recv:
         ok = (fields.get("op") == "send" and fields.get("seq") == number and isinstance(shape, list)
               and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)
               and (self.tag is None or fields.get("dtype") == self.tag)
-              and (self.shape is None or tuple(shape) == self.shape))
+              and (self.shape is None or tuple(shape) == self.shape)
+              and (not self.trailing or tuple(shape[-len(self.trailing):]) == self.trailing
+                   and len(shape) > len(self.trailing)))
         if not ok:
-            want = (f"shape={'any' if self.shape is None else self.shape}, "
+            any_shape = "any" if not self.trailing else "(any, " + ", ".join(map(str, self.trailing)) + ")"
+            want = (f"shape={any_shape if self.shape is None else self.shape}, "
                     f"dtype={'any' if self.tag is None else wire.describe_dtype(self.tag)}")
-            raise MismatchError(f"rank {ch.me} expected {self.op}({want}) from rank {ch.peer} but rank {ch.peer} "
+            raise MismatchError(f"rank {ch.me} expected {self.op}({want}) from {peer_name(ch)} but rank {ch.peer} "
                                 f"sent {wire.describe_header(dict(fields))} (group {ch.group!r})")
         dt = dtype_of(fields.get("dtype"), ch)
         self.out = _allocate(tuple(shape), dt, ch.me, f"{self.op} from rank {ch.peer}")

@@ -384,3 +384,64 @@ def test_a_recv_any_whose_message_has_come_costs_little_more_per_sender_than_a_r
 
     anyone, one, senders = run_ranks(17, rank)[0]
     assert anyone <= one + 60 * senders, (anyone, one, senders)
+
+
+def test_a_sender_whose_connection_arrives_late_is_not_starved_by_one_already_sending():
+    # Rank 1's connection is taken and 40 of its messages wait when rank 2's first arrives:
+    # rank 2's comes next in turn (a first look that polled only the connections taken
+    # found rank 1's every time, and rank 2's came last).
+    def rank(g):
+        r = g.rank()
+        if r == 1:
+            rd.send(np.zeros(1), 0, group=g)
+        if r == 0:
+            assert rd.recv_any(None, None, group=g)[0] == 1
+        rd.barrier(group=g)
+        if r == 1:
+            for k in range(40):
+                rd.send(np.full(1, k), 0, group=g)
+        if r == 2:
+            rd.send(np.ones(1), 0, group=g)
+        rd.barrier(group=g)
+        if r != 0:
+            return None
+        time.sleep(0.2)
+        return [rd.recv_any(None, None, group=g)[0] for _ in range(41)].index(2)
+
+    assert run_ranks(3, rank)[0] <= 1
+
+
+def test_threads_in_blocking_recv_any_at_once_each_get_whole_messages():
+    # Two threads of rank 0 loop in recv_any while three ranks send 300 messages each: every
+    # message arrives once, each sender's in order within each thread (one poll object shared
+    # by the threads raised "concurrent poll() invocation").
+    def rank(g):
+        r = g.rank()
+        if r != 0:
+            for k in range(300):
+                rd.send(np.array([r, k]), 0, group=g)
+            return None
+        got = {0: [], 1: []}
+        errors = []
+
+        def take(t):
+            try:
+                for _ in range(450):
+                    got[t].append(tuple(rd.recv_any(2, np.int64, group=g, timeout=20)[1].tolist()))
+            except BaseException as exc:  # noqa: BLE001 - reported below
+                errors.append(repr(exc))
+
+        threads = [threading.Thread(target=take, args=(t,)) for t in (0, 1)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        return errors, got
+
+    errors, got = run_ranks(4, rank, timeout=120)[0]
+    assert errors == []
+    assert sorted(got[0] + got[1]) == sorted((s, k) for s in (1, 2, 3) for k in range(300))
+    for t in (0, 1):
+        for s in (1, 2, 3):
+            ks = [k for src, k in got[t] if src == s]
+            assert ks == sorted(ks), (t, s)

@@ -71,3 +71,17 @@ def test_what_the_receive_fixes_must_match_on_both_ranks(shape, dtype, sent):
     assert outcomes[0][0] is MismatchError and f"rank 0 expected recv({want}) from rank 1 but rank 1 sent" in \
         outcomes[0][1] and sent in outcomes[0][1], outcomes
     assert outcomes[1][0] is MismatchError and "aborted by rank 0" in outcomes[1][1], outcomes
+
+
+def test_a_subarray_dtype_with_no_shape_fixes_the_trailing_dims():
+    def rank(g):
+        if g.rank() == 1:
+            rd.send(np.zeros((3, 2), np.int32), 0, group=g)
+            rd.send(np.zeros((3, 5), np.int32), 0, group=g)
+            return None
+        ok = rd.recv(None, np.dtype(("i4", (2,))), 1, group=g)
+        with pytest.raises(MismatchError, match=r"expected recv\(shape=\(any, 2\), dtype=int32\)"):
+            rd.recv(None, np.dtype(("i4", (2,))), 1, group=g)
+        return ok.shape
+
+    assert run_ranks(2, rank)[0] == (3, 2)  # (rank 1's small sends returned before the mismatch)
