@@ -681,6 +681,12 @@ def world_rank(ch: Any, rank: int, after: str = "") -> str:
     return f"world rank {ranks[rank]}{after}"
 
 
+def peer_name(ch: Any) -> str:
+    """'rank P' for `ch`'s peer, with '(world rank W)' where that differs (a sub-group)."""
+    world = world_rank(ch, ch.peer)
+    return f"rank {ch.peer} ({world})" if world else f"rank {ch.peer}"
+
+
 class Channel:
     """An authenticated connection to `peer` (a rank of group `group`), in non-blocking mode.
 

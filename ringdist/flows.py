@@ -25,7 +25,7 @@ import numpy as np
 from . import deadlines, wire
 from .aborts import concerns, raise_remote
 from .arrays import combine
-from .channel import STAGE_SIZE, Channel
+from .channel import STAGE_SIZE, Channel, peer_name
 from .errors import MismatchError, PeerLostError, ProtocolError, RingTimeoutError
 
 MIN_FRAME = 64 * 1024  # do not cut frames smaller than this unless a segment ends
@@ -320,10 +320,10 @@ def check_same(mine: dict[str, Any], theirs: dict[str, Any], ch: Channel) -> Non
             settings = ("RINGDIST_DIRECTIONS" if mine.get("path") == theirs.get("path")  # what chooses them
                         else "RINGDIST_ALGO, RINGDIST_DIRECT_MAX and RINGDIST_DIRECTIONS")
             raise MismatchError(
-                f"rank {ch.me} and rank {ch.peer} chose different paths for {wire.describe_header(mine)}: "
+                f"rank {ch.me} and {peer_name(ch)} chose different paths for {wire.describe_header(mine)}: "
                 f"{here} here, {there} there; set {settings} the same on every rank (group {ch.group!r})")
         raise MismatchError(
-            f"rank {ch.me} called {wire.describe_header(mine)} but rank {ch.peer} called "
+            f"rank {ch.me} called {wire.describe_header(mine)} but {peer_name(ch)} called "
             f"{wire.describe_header(theirs)} (group {ch.group!r})")
 
 

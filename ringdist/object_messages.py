@@ -22,7 +22,7 @@ from . import wire, work
 from .algorithms.blocks import sizes_of
 from .arrays import NOTHING
 from .calls import _comm
-from .channel import Channel
+from .channel import Channel, peer_name
 from .comm import Comm
 from .errors import MismatchError, ProtocolError, RingError
 from .flows import Inflow, Outflow, Segments, SizedInflow
@@ -124,8 +124,8 @@ class _RecvObject(_Turned):
 
         def accept(fields: dict[str, Any], ch: Channel) -> memoryview:
             if fields.get("op") != "send_object" or fields.get("seq") != number:
-                raise MismatchError(f"rank {ch.me} expected send_object from rank {ch.peer} (message #{number}) but "
-                                    f"rank {ch.peer} sent {wire.describe_header(fields)} (group {ch.group!r})")
+                raise MismatchError(f"rank {ch.me} expected send_object from {peer_name(ch)} (message #{number}) "
+                                    f"but rank {ch.peer} sent {wire.describe_header(fields)} (group {ch.group!r})")
             sizes = sizes_of(fields, ch)
             if isinstance(fields.get("failed"), str):  # raised once the message is read whole: the pair stays in step
                 if sizes:

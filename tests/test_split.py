@@ -97,6 +97,16 @@ def test_errors_in_a_sub_group_name_a_peer_s_world_rank_too():
 
     told = run_ranks(3, refused, shm=False)
     assert all(re.match(r"rank \d: all_sum aborted by rank 0 \(world rank 2\): ", told[r]) for r in (0, 1)), told
+
+    # A mismatch names the other side by both ranks.
+    def unlike(g):
+        sub = g.split(0, key=g.size() - g.rank())
+        with pytest.raises(rd.MismatchError) as info:
+            rd.all_sum(np.ones(4 + (g.rank() == 2)), group=sub)
+        return str(info.value)
+
+    seen = run_ranks(3, unlike, shm=False)
+    assert any("but rank 0 (world rank 2) called all_sum(shape=(5,)" in m for m in seen), seen
     assert "world rank" not in run_ranks(2, lambda g: str(_stall_message(g)), shm=False)[0]
 
 
