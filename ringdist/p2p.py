@@ -269,6 +269,17 @@ def sendrecv(x: Any, dst: "int | None", src: "int | None", *, shape: Any = None,
 
     The send goes without blocking while the receive waits, so a ring of sendrecvs of any size
     completes. With `async_op=True`: a `Work` at once, whose `wait()` returns the array."""
+    g = _comm(group, timeout)
+    # Every argument checked before the send starts: a receive refused after it would wait for
+    # the send to be taken first.
+    for peer, role in ((dst, "dst"), (src, "src")):
+        if peer is not None:
+            g.check_peer(peer, "sendrecv", role)
+    if shape is not None:
+        _shape(shape, g.rank(), "sendrecv")
+    if dtype is not None and np.dtype(dtype).hasobject:
+        raise TypeError(f"rank {g.rank()}: sendrecv: ringdist receives raw array bytes; object dtypes are not "
+                        f"supported")
     if dst is None and src is None:
         if async_op:
             return recv_nothing(group)

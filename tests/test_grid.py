@@ -3,6 +3,8 @@ over real connections."""
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 
@@ -85,3 +87,18 @@ def test_sendrecv_fixing_the_shape_checks_it_on_both_ranks():
         return None
 
     assert MismatchError in run_ranks(2, rank)
+
+
+def test_sendrecv_checks_its_arguments_before_anything_is_sent():
+    # A bad src is refused at once, before the send goes (which nobody would take).
+    def rank(g):
+        if g.rank() == 1:
+            return None
+        began = time.monotonic()
+        with pytest.raises(ValueError, match="rank 0: sendrecv: src=5 is not a rank of group 'world'"):
+            rd.sendrecv(np.zeros(1 << 22), 1, 5, group=g, timeout=20)
+        with pytest.raises(TypeError, match="rank 0: sendrecv: shape=.x.: each dimension must be an integer"):
+            rd.sendrecv(np.zeros(3), 1, 1, shape="x", group=g, timeout=20)
+        return time.monotonic() - began
+
+    assert run_ranks(2, rank)[0] < 5
