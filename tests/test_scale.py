@@ -189,6 +189,18 @@ def test_launched_groups_past_the_mesh(n):
     assert max(found.values()) <= 2 * math.ceil(math.log2(n)) + 3, found
 
 
+@pytest.mark.parametrize("n, shm", [(16, "1"), (16, "0"), pytest.param(64, "1", marks=pytest.mark.slow),
+                                    pytest.param(64, "0", marks=pytest.mark.slow)])
+def test_the_calls_mpi_code_ports_at_scale(n, shm):
+    """A manager and N-1 workers (recv_object_any), uneven reduce_scatter, all_maxloc, a Grid's
+    sendrecv halo and sub-groups, async calls and wait_all: real processes, over shared memory
+    and over TCP."""
+    res = run_launcher(["-n", str(n), str(SCRIPTS / "ported_calls.py")], timeout=300,
+                       env={"RINGDIST_TIMEOUT": "60", "RINGDIST_SHM": shm})
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert re.search(rf"^\[0\] ported ok n={n} dims=", res.stdout, re.M), res.stdout[-3000:]
+
+
 GATHERING = sorted(name for name, a in ALGORITHMS.items() if a.gather is not None)
 BROADCASTING = sorted(name for name, a in ALGORITHMS.items() if a.broadcast is not None)
 
