@@ -270,6 +270,9 @@ def sendrecv(x: Any, dst: "int | None", src: "int | None", *, shape: Any = None,
     The send goes without blocking while the receive waits, so a ring of sendrecvs of any size
     completes. With `async_op=True`: a `Work` at once, whose `wait()` returns the array."""
     g = _comm(group, timeout)
+    me = g.rank()
+    if _is_rank(dst, me) and _is_rank(src, me):  # a periodic dimension of size 1: this rank's own x
+        return _to_self(x, shape, dtype, g, async_op)
     # Every argument checked before the send starts: a receive refused after it would wait for
     # the send to be taken first.
     for peer, role in ((dst, "dst"), (src, "src")):
@@ -282,7 +285,7 @@ def sendrecv(x: Any, dst: "int | None", src: "int | None", *, shape: Any = None,
                         f"supported")
     if dst is None and src is None:
         if async_op:
-            return recv_nothing(group)
+            return done_work(group)
         return None
     if dst is None:
         return recv(shape, dtype, src, group=group, timeout=timeout, async_op=async_op)  # type: ignore[arg-type]
@@ -302,6 +305,26 @@ def sendrecv(x: Any, dst: "int | None", src: "int | None", *, shape: Any = None,
         return receiving
     receiving.then(lambda result, error: _both(sending, result, error))  # type: ignore[union-attr]
     return receiving
+
+
+def _is_rank(peer: Any, me: int) -> bool:
+    return isinstance(peer, numbers.Integral) and not isinstance(peer, bool) and int(peer) == me
+
+
+def _to_self(x: Any, shape: Any, dtype: Any, g: Comm, async_op: bool) -> Any:
+    """A sendrecv from this rank to itself (MPI's Sendrecv allows it): a copy of `x`, checked
+    against `shape` and `dtype` as a message from another rank would be."""
+    arr = as_array(x, "sendrecv")
+    want_shape = None if shape is None else _shape(shape, g.rank(), "sendrecv")
+    want = None if dtype is None else np.empty(0, dtype).dtype
+    if (want_shape is not None and want_shape != arr.shape) or (want is not None and want != arr.dtype):
+        raise MismatchError(f"rank {g.rank()} expected sendrecv(shape={want_shape or 'any'}, dtype="
+                            f"{want or 'any'}) from itself but sends shape={arr.shape}, dtype={arr.dtype}")
+    g.check_usable("sendrecv")
+    out = np.array(arr, order="C", copy=True)
+    if not async_op:
+        return out
+    return done_work(g, out)
 
 
 def _both(sending: Any, result: Any, error: BaseException | None) -> Any:
@@ -324,9 +347,9 @@ def _settle(sending: Any) -> None:
         pass
 
 
-def recv_nothing(group: Comm | None) -> "work.Work":
-    """A Work that is done at once with None (a sendrecv with neither half)."""
+def done_work(group: Comm | None, result: Any = None) -> "work.Work":
+    """A sendrecv's Work that is done at once with `result` (neither half, or only this rank)."""
     g = _comm(group, None)
     done = work.Work("sendrecv", g)
-    done.complete(None, None)
+    done.complete(result, None)
     return done

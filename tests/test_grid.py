@@ -102,3 +102,17 @@ def test_sendrecv_checks_its_arguments_before_anything_is_sent():
         return time.monotonic() - began
 
     assert run_ranks(2, rank)[0] < 5
+
+
+def test_sendrecv_to_itself_along_a_periodic_dimension_of_one_is_its_own_array():
+    def rank(g):
+        grid = rd.Grid(rd.dims_create(g.size(), 2), periodic=True, group=g)  # (3, 1)
+        src, dst = grid.shift(1)
+        got = rd.sendrecv(np.array([g.rank(), 7]), dst, src, group=g)
+        late = rd.sendrecv(np.array([g.rank()]), dst, src, group=g, async_op=True).wait()
+        with pytest.raises(ValueError, match="sendrecv: src=.* is this rank itself"):
+            rd.sendrecv(np.zeros(1), (g.rank() + 1) % 3, g.rank(), group=g)
+        return (src, dst), got.tolist(), late.tolist()
+
+    got = run_ranks(3, rank)
+    assert got == [((r, r), [r, 7], [r]) for r in range(3)], got
