@@ -681,10 +681,12 @@ def world_rank(ch: Any, rank: int, after: str = "") -> str:
     return f"world rank {ranks[rank]}{after}"
 
 
-def peer_name(ch: Any) -> str:
-    """'rank P' for `ch`'s peer, with '(world rank W)' where that differs (a sub-group)."""
-    world = world_rank(ch, ch.peer)
-    return f"rank {ch.peer} ({world})" if world else f"rank {ch.peer}"
+def peer_name(ch: Any, rank: int | None = None) -> str:
+    """'rank P' for `ch`'s peer (or group rank `rank`), with '(world rank W)' where that differs
+    (a sub-group)."""
+    rank = ch.peer if rank is None else rank
+    world = world_rank(ch, rank)
+    return f"rank {rank} ({world})" if world else f"rank {rank}"
 
 
 class Channel:

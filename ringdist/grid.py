@@ -9,31 +9,43 @@ PROC_NULL), which `sendrecv` takes as "no such half".
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 from typing import Any
 
+import numpy as np
+
 from .calls import _comm
 from .comm import Comm
+
+# dims_create's bounds: far past any group (a hostfile holds at most 4096 ranks), and within
+# what its search answers at once.
+MAX_N = 1 << 20
+MAX_NDIMS = 16
 
 
 def dims_create(n: int, ndims: int) -> tuple[int, ...]:
     """`ndims` sizes whose product is `n`, as close to each other as can be, largest first
     (MPI's Dims_create with no dimension fixed): 12, 2 -> (4, 3); 16, 3 -> (4, 2, 2)."""
-    for name, value, least in (("n", n, 1), ("ndims", ndims, 1)):
-        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < least:
-            raise ValueError(f"dims_create: {name} must be an integer of at least {least}, got {value!r}")
+    for name, value, most in (("n", n, MAX_N), ("ndims", ndims, MAX_NDIMS)):
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+            raise TypeError(f"dims_create: {name} must be an integer, got {value!r}")
+        if not 1 <= value <= most:
+            raise ValueError(f"dims_create: {name} must be 1 to {most}, got {value!r}")
     best = _closest(int(n), int(ndims), int(n))
     assert best is not None
     return best
 
 
+@functools.lru_cache(maxsize=4096)
 def _divisors(n: int) -> list[int]:
     """The divisors of `n`, largest first."""
     small = [d for d in range(1, math.isqrt(n) + 1) if n % d == 0]
     return sorted(set(small + [n // d for d in small]), reverse=True)
 
 
+@functools.lru_cache(maxsize=65536)
 def _closest(n: int, k: int, cap: int) -> tuple[int, ...] | None:
     """The non-increasing `k` factors of `n`, none over `cap`, whose largest and smallest are
     closest (ties: the largest smallest); None if there are none."""
@@ -58,22 +70,24 @@ class Grid:
     def __init__(self, dims: Any, periodic: Any = False, *, group: Comm | None = None):
         g = _comm(group, None)
         try:
-            sizes = tuple(int(d) for d in dims if not isinstance(d, bool) and isinstance(d, numbers.Integral)
-                          and d >= 1)
-            given = len(list(dims))
+            given = list(dims)  # once: a generator is read once
         except TypeError:
-            sizes, given = (), -1
-        if not sizes or len(sizes) != given:
+            given = []
+        sizes = tuple(int(d) for d in given if not isinstance(d, (bool, np.bool_))
+                      and isinstance(d, numbers.Integral) and d >= 1)
+        if len(sizes) != len(given):
+            sizes = ()
+        if not sizes:
             raise ValueError(f"rank {g.rank()}: Grid: dims must be positive integers, got {dims!r}")
         if math.prod(sizes) != g.size():
             raise ValueError(f"rank {g.rank()}: Grid: dims {sizes} hold {math.prod(sizes)} ranks, but group "
                              f"{g.gid!r} has {g.size()} (dims_create({g.size()}, {len(sizes)}) = "
                              f"{dims_create(g.size(), len(sizes))})")
-        flags = [periodic] * len(sizes) if isinstance(periodic, bool) else list(periodic)
-        if len(flags) != len(sizes) or not all(isinstance(f, bool) for f in flags):
+        flags = _flags(periodic, len(sizes))
+        if flags is None:
             raise ValueError(f"rank {g.rank()}: Grid: periodic must be True, False or {len(sizes)} of them, "
                              f"got {periodic!r}")
-        self.group, self.dims, self.periodic = g, sizes, tuple(flags)
+        self.group, self.dims, self.periodic = g, sizes, flags
 
     def __repr__(self) -> str:
         return f"<ringdist.Grid {self.dims} periodic={self.periodic} of group {self.group.gid!r}>"
@@ -122,8 +136,8 @@ class Grid:
         """Collective: the group of the ranks that share this rank's coordinates in the dimensions
         `keep` (one flag each) leaves out, ranked by their coordinates in the kept ones (MPI's
         Cart_sub): keep=(False, True) on a 2-D grid gives this rank's row."""
-        flags = list(keep)
-        if len(flags) != len(self.dims) or not all(isinstance(f, bool) for f in flags):
+        flags = _flags(keep, len(self.dims), alone=False)
+        if flags is None:
             raise ValueError(f"rank {self.group.rank()}: Grid.sub: keep must be {len(self.dims)} flags, got {keep!r}")
         here = self.coords()
         color = key = 0
@@ -139,3 +153,17 @@ class Grid:
         if isinstance(rank, bool) or not isinstance(rank, numbers.Integral) or not 0 <= rank < n:
             raise ValueError(f"rank {self.group.rank()}: Grid: {rank!r} is not a rank of a group of size {n}")
         return int(rank)
+
+
+def _flags(given: Any, n: int, alone: bool = True) -> tuple[bool, ...] | None:
+    """`given` as `n` flags: one flag for all (where `alone`), or a sequence of `n` (numpy's bools
+    too); None if it is neither."""
+    if isinstance(given, (bool, np.bool_)):
+        return (bool(given),) * n if alone else None
+    try:
+        flags = list(given)
+    except TypeError:
+        return None
+    if len(flags) != n or not all(isinstance(f, (bool, np.bool_)) for f in flags):
+        return None
+    return tuple(bool(f) for f in flags)

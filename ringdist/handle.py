@@ -27,7 +27,7 @@ class Work:
     """
 
     __slots__ = ("op", "gid", "rank", "_event", "_result", "_error", "_waited", "_finish", "_finish_lock",
-                 "__weakref__")
+                 "_hooks", "__weakref__")
 
     def __init__(self, op: str, g: Any):
         self.op = op
@@ -39,6 +39,7 @@ class Work:
         self._waited = False
         self._finish: Callable[[Any, BaseException | None], Any] | None = None
         self._finish_lock: threading.Lock | None = None
+        self._hooks: list[Callable[[], None]] | None = None  # called once it completes (`joined`)
 
     def then(self, finish: Callable[[Any, BaseException | None], Any]) -> None:
         """Have the first `wait` turn the outcome into its result with `finish(result, error)`, on
@@ -89,6 +90,8 @@ class Work:
         self._event.set()
         with finishing:
             finishing.notify_all()
+        for hook in self._hooks or ():
+            hook()
 
     def fail_in_child(self, error: BaseException) -> None:
         """In a forked child: the handle of the parent's operation, failed, and the parent's to report."""
@@ -109,6 +112,37 @@ class Work:
             self.report()
         except Exception:  # noqa: BLE001 - at interpreter exit logging may be gone
             pass
+
+
+def joined(main: Work, other: Work, op: str, g: Any) -> Work:
+    """One handle for two operations (a sendrecv's receive and send): done with `main`'s result
+    once both are done, or with the first error as soon as either fails (the other, if still
+    outstanding, goes on unreported). The two are reported through it alone."""
+    both = Work(op, g)
+    once = threading.Lock()
+
+    def settle() -> None:
+        errors = [w._error for w in (main, other) if w._event.is_set() and w._error is not None]
+        if not errors and not (main._event.is_set() and other._event.is_set()):
+            return
+        if once.acquire(False):
+            both.complete(None if errors else main._result, errors[0] if errors else None)
+
+    with lock:
+        unreported.add(both)
+        for w in (main, other):
+            w._waited = True  # (reported through `both`)
+            unreported.discard(w)
+            w._hooks = (w._hooks or []) + [settle]
+        settle()  # either may be done already (under `lock`, as completions are: none is missed)
+    return both
+
+
+def forget(work: Work) -> None:
+    """Never report `work`'s failure: its caller raised another error for the same operation."""
+    with lock:
+        work._waited = True
+        unreported.discard(work)
 
 
 def wait_any(works: "list[Work]", timeout: float | None = None) -> tuple[int, Any]:

@@ -24,7 +24,7 @@ from .algorithms.blocks import common, sizes_of
 from .arrays import NOTHING
 from .calls import _comm, _header, check_root
 from .collectives import gather_rows
-from .channel import Channel
+from .channel import Channel, peer_name
 from .comm import Comm
 from .errors import MismatchError, ProtocolError, RingError
 from .flows import check_same
@@ -206,17 +206,17 @@ def _object_check(header: wire.Header, cap: int, sender: Any = None):
         sizes = sizes_of(fields, ch)
         if isinstance(fields.get("failed"), str):  # raised on every rank once the exchange is done (`_told_failure`)
             if sizes:
-                raise ProtocolError(f"rank {ch.me}: {mine['op']}: rank {src} says it could not send its object "
+                raise ProtocolError(f"rank {ch.me}: {mine['op']}: {peer_name(ch, src)} says it could not send its object "
                                     f"yet declares parts of {sizes!r}")
             return 1
         if sender is not None and not sender(src):
             if sizes:
-                raise MismatchError(f"rank {ch.me}: {mine['op']}: rank {src} sends an object but is not the root")
+                raise MismatchError(f"rank {ch.me}: {mine['op']}: {peer_name(ch, src)} sends an object but is not the root")
             return 1
         if not sizes:
-            raise MismatchError(f"rank {ch.me}: {mine['op']}: rank {src} sends no object")
+            raise MismatchError(f"rank {ch.me}: {mine['op']}: {peer_name(ch, src)} sends no object")
         if sum(sizes) > cap:
-            raise RingError(f"rank {ch.me}: {mine['op']}: rank {src} declares a {sum(sizes)}-byte object, over "
+            raise RingError(f"rank {ch.me}: {mine['op']}: {peer_name(ch, src)} declares a {sum(sizes)}-byte object, over "
                             f"RINGDIST_MAX_OBJECT_BYTES={cap} here")
         return 1
     return check

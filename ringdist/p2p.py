@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from . import buffers, wire, work
+from . import buffers, handle, wire, work
 from .channel import Channel, peer_name
 from .algorithms.blocks import dtype_of
 from .arrays import as_array, byte_view
@@ -192,8 +192,8 @@ class _Recv:
               and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)
               and (self.tag is None or fields.get("dtype") == self.tag)
               and (self.shape is None or tuple(shape) == self.shape)
-              and (not self.trailing or tuple(shape[-len(self.trailing):]) == self.trailing
-                   and len(shape) > len(self.trailing)))
+              and (not self.trailing or len(shape) >= len(self.trailing)
+                   and tuple(shape[len(shape) - len(self.trailing):]) == self.trailing))
         if not ok:
             any_shape = "any" if not self.trailing else "(any, " + ", ".join(map(str, self.trailing)) + ")"
             want = (f"shape={any_shape if self.shape is None else self.shape}, "
@@ -268,25 +268,28 @@ def sendrecv(x: Any, dst: "int | None", src: "int | None", *, shape: Any = None,
     of None skips that half (MPI's PROC_NULL: an edge of a grid); then None is returned.
 
     The send goes without blocking while the receive waits, so a ring of sendrecvs of any size
-    completes. With `async_op=True`: a `Work` at once, whose `wait()` returns the array."""
+    completes. If the receive fails, its error is raised at once (the send, if still under way,
+    goes on unreported). With `async_op=True`: a `Work` at once, done once both halves are,
+    whose `wait()` returns the array."""
     g = _comm(group, timeout)
     me = g.rank()
     if _is_rank(dst, me) and _is_rank(src, me):  # a periodic dimension of size 1: this rank's own x
         return _to_self(x, shape, dtype, g, async_op)
     # Every argument checked before the send starts: a receive refused after it would wait for
-    # the send to be taken first.
+    # the send to be taken first, and a send refused on the progress thread would leave the
+    # receive waiting for its timeout.
     for peer, role in ((dst, "dst"), (src, "src")):
         if peer is not None:
             g.check_peer(peer, "sendrecv", role)
+    if dst is not None:
+        _tag(as_array(x, "sendrecv").dtype, "sendrecv", g)
     if shape is not None:
         _shape(shape, g.rank(), "sendrecv")
     if dtype is not None and np.dtype(dtype).hasobject:
         raise TypeError(f"rank {g.rank()}: sendrecv: ringdist receives raw array bytes; object dtypes are not "
                         f"supported")
     if dst is None and src is None:
-        if async_op:
-            return done_work(group)
-        return None
+        return done_work(g) if async_op else None
     if dst is None:
         return recv(shape, dtype, src, group=group, timeout=timeout, async_op=async_op)  # type: ignore[arg-type]
     sending = send(x, dst, group=group, timeout=timeout, async_op=True)
@@ -297,13 +300,12 @@ def sendrecv(x: Any, dst: "int | None", src: "int | None", *, shape: Any = None,
         return None
     try:
         receiving = recv(shape, dtype, src, group=group, timeout=timeout, async_op=async_op)
-    except Exception:
-        _settle(sending)
+    except BaseException:
+        handle.forget(sending)  # type: ignore[arg-type]
         raise
-    if not async_op:
-        sending.wait()  # type: ignore[union-attr]
-        return receiving
-    receiving.then(lambda result, error: _both(sending, result, error))  # type: ignore[union-attr]
+    if async_op:
+        return handle.joined(receiving, sending, "sendrecv", g)  # type: ignore[arg-type]
+    sending.wait()  # type: ignore[union-attr]
     return receiving
 
 
@@ -325,26 +327,6 @@ def _to_self(x: Any, shape: Any, dtype: Any, g: Comm, async_op: bool) -> Any:
     if not async_op:
         return out
     return done_work(g, out)
-
-
-def _both(sending: Any, result: Any, error: BaseException | None) -> Any:
-    """A sendrecv's outcome once both halves are done: the received array, or the first error."""
-    try:
-        sending.wait()
-    except BaseException:
-        if error is None:
-            raise
-    if error is not None:
-        raise error
-    return result
-
-
-def _settle(sending: Any) -> None:
-    """Wait out a sendrecv's send whose receive could not start (its own error goes with the receive's)."""
-    try:
-        sending.wait()
-    except Exception:  # noqa: BLE001 - the receive's error is the one raised
-        pass
 
 
 def done_work(group: Comm | None, result: Any = None) -> "work.Work":

@@ -308,10 +308,12 @@ class Signals:
         mine, theirs = self._fields(self.rank), self._fields(p)
         if mine is not None and theirs is not None:
             try:
-                check_same(mine, theirs, SimpleNamespace(me=self.rank, peer=p, group=g.gid))  # type: ignore[arg-type]
+                check_same(mine, theirs, SimpleNamespace(me=self.rank, peer=p, group=g.gid,  # type: ignore[arg-type]
+                                                         world_ranks=g.world_ranks))
             except MismatchError as exc:
                 return str(exc)  # word for word what TCP's check says
-        return (f"rank {self.rank} called {self._describe(self.rank, mine)} but rank {p} called "
+        other = channel.peer_name(SimpleNamespace(peer=p, world_ranks=g.world_ranks))
+        return (f"rank {self.rank} called {self._describe(self.rank, mine)} but {other} called "
                 f"{self._describe(p, theirs)} ({how}; group {g.gid!r})")
 
     def _fields(self, p: int) -> dict[str, Any] | None:

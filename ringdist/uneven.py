@@ -22,7 +22,7 @@ from . import buffers, comm as comm_module, tuning, wire, work
 from .algorithms.blocks import Assembled, common, dtype_from, dtype_of, sizes_of
 from .arrays import NOTHING, REDUCERS, as_rows, byte_view
 from .calls import _comm, _header, check_flag, check_root
-from .channel import Channel
+from .channel import Channel, peer_name
 from .comm import Comm
 from .errors import MismatchError, ProtocolError
 from .flows import check_same
@@ -46,7 +46,7 @@ def _rows_check(header: wire.Header, unit: int, expect: Callable[[int], int | No
         want = expect(src)
         sizes = sizes_of(fields, ch, 1)
         if want is not None and sizes != [want]:
-            raise MismatchError(f"rank {ch.me}: {wire.describe_header(mine)}: rank {src} sends {sizes[0]} rows "
+            raise MismatchError(f"rank {ch.me}: {wire.describe_header(mine)}: {peer_name(ch, src)} sends {sizes[0]} rows "
                                 f"where this rank expects {want} (group {ch.group!r})")
         return unit
     return check

@@ -55,7 +55,7 @@ def test_grid_refuses_dims_that_do_not_hold_the_group():
         return True
 
     assert all(run_ranks(6, rank))
-    with pytest.raises(ValueError, match="dims_create: n must be an integer of at least 1"):
+    with pytest.raises(ValueError, match="dims_create: n must be 1 to 1048576, got 0"):
         rd.dims_create(0, 2)
 
 
@@ -116,3 +116,69 @@ def test_sendrecv_to_itself_along_a_periodic_dimension_of_one_is_its_own_array()
 
     got = run_ranks(3, rank)
     assert got == [((r, r), [r, 7], [r]) for r in range(3)], got
+
+
+def test_sendrecv_refuses_an_array_it_cannot_send_at_once():
+    # An object array was refused only when the send started, on the progress thread: the
+    # receive waited for its timeout meanwhile.
+    def rank(g):
+        began = time.monotonic()
+        with pytest.raises(TypeError, match="object arrays are not supported"):
+            rd.sendrecv(np.array([object(), 1]), 1 - g.rank(), 1 - g.rank(), group=g, timeout=20)
+        return time.monotonic() - began
+
+    assert max(run_ranks(2, rank)) < 5
+
+
+@pytest.mark.parametrize("async_op", [False, True])
+def test_a_sendrecv_whose_receive_fails_raises_at_once(async_op):
+    # Rank 1 sends 3 floats where rank 0 fixed shape (5,), and never takes rank 0's 32 MB: the
+    # MismatchError comes at once, not after the send's timeout.
+    def rank(g):
+        if g.rank() == 1:
+            rd.send(np.zeros(3), 0, group=g)
+            time.sleep(3)
+            return None
+        began = time.monotonic()
+        with pytest.raises(MismatchError):
+            w = rd.sendrecv(np.zeros(1 << 22), 1, 1, shape=(5,), group=g, timeout=20, async_op=async_op)
+            if async_op:
+                w.wait(timeout=10)
+        return time.monotonic() - began
+
+    assert run_ranks(2, rank)[0] < 5
+
+
+def test_an_async_sendrecv_is_done_only_once_its_send_is():
+    # The receive is done at once, the send only once rank 1 takes it (after 1.5 s): the handle
+    # says so, and a wait with a timeout keeps to it.
+    def rank(g):
+        if g.rank() == 1:
+            rd.send(np.ones(3), 0, group=g)
+            time.sleep(1.5)
+            return rd.recv(None, None, 0, group=g).shape
+        w = rd.sendrecv(np.zeros(1 << 22), 1, 1, group=g, async_op=True)
+        time.sleep(0.5)
+        early = w.done()
+        began = time.monotonic()
+        with pytest.raises(rd.RingTimeoutError, match="still outstanding"):
+            w.wait(timeout=0.3)
+        waited = time.monotonic() - began
+        got = w.wait(timeout=20)
+        return early, waited, got.tolist(), rd.wait_any([w])[0]
+
+    early, waited, got, index = run_ranks(2, rank)[0]
+    assert early is False and waited < 1.0 and got == [1.0, 1.0, 1.0] and index == 0, (early, waited)
+
+
+def test_grid_takes_numpy_flags_and_generators_and_dims_create_names_bad_types():
+    def rank(g):
+        grid = rd.Grid((q for q in (3, 2)), periodic=np.bool_(True), group=g)
+        row = grid.sub(np.array([False, True]))
+        return grid.dims, grid.periodic, row.size()
+
+    assert run_ranks(6, rank)[0] == ((3, 2), (True, True), 2)
+    with pytest.raises(TypeError, match="dims_create: n must be an integer, got 12.0"):
+        rd.dims_create(12.0, 2)
+    with pytest.raises(ValueError, match="dims_create: ndims must be 1 to 16, got 1100"):
+        rd.dims_create(1, 1100)

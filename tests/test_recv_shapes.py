@@ -76,9 +76,11 @@ def test_what_the_receive_fixes_must_match_on_both_ranks(shape, dtype, sent):
 def test_a_subarray_dtype_with_no_shape_fixes_the_trailing_dims():
     def rank(g):
         if g.rank() == 1:
+            rd.send(np.zeros(2, np.int32), 0, group=g)  # one element of the subarray dtype
             rd.send(np.zeros((3, 2), np.int32), 0, group=g)
             rd.send(np.zeros((3, 5), np.int32), 0, group=g)
             return None
+        assert rd.recv(None, np.dtype(("i4", (2,))), 1, group=g).shape == (2,)
         ok = rd.recv(None, np.dtype(("i4", (2,))), 1, group=g)
         with pytest.raises(MismatchError, match=r"expected recv\(shape=\(any, 2\), dtype=int32\)"):
             rd.recv(None, np.dtype(("i4", (2,))), 1, group=g)

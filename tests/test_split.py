@@ -105,8 +105,9 @@ def test_errors_in_a_sub_group_name_a_peer_s_world_rank_too():
             rd.all_sum(np.ones(4 + (g.rank() == 2)), group=sub)
         return str(info.value)
 
-    seen = run_ranks(3, unlike, shm=False)
-    assert any("but rank 0 (world rank 2) called all_sum(shape=(5,)" in m for m in seen), seen
+    for shm in (False, True):  # (over shared memory the signals find it)
+        seen = run_ranks(3, unlike, shm=shm)
+        assert any("but rank 0 (world rank 2) called all_sum(shape=(5,)" in m for m in seen), (shm, seen)
     assert "world rank" not in run_ranks(2, lambda g: str(_stall_message(g)), shm=False)[0]
 
 
