@@ -99,6 +99,8 @@ class Work:
         self._event = threading.Event()
         self._event.set()
         self._waited = True
+        for hook in self._hooks or ():  # a handle joined with it fails with it (`joined`)
+            hook()
 
     def report(self) -> None:
         """Log the error of a failed handle never waited (once)."""

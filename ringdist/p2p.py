@@ -273,21 +273,21 @@ def sendrecv(x: Any, dst: "int | None", src: "int | None", *, shape: Any = None,
     whose `wait()` returns the array."""
     g = _comm(group, timeout)
     me = g.rank()
-    if _is_rank(dst, me) and _is_rank(src, me):  # a periodic dimension of size 1: this rank's own x
-        return _to_self(x, shape, dtype, g, async_op)
     # Every argument checked before the send starts: a receive refused after it would wait for
     # the send to be taken first, and a send refused on the progress thread would leave the
     # receive waiting for its timeout.
+    if shape is not None:
+        _shape(shape, me, "sendrecv")
+    if dtype is not None and np.dtype(dtype).hasobject:
+        raise TypeError(f"rank {me}: sendrecv: ringdist receives raw array bytes; object dtypes are not "
+                        f"supported")
+    if dst is not None:
+        _tag(as_array(x, "sendrecv").dtype, "sendrecv", g)
+    if _is_rank(dst, me) and _is_rank(src, me):  # a periodic dimension of size 1: this rank's own x
+        return _to_self(x, shape, dtype, g, async_op)
     for peer, role in ((dst, "dst"), (src, "src")):
         if peer is not None:
             g.check_peer(peer, "sendrecv", role)
-    if dst is not None:
-        _tag(as_array(x, "sendrecv").dtype, "sendrecv", g)
-    if shape is not None:
-        _shape(shape, g.rank(), "sendrecv")
-    if dtype is not None and np.dtype(dtype).hasobject:
-        raise TypeError(f"rank {g.rank()}: sendrecv: ringdist receives raw array bytes; object dtypes are not "
-                        f"supported")
     if dst is None and src is None:
         return done_work(g) if async_op else None
     if dst is None:
@@ -300,7 +300,7 @@ def sendrecv(x: Any, dst: "int | None", src: "int | None", *, shape: Any = None,
         return None
     try:
         receiving = recv(shape, dtype, src, group=group, timeout=timeout, async_op=async_op)
-    except BaseException:
+    except Exception:  # (an interrupt leaves the send reported)
         handle.forget(sending)  # type: ignore[arg-type]
         raise
     if async_op:
@@ -317,21 +317,31 @@ def _to_self(x: Any, shape: Any, dtype: Any, g: Comm, async_op: bool) -> Any:
     """A sendrecv from this rank to itself (MPI's Sendrecv allows it): a copy of `x`, checked
     against `shape` and `dtype` as a message from another rank would be."""
     arr = as_array(x, "sendrecv")
-    want_shape = None if shape is None else _shape(shape, g.rank(), "sendrecv")
-    want = None if dtype is None else np.empty(0, dtype).dtype
-    if (want_shape is not None and want_shape != arr.shape) or (want is not None and want != arr.dtype):
-        raise MismatchError(f"rank {g.rank()} expected sendrecv(shape={want_shape or 'any'}, dtype="
-                            f"{want or 'any'}) from itself but sends shape={arr.shape}, dtype={arr.dtype}")
-    g.check_usable("sendrecv")
-    out = np.array(arr, order="C", copy=True)
-    if not async_op:
-        return out
-    return done_work(g, out)
+    probe = None if dtype is None else np.empty(0, dtype)  # as a receive allocates (a subarray's dims)
+    trailing = () if probe is None else probe.shape[1:]
+    want_shape = None if shape is None else _shape(shape, g.rank(), "sendrecv") + trailing
+    ok = ((probe is None or arr.dtype == probe.dtype)
+          and (arr.shape == want_shape if want_shape is not None
+               else len(arr.shape) >= len(trailing) and arr.shape[len(arr.shape) - len(trailing):] == trailing))
+    error = None if ok else MismatchError(
+        f"rank {g.rank()} expected sendrecv(shape={want_shape or 'any'}, dtype={'any' if probe is None else probe.dtype}) "
+        f"from itself but sends shape={arr.shape}, dtype={arr.dtype}")
+    if error is None:
+        g.check_usable("sendrecv")
+    out = None if error is not None else np.array(arr, order="C", copy=True)
+    if async_op:
+        return done_work(g, out, error)  # (its error at wait, as another rank's message's would be)
+    if error is not None:
+        raise error
+    return out
 
 
-def done_work(group: Comm | None, result: Any = None) -> "work.Work":
-    """A sendrecv's Work that is done at once with `result` (neither half, or only this rank)."""
+def done_work(group: Comm | None, result: Any = None, error: BaseException | None = None) -> "work.Work":
+    """A sendrecv's Work that is done at once with `result` or `error` (neither half, or only this rank)."""
     g = _comm(group, None)
     done = work.Work("sendrecv", g)
-    done.complete(result, None)
+    if error is not None:
+        with handle.lock:
+            handle.unreported.add(done)
+    done.complete(result, error)
     return done

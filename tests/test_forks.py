@@ -250,3 +250,13 @@ def test_a_forked_child_closes_no_file_its_parent_closed_and_reused():
         for fd in opened:
             os.close(fd)
         del ep
+
+
+def test_a_forked_child_s_wait_on_a_sendrecv_fails_at_once_as_any_handle_s():
+    # A sendrecv's one handle joins two operations: the child's wait on it waited out its
+    # timeout (the parts failed in the child, but nothing told the joined handle).
+    result = run_launcher(["-n", "2", str(SCRIPTS / "fork_joined.py")], timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+    for name in ("plain", "sendrecv"):
+        assert re.search(rf"^\[0\] child {name}: RingError after 0\.\d s$", result.stdout, re.M), result.stdout
+    assert "[0] parent [1.0, 1.0, 1.0] None" in result.stdout, result.stdout

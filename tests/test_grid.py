@@ -182,3 +182,20 @@ def test_grid_takes_numpy_flags_and_generators_and_dims_create_names_bad_types()
         rd.dims_create(12.0, 2)
     with pytest.raises(ValueError, match="dims_create: ndims must be 1 to 16, got 1100"):
         rd.dims_create(1, 1100)
+
+
+def test_sendrecv_to_itself_checks_as_a_message_from_another_rank_would_be():
+    def rank(g):
+        me = g.rank()
+        x = np.zeros((3, 2))
+        got = rd.sendrecv(x, me, me, shape=(3,), dtype="(2,)f8", group=g).shape  # a subarray's dims, as recv's
+        with pytest.raises(MismatchError, match=r"expected sendrecv\(shape=any"):
+            rd.sendrecv(np.zeros(3), me, me, dtype="(2,)f8", group=g)
+        with pytest.raises(TypeError, match="object dtypes are not supported"):
+            rd.sendrecv(x, me, me, dtype=object, group=g)
+        late = rd.sendrecv(x, me, me, shape=(4,), group=g, async_op=True)  # refused at wait, as another rank's
+        with pytest.raises(MismatchError):
+            late.wait()
+        return got
+
+    assert run_ranks(1, rank) == [(3, 2)]
