@@ -129,18 +129,14 @@ class FromAny:
         found = g.p2p_arrivals()
         if not found:
             return False
-        start = g.any_source_next
-        for s in sorted(set(found), key=lambda s: (s < start, s)):  # from the rank after the last sender
+        for s in self._rotated(sorted(set(found))):
             turn = g.p2p_turn(s, False, self.op, self.timeout, wait=False)
             if turn is None:
                 continue  # another receive from s has its turn: it came first
             ch = g.p2p_incoming(s, self.op, take=False)
             why = "" if ch.staged() else ch.gone()
             if why == "":
-                self.inner.turn = turn
-                self.peer = self.inner.peer = s
-                self.sources = None
-                g.any_source_next = s + 1
+                self._take(s, turn)
                 return True
             turn.release()
             if why is not None:  # closed between messages: out of this wait, and of the group's poll
@@ -148,14 +144,25 @@ class FromAny:
                 g.p2p_unpoll(s)
         return False
 
+    def _rotated(self, ranks: list[int]) -> list[int]:
+        """`ranks` (ascending) from the one after the last sender, then round: senders take turns."""
+        at = bisect.bisect_left(ranks, self.g.any_source_next)
+        return ranks[at:] + ranks[:at]
+
+    def _take(self, s: int, turn: Any) -> None:
+        """Rank s's message is this receive's: its source, and the pair's turn, the inner receive's."""
+        self.inner.turn = turn
+        self.peer = self.inner.peer = s
+        self.sources = None
+        self.g.any_source_next = s + 1
+
     def _look(self, ranks: list[int], wait: float, held: dict[int, Any] | None) -> bool:
         """Whether a message from one of `ranks` has come, waiting up to `wait` seconds for one
         (less while a connection has yet to arrive); if so its sender is this receive's source,
         and its turn the inner receive's. `held`: the turns a blocking receive keeps between
         looks (taken out as they are given up or handed on); None on the progress thread."""
         g, left, known = self.g, self.left, self.known
-        at = bisect.bisect_left(ranks, g.any_source_next)
-        order = ranks[at:] + ranks[:at]  # from the rank after the last sender, then round
+        order = self._rotated(ranks)
         turns: dict[int, Any] = held if held is not None else {}
         wanted = [s for s in order if s not in turns and s not in left]
         if wanted:  # a busy one belongs to a receive that came first
@@ -191,10 +198,7 @@ class FromAny:
             if chosen is None:
                 self._check_left()
                 return False
-            self.inner.turn = turns.pop(chosen)
-            self.peer = self.inner.peer = chosen
-            self.sources = None
-            g.any_source_next = chosen + 1
+            self._take(chosen, turns.pop(chosen))
             return True
         finally:
             if held is None:

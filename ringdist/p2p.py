@@ -141,6 +141,7 @@ class _Recv:
         self.outflows: list[Outflow] = []
         self.turn: Any = None  # as a send's
         self.out: np.ndarray | None = None
+        self.want: tuple[int, ...] | None = None  # the whole shape fixed, once started
         self.trailing: tuple[int, ...] = ()  # a subarray dtype's dims, with no shape given
 
     def start(self) -> float:
@@ -151,17 +152,15 @@ class _Recv:
         if dt is not None and dt.hasobject:
             raise TypeError(f"rank {g.rank()}: {self.op}: ringdist receives raw array bytes; object dtypes are not supported")
         shape = None if self.shape is None else _shape(self.shape, g.rank(), self.op)
-        if shape is None or dt is None:  # the sender's header says the rest (`_accept`)
-            # As an allocated array would have it: numpy sizes an unsized dtype ('S') and moves
-            # a subarray dtype's shape into the array's, as the sender's trailing dims.
-            probe = None if dt is None else np.empty(0, dt)
-            self.tag = None if probe is None else _tag(probe.dtype, self.op, g)
-            self.trailing = () if probe is None or shape is not None else probe.shape[1:]
-            self.shape = shape if shape is None or probe is None else shape + probe.shape[1:]
-        else:
+        # As an allocated array has them: numpy sizes an unsized dtype ('S') and moves a subarray
+        # dtype's shape into the array's, as the sender's trailing dims.
+        probe = None if dt is None else np.empty(0, dt)
+        self.tag = None if probe is None else _tag(probe.dtype, self.op, g)
+        dims = () if probe is None else probe.shape[1:]
+        self.want = None if shape is None else shape + dims
+        self.trailing = dims if shape is None else ()
+        if shape is not None and dt is not None:  # else the sender's header says the rest (`_accept`)
             self.out = _allocate(shape, dt, g.rank(), self.op)
-            # The array's dtype, not the one asked for, as above.
-            self.tag = _tag(self.out.dtype, self.op, g)
         g.check_usable(self.op)
         return g._timeout(self.timeout)
 
@@ -190,19 +189,28 @@ class _Recv:
         shape = fields.get("shape")
         ok = (fields.get("op") == "send" and fields.get("seq") == number and isinstance(shape, list)
               and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)
-              and (self.tag is None or fields.get("dtype") == self.tag)
-              and (self.shape is None or tuple(shape) == self.shape)
-              and (not self.trailing or len(shape) >= len(self.trailing)
-                   and tuple(shape[len(shape) - len(self.trailing):]) == self.trailing))
+              and self.fits(tuple(shape), fields.get("dtype")))
         if not ok:
-            any_shape = "any" if not self.trailing else "(any, " + ", ".join(map(str, self.trailing)) + ")"
-            want = (f"shape={any_shape if self.shape is None else self.shape}, "
-                    f"dtype={'any' if self.tag is None else wire.describe_dtype(self.tag)}")
-            raise MismatchError(f"rank {ch.me} expected {self.op}({want}) from {peer_name(ch)} but rank {ch.peer} "
-                                f"sent {wire.describe_header(dict(fields))} (group {ch.group!r})")
+            raise MismatchError(f"rank {ch.me} expected {self.op}({self.wanted()}) from {peer_name(ch)} but rank "
+                                f"{ch.peer} sent {wire.describe_header(dict(fields))} (group {ch.group!r})")
         dt = dtype_of(fields.get("dtype"), ch)
         self.out = _allocate(tuple(shape), dt, ch.me, f"{self.op} from rank {ch.peer}")
         return byte_view(self.out)
+
+    def fits(self, shape: tuple[int, ...], tag: Any) -> bool:
+        """Whether a message of `shape` and dtype `tag` is what this receive fixed (once started)."""
+        if self.tag is not None and tag != self.tag:
+            return False
+        if self.want is not None:
+            return shape == self.want
+        n = len(self.trailing)
+        return len(shape) >= n and shape[len(shape) - n:] == self.trailing
+
+    def wanted(self) -> str:
+        """What this receive fixed, as its mismatch error says it: 'shape=(any, 2), dtype=int32'."""
+        any_shape = "any" if not self.trailing else "(any, " + ", ".join(map(str, self.trailing)) + ")"
+        return (f"shape={any_shape if self.want is None else self.want}, "
+                f"dtype={'any' if self.tag is None else wire.describe_dtype(self.tag)}")
 
     def result(self) -> np.ndarray:
         return self.out
@@ -317,18 +325,17 @@ def _to_self(x: Any, shape: Any, dtype: Any, g: Comm, async_op: bool) -> Any:
     """A sendrecv from this rank to itself (MPI's Sendrecv allows it): a copy of `x`, checked
     against `shape` and `dtype` as a message from another rank would be."""
     arr = as_array(x, "sendrecv")
-    probe = None if dtype is None else np.empty(0, dtype)  # as a receive allocates (a subarray's dims)
-    trailing = () if probe is None else probe.shape[1:]
-    want_shape = None if shape is None else _shape(shape, g.rank(), "sendrecv") + trailing
-    ok = ((probe is None or arr.dtype == probe.dtype)
-          and (arr.shape == want_shape if want_shape is not None
-               else len(arr.shape) >= len(trailing) and arr.shape[len(arr.shape) - len(trailing):] == trailing))
-    error = None if ok else MismatchError(
-        f"rank {g.rank()} expected sendrecv(shape={want_shape or 'any'}, dtype={'any' if probe is None else probe.dtype}) "
-        f"from itself but sends shape={arr.shape}, dtype={arr.dtype}")
+    receiving = _Recv(shape, dtype, ANYONE, g, None)
+    receiving.op = "sendrecv"
+    receiving.start()  # checked as a receive from another rank is
+    want = "any" if dtype is None else np.empty(0, dtype).dtype
+    error = None if receiving.fits(arr.shape, _tag(arr.dtype, "sendrecv", g)) else MismatchError(
+        f"rank {g.rank()} expected sendrecv(shape={receiving.want or 'any'}, dtype={want}) from itself but sends "
+        f"shape={arr.shape}, dtype={arr.dtype}")
+    out = None
     if error is None:
-        g.check_usable("sendrecv")
-    out = None if error is not None else np.array(arr, order="C", copy=True)
+        out = receiving.out if receiving.out is not None else buffers.cache.empty(arr.shape, arr.dtype)
+        np.copyto(out, arr)  # (of the shape it fits)
     if async_op:
         return done_work(g, out, error)  # (its error at wait, as another rank's message's would be)
     if error is not None:

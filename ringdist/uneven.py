@@ -56,6 +56,16 @@ def _row_bytes(arr: np.ndarray) -> int:
     return arr.itemsize * math.prod(arr.shape[1:])
 
 
+def _row_blocks(data: np.ndarray, counts: list[int], unit: int) -> list[memoryview]:
+    """`data`'s bytes cut into consecutive blocks of `counts` rows of `unit` bytes each."""
+    view = byte_view(data)
+    blocks, at = [], 0
+    for k in counts:
+        blocks.append(view[at:at + k * unit])
+        at += k * unit
+    return blocks
+
+
 def _counts(splits: Any, rows: int, n: int, rank: int, call: str = "all_to_all", name: str = "splits") -> list[int]:
     """all_to_all's `splits` (or another call's row counts, `name`) as N row counts; ValueError
     naming what is wrong with them."""
@@ -157,11 +167,7 @@ def _all_to_all_splits(g: Comm, arr: np.ndarray, counts: list[int], timeout: flo
     algorithm = tuning.choose(g, "all_to_all", tuning.UNKNOWN)
     header = _header(g, "all_to_all", arr[:0], algorithm.name, splits=True)
     unit = _row_bytes(arr)
-    view = byte_view(data)
-    ends = [0]
-    for k in counts:
-        ends.append(ends[-1] + k * unit)
-    blocks = [view[ends[p]:ends[p + 1]] for p in range(n)]
+    blocks = _row_blocks(data, counts, unit)
     got = algorithm.all_to_all(g, header, blocks, counts, _rows_check(header, unit, lambda src: None), timeout)
     g.finish("all_to_all")
     return _assemble(got, arr.shape[1:], arr.dtype)
@@ -185,20 +191,16 @@ def reduce_scatter_counts(g: Comm, arr: np.ndarray, op: str, counts: Any, timeou
     # tuple), and a key of the group's header cache.
     header = _header(g, call, arr[:0], algorithm.name, splits=True, counts=",".join(map(str, counts)))
     unit = _row_bytes(arr)
-    view = byte_view(data)
-    ends = [0]
-    for k in counts:
-        ends.append(ends[-1] + k * unit)
-    blocks = [view[ends[p]:ends[p + 1]] for p in range(n)]
+    blocks = _row_blocks(data, counts, unit)
     mine = counts[r]
     got = algorithm.all_to_all(g, header, blocks, counts, _rows_check(header, unit, lambda src: mine), timeout)
     g.finish(call)
     trailing = arr.shape[1:]
     stacked = _assemble(got, trailing, arr.dtype).reshape((n, mine) + trailing)
     out = buffers.cache.empty((mine,) + trailing, arr.dtype)
-    np.copyto(out, stacked[0])
     fold = REDUCERS["all_" + op]
-    for q in range(1, n):
+    fold(stacked[0], stacked[1], out=out)  # (n >= 2 here)
+    for q in range(2, n):
         fold(out, stacked[q], out=out)
     return out
 

@@ -15,7 +15,7 @@ import ringdist as rd
 from ringdist.errors import GroupBrokenError, MismatchError, PeerLostError, RingError, RingTimeoutError
 
 from harness import RankFailed, run_ranks
-from helpers import SCRIPTS, run_launcher
+from helpers import SCRIPTS, count_bytecodes, run_launcher
 
 
 def test_recv_any_takes_every_message_with_its_sender_and_each_sender_s_in_order():
@@ -344,27 +344,6 @@ def test_an_async_recv_any_does_not_spin_while_another_thread_receives_from_a_ra
     assert counted_looks <= 20 + 2 * seconds / any_source.CONNECT_RETRY, (counted_looks, seconds)
 
 
-def _bytecodes(fn):
-    """Bytecodes `fn()` runs on this thread (sys.settrace opcode events)."""
-    import sys
-
-    count = 0
-
-    def trace(frame, event, arg):
-        nonlocal count
-        frame.f_trace_opcodes = True
-        if event == "opcode":
-            count += 1
-        return trace
-
-    sys.settrace(trace)
-    try:
-        fn()
-    finally:
-        sys.settrace(None)
-    return count
-
-
 def test_a_recv_any_whose_message_has_come_costs_little_more_per_sender_than_a_recv():
     # 16 senders' messages wait: recv_any finds one with one poll of every connection, not a
     # look at each sender in turn (150 bytecodes apiece; a recv of the same message costs ~1,600).
@@ -378,8 +357,8 @@ def test_a_recv_any_whose_message_has_come_costs_little_more_per_sender_than_a_r
         rd.barrier(group=g)
         for _ in range(n - 1):
             rd.recv_any(1, np.int64, group=g)
-        anyone = min(_bytecodes(lambda: rd.recv_any(1, np.int64, group=g)) for _ in range(n - 1))
-        one = min(_bytecodes(lambda: rd.recv(1, np.int64, 1, group=g)) for _ in range(1))
+        anyone = min(count_bytecodes(lambda: rd.recv_any(1, np.int64, group=g)) for _ in range(n - 1))
+        one = count_bytecodes(lambda: rd.recv(1, np.int64, 1, group=g))
         return anyone, one, n - 1
 
     anyone, one, senders = run_ranks(17, rank)[0]

@@ -14,7 +14,6 @@ reference's favour can fail the comparison, and a path several times longer stil
 from __future__ import annotations
 
 import statistics
-import sys
 import time
 from typing import Any, Callable
 
@@ -24,30 +23,12 @@ import pytest
 import ringdist as rd
 
 from harness import run_ranks
+from helpers import count_bytecodes
 
 CALLS = 15  # counted calls per collective (the least is taken), after as many uncounted ones
 # How much more than the reference a collective may run (its least count against the
 # reference's median).
 MARGIN = 1.25
-
-
-def _count(fn: Callable[[], Any]) -> int:
-    """Bytecodes run by `fn()` on this thread."""
-    count = 0
-
-    def trace(frame: Any, event: str, arg: Any) -> Any:
-        nonlocal count
-        frame.f_trace_opcodes = True
-        if event == "opcode":
-            count += 1
-        return trace
-
-    sys.settrace(trace)
-    try:
-        fn()
-    finally:
-        sys.settrace(None)
-    return count
 
 
 def _counts(calls: dict[str, Callable[[rd.Group], Callable[[], Any]]], n: int) -> dict[str, list[int]]:
@@ -66,7 +47,7 @@ def _counts(calls: dict[str, Callable[[rd.Group], Callable[[], Any]]], n: int) -
                 if i < CALLS:
                     fn()
                 else:
-                    counts.append(_count(fn))
+                    counts.append(count_bytecodes(fn))
             found[name] = sorted(counts)
         return found
 
