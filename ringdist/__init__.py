@@ -21,6 +21,7 @@ from .errors import *  # noqa: F403 - the exception tree is part of the API
 from .group import Group
 from .locations import all_maxloc, all_minloc
 from .p2p import recv, recv_like, send, sendrecv
+from .tags import ANY_TAG, TAG_MAX, Status
 from .grid import Grid, dims_create
 from .prefix import scan
 from .work import Work
@@ -63,6 +64,9 @@ __all__ = [
     "recv_object",
     "recv_any",
     "recv_object_any",
+    "ANY_TAG",
+    "TAG_MAX",
+    "Status",
     "Work",
     "wait_any",
     "wait_all",

@@ -27,6 +27,7 @@ from .comm import Comm
 from .errors import PeerLostError, RingTimeoutError
 from .object_messages import _RecvObject
 from .p2p import ANYONE, _Recv, run_inline
+from .tags import ANY_TAG
 
 CONNECT_RETRY = 0.005  # seconds between looks for connections not yet arrived (a blocking wait)
 POLL_SLICE = 0.05  # seconds a blocking wait polls before it looks at the group and the clock again
@@ -68,9 +69,29 @@ class FromAny:
         return self.limit
 
     def open(self, wait: bool = True) -> bool:
-        if self.peer is None and not self._choose(wait):
+        if self.peer is None and not self.take_held() and not self._choose(wait):
             return False
         return self.inner.open(wait)
+
+    def more(self) -> bool:
+        return self.inner.more()
+
+    def take_held(self) -> bool:
+        """Whether a message was read ahead for it (`tags`), from the first sender in turn that
+        has one: if so it is this receive's, as a message from the stream is."""
+        if self.peer is not None:
+            return self.inner.take_held()
+        assert self.sources is not None
+        g = self.g
+        if not g.held:
+            return False
+        found = g.held.take_first(self._rotated([s for s in self.sources if s not in self.left]), self.inner.tag)
+        if found is None:
+            return False
+        s, message = found
+        self._take(s, None)
+        self.inner._take(message)
+        return True
 
     def result(self) -> tuple[int, Any]:
         assert self.peer is not None
@@ -116,6 +137,8 @@ class FromAny:
                 if left <= 0:
                     raise RingTimeoutError(self.waiting(self.limit))
                 if self._look(self.sources, min(left, POLL_SLICE), held):
+                    return True
+                if self.take_held():  # read ahead by another thread's receive meanwhile
                     return True
         finally:
             for turn in held.values():
@@ -246,38 +269,40 @@ class FromAny:
         raise PeerLostError(f"rank {g.rank()}: {self.op} in group {g.gid!r}: no rank is left to send ({whys})")
 
 
-def recv_any(shape: Any, dtype: Any, *, group: Comm | None = None, timeout: float | None = None,
-             async_op: bool = False) -> "tuple[int, np.ndarray] | work.Work":
+def recv_any(shape: Any, dtype: Any, *, status: Any = None, group: Comm | None = None,
+             timeout: float | None = None, async_op: bool = False) -> "tuple[int, np.ndarray] | work.Work":
     """`(src, x)`: the first array any other rank of the group sends, of `shape` and `dtype`, and
-    its sender's rank (MPI's Recv from ANY_SOURCE); MismatchError if the sender's differs. A
-    `shape` or `dtype` of None takes the sender's, as recv's.
+    its sender's rank (MPI's Recv from ANY_SOURCE and ANY_TAG); MismatchError if the sender's
+    differs. A `shape` or `dtype` of None takes the sender's, as recv's; `status` as recv's.
 
     With `async_op=True`: a `Work` at once, whose `wait()` returns `(src, x)`."""
     if async_op or work.active:
         r = work.route("recv_any", group, async_op,
-                       lambda g: FromAny(_Recv(shape, dtype, ANYONE, g, timeout), "recv_any", g, timeout), p2p=True)
+                       lambda g: FromAny(_Recv(shape, dtype, ANYONE, g, timeout, ANY_TAG, status), "recv_any", g, timeout),
+                       p2p=True)
         if r is not work.HERE:
             return r
     g = _comm(group, timeout)
-    plan = FromAny(_Recv(shape, dtype, ANYONE, g, timeout), "recv_any", g, timeout)
+    plan = FromAny(_Recv(shape, dtype, ANYONE, g, timeout, ANY_TAG, status), "recv_any", g, timeout)
     run_inline(g, plan, timeout)
     return plan.result()
 
 
-def recv_object_any(*, group: Comm | None = None, timeout: float | None = None,
+def recv_object_any(*, status: Any = None, group: Comm | None = None, timeout: float | None = None,
                     async_op: bool = False) -> "tuple[int, Any] | work.Work":
     """`(src, obj)`: the first object any other rank of the group sends with send_object, and its
-    sender's rank (mpi4py's `recv(source=ANY_SOURCE)`).
+    sender's rank (mpi4py's `recv(source=ANY_SOURCE)`); `status` as recv's.
 
     With `async_op=True`: a `Work` at once, whose `wait()` returns `(src, obj)` (unpickled there)."""
     if async_op or work.active:
         r = work.route("recv_object_any", group, async_op,
-                       lambda g: FromAny(_RecvObject(ANYONE, g, timeout), "recv_object_any", g, timeout), p2p=True,
+                       lambda g: FromAny(_RecvObject(ANYONE, g, timeout, ANY_TAG, status), "recv_object_any", g, timeout),
+                       p2p=True,
                        finish=lambda got, error: (got[0], got[1].unpickled()) if error is None else None)
         if r is not work.HERE:
             return r
     g = _comm(group, timeout)
-    plan = FromAny(_RecvObject(ANYONE, g, timeout), "recv_object_any", g, timeout)
+    plan = FromAny(_RecvObject(ANYONE, g, timeout, ANY_TAG, status), "recv_object_any", g, timeout)
     run_inline(g, plan, timeout)
     src, received = plan.result()
     return src, received.unpickled()

@@ -33,11 +33,15 @@ from .ring import RingLinks
 from .settings import Settings
 from .shm import ShmLink, open_link
 from .shmsignal import Signals
+from .tags import Held
 
 HEADER_TEMPLATES = 256  # kinds of call whose header bytes a group keeps
 # Operations receiving more than this never spin: they wait on bandwidth, and a spin would
 # take CPU time the kernel's copies need (a 2-rank 64 MiB all_gather ran 1.6x slower spinning 2 ms).
 SPIN_MAX_BYTES = 4 << 20
+# Seconds between looks, by a receive waiting for its pair's turn, for a message the turn's
+# holder read ahead and kept for it (`tags`).
+HELD_LOOK = 0.002
 # A rank waiting this long for a lower rank's link (opened on first use) asks that rank whether
 # the group failed there, and again as often: a rank that failed first tells only the peers it is
 # linked to, who may have finished the call meanwhile and not passed it on. Each ask may take
@@ -149,6 +153,7 @@ class Comm:
         self._p2p_turns: dict[tuple[int, bool], threading.Lock] = {}  # (peer, outgoing) -> its message's turn
         self._p2p_holders: dict[tuple[int, bool], threading.Thread] = {}  # the thread that took each turn last
         self.any_source_next = 0  # the rank an any-source receive looks at first (`any_source`)
+        self.held = Held()  # messages read ahead of their receive, per sender (`tags`)
         self._in_poller: Any = None  # a poll of the arrived connections from senders (`p2p_arrivals`)
         self._in_polled: dict[int, int] = {}  # fd -> sender, of those it polls
         self._in_unpolled: set[int] = set()  # senders whose connection closed between messages
@@ -665,11 +670,13 @@ class Comm:
         return deadlines.check_timeout(timeout)
 
     def p2p_turn(self, peer: int, outgoing: bool, op: str, timeout: float | None,
-                 wait: bool = True) -> threading.Lock | None:
+                 wait: bool = True, ready: Callable[[], bool] | None = None) -> threading.Lock | None:
         """This thread's turn at the messages to (or from) `peer`, held until its message has gone
         (released by the caller). Messages of a pair go one at a time in each direction: two
         threads' frames on one connection would interleave, and a message number be taken twice.
-        A second thread waits for its turn, up to its timeout; with `wait` False, None if busy."""
+        A second thread waits for its turn, up to its timeout; with `wait` False, None if busy.
+        `ready`: looked at while it waits (a receive whose message the turn's holder read and
+        kept for it, `tags`); once it says True, None: the turn is not needed."""
         key = (peer, outgoing)
         turn = self._p2p_turns.get(key)
         if turn is None:
@@ -678,7 +685,16 @@ class Comm:
             if not wait:
                 return None
             limit = self._timeout(timeout)  # (the progress thread never waits here: it opens with `wait` False)
-            taken = turn.acquire(timeout=-1 if limit > threading.TIMEOUT_MAX else limit)
+            if ready is None:
+                taken = turn.acquire(timeout=-1 if limit > threading.TIMEOUT_MAX else limit)
+            else:
+                deadline = deadlines.after(limit)
+                while True:
+                    taken = turn.acquire(timeout=max(0.0, min(HELD_LOOK, deadlines.left(deadline))))
+                    if taken or deadlines.left(deadline) <= 0:
+                        break
+                    if ready():
+                        return None
             if not taken:
                 raise RingTimeoutError(busy_pair(self._rank, op, peer, outgoing, self.gid, limit))
         self._p2p_holders[key] = threading.current_thread()  # for `check_closable`

@@ -486,7 +486,8 @@ def _role_free(fields: dict[str, Any]) -> dict[str, Any]:
 class SizedInflow(Inflow):
     """An inflow whose size the peer's header declares: `accept(fields, ch)` checks the peer's
     header (raising MismatchError or ProtocolError) and returns where its payload lands (a
-    buffer, or a list of them filled in turn).
+    buffer, or a list of them filled in turn). Given `expect` and `into`, a header equal to
+    `expect` lands its payload in `into` without `accept` (`fields` stays None).
 
     For collectives whose receivers cannot know what comes (uneven blocks, objects, a
     scatter's shape): the bytes are bounded by what `accept` allows, and no extra round
@@ -494,18 +495,23 @@ class SizedInflow(Inflow):
     """
 
     def __init__(self, ch: Channel, op: str,
-                 accept: Callable[[dict[str, Any], Channel], "memoryview | list[memoryview]"], hint: int = 0):
-        super().__init__(ch, Segments([]), op, None)
+                 accept: Callable[[dict[str, Any], Channel], "memoryview | list[memoryview]"], hint: int = 0,
+                 expect: wire.Header | None = None, into: memoryview | None = None):
+        super().__init__(ch, Segments([] if into is None else [into]), op, expect)
         self.need_header = True
         self.done = False
-        self.total = hint  # until the header comes: about what is expected (whether a wait may spin)
+        # Until the header comes: about what is expected (whether a wait may spin).
+        self.total = hint if into is None else self.seg.total
         self.accept = accept
         self.fields: dict[str, Any] | None = None
-        self.dest: "memoryview | list[memoryview] | None" = None
+        self.dest: "memoryview | list[memoryview] | None" = into
 
     def _control(self, event: wire.ControlFrame) -> None:
-        if event.kind != wire.HEADER or not self.need_header:
-            super()._control(event)  # an ABORT, or a frame out of place
+        # An ABORT, a frame out of place, or (the common case) a header byte for byte `expect`,
+        # whose payload lands in `into` with nothing decoded or accepted.
+        if event.kind != wire.HEADER or not self.need_header or (
+                self.expect is not None and event.body == self.expect.body):
+            super()._control(event)
             return
         fields = wire.check_header(event.fields())
         dest = self.accept(fields, self.ch)  # one buffer, or a list the payload fills in turn

@@ -42,6 +42,8 @@ class Lanes:
         if leads:
             job.since = time.monotonic()
             self._open(job)
+        elif job.g.held:  # a message read ahead may be this receive's, though one posted before it waits
+            self._offer_held(job.g)
 
     def heads(self) -> list[Job]:
         heads, seen = [], set()
@@ -169,6 +171,8 @@ class Lanes:
     def tick(self) -> None:
         """Try again the recvs whose connection had not arrived; time out stalled jobs."""
         now = time.monotonic()
+        for g in {key[0] for key in self.lanes if key[0].held}:
+            self._offer_held(g)  # read ahead by another thread's receive since
         for job in self.heads():
             if job.finished:
                 continue  # ended by an earlier one's opening (an any-source job, from another of its lanes)
@@ -203,9 +207,46 @@ class Lanes:
 
     def _check_done(self, job: Job) -> None:
         plan = job.plan
-        if all(f.done for f in plan.inflows) and all(f.done for f in plan.outflows):  # type: ignore[union-attr]
+        while all(f.done for f in plan.inflows) and all(f.done for f in plan.outflows):  # type: ignore[union-attr]
+            try:
+                if plan.more():  # type: ignore[union-attr]
+                    # It read a message of another tag, kept for a later receive, and goes on to the next.
+                    job.since = time.monotonic()
+                    for flow in plan.inflows:  # type: ignore[union-attr]
+                        flow.consume_staged()
+                    self._offer_held(job.g)
+                    continue
+            except BaseException as exc:  # noqa: BLE001 - the job's error
+                self._failed(job, exc)
+                return
             jobs.finished(job, plan.result(), None)  # type: ignore[union-attr]
             self._retire(job)
+            return
+
+    def _offer_held(self, g: Comm) -> None:
+        """Complete the receives of group `g` waiting behind another in their lane whose message
+        was read ahead (`tags`): in each lane, in the order they were posted."""
+        if not g.held:
+            return
+        for key in [k for k in self.lanes if k[0] is g and not k[2]]:
+            lane = self.lanes.get(key)
+            for job in list(lane)[1:] if lane else ():
+                if job.finished:
+                    continue
+                before = _keys(job)  # (an any-source receive's, before a message chooses its source)
+                try:
+                    took = job.plan.take_held()  # type: ignore[union-attr]
+                    result = job.plan.result() if took else None  # type: ignore[union-attr]
+                except BaseException as exc:  # noqa: BLE001 - the job's error
+                    took, result = True, None
+                    jobs.finished(job, None, exc)
+                else:
+                    if took:
+                        jobs.finished(job, result, None)
+                if took:
+                    job.plan.release()  # type: ignore[union-attr]
+                    for k in before:
+                        self._remove(job, k)
 
     def _retire(self, job: Job) -> None:
         job.plan.release()  # type: ignore[union-attr]

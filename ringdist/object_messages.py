@@ -27,11 +27,12 @@ from .comm import Comm
 from .errors import MismatchError, ProtocolError, RingError
 from .flows import Inflow, Outflow, Segments, SizedInflow
 from .objects import Pickled, unpickle
-from .p2p import ANYONE, run_inline
+from .p2p import ANYONE, hold_buffer, run_inline
+from .tags import ANY_TAG, Message, check_status, check_tag, fields_of, fill, matches, tag_of
 
 
-def _message_header(number: int, fields: dict[str, Any]) -> wire.Header:
-    return wire.Header(wire.make_header("send_object", number, NOTHING.dtype.str, (), **fields))
+def _message_header(number: int, fields: dict[str, Any], tag: int) -> wire.Header:
+    return wire.Header(wire.make_header("send_object", number, NOTHING.dtype.str, (), **fields, **fields_of(tag)))
 
 
 class _Turned:
@@ -58,13 +59,17 @@ class _Turned:
         if turn is not None:
             turn.release()
 
+    def more(self) -> bool:
+        return False  # (see `_RecvObject.more`)
+
 
 class _SendObject(_Turned):
     op = "send_object"
     outgoing = True
 
-    def __init__(self, obj: Any, dst: Any, g: Comm, timeout: float | None):
+    def __init__(self, obj: Any, dst: Any, g: Comm, timeout: float | None, tag: Any = 0):
         super().__init__(dst, g, timeout)
+        self.tag = tag
         # Pickled here, on the calling thread: the object as it is at the call, and no user
         # code (its __reduce__) on the progress thread. A failure is raised once its header went.
         self.pickled = Pickled(obj, g.settings.max_object_bytes, "send_object", g.rank())
@@ -72,6 +77,7 @@ class _SendObject(_Turned):
     def start(self) -> float:
         g = self.g
         self.peer = g.check_peer(self.peer, "send_object", "dst")
+        self.tag = check_tag(self.tag, "send_object", g.rank())
         g.check_usable("send_object")
         return g._timeout(self.timeout)
 
@@ -79,9 +85,10 @@ class _SendObject(_Turned):
         if not self._take_turn(wait):
             return False
         pickled = self.pickled
-        _message_header(0, pickled.fields)  # one that cannot be made fails before the message takes its number
+        _message_header(0, pickled.fields, self.tag)  # one that cannot be made fails before the message takes its number
         ch, number = self.g.p2p_channel(self.peer, outgoing=True)  # type: ignore[misc]
-        self.outflows = [Outflow(ch, Segments(pickled.parts), "send_object", _message_header(number, pickled.fields))]
+        self.outflows = [Outflow(ch, Segments(pickled.parts), "send_object",
+                                 _message_header(number, pickled.fields, self.tag))]
         self.ch = ch  # the message has its number: its header goes, saying why if it could not be pickled
         return True
 
@@ -100,70 +107,139 @@ class _RecvObject(_Turned):
     op = "recv_object"
     outgoing = False
 
-    def __init__(self, src: Any, g: Comm, timeout: float | None):
+    def __init__(self, src: Any, g: Comm, timeout: float | None, tag: Any = ANY_TAG, status: Any = None):
         super().__init__(src, g, timeout)
+        self.tag, self.status = tag, status
+        self.fields: dict[str, Any] | None = None  # the message's header and bytes, once it has come
+        self.data: Any = None
+        self.holding: Message | None = None  # as `p2p._Recv`'s
+        self.taken = False
         self.inflow: SizedInflow | None = None
 
     def start(self) -> float:
         g = self.g
         if self.peer is not ANYONE:  # (an any-source receive's source is its first message's)
             self.peer = g.check_peer(self.peer, "recv_object", "src")
+        self.tag = check_tag(self.tag, self.op, g.rank(), receiving=True)
+        check_status(self.status, self.op, g.rank())
         self.cap = g.settings.max_object_bytes
         g.check_usable("recv_object")
         return g._timeout(self.timeout)
 
     def open(self, wait: bool = True) -> bool:
-        if not self._take_turn(wait):
-            return False
+        if self.taken or self.take_held():
+            return True
+        if self.turn is None:
+            self.turn = self.g.p2p_turn(self.peer, False, self.op, self.timeout, wait,
+                                        self.take_held if wait else None)
+            if self.turn is None:
+                return self.taken  # as `p2p._Recv.open`
+            if self.take_held():
+                return True
         got = self.g.p2p_channel(self.peer, outgoing=False, timeout=self.timeout, wait=wait, op="recv_object")
         if got is None:
             return False
-        ch, number = got
+        self._arm(*got)
+        return True
+
+    def _arm(self, ch: Channel, number: int) -> None:
         self.ch = ch
         cap = self.cap
 
         def accept(fields: dict[str, Any], ch: Channel) -> memoryview:
-            if fields.get("op") != "send_object" or fields.get("seq") != number:
+            if fields.get("seq") != number:
                 raise MismatchError(f"rank {ch.me} expected send_object from {peer_name(ch)} (message #{number}) "
                                     f"but rank {ch.peer} sent {wire.describe_header(fields)} (group {ch.group!r})")
-            sizes = sizes_of(fields, ch)
+            tag = tag_of(fields, ch.me, ch.peer)
+            if not matches(self.tag, tag):  # another receive's: kept for it (`more`)
+                data = hold_buffer(fields, ch, cap)
+                self.holding = Message(tag, fields, data)
+                return memoryview(data)
+            self._check(fields, ch)
             if isinstance(fields.get("failed"), str):  # raised once the message is read whole: the pair stays in step
-                if sizes:
-                    raise ProtocolError(f"rank {ch.me}: recv_object: rank {ch.peer} says it could not send its "
-                                        f"object yet declares parts of {sizes!r}")
                 return memoryview(NOTHING)
-            if not sizes or sum(sizes) > cap:
+            sizes = sizes_of(fields, ch)
+            if sum(sizes) > cap:
                 raise RingError(f"rank {ch.me}: recv_object: rank {ch.peer} declares a {sum(sizes)}-byte object, "
                                 f"over RINGDIST_MAX_OBJECT_BYTES={cap} here")
             return memoryview(np.empty(sum(sizes), dtype=np.uint8))
 
         self.inflow = SizedInflow(ch, "recv_object", accept)
         self.inflows = [self.inflow]
+
+    def _check(self, fields: dict[str, Any], ch: Channel) -> None:
+        """MismatchError unless `fields` is an object's message (ProtocolError if it is not one)."""
+        if fields.get("op") != "send_object":
+            tag = "" if self.tag == ANY_TAG else f" tag={self.tag}"
+            raise MismatchError(f"rank {ch.me} expected send_object{tag} from {peer_name(ch)} but rank {ch.peer} "
+                                f"sent {wire.describe_header(fields)} (group {ch.group!r})")
+        sizes = sizes_of(fields, ch)
+        if isinstance(fields.get("failed"), str):
+            if sizes:
+                raise ProtocolError(f"rank {ch.me}: recv_object: rank {ch.peer} says it could not send its "
+                                    f"object yet declares parts of {sizes!r}")
+        elif not sizes:
+            raise RingError(f"rank {ch.me}: recv_object: rank {ch.peer} declares an object of no parts")
+
+    def more(self) -> bool:
+        """As `p2p._Recv.more`: a message of another tag is kept, and the next one read."""
+        held, self.holding = self.holding, None
+        if held is None:
+            return False
+        self.g.held.put(self.peer, held)
+        got = self.g.p2p_channel(self.peer, outgoing=False, op="recv_object")
+        assert got is not None
+        self._arm(*got)
         return True
 
+    def take_held(self) -> bool:
+        """As `p2p._Recv.take_held`."""
+        message = self.g.held.take(self.peer, self.tag)
+        if message is None:
+            return False
+        self._take(message)
+        return True
+
+    def _take(self, message: Message) -> None:
+        g = self.g
+        ch = g.p2p_incoming(self.peer, self.op, take=False)
+        assert ch is not None
+        try:
+            self._check(message.fields, ch)
+        except RingError as exc:
+            g.refuse(self.op, exc)
+            raise
+        self.fields, self.data = message.fields, memoryview(message.data)
+        self.taken = True
+        self.inflows = []
+
     def result(self) -> "_RecvObject":
+        if not self.taken:
+            assert self.inflow is not None
+            self.fields, self.data = self.inflow.fields, self.inflow.dest
+        fill(self.status, self.peer, tag_of(self.fields, self.g.rank(), self.peer))
         return self  # unpickled by the caller, on its own thread (`unpickled`)
 
     def unpickled(self) -> Any:
-        inflow = self.inflow
-        assert inflow is not None and inflow.fields is not None and inflow.dest is not None
+        fields, data = self.fields, self.data
+        assert fields is not None and data is not None
         r, src = self.g.rank(), self.peer
-        failed = inflow.fields.get("failed")
+        failed = fields.get("failed")
         if isinstance(failed, str):
             raise ValueError(f"rank {r}: recv_object: rank {src} could not send its object: {failed}")
-        return unpickle(inflow.dest, inflow.fields["sizes"], f"rank {r}: recv_object: the object from rank {src}")
+        return unpickle(data, fields["sizes"], f"rank {r}: recv_object: the object from rank {src}")
 
 
-def send_object(obj: Any, dst: int, *, group: Comm | None = None, timeout: float | None = None,
+def send_object(obj: Any, dst: int, *, tag: int = 0, group: Comm | None = None, timeout: float | None = None,
                 async_op: bool = False) -> "None | work.Work":
-    """Send picklable `obj` to rank `dst` of the group, for its recv_object.
+    """Send picklable `obj` to rank `dst` of the group, for its recv_object (`tag` as send's).
 
     With `async_op=True` (mpi4py's `isend`): a `Work` at once; `obj` is pickled before it returns."""
     if async_op or work.active:  # queued behind the group's outstanding operations, if it has any
         made: list[_SendObject] = []
 
         def plan(g: Comm) -> _SendObject:
-            made.append(_SendObject(obj, dst, g, timeout))
+            made.append(_SendObject(obj, dst, g, timeout, tag))
             return made[0]
 
         r = work.route("send_object", group, async_op, plan, p2p=True,
@@ -171,7 +247,7 @@ def send_object(obj: Any, dst: int, *, group: Comm | None = None, timeout: float
         if r is not work.HERE:
             return r
     g = _comm(group, timeout)
-    sending = _SendObject(obj, dst, g, timeout)
+    sending = _SendObject(obj, dst, g, timeout, tag)
     try:
         run_inline(g, sending, timeout)
     except BaseException as exc:
@@ -181,18 +257,18 @@ def send_object(obj: Any, dst: int, *, group: Comm | None = None, timeout: float
     return None
 
 
-def recv_object(src: int, *, group: Comm | None = None, timeout: float | None = None,
-                async_op: bool = False) -> Any:
-    """The next object rank `src` sends with send_object.
+def recv_object(src: int, *, tag: int = ANY_TAG, status: Any = None, group: Comm | None = None,
+                timeout: float | None = None, async_op: bool = False) -> Any:
+    """The next object rank `src` sends with send_object (`tag` and `status` as recv's).
 
     With `async_op=True` (mpi4py's `irecv`): a `Work` at once, whose `wait()` returns the object
     (unpickled there, on the waiting thread)."""
     if async_op or work.active:  # queued behind the group's outstanding operations, if it has any
-        r = work.route("recv_object", group, async_op, lambda g: _RecvObject(src, g, timeout), p2p=True,
+        r = work.route("recv_object", group, async_op, lambda g: _RecvObject(src, g, timeout, tag, status), p2p=True,
                        finish=lambda received, error: received.unpickled() if error is None else None)
         if r is not work.HERE:
             return r
     g = _comm(group, timeout)
-    receiving = _RecvObject(src, g, timeout)
+    receiving = _RecvObject(src, g, timeout, tag, status)
     run_inline(g, receiving, timeout)
-    return receiving.unpickled()
+    return receiving.result().unpickled()

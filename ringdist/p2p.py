@@ -18,10 +18,11 @@ import numpy as np
 
 from . import buffers, handle, wire, work
 from .channel import Channel, peer_name
-from .algorithms.blocks import dtype_of
+from .tags import ANY_TAG, Message, check_status, check_tag, fields_of, fill, matches, tag_of
+from .algorithms.blocks import dtype_of, sizes_of
 from .arrays import as_array, byte_view
 from .collectives import _comm
-from .errors import MismatchError
+from .errors import MismatchError, ProtocolError, RingError
 from .comm import Comm
 from .flows import Inflow, Outflow, Segments, SizedInflow
 
@@ -36,11 +37,11 @@ class _Anyone:
 ANYONE = _Anyone()
 
 
-def _message_header(tag: str, shape: tuple[int, ...], number: int) -> wire.Header:
-    return wire.Header(wire.make_header("send", number, tag, shape))
+def _message_header(dtag: str, shape: tuple[int, ...], number: int, tag: int) -> wire.Header:
+    return wire.Header(wire.make_header("send", number, dtag, shape, **fields_of(tag)))
 
 
-def _tag(dtype: np.dtype, op: str, g: Comm) -> str:
+def _dtype_tag(dtype: np.dtype, op: str, g: Comm) -> str:
     """The dtype as the message's header names it, checked before the message takes its number
     (a message refused after it would leave the pair's numbers out of step)."""
     try:
@@ -56,8 +57,8 @@ class _Send:
     outgoing = True
     sources = None  # (an any-source receive's: `any_source`)
 
-    def __init__(self, x: Any, dst: Any, g: Comm, timeout: float | None):
-        self.x, self.peer, self.g, self.timeout = x, dst, g, timeout
+    def __init__(self, x: Any, dst: Any, g: Comm, timeout: float | None, tag: Any = 0):
+        self.x, self.peer, self.g, self.timeout, self.tag = x, dst, g, timeout, tag
         self.ch: Channel | None = None
         self.inflows: list[Inflow] = []
         self.outflows: list[Outflow] = []
@@ -66,9 +67,10 @@ class _Send:
     def start(self) -> float:
         g = self.g
         self.peer = g.check_peer(self.peer, "send", "dst")
+        self.tag = check_tag(self.tag, "send", g.rank())
         self.arr = as_array(self.x, self.op)
         self.data = np.ascontiguousarray(self.arr)
-        self.tag = _tag(self.arr.dtype, "send", g)
+        self.dtag = _dtype_tag(self.arr.dtype, "send", g)
         g.check_usable("send")
         return g._timeout(self.timeout)
 
@@ -80,8 +82,11 @@ class _Send:
         ch, number = self.g.p2p_channel(self.peer, outgoing=True)  # type: ignore[misc]
         self.ch = ch
         self.outflows = [Outflow(ch, Segments([byte_view(self.data)]), "send",
-                                 _message_header(self.tag, self.arr.shape, number))]
+                                 _message_header(self.dtag, self.arr.shape, number, self.tag))]
         return True
+
+    def more(self) -> bool:
+        return False  # (see `_Recv.more`)
 
     def result(self) -> None:
         return None
@@ -92,17 +97,18 @@ class _Send:
             turn.release()
 
 
-def send(x: Any, dst: int, *, group: Comm | None = None, timeout: float | None = None,
+def send(x: Any, dst: int, *, tag: int = 0, group: Comm | None = None, timeout: float | None = None,
          async_op: bool = False) -> "None | work.Work":
-    """Send array `x` to rank `dst` of the group (any rank but this one).
+    """Send array `x` to rank `dst` of the group (any rank but this one), with `tag` (an integer
+    from 0 to rd.TAG_MAX) for the receive that asks for it.
 
     With `async_op=True`: a `Work` at once; `x` must not change until its `wait()` returns."""
     if async_op or work.active:
-        r = work.route("send", group, async_op, lambda g: _Send(x, dst, g, timeout), p2p=True)
+        r = work.route("send", group, async_op, lambda g: _Send(x, dst, g, timeout, tag), p2p=True)
         if r is not work.HERE:
             return r
     g = _comm(group, timeout)
-    run_inline(g, _Send(x, dst, g, timeout), timeout)
+    run_inline(g, _Send(x, dst, g, timeout, tag), timeout)
     return None
 
 
@@ -112,30 +118,29 @@ def run_inline(g: Comm, plan: Any, timeout: float | None) -> None:
     plan.start()
     try:
         plan.open()
-        g.run(plan.op, plan.inflows, plan.outflows, [plan.ch], timeout=timeout)
+        # (A receive's message read ahead has no flows; one that reads another tag's goes on.)
+        while plan.inflows or plan.outflows:
+            g.run(plan.op, plan.inflows, plan.outflows, [plan.ch], timeout=timeout)
+            if not plan.more():
+                break
     finally:
         plan.release()
 
 
-def _expect_message(mine: dict[str, Any], theirs: dict[str, Any], ch: Channel, op: str = "recv") -> None:
-    if mine != theirs:
-        got = dict(theirs)
-        raise MismatchError(
-            f"rank {ch.me} expected {op}(shape={tuple(mine['shape'])}, dtype={wire.describe_dtype(mine['dtype'])}) "
-            f"from {peer_name(ch)} but rank {ch.peer} sent {wire.describe_header(got)} (group {ch.group!r})")
-
-
 class _Recv:
     """A recv as a plan: checked and allocated when it starts (or, with a `shape` or `dtype` of
-    None, once the sender's header says them); its channel taken once the sender's connection
-    has arrived (see `jobs.Plan`)."""
+    None, once the sender's header says them); its message taken from those read ahead of it
+    (`tags`), or its channel taken once the sender's connection has arrived (see `jobs.Plan`).
+    A message of another tag read on the way is kept for a later receive (`more`)."""
 
     op = "recv"
     outgoing = False
     sources = None
 
-    def __init__(self, shape: Any, dtype: Any, src: Any, g: Comm, timeout: float | None):
+    def __init__(self, shape: Any, dtype: Any, src: Any, g: Comm, timeout: float | None, tag: Any = ANY_TAG,
+                 status: Any = None):
         self.shape, self.dtype, self.peer, self.g, self.timeout = shape, dtype, src, g, timeout
+        self.tag, self.status = tag, status
         self.ch: Channel | None = None
         self.inflows: list[Inflow] = []
         self.outflows: list[Outflow] = []
@@ -143,11 +148,17 @@ class _Recv:
         self.out: np.ndarray | None = None
         self.want: tuple[int, ...] | None = None  # the whole shape fixed, once started
         self.trailing: tuple[int, ...] = ()  # a subarray dtype's dims, with no shape given
+        self.dtag: str | None = None  # the dtype as a header names it, if fixed
+        self.got: int | None = None  # the tag of the message it took, once it has one
+        self.holding: Message | None = None  # the message being read, when it is a later receive's
+        self.taken = False  # its message was one read ahead (`take_held`)
 
     def start(self) -> float:
         g = self.g
         if self.peer is not ANYONE:  # (an any-source receive's source is its first message's)
             self.peer = g.check_peer(self.peer, "recv", "src")
+        self.tag = check_tag(self.tag, self.op, g.rank(), receiving=True)
+        check_status(self.status, self.op, g.rank())
         dt = None if self.dtype is None else np.dtype(self.dtype)
         if dt is not None and dt.hasobject:
             raise TypeError(f"rank {g.rank()}: {self.op}: ringdist receives raw array bytes; object dtypes are not supported")
@@ -155,7 +166,7 @@ class _Recv:
         # As an allocated array has them: numpy sizes an unsized dtype ('S') and moves a subarray
         # dtype's shape into the array's, as the sender's trailing dims.
         probe = None if dt is None else np.empty(0, dt)
-        self.tag = None if probe is None else _tag(probe.dtype, self.op, g)
+        self.dtag = None if probe is None else _dtype_tag(probe.dtype, self.op, g)
         dims = () if probe is None else probe.shape[1:]
         self.want = None if shape is None else shape + dims
         self.trailing = dims if shape is None else ()
@@ -165,41 +176,102 @@ class _Recv:
         return g._timeout(self.timeout)
 
     def open(self, wait: bool = True) -> bool:
+        if self.taken or self.take_held():
+            return True
         if self.turn is None:  # held while the sender's connection is awaited: recvs keep their order
-            self.turn = self.g.p2p_turn(self.peer, False, self.op, self.timeout, wait)
+            self.turn = self.g.p2p_turn(self.peer, False, self.op, self.timeout, wait,
+                                        self.take_held if wait else None)
             if self.turn is None:
-                return False
+                return self.taken  # busy (`wait` False), or its message was read ahead meanwhile
+            if self.take_held():  # read ahead by the turn's last holder
+                return True
         got = self.g.p2p_channel(self.peer, outgoing=False, timeout=self.timeout, wait=wait)
         if got is None:
             return False
-        ch, number = got
-        self.ch = ch
-        op = self.op  # (recv_any's, for an any-source receive)
-        if self.out is None:
-            self.inflows = [SizedInflow(ch, op, lambda fields, ch: self._accept(fields, ch, number))]
-            return True
-        header = _message_header(self.tag, self.out.shape, number)
-        self.inflows = [Inflow(ch, Segments([byte_view(self.out)]), op, header,
-                               check=lambda mine, theirs, ch: _expect_message(mine, theirs, ch, op))]
+        self._arm(*got)
         return True
 
+    def _arm(self, ch: Channel, number: int) -> None:
+        """The flow for the pair's next message, number `number` on `ch`."""
+        self.ch = ch
+        op = self.op  # (recv_any's, for an any-source receive)
+        accept = lambda fields, ch: self._accept(fields, ch, number)  # noqa: E731
+        if self.out is None:
+            self.inflows = [SizedInflow(ch, op, accept)]
+        else:  # a header byte for byte this one's (its tag, or 0 for any) lands with nothing decoded
+            header = _message_header(self.dtag, self.out.shape, number, max(self.tag, 0))
+            self.inflows = [SizedInflow(ch, op, accept, expect=header, into=byte_view(self.out))]
+
     def _accept(self, fields: dict[str, Any], ch: Channel, number: int) -> memoryview:
-        """Where the message whose header is `fields` lands, allocated for the shape and dtype the
-        sender declares, once they are checked against what this receive fixed."""
-        shape = fields.get("shape")
-        ok = (fields.get("op") == "send" and fields.get("seq") == number and isinstance(shape, list)
-              and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)
-              and self.fits(tuple(shape), fields.get("dtype")))
-        if not ok:
-            raise MismatchError(f"rank {ch.me} expected {self.op}({self.wanted()}) from {peer_name(ch)} but rank "
-                                f"{ch.peer} sent {wire.describe_header(dict(fields))} (group {ch.group!r})")
-        dt = dtype_of(fields.get("dtype"), ch)
-        self.out = _allocate(tuple(shape), dt, ch.me, f"{self.op} from rank {ch.peer}")
+        """Where the message whose header is `fields` lands: for another tag, a buffer it is kept
+        in (`more`); else this receive's array, allocated for the shape and dtype the sender
+        declares once they are checked against what this receive fixed."""
+        if fields.get("seq") != number:
+            raise MismatchError(f"rank {ch.me} expected message #{number} from {peer_name(ch)} but rank {ch.peer} "
+                                f"sent {wire.describe_header(dict(fields))} (group {ch.group!r})")
+        tag = tag_of(fields, ch.me, ch.peer)
+        if not matches(self.tag, tag):
+            return self._hold(tag, fields, ch)
+        self._check(fields, ch)
+        if self.out is None:
+            self.out = _allocate(tuple(fields["shape"]), dtype_of(fields.get("dtype"), ch), ch.me,
+                                 f"{self.op} from rank {ch.peer}")
+        self.got = tag
         return byte_view(self.out)
+
+    def _check(self, fields: dict[str, Any], ch: Channel) -> None:
+        """MismatchError unless the message whose header is `fields` is what this receive fixed."""
+        shape = fields.get("shape")
+        if not (fields.get("op") == "send" and isinstance(shape, list) and self.fits(tuple(shape), fields.get("dtype"))):
+            tag = "" if self.tag == ANY_TAG else f", tag={self.tag}"
+            raise MismatchError(f"rank {ch.me} expected {self.op}({self.wanted()}{tag}) from {peer_name(ch)} but rank "
+                                f"{ch.peer} sent {wire.describe_header(dict(fields))} (group {ch.group!r})")
+
+    def _hold(self, tag: int, fields: dict[str, Any], ch: Channel) -> memoryview:
+        """Where a message of another tag lands: a buffer, kept (`more`) for a later receive."""
+        data = hold_buffer(fields, ch, self.g.settings.max_object_bytes)
+        self.holding = Message(tag, fields, data)
+        return memoryview(data).cast("B") if data.size else memoryview(bytearray())
+
+    def more(self) -> bool:
+        """Once the flows are done: whether the message read was another tag's, now kept for a
+        later receive; if so this receive goes on to the pair's next message (its turn still held)."""
+        held, self.holding = self.holding, None
+        if held is None:
+            return False
+        self.g.held.put(self.peer, held)
+        got = self.g.p2p_channel(self.peer, outgoing=False)
+        assert got is not None  # (its connection is there: the message just came on it)
+        self._arm(*got)
+        return True
+
+    def take_held(self) -> bool:
+        """Whether a message from its source was read ahead for it: if so it is this receive's
+        (checked as one from the stream is: MismatchError, refused on the group, if it does not fit)."""
+        message = self.g.held.take(self.peer, self.tag)
+        if message is None:
+            return False
+        self._take(message)
+        return True
+
+    def _take(self, message: Message) -> None:
+        g = self.g
+        ch = g.p2p_incoming(self.peer, self.op, take=False)
+        assert ch is not None  # (the message came on it)
+        try:
+            self._check(message.fields, ch)
+        except MismatchError as exc:
+            g.refuse(self.op, exc)
+            raise
+        data = message.data
+        self.out = data.view(dtype_of(message.fields.get("dtype"), ch)).reshape(tuple(message.fields["shape"]))
+        self.got = message.tag
+        self.taken = True
+        self.inflows = []
 
     def fits(self, shape: tuple[int, ...], tag: Any) -> bool:
         """Whether a message of `shape` and dtype `tag` is what this receive fixed (once started)."""
-        if self.tag is not None and tag != self.tag:
+        if self.dtag is not None and tag != self.dtag:
             return False
         if self.want is not None:
             return shape == self.want
@@ -210,12 +282,30 @@ class _Recv:
         """What this receive fixed, as its mismatch error says it: 'shape=(any, 2), dtype=int32'."""
         any_shape = "any" if not self.trailing else "(any, " + ", ".join(map(str, self.trailing)) + ")"
         return (f"shape={any_shape if self.want is None else self.want}, "
-                f"dtype={'any' if self.tag is None else wire.describe_dtype(self.tag)}")
+                f"dtype={'any' if self.dtag is None else wire.describe_dtype(self.dtag)}")
 
     def result(self) -> np.ndarray:
+        if self.status is not None:  # (a header byte for byte the one it expects carries its tag, or 0)
+            fill(self.status, self.peer, self.got if self.got is not None else max(self.tag, 0))
         return self.out
 
     release = _Send.release
+
+
+def hold_buffer(fields: dict[str, Any], ch: Channel, cap: int) -> np.ndarray:
+    """A buffer for a message read ahead of its receive (`tags`), as its header declares it: a
+    flat byte array (an array's message is viewed as its dtype and shape when taken)."""
+    if fields.get("op") == "send":
+        dt = dtype_of(fields.get("dtype"), ch)
+        return _allocate(tuple(fields["shape"]), dt, ch.me, f"a message from rank {ch.peer}").reshape(-1).view(np.uint8)
+    if fields.get("op") == "send_object":
+        sizes = sizes_of(fields, ch)
+        if sum(sizes) > cap:
+            raise RingError(f"rank {ch.me}: rank {ch.peer} declares a {sum(sizes)}-byte object, over "
+                            f"RINGDIST_MAX_OBJECT_BYTES={cap} here")
+        return np.empty(sum(sizes), dtype=np.uint8)
+    raise ProtocolError(f"rank {ch.me}: {peer_name(ch)} sent {wire.describe_header(dict(fields))} on the connection "
+                        f"for its messages")
 
 
 def _allocate(shape: tuple[int, ...], dt: np.dtype, rank: int, op: str) -> np.ndarray:
@@ -246,34 +336,40 @@ def _shape(shape: Any, rank: int, op: str = "recv") -> tuple[int, ...]:
     return tuple(int(d) for d in dims)
 
 
-def recv(shape: Any, dtype: Any, src: int, *, group: Comm | None = None,
-         timeout: float | None = None, async_op: bool = False) -> "np.ndarray | work.Work":
+def recv(shape: Any, dtype: Any, src: int, *, tag: int = ANY_TAG, status: Any = None,
+         group: Comm | None = None, timeout: float | None = None, async_op: bool = False) -> "np.ndarray | work.Work":
     """Receive an array of `shape` and `dtype` from rank `src`; MismatchError if the sender's differs.
     A `shape` or `dtype` of None takes the sender's (MPI's Probe and Get_count, without the probe).
+    `tag`: the next message from `src` with this tag (default rd.ANY_TAG: the next message);
+    `status`: a `rd.Status` given the message's source and tag.
 
     With `async_op=True`: a `Work` at once, whose `wait()` returns the array."""
     if async_op or work.active:
-        r = work.route("recv", group, async_op, lambda g: _Recv(shape, dtype, src, g, timeout), p2p=True)
+        r = work.route("recv", group, async_op, lambda g: _Recv(shape, dtype, src, g, timeout, tag, status),
+                       p2p=True)
         if r is not work.HERE:
             return r
     g = _comm(group, timeout)
-    plan = _Recv(shape, dtype, src, g, timeout)
+    plan = _Recv(shape, dtype, src, g, timeout, tag, status)
     run_inline(g, plan, timeout)
-    return plan.out
+    return plan.result()
 
 
-def recv_like(x: Any, src: int, *, group: Comm | None = None, timeout: float | None = None,
-              async_op: bool = False) -> "np.ndarray | work.Work":
-    """Receive an array shaped and typed like `x` from rank `src` (`async_op` as for `recv`)."""
+def recv_like(x: Any, src: int, *, tag: int = ANY_TAG, status: Any = None, group: Comm | None = None,
+              timeout: float | None = None, async_op: bool = False) -> "np.ndarray | work.Work":
+    """Receive an array shaped and typed like `x` from rank `src` (the rest as for `recv`)."""
     arr = np.asarray(x)
-    return recv(arr.shape, arr.dtype, src, group=group, timeout=timeout, async_op=async_op)
+    return recv(arr.shape, arr.dtype, src, tag=tag, status=status, group=group, timeout=timeout,
+                async_op=async_op)
 
 
 def sendrecv(x: Any, dst: "int | None", src: "int | None", *, shape: Any = None, dtype: Any = None,
-             group: Comm | None = None, timeout: float | None = None, async_op: bool = False) -> Any:
+             sendtag: int = 0, recvtag: int = ANY_TAG, status: Any = None, group: Comm | None = None,
+             timeout: float | None = None, async_op: bool = False) -> Any:
     """Send `x` to rank `dst` and receive from rank `src` at once (MPI's Sendrecv): the array
     received (of `shape` and `dtype`; None: the sender's), after `x` has gone. A `dst` or `src`
     of None skips that half (MPI's PROC_NULL: an edge of a grid); then None is returned.
+    `sendtag`, `recvtag` and `status` are send's `tag` and recv's `tag` and `status`.
 
     The send goes without blocking while the receive waits, so a ring of sendrecvs of any size
     completes. If the receive fails, its error is raised at once (the send, if still under way,
@@ -284,30 +380,35 @@ def sendrecv(x: Any, dst: "int | None", src: "int | None", *, shape: Any = None,
     # Every argument checked before the send starts: a receive refused after it would wait for
     # the send to be taken first, and a send refused on the progress thread would leave the
     # receive waiting for its timeout.
+    check_tag(sendtag, "sendrecv", me)
+    check_tag(recvtag, "sendrecv", me, receiving=True)
+    check_status(status, "sendrecv", me)
     if shape is not None:
         _shape(shape, me, "sendrecv")
     if dtype is not None and np.dtype(dtype).hasobject:
         raise TypeError(f"rank {me}: sendrecv: ringdist receives raw array bytes; object dtypes are not "
                         f"supported")
     if dst is not None:
-        _tag(as_array(x, "sendrecv").dtype, "sendrecv", g)
+        _dtype_tag(as_array(x, "sendrecv").dtype, "sendrecv", g)
     if _is_rank(dst, me) and _is_rank(src, me):  # a periodic dimension of size 1: this rank's own x
-        return _to_self(x, shape, dtype, g, async_op)
+        return _to_self(x, shape, dtype, int(sendtag), int(recvtag), status, g, async_op)
     for peer, role in ((dst, "dst"), (src, "src")):
         if peer is not None:
             g.check_peer(peer, "sendrecv", role)
     if dst is None and src is None:
         return done_work(g) if async_op else None
     if dst is None:
-        return recv(shape, dtype, src, group=group, timeout=timeout, async_op=async_op)  # type: ignore[arg-type]
-    sending = send(x, dst, group=group, timeout=timeout, async_op=True)
+        return recv(shape, dtype, src, tag=recvtag, status=status, group=group, timeout=timeout,  # type: ignore[arg-type]
+                    async_op=async_op)
+    sending = send(x, dst, tag=sendtag, group=group, timeout=timeout, async_op=True)
     if src is None:
         if async_op:
             return sending
         sending.wait()  # type: ignore[union-attr]
         return None
     try:
-        receiving = recv(shape, dtype, src, group=group, timeout=timeout, async_op=async_op)
+        receiving = recv(shape, dtype, src, tag=recvtag, status=status, group=group, timeout=timeout,
+                         async_op=async_op)
     except Exception:  # (an interrupt leaves the send reported)
         handle.forget(sending)  # type: ignore[arg-type]
         raise
@@ -321,19 +422,24 @@ def _is_rank(peer: Any, me: int) -> bool:
     return isinstance(peer, numbers.Integral) and not isinstance(peer, bool) and int(peer) == me
 
 
-def _to_self(x: Any, shape: Any, dtype: Any, g: Comm, async_op: bool) -> Any:
+def _to_self(x: Any, shape: Any, dtype: Any, sendtag: int, recvtag: int, status: Any, g: Comm,
+             async_op: bool) -> Any:
     """A sendrecv from this rank to itself (MPI's Sendrecv allows it): a copy of `x`, checked
-    against `shape` and `dtype` as a message from another rank would be."""
+    against `shape`, `dtype` and `recvtag` as a message from another rank would be."""
     arr = as_array(x, "sendrecv")
-    receiving = _Recv(shape, dtype, ANYONE, g, None)
+    receiving = _Recv(shape, dtype, ANYONE, g, None, recvtag)
     receiving.op = "sendrecv"
     receiving.start()  # checked as a receive from another rank is
     want = "any" if dtype is None else np.empty(0, dtype).dtype
-    error = None if receiving.fits(arr.shape, _tag(arr.dtype, "sendrecv", g)) else MismatchError(
+    error = None if receiving.fits(arr.shape, _dtype_tag(arr.dtype, "sendrecv", g)) else MismatchError(
         f"rank {g.rank()} expected sendrecv(shape={receiving.want or 'any'}, dtype={want}) from itself but sends "
         f"shape={arr.shape}, dtype={arr.dtype}")
+    if error is None and not matches(recvtag, sendtag):  # (in MPI: a receive that never completes)
+        error = MismatchError(f"rank {g.rank()} expected sendrecv(recvtag={recvtag}) from itself but sends "
+                              f"sendtag={sendtag}")
     out = None
     if error is None:
+        fill(status, g.rank(), sendtag)
         out = receiving.out if receiving.out is not None else buffers.cache.empty(arr.shape, arr.dtype)
         np.copyto(out, arr)  # (of the shape it fits)
     if async_op:

@@ -12,7 +12,7 @@ PUBLIC = {
     "gather", "scatter", "reduce", "all_to_all", "all_gather_object", "broadcast_object", "send_object",
     "recv_object", "scan", "gather_object", "scatter_object", "all_reduce", "reduce_scatter",
     "recv_any", "recv_object_any", "wait_any", "wait_all", "all_maxloc", "all_minloc",
-    "sendrecv", "Grid", "dims_create",
+    "sendrecv", "Grid", "dims_create", "ANY_TAG", "TAG_MAX", "Status",
     "RingError", "ConfigError", "ConnectError", "AuthError", "ProtocolError", "PeerLostError",
     "RingTimeoutError", "MismatchError", "GroupBrokenError", "__version__",
 }

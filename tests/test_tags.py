@@ -1,0 +1,334 @@
+"""Tags on messages: which message a receive with a tag takes, what happens to the messages it
+reads on the way (kept whole for later receives, in order), with blocking and async receives,
+threads, objects, any-source receives and sendrecv; and how bad tags and misfits fail. Ranks
+as threads over real connections."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+
+import ringdist as rd
+from ringdist.errors import GroupBrokenError, MismatchError, RingError
+from ringdist.p2p import _message_header
+from ringdist.object_messages import _message_header as _object_header
+
+from harness import RankFailed, run_ranks
+
+
+def test_a_receive_takes_the_next_message_with_its_tag_and_the_rest_wait_in_order():
+    sent = [(1, "a"), (2, "b"), (1, "c"), (3, "d"), (2, "e")]
+
+    def rank(g):
+        if g.rank() == 0:
+            for tag, text in sent:
+                rd.send(np.frombuffer(text.encode(), np.uint8), 1, tag=tag, group=g)
+            return None
+        got = []
+        for tag in (2, 2, 1, rd.ANY_TAG, 3):
+            st = rd.Status()
+            x = rd.recv(None, np.uint8, 0, tag=tag, status=st, group=g)
+            got.append((st.source, st.tag, x.tobytes().decode()))
+        return got
+
+    assert run_ranks(2, rank)[1] == [(0, 2, "b"), (0, 2, "e"), (0, 1, "a"), (0, 1, "c"), (0, 3, "d")]
+
+
+def test_an_untagged_receive_takes_messages_in_the_order_sent_whatever_their_tags():
+    def rank(g):
+        if g.rank() == 0:
+            for k in range(6):
+                rd.send(np.array([k]), 1, tag=k % 3, group=g)
+            return None
+        got = []
+        for _ in range(6):
+            st = rd.Status()
+            got.append((int(rd.recv(1, np.int64, 0, status=st, group=g)[0]), st.tag))
+        return got
+
+    assert run_ranks(2, rank)[1] == [(k, k % 3) for k in range(6)]
+
+
+def test_a_large_message_of_another_tag_is_read_whole_so_its_blocking_send_returns():
+    big = np.arange(2_000_000, dtype=np.float64)  # 16 MB: far past the kernel's buffers
+
+    def rank(g):
+        if g.rank() == 0:
+            rd.send(big, 1, tag=9, group=g)  # returns only once rank 1 has read it all
+            rd.send(np.ones(3), 1, tag=10, group=g)
+            return None
+        small = rd.recv(3, np.float64, 0, tag=10, group=g)
+        large = rd.recv(big.shape, big.dtype, 0, tag=9, group=g)
+        return small, large
+
+    small, large = run_ranks(2, rank)[1]
+    assert small.tolist() == [1.0, 1.0, 1.0]
+    np.testing.assert_array_equal(large, big)
+
+
+def test_an_async_receive_posted_later_completes_while_an_earlier_one_waits():
+    # Legal in MPI: rank 0 sends tag 1 only after rank 1's receive for tag 2 has completed.
+    def rank(g):
+        if g.rank() == 0:
+            rd.send(np.full(3, 2), 1, tag=2, group=g)
+            rd.recv(1, np.int64, 1, group=g)
+            rd.send(np.full(3, 1), 1, tag=1, group=g)
+            return None
+        first = rd.recv(3, np.int64, 0, tag=1, group=g, async_op=True)
+        second = rd.recv(3, np.int64, 0, tag=2, group=g, async_op=True)
+        b = second.wait(timeout=10)
+        rd.send(np.zeros(1, np.int64), 0, group=g)
+        return first.wait(timeout=10).tolist(), b.tolist()
+
+    assert run_ranks(2, rank)[1] == ([1, 1, 1], [2, 2, 2])
+
+
+def test_an_async_receive_posted_after_its_message_was_read_ahead_takes_it():
+    def rank(g):
+        if g.rank() == 0:
+            rd.send(np.full(3, 2), 1, tag=2, group=g)
+            rd.recv(1, np.int64, 1, group=g)
+            rd.send(np.full(3, 1), 1, tag=1, group=g)
+            return None
+        first = rd.recv(3, np.int64, 0, tag=1, group=g, async_op=True)
+        deadline = time.monotonic() + 10
+        while not g.held and time.monotonic() < deadline:  # the tag-2 message read past, kept
+            time.sleep(0.005)
+        second = rd.recv(3, np.int64, 0, group=g, async_op=True)  # any tag: the kept one
+        b = second.wait(timeout=10)
+        rd.send(np.zeros(1, np.int64), 0, group=g)
+        return first.wait(timeout=10).tolist(), b.tolist()
+
+    assert run_ranks(2, rank)[1] == ([1, 1, 1], [2, 2, 2])
+
+
+def test_a_thread_waiting_for_the_pair_s_turn_takes_what_the_turn_s_holder_read_for_it():
+    # Thread a holds the turn at rank 0's messages, waiting for tag 1; thread b waits for the
+    # turn, for tag 2. Only then does tag 2 come: a reads it, and b must take it from there
+    # (rank 0 sends tag 1 only once b has).
+    def rank(g):
+        if g.rank() == 0:
+            rd.recv(1, np.int64, 1, group=g)  # both threads wait
+            rd.send(np.full(3, 2), 1, tag=2, group=g)
+            rd.recv(1, np.int64, 1, group=g)
+            rd.send(np.full(3, 1), 1, tag=1, group=g)
+            return None
+        out: dict[str, object] = {}
+
+        def receive(name: str, tag: int) -> None:
+            out[name] = rd.recv(3, np.int64, 0, tag=tag, group=g).tolist()
+            if name == "b":
+                rd.send(np.zeros(1, np.int64), 0, group=g)
+
+        a = threading.Thread(target=receive, args=("a", 1))
+        a.start()
+        deadline = time.monotonic() + 10
+        while not g.p2p_busy(0, False) and time.monotonic() < deadline:
+            time.sleep(0.005)
+        b = threading.Thread(target=receive, args=("b", 2))
+        b.start()
+        time.sleep(0.2)  # b waits for the turn
+        rd.send(np.zeros(1, np.int64), 0, group=g)
+        a.join(10)
+        b.join(10)
+        return out
+
+    assert run_ranks(2, rank)[1] == {"a": [1, 1, 1], "b": [2, 2, 2]}
+
+
+def test_objects_and_arrays_share_a_pair_s_tags():
+    def rank(g):
+        if g.rank() == 0:
+            for t in range(4):
+                rd.send_object({"t": t}, 1, tag=t, group=g, async_op=True)
+            rd.send(np.arange(3), 1, tag=9, group=g)
+            rd.send_object("last", 1, tag=4, group=g)
+            return None
+        works = [rd.recv_object(0, tag=t, group=g, async_op=True) for t in (3, 2, 1, 0)]
+        x = rd.recv(3, np.int64, 0, tag=9, group=g)  # queued behind the async ones
+        st = rd.Status()
+        last = rd.recv_object(0, tag=4, status=st, group=g)
+        return rd.wait_all(works), x.tolist(), last, (st.source, st.tag)
+
+    assert run_ranks(2, rank)[1] == ([{"t": 3}, {"t": 2}, {"t": 1}, {"t": 0}], [0, 1, 2], "last", (0, 4))
+
+
+def test_recv_any_takes_a_message_read_ahead_before_later_ones():
+    def rank(g):
+        r = g.rank()
+        if r == 1:
+            rd.send(np.array([5]), 0, tag=5, group=g)
+            rd.send(np.array([6]), 0, tag=6, group=g)
+            rd.send(np.array([7]), 0, tag=7, group=g)
+            return None
+        if r == 2:
+            return None
+        six = rd.recv(1, np.int64, 1, tag=6, group=g)  # reads tag 5 on the way
+        got = []
+        for _ in range(2):
+            st = rd.Status()
+            src, x = rd.recv_any(1, np.int64, status=st, group=g)
+            got.append((src, int(x[0]), st.tag))
+        return int(six[0]), got
+
+    assert run_ranks(3, rank)[0] == (6, [(1, 5, 5), (1, 7, 7)])
+
+
+def test_async_recv_any_waiting_behind_a_receive_takes_the_message_it_reads_ahead():
+    def rank(g):
+        r = g.rank()
+        if r == 1:
+            rd.send_object("for anyone", 0, tag=3, group=g)
+            rd.recv(1, np.int64, 0, group=g)
+            rd.send_object("for tag 1", 0, tag=1, group=g)
+            return None
+        first = rd.recv_object(1, tag=1, group=g, async_op=True)
+        anyone = rd.recv_object_any(group=g, async_op=True)
+        src, obj = anyone.wait(timeout=10)
+        rd.send(np.zeros(1, np.int64), 1, group=g)
+        return src, obj, first.wait(timeout=10)
+
+    assert run_ranks(2, rank)[0] == (1, "for anyone", "for tag 1")
+
+
+def test_sendrecv_with_tags_around_a_ring():
+    def rank(g):
+        r, n = g.rank(), g.size()
+        st = rd.Status()
+        got = rd.sendrecv(np.array([r]), (r + 1) % n, (r - 1) % n, sendtag=100 + r, recvtag=100 + (r - 1) % n,
+                          status=st, group=g)
+        return int(got[0]), st.source, st.tag
+
+    assert run_ranks(3, rank) == [(2, 2, 102), (0, 0, 100), (1, 1, 101)]
+
+
+def test_sendrecv_to_itself_checks_the_tag():
+    def rank(g):
+        st = rd.Status()
+        same = rd.sendrecv(np.arange(2), 0, 0, sendtag=4, recvtag=4, status=st, group=g)
+        with pytest.raises(MismatchError, match=r"rank 0 expected sendrecv\(recvtag=5\) from itself but sends sendtag=4"):
+            rd.sendrecv(np.arange(2), 0, 0, sendtag=4, recvtag=5, group=g)
+        return same.tolist(), st.source, st.tag
+
+    g = rd.init()
+    assert rank(g) == ([0, 1], 0, 4)
+
+
+@pytest.mark.parametrize("call, error, text", [
+    (lambda g: rd.send(np.ones(1), 1, tag=-1, group=g), ValueError,
+     r"rank 0: send: tag=-1: a tag is an integer from 0 to 2147483647$"),
+    (lambda g: rd.send(np.ones(1), 1, tag=rd.TAG_MAX + 1, group=g), ValueError, r"rank 0: send: tag=2147483648"),
+    (lambda g: rd.send(np.ones(1), 1, tag=True, group=g), TypeError, r"rank 0: send: tag must be an integer, got bool"),
+    (lambda g: rd.send_object(1, 1, tag=2.0, group=g), TypeError, r"rank 0: send_object: tag must be an integer, got float"),
+    (lambda g: rd.recv(1, np.int64, 1, tag=-2, group=g), ValueError,
+     r"rank 0: recv: tag=-2: a tag is an integer from 0 to 2147483647 or rd.ANY_TAG"),
+    (lambda g: rd.recv_object(1, tag="7", group=g), TypeError, r"rank 0: recv_object: tag must be an integer, got str"),
+    (lambda g: rd.recv(1, np.int64, 1, status={}, group=g), TypeError,
+     r"rank 0: recv: status must be a ringdist Status or None, got dict"),
+    (lambda g: rd.sendrecv(np.ones(1), 1, 1, recvtag=-3, group=g), ValueError, r"rank 0: sendrecv: tag=-3"),
+    (lambda g: rd.send(np.ones(1), 1, tag=-1, group=g, async_op=True).wait(), ValueError, r"rank 0: send: tag=-1"),
+])
+def test_a_bad_tag_or_status_is_refused_before_anything_is_sent(call, error, text):
+    def rank(g):
+        if g.rank() == 0:
+            with pytest.raises(error, match=text):
+                call(g)
+            rd.send(np.array([1.5]), 1, tag=3, group=g)  # the pair is in step
+            return None
+        return rd.recv(1, np.float64, 0, group=g).tolist()
+
+    assert run_ranks(2, rank)[1] == [1.5]
+
+
+def test_a_message_read_ahead_that_does_not_fit_its_receive_fails_the_group_on_both_ranks():
+    def rank(g):
+        if g.rank() == 0:
+            rd.send(np.zeros(4, np.float32), 1, tag=3, group=g)
+            rd.send(np.zeros(1, np.float32), 1, tag=4, group=g)
+            rd.barrier(group=g)
+            return None
+        rd.recv(1, np.float32, 0, tag=4, group=g)  # reads tag 3 on the way
+        with pytest.raises(MismatchError) as exc:
+            rd.recv(5, np.float32, 0, tag=3, group=g)
+        assert str(exc.value) == (
+            "rank 1 expected recv(shape=(5,), dtype=float32, tag=3) from rank 0 but rank 0 sent "
+            "send(shape=(4,), dtype=float32, tag=3) [call #0] (group 'world')")
+        with pytest.raises(GroupBrokenError):
+            rd.barrier(group=g)
+        return None
+
+    with pytest.raises(RankFailed) as failed:
+        run_ranks(2, rank)
+    errors = failed.value.errors
+    assert [r for r, e in enumerate(errors) if e is not None] == [0]  # rank 0's barrier hears why
+    assert isinstance(errors[0], MismatchError)
+    assert str(errors[0]).startswith("rank 0: barrier aborted by rank 1: rank 1 expected recv(shape=(5,), "
+                                     "dtype=float32, tag=3) from rank 0")
+
+
+def test_a_message_of_another_kind_read_ahead_is_a_mismatch_for_its_tag():
+    def rank(g):
+        if g.rank() == 0:
+            rd.send(np.zeros(2), 1, tag=1, group=g)
+            rd.send(np.zeros(1), 1, tag=2, group=g)
+            return None
+        rd.recv(1, np.float64, 0, tag=2, group=g)
+        with pytest.raises(MismatchError, match=r"rank 1 expected send_object tag=1 from rank 0 but rank 0 sent "
+                                                r"send\(shape=\(2,\), dtype=float64, tag=1\)"):
+            rd.recv_object(0, tag=1, group=g)
+        return "raised"
+
+    assert run_ranks(2, rank)[1] == "raised"
+
+
+def test_an_untagged_message_s_header_carries_no_tag():
+    assert "tag" not in _message_header("<f4", (3,), 0, 0).fields
+    assert _message_header("<f4", (3,), 0, 7).fields["tag"] == 7
+    assert "tag" not in _object_header(0, {"sizes": [1]}, 0).fields
+
+
+def test_a_group_s_messages_read_ahead_are_its_own():
+    # Tags are per group: a split group's messages do not meet the world's.
+    def rank(g):
+        sub = g.split(0)
+        if g.rank() == 0:
+            rd.send(np.array([1]), 1, tag=1, group=g)
+            rd.send(np.array([2]), 1, tag=1, group=sub)
+            return None
+        a = rd.recv(1, np.int64, 0, tag=1, group=sub)
+        b = rd.recv(1, np.int64, 0, tag=1, group=g)
+        return int(a[0]), int(b[0])
+
+    assert run_ranks(2, rank)[1] == (2, 1)
+
+
+def test_many_tags_interleaved_with_async_sends_and_receives():
+    rng = np.random.default_rng(7)
+    tags = rng.integers(0, 5, size=60).tolist()
+
+    def rank(g):
+        if g.rank() == 0:
+            works = [rd.send(np.array([k, t]), 1, tag=t, group=g, async_op=True) for k, t in enumerate(tags)]
+            rd.wait_all(works)
+            return None
+        order = sorted(range(len(tags)), key=lambda k: (-tags[k], k))  # tag 4's first, each tag's in order
+        works = [rd.recv(2, np.int64, 0, tag=tags[k], group=g, async_op=True) for k in order]
+        return [x.tolist() for x in rd.wait_all(works)]
+
+    got = run_ranks(2, rank)[1]
+    assert got == [[k, tags[k]] for k in sorted(range(len(tags)), key=lambda k: (-tags[k], k))]
+
+
+def test_a_receive_that_waits_for_a_tag_never_sent_times_out_naming_it():
+    def rank(g):
+        if g.rank() == 0:
+            rd.send(np.array([1]), 1, tag=1, group=g)
+            return None
+        with pytest.raises(RingError, match=r"rank 1: recv.*(no progress|waiting).*"):
+            rd.recv(1, np.int64, 0, tag=2, group=g, timeout=0.5)
+        return "timed out"
+
+    assert run_ranks(2, rank)[1] == "timed out"
