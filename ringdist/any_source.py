@@ -73,8 +73,19 @@ class FromAny:
             return False
         return self.inner.open(wait)
 
-    def more(self) -> bool:
-        return self.inner.more()
+    def more(self, wait: bool = True) -> bool | None:
+        """As a recv's `more`; but a receive for one tag whose chosen sender's message was another
+        tag's gives that sender back (the message kept) and chooses again: True once it has a
+        source, None if none has a message yet (`wait` False: the lanes open it again)."""
+        inner = self.inner
+        if self.sources is None or inner.holding is None:
+            return inner.more(wait)
+        self.g.held.put(self.peer, inner.holding)  # type: ignore[arg-type]
+        inner.holding = None
+        inner.release()
+        inner.inflows, inner.ch = [], None
+        self.peer, inner.peer = None, ANYONE
+        return True if self.open(wait) else None
 
     def take_held(self) -> bool:
         """Whether a message was read ahead for it (`tags`), from the first sender in turn that
@@ -173,10 +184,13 @@ class FromAny:
         return ranks[at:] + ranks[:at]
 
     def _take(self, s: int, turn: Any) -> None:
-        """Rank s's message is this receive's: its source, and the pair's turn, the inner receive's."""
+        """Rank s's message is this receive's: its source, and the pair's turn, the inner receive's.
+        (A receive for one tag keeps its `sources`, and its place in every lane, until the message
+        is one of its tag: see `more`.)"""
         self.inner.turn = turn
         self.peer = self.inner.peer = s
-        self.sources = None
+        if self.inner.tag == ANY_TAG:
+            self.sources = None
         self.g.any_source_next = s + 1
 
     def _look(self, ranks: list[int], wait: float, held: dict[int, Any] | None) -> bool:
@@ -269,40 +283,40 @@ class FromAny:
         raise PeerLostError(f"rank {g.rank()}: {self.op} in group {g.gid!r}: no rank is left to send ({whys})")
 
 
-def recv_any(shape: Any, dtype: Any, *, status: Any = None, group: Comm | None = None,
+def recv_any(shape: Any, dtype: Any, *, tag: int = ANY_TAG, status: Any = None, group: Comm | None = None,
              timeout: float | None = None, async_op: bool = False) -> "tuple[int, np.ndarray] | work.Work":
-    """`(src, x)`: the first array any other rank of the group sends, of `shape` and `dtype`, and
-    its sender's rank (MPI's Recv from ANY_SOURCE and ANY_TAG); MismatchError if the sender's
-    differs. A `shape` or `dtype` of None takes the sender's, as recv's; `status` as recv's.
+    """`(src, x)`: the first array any other rank of the group sends (with `tag`), of `shape` and
+    `dtype`, and its sender's rank (MPI's Recv from ANY_SOURCE); MismatchError if the sender's
+    differs. A `shape` or `dtype` of None takes the sender's; `tag` and `status` as recv's.
 
     With `async_op=True`: a `Work` at once, whose `wait()` returns `(src, x)`."""
     if async_op or work.active:
         r = work.route("recv_any", group, async_op,
-                       lambda g: FromAny(_Recv(shape, dtype, ANYONE, g, timeout, ANY_TAG, status), "recv_any", g, timeout),
+                       lambda g: FromAny(_Recv(shape, dtype, ANYONE, g, timeout, tag, status), "recv_any", g, timeout),
                        p2p=True)
         if r is not work.HERE:
             return r
     g = _comm(group, timeout)
-    plan = FromAny(_Recv(shape, dtype, ANYONE, g, timeout, ANY_TAG, status), "recv_any", g, timeout)
+    plan = FromAny(_Recv(shape, dtype, ANYONE, g, timeout, tag, status), "recv_any", g, timeout)
     run_inline(g, plan, timeout)
     return plan.result()
 
 
-def recv_object_any(*, status: Any = None, group: Comm | None = None, timeout: float | None = None,
-                    async_op: bool = False) -> "tuple[int, Any] | work.Work":
-    """`(src, obj)`: the first object any other rank of the group sends with send_object, and its
-    sender's rank (mpi4py's `recv(source=ANY_SOURCE)`); `status` as recv's.
+def recv_object_any(*, tag: int = ANY_TAG, status: Any = None, group: Comm | None = None,
+                    timeout: float | None = None, async_op: bool = False) -> "tuple[int, Any] | work.Work":
+    """`(src, obj)`: the first object any other rank of the group sends with send_object (with
+    `tag`), and its sender's rank (mpi4py's `recv(source=ANY_SOURCE)`); `status` as recv's.
 
     With `async_op=True`: a `Work` at once, whose `wait()` returns `(src, obj)` (unpickled there)."""
     if async_op or work.active:
         r = work.route("recv_object_any", group, async_op,
-                       lambda g: FromAny(_RecvObject(ANYONE, g, timeout, ANY_TAG, status), "recv_object_any", g, timeout),
+                       lambda g: FromAny(_RecvObject(ANYONE, g, timeout, tag, status), "recv_object_any", g, timeout),
                        p2p=True,
                        finish=lambda got, error: (got[0], got[1].unpickled()) if error is None else None)
         if r is not work.HERE:
             return r
     g = _comm(group, timeout)
-    plan = FromAny(_RecvObject(ANYONE, g, timeout, ANY_TAG, status), "recv_object_any", g, timeout)
+    plan = FromAny(_RecvObject(ANYONE, g, timeout, tag, status), "recv_object_any", g, timeout)
     run_inline(g, plan, timeout)
     src, received = plan.result()
     return src, received.unpickled()

@@ -209,7 +209,12 @@ class Lanes:
         plan = job.plan
         while all(f.done for f in plan.inflows) and all(f.done for f in plan.outflows):  # type: ignore[union-attr]
             try:
-                if plan.more():  # type: ignore[union-attr]
+                more = plan.more(False)  # type: ignore[union-attr]
+                if more is None:  # an any-source receive for one tag gave its sender back: it looks again
+                    job.opened = False
+                    self._offer_held(job.g)
+                    return
+                if more:
                     # It read a message of another tag, kept for a later receive, and goes on to the next.
                     job.since = time.monotonic()
                     for flow in plan.inflows:  # type: ignore[union-attr]

@@ -59,7 +59,7 @@ class _Turned:
         if turn is not None:
             turn.release()
 
-    def more(self) -> bool:
+    def more(self, wait: bool = True) -> bool:
         return False  # (see `_RecvObject.more`)
 
 
@@ -181,7 +181,7 @@ class _RecvObject(_Turned):
         elif not sizes:
             raise RingError(f"rank {ch.me}: recv_object: rank {ch.peer} declares an object of no parts")
 
-    def more(self) -> bool:
+    def more(self, wait: bool = True) -> bool:
         """As `p2p._Recv.more`: a message of another tag is kept, and the next one read."""
         held, self.holding = self.holding, None
         if held is None:

@@ -85,7 +85,7 @@ class _Send:
                                  _message_header(self.dtag, self.arr.shape, number, self.tag))]
         return True
 
-    def more(self) -> bool:
+    def more(self, wait: bool = True) -> bool:
         return False  # (see `_Recv.more`)
 
     def result(self) -> None:
@@ -233,7 +233,7 @@ class _Recv:
         self.holding = Message(tag, fields, data)
         return memoryview(data).cast("B") if data.size else memoryview(bytearray())
 
-    def more(self) -> bool:
+    def more(self, wait: bool = True) -> bool:
         """Once the flows are done: whether the message read was another tag's, now kept for a
         later receive; if so this receive goes on to the pair's next message (its turn still held)."""
         held, self.holding = self.holding, None

@@ -194,6 +194,57 @@ def test_async_recv_any_waiting_behind_a_receive_takes_the_message_it_reads_ahea
     assert run_ranks(2, rank)[0] == (1, "for anyone", "for tag 1")
 
 
+@pytest.mark.parametrize("async_op", [False, True])
+def test_recv_any_for_one_tag_gives_back_a_sender_whose_message_is_another_tag(async_op):
+    # Rank 1's tag-1 message comes first; its tag 2 only once rank 0 has had rank 2's: a
+    # receive for tag 2 that stayed with rank 1 would wait forever.
+    def rank(g):
+        r = g.rank()
+        if r == 1:
+            rd.send(np.array([11]), 0, tag=1, group=g)
+            rd.recv(1, np.int64, 0, group=g)
+            rd.send(np.array([12]), 0, tag=2, group=g)
+            return None
+        if r == 2:
+            time.sleep(0.3)  # after rank 1's first message
+            rd.send(np.array([22]), 0, tag=2, group=g)
+            return None
+        got = []
+        for tag in (2, 2, 1):
+            st = rd.Status()
+            if async_op:
+                src, x = rd.recv_any(1, np.int64, tag=tag, status=st, group=g, async_op=True).wait(timeout=10)
+            else:
+                src, x = rd.recv_any(1, np.int64, tag=tag, status=st, group=g)
+            got.append((src, int(x[0]), st.tag))
+            if src == 2:
+                rd.send(np.zeros(1, np.int64), 1, group=g)
+        return got
+
+    assert run_ranks(3, rank)[0] == [(2, 22, 2), (1, 12, 2), (1, 11, 1)]
+
+
+def test_async_recv_any_for_one_tag_reads_past_other_tags_and_keeps_its_place():
+    # Ranks 1 and 2 send tag 1, and tag 2 only once rank 0's receives for tag 1 (posted after
+    # those for tag 2) are done: the tag-2 receives read the tag-1 messages, keep them for the
+    # receives behind them, and look again.
+    def rank(g):
+        r = g.rank()
+        if r != 0:
+            rd.send_object(("one", r), 0, tag=1, group=g)
+            rd.recv(1, np.int64, 0, group=g)
+            rd.send_object(("two", r), 0, tag=2, group=g)
+            return None
+        twos = [rd.recv_object_any(tag=2, group=g, async_op=True) for _ in range(2)]
+        ones = [rd.recv_object_any(tag=1, group=g, async_op=True) for _ in range(2)]
+        got_ones = sorted(rd.wait_all(ones, timeout=10))
+        for p in (1, 2):
+            rd.send(np.zeros(1, np.int64), p, group=g)
+        return got_ones, sorted(rd.wait_all(twos, timeout=10))
+
+    assert run_ranks(3, rank)[0] == ([(1, ("one", 1)), (2, ("one", 2))], [(1, ("two", 1)), (2, ("two", 2))])
+
+
 def test_sendrecv_with_tags_around_a_ring():
     def rank(g):
         r, n = g.rank(), g.size()
