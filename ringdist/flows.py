@@ -497,21 +497,25 @@ class SizedInflow(Inflow):
     def __init__(self, ch: Channel, op: str,
                  accept: Callable[[dict[str, Any], Channel], "memoryview | list[memoryview]"], hint: int = 0,
                  expect: wire.Header | None = None, into: memoryview | None = None):
-        super().__init__(ch, Segments([] if into is None else [into]), op, expect)
-        self.need_header = True
-        self.done = False
+        # (Inflow's fields, set here: a message's receive makes one per message.)
+        self.ch, self.reader, self.op, self.expect, self.check = ch, ch.reader, op, expect, None
+        self.seg = seg = Segments([] if into is None else [into])
         # Until the header comes: about what is expected (whether a wait may spin).
-        self.total = hint if into is None else self.seg.total
+        self.total = hint if into is None else seg.total
+        self.need_header, self.received, self.done = True, 0, False
         self.accept = accept
         self.fields: dict[str, Any] | None = None
         self.dest: "memoryview | list[memoryview] | None" = into
 
     def _control(self, event: wire.ControlFrame) -> None:
-        # An ABORT, a frame out of place, or (the common case) a header byte for byte `expect`,
-        # whose payload lands in `into` with nothing decoded or accepted.
-        if event.kind != wire.HEADER or not self.need_header or (
-                self.expect is not None and event.body == self.expect.body):
-            super()._control(event)
+        if event.kind != wire.HEADER or not self.need_header:
+            super()._control(event)  # an ABORT, or a frame out of place
+            return
+        expect = self.expect
+        if expect is not None and event.body == expect.body:  # the common case: nothing to decode or accept
+            self.need_header = False
+            if self.received == self.total:
+                self.done = True
             return
         fields = wire.check_header(event.fields())
         dest = self.accept(fields, self.ch)  # one buffer, or a list the payload fills in turn

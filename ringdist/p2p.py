@@ -18,7 +18,7 @@ import numpy as np
 
 from . import buffers, handle, wire, work
 from .channel import Channel, peer_name
-from .tags import ANY_TAG, Message, check_status, check_tag, fields_of, fill, matches, tag_of
+from .tags import ANY_TAG, Message, check_status, check_tag, fill, matches, tag_of
 from .algorithms.blocks import dtype_of, sizes_of
 from .arrays import as_array, byte_view
 from .collectives import _comm
@@ -38,7 +38,10 @@ ANYONE = _Anyone()
 
 
 def _message_header(dtag: str, shape: tuple[int, ...], number: int, tag: int) -> wire.Header:
-    return wire.Header(wire.make_header("send", number, dtag, shape, **fields_of(tag)))
+    fields = wire.make_header("send", number, dtag, shape)
+    if tag:  # (a tag of 0 is left out: `tags`)
+        fields["tag"] = tag
+    return wire.Header(fields)
 
 
 def _dtype_tag(dtype: np.dtype, op: str, g: Comm) -> str:
@@ -149,16 +152,18 @@ class _Recv:
         self.want: tuple[int, ...] | None = None  # the whole shape fixed, once started
         self.trailing: tuple[int, ...] = ()  # a subarray dtype's dims, with no shape given
         self.dtag: str | None = None  # the dtype as a header names it, if fixed
-        self.got: int | None = None  # the tag of the message it took, once it has one
-        self.holding: Message | None = None  # the message being read, when it is a later receive's
-        self.taken = False  # its message was one read ahead (`take_held`)
+
+    got: int | None = None  # the tag of the message it took, once it has one (else its own, or 0)
+    holding: Message | None = None  # the message being read, when it is a later receive's
+    taken = False  # its message was one read ahead (`take_held`)
 
     def start(self) -> float:
         g = self.g
         if self.peer is not ANYONE:  # (an any-source receive's source is its first message's)
             self.peer = g.check_peer(self.peer, "recv", "src")
         self.tag = check_tag(self.tag, self.op, g.rank(), receiving=True)
-        check_status(self.status, self.op, g.rank())
+        if self.status is not None:
+            check_status(self.status, self.op, g.rank())
         dt = None if self.dtype is None else np.dtype(self.dtype)
         if dt is not None and dt.hasobject:
             raise TypeError(f"rank {g.rank()}: {self.op}: ringdist receives raw array bytes; object dtypes are not supported")
@@ -176,14 +181,14 @@ class _Recv:
         return g._timeout(self.timeout)
 
     def open(self, wait: bool = True) -> bool:
-        if self.taken or self.take_held():
+        if self.taken or (self.g.held.by_sender and self.take_held()):
             return True
         if self.turn is None:  # held while the sender's connection is awaited: recvs keep their order
             self.turn = self.g.p2p_turn(self.peer, False, self.op, self.timeout, wait,
                                         self.take_held if wait else None)
             if self.turn is None:
                 return self.taken  # busy (`wait` False), or its message was read ahead meanwhile
-            if self.take_held():  # read ahead by the turn's last holder
+            if self.g.held.by_sender and self.take_held():  # read ahead by the turn's last holder
                 return True
         got = self.g.p2p_channel(self.peer, outgoing=False, timeout=self.timeout, wait=wait)
         if got is None:
@@ -193,19 +198,19 @@ class _Recv:
 
     def _arm(self, ch: Channel, number: int) -> None:
         """The flow for the pair's next message, number `number` on `ch`."""
-        self.ch = ch
-        op = self.op  # (recv_any's, for an any-source receive)
-        accept = lambda fields, ch: self._accept(fields, ch, number)  # noqa: E731
-        if self.out is None:
-            self.inflows = [SizedInflow(ch, op, accept)]
+        self.ch, self.number = ch, number
+        out = self.out
+        if out is None:
+            self.inflows = [SizedInflow(ch, self.op, self._accept)]  # (op: recv_any's, for an any-source receive)
         else:  # a header byte for byte this one's (its tag, or 0 for any) lands with nothing decoded
-            header = _message_header(self.dtag, self.out.shape, number, max(self.tag, 0))
-            self.inflows = [SizedInflow(ch, op, accept, expect=header, into=byte_view(self.out))]
+            header = _message_header(self.dtag, out.shape, number, self.tag if self.tag > 0 else 0)
+            self.inflows = [SizedInflow(ch, self.op, self._accept, 0, header, byte_view(out))]
 
-    def _accept(self, fields: dict[str, Any], ch: Channel, number: int) -> memoryview:
+    def _accept(self, fields: dict[str, Any], ch: Channel) -> memoryview:
         """Where the message whose header is `fields` lands: for another tag, a buffer it is kept
         in (`more`); else this receive's array, allocated for the shape and dtype the sender
         declares once they are checked against what this receive fixed."""
+        number = self.number
         if fields.get("seq") != number:
             raise MismatchError(f"rank {ch.me} expected message #{number} from {peer_name(ch)} but rank {ch.peer} "
                                 f"sent {wire.describe_header(dict(fields))} (group {ch.group!r})")

@@ -28,6 +28,8 @@ TAG_MAX = 2**31 - 1  # the largest tag (MPI promises at least 32767; mpi4py's TA
 
 def check_tag(tag: Any, op: str, rank: int, receiving: bool = False) -> int:
     """A call's `tag` as an int; TypeError or ValueError naming the rank and the call."""
+    if type(tag) is int and (0 <= tag <= TAG_MAX or (receiving and tag == ANY_TAG)):
+        return tag  # the common case, checked in a few bytecodes
     if isinstance(tag, bool) or not isinstance(tag, numbers.Integral):
         raise TypeError(f"rank {rank}: {op}: tag must be an integer, got {type(tag).__name__}")
     tag = int(tag)
@@ -95,32 +97,33 @@ class Held:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._by_sender: dict[int, deque[Message]] = {}
+        # Per sender, oldest first; empty when none is kept (a receive's first look, without the lock).
+        self.by_sender: dict[int, deque[Message]] = {}
 
     def put(self, src: int, message: Message) -> None:
         with self._lock:
-            self._by_sender.setdefault(src, deque()).append(message)
+            self.by_sender.setdefault(src, deque()).append(message)
 
     def take(self, src: int, tag: int) -> Message | None:
         """The oldest message from `src` a receive for `tag` takes, taken out; None if none."""
-        if not self._by_sender:  # the common case: nothing read ahead (a read without the lock)
+        if not self.by_sender:  # the common case: nothing read ahead (a read without the lock)
             return None
         with self._lock:
-            held = self._by_sender.get(src)
+            held = self.by_sender.get(src)
             if not held:
                 return None
             for i, message in enumerate(held):
                 if matches(tag, message.tag):
                     del held[i]
                     if not held:
-                        del self._by_sender[src]
+                        del self.by_sender[src]
                     return message
         return None
 
     def take_first(self, order: list[int], tag: int) -> tuple[int, Message] | None:
         """The oldest message a receive for `tag` takes from the first sender in `order` that has
         one, taken out, with its sender; None if none has."""
-        if not self._by_sender:
+        if not self.by_sender:
             return None
         for src in order:
             message = self.take(src, tag)
@@ -129,8 +132,8 @@ class Held:
         return None
 
     def __bool__(self) -> bool:
-        return bool(self._by_sender)
+        return bool(self.by_sender)
 
     def count(self) -> int:
         with self._lock:
-            return sum(len(held) for held in self._by_sender.values())
+            return sum(len(held) for held in self.by_sender.values())
