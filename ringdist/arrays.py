@@ -41,7 +41,7 @@ def byte_view(arr: np.ndarray) -> memoryview:
         return memoryview(arr.reshape(-1).view(np.uint8))
 
 
-def check_reducible(arr: np.ndarray, op: str, call: str | None = None) -> None:
+def check_reducible(arr: np.ndarray, op: str, call: str | None = None, g: Any = None) -> None:
     """TypeError unless numpy's ufunc for `op` reduces this dtype: numbers, bool, and numeric
     extension dtypes such as ml_dtypes' bfloat16 and float8 (kind 'V' without fields).
     Strings would "add" by concatenation, truncated; objects and structured dtypes are not numbers."""
@@ -50,7 +50,7 @@ def check_reducible(arr: np.ndarray, op: str, call: str | None = None) -> None:
     if why == "":  # not asked yet for this dtype and op
         why = _unreducible[(dt, op)] = _why_unreducible(dt, op)
     if why is not None:
-        raise TypeError(f"{call or op}: {why}")
+        raise TypeError(f"{'' if g is None else f'rank {g.rank()}: '}{call or op}: {why}")
 
 
 _unreducible: dict[tuple[np.dtype, str], str | None] = {}  # (dtype, op) -> why it cannot be reduced, or None

@@ -134,7 +134,7 @@ def _all_reduce(x: Any, group: Comm | None, op: str, timeout: float | None, name
         g = _comm(group, timeout, call)
     try:
         arr = as_array(x, call)
-        check_reducible(arr, op, call)
+        check_reducible(arr, op, call, g)
         if name is not None:
             extra["reduce"] = op.removeprefix("all_")
         if g.size() == 1:
@@ -236,7 +236,7 @@ def _reduce_scatter(x: Any, op: str, group: Comm | None, timeout: float | None, 
     n = g.size()
     try:
         arr = as_rows(x, call)
-        check_reducible(arr, "all_" + op, call)
+        check_reducible(arr, "all_" + op, call, g)
         if counts is not None:
             return uneven_module.reduce_scatter_counts(g, arr, op, counts, timeout)
         if arr.shape[0] % n:

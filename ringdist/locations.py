@@ -48,7 +48,7 @@ def _located(x: Any, index: Any, which: str, group: Comm | None, timeout: float 
     g = _comm(group, timeout, call)
     try:
         arr = as_array(x, call)
-        check_reducible(arr, f"all_{which}", f"rank {g.rank()}: {call}")
+        check_reducible(arr, f"all_{which}", call, g)
         mine = _index(index, arr, g, call)
     except Exception as exc:
         g.refuse(call, exc)

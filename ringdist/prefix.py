@@ -37,7 +37,7 @@ def scan(x: Any, *, op: str = "sum", exclusive: bool = False, group: Comm | None
         check_flag(exclusive, "exclusive", g, "scan")
         exclusive = bool(exclusive)
         arr = as_array(x, "scan")
-        check_reducible(arr, reduction, "scan")
+        check_reducible(arr, reduction, "scan", g)
         if g.size() == 1:
             g.check_usable("scan")
             if exclusive:

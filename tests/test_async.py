@@ -372,3 +372,41 @@ def test_a_recv_waiting_for_its_connection_gives_up_when_its_group_breaks():
     got = run_ranks(2, rank, timeout=90)
     assert got[0].startswith("GroupBrokenError: rank 0: group 'world' cannot run recv") and "not numeric" in got[0], got
     assert "aborted by rank 0" in got[1] and "not numeric" in got[1], got
+
+
+@pytest.mark.parametrize("which", ["send", "recv"])
+def test_a_message_under_way_ends_when_its_group_breaks(which):
+    # Rank 0's async send of 64 MiB (rank 1 never receives it), or its async recv of a message
+    # rank 1 never sends, is under way when a collective with a mismatch breaks the group: its
+    # wait raises GroupBrokenError naming the failure, not a RingTimeoutError at the timeout.
+    import threading as _threading
+
+    finished = _threading.Event()
+
+    def rank(g: rd.Group) -> str | None:
+        if g.rank() == 0:
+            if which == "send":
+                work = rd.send(np.zeros(8 << 20), 1, group=g, async_op=True)
+            else:
+                rd.recv(1, np.float64, 1, group=g)  # the connection from rank 1 is there
+                work = rd.recv(1, np.float64, 1, group=g, async_op=True)
+            time.sleep(0.3)  # under way on the progress thread
+            with pytest.raises(rd.MismatchError):
+                rd.all_sum(np.ones(3), group=g)
+            try:
+                work.wait()
+                return "done"
+            except rd.RingError as exc:
+                return f"{type(exc).__name__}: {exc}"
+            finally:
+                finished.set()
+        if which == "recv":
+            rd.send(np.ones(1), 0, group=g)
+        with pytest.raises(rd.MismatchError):
+            rd.all_sum(np.ones(4), group=g)
+        finished.wait(60)  # (its group open: a closed connection would end rank 0's message too)
+        return None
+
+    got = run_ranks(2, rank, timeout=90)[0]
+    assert got.startswith(f"GroupBrokenError: rank 0: {which} in group 'world' ended unfinished: an operation on "
+                          f"the group failed meanwhile (all_sum: MismatchError: "), got
