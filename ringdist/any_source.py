@@ -87,16 +87,21 @@ class FromAny:
         self.peer, inner.peer = None, ANYONE
         return True if self.open(wait) else None
 
-    def take_held(self) -> bool:
+    def take_held(self, src: int | None = None) -> bool:
         """Whether a message was read ahead for it (`tags`), from the first sender in turn that
-        has one: if so it is this receive's, as a message from the stream is."""
+        has one (`src`: from that sender only): if so it is this receive's, as a message from the
+        stream is. On the progress thread only senders whose lane it leads are looked at: a
+        receive posted before it in another sender's lane is offered that sender's first."""
         if self.peer is not None:
             return self.inner.take_held()
         assert self.sources is not None
         g = self.g
         if not g.held:
             return False
-        found = g.held.take_first(self._rotated([s for s in self.sources if s not in self.left]), self.inner.tag)
+        ranks = self.sources if src is None else [src]
+        if src is None and self.heads is not None:
+            ranks = self.heads
+        found = g.held.take_first(self._rotated([s for s in ranks if s not in self.left]), self.inner.tag)
         if found is None:
             return False
         s, message = found

@@ -886,6 +886,7 @@ class Comm:
             return
         self._closed = True
         self._signals = None
+        self.held.clear()  # messages read ahead that no receive took: gone with the group
         self._finalizer()  # `_release_parts`, once
         _open_groups.discard(self)
 

@@ -248,18 +248,19 @@ class Lanes:
             return
 
     def _offer_held(self, g: Comm) -> None:
-        """Complete the receives of group `g` waiting behind another in their lane whose message
-        was read ahead (`tags`): in each lane, in the order they were posted."""
+        """Complete the receives of group `g` not yet opened whose message was read ahead (`tags`):
+        in each sender's lane, its kept messages to its receives in the order they were posted
+        (a lane's opened head has looked already, and kept what it read because it is not its own)."""
         if not g.held:
             return
         for key in [k for k in self.lanes if k[0] is g and not k[2]]:
             lane = self.lanes.get(key)
-            for job in list(lane)[1:] if lane else ():
-                if job.finished:
+            for job in list(lane) if lane else ():
+                if job.finished or job.opened:
                     continue
                 before = _keys(job)  # (an any-source receive's, before a message chooses its source)
                 try:
-                    took = job.plan.take_held()  # type: ignore[union-attr]
+                    took = job.plan.take_held(key[1])  # type: ignore[union-attr]
                     result = job.plan.result() if took else None  # type: ignore[union-attr]
                 except BaseException as exc:  # noqa: BLE001 - the job's error
                     took, result = True, None

@@ -192,7 +192,7 @@ class _RecvObject(_Turned):
         self._arm(*got)
         return True
 
-    def take_held(self) -> bool:
+    def take_held(self, src: int | None = None) -> bool:
         """As `p2p._Recv.take_held`."""
         message = self.g.held.take(self.peer, self.tag)
         if message is None:

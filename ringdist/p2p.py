@@ -250,9 +250,10 @@ class _Recv:
         self._arm(*got)
         return True
 
-    def take_held(self) -> bool:
+    def take_held(self, src: int | None = None) -> bool:
         """Whether a message from its source was read ahead for it: if so it is this receive's
-        (checked as one from the stream is: MismatchError, refused on the group, if it does not fit)."""
+        (checked as one from the stream is: MismatchError, refused on the group, if it does not fit).
+        (`src`: the sender whose kept messages are offered, its own for a receive from one rank.)"""
         message = self.g.held.take(self.peer, self.tag)
         if message is None:
             return False

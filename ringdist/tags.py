@@ -131,6 +131,10 @@ class Held:
                 return src, message
         return None
 
+    def clear(self) -> None:
+        with self._lock:
+            self.by_sender.clear()
+
     def __bool__(self) -> bool:
         return bool(self.by_sender)
 

@@ -383,3 +383,53 @@ def test_a_receive_that_waits_for_a_tag_never_sent_times_out_naming_it():
         return "timed out"
 
     assert run_ranks(2, rank)[1] == "timed out"
+
+
+@pytest.mark.parametrize("later", ["recv", "recv_any"])
+def test_kept_messages_go_to_async_receives_in_the_order_they_were_posted(later):
+    # A thread's blocking receive for tag 2 holds the pair's turn and keeps rank 0's two tag-1
+    # messages; two async receives posted meanwhile (the first waiting for the turn) get them
+    # in their posting order: a, then b (MPI's non-overtaking rule).
+    def rank(g):
+        if g.rank() == 0:
+            rd.recv(1, np.int64, 1, group=g)  # rank 1's receives are posted
+            rd.send(np.array([1]), 1, tag=1, group=g)
+            rd.send(np.array([2]), 1, tag=1, group=g)
+            rd.send(np.array([9]), 1, tag=2, group=g)
+            return None
+        if g.rank() == 2:
+            return None
+        t = threading.Thread(target=lambda: rd.recv(1, np.int64, 0, tag=2, group=g))
+        t.start()
+        deadline = time.monotonic() + 10
+        while not g.p2p_busy(0, False) and time.monotonic() < deadline:
+            time.sleep(0.005)
+        first = rd.recv(1, np.int64, 0, tag=1, group=g, async_op=True)
+        if later == "recv":
+            second = rd.recv(1, np.int64, 0, tag=1, group=g, async_op=True)
+        else:
+            second = rd.recv_any(1, np.int64, tag=1, group=g, async_op=True)
+        time.sleep(0.1)  # both waiting on the progress thread
+        rd.send(np.zeros(1, np.int64), 0, group=g)
+        a = first.wait(timeout=10)
+        b = second.wait(timeout=10)
+        t.join(10)
+        return int(a[0]), int((b if later == "recv" else b[1])[0])
+
+    assert run_ranks(3, rank)[1] == (1, 2)
+
+
+def test_messages_kept_when_a_group_closes_are_let_go():
+    def rank(g):
+        if g.rank() == 0:
+            rd.send(np.zeros(1 << 20), 1, tag=1, group=g)
+            rd.send(np.zeros(1), 1, tag=2, group=g)
+            rd.barrier(group=g)
+            return None
+        rd.recv(1, np.float64, 0, tag=2, group=g)
+        kept = g.held.count()
+        rd.barrier(group=g)
+        g.close()
+        return kept, g.held.count()
+
+    assert run_ranks(2, rank)[1] == (1, 0)
