@@ -433,3 +433,71 @@ def test_messages_kept_when_a_group_closes_are_let_go():
         return kept, g.held.count()
 
     assert run_ranks(2, rank)[1] == (1, 0)
+
+
+def _plan(seed: int, senders: list[int], count: int):
+    """Random tagged messages from each sender, and receives for rank 0 in a random posting
+    order that MPI's matching serves whole: each takes the oldest remaining message from its
+    source with its tag (or any tag), as simulated here; with what each receive gets."""
+    rng = np.random.default_rng(seed)
+    sent = {s: [(int(rng.integers(0, 4)), bool(rng.random() < 0.25), int(rng.choice([1, 3, 70_000])), k)
+                for k in range(count)] for s in senders}  # (tag, object?, elements, index)
+    left = {s: list(msgs) for s, msgs in sent.items()}
+    receives = []
+    while any(left.values()):
+        s = int(rng.choice([s for s in senders if left[s]]))
+        pick = left[s][int(rng.integers(0, len(left[s])))]
+        tag = rd.ANY_TAG if rng.random() < 0.3 else pick[0]
+        taken = next(m for m in left[s] if tag == rd.ANY_TAG or m[0] == tag)  # the oldest that matches
+        left[s].remove(taken)
+        receives.append((s, tag, taken, bool(rng.random() < 0.5), bool(rng.random() < 0.5)))  # async? exact?
+    return sent, receives
+
+
+def _payload(s: int, msg: tuple) -> np.ndarray:
+    tag, _, n, k = msg
+    return np.full(n, s * 1000 + k * 10 + tag, dtype=np.int64)
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_random_tags_blocking_and_async_receives_match_as_mpi_does(seed):
+    senders = [1, 2]
+    sent, receives = _plan(seed, senders, 30)
+
+    def rank(g):
+        r = g.rank()
+        if r != 0:
+            works = []
+            for msg in sent[r]:
+                tag, is_object, _, _ = msg
+                if is_object:
+                    works.append(rd.send_object({"from": r, "k": msg[3]}, 0, tag=tag, group=g, async_op=True))
+                else:
+                    works.append(rd.send(_payload(r, msg), 0, tag=tag, group=g, async_op=True))
+            rd.wait_all(works, timeout=30)
+            return None
+        got, pending = [], []
+        for s, tag, taken, use_async, exact in receives:
+            st = rd.Status()
+            if taken[1]:
+                call = lambda a: rd.recv_object(s, tag=tag, status=st, group=g, async_op=a)  # noqa: E731
+            elif exact:
+                call = lambda a: rd.recv(taken[2], np.int64, s, tag=tag, status=st, group=g, async_op=a)  # noqa: E731
+            else:
+                call = lambda a: rd.recv(None, None, s, tag=tag, status=st, group=g, async_op=a)  # noqa: E731
+            if use_async:
+                pending.append((len(got), call(True), st))
+                got.append(None)
+            else:
+                got.append((call(False), st))
+        for i, work, st in pending:
+            got[i] = (work.wait(timeout=30), st)
+        return got
+
+    got = run_ranks(3, rank, timeout=120)[0]
+    for (s, tag, taken, _, _), (value, st) in zip(receives, got):
+        assert (st.source, st.tag) == (s, taken[0])
+        if taken[1]:
+            assert value == {"from": s, "k": taken[3]}
+        else:
+            np.testing.assert_array_equal(value, _payload(s, taken))
