@@ -149,8 +149,9 @@ def forget(work: Work) -> None:
 
 def wait_any(works: "list[Work]", timeout: float | None = None) -> tuple[int, Any]:
     """`(i, result)`: the first of `works` (in list order) that is done, and its result, waiting
-    for one to finish (MPI's Waitany); its error is raised instead if it failed. After `timeout`
-    seconds (None: no limit) RingTimeoutError says none has finished, and every handle stays valid."""
+    for one to finish (MPI's Waitany); its error is raised instead if it failed, with the
+    handle's position as the error's `index`. After `timeout` seconds (None: no limit)
+    RingTimeoutError says none has finished, and every handle stays valid."""
     works = list(works)
     if not works or not all(isinstance(w, Work) for w in works):
         raise TypeError("wait_any: works must be a non-empty sequence of ringdist Work handles")
@@ -169,12 +170,17 @@ def wait_any(works: "list[Work]", timeout: float | None = None) -> tuple[int, An
                 finishing.wait(deadlines.wait_slice(60.0 if deadline is None else deadlines.left(deadline)))
                 continue
             break
-    return i, w.wait()
+    try:
+        return i, w.wait()
+    except Exception as exc:
+        exc.index = i  # type: ignore[attr-defined]  (which handle failed, as MPI's Waitany says)
+        raise
 
 
 def wait_all(works: "list[Work]", timeout: float | None = None) -> list[Any]:
     """Every handle's result, in order, once all of `works` are done (MPI's Waitall); if any
-    failed, the first error in list order is raised, after all have finished. After `timeout`
+    failed, the first error in list order is raised, after all have finished, with that
+    handle's position as its `index`. After `timeout`
     seconds (None: no limit) RingTimeoutError names how many are still outstanding."""
     works = list(works)
     if not all(isinstance(w, Work) for w in works):
@@ -189,12 +195,14 @@ def wait_all(works: "list[Work]", timeout: float | None = None) -> list[Any]:
                 raise RingTimeoutError(f"rank {w.rank}: wait_all: {outstanding} of {len(works)} operations "
                                        f"still outstanding after wait_all(timeout={timeout:g})")
     results, first = [], None
-    for w in works:
+    for i, w in enumerate(works):
         try:
             results.append(w.wait())
         except Exception as exc:  # raised below, once every handle is looked at (an interrupt goes at once)
             results.append(None)
-            first = first if first is not None else exc
+            if first is None:
+                first = exc
+                first.index = i  # type: ignore[attr-defined]
     if first is not None:
         raise first
     return results

@@ -62,9 +62,13 @@ def test_wait_all_returns_every_result_in_order_or_the_first_error_once_all_are_
         late = rd.recv(1, np.int64, 2, group=g, async_op=True)
         bad = rd.recv((-1,), np.int64, 1, group=g, async_op=True)  # refused when it starts
         early = rd.recv(1, np.int64, 1, group=g, async_op=True)
-        with pytest.raises(ValueError, match="dimensions cannot be negative"):
+        with pytest.raises(ValueError, match="dimensions cannot be negative") as failed:
             rd.wait_all([late, bad, early])
+        assert failed.value.index == 1  # which handle, as MPI's Waitall says
         assert late.done() and early.done()  # raised only once every handle had finished
+        with pytest.raises(ValueError, match="dimensions cannot be negative") as failed:
+            rd.wait_any([bad, early])
+        assert failed.value.index == 0
         return [int(x[0]) for x in rd.wait_all([late, early])] + rd.wait_all([])
 
     assert run_ranks(3, rank)[0] == [2, 1]
