@@ -101,7 +101,7 @@ class FromAny:
         ranks = self.sources if src is None else [src]
         if src is None and self.heads is not None:
             ranks = self.heads
-        found = g.held.take_first(self._rotated([s for s in ranks if s not in self.left]), self.inner.tag)
+        found = g.held.take_first(self._rotated(sorted(ranks)), self.inner.tag)  # (a sender since left too)
         if found is None:
             return False
         s, message = found
