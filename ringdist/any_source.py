@@ -76,7 +76,7 @@ class FromAny:
     def more(self, wait: bool = True) -> bool | None:
         """As a recv's `more`; but a receive for one tag whose chosen sender's message was another
         tag's gives that sender back (the message kept) and chooses again: True once it has a
-        source, None if none has a message yet (`wait` False: the lanes open it again)."""
+        source; None with `wait` False (the lanes offer it what is kept, then open it again)."""
         inner = self.inner
         if self.sources is None or inner.holding is None:
             return inner.more(wait)
@@ -85,15 +85,18 @@ class FromAny:
         inner.release()
         inner.inflows, inner.ch = [], None
         self.peer, inner.peer = None, ANYONE
-        return True if self.open(wait) else None
+        if not wait:  # on the progress thread: the lanes offer it kept messages first, in posted order
+            return None
+        self.open(True)
+        return True
 
-    def take_held(self, src: int | None = None) -> bool:
+    def take_held(self, src: int | None = None, reserved: frozenset[int] = frozenset()) -> bool:
         """Whether a message was read ahead for it (`tags`), from the first sender in turn that
         has one (`src`: from that sender only): if so it is this receive's, as a message from the
         stream is. On the progress thread only senders whose lane it leads are looked at: a
         receive posted before it in another sender's lane is offered that sender's first."""
         if self.peer is not None:
-            return self.inner.take_held()
+            return self.inner.take_held(None, reserved)
         assert self.sources is not None
         g = self.g
         if not g.held:
@@ -101,7 +104,7 @@ class FromAny:
         ranks = self.sources if src is None else [src]
         if src is None and self.heads is not None:
             ranks = self.heads
-        found = g.held.take_first(self._rotated(sorted(ranks)), self.inner.tag)  # (a sender since left too)
+        found = g.held.take_first(self._rotated(sorted(ranks)), self.inner.tag, reserved)  # (a sender since left too)
         if found is None:
             return False
         s, message = found

@@ -17,6 +17,7 @@ from .comm import Comm, busy_pair
 from .errors import GroupBrokenError, RingError, RingTimeoutError
 from .flows import Watch
 from .jobs import Job
+from .tags import ANY_TAG
 
 CONNECT_RETRY = 0.005  # seconds between tries of a recv whose connection has not arrived
 # Seconds between looks, while a message is under way, at whether its group broke meanwhile
@@ -255,12 +256,23 @@ class Lanes:
             return
         for key in [k for k in self.lanes if k[0] is g and not k[2]]:
             lane = self.lanes.get(key)
+            reserved: set[int] = set()  # tags of kept messages a receive earlier in the lane is owed
             for job in list(lane) if lane else ():
-                if job.finished or job.opened:
+                if job.finished:
                     continue
+                if job.opened:
+                    plan = job.plan
+                    if plan.sources is not None and plan.peer != key[1]:  # type: ignore[union-attr]
+                        # An any-source receive for one tag, reading another sender's message: a
+                        # kept message of its tag from this sender is its own, once it gives that
+                        # sender back (`FromAny.more`); not a later receive's.
+                        if plan.inner.tag == ANY_TAG:  # type: ignore[union-attr]
+                            break
+                        reserved.add(plan.inner.tag)  # type: ignore[union-attr]
+                    continue  # (a head reading this sender has looked, and kept only what is not its own)
                 before = _keys(job)  # (an any-source receive's, before a message chooses its source)
                 try:
-                    took = job.plan.take_held(key[1])  # type: ignore[union-attr]
+                    took = job.plan.take_held(key[1], frozenset(reserved))  # type: ignore[union-attr]
                     result = job.plan.result() if took else None  # type: ignore[union-attr]
                 except BaseException as exc:  # noqa: BLE001 - the job's error
                     took, result = True, None

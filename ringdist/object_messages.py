@@ -192,9 +192,9 @@ class _RecvObject(_Turned):
         self._arm(*got)
         return True
 
-    def take_held(self, src: int | None = None) -> bool:
+    def take_held(self, src: int | None = None, reserved: frozenset[int] = frozenset()) -> bool:
         """As `p2p._Recv.take_held`."""
-        message = self.g.held.take(self.peer, self.tag)
+        message = self.g.held.take(self.peer, self.tag, reserved)
         if message is None:
             return False
         self._take(message)

@@ -250,11 +250,12 @@ class _Recv:
         self._arm(*got)
         return True
 
-    def take_held(self, src: int | None = None) -> bool:
+    def take_held(self, src: int | None = None, reserved: frozenset[int] = frozenset()) -> bool:
         """Whether a message from its source was read ahead for it: if so it is this receive's
         (checked as one from the stream is: MismatchError, refused on the group, if it does not fit).
-        (`src`: the sender whose kept messages are offered, its own for a receive from one rank.)"""
-        message = self.g.held.take(self.peer, self.tag)
+        (`src`: the sender whose kept messages are offered, its own for a receive from one rank;
+        `reserved`: tags a receive posted before it waits for, as `tags.Held.take`'s.)"""
+        message = self.g.held.take(self.peer, self.tag, reserved)
         if message is None:
             return False
         self._take(message)

@@ -104,8 +104,9 @@ class Held:
         with self._lock:
             self.by_sender.setdefault(src, deque()).append(message)
 
-    def take(self, src: int, tag: int) -> Message | None:
-        """The oldest message from `src` a receive for `tag` takes, taken out; None if none."""
+    def take(self, src: int, tag: int, reserved: frozenset[int] = frozenset()) -> Message | None:
+        """The oldest message from `src` a receive for `tag` takes, taken out; None if none.
+        `reserved`: tags of messages a receive posted before this one waits for (not these)."""
         if not self.by_sender:  # the common case: nothing read ahead (a read without the lock)
             return None
         with self._lock:
@@ -113,20 +114,20 @@ class Held:
             if not held:
                 return None
             for i, message in enumerate(held):
-                if matches(tag, message.tag):
+                if matches(tag, message.tag) and message.tag not in reserved:
                     del held[i]
                     if not held:
                         del self.by_sender[src]
                     return message
         return None
 
-    def take_first(self, order: list[int], tag: int) -> tuple[int, Message] | None:
+    def take_first(self, order: list[int], tag: int, reserved: frozenset[int] = frozenset()) -> tuple[int, Message] | None:
         """The oldest message a receive for `tag` takes from the first sender in `order` that has
-        one, taken out, with its sender; None if none has."""
+        one, taken out, with its sender; None if none has. (`reserved` as for `take`.)"""
         if not self.by_sender:
             return None
         for src in order:
-            message = self.take(src, tag)
+            message = self.take(src, tag, reserved)
             if message is not None:
                 return src, message
         return None

@@ -501,3 +501,33 @@ def test_random_tags_blocking_and_async_receives_match_as_mpi_does(seed):
             assert value == {"from": s, "k": taken[3]}
         else:
             np.testing.assert_array_equal(value, _payload(s, taken))
+
+
+def test_an_any_source_receive_reading_another_sender_is_owed_the_kept_message_of_its_tag():
+    # j1 and j2 wait for tag 7 from anyone, in that order. j1 is reading rank 2's 64 MiB
+    # message (another tag) when rank 1's A (tag 7) is read, and kept, by the receive ahead of
+    # them in rank 1's lane: A is j1's once it gives rank 2 back, not j2's; B comes later.
+    def rank(g):
+        r = g.rank()
+        if r == 2:
+            time.sleep(0.3)
+            rd.send(np.zeros(8 << 20), 0, tag=9, group=g)
+        elif r == 1:
+            time.sleep(0.33)
+            rd.send(np.array([1]), 0, tag=7, group=g)  # A
+            rd.recv(1, np.int64, 0, group=g)
+            rd.send(np.array([2]), 0, tag=7, group=g)  # B
+            rd.send(np.array([0]), 0, tag=5, group=g)
+        else:
+            h = rd.recv(1, np.int64, 1, tag=5, group=g, async_op=True)
+            j1 = rd.recv_any(None, None, tag=7, group=g, async_op=True)
+            j2 = rd.recv_any(None, None, tag=7, group=g, async_op=True)
+            a = j1.wait(timeout=20)
+            rd.send(np.zeros(1, np.int64), 1, group=g)
+            b = j2.wait(timeout=20)
+            h.wait(timeout=20)
+            rd.recv(None, None, 2, tag=9, group=g)
+            return int(a[1][0]), int(b[1][0])
+        return None
+
+    assert run_ranks(3, rank, timeout=90)[0] == (1, 2)
