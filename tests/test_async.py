@@ -410,3 +410,43 @@ def test_a_message_under_way_ends_when_its_group_breaks(which):
     got = run_ranks(2, rank, timeout=90)[0]
     assert got.startswith(f"GroupBrokenError: rank 0: {which} in group 'world' ended unfinished: an operation on "
                           f"the group failed meanwhile (all_sum: MismatchError: "), got
+
+
+def test_a_blocking_send_in_another_thread_ends_when_its_group_breaks():
+    # As above, for a blocking send on a thread of rank 0's own: it raises GroupBrokenError
+    # naming the mismatch, and the group keeps that first failure as its cause.
+    import threading as _threading
+
+    finished = _threading.Event()
+
+    def rank(g: rd.Group) -> dict | None:
+        if g.rank() == 0:
+            out: dict[str, str] = {}
+
+            def sender() -> None:
+                try:
+                    rd.send(np.zeros(8 << 20), 1, group=g)
+                    out["send"] = "sent"
+                except rd.RingError as exc:
+                    out["send"] = f"{type(exc).__name__}: {exc}"
+
+            t = _threading.Thread(target=sender)
+            t.start()
+            time.sleep(0.3)  # the send is under way
+            with pytest.raises(rd.MismatchError):
+                rd.all_sum(np.ones(3), group=g)
+            t.join(60)
+            finished.set()
+            with pytest.raises(rd.GroupBrokenError) as later:
+                rd.barrier(group=g)
+            out["later"] = str(later.value)
+            return out
+        with pytest.raises(rd.MismatchError):
+            rd.all_sum(np.ones(4), group=g)
+        finished.wait(60)
+        return None
+
+    got = run_ranks(2, rank, timeout=90)[0]
+    assert got["send"].startswith("GroupBrokenError: rank 0: send in group 'world' ended unfinished: an operation "
+                                  "on the group failed meanwhile (all_sum: MismatchError: "), got
+    assert "an earlier operation on it failed (all_sum: MismatchError: " in got["later"], got
