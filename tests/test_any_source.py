@@ -355,11 +355,12 @@ def test_a_recv_any_whose_message_has_come_costs_little_more_per_sender_than_a_r
             rd.barrier(group=g)
             return None
         rd.barrier(group=g)
-        for _ in range(n - 1):
-            rd.recv_any(1, np.int64, group=g)
-        anyone = min(count_bytecodes(lambda: rd.recv_any(1, np.int64, group=g)) for _ in range(n - 1))
-        one = count_bytecodes(lambda: rd.recv(1, np.int64, 1, group=g))
-        return anyone, one, n - 1
+        taken = [rd.recv_any(1, np.int64, group=g)[0] for _ in range(n - 1)]
+        counts = [count_bytecodes(lambda: taken.append(rd.recv_any(1, np.int64, group=g)[0])) for _ in range(n - 1)]
+        # A sender with a message left (one whose connection was filed late is passed over meanwhile).
+        src = next(s for s in range(1, n) if taken.count(s) < 3)
+        one = count_bytecodes(lambda: rd.recv(1, np.int64, src, group=g))
+        return min(counts), one, n - 1
 
     anyone, one, senders = run_ranks(17, rank)[0]
     assert anyone <= one + 60 * senders, (anyone, one, senders)
