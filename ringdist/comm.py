@@ -400,7 +400,6 @@ class Comm:
         seq: int | None = self._seq - 1
         self._loud = seq
         tell = None
-        check = None
         if channels is None:
             channels = self.channels
         else:
@@ -409,22 +408,11 @@ class Comm:
             # non-blocking operations the group's connections may be its runner's: `work` tells them.
             if self.ring is not None and not engine.on_progress_thread():
                 tell = channels + self.channels
-                check = lambda: self._check_unbroken(op)  # noqa: E731  (the progress thread's: `lanes`)
         watched = channels
         self._guarded(op, channels, seq, outflows, lambda: engine.run(
             inflows, outflows, watched, timeout=self._timeout(timeout), op=op, me=self._rank, seq=seq,
             spin=self._spin(sum(flow.total for flow in inflows)), yield_core=self.settings.spin_yield,
-            idle=idle, header=None if seq is None else header or self._header, check=check), tell)
-
-    def _check_unbroken(self, op: str) -> None:
-        """A message under way when another thread's operation broke the group: it ends."""
-        if self._broken:
-            raise self.broken_meanwhile(op)
-
-    def broken_meanwhile(self, op: str) -> GroupBrokenError:
-        """The error of a message under way whose group another operation broke meanwhile."""
-        return GroupBrokenError(f"rank {self._rank}: {op} in group {self.gid!r} ended unfinished: an operation on "
-                                f"the group failed meanwhile ({self._broken}); its ranks are no longer in step")
+            idle=idle, header=None if seq is None else header or self._header), tell)
 
     def exchange(self, op: str, sends: list[memoryview], recvs: list[memoryview], header: wire.Header,
                  timeout: float | None = None, peers: list[int] | None = None,
@@ -592,8 +580,7 @@ class Comm:
         the call's: a peer linked to this rank but not in this step must read why before it
         sees this rank's connections close (past 8 ranks, where links open on first use, it
         saw the close first and told its own peers of a lost rank instead of the mismatch)."""
-        if not (self._broken and isinstance(exc, GroupBrokenError)):  # (the first failure stays the cause)
-            self._broken = f"{op}: {type(exc).__name__}: {exc}"
+        self._broken = f"{op}: {type(exc).__name__}: {exc}"
         if self.ring is not None and not any(ch.role.startswith("p2p") for ch in channels):
             channels = channels + [ch for ch in self.channels if ch not in channels]
         me = threading.current_thread()

@@ -32,7 +32,6 @@ perf_counter = time.perf_counter
 POLLIN = select.POLLIN | select.POLLPRI
 POLLOUT = select.POLLOUT
 POLLERR = select.POLLERR | select.POLLHUP | select.POLLNVAL
-CHECK_EVERY = 0.5  # seconds between a run's `check`s while it waits
 
 # Each non-blocking thread's background (`work`: the progress thread's send/recv flows; a
 # group's runner's wake-up, `runners`), by thread ident, driven by every wait on that thread:
@@ -73,7 +72,7 @@ def poll_background() -> None:
 def run(inflows: list[Inflow], outflows: list[Outflow], watched: list[Channel], *,
         timeout: float, op: str, me: int, seq: int | None = None, spin: float = 0.0,
         yield_core: bool = False, idle: Callable[[], bool] | None = None,
-        header: wire.Header | None = None, check: Callable[[], None] | None = None) -> None:
+        header: wire.Header | None = None) -> None:
     """Drive every flow to completion, or raise (RingTimeoutError after `timeout` s without progress).
 
     Channels in `watched` without a pending inflow are watched for an ABORT, and for a
@@ -82,8 +81,7 @@ def run(inflows: list[Inflow], outflows: list[Outflow], watched: list[Channel], 
     seconds (tens of microseconds), which small messages finish within. With `yield_core`
     the spin gives the core away between polls (sched_yield): on a host with more ranks
     than cores, the peer being waited for may need this very core. `idle` is work to do
-    instead of waiting, a piece per call; it returns False once there is none left. `check`
-    is called before each wait, at least every CHECK_EVERY seconds: it raises to end the run.
+    instead of waiting, a piece per call; it returns False once there is none left.
     """
     bg = backgrounds.get(threading.get_ident()) if backgrounds else None
     if bg is not None:
@@ -143,9 +141,6 @@ def run(inflows: list[Inflow], outflows: list[Outflow], watched: list[Channel], 
             events = poller.poll(0)
         if not events:
             wait = last_progress + timeout - time.monotonic()
-            if check is not None:
-                check()
-                wait = min(wait, CHECK_EVERY)
             if bg is not None:
                 cap = bg.max_wait()
                 if cap is not None and cap < wait:

@@ -14,7 +14,7 @@ from typing import Callable
 from . import engine, jobs, runners
 from .channel import Channel
 from .comm import Comm, busy_pair
-from .errors import RingError, RingTimeoutError
+from .errors import GroupBrokenError, RingError, RingTimeoutError
 from .flows import Watch
 from .jobs import Job
 from .tags import ANY_TAG
@@ -217,7 +217,9 @@ class Lanes:
         from then on, and its peers' are ended too); the peer's receive hears why on the pair's
         connection (an ABORT after the frame in flight), not at its timeout."""
         g, plan = job.g, job.plan
-        exc = g.broken_meanwhile(plan.op)  # type: ignore[union-attr]
+        exc = GroupBrokenError(
+            f"rank {g.rank()}: {plan.op} in group {g.gid!r} ended unfinished: an operation on the group "  # type: ignore[union-attr]
+            f"failed meanwhile ({g._broken}); its ranks are no longer in step")
         if plan.ch is not None:  # type: ignore[union-attr]
             runners.tell_own(g, plan.op, [plan.ch], plan.outflows, exc)  # type: ignore[union-attr]
         jobs.finished(job, None, exc)
