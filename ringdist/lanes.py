@@ -14,15 +14,12 @@ from typing import Callable
 from . import engine, jobs, runners
 from .channel import Channel
 from .comm import Comm, busy_pair
-from .errors import GroupBrokenError, RingError, RingTimeoutError
+from .errors import RingError, RingTimeoutError
 from .flows import Watch
 from .jobs import Job
 from .tags import ANY_TAG
 
 CONNECT_RETRY = 0.005  # seconds between tries of a recv whose connection has not arrived
-# Seconds between looks, while a message is under way, at whether its group broke meanwhile
-# (another thread's operation failed): it ends then, rather than at its timeout.
-BROKEN_LOOK = 0.5
 
 
 class Lanes:
@@ -180,9 +177,6 @@ class Lanes:
         for job in self.heads():
             if job.finished:
                 continue  # ended by an earlier one's opening (an any-source job, from another of its lanes)
-            if job.opened and job.g._broken:
-                self._end_broken(job)
-                continue
             if not job.opened:
                 self._open(job)
                 if job.opened or job.finished:
@@ -210,20 +204,7 @@ class Lanes:
         wait = min(job.since + job.timeout - now for job in heads)
         if any(not job.opened for job in heads):
             wait = min(wait, CONNECT_RETRY)
-        return max(min(wait, BROKEN_LOOK), 0.0)
-
-    def _end_broken(self, job: Job) -> None:
-        """End a message under way whose group broke meanwhile (the group refuses every operation
-        from then on, and its peers' are ended too); the peer's receive hears why on the pair's
-        connection (an ABORT after the frame in flight), not at its timeout."""
-        g, plan = job.g, job.plan
-        exc = GroupBrokenError(
-            f"rank {g.rank()}: {plan.op} in group {g.gid!r} ended unfinished: an operation on the group "  # type: ignore[union-attr]
-            f"failed meanwhile ({g._broken}); its ranks are no longer in step")
-        if plan.ch is not None:  # type: ignore[union-attr]
-            runners.tell_own(g, plan.op, [plan.ch], plan.outflows, exc)  # type: ignore[union-attr]
-        jobs.finished(job, None, exc)
-        self._retire(job)
+        return max(wait, 0.0)
 
     def _check_done(self, job: Job) -> None:
         plan = job.plan
