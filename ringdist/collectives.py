@@ -187,10 +187,37 @@ def all_prod(x: Any, *, group: Comm | None = None, timeout: float | None = None,
 def all_reduce(x: Any, op: str = "sum", *, group: Comm | None = None, timeout: float | None = None,
                async_op: bool = False) -> Any:
     """Element-wise `op` over the group (sum, max, min, prod; band, bor, bxor on integers and
-    bool): the call all_<op>, so `all_reduce(x, "max")` on one rank pairs with `all_max(x)` on another."""
+    bool; avg on floating and complex dtypes): the call all_<op>, so `all_reduce(x, "max")` on one
+    rank pairs with `all_max(x)` on another."""
     if isinstance(op, str) and op in REDUCE_OPS:
         return _all_reduce(x, group, "all_" + op, timeout, async_op=async_op)
+    if op == "avg":
+        return _all_average(x, group, timeout, async_op)
     return _bad_op(x, op, "all_reduce", group, timeout, async_op)
+
+
+def _all_average(x: Any, group: Comm | None, timeout: float | None, async_op: bool) -> Any:
+    """all_reduce's "avg" (torch's ReduceOp.AVG): all_sum's result, under the call's own name
+    all_avg (a rank averaging never pairs with one summing), divided by the group's size on
+    every rank alike, so every rank gets the same bits."""
+    call = "all_avg"
+    if async_op or work.active:
+        r = work.route(call, group, async_op, lambda g: _all_average(x, g, timeout, False))
+        if r is not work.HERE:
+            return r
+    g = _comm(group, timeout, call)
+    try:
+        arr = as_array(x, call)
+        check_reducible(arr, "all_sum", call, g)
+        if arr.dtype.kind not in "fcV":  # (V: a numeric extension dtype, bfloat16)
+            raise TypeError(f"rank {g.rank()}: {call}: dtype {arr.dtype} cannot hold an average; pass a floating "
+                            f"dtype, or all_sum and divide")
+    except Exception as exc:
+        g.refuse(call, exc)
+        raise
+    out = _all_reduce(arr, g, "all_sum", timeout, name=call)
+    np.divide(out, g.size(), out=out)
+    return out
 
 
 def _bad_op(x: Any, op: Any, call: str, group: Comm | None, timeout: float | None, async_op: bool) -> Any:

@@ -30,6 +30,8 @@ KIND_OF = {"all_gather": "gather", "barrier": "barrier", "split": "gather", "bro
            "gather": "gather_root", "reduce": "reduce",
            # MAXLOC and MINLOC: two all-reduces under the call's name (`locations`).
            "all_maxloc": "reduce", "all_minloc": "reduce",
+           # all_reduce's avg: all_sum under the call's name (`collectives._all_average`).
+           "all_avg": "reduce",
            # Blocks whose sizes ride in the headers (algorithms/blocks.py); chosen without the size,
            # which may differ by rank.
            "all_to_all": "all_to_all", "scatter": "scatter", "all_gather_uneven": "gather_v", "scan": "scan",

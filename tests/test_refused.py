@@ -43,7 +43,7 @@ def _cases(n: int) -> dict:
                           lambda g: rd.reduce(good, group=g), "op must be one of sum, max, min, prod"),
         "scan op avg": (lambda g: rd.scan(good, op="avg", group=g),
                         lambda g: rd.scan(good, group=g), "op must be one of sum, max, min, prod"),
-        "all_reduce op avg": (lambda g: rd.all_reduce(good, op="avg", group=g),
+        "all_reduce op mean": (lambda g: rd.all_reduce(good, op="mean", group=g),
                               lambda g: rd.all_reduce(good, group=g), "all_reduce: op must be one of sum, max"),
         "all_reduce band of floats": (lambda g: rd.all_reduce(good, "band", group=g),
                                       lambda g: rd.all_reduce(good.astype(np.int64), "band", group=g),

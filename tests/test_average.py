@@ -1,0 +1,67 @@
+"""all_reduce(x, "avg") (torch's ReduceOp.AVG): all_sum's bits divided by the group's size, the
+same on every rank, under its own call name; refused for dtypes that cannot hold an average.
+Ranks as threads over real connections."""
+
+from __future__ import annotations
+
+import ml_dtypes
+import numpy as np
+import pytest
+
+import ringdist as rd
+
+from harness import RankFailed, run_ranks
+
+
+@pytest.mark.parametrize("n", [2, 3, 5])
+@pytest.mark.parametrize("dtype, size", [(np.float32, 7), (np.float64, 1 << 18), (np.complex64, 5), (np.float16, 9),
+                                         (ml_dtypes.bfloat16, 6)])
+def test_avg_is_all_sum_divided_by_the_size_with_the_same_bits_everywhere(n, dtype, size):
+    def rank(g):
+        x = (np.arange(size) * (g.rank() + 1) + 0.25).astype(dtype)
+        avg = rd.all_reduce(x, "avg", group=g)
+        total = rd.all_sum(x, group=g)
+        assert avg.dtype == np.dtype(dtype) and avg.shape == x.shape
+        np.testing.assert_array_equal(avg, total / np.asarray(n, dtype=total.real.dtype))
+        return avg.tobytes()
+
+    got = run_ranks(n, rank)
+    assert len(set(got)) == 1
+
+
+def test_avg_async_and_on_a_group_of_one():
+    got = run_ranks(3, lambda g: rd.all_reduce(np.full(4, float(g.rank())), "avg", group=g, async_op=True).wait())
+    assert all(x.tolist() == [1.0] * 4 for x in got)
+    alone = run_ranks(1, lambda g: rd.all_reduce(np.array([3.5]), "avg", group=g))
+    assert alone[0].tolist() == [3.5]
+
+
+def test_an_integer_avg_is_refused_on_every_rank_naming_the_rank():
+    def rank(g):
+        x = np.arange(3) if g.rank() == 1 else np.ones(3)
+        with pytest.raises((TypeError, rd.RingError), match=r"rank 1: all_avg: dtype int64 cannot hold an average; "
+                                                             r"pass a floating dtype, or all_sum and divide"):
+            rd.all_reduce(x, "avg", group=g)
+        return "raised"
+
+    assert run_ranks(3, rank) == ["raised"] * 3
+
+
+def test_avg_never_pairs_with_sum():
+    def rank(g):
+        if g.rank() == 0:
+            return rd.all_reduce(np.ones(3), "avg", group=g)
+        return rd.all_sum(np.ones(3), group=g)
+
+    with pytest.raises(RankFailed) as failed:
+        run_ranks(2, rank)
+    assert all(isinstance(e, rd.MismatchError) for e in failed.value.errors)
+    assert "rank 0 called all_avg(shape=(3,), dtype=float64" in str(failed.value.errors[0])
+
+
+def test_a_bad_op_names_avg_among_all_reduce_s():
+    with pytest.raises(RankFailed) as failed:
+        run_ranks(2, lambda g: rd.all_reduce(np.ones(2), "mean", group=g))
+    for r, e in enumerate(failed.value.errors):
+        assert isinstance(e, ValueError) and str(e) == (
+            f"rank {r}: all_reduce: op must be one of sum, max, min, prod, band, bor, bxor, avg, got 'mean'"), e
