@@ -3,10 +3,12 @@
 An any-source receive watches the direct connections from every other rank of the group and
 takes the first message to arrive, as a recv (or recv_object) from its sender would: the result
 comes with the sender's rank. Messages from one rank still arrive in their order, and receives
-match messages in the order this rank posted them (MPI's rule; there are no tags): a receive
-from rank s posted before an any-source one gets s's next message first, and one posted after
-it waits until the any-source receive has its message. When messages from several ranks are
-waiting, the ranks take turns (the rank after the last sender first), so none is starved.
+match messages in the order this rank posted them (MPI's rule): a receive from rank s posted
+before an any-source one gets s's next message first, and one posted after it waits until the
+any-source receive has its message. Messages read ahead of their receive (`tags`) are taken
+first. One for a tag takes the first message of that tag: a message of another tag from the
+rank it chose is kept, and it chooses again (`FromAny.more`). When messages from several ranks
+are waiting, the ranks take turns (the rank after the last sender first), so none is starved.
 
 A rank whose connection closes between messages (it closed the group, or left the job) drops
 out of the wait; once every rank has, PeerLostError. Nothing within the timeout:
