@@ -8,6 +8,7 @@ and looks for one where it leads; once a message has chosen its source, it leave
 from __future__ import annotations
 
 import time
+import weakref
 from collections import deque
 from typing import Callable
 
@@ -32,6 +33,8 @@ class Lanes:
         self.lanes: dict[tuple, deque[Job]] = {}
         self.watches: dict[int, Watch] = {}  # an outgoing lane's channel, read for the receiver's ABORT
         self._to_open: deque[Job] = deque()  # lanes' new heads to open (`_open_next`)
+        # Per group: its `Held.kept` when its kept messages were last offered (weak: groups come and go).
+        self._offered: weakref.WeakKeyDictionary[Comm, int] = weakref.WeakKeyDictionary()
         self._opening = False
 
     def add(self, job: Job) -> None:
@@ -173,7 +176,8 @@ class Lanes:
         """Try again the recvs whose connection had not arrived; time out stalled jobs."""
         now = time.monotonic()
         for g in {key[0] for key in self.lanes if key[0].held}:
-            self._offer_held(g)  # read ahead by another thread's receive since
+            if g.held.kept != self._offered.get(g):
+                self._offer_held(g)  # read ahead by another thread's receive since
         for job in self.heads():
             if job.finished:
                 continue  # ended by an earlier one's opening (an any-source job, from another of its lanes)
@@ -234,8 +238,12 @@ class Lanes:
         in each sender's lane, its kept messages to its receives in the order they were posted
         (a lane's opened head has looked already, and kept what it read because it is not its own)."""
         if not g.held:
+            self._offered.pop(g, None)
             return
+        self._offered[g] = g.held.kept
         for key in [k for k in self.lanes if k[0] is g and not k[2]]:
+            if not g.held.by_sender.get(key[1]):
+                continue  # nothing kept from this sender
             lane = self.lanes.get(key)
             reserved: set[int] = set()  # tags of kept messages a receive earlier in the lane is owed
             for job in list(lane) if lane else ():
