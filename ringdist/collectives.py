@@ -196,6 +196,21 @@ def all_reduce(x: Any, op: str = "sum", *, group: Comm | None = None, timeout: f
     return _bad_op(x, op, "all_reduce", group, timeout, async_op)
 
 
+def _averages(dt: np.dtype) -> bool:
+    """Whether an array of dtype `dt` can hold its average: floating and complex dtypes, and
+    numeric extension ones that numpy divides in place (bfloat16, float8; not int4)."""
+    if dt.kind in "fc":
+        return True
+    if dt.kind != "V":
+        return False
+    probe = np.ones(1, dtype=dt)
+    try:
+        np.divide(probe, 2, out=probe)
+    except TypeError:
+        return False
+    return True
+
+
 def _all_average(x: Any, group: Comm | None, timeout: float | None, async_op: bool) -> Any:
     """all_reduce's "avg" (torch's ReduceOp.AVG): all_sum's result, under the call's own name
     all_avg (a rank averaging never pairs with one summing), divided by the group's size on
@@ -209,7 +224,7 @@ def _all_average(x: Any, group: Comm | None, timeout: float | None, async_op: bo
     try:
         arr = as_array(x, call)
         check_reducible(arr, "all_sum", call, g)
-        if arr.dtype.kind not in "fcV":  # (V: a numeric extension dtype, bfloat16)
+        if not _averages(arr.dtype):
             raise TypeError(f"rank {g.rank()}: {call}: dtype {arr.dtype} cannot hold an average; pass a floating "
                             f"dtype, or all_sum and divide")
     except Exception as exc:

@@ -8,7 +8,6 @@ and looks for one where it leads; once a message has chosen its source, it leave
 from __future__ import annotations
 
 import time
-import weakref
 from collections import deque
 from typing import Callable
 
@@ -33,8 +32,6 @@ class Lanes:
         self.lanes: dict[tuple, deque[Job]] = {}
         self.watches: dict[int, Watch] = {}  # an outgoing lane's channel, read for the receiver's ABORT
         self._to_open: deque[Job] = deque()  # lanes' new heads to open (`_open_next`)
-        # Per group: its `Held.kept` when its kept messages were last offered (weak: groups come and go).
-        self._offered: weakref.WeakKeyDictionary[Comm, int] = weakref.WeakKeyDictionary()
         self._opening = False
 
     def add(self, job: Job) -> None:
@@ -46,7 +43,7 @@ class Lanes:
         if leads:
             job.since = time.monotonic()
             self._open(job)
-        elif job.g.held:  # a message read ahead may be this receive's, though one posted before it waits
+        if job.g.held and not job.finished:  # a message read ahead may be this receive's (one it does not lead)
             self._offer_held(job.g)
 
     def heads(self) -> list[Job]:
@@ -176,8 +173,7 @@ class Lanes:
         """Try again the recvs whose connection had not arrived; time out stalled jobs."""
         now = time.monotonic()
         for g in {key[0] for key in self.lanes if key[0].held}:
-            if g.held.kept != self._offered.get(g):
-                self._offer_held(g)  # read ahead by another thread's receive since
+            self._offer_held(g)  # read ahead by another thread's receive since, say
         for job in self.heads():
             if job.finished:
                 continue  # ended by an earlier one's opening (an any-source job, from another of its lanes)
@@ -238,9 +234,7 @@ class Lanes:
         in each sender's lane, its kept messages to its receives in the order they were posted
         (a lane's opened head has looked already, and kept what it read because it is not its own)."""
         if not g.held:
-            self._offered.pop(g, None)
             return
-        self._offered[g] = g.held.kept
         for key in [k for k in self.lanes if k[0] is g and not k[2]]:
             if not g.held.by_sender.get(key[1]):
                 continue  # nothing kept from this sender
@@ -278,6 +272,10 @@ class Lanes:
         job.plan.release()  # type: ignore[union-attr]
         for key in _keys(job):
             self._remove(job, key)
+        if job.g.held and job.plan.sources is not None:  # type: ignore[union-attr]
+            # An any-source receive for one tag that was owed kept messages (`_offer_held`'s
+            # reserved) is gone: the receives behind it in other senders' lanes may take them now.
+            self._offer_held(job.g)
 
     def _remove(self, job: Job, key: tuple) -> None:
         """Take `job` out of lane `key`; open the lane's next job if it led."""

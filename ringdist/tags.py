@@ -99,12 +99,10 @@ class Held:
         self._lock = threading.Lock()
         # Per sender, oldest first; empty when none is kept (a receive's first look, without the lock).
         self.by_sender: dict[int, deque[Message]] = {}
-        self.kept = 0  # messages kept so far: a look at them since the last one found nothing new
 
     def put(self, src: int, message: Message) -> None:
         with self._lock:
             self.by_sender.setdefault(src, deque()).append(message)
-            self.kept += 1
 
     def take(self, src: int, tag: int, reserved: frozenset[int] = frozenset()) -> Message | None:
         """The oldest message from `src` a receive for `tag` takes, taken out; None if none.

@@ -398,8 +398,9 @@ def forced(comm: Comm, op: str) -> str | None:
     kind = KIND_OF[op]
     name = None
     every = None if op.endswith(" (agreement step)") else "*"
+    own = "all_sum" if op == "all_avg" else op  # (an average is all_sum's bits, divided: `collectives`)
     for entry_op, entry_name in comm.settings.algo:
-        if entry_op in (op, every, GROUPS.get(kind)):
+        if entry_op in (own, every, GROUPS.get(kind)):
             name = entry_name
     return name
 

@@ -36,15 +36,25 @@ def test_avg_async_and_on_a_group_of_one():
     assert alone[0].tolist() == [3.5]
 
 
-def test_an_integer_avg_is_refused_on_every_rank_naming_the_rank():
+@pytest.mark.parametrize("dtype", [np.int64, ml_dtypes.int4])
+def test_an_integer_avg_is_refused_on_every_rank_naming_the_rank(dtype):
     def rank(g):
-        x = np.arange(3) if g.rank() == 1 else np.ones(3)
-        with pytest.raises((TypeError, rd.RingError), match=r"rank 1: all_avg: dtype int64 cannot hold an average; "
-                                                             r"pass a floating dtype, or all_sum and divide"):
+        x = np.arange(3).astype(dtype) if g.rank() == 1 else np.ones(3)
+        with pytest.raises((TypeError, rd.RingError), match=rf"rank 1: all_avg: dtype {np.dtype(dtype)} cannot hold an "
+                                                             r"average; pass a floating dtype, or all_sum and divide"):
             rd.all_reduce(x, "avg", group=g)
         return "raised"
 
     assert run_ranks(3, rank) == ["raised"] * 3
+
+
+@pytest.mark.parametrize("algorithm", ["ring", "rabenseifner"])
+def test_an_algorithm_forced_for_all_sum_runs_avg_too(algorithm):
+    def rank(g):
+        x = np.random.default_rng(g.rank()).random(1000).astype(np.float32)
+        return rd.all_reduce(x, "avg", group=g).tobytes() == (rd.all_sum(x, group=g) / np.float32(g.size())).tobytes()
+
+    assert run_ranks(5, rank, algo=(("all_sum", algorithm),)) == [True] * 5
 
 
 def test_avg_never_pairs_with_sum():

@@ -13,6 +13,7 @@ import pytest
 
 import ringdist as rd
 from ringdist.errors import GroupBrokenError, MismatchError, RingError
+from ringdist.settings import Settings
 from ringdist.p2p import _message_header
 from ringdist.object_messages import _message_header as _object_header
 
@@ -531,3 +532,56 @@ def test_an_any_source_receive_reading_another_sender_is_owed_the_kept_message_o
         return None
 
     assert run_ranks(3, rank, timeout=90)[0] == (1, 2)
+
+
+def test_an_any_source_receive_leading_one_lane_takes_what_another_sender_s_lane_kept():
+    # The receive for tag 9 from rank 1 leads rank 1's lane and keeps rank 1's tag-5 message;
+    # a recv_any for tag 5 posted then leads rank 2's lane only: it must be offered that message.
+    def rank(g):
+        if g.rank() == 0:
+            nine = rd.recv(1, np.float64, 1, tag=9, group=g, async_op=True)
+            deadline = time.monotonic() + 10
+            while g.held.count() < 1 and time.monotonic() < deadline:
+                time.sleep(0.005)
+            src, five = rd.recv_any(1, np.float64, tag=5, group=g, async_op=True).wait(timeout=10)
+            rd.send(np.zeros(1, np.int8), 1, group=g)
+            return src, five.tolist(), nine.wait(timeout=10).tolist()
+        if g.rank() == 1:
+            rd.send(np.full(1, 5.0), 0, tag=5, group=g)
+            rd.recv(1, np.int8, 0, group=g)
+            rd.send(np.full(1, 9.0), 0, tag=9, group=g)
+        return None
+
+    assert run_ranks(3, rank, settings=Settings(timeout=10.0, connect_timeout=10.0))[0] == (1, [5.0], [9.0])
+
+
+def test_a_kept_message_owed_to_an_any_source_receive_goes_on_once_it_takes_another():
+    # Rank 1's lane: the receive for tag 9 (reading), X = recv_any(tag 5), J = recv(1, tag 5).
+    # If X is reading rank 2's large tag-5 message when rank 1's first tag-5 message is kept,
+    # that message is X's until X completes from rank 2; then it is J's (the oldest of rank 1's).
+    def rank(g):
+        r = g.rank()
+        if r == 0:
+            nine = rd.recv(1, np.float64, 1, tag=9, group=g, async_op=True)
+            x = rd.recv_any(None, np.float64, tag=5, group=g, async_op=True)
+            j = rd.recv(None, np.float64, 1, tag=5, group=g, async_op=True)
+            rd.barrier(group=g)
+            src, _ = x.wait(timeout=20)
+            got = j.wait(timeout=20)
+            rd.send(np.zeros(1, np.int8), 1, group=g)
+            later = rd.recv(None, np.float64, 1 if src == 2 else 2, tag=5, group=g)  # the one neither took
+            nine.wait(timeout=20)
+            return src, float(got[0]), float(later[0])
+        rd.barrier(group=g)
+        if r == 2:
+            rd.send(np.full(8 << 20, 2.0), 0, tag=5, group=g)
+        if r == 1:
+            time.sleep(0.03)
+            rd.send(np.full(1, 1.0), 0, tag=5, group=g)
+            rd.send(np.full(1, 1.5), 0, tag=5, group=g)
+            rd.recv(1, np.int8, 0, group=g)
+            rd.send(np.full(1, 9.0), 0, tag=9, group=g)
+        return None
+
+    src, got, later = run_ranks(3, rank, settings=Settings(timeout=10.0, connect_timeout=10.0), timeout=90)[0]
+    assert (src, got, later) in ((2, 1.0, 1.5), (1, 1.5, 2.0)), (src, got, later)
