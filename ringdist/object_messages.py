@@ -27,7 +27,7 @@ from .comm import Comm
 from .errors import MismatchError, ProtocolError, RingError
 from .flows import Inflow, Outflow, Segments, SizedInflow
 from .objects import Pickled, unpickle
-from .p2p import ANYONE, hold_buffer, run_inline
+from .p2p import ANYONE, Receiving, run_inline
 from .tags import ANY_TAG, Message, check_status, check_tag, fields_of, fill, matches, tag_of
 
 
@@ -103,8 +103,9 @@ class _SendObject(_Turned):
             raise ValueError(self.pickled.error) from exc
 
 
-class _RecvObject(_Turned):
+class _RecvObject(Receiving, _Turned):
     op = "recv_object"
+    CHANNEL_OP = "recv_object"
     outgoing = False
 
     def __init__(self, src: Any, g: Comm, timeout: float | None, tag: Any = ANY_TAG, status: Any = None):
@@ -112,8 +113,6 @@ class _RecvObject(_Turned):
         self.tag, self.status = tag, status
         self.fields: dict[str, Any] | None = None  # the message's header and bytes, once it has come
         self.data: Any = None
-        self.holding: Message | None = None  # as `p2p._Recv`'s
-        self.taken = False
         self.inflow: SizedInflow | None = None
 
     def start(self) -> float:
@@ -126,22 +125,6 @@ class _RecvObject(_Turned):
         g.check_usable("recv_object")
         return g._timeout(self.timeout)
 
-    def open(self, wait: bool = True) -> bool:
-        if self.taken or self.take_held():
-            return True
-        if self.turn is None:
-            self.turn = self.g.p2p_turn(self.peer, False, self.op, self.timeout, wait,
-                                        self.take_held if wait else None)
-            if self.turn is None:
-                return self.taken  # as `p2p._Recv.open`
-            if self.take_held():
-                return True
-        got = self.g.p2p_channel(self.peer, outgoing=False, timeout=self.timeout, wait=wait, op="recv_object")
-        if got is None:
-            return False
-        self._arm(*got)
-        return True
-
     def _arm(self, ch: Channel, number: int) -> None:
         self.ch = ch
         cap = self.cap
@@ -152,9 +135,7 @@ class _RecvObject(_Turned):
                                     f"but rank {ch.peer} sent {wire.describe_header(fields)} (group {ch.group!r})")
             tag = tag_of(fields, ch.me, ch.peer)
             if not matches(self.tag, tag):  # another receive's: kept for it (`more`)
-                data = hold_buffer(fields, ch, cap)
-                self.holding = Message(tag, fields, data)
-                return memoryview(data)
+                return self._hold(tag, fields, ch)
             self._check(fields, ch)
             if isinstance(fields.get("failed"), str):  # raised once the message is read whole: the pair stays in step
                 return memoryview(NOTHING)
@@ -181,37 +162,8 @@ class _RecvObject(_Turned):
         elif not sizes:
             raise RingError(f"rank {ch.me}: recv_object: rank {ch.peer} declares an object of no parts")
 
-    def more(self, wait: bool = True) -> bool:
-        """As `p2p._Recv.more`: a message of another tag is kept, and the next one read."""
-        held, self.holding = self.holding, None
-        if held is None:
-            return False
-        self.g.held.put(self.peer, held)
-        got = self.g.p2p_channel(self.peer, outgoing=False, op="recv_object")
-        assert got is not None
-        self._arm(*got)
-        return True
-
-    def take_held(self, src: int | None = None, reserved: frozenset[int] = frozenset()) -> bool:
-        """As `p2p._Recv.take_held`."""
-        message = self.g.held.take(self.peer, self.tag, reserved)
-        if message is None:
-            return False
-        self._take(message)
-        return True
-
-    def _take(self, message: Message) -> None:
-        g = self.g
-        ch = g.p2p_incoming(self.peer, self.op, take=False)
-        assert ch is not None
-        try:
-            self._check(message.fields, ch)
-        except RingError as exc:
-            g.refuse(self.op, exc)
-            raise
+    def _took(self, message: Message, ch: Channel) -> None:
         self.fields, self.data = message.fields, memoryview(message.data)
-        self.taken = True
-        self.inflows = []
 
     def result(self) -> "_RecvObject":
         if not self.taken:

@@ -130,7 +130,77 @@ def run_inline(g: Comm, plan: Any, timeout: float | None) -> None:
         plan.release()
 
 
-class _Recv:
+class Receiving:
+    """What a receive from one rank (`_Recv`, `object_messages._RecvObject`) does with tags
+    (`tags`): look at the messages kept for it before the stream, keep one of another tag it
+    reads, and go on to the next. A subclass has `g`, `peer`, `tag`, `op`, `timeout`, `turn`,
+    `CHANNEL_OP` (its name where it waits for the sender's connection), `_arm(ch, number)`
+    (the flow for the pair's next message), `_check(fields, ch)` and `_took(message)`."""
+
+    CHANNEL_OP = "recv"
+    holding: Message | None = None  # the message being read, when it is a later receive's
+    taken = False  # its message was one read ahead (`take_held`)
+
+    def open(self, wait: bool = True) -> bool:
+        if self.taken or (self.g.held.by_sender and self.take_held()):
+            return True
+        if self.turn is None:  # held while the sender's connection is awaited: recvs keep their order
+            self.turn = self.g.p2p_turn(self.peer, False, self.op, self.timeout, wait,
+                                        self.take_held if wait else None)
+            if self.turn is None:
+                return self.taken  # busy (`wait` False), or its message was read ahead meanwhile
+            if self.g.held.by_sender and self.take_held():  # read ahead by the turn's last holder
+                return True
+        got = self.g.p2p_channel(self.peer, outgoing=False, timeout=self.timeout, wait=wait, op=self.CHANNEL_OP)
+        if got is None:
+            return False
+        self._arm(*got)
+        return True
+
+    def _hold(self, tag: int, fields: dict[str, Any], ch: Channel) -> memoryview:
+        """Where a message of another tag lands: a buffer, kept (`more`) for a later receive."""
+        data = hold_buffer(fields, ch, self.g.settings.max_object_bytes)
+        self.holding = Message(tag, fields, data)
+        return memoryview(data)
+
+    def more(self, wait: bool = True) -> bool:
+        """Once the flows are done: whether the message read was another tag's, now kept for a
+        later receive; if so this receive goes on to the pair's next message (its turn still held)."""
+        held, self.holding = self.holding, None
+        if held is None:
+            return False
+        self.g.held.put(self.peer, held)
+        got = self.g.p2p_channel(self.peer, outgoing=False, op=self.CHANNEL_OP)
+        assert got is not None  # (its connection is there: the message just came on it)
+        self._arm(*got)
+        return True
+
+    def take_held(self, src: int | None = None, reserved: frozenset[int] = frozenset()) -> bool:
+        """Whether a message from its source was read ahead for it: if so it is this receive's
+        (checked as one from the stream is: an error, refused on the group, if it does not fit).
+        (`src`: the sender whose kept messages are offered, its own for a receive from one rank;
+        `reserved`: tags a receive posted before it waits for, as `tags.Held.take`'s.)"""
+        message = self.g.held.take(self.peer, self.tag, reserved)
+        if message is None:
+            return False
+        self._take(message)
+        return True
+
+    def _take(self, message: Message) -> None:
+        g = self.g
+        ch = g.p2p_incoming(self.peer, self.op, take=False)
+        assert ch is not None  # (the message came on it)
+        try:
+            self._check(message.fields, ch)
+        except RingError as exc:
+            g.refuse(self.op, exc)
+            raise
+        self._took(message, ch)
+        self.taken = True
+        self.inflows = []
+
+
+class _Recv(Receiving):
     """A recv as a plan: checked and allocated when it starts (or, with a `shape` or `dtype` of
     None, once the sender's header says them); its message taken from those read ahead of it
     (`tags`), or its channel taken once the sender's connection has arrived (see `jobs.Plan`).
@@ -154,8 +224,6 @@ class _Recv:
         self.dtag: str | None = None  # the dtype as a header names it, if fixed
 
     got: int | None = None  # the tag of the message it took, once it has one (else its own, or 0)
-    holding: Message | None = None  # the message being read, when it is a later receive's
-    taken = False  # its message was one read ahead (`take_held`)
 
     def start(self) -> float:
         g = self.g
@@ -179,22 +247,6 @@ class _Recv:
             self.out = _allocate(shape, dt, g.rank(), self.op)
         g.check_usable(self.op)
         return g._timeout(self.timeout)
-
-    def open(self, wait: bool = True) -> bool:
-        if self.taken or (self.g.held.by_sender and self.take_held()):
-            return True
-        if self.turn is None:  # held while the sender's connection is awaited: recvs keep their order
-            self.turn = self.g.p2p_turn(self.peer, False, self.op, self.timeout, wait,
-                                        self.take_held if wait else None)
-            if self.turn is None:
-                return self.taken  # busy (`wait` False), or its message was read ahead meanwhile
-            if self.g.held.by_sender and self.take_held():  # read ahead by the turn's last holder
-                return True
-        got = self.g.p2p_channel(self.peer, outgoing=False, timeout=self.timeout, wait=wait)
-        if got is None:
-            return False
-        self._arm(*got)
-        return True
 
     def _arm(self, ch: Channel, number: int) -> None:
         """The flow for the pair's next message, number `number` on `ch`."""
@@ -232,49 +284,9 @@ class _Recv:
             raise MismatchError(f"rank {ch.me} expected {self.op}({self.wanted()}{tag}) from {peer_name(ch)} but rank "
                                 f"{ch.peer} sent {wire.describe_header(dict(fields))} (group {ch.group!r})")
 
-    def _hold(self, tag: int, fields: dict[str, Any], ch: Channel) -> memoryview:
-        """Where a message of another tag lands: a buffer, kept (`more`) for a later receive."""
-        data = hold_buffer(fields, ch, self.g.settings.max_object_bytes)
-        self.holding = Message(tag, fields, data)
-        return memoryview(data).cast("B") if data.size else memoryview(bytearray())
-
-    def more(self, wait: bool = True) -> bool:
-        """Once the flows are done: whether the message read was another tag's, now kept for a
-        later receive; if so this receive goes on to the pair's next message (its turn still held)."""
-        held, self.holding = self.holding, None
-        if held is None:
-            return False
-        self.g.held.put(self.peer, held)
-        got = self.g.p2p_channel(self.peer, outgoing=False)
-        assert got is not None  # (its connection is there: the message just came on it)
-        self._arm(*got)
-        return True
-
-    def take_held(self, src: int | None = None, reserved: frozenset[int] = frozenset()) -> bool:
-        """Whether a message from its source was read ahead for it: if so it is this receive's
-        (checked as one from the stream is: MismatchError, refused on the group, if it does not fit).
-        (`src`: the sender whose kept messages are offered, its own for a receive from one rank;
-        `reserved`: tags a receive posted before it waits for, as `tags.Held.take`'s.)"""
-        message = self.g.held.take(self.peer, self.tag, reserved)
-        if message is None:
-            return False
-        self._take(message)
-        return True
-
-    def _take(self, message: Message) -> None:
-        g = self.g
-        ch = g.p2p_incoming(self.peer, self.op, take=False)
-        assert ch is not None  # (the message came on it)
-        try:
-            self._check(message.fields, ch)
-        except MismatchError as exc:
-            g.refuse(self.op, exc)
-            raise
-        data = message.data
-        self.out = data.view(dtype_of(message.fields.get("dtype"), ch)).reshape(tuple(message.fields["shape"]))
+    def _took(self, message: Message, ch: Channel) -> None:
+        self.out = message.data.view(dtype_of(message.fields.get("dtype"), ch)).reshape(tuple(message.fields["shape"]))
         self.got = message.tag
-        self.taken = True
-        self.inflows = []
 
     def fits(self, shape: tuple[int, ...], tag: Any) -> bool:
         """Whether a message of `shape` and dtype `tag` is what this receive fixed (once started)."""

@@ -70,14 +70,18 @@ def test_a_large_message_of_another_tag_is_read_whole_so_its_blocking_send_retur
     np.testing.assert_array_equal(large, big)
 
 
+def _two_then_one(g):
+    """Rank 0's part: [2, 2, 2] with tag 2; then, once rank 1 says it has it, [1, 1, 1] with tag 1."""
+    rd.send(np.full(3, 2), 1, tag=2, group=g)
+    rd.recv(1, np.int64, 1, group=g)
+    rd.send(np.full(3, 1), 1, tag=1, group=g)
+
+
 def test_an_async_receive_posted_later_completes_while_an_earlier_one_waits():
     # Legal in MPI: rank 0 sends tag 1 only after rank 1's receive for tag 2 has completed.
     def rank(g):
         if g.rank() == 0:
-            rd.send(np.full(3, 2), 1, tag=2, group=g)
-            rd.recv(1, np.int64, 1, group=g)
-            rd.send(np.full(3, 1), 1, tag=1, group=g)
-            return None
+            return _two_then_one(g)
         first = rd.recv(3, np.int64, 0, tag=1, group=g, async_op=True)
         second = rd.recv(3, np.int64, 0, tag=2, group=g, async_op=True)
         b = second.wait(timeout=10)
@@ -90,10 +94,7 @@ def test_an_async_receive_posted_later_completes_while_an_earlier_one_waits():
 def test_an_async_receive_posted_after_its_message_was_read_ahead_takes_it():
     def rank(g):
         if g.rank() == 0:
-            rd.send(np.full(3, 2), 1, tag=2, group=g)
-            rd.recv(1, np.int64, 1, group=g)
-            rd.send(np.full(3, 1), 1, tag=1, group=g)
-            return None
+            return _two_then_one(g)
         first = rd.recv(3, np.int64, 0, tag=1, group=g, async_op=True)
         deadline = time.monotonic() + 10
         while not g.held and time.monotonic() < deadline:  # the tag-2 message read past, kept
@@ -113,10 +114,7 @@ def test_a_thread_waiting_for_the_pair_s_turn_takes_what_the_turn_s_holder_read_
     def rank(g):
         if g.rank() == 0:
             rd.recv(1, np.int64, 1, group=g)  # both threads wait
-            rd.send(np.full(3, 2), 1, tag=2, group=g)
-            rd.recv(1, np.int64, 1, group=g)
-            rd.send(np.full(3, 1), 1, tag=1, group=g)
-            return None
+            return _two_then_one(g)
         out: dict[str, object] = {}
 
         def receive(name: str, tag: int) -> None:
