@@ -9,6 +9,8 @@ The variants force the ring (`direct_max=0`), both ring directions and several l
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -242,3 +244,37 @@ def test_every_algorithm_forced_on_every_op(n, name):
                 f"{where}, rank {r}"
     if (n == 2 and name != "hier") or name == "ring" or options:
         assert ran, f"{name} ran nothing at N={n}"
+
+
+# (algorithm, N) for every algorithm with an all-reduce: a forced one runs the inner all-reduce of
+# all_reduce(x, "avg"), rooted reduce and all_maxloc.
+STALL_CASES = [("ring", 3), ("direct", 3), ("doubling", 3), ("doubling", 4), ("two-shot", 3),
+               ("rabenseifner", 5), ("pairwise", 2), ("pairwise-ring", 2), ("shm", 3), ("shm-cma", 2)]
+CALLS_OVER_AN_ALL_REDUCE = {
+    "all_avg": lambda x, g: rd.all_reduce(x, "avg", group=g, timeout=0.3),
+    "reduce": lambda x, g: rd.reduce(x, 0, group=g, timeout=0.3),
+    "all_maxloc": lambda x, g: rd.all_maxloc(x, group=g, timeout=0.3),
+}
+
+
+@pytest.mark.parametrize("call", sorted(CALLS_OVER_AN_ALL_REDUCE))
+@pytest.mark.parametrize("name, n", STALL_CASES)
+def test_a_stall_under_a_call_built_on_an_all_reduce_names_that_call(name, n, call):
+    """The last rank never calls: every rank that times out, or hears of another's timeout, names
+    the call it made (all_avg, reduce, all_maxloc), not the all-reduce under it (all_sum, all_max)."""
+    def rank(g: rd.Group) -> str | None:
+        if g.rank() == n - 1:
+            return None
+        try:
+            CALLS_OVER_AN_ALL_REDUCE[call](np.arange(1000, dtype=np.float64), g)
+        except rd.RingTimeoutError as exc:
+            return str(exc)
+        return None
+
+    shm = name.startswith("shm")
+    got = run_ranks(n, rank, shm=shm, algo=(("*", name),))
+    raised = [(r, text) for r, text in enumerate(got) if text is not None]
+    assert raised, f"forced {name}, N={n}: no rank timed out in {call}"
+    for r, text in raised:  # its own timeout, or another rank's it was told of
+        assert text.startswith(f"rank {r}: {call} ") and f": {call} made no progress" in text, text
+        assert not re.search(r"\ball_(sum|max)\b", text), text

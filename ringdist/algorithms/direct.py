@@ -40,6 +40,7 @@ def gather(g: Comm, arr: np.ndarray, out: np.ndarray, header: wire.Header, timeo
 def reduce(g: Comm, arr: np.ndarray, op: str, header: wire.Header, timeout: float | None) -> np.ndarray:
     """Gather every rank's array directly, then reduce them in rank order (the same on every rank)."""
     n = g.size()
+    ufunc, op = REDUCERS[op], header.fields["op"]  # the reduction; `op` names the call from here on
     # Rows flat: a row of every rank's shape would be one dimension past numpy's 64 for a 64-d array.
     stack = buffers.cache.empty((n, arr.size), arr.dtype, min_bytes=buffers.SCRATCH_MIN_BYTES)
     np.copyto(stack[g.rank()].reshape(arr.shape), arr)
@@ -47,7 +48,7 @@ def reduce(g: Comm, arr: np.ndarray, op: str, header: wire.Header, timeout: floa
     g.exchange(op, *direct_parts(g, byte_view(stack), [(i * size, (i + 1) * size) for i in range(n)]), header,
                timeout=timeout)
     out = np.empty(arr.shape, arr.dtype)  # an array even when 0-d
-    fold([row.reshape(arr.shape) for row in stack], REDUCERS[op], out)
+    fold([row.reshape(arr.shape) for row in stack], ufunc, out)
     return out
 
 

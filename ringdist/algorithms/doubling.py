@@ -95,7 +95,7 @@ def reduce(g: Comm, arr: np.ndarray, op: str, header: wire.Header, timeout: floa
     The first step sends the input itself and receives straight into the result, folded in
     place; later steps send the result so far and receive into scratch."""
     p2, partners, extra = g.plans.get("doubling") or _plan(g)
-    ufunc = REDUCERS[op]
+    ufunc, op = REDUCERS[op], header.fields["op"]  # the reduction; `op` names the call from here on
     if g.mesh is None:
         neighbours(g, header, op, timeout)
     if arr.flags.c_contiguous:
@@ -157,7 +157,7 @@ def reduce_root(g: Comm, arr: np.ndarray, op: str, root: int, header: wire.Heade
     ranks that disagree on the root would otherwise all wait to receive."""
     r = g.rank()
     p2, partners, extra = g.plans.get("doubling") or _plan(g)
-    ufunc = REDUCERS[op]
+    ufunc, op = REDUCERS[op], header.fields["op"]  # the reduction; `op` names the call from here on
     if g.mesh is None:
         neighbours(g, header, op, timeout)
     target = root if root < p2 else root - p2

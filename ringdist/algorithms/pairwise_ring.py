@@ -27,7 +27,7 @@ def reduce(g: Comm, arr: np.ndarray, op: str, header: wire.Header, timeout: floa
     own = np.ascontiguousarray(arr).reshape(-1)
     out = buffers.cache.empty(arr.shape, arr.dtype)
     flat = out.reshape(-1)
-    ufunc = REDUCERS[op]
+    ufunc, op = REDUCERS[op], header.fields["op"]  # the reduction; `op` names the call from here on
     inflows, outflows = [], []
     for direction, send_ch, recv_ch, index, parts in streams(g, [(0, own.nbytes)]):
         a, b = schedule.piece_bounds(0, own.size, parts, index)

@@ -83,7 +83,7 @@ def _fold_in(g: Comm, acc: np.ndarray, p2: int, ufunc, op: str, header: wire.Hea
 def reduce(g: Comm, arr: np.ndarray, op: str, header: wire.Header, timeout: float | None) -> np.ndarray:
     n, r = g.size(), g.rank()
     p2 = fold(n)
-    ufunc = REDUCERS[op]
+    ufunc, op = REDUCERS[op], header.fields["op"]  # the reduction; `op` names the call from here on
     if g.mesh is None:
         neighbours(g, header, op, timeout)
     out = buffers.cache.empty(arr.shape, arr.dtype)

@@ -111,7 +111,8 @@ def reduce(g: Comm, arr: np.ndarray, op: str, header: wire.Header, timeout: floa
     flat = out.reshape(-1)
     bounds = schedule.block_bounds(flat.size, n)
     lo, hi = bounds[r]
-    g.run(op, *reduce_flows(g, own, flat[lo:hi], bounds, REDUCERS[op], op, header, out=flat), timeout=timeout)
+    name = header.fields["op"]
+    g.run(name, *reduce_flows(g, own, flat[lo:hi], bounds, REDUCERS[op], name, header, out=flat), timeout=timeout)
     return out
 
 

@@ -27,6 +27,7 @@ def reduce(g: Comm, arr: np.ndarray, op: str, header: wire.Header, timeout: floa
     n, r = g.size(), g.rank()
     mesh = g.mesh
     assert mesh is not None
+    ufunc, op = REDUCERS[op], header.fields["op"]  # the reduction; `op` names the call from here on
     own = np.ascontiguousarray(arr).reshape(-1)
     out = buffers.cache.empty(arr.shape, arr.dtype)
     flat = out.reshape(-1)
@@ -36,7 +37,7 @@ def reduce(g: Comm, arr: np.ndarray, op: str, header: wire.Header, timeout: floa
     g.exchange(op, [byte_view(own[bounds[p][0]:bounds[p][1]]) for p in mesh.order],
                [byte_view(stack[p]) for p in mesh.order], header, timeout=timeout)
     mine = flat[lo:hi]
-    fold([own[lo:hi] if q == r else stack[q] for q in range(n)], REDUCERS[op], mine)
+    fold([own[lo:hi] if q == r else stack[q] for q in range(n)], ufunc, mine)
     if root is not None:
         if r != root:
             g.exchange(op, [byte_view(mine)], [], header, timeout=timeout, peers=[root])
