@@ -57,6 +57,15 @@ def passed(deadline: float) -> bool:
     return deadline != math.inf and time.monotonic() >= deadline
 
 
+def of_wait(timeout: object) -> tuple[float | None, float]:
+    """A wait's `timeout` argument (None: no limit; 0: look once; else `check_timeout`'s) and
+    its deadline (`inf` for none)."""
+    if timeout is None:
+        return None, math.inf
+    seconds = 0.0 if timeout == 0 else check_timeout(timeout)  # 0: checked, done or not, alike
+    return seconds, after(seconds)
+
+
 def check_timeout(value: object, what: str = "timeout") -> float:
     """A timeout argument as float seconds: a positive number or `inf`; ValueError naming `what` otherwise."""
     try:

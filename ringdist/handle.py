@@ -58,12 +58,10 @@ class Work:
     def wait(self, timeout: float | None = None) -> Any:
         """The operation's result, or its error raised; after `timeout` seconds (None: no limit)
         a RingTimeoutError says it is still outstanding, and the handle stays valid."""
-        if timeout is not None and timeout != 0:  # 0: only look. Checked done or not: the same call always raises
-            timeout = deadlines.check_timeout(timeout)
+        timeout, deadline = deadlines.of_wait(timeout)  # checked done or not: the same call always raises
         if not self._event.is_set():
-            deadline = None if timeout is None else deadlines.after(timeout)
-            while not self._event.wait(deadlines.wait_slice(60.0 if deadline is None else deadlines.left(deadline))):
-                if deadline is not None and deadlines.passed(deadline):
+            while not self._event.wait(deadlines.wait_slice(deadlines.left(deadline))):
+                if deadlines.passed(deadline):
                     raise RingTimeoutError(f"rank {self.rank}: {self.op} on group {self.gid!r} is still "
                                            f"outstanding after wait(timeout={timeout:g})")
         if not self._waited:
@@ -155,19 +153,17 @@ def wait_any(works: "list[Work]", timeout: float | None = None) -> tuple[int, An
     works = list(works)
     if not works or not all(isinstance(w, Work) for w in works):
         raise TypeError("wait_any: works must be a non-empty sequence of ringdist Work handles")
-    if timeout is not None and timeout != 0:
-        timeout = deadlines.check_timeout(timeout)
-    deadline = None if timeout is None else deadlines.after(timeout)
+    timeout, deadline = deadlines.of_wait(timeout)
     with finishing:  # looked at under the condition that completions notify: none is missed
         while True:
             for i, w in enumerate(works):
                 if w._event.is_set():
                     break
             else:
-                if deadline is not None and deadlines.passed(deadline):
+                if deadlines.passed(deadline):
                     raise RingTimeoutError(f"rank {works[0].rank}: wait_any: none of {len(works)} operations "
                                            f"finished within wait_any(timeout={timeout:g})")
-                finishing.wait(deadlines.wait_slice(60.0 if deadline is None else deadlines.left(deadline)))
+                finishing.wait(deadlines.wait_slice(deadlines.left(deadline)))
                 continue
             break
     try:
@@ -185,12 +181,10 @@ def wait_all(works: "list[Work]", timeout: float | None = None) -> list[Any]:
     works = list(works)
     if not all(isinstance(w, Work) for w in works):
         raise TypeError("wait_all: works must be a sequence of ringdist Work handles")
-    if timeout is not None and timeout != 0:
-        timeout = deadlines.check_timeout(timeout)
-    deadline = None if timeout is None else deadlines.after(timeout)
+    timeout, deadline = deadlines.of_wait(timeout)
     for w in works:
-        while not w._event.wait(deadlines.wait_slice(60.0 if deadline is None else deadlines.left(deadline))):
-            if deadline is not None and deadlines.passed(deadline):
+        while not w._event.wait(deadlines.wait_slice(deadlines.left(deadline))):
+            if deadlines.passed(deadline):
                 outstanding = sum(not x.done() for x in works)
                 raise RingTimeoutError(f"rank {w.rank}: wait_all: {outstanding} of {len(works)} operations "
                                        f"still outstanding after wait_all(timeout={timeout:g})")
