@@ -300,7 +300,7 @@ def recv_any(shape: Any, dtype: Any, *, tag: int = ANY_TAG, status: Any = None, 
     differs. A `shape` or `dtype` of None takes the sender's; `tag` and `status` as recv's.
 
     With `async_op=True`: a `Work` at once, whose `wait()` returns `(src, x)`."""
-    if async_op or work.active:
+    if async_op is not False or work.active:
         r = work.route("recv_any", group, async_op,
                        lambda g: FromAny(_Recv(shape, dtype, ANYONE, g, timeout, tag, status), "recv_any", g, timeout),
                        p2p=True)
@@ -318,7 +318,7 @@ def recv_object_any(*, tag: int = ANY_TAG, status: Any = None, group: Comm | Non
     `tag`), and its sender's rank (mpi4py's `recv(source=ANY_SOURCE)`); `status` as recv's.
 
     With `async_op=True`: a `Work` at once, whose `wait()` returns `(src, obj)` (unpickled there)."""
-    if async_op or work.active:
+    if async_op is not False or work.active:
         r = work.route("recv_object_any", group, async_op,
                        lambda g: FromAny(_RecvObject(ANYONE, g, timeout, tag, status), "recv_object_any", g, timeout),
                        p2p=True,

@@ -53,7 +53,7 @@ def all_gather(x: Any, *, uneven: bool = False, group: Comm | None = None,
     With `uneven=True` ranks may pass different numbers of rows (the other dims and the
     dtype still equal everywhere).
     """
-    if async_op or work.active:
+    if async_op is not False or work.active:
         r = _route_all_gather(x, uneven, group, timeout, async_op)
         if r is not work.HERE:
             return r
@@ -79,7 +79,7 @@ def gather(x: Any, root: int = 0, *, uneven: bool = False, group: Comm | None = 
     """all_gather's result on the root; None on every other rank. Same shape and dtype on
     every rank (`uneven=True`: row counts may differ); the root is in the header, so ranks
     that disagree on it fail."""
-    if async_op or work.active:
+    if async_op is not False or work.active:
         r = work.route("gather", group, async_op, lambda g: gather(x, root, uneven=uneven, group=g, timeout=timeout))
         if r is not work.HERE:
             return r
@@ -105,7 +105,7 @@ def reduce(x: Any, root: int = 0, *, op: str = "sum", group: Comm | None = None,
            timeout: float | None = None, async_op: bool = False) -> Any:
     """The element-wise reduction (`op`: as all_reduce's) on the root, bitwise identical
     to all_<op>'s (it runs the same algorithm); None on every other rank."""
-    if async_op or work.active:
+    if async_op is not False or work.active:
         r = work.route("reduce", group, async_op, lambda g: reduce(x, root, op=op, group=g, timeout=timeout))
         if r is not work.HERE:
             return r
@@ -124,7 +124,7 @@ def _all_reduce(x: Any, group: Comm | None, op: str, timeout: float | None, name
                 async_op: bool = False, **extra: Any) -> Any:
     """all_<op> (queued as `work.route` says); under the op `name` (with `extra` header
     fields) for a rooted reduce, which has been routed already."""
-    if async_op or work.active:
+    if async_op is not False or work.active:
         r = _route_all_reduce(x, group, op, timeout, async_op)
         if r is not work.HERE:
             return r
@@ -216,7 +216,7 @@ def _all_average(x: Any, group: Comm | None, timeout: float | None, async_op: bo
     all_avg (a rank averaging never pairs with one summing), divided by the group's size on
     every rank alike, so every rank gets the same bits."""
     call = "all_avg"
-    if async_op or work.active:
+    if async_op is not False or work.active:
         r = work.route(call, group, async_op, lambda g: _all_average(x, g, timeout, False))
         if r is not work.HERE:
             return r
@@ -237,7 +237,7 @@ def _all_average(x: Any, group: Comm | None, timeout: float | None, async_op: bo
 
 def _bad_op(x: Any, op: Any, call: str, group: Comm | None, timeout: float | None, async_op: bool) -> Any:
     """An all_reduce or reduce_scatter naming no reduction: ValueError, on every rank."""
-    if async_op or work.active:
+    if async_op is not False or work.active:
         r = work.route(call, group, async_op, lambda g: _bad_op(x, op, call, g, timeout, False))
         if r is not work.HERE:
             return r
@@ -270,7 +270,7 @@ def reduce_scatter(x: Any, op: str = "sum", *, counts: Any = None, group: Comm |
 def _reduce_scatter(x: Any, op: str, group: Comm | None, timeout: float | None, async_op: bool,
                     counts: Any = None) -> Any:
     call = op + "_scatter"
-    if async_op or work.active:
+    if async_op is not False or work.active:
         r = work.route(call, group, async_op, lambda g: _reduce_scatter(x, op, g, timeout, False, counts))
         if r is not work.HERE:
             return r
@@ -306,7 +306,7 @@ def broadcast(x: Any, root: int = 0, *, group: Comm | None = None, timeout: floa
     Every rank checks a header from a peer and returns only once every rank has agreed on
     the call (op, root, shape, dtype, algorithm): ranks that disagree all raise MismatchError.
     """
-    if async_op or work.active:
+    if async_op is not False or work.active:
         r = work.route("broadcast", group, async_op, lambda g: broadcast(x, root, group=g, timeout=timeout))
         if r is not work.HERE:
             return r
@@ -332,7 +332,7 @@ def broadcast(x: Any, root: int = 0, *, group: Comm | None = None, timeout: floa
 
 def barrier(*, group: Comm | None = None, timeout: float | None = None, async_op: bool = False) -> Any:
     """Return only after every rank of the group has entered the barrier."""
-    if async_op or work.active:
+    if async_op is not False or work.active:
         r = work.route("barrier", group, async_op, lambda g: barrier(group=g, timeout=timeout))
         if r is not work.HERE:
             return r

@@ -41,7 +41,7 @@ def all_minloc(x: Any, index: Any = None, *, group: Comm | None = None, timeout:
 
 def _located(x: Any, index: Any, which: str, group: Comm | None, timeout: float | None, async_op: bool) -> Any:
     call = f"all_{which}loc"
-    if async_op or work.active:
+    if async_op is not False or work.active:
         r = work.route(call, group, async_op, lambda g: _located(x, index, which, g, timeout, False))
         if r is not work.HERE:
             return r

@@ -187,7 +187,7 @@ def send_object(obj: Any, dst: int, *, tag: int = 0, group: Comm | None = None, 
     """Send picklable `obj` to rank `dst` of the group, for its recv_object (`tag` as send's).
 
     With `async_op=True` (mpi4py's `isend`): a `Work` at once; `obj` is pickled before it returns."""
-    if async_op or work.active:  # queued behind the group's outstanding operations, if it has any
+    if async_op is not False or work.active:  # queued behind the group's outstanding operations, if it has any
         made: list[_SendObject] = []
 
         def plan(g: Comm) -> _SendObject:
@@ -215,7 +215,7 @@ def recv_object(src: int, *, tag: int = ANY_TAG, status: Any = None, group: Comm
 
     With `async_op=True` (mpi4py's `irecv`): a `Work` at once, whose `wait()` returns the object
     (unpickled there, on the waiting thread)."""
-    if async_op or work.active:  # queued behind the group's outstanding operations, if it has any
+    if async_op is not False or work.active:  # queued behind the group's outstanding operations, if it has any
         r = work.route("recv_object", group, async_op, lambda g: _RecvObject(src, g, timeout, tag, status), p2p=True,
                        finish=lambda received, error: received.unpickled() if error is None else None)
         if r is not work.HERE:

@@ -225,7 +225,7 @@ def _object_check(header: wire.Header, cap: int, sender: Any = None):
 def all_gather_object(obj: Any, *, group: Comm | None = None, timeout: float | None = None,
                       async_op: bool = False) -> Any:
     """Every rank's picklable `obj`, in rank order (this rank's own as a copy)."""
-    if async_op or work.active:
+    if async_op is not False or work.active:
         r = work.route("all_gather_object", group, async_op,
                        lambda g: all_gather_object(obj, group=g, timeout=timeout))
         if r is not work.HERE:
@@ -263,7 +263,7 @@ def _all_gather_object(g: Comm, obj: Any, timeout: float | None) -> list[Any]:
 def broadcast_object(obj: Any, root: int = 0, *, group: Comm | None = None, timeout: float | None = None,
                      async_op: bool = False) -> Any:
     """The root's picklable `obj` on every rank (the root a copy, as every rank); others pass anything."""
-    if async_op or work.active:
+    if async_op is not False or work.active:
         r = work.route("broadcast_object", group, async_op,
                        lambda g: broadcast_object(obj, root, group=g, timeout=timeout))
         if r is not work.HERE:

@@ -21,6 +21,7 @@ from .channel import Channel, peer_name
 from .tags import ANY_TAG, Message, check_status, check_tag, fill, matches, tag_of
 from .algorithms.blocks import dtype_of, sizes_of
 from .arrays import as_array, byte_view
+from .calls import check_flag
 from .collectives import _comm
 from .errors import MismatchError, ProtocolError, RingError
 from .comm import Comm
@@ -106,7 +107,7 @@ def send(x: Any, dst: int, *, tag: int = 0, group: Comm | None = None, timeout: 
     from 0 to rd.TAG_MAX) for the receive that asks for it.
 
     With `async_op=True`: a `Work` at once; `x` must not change until its `wait()` returns."""
-    if async_op or work.active:
+    if async_op is not False or work.active:
         r = work.route("send", group, async_op, lambda g: _Send(x, dst, g, timeout, tag), p2p=True)
         if r is not work.HERE:
             return r
@@ -363,7 +364,7 @@ def recv(shape: Any, dtype: Any, src: int, *, tag: int = ANY_TAG, status: Any = 
     `status`: a `rd.Status` given the message's source and tag.
 
     With `async_op=True`: a `Work` at once, whose `wait()` returns the array."""
-    if async_op or work.active:
+    if async_op is not False or work.active:
         r = work.route("recv", group, async_op, lambda g: _Recv(shape, dtype, src, g, timeout, tag, status),
                        p2p=True)
         if r is not work.HERE:
@@ -402,6 +403,7 @@ def sendrecv(x: Any, dst: "int | None", src: "int | None", *, shape: Any = None,
     check_tag(sendtag, "sendrecv", me)
     check_tag(recvtag, "sendrecv", me, receiving=True)
     check_status(status, "sendrecv", me)
+    check_flag(async_op, "async_op", g, "sendrecv")
     if shape is not None:
         _shape(shape, me, "sendrecv")
     if dtype is not None and np.dtype(dtype).hasobject:

@@ -26,7 +26,7 @@ def scan(x: Any, *, op: str = "sum", exclusive: bool = False, group: Comm | None
     """Rank r's prefix reduction of every rank's `x` (`op`: as all_reduce's), ranks 0..r in
     order; with `exclusive=True` ranks 0..r-1, and None on rank 0. Same shape and dtype on every
     rank; ranks that pass different `op` or `exclusive` fail with MismatchError."""
-    if async_op or work.active:
+    if async_op is not False or work.active:
         r = work.route("scan", group, async_op,
                        lambda g: scan(x, op=op, exclusive=exclusive, group=g, timeout=timeout))
         if r is not work.HERE:

@@ -81,7 +81,7 @@ def _call(op: str, root: Any, group: Comm | None, timeout: float | None, async_o
           again: Callable[[Comm], Any], make: Callable[..., Any]) -> Any:
     """Where the call runs (`again(g)` is it, queued), then `_rooted`; a failure outside the
     exchange's own guard is told to the peers (`Comm.refuse`)."""
-    if async_op or work.active:
+    if async_op is not False or work.active:
         r = work.route(op, group, async_op, again)
         if r is not work.HERE:
             return r

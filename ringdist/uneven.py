@@ -103,7 +103,7 @@ def all_to_all(x: Any, *, splits: Any = None, group: Comm | None = None, timeout
     source-rank order. Without `splits` x.shape[0] must divide by N (every rank's x the
     same shape); with `splits` (N row counts summing to x.shape[0]) ranks send any counts,
     and receivers learn them from the headers. Dtype and trailing dims equal everywhere."""
-    if async_op or work.active:
+    if async_op is not False or work.active:
         r = _route_all_to_all(x, splits, group, timeout, async_op)
         if r is not work.HERE:
             return r
@@ -211,7 +211,7 @@ def scatter(x: Any, root: int = 0, *, uneven: bool = False, group: Comm | None =
     anything; it is ignored) and learn the shape and dtype from the root's header. With
     `uneven=True` (on every rank) the root's `x` is a list of N arrays, block r for rank r,
     of any row counts (the dtype and the other dims alike)."""
-    if async_op or work.active:
+    if async_op is not False or work.active:
         r = work.route("scatter", group, async_op,
                        lambda g: scatter(x, root, uneven=uneven, group=g, timeout=timeout))
         if r is not work.HERE:

@@ -41,6 +41,7 @@ import threading
 from typing import Any, Callable
 
 from . import channel, comm as comm_module, deadlines, engine, forks, handle, jobs, runners
+from .calls import check_flag
 from .comm import Comm
 from .handle import Work, log
 from .jobs import Job
@@ -79,6 +80,8 @@ def route(op: str, group: Any, async_op: bool, call: Callable[[Comm], Any], p2p:
     if engine.on_progress_thread():
         return HERE
     g = _resolve(group)
+    if async_op is not True and async_op is not False:
+        _check_async_op(g, op, async_op, p2p)
     if not async_op and g not in jobs.pending:
         return HERE
     work = Work(op, g)
@@ -98,6 +101,18 @@ def route(op: str, group: Any, async_op: bool, call: Callable[[Comm], Any], p2p:
     if p2p:
         _wake()
     return work if async_op else work.wait()
+
+
+def _check_async_op(g: Comm, op: str, async_op: Any, p2p: bool) -> None:
+    """TypeError unless `async_op` is True or False (numpy's bools too): a string "False" or a
+    None would otherwise choose a Work on this rank and an array on its peers. A collective's is
+    refused on every rank (`Comm.refuse`), as its other arguments are; a message's sends nothing."""
+    try:
+        check_flag(async_op, "async_op", g, op)
+    except TypeError as exc:
+        if not p2p:
+            g.refuse(op, exc)
+        raise
 
 
 def _ensure_exit_hook() -> None:

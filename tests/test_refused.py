@@ -81,6 +81,11 @@ def _cases(n: int) -> dict:
         "scatter of None at the root": (lambda g: rd.scatter(None, root=BAD, group=g),
                                         lambda g: rd.scatter(None, root=BAD, group=g),
                                         "the root passes the array to scatter, got None"),
+        "all_gather async_op 'False'": (lambda g: rd.all_gather(good, async_op="False", group=g),
+                                        lambda g: rd.all_gather(good, group=g), "async_op must be True or False"),
+        "all_sum async_op None": (lambda g: rd.all_sum(good, async_op=None, group=g),
+                                  lambda g: rd.all_sum(good, async_op=True, group=g).wait(),
+                                  "async_op must be True or False"),
         "gather uneven 1": (lambda g: rd.gather(good, uneven=1, group=g),
                             lambda g: rd.gather(good, uneven=True, group=g), "uneven must be True or False"),
         "scatter_object count": (lambda g: rd.scatter_object([0] * (n + 1), root=BAD, group=g),
@@ -208,3 +213,26 @@ def test_a_refused_call_from_a_second_thread_fails_the_running_call():
         told = got[(r, "all_sum")] if got[(r, "all_sum")] != "ok" else got[(r, "next")]
         assert told.startswith(f"MismatchError: rank {r}: ") and "aborted by rank 0" in told, got
     assert len(re.findall(r"^\[\d\] group broken$", res.stdout, re.M)) == 3, res.stdout
+
+
+@pytest.mark.parametrize("call", [
+    lambda g: rd.send(np.ones(2), 1, async_op="no", group=g),
+    lambda g: rd.recv(2, np.float64, 1, async_op=0, group=g),
+    lambda g: rd.sendrecv(np.ones(2), 1, 1, async_op=None, group=g),
+    lambda g: rd.send_object("x", 1, async_op="True", group=g),
+])
+def test_a_message_whose_async_op_is_not_a_bool_is_refused_and_sends_nothing(call):
+    """A message's async_op other than True or False (a string from a config file, None) raises
+    TypeError on its rank before anything is sent (a "False" would otherwise give a Work where the
+    peer's call gives an array); like its other arguments, it leaves the pair in step."""
+    def rank(g: rd.Group):
+        if g.rank() == 0:
+            with pytest.raises(TypeError, match=r"^rank 0: \w+: async_op must be True or False, got "):
+                call(g)
+            rd.send(np.array([2.5]), 1, group=g)
+            return rd.recv(1, np.float64, 1, group=g).tolist()
+        got = rd.recv(1, np.float64, 0, group=g).tolist()
+        rd.send(np.array([3.5]), 0, group=g)
+        return got
+
+    assert run_ranks(2, rank) == [[3.5], [2.5]]
