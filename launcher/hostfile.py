@@ -127,7 +127,9 @@ def load_hostfile(path: str | Path) -> Hostfile:
     if _nested_too_deep(text):
         raise ConfigError(f"{source}: JSON nested more than {MAX_DEPTH} levels deep")
     try:
-        data = json.loads(text)
+        data = json.loads(text, object_pairs_hook=_unique_fields)
+    except _RepeatedField as e:
+        raise ConfigError(f"{source}: field {_show(e.args[0])} appears twice in one object") from None
     except json.JSONDecodeError as e:
         raise ConfigError(
             f"{source}: not valid JSON: {e.msg} (line {e.lineno}, column {e.colno})"
@@ -135,6 +137,21 @@ def load_hostfile(path: str | Path) -> Hostfile:
     except ValueError:  # an integer of thousands of digits (Python's int_max_str_digits)
         raise ConfigError(f"{source}: not valid JSON: a number with too many digits") from None
     return parse_hostfile(data, source)
+
+
+class _RepeatedField(ValueError):
+    """A JSON object with a key twice (json keeps the last: `"slots": 1, "slots": 2` would run 2)."""
+
+
+def _unique_fields(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _RepeatedField(key)
+            seen.add(key)
+    return obj
 
 
 def _read_bounded(path: str | Path, source: str) -> bytes:
@@ -217,6 +234,7 @@ def parse_hosts_arg(spec: str) -> Hostfile:
             raise ConfigError(f"{source}: entry {i}: empty host name in {spec!r}")
         _check_ssh_name(name, source, f"entry {i}")
         if _is_ip(name):
+            _check_one_host(name, source, f"entry {i}")
             ips: tuple[str, ...] = (name,)
         elif is_local_host(name):
             ips = (LOCAL_DEFAULT_IP,)
@@ -356,6 +374,7 @@ def _parse_host(entry: Any, source: str, where: str) -> Host:
             raise ConfigError(
                 f"{_at(source, f'{where}.ips[{j}]')}expected an IP address, got {_show(ip)}"
             )
+        _check_one_host(ip, source, f"{where}.ips[{j}]")
     ips = tuple(ips_value)
     if not ips and (ssh is None or is_local_host(ssh)):
         ips = (LOCAL_DEFAULT_IP,)
@@ -445,6 +464,25 @@ def _is_ip(text: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+def _check_one_host(text: str, source: str, where: str) -> None:
+    """ConfigError for an IP address that is no one host's: every interface (0.0.0.0, ::), a
+    multicast group or the broadcast address. Binding to one can succeed, but peers told to dial
+    it reach no rank (0.0.0.0 reaches whatever host dials it), and the job fails only at connect."""
+    addr = ipaddress.ip_address(text)
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        addr = addr.ipv4_mapped
+    if addr.is_unspecified:
+        why = "means every interface, not an address peers can dial"
+    elif addr.is_multicast:
+        why = "is a multicast group"
+    elif addr == ipaddress.IPv4Address("255.255.255.255"):
+        why = "is the broadcast address"
+    else:
+        return
+    raise ConfigError(f"{_at(source, where)}{text} {why}: give an address of that host "
+                      f"(127.0.0.1 for this machine)")
 
 
 def _at(source: str, where: str) -> str:

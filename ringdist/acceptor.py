@@ -80,7 +80,9 @@ class RefusalLog:
 def _where(addr: Any) -> str:
     if isinstance(addr, tuple) and len(addr) >= 2:
         return f"[{addr[0]}]:{addr[1]}" if ":" in str(addr[0]) else f"{addr[0]}:{addr[1]}"
-    return str(addr) or "a local socket"
+    # A Unix client's path is the stranger's to choose: shown quoted, so a newline or an escape
+    # sequence in it cannot pass for a line of the job's output.
+    return repr(addr) if addr else "a local socket"
 
 
 class _Pending:

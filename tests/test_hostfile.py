@@ -155,7 +155,7 @@ def test_hosts_argument():
     ]
 
 
-@pytest.mark.parametrize("spec", ["", "a,,b", "a:0", "a:two", "[::1", "-oProxyCommand=x"])
+@pytest.mark.parametrize("spec", ["", "a,,b", "a:0", "a:two", "[::1", "-oProxyCommand=x", "0.0.0.0", "224.0.0.1:2"])
 def test_bad_hosts_argument(spec):
     with pytest.raises(ConfigError, match=r"^--hosts: "):
         parse_hosts_arg(spec)
@@ -206,6 +206,15 @@ MALFORMED = [
     ('[{"ips": ["127.0.0.1", "300.1.1.1"]}]', r'\[0\]\.ips\[1\]: expected an IP address, got "300\.1\.1\.1"'),
     ('[{"ips": ["node1"]}]', r'\[0\]\.ips\[0\]: expected an IP address, got "node1"'),
     ('[{"ips": [1]}]', r"\[0\]\.ips\[0\]: expected an IP address, got 1"),
+    ('[{"ips": ["0.0.0.0"]}]', r"\[0\]\.ips\[0\]: 0\.0\.0\.0 means every interface, not an address peers can dial: "
+                             r"give an address of that host \(127\.0\.0\.1 for this machine\)"),
+    ('[{"ips": ["127.0.0.1", "::"]}]', r"\[0\]\.ips\[1\]: :: means every interface"),
+    ('[{"ips": ["255.255.255.255"]}]', r"\[0\]\.ips\[0\]: 255\.255\.255\.255 is the broadcast address"),
+    ('[{"ips": ["224.0.0.1"]}]', r"\[0\]\.ips\[0\]: 224\.0\.0\.1 is a multicast group"),
+    ('[{"ips": ["ff02::1"]}]', r"\[0\]\.ips\[0\]: ff02::1 is a multicast group"),
+    ('[{"ips": ["::ffff:239.1.2.3"]}]', r"::ffff:239\.1\.2\.3 is a multicast group"),
+    ('{"hosts": [{"ips": ["127.0.0.1"], "slots": 1, "slots": 2}]}', r'field "slots" appears twice in one object'),
+    ('{"hosts": [{}], "hosts": [{}, {}]}', r'field "hosts" appears twice in one object'),
     ('{"hosts": [{}], "envs": "A=1"}', r'envs: expected a list of "NAME=value" strings'),
     ('{"hosts": [{}], "envs": ["A=1", "NOEQUALS"]}', r'envs\[1\]: expected "NAME=value", got "NOEQUALS"'),
     ('{"hosts": [{}], "envs": ["1A=x"]}', r'envs\[0\]: expected "NAME=value"'),

@@ -355,3 +355,28 @@ def test_rendezvous_out_of_file_descriptors_neither_spins_nor_keeps_ranks_out():
         for s in socks:
             s.close()
         server.kill()
+
+
+def test_a_local_stranger_s_socket_path_is_logged_quoted(tmp_path, caplog):
+    """A stranger on a rank's local (Unix) socket chooses its own path: a newline or a terminal
+    escape in it is shown escaped in the refusal, never as a line or colour of its own."""
+    from ringdist.endpoint import Endpoint
+
+    ep = Endpoint(b"s" * 32, ["127.0.0.1"], connect_timeout=2.0, label="rank 0", local="auto")
+    try:
+        if ep.local_name is None:
+            pytest.skip("no local sockets here")
+        path = str(tmp_path / "x\n[1] ringdist-launch: FORGED \x1b[31mred\x1b[0m")
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock, caplog.at_level("WARNING", "ringdist"):
+            sock.bind(path)
+            sock.connect("\0" + ep.local_name)
+            sock.sendall(b"GARBAGE" * 10)
+            deadline = time.monotonic() + 10
+            while not any("refused connection from" in r.getMessage() for r in caplog.records):
+                assert time.monotonic() < deadline, "no refusal logged"
+                time.sleep(0.02)
+    finally:
+        ep.close()
+    (line,) = [r.getMessage() for r in caplog.records if "refused connection from" in r.getMessage()]
+    assert "\n" not in line and "\x1b" not in line, line
+    assert "FORGED \\x1b[31mred" in line and "x\\n[1]" in line, line
