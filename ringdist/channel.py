@@ -694,11 +694,13 @@ class Channel:
 
     `buffers` is the (receive, send) buffer bytes of the socket, 0 leaving one to the
     kernel; None means the process default (`configure_defaults`). `world_ranks`: each group
-    rank's rank in the world, named in errors where it differs (in a sub-group).
+    rank's rank in the world, named in errors where it differs (in a sub-group). `listens`:
+    the peer's addresses, for a connection it made (errors name the first).
     """
 
     def __init__(self, sock: socket.socket, *, me: int, peer: int, group: str, role: str, lane: int = 0,
-                 buffers: tuple[int, int] | None = None, world_ranks: list[int] | None = None):
+                 buffers: tuple[int, int] | None = None, world_ranks: list[int] | None = None,
+                 listens: list[tuple[str, int]] | None = None):
         self.sock = sock
         self.me = me
         self.peer = peer
@@ -706,7 +708,9 @@ class Channel:
         self.group = group
         self.role = role  # "left", "right", "p2p-in", "p2p-out": how this rank uses it
         self.lane = lane
-        self.address = peer_address(sock)
+        # Where the peer listens, for a connection it dialed (`listens`: its addresses): the
+        # other end's own port is one the kernel chose, which names no rank.
+        self.address = f"{listens[0][0]}:{listens[0][1]}" if listens else peer_address(sock)
         configure(sock, buffers)
         sock.setblocking(False)
         self.fd = sock.fileno()

@@ -729,7 +729,7 @@ class Comm:
                                            f"{op} in group {self.gid!r}: waiting for rank {peer} to send",
                                            check=check, source=self._addresses[peer])
                 table[peer] = [Channel(sock, me=self._rank, peer=peer, group=self.gid, role="p2p-in",
-                                       world_ranks=self._world_ranks), 0]
+                                       world_ranks=self._world_ranks, listens=self._addresses[peer]), 0]
         elif outgoing:
             self._check_outgoing(table[peer][0], peer)
         entry = table[peer]
@@ -749,7 +749,8 @@ class Comm:
                                           self._addresses[peer])
         if sock is None:
             return None
-        ch = Channel(sock, me=self._rank, peer=peer, group=self.gid, role="p2p-in", world_ranks=self._world_ranks)
+        ch = Channel(sock, me=self._rank, peer=peer, group=self.gid, role="p2p-in", world_ranks=self._world_ranks,
+                     listens=self._addresses[peer])
         self._p2p_in[peer] = [ch, 0]
         return ch
 

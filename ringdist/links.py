@@ -68,7 +68,8 @@ class Links:
             sock = self.endpoint.take(InboxKey(self.group, p, KIND, 0), accept_deadline,
                                       f"group {self.group!r}: waiting for rank {p} to connect", check=check,
                                       source=self.addresses[p])
-        ch = Channel(sock, me=self.rank, peer=p, group=self.group, role=KIND, world_ranks=self.world_ranks)
+        ch = Channel(sock, me=self.rank, peer=p, group=self.group, role=KIND, world_ranks=self.world_ranks,
+                     listens=self.addresses[p] if self.rank > p else None)
         self.own.append(ch)
         self._file(p, ch)
         return ch

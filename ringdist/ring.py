@@ -38,7 +38,7 @@ class RingLinks:
                                      f"ring of group {group!r}: waiting for rank {left} to connect (lane {lane})",
                                      source=addresses[left])
                 self.left.append(Channel(sock, me=rank, peer=left, group=group, role="left", lane=lane,
-                                         world_ranks=self.world_ranks))
+                                         world_ranks=self.world_ranks, listens=addresses[left]))
         except BaseException:
             self.close()
             raise

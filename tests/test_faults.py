@@ -205,3 +205,34 @@ def test_a_peer_lost_while_receiving_is_named_with_the_call():
     message = run_ranks(2, rank, shm=False)[0]
     assert re.match(r"rank 0: lost rank 1 \(127\.0\.0\.1:\d+, right link of group 'world'\) during broadcast: "
                     r"connection closed by peer", message), message
+
+
+@pytest.mark.parametrize("call", ["all_sum", "recv"])
+@pytest.mark.parametrize("shm", [False, True], ids=["tcp", "shm"])
+def test_an_error_names_a_peer_by_the_address_it_listens_on(shm, call):
+    """A connection the peer dialed has a port its kernel chose at the far end: an error names
+    the peer by the address it listens on (as on the connections this rank dialed), whichever
+    side dialed. Rank 0 makes no call: rank 1 times out on a link rank 0 dialed (a ring's left
+    link, or the pair's message connection, which its sender dials)."""
+    from harness import run_ranks
+    import numpy as np
+    import ringdist as rd
+
+    def rank(g):
+        ip, port = g._addresses[0][0]
+        if g.rank() == 0:
+            rd.send(np.ones(1), 1, group=g)
+            rd.barrier(group=g)
+            time.sleep(1.0)  # rank 1 times out meanwhile
+            return None
+        rd.recv(1, np.float64, 0, group=g)
+        rd.barrier(group=g)
+        with pytest.raises(rd.RingTimeoutError) as info:
+            if call == "recv":
+                rd.recv(1, np.float64, 0, group=g, timeout=0.3)
+            else:
+                rd.all_sum(np.ones(1), group=g, timeout=0.3)
+        return f"{ip}:{port}", str(info.value)
+
+    (where, text), = [r for r in run_ranks(2, rank, shm=shm) if r is not None]
+    assert re.search(rf"rank 0 \({re.escape(where)}, (left|mesh|p2p-in) link of group 'world'\)", text), (where, text)
