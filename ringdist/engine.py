@@ -190,9 +190,16 @@ def sync_fds(poller: "select.poll", old: dict[int, int], new: dict[int, int]) ->
     return new
 
 
+def _progress(f: Inflow) -> str:
+    """How far an inflow got: '10 of 64 bytes', with ', header not yet received' until it has;
+    a header alone (a step that carries no data) is 'its header not yet received'."""
+    if not f.total:
+        return "its header not yet received" if f.need_header else "0 bytes"
+    return f"{f.received} of {f.total} bytes{', header not yet received' if f.need_header else ''}"
+
+
 def stall_message(inflows: list[Inflow], outflows: list[Outflow], op: str, me: int, timeout: float) -> str:
-    waits = [f"receiving from {f.ch.describe()} ({f.received} of {f.total} bytes"
-             f"{', header not yet received' if f.need_header else ''})" for f in inflows if not f.done]
+    waits = [f"receiving from {f.ch.describe()} ({_progress(f)})" for f in inflows if not f.done]
     waits += [f"sending to {f.ch.describe()} ({f.framed} of {f.total} bytes framed)"
               for f in outflows if not f.done and f.blocked]
     detail = "; ".join(waits) or "waiting"

@@ -236,3 +236,22 @@ def test_an_error_names_a_peer_by_the_address_it_listens_on(shm, call):
 
     (where, text), = [r for r in run_ranks(2, rank, shm=shm) if r is not None]
     assert re.search(rf"rank 0 \({re.escape(where)}, (left|mesh|p2p-in) link of group 'world'\)", text), (where, text)
+
+
+def test_a_stall_in_a_step_that_carries_no_data_says_its_header_is_awaited():
+    """Past 8 ranks over TCP an all-reduce's neighbours first trade headers alone: a stall there
+    says the header is awaited, not "0 of 0 bytes"."""
+    from harness import run_ranks
+    import numpy as np
+    import ringdist as rd
+
+    def rank(g):
+        if g.rank() != 0:
+            time.sleep(1.0)
+            return None
+        with pytest.raises(rd.RingTimeoutError) as info:
+            rd.all_sum(np.ones(1), group=g, timeout=0.3)
+        return str(info.value)
+
+    text = run_ranks(9, rank, shm=False)[0]
+    assert "(its header not yet received)" in text and "0 of 0 bytes" not in text, text
