@@ -16,20 +16,22 @@ REDUCE_OPS = tuple(REDUCE_UFUNCS)
 REDUCERS = {f"all_{op}": ufunc for op, ufunc in REDUCE_UFUNCS.items()}  # by the all-reduce's call name
 
 
-def as_array(x: Any, op: str | None = None) -> np.ndarray:
+def as_array(x: Any, op: str | None = None, g: Any = None) -> np.ndarray:
     """`x` as an array of a dtype ringdist can send: any dtype with a fixed item size (a
-    TypeError naming the call `op` otherwise)."""
+    TypeError naming the call `op`, and the rank of communicator `g`, otherwise)."""
     arr = np.asarray(x)
     if arr.dtype.hasobject or arr.dtype.itemsize == 0:
         why = ("ringdist sends raw array bytes; object arrays are not supported" if arr.dtype.hasobject else
                f"dtype {arr.dtype} has no fixed item size")
-        raise TypeError(f"{op}: {why}" if op else why)
+        if op:
+            why = f"{op}: {why}"
+        raise TypeError(f"rank {g.rank()}: {why}" if g is not None else why)
     return arr
 
 
-def as_rows(x: Any, op: str | None = None) -> np.ndarray:
+def as_rows(x: Any, op: str | None = None, g: Any = None) -> np.ndarray:
     """The input of a gather: a 0-d array counts as shape (1,)."""
-    arr = as_array(x, op)
+    arr = as_array(x, op, g)
     return arr.reshape(1) if arr.ndim == 0 else arr
 
 

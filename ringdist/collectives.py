@@ -29,7 +29,7 @@ def gather_rows(x: Any, *, group: Comm | None = None, op: str = "all_gather",
     if g is None:
         g = _comm(group, timeout, op)
     try:
-        arr = as_rows(x, op)
+        arr = as_rows(x, op, g)
         n = g.size()
         out = buffers.cache.empty((n * arr.shape[0],) + arr.shape[1:], arr.dtype)
         if n == 1:
@@ -89,7 +89,7 @@ def gather(x: Any, root: int = 0, *, uneven: bool = False, group: Comm | None = 
         if uneven:
             return uneven_module.gather_uneven(x, root, g, timeout)
         root = check_root(root, g, "gather")
-        arr = as_rows(x, "gather")
+        arr = as_rows(x, "gather", g)
         if g.size() == 1:
             return gather_rows(arr, group=g, op="gather", timeout=timeout)
         algorithm = tuning.choose(g, "gather", arr.nbytes)
@@ -133,7 +133,7 @@ def _all_reduce(x: Any, group: Comm | None, op: str, timeout: float | None, name
     if g is None:
         g = _comm(group, timeout, call)
     try:
-        arr = as_array(x, call)
+        arr = as_array(x, call, g)
         check_reducible(arr, op, call, g)
         if name is not None:
             extra["reduce"] = op.removeprefix("all_")
@@ -222,7 +222,7 @@ def _all_average(x: Any, group: Comm | None, timeout: float | None, async_op: bo
             return r
     g = _comm(group, timeout, call)
     try:
-        arr = as_array(x, call)
+        arr = as_array(x, call, g)
         check_reducible(arr, "all_sum", call, g)
         if not _averages(arr.dtype):
             raise TypeError(f"rank {g.rank()}: {call}: dtype {arr.dtype} cannot hold an average; pass a floating "
@@ -277,7 +277,7 @@ def _reduce_scatter(x: Any, op: str, group: Comm | None, timeout: float | None, 
     g = _comm(group, timeout, call)
     n = g.size()
     try:
-        arr = as_rows(x, call)
+        arr = as_rows(x, call, g)
         check_reducible(arr, "all_" + op, call, g)
         if counts is not None:
             return uneven_module.reduce_scatter_counts(g, arr, op, counts, timeout)
@@ -313,7 +313,7 @@ def broadcast(x: Any, root: int = 0, *, group: Comm | None = None, timeout: floa
     g = _comm(group, timeout, "broadcast")
     n, r = g.size(), g.rank()
     try:
-        arr = as_array(x, "broadcast")
+        arr = as_array(x, "broadcast", g)
         root = check_root(root, g, "broadcast")
         out = buffers.cache.empty(arr.shape, arr.dtype)
         if r == root:

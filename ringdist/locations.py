@@ -47,7 +47,7 @@ def _located(x: Any, index: Any, which: str, group: Comm | None, timeout: float 
             return r
     g = _comm(group, timeout, call)
     try:
-        arr = as_array(x, call)
+        arr = as_array(x, call, g)
         check_reducible(arr, f"all_{which}", call, g)
         mine = _index(index, arr, g, call)
     except Exception as exc:

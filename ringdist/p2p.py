@@ -72,7 +72,7 @@ class _Send:
         g = self.g
         self.peer = g.check_peer(self.peer, "send", "dst")
         self.tag = check_tag(self.tag, "send", g.rank())
-        self.arr = as_array(self.x, self.op)
+        self.arr = as_array(self.x, self.op, g)
         self.data = np.ascontiguousarray(self.arr)
         self.dtag = _dtype_tag(self.arr.dtype, "send", g)
         g.check_usable("send")
@@ -410,7 +410,7 @@ def sendrecv(x: Any, dst: "int | None", src: "int | None", *, shape: Any = None,
         raise TypeError(f"rank {me}: sendrecv: ringdist receives raw array bytes; object dtypes are not "
                         f"supported")
     if dst is not None:
-        _dtype_tag(as_array(x, "sendrecv").dtype, "sendrecv", g)
+        _dtype_tag(as_array(x, "sendrecv", g).dtype, "sendrecv", g)
     if _is_rank(dst, me) and _is_rank(src, me):  # a periodic dimension of size 1: this rank's own x
         return _to_self(x, shape, dtype, int(sendtag), int(recvtag), status, g, async_op)
     for peer, role in ((dst, "dst"), (src, "src")):
@@ -447,7 +447,7 @@ def _to_self(x: Any, shape: Any, dtype: Any, sendtag: int, recvtag: int, status:
              async_op: bool) -> Any:
     """A sendrecv from this rank to itself (MPI's Sendrecv allows it): a copy of `x`, checked
     against `shape`, `dtype` and `recvtag` as a message from another rank would be."""
-    arr = as_array(x, "sendrecv")
+    arr = as_array(x, "sendrecv", g)
     receiving = _Recv(shape, dtype, ANYONE, g, None, recvtag)
     receiving.op = "sendrecv"
     receiving.start()  # checked as a receive from another rank is

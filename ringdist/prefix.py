@@ -36,7 +36,7 @@ def scan(x: Any, *, op: str = "sum", exclusive: bool = False, group: Comm | None
         reduction = check_reduce_op(op, g, "scan")
         check_flag(exclusive, "exclusive", g, "scan")
         exclusive = bool(exclusive)
-        arr = as_array(x, "scan")
+        arr = as_array(x, "scan", g)
         check_reducible(arr, reduction, "scan", g)
         if g.size() == 1:
             g.check_usable("scan")

@@ -119,7 +119,7 @@ def all_to_all(x: Any, *, splits: Any = None, group: Comm | None = None, timeout
 
 def _all_to_all(g: Comm, x: Any, splits: Any, timeout: float | None) -> np.ndarray:
     n = g.size()
-    arr = as_rows(x, "all_to_all")
+    arr = as_rows(x, "all_to_all", g)
     if splits is not None:
         return _all_to_all_splits(g, arr, _counts(splits, arr.shape[0], n, g.rank()), timeout)
     if arr.shape[0] % n:
@@ -232,7 +232,7 @@ def _scatter(g: Comm, x: Any, root: Any, timeout: float | None) -> np.ndarray:
     root = check_root(root, g, "scatter")
     if r == root and x is None:
         raise TypeError(f"rank {r}: scatter: the root passes the array to scatter, got None")
-    arr = as_rows(x, "scatter") if r == root else NOTHING
+    arr = as_rows(x, "scatter", g) if r == root else NOTHING
     if r == root:
         if arr.shape[0] % n:
             raise ValueError(f"rank {r}: scatter: x.shape[0] = {arr.shape[0]} is not divisible by the group size {n}")
@@ -296,7 +296,7 @@ def all_gather_uneven(x: Any, g: Comm, timeout: float | None) -> np.ndarray:
 
 
 def _all_gather_uneven(x: Any, g: Comm, timeout: float | None) -> np.ndarray:
-    arr = as_rows(x, "all_gather")
+    arr = as_rows(x, "all_gather", g)
     if g.size() == 1:
         g.check_usable("all_gather")
         return _assemble([(arr.shape[0], byte_view(np.ascontiguousarray(arr)))], arr.shape[1:], arr.dtype)
@@ -318,14 +318,15 @@ def _gathered_rows(g: Comm, arr: np.ndarray, op: str, table_op: str, timeout: fl
     return _assemble(blocks, arr.shape[1:], arr.dtype)
 
 
-def _blocks_for_ranks(x: Any, n: int, r: int) -> list[np.ndarray]:
+def _blocks_for_ranks(x: Any, g: Comm) -> list[np.ndarray]:
     """An uneven scatter's `x` on the root: N arrays alike but for their rows, C-contiguous."""
+    n, r = g.size(), g.rank()
     if not isinstance(x, (list, tuple)):
         raise TypeError(f"rank {r}: scatter: with uneven=True the root passes a list of {n} arrays, one for each "
                         f"rank, got {type(x).__name__}")
     if len(x) != n:
         raise ValueError(f"rank {r}: scatter: the root passes {n} arrays, one for each rank, got {len(x)}")
-    blocks = [np.ascontiguousarray(as_rows(b, "scatter")) for b in x]
+    blocks = [np.ascontiguousarray(as_rows(b, "scatter", g)) for b in x]
     first = blocks[0]
     for q, b in enumerate(blocks):
         if wire.dtype_tag(b.dtype) != wire.dtype_tag(first.dtype) or b.shape[1:] != first.shape[1:]:
@@ -342,7 +343,7 @@ def _scatter_uneven(g: Comm, x: Any, root: Any, timeout: float | None) -> np.nda
     n, r = g.size(), g.rank()
     root = check_root(root, g, "scatter")
     if r == root:
-        parts = _blocks_for_ranks(x, n, r)
+        parts = _blocks_for_ranks(x, g)
         try:
             tag = wire.header_dtype("scatter", parts[0].dtype)  # the others' headers will say it too
         except ValueError as exc:
@@ -390,7 +391,7 @@ def gather_uneven(x: Any, root: Any, g: Comm, timeout: float | None) -> np.ndarr
     all_to_all whose sizes ride in the headers. (The caller refuses what raises.)"""
     n, r = g.size(), g.rank()
     root = check_root(root, g, "gather")
-    arr = as_rows(x, "gather")
+    arr = as_rows(x, "gather", g)
     data = np.ascontiguousarray(arr)
     if n == 1:
         g.check_usable("gather")

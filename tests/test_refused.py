@@ -207,7 +207,7 @@ def test_a_refused_call_from_a_second_thread_fails_the_running_call():
                        env={"RINGDIST_TIMEOUT": "20", "RINGDIST_CONNECT_TIMEOUT": "10"})
     assert res.returncode == 0, res.stdout + res.stderr
     got = _outcomes(res.stdout)
-    assert got[(0, "thread")].startswith("TypeError: all_gather: ") and "object arrays" in got[(0, "thread")]
+    assert got[(0, "thread")].startswith("TypeError: rank 0: all_gather: ") and "object arrays" in got[(0, "thread")]
     assert got[(0, "all_sum")].startswith("MismatchError: rank 0: all_gather on group 'world' from thread"), got
     for r in (1, 2):  # in their all_sum, or at the next call if it completed before rank 0's failed
         told = got[(r, "all_sum")] if got[(r, "all_sum")] != "ok" else got[(r, "next")]
