@@ -81,7 +81,7 @@ def route(op: str, group: Any, async_op: bool, call: Callable[[Comm], Any], p2p:
         return HERE
     g = _resolve(group)
     if async_op is not True and async_op is not False:
-        _check_async_op(g, op, async_op, p2p)
+        call, async_op = _checked_async_op(g, op, async_op, p2p, call)
     if not async_op and g not in jobs.pending:
         return HERE
     work = Work(op, g)
@@ -103,16 +103,29 @@ def route(op: str, group: Any, async_op: bool, call: Callable[[Comm], Any], p2p:
     return work if async_op else work.wait()
 
 
-def _check_async_op(g: Comm, op: str, async_op: Any, p2p: bool) -> None:
-    """TypeError unless `async_op` is True or False (numpy's bools too): a string "False" or a
-    None would otherwise choose a Work on this rank and an array on its peers. A collective's is
-    refused on every rank (`Comm.refuse`), as its other arguments are; a message's sends nothing."""
+def _checked_async_op(g: Comm, op: str, async_op: Any, p2p: bool,
+                      call: Callable[[Comm], Any]) -> tuple[Callable[[Comm], Any], bool]:
+    """(call, flag) for an `async_op` that is not True or False: a numpy bool as a bool; anything
+    else (a string "False", None) would choose a Work on this rank and an array on its peers, and
+    raises TypeError. A message's sends nothing. A collective's is refused on every rank
+    (`Comm.refuse`), as its other arguments are, in its turn: behind the group's operations
+    issued before it, as a blocking call whose run raises (the peers' calls pair as issued)."""
     try:
         check_flag(async_op, "async_op", g, op)
     except TypeError as exc:
-        if not p2p:
+        if p2p:
+            raise
+        if g not in jobs.pending:
             g.refuse(op, exc)
-        raise
+            raise
+        refused = exc
+        return (lambda g: _refuse(g, op, refused)), False
+    return call, bool(async_op)
+
+
+def _refuse(g: Comm, op: str, exc: BaseException) -> None:
+    g.refuse(op, exc)
+    raise exc
 
 
 def _ensure_exit_hook() -> None:

@@ -261,7 +261,9 @@ CALLS_OVER_AN_ALL_REDUCE = {
 @pytest.mark.parametrize("name, n", STALL_CASES)
 def test_a_stall_under_a_call_built_on_an_all_reduce_names_that_call(name, n, call):
     """The last rank never calls: every rank that times out, or hears of another's timeout, names
-    the call it made (all_avg, reduce, all_maxloc), not the all-reduce under it (all_sum, all_max)."""
+    the call it made (all_avg, reduce, all_maxloc), not the all-reduce under it (all_sum, all_max).
+    (The shared-memory algorithms, and direct's rooted reduce, which gathers under the call's
+    header, named it already: those cases guard it.)"""
     def rank(g: rd.Group) -> str | None:
         if g.rank() == n - 1:
             return None

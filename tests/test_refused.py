@@ -236,3 +236,22 @@ def test_a_message_whose_async_op_is_not_a_bool_is_refused_and_sends_nothing(cal
         return got
 
     assert run_ranks(2, rank) == [[3.5], [2.5]]
+
+
+def test_a_bad_async_op_behind_outstanding_work_is_refused_in_its_turn():
+    """A collective's bad async_op issued while the group has async work outstanding is refused
+    in its turn, as a bad root is: the work issued before it completes alike on every rank, and
+    only the refused call fails, on both ranks, with the refusing rank's error."""
+    def rank(g: rd.Group):
+        x = np.ones(4)
+        if g.rank() == 0:
+            w = rd.all_sum(x, async_op=True, group=g)
+            with pytest.raises(TypeError, match=r"^rank 0: broadcast: async_op must be True or False, got 'no'$"):
+                rd.broadcast(x, async_op="no", group=g)
+            return w.wait().tolist()
+        first = rd.all_sum(x, group=g).tolist()
+        with pytest.raises(rd.RingError, match=r"broadcast aborted by rank 0: TypeError: rank 0: broadcast: async_op"):
+            rd.broadcast(x, group=g)
+        return first
+
+    assert run_ranks(2, rank) == [[2.0] * 4] * 2

@@ -357,18 +357,22 @@ def test_rendezvous_out_of_file_descriptors_neither_spins_nor_keeps_ranks_out():
         server.kill()
 
 
-def test_a_local_stranger_s_socket_path_is_logged_quoted(tmp_path, caplog):
-    """A stranger on a rank's local (Unix) socket chooses its own path: a newline or a terminal
-    escape in it is shown escaped in the refusal, never as a line or colour of its own."""
+@pytest.mark.parametrize("where", ["abstract", "path"])
+def test_a_local_stranger_s_socket_path_is_logged_quoted(where, caplog):
+    """A stranger on a rank's local (Unix) socket chooses its own address: a newline or a terminal
+    escape in it is shown escaped in the refusal, never as a line or colour of its own (a path
+    arrives as a str; an abstract name as bytes)."""
+    import tempfile
     from ringdist.endpoint import Endpoint
 
+    forged = "x\n[1] ringdist-launch: FORGED \x1b[31mred\x1b[0m"
+    folder = tempfile.mkdtemp(prefix="rdtest-", dir="/tmp")  # short: a Unix path has ~108 bytes
     ep = Endpoint(b"s" * 32, ["127.0.0.1"], connect_timeout=2.0, label="rank 0", local="auto")
     try:
         if ep.local_name is None:
             pytest.skip("no local sockets here")
-        path = str(tmp_path / "x\n[1] ringdist-launch: FORGED \x1b[31mred\x1b[0m")
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock, caplog.at_level("WARNING", "ringdist"):
-            sock.bind(path)
+            sock.bind("\0" + forged if where == "abstract" else os.path.join(folder, forged))
             sock.connect("\0" + ep.local_name)
             sock.sendall(b"GARBAGE" * 10)
             deadline = time.monotonic() + 10
@@ -377,6 +381,9 @@ def test_a_local_stranger_s_socket_path_is_logged_quoted(tmp_path, caplog):
                 time.sleep(0.02)
     finally:
         ep.close()
+        for name in os.listdir(folder):
+            os.unlink(os.path.join(folder, name))
+        os.rmdir(folder)
     (line,) = [r.getMessage() for r in caplog.records if "refused connection from" in r.getMessage()]
     assert "\n" not in line and "\x1b" not in line, line
     assert "FORGED \\x1b[31mred" in line and "x\\n[1]" in line, line
