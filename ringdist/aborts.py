@@ -144,8 +144,11 @@ def _raise_next_abort(ch: Channel, seq: int, op: str) -> None:
     raise_remote(fields, ch, op)
 
 
+ABORT_BUDGET = 1.0  # seconds an ABORT may take to go out on all of a failure's connections
+
+
 def abort(outflows: list[Finishing], channels: list[Channel], exc: BaseException, me: int, seq: int | None,
-          timeout: float = 1.0) -> bytes:
+          timeout: float = ABORT_BUDGET) -> bytes:
     """Tell every peer on `channels` that collective `seq` failed (best effort, bounded); returns
     the ABORT frame, for peers that connect later (`Endpoint.note_aborted`)."""
     frame = wire.encode_map(wire.ABORT, abort_fields(exc, me, seq))

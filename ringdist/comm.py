@@ -48,6 +48,8 @@ HELD_LOOK = 0.002
 # ASK_TIMEOUT.
 ASK_AFTER = 0.5
 ASK_TIMEOUT = 0.2
+# A receive waiting for its sender's connection asks the same, at intervals that double up to this.
+ASK_MOST = 8.0
 _open_groups: "weakref.WeakSet[Comm]" = weakref.WeakSet()
 _default: "Callable[[], Comm] | None" = None  # makes the world group (set by `world`)
 
@@ -596,7 +598,8 @@ class Comm:
             # could land inside one of its frames. This failure's own connections (a message's)
             # are told now, the rest by that collective once its frames are out.
             own = [ch for ch in channels if ch.role.startswith("p2p")]
-            aborts.abort(outflows, own, exc, self._rank, seq)
+            frame = aborts.abort(outflows, own, exc, self._rank, seq)
+            self._tell_pairs(frame, own)
             if self._endpoint is not None:  # links that collective opens must still be made: no ABORT for them yet
                 self._endpoint.note_failure(self._why(exc))
             if len(own) < len(channels):
@@ -606,10 +609,46 @@ class Comm:
             self._caller[0] = me  # a thread that ended in a call holds nothing
             self._untold.clear()  # this ABORT says it all
             frame = aborts.abort(outflows, channels, exc, self._rank, seq)
+            self._tell_pairs(frame, channels)
             self.told_peers = self.told_peers or any(not ch.role.startswith("p2p") for ch in channels)
             self._caller.clear()  # the call is over
             if self._endpoint is not None:  # a peer that connects to this group from now on hears it too
                 self._endpoint.note_aborted(self.gid, frame, self._why(exc))
+
+    def _tell_pairs(self, frame: bytes, told: list[Channel]) -> None:
+        """The ABORT `frame` on the message connections of the group's pairs not `told` yet,
+        but where a message of the pair is under way in this rank's direction (its turn taken:
+        an ABORT now would land inside its frames). A peer waiting there for this rank's next
+        message, or sending one, raises at once instead of waiting out its timeout; one whose
+        next receive reads it raises then, after the messages sent before it."""
+        budget = deadlines.after(aborts.ABORT_BUDGET)
+        arrived = self._endpoint.filed(self.gid, "p2p") if self._endpoint is not None else []
+        for peer in arrived:  # a sender's connection not taken yet: it may be sending on it now
+            if peer not in self._p2p_in and 0 <= peer < self._size and peer != self._rank:
+                turn = self.p2p_turn(peer, False, "abort", None, wait=False)  # (a receive waiting for it)
+                if turn is not None:
+                    try:
+                        self.p2p_incoming(peer, "abort")
+                    except RingError:
+                        pass  # (it left: nothing to tell)
+                    finally:
+                        turn.release()
+        for outgoing, table in ((True, self._p2p_out), (False, self._p2p_in)):
+            for peer, (ch, _) in list(table.items()):
+                if ch in told or ch.closed:
+                    continue
+                # Only this rank writes on its outgoing connection's stream: a message's turn
+                # keeps others out; the incoming one carries nothing this way but ABORTs.
+                turn = self._p2p_turns.get((peer, True)) if outgoing else None
+                if turn is not None and not turn.acquire(False):
+                    continue
+                try:
+                    ch.send_control_blocking(frame, max(0.05, deadlines.left(budget)))
+                except RingError:
+                    pass  # (that peer is gone or stuck: its own wait reports it)
+                finally:
+                    if turn is not None:
+                        turn.release()
 
     def _why(self, exc: BaseException) -> str:
         """A failure as the rendezvous is told it (`Endpoint.note_failure`)."""
@@ -637,6 +676,7 @@ class Comm:
             return
         self._untold.clear()
         frame = aborts.abort([], self.channels, exc, self._rank, self._seq)  # from the call after the one that held them
+        self._tell_pairs(frame, [])
         self.told_peers = True
         if self._endpoint is not None:  # a peer that connects to this group from now on hears it too
             self._endpoint.note_aborted(self.gid, frame, self._why(exc))
@@ -713,8 +753,12 @@ class Comm:
             assert self._endpoint is not None
             deadline = deadlines.after(self.settings.connect_timeout if outgoing else self._timeout(timeout))
 
+            asked = [time.monotonic(), ASK_AFTER]
+
             def check() -> None:  # while it waits: the group failed here meanwhile (another message, a collective)
                 self.check_usable(op)
+                if not outgoing:
+                    self._ask_sender(peer, op, asked)
 
             if outgoing:
                 sock = self._endpoint.connect(self._addresses[peer], InboxKey(self.gid, self._rank, "p2p", 0),
@@ -735,6 +779,22 @@ class Comm:
         entry = table[peer]
         entry[1] += 1
         return entry[0], entry[1] - 1
+
+    def _ask_sender(self, peer: int, op: str, asked: list[float]) -> None:
+        """A receive waiting for `peer`'s connection asks `peer` whether the group failed there
+        (`Endpoint.ask_failed`), after ASK_AFTER and then at doubling intervals up to
+        ASK_MOST (`asked`: [last ask, interval]): a sender whose group broke sends nothing
+        more, and its ABORT went to the connections it had, not to one it never made. Raises
+        that ABORT."""
+        now = time.monotonic()
+        if now - asked[0] < asked[1]:
+            return
+        asked[0], asked[1] = now, min(asked[1] * 2, ASK_MOST)
+        assert self._endpoint is not None
+        told = self._endpoint.ask_failed(self._addresses[peer], self.gid, self._rank,
+                                         f"rank {peer} of group {self.gid!r}", ASK_TIMEOUT)
+        if told is not None:
+            aborts.raise_remote(told, SimpleNamespace(me=self._rank, peer=peer, world_ranks=self._world_ranks), op)  # type: ignore[arg-type]
 
     def p2p_incoming(self, peer: int, op: str, take: bool = True) -> Channel | None:
         """The connection for messages from `peer` if it has arrived (nothing is counted), else

@@ -1,0 +1,143 @@
+"""A group that breaks on one rank reaches the ranks it exchanges messages with.
+
+A broken group's ABORT goes on its collectives' connections, which a rank waiting in a receive
+or a send does not read. So it also goes on every message connection of the group's pairs with
+no message under way in the breaking rank's direction (an ABORT inside a message's frames would
+corrupt the stream), and a receive still waiting for its sender's connection asks the sender
+whether the group failed there. Either way the waiting rank raises the cause at once, instead
+of waiting out its timeout. Ranks are threads over real sockets (`harness`).
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+import ringdist as rd
+from harness import run_ranks
+
+CAUSE = "aborted by rank 0: TypeError: rank 0: all_sum: dtype <U1 is not numeric or bool"
+
+
+def _break(g: rd.Group) -> None:
+    """Rank 0 breaks the group: a collective refused for its argument (its peers hear of it on the
+    group's connections, which the waiting ranks here do not read)."""
+    with pytest.raises(TypeError):
+        rd.all_sum(np.array(["a"]), group=g)
+
+
+def _outcome(call) -> str:
+    try:
+        call()
+        return "returned"
+    except rd.RingError as exc:
+        return f"{type(exc).__name__}: {exc}"
+
+
+@pytest.mark.parametrize("shm", [False, True], ids=["tcp", "shm"])
+def test_a_receive_waiting_on_an_idle_pair_hears_its_sender_s_group_break(shm):
+    def rank(g: rd.Group):
+        if g.rank() == 0:
+            rd.send(np.arange(2.0), 1, group=g)  # the pair's connection is up, and idle after this
+            time.sleep(0.2)
+            _break(g)
+            time.sleep(1.0)
+            return None
+        if g.rank() == 2:
+            return None
+        first = rd.recv(2, np.float64, 0, group=g).tolist()
+        return first, _outcome(lambda: rd.recv(2, np.float64, 0, group=g, timeout=30))
+
+    first, second = run_ranks(3, rank, shm=shm)[1]
+    assert first == [0.0, 1.0]
+    assert second.startswith("RingError: rank 1: recv " + CAUSE), second
+
+
+def test_an_async_receive_on_an_idle_pair_hears_it_too():
+    def rank(g: rd.Group):
+        if g.rank() == 0:
+            rd.send(np.arange(2.0), 1, group=g)
+            time.sleep(0.2)
+            _break(g)
+            time.sleep(1.0)
+            return None
+        if g.rank() == 2:
+            return None
+        rd.recv(2, np.float64, 0, group=g)
+        w = rd.recv(2, np.float64, 0, group=g, timeout=30, async_op=True)
+        return _outcome(w.wait)
+
+    got = run_ranks(3, rank, shm=False)[1]
+    assert got.startswith("RingError: rank 1: recv " + CAUSE), got
+
+
+def test_messages_sent_before_the_break_arrive_first():
+    def rank(g: rd.Group):
+        if g.rank() == 0:
+            for k in range(3):
+                rd.send(np.full(4, float(k)), 1, group=g)
+            _break(g)
+            time.sleep(1.0)
+            return None
+        if g.rank() == 2:
+            return None
+        time.sleep(0.3)  # the ABORT is behind the three messages by now
+        got = [rd.recv(4, np.float64, 0, group=g).tolist() for _ in range(3)]
+        return got, _outcome(lambda: rd.recv(4, np.float64, 0, group=g, timeout=30))
+
+    got, after = run_ranks(3, rank, shm=False)[1]
+    assert got == [[float(k)] * 4 for k in range(3)]
+    assert after.startswith("RingError: rank 1: recv " + CAUSE), after
+
+
+def test_a_send_blocked_on_a_rank_whose_group_breaks_hears_it():
+    """Rank 1's 128 MiB send fills the connection's buffers and waits for rank 0 to read; rank 0
+    breaks the group instead (it has not taken the connection yet: it takes it to tell it)."""
+    def rank(g: rd.Group):
+        if g.rank() == 0:
+            time.sleep(0.5)
+            _break(g)
+            time.sleep(2.0)
+            return None
+        if g.rank() == 2:
+            return None
+        return _outcome(lambda: rd.send(np.ones(1 << 24), 0, group=g, timeout=30))
+
+    got = run_ranks(3, rank, shm=False)[1]
+    assert got.startswith("RingError: rank 1: send " + CAUSE), got
+
+
+def test_a_receive_waiting_for_a_connection_never_made_asks_its_sender():
+    def rank(g: rd.Group):
+        if g.rank() == 0:
+            _break(g)
+            time.sleep(2.0)
+            return None
+        if g.rank() == 2:
+            return None
+        return _outcome(lambda: rd.recv(2, np.float64, 0, group=g, timeout=30))
+
+    got = run_ranks(3, rank, shm=False)[1]
+    assert got.startswith("RingError: rank 1: recv " + CAUSE), got
+
+
+def test_a_message_under_way_is_not_cut_by_the_break():
+    """Rank 0's 64 MiB message is under way when its group breaks: its stream is left whole (no
+    ABORT inside its frames), and rank 1, reading slowly, gets it intact."""
+    def rank(g: rd.Group):
+        if g.rank() == 0:
+            w = rd.send(np.arange(1 << 23, dtype=np.float64), 1, group=g, async_op=True, timeout=30)
+            time.sleep(0.2)
+            _break(g)
+            w.wait()
+            time.sleep(0.5)
+            return None
+        if g.rank() == 2:
+            return None
+        time.sleep(0.6)
+        got = rd.recv(1 << 23, np.float64, 0, group=g, timeout=30)
+        return bool(np.array_equal(got, np.arange(1 << 23, dtype=np.float64)))
+
+    assert run_ranks(3, rank, shm=False)[1] is True
