@@ -625,7 +625,10 @@ class Comm:
         arrived = self._endpoint.filed(self.gid, "p2p") if self._endpoint is not None else []
         for peer in arrived:  # a sender's connection not taken yet: it may be sending on it now
             if peer not in self._p2p_in and 0 <= peer < self._size and peer != self._rank:
-                turn = self.p2p_turn(peer, False, "abort", None, wait=False)  # (a receive waiting for it)
+                try:
+                    turn = self.p2p_turn(peer, False, "abort", None, wait=False)  # (a receive waiting for it)
+                except RingError:
+                    break  # closed meanwhile: nothing more is told
                 if turn is not None:
                     try:
                         self.p2p_incoming(peer, "abort")
