@@ -36,6 +36,9 @@ DEPARTED_GRACE = 0.25
 PROBE_AFTER = 1.0
 PROBE_TIMEOUT = 0.05
 ENDED_KEPT = 4096  # ended groups whose late connections an endpoint closes (`discard`): the latest
+# Why a peer keeps cutting handshakes off, for the error after the last try: its log says which.
+CUT_OFF_HINT = ("; its acceptor drops handshakes it cannot serve: it is out of file descriptors "
+                "(raise ulimit -n) or flooded by strangers, and its log says which")
 ASK_KIND = "ask"  # a connection that asks whether a group failed at the rank dialed (`ask_failed`)
 
 
@@ -372,7 +375,8 @@ class Endpoint:
                                     f"({'; '.join(errors[-len(addresses):])}): it has left the job")
             if time.monotonic() + delay >= deadline:
                 tried = "; ".join(errors[-len(addresses):]) or "no address"
-                raise ConnectError(f"{self.label}: cannot reach {peer}: {tried} ({attempts} attempts)")
+                hint = CUT_OFF_HINT if tried.endswith("(connection closed before WELCOME)") else ""
+                raise ConnectError(f"{self.label}: cannot reach {peer}: {tried} ({attempts} attempts){hint}")
             if check is not None:
                 check()
             time.sleep(delay)

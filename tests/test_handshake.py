@@ -103,3 +103,44 @@ def test_a_rank_with_another_secret_fails_at_once_naming_the_refusal():
     assert res.stdout.startswith("AuthError: handshake with the rendezvous at 127.0.0.1:"), res.stdout + res.stderr
     assert "refused by peer: wrong job" in res.stdout
     assert elapsed < 30  # not RINGDIST_CONNECT_TIMEOUT's 60 s of trying again
+
+
+def test_a_peer_that_keeps_cutting_handshakes_off_is_reported_with_the_likely_reasons():
+    """A listener that accepts and closes every connection before WELCOME (an acceptor out of file
+    descriptors, or evicting under a flood): the dialer tries until its deadline, then its error
+    says what cuts handshakes off and where to look."""
+    import socket
+    import threading
+
+    from ringdist.endpoint import Endpoint, InboxKey
+    from ringdist.errors import ConnectError
+
+    lsock = socket.socket()
+    lsock.bind(("127.0.0.1", 0))
+    lsock.listen(64)
+    stop = threading.Event()
+
+    def cut_off() -> None:
+        lsock.settimeout(0.1)
+        while not stop.is_set():
+            try:
+                conn, _ = lsock.accept()
+            except OSError:
+                continue
+            conn.close()
+
+    thread = threading.Thread(target=cut_off, daemon=True)
+    thread.start()
+    ep = Endpoint(b"s" * 32, ["127.0.0.1"], connect_timeout=2.0, label="rank 0", local=None)
+    try:
+        with pytest.raises(ConnectError) as info:
+            ep.connect([lsock.getsockname()], InboxKey("world", 0, "ring", 0), time.monotonic() + 0.5, "rank 1")
+    finally:
+        stop.set()
+        thread.join(5)
+        ep.close()
+        lsock.close()
+    text = str(info.value)
+    assert "handshake cut off (connection closed before WELCOME)" in text, text
+    assert text.endswith("its acceptor drops handshakes it cannot serve: it is out of file descriptors "
+                         "(raise ulimit -n) or flooded by strangers, and its log says which"), text
