@@ -153,21 +153,24 @@ def abort(outflows: list[Finishing], channels: list[Channel], exc: BaseException
     the ABORT frame, for peers that connect later (`Endpoint.note_aborted`)."""
     frame = wire.encode_map(wire.ABORT, abort_fields(exc, me, seq))
     deadline = time.monotonic() + timeout  # one budget for the whole abort, not one per peer
-    finished = set()
     for flow in outflows:
         try:
             flow.finish_frame(max(0.0, deadline - time.monotonic()))
-            finished.add(flow.ch.fd)
         except RingError:
-            continue
+            flow.ch.cut = True  # mid-frame: an ABORT now, or ever, would corrupt the stream
     for ch in channels:
-        if ch.closed:
-            continue
-        owned = any(flow.ch is ch for flow in outflows)
-        if owned and ch.fd not in finished:
-            continue  # mid-frame: an ABORT now would corrupt the stream
-        try:
-            ch.send_control_blocking(frame, max(0.05, deadline - time.monotonic()))
-        except RingError:
-            pass
+        tell(ch, frame, deadline)
     return frame
+
+
+def tell(ch: Channel, frame: bytes, deadline: float) -> None:
+    """The ABORT `frame` on `ch` (best effort, by `deadline` or within 50 ms), unless the
+    channel is closed, has one already, or has a frame left unfinished on it. One that does not
+    go whole leaves the channel cut."""
+    if ch.closed or ch.cut or ch.aborted:
+        return
+    ch.aborted = True
+    try:
+        ch.send_control_blocking(frame, max(0.05, deadline - time.monotonic()))
+    except RingError:
+        ch.cut = True  # (some of it may have gone)

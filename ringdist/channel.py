@@ -716,6 +716,11 @@ class Channel:
         self.fd = sock.fileno()
         self.reader = wire.FrameReader(STAGE_SIZE, untouched(STAGE_SIZE))  # the frames read so far, and bytes read ahead
         self.closed = False
+        # A frame left unfinished on it (a failed message's, an ABORT cut short): nothing more
+        # may be written, for the peer would read it as the rest of that frame; and whether an
+        # ABORT went on it (one is enough). Both set by `aborts.abort` and `aborts.tell`.
+        self.cut = False
+        self.aborted = False
         # The last recv found the socket empty: it returned fewer bytes than it had room for
         # (what a poll for input at that moment would have said).
         self.drained = False

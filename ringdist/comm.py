@@ -49,7 +49,7 @@ HELD_LOOK = 0.002
 ASK_AFTER = 0.5
 ASK_TIMEOUT = 0.2
 # A receive waiting for its sender's connection asks the same, at intervals that double up to this.
-ASK_MOST = 8.0
+ASK_MOST = 2.0
 _open_groups: "weakref.WeakSet[Comm]" = weakref.WeakSet()
 _default: "Callable[[], Comm] | None" = None  # makes the world group (set by `world`)
 
@@ -618,7 +618,7 @@ class Comm:
     def _tell_pairs(self, frame: bytes, told: list[Channel]) -> None:
         """The ABORT `frame` on the message connections of the group's pairs not `told` yet,
         but where a message of the pair is under way in this rank's direction (its turn taken:
-        an ABORT now would land inside its frames). A peer waiting there for this rank's next
+        an ABORT now would land inside its frames), or one failed part-way (`Channel.cut`). A peer waiting there for this rank's next
         message, or sending one, raises at once instead of waiting out its timeout; one whose
         next receive reads it raises then, after the messages sent before it."""
         budget = deadlines.after(aborts.ABORT_BUDGET)
@@ -638,17 +638,16 @@ class Comm:
                         turn.release()
         for outgoing, table in ((True, self._p2p_out), (False, self._p2p_in)):
             for peer, (ch, _) in list(table.items()):
-                if ch in told or ch.closed:
+                if ch in told:
                     continue
                 # Only this rank writes on its outgoing connection's stream: a message's turn
-                # keeps others out; the incoming one carries nothing this way but ABORTs.
+                # keeps others out; the incoming one carries nothing this way but ABORTs. A
+                # message that failed part-way has released its turn but left its frame cut.
                 turn = self._p2p_turns.get((peer, True)) if outgoing else None
                 if turn is not None and not turn.acquire(False):
                     continue
                 try:
-                    ch.send_control_blocking(frame, max(0.05, deadlines.left(budget)))
-                except RingError:
-                    pass  # (that peer is gone or stuck: its own wait reports it)
+                    aborts.tell(ch, frame, budget)
                 finally:
                     if turn is not None:
                         turn.release()
@@ -788,7 +787,9 @@ class Comm:
         (`Endpoint.ask_failed`), after ASK_AFTER and then at doubling intervals up to
         ASK_MOST (`asked`: [last ask, interval]): a sender whose group broke sends nothing
         more, and its ABORT went to the connections it had, not to one it never made. Raises
-        that ABORT."""
+        that ABORT, and breaks the group here as one read on a connection does, unless the
+        connection has come meanwhile: a sender connects before it sends, so one that failed
+        after sending made it before failing, and it carries the messages, then the ABORT."""
         now = time.monotonic()
         if now - asked[0] < asked[1]:
             return
@@ -796,8 +797,13 @@ class Comm:
         assert self._endpoint is not None
         told = self._endpoint.ask_failed(self._addresses[peer], self.gid, self._rank,
                                          f"rank {peer} of group {self.gid!r}", ASK_TIMEOUT)
-        if told is not None:
+        if told is None or peer in self._endpoint.filed(self.gid, "p2p"):
+            return
+        try:
             aborts.raise_remote(told, SimpleNamespace(me=self._rank, peer=peer, world_ranks=self._world_ranks), op)  # type: ignore[arg-type]
+        except RingError as exc:
+            self._fail(op, [], None, [], exc)
+            raise
 
     def p2p_incoming(self, peer: int, op: str, take: bool = True) -> Channel | None:
         """The connection for messages from `peer` if it has arrived (nothing is counted), else

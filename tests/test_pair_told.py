@@ -10,6 +10,7 @@ of waiting out its timeout. Ranks are threads over real sockets (`harness`).
 
 from __future__ import annotations
 
+import re
 import time
 
 import numpy as np
@@ -141,3 +142,90 @@ def test_a_message_under_way_is_not_cut_by_the_break():
         return bool(np.array_equal(got, np.arange(1 << 23, dtype=np.float64)))
 
     assert run_ranks(3, rank, shm=False)[1] is True
+
+
+def test_a_receive_that_hears_by_asking_breaks_its_group_and_passes_it_on():
+    """Rank 1 learns of rank 0's break by asking (no connection between them): its group breaks
+    too, as when it reads an ABORT, so rank 2, waiting for rank 1's message, hears it by asking
+    rank 1 in turn."""
+    def rank(g: rd.Group):
+        if g.rank() == 0:
+            _break(g)
+            time.sleep(3.0)
+            return None
+        if g.rank() == 1:
+            first = _outcome(lambda: rd.recv(2, np.float64, 0, group=g, timeout=30))
+            then = _outcome(lambda: rd.send(np.ones(2), 2, group=g))
+            time.sleep(2.0)
+            return first, then
+        return _outcome(lambda: rd.recv(2, np.float64, 1, group=g, timeout=30))
+
+    _, (first, then), third = run_ranks(3, rank, shm=False)
+    assert first.startswith("RingError: rank 1: recv " + CAUSE), first
+    assert then.startswith("GroupBrokenError: rank 1: group 'world' cannot run send"), then
+    assert third.startswith("RingError: rank 2: recv " + CAUSE), third
+
+
+def test_a_message_whose_connection_comes_while_its_receive_asks_is_received(monkeypatch):
+    """The sender connects, sends and breaks its group while the waiting receive is asking it
+    whether the group failed: the answer is yes, but the connection has come, and it carries
+    the message before the ABORT. The message is received."""
+    import threading
+    from ringdist.endpoint import Endpoint
+
+    asking, sent = threading.Event(), threading.Event()
+    real = Endpoint.ask_failed
+
+    def ask_failed(self, *args, **kwargs):
+        if not asking.is_set():
+            asking.set()
+            assert sent.wait(20)  # rank 0 sends and breaks while this ask is under way
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Endpoint, "ask_failed", ask_failed)
+
+    def rank(g: rd.Group):
+        if g.rank() == 0:
+            assert asking.wait(20)
+            rd.send(np.arange(2.0), 1, group=g)
+            _break(g)
+            sent.set()
+            time.sleep(1.0)
+            return None
+        if g.rank() == 2:
+            return None
+        first = _outcome(lambda: rd.recv(2, np.float64, 0, group=g, timeout=30))
+        return first, _outcome(lambda: rd.recv(2, np.float64, 0, group=g, timeout=30))
+
+    first, second = run_ranks(3, rank, shm=False)[1]
+    assert first == "returned", first
+    assert second.startswith("RingError: rank 1: recv " + CAUSE), second
+
+
+def test_a_message_cut_short_by_its_own_failure_gets_no_abort_inside_its_frame():
+    """Rank 0's 64 MiB async send times out part-way (rank 1 reads nothing yet) while an async
+    collective of the group holds its connections; the collective's failure then tells the pairs.
+    The cut message's connection is left as it is (marked cut, no ABORT written after the part
+    that went): rank 1 reads that part and then times out."""
+    n = 1 << 23
+
+    def rank(g: rd.Group):
+        if g.rank() == 0:
+            rd.send(np.zeros(1), 1, group=g)  # the pair's connection is up
+            held = rd.all_sum(np.ones(4), group=g, async_op=True)
+            sending = rd.send(np.arange(n, dtype=np.float64), 1, group=g, async_op=True, timeout=1.0)
+            outcomes = [_outcome(sending.wait), _outcome(held.wait)]
+            ch = g._p2p_out[1][0]
+            time.sleep(4.0)
+            return outcomes, ch.cut, ch.aborted
+        time.sleep(3.0)
+        if g.rank() == 2:
+            return _outcome(lambda: rd.all_sum(np.ones(4), group=g))
+        rd.recv(1, np.float64, 0, group=g)
+        return _outcome(lambda: rd.recv(n, np.float64, 0, group=g, timeout=2))
+
+    (outcomes, cut, aborted), late, _ = run_ranks(3, rank, shm=False, timeout=90)
+    assert outcomes[0].startswith("RingTimeoutError: rank 0: send made no progress"), outcomes
+    assert cut and not aborted  # rank 0 knows its frame is cut, and wrote nothing after it
+    assert late.startswith("RingTimeoutError: rank 1: recv made no progress"), late
+    assert re.search(r"\(\d+ of 67108864 bytes\)$", late), late
