@@ -45,6 +45,16 @@ def raise_remote(fields: dict[str, Any], ch: Channel, op: str) -> None:
     raise exc
 
 
+def as_call(exc: BaseException, me: int, op: str) -> BaseException:
+    """A peer's failure relayed to this rank (`exc`, carrying `ringdist_origin`), as call `op`
+    raises it: of its type, aborted by the rank it started on, the cause unchanged."""
+    origin, message = exc.ringdist_origin  # type: ignore[attr-defined]
+    cls = type(exc) if isinstance(exc, RingError) else RingError
+    relayed = cls(f"rank {me}: {op} aborted by rank {origin}: {message}")
+    relayed.ringdist_origin = (origin, message)  # type: ignore[attr-defined]
+    return relayed
+
+
 def concerns(fields: dict[str, Any], seq: int | None) -> bool:
     """Whether an ABORT ends collective `seq` (None: whatever runs): one for it or an earlier
     call does; a message's failure (no call number) breaks every collective of the group, but

@@ -9,7 +9,7 @@ import threading
 from collections import deque
 from typing import Any, Callable, Protocol
 
-from . import handle
+from . import aborts, handle
 from .channel import Channel
 from .comm import Comm
 from .errors import GroupBrokenError, PeerLostError, RingError
@@ -95,6 +95,11 @@ def settle(job: Job, result: Any, exc: BaseException | None, deferred: list[Job]
         if exc is not None:
             if isinstance(cause, PeerLostError) and getattr(exc, "ringdist_origin", None):
                 cause = exc  # the ABORT found on the group's connections says why the peer left
+            if getattr(cause, "ringdist_origin", None) is not None:
+                # A peer's failure that came by a message's connection: the call raises it as
+                # its own, as it would had it come first by the group's connections.
+                exc = aborts.as_call(cause, job.g.rank(), job.work.op)
+                continue
             exc = GroupBrokenError(f"rank {job.g.rank()}: group {job.g.gid!r} cannot run {job.work.op}: an "
                                    f"earlier operation failed ({earlier.plan.op}: "  # type: ignore[union-attr]
                                    f"{type(cause).__name__}: {cause})")
