@@ -11,6 +11,7 @@ channel's `wire.FrameReader`, so they stay where they are for the channel's next
 from __future__ import annotations
 
 import select
+import threading
 import time
 from typing import Any, Protocol
 
@@ -163,23 +164,32 @@ def abort(outflows: list[Finishing], channels: list[Channel], exc: BaseException
     the ABORT frame, for peers that connect later (`Endpoint.note_aborted`)."""
     frame = wire.encode_map(wire.ABORT, abort_fields(exc, me, seq))
     deadline = time.monotonic() + timeout  # one budget for the whole abort, not one per peer
+    owned = {id(flow.ch) for flow in outflows}
+    for ch in channels:  # first those with no frame to finish: a peer that stopped reading a
+        if id(ch) not in owned:  # message costs the others nothing
+            tell(ch, frame, deadline)
     for flow in outflows:
         try:
             flow.finish_frame(max(0.0, deadline - time.monotonic()))
         except RingError:
             flow.ch.cut = True  # mid-frame: an ABORT now, or ever, would corrupt the stream
     for ch in channels:
-        tell(ch, frame, deadline)
+        if id(ch) in owned:
+            tell(ch, frame, deadline)
     return frame
+
+
+_TELLING = threading.Lock()
 
 
 def tell(ch: Channel, frame: bytes, deadline: float) -> None:
     """The ABORT `frame` on `ch` (best effort, by `deadline` or within 50 ms), unless the
     channel is closed, has one already, or has a frame left unfinished on it. One that does not
     go whole leaves the channel cut."""
-    if ch.closed or ch.cut or ch.aborted:
-        return
-    ch.aborted = True
+    with _TELLING:  # two threads' failures (a message's, a collective's) may tell one connection
+        if ch.closed or ch.cut or ch.aborted:
+            return
+        ch.aborted = True
     try:
         ch.send_control_blocking(frame, max(0.05, deadline - time.monotonic()))
     except RingError:

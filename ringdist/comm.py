@@ -765,6 +765,7 @@ class Comm:
             if outgoing:
                 sock = self._endpoint.connect(self._addresses[peer], InboxKey(self.gid, self._rank, "p2p", 0),
                                               deadline, f"rank {peer} of group {self.gid!r}", up=True, check=check)
+                self._endpoint.note_dialed(self.gid, peer)  # before a message goes on it
                 table[peer] = [Channel(sock, me=self._rank, peer=peer, group=self.gid, role="p2p-out",
                                                world_ranks=self._world_ranks), 0]
             elif not wait:

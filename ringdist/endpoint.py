@@ -68,6 +68,7 @@ class Endpoint:
         # Ranks that have left the job, by their first address: why, and when this rank heard
         # (from the launcher's rendezvous: `control`).
         self._departed: dict[tuple[str, int], tuple[str, float]] = {}
+        self._dialed: set[tuple[str, int]] = set()  # (group, rank) this rank's message connections go to
         # Groups whose collective failed here: the ABORT sent to their peers, by group id, for
         # a peer whose link arrives after it was sent (a link opened on first use).
         self._aborted: dict[str, bytes] = {}
@@ -132,6 +133,11 @@ class Endpoint:
                 conn.close()
                 return
             frame = self._aborted.get(key.group)
+            if key.kind == ASK_KIND and (key.group, key.peer) in self._dialed:
+                # A receive waiting for this rank's message connection asks: it was made, and
+                # carries the messages sent before any failure, then its ABORT. Keep waiting.
+                conn.close()
+                return
             if frame is not None:  # the group failed here: the dialer reads why, then the end
                 channel.send_quietly(conn, frame)
                 conn.close()
@@ -144,6 +150,12 @@ class Endpoint:
                 return
             self._inbox.setdefault(key, []).append(conn)
             self._cond.notify_all()
+
+    def note_dialed(self, group: str, peer: int) -> None:
+        """This rank made its message connection to rank `peer` of `group` (`_file`'s answer to
+        that rank's asks)."""
+        with self._cond:
+            self._dialed.add((group, peer))
 
     def note_departed(self, address: tuple[str, int], why: str) -> None:
         """The rank whose first address is `address` has left the job: waits for its connection end."""
@@ -318,6 +330,8 @@ class Endpoint:
         are not reused), or gave up that kind of connection (shared memory's, after a vote for TCP)."""
         with self._cond:
             self._ended[(group, kind)] = None
+            if kind is None:
+                self._dialed = {d for d in self._dialed if d[0] != group}
             if len(self._ended) > ENDED_KEPT:
                 del self._ended[next(iter(self._ended))]
             for key in [k for k in self._inbox if k.group == group and kind in (None, k.kind)]:

@@ -277,8 +277,9 @@ def fail_all(left: list[Job], exc: BaseException, what: str) -> None:
         if job.g not in broken and not (job.g._broken or job.g._closed):
             broken.add(job.g)
             own = [job.plan.ch] if job.plan is not None and job.plan.ch is not None else []
+            outflows = list(job.plan.outflows) if job.plan is not None else []  # (a frame left part-way is cut)
             try:
-                break_group(job.g, job.work.op, own, [], error)  # type: ignore[arg-type]
+                break_group(job.g, job.work.op, own, outflows, error)  # type: ignore[arg-type]
             except Exception:  # noqa: BLE001 - the handles below must complete whatever happens
                 handle.log.exception("ringdist: telling the peers of group %r failed", job.g.gid)
         jobs.finished(job, None, error)

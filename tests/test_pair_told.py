@@ -229,3 +229,91 @@ def test_a_message_cut_short_by_its_own_failure_gets_no_abort_inside_its_frame()
     assert cut and not aborted  # rank 0 knows its frame is cut, and wrote nothing after it
     assert late.startswith("RingTimeoutError: rank 1: recv made no progress"), late
     assert re.search(r"\(\d+ of 67108864 bytes\)$", late), late
+
+
+def test_a_message_sent_before_the_break_is_received_when_its_connection_is_filed_after_the_ask(monkeypatch):
+    """The sender's connection is made (WELCOME sent) but filed at the receiver only after the
+    receive has asked the sender, which has sent its message and broken its group meanwhile: the
+    sender answers 'keep waiting' to a rank it has dialed, and the message is received, then the
+    ABORT behind it."""
+    import threading
+    from ringdist.endpoint import Endpoint
+
+    broken, asked = threading.Event(), threading.Event()
+    real_ask, real_file = Endpoint.ask_failed, Endpoint._file
+
+    def ask_failed(self, *args, **kwargs):
+        assert broken.wait(20)
+        try:
+            return real_ask(self, *args, **kwargs)
+        finally:
+            asked.set()
+
+    def file(self, conn, hello, addr):
+        if hello.get("kind") == "p2p":
+            assert asked.wait(20)  # filed only once the receive has had its answer
+        return real_file(self, conn, hello, addr)
+
+    monkeypatch.setattr(Endpoint, "ask_failed", ask_failed)
+    monkeypatch.setattr(Endpoint, "_file", file)
+
+    def rank(g: rd.Group):
+        if g.rank() == 0:
+            time.sleep(0.2)  # rank 1 waits in its receive
+            rd.send(np.arange(2.0), 1, group=g)
+            _break(g)
+            broken.set()
+            time.sleep(1.0)
+            return None
+        if g.rank() == 2:
+            return None
+        first = _outcome(lambda: rd.recv(2, np.float64, 0, group=g, timeout=30))
+        return first, _outcome(lambda: rd.recv(2, np.float64, 0, group=g, timeout=30))
+
+    first, second = run_ranks(3, rank, shm=False)[1]
+    assert first == "returned", first
+    assert second.startswith("RingError: rank 1: recv " + CAUSE), second
+
+
+def test_an_abort_tells_the_connections_with_no_frame_to_finish_first():
+    """A failed message's frame may take the whole ABORT budget to finish (its receiver stopped
+    reading): the group's other connections are told before it is tried, over real sockets."""
+    import socket
+
+    from ringdist import aborts
+    from ringdist.channel import Channel
+
+    def tcp_pair() -> tuple[socket.socket, socket.socket]:
+        with socket.create_server(("127.0.0.1", 0)) as lsock:
+            a = socket.create_connection(lsock.getsockname())
+            b, _ = lsock.accept()
+        return a, b
+
+    pairs = [tcp_pair() for _ in range(3)]
+    chans = [Channel(a, me=0, peer=k + 1, group="world", role="right") for k, (a, _) in enumerate(pairs)]
+    order = []
+
+    class Stuck:  # a message whose receiver reads nothing: its frame never finishes
+        ch = chans[0]
+
+        def finish_frame(self, timeout: float) -> None:
+            order.append("finish")
+            raise rd.RingTimeoutError("its receiver reads nothing")
+
+    real_tell = aborts.tell
+
+    def tell(ch, frame, deadline):
+        order.append(f"tell {ch.peer}")
+        real_tell(ch, frame, deadline)
+
+    try:
+        aborts.tell = tell
+        aborts.abort([Stuck()], chans, RuntimeError("x"), 0, 3)
+    finally:
+        aborts.tell = real_tell
+        for a, b in pairs:
+            a.close()
+            b.close()
+    assert order == ["tell 2", "tell 3", "finish", "tell 1"], order
+    assert chans[0].cut and not chans[0].aborted  # the stuck one: cut, no ABORT inside its frame
+    assert chans[1].aborted and chans[2].aborted
