@@ -599,7 +599,7 @@ class Comm:
             # are told now, the rest by that collective once its frames are out.
             own = [ch for ch in channels if ch.role.startswith("p2p")]
             frame = aborts.abort(outflows, own, exc, self._rank, seq)
-            self._tell_pairs(frame, own)
+            self._tell_pairs(frame)
             if self._endpoint is not None:  # links that collective opens must still be made: no ABORT for them yet
                 self._endpoint.note_failure(self._why(exc))
             if len(own) < len(channels):
@@ -609,18 +609,19 @@ class Comm:
             self._caller[0] = me  # a thread that ended in a call holds nothing
             self._untold.clear()  # this ABORT says it all
             frame = aborts.abort(outflows, channels, exc, self._rank, seq)
-            self._tell_pairs(frame, channels)
+            self._tell_pairs(frame)
             self.told_peers = self.told_peers or any(not ch.role.startswith("p2p") for ch in channels)
             self._caller.clear()  # the call is over
             if self._endpoint is not None:  # a peer that connects to this group from now on hears it too
                 self._endpoint.note_aborted(self.gid, frame, self._why(exc))
 
-    def _tell_pairs(self, frame: bytes, told: list[Channel]) -> None:
-        """The ABORT `frame` on the message connections of the group's pairs not `told` yet,
-        but where a message of the pair is under way in this rank's direction (its turn taken:
-        an ABORT now would land inside its frames), or one failed part-way (`Channel.cut`). A peer waiting there for this rank's next
-        message, or sending one, raises at once instead of waiting out its timeout; one whose
-        next receive reads it raises then, after the messages sent before it."""
+    def _tell_pairs(self, frame: bytes) -> None:
+        """The ABORT `frame` on the message connections of the group's pairs, but where a
+        message of the pair is under way in this rank's direction (its turn taken: an ABORT
+        now would land inside its frames), one failed part-way (`Channel.cut`), or one told
+        already (`Channel.aborted`: the failure's own, say). A peer waiting there for this
+        rank's next message, or sending one, raises at once instead of waiting out its timeout;
+        one whose next receive reads it raises then, after the messages sent before it."""
         budget = deadlines.after(aborts.ABORT_BUDGET)
         arrived = self._endpoint.filed(self.gid, "p2p") if self._endpoint is not None else []
         for peer in arrived:  # a sender's connection not taken yet: it may be sending on it now
@@ -638,8 +639,6 @@ class Comm:
                         turn.release()
         for outgoing, table in ((True, self._p2p_out), (False, self._p2p_in)):
             for peer, (ch, _) in list(table.items()):
-                if ch in told:
-                    continue
                 # Only this rank writes on its outgoing connection's stream: a message's turn
                 # keeps others out; the incoming one carries nothing this way but ABORTs. A
                 # message that failed part-way has released its turn but left its frame cut.
@@ -678,7 +677,7 @@ class Comm:
             return
         self._untold.clear()
         frame = aborts.abort([], self.channels, exc, self._rank, self._seq)  # from the call after the one that held them
-        self._tell_pairs(frame, [])
+        self._tell_pairs(frame)
         self.told_peers = True
         if self._endpoint is not None:  # a peer that connects to this group from now on hears it too
             self._endpoint.note_aborted(self.gid, frame, self._why(exc))

@@ -37,6 +37,25 @@ def _outcome(call) -> str:
         return f"{type(exc).__name__}: {exc}"
 
 
+def _send_break_and_receive_twice(ready, done) -> tuple[str, str]:
+    """Rank 0, once `ready()` is true, sends rank 1 a message and breaks the group, then calls
+    `done()`; rank 1 receives twice. Rank 1's two outcomes."""
+    def rank(g: rd.Group):
+        if g.rank() == 0:
+            assert ready()
+            rd.send(np.arange(2.0), 1, group=g)
+            _break(g)
+            done()
+            time.sleep(1.0)
+            return None
+        if g.rank() == 2:
+            return None
+        first = _outcome(lambda: rd.recv(2, np.float64, 0, group=g, timeout=30))
+        return first, _outcome(lambda: rd.recv(2, np.float64, 0, group=g, timeout=30))
+
+    return run_ranks(3, rank, shm=False)[1]
+
+
 @pytest.mark.parametrize("shm", [False, True], ids=["tcp", "shm"])
 def test_a_receive_waiting_on_an_idle_pair_hears_its_sender_s_group_break(shm):
     def rank(g: rd.Group):
@@ -184,20 +203,7 @@ def test_a_message_whose_connection_comes_while_its_receive_asks_is_received(mon
 
     monkeypatch.setattr(Endpoint, "ask_failed", ask_failed)
 
-    def rank(g: rd.Group):
-        if g.rank() == 0:
-            assert asking.wait(20)
-            rd.send(np.arange(2.0), 1, group=g)
-            _break(g)
-            sent.set()
-            time.sleep(1.0)
-            return None
-        if g.rank() == 2:
-            return None
-        first = _outcome(lambda: rd.recv(2, np.float64, 0, group=g, timeout=30))
-        return first, _outcome(lambda: rd.recv(2, np.float64, 0, group=g, timeout=30))
-
-    first, second = run_ranks(3, rank, shm=False)[1]
+    first, second = _send_break_and_receive_twice(lambda: asking.wait(20), sent.set)
     assert first == "returned", first
     assert second.startswith("RingError: rank 1: recv " + CAUSE), second
 
@@ -257,20 +263,7 @@ def test_a_message_sent_before_the_break_is_received_when_its_connection_is_file
     monkeypatch.setattr(Endpoint, "ask_failed", ask_failed)
     monkeypatch.setattr(Endpoint, "_file", file)
 
-    def rank(g: rd.Group):
-        if g.rank() == 0:
-            time.sleep(0.2)  # rank 1 waits in its receive
-            rd.send(np.arange(2.0), 1, group=g)
-            _break(g)
-            broken.set()
-            time.sleep(1.0)
-            return None
-        if g.rank() == 2:
-            return None
-        first = _outcome(lambda: rd.recv(2, np.float64, 0, group=g, timeout=30))
-        return first, _outcome(lambda: rd.recv(2, np.float64, 0, group=g, timeout=30))
-
-    first, second = run_ranks(3, rank, shm=False)[1]
+    first, second = _send_break_and_receive_twice(lambda: time.sleep(0.2) is None, broken.set)  # (rank 1 waits)
     assert first == "returned", first
     assert second.startswith("RingError: rank 1: recv " + CAUSE), second
 
