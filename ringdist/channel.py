@@ -395,6 +395,19 @@ def send_quietly(sock: socket.socket, data: bytes) -> None:
         pass
 
 
+def closed_by_peer(socks: list[socket.socket]) -> list[socket.socket]:
+    """Of connections whose peer sends nothing but, at most, a frame before its close (asks),
+    those where something has come: one poll that does not wait."""
+    looker = select.poll()
+    by_fd: dict[int, socket.socket] = {}
+    for sock in socks:
+        fd = sock.fileno()
+        if fd >= 0:  # (one closed here already is not looked at)
+            by_fd[fd] = sock
+            looker.register(fd, select.POLLIN)
+    return [by_fd[fd] for fd, _ in looker.poll(0)]
+
+
 def read_abort(sock: socket.socket, deadline: float) -> dict | None:
     """The fields of an ABORT frame the peer sends on `sock` before closing it, or None (it
     closed with nothing to say, or said nothing by `deadline`)."""

@@ -24,6 +24,7 @@ import numpy as np
 from . import aborts, deadlines, engine, forks, wire
 from .flows import Inflow, Outflow, Watch
 from .channel import Channel
+from .asking import Asker
 from .endpoint import Endpoint, InboxKey
 from .errors import ConfigError, GroupBrokenError, MismatchError, PeerLostError, RingError, RingTimeoutError
 from .hosts import Hierarchy, hierarchical, layout
@@ -42,14 +43,6 @@ SPIN_MAX_BYTES = 4 << 20
 # Seconds between looks, by a receive waiting for its pair's turn, for a message the turn's
 # holder read ahead and kept for it (`tags`).
 HELD_LOOK = 0.002
-# A rank waiting this long for a lower rank's link (opened on first use) asks that rank whether
-# the group failed there, and again as often: a rank that failed first tells only the peers it is
-# linked to, who may have finished the call meanwhile and not passed it on. Each ask may take
-# ASK_TIMEOUT.
-ASK_AFTER = 0.5
-ASK_TIMEOUT = 0.2
-# A receive waiting for its sender's connection asks the same, at intervals that double up to this.
-ASK_MOST = 2.0
 _open_groups: "weakref.WeakSet[Comm]" = weakref.WeakSet()
 _default: "Callable[[], Comm] | None" = None  # makes the world group (set by `world`)
 
@@ -280,7 +273,9 @@ class Comm:
             if watch.ch.reader.end != watch.ch.reader.start:
                 watch.scan()  # frames read ahead earlier (an ABORT behind a peer's last frame) wake no poll
 
-        asked = [time.monotonic()]
+        # Waiting for a lower rank to dial: has it failed? (It told the peers it is linked to,
+        # who may have finished the call since and not passed it on.)
+        asker = self.asker(p) if p < self._rank else None
 
         def check() -> None:
             for fd, _ in links.poller.poll(0):
@@ -288,17 +283,16 @@ class Comm:
                 if watch is not None and not watch.done:
                     watch.on_readable()
             engine.poll_background()  # on a group's runner: the group closing, or the process exiting
-            now = time.monotonic()
-            if p < self._rank and now - asked[0] >= ASK_AFTER:  # waiting for p to dial: has p failed?
-                asked[0] = now  # (told its linked peers only; they may have finished the call since)
-                assert self._endpoint is not None
-                told = self._endpoint.ask_failed(self._addresses[p], self.gid, self._rank,
-                                                 f"rank {p} of group {self.gid!r}", ASK_TIMEOUT)
-                if told is not None and aborts.concerns(told, seq):
-                    aborts.raise_remote(told, SimpleNamespace(me=self._rank, peer=p, world_ranks=self._world_ranks), op)  # type: ignore[arg-type]
+            told = asker.look() if asker is not None else None
+            if told is not None and aborts.concerns(told, seq):
+                aborts.raise_remote(told, SimpleNamespace(me=self._rank, peer=p, world_ranks=self._world_ranks), op)  # type: ignore[arg-type]
 
-        ch = links.link(p, deadlines.after(self.settings.connect_timeout), deadlines.after(self._timeout(timeout)),
-                        check)
+        try:
+            ch = links.link(p, deadlines.after(self.settings.connect_timeout),
+                            deadlines.after(self._timeout(timeout)), check)
+        finally:
+            if asker is not None:
+                asker.close()
         self._channels = None  # watch it from now on
         self._peers_polled = None
         return ch
@@ -621,8 +615,11 @@ class Comm:
         now would land inside its frames), one failed part-way (`Channel.cut`), or one told
         already (`Channel.aborted`: the failure's own, say). A peer waiting there for this
         rank's next message, or sending one, raises at once instead of waiting out its timeout;
-        one whose next receive reads it raises then, after the messages sent before it."""
+        one whose next receive reads it raises then, after the messages sent before it. A
+        receive waiting for a connection from this rank that has asked gets it on its ask."""
         budget = deadlines.after(aborts.ABORT_BUDGET)
+        if self._endpoint is not None:  # receives waiting for a connection from this rank asked (`asking`)
+            self._endpoint.answer_asks(self.gid, frame)
         arrived = self._endpoint.filed(self.gid, "p2p") if self._endpoint is not None else []
         for peer in arrived:  # a sender's connection not taken yet: it may be sending on it now
             if peer not in self._p2p_in and 0 <= peer < self._size and peer != self._rank:
@@ -754,12 +751,15 @@ class Comm:
             assert self._endpoint is not None
             deadline = deadlines.after(self.settings.connect_timeout if outgoing else self._timeout(timeout))
 
-            asked = [time.monotonic(), ASK_AFTER]
+            asker = None if outgoing else self.asker(peer)
 
             def check() -> None:  # while it waits: the group failed here meanwhile (another message, a collective)
                 self.check_usable(op)
-                if not outgoing:
-                    self._ask_sender(peer, op, asked)
+                if asker is not None:
+                    exc = self.heard_by_asking(peer, op, asker.look())
+                    if exc is not None:
+                        self._fail(op, [], None, [], exc)
+                        raise exc
 
             if outgoing:
                 sock = self._endpoint.connect(self._addresses[peer], InboxKey(self.gid, self._rank, "p2p", 0),
@@ -771,9 +771,13 @@ class Comm:
                 if self.p2p_incoming(peer, op) is None:
                     return None
             else:
-                sock = self._endpoint.take(InboxKey(self.gid, peer, "p2p", 0), deadline,
-                                           f"{op} in group {self.gid!r}: waiting for rank {peer} to send",
-                                           check=check, source=self._addresses[peer])
+                assert asker is not None
+                try:
+                    sock = self._endpoint.take(InboxKey(self.gid, peer, "p2p", 0), deadline,
+                                               f"{op} in group {self.gid!r}: waiting for rank {peer} to send",
+                                               check=check, source=self._addresses[peer])
+                finally:
+                    asker.close()
                 table[peer] = [Channel(sock, me=self._rank, peer=peer, group=self.gid, role="p2p-in",
                                        world_ranks=self._world_ranks, listens=self._addresses[peer]), 0]
         elif outgoing:
@@ -782,28 +786,25 @@ class Comm:
         entry[1] += 1
         return entry[0], entry[1] - 1
 
-    def _ask_sender(self, peer: int, op: str, asked: list[float]) -> None:
-        """A receive waiting for `peer`'s connection asks `peer` whether the group failed there
-        (`Endpoint.ask_failed`), after ASK_AFTER and then at doubling intervals up to
-        ASK_MOST (`asked`: [last ask, interval]): a sender whose group broke sends nothing
-        more, and its ABORT went to the connections it had, not to one it never made. Raises
-        that ABORT, and breaks the group here as one read on a connection does, unless the
-        connection has come meanwhile: a sender connects before it sends, so one that failed
-        after sending made it before failing, and it carries the messages, then the ABORT."""
-        now = time.monotonic()
-        if now - asked[0] < asked[1]:
-            return
-        asked[0], asked[1] = now, min(asked[1] * 2, ASK_MOST)
+    def asker(self, peer: int) -> Asker:
+        """Asks for a wait for `peer`'s connection: whether the group failed at `peer` (`asking`)."""
         assert self._endpoint is not None
-        told = self._endpoint.ask_failed(self._addresses[peer], self.gid, self._rank,
-                                         f"rank {peer} of group {self.gid!r}", ASK_TIMEOUT)
+        return Asker(self._endpoint, self._addresses[peer], self.gid, self._rank, f"rank {peer} of group {self.gid!r}")
+
+    def heard_by_asking(self, peer: int, op: str, told: dict[str, Any] | None) -> RingError | None:
+        """The error a receive waiting for `peer`'s connection raises, where the ABORT `told` (the
+        answer to its ask: `asking`) says the group failed at `peer`; its caller breaks the group
+        here too, as one read on a connection does. None if nothing was told, or if the connection
+        has come meanwhile: a sender connects before it sends, so one that failed after sending
+        made it before failing, and it carries the messages, then the ABORT."""
+        assert self._endpoint is not None
         if told is None or peer in self._endpoint.filed(self.gid, "p2p"):
-            return
+            return None
         try:
             aborts.raise_remote(told, SimpleNamespace(me=self._rank, peer=peer, world_ranks=self._world_ranks), op)  # type: ignore[arg-type]
         except RingError as exc:
-            self._fail(op, [], None, [], exc)
-            raise
+            return exc
+        raise AssertionError("raise_remote returned")  # pragma: no cover
 
     def p2p_incoming(self, peer: int, op: str, take: bool = True) -> Channel | None:
         """The connection for messages from `peer` if it has arrived (nothing is counted), else

@@ -39,7 +39,8 @@ ENDED_KEPT = 4096  # ended groups whose late connections an endpoint closes (`di
 # Why a peer keeps cutting handshakes off, for the error after the last try: its log says which.
 CUT_OFF_HINT = ("; its acceptor drops handshakes it cannot serve: it is out of file descriptors "
                 "(raise ulimit -n) or flooded by strangers, and its log says which")
-ASK_KIND = "ask"  # a connection that asks whether a group failed at the rank dialed (`ask_failed`)
+ASK_KIND = "ask"  # a connection that asks whether a group failed at the rank dialed (`ask`)
+ASKS_KEPT = 1024  # asks an endpoint keeps open to answer when a group fails here, at most
 
 
 def _first(addresses: list[tuple[str, int]] | None) -> tuple[str, int] | None:
@@ -72,6 +73,10 @@ class Endpoint:
         # Groups whose collective failed here: the ABORT sent to their peers, by group id, for
         # a peer whose link arrives after it was sent (a link opened on first use).
         self._aborted: dict[str, bytes] = {}
+        # Asks kept open (`_keep_ask`), by (group, asking rank): answered with the group's ABORT
+        # if it fails here (`answer_asks`), closed once the connection they wait for is made.
+        self._asks: dict[tuple[str, int], list[socket.socket]] = {}
+        self._answers: dict[str, bytes] = {}  # the ABORT each group's asks are answered with
         # Groups (or a group's kind of connection) that have ended here: a connection for one
         # that arrives later is closed, not kept in the inbox for good. The latest ENDED_KEPT.
         self._ended: dict[tuple[str, str | None], None] = {}
@@ -133,29 +138,68 @@ class Endpoint:
                 conn.close()
                 return
             frame = self._aborted.get(key.group)
-            if key.kind == ASK_KIND and (key.group, key.peer) in self._dialed:
-                # A receive waiting for this rank's message connection asks: it was made, and
-                # carries the messages sent before any failure, then its ABORT. Keep waiting.
-                conn.close()
-                return
+            if key.kind == ASK_KIND:
+                frame = frame or self._answers.get(key.group)
+                if (key.group, key.peer) in self._dialed:
+                    # A receive waiting for this rank's message connection asks: it was made, and
+                    # carries the messages sent before any failure, then its ABORT. Keep waiting.
+                    conn.close()
+                    return
             if frame is not None:  # the group failed here: the dialer reads why, then the end
                 channel.send_quietly(conn, frame)
-                conn.close()
-                return
-            if key.kind == ASK_KIND:  # asked whether the group failed here: it has not (yet)
                 conn.close()
                 return
             if (key.group, None) in self._ended or (key.group, key.kind) in self._ended:
                 conn.close()  # its group was closed, or never made, here: the dialer sees it closed
                 return
+            if key.kind == ASK_KIND:  # asked whether the group failed here: not yet; told if it does
+                self._keep_ask(key, conn)
+                return
             self._inbox.setdefault(key, []).append(conn)
             self._cond.notify_all()
 
+    def _keep_ask(self, key: InboxKey, conn: socket.socket) -> None:
+        """Keep an ask open (under the lock) to answer it if its group fails here; asks whose
+        asker has closed them (its connection came, or its wait ended) are let go first. Past
+        ASKS_KEPT it is closed: the asker asks again later."""
+        kept = [sock for socks in self._asks.values() for sock in socks]
+        if kept:
+            gone = set(channel.closed_by_peer(kept))
+            for where in list(self._asks):
+                self._asks[where] = [sock for sock in self._asks[where] if sock not in gone]
+                if not self._asks[where]:
+                    del self._asks[where]
+            for sock in gone:
+                sock.close()
+            if len(kept) - len(gone) >= ASKS_KEPT:
+                conn.close()
+                return
+        self._asks.setdefault((key.group, key.peer), []).append(conn)
+
+    def answer_asks(self, group: str, frame: bytes) -> None:
+        """Group `group` failed here with the ABORT `frame`: the asks kept for it get the frame and
+        are closed, and asks that come later get it at once."""
+        with self._cond:
+            self._answers[group] = frame
+            if len(self._answers) > ENDED_KEPT:
+                del self._answers[next(iter(self._answers))]
+            asks = self._pop_asks(lambda where: where[0] == group)
+        for sock in asks:
+            channel.send_quietly(sock, frame)
+            sock.close()
+
+    def _pop_asks(self, which: Callable[[tuple[str, int]], bool]) -> list[socket.socket]:
+        """The kept asks of the (group, rank) pairs `which` says, taken out (under the lock)."""
+        return [sock for where in [w for w in self._asks if which(w)] for sock in self._asks.pop(where)]
+
     def note_dialed(self, group: str, peer: int) -> None:
         """This rank made its message connection to rank `peer` of `group` (`_file`'s answer to
-        that rank's asks)."""
+        that rank's asks: keep waiting; the asks kept are closed so)."""
         with self._cond:
             self._dialed.add((group, peer))
+            asks = self._pop_asks(lambda where: where == (group, peer))
+        for sock in asks:
+            sock.close()
 
     def note_departed(self, address: tuple[str, int], why: str) -> None:
         """The rank whose first address is `address` has left the job: waits for its connection end."""
@@ -171,6 +215,7 @@ class Endpoint:
         listener set with `tell_failures_to`."""
         with self._cond:
             self._aborted[group] = frame
+        self.answer_asks(group, frame)
         self.note_failure(why)
 
     def note_failure(self, why: str) -> None:
@@ -308,21 +353,16 @@ class Endpoint:
         with self._cond:
             return [key.peer for key in self._inbox if key.group == group and key.kind == kind]
 
-    def ask_failed(self, addresses: list[tuple[str, int]], group: str, me: int, peer: str,
-                   timeout: float) -> dict[str, Any] | None:
-        """Whether the rank listening at `addresses` has seen `group` fail: the fields of the ABORT
-        it told its peers, or None (it has not, or could not be asked within `timeout`). For a
-        rank waiting for a link the other opens on first use: a rank that failed before opening
-        it told the peers it was linked to, not this one."""
-        deadline = time.monotonic() + timeout
+    def ask(self, addresses: list[tuple[str, int]], group: str, me: int, peer: str,
+            timeout: float) -> socket.socket | None:
+        """Ask the rank listening at `addresses` whether `group` failed there (`asking`): the
+        connection, on which it writes its ABORT (now, or when the group fails there) or which
+        it closes with nothing (the connection waited for was made; or it does not keep the ask:
+        ask again later); None if it could not be reached within `timeout`."""
         try:
-            sock = self.connect(addresses, InboxKey(group, me, ASK_KIND, 0), deadline, peer)
+            return self.connect(addresses, InboxKey(group, me, ASK_KIND, 0), time.monotonic() + timeout, peer)
         except RingError:
             return None
-        try:
-            return channel.read_abort(sock, deadline)
-        finally:
-            sock.close()
 
     def discard(self, group: str, kind: str | None = None) -> None:
         """Close connections waiting in the inbox for `group` (only those of `kind`, if given),
@@ -332,6 +372,8 @@ class Endpoint:
             self._ended[(group, kind)] = None
             if kind is None:
                 self._dialed = {d for d in self._dialed if d[0] != group}
+                for sock in self._pop_asks(lambda where: where[0] == group):
+                    sock.close()
             if len(self._ended) > ENDED_KEPT:
                 del self._ended[next(iter(self._ended))]
             for key in [k for k in self._inbox if k.group == group and kind in (None, k.kind)]:
@@ -469,10 +511,11 @@ class Endpoint:
             if self._closed:
                 return
             self._closed = True
-            for queue in list(self._inbox.values()):
+            for queue in [*self._inbox.values(), *self._asks.values()]:
                 for conn in queue:
                     conn.close()
             self._inbox.clear()
+            self._asks.clear()
             self._cond.notify_all()
         if hasattr(self, "_acceptor"):
             self._acceptor.close()

@@ -43,7 +43,7 @@ class Plan(Protocol):
 
 class Job:
     __slots__ = ("work", "g", "call", "plan", "finished", "result", "error", "timeout", "since", "opened",
-                 "on_runner", "issuer")
+                 "on_runner", "issuer", "asker")
 
     def __init__(self, work: Work, g: Comm, call: Callable[[Comm], Any], p2p: bool):
         self.work = work
@@ -58,6 +58,7 @@ class Job:
         self.opened = False
         self.on_runner = False  # a collective, run by its group's runner (`runners`)
         self.issuer = threading.current_thread()  # the thread that called, named in errors (`Comm.thread_name`)
+        self.asker: Any = None  # a receive waiting for its sender's connection asks it (`asking`)
 
 
 def issue(job: Job, queued: bool = True) -> None:
@@ -72,6 +73,8 @@ def finished(job: Job, result: Any, error: BaseException | None) -> None:
     """Record an operation's outcome and complete its handle. (A group's collectives finish in
     issue order, one after another on its runner; messages of a pair in one direction too.)"""
     job.finished, job.result, job.error = True, result, error
+    if job.asker is not None:
+        job.asker.close()
     with handle.lock:
         jobs = pending.get(job.g)
         if jobs is not None:

@@ -1,7 +1,8 @@
 """Background point-to-point: the messages the progress thread has started (sends and recvs
 of arrays and objects), one lane per (group, peer, direction). A lane's first job's flows
 move, driven by the thread's own poll loop; the rest of the lane wait their turn (messages
-of a pair go in order). A recv whose connection has not arrived tries again every CONNECT_RETRY seconds.
+of a pair go in order). A recv whose connection has not arrived tries again every CONNECT_RETRY seconds,
+and asks its sender whether the group failed there (`asking`), as a blocking one does.
 An any-source receive (`any_source`) waits in the lane of every rank it may take a message from,
 and looks for one where it leads; once a message has chosen its source, it leaves the others."""
 
@@ -179,7 +180,7 @@ class Lanes:
                 continue  # ended by an earlier one's opening (an any-source job, from another of its lanes)
             if not job.opened:
                 self._open(job)
-                if job.opened or job.finished:
+                if job.opened or job.finished or self._asked(job):
                     continue
             if now - job.since > job.timeout:
                 plan = job.plan
@@ -195,6 +196,22 @@ class Lanes:
                     message = (f"rank {job.g.rank()}: {plan.op} in group {job.g.gid!r}: waiting for rank "
                                f"{plan.peer} to send: no connection arrived in time")  # type: ignore[union-attr]
                 self._failed(job, RingTimeoutError(message))
+
+    def _asked(self, job: Job) -> bool:
+        """A receive from one rank, waiting for its sender's connection (its pair's turn held),
+        asks the sender whether the group failed there (`asking`); once told so, it fails with
+        that cause and breaks its group, as a blocking receive does. Whether it has failed."""
+        plan = job.plan
+        if plan.sources is not None or plan.outgoing or plan.turn is None:  # type: ignore[union-attr]
+            return False
+        if job.asker is None:
+            job.asker = job.g.asker(plan.peer)  # type: ignore[union-attr]
+            return False
+        exc = job.g.heard_by_asking(plan.peer, plan.op, job.asker.look())  # type: ignore[union-attr]
+        if exc is None:
+            return False
+        self._failed(job, exc, tell=True)
+        return True
 
     def max_wait(self) -> float | None:
         heads = self.heads()
@@ -309,15 +326,17 @@ class Lanes:
             self._opening = False
             self._to_open.clear()
 
-    def _failed(self, job: Job, exc: BaseException) -> None:
-        """A point-to-point job failed: break its group and tell the peers, as a blocking one does."""
+    def _failed(self, job: Job, exc: BaseException, tell: bool = False) -> None:
+        """A point-to-point job failed: break its group and tell the peers, as a blocking one does
+        (`tell`: one that never had its connection, told of a failure at its sender by asking)."""
         g, plan = job.g, job.plan
         ch = plan.ch  # type: ignore[union-attr]
-        if ch is None or getattr(exc, "ringdist_closed", False):
+        if (ch is None and not tell) or getattr(exc, "ringdist_closed", False):
             jobs.finished(job, None, exc)  # never sent a byte, or ended by a close: nothing to tell
             self._retire(job)
             return
-        handed, exc = runners.break_group(g, plan.op, [ch], plan.outflows, exc, job)  # type: ignore[union-attr]
+        own = [ch] if ch is not None else []
+        handed, exc = runners.break_group(g, plan.op, own, plan.outflows, exc, job)  # type: ignore[union-attr]
         if not handed:
             jobs.finished(job, None, exc)
         self._retire(job)

@@ -181,7 +181,7 @@ def test_exit_landing_between_the_threads_looks_still_ends_the_started_jobs(monk
     group = Group()
     plan = types.SimpleNamespace(op="recv", peer=0, outgoing=False, turn=None, sources=None, release=lambda: None)
     job = types.SimpleNamespace(work=Work("recv", group), g=group, plan=plan, finished=False,
-                                result=None, error=None)
+                                result=None, error=None, asker=None)
 
     class SetByExitAfterTheLook(set):
         looks = 0

@@ -193,11 +193,57 @@ def test_a_rank_waiting_for_a_link_can_ask_whether_the_group_failed_at_its_diale
     # 12 ranks over TCP, a rooted reduce that one rank called with another op: a rank whose
     # partner failed before dialing it heard nothing (the partner tells the peers it is linked to,
     # which had finished their part of the call) and waited out its timeout. It asks now.
+    from ringdist import aborts, channel
+
+    def ask(group: str):
+        sock = waiting.ask(failed.addresses, group, 6, f"rank 4 of group {group!r}", 2.0)
+        assert sock is not None
+        return sock
+
     with _failed_and_other("rank 2 called reduce", 4, 0, "rank 6") as (failed, waiting):
-        told = waiting.ask_failed(failed.addresses, "world", 6, "rank 4 of group 'world'", 2.0)
+        with ask("world") as sock:
+            told = channel.read_abort(sock, time.monotonic() + 2.0)
         assert told is not None and told["error"] == "MismatchError" and told["seq"] == 0, told
         assert told["message"] == "rank 2 called reduce" and told["origin"] == 4, told
-        # A group that has not failed there: nothing told, and nothing left in its inbox.
-        assert waiting.ask_failed(failed.addresses, "world/0:0", 6, "rank 4 of group 'world/0:0'", 2.0) is None
-        time.sleep(0.1)
+        # A group that has not failed there: nothing told yet, nothing left in its inbox, and
+        # the ask kept open: answered when that group fails there too.
+        sock = ask("world/0:0")
+        assert channel.read_abort(sock, time.monotonic() + 0.3) is None
         assert not failed._inbox, failed._inbox
+        assert [len(kept) for kept in failed._asks.values()] == [1], failed._asks
+        failed.note_aborted("world/0:0", wire.encode_map(wire.ABORT, aborts.abort_fields(
+            MismatchError("rank 3 called scan"), 4, 7)))
+        told = channel.read_abort(sock, time.monotonic() + 2.0)
+        sock.close()
+        assert told is not None and told["message"] == "rank 3 called scan" and told["seq"] == 7, told
+        assert not failed._asks, failed._asks
+
+
+def test_an_ask_kept_open_is_closed_when_its_connection_is_made_and_let_go_when_its_asker_closes():
+    from ringdist import channel
+
+    with _failed_and_other("rank 2 called reduce", 4, 0, "rank 6") as (failed, waiting):
+        def ask(rank: int):
+            sock = waiting.ask(failed.addresses, "world/0:0", rank, "rank 4 of group 'world/0:0'", 2.0)
+            assert sock is not None
+            return sock
+
+        first, second, third = ask(6), ask(6), ask(5)
+        deadline = time.monotonic() + 5
+        while sum(len(kept) for kept in failed._asks.values()) < 3 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert sorted((where, len(kept)) for where, kept in failed._asks.items()) == \
+            [(("world/0:0", 5), 1), (("world/0:0", 6), 2)], failed._asks
+        failed.note_dialed("world/0:0", 6)  # the message connection to rank 6 is made: keep waiting
+        for sock in (first, second):
+            assert channel.read_abort(sock, time.monotonic() + 2.0) is None  # closed with nothing
+            sock.close()
+        assert list(failed._asks) == [("world/0:0", 5)], failed._asks
+        third.close()  # its asker's wait is over: let go when the next ask is kept
+        fourth = ask(4)
+        while ("world/0:0", 4) not in failed._asks and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert list(failed._asks) == [("world/0:0", 4)], failed._asks
+        failed.discard("world/0:0")  # the group closed here: its asks are closed
+        assert channel.read_abort(fourth, time.monotonic() + 2.0) is None and not failed._asks
+        fourth.close()

@@ -193,15 +193,15 @@ def test_a_message_whose_connection_comes_while_its_receive_asks_is_received(mon
     from ringdist.endpoint import Endpoint
 
     asking, sent = threading.Event(), threading.Event()
-    real = Endpoint.ask_failed
+    real = Endpoint.ask
 
-    def ask_failed(self, *args, **kwargs):
+    def ask(self, *args, **kwargs):
         if not asking.is_set():
             asking.set()
             assert sent.wait(20)  # rank 0 sends and breaks while this ask is under way
         return real(self, *args, **kwargs)
 
-    monkeypatch.setattr(Endpoint, "ask_failed", ask_failed)
+    monkeypatch.setattr(Endpoint, "ask", ask)
 
     first, second = _send_break_and_receive_twice(lambda: asking.wait(20), sent.set)
     assert first == "returned", first
@@ -243,15 +243,19 @@ def test_a_message_sent_before_the_break_is_received_when_its_connection_is_file
     sender answers 'keep waiting' to a rank it has dialed, and the message is received, then the
     ABORT behind it."""
     import threading
+    from ringdist import channel
     from ringdist.endpoint import Endpoint
 
     broken, asked = threading.Event(), threading.Event()
-    real_ask, real_file = Endpoint.ask_failed, Endpoint._file
+    real_ask, real_read, real_file = Endpoint.ask, channel.read_abort, Endpoint._file
 
-    def ask_failed(self, *args, **kwargs):
+    def ask(self, *args, **kwargs):
         assert broken.wait(20)
+        return real_ask(self, *args, **kwargs)
+
+    def read_abort(*args, **kwargs):  # the receive reads the sender's answer to its ask
         try:
-            return real_ask(self, *args, **kwargs)
+            return real_read(*args, **kwargs)
         finally:
             asked.set()
 
@@ -260,7 +264,8 @@ def test_a_message_sent_before_the_break_is_received_when_its_connection_is_file
             assert asked.wait(20)  # filed only once the receive has had its answer
         return real_file(self, conn, hello, addr)
 
-    monkeypatch.setattr(Endpoint, "ask_failed", ask_failed)
+    monkeypatch.setattr(Endpoint, "ask", ask)
+    monkeypatch.setattr(channel, "read_abort", read_abort)
     monkeypatch.setattr(Endpoint, "_file", file)
 
     first, second = _send_break_and_receive_twice(lambda: time.sleep(0.2) is None, broken.set)  # (rank 1 waits)
@@ -310,3 +315,86 @@ def test_an_abort_tells_the_connections_with_no_frame_to_finish_first():
     assert order == ["tell 2", "tell 3", "finish", "tell 1"], order
     assert chans[0].cut and not chans[0].aborted  # the stuck one: cut, no ABORT inside its frame
     assert chans[1].aborted and chans[2].aborted
+
+
+@pytest.mark.parametrize("how", ["async", "behind-async"])
+def test_a_receive_on_the_progress_thread_waiting_for_a_connection_never_made_asks_its_sender(how):
+    """An async receive (or a blocking one queued behind async work) waiting for a connection
+    its sender never made asks, as a blocking one does, instead of waiting out its timeout."""
+    def rank(g: rd.Group):
+        if g.rank() == 0:
+            _break(g)
+            time.sleep(2.0)
+            return None
+        if g.rank() == 2:
+            return None
+        if how == "async":
+            w = rd.recv(2, np.float64, 0, group=g, timeout=30, async_op=True)
+            return _outcome(w.wait)
+        ahead = rd.recv(1, np.float64, 2, tag=5, group=g, timeout=30, async_op=True)  # never sent
+        got = _outcome(lambda: rd.recv(2, np.float64, 0, group=g, timeout=30))
+        return got, _outcome(ahead.wait)
+
+    got = run_ranks(3, rank, shm=False)[1]
+    if how == "behind-async":
+        got, ahead = got
+        assert ahead.startswith("GroupBrokenError: rank 1: "), ahead  # its group broke meanwhile
+    assert got.startswith("RingError: rank 1: recv " + CAUSE), got
+
+
+def _counting_asks(monkeypatch) -> dict[int, int]:
+    """Asks made, by the asking rank (ranks are threads of this process)."""
+    from ringdist.endpoint import Endpoint
+
+    asks: dict[int, int] = {}
+    real = Endpoint.ask
+
+    def ask(self, addresses, group, me, *args, **kwargs):
+        asks[me] = asks.get(me, 0) + 1
+        return real(self, addresses, group, me, *args, **kwargs)
+
+    monkeypatch.setattr(Endpoint, "ask", ask)
+    return asks
+
+
+@pytest.mark.parametrize("async_op", [False, True], ids=["blocking", "async"])
+def test_an_ask_is_kept_and_answered_when_the_sender_fails_later(monkeypatch, async_op):
+    """The sender keeps the receive's ask open and answers it when its group breaks, 2.5 s into
+    the wait: one ask, not one every 1-2 s until the break."""
+    asks = _counting_asks(monkeypatch)
+
+    def rank(g: rd.Group):
+        if g.rank() == 0:
+            time.sleep(2.5)
+            _break(g)
+            time.sleep(1.0)
+            return None
+        if g.rank() == 2:
+            return None
+        if async_op:
+            return _outcome(rd.recv(2, np.float64, 0, group=g, timeout=30, async_op=True).wait)
+        return _outcome(lambda: rd.recv(2, np.float64, 0, group=g, timeout=30))
+
+    got = run_ranks(3, rank, shm=False)[1]
+    assert got.startswith("RingError: rank 1: recv " + CAUSE), got
+    assert asks == {1: 1}, asks
+
+
+def test_a_chain_of_receives_hears_a_break_through_the_asks_kept(monkeypatch):
+    """Ranks 1-3 each wait for the message of the rank before (no connection between them yet);
+    rank 0's group breaks 1.5 s in. Each rank hears by its one ask, kept by the rank before, and
+    passes it on: every one raises the cause."""
+    asks = _counting_asks(monkeypatch)
+
+    def rank(g: rd.Group):
+        if g.rank() == 0:
+            time.sleep(1.5)
+            _break(g)
+            time.sleep(1.0)
+            return None
+        return _outcome(lambda: rd.recv(2, np.float64, g.rank() - 1, group=g, timeout=30))
+
+    got = run_ranks(4, rank, shm=False)[1:]
+    for r, outcome in enumerate(got, 1):
+        assert outcome.startswith(f"RingError: rank {r}: recv " + CAUSE), outcome
+    assert asks == {1: 1, 2: 1, 3: 1}, asks

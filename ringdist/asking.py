@@ -1,0 +1,85 @@
+"""Asking a rank whether a group failed there, while waiting for a connection it makes.
+
+A rank waiting for a peer's connection (a receive for the peer's first message to it, or a
+collective's link the peer dials on first use) reads nothing from that peer, and a failure
+there went to the connections the peer had, not to this one. So the wait asks the peer
+(`Asker`): after ASK_AFTER it opens a small authenticated connection of kind "ask"
+(`Endpoint.ask`). The peer
+- writes its ABORT on it at once if the group has failed there;
+- closes it with nothing if it has made the connection waited for (keep waiting: that
+  connection carries the messages sent before any failure, then the ABORT);
+- else keeps it open (`Endpoint._file`) and writes its ABORT on it when the group fails there.
+
+So after one ask the waiting rank hears of a failure as soon as the peer has it. An ask closed
+with nothing (the peer keeps at most ASKS_KEPT; a closed group keeps none) is made again later,
+at doubling intervals up to ASK_MOST. The ask's connection is made on a thread of its own, so
+the wait goes on meanwhile (the progress thread serves other messages); `look` takes the answer.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from typing import Any
+
+from . import channel
+from .endpoint import Endpoint
+
+ASK_AFTER = 0.5  # seconds a wait goes before its first ask (a connection most often comes well before)
+ASK_MOST = 2.0  # seconds between asks, at most, where an ask was closed with nothing
+ASK_TIMEOUT = 0.2  # seconds an ask may take to connect, and to read an answer that has begun to come
+
+
+class Asker:
+    """A wait's asks to rank `peer` (its `addresses`) whether `group` failed there."""
+
+    def __init__(self, endpoint: Endpoint, addresses: list[tuple[str, int]], group: str, me: int, peer: str):
+        self._endpoint, self._addresses, self._group, self._me, self._peer = endpoint, addresses, group, me, peer
+        self._lock = threading.Lock()
+        self._sock: socket.socket | None = None  # the ask the peer keeps, once made
+        self._asking = False  # a thread is making it
+        self._closed = False
+        self._interval = ASK_AFTER
+        self._due = time.monotonic() + ASK_AFTER
+
+    def look(self) -> dict[str, Any] | None:
+        """The fields of the ABORT the peer has answered with, once it has; else None (asking
+        when an ask is due). Called by the waiting thread alone."""
+        with self._lock:
+            sock, asking = self._sock, self._asking
+            if sock is None and not asking and time.monotonic() >= self._due and not self._closed:
+                self._asking = True
+                threading.Thread(target=self._ask, name=f"ringdist-ask {self._peer}", daemon=True).start()
+        if sock is None or not channel.closed_by_peer([sock]):
+            return None
+        told = channel.read_abort(sock, time.monotonic() + ASK_TIMEOUT)
+        with self._lock:
+            self._sock = None
+            self._later()
+        sock.close()
+        return told
+
+    def _ask(self) -> None:
+        sock = self._endpoint.ask(self._addresses, self._group, self._me, self._peer, ASK_TIMEOUT)
+        with self._lock:
+            self._asking = False
+            if sock is not None and not self._closed:
+                self._sock, sock = sock, None
+            else:
+                self._later()  # not reached (or this wait is over): again later
+        if sock is not None:
+            sock.close()
+
+    def _later(self) -> None:
+        """The next ask, after the interval, which doubles up to ASK_MOST (under the lock)."""
+        self._due = time.monotonic() + self._interval
+        self._interval = min(self._interval * 2, ASK_MOST)
+
+    def close(self) -> None:
+        """The wait is over: the ask kept, or being made, is closed (the peer lets it go)."""
+        with self._lock:
+            self._closed = True
+            sock, self._sock = self._sock, None
+        if sock is not None:
+            sock.close()
