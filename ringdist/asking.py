@@ -4,16 +4,18 @@ A rank waiting for a peer's connection (a receive for the peer's first message t
 collective's link the peer dials on first use) reads nothing from that peer, and a failure
 there went to the connections the peer had, not to this one. So the wait asks the peer
 (`Asker`): after ASK_AFTER it opens a small authenticated connection of kind "ask"
-(`Endpoint.ask`). The peer
-- writes its ABORT on it at once if the group has failed there;
-- closes it with nothing if it has made the connection waited for (keep waiting: that
-  connection carries the messages sent before any failure, then the ABORT);
-- else keeps it open (`Endpoint._file`) and writes its ABORT on it when the group fails there.
+(`Endpoint.ask`; its lane says which kind of connection the wait is for). The peer
+- closes it with nothing if it has begun to make the connection waited for (keep waiting:
+  that connection carries the messages sent before any failure, then the ABORT);
+- else writes its ABORT on it at once if the group has failed there;
+- else keeps it open (`Endpoint._keep_ask`) and writes its ABORT on it when the group fails
+  there, or closes it once it makes the connection.
 
 So after one ask the waiting rank hears of a failure as soon as the peer has it. An ask closed
-with nothing (the peer keeps at most ASKS_KEPT; a closed group keeps none) is made again later,
-at doubling intervals up to ASK_MOST. The ask's connection is made on a thread of its own, so
-the wait goes on meanwhile (the progress thread serves other messages); `look` takes the answer.
+with nothing (or not kept: the peer keeps at most ASKS_KEPT; a closed group keeps none) is
+made again later, at doubling intervals up to ASK_MOST. The ask's connection is made on a
+thread of its own, so the wait goes on meanwhile (the progress thread serves other messages);
+`look` takes the answer, reading it once it has begun to come (at most ASK_TIMEOUT).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import time
 from typing import Any
 
 from . import channel
-from .endpoint import Endpoint
+from .endpoint import ASK_MESSAGE, Endpoint
 
 ASK_AFTER = 0.5  # seconds a wait goes before its first ask (a connection most often comes well before)
 ASK_MOST = 2.0  # seconds between asks, at most, where an ask was closed with nothing
@@ -34,8 +36,10 @@ ASK_TIMEOUT = 0.2  # seconds an ask may take to connect, and to read an answer t
 class Asker:
     """A wait's asks to rank `peer` (its `addresses`) whether `group` failed there."""
 
-    def __init__(self, endpoint: Endpoint, addresses: list[tuple[str, int]], group: str, me: int, peer: str):
+    def __init__(self, endpoint: Endpoint, addresses: list[tuple[str, int]], group: str, me: int, peer: str,
+                 lane: int = ASK_MESSAGE):
         self._endpoint, self._addresses, self._group, self._me, self._peer = endpoint, addresses, group, me, peer
+        self._lane = lane  # what the wait is for (`Endpoint.ask`)
         self._lock = threading.Lock()
         self._sock: socket.socket | None = None  # the ask the peer keeps, once made
         self._asking = False  # a thread is making it
@@ -50,7 +54,11 @@ class Asker:
             sock, asking = self._sock, self._asking
             if sock is None and not asking and time.monotonic() >= self._due and not self._closed:
                 self._asking = True
-                threading.Thread(target=self._ask, name=f"ringdist-ask {self._peer}", daemon=True).start()
+                try:
+                    threading.Thread(target=self._ask, name=f"ringdist-ask {self._peer}", daemon=True).start()
+                except RuntimeError:  # no thread to be had now (a limit; the interpreter exiting): later
+                    self._asking = False
+                    self._later()
         if sock is None or not channel.closed_by_peer([sock]):
             return None
         told = channel.read_abort(sock, time.monotonic() + ASK_TIMEOUT)
@@ -61,7 +69,13 @@ class Asker:
         return told
 
     def _ask(self) -> None:
-        sock = self._endpoint.ask(self._addresses, self._group, self._me, self._peer, ASK_TIMEOUT)
+        sock = None
+        try:
+            sock = self._endpoint.ask(self._addresses, self._group, self._me, self._peer, ASK_TIMEOUT, self._lane)
+        finally:
+            self._made(sock)
+
+    def _made(self, sock: socket.socket | None) -> None:
         with self._lock:
             self._asking = False
             if sock is not None and not self._closed:

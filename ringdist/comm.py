@@ -25,7 +25,7 @@ from . import aborts, deadlines, engine, forks, wire
 from .flows import Inflow, Outflow, Watch
 from .channel import Channel
 from .asking import Asker
-from .endpoint import Endpoint, InboxKey
+from .endpoint import ASK_LINK, ASK_MESSAGE, Endpoint, InboxKey
 from .errors import ConfigError, GroupBrokenError, MismatchError, PeerLostError, RingError, RingTimeoutError
 from .hosts import Hierarchy, hierarchical, layout
 from .links import Links
@@ -275,7 +275,7 @@ class Comm:
 
         # Waiting for a lower rank to dial: has it failed? (It told the peers it is linked to,
         # who may have finished the call since and not passed it on.)
-        asker = self.asker(p) if p < self._rank else None
+        asker = self.asker(p, ASK_LINK) if p < self._rank else None
 
         def check() -> None:
             for fd, _ in links.poller.poll(0):
@@ -762,11 +762,22 @@ class Comm:
                         raise exc
 
             if outgoing:
-                sock = self._endpoint.connect(self._addresses[peer], InboxKey(self.gid, self._rank, "p2p", 0),
-                                              deadline, f"rank {peer} of group {self.gid!r}", up=True, check=check)
-                self._endpoint.note_dialed(self.gid, peer)  # before a message goes on it
-                table[peer] = [Channel(sock, me=self._rank, peer=peer, group=self.gid, role="p2p-out",
-                                               world_ranks=self._world_ranks), 0]
+                self._endpoint.note_dialing(self.gid, peer)  # the receiver's asks: keep waiting
+                try:
+                    sock = self._endpoint.connect(self._addresses[peer], InboxKey(self.gid, self._rank, "p2p", 0),
+                                                  deadline, f"rank {peer} of group {self.gid!r}", up=True, check=check)
+                except BaseException:
+                    self._endpoint.note_not_dialed(self.gid, peer)
+                    raise
+                ch = Channel(sock, me=self._rank, peer=peer, group=self.gid, role="p2p-out",
+                             world_ranks=self._world_ranks)
+                table[peer] = [ch, 0]
+                if self._broken:  # it broke while this dialed: its ABORT (told to the receiver's ask
+                    # as "keep waiting") goes on the connection, and no message does
+                    frame = self._endpoint.answer_of(self.gid)
+                    if frame is not None:
+                        aborts.tell(ch, frame, deadlines.after(aborts.ABORT_BUDGET))
+                    self.check_usable(op)
             elif not wait:
                 if self.p2p_incoming(peer, op) is None:
                     return None
@@ -786,10 +797,12 @@ class Comm:
         entry[1] += 1
         return entry[0], entry[1] - 1
 
-    def asker(self, peer: int) -> Asker:
-        """Asks for a wait for `peer`'s connection: whether the group failed at `peer` (`asking`)."""
+    def asker(self, peer: int, lane: int = ASK_MESSAGE) -> Asker:
+        """Asks for a wait for `peer`'s message connection (or its link, `lane` ASK_LINK):
+        whether the group failed at `peer` (`asking`)."""
         assert self._endpoint is not None
-        return Asker(self._endpoint, self._addresses[peer], self.gid, self._rank, f"rank {peer} of group {self.gid!r}")
+        return Asker(self._endpoint, self._addresses[peer], self.gid, self._rank, f"rank {peer} of group {self.gid!r}",
+                     lane)
 
     def heard_by_asking(self, peer: int, op: str, told: dict[str, Any] | None) -> RingError | None:
         """The error a receive waiting for `peer`'s connection raises, where the ABORT `told` (the

@@ -40,6 +40,7 @@ ENDED_KEPT = 4096  # ended groups whose late connections an endpoint closes (`di
 CUT_OFF_HINT = ("; its acceptor drops handshakes it cannot serve: it is out of file descriptors "
                 "(raise ulimit -n) or flooded by strangers, and its log says which")
 ASK_KIND = "ask"  # a connection that asks whether a group failed at the rank dialed (`ask`)
+ASK_MESSAGE, ASK_LINK = 0, 1  # an ask's lane: what its wait is for (a message connection, a link)
 ASKS_KEPT = 1024  # asks an endpoint keeps open to answer when a group fails here, at most
 
 
@@ -70,12 +71,13 @@ class Endpoint:
         # (from the launcher's rendezvous: `control`).
         self._departed: dict[tuple[str, int], tuple[str, float]] = {}
         self._dialed: set[tuple[str, int]] = set()  # (group, rank) this rank's message connections go to
+        self._linked: set[tuple[str, int]] = set()  # (group, rank) this rank's links (`links`) go to
         # Groups whose collective failed here: the ABORT sent to their peers, by group id, for
         # a peer whose link arrives after it was sent (a link opened on first use).
         self._aborted: dict[str, bytes] = {}
-        # Asks kept open (`_keep_ask`), by (group, asking rank): answered with the group's ABORT
-        # if it fails here (`answer_asks`), closed once the connection they wait for is made.
-        self._asks: dict[tuple[str, int], list[socket.socket]] = {}
+        # Asks kept open (`_keep_ask`), by (group, asking rank, lane): answered with the group's
+        # ABORT if it fails here (`answer_asks`), closed once the connection they wait for is made.
+        self._asks: dict[tuple[str, int, int], list[socket.socket]] = {}
         self._answers: dict[str, bytes] = {}  # the ABORT each group's asks are answered with
         # Groups (or a group's kind of connection) that have ended here: a connection for one
         # that arrives later is closed, not kept in the inbox for good. The latest ENDED_KEPT.
@@ -140,8 +142,8 @@ class Endpoint:
             frame = self._aborted.get(key.group)
             if key.kind == ASK_KIND:
                 frame = frame or self._answers.get(key.group)
-                if (key.group, key.peer) in self._dialed:
-                    # A receive waiting for this rank's message connection asks: it was made, and
+                if (key.group, key.peer) in (self._dialed if key.lane == ASK_MESSAGE else self._linked):
+                    # A wait for this rank's message connection (or link) asks: it was made, and
                     # carries the messages sent before any failure, then its ABORT. Keep waiting.
                     conn.close()
                     return
@@ -174,7 +176,7 @@ class Endpoint:
             if len(kept) - len(gone) >= ASKS_KEPT:
                 conn.close()
                 return
-        self._asks.setdefault((key.group, key.peer), []).append(conn)
+        self._asks.setdefault((key.group, key.peer, key.lane), []).append(conn)
 
     def answer_asks(self, group: str, frame: bytes) -> None:
         """Group `group` failed here with the ABORT `frame`: the asks kept for it get the frame and
@@ -188,16 +190,36 @@ class Endpoint:
             channel.send_quietly(sock, frame)
             sock.close()
 
-    def _pop_asks(self, which: Callable[[tuple[str, int]], bool]) -> list[socket.socket]:
-        """The kept asks of the (group, rank) pairs `which` says, taken out (under the lock)."""
+    def _pop_asks(self, which: Callable[[tuple[str, int, int]], bool]) -> list[socket.socket]:
+        """The kept asks of the (group, rank, lane)s `which` says, taken out (under the lock)."""
         return [sock for where in [w for w in self._asks if which(w)] for sock in self._asks.pop(where)]
 
-    def note_dialed(self, group: str, peer: int) -> None:
-        """This rank made its message connection to rank `peer` of `group` (`_file`'s answer to
-        that rank's asks: keep waiting; the asks kept are closed so)."""
+    def answer_of(self, group: str) -> bytes | None:
+        """The ABORT group `group` told its peers here, if it has failed here."""
         with self._cond:
-            self._dialed.add((group, peer))
-            asks = self._pop_asks(lambda where: where == (group, peer))
+            return self._aborted.get(group) or self._answers.get(group)
+
+    def note_dialing(self, group: str, peer: int) -> None:
+        """This rank is making its message connection to rank `peer` of `group`: `_file`'s answer
+        to that rank's asks is "keep waiting" (the connection carries the messages sent before
+        any failure, then its ABORT), and the asks kept are closed so. Marked before the dial, so
+        that no failure's answer reaches an ask while a message issued before it is on its way."""
+        self._release(group, peer, ASK_MESSAGE)
+
+    def note_not_dialed(self, group: str, peer: int) -> None:
+        """The dial `note_dialing` marked failed: no connection is coming."""
+        with self._cond:
+            self._dialed.discard((group, peer))
+
+    def note_linked(self, group: str, peer: int) -> None:
+        """This rank dialed its link to rank `peer` of `group`: that rank's asks for it are told
+        "keep waiting" (the link carries any ABORT), and those kept are closed so."""
+        self._release(group, peer, ASK_LINK)
+
+    def _release(self, group: str, peer: int, lane: int) -> None:
+        with self._cond:
+            (self._dialed if lane == ASK_MESSAGE else self._linked).add((group, peer))
+            asks = self._pop_asks(lambda where: where == (group, peer, lane))
         for sock in asks:
             sock.close()
 
@@ -354,13 +376,14 @@ class Endpoint:
             return [key.peer for key in self._inbox if key.group == group and key.kind == kind]
 
     def ask(self, addresses: list[tuple[str, int]], group: str, me: int, peer: str,
-            timeout: float) -> socket.socket | None:
-        """Ask the rank listening at `addresses` whether `group` failed there (`asking`): the
+            timeout: float, lane: int = ASK_MESSAGE) -> socket.socket | None:
+        """Ask the rank listening at `addresses` whether `group` failed there (`asking`), for a
+        wait for its message connection (`lane` ASK_MESSAGE) or its link (ASK_LINK): the
         connection, on which it writes its ABORT (now, or when the group fails there) or which
         it closes with nothing (the connection waited for was made; or it does not keep the ask:
         ask again later); None if it could not be reached within `timeout`."""
         try:
-            return self.connect(addresses, InboxKey(group, me, ASK_KIND, 0), time.monotonic() + timeout, peer)
+            return self.connect(addresses, InboxKey(group, me, ASK_KIND, lane), time.monotonic() + timeout, peer)
         except RingError:
             return None
 
@@ -370,8 +393,11 @@ class Endpoint:
         are not reused), or gave up that kind of connection (shared memory's, after a vote for TCP)."""
         with self._cond:
             self._ended[(group, kind)] = None
-            if kind is None:
+            if kind is None and group not in self._aborted and group not in self._answers:
+                # (a failed group's asks are still answered "keep waiting" where it dialed)
                 self._dialed = {d for d in self._dialed if d[0] != group}
+            if kind is None:
+                self._linked = {d for d in self._linked if d[0] != group}
                 for sock in self._pop_asks(lambda where: where[0] == group):
                     sock.close()
             if len(self._ended) > ENDED_KEPT:

@@ -64,6 +64,7 @@ class Links:
             sock = self.endpoint.connect(self.addresses[p], InboxKey(self.group, self.rank, KIND, 0),
                                          min(connect_deadline, accept_deadline), f"rank {p} of group {self.group!r}",
                                          up=True, check=check)
+            self.endpoint.note_linked(self.group, p)  # p's kept asks for this link (`asking`) are let go
         else:
             sock = self.endpoint.take(InboxKey(self.group, p, KIND, 0), accept_deadline,
                                       f"group {self.group!r}: waiting for rank {p} to connect", check=check,

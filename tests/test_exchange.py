@@ -233,17 +233,17 @@ def test_an_ask_kept_open_is_closed_when_its_connection_is_made_and_let_go_when_
         while sum(len(kept) for kept in failed._asks.values()) < 3 and time.monotonic() < deadline:
             time.sleep(0.01)
         assert sorted((where, len(kept)) for where, kept in failed._asks.items()) == \
-            [(("world/0:0", 5), 1), (("world/0:0", 6), 2)], failed._asks
-        failed.note_dialed("world/0:0", 6)  # the message connection to rank 6 is made: keep waiting
+            [(("world/0:0", 5, 0), 1), (("world/0:0", 6, 0), 2)], failed._asks
+        failed.note_dialing("world/0:0", 6)  # the message connection to rank 6 is coming: keep waiting
         for sock in (first, second):
             assert channel.read_abort(sock, time.monotonic() + 2.0) is None  # closed with nothing
             sock.close()
-        assert list(failed._asks) == [("world/0:0", 5)], failed._asks
+        assert list(failed._asks) == [("world/0:0", 5, 0)], failed._asks
         third.close()  # its asker's wait is over: let go when the next ask is kept
         fourth = ask(4)
-        while ("world/0:0", 4) not in failed._asks and time.monotonic() < deadline:
+        while ("world/0:0", 4, 0) not in failed._asks and time.monotonic() < deadline:
             time.sleep(0.01)
-        assert list(failed._asks) == [("world/0:0", 4)], failed._asks
+        assert list(failed._asks) == [("world/0:0", 4, 0)], failed._asks
         failed.discard("world/0:0")  # the group closed here: its asks are closed
         assert channel.read_abort(fourth, time.monotonic() + 2.0) is None and not failed._asks
         fourth.close()

@@ -1,0 +1,193 @@
+"""Asks (`asking`): a rank waiting for a peer's connection asks whether the group failed there,
+and the peer keeps the ask to answer it when it does. What the asks must never do: lose a message
+sent before a failure, stop a wait that would have ended well, or pile up at the rank asked.
+Ranks are threads over real sockets (`harness`)."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+
+import ringdist as rd
+from harness import run_ranks
+
+CAUSE = "aborted by rank 0: TypeError: rank 0: all_sum: dtype <U1 is not numeric or bool"
+
+
+def _break(g: rd.Group) -> None:
+    with pytest.raises(TypeError):
+        rd.all_sum(np.array(["a"]), group=g)
+
+
+def _outcome(call) -> str:
+    try:
+        got = call()
+        return got.tolist() if isinstance(got, np.ndarray) else "returned"
+    except rd.RingError as exc:
+        return f"{type(exc).__name__}: {exc}"
+
+
+def test_a_message_issued_before_the_break_is_received_or_its_send_fails(monkeypatch):
+    """Rank 0's async send is making its connection when its group breaks (rank 1's ask is kept
+    at rank 0 by then, and rank 1's acceptor is slow to file the connection). The ask is told to
+    keep waiting from the moment the dial begins, and a send whose group broke while it dialed
+    puts the ABORT on its connection and fails: never a send reported done whose receive raised."""
+    from ringdist.endpoint import Endpoint
+
+    broken = threading.Event()
+    real_connect, real_file = Endpoint.connect, Endpoint._file
+
+    def connect(self, addresses, key, *args, **kwargs):
+        sock = real_connect(self, addresses, key, *args, **kwargs)
+        if key.kind == "p2p":
+            assert broken.wait(20)  # the break lands once the connection is made, before it is used
+        return sock
+
+    def file(self, conn, hello, addr):
+        if hello.get("kind") == "p2p":
+            assert broken.wait(20)
+            time.sleep(0.3)
+        return real_file(self, conn, hello, addr)
+
+    monkeypatch.setattr(Endpoint, "connect", connect)
+    monkeypatch.setattr(Endpoint, "_file", file)
+
+    def rank(g: rd.Group):
+        if g.rank() == 0:
+            time.sleep(0.8)  # rank 1 has asked (after 0.5 s), and its ask is kept here
+            w = rd.send(np.arange(2.0), 1, group=g, async_op=True)
+            time.sleep(0.1)
+            _break(g)
+            broken.set()
+            sent = _outcome(w.wait)
+            time.sleep(1.0)
+            return sent
+        if g.rank() == 2:
+            return None
+        return _outcome(lambda: rd.recv(2, np.float64, 0, group=g, timeout=20))
+
+    sent, got, _ = run_ranks(3, rank, shm=False)
+    assert sent.startswith("GroupBrokenError: rank 0: group 'world' cannot run send"), sent
+    assert got.startswith("RingError: rank 1: recv " + CAUSE), got
+
+
+def test_a_message_sent_before_the_break_is_received_after_the_sender_closes_its_group(monkeypatch):
+    """Rank 0 sends, breaks its group and closes it before rank 1's acceptor files the message's
+    connection, and rank 1 asks meanwhile: rank 0 still answers "keep waiting" (it dialed rank 1),
+    not the ABORT, so the message is received."""
+    from ringdist import channel
+    from ringdist.endpoint import Endpoint
+
+    closed, asked = threading.Event(), threading.Event()
+    real_ask, real_read, real_file = Endpoint.ask, channel.read_abort, Endpoint._file
+
+    def ask(self, *args, **kwargs):
+        assert closed.wait(20)
+        return real_ask(self, *args, **kwargs)
+
+    def read_abort(*args, **kwargs):  # the receive reads the answer to its ask
+        try:
+            return real_read(*args, **kwargs)
+        finally:
+            asked.set()
+
+    def file(self, conn, hello, addr):
+        if hello.get("kind") == "p2p":
+            assert asked.wait(20)
+        return real_file(self, conn, hello, addr)
+
+    monkeypatch.setattr(Endpoint, "ask", ask)
+    monkeypatch.setattr(channel, "read_abort", read_abort)
+    monkeypatch.setattr(Endpoint, "_file", file)
+
+    def rank(g: rd.Group):
+        if g.rank() == 0:
+            time.sleep(0.2)
+            rd.send(np.arange(2.0), 1, group=g)
+            _break(g)
+            g.close()
+            closed.set()
+            time.sleep(1.0)
+            return None
+        if g.rank() == 2:
+            return None
+        return _outcome(lambda: rd.recv(2, np.float64, 0, group=g, timeout=30))
+
+    assert run_ranks(3, rank, shm=False)[1] == [0.0, 1.0]
+
+
+@pytest.mark.parametrize("async_op", [False, True], ids=["blocking", "async"])
+def test_a_receive_whose_ask_cannot_get_a_thread_still_receives(monkeypatch, async_op):
+    """No thread to be had for an ask (a process limit; the interpreter exiting): the wait goes
+    on without it (it did kill the progress thread, failing every async job)."""
+    from ringdist import asking
+
+    real_start = threading.Thread.start
+
+    def start(self, *args, **kwargs):
+        if self.name.startswith("ringdist-ask"):
+            raise RuntimeError("can't start new thread")
+        return real_start(self, *args, **kwargs)
+
+    monkeypatch.setattr(asking.threading.Thread, "start", start)
+
+    def rank(g: rd.Group):
+        if g.rank() == 0:
+            time.sleep(1.5)
+            rd.send(np.arange(2.0), 1, group=g)  # late, but it comes
+            return None
+        if g.rank() == 2:
+            return None
+        if async_op:
+            return _outcome(rd.recv(2, np.float64, 0, group=g, timeout=10, async_op=True).wait)
+        return _outcome(lambda: rd.recv(2, np.float64, 0, group=g, timeout=10))
+
+    assert run_ranks(3, rank, shm=False)[1] == [0.0, 1.0]
+
+
+@pytest.mark.parametrize("message_first", [False, True], ids=["no-message", "message-first"])
+def test_a_link_wait_hears_that_its_dialer_failed(message_first):
+    """Rank 5 of 12 waits for rank 0's link (opened on first use past 8 ranks) in a call rank 0
+    failed before dialing it. Its ask brings rank 0's ABORT, also where rank 0 has made its
+    message connection to rank 5 (a message wait's "keep waiting" is not a link wait's)."""
+    def rank(g: rd.Group):
+        r = g.rank()
+        if r == 0:
+            if message_first:
+                rd.send(np.arange(2.0), 5, group=g)
+            _break(g)  # call 0 fails here, before any link to rank 5
+            time.sleep(3.0)
+            return None
+        if r != 5:
+            time.sleep(3.5)
+            return None
+        if message_first:
+            rd.recv(2, np.float64, 0, group=g)
+        time.sleep(0.3)
+        g.next_header("all_sum", np.ones(1))  # rank 5 is in call 0 ...
+        try:
+            g.link(0, timeout=30.0)  # ... waiting for rank 0 to dial its link
+            return "linked"
+        except rd.RingError as exc:
+            return f"{type(exc).__name__}: {exc}"
+
+    got = run_ranks(12, rank, shm=False, timeout=60)[5]
+    assert got.startswith("RingError: rank 5: all_sum aborted by rank 0: TypeError: rank 0: all_sum: dtype <U1"), got
+
+
+def test_the_asks_for_links_are_let_go_once_the_links_are_made():
+    """15 ranks wait for rank 0's link, 2 s late, and ask: rank 0 keeps none once it has dialed them."""
+    def rank(g: rd.Group):
+        g.next_header("all_sum", np.ones(1))
+        if g.rank() == 0:
+            time.sleep(2.0)
+            for p in range(1, g.size()):
+                g.link(p, timeout=20)
+            return sum(len(kept) for kept in g._endpoint._asks.values())
+        g.link(0, timeout=20)
+        return None
+
+    assert run_ranks(16, rank, shm=False, timeout=120)[0] == 0
