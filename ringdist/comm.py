@@ -121,6 +121,9 @@ class Comm:
         self._headers: dict[tuple, wire.HeaderTemplate] = {}  # per kind of call: its header's fixed bytes
         self._splits = 0
         self._broken: str | None = None
+        # The ABORT of the failure that broke the group, set before `_broken` is: a send that
+        # finds the group broken puts it on its connection (`_refuse_message`).
+        self._abort_frame: bytes | None = None
         self._closed = False
         self._lock = threading.Lock()
         self._caller: dict[int, threading.Thread] = {}  # 0 -> the thread in this group's current collective
@@ -566,7 +569,13 @@ class Comm:
         """Mark the group broken by `exc` (no call of it starts from now on) without telling anyone:
         for a thread other than the one whose collective owns the connections (`runners`)."""
         if not self._broken:
+            self._note_abort(exc, self._seq)
             self._broken = f"{op}: {type(exc).__name__}: {exc}"
+
+    def _note_abort(self, exc: BaseException, seq: int | None) -> None:
+        """Keep the ABORT of the failure breaking the group (the first), before it is marked broken."""
+        if self._abort_frame is None:
+            self._abort_frame = wire.encode_map(wire.ABORT, aborts.abort_fields(exc, self._rank, seq))
 
     def _fail(self, op: str, channels: list[Channel], seq: int | None, outflows: list[Outflow],
               exc: BaseException) -> None:
@@ -576,7 +585,6 @@ class Comm:
         the call's: a peer linked to this rank but not in this step must read why before it
         sees this rank's connections close (past 8 ranks, where links open on first use, it
         saw the close first and told its own peers of a lost rank instead of the mismatch)."""
-        self._broken = f"{op}: {type(exc).__name__}: {exc}"
         if self.ring is not None and not any(ch.role.startswith("p2p") for ch in channels):
             channels = channels + [ch for ch in self.channels if ch not in channels]
         me = threading.current_thread()
@@ -587,6 +595,8 @@ class Comm:
             # from the next one this rank makes, on every rank (one it has finished, and a peer
             # may still be in, went well).
             seq = self._seq
+        self._note_abort(exc, seq)
+        self._broken = f"{op}: {type(exc).__name__}: {exc}"
         if owner is not me and owner.is_alive():
             # Another thread's collective is writing on the group's connections: an ABORT now
             # could land inside one of its frames. This failure's own connections (a message's)
@@ -772,12 +782,8 @@ class Comm:
                 ch = Channel(sock, me=self._rank, peer=peer, group=self.gid, role="p2p-out",
                              world_ranks=self._world_ranks)
                 table[peer] = [ch, 0]
-                if self._broken:  # it broke while this dialed: its ABORT (told to the receiver's ask
-                    # as "keep waiting") goes on the connection, and no message does
-                    frame = self._endpoint.answer_of(self.gid)
-                    if frame is not None:
-                        aborts.tell(ch, frame, deadlines.after(aborts.ABORT_BUDGET))
-                    self.check_usable(op)
+                if self._broken:  # it broke while this dialed (the receiver's asks: keep waiting)
+                    self._refuse_message(ch, op)
             elif not wait:
                 if self.p2p_incoming(peer, op) is None:
                     return None
@@ -792,10 +798,21 @@ class Comm:
                 table[peer] = [Channel(sock, me=self._rank, peer=peer, group=self.gid, role="p2p-in",
                                        world_ranks=self._world_ranks, listens=self._addresses[peer]), 0]
         elif outgoing:
+            if self._broken:  # it broke after this send started, before its turn came
+                self._refuse_message(table[peer][0], op)
             self._check_outgoing(table[peer][0], peer)
         entry = table[peer]
         entry[1] += 1
         return entry[0], entry[1] - 1
+
+    def _refuse_message(self, ch: Channel, op: str) -> None:
+        """A message about to go on `ch` (its pair's turn held) in a group that broke after it
+        started: it does not go; the failure's ABORT does, if not told there yet (the failing
+        thread's `_tell_pairs` passes a connection whose turn is held), and the send raises
+        GroupBrokenError. Its receiver raises the failure, as the sender does."""
+        if self._abort_frame is not None:
+            aborts.tell(ch, self._abort_frame, deadlines.after(aborts.ABORT_BUDGET))
+        self.check_usable(op)
 
     def asker(self, peer: int, lane: int = ASK_MESSAGE) -> Asker:
         """Asks for a wait for `peer`'s message connection (or its link, `lane` ASK_LINK):

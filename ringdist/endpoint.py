@@ -183,8 +183,10 @@ class Endpoint:
         are closed, and asks that come later get it at once."""
         with self._cond:
             self._answers[group] = frame
-            if len(self._answers) > ENDED_KEPT:
-                del self._answers[next(iter(self._answers))]
+            if len(self._answers) > ENDED_KEPT:  # (with the "keep waiting" it kept once closed: `discard`)
+                oldest = next(iter(self._answers))
+                del self._answers[oldest]
+                self._dialed = {d for d in self._dialed if d[0] != oldest}
             asks = self._pop_asks(lambda where: where[0] == group)
         for sock in asks:
             channel.send_quietly(sock, frame)
@@ -193,11 +195,6 @@ class Endpoint:
     def _pop_asks(self, which: Callable[[tuple[str, int, int]], bool]) -> list[socket.socket]:
         """The kept asks of the (group, rank, lane)s `which` says, taken out (under the lock)."""
         return [sock for where in [w for w in self._asks if which(w)] for sock in self._asks.pop(where)]
-
-    def answer_of(self, group: str) -> bytes | None:
-        """The ABORT group `group` told its peers here, if it has failed here."""
-        with self._cond:
-            return self._aborted.get(group) or self._answers.get(group)
 
     def note_dialing(self, group: str, peer: int) -> None:
         """This rank is making its message connection to rank `peer` of `group`: `_file`'s answer
@@ -393,7 +390,7 @@ class Endpoint:
         are not reused), or gave up that kind of connection (shared memory's, after a vote for TCP)."""
         with self._cond:
             self._ended[(group, kind)] = None
-            if kind is None and group not in self._aborted and group not in self._answers:
+            if kind is None and group not in self._answers:
                 # (a failed group's asks are still answered "keep waiting" where it dialed)
                 self._dialed = {d for d in self._dialed if d[0] != group}
             if kind is None:

@@ -191,3 +191,112 @@ def test_the_asks_for_links_are_let_go_once_the_links_are_made():
         return None
 
     assert run_ranks(16, rank, shm=False, timeout=120)[0] == 0
+
+
+def _rank_0_sends_from_threads(g: rd.Group, sends: dict[str, np.ndarray], gap: float = 0.2) -> dict[str, str]:
+    """Rank 0 sends each of `sends` to rank 1 from a thread of its own (`gap` s apart, in
+    order), then breaks its group; each send's outcome."""
+    out: dict[str, str] = {}
+    threads = []
+    for name, x in sends.items():
+        t = threading.Thread(target=lambda name=name, x=x: out.setdefault(name, _outcome(
+            lambda: rd.send(x, 1, group=g, timeout=20))))
+        t.start()
+        threads.append(t)
+        time.sleep(gap)
+    _break(g)
+    for t in threads:
+        t.join(30)
+    return out
+
+
+def test_a_send_waiting_for_its_turn_when_the_group_breaks_sends_nothing_behind_the_abort(monkeypatch):
+    """Rank 0's first send dials when the group breaks (it puts the ABORT on its new connection and
+    fails); a second send, started before the break, waits for the pair's turn. It must not write
+    its message behind the ABORT (it returned, and its receiver raised)."""
+    from ringdist.endpoint import Endpoint
+
+    broken = threading.Event()
+    real_connect = Endpoint.connect
+
+    def connect(self, addresses, key, *args, **kwargs):
+        sock = real_connect(self, addresses, key, *args, **kwargs)
+        if key.kind == "p2p":
+            assert broken.wait(20)
+        return sock
+
+    monkeypatch.setattr(Endpoint, "connect", connect)
+
+    def rank(g: rd.Group):
+        if g.rank() == 0:
+            threading.Timer(0.6, broken.set).start()  # once the group has broken (0.4 s)
+            out = _rank_0_sends_from_threads(g, {"first": np.arange(2.0), "second": np.arange(2.0) + 10})
+            time.sleep(1.0)
+            return out
+        if g.rank() == 2:
+            return None
+        return _outcome(lambda: rd.recv(2, np.float64, 0, group=g, timeout=20))
+
+    sent, got, _ = run_ranks(3, rank, shm=False)
+    for name in ("first", "second"):
+        assert sent[name].startswith("GroupBrokenError: rank 0: group 'world' cannot run send"), sent
+    assert got.startswith("RingError: rank 1: recv " + CAUSE), got
+
+
+def test_a_send_that_finds_its_group_broken_before_the_pairs_are_told_still_tells_its_receiver(monkeypatch):
+    """Rank 0's send has dialed when its group breaks, and looks at the group between the break
+    being marked and the pairs being told, then holds its pair's turn while they are told (so
+    `_tell_pairs` passes its connection): the break's ABORT is there for the send to put on its
+    connection (none was: its receiver was told nothing, and waited out its timeout)."""
+    from ringdist.comm import Comm
+    from ringdist.endpoint import Endpoint
+
+    failing, looked, told = threading.Event(), threading.Event(), threading.Event()
+    sender: list[threading.Thread] = []
+    real_connect, real_tell_pairs, real_check = Endpoint.connect, Comm._tell_pairs, Comm.check_usable
+
+    def connect(self, addresses, key, *args, **kwargs):
+        sock = real_connect(self, addresses, key, *args, **kwargs)
+        if key.kind == "p2p":
+            assert failing.wait(20)  # the group is marked broken; its pairs are not told yet
+        return sock
+
+    def tell_pairs(self, frame):
+        if self.rank() == 0 and not failing.is_set():
+            failing.set()
+            assert looked.wait(20)  # the send has looked, and holds its turn
+            try:
+                return real_tell_pairs(self, frame)
+            finally:
+                told.set()
+        return real_tell_pairs(self, frame)
+
+    def check_usable(self, op):
+        if failing.is_set() and sender and threading.current_thread() is sender[0] and not looked.is_set():
+            looked.set()
+            assert told.wait(20)  # (the send raises, giving its turn up, once the pairs are told)
+        return real_check(self, op)
+
+    monkeypatch.setattr(Endpoint, "connect", connect)
+    monkeypatch.setattr(Comm, "_tell_pairs", tell_pairs)
+    monkeypatch.setattr(Comm, "check_usable", check_usable)
+
+    def rank(g: rd.Group):
+        if g.rank() == 0:
+            out: dict[str, str] = {}
+            t = threading.Thread(target=lambda: out.setdefault("sent", _outcome(
+                lambda: rd.send(np.arange(2.0), 1, group=g, timeout=20))))
+            sender.append(t)
+            t.start()
+            time.sleep(0.3)
+            _break(g)
+            t.join(30)
+            time.sleep(1.0)
+            return out["sent"]
+        if g.rank() == 2:
+            return None
+        return _outcome(lambda: rd.recv(2, np.float64, 0, group=g, timeout=10))
+
+    sent, got, _ = run_ranks(3, rank, shm=False)
+    assert sent.startswith("GroupBrokenError: rank 0: group 'world' cannot run send"), sent
+    assert got.startswith("RingError: rank 1: recv " + CAUSE), got

@@ -401,3 +401,18 @@ loop.main(OffByOne)
     bad = rows["all_sum"]
     assert bad["verified"] is False and bad["status"] == "wrong_result", bad
     assert bad["error"] == "all_sum: wrong output on rank(s) [1], first wrong element 3 on rank 1", bad
+
+
+def test_break_chain_times_a_break_reaching_a_chain_of_receives():
+    """benchmarks/break_chain.py: every waiting rank of a 3-rank chain hears rank 0's break; the
+    tool prints the seconds to the first and the last (a failure to hear fails the tool)."""
+    import re
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "break_chain.py"
+    res = subprocess.run([sys.executable, str(script), "-n", "3", "--repeats", "1"],
+                         capture_output=True, text=True, timeout=120, start_new_session=True)
+    assert res.returncode == 0, res.stdout + res.stderr
+    row = re.search(r"n=  3  first rank +([0-9.]+) s  last rank +([0-9.]+) s  \(1 runs\)", res.stdout)
+    assert row is not None, res.stdout
+    assert 0 < float(row.group(1)) <= float(row.group(2)) < 120, res.stdout
