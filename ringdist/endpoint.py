@@ -228,12 +228,20 @@ class Endpoint:
 
     def note_aborted(self, group: str, frame: bytes, why: str = "") -> None:
         """Group `group`'s collective failed here with the ABORT `frame`: a peer's connection for
-        that group arriving from now on gets the frame and is closed, instead of waiting in the
-        inbox for a take that will never come (the dialer raises the ABORT, not a lost peer).
+        that group arriving from now on, or waiting in the inbox untaken (a message connection
+        aside), gets the frame and is closed, instead of waiting for a take that will never come
+        (the dialer raises the ABORT, not a lost peer, nor its timeout while it reads for data).
         The first failure of the process (`why`: 'MismatchError: rank 3: ...') goes to the
         listener set with `tell_failures_to`."""
         with self._cond:
             self._aborted[group] = frame
+            # Its links that came but were not taken yet: their dialer may be reading one for
+            # this call's data. (A message connection's sender is told by `Comm._tell_pairs`.)
+            filed = [conn for key in [k for k in self._inbox if k.group == group and k.kind != "p2p"]
+                     for conn in self._inbox.pop(key)]
+        for conn in filed:
+            channel.send_quietly(conn, frame)
+            conn.close()
         self.answer_asks(group, frame)
         self.note_failure(why)
 

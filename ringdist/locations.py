@@ -56,8 +56,8 @@ def _located(x: Any, index: Any, which: str, group: Comm | None, timeout: float 
     values = _all_reduce(arr, g, f"all_{which}", timeout, name=call)
     try:  # between the two steps (8 bytes an element, and a mask): no memory fails every rank at once
         held = values == arr
-        if arr.dtype.kind in "fc":
-            held |= np.isnan(values) & np.isnan(arr)
+        if arr.dtype.kind not in "iub":  # a NaN (of any float type, ml_dtypes' too) or NaT is where it is
+            held |= (values != values) & (arr != arr)
         candidates = np.where(held, mine, NOWHERE)
     except Exception as exc:
         g.refuse(call, exc)

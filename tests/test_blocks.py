@@ -471,3 +471,16 @@ def test_a_0_d_scan_and_a_64_dimensional_reduction_on_every_path(algo):
         assert prefix.shape == () and prefix == sum(range(1, r + 2)), (r, prefix)
         assert total.shape == deep and total.item() == 4.0
         assert deep_prefix.shape == deep and deep_prefix.item() == r + 1
+
+
+@pytest.mark.parametrize("shm", [True, False], ids=["shm", "tcp"])
+@pytest.mark.parametrize("n", [3, 9])
+def test_scatter_delivers_the_root_s_bytes_padding_too(n, shm):
+    # Past 8 ranks over TCP (a binomial tree) a rank passing blocks on copied its own with numpy,
+    # which copies a structured dtype field by field: its padding came back as whatever was in
+    # that memory before, where every other path delivers the root's bytes.
+    dt = np.dtype({"names": ["a", "b"], "formats": ["<i2", "<i2"], "offsets": [0, 6], "itemsize": 12})
+    whole = np.frombuffer(((np.arange(2 * n * 12) * 7) % 251).astype(np.uint8).tobytes(), dtype=dt).copy()
+    got = run_ranks(n, lambda g: rd.scatter(whole if g.rank() == 0 else None, root=0, group=g), shm=shm)
+    for r in range(n):
+        assert got[r].tobytes() == whole[2 * r:2 * r + 2].tobytes(), (r, got[r].view(np.uint8))

@@ -172,6 +172,40 @@ def test_a_link_arriving_after_its_group_failed_reads_the_abort_then_the_close()
         other.close()
 
 
+def test_a_link_that_came_before_its_group_failed_but_was_not_taken_reads_the_abort():
+    # Past 8 ranks over TCP (a rooted reduce that one rank called with another op): a lower rank
+    # dialed its link and read it for the call's data; the higher rank failed before taking it
+    # from its inbox, told the links it had, and that one nothing: its dialer waited out its
+    # timeout. A failing group's untaken links get its ABORT, then the close.
+    from ringdist import aborts
+    from ringdist.channel import recv_control
+    from ringdist.endpoint import Endpoint, InboxKey
+    from ringdist.errors import PeerLostError
+
+    failed = Endpoint(b"untaken link secret", ["127.0.0.1"], connect_timeout=5, label="rank 12")
+    dialer = Endpoint(b"untaken link secret", ["127.0.0.1"], connect_timeout=5, label="rank 8")
+    try:
+        link = dialer.connect(failed.addresses, InboxKey("world", 8, "link", 0), time.monotonic() + 5,
+                              "rank 12 of group 'world'", up=True)
+        message = dialer.connect(failed.addresses, InboxKey("world", 8, "p2p", 0), time.monotonic() + 5,
+                                 "rank 12 of group 'world'", up=True)
+        deadline = time.monotonic() + 5
+        while len(failed.filed("world", "link") + failed.filed("world", "p2p")) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        failed.note_aborted("world", wire.encode_map(wire.ABORT, aborts.abort_fields(
+            MismatchError("rank 0 called reduce with op min"), 0, 0)))
+        kind, fields, _ = recv_control(link, time.monotonic() + 5)
+        assert kind == wire.ABORT and fields["message"] == "rank 0 called reduce with op min", fields
+        with pytest.raises(PeerLostError):  # then the end
+            recv_control(link, time.monotonic() + 5)
+        assert failed.filed("world", "p2p") == [8]  # a message connection is `_tell_pairs`' to take and tell
+        link.close()
+        message.close()
+    finally:
+        failed.close()
+        dialer.close()
+
+
 @contextlib.contextmanager
 def _failed_and_other(message: str, rank: int, seq: int, other: str):
     """Two endpoints on loopback with one job secret: rank `rank`'s, whose group 'world' failed in

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 
+import ml_dtypes
 import numpy as np
 import pytest
 
@@ -19,8 +20,8 @@ def _expected(blocks, which, indices):
     stack = np.stack(blocks)
     values = np.max(stack, axis=0) if which == "max" else np.min(stack, axis=0)
     held = stack == values
-    if stack.dtype.kind == "f":
-        held |= np.isnan(stack) & np.isnan(values)
+    if stack.dtype.kind not in "iub":  # NaN (of every float type) and NaT: where they are
+        held |= (stack != stack) & (values != values)
     where = np.where(held, np.stack(indices), np.iinfo(np.int64).max).min(axis=0)
     return values, where
 
@@ -28,15 +29,17 @@ def _expected(blocks, which, indices):
 def _block(r, dtype, shape, seed):
     rng = np.random.default_rng(seed * 100 + r)
     x = rng.integers(0, 4, size=shape).astype(dtype)  # few values: many ties
-    if np.dtype(dtype).kind == "f" and x.size:
-        x.flat[rng.integers(0, x.size)] = np.nan if r % 2 else x.flat[0]
+    if np.dtype(dtype).kind not in "iub" and x.size:
+        nan = np.timedelta64("NaT") if np.dtype(dtype).kind == "m" else np.nan
+        x.flat[rng.integers(0, x.size)] = nan if r % 2 else x.flat[0]
     return x
 
 
 @pytest.mark.parametrize("n", [2, 3, 5])
 @pytest.mark.parametrize("which", ["max", "min"])
 @pytest.mark.parametrize("dtype, shape", [(np.float64, (40,)), (np.int16, (3, 7)), (np.bool_, (9,)),
-                                          (np.float32, ()), (np.uint8, (70000,))])
+                                          (np.float32, ()), (np.uint8, (70000,)), ("m8[s]", (30,)),
+                                          (ml_dtypes.bfloat16, (30,))])
 @pytest.mark.parametrize("given", [False, True])
 def test_every_rank_gets_numpy_s_extremes_and_the_least_index_holding_each(n, which, dtype, shape, given):
     seed = n * 7 + len(shape)

@@ -137,7 +137,10 @@ def _receive(g: Comm, header: wire.Header, root: int, parent: int, count: int,
     if not step:
         return np.empty(rows, dtype), learned["fields"], held, step
     block = np.frombuffer(held[:step], dtype).reshape(rows)
-    out = block if count == 1 else block.copy()  # a leaf's result is its whole buffer; others free theirs
+    out = block  # a leaf's result is its whole buffer; others free theirs
+    if count > 1:  # (bytes, not fields: numpy copies a structured dtype's fields and skips its padding)
+        out = np.empty_like(block)
+        np.copyto(out.view(np.uint8), block.view(np.uint8))
     return out, learned["fields"], held, step
 
 
