@@ -24,9 +24,10 @@ from typing import Any
 import numpy as np
 
 from . import deadlines, work
+from .asking import ASK_MOST, Askers
 from .calls import _comm
 from .comm import Comm
-from .errors import PeerLostError, RingTimeoutError
+from .errors import PeerLostError, RingError, RingTimeoutError
 from .object_messages import _RecvObject
 from .p2p import ANYONE, _Recv, run_inline
 from .tags import ANY_TAG
@@ -54,6 +55,7 @@ class FromAny:
         self._poller = select.poll()  # a blocking receive's, over the channels whose turns it holds
         self._polled: set[int] = set()
         self.limit = 0.0
+        self.askers = Askers(lambda s: g.asker(s, first=ASK_MOST))  # to the senders not connected yet (`ask_missing`)
 
     # The plan's channel, flows and turn are its inner receive's, once it has a source.
     ch = property(lambda self: self.inner.ch)
@@ -161,9 +163,24 @@ class FromAny:
                     return True
                 if self.take_held():  # read ahead by another thread's receive meanwhile
                     return True
+                exc = self.ask_missing()
+                if exc is not None:
+                    g._fail(self.op, [], None, [], exc)
+                    raise exc
         finally:
+            self.askers.close()
             for turn in held.values():
                 turn.release()
+
+    def ask_missing(self) -> RingError | None:
+        """The error to raise if a sender whose connection has not come says, asked, that the group
+        failed there (`asking`; the caller breaks the group here too, as a receive from one rank
+        does): a failure there went to the connections it had, not to one it never made."""
+        if self.sources is None:
+            return None
+        missing = [s for s in self.sources if s not in self.known and s not in self.left]
+        found = self.askers.look(missing)
+        return None if found is None else self.g.heard_by_asking(found[0], self.op, found[1])
 
     def _quick(self) -> bool:
         """Whether a message has come already from a sender whose turn is free, found by one poll

@@ -23,7 +23,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from typing import Any
+from typing import Any, Callable, Iterable
 
 from . import channel
 from .endpoint import ASK_MESSAGE, Endpoint
@@ -37,7 +37,7 @@ class Asker:
     """A wait's asks to rank `peer` (its `addresses`) whether `group` failed there."""
 
     def __init__(self, endpoint: Endpoint, addresses: list[tuple[str, int]], group: str, me: int, peer: str,
-                 lane: int = ASK_MESSAGE):
+                 lane: int = ASK_MESSAGE, first: float = ASK_AFTER):
         self._endpoint, self._addresses, self._group, self._me, self._peer = endpoint, addresses, group, me, peer
         self._lane = lane  # what the wait is for (`Endpoint.ask`)
         self._lock = threading.Lock()
@@ -45,7 +45,7 @@ class Asker:
         self._asking = False  # a thread is making it
         self._closed = False
         self._interval = ASK_AFTER
-        self._due = time.monotonic() + ASK_AFTER
+        self._due = time.monotonic() + first  # (the first ask)
 
     def look(self) -> dict[str, Any] | None:
         """The fields of the ABORT the peer has answered with, once it has; else None (asking
@@ -97,3 +97,34 @@ class Asker:
             sock, self._sock = self._sock, None
         if sock is not None:
             sock.close()
+
+
+class Askers:
+    """A wait's asks to several ranks: an any-source receive's, to each sender whose connection
+    has not come (`make(rank)` makes one rank's `Asker`). Its first asks go after ASK_MOST: a
+    receive from any of 63 ranks, most of which may never send, asks all of those."""
+
+    def __init__(self, make: Callable[[int], Asker]):
+        self._make = make
+        self._by_rank: dict[int, Asker] = {}
+
+    def look(self, ranks: Iterable[int]) -> tuple[int, dict[str, Any]] | None:
+        """(rank, the fields of its ABORT) for the first of `ranks` that has answered so; asks
+        those of `ranks` not asked yet (each `Asker` when due), and stops asking the others."""
+        ranks = list(ranks)
+        for gone in [r for r in self._by_rank if r not in ranks]:  # its connection came
+            self._by_rank.pop(gone).close()
+        for r in ranks:
+            asker = self._by_rank.get(r)
+            if asker is None:
+                asker = self._by_rank[r] = self._make(r)
+            told = asker.look()
+            if told is not None:
+                return r, told
+        return None
+
+    def close(self) -> None:
+        """The wait is over (or paused): every ask is closed; a later `look` asks anew."""
+        for asker in self._by_rank.values():
+            asker.close()
+        self._by_rank.clear()

@@ -24,7 +24,7 @@ import numpy as np
 from . import aborts, deadlines, engine, forks, wire
 from .flows import Inflow, Outflow, Watch
 from .channel import Channel
-from .asking import Asker
+from .asking import ASK_AFTER, Asker
 from .endpoint import ASK_LINK, ASK_MESSAGE, Endpoint, InboxKey
 from .errors import ConfigError, GroupBrokenError, MismatchError, PeerLostError, RingError, RingTimeoutError
 from .hosts import Hierarchy, hierarchical, layout
@@ -814,12 +814,12 @@ class Comm:
             aborts.tell(ch, self._abort_frame, deadlines.after(aborts.ABORT_BUDGET))
         self.check_usable(op)
 
-    def asker(self, peer: int, lane: int = ASK_MESSAGE) -> Asker:
+    def asker(self, peer: int, lane: int = ASK_MESSAGE, first: float = ASK_AFTER) -> Asker:
         """Asks for a wait for `peer`'s message connection (or its link, `lane` ASK_LINK):
-        whether the group failed at `peer` (`asking`)."""
+        whether the group failed at `peer` (`asking`), the first after `first` seconds."""
         assert self._endpoint is not None
         return Asker(self._endpoint, self._addresses[peer], self.gid, self._rank, f"rank {peer} of group {self.gid!r}",
-                     lane)
+                     lane, first)
 
     def heard_by_asking(self, peer: int, op: str, told: dict[str, Any] | None) -> RingError | None:
         """The error a receive waiting for `peer`'s connection raises, where the ABORT `told` (the

@@ -199,15 +199,20 @@ class Lanes:
 
     def _asked(self, job: Job) -> bool:
         """A receive from one rank, waiting for its sender's connection (its pair's turn held),
-        asks the sender whether the group failed there (`asking`); once told so, it fails with
-        that cause and breaks its group, as a blocking receive does. Whether it has failed."""
+        asks the sender whether the group failed there (`asking`), and an any-source receive
+        each sender whose connection has not come; once told so, it fails with that cause and
+        breaks its group, as a blocking receive does. Whether it has failed."""
         plan = job.plan
-        if plan.sources is not None or plan.outgoing or plan.turn is None:  # type: ignore[union-attr]
+        if plan.sources is not None:  # type: ignore[union-attr]
+            job.asker = plan.askers  # (closed with the job)  # type: ignore[union-attr]
+            exc = plan.ask_missing()  # type: ignore[union-attr]
+        elif plan.outgoing or plan.turn is None:  # type: ignore[union-attr]
             return False
-        if job.asker is None:
+        elif job.asker is None:
             job.asker = job.g.asker(plan.peer)  # type: ignore[union-attr]
             return False
-        exc = job.g.heard_by_asking(plan.peer, plan.op, job.asker.look())  # type: ignore[union-attr]
+        else:
+            exc = job.g.heard_by_asking(plan.peer, plan.op, job.asker.look())  # type: ignore[union-attr]
         if exc is None:
             return False
         self._failed(job, exc, tell=True)

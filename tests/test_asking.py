@@ -300,3 +300,31 @@ def test_a_send_that_finds_its_group_broken_before_the_pairs_are_told_still_tell
     sent, got, _ = run_ranks(3, rank, shm=False)
     assert sent.startswith("GroupBrokenError: rank 0: group 'world' cannot run send"), sent
     assert got.startswith("RingError: rank 1: recv " + CAUSE), got
+
+
+@pytest.mark.parametrize("how", ["blocking", "async", "object"])
+def test_an_any_source_receive_asks_the_senders_whose_connection_has_not_come(how):
+    """Rank 1 takes messages from any rank; rank 2 has sent it one (its connection is there),
+    rank 0 never has, and breaks its group. The any-source receive asks rank 0 too, and raises
+    the cause, instead of waiting out its timeout."""
+    def rank(g: rd.Group):
+        if g.rank() == 0:
+            time.sleep(1.0)
+            _break(g)
+            time.sleep(2.0)
+            return None
+        if g.rank() == 2:
+            rd.send(np.arange(2.0), 1, group=g)
+            time.sleep(3.0)
+            return None
+        first = rd.recv_any(2, np.float64, group=g, timeout=30)[0]
+        if how == "async":
+            return first, _outcome(rd.recv_any(2, np.float64, group=g, timeout=30, async_op=True).wait)
+        if how == "object":
+            return first, _outcome(lambda: rd.recv_object_any(group=g, timeout=30))
+        return first, _outcome(lambda: rd.recv_any(2, np.float64, group=g, timeout=30))
+
+    first, got = run_ranks(3, rank, shm=False)[1]
+    assert first == 2
+    op = "recv_object_any" if how == "object" else "recv_any"
+    assert got.startswith(f"RingError: rank 1: {op} " + CAUSE), got
