@@ -122,8 +122,10 @@ class Comm:
         self._splits = 0
         self._broken: str | None = None
         # The ABORT of the failure that broke the group, set before `_broken` is: a send that
-        # finds the group broken puts it on its connection (`_refuse_message`).
+        # finds the group broken puts it on its connection (`_refuse_message`). `mark_broken`'s
+        # stands until `_fail` makes the one it tells its peers.
         self._abort_frame: bytes | None = None
+        self._abort_told = False
         self._closed = False
         self._lock = threading.Lock()
         self._caller: dict[int, threading.Thread] = {}  # 0 -> the thread in this group's current collective
@@ -572,10 +574,12 @@ class Comm:
             self._note_abort(exc, self._seq)
             self._broken = f"{op}: {type(exc).__name__}: {exc}"
 
-    def _note_abort(self, exc: BaseException, seq: int | None) -> None:
-        """Keep the ABORT of the failure breaking the group (the first), before it is marked broken."""
-        if self._abort_frame is None:
+    def _note_abort(self, exc: BaseException, seq: int | None, told: bool = False) -> None:
+        """Keep the ABORT of the failure breaking the group, before it is marked broken: the first
+        one `_fail` tells its peers (`told`), else the first one marked."""
+        if self._abort_frame is None or (told and not self._abort_told):
             self._abort_frame = wire.encode_map(wire.ABORT, aborts.abort_fields(exc, self._rank, seq))
+            self._abort_told = told
 
     def _fail(self, op: str, channels: list[Channel], seq: int | None, outflows: list[Outflow],
               exc: BaseException) -> None:
@@ -595,7 +599,7 @@ class Comm:
             # from the next one this rank makes, on every rank (one it has finished, and a peer
             # may still be in, went well).
             seq = self._seq
-        self._note_abort(exc, seq)
+        self._note_abort(exc, seq, told=True)
         self._broken = f"{op}: {type(exc).__name__}: {exc}"
         if owner is not me and owner.is_alive():
             # Another thread's collective is writing on the group's connections: an ABORT now
@@ -804,6 +808,22 @@ class Comm:
         entry = table[peer]
         entry[1] += 1
         return entry[0], entry[1] - 1
+
+    def refuse_queued_send(self, peer: int, op: str) -> None:
+        """A send (on the progress thread) that reaches its turn in a group broken after it was
+        queued: where the pair's connection is made and free, the failure's ABORT goes on it, as
+        `_refuse_message` does for a blocking send; its receiver raises the failure."""
+        entry = self._p2p_out.get(peer)
+        if entry is None:
+            return
+        turn = self.p2p_turn(peer, True, op, None, wait=False)
+        if turn is None:
+            return  # another thread's send has it: that one refuses so
+        try:
+            if self._abort_frame is not None:
+                aborts.tell(entry[0], self._abort_frame, deadlines.after(aborts.ABORT_BUDGET))
+        finally:
+            turn.release()
 
     def _refuse_message(self, ch: Channel, op: str) -> None:
         """A message about to go on `ch` (its pair's turn held) in a group that broke after it

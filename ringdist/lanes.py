@@ -62,6 +62,8 @@ class Lanes:
         plan = job.plan
         if job.g._broken or job.g._closed:  # an earlier operation failed: this one never starts
             try:
+                if plan.outgoing and not job.g._closed:  # type: ignore[union-attr]
+                    job.g.refuse_queued_send(plan.peer, plan.op)  # type: ignore[union-attr]
                 job.g.check_usable(plan.op)  # type: ignore[union-attr]
             except RingError as exc:
                 jobs.finished(job, None, exc)

@@ -225,6 +225,7 @@ def break_group(g: Comm, op: str, own: list[Channel], outflows: list[Outflow], e
 
     Returns whether it was handed over so, and the error to report: a lost peer's own ABORT
     (why it left), where one is found on the connections this thread may read."""
+    exc = _why_lost(exc, own, op)  # (the cause a refused send passes on: `Comm._abort_frame`)
     g.mark_broken(op, exc)  # a collective the runner starts from now on refuses before it touches them
     runner = _runners.get(g)
     if runner is not None:

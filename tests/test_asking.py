@@ -328,3 +328,80 @@ def test_an_any_source_receive_asks_the_senders_whose_connection_has_not_come(ho
     assert first == 2
     op = "recv_object_any" if how == "object" else "recv_any"
     assert got.startswith(f"RingError: rank 1: {op} " + CAUSE), got
+
+
+@pytest.mark.parametrize("queued", ["thread", "async"])
+def test_a_send_queued_behind_a_message_under_way_when_the_group_breaks_tells_the_receiver(queued):
+    """Rank 0's 64 MiB send holds the pair's turn (rank 1 is not reading yet) when a second send
+    to rank 1, queued behind it (another thread's, or an async one in the progress thread's
+    lane), and then the group's break come. The big message goes whole; the queued send sends
+    nothing, puts the ABORT on the connection and fails; rank 1 gets the big message, then the
+    cause (after an async one it waited out its timeout: nothing told it)."""
+    big = 64 << 20
+
+    def rank(g: rd.Group):
+        if g.rank() == 0:
+            rd.send(np.arange(2.0), 1, group=g)  # the pair's connection is made
+            w = rd.send(np.zeros(big, np.uint8), 1, group=g, timeout=30, async_op=True)
+            time.sleep(0.3)
+            out: dict[str, str] = {}
+            if queued == "async":
+                queued_send = rd.send(np.arange(2.0) + 5, 1, group=g, async_op=True, timeout=30)
+            else:
+                t = threading.Thread(target=lambda: out.setdefault("queued", _outcome(
+                    lambda: rd.send(np.arange(2.0) + 5, 1, group=g, timeout=30))))
+                t.start()
+            time.sleep(0.3)
+            _break(g)
+            if queued == "async":
+                out["queued"] = _outcome(queued_send.wait)
+            else:
+                t.join(30)
+            out["big"] = _outcome(w.wait)
+            time.sleep(3.0)
+            return out
+        if g.rank() == 2:
+            return None
+        rd.recv(2, np.float64, 0, group=g)
+        time.sleep(1.5)
+        whole = _outcome(lambda: int(rd.recv(big, np.uint8, 0, group=g, timeout=30).sum()))
+        return whole, _outcome(lambda: rd.recv(2, np.float64, 0, group=g, timeout=20))
+
+    sent, (whole, got), _ = run_ranks(3, rank, shm=False, timeout=90)
+    assert sent["queued"].startswith("GroupBrokenError: rank 0: group 'world' cannot run send"), sent
+    assert whole == "returned", whole
+    assert got.startswith("RingError: rank 1: recv " + CAUSE), got
+
+
+def test_a_refused_send_passes_on_the_cause_found_for_a_lost_peer():
+    """The progress thread breaks the group for a lost peer (its write to rank 1 failed, say)
+    while rank 1's ABORT, the real cause, waits on this rank's connection to it. A send queued
+    before the break (behind a 64 MiB one to rank 2) is refused after it, and passes on that
+    cause, as the group's connections are told it, not the lost peer."""
+    from ringdist import runners
+    from ringdist.errors import PeerLostError
+
+    big = 64 << 20
+
+    def rank(g: rd.Group):
+        if g.rank() == 1:
+            time.sleep(0.5)
+            _break(g)
+            return None
+        if g.rank() == 0:
+            rd.send(np.arange(2.0), 2, group=g)
+            w = rd.send(np.zeros(big, np.uint8), 2, group=g, timeout=30, async_op=True)
+            queued = rd.send(np.arange(2.0), 2, group=g, timeout=30, async_op=True)
+            time.sleep(1.0)  # rank 1's ABORT has come on this rank's connection to it
+            lost = PeerLostError("rank 0: lost rank 1: connection reset")
+            runners.break_group(g, "send", [g.links.peers[1]], [], lost)
+            return _outcome(queued.wait), _outcome(w.wait)
+        rd.recv(2, np.float64, 0, group=g)
+        time.sleep(1.5)
+        whole = _outcome(lambda: int(rd.recv(big, np.uint8, 0, group=g, timeout=30).sum()))
+        return whole, _outcome(lambda: rd.recv(2, np.float64, 0, group=g, timeout=20))
+
+    (refused, sent), _, (whole, got) = run_ranks(3, rank, shm=False)
+    assert refused.startswith("GroupBrokenError: rank 0: group 'world' cannot run send"), refused
+    assert sent == "returned" and whole == "returned", (sent, whole)
+    assert "aborted by rank 1: TypeError: rank 1: all_sum: dtype <U1" in got, got

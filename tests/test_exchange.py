@@ -177,7 +177,7 @@ def test_a_link_that_came_before_its_group_failed_but_was_not_taken_reads_the_ab
     # dialed its link and read it for the call's data; the higher rank failed before taking it
     # from its inbox, told the links it had, and that one nothing: its dialer waited out its
     # timeout. A failing group's untaken links get its ABORT, then the close.
-    from ringdist import aborts
+    from ringdist import aborts, links
     from ringdist.channel import recv_control
     from ringdist.endpoint import Endpoint, InboxKey
     from ringdist.errors import PeerLostError
@@ -185,12 +185,12 @@ def test_a_link_that_came_before_its_group_failed_but_was_not_taken_reads_the_ab
     failed = Endpoint(b"untaken link secret", ["127.0.0.1"], connect_timeout=5, label="rank 12")
     dialer = Endpoint(b"untaken link secret", ["127.0.0.1"], connect_timeout=5, label="rank 8")
     try:
-        link = dialer.connect(failed.addresses, InboxKey("world", 8, "link", 0), time.monotonic() + 5,
+        link = dialer.connect(failed.addresses, InboxKey("world", 8, links.KIND, 0), time.monotonic() + 5,
                               "rank 12 of group 'world'", up=True)
         message = dialer.connect(failed.addresses, InboxKey("world", 8, "p2p", 0), time.monotonic() + 5,
                                  "rank 12 of group 'world'", up=True)
         deadline = time.monotonic() + 5
-        while len(failed.filed("world", "link") + failed.filed("world", "p2p")) < 2 and time.monotonic() < deadline:
+        while len(failed.filed("world", links.KIND) + failed.filed("world", "p2p")) < 2 and time.monotonic() < deadline:
             time.sleep(0.01)
         failed.note_aborted("world", wire.encode_map(wire.ABORT, aborts.abort_fields(
             MismatchError("rank 0 called reduce with op min"), 0, 0)))
