@@ -102,11 +102,11 @@ def settle(job: Job, result: Any, exc: BaseException | None, deferred: list[Job]
                 # A peer's failure that came by a message's connection: the call raises it as
                 # its own, as it would had it come first by the group's connections.
                 exc = aborts.as_call(cause, job.g.rank(), job.work.op)
-                continue
-            exc = GroupBrokenError(f"rank {job.g.rank()}: group {job.g.gid!r} cannot run {job.work.op}: an "
-                                   f"earlier operation failed ({earlier.plan.op}: "  # type: ignore[union-attr]
-                                   f"{type(cause).__name__}: {cause})")
-        finished(earlier, None, cause)
+            else:
+                exc = GroupBrokenError(f"rank {job.g.rank()}: group {job.g.gid!r} cannot run {job.work.op}: an "
+                                       f"earlier operation failed ({earlier.plan.op}: "  # type: ignore[union-attr]
+                                       f"{type(cause).__name__}: {cause})")
+        finished(earlier, None, cause)  # (every one: nothing else completes it)
     finished(job, result if exc is None else None, exc)
 
 

@@ -301,8 +301,8 @@ def _at_exit() -> None:
 def _after_fork_in_child() -> None:
     """A forked child has no progress thread: forget its jobs (their handles fail) and start afresh."""
     global _thread, active, _wake_r, _wake_w, _stopping, _woken
+    handle.after_fork_in_child()  # first: failing the jobs takes its locks, which a parent's thread may hold
     jobs.forget_in_child(forks.parent())
-    handle.after_fork_in_child()
     runners.forget_in_child()
     engine.backgrounds.clear()  # the parent's threads: none of them is in the child
     _thread = None

@@ -372,3 +372,33 @@ def test_a_recv_waiting_for_its_connection_gives_up_when_its_group_breaks():
     got = run_ranks(2, rank, timeout=90)
     assert got[0].startswith("GroupBrokenError: rank 0: group 'world' cannot run recv") and "not numeric" in got[0], got
     assert "aborted by rank 0" in got[1] and "not numeric" in got[1], got
+
+
+def test_a_send_that_fails_while_an_async_collective_runs_completes_with_its_error():
+    """Rank 0 has an async all_sum running (rank 1 never joins it) and an async send that rank 1
+    receives with another shape: the send fails (rank 1's ABORT on its connection) while the
+    all_sum runs, is handed to the group's runner, and must complete with its error when the
+    all_sum ends (its handle stayed outstanding, past any timeout, in 5 of 6 runs)."""
+    def rank(g):
+        if g.rank() == 0:
+            summed = rd.all_sum(np.ones(10), group=g, async_op=True)
+            sent = rd.send(np.ones(1_250_000), 1, group=g, async_op=True)
+            out = []
+            for w in (summed, sent):
+                try:
+                    w.wait(timeout=10)
+                    out.append("returned")
+                except rd.RingTimeoutError as exc:
+                    out.append(f"outstanding: {exc}")
+                except rd.RingError as exc:
+                    out.append(type(exc).__name__)
+            return out
+        time.sleep(0.3)
+        with pytest.raises(rd.MismatchError):
+            rd.recv((5,), np.float64, 0, group=g)
+        return None
+
+    for _ in range(3):  # (the send's failure must land while the all_sum runs: most runs)
+        summed, sent = run_ranks(2, rank, shm=False)[0]
+        assert not summed.startswith(("returned", "outstanding")), summed
+        assert not sent.startswith(("returned", "outstanding")), sent

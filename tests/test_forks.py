@@ -260,3 +260,50 @@ def test_a_forked_child_s_wait_on_a_sendrecv_fails_at_once_as_any_handle_s():
     for name in ("plain", "sendrecv"):
         assert re.search(rf"^\[0\] child {name}: RingError after 0\.\d s$", result.stdout, re.M), result.stdout
     assert "[0] parent [1.0, 1.0, 1.0] None" in result.stdout, result.stdout
+
+
+def test_a_fork_while_another_thread_holds_the_handles_lock_does_not_hang_the_child():
+    # The child fails the parent's outstanding handles; a sendrecv's joined handle completes
+    # under the handles' lock, which a parent thread held at the fork (rd.wait_any does while it
+    # looks): the child hung in os.fork(). Ranks as threads: the fork is the process's own.
+    import threading
+
+    import numpy as np
+
+    import ringdist as rd
+    from harness import run_ranks
+    from ringdist import handle
+
+    def rank(g):
+        if g.rank() == 1:
+            time.sleep(3)
+            rd.send(np.ones(1), 0, group=g)
+            rd.recv((1,), np.float64, 0, group=g)
+            return None
+        pending = rd.sendrecv(np.ones(1), 1, 1, group=g, async_op=True)  # its receive outstanding
+        held, release = threading.Event(), threading.Event()
+
+        def holder():
+            with handle.finishing:
+                held.set()
+                release.wait(5)
+
+        t = threading.Thread(target=holder)
+        t.start()
+        held.wait(5)
+        pid = os.fork()
+        if pid == 0:
+            os._exit(7)
+        release.set()
+        t.join()
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and os.waitpid(pid, os.WNOHANG)[0] == 0:
+            time.sleep(0.01)
+        else:
+            if time.monotonic() >= deadline:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+                return "the child hung in os.fork()"
+        return pending.wait(timeout=10).tolist()
+
+    assert run_ranks(2, rank, shm=False, timeout=60)[0] == [1.0]
