@@ -14,7 +14,6 @@ import numbers
 import os
 import select
 import threading
-import time
 import weakref
 from types import SimpleNamespace
 from typing import Any, Callable

@@ -16,7 +16,7 @@ import os
 import socket
 import threading
 import time
-from typing import Any, Callable, NamedTuple
+from typing import Callable, NamedTuple
 
 from . import channel, deadlines, forks, posixshm, wire
 from .acceptor import Acceptor
