@@ -810,8 +810,8 @@ class Comm:
 
     def refuse_queued_send(self, peer: int, op: str) -> None:
         """A send (on the progress thread) that reaches its turn in a group broken after it was
-        queued: where the pair's connection is made and free, the failure's ABORT goes on it, as
-        `_refuse_message` does for a blocking send; its receiver raises the failure."""
+        queued: where the pair's connection is made and free, refused as a blocking send is
+        (`_refuse_message`: the ABORT on it, then GroupBrokenError); its receiver raises the failure."""
         entry = self._p2p_out.get(peer)
         if entry is None:
             return
@@ -819,8 +819,7 @@ class Comm:
         if turn is None:
             return  # another thread's send has it: that one refuses so
         try:
-            if self._abort_frame is not None:
-                aborts.tell(entry[0], self._abort_frame, deadlines.after(aborts.ABORT_BUDGET))
+            self._refuse_message(entry[0], op)
         finally:
             turn.release()
 
