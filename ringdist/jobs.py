@@ -17,6 +17,7 @@ from .flows import Inflow, Outflow
 from .handle import Work
 
 queue: "deque[Job]" = deque()  # issued, not yet started (guarded by handle.lock)
+interrupted: "list[Job]" = []  # started messages whose blocking caller was interrupted, for the progress thread to end (handle.lock)
 pending: "dict[Comm, list[Job]]" = {}  # per group: issued, not yet done
 closing: "set[Comm]" = set()  # groups whose operations are being ended
 
@@ -43,7 +44,7 @@ class Plan(Protocol):
 
 class Job:
     __slots__ = ("work", "g", "call", "plan", "finished", "result", "error", "timeout", "since", "opened",
-                 "on_runner", "issuer", "asker")
+                 "on_runner", "issuer", "asker", "interrupted")
 
     def __init__(self, work: Work, g: Comm, call: Callable[[Comm], Any], p2p: bool):
         self.work = work
@@ -59,6 +60,9 @@ class Job:
         self.on_runner = False  # a collective, run by its group's runner (`runners`)
         self.issuer = threading.current_thread()  # the thread that called, named in errors (`Comm.thread_name`)
         self.asker: Any = None  # a receive waiting for its sender's connection asks it (`asking`)
+        # A blocking call's caller was interrupted in its wait (Ctrl-C, a signal handler's error):
+        # that error, and the call is ended as `work.interrupted` says.
+        self.interrupted: BaseException | None = None
 
 
 def issue(job: Job, queued: bool = True) -> None:
@@ -128,4 +132,5 @@ def forget_in_child(parent: int) -> None:
                                              f"{parent}; a forked child cannot wait for it"))
     pending.clear()
     queue.clear()
+    interrupted.clear()
     closing.clear()

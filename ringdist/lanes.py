@@ -348,6 +348,21 @@ class Lanes:
             jobs.finished(job, None, exc)
         self._retire(job)
 
+    def interrupted(self, job: Job) -> None:
+        """A blocking message call's caller was interrupted in its wait (`work.interrupted`): one
+        that has not begun (waiting for its pair's turn, for its sender's connection, or for the
+        first message of an any-source receive) is dropped, as if never called; one under way
+        fails and breaks its group, as a failure of its flows does."""
+        if job.finished:
+            return
+        exc = job.interrupted
+        assert exc is not None
+        if not job.opened and job.plan.ch is None:  # type: ignore[union-attr]
+            jobs.finished(job, None, exc)
+            self._retire(job)
+        else:
+            self._failed(job, exc)
+
     def drop(self, g: Comm, reason: Callable[[str], BaseException]) -> None:
         """End every started point-to-point job of group `g`."""
         ended: set[int] = set()

@@ -126,7 +126,8 @@ class Runner:
         g = job.g
         with self.lock:  # `end` adds to jobs.closing, then interrupts under this lock: one of the two sees the other
             closing = g in jobs.closing
-            if not closing:
+            stopped = job.interrupted  # (`interrupted` looks under this lock too)
+            if not closing and stopped is None:
                 self.running = job
                 self._why = None
         if closing:
@@ -135,7 +136,14 @@ class Runner:
         result = exc = None
         self.thread.ringdist_issuer = job.issuer  # type: ignore[attr-defined] - named in errors for it
         try:
-            result = job.call(g)
+            if stopped is not None:  # its caller was interrupted while it was queued
+                exc = stopped
+                g.refuse(job.work.op, stopped)
+            else:
+                result = job.call(g)
+                if job.interrupted is not None:  # interrupted as it ran, and ended before a wait saw it
+                    result, exc = None, job.interrupted
+                    g.refuse(job.work.op, exc)
         except BaseException as error:  # noqa: BLE001 - the job's error
             exc = error
         self.thread.ringdist_issuer = None  # type: ignore[attr-defined]
@@ -207,6 +215,20 @@ def end(g: Comm, why: Callable[[str], BaseException]) -> None:
         running = runner.running
         if running is not None:
             runner.raise_locked(lambda: why(running.work.op))
+
+
+def interrupted(job: Job) -> None:
+    """A blocking collective's caller was interrupted in its wait (`work.interrupted`, which set
+    `job.interrupted` first): running, it fails at its next wait, breaking the group and telling
+    the peers as an inline call interrupted does; queued, its runner refuses it at its turn so."""
+    runner = _runners.get(job.g)
+    if runner is None:
+        return
+    why = job.interrupted
+    assert why is not None
+    with runner.lock:
+        if runner.running is job:
+            runner.raise_locked(lambda: why)
 
 
 def threads() -> list[threading.Thread]:

@@ -100,7 +100,44 @@ def route(op: str, group: Any, async_op: bool, call: Callable[[Comm], Any], p2p:
             jobs.issue(job, queued=False)
     if p2p:
         _wake()
-    return work if async_op else work.wait()
+    if async_op:
+        return work
+    try:
+        return work.wait()
+    except BaseException as exc:
+        if not work.done():
+            interrupted(job, exc)
+        raise
+
+
+def interrupted(job: Job, exc: BaseException) -> None:
+    """A blocking call queued behind its group's non-blocking operations was interrupted in its
+    wait (`exc`: KeyboardInterrupt, a signal handler's error), as a call run inline may be. It
+    ends as that one would, never going on unseen (a receive would take a message the caller
+    never gets, a collective pair with the peers' call the caller thinks it skipped):
+    - a message that has not begun (queued, waiting for its pair's turn, or a receive waiting
+      for its sender's connection or an any-source one for its first message) is dropped, as if
+      never called: a later receive gets the message this one would have;
+    - a message under way, or any collective, breaks the group and tells its peers (the
+      collective's own thread tells them: at its turn, or at its next wait if it runs).
+    A call that finished meanwhile keeps its outcome: the interruption came after it."""
+    job.work._waited = True  # (its error is the interruption, raised by the call)
+    with handle.lock:
+        handle.unreported.discard(job.work)
+        if job.finished:
+            return
+        job.interrupted = exc
+        queued = not job.on_runner and job in jobs.queue
+        if queued:
+            jobs.queue.remove(job)
+        elif not job.on_runner:
+            jobs.interrupted.append(job)
+    if queued:
+        jobs.finished(job, None, exc)
+    elif job.on_runner:
+        runners.interrupted(job)
+    else:
+        _wake()
 
 
 def _checked_async_op(g: Comm, op: str, async_op: Any, p2p: bool,
@@ -166,6 +203,11 @@ def _on_wake(flows: Lanes) -> None:
     os.read(_wake_r, 64)
     _woken = False
     _end_closing(flows)
+    with handle.lock:
+        ended = list(jobs.interrupted)
+        jobs.interrupted.clear()
+    for job in ended:
+        flows.interrupted(job)
 
 
 # ---- the progress thread -----------------------------------------------------------------------
@@ -235,6 +277,9 @@ def _loop(flows: Lanes) -> None:
 def _start(flows: Lanes, job: Job) -> None:
     if job.g in jobs.closing:
         jobs.finished(job, None, jobs.closed_error(job.g, _stopping)(job.work.op))
+        return
+    if job.interrupted is not None:  # its blocking caller was interrupted as it was taken from the queue
+        jobs.finished(job, None, job.interrupted)
         return
     assert job.plan is not None  # only point-to-point plans come here; collectives go to runners
     try:

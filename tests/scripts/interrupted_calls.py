@@ -1,0 +1,98 @@
+"""A blocking call queued behind non-blocking operations, interrupted in its wait by an error
+a signal handler raises (as Ctrl-C's KeyboardInterrupt would). Rank 0 (or 1) is interrupted
+0.5 s in; its peers come 1.5 s in. Each rank prints what it got."""
+
+import signal
+import sys
+import time
+
+import numpy as np
+
+import ringdist as rd
+
+MODE = sys.argv[1]
+g = rd.init()
+r = g.rank()
+
+
+class Alarm(Exception):
+    pass
+
+
+def _raise(*_: object) -> None:
+    raise Alarm("alarm")
+
+
+def interrupt_soon() -> None:
+    signal.signal(signal.SIGALRM, _raise)
+    signal.setitimer(signal.ITIMER_REAL, 0.5)
+
+
+def attempt(what: str, call) -> None:
+    try:
+        got = call()
+    except Alarm:
+        print(f"{what}: interrupted", flush=True)
+    except rd.RingError as exc:
+        print(f"{what}: {type(exc).__name__}: {exc}", flush=True)
+    else:
+        print(f"{what}: got {None if got is None else got.ravel()[:2].tolist()}", flush=True)
+
+
+def full(v: float, n: int = 4) -> np.ndarray:
+    return np.full(n, v, np.float32)
+
+
+if MODE in ("recv", "recv_any"):  # rank 1 receives; its first blocking one queues behind a tagged irecv
+    if r == 1:
+        tagged = rd.recv((4,), np.float32, 0, tag=7, async_op=True)
+        interrupt_soon()
+        if MODE == "recv":
+            attempt("first", lambda: rd.recv((4,), np.float32, 0, tag=0))
+            attempt("retry", lambda: rd.recv((4,), np.float32, 0, tag=0, timeout=10))
+        else:
+            attempt("first", lambda: rd.recv_any((4,), np.float32, tag=0)[1])
+            attempt("retry", lambda: rd.recv_any((4,), np.float32, tag=0, timeout=10)[1])
+        attempt("tagged", lambda: tagged.wait(10))
+        attempt("barrier", lambda: rd.barrier(timeout=10))
+    else:
+        time.sleep(1.5)
+        rd.send(full(7), 1, tag=7)
+        rd.send(full(1), 1)
+        rd.send(full(2), 1)
+        attempt("barrier", lambda: rd.barrier(timeout=10))
+elif MODE == "send":  # rank 0's blocking send waits for its pair's turn behind a large isend
+    big = np.ones(16 << 20, np.float32)  # 64 MiB: more than the socket buffers hold
+    if r == 0:
+        first = rd.send(big, 1, async_op=True)
+        interrupt_soon()
+        attempt("first", lambda: rd.send(full(1), 1))
+        attempt("second", lambda: rd.send(full(2), 1, timeout=10))
+        attempt("big", lambda: first.wait(10))
+    elif r == 1:
+        time.sleep(1.5)
+        attempt("big", lambda: rd.recv(big.shape, np.float32, 0, timeout=10))
+        attempt("next", lambda: rd.recv((4,), np.float32, 0, timeout=10))
+    attempt("barrier", lambda: rd.barrier(timeout=10))
+elif MODE in ("collective_queued", "collective_running"):
+    if r == 0:
+        if MODE == "collective_queued":
+            earlier = rd.all_sum(full(r + 1), async_op=True)  # runs, waiting for the late peers
+        else:
+            earlier = rd.recv((4,), np.float32, 1, async_op=True)  # a message: the collective runs at once
+        interrupt_soon()
+        attempt("second", lambda: rd.all_sum(full(10 * (r + 1))))
+        attempt("earlier", lambda: earlier.wait(10))
+        attempt("retry", lambda: rd.all_sum(full(100 * (r + 1)), timeout=10))
+        time.sleep(2)  # (its peers hear the failure from it, not that it left)
+    else:
+        time.sleep(1.5)
+        if MODE == "collective_running" and r == 1:
+            attempt("send", lambda: rd.send(full(5), 0))
+        for k in (1, 10, 100):
+            if MODE == "collective_running" and k == 1:
+                continue
+            attempt(f"x{k}", lambda: rd.all_sum(full(k * (r + 1)), timeout=20))
+else:
+    raise SystemExit(f"unknown mode {MODE}")
+print("end", flush=True)

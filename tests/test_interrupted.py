@@ -1,0 +1,60 @@
+"""A blocking call queued behind its group's non-blocking operations, interrupted in its wait
+(an error a signal handler raises, as Ctrl-C's KeyboardInterrupt is), ends as the same call
+run inline would: a message not begun is dropped, as if never called (the next receive gets
+the message it would have had), and a collective breaks the group on every rank. Launched
+ranks, as the interruption comes by a signal to the process (`scripts/interrupted_calls.py`)."""
+
+from __future__ import annotations
+
+import pytest
+
+from helpers import SCRIPTS, run_launcher
+
+FAST = {"RINGDIST_TIMEOUT": "20", "RINGDIST_CONNECT_TIMEOUT": "10"}
+
+
+def _run(mode: str, shm: str = "1") -> str:
+    res = run_launcher(["-n", "3", str(SCRIPTS / "interrupted_calls.py"), mode], timeout=90,
+                       env={**FAST, "RINGDIST_SHM": shm})
+    out = res.stdout + res.stderr
+    assert res.returncode == 0, out
+    assert sorted(line for line in res.stdout.splitlines() if line.endswith("] end")) == \
+        ["[0] end", "[1] end", "[2] end"], out
+    return out
+
+
+@pytest.mark.parametrize("mode", ["recv", "recv_any"])
+def test_an_interrupted_queued_receive_takes_no_message(mode):
+    # Rank 1's receive waits behind an irecv of another tag; interrupted before its message
+    # comes, it is dropped: the retry gets the first message, not the second.
+    out = _run(mode)
+    for line in ("[1] first: interrupted", "[1] retry: got [1.0, 1.0]", "[1] tagged: got [7.0, 7.0]",
+                 "[0] barrier: got None", "[1] barrier: got None", "[2] barrier: got None"):
+        assert line in out, (line, out)
+
+
+def test_an_interrupted_send_waiting_for_its_turn_sends_nothing():
+    # Rank 0's send waits for its pair's turn behind a 64 MiB isend the receiver takes late.
+    out = _run("send")
+    for line in ("[0] first: interrupted", "[0] second: got None", "[0] big: got None",
+                 "[1] big: got [1.0, 1.0]", "[1] next: got [2.0, 2.0]", "[2] barrier: got None"):
+        assert line in out, (line, out)
+
+
+@pytest.mark.parametrize("shm", ["1", "0"])
+@pytest.mark.parametrize("mode", ["collective_queued", "collective_running"])
+def test_an_interrupted_queued_collective_breaks_the_group_on_every_rank(mode, shm):
+    # Queued behind an all_sum waiting for late peers, or running at once behind an irecv:
+    # rank 0's interrupted all_sum fails that call on its peers (naming the interruption),
+    # and the group refuses rank 0's retry. An earlier all_sum that ran keeps its result.
+    out = _run(mode, shm)
+    assert "[0] second: interrupted" in out, out
+    assert "[0] retry: GroupBrokenError: rank 0: group 'world' cannot run all_sum: an earlier operation on it " \
+           "failed (all_sum: Alarm: alarm)" in out, out
+    if mode == "collective_queued":
+        assert "[0] earlier: got [6.0, 6.0]" in out, out
+    for r in (1, 2):
+        if mode == "collective_queued":
+            assert f"[{r}] x1: got [6.0, 6.0]" in out, out
+        assert f"[{r}] x10: RingError: rank {r}: all_sum aborted by rank 0: Alarm: alarm" in out, out
+        assert f"[{r}] x100: GroupBrokenError" in out, out
