@@ -81,7 +81,7 @@ def finished(job: Job, result: Any, error: BaseException | None) -> None:
         job.asker.close()
     with handle.lock:
         jobs = pending.get(job.g)
-        if jobs is not None:
+        if jobs is not None and job in jobs:  # (a collective interrupted between its submit and issue is not)
             jobs.remove(job)
             if not jobs:
                 del pending[job.g]

@@ -59,6 +59,10 @@ class Lanes:
     def _open(self, job: Job) -> None:
         if job.finished:  # an any-source job ended from another of its lanes since the caller looked
             return
+        if job.interrupted is not None:  # its blocking caller was interrupted before it began: dropped
+            jobs.finished(job, None, job.interrupted)
+            self._retire(job)
+            return
         plan = job.plan
         if job.g._broken or job.g._closed:  # an earlier operation failed: this one never starts
             try:
@@ -249,6 +253,9 @@ class Lanes:
             except BaseException as exc:  # noqa: BLE001 - the job's error
                 self._failed(job, exc)
                 return
+            if job.interrupted is not None:  # its caller was interrupted as it moved: as a failure of it
+                self._failed(job, job.interrupted)
+                return
             jobs.finished(job, plan.result(), None)  # type: ignore[union-attr]
             self._retire(job)
             return
@@ -265,7 +272,7 @@ class Lanes:
             lane = self.lanes.get(key)
             reserved: set[int] = set()  # tags of kept messages a receive earlier in the lane is owed
             for job in list(lane) if lane else ():
-                if job.finished:
+                if job.finished or job.interrupted is not None:  # (one interrupted is dropped: `interrupted`)
                     continue
                 if job.opened:
                     plan = job.plan

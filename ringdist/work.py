@@ -88,53 +88,51 @@ def route(op: str, group: Any, async_op: bool, call: Callable[[Comm], Any], p2p:
     if finish is not None:
         work.then(finish)
     job = Job(work, g, call, p2p)
-    with handle.lock:
-        _ensure_exit_hook()
-        active = True
-        if p2p:
-            _ensure_thread()
-            jobs.issue(job)
-        else:
-            job.on_runner = True
-            runners.submit(job)  # first: if no runner can start (no file, no thread), nothing is left pending
-            jobs.issue(job, queued=False)
-    if p2p:
-        _wake()
-    if async_op:
-        return work
     try:
+        with handle.lock:
+            _ensure_exit_hook()
+            active = True
+            if p2p:
+                _ensure_thread()
+                jobs.issue(job)
+            else:
+                job.on_runner = True
+                runners.submit(job)  # first: if no runner can start (no file, no thread), nothing is left pending
+                jobs.issue(job, queued=False)
+        if p2p:
+            _wake()
+        if async_op:
+            return work
         return work.wait()
-    except BaseException as exc:
-        if not work.done():
+    except BaseException as exc:  # (an interruption from its issue on: the issued job must not go on unseen)
+        if not work.done() and (job.on_runner or job in jobs.pending.get(g, ())):
             interrupted(job, exc)
         raise
 
 
 def interrupted(job: Job, exc: BaseException) -> None:
-    """A blocking call queued behind its group's non-blocking operations was interrupted in its
-    wait (`exc`: KeyboardInterrupt, a signal handler's error), as a call run inline may be. It
-    ends as that one would, never going on unseen (a receive would take a message the caller
-    never gets, a collective pair with the peers' call the caller thinks it skipped):
+    """A call queued behind its group's non-blocking operations was interrupted (`exc`:
+    KeyboardInterrupt, a signal handler's error) in its wait, or as it was issued, as a call run
+    inline may be. It ends as that one would, never going on unseen (a receive would take a
+    message the caller never gets, a collective pair with the peers' call the caller thinks it
+    skipped):
     - a message that has not begun (queued, waiting for its pair's turn, or a receive waiting
       for its sender's connection or an any-source one for its first message) is dropped, as if
       never called: a later receive gets the message this one would have;
     - a message under way, or any collective, breaks the group and tells its peers (the
       collective's own thread tells them: at its turn, or at its next wait if it runs).
-    A call that finished meanwhile keeps its outcome: the interruption came after it."""
+    A call that finished meanwhile keeps its outcome: the interruption came after it. Only the
+    threads running jobs end them (`Lanes.interrupted`, the runner), so a second interruption
+    here leaves no job half-ended."""
     job.work._waited = True  # (its error is the interruption, raised by the call)
     with handle.lock:
         handle.unreported.discard(job.work)
         if job.finished:
             return
         job.interrupted = exc
-        queued = not job.on_runner and job in jobs.queue
-        if queued:
-            jobs.queue.remove(job)
-        elif not job.on_runner:
+        if not job.on_runner:
             jobs.interrupted.append(job)
-    if queued:
-        jobs.finished(job, None, exc)
-    elif job.on_runner:
+    if job.on_runner:
         runners.interrupted(job)
     else:
         _wake()
@@ -206,8 +204,14 @@ def _on_wake(flows: Lanes) -> None:
     with handle.lock:
         ended = list(jobs.interrupted)
         jobs.interrupted.clear()
+        queued = [job for job in ended if job in jobs.queue]
+        for job in queued:
+            jobs.queue.remove(job)
     for job in ended:
-        flows.interrupted(job)
+        if job in queued:  # not started: dropped
+            jobs.finished(job, None, job.interrupted)
+        else:
+            flows.interrupted(job)
 
 
 # ---- the progress thread -----------------------------------------------------------------------
