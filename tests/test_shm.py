@@ -489,3 +489,26 @@ def test_a_rank_without_room_for_the_descriptors_votes_for_tcp(caplog, monkeypat
     assert re.search(r"rank 1 of group 'world/\d+:0': 20 more open files would fit under this process's limit "
                      r"\((\d+ open, )?limit \d+\), too few for shared memory with 3 ranks; the group uses TCP "
                      r"\(raise `ulimit -n`\)", caplog.text), caplog.text
+
+
+def test_a_dial_that_never_gets_through_still_votes_in_time(monkeypatch):
+    # A peer out of open files cannot accept: the rank dialing it waits out its dial, and must
+    # still say no while the others wait for the vote. Its dial ran to the vote's own deadline,
+    # and the others timed out in the vote while it went on to TCP: a split that worked on some
+    # ranks and raised on the rest.
+    from ringdist import endpoint as endpoint_module
+    real = endpoint_module.Endpoint.connect_local
+
+    def stuck(self, address, key, deadline, peer):
+        if key.group != "world" and peer.startswith("rank 1 "):
+            time.sleep(max(0.0, deadline - time.monotonic()))
+            return None
+        return real(self, address, key, deadline, peer)
+
+    monkeypatch.setattr(endpoint_module.Endpoint, "connect_local", stuck)
+
+    def rank(g: rd.Group) -> tuple:
+        sub = g.split(0)
+        return sub.shm is None, rd.all_sum(np.ones(2), group=sub).tolist()
+
+    assert run_ranks(4, rank, connect_timeout=3) == [(True, [4.0, 4.0])] * 4
