@@ -778,7 +778,8 @@ class Comm:
                 self._endpoint.note_dialing(self.gid, peer)  # the receiver's asks: keep waiting
                 try:
                     sock = self._endpoint.connect(self._addresses[peer], InboxKey(self.gid, self._rank, "p2p", 0),
-                                                  deadline, f"rank {peer} of group {self.gid!r}", up=True, check=check)
+                                                  deadline, f"rank {peer} of group {self.gid!r}", up=True, check=check,
+                                                  me=self._rank)
                 except BaseException:
                     self._endpoint.note_not_dialed(self.gid, peer)
                     raise
@@ -795,7 +796,7 @@ class Comm:
                 try:
                     sock = self._endpoint.take(InboxKey(self.gid, peer, "p2p", 0), deadline,
                                                f"{op} in group {self.gid!r}: waiting for rank {peer} to send",
-                                               check=check, source=self._addresses[peer])
+                                               check=check, source=self._addresses[peer], me=self._rank)
                 finally:
                     asker.close()
                 table[peer] = [Channel(sock, me=self._rank, peer=peer, group=self.gid, role="p2p-in",
@@ -864,7 +865,7 @@ class Comm:
         assert self._endpoint is not None
         sock = self._endpoint.take_nowait(InboxKey(self.gid, peer, "p2p", 0),
                                           f"{op} in group {self.gid!r}: waiting for rank {peer} to send",
-                                          self._addresses[peer])
+                                          self._addresses[peer], me=self._rank)
         if sock is None:
             return None
         ch = Channel(sock, me=self._rank, peer=peer, group=self.gid, role="p2p-in", world_ranks=self._world_ranks,

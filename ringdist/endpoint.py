@@ -284,14 +284,16 @@ class Endpoint:
 
     def take(self, key: InboxKey, deadline: float, what: str,
              check: Callable[[], None] | None = None,
-             source: list[tuple[str, int]] | None = None) -> socket.socket:
+             source: list[tuple[str, int]] | None = None, me: int | None = None) -> socket.socket:
         """Wait for the authenticated connection filed under `key`; RingTimeoutError at deadline.
 
         `check` (if given) runs every CHECK_INTERVAL seconds of the wait, outside the lock:
         it may raise to give up (an ABORT found on another connection, say). `source`: the
         addresses of the rank expected to connect; once it is known to have left the job (and
         DEPARTED_GRACE has passed with nothing from it), PeerLostError, after a last `check` (an
-        ABORT from another rank names the first failure, which that rank's departure may follow)."""
+        ABORT from another rank names the first failure, which that rank's departure may follow).
+        `me`: this rank's rank in the group taking it, which errors name (default: the world's)."""
+        label = self.label if me is None else f"rank {me}"
         while True:
             with self._cond:
                 queue = self._inbox.get(key)
@@ -305,9 +307,9 @@ class Endpoint:
                 now = time.monotonic()
                 left = deadline - now
                 if self._closed:
-                    raise RingError(f"{self.label}: {what}: this rank's endpoint closed (the process is exiting)")
+                    raise RingError(f"{label}: {what}: this rank's endpoint closed (the process is exiting)")
                 if left <= 0:
-                    raise RingTimeoutError(f"{self.label}: {what}: no connection arrived in time{self._starved()}")
+                    raise RingTimeoutError(f"{label}: {what}: no connection arrived in time{self._starved()}")
                 wait = deadlines.wait_slice(left)
                 gone = self._gone(source, now)
                 if isinstance(gone, float):  # heard of its departure: the grace, then PeerLostError
@@ -319,7 +321,7 @@ class Endpoint:
             if check is not None:
                 check()
             if isinstance(gone, str):
-                raise PeerLostError(f"{self.label}: {what}: {gone}")
+                raise PeerLostError(f"{label}: {what}: {gone}")
             if gone is None:
                 self._probe(source)
 
@@ -352,16 +354,16 @@ class Endpoint:
         if channel.refused_everywhere(source, PROBE_TIMEOUT):  # type: ignore[arg-type]
             self.note_departed(first, "nothing listens at its address any more: it has left the job")
 
-    def take_nowait(self, key: InboxKey, what: str = "", source: list[tuple[str, int]] | None = None
-                    ) -> socket.socket | None:
+    def take_nowait(self, key: InboxKey, what: str = "", source: list[tuple[str, int]] | None = None,
+                    me: int | None = None) -> socket.socket | None:
         """The authenticated connection filed under `key` if it has arrived, else None (or, as
-        `take`, PeerLostError when `source` has left the job)."""
+        `take`, PeerLostError when `source` has left the job; `me` as there)."""
         with self._cond:
             queue = self._inbox.get(key)
             if not queue:
                 gone = self._gone(source, time.monotonic())
                 if isinstance(gone, str):
-                    raise PeerLostError(f"{self.label}: {what}: {gone}")
+                    raise PeerLostError(f"{self.label if me is None else f'rank {me}'}: {what}: {gone}")
                 queue = None
             else:
                 conn = queue.pop(0)
@@ -414,7 +416,8 @@ class Endpoint:
     # ---- connecting --------------------------------------------------------------------------
 
     def connect(self, addresses: list[tuple[str, int]], key: InboxKey, deadline: float,
-                peer: str, *, up: bool = False, check: Callable[[], None] | None = None) -> socket.socket:
+                peer: str, *, up: bool = False, check: Callable[[], None] | None = None,
+                me: int | None = None) -> socket.socket:
         """Dial `peer` at the first of `addresses` that answers, and authenticate.
 
         `key` is what the peer files the connection under: (group, my rank, kind, lane).
@@ -425,7 +428,9 @@ class Endpoint:
         table only once it listens there), every address refusing means it has left the job:
         PeerLostError at once, not a wait until `deadline`; so does a peer known to have left
         the job (`note_departed`). `check` is called between tries (an ABORT seen meanwhile).
+        `me`: this rank's rank in the group dialing, which errors name (default: the world's).
         """
+        label = self.label if me is None else f"rank {me}"
         errors: list[str] = []
         attempts = 0
         delay = 0.01
@@ -434,7 +439,7 @@ class Endpoint:
             if gone is not None:
                 if check is not None:
                     check()  # an ABORT already here names the first failure
-                raise PeerLostError(f"{self.label}: lost {peer}: {gone[0]}")
+                raise PeerLostError(f"{label}: lost {peer}: {gone[0]}")
             refused = 0
             for ip, port in addresses:
                 attempts += 1
@@ -442,7 +447,7 @@ class Endpoint:
                     sock = channel.dial((ip, port), max(0.01, deadlines.wait_slice(deadlines.left(deadline))))
                 except ConnectError as exc:
                     if getattr(exc, "out_of_fds", False):  # this rank's own limit: dialing again will not help
-                        raise ConnectError(f"{self.label}: cannot dial {peer}: {exc}") from None
+                        raise ConnectError(f"{label}: cannot dial {peer}: {exc}") from None
                     errors.append(str(exc))
                     refused += getattr(exc, "refused", False)
                     continue
@@ -458,12 +463,12 @@ class Endpoint:
             if up and refused == len(addresses):
                 if check is not None:
                     check()
-                raise PeerLostError(f"{self.label}: lost {peer}: nothing listens at its address any more "
+                raise PeerLostError(f"{label}: lost {peer}: nothing listens at its address any more "
                                     f"({'; '.join(errors[-len(addresses):])}): it has left the job")
             if time.monotonic() + delay >= deadline:
                 tried = "; ".join(errors[-len(addresses):]) or "no address"
                 hint = CUT_OFF_HINT if tried.endswith("(connection closed before WELCOME)") else ""
-                raise ConnectError(f"{self.label}: cannot reach {peer}: {tried} ({attempts} attempts){hint}")
+                raise ConnectError(f"{label}: cannot reach {peer}: {tried} ({attempts} attempts){hint}")
             if check is not None:
                 check()
             time.sleep(delay)

@@ -63,12 +63,12 @@ class Links:
             # Within the call's own timeout too: a stalled peer's handshake held the dialer past it.
             sock = self.endpoint.connect(self.addresses[p], InboxKey(self.group, self.rank, KIND, 0),
                                          min(connect_deadline, accept_deadline), f"rank {p} of group {self.group!r}",
-                                         up=True, check=check)
+                                         up=True, check=check, me=self.rank)
             self.endpoint.note_linked(self.group, p)  # p's kept asks for this link (`asking`) are let go
         else:
             sock = self.endpoint.take(InboxKey(self.group, p, KIND, 0), accept_deadline,
                                       f"group {self.group!r}: waiting for rank {p} to connect", check=check,
-                                      source=self.addresses[p])
+                                      source=self.addresses[p], me=self.rank)
         ch = Channel(sock, me=self.rank, peer=p, group=self.group, role=KIND, world_ranks=self.world_ranks,
                      listens=self.addresses[p] if self.rank > p else None)
         self.own.append(ch)

@@ -30,13 +30,13 @@ class RingLinks:
         try:
             for lane in range(lanes):
                 sock = endpoint.connect(addresses[right], InboxKey(group, rank, "ring", lane), deadline,
-                                        f"rank {right} of group {group!r}", up=True)
+                                        f"rank {right} of group {group!r}", up=True, me=rank)
                 self.right.append(Channel(sock, me=rank, peer=right, group=group, role="right", lane=lane,
                                           world_ranks=self.world_ranks))
             for lane in range(lanes):
                 sock = endpoint.take(InboxKey(group, left, "ring", lane), deadline,
                                      f"ring of group {group!r}: waiting for rank {left} to connect (lane {lane})",
-                                     source=addresses[left])
+                                     source=addresses[left], me=rank)
                 self.left.append(Channel(sock, me=rank, peer=left, group=group, role="left", lane=lane,
                                          world_ranks=self.world_ranks, listens=addresses[left]))
         except BaseException:

@@ -183,7 +183,8 @@ def open_link(endpoint: Endpoint, links: Links, *, group: str, rank: int, size: 
             for p in range(rank):
                 what = _who(p, addresses)
                 sock = endpoint.take(InboxKey(group, p, "shm", 0), deadline,
-                                     f"group {group!r}: waiting for rank {p}'s shared memory", source=addresses[p])
+                                     f"group {group!r}: waiting for rank {p}'s shared memory", source=addresses[p],
+                                     me=rank)
                 try:
                     maps[p], theirs, probes[p] = _receive(sock, total, deadline, what)
                     every = _keep(wake, p, theirs, every)

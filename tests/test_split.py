@@ -108,6 +108,20 @@ def test_errors_in_a_sub_group_name_a_peer_s_world_rank_too():
     for shm in (False, True):  # (over shared memory the signals find it)
         seen = run_ranks(3, unlike, shm=shm)
         assert any("but rank 0 (world rank 2) called all_sum(shape=(5,)" in m for m in seen), (shm, seen)
+
+    # A receive in a sub-group waiting for its sender's connection starts with its own rank in
+    # that group, as every other error of the group does (it said its world rank).
+    def waits(g):
+        sub = g.split(0, key=g.size() - g.rank())
+        if g.rank() != 0:
+            time.sleep(1)
+            return None
+        with pytest.raises(rd.RingTimeoutError) as info:
+            rd.recv((4,), np.float64, 0, group=sub, timeout=0.3)
+        return str(info.value)
+
+    waited = run_ranks(3, waits, shm=False)[0]
+    assert waited.startswith("rank 2: recv in group 'world/0:0': waiting for rank 0 to send"), waited
     assert "world rank" not in run_ranks(2, lambda g: str(_stall_message(g)), shm=False)[0]
 
 
