@@ -154,11 +154,8 @@ def open_link(endpoint: Endpoint, links: Links, *, group: str, rank: int, size: 
             own_fd, own_map = _segment(endpoint, total, f"rank {rank} of group {group!r}")
             yes = own_map is not None
         if yes:
-            # Dials give up before the vote's deadline: a rank whose dial never gets through (a
-            # peer out of open files cannot accept) still says no while the others wait for it.
-            dial_by = deadline - min(votes.MIN_WAIT, timeout / 4)
             for p in range(rank + 1, size):
-                sock = endpoint.connect_local(addresses[p][0], InboxKey(group, rank, "shm", 0), dial_by,
+                sock = endpoint.connect_local(addresses[p][0], InboxKey(group, rank, "shm", 0), deadline,
                                               f"rank {p} of group {group!r}")
                 if sock is None:
                     yes = False

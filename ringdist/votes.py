@@ -25,8 +25,10 @@ from .links import Links
 from .mesh import MeshLinks
 
 OP = "group setup (shared memory)"
-# Seconds a vote waits at least: what its caller had left may be spent already (a peer that
-# stopped while the links were made), and the vote's own wait should still be a real one.
+# Seconds a vote waits past its caller's deadline: what the caller had left may be spent
+# already (a peer that stopped while the links were made), and a peer whose step before the
+# vote ran to that deadline (a dial to a rank out of open files that never got through) still
+# votes while the others wait for it.
 MIN_WAIT = 1.0
 
 
@@ -43,9 +45,9 @@ def _exchange(links: Links, to: list, recvs: list[memoryview], mine: memoryview,
 
 def vote(links: Links, yes: bool, timeout: float, began: float | None = None) -> bool:
     """Whether every rank of the group said yes (see the module's docstring); waits `timeout`
-    seconds, at least MIN_WAIT, for the peers' answers (RingTimeoutError). `began`: when
+    seconds and MIN_WAIT more for the peers' answers (RingTimeoutError). `began`: when
     (`time.monotonic()`) the step the vote ends began, for the error to say how long it waited."""
-    limit = max(timeout, MIN_WAIT)
+    limit = max(timeout, 0.0) + MIN_WAIT
     start = time.monotonic() if began is None else began
     try:
         return _vote(links, yes, deadlines.after(limit))

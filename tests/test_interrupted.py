@@ -13,8 +13,8 @@ from helpers import SCRIPTS, run_launcher
 FAST = {"RINGDIST_TIMEOUT": "20", "RINGDIST_CONNECT_TIMEOUT": "10"}
 
 
-def _run(mode: str, shm: str = "1") -> str:
-    res = run_launcher(["-n", "3", str(SCRIPTS / "interrupted_calls.py"), mode], timeout=90,
+def _run(tmp_path, mode: str, shm: str = "1") -> str:
+    res = run_launcher(["-n", "3", str(SCRIPTS / "interrupted_calls.py"), mode, str(tmp_path)], timeout=90,
                        env={**FAST, "RINGDIST_SHM": shm})
     out = res.stdout + res.stderr
     assert res.returncode == 0, out
@@ -24,18 +24,18 @@ def _run(mode: str, shm: str = "1") -> str:
 
 
 @pytest.mark.parametrize("mode", ["recv", "recv_any"])
-def test_an_interrupted_queued_receive_takes_no_message(mode):
+def test_an_interrupted_queued_receive_takes_no_message(tmp_path, mode):
     # Rank 1's receive waits behind an irecv of another tag; interrupted before its message
     # comes, it is dropped: the retry gets the first message, not the second.
-    out = _run(mode)
+    out = _run(tmp_path, mode)
     for line in ("[1] first: interrupted", "[1] retry: got [1.0, 1.0]", "[1] tagged: got [7.0, 7.0]",
                  "[0] barrier: got None", "[1] barrier: got None", "[2] barrier: got None"):
         assert line in out, (line, out)
 
 
-def test_an_interrupted_send_waiting_for_its_turn_sends_nothing():
+def test_an_interrupted_send_waiting_for_its_turn_sends_nothing(tmp_path):
     # Rank 0's send waits for its pair's turn behind a 64 MiB isend the receiver takes late.
-    out = _run("send")
+    out = _run(tmp_path, "send")
     for line in ("[0] first: interrupted", "[0] second: got None", "[0] big: got None",
                  "[1] big: got [1.0, 1.0]", "[1] next: got [2.0, 2.0]", "[2] barrier: got None"):
         assert line in out, (line, out)
@@ -43,11 +43,11 @@ def test_an_interrupted_send_waiting_for_its_turn_sends_nothing():
 
 @pytest.mark.parametrize("shm", ["1", "0"])
 @pytest.mark.parametrize("mode", ["collective_queued", "collective_running"])
-def test_an_interrupted_queued_collective_breaks_the_group_on_every_rank(mode, shm):
+def test_an_interrupted_queued_collective_breaks_the_group_on_every_rank(tmp_path, mode, shm):
     # Queued behind an all_sum waiting for late peers, or running at once behind an irecv:
     # rank 0's interrupted all_sum fails that call on its peers (naming the interruption),
     # and the group refuses rank 0's retry. An earlier all_sum that ran keeps its result.
-    out = _run(mode, shm)
+    out = _run(tmp_path, mode, shm)
     assert "[0] second: interrupted" in out, out
     assert "[0] retry: GroupBrokenError: rank 0: group 'world' cannot run all_sum: an earlier operation on it " \
            "failed (all_sum: Alarm: alarm)" in out, out

@@ -1,7 +1,9 @@
 """A blocking call queued behind non-blocking operations, interrupted in its wait by an error
 a signal handler raises (as Ctrl-C's KeyboardInterrupt would). Rank 0 (or 1) is interrupted
-0.5 s in; its peers come 1.5 s in. Each rank prints what it got."""
+0.5 s in; its peers come once it has been (a file it makes in the folder argv[2]), however
+loaded the machine. Each rank prints what it got."""
 
+import os
 import signal
 import sys
 import time
@@ -10,7 +12,7 @@ import numpy as np
 
 import ringdist as rd
 
-MODE = sys.argv[1]
+MODE, FLAGS = sys.argv[1], sys.argv[2]
 g = rd.init()
 r = g.rank()
 
@@ -39,6 +41,18 @@ def attempt(what: str, call) -> None:
         print(f"{what}: got {None if got is None else got.ravel()[:2].tolist()}", flush=True)
 
 
+def interrupted_now() -> None:
+    """The interrupted rank: its peers may come."""
+    open(os.path.join(FLAGS, "interrupted"), "w").close()
+
+
+def after_interruption() -> None:
+    """A peer: wait (up to 60 s) until the interrupted rank has been."""
+    deadline = time.monotonic() + 60
+    while not os.path.exists(os.path.join(FLAGS, "interrupted")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
 def full(v: float, n: int = 4) -> np.ndarray:
     return np.full(n, v, np.float32)
 
@@ -49,14 +63,16 @@ if MODE in ("recv", "recv_any"):  # rank 1 receives; its first blocking one queu
         interrupt_soon()
         if MODE == "recv":
             attempt("first", lambda: rd.recv((4,), np.float32, 0, tag=0))
+            interrupted_now()
             attempt("retry", lambda: rd.recv((4,), np.float32, 0, tag=0, timeout=10))
         else:
             attempt("first", lambda: rd.recv_any((4,), np.float32, tag=0)[1])
+            interrupted_now()
             attempt("retry", lambda: rd.recv_any((4,), np.float32, tag=0, timeout=10)[1])
         attempt("tagged", lambda: tagged.wait(10))
         attempt("barrier", lambda: rd.barrier(timeout=10))
     else:
-        time.sleep(1.5)
+        after_interruption()
         rd.send(full(7), 1, tag=7)
         rd.send(full(1), 1)
         rd.send(full(2), 1)
@@ -67,10 +83,11 @@ elif MODE == "send":  # rank 0's blocking send waits for its pair's turn behind 
         first = rd.send(big, 1, async_op=True)
         interrupt_soon()
         attempt("first", lambda: rd.send(full(1), 1))
+        interrupted_now()
         attempt("second", lambda: rd.send(full(2), 1, timeout=10))
         attempt("big", lambda: first.wait(10))
     elif r == 1:
-        time.sleep(1.5)
+        after_interruption()
         attempt("big", lambda: rd.recv(big.shape, np.float32, 0, timeout=10))
         attempt("next", lambda: rd.recv((4,), np.float32, 0, timeout=10))
     attempt("barrier", lambda: rd.barrier(timeout=10))
@@ -82,11 +99,12 @@ elif MODE in ("collective_queued", "collective_running"):
             earlier = rd.recv((4,), np.float32, 1, async_op=True)  # a message: the collective runs at once
         interrupt_soon()
         attempt("second", lambda: rd.all_sum(full(10 * (r + 1))))
+        interrupted_now()
         attempt("earlier", lambda: earlier.wait(10))
         attempt("retry", lambda: rd.all_sum(full(100 * (r + 1)), timeout=10))
         time.sleep(2)  # (its peers hear the failure from it, not that it left)
     else:
-        time.sleep(1.5)
+        after_interruption()
         if MODE == "collective_running" and r == 1:
             attempt("send", lambda: rd.send(full(5), 0))
         for k in (1, 10, 100):
