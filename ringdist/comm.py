@@ -390,12 +390,15 @@ class Comm:
 
     def run(self, op: str, inflows: list[Inflow], outflows: list[Outflow],
             channels: list[Channel] | None = None, timeout: float | None = None,
-            idle: Callable[[], bool] | None = None, header: wire.Header | None = None) -> None:
+            idle: Callable[[], bool] | None = None, header: wire.Header | None = None,
+            spare: Callable[[BaseException], bool] | None = None) -> None:
         """Drive an operation's flows; on any failure tell the peers and mark the group broken.
 
         `channels` are the connections to watch for an ABORT: the ring's for a collective
         (the one whose header was made last), the pair's own for point-to-point. `header`
-        is what a peer's other headers of this call may be (default: the call's).
+        is what a peer's other headers of this call may be (default: the call's). `spare(exc)`:
+        whether failure `exc` ends the operation alone, the group unbroken (a receive that has
+        read nothing of its message: `p2p.Receiving.spare`).
         """
         seq: int | None = self._seq - 1
         self._loud = seq
@@ -412,7 +415,7 @@ class Comm:
         self._guarded(op, channels, seq, outflows, lambda: engine.run(
             inflows, outflows, watched, timeout=self._timeout(timeout), op=op, me=self._rank, seq=seq,
             spin=self._spin(sum(flow.total for flow in inflows)), yield_core=self.settings.spin_yield,
-            idle=idle, header=None if seq is None else header or self._header), tell)
+            idle=idle, header=None if seq is None else header or self._header), tell, spare)
 
     def exchange(self, op: str, sends: list[memoryview], recvs: list[memoryview], header: wire.Header,
                  timeout: float | None = None, peers: list[int] | None = None,
@@ -534,9 +537,10 @@ class Comm:
             raise
 
     def _guarded(self, op: str, channels: list[Channel], seq: int | None, outflows: list[Outflow],
-                 body: Any, tell: list[Channel] | None = None) -> None:
-        """Run `body`; on any failure mark the group broken and send an ABORT on `tell`
-        (default: `channels`, the connections watched)."""
+                 body: Any, tell: list[Channel] | None = None,
+                 spare: Callable[[BaseException], bool] | None = None) -> None:
+        """Run `body`; on any failure (but one `spare` spares: see `run`) mark the group broken
+        and send an ABORT on `tell` (default: `channels`, the connections watched)."""
         try:
             try:
                 body()
@@ -544,7 +548,8 @@ class Comm:
                 aborts.pending_abort(channels, op)  # the reason a peer left, if it sent one
                 raise
         except BaseException as exc:
-            self._fail(op, channels if tell is None else tell, seq, outflows, exc)
+            if spare is None or not spare(exc):
+                self._fail(op, channels if tell is None else tell, seq, outflows, exc)
             raise
 
     def refuse(self, op: str, exc: BaseException) -> None:
@@ -808,6 +813,11 @@ class Comm:
         entry = table[peer]
         entry[1] += 1
         return entry[0], entry[1] - 1
+
+    def p2p_uncount(self, peer: int) -> None:
+        """A receive from `peer` armed for the pair's next message ended with none of it read
+        (`p2p.Receiving.spare`): that message is the next receive's, under the same number."""
+        self._p2p_in[peer][1] -= 1
 
     def refuse_queued_send(self, peer: int, op: str) -> None:
         """A send (on the progress thread) that reaches its turn in a group broken after it was

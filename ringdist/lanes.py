@@ -342,10 +342,14 @@ class Lanes:
 
     def _failed(self, job: Job, exc: BaseException, tell: bool = False) -> None:
         """A point-to-point job failed: break its group and tell the peers, as a blocking one does
-        (`tell`: one that never had its connection, told of a failure at its sender by asking)."""
+        (`tell`: one that never had its connection, told of a failure at its sender by asking);
+        but a receive timed out or interrupted before any of its message came ends alone, as a
+        blocking one does (`p2p.Receiving.spare`)."""
         g, plan = job.g, job.plan
         ch = plan.ch  # type: ignore[union-attr]
-        if (ch is None and not tell) or getattr(exc, "ringdist_closed", False):
+        spare = getattr(plan, "spare", None)  # a receive that read nothing of its message ends alone
+        if (ch is None and not tell) or getattr(exc, "ringdist_closed", False) or \
+                (job.opened and not tell and spare is not None and spare(exc)):
             jobs.finished(job, None, exc)  # never sent a byte, or ended by a close: nothing to tell
             self._retire(job)
             return
@@ -358,8 +362,9 @@ class Lanes:
     def interrupted(self, job: Job) -> None:
         """A blocking message call's caller was interrupted in its wait (`work.interrupted`): one
         that has not begun (waiting for its pair's turn, for its sender's connection, or for the
-        first message of an any-source receive) is dropped, as if never called; one under way
-        fails and breaks its group, as a failure of its flows does."""
+        first message of an any-source receive; a receive from one rank with none of its message
+        read) is dropped, as if never called; one under way fails and breaks its group, as a
+        failure of its flows does."""
         if job.finished:
             return
         exc = job.interrupted

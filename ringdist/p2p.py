@@ -23,7 +23,7 @@ from .algorithms.blocks import dtype_of, sizes_of
 from .arrays import as_array, byte_view
 from .calls import check_flag
 from .collectives import _comm
-from .errors import MismatchError, ProtocolError, RingError
+from .errors import MismatchError, ProtocolError, RingError, RingTimeoutError
 from .comm import Comm
 from .flows import Inflow, Outflow, Segments, SizedInflow
 
@@ -124,7 +124,8 @@ def run_inline(g: Comm, plan: Any, timeout: float | None) -> None:
         plan.open()
         # (A receive's message read ahead has no flows; one that reads another tag's goes on.)
         while plan.inflows or plan.outflows:
-            g.run(plan.op, plan.inflows, plan.outflows, [plan.ch], timeout=timeout)
+            g.run(plan.op, plan.inflows, plan.outflows, [plan.ch], timeout=timeout,
+                  spare=getattr(plan, "spare", None))
             if not plan.more():
                 break
     finally:
@@ -156,6 +157,21 @@ class Receiving:
         if got is None:
             return False
         self._arm(*got)
+        return True
+
+    def spare(self, exc: BaseException) -> bool:
+        """Whether failure `exc` ends this receive alone, its group left usable: a timeout here
+        or an interruption (Ctrl-C, a signal handler's error), not a peer's failure or bytes gone
+        wrong, with none of the message read (its header not yet taken off the stream), so the
+        pair's stream is as it was and the message is the next receive's, under its number."""
+        if isinstance(exc, RingError) and (not isinstance(exc, RingTimeoutError) or
+                                           getattr(exc, "ringdist_origin", None) is not None):
+            return False
+        if self.taken or self.holding is not None or not self.inflows or \
+                not all(flow.need_header for flow in self.inflows):
+            return False
+        self.g.p2p_uncount(self.peer)
+        self.inflows = []
         return True
 
     def _hold(self, tag: int, fields: dict[str, Any], ch: Channel) -> memoryview:

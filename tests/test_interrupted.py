@@ -6,8 +6,13 @@ ranks, as the interruption comes by a signal to the process (`scripts/interrupte
 
 from __future__ import annotations
 
+import time
+
+import numpy as np
 import pytest
 
+import ringdist as rd
+from harness import run_ranks
 from helpers import SCRIPTS, run_launcher
 
 FAST = {"RINGDIST_TIMEOUT": "20", "RINGDIST_CONNECT_TIMEOUT": "10"}
@@ -31,6 +36,46 @@ def test_an_interrupted_queued_receive_takes_no_message(tmp_path, mode):
     for line in ("[1] first: interrupted", "[1] retry: got [1.0, 1.0]", "[1] tagged: got [7.0, 7.0]",
                  "[0] barrier: got None", "[1] barrier: got None", "[2] barrier: got None"):
         assert line in out, (line, out)
+
+
+def test_an_interrupted_receive_on_a_connection_already_used_ends_alone(tmp_path):
+    # Inline, waiting on the pair's connection with none of its message read: the group stays
+    # usable and the retry gets the message (it broke the group).
+    out = _run(tmp_path, "recv_open")
+    for line in ("[1] first: got [1.0, 1.0]", "[1] second: interrupted", "[1] retry: got [2.0, 2.0]",
+                 "[0] barrier: got None", "[1] barrier: got None", "[2] barrier: got None"):
+        assert line in out, (line, out)
+
+
+@pytest.mark.parametrize("queued", [False, True])
+def test_a_receive_timing_out_before_its_message_ends_alone(queued):
+    # A receive with `timeout=` in a loop: one that times out with nothing of its message read
+    # leaves the group usable and misses nothing, on a connection already used or not, inline
+    # or queued on the progress thread (behind an irecv from another rank) (it broke the group
+    # once the connection had come).
+    def rank(g: rd.Group) -> tuple[list, int]:
+        got, timeouts = [], 0
+        if g.rank() == 0:
+            for k in (1, 2, 3):
+                time.sleep(0.6)
+                rd.send(np.full(2, k), 1, group=g)
+        elif g.rank() == 2:
+            time.sleep(2.5)
+            rd.send(np.full(2, 7), 1, group=g)
+        else:
+            other = rd.recv((2,), np.int64, 2, group=g, async_op=True) if queued else None
+            while len(got) < 3 and timeouts < 40:
+                try:
+                    got.append(rd.recv((2,), np.int64, 0, group=g, timeout=0.25).tolist())
+                except rd.RingTimeoutError:
+                    timeouts += 1
+            got.append(other.wait(10).tolist() if queued else rd.recv((2,), np.int64, 2, group=g).tolist())
+        rd.barrier(group=g)
+        return got, timeouts
+
+    got, timeouts = run_ranks(3, rank)[1]
+    assert got == [[1, 1], [2, 2], [3, 3], [7, 7]], got
+    assert timeouts >= 3, timeouts  # (each message came after at least one timed out)
 
 
 def test_an_interrupted_send_waiting_for_its_turn_sends_nothing(tmp_path):

@@ -77,6 +77,18 @@ if MODE in ("recv", "recv_any"):  # rank 1 receives; its first blocking one queu
         rd.send(full(1), 1)
         rd.send(full(2), 1)
         attempt("barrier", lambda: rd.barrier(timeout=10))
+elif MODE == "recv_open":  # rank 1's inline receive waits on a connection that has carried a message
+    if r == 1:
+        attempt("first", lambda: rd.recv((4,), np.float32, 0))
+        interrupt_soon()
+        attempt("second", lambda: rd.recv((4,), np.float32, 0))
+        interrupted_now()
+        attempt("retry", lambda: rd.recv((4,), np.float32, 0, timeout=10))
+    elif r == 0:
+        rd.send(full(1), 1)
+        after_interruption()
+        rd.send(full(2), 1)
+    attempt("barrier", lambda: rd.barrier(timeout=10))
 elif MODE == "send":  # rank 0's blocking send waits for its pair's turn behind a large isend
     big = np.ones(16 << 20, np.float32)  # 64 MiB: more than the socket buffers hold
     if r == 0:
