@@ -207,14 +207,15 @@ def test_a_message_failing_on_another_thread_leaves_a_running_collective_whole(n
                        env={**FAST, **env})
     lines = {f"{r} {who}": text for r, who, text in re.findall(r"^\[(\d)\] (\w+): (.*)$", res.stdout, re.M)}
     failing = max(1, n - 2)
-    assert lines[f"{failing} recv"].startswith(f"RingTimeoutError: rank {failing}: recv made no progress for 0.001 s"), \
-        res.stdout
+    why = (f"rank {failing} expected recv(shape=(1,), dtype=float64) from rank 0 but rank 0 sent "
+           "send(shape=(2,), dtype=int32)")
+    assert lines[f"{failing} recv"].startswith(f"MismatchError: {why}"), res.stdout
     assert all(lines[f"{r} call"] == "ok" for r in range(n)), res.stdout
-    told = f"{op} aborted by rank {failing}: rank {failing}: recv made no progress for 0.001 s"
-    assert all(lines[f"{r} next"].startswith(f"RingTimeoutError: rank {r}: {told}") for r in range(n) if r != failing), \
+    told = f"{op} aborted by rank {failing}: {why}"
+    assert all(lines[f"{r} next"].startswith(f"MismatchError: rank {r}: {told}") for r in range(n) if r != failing), \
         res.stdout
     assert lines[f"{failing} next"].startswith(f"GroupBrokenError: rank {failing}: group 'world' cannot run {op}: an "
-                                            "earlier operation on it failed (recv: RingTimeoutError"), res.stdout
+                                            f"earlier operation on it failed (recv: MismatchError: {why}"), res.stdout
 
 
 def test_closing_a_group_while_another_thread_waits_in_a_recv_on_it_is_refused():

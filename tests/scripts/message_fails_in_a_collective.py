@@ -3,7 +3,8 @@
 usage: message_fails_in_a_collective.py all_gather|all_sum
 That rank's main thread is in the collective (a 16 MB all_gather, whose frames wait for
 the others, or a small all_sum, whose links past 8 ranks open on first use), the other ranks
-coming 0.5 s late, when another of its threads has a recv from rank 0 time out. Every rank then
+coming 0.5 s late, when another of its threads has a recv from rank 0 fail (rank 0 sent a
+message of another dtype, so it is a MismatchError there). Every rank then
 makes one more such call. Prints one line per outcome: "<who>: ok", "<who>: wrong data", or
 "<who>: <ErrorClass>: <message>".
 """
@@ -20,6 +21,7 @@ r, n = g.rank(), g.size()
 failing = max(1, n - 2)  # past 8 ranks, one that others open links to in a small all_sum
 if r == 0:  # the pair's connection is open: a failed message breaks the group
     rd.send(np.zeros(1), failing)
+    rd.send(np.zeros(2, np.int32), failing)  # not what the receive below expects
 elif r == failing:
     rd.recv(1, np.float64, 0)
 if sys.argv[1] == "all_gather":
@@ -45,7 +47,7 @@ def fail_a_message():
         time.sleep(0.001)
     time.sleep(0.1)  # the collective is under way, the others not in it yet
     try:
-        rd.recv(1, np.float64, 0, timeout=0.001)
+        rd.recv(1, np.float64, 0, timeout=20)
         print("recv: returned", flush=True)
     except rd.RingError as exc:
         print(f"recv: {type(exc).__name__}: {exc}", flush=True)
