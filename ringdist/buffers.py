@@ -87,7 +87,11 @@ class BufferCache:
             self._drop_idle(size, MEDIUM_IDLE_BYTES, lambda block: len(block.mem) < MEDIUM_BYTES)
         # Private: an anonymous mapping is shared by default, and a forked child writing into a
         # result would change its parent's (copy on write instead, as for any numpy array).
-        mem = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        try:
+            mem = channel.map_private(size)
+        except MemoryError:  # the idle blocks given back first, once
+            self._drop_idle(size, 0, lambda block: True)
+            mem = channel.map_private(size)
         channel.advise_huge_pages(mem)  # fewer faults and TLB misses in the copies
         block = _Block(mem)
         blocks.append(block)

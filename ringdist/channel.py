@@ -615,6 +615,18 @@ def raise_fd_limit(want: int) -> int:
     return soft
 
 
+def map_private(size: int) -> mmap.mmap:
+    """`size` bytes of private anonymous memory (a forked child writing into them copies them,
+    as for any numpy array); MemoryError where the system has none to give (mmap's ENOMEM: an
+    address-space limit, overcommit refused), as numpy's own allocations raise."""
+    try:
+        return mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    except OSError as exc:
+        if exc.errno != errno.ENOMEM:
+            raise
+        raise MemoryError(f"cannot map {size} bytes of memory: {exc.strerror}") from None
+
+
 def untouched(size: int) -> "mmap.mmap | bytearray":
     """`size` zero bytes that take no memory until written: a connection's staging buffer is
     mostly unused (small frames), and at 64 ranks a rank holds hundreds of connections, where a

@@ -87,3 +87,36 @@ def test_byte_view_is_the_raw_bytes_of_any_contiguous_array():
         if arr.nbytes:
             view[0] ^= 0xFF  # a view, not a copy
             assert arr.tobytes()[0] == bytes(view)[0]
+
+
+def test_no_memory_for_a_result_is_a_memory_error_on_that_rank_and_told_to_its_peers(monkeypatch):
+    # mmap says ENOMEM (an address-space limit, say) for rank 1's 2 MiB result: it raised that
+    # OSError, which a caller catching MemoryError (as numpy's allocations raise) or RingError missed.
+    import errno
+    import mmap
+    import threading
+
+    import pytest
+
+    import ringdist as rd
+    from harness import run_ranks
+    from ringdist import channel
+
+    real = mmap.mmap
+
+    class Refusing:
+        def __call__(self, fileno, length, *args, **kwargs):
+            if fileno == -1 and length >= 1 << 20 and threading.current_thread().name == "harness-rank-1":
+                raise OSError(errno.ENOMEM, "Cannot allocate memory")
+            return real(fileno, length, *args, **kwargs)
+
+    monkeypatch.setattr(channel.mmap, "mmap", Refusing())
+
+    def rank(g: rd.Group) -> str:
+        with pytest.raises((MemoryError, rd.RingError)) as info:
+            rd.all_gather(np.ones(1 << 18, np.float32), group=g)
+        return f"{type(info.value).__name__}: {info.value}"
+
+    got = run_ranks(2, rank, shm=False)
+    assert got[1] == "MemoryError: cannot map 2097152 bytes of memory: Cannot allocate memory", got
+    assert got[0].startswith("RingError: rank 0: all_gather aborted by rank 1: MemoryError: cannot map"), got
