@@ -100,7 +100,7 @@ def test_no_memory_for_a_result_is_a_memory_error_on_that_rank_and_told_to_its_p
 
     import ringdist as rd
     from harness import run_ranks
-    from ringdist import channel
+    from ringdist import buffers, channel
 
     real = mmap.mmap
 
@@ -111,6 +111,7 @@ def test_no_memory_for_a_result_is_a_memory_error_on_that_rank_and_told_to_its_p
             return real(fileno, length, *args, **kwargs)
 
     monkeypatch.setattr(channel.mmap, "mmap", Refusing())
+    monkeypatch.setattr(buffers.cache, "_blocks", [])  # no idle block of this process's earlier tests to reuse
 
     def rank(g: rd.Group) -> str:
         with pytest.raises((MemoryError, rd.RingError)) as info:
