@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import numbers
 import socket
+import threading
 import time
 
 MAX_WAIT = 3600.0  # the longest single kernel wait, in seconds; longer waits take several
@@ -37,6 +38,22 @@ def poll_ms(seconds: float) -> int:
 def wait_slice(seconds: float) -> float:
     """A `threading` or `select` wait of `seconds`, at most `MAX_WAIT` (the caller loops)."""
     return max(0.0, min(seconds, MAX_WAIT))
+
+
+# The longest `threading` wait on the main thread. A signal the kernel hands another thread has
+# its Python handler run on the main thread only once that thread runs again (a lock's wait is
+# cut short only by a signal to its own thread): Ctrl-C during a wait on a Work handle waited
+# for the operation to end.
+MAIN_THREAD_WAIT = 0.1
+
+
+def thread_wait(seconds: float) -> float:
+    """A `threading` wait of `seconds` (the caller loops): `wait_slice`, and on the main thread
+    at most MAIN_THREAD_WAIT."""
+    seconds = wait_slice(seconds)
+    if seconds > MAIN_THREAD_WAIT and threading.current_thread() is threading.main_thread():
+        return MAIN_THREAD_WAIT
+    return seconds
 
 
 def socket_wait(deadline: float) -> float | None:

@@ -60,7 +60,7 @@ class Work:
         a RingTimeoutError says it is still outstanding, and the handle stays valid."""
         timeout, deadline = deadlines.of_wait(timeout)  # checked done or not: the same call always raises
         if not self._event.is_set():
-            while not self._event.wait(deadlines.wait_slice(deadlines.left(deadline))):
+            while not self._event.wait(deadlines.thread_wait(deadlines.left(deadline))):
                 if deadlines.passed(deadline):
                     raise RingTimeoutError(f"rank {self.rank}: {self.op} on group {self.gid!r} is still "
                                            f"outstanding after wait(timeout={timeout:g})")
@@ -163,7 +163,7 @@ def wait_any(works: "list[Work]", timeout: float | None = None) -> tuple[int, An
                 if deadlines.passed(deadline):
                     raise RingTimeoutError(f"rank {works[0].rank}: wait_any: none of {len(works)} operations "
                                            f"finished within wait_any(timeout={timeout:g})")
-                finishing.wait(deadlines.wait_slice(deadlines.left(deadline)))
+                finishing.wait(deadlines.thread_wait(deadlines.left(deadline)))
                 continue
             break
     try:
@@ -183,7 +183,7 @@ def wait_all(works: "list[Work]", timeout: float | None = None) -> list[Any]:
         raise TypeError("wait_all: works must be a sequence of ringdist Work handles")
     timeout, deadline = deadlines.of_wait(timeout)
     for w in works:
-        while not w._event.wait(deadlines.wait_slice(deadlines.left(deadline))):
+        while not w._event.wait(deadlines.thread_wait(deadlines.left(deadline))):
             if deadlines.passed(deadline):
                 outstanding = sum(not x.done() for x in works)
                 raise RingTimeoutError(f"rank {w.rank}: wait_all: {outstanding} of {len(works)} operations "

@@ -369,7 +369,13 @@ class Lanes:
             return
         exc = job.interrupted
         assert exc is not None
-        if not job.opened and job.plan.ch is None:  # type: ignore[union-attr]
+        plan = job.plan
+        untouched = getattr(plan, "untouched", None)
+        if not job.opened and plan.ch is None:  # type: ignore[union-attr]
+            jobs.finished(job, None, exc)
+            self._retire(job)
+        elif job.opened and untouched is not None and untouched():  # (this thread is between reads)
+            plan.give_back()  # type: ignore[union-attr]
             jobs.finished(job, None, exc)
             self._retire(job)
         else:

@@ -159,19 +159,31 @@ class Receiving:
         self._arm(*got)
         return True
 
-    def spare(self, exc: BaseException) -> bool:
-        """Whether failure `exc` ends this receive alone, its group left usable: a timeout here
-        or an interruption (Ctrl-C, a signal handler's error), not a peer's failure or bytes gone
-        wrong, with none of the message read (its header not yet taken off the stream), so the
-        pair's stream is as it was and the message is the next receive's, under its number."""
-        if isinstance(exc, RingError) and (not isinstance(exc, RingTimeoutError) or
-                                           getattr(exc, "ringdist_origin", None) is not None):
-            return False
-        if self.taken or self.holding is not None or not self.inflows or \
-                not all(flow.need_header for flow in self.inflows):
-            return False
+    def untouched(self) -> bool:
+        """Whether none of the message has been read: its header not yet taken off the stream
+        (looked at between reads only: see `spare`)."""
+        return not self.taken and self.holding is None and bool(self.inflows) and \
+            all(flow.need_header for flow in self.inflows)
+
+    def give_back(self) -> None:
+        """End this receive with none of its message read (`untouched`): the pair's stream is as
+        it was, and the message is the next receive's, under its number."""
         self.g.p2p_uncount(self.peer)
         self.inflows = []
+
+    def spare(self, exc: BaseException) -> bool:
+        """Whether failure `exc` ends this receive alone, its group left usable (`give_back`): a
+        timeout of its own wait, raised where the wait looks between reads, with none of the
+        message read. Not an interruption (Ctrl-C, a signal handler's error) of a receive run on
+        the calling thread: it may come between a read and its bookkeeping (bytes taken off the
+        socket, not yet staged; a header taken, not yet accepted), so the stream is not known to
+        be whole (a queued receive's is looked at between reads: `Lanes.interrupted`). Nor a
+        peer's failure, or bytes gone wrong."""
+        if not isinstance(exc, RingTimeoutError) or getattr(exc, "ringdist_origin", None) is not None:
+            return False
+        if not self.untouched():
+            return False
+        self.give_back()
         return True
 
     def _hold(self, tag: int, fields: dict[str, Any], ch: Channel) -> memoryview:

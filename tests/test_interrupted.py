@@ -19,6 +19,7 @@ FAST = {"RINGDIST_TIMEOUT": "20", "RINGDIST_CONNECT_TIMEOUT": "10"}
 
 
 def _run(tmp_path, mode: str, shm: str = "1") -> str:
+    tmp_path.mkdir(exist_ok=True)
     res = run_launcher(["-n", "3", str(SCRIPTS / "interrupted_calls.py"), mode, str(tmp_path)], timeout=90,
                        env={**FAST, "RINGDIST_SHM": shm})
     out = res.stdout + res.stderr
@@ -28,22 +29,31 @@ def _run(tmp_path, mode: str, shm: str = "1") -> str:
     return out
 
 
-@pytest.mark.parametrize("mode", ["recv", "recv_any"])
+@pytest.mark.parametrize("mode", ["recv", "recv_any", "recv_elsewhere"])
 def test_an_interrupted_queued_receive_takes_no_message(tmp_path, mode):
     # Rank 1's receive waits behind an irecv of another tag; interrupted before its message
-    # comes, it is dropped: the retry gets the first message, not the second.
+    # comes, it is dropped: the retry gets the first message, not the second. `_elsewhere`:
+    # the signal is given to another thread of the rank (as the kernel sometimes does): the
+    # wait on the main thread ran on until the receive timed out, the handler only then.
     out = _run(tmp_path, mode)
     for line in ("[1] first: interrupted", "[1] retry: got [1.0, 1.0]", "[1] tagged: got [7.0, 7.0]",
                  "[0] barrier: got None", "[1] barrier: got None", "[2] barrier: got None"):
         assert line in out, (line, out)
 
 
-def test_an_interrupted_receive_on_a_connection_already_used_ends_alone(tmp_path):
-    # Inline, waiting on the pair's connection with none of its message read: the group stays
-    # usable and the retry gets the message (it broke the group).
-    out = _run(tmp_path, "recv_open")
+def test_an_interrupted_receive_on_a_connection_already_used(tmp_path):
+    # Queued (behind an irecv from another rank), with none of its message read, it ends alone
+    # (it broke the group): the progress thread looks between reads. Inline the interruption
+    # may come between a read and its bookkeeping, so the group breaks there, on every rank.
+    out = _run(tmp_path, "recv_open_queued")
     for line in ("[1] first: got [1.0, 1.0]", "[1] second: interrupted", "[1] retry: got [2.0, 2.0]",
+                 "[1] other: got [3.0, 3.0]", "[0] send: got None",
                  "[0] barrier: got None", "[1] barrier: got None", "[2] barrier: got None"):
+        assert line in out, (line, out)
+    out = _run(tmp_path / "inline", "recv_open")
+    for line in ("[1] second: interrupted", "[1] retry: GroupBrokenError: rank 1: group 'world' cannot run recv",
+                 "[0] send: RingError: rank 0: send aborted by rank 1: Alarm: alarm",
+                 "[2] barrier: RingError: rank 2: barrier aborted by rank 1: Alarm: alarm"):
         assert line in out, (line, out)
 
 

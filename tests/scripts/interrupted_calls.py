@@ -13,6 +13,8 @@ import numpy as np
 import ringdist as rd
 
 MODE, FLAGS = sys.argv[1], sys.argv[2]
+ELSEWHERE = MODE.endswith("_elsewhere")  # the signal goes to another thread; its handler runs on the main one
+MODE = MODE.removesuffix("_elsewhere")
 g = rd.init()
 r = g.rank()
 
@@ -27,7 +29,16 @@ def _raise(*_: object) -> None:
 
 def interrupt_soon() -> None:
     signal.signal(signal.SIGALRM, _raise)
-    signal.setitimer(signal.ITIMER_REAL, 0.5)
+    if ELSEWHERE:
+        import threading
+
+        def later() -> None:
+            time.sleep(0.5)
+            signal.pthread_kill(threading.get_ident(), signal.SIGALRM)
+
+        threading.Thread(target=later, daemon=True).start()
+    else:
+        signal.setitimer(signal.ITIMER_REAL, 0.5)
 
 
 def attempt(what: str, call) -> None:
@@ -77,18 +88,26 @@ if MODE in ("recv", "recv_any"):  # rank 1 receives; its first blocking one queu
         rd.send(full(1), 1)
         rd.send(full(2), 1)
         attempt("barrier", lambda: rd.barrier(timeout=10))
-elif MODE == "recv_open":  # rank 1's inline receive waits on a connection that has carried a message
+elif MODE in ("recv_open", "recv_open_queued"):  # rank 1's receive waits on a connection already used
+    # (inline, or queued behind an irecv from rank 2)
     if r == 1:
         attempt("first", lambda: rd.recv((4,), np.float32, 0))
+        other = rd.recv((4,), np.float32, 2, async_op=True) if MODE == "recv_open_queued" else None
         interrupt_soon()
         attempt("second", lambda: rd.recv((4,), np.float32, 0))
         interrupted_now()
         attempt("retry", lambda: rd.recv((4,), np.float32, 0, timeout=10))
+        if other is not None:
+            attempt("other", lambda: other.wait(10))
     elif r == 0:
         rd.send(full(1), 1)
         after_interruption()
-        rd.send(full(2), 1)
+        attempt("send", lambda: rd.send(full(2), 1, timeout=10))
+    elif MODE == "recv_open_queued":
+        after_interruption()
+        rd.send(full(3), 1)
     attempt("barrier", lambda: rd.barrier(timeout=10))
+    time.sleep(0.5)  # (the peers hear a failure from its rank, not that it left)
 elif MODE == "send":  # rank 0's blocking send waits for its pair's turn behind a large isend
     big = np.ones(16 << 20, np.float32)  # 64 MiB: more than the socket buffers hold
     if r == 0:
