@@ -16,6 +16,11 @@ import threading
 import time
 
 MAX_WAIT = 3600.0  # the longest single kernel wait, in seconds; longer waits take several
+# The longest `threading` or `poll` wait on the main thread. A signal the kernel hands another
+# thread has its Python handler run on the main thread only once that thread runs again (a
+# wait is cut short only by a signal to its own thread): Ctrl-C during a wait on a Work handle
+# waited for the operation to end.
+MAIN_THREAD_WAIT = 0.1
 
 
 def after(seconds: float) -> float:
@@ -29,22 +34,18 @@ def left(deadline: float) -> float:
 
 
 def poll_ms(seconds: float) -> int:
-    """A `poll()` argument for a wait of `seconds`: rounded up, at least 0, at most `MAX_WAIT`."""
+    """A `poll()` argument for a wait of `seconds`: rounded up, at least 0, at most `MAX_WAIT`,
+    and on the main thread at most MAIN_THREAD_WAIT (the caller loops; see it)."""
     if not seconds > 0:
         return 0
+    if seconds > MAIN_THREAD_WAIT and threading.current_thread() is threading.main_thread():
+        return math.ceil(MAIN_THREAD_WAIT * 1000)
     return math.ceil(min(seconds, MAX_WAIT) * 1000)
 
 
 def wait_slice(seconds: float) -> float:
     """A `threading` or `select` wait of `seconds`, at most `MAX_WAIT` (the caller loops)."""
     return max(0.0, min(seconds, MAX_WAIT))
-
-
-# The longest `threading` wait on the main thread. A signal the kernel hands another thread has
-# its Python handler run on the main thread only once that thread runs again (a lock's wait is
-# cut short only by a signal to its own thread): Ctrl-C during a wait on a Work handle waited
-# for the operation to end.
-MAIN_THREAD_WAIT = 0.1
 
 
 def thread_wait(seconds: float) -> float:

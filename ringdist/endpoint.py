@@ -310,7 +310,7 @@ class Endpoint:
                     raise RingError(f"{label}: {what}: this rank's endpoint closed (the process is exiting)")
                 if left <= 0:
                     raise RingTimeoutError(f"{label}: {what}: no connection arrived in time{self._starved()}")
-                wait = deadlines.wait_slice(left)
+                wait = deadlines.thread_wait(left)
                 gone = self._gone(source, now)
                 if isinstance(gone, float):  # heard of its departure: the grace, then PeerLostError
                     wait = min(wait, gone)
