@@ -236,10 +236,11 @@ def test_a_departure_gives_the_failure_the_rank_told():
 
     with _announcing() as (server, dialer):
         a, b, c, d = (_register(server, dialer, r) for r in range(4))
-        d.close()
-        for sock in (a, c):
+        for sock in (a, c):  # (read before d leaves: its departure, seen first, was told first)
             _, msg, _ = recv_control(sock, time.monotonic() + 5)
             assert msg["type"] == "table", msg
+        d.close()
+        for sock in (a, c):
             _, msg, _ = recv_control(sock, time.monotonic() + 5)
             assert msg["type"] == "left" and msg["rank"] == 3, msg
         server.rank_exited(3, "exited with code 0", clean=True)  # not the first to leave, then
