@@ -554,13 +554,16 @@ def map_segment(fd: int, size: int, peer: str) -> mmap.mmap:
 
 def send_fds(sock: socket.socket, fds: list[int], data: bytes, deadline: float, *, peer: str) -> None:
     """`data` (a few bytes) with descriptors `fds` attached (SCM_RIGHTS)."""
-    try:
-        sock.settimeout(deadlines.socket_wait(deadline))
-        sent = socket.send_fds(sock, [data], fds)
-    except socket.timeout:  # the peer is there but not reading: a stall, not a loss
-        raise RingTimeoutError(f"timed out sending shared memory to {peer}") from None
-    except OSError as exc:
-        raise _lost(sock, peer, f"cannot send shared memory: {socket_error(exc)}") from None
+    while True:
+        try:
+            sock.settimeout(deadlines.socket_wait(deadline))
+            sent = socket.send_fds(sock, [data], fds)
+            break
+        except socket.timeout:  # the peer is there but not reading: a stall, not a loss
+            if deadlines.passed(deadline):
+                raise RingTimeoutError(f"timed out sending shared memory to {peer}") from None
+        except OSError as exc:
+            raise _lost(sock, peer, f"cannot send shared memory: {socket_error(exc)}") from None
     if sent != len(data):
         raise _lost(sock, peer, f"sent {sent} of {len(data)} bytes with shared memory")
 

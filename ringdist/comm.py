@@ -741,8 +741,12 @@ class Comm:
             if not wait:
                 return None
             limit = self._timeout(timeout)  # (the progress thread never waits here: it opens with `wait` False)
-            if ready is None:
-                taken = turn.acquire(timeout=-1 if limit > threading.TIMEOUT_MAX else limit)
+            if ready is None:  # (in slices: on the main thread a signal's handler runs between them)
+                deadline = deadlines.after(limit)
+                while True:
+                    taken = turn.acquire(timeout=deadlines.thread_wait(deadlines.left(deadline)))
+                    if taken or deadlines.passed(deadline):
+                        break
             else:
                 deadline = deadlines.after(limit)
                 while True:

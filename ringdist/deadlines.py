@@ -61,14 +61,16 @@ def socket_wait(deadline: float) -> float | None:
     """A socket timeout for one blocking call before `deadline`: None (block) without a deadline.
 
     Raises `socket.timeout` once the deadline has passed. A slice shorter than what is
-    left ends in `socket.timeout` too: callers check `passed(deadline)` and retry.
+    left ends in `socket.timeout` too: callers check `passed(deadline)` and retry. On the main
+    thread at most MAIN_THREAD_WAIT, without a deadline too.
     """
+    main = threading.current_thread() is threading.main_thread()
     if deadline == math.inf:
-        return None
+        return MAIN_THREAD_WAIT if main else None
     remaining = deadline - time.monotonic()
     if remaining <= 0:
         raise socket.timeout("deadline passed")
-    return min(remaining, MAX_WAIT)
+    return min(remaining, MAIN_THREAD_WAIT if main else MAX_WAIT)
 
 
 def passed(deadline: float) -> bool:
