@@ -343,11 +343,11 @@ class Lanes:
     def _failed(self, job: Job, exc: BaseException, tell: bool = False) -> None:
         """A point-to-point job failed: break its group and tell the peers, as a blocking one does
         (`tell`: one that never had its connection, told of a failure at its sender by asking);
-        but a receive timed out or interrupted before any of its message came ends alone, as a
-        blocking one does (`p2p.Receiving.spare`)."""
+        but a receive whose wait timed out before any of its message came ends alone, as a
+        blocking one does (`p2p.Receiving.spare`; an interrupted one: `interrupted`)."""
         g, plan = job.g, job.plan
         ch = plan.ch  # type: ignore[union-attr]
-        spare = getattr(plan, "spare", None)  # a receive that read nothing of its message ends alone
+        spare = getattr(plan, "spare", None)  # a receive timed out with nothing of its message read ends alone
         if (ch is None and not tell) or getattr(exc, "ringdist_closed", False) or \
                 (job.opened and not tell and spare is not None and spare(exc)):
             jobs.finished(job, None, exc)  # never sent a byte, or ended by a close: nothing to tell
