@@ -33,14 +33,20 @@ def left(deadline: float) -> float:
     return math.inf if deadline == math.inf else deadline - time.monotonic()
 
 
+def _cut(seconds: float) -> float:
+    """`seconds`, at most `MAX_WAIT`, and on the main thread at most MAIN_THREAD_WAIT (looked at
+    only for a longer wait: a short one, a collective's, pays nothing)."""
+    if seconds > MAIN_THREAD_WAIT and threading.current_thread() is threading.main_thread():
+        return MAIN_THREAD_WAIT
+    return min(seconds, MAX_WAIT)
+
+
 def poll_ms(seconds: float) -> int:
     """A `poll()` argument for a wait of `seconds`: rounded up, at least 0, at most `MAX_WAIT`,
     and on the main thread at most MAIN_THREAD_WAIT (the caller loops; see it)."""
     if not seconds > 0:
         return 0
-    if seconds > MAIN_THREAD_WAIT and threading.current_thread() is threading.main_thread():
-        return math.ceil(MAIN_THREAD_WAIT * 1000)
-    return math.ceil(min(seconds, MAX_WAIT) * 1000)
+    return math.ceil(_cut(seconds) * 1000)
 
 
 def wait_slice(seconds: float) -> float:
@@ -51,10 +57,7 @@ def wait_slice(seconds: float) -> float:
 def thread_wait(seconds: float) -> float:
     """A `threading` wait of `seconds` (the caller loops): `wait_slice`, and on the main thread
     at most MAIN_THREAD_WAIT."""
-    seconds = wait_slice(seconds)
-    if seconds > MAIN_THREAD_WAIT and threading.current_thread() is threading.main_thread():
-        return MAIN_THREAD_WAIT
-    return seconds
+    return max(0.0, _cut(seconds))
 
 
 def socket_wait(deadline: float) -> float | None:
@@ -64,13 +67,12 @@ def socket_wait(deadline: float) -> float | None:
     left ends in `socket.timeout` too: callers check `passed(deadline)` and retry. On the main
     thread at most MAIN_THREAD_WAIT, without a deadline too.
     """
-    main = threading.current_thread() is threading.main_thread()
     if deadline == math.inf:
-        return MAIN_THREAD_WAIT if main else None
+        return MAIN_THREAD_WAIT if threading.current_thread() is threading.main_thread() else None
     remaining = deadline - time.monotonic()
     if remaining <= 0:
         raise socket.timeout("deadline passed")
-    return min(remaining, MAIN_THREAD_WAIT if main else MAX_WAIT)
+    return _cut(remaining)
 
 
 def passed(deadline: float) -> bool:

@@ -371,15 +371,13 @@ class Lanes:
         assert exc is not None
         plan = job.plan
         untouched = getattr(plan, "untouched", None)
-        if not job.opened and plan.ch is None:  # type: ignore[union-attr]
-            jobs.finished(job, None, exc)
-            self._retire(job)
-        elif job.opened and untouched is not None and untouched():  # (this thread is between reads)
+        if job.opened and untouched is not None and untouched():  # (this thread is between reads)
             plan.give_back()  # type: ignore[union-attr]
-            jobs.finished(job, None, exc)
-            self._retire(job)
-        else:
+        elif job.opened or plan.ch is not None:  # type: ignore[union-attr]
             self._failed(job, exc)
+            return
+        jobs.finished(job, None, exc)
+        self._retire(job)
 
     def drop(self, g: Comm, reason: Callable[[str], BaseException]) -> None:
         """End every started point-to-point job of group `g`."""
