@@ -151,7 +151,8 @@ class RemoteSpawner:
     def __init__(self, local: LocalSpawner, *, agent: Sequence[str] | None, python: str,
                  grace: float, connect_timeout: float) -> None:
         self.local = local
-        self.agent = list(agent) if agent else [*DEFAULT_AGENT, "-o", f"ConnectTimeout={math.ceil(connect_timeout)}"]
+        limit = ["-o", f"ConnectTimeout={math.ceil(connect_timeout)}"] if math.isfinite(connect_timeout) else []
+        self.agent = list(agent) if agent else [*DEFAULT_AGENT, *limit]  # (`inf`: ssh's own, the system's)
         self.takes_a_string = is_ssh_like(self.agent)
         self.python = python
         self.grace = grace
@@ -254,7 +255,7 @@ class RemoteRankProcess(RankProcess):
         return line
 
     def wait_started(self) -> tuple[str, int, bool] | None:
-        if not self._answered.wait(self.connect_timeout):
+        if not self._answered.wait(self.connect_timeout if math.isfinite(self.connect_timeout) else None):
             signal_group(self.proc, signal.SIGKILL)
             return (f"no answer through {self.agent} within {self.connect_timeout:g} s "
                     f"(RINGDIST_CONNECT_TIMEOUT sets the limit)", UNREACHABLE, False)

@@ -113,6 +113,16 @@ def test_gather_over_ssh(cluster):
     assert "RINGDIST-REMOTE" not in res.stdout + res.stderr  # the keeper's reports are consumed
 
 
+def test_no_connect_limit_over_ssh(cluster):
+    """RINGDIST_CONNECT_TIMEOUT=inf ("no limit") reaches remote hosts too: the launcher waits for the
+    agent's answer without a limit of its own."""
+    res = run_launcher(["--rsh-agent", cluster.agent, "--hosts", cluster.hostfile(TWO_REMOTE),
+                        str(SCRIPTS / "gather_matrix.py"), "4096"], timeout=90,
+                       env={"RINGDIST_TIMEOUT": "20", "RINGDIST_CONNECT_TIMEOUT": "inf"})
+    assert res.returncode == 0, res.stderr
+    assert sorted(re.findall(r"^\[(\d)\] gather ok", res.stdout, re.M)) == ["0", "1"], res.stdout
+
+
 def test_environment_arguments_cwd_and_no_secret_on_any_command_line(cluster, tmp_path):
     weird = ["two words", "it's", "$HOME", "a;b", "*", ""]
     res = run_launcher(["--rsh-agent", cluster.agent, "--hosts", cluster.hostfile(TWO_REMOTE + [{}]),
@@ -228,6 +238,9 @@ def test_dry_run_shows_the_quoted_remote_command_without_the_secret(tmp_path):
     assert "A=b c" in words and "RINGDIST_RENDEZVOUS=10.213.250.254:7777" in words
     assert not any(w.startswith("RINGDIST_SECRET") for w in words)
     assert words[-3:] == ["5", "echo", "it's"]  # the keeper's grace, then the rank's command
+    unlimited = run_launcher(["--hosts", str(hostfile), "--env", "RINGDIST_CONNECT_TIMEOUT=inf", "--dry-run", "--", "true"])
+    remote = next(line for line in unlimited.stdout.splitlines() if line.startswith("  remote: "))
+    assert shlex.split(remote[len("  remote: "):])[:4] == ["ssh", "-o", "BatchMode=yes", "node1"], unlimited.stderr
     agent = run_launcher(["--hosts", str(hostfile), "--rsh-agent", "ip netns exec", "--dry-run", "--", "true"])
     remote = next(line for line in agent.stdout.splitlines() if line.startswith("  remote: "))
     assert shlex.split(remote[len("  remote: "):].split("  (")[0])[:6] == ["ip", "netns", "exec", "node1", "sh", "-c"]
