@@ -250,7 +250,7 @@ TABLE: list[Row] = [
     Row("gather", "shm", lambda f: f.shm and f.signals and f.direct_max > 0,
         "signalled through the segments: 4 KiB 2-2.4x faster than TCP at N=2-8, 64 KiB a tie "
         "(the figures above _shm_reduce_min)"),
-    Row("gather", "shm", lambda f: f.shm and not f.mesh and f.nbytes >= SHM_WIDE_GATHER_MIN,
+    Row("gather", "shm", lambda f: f.shm and not f.mesh and f.direct_max > 0 and f.nbytes >= SHM_WIDE_GATHER_MIN,
         "16 ranks: 0.41-0.91x TCP's time at 64 KiB-4 MiB per rank (see SHM_WIDE_GATHER_MIN)"),
     Row("gather", "shm", lambda f: f.shm and f.mesh and f.direct_max > 0 and f.nbytes >= SHM_GATHER_MIN,
         "one copy per byte received instead of the kernel's two: 4 ranks 2.2-2.8x faster at 1-64 MiB, "
@@ -326,10 +326,11 @@ TABLE: list[Row] = [
         "groups over 8: dissemination rounds, then a binomial tree to the root, ceil(log2 N) steps where the ring "
         "takes N-1 (16 ranks over TCP, 4 KiB-1 MiB per rank: 0.25-0.67x the ring's time in two runs)"),
     Row("gather_root", "ring", _always, "the ring all-gather kept on the root: (N-1) blocks in N-1 pipelined steps"),
-    Row("all_to_all", "shm", lambda f: f.shm and f.mesh
+    Row("all_to_all", "shm", lambda f: f.shm and f.mesh and f.direct_max > 0
         and (f.signals or f.nbytes == UNKNOWN or f.nbytes >= SHM_ALL_TO_ALL_MIN),
         "one copy into the sender's segment and one out per byte, instead of the kernel's two"),
-    Row("scatter", "shm", lambda f: f.shm and f.mesh and (f.signals or f.nbytes >= SHM_ALL_TO_ALL_MIN),
+    Row("scatter", "shm", lambda f: f.shm and f.mesh and f.direct_max > 0
+        and (f.signals or f.nbytes >= SHM_ALL_TO_ALL_MIN),
         "the root writes once, each rank copies its block out (see ROOTED)"),
     Row("scatter", "direct", lambda f: f.mesh and f.direct_max > 0,
         "one step: the root's header declares the shape and dtype, every other rank's header goes alone to every "
@@ -356,7 +357,7 @@ TABLE: list[Row] = [
         "groups over 8 on one machine: every stream through the segments, headed by its fields, where the ring "
         "relays each N-1 hops (16 ranks, 4 KiB-1 MiB a rank: uneven all_gather 0.26-0.45x the ring's time, "
         "all_gather_object 0.25-0.40x)"),
-    Row("gather_v", "bruck", lambda f: not f.mesh and not f.shm,
+    Row("gather_v", "bruck", lambda f: not f.mesh,
         "groups over 8 over TCP: ceil(log2 N) steps, each carrying its blocks' fields, where the ring takes N-1 "
         "hops (uneven all_gather and all_gather_object, 4 KiB-1 MiB a rank: 0.61-0.92x the ring's time at 16 "
         "ranks, 0.48-0.57x at 64)"),

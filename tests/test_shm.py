@@ -354,18 +354,22 @@ def test_peak_memory_of_a_large_shm_collective_is_its_input_output_and_at_most_1
 def test_direct_max_0_means_the_ring_with_shared_memory_on():
     # RINGDIST_DIRECT_MAX=0: "always the ring" in groups of 2 to 8, the shared-memory link
     # included: the same choices as with shared memory off (the link stays built:
-    # RINGDIST_ALGO=*:shm still reaches it).
+    # RINGDIST_ALGO=*:shm still reaches it). Over 8 ranks: no shared-memory algorithm either.
+    ops = ("all_gather", "all_sum", "sum_scatter", "broadcast", "all_to_all", "scatter", "all_gather_uneven",
+           "reduce", "scan", "gather", "barrier")
+
     def rank(g: rd.Group) -> tuple:
         x = np.full(1 << 18, g.rank() + 1, np.float32)
-        names = [tuning.choose(g, op, nbytes).name for op in ("all_gather", "all_sum", "sum_scatter", "broadcast")
-                 for nbytes in (64 << 10, 1 << 20, 16 << 20)]
+        names = [tuning.choose(g, op, nbytes).name for op in ops for nbytes in (4096, 64 << 10, 1 << 20, 16 << 20)]
         return g.shm is not None, names, rd.all_sum(x, group=g)
-    for n in (2, 4):
+    for n in (2, 4, 10):
         on = run_ranks(n, rank, direct_max=0)
         off = run_ranks(n, rank, direct_max=0, shm=False)
         for (has_shm, names, total), (_, tcp_names, _) in zip(on, off):
-            assert has_shm and "shm" not in names and names == tcp_names, (n, names, tcp_names)
-            assert set(names) <= {"ring", "pairwise-ring"}, names  # the ring, or the pair's own ring
+            assert has_shm and names == tcp_names, (n, names, tcp_names)
+            assert not {name for name in names if name.startswith("shm") or name == "direct"}, names
+            if n <= 8:  # the ring, or the pair's own ring
+                assert set(names) <= {"ring", "pairwise-ring", "dissemination"}, sorted(set(names))
             assert (total == n * (n + 1) / 2).all()
 
 
