@@ -16,6 +16,11 @@ REDUCE_OPS = tuple(REDUCE_UFUNCS)
 REDUCERS = {f"all_{op}": ufunc for op, ufunc in REDUCE_UFUNCS.items()}  # by the all-reduce's call name
 
 
+# What a call that got None where it needs an array says besides (a port of mpi4py's `bcast`).
+NONE_HINTS = {"broadcast": " (every rank passes an array of the root's shape and dtype, which the root's "
+                           "overwrites; `broadcast_object` for Python objects)"}
+
+
 def as_array(x: Any, op: str | None = None, g: Any = None) -> np.ndarray:
     """`x` as an array of a dtype ringdist can send: any dtype with a fixed item size (a
     TypeError naming the call `op`, and the rank of communicator `g`, otherwise)."""
@@ -23,6 +28,8 @@ def as_array(x: Any, op: str | None = None, g: Any = None) -> np.ndarray:
     if arr.dtype.hasobject or arr.dtype.itemsize == 0:
         why = ("ringdist sends raw array bytes; object arrays are not supported" if arr.dtype.hasobject else
                f"dtype {arr.dtype} has no fixed item size")
+        if x is None:
+            why = f"None is not an array{NONE_HINTS.get(op, '')}"
         if op:
             why = f"{op}: {why}"
         raise TypeError(f"rank {g.rank()}: {why}" if g is not None else why)
