@@ -27,7 +27,7 @@ from .comm import Comm
 from .errors import MismatchError, ProtocolError, RingError
 from .flows import Inflow, Outflow, Segments, SizedInflow
 from .objects import Pickled, unpickle
-from .p2p import ANYONE, Receiving, run_inline
+from .p2p import ANYONE, Receiving, run_inline, to_nobody
 from .tags import ANY_TAG, Message, check_status, check_tag, fields_of, fill, matches, tag_of
 
 
@@ -186,7 +186,10 @@ def send_object(obj: Any, dst: int, *, tag: int = 0, group: Comm | None = None, 
                 async_op: bool = False) -> "None | work.Work":
     """Send picklable `obj` to rank `dst` of the group, for its recv_object (`tag` as send's).
 
-    With `async_op=True` (mpi4py's `isend`): a `Work` at once; `obj` is pickled before it returns."""
+    A `dst` of None (MPI's PROC_NULL) sends nothing. With `async_op=True` (mpi4py's `isend`): a
+    `Work` at once; `obj` is pickled before it returns."""
+    if dst is None:
+        return to_nobody("send_object", group, async_op, tag)
     if async_op is not False or work.active:  # queued behind the group's outstanding operations, if it has any
         made: list[_SendObject] = []
 
@@ -211,10 +214,13 @@ def send_object(obj: Any, dst: int, *, tag: int = 0, group: Comm | None = None, 
 
 def recv_object(src: int, *, tag: int = ANY_TAG, status: Any = None, group: Comm | None = None,
                 timeout: float | None = None, async_op: bool = False) -> Any:
-    """The next object rank `src` sends with send_object (`tag` and `status` as recv's).
+    """The next object rank `src` sends with send_object (`tag` and `status` as recv's; a `src`
+    of None, MPI's PROC_NULL: None at once).
 
     With `async_op=True` (mpi4py's `irecv`): a `Work` at once, whose `wait()` returns the object
     (unpickled there, on the waiting thread)."""
+    if src is None:
+        return to_nobody("recv_object", group, async_op, tag, status)
     if async_op is not False or work.active:  # queued behind the group's outstanding operations, if it has any
         r = work.route("recv_object", group, async_op, lambda g: _RecvObject(src, g, timeout, tag, status), p2p=True,
                        finish=lambda received, error: received.unpickled() if error is None else None)

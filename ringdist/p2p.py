@@ -106,7 +106,11 @@ def send(x: Any, dst: int, *, tag: int = 0, group: Comm | None = None, timeout: 
     """Send array `x` to rank `dst` of the group (any rank but this one), with `tag` (an integer
     from 0 to rd.TAG_MAX) for the receive that asks for it.
 
+    A `dst` of None (MPI's PROC_NULL: an edge of a grid) sends nothing.
+
     With `async_op=True`: a `Work` at once; `x` must not change until its `wait()` returns."""
+    if dst is None:
+        return to_nobody("send", group, async_op, tag)
     if async_op is not False or work.active:
         r = work.route("send", group, async_op, lambda g: _Send(x, dst, g, timeout, tag), p2p=True)
         if r is not work.HERE:
@@ -389,9 +393,12 @@ def recv(shape: Any, dtype: Any, src: int, *, tag: int = ANY_TAG, status: Any = 
     """Receive an array of `shape` and `dtype` from rank `src`; MismatchError if the sender's differs.
     A `shape` or `dtype` of None takes the sender's (MPI's Probe and Get_count, without the probe).
     `tag`: the next message from `src` with this tag (default rd.ANY_TAG: the next message);
-    `status`: a `rd.Status` given the message's source and tag.
+    `status`: a `rd.Status` given the message's source and tag. A `src` of None (MPI's
+    PROC_NULL) receives nothing and returns None (`status`: source None, tag rd.ANY_TAG).
 
     With `async_op=True`: a `Work` at once, whose `wait()` returns the array."""
+    if src is None:
+        return to_nobody("recv", group, async_op, tag, status)
     if async_op is not False or work.active:
         r = work.route("recv", group, async_op, lambda g: _Recv(shape, dtype, src, g, timeout, tag, status),
                        p2p=True)
@@ -444,6 +451,8 @@ def sendrecv(x: Any, dst: "int | None", src: "int | None", *, shape: Any = None,
     for peer, role in ((dst, "dst"), (src, "src")):
         if peer is not None:
             g.check_peer(peer, "sendrecv", role)
+    if src is None:
+        fill(status, None, ANY_TAG)  # (as a receive from None)
     if dst is None and src is None:
         return done_work(g) if async_op else None
     if dst is None:
@@ -498,10 +507,25 @@ def _to_self(x: Any, shape: Any, dtype: Any, sendtag: int, recvtag: int, status:
     return out
 
 
-def done_work(group: Comm | None, result: Any = None, error: BaseException | None = None) -> "work.Work":
-    """A sendrecv's Work that is done at once with `result` or `error` (neither half, or only this rank)."""
+def to_nobody(op: str, group: Comm | None, async_op: Any, tag: Any, status: Any = None) -> "work.Work | None":
+    """A message to or from None (MPI's PROC_NULL): its arguments checked, nothing moved; None,
+    or with `async_op=True` a Work done with None. A receive's `status`: source None, rd.ANY_TAG."""
     g = _comm(group, None)
-    done = work.Work("sendrecv", g)
+    receiving = op.startswith("recv")
+    check_tag(tag, op, g.rank(), receiving=receiving)
+    check_flag(async_op, "async_op", g, op)
+    if receiving:
+        check_status(status, op, g.rank())
+        fill(status, None, ANY_TAG)
+    return done_work(g, op=op) if async_op else None
+
+
+def done_work(group: Comm | None, result: Any = None, error: BaseException | None = None,
+              op: str = "sendrecv") -> "work.Work":
+    """A Work that is done at once with `result` or `error` (a sendrecv with neither half, or only
+    this rank; a message to or from None)."""
+    g = _comm(group, None)
+    done = work.Work(op, g)
     if error is not None:
         with handle.lock:
             handle.unreported.add(done)

@@ -77,6 +77,36 @@ def test_sendrecv_round_a_ring_of_any_size_and_off_an_edge(async_op):
     assert run_ranks(4, rank) == [(3, True, None), (0, True, 0), (1, True, 1), (2, True, 2)]
 
 
+def test_messages_to_and_from_none_off_an_edge_move_nothing():
+    # MPI's PROC_NULL, as a halo exchange along a line posts it at the ends: a send to None and a
+    # receive from None are done at once (the receive's result None, its status source None).
+    def rank(g):
+        left, right = rd.Grid((g.size(),), group=g).shift(0)
+        st_left, st_right = rd.Status(), rd.Status()
+        works = [rd.recv((2,), np.int64, left, tag=1, status=st_left, group=g, async_op=True),
+                 rd.recv_like(np.zeros(2, np.int64), right, tag=2, status=st_right, group=g, async_op=True),
+                 rd.send(np.full(2, g.rank()), right, tag=1, group=g, async_op=True),
+                 rd.send(np.full(2, -g.rank()), left, tag=2, group=g, async_op=True)]
+        from_left, from_right, _, _ = rd.wait_all(works)
+        inline = (rd.send(np.zeros(1), None, group=g), rd.recv((1,), np.float32, None, group=g),
+                  rd.send_object({"a": 1}, None, group=g), rd.recv_object(None, group=g))
+        objects = [rd.send_object(g.rank(), right, group=g, async_op=True),
+                   rd.recv_object(left, group=g, async_op=True)]
+        rd.wait_all(objects)
+        with pytest.raises(ValueError, match=r"rank \d: send: tag=-1: a tag is an integer from 0 to"):
+            rd.send(np.zeros(1), None, tag=-1, group=g)
+        with pytest.raises(TypeError, match=r"rank \d: recv_object: status must be a ringdist Status"):
+            rd.recv_object(None, status=3, group=g)
+        halves = (None if from_left is None else from_left.tolist(), (st_left.source, st_left.tag),
+                  None if from_right is None else from_right.tolist(), (st_right.source, st_right.tag))
+        return halves, inline, objects[1].wait()
+
+    got = run_ranks(3, rank)
+    assert got[0] == ((None, (None, rd.ANY_TAG), [-1, -1], (1, 2)), (None,) * 4, None)
+    assert got[1] == (([0, 0], (0, 1), [-2, -2], (2, 2)), (None,) * 4, 0)
+    assert got[2] == (([1, 1], (1, 1), None, (None, rd.ANY_TAG)), (None,) * 4, 1)
+
+
 def test_sendrecv_fixing_the_shape_checks_it_on_both_ranks():
     def rank(g):
         other = 1 - g.rank()
