@@ -88,9 +88,14 @@ class ControlLink:
 
     def _agree(self) -> dict[str, Any]:
         """Settings every rank must share before any connection is made (their variables' names):
-        the lanes each pair opens, and the algorithms forced (a forced algorithm that cannot run
-        is then a ConfigError on every rank alike, `tuning.choose`)."""
-        return {"RINGDIST_LANES": self.settings.lanes, "RINGDIST_ALGO": algo_key(self.settings.algo)}
+        the lanes each pair opens, the algorithms forced (a forced algorithm that cannot run
+        is then a ConfigError on every rank alike, `tuning.choose`), and what the tuning table
+        chooses by (a rank choosing another algorithm raised only at the first call of a size
+        between the two limits, maybe hours in)."""
+        s = self.settings
+        return {"RINGDIST_LANES": s.lanes, "RINGDIST_ALGO": algo_key(s.algo),
+                "RINGDIST_DIRECT_MAX": "unset" if s.direct_max is None else s.direct_max,
+                "RINGDIST_DIRECTIONS": s.directions or "unset"}
 
     def _check_agree(self, members: list[dict]) -> None:
         """ConfigError on every rank alike when ranks' `_agree` settings differ (each sees the whole table)."""

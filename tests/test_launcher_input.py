@@ -138,7 +138,9 @@ def test_program_that_is_not_executable_exits_126(tmp_path):
 
 @pytest.mark.parametrize("name, theirs, ours, shown", [
     ("RINGDIST_LANES", "2", "1", "rank 0: 1, rank 1: 2, rank 2: 1, rank 3: 1, rank 4: 1, rank 5: 1"),
-    ("RINGDIST_ALGO", "all_gather:ring", "", "rank 0: [], rank 1: [['all_gather', 'ring']], rank 2: []")])
+    ("RINGDIST_ALGO", "all_gather:ring", "", "rank 0: [], rank 1: [['all_gather', 'ring']], rank 2: []"),
+    ("RINGDIST_DIRECT_MAX", "100000000", "", "rank 0: unset, rank 1: 100000000, rank 2: unset"),
+    ("RINGDIST_DIRECTIONS", "2", "1", "rank 0: 1, rank 1: 2, rank 2: 1")])
 def test_ranks_with_different_settings_they_must_share_fail_in_init_naming_it(name, theirs, ours, shown):
     # Before anything connects: a ring built with 1 lane on one side and 2 on the other waited 30 s;
     # a forced algorithm that cannot run on one rank alone would leave the others in the call.

@@ -7,8 +7,9 @@ usage: disagree.py CASE
   root_shape: the root (rank 0) passes shape (5,), the others (4,)
   algorithms: ranks 0 and 1 call sum_scatter (the ring), the others all_max (recursive
               doubling on the mesh): each pair reads connections the other pair never writes
-  pair_path:  2 ranks, all_sum of 64 KiB; rank 1 runs with RINGDIST_DIRECT_MAX=0, so it
-              exchanges the arrays on the ring's connections, rank 0 on the direct one
+  pair_path:  2 ranks, all_sum of 64 KiB; rank 1's world has a direct limit of 0 (set after
+              init, which refuses a RINGDIST_DIRECT_MAX that differs), so it exchanges the
+              arrays on the ring's connections, rank 0 on the direct one
   unknown_dtype: the root (rank 0) alone imports ml_dtypes and scatters a bfloat16 array,
               whose dtype the other ranks' numpy does not know
   late:       for each op, on a fresh sub-group: rank 0 calls it with timeout=0.5, rank 1
@@ -17,7 +18,6 @@ usage: disagree.py CASE
 Each rank prints one `outcome: ...` line per call (`returned` or the exception) and exits 0,
 after staying long enough that no peer sees it leave (that would be a PeerLostError by itself).
 """
-import os
 import sys
 import time
 
@@ -26,10 +26,10 @@ import numpy as np
 import ringdist as rd
 
 case = sys.argv[1]
-if case == "pair_path" and os.environ["RINGDIST_RANK"] == "1":
-    os.environ["RINGDIST_DIRECT_MAX"] = "0"
 g = rd.init()
 r = g.rank()
+if case == "pair_path" and r == 1:
+    g.direct_max = 0
 x = np.arange(4, dtype=np.float32) + r
 
 

@@ -2,10 +2,10 @@
 
 usage: mismatch.py shape|dtype|op|straddle|path|directions
   straddle: rank 1's array is above RINGDIST_DIRECT_MAX (ring path), the others' below (direct)
-  path: rank 1 runs with RINGDIST_DIRECT_MAX=0, so it takes the ring where the others go direct
-  directions: rank 1 sends 4 MiB blocks both ways round the ring, the others one way
+  path: rank 1's world takes the ring where the others go direct (its direct limit set to 0
+        after init, which refuses a RINGDIST_DIRECT_MAX that differs)
+  directions: rank 1 sends 4 MiB blocks both ways round the ring, the others one way (likewise)
 """
-import os
 import signal
 import sys
 import time
@@ -16,12 +16,12 @@ import ringdist as rd
 
 signal.signal(signal.SIGTERM, lambda *a: None)  # each rank reports, then leaves by itself
 kind = sys.argv[1]
-if kind == "path" and os.environ["RINGDIST_RANK"] == "1":
-    os.environ["RINGDIST_DIRECT_MAX"] = "0"
-if kind == "directions" and os.environ["RINGDIST_RANK"] == "1":
-    os.environ["RINGDIST_DIRECTIONS"] = "2"
 g = rd.init()
 r = g.rank()
+if kind == "path" and r == 1:
+    g.direct_max = 0
+if kind == "directions" and r == 1:
+    g.both_ways = True
 x = np.zeros(4, dtype=np.float32)
 if kind not in ("path", "directions"):
     rd.all_gather(x)  # one good collective first
