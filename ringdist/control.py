@@ -54,7 +54,11 @@ class ControlLink:
                  "host": job.host, "pid": os.getpid(), "agree": self._agree()}), deadline, peer=peer)
             _, msg, _ = recv_control(self.sock, deadline, expect=wire.CONTROL, peer=peer)
         except RingTimeoutError:
-            raise RingTimeoutError(self._timeout_message()) from None
+            # Told to the rendezvous before this rank leaves: the ranks whose deadline falls a moment
+            # later hear of its departure with this (the ranks missing), not as a cause in itself.
+            why = self._timeout_message()
+            self._tell_failure(f"RingTimeoutError: {why}")
+            raise RingTimeoutError(why) from None
         except PeerLostError as exc:
             raise PeerLostError(f"rank {job.rank}: registering: {exc}") from None
         if msg.get("type") == "error":
@@ -110,8 +114,11 @@ class ControlLink:
     def _timeout_message(self) -> str:
         waited = f"rank {self.job.rank}: init() timed out after {self.settings.init_timeout:g} s at the rendezvous {self.where}"
         try:
-            send_blocking(self.sock, rendezvous.encode({"type": "query"}), time.monotonic() + 2)
-            _, msg, _ = recv_control(self.sock, time.monotonic() + 2, expect=wire.CONTROL)
+            deadline = time.monotonic() + 2
+            send_blocking(self.sock, rendezvous.encode({"type": "query"}), deadline)
+            msg: dict[str, Any] = {}
+            while msg.get("type") != "missing":  # (past notices of ranks that left meanwhile)
+                _, msg, _ = recv_control(self.sock, deadline, expect=wire.CONTROL)
             ranks = msg.get("ranks", [])
             hosts = msg.get("hosts", [])
             listing = ", ".join(f"{r} (host {h})" for r, h in zip(ranks, hosts))

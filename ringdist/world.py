@@ -26,7 +26,7 @@ import time
 from . import buffers, channel, comm, deadlines, rendezvous, tuning
 from .control import ControlLink
 from .endpoint import Endpoint
-from .errors import ConfigError, ConnectError
+from .errors import ConfigError, ConnectError, RingError
 from .group import Group, close_all
 from .jobenv import JobEnv, read_environment
 from .settings import Settings
@@ -47,6 +47,7 @@ _control: ControlLink | None = None
 _endpoint: Endpoint | None = None
 _hosted: "rendezvous.RendezvousServer | None" = None  # rank 0's, under a scheduler
 _job: JobEnv | None = None  # what init() read from the environment (None: not launched)
+_joined_and_failed: str | None = None  # why an init() failed once this rank had registered (it cannot again)
 
 
 def is_available(backend: str = "ring") -> bool:
@@ -76,6 +77,8 @@ def init(strict: bool = False, backend: str = "ring") -> Group:
             if strict and _job is None:
                 raise ConfigError(_not_launched("init(strict=True)"))
             return _world
+        if _joined_and_failed is not None:
+            raise RingError(_joined_and_failed)
         settings = Settings.from_env()
         tuning.check_overrides(settings.algo)
         buffers.configure(settings.buffer_cache_mb * (1 << 20))  # inf: no limit
@@ -110,9 +113,10 @@ def _not_launched(what: str) -> str:
 
 
 def _join(job: JobEnv, settings: Settings) -> Group:
-    global _endpoint, _control, _hosted
+    global _endpoint, _control, _hosted, _joined_and_failed
     label = f"rank {job.rank}"
     started = time.monotonic()
+    registered = False
     try:
         channel.raise_fd_limit(FD_LIMIT)
         if job.hosts_rendezvous:
@@ -120,6 +124,7 @@ def _join(job: JobEnv, settings: Settings) -> Group:
         _endpoint = Endpoint(job.secret, job.bind, connect_timeout=settings.connect_timeout, label=label,
                              local=settings.shm_backend, socket_dir=job.socket_dir)
         _control = ControlLink(_endpoint, job, settings)
+        registered = True  # (from its first byte: the rendezvous may have it)
         members = _control.register()
         if not job.launched:  # no launcher to watch: the rendezvous's work is done
             _control.close()
@@ -134,7 +139,11 @@ def _join(job: JobEnv, settings: Settings) -> Group:
                  (time.monotonic() - started) * 1e3)
         return Group(gid="world", rank=job.rank, size=job.size, endpoint=_endpoint, settings=settings,
                      addresses=addresses, world_ranks=list(range(job.size)))
-    except BaseException:
+    except BaseException as exc:
+        if registered:  # the rendezvous has this rank (and its peers may have it in their table): no second try
+            _joined_and_failed = (f"rank {job.rank}: init() failed once this rank had registered at the rendezvous "
+                                  f"({type(exc).__name__}: {exc}); it cannot be called again in this process: "
+                                  f"start the job again")
         if _hosted is not None:  # the others may still be owed the table (then they fail on their own)
             _hosted.finish_delivery(deadlines.wait_slice(settings.connect_timeout))
         shutdown()

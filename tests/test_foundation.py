@@ -145,11 +145,23 @@ def test_init_with_a_broken_environment_raises_even_when_not_strict():
 
 
 def test_init_names_the_ranks_that_never_registered():
-    # Rank 1 never calls init(): rank 0's init deadline lists it.
+    # Rank 5 never calls init(): every rank's init deadline names it, the ranks whose deadline
+    # came a moment after the first's too (they heard of its departure, and blamed that rank).
+    # An init() that failed once its rank had registered cannot be called again, and says so.
     code = ("import os, time, ringdist as rd\n"
-            "if os.environ['RINGDIST_RANK'] == '1':\n    time.sleep(30)\n"
-            "else:\n    rd.init()\n")
-    res = run_launcher(["-n", "2", "--", sys.executable, "-c", code], timeout=60,
+            "if os.environ['RINGDIST_RANK'] == '5':\n    time.sleep(30)\n"
+            "else:\n"
+            "    for attempt in (1, 2):\n"
+            "        try:\n            rd.init()\n"
+            "        except rd.RingError as e:\n            print(attempt, type(e).__name__, e, flush=True)\n"
+            "    time.sleep(1)\n    raise SystemExit(1)\n")
+    res = run_launcher(["-n", "6", "--", sys.executable, "-c", code], timeout=60,
                        env={**FAST, "RINGDIST_INIT_TIMEOUT": "2"})
     assert res.returncode != 0
-    assert "init() timed out after 2 s" in res.stderr and "never registered: 1 (host" in res.stderr
+    first = re.findall(r"^\[(\d)\] 1 (\w+) (.*)$", res.stdout, re.M)
+    assert sorted(r for r, _, _ in first) == ["0", "1", "2", "3", "4"], res.stdout + res.stderr
+    for _, kind, text in first:
+        assert "init() timed out after 2 s" in text and "never registered: 5 (host" in text, text
+    again = re.findall(r"^\[(\d)\] 2 RingError (.*)$", res.stdout, re.M)
+    assert len(again) == 5 and all("init() failed once this rank had registered at the rendezvous" in text
+                                   and "cannot be called again in this process" in text for _, text in again), again
