@@ -159,15 +159,19 @@ class Comm:
         self._in_lock = threading.Lock()  # guards the three above
         if size > 1:
             assert endpoint is not None
+            ring = RingLinks(gid, rank, size, world_ranks)
             try:
-                self.ring = RingLinks(endpoint, gid, rank, size, addresses, settings.lanes,
-                                      settings.connect_timeout, world_ranks)
-            except BaseException:
+                ring.connect(endpoint, addresses, settings.lanes, settings.connect_timeout)
+            except BaseException as exc:
+                self._setup_failed(exc, ring.channels)
+                ring.close()
                 endpoint.discard(gid)  # what its peers filed here for it, and will (ids are not reused)
                 raise
+            self.ring = ring
             try:  # whatever this rank's settings: its peers expect the links and its vote
                 if size <= MESH_MAX_RANKS:
-                    self.links = self.mesh = MeshLinks(endpoint, self.ring, addresses, settings.connect_timeout)
+                    self.links = self.mesh = MeshLinks(endpoint, self.ring, addresses)
+                    self.mesh.open(settings.connect_timeout)
                 else:
                     self.links = Links(endpoint, self.ring, addresses)
                 self.shm = open_link(endpoint, self.links, group=gid, rank=rank, size=size,
@@ -180,7 +184,8 @@ class Comm:
                     if hierarchical(hosts):
                         self.hierarchy = Hierarchy.of(hosts, rank, None)
                         self.hierarchy.link = self._host_link()
-            except BaseException:
+            except BaseException as exc:
+                self._setup_failed(exc, self.ring.channels + (self.links.own if self.links is not None else []))
                 if self.shm is not None:
                     self.shm.close()
                 if self.links is not None:
@@ -197,6 +202,19 @@ class Comm:
         self._finalizer.atexit = False  # at exit `world.shutdown` closes the control connection first, then groups
         if endpoint is not None:  # a group of one process has no connections: it works in a child too
             forks.track(self)
+
+    def _setup_failed(self, exc: BaseException, channels: list[Channel]) -> None:
+        """The group could not be made here (`exc`: a peer that never connected, a lost one, an
+        interruption): its peers are told why, as a collective's failure is, not left to find its
+        connections closed and blame this rank. An ABORT for the setup (call -1) on the links made
+        so far, and (`Endpoint.note_aborted`) on those peers dialed that wait untaken, those that
+        come later and asks; the launcher hears it with this rank's departure."""
+        assert self._endpoint is not None
+        frame = wire.encode_map(wire.ABORT, aborts.abort_fields(exc, self._rank, -1))
+        budget = deadlines.after(aborts.ABORT_BUDGET)
+        for ch in channels:
+            aborts.tell(ch, frame, budget)
+        self._endpoint.note_aborted(self.gid, frame, self._why(exc))
 
     def _host_link(self) -> ShmLink | None:
         """The shared-memory link among this rank's host's ranks (None: they use TCP): made as

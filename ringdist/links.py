@@ -19,7 +19,7 @@ import select
 from typing import Callable
 
 from . import deadlines
-from .channel import Channel
+from .channel import Channel, peer_name
 from .endpoint import Endpoint, InboxKey
 from .ring import RingLinks
 
@@ -62,12 +62,13 @@ class Links:
         if self.rank < p:  # its endpoint listened when the group was made: refused now, it is gone
             # Within the call's own timeout too: a stalled peer's handshake held the dialer past it.
             sock = self.endpoint.connect(self.addresses[p], InboxKey(self.group, self.rank, KIND, 0),
-                                         min(connect_deadline, accept_deadline), f"rank {p} of group {self.group!r}",
+                                         min(connect_deadline, accept_deadline),
+                                         f"{peer_name(self, p)} of group {self.group!r}",
                                          up=True, check=check, me=self.rank)
             self.endpoint.note_linked(self.group, p)  # p's kept asks for this link (`asking`) are let go
         else:
             sock = self.endpoint.take(InboxKey(self.group, p, KIND, 0), accept_deadline,
-                                      f"group {self.group!r}: waiting for rank {p} to connect", check=check,
+                                      f"group {self.group!r}: waiting for {peer_name(self, p)} to connect", check=check,
                                       source=self.addresses[p], me=self.rank)
         ch = Channel(sock, me=self.rank, peer=p, group=self.group, role=KIND, world_ranks=self.world_ranks,
                      listens=self.addresses[p] if self.rank > p else None)

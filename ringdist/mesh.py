@@ -17,19 +17,20 @@ STARTS_KEPT = 64  # block sizes whose offsets a mesh remembers
 
 class MeshLinks(Links):
     """`peers[p]` is this rank's two-way channel to rank p (every p but this rank); `ordered`
-    the same in send order (nearest first going right, so no rank is everyone's first)."""
+    the same in send order (nearest first going right, so no rank is everyone's first), once
+    `open` has made them. On failure the links made so far stay (the caller tells them why,
+    then closes them)."""
 
-    def __init__(self, endpoint: Endpoint, ring: RingLinks, addresses: list[list[tuple[str, int]]],
-                 timeout: float):
+    def __init__(self, endpoint: Endpoint, ring: RingLinks, addresses: list[list[tuple[str, int]]]):
         super().__init__(endpoint, ring, addresses)
-        try:
-            self.open_all(timeout)
-        except BaseException:
-            self.close()
-            raise
+        self.order: list[int] = []
+        self.ordered: list = []
+        self._starts: dict[int, list[int]] = {}
+
+    def open(self, timeout: float) -> None:
+        self.open_all(timeout)
         self.order = [(self.rank + k) % self.size for k in range(1, self.size)]
         self.ordered = [self.peers[p] for p in self.order]
-        self._starts: dict[int, list[int]] = {}
 
     def starts(self, step: int) -> list[int]:
         """Where each peer's block of `step` bytes starts in a buffer of one block per rank, in

@@ -9,39 +9,40 @@ from __future__ import annotations
 
 import time
 
-from .channel import Channel
+from .channel import Channel, peer_name
 from .endpoint import Endpoint, InboxKey
 
 
 class RingLinks:
-    """The channels of one rank in one group's ring."""
+    """The channels of one rank in one group's ring: none until `connect` makes them."""
 
-    def __init__(self, endpoint: Endpoint, group: str, rank: int, size: int,
-                 addresses: list[list[tuple[str, int]]], lanes: int, timeout: float,
-                 world_ranks: list[int] | None = None):
+    def __init__(self, group: str, rank: int, size: int, world_ranks: list[int] | None = None):
         self.group = group
         self.rank = rank
         self.size = size
         self.world_ranks = world_ranks or list(range(size))  # each rank's in the world, for errors
         self.right: list[Channel] = []
         self.left: list[Channel] = []
+
+    def connect(self, endpoint: Endpoint, addresses: list[list[tuple[str, int]]], lanes: int,
+                timeout: float) -> None:
+        """Dial the right neighbour's lanes, then take the left one's. On failure the channels made
+        so far stay (the caller tells them why, then closes them)."""
+        group, rank, size = self.group, self.rank, self.size
         right, left = (rank + 1) % size, (rank - 1) % size
         deadline = time.monotonic() + timeout
-        try:
-            for lane in range(lanes):
-                sock = endpoint.connect(addresses[right], InboxKey(group, rank, "ring", lane), deadline,
-                                        f"rank {right} of group {group!r}", up=True, me=rank)
-                self.right.append(Channel(sock, me=rank, peer=right, group=group, role="right", lane=lane,
-                                          world_ranks=self.world_ranks))
-            for lane in range(lanes):
-                sock = endpoint.take(InboxKey(group, left, "ring", lane), deadline,
-                                     f"ring of group {group!r}: waiting for rank {left} to connect (lane {lane})",
-                                     source=addresses[left], me=rank)
-                self.left.append(Channel(sock, me=rank, peer=left, group=group, role="left", lane=lane,
-                                         world_ranks=self.world_ranks, listens=addresses[left]))
-        except BaseException:
-            self.close()
-            raise
+        for lane in range(lanes):
+            sock = endpoint.connect(addresses[right], InboxKey(group, rank, "ring", lane), deadline,
+                                    f"{peer_name(self, right)} of group {group!r}", up=True, me=rank)
+            self.right.append(Channel(sock, me=rank, peer=right, group=group, role="right", lane=lane,
+                                      world_ranks=self.world_ranks))
+        for lane in range(lanes):
+            sock = endpoint.take(InboxKey(group, left, "ring", lane), deadline,
+                                 f"ring of group {group!r}: waiting for {peer_name(self, left)} to connect "
+                                 f"(lane {lane})",
+                                 source=addresses[left], me=rank)
+            self.left.append(Channel(sock, me=rank, peer=left, group=group, role="left", lane=lane,
+                                     world_ranks=self.world_ranks, listens=addresses[left]))
 
     @property
     def channels(self) -> list[Channel]:

@@ -52,6 +52,8 @@ def vote(links: Links, yes: bool, timeout: float, began: float | None = None) ->
     try:
         return _vote(links, yes, deadlines.after(limit))
     except RingTimeoutError as exc:
+        if getattr(exc, "ringdist_origin", None) is not None:
+            raise  # a peer's timeout, relayed as it was
         # The steps share one deadline: say how long the vote waited, not what its last step had left.
         detail = str(exc).partition(" s: ")[2] or str(exc)
         raise RingTimeoutError(f"rank {links.rank}: {OP} did not finish within {time.monotonic() - start:.1f} s: "

@@ -255,3 +255,21 @@ def test_a_stall_in_a_step_that_carries_no_data_says_its_header_is_awaited():
 
     text = run_ranks(9, rank, shm=False)[0]
     assert "(its header not yet received)" in text and "0 of 0 bytes" not in text, text
+
+
+@pytest.mark.parametrize("case", ["world", "split"])
+def test_a_rank_stalled_in_group_setup_is_named_by_every_peer(case):
+    # World rank 1 stalls before it dials its ring. The ranks that wait for it time out naming
+    # it; they tell their peers why (an ABORT of the setup) before closing, so a peer reading
+    # their links says the same, where it said it lost them ("lost rank 2 ... during group
+    # setup"). In a split group the stalled rank has its world rank beside its group rank.
+    res = run_launcher(["-n", "6", "--grace", "30", str(SCRIPTS / "stalls_in_setup.py"), case], timeout=60,
+                       env={"RINGDIST_CONNECT_TIMEOUT": "2"})
+    raised = dict(re.findall(r"^\[(\d)\] raised (.*)$", res.stdout, re.M))
+    raised.pop("1", None)  # (the stalled rank's own outcome)
+    peers, others = (["0", "2", "3", "4", "5"], []) if case == "world" else (["3", "5"], ["0", "2", "4"])
+    assert sorted(raised) == peers, res.stdout + res.stderr
+    named = "waiting for rank 1 to connect" if case == "world" else "waiting for rank 0 (world rank 1) to connect"
+    for text in raised.values():
+        assert text.startswith("RingTimeoutError: ") and named in text, text
+    assert sorted(re.findall(r"^\[(\d)\] set up$", res.stdout, re.M)) == others, res.stdout
