@@ -153,6 +153,7 @@ class Comm:
         self._p2p_holders: dict[tuple[int, bool], threading.Thread] = {}  # the thread that took each turn last
         self.any_source_next = 0  # the rank an any-source receive looks at first (`any_source`)
         self.held = Held()  # messages read ahead of their receive, per sender (`tags`)
+        self.mailbox: Any = None  # messages to this rank itself, and receives waiting for them (`own_messages`)
         self._in_poller: Any = None  # a poll of the arrived connections from senders (`p2p_arrivals`)
         self._in_polled: dict[int, int] = {}  # fd -> sender, of those it polls
         self._in_unpolled: set[int] = set()  # senders whose connection closed between messages
@@ -595,6 +596,7 @@ class Comm:
         if not self._broken:
             self._note_abort(exc, self._seq)
             self._broken = f"{op}: {type(exc).__name__}: {exc}"
+            self._end_mailbox()
 
     def _note_abort(self, exc: BaseException, seq: int | None, told: bool = False) -> None:
         """Keep the ABORT of the failure breaking the group, before it is marked broken: the first
@@ -623,6 +625,7 @@ class Comm:
             seq = self._seq
         self._note_abort(exc, seq, told=True)
         self._broken = f"{op}: {type(exc).__name__}: {exc}"
+        self._end_mailbox()
         if owner is not me and owner.is_alive():
             # Another thread's collective is writing on the group's connections: an ABORT now
             # could land inside one of its frames. This failure's own connections (a message's)
@@ -683,6 +686,22 @@ class Comm:
                 finally:
                     if turn is not None:
                         turn.release()
+
+    def _end_mailbox(self) -> None:
+        """The group broke or closed: receives from this rank itself that wait (`own_messages`)
+        fail with what every later call on it gets, and its messages to itself go."""
+        box = self.mailbox
+        if box is None:
+            return
+
+        def error() -> BaseException:
+            try:
+                self.check_usable("a receive from itself")
+            except RingError as exc:
+                return exc
+            return RingError(f"rank {self._rank}: group {self.gid!r} ended")  # (not reached: broken or closed)
+
+        box.end(error)
 
     def _why(self, exc: BaseException) -> str:
         """A failure as the rendezvous is told it (`Endpoint.note_failure`)."""
@@ -1039,6 +1058,7 @@ class Comm:
         self._closed = True
         self._signals = None
         self.held.clear()  # messages read ahead that no receive took: gone with the group
+        self._end_mailbox()
         self._finalizer()  # `_release_parts`, once
         _open_groups.discard(self)
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from . import wire, work
+from . import own_messages, wire, work
 from .algorithms.blocks import sizes_of
 from .arrays import NOTHING
 from .calls import _comm
@@ -190,6 +190,9 @@ def send_object(obj: Any, dst: int, *, tag: int = 0, group: Comm | None = None, 
     `Work` at once; `obj` is pickled before it returns."""
     if dst is None:
         return to_nobody("send_object", group, async_op, tag)
+    g = _comm(group, timeout)
+    if own_messages.is_me(dst, g):
+        return own_messages.send_object(obj, g, tag, async_op)
     if async_op is not False or work.active:  # queued behind the group's outstanding operations, if it has any
         made: list[_SendObject] = []
 
@@ -201,7 +204,6 @@ def send_object(obj: Any, dst: int, *, tag: int = 0, group: Comm | None = None, 
                        finish=lambda result, error: made[0].own_error(error))
         if r is not work.HERE:
             return r
-    g = _comm(group, timeout)
     sending = _SendObject(obj, dst, g, timeout, tag)
     try:
         run_inline(g, sending, timeout)
@@ -221,12 +223,14 @@ def recv_object(src: int, *, tag: int = ANY_TAG, status: Any = None, group: Comm
     (unpickled there, on the waiting thread)."""
     if src is None:
         return to_nobody("recv_object", group, async_op, tag, status)
+    g = _comm(group, timeout)
+    if own_messages.is_me(src, g):
+        return own_messages.recv_object(g, tag, status, timeout, async_op)
     if async_op is not False or work.active:  # queued behind the group's outstanding operations, if it has any
         r = work.route("recv_object", group, async_op, lambda g: _RecvObject(src, g, timeout, tag, status), p2p=True,
                        finish=lambda received, error: received.unpickled() if error is None else None)
         if r is not work.HERE:
             return r
-    g = _comm(group, timeout)
     receiving = _RecvObject(src, g, timeout, tag, status)
     run_inline(g, receiving, timeout)
     return receiving.result().unpickled()

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from . import buffers, handle, wire, work
+from . import buffers, handle, own_messages, wire, work
 from .channel import Channel, peer_name
 from .tags import ANY_TAG, Message, check_status, check_tag, fill, matches, tag_of
 from .algorithms.blocks import dtype_of, sizes_of
@@ -111,11 +111,13 @@ def send(x: Any, dst: int, *, tag: int = 0, group: Comm | None = None, timeout: 
     With `async_op=True`: a `Work` at once; `x` must not change until its `wait()` returns."""
     if dst is None:
         return to_nobody("send", group, async_op, tag)
+    g = _comm(group, timeout)
+    if own_messages.is_me(dst, g):
+        return own_messages.send(x, g, tag, async_op)
     if async_op is not False or work.active:
         r = work.route("send", group, async_op, lambda g: _Send(x, dst, g, timeout, tag), p2p=True)
         if r is not work.HERE:
             return r
-    g = _comm(group, timeout)
     run_inline(g, _Send(x, dst, g, timeout, tag), timeout)
     return None
 
@@ -399,12 +401,14 @@ def recv(shape: Any, dtype: Any, src: int, *, tag: int = ANY_TAG, status: Any = 
     With `async_op=True`: a `Work` at once, whose `wait()` returns the array."""
     if src is None:
         return to_nobody("recv", group, async_op, tag, status)
+    g = _comm(group, timeout)
+    if own_messages.is_me(src, g):
+        return own_messages.recv(_Recv(shape, dtype, ANYONE, g, timeout, tag, status), g, async_op)
     if async_op is not False or work.active:
         r = work.route("recv", group, async_op, lambda g: _Recv(shape, dtype, src, g, timeout, tag, status),
                        p2p=True)
         if r is not work.HERE:
             return r
-    g = _comm(group, timeout)
     plan = _Recv(shape, dtype, src, g, timeout, tag, status)
     run_inline(g, plan, timeout)
     return plan.result()
@@ -446,11 +450,11 @@ def sendrecv(x: Any, dst: "int | None", src: "int | None", *, shape: Any = None,
                         f"supported")
     if dst is not None:
         _dtype_tag(as_array(x, "sendrecv", g).dtype, "sendrecv", g)
-    if _is_rank(dst, me) and _is_rank(src, me):  # a periodic dimension of size 1: this rank's own x
-        return _to_self(x, shape, dtype, int(sendtag), int(recvtag), status, g, async_op)
     for peer, role in ((dst, "dst"), (src, "src")):
-        if peer is not None:
+        if peer is not None and not own_messages.is_me(peer, g):  # (this rank: a message to itself)
             g.check_peer(peer, "sendrecv", role)
+    if dst is not None and src is not None and own_messages.is_me(dst, g) and own_messages.is_me(src, g):
+        own_messages.check_sendrecv(g, int(sendtag), int(recvtag))
     if src is None:
         fill(status, None, ANY_TAG)  # (as a receive from None)
     if dst is None and src is None:
@@ -474,37 +478,6 @@ def sendrecv(x: Any, dst: "int | None", src: "int | None", *, shape: Any = None,
         return handle.joined(receiving, sending, "sendrecv", g)  # type: ignore[arg-type]
     sending.wait()  # type: ignore[union-attr]
     return receiving
-
-
-def _is_rank(peer: Any, me: int) -> bool:
-    return isinstance(peer, numbers.Integral) and not isinstance(peer, bool) and int(peer) == me
-
-
-def _to_self(x: Any, shape: Any, dtype: Any, sendtag: int, recvtag: int, status: Any, g: Comm,
-             async_op: bool) -> Any:
-    """A sendrecv from this rank to itself (MPI's Sendrecv allows it): a copy of `x`, checked
-    against `shape`, `dtype` and `recvtag` as a message from another rank would be."""
-    arr = as_array(x, "sendrecv", g)
-    receiving = _Recv(shape, dtype, ANYONE, g, None, recvtag)
-    receiving.op = "sendrecv"
-    receiving.start()  # checked as a receive from another rank is
-    want = "any" if dtype is None else np.empty(0, dtype).dtype
-    error = None if receiving.fits(arr.shape, _dtype_tag(arr.dtype, "sendrecv", g)) else MismatchError(
-        f"rank {g.rank()} expected sendrecv(shape={receiving.want or 'any'}, dtype={want}) from itself but sends "
-        f"shape={arr.shape}, dtype={arr.dtype}")
-    if error is None and not matches(recvtag, sendtag):  # (in MPI: a receive that never completes)
-        error = MismatchError(f"rank {g.rank()} expected sendrecv(recvtag={recvtag}) from itself but sends "
-                              f"sendtag={sendtag}")
-    out = None
-    if error is None:
-        fill(status, g.rank(), sendtag)
-        out = receiving.out if receiving.out is not None else buffers.cache.empty(arr.shape, arr.dtype)
-        np.copyto(out, arr)  # (of the shape it fits)
-    if async_op:
-        return done_work(g, out, error)  # (its error at wait, as another rank's message's would be)
-    if error is not None:
-        raise error
-    return out
 
 
 def to_nobody(op: str, group: Comm | None, async_op: Any, tag: Any, status: Any = None) -> "work.Work | None":

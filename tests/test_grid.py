@@ -140,12 +140,15 @@ def test_sendrecv_to_itself_along_a_periodic_dimension_of_one_is_its_own_array()
         src, dst = grid.shift(1)
         got = rd.sendrecv(np.array([g.rank(), 7]), dst, src, group=g)
         late = rd.sendrecv(np.array([g.rank()]), dst, src, group=g, async_op=True).wait()
-        with pytest.raises(ValueError, match="sendrecv: src=.* is this rank itself"):
-            rd.sendrecv(np.zeros(1), (g.rank() + 1) % 3, g.rank(), group=g)
-        return (src, dst), got.tolist(), late.tolist()
+        # Half to itself, half to a neighbour (MPI allows it): its own message, then the next rank's.
+        right = (g.rank() + 1) % 3
+        rd.send(np.array([g.rank() * 10]), g.rank(), group=g)
+        mixed = rd.sendrecv(np.array([g.rank()]), right, g.rank(), group=g)
+        mixed2 = rd.recv((1,), np.int64, (g.rank() - 1) % 3, group=g)
+        return (src, dst), got.tolist(), late.tolist(), mixed.tolist(), mixed2.tolist()
 
     got = run_ranks(3, rank)
-    assert got == [((r, r), [r, 7], [r]) for r in range(3)], got
+    assert got == [((r, r), [r, 7], [r], [r * 10], [(r - 1) % 3]) for r in range(3)], got
 
 
 def test_sendrecv_refuses_an_array_it_cannot_send_at_once():
@@ -219,7 +222,8 @@ def test_sendrecv_to_itself_checks_as_a_message_from_another_rank_would_be():
         me = g.rank()
         x = np.zeros((3, 2))
         got = rd.sendrecv(x, me, me, shape=(3,), dtype="(2,)f8", group=g).shape  # a subarray's dims, as recv's
-        with pytest.raises(MismatchError, match=r"expected sendrecv\(shape=any"):
+        with pytest.raises(MismatchError, match=r"expected recv\(shape=\(any, 2\), dtype=float64\) from itself but "
+                                                r"it sent send\(shape=\(3,\)"):
             rd.sendrecv(np.zeros(3), me, me, dtype="(2,)f8", group=g)
         with pytest.raises(TypeError, match="object dtypes are not supported"):
             rd.sendrecv(x, me, me, dtype=object, group=g)
