@@ -372,6 +372,19 @@ class RendezvousServer:
         """Wait until every rank has been sent the table (before closing a rendezvous nobody watches)."""
         return self._delivered.wait(timeout)
 
+    def abandon(self, why: str) -> None:
+        """The rank serving this rendezvous failed before the job started (`why`): the ranks waiting
+        for the table are told so before it closes (they read its connection closing, and blamed it
+        on a crash); a rank that registers from now on is refused with it."""
+        with self._lock:
+            if self._table is not None:
+                return
+            if self._cannot_start is None:
+                self._cannot_start = why
+            waiting = [r for r in self._conns if r not in self._tabled]
+        for r in waiting:
+            self._send(r, {"type": "error", "message": f"the job cannot start: {why}"})
+
     def finish_delivery(self, timeout: float) -> None:
         """Where every rank has registered, wait (up to `timeout`) for the table to reach them all:
         a rank hosting the rendezvous that fails in init() must not cut the others off mid-delivery."""

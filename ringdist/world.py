@@ -145,6 +145,8 @@ def _join(job: JobEnv, settings: Settings) -> Group:
                                   f"({type(exc).__name__}: {exc}); it cannot be called again in this process: "
                                   f"start the job again")
         if _hosted is not None:  # the others may still be owed the table (then they fail on their own)
+            _hosted.abandon(f"rank {job.rank}, which serves the rendezvous, failed in init(): "
+                            f"{type(exc).__name__}: {exc}")
             _hosted.finish_delivery(deadlines.wait_slice(settings.connect_timeout))
         shutdown()
         raise

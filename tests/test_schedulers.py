@@ -189,6 +189,20 @@ def test_missing_rank_0_times_out_naming_the_rendezvous():
     assert f"rank 1 (torchrun): init() gave up after 1.5 s: no rendezvous answered at 127.0.0.1:{port}" in res.stderr
 
 
+def test_ranks_waiting_when_rank_0_gives_up_hear_which_rank_never_registered():
+    """Rank 1 of 4 never starts. Rank 0, which serves the rendezvous, times out first and tells
+    the ranks still waiting why before it closes (they read the connection closing, as if rank 0
+    had crashed): every rank names rank 1."""
+    def envs(port: int) -> list[dict[str, str]]:
+        env = {"WORLD_SIZE": "4", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RINGDIST_SECRET": "s",
+               "RINGDIST_INIT_TIMEOUT": "3"}
+        return [{**env, "RANK": str(r)} for r in (0, 2, 3)]
+    _, results = run_on_a_free_port(envs, delays={1: 0.3, 2: 0.3}, timeout=40)
+    for res in results:
+        assert res.returncode == 1 and "ranks that never registered: 1 (host ?)" in res.stderr, res.stderr
+    assert "the job cannot start: rank 0, which serves the rendezvous, failed in init()" in results[2].stderr
+
+
 def test_a_rank_with_another_secret_is_named_in_rank_0s_timeout():
     """Rank 1's secret differs: it is refused as a stranger at once, and rank 0's init timeout
     says that the rendezvous refused a connection meanwhile, and what a refusal may mean."""
