@@ -318,7 +318,7 @@ class _Supervisor:
                 if self.term_deadline is not None:
                     self._apply(self.policy.grace_expired())
                 elif self.settle_deadline is not None:
-                    self._apply(self.policy.settle_expired(self._left()))
+                    self._apply(self.policy.settle_expired(self._left(), self._told()))
                 else:
                     self._apply(self.policy.timed_out())
                 continue
@@ -338,7 +338,7 @@ class _Supervisor:
                     # Counted as leaving last, it lost to the peers it made fail.
                     left[event.rank] = event.seen
                 self._apply(self.policy.rank_exited(event.rank, event.returncode, left,
-                                                    self._exiting(event.returncode)))
+                                                    self._exiting(event.returncode), self._told()))
             elif isinstance(event, _NotStarted):
                 host = self.ranks[event.rank].launch.host
                 self._apply(self.policy.host_failed(event.rank, host, event.reason, event.status, event.by_signal))
@@ -354,6 +354,10 @@ class _Supervisor:
     def _left(self) -> dict[int, float]:
         """When each rank's control connection closed, for those closed so far."""
         return self.server.disconnected() if self.server is not None else {}
+
+    def _told(self) -> dict[int, str]:
+        """The failure each rank told the rendezvous, for those that told one so far."""
+        return self.server.told() if self.server is not None else {}
 
     def _apply(self, decision: Decision) -> None:
         if decision.message:

@@ -132,6 +132,14 @@ def _killed_from_outside(returncode: int) -> bool:
     return returncode < 0 and returncode != -signal.SIGPIPE
 
 
+def _heard_of_another(told: str | None) -> bool:
+    """Whether a rank's told failure is another rank's, as it heard of it: a peer it lost (or
+    that left the job), or a failure passed on to it ('... aborted by rank 2: ...')."""
+    if told is None:
+        return False
+    return told.startswith("PeerLostError") or " aborted by rank " in told or " left the job" in told
+
+
 class JobPolicy:
     """Decides, event by event, what happens to a job; first failure wins."""
 
@@ -142,6 +150,7 @@ class JobPolicy:
         self._exits: dict[int, int] = {}  # rank -> returncode
         self._exit_order: list[int] = []
         self._left: dict[int, float] = {}  # rank -> when its control connection closed
+        self._told: dict[int, str] = {}  # rank -> the failure it told before it left ('PeerLostError: ...')
         self._exiting: set[int] = set()  # running ranks whose process is dying, as last reported
         self._failed: list[int] | None = None  # failed ranks while settling (None: not settling)
         self._waiting_for: set[int] = set()  # the leaving ranks the settling waits for
@@ -187,17 +196,20 @@ class JobPolicy:
         self._running.add(info.rank)
 
     def rank_exited(self, rank: int, returncode: int, left: Mapping[int, float] | None = None,
-                    exiting: Iterable[int] = ()) -> Decision:
+                    exiting: Iterable[int] = (), told: Mapping[int, str] | None = None) -> Decision:
         """A rank exited; a non-zero or signalled exit is the cause unless one exists.
 
         `left`: when (any clock) each rank's control connection closed, for the ranks
         whose connection has closed so far; it orders failures that come close together.
         `exiting`: running ranks whose process is already dying (its exit not yet seen).
+        `told`: the failure each rank told before it left, where it told one: one that heard of
+        another rank's (it lost that rank, or was told its failure) is a consequence.
         """
         self._running.discard(rank)
         self._exits[rank] = returncode
         self._exit_order.append(rank)
         self._left.update(left or {})
+        self._told.update(told or {})
         self._exiting = set(exiting)
         if self.stopping:
             return NOTHING
@@ -216,9 +228,11 @@ class JobPolicy:
             return Decision(Action.WAIT, tuple(sorted(self._waiting_for)))
         return self._name_first_failure()
 
-    def settle_expired(self, left: Mapping[int, float] | None = None) -> Decision:
+    def settle_expired(self, left: Mapping[int, float] | None = None,
+                       told: Mapping[int, str] | None = None) -> Decision:
         """`SETTLE_WAIT` passed after Action.WAIT: name the first failure among the ranks failed so far."""
         self._left.update(left or {})
+        self._told.update(told or {})
         if self._failed is None:
             return NOTHING
         return self._name_first_failure()
@@ -349,10 +363,13 @@ class JobPolicy:
         """End the settling: of the ranks that failed, the first to leave is the cause."""
         failed, self._failed, self._waiting_for = self._failed or [], None, set()
 
-        def leaving_order(rank: int) -> tuple[bool, float, int]:
-            # Killed from outside first; then by when it left, unknown times last; then by exit order.
-            return not _killed_from_outside(self._exits[rank]), self._left.get(rank, math.inf), \
-                self._exit_order.index(rank)
+        def leaving_order(rank: int) -> tuple[bool, bool, float, int]:
+            # Killed from outside first; then a failure of its own before one that heard of another
+            # rank's (a rank that left by os._exit closed its data connections before the launcher
+            # saw it go: the peers that lost it could be seen leaving first); then by when it left,
+            # unknown times last; then by exit order.
+            return not _killed_from_outside(self._exits[rank]), _heard_of_another(self._told.get(rank)), \
+                self._left.get(rank, math.inf), self._exit_order.index(rank)
 
         first = min(failed, key=leaving_order)
         info, returncode = self._ranks[first], self._exits[first]

@@ -257,6 +257,11 @@ class RendezvousServer:
             self._note_departures()
             return dict(self._left)
 
+    def told(self) -> dict[int, str]:
+        """The first failure each rank told before it left, if it told one ('PeerLostError: ...')."""
+        with self._lock:
+            return dict(self._raised)
+
     def _note_departures(self) -> None:
         """Record the control connections whose peer has closed, in the order they closed (lock held)."""
         if self._departures is None or self._closed:
