@@ -797,7 +797,9 @@ class Channel:
 
     def lost(self, why: str, op: str = "") -> PeerLostError:
         during = f" during {op}" if op else ""
-        return PeerLostError(f"rank {self.me}: lost {self.describe()}{during}: {why}")
+        exc = PeerLostError(f"rank {self.me}: lost {self.describe()}{during}: {why}")
+        exc.ringdist_peer = (self.group, self.peer)  # type: ignore[attr-defined]  (`Comm.why_lost`)
+        return exc
 
     def sendmsg(self, buffers: list, op: str = "") -> int:
         """Bytes of `buffers` the socket takes now (one sendmsg); 0 if it takes none.

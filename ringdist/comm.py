@@ -42,6 +42,9 @@ SPIN_MAX_BYTES = 4 << 20
 # Seconds between looks, by a receive waiting for its pair's turn, for a message the turn's
 # holder read ahead and kept for it (`tags`).
 HELD_LOOK = 0.002
+# Seconds a collective that lost a peer (its connection closed, no ABORT on it) waits for the
+# launcher's notice of why that rank left, to say it (`why_lost`): usually there in milliseconds.
+DEPARTURE_WAIT = 0.25
 _open_groups: "weakref.WeakSet[Comm]" = weakref.WeakSet()
 _default: "Callable[[], Comm] | None" = None  # makes the world group (set by `world`)
 
@@ -215,7 +218,7 @@ class Comm:
         budget = deadlines.after(aborts.ABORT_BUDGET)
         for ch in channels:
             aborts.tell(ch, frame, budget)
-        self._endpoint.note_aborted(self.gid, frame, self._why(exc))
+        self._endpoint.note_aborted(self.gid, frame, self._why(exc), messages=True)
 
     def _host_link(self) -> ShmLink | None:
         """The shared-memory link among this rank's host's ranks (None: they use TCP): made as
@@ -474,8 +477,9 @@ class Comm:
                     self._quiet = seq
                 else:
                     self._loud = seq
-            except PeerLostError:
+            except PeerLostError as exc:
                 aborts.pending_abort(channels, op)
+                self.why_lost(exc)
                 raise
         except BaseException as exc:
             self._fail(op, channels, seq, outflows, exc)
@@ -563,13 +567,28 @@ class Comm:
         try:
             try:
                 body()
-            except PeerLostError:
+            except PeerLostError as exc:
                 aborts.pending_abort(channels, op)  # the reason a peer left, if it sent one
+                self.why_lost(exc)
                 raise
         except BaseException as exc:
             if spare is None or not spare(exc):
                 self._fail(op, channels if tell is None else tell, seq, outflows, exc)
             raise
+
+    def why_lost(self, exc: PeerLostError) -> None:
+        """A peer of this group closed its connection without an ABORT: add why it left the job, as
+        the launcher tells it (its process ended; what it had raised), waiting up to
+        DEPARTURE_WAIT for the notice. Its own error may be another group's, or its program's."""
+        lost = getattr(exc, "ringdist_peer", None)
+        endpoint = self._endpoint
+        if lost is None or lost[0] != self.gid or endpoint is None or not endpoint.hears_departures() or \
+                getattr(exc, "ringdist_told", False) or not 0 <= lost[1] < self._size:
+            return
+        exc.ringdist_told = True  # type: ignore[attr-defined]  (once, however often it is raised)
+        why = endpoint.await_departure(self._addresses[lost[1]], DEPARTURE_WAIT)
+        if why is not None and exc.args and isinstance(exc.args[0], str):
+            exc.args = (f"{exc.args[0]}; {why}",) + exc.args[1:]
 
     def refuse(self, op: str, exc: BaseException) -> None:
         """This rank's `op` failed here outside the algorithm's own guard (`exc`: an argument that

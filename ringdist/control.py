@@ -98,7 +98,7 @@ class ControlLink:
         between the two limits, maybe hours in)."""
         s = self.settings
         return {"RINGDIST_LANES": s.lanes, "RINGDIST_ALGO": algo_key(s.algo),
-                "RINGDIST_DIRECT_MAX": "unset" if s.direct_max is None else s.direct_max,
+                "RINGDIST_DIRECT_MAX": "unset" if s.direct_max is None else str(s.direct_max),  # (may pass 2^64)
                 "RINGDIST_DIRECTIONS": s.directions or "unset"}
 
     def _check_agree(self, members: list[dict]) -> None:

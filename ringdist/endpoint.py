@@ -226,18 +226,20 @@ class Endpoint:
             self._departed.setdefault((address[0], int(address[1])), (why, time.monotonic()))
             self._cond.notify_all()
 
-    def note_aborted(self, group: str, frame: bytes, why: str = "") -> None:
+    def note_aborted(self, group: str, frame: bytes, why: str = "", messages: bool = False) -> None:
         """Group `group`'s collective failed here with the ABORT `frame`: a peer's connection for
         that group arriving from now on, or waiting in the inbox untaken (a message connection
-        aside), gets the frame and is closed, instead of waiting for a take that will never come
-        (the dialer raises the ABORT, not a lost peer, nor its timeout while it reads for data).
-        The first failure of the process (`why`: 'MismatchError: rank 3: ...') goes to the
-        listener set with `tell_failures_to`."""
+        aside, unless `messages`: the group was never made here), gets the frame and is closed,
+        instead of waiting for a take that will never come (the dialer raises the ABORT, not a
+        lost peer, nor its timeout while it reads for data). The first failure of the process
+        (`why`: 'MismatchError: rank 3: ...') goes to the listener set with `tell_failures_to`."""
         with self._cond:
             self._aborted[group] = frame
+            if len(self._aborted) > ENDED_KEPT:
+                del self._aborted[next(iter(self._aborted))]
             # Its links that came but were not taken yet: their dialer may be reading one for
             # this call's data. (A message connection's sender is told by `Comm._tell_pairs`.)
-            filed = [conn for key in [k for k in self._inbox if k.group == group and k.kind != "p2p"]
+            filed = [conn for key in [k for k in self._inbox if k.group == group and (messages or k.kind != "p2p")]
                      for conn in self._inbox.pop(key)]
         for conn in filed:
             channel.send_quietly(conn, frame)
@@ -259,6 +261,22 @@ class Endpoint:
         """Call `listener(text)` with this process's first failure (`note_aborted`), once."""
         with self._cond:
             self._on_failure = listener
+
+    def hears_departures(self) -> bool:
+        """Whether departures are told here (a launcher watches the job: `tell_failures_to` was set)."""
+        return self._on_failure is not None
+
+    def await_departure(self, addresses: list[tuple[str, int]] | None, timeout: float) -> str | None:
+        """Why the rank listening at `addresses` left the job, waiting up to `timeout` seconds for
+        the notice (one whose connection just closed is usually told within milliseconds)."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                gone = self._departure(addresses)
+                left = deadline - time.monotonic()
+                if gone is not None or left <= 0 or self._closed:
+                    return None if gone is None else gone[0]
+                self._cond.wait(left)
 
     def departed(self, addresses: list[tuple[str, int]] | None) -> str | None:
         """Why the rank listening at `addresses` left the job, if this rank has heard that it did."""

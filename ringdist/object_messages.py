@@ -189,7 +189,7 @@ def send_object(obj: Any, dst: int, *, tag: int = 0, group: Comm | None = None, 
     A `dst` of None (MPI's PROC_NULL) sends nothing. With `async_op=True` (mpi4py's `isend`): a
     `Work` at once; `obj` is pickled before it returns."""
     if dst is None:
-        return to_nobody("send_object", group, async_op, tag)
+        return to_nobody("send_object", group, async_op, tag, timeout)
     g = _comm(group, timeout)
     if own_messages.is_me(dst, g):
         return own_messages.send_object(obj, g, tag, async_op)
@@ -222,7 +222,7 @@ def recv_object(src: int, *, tag: int = ANY_TAG, status: Any = None, group: Comm
     With `async_op=True` (mpi4py's `irecv`): a `Work` at once, whose `wait()` returns the object
     (unpickled there, on the waiting thread)."""
     if src is None:
-        return to_nobody("recv_object", group, async_op, tag, status)
+        return to_nobody("recv_object", group, async_op, tag, timeout, status)
     g = _comm(group, timeout)
     if own_messages.is_me(src, g):
         return own_messages.recv_object(g, tag, status, timeout, async_op)

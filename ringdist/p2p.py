@@ -110,7 +110,9 @@ def send(x: Any, dst: int, *, tag: int = 0, group: Comm | None = None, timeout: 
 
     With `async_op=True`: a `Work` at once; `x` must not change until its `wait()` returns."""
     if dst is None:
-        return to_nobody("send", group, async_op, tag)
+        nobody = to_nobody("send", group, async_op, tag, timeout)
+        _dtype_tag(as_array(x, "send", group).dtype, "send", _comm(group, None))  # (as a send to a rank checks it)
+        return nobody
     g = _comm(group, timeout)
     if own_messages.is_me(dst, g):
         return own_messages.send(x, g, tag, async_op)
@@ -400,7 +402,7 @@ def recv(shape: Any, dtype: Any, src: int, *, tag: int = ANY_TAG, status: Any = 
 
     With `async_op=True`: a `Work` at once, whose `wait()` returns the array."""
     if src is None:
-        return to_nobody("recv", group, async_op, tag, status)
+        return to_nobody("recv", group, async_op, tag, timeout, status, shape, dtype)
     g = _comm(group, timeout)
     if own_messages.is_me(src, g):
         return own_messages.recv(_Recv(shape, dtype, ANYONE, g, timeout, tag, status), g, async_op)
@@ -480,15 +482,22 @@ def sendrecv(x: Any, dst: "int | None", src: "int | None", *, shape: Any = None,
     return receiving
 
 
-def to_nobody(op: str, group: Comm | None, async_op: Any, tag: Any, status: Any = None) -> "work.Work | None":
-    """A message to or from None (MPI's PROC_NULL): its arguments checked, nothing moved; None,
-    or with `async_op=True` a Work done with None. A receive's `status`: source None, rd.ANY_TAG."""
-    g = _comm(group, None)
+def to_nobody(op: str, group: Comm | None, async_op: Any, tag: Any, timeout: Any, status: Any = None,
+              shape: Any = None, dtype: Any = None) -> "work.Work | None":
+    """A message to or from None (MPI's PROC_NULL): its arguments checked as a message to a rank's
+    are (an edge rank fails as an inner one does), nothing moved; None, or with `async_op=True` a
+    Work done with None. A receive's `status`: source None, rd.ANY_TAG."""
+    g = _comm(group, timeout)
+    me = g.rank()
     receiving = op.startswith("recv")
-    check_tag(tag, op, g.rank(), receiving=receiving)
+    check_tag(tag, op, me, receiving=receiving)
     check_flag(async_op, "async_op", g, op)
     if receiving:
-        check_status(status, op, g.rank())
+        check_status(status, op, me)
+        if shape is not None:
+            _shape(shape, me, op)
+        if dtype is not None and np.dtype(dtype).hasobject:
+            raise TypeError(f"rank {me}: {op}: ringdist receives raw array bytes; object dtypes are not supported")
         fill(status, None, ANY_TAG)
     return done_work(g, op=op) if async_op else None
 

@@ -276,10 +276,11 @@ class Signals:
         seq = g._seq - 1
         try:
             ch.fill_stage()
-        except PeerLostError:
+        except PeerLostError as exc:
             aborts.pending_abort([ch], op)
             if self.words[ch.peer][SIGNALS] >= target:
                 return True  # a peer done with this call may leave (its next call reports the loss)
+            g.why_lost(exc)
             raise
         aborts._raise_next_abort(ch, seq, op)
         reader = ch.reader

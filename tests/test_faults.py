@@ -273,3 +273,15 @@ def test_a_rank_stalled_in_group_setup_is_named_by_every_peer(case):
     for text in raised.values():
         assert text.startswith("RingTimeoutError: ") and named in text, text
     assert sorted(re.findall(r"^\[(\d)\] set up$", res.stdout, re.M)) == others, res.stdout
+
+
+def test_a_rank_that_cannot_make_a_group_tells_a_peer_already_sending_to_it():
+    # Rank 0 has the group and sends rank 1 16 MiB on it; rank 1 fails its setup. Rank 0's
+    # message connection, waiting untaken in rank 1's inbox, gets the ABORT (it was closed
+    # silently: "lost rank 1 ... connection closed by peer (broken pipe)").
+    res = run_launcher(["-n", "4", "--grace", "30", str(SCRIPTS / "stalls_in_setup.py"), "split_send"], timeout=60,
+                       env={"RINGDIST_CONNECT_TIMEOUT": "5"})
+    raised = re.search(r"^\[0\] raised (.*)$", res.stdout, re.M)
+    assert raised is not None, res.stdout + res.stderr
+    assert raised.group(1) == ("RingError: rank 0: send aborted by rank 1: RuntimeError: injected failure after the "
+                               "links were made"), raised.group(1)

@@ -93,14 +93,17 @@ def test_mismatch_raises_on_every_rank(kind):
     assert elapsed < 30
 
 
-def test_rank_exiting_mid_job_raises_peer_lost_elsewhere():
+@pytest.mark.parametrize("shm", ["1", "0"])
+def test_rank_exiting_mid_job_raises_peer_lost_elsewhere(shm):
     t0 = time.monotonic()
-    res = launch(4, "peer_exit.py", timeout=60, launcher_args=("--grace", "8"))
+    res = launch(4, "peer_exit.py", timeout=60, launcher_args=("--grace", "8", "--env", f"RINGDIST_SHM={shm}"))
     elapsed = time.monotonic() - t0
     assert res.returncode == 7, (res.stdout, res.stderr)
-    lost = re.findall(r"^\[(\d)\] PeerLostError after ([\d.]+)s", res.stdout, re.M)
-    assert sorted(int(r) for r, _ in lost) == [0, 1, 3], res.stdout + res.stderr
-    assert all(float(t) < 5 for _, t in lost)
+    lost = re.findall(r"^\[(\d)\] PeerLostError after ([\d.]+)s: (.*)$", res.stdout, re.M)
+    assert sorted(int(r) for r, _, _ in lost) == [0, 1, 3], res.stdout + res.stderr
+    assert all(float(t) < 5 for _, t, _ in lost)
+    # Each says why rank 2 left, as the launcher told it (the rank that lost it, or one told by that rank).
+    assert all("; world rank 2 left the job: " in text for _, _, text in lost), lost
     assert "rank 2" in res.stderr
     assert elapsed < 20
 

@@ -97,6 +97,15 @@ def test_messages_to_and_from_none_off_an_edge_move_nothing():
             rd.send(np.zeros(1), None, tag=-1, group=g)
         with pytest.raises(TypeError, match=r"rank \d: recv_object: status must be a ringdist Status"):
             rd.recv_object(None, status=3, group=g)
+        # Checked as a message to or from a rank is: an edge rank fails where an inner one does.
+        with pytest.raises(ValueError, match=r"rank \d: recv: shape=\(-1,\): dimensions cannot be negative"):
+            rd.recv((-1,), np.float32, None, group=g)
+        with pytest.raises(TypeError, match=r"rank \d: recv: ringdist receives raw array bytes"):
+            rd.recv((1,), object, None, group=g)
+        with pytest.raises(ValueError, match=r"timeout must be a positive number"):
+            rd.send_object(1, None, timeout=-1, group=g)
+        with pytest.raises(TypeError, match=r"rank \d: send: ringdist sends raw array bytes"):
+            rd.send(np.array([None]), None, group=g)
         halves = (None if from_left is None else from_left.tolist(), (st_left.source, st_left.tag),
                   None if from_right is None else from_right.tolist(), (st_right.source, st_right.tag))
         return halves, inline, objects[1].wait()

@@ -155,6 +155,14 @@ def test_ranks_with_different_settings_they_must_share_fail_in_init_naming_it(na
     assert res.returncode == 3
 
 
+def test_a_direct_limit_past_64_bits_is_compared_in_init_as_any_other():
+    # Every rank's settings go to the rendezvous: 2^64 (what 18446744073709551615 parses to) did
+    # not fit msgpack's integers, and init() raised OverflowError.
+    res = run_launcher(["-n", "2", str(SCRIPTS / "setting_differs.py"), "RINGDIST_DIRECT_MAX", "18446744073709551615",
+                        "18446744073709551615"], timeout=30)
+    assert res.returncode == 0 and res.stdout.count("init returned") == 2, res.stdout + res.stderr
+
+
 def test_local_world_size_counts_the_ranks_local_rank_counts_among():
     # loopback-4.json: four "hosts" on one machine. LOCAL_RANK is 0 on each, so torchrun's
     # LOCAL_WORLD_SIZE is 1 (it was 4: LOCAL_RANK < LOCAL_WORLD_SIZE held, but not RANK =

@@ -72,6 +72,9 @@ def _read(g: Comm, p: int, into: memoryview, remote: int, op: str) -> None:
             aborts.pending_abort(g.channels, op)  # why the peer left, if it said so first
         except RingError as told:
             err = told
+        if isinstance(err, PeerLostError) and getattr(err, "ringdist_origin", None) is None:
+            err.ringdist_peer = (g.gid, p)  # type: ignore[attr-defined]
+            g.why_lost(err)
         g._fail(op, g.channels, g._seq - 1, [], err)
         raise err
 

@@ -1,21 +1,38 @@
 """World rank 1 stalls (sleeps) in the setup of a group, before it dials its ring: the world's
-(`world`), or that of its group from the first split (`split`, colors by rank parity). Every
-rank that fails prints `raised <Type>: <message>`; the others print `set up`. SIGTERM is
-ignored: each rank reports, then leaves by itself.
+(`world`), or that of its group from the first split (`split`, colors by rank parity); or
+(`split_send`) every rank splits into one group, which rank 1 fails to make once its links
+and shared memory are made (a RuntimeError) while rank 0, done with it, sends rank 1 16 MiB
+in it. Every rank that fails prints `raised <Type>: <message>`; the others print `set up`.
+SIGTERM is ignored: each rank reports, then leaves by itself.
 
-usage: stalls_in_setup.py world|split
+usage: stalls_in_setup.py world|split|split_send
 """
 import os
 import signal
 import sys
 import time
 
+import numpy as np
+
 import ringdist as rd
-from ringdist import ring
+from ringdist import comm, ring
 
 signal.signal(signal.SIGTERM, lambda *a: None)
 case = sys.argv[1]
-if os.environ["RINGDIST_RANK"] == "1":
+if os.environ["RINGDIST_RANK"] == "1" and case == "split_send":
+    made = comm.open_link
+
+    def failing(endpoint, links, **kwargs):
+        link = made(endpoint, links, **kwargs)
+        if kwargs["group"] != "world":
+            time.sleep(0.5)  # rank 0 has its group, and sends
+            if link is not None:
+                link.close()
+            raise RuntimeError("injected failure after the links were made")
+        return link
+
+    comm.open_link = failing
+elif os.environ["RINGDIST_RANK"] == "1":
     real = ring.RingLinks.connect
 
     def stalled(self, *args, **kwargs):
@@ -28,7 +45,11 @@ try:
     g = rd.init()
     if case == "split":
         g.split(g.rank() % 2)
-except rd.RingError as exc:
+    elif case == "split_send":
+        sub = g.split(0)
+        if g.rank() == 0:
+            rd.send(np.ones(1 << 22, np.float32), 1, group=sub)
+except (rd.RingError, RuntimeError) as exc:
     print(f"raised {type(exc).__name__}: {exc}", flush=True)
     raise SystemExit(1)
 print("set up", flush=True)
