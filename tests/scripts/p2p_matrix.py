@@ -90,8 +90,11 @@ for i in range(10):
         else:
             assert rd.recv((1,), np.int64, peer, group=half)[0] == i
 
+# to itself: kept for its own receive (MPI allows it)
+rd.send(np.array([r, 1]), r)
+assert rd.recv((2,), np.int64, r).tolist() == [r, 1]
 # argument errors
-for bad, err in ((r, ValueError), (n, ValueError), (-1, ValueError), ("1", TypeError)):
+for bad, err in ((n, ValueError), (-1, ValueError), ("1", TypeError)):
     try:
         rd.send(np.zeros(1), bad)
     except err:
