@@ -8,6 +8,7 @@ algorithms build the flows (`algorithms/`), the tuning table chooses among them
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import ipaddress
 import numbers
@@ -16,7 +17,7 @@ import select
 import threading
 import weakref
 from types import SimpleNamespace
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -165,7 +166,7 @@ class Comm:
             assert endpoint is not None
             ring = RingLinks(gid, rank, size, world_ranks)
             try:
-                ring.connect(endpoint, addresses, settings.lanes, settings.connect_timeout)
+                ring.connect(endpoint, addresses, settings.lanes, settings.connect_timeout, self._asking)
             except BaseException as exc:
                 self._setup_failed(exc, ring.channels)
                 ring.close()
@@ -175,7 +176,7 @@ class Comm:
             try:  # whatever this rank's settings: its peers expect the links and its vote
                 if size <= MESH_MAX_RANKS:
                     self.links = self.mesh = MeshLinks(endpoint, self.ring, addresses)
-                    self.mesh.open(settings.connect_timeout)
+                    self.mesh.open(settings.connect_timeout, self._asking)
                 else:
                     self.links = Links(endpoint, self.ring, addresses)
                 self.shm = open_link(endpoint, self.links, group=gid, rank=rank, size=size,
@@ -206,6 +207,25 @@ class Comm:
         self._finalizer.atexit = False  # at exit `world.shutdown` closes the control connection first, then groups
         if endpoint is not None:  # a group of one process has no connections: it works in a child too
             forks.track(self)
+
+    @contextlib.contextmanager
+    def _asking(self, p: int) -> Iterator[Callable[[], None]]:
+        """While this rank waits, making the group, for rank `p` to connect: a check that asks `p`
+        whether the group failed there (`asking`; a rank that gave up tells no connection it never
+        made) and raises its ABORT; the wait names `p` otherwise, where `p` may have given up on
+        another rank, the one to name."""
+        asker = self.asker(p, ASK_LINK)
+
+        def check() -> None:
+            told = asker.look()
+            if told is not None and aborts.concerns(told, -1):
+                aborts.raise_remote(told, SimpleNamespace(me=self._rank, peer=p, world_ranks=self._world_ranks),
+                                    f"setup of group {self.gid!r}")  # type: ignore[arg-type]
+
+        try:
+            yield check
+        finally:
+            asker.close()
 
     def _setup_failed(self, exc: BaseException, channels: list[Channel]) -> None:
         """The group could not be made here (`exc`: a peer that never connected, a lost one, an

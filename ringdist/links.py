@@ -76,8 +76,9 @@ class Links:
         self._file(p, ch)
         return ch
 
-    def open_all(self, timeout: float) -> None:
-        """Open a link to every rank now: dial every rank above, then accept from every one below."""
+    def open_all(self, timeout: float, watch: "Callable[[int], Any] | None" = None) -> None:
+        """Open a link to every rank now: dial every rank above, then accept from every one below
+        (`watch(p)`, if given: a context whose value is the check of the wait for rank p)."""
         deadline = deadlines.after(timeout)
         others = [p for p in range(self.size) if p != self.rank and p not in self.peers]
         for p in others:
@@ -85,7 +86,11 @@ class Links:
                 self.link(p, deadline, deadline)
         for p in others:
             if p < self.rank:
-                self.link(p, deadline, deadline)
+                if watch is None:
+                    self.link(p, deadline, deadline)
+                    continue
+                with watch(p) as check:
+                    self.link(p, deadline, deadline, check)
 
     def close(self) -> None:
         for ch in self.own:

@@ -7,6 +7,8 @@ never waits for a connection. Larger groups open links on first use only.
 
 from __future__ import annotations
 
+from typing import Any, Callable
+
 from .endpoint import Endpoint
 from .links import Links
 from .ring import RingLinks
@@ -27,8 +29,8 @@ class MeshLinks(Links):
         self.ordered: list = []
         self._starts: dict[int, list[int]] = {}
 
-    def open(self, timeout: float) -> None:
-        self.open_all(timeout)
+    def open(self, timeout: float, watch: "Callable[[int], Any] | None" = None) -> None:
+        self.open_all(timeout, watch)
         self.order = [(self.rank + k) % self.size for k in range(1, self.size)]
         self.ordered = [self.peers[p] for p in self.order]
 

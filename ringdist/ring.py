@@ -7,7 +7,9 @@ whatever the size.
 
 from __future__ import annotations
 
+import contextlib
 import time
+from typing import Any, Callable
 
 from .channel import Channel, peer_name
 from .endpoint import Endpoint, InboxKey
@@ -25,9 +27,10 @@ class RingLinks:
         self.left: list[Channel] = []
 
     def connect(self, endpoint: Endpoint, addresses: list[list[tuple[str, int]]], lanes: int,
-                timeout: float) -> None:
-        """Dial the right neighbour's lanes, then take the left one's. On failure the channels made
-        so far stay (the caller tells them why, then closes them)."""
+                timeout: float, watch: "Callable[[int], Any] | None" = None) -> None:
+        """Dial the right neighbour's lanes, then take the left one's (`watch(left)`, if given: a
+        context whose value is the check of that wait). On failure the channels made so far stay
+        (the caller tells them why, then closes them)."""
         group, rank, size = self.group, self.rank, self.size
         right, left = (rank + 1) % size, (rank - 1) % size
         deadline = time.monotonic() + timeout
@@ -36,13 +39,14 @@ class RingLinks:
                                     f"{peer_name(self, right)} of group {group!r}", up=True, me=rank)
             self.right.append(Channel(sock, me=rank, peer=right, group=group, role="right", lane=lane,
                                       world_ranks=self.world_ranks))
-        for lane in range(lanes):
-            sock = endpoint.take(InboxKey(group, left, "ring", lane), deadline,
-                                 f"ring of group {group!r}: waiting for {peer_name(self, left)} to connect "
-                                 f"(lane {lane})",
-                                 source=addresses[left], me=rank)
-            self.left.append(Channel(sock, me=rank, peer=left, group=group, role="left", lane=lane,
-                                     world_ranks=self.world_ranks, listens=addresses[left]))
+        with watch(left) if watch is not None else contextlib.nullcontext() as check:
+            for lane in range(lanes):
+                sock = endpoint.take(InboxKey(group, left, "ring", lane), deadline,
+                                     f"ring of group {group!r}: waiting for {peer_name(self, left)} to connect "
+                                     f"(lane {lane})",
+                                     check=check, source=addresses[left], me=rank)
+                self.left.append(Channel(sock, me=rank, peer=left, group=group, role="left", lane=lane,
+                                         world_ranks=self.world_ranks, listens=addresses[left]))
 
     @property
     def channels(self) -> list[Channel]:

@@ -275,6 +275,19 @@ def test_a_rank_stalled_in_group_setup_is_named_by_every_peer(case):
     assert sorted(re.findall(r"^\[(\d)\] set up$", res.stdout, re.M)) == others, res.stdout
 
 
+def test_a_rank_waiting_in_group_setup_for_one_that_gave_up_asks_it_why():
+    # Rank 0 stalls before it dials its ring. Rank 1 waits for it there and gives up; rank 4 waits
+    # for rank 1's mesh link, which rank 1 never made: it asks rank 1 whether the group failed
+    # there, and says why (it named rank 1, which waited for rank 0).
+    res = run_launcher(["-n", "5", "--grace", "30", str(SCRIPTS / "stalls_in_setup.py"), "split_one", "0"],
+                       timeout=60, env={"RINGDIST_CONNECT_TIMEOUT": "2"})
+    raised = dict(re.findall(r"^\[(\d)\] raised (.*)$", res.stdout, re.M))
+    raised.pop("0", None)  # (the stalled rank's own outcome)
+    assert sorted(raised) == ["1", "2", "3", "4"], res.stdout + res.stderr
+    for text in raised.values():
+        assert text.startswith("RingTimeoutError: ") and "waiting for rank 0 to connect" in text, text
+
+
 def test_a_rank_that_cannot_make_a_group_tells_a_peer_already_sending_to_it():
     # Rank 0 has the group and sends rank 1 16 MiB on it; rank 1 fails its setup. Rank 0's
     # message connection, waiting untaken in rank 1's inbox, gets the ABORT (it was closed

@@ -1,11 +1,12 @@
-"""World rank 1 stalls (sleeps) in the setup of a group, before it dials its ring: the world's
-(`world`), or that of its group from the first split (`split`, colors by rank parity); or
+"""World rank STALLER (default 1) stalls (sleeps) in the setup of a group, before it dials its
+ring: the world's (`world`), or that of its group from the first split (`split`, colors by rank
+parity; `split_one`, one color); or
 (`split_send`) every rank splits into one group, which rank 1 fails to make once its links
 and shared memory are made (a RuntimeError) while rank 0, done with it, sends rank 1 16 MiB
 in it. Every rank that fails prints `raised <Type>: <message>`; the others print `set up`.
 SIGTERM is ignored: each rank reports, then leaves by itself.
 
-usage: stalls_in_setup.py world|split|split_send
+usage: stalls_in_setup.py world|split|split_one|split_send [STALLER]
 """
 import os
 import signal
@@ -19,7 +20,8 @@ from ringdist import comm, ring
 
 signal.signal(signal.SIGTERM, lambda *a: None)
 case = sys.argv[1]
-if os.environ["RINGDIST_RANK"] == "1" and case == "split_send":
+staller = sys.argv[2] if len(sys.argv) > 2 else "1"
+if os.environ["RINGDIST_RANK"] == staller and case == "split_send":
     made = comm.open_link
 
     def failing(endpoint, links, **kwargs):
@@ -32,7 +34,7 @@ if os.environ["RINGDIST_RANK"] == "1" and case == "split_send":
         return link
 
     comm.open_link = failing
-elif os.environ["RINGDIST_RANK"] == "1":
+elif os.environ["RINGDIST_RANK"] == staller:
     real = ring.RingLinks.connect
 
     def stalled(self, *args, **kwargs):
@@ -45,6 +47,8 @@ try:
     g = rd.init()
     if case == "split":
         g.split(g.rank() % 2)
+    elif case == "split_one":
+        g.split(0)
     elif case == "split_send":
         sub = g.split(0)
         if g.rank() == 0:
