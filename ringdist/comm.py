@@ -1060,6 +1060,9 @@ class Comm:
             raise RingError(f"rank {self._rank}: {op} on group {self.gid!r}: {why}")
 
         self.check_usable = refuse  # type: ignore[method-assign] - every operation checks the group first
+        if self.mailbox is not None:  # (`own_messages`)
+            self.mailbox.forget_in_child(self.gid)
+            self.mailbox = None
         self._broken = why  # collectives check only groups marked closed or broken
         self._finalizer.detach()  # the connections and memory are the parent's: the child closes nothing of them
 

@@ -11,23 +11,24 @@ receive's MismatchError alone (no peer is involved: the group stays usable), and
 
 A receive that waits ends with its timeout (RingTimeoutError; nothing taken, as for another
 rank's receive), an interruption (nothing taken), or when the group breaks or closes
-(`Mailbox.end`, from `Comm`). An any-source receive (`recv_any`) does not take them.
+(`Mailbox.end`, from `Comm`). An any-source receive (`recv_any`) does not take them. Every
+change to a mailbox runs on one thread (`_Courier`), which no signal handler interrupts.
 """
 
 from __future__ import annotations
 
-import heapq
-import itertools
+import atexit
 import math
+import os
+import select
 import threading
 import time
-import weakref
 from collections import deque
 from typing import Any, Callable
 
 import numpy as np
 
-from . import deadlines, handle, wire
+from . import deadlines, forks, handle, wire
 from .arrays import as_array
 from .calls import check_flag
 from .comm import Comm
@@ -52,41 +53,42 @@ class _Message:
 
 
 class _Waiting:
-    """A receive from this rank that waits for its message: `tag` (or ANY_TAG) picks it;
-    `delivered(message)` is called once it has one (on the sending thread)."""
+    """A receive from this rank that waits for its message: `tag` (or ANY_TAG) picks it; `work`,
+    a non-blocking one's handle, completed with `take(message)` on the courier's thread;
+    `deadline` (monotonic; inf: none) ends it with its timeout (`expired()`'s error)."""
 
-    __slots__ = ("tag", "message", "event", "delivered", "expired", "__weakref__")
+    __slots__ = ("box", "tag", "take", "work", "deadline", "expired", "message", "error", "event", "consumed")
 
-    def __init__(self, tag: int, delivered: Callable[["_Waiting"], None] | None = None):
-        self.tag = tag
+    def __init__(self, box: "Mailbox", tag: int, take: Callable[[_Message], Any], deadline: float,
+                 expired: Callable[[], BaseException], work: handle.Work | None = None):
+        self.box, self.tag, self.take, self.work = box, tag, take, work
+        self.deadline, self.expired = deadline, expired
         self.message: _Message | None = None
-        self.event = threading.Event()
-        self.delivered = delivered
-        self.expired: Callable[[], None] | None = None  # a non-blocking receive's end at its timeout
-
-    def deliver(self, message: _Message) -> None:
-        self.message = message
-        self.event.set()
-        if self.delivered is not None:
-            self.delivered(self)
+        self.error: BaseException | None = None
+        self.event = _Done()  # set once a blocking receive has its message, or its end
+        self.consumed = False  # a blocking receive's caller has its message (it goes back no more)
 
 
 class Mailbox:
-    """A group's messages from this rank to itself, and the receives waiting for them."""
+    """A group's messages from this rank to itself, and the receives waiting for them. Changed on
+    the courier's thread alone (`_Courier`), which no signal handler interrupts: a message and a
+    receive are matched, and a receive ended, whole."""
 
     def __init__(self, g: Comm):
         self.g = g
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # (for `holds`, read on another thread)
         self._messages: deque[_Message] = deque()
         self._waiting: list[_Waiting] = []
         self._ended: Callable[[], BaseException] | None = None  # the error a receive gets once the group ended
 
+    # ---- on the courier's thread ----------------------------------------------------------------
+
     def put(self, message: _Message, first: bool = False) -> None:
         """A message sent: to the first waiting receive that takes its tag, else kept (`first`:
-        ahead of those kept, as the one a receive gave back)."""
+        ahead of those kept, as the one an interrupted receive gave back)."""
+        if self._ended is not None:
+            return  # (the group broke or closed: a receive would have been ended too)
         with self._lock:
-            if self._ended is not None:
-                return  # (the group broke or closed meanwhile: a receive would have been ended too)
             for i, w in enumerate(self._waiting):
                 if matches(w.tag, message.tag):
                     del self._waiting[i]
@@ -97,52 +99,91 @@ class Mailbox:
                 else:
                     self._messages.append(message)
                 return
-        w.deliver(message)
+        self._deliver(w, message)
 
     def post(self, w: _Waiting) -> None:
         """A receive: its message now if one is kept, else it waits (in posting order)."""
+        if self._ended is not None:
+            self._finish(w, error=self._ended())
+            return
         with self._lock:
-            if self._ended is not None:
-                raise self._ended()
             for i, m in enumerate(self._messages):
                 if matches(w.tag, m.tag):
                     del self._messages[i]
                     break
             else:
                 self._waiting.append(w)
+                _courier.waiting(w)
                 return
-        w.deliver(m)
+        self._deliver(w, m)
 
-    def holds(self, tag: int) -> bool:
-        """Whether a message kept here is one a receive of `tag` would take."""
-        with self._lock:
-            return any(matches(tag, m.tag) for m in self._messages)
+    def abandon(self, w: _Waiting) -> None:
+        """A blocking receive's caller was interrupted: it waits no more, and a message it had
+        not yet taken goes back, first, for the next receive that takes its tag."""
+        if w in self._waiting:
+            self._waiting.remove(w)
+            _courier.done_waiting(w)
+        elif w.message is not None and not w.consumed:
+            message, w.message = w.message, None
+            self.put(message, first=True)
 
-    def withdraw(self, w: _Waiting) -> bool:
-        """Whether `w` still waited (it waits no more); False once it has its message."""
-        with self._lock:
-            try:
-                self._waiting.remove(w)
-            except ValueError:
-                return False
-            return True
+    def expire(self, w: _Waiting) -> None:
+        if w in self._waiting:
+            self._waiting.remove(w)
+            self._finish(w, error=w.expired())
 
     def end(self, error: Callable[[], BaseException]) -> None:
-        """The group broke or closed: waiting receives fail with `error()`, kept messages go."""
+        """The group broke or closed (`Comm._end_mailbox`, any thread): waiting receives fail with
+        `error()`, kept messages go (on the courier's thread, after what was handed over before)."""
+        _courier.do(lambda: self._end(error))
+
+    def _end(self, error: Callable[[], BaseException]) -> None:
+        if self._ended is not None:
+            return
+        self._ended = error
         with self._lock:
-            if self._ended is not None:
-                return
-            self._ended = error
             waiting, self._waiting = self._waiting, []
             self._messages.clear()
         for w in waiting:
-            w.message = None
-            w.event.set()
-            if w.delivered is not None:
-                w.delivered(w)
+            self._finish(w, error=error())
 
-    def ended(self) -> BaseException | None:
-        return None if self._ended is None else self._ended()
+    def _deliver(self, w: _Waiting, message: _Message) -> None:
+        if w.work is None:
+            w.message = message  # (taken by its caller's thread)
+            self._finish(w)
+            return
+        try:
+            result = w.take(message)
+        except Exception as exc:  # noqa: BLE001 - the receive's error, raised by its wait
+            self._finish(w, error=exc)
+            return
+        self._finish(w, result=result)
+
+    def _finish(self, w: _Waiting, result: Any = None, error: BaseException | None = None) -> None:
+        _courier.done_waiting(w)
+        if w.work is not None:
+            w.work.complete(result, error)
+        else:
+            w.error = error
+            w.event.set()
+
+    # ---- on any thread ----------------------------------------------------------------------
+
+    def holds(self, tag: int) -> bool:
+        """Whether a message kept here is one a receive of `tag` would take (messages sent before
+        this call included: asked on the courier's thread, after them)."""
+        def look() -> bool:
+            with self._lock:
+                return any(matches(tag, m.tag) for m in self._messages)
+        return _courier.call(look)
+
+    def forget_in_child(self, gid: str) -> None:
+        """A forked child: the parent's receives from itself are the parent's to wait for (their
+        handles fail here, as its other operations' do); the courier's thread is the parent's."""
+        for w in list(self._waiting):
+            if w.work is not None:
+                w.work.fail_in_child(RingError(f"{w.work.op} on group {gid!r} was issued by process "
+                                               f"{forks.parent()}; a forked child cannot wait for it"))
 
 
 def mailbox(g: Comm) -> Mailbox:
@@ -187,7 +228,9 @@ def send(x: Any, g: Comm, tag: Any, async_op: Any, op: str = "send") -> Any:
     except ValueError as exc:
         raise ValueError(f"rank {me}: {exc}") from None
     g.check_usable(op)
-    mailbox(g).put(_Message(tag, array=np.array(arr, order="C", copy=True)))
+    message = _Message(tag, array=np.array(arr, order="C", copy=True))
+    box = mailbox(g)
+    _courier.do(lambda: box.put(message))  # (done here: the courier takes it in order, before a later receive)
     return _done(g, op) if async_op else None
 
 
@@ -200,7 +243,9 @@ def send_object(obj: Any, g: Comm, tag: Any, async_op: Any) -> Any:
     check_flag(async_op, "async_op", g, "send_object")
     pickled = Pickled(obj, g.settings.max_object_bytes, "send_object", me, whole=True)
     g.check_usable("send_object")
-    mailbox(g).put(_Message(tag, pickled=pickled))
+    message = _Message(tag, pickled=pickled)
+    box = mailbox(g)
+    _courier.do(lambda: box.put(message))
     error = ValueError(pickled.error) if pickled.error is not None else None
     if async_op:
         return _done(g, "send_object", error=error)
@@ -272,53 +317,37 @@ def recv_object(g: Comm, tag: Any, status: Any, timeout: float | None, async_op:
 def _receive(g: Comm, op: str, tag: int, limit: float, take: Callable[[_Message], Any], async_op: bool,
              finish: Callable[[Any], Any] | None = None) -> Any:
     box = mailbox(g)
-    if async_op:
-        return _receive_later(g, box, op, tag, limit, take, finish)
-    w = _Waiting(tag)
-    box.post(w)
     deadline = deadlines.after(limit)
+    expired = (lambda: _timed_out(g, op, tag, limit))  # noqa: E731
+    if async_op:
+        work = handle.Work(op, g)
+        if finish is not None:
+            work.then(lambda result, error: finish(result) if error is None else None)
+        with handle.lock:
+            handle.unreported.add(work)
+        w = _Waiting(box, tag, take, deadline, expired, work)
+        try:
+            _courier.do(lambda: box.post(w))
+        except BaseException:  # an interruption as it was posted: it takes no message
+            _courier.do(lambda: box.abandon(w))
+            handle.forget(work)
+            raise
+        return work
+    w = _Waiting(box, tag, take, deadline, expired)
     try:
-        while not w.event.wait(deadlines.thread_wait(deadlines.left(deadline))):
-            if deadlines.passed(deadline) and box.withdraw(w):
-                raise _timed_out(g, op, tag, limit)
+        _courier.do(lambda: box.post(w))
+        w.event.wait()
     except BaseException:
-        # An interruption (or the timeout): nothing taken. A message delivered meanwhile goes
-        # back, first of those kept, for the next receive that takes its tag.
-        if not box.withdraw(w) and w.message is not None:
-            box.put(w.message, first=True)
+        # Interrupted: nothing taken. A message delivered meanwhile goes back, first of those
+        # kept, for the next receive that takes its tag (on the courier's thread, in order).
+        _courier.do(lambda: box.abandon(w))
         raise
-    if w.message is None:
-        raise _ended(box, g, op)
+    w.consumed = True
+    if w.error is not None:
+        raise w.error
+    assert w.message is not None
     got = take(w.message)
     return got if finish is None else finish(got)
-
-
-def _receive_later(g: Comm, box: Mailbox, op: str, tag: int, limit: float, take: Callable[[_Message], Any],
-                   finish: Callable[[Any], Any] | None) -> handle.Work:
-    work = handle.Work(op, g)
-    if finish is not None:
-        work.then(lambda result, error: finish(result) if error is None else None)
-    with handle.lock:
-        handle.unreported.add(work)
-
-    def delivered(w: _Waiting) -> None:
-        message, w.message, w.expired = w.message, None, None
-        if message is None:
-            work.complete(None, _ended(box, g, op))
-            return
-        try:
-            result = take(message)
-        except Exception as exc:  # noqa: BLE001 - the receive's error, raised by its wait
-            work.complete(None, exc)
-            return
-        work.complete(result, None)
-
-    w = _Waiting(tag, delivered)
-    box.post(w)
-    if not w.event.is_set() and limit != math.inf:
-        w.expired = lambda: box.withdraw(w) and work.complete(None, _timed_out(g, op, tag, limit))
-        _clock.add(time.monotonic() + limit, weakref.ref(w))  # (a receive done meanwhile is gone)
-    return work
 
 
 def _timed_out(g: Comm, op: str, tag: int, limit: float) -> RingTimeoutError:
@@ -328,45 +357,136 @@ def _timed_out(g: Comm, op: str, tag: int, limit: float) -> RingTimeoutError:
                             f"or another thread's)")
 
 
-def _ended(box: Mailbox, g: Comm, op: str) -> BaseException:
-    error = box.ended()
-    return error if error is not None else RingError(f"rank {g.rank()}: {op} from itself: no message")
+LOOK_AGAIN = 0.05  # seconds the courier sleeps at most before it looks for tasks again
 
 
-class _Clock:
-    """Ends the non-blocking receives from this rank that wait past their timeout: one thread,
-    started on first use, with a heap of deadlines (a receive that had its message leaves an
-    entry that does nothing)."""
+class _Done:
+    """A one-shot flag a thread waits on and the courier raises. A bare lock, taken and given
+    back in single calls: the waiter, interrupted by a signal handler, can leave no lock held
+    (a `threading.Event`'s condition can be left held that way, and its `set` would wait forever)."""
+
+    __slots__ = ("_lock",)
 
     def __init__(self) -> None:
-        self._cond = threading.Condition()
-        self._heap: list[tuple[float, int, weakref.ref[_Waiting]]] = []
-        self._count = itertools.count()
-        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self._lock.acquire()
 
-    def add(self, when: float, waiting: "weakref.ref[_Waiting]") -> None:
-        with self._cond:
-            heapq.heappush(self._heap, (when, next(self._count), waiting))
-            if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(target=self._run, name="ringdist-own-timeouts", daemon=True)
-                self._thread.start()
-            self._cond.notify()
+    def set(self) -> None:
+        try:
+            self._lock.release()
+        except RuntimeError:  # (set already)
+            pass
+
+    def wait(self) -> None:
+        """Until set (in slices: the main thread looks at its signals between them)."""
+        while not self._lock.acquire(timeout=deadlines.thread_wait(math.inf)):
+            pass
+        self._lock.release()
+
+
+class _Courier:
+    """The one thread that changes the mailboxes: it takes each message sent to a rank itself
+    and each receive from it in the order they were handed over, matches them, completes the
+    non-blocking receives' handles and ends receives at their deadline. No signal handler runs
+    there (only on the main thread), and handing a task over takes no lock (a deque's append and
+    a byte down a pipe, single calls), so an interruption of the calling thread never cuts a
+    match in half: it comes before the hand-over (nothing done) or after it (all done). Started
+    on first use; it keeps a mailbox with receives waiting (and its group) alive until they end."""
+
+    def __init__(self) -> None:
+        self._tasks: deque[Callable[[], Any]] = deque()
+        self._timed: dict[_Waiting, float] = {}  # waiting receives with a deadline (on the thread)
+        self._held: dict[Mailbox, int] = {}  # mailboxes with receives waiting, how many (on the thread)
+        self._thread: threading.Thread | None = None
+        self._start = threading.Lock()
+        self._wake_r = self._wake_w = -1
+        self._woken = False  # a byte is in the pipe, or on its way
+        self._pid = os.getpid()
+
+    def do(self, task: Callable[[], Any]) -> None:
+        """Hand `task` over (it runs on the courier's thread, after those handed over before)."""
+        if self._thread is None or self._pid != os.getpid():
+            self._begin()
+        self._tasks.append(task)
+        if not self._woken:  # (one byte at most in the pipe: a write never blocks)
+            self._woken = True
+            os.write(self._wake_w, b"x")
+
+    def _begin(self) -> None:
+        with self._start:
+            if self._thread is not None and self._pid == os.getpid():
+                return
+            self._pid = os.getpid()
+            self._tasks = deque()
+            self._wake_r, self._wake_w = os.pipe()
+            self._woken = False
+            self._thread = threading.Thread(target=self._run, name="ringdist-own-messages", daemon=True)
+            self._thread.start()
+            atexit.register(self._at_exit)
+
+    def call(self, fn: Callable[[], Any]) -> Any:
+        """`fn()` run on the courier's thread, after every task handed over before; its result."""
+        out: list[Any] = []
+        done = _Done()
+
+        def task() -> None:
+            try:
+                out.append(fn())
+            finally:
+                done.set()
+
+        self.do(task)
+        done.wait()
+        return out[0]
+
+    # ---- on the courier's thread ----------------------------------------------------------------
+
+    def waiting(self, w: _Waiting) -> None:
+        if w.deadline != math.inf:
+            self._timed[w] = w.deadline
+        self._held[w.box] = self._held.get(w.box, 0) + 1
+
+    def done_waiting(self, w: _Waiting) -> None:
+        self._timed.pop(w, None)
+        left = self._held.get(w.box, 0) - 1
+        if left > 0:
+            self._held[w.box] = left
+        else:
+            self._held.pop(w.box, None)
 
     def _run(self) -> None:
+        poller = select.poll()
+        poller.register(self._wake_r, select.POLLIN)
+        tasks = self._tasks
         while True:
-            with self._cond:
-                while not self._heap:
-                    self._cond.wait()
-                when, _, waiting = self._heap[0]
-                wait = when - time.monotonic()
-                if wait > 0:
-                    self._cond.wait(min(wait, 60.0))
-                    continue
-                heapq.heappop(self._heap)
-            w = waiting()
-            expired = None if w is None else w.expired
-            if expired is not None:
-                expired()
+            if not tasks:
+                wait = min(min(self._timed.values(), default=math.inf) - time.monotonic(), LOOK_AGAIN)
+                if wait > 0 and poller.poll(wait * 1000):
+                    os.read(self._wake_r, 4096)
+            # Cleared before the tasks are taken: a hand-over from now on writes a byte again (and
+            # one interrupted between the flag and its byte costs one LOOK_AGAIN, once).
+            self._woken = False
+            while tasks:
+                task = tasks.popleft()
+                try:
+                    task()
+                except Exception:  # noqa: BLE001 - a defect here must not stop every later message
+                    handle.log.exception("ringdist: a message of a rank to itself failed")
+            now = time.monotonic()
+            for w in [w for w, when in self._timed.items() if when <= now]:
+                w.box.expire(w)
+
+    def _at_exit(self) -> None:
+        """Receives still waiting end as the process exits (before the groups close, so that each
+        is reported once, as another rank's receive is)."""
+        def end_all() -> None:
+            for box in list(self._held):
+                box._end(lambda g=box.g: RingError(f"rank {g.rank()}: a receive from itself on group {g.gid!r}: "
+                                                     f"closed with the operation outstanding (the process is exiting)"))
+        if self._thread is not None and self._thread.is_alive() and self._pid == os.getpid():
+            done = threading.Event()
+            self.do(lambda: (end_all(), done.set()))
+            done.wait(1.0)
 
 
-_clock = _Clock()
+_courier = _Courier()

@@ -146,3 +146,35 @@ def test_a_group_of_one_sends_to_itself():
         return rd.recv(None, None, 0, group=g).tolist(), rd.recv_object(0, group=g), w.wait()
 
     assert run_ranks(1, rank) == [([0, 1], "x", None)]
+
+
+def test_sends_to_itself_interrupted_at_random_moments_leave_no_receive_hanging():
+    # Matching ran on the sending thread: a signal handler raising inside it left the receive
+    # waiting forever (14 of 200), or failing with the sender's interruption (6 of 200).
+    import subprocess
+    import sys
+
+    from helpers import SCRIPTS
+    res = subprocess.run([sys.executable, str(SCRIPTS / "own_interrupted.py"), "200"], capture_output=True,
+                         text=True, timeout=120)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "counts: " in res.stdout and "interrupted" in res.stdout, res.stdout
+
+
+def test_a_receive_from_itself_keeps_its_group_until_it_ends():
+    # Dropped with the receive waiting: the group, its mailbox and the receive were collected
+    # together, and the receive's handle never ended (its timeout neither).
+    import gc
+
+    def rank(g):
+        def post():
+            sub = g.split(0)
+            return rd.recv((1,), np.int64, sub.rank(), group=sub, timeout=0.3, async_op=True)
+
+        w = post()
+        gc.collect()
+        with pytest.raises(RingTimeoutError, match=r"no message within 0.3 s"):
+            w.wait(timeout=10)
+        return True
+
+    assert run_ranks(2, rank) == [True, True]
