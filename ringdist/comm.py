@@ -43,9 +43,6 @@ SPIN_MAX_BYTES = 4 << 20
 # Seconds between looks, by a receive waiting for its pair's turn, for a message the turn's
 # holder read ahead and kept for it (`tags`).
 HELD_LOOK = 0.002
-# Seconds a collective that lost a peer (its connection closed, no ABORT on it) waits for the
-# launcher's notice of why that rank left, to say it (`why_lost`): usually there in milliseconds.
-DEPARTURE_WAIT = 0.25
 _open_groups: "weakref.WeakSet[Comm]" = weakref.WeakSet()
 _default: "Callable[[], Comm] | None" = None  # makes the world group (set by `world`)
 
@@ -597,18 +594,16 @@ class Comm:
             raise
 
     def why_lost(self, exc: PeerLostError) -> None:
-        """A peer of this group closed its connection without an ABORT: add why it left the job, as
-        the launcher tells it (its process ended; what it had raised), waiting up to
-        DEPARTURE_WAIT for the notice. Its own error may be another group's, or its program's."""
+        """A peer of this group closed its connection without an ABORT: its error ends with why
+        that rank left the job, as the launcher tells it (its process ended; what it had raised),
+        once this rank has heard, looked up as it is shown (`PeerLostError.__str__`). Its own
+        error may be another group's, or its program's."""
         lost = getattr(exc, "ringdist_peer", None)
         endpoint = self._endpoint
-        if lost is None or lost[0] != self.gid or endpoint is None or not endpoint.hears_departures() or \
-                getattr(exc, "ringdist_told", False) or not 0 <= lost[1] < self._size:
+        if lost is None or lost[0] != self.gid or endpoint is None or not 0 <= lost[1] < self._size:
             return
-        exc.ringdist_told = True  # type: ignore[attr-defined]  (once, however often it is raised)
-        why = endpoint.await_departure(self._addresses[lost[1]], DEPARTURE_WAIT)
-        if why is not None and exc.args and isinstance(exc.args[0], str):
-            exc.args = (f"{exc.args[0]}; {why}",) + exc.args[1:]
+        addresses = self._addresses[lost[1]]
+        exc.ringdist_why_left = lambda: endpoint.departed(addresses)  # type: ignore[attr-defined]
 
     def refuse(self, op: str, exc: BaseException) -> None:
         """This rank's `op` failed here outside the algorithm's own guard (`exc`: an argument that

@@ -262,22 +262,6 @@ class Endpoint:
         with self._cond:
             self._on_failure = listener
 
-    def hears_departures(self) -> bool:
-        """Whether departures are told here (a launcher watches the job: `tell_failures_to` was set)."""
-        return self._on_failure is not None
-
-    def await_departure(self, addresses: list[tuple[str, int]] | None, timeout: float) -> str | None:
-        """Why the rank listening at `addresses` left the job, waiting up to `timeout` seconds for
-        the notice (one whose connection just closed is usually told within milliseconds)."""
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while True:
-                gone = self._departure(addresses)
-                left = deadline - time.monotonic()
-                if gone is not None or left <= 0 or self._closed:
-                    return None if gone is None else gone[0]
-                self._cond.wait(left)
-
     def departed(self, addresses: list[tuple[str, int]] | None) -> str | None:
         """Why the rank listening at `addresses` left the job, if this rank has heard that it did."""
         gone = self._departure(addresses)

@@ -51,7 +51,17 @@ class ProtocolError(RingError):
 
 
 class PeerLostError(RingError):
-    """A peer closed or reset its connection in the middle of an operation."""
+    """A peer closed or reset its connection in the middle of an operation.
+
+    Its text ends with why that rank left the job, where this rank has heard by the time the
+    error is shown (`ringdist_why_left`, set by `Comm.why_lost`: the launcher's notice comes as
+    the connection closes; a wait for it in the call lost the race with the launcher's SIGTERM)."""
+
+    def __str__(self) -> str:
+        text = super().__str__()
+        look = getattr(self, "ringdist_why_left", None)
+        why = look() if look is not None else None
+        return f"{text}; {why}" if why else text
 
 
 class RingTimeoutError(RingError, TimeoutError):

@@ -102,8 +102,9 @@ def test_rank_exiting_mid_job_raises_peer_lost_elsewhere(shm):
     lost = re.findall(r"^\[(\d)\] PeerLostError after ([\d.]+)s: (.*)$", res.stdout, re.M)
     assert sorted(int(r) for r, _, _ in lost) == [0, 1, 3], res.stdout + res.stderr
     assert all(float(t) < 5 for _, t, _ in lost)
-    # Each says why rank 2 left, as the launcher told it (the rank that lost it, or one told by that rank).
-    assert all("; world rank 2 left the job: " in text for _, _, text in lost), lost
+    # Shown once the launcher's notice has come, a loss of rank 2 found here says why it left.
+    later = re.findall(r"^\[(\d)\] later: rank \d: lost rank 2 (.*)$", res.stdout, re.M)
+    assert later and all("; world rank 2 left the job: " in text for _, text in later), res.stdout
     assert "rank 2" in res.stderr
     assert elapsed < 20
 

@@ -25,6 +25,7 @@ try:
 except rd.PeerLostError as exc:
     print(f"PeerLostError after {time.monotonic() - t0:.2f}s: {exc}", flush=True)
     time.sleep(1.0)  # exit after rank 2, so the launcher reports rank 2 as the first failure
+    print(f"later: {exc}", flush=True)  # by now this rank has heard why rank 2 left
     os._exit(1)
 except rd.RingError as exc:
     print(f"other {type(exc).__name__}: {exc}", flush=True)
