@@ -16,7 +16,7 @@ log = logging.getLogger("ringdist")
 
 lock = threading.Lock()  # guards `unreported` and the job queue (`jobs`); a forked child makes its own
 unreported: "weakref.WeakSet[Work]" = weakref.WeakSet()  # every handle not yet reported as failed
-finishing = threading.Condition()  # notified as each handle completes (`wait_any`); a forked child makes its own
+at_exit_first: "list[Callable[[], None]]" = []  # what the exit hook (`work`) runs before it ends the rest
 
 
 class Work:
@@ -86,8 +86,6 @@ class Work:
         if error is None:
             unreported.discard(self)
         self._event.set()
-        with finishing:
-            finishing.notify_all()
         for hook in self._hooks or ():
             hook()
 
@@ -154,7 +152,22 @@ def wait_any(works: "list[Work]", timeout: float | None = None) -> tuple[int, An
     if not works or not all(isinstance(w, Work) for w in works):
         raise TypeError("wait_any: works must be a non-empty sequence of ringdist Work handles")
     timeout, deadline = deadlines.of_wait(timeout)
-    with finishing:  # looked at under the condition that completions notify: none is missed
+    # Woken by a hook each handle calls as it completes: a bare lock, released there and taken
+    # here in single calls. (A condition's `with` on the main thread, split by a signal handler
+    # that raised, stayed held, and every completion after it waited forever.)
+    woken = threading.Lock()
+    woken.acquire()
+
+    def wake() -> None:
+        try:
+            woken.release()
+        except RuntimeError:  # (woken already)
+            pass
+
+    with lock:  # (a completion sets its event before it reads its hooks: none is missed)
+        for each in works:
+            each._hooks = (each._hooks or []) + [wake]
+    try:
         while True:
             for i, w in enumerate(works):
                 if w._event.is_set():
@@ -163,9 +176,14 @@ def wait_any(works: "list[Work]", timeout: float | None = None) -> tuple[int, An
                 if deadlines.passed(deadline):
                     raise RingTimeoutError(f"rank {works[0].rank}: wait_any: none of {len(works)} operations "
                                            f"finished within wait_any(timeout={timeout:g})")
-                finishing.wait(deadlines.thread_wait(deadlines.left(deadline)))
+                woken.acquire(timeout=deadlines.thread_wait(deadlines.left(deadline)))
                 continue
             break
+    finally:
+        with lock:
+            for each in works:
+                if each._hooks is not None and wake in each._hooks:
+                    each._hooks = [h for h in each._hooks if h is not wake] or None
     try:
         return i, w.wait()
     except Exception as exc:
@@ -204,9 +222,8 @@ def wait_all(works: "list[Work]", timeout: float | None = None) -> list[Any]:
 
 def after_fork_in_child() -> None:
     """A forked child's handles: a fresh lock; the parent's handles are the parent's to report."""
-    global lock, finishing
+    global lock
     lock = threading.Lock()
-    finishing = threading.Condition()
     for work in list(unreported):
         work._waited = True
     unreported.clear()

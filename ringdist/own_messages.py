@@ -118,8 +118,9 @@ class Mailbox:
         self._deliver(w, m)
 
     def abandon(self, w: _Waiting) -> None:
-        """A blocking receive's caller was interrupted: it waits no more, and a message it had
-        not yet taken goes back, first, for the next receive that takes its tag."""
+        """A receive's caller was interrupted (a blocking one's in its wait, a non-blocking one's
+        as it posted it): it waits no more, and a message it had not yet taken goes back, first,
+        for the next receive that takes its tag."""
         if w in self._waiting:
             self._waiting.remove(w)
             _courier.done_waiting(w)
@@ -148,8 +149,8 @@ class Mailbox:
             self._finish(w, error=error())
 
     def _deliver(self, w: _Waiting, message: _Message) -> None:
-        if w.work is None:
-            w.message = message  # (taken by its caller's thread)
+        w.message = message  # (a blocking receive's caller takes it; a non-blocking one's given back if its
+        if w.work is None:   # caller was interrupted as it posted it, never having its handle: `abandon`)
             self._finish(w)
             return
         try:
@@ -326,27 +327,35 @@ def _receive(g: Comm, op: str, tag: int, limit: float, take: Callable[[_Message]
         with handle.lock:
             handle.unreported.add(work)
         w = _Waiting(box, tag, take, deadline, expired, work)
+        abandon = (lambda: box.abandon(w))  # noqa: E731  (made first: the hand-over below is one call)
         try:
             _courier.do(lambda: box.post(w))
         except BaseException:  # an interruption as it was posted: it takes no message
-            _courier.do(lambda: box.abandon(w))
+            _courier.hand(abandon)
             handle.forget(work)
             raise
         return work
     w = _Waiting(box, tag, take, deadline, expired)
+    abandon = (lambda: box.abandon(w))  # noqa: E731
     try:
         _courier.do(lambda: box.post(w))
         w.event.wait()
+        if w.error is not None:
+            w.consumed = True
+            raise w.error
+        assert w.message is not None
+        try:
+            got = take(w.message)
+        except Exception:  # the message's own error (it does not fit): used up, as another rank's
+            w.consumed = True
+            raise
+        w.consumed = True
     except BaseException:
         # Interrupted: nothing taken. A message delivered meanwhile goes back, first of those
         # kept, for the next receive that takes its tag (on the courier's thread, in order).
-        _courier.do(lambda: box.abandon(w))
+        if not w.consumed:
+            _courier.hand(abandon)
         raise
-    w.consumed = True
-    if w.error is not None:
-        raise w.error
-    assert w.message is not None
-    got = take(w.message)
     return got if finish is None else finish(got)
 
 
@@ -402,6 +411,7 @@ class _Courier:
         self._wake_r = self._wake_w = -1
         self._woken = False  # a byte is in the pipe, or on its way
         self._pid = os.getpid()
+        self._exited = False
 
     def do(self, task: Callable[[], Any]) -> None:
         """Hand `task` over (it runs on the courier's thread, after those handed over before)."""
@@ -423,6 +433,14 @@ class _Courier:
             self._thread = threading.Thread(target=self._run, name="ringdist-own-messages", daemon=True)
             self._thread.start()
             atexit.register(self._at_exit)
+
+    def hand(self, task: Callable[[], Any]) -> None:
+        """`do` for a courier known to run (an interrupted receive's undoing): its first statement
+        hands the task over, so that a second interruption comes after it."""
+        self._tasks.append(task)
+        if not self._woken:
+            self._woken = True
+            os.write(self._wake_w, b"x")
 
     def call(self, fn: Callable[[], Any]) -> Any:
         """`fn()` run on the courier's thread, after every task handed over before; its result."""
@@ -474,11 +492,17 @@ class _Courier:
                     handle.log.exception("ringdist: a message of a rank to itself failed")
             now = time.monotonic()
             for w in [w for w, when in self._timed.items() if when <= now]:
-                w.box.expire(w)
+                try:
+                    w.box.expire(w)
+                except Exception:  # noqa: BLE001 - as a task's
+                    handle.log.exception("ringdist: a message of a rank to itself failed")
 
     def _at_exit(self) -> None:
         """Receives still waiting end as the process exits (before the groups close, so that each
-        is reported once, as another rank's receive is)."""
+        is reported once, as another rank's receive is; `work`'s exit hook calls it first)."""
+        if self._exited:
+            return
+        self._exited = True
         def end_all() -> None:
             for box in list(self._held):
                 box._end(lambda g=box.g: RingError(f"rank {g.rank()}: a receive from itself on group {g.gid!r}: "
@@ -490,3 +514,18 @@ class _Courier:
 
 
 _courier = _Courier()
+
+
+handle.at_exit_first.append(_courier._at_exit)  # receives from itself end before the others are reported
+def _after_fork_in_child() -> None:
+    """A forked child: the parent's receives from itself (a world of one is not tracked by
+    `forks`) and its courier are the parent's; the child starts afresh."""
+    for box in list(_courier._held):
+        box._waiting.clear()
+    _courier._timed.clear()
+    _courier._held.clear()
+    _courier._thread = None
+    _courier._tasks = deque()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -320,6 +320,8 @@ def before_close(g: Comm, why: str = "closed") -> None:
 def _at_exit() -> None:
     """End every outstanding operation, stop the thread (bounded), log failures never waited."""
     global _stopping, _thread, active
+    for first in handle.at_exit_first:  # (`own_messages`: receives from itself, reported once)
+        first()
     thread = _thread
     with handle.lock:
         _stopping = True

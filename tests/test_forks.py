@@ -264,8 +264,9 @@ def test_a_forked_child_s_wait_on_a_sendrecv_fails_at_once_as_any_handle_s():
 
 def test_a_fork_while_another_thread_holds_the_handles_lock_does_not_hang_the_child():
     # The child fails the parent's outstanding handles; a sendrecv's joined handle completes
-    # under the handles' lock, which a parent thread held at the fork (rd.wait_any does while it
-    # looks): the child hung in os.fork(). Ranks as threads: the fork is the process's own.
+    # under the handles' lock, which a parent thread held at the fork (rd.wait_any does as it
+    # hooks onto the handles): the child hung in os.fork(). Ranks as threads: the fork is the
+    # process's own.
     import threading
 
     import numpy as np
@@ -284,7 +285,7 @@ def test_a_fork_while_another_thread_holds_the_handles_lock_does_not_hang_the_ch
         held, release = threading.Event(), threading.Event()
 
         def holder():
-            with handle.finishing:
+            with handle.lock:
                 held.set()
                 release.wait(5)
 

@@ -61,4 +61,22 @@ for i in range(int(sys.argv[1])):
             rd.recv((1,), np.int64, 0, tag=1, timeout=0.001)
     except rd.RingTimeoutError:
         pass
+# wait_any interrupted at random moments, over and over: a lock it left held made every later
+# completion (and so every later message to itself) wait forever.
+done = rd.recv((1,), np.int64, 0, tag=2, async_op=True)
+rd.send(np.array([0]), 0, tag=2)
+for _ in range(int(sys.argv[1])):
+    try:
+        armed[0] = True
+        signal.setitimer(signal.ITIMER_REAL, random.uniform(0, 30e-6))
+        for _ in range(10):
+            rd.wait_any([done])
+    except Stop:
+        pass
+    armed[0] = False
+    signal.setitimer(signal.ITIMER_REAL, 0)
+late = rd.recv((1,), np.int64, 0, tag=3, async_op=True)
+rd.send(np.array([3]), 0, tag=3)
+if int(late.wait(timeout=5)[0]) != 3:
+    sys.exit("after interrupted wait_any calls: a message to itself went wrong")
 print("counts:", counts, flush=True)
