@@ -112,6 +112,16 @@ class Work:
             pass
 
 
+def done(op: str, g: Any, result: Any = None, error: BaseException | None = None) -> Work:
+    """A handle done at once with `result` or `error` (a failed one is reported if never waited)."""
+    work = Work(op, g)
+    if error is not None:
+        with lock:
+            unreported.add(work)
+    work.complete(result, error)
+    return work
+
+
 def joined(main: Work, other: Work, op: str, g: Any) -> Work:
     """One handle for two operations (a sendrecv's receive and send): done with `main`'s result
     once both are done, or with the first error as soon as either fails (the other, if still

@@ -232,7 +232,7 @@ def send(x: Any, g: Comm, tag: Any, async_op: Any, op: str = "send") -> Any:
     message = _Message(tag, array=np.array(arr, order="C", copy=True))
     box = mailbox(g)
     _courier.do(lambda: box.put(message))  # (done here: the courier takes it in order, before a later receive)
-    return _done(g, op) if async_op else None
+    return handle.done(op, g) if async_op else None
 
 
 def send_object(obj: Any, g: Comm, tag: Any, async_op: Any) -> Any:
@@ -249,19 +249,10 @@ def send_object(obj: Any, g: Comm, tag: Any, async_op: Any) -> Any:
     _courier.do(lambda: box.put(message))
     error = ValueError(pickled.error) if pickled.error is not None else None
     if async_op:
-        return _done(g, "send_object", error=error)
+        return handle.done("send_object", g, error=error)
     if error is not None:
         raise error
     return None
-
-
-def _done(g: Comm, op: str, result: Any = None, error: BaseException | None = None) -> handle.Work:
-    work = handle.Work(op, g)
-    if error is not None:
-        with handle.lock:
-            handle.unreported.add(work)
-    work.complete(result, error)
-    return work
 
 
 # ---- receiving ------------------------------------------------------------------------------

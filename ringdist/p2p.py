@@ -506,10 +506,4 @@ def done_work(group: Comm | None, result: Any = None, error: BaseException | Non
               op: str = "sendrecv") -> "work.Work":
     """A Work that is done at once with `result` or `error` (a sendrecv with neither half, or only
     this rank; a message to or from None)."""
-    g = _comm(group, None)
-    done = work.Work(op, g)
-    if error is not None:
-        with handle.lock:
-            handle.unreported.add(done)
-    done.complete(result, error)
-    return done
+    return handle.done(op, _comm(group, None), result, error)
