@@ -257,6 +257,7 @@ def test_a_stall_in_a_step_that_carries_no_data_says_its_header_is_awaited():
     assert "(its header not yet received)" in text and "0 of 0 bytes" not in text, text
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", ["world", "split"])
 def test_a_rank_stalled_in_group_setup_is_named_by_every_peer(case):
     # World rank 1 stalls before it dials its ring. The ranks that wait for it time out naming
@@ -275,6 +276,7 @@ def test_a_rank_stalled_in_group_setup_is_named_by_every_peer(case):
     assert sorted(re.findall(r"^\[(\d)\] set up$", res.stdout, re.M)) == others, res.stdout
 
 
+@pytest.mark.slow
 def test_a_rank_waiting_in_group_setup_for_one_that_gave_up_asks_it_why():
     # Rank 0 stalls before it dials its ring. Rank 1 waits for it there and gives up; rank 4 waits
     # for rank 1's mesh link, which rank 1 never made: it asks rank 1 whether the group failed
@@ -288,6 +290,7 @@ def test_a_rank_waiting_in_group_setup_for_one_that_gave_up_asks_it_why():
         assert text.startswith("RingTimeoutError: ") and "waiting for rank 0 to connect" in text, text
 
 
+@pytest.mark.slow
 def test_a_rank_that_cannot_make_a_group_tells_a_peer_already_sending_to_it():
     # Rank 0 has the group and sends rank 1 16 MiB on it; rank 1 fails its setup. Rank 0's
     # message connection, waiting untaken in rank 1's inbox, gets the ABORT (it was closed
