@@ -111,7 +111,8 @@ def send(x: Any, dst: int, *, tag: int = 0, group: Comm | None = None, timeout: 
     With `async_op=True`: a `Work` at once; `x` must not change until its `wait()` returns."""
     if dst is None:
         nobody = to_nobody("send", group, async_op, tag, timeout)
-        _dtype_tag(as_array(x, "send", group).dtype, "send", _comm(group, None))  # (as a send to a rank checks it)
+        g = _comm(group, None)
+        _dtype_tag(as_array(x, "send", g).dtype, "send", g)  # (as a send to a rank checks it)
         return nobody
     g = _comm(group, timeout)
     if own_messages.is_me(dst, g):

@@ -133,6 +133,17 @@ def test_init_without_launcher_is_a_singleton():
     assert res.stdout.split() == ["0", "1", "True", "[0,", "1,", "2]"]
 
 
+def test_a_message_to_nobody_on_the_default_group_names_the_rank_in_its_errors():
+    # send(x, None) (MPI's PROC_NULL) checks `x` as a send to a rank does, with group=None too.
+    res = _python("import numpy as np, ringdist as rd\n"
+                  "for call in (lambda: rd.send(np.array([None]), None), lambda: rd.send(np.zeros(1), None, tag=-1)):\n"
+                  "    try:\n        call()\n    except (TypeError, ValueError) as e:\n        print(e)\n")
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.splitlines() == [
+        "rank 0: send: ringdist sends raw array bytes; object arrays are not supported",
+        "rank 0: send: tag=-1: a tag is an integer from 0 to 2147483647"], res.stdout
+
+
 def test_init_strict_without_launcher_raises_config_error():
     res = _python("import ringdist as rd\n"
                   "try:\n    rd.init(strict=True)\nexcept rd.ConfigError as e:\n    print('ConfigError:', e)\n")
