@@ -197,7 +197,7 @@ class _Supervisor:
             self.events.close()
         if not started:
             return Outcome(1)
-        summary = self.policy.summary()
+        summary = self.policy.summary(self.server.waited() if self.server is not None else None)
         if summary:
             self.writer.message(summary)
         return Outcome(self.policy.exit_status, self.policy.fatal_signal)

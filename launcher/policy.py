@@ -140,6 +140,19 @@ def _heard_of_another(told: str | None) -> bool:
     return told.startswith("PeerLostError") or " aborted by rank " in told or " left the job" in told
 
 
+def _waits(waited: Mapping[int, Iterable[int]], failed: list[int], stopped: list[int]) -> list[str]:
+    """'ranks 0,3 had timed out waiting for rank 2', for the failed ranks whose timeout waited
+    for ranks the launcher then stopped (they had not failed: they made no progress); grouped by
+    the ranks waited for, the cause's first."""
+    by_stalled: dict[tuple[int, ...], list[int]] = {}
+    for rank in failed:
+        stalled = tuple(sorted(set(waited.get(rank, ())).intersection(stopped)))
+        if stalled:
+            by_stalled.setdefault(stalled, []).append(rank)
+    return [f"{rank_list(waiters)} had timed out waiting for {rank_list(stalled)}"
+            for stalled, waiters in by_stalled.items()]
+
+
 class JobPolicy:
     """Decides, event by event, what happens to a job; first failure wins."""
 
@@ -314,14 +327,17 @@ class JobPolicy:
         self._killed.update(survivors)
         return Decision(Action.KILL, tuple(sorted(survivors)))
 
-    def summary(self) -> str | None:
+    def summary(self, waited: Mapping[int, Iterable[int]] | None = None) -> str | None:
         """The closing line: the cause, then what became of every other rank; None if nothing to add.
 
         Printed after the ranks' last output; the line printed when the cause was found
-        said only whom the launcher was stopping.
+        said only whom the launcher was stopping. `waited`: for each rank whose failure was a
+        timeout waiting for peers, their ranks (as it told the rendezvous): a peer waited for that
+        had not failed, and was stopped, is named as the one the others waited for.
 
         'rank 1 (host h, pid 9) exited with code 1 first; ranks 0,3 then failed on their own;
-        rank 4 had already exited (code 0); rank 2 stopped by the launcher'
+        rank 4 had already exited (code 0); rank 2 stopped by the launcher; ranks 0,1,3 had timed
+        out waiting for rank 2'
         """
         if self._cause is None:
             return None
@@ -346,6 +362,7 @@ class JobPolicy:
             if killed:
                 part += f" ({rank_list(killed)} killed with SIGKILL)"
             parts.append(part)
+        parts += _waits(waited or {}, [r for r in [self._cause_rank, *on_own] if r is not None], stopped)
         if len(parts) == 1:
             return None
         return "ringdist-launch: " + "; ".join(parts)

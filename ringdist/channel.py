@@ -709,6 +709,12 @@ def world_rank(ch: Any, rank: int, after: str = "") -> str:
     return f"world rank {ranks[rank]}{after}"
 
 
+def world_of(ch: Any) -> int:
+    """The world rank of `ch`'s peer."""
+    ranks = getattr(ch, "world_ranks", None)
+    return ranks[ch.peer] if ranks and 0 <= ch.peer < len(ranks) else ch.peer
+
+
 def peer_name(ch: Any, rank: int | None = None) -> str:
     """'rank P' for `ch`'s peer (or group rank `rank`), with '(world rank W)' where that differs
     (a sub-group)."""

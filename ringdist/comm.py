@@ -235,7 +235,7 @@ class Comm:
         budget = deadlines.after(aborts.ABORT_BUDGET)
         for ch in channels:
             aborts.tell(ch, frame, budget)
-        self._endpoint.note_aborted(self.gid, frame, self._why(exc), messages=True)
+        self._endpoint.note_aborted(self.gid, frame, self._why(exc), messages=True, waited=_waited(exc))
 
     def _host_link(self) -> ShmLink | None:
         """The shared-memory link among this rank's host's ranks (None: they use TCP): made as
@@ -668,7 +668,7 @@ class Comm:
             frame = aborts.abort(outflows, own, exc, self._rank, seq)
             self._tell_pairs(frame)
             if self._endpoint is not None:  # links that collective opens must still be made: no ABORT for them yet
-                self._endpoint.note_failure(self._why(exc))
+                self._endpoint.note_failure(self._why(exc), _waited(exc))
             if len(own) < len(channels):
                 self._untold.append(exc)
                 self._claim_untold()  # it ended meanwhile: told here after all
@@ -680,7 +680,7 @@ class Comm:
             self.told_peers = self.told_peers or any(not ch.role.startswith("p2p") for ch in channels)
             self._caller.clear()  # the call is over
             if self._endpoint is not None:  # a peer that connects to this group from now on hears it too
-                self._endpoint.note_aborted(self.gid, frame, self._why(exc))
+                self._endpoint.note_aborted(self.gid, frame, self._why(exc), waited=_waited(exc))
 
     def _tell_pairs(self, frame: bytes) -> None:
         """The ABORT `frame` on the message connections of the group's pairs, but where a
@@ -766,7 +766,7 @@ class Comm:
         self._tell_pairs(frame)
         self.told_peers = True
         if self._endpoint is not None:  # a peer that connects to this group from now on hears it too
-            self._endpoint.note_aborted(self.gid, frame, self._why(exc))
+            self._endpoint.note_aborted(self.gid, frame, self._why(exc), waited=_waited(exc))
 
     def _spin(self, receiving: int) -> float:
         """Seconds a wait may spin, for an operation receiving this many bytes: only operations
@@ -1112,6 +1112,11 @@ def _release_parts(parts: dict[str, Any], p2p_out: dict[int, list], p2p_in: dict
         ch.close()
     if endpoint is not None:
         endpoint.discard(gid)
+
+
+def _waited(exc: BaseException) -> tuple[int, ...]:
+    """The world ranks a failure (a timeout) waited for, as it tells the launcher (`engine.waited_for`)."""
+    return getattr(exc, "ringdist_waited_for", ())
 
 
 def busy_pair(rank: int, op: str, peer: int, outgoing: bool, gid: str, limit: float) -> str:

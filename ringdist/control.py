@@ -78,12 +78,14 @@ class ControlLink:
             self.endpoint.tell_failures_to(self._tell_failure)
         return members
 
-    def _tell_failure(self, why: str) -> None:
+    def _tell_failure(self, why: str, waited: tuple[int, ...] = ()) -> None:
         """This process's first failure, for the rendezvous to give with its departure (the
-        peers that lose it then read what it raised). Best effort: a second at most."""
+        peers that lose it then read what it raised), and for a timeout the world ranks it
+        waited for (the launcher's summary names a rank that stalled). Best effort: a second at most."""
         if self.closing:
             return
-        message = rendezvous.encode({"type": "failed", "why": why[:rendezvous.FAILURE_CHARS]})
+        message = rendezvous.encode({"type": "failed", "why": why[:rendezvous.FAILURE_CHARS],
+                                     "waited": list(waited[:rendezvous.WAITED_KEPT])})
         try:
             with self._send_lock:  # the watch thread is in a recv on this socket: its timeout stays
                 channel.send_beside_reader(self.sock, message, deadlines.after(1.0))

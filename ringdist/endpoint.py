@@ -83,7 +83,7 @@ class Endpoint:
         # that arrives later is closed, not kept in the inbox for good. The latest ENDED_KEPT.
         self._ended: dict[tuple[str, str | None], None] = {}
         self._failed = False  # a group of this process has failed (the first is told: `tell_failures_to`)
-        self._on_failure: Callable[[str], None] | None = None  # told that first failure
+        self._on_failure: Callable[[str, tuple[int, ...]], None] | None = None  # told that first failure
         # Ranks whose connection is waited for, by their first address: when their addresses
         # are next tried (`_probe`).
         self._probes: dict[tuple[str, int], float] = {}
@@ -226,13 +226,15 @@ class Endpoint:
             self._departed.setdefault((address[0], int(address[1])), (why, time.monotonic()))
             self._cond.notify_all()
 
-    def note_aborted(self, group: str, frame: bytes, why: str = "", messages: bool = False) -> None:
+    def note_aborted(self, group: str, frame: bytes, why: str = "", messages: bool = False,
+                     waited: tuple[int, ...] = ()) -> None:
         """Group `group`'s collective failed here with the ABORT `frame`: a peer's connection for
         that group arriving from now on, or waiting in the inbox untaken (a message connection
         aside, unless `messages`: the group was never made here), gets the frame and is closed,
         instead of waiting for a take that will never come (the dialer raises the ABORT, not a
         lost peer, nor its timeout while it reads for data). The first failure of the process
-        (`why`: 'MismatchError: rank 3: ...') goes to the listener set with `tell_failures_to`."""
+        (`why`: 'MismatchError: rank 3: ...'; `waited`: for a timeout, the world ranks it waited
+        for) goes to the listener set with `tell_failures_to`."""
         with self._cond:
             self._aborted[group] = frame
             if len(self._aborted) > ENDED_KEPT:
@@ -245,9 +247,9 @@ class Endpoint:
             channel.send_quietly(conn, frame)
             conn.close()
         self.answer_asks(group, frame)
-        self.note_failure(why)
+        self.note_failure(why, waited)
 
-    def note_failure(self, why: str) -> None:
+    def note_failure(self, why: str, waited: tuple[int, ...] = ()) -> None:
         """A failure here (`why`): the first of the process goes to the listener set with
         `tell_failures_to` (`note_aborted` calls it; a failure whose ABORT waits to be sent, too)."""
         with self._cond:
@@ -255,10 +257,10 @@ class Endpoint:
             self._failed = True
             listener = self._on_failure
         if first and listener is not None:
-            listener(why)
+            listener(why, waited)
 
-    def tell_failures_to(self, listener: Callable[[str], None]) -> None:
-        """Call `listener(text)` with this process's first failure (`note_aborted`), once."""
+    def tell_failures_to(self, listener: Callable[[str, tuple[int, ...]], None]) -> None:
+        """Call `listener(text, waited)` with this process's first failure (`note_aborted`), once."""
         with self._cond:
             self._on_failure = listener
 

@@ -24,7 +24,7 @@ import time
 from typing import Any, Callable
 
 from . import deadlines, wire
-from .channel import Channel
+from .channel import Channel, world_of
 from .errors import RingError, RingTimeoutError
 from .flows import Inflow, Outflow, Segments, Watch, intro
 
@@ -149,7 +149,7 @@ def run(inflows: list[Inflow], outflows: list[Outflow], watched: list[Channel], 
             if not events:
                 if time.monotonic() - last_progress < timeout:
                     continue  # one slice of a long wait ended
-                raise RingTimeoutError(stall_message(inflows, outflows, op, me, timeout))
+                raise stall_error(inflows, outflows, op, me, timeout)
         moved = 0
         for fd, ev in events:
             entry = slots.get(fd)
@@ -198,12 +198,23 @@ def _progress(f: Inflow) -> str:
     return f"{f.received} of {f.total} bytes{', header not yet received' if f.need_header else ''}"
 
 
-def stall_message(inflows: list[Inflow], outflows: list[Outflow], op: str, me: int, timeout: float) -> str:
-    waits = [f"receiving from {f.ch.describe()} ({_progress(f)})" for f in inflows if not f.done]
-    waits += [f"sending to {f.ch.describe()} ({f.framed} of {f.total} bytes framed)"
-              for f in outflows if not f.done and f.blocked]
+def stall_error(inflows: list[Inflow], outflows: list[Outflow], op: str, me: int, timeout: float) -> RingTimeoutError:
+    """The timeout of a call that made no progress for `timeout` seconds, naming what it waited
+    for; the world ranks of those peers in `ringdist_waited_for` (`waited_for`)."""
+    ins = [f for f in inflows if not f.done]
+    outs = [f for f in outflows if not f.done and f.blocked]
+    waits = [f"receiving from {f.ch.describe()} ({_progress(f)})" for f in ins]
+    waits += [f"sending to {f.ch.describe()} ({f.framed} of {f.total} bytes framed)" for f in outs]
     detail = "; ".join(waits) or "waiting"
-    return f"rank {me}: {op} made no progress for {timeout:g} s: {detail}"
+    exc = RingTimeoutError(f"rank {me}: {op} made no progress for {timeout:g} s: {detail}")
+    return waited_for(exc, [world_of(f.ch) for f in ins + outs])
+
+
+def waited_for(exc: RingTimeoutError, ranks: list[int]) -> RingTimeoutError:
+    """`exc`, a timeout waiting for peers, with their world ranks (`ringdist_waited_for`): the
+    failure this rank tells the launcher names them, for its summary to name a rank that stalled."""
+    exc.ringdist_waited_for = tuple(sorted(set(ranks)))  # type: ignore[attr-defined]
+    return exc
 
 
 

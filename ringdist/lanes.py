@@ -191,9 +191,10 @@ class Lanes:
             if now - job.since > job.timeout:
                 plan = job.plan
                 if job.opened:
-                    message = engine.stall_message(plan.inflows, plan.outflows, plan.op,  # type: ignore[union-attr]
-                                                   job.g.rank(), job.timeout)
-                elif plan.sources is not None:  # type: ignore[union-attr]
+                    self._failed(job, engine.stall_error(plan.inflows, plan.outflows, plan.op,  # type: ignore[union-attr]
+                                                         job.g.rank(), job.timeout))
+                    continue
+                if plan.sources is not None:  # type: ignore[union-attr]
                     message = plan.waiting(job.timeout)  # type: ignore[union-attr]
                 elif plan.turn is None:  # type: ignore[union-attr]
                     message = busy_pair(job.g.rank(), plan.op, plan.peer, plan.outgoing,  # type: ignore[union-attr]

@@ -53,6 +53,7 @@ RENDEZVOUS_GROUP = "rendezvous"
 LISTEN_BACKLOG = 1024
 CLOSED = "its connection to the launcher closed (its process ended)"  # why a rank left, from the rendezvous's side
 FAILURE_CHARS = 500  # of a rank's first failure, given with its departure
+WAITED_KEPT = 64  # world ranks a rank's timeout may name as those it waited for
 EXIT_READ_WAIT = 0.25  # seconds an exit seen waits for the rank's connection to be read to its end
 
 
@@ -92,6 +93,7 @@ class RendezvousServer:
         self._clean: set[int] = set()  # ranks the launcher saw exit with code 0
         self._ordered: set[int] = set()  # the ranks in `_order`
         self._raised: dict[int, str] = {}  # rank -> its first failure, as it told it ('MismatchError: ...')
+        self._waited: dict[int, tuple[int, ...]] = {}  # rank -> the ranks that failure (a timeout) waited for
         self._scan = 0  # `_order` before this index: ranks that exited cleanly
         self._table: dict[str, Any] | None = None  # once every rank has registered
         self._tabled: set[int] = set()  # ranks sent the table
@@ -145,8 +147,13 @@ class RendezvousServer:
                 if msg.get("type") == "query":
                     self._send(rank, {"type": "missing", **self._missing_report()})
                 elif msg.get("type") == "failed" and isinstance(msg.get("why"), str):
+                    waited = msg.get("waited")
+                    if not isinstance(waited, list) or not all(type(r) is int for r in waited):
+                        waited = []  # (a rank of an older ringdist tells none)
                     with self._lock:
-                        self._raised.setdefault(rank, msg["why"][:FAILURE_CHARS])
+                        if rank not in self._raised:
+                            self._raised[rank] = msg["why"][:FAILURE_CHARS]
+                            self._waited[rank] = tuple(r for r in waited[:WAITED_KEPT] if 0 <= r < self.world_size)
         except ProtocolError as exc:
             log.warning("rendezvous: refused rank connection from %s: %s", addr[0], exc)
         except (PeerLostError, RingTimeoutError):
@@ -261,6 +268,11 @@ class RendezvousServer:
         """The first failure each rank told before it left, if it told one ('PeerLostError: ...')."""
         with self._lock:
             return dict(self._raised)
+
+    def waited(self) -> dict[int, tuple[int, ...]]:
+        """For each rank whose told failure was a timeout waiting for peers: their world ranks."""
+        with self._lock:
+            return {rank: ranks for rank, ranks in self._waited.items() if ranks}
 
     def _note_departures(self) -> None:
         """Record the control connections whose peer has closed, in the order they closed (lock held)."""

@@ -247,9 +247,10 @@ class Signals:
             if time.monotonic() - start > limit:
                 pending = [p for p in pending if words[p][SIGNALS] < target]
                 if pending:
-                    raise RingTimeoutError(
+                    raise engine.waited_for(RingTimeoutError(
                         f"rank {self.rank}: {op} made no progress for {limit:g} s: waiting for "
-                        f"{', '.join(self._peer(g, p) for p in pending)} to signal through shared memory")
+                        f"{', '.join(self._peer(g, p) for p in pending)} to signal through shared memory"),
+                        [g.world_ranks[p] for p in pending])
         self._check_given(g, target, fp)
 
     def _peer(self, g: Any, p: int) -> str:

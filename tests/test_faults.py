@@ -62,7 +62,7 @@ def test_kill_9_mid_collective_reaches_every_rank_within_5s(op, mib, kills):
 @pytest.mark.parametrize("mib", [pytest.param("1", marks=pytest.mark.slow), "0.0625"])  # ring path; direct path
 def test_a_stalled_peer_is_a_timeout_naming_op_and_peer(mib):
     timeout = 4.0
-    proc = start_launcher(["-n", "3", "--grace", "10", str(SCRIPTS / "long_loop.py"), "all_gather", mib],
+    proc = start_launcher(["-n", "3", "--grace", "3", str(SCRIPTS / "long_loop.py"), "all_gather", mib],
                           env={"RINGDIST_TIMEOUT": str(timeout)})
     try:
         out = LineReader(proc.stdout)
@@ -89,6 +89,8 @@ def test_a_stalled_peer_is_a_timeout_naming_op_and_peer(mib):
             assert "all_gather" in m.group(4) and "rank 1" in m.group(4)
     assert direct >= 1
     assert proc.returncode != 0 and "rank" in err
+    # The launcher's summary names the rank they waited for (it stopped rank 1: it had not failed).
+    assert re.search(r"; ranks? [02,]+ had timed out waiting for rank 1$", err, re.M), err
     assert not pid_alive(pids[1])
 
 

@@ -180,6 +180,21 @@ def test_policy_first_failure_wins():
     )
 
 
+def test_policy_summary_names_the_stopped_ranks_that_failed_ranks_timed_out_waiting_for():
+    policy = started_policy(5)
+    left = {2: 1.0, 0: 1.5, 4: 1.7}
+    for rank, code in ((0, 1), (4, 1), (2, 1), (1, -15), (3, -9)):
+        policy.rank_exited(rank, code, left)
+    # Rank 4 waited for rank 0, which failed on its own: not named; rank 2's wait for a stopped
+    # rank (3) and one that failed (0) names only rank 3.
+    waited = {0: (1, 3), 2: (3, 0), 4: (0,), 1: (3,)}
+    assert policy.summary(waited) == (
+        "ringdist-launch: rank 2 (host localhost, pid 102) exited with code 1 first; ranks 0,4 then failed on "
+        "their own; ranks 1,3 stopped by the launcher; rank 2 had timed out waiting for rank 3; "
+        "rank 0 had timed out waiting for ranks 1,3")
+    assert policy.summary({4: (0,)}) == policy.summary()  # nothing to add
+
+
 def test_policy_signal_exit_status_and_last_rank_failing():
     policy = started_policy(2)
     policy.rank_exited(0, 0)

@@ -248,14 +248,26 @@ def test_a_departure_gives_the_failure_the_rank_told():
                       time.monotonic() + 5)
         b.close()  # after its failure, on the same connection: read first
         raised = "; it had raised MismatchError: rank 1: " + "x" * (rendezvous.FAILURE_CHARS - 23)
+        assert server.waited() == {}  # (it told no ranks it waited for)
         for sock in (a, c):
             _, msg, _ = recv_control(sock, time.monotonic() + 5)
             assert msg == {"type": "left", "rank": 1,
                            "why": "its connection to the launcher closed (its process ended)" + raised}, msg
+        # A timeout's ranks waited for are kept for the launcher's summary: world ranks alone,
+        # the first told (a second failure told changes nothing).
+        for waited in ([3, 0, -1, 4, 2 ** 40], [0]):
+            send_blocking(c, rendezvous.encode({"type": "failed", "why": "RingTimeoutError: rank 2", "waited": waited}),
+                          time.monotonic() + 5)
+        send_blocking(a, rendezvous.encode({"type": "failed", "why": "RingTimeoutError: rank 0", "waited": [1, True]}),
+                      time.monotonic() + 5)
+        deadline = time.monotonic() + 5
+        while not {0, 2} <= server.told().keys() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert server.waited() == {2: (3, 0)}, server.waited()
         c.close()  # the first to leave, and what it raised, with the next departure
         _, msg, _ = recv_control(a, time.monotonic() + 5)
-        assert msg == {"type": "left", "rank": 2, "why": "its connection to the launcher closed (its process ended), "
-                       "after world rank 1 left first (its connection to the launcher closed (its process ended)"
+        assert msg == {"type": "left", "rank": 2, "why": "its connection to the launcher closed (its process ended); "
+                       "it had raised RingTimeoutError: rank 2, after world rank 1 left first (its connection to the launcher closed (its process ended)"
                        + raised + ")"}, msg
         a.close()
 
