@@ -397,10 +397,12 @@ class _Supervisor:
         # `fatal_signal`), and a stop signal ends the wait.
         drain_until = time.monotonic() + DRAIN_WAIT
         pumps = [pump for r in self.ranks.values() for pump in r.pumps]
-        while pumps and time.monotonic() < drain_until:
-            if self._heard_signal(min(0.05, max(0.0, drain_until - time.monotonic()))):
-                break
+        wait = 0.0  # (most often their output has ended with them: no wait)
+        while time.monotonic() < drain_until:
             pumps = [p for p in pumps if not p.join(0)]
+            if not pumps or self._heard_signal(min(wait, max(0.0, drain_until - time.monotonic()))):
+                break
+            wait = min(0.05, wait + 0.005)
         self._heard_signal(0)  # any that came as the last rank ended
 
     def _heard_signal(self, wait: float) -> bool:
