@@ -13,7 +13,6 @@ import shutil
 import socket
 import sys
 
-from ringdist import tuning
 from ringdist.errors import ConfigError
 from ringdist.settings import Settings
 
@@ -91,7 +90,11 @@ def _plan(options: argparse.Namespace, target: Target) -> JobPlan:
         verbose=options.verbose,
     )
     for rank in plan.ranks[:1]:  # the library's settings, as the ranks will read them: refused here, not in N tracebacks
-        tuning.check_overrides(Settings.from_env({**os.environ, **dict(rank.user_env)}).algo)
+        forced = Settings.from_env({**os.environ, **dict(rank.user_env)}).algo
+        if forced:  # (the table's algorithms import numpy: only then)
+            from ringdist import tuning
+
+            tuning.check_overrides(forced)
     _check_local_addresses(plan)
     return plan
 

@@ -8,24 +8,66 @@ Launch ranks with `ringdist-launch --hosts hosts.json script.py`. The API mirror
 `mlx.core.distributed` with numpy arrays; see README.md for the whole table.
 """
 
-from .world import init, is_available
-from .any_source import recv_any, recv_object_any
-from .collectives import (all_gather, all_max, all_min, all_prod, all_reduce, all_sum, barrier, broadcast, gather, reduce,
-                          reduce_scatter, sum_scatter)
-from .object_messages import recv_object, send_object
-from .objects import all_gather_object, broadcast_object
-from .rooted_objects import gather_object, scatter_object
-from .uneven import all_to_all, scatter
+from typing import TYPE_CHECKING
+
 from . import errors
 from .errors import *  # noqa: F403 - the exception tree is part of the API
-from .group import Group
-from .locations import all_maxloc, all_minloc
-from .p2p import recv, recv_like, send, sendrecv
-from .tags import ANY_TAG, TAG_MAX, Status
-from .grid import Grid, dims_create
-from .prefix import scan
-from .work import Work
-from .handle import wait_all, wait_any
+
+# The API, by module, imported on its first use (`__getattr__`), whole and in this order (`world`
+# first: it makes the default group): `import ringdist` alone, and its submodules (the launcher's
+# `settings`, `rendezvous`), import no numpy.
+_API = (("world", ("init", "is_available")),
+        ("any_source", ("recv_any", "recv_object_any")),
+        ("collectives", ("all_gather", "all_max", "all_min", "all_prod", "all_reduce", "all_sum", "barrier",
+                         "broadcast", "gather", "reduce", "reduce_scatter", "sum_scatter")),
+        ("object_messages", ("recv_object", "send_object")),
+        ("objects", ("all_gather_object", "broadcast_object")),
+        ("rooted_objects", ("gather_object", "scatter_object")),
+        ("uneven", ("all_to_all", "scatter")),
+        ("group", ("Group",)),
+        ("locations", ("all_maxloc", "all_minloc")),
+        ("p2p", ("recv", "recv_like", "send", "sendrecv")),
+        ("tags", ("ANY_TAG", "TAG_MAX", "Status")),
+        ("grid", ("Grid", "dims_create")),
+        ("prefix", ("scan",)),
+        ("work", ("Work",)),
+        ("handle", ("wait_all", "wait_any")))
+_NAMES = frozenset(name for _, names in _API for name in names)
+
+if TYPE_CHECKING:
+    from .world import init, is_available
+    from .any_source import recv_any, recv_object_any
+    from .collectives import (all_gather, all_max, all_min, all_prod, all_reduce, all_sum, barrier, broadcast,
+                              gather, reduce, reduce_scatter, sum_scatter)
+    from .object_messages import recv_object, send_object
+    from .objects import all_gather_object, broadcast_object
+    from .rooted_objects import gather_object, scatter_object
+    from .uneven import all_to_all, scatter
+    from .group import Group
+    from .locations import all_maxloc, all_minloc
+    from .p2p import recv, recv_like, send, sendrecv
+    from .tags import ANY_TAG, TAG_MAX, Status
+    from .grid import Grid, dims_create
+    from .prefix import scan
+    from .work import Work
+    from .handle import wait_all, wait_any
+
+
+def __getattr__(name: str) -> object:
+    if name not in _NAMES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    for module, names in _API:
+        loaded = importlib.import_module(f".{module}", __name__)
+        for each in names:
+            globals()[each] = getattr(loaded, each)
+    return globals()[name]
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | _NAMES)
+
 
 __version__ = "0.1.0"
 

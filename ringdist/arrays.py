@@ -6,13 +6,14 @@ from typing import Any
 
 import numpy as np
 
+from .ops import REDUCE_OPS
+
 _RAW_BYTES = type(np.dtype("V1"))  # numpy's own void dtype; extension dtypes (bfloat16) have their own class
 NOTHING = np.empty(0, dtype=np.uint8)  # what a rank that contributes no array (a scatter's non-root) passes
 # The element-wise reductions, by the `op` a call names them with (MPI_SUM ... MPI_BXOR); the
 # bitwise ones take integers and bool (on bool: logical and, or, xor).
-REDUCE_UFUNCS = {"sum": np.add, "max": np.maximum, "min": np.minimum, "prod": np.multiply,
-                 "band": np.bitwise_and, "bor": np.bitwise_or, "bxor": np.bitwise_xor}
-REDUCE_OPS = tuple(REDUCE_UFUNCS)
+REDUCE_UFUNCS = dict(zip(REDUCE_OPS, (np.add, np.maximum, np.minimum, np.multiply,
+                                       np.bitwise_and, np.bitwise_or, np.bitwise_xor)))
 REDUCERS = {f"all_{op}": ufunc for op, ufunc in REDUCE_UFUNCS.items()}  # by the all-reduce's call name
 
 

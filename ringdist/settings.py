@@ -6,7 +6,7 @@ import math
 import os
 from dataclasses import dataclass
 
-from .arrays import REDUCE_OPS
+from .ops import REDUCE_OPS
 from .errors import ConfigError
 
 

@@ -251,3 +251,22 @@ def test_every_package_of_the_source_is_installed():
             parts = init.parent.relative_to(root / folder).parts
             found.add(".".join((name, *parts)))
     assert found == listed, f"packages with an __init__.py: {sorted(found)}; listed: {sorted(listed)}"
+
+
+def test_the_launcher_and_a_bare_import_load_no_numpy():
+    # The launcher reads the library's settings and serves its rendezvous, and numpy is most of a
+    # start-up's import time: it loads none, nor does `import ringdist` until the API's first use,
+    # which loads it whole (`world` first: a collective with no init() makes the default group).
+    import subprocess
+    import sys
+
+    code = ("import sys\n"
+            "import ringdist_launch.launch, ringdist_launch.job, ringdist\n"
+            "from ringdist import settings, rendezvous, endpoint, errors\n"
+            "print('numpy' in sys.modules)\n"
+            "import numpy as np\n"
+            "print(ringdist.all_sum(np.arange(3)).tolist(), 'ringdist.world' in sys.modules, "
+            "ringdist.RingError is errors.RingError, 'init' in dir(ringdist))\n")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.splitlines() == ["False", "[0, 1, 2] True True True"], res.stdout
