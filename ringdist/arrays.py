@@ -51,16 +51,23 @@ def byte_view(arr: np.ndarray) -> memoryview:
         return memoryview(arr.reshape(-1).view(np.uint8))
 
 
-def check_reducible(arr: np.ndarray, op: str, call: str | None = None, g: Any = None) -> None:
-    """TypeError unless numpy's ufunc for `op` reduces this dtype: numbers, bool, and numeric
-    extension dtypes such as ml_dtypes' bfloat16 and float8 (kind 'V' without fields).
-    Strings would "add" by concatenation, truncated; objects and structured dtypes are not numbers."""
+def reducible(arr: np.ndarray, op: str, call: str | None = None, g: Any = None) -> np.ndarray:
+    """`arr` as a reduction folds it: C-contiguous and aligned, a copy where it is not. TypeError
+    unless numpy's ufunc for `op` reduces this dtype: numbers, bool, and numeric extension dtypes
+    such as ml_dtypes' bfloat16 and float8 (kind 'V' without fields). Strings would "add" by
+    concatenation, truncated; objects and structured dtypes are not numbers.
+
+    Aligned, as every peer's copy of it is: numpy picks its loop by the operands' alignment
+    too, and a buffered loop over an unaligned one (an array at an odd offset in a buffer)
+    picked the other NaN in the last elements, on the input's own rank alone."""
     dt = arr.dtype
     why = _unreducible.get((dt, op), "")
     if why == "":  # not asked yet for this dtype and op
         why = _unreducible[(dt, op)] = _why_unreducible(dt, op)
     if why is not None:
         raise TypeError(f"{'' if g is None else f'rank {g.rank()}: '}{call or op}: {why}")
+    flags = arr.flags
+    return arr if flags.aligned and flags.c_contiguous else arr.copy(order="C")
 
 
 _unreducible: dict[tuple[np.dtype, str], str | None] = {}  # (dtype, op) -> why it cannot be reduced, or None
@@ -99,6 +106,19 @@ def fold_in_place(rows: list[np.ndarray], ufunc: Any, out: np.ndarray) -> None:
     np.copyto(out, rows[0])
     for row in rows[1:]:
         ufunc(out, row, out=out)
+
+
+# x87's 80-bit long double, stored in 16 bytes (a complex one in 32): an operation writes the first
+# 10 of each; the rest of a result is whatever its buffer held before, different on every rank.
+_X87 = np.finfo(np.longdouble).nmant == 63 and np.dtype(np.longdouble).itemsize == 16
+
+
+def clear_padding(out: Any) -> Any:
+    """A reduction's result (None passes) with the unused bytes of each x87 long double zeroed,
+    so that every rank's result is the same bytes, not only the same values."""
+    if _X87 and out is not None and out.dtype.char in "gG":
+        out.reshape(-1).view(np.uint8).reshape(-1, 16)[:, 10:] = 0
+    return out
 
 
 def fold(rows: list[np.ndarray], ufunc: Any, out: np.ndarray) -> None:

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from . import buffers, comm as comm_module, tuning, uneven as uneven_module, work
-from .arrays import REDUCE_OPS, as_array, as_rows, check_reducible
+from .arrays import REDUCE_OPS, as_array, as_rows, clear_padding, reducible
 from .calls import _comm, _header, check_flag, check_reduce_op, check_root
 from .comm import Comm
 
@@ -134,7 +134,7 @@ def _all_reduce(x: Any, group: Comm | None, op: str, timeout: float | None, name
         g = _comm(group, timeout, call)
     try:
         arr = as_array(x, call, g)
-        check_reducible(arr, op, call, g)
+        arr = reducible(arr, op, call, g)
         if name is not None:
             extra["reduce"] = op.removeprefix("all_")
         if g.size() == 1:
@@ -142,7 +142,7 @@ def _all_reduce(x: Any, group: Comm | None, op: str, timeout: float | None, name
             out = buffers.cache.empty(arr.shape, arr.dtype)
             np.copyto(out, arr)
             return out
-        algorithm = tuning.choose(g, call, arr.nbytes)
+        algorithm = tuning.choose(g, call, arr.nbytes, op if name is not None else None)  # (all_<op>'s bits)
         header = g.next_header(call, arr, algorithm.name, **extra)
         if name == "reduce" and algorithm.reduce_root is not None:  # the same bits, on the root only
             out = algorithm.reduce_root(g, arr, op, extra["root"], header, timeout)
@@ -152,7 +152,7 @@ def _all_reduce(x: Any, group: Comm | None, op: str, timeout: float | None, name
     except Exception as exc:
         g.refuse(call, exc)
         raise
-    return out
+    return clear_padding(out)
 
 
 def _route_all_reduce(x: Any, group: Comm | None, op: str, timeout: float | None, async_op: bool) -> Any:
@@ -223,7 +223,7 @@ def _all_average(x: Any, group: Comm | None, timeout: float | None, async_op: bo
     g = _comm(group, timeout, call)
     try:
         arr = as_array(x, call, g)
-        check_reducible(arr, "all_sum", call, g)
+        arr = reducible(arr, "all_sum", call, g)
         if not _averages(arr.dtype):
             raise TypeError(f"rank {g.rank()}: {call}: dtype {arr.dtype} cannot hold an average; pass a floating "
                             f"dtype, or all_sum and divide")
@@ -278,9 +278,9 @@ def _reduce_scatter(x: Any, op: str, group: Comm | None, timeout: float | None, 
     n = g.size()
     try:
         arr = as_rows(x, call, g)
-        check_reducible(arr, "all_" + op, call, g)
+        arr = reducible(arr, "all_" + op, call, g)
         if counts is not None:
-            return uneven_module.reduce_scatter_counts(g, arr, op, counts, timeout)
+            return clear_padding(uneven_module.reduce_scatter_counts(g, arr, op, counts, timeout))
         if arr.shape[0] % n:
             raise ValueError(f"rank {g.rank()}: {call}: x.shape[0] = {arr.shape[0]} is not divisible by the "
                              f"group size {n}")
@@ -296,7 +296,7 @@ def _reduce_scatter(x: Any, op: str, group: Comm | None, timeout: float | None, 
     except Exception as exc:
         g.refuse(call, exc)
         raise
-    return out
+    return clear_padding(out)
 
 
 def broadcast(x: Any, root: int = 0, *, group: Comm | None = None, timeout: float | None = None,

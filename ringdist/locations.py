@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from . import work
-from .arrays import as_array, check_reducible
+from .arrays import as_array, reducible
 from .calls import _comm
 from .collectives import _all_reduce
 from .comm import Comm
@@ -48,7 +48,7 @@ def _located(x: Any, index: Any, which: str, group: Comm | None, timeout: float 
     g = _comm(group, timeout, call)
     try:
         arr = as_array(x, call, g)
-        check_reducible(arr, f"all_{which}", call, g)
+        arr = reducible(arr, f"all_{which}", call, g)
         mine = _index(index, arr, g, call)
     except Exception as exc:
         g.refuse(call, exc)

@@ -2,9 +2,10 @@
 
 Rank r gets its own array folded with those of every rank before it, left to right in rank
 order: x0 op x1 op ... op xr (exclusive: up to x(r-1), and None on rank 0, where MPI leaves
-the result undefined). Every algorithm folds in that order, in place, so the bits do not depend
-on which one ran: numpy's `acc = x0.copy(); op(acc, x1, out=acc); ...` over C-contiguous
-copies of the inputs, element by element.
+the result undefined). Every algorithm folds in that order, in place, so the values do not
+depend on which one ran: numpy's `acc = x0.copy(); op(acc, x1, out=acc); ...` over C-contiguous
+copies of the inputs, element by element (which NaN a fold keeps, and a complex product's last
+bit, depend on where numpy's vector loop ends, and the algorithms cut the array differently).
 On the chain (past 8 ranks over TCP) a rank before one whose call differs or is refused may
 return its prefix, which is right, and raise at its next call.
 """
@@ -16,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from . import buffers, tuning, work
-from .arrays import as_array, check_reducible
+from .arrays import as_array, clear_padding, reducible
 from .calls import _comm, _header, check_flag, check_reduce_op
 from .comm import Comm
 
@@ -37,7 +38,7 @@ def scan(x: Any, *, op: str = "sum", exclusive: bool = False, group: Comm | None
         check_flag(exclusive, "exclusive", g, "scan")
         exclusive = bool(exclusive)
         arr = as_array(x, "scan", g)
-        check_reducible(arr, reduction, "scan", g)
+        arr = reducible(arr, reduction, "scan", g)
         if g.size() == 1:
             g.check_usable("scan")
             if exclusive:
@@ -52,4 +53,4 @@ def scan(x: Any, *, op: str = "sum", exclusive: bool = False, group: Comm | None
     except Exception as exc:
         g.refuse("scan", exc)
         raise
-    return out
+    return clear_padding(out)

@@ -393,15 +393,17 @@ def facts(comm: Comm, nbytes: int) -> Facts:
                  hosts=len(comm.hierarchy.hosts) if comm.hierarchy is not None else 1)
 
 
-def forced(comm: Comm, op: str) -> str | None:
-    """The algorithm RINGDIST_ALGO names for `op`, if any (the last matching entry wins). A call's
-    agreement steps are always the table's: `*` forces the calls, not their steps."""
+def forced(comm: Comm, op: str, like: str | None = None) -> str | None:
+    """The algorithm RINGDIST_ALGO names for `op`, if any (the last matching entry wins); `like`:
+    the all-reduce whose bits `op` gives (a rooted reduce, MAXLOC's values: `collectives`), whose
+    entries count too. A call's agreement steps are always the table's: `*` forces the calls,
+    not their steps."""
     kind = KIND_OF[op]
     name = None
     every = None if op.endswith(" (agreement step)") else "*"
     own = "all_sum" if op == "all_avg" else op  # (an average is all_sum's bits, divided: `collectives`)
     for entry_op, entry_name in comm.settings.algo:
-        if entry_op in (own, every, GROUPS.get(kind)):
+        if entry_op in (own, like, every, GROUPS.get(kind)):
             name = entry_name
     return name
 
@@ -409,25 +411,26 @@ def forced(comm: Comm, op: str) -> str | None:
 CHOICES_KEPT = 256  # choices a communicator remembers (its kinds of call); then it starts afresh
 
 
-def choose(comm: Comm, op: str, nbytes: int) -> Algorithm:
-    """The algorithm that runs `op` on `comm` for `nbytes` per rank: RINGDIST_ALGO's, else the table's.
+def choose(comm: Comm, op: str, nbytes: int, like: str | None = None) -> Algorithm:
+    """The algorithm that runs `op` on `comm` for `nbytes` per rank: RINGDIST_ALGO's (`forced`;
+    `like`: the all-reduce whose bits `op` gives), else the table's.
 
     Remembered per communicator, for what the choice depends on (a small collective's whole
     budget is tens of microseconds; the table's walk costs a few)."""
-    key = (op, nbytes, comm.both_ways, comm.direct_max_override)
+    key = (op, nbytes, comm.both_ways, comm.direct_max_override, like)
     cache = comm.choices
     algorithm = cache.get(key)
     if algorithm is None:
-        algorithm = _choose(comm, op, nbytes)
+        algorithm = _choose(comm, op, nbytes, like)
         if len(cache) >= CHOICES_KEPT:
             cache.clear()
         cache[key] = algorithm
     return algorithm
 
 
-def _choose(comm: Comm, op: str, nbytes: int) -> Algorithm:
+def _choose(comm: Comm, op: str, nbytes: int, like: str | None = None) -> Algorithm:
     kind = KIND_OF[op]
-    name = forced(comm, op)
+    name = forced(comm, op, like)
     if name is not None:
         algorithm = ALGORITHMS.get(name)
         if algorithm is None:
