@@ -283,3 +283,30 @@ def test_a_block_gone_from_its_owners_memory_is_a_lost_peer():
                         r"memory \(process \d+\) failed: Bad address \(its memory there is gone: the process is "
                         r"exiting\)", got[0]), got
     assert got[1].startswith("PeerLostError: ") and "reading rank 1's block" in got[1], got
+
+
+def test_a_rooted_reduce_of_large_slices_gives_the_all_reduces_bytes():
+    # Slices past 8 MiB: the rooted reduce keeps a slice off the root in scratch, a round at a
+    # time, and runs the all-reduce's very rounds and pieces (it went through the segments,
+    # whose pieces end elsewhere: a complex product ending a piece rounded another way, and a
+    # sum of two NaNs kept the other one).
+    n, per = 2, (8 << 20) // 16 + 1
+    z, w = 0.18905338179353307 - 0.5227484414807474j, -0.41306354339189344 - 2.4414673826398556j
+    inputs = [np.ones(n * per, complex), np.ones(n * per, complex)]
+    for i in (per - 1, n * per - 1):
+        inputs[0][i], inputs[1][i] = z, w
+    with np.errstate(invalid="ignore"):
+        negative = np.full(n * per, np.inf) - np.inf
+    nans = [np.full(n * per, np.nan), negative]
+
+    def rank(g):
+        x, y = inputs[g.rank()], nans[g.rank()]
+        with np.errstate(invalid="ignore"):
+            calls = [rd.all_prod(x, group=g), rd.reduce(x, 0, op="prod", group=g),
+                     rd.all_sum(y, group=g), rd.reduce(y, 0, group=g)]
+        return [None if c is None else c.tobytes() for c in calls], tuning.choose(g, "all_prod", x.nbytes).name
+
+    got = run_ranks(n, rank)
+    assert got[0][1] == "shm-cma", got[0][1]
+    (prod0, reduced_prod, sum0, reduced_sum), (prod1, _, sum1, _) = got[0][0], got[1][0]
+    assert prod0 == prod1 == reduced_prod and sum0 == sum1 == reduced_sum

@@ -112,8 +112,10 @@ def all_to_all_even(g: Comm, data: memoryview, out: memoryview, header: wire.Hea
 
 # Bytes of a peer's part of a reduction read at a time (the scratch they pass through).
 READ_PIECE = 1 << 20
-# Off the root, a rooted reduce keeps its reduced slice in scratch until the root has read it:
-# slices up to this size; larger ones go through the segments (a slot at a time), the same bits.
+# Bytes of a rank's slice of the result in one round of the all-reduce: off the root, a rooted
+# reduce keeps its slice in scratch until the root has read it, and it runs the all-reduce's
+# very rounds and pieces (the same bits: which NaN a fold keeps depends on where numpy's
+# vector loop ends).
 ROOTED_SLICE_MAX = 8 << 20
 
 
@@ -147,39 +149,47 @@ def _fold_from_inputs(g: Comm, ufunc: np.ufunc, own: np.ndarray, at: int, dst: n
 
 def reduce(g: Comm, arr: np.ndarray, op: str, header: wire.Header, timeout: float | None,
            root: int | None = None) -> np.ndarray | None:
-    """The all-reduce; with `root`, only the root reads the reduced slices (None elsewhere)."""
+    """The all-reduce, in rounds of slices of ROOTED_SLICE_MAX bytes at most (one, but for large
+    arrays); with `root`, only the root reads the reduced slices (None elsewhere)."""
     n, r = g.size(), g.rank()
     ufunc = REDUCERS[op]
     own = np.ascontiguousarray(arr).reshape(-1)
     dtype = own.dtype
-    bounds = schedule.block_bounds(own.size, n)
-    lo, hi = bounds[r]
     gets = root is None or r == root
     out = buffers.cache.empty(arr.shape, dtype) if gets else None
     flat = out.reshape(-1) if out is not None else None
-    # Where this rank's reduced slice goes: its place in the result, or scratch off the root.
-    mine = flat[lo:hi] if flat is not None else buffers.cache.empty((hi - lo,), dtype,
-                                                                   min_bytes=buffers.SCRATCH_MIN_BYTES)
     signals = g._signals
     assert signals is not None
     name = header.fields["op"]
-    signals.publish(crossmem.address(own), crossmem.address(mine))
-    signal(g, name, header, timeout)  # every rank's input and the place of its slice are said
-    _fold_from_inputs(g, ufunc, own, lo, mine, [signals.published(q) for q in range(n)], name)
-    signal(g, name, header, timeout)  # every slice is reduced; no rank reads an input any more
-    if flat is not None:
-        for q in g.shm.others:  # type: ignore[union-attr]
-            qlo, qhi = bounds[q]
-            if qhi > qlo:
-                _read(g, q, byte_view(flat[qlo:qhi]), signals.published(q, shmsignal.ADDRESS_2), name)
-    signal(g, name, header, timeout)  # every reader has its slices: the buffers may change
+    inputs: list[int] = []
+    scratch = None  # off the root: where this rank's reduced slice waits for the root
+    per_round = max(1, ROOTED_SLICE_MAX // dtype.itemsize) * n
+    for a in range(0, max(own.size, 1), per_round):
+        b = min(own.size, a + per_round)
+        bounds = schedule.block_bounds(b - a, n)
+        lo, hi = bounds[r]
+        if flat is not None:
+            mine = flat[a + lo:a + hi]
+        else:
+            if scratch is None:  # (the first round's slice is the largest)
+                scratch = buffers.cache.empty((hi - lo,), dtype, min_bytes=buffers.SCRATCH_MIN_BYTES)
+            mine = scratch[:hi - lo]
+        signals.publish(crossmem.address(own), crossmem.address(mine))
+        signal(g, name, header, timeout)  # every rank's input and the place of its slice are said
+        inputs = inputs or [signals.published(q) for q in range(n)]
+        _fold_from_inputs(g, ufunc, own, a + lo, mine, inputs, name)
+        signal(g, name, header, timeout)  # every slice is reduced; no rank reads an input any more
+        if flat is not None:
+            for q in g.shm.others:  # type: ignore[union-attr]
+                qlo, qhi = bounds[q]
+                if qhi > qlo:
+                    _read(g, q, byte_view(flat[a + qlo:a + qhi]), signals.published(q, shmsignal.ADDRESS_2), name)
+        signal(g, name, header, timeout)  # every reader has its slices: the buffers may change
     return out
 
 
 def reduce_root(g: Comm, arr: np.ndarray, op: str, root: int, header: wire.Header,
                 timeout: float | None) -> np.ndarray | None:
-    if -(-arr.size // g.size()) * arr.dtype.itemsize > ROOTED_SLICE_MAX:  # alike on every rank
-        return shm.reduce(g, arr, op, header, timeout, root)
     return reduce(g, arr, op, header, timeout, root)
 
 
