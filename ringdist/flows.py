@@ -36,10 +36,11 @@ MAX_FRAME = 64 * 1024 * 1024
 DIRECT_MIN = 64 * 1024  # below this many bytes left, payload goes through the staging buffer
 SMALL_REST = 64 * 1024  # with this little left to receive, read ahead freely into the stage
 REDUCE_CHUNK = 64 * 1024  # a reducing inflow folds what has landed once this much is there
-# ...in calls that end on a multiple of this many bytes from the segment's start (but its last):
-# numpy's vector loops and their scalar tail may differ in a NaN's sign (float32 add of +NaN and
-# -NaN), so folds cut where TCP happened to deliver varied run to run; cut on whole blocks they
-# give a whole-array call's bits (a scan's promise: numpy's sequential fold, bit for bit).
+# ...in calls that end on a multiple of this many bytes from the segment's start (but its last,
+# which folds the segment's last whole block and the rest): numpy's vector loops and their
+# scalar tail may differ in a NaN's sign (float32 add of +NaN and -NaN), so folds cut where TCP
+# happened to deliver varied run to run; cut on whole blocks they give a whole-array call's
+# bits (a scan's promise: numpy's sequential fold, bit for bit).
 REDUCE_BLOCK = 4096
 POLLOUT = select.POLLOUT
 STAGED_PAYLOAD_MAX = 16 * 1024  # `take` reads a payload up to this with its header, into the stage
@@ -264,6 +265,15 @@ class ReducingInflow(Inflow):
     def ready(self) -> int:
         return self.reduced
 
+    def _fold(self, acc: np.ndarray, own: np.ndarray, dest: np.ndarray, a: int, b: int) -> None:
+        if dest is not acc:  # what landed stays; the fold goes on in place in dest, as `fold_in_place`
+            np.copyto(dest[a:b], acc[a:b])
+            self.ufunc(dest[a:b], own[a:b], out=dest[a:b])
+        elif self.own_first:  # `combine`: the bits of the peer's fold of the same pair
+            combine(self.ufunc, own[a:b], acc[a:b], acc[a:b])
+        else:
+            combine(self.ufunc, acc[a:b], own[a:b], acc[a:b])
+
     def on_data(self) -> None:
         while self.reduced < self.received:
             acc, own, dest = self.pairs[self.red_seg]
@@ -277,15 +287,14 @@ class ReducingInflow(Inflow):
                 a = (self.reduced - self.red_seg_start) // self.itemsize
                 b = (end - self.red_seg_start) // self.itemsize
                 if end < self.red_seg_start + seg_bytes:
-                    b -= b % self.block
+                    # Whole blocks, short of the segment's last whole one: the last call folds
+                    # that block and the rest, however the bytes came (a rest alone, under 8
+                    # elements, is numpy's scalar loop, which keeps another NaN than a longer
+                    # call's last elements: one rank's fold would differ from its peer's).
+                    elements = seg_bytes // self.itemsize
+                    b = min(b - b % self.block, max(0, elements - elements % self.block - self.block))
                 if b > a:
-                    if dest is not acc:  # what landed stays; the fold goes on in place in dest, as `fold_in_place`
-                        np.copyto(dest[a:b], acc[a:b])
-                        self.ufunc(dest[a:b], own[a:b], out=dest[a:b])
-                    elif self.own_first:  # `combine`: the bits of the peer's fold of the same pair
-                        combine(self.ufunc, own[a:b], acc[a:b], acc[a:b])
-                    else:
-                        combine(self.ufunc, acc[a:b], own[a:b], acc[a:b])
+                    self._fold(acc, own, dest, a, b)
                     self.reduced = self.red_seg_start + b * self.itemsize
                 elif end < self.red_seg_start + seg_bytes:
                     return  # a partial element: wait for the rest
