@@ -52,7 +52,8 @@ def byte_view(arr: np.ndarray) -> memoryview:
 
 
 def reducible(arr: np.ndarray, op: str, call: str | None = None, g: Any = None) -> np.ndarray:
-    """`arr` as a reduction folds it: C-contiguous and aligned, a copy where it is not. TypeError
+    """`arr` as a reduction folds it: aligned, a copy where it is not (an algorithm's own
+    contiguous copy of a strided one is, and is its working copy too). TypeError
     unless numpy's ufunc for `op` reduces this dtype: numbers, bool, and numeric extension dtypes
     such as ml_dtypes' bfloat16 and float8 (kind 'V' without fields). Strings would "add" by
     concatenation, truncated; objects and structured dtypes are not numbers.
@@ -66,8 +67,7 @@ def reducible(arr: np.ndarray, op: str, call: str | None = None, g: Any = None) 
         why = _unreducible[(dt, op)] = _why_unreducible(dt, op)
     if why is not None:
         raise TypeError(f"{'' if g is None else f'rank {g.rank()}: '}{call or op}: {why}")
-    flags = arr.flags
-    return arr if flags.aligned and flags.c_contiguous else arr.copy(order="C")
+    return arr if arr.flags.aligned else arr.copy(order="C")
 
 
 _unreducible: dict[tuple[np.dtype, str], str | None] = {}  # (dtype, op) -> why it cannot be reduced, or None

@@ -150,9 +150,9 @@ def test_ctrl_c_while_the_launcher_loads_ends_it_quietly():
     proc = start_launcher(["-n", "1", SLEEPER, "60"])
     try:
         deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:  # numpy loads only once `main` runs: it is loading now
+        while time.monotonic() < deadline:  # msgpack loads with the job's modules: it is loading now
             try:
-                if "numpy" in Path(f"/proc/{proc.pid}/maps").read_text():
+                if "msgpack" in Path(f"/proc/{proc.pid}/maps").read_text():
                     break
             except OSError:
                 if not LINUX:
