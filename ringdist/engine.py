@@ -26,7 +26,7 @@ from typing import Any, Callable
 from . import deadlines, wire
 from .channel import Channel, world_of
 from .errors import RingError, RingTimeoutError
-from .flows import Inflow, Outflow, Segments, Watch, intro
+from .flows import MAX_FRAME, Inflow, Outflow, Segments, Watch, intro
 
 perf_counter = time.perf_counter
 POLLIN = select.POLLIN | select.POLLPRI
@@ -235,6 +235,9 @@ def exchange(peers: list[Channel], sends: list[memoryview], recvs: list[memoryvi
     last, first = -1, b""  # the intro of the last length seen: blocks are mostly of one length
     for ch, send in zip(peers, sends):
         n = len(send)
+        if n > MAX_FRAME:  # a large block: in frames of MAX_FRAME, as every outflow cuts them (the poll loop)
+            outflows.append(Outflow(ch, Segments([send]), op, header))
+            continue
         if n != last:
             first, last = intro(header, n), n
         sent = ch.sendmsg([first, send], op)
@@ -249,10 +252,13 @@ def exchange(peers: list[Channel], sends: list[memoryview], recvs: list[memoryvi
         last = -1
     for ch, dest in zip(froms, recvs):
         n = len(dest)
-        if n != last:
-            first, last = intro(expect, n), n
         flow = Inflow(ch, Segments([dest]), op, expect)
         ch.drained = False  # until a read of this call finds the socket empty
+        if n > MAX_FRAME:  # several frames (above): the poll loop reads them
+            odd.append(flow)
+            continue
+        if n != last:
+            first, last = intro(expect, n), n
         if ch.reader.end != ch.reader.start:  # read ahead earlier: take it first
             state = flow.take(first)
             if state is None:

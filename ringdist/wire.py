@@ -53,7 +53,12 @@ PACK_BUFFER = 1024  # msgpack's initial buffer (it grows as needed); its default
 NONCE_SIZE = 16
 
 
+MAX_LENGTH = 0xFFFFFFFF  # a frame's length field holds this at most: larger payloads go in several frames
+
+
 def encode_prefix(kind: int, length: int) -> bytes:
+    if length > MAX_LENGTH:
+        raise ProtocolError(f"a frame of {length} bytes: a frame's length holds {MAX_LENGTH} at most")
     return PREFIX.pack(MAGIC, kind, length)
 
 

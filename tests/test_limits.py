@@ -232,3 +232,41 @@ def test_the_buffer_cache_default_shares_a_quarter_of_the_memory_among_the_local
     assert got == [1024, 1024, 512, 128, 64]
     assert Settings.from_env({}).buffer_cache_mb == 1024
     assert Settings.from_env({"LOCAL_WORLD_SIZE": "64", "RINGDIST_BUFFER_CACHE_MB": "2048"}).buffer_cache_mb == 2048
+
+
+def test_blocks_past_the_largest_frame_go_in_several_frames_on_the_direct_paths(monkeypatch):
+    # A frame's length is 32 bits: the direct paths sent a block as one DATA frame, and one of
+    # 4 GiB raised struct.error (below 4 GiB a 3 GiB frame kept an ABORT waiting behind it).
+    # With the largest frame made 256 KiB, 1 MiB blocks go in frames of it, and arrive whole.
+    from ringdist import engine, flows, wire
+    from harness import run_ranks
+
+    limit = 256 * 1024
+    monkeypatch.setattr(flows, "MAX_FRAME", limit)
+    monkeypatch.setattr(engine, "MAX_FRAME", limit)
+    single, whole = [], engine.intro  # the blocks that go as one frame
+
+    def intro(header, n):
+        single.append(n)
+        return whole(header, n)
+
+    monkeypatch.setattr(engine, "intro", intro)
+    m = (1 << 20) + 3
+
+    def rank(g):
+        r, n = g.rank(), g.size()
+        x = (np.arange(m * n, dtype=np.int64) * (r + 1)).astype(np.uint8)
+        gathered = rd.gather(x[:m], 0, group=g)
+        scattered = rd.scatter(x if r == 0 else None, 0, group=g)
+        exchanged = rd.all_to_all(x, group=g)
+        return gathered, scattered, exchanged
+
+    got = run_ranks(2, rank, shm=False)
+    blocks = [(np.arange(m * 2, dtype=np.int64) * (q + 1)).astype(np.uint8) for q in range(2)]
+    assert np.array_equal(got[0][0], np.concatenate([b[:m] for b in blocks]))
+    for r in range(2):
+        assert np.array_equal(got[r][1], blocks[0][r * m:(r + 1) * m])
+        assert np.array_equal(got[r][2], np.concatenate([blocks[q][r * m:(r + 1) * m] for q in range(2)]))
+    assert single and max(single) <= limit  # (the small exchanges still go whole)
+    with pytest.raises(rd.ProtocolError, match="a frame of 4294967296 bytes"):
+        wire.encode_prefix(wire.DATA, 1 << 32)
