@@ -980,16 +980,21 @@ class Comm:
             poller = self._in_poller
             if poller is None:
                 poller = self._in_poller = select.poll()
-            polled = self._in_polled
             entries = list(table.items())  # (another thread may add one meanwhile)
-            if len(polled) + len(self._in_unpolled) < len(entries):
-                for peer, (ch, _) in entries:
-                    if ch.fd not in polled and peer not in self._in_unpolled:
-                        poller.register(ch.fd, select.POLLIN)
-                        polled[ch.fd] = peer
-            found = [polled[fd] for fd, _ in poller.poll(0)]
+            found = self._arrived(poller, entries)
         found.extend(peer for peer, (ch, _) in entries if ch.reader.end != ch.reader.start)
         return found
+
+    def _arrived(self, poller: "select.poll", entries: list) -> list[int]:
+        """The senders whose connection `poller` finds readable, each connection among `entries`
+        registered first (under `_in_lock`; a function of its own: `handle._hook`)."""
+        polled = self._in_polled
+        if len(polled) + len(self._in_unpolled) < len(entries):
+            for peer, (ch, _) in entries:
+                if ch.fd not in polled and peer not in self._in_unpolled:
+                    poller.register(ch.fd, select.POLLIN)
+                    polled[ch.fd] = peer
+        return [polled[fd] for fd, _ in poller.poll(0)]
 
     def p2p_unpoll(self, peer: int) -> None:
         """Leave the connection from `peer` out of `p2p_arrivals` (it closed between messages)."""

@@ -186,7 +186,7 @@ class Endpoint:
             if len(self._answers) > ENDED_KEPT:  # (with the "keep waiting" it kept once closed: `discard`)
                 oldest = next(iter(self._answers))
                 del self._answers[oldest]
-                self._dialed = {d for d in self._dialed if d[0] != oldest}
+                self._dialed = _without(self._dialed, oldest)
             asks = self._pop_asks(lambda where: where[0] == group)
         for sock in asks:
             channel.send_quietly(sock, frame)
@@ -195,6 +195,14 @@ class Endpoint:
     def _pop_asks(self, which: Callable[[tuple[str, int, int]], bool]) -> list[socket.socket]:
         """The kept asks of the (group, rank, lane)s `which` says, taken out (under the lock)."""
         return [sock for where in [w for w in self._asks if which(w)] for sock in self._asks.pop(where)]
+
+    def _pop_filed(self, which: Callable[[InboxKey], bool]) -> list[socket.socket]:
+        """The inbox's connections whose keys `which` says, taken out (under the lock). Loops
+        under the lock are functions of their own (`handle._hook`: Python 3.13 and Ctrl-C)."""
+        return [conn for key in [k for k in self._inbox if which(k)] for conn in self._inbox.pop(key)]
+
+    def _filed_peers(self, group: str, kind: str) -> list[int]:
+        return [key.peer for key in self._inbox if key.group == group and key.kind == kind]
 
     def note_dialing(self, group: str, peer: int) -> None:
         """This rank is making its message connection to rank `peer` of `group`: `_file`'s answer
@@ -241,8 +249,7 @@ class Endpoint:
                 del self._aborted[next(iter(self._aborted))]
             # Its links that came but were not taken yet: their dialer may be reading one for
             # this call's data. (A message connection's sender is told by `Comm._tell_pairs`.)
-            filed = [conn for key in [k for k in self._inbox if k.group == group and (messages or k.kind != "p2p")]
-                     for conn in self._inbox.pop(key)]
+            filed = self._pop_filed(lambda k: k.group == group and (messages or k.kind != "p2p"))
         for conn in filed:
             channel.send_quietly(conn, frame)
             conn.close()
@@ -384,7 +391,7 @@ class Endpoint:
     def filed(self, group: str, kind: str) -> list[int]:
         """The peers whose connection of `kind` for `group` waits in the inbox, not yet taken."""
         with self._cond:
-            return [key.peer for key in self._inbox if key.group == group and key.kind == kind]
+            return self._filed_peers(group, kind)
 
     def ask(self, addresses: list[tuple[str, int]], group: str, me: int, peer: str,
             timeout: float, lane: int = ASK_MESSAGE) -> socket.socket | None:
@@ -402,20 +409,20 @@ class Endpoint:
         """Close connections waiting in the inbox for `group` (only those of `kind`, if given),
         and those that come later: the group is closed, or could not be made here (group ids
         are not reused), or gave up that kind of connection (shared memory's, after a vote for TCP)."""
+        asks: list[socket.socket] = []
         with self._cond:
             self._ended[(group, kind)] = None
             if kind is None and group not in self._answers:
                 # (a failed group's asks are still answered "keep waiting" where it dialed)
-                self._dialed = {d for d in self._dialed if d[0] != group}
+                self._dialed = _without(self._dialed, group)
             if kind is None:
-                self._linked = {d for d in self._linked if d[0] != group}
-                for sock in self._pop_asks(lambda where: where[0] == group):
-                    sock.close()
+                self._linked = _without(self._linked, group)
+                asks = self._pop_asks(lambda where: where[0] == group)
             if len(self._ended) > ENDED_KEPT:
                 del self._ended[next(iter(self._ended))]
-            for key in [k for k in self._inbox if k.group == group and kind in (None, k.kind)]:
-                for conn in self._inbox.pop(key):
-                    conn.close()
+            filed = self._pop_filed(lambda k: k.group == group and kind in (None, k.kind))
+        for sock in asks + filed:
+            sock.close()
 
     # ---- connecting --------------------------------------------------------------------------
 
@@ -573,3 +580,8 @@ def local_backend(wanted: str) -> str | None:
     if wanted == "auto" and channel.local_sockets():
         return "memfd"
     return "posix" if posixshm.available() else None
+
+
+def _without(marks: set, group: str) -> set:
+    """`marks` ((group, ...) tuples) but `group`'s (`Endpoint._pop_filed` on loops under a lock)."""
+    return {mark for mark in marks if mark[0] != group}

@@ -175,8 +175,7 @@ def wait_any(works: "list[Work]", timeout: float | None = None) -> tuple[int, An
             pass
 
     with lock:  # (a completion sets its event before it reads its hooks: none is missed)
-        for each in works:
-            each._hooks = (each._hooks or []) + [wake]
+        _hook(works, wake)
     try:
         while True:
             for i, w in enumerate(works):
@@ -191,14 +190,27 @@ def wait_any(works: "list[Work]", timeout: float | None = None) -> tuple[int, An
             break
     finally:
         with lock:
-            for each in works:
-                if each._hooks is not None and wake in each._hooks:
-                    each._hooks = [h for h in each._hooks if h is not wake] or None
+            _unhook(works, wake)
     try:
         return i, w.wait()
     except Exception as exc:
         exc.index = i  # type: ignore[attr-defined]  (which handle failed, as MPI's Waitany says)
         raise
+
+
+# A loop inside a `with` block is a function of its own (`_hook`, `_unhook`, and elsewhere):
+# Python 3.13 looks for signals at a loop's back-edge, and an exception a signal handler raises
+# at some of them (Ctrl-C) skipped the block's __exit__, leaving its lock held (CPython issue
+# 130279); a call inside the block is covered.
+def _hook(works: "list[Work]", wake: Callable[[], None]) -> None:
+    for each in works:
+        each._hooks = (each._hooks or []) + [wake]
+
+
+def _unhook(works: "list[Work]", wake: Callable[[], None]) -> None:
+    for each in works:
+        if each._hooks is not None and wake in each._hooks:
+            each._hooks = [h for h in each._hooks if h is not wake] or None
 
 
 def wait_all(works: "list[Work]", timeout: float | None = None) -> list[Any]:

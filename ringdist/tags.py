@@ -109,16 +109,19 @@ class Held:
         `reserved`: tags of messages a receive posted before this one waits for (not these)."""
         if not self.by_sender:  # the common case: nothing read ahead (a read without the lock)
             return None
-        with self._lock:
-            held = self.by_sender.get(src)
-            if not held:
-                return None
-            for i, message in enumerate(held):
-                if matches(tag, message.tag) and message.tag not in reserved:
-                    del held[i]
-                    if not held:
-                        del self.by_sender[src]
-                    return message
+        with self._lock:  # (the loop in a function of its own: `handle._hook`)
+            return self._take(src, tag, reserved)
+
+    def _take(self, src: int, tag: int, reserved: frozenset[int]) -> "Message | None":
+        held = self.by_sender.get(src)
+        if not held:
+            return None
+        for i, message in enumerate(held):
+            if matches(tag, message.tag) and message.tag not in reserved:
+                del held[i]
+                if not held:
+                    del self.by_sender[src]
+                return message
         return None
 
     def take_first(self, order: list[int], tag: int, reserved: frozenset[int] = frozenset()) -> tuple[int, Message] | None:
