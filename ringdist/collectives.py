@@ -198,17 +198,19 @@ def all_reduce(x: Any, op: str = "sum", *, group: Comm | None = None, timeout: f
 
 def _averages(dt: np.dtype) -> bool:
     """Whether an array of dtype `dt` can hold its average: floating and complex dtypes, and
-    numeric extension ones that numpy divides in place (bfloat16, float8; not int4)."""
+    numeric extension ones that hold a half (bfloat16, float8; not int4, which older ml_dtypes
+    divide in place, truncating)."""
     if dt.kind in "fc":
         return True
     if dt.kind != "V":
         return False
     probe = np.ones(1, dtype=dt)
     try:
-        np.divide(probe, 2, out=probe)
+        with np.errstate(all="ignore"):
+            np.divide(probe, 2, out=probe)
     except TypeError:
         return False
-    return True
+    return float(probe[0]) == 0.5
 
 
 def _all_average(x: Any, group: Comm | None, timeout: float | None, async_op: bool) -> Any:

@@ -30,7 +30,7 @@ def _block(r, dtype, shape, seed):
     rng = np.random.default_rng(seed * 100 + r)
     x = rng.integers(0, 4, size=shape).astype(dtype)  # few values: many ties
     if np.dtype(dtype).kind not in "iub" and x.size:
-        nan = np.timedelta64("NaT") if np.dtype(dtype).kind == "m" else np.nan
+        nan = np.timedelta64("NaT", "s") if np.dtype(dtype).kind == "m" else np.nan
         x.flat[rng.integers(0, x.size)] = nan if r % 2 else x.flat[0]
     return x
 
@@ -55,6 +55,8 @@ def test_every_rank_gets_numpy_s_extremes_and_the_least_index_holding_each(n, wh
     values, where = _expected(blocks, which, indices)
     for got_values, got_where in run_ranks(n, rank):
         assert got_values.dtype == np.dtype(dtype) and got_where.dtype == np.int64
+        if np.dtype(dtype).kind == "V":  # (numpy 1.x's comparison takes bfloat16's NaN for no NaN)
+            got_values, values = got_values.astype(np.float32), values.astype(np.float32)
         np.testing.assert_array_equal(got_values, values)  # NaN where numpy has NaN
         np.testing.assert_array_equal(got_where, where)
 

@@ -5,12 +5,13 @@ and exits 0. The first child moved to a process group of its own but stayed in t
 usage: regrouped_child.py SECONDS
 """
 
+import os
 import subprocess
 import sys
 import time
 
 seconds = float(sys.argv[1])
-regrouped = subprocess.Popen(["sleep", "371"], process_group=0)
+regrouped = subprocess.Popen(["sleep", "371"], preexec_fn=lambda: os.setpgid(0, 0))  # (process_group=0: 3.11+)
 left = subprocess.Popen(["sleep", "372"], start_new_session=True)
 print(f"children {regrouped.pid} {left.pid}", flush=True)
 time.sleep(seconds)
