@@ -8,6 +8,8 @@ Launch ranks with `ringdist-launch --hosts hosts.json script.py`. The API mirror
 `mlx.core.distributed` with numpy arrays; see README.md for the whole table.
 """
 
+import atexit
+import sys
 from typing import TYPE_CHECKING
 
 from . import errors
@@ -51,6 +53,22 @@ if TYPE_CHECKING:
     from .prefix import scan
     from .work import Work
     from .handle import wait_all, wait_any
+
+
+def _at_exit() -> None:
+    """ringdist's exit hook, registered as the package is imported, before a user's exit hooks
+    (which run first, and may still use the world group): the world group and the rest closed
+    (`world.shutdown`), then the socket files this process made removed. Modules loaded later
+    (the API loads on first use) register none of their own for these."""
+    world = sys.modules.get(f"{__name__}.world")
+    if world is not None:
+        world.shutdown()
+    posixshm = sys.modules.get(f"{__name__}.posixshm")
+    if posixshm is not None:
+        posixshm.remove_all()
+
+
+atexit.register(_at_exit)
 
 
 def __getattr__(name: str) -> object:

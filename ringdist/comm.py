@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import importlib
 import ipaddress
 import numbers
 import os
@@ -76,7 +77,10 @@ def set_default(factory: "Callable[[], Comm]") -> None:
 
 
 def default() -> "Comm":
-    """The default communicator: the world group, made on first use."""
+    """The default communicator: the world group, made on first use (`world` loaded first where
+    only a submodule was imported: `from ringdist.collectives import all_sum`)."""
+    if _default is None:
+        importlib.import_module("ringdist.world")
     assert _default is not None, "ringdist.world sets the default communicator"
     return _default()
 

@@ -137,13 +137,19 @@ def joined(main: Work, other: Work, op: str, g: Any) -> Work:
             both.complete(None if errors else main._result, errors[0] if errors else None)
 
     with lock:
-        unreported.add(both)
-        for w in (main, other):
-            w._waited = True  # (reported through `both`)
-            unreported.discard(w)
-            w._hooks = (w._hooks or []) + [settle]
+        _join(both, (main, other), settle)
         settle()  # either may be done already (under `lock`, as completions are: none is missed)
     return both
+
+
+def _join(both: Work, works: "tuple[Work, Work]", settle: Callable[[], None]) -> None:
+    """`works` reported through `both`, each settling it as it completes (under `lock`; a loop of
+    its own: `_hook`)."""
+    unreported.add(both)
+    for w in works:
+        w._waited = True
+        unreported.discard(w)
+        w._hooks = (w._hooks or []) + [settle]
 
 
 def forget(work: Work) -> None:

@@ -19,7 +19,6 @@ Linux with `RINGDIST_SHM=posix`. Like `channel`, an edge where `OSError` becomes
 
 from __future__ import annotations
 
-import atexit
 import mmap
 import os
 import secrets
@@ -189,11 +188,11 @@ def forget_in_child() -> None:
     _made.clear()
 
 
-def _remove_all() -> None:
+def remove_all() -> None:
+    """Every socket file this process made and has not removed (at exit: `ringdist._at_exit`)."""
     for path in list(_made):
         remove(path)
 
 
-atexit.register(_remove_all)
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=forget_in_child)

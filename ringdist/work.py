@@ -168,7 +168,7 @@ def _ensure_exit_hook() -> None:
     global _wake_r, _wake_w
     if _wake_r < 0:
         _wake_r, _wake_w = os.pipe()
-        atexit.register(_at_exit)  # runs before world.shutdown's (registered at import)
+        atexit.register(_at_exit)  # runs before world.shutdown (`ringdist._at_exit`, registered at import)
 
 
 def _ensure_thread() -> None:
@@ -317,6 +317,10 @@ def before_close(g: Comm, why: str = "closed") -> None:
         jobs.closing.discard(g)
 
 
+def _pending_works() -> list:
+    return [job.work for lane in jobs.pending.values() for job in lane]
+
+
 def _at_exit() -> None:
     """End every outstanding operation, stop the thread (bounded), log failures never waited."""
     global _stopping, _thread, active
@@ -327,7 +331,7 @@ def _at_exit() -> None:
         _stopping = True
         runners.exiting()
         jobs.closing.update(jobs.pending)
-        lasts = [job.work for lane in jobs.pending.values() for job in lane]
+        lasts = _pending_works()  # (a loop of its own: `handle._hook`)
         groups = list(jobs.pending)
     for g in groups:
         runners.end(g, jobs.closed_error(g, True))

@@ -16,7 +16,6 @@ With neither, the world is a single process.
 
 from __future__ import annotations
 
-import atexit
 import ipaddress
 import logging
 import os
@@ -201,6 +200,5 @@ def _after_fork_in_child() -> None:
     _hosted = None
 
 
-atexit.register(shutdown)
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)

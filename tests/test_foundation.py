@@ -144,6 +144,20 @@ def test_a_message_to_nobody_on_the_default_group_names_the_rank_in_its_errors()
         "rank 0: send: tag=-1: a tag is an integer from 0 to 2147483647"], res.stdout
 
 
+def test_a_submodule_imported_alone_and_an_exit_hook_before_init_use_the_world_group():
+    # The API loads on first use: a collective imported from its module still makes the default
+    # group, and ringdist's exit hook (registered as the package is imported) runs after a
+    # user's registered before init().
+    from helpers import SCRIPTS, run_launcher
+
+    res = _python("import numpy as np\nfrom ringdist.collectives import all_sum\nprint(all_sum(np.ones(3)).tolist())")
+    assert res.returncode == 0 and res.stdout.strip() == "[1.0, 1.0, 1.0]", res.stdout + res.stderr
+    res = run_launcher(["-n", "2", str(SCRIPTS / "exit_hook.py")], timeout=60)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert sorted(line for line in res.stdout.splitlines() if "exit hook" in line) == [
+        "[0] exit hook: [2.0]", "[1] exit hook: [2.0]"], res.stdout + res.stderr
+
+
 def test_init_strict_without_launcher_raises_config_error():
     res = _python("import ringdist as rd\n"
                   "try:\n    rd.init(strict=True)\nexcept rd.ConfigError as e:\n    print('ConfigError:', e)\n")

@@ -17,9 +17,10 @@ every reader is done: the owner may return, and its caller change the buffer.
 - all-reduce (and rooted reduce): each rank says where its input and its slice of the
   result lie, signals, reduces slice r of every rank's input in rank order (read a piece at
   a time through a scratch buffer), signals, and reads every peer's reduced slice out of
-  that peer's memory (the root alone, in a rooted reduce). Three signals whatever the size
-  and N, where the segments take two a round of a slot (12 MiB / 2N): 64 ranks reducing
-  1 MiB took 22 signals, each waiting for all 64 ranks.
+  that peer's memory (the root alone, in a rooted reduce). Three signals a round of slices of
+  up to 8 MiB (one round but for large arrays), whatever N, where the segments take two a
+  round of a slot (12 MiB / 2N): 64 ranks reducing 1 MiB took 22 signals, each waiting for
+  all 64 ranks.
 - reduce-scatter: each rank says where its input lies, signals, sums block r of every rank's
   input in rank order into its output, and signals that it reads no input any more: two
   signals, where the segments take one a round of a slot's 1/N of each block.
