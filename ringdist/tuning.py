@@ -396,13 +396,16 @@ def facts(comm: Comm, nbytes: int) -> Facts:
 def forced(comm: Comm, op: str, like: str | None = None) -> str | None:
     """The algorithm RINGDIST_ALGO names for `op`, if any (the last matching entry wins); `like`:
     the all-reduce whose bits `op` gives (a rooted reduce, MAXLOC's values: `collectives`), whose
-    entries count too. A call's agreement steps are always the table's: `*` forces the calls,
-    not their steps."""
+    entries count too, unless an entry names `op` itself. A call's agreement steps are always
+    the table's: `*` forces the calls, not their steps."""
     kind = KIND_OF[op]
     name = None
     every = None if op.endswith(" (agreement step)") else "*"
     own = "all_sum" if op == "all_avg" else op  # (an average is all_sum's bits, divided: `collectives`)
-    for entry_op, entry_name in comm.settings.algo:
+    algo = comm.settings.algo
+    if like is not None and any(entry_op == own for entry_op, _ in algo):
+        like = None  # (`reduce:X,all_sum:Y`: the rooted reduce runs X)
+    for entry_op, entry_name in algo:
         if entry_op in (own, like, every, GROUPS.get(kind)):
             name = entry_name
     return name

@@ -67,6 +67,12 @@ def test_a_reduce_gives_all_reduces_bytes_when_only_the_all_reduce_is_forced():
     got = run_ranks(3, rank, algo=(("all_sum", "ring"), ("all_max", "ring")))
     assert got[0][1] == got[0][0]
     assert all(r[2] == r[3] == got[0][2] for r in got)
+    # An entry naming the rooted reduce itself still wins, wherever it stands.
+    from ringdist import tuning
+
+    chosen = run_ranks(3, lambda g: tuning.choose(g, "reduce", 8000, "all_sum").name, shm=False,
+                       algo=(("reduce", "direct"), ("all_sum", "ring")))
+    assert chosen == ["direct"] * 3
 
 
 @pytest.mark.skipif(np.finfo(np.longdouble).nmant != 63 or np.dtype(np.longdouble).itemsize != 16,
