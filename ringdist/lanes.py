@@ -191,8 +191,8 @@ class Lanes:
             if now - job.since > job.timeout:
                 plan = job.plan
                 if job.opened:
-                    self._failed(job, engine.stall_error(plan.inflows, plan.outflows, plan.op,  # type: ignore[union-attr]
-                                                         job.g.rank(), job.timeout))
+                    streams = plan.inflows, plan.outflows  # type: ignore[union-attr]
+                    self._failed(job, engine.stall_error(*streams, plan.op, job.g.rank(), job.timeout))
                     continue
                 if plan.sources is not None:  # type: ignore[union-attr]
                     message = plan.waiting(job.timeout)  # type: ignore[union-attr]

@@ -266,8 +266,8 @@ def test_a_departure_gives_the_failure_the_rank_told():
         assert server.waited() == {2: (3, 0)}, server.waited()
         c.close()  # the first to leave, and what it raised, with the next departure
         _, msg, _ = recv_control(a, time.monotonic() + 5)
-        assert msg == {"type": "left", "rank": 2, "why": "its connection to the launcher closed (its process ended); "
-                       "it had raised RingTimeoutError: rank 2, after world rank 1 left first (its connection to the launcher closed (its process ended)"
+        assert msg == {"type": "left", "rank": 2, "why": "its connection to the launcher closed (its process "
+                       "ended); it had raised RingTimeoutError: rank 2, after world rank 1 left first (its connection to the launcher closed (its process ended)"
                        + raised + ")"}, msg
         a.close()
 

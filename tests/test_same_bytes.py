@@ -117,7 +117,8 @@ def test_a_reducing_inflow_folds_the_same_calls_however_the_bytes_come(count):
         landed = np.full(count, np.inf) - np.inf  # -NaN, the peer's
     own = np.full(count, np.nan)
     results = []
-    for bursts in ([count], [count - 3, 3], [count - 1, 1], [70_000, count - 70_000] if count > 70_000 else [7, count - 7],
+    split = 70_000 if count > 70_000 else 7
+    for bursts in ([count], [count - 3, 3], [count - 1, 1], [split, count - split],
                    [8192 + 5] * (count // 8197) + [count - 8197 * (count // 8197)]):
         acc = np.empty(count)
         flow = ReducingInflow(SimpleNamespace(reader=None), [(acc, own)], np.add, "all_sum")
