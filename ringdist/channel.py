@@ -327,8 +327,12 @@ def send_beside_reader(sock: socket.socket, data: bytes, deadline: float, *, pee
         poller.poll(max(1, int(deadlines.left(deadline) * 1000)))
 
 
+REST_WAIT = 1.0  # seconds the rest of a frame begun before a deadline may take past it
+
+
 def recv_exact(sock: socket.socket, n: int, deadline: float, *, peer: str | None = None) -> bytes:
-    """Exactly n bytes before `deadline`.
+    """Exactly n bytes before `deadline`, or REST_WAIT past it once some have come (a frame is
+    sent whole: the rest is on its way, and a read cut there would leave the stream mid-frame).
 
     RingTimeoutError when the deadline passes, PeerLostError when the connection closes or
     fails first; both name `peer` (a description of the other end; by default its address).
@@ -336,12 +340,16 @@ def recv_exact(sock: socket.socket, n: int, deadline: float, *, peer: str | None
     buf = bytearray(n)
     view = memoryview(buf)
     got = 0
+    extended = False
     while got < n:
         try:
             sock.settimeout(deadlines.socket_wait(deadline))
             k = sock.recv_into(view[got:])
         except socket.timeout:
             if deadlines.passed(deadline):
+                if got and not extended:
+                    deadline, extended = deadlines.after(REST_WAIT), True
+                    continue
                 raise RingTimeoutError(f"timed out waiting for {peer or peer_address(sock)} "
                                        f"({got} of {n} bytes received)") from None
             continue  # one slice of a long wait ended
@@ -362,7 +370,7 @@ def recv_control(sock: socket.socket, deadline: float, expect: int | None = None
     kind, length = wire.decode_prefix(recv_exact(sock, wire.PREFIX_SIZE, deadline, peer=peer))
     if kind == wire.DATA:
         raise ProtocolError("DATA frame where a control frame was expected")
-    body = recv_exact(sock, length, deadline, peer=peer)
+    body = recv_exact(sock, length, max(deadline, deadlines.after(REST_WAIT)), peer=peer)  # (begun: `recv_exact`)
     fields = wire.decode_map(body)
     if expect is not None and kind != expect:
         if kind == wire.REJECT:

@@ -360,3 +360,35 @@ def test_a_registration_no_world_can_take_ends_the_wait_of_every_rank(mistake):
     finally:
         dialer.close()
         server.close()
+
+
+def test_a_control_frame_begun_before_a_deadline_is_read_whole():
+    # A rank's init() deadline passed while a rendezvous notice was coming: its prefix was read,
+    # its body not, and the query for the missing ranks then read the body as a prefix ("bad frame
+    # magic", under load; the timeout lost its list of ranks that never registered).
+    import socket
+    import threading
+
+    from ringdist import channel, rendezvous, wire
+    from ringdist import errors as rd_errors
+
+    a, b = socket.socketpair()
+    frame = rendezvous.encode({"type": "left", "rank": 5, "why": "x"})
+    second = rendezvous.encode({"type": "missing", "ranks": [5]})
+    try:
+        a.sendall(frame[:wire.PREFIX_SIZE + 3])
+        later = threading.Timer(0.3, lambda: a.sendall(frame[wire.PREFIX_SIZE + 3:] + second))
+        later.start()
+        _, msg, _ = channel.recv_control(b, time.monotonic() + 0.1)
+        assert msg == {"type": "left", "rank": 5, "why": "x"}
+        _, msg, _ = channel.recv_control(b, time.monotonic() + 5)
+        assert msg == {"type": "missing", "ranks": [5]}
+        later.join()
+        a.sendall(frame[:3])  # a prefix begun and never ended: a timeout, REST_WAIT past the deadline
+        started = time.monotonic()
+        with pytest.raises(rd_errors.RingTimeoutError, match="3 of 8 bytes received"):
+            channel.recv_control(b, time.monotonic() + 0.1)
+        assert 0.9 < time.monotonic() - started < 3
+    finally:
+        a.close()
+        b.close()
