@@ -711,16 +711,16 @@ def unmap(mem: mmap.mmap) -> None:
 
 def world_rank(ch: Any, rank: int, after: str = "") -> str:
     """'world rank W' (and `after`) for group rank `rank` of `ch`'s group where W differs; else ''."""
-    ranks = getattr(ch, "world_ranks", None)
-    if not ranks or not 0 <= rank < len(ranks) or ranks[rank] == rank:
-        return ""
-    return f"world rank {ranks[rank]}{after}"
+    world = world_of(ch, rank)
+    return "" if world == rank else f"world rank {world}{after}"
 
 
-def world_of(ch: Any) -> int:
-    """The world rank of `ch`'s peer."""
+def world_of(ch: Any, rank: int | None = None) -> int:
+    """The world rank of group rank `rank` of `ch`'s group (default: `ch`'s peer); the group
+    rank itself where the channel knows no world ranks."""
+    rank = ch.peer if rank is None else rank
     ranks = getattr(ch, "world_ranks", None)
-    return ranks[ch.peer] if ranks and 0 <= ch.peer < len(ranks) else ch.peer
+    return ranks[rank] if ranks and 0 <= rank < len(ranks) else rank
 
 
 def peer_name(ch: Any, rank: int | None = None) -> str:
