@@ -24,6 +24,8 @@ from .comm import Comm
 from .errors import ConfigError
 
 KIND_OF = {"all_gather": "gather", "barrier": "barrier", "split": "gather", "broadcast": "broadcast",
+           # A grid's arguments, checked alike on every rank (`grid`): a small all_gather.
+           "Grid": "gather", "Grid.sub": "gather",
            **{"all_" + op: "reduce" for op in REDUCE_OPS},  # all_sum ... all_bxor
            **{op + "_scatter": "reduce_scatter" for op in REDUCE_OPS},  # sum_scatter ... bxor_scatter
            # A rooted reduce runs all_<op>'s rows, so its root gets all_<op>'s very bits.

@@ -257,6 +257,9 @@ def describe_dtype(tag: Any) -> str:
         return repr(tag)
 
 
+_EXCHANGES = {"split": "Group.split", "Grid": "Grid", "Grid.sub": "Grid.sub"}  # calls whose header is an all_gather's
+
+
 def describe_header(fields: dict[str, Any]) -> str:
     """Human form of a header, e.g. `all_gather(shape=(3, 4), dtype=float32) [call #2]`.
 
@@ -265,8 +268,8 @@ def describe_header(fields: dict[str, Any]) -> str:
     """
     dtype = describe_dtype(fields.get("dtype"))
     shape = tuple(fields.get("shape", ()))
-    if fields.get("op") == "split":  # its (color, key) exchange is an implementation detail
-        return f"Group.split() [call #{fields.get('seq')}]"
+    if fields.get("op") in _EXCHANGES:  # its rows (color and key; a grid's dims) are an implementation detail
+        return f"{_EXCHANGES[fields.get('op')]}() [call #{fields.get('seq')}]"
     op = fields.get("op")
     extras = "".join(
         f", {k}={v!r}" for k, v in sorted(fields.items()) if k not in ("op", "seq", "dtype", "shape") + INTERNAL_FIELDS

@@ -242,3 +242,86 @@ def test_sendrecv_to_itself_checks_as_a_message_from_another_rank_would_be():
         return got
 
     assert run_ranks(1, rank) == [(3, 2)]
+
+
+def test_ranks_that_pass_different_grids_all_raise_naming_each_rank_s_and_the_group_stays_usable():
+    # Making a grid is collective, as MPI's Create_cart: a grid that differs by rank would give
+    # ranks different neighbours, and nothing would say so until a message went astray.
+    def rank(g):
+        dims = (1, 3) if g.rank() == 0 else (3, 1)
+        with pytest.raises(MismatchError) as different:
+            rd.Grid(dims, group=g)
+        with pytest.raises(MismatchError) as flags:
+            rd.Grid((3,), periodic=g.rank() == 2, group=g)
+        return str(different.value), str(flags.value), rd.all_sum(np.ones(1), group=g).tolist()
+
+    got = run_ranks(3, rank)
+    for r, (different, flags, total) in enumerate(got):
+        assert different == (f"rank {r}: Grid: the ranks of group 'world' passed different arguments: rank 0: "
+                             f"dims (1, 3) periodic (False, False); ranks 1, 2: dims (3, 1) periodic (False, False)")
+        assert flags.endswith("ranks 0, 1: dims (3,) periodic (False,); rank 2: dims (3,) periodic (True,)"), flags
+        assert total == [3.0]
+
+
+def test_a_grid_refused_on_one_rank_is_an_error_on_every_rank_at_once_not_a_wait():
+    def rank(g):
+        began = time.monotonic()
+        bad = g.rank() == 1
+        with pytest.raises(ValueError) as grid:
+            rd.Grid((2, 2) if bad else (3, 2), group=g)
+        good = rd.Grid((3, 2), group=g)
+        with pytest.raises(ValueError) as keep:
+            good.sub((True, 1) if bad else (True, False))
+        with pytest.raises(MismatchError) as different:
+            good.sub((True, False) if bad else (False, True))
+        return str(grid.value), str(keep.value), str(different.value), time.monotonic() - began, \
+            rd.all_gather(np.array([g.rank()]), group=good.sub((False, True))).tolist()
+
+    got = run_ranks(6, rank, timeout=60)
+    assert got[1][0].startswith("rank 1: Grid: dims (2, 2) hold 4 ranks"), got[1]
+    assert got[1][1] == "rank 1: Grid.sub: keep must be 2 flags, got (True, 1)"
+    for r in (0, 2, 3, 4, 5):
+        assert got[r][0] == (f"rank {r}: Grid: the arguments of rank 1 failed their checks there (its error names "
+                             f"the problem)"), got[r]
+        assert got[r][1].startswith(f"rank {r}: Grid.sub: the arguments of rank 1 failed"), got[r]
+    assert all(d.endswith("ranks 0, 2, 3, 4, 5: keep (False, True); rank 1: keep (True, False)") for _, _, d, _, _ in got)
+    assert all(waited < 10 for _, _, _, waited, _ in got), [w for _, _, _, w, _ in got]
+    assert [row for *_, row in got] == [[0, 1], [0, 1], [2, 3], [2, 3], [4, 5], [4, 5]]
+
+
+def test_a_grid_against_another_collective_is_a_mismatch_naming_the_grid():
+    def rank(g):
+        with pytest.raises(MismatchError) as exc:
+            rd.Grid((2,), group=g) if g.rank() == 0 else rd.barrier(group=g)
+        return str(exc.value)
+
+    got = run_ranks(2, rank)
+    assert all("Grid() [call #0]" in m and "barrier" in m for m in got), got
+
+
+def test_a_grid_of_many_dimensions_is_named_for_its_size_not_dims_create_s_bounds():
+    def rank(g):
+        with pytest.raises(ValueError) as many:
+            rd.Grid([1] * 16 + [3], group=g)
+        with pytest.raises(ValueError) as most:
+            rd.Grid([1] * 40 + [2], group=g)
+        return str(many.value), str(most.value), rd.Grid([1] * 20 + [2], group=g).coords()[-1]
+
+    got = run_ranks(2, rank)
+    assert got[0][0] == "rank 0: Grid: dims (1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 3) hold 3 ranks, but " \
+                        "group 'world' has 2", got[0]
+    assert got[1][1] == "rank 1: Grid: dims has 41 dimensions, more than 32", got[1]
+    assert [c for *_, c in got] == [0, 1]
+
+
+def test_dims_create_takes_mpi_s_array_with_fixed_sizes():
+    assert rd.dims_create(12, [0, 3]) == (4, 3)
+    assert rd.dims_create(24, [0, 2, 0]) == (4, 2, 3)  # the free sizes largest first, among themselves
+    assert rd.dims_create(6, (2, 3)) == (2, 3) and rd.dims_create(16, np.array([0, 0, 2])) == (4, 2, 2)
+    with pytest.raises(ValueError, match=r"dims_create: 12 ranks cannot be split over dims \(5, 0\) \(the fixed "
+                                         r"sizes multiply to 5\)"):
+        rd.dims_create(12, [5, 0])
+    with pytest.raises(ValueError, match="cannot be split over dims"):
+        rd.dims_create(12, [2, 2])
+    with pytest.raises(ValueError, match=r"dims must be 1 to 16 sizes, each 0 \(free\) or positive, got \[-1, 0\]"):
+        rd.dims_create(12, [-1, 0])
