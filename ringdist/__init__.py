@@ -12,7 +12,7 @@ import atexit
 import sys
 from typing import TYPE_CHECKING
 
-from . import errors
+from . import errors, exiting
 from .errors import *  # noqa: F403 - the exception tree is part of the API
 
 # The API, by module, imported on its first use (`__getattr__`), whole and in this order (`world`
@@ -60,9 +60,10 @@ def _at_exit() -> None:
     (which run first, and may still use the world group): the world group and the rest closed
     (`world.shutdown`), then the socket files this process made removed. Modules loaded later
     (the API loads on first use) register none of their own for these."""
+    exiting.mark()
     world = sys.modules.get(f"{__name__}.world")
     if world is not None:
-        world.shutdown()
+        world.shutdown(at_exit=True)
     posixshm = sys.modules.get(f"{__name__}.posixshm")
     if posixshm is not None:
         posixshm.remove_all()

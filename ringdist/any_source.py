@@ -323,7 +323,7 @@ def recv_any(shape: Any, dtype: Any, *, tag: int = ANY_TAG, status: Any = None, 
                        p2p=True)
         if r is not work.HERE:
             return r
-    g = _comm(group, timeout)
+    g = _comm(group, timeout, call="recv_any")
     plan = FromAny(_Recv(shape, dtype, ANYONE, g, timeout, tag, status), "recv_any", g, timeout)
     run_inline(g, plan, timeout)
     return plan.result()
@@ -342,7 +342,7 @@ def recv_object_any(*, tag: int = ANY_TAG, status: Any = None, group: Comm | Non
                        finish=lambda got, error: (got[0], got[1].unpickled()) if error is None else None)
         if r is not work.HERE:
             return r
-    g = _comm(group, timeout)
+    g = _comm(group, timeout, call="recv_object_any")
     plan = FromAny(_RecvObject(ANYONE, g, timeout, tag, status), "recv_object_any", g, timeout)
     run_inline(g, plan, timeout)
     src, received = plan.result()

@@ -12,22 +12,28 @@ from .arrays import REDUCE_OPS
 from .comm import Comm
 
 
-def _comm(group: Comm | None, timeout: float | None, op: str | None = None) -> Comm:
+def _comm(group: Comm | None, timeout: float | None, op: str | None = None, *, call: str | None = None) -> Comm:
     """The communicator a call runs on, its `timeout` checked: for a collective (`op`), a bad
-    timeout is refused on every rank (`Comm.refuse`), as any argument of it that fails a check."""
+    timeout is refused on every rank (`Comm.refuse`), as any argument of it that fails a check.
+    The errors name the rank and the call (`op`, or `call` for one refused on this rank alone)."""
+    name = op or call
     if group is None:
         g = comm_module.default_made or comm_module.default()
     elif not isinstance(group, Comm):
-        raise TypeError(f"group must be a ringdist Group or None, got {type(group).__name__}")
+        made = comm_module.default_made
+        where = f"rank {made.rank()}: " if made is not None else ""
+        raise TypeError(f"{where}{name + ': ' if name else ''}group must be a ringdist Group or None, "
+                        f"got {type(group).__name__}")
     else:
         g = group
     if timeout is not None:
         try:
             deadlines.check_timeout(timeout)
-        except Exception as exc:
+        except ValueError as exc:
+            exc = ValueError(f"rank {g.rank()}: {name + ': ' if name else ''}{exc}")
             if op is not None:
                 g.refuse(op, exc)
-            raise
+            raise exc from None
     return g
 
 

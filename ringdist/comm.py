@@ -158,6 +158,7 @@ class Comm:
         self._p2p_holders: dict[tuple[int, bool], threading.Thread] = {}  # the thread that took each turn last
         self.any_source_next = 0  # the rank an any-source receive looks at first (`any_source`)
         self.held = Held()  # messages read ahead of their receive, per sender (`tags`)
+        self.closed_note = ""  # what "group ... is closed" adds (the world's, once ringdist's exit hook ran)
         self.mailbox: Any = None  # messages to this rank itself, and receives waiting for them (`own_messages`)
         self._in_poller: Any = None  # a poll of the arrived connections from senders (`p2p_arrivals`)
         self._in_polled: dict[int, int] = {}  # fd -> sender, of those it polls
@@ -425,7 +426,7 @@ class Comm:
     def check_usable(self, op: str) -> None:
         """Refuse work on a closed group, or one whose earlier operation failed."""
         if self._closed:
-            raise RingError(f"rank {self._rank}: group {self.gid!r} is closed")
+            raise RingError(f"rank {self._rank}: group {self.gid!r} is closed{self.closed_note}")
         if self._broken:
             raise GroupBrokenError(
                 f"rank {self._rank}: group {self.gid!r} cannot run {op}: an earlier operation on it failed "
@@ -1064,6 +1065,7 @@ class Comm:
             raise RingError(f"rank {self._rank}: {op} on group {self.gid!r}: {why}")
 
         self.check_usable = refuse  # type: ignore[method-assign] - every operation checks the group first
+        self.held = Held()  # the parent's messages read ahead, and its lock, which a parent's thread may have held
         if self.mailbox is not None:  # (`own_messages`)
             self.mailbox.forget_in_child(self.gid)
             self.mailbox = None
@@ -1136,7 +1138,10 @@ def busy_pair(rank: int, op: str, peer: int, outgoing: bool, gid: str, limit: fl
             f"one at a time in each direction)")
 
 
-def close_all() -> None:
-    """Release every open group (at exit: a thread still in a collective loses it)."""
+def close_all(note: str = "") -> None:
+    """Release every open group (at exit: a thread still in a collective loses it); `note`: what
+    their "is closed" errors add."""
     for group in list(_open_groups):
+        if note:
+            group.closed_note = note
         Comm._release(group)

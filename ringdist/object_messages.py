@@ -190,7 +190,7 @@ def send_object(obj: Any, dst: int, *, tag: int = 0, group: Comm | None = None, 
     `Work` at once; `obj` is pickled before it returns."""
     if dst is None:
         return to_nobody("send_object", group, async_op, tag, timeout)
-    g = _comm(group, timeout)
+    g = _comm(group, timeout, call="send_object")
     if own_messages.is_me(dst, g):
         return own_messages.send_object(obj, g, tag, async_op)
     if async_op is not False or work.active:  # queued behind the group's outstanding operations, if it has any
@@ -223,7 +223,7 @@ def recv_object(src: int, *, tag: int = ANY_TAG, status: Any = None, group: Comm
     (unpickled there, on the waiting thread)."""
     if src is None:
         return to_nobody("recv_object", group, async_op, tag, timeout, status)
-    g = _comm(group, timeout)
+    g = _comm(group, timeout, call="recv_object")
     if own_messages.is_me(src, g):
         return own_messages.recv_object(g, tag, status, timeout, async_op)
     if async_op is not False or work.active:  # queued behind the group's outstanding operations, if it has any

@@ -114,7 +114,7 @@ def send(x: Any, dst: int, *, tag: int = 0, group: Comm | None = None, timeout: 
         g = _comm(group, None)
         _dtype_tag(as_array(x, "send", g).dtype, "send", g)  # (as a send to a rank checks it)
         return nobody
-    g = _comm(group, timeout)
+    g = _comm(group, timeout, call="send")
     if own_messages.is_me(dst, g):
         return own_messages.send(x, g, tag, async_op)
     if async_op is not False or work.active:
@@ -193,6 +193,10 @@ class Receiving:
         if not self.untouched():
             return False
         self.give_back()
+        if self.peer is not ANYONE:
+            note = self.g.held.kept_note(self.peer)
+            if note and exc.args and isinstance(exc.args[0], str):
+                exc.args = (exc.args[0] + note,) + exc.args[1:]
         return True
 
     def _hold(self, tag: int, fields: dict[str, Any], ch: Channel) -> memoryview:
@@ -270,9 +274,7 @@ class _Recv(Receiving):
         self.tag = check_tag(self.tag, self.op, g.rank(), receiving=True)
         if self.status is not None:
             check_status(self.status, self.op, g.rank())
-        dt = None if self.dtype is None else np.dtype(self.dtype)
-        if dt is not None and dt.hasobject:
-            raise TypeError(f"rank {g.rank()}: {self.op}: ringdist receives raw array bytes; object dtypes are not supported")
+        dt = receivable_dtype(self.dtype, self.op, g.rank())
         shape = None if self.shape is None else _shape(self.shape, g.rank(), self.op)
         # As an allocated array has them: numpy sizes an unsized dtype ('S') and moves a subarray
         # dtype's shape into the array's, as the sender's trailing dims.
@@ -404,7 +406,7 @@ def recv(shape: Any, dtype: Any, src: int, *, tag: int = ANY_TAG, status: Any = 
     With `async_op=True`: a `Work` at once, whose `wait()` returns the array."""
     if src is None:
         return to_nobody("recv", group, async_op, tag, timeout, status, shape, dtype)
-    g = _comm(group, timeout)
+    g = _comm(group, timeout, call="recv")
     if own_messages.is_me(src, g):
         return own_messages.recv(_Recv(shape, dtype, ANYONE, g, timeout, tag, status), g, async_op)
     if async_op is not False or work.active:
@@ -417,10 +419,28 @@ def recv(shape: Any, dtype: Any, src: int, *, tag: int = ANY_TAG, status: Any = 
     return plan.result()
 
 
+def receivable_dtype(dtype: Any, op: str, me: int) -> np.dtype | None:
+    """A receive's `dtype` (None: the sender's, as it comes), or TypeError naming the rank, the
+    call and the problem: not a dtype, object, or no fixed item size (as a send refuses it)."""
+    if dtype is None:
+        return None
+    try:
+        dt = np.dtype(dtype)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"rank {me}: {op}: dtype={dtype!r} is not a numpy dtype ({exc})") from None
+    if dt.hasobject:
+        raise TypeError(f"rank {me}: {op}: ringdist receives raw array bytes; object dtypes are not supported")
+    if np.empty(0, dt).dtype.itemsize == 0:  # (numpy sizes 'S' and 'U' as one character; not 'V0')
+        raise TypeError(f"rank {me}: {op}: dtype {dt} has no fixed item size")
+    return dt
+
+
 def recv_like(x: Any, src: int, *, tag: int = ANY_TAG, status: Any = None, group: Comm | None = None,
               timeout: float | None = None, async_op: bool = False) -> "np.ndarray | work.Work":
     """Receive an array shaped and typed like `x` from rank `src` (the rest as for `recv`)."""
     arr = np.asarray(x)
+    if arr.dtype.hasobject or arr.dtype.itemsize == 0:
+        as_array(x, "recv_like", _comm(group, timeout, call="recv_like"))  # (raises, naming the rank: None is no array)
     return recv(arr.shape, arr.dtype, src, tag=tag, status=status, group=group, timeout=timeout,
                 async_op=async_op)
 
@@ -437,7 +457,7 @@ def sendrecv(x: Any, dst: "int | None", src: "int | None", *, shape: Any = None,
     completes. If the receive fails, its error is raised at once (the send, if still under way,
     goes on unreported). With `async_op=True`: a `Work` at once, done once both halves are,
     whose `wait()` returns the array."""
-    g = _comm(group, timeout)
+    g = _comm(group, timeout, call="sendrecv")
     me = g.rank()
     # Every argument checked before the send starts: a receive refused after it would wait for
     # the send to be taken first, and a send refused on the progress thread would leave the
@@ -448,9 +468,7 @@ def sendrecv(x: Any, dst: "int | None", src: "int | None", *, shape: Any = None,
     check_flag(async_op, "async_op", g, "sendrecv")
     if shape is not None:
         _shape(shape, me, "sendrecv")
-    if dtype is not None and np.dtype(dtype).hasobject:
-        raise TypeError(f"rank {me}: sendrecv: ringdist receives raw array bytes; object dtypes are not "
-                        f"supported")
+    receivable_dtype(dtype, "sendrecv", me)
     if dst is not None:
         _dtype_tag(as_array(x, "sendrecv", g).dtype, "sendrecv", g)
     for peer, role in ((dst, "dst"), (src, "src")):
@@ -488,7 +506,7 @@ def to_nobody(op: str, group: Comm | None, async_op: Any, tag: Any, timeout: Any
     """A message to or from None (MPI's PROC_NULL): its arguments checked as a message to a rank's
     are (an edge rank fails as an inner one does), nothing moved; None, or with `async_op=True` a
     Work done with None. A receive's `status`: source None, rd.ANY_TAG."""
-    g = _comm(group, timeout)
+    g = _comm(group, timeout, call=op)
     me = g.rank()
     receiving = op.startswith("recv")
     check_tag(tag, op, me, receiving=receiving)
@@ -497,8 +515,7 @@ def to_nobody(op: str, group: Comm | None, async_op: Any, tag: Any, timeout: Any
         check_status(status, op, me)
         if shape is not None:
             _shape(shape, me, op)
-        if dtype is not None and np.dtype(dtype).hasobject:
-            raise TypeError(f"rank {me}: {op}: ringdist receives raw array bytes; object dtypes are not supported")
+        receivable_dtype(dtype, op, me)
         fill(status, None, ANY_TAG)
     return done_work(g, op=op) if async_op else None
 

@@ -21,6 +21,7 @@ from collections import deque
 from typing import Any
 
 from .errors import ProtocolError
+from .wire import describe_header
 
 ANY_TAG = -1  # a receive's tag that takes a message of any tag (MPI.ANY_TAG)
 TAG_MAX = 2**31 - 1  # the largest tag (MPI promises at least 32767; mpi4py's TAG_UB is often this)
@@ -35,6 +36,8 @@ def check_tag(tag: Any, op: str, rank: int, receiving: bool = False) -> int:
     tag = int(tag)
     if not 0 <= tag <= TAG_MAX and not (receiving and tag == ANY_TAG):
         also = " or rd.ANY_TAG" if receiving else ""
+        if tag == ANY_TAG and not receiving:
+            also = " (rd.ANY_TAG, -1, is for receives: it takes a message of any tag, and a message has one)"
         raise ValueError(f"rank {rank}: {op}: tag={tag}: a tag is an integer from 0 to {TAG_MAX}{also}")
     return tag
 
@@ -124,6 +127,17 @@ class Held:
                 return message
         return None
 
+    def kept_note(self, src: int) -> str:
+        """What a receive from `src` that timed out says of the messages kept from it for other
+        tags ('' if none): a tag mismatch, not a sender that sent nothing."""
+        with self._lock:
+            kept = list(self.by_sender.get(src, ()))
+        if not kept:
+            return ""
+        shown = "; ".join(_kept(m) for m in kept[:3]) + ("; ..." if len(kept) > 3 else "")
+        return (f"; rank {src} sent {len(kept)} message{'s' if len(kept) > 1 else ''} this receive does not take, "
+                f"kept for a receive of {'its' if len(kept) == 1 else 'their'} tag: {shown}")
+
     def take_first(self, order: list[int], tag: int, reserved: frozenset[int] = frozenset()) -> tuple[int, Message] | None:
         """The oldest message a receive for `tag` takes from the first sender in `order` that has
         one, taken out, with its sender; None if none has. (`reserved` as for `take`.)"""
@@ -145,3 +159,9 @@ class Held:
     def count(self) -> int:
         with self._lock:
             return sum(len(held) for held in self.by_sender.values())
+
+
+def _kept(message: Message) -> str:
+    """A kept message as a timed-out receive names it: 'tag 5: send(shape=(3,), dtype=float64)'."""
+    shown = describe_header({k: v for k, v in message.fields.items() if k not in ("tag", "seq")})
+    return f"tag {message.tag}: {shown.partition(' [call #')[0]}"

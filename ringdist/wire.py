@@ -280,6 +280,10 @@ def describe_header(fields: dict[str, Any]) -> str:
         return f"{op[:-len(' (agreement step)')]}({step[2:]}) (agreement step) [call #{fields.get('seq')}]" if step \
             else f"{op} [call #{fields.get('seq')}]"
     if fields.get("op") in OBJECT_OPS:  # their header's array is a stand-in (`arrays.NOTHING`)
+        sizes = fields.get("sizes")
+        if isinstance(sizes, list) and all(isinstance(k, int) for k in sizes):  # the pickle's parts: their total
+            extras = "".join(f", {k}={v!r}" for k, v in sorted(fields.items()) if k not in
+                             ("op", "seq", "dtype", "shape", "sizes") + INTERNAL_FIELDS) + f", {sum(sizes)} bytes pickled"
         return f"{fields.get('op')}({extras[2:]}) [call #{fields.get('seq')}]"
     if (fields.get("uneven") is True or fields.get("splits") is True) and shape:  # rows differ by rank:
         shape = "(any" + "".join(f", {d}" for d in shape[1:]) + ("," if len(shape) == 1 else "") + ")"  # not in the header

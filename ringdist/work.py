@@ -61,11 +61,13 @@ _wake_r = _wake_w = -1
 _woken = False  # a byte is in the wake-up pipe, unread
 
 
-def _resolve(group: Any) -> Comm:
+def _resolve(group: Any, op: str | None = None) -> Comm:
     if group is None:
         return comm_module.default_made or comm_module.default()
     if not isinstance(group, Comm):
-        raise TypeError(f"group must be a ringdist Group or None, got {type(group).__name__}")
+        made = comm_module.default_made
+        raise TypeError(f"{f'rank {made.rank()}: ' if made is not None else ''}{f'{op}: ' if op else ''}group must "
+                        f"be a ringdist Group or None, got {type(group).__name__}")
     return group
 
 
@@ -79,7 +81,7 @@ def route(op: str, group: Any, async_op: bool, call: Callable[[Comm], Any], p2p:
     global active
     if engine.on_progress_thread():
         return HERE
-    g = _resolve(group)
+    g = _resolve(group, op)
     if async_op is not True and async_op is not False:
         call, async_op = _checked_async_op(g, op, async_op, p2p, call)
     if not async_op and g not in jobs.pending:

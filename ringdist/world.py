@@ -22,7 +22,7 @@ import os
 import threading
 import time
 
-from . import buffers, channel, comm, deadlines, rendezvous, tuning
+from . import buffers, channel, comm, deadlines, exiting, rendezvous, tuning
 from .control import ControlLink
 from .endpoint import Endpoint
 from .errors import ConfigError, ConnectError, RingError
@@ -75,7 +75,9 @@ def init(strict: bool = False, backend: str = "ring") -> Group:
         if _world is not None:
             if strict and _job is None:
                 raise ConfigError(_not_launched("init(strict=True)"))
-            return _world
+            return _world  # (closed, once the exit hook has run: its calls say so)
+        if exiting.done:  # code run after the hook (an exit handler registered before ringdist, a __del__)
+            raise RingError(f"{exiting.WHY}; init() cannot join the job now")
         if _joined_and_failed is not None:
             raise RingError(_joined_and_failed)
         settings = Settings.from_env()
@@ -172,25 +174,32 @@ def _host_rendezvous(job: JobEnv) -> rendezvous.RendezvousServer:
     return server
 
 
-def shutdown() -> None:
+def shutdown(at_exit: bool = False) -> None:
     """Close the control connection, every group and the listener (also run at exit).
 
     The control connection goes first: the launcher then learns this rank is leaving
     before its peers see the ring close, and names the right rank as the first to go.
+    At exit (`at_exit`) the world group stays the default, closed: code that runs after
+    the hook gets errors saying so, where `init()` would otherwise register this rank
+    at the rendezvous a second time (or, under a scheduler, make a new world).
     """
     global _world, _control, _endpoint, _hosted
+    note = f" ({exiting.WHY})" if at_exit else ""
+    if at_exit and _world is not None:
+        _world.closed_note = note
     if _control is not None:
         _control.close()
         _control = None
-    close_all()
+    close_all(note)
     if _hosted is not None:
         _hosted.close()
         _hosted = None
     if _endpoint is not None:
         _endpoint.close()
         _endpoint = None
-    _world = None
-    comm.set_default_made(None)
+    if not at_exit:
+        _world = None
+        comm.set_default_made(None)
 
 
 def _after_fork_in_child() -> None:

@@ -262,6 +262,16 @@ def test_a_forked_child_s_wait_on_a_sendrecv_fails_at_once_as_any_handle_s():
     assert "[0] parent [1.0, 1.0, 1.0] None" in result.stdout, result.stdout
 
 
+def test_a_child_forked_while_a_thread_holds_a_group_s_kept_messages_exits():
+    # Its exit hook closed the child's copies of the groups, which cleared their kept messages
+    # under the lock a parent's thread held at the fork: the child never exited (1 fork in 30
+    # under a thread receiving tagged messages; here the lock is held on purpose).
+    result = run_launcher(["-n", "2", str(SCRIPTS / "fork_exit_held.py")], timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert sorted(re.findall(r"^\[\d\] child .*$", result.stdout, re.M)) == [
+        "[0] child exited with 3", "[1] child exited with 3"], result.stdout
+
+
 def test_a_fork_while_another_thread_holds_the_handles_lock_does_not_hang_the_child():
     # The child fails the parent's outstanding handles; a sendrecv's joined handle completes
     # under the handles' lock, which a parent thread held at the fork (rd.wait_any does as it

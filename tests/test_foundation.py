@@ -141,7 +141,8 @@ def test_a_message_to_nobody_on_the_default_group_names_the_rank_in_its_errors()
     assert res.returncode == 0, res.stderr
     assert res.stdout.splitlines() == [
         "rank 0: send: ringdist sends raw array bytes; object arrays are not supported",
-        "rank 0: send: tag=-1: a tag is an integer from 0 to 2147483647"], res.stdout
+        "rank 0: send: tag=-1: a tag is an integer from 0 to 2147483647 (rd.ANY_TAG, -1, is for receives: it takes a "
+        "message of any tag, and a message has one)"], res.stdout
 
 
 def test_a_submodule_imported_alone_and_an_exit_hook_before_init_use_the_world_group():
@@ -156,6 +157,31 @@ def test_a_submodule_imported_alone_and_an_exit_hook_before_init_use_the_world_g
     assert res.returncode == 0, res.stdout + res.stderr
     assert sorted(line for line in res.stdout.splitlines() if "exit hook" in line) == [
         "[0] exit hook: [2.0]", "[1] exit hook: [2.0]"], res.stdout + res.stderr
+
+
+@pytest.mark.parametrize("launched", [True, False])
+def test_code_run_after_ringdist_s_exit_hook_is_told_it_shut_down_and_joins_nothing(launched):
+    # init() made a new world there: it registered the rank a second time (the rendezvous refused
+    # it as two processes sharing a rank), made a new world under a scheduler, or hung starting
+    # a thread as the interpreter finalized (a __del__).
+    from helpers import SCRIPTS, run_launcher
+
+    script = str(SCRIPTS / "after_exit_hook.py")
+    res = run_launcher(["-n", "2", script], timeout=60) if launched else _python(open(script).read())
+    assert res.returncode == 0, res.stdout + res.stderr
+    ranks = (0, 1) if launched else (0,)
+    lines = [line.partition("] ")[2] if launched else line for line in res.stdout.splitlines()]
+    for r in ranks:
+        closed = (f"RingError: rank {r}: group 'world' is closed (ringdist shut down as this process exits: its "
+                  f"exit hook has run)")
+        assert f"all_sum: {closed}" in lines and f"split: {closed}" in lines, res.stdout
+    assert lines.count(f"init: returned {len(ranks)}") == len(ranks), res.stdout
+    assert "registered twice" not in res.stdout + res.stderr
+    res = run_launcher(["-n", "2", script, "--no-init"], timeout=60)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert res.stdout.count("init: RingError: ringdist shut down as this process exits: its exit hook has run; "
+                            "init() cannot join the job now") == 2, res.stdout
+    assert "rendezvous" not in res.stderr, res.stderr
 
 
 def test_init_strict_without_launcher_raises_config_error():

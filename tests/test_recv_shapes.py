@@ -3,6 +3,8 @@ for), on ranks as threads over real connections: any array, blocking, async and 
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 
@@ -87,3 +89,59 @@ def test_a_subarray_dtype_with_no_shape_fixes_the_trailing_dims():
         return ok.shape
 
     assert run_ranks(2, rank)[0] == (3, 2)  # (rank 1's small sends returned before the mismatch)
+
+
+@pytest.mark.parametrize("dtype, why", [("nope", r"dtype='nope' is not a numpy dtype \(data type 'nope' not understood"),
+                                        ("V0", "dtype \\|V0 has no fixed item size"),
+                                        (object, "object dtypes are not supported")])
+def test_a_receive_of_a_dtype_no_message_can_have_is_refused_at_once_as_a_send_of_it_is(dtype, why):
+    # Refused before it waits, on this rank alone, with nothing sent or taken: a receive of it
+    # waited for its timeout, or broke the group when a message came.
+    def rank(g: rd.Group) -> list[str]:
+        if g.rank() == 0:
+            rd.send(np.arange(3.0), 1, group=g)
+            return []
+        began, errors = time.monotonic(), []
+        for call in (lambda: rd.recv((3,), dtype, 0, group=g, timeout=20),
+                     lambda: rd.recv_any((3,), dtype, group=g, timeout=20),
+                     lambda: rd.recv((3,), dtype, 0, group=g, async_op=True, timeout=20).wait(),
+                     lambda: rd.sendrecv(np.zeros(1), None, 0, dtype=dtype, group=g, timeout=20),
+                     lambda: rd.recv((3,), dtype, None, group=g)):
+            with pytest.raises(TypeError, match=why) as exc:
+                call()
+            errors.append(str(exc.value))
+        assert time.monotonic() - began < 5
+        assert rd.recv((3,), np.float64, 0, group=g).tolist() == [0.0, 1.0, 2.0]  # the message is still there
+        return errors
+
+    got = run_ranks(2, rank)[1]
+    assert all(e.startswith("rank 1: ") for e in got), got
+
+
+def test_recv_like_of_none_says_none_is_no_array():
+    def rank(g: rd.Group) -> str:
+        with pytest.raises(TypeError) as exc:
+            rd.recv_like(None, 1 - g.rank(), group=g)
+        return str(exc.value)
+
+    assert run_ranks(2, rank)[0] == "rank 0: recv_like: None is not an array"
+
+
+def test_a_bad_group_or_timeout_names_the_call_and_the_rank():
+    def rank(g: rd.Group) -> list[str]:
+        got = []
+        for call in (lambda: rd.send(np.ones(1), 1 - g.rank(), group=g, timeout=-1),
+                     lambda: rd.recv_object(1 - g.rank(), group=g, timeout="5"),
+                     lambda: rd.recv((1,), np.float64, 1 - g.rank(), group="world"),
+                     lambda: rd.all_sum(np.ones(1), group=3, async_op=True)):
+            with pytest.raises((TypeError, ValueError)) as exc:
+                call()
+            got.append(str(exc.value))
+        return got
+
+    got = run_ranks(2, rank)[1]
+    assert got[0] == "rank 1: send: timeout must be a positive number of seconds (inf: no limit), got -1"
+    assert got[1] == "rank 1: recv_object: timeout must be a positive number of seconds (inf: no limit), got '5'"
+    # (no world group in this harness to take a rank from: a launched job's says "rank 1: recv: ...")
+    assert got[2] == "recv: group must be a ringdist Group or None, got str"
+    assert got[3] == "all_sum: group must be a ringdist Group or None, got int"

@@ -97,7 +97,7 @@ def _cases(n: int) -> dict:
         "broadcast_object root": (lambda g: rd.broadcast_object({"a": 1}, root=2.0, group=g),
                                   lambda g: rd.broadcast_object({"a": 1}, group=g), "root 2.0 is not a rank"),
         "barrier timeout": (lambda g: rd.barrier(group=g, timeout=-1),
-                            lambda g: rd.barrier(group=g), "timeout must be a positive number"),
+                            lambda g: rd.barrier(group=g), "barrier: timeout must be a positive number"),
         "split color": (lambda g: g.split("red"), lambda g: g.split(0), "color must be an integer"),
         "all_gather no memory": (lambda g: rd.all_gather(np.broadcast_to(np.zeros(1), (1 << 42,)), group=g),
                                  lambda g: rd.all_gather(np.zeros(1), group=g),

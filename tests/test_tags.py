@@ -5,6 +5,7 @@ as threads over real connections."""
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 
@@ -269,7 +270,7 @@ def test_sendrecv_to_itself_checks_the_tag():
 
 @pytest.mark.parametrize("call, error, text", [
     (lambda g: rd.send(np.ones(1), 1, tag=-1, group=g), ValueError,
-     r"rank 0: send: tag=-1: a tag is an integer from 0 to 2147483647$"),
+     r"rank 0: send: tag=-1: a tag is an integer from 0 to 2147483647 \(rd.ANY_TAG, -1, is for receives"),
     (lambda g: rd.send(np.ones(1), 1, tag=rd.TAG_MAX + 1, group=g), ValueError, r"rank 0: send: tag=2147483648"),
     (lambda g: rd.send(np.ones(1), 1, tag=True, group=g), TypeError, r"rank 0: send: tag must be an integer, got bool"),
     (lambda g: rd.send_object(1, 1, tag=2.0, group=g), TypeError, r"rank 0: send_object: tag must be an integer, got float"),
@@ -382,6 +383,37 @@ def test_a_receive_that_waits_for_a_tag_never_sent_times_out_naming_it():
         return "timed out"
 
     assert run_ranks(2, rank)[1] == "timed out"
+
+
+@pytest.mark.parametrize("async_op", [False, True])
+def test_a_receive_timed_out_names_the_messages_its_sender_sent_with_other_tags(async_op):
+    # The usual mistake behind such a wait is a tag, not a sender that sent nothing: the timeout says so.
+    def rank(g):
+        if g.rank() == 0:
+            rd.send(np.ones(3), 1, tag=5, group=g)
+            rd.send_object({"a": 1}, 1, tag=7, group=g)
+            return None
+        with pytest.raises(rd.RingTimeoutError) as exc:
+            got = rd.recv((3,), np.float64, 0, tag=6, group=g, timeout=1.0, async_op=async_op)
+            if async_op:
+                got.wait()
+        return str(exc.value), rd.recv(None, None, 0, tag=5, group=g).tolist(), rd.recv_object(0, group=g)
+
+    text, kept, obj = run_ranks(2, rank)[1]
+    assert text.startswith("rank 1: recv made no progress for 1 s: receiving from rank 0"), text
+    assert re.search(r"; rank 0 sent 2 messages this receive does not take, kept for a receive of their tag: "
+                     r"tag 5: send\(shape=\(3,\), dtype=float64\); tag 7: send_object\(\d+ bytes pickled\)$", text), text
+    assert kept == [1.0, 1.0, 1.0] and obj == {"a": 1}
+
+
+def test_a_send_with_any_tag_says_any_tag_is_for_receives():
+    def rank(g):
+        with pytest.raises(ValueError) as exc:
+            rd.send(np.ones(1), 1 - g.rank(), tag=rd.ANY_TAG, group=g)
+        return str(exc.value)
+
+    assert run_ranks(2, rank)[0] == ("rank 0: send: tag=-1: a tag is an integer from 0 to 2147483647 (rd.ANY_TAG, "
+                                     "-1, is for receives: it takes a message of any tag, and a message has one)")
 
 
 @pytest.mark.parametrize("later", ["recv", "recv_any"])
