@@ -190,6 +190,9 @@ class _Supervisor:
 
     def run(self, spawners: Sequence[Spawner]) -> Outcome:
         secret = secrets.token_hex(32)
+        # A reader of the launcher's output that went away (`| head -1`) stops the job as SIGPIPE
+        # would stop a program writing there itself (Python ignores SIGPIPE: the launcher hears EPIPE).
+        self.writer.on_reader_gone = lambda: self.events.put(_Signalled(signal.SIGPIPE))
         try:
             with _signals_to(self.events):
                 started = self._run(spawners, secret)

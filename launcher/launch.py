@@ -61,8 +61,9 @@ def launch(options: argparse.Namespace, target: Target) -> Outcome:
     sys.stdout.flush()
     sys.stderr.flush()
     writer = LineWriter(sys.stdout.fileno(), sys.stderr.fileno())
+    lost = False
     try:
-        return run_job(
+        outcome = run_job(
             plan,
             spawners,
             writer,
@@ -72,7 +73,10 @@ def launch(options: argparse.Namespace, target: Target) -> Outcome:
             verbose=options.verbose,
         )
     finally:
-        writer.close()  # bounded: a stdout nobody reads does not keep the launcher from exiting
+        lost = writer.close()  # bounded: a stdout nobody reads does not keep the launcher from exiting
+    if lost and outcome.status == 0 and outcome.fatal_signal is None:
+        return Outcome(1)  # the ranks' output was not all written (`writer` said how much): not a success
+    return outcome
 
 
 def _plan(options: argparse.Namespace, target: Target) -> JobPlan:

@@ -121,7 +121,7 @@ PASSED_ON = (signal.SIGUSR1, signal.SIGUSR2)
 # Signals that stop the job and that the launcher then dies of itself, once the job is cleaned
 # up, so that its caller sees how it ended: a shell loop stops on Ctrl-C. (Not SIGQUIT: its
 # default action dumps core; the launcher exits 131 instead.)
-_DIE_OF = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+_DIE_OF = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGPIPE)
 
 
 def _killed_from_outside(returncode: int) -> bool:
@@ -199,8 +199,9 @@ class JobPolicy:
 
     @property
     def fatal_signal(self) -> int | None:
-        """The signal the launcher ends by, after the job is cleaned up: the SIGINT, SIGTERM or
-        SIGHUP that stopped the job (`exit_status` then 128+N, should it survive it); else None."""
+        """The signal the launcher ends by, after the job is cleaned up: the SIGINT, SIGTERM,
+        SIGHUP or SIGPIPE (its output's reader gone) that stopped the job (`exit_status` then
+        128+N, should it survive it); else None."""
         return self._stopped_by if self._stopped_by in _DIE_OF else None
 
     def rank_started(self, info: RankInfo) -> None:
@@ -280,7 +281,7 @@ class JobPolicy:
             self._stopped_by = signum
         if self.settling:  # a rank failed before the signal: that is the cause; stop in order
             return self._name_first_failure()
-        name = _signal_name(signum)
+        name = _signal_name(signum) if signum != signal.SIGPIPE else "SIGPIPE (a reader of its output went away)"
         if not self.stopping:
             self._set_cause(f"interrupted by {name}", 128 + signum)
             return self._stop_all()

@@ -14,8 +14,9 @@ the ranks' pipes keep being read; one line on stderr says how many lines were
 lost (at most every `NOTICE_EVERY` seconds once the reader is back, and at
 exit). The launcher's own messages always get a place in the queue. At exit
 `close` lets the queues empty while their writes make progress, for at most
-`CLOSE_WAIT` seconds in all. A reader that went away (`| head`) just ends the
-output, as before.
+`CLOSE_WAIT` seconds in all. A reader that went away (`| head`) ends the output, and
+`LineWriter.on_reader_gone` is called once: the job then stops as a program writing to a pipe
+whose reader left does (SIGPIPE), rather than run on with nobody reading.
 """
 
 from __future__ import annotations
@@ -45,10 +46,11 @@ CLOSE_WAIT = 10.0  # at exit, give up on every destination after this long
 class Destination:
     """One output file (the launcher's stdout or stderr) and the thread that writes to it."""
 
-    def __init__(self, fd: int, name: str, notify: Callable[[str], None]) -> None:
+    def __init__(self, fd: int, name: str, notify: Callable[[str], None], gone: Callable[[], None]) -> None:
         self.fd = fd
         self.name = name
         self._notify = notify  # says something on stderr (called without the lock held)
+        self._gone = gone  # its reader went away (EPIPE; called without the lock held)
         self._items: collections.deque[tuple[bytes, int]] = collections.deque()  # (data, rank lines in it)
         self._queued = 0  # bytes in _items and in the write under way
         self._writing = b""  # the write under way
@@ -60,6 +62,8 @@ class Destination:
         self._dropped = 0  # rank lines dropped and not yet reported
         self._last_notice = 0.0
         self._dead = not _is_open(fd)
+        self.failed = False  # rank output could not be written (an error other than a reader gone)
+        self.lost_any = False  # rank output was dropped for a reader that did not read
         self._piece = PIPE_WRITE_BYTES if _is_pipe(fd) else WRITE_BYTES
         threading.Thread(target=self._run, name=f"write {name}", daemon=True).start()
 
@@ -70,6 +74,7 @@ class Destination:
                 stalled = self._stalled_for()
                 if stalled >= STALL_AFTER:
                     self._dropped += lines
+                    self.lost_any = True
                     return
                 self._cond.wait(STALL_AFTER - stalled)
             self._append(data, lines)
@@ -80,15 +85,16 @@ class Destination:
             if self._queued + len(data) <= BUFFER_BYTES + MESSAGE_ROOM:
                 self._append(data, 0)
 
-    def drain(self, deadline: float) -> None:
-        """Wait until everything queued is written, or the writes stop moving, or `deadline` passes."""
+    def drain(self, deadline: float, stall: float = CLOSE_STALL) -> None:
+        """Wait until everything queued is written, or the writes stop moving for `stall` s, or
+        `deadline` passes."""
         with self._cond:
             while not self._dead and (self._items or self._progress is not None):
                 now = time.monotonic()
                 stalled = self._stalled_for()
-                if now >= deadline or stalled >= CLOSE_STALL:
+                if now >= deadline or stalled >= stall:
                     return
-                self._cond.wait(min(deadline - now, CLOSE_STALL - stalled))
+                self._cond.wait(min(deadline - now, stall - stalled))
 
     def lost(self) -> int:
         """Rank lines dropped or still unwritten, not yet reported (resets the count); they are
@@ -150,6 +156,8 @@ class Destination:
                 self._queued -= size
                 if error is not None:
                     self._dead = True
+                    if error.errno != errno.EPIPE and (lines or any(n for _, n in self._items)):
+                        self.failed = True  # rank output that will never be written: the job's status says so
                     self._items.clear()
                     self._queued = 0
                 report = 0
@@ -159,7 +167,9 @@ class Destination:
                 self._cond.notify_all()
             if report:
                 self._notify(dropped_notice(report, self.name))
-            if error is not None and error.errno != errno.EPIPE:
+            if error is not None and error.errno == errno.EPIPE:
+                self._gone()
+            elif error is not None:
                 self._notify(f"ringdist-launch: cannot write to {self.name}: {error.strerror or error}; "
                              "dropping its output")
 
@@ -210,10 +220,20 @@ class LineWriter:
     """Where rank output and the launcher's messages go: stdout and stderr, each through a `Destination`."""
 
     def __init__(self, stdout_fd: int = 1, stderr_fd: int = 2) -> None:
-        self.stderr = Destination(stderr_fd, "stderr", self.message)
-        self.stdout = self.stderr if _same_file(stdout_fd, stderr_fd) else Destination(stdout_fd, "stdout", self.message)
+        # Called once, from a writer thread, when a reader of stdout or stderr went away (`| head`).
+        self.on_reader_gone: Callable[[], None] | None = None
+        self._gone_told = False
+        self.stderr = Destination(stderr_fd, "stderr", self.message, self._reader_gone)
+        self.stdout = self.stderr if _same_file(stdout_fd, stderr_fd) else \
+            Destination(stdout_fd, "stdout", self.message, self._reader_gone)
         if self.stdout is self.stderr:
             self.stderr.name = "stdout"
+
+    def _reader_gone(self) -> None:
+        with self.stderr._cond:  # (two writer threads may see their reader go at once)
+            first, self._gone_told = not self._gone_told, True
+        if first and self.on_reader_gone is not None:
+            self.on_reader_gone()
 
     def write(self, destination: Destination, data: bytes, lines: int = 1) -> None:
         """Queue `lines` whole lines of rank output (`data`) for `destination` (`self.stdout`, `self.stderr`)."""
@@ -223,8 +243,9 @@ class LineWriter:
         """A line from the launcher itself, on stderr; never waits."""
         self.stderr.put_message(text.encode("utf-8", "replace") + b"\n")
 
-    def close(self) -> None:
-        """At exit: write what is queued while the writes make progress (bounded), then say what was lost."""
+    def close(self) -> bool:
+        """At exit: write what is queued while the writes make progress (bounded), then say what was
+        lost; whether any rank output was lost (dropped at any time, or not writable)."""
         deadline = time.monotonic() + CLOSE_WAIT
         destinations = [self.stdout] if self.stdout is self.stderr else [self.stdout, self.stderr]
         for d in destinations:
@@ -233,7 +254,11 @@ class LineWriter:
         for count, name in lost:
             if count:
                 self.message(dropped_notice(count, name))
-        self.stderr.drain(time.monotonic() + CLOSE_STALL)  # its own time: the rank output's may be spent
+        # Its own time: the rank output's may be spent. Where lines were lost, the notice waits for a
+        # reader that paused (`| less`, stdout and stderr one pipe) as long as rank output did in all.
+        told = any(count for count, _ in lost)
+        self.stderr.drain(time.monotonic() + (CLOSE_WAIT if told else CLOSE_STALL), CLOSE_WAIT if told else CLOSE_STALL)
+        return told or any(d.lost_any or d.failed for d in destinations)
 
 
 def dropped_notice(count: int, name: str) -> str:

@@ -253,6 +253,29 @@ def test_output_whose_reader_went_away_ends_the_launcher_quietly():
     assert proc.returncode == -signal.SIGPIPE
 
 
+def test_a_job_whose_output_reader_went_away_stops_as_sigpipe_stops_a_program():
+    # `ringdist-launch -n 2 loop.py | head -1`: the launcher dropped the output and the ranks ran
+    # on for ever; a program writing there itself dies of SIGPIPE (torchrun's ranks write there).
+    script = ("import time, ringdist as rd\ng = rd.init()\ni = 0\nwhile True:\n"
+              "    print(g.rank(), i, flush=True)\n    i += 1\n    time.sleep(0.001)\n")
+    read_end, write_end = os.pipe()
+    proc = subprocess.Popen([*LAUNCHER, "-n", "2", "--", PY, "-c", script], stdin=subprocess.DEVNULL,
+                            stdout=write_end, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    os.close(write_end)
+    try:
+        with os.fdopen(read_end, "rb") as reader:
+            first = reader.readline()  # as `head -1` does, then it goes
+        began = time.monotonic()
+        _, err = proc.communicate(timeout=60)
+        took = time.monotonic() - began
+    finally:
+        kill_tree(proc)
+    assert first.split()[0] in (b"[0]", b"[1]"), first
+    assert proc.returncode == -signal.SIGPIPE, (proc.returncode, err)
+    assert "interrupted by SIGPIPE (a reader of its output went away); ranks 0,1 stopped by the launcher" in err, err
+    assert took < 30, took
+
+
 def test_a_host_that_runs_here_with_an_address_this_machine_lacks_is_refused_before_anything_starts(tmp_path):
     # No "ssh": its ranks start on this machine, and each failed to listen on 203.0.113.9 with a
     # traceback of its own. Found by binding to it, which sends nothing.
