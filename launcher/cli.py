@@ -191,7 +191,8 @@ def _parser() -> argparse.ArgumentParser:
                         f"at most {MAX_GRACE:g})")
     parser.add_argument("-v", "--verbose", action="store_true",
                         help="say what the launcher does, and set RINGDIST_VERBOSE=1 in the ranks")
-    parser.add_argument("--no-prefix", action="store_true", help="do not prefix output lines with [rank]")
+    parser.add_argument("--no-prefix", action="store_true",
+                        help="do not prefix output lines with [rank]: each rank's bytes pass unchanged")
     parser.add_argument("--dry-run", action="store_true",
                         help="print each rank's command and environment (secret redacted) and exit")
     parser.add_argument("-m", metavar="MODULE", dest="_module",

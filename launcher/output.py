@@ -12,6 +12,9 @@ so that memory stays bounded and progress shows:
   written at once, prefixed like a line ("\\r\\n" still ends a line);
 - a line longer than `LINE_CAP` bytes is written in pieces of at most that
   size, each but the last followed by `CONTINUED`.
+With `--no-prefix` the bytes go out as the rank wrote them: no `CONTINUED`, and a last line
+without a newline keeps none (one rank's output, `> result.json`, is its output byte for byte;
+several ranks' long lines may then meet mid-line).
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ class Pump:
         self._prefix = prefix
         self._writer = writer
         self._tap = tap
+        self._raw = not prefix  # --no-prefix: nothing added to the rank's bytes
         self._thread = threading.Thread(target=self._run, name=f"pump {prefix!r}", daemon=True)
         self._thread.start()
 
@@ -64,7 +68,7 @@ class Pump:
                 pending += data
                 self._emit(split_segments(pending))
             if pending:
-                self._emit([(bytes(pending), b"\n")])
+                self._emit([(bytes(pending), b"" if self._raw else b"\n")])
         finally:
             self._pipe.close()
             if self._tap is not None:
@@ -80,6 +84,8 @@ class Pump:
                     continue
                 if tail == b"\n" and text.endswith(b"\n"):
                     tail = b""
+            if self._raw and tail == CONTINUED:
+                tail = b""
             out.append(self._prefix + text + tail)
         if out:
             self._writer.write(self._stream, b"".join(out), len(out))

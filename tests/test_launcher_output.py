@@ -338,3 +338,19 @@ def test_output_that_cannot_be_written_is_said_and_the_launcher_does_not_exit_0(
                              stdout=full, stderr=subprocess.PIPE, text=True, timeout=60, start_new_session=True)
     assert res.returncode == 1, res.stderr
     assert "ringdist-launch: cannot write to stdout: No space left on device; dropping its output" in res.stderr
+
+
+def test_no_prefix_passes_a_rank_s_bytes_unchanged(tmp_path):
+    # A long line was cut every 64 KiB with " [line continues]" and a last line got a newline:
+    # `-n 1 --no-prefix script.py > result.json` was not the script's output.
+    data = os.urandom(1 << 20) + b"x" * 300_000 + b"\nend without a newline"
+    source = tmp_path / "data.bin"
+    source.write_bytes(data)
+    for args, expected in ((["--no-prefix"], data), ([], None)):
+        res = subprocess.run([*LAUNCHER, "-n", "1", *args, "--", "cat", str(source)], stdin=subprocess.DEVNULL,
+                             capture_output=True, timeout=60, start_new_session=True)
+        assert res.returncode == 0, res.stderr
+        if expected is not None:
+            assert res.stdout == expected
+        else:  # with the prefix, lines stay whole and marked, as before
+            assert b" [line continues]\n[0] " in res.stdout and res.stdout.endswith(b"[0] end without a newline\n")
