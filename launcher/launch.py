@@ -43,7 +43,7 @@ def launch(options: argparse.Namespace, target: Target) -> Outcome:
 
         spawners = [spawner_for(r.placement, local, remote_spawner) for r in plan.ranks]
     except ConfigError as e:
-        print(f"{PROG}: error: {e}", file=sys.stderr)
+        print(f"{PROG}: error: {e}{_hosts_hint(options.hosts)}", file=sys.stderr)
         return Outcome(EXIT_USAGE)
     problem = _program_problem(target, plan)
     if problem is not None:
@@ -183,6 +183,15 @@ def _connect_timeout(plan: JobPlan) -> float:
     """RINGDIST_CONNECT_TIMEOUT as the ranks will see it (their envs, else the launcher's environment)."""
     env = {**os.environ, **dict(plan.ranks[0].user_env)} if plan.ranks else dict(os.environ)
     return Settings.from_env(env).connect_timeout
+
+
+def _hosts_hint(spec: str | None) -> str:
+    """What an error adds where `--hosts` was one name that is no file here: it was taken as a host
+    name, and may have been meant as a hostfile (`--hosts hosts.jsn`)."""
+    if spec is None or "," in spec or os.path.exists(spec) or not spec.strip():
+        return ""
+    return (f" (--hosts {spec}: no file of that name here, so it was taken as a host name; a hostfile is given "
+            f"by its path, or named *.json)")
 
 
 def _hosts(options: argparse.Namespace) -> Hostfile:

@@ -257,3 +257,14 @@ def test_round_trip_through_json(tmp_path):
     data = {"hosts": [{"ssh": "localhost", "ips": ["127.0.0.1"], "slots": 3}], "envs": ["A=1"]}
     hf = load_hostfile(write(tmp_path, json.dumps(data)))
     assert isinstance(hf, Hostfile) and hf.slots == 3 and hf.envs == (("A", "1"),)
+
+
+def test_an_error_about_hosts_given_as_one_name_that_is_no_file_says_it_was_taken_as_a_host(tmp_path):
+    # `--hosts hosts.jsn` (a typo) was read as a host name, and the error spoke of addresses only.
+    from ringdist_launch.launch import _hosts_hint
+
+    assert _hosts_hint("hosts.jsn") == (" (--hosts hosts.jsn: no file of that name here, so it was taken as a host "
+                                        "name; a hostfile is given by its path, or named *.json)")
+    real = tmp_path / "hosts"
+    real.write_text("{}")
+    assert _hosts_hint(str(real)) == "" and _hosts_hint("node1,node2") == "" and _hosts_hint(None) == ""
