@@ -881,7 +881,8 @@ class Comm:
                 try:
                     sock = self._endpoint.take(InboxKey(self.gid, peer, "p2p", 0), deadline,
                                                f"{op} in group {self.gid!r}: waiting for rank {peer} to send",
-                                               check=check, source=self._addresses[peer], me=self._rank)
+                                               check=check, source=self._addresses[peer], me=self._rank,
+                                               none_came=nothing_sent(peer, deadlines.left(deadline)))
                 finally:
                     asker.close()
                 table[peer] = [Channel(sock, me=self._rank, peer=peer, group=self.gid, role="p2p-in",
@@ -1128,6 +1129,13 @@ def _release_parts(parts: dict[str, Any], p2p_out: dict[int, list], p2p_in: dict
 def _waited(exc: BaseException) -> tuple[int, ...]:
     """The world ranks a failure (a timeout) waited for, as it tells the launcher (`engine.waited_for`)."""
     return getattr(exc, "ringdist_waited_for", ())
+
+
+def nothing_sent(peer: int, limit: float) -> str:
+    """What a receive's timeout says when `peer` never sent it a message on the group (its first
+    opens the pair's connection)."""
+    return (f"it sent this group no message within {limit:.3g} s (is it in another call, or waiting to "
+            f"receive too? `timeout=` or RINGDIST_TIMEOUT sets how long a receive waits)")
 
 
 def busy_pair(rank: int, op: str, peer: int, outgoing: bool, gid: str, limit: float) -> str:

@@ -295,7 +295,8 @@ class Endpoint:
 
     def take(self, key: InboxKey, deadline: float, what: str,
              check: Callable[[], None] | None = None,
-             source: list[tuple[str, int]] | None = None, me: int | None = None) -> socket.socket:
+             source: list[tuple[str, int]] | None = None, me: int | None = None,
+             none_came: str = "no connection arrived in time") -> socket.socket:
         """Wait for the authenticated connection filed under `key`; RingTimeoutError at deadline.
 
         `check` (if given) runs every CHECK_INTERVAL seconds of the wait, outside the lock:
@@ -303,7 +304,8 @@ class Endpoint:
         addresses of the rank expected to connect; once it is known to have left the job (and
         DEPARTED_GRACE has passed with nothing from it), PeerLostError, after a last `check` (an
         ABORT from another rank names the first failure, which that rank's departure may follow).
-        `me`: this rank's rank in the group taking it, which errors name (default: the world's)."""
+        `me`: this rank's rank in the group taking it, which errors name (default: the world's);
+        `none_came`: what its timeout says happened."""
         label = self.label if me is None else f"rank {me}"
         while True:
             with self._cond:
@@ -320,7 +322,7 @@ class Endpoint:
                 if self._closed:
                     raise RingError(f"{label}: {what}: this rank's endpoint closed (the process is exiting)")
                 if left <= 0:
-                    raise RingTimeoutError(f"{label}: {what}: no connection arrived in time{self._starved()}")
+                    raise RingTimeoutError(f"{label}: {what}: {none_came}{self._starved()}")
                 wait = deadlines.thread_wait(left)
                 gone = self._gone(source, now)
                 if isinstance(gone, float):  # heard of its departure: the grace, then PeerLostError

@@ -329,10 +329,10 @@ def check_same(mine: dict[str, Any], theirs: dict[str, Any], ch: Channel) -> Non
             settings = ("RINGDIST_DIRECTIONS" if mine.get("path") == theirs.get("path")  # what chooses them
                         else "RINGDIST_ALGO, RINGDIST_DIRECT_MAX and RINGDIST_DIRECTIONS")
             raise MismatchError(
-                f"rank {ch.me} and {peer_name(ch)} chose different paths for {wire.describe_header(mine)}: "
+                f"{peer_name(ch, ch.me)} and {peer_name(ch)} chose different paths for {wire.describe_header(mine)}: "
                 f"{here} here, {there} there; set {settings} the same on every rank (group {ch.group!r})")
         raise MismatchError(
-            f"rank {ch.me} called {wire.describe_header(mine)} but {peer_name(ch)} called "
+            f"{peer_name(ch, ch.me)} called {wire.describe_header(mine)} but {peer_name(ch)} called "
             f"{wire.describe_header(theirs)} (group {ch.group!r})")
 
 

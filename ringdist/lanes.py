@@ -14,7 +14,7 @@ from typing import Callable
 
 from . import engine, jobs, runners
 from .channel import Channel
-from .comm import Comm, busy_pair
+from .comm import Comm, busy_pair, nothing_sent
 from .errors import RingError, RingTimeoutError
 from .flows import Watch
 from .jobs import Job
@@ -201,7 +201,7 @@ class Lanes:
                                         job.g.gid, job.timeout)
                 else:
                     message = (f"rank {job.g.rank()}: {plan.op} in group {job.g.gid!r}: waiting for rank "
-                               f"{plan.peer} to send: no connection arrived in time")  # type: ignore[union-attr]
+                               f"{plan.peer} to send: {nothing_sent(plan.peer, job.timeout)}")  # type: ignore[union-attr]
                 self._failed(job, RingTimeoutError(message))
 
     def _asked(self, job: Job) -> bool:

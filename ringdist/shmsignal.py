@@ -314,8 +314,9 @@ class Signals:
                                                          world_ranks=g.world_ranks))
             except MismatchError as exc:
                 return str(exc)  # word for word what TCP's check says
-        other = channel.peer_name(SimpleNamespace(peer=p, world_ranks=g.world_ranks))
-        return (f"rank {self.rank} called {self._describe(self.rank, mine)} but {other} called "
+        ranks = SimpleNamespace(peer=p, world_ranks=g.world_ranks)
+        other, me = channel.peer_name(ranks), channel.peer_name(ranks, self.rank)
+        return (f"{me} called {self._describe(self.rank, mine)} but {other} called "
                 f"{self._describe(p, theirs)} ({how}; group {g.gid!r})")
 
     def _fields(self, p: int) -> dict[str, Any] | None:

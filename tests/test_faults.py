@@ -185,7 +185,8 @@ def test_a_departure_says_what_the_rank_had_raised():
     outcome = _rank_0_outcome("raised")
     assert re.fullmatch(r"PeerLostError: rank 0: recv in group 'world': waiting for rank 1 to send: world rank 1 "
                         r"left the job: (its connection to the launcher closed \(its process ended\)|exited with "
-                        r"code 3); it had raised \(as rank 0 of group 'world/0:1'\) MismatchError: rank 0 called all_gather\(shape=\(4,\), "
+                        r"code 3); it had raised \(as rank 0 of group 'world/0:1'\) MismatchError: rank 0 \(world rank 1\) called "
+                        r"all_gather\(shape=\(4,\), "
                         r"dtype=float64\) \[call #0\] but rank 1 \(world rank 2\) called all_gather\(shape=\(5,\), dtype=float64\) "
                         r"\[call #0\] \(group 'world/0:1'\)", outcome), outcome  # rank 2, which raised too, leaves after it
 

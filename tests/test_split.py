@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import ringdist as rd
+from ringdist.errors import MismatchError
 
 from harness import run_ranks
 from helpers import ROOT, SCRIPTS, run_launcher
@@ -133,3 +134,17 @@ def _stall_message(g):
     with pytest.raises(rd.RingTimeoutError) as info:
         rd.all_sum(np.ones(4), group=g, timeout=0.5)
     return info.value
+
+
+def test_a_mismatch_in_a_sub_group_names_this_rank_s_world_rank_too():
+    # The line a rank prints is prefixed with its world rank: its own group rank alone read as another rank.
+    def rank(g):
+        sub = g.split(g.rank() % 2)
+        with pytest.raises(MismatchError) as exc:
+            rd.barrier(group=sub) if sub.rank() == 0 else rd.all_sum(np.ones(1), group=sub)
+        return str(exc.value)
+
+    got = run_ranks(4, rank)
+    assert got[2].startswith("rank 1 (world rank 2) called all_sum(shape=(1,), dtype=float64) [call #0] but rank 0 "
+                             "called barrier"), got[2]
+    assert got[0].startswith("rank 0 called barrier") and "but rank 1 (world rank 2) called all_sum" in got[0], got[0]

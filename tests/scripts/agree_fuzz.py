@@ -155,8 +155,9 @@ def run_trial(t: int, g: rd.Group, trial: dict) -> tuple[str, str | None]:
     elif took > TRIAL_LIMIT or took_all > TRIAL_LIMIT:
         bad = f"raised after {took:.1f} s (then {took_all:.1f} s), over {TRIAL_LIMIT} s"
     if bad is None and outcome == "MismatchError" and not (
-            re.search(r"rank \d+ called .* but rank \d+ (\(world rank \d+\) )?called ", message)
-            or re.search(r"rank \d+ and rank \d+ (\(world rank \d+\) )?chose different paths", message)
+            re.search(r"rank \d+ (\(world rank \d+\) )?called .* but rank \d+ (\(world rank \d+\) )?called ", message)
+            or re.search(r"rank \d+ (\(world rank \d+\) )?and rank \d+ (\(world rank \d+\) )?chose different paths",
+                         message)
             or re.search(r"rank \d+ expected recv\(.*\) from rank \d+ (\(world rank \d+\) )?but rank \d+ sent ",
                          message)):
         bad = f"a MismatchError that does not name both sides: {message}"
