@@ -43,7 +43,8 @@ def launch(options: argparse.Namespace, target: Target) -> Outcome:
 
         spawners = [spawner_for(r.placement, local, remote_spawner) for r in plan.ranks]
     except ConfigError as e:
-        print(f"{PROG}: error: {e}{_hosts_hint(options.hosts)}", file=sys.stderr)
+        hint = "" if str(e).startswith("--hosts") else _hosts_hint(options.hosts)  # (not --hosts' own syntax errors)
+        print(f"{PROG}: error: {e}{hint}", file=sys.stderr)
         return Outcome(EXIT_USAGE)
     problem = _program_problem(target, plan)
     if problem is not None:
@@ -188,7 +189,7 @@ def _connect_timeout(plan: JobPlan) -> float:
 def _hosts_hint(spec: str | None) -> str:
     """What an error adds where `--hosts` was one name that is no file here: it was taken as a host
     name, and may have been meant as a hostfile (`--hosts hosts.jsn`)."""
-    if spec is None or "," in spec or os.path.exists(spec) or not spec.strip():
+    if spec is None or "," in spec or ":" in spec or os.path.exists(spec) or not spec.strip():
         return ""
     return (f" (--hosts {spec}: no file of that name here, so it was taken as a host name; a hostfile is given "
             f"by its path, or named *.json)")

@@ -20,7 +20,7 @@ from typing import Callable, NamedTuple
 
 from . import channel, deadlines, forks, posixshm, wire
 from .acceptor import Acceptor
-from .errors import ConnectError, PeerLostError, RingError, RingTimeoutError
+from .errors import AuthError, ConnectError, PeerLostError, RingError, RingTimeoutError
 from .handshake import HandshakeCutOff, client_handshake
 
 log = logging.getLogger("ringdist")
@@ -472,6 +472,8 @@ class Endpoint:
                 except RingTimeoutError:
                     errors.append(f"{ip}:{port}: handshake: timed out")
                     continue
+                except AuthError as exc:  # (named for the rank that dialed)
+                    raise AuthError(f"{label}: {exc}") from None
                 return sock
             if up and refused == len(addresses):
                 if check is not None:

@@ -38,8 +38,8 @@ class HandshakeCutOff(PeerLostError, EOFError):
 
 
 # Ranks of one job that know different secrets meet as strangers: say where the secret comes from.
-SECRET_HINT = (" (every rank of a job needs the same secret: RINGDIST_SECRET or RINGDIST_SECRET_FILE, "
-               "set alike for every rank; the launcher sets it itself)")
+SECRET_HINT = (" (every rank of a job needs the same secret: ringdist-launch sets RINGDIST_SECRET itself; under "
+               "a scheduler, set RINGDIST_SECRET or RINGDIST_SECRET_FILE alike for every rank)")
 
 
 def client_handshake(sock: socket.socket, secret: bytes, hello: dict[str, Any], deadline: float,

@@ -287,7 +287,24 @@ def describe_header(fields: dict[str, Any]) -> str:
         return f"{fields.get('op')}({extras[2:]}) [call #{fields.get('seq')}]"
     if (fields.get("uneven") is True or fields.get("splits") is True) and shape:  # rows differ by rank:
         shape = "(any" + "".join(f", {d}" for d in shape[1:]) + ("," if len(shape) == 1 else "") + ")"  # not in the header
-    return f"{fields.get('op')}(shape={shape}, dtype={dtype}{extras}) [call #{fields.get('seq')}]"
+    call = op
+    if isinstance(op, str) and op in _CALLED_AS:  # a reduction with no function of its own: as it was called
+        call, reduction = _CALLED_AS[op]
+        extras = f", op={reduction!r}" + "".join(f", {k}={v!r}" for k, v in sorted(fields.items())
+                                                 if k not in ("op", "seq", "dtype", "shape", "reduce") + INTERNAL_FIELDS)
+    if op in ("reduce", "scan") and "reduce" in fields:  # a rooted reduce's or a scan's reduction: its `op`
+        extras = extras.replace(f"reduce={fields['reduce']!r}", f"op={fields['reduce']!r}")
+    if fields.get("splits") is True:  # counts given (or an all_to_all's splits): shown by the shape's "any"
+        extras = extras.replace(", splits=True", "")
+    if isinstance(fields.get("counts"), str):  # a reduce_scatter's counts, as the header carries them
+        extras = extras.replace(f"counts={fields['counts']!r}", f"counts=[{fields['counts'].replace(',', ', ')}]")
+    return f"{call}(shape={shape}, dtype={dtype}{extras}) [call #{fields.get('seq')}]"
+
+
+# Reductions a header names by an internal op, with the call and `op` that made them.
+_CALLED_AS = {"all_avg": ("all_reduce", "avg"),
+              **{f"all_{r}": ("all_reduce", r) for r in ("band", "bor", "bxor")},
+              **{f"{r}_scatter": ("reduce_scatter", r) for r in ("max", "min", "prod", "band", "bor", "bxor")}}
 
 
 # ---- handshake -------------------------------------------------------------------------------

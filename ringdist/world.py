@@ -69,6 +69,8 @@ def init(strict: bool = False, backend: str = "ring") -> Group:
     Launched but broken (bad environment, unreachable peer): raises even when not strict.
     """
     global _world, _job
+    if strict is not True and strict is not False:
+        raise TypeError(f"init: strict must be True or False, got {strict!r}")
     if backend not in BACKENDS:
         raise ConfigError(f"unknown backend {backend!r}; ringdist provides {', '.join(BACKENDS)}")
     with _world_lock:

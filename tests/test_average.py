@@ -66,7 +66,7 @@ def test_avg_never_pairs_with_sum():
     with pytest.raises(RankFailed) as failed:
         run_ranks(2, rank)
     assert all(isinstance(e, rd.MismatchError) for e in failed.value.errors)
-    assert "rank 0 called all_avg(shape=(3,), dtype=float64" in str(failed.value.errors[0])
+    assert "rank 0 called all_reduce(shape=(3,), dtype=float64, op='avg')" in str(failed.value.errors[0])
 
 
 def test_a_bad_op_names_avg_among_all_reduce_s():

@@ -220,3 +220,10 @@ def test_init_names_the_ranks_that_never_registered():
     again = re.findall(r"^\[(\d)\] 2 RingError (.*)$", res.stdout, re.M)
     assert len(again) == 5 and all("init() failed once this rank had registered at the rendezvous" in text
                                    and "cannot be called again in this process" in text for _, text in again), again
+
+
+def test_init_refuses_a_strict_that_is_not_a_bool():
+    res = _python("import ringdist as rd\ntry:\n    rd.init(strict='yes')\nexcept TypeError as e:\n    print(e)\n"
+                  "print(rd.init(strict=False).size())\n")
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.splitlines() == ["init: strict must be True or False, got 'yes'", "1"], res.stdout

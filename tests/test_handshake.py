@@ -100,8 +100,10 @@ def test_a_rank_with_another_secret_fails_at_once_naming_the_refusal():
         elapsed = time.monotonic() - t0
     finally:
         server.kill()
-    assert res.stdout.startswith("AuthError: handshake with the rendezvous at 127.0.0.1:"), res.stdout + res.stderr
+    assert res.stdout.startswith("AuthError: rank 0: handshake with the rendezvous at 127.0.0.1:"), \
+        res.stdout + res.stderr
     assert "refused by peer: wrong job" in res.stdout
+    assert "ringdist-launch sets RINGDIST_SECRET itself; under a scheduler, set RINGDIST_SECRET" in res.stdout
     assert elapsed < 30  # not RINGDIST_CONNECT_TIMEOUT's 60 s of trying again
 
 

@@ -268,3 +268,4 @@ def test_an_error_about_hosts_given_as_one_name_that_is_no_file_says_it_was_take
     real = tmp_path / "hosts"
     real.write_text("{}")
     assert _hosts_hint(str(real)) == "" and _hosts_hint("node1,node2") == "" and _hosts_hint(None) == ""
+    assert _hosts_hint("localhost:4") == "" and _hosts_hint("::1") == ""

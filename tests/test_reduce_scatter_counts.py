@@ -62,7 +62,7 @@ def test_ranks_that_disagree_on_the_counts_all_raise():
 
     outcomes = run_ranks(2, rank)
     assert all(o is not None and o[0] is MismatchError for o in outcomes), outcomes
-    assert "counts='2,2'" in outcomes[1][1] and "counts='1,3'" in outcomes[1][1], outcomes
+    assert "counts=[2, 2]" in outcomes[1][1] and "counts=[1, 3]" in outcomes[1][1], outcomes
 
 
 def test_counts_against_even_blocks_is_a_mismatch_and_bad_counts_fail_every_rank():

@@ -47,7 +47,7 @@ def test_ranks_that_disagree_on_the_call_all_raise_mismatch(path, differs):
             assert after.startswith("MismatchError: ") and "aborted by rank" in after and "scan(shape=" in after, got
         else:
             assert outcome.startswith("MismatchError: ") and after.startswith("GroupBrokenError: "), got
-    theirs = {"op": "reduce='max'", "exclusive": "exclusive=True", "shape": "shape=(5,)"}[differs]
+    theirs = {"op": "op='max'", "exclusive": "exclusive=True", "shape": "shape=(5,)"}[differs]
     assert theirs in got[0][0] and theirs in got[n - 1][0] and "scan(shape=" in got[0][0], got
 
 
