@@ -64,7 +64,7 @@ class Decision:
     action: Action
     ranks: tuple[int, ...] = ()
     message: str | None = None
-    signum: int | None = None  # the signal to pass on (Action.FORWARD)
+    signum: int | None = None  # the signal to pass on (Action.FORWARD); that stops (Action.STOP; None: SIGTERM)
 
 
 NOTHING = Decision(Action.NOTHING)
@@ -284,7 +284,9 @@ class JobPolicy:
         name = _signal_name(signum) if signum != signal.SIGPIPE else "SIGPIPE (a reader of its output went away)"
         if not self.stopping:
             self._set_cause(f"interrupted by {name}", 128 + signum)
-            return self._stop_all()
+            # Ctrl-C reaches each rank as Ctrl-C does a program run alone: SIGINT, its KeyboardInterrupt
+            # (its finally blocks and exit handlers run); the others stop it by SIGTERM.
+            return self._stop_all(stop_signal=signal.SIGINT if signum == signal.SIGINT else None)
         if not self._running:
             return NOTHING
         self._killed.update(self._running)
@@ -406,13 +408,15 @@ class JobPolicy:
         self._cause = cause
         self._exit_status = status
 
-    def _stop_all(self, exclude: int | None = None) -> Decision:
-        """Stop every running rank, saying so now; with none left to stop, the summary says it all."""
+    def _stop_all(self, exclude: int | None = None, stop_signal: int | None = None) -> Decision:
+        """Stop every running rank (by `stop_signal`; default SIGTERM), saying so now; with none left
+        to stop, the summary says it all."""
         targets = tuple(sorted(self._running - {exclude}))
         self._stopped.update(targets)
         self._left_at_stop.update(r for r in targets if r in self._left)
         if targets:
-            return Decision(Action.STOP, targets, f"ringdist-launch: {self._cause}; stopping {rank_list(targets)}")
+            return Decision(Action.STOP, targets, f"ringdist-launch: {self._cause}; stopping {rank_list(targets)}",
+                            signum=stop_signal)
         if self.summary() is not None:
             return Decision(Action.STOP)
         return Decision(Action.STOP, (), f"ringdist-launch: {self._cause}; no other rank was running")

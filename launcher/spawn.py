@@ -380,6 +380,18 @@ def stop_sessions(ranks: Sequence[RankProcess], sig: int) -> None:
         signal_sessions(sessions, sig)
 
 
+def interrupt(ranks: Sequence[RankProcess], sig: int) -> None:
+    """Send `sig` (SIGINT) once to every process of these ranks' sessions (on Linux; elsewhere its
+    process group): a second one, as its group's and its session's signals together would be,
+    would interrupt the handling of the first (its exit handlers). A remote rank's keeper stops it
+    as ever (SIGTERM)."""
+    local = [r for r in ranks if r.session is not None] if sys.platform.startswith("linux") else []
+    signal_sessions({r.session for r in local}, sig)
+    for r in ranks:
+        if r not in local:
+            r.signal(signal.SIGTERM if isinstance(r, RemoteRankProcess) else sig)
+
+
 def wait_exit(proc: subprocess.Popen[bytes]) -> int:
     """Block until the process exits; return its returncode (-N for signal N).
 

@@ -86,6 +86,28 @@ def test_policy_says_a_rank_died_of_a_signal_it_passed_on():
 # --- real launches --------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("where", ["sleeping", "in-collective"])
+def test_ctrl_c_reaches_each_rank_as_keyboard_interrupt_once(where):
+    # The ranks got SIGTERM: no KeyboardInterrupt, no finally block, no exit handler ran (a program
+    # run alone, or under torchrun, gets Ctrl-C's SIGINT). Sent to each process once: the session's
+    # signal and the group's together interrupted the exit handlers too.
+    proc = start_launcher(["-n", "2", str(SCRIPTS / "interrupted_cleanly.py"), f"--{where}"])
+    try:
+        out = LineReader(proc.stdout)
+        out.wait_for(r"^\[\d\] ready$", 2, timeout=60)
+        time.sleep(0.5)  # (rank 0 into its collective)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=30) == -signal.SIGINT
+        text, err = out.rest(), proc.stderr.read()
+    finally:
+        kill_tree(proc)
+    for r in (0, 1):
+        lines = [line for line in text.splitlines() if line.startswith(f"[{r}] ")]
+        assert lines[-3:] == [f"[{r}] KeyboardInterrupt", f"[{r}] finally ran", f"[{r}] exit handler ran"], text
+    assert "Traceback" not in text + err, text + err
+    assert "interrupted by SIGINT; ranks 0,1 stopped by the launcher" in err, err
+
+
 def test_ctrl_c_stops_the_shell_loop_running_the_launcher():
     """Ctrl-C reaches the shell and the launcher (their process group); a shell goes on with its
     script unless the program it waits for was killed by SIGINT."""
