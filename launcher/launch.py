@@ -10,6 +10,7 @@ import dataclasses
 import os
 import shlex
 import shutil
+import signal
 import socket
 import sys
 
@@ -43,7 +44,8 @@ def launch(options: argparse.Namespace, target: Target) -> Outcome:
 
         spawners = [spawner_for(r.placement, local, remote_spawner) for r in plan.ranks]
     except ConfigError as e:
-        hint = "" if str(e).startswith("--hosts") else _hosts_hint(options.hosts)  # (not --hosts' own syntax errors)
+        # Only where the error is about that name as a host (not --hosts' own syntax, nor other settings).
+        hint = _hosts_hint(options.hosts) if options.hosts and repr(options.hosts) in str(e) else ""
         print(f"{PROG}: error: {e}{hint}", file=sys.stderr)
         return Outcome(EXIT_USAGE)
     problem = _program_problem(target, plan)
@@ -62,7 +64,7 @@ def launch(options: argparse.Namespace, target: Target) -> Outcome:
     sys.stdout.flush()
     sys.stderr.flush()
     writer = LineWriter(sys.stdout.fileno(), sys.stderr.fileno())
-    lost = False
+    lost = gone = False
     try:
         outcome = run_job(
             plan,
@@ -74,7 +76,9 @@ def launch(options: argparse.Namespace, target: Target) -> Outcome:
             verbose=options.verbose,
         )
     finally:
-        lost = writer.close()  # bounded: a stdout nobody reads does not keep the launcher from exiting
+        lost, gone = writer.close()  # bounded: a stdout nobody reads does not keep the launcher from exiting
+    if gone and outcome.fatal_signal is None:  # (its last output, after the ranks ended: as `seq 9 | head -1`)
+        return Outcome(128 + signal.SIGPIPE, signal.SIGPIPE)
     if lost and outcome.status == 0 and outcome.fatal_signal is None:
         return Outcome(1)  # the ranks' output was not all written (`writer` said how much): not a success
     return outcome

@@ -14,7 +14,7 @@ so that memory stays bounded and progress shows:
   size, each but the last followed by `CONTINUED`.
 With `--no-prefix` the bytes go out as the rank wrote them: no `CONTINUED`, and a last line
 without a newline keeps none (one rank's output, `> result.json`, is its output byte for byte;
-several ranks' long lines may then meet mid-line).
+several ranks' long lines, or unfinished last lines, may then meet mid-line).
 """
 
 from __future__ import annotations
@@ -84,6 +84,8 @@ class Pump:
                     continue
                 if tail == b"\n" and text.endswith(b"\n"):
                     tail = b""
+                elif not tail and not self._raw and not text.endswith((b"\n", b"\r")):
+                    tail = b"\n"  # a line the tap cut short (a remote rank's unfinished last line): ended here
             if self._raw and tail == CONTINUED:
                 tail = b""
             out.append(self._prefix + text + tail)

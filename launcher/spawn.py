@@ -243,7 +243,7 @@ class RemoteRankProcess(RankProcess):
             self._exit_known.set()
         else:
             return line
-        return line[:at] + b"\n" if at else None  # a rank's unfinished last line, then the report
+        return line[:at] if at else None  # a rank's unfinished last line, then the report (`output` ends it)
 
     def stderr_tap(self, line: bytes | None) -> bytes | None:
         if line is None:

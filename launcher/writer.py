@@ -62,13 +62,19 @@ class Destination:
         self._dropped = 0  # rank lines dropped and not yet reported
         self._last_notice = 0.0
         self._dead = not _is_open(fd)
+        self._epipe = False  # it died of its reader going away (EPIPE)
         self.failed = False  # rank output could not be written (an error other than a reader gone)
+        self.gone = False  # rank output could not be written: its reader went away
         self.lost_any = False  # rank output was dropped for a reader that did not read
         self._piece = PIPE_WRITE_BYTES if _is_pipe(fd) else WRITE_BYTES
         threading.Thread(target=self._run, name=f"write {name}", daemon=True).start()
 
     def put(self, data: bytes, lines: int) -> None:
         """Queue `lines` lines of rank output: wait while the destination is being written, else drop them."""
+        with self._cond:
+            tell = self._dead and lines > 0 and self._lose_rank_output()
+        if tell:
+            self._gone()
         with self._cond:
             while not self._dead and self._queued + len(data) > BUFFER_BYTES:
                 stalled = self._stalled_for()
@@ -112,6 +118,15 @@ class Destination:
             self._items = kept
             return count
 
+    def _lose_rank_output(self) -> bool:
+        """Rank output will not be written here (the destination is dead): noted, for the exit
+        status; whether its reader going away is news to tell (`gone`), with the lock held."""
+        if self._epipe:
+            first, self.gone = not self.gone, True
+            return first
+        self.failed = True
+        return False
+
     def _unwritten_lines(self) -> int:
         """Rank lines of the write under way not yet wholly written (a line cut short counts)."""
         count, start, written = 0, 0, self._written
@@ -154,10 +169,12 @@ class Destination:
             with self._cond:
                 self._progress = None
                 self._queued -= size
+                tell = False
                 if error is not None:
                     self._dead = True
-                    if error.errno != errno.EPIPE and (lines or any(n for _, n in self._items)):
-                        self.failed = True  # rank output that will never be written: the job's status says so
+                    self._epipe = error.errno == errno.EPIPE
+                    if self._unwritten_lines() or any(n for _, n in self._items):  # rank output never written
+                        tell = self._lose_rank_output()
                     self._items.clear()
                     self._queued = 0
                 report = 0
@@ -167,9 +184,9 @@ class Destination:
                 self._cond.notify_all()
             if report:
                 self._notify(dropped_notice(report, self.name))
-            if error is not None and error.errno == errno.EPIPE:
+            if tell:
                 self._gone()
-            elif error is not None:
+            if error is not None and not self._epipe:
                 self._notify(f"ringdist-launch: cannot write to {self.name}: {error.strerror or error}; "
                              "dropping its output")
 
@@ -243,9 +260,10 @@ class LineWriter:
         """A line from the launcher itself, on stderr; never waits."""
         self.stderr.put_message(text.encode("utf-8", "replace") + b"\n")
 
-    def close(self) -> bool:
+    def close(self) -> tuple[bool, bool]:
         """At exit: write what is queued while the writes make progress (bounded), then say what was
-        lost; whether any rank output was lost (dropped at any time, or not writable)."""
+        lost. Whether any rank output was lost (dropped at any time, or not writable), and whether
+        some could not be written because its reader went away."""
         deadline = time.monotonic() + CLOSE_WAIT
         destinations = [self.stdout] if self.stdout is self.stderr else [self.stdout, self.stderr]
         for d in destinations:
@@ -258,7 +276,8 @@ class LineWriter:
         # reader that paused (`| less`, stdout and stderr one pipe) as long as rank output did in all.
         told = any(count for count, _ in lost)
         self.stderr.drain(time.monotonic() + (CLOSE_WAIT if told else CLOSE_STALL), CLOSE_WAIT if told else CLOSE_STALL)
-        return told or any(d.lost_any or d.failed for d in destinations)
+        gone = any(d.gone for d in destinations)
+        return told or gone or any(d.lost_any or d.failed for d in destinations), gone
 
 
 def dropped_notice(count: int, name: str) -> str:

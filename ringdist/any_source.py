@@ -137,7 +137,9 @@ class FromAny:
     def waiting(self, limit: float) -> str:
         """Why it failed to get a message in `limit` seconds."""
         g = self.g
-        return f"rank {g.rank()}: {self.op} in group {g.gid!r}: no rank sent a message within {limit:g} s"
+        kept = g.held.kept_note(None)  # (messages of other tags: a tag mistake?)
+        return (f"rank {g.rank()}: {self.op} in group {g.gid!r}: no rank sent a message it takes within {limit:g} s"
+                f"{kept}")
 
     def _choose(self, wait: bool) -> bool:
         """Take the first message's source (and its turn); False if none has come (`wait` False).

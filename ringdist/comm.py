@@ -1134,8 +1134,8 @@ def _waited(exc: BaseException) -> tuple[int, ...]:
 def nothing_sent(peer: int, limit: float) -> str:
     """What a receive's timeout says when `peer` never sent it a message on the group (its first
     opens the pair's connection)."""
-    return (f"it sent this group no message within {limit:.3g} s (is it in another call, or waiting to "
-            f"receive too? `timeout=` or RINGDIST_TIMEOUT sets how long a receive waits)")
+    return (f"it sent this rank no message on this group within {limit:.3g} s (is it in another call, or "
+            f"waiting to receive too? `timeout=` or RINGDIST_TIMEOUT sets how long a receive waits)")
 
 
 def busy_pair(rank: int, op: str, peer: int, outgoing: bool, gid: str, limit: float) -> str:

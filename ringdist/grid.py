@@ -43,7 +43,7 @@ def dims_create(n: int, ndims: Any) -> tuple[int, ...]:
     array of sizes, a 0 where a size is free: the free ones are filled, largest first, and the
     others kept: 12, [0, 3] -> (4, 3); 24, [0, 2, 0] -> (4, 2, 3)."""
     fixed: list[int] | None = None
-    if not isinstance(ndims, (numbers.Integral, str, bytes)) and hasattr(ndims, "__iter__"):
+    if not isinstance(ndims, (numbers.Integral, str, bytes)) and hasattr(ndims, "__iter__") and np.ndim(ndims) > 0:
         fixed = list(ndims)
         if not fixed or len(fixed) > MAX_NDIMS or any(
                 isinstance(d, (bool, np.bool_)) or not isinstance(d, numbers.Integral) or d < 0 for d in fixed):

@@ -127,9 +127,13 @@ class Held:
                 return message
         return None
 
-    def kept_note(self, src: int) -> str:
-        """What a receive from `src` that timed out says of the messages kept from it for other
-        tags ('' if none): a tag mismatch, not a sender that sent nothing."""
+    def kept_note(self, src: int | None) -> str:
+        """What a receive from `src` (None: from any rank) that timed out says of the messages kept
+        from it for other tags ('' if none): a tag mismatch, not a sender that sent nothing."""
+        if src is None:
+            with self._lock:
+                senders = sorted(self.by_sender)
+            return "".join(self.kept_note(q) for q in senders)
         with self._lock:
             kept = list(self.by_sender.get(src, ()))
         if not kept:

@@ -248,7 +248,7 @@ def test_queued_object_messages_that_fail_raise_on_both_ends_and_name_their_call
     assert f"[1] recv raised rank 1: recv_object: rank 0 could not send its object: {sent} rank=1\n" in res.stdout
     assert "[1] then got next rank=1\n" in res.stdout, res.stdout
     assert re.search(r"^\[1\] timed out rank 1: recv_object in group 'world/0:0': waiting for rank 0 to send: it "
-                     r"sent this group no message within [\d.]+ s \(is it in another call, or waiting to receive "
+                     r"sent this rank no message on this group within [\d.]+ s \(is it in another call, or waiting to receive "
                      r"too\? `timeout=` or RINGDIST_TIMEOUT sets how long a receive waits\) rank=1$", res.stdout,
                      re.M), res.stdout
     assert "[0] done rank=0\n" in res.stdout and "[1] done rank=1\n" in res.stdout, res.stdout

@@ -354,3 +354,57 @@ def test_no_prefix_passes_a_rank_s_bytes_unchanged(tmp_path):
             assert res.stdout == expected
         else:  # with the prefix, lines stay whole and marked, as before
             assert b" [line continues]\n[0] " in res.stdout and res.stdout.endswith(b"[0] end without a newline\n")
+
+
+def test_a_reader_gone_from_the_launcher_s_own_lines_alone_leaves_the_job_and_its_status_alone():
+    # Only rank output that cannot be written stops the job: stderr closed, a rank that exits 3
+    # after printing on stdout ends the launcher with 3 (its "rank 0 exited" line found no reader).
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        res = subprocess.run([*LAUNCHER, "-n", "2", "--", PY, "-c", "import sys; print('hi'); sys.exit(3)"],
+                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=write_end, timeout=60,
+                             start_new_session=True)
+    finally:
+        os.close(write_end)
+    assert res.returncode == 3 and b"] hi" in res.stdout, res  # (the first to exit 3 may stop the other first)
+
+
+def test_rank_output_the_reader_left_before_the_end_ends_the_launcher_by_sigpipe_as_seq_head_does():
+    # The ranks had ended and the launcher was writing their last output when `head` left: it
+    # exited 0 though most of the output was never written (`seq 100000 | head -1` dies of SIGPIPE).
+    code = "import sys\nfor i in range(16000): print('x' * 50, i)\n"  # 1 MB: the launcher's queue holds it
+    read_end, write_end = os.pipe()
+    proc = subprocess.Popen([*LAUNCHER, "-n", "1", "--", PY, "-c", code], stdin=subprocess.DEVNULL,
+                            stdout=write_end, stderr=subprocess.PIPE, start_new_session=True)
+    os.close(write_end)
+    try:
+        deadline = time.monotonic() + 60
+        while proc.poll() is None and _pending(read_end) < (32 << 10) and time.monotonic() < deadline:
+            time.sleep(0.05)  # the pipe full: the launcher's writer waits on it
+        time.sleep(1.0)  # the rank has ended meanwhile, its output queued in the launcher
+        os.close(read_end)  # the reader goes without reading
+        _, err = proc.communicate(timeout=60)
+    finally:
+        kill_tree(proc)
+    assert proc.returncode == -signal.SIGPIPE, (proc.returncode, err)
+
+
+def test_verbose_lines_first_in_a_write_that_fails_still_count_the_rank_output_lost():
+    with open("/dev/full", "wb") as full:
+        res = subprocess.run([*LAUNCHER, "-v", "-n", "1", "--", PY, "-c", "print('result')"],
+                             stdin=subprocess.DEVNULL, stdout=full, stderr=full, timeout=60, start_new_session=True)
+    assert res.returncode == 1
+
+
+@pytest.mark.parametrize("prefix", [True, False])
+def test_a_remote_rank_s_unfinished_last_line_is_ended_only_with_the_prefix(prefix, tmp_path):
+    # The keeper's exit report follows the rank's last bytes: the line it cut short got a newline
+    # even with --no-prefix, which passes a rank's bytes unchanged.
+    from test_launcher_signals import remote_hosts
+
+    res = subprocess.run([*LAUNCHER, *remote_hosts(tmp_path, 1), *([] if prefix else ["--no-prefix"]), "--", PY,
+                          "-c", "import sys; sys.stdout.write('a\\nunfinished'); sys.exit(3)"],
+                         stdin=subprocess.DEVNULL, capture_output=True, timeout=60, start_new_session=True)
+    assert res.returncode == 3, res.stderr  # the keeper's report still read
+    assert res.stdout == (b"[0] a\n[0] unfinished\n" if prefix else b"a\nunfinished"), res.stdout

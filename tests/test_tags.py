@@ -406,6 +406,22 @@ def test_a_receive_timed_out_names_the_messages_its_sender_sent_with_other_tags(
     assert kept == [1.0, 1.0, 1.0] and obj == {"a": 1}
 
 
+def test_an_any_source_receive_timed_out_names_the_messages_kept_for_other_tags():
+    def rank(g):
+        if g.rank() != 2:
+            rd.send(np.ones(2), 2, tag=5 + g.rank(), group=g)
+            return None
+        time.sleep(0.3)
+        with pytest.raises(rd.RingTimeoutError) as exc:
+            rd.recv_any((2,), np.float64, tag=3, group=g, timeout=1.0)
+        return str(exc.value)
+
+    text = run_ranks(3, rank)[2]
+    assert text.startswith("rank 2: recv_any in group 'world': no rank sent a message it takes within 1 s; "), text
+    assert "rank 0 sent 1 message this receive does not take, kept for a receive of its tag: tag 5: send(" in text
+    assert "rank 1 sent 1 message this receive does not take, kept for a receive of its tag: tag 6: send(" in text
+
+
 def test_a_send_with_any_tag_says_any_tag_is_for_receives():
     def rank(g):
         with pytest.raises(ValueError) as exc:
