@@ -38,9 +38,13 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))  # run as a script, with or without ringdist installed
-from benchmarks.cli import parse_size  # noqa: E402  (ringdist-bench's size syntax: 4K, 64M)
-from benchmarks.interleave import order  # noqa: E402  (which peer goes first, repeat by repeat)
+if __package__:  # installed (ringdist_bench): the tool's own modules
+    from .cli import parse_size
+    from .interleave import order
+else:  # run as a script from a checkout, with or without ringdist installed
+    sys.path.insert(0, str(HERE.parent))
+    from benchmarks.cli import parse_size  # (ringdist-bench's size syntax: 4K, 64M)
+    from benchmarks.interleave import order  # (which peer goes first, repeat by repeat)
 
 RANK_TIMEOUT = 300.0  # seconds a bare rank may take in all; past it the run fails, it does not hang
 

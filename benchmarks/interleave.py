@@ -27,8 +27,11 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_HARNESS = HERE / "peers" / "run.py"
-sys.path.insert(0, str(HERE.parent))  # run as a script, with or without ringdist installed
-from benchmarks.cli import parse_size  # noqa: E402  (ringdist-bench's size syntax: 4K, 64M)
+if __package__:  # installed (ringdist_bench)
+    from .cli import parse_size
+else:  # run as a script from a checkout, with or without ringdist installed
+    sys.path.insert(0, str(HERE.parent))
+    from benchmarks.cli import parse_size  # (ringdist-bench's size syntax: 4K, 64M)
 
 
 def order(peers: list[str], repeat: int, index: int) -> list[str]:

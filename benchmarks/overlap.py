@@ -34,9 +34,12 @@ for _name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_name, "1")  # before numpy loads BLAS
 import numpy as np  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+if __package__:  # installed (ringdist_bench)
+    from .cli import parse_size
+else:  # run as a script from a checkout
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from benchmarks.cli import parse_size
 import ringdist as rd  # noqa: E402
-from benchmarks.cli import parse_size  # noqa: E402
 
 
 def median_time(fn, repeats: int) -> float:

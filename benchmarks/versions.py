@@ -24,8 +24,11 @@ import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks.cli import parse_size  # noqa: E402
+if __package__:  # installed (ringdist_bench)
+    from .cli import parse_size
+else:  # run as a script from a checkout
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from benchmarks.cli import parse_size
 
 PACKAGES = {"ringdist": "ringdist", "ringdist_launch": "launcher", "ringdist_bench": "benchmarks"}
 
