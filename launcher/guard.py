@@ -1,4 +1,4 @@
-"""The job's guard: kills what a killed launcher leaves behind. Runs as `python -c <this file>`.
+"""The job's guard: kills what a killed launcher leaves behind. Runs as `python -I guard.py`.
 
 The launcher starts it first, in its own session (so nothing aimed at the launcher's
 process group or terminal reaches it), and writes to its stdin:

@@ -36,7 +36,7 @@ _PR_SET_PDEATHSIG = 1
 _PF_EXITING = 0x4  # a task's flag in /proc/PID/stat while it exits (include/linux/sched.h)
 DEFAULT_AGENT = ("ssh", "-o", "BatchMode=yes")
 KEEPER_SOURCE = (Path(__file__).with_name("remote.py")).read_text(encoding="utf-8")
-GUARD_SOURCE = (Path(__file__).with_name("guard.py")).read_text(encoding="utf-8")
+GUARD_FILE = str(Path(__file__).with_name("guard.py"))
 MARKER = b"\x00RINGDIST-REMOTE "  # as in remote.py
 UNREACHABLE = 255  # the exit status when a host cannot be reached, as ssh's own
 # How long to wait, after the agent exited, for its last output line (the keeper's exit report).
@@ -313,7 +313,8 @@ class Guard:
     """The job's guard process (guard.py): if the launcher dies, it kills every rank's process group and session."""
 
     def __init__(self) -> None:
-        self.proc = subprocess.Popen([sys.executable, "-c", GUARD_SOURCE], stdin=subprocess.PIPE,
+        # Isolated (-I): its directory, this package's, is not on its path; `ps` shows the file, not its source.
+        self.proc = subprocess.Popen([sys.executable, "-I", GUARD_FILE], stdin=subprocess.PIPE,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                      start_new_session=True)
 
