@@ -387,7 +387,12 @@ def interrupt(ranks: Sequence[RankProcess], sig: int) -> None:
     would interrupt the handling of the first (its exit handlers). A remote rank's keeper stops it
     as ever (SIGTERM)."""
     local = [r for r in ranks if r.session is not None] if sys.platform.startswith("linux") else []
-    signal_sessions({r.session for r in local}, sig)
+    for r in local:  # the ranks themselves first, together: a pass over /proc takes milliseconds, and a
+        try:         # rank interrupted early would otherwise fail its peers' calls before their own came
+            os.kill(r.pid, sig)
+        except OSError:
+            pass
+    signal_sessions({r.session for r in local}, sig, skip={r.pid for r in local})
     for r in ranks:
         if r not in local:
             r.signal(signal.SIGTERM if isinstance(r, RemoteRankProcess) else sig)

@@ -9,6 +9,7 @@ Launch ranks with `ringdist-launch --hosts hosts.json script.py`. The API mirror
 """
 
 import atexit
+import signal
 import sys
 from typing import TYPE_CHECKING
 
@@ -61,12 +62,22 @@ def _at_exit() -> None:
     (`world.shutdown`), then the socket files this process made removed. Modules loaded later
     (the API loads on first use) register none of their own for these."""
     exiting.mark()
-    world = sys.modules.get(f"{__name__}.world")
-    if world is not None:
-        world.shutdown(at_exit=True)
-    posixshm = sys.modules.get(f"{__name__}.posixshm")
-    if posixshm is not None:
-        posixshm.remove_all()
+    # A Ctrl-C now (a launcher's SIGINT that came after a peer's failure ended the program) would
+    # cut the closing short: it waits until the hook is done (a few milliseconds; bounded).
+    try:
+        interrupt = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    except ValueError:  # not the main thread
+        interrupt = None
+    try:
+        world = sys.modules.get(f"{__name__}.world")
+        if world is not None:
+            world.shutdown(at_exit=True)
+        posixshm = sys.modules.get(f"{__name__}.posixshm")
+        if posixshm is not None:
+            posixshm.remove_all()
+    finally:
+        if interrupt is not None:
+            signal.signal(signal.SIGINT, interrupt)
 
 
 atexit.register(_at_exit)

@@ -103,8 +103,11 @@ def test_ctrl_c_reaches_each_rank_as_keyboard_interrupt_once(where):
         kill_tree(proc)
     for r in (0, 1):
         lines = [line for line in text.splitlines() if line.startswith(f"[{r}] ")]
-        assert lines[-3:] == [f"[{r}] KeyboardInterrupt", f"[{r}] finally ran", f"[{r}] exit handler ran"], text
-    assert "Traceback" not in text + err, text + err
+        assert lines[-2:] == [f"[{r}] finally ran", f"[{r}] exit handler ran"], text
+        # Its own KeyboardInterrupt, or (a peer interrupted a moment before it) the peer's, passed on.
+        assert f"[{r}] KeyboardInterrupt" in lines or any("aborted by rank" in line and "KeyboardInterrupt" in line
+                                                          for line in lines), text
+    assert "Exception ignored" not in text + err, text + err  # (ringdist's exit hook is not cut short)
     assert "interrupted by SIGINT; ranks 0,1 stopped by the launcher" in err, err
 
 
