@@ -50,7 +50,7 @@ class Destination:
         self.fd = fd
         self.name = name
         self._notify = notify  # says something on stderr (called without the lock held)
-        self._gone = gone  # its reader went away (EPIPE; called without the lock held)
+        self._tell_gone = gone  # rank output found its reader gone (EPIPE; called without the lock held)
         self._items: collections.deque[tuple[bytes, int]] = collections.deque()  # (data, rank lines in it)
         self._queued = 0  # bytes in _items and in the write under way
         self._writing = b""  # the write under way
@@ -72,10 +72,6 @@ class Destination:
     def put(self, data: bytes, lines: int) -> None:
         """Queue `lines` lines of rank output: wait while the destination is being written, else drop them."""
         with self._cond:
-            tell = self._dead and lines > 0 and self._lose_rank_output()
-        if tell:
-            self._gone()
-        with self._cond:
             while not self._dead and self._queued + len(data) > BUFFER_BYTES:
                 stalled = self._stalled_for()
                 if stalled >= STALL_AFTER:
@@ -83,7 +79,10 @@ class Destination:
                     self.lost_any = True
                     return
                 self._cond.wait(STALL_AFTER - stalled)
+            tell = self._dead and lines > 0 and self._lose_rank_output()  # (dead before, or while it waited)
             self._append(data, lines)
+        if tell:
+            self._tell_gone()
 
     def put_message(self, data: bytes) -> None:
         """Queue one of the launcher's own lines; never waits."""
@@ -185,7 +184,7 @@ class Destination:
             if report:
                 self._notify(dropped_notice(report, self.name))
             if tell:
-                self._gone()
+                self._tell_gone()
             if error is not None and not self._epipe:
                 self._notify(f"ringdist-launch: cannot write to {self.name}: {error.strerror or error}; "
                              "dropping its output")
@@ -240,6 +239,7 @@ class LineWriter:
         # Called once, from a writer thread, when a reader of stdout or stderr went away (`| head`).
         self.on_reader_gone: Callable[[], None] | None = None
         self._gone_told = False
+        self._gone_lock = threading.Lock()
         self.stderr = Destination(stderr_fd, "stderr", self.message, self._reader_gone)
         self.stdout = self.stderr if _same_file(stdout_fd, stderr_fd) else \
             Destination(stdout_fd, "stdout", self.message, self._reader_gone)
@@ -247,7 +247,7 @@ class LineWriter:
             self.stderr.name = "stdout"
 
     def _reader_gone(self) -> None:
-        with self.stderr._cond:  # (two writer threads may see their reader go at once)
+        with self._gone_lock:  # (two writer threads may see their reader go at once)
             first, self._gone_told = not self._gone_told, True
         if first and self.on_reader_gone is not None:
             self.on_reader_gone()
@@ -275,7 +275,8 @@ class LineWriter:
         # Its own time: the rank output's may be spent. Where lines were lost, the notice waits for a
         # reader that paused (`| less`, stdout and stderr one pipe) as long as rank output did in all.
         told = any(count for count, _ in lost)
-        self.stderr.drain(time.monotonic() + (CLOSE_WAIT if told else CLOSE_STALL), CLOSE_WAIT if told else CLOSE_STALL)
+        wait = CLOSE_WAIT if told else CLOSE_STALL
+        self.stderr.drain(time.monotonic() + wait, wait)
         gone = any(d.gone for d in destinations)
         return told or gone or any(d.lost_any or d.failed for d in destinations), gone
 

@@ -20,10 +20,7 @@ def _comm(group: Comm | None, timeout: float | None, op: str | None = None, *, c
     if group is None:
         g = comm_module.default_made or comm_module.default()
     elif not isinstance(group, Comm):
-        made = comm_module.default_made
-        where = f"rank {made.rank()}: " if made is not None else ""
-        raise TypeError(f"{where}{name + ': ' if name else ''}group must be a ringdist Group or None, "
-                        f"got {type(group).__name__}")
+        raise comm_module.not_a_group(group, name)
     else:
         g = group
     if timeout is not None:

@@ -1131,6 +1131,14 @@ def _waited(exc: BaseException) -> tuple[int, ...]:
     return getattr(exc, "ringdist_waited_for", ())
 
 
+def not_a_group(group: Any, call: str | None = None) -> TypeError:
+    """The error for a `group=` that is not a group, naming this process's world rank (where a
+    world group is made) and the call."""
+    made = default_made
+    return TypeError(f"{f'rank {made.rank()}: ' if made is not None else ''}{f'{call}: ' if call else ''}group "
+                     f"must be a ringdist Group or None, got {type(group).__name__}")
+
+
 def nothing_sent(peer: int, limit: float) -> str:
     """What a receive's timeout says when `peer` never sent it a message on the group (its first
     opens the pair's connection)."""

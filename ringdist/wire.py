@@ -271,34 +271,37 @@ def describe_header(fields: dict[str, Any]) -> str:
     if fields.get("op") in _EXCHANGES:  # its rows (color and key; a grid's dims) are an implementation detail
         return f"{_EXCHANGES[fields.get('op')]}() [call #{fields.get('seq')}]"
     op = fields.get("op")
-    extras = "".join(
-        f", {k}={v!r}" for k, v in sorted(fields.items()) if k not in ("op", "seq", "dtype", "shape") + INTERNAL_FIELDS
-    )
     if isinstance(op, str) and op.endswith(" (agreement step)"):  # an object collective's last step (`objects`),
         # an uneven scatter's first (`uneven`): its bytes are an implementation detail, its root is not
         step = "".join(f", {k}={v!r}" for k, v in sorted(fields.items()) if k in ("root", "uneven"))
         return f"{op[:-len(' (agreement step)')]}({step[2:]}) (agreement step) [call #{fields.get('seq')}]" if step \
             else f"{op} [call #{fields.get('seq')}]"
-    if fields.get("op") in OBJECT_OPS:  # their header's array is a stand-in (`arrays.NOTHING`)
+    # The other fields, as (name, shown value), named as the call was made.
+    shown = [(k, repr(v)) for k, v in sorted(fields.items()) if k not in ("op", "seq", "dtype", "shape") + INTERNAL_FIELDS]
+    if op in OBJECT_OPS:  # their header's array is a stand-in (`arrays.NOTHING`)
         sizes = fields.get("sizes")
         if isinstance(sizes, list) and all(isinstance(k, int) for k in sizes):  # the pickle's parts: their total
-            extras = "".join(f", {k}={v!r}" for k, v in sorted(fields.items()) if k not in
-                             ("op", "seq", "dtype", "shape", "sizes") + INTERNAL_FIELDS) + f", {sum(sizes)} bytes pickled"
-        return f"{fields.get('op')}({extras[2:]}) [call #{fields.get('seq')}]"
+            shown = [(k, v) for k, v in shown if k != "sizes"] + [("", f"{sum(sizes)} bytes pickled")]
+        return f"{op}({_arguments(shown)[2:]}) [call #{fields.get('seq')}]"
     if (fields.get("uneven") is True or fields.get("splits") is True) and shape:  # rows differ by rank:
         shape = "(any" + "".join(f", {d}" for d in shape[1:]) + ("," if len(shape) == 1 else "") + ")"  # not in the header
     call = op
     if isinstance(op, str) and op in _CALLED_AS:  # a reduction with no function of its own: as it was called
         call, reduction = _CALLED_AS[op]
-        extras = f", op={reduction!r}" + "".join(f", {k}={v!r}" for k, v in sorted(fields.items())
-                                                 if k not in ("op", "seq", "dtype", "shape", "reduce") + INTERNAL_FIELDS)
-    if op in ("reduce", "scan") and "reduce" in fields:  # a rooted reduce's or a scan's reduction: its `op`
-        extras = extras.replace(f"reduce={fields['reduce']!r}", f"op={fields['reduce']!r}")
+        shown = [("op", repr(reduction))] + [(k, v) for k, v in shown if k != "reduce"]
+    elif op in ("reduce", "scan"):  # a rooted reduce's or a scan's reduction: its `op`
+        shown = [("op" if k == "reduce" else k, v) for k, v in shown]
     if fields.get("splits") is True:  # counts given (or an all_to_all's splits): shown by the shape's "any"
-        extras = extras.replace(", splits=True", "")
-    if isinstance(fields.get("counts"), str):  # a reduce_scatter's counts, as the header carries them
-        extras = extras.replace(f"counts={fields['counts']!r}", f"counts=[{fields['counts'].replace(',', ', ')}]")
-    return f"{call}(shape={shape}, dtype={dtype}{extras}) [call #{fields.get('seq')}]"
+        shown = [(k, v) for k, v in shown if k != "splits"]
+    counts = fields.get("counts")
+    if isinstance(counts, str):  # a reduce_scatter's counts, as the header carries them: as a list
+        shown = [(k, f"[{counts.replace(',', ', ')}]" if k == "counts" else v) for k, v in shown]
+    return f"{call}(shape={shape}, dtype={dtype}{_arguments(shown)}) [call #{fields.get('seq')}]"
+
+
+def _arguments(shown: list[tuple[str, str]]) -> str:
+    """', name=value, ...' (a nameless one: its text alone)."""
+    return "".join(f", {k}={v}" if k else f", {v}" for k, v in shown)
 
 
 # Reductions a header names by an internal op, with the call and `op` that made them.

@@ -65,9 +65,7 @@ def _resolve(group: Any, op: str | None = None) -> Comm:
     if group is None:
         return comm_module.default_made or comm_module.default()
     if not isinstance(group, Comm):
-        made = comm_module.default_made
-        raise TypeError(f"{f'rank {made.rank()}: ' if made is not None else ''}{f'{op}: ' if op else ''}group must "
-                        f"be a ringdist Group or None, got {type(group).__name__}")
+        raise comm_module.not_a_group(group, op)
     return group
 
 

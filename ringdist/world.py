@@ -187,8 +187,6 @@ def shutdown(at_exit: bool = False) -> None:
     """
     global _world, _control, _endpoint, _hosted
     note = f" ({exiting.WHY})" if at_exit else ""
-    if at_exit and _world is not None:
-        _world.closed_note = note
     if _control is not None:
         _control.close()
         _control = None
