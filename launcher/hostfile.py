@@ -389,10 +389,11 @@ def _parse_host(entry: Any, source: str, where: str) -> Host:
     return Host(ssh=ssh, ips=ips, slots=slots)
 
 
-def parse_env_assignment(text: Any, where: str) -> tuple[str, str]:
-    """Split `NAME=value` (from `envs` or `--env`); `ConfigError` naming `where` otherwise."""
+def parse_env_assignment(text: Any, where: str, bare: bool = False) -> tuple[str, str]:
+    """Split `NAME=value` (from `envs` or `--env`); `ConfigError` naming `where` otherwise. With
+    `bare` (a hostfile's `envs`), a `NAME` alone sets it empty, as `mlx.launch` does."""
     name, sep, value = text.partition("=") if isinstance(text, str) else ("", "", "")
-    if not sep or not _ENV_NAME.match(name):
+    if not (sep or bare) or not _ENV_NAME.match(name):
         raise ConfigError(f'{where}: expected "NAME=value", got {_show(text)}')
     if len(text) > MAX_ENV_CHARS:
         raise ConfigError(f"{where}: {name}: longer than {MAX_ENV_CHARS} characters")
@@ -406,7 +407,7 @@ def _parse_envs(value: Any, source: str) -> tuple[tuple[str, str], ...]:
         return ()
     if not isinstance(value, list):
         raise ConfigError(f'{source}: envs: expected a list of "NAME=value" strings, got {_show(value)}')
-    return tuple(parse_env_assignment(item, f"{source}: envs[{i}]") for i, item in enumerate(value))
+    return tuple(parse_env_assignment(item, f"{source}: envs[{i}]", bare=True) for i, item in enumerate(value))
 
 
 def _split_slots(token: str, source: str, index: int) -> tuple[str, int]:

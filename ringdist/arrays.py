@@ -43,6 +43,14 @@ def as_rows(x: Any, op: str | None = None, g: Any = None) -> np.ndarray:
     return arr.reshape(1) if arr.ndim == 0 else arr
 
 
+def check_rows_divide(arr: np.ndarray, x: Any, call: str, rank: int, n: int) -> None:
+    """ValueError unless the group size `n` divides the rows of `arr` (`as_rows` of `x`)."""
+    if arr.shape[0] % n:
+        zero_d = " (x is 0-d: it counts as shape (1,))" if arr.shape == (1,) and np.ndim(x) == 0 else ""
+        raise ValueError(f"rank {rank}: {call}: x.shape[0] = {arr.shape[0]} is not divisible by the "
+                         f"group size {n}{zero_d}")
+
+
 def byte_view(arr: np.ndarray) -> memoryview:
     """A flat byte view of a C-contiguous array (no copy)."""
     try:

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from . import buffers, comm as comm_module, tuning, uneven as uneven_module, work
-from .arrays import REDUCE_OPS, as_array, as_rows, clear_padding, reducible
+from .arrays import REDUCE_OPS, as_array, as_rows, check_rows_divide, clear_padding, reducible
 from .calls import _comm, _header, check_flag, check_reduce_op, check_root
 from .comm import Comm
 
@@ -283,9 +283,7 @@ def _reduce_scatter(x: Any, op: str, group: Comm | None, timeout: float | None, 
         arr = reducible(arr, "all_" + op, call, g)
         if counts is not None:
             return clear_padding(uneven_module.reduce_scatter_counts(g, arr, op, counts, timeout))
-        if arr.shape[0] % n:
-            raise ValueError(f"rank {g.rank()}: {call}: x.shape[0] = {arr.shape[0]} is not divisible by the "
-                             f"group size {n}")
+        check_rows_divide(arr, x, call, g.rank(), n)
         if n == 1:
             g.check_usable(call)
             return np.array(arr, order="C", copy=True)

@@ -232,7 +232,7 @@ def send(x: Any, g: Comm, tag: Any, async_op: Any, op: str = "send") -> Any:
     message = _Message(tag, array=np.array(arr, order="C", copy=True))
     box = mailbox(g)
     _courier.do(lambda: box.put(message))  # (done here: the courier takes it in order, before a later receive)
-    return handle.done(op, g) if async_op else None
+    return handle.done(op, g, arr) if async_op else arr
 
 
 def send_object(obj: Any, g: Comm, tag: Any, async_op: Any) -> Any:

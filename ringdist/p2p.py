@@ -92,8 +92,8 @@ class _Send:
     def more(self, wait: bool = True) -> bool:
         return False  # (see `_Recv.more`)
 
-    def result(self) -> None:
-        return None
+    def result(self) -> np.ndarray:
+        return self.arr  # (as MLX's send returns its array)
 
     def release(self) -> None:
         turn, self.turn = self.turn, None
@@ -102,18 +102,21 @@ class _Send:
 
 
 def send(x: Any, dst: int, *, tag: int = 0, group: Comm | None = None, timeout: float | None = None,
-         async_op: bool = False) -> "None | work.Work":
+         async_op: bool = False) -> "np.ndarray | work.Work":
     """Send array `x` to rank `dst` of the group (any rank but this one), with `tag` (an integer
-    from 0 to rd.TAG_MAX) for the receive that asks for it.
+    from 0 to rd.TAG_MAX) for the receive that asks for it. Returns `x` as an array, once sent
+    (as MLX's `send` does).
 
     A `dst` of None (MPI's PROC_NULL: an edge of a grid) sends nothing.
 
-    With `async_op=True`: a `Work` at once; `x` must not change until its `wait()` returns."""
+    With `async_op=True`: a `Work` at once, whose `wait()` returns `x`; `x` must not change
+    until then."""
     if dst is None:
-        nobody = to_nobody("send", group, async_op, tag, timeout)
         g = _comm(group, None)
-        _dtype_tag(as_array(x, "send", g).dtype, "send", g)  # (as a send to a rank checks it)
-        return nobody
+        arr = as_array(x, "send", g)
+        nobody = to_nobody("send", group, async_op, tag, timeout, result=arr)
+        _dtype_tag(arr.dtype, "send", g)  # (as a send to a rank checks it)
+        return arr if nobody is None else nobody
     g = _comm(group, timeout, call="send")
     if own_messages.is_me(dst, g):
         return own_messages.send(x, g, tag, async_op)
@@ -121,8 +124,9 @@ def send(x: Any, dst: int, *, tag: int = 0, group: Comm | None = None, timeout: 
         r = work.route("send", group, async_op, lambda g: _Send(x, dst, g, timeout, tag), p2p=True)
         if r is not work.HERE:
             return r
-    run_inline(g, _Send(x, dst, g, timeout, tag), timeout)
-    return None
+    plan = _Send(x, dst, g, timeout, tag)
+    run_inline(g, plan, timeout)
+    return plan.arr
 
 
 def run_inline(g: Comm, plan: Any, timeout: float | None) -> None:
@@ -485,8 +489,8 @@ def sendrecv(x: Any, dst: "int | None", src: "int | None", *, shape: Any = None,
                     async_op=async_op)
     sending = send(x, dst, tag=sendtag, group=group, timeout=timeout, async_op=True)
     if src is None:
-        if async_op:
-            return sending
+        if async_op:  # (done with None, as the blocking call returns: the receive from None's)
+            return handle.joined(done_work(g), sending, "sendrecv", g)  # type: ignore[arg-type]
         sending.wait()  # type: ignore[union-attr]
         return None
     try:
@@ -502,10 +506,10 @@ def sendrecv(x: Any, dst: "int | None", src: "int | None", *, shape: Any = None,
 
 
 def to_nobody(op: str, group: Comm | None, async_op: Any, tag: Any, timeout: Any, status: Any = None,
-              shape: Any = None, dtype: Any = None) -> "work.Work | None":
+              shape: Any = None, dtype: Any = None, result: Any = None) -> "work.Work | None":
     """A message to or from None (MPI's PROC_NULL): its arguments checked as a message to a rank's
     are (an edge rank fails as an inner one does), nothing moved; None, or with `async_op=True` a
-    Work done with None. A receive's `status`: source None, rd.ANY_TAG."""
+    Work done with `result`. A receive's `status`: source None, rd.ANY_TAG."""
     g = _comm(group, timeout, call=op)
     me = g.rank()
     receiving = op.startswith("recv")
@@ -517,7 +521,7 @@ def to_nobody(op: str, group: Comm | None, async_op: Any, tag: Any, timeout: Any
             _shape(shape, me, op)
         receivable_dtype(dtype, op, me)
         fill(status, None, ANY_TAG)
-    return done_work(g, op=op) if async_op else None
+    return done_work(g, result, op=op) if async_op else None
 
 
 def done_work(group: Comm | None, result: Any = None, error: BaseException | None = None,

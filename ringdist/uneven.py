@@ -20,7 +20,7 @@ import numpy as np
 
 from . import buffers, comm as comm_module, tuning, wire, work
 from .algorithms.blocks import Assembled, common, dtype_from, dtype_of, sizes_of
-from .arrays import NOTHING, REDUCERS, as_rows, byte_view
+from .arrays import NOTHING, REDUCERS, as_rows, byte_view, check_rows_divide
 from .calls import _comm, _header, check_flag, check_root
 from .channel import Channel, peer_name
 from .comm import Comm
@@ -122,8 +122,7 @@ def _all_to_all(g: Comm, x: Any, splits: Any, timeout: float | None) -> np.ndarr
     arr = as_rows(x, "all_to_all", g)
     if splits is not None:
         return _all_to_all_splits(g, arr, _counts(splits, arr.shape[0], n, g.rank()), timeout)
-    if arr.shape[0] % n:
-        raise ValueError(f"rank {g.rank()}: all_to_all: x.shape[0] = {arr.shape[0]} is not divisible by the group size {n}")
+    check_rows_divide(arr, x, "all_to_all", g.rank(), n)
     out = buffers.cache.empty(arr.shape, arr.dtype)
     if n == 1:
         g.check_usable("all_to_all")
@@ -234,8 +233,7 @@ def _scatter(g: Comm, x: Any, root: Any, timeout: float | None) -> np.ndarray:
         raise TypeError(f"rank {r}: scatter: the root passes the array to scatter, got None")
     arr = as_rows(x, "scatter", g) if r == root else NOTHING
     if r == root:
-        if arr.shape[0] % n:
-            raise ValueError(f"rank {r}: scatter: x.shape[0] = {arr.shape[0]} is not divisible by the group size {n}")
+        check_rows_divide(arr, x, "scatter", r, n)
         wire.header_dtype("scatter", arr.dtype)  # the others learn it from the header
     if n == 1:
         g.check_usable("scatter")

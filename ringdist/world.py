@@ -39,6 +39,8 @@ log = logging.getLogger("ringdist")
 # 1024: the world and six groups of 64 ranks on one machine).
 FD_LIMIT = 65536
 BACKENDS = ("ring", "any")  # "any" (MLX's default) means the best available: ring
+MLX_ONLY = ("mpi", "jaccl", "nccl")  # MLX's other backends: refused even when not strict, for a
+# world of one on every rank (what MLX gives where one is missing) would run the job N times
 
 _world: Group | None = None
 _world_lock = threading.Lock()
@@ -52,6 +54,13 @@ _joined_and_failed: str | None = None  # why an init() failed once this rank had
 def is_available(backend: str = "ring") -> bool:
     """Whether `backend` can be used in this process (the ring backend always can)."""
     return backend in BACKENDS
+
+
+def _unknown_backend(backend: object) -> str:
+    if backend in MLX_ONLY:
+        return (f"init: backend {backend!r} is MLX's, not ringdist's: ringdist has only the ring "
+                f"backend (backend='ring', or MLX's default 'any')")
+    return f"init: unknown backend {backend!r}; ringdist provides {', '.join(map(repr, BACKENDS))}"
 
 
 def current() -> Group:
@@ -72,7 +81,7 @@ def init(strict: bool = False, backend: str = "ring") -> Group:
     if strict is not True and strict is not False:
         raise TypeError(f"init: strict must be True or False, got {strict!r}")
     if backend not in BACKENDS:
-        raise ConfigError(f"unknown backend {backend!r}; ringdist provides {', '.join(BACKENDS)}")
+        raise ValueError(_unknown_backend(backend))
     with _world_lock:
         if _world is not None:
             if strict and _job is None:

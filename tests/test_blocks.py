@@ -340,6 +340,11 @@ def test_argument_errors_are_clear():
         run_ranks(2, lambda g: rd.all_to_all(np.zeros(3), group=g))
     assert all(isinstance(e, ValueError) and "all_to_all: x.shape[0] = 3 is not divisible by the group size 2"
                in str(e) for e in info.value.errors), info.value.errors
+    with pytest.raises(RankFailed) as info:
+        run_ranks(2, lambda g: rd.sum_scatter(np.array(1.0), group=g))
+    assert all(isinstance(e, ValueError) and str(e).endswith(
+        "sum_scatter: x.shape[0] = 1 is not divisible by the group size 2 (x is 0-d: it counts as shape (1,))")
+        for e in info.value.errors), info.value.errors
     with pytest.raises(ValueError, match=r"splits must be 1 non-negative integers summing to x.shape\[0\] = 3"):
         rd.all_to_all(np.zeros(3), splits=[2])
     with pytest.raises(ValueError, match="reduce: op must be one of sum, max, min, prod, band, bor, bxor, got 'avg'"):

@@ -133,6 +133,34 @@ def test_init_without_launcher_is_a_singleton():
     assert res.stdout.split() == ["0", "1", "True", "[0,", "1,", "2]"]
 
 
+def test_a_backend_ringdist_lacks_is_a_value_error_naming_it_strict_or_not():
+    # As MLX: an unknown name is a ValueError. MLX's own other backends are refused too (MLX
+    # gives a world of one where one is missing, which would run a launched job N times).
+    res = _python("import ringdist as rd\n"
+                  "print(rd.is_available('any'), rd.is_available('mpi'), rd.init(backend='any').size())\n"
+                  "for strict, name in ((False, 'mpi'), (True, 'nccl'), (False, 'bogus')):\n"
+                  "    try:\n        rd.init(strict, name)\n    except ValueError as e:\n        print(e)\n")
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.splitlines() == [
+        "True False 1",
+        "init: backend 'mpi' is MLX's, not ringdist's: ringdist has only the ring backend "
+        "(backend='ring', or MLX's default 'any')",
+        "init: backend 'nccl' is MLX's, not ringdist's: ringdist has only the ring backend "
+        "(backend='ring', or MLX's default 'any')",
+        "init: unknown backend 'bogus'; ringdist provides 'ring', 'any'"]
+
+
+def test_send_returns_its_array_as_mlx_does():
+    # MLX's `send` returns an array identical to x; ringdist's returns x as an array, once sent
+    # (to itself here, to nobody, and from a Work's wait()); a list comes back as its array.
+    res = _python("import numpy as np, ringdist as rd\n"
+                  "x = np.arange(3.0)\n"
+                  "print(rd.send(x, 0) is x, rd.send(x, None) is x, rd.send(x, 0, async_op=True).wait() is x,\n"
+                  "      rd.send(x, None, async_op=True).wait() is x, rd.send([1, 2], 0).tolist())\n")
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.split() == ["True"] * 4 + ["[1,", "2]"]
+
+
 def test_a_message_to_nobody_on_the_default_group_names_the_rank_in_its_errors():
     # send(x, None) (MPI's PROC_NULL) checks `x` as a send to a rank does, with group=None too.
     res = _python("import numpy as np, ringdist as rd\n"

@@ -80,9 +80,10 @@ def test_mlx_hostfile_is_accepted():
     assert hf.envs == (("MLX_METAL_FAST_SYNCH", "1"),)
 
 
-def test_envs_keep_everything_after_the_first_equals():
-    hf = parse_hostfile({"hosts": [{}], "envs": ["A=b=c", "EMPTY="]})
-    assert hf.envs == (("A", "b=c"), ("EMPTY", ""))
+def test_envs_keep_everything_after_the_first_equals_and_a_bare_name_is_set_empty():
+    # (a bare NAME as mlx.launch takes it: exported empty; `--env` still wants NAME=value)
+    hf = parse_hostfile({"hosts": [{}], "envs": ["A=b=c", "EMPTY=", "BARE"]})
+    assert hf.envs == (("A", "b=c"), ("EMPTY", ""), ("BARE", ""))
 
 
 def test_ipv6_addresses():
@@ -216,7 +217,7 @@ MALFORMED = [
     ('{"hosts": [{"ips": ["127.0.0.1"], "slots": 1, "slots": 2}]}', r'field "slots" appears twice in one object'),
     ('{"hosts": [{}], "hosts": [{}, {}]}', r'field "hosts" appears twice in one object'),
     ('{"hosts": [{}], "envs": "A=1"}', r'envs: expected a list of "NAME=value" strings'),
-    ('{"hosts": [{}], "envs": ["A=1", "NOEQUALS"]}', r'envs\[1\]: expected "NAME=value", got "NOEQUALS"'),
+    ('{"hosts": [{}], "envs": ["A=1", "NO-EQUALS"]}', r'envs\[1\]: expected "NAME=value", got "NO-EQUALS"'),
     ('{"hosts": [{}], "envs": ["1A=x"]}', r'envs\[0\]: expected "NAME=value"'),
     ('{"hosts": [{}], "envs": [3]}', r'envs\[0\]: expected "NAME=value", got 3'),
     ('{"hosts": [{"ssh": "a", "slot": 2}]}', r'hosts\[0\]: unknown field "slot" \(expected ssh, ips, slots\)'),

@@ -685,7 +685,7 @@ BAD_HOSTFILES = {
     "ips-type": ('[{"ips": "127.0.0.1"}]', r"\[0\]\.ips: expected a list of IP addresses"),
     "empty-list": ('{"hosts": []}', r"hosts: empty list"),
     "bad-ip": ('[{"ips": ["127.0.0.999"]}]', r"\[0\]\.ips\[0\]: expected an IP address"),
-    "bad-env": ('{"hosts": [{}], "envs": ["NOPE"]}', r'envs\[0\]: expected "NAME=value"'),
+    "bad-env": ('{"hosts": [{}], "envs": ["NO PE"]}', r'envs\[0\]: expected "NAME=value"'),
 }
 
 

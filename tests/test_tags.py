@@ -631,3 +631,18 @@ def test_a_kept_message_owed_to_an_any_source_receive_goes_on_once_it_takes_anot
 
     src, got, later = run_ranks(3, rank, settings=Settings(timeout=10.0, connect_timeout=10.0), timeout=90)[0]
     assert (src, got, later) in ((2, 1.0, 1.5), (1, 1.5, 2.0)), (src, got, later)
+
+
+def test_a_send_returns_its_array_blocking_queued_or_from_its_work():
+    # As MLX's send: x comes back once sent, whichever way the send ran (inline; queued behind
+    # an outstanding isend; a Work's wait()); a sendrecv that only sends still gives None.
+    def rank(g):
+        x, y = np.arange(4.0), np.ones(3)
+        if g.rank() == 0:
+            w = rd.send(y, 1, group=g, async_op=True)
+            queued = rd.send(x, 1, group=g)
+            only_sent = rd.sendrecv(x, 1, None, group=g, async_op=True).wait()  # (a receive from nobody's None)
+            return [queued is x, w.wait() is y, rd.send(x, 1, group=g) is x, only_sent]
+        return [rd.recv((3,), np.float64, 0, group=g).tolist()] + [rd.recv_like(x, 0, group=g).tolist() for _ in range(3)]
+
+    assert run_ranks(2, rank) == [[True, True, True, None], [[1.0] * 3] + [[0.0, 1.0, 2.0, 3.0]] * 3]
