@@ -12,7 +12,7 @@ that does not exist ends with one line naming it and status 127, as a shell's
 "not found" (`launch` makes these checks).
 
 This module imports only the standard library and the pure `policy`: the rest
-(`launch`, and ringdist with numpy) loads inside `main`, once Ctrl-C ends the
+(`launch`, and ringdist) loads inside `main`, once Ctrl-C ends the
 launcher quietly.
 """
 
@@ -48,7 +48,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         signal.signal(signal.SIGINT, signal.SIG_DFL)
     try:
         try:
-            from .launch import launch  # loads ringdist and numpy: a Ctrl-C meanwhile ends the launcher
+            from .launch import launch  # loads ringdist: a Ctrl-C meanwhile ends the launcher
 
             outcome = launch(*parse_command_line(_parser(), list(sys.argv[1:] if argv is None else argv)))
         except KeyboardInterrupt:  # Python's handler was back (`main` called by a program that set it)

@@ -116,7 +116,7 @@ class Acceptor:
         self._paused_until = 0.0
         self.out_of_fds: tuple[float, str] | None = None  # when an arrival last found no descriptor free, and why
         self._closed = False
-        self._wake_r, self._wake_w = os.pipe()
+        self._wake_r, self._wake_w = channel.make_pipe(label)
         self._selector.register(self._wake_r, selectors.EVENT_READ, None)
         for lsock in listeners:
             lsock.setblocking(False)

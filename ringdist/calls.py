@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from . import comm as comm_module, deadlines, wire
-from .arrays import REDUCE_OPS
+from .ops import REDUCE_OPS
 from .comm import Comm
 
 

@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from typing import Any, Union
 
 from . import deadlines, wire
-from .errors import ConfigError, ConnectError, PeerLostError, ProtocolError, RingTimeoutError
+from .errors import ConfigError, ConnectError, PeerLostError, ProtocolError, RingError, RingTimeoutError
 
 STAGE_SIZE = 256 * 1024
 
@@ -673,6 +673,15 @@ def fd_usage() -> str:
         return f"{len(os.listdir('/proc/self/fd')) - 1} open, {limit}"
     except OSError:
         return limit
+
+
+def make_pipe(label: str) -> tuple[int, int]:
+    """A pipe (a thread's wake-up): (read end, write end). RingError naming `label` (the rank
+    and call, or the thread) when the process or the system has no descriptor left for it."""
+    try:
+        return os.pipe()
+    except OSError as exc:
+        raise RingError(f"{label}: cannot make a wake-up pipe: {reason(exc)}") from None
 
 
 def make_eventfd() -> int:

@@ -17,9 +17,10 @@ from typing import Any
 import numpy as np
 
 from . import buffers, comm as comm_module, tuning, uneven as uneven_module, work
-from .arrays import REDUCE_OPS, as_array, as_rows, check_rows_divide, clear_padding, reducible
+from .arrays import as_array, as_rows, check_rows_divide, clear_padding, reducible
 from .calls import _comm, _header, check_flag, check_reduce_op, check_root
 from .comm import Comm
+from .ops import REDUCE_OPS
 
 
 def gather_rows(x: Any, *, group: Comm | None = None, op: str = "all_gather",

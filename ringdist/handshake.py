@@ -155,29 +155,6 @@ class ServerHandshake:
         self.outgoing += wire.encode_map(wire.REJECT, {"reason": reason})
 
 
-def server_handshake(sock: socket.socket, secret: bytes, job: str, deadline: float) -> dict[str, Any]:
-    """Run the accepting side on a blocking socket; returns the verified HELLO fields.
-
-    Raises AuthError (wrong job or secret) or ProtocolError (garbage); on AuthError the
-    peer is sent a REJECT first. PeerLostError or RingTimeoutError when the connection
-    fails or the deadline passes.
-    """
-    hs = ServerHandshake(secret, job)
-    try:
-        while not hs.done:
-            hs.feed(recv_exact(sock, hs.want(), deadline))
-            _flush(sock, hs, deadline)
-    except AuthError:
-        try:
-            _flush(sock, hs, deadline)
-        except (PeerLostError, RingTimeoutError):
-            pass
-        raise
-    _flush(sock, hs, deadline)
-    assert hs.hello is not None
-    return hs.hello
-
-
 def _flush(sock: socket.socket, hs: ServerHandshake, deadline: float) -> None:
     if hs.outgoing:
         data = bytes(hs.outgoing)

@@ -28,7 +28,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from . import deadlines, forks, handle, wire
+from . import channel, deadlines, forks, handle, wire
 from .arrays import as_array
 from .calls import check_flag
 from .comm import Comm
@@ -419,7 +419,7 @@ class _Courier:
                 return
             self._pid = os.getpid()
             self._tasks = deque()
-            self._wake_r, self._wake_w = os.pipe()
+            self._wake_r, self._wake_w = channel.make_pipe("the thread of messages a rank sends itself")
             self._woken = False
             self._thread = threading.Thread(target=self._run, name="ringdist-own-messages", daemon=True)
             self._thread.start()

@@ -5,7 +5,7 @@ Each rank connects, passes the job's HMAC handshake, registers `(rank, addresses
 and once all `world_size` ranks are in, receives the whole table. The connection
 then stays open as the rank's control connection: when the launcher goes away it
 closes, and the rank exits instead of lingering as an orphan. The other way round,
-the server notes when each rank's control connection closes (`disconnected_at`):
+the server notes when each rank's control connection closes (`disconnected`):
 a rank closes it when its process exits, and first thing at interpreter exit, so
 the order of these times is the order in which ranks left - what the launcher
 needs to name the rank that failed first when its peers fail a moment later.
@@ -254,12 +254,8 @@ class RendezvousServer:
         with self._lock:
             return rank in self._members
 
-    def disconnected_at(self, rank: int) -> float | None:
-        """When (`time.monotonic()`) `rank`'s control connection closed; None while open or never made."""
-        return self.disconnected().get(rank)
-
     def disconnected(self) -> dict[int, float]:
-        """`disconnected_at` of every rank whose control connection has closed."""
+        """When (`time.monotonic()`) each rank whose control connection has closed saw it close."""
         with self._lock:
             self._note_departures()
             return dict(self._left)

@@ -48,7 +48,8 @@ class Runner:
         self.deferred: list[Job] = []  # failed point-to-point jobs of the group, completed with `running`
         self.lock = threading.Lock()  # `running`, `deferred`, `_why`; held by the progress thread telling peers
         self._why: Callable[[], BaseException] | None = None  # what `interrupt` raises into `running`
-        self._wake_r, self._wake_w = os.pipe()
+        self._wake_r, self._wake_w = channel.make_pipe(f"rank {g.rank()}: the thread of group {g.gid!r}'s "
+                                                       f"collectives")
         self._masks = {self._wake_r: engine.POLLIN}
         self._closed = False  # the pipe is closed (under `lock`)
         self.thread = threading.Thread(target=self._main, name=f"ringdist-runner-{g.gid}", daemon=True)

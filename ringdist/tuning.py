@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from .algorithms import ALGORITHMS, Algorithm
-from .arrays import REDUCE_OPS
+from .ops import REDUCE_OPS
 from .comm import Comm
 from .errors import ConfigError
 

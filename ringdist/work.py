@@ -90,7 +90,7 @@ def route(op: str, group: Any, async_op: bool, call: Callable[[Comm], Any], p2p:
     job = Job(work, g, call, p2p)
     try:
         with handle.lock:
-            _ensure_exit_hook()
+            _ensure_exit_hook(g, op)
             active = True
             if p2p:
                 _ensure_thread()
@@ -163,11 +163,11 @@ def _refuse(g: Comm, op: str, exc: BaseException) -> None:
     raise exc
 
 
-def _ensure_exit_hook() -> None:
+def _ensure_exit_hook(g: Comm, op: str) -> None:
     """The exit hook, and the progress thread's wake-up pipe (under handle.lock)."""
     global _wake_r, _wake_w
     if _wake_r < 0:
-        _wake_r, _wake_w = os.pipe()
+        _wake_r, _wake_w = channel.make_pipe(f"rank {g.rank()}: {op}")
         atexit.register(_at_exit)  # runs before world.shutdown (`ringdist._at_exit`, registered at import)
 
 

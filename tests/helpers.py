@@ -293,3 +293,34 @@ def count_bytecodes(fn: Callable[[], Any]) -> int:
     finally:
         sys.settrace(None)
     return count
+
+
+def serve_handshake(sock: Any, secret: bytes, job: str, deadline: float) -> dict[str, Any]:
+    """The accepting side of a handshake (`ringdist.handshake.ServerHandshake`, which the acceptor
+    feeds in its selector) run on one blocking socket: the verified HELLO fields. A refusal's
+    REJECT is sent before its AuthError is raised."""
+    from ringdist.channel import recv_exact, send_blocking
+    from ringdist.errors import AuthError, PeerLostError, RingTimeoutError
+    from ringdist.handshake import ServerHandshake
+
+    hs = ServerHandshake(secret, job)
+
+    def flush() -> None:
+        if hs.outgoing:
+            data = bytes(hs.outgoing)
+            hs.outgoing.clear()
+            send_blocking(sock, data, deadline)
+
+    try:
+        while not hs.done:
+            hs.feed(recv_exact(sock, hs.want(), deadline))
+            flush()
+    except AuthError:
+        try:
+            flush()
+        except (PeerLostError, RingTimeoutError):
+            pass
+        raise
+    flush()
+    assert hs.hello is not None
+    return hs.hello

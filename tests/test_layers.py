@@ -1,20 +1,23 @@
-"""ringdist's layers, read from its source: one module turns OS errors into RingErrors,
-imports run one way, and no module sets another module's globals.
+"""ringdist's layers, read from its source: one edge turns OS errors into RingErrors,
+imports run one way, down the layers of docs/design.md's table, and no module sets another
+module's globals.
 
-Layers, lowest first: `wire` (sans I/O) -> `channel` (one socket; with `posixshm`, the
-only modules that catch an OSError) -> the engine -> the communicator -> algorithms -> the tuning table ->
-collectives -> the API.
+Layers, lowest first: `wire` (sans I/O) -> `channel` (the OS edge; with `posixshm`, the
+only modules that catch an OSError) -> handshake -> the engine -> the communicator ->
+algorithms -> calls -> non-blocking work -> the tuning table -> collectives -> the API.
 """
 
 from __future__ import annotations
 
 import ast
 import builtins
+import re
 import socket
 from pathlib import Path
 
 
 PACKAGE = Path(__file__).resolve().parent.parent / "ringdist"
+DESIGN = PACKAGE.parent / "docs" / "design.md"
 
 # Every name an OS error goes by: OSError, its aliases, and every subclass Python defines.
 OS_ERROR_NAMES = frozenset({
@@ -38,7 +41,12 @@ CATCH_ALLOWED = {
 }
 
 # Import edges let through for now, and why; every other cycle fails the test.
-CYCLE_ALLOWED: set[tuple[str, str]] = set()
+CYCLE_ALLOWED = {("comm", "world")}  # (the one import up: UP_ALLOWED)
+
+# Imports that go up the layers, and why; every other one fails the test.
+UP_ALLOWED = {
+    ("comm", "world"): "group=None in a program that imported only a submodule: world loaded on first use",
+}
 
 
 def modules() -> dict[str, ast.Module]:
@@ -100,8 +108,39 @@ def import_graph(trees: dict[str, ast.Module]) -> dict[str, set[str]]:
                     targets.append(candidate if candidate in names else (".".join(base) or "__init__"))
             elif isinstance(node, ast.Import):
                 targets += [a.name.removeprefix("ringdist.") for a in node.names if a.name.startswith("ringdist.")]
+            elif (isinstance(node, ast.Call) and ast.unparse(node.func) == "importlib.import_module" and node.args
+                  and isinstance(node.args[0], ast.Constant) and str(node.args[0].value).startswith("ringdist.")):
+                targets.append(node.args[0].value.removeprefix("ringdist."))  # a lazy import by name
             graph[me].update(t for t in targets if t in names and t != me)
     return graph
+
+
+def design_layers(text: str) -> tuple[list[str], dict[str, int]]:
+    """The layers of design.md's table, lowest first, and each module's (its row's index): the
+    module names in backquotes in a row's second cell; `algorithms` stands for its package."""
+    section = text.split("\n## Layers\n", 1)[1].split("\n## ", 1)[0]
+    layers: list[str] = []
+    placed: dict[str, int] = {}
+    for row in section.splitlines():
+        cells = [c.strip() for c in row.strip().strip("|").split("|")]
+        if not row.startswith("| ") or len(cells) != 3 or cells[0] == "layer":
+            continue
+        layers.append(cells[0])
+        names = re.findall(r"`([\w]+)`", cells[1].split("(", 1)[0])  # (the algorithms named in brackets: its package)
+        for name in names:
+            assert name not in placed, f"design.md's layer table places {name} twice"
+            placed[name] = len(layers) - 1
+    return layers, placed
+
+
+def layer_of(module: str, placed: dict[str, int]) -> int | None:
+    return placed.get(module.split(".")[0] if module.startswith("algorithms.") else module)
+
+
+def imports_up(graph: dict[str, set[str]], placed: dict[str, int]) -> list[tuple[str, str]]:
+    """The import edges from a module to one in a higher layer."""
+    return sorted((a, b) for a, targets in graph.items() for b in targets
+                  if (la := layer_of(a, placed)) is not None and (lb := layer_of(b, placed)) is not None and lb > la)
 
 
 def cycles(graph: dict[str, set[str]], allowed: set[tuple[str, str]] = frozenset()) -> list[list[str]]:
@@ -210,6 +249,38 @@ def test_ringdist_imports_run_one_way():
     assert not cycles(graph, CYCLE_ALLOWED), f"import cycles between ringdist modules: {cycles(graph, CYCLE_ALLOWED)}"
     for a, b in CYCLE_ALLOWED:  # an allowance that is no longer needed goes too
         assert b in graph[a], f"{a} no longer imports {b}: drop it from CYCLE_ALLOWED"
+
+
+def test_every_module_has_its_layer_in_the_design_table():
+    layers, placed = design_layers(DESIGN.read_text(encoding="utf-8"))
+    assert layers[0] == "wire" and layers[-1] == "API" and len(layers) >= 8, layers  # the table is read at all
+    graph = import_graph(modules())
+    unplaced = sorted(m for m in graph if layer_of(m, placed) is None)
+    assert not unplaced, f"modules design.md's layer table does not place: {unplaced}"
+    gone = sorted(set(placed) - {m.split(".")[0] for m in graph})
+    assert not gone, f"design.md's layer table names modules that do not exist: {gone}"
+
+
+def test_imports_go_down_the_layers():
+    _, placed = design_layers(DESIGN.read_text(encoding="utf-8"))
+    graph = import_graph(modules())
+    up = [edge for edge in imports_up(graph, placed) if edge not in UP_ALLOWED]
+    assert not up, f"imports of a higher layer's module (design.md's table): {up}"
+    for a, b in UP_ALLOWED:  # an allowance that is no longer needed goes too
+        assert b in graph[a], f"{a} no longer imports {b}: drop it from UP_ALLOWED"
+
+
+def test_the_layer_check_sees_an_import_up_however_it_is_made():
+    table = ("\n## Layers\n\n| layer | modules | holds |\n|---|---|---|\n| wire | `a`, `b` | x |\n"
+             "| comm | `c`, `algorithms` (`ring`) | y |\n| API | `d` | z |\n\n## Next\n")
+    layers, placed = design_layers(table)
+    assert layers == ["wire", "comm", "API"] and placed == {"a": 0, "b": 0, "c": 1, "algorithms": 1, "d": 2}
+    trees = {"a.py": ast.parse("def f():\n    importlib.import_module('ringdist.d')\n"),
+             "b.py": ast.parse("from .algorithms import ring\n"), "c.py": ast.parse("from . import b, d\n"),
+             "d.py": ast.parse("import ringdist.a\n"), "algorithms/__init__.py": ast.parse(""),
+             "algorithms/ring.py": ast.parse("from ..d import x\n")}
+    assert imports_up(import_graph(trees), placed) == [
+        ("a", "d"), ("algorithms.ring", "d"), ("b", "algorithms.ring"), ("c", "d")]
 
 
 def test_the_cycle_finder_sees_cycles_through_any_import_form():

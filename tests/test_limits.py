@@ -196,6 +196,34 @@ for dial in (lambda: b.connect(a.addresses, InboxKey("world", 1, "p2p", 0), time
                         r"(\d+ open, )?limit \d+; raise `ulimit -n`\)", lines[1]), lines[1]
 
 
+def test_no_descriptor_for_a_wake_up_pipe_is_a_ring_error_and_the_group_goes_on():
+    # The threads of non-blocking calls and of messages to itself each make a pipe on first use:
+    # with no descriptor left, that was a bare OSError out of the call.
+    import subprocess
+    code = """
+import os, resource, numpy as np, ringdist as rd
+rd.init()
+hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+resource.setrlimit(resource.RLIMIT_NOFILE, (len(os.listdir("/proc/self/fd")) - 1, hard))
+for call in (lambda: rd.all_sum(np.arange(3), async_op=True), lambda: rd.send(np.arange(3), 0, async_op=True),
+             lambda: rd.send_object({}, 0)):
+    try:
+        call()
+    except rd.RingError as exc:
+        print(type(exc).__name__, exc)
+resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+print(rd.all_sum(np.arange(3), async_op=True).wait().tolist())
+"""
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    lines = res.stdout.splitlines()
+    assert res.returncode == 0 and len(lines) == 4, res.stdout + res.stderr
+    why = r"cannot make a wake-up pipe: Too many open files \(this process: (\d+ open, )?limit \d+; raise `ulimit -n`\)"
+    assert re.fullmatch(rf"RingError rank 0: all_sum: {why}", lines[0]), lines[0]
+    assert all(re.fullmatch(rf"RingError the thread of messages a rank sends itself: {why}", line)
+               for line in lines[1:3]), lines
+    assert lines[3] == "[0, 1, 2]"
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads resident memory from /proc")
 def test_a_connection_s_staging_buffer_takes_memory_only_as_it_is_used():
     # Each connection's 256 KiB staging buffer was zero-filled, so resident: at 64 ranks a rank

@@ -19,8 +19,8 @@ import pytest
 
 from ringdist import wire
 from ringdist.channel import recv_control
-from ringdist.handshake import server_handshake
 from ringdist.rendezvous import RendezvousServer
+from helpers import serve_handshake
 
 SECRET = b"registration test secret"
 
@@ -58,7 +58,7 @@ class BreakingRendezvous:
                 continue
             with conn:
                 conn.settimeout(5)
-                server_handshake(conn, SECRET, wire.job_id(SECRET), time.monotonic() + 5)
+                serve_handshake(conn, SECRET, wire.job_id(SECRET), time.monotonic() + 5)
                 self.handshakes += 1
                 if self.how != "reset":  # read the whole registration: a close is then a FIN, not a reset
                     recv_control(conn, time.monotonic() + 5, expect=wire.CONTROL)

@@ -11,7 +11,8 @@ import pytest
 
 from ringdist import wire
 from ringdist.errors import AuthError, ProtocolError
-from ringdist.handshake import client_handshake, server_handshake
+from ringdist.handshake import client_handshake
+from helpers import serve_handshake
 
 
 def test_prefix_round_trip_and_bounds():
@@ -67,8 +68,8 @@ def _handshake(client_secret: bytes, server_secret: bytes, job: str | None = Non
 
     def serve():
         try:
-            result["hello"] = server_handshake(b, server_secret, job or wire.job_id(server_secret),
-                                               time.monotonic() + 5)
+            result["hello"] = serve_handshake(b, server_secret, job or wire.job_id(server_secret),
+                                              time.monotonic() + 5)
         except Exception as exc:  # noqa: BLE001 - recorded for the assertion
             result["server"] = exc
 

@@ -85,11 +85,6 @@ def own_rows(comm: Comm, arr: np.ndarray, out: np.ndarray) -> np.ndarray:
     return out[comm.rank() * rows:(comm.rank() + 1) * rows]
 
 
-def place_own(comm: Comm, arr: np.ndarray, out: np.ndarray) -> None:
-    """Copy this rank's rows into the output, where every gather algorithm but the ring's wants them."""
-    np.copyto(own_rows(comm, arr, out), arr)
-
-
 def row_bounds(comm: Comm, arr: np.ndarray) -> list[tuple[int, int]]:
     """Byte bounds of every rank's block in a gather's output."""
     return [(i * arr.nbytes, (i + 1) * arr.nbytes) for i in range(comm.size())]

@@ -25,7 +25,7 @@ from .common import direct_parts, needs_mesh
 
 
 def gather(g: Comm, arr: np.ndarray, out: np.ndarray, header: wire.Header, timeout: float | None) -> None:
-    # Written out (not place_own and direct_parts): a few function calls are a few percent of a
+    # Written out (not `own_rows` and `direct_parts`): a few function calls are a few percent of a
     # small collective.
     mesh = g.mesh
     assert mesh is not None

@@ -32,7 +32,7 @@ def gather(g: Comm, arr: np.ndarray, out: np.ndarray, header: wire.Header, timeo
     if steps is None:
         steps = _gather_steps(g)
     r, rows, size, op = g.rank(), arr.shape[0], arr.nbytes, header.fields["op"]
-    np.copyto(out[r * rows:(r + 1) * rows], arr)  # this rank's rows in place (place_own, written out)
+    np.copyto(out[r * rows:(r + 1) * rows], arr)  # this rank's rows in place (`own_rows`, written out)
     if g.mesh is None:
         neighbours(g, header, op, timeout)
     data = byte_view(out)
