@@ -10,7 +10,6 @@ import dataclasses
 import os
 import shlex
 import shutil
-import signal
 import socket
 import sys
 
@@ -21,7 +20,7 @@ from .hostfile import Hostfile, load_hostfile, parse_env_assignment, parse_hosts
 from .job import run_job
 from .output import LineWriter
 from .plan import JobPlan, RankLaunch, Target, build_plan, describe_plan, local_hostfile
-from .policy import EXIT_NOT_EXECUTABLE, EXIT_NOT_FOUND, EXIT_USAGE, PROG, Outcome
+from .policy import EXIT_NOT_EXECUTABLE, EXIT_NOT_FOUND, EXIT_USAGE, PROG, Outcome, after_output
 from .route import choose_rendezvous
 from .spawn import LocalSpawner, RemoteSpawner, spawner_for
 
@@ -77,11 +76,7 @@ def launch(options: argparse.Namespace, target: Target) -> Outcome:
         )
     finally:
         lost, gone = writer.close()  # bounded: a stdout nobody reads does not keep the launcher from exiting
-    if gone and outcome.fatal_signal is None:  # (its last output, after the ranks ended: as `seq 9 | head -1`)
-        return Outcome(128 + signal.SIGPIPE, signal.SIGPIPE)
-    if lost and outcome.status == 0 and outcome.fatal_signal is None:
-        return Outcome(1)  # the ranks' output was not all written (`writer` said how much): not a success
-    return outcome
+    return after_output(outcome, lost, gone)
 
 
 def _plan(options: argparse.Namespace, target: Target) -> JobPlan:

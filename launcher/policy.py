@@ -79,6 +79,17 @@ class Outcome:
     fatal_signal: int | None = None
 
 
+def after_output(outcome: Outcome, lost: bool, gone: bool) -> Outcome:
+    """How the job ends once the ranks' output is written: with its reader gone (its last output,
+    after the ranks ended: as `seq 9 | head -1`), of SIGPIPE; with output lost (`output`'s writer
+    said how much), not a success (1); otherwise as the ranks made it end."""
+    if gone and outcome.fatal_signal is None:
+        return Outcome(128 + signal.SIGPIPE, signal.SIGPIPE)
+    if lost and outcome.status == 0 and outcome.fatal_signal is None:
+        return Outcome(1)
+    return outcome
+
+
 @dataclass(frozen=True)
 class RankInfo:
     """A started rank, as named in messages."""

@@ -33,7 +33,7 @@ from ringdist_launch.hostfile import load_hostfile, parse_hostfile
 from ringdist.rendezvous import RENDEZVOUS_GROUP, RendezvousServer, encode, parse_address
 from ringdist_launch.cli import _parser, parse_command_line
 from ringdist_launch.plan import REDACTED, Target, build_plan, describe_plan, local_hostfile
-from ringdist_launch.policy import Action, Decision, JobPolicy, RankInfo
+from ringdist_launch.policy import Action, Decision, JobPolicy, Outcome, RankInfo, after_output
 
 PY = sys.executable
 RANK_ENV = str(SCRIPTS / "rank_env.py")
@@ -818,3 +818,14 @@ exit 255
     assert launcher_lines(result.stderr)[-1] == (
         f"ringdist-launch: cannot start rank 0 on host rdtest-a: {agent} exited with code 255 before the rank "
         "started: no route to rdtest-a; rank 1 then failed on its own"), result.stderr
+
+
+def test_policy_after_output_a_gone_reader_is_sigpipe_and_lost_output_no_success():
+    pipe = Outcome(128 + signal.SIGPIPE, signal.SIGPIPE)
+    assert after_output(Outcome(0), lost=False, gone=True) == pipe
+    assert after_output(Outcome(3), lost=True, gone=True) == pipe  # (the reader left: as `seq 9 | head -1`)
+    assert after_output(Outcome(0), lost=True, gone=False) == Outcome(1)
+    assert after_output(Outcome(3), lost=True, gone=False) == Outcome(3)  # a failed rank's status stays
+    killed = Outcome(130, signal.SIGINT)
+    assert after_output(killed, lost=True, gone=True) == killed  # (dying of its own signal already)
+    assert after_output(Outcome(0), lost=False, gone=False) == Outcome(0)
