@@ -368,8 +368,8 @@ class _Supervisor:
         if decision.action is Action.WAIT:
             if self.settle_deadline is None:
                 self.settle_deadline = time.monotonic() + SETTLE_WAIT
-            self._log(f"{rank_list(decision.ranks)} already leaving; waiting up to {SETTLE_WAIT:g}s "
-                      "before naming the first failure")
+            self._log(f"waiting up to {SETTLE_WAIT:g}s for {rank_list(decision.ranks)} (leaving, or not yet "
+                      "failed where the failed heard of another's failure) before naming the first failure")
         elif decision.action is Action.STOP:
             self.settle_deadline = None
             procs = [self.ranks[rank].proc for rank in decision.ranks]

@@ -178,6 +178,7 @@ class JobPolicy:
         self._exiting: set[int] = set()  # running ranks whose process is dying, as last reported
         self._failed: list[int] | None = None  # failed ranks while settling (None: not settling)
         self._waiting_for: set[int] = set()  # the leaving ranks the settling waits for
+        self._awaiting_cause = False  # settling waits for every rank: the failed ones only heard of another's
         self._stopped: set[int] = set()
         self._left_at_stop: set[int] = set()  # stopped ranks that were already leaving then
         self._killed: set[int] = set()
@@ -241,6 +242,9 @@ class JobPolicy:
         if self._failed is not None:  # settling: one more exit; the first-failure question may be settled
             if returncode != 0:
                 self._failed.append(rank)
+                if self._awaiting_cause and not self._consequence(rank):
+                    self._awaiting_cause = False  # a failure of its own: no need to wait for every rank now
+                    self._waiting_for = set()
             self._waiting_for |= self._leaving()  # a rank that started leaving meanwhile is waited for too
             if self._waiting_for & self._running:
                 return NOTHING
@@ -249,6 +253,11 @@ class JobPolicy:
             return NOTHING
         self._failed = [rank]
         self._waiting_for = self._leaving()
+        # A rank that only heard of another's failure names its cause, which may still be telling
+        # its other peers (an ABORT on a dead link takes up to a second): wait for every rank.
+        self._awaiting_cause = self._consequence(rank)
+        if self._awaiting_cause:
+            self._waiting_for |= self._running
         if self._waiting_for:
             return Decision(Action.WAIT, tuple(sorted(self._waiting_for)))
         return self._name_first_failure()
@@ -382,9 +391,15 @@ class JobPolicy:
         return "ringdist-launch: " + "; ".join(parts)
 
     def _failed_after_stop(self, rank: int, returncode: int) -> bool:
-        """Whether a rank the launcher stopped had failed on its own: it was leaving already, and
-        its exit is a failure of its own (not 0, not the launcher's SIGTERM or SIGKILL)."""
-        return rank in self._left_at_stop and returncode != 0 and returncode not in _STOP_SIGNALS
+        """Whether a rank the launcher stopped had failed on its own: it was leaving already, or it
+        told a failure (ringdist raised in it: a program that ignores SIGTERM ends as that made it),
+        and its exit is a failure of its own (not 0, not the launcher's SIGTERM or SIGKILL)."""
+        return ((rank in self._left_at_stop or rank in self._told) and returncode != 0
+                and returncode not in _STOP_SIGNALS)
+
+    def _consequence(self, rank: int) -> bool:
+        """Whether failed `rank` told only of another rank's failure (and was not killed from outside)."""
+        return not _killed_from_outside(self._exits[rank]) and _heard_of_another(self._told.get(rank))
 
     def _leaving(self) -> set[int]:
         """Running ranks on their way out: their control connection has closed, or their process is dying."""

@@ -743,8 +743,13 @@ class Comm:
         box.end(error)
 
     def _why(self, exc: BaseException) -> str:
-        """A failure as the rendezvous is told it (`Endpoint.note_failure`)."""
-        why = aborts.summary(exc, self._rank)
+        """A failure as the rendezvous is told it (`Endpoint.note_failure`): one passed on to this
+        rank says so ('... aborted by rank 1: ...'), for the launcher names the rank it came from."""
+        origin = getattr(exc, "ringdist_origin", None)
+        if origin is not None and origin[0] != self._rank:
+            why = f"{type(exc).__name__}: {exc}"
+        else:
+            why = aborts.summary(exc, self._rank)
         if self.gid != "world":  # its ranks are the group's, not the world's the departure names
             why = f"(as rank {self._rank} of group {self.gid!r}) {why}"
         return why

@@ -259,7 +259,7 @@ def test_a_forked_child_s_wait_on_a_sendrecv_fails_at_once_as_any_handle_s():
     assert result.returncode == 0, result.stdout + result.stderr
     for name in ("plain", "sendrecv"):
         assert re.search(rf"^\[0\] child {name}: RingError after 0\.\d s$", result.stdout, re.M), result.stdout
-    assert "[0] parent [1.0, 1.0, 1.0] None" in result.stdout, result.stdout
+    assert "[0] parent [1.0, 1.0, 1.0] (4194304,)" in result.stdout, result.stdout
 
 
 def test_a_child_forked_while_a_thread_holds_a_group_s_kept_messages_exits():

@@ -68,7 +68,7 @@ def test_policy_a_rank_that_told_it_lost_another_is_no_cause_over_that_one():
     policy = started_policy(4)
     left = {2: 1.0, 1: 1.1}
     told = {2: "PeerLostError: rank 2: lost rank 1 (127.0.0.1:4000, left link of group 'world'): connection closed"}
-    assert policy.rank_exited(2, 1, left, told=told) == Decision(Action.WAIT, (1,))
+    assert policy.rank_exited(2, 1, left, told=told) == Decision(Action.WAIT, (0, 1, 3))
     decision = policy.rank_exited(1, 7, left, told=told)
     assert policy.exit_status == 7 and "rank 1 (host localhost, pid 101) exited with code 7 first" in decision.message
     relayed = started_policy(3)  # a failure passed on to it, and one heard of at the rendezvous, likewise
@@ -79,6 +79,32 @@ def test_policy_a_rank_that_told_it_lost_another_is_no_cause_over_that_one():
     relayed.rank_exited(1, 1, left, told=told)
     relayed.rank_exited(2, 3, left, told={**told, 2: "MismatchError: rank 2 called ..."})
     assert relayed.exit_status == 3
+
+
+def test_policy_waits_for_the_cause_of_a_relayed_failure_even_before_it_starts_leaving():
+    # A link between ranks 1 and 2 died: rank 1 timed out, told ranks 0 and 3 at once (they raised
+    # "aborted by rank 1" and left), and spent up to a second failing to send the ABORT over the
+    # dead link before raising itself. Ranks 0 and 3 left first, and no other was leaving yet:
+    # the first of them was named.
+    policy = started_policy(4)
+    told = {3: "RingTimeoutError: rank 3: all_gather aborted by rank 1: rank 1: all_gather made no progress ...",
+            0: "RingTimeoutError: rank 0: all_gather aborted by rank 1: rank 1: all_gather made no progress ..."}
+    assert policy.rank_exited(3, 1, {3: 5.0}, told=told) == Decision(Action.WAIT, (0, 1, 2))
+    assert policy.rank_exited(0, 1, {3: 5.0, 0: 5.1}, told=told).action is Action.NOTHING
+    told[1] = "RingTimeoutError: rank 1: all_gather made no progress for 5 s: receiving from rank 2 ..."
+    decision = policy.rank_exited(1, 1, {3: 5.0, 0: 5.1, 1: 6.0}, told=told)
+    assert decision.action is Action.STOP and decision.ranks == (2,), decision
+    assert "rank 1 (host localhost, pid 101) exited with code 1 first" in decision.message
+    # Rank 2, stopped, had raised too (its program ignores SIGTERM): it failed on its own.
+    told[2] = "RingTimeoutError: rank 2: all_gather made no progress for 5 s: receiving from rank 1 ..."
+    policy.rank_exited(2, 1, {3: 5.0, 0: 5.1, 1: 6.0, 2: 6.1}, told=told)
+    assert policy.summary() == ("ringdist-launch: rank 1 (host localhost, pid 101) exited with code 1 first; "
+                                "ranks 0,2,3 then failed on their own")
+    # With no failure of its own in SETTLE_WAIT, the relayed one is named after all.
+    quiet = started_policy(3)
+    assert quiet.rank_exited(0, 1, {0: 1.0}, told={0: told[0]}) == Decision(Action.WAIT, (1, 2))
+    decision = quiet.settle_expired({0: 1.0})
+    assert decision.action is Action.STOP and decision.ranks == (1, 2) and "rank 0 (host" in decision.message
 
 
 @pytest.mark.slow
