@@ -29,9 +29,11 @@ import mmap
 import os
 
 try:  # imported now: with no descriptor left, an import (and so the limit's error text) fails
+    import fcntl
     import resource
+    import termios
 except ImportError:  # not a POSIX system
-    resource = None  # type: ignore[assignment]
+    fcntl = resource = termios = None  # type: ignore[assignment]
 import select
 import socket
 import sys
@@ -673,6 +675,22 @@ def fd_usage() -> str:
         return f"{len(os.listdir('/proc/self/fd')) - 1} open, {limit}"
     except OSError:
         return limit
+
+
+def unsent_bytes(sock: socket.socket) -> int | None:
+    """Bytes given to the kernel for `sock` that the peer has not acknowledged yet (Linux's
+    SIOCOUTQ, macOS's SO_NWRITE); None where the system does not say."""
+    try:
+        if _SIOCOUTQ is not None:
+            return int.from_bytes(fcntl.ioctl(sock.fileno(), _SIOCOUTQ, b"\0\0\0\0"), sys.byteorder, signed=True)
+        if sys.platform == "darwin":
+            return sock.getsockopt(socket.SOL_SOCKET, 0x1024)  # SO_NWRITE
+    except OSError:
+        pass
+    return None
+
+
+_SIOCOUTQ = getattr(termios, "TIOCOUTQ", None) if sys.platform.startswith("linux") else None  # (the same number)
 
 
 def make_pipe(label: str) -> tuple[int, int]:

@@ -24,7 +24,7 @@ import time
 from typing import Any, Callable
 
 from . import deadlines, wire
-from .channel import Channel, world_of
+from .channel import Channel, unsent_bytes, world_of
 from .errors import RingError, RingTimeoutError
 from .flows import MAX_FRAME, Inflow, Outflow, Segments, Watch, intro
 
@@ -99,6 +99,7 @@ def run(inflows: list[Inflow], outflows: list[Outflow], watched: list[Channel], 
         slots.setdefault(flow.ch.fd, [None, None, None])[1] = flow
     poller = select.poll()
     masks: dict[int, int] = {}
+    unsent: dict[int, int] = {}  # fd -> bytes its kernel had not yet seen acknowledged, when last looked
     last_progress = time.monotonic()
     while True:
         for flow in outflows:
@@ -141,12 +142,18 @@ def run(inflows: list[Inflow], outflows: list[Outflow], watched: list[Channel], 
             events = poller.poll(0)
         if not events:
             wait = last_progress + timeout - time.monotonic()
+            draining = [f for f in outflows if f.blocked and not f.done]
+            if draining:  # a full send buffer may drain slowly, a slow link: look at it 4 times a timeout
+                wait = min(wait, timeout / 4)
             if bg is not None:
                 cap = bg.max_wait()
                 if cap is not None and cap < wait:
                     wait = max(cap, 0.0)
             events = poller.poll(deadlines.poll_ms(wait)) if wait > 0 else []
             if not events:
+                if draining and _drained(draining, unsent):
+                    last_progress = time.monotonic()  # the peer took bytes: a slow link, not a stall
+                    continue
                 if time.monotonic() - last_progress < timeout:
                     continue  # one slice of a long wait ended
                 raise stall_error(inflows, outflows, op, me, timeout)
@@ -172,6 +179,21 @@ def run(inflows: list[Inflow], outflows: list[Outflow], watched: list[Channel], 
                 writer.blocked = False
         if moved:
             last_progress = time.monotonic()
+
+
+def _drained(flows: list[Outflow], unsent: dict[int, int]) -> bool:
+    """Whether the peer of a blocked outflow acknowledged bytes since the last look (its socket's
+    unsent bytes went down: a slow link still moving, which no write sees while the buffer is
+    full); the first look only notes them."""
+    moved = False
+    for f in flows:
+        now = unsent_bytes(f.ch.sock)
+        if now is None:
+            continue
+        before = unsent.get(f.ch.fd)
+        unsent[f.ch.fd] = now
+        moved = moved or (before is not None and now < before)
+    return moved
 
 
 def on_progress_thread() -> bool:

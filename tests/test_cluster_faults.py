@@ -92,6 +92,23 @@ def test_a_link_taken_down_mid_collective_is_an_error_on_every_rank(netns_cluste
     assert not left, f"still running after the job: {left}"
 
 
+@pytest.mark.slow
+def test_a_slow_link_that_keeps_moving_is_no_stall(netns_cluster):
+    # Host 1's link shaped to 2 Mbit/s with a deep queue (no drops): rank 1's ring send of 3 MiB
+    # takes about 12 s, and a full send buffer drains for longer than the 2 s timeout with no write
+    # of its own getting through. The timeout is for a peer that stalls: the kernel's unsent bytes
+    # going down while the buffer is full count as progress (they did not: "made no progress").
+    name, path, _ = netns_cluster("slow", "-k", str(HOSTS))
+    subprocess.run(["ip", "netns", "exec", f"{name}-h1", "tc", "qdisc", "replace", "dev", "eth0", "root", "tbf",
+                    "rate", "2mbit", "burst", "32kb", "limit", "16mb"], check=True, capture_output=True, timeout=10)
+    res = run_launcher(["--rsh-agent", AGENT, "--hosts", path, str(SCRIPTS / "one_checked_call.py"), "all_gather", "1"],
+                       timeout=90, env={"RINGDIST_TIMEOUT": "2", "RINGDIST_CONNECT_TIMEOUT": "15",
+                                        "RINGDIST_ALGO": "all_gather:ring"})
+    assert res.returncode == 0, res.stdout + res.stderr
+    took = sorted(float(t) for t in re.findall(r"^\[\d\] ok after ([\d.]+) s$", res.stdout, re.M))
+    assert len(took) == HOSTS and took[-1] > 4, res.stdout  # (slower than the timeout twice over: shaped)
+
+
 def _tcp_retransmissions(ns: str) -> int:
     """Segments TCP retransmitted in namespace `ns` since it was made (/proc/net/snmp is per namespace)."""
     lines = [line.split() for line in subprocess.run(

@@ -79,7 +79,8 @@ def test_sendrecv_round_a_ring_of_any_size_and_off_an_edge(async_op):
 
 def test_messages_to_and_from_none_off_an_edge_move_nothing():
     # MPI's PROC_NULL, as a halo exchange along a line posts it at the ends: a send to None and a
-    # receive from None are done at once (the receive's result None, its status source None).
+    # receive from None are done at once (the send gives back its array; the receive gives None,
+    # its status source None).
     def rank(g):
         left, right = rd.Grid((g.size(),), group=g).shift(0)
         st_left, st_right = rd.Status(), rd.Status()
@@ -88,7 +89,8 @@ def test_messages_to_and_from_none_off_an_edge_move_nothing():
                  rd.send(np.full(2, g.rank()), right, tag=1, group=g, async_op=True),
                  rd.send(np.full(2, -g.rank()), left, tag=2, group=g, async_op=True)]
         from_left, from_right, _, _ = rd.wait_all(works)
-        inline = (rd.send(np.zeros(1), None, group=g), rd.recv((1,), np.float32, None, group=g),
+        zeros = np.zeros(1)
+        inline = (rd.send(zeros, None, group=g) is zeros, rd.recv((1,), np.float32, None, group=g),
                   rd.send_object({"a": 1}, None, group=g), rd.recv_object(None, group=g))
         objects = [rd.send_object(g.rank(), right, group=g, async_op=True),
                    rd.recv_object(left, group=g, async_op=True)]
@@ -111,9 +113,9 @@ def test_messages_to_and_from_none_off_an_edge_move_nothing():
         return halves, inline, objects[1].wait()
 
     got = run_ranks(3, rank)
-    assert got[0] == ((None, (None, rd.ANY_TAG), [-1, -1], (1, 2)), (None,) * 4, None)
-    assert got[1] == (([0, 0], (0, 1), [-2, -2], (2, 2)), (None,) * 4, 0)
-    assert got[2] == (([1, 1], (1, 1), None, (None, rd.ANY_TAG)), (None,) * 4, 1)
+    assert got[0] == ((None, (None, rd.ANY_TAG), [-1, -1], (1, 2)), (True,) + (None,) * 3, None)
+    assert got[1] == (([0, 0], (0, 1), [-2, -2], (2, 2)), (True,) + (None,) * 3, 0)
+    assert got[2] == (([1, 1], (1, 1), None, (None, rd.ANY_TAG)), (True,) + (None,) * 3, 1)
 
 
 def test_sendrecv_fixing_the_shape_checks_it_on_both_ranks():

@@ -41,7 +41,7 @@ def interrupt_soon() -> None:
         signal.setitimer(signal.ITIMER_REAL, 0.5)
 
 
-def attempt(what: str, call) -> None:
+def attempt(what: str, call, sent: bool = False) -> None:
     try:
         got = call()
     except Alarm:
@@ -49,7 +49,8 @@ def attempt(what: str, call) -> None:
     except rd.RingError as exc:
         print(f"{what}: {type(exc).__name__}: {exc}", flush=True)
     else:
-        print(f"{what}: got {None if got is None else got.ravel()[:2].tolist()}", flush=True)
+        shown = None if got is None or sent else got.ravel()[:2].tolist()  # (a send gives its own array back)
+        print(f"{what}: got {shown}", flush=True)
 
 
 def interrupted_now() -> None:
@@ -102,7 +103,7 @@ elif MODE in ("recv_open", "recv_open_queued"):  # rank 1's receive waits on a c
     elif r == 0:
         rd.send(full(1), 1)
         after_interruption()
-        attempt("send", lambda: rd.send(full(2), 1, timeout=10))
+        attempt("send", lambda: rd.send(full(2), 1, timeout=10), sent=True)
     elif MODE == "recv_open_queued":
         after_interruption()
         rd.send(full(3), 1)
@@ -113,10 +114,10 @@ elif MODE == "send":  # rank 0's blocking send waits for its pair's turn behind 
     if r == 0:
         first = rd.send(big, 1, async_op=True)
         interrupt_soon()
-        attempt("first", lambda: rd.send(full(1), 1))
+        attempt("first", lambda: rd.send(full(1), 1), sent=True)
         interrupted_now()
-        attempt("second", lambda: rd.send(full(2), 1, timeout=10))
-        attempt("big", lambda: first.wait(10))
+        attempt("second", lambda: rd.send(full(2), 1, timeout=10), sent=True)
+        attempt("big", lambda: first.wait(10), sent=True)
     elif r == 1:
         after_interruption()
         attempt("big", lambda: rd.recv(big.shape, np.float32, 0, timeout=10))

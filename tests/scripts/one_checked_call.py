@@ -1,0 +1,31 @@
+"""One barrier, then one checked collective (no warm-up): no rank waits on a peer's earlier call.
+
+usage: one_checked_call.py all_gather|all_sum MiB
+Prints `ok after <s>` and exits 0 when the result is right; `raised <Type>: <message>` and exits 1 on
+a RingError; exits 3 on a wrong result.
+"""
+import sys
+import time
+
+import numpy as np
+
+import ringdist as rd
+
+op, mib = sys.argv[1], float(sys.argv[2])
+g = rd.init()
+r, n = g.rank(), g.size()
+count = int(mib * (1 << 20)) // 4
+count -= count % n
+base = np.arange(count, dtype=np.int32) * 4
+want = np.concatenate([base + q for q in range(n)]) if op == "all_gather" else base * n + n * (n - 1) // 2
+rd.barrier()
+began = time.monotonic()
+try:
+    got = getattr(rd, op)(base + r)
+except rd.RingError as exc:
+    print(f"raised {type(exc).__name__}: {exc}", flush=True)
+    sys.exit(1)
+if not np.array_equal(got, want):
+    print("wrong result", flush=True)
+    sys.exit(3)
+print(f"ok after {time.monotonic() - began:.1f} s", flush=True)
