@@ -2,8 +2,11 @@
 
 `run` drives every `Inflow` and `Outflow` (`flows`) of an operation to completion over
 non-blocking channels. The loop blocks in `poll` (no spinning unless asked) and its
-timeout is progress-based: it resets whenever a byte moves. Channels without an inflow
-are watched for an ABORT or a header of another call.
+timeout is progress-based: it resets whenever a byte moves, and while a send buffer is
+full, whenever the peer acknowledges bytes of it (the kernel's count of unacknowledged
+bytes going down: a slow link drains a full buffer for longer than a timeout with no
+write getting through). Channels without an inflow are watched for an ABORT or a header
+of another call.
 
 `exchange` is the direct path's way in: one block to every peer and one from each.
 Small collectives are dominated by fixed costs, so it first tries to finish the flows
