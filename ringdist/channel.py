@@ -90,6 +90,17 @@ def peer_address(sock: socket.socket) -> str:
     return "?"
 
 
+def _listening_address(sock: socket.socket, listens: list[tuple[str, int]]) -> str:
+    """'host:port' where the peer that dialed `sock` listens: on the address the connection came
+    from (a host with several addresses, one per network), else its first."""
+    try:
+        ip = sock.getpeername()[0]
+    except (OSError, IndexError, TypeError):
+        ip = None
+    host, port = next(((h, p) for h, p in listens if h == ip), listens[0])
+    return format_address(host, port)
+
+
 # ---- socket options ------------------------------------------------------------------------
 
 
@@ -779,7 +790,7 @@ class Channel:
         self.lane = lane
         # Where the peer listens, for a connection it dialed (`listens`: its addresses): the
         # other end's own port is one the kernel chose, which names no rank.
-        self.address = f"{listens[0][0]}:{listens[0][1]}" if listens else peer_address(sock)
+        self.address = _listening_address(sock, listens) if listens else peer_address(sock)
         configure(sock, buffers)
         sock.setblocking(False)
         self.fd = sock.fileno()

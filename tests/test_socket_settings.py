@@ -123,3 +123,22 @@ def test_the_buffer_cache_limit_is_set_through_configure():
         assert not buffers.cache.empty(big, np.float64).flags.owndata  # a view of a cached block
     finally:
         buffers.configure(Settings().buffer_cache_mb * (1 << 20))
+
+
+def test_a_channel_names_the_address_its_peer_dialed_from_not_just_its_first():
+    # A peer listening on several addresses (one per network) dialed from 127.0.0.2: errors about
+    # the connection named its first address, maybe on a network the connection does not use.
+    lsock = socket.create_server(("127.0.0.1", 0))
+    dialer = socket.socket()
+    dialer.bind(("127.0.0.2", 0))
+    dialer.connect(lsock.getsockname())
+    accepted, _ = lsock.accept()
+    try:
+        listens = [("127.0.0.1", 4001), ("127.0.0.2", 4002)]
+        ch = channel.Channel(accepted, me=0, peer=1, group="g", role="p2p-in", listens=listens)
+        assert ch.describe() == "rank 1 (127.0.0.2:4002, p2p-in link of group 'g')"
+        other = channel.Channel(dialer, me=1, peer=0, group="g", role="p2p-out", listens=[("127.0.0.3", 4003)])
+        assert other.address == "127.0.0.3:4003"  # (none matches: the first)
+    finally:
+        for s in (lsock, dialer, accepted):
+            s.close()
