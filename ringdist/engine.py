@@ -154,7 +154,7 @@ def run(inflows: list[Inflow], outflows: list[Outflow], watched: list[Channel], 
                     wait = max(cap, 0.0)
             events = poller.poll(deadlines.poll_ms(wait)) if wait > 0 else []
             if not events:
-                if draining and _drained(draining, unsent):
+                if draining and drained(draining, unsent):
                     last_progress = time.monotonic()  # the peer took bytes: a slow link, not a stall
                     continue
                 if time.monotonic() - last_progress < timeout:
@@ -184,7 +184,7 @@ def run(inflows: list[Inflow], outflows: list[Outflow], watched: list[Channel], 
             last_progress = time.monotonic()
 
 
-def _drained(flows: list[Outflow], unsent: dict[int, int]) -> bool:
+def drained(flows: list[Outflow], unsent: dict[int, int]) -> bool:
     """Whether the peer of a blocked outflow acknowledged bytes since the last look (its socket's
     unsent bytes went down: a slow link still moving, which no write sees while the buffer is
     full); the first look only notes them."""

@@ -44,7 +44,7 @@ class Plan(Protocol):
 
 class Job:
     __slots__ = ("work", "g", "call", "plan", "finished", "result", "error", "timeout", "since", "opened",
-                 "on_runner", "issuer", "asker", "interrupted")
+                 "on_runner", "issuer", "asker", "interrupted", "unsent")
 
     def __init__(self, work: Work, g: Comm, call: Callable[[Comm], Any], p2p: bool):
         self.work = work
@@ -56,6 +56,7 @@ class Job:
         self.error: BaseException | None = None
         self.timeout = 0.0
         self.since = 0.0  # start of progress, then the last progress
+        self.unsent: dict[int, int] = {}  # its full send buffers' unacknowledged bytes, last looked at (`engine.drained`)
         self.opened = False
         self.on_runner = False  # a collective, run by its group's runner (`runners`)
         self.issuer = threading.current_thread()  # the thread that called, named in errors (`Comm.thread_name`)

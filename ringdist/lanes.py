@@ -188,6 +188,10 @@ class Lanes:
                 self._open(job)
                 if job.opened or job.finished or self._asked(job):
                     continue
+            if job.opened:
+                blocked = [f for f in job.plan.outflows if f.blocked and not f.done]  # type: ignore[union-attr]
+                if blocked and engine.drained(blocked, job.unsent):
+                    job.since = now  # the peer took bytes: a slow link, not a stall (as `engine.run`)
             if now - job.since > job.timeout:
                 plan = job.plan
                 if job.opened:
@@ -233,6 +237,9 @@ class Lanes:
         wait = min(job.since + job.timeout - now for job in heads)
         if any(not job.opened for job in heads):
             wait = min(wait, CONNECT_RETRY)
+        for job in heads:  # a full send buffer may drain slowly: looked at 4 times a timeout (`tick`)
+            if job.opened and any(f.blocked and not f.done for f in job.plan.outflows):  # type: ignore[union-attr]
+                wait = min(wait, job.timeout / 4)
         return max(wait, 0.0)
 
     def _check_done(self, job: Job) -> None:

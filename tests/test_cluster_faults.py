@@ -101,12 +101,13 @@ def test_a_slow_link_that_keeps_moving_is_no_stall(netns_cluster):
     name, path, _ = netns_cluster("slow", "-k", str(HOSTS))
     subprocess.run(["ip", "netns", "exec", f"{name}-h1", "tc", "qdisc", "replace", "dev", "eth0", "root", "tbf",
                     "rate", "2mbit", "burst", "32kb", "limit", "16mb"], check=True, capture_output=True, timeout=10)
-    res = run_launcher(["--rsh-agent", AGENT, "--hosts", path, str(SCRIPTS / "one_checked_call.py"), "all_gather", "1"],
-                       timeout=90, env={"RINGDIST_TIMEOUT": "2", "RINGDIST_CONNECT_TIMEOUT": "15",
-                                        "RINGDIST_ALGO": "all_gather:ring"})
-    assert res.returncode == 0, res.stdout + res.stderr
-    took = sorted(float(t) for t in re.findall(r"^\[\d\] ok after ([\d.]+) s$", res.stdout, re.M))
-    assert len(took) == HOSTS and took[-1] > 4, res.stdout  # (slower than the timeout twice over: shaped)
+    for op, mib in (("all_gather", "1"), ("isend", "3")):  # (isend: rank 1's on the progress thread's loop)
+        res = run_launcher(["--rsh-agent", AGENT, "--hosts", path, str(SCRIPTS / "one_checked_call.py"), op, mib],
+                           timeout=90, env={"RINGDIST_TIMEOUT": "2", "RINGDIST_CONNECT_TIMEOUT": "15",
+                                            "RINGDIST_ALGO": "all_gather:ring"})
+        assert res.returncode == 0, (op, res.stdout + res.stderr)
+        took = sorted(float(t) for t in re.findall(r"^\[\d\] ok after ([\d.]+) s$", res.stdout, re.M))
+        assert len(took) == HOSTS and took[-1] > 4, (op, res.stdout)  # (slower than the timeout twice over)
 
 
 def _tcp_retransmissions(ns: str) -> int:
