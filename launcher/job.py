@@ -33,7 +33,7 @@ from .output import LineWriter, Pump, pump_rank
 from .plan import JobPlan, RankLaunch
 from .policy import (PASSED_ON, SETTLE_WAIT, Action, Decision, JobPolicy, Outcome, RankInfo, describe_exit,
                      rank_list)
-from .spawn import Guard, RankProcess, Spawner, interrupt, stop_sessions
+from .spawn import Guard, RankProcess, Spawner, signal_once, stop_sessions
 
 # How long to wait for ranks after SIGKILL, and for their output to drain, before giving up.
 KILL_WAIT = 10.0
@@ -373,12 +373,7 @@ class _Supervisor:
         elif decision.action is Action.STOP:
             self.settle_deadline = None
             procs = [self.ranks[rank].proc for rank in decision.ranks]
-            if decision.signum is not None:  # (SIGINT: once to each process)
-                interrupt(procs, decision.signum)
-            else:
-                for proc in procs:
-                    proc.signal(signal.SIGTERM)
-                stop_sessions(procs, signal.SIGTERM)
+            signal_once(procs, signal.SIGTERM if decision.signum is None else decision.signum)
             if self.term_deadline is None:
                 self.term_deadline = time.monotonic() + self.grace
         elif decision.action is Action.KILL:

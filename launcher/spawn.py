@@ -381,11 +381,11 @@ def stop_sessions(ranks: Sequence[RankProcess], sig: int) -> None:
         signal_sessions(sessions, sig)
 
 
-def interrupt(ranks: Sequence[RankProcess], sig: int) -> None:
-    """Send `sig` (SIGINT) once to every process of these ranks' sessions (on Linux; elsewhere its
-    process group): a second one, as its group's and its session's signals together would be,
-    would interrupt the handling of the first (its exit handlers). A remote rank's keeper stops it
-    as ever (SIGTERM)."""
+def signal_once(ranks: Sequence[RankProcess], sig: int) -> None:
+    """Send `sig` (SIGTERM, SIGINT) once to every process of these ranks' sessions (on Linux;
+    elsewhere its process group): a second one, as its group's and its session's signals
+    together would be, would interrupt the handling of the first (a handler of the program's,
+    its exit handlers). A remote rank's keeper stops it as ever (SIGTERM)."""
     local = [r for r in ranks if r.session is not None] if sys.platform.startswith("linux") else []
     for r in local:  # the ranks themselves first, together: a pass over /proc takes milliseconds, and a
         try:         # rank interrupted early would otherwise fail its peers' calls before their own came

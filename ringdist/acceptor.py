@@ -240,9 +240,10 @@ class Acceptor:
                     break
                 if not data:
                     # Closed before a byte: a peer's look at whether this rank still listens
-                    # (`Endpoint.take`'s probe), or a port scan; counted, not logged.
+                    # (`Endpoint.take`'s probe), or a port scan; or after a HELLO of this job: a
+                    # member that gave up waiting for this rank (stopped, say). Counted, not logged.
                     self._drop(p, f"connection closed after {hs.received} bytes of handshake",
-                               quiet=hs.received == 0)
+                               quiet=hs.received == 0 or hs.introduced)
                     return
                 p.active = time.monotonic()
                 hs.feed(data)

@@ -94,6 +94,12 @@ class ServerHandshake:
         self.hello: dict[str, Any] | None = None
         self.done = False
 
+    @property
+    def introduced(self) -> bool:
+        """Whether a HELLO of this job came and its proof is awaited: a member that gives up on the
+        handshake (an ask while this rank was stopped, a dial that timed out) closes here."""
+        return self._expect == wire.PROOF and not self.done
+
     def want(self) -> int:
         """Bytes to read next (0 once done)."""
         if self.done:

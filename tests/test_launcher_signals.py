@@ -233,6 +233,22 @@ def test_sigusr1_and_sigusr2_are_passed_on_to_every_rank(sig, where, tmp_path):
         kill_tree(proc)
 
 
+@pytest.mark.skipif(not LINUX, reason="elsewhere the launcher signals a rank's process group alone")
+def test_the_launcher_s_sigterm_reaches_each_process_of_a_rank_once():
+    # Its process group's signal and then its session's: a program's own SIGTERM handler ran twice
+    # (and a second signal interrupts the handling of the first).
+    proc = start_launcher(["-n", "2", "--timeout", "8", str(SCRIPTS / "term_count.py")])
+    try:
+        out = LineReader(proc.stdout)
+        out.wait_for(r"^\[\d\] ready$", 2, timeout=60)
+        assert proc.wait(timeout=30) == 124
+        text = out.rest()
+    finally:
+        kill_tree(proc)
+    for r in (0, 1):
+        assert f"[{r}] rank got 1" in text and f"[{r}] child got 1" in text, text
+
+
 def test_sigquit_stops_the_job_as_sigterm_does():
     proc = start_launcher(["-n", "2", SLEEPER, "60"])
     try:

@@ -387,3 +387,27 @@ def test_a_local_stranger_s_socket_path_is_logged_quoted(where, caplog):
     (line,) = [r.getMessage() for r in caplog.records if "refused connection from" in r.getMessage()]
     assert "\n" not in line and "\x1b" not in line, line
     assert "FORGED \\x1b[31mred" in line and "x\\n[1]" in line, line
+
+
+def test_a_member_that_gives_up_after_its_hello_is_not_logged_as_refused(caplog):
+    """A peer's ask (or dial) that timed out while this rank was stopped closes after its HELLO:
+    logged as a refused stranger once the rank went on. A HELLO of another job still is."""
+    from ringdist.endpoint import Endpoint
+
+    secret = b"s" * 32
+    ep = Endpoint(secret, ["127.0.0.1"], connect_timeout=2.0, label="rank 0")
+    try:
+        with caplog.at_level("WARNING", "ringdist"):
+            for job in (wire.job_id(secret), wire.job_id(b"another job")):
+                with socket.create_connection(ep.addresses[0], timeout=5) as sock:
+                    hello = wire.make_hello(job, "world", 1, "ask", 0, os.urandom(wire.NONCE_SIZE))
+                    sock.sendall(wire.encode_map(wire.HELLO, hello))
+                    sock.recv(1024)  # its CHALLENGE, or the REJECT: the HELLO was read
+            deadline = time.monotonic() + 10
+            while ep._acceptor.refusals.count < 2:
+                assert time.monotonic() < deadline, ep._acceptor.refusals.count
+                time.sleep(0.02)
+    finally:
+        ep.close()
+    refused = [r.getMessage() for r in caplog.records if "refused connection from" in r.getMessage()]
+    assert len(refused) == 1 and "connection for another job" in refused[0], refused
