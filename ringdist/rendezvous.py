@@ -60,7 +60,7 @@ EXIT_READ_WAIT = 0.25  # seconds an exit seen waits for the rank's connection to
 def parse_address(text: str) -> tuple[str, int]:
     """'host:port' or '[v6]:port' -> (host, port); ValueError when malformed."""
     host, sep, port = text.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+    if not sep or not host or not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
         raise ValueError(f"{text!r} is not host:port")
     return host.strip("[]"), int(port)
 

@@ -281,6 +281,10 @@ def test_values_a_user_can_get_wrong_are_config_errors_naming_them():
             Settings.from_env(env)  # the cores per rank unknown: the default spin, no traceback
     with pytest.raises(ConfigError, match="the port must be a number"):
         parse_rendezvous_option("127.0.0.1:\u00b2")
+    for port in ("\u00b2", "\u0663"):  # (int() took the second: an Arabic-Indic 3)
+        with pytest.raises(ConfigError, match=f"RINGDIST_RENDEZVOUS: '127.0.0.1:{port}' is not host:port"):
+            jobenv.read_environment({"RINGDIST_RANK": "0", "RINGDIST_WORLD_SIZE": "2", "RINGDIST_SECRET": "s",
+                                     "RINGDIST_RENDEZVOUS": f"127.0.0.1:{port}"})
     assert jobenv.read_environment({**torch, "RINGDIST_SECRET": "s", "MASTER_PORT": "65535"}).rendezvous[1] == 65535
     # RINGDIST_INSECURE=false is no: without a secret, the error that says how to set one.
     with pytest.raises(ConfigError, match="no job secret"):
