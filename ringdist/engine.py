@@ -26,7 +26,7 @@ import threading
 import time
 from typing import Any, Callable
 
-from . import deadlines, wire
+from . import deadlines, forks, wire
 from .channel import Channel, unsent_bytes, world_of
 from .errors import RingError, RingTimeoutError
 from .flows import MAX_FRAME, Inflow, Outflow, Segments, Watch, intro
@@ -40,6 +40,7 @@ POLLERR = select.POLLERR | select.POLLHUP | select.POLLNVAL
 # group's runner's wake-up, `runners`), by thread ident, driven by every wait on that thread:
 # its fds join the poll set, it is pumped and read, never waited for. Empty until a first async op.
 backgrounds: dict[int, Any] = {}
+forks.in_child(backgrounds.clear)  # (the parent's threads: none of them is in a forked child)
 
 
 def set_background(bg: Any, owner: int) -> None:

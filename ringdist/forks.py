@@ -19,10 +19,11 @@ from __future__ import annotations
 import os
 import socket
 import weakref
-from typing import Any
+from typing import Any, Callable
 
 from . import channel
 
+_hooks: list[Callable[[], None]] = []  # modules' own, run after the sockets and holders, in registration order
 _sockets: "weakref.WeakSet[socket.socket]" = weakref.WeakSet()
 _holders: "weakref.WeakSet[Any]" = weakref.WeakSet()  # objects with a forget_in_child() method
 _owner = os.getpid()  # the process the tracked sockets belong to
@@ -34,6 +35,13 @@ def track(thing: Any) -> Any:
     (called in the child, which has no other thread: it must take no lock the parent may hold)."""
     (_sockets if isinstance(thing, socket.socket) else _holders).add(thing)
     return thing
+
+
+def in_child(hook: Callable[[], None]) -> None:
+    """Run `hook()` in forked children, after the sockets and holders are let go (hooks in the
+    order given: as the modules that give them are imported); a module's state of its own (its
+    threads, pipes, locks a parent's thread may hold) starts afresh there."""
+    _hooks.append(hook)
 
 
 def parent() -> int:
@@ -50,6 +58,8 @@ def _after_fork_in_child() -> None:
     for holder in list(_holders):
         holder.forget_in_child()
     _holders.clear()
+    for hook in _hooks:
+        hook()
 
 
 if hasattr(os, "register_at_fork"):

@@ -519,4 +519,4 @@ def _after_fork_in_child() -> None:
     _courier._tasks = deque()
 
 
-os.register_at_fork(after_in_child=_after_fork_in_child)
+forks.in_child(_after_fork_in_child)

@@ -28,7 +28,7 @@ import sys
 import tempfile
 import threading
 
-from . import channel
+from . import channel, forks
 from .errors import ConnectError
 
 try:
@@ -194,5 +194,4 @@ def remove_all() -> None:
         remove(path)
 
 
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=forget_in_child)
+forks.in_child(forget_in_child)

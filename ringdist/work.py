@@ -359,7 +359,6 @@ def _after_fork_in_child() -> None:
     handle.after_fork_in_child()  # first: failing the jobs takes its locks, which a parent's thread may hold
     jobs.forget_in_child(forks.parent())
     runners.forget_in_child()
-    engine.backgrounds.clear()  # the parent's threads: none of them is in the child
     _thread = None
     _stopping = False
     active = False
@@ -370,5 +369,4 @@ def _after_fork_in_child() -> None:
     _woken = False
 
 
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
+forks.in_child(_after_fork_in_child)

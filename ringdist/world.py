@@ -22,7 +22,7 @@ import os
 import threading
 import time
 
-from . import buffers, channel, comm, deadlines, exiting, rendezvous, tuning
+from . import buffers, channel, comm, deadlines, exiting, forks, rendezvous, tuning
 from .control import ControlLink
 from .endpoint import Endpoint
 from .errors import ConfigError, ConnectError, RingError
@@ -218,5 +218,4 @@ def _after_fork_in_child() -> None:
     _hosted = None
 
 
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
+forks.in_child(_after_fork_in_child)
