@@ -49,7 +49,7 @@ def check_root(root: Any, g: Comm, op: str) -> int:
 def check_reduce_op(op: Any, g: Comm, call: str) -> str:
     """A call's reduction `op` as its all-reduce's name (`all_sum`); ValueError otherwise."""
     if not isinstance(op, str) or op not in REDUCE_OPS:
-        ops = REDUCE_OPS + ("avg",) if call == "all_reduce" else REDUCE_OPS  # (all_reduce's own: `all_avg`)
+        ops = REDUCE_OPS + ("avg",) if call in ("all_reduce", "reduce", "reduce_scatter") else REDUCE_OPS
         raise ValueError(f"rank {g.rank()}: {call}: op must be one of {', '.join(ops)}, got {op!r}")
     return f"all_{op}"
 

@@ -104,21 +104,30 @@ def gather(x: Any, root: int = 0, *, uneven: bool = False, group: Comm | None = 
 
 def reduce(x: Any, root: int = 0, *, op: str = "sum", group: Comm | None = None,
            timeout: float | None = None, async_op: bool = False) -> Any:
-    """The element-wise reduction (`op`: as all_reduce's) on the root, bitwise identical
-    to all_<op>'s (it runs the same algorithm); None on every other rank."""
+    """The element-wise reduction (`op`: as all_reduce's, avg too) on the root, bitwise
+    identical to all_<op>'s (it runs the same algorithm); None on every other rank."""
     if async_op is not False or work.active:
         r = work.route("reduce", group, async_op, lambda g: reduce(x, root, op=op, group=g, timeout=timeout))
         if r is not work.HERE:
             return r
     g = _comm(group, timeout, "reduce")
+    average = op == "avg"
     try:
-        check_reduce_op(op, g, "reduce")
+        if average:
+            x = _averageable(x, "reduce", g)
+        else:
+            check_reduce_op(op, g, "reduce")
         root = check_root(root, g, "reduce")
     except Exception as exc:
         g.refuse("reduce", exc)
         raise
-    out = _all_reduce(x, g, f"all_{op}", timeout, name="reduce", root=root)
-    return out if g.rank() == root else None  # where the algorithm ran the whole all-reduce
+    out = _all_reduce(x, g, "all_sum" if average else f"all_{op}", timeout, name="reduce", root=root,
+                      reduce=op)  # (avg: all_sum's, divided on the root alone, as all_avg divides it)
+    if g.rank() != root:
+        return None  # where the algorithm ran the whole all-reduce
+    if average:
+        np.divide(out, g.size(), out=out)
+    return out
 
 
 def _all_reduce(x: Any, group: Comm | None, op: str, timeout: float | None, name: str | None = None,
@@ -137,7 +146,7 @@ def _all_reduce(x: Any, group: Comm | None, op: str, timeout: float | None, name
         arr = as_array(x, call, g)
         arr = reducible(arr, op, call, g)
         if name is not None:
-            extra["reduce"] = op.removeprefix("all_")
+            extra.setdefault("reduce", op.removeprefix("all_"))
         if g.size() == 1:
             g.check_usable(call)
             out = buffers.cache.empty(arr.shape, arr.dtype)
@@ -214,6 +223,17 @@ def _averages(dt: np.dtype) -> bool:
     return float(probe[0]) == 0.5
 
 
+def _averageable(x: Any, call: str, g: Comm, rows: bool = False) -> np.ndarray:
+    """`x` as an array to sum and then divide by the group's size (`rows`: as a reduce-scatter's);
+    TypeError unless its dtype holds an average."""
+    arr = as_rows(x, call, g) if rows else as_array(x, call, g)
+    arr = reducible(arr, "all_sum", call, g)
+    if not _averages(arr.dtype):
+        raise TypeError(f"rank {g.rank()}: {call}: dtype {arr.dtype} cannot hold an average; pass a floating "
+                        f"dtype, or sum and divide")
+    return arr
+
+
 def _all_average(x: Any, group: Comm | None, timeout: float | None, async_op: bool) -> Any:
     """all_reduce's "avg" (torch's ReduceOp.AVG): all_sum's result, under the call's own name
     all_avg (a rank averaging never pairs with one summing), divided by the group's size on
@@ -225,11 +245,7 @@ def _all_average(x: Any, group: Comm | None, timeout: float | None, async_op: bo
             return r
     g = _comm(group, timeout, call)
     try:
-        arr = as_array(x, call, g)
-        arr = reducible(arr, "all_sum", call, g)
-        if not _averages(arr.dtype):
-            raise TypeError(f"rank {g.rank()}: {call}: dtype {arr.dtype} cannot hold an average; pass a floating "
-                            f"dtype, or all_sum and divide")
+        arr = _averageable(x, call, g)
     except Exception as exc:
         g.refuse(call, exc)
         raise
@@ -265,25 +281,34 @@ def reduce_scatter(x: Any, op: str = "sum", *, counts: Any = None, group: Comm |
     <op>_scatter (`reduce_scatter(x)` is `sum_scatter(x)`). With `counts` (N row counts summing
     to x.shape[0], the same on every rank; MPI's Reduce_scatter): rows [sum(counts[:r]),
     sum(counts[:r + 1])), reduced in rank order."""
-    if isinstance(op, str) and op in REDUCE_OPS:
+    if isinstance(op, str) and (op in REDUCE_OPS or op == "avg"):
         return _reduce_scatter(x, op, group, timeout, async_op, counts)
     return _bad_op(x, op, "reduce_scatter", group, timeout, async_op)
 
 
 def _reduce_scatter(x: Any, op: str, group: Comm | None, timeout: float | None, async_op: bool,
                     counts: Any = None) -> Any:
-    call = op + "_scatter"
+    call = op + "_scatter"  # (avg_scatter: sum_scatter's rows, divided by the group's size)
     if async_op is not False or work.active:
         r = work.route(call, group, async_op, lambda g: _reduce_scatter(x, op, g, timeout, False, counts))
         if r is not work.HERE:
             return r
     g = _comm(group, timeout, call)
     n = g.size()
+    average = op == "avg"
+    if average:
+        op = "sum"
     try:
-        arr = as_rows(x, call, g)
-        arr = reducible(arr, "all_" + op, call, g)
+        if average:
+            arr = _averageable(x, call, g, rows=True)
+        else:
+            arr = as_rows(x, call, g)
+            arr = reducible(arr, "all_" + op, call, g)
         if counts is not None:
-            return clear_padding(uneven_module.reduce_scatter_counts(g, arr, op, counts, timeout))
+            out = uneven_module.reduce_scatter_counts(g, arr, op, counts, timeout, call=call)
+            if average:
+                np.divide(out, n, out=out)
+            return clear_padding(out)
         check_rows_divide(arr, x, call, g.rank(), n)
         if n == 1:
             g.check_usable(call)
@@ -297,6 +322,8 @@ def _reduce_scatter(x: Any, op: str, group: Comm | None, timeout: float | None, 
     except Exception as exc:
         g.refuse(call, exc)
         raise
+    if average:
+        np.divide(out, n, out=out)
     return clear_padding(out)
 
 

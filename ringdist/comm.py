@@ -111,7 +111,7 @@ class Comm:
 
     def __init__(self, *, gid: str, rank: int, size: int, endpoint: Endpoint | None,
                  settings: Settings, addresses: list[list[tuple[str, int]]],
-                 world_ranks: list[int]):
+                 world_ranks: list[int], object_caps: "list[int | None] | None" = None):
         self.gid = gid
         self._rank = rank
         self._size = size
@@ -119,6 +119,8 @@ class Comm:
         self.settings = settings
         self._addresses = addresses  # per group rank: the (ip, port) list it listens on
         self._world_ranks = world_ranks  # per group rank: its rank in the world
+        # per group rank: its RINGDIST_MAX_OBJECT_BYTES, where the rendezvous's table said it
+        self.object_caps: "list[int | None]" = object_caps or [None] * size
         self._seq = 0
         self._header: wire.Header | None = None  # the last collective's (checked on watched channels)
         self._channels: list[Channel] | None = None
@@ -252,7 +254,8 @@ class Comm:
                     # the hierarchy's host steps signal over the group's TCP connections: no eventfds
                     settings=dataclasses.replace(self.settings, shm_signals=False),
                     addresses=[self._addresses[p] for p in ranks],
-                    world_ranks=[self._world_ranks[p] for p in ranks])
+                    world_ranks=[self._world_ranks[p] for p in ranks],
+                    object_caps=[self.object_caps[p] for p in ranks])
         link, host.shm, host._parts["shm"] = host.shm, None, None  # kept: only its TCP connections close
         host.close()
         return link

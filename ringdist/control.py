@@ -51,7 +51,8 @@ class ControlLink:
         try:
             send_blocking(self.sock, rendezvous.encode(
                 {"type": "register", "rank": job.rank, "size": job.size, "addresses": addresses,
-                 "host": job.host, "pid": os.getpid(), "agree": self._agree()}), deadline, peer=peer)
+                 "host": job.host, "pid": os.getpid(), "agree": self._agree(),
+                 "object_cap": self.settings.max_object_bytes}), deadline, peer=peer)
             _, msg, _ = recv_control(self.sock, deadline, expect=wire.CONTROL, peer=peer)
         except RingTimeoutError:
             # Told to the rendezvous before this rank leaves: the ranks whose deadline falls a moment

@@ -26,7 +26,7 @@ from .channel import Channel, peer_name
 from .comm import Comm
 from .errors import MismatchError, ProtocolError, RingError
 from .flows import Inflow, Outflow, Segments, SizedInflow
-from .objects import Pickled, unpickle
+from .objects import Pickled, sending_cap, unpickle
 from .p2p import ANYONE, Receiving, run_inline, to_nobody
 from .tags import ANY_TAG, Message, check_status, check_tag, fields_of, fill, matches, tag_of
 
@@ -72,7 +72,9 @@ class _SendObject(_Turned):
         self.tag = tag
         # Pickled here, on the calling thread: the object as it is at the call, and no user
         # code (its __reduce__) on the progress thread. A failure is raised once its header went.
-        self.pickled = Pickled(obj, g.settings.max_object_bytes, "send_object", g.rank())
+        known = isinstance(dst, int) and not isinstance(dst, bool) and 0 <= dst < g.size()  # (checked at start)
+        limit, whose = sending_cap(g, [dst] if known else [])  # over the receiver's limit: refused here too
+        self.pickled = Pickled(obj, limit, "send_object", g.rank(), whose_cap=whose)
 
     def start(self) -> float:
         g = self.g

@@ -4,8 +4,8 @@ Objects are pickled with protocol 5: numpy arrays (and other buffers) inside tra
 out-of-band parts, sent from their own memory and unpickled as views of the one buffer
 they land in, so they cost no copy beyond the network's. The header declares the byte
 length of every part before any byte of them moves: a receiver allocates only what it
-declares, and never more than RINGDIST_MAX_OBJECT_BYTES (default 1 GiB; a sender refuses a
-larger object with an error naming the variable, and its peers raise too). Unpickling runs
+declares, and never more than RINGDIST_MAX_OBJECT_BYTES (default 1 GiB; a sender refuses an
+object larger than its own or a receiver's, with an error naming whose, and its peers raise too). Unpickling runs
 code of the sender's choosing: objects are only accepted from authenticated members of
 the job (every connection passed the handshake with the job's secret).
 """
@@ -43,7 +43,8 @@ class Pickled:
     """An object as parts to send (the pickle, then its out-of-band buffers; with `whole`, one
     part, its buffers inside), or why it cannot be sent. `what` names it in that error."""
 
-    def __init__(self, obj: Any, cap: int, op: str, rank: int, whole: bool = False, what: str = "object"):
+    def __init__(self, obj: Any, cap: int, op: str, rank: int, whole: bool = False, what: str = "object",
+                 whose_cap: str = ""):
         self.parts: list[memoryview] = []
         self.error: str | None = None
         out_of_band: list[pickle.PickleBuffer] = []
@@ -61,8 +62,8 @@ class Pickled:
             return
         total = sum(map(len, self.parts))
         if total > cap:
-            self.error = (f"rank {rank}: {op}: the pickled {what} is {total} bytes, over "
-                          f"RINGDIST_MAX_OBJECT_BYTES={cap}")
+            limit = f"{whose_cap}'s RINGDIST_MAX_OBJECT_BYTES" if whose_cap else "RINGDIST_MAX_OBJECT_BYTES"
+            self.error = f"rank {rank}: {op}: the pickled {what} is {total} bytes, over {limit}={cap}"
             self.parts = []
 
     @property
@@ -92,6 +93,20 @@ class _Sending:
     def __exit__(self, kind: Any, exc: Any, tb: Any) -> None:
         if exc is not None and self.pickled.error is not None:
             raise ValueError(self.pickled.error) from exc
+
+
+def sending_cap(g: Comm, receivers: Any) -> tuple[int, str]:
+    """The most bytes an object this rank sends to `receivers` (group ranks) may pickle to, and
+    whose limit that is ("" for this rank's own): the least of this rank's RINGDIST_MAX_OBJECT_BYTES
+    and each receiver's, where the rendezvous's table said it (`Comm.object_caps`). A sender
+    refuses an object over a receiver's limit as over its own, so every rank hears of it in
+    the header and raises alike (a receiver that refused it from the header broke the group)."""
+    cap, whose = g.settings.max_object_bytes, ""
+    for q in receivers:
+        theirs = g.object_caps[q]
+        if theirs is not None and theirs < cap:
+            cap, whose = theirs, f"rank {q}"
+    return cap, whose
 
 
 def _told_failure(g: Comm, op: str, own: Pickled | None, got: dict[int, tuple[dict[str, Any], Any]]) -> None:
@@ -241,7 +256,8 @@ def all_gather_object(obj: Any, *, group: Comm | None = None, timeout: float | N
 def _all_gather_object(g: Comm, obj: Any, timeout: float | None) -> list[Any]:
     n, r = g.size(), g.rank()
     cap = g.settings.max_object_bytes
-    pickled = Pickled(obj, cap, "all_gather_object", r)
+    limit, whose = sending_cap(g, range(n))
+    pickled = Pickled(obj, limit, "all_gather_object", r, whose_cap=whose)
     if n == 1:
         g.check_usable("all_gather_object")
         pickled.raise_error()
@@ -280,7 +296,8 @@ def _broadcast_object(g: Comm, obj: Any, root: Any, timeout: float | None) -> An
     n, r = g.size(), g.rank()
     root = check_root(root, g, "broadcast_object")
     cap = g.settings.max_object_bytes
-    pickled = Pickled(obj, cap, "broadcast_object", r) if r == root else None
+    limit, whose = sending_cap(g, range(n))
+    pickled = Pickled(obj, limit, "broadcast_object", r, whose_cap=whose) if r == root else None
     if n == 1:
         g.check_usable("broadcast_object")
         pickled.raise_error()  # type: ignore[union-attr]

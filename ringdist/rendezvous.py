@@ -27,8 +27,8 @@ rank checks the same table (`ConfigError`s alike). Under a scheduler every rank 
 connection once it has the table: nothing is announced.
 
 Messages are CONTROL frames (msgpack maps) with a "type":
-  rank -> server: register {rank, size, addresses, host, pid, agree}; query {}
-  server -> rank: table {members: [{rank, addresses, host, pid, agree}]}; missing {ranks, hosts}; error {message};
+  rank -> server: register {rank, size, addresses, host, pid, agree, object_cap}; query {}
+  server -> rank: table {members: [{rank, addresses, host, pid, agree, object_cap}]}; missing {ranks, hosts}; error {message};
                   left {rank, why}
 """
 
@@ -345,7 +345,8 @@ class RendezvousServer:
             first = self._members.get(rank)
             if first is None:
                 self._members[rank] = {"rank": rank, "addresses": addresses, "host": msg.get("host", "?"),
-                                       "pid": msg.get("pid", 0), "agree": msg.get("agree", {})}
+                                       "pid": msg.get("pid", 0), "agree": msg.get("agree", {}),
+                                       "object_cap": msg.get("object_cap")}
                 self._conns[rank] = conn
                 self._watch(rank, conn)
                 self._send_locks[rank] = threading.Lock()

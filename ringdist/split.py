@@ -61,4 +61,5 @@ def split(parent: Comm, color: int, key: int = -1) -> Comm | None:
         endpoint=parent.endpoint, settings=parent.settings,
         addresses=[parent.addresses[p] for p in parents],
         world_ranks=[parent.world_ranks[p] for p in parents],
+        object_caps=[parent.object_caps[p] for p in parents],
     )

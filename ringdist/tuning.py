@@ -32,8 +32,9 @@ KIND_OF = {"all_gather": "gather", "barrier": "barrier", "split": "gather", "bro
            "gather": "gather_root", "reduce": "reduce",
            # MAXLOC and MINLOC: two all-reduces under the call's name (`locations`).
            "all_maxloc": "reduce", "all_minloc": "reduce",
-           # all_reduce's avg: all_sum under the call's name (`collectives._all_average`).
-           "all_avg": "reduce",
+           # all_reduce's avg: all_sum under the call's name (`collectives._all_average`); reduce_scatter's
+           # avg: sum_scatter's under its own.
+           "all_avg": "reduce", "avg_scatter": "reduce_scatter",
            # Blocks whose sizes ride in the headers (algorithms/blocks.py); chosen without the size,
            # which may differ by rank.
            "all_to_all": "all_to_all", "scatter": "scatter", "all_gather_uneven": "gather_v", "scan": "scan",
@@ -403,7 +404,7 @@ def forced(comm: Comm, op: str, like: str | None = None) -> str | None:
     kind = KIND_OF[op]
     name = None
     every = None if op.endswith(" (agreement step)") else "*"
-    own = "all_sum" if op == "all_avg" else op  # (an average is all_sum's bits, divided: `collectives`)
+    own = {"all_avg": "all_sum", "avg_scatter": "sum_scatter"}.get(op, op)  # (an average is the sum's bits, divided)
     algo = comm.settings.algo
     if like is not None and any(entry_op == own for entry_op, _ in algo):
         like = None  # (`reduce:X,all_sum:Y`: the rooted reduce runs X)

@@ -172,14 +172,15 @@ def _all_to_all_splits(g: Comm, arr: np.ndarray, counts: list[int], timeout: flo
     return _assemble(got, arr.shape[1:], arr.dtype)
 
 
-def reduce_scatter_counts(g: Comm, arr: np.ndarray, op: str, counts: Any, timeout: float | None) -> np.ndarray:
+def reduce_scatter_counts(g: Comm, arr: np.ndarray, op: str, counts: Any, timeout: float | None,
+                          call: str | None = None) -> np.ndarray:
     """Rank r gets rows [sum(counts[:r]), sum(counts[:r + 1])) of every rank's `arr` reduced
     with `op` ('sum', ...), folded in rank order. The counts, the same on every rank, ride in
     the header: ranks that disagree raise MismatchError. Each rank sends block j of its rows
     to rank j (an all_to_all: blocks of any counts) and folds the N blocks it receives, so it
-    holds N times its result's rows meanwhile."""
+    holds N times its result's rows meanwhile. `call`: the call's name, if not <op>_scatter."""
     n, r = g.size(), g.rank()
-    call = op + "_scatter"
+    call = call or op + "_scatter"
     counts = _counts(counts, arr.shape[0], n, r, call, "counts")
     data = np.ascontiguousarray(arr)
     if n == 1:

@@ -307,7 +307,7 @@ def _arguments(shown: list[tuple[str, str]]) -> str:
 # Reductions a header names by an internal op, with the call and `op` that made them.
 _CALLED_AS = {"all_avg": ("all_reduce", "avg"),
               **{f"all_{r}": ("all_reduce", r) for r in ("band", "bor", "bxor")},
-              **{f"{r}_scatter": ("reduce_scatter", r) for r in ("max", "min", "prod", "band", "bor", "bxor")}}
+              **{f"{r}_scatter": ("reduce_scatter", r) for r in ("max", "min", "prod", "band", "bor", "bxor", "avg")}}
 
 
 # ---- handshake -------------------------------------------------------------------------------

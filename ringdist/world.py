@@ -146,11 +146,12 @@ def _join(job: JobEnv, settings: Settings) -> Group:
                 _hosted.close()
                 _hosted = None
         addresses = [[(ip, int(port)) for ip, port in m["addresses"]] for m in members]
+        caps = [_object_cap(m.get("object_cap")) for m in members]
         log.info("rank %d of %d (%s, pid %d): listening on %s; joined in %.1f ms", job.rank, job.size,
                  job.source, os.getpid(), ", ".join(f"{ip}:{port}" for ip, port in _endpoint.addresses),
                  (time.monotonic() - started) * 1e3)
         return Group(gid="world", rank=job.rank, size=job.size, endpoint=_endpoint, settings=settings,
-                     addresses=addresses, world_ranks=list(range(job.size)))
+                     addresses=addresses, world_ranks=list(range(job.size)), object_caps=caps)
     except BaseException as exc:
         if registered:  # the rendezvous has this rank (and its peers may have it in their table): no second try
             _joined_and_failed = (f"rank {job.rank}: init() failed once this rank had registered at the rendezvous "
@@ -162,6 +163,12 @@ def _join(job: JobEnv, settings: Settings) -> Group:
             _hosted.finish_delivery(deadlines.wait_slice(settings.connect_timeout))
         shutdown()
         raise
+
+
+def _object_cap(value: object) -> int | None:
+    """A rank's RINGDIST_MAX_OBJECT_BYTES as the table gives it; None where it does not (a
+    launcher of an earlier version passes no such field)."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
 
 
 def _host_rendezvous(job: JobEnv) -> rendezvous.RendezvousServer:

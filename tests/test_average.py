@@ -1,6 +1,6 @@
 """all_reduce(x, "avg") (torch's ReduceOp.AVG): all_sum's bits divided by the group's size, the
 same on every rank, under its own call name; refused for dtypes that cannot hold an average.
-Ranks as threads over real connections."""
+A rooted reduce and a reduce-scatter take avg too. Ranks as threads over real connections."""
 
 from __future__ import annotations
 
@@ -41,7 +41,7 @@ def test_an_integer_avg_is_refused_on_every_rank_naming_the_rank(dtype):
     def rank(g):
         x = np.arange(3).astype(dtype) if g.rank() == 1 else np.ones(3)
         with pytest.raises((TypeError, rd.RingError), match=rf"rank 1: all_avg: dtype {np.dtype(dtype)} cannot hold an "
-                                                             r"average; pass a floating dtype, or all_sum and divide"):
+                                                             r"average; pass a floating dtype, or sum and divide"):
             rd.all_reduce(x, "avg", group=g)
         return "raised"
 
@@ -75,3 +75,39 @@ def test_a_bad_op_names_avg_among_all_reduce_s():
     for r, e in enumerate(failed.value.errors):
         assert isinstance(e, ValueError) and str(e) == (
             f"rank {r}: all_reduce: op must be one of sum, max, min, prod, band, bor, bxor, avg, got 'mean'"), e
+
+
+@pytest.mark.parametrize("n", [2, 3])
+def test_reduce_and_reduce_scatter_take_avg_as_all_reduce_does(n):
+    # torch's reduce(op=AVG) and reduce_scatter(op=AVG): the root gets all_reduce avg's very bits,
+    # each rank its rows of them (counts too); refused for integers on every rank alike.
+    def rank(g):
+        r = g.rank()
+        x = np.random.default_rng(r).random((2 * n, 3)).astype(np.float32)
+        avg = rd.all_reduce(x, "avg", group=g)
+        rooted = rd.reduce(x, root=n - 1, op="avg", group=g)
+        rows = rd.reduce_scatter(x, "avg", group=g)
+        counts = [2 * n - 1, 1] + [0] * (n - 2)
+        uneven = rd.reduce_scatter(x, "avg", counts=counts, group=g, async_op=True).wait()
+        start = sum(counts[:r])
+        try:
+            rd.reduce(np.arange(3), root=0, op="avg", group=g)
+        except TypeError as exc:
+            refused = str(exc)
+        return [rooted is None if r != n - 1 else rooted.tobytes() == avg.tobytes(),
+                rows.tobytes() == avg[2 * r:2 * r + 2].tobytes(),
+                np.allclose(uneven, avg[start:start + counts[r]]), refused]
+
+    for r, got in enumerate(run_ranks(n, rank)):
+        assert got[:3] == [True, True, True], got
+        assert got[3] == f"rank {r}: reduce: dtype int64 cannot hold an average; pass a floating dtype, or sum and divide"
+
+
+def test_a_reduce_scatter_avg_never_pairs_with_a_sum():
+    def rank(g):
+        return rd.reduce_scatter(np.ones(4), "avg" if g.rank() == 0 else "sum", group=g)
+
+    with pytest.raises(RankFailed) as failed:
+        run_ranks(2, rank)
+    assert all(isinstance(e, rd.MismatchError) for e in failed.value.errors)
+    assert "rank 0 called reduce_scatter(shape=(4,), dtype=float64, op='avg')" in str(failed.value.errors[0])

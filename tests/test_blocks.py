@@ -347,8 +347,8 @@ def test_argument_errors_are_clear():
         for e in info.value.errors), info.value.errors
     with pytest.raises(ValueError, match=r"splits must be 1 non-negative integers summing to x.shape\[0\] = 3"):
         rd.all_to_all(np.zeros(3), splits=[2])
-    with pytest.raises(ValueError, match="reduce: op must be one of sum, max, min, prod, band, bor, bxor, got 'avg'"):
-        rd.reduce(np.zeros(3), op="avg")
+    with pytest.raises(ValueError, match="reduce: op must be one of sum, max, min, prod, band, bor, bxor, avg, got 'mean'"):
+        rd.reduce(np.zeros(3), op="mean")
     for call in (rd.gather, rd.scatter, rd.reduce):
         with pytest.raises(ValueError, match=r"root 1 is not a rank of a group of size 1"):
             call(np.zeros(3), root=1)

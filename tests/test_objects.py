@@ -16,6 +16,7 @@ import pytest
 import ringdist as rd
 
 from harness import RankFailed, run_ranks
+from helpers import SCRIPTS, run_launcher
 
 # tcp: past 8 ranks, Bruck's steps where shared memory would take the rest
 VARIANTS = {"default": {}, "ring": {"direct_max": 0}, "tcp": {"shm": False}}
@@ -135,6 +136,30 @@ def test_a_receiver_refuses_an_object_over_its_own_cap_from_the_header():
     error = info.value.errors[1]
     assert isinstance(error, rd.RingError), info.value.errors
     assert "declares a 1048" in str(error) and "over RINGDIST_MAX_OBJECT_BYTES=50000 here" in str(error), error
+
+
+def test_an_object_over_a_receiver_s_own_cap_is_refused_by_its_sender_and_every_rank_goes_on():
+    # Each rank's RINGDIST_MAX_OBJECT_BYTES is in the rendezvous's table: a sender refuses an
+    # object over a receiver's as over its own, so every rank raises ValueError alike. Receivers
+    # that refused it from the header broke the group (broadcast_object, all_gather_object), and
+    # a kept message of another tag broke a receive that did not ask for it.
+    res = run_launcher(["-n", "3", str(SCRIPTS / "object_caps.py")], timeout=120)
+    assert res.returncode == 0, res.stdout + res.stderr
+    said = {(int(m[1]), m[2], m[3]): m[4] for m in re.finditer(
+        r"^\[(\d)\] (world|split) (\w+(?: small)?) (.*)$", res.stdout, re.M)}
+    over = "the pickled object is 100009 bytes, over rank 0's RINGDIST_MAX_OBJECT_BYTES=100000"
+    for where in ("world", "split"):
+        for r in range(3):
+            for call, sender in (("broadcast_object", 1), ("all_gather_object", 2)):
+                whose = "" if r == sender else f" failed on rank {sender}: rank {sender}: {call}"
+                assert said[r, where, call] == f"ValueError: rank {r}: {call}{whose}: {over}", said
+            assert said[r, where, "gather_object"].startswith(
+                f"ValueError: rank {r}: gather_object: rank 1's object for rank 0 "), said
+            assert said[r, where, "after"] == "ok", said
+        assert said[1, where, "send_object"] == f"ValueError: rank 1: send_object: {over}", said
+        assert said[0, where, "recv_object small"] == "ok", said
+        assert said[0, where, "recv_object"] == (f"ValueError: rank 0: recv_object: rank 1 could not send its "
+                                                 f"object: rank 1: send_object: {over}"), said
 
 
 @pytest.mark.parametrize("n, shm", [(2, True), (9, True), (9, False)])
