@@ -24,9 +24,10 @@ import sys
 KILL_PASSES = 100
 
 
-def signal_sessions(sids, sig, skip=()):
-    """Linux: send `sig` to every live process of the sessions `sids` whose pid is not in `skip`,
-    in one pass over /proc; return the pids signalled (elsewhere, or without /proc: none)."""
+def signal_sessions(sids, sig, skip=(), skip_groups=()):
+    """Linux: send `sig` to every live process of the sessions `sids` whose pid is not in `skip`
+    and whose process group is not in `skip_groups`, in one pass over /proc; return the pids
+    signalled (elsewhere, or without /proc: none)."""
     if not sids or not sys.platform.startswith("linux"):
         return set()
     try:
@@ -34,6 +35,7 @@ def signal_sessions(sids, sig, skip=()):
     except OSError:
         return set()
     wanted = {str(sid).encode() for sid in sids}
+    groups = {str(pgid).encode() for pgid in skip_groups}
     signalled = set()
     for name in names:
         if not name.isdigit() or int(name) in skip:
@@ -44,7 +46,7 @@ def signal_sessions(sids, sig, skip=()):
                 fields = f.read().rpartition(b")")[2].split()
         except OSError:  # gone already
             continue
-        if len(fields) > 3 and fields[3] in wanted and fields[0] not in (b"Z", b"X"):
+        if len(fields) > 3 and fields[3] in wanted and fields[0] not in (b"Z", b"X") and fields[2] not in groups:
             try:
                 os.kill(int(name), sig)
             except OSError:

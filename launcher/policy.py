@@ -27,12 +27,17 @@ a rank that died of a signal the launcher did not send is named before ranks
 that exited with an error code. And since its peers could only notice once it
 was dying, `job` also reports the ranks whose process is exiting (`exiting`),
 which the policy waits for like ranks whose control connection has closed.
+
+A rank whose failure was passed on to it ("... aborted by rank 1: ...", a peer it lost) can
+leave before the rank that caused it, which may spend up to a second telling its other peers
+(an ABORT over a dead link): the policy waits for the rank it names as well.
 """
 
 from __future__ import annotations
 
 import enum
 import math
+import re
 import signal
 from dataclasses import dataclass
 from typing import Iterable, Mapping
@@ -43,7 +48,8 @@ EXIT_TIMEOUT = 124  # as timeout(1) and mpirun --timeout
 EXIT_NOT_EXECUTABLE = 126  # as the shell when a command cannot be executed
 EXIT_NOT_FOUND = 127  # as the shell when a command does not exist
 EXIT_START_FAILED = 1
-# How long to wait, after a rank failed, for ranks already leaving (control connection closed) to exit.
+# How long to wait, after a rank failed, for ranks already leaving (control connection closed) to
+# exit, and, where its failure was another rank's as heard, for that rank.
 SETTLE_WAIT = 2.0
 
 
@@ -51,7 +57,7 @@ class Action(enum.Enum):
     """What the launcher must do to the ranks still running."""
 
     NOTHING = "nothing"
-    WAIT = "wait"  # ranks are already leaving: wait for them (SETTLE_WAIT) before naming the first failure
+    WAIT = "wait"  # ranks are leaving, or named as a cause: wait for them (SETTLE_WAIT) before naming the first failure
     STOP = "stop"  # SIGTERM each rank's process group, SIGKILL after the grace period
     KILL = "kill"  # SIGKILL each rank's process group now
     FORWARD = "forward"  # pass `Decision.signum` on to each rank's process group; the job goes on
@@ -125,7 +131,8 @@ def rank_list(ranks: Iterable[int]) -> str:
     return f"rank {listed}" if len(ordered) == 1 else f"ranks {listed}"
 
 
-_STOP_SIGNALS = (-signal.SIGTERM, -signal.SIGKILL)  # returncodes of ranks the launcher's signals ended
+# Returncodes of ranks the launcher's signals ended (SIGINT: Ctrl-C's, passed on).
+_STOP_SIGNALS = (-signal.SIGTERM, -signal.SIGKILL, -signal.SIGINT)
 # Signals to the launcher that it passes on to every rank, as mpirun does (a scheduler's warning
 # before pre-emption, `--signal=USR1@60`); any other it handles stops the job.
 PASSED_ON = (signal.SIGUSR1, signal.SIGUSR2)
@@ -143,12 +150,31 @@ def _killed_from_outside(returncode: int) -> bool:
     return returncode < 0 and returncode != -signal.SIGPIPE
 
 
+_IN_GROUP = re.compile(r"\(as rank \d+ of group .*?\) ")  # a sub-group's failure, as ringdist tells it
+_CAUSE = re.compile(r"(?:aborted by|lost) rank (\d+)(?: \(world rank (\d+)[,)])?|world rank (\d+) left the job")
+
+
 def _heard_of_another(told: str | None) -> bool:
     """Whether a rank's told failure is another rank's, as it heard of it: a peer it lost (or
     that left the job), or a failure passed on to it ('... aborted by rank 2: ...')."""
     if told is None:
         return False
+    told = _IN_GROUP.sub("", told, count=1)
     return told.startswith("PeerLostError") or " aborted by rank " in told or " left the job" in told
+
+
+def _cause_named(told: str | None) -> int | None:
+    """The world rank a failure heard of another names as its cause (the rank it was passed on
+    from, the peer it lost); None where it names none, or only a sub-group's rank."""
+    if told is None:
+        return None
+    found = _CAUSE.search(told)
+    if found is None:
+        return None
+    world = found.group(3) or found.group(2)
+    if world is not None:
+        return int(world)
+    return None if _IN_GROUP.match(told) else int(found.group(1))
 
 
 def _waits(waited: Mapping[int, Iterable[int]], failed: list[int], stopped: list[int]) -> list[str]:
@@ -181,6 +207,7 @@ class JobPolicy:
         self._awaiting_cause = False  # settling waits for every rank: the failed ones only heard of another's
         self._stopped: set[int] = set()
         self._left_at_stop: set[int] = set()  # stopped ranks that were already leaving then
+        self._told_at_stop: set[int] = set()  # stopped ranks that had told a failure by then
         self._killed: set[int] = set()
         self._not_started: set[int] = set()  # remote ranks whose agent failed on its own, after the cause
         self._cause: str | None = None
@@ -243,8 +270,10 @@ class JobPolicy:
             if returncode != 0:
                 self._failed.append(rank)
                 if self._awaiting_cause and not self._consequence(rank):
-                    self._awaiting_cause = False  # a failure of its own: no need to wait for every rank now
+                    self._awaiting_cause = False  # a failure of its own: no need to wait for its cause now
                     self._waiting_for = set()
+                elif self._awaiting_cause:
+                    self._waiting_for |= self._cause_of(rank)
             self._waiting_for |= self._leaving()  # a rank that started leaving meanwhile is waited for too
             if self._waiting_for & self._running:
                 return NOTHING
@@ -254,10 +283,10 @@ class JobPolicy:
         self._failed = [rank]
         self._waiting_for = self._leaving()
         # A rank that only heard of another's failure names its cause, which may still be telling
-        # its other peers (an ABORT on a dead link takes up to a second): wait for every rank.
+        # its other peers (an ABORT on a dead link takes up to a second): wait for that rank.
         self._awaiting_cause = self._consequence(rank)
         if self._awaiting_cause:
-            self._waiting_for |= self._running
+            self._waiting_for |= self._cause_of(rank)
         if self._waiting_for:
             return Decision(Action.WAIT, tuple(sorted(self._waiting_for)))
         return self._name_first_failure()
@@ -392,10 +421,19 @@ class JobPolicy:
 
     def _failed_after_stop(self, rank: int, returncode: int) -> bool:
         """Whether a rank the launcher stopped had failed on its own: it was leaving already, or it
-        told a failure (ringdist raised in it: a program that ignores SIGTERM ends as that made it),
-        and its exit is a failure of its own (not 0, not the launcher's SIGTERM or SIGKILL)."""
-        return ((rank in self._left_at_stop or rank in self._told) and returncode != 0
+        had told a failure by then (ringdist raised in it: a program that ignores SIGTERM ends as
+        that made it; not what the stop itself raised, a KeyboardInterrupt, a SIGTERM handler's
+        exit), and its exit is a failure (not 0, not by the launcher's signal)."""
+        return ((rank in self._left_at_stop or rank in self._told_at_stop) and returncode != 0
                 and returncode not in _STOP_SIGNALS)
+
+    def _cause_of(self, rank: int) -> set[int]:
+        """The running ranks that may be the cause of failed `rank`'s failure: the one it names, if
+        still running; every running rank where it names none (or only a sub-group's rank)."""
+        named = _cause_named(self._told.get(rank))
+        if named is None:
+            return set(self._running)
+        return {named} & self._running
 
     def _consequence(self, rank: int) -> bool:
         """Whether failed `rank` told only of another rank's failure (and was not killed from outside)."""
@@ -440,6 +478,7 @@ class JobPolicy:
         targets = tuple(sorted(self._running - {exclude}))
         self._stopped.update(targets)
         self._left_at_stop.update(r for r in targets if r in self._left)
+        self._told_at_stop.update(r for r in targets if r in self._told)
         if targets:
             return Decision(Action.STOP, targets, f"ringdist-launch: {self._cause}; stopping {rank_list(targets)}",
                             signum=stop_signal)

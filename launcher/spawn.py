@@ -387,12 +387,10 @@ def signal_once(ranks: Sequence[RankProcess], sig: int) -> None:
     together would be, would interrupt the handling of the first (a handler of the program's,
     its exit handlers). A remote rank's keeper stops it as ever (SIGTERM)."""
     local = [r for r in ranks if r.session is not None] if sys.platform.startswith("linux") else []
-    for r in local:  # the ranks themselves first, together: a pass over /proc takes milliseconds, and a
-        try:         # rank interrupted early would otherwise fail its peers' calls before their own came
-            os.kill(r.pid, sig)
-        except OSError:
-            pass
-    signal_sessions({r.session for r in local}, sig, skip={r.pid for r in local})
+    for r in local:  # the ranks' own process groups first, together (a pass over /proc takes milliseconds,
+        r.signal(sig)  # and a rank interrupted early would fail its peers' calls before their own came); a
+        # group's signal misses no process forked meanwhile, and reaches a rank's program under a wrapper
+    signal_sessions({r.session for r in local}, sig, skip_groups={r.session for r in local})
     for r in ranks:
         if r not in local:
             r.signal(signal.SIGTERM if isinstance(r, RemoteRankProcess) else sig)

@@ -22,7 +22,7 @@ at_exit_first: "list[Callable[[], None]]" = []  # what the exit hook (`work`) ru
 class Work:
     """The handle of an operation issued with `async_op=True`.
 
-    `wait(timeout=None)` returns its result (None for barrier and send) or raises its error;
+    `wait(timeout=None)` returns its result (None for barrier; a send's own array) or raises its error;
     `done()` says whether it has finished. Handles may be waited in any order, and again.
     """
 

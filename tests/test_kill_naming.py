@@ -68,7 +68,7 @@ def test_policy_a_rank_that_told_it_lost_another_is_no_cause_over_that_one():
     policy = started_policy(4)
     left = {2: 1.0, 1: 1.1}
     told = {2: "PeerLostError: rank 2: lost rank 1 (127.0.0.1:4000, left link of group 'world'): connection closed"}
-    assert policy.rank_exited(2, 1, left, told=told) == Decision(Action.WAIT, (0, 1, 3))
+    assert policy.rank_exited(2, 1, left, told=told) == Decision(Action.WAIT, (1,))
     decision = policy.rank_exited(1, 7, left, told=told)
     assert policy.exit_status == 7 and "rank 1 (host localhost, pid 101) exited with code 7 first" in decision.message
     relayed = started_policy(3)  # a failure passed on to it, and one heard of at the rendezvous, likewise
@@ -89,22 +89,48 @@ def test_policy_waits_for_the_cause_of_a_relayed_failure_even_before_it_starts_l
     policy = started_policy(4)
     told = {3: "RingTimeoutError: rank 3: all_gather aborted by rank 1: rank 1: all_gather made no progress ...",
             0: "RingTimeoutError: rank 0: all_gather aborted by rank 1: rank 1: all_gather made no progress ..."}
-    assert policy.rank_exited(3, 1, {3: 5.0}, told=told) == Decision(Action.WAIT, (0, 1, 2))
+    assert policy.rank_exited(3, 1, {3: 5.0}, told=told) == Decision(Action.WAIT, (1,))  # (the rank it names)
     assert policy.rank_exited(0, 1, {3: 5.0, 0: 5.1}, told=told).action is Action.NOTHING
     told[1] = "RingTimeoutError: rank 1: all_gather made no progress for 5 s: receiving from rank 2 ..."
+    told[2] = "RingTimeoutError: rank 2: all_gather made no progress for 5 s: receiving from rank 1 ..."
     decision = policy.rank_exited(1, 1, {3: 5.0, 0: 5.1, 1: 6.0}, told=told)
     assert decision.action is Action.STOP and decision.ranks == (2,), decision
     assert "rank 1 (host localhost, pid 101) exited with code 1 first" in decision.message
-    # Rank 2, stopped, had raised too (its program ignores SIGTERM): it failed on its own.
-    told[2] = "RingTimeoutError: rank 2: all_gather made no progress for 5 s: receiving from rank 1 ..."
+    # Rank 2, stopped, had raised before the stop (its program ignores SIGTERM): it failed on its own.
     policy.rank_exited(2, 1, {3: 5.0, 0: 5.1, 1: 6.0, 2: 6.1}, told=told)
     assert policy.summary() == ("ringdist-launch: rank 1 (host localhost, pid 101) exited with code 1 first; "
                                 "ranks 0,2,3 then failed on their own")
     # With no failure of its own in SETTLE_WAIT, the relayed one is named after all.
     quiet = started_policy(3)
-    assert quiet.rank_exited(0, 1, {0: 1.0}, told={0: told[0]}) == Decision(Action.WAIT, (1, 2))
+    assert quiet.rank_exited(0, 1, {0: 1.0}, told={0: told[0]}) == Decision(Action.WAIT, (1,))
     decision = quiet.settle_expired({0: 1.0})
     assert decision.action is Action.STOP and decision.ranks == (1, 2) and "rank 0 (host" in decision.message
+
+
+def test_policy_a_failure_told_after_the_stop_is_the_stop_s_own():
+    # What the launcher's stop raised in a rank (Ctrl-C's KeyboardInterrupt; a SIGTERM handler's
+    # exit inside a call) is told too: that rank was stopped, not failed on its own.
+    policy = started_policy(3)
+    policy.rank_exited(2, 5, {2: 1.0})
+    told = {0: "RingError: rank 0: all_sum aborted by rank 1: KeyboardInterrupt", 1: "KeyboardInterrupt: "}
+    policy.rank_exited(0, 1, {2: 1.0, 0: 2.0}, told=told)
+    policy.rank_exited(1, -signal.SIGINT, {2: 1.0, 0: 2.0, 1: 2.1}, told=told)
+    assert policy.summary() == ("ringdist-launch: rank 2 (host localhost, pid 102) exited with code 5 first; "
+                                "ranks 0,1 stopped by the launcher")
+
+
+def test_policy_a_cause_already_gone_or_unnamed_is_not_waited_for_in_vain():
+    # Rank 3 exited 0; rank 0 lost it in a sub-group (its world rank named): nothing to wait for.
+    gone = started_policy(4)
+    gone.rank_exited(3, 0, {3: 1.0})
+    told = {0: "(as rank 0 of group 'world/0:1') PeerLostError: rank 0: lost rank 1 (world rank 3, 127.0.0.1:4000, "
+               "right link of group 'world/0:1'): connection closed by peer"}
+    decision = gone.rank_exited(0, 1, {3: 1.0, 0: 1.1}, told=told)
+    assert decision.action is Action.STOP and decision.ranks == (1, 2), decision
+    # A sub-group's rank alone names no world rank: every running rank is waited for.
+    unnamed = started_policy(3)
+    told = {0: "(as rank 0 of group 'world/0:1') RingError: rank 0: all_sum aborted by rank 1: TypeError: ..."}
+    assert unnamed.rank_exited(0, 1, {0: 1.0}, told=told) == Decision(Action.WAIT, (1, 2))
 
 
 @pytest.mark.slow

@@ -261,6 +261,14 @@ def test_every_module_has_its_layer_in_the_design_table():
     assert not gone, f"design.md's layer table names modules that do not exist: {gone}"
 
 
+def test_the_design_table_names_every_algorithm_module():
+    section = DESIGN.read_text(encoding="utf-8").split("\n## Layers\n", 1)[1].split("\n## ", 1)[0]
+    row = next(line for line in section.splitlines() if line.startswith("| algorithms |"))
+    named = set(re.findall(r"`(\w+)`", row.split("|")[2].split("(", 1)[1]))
+    found = {path.stem for path in (PACKAGE / "algorithms").glob("*.py")} - {"__init__"}
+    assert named == found, f"in the table, not a module: {sorted(named - found)}; a module not in it: {sorted(found - named)}"
+
+
 def test_imports_go_down_the_layers():
     _, placed = design_layers(DESIGN.read_text(encoding="utf-8"))
     graph = import_graph(modules())
