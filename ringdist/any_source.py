@@ -45,8 +45,7 @@ class FromAny:
 
     def __init__(self, inner: Any, op: str, g: Comm, timeout: float | None):
         self.inner, self.op, self.g, self.timeout = inner, op, g, timeout
-        if op == "recv_any":
-            inner.op = op  # named in its errors (an object's receive names itself: recv_object)
+        inner.op = op  # named in its errors: recv_any, recv_object_any
         self.peer: int | None = None
         self.sources: list[int] | None = None
         self.heads: list[int] | None = None

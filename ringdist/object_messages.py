@@ -120,16 +120,16 @@ class _RecvObject(Receiving, _Turned):
     def start(self) -> float:
         g = self.g
         if self.peer is not ANYONE:  # (an any-source receive's source is its first message's)
-            self.peer = g.check_peer(self.peer, "recv_object", "src")
+            self.peer = g.check_peer(self.peer, self.op, "src")
         self.tag = check_tag(self.tag, self.op, g.rank(), receiving=True)
         check_status(self.status, self.op, g.rank())
         self.cap = g.settings.max_object_bytes
-        g.check_usable("recv_object")
+        g.check_usable(self.op)
         return g._timeout(self.timeout)
 
     def _arm(self, ch: Channel, number: int) -> None:
         self.ch = ch
-        cap = self.cap
+        cap, op = self.cap, self.op
 
         def accept(fields: dict[str, Any], ch: Channel) -> memoryview:
             if fields.get("seq") != number:
@@ -143,7 +143,7 @@ class _RecvObject(Receiving, _Turned):
                 return memoryview(NOTHING)
             sizes = sizes_of(fields, ch)
             if sum(sizes) > cap:
-                raise RingError(f"rank {ch.me}: recv_object: rank {ch.peer} declares a {sum(sizes)}-byte object, "
+                raise RingError(f"rank {ch.me}: {op}: rank {ch.peer} declares a {sum(sizes)}-byte object, "
                                 f"over RINGDIST_MAX_OBJECT_BYTES={cap} here")
             return memoryview(np.empty(sum(sizes), dtype=np.uint8))
 
@@ -159,10 +159,10 @@ class _RecvObject(Receiving, _Turned):
         sizes = sizes_of(fields, ch)
         if isinstance(fields.get("failed"), str):
             if sizes:
-                raise ProtocolError(f"rank {ch.me}: recv_object: rank {ch.peer} says it could not send its "
+                raise ProtocolError(f"rank {ch.me}: {self.op}: rank {ch.peer} says it could not send its "
                                     f"object yet declares parts of {sizes!r}")
         elif not sizes:
-            raise RingError(f"rank {ch.me}: recv_object: rank {ch.peer} declares an object of no parts")
+            raise RingError(f"rank {ch.me}: {self.op}: rank {ch.peer} declares an object of no parts")
 
     def _took(self, message: Message, ch: Channel) -> None:
         self.fields, self.data = message.fields, memoryview(message.data)
@@ -180,8 +180,8 @@ class _RecvObject(Receiving, _Turned):
         r, src = self.g.rank(), self.peer
         failed = fields.get("failed")
         if isinstance(failed, str):
-            raise ValueError(f"rank {r}: recv_object: rank {src} could not send its object: {failed}")
-        return unpickle(data, fields["sizes"], f"rank {r}: recv_object: the object from rank {src}")
+            raise ValueError(f"rank {r}: {self.op}: rank {src} could not send its object: {failed}")
+        return unpickle(data, fields["sizes"], f"rank {r}: {self.op}: the object from rank {src}")
 
 
 def send_object(obj: Any, dst: int, *, tag: int = 0, group: Comm | None = None, timeout: float | None = None,

@@ -430,3 +430,18 @@ def test_threads_in_blocking_recv_any_at_once_each_get_whole_messages():
         for s in (1, 2, 3):
             ks = [k for src, k in got[t] if src == s]
             assert ks == sorted(ks), (t, s)
+
+
+def test_an_object_any_source_receive_names_itself_in_its_errors():
+    # Its errors named recv_object (the receive it wraps).
+    def rank(g):
+        if g.rank() == 0:
+            with pytest.raises(ValueError):
+                rd.send_object(lambda: 1, 1, group=g)  # (a lambda cannot be pickled: its header says so)
+            return None
+        with pytest.raises(ValueError) as info:
+            rd.recv_object_any(group=g, timeout=20)
+        return str(info.value)
+
+    got = run_ranks(2, rank)[1]
+    assert got.startswith("rank 1: recv_object_any: rank 0 could not send its object: rank 0: send_object: "), got
