@@ -27,8 +27,9 @@ ORDERS = {b"TERM": signal.SIGTERM, b"KILL": signal.SIGKILL, b"USR1": signal.SIGU
 
 
 def _signal_session(sid, sig):
-    """Linux: send `sig` to every live process of session `sid` (the rank's: it leads one), again
-    while new ones appear; as the launcher's guard.py does for local ranks."""
+    """Linux: send `sig` to every live process of session `sid` (the rank's: it leads one) outside
+    its own process group (signalled already: a second SIGTERM would interrupt a handler of the
+    first), again while new ones appear (SIGKILL); as the launcher's guard.py does for local ranks."""
     if not sys.platform.startswith("linux"):
         return
     done = set()
@@ -44,7 +45,8 @@ def _signal_session(sid, sig):
             try:
                 with open(f"/proc/{name}/stat", "rb") as f:
                     fields = f.read().rpartition(b")")[2].split()  # state, ppid, group, session, ...
-                if len(fields) > 3 and fields[3] == str(sid).encode() and fields[0] not in (b"Z", b"X"):
+                if (len(fields) > 3 and fields[3] == str(sid).encode() and fields[0] not in (b"Z", b"X")
+                        and (sig == signal.SIGKILL or fields[2] != str(sid).encode())):
                     os.kill(int(name), sig)
                     more.add(int(name))
             except OSError:

@@ -18,6 +18,12 @@ from .jobenv import JobEnv
 from .settings import Settings, algo_key
 
 
+def _carried(cap: int) -> int | None:
+    """RINGDIST_MAX_OBJECT_BYTES as the table carries it: None past what msgpack encodes (2^63 - 1:
+    no object reaches it anyway; the value may be any finite number, `1e20` for "no limit")."""
+    return cap if cap < 1 << 63 else None
+
+
 class ControlLink:
     """This rank's connection to the rendezvous: registration, then a watch for the launcher's exit."""
 
@@ -52,7 +58,7 @@ class ControlLink:
             send_blocking(self.sock, rendezvous.encode(
                 {"type": "register", "rank": job.rank, "size": job.size, "addresses": addresses,
                  "host": job.host, "pid": os.getpid(), "agree": self._agree(),
-                 "object_cap": self.settings.max_object_bytes}), deadline, peer=peer)
+                 "object_cap": _carried(self.settings.max_object_bytes)}), deadline, peer=peer)
             _, msg, _ = recv_control(self.sock, deadline, expect=wire.CONTROL, peer=peer)
         except RingTimeoutError:
             # Told to the rendezvous before this rank leaves: the ranks whose deadline falls a moment

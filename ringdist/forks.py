@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 import weakref
 from typing import Any, Callable
 
@@ -55,11 +56,12 @@ def _after_fork_in_child() -> None:
     for sock in list(_sockets):
         channel.close_quietly(sock)  # this process's descriptor only: no shutdown, the parent's stays open
     _sockets.clear()
-    for holder in list(_holders):
-        holder.forget_in_child()
+    for forget in [holder.forget_in_child for holder in list(_holders)] + _hooks:
+        try:
+            forget()
+        except Exception:  # noqa: BLE001 - as os.register_at_fork's own: reported, and the rest still run
+            sys.excepthook(*sys.exc_info())  # type: ignore[arg-type]
     _holders.clear()
-    for hook in _hooks:
-        hook()
 
 
 if hasattr(os, "register_at_fork"):

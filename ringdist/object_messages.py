@@ -14,6 +14,7 @@ and the pair's messages stay in step.
 
 from __future__ import annotations
 
+import numbers
 from typing import Any
 
 import numpy as np
@@ -72,8 +73,9 @@ class _SendObject(_Turned):
         self.tag = tag
         # Pickled here, on the calling thread: the object as it is at the call, and no user
         # code (its __reduce__) on the progress thread. A failure is raised once its header went.
-        known = isinstance(dst, int) and not isinstance(dst, bool) and 0 <= dst < g.size()  # (checked at start)
-        limit, whose = sending_cap(g, [dst] if known else [])  # over the receiver's limit: refused here too
+        known = (isinstance(dst, numbers.Integral) and not isinstance(dst, (bool, np.bool_))  # (checked at start,
+                 and 0 <= dst < g.size())  # as `Comm.check_peer` takes it)
+        limit, whose = sending_cap(g, [int(dst)] if known else [])  # over the receiver's limit: refused here too
         self.pickled = Pickled(obj, limit, "send_object", g.rank(), whose_cap=whose)
 
     def start(self) -> float:

@@ -149,13 +149,13 @@ def _algo(raw: str | None) -> tuple[tuple[str, str], ...]:
 def algo_key(pairs: tuple[tuple[str, str], ...]) -> list[list[str]]:
     """What RINGDIST_ALGO's `pairs` mean, in one spelling (for comparing ranks' settings): the
     last entry for each op (the last matching entry wins), sorted unless an entry covers
-    several ops (`*`, `all_reduce`), whose order against the others then matters."""
+    several ops (`*`, `all_reduce`, `reduce_scatter`), whose order against the others then matters."""
     last: dict[str, str] = {}
     for op, name in pairs:
         last.pop(op, None)
         last[op] = name
     entries = [[op, name] for op, name in last.items()]
-    return entries if any(op in ("*", "all_reduce") for op in last) else sorted(entries)
+    return entries if any(op in ("*", "all_reduce", "reduce_scatter") for op in last) else sorted(entries)
 
 
 MAX_SOCKET_BUFFER = (1 << 30) - 1  # SO_RCVBUF / SO_SNDBUF take a C int, which the kernel doubles

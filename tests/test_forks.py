@@ -318,3 +318,19 @@ def test_a_fork_while_another_thread_holds_the_handles_lock_does_not_hang_the_ch
         return pending.wait(timeout=10).tolist()
 
     assert run_ranks(2, rank, shm=False, timeout=60)[0] == [1.0]
+
+
+def test_a_fork_hook_that_fails_is_reported_and_the_later_ones_still_run():
+    # One registry runs every module's hook in a forked child: a hook that raised skipped the rest
+    # (with os.register_at_fork each, Python reported it and ran the others).
+    code = ("import os, ringdist.forks as forks\n"
+            "ran = []\n"
+            "forks.in_child(lambda: 1 / 0)\n"
+            "forks.in_child(lambda: ran.append(1))\n"
+            "pid = os.fork()\n"
+            "if pid == 0:\n"
+            "    os._exit(0 if ran else 3)\n"
+            "print(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))\n")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert res.stdout.strip() == "0", res.stdout + res.stderr
+    assert "ZeroDivisionError" in res.stderr, res.stderr

@@ -119,6 +119,20 @@ def test_policy_a_failure_told_after_the_stop_is_the_stop_s_own():
                                 "ranks 0,1 stopped by the launcher")
 
 
+def test_policy_a_failure_told_before_a_timeout_s_stop_is_the_rank_s_own():
+    # Told after the last exit the launcher saw, before its --timeout: the policy heard it only at
+    # the next exit, after the stop, and said the rank (which ignored SIGTERM) was stopped.
+    policy = JobPolicy(timeout=5)
+    for r in range(2):
+        policy.rank_started(RankInfo(r, "localhost", 100 + r))
+    policy.heard({1: "RingTimeoutError: rank 1: all_sum made no progress for 1 s: receiving from rank 0 ..."})
+    assert policy.timed_out().action is Action.STOP
+    policy.rank_exited(1, 3, {1: 5.0})
+    policy.rank_exited(0, -signal.SIGTERM, {1: 5.0, 0: 5.1})
+    assert policy.summary() == ("ringdist-launch: job exceeded --timeout 5s; rank 1 then failed on its own; "
+                                "rank 0 stopped by the launcher")
+
+
 def test_policy_a_cause_already_gone_or_unnamed_is_not_waited_for_in_vain():
     # Rank 3 exited 0; rank 0 lost it in a sub-group (its world rank named): nothing to wait for.
     gone = started_policy(4)

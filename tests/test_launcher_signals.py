@@ -234,10 +234,12 @@ def test_sigusr1_and_sigusr2_are_passed_on_to_every_rank(sig, where, tmp_path):
 
 
 @pytest.mark.skipif(not LINUX, reason="elsewhere the launcher signals a rank's process group alone")
-def test_the_launcher_s_sigterm_reaches_each_process_of_a_rank_once():
-    # Its process group's signal and then its session's: a program's own SIGTERM handler ran twice
-    # (and a second signal interrupts the handling of the first).
-    proc = start_launcher(["-n", "2", "--timeout", "8", str(SCRIPTS / "term_count.py")])
+@pytest.mark.parametrize("where", ["local", "remote"])
+def test_the_launcher_s_sigterm_reaches_each_process_of_a_rank_once(where, tmp_path):
+    # Its process group's signal and then its session's (the launcher's, or a remote rank's
+    # keeper's): a program's own SIGTERM handler ran twice (a second signal interrupts the first's).
+    hosts = ["-n", "2"] if where == "local" else remote_hosts(tmp_path, 2)
+    proc = start_launcher([*hosts, "--timeout", "8", str(SCRIPTS / "term_count.py")])
     try:
         out = LineReader(proc.stdout)
         out.wait_for(r"^\[\d\] ready$", 2, timeout=60)

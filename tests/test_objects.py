@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import sys
 import threading
 import time
 
@@ -145,6 +146,11 @@ def test_an_object_over_a_receiver_s_own_cap_is_refused_by_its_sender_and_every_
     # a kept message of another tag broke a receive that did not ask for it.
     res = run_launcher(["-n", "3", str(SCRIPTS / "object_caps.py")], timeout=120)
     assert res.returncode == 0, res.stdout + res.stderr
+    # A cap past what the table can carry (an int of 2^64 or more: "no limit") is left out of it.
+    unbounded = run_launcher(["-n", "2", "--", sys.executable, "-c", "import ringdist as rd; "
+                              "print(rd.all_gather_object(rd.init().rank()))"], timeout=120,
+                             env={"RINGDIST_MAX_OBJECT_BYTES": "1e20"})
+    assert unbounded.returncode == 0 and unbounded.stdout.count("[0, 1]") == 2, unbounded.stdout + unbounded.stderr
     said = {(int(m[1]), m[2], m[3]): m[4] for m in re.finditer(
         r"^\[(\d)\] (world|split) (\w+(?: small)?) (.*)$", res.stdout, re.M)}
     over = "the pickled object is 100009 bytes, over rank 0's RINGDIST_MAX_OBJECT_BYTES=100000"

@@ -127,3 +127,6 @@ def test_ranks_spelling_the_same_forced_algorithms_differently_agree():
     assert all(algo_key(pairs) == [["all_gather", "bruck"], ["all_sum", "ring"]] for pairs in same)
     # An entry for several ops makes the order matter: the last matching entry wins.
     assert algo_key((("*", "ring"), ("all_sum", "doubling"))) != algo_key((("all_sum", "doubling"), ("*", "ring")))
+    # (reduce_scatter covers every <op>_scatter: the two orders chose ring on one rank, rabenseifner on another)
+    assert (algo_key((("sum_scatter", "ring"), ("reduce_scatter", "rabenseifner")))
+            != algo_key((("reduce_scatter", "rabenseifner"), ("sum_scatter", "ring"))))
