@@ -438,14 +438,16 @@ class Comm:
     def run(self, op: str, inflows: list[Inflow], outflows: list[Outflow],
             channels: list[Channel] | None = None, timeout: float | None = None,
             idle: Callable[[], bool] | None = None, header: wire.Header | None = None,
-            spare: Callable[[BaseException], bool] | None = None) -> None:
+            spare: Callable[[BaseException], bool] | None = None, size: int | None = None) -> None:
         """Drive an operation's flows; on any failure tell the peers and mark the group broken.
 
         `channels` are the connections to watch for an ABORT: the ring's for a collective
         (the one whose header was made last), the pair's own for point-to-point. `header`
         is what a peer's other headers of this call may be (default: the call's). `spare(exc)`:
         whether failure `exc` ends the operation alone, the group unbroken (a receive that has
-        read nothing of its message: `p2p.Receiving.spare`).
+        read nothing of its message: `p2p.Receiving.spare`). `size`: the bytes the whole operation
+        moves, for whether it may spin (`_spin`), where its inflows' do not say (a step of it, or
+        a root that only sends).
         """
         seq: int | None = self._seq - 1
         self._loud = seq
@@ -461,7 +463,8 @@ class Comm:
         watched = channels
         self._guarded(op, channels, seq, outflows, lambda: engine.run(
             inflows, outflows, watched, timeout=self._timeout(timeout), op=op, me=self._rank, seq=seq,
-            spin=self._spin(sum(flow.total for flow in inflows)), yield_core=self.settings.spin_yield,
+            spin=self._spin(sum(flow.total for flow in inflows) if size is None else size),
+            yield_core=self.settings.spin_yield,
             idle=idle, header=None if seq is None else header or self._header), tell, spare)
 
     def exchange(self, op: str, sends: list[memoryview], recvs: list[memoryview], header: wire.Header,

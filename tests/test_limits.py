@@ -298,3 +298,30 @@ def test_blocks_past_the_largest_frame_go_in_several_frames_on_the_direct_paths(
     assert single and max(single) <= limit  # (the small exchanges still go whole)
     with pytest.raises(rd.ProtocolError, match="a frame of 4294967296 bytes"):
         wire.encode_prefix(wire.DATA, 1 << 32)
+
+
+def test_no_step_of_a_large_broadcast_spins(monkeypatch):
+    # Operations moving more than SPIN_MAX_BYTES wait on bandwidth and never spin; a ring
+    # broadcast's root (it only sends) and its acknowledgement back along the chain (no bytes of
+    # its own) spun at 16 MiB.
+    from harness import run_ranks
+    from ringdist import comm, engine
+
+    spins = []
+    real = engine.run
+
+    def recorded(*args, **kwargs):
+        spins.append((kwargs.get("op"), kwargs.get("spin", 0.0)))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "run", recorded)
+    n = 3
+    big = comm.SPIN_MAX_BYTES * 4 // 8  # float64 elements: 4x the limit in bytes
+
+    def rank(g):
+        x = np.arange(big, dtype=np.float64) if g.rank() == 0 else np.empty(big)
+        return float(rd.broadcast(x, root=0, group=g)[-1])
+
+    assert run_ranks(n, rank, shm=False, algo=(("broadcast", "ring"),), spin_us=500.0) == [big - 1.0] * n
+    steps = [spin for op, spin in spins if op == "broadcast"]
+    assert len(steps) >= 2 * n - 2 and not any(steps), spins  # (every rank's chain step and acknowledgement)

@@ -162,12 +162,14 @@ def _chain(g: Comm, data: memoryview, itemsize: int, root: int, header: wire.Hea
         outflows.append(Outflow(ring.right[0], Segments([]), "broadcast", closing))
     elif pos == 0:  # nor left[0] to the root
         inflows.append(Inflow(ring.left[0], Segments([]), "broadcast", closing))
-    g.run("broadcast", inflows, outflows, timeout=timeout)
+    # Every step spins (or not) as the call's size says: the root only sends, and the acknowledgement
+    # back along the chain waits on the bandwidth of the bytes after it.
+    g.run("broadcast", inflows, outflows, timeout=timeout, size=total)
     ack = wire.Header(dict(header.fields, step="ack"))
     if pos < n - 1:
-        g.run("broadcast", [Inflow(ring.right[0], Segments([]), "broadcast", ack)], [], timeout=timeout)
+        g.run("broadcast", [Inflow(ring.right[0], Segments([]), "broadcast", ack)], [], timeout=timeout, size=total)
     if pos > 0:
-        g.run("broadcast", [], [Outflow(ring.left[0], Segments([]), "broadcast", ack)], timeout=timeout)
+        g.run("broadcast", [], [Outflow(ring.left[0], Segments([]), "broadcast", ack)], timeout=timeout, size=total)
 
 
 def scan(g: Comm, arr: np.ndarray, op: str, exclusive: bool, header: wire.Header,
