@@ -39,8 +39,8 @@ def _cases(n: int) -> dict:
                                      "object arrays are not supported"),
         "gather root out of range": (lambda g: rd.gather(good, root=n, group=g),
                                      lambda g: rd.gather(good, root=0, group=g), f"root {n} is not a rank"),
-        "reduce op avg": (lambda g: rd.reduce(good, op="avg", group=g),
-                          lambda g: rd.reduce(good, group=g), "op must be one of sum, max, min, prod"),
+        "reduce op mean": (lambda g: rd.reduce(good, op="mean", group=g),
+                           lambda g: rd.reduce(good, group=g), "op must be one of sum, max, min, prod"),
         "scan op avg": (lambda g: rd.scan(good, op="avg", group=g),
                         lambda g: rd.scan(good, group=g), "op must be one of sum, max, min, prod"),
         "all_reduce op mean": (lambda g: rd.all_reduce(good, op="mean", group=g),
@@ -109,7 +109,7 @@ def _cases(n: int) -> dict:
 
 
 CASES = sorted(_cases(2))
-ROOTED = ("gather root out of range", "reduce op avg", "scatter root on a non-root")  # root 0 for the others
+ROOTED = ("gather root out of range", "reduce op mean", "scatter root on a non-root")  # root 0 for the others
 CHAINED = ("scan op avg", "scan exclusive 1")  # over TCP past 8 ranks: a chain from rank 0, which waits for no one after it
 
 
