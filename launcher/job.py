@@ -323,7 +323,7 @@ class _Supervisor:
                 elif self.settle_deadline is not None:
                     self._apply(self.policy.settle_expired(self._left(), self._told()))
                 else:
-                    self.policy.heard(self._told())  # (what failed meanwhile, before the stop)
+                    self.policy.heard(self._told(), self._left())  # (what failed meanwhile, before the stop)
                     self._apply(self.policy.timed_out())
                 continue
             if isinstance(event, _Exited):
@@ -345,10 +345,10 @@ class _Supervisor:
                                                     self._exiting(event.returncode), self._told()))
             elif isinstance(event, _NotStarted):
                 host = self.ranks[event.rank].launch.host
-                self.policy.heard(self._told())
+                self.policy.heard(self._told(), self._left())
                 self._apply(self.policy.host_failed(event.rank, host, event.reason, event.status, event.by_signal))
             else:
-                self.policy.heard(self._told())
+                self.policy.heard(self._told(), self._left())
                 self._apply(self.policy.signalled(event.signum))
 
     def _exiting(self, returncode: int) -> set[int]:

@@ -291,11 +291,13 @@ class JobPolicy:
             return Decision(Action.WAIT, tuple(sorted(self._waiting_for)))
         return self._name_first_failure()
 
-    def heard(self, told: Mapping[int, str]) -> None:
-        """The failures ranks told so far (`rank_exited`'s `told`), before a stop for another reason
-        (the job's timeout, a signal to the launcher, a host's failure): a rank stopped after it
-        told one had failed on its own."""
+    def heard(self, told: Mapping[int, str], left: Mapping[int, float] | None = None) -> None:
+        """The failures ranks told so far, and when their control connections closed
+        (`rank_exited`'s `told` and `left`), before a stop for another reason (the job's timeout,
+        a signal to the launcher, a host's failure): a rank stopped after it told one, or after it
+        began to leave, had failed on its own."""
         self._told.update(told)
+        self._left.update(left or {})
 
     def settle_expired(self, left: Mapping[int, float] | None = None,
                        told: Mapping[int, str] | None = None) -> Decision:

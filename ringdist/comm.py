@@ -38,8 +38,8 @@ from .shmsignal import Signals
 from .tags import Held
 
 HEADER_TEMPLATES = 256  # kinds of call whose header bytes a group keeps
-# Operations receiving more than this never spin: they wait on bandwidth, and a spin would
-# take CPU time the kernel's copies need (a 2-rank 64 MiB all_gather ran 1.6x slower spinning 2 ms).
+# Waits receiving (or, only sending, sending) more than this never spin: they wait on bandwidth, and a
+# spin would take CPU time the kernel's copies need (a 2-rank 64 MiB all_gather ran 1.6x slower spinning 2 ms).
 SPIN_MAX_BYTES = 4 << 20
 # Seconds between looks, by a receive waiting for its pair's turn, for a message the turn's
 # holder read ahead and kept for it (`tags`).
@@ -463,7 +463,8 @@ class Comm:
         watched = channels
         self._guarded(op, channels, seq, outflows, lambda: engine.run(
             inflows, outflows, watched, timeout=self._timeout(timeout), op=op, me=self._rank, seq=seq,
-            spin=self._spin(sum(flow.total for flow in inflows) if size is None else size),
+            spin=self._spin(size if size is not None else
+                            sum(flow.total for flow in inflows) or sum(flow.total for flow in outflows)),
             yield_core=self.settings.spin_yield,
             idle=idle, header=None if seq is None else header or self._header), tell, spare)
 
@@ -497,7 +498,8 @@ class Comm:
                 quiet = engine.exchange(to, sends, recvs, header, outflows, channels,
                                         settings.timeout if timeout is None else self._timeout(timeout),
                                         op, self._rank, seq,
-                                        settings.spin_us * 1e-6 if sum(map(len, recvs)) <= SPIN_MAX_BYTES else 0.0,
+                                        settings.spin_us * 1e-6 if (sum(map(len, recvs)) or sum(map(len, sends)))
+                                        <= SPIN_MAX_BYTES else 0.0,
                                         settings.spin_yield, links.poller, sources_ch, expect)
                 # Every peer sent to was also read from, and read empty after its frames: as far
                 # as this exchange goes, finish() need not poll.
@@ -785,8 +787,8 @@ class Comm:
             self._endpoint.note_aborted(self.gid, frame, self._why(exc), waited=_waited(exc))
 
     def _spin(self, receiving: int) -> float:
-        """Seconds a wait may spin, for an operation receiving this many bytes: only operations
-        up to SPIN_MAX_BYTES spin; a large one would spin away the CPU time of kernel copies."""
+        """Seconds a wait may spin, for one receiving this many bytes (one that only sends: sending):
+        only waits up to SPIN_MAX_BYTES spin; a large one would spin away the kernel's copies' CPU time."""
         if receiving > SPIN_MAX_BYTES:
             return 0.0
         return self.settings.spin_us * 1e-6

@@ -149,7 +149,7 @@ class _RecvObject(Receiving, _Turned):
                                 f"over RINGDIST_MAX_OBJECT_BYTES={cap} here")
             return memoryview(np.empty(sum(sizes), dtype=np.uint8))
 
-        self.inflow = SizedInflow(ch, "recv_object", accept)
+        self.inflow = SizedInflow(ch, op, accept)
         self.inflows = [self.inflow]
 
     def _check(self, fields: dict[str, Any], ch: Channel) -> None:

@@ -301,9 +301,8 @@ def test_blocks_past_the_largest_frame_go_in_several_frames_on_the_direct_paths(
 
 
 def test_no_step_of_a_large_broadcast_spins(monkeypatch):
-    # Operations moving more than SPIN_MAX_BYTES wait on bandwidth and never spin; a ring
-    # broadcast's root (it only sends) and its acknowledgement back along the chain (no bytes of
-    # its own) spun at 16 MiB.
+    # Waits for more than SPIN_MAX_BYTES wait on bandwidth and never spin; a ring broadcast's root
+    # (it only sends) and its acknowledgement back along the chain (no bytes of its own) spun at 16 MiB.
     from harness import run_ranks
     from ringdist import comm, engine
 
