@@ -285,9 +285,10 @@ def test_a_rank_stalled_in_group_setup_is_named_by_every_peer(case):
 def test_a_rank_waiting_in_group_setup_for_one_that_gave_up_asks_it_why():
     # Rank 0 stalls before it dials its ring. Rank 1 waits for it there and gives up; rank 4 waits
     # for rank 1's mesh link, which rank 1 never made: it asks rank 1 whether the group failed
-    # there, and says why (it named rank 1, which waited for rank 0).
+    # there, and says why (it named rank 1, which waited for rank 0). Rank 4 waits longer than
+    # rank 1 (its own timeout, from about the same moment, raced rank 1's: 1 run in 12).
     res = run_launcher(["-n", "5", "--grace", "30", str(SCRIPTS / "stalls_in_setup.py"), "split_one", "0"],
-                       timeout=60, env={"RINGDIST_CONNECT_TIMEOUT": "2"})
+                       timeout=60, env={"RINGDIST_CONNECT_TIMEOUT": "2", "STALLS_PATIENT": "4"})
     raised = dict(re.findall(r"^\[(\d)\] raised (.*)$", res.stdout, re.M))
     raised.pop("0", None)  # (the stalled rank's own outcome)
     assert sorted(raised) == ["1", "2", "3", "4"], res.stdout + res.stderr

@@ -15,8 +15,14 @@ import time
 
 import numpy as np
 
-import ringdist as rd
-from ringdist import comm, ring
+# STALLS_PATIENT: a world rank that waits twice RINGDIST_CONNECT_TIMEOUT (set before ringdist reads
+# it), so that the rank it waits for, which waits for the staller as long as it does, has failed
+# and can say why by the time it gives up.
+if os.environ.get("STALLS_PATIENT") == os.environ["RINGDIST_RANK"]:
+    os.environ["RINGDIST_CONNECT_TIMEOUT"] = str(2 * float(os.environ.get("RINGDIST_CONNECT_TIMEOUT", "30")))
+
+import ringdist as rd  # noqa: E402
+from ringdist import comm, ring  # noqa: E402
 
 signal.signal(signal.SIGTERM, lambda *a: None)
 case = sys.argv[1]
