@@ -296,8 +296,10 @@ def _broadcast_object(g: Comm, obj: Any, root: Any, timeout: float | None) -> An
     n, r = g.size(), g.rank()
     root = check_root(root, g, "broadcast_object")
     cap = g.settings.max_object_bytes
-    limit, whose = sending_cap(g, range(n))
-    pickled = Pickled(obj, limit, "broadcast_object", r, whose_cap=whose) if r == root else None
+    pickled = None
+    if r == root:  # (only the root sends: only its limit is looked up)
+        limit, whose = sending_cap(g, range(n))
+        pickled = Pickled(obj, limit, "broadcast_object", r, whose_cap=whose)
     if n == 1:
         g.check_usable("broadcast_object")
         pickled.raise_error()  # type: ignore[union-attr]
