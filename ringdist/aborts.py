@@ -43,6 +43,10 @@ def raise_remote(fields: dict[str, Any], ch: Channel, op: str) -> None:
     world = world_rank(ch, origin)
     exc = cls(f"rank {ch.me}: {op} aborted by rank {origin}{f' ({world})' if world else ''}: {message}")
     exc.ringdist_origin = (origin, message)  # what an ABORT passed on carries, unchanged
+    peer, address = fields.get("peer"), fields.get("address")
+    errors.known(exc, rank=ch.me, group=getattr(ch, "group", None), op=op or None, origin=origin,
+                 peer=peer if isinstance(peer, int) and not isinstance(peer, bool) and peer >= 0 else None,
+                 address=address[:300] if isinstance(address, str) else None)
     raise exc
 
 
@@ -53,7 +57,8 @@ def as_call(exc: BaseException, me: int, op: str) -> BaseException:
     cls = type(exc) if isinstance(exc, RingError) else RingError
     relayed = cls(f"rank {me}: {op} aborted by rank {origin}: {message}")
     relayed.ringdist_origin = (origin, message)  # type: ignore[attr-defined]
-    return relayed
+    return errors.known(relayed, rank=me, group=getattr(exc, "group", None), op=op, origin=origin,
+                        peer=getattr(exc, "peer", None), address=getattr(exc, "address", None))
 
 
 def concerns(fields: dict[str, Any], seq: int | None) -> bool:
@@ -72,7 +77,13 @@ def abort_fields(exc: BaseException, me: int, seq: int | None) -> dict[str, Any]
     origin, message = getattr(exc, "ringdist_origin", (me, default or type(exc).__name__))
     # A lone surrogate (an undecodable file name in the error) cannot go as UTF-8: escaped, not lost.
     message = message[:4000].encode("utf-8", "backslashreplace").decode("utf-8")
-    return {"error": type(exc).__name__, "message": message, "origin": origin, "seq": seq}
+    fields = {"error": type(exc).__name__, "message": message, "origin": origin, "seq": seq}
+    peer, address = getattr(exc, "peer", None), getattr(exc, "address", None)
+    if peer is not None:  # the rank it concerns, and its address: every rank's error names the same
+        fields["peer"] = peer
+    if address is not None:
+        fields["address"] = address
+    return fields
 
 
 def summary(exc: BaseException, me: int) -> str:

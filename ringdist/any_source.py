@@ -27,7 +27,7 @@ from . import deadlines, work
 from .asking import ASK_MOST, Askers
 from .calls import _comm
 from .comm import Comm
-from .errors import PeerLostError, RingError, RingTimeoutError
+from .errors import PeerLostError, RingError, RingTimeoutError, known
 from .object_messages import _RecvObject
 from .p2p import ANYONE, _Recv, run_inline
 from .tags import ANY_TAG
@@ -159,7 +159,7 @@ class FromAny:
                 g.check_usable(self.op)
                 left = deadlines.left(deadline)
                 if left <= 0:
-                    raise RingTimeoutError(self.waiting(self.limit))
+                    raise known(RingTimeoutError(self.waiting(self.limit)), rank=g.rank(), group=g.gid, op=self.op)
                 if self._look(self.sources, min(left, POLL_SLICE), held):
                     return True
                 if self.take_held():  # read ahead by another thread's receive meanwhile

@@ -39,10 +39,10 @@ import socket
 import sys
 import time
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import Any, TypeVar, Union
 
 from . import deadlines, wire
-from .errors import ConfigError, ConnectError, PeerLostError, ProtocolError, RingError, RingTimeoutError
+from .errors import ConfigError, ConnectError, PeerLostError, ProtocolError, RingError, RingTimeoutError, known
 
 STAGE_SIZE = 256 * 1024
 
@@ -747,6 +747,16 @@ def unmap(mem: mmap.mmap) -> None:
 # ---- a connection to a peer rank -----------------------------------------------------------
 
 
+E = TypeVar("E", bound=BaseException)
+
+
+def about(ch: Any, exc: E, op: str = "") -> E:
+    """`exc`, an error about the peer of connection `ch` (or of a stand-in naming `me`, `peer`,
+    `group`), carrying what it concerns (`errors.known`)."""
+    return known(exc, rank=getattr(ch, "me", None), group=getattr(ch, "group", None), op=op or None,
+                 peer=getattr(ch, "peer", None), address=getattr(ch, "address", None))
+
+
 def world_rank(ch: Any, rank: int, after: str = "") -> str:
     """'world rank W' (and `after`) for group rank `rank` of `ch`'s group where W differs; else ''."""
     world = world_of(ch, rank)
@@ -851,7 +861,7 @@ class Channel:
         during = f" during {op}" if op else ""
         exc = PeerLostError(f"rank {self.me}: lost {self.describe()}{during}: {why}")
         exc.ringdist_peer = (self.group, self.peer)  # type: ignore[attr-defined]  (`Comm.why_lost`)
-        return exc
+        return about(self, exc, op)
 
     def sendmsg(self, buffers: list, op: str = "") -> int:
         """Bytes of `buffers` the socket takes now (one sendmsg); 0 if it takes none.
@@ -881,7 +891,8 @@ class Channel:
                 continue
             left = deadlines.left(deadline)
             if left <= 0 or (not poller.poll(deadlines.poll_ms(left)) and deadlines.passed(deadline)):
-                raise RingTimeoutError(f"rank {self.me}: could not send to {self.describe()} in {timeout:.1f} s")
+                raise about(self, RingTimeoutError(f"rank {self.me}: could not send to {self.describe()} in "
+                                                   f"{timeout:.1f} s"))
 
     def gone(self) -> str | None:
         """On a connection this rank sends on: why the other end has gone (it closed or reset the

@@ -27,7 +27,8 @@ from .flows import Inflow, Outflow, Watch
 from .channel import Channel
 from .asking import ASK_AFTER, Asker
 from .endpoint import ASK_LINK, ASK_MESSAGE, Endpoint, InboxKey
-from .errors import ConfigError, GroupBrokenError, MismatchError, PeerLostError, RingError, RingTimeoutError
+from .errors import (ConfigError, GroupBrokenError, MismatchError, PeerLostError, RingError, RingTimeoutError,
+                     known)
 from .hosts import Hierarchy, hierarchical, layout
 from .links import Links
 from .mesh import MAX_RANKS as MESH_MAX_RANKS, MeshLinks
@@ -390,7 +391,7 @@ class Comm:
         self._intruder = (self._seq - 1, why)
         exc = MismatchError(why)
         exc.ringdist_intrusion = True  # refused here alone: not for `refuse` to tell the peers
-        raise exc
+        raise self.named(exc, op)
 
     def _intrusion(self, op: str, me: threading.Thread, owner: threading.Thread | None) -> str:
         return (f"rank {self._rank}: {op} on group {self.gid!r} from thread {thread_name(me)} while "
@@ -429,11 +430,15 @@ class Comm:
     def check_usable(self, op: str) -> None:
         """Refuse work on a closed group, or one whose earlier operation failed."""
         if self._closed:
-            raise RingError(f"rank {self._rank}: group {self.gid!r} is closed{self.closed_note}")
+            raise self.named(RingError(f"rank {self._rank}: group {self.gid!r} is closed{self.closed_note}"), op)
         if self._broken:
-            raise GroupBrokenError(
+            raise self.named(GroupBrokenError(
                 f"rank {self._rank}: group {self.gid!r} cannot run {op}: an earlier operation on it failed "
-                f"({self._broken}); its ranks are no longer in step")
+                f"({self._broken}); its ranks are no longer in step"), op)
+
+    def named(self, exc: BaseException, op: str | None) -> BaseException:
+        """`exc`, an error of call `op` on this group, carrying this rank, the group and the call."""
+        return known(exc, rank=self._rank, group=self.gid, op=op)
 
     def run(self, op: str, inflows: list[Inflow], outflows: list[Outflow],
             channels: list[Channel] | None = None, timeout: float | None = None,
@@ -628,6 +633,7 @@ class Comm:
         told where the group has no peers, or is closed or broken already (its peers have
         heard). A call from another thread while one runs is refused as `_refuse_thread`
         says: the running call fails when it ends."""
+        self.named(exc, op)
         if self.ring is None or self._closed or self._broken or isinstance(exc, ConfigError) or \
                 getattr(exc, "ringdist_intrusion", False) or getattr(exc, "ringdist_everywhere", False):
             return  # a ConfigError (a forced algorithm that cannot run) is alike on every rank, as is an agreed failure
@@ -640,6 +646,7 @@ class Comm:
     def mark_broken(self, op: str, exc: BaseException) -> None:
         """Mark the group broken by `exc` (no call of it starts from now on) without telling anyone:
         for a thread other than the one whose collective owns the connections (`runners`)."""
+        self.named(exc, op)
         if not self._broken:
             self._note_abort(exc, self._seq)
             self._broken = f"{op}: {type(exc).__name__}: {exc}"
@@ -660,6 +667,7 @@ class Comm:
         the call's: a peer linked to this rank but not in this step must read why before it
         sees this rank's connections close (past 8 ranks, where links open on first use, it
         saw the close first and told its own peers of a lost rank instead of the mismatch)."""
+        self.named(exc, op)
         if self.ring is not None and not any(ch.role.startswith("p2p") for ch in channels):
             channels = channels + [ch for ch in self.channels if ch not in channels]
         me = threading.current_thread()
@@ -845,7 +853,8 @@ class Comm:
                     if ready():
                         return None
             if not taken:
-                raise RingTimeoutError(busy_pair(self._rank, op, peer, outgoing, self.gid, limit))
+                raise known(RingTimeoutError(busy_pair(self._rank, op, peer, outgoing, self.gid, limit)),
+                            rank=self._rank, group=self.gid, op=op, peer=peer)
         self._p2p_holders[key] = threading.current_thread()  # for `check_closable`
         if self._closed:  # closed while this thread waited for its turn (or was about to take it)
             turn.release()

@@ -27,7 +27,7 @@ import time
 from typing import Any, Callable
 
 from . import deadlines, forks, wire
-from .channel import Channel, unsent_bytes, world_of
+from .channel import Channel, about, unsent_bytes, world_of
 from .errors import RingError, RingTimeoutError
 from .flows import MAX_FRAME, Inflow, Outflow, Segments, Watch, intro
 
@@ -233,6 +233,9 @@ def stall_error(inflows: list[Inflow], outflows: list[Outflow], op: str, me: int
     waits += [f"sending to {f.ch.describe()} ({f.framed} of {f.total} bytes framed)" for f in outs]
     detail = "; ".join(waits) or "waiting"
     exc = RingTimeoutError(f"rank {me}: {op} made no progress for {timeout:g} s: {detail}")
+    peers = {f.ch.peer: f.ch for f in ins + outs}
+    if len(peers) == 1:  # the peer it waited for (of several, none is named)
+        about(next(iter(peers.values())), exc, op)
     return waited_for(exc, [world_of(f.ch) for f in ins + outs])
 
 

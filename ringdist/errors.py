@@ -13,9 +13,17 @@ the address and the operation wherever they are known.
     ├── RingTimeoutError   a bounded wait expired (also a TimeoutError)
     ├── MismatchError      ranks called different collectives / shapes / dtypes
     └── GroupBrokenError   a group whose earlier collective or message failed
+
+Each error also carries what its message names, as attributes, where known (else None):
+`rank` (this rank, in `group`), `group` (the group's id), `op` (the call), `peer` (the rank
+of `group` it concerns: the one lost, waited for, or that called otherwise), `address` (that
+peer's address) and `origin` (the rank that found the failure: this one, or the one whose
+ABORT told this one; `peer` and `address` come with that ABORT). `known` fills them in.
 """
 
 from __future__ import annotations
+
+from typing import TypeVar
 
 __all__ = [
     "RingError",
@@ -32,6 +40,31 @@ __all__ = [
 
 class RingError(RuntimeError):
     """Base class of every error ringdist raises on purpose."""
+
+    rank: int | None = None  # this rank, in `group`
+    group: str | None = None  # the id of the group it happened on
+    op: str | None = None  # the call: 'all_gather', 'recv', 'init', ...
+    peer: int | None = None  # the rank of `group` it concerns (lost, waited for, called otherwise)
+    address: str | None = None  # that peer's address, 'host:port'
+    origin: int | None = None  # the rank of `group` that found it (this one, or one that told it)
+
+
+_FIELDS = ("rank", "group", "op", "peer", "address", "origin")
+E = TypeVar("E", bound=BaseException)
+
+
+def known(exc: E, **fields: object) -> E:
+    """`exc` with each of `fields` it does not yet carry set (a RingError; others unchanged):
+    the innermost code to know one sets it, and the layers it passes keep it. One that no ABORT
+    brought (`ringdist_origin`) was found by its `rank`."""
+    if isinstance(exc, RingError):
+        for name, value in fields.items():
+            assert name in _FIELDS, name
+            if value is not None and getattr(exc, name) is None:
+                setattr(exc, name, value)
+        if exc.origin is None and exc.rank is not None and getattr(exc, "ringdist_origin", None) is None:
+            exc.origin = exc.rank
+    return exc
 
 
 class ConfigError(RingError):

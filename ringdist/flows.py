@@ -25,7 +25,7 @@ import numpy as np
 from . import deadlines, wire
 from .aborts import concerns, raise_remote
 from .arrays import combine
-from .channel import STAGE_SIZE, Channel, peer_name
+from .channel import STAGE_SIZE, Channel, about, peer_name
 from .errors import MismatchError, PeerLostError, ProtocolError, RingTimeoutError
 
 MIN_FRAME = 64 * 1024  # do not cut frames smaller than this unless a segment ends
@@ -209,12 +209,12 @@ class Inflow:
                 return
             elif isinstance(event, wire.DataFrame):
                 if self.need_header:
-                    raise ProtocolError(f"rank {ch.me}: DATA before HEADER from {ch.describe()}")
+                    raise about(ch, ProtocolError(f"rank {ch.me}: DATA before HEADER from {ch.describe()}"))
                 rest = self.total - self.received
                 if event.length == 0 or event.length > rest:
-                    raise ProtocolError(
+                    raise about(ch, ProtocolError(
                         f"rank {ch.me}: {ch.describe()} sent a DATA frame of {event.length} bytes "
-                        f"where {rest} remain in {self.op}")
+                        f"where {rest} remain in {self.op}"))
             else:
                 self._control(event)
 
@@ -228,7 +228,8 @@ class Inflow:
             if kind == wire.ABORT:
                 raise_remote(fields, ch, self.op)
             if kind != wire.HEADER or not self.need_header:
-                raise ProtocolError(f"rank {ch.me}: unexpected {wire.KIND_NAMES[kind]} frame from {ch.describe()}")
+                raise about(ch, ProtocolError(
+                    f"rank {ch.me}: unexpected {wire.KIND_NAMES[kind]} frame from {ch.describe()}"))
             (self.check or check_same)(self.expect.fields, wire.check_header(fields), ch)
             self.need_header = False
         if self.received == self.total:
@@ -328,12 +329,12 @@ def check_same(mine: dict[str, Any], theirs: dict[str, Any], ch: Channel) -> Non
             here, there = _paths(mine, theirs)
             settings = ("RINGDIST_DIRECTIONS" if mine.get("path") == theirs.get("path")  # what chooses them
                         else "RINGDIST_ALGO, RINGDIST_DIRECT_MAX and RINGDIST_DIRECTIONS")
-            raise MismatchError(
+            raise about(ch, MismatchError(
                 f"{peer_name(ch, ch.me)} and {peer_name(ch)} chose different paths for {wire.describe_header(mine)}: "
-                f"{here} here, {there} there; set {settings} the same on every rank (group {ch.group!r})")
-        raise MismatchError(
+                f"{here} here, {there} there; set {settings} the same on every rank (group {ch.group!r})"))
+        raise about(ch, MismatchError(
             f"{peer_name(ch, ch.me)} called {wire.describe_header(mine)} but {peer_name(ch)} called "
-            f"{wire.describe_header(theirs)} (group {ch.group!r})")
+            f"{wire.describe_header(theirs)} (group {ch.group!r})"))
 
 
 
@@ -434,7 +435,8 @@ class Outflow:
             left = deadlines.left(deadline)
             if self.pending and (left <= 0 or (not poller.poll(deadlines.poll_ms(left))
                                                and deadlines.passed(deadline))):
-                raise RingTimeoutError(f"rank {self.ch.me}: could not finish a frame to {self.ch.describe()}")
+                raise about(self.ch, RingTimeoutError(
+                    f"rank {self.ch.me}: could not finish a frame to {self.ch.describe()}"))
 
 
 class Watch:

@@ -10,7 +10,7 @@ import weakref
 from typing import Any, Callable
 
 from . import deadlines
-from .errors import RingTimeoutError
+from .errors import RingTimeoutError, known
 
 log = logging.getLogger("ringdist")
 
@@ -62,8 +62,9 @@ class Work:
         if not self._event.is_set():
             while not self._event.wait(deadlines.thread_wait(deadlines.left(deadline))):
                 if deadlines.passed(deadline):
-                    raise RingTimeoutError(f"rank {self.rank}: {self.op} on group {self.gid!r} is still "
-                                           f"outstanding after wait(timeout={timeout:g})")
+                    raise known(RingTimeoutError(f"rank {self.rank}: {self.op} on group {self.gid!r} is still "
+                                                 f"outstanding after wait(timeout={timeout:g})"),
+                                rank=self.rank, group=self.gid, op=self.op)
         if not self._waited:
             self._waited = True
             with lock:

@@ -9,7 +9,7 @@ import threading
 from collections import deque
 from typing import Any, Callable, Protocol
 
-from . import aborts, handle
+from . import aborts, errors, handle
 from .channel import Channel
 from .comm import Comm
 from .errors import GroupBrokenError, PeerLostError, RingError
@@ -111,6 +111,7 @@ def settle(job: Job, result: Any, exc: BaseException | None, deferred: list[Job]
                 exc = GroupBrokenError(f"rank {job.g.rank()}: group {job.g.gid!r} cannot run {job.work.op}: an "
                                        f"earlier operation failed ({earlier.plan.op}: "  # type: ignore[union-attr]
                                        f"{type(cause).__name__}: {cause})")
+                errors.known(exc, rank=job.g.rank(), group=job.g.gid, op=job.work.op)
         finished(earlier, None, cause)  # (every one: nothing else completes it)
     finished(job, result if exc is None else None, exc)
 
@@ -121,7 +122,7 @@ def closed_error(g: Comm, exiting: bool) -> Callable[[str], BaseException]:
         exc = RingError(f"rank {g.rank()}: {op} on group {g.gid!r}: closed with the operation outstanding"
                         f"{' (the process is exiting)' if exiting else ''}")
         exc.ringdist_closed = True  # type: ignore[attr-defined]
-        return exc
+        return errors.known(exc, rank=g.rank(), group=g.gid, op=op)
     return make
 
 

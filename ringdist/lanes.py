@@ -15,7 +15,7 @@ from typing import Callable
 from . import engine, jobs, runners
 from .channel import Channel
 from .comm import Comm, busy_pair, nothing_sent
-from .errors import RingError, RingTimeoutError
+from .errors import RingError, RingTimeoutError, known
 from .flows import Watch
 from .jobs import Job
 from .tags import ANY_TAG
@@ -355,6 +355,7 @@ class Lanes:
         blocking one does (`p2p.Receiving.spare`; an interrupted one: `interrupted`)."""
         g, plan = job.g, job.plan
         ch = plan.ch  # type: ignore[union-attr]
+        known(exc, rank=g.rank(), group=g.gid, op=plan.op, peer=getattr(plan, "peer", None))  # type: ignore[union-attr]
         spare = getattr(plan, "spare", None)  # a receive timed out with nothing of its message read ends alone
         if (ch is None and not tell) or getattr(exc, "ringdist_closed", False) or \
                 (job.opened and not tell and spare is not None and spare(exc)):

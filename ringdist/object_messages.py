@@ -23,7 +23,7 @@ from . import own_messages, wire, work
 from .algorithms.blocks import sizes_of
 from .arrays import NOTHING
 from .calls import _comm
-from .channel import Channel, peer_name
+from .channel import Channel, about, peer_name
 from .comm import Comm
 from .errors import MismatchError, ProtocolError, RingError
 from .flows import Inflow, Outflow, Segments, SizedInflow
@@ -135,8 +135,9 @@ class _RecvObject(Receiving, _Turned):
 
         def accept(fields: dict[str, Any], ch: Channel) -> memoryview:
             if fields.get("seq") != number:
-                raise MismatchError(f"rank {ch.me} expected send_object from {peer_name(ch)} (message #{number}) "
-                                    f"but rank {ch.peer} sent {wire.describe_header(fields)} (group {ch.group!r})")
+                raise about(ch, MismatchError(
+                    f"rank {ch.me} expected send_object from {peer_name(ch)} (message #{number}) "
+                    f"but rank {ch.peer} sent {wire.describe_header(fields)} (group {ch.group!r})"))
             tag = tag_of(fields, ch.me, ch.peer)
             if not matches(self.tag, tag):  # another receive's: kept for it (`more`)
                 return self._hold(tag, fields, ch)
@@ -145,8 +146,8 @@ class _RecvObject(Receiving, _Turned):
                 return memoryview(NOTHING)
             sizes = sizes_of(fields, ch)
             if sum(sizes) > cap:
-                raise RingError(f"rank {ch.me}: {op}: rank {ch.peer} declares a {sum(sizes)}-byte object, "
-                                f"over RINGDIST_MAX_OBJECT_BYTES={cap} here")
+                raise about(ch, RingError(f"rank {ch.me}: {op}: rank {ch.peer} declares a {sum(sizes)}-byte object, "
+                                         f"over RINGDIST_MAX_OBJECT_BYTES={cap} here"))
             return memoryview(np.empty(sum(sizes), dtype=np.uint8))
 
         self.inflow = SizedInflow(ch, op, accept)
@@ -156,15 +157,16 @@ class _RecvObject(Receiving, _Turned):
         """MismatchError unless `fields` is an object's message (ProtocolError if it is not one)."""
         if fields.get("op") != "send_object":
             tag = "" if self.tag == ANY_TAG else f" tag={self.tag}"
-            raise MismatchError(f"rank {ch.me} expected send_object{tag} from {peer_name(ch)} but rank {ch.peer} "
-                                f"sent {wire.describe_header(fields)} (group {ch.group!r})")
+            raise about(ch, MismatchError(
+                f"rank {ch.me} expected send_object{tag} from {peer_name(ch)} but rank {ch.peer} "
+                f"sent {wire.describe_header(fields)} (group {ch.group!r})"))
         sizes = sizes_of(fields, ch)
         if isinstance(fields.get("failed"), str):
             if sizes:
-                raise ProtocolError(f"rank {ch.me}: {self.op}: rank {ch.peer} says it could not send its "
-                                    f"object yet declares parts of {sizes!r}")
+                raise about(ch, ProtocolError(f"rank {ch.me}: {self.op}: rank {ch.peer} says it could not send its "
+                                             f"object yet declares parts of {sizes!r}"))
         elif not sizes:
-            raise RingError(f"rank {ch.me}: {self.op}: rank {ch.peer} declares an object of no parts")
+            raise about(ch, RingError(f"rank {ch.me}: {self.op}: rank {ch.peer} declares an object of no parts"))
 
     def _took(self, message: Message, ch: Channel) -> None:
         self.fields, self.data = message.fields, memoryview(message.data)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import pickle
-from typing import Any
+from typing import Any, Callable
 
 import msgpack
 import numpy as np
@@ -26,7 +26,7 @@ from .calls import _comm, _header, check_root
 from .collectives import gather_rows
 from .channel import Channel, peer_name
 from .comm import Comm
-from .errors import MismatchError, ProtocolError, RingError
+from .errors import MismatchError, ProtocolError, RingError, known
 from .flows import check_same
 
 
@@ -165,6 +165,7 @@ def _agree(g: Comm, op: str, algorithm: Any, failure: ValueError | None, timeout
     header = _header(g, op, NOTHING, algorithm.name)
     text = ("" if failure is None else str(failure))[:FAILURE_CHARS].encode("utf-8", "replace")
 
+    @_about_sender
     def check(src: int, fields: dict[str, Any], ch: Channel) -> int:
         mine = common(header.fields)
         if common(fields) != mine:
@@ -209,11 +210,23 @@ def _copy(pickled: Pickled, whose: str) -> Any:
     return unpickle(data, sizes, whose)
 
 
+def _about_sender(check: Callable[[int, dict[str, Any], Channel], int]) -> Callable[[int, dict[str, Any], Channel], int]:
+    """A check of the header rank `src` sent, whose errors carry that rank (`errors.known`)."""
+    def checked(src: int, fields: dict[str, Any], ch: Channel) -> int:
+        try:
+            return check(src, fields, ch)
+        except RingError as exc:
+            known(exc, rank=ch.me, group=ch.group, peer=src)
+            raise
+    return checked
+
+
 def _object_check(header: wire.Header, cap: int, sender: Any = None):
     """A check of the senders' headers: the same call, and a declared size within the cap
     (`sender(src)`: whether `src` sends an object; by default every rank does)."""
     mine = common(header.fields, ("failed",))
 
+    @_about_sender
     def check(src: int, fields: dict[str, Any], ch: Channel) -> int:
         theirs = common(fields, ("failed",))
         if theirs != mine:

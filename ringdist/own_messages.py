@@ -32,7 +32,7 @@ from . import channel, deadlines, forks, handle, wire
 from .arrays import as_array
 from .calls import check_flag
 from .comm import Comm
-from .errors import MismatchError, RingError, RingTimeoutError
+from .errors import MismatchError, RingError, RingTimeoutError, known
 from .objects import Pickled, unpickle
 from .tags import ANY_TAG, check_status, check_tag, fill, matches
 
@@ -352,9 +352,10 @@ def _receive(g: Comm, op: str, tag: int, limit: float, take: Callable[[_Message]
 
 def _timed_out(g: Comm, op: str, tag: int, limit: float) -> RingTimeoutError:
     tagged = "" if tag == ANY_TAG else f" with tag {tag}"
-    return RingTimeoutError(f"rank {g.rank()}: {op} from itself (group {g.gid!r}): no message{tagged} within "
-                            f"{limit:g} s (a rank's message to itself comes from its own send: an earlier call, "
-                            f"or another thread's)")
+    exc = RingTimeoutError(f"rank {g.rank()}: {op} from itself (group {g.gid!r}): no message{tagged} within "
+                           f"{limit:g} s (a rank's message to itself comes from its own send: an earlier call, "
+                           f"or another thread's)")
+    return known(exc, rank=g.rank(), group=g.gid, op=op, peer=g.rank())
 
 
 LOOK_AGAIN = 0.05  # seconds the courier sleeps at most before it looks for tasks again

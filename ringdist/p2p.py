@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from . import buffers, handle, own_messages, wire, work
-from .channel import Channel, peer_name
+from .channel import Channel, about, peer_name
 from .tags import ANY_TAG, Message, check_status, check_tag, fill, matches, tag_of
 from .algorithms.blocks import dtype_of, sizes_of
 from .arrays import as_array, byte_view
@@ -308,8 +308,9 @@ class _Recv(Receiving):
         declares once they are checked against what this receive fixed."""
         number = self.number
         if fields.get("seq") != number:
-            raise MismatchError(f"rank {ch.me} expected message #{number} from {peer_name(ch)} but rank {ch.peer} "
-                                f"sent {wire.describe_header(dict(fields))} (group {ch.group!r})")
+            raise about(ch, MismatchError(
+                f"rank {ch.me} expected message #{number} from {peer_name(ch)} but rank {ch.peer} "
+                f"sent {wire.describe_header(dict(fields))} (group {ch.group!r})"))
         tag = tag_of(fields, ch.me, ch.peer)
         if not matches(self.tag, tag):
             return self._hold(tag, fields, ch)
@@ -325,8 +326,9 @@ class _Recv(Receiving):
         shape = fields.get("shape")
         if not (fields.get("op") == "send" and isinstance(shape, list) and self.fits(tuple(shape), fields.get("dtype"))):
             tag = "" if self.tag == ANY_TAG else f", tag={self.tag}"
-            raise MismatchError(f"rank {ch.me} expected {self.op}({self.wanted()}{tag}) from {peer_name(ch)} but rank "
-                                f"{ch.peer} sent {wire.describe_header(dict(fields))} (group {ch.group!r})")
+            raise about(ch, MismatchError(
+                f"rank {ch.me} expected {self.op}({self.wanted()}{tag}) from {peer_name(ch)} but rank "
+                f"{ch.peer} sent {wire.describe_header(dict(fields))} (group {ch.group!r})"))
 
     def _took(self, message: Message, ch: Channel) -> None:
         self.out = message.data.view(dtype_of(message.fields.get("dtype"), ch)).reshape(tuple(message.fields["shape"]))
@@ -364,11 +366,11 @@ def hold_buffer(fields: dict[str, Any], ch: Channel, cap: int) -> np.ndarray:
     if fields.get("op") == "send_object":
         sizes = sizes_of(fields, ch)
         if sum(sizes) > cap:
-            raise RingError(f"rank {ch.me}: rank {ch.peer} declares a {sum(sizes)}-byte object, over "
-                            f"RINGDIST_MAX_OBJECT_BYTES={cap} here")
+            raise about(ch, RingError(f"rank {ch.me}: rank {ch.peer} declares a {sum(sizes)}-byte object, over "
+                                     f"RINGDIST_MAX_OBJECT_BYTES={cap} here"))
         return np.empty(sum(sizes), dtype=np.uint8)
-    raise ProtocolError(f"rank {ch.me}: {peer_name(ch)} sent {wire.describe_header(dict(fields))} on the connection "
-                        f"for its messages")
+    raise about(ch, ProtocolError(
+        f"rank {ch.me}: {peer_name(ch)} sent {wire.describe_header(dict(fields))} on the connection for its messages"))
 
 
 def _allocate(shape: tuple[int, ...], dt: np.dtype, rank: int, op: str) -> np.ndarray:

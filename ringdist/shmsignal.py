@@ -62,7 +62,7 @@ from typing import Any
 import msgpack
 
 from . import aborts, channel, engine, wire
-from .errors import MismatchError, PeerLostError, ProtocolError, RingTimeoutError
+from .errors import MismatchError, PeerLostError, ProtocolError, RingTimeoutError, known
 from .flows import check_same
 
 CONTROL = 4096  # bytes of the control page at the start of every segment
@@ -247,19 +247,27 @@ class Signals:
             if time.monotonic() - start > limit:
                 pending = [p for p in pending if words[p][SIGNALS] < target]
                 if pending:
-                    raise engine.waited_for(RingTimeoutError(
+                    exc = RingTimeoutError(
                         f"rank {self.rank}: {op} made no progress for {limit:g} s: waiting for "
-                        f"{', '.join(self._peer(g, p) for p in pending)} to signal through shared memory"),
-                        [g.world_ranks[p] for p in pending])
+                        f"{', '.join(self._peer(g, p) for p in pending)} to signal through shared memory")
+                    if len(pending) == 1:  # the peer it waited for (of several, none is named)
+                        ch = self._channel(g, pending[0])
+                        channel.about(ch, exc, op) if ch is not None else known(exc, peer=pending[0])
+                    known(exc, rank=g.rank(), group=g.gid, op=op)
+                    raise engine.waited_for(exc, [g.world_ranks[p] for p in pending])
         self._check_given(g, target, fp)
 
     def _peer(self, g: Any, p: int) -> str:
         """Rank p as errors name it: with its address and the connection to it, where there is one."""
+        ch = self._channel(g, p)
+        return ch.describe() if ch is not None else f"rank {p} (group {g.gid!r})"
+
+    @staticmethod
+    def _channel(g: Any, p: int) -> Any:
+        """A TCP connection of group `g` to rank p, if it has one."""
         links = g.links
         ch = links.peers.get(p) if links is not None else None
-        if ch is None:
-            ch = next((c for c in g.channels if c.peer == p), None)
-        return ch.describe() if ch is not None else f"rank {p} (group {g.gid!r})"
+        return ch if ch is not None else next((c for c in g.channels if c.peer == p), None)
 
     def _check_given(self, g: Any, target: int, fp: int) -> None:
         """A peer that gave this signal with another header: MismatchError."""
@@ -267,7 +275,8 @@ class Signals:
         for p in self.others:
             w = self.words[p]
             if w[SIGNALS] >= target and w[slot] != fp:
-                raise MismatchError(self._different(g, p, "made a different call at the same step"))
+                raise known(MismatchError(self._different(g, p, "made a different call at the same step")),
+                            rank=g.rank(), group=g.gid, peer=p)
 
     def _look(self, g: Any, ch: Any, op: str, target: int) -> bool:
         """A TCP connection became readable while this rank waits: raise what it carries (an
@@ -291,7 +300,8 @@ class Signals:
         if kind == wire.HEADER:
             if self.words[ch.peer][SIGNALS] >= target:
                 return True
-            raise MismatchError(self._different(g, ch.peer, "sent a call's header over TCP instead"))
+            raise known(MismatchError(self._different(g, ch.peer, "sent a call's header over TCP instead")),
+                        rank=g.rank(), group=g.gid, peer=ch.peer)
         return kind == wire.ABORT  # for a later call (this one's was raised): left for that call
 
     def _check_calls(self, g: Any, op: str, pending: list[int], target: int) -> None:
@@ -302,7 +312,8 @@ class Signals:
             w = self.words[p]
             call = w[CALL] - 1
             if ((call == seq and w[CALL_FP] != own[CALL_FP]) or call > seq) and w[SIGNALS] < target:
-                raise MismatchError(self._different(g, p, "announced a different call"))
+                raise known(MismatchError(self._different(g, p, "announced a different call")),
+                            rank=g.rank(), group=g.gid, peer=p)
 
     def _different(self, g: Any, p: int, how: str) -> str:
         """The mismatch's message: the TCP check's own (`flows.check_same`) where both calls'

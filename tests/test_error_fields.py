@@ -1,0 +1,95 @@
+"""What an error's message names, its attributes carry: `rank`, `group`, `op`, `peer`, `address`,
+`origin` (errors.py). A peer's failure told to every rank names the same `peer` on each."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+
+import numpy as np
+import pytest
+
+import ringdist as rd
+from harness import RankFailed, run_ranks
+from helpers import SCRIPTS, run_launcher
+
+
+def _errors(n: int, fn, **overrides) -> list[BaseException]:
+    with pytest.raises(RankFailed) as failed:
+        run_ranks(n, fn, timeout=60, **overrides)
+    return failed.value.errors
+
+
+@pytest.mark.parametrize("shm", [True, False])
+def test_a_mismatch_carries_the_call_the_group_and_the_rank_that_called_otherwise(shm):
+    def body(g):
+        return rd.all_sum(np.zeros(4 if g.rank() == 1 else 3), group=g)
+
+    errors = _errors(3, body, shm=shm)
+    for r, exc in enumerate(errors):
+        assert isinstance(exc, rd.MismatchError), exc
+        assert (exc.rank, exc.group, exc.op) == (r, "world", "all_sum")
+        # The rank that called otherwise as the rank that found the mismatch saw it, named in the text.
+        assert exc.origin in (0, 1, 2) and f"rank {exc.peer} called" in str(exc), exc
+
+
+def test_a_timeout_names_the_rank_waited_for_on_both_sides():
+    def body(g):
+        if g.rank() == 1:
+            time.sleep(2.5)
+        return rd.all_sum(np.ones(8), group=g, timeout=1.0)
+
+    waiting, late = _errors(2, body)
+    assert isinstance(waiting, rd.RingTimeoutError), waiting
+    assert (waiting.rank, waiting.op, waiting.peer, waiting.origin) == (0, "all_sum", 1, 0)
+    assert waiting.address is not None and waiting.address in str(waiting)
+    # The late rank hears rank 0's timeout as an ABORT: the rank it concerns and the one that found it.
+    assert isinstance(late, rd.RingTimeoutError), late
+    assert (late.rank, late.op, late.peer, late.origin, late.address) == (1, "all_sum", 1, 0, waiting.address)
+
+
+def test_a_sub_group_error_and_the_broken_group_after_it_carry_the_sub_group():
+    def body(g):
+        sub = g.split(color=g.rank() % 2)
+        try:
+            rd.all_gather(np.zeros(2 if sub.rank() == 0 else 3), group=sub)
+        except rd.MismatchError as exc:
+            first = exc
+        with pytest.raises(rd.GroupBrokenError) as later:
+            rd.barrier(group=sub)
+        return sub.gid, first, later.value
+
+    for r, (gid, first, later) in enumerate(run_ranks(4, body, timeout=60)):
+        assert gid != "world" and first.group == gid and first.rank == r // 2 and first.op == "all_gather"
+        assert first.peer in (0, 1) and f"rank {first.peer} " in str(first)
+        assert (later.rank, later.group, later.op, later.peer) == (r // 2, gid, "barrier", None)
+
+
+def test_a_received_message_of_another_shape_names_its_sender():
+    def body(g):
+        if g.rank() == 0:
+            rd.send(np.zeros(3), dst=1, group=g)
+        else:
+            rd.recv((4,), np.float64, src=0, group=g)
+
+    errors = _errors(2, body)
+    receiving = errors[1]
+    assert isinstance(receiving, rd.MismatchError), receiving
+    assert (receiving.rank, receiving.op, receiving.peer, receiving.origin) == (1, "recv", 0, 1)
+
+
+@pytest.mark.parametrize("shm", ["1", "0"])
+def test_every_survivor_of_a_killed_rank_names_it_and_its_address(shm):
+    proc = run_launcher(["-n", "4", "--grace", "20", str(SCRIPTS / "error_fields.py"), "2"], timeout=60,
+                        env={"RINGDIST_SHM": shm, "RINGDIST_TIMEOUT": "30"})
+    assert proc.returncode == 137, proc.stdout + proc.stderr
+    found = {int(m.group(1)): json.loads(m.group(2))
+             for m in re.finditer(r"^\[(\d+)\] fields (.*)$", proc.stdout, re.M)}
+    assert sorted(found) == [0, 1, 3], proc.stdout + proc.stderr
+    addresses = {f["address"] for f in found.values()}
+    assert len(addresses) == 1 and None not in addresses, found
+    for r, f in found.items():
+        assert f["error"] == "PeerLostError" and f["peer"] == 2, found
+        assert (f["rank"], f["group"], f["op"]) == (r, "world", "all_sum"), found
+        assert f["origin"] in (0, 1, 3), found
