@@ -113,9 +113,15 @@ def _die_of(sig: int, status: int) -> int:
 
 
 def parse_command_line(parser: argparse.ArgumentParser, argv: list[str]) -> tuple[argparse.Namespace, Target]:
-    """Split `argv` at the program, parse the launcher's part; argparse exits 2 on errors."""
+    """Split `argv` at the program, parse the launcher's part; argparse exits 2 on errors (another
+    launcher's option among them says what to give instead)."""
     split = _program_start(argv)
-    options = parser.parse_args(argv if split is None else argv[: split[0]])
+    ours = argv if split is None else argv[: split[0]]
+    for token in ours:
+        instead = _FOREIGN.get(token.partition("=")[0])
+        if instead is not None:
+            parser.error(f"{token.partition('=')[0]} is not an option of {PROG}: {instead}")
+    options = parser.parse_args(ours)
     if split is None:
         parser.error("no program to run: give script.py, -m module, or -- command")
     index, kind = split
@@ -154,6 +160,18 @@ def _program_start(argv: list[str]) -> tuple[int, str] | None:
             return i, "script"
     return None
 
+
+# Options of mpirun, mpiexec, torchrun and mlx.launch that ringdist-launch lacks, and what to give instead.
+_FOREIGN = dict.fromkeys(("-np", "--np"), "give -n N, the number of ranks")
+_FOREIGN.update(dict.fromkeys(("-hostfile", "--hostfile", "-machinefile", "--machinefile", "-f"),
+                              "give --hosts FILE.json, a JSON hostfile (MLX's format; see hostfiles/)"))
+_FOREIGN.update(dict.fromkeys(("-H", "--host", "-host"), "give --hosts h1,h2 (host:slots for several ranks on one)"))
+_FOREIGN.update(dict.fromkeys(("--nproc_per_node", "--nproc-per-node", "--nnodes", "--node_rank", "--node-rank"),
+                              "give -n N for ranks on this machine, or --hosts for several machines (one launcher "
+                              "starts them all)"))
+_FOREIGN.update(dict.fromkeys(("-x",), "give --env NAME=value"))
+_FOREIGN.update(dict.fromkeys(("-wdir", "--wdir", "-wd", "--wd"), "give --cwd DIR"))
+_FOREIGN.update(dict.fromkeys(("--backend",), "ring is ringdist's only backend: leave --backend out"))
 
 # The options of _parser() that take a value (as a separate word): the scan must skip their values.
 _VALUE_OPTIONS = {"-n", "--nprocs", "--hosts", "--env", "--cwd", "--python", "--timeout", "--grace",

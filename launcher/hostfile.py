@@ -95,6 +95,7 @@ class Hostfile:
     source: str
     hosts: tuple[Host, ...]
     envs: tuple[tuple[str, str], ...] = ()
+    bare: tuple[str, ...] = ()  # names in `envs` given without "=" (set empty, as mlx.launch does)
 
     @property
     def slots(self) -> int:
@@ -131,8 +132,12 @@ def load_hostfile(path: str | Path) -> Hostfile:
     except _RepeatedField as e:
         raise ConfigError(f"{source}: field {_show(e.args[0])} appears twice in one object") from None
     except json.JSONDecodeError as e:
+        hint = ""
+        if not text.lstrip().startswith(("{", "[")):  # mpirun's "node1 slots=2", a list of names
+            hint = ('; a hostfile is JSON, MLX\'s format: {"hosts": [{"ssh": "node1", "slots": 2}, '
+                    '{"ssh": "node2"}]} (hostfiles/ has examples)')
         raise ConfigError(
-            f"{source}: not valid JSON: {e.msg} (line {e.lineno}, column {e.colno})"
+            f"{source}: not valid JSON: {e.msg} (line {e.lineno}, column {e.colno}){hint}"
         ) from None
     except ValueError:  # an integer of thousands of digits (Python's int_max_str_digits)
         raise ConfigError(f"{source}: not valid JSON: a number with too many digits") from None
@@ -212,7 +217,9 @@ def parse_hostfile(data: Any, source: str = "<hostfile>") -> Hostfile:
     if "hosts" not in data:
         raise ConfigError(f'{source}: missing "hosts" (a list of host objects)')
     hosts = _parse_hosts(data["hosts"], source, "hosts")
-    return Hostfile(source, hosts, _parse_envs(data.get("envs", []), source))
+    envs = data.get("envs", [])
+    bare = tuple(item for item in envs if isinstance(item, str) and "=" not in item) if isinstance(envs, list) else ()
+    return Hostfile(source, hosts, _parse_envs(envs, source), bare)
 
 
 def parse_hosts_arg(spec: str) -> Hostfile:

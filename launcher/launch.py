@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
 import os
 import shlex
 import shutil
@@ -14,15 +15,15 @@ import socket
 import sys
 
 from ringdist.errors import ConfigError
-from ringdist.settings import Settings
+from ringdist.settings import VARIABLES, Settings
 
 from .hostfile import Hostfile, load_hostfile, parse_env_assignment, parse_hosts_arg
 from .job import run_job
 from .output import LineWriter
-from .plan import JobPlan, RankLaunch, Target, build_plan, describe_plan, local_hostfile
+from .plan import LAUNCHER_VARS, JobPlan, RankLaunch, Target, build_plan, describe_plan, local_hostfile
 from .policy import EXIT_NOT_EXECUTABLE, EXIT_NOT_FOUND, EXIT_USAGE, PROG, Outcome, after_output
-from .route import choose_rendezvous
-from .spawn import LocalSpawner, RemoteSpawner, spawner_for
+from .route import UnreachableHost, choose_rendezvous
+from .spawn import UNREACHABLE, LocalSpawner, RemoteSpawner, spawner_for
 
 
 def launch(options: argparse.Namespace, target: Target) -> Outcome:
@@ -42,6 +43,9 @@ def launch(options: argparse.Namespace, target: Target) -> Outcome:
             return remote[0]
 
         spawners = [spawner_for(r.placement, local, remote_spawner) for r in plan.ranks]
+    except UnreachableHost as e:
+        print(f"{PROG}: {e}", file=sys.stderr)
+        return Outcome(UNREACHABLE)
     except ConfigError as e:
         # Only where the error is about that name as a host (not --hosts' own syntax, nor other settings).
         hint = _hosts_hint(options.hosts) if options.hosts and repr(options.hosts) in str(e) else ""
@@ -82,6 +86,7 @@ def launch(options: argparse.Namespace, target: Target) -> Outcome:
 def _plan(options: argparse.Namespace, target: Target) -> JobPlan:
     hostfile = _hosts(options)
     env = [parse_env_assignment(text, "--env") for text in options.env]
+    _warn_of_names(hostfile, env)
     if options.cwd is not None and not os.path.isdir(options.cwd):
         raise ConfigError(f"--cwd: no such directory: {options.cwd}")
     plan = build_plan(
@@ -94,7 +99,10 @@ def _plan(options: argparse.Namespace, target: Target) -> JobPlan:
         verbose=options.verbose,
     )
     for rank in plan.ranks[:1]:  # the library's settings, as the ranks will read them: refused here, not in N tracebacks
-        forced = Settings.from_env({**os.environ, **dict(rank.user_env)}).algo
+        try:
+            forced = Settings.from_env({**os.environ, **dict(rank.user_env)}).algo
+        except ConfigError as exc:
+            raise ConfigError(f"{_set_by(str(exc), hostfile, env)}{exc}") from None
         if forced:  # (the table's algorithms import numpy: only then)
             from ringdist import tuning
 
@@ -183,6 +191,32 @@ def _connect_timeout(plan: JobPlan) -> float:
     """RINGDIST_CONNECT_TIMEOUT as the ranks will see it (their envs, else the launcher's environment)."""
     env = {**os.environ, **dict(plan.ranks[0].user_env)} if plan.ranks else dict(os.environ)
     return Settings.from_env(env).connect_timeout
+
+
+def _set_by(error: str, hostfile: Hostfile, env: list[tuple[str, str]]) -> str:
+    """Where the variable a settings error names was set ('--env: ', 'hosts.json: envs[2]: '),
+    or '' for the launcher's own environment; the last setting wins, as the ranks see it."""
+    name = error.partition("=")[0]
+    if any(n == name for n, _ in env):
+        return "--env: "
+    at = [i for i, (n, _) in enumerate(hostfile.envs) if n == name]
+    return f"{hostfile.source}: envs[{at[-1]}]: " if at else ""
+
+
+def _warn_of_names(hostfile: Hostfile, env: list[tuple[str, str]]) -> None:
+    """A warning for each RINGDIST_ variable given that ringdist does not read (a misspelt name
+    would pass unnoticed), and each hostfile `envs` entry with no '='."""
+    given = [("--env", name) for name, _ in env]
+    given += [(f"{hostfile.source}: envs[{i}]", name) for i, (name, _) in enumerate(hostfile.envs)]
+    known = sorted(VARIABLES | LAUNCHER_VARS)
+    for where, name in given:
+        if name.startswith("RINGDIST_") and name not in known:
+            close = difflib.get_close_matches(name, known, n=1)
+            print(f"{PROG}: warning: {where}: {name} is not a variable ringdist reads"
+                  f"{f' (did you mean {close[0]}?)' if close else ''}", file=sys.stderr)
+    for name in hostfile.bare:
+        print(f"{PROG}: warning: {hostfile.source}: envs: {name!r} has no '=': every rank gets {name} set empty, "
+              f"as mlx.launch does (write \"{name}=value\")", file=sys.stderr)
 
 
 def _hosts_hint(spec: str | None) -> str:

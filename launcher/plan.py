@@ -66,6 +66,7 @@ class RankLaunch:
     verbose: bool = False
     same_machine: int = 1  # ranks sharing this rank's physical machine (the library's spin default)
     local_world_size: int = 1  # ranks that `local_rank` counts among (torchrun's LOCAL_WORLD_SIZE)
+    same_machine_rank: int = 0  # this rank's index among the `same_machine` ranks
 
     @property
     def rank(self) -> int:
@@ -88,7 +89,7 @@ class RankLaunch:
                 "PYTHONUNBUFFERED": "1",
                 "RINGDIST_RANK": str(p.rank),
                 "RINGDIST_WORLD_SIZE": str(self.world_size),
-                "RINGDIST_LOCAL_RANK": str(p.local_rank),
+                "RINGDIST_LOCAL_RANK": str(self.same_machine_rank),
                 "RINGDIST_LOCAL_WORLD_SIZE": str(self.same_machine),
                 "RINGDIST_RENDEZVOUS": rendezvous,
                 "RINGDIST_SECRET": secret,
@@ -155,10 +156,12 @@ def build_plan(
     local = sum(1 for p in placements if p.is_local)
     by_ssh = collections.Counter(p.ssh for p in placements)
     by_machine = collections.Counter(p.machine for p in placements)
+    computer = [None if p.is_local else p.ssh for p in placements]  # which computer: this one (None), or by ssh name
     ranks = tuple(
         RankLaunch(placement=p, world_size=len(placements), argv=argv, user_env=user_env, verbose=verbose,
-                   same_machine=local if p.is_local else by_ssh[p.ssh], local_world_size=by_machine[p.machine])
-        for p in placements
+                   same_machine=local if p.is_local else by_ssh[p.ssh], local_world_size=by_machine[p.machine],
+                   same_machine_rank=computer[:i].count(computer[i]))
+        for i, p in enumerate(placements)
     )
     return JobPlan(ranks=ranks, cwd=cwd)
 

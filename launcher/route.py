@@ -13,10 +13,15 @@ import subprocess
 from typing import Sequence
 
 from ringdist.errors import ConfigError
+from ringdist.channel import datagram_addresses
 from ringdist.routes import source_address
 
 from .plan import RENDEZVOUS_HOST, JobPlan
 from .spawn import is_ssh_like
+
+
+class UnreachableHost(ConfigError):
+    """A host of the hostfile that ssh cannot reach: its name does not resolve (exit status 255)."""
 
 
 def parse_rendezvous_option(text: str) -> tuple[str, int]:
@@ -66,6 +71,10 @@ def choose_rendezvous(plan: JobPlan, option: str | None, agent: Sequence[str] | 
         address = source_address(real) if real else None
         if address:
             return address, 0
+        name = real or target
+        if not datagram_addresses(name):  # ssh could not reach it either
+            raise UnreachableHost(f"host {first.host!r}: cannot resolve {name!r} (no such host name, or no "
+                                  f"name service)")
     raise ConfigError(
         f"cannot tell which address of this machine host {first.host!r} can reach "
         f"(tried {', '.join(candidates)}); give --rendezvous ADDR[:PORT]")

@@ -9,6 +9,14 @@ from dataclasses import dataclass
 from .ops import REDUCE_OPS
 from .errors import ConfigError
 
+# Every variable the library reads: its settings (below), the job's (`jobenv`), the socket
+# directory. The launcher warns of a RINGDIST_ name given to it that is none of these.
+VARIABLES = frozenset("RINGDIST_" + name for name in (
+    "TIMEOUT", "CONNECT_TIMEOUT", "INIT_TIMEOUT", "LANES", "DIRECTIONS", "DIRECT_MAX", "SOCKET_BUFFERS",
+    "BUFFER_CACHE_MB", "SPIN_US", "VERBOSE", "ALGO", "MAX_OBJECT_BYTES", "SHM", "SHM_SIGNALS", "SHM_CMA",
+    "SECRET", "SECRET_FILE", "INSECURE", "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE",
+    "RENDEZVOUS", "BIND", "HOST", "SOCKET_DIR"))
+
 
 def _number(env: dict[str, str], name: str, default: float, *, minimum: float = 0.0,
             unlimited: bool = True, inclusive: bool = False) -> float:

@@ -377,8 +377,11 @@ def test_hosts_list_argument():
     reports = rank_reports(result.stdout)
     envs = [reports[r]["env"] for r in range(4)]
     assert [e["RINGDIST_BIND"] for e in envs] == ["127.0.0.1", "127.0.0.1", "127.0.0.2", "127.0.0.1"]
-    # localhost named twice is one machine; 127.0.0.2 stands in for another one
-    assert [e["LOCAL_RANK"] for e in envs] == [e["RINGDIST_LOCAL_RANK"] for e in envs] == ["0", "1", "0", "2"]
+    # localhost named twice is one machine; 127.0.0.2 stands in for another one. RINGDIST_LOCAL_RANK
+    # counts the ranks on this computer, as RINGDIST_LOCAL_WORLD_SIZE does.
+    assert [e["LOCAL_RANK"] for e in envs] == ["0", "1", "0", "2"]
+    assert [e["RINGDIST_LOCAL_RANK"] for e in envs] == ["0", "1", "2", "3"]
+    assert [e["RINGDIST_LOCAL_WORLD_SIZE"] for e in envs] == ["4"] * 4
 
 
 def test_env_options_and_hostfile_envs(tmp_path):

@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from helpers import HOSTFILES, LAUNCHER, SCRIPTS, kill_tree, loopback_aliases, run_launcher
+from helpers import HOSTFILES, LAUNCHER, ROOT, SCRIPTS, kill_tree, loopback_aliases, run_launcher
 
 PY = sys.executable
 SHOW_ENV = ("import json, os; print(json.dumps({k: os.environ.get(k) for k in "
@@ -174,6 +174,8 @@ def test_local_world_size_counts_the_ranks_local_rank_counts_among():
     assert result.returncode == 0, result.stderr
     for name, value in (("LOCAL_RANK", "0"), ("LOCAL_WORLD_SIZE", "1"), ("RINGDIST_LOCAL_WORLD_SIZE", "4")):
         assert re.findall(rf"(?<![A-Z_]){name}=(\d+)", result.stdout) == [value] * 4, (name, result.stdout)
+    # RINGDIST_LOCAL_RANK counts the ranks of this computer, as RINGDIST_LOCAL_WORLD_SIZE does.
+    assert re.findall(r"RINGDIST_LOCAL_RANK=(\d+)", result.stdout) == ["0", "1", "2", "3"], result.stdout
 
 
 def test_a_directory_given_as_script_is_refused_before_anything_starts(tmp_path):
@@ -287,3 +289,83 @@ def test_a_host_that_runs_here_with_an_address_this_machine_lacks_is_refused_bef
                                     "this machine ("), result.stderr
     assert result.stderr.endswith('its ranks start here, as it names no other machine with "ssh": list one of '
                                   'this machine\'s addresses, or add "ssh"\n'), result.stderr
+
+
+@pytest.mark.parametrize("given,instead", [
+    (["-np", "2"], "-np is not an option of ringdist-launch: give -n N"),
+    (["--np=2"], "--np is not an option of ringdist-launch: give -n N"),
+    (["-hostfile", "hosts"], "-hostfile is not an option of ringdist-launch: give --hosts FILE.json"),
+    (["--hostfile", "hosts"], "--hostfile is not an option of ringdist-launch: give --hosts FILE.json"),
+    (["--nproc_per_node=2"], "--nproc_per_node is not an option of ringdist-launch: give -n N for ranks on this"),
+    (["--nproc-per-node", "2"], "--nproc-per-node is not an option of ringdist-launch: give -n N"),
+    (["-x", "OMP_NUM_THREADS"], "-x is not an option of ringdist-launch: give --env NAME=value"),
+    (["--backend", "ring"], "--backend is not an option of ringdist-launch: ring is ringdist's only backend"),
+])
+def test_another_launchers_option_says_what_to_give_instead(given, instead):
+    # mpirun's -np 2 was read as -n with the value "p"; -hostfile as -h with "ostfile".
+    result = run_launcher([*given, "--", PY, "-c", "print('ran')"], timeout=30)
+    assert result.returncode == 2 and result.stdout == "", result.stdout + result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith(f"ringdist-launch: error: {instead}"), result.stderr
+
+
+def test_a_hostfile_in_mpirun_text_form_is_told_hostfiles_are_json(tmp_path):
+    path = tmp_path / "hosts"
+    path.write_text("node1 slots=2\nnode2 slots=2\n")
+    started = time.monotonic()
+    result = run_launcher(["--hosts", str(path), "--", PY, "-c", "print('ran')"], timeout=30)
+    line = one_error_line(result, started, str(path))
+    assert "not valid JSON" in line and 'a hostfile is JSON, MLX\'s format: {"hosts": [{"ssh": "node1"' in line, line
+
+
+def test_a_bad_setting_in_a_hostfiles_envs_names_the_file_and_entry(tmp_path):
+    path = tmp_path / "h.json"
+    path.write_text(json.dumps({"hosts": [{"slots": 2}], "envs": ["A=1", "RINGDIST_TIMEOUT=abc"]}))
+    started = time.monotonic()
+    result = run_launcher(["--hosts", str(path), "--", PY, "-c", "print('ran')"], timeout=30)
+    line = one_error_line(result, started, str(path))
+    assert line == f"ringdist-launch: error: {path}: envs[1]: RINGDIST_TIMEOUT='abc' is not a number", line
+    # --env wins over the hostfile, so it is the one named when it sets the variable too.
+    result = run_launcher(["--hosts", str(path), "--env", "RINGDIST_TIMEOUT=-1", "--", PY, "-c", "print('ran')"],
+                          timeout=30)
+    assert result.returncode == 2 and "error: --env: RINGDIST_TIMEOUT='-1' must be" in result.stderr, result.stderr
+
+
+def test_a_misspelt_ringdist_variable_or_a_bare_name_in_envs_is_warned_of(tmp_path):
+    path = tmp_path / "h.json"
+    path.write_text(json.dumps({"hosts": [{}], "envs": ["OMP_NUM_THREADS", "RINGDIST_SHM_CMAA=0"]}))
+    result = run_launcher(["--hosts", str(path), "--env", "RINGDIST_TIMOUT=5", "--", PY, "-c",
+                           "import os; print(repr(os.environ['OMP_NUM_THREADS']))"], timeout=30,
+                          env={"OMP_NUM_THREADS": "7"})
+    assert result.returncode == 0 and result.stdout == "[0] ''\n", result.stdout + result.stderr
+    warnings = result.stderr.splitlines()
+    assert ("ringdist-launch: warning: --env: RINGDIST_TIMOUT is not a variable ringdist reads "
+            "(did you mean RINGDIST_TIMEOUT?)") in warnings, warnings
+    assert (f"ringdist-launch: warning: {path}: envs[1]: RINGDIST_SHM_CMAA is not a variable ringdist reads "
+            "(did you mean RINGDIST_SHM_CMA?)") in warnings, warnings
+    assert any(w.startswith(f"ringdist-launch: warning: {path}: envs: 'OMP_NUM_THREADS' has no '=': every rank "
+                            "gets OMP_NUM_THREADS set empty") for w in warnings), warnings
+
+
+def test_every_ringdist_variable_the_code_names_is_one_the_launcher_knows():
+    from ringdist.settings import VARIABLES
+    from ringdist_launch.plan import LAUNCHER_VARS
+
+    named = set()
+    for folder in ("ringdist", "launcher"):
+        for path in (ROOT / folder).rglob("*.py"):
+            named |= set(re.findall(r"RINGDIST_[A-Z_]*[A-Z]", path.read_text()))
+    assert named - VARIABLES - LAUNCHER_VARS == set()
+
+
+def test_a_remote_host_whose_name_does_not_resolve_is_unreachable(monkeypatch, capsys):
+    # Nothing is looked up: the route and name lookups answer as for a name no resolver knows.
+    from ringdist_launch import cli, route
+
+    monkeypatch.setattr(route, "source_address", lambda host: None)
+    monkeypatch.setattr(route, "datagram_addresses", lambda host: [])
+    monkeypatch.setattr(route, "_ssh_hostname", lambda agent, target: "nosuchhost.invalid")
+    status = cli.main(["--hosts", "nosuchhost.invalid", "--", PY, "-c", "pass"])
+    err = capsys.readouterr().err
+    assert status == 255, err
+    assert err.strip() == ("ringdist-launch: host 'nosuchhost.invalid': cannot resolve 'nosuchhost.invalid' "
+                           "(no such host name, or no name service)"), err
