@@ -38,14 +38,16 @@ def raise_remote(fields: dict[str, Any], ch: Channel, op: str) -> None:
     if not isinstance(message, str):
         message = "(no message)"
     origin = fields.get("origin")
-    if not isinstance(origin, int) or isinstance(origin, bool):
-        origin = ch.peer
+    ranks = getattr(ch, "world_ranks", None)
+    if not isinstance(origin, int) or isinstance(origin, bool) or origin < 0 or (ranks and origin >= len(ranks)):
+        origin = ch.peer  # (no rank of the group: the one that sent it)
     world = world_rank(ch, origin)
     exc = cls(f"rank {ch.me}: {op} aborted by rank {origin}{f' ({world})' if world else ''}: {message}")
     exc.ringdist_origin = (origin, message)  # what an ABORT passed on carries, unchanged
     peer, address = fields.get("peer"), fields.get("address")
-    errors.known(exc, rank=ch.me, group=getattr(ch, "group", None), op=op or None, origin=origin,
-                 peer=peer if isinstance(peer, int) and not isinstance(peer, bool) and peer >= 0 else None,
+    if not isinstance(peer, int) or isinstance(peer, bool) or peer < 0 or (ranks and peer >= len(ranks)):
+        peer = None
+    errors.known(exc, rank=ch.me, group=getattr(ch, "group", None), op=op or None, origin=origin, peer=peer,
                  address=address[:300] if isinstance(address, str) else None)
     raise exc
 

@@ -542,30 +542,39 @@ def map_shared(fd: int, size: int) -> mmap.mmap:
     return mmap.mmap(fd, size)
 
 
+_SIZE_SEALS = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW if hasattr(fcntl, "F_SEAL_SHRINK") else 0
+
+
 def make_segment(size: int, label: str) -> tuple[int, mmap.mmap]:
     """An anonymous shared memory file of `size` bytes (no name anyone could open; freed when
-    the last descriptor and mapping go) and its mapping: (fd, mapping). ConnectError if it
-    cannot be made."""
+    the last descriptor and mapping go) and its mapping: (fd, mapping). Sealed at that size: a
+    peer that maps it can trust no process shrinks it under its mapping (a SIGBUS). ConnectError
+    if it cannot be made."""
     try:
-        fd = os.memfd_create("ringdist", os.MFD_CLOEXEC)
+        fd = os.memfd_create("ringdist", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
     except OSError as exc:
         raise ConnectError(f"{label}: cannot create shared memory: {reason(exc)}") from None
     try:
         os.ftruncate(fd, size)
+        fcntl.fcntl(fd, fcntl.F_ADD_SEALS, _SIZE_SEALS | fcntl.F_SEAL_SEAL)
         return fd, map_shared(fd, size)
     except OSError as exc:
         os.close(fd)
         raise ConnectError(f"{label}: cannot map {size} bytes of shared memory: {reason(exc)}") from None
 
 
-def map_segment(fd: int, size: int, peer: str) -> mmap.mmap:
+def map_segment(fd: int, size: int, peer: str, sealed: bool = False) -> mmap.mmap:
     """Map a peer's segment (received as `fd`) and close the descriptor: the mapping keeps
     the memory. ProtocolError when it is smaller than `size` bytes (macOS rounds POSIX shared
-    memory up to its page size); ConnectError when it cannot be mapped."""
+    memory up to its page size), or, where it must be `sealed` (a memory file, `make_segment`),
+    when it could still be resized; ConnectError when it cannot be mapped."""
     try:
         actual = os.fstat(fd).st_size
         if actual < size:
             raise ProtocolError(f"{peer}: shared memory of {actual} bytes, expected {size}")
+        if sealed and fcntl.fcntl(fd, fcntl.F_GET_SEALS) & _SIZE_SEALS != _SIZE_SEALS:
+            raise ProtocolError(f"{peer}: shared memory that could still be resized under this rank's mapping "
+                                f"(not a sealed memory file: ranks with different RINGDIST_SHM?)")
         return map_shared(fd, size)
     except OSError as exc:
         raise ConnectError(f"{peer}: cannot map shared memory: {reason(exc)}") from None

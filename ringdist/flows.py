@@ -154,7 +154,8 @@ class Inflow:
         return True
 
     def on_readable(self) -> int:
-        """Receive what the socket has; return bytes read (progress)."""
+        """Receive what the socket has; return bytes read (progress): none while the header is
+        not yet whole, for a header comes at once (a peer trickling one is stalled)."""
         ch = self.ch
         reader = self.reader
         left = reader.payload_left
@@ -171,7 +172,7 @@ class Inflow:
             limit = STAGE_SIZE  # a control frame (an ABORT) is arriving: take its body
         k = ch.fill_stage(limit, self.op)
         self._consume_stage()
-        return k
+        return 0 if self.need_header else k
 
     def consume_staged(self) -> None:
         """Take bytes read ahead (during the previous collective) before polling the socket."""
@@ -224,16 +225,26 @@ class Inflow:
         if kind == wire.HEADER and self.need_header and event.body == self.expect.body:
             self.need_header = False  # byte-identical to ours: the common case, nothing to decode
         else:
-            fields = event.fields()
+            fields = decoded(event, ch)
             if kind == wire.ABORT:
                 raise_remote(fields, ch, self.op)
             if kind != wire.HEADER or not self.need_header:
                 raise about(ch, ProtocolError(
                     f"rank {ch.me}: unexpected {wire.KIND_NAMES[kind]} frame from {ch.describe()}"))
-            (self.check or check_same)(self.expect.fields, wire.check_header(fields), ch)
+            (self.check or check_same)(self.expect.fields, decoded(event, ch, fields), ch)
             self.need_header = False
         if self.received == self.total:
             self.done = True
+
+
+def decoded(event: wire.ControlFrame, ch: Channel, fields: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A control frame's fields (given `fields`, a header's, checked): a ProtocolError naming
+    this rank and the peer where they are not ringdist's."""
+    try:
+        return event.fields() if fields is None else wire.check_header(fields)
+    except ProtocolError as exc:
+        raise about(ch, ProtocolError(f"rank {ch.me}: {ch.describe()} sent a {wire.KIND_NAMES[event.kind]} frame "
+                                      f"that is not ringdist's: {exc}")) from None
 
 
 class ReducingInflow(Inflow):
@@ -326,6 +337,13 @@ def check_same(mine: dict[str, Any], theirs: dict[str, Any], ch: Channel) -> Non
     """The default header check: both sides called the same op with the same arguments."""
     if mine != theirs:
         if _call(mine) == _call(theirs):
+            if mine.get("path") == theirs.get("path") and mine.get("ways") == theirs.get("ways"):
+                differ = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
+                raise about(ch, ProtocolError(
+                    f"rank {ch.me}: {peer_name(ch)} sent a header for {wire.describe_header(mine)} whose "
+                    f"{', '.join(differ)} differ from this rank's ({', '.join(repr(mine.get(k)) for k in differ)} "
+                    f"here, {', '.join(repr(theirs.get(k))[:100] for k in differ)} there; ranks with different "
+                    f"versions of ringdist?) (group {ch.group!r})"))
             here, there = _paths(mine, theirs)
             settings = ("RINGDIST_DIRECTIONS" if mine.get("path") == theirs.get("path")  # what chooses them
                         else "RINGDIST_ALGO, RINGDIST_DIRECT_MAX and RINGDIST_DIRECTIONS")
@@ -475,11 +493,11 @@ class Watch:
         ch = self.ch
         for frame in ch.reader.staged_control_frames():
             if frame.kind == wire.ABORT:
-                fields = frame.fields()
+                fields = decoded(frame, ch)
                 if concerns(fields, self.seq):
                     raise_remote(fields, ch, self.op)
             elif frame.kind == wire.HEADER and self.header is not None and frame.body != self.header.body:
-                fields = wire.check_header(frame.fields())
+                fields = decoded(frame, ch, decoded(frame, ch))
                 if fields["seq"] == self.seq:
                     check_same(_role_free(self.header.fields), _role_free(fields), ch)
 
@@ -528,8 +546,17 @@ class SizedInflow(Inflow):
             if self.received == self.total:
                 self.done = True
             return
-        fields = wire.check_header(event.fields())
-        dest = self.accept(fields, self.ch)  # one buffer, or a list the payload fills in turn
+        ch = self.ch
+        fields = decoded(event, ch, decoded(event, ch))
+        try:
+            dest = self.accept(fields, ch)  # one buffer, or a list the payload fills in turn
+        except MemoryError as exc:  # the memory the peer's header declares
+            if getattr(exc, "ringdist_named", False):
+                raise
+            raise MemoryError(f"rank {ch.me}: {self.op}: no memory for what {ch.describe()} declares: {exc}") from None
+        except (ValueError, OverflowError) as exc:  # numpy's own limits: no array can be so large
+            raise about(ch, ProtocolError(f"rank {ch.me}: {self.op}: {ch.describe()} declares what no array can hold: "
+                                          f"{exc}")) from None
         self.fields, self.dest = fields, dest
         self.seg = Segments(dest if isinstance(dest, list) else [dest])
         self.total = self.seg.total

@@ -25,7 +25,7 @@ import socket
 from typing import Any
 
 from . import wire
-from .channel import recv_control, recv_exact, send_blocking
+from .channel import recv_control, send_blocking
 from .errors import AuthError, PeerLostError, ProtocolError, RingTimeoutError
 
 # Largest handshake frame body: a HELLO is a few hundred bytes (names are capped at 256).

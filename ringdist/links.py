@@ -16,7 +16,7 @@ opens none beyond the ring's.
 from __future__ import annotations
 
 import select
-from typing import Callable
+from typing import Any, Callable
 
 from . import deadlines
 from .channel import Channel, peer_name

@@ -19,7 +19,7 @@ import numpy as np
 from . import buffers, handle, own_messages, wire, work
 from .channel import Channel, about, peer_name
 from .tags import ANY_TAG, Message, check_status, check_tag, fill, matches, tag_of
-from .algorithms.blocks import dtype_of, sizes_of
+from .algorithms.blocks import declared_empty, dtype_of, sizes_of
 from .arrays import as_array, byte_view
 from .calls import check_flag
 from .collectives import _comm
@@ -316,8 +316,8 @@ class _Recv(Receiving):
             return self._hold(tag, fields, ch)
         self._check(fields, ch)
         if self.out is None:
-            self.out = _allocate(tuple(fields["shape"]), dtype_of(fields.get("dtype"), ch), ch.me,
-                                 f"{self.op} from rank {ch.peer}")
+            self.out = declared_empty(tuple(fields["shape"]), dtype_of(fields.get("dtype"), ch),
+                                      f"rank {ch.me}: {self.op}: {peer_name(ch)}")
         self.got = tag
         return byte_view(self.out)
 
@@ -362,7 +362,9 @@ def hold_buffer(fields: dict[str, Any], ch: Channel, cap: int) -> np.ndarray:
     flat byte array (an array's message is viewed as its dtype and shape when taken)."""
     if fields.get("op") == "send":
         dt = dtype_of(fields.get("dtype"), ch)
-        return _allocate(tuple(fields["shape"]), dt, ch.me, f"a message from rank {ch.peer}").reshape(-1).view(np.uint8)
+        shape = tuple(fields["shape"])
+        return declared_empty(shape, dt, f"rank {ch.me}: a message kept for a later receive: {peer_name(ch)}"
+                              ).reshape(-1).view(np.uint8)
     if fields.get("op") == "send_object":
         sizes = sizes_of(fields, ch)
         if sum(sizes) > cap:
@@ -374,13 +376,14 @@ def hold_buffer(fields: dict[str, Any], ch: Channel, cap: int) -> np.ndarray:
 
 
 def _allocate(shape: tuple[int, ...], dt: np.dtype, rank: int, op: str) -> np.ndarray:
-    """A received message's array; MemoryError or ValueError naming it when it cannot be made."""
+    """A receive's array, of the shape and dtype it was given; MemoryError or ValueError naming it
+    when it cannot be made."""
     try:
         return buffers.cache.empty(shape, dt)
     except MemoryError:
         raise MemoryError(f"rank {rank}: {op}: no memory for shape={shape}, dtype={dt} "
                           f"({math.prod(shape) * dt.itemsize} bytes)") from None
-    except ValueError as exc:  # numpy's own limits: more than 32 dimensions, or past its sizes
+    except (ValueError, OverflowError) as exc:  # numpy's own limits: more than 32 dimensions, or past its sizes
         raise ValueError(f"rank {rank}: {op}: shape={shape}, dtype={dt} cannot be allocated: {exc}") from None
 
 

@@ -168,6 +168,7 @@ def open_link(endpoint: Endpoint, links: Links, *, group: str, rank: int, size: 
         deadline = max(deadline, deadlines.after(votes.MIN_WAIT))
         assert own_map is not None
         maps[rank] = own_map
+        sealed = endpoint.local_backend != "posix"  # memory files, sealed at their size (`channel.make_segment`)
         if signals and endpoint.local_backend != "posix" and shmsignal.supported():
             own_wake = channel.make_eventfd()
         own_map[_NONCE_AT:shmsignal.CONTROL] = os.urandom(shmsignal.CONTROL - _NONCE_AT)  # for the probe
@@ -183,13 +184,13 @@ def open_link(endpoint: Endpoint, links: Links, *, group: str, rank: int, size: 
                                      f"group {group!r}: waiting for rank {p}'s shared memory", source=addresses[p],
                                      me=rank)
                 try:
-                    maps[p], theirs, probes[p] = _receive(sock, total, deadline, what)
+                    maps[p], theirs, probes[p] = _receive(sock, total, deadline, what, sealed)
                     every = _keep(wake, p, theirs, every)
                     channel.send_fds(sock, fds, offer, deadline, peer=what)
                 finally:
                     sock.close()
             for p, sock in dialed.items():
-                maps[p], theirs, probes[p] = _receive(sock, total, deadline, _who(p, addresses))
+                maps[p], theirs, probes[p] = _receive(sock, total, deadline, _who(p, addresses), sealed)
                 every = _keep(wake, p, theirs, every)
         except RingError as exc:
             text = str(exc)
@@ -255,9 +256,10 @@ def _segment(endpoint: Endpoint, size: int, what: str) -> tuple[int, mmap.mmap |
         return -1, None
 
 
-def _receive(sock: object, size: int, deadline: float, peer: str) -> tuple[mmap.mmap, int, tuple[int, int]]:
-    """A peer's segment, mapped; its eventfd (-1 when it offered none); its process id and
-    control page's address."""
+def _receive(sock: object, size: int, deadline: float, peer: str,
+             sealed: bool) -> tuple[mmap.mmap, int, tuple[int, int]]:
+    """A peer's segment, mapped (`sealed`: a memory file that must be sealed at its size); its
+    eventfd (-1 when it offered none); its process id and control page's address."""
     data, fds = channel.recv_fds(sock, _OFFER.size, 2, deadline, peer=peer)  # type: ignore[arg-type]
     announced, has_wake, pid, at = _OFFER.unpack(data)
     if announced != size or len(fds) != 1 + bool(has_wake):
@@ -266,7 +268,7 @@ def _receive(sock: object, size: int, deadline: float, peer: str) -> tuple[mmap.
         raise ProtocolError(f"{peer}: shared memory of {announced} bytes with {len(fds)} descriptors, expected "
                             f"{size} bytes (ranks with different versions of ringdist?)")
     try:
-        mem = channel.map_segment(fds[0], size, peer)
+        mem = channel.map_segment(fds[0], size, peer, sealed)
     except BaseException:
         for fd in fds[1:]:
             channel.close_quietly(fd)

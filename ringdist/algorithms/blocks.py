@@ -71,6 +71,11 @@ def dtype_from(tag: Any, sender: str) -> np.dtype:
     except (TypeError, ValueError, SyntaxError, AttributeError, RecursionError, MemoryError, SystemError):
         raise MismatchError(f"{sender} sends dtype {tag!r}, which numpy here does not know "
                             f"(an extension dtype: import its package, e.g. ml_dtypes)") from None
+    if dt.hasobject or dt.itemsize == 0 or dt.subdtype is not None:
+        # No rank sends these (`arrays.as_array`): object references, no fixed item size, or a
+        # shape inside the dtype. Their bytes landed as such could crash this process.
+        raise ProtocolError(f"{sender} sends dtype {tag!r}, which no ringdist rank sends (objects, no fixed "
+                            f"item size, or a subarray)")
     if len(_parsed) >= PARSED_KEPT:
         _parsed.clear()
     _parsed[tag] = dt
@@ -87,6 +92,19 @@ _parse_lock = threading.Lock()
 def common(fields: dict[str, Any], drop: tuple[str, ...] = ()) -> dict[str, Any]:
     """A header's fields that every rank of the call must agree on."""
     return {k: v for k, v in fields.items() if k not in wire.PER_SENDER_FIELDS and k not in drop}
+
+
+def declared_empty(shape: tuple[int, ...], dtype: np.dtype, who: str) -> np.ndarray:
+    """An array for what `who` (a peer, as errors name it) declares: a MemoryError naming it where
+    there is no memory; a ProtocolError where no array can be so large (numpy's own limits)."""
+    try:
+        return buffers.cache.empty(shape, dtype)
+    except MemoryError:
+        exc = MemoryError(f"{who} declares shape={shape}, dtype={dtype}: no memory for it here")
+        exc.ringdist_named = True  # type: ignore[attr-defined]  (`SizedInflow` leaves it as it is)
+        raise exc from None
+    except (ValueError, OverflowError) as exc:
+        raise ProtocolError(f"{who} declares shape={shape}, dtype={dtype}, which no array can have: {exc}") from None
 
 
 def _landing(nbytes: int) -> memoryview:

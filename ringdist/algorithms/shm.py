@@ -37,7 +37,7 @@ from ..arrays import REDUCERS, byte_view, fold, fold_in_place
 from ..comm import Comm
 from ..errors import MismatchError, ProtocolError
 from .base import Algorithm
-from .blocks import dtype_from
+from .blocks import declared_empty, dtype_from
 from .shm_blocks import all_to_all, failed, gather_v, layout_bytes, signal
 
 _RESULT_ALIGN = 64
@@ -297,9 +297,9 @@ def scatter(g: Comm, arr: np.ndarray, root: int, header: wire.Header, timeout: f
         if out is None:  # round 0, not the root: the descriptor
             try:
                 shape, dtype = _described(theirs, g, root, n)
-            except (ProtocolError, MismatchError) as exc:
+                out = declared_empty((shape[0] // n,) + shape[1:], dtype, f"rank {r}: scatter's root, rank {root},")
+            except (ProtocolError, MismatchError, MemoryError) as exc:
                 raise failed(g, op, exc) from None
-            out = buffers.cache.empty((shape[0] // n,) + shape[1:], dtype)
             step = out.nbytes
             total = _DESCRIPTOR + n * step
         if r != root:

@@ -25,13 +25,13 @@ from typing import Any, Callable
 import msgpack
 import numpy as np
 
-from .. import buffers, crossmem, wire
+from .. import crossmem, wire
 from ..channel import Channel
 from ..comm import Comm
 from ..errors import MismatchError, ProtocolError, RingError
 from ..flows import NO_BYTES, Outflow, Segments, SizedInflow
 from . import dissemination
-from .blocks import Assembled, Check, dtype_from, sizes_of
+from .blocks import Assembled, Check, declared_empty, dtype_from, sizes_of
 
 
 def _stream(blocks: list[memoryview], r: int) -> tuple[list[int], int]:
@@ -138,7 +138,7 @@ def _assembled(blocks: list[memoryview], sizes: list[int], where: dict[int, tupl
     where each lands, and the (units, bytes) by source that the call returns."""
     n = len(blocks)
     lengths = [len(blocks[r]) if q == r else where[q][1] for q in range(n)]
-    whole = buffers.cache.empty((sum(lengths),), np.dtype(np.uint8))
+    whole = declared_empty((sum(lengths),), np.dtype(np.uint8), f"rank {r}: the blocks of its peers")
     view = memoryview(whole)
     dest, pos = [], 0
     for q in range(n):
@@ -329,11 +329,11 @@ def gather_v(g: Comm, header: wire.Header, mine: Any, check: Check,
             if declared != bytes_:
                 raise ProtocolError(f"rank {r}: rank {p}'s {op} declares {declared} bytes in its fields and "
                                     f"{bytes_} in its shared memory (group {g.gid!r})")
-        except (ProtocolError, MismatchError, RingError) as exc:
+            dest[p] = memoryview(declared_empty((bytes_,), np.dtype(np.uint8), f"rank {r}: rank {p}'s {op}"))
+        except (ProtocolError, MismatchError, RingError, MemoryError) as exc:
             raise failed(g, op, exc) from None
         their_head = -(-(_HEAD + length) // 8) * 8
         where[p] = (their_head, bytes_, their_head + bytes_, 0)
-        dest[p] = memoryview(buffers.cache.empty((bytes_,), np.dtype(np.uint8)))
         got[p] = (fields, dest[p])
     _rounds(g, k, items, at, pos, where, dest, header, timeout, got)  # type: ignore[arg-type]
     return got

@@ -51,7 +51,7 @@ from ..comm import Comm
 from ..errors import MismatchError, PeerLostError, ProtocolError, RingError
 from . import shm
 from .base import Algorithm
-from .blocks import Check
+from .blocks import Check, declared_empty
 from .shm_blocks import failed, signal
 
 
@@ -244,9 +244,9 @@ def scatter(g: Comm, arr: np.ndarray, root: int, header: wire.Header, timeout: f
         signal(g, name, follow, timeout)
         try:
             shape, dtype = shm._described(link.slot(root, k), g, root, n)
-        except (ProtocolError, MismatchError) as exc:
+            out = declared_empty((shape[0] // n,) + shape[1:], dtype, f"rank {r}: scatter's root, rank {root},")
+        except (ProtocolError, MismatchError, MemoryError) as exc:
             raise failed(g, name, exc) from None
-        out = buffers.cache.empty((shape[0] // n,) + shape[1:], dtype)
         step = out.nbytes
         if step:
             _read(g, root, byte_view(out), signals.published(root) + r * step, name)
