@@ -395,9 +395,12 @@ class JobPolicy:
         timeout waiting for peers, their ranks (as it told the rendezvous): a peer waited for that
         had not failed, and was stopped, is named as the one the others waited for.
 
-        'rank 1 (host h, pid 9) exited with code 1 first; ranks 0,3 then failed on their own;
+        'rank 1 (host h, pid 9) exited with code 1 first; ranks 0,3 then failed in turn;
         rank 4 had already exited (code 0); rank 2 stopped by the launcher; ranks 0,1,3 had timed
         out waiting for rank 2'
+
+        Ranks that failed before the stop: "in turn" where what they told names another rank's
+        failure (a lost peer, an ABORT passed on), "on their own" otherwise.
         """
         if self._cause is None:
             return None
@@ -412,8 +415,12 @@ class JobPolicy:
                 (early if returncode == 0 else on_own).append(rank)
         stopped += sorted(self._stopped - self._exits.keys())  # never exited (given up on)
         parts = [self._cause]
-        if on_own:
-            parts.append(f"{rank_list(on_own)} then failed on {'its' if len(on_own) == 1 else 'their'} own")
+        in_turn = [r for r in on_own if self._consequence(r)]
+        own = [r for r in on_own if r not in in_turn]
+        if in_turn:
+            parts.append(f"{rank_list(in_turn)} then failed in turn")
+        if own:
+            parts.append(f"{rank_list(own)} then failed on {'its' if len(own) == 1 else 'their'} own")
         if early:
             parts.append(f"{rank_list(early)} had already exited (code 0)")
         if stopped:

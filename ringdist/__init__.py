@@ -96,7 +96,8 @@ def __getattr__(name: str) -> object:
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | _NAMES)
+    """The API (what tab completion offers): not the modules this one uses (`sys`, `signal`)."""
+    return sorted(__all__)
 
 
 __version__ = "0.1.0"

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from . import buffers, comm as comm_module, tuning, uneven as uneven_module, work
+from . import buffers, comm as comm_module, tuning, uneven as uneven_module, wire, work
 from .arrays import as_array, as_rows, check_rows_divide, clear_padding, reducible
 from .calls import _comm, _header, check_flag, check_reduce_op, check_root
 from .comm import Comm
@@ -229,8 +229,8 @@ def _averageable(x: Any, call: str, g: Comm, rows: bool = False) -> np.ndarray:
     arr = as_rows(x, call, g) if rows else as_array(x, call, g)
     arr = reducible(arr, "all_sum", call, g)
     if not _averages(arr.dtype):
-        raise TypeError(f"rank {g.rank()}: {call}: dtype {arr.dtype} cannot hold an average; pass a floating "
-                        f"dtype, or sum and divide")
+        raise TypeError(f"rank {g.rank()}: {wire.called_as(call)}: dtype {arr.dtype} cannot hold an average; pass a "
+                        f"floating dtype, or sum and divide")
     return arr
 
 

@@ -33,6 +33,10 @@ class Group(Comm):
             work.before_close(self)
         super().close()
 
+    def __reduce__(self) -> None:  # type: ignore[override]
+        raise TypeError(f"rank {self.rank()}: a Group cannot be pickled or sent (group {self.gid!r}): it is this "
+                        f"process's connections; every rank makes its own (rd.init(), split)")
+
     @property
     def direct_max(self) -> int:
         """The largest per-rank block this group exchanges directly (RINGDIST_DIRECT_MAX, else

@@ -310,6 +310,14 @@ _CALLED_AS = {"all_avg": ("all_reduce", "avg"),
               **{f"{r}_scatter": ("reduce_scatter", r) for r in ("max", "min", "prod", "band", "bor", "bxor", "avg")}}
 
 
+def called_as(op: str) -> str:
+    """A call as its user made it: `all_reduce(op='avg')` for all_avg, which has no function."""
+    if op in _CALLED_AS:
+        call, reduction = _CALLED_AS[op]
+        return f"{call}(op={reduction!r})"
+    return op
+
+
 # ---- handshake -------------------------------------------------------------------------------
 
 

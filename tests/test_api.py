@@ -24,6 +24,36 @@ def test_all_lists_exactly_the_public_api():
         assert hasattr(rd, name), name
 
 
+def test_dir_offers_the_api_and_not_the_modules_it_uses():
+    assert set(dir(rd)) == PUBLIC
+
+
+def test_a_group_cannot_be_pickled_and_says_why():
+    import pickle
+
+    import numpy as np
+    import pytest
+    from harness import RankFailed, run_ranks
+
+    with pytest.raises(TypeError, match=r"rank 0: a Group cannot be pickled or sent \(group 'world'\): it is this "
+                                        r"process's connections; every rank makes its own"):
+        pickle.dumps(rd.init())
+
+    def rank(g):
+        if g.rank() == 0:
+            rd.send_object(g, 1, group=g)
+        else:
+            rd.recv_object(0, group=g)
+        return rd.all_sum(np.ones(2), group=g)
+
+    with pytest.raises(RankFailed) as failed:
+        run_ranks(2, rank)
+    sender, receiver = failed.value.errors
+    assert isinstance(sender, ValueError) and "a Group cannot be pickled or sent" in str(sender), sender
+    assert isinstance(receiver, ValueError) and "rank 0 could not send its object" in str(receiver) and \
+        "pickled or sent" in str(receiver), receiver
+
+
 def test_exception_tree():
     assert issubclass(rd.RingError, RuntimeError)
     for name in PUBLIC:

@@ -40,7 +40,7 @@ def test_avg_async_and_on_a_group_of_one():
 def test_an_integer_avg_is_refused_on_every_rank_naming_the_rank(dtype):
     def rank(g):
         x = np.arange(3).astype(dtype) if g.rank() == 1 else np.ones(3)
-        with pytest.raises((TypeError, rd.RingError), match=rf"rank 1: all_avg: dtype {np.dtype(dtype)} cannot hold an "
+        with pytest.raises((TypeError, rd.RingError), match=rf"rank 1: all_reduce\(op='avg'\): dtype {np.dtype(dtype)} cannot hold an "
                                                              r"average; pass a floating dtype, or sum and divide"):
             rd.all_reduce(x, "avg", group=g)
         return "raised"
@@ -111,3 +111,14 @@ def test_a_reduce_scatter_avg_never_pairs_with_a_sum():
         run_ranks(2, rank)
     assert all(isinstance(e, rd.MismatchError) for e in failed.value.errors)
     assert "rank 0 called reduce_scatter(shape=(4,), dtype=float64, op='avg')" in str(failed.value.errors[0])
+
+
+def test_an_average_of_integers_is_refused_naming_the_call_as_it_was_made():
+    def rank(g):
+        with pytest.raises(TypeError) as refused:
+            rd.all_reduce(np.arange(3), "avg", group=g)
+        return str(refused.value)
+
+    for r, said in enumerate(run_ranks(2, rank)):
+        assert said == (f"rank {r}: all_reduce(op='avg'): dtype int64 cannot hold an average; pass a floating "
+                        f"dtype, or sum and divide"), said

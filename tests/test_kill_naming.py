@@ -96,10 +96,11 @@ def test_policy_waits_for_the_cause_of_a_relayed_failure_even_before_it_starts_l
     decision = policy.rank_exited(1, 1, {3: 5.0, 0: 5.1, 1: 6.0}, told=told)
     assert decision.action is Action.STOP and decision.ranks == (2,), decision
     assert "rank 1 (host localhost, pid 101) exited with code 1 first" in decision.message
-    # Rank 2, stopped, had raised before the stop (its program ignores SIGTERM): it failed on its own.
+    # Rank 2, stopped, had raised before the stop (its program ignores SIGTERM): it failed on its
+    # own; ranks 0 and 3 failed in turn (they passed rank 1's failure on).
     policy.rank_exited(2, 1, {3: 5.0, 0: 5.1, 1: 6.0, 2: 6.1}, told=told)
     assert policy.summary() == ("ringdist-launch: rank 1 (host localhost, pid 101) exited with code 1 first; "
-                                "ranks 0,2,3 then failed on their own")
+                                "ranks 0,3 then failed in turn; rank 2 then failed on its own")
     # With no failure of its own in SETTLE_WAIT, the relayed one is named after all.
     quiet = started_policy(3)
     assert quiet.rank_exited(0, 1, {0: 1.0}, told={0: told[0]}) == Decision(Action.WAIT, (1,))
