@@ -13,7 +13,7 @@ from typing import Any
 from . import channel, deadlines, rendezvous, wire
 from .channel import recv_control, send_blocking
 from .endpoint import Endpoint, InboxKey
-from .errors import ConfigError, ConnectError, PeerLostError, ProtocolError, RingError, RingTimeoutError
+from .errors import ConfigError, ConnectError, PeerLostError, ProtocolError, RingError, RingTimeoutError, known
 from .jobenv import JobEnv
 from .settings import Settings, algo_key
 
@@ -78,12 +78,25 @@ class ControlLink:
         members = msg["members"]
         if len(members) != job.size:
             raise ProtocolError(f"rank {job.rank}: rendezvous table has {len(members)} ranks, expected {job.size}")
+        self._check_members(members)
         self._check_agree(members)
         self.members = members
         if job.launched:
             threading.Thread(target=self._watch, name="ringdist-control", daemon=True).start()
             self.endpoint.tell_failures_to(self._tell_failure)
         return members
+
+    def _check_members(self, members: list) -> None:
+        """ProtocolError naming the world rank whose table entry no rank can use: an entry that
+        is not a map, or addresses that are not 1 to MAX_ADDRESSES [host, port] pairs (the
+        rendezvous refuses those; this rank checks what it is given all the same)."""
+        for r, member in enumerate(members):
+            why = (rendezvous.address_problem(member.get("addresses")) if isinstance(member, dict)
+                   else f"the entry is {type(member).__name__}, not a map")
+            if why is not None:
+                raise known(ProtocolError(f"rank {self.job.rank}: the rendezvous's table gives world rank {r} "
+                                          f"addresses no rank can dial: {why}"),
+                            rank=self.job.rank, group="world", op="init", peer=r)
 
     def _tell_failure(self, why: str, waited: tuple[int, ...] = ()) -> None:
         """This process's first failure, for the rendezvous to give with its departure (the

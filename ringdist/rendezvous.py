@@ -34,8 +34,10 @@ Messages are CONTROL frames (msgpack maps) with a "type":
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import math
+import re
 import select
 import socket
 import threading
@@ -55,6 +57,9 @@ CLOSED = "its connection to the launcher closed (its process ended)"  # why a ra
 FAILURE_CHARS = 500  # of a rank's first failure, given with its departure
 WAITED_KEPT = 64  # world ranks a rank's timeout may name as those it waited for
 EXIT_READ_WAIT = 0.25  # seconds an exit seen waits for the rank's connection to be read to its end
+MAX_ADDRESSES = 64  # addresses one rank may register (RINGDIST_BIND lists one per network)
+MAX_HOST_CHARS = 255  # of a registered host: a DNS name's limit (an IPv6 literal with a zone fits)
+HOST_NAME = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_.-]*[A-Za-z0-9_.])?")  # what a host name may be spelled with
 
 
 def parse_address(text: str) -> tuple[str, int]:
@@ -63,6 +68,48 @@ def parse_address(text: str) -> tuple[str, int]:
     if not sep or not host or not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
         raise ValueError(f"{text!r} is not host:port")
     return host.strip("[]"), int(port)
+
+
+def address_problem(addresses: object) -> str | None:
+    """What is wrong with a rank's registered addresses, or None when they are a list of 1 to
+    MAX_ADDRESSES [host, port] pairs: the host an IP literal or a host name (at most
+    MAX_HOST_CHARS), the port an integer from 1 to 65535."""
+    if not isinstance(addresses, list) or not addresses:
+        return f"addresses must be a non-empty list of [host, port] pairs, got {_shown(addresses)}"
+    if len(addresses) > MAX_ADDRESSES:
+        return f"addresses has {len(addresses)} entries, more than the {MAX_ADDRESSES} a rank may register"
+    for i, pair in enumerate(addresses):
+        why = _pair_problem(pair)
+        if why is not None:
+            return f"addresses[{i}] {why}"
+    return None
+
+
+def _pair_problem(pair: object) -> str | None:
+    """What is wrong with one registered [host, port] pair, or None."""
+    if not isinstance(pair, (list, tuple)) or len(pair) != 2:
+        return f"is {_shown(pair)}, not a [host, port] pair"
+    host, port = pair
+    if not isinstance(host, str) or not 0 < len(host) <= MAX_HOST_CHARS or not _host_like(host):
+        return f"host is {_shown(host)}, not an IP address or host name (at most {MAX_HOST_CHARS} characters)"
+    if type(port) is not int or not 0 < port < 65536:
+        return f"port is {_shown(port)}, not an integer from 1 to 65535"
+    return None
+
+
+def _host_like(host: str) -> bool:
+    """Whether `host` is spelled as an IP literal (an IPv6 one may carry a %zone) or a host name."""
+    try:
+        ipaddress.ip_address(host.split("%", 1)[0])
+        return True
+    except ValueError:
+        return HOST_NAME.fullmatch(host) is not None
+
+
+def _shown(value: object) -> str:
+    """`value` for an error message: its repr, cut short (a registration is the sender's to choose)."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def encode(fields: dict[str, Any]) -> bytes:
@@ -339,8 +386,9 @@ class RendezvousServer:
         if not isinstance(rank, int) or not 0 <= rank < self.world_size:
             raise cannot_start(f"rank {rank!r} is out of range for a world of {self.world_size}")
         addresses = msg.get("addresses")
-        if not isinstance(addresses, list) or not addresses:
-            raise refuse(f"rank {rank} registered no addresses")
+        why = address_problem(addresses)
+        if why is not None:  # a table with it is no use to any rank: every rank is told, as for a bad rank
+            raise cannot_start(f"rank {rank} registered addresses no rank can dial: {why}")
         with self._lock:
             first = self._members.get(rank)
             if first is None:
