@@ -45,10 +45,12 @@ PAUSE_WHEN_OUT_OF_FDS = 0.1  # seconds the listeners rest when no handshake can 
 
 
 class RefusalLog:
-    """Counts refused connections; logs the first `burst`, then one summary line per `interval` seconds."""
+    """Counts refused connections; logs the first `burst`, then one summary line per `interval` seconds.
+    `verb` says what was done to them ("dropped": connections authenticated, then let go)."""
 
-    def __init__(self, label: str, burst: int = 10, interval: float = 10.0):
+    def __init__(self, label: str, burst: int = 10, interval: float = 10.0, verb: str = "refused"):
         self.label = label
+        self.verb = verb
         self.burst = burst
         self.interval = interval
         self.count = 0
@@ -61,7 +63,7 @@ class RefusalLog:
         where = _where(addr)
         self.last = f"{where}: {why}"
         if self.count <= self.burst:
-            log.warning("%s: refused connection from %s: %s", self.label, where, why)
+            log.warning("%s: %s connection from %s: %s", self.label, self.verb, where, why)
             self._last_summary = time.monotonic()
             return
         self.suppressed += 1
@@ -71,8 +73,8 @@ class RefusalLog:
     def flush(self) -> None:
         """Log the refusals not logged yet, in one line."""
         if self.suppressed:
-            log.warning("%s: refused %d more connections (%d in all; latest from %s)",
-                        self.label, self.suppressed, self.count, self.last)
+            log.warning("%s: %s %d more connections (%d in all; latest from %s)",
+                        self.label, self.verb, self.suppressed, self.count, self.last)
             self.suppressed = 0
             self._last_summary = time.monotonic()
 

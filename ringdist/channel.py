@@ -429,6 +429,29 @@ def closed_by_peer(socks: list[socket.socket]) -> list[socket.socket]:
     return [by_fd[fd] for fd, _ in looker.poll(0)]
 
 
+def ended_by_peer(socks: list[socket.socket]) -> list[socket.socket]:
+    """Of connections nothing here reads yet, those whose peer closed or reset them with nothing
+    left unread (bytes that came first stay theirs to read): one poll that does not wait, and a
+    peek at each connection with news."""
+    looker = select.poll()
+    by_fd: dict[int, socket.socket] = {}
+    for sock in socks:
+        fd = sock.fileno()
+        if fd >= 0:
+            by_fd[fd] = sock
+            looker.register(fd, select.POLLIN | getattr(select, "POLLRDHUP", 0))
+    ended = []
+    for fd, _ in looker.poll(0):
+        try:
+            if by_fd[fd].recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b"":
+                ended.append(by_fd[fd])
+        except (BlockingIOError, InterruptedError):
+            pass
+        except OSError:  # reset
+            ended.append(by_fd[fd])
+    return ended
+
+
 def read_abort(sock: socket.socket, deadline: float) -> dict | None:
     """The fields of an ABORT frame the peer sends on `sock` before closing it, or None (it
     closed with nothing to say, or said nothing by `deadline`)."""

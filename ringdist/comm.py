@@ -169,6 +169,7 @@ class Comm:
         self._in_lock = threading.Lock()  # guards the three above
         if size > 1:
             assert endpoint is not None
+            endpoint.note_group(gid)  # what its peers filed here before it was made is its own
             ring = RingLinks(gid, rank, size, world_ranks)
             try:
                 ring.connect(endpoint, addresses, settings.lanes, settings.connect_timeout, self._asking)

@@ -19,7 +19,7 @@ import time
 from typing import Callable, NamedTuple
 
 from . import channel, deadlines, forks, posixshm, wire
-from .acceptor import Acceptor
+from .acceptor import Acceptor, RefusalLog
 from .errors import AuthError, ConnectError, PeerLostError, RingError, RingTimeoutError
 from .handshake import HandshakeCutOff, client_handshake
 
@@ -42,6 +42,15 @@ CUT_OFF_HINT = ("; its acceptor drops handshakes it cannot serve: it is out of f
 ASK_KIND = "ask"  # a connection that asks whether a group failed at the rank dialed (`ask`)
 ASK_MESSAGE, ASK_LINK = 0, 1  # an ask's lane: what its wait is for (a message connection, a link)
 ASKS_KEPT = 1024  # asks an endpoint keeps open to answer when a group fails here, at most
+# Connections filed for a group not made here (yet) that an endpoint keeps, at most: from one
+# group rank (as the dialer names itself), and in all. A peer ahead of this rank in a split dials
+# it before this rank makes the group; a rank makes groups one at a time (per thread: a split
+# returns once its group is made, and the next split needs this rank's part), and into each
+# a peer dials at most a connection per ring lane (16 at most), its link, its shared-memory
+# link and its message connection: 19. The total: every peer of a group of 4096 ranks sending
+# this rank a message and linking its shared memory, for two groups at once.
+EARLY_PER_PEER = 256
+EARLY_KEPT = 16384
 
 
 def _first(addresses: list[tuple[str, int]] | None) -> tuple[str, int] | None:
@@ -82,6 +91,12 @@ class Endpoint:
         # Groups (or a group's kind of connection) that have ended here: a connection for one
         # that arrives later is closed, not kept in the inbox for good. The latest ENDED_KEPT.
         self._ended: dict[tuple[str, str | None], None] = {}
+        self._groups: set[str] = set()  # groups made here (`note_group`) and not ended
+        # Connections in the inbox for a group not made here when they came, oldest first (with
+        # where from), and how many each group rank dialed: capped (`_keep_early`).
+        self._early: dict[socket.socket, tuple[InboxKey, object]] = {}
+        self._early_peers: dict[int, int] = {}
+        self._dropped = RefusalLog(label, verb="dropped")  # early connections let go past the caps
         self._failed = False  # a group of this process has failed (the first is told: `tell_failures_to`)
         self._on_failure: Callable[[str, tuple[int, ...]], None] | None = None  # told that first failure
         # Ranks whose connection is waited for, by their first address: when their addresses
@@ -158,7 +173,71 @@ class Endpoint:
                 self._keep_ask(key, conn)
                 return
             self._inbox.setdefault(key, []).append(conn)
+            dropped = self._keep_early(key, conn, addr) if key.group not in self._groups else []
             self._cond.notify_all()
+        for sock in dropped:
+            sock.close()
+
+    def _keep_early(self, key: InboxKey, conn: socket.socket, addr: object) -> list[socket.socket]:
+        """Count a connection filed for a group not made here (under the lock). Past EARLY_PER_PEER
+        from its group rank, or EARLY_KEPT in all, those whose dialer has closed them with nothing
+        sent are let go first, then the oldest beyond the cap, logged at a bounded rate: a member
+        dialing made-up groups cannot take every file descriptor. What to close is returned."""
+        self._early[conn] = (key, addr)
+        self._early_peers[key.peer] = self._early_peers.get(key.peer, 0) + 1
+        crowded = self._early_peers[key.peer] > EARLY_PER_PEER
+        if not crowded and len(self._early) <= EARLY_KEPT:
+            return []
+        mine = [sock for sock, (k, _) in self._early.items() if not crowded or k.peer == key.peer]
+        dropped = channel.ended_by_peer(mine)
+        for sock in dropped:
+            self._unfile(sock)
+        while self._early_peers.get(key.peer, 0) > EARLY_PER_PEER or len(self._early) > EARLY_KEPT:
+            over = self._early_peers.get(key.peer, 0) > EARLY_PER_PEER
+            oldest = next(sock for sock, (k, _) in self._early.items() if not over or k.peer == key.peer)
+            (group, peer, kind, lane), where = self._unfile(oldest)
+            cap = f"{EARLY_PER_PEER} from that rank" if over else f"{EARLY_KEPT} in all"
+            self._dropped.refuse(where, f"unclaimed {kind} connection (lane {lane}) from rank {peer} of group "
+                                        f"{group!r}, a group not made here: more than {cap} wait")
+            dropped.append(oldest)
+        return dropped
+
+    def _unfile(self, sock: socket.socket) -> tuple[InboxKey, object]:
+        """Take an early connection out of the inbox and the count (under the lock): its key and
+        where from."""
+        key, where = self._early.pop(sock)
+        self._unearly(key)
+        queue = self._inbox[key]
+        queue.remove(sock)
+        if not queue:
+            del self._inbox[key]
+        return key, where
+
+    def _unearly(self, key: InboxKey) -> None:
+        """One early connection fewer from `key`'s group rank (under the lock)."""
+        left = self._early_peers[key.peer] - 1
+        if left:
+            self._early_peers[key.peer] = left
+        else:
+            del self._early_peers[key.peer]
+
+    def _claimed(self, conns: list[socket.socket]) -> None:
+        """Connections taken out of the inbox (under the lock): no longer early, if they were."""
+        for sock in conns:
+            early = self._early.pop(sock, None)
+            if early is not None:
+                self._unearly(early[0])
+
+    def note_group(self, group: str) -> None:
+        """Group `group` is being made here: the connections filed for it are its own from now on,
+        not counted against the caps on those for groups not made here."""
+        with self._cond:
+            self._groups.add(group)
+            self._claimed(self._filed_for(group))
+
+    def _filed_for(self, group: str) -> list[socket.socket]:
+        """The connections waiting in the inbox for `group` (under the lock)."""
+        return [sock for key, queue in self._inbox.items() if key.group == group for sock in queue]
 
     def _keep_ask(self, key: InboxKey, conn: socket.socket) -> None:
         """Keep an ask open (under the lock) to answer it if its group fails here; asks whose
@@ -199,7 +278,9 @@ class Endpoint:
     def _pop_filed(self, which: Callable[[InboxKey], bool]) -> list[socket.socket]:
         """The inbox's connections whose keys `which` says, taken out (under the lock). Loops
         under the lock are functions of their own (`handle._hook`: Python 3.13 and Ctrl-C)."""
-        return [conn for key in [k for k in self._inbox if which(k)] for conn in self._inbox.pop(key)]
+        filed = [conn for key in [k for k in self._inbox if which(k)] for conn in self._inbox.pop(key)]
+        self._claimed(filed)
+        return filed
 
     def _filed_peers(self, group: str, kind: str) -> list[int]:
         return [key.peer for key in self._inbox if key.group == group and key.kind == kind]
@@ -314,6 +395,7 @@ class Endpoint:
                     conn = queue.pop(0)
                     if not queue:
                         del self._inbox[key]
+                    self._claimed([conn])
                     conn.settimeout(None)
                     self._probes.pop(_first(source), None)
                     return conn
@@ -382,6 +464,7 @@ class Endpoint:
                 conn = queue.pop(0)
                 if not queue:
                     del self._inbox[key]
+                self._claimed([conn])
                 self._probes.pop(_first(source), None)
         if queue is None:
             if gone is None:
@@ -414,6 +497,8 @@ class Endpoint:
         asks: list[socket.socket] = []
         with self._cond:
             self._ended[(group, kind)] = None
+            if kind is None:
+                self._groups.discard(group)
             if kind is None and group not in self._answers:
                 # (a failed group's asks are still answered "keep waiting" where it dialed)
                 self._dialed = _without(self._dialed, group)
@@ -566,8 +651,11 @@ class Endpoint:
                 for conn in queue:
                     conn.close()
             self._inbox.clear()
+            self._early.clear()
+            self._early_peers.clear()
             self._asks.clear()
             self._cond.notify_all()
+        self._dropped.flush()
         if hasattr(self, "_acceptor"):
             self._acceptor.close()
         for lsock in self._listeners:
