@@ -173,5 +173,7 @@ def test_connections_of_peers_ahead_in_a_split_are_all_kept_and_claimed(monkeypa
     assert out[0] == [([float(n)], list(range(1, n)))] * 3, out[0]
     assert all(o == [([float(n)], None)] * 3 for o in out[1:]), out
     assert not [r for r in caplog.records if "dropped" in r.getMessage()]
-    assert keep_early is None or {(k.group, k.kind) for k in early} == {(f"world/{i}:0", "ring") for i in range(3)}, early
+    # (The world group's own may come early too, where a peer's is made first: kept all the same.)
+    assert keep_early is None or {(f"world/{i}:0", "ring") for i in range(3)} <= {(k.group, k.kind) for k in early}, \
+        early
     assert all(not getattr(ep, "_early", None) and not getattr(ep, "_early_peers", None) for ep in endpoints)
