@@ -152,7 +152,7 @@ def test_ringdist_shm_posix_is_read_and_a_bad_value_is_a_clear_error():
     # The launcher refuses it before starting any rank, in one line naming the variable.
     res = run_launcher(["-n", "2", "--env", "RINGDIST_SHM=POSIX", str(SCRIPTS / "shm_posix.py"), "once"], timeout=60)
     assert res.returncode == 2, res.stdout + res.stderr
-    assert re.fullmatch(r"ringdist-launch: error: RINGDIST_SHM='POSIX' must be [^\n]*\n", res.stderr), res.stderr
+    assert re.fullmatch(r"ringdist-launch: error: --env: RINGDIST_SHM='POSIX' must be [^\n]*\n", res.stderr), res.stderr
     assert res.stdout == ""
 
 

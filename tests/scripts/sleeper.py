@@ -1,7 +1,8 @@
 """Starts a child `sleep`, prints "pid <own pid> <child pid>", then sleeps SECONDS.
 
 usage: sleeper.py SECONDS [--ignore-term]
-With --ignore-term the rank ignores SIGTERM, so only SIGKILL stops it.
+With --ignore-term the rank ignores SIGTERM and SIGINT (the launcher's stops: a Ctrl-C passed
+on, then SIGTERM), so only SIGKILL stops it.
 """
 
 import os
@@ -13,6 +14,7 @@ import time
 seconds = float(sys.argv[1])
 if "--ignore-term" in sys.argv:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 child = subprocess.Popen([sys.executable, "-c", f"import time; time.sleep({seconds})"])
 print(f"pid {os.getpid()} {child.pid}", flush=True)
 time.sleep(seconds)
