@@ -16,7 +16,7 @@ import time
 from typing import Any, Protocol
 
 from . import errors, wire
-from .channel import Channel, world_rank
+from .channel import Channel, peer_name, world_rank
 from .errors import PeerLostError, ProtocolError, RingError
 
 
@@ -42,7 +42,7 @@ def raise_remote(fields: dict[str, Any], ch: Channel, op: str) -> None:
     if not isinstance(origin, int) or isinstance(origin, bool) or origin < 0 or (ranks and origin >= len(ranks)):
         origin = ch.peer  # (no rank of the group: the one that sent it)
     world = world_rank(ch, origin)
-    exc = cls(f"rank {ch.me}: {op} aborted by rank {origin}{f' ({world})' if world else ''}: {message}")
+    exc = cls(f"{peer_name(ch, ch.me)}: {op} aborted by rank {origin}{f' ({world})' if world else ''}: {message}")
     exc.ringdist_origin = (origin, message)  # what an ABORT passed on carries, unchanged
     peer, address = fields.get("peer"), fields.get("address")
     if not isinstance(peer, int) or isinstance(peer, bool) or peer < 0 or (ranks and peer >= len(ranks)):

@@ -891,7 +891,7 @@ class Channel:
 
     def lost(self, why: str, op: str = "") -> PeerLostError:
         during = f" during {op}" if op else ""
-        exc = PeerLostError(f"rank {self.me}: lost {self.describe()}{during}: {why}")
+        exc = PeerLostError(f"{peer_name(self, self.me)}: lost {self.describe()}{during}: {why}")
         exc.ringdist_peer = (self.group, self.peer)  # type: ignore[attr-defined]  (`Comm.why_lost`)
         return about(self, exc, op)
 

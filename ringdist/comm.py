@@ -431,11 +431,17 @@ class Comm:
     def check_usable(self, op: str) -> None:
         """Refuse work on a closed group, or one whose earlier operation failed."""
         if self._closed:
-            raise self.named(RingError(f"rank {self._rank}: group {self.gid!r} is closed{self.closed_note}"), op)
+            raise self.named(RingError(f"{self.rank_name}: group {self.gid!r} is closed{self.closed_note}"), op)
         if self._broken:
             raise self.named(GroupBrokenError(
-                f"rank {self._rank}: group {self.gid!r} cannot run {op}: an earlier operation on it failed "
+                f"{self.rank_name}: group {self.gid!r} cannot run {op}: an earlier operation on it failed "
                 f"({self._broken}); its ranks are no longer in step"), op)
+
+    @property
+    def rank_name(self) -> str:
+        """This rank as errors name it: 'rank 0', with '(world rank 3)' in a sub-group where that differs."""
+        world = self._world_ranks[self._rank] if self._world_ranks else self._rank
+        return f"rank {self._rank}" if world == self._rank else f"rank {self._rank} (world rank {world})"
 
     def named(self, exc: BaseException, op: str | None) -> BaseException:
         """`exc`, an error of call `op` on this group, carrying this rank, the group and the call."""

@@ -27,7 +27,7 @@ import time
 from typing import Any, Callable
 
 from . import deadlines, forks, wire
-from .channel import Channel, about, unsent_bytes, world_of
+from .channel import Channel, about, peer_name, unsent_bytes, world_of
 from .errors import RingError, RingTimeoutError
 from .flows import MAX_FRAME, Inflow, Outflow, Segments, Watch, intro
 
@@ -232,7 +232,8 @@ def stall_error(inflows: list[Inflow], outflows: list[Outflow], op: str, me: int
     waits = [f"receiving from {f.ch.describe()} ({_progress(f)})" for f in ins]
     waits += [f"sending to {f.ch.describe()} ({f.framed} of {f.total} bytes framed)" for f in outs]
     detail = "; ".join(waits) or "waiting"
-    exc = RingTimeoutError(f"rank {me}: {op} made no progress for {timeout:g} s: {detail}")
+    named = peer_name((ins + outs)[0].ch, me) if ins or outs else f"rank {me}"  # (with its world rank)
+    exc = RingTimeoutError(f"{named}: {op} made no progress for {timeout:g} s: {detail}")
     peers = {f.ch.peer: f.ch for f in ins + outs}
     if len(peers) == 1:  # the peer it waited for (of several, none is named)
         about(next(iter(peers.values())), exc, op)
