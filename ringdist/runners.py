@@ -107,6 +107,9 @@ class Runner:
                             break
                     continue
                 self._run(job)
+                # Dropped before the next wait: the job holds its call (the input, in its closure) and
+                # its result, which the caller's handle alone should keep alive once it is complete.
+                job = None
         except BaseException as exc:  # noqa: BLE001 - a defect here must not leave waits hanging
             handle.log.exception("ringdist: the runner of group %r failed", self.g.gid)
             with handle.lock:

@@ -405,3 +405,24 @@ def test_a_send_that_fails_while_an_async_collective_runs_completes_with_its_err
         summed, sent = run_ranks(2, rank, shm=False)[0]
         assert not summed.startswith(("returned", "outstanding")), summed
         assert not sent.startswith(("returned", "outstanding")), sent
+
+
+def test_a_completed_async_collective_frees_its_input_and_result_at_once():
+    # The group's runner waits up to runners.IDLE (1 s) for its next job; the job it last ran
+    # (its call, whose closure holds the input, and its result) must not stay alive through that
+    # wait: once the caller drops the input, the result and the handle, both are freed.
+    import weakref
+
+    def rank(g):
+        x = np.ones(1 << 16)
+        w = rd.all_sum(x, group=g, async_op=True)
+        y = w.wait()
+        assert np.array_equal(y, np.full(1 << 16, 2.0))
+        refs = weakref.ref(x), weakref.ref(y)
+        del x, y, w
+        deadline = time.monotonic() + 0.2
+        while any(ref() is not None for ref in refs) and time.monotonic() < deadline:
+            time.sleep(0.005)
+        return [ref() is None for ref in refs]
+
+    assert run_ranks(2, rank) == [[True, True], [True, True]]
