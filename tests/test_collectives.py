@@ -129,3 +129,17 @@ def test_all_gather_peak_memory_is_input_plus_output_call_after_call():
     peaks = [float(p) for p in re.findall(r"^\[\d\] call \d: peak ([\d.]+) MiB over baseline$", res.stdout, re.M)]
     assert len(peaks) == 12, res.stdout
     assert all(24 + 96 - 1 <= p < 24 + 96 + 16 for p in peaks), peaks
+
+
+@PEAK_MEMORY
+def test_a_ring_all_sum_over_tcp_holds_no_scratch_for_its_partial_sums():
+    # 4 ranks over TCP, 32 MiB a rank: the ring's reduce-scatter runs on into its all-gather, and
+    # the partial sums land in the result's blocks the all-gather fills later. They had a
+    # scratch array of (N-2)/N of the input: 16 MiB more here, past the 16 MiB allowed at 64.
+    env = {**FAST, "RINGDIST_SHM": "0", "RINGDIST_BUFFER_CACHE_MB": "0"}
+    res = run_launcher(["-n", "4", str(SCRIPTS / "memory_peak.py"), "32", "all_sum", "2"], timeout=120, env=env)
+    assert res.returncode == 0, res.stdout + res.stderr
+    found = re.findall(r"^\[(\d+)\] shm=False in=([\d.]+) out=([\d.]+) peak=([\d.]+)$", res.stdout, re.M)
+    assert len(found) == 4, res.stdout + res.stderr
+    for r, inp, out, peak in found:
+        assert float(peak) <= float(inp) + float(out) + 4, (r, inp, out, peak)

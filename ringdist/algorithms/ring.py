@@ -57,11 +57,13 @@ def reduce_flows(g: Comm, own: np.ndarray, dest: np.ndarray, bounds: list[tuple[
                   out: np.ndarray | None = None) -> tuple[list[Inflow], list[Outflow]]:
     """Ring reduce-scatter of flat `own` (element bounds per block) leaving block r reduced in `dest`.
 
-    Partial sums travel in scratch buffers; a partial is forwarded as soon as it is reduced.
-    With `out` (flat, `dest` being its block r) each stream goes on into the all-gather of
-    the reduced blocks into `out`, with no pause between the two: the all-gather sends this
-    rank's block as it is reduced and forwards the others as they land. Either way a
-    stream's outflow is its own first piece followed by its inflow, one segment behind.
+    A partial is forwarded as soon as it is reduced. With `out` (flat, `dest` being its block r)
+    each stream goes on into the all-gather of the reduced blocks into `out`, with no pause
+    between the two: the all-gather sends this rank's block as it is reduced and forwards the
+    others as they land; the partial sums land in `out` too, in the blocks the all-gather fills
+    later (a block's reduced bytes come only once this rank's partial of them has gone on: they
+    are made from it), so no scratch holds them. Without `out` they travel in a scratch array.
+    Either way a stream's outflow is its own first piece followed by its inflow, one segment behind.
     """
     n, r = g.size(), g.rank()
     itemsize = own.itemsize
@@ -76,14 +78,18 @@ def reduce_flows(g: Comm, own: np.ndarray, dest: np.ndarray, bounds: list[tuple[
         """The pieces this stream receives as partial sums, to reduce and pass on (N-2 of them)."""
         return [piece(i, parts, index) for i in schedule.reduce_scatter_order(r, n, direction)[1][:-1]]
 
-    # One scratch array holds every partial sum of the call; a large one is reused call after call.
-    need = sum(p.stop - p.start for direction, _, _, index, parts in chosen for p in partials(direction, parts, index))
+    # Without `out`, one scratch array holds every partial sum of the call (reused call after call).
+    need = 0 if out is not None else \
+        sum(p.stop - p.start for direction, _, _, index, parts in chosen for p in partials(direction, parts, index))
     scratch = buffers.cache.empty((need,), own.dtype, min_bytes=buffers.SCRATCH_MIN_BYTES)
     used = 0
     for direction, send_ch, recv_ch, index, parts in chosen:
         send, recv = schedule.reduce_scatter_order(r, n, direction)
         accs = []
         for p in partials(direction, parts, index):
+            if out is not None:
+                accs.append(out[p])
+                continue
             accs.append(scratch[used:used + p.stop - p.start])
             used += p.stop - p.start
         mine = piece(r, parts, index)
