@@ -67,12 +67,14 @@ def choose_rendezvous(plan: JobPlan, option: str | None, agent: Sequence[str] | 
         if address:
             return address, 0
     if agent is None or is_ssh_like(agent):  # an alias in ~/.ssh/config: ask ssh for the real name
-        real = _ssh_hostname(list(agent or ["ssh"]), first.ssh)
+        config = _ssh_config(list(agent or ["ssh"]), first.ssh)
+        real = config.get("hostname")
         address = source_address(real) if real else None
         if address:
             return address, 0
         name = real or target
-        if not datagram_addresses(name):  # ssh could not reach it either
+        proxied = any(config.get(key, "none") != "none" for key in ("proxyjump", "proxycommand"))
+        if not proxied and not datagram_addresses(name):  # ssh could not reach it either (a jump host may)
             raise UnreachableHost(f"host {first.host!r}: cannot resolve {name!r} (no such host name, or no "
                                   f"name service)")
     raise ConfigError(
@@ -80,13 +82,16 @@ def choose_rendezvous(plan: JobPlan, option: str | None, agent: Sequence[str] | 
         f"(tried {', '.join(candidates)}); give --rendezvous ADDR[:PORT]")
 
 
-def _ssh_hostname(agent: list[str], target: str) -> str | None:
+def _ssh_config(agent: list[str], target: str) -> dict[str, str]:
+    """What ssh would use to reach `target` (`ssh -G`: hostname, proxyjump, ...), by lower-case key;
+    empty when ssh cannot say."""
     try:
         out = subprocess.run([*agent, "-G", target], capture_output=True, text=True, timeout=10).stdout
     except (OSError, subprocess.TimeoutExpired):
-        return None
+        return {}
+    config: dict[str, str] = {}
     for line in out.splitlines():
         key, _, value = line.partition(" ")
-        if key == "hostname" and value:
-            return value.strip()
-    return None
+        if value.strip():
+            config.setdefault(key.lower(), value.strip())
+    return config

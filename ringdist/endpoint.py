@@ -47,8 +47,9 @@ ASKS_KEPT = 1024  # asks an endpoint keeps open to answer when a group fails her
 # it before this rank makes the group; a rank makes groups one at a time (per thread: a split
 # returns once its group is made, and the next split needs this rank's part), and into each
 # a peer dials at most a connection per ring lane (16 at most), its link, its shared-memory
-# link and its message connection: 19. The total: every peer of a group of 4096 ranks sending
-# this rank a message and linking its shared memory, for two groups at once.
+# link and its message connection: 19. The total: every peer of a group of 4096 ranks dialing
+# this rank's link, its shared memory and a message connection before this rank makes the
+# group (3 x 4095, and the ring's lanes).
 EARLY_PER_PEER = 256
 EARLY_KEPT = 16384
 

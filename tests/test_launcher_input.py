@@ -363,9 +363,16 @@ def test_a_remote_host_whose_name_does_not_resolve_is_unreachable(monkeypatch, c
 
     monkeypatch.setattr(route, "source_address", lambda host: None)
     monkeypatch.setattr(route, "datagram_addresses", lambda host: [])
-    monkeypatch.setattr(route, "_ssh_hostname", lambda agent, target: "nosuchhost.invalid")
+    monkeypatch.setattr(route, "_ssh_config", lambda agent, target: {"hostname": "nosuchhost.invalid"})
     status = cli.main(["--hosts", "nosuchhost.invalid", "--", PY, "-c", "pass"])
     err = capsys.readouterr().err
     assert status == 255, err
     assert err.strip() == ("ringdist-launch: host 'nosuchhost.invalid': cannot resolve 'nosuchhost.invalid' "
                            "(no such host name, or no name service)"), err
+    # Behind a jump host, ssh resolves the name there: the address to give is still asked for.
+    monkeypatch.setattr(route, "_ssh_config", lambda agent, target: {"hostname": "db7.internal.invalid",
+                                                                      "proxyjump": "bastion.example.com"})
+    status = cli.main(["--hosts", "inner", "--", PY, "-c", "pass"])
+    err = capsys.readouterr().err
+    assert status == 2 and "cannot tell which address of this machine host 'inner' can reach" in err, err
+    assert "give --rendezvous ADDR[:PORT]" in err, err
