@@ -240,6 +240,7 @@ class Comm:
         so far, and (`Endpoint.note_aborted`) on those peers dialed that wait untaken, those that
         come later and asks; the launcher hears it with this rank's departure."""
         assert self._endpoint is not None
+        known(exc, rank=self._rank, group=self.gid, op="init" if self.gid == "world" else "split")
         frame = wire.encode_map(wire.ABORT, aborts.abort_fields(exc, self._rank, -1))
         budget = deadlines.after(aborts.ABORT_BUDGET)
         for ch in channels:
@@ -893,7 +894,7 @@ class Comm:
                 try:
                     sock = self._endpoint.connect(self._addresses[peer], InboxKey(self.gid, self._rank, "p2p", 0),
                                                   deadline, f"rank {peer} of group {self.gid!r}", up=True, check=check,
-                                                  me=self._rank)
+                                                  me=self._rank, peer_rank=peer)
                 except BaseException:
                     self._endpoint.note_not_dialed(self.gid, peer)
                     raise

@@ -20,7 +20,7 @@ from typing import Callable, NamedTuple
 
 from . import channel, deadlines, forks, posixshm, wire
 from .acceptor import Acceptor, RefusalLog
-from .errors import AuthError, ConnectError, PeerLostError, RingError, RingTimeoutError
+from .errors import AuthError, ConnectError, PeerLostError, RingError, RingTimeoutError, known
 from .handshake import HandshakeCutOff, client_handshake
 
 log = logging.getLogger("ringdist")
@@ -387,7 +387,17 @@ class Endpoint:
         DEPARTED_GRACE has passed with nothing from it), PeerLostError, after a last `check` (an
         ABORT from another rank names the first failure, which that rank's departure may follow).
         `me`: this rank's rank in the group taking it, which errors name (default: the world's);
-        `none_came`: what its timeout says happened."""
+        `none_came`: what its timeout says happened. Its errors carry the group and the rank
+        waited for (`errors.known`)."""
+        try:
+            return self._take(key, deadline, what, check, source, me, none_came)
+        except RingError as exc:
+            known(exc, rank=me, group=key.group, peer=key.peer,
+                  address=channel.format_address(*source[0]) if source else None)
+            raise
+
+    def _take(self, key: InboxKey, deadline: float, what: str, check: Callable[[], None] | None,
+              source: list[tuple[str, int]] | None, me: int | None, none_came: str) -> socket.socket:
         label = self.label if me is None else f"rank {me}"
         while True:
             with self._cond:
@@ -516,7 +526,7 @@ class Endpoint:
 
     def connect(self, addresses: list[tuple[str, int]], key: InboxKey, deadline: float,
                 peer: str, *, up: bool = False, check: Callable[[], None] | None = None,
-                me: int | None = None) -> socket.socket:
+                me: int | None = None, peer_rank: int | None = None) -> socket.socket:
         """Dial `peer` at the first of `addresses` that answers, and authenticate.
 
         `key` is what the peer files the connection under: (group, my rank, kind, lane).
@@ -527,8 +537,18 @@ class Endpoint:
         table only once it listens there), every address refusing means it has left the job:
         PeerLostError at once, not a wait until `deadline`; so does a peer known to have left
         the job (`note_departed`). `check` is called between tries (an ABORT seen meanwhile).
-        `me`: this rank's rank in the group dialing, which errors name (default: the world's).
+        `me`: this rank's rank in the group dialing, which errors name (default: the world's);
+        `peer_rank`: the peer's, which its errors carry with the group and its address.
         """
+        try:
+            return self._connect(addresses, key, deadline, peer, up, check, me)
+        except RingError as exc:
+            known(exc, rank=me, group=key.group, peer=peer_rank,
+                  address=channel.format_address(*addresses[0]) if addresses else None)
+            raise
+
+    def _connect(self, addresses: list[tuple[str, int]], key: InboxKey, deadline: float, peer: str, up: bool,
+                 check: Callable[[], None] | None, me: int | None) -> socket.socket:
         label = self.label if me is None else f"rank {me}"
         errors: list[str] = []
         attempts = 0

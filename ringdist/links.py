@@ -64,7 +64,7 @@ class Links:
             sock = self.endpoint.connect(self.addresses[p], InboxKey(self.group, self.rank, KIND, 0),
                                          min(connect_deadline, accept_deadline),
                                          f"{peer_name(self, p)} of group {self.group!r}",
-                                         up=True, check=check, me=self.rank)
+                                         up=True, check=check, me=self.rank, peer_rank=p)
             self.endpoint.note_linked(self.group, p)  # p's kept asks for this link (`asking`) are let go
         else:
             sock = self.endpoint.take(InboxKey(self.group, p, KIND, 0), accept_deadline,

@@ -36,7 +36,8 @@ class RingLinks:
         deadline = time.monotonic() + timeout
         for lane in range(lanes):
             sock = endpoint.connect(addresses[right], InboxKey(group, rank, "ring", lane), deadline,
-                                    f"{peer_name(self, right)} of group {group!r}", up=True, me=rank)
+                                    f"{peer_name(self, right)} of group {group!r}", up=True, me=rank,
+                                    peer_rank=right)
             self.right.append(Channel(sock, me=rank, peer=right, group=group, role="right", lane=lane,
                                       world_ranks=self.world_ranks))
         with watch(left) if watch is not None else contextlib.nullcontext() as check:

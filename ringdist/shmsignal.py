@@ -252,7 +252,10 @@ class Signals:
                         f"{', '.join(self._peer(g, p) for p in pending)} to signal through shared memory")
                     if len(pending) == 1:  # the peer it waited for (of several, none is named)
                         ch = self._channel(g, pending[0])
-                        channel.about(ch, exc, op) if ch is not None else known(exc, peer=pending[0])
+                        if ch is not None:
+                            channel.about(ch, exc, op)
+                        else:  # (no connection to it: past 8 ranks, links open on first use)
+                            known(exc, peer=pending[0], address=channel.format_address(*g.addresses[pending[0]][0]))
                     known(exc, rank=g.rank(), group=g.gid, op=op)
                     raise engine.waited_for(exc, [g.world_ranks[p] for p in pending])
         self._check_given(g, target, fp)

@@ -93,3 +93,19 @@ def test_every_survivor_of_a_killed_rank_names_it_and_its_address(shm):
         assert f["error"] == "PeerLostError" and f["peer"] == 2, found
         assert (f["rank"], f["group"], f["op"]) == (r, "world", "all_sum"), found
         assert f["origin"] in (0, 1, 3), found
+
+
+def test_a_rank_killed_while_a_sub_group_is_made_is_named_by_its_peers():
+    # Errors in a group's setup (a dial, a wait for a peer to connect) carried nothing.
+    proc = run_launcher(["-n", "4", "--grace", "20", str(SCRIPTS / "setup_fields.py")], timeout=90,
+                        env={"RINGDIST_TIMEOUT": "30", "RINGDIST_CONNECT_TIMEOUT": "10"})
+    assert proc.returncode == 137, proc.stdout + proc.stderr
+    found = {int(m.group(1)): json.loads(m.group(2))
+             for m in re.finditer(r"^\[(\d+)\] fields (.*)$", proc.stdout, re.M)}
+    assert sorted(found) == [0, 1, 3], proc.stdout + proc.stderr
+    for world, f in found.items():
+        assert f["group"] not in (None, "world") and (f["op"] == "split" or f["op"].startswith("group setup")), found
+        assert f["rank"] == 3 - world, found  # keys reversed the ranks
+    # Each found it gone, or heard from one that did: the same peer (rank 1 there) and address.
+    assert {(f["peer"], f["address"]) for f in found.values()} == {(1, found[0]["address"])}, found
+    assert found[0]["address"], found
