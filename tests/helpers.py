@@ -19,6 +19,16 @@ ROOT = Path(__file__).resolve().parent.parent
 SCRIPTS = ROOT / "tests" / "scripts"
 HOSTFILES = ROOT / "hostfiles"
 LAUNCHER = [sys.executable, "-m", "ringdist_launch"]
+# A rank that only joins (python -c): prints "joined", or its RingError's type and text and exits 3.
+JOINING_RANK = """
+import ringdist as rd
+try:
+    rd.init()
+except rd.RingError as exc:
+    print(f"{type(exc).__name__}: {exc}")
+    raise SystemExit(3)
+print("joined")
+"""
 
 
 def require(ok: bool, reason: str) -> None:

@@ -17,7 +17,7 @@ import time
 
 import pytest
 
-from helpers import serve_handshake
+from helpers import JOINING_RANK, serve_handshake
 from ringdist import rendezvous, wire
 from ringdist.channel import recv_control, send_blocking
 from ringdist.endpoint import Endpoint, InboxKey
@@ -25,15 +25,6 @@ from ringdist.rendezvous import RendezvousServer
 
 SECRET = b"bad addresses test secret"
 
-RANK = """
-import ringdist as rd
-try:
-    rd.init()
-except rd.RingError as exc:
-    print(f"{type(exc).__name__}: {exc}")
-    raise SystemExit(3)
-print("joined")
-"""
 
 BAD = {  # what a member registers -> what the refusal says of it
     "a string": (["x"], "addresses[0] is 'x', not a [host, port] pair"),
@@ -108,7 +99,7 @@ def test_a_rank_waiting_in_init_fails_at_once_naming_the_member_with_bad_address
     server = RendezvousServer(SECRET.decode(), 2)
     server.start()
     dialer = Endpoint(SECRET, ["127.0.0.1"], connect_timeout=5, label="test")
-    proc = subprocess.Popen([sys.executable, "-c", RANK], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    proc = subprocess.Popen([sys.executable, "-c", JOINING_RANK], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, env=_env(server.address))
     try:
         deadline = time.monotonic() + 30
@@ -180,7 +171,7 @@ class TableRendezvous:
 def test_a_rank_checks_the_table_it_is_given_and_names_the_rank_at_fault(entry, words):
     server = TableRendezvous(entry)
     try:
-        res = subprocess.run([sys.executable, "-c", RANK], capture_output=True, text=True, timeout=60,
+        res = subprocess.run([sys.executable, "-c", JOINING_RANK], capture_output=True, text=True, timeout=60,
                              env=_env(server.address))
     finally:
         server.close()

@@ -20,19 +20,10 @@ import pytest
 from ringdist import wire
 from ringdist.channel import recv_control
 from ringdist.rendezvous import RendezvousServer
-from helpers import serve_handshake
+from helpers import JOINING_RANK, serve_handshake
 
 SECRET = b"registration test secret"
 
-RANK = """
-import ringdist as rd
-try:
-    rd.init()
-except rd.RingError as exc:
-    print(f"{type(exc).__name__}: {exc}")
-    raise SystemExit(3)
-print("joined")
-"""
 
 
 class BreakingRendezvous:
@@ -79,7 +70,7 @@ def test_a_rendezvous_connection_broken_during_registration_is_a_ring_error_nami
     env.update(RINGDIST_RANK="0", RINGDIST_WORLD_SIZE="2", RINGDIST_RENDEZVOUS=f"{host}:{port}",
                RINGDIST_SECRET=SECRET.decode(), RINGDIST_CONNECT_TIMEOUT="3", RINGDIST_INIT_TIMEOUT="20")
     try:
-        res = subprocess.run([sys.executable, "-c", RANK], capture_output=True, text=True, timeout=60, env=env)
+        res = subprocess.run([sys.executable, "-c", JOINING_RANK], capture_output=True, text=True, timeout=60, env=env)
     finally:
         server.close()
     out = res.stdout + res.stderr
@@ -99,7 +90,7 @@ def test_an_init_timeout_that_passes_before_the_registration_is_sent_is_a_ring_t
     env.update(RINGDIST_RANK="0", RINGDIST_WORLD_SIZE="2", RINGDIST_RENDEZVOUS=server.address,
                RINGDIST_SECRET=SECRET.decode(), RINGDIST_CONNECT_TIMEOUT="10", RINGDIST_INIT_TIMEOUT="1e-9")
     try:
-        res = subprocess.run([sys.executable, "-c", RANK], capture_output=True, text=True, timeout=60, env=env)
+        res = subprocess.run([sys.executable, "-c", JOINING_RANK], capture_output=True, text=True, timeout=60, env=env)
     finally:
         server.close()
     out = res.stdout + res.stderr
