@@ -13,6 +13,7 @@ from __future__ import annotations
 import select
 import threading
 import time
+from types import SimpleNamespace
 from typing import Any, Protocol
 
 from . import errors, wire
@@ -52,12 +53,14 @@ def raise_remote(fields: dict[str, Any], ch: Channel, op: str) -> None:
     raise exc
 
 
-def as_call(exc: BaseException, me: int, op: str) -> BaseException:
+def as_call(exc: BaseException, me: int, op: str, world_ranks: list[int] | None = None) -> BaseException:
     """A peer's failure relayed to this rank (`exc`, carrying `ringdist_origin`), as call `op`
-    raises it: of its type, aborted by the rank it started on, the cause unchanged."""
+    raises it: of its type, aborted by the rank it started on, the cause unchanged (both ranks
+    named by their world ranks too, where `world_ranks` says they differ)."""
     origin, message = exc.ringdist_origin  # type: ignore[attr-defined]
     cls = type(exc) if isinstance(exc, RingError) else RingError
-    relayed = cls(f"rank {me}: {op} aborted by rank {origin}: {message}")
+    ranks = SimpleNamespace(world_ranks=world_ranks)
+    relayed = cls(f"{peer_name(ranks, me)}: {op} aborted by {peer_name(ranks, origin)}: {message}")
     relayed.ringdist_origin = (origin, message)  # type: ignore[attr-defined]
     return errors.known(relayed, rank=me, group=getattr(exc, "group", None), op=op, origin=origin,
                         peer=getattr(exc, "peer", None), address=getattr(exc, "address", None))

@@ -923,8 +923,8 @@ class Channel:
                 continue
             left = deadlines.left(deadline)
             if left <= 0 or (not poller.poll(deadlines.poll_ms(left)) and deadlines.passed(deadline)):
-                raise about(self, RingTimeoutError(f"rank {self.me}: could not send to {self.describe()} in "
-                                                   f"{timeout:.1f} s"))
+                raise about(self, RingTimeoutError(f"{peer_name(self, self.me)}: could not send to {self.describe()} "
+                                                   f"in {timeout:.1f} s"))
 
     def gone(self) -> str | None:
         """On a connection this rank sends on: why the other end has gone (it closed or reset the

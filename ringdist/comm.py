@@ -24,7 +24,7 @@ import numpy as np
 
 from . import aborts, deadlines, engine, forks, wire
 from .flows import Inflow, Outflow, Watch
-from .channel import Channel
+from .channel import Channel, about
 from .asking import ASK_AFTER, Asker
 from .endpoint import ASK_LINK, ASK_MESSAGE, Endpoint, InboxKey
 from .errors import (ConfigError, GroupBrokenError, MismatchError, PeerLostError, RingError, RingTimeoutError,
@@ -762,7 +762,7 @@ class Comm:
                 self.check_usable("a receive from itself")
             except RingError as exc:
                 return exc
-            return RingError(f"rank {self._rank}: group {self.gid!r} ended")  # (not reached: broken or closed)
+            return RingError(f"{self.rank_name}: group {self.gid!r} ended")  # (not reached: broken or closed)
 
         box.end(error)
 
@@ -1082,7 +1082,8 @@ class Comm:
             if why == "":
                 aborts.pending_abort([ch], "send")  # the receiver's ABORT; anything else is left
                 return
-        exc = PeerLostError(f"rank {self._rank}: lost {ch.describe()}: {why}; the message was not sent")
+        exc = about(ch, PeerLostError(f"{self.rank_name}: lost {ch.describe()}: {why}; the message was not sent"),
+                    "send")
         self._fail("send", [ch] + (self.channels if self.ring is not None else []), None, [], exc)
         raise exc  # a failed message breaks the group, as one that fails while it is sent
 

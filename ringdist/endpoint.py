@@ -392,8 +392,9 @@ class Endpoint:
         try:
             return self._take(key, deadline, what, check, source, me, none_came)
         except RingError as exc:
-            known(exc, rank=me, group=key.group, peer=key.peer,
-                  address=channel.format_address(*source[0]) if source else None)
+            known(exc, rank=me, group=key.group)
+            if getattr(exc, "ringdist_origin", None) is None:  # (an ABORT's carries its origin's peer)
+                known(exc, peer=key.peer, address=channel.format_address(*source[0]) if source else None)
             raise
 
     def _take(self, key: InboxKey, deadline: float, what: str, check: Callable[[], None] | None,
@@ -543,8 +544,9 @@ class Endpoint:
         try:
             return self._connect(addresses, key, deadline, peer, up, check, me)
         except RingError as exc:
-            known(exc, rank=me, group=key.group, peer=peer_rank,
-                  address=channel.format_address(*addresses[0]) if addresses else None)
+            known(exc, rank=me, group=key.group)
+            if getattr(exc, "ringdist_origin", None) is None:  # (an ABORT's carries its origin's peer)
+                known(exc, peer=peer_rank, address=channel.format_address(*addresses[0]) if addresses else None)
             raise
 
     def _connect(self, addresses: list[tuple[str, int]], key: InboxKey, deadline: float, peer: str, up: bool,

@@ -454,7 +454,7 @@ class Outflow:
             if self.pending and (left <= 0 or (not poller.poll(deadlines.poll_ms(left))
                                                and deadlines.passed(deadline))):
                 raise about(self.ch, RingTimeoutError(
-                    f"rank {self.ch.me}: could not finish a frame to {self.ch.describe()}"))
+                    f"{peer_name(self.ch, self.ch.me)}: could not finish a frame to {self.ch.describe()}"))
 
 
 class Watch:

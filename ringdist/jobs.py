@@ -106,7 +106,7 @@ def settle(job: Job, result: Any, exc: BaseException | None, deferred: list[Job]
             if getattr(cause, "ringdist_origin", None) is not None:
                 # A peer's failure that came by a message's connection: the call raises it as
                 # its own, as it would had it come first by the group's connections.
-                exc = aborts.as_call(cause, job.g.rank(), job.work.op)
+                exc = aborts.as_call(cause, job.g.rank(), job.work.op, job.g.world_ranks)
             else:
                 exc = GroupBrokenError(f"rank {job.g.rank()}: group {job.g.gid!r} cannot run {job.work.op}: an "
                                        f"earlier operation failed ({earlier.plan.op}: "  # type: ignore[union-attr]
