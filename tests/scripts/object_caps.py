@@ -7,18 +7,11 @@ os.environ["RINGDIST_MAX_OBJECT_BYTES"] = "100000" if os.environ["RINGDIST_RANK"
 
 import numpy as np  # noqa: E402
 import ringdist as rd  # noqa: E402  (after its setting, which it reads once)
+from attempts import attempt  # noqa: E402
 
 g = rd.init()
 r = g.rank()
 big = b"x" * 100_000
-
-
-def attempt(name, call):
-    try:
-        call()
-        print(f"{name} ok", flush=True)
-    except Exception as exc:  # noqa: BLE001 - printed for the test to compare
-        print(f"{name} {type(exc).__name__}: {exc}", flush=True)
 
 
 for group, where in ((g, "world"), (g.split(0, key=r), "split")):

@@ -15,6 +15,7 @@ import time
 import numpy as np
 
 import ringdist as rd
+from attempts import attempt
 
 case = sys.argv[1]
 g = rd.init()
@@ -22,11 +23,7 @@ r = g.rank()
 
 
 def outcome(what, call):
-    try:
-        call()
-        print(f"outcome {what}: ok", flush=True)
-    except Exception as exc:  # noqa: BLE001 - printed for the test to check
-        print(f"outcome {what}: {type(exc).__name__}: {exc}", flush=True)
+    attempt(f"outcome {what}:", call)
 
 
 if case.startswith("split-"):
