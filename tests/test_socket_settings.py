@@ -142,3 +142,33 @@ def test_a_channel_names_the_address_its_peer_dialed_from_not_just_its_first():
     finally:
         for s in (lsock, dialer, accepted):
             s.close()
+
+
+@pytest.mark.parametrize("raw, named", [("4096,4096", "RCV and SND"), ("65535,1048576", "RCV"), ("0,8192", "SND")])
+def test_socket_buffers_under_one_loopback_segment_are_refused_naming_which(raw, named):
+    # 4096 each made a 512 KiB all-sum on 2 loopback ranks take 10 s, waiting on TCP's timers
+    with pytest.raises(rd.ConfigError, match=rf"RINGDIST_SOCKET_BUFFERS='{raw}': {named} must be 0 .* at least 65536"):
+        Settings.from_env({"RINGDIST_SOCKET_BUFFERS": raw})
+    assert Settings.from_env({"RINGDIST_SOCKET_BUFFERS": "65536,0"}).socket_buffers == (65536, 0)
+
+
+SMALLEST_BUFFERS = """
+import numpy as np
+import ringdist as rd
+
+g = rd.init()
+x = np.arange(1 << 16, dtype=np.float64) * (g.rank() + 1)  # 512 KiB
+assert np.array_equal(rd.all_sum(x), np.arange(1 << 16) * 6.0)
+assert np.array_equal(rd.all_gather(x[:1 << 15]), np.concatenate([np.arange(1 << 15) * (r + 1.0) for r in range(3)]))
+print("summed")
+"""
+
+
+def test_the_smallest_socket_buffers_taken_carry_a_ring_over_tcp(tmp_path):
+    script = tmp_path / "smallest.py"
+    script.write_text(SMALLEST_BUFFERS)
+    res = run_launcher(["-n", "3", str(script)], timeout=90,
+                       env={"RINGDIST_SOCKET_BUFFERS": "65536,65536", "RINGDIST_SHM": "0",
+                            "RINGDIST_ALGO": "all_sum:ring,all_gather:ring", "RINGDIST_TIMEOUT": "30"})
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert res.stdout.count("summed") == 3, res.stdout + res.stderr
