@@ -133,8 +133,8 @@ def _socket_buffers(raw: str | None, default: tuple[int, int]) -> tuple[int, int
     small = [name for name, value in (("RCV", rcv), ("SND", snd)) if 0 < value < MIN_SOCKET_BUFFER]
     if small:
         raise ConfigError(f"RINGDIST_SOCKET_BUFFERS={raw!r}: {' and '.join(small)} must be 0 (the kernel's) or at least "
-                          f"{MIN_SOCKET_BUFFER} bytes: a buffer under one loopback segment (64 KiB) leaves TCP waiting "
-                          "on its retransmit timer, seconds a call")
+                          f"{MIN_SOCKET_BUFFER} bytes (one loopback segment): a smaller receive buffer leaves TCP waiting "
+                          "on its timers, seconds a call")
     return rcv, snd
 
 
