@@ -19,7 +19,7 @@ import msgpack
 import numpy as np
 
 from . import buffers, comm as comm_module, tuning, wire, work
-from .algorithms.blocks import Assembled, common, dtype_from, dtype_of, sizes_of
+from .algorithms.blocks import Assembled, Gathered, common, dtype_from, dtype_of, sizes_of
 from .arrays import NOTHING, REDUCERS, as_rows, byte_view, check_rows_divide
 from .calls import _comm, _header, check_flag, check_root
 from .channel import Channel, peer_name
@@ -176,9 +176,11 @@ def reduce_scatter_counts(g: Comm, arr: np.ndarray, op: str, counts: Any, timeou
                           call: str | None = None) -> np.ndarray:
     """Rank r gets rows [sum(counts[:r]), sum(counts[:r + 1])) of every rank's `arr` reduced
     with `op` ('sum', ...), folded in rank order. The counts, the same on every rank, ride in
-    the header: ranks that disagree raise MismatchError. Each rank sends block j of its rows
-    to rank j (an all_to_all: blocks of any counts) and folds the N blocks it receives, so it
-    holds N times its result's rows meanwhile. `call`: the call's name, if not <op>_scatter."""
+    the header: ranks that disagree raise MismatchError. The algorithm's own reduce-scatter of
+    blocks of any lengths where it has one (shared memory: the input, the output and the slots);
+    else each rank sends block j of its rows to rank j (an all_to_all: blocks of any counts) and
+    folds the N blocks it receives, so it holds N times its result's rows meanwhile. `call`:
+    the call's name, if not <op>_scatter."""
     n, r = g.size(), g.rank()
     call = call or op + "_scatter"
     counts = _counts(counts, arr.shape[0], n, r, call, "counts")
@@ -191,11 +193,18 @@ def reduce_scatter_counts(g: Comm, arr: np.ndarray, op: str, counts: Any, timeou
     # tuple), and a key of the group's header cache.
     header = _header(g, call, arr[:0], algorithm.name, splits=True, counts=",".join(map(str, counts)))
     unit = _row_bytes(arr)
-    blocks = _row_blocks(data, counts, unit)
     mine = counts[r]
+    trailing = arr.shape[1:]
+    if algorithm.reduce_scatter_v is not None:
+        out = buffers.cache.empty((mine,) + trailing, arr.dtype)
+        per_row = math.prod(trailing)
+        algorithm.reduce_scatter_v(g, data.reshape(-1), [count * per_row for count in counts], out.reshape(-1),
+                                   "all_" + op, header, timeout)
+        g.finish(call)
+        return out
+    blocks = _row_blocks(data, counts, unit)
     got = algorithm.all_to_all(g, header, blocks, counts, _rows_check(header, unit, lambda src: mine), timeout)
     g.finish(call)
-    trailing = arr.shape[1:]
     stacked = _assemble(got, trailing, arr.dtype).reshape((n, mine) + trailing)
     out = buffers.cache.empty((mine,) + trailing, arr.dtype)
     fold = REDUCERS["all_" + op]
@@ -311,9 +320,13 @@ def _gathered_rows(g: Comm, arr: np.ndarray, op: str, table_op: str, timeout: fl
     algorithm = tuning.choose(g, table_op, 0)
     header = _header(g, op, arr[:0], algorithm.name, uneven=True, **extra)
     got = algorithm.gather_v(g, header, ([byte_view(data)], {"sizes": [arr.shape[0]]}),
-                             _rows_check(header, _row_bytes(arr), lambda src: None), timeout)
+                             _rows_check(header, _row_bytes(arr), lambda src: None), timeout,
+                             **({"whole": True} if algorithm.gather_v_whole else {}))
     g.finish(op)
     blocks = [(arr.shape[0], byte_view(data)) if q == r else (got[q][0]["sizes"][0], got[q][1]) for q in range(n)]
+    if isinstance(got, Gathered):  # landed in place, in rank order
+        blocks = Assembled(blocks)
+        blocks.whole = got.whole
     return _assemble(blocks, arr.shape[1:], arr.dtype)
 
 

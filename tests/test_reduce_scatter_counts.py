@@ -89,3 +89,36 @@ def test_counts_against_even_blocks_is_a_mismatch_and_bad_counts_fail_every_rank
     assert outcomes[1] == ("rank 1: sum_scatter: counts must be 2 non-negative integers summing to x.shape[0] = 4, "
                            "got [2, 3]"), outcomes
     assert "aborted by rank 1" in outcomes[0], outcomes
+
+
+@pytest.mark.parametrize("rows", [40, 1 << 20, None])
+def test_past_8_ranks_on_one_machine_small_and_large_blocks(rows):
+    # No mesh past 8 ranks: one round through the segments where every block fits it, else
+    # each rank reads its block of every peer's rows from the peer's memory (where it can).
+    # rows None: one rank's counts differ (rows of 2 large blocks, or of small ones): every rank
+    # raises MismatchError naming the counts.
+    n = 10
+    counts = _counts(n, rows or 1 << 20, seed=rows or 5)
+    rng = np.random.default_rng(7)
+    blocks = [rng.standard_normal(rows or 1 << 20).astype(np.float32) for _ in range(n)]
+
+    def rank(g):
+        if rows is not None:
+            return rd.reduce_scatter(blocks[g.rank()], counts=counts, group=g)
+        try:
+            rd.reduce_scatter(blocks[g.rank()], counts=counts if g.rank() != 3 else [1] * (n - 1) + [(1 << 20) - 9],
+                              group=g)
+        except MismatchError as exc:
+            return str(exc)
+        return None
+
+    results = run_ranks(n, rank, timeout=120)
+    if rows is None:
+        assert all(m is not None and "counts=[1, 1, 1" in m for m in results), results
+        return
+    whole = blocks[0].copy()
+    for b in blocks[1:]:
+        np.add(whole, b, out=whole)
+    ends = np.cumsum([0] + counts)
+    for r, got in enumerate(results):
+        assert got.tobytes() == whole[ends[r]:ends[r + 1]].tobytes(), r

@@ -332,17 +332,23 @@ def test_a_stalled_peer_over_shm_times_out_on_every_other_rank_naming_the_op(n):
 
 
 @pytest.mark.parametrize("op, algo", [("all_gather", "shm"), ("all_sum", "shm"), ("all_sum", "shm-cma"),
-                                      ("reduce", "shm-cma")])
+                                      ("reduce", "shm-cma"), ("all_gather_uneven", None),
+                                      ("reduce_scatter_counts", None)])
 def test_peak_memory_of_a_large_shm_collective_is_its_input_output_and_at_most_16_mib(op, algo):
     # 4 ranks, 64 MiB per rank through the op (all_gather: 16 MiB in, 64 MiB out; all_sum:
     # 64 MiB in and out; reduce: 64 MiB in, out on rank 0 only); each rank measures its peak
     # resident memory (VmHWM, reset before the input is made) over its baseline, and the test
     # prints it. Through the segments, or read from the peers' memory (a piece at a time).
+    # algo None: the table's. An uneven all_gather (6.4-25.6 MiB in, 64 out) landed each peer's
+    # rows in a buffer of their own and copied them into the result: twice the output. A
+    # reduce-scatter with counts (64 MiB in, 10-22 MiB out) held every rank's block of its rows,
+    # N times its output, until it folded them.
     if algo == "shm-cma" and not (crossmem.supported() and shmsignal.supported()):
         pytest.skip("cross-memory reads need Linux's process_vm_readv and signals through memory")
-    mib = 16 if op == "all_gather" else 64  # per rank in
+    mib = 16 if op in ("all_gather", "all_gather_uneven") else 64  # per rank in (uneven: on average)
+    forced = {"shm": f"*:{algo}", "shm-cma": f"all_reduce:{algo},reduce:{algo}", None: ""}[algo]
     res = run_launcher(["-n", "4", str(SCRIPTS / "memory_peak.py"), str(mib), op, "1"], timeout=120,
-                       env={"RINGDIST_ALGO": f"*:{algo}" if algo == "shm" else f"all_reduce:{algo},reduce:{algo}"})
+                       env={"RINGDIST_ALGO": forced})
     assert res.returncode == 0, res.stdout + res.stderr
     found = re.findall(r"^\[(\d)\] shm=True in=([\d.]+) out=([\d.]+) peak=([\d.]+)$", res.stdout, re.M)
     assert len(found) == 4, res.stdout + res.stderr

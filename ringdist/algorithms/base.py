@@ -19,10 +19,18 @@ class Algorithm:
     gather: Callable[..., None] | None = None
     reduce: Callable[..., Any] | None = None
     reduce_scatter: Callable[..., None] | None = None
+    # A reduce-scatter of blocks of any lengths (comm, own, lengths, out, op, header, timeout):
+    # `own` flat, its blocks in rank order, lengths[p] elements each; rank p's block of every
+    # rank's `own` reduced into rank p's `out`. Optional, on algorithms of the all_to_all kind:
+    # without it `reduce_scatter(counts=)` runs the all_to_all and folds what lands.
+    reduce_scatter_v: Callable[..., None] | None = None
     broadcast: Callable[..., None] | None = None
     barrier: Callable[..., None] | None = None  # without one, a barrier is the algorithm's gather of one byte
     all_to_all: Callable[..., Any] | None = None
     gather_v: Callable[..., Any] | None = None
+    # Its gather_v takes `whole=True`: every rank's bytes land in place, in rank order, in one
+    # buffer (`blocks.Gathered`), an uneven all_gather's result with no copy.
+    gather_v_whole: bool = False
     gather_root: Callable[..., Any] | None = None
     # A rooted reduce's run (comm, arr, op, root, header, timeout) -> `reduce`'s very bits on the
     # root, None elsewhere, doing less; without it a rooted reduce runs `reduce` on every rank.

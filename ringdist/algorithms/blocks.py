@@ -39,6 +39,14 @@ class Assembled(list):
     whole: np.ndarray
 
 
+class Gathered(dict):
+    """A gather_v's (its header's fields, its bytes) by source whose bytes, this rank's own
+    between them, lie in rank order in `whole`, one uint8 array: an uneven all_gather's result
+    itself, no copy needed."""
+
+    whole: np.ndarray
+
+
 def sizes_of(fields: dict[str, Any], ch: Channel, count: int | None = None) -> list[int]:
     """The `sizes` a header declares: non-negative ints (`count` of them when given)."""
     sizes = fields.get("sizes")

@@ -190,6 +190,33 @@ def reduce_scatter(g: Comm, own: np.ndarray, out: np.ndarray, op: str, header: w
              ufunc, out[a:b])
 
 
+def reduce_scatter_v(g: Comm, own: np.ndarray, lengths: list[int], out: np.ndarray, op: str, header: wire.Header,
+                     timeout: float | None) -> None:
+    """Blocks of any lengths (`reduce_scatter(counts=)`): each round every rank writes up to a
+    slot's 1/N of each peer's block, and rank p folds its block's piece of every slot. As many
+    rounds on every rank (the lengths ride in the header, which the first signal compares);
+    resident memory is the input, the output and the slots."""
+    link = g.shm
+    assert link is not None
+    n, r = g.size(), g.rank()
+    dtype, isz = own.dtype, own.dtype.itemsize
+    c = max(1, link.slot_size // isz // n)  # elements of each block per round
+    starts = [sum(lengths[:q]) for q in range(n)]
+    name, ufunc = header.fields["op"], REDUCERS[op]
+    for a, _ in _rounds(max(lengths), c):
+        k = link.next_round()
+        slot = link.slot(r, k)
+        for q in range(n):
+            if q != r and a < lengths[q]:
+                b = min(a + c, lengths[q])
+                np.copyto(_array(slot, dtype, b - a, q * c * isz), own[starts[q] + a:starts[q] + b])
+        signal(g, name, header, timeout)
+        if a < lengths[r]:
+            b = min(a + c, lengths[r])
+            fold([own[starts[r] + a:starts[r] + b] if q == r else _array(link.slot(q, k), dtype, b - a, r * c * isz)
+                  for q in range(n)], ufunc, out[a:b])
+
+
 def broadcast(g: Comm, out: np.ndarray, root: int, header: wire.Header, timeout: float | None) -> None:
     link = g.shm
     assert link is not None
@@ -394,4 +421,6 @@ def _fits(comm: Comm, kind: str, nbytes: int) -> str | None:
 
 ALGORITHM = Algorithm("shm", gather=gather, reduce=reduce, reduce_scatter=reduce_scatter, broadcast=broadcast,
                       all_to_all=all_to_all, all_to_all_even=all_to_all_even, reduce_root=reduce_root, barrier=barrier,
-                      gather_root=gather_root, scatter=scatter, gather_v=gather_v, scan=scan, fits=_fits)
+                      gather_root=gather_root, scatter=scatter, gather_v=gather_v, gather_v_whole=True, scan=scan,
+                      reduce_scatter_v=reduce_scatter_v,
+                      fits=_fits)

@@ -31,7 +31,7 @@ from ..comm import Comm
 from ..errors import MismatchError, ProtocolError, RingError
 from ..flows import NO_BYTES, Outflow, Segments, SizedInflow
 from . import dissemination
-from .blocks import Assembled, Check, declared_empty, dtype_from, sizes_of
+from .blocks import Assembled, Check, Gathered, declared_empty, dtype_from, sizes_of
 
 
 def _stream(blocks: list[memoryview], r: int) -> tuple[list[int], int]:
@@ -279,14 +279,15 @@ _HEAD = 16  # a gather_v stream's head: the bytes of its fields (msgpack), then 
 
 
 def gather_v(g: Comm, header: wire.Header, mine: Any, check: Check,
-             timeout: float | None) -> dict[int, tuple[dict[str, Any], memoryview]]:
+             timeout: float | None, whole: bool = False) -> dict[int, tuple[dict[str, Any], memoryview]]:
     """This rank's parts to every rank, of any size (uneven all_gather, the object collectives),
     through the segments: each rank's stream opens with its head and its header's extra fields
     (`sizes`, and what the objects' calls add), then its parts. After the first signal (the
     call's header, the same on every rank) every rank reads every peer's head and fields out of
     its first slot and checks them as a header over TCP would be; all then know the longest
-    stream, so all run as many rounds. For groups with no mesh, where the ring relayed each
-    stream N-1 hops."""
+    stream, so all run as many rounds. With `whole`, every stream lands in place in one buffer,
+    this rank's parts copied into theirs (`Gathered`): an uneven all_gather's result, where
+    buffers of their own and a copy into the result took twice the output's memory."""
     link = g.shm
     assert link is not None
     r, op = g.rank(), header.fields["op"]
@@ -310,7 +311,7 @@ def gather_v(g: Comm, header: wire.Header, mine: Any, check: Check,
     _write(slot, items, at, r, 0, size)
     signal(g, op, header, timeout)
     where: dict[int, tuple[int, int, int, int]] = {}
-    got: dict[int, tuple[dict[str, Any], memoryview]] = {}
+    got: dict[int, tuple[dict[str, Any], memoryview]] = Gathered() if whole else {}
     dest: list[Any] = [None] * g.size()
     for p in link.others:
         theirs = link.slot(p, k)
@@ -329,14 +330,40 @@ def gather_v(g: Comm, header: wire.Header, mine: Any, check: Check,
             if declared != bytes_:
                 raise ProtocolError(f"rank {r}: rank {p}'s {op} declares {declared} bytes in its fields and "
                                     f"{bytes_} in its shared memory (group {g.gid!r})")
-            dest[p] = memoryview(declared_empty((bytes_,), np.dtype(np.uint8), f"rank {r}: rank {p}'s {op}"))
+            if not whole:
+                dest[p] = memoryview(declared_empty((bytes_,), np.dtype(np.uint8), f"rank {r}: rank {p}'s {op}"))
         except (ProtocolError, MismatchError, RingError, MemoryError) as exc:
             raise failed(g, op, exc) from None
         their_head = -(-(_HEAD + length) // 8) * 8
         where[p] = (their_head, bytes_, their_head + bytes_, 0)
         got[p] = (fields, dest[p])
+    if whole:
+        _land_in_place(g, op, got, where, dest, parts, payload)
     _rounds(g, k, items, at, pos, where, dest, header, timeout, got)  # type: ignore[arg-type]
     return got
+
+
+def _land_in_place(g: Comm, op: str, got: Any, where: dict[int, tuple[int, int, int, int]], dest: list[Any],
+                   parts: list[memoryview], payload: int) -> None:
+    """One buffer for every rank's bytes in rank order, this rank's parts copied in: where each
+    peer's stream lands (`dest`), and `got`'s bytes, views of it."""
+    r = g.rank()
+    lengths = [payload if q == r else where[q][1] for q in range(g.size())]
+    try:
+        buffer = declared_empty((sum(lengths),), np.dtype(np.uint8), f"rank {r}: the {op} streams of its peers")
+    except (ProtocolError, MemoryError) as exc:
+        raise failed(g, op, exc) from None
+    view, pos = memoryview(buffer), 0
+    for q, length in enumerate(lengths):
+        dest[q] = view[pos:pos + length]
+        pos += length
+    pos = 0
+    for part in parts:
+        dest[r][pos:pos + len(part)] = part
+        pos += len(part)
+    for p in g.shm.others:
+        got[p] = (got[p][0], dest[p])
+    got.whole = buffer
 
 
 def _write_layout(slot: memoryview, r: int, blocks: list[memoryview], sizes: list[int], at: list[int], total: int,

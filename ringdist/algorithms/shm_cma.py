@@ -197,13 +197,33 @@ def reduce_root(g: Comm, arr: np.ndarray, op: str, root: int, header: wire.Heade
 def reduce_scatter(g: Comm, own: np.ndarray, out: np.ndarray, op: str, header: wire.Header,
                    timeout: float | None) -> None:
     """`out` = block r of every rank's `own` (flat, contiguous), reduced by `op` in rank order."""
+    _reduce_block(g, own, g.rank() * out.size, out, op, header, timeout)
+
+
+def reduce_scatter_v(g: Comm, own: np.ndarray, lengths: list[int], out: np.ndarray, op: str, header: wire.Header,
+                     timeout: float | None) -> None:
+    """Blocks of any lengths (`reduce_scatter(counts=)`): through the segments where one round
+    holds every block (one signal), else as `reduce_scatter`, read from the peers' memory (two).
+    The lengths ride in the header, which the first signal of either compares. 10 ranks,
+    alternating with the all_to_all and fold: 4 MiB a rank read 0.75x its time; 64 KiB read
+    1.24x, through the segments 0.79x."""
+    link = g.shm
+    assert link is not None
+    if max(lengths) <= max(1, link.slot_size // own.dtype.itemsize // g.size()):
+        shm.reduce_scatter_v(g, own, lengths, out, op, header, timeout)
+        return
+    _reduce_block(g, own, sum(lengths[:g.rank()]), out, op, header, timeout)
+
+
+def _reduce_block(g: Comm, own: np.ndarray, at: int, out: np.ndarray, op: str, header: wire.Header,
+                  timeout: float | None) -> None:
+    """`out` = elements [at, at + out.size) of every rank's `own`, read from the peers' memory."""
     signals = g._signals
     assert signals is not None
     name = header.fields["op"]
     signals.publish(crossmem.address(own))
     signal(g, name, header, timeout)  # every rank's input is said
-    _fold_from_inputs(g, REDUCERS[op], own, g.rank() * out.size, out, [signals.published(q) for q in range(g.size())],
-                      name)
+    _fold_from_inputs(g, REDUCERS[op], own, at, out, [signals.published(q) for q in range(g.size())], name)
     signal(g, name, header, timeout)  # no rank reads an input any more: they may change
 
 
@@ -274,4 +294,4 @@ def all_to_all(g: Comm, header: wire.Header, blocks: list[memoryview], sizes: li
 ALGORITHM = Algorithm("shm-cma", gather=gather, reduce=reduce, reduce_root=reduce_root, reduce_scatter=reduce_scatter,
                       broadcast=broadcast,
                       all_to_all=all_to_all, all_to_all_even=all_to_all_even, barrier=shm.barrier,
-                      scatter=scatter, fits=_fits)
+                      scatter=scatter, reduce_scatter_v=reduce_scatter_v, fits=_fits)

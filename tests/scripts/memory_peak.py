@@ -1,7 +1,8 @@
 """Peak resident memory of a large collective: input + output and little more, call after call.
 
-usage: memory_peak.py MIB_PER_RANK [OP [CALLS]]   (OP: all_gather, the default, all_sum, all_to_all
-or reduce (to rank 0; None elsewhere); CALLS: 3)
+usage: memory_peak.py MIB_PER_RANK [OP [CALLS]]   (OP: all_gather, the default, all_sum, all_to_all,
+reduce (to rank 0; None elsewhere), all_gather_uneven (rank r gives 2(r+1)/(N+1) of MIB_PER_RANK)
+or reduce_scatter_counts (rank r gets 2(r+1)/(N+1) of the rows' N-th share); CALLS: 3)
 Prints on every rank `call <i>: peak <MiB> MiB over baseline` after each call, then
 `shm=<bool> in=<MiB> out=<MiB> peak=<MiB>`. The peak is VmHWM, reset to the current RSS
 after the group is made, minus the RSS then: it counts the input, the result, every shared
@@ -32,9 +33,19 @@ n, count = g.size(), mib * (1 << 20) // 4
 base = status_mib("VmRSS")
 with open("/proc/self/clear_refs", "w") as f:
     f.write("5")  # the peak (VmHWM) starts again from the current RSS
-x = np.full(count, g.rank() + 1, np.float32)
+uneven = [count * 2 * (q + 1) // (n + 1) for q in range(n)]  # rows of each rank: an uneven all_gather's,
+shares = [k // n for k in uneven]                             # a reduce-scatter's result's
+shares[-1] += count - sum(shares)
+x = np.full(uneven[g.rank()] if op == "all_gather_uneven" else count, g.rank() + 1, np.float32)
 for call in range(calls):
-    y = rd.reduce(x, root=0) if op == "reduce" else getattr(rd, op)(x)
+    if op == "reduce":
+        y = rd.reduce(x, root=0)
+    elif op == "all_gather_uneven":
+        y = rd.all_gather(x, uneven=True)
+    elif op == "reduce_scatter_counts":
+        y = rd.reduce_scatter(x, counts=shares)
+    else:
+        y = getattr(rd, op)(x)
     peak = status_mib("VmHWM") - base
     out = y.nbytes if y is not None else 0
     if call < calls - 1:
@@ -42,6 +53,8 @@ for call in range(calls):
     print(f"call {call}: peak {peak:.1f} MiB over baseline", flush=True)
 print(f"shm={g.shm is not None} in={x.nbytes / (1 << 20):.1f} out={out / (1 << 20):.1f} peak={peak:.1f}", flush=True)
 want = np.repeat(np.arange(1, n + 1, dtype=np.float32), count) if op == "all_gather" else \
+    np.repeat(np.arange(1, n + 1, dtype=np.float32), uneven) if op == "all_gather_uneven" else \
+    np.full(shares[g.rank()], n * (n + 1) / 2, np.float32) if op == "reduce_scatter_counts" else \
     np.repeat(np.arange(1, n + 1, dtype=np.float32), count // n) if op == "all_to_all" else \
     np.full(count, n * (n + 1) / 2, np.float32)
 assert np.array_equal(y, want) if op != "reduce" or g.rank() == 0 else y is None
