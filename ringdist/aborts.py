@@ -43,7 +43,7 @@ def raise_remote(fields: dict[str, Any], ch: Channel, op: str) -> None:
     if not isinstance(origin, int) or isinstance(origin, bool) or origin < 0 or (ranks and origin >= len(ranks)):
         origin = ch.peer  # (no rank of the group: the one that sent it)
     world = world_rank(ch, origin)
-    exc = cls(f"{peer_name(ch, ch.me)}: {op} aborted by rank {origin}{f' ({world})' if world else ''}: {message}")
+    exc = cls(f"{peer_name(ch, ch.me)}: {wire.called_as(op)} aborted by rank {origin}{f' ({world})' if world else ''}: {message}")
     exc.ringdist_origin = (origin, message)  # what an ABORT passed on carries, unchanged
     peer, address = fields.get("peer"), fields.get("address")
     if not isinstance(peer, int) or isinstance(peer, bool) or peer < 0 or (ranks and peer >= len(ranks)):
@@ -60,7 +60,7 @@ def as_call(exc: BaseException, me: int, op: str, world_ranks: list[int] | None 
     origin, message = exc.ringdist_origin  # type: ignore[attr-defined]
     cls = type(exc) if isinstance(exc, RingError) else RingError
     ranks = SimpleNamespace(world_ranks=world_ranks)
-    relayed = cls(f"{peer_name(ranks, me)}: {op} aborted by {peer_name(ranks, origin)}: {message}")
+    relayed = cls(f"{peer_name(ranks, me)}: {wire.called_as(op)} aborted by {peer_name(ranks, origin)}: {message}")
     relayed.ringdist_origin = (origin, message)  # type: ignore[attr-defined]
     return errors.known(relayed, rank=me, group=getattr(exc, "group", None), op=op, origin=origin,
                         peer=getattr(exc, "peer", None), address=getattr(exc, "address", None))

@@ -890,7 +890,7 @@ class Channel:
         return k
 
     def lost(self, why: str, op: str = "") -> PeerLostError:
-        during = f" during {op}" if op else ""
+        during = f" during {wire.called_as(op)}" if op else ""
         exc = PeerLostError(f"{peer_name(self, self.me)}: lost {self.describe()}{during}: {why}")
         exc.ringdist_peer = (self.group, self.peer)  # type: ignore[attr-defined]  (`Comm.why_lost`)
         return about(self, exc, op)

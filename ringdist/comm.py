@@ -240,6 +240,8 @@ class Comm:
         so far, and (`Endpoint.note_aborted`) on those peers dialed that wait untaken, those that
         come later and asks; the launcher hears it with this rank's departure."""
         assert self._endpoint is not None
+        if isinstance(exc, RingError):
+            exc.op = None  # the user's call is this setup, whichever step of it failed
         known(exc, rank=self._rank, group=self.gid, op="init" if self.gid == "world" else "split")
         frame = wire.encode_map(wire.ABORT, aborts.abort_fields(exc, self._rank, -1))
         budget = deadlines.after(aborts.ABORT_BUDGET)

@@ -233,7 +233,7 @@ def stall_error(inflows: list[Inflow], outflows: list[Outflow], op: str, me: int
     waits += [f"sending to {f.ch.describe()} ({f.framed} of {f.total} bytes framed)" for f in outs]
     detail = "; ".join(waits) or "waiting"
     named = peer_name((ins + outs)[0].ch, me) if ins or outs else f"rank {me}"  # (with its world rank)
-    exc = RingTimeoutError(f"{named}: {op} made no progress for {timeout:g} s: {detail}")
+    exc = RingTimeoutError(f"{named}: {wire.called_as(op)} made no progress for {timeout:g} s: {detail}")
     peers = {f.ch.peer: f.ch for f in ins + outs}
     if len(peers) == 1:  # the peer it waited for (of several, none is named)
         about(next(iter(peers.values())), exc, op)

@@ -50,6 +50,12 @@ class RingError(RuntimeError):
 
 
 _FIELDS = ("rank", "group", "op", "peer", "address", "origin")
+
+# Reductions a call runs under an internal op name (its headers', its algorithms'), with the
+# call and the `op` argument that made them: an error's `op` is the call.
+CALLED_AS = {"all_avg": ("all_reduce", "avg"),
+             **{f"all_{r}": ("all_reduce", r) for r in ("band", "bor", "bxor")},
+             **{f"{r}_scatter": ("reduce_scatter", r) for r in ("max", "min", "prod", "band", "bor", "bxor", "avg")}}
 E = TypeVar("E", bound=BaseException)
 
 
@@ -61,7 +67,7 @@ def known(exc: E, **fields: object) -> E:
         for name, value in fields.items():
             assert name in _FIELDS, name
             if value is not None and getattr(exc, name) is None:
-                setattr(exc, name, value)
+                setattr(exc, name, CALLED_AS[value][0] if name == "op" and value in CALLED_AS else value)
         if exc.origin is None and exc.rank is not None and getattr(exc, "ringdist_origin", None) is None:
             exc.origin = exc.rank
     return exc

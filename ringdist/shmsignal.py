@@ -248,7 +248,7 @@ class Signals:
                 pending = [p for p in pending if words[p][SIGNALS] < target]
                 if pending:
                     exc = RingTimeoutError(
-                        f"rank {self.rank}: {op} made no progress for {limit:g} s: waiting for "
+                        f"rank {self.rank}: {wire.called_as(op)} made no progress for {limit:g} s: waiting for "
                         f"{', '.join(self._peer(g, p) for p in pending)} to signal through shared memory")
                     if len(pending) == 1:  # the peer it waited for (of several, none is named)
                         ch = self._channel(g, pending[0])

@@ -23,7 +23,7 @@ from typing import Any, Iterator
 
 import msgpack
 
-from .errors import ProtocolError
+from .errors import CALLED_AS, ProtocolError
 
 PROTOCOL_VERSION = 1
 MAGIC = b"RD"
@@ -286,8 +286,8 @@ def describe_header(fields: dict[str, Any]) -> str:
     if (fields.get("uneven") is True or fields.get("splits") is True) and shape:  # rows differ by rank:
         shape = "(any" + "".join(f", {d}" for d in shape[1:]) + ("," if len(shape) == 1 else "") + ")"  # not in the header
     call = op
-    if isinstance(op, str) and op in _CALLED_AS:  # a reduction with no function of its own: as it was called
-        call, reduction = _CALLED_AS[op]
+    if isinstance(op, str) and op in CALLED_AS:  # a reduction with no function of its own: as it was called
+        call, reduction = CALLED_AS[op]
         shown = [("op", repr(reduction))] + [(k, v) for k, v in shown if k != "reduce"]
     elif op in ("reduce", "scan"):  # a rooted reduce's or a scan's reduction: its `op`
         shown = [("op" if k == "reduce" else k, v) for k, v in shown]
@@ -304,16 +304,10 @@ def _arguments(shown: list[tuple[str, str]]) -> str:
     return "".join(f", {k}={v}" if k else f", {v}" for k, v in shown)
 
 
-# Reductions a header names by an internal op, with the call and `op` that made them.
-_CALLED_AS = {"all_avg": ("all_reduce", "avg"),
-              **{f"all_{r}": ("all_reduce", r) for r in ("band", "bor", "bxor")},
-              **{f"{r}_scatter": ("reduce_scatter", r) for r in ("max", "min", "prod", "band", "bor", "bxor", "avg")}}
-
-
 def called_as(op: str) -> str:
     """A call as its user made it: `all_reduce(op='avg')` for all_avg, which has no function."""
-    if op in _CALLED_AS:
-        call, reduction = _CALLED_AS[op]
+    if op in CALLED_AS:
+        call, reduction = CALLED_AS[op]
         return f"{call}(op={reduction!r})"
     return op
 

@@ -49,6 +49,28 @@ def test_a_timeout_names_the_rank_waited_for_on_both_sides():
     assert (late.rank, late.op, late.peer, late.origin, late.address) == (1, "all_sum", 1, 0, waiting.address)
 
 
+@pytest.mark.parametrize("shm", [True, False])
+def test_a_reduction_with_no_function_of_its_own_is_named_as_it_was_called(shm):
+    # all_reduce(op='avg') and reduce_scatter(op='max') run as all_avg and max_scatter inside:
+    # their errors' `op`, and their messages, are the calls the user made.
+    def body(g):
+        if g.rank() == 1:
+            time.sleep(2.5)
+        return rd.all_reduce(np.ones(8), op="avg", group=g, timeout=1.0)
+
+    waiting, late = _errors(2, body, shm=shm)
+    assert isinstance(waiting, rd.RingTimeoutError) and waiting.op == "all_reduce", waiting
+    assert "all_reduce(op='avg') made no progress" in str(waiting), waiting
+    assert late.op == "all_reduce" and "all_reduce(op='avg') aborted by rank 0" in str(late), late
+
+    def other(g):
+        return rd.reduce_scatter(np.ones(4 if g.rank() else 6), op="max", group=g)
+
+    for exc in _errors(2, other, shm=shm):
+        assert isinstance(exc, rd.MismatchError) and exc.op == "reduce_scatter", exc
+        assert "max_scatter" not in str(exc), exc
+
+
 def test_a_sub_group_error_and_the_broken_group_after_it_carry_the_sub_group():
     def body(g):
         sub = g.split(color=g.rank() % 2)
