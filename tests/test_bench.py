@@ -57,6 +57,23 @@ def test_alternate_compares_two_values_call_by_call():
     assert bad.returncode != 0 and "group.no_such_thing: no such attribute" in bad.stdout + bad.stderr
 
 
+@pytest.mark.parametrize("op", ["all_gather", "reduce_scatter"])
+def test_uneven_compares_the_shared_memory_rows_with_the_former_path(op):
+    import re
+    from pathlib import Path
+
+    from helpers import run_launcher
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "uneven.py"
+    res = run_launcher(["-n", "3", str(script), "65536", op, "--calls", "10", "--warmup", "2"], timeout=120)
+    assert res.returncode == 0, res.stdout + res.stderr
+    line = re.search(rf"^\[0\] uneven {op} 65536 B on 3 ranks: A median ([\d.]+) µs .* \| B median ([\d.]+) µs "
+                     r".* \| B/A ([\d.]+) \(5 calls each\)$", res.stdout, re.M)
+    assert line, res.stdout
+    a, b, ratio = (float(v) for v in line.groups())
+    assert a > 0 and b > 0 and abs(ratio - b / a) < 0.01
+
+
 @pytest.mark.slow  # a benchmark tool, run by `pytest -m slow` (CI runs both)
 def test_interleave_runs_each_size_and_peer_in_turn(tmp_path):
     """benchmarks/interleave.py against a stand-in harness: one run per (repeat, size, peer),
