@@ -261,7 +261,8 @@ CALLS_OVER_AN_ALL_REDUCE = {
 @pytest.mark.parametrize("name, n", STALL_CASES)
 def test_a_stall_under_a_call_built_on_an_all_reduce_names_that_call(name, n, call):
     """The last rank never calls: every rank that times out, or hears of another's timeout, names
-    the call it made (all_avg, reduce, all_maxloc), not the all-reduce under it (all_sum, all_max).
+    the call it made (all_reduce(op='avg'), reduce, all_maxloc), not the all-reduce under it
+    (all_sum, all_max).
     (The shared-memory algorithms, and direct's rooted reduce, which gathers under the call's
     header, named it already: those cases guard it.)"""
     def rank(g: rd.Group) -> str | None:
@@ -277,6 +278,7 @@ def test_a_stall_under_a_call_built_on_an_all_reduce_names_that_call(name, n, ca
     got = run_ranks(n, rank, shm=shm, algo=(("*", name),))
     raised = [(r, text) for r, text in enumerate(got) if text is not None]
     assert raised, f"forced {name}, N={n}: no rank timed out in {call}"
+    named = "all_reduce(op='avg')" if call == "all_avg" else call
     for r, text in raised:  # its own timeout, or another rank's it was told of
-        assert text.startswith(f"rank {r}: {call} ") and f": {call} made no progress" in text, text
+        assert text.startswith(f"rank {r}: {named} ") and f": {named} made no progress" in text, text
         assert not re.search(r"\ball_(sum|max)\b", text), text
