@@ -204,19 +204,30 @@ def _set_by(error: str, hostfile: Hostfile, env: list[tuple[str, str]]) -> str:
 
 
 def _warn_of_names(hostfile: Hostfile, env: list[tuple[str, str]]) -> None:
-    """A warning for each RINGDIST_ variable given that ringdist does not read (a misspelt name
-    would pass unnoticed), and each hostfile `envs` entry with no '='."""
+    """A warning for each RINGDIST_ variable given (--env, the hostfile, the launcher's own
+    environment, which every rank inherits) that ringdist does not read (a misspelt name would
+    pass unnoticed), and each hostfile `envs` entry with no '='."""
     given = [("--env", name) for name, _ in env]
     given += [(f"{hostfile.source}: envs[{i}]", name) for i, (name, _) in enumerate(hostfile.envs)]
     known = sorted(VARIABLES | LAUNCHER_VARS)
+    # The environment holds other tools' RINGDIST_ names too: only a near miss of one ringdist
+    # reads is taken for a misspelling there (RINGDIST_LANE, RINGDIST_TIMOUT).
+    given += [("the environment", name) for name in sorted(os.environ)
+              if name.startswith("RINGDIST_") and name not in known and _near(name, known)]
     for where, name in given:
         if name.startswith("RINGDIST_") and name not in known:
-            close = difflib.get_close_matches(name, known, n=1)
+            close = _near(name, known) or difflib.get_close_matches(name, known, n=1)
             print(f"{PROG}: warning: {where}: {name} is not a variable ringdist reads"
                   f"{f' (did you mean {close[0]}?)' if close else ''}", file=sys.stderr)
     for name in hostfile.bare:
         print(f"{PROG}: warning: {hostfile.source}: envs: {name!r} has no '=': every rank gets {name} set empty, "
               f"as mlx.launch does (write \"{name}=value\")", file=sys.stderr)
+
+
+def _near(name: str, known: list[str]) -> list[str]:
+    """The variable `name` (RINGDIST_...) is a near miss of, judged on what follows the prefix."""
+    tails = {k[len("RINGDIST_"):]: k for k in known if k.startswith("RINGDIST_")}
+    return [tails[t] for t in difflib.get_close_matches(name[len("RINGDIST_"):], list(tails), n=1, cutoff=0.7)]
 
 
 def _hosts_hint(spec: str | None) -> str:

@@ -30,6 +30,7 @@ LAUNCHER_VARS = frozenset(
         "RINGDIST_SECRET",
         "RINGDIST_BIND",
         "RINGDIST_HOST",
+        "RINGDIST_SOCKET_DIR",
         "RANK",
         "WORLD_SIZE",
         "LOCAL_RANK",

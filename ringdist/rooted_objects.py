@@ -32,6 +32,9 @@ from .flows import check_same
 from .objects import Pickled, _agree, unpickle
 
 
+INT64_MAX = (1 << 63) - 1
+
+
 def _pickle(obj: Any, cap: int, op: str, rank: int, what: str = "object") -> tuple[memoryview, ValueError | None]:
     """`obj` pickled whole (one part), or why it cannot be sent."""
     pickled = Pickled(obj, cap, op, rank, whole=True, what=what)
@@ -138,7 +141,8 @@ def _rooted(g: Comm, op: str, root: Any, make: Any, timeout: float | None) -> An
     # Every rank's cap and the bytes it sends each rank (-1: it could not pickle), to every rank:
     # each rank then judges every block alike, before any moves (an algorithm that relays or reads
     # peers' layouts need not check them again).
-    mine = np.array([cap] + ([-1] * n if failure is not None else [len(b) for b in blocks]), np.int64)
+    # (A cap past int64's, 1e20 say, is none: no pickle is that large.)
+    mine = np.array([min(cap, INT64_MAX)] + ([-1] * n if failure is not None else [len(b) for b in blocks]), np.int64)
     table = gather_rows(mine, group=g, op=f"{op} (agreement step)", timeout=timeout).reshape(n, n + 1)
     if failure is not None or (table[:, 1:] < 0).any():
         _agree(g, op, texts, failure, timeout)  # every rank raises, naming the first that could not pickle

@@ -180,3 +180,16 @@ def test_a_rank_checks_the_table_it_is_given_and_names_the_rank_at_fault(entry, 
     assert res.stdout.startswith("ProtocolError: rank 0: the rendezvous's table gives world rank 1 addresses no "
                                  "rank can dial: "), out
     assert words in res.stdout, out
+
+
+def test_a_rendezvous_that_never_answers_the_handshake_names_the_connect_timeout():
+    # A listener that takes connections (the kernel's backlog) but never sends WELCOME: the
+    # rank's ConnectError says which limit ran out, not only "timed out" (a network fault).
+    with socket.create_server(("127.0.0.1", 0), backlog=8) as silent:
+        host, port = silent.getsockname()[:2]
+        env = dict(_env(f"{host}:{port}"), RINGDIST_CONNECT_TIMEOUT="0.5")
+        proc = subprocess.run([sys.executable, "-c", JOINING_RANK], capture_output=True, text=True, env=env,
+                              timeout=60)
+    assert proc.returncode == 3, proc.stdout + proc.stderr
+    assert proc.stdout.startswith("ConnectError: rank 0: cannot reach the rendezvous"), proc.stdout
+    assert "timed out" in proc.stdout and "(RINGDIST_CONNECT_TIMEOUT=0.5 s sets the limit)" in proc.stdout, proc.stdout

@@ -335,13 +335,18 @@ def test_a_misspelt_ringdist_variable_or_a_bare_name_in_envs_is_warned_of(tmp_pa
     path.write_text(json.dumps({"hosts": [{}], "envs": ["OMP_NUM_THREADS", "RINGDIST_SHM_CMAA=0"]}))
     result = run_launcher(["--hosts", str(path), "--env", "RINGDIST_TIMOUT=5", "--", PY, "-c",
                            "import os; print(repr(os.environ['OMP_NUM_THREADS']))"], timeout=30,
-                          env={"OMP_NUM_THREADS": "7"})
+                          env={"OMP_NUM_THREADS": "7", "RINGDIST_LANE": "2", "RINGDIST_BENCH_TOOL": "x"})
     assert result.returncode == 0 and result.stdout == "[0] ''\n", result.stdout + result.stderr
     warnings = result.stderr.splitlines()
     assert ("ringdist-launch: warning: --env: RINGDIST_TIMOUT is not a variable ringdist reads "
             "(did you mean RINGDIST_TIMEOUT?)") in warnings, warnings
     assert (f"ringdist-launch: warning: {path}: envs[1]: RINGDIST_SHM_CMAA is not a variable ringdist reads "
             "(did you mean RINGDIST_SHM_CMA?)") in warnings, warnings
+    # The launcher's own environment (the ranks inherit it): a near miss of a variable is a
+    # misspelling; another tool's RINGDIST_ name is left alone.
+    assert ("ringdist-launch: warning: the environment: RINGDIST_LANE is not a variable ringdist reads "
+            "(did you mean RINGDIST_LANES?)") in warnings, warnings
+    assert not [w for w in warnings if "RINGDIST_BENCH_TOOL" in w], warnings
     assert any(w.startswith(f"ringdist-launch: warning: {path}: envs: 'OMP_NUM_THREADS' has no '=': every rank "
                             "gets OMP_NUM_THREADS set empty") for w in warnings), warnings
 

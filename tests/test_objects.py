@@ -125,6 +125,21 @@ def test_an_object_over_the_cap_fails_on_the_sender_naming_the_variable_and_on_e
     assert after == [list(range(n))] * n
 
 
+@pytest.mark.parametrize("cap", [1e20, float((1 << 63) - 1)])
+def test_a_cap_past_int64_is_no_limit_for_every_object_call(cap):
+    # RINGDIST_MAX_OBJECT_BYTES=1e20 ("no limit"): the rooted calls' agreement step carries every
+    # rank's cap as an int64, which raised OverflowError on every rank and broke the group.
+    def rank(g):
+        objs = [{"to": p} for p in range(g.size())] if g.rank() == 0 else None
+        return (rd.all_gather_object(g.rank(), group=g), rd.gather_object(g.rank(), 0, group=g),
+                rd.scatter_object(objs, 0, group=g), rd.gather_object(g.rank(), 1, group=g, async_op=True).wait())
+
+    got = run_ranks(3, rank, max_object_bytes=cap)
+    for r, (every, gathered, scattered, later) in enumerate(got):
+        assert every == [0, 1, 2] and scattered == {"to": r}, got
+        assert gathered == ([0, 1, 2] if r == 0 else None) and later == ([0, 1, 2] if r == 1 else None), got
+
+
 def test_a_receiver_refuses_an_object_over_its_own_cap_from_the_header():
     def rank(g):
         if g.rank() == 1:
