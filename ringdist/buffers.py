@@ -80,6 +80,10 @@ class BufferCache:
                 best = i
         if best >= 0:
             block = blocks.pop(best)
+            # Blocks that went idle since a block was last made count now: results a program
+            # held many of at once, then dropped, are trimmed to the limits on the next call.
+            self._drop_idle(0, self.limit, lambda block: True)
+            self._drop_idle(0, MEDIUM_IDLE_BYTES, lambda block: len(block.mem) < MEDIUM_BYTES)
             blocks.append(block)  # most recently used last
             return block
         self._drop_idle(size, self.limit, lambda block: True)

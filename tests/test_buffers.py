@@ -75,6 +75,29 @@ def test_medium_results_reuse_one_block_and_idle_medium_blocks_are_capped():
     assert idle <= MEDIUM_IDLE_BYTES and fresh.nbytes == 9 << 20
 
 
+def test_blocks_that_go_idle_later_are_trimmed_on_the_next_call_that_reuses_one():
+    # 40 results held at once, then dropped, then calls that each reuse an idle block: the
+    # limits held only when a block was made, so the 40 stayed idle, call after call.
+    from ringdist.buffers import MEDIUM_BYTES, MEDIUM_IDLE_BYTES
+
+    def idle(cache: BufferCache, medium: bool = False) -> int:
+        return sum(len(b.mem) for b in cache._blocks if b.idle() and (not medium or len(b.mem) < MEDIUM_BYTES))
+
+    small = BufferCache(2 * MIN_BYTES)
+    held = [small.empty(SHAPE, np.float32) for _ in range(40)]
+    del held
+    for _ in range(3):
+        kept = small.empty(SHAPE, np.float32)  # reuses one; the rest past the limit go
+        assert idle(small) <= 2 * MIN_BYTES and len(small._blocks) <= 3, idle(small)
+        del kept
+    medium = BufferCache(1 << 30)
+    held = [medium.empty((1 << 20,), np.uint8) for _ in range(20)]
+    del held
+    kept = medium.empty((1 << 20,), np.uint8)
+    assert idle(medium, medium=True) <= MEDIUM_IDLE_BYTES, idle(medium, medium=True)
+    assert kept.nbytes == 1 << 20
+
+
 def test_byte_view_is_the_raw_bytes_of_any_contiguous_array():
     from ringdist.arrays import byte_view
 
