@@ -99,10 +99,14 @@ def _plan(options: argparse.Namespace, target: Target) -> JobPlan:
         verbose=options.verbose,
     )
     for rank in plan.ranks[:1]:  # the library's settings, as the ranks will read them: refused here, not in N tracebacks
+        given = {**os.environ, **dict(rank.user_env)}
         try:
-            forced = Settings.from_env({**os.environ, **dict(rank.user_env)}).algo
+            settings = Settings.from_env(given)
         except ConfigError as exc:
             raise ConfigError(f"{_set_by(str(exc), hostfile, env)}{exc}") from None
+        forced = settings.algo
+        if given.get("RINGDIST_SOCKET_BUFFERS", "").strip():
+            _warn_of_socket_limits(settings.socket_buffers)
         if forced:  # (the table's algorithms import numpy: only then)
             from ringdist import tuning
 
@@ -222,6 +226,21 @@ def _warn_of_names(hostfile: Hostfile, env: list[tuple[str, str]]) -> None:
     for name in hostfile.bare:
         print(f"{PROG}: warning: {hostfile.source}: envs: {name!r} has no '=': every rank gets {name} set empty, "
               f"as mlx.launch does (write \"{name}=value\")", file=sys.stderr)
+
+
+def _warn_of_socket_limits(sizes: tuple[int, int]) -> None:
+    """A warning where RINGDIST_SOCKET_BUFFERS asks more than this machine's kernel gives a
+    socket (Linux: net.core.rmem_max and wmem_max): it takes its limit without a word."""
+    for asked, name in zip(sizes, ("rmem_max", "wmem_max")):
+        try:
+            with open(f"/proc/sys/net/core/{name}") as f:
+                limit = int(f.read())
+        except (OSError, ValueError):
+            return  # not Linux (macOS halves a refused size: channel._set_buffer)
+        if asked > limit:
+            print(f"{PROG}: warning: RINGDIST_SOCKET_BUFFERS asks {asked} bytes of a socket's "
+                  f"{'receive' if name == 'rmem_max' else 'send'} buffer; this machine gives at most {limit} "
+                  f"(net.core.{name}: raise it with sysctl)", file=sys.stderr)
 
 
 def _near(name: str, known: list[str]) -> list[str]:

@@ -172,3 +172,22 @@ def test_the_smallest_socket_buffers_taken_carry_a_ring_over_tcp(tmp_path):
                             "RINGDIST_ALGO": "all_sum:ring,all_gather:ring", "RINGDIST_TIMEOUT": "30"})
     assert res.returncode == 0, res.stdout + res.stderr
     assert res.stdout.count("summed") == 3, res.stdout + res.stderr
+
+
+def test_the_launcher_warns_of_a_socket_buffer_the_kernel_would_cut():
+    # Linux takes at most net.core.rmem_max (wmem_max) for a socket without a word: asked more,
+    # the job ran with less than RINGDIST_SOCKET_BUFFERS says.
+    try:
+        with open("/proc/sys/net/core/rmem_max") as f:
+            limit = int(f.read())
+    except OSError:
+        pytest.skip("no /proc/sys/net/core here (not Linux)")
+    over = run_launcher(["--dry-run", "-n", "1", "--", "true"], timeout=30,
+                        env={"RINGDIST_SOCKET_BUFFERS": f"{limit + 1},0"})
+    assert over.returncode == 0, over.stdout + over.stderr
+    assert (f"warning: RINGDIST_SOCKET_BUFFERS asks {limit + 1} bytes of a socket's receive buffer; this machine "
+            f"gives at most {limit} (net.core.rmem_max") in over.stderr, over.stderr
+    if limit >= 65536:  # (the least size taken)
+        within = run_launcher(["--dry-run", "-n", "1", "--", "true"], timeout=30,
+                              env={"RINGDIST_SOCKET_BUFFERS": f"{limit},0"})
+        assert within.returncode == 0 and "RINGDIST_SOCKET_BUFFERS" not in within.stderr, within.stderr
