@@ -32,7 +32,7 @@ import ringdist as rd
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("size", type=int, help="bytes per rank (float32 elements)")
-    parser.add_argument("op", choices=["all_gather", "all_sum", "all_max", "all_min", "sum_scatter", "all_to_all"])
+    parser.add_argument("op", choices=["all_gather", "all_sum", "all_max", "all_min", "sum_scatter", "all_to_all", "reduce"])
     parser.add_argument("target", help="module.NAME or group.NAME")
     parser.add_argument("a")
     parser.add_argument("b")

@@ -109,3 +109,32 @@ def test_ranks_that_disagree_on_a_rooted_reduce_all_raise(case, n):
     assert any(isinstance(o, rd.MismatchError) for o in outcomes), outcomes
     assert all(isinstance(o, rd.RingError) for o in outcomes if o != "returned"), outcomes
     assert all(isinstance(e, rd.RingError) for e in errors), errors
+
+
+@pytest.mark.parametrize("n", [2, 3, 5])
+def test_a_ring_rooted_reduce_in_windows_gives_the_all_reduces_bits(n, monkeypatch):
+    # Over SCRATCH_WINDOW (here 64 KiB, to keep the arrays small) the ring's rooted reduce runs
+    # the all-reduce a span of every block at a time; off the root each span lands in one reused
+    # window. Spans start on whole fold blocks and keep every element in its block: the bits of
+    # one run, NaN signs and signed zeros included (max), on every kind of root.
+    from ringdist.algorithms import ring
+    monkeypatch.setattr(ring, "SCRATCH_WINDOW", 64 << 10)
+    ops = [("sum", "float32"), ("max", "zeros"), ("prod", "float64"), ("bxor", "int32")]
+
+    def rank(g: rd.Group) -> list:
+        out = []
+        for count in (40_001, 100_003):
+            for op, dtype in ops:
+                x = _input(g.rank(), count, dtype)
+                every = rd.all_reduce(x, op, group=g)
+                for root in sorted({0, n - 1, n // 2}):
+                    out.append((count, op, root, every, rd.reduce(x, root=root, op=op, group=g)))
+        return out
+
+    results = run_ranks(n, rank, shm=False, algo=(("all_reduce", "ring"),))
+    for r, rows in enumerate(results):
+        for count, op, root, every, got in rows:
+            if r != root:
+                assert got is None, (count, op, root, r)
+            else:
+                assert got.tobytes() == every.tobytes(), (count, op, root, r)

@@ -18,7 +18,7 @@ import numpy as np
 from .. import buffers, schedule, wire
 from ..arrays import REDUCERS, byte_view
 from ..comm import Comm
-from ..flows import Inflow, Outflow, ReducingInflow, Segments
+from ..flows import REDUCE_BLOCK, Inflow, Outflow, ReducingInflow, Segments
 from .base import Algorithm
 from .blocks import all_to_all_ring, gather_ring
 from .common import gather_flows, own_rows, row_bounds, streams
@@ -28,6 +28,10 @@ from .common import gather_flows, own_rows, row_bounds, streams
 # it starts. Measured with both variants alternating call by call in one run: 16-64 MiB 2-6%
 # faster on 2 and 4 ranks, 8 MiB 1%, 2-4 MiB no gain.
 IDLE_COPY_MIN = 8 << 20
+
+# The partial sums a reduce-scatter's run holds at most: larger calls take several runs, each
+# reducing the same span of every block (`reduce_scatter`).
+SCRATCH_WINDOW = 8 << 20
 
 
 def gather(g: Comm, arr: np.ndarray, out: np.ndarray, header: wire.Header, timeout: float | None) -> None:
@@ -53,8 +57,8 @@ def gather_root(g: Comm, arr: np.ndarray, root: int, header: wire.Header, timeou
 
 
 def reduce_flows(g: Comm, own: np.ndarray, dest: np.ndarray, bounds: list[tuple[int, int]],
-                  ufunc: Any, op: str, header: wire.Header,
-                  out: np.ndarray | None = None) -> tuple[list[Inflow], list[Outflow]]:
+                  ufunc: Any, op: str, header: wire.Header, out: np.ndarray | None = None,
+                  shift: list[int] | None = None) -> tuple[list[Inflow], list[Outflow]]:
     """Ring reduce-scatter of flat `own` (element bounds per block) leaving block r reduced in `dest`.
 
     A partial is forwarded as soon as it is reduced. With `out` (flat, `dest` being its block r)
@@ -64,6 +68,8 @@ def reduce_flows(g: Comm, own: np.ndarray, dest: np.ndarray, bounds: list[tuple[
     later (a block's reduced bytes come only once this rank's partial of them has gone on: they
     are made from it), so no scratch holds them. Without `out` they travel in a scratch array.
     Either way a stream's outflow is its own first piece followed by its inflow, one segment behind.
+    `shift[i]`: where `out` is a window of the array, block i's elements lie that much lower in
+    it than in `own`.
     """
     n, r = g.size(), g.rank()
     itemsize = own.itemsize
@@ -73,6 +79,11 @@ def reduce_flows(g: Comm, own: np.ndarray, dest: np.ndarray, bounds: list[tuple[
 
     def piece(i: int, parts: int, index: int) -> slice:
         return slice(*schedule.piece_bounds(bounds[i][0], bounds[i][1], parts, index))
+
+    def out_piece(i: int, parts: int, index: int) -> np.ndarray:
+        p = piece(i, parts, index)
+        lower = shift[i] if shift is not None else 0
+        return out[p.start - lower:p.stop - lower]  # type: ignore[index]
 
     def partials(direction: int, parts: int, index: int) -> list[slice]:
         """The pieces this stream receives as partial sums, to reduce and pass on (N-2 of them)."""
@@ -86,9 +97,9 @@ def reduce_flows(g: Comm, own: np.ndarray, dest: np.ndarray, bounds: list[tuple[
     for direction, send_ch, recv_ch, index, parts in chosen:
         send, recv = schedule.reduce_scatter_order(r, n, direction)
         accs = []
-        for p in partials(direction, parts, index):
+        for i, p in zip(recv, partials(direction, parts, index)):
             if out is not None:
-                accs.append(out[p])
+                accs.append(out_piece(i, parts, index))
                 continue
             accs.append(scratch[used:used + p.stop - p.start])
             used += p.stop - p.start
@@ -97,7 +108,7 @@ def reduce_flows(g: Comm, own: np.ndarray, dest: np.ndarray, bounds: list[tuple[
         pairs: list[tuple[np.ndarray, np.ndarray | None]] = [(acc, own[piece(i, parts, index)])
                                                              for acc, i in zip(accs, recv)]
         if out is not None:
-            pairs += [(out[piece(i, parts, index)], None) for i in schedule.gather_order(r, n, direction)[1]]
+            pairs += [(out_piece(i, parts, index), None) for i in schedule.gather_order(r, n, direction)[1]]
         inflow = ReducingInflow(recv_ch, pairs, ufunc, op, header)
         first = own[piece(send[0], parts, index)]
         out_views = [byte_view(first)] + [byte_view(acc) for acc, _ in pairs[:-1]]
@@ -122,12 +133,55 @@ def reduce(g: Comm, arr: np.ndarray, op: str, header: wire.Header, timeout: floa
     return out
 
 
+def reduce_root(g: Comm, arr: np.ndarray, op: str, root: int, header: wire.Header,
+                timeout: float | None) -> np.ndarray | None:
+    """The all-reduce's runs, in windows: each run reduces and gathers the same span of every
+    block, the root landing it in its output, every other rank in one window reused run after
+    run (the blocks' spans side by side), so a rank off the root holds its input and
+    SCRATCH_WINDOW bytes, not a whole result. Spans start on whole fold blocks
+    (`flows.REDUCE_BLOCK`) and every element stays in its block, folded in the ring's order, so
+    the root gets the all-reduce's bits. Where several streams would cut the blocks (lanes, both
+    directions) the all-reduce runs whole."""
+    n, r = g.size(), g.rank()
+    own = np.ascontiguousarray(arr).reshape(-1)
+    bounds = schedule.block_bounds(own.size, n)
+    ring = g.ring
+    assert ring is not None
+    largest = max(hi - lo for lo, hi in bounds) * own.itemsize
+    if own.nbytes <= SCRATCH_WINDOW or len(schedule.streams(largest, len(ring.right), g.both_ways)) > 1:
+        out = reduce(g, arr, op, header, timeout)
+        return out if r == root else None
+    fold = max(1, REDUCE_BLOCK // own.itemsize)
+    span = max(fold, SCRATCH_WINDOW // n // own.itemsize // fold * fold)
+    result = buffers.cache.empty(arr.shape, arr.dtype) if r == root else None
+    window = None if result is not None else buffers.cache.empty((n * span,), own.dtype)
+    flat = result.reshape(-1) if result is not None else None
+    name, ufunc = header.fields["op"], REDUCERS[op]
+    for a in range(0, max(hi - lo for lo, hi in bounds), span):
+        spans = [(min(hi, lo + a), min(hi, lo + a + span)) for lo, hi in bounds]
+        lo, hi = spans[r]
+        if flat is not None:
+            flows = reduce_flows(g, own, flat[lo:hi], spans, ufunc, name, header, out=flat)
+        else:
+            shift = [s_lo - i * span for i, (s_lo, _) in enumerate(spans)]
+            flows = reduce_flows(g, own, window[r * span:r * span + hi - lo], spans, ufunc, name, header,  # type: ignore[index]
+                                 out=window, shift=shift)
+        g.run(name, *flows, timeout=timeout)
+    return result
+
+
 def reduce_scatter(g: Comm, own: np.ndarray, out: np.ndarray, op: str, header: wire.Header,
                    timeout: float | None) -> None:
-    per_rank = out.size
-    bounds = [(i * per_rank, (i + 1) * per_rank) for i in range(g.size())]
+    """The ring reduce-scatter, in windows: each run reduces the same span of every block, so its
+    partial sums' scratch, (N-2) spans, stays within SCRATCH_WINDOW bytes where one run of whole
+    blocks held (N-2)/N of the input."""
+    n, per_rank = g.size(), out.size
+    span = max(1, SCRATCH_WINDOW // max(1, n - 2) // own.itemsize)
     name = header.fields["op"]
-    g.run(name, *reduce_flows(g, own, out, bounds, REDUCERS[op], name, header), timeout=timeout)
+    for a in range(0, max(per_rank, 1), span):
+        b = min(per_rank, a + span)
+        bounds = [(i * per_rank + a, i * per_rank + b) for i in range(n)]
+        g.run(name, *reduce_flows(g, own, out[a:b], bounds, REDUCERS[op], name, header), timeout=timeout)
 
 
 def broadcast(g: Comm, out: np.ndarray, root: int, header: wire.Header, timeout: float | None) -> None:
@@ -221,4 +275,5 @@ def scan(g: Comm, arr: np.ndarray, op: str, exclusive: bool, header: wire.Header
 
 
 ALGORITHM = Algorithm("ring", gather=gather, reduce=reduce, reduce_scatter=reduce_scatter, broadcast=broadcast,
-                      all_to_all=all_to_all_ring, gather_v=gather_ring, gather_root=gather_root, scan=scan)
+                      all_to_all=all_to_all_ring, gather_v=gather_ring, gather_root=gather_root, reduce_root=reduce_root,
+                      scan=scan)
