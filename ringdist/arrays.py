@@ -106,6 +106,18 @@ def combine(ufunc: Any, first: np.ndarray, second: np.ndarray, out: np.ndarray) 
         ufunc(first, second, out=out)
 
 
+def fold_piece(rows: list[np.ndarray], ufunc: Any, out: np.ndarray) -> None:
+    """`fold` of a piece of longer rows, with the bits the whole rows' fold gives it: a
+    one-element piece is folded as two elements (numpy runs a one-element call into its first
+    operand as a reduction, which rounds complex products and keeps NaNs otherwise)."""
+    if out.size == 1 and len(rows) > 2:
+        pair = np.empty(2, out.dtype)
+        fold([np.repeat(row.reshape(-1), 2) for row in rows], ufunc, pair)
+        out.reshape(-1)[0] = pair[0]
+        return
+    fold(rows, ufunc, out)
+
+
 def fold_in_place(rows: list[np.ndarray], ufunc: Any, out: np.ndarray) -> None:
     """out = rows[0], then out = out op row for each next row, in place: a scan's fold. Every
     step in place, as the chain folds a prefix into what landed (`flows.ReducingInflow`): numpy

@@ -196,7 +196,11 @@ def reduce_scatter_counts(g: Comm, arr: np.ndarray, op: str, counts: Any, timeou
     mine = counts[r]
     trailing = arr.shape[1:]
     if algorithm.reduce_scatter_v is not None:
-        out = buffers.cache.empty((mine,) + trailing, arr.dtype)
+        try:
+            out = buffers.cache.empty((mine,) + trailing, arr.dtype)
+        except MemoryError:
+            raise MemoryError(f"rank {r}: {call}: no memory for its result, {mine} rows of "
+                              f"{unit} bytes (counts={counts})"[:400]) from None
         per_row = math.prod(trailing)
         algorithm.reduce_scatter_v(g, data.reshape(-1), [count * per_row for count in counts], out.reshape(-1),
                                    "all_" + op, header, timeout)

@@ -144,3 +144,13 @@ def test_no_memory_for_a_result_is_a_memory_error_on_that_rank_and_told_to_its_p
     got = run_ranks(2, rank, shm=False)
     assert got[1] == "MemoryError: cannot map 2097152 bytes of memory: Cannot allocate memory", got
     assert got[0].startswith("RingError: rank 0: all_gather aborted by rank 1: MemoryError: cannot map"), got
+
+    def counted(g: rd.Group) -> str:  # reduce_scatter(counts=) through shared memory: the rank and call named
+        with pytest.raises((MemoryError, rd.RingError)) as info:
+            rd.reduce_scatter(np.ones(3 << 18, np.float32), counts=[1 << 18, 2 << 18], group=g)
+        return f"{type(info.value).__name__}: {info.value}"
+
+    got = run_ranks(2, counted)
+    assert got[1] == ("MemoryError: rank 1: sum_scatter: no memory for its result, 524288 rows of 4 bytes "
+                      "(counts=[262144, 524288])"), got
+    assert got[0] == f"RingError: rank 0: sum_scatter aborted by rank 1: {got[1]}", got

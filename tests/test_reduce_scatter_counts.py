@@ -91,6 +91,24 @@ def test_counts_against_even_blocks_is_a_mismatch_and_bad_counts_fail_every_rank
     assert "aborted by rank 1" in outcomes[0], outcomes
 
 
+@pytest.mark.parametrize("n, counts", [(3, [43691, 3, 2]), (3, [1, 1, 43691]), (10, [65537] + [5] * 9),
+                                       (10, [1] * 9 + [40000])])
+def test_complex_products_in_pieces_have_the_whole_folds_bits(n, counts):
+    # Shared memory folds a block a piece at a time (a slot's share, or a read's piece); numpy
+    # rounds a one-element piece folded into its first operand otherwise (AVX-512), so a block's
+    # last element came out unlike numpy's fold of the whole rows.
+    from ringdist.arrays import fold
+    rng = np.random.default_rng(sum(counts))
+    rows = sum(counts)
+    xs = [(rng.standard_normal(rows) + 1j * rng.standard_normal(rows)).astype(np.complex128) for _ in range(n)]
+    whole = np.empty(rows, np.complex128)
+    fold(xs, np.multiply, whole)
+    ends = np.cumsum([0] + counts)
+    got = run_ranks(n, lambda g: rd.reduce_scatter(xs[g.rank()], "prod", counts=counts, group=g))
+    for r in range(n):
+        assert got[r].tobytes() == whole[ends[r]:ends[r + 1]].tobytes(), r
+
+
 @pytest.mark.parametrize("rows", [40, 1 << 20, None])
 def test_past_8_ranks_on_one_machine_small_and_large_blocks(rows):
     # No mesh past 8 ranks: one round through the segments where every block fits it, else

@@ -341,7 +341,7 @@ def test_peak_memory_of_a_large_shm_collective_is_its_input_output_and_at_most_1
     # prints it. Through the segments, or read from the peers' memory (a piece at a time).
     # algo None: the table's. An uneven all_gather (6.4-25.6 MiB in, 64 out) landed each peer's
     # rows in a buffer of their own and copied them into the result: twice the output. A
-    # reduce-scatter with counts (64 MiB in, 10-22 MiB out) held every rank's block of its rows,
+    # reduce-scatter with counts (64 MiB in, 6.4-25.6 MiB out) held every rank's block of its rows,
     # N times its output, until it folded them.
     if algo == "shm-cma" and not (crossmem.supported() and shmsignal.supported()):
         pytest.skip("cross-memory reads need Linux's process_vm_readv and signals through memory")

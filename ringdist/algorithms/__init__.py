@@ -17,11 +17,17 @@ Kinds and their run functions (all over a `Comm`, `header` already made):
   all_to_all      (comm, header, blocks, check, timeout) -> the blocks received, by source rank:
                   blocks[p] (bytes) goes to rank p; sizes ride in the headers (`blocks.py`)
   gather_v        (comm, header, parts, check, timeout) -> {source: (its header, its bytes)}:
-                  this rank's parts to every rank, of any size (`blocks.py`)
+                  this rank's parts to every rank, of any size (`blocks.py`); where the record's
+                  `gather_v_whole`, also whole=True: every rank's bytes in rank order in one
+                  buffer (`blocks.Gathered`), an uneven all_gather's result as it lands
   gather_root     (comm, arr, root, header, timeout) -> every rank's rows in rank order on
                   the root, None elsewhere
   reduce_root     (comm, arr, op, root, header, timeout) -> `reduce`'s result (the same bits)
                   on the root, None elsewhere; optional: without it a rooted reduce runs `reduce`
+  reduce_scatter_v (comm, own, lengths, out, op, header, timeout): block r (lengths[r] elements;
+                  the blocks in rank order in flat `own`) of every rank reduced by `op` into
+                  `out`; optional, on algorithms with `all_to_all`: without it
+                  `reduce_scatter(counts=)` runs the all_to_all and folds what lands
   all_to_all_even (comm, data, out, header, timeout): block p of `data` to rank p, rank p's
                   block into block p of `out`, every block the same size; optional: without it
                   an all_to_all without splits runs `all_to_all`

@@ -15,7 +15,9 @@ one copy by the CPU instead of two by the kernel (send and receive).
   signal every rank copies every reduced slice. 2α + (1 + 2/N)n copied. With signals through
   memory, on 2 ranks or up to ONE_SIGNAL_REDUCE_MAX: one signal a round, and every rank folds
   every array in rank order (α + n copied, N·n read).
-- reduce-scatter: each rank writes its array; rank p reduces block p in rank order.
+- reduce-scatter: each rank writes its array; rank p reduces block p in rank order. Blocks
+  of any lengths (`reduce_scatter(counts=)`, `reduce_scatter_v`): each round a piece of every
+  peer's block, the slot shared in proportion to the blocks.
 - broadcast: the root writes its array; every other rank copies it.
 - gather (rooted): as all-gather, but only the root copies out.
 - scatter: the root writes a descriptor (shape, dtype) and the blocks; each rank copies its own.
@@ -25,6 +27,9 @@ one copy by the CPU instead of two by the kernel (send and receive).
 - all-to-all and scatter (`shm_blocks.py`): each rank writes its blocks for the other
   ranks once; each rank copies its block out of every peer's segment. Blocks of one size
   that fit one slot: the input in place (two copies), one signal.
+- blocks of any size to every rank (`shm_blocks.gather_v`: an uneven all-gather, the object
+  collectives): each stream headed by its fields; an uneven all-gather's land in place in
+  its result.
 """
 
 from __future__ import annotations
@@ -33,9 +38,9 @@ import msgpack
 import numpy as np
 
 from .. import buffers, schedule, wire
-from ..arrays import REDUCERS, byte_view, fold, fold_in_place
+from ..arrays import REDUCERS, byte_view, fold, fold_in_place, fold_piece
 from ..comm import Comm
-from ..errors import MismatchError, ProtocolError
+from ..errors import MismatchError, ProtocolError, RingError
 from .base import Algorithm
 from .blocks import declared_empty, dtype_from
 from .shm_blocks import all_to_all, failed, gather_v, layout_bytes, signal
@@ -192,29 +197,55 @@ def reduce_scatter(g: Comm, own: np.ndarray, out: np.ndarray, op: str, header: w
 
 def reduce_scatter_v(g: Comm, own: np.ndarray, lengths: list[int], out: np.ndarray, op: str, header: wire.Header,
                      timeout: float | None) -> None:
-    """Blocks of any lengths (`reduce_scatter(counts=)`): each round every rank writes up to a
-    slot's 1/N of each peer's block, and rank p folds its block's piece of every slot. As many
-    rounds on every rank (the lengths ride in the header, which the first signal compares);
-    resident memory is the input, the output and the slots."""
+    """Blocks of any lengths (`reduce_scatter(counts=)`): each round every rank writes a piece of
+    each peer's block into its slot, and rank p folds its block's piece of every slot. Pieces are
+    shares of a slot in proportion to the blocks (`_shares`), so every block ends in the same
+    round and the rounds are as few as the slot allows (one block holding every row takes all of
+    each slot, not 1/N); as many on every rank (the lengths ride in the header, which the first
+    signal compares). Resident memory is the input, the output and the slots."""
     link = g.shm
     assert link is not None
     n, r = g.size(), g.rank()
     dtype, isz = own.dtype, own.dtype.itemsize
-    c = max(1, link.slot_size // isz // n)  # elements of each block per round
+    rounds, per, at = _shares(lengths, link.slot_size // isz, max(1, 64 // isz), g, header.fields["op"])
     starts = [sum(lengths[:q]) for q in range(n)]
     name, ufunc = header.fields["op"], REDUCERS[op]
-    for a, _ in _rounds(max(lengths), c):
+    for i in range(rounds):
         k = link.next_round()
         slot = link.slot(r, k)
         for q in range(n):
-            if q != r and a < lengths[q]:
-                b = min(a + c, lengths[q])
-                np.copyto(_array(slot, dtype, b - a, q * c * isz), own[starts[q] + a:starts[q] + b])
+            a, b = min(i * per[q], lengths[q]), min((i + 1) * per[q], lengths[q])
+            if q != r and a < b:
+                np.copyto(_array(slot, dtype, b - a, at[q] * isz), own[starts[q] + a:starts[q] + b])
         signal(g, name, header, timeout)
-        if a < lengths[r]:
-            b = min(a + c, lengths[r])
-            fold([own[starts[r] + a:starts[r] + b] if q == r else _array(link.slot(q, k), dtype, b - a, r * c * isz)
-                  for q in range(n)], ufunc, out[a:b])
+        a, b = min(i * per[r], lengths[r]), min((i + 1) * per[r], lengths[r])
+        if a < b:
+            fold_piece([own[starts[r] + a:starts[r] + b] if q == r else _array(link.slot(q, k), dtype, b - a, at[r] * isz)
+                        for q in range(n)], ufunc, out[a:b])
+
+
+def _shares(lengths: list[int], room: int, unit: int, g: Comm, op: str) -> tuple[int, list[int], list[int]]:
+    """(rounds, elements of each block a round, where each block's piece lies in a slot of `room`
+    elements): the fewest rounds whose pieces, each a multiple of `unit` elements (64 bytes),
+    fit a slot together."""
+    busy = [length for length in lengths if length]
+    if len(busy) * unit > room:
+        unit = 1
+    if len(busy) > room:
+        raise failed(g, op, RingError(f"rank {g.rank()}: {op} on group {g.gid!r}: {len(busy)} blocks cannot share "
+                                      f"a slot of shared memory of {room} elements"))
+    rounds = max(1, -(-sum(lengths) // room))
+    while True:
+        per = [_round_up(-(-length // rounds), unit) if length else 0 for length in lengths]
+        if sum(per) <= room:
+            break
+        rounds += 1
+    at = [sum(per[:q]) for q in range(len(lengths))]
+    return rounds, per, at
+
+
+def _round_up(count: int, unit: int) -> int:
+    return -(-count // unit) * unit
 
 
 def broadcast(g: Comm, out: np.ndarray, root: int, header: wire.Header, timeout: float | None) -> None:

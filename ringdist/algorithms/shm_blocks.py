@@ -349,8 +349,10 @@ def _land_in_place(g: Comm, op: str, got: Any, where: dict[int, tuple[int, int, 
     peer's stream lands (`dest`), and `got`'s bytes, views of it."""
     r = g.rank()
     lengths = [payload if q == r else where[q][1] for q in range(g.size())]
+    largest = max(g.shm.others, key=lambda q: lengths[q])
     try:
-        buffer = declared_empty((sum(lengths),), np.dtype(np.uint8), f"rank {r}: the {op} streams of its peers")
+        buffer = declared_empty((sum(lengths),), np.dtype(np.uint8),
+                                f"rank {r}: {op}'s result (rank {largest}'s stream the largest, {lengths[largest]} bytes)")
     except (ProtocolError, MemoryError) as exc:
         raise failed(g, op, exc) from None
     view, pos = memoryview(buffer), 0

@@ -23,7 +23,9 @@ every reader is done: the owner may return, and its caller change the buffer.
   all 64 ranks.
 - reduce-scatter: each rank says where its input lies, signals, sums block r of every rank's
   input in rank order into its output, and signals that it reads no input any more: two
-  signals, where the segments take one a round of a slot's 1/N of each block.
+  signals, where the segments take one a round of a slot's 1/N of each block. Blocks of any
+  lengths (`reduce_scatter(counts=)`) likewise, but where one round of the segments holds
+  every block (`shm.reduce_scatter_v`: one signal).
 - broadcast: the root says where its array lies, signals, every other rank reads it, and a
   second signal frees it: one kernel copy per reader, where the segments take two copies
   and a signal a slot.
@@ -46,7 +48,7 @@ import os
 import numpy as np
 
 from .. import aborts, buffers, crossmem, schedule, shmsignal, wire
-from ..arrays import REDUCERS, byte_view
+from ..arrays import REDUCERS, byte_view, fold_piece
 from ..comm import Comm
 from ..errors import MismatchError, PeerLostError, ProtocolError, RingError
 from . import shm
@@ -135,6 +137,13 @@ def _fold_from_inputs(g: Comm, ufunc: np.ufunc, own: np.ndarray, at: int, dst: n
     for a in range(0, count, step):
         b = min(count, a + step)
         piece = dst[a:b]
+        if b - a == 1 and n > 2:  # a piece of one element: folded as the whole rows' is (`fold_piece`)
+            rows = [own[at + a:at + b] if q == r else np.empty(1, own.dtype) for q in range(n)]
+            for q in range(n):
+                if q != r:
+                    _read(g, q, byte_view(rows[q]), inputs[q] + (at + a) * isz, name)
+            fold_piece(rows, ufunc, piece)
+            continue
         if r == 0:
             np.copyto(piece, own[at + a:at + b])
         else:
