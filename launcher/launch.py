@@ -215,7 +215,7 @@ def _warn_of_names(hostfile: Hostfile, env: list[tuple[str, str]]) -> None:
     given += [(f"{hostfile.source}: envs[{i}]", name) for i, (name, _) in enumerate(hostfile.envs)]
     known = sorted(VARIABLES | LAUNCHER_VARS)
     # The environment holds other tools' RINGDIST_ names too: only a near miss of one ringdist
-    # reads is taken for a misspelling there (RINGDIST_LANE, RINGDIST_TIMOUT).
+    # reads is taken for a misspelling there (LANE for LANES, TIMOUT for TIMEOUT).
     given += [("the environment", name) for name in sorted(os.environ)
               if name.startswith("RINGDIST_") and name not in known and _near(name, known)]
     for where, name in given:
