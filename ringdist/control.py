@@ -54,13 +54,19 @@ class ControlLink:
         deadline = deadlines.after(self.settings.init_timeout)
         addresses = [[ip, port] for ip, port in self.endpoint.addresses]
         peer = f"the rendezvous at {self.where}"
+        sent = False
         try:
             send_blocking(self.sock, rendezvous.encode(
                 {"type": "register", "rank": job.rank, "size": job.size, "addresses": addresses,
                  "host": job.host, "pid": os.getpid(), "agree": self._agree(),
                  "object_cap": _carried(self.settings.max_object_bytes)}), deadline, peer=peer)
+            sent = True
             _, msg, _ = recv_control(self.sock, deadline, expect=wire.CONTROL, peer=peer)
         except RingTimeoutError:
+            if not sent:  # (its frame may be cut: no query may follow it on this connection)
+                raise RingTimeoutError(f"rank {job.rank}: init() timed out after {self.settings.init_timeout:g} s "
+                                       f"before its registration reached the rendezvous {self.where} "
+                                       "(RINGDIST_INIT_TIMEOUT sets the limit)") from None
             # Told to the rendezvous before this rank leaves: the ranks whose deadline falls a moment
             # later hear of its departure with this (the ranks missing), not as a cause in itself.
             why = self._timeout_message()
