@@ -209,7 +209,9 @@ def reduce_scatter_counts(g: Comm, arr: np.ndarray, op: str, counts: Any, timeou
     blocks = _row_blocks(data, counts, unit)
     got = algorithm.all_to_all(g, header, blocks, counts, _rows_check(header, unit, lambda src: mine), timeout)
     g.finish(call)
-    stacked = _assemble(got, trailing, arr.dtype).reshape((n, mine) + trailing)
+    # Each block folded where it landed (no copy of them all into one array first).
+    stacked = [np.frombuffer(block, arr.dtype, mine * math.prod(trailing)).reshape((mine,) + trailing)
+               for _, block in got]
     out = buffers.cache.empty((mine,) + trailing, arr.dtype)
     fold = REDUCERS["all_" + op]
     fold(stacked[0], stacked[1], out=out)  # (n >= 2 here)
