@@ -216,11 +216,12 @@ def _warn_of_names(hostfile: Hostfile, env: list[tuple[str, str]]) -> None:
     known = sorted(VARIABLES | LAUNCHER_VARS)
     # The environment holds other tools' RINGDIST_ names too: only a near miss of one ringdist
     # reads is taken for a misspelling there (LANE for LANES, TIMOUT for TIMEOUT).
+    settable = sorted(VARIABLES - LAUNCHER_VARS)  # (a near miss suggests none of the launcher's own)
     given += [("the environment", name) for name in sorted(os.environ)
-              if name.startswith("RINGDIST_") and name not in known and _near(name, known)]
+              if name.startswith("RINGDIST_") and name not in known and _near(name, settable)]
     for where, name in given:
         if name.startswith("RINGDIST_") and name not in known:
-            close = _near(name, known) or difflib.get_close_matches(name, known, n=1)
+            close = _near(name, settable) or difflib.get_close_matches(name, known, n=1)
             print(f"{PROG}: warning: {where}: {name} is not a variable ringdist reads"
                   f"{f' (did you mean {close[0]}?)' if close else ''}", file=sys.stderr)
     for name in hostfile.bare:

@@ -138,3 +138,38 @@ def test_a_ring_rooted_reduce_in_windows_gives_the_all_reduces_bits(n, monkeypat
                 assert got is None, (count, op, root, r)
             else:
                 assert got.tobytes() == every.tobytes(), (count, op, root, r)
+
+
+@pytest.mark.parametrize("n", [2, 4, 5])
+def test_a_block_whose_last_window_is_a_short_rest_keeps_the_all_reduces_bits(n, monkeypatch):
+    # A block of two or four windows' spans and a rest of 1-7 elements: folded alone, a rest that
+    # short ran numpy's scalar loop (the sign of a NaN of +NaN and -NaN) or its one-element
+    # reduction (a complex product's rounding), where the whole block's fold takes it with the
+    # fold block before it.
+    from ringdist.algorithms import ring
+    from ringdist.flows import REDUCE_BLOCK
+    monkeypatch.setattr(ring, "SCRATCH_WINDOW", 64 << 10)
+
+    def span(itemsize: int) -> int:
+        fold = REDUCE_BLOCK // itemsize
+        return max(fold, (64 << 10) // n // itemsize // fold * fold)
+
+    def rank(g: rd.Group) -> list:
+        rng = np.random.default_rng(g.rank())
+        out = []
+        for rest in (1, 3, 7):
+            x = rng.standard_normal(n * (2 * span(8) + rest))
+            x[rng.random(x.size) < 0.1] = np.nan
+            x[rng.random(x.size) < 0.1] *= -1  # NaNs of both signs
+            c = (rng.standard_normal(n * (4 * span(16) + rest))
+                 + 1j * rng.standard_normal(n * (4 * span(16) + rest))).astype(np.complex128)
+            for value, op in ((x, "sum"), (c, "prod")):
+                out.append((rest, op, rd.all_reduce(value, op, group=g), rd.reduce(value, root=0, op=op, group=g)))
+        return out
+
+    for r, rows in enumerate(run_ranks(n, rank, shm=False, algo=(("all_reduce", "ring"),))):
+        for rest, op, every, got in rows:
+            if r == 0:
+                assert got.tobytes() == every.tobytes(), (n, rest, op)
+            else:
+                assert got is None

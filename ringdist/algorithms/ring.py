@@ -154,20 +154,36 @@ def reduce_root(g: Comm, arr: np.ndarray, op: str, root: int, header: wire.Heade
     fold = max(1, REDUCE_BLOCK // own.itemsize)
     span = max(fold, SCRATCH_WINDOW // n // own.itemsize // fold * fold)
     result = buffers.cache.empty(arr.shape, arr.dtype) if r == root else None
-    window = None if result is not None else buffers.cache.empty((n * span,), own.dtype)
+    width = span + fold  # (a block's last span takes a rest under a fold block too)
+    window = None if result is not None else buffers.cache.empty((n * width,), own.dtype)
     flat = result.reshape(-1) if result is not None else None
     name, ufunc = header.fields["op"], REDUCERS[op]
-    for a in range(0, max(hi - lo for lo, hi in bounds), span):
-        spans = [(min(hi, lo + a), min(hi, lo + a + span)) for lo, hi in bounds]
+    for spans in window_spans(bounds, span, fold):
         lo, hi = spans[r]
         if flat is not None:
             flows = reduce_flows(g, own, flat[lo:hi], spans, ufunc, name, header, out=flat)
         else:
-            shift = [s_lo - i * span for i, (s_lo, _) in enumerate(spans)]
-            flows = reduce_flows(g, own, window[r * span:r * span + hi - lo], spans, ufunc, name, header,  # type: ignore[index]
+            shift = [s_lo - i * width for i, (s_lo, _) in enumerate(spans)]
+            flows = reduce_flows(g, own, window[r * width:r * width + hi - lo], spans, ufunc, name, header,  # type: ignore[index]
                                  out=window, shift=shift)
         g.run(name, *flows, timeout=timeout)
     return result
+
+
+def window_spans(bounds: list[tuple[int, int]], span: int, fold: int) -> list[list[tuple[int, int]]]:
+    """The runs of a windowed reduction: in each, a span of every block (empty where a block has
+    ended). A block's spans start `span` apart (a multiple of `fold`) and its last one takes a
+    rest under `fold` elements too: a fold of a short rest alone (numpy's scalar loop, or its
+    one-element reduction) could give bits the whole block's fold, which folds that rest with
+    the fold block before it, does not (`flows.REDUCE_BLOCK`)."""
+    cuts = []
+    for lo, hi in bounds:
+        starts = list(range(lo, hi, span)) or [lo]
+        if len(starts) > 1 and hi - starts[-1] < fold:
+            starts.pop()  # the rest goes with the span before it
+        cuts.append([(a, starts[k + 1] if k + 1 < len(starts) else hi) for k, a in enumerate(starts)])
+    runs = max(len(c) for c in cuts)
+    return [[c[k] if k < len(c) else (hi, hi) for c, (_, hi) in zip(cuts, bounds)] for k in range(runs)]
 
 
 def reduce_scatter(g: Comm, own: np.ndarray, out: np.ndarray, op: str, header: wire.Header,
@@ -176,12 +192,12 @@ def reduce_scatter(g: Comm, own: np.ndarray, out: np.ndarray, op: str, header: w
     partial sums' scratch, (N-2) spans, stays within SCRATCH_WINDOW bytes where one run of whole
     blocks held (N-2)/N of the input."""
     n, per_rank = g.size(), out.size
-    span = max(1, SCRATCH_WINDOW // max(1, n - 2) // own.itemsize)
+    fold = max(1, REDUCE_BLOCK // own.itemsize)
+    span = max(fold, SCRATCH_WINDOW // max(1, n - 2) // own.itemsize // fold * fold)
     name = header.fields["op"]
-    for a in range(0, max(per_rank, 1), span):
-        b = min(per_rank, a + span)
-        bounds = [(i * per_rank + a, i * per_rank + b) for i in range(n)]
-        g.run(name, *reduce_flows(g, own, out[a:b], bounds, REDUCERS[op], name, header), timeout=timeout)
+    for spans in window_spans([(i * per_rank, (i + 1) * per_rank) for i in range(n)], span, fold):
+        a, b = spans[g.rank()][0] - g.rank() * per_rank, spans[g.rank()][1] - g.rank() * per_rank
+        g.run(name, *reduce_flows(g, own, out[a:b], spans, REDUCERS[op], name, header), timeout=timeout)
 
 
 def broadcast(g: Comm, out: np.ndarray, root: int, header: wire.Header, timeout: float | None) -> None:
