@@ -718,7 +718,7 @@ def test_malformed_hostfile_is_one_line_and_exit_2(tmp_path, kind):
         (["--"], "no command after --"),
         (["--env", "NOEQUALS", "s.py"], '--env: expected "NAME=value", got "NOEQUALS"'),
         (["--env", "RANK=3", "s.py"], "--env: RANK is set by the launcher for each rank"),
-        (["--env", "RINGDIST_SOCKET_DIR=/tmp/x", "s.py"], "--env: RINGDIST_SOCKET_DIR is set by the launcher for each rank"),
+        (["--env", "RINGDIST_SOCKET_DIR=/tmp/x", "s.py"], "--env: RINGDIST_SOCKET_DIR is the launcher's own"),
         (["--cwd", "/no/such/dir", "s.py"], "--cwd: no such directory: /no/such/dir"),
         (["--hosts", "/no/such/hosts.json", "s.py"], "/no/such/hosts.json: cannot read hostfile"),
         (["--rendezvous", "127.0.0.1:http", "s.py"], "--rendezvous '127.0.0.1:http': the port must be a number"),
