@@ -221,7 +221,7 @@ def _warn_of_names(hostfile: Hostfile, env: list[tuple[str, str]]) -> None:
               if name.startswith("RINGDIST_") and name not in known and _near(name, settable)]
     for where, name in given:
         if name.startswith("RINGDIST_") and name not in known:
-            close = _near(name, settable) or difflib.get_close_matches(name, known, n=1)
+            close = _near(name, settable) or difflib.get_close_matches(name, settable, n=1)
             print(f"{PROG}: warning: {where}: {name} is not a variable ringdist reads"
                   f"{f' (did you mean {close[0]}?)' if close else ''}", file=sys.stderr)
     for name in hostfile.bare:

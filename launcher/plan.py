@@ -151,7 +151,7 @@ def build_plan(
         for name, _ in pairs:
             if name == "RINGDIST_SOCKET_DIR":
                 raise ConfigError(f"{source}: {name} is the launcher's own: the per-job directory it makes for the "
-                                  "ranks of this machine's portable shared memory (RINGDIST_SHM=posix)")
+                                  "ranks of this machine's portable shared memory (RINGDIST_SHM=posix, or no memfd)")
             if name in LAUNCHER_VARS:
                 raise ConfigError(f"{source}: {name} is set by the launcher for each rank")
     placements = expand_placements(hostfile, nprocs)

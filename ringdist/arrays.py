@@ -137,7 +137,11 @@ def clear_padding(out: Any) -> Any:
     """A reduction's result (None passes) with the unused bytes of each x87 long double zeroed,
     so that every rank's result is the same bytes, not only the same values."""
     if _X87 and out is not None and out.dtype.char in "gG":
-        out.reshape(-1).view(np.uint8).reshape(-1, 16)[:, 10:] = 0
+        units = out.reshape(-1).view(np.uint8).reshape(-1, 16)
+        if out.dtype.isnative:
+            units[:, 10:] = 0
+        else:  # byte-swapped (">f16" here): the 10 bytes of the number are the last ones
+            units[:, :6] = 0
     return out
 
 

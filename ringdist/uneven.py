@@ -20,7 +20,7 @@ import numpy as np
 
 from . import buffers, comm as comm_module, tuning, wire, work
 from .algorithms.blocks import Assembled, Gathered, common, dtype_from, dtype_of, sizes_of
-from .arrays import NOTHING, REDUCERS, as_rows, byte_view, check_rows_divide
+from .arrays import NOTHING, REDUCERS, as_rows, byte_view, check_rows_divide, fold_piece
 from .calls import _comm, _header, check_flag, check_root
 from .channel import Channel, peer_name
 from .comm import Comm
@@ -213,10 +213,7 @@ def reduce_scatter_counts(g: Comm, arr: np.ndarray, op: str, counts: Any, timeou
     stacked = [np.frombuffer(block, arr.dtype, mine * math.prod(trailing)).reshape((mine,) + trailing)
                for _, block in got]
     out = buffers.cache.empty((mine,) + trailing, arr.dtype)
-    fold = REDUCERS["all_" + op]
-    fold(stacked[0], stacked[1], out=out)  # (n >= 2 here)
-    for q in range(2, n):
-        fold(out, stacked[q], out=out)
+    fold_piece(stacked, REDUCERS["all_" + op], out)  # (a one-element result as shared memory folds it)
     return out
 
 

@@ -140,3 +140,18 @@ def test_past_8_ranks_on_one_machine_small_and_large_blocks(rows):
     ends = np.cumsum([0] + counts)
     for r, got in enumerate(results):
         assert got.tobytes() == whole[ends[r]:ends[r + 1]].tobytes(), r
+
+
+def test_a_one_element_complex_product_over_tcp_has_the_whole_folds_bits():
+    # Over TCP the blocks that landed are folded in place: a one-element result went through
+    # numpy's one-element reduction, which rounds a complex product otherwise (AVX-512), unlike
+    # the same call through shared memory.
+    from ringdist.arrays import fold
+    rng = np.random.default_rng(11)
+    n = 3
+    xs = [(rng.standard_normal(3) + 1j * rng.standard_normal(3)).astype(np.complex128) for _ in range(n)]
+    whole = np.empty(3, np.complex128)
+    fold(xs, np.multiply, whole)
+    for shm in (False, True):
+        got = run_ranks(n, lambda g: rd.reduce_scatter(xs[g.rank()], "prod", counts=[1, 1, 1], group=g), shm=shm)
+        assert [got[r].tobytes() for r in range(n)] == [whole[r:r + 1].tobytes() for r in range(n)], shm

@@ -29,8 +29,9 @@ from .common import gather_flows, own_rows, row_bounds, streams
 # faster on 2 and 4 ranks, 8 MiB 1%, 2-4 MiB no gain.
 IDLE_COPY_MIN = 8 << 20
 
-# The partial sums a reduce-scatter's run holds at most: larger calls take several runs, each
-# reducing the same span of every block (`reduce_scatter`).
+# The partial sums a reduce-scatter's run holds at most (and a fold block a block more, where a
+# last span takes the rest): larger calls take several runs, each reducing the same span of
+# every block (`reduce_scatter`, `reduce_root`).
 SCRATCH_WINDOW = 8 << 20
 
 
