@@ -132,6 +132,22 @@ def test_all_gather_peak_memory_is_input_plus_output_call_after_call():
 
 
 @PEAK_MEMORY
+@pytest.mark.parametrize("op", ["sum_scatter", "reduce"])
+def test_the_ring_reduce_scatter_and_a_rooted_reduce_over_tcp_hold_a_window_not_the_array(op):
+    # 4 ranks over TCP, 64 MiB a rank. The ring's reduce-scatter held (N-2)/N of the input in
+    # partial sums (32 MiB: peak 112 where 96 is allowed); a rooted reduce ran the all-reduce
+    # on every rank, a whole result off the root too (128 where 80 is allowed). In 8 MiB windows
+    # (`ring.SCRATCH_WINDOW`) each holds about 8 MiB more than its input and output.
+    env = {**FAST, "RINGDIST_SHM": "0", "RINGDIST_BUFFER_CACHE_MB": "0"}
+    res = run_launcher(["-n", "4", str(SCRIPTS / "memory_peak.py"), "64", op, "1"], timeout=120, env=env)
+    assert res.returncode == 0, res.stdout + res.stderr
+    found = re.findall(r"^\[(\d+)\] shm=False in=([\d.]+) out=([\d.]+) peak=([\d.]+)$", res.stdout, re.M)
+    assert len(found) == 4, res.stdout + res.stderr
+    for r, inp, out, peak in found:
+        assert float(peak) <= float(inp) + float(out) + 12, (r, inp, out, peak)
+
+
+@PEAK_MEMORY
 def test_a_ring_all_sum_over_tcp_holds_no_scratch_for_its_partial_sums():
     # 4 ranks over TCP, 32 MiB a rank: the ring's reduce-scatter runs on into its all-gather, and
     # the partial sums land in the result's blocks the all-gather fills later. They had a

@@ -1,7 +1,7 @@
 """Peak resident memory of a large collective: input + output and little more, call after call.
 
 usage: memory_peak.py MIB_PER_RANK [OP [CALLS]]   (OP: all_gather, the default, all_sum, all_to_all,
-reduce (to rank 0; None elsewhere), all_gather_uneven (rank r gives 2(r+1)/(N+1) of MIB_PER_RANK)
+sum_scatter, reduce (to rank 0; None elsewhere), all_gather_uneven (rank r gives 2(r+1)/(N+1) of MIB_PER_RANK)
 or reduce_scatter_counts (rank r gets 2(r+1)/(N+1) of the rows' N-th share); CALLS: 3)
 Prints on every rank `call <i>: peak <MiB> MiB over baseline` after each call, then
 `shm=<bool> in=<MiB> out=<MiB> peak=<MiB>`. The peak is VmHWM, reset to the current RSS
@@ -56,5 +56,6 @@ want = np.repeat(np.arange(1, n + 1, dtype=np.float32), count) if op == "all_gat
     np.repeat(np.arange(1, n + 1, dtype=np.float32), uneven) if op == "all_gather_uneven" else \
     np.full(shares[g.rank()], n * (n + 1) / 2, np.float32) if op == "reduce_scatter_counts" else \
     np.repeat(np.arange(1, n + 1, dtype=np.float32), count // n) if op == "all_to_all" else \
+    np.full(count // n, n * (n + 1) / 2, np.float32) if op == "sum_scatter" else \
     np.full(count, n * (n + 1) / 2, np.float32)
 assert np.array_equal(y, want) if op != "reduce" or g.rank() == 0 else y is None
