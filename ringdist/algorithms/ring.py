@@ -192,13 +192,14 @@ def reduce_scatter(g: Comm, own: np.ndarray, out: np.ndarray, op: str, header: w
     """The ring reduce-scatter, in windows: each run reduces the same span of every block, so its
     partial sums' scratch, (N-2) spans, stays within SCRATCH_WINDOW bytes where one run of whole
     blocks held (N-2)/N of the input."""
-    n, per_rank = g.size(), out.size
+    n, r, per_rank = g.size(), g.rank(), out.size
     fold = max(1, REDUCE_BLOCK // own.itemsize)
     span = max(fold, SCRATCH_WINDOW // max(1, n - 2) // own.itemsize // fold * fold)
     name = header.fields["op"]
     for spans in window_spans([(i * per_rank, (i + 1) * per_rank) for i in range(n)], span, fold):
-        a, b = spans[g.rank()][0] - g.rank() * per_rank, spans[g.rank()][1] - g.rank() * per_rank
-        g.run(name, *reduce_flows(g, own, out[a:b], spans, REDUCERS[op], name, header), timeout=timeout)
+        lo, hi = spans[r]
+        g.run(name, *reduce_flows(g, own, out[lo - r * per_rank:hi - r * per_rank], spans, REDUCERS[op], name, header),
+              timeout=timeout)
 
 
 def broadcast(g: Comm, out: np.ndarray, root: int, header: wire.Header, timeout: float | None) -> None:

@@ -207,7 +207,7 @@ def reduce_scatter_v(g: Comm, own: np.ndarray, lengths: list[int], out: np.ndarr
     assert link is not None
     n, r = g.size(), g.rank()
     dtype, isz = own.dtype, own.dtype.itemsize
-    rounds, per, at = _shares(lengths, link.slot_size // isz, max(1, 64 // isz), g, header.fields["op"])
+    rounds, per, at = _shares(lengths, link.slot_size, isz, g, header.fields["op"])
     starts = [sum(lengths[:q]) for q in range(n)]
     name, ufunc = header.fields["op"], REDUCERS[op]
     for i in range(rounds):
@@ -224,10 +224,15 @@ def reduce_scatter_v(g: Comm, own: np.ndarray, lengths: list[int], out: np.ndarr
                         for q in range(n)], ufunc, out[a:b])
 
 
-def _shares(lengths: list[int], room: int, unit: int, g: Comm, op: str) -> tuple[int, list[int], list[int]]:
-    """(rounds, elements of each block a round, where each block's piece lies in a slot of `room`
-    elements): the fewest rounds whose pieces, each a multiple of `unit` elements (64 bytes),
-    fit a slot together."""
+def share_rounds(lengths: list[int], slot_size: int, itemsize: int, g: Comm, op: str) -> int:
+    """The rounds `reduce_scatter_v` takes for blocks of these lengths."""
+    return _shares(lengths, slot_size, itemsize, g, op)[0]
+
+
+def _shares(lengths: list[int], slot_size: int, itemsize: int, g: Comm, op: str) -> tuple[int, list[int], list[int]]:
+    """(rounds, elements of each block a round, where each block's piece lies in a slot): the
+    fewest rounds whose pieces, each a multiple of 64 bytes where they fit, fit a slot together."""
+    room, unit = slot_size // itemsize, max(1, 64 // itemsize)
     busy = [length for length in lengths if length]
     if len(busy) * unit > room:
         unit = 1

@@ -137,7 +137,7 @@ def _fold_from_inputs(g: Comm, ufunc: np.ufunc, own: np.ndarray, at: int, dst: n
     for a in range(0, count, step):
         b = min(count, a + step)
         piece = dst[a:b]
-        if b - a == 1 and n > 2:  # a piece of one element: folded as the whole rows' is (`fold_piece`)
+        if b - a == 1:  # a piece of one element: folded as the whole rows' is (`fold_piece`), not in place
             rows = [own[at + a:at + b] if q == r else np.empty(1, own.dtype) for q in range(n)]
             for q in range(n):
                 if q != r:
@@ -218,7 +218,7 @@ def reduce_scatter_v(g: Comm, own: np.ndarray, lengths: list[int], out: np.ndarr
     1.24x, through the segments 0.79x."""
     link = g.shm
     assert link is not None
-    if max(lengths) <= max(1, link.slot_size // own.dtype.itemsize // g.size()):
+    if shm.share_rounds(lengths, link.slot_size, own.itemsize, g, header.fields["op"]) == 1:
         shm.reduce_scatter_v(g, own, lengths, out, op, header, timeout)
         return
     _reduce_block(g, own, sum(lengths[:g.rank()]), out, op, header, timeout)
