@@ -7,7 +7,8 @@ OP `all_gather`: `all_gather(x, uneven=True)`, rank r giving 2(r+1)/(N+1) of SIZ
 through the table's row (A) against the row the table chose before (B: the direct path on
 a mesh, else the same). OP `reduce_scatter`: `reduce_scatter(x, counts=...)` of SIZE bytes a
 rank, rank r getting 2(r+1)/(N+1) of an N-th, through the algorithm's own reduce-scatter of
-blocks of any lengths (A) against the all_to_all and fold (B). A barrier precedes each call; a
+blocks of any lengths, or over TCP the all_to_all and fold in windows (A), against the all_to_all
+and fold of whole blocks (B). A barrier precedes each call; a
 call's time is its slowest rank's. Prints the medians and quartiles and B/A (over 1: A faster).
 """
 
@@ -21,6 +22,7 @@ import numpy as np
 
 import ringdist as rd
 from ringdist import tuning
+from ringdist.algorithms import ring
 
 
 @contextlib.contextmanager
@@ -38,11 +40,14 @@ def _before(op: str, g: rd.Group):
         return
     algorithms = [a for a in tuning.ALGORITHMS.values() if a.reduce_scatter_v is not None]
     kept = [a.reduce_scatter_v for a in algorithms]
+    window = ring.SCRATCH_WINDOW
     for a in algorithms:
         object.__setattr__(a, "reduce_scatter_v", None)
+    ring.SCRATCH_WINDOW = 1 << 62  # the blocks exchanged whole
     try:
         yield
     finally:
+        ring.SCRATCH_WINDOW = window
         for a, f in zip(algorithms, kept):
             object.__setattr__(a, "reduce_scatter_v", f)
 

@@ -64,3 +64,19 @@ def chain_order(rank: int, n: int, root: int, direction: int) -> tuple[int | Non
     upstream = None if pos == 0 else (rank - direction) % n
     downstream = None if pos == n - 1 else (rank + direction) % n
     return upstream, downstream
+
+
+def window_spans(bounds: list[tuple[int, int]], span: int, fold: int) -> list[list[tuple[int, int]]]:
+    """The runs of a windowed reduction: in each, a span of every block (empty where a block has
+    ended). A block's spans start `span` apart (a multiple of `fold`) and its last one takes a
+    rest under `fold` elements too: a fold of a short rest alone (numpy's scalar loop, or its
+    one-element reduction) could give bits the whole block's fold, which folds that rest with
+    the fold block before it, does not (`flows.REDUCE_BLOCK`)."""
+    cuts = []
+    for lo, hi in bounds:
+        starts = list(range(lo, hi, span)) or [lo]
+        if len(starts) > 1 and hi - starts[-1] < fold:
+            starts.pop()  # the rest goes with the span before it
+        cuts.append([(a, starts[k + 1] if k + 1 < len(starts) else hi) for k, a in enumerate(starts)])
+    runs = max(len(c) for c in cuts)
+    return [[c[k] if k < len(c) else (hi, hi) for c, (_, hi) in zip(cuts, bounds)] for k in range(runs)]

@@ -18,14 +18,15 @@ from typing import Any, Callable
 import msgpack
 import numpy as np
 
-from . import buffers, comm as comm_module, tuning, wire, work
+from . import buffers, comm as comm_module, schedule, tuning, wire, work
+from .algorithms import ring
 from .algorithms.blocks import Assembled, Gathered, common, dtype_from, dtype_of, sizes_of
 from .arrays import NOTHING, REDUCERS, as_rows, byte_view, check_rows_divide, fold_piece
 from .calls import _comm, _header, check_flag, check_root
 from .channel import Channel, peer_name
 from .comm import Comm
 from .errors import MismatchError, ProtocolError
-from .flows import check_same
+from .flows import REDUCE_BLOCK, check_same
 
 
 
@@ -178,12 +179,11 @@ def reduce_scatter_counts(g: Comm, arr: np.ndarray, op: str, counts: Any, timeou
     with `op` ('sum', ...), folded in rank order. The counts, the same on every rank, ride in
     the header: ranks that disagree raise MismatchError. The algorithm's own reduce-scatter of
     blocks of any lengths where it has one (shared memory: the input, the output and the slots);
-    else each rank sends block j of its rows to rank j (an all_to_all: blocks of any counts) and
-    folds the N blocks it receives, so it holds N times its result's rows meanwhile. `call`:
-    the call's name, if not <op>_scatter."""
+    else each rank sends block j of its rows to rank j (all_to_alls of blocks of any counts, in
+    windows) and folds the N pieces it receives. `call`: the call's name, if not <op>_scatter."""
     n, r = g.size(), g.rank()
     call = call or op + "_scatter"
-    counts = _counts(counts, arr.shape[0], n, r, call, "counts")
+    counts = _counts(counts, arr.shape[0], n, r, wire.called_as(call), "counts")
     data = np.ascontiguousarray(arr)
     if n == 1:
         g.check_usable(call)
@@ -199,22 +199,42 @@ def reduce_scatter_counts(g: Comm, arr: np.ndarray, op: str, counts: Any, timeou
         try:
             out = buffers.cache.empty((mine,) + trailing, arr.dtype)
         except MemoryError:
-            raise MemoryError(f"rank {r}: {call}: no memory for its result, {mine} rows of "
+            raise MemoryError(f"rank {r}: {wire.called_as(call)}: no memory for its result, {mine} rows of "
                               f"{unit} bytes (counts={counts})"[:400]) from None
         per_row = math.prod(trailing)
         algorithm.reduce_scatter_v(g, data.reshape(-1), [count * per_row for count in counts], out.reshape(-1),
                                    "all_" + op, header, timeout)
         g.finish(call)
         return out
-    blocks = _row_blocks(data, counts, unit)
-    got = algorithm.all_to_all(g, header, blocks, counts, _rows_check(header, unit, lambda src: mine), timeout)
-    g.finish(call)
-    # Each block folded where it landed (no copy of them all into one array first).
-    stacked = [np.frombuffer(block, arr.dtype, mine * math.prod(trailing)).reshape((mine,) + trailing)
-               for _, block in got]
     out = buffers.cache.empty((mine,) + trailing, arr.dtype)
-    fold_piece(stacked, REDUCERS["all_" + op], out)  # (a one-element result as shared memory folds it)
+    _exchange_and_fold(g, algorithm, header, data.reshape(-1), counts, math.prod(trailing), out.reshape(-1),
+                       REDUCERS["all_" + op], timeout)
+    g.finish(call)
     return out
+
+
+def _exchange_and_fold(g: Comm, algorithm: Any, header: wire.Header, flat: np.ndarray, counts: list[int],
+                       per_row: int, out: np.ndarray, ufunc: Any, timeout: float | None) -> None:
+    """Block j of `flat` (counts[j] rows of `per_row` elements) to rank j, and this rank's block
+    of every rank's folded into `out` in rank order, in windows: each run an all_to_all of a
+    span of every block (in elements, spans cut as the ring's reduce-scatter cuts them), so the
+    pieces received meanwhile stay within `ring.SCRATCH_WINDOW` bytes, not N times the result."""
+    n, r, itemsize = g.size(), g.rank(), flat.itemsize
+    ends = [0]
+    for count in counts:
+        ends.append(ends[-1] + count * per_row)
+    bounds = list(zip(ends, ends[1:]))
+    fold_block = max(1, REDUCE_BLOCK // itemsize)
+    span = max(fold_block, ring.SCRATCH_WINDOW // n // itemsize // fold_block * fold_block)
+    view, base = byte_view(flat), bounds[r][0]
+    for spans in schedule.window_spans(bounds, span, fold_block):
+        lo, hi = spans[r]
+        got = algorithm.all_to_all(g, header, [view[a * itemsize:b * itemsize] for a, b in spans],
+                                   [b - a for a, b in spans], _rows_check(header, itemsize, lambda src: hi - lo), timeout)
+        # Each piece folded where it landed (no copy of them all into one array first).
+        pieces = [np.frombuffer(block, flat.dtype, hi - lo) for _, block in got]
+        fold_piece(pieces, ufunc, out[lo - base:hi - base])  # (a one-element result as shared memory folds it)
+        del got, pieces  # (before the next run lands its pieces)
 
 
 def scatter(x: Any, root: int = 0, *, uneven: bool = False, group: Comm | None = None,

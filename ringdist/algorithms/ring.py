@@ -159,7 +159,7 @@ def reduce_root(g: Comm, arr: np.ndarray, op: str, root: int, header: wire.Heade
     window = None if result is not None else buffers.cache.empty((n * width,), own.dtype)
     flat = result.reshape(-1) if result is not None else None
     name, ufunc = header.fields["op"], REDUCERS[op]
-    for spans in window_spans(bounds, span, fold):
+    for spans in schedule.window_spans(bounds, span, fold):
         lo, hi = spans[r]
         if flat is not None:
             flows = reduce_flows(g, own, flat[lo:hi], spans, ufunc, name, header, out=flat)
@@ -171,22 +171,6 @@ def reduce_root(g: Comm, arr: np.ndarray, op: str, root: int, header: wire.Heade
     return result
 
 
-def window_spans(bounds: list[tuple[int, int]], span: int, fold: int) -> list[list[tuple[int, int]]]:
-    """The runs of a windowed reduction: in each, a span of every block (empty where a block has
-    ended). A block's spans start `span` apart (a multiple of `fold`) and its last one takes a
-    rest under `fold` elements too: a fold of a short rest alone (numpy's scalar loop, or its
-    one-element reduction) could give bits the whole block's fold, which folds that rest with
-    the fold block before it, does not (`flows.REDUCE_BLOCK`)."""
-    cuts = []
-    for lo, hi in bounds:
-        starts = list(range(lo, hi, span)) or [lo]
-        if len(starts) > 1 and hi - starts[-1] < fold:
-            starts.pop()  # the rest goes with the span before it
-        cuts.append([(a, starts[k + 1] if k + 1 < len(starts) else hi) for k, a in enumerate(starts)])
-    runs = max(len(c) for c in cuts)
-    return [[c[k] if k < len(c) else (hi, hi) for c, (_, hi) in zip(cuts, bounds)] for k in range(runs)]
-
-
 def reduce_scatter(g: Comm, own: np.ndarray, out: np.ndarray, op: str, header: wire.Header,
                    timeout: float | None) -> None:
     """The ring reduce-scatter, in windows: each run reduces the same span of every block, so its
@@ -196,7 +180,7 @@ def reduce_scatter(g: Comm, own: np.ndarray, out: np.ndarray, op: str, header: w
     fold = max(1, REDUCE_BLOCK // own.itemsize)
     span = max(fold, SCRATCH_WINDOW // max(1, n - 2) // own.itemsize // fold * fold)
     name = header.fields["op"]
-    for spans in window_spans([(i * per_rank, (i + 1) * per_rank) for i in range(n)], span, fold):
+    for spans in schedule.window_spans([(i * per_rank, (i + 1) * per_rank) for i in range(n)], span, fold):
         lo, hi = spans[r]
         g.run(name, *reduce_flows(g, own, out[lo - r * per_rank:hi - r * per_rank], spans, REDUCERS[op], name, header),
               timeout=timeout)
