@@ -143,8 +143,9 @@ def _all_reduce(x: Any, group: Comm | None, op: str, timeout: float | None, name
     if g is None:
         g = _comm(group, timeout, call)
     try:
-        arr = as_array(x, call, g)
-        arr = reducible(arr, op, call, g)
+        shown = wire.called_as(call)  # (messages name all_band as the all_reduce(op='band') it was)
+        arr = as_array(x, shown, g)
+        arr = reducible(arr, op, shown, g)
         if name is not None:
             extra.setdefault("reduce", op.removeprefix("all_"))
         if g.size() == 1:
@@ -226,10 +227,11 @@ def _averages(dt: np.dtype) -> bool:
 def _averageable(x: Any, call: str, g: Comm, rows: bool = False) -> np.ndarray:
     """`x` as an array to sum and then divide by the group's size (`rows`: as a reduce-scatter's);
     TypeError unless its dtype holds an average."""
-    arr = as_rows(x, call, g) if rows else as_array(x, call, g)
-    arr = reducible(arr, "all_sum", call, g)
+    shown = wire.called_as(call)
+    arr = as_rows(x, shown, g) if rows else as_array(x, shown, g)
+    arr = reducible(arr, "all_sum", shown, g)
     if not _averages(arr.dtype):
-        raise TypeError(f"rank {g.rank()}: {wire.called_as(call)}: dtype {arr.dtype} cannot hold an average; pass a "
+        raise TypeError(f"rank {g.rank()}: {shown}: dtype {arr.dtype} cannot hold an average; pass a "
                         f"floating dtype, or sum and divide")
     return arr
 
@@ -299,17 +301,18 @@ def _reduce_scatter(x: Any, op: str, group: Comm | None, timeout: float | None, 
     if average:
         op = "sum"
     try:
+        shown = wire.called_as(call)  # (messages name max_scatter as the reduce_scatter(op='max') it was)
         if average:
             arr = _averageable(x, call, g, rows=True)
         else:
-            arr = as_rows(x, call, g)
-            arr = reducible(arr, "all_" + op, call, g)
+            arr = as_rows(x, shown, g)
+            arr = reducible(arr, "all_" + op, shown, g)
         if counts is not None:
             out = uneven_module.reduce_scatter_counts(g, arr, op, counts, timeout, call=call)
             if average:
                 np.divide(out, n, out=out)
             return clear_padding(out)
-        check_rows_divide(arr, x, call, g.rank(), n)
+        check_rows_divide(arr, x, shown, g.rank(), n)
         if n == 1:
             g.check_usable(call)
             return np.array(arr, order="C", copy=True)

@@ -437,7 +437,7 @@ class Comm:
             raise self.named(RingError(f"{self.rank_name}: group {self.gid!r} is closed{self.closed_note}"), op)
         if self._broken:
             raise self.named(GroupBrokenError(
-                f"{self.rank_name}: group {self.gid!r} cannot run {op}: an earlier operation on it failed "
+                f"{self.rank_name}: group {self.gid!r} cannot run {wire.called_as(op)}: an earlier operation on it failed "
                 f"({self._broken}); its ranks are no longer in step"), op)
 
     @property
@@ -659,7 +659,7 @@ class Comm:
         self.named(exc, op)
         if not self._broken:
             self._note_abort(exc, self._seq)
-            self._broken = f"{op}: {type(exc).__name__}: {exc}"
+            self._broken = f"{wire.called_as(op)}: {type(exc).__name__}: {exc}"
             self._end_mailbox()
 
     def _note_abort(self, exc: BaseException, seq: int | None, told: bool = False) -> None:
@@ -689,7 +689,7 @@ class Comm:
             # may still be in, went well).
             seq = self._seq
         self._note_abort(exc, seq, told=True)
-        self._broken = f"{op}: {type(exc).__name__}: {exc}"
+        self._broken = f"{wire.called_as(op)}: {type(exc).__name__}: {exc}"
         self._end_mailbox()
         if owner is not me and owner.is_alive():
             # Another thread's collective is writing on the group's connections: an ABORT now

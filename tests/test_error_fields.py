@@ -70,6 +70,25 @@ def test_a_reduction_with_no_function_of_its_own_is_named_as_it_was_called(shm):
         assert isinstance(exc, rd.MismatchError) and exc.op == "reduce_scatter", exc
         assert "max_scatter" not in str(exc), exc
 
+    misuses = {"reduce_scatter(op='max')": lambda g: rd.reduce_scatter(np.arange(5), op="max", group=g),
+               "reduce_scatter(op='band')": lambda g: rd.reduce_scatter(np.arange(4.0), "band", counts=[2, 2], group=g),
+               "reduce_scatter(op='avg')": lambda g: rd.reduce_scatter(None, op="avg", group=g),
+               "all_reduce(op='bxor')": lambda g: rd.all_reduce(None, op="bxor", group=g)}
+    for shown, call in misuses.items():  # refused before anything is sent; then the group is broken
+        def misused(g, call=call):
+            found = []
+            for then in (call, lambda g: rd.barrier(group=g)):
+                try:
+                    then(g)
+                except (TypeError, ValueError, rd.RingError) as exc:
+                    found.append(str(exc))
+            return found
+
+        for r, (refused, broken) in enumerate(run_ranks(2, misused, shm=shm)):
+            assert refused.startswith(f"rank {r}: {shown}: "), (shown, refused)
+            assert broken.startswith(f"rank {r}: group 'world' cannot run barrier: an earlier operation on it "
+                                     f"failed ({shown}: "), (shown, broken)
+
 
 def test_a_sub_group_error_and_the_broken_group_after_it_carry_the_sub_group():
     def body(g):

@@ -58,6 +58,25 @@ def test_strings_objects_structured_and_raw_bytes_are_refused(dtype, word):
         assert word in str(info.value) or dtype is object
 
 
+def test_timedelta64_sums_and_compares_and_its_product_and_datetime64_are_refused():
+    # As numpy: durations add, compare and average nowhere; dates do not add.
+    def rank(g):
+        x = np.array([1, -2, 3], "m8[s]") * (g.rank() + 1)
+        out = [rd.all_sum(x, group=g), rd.all_max(x, group=g), rd.all_min(x, group=g)]
+        for bad in (lambda: rd.all_prod(x, group=g), lambda: rd.all_reduce(x, "avg", group=g),
+                    lambda: rd.all_sum(np.array(["2026-12-07"], "M8[D]"), group=g)):
+            with pytest.raises(TypeError) as info:
+                bad()
+            out.append(str(info.value))
+        return out
+
+    for r, (total, most, least, prod, avg, dates) in enumerate(run_ranks(3, rank)):
+        assert total.dtype == np.dtype("m8[s]") and total.astype(int).tolist() == [6, -12, 18], r
+        assert most.astype(int).tolist() == [3, -2, 9] and least.astype(int).tolist() == [1, -6, 3], r
+        assert f"rank {r}: all_prod: numpy cannot reduce dtype timedelta64[s] with multiply" == prod, prod
+        assert "cannot hold an average" in avg and "datetime64[D] is not numeric or bool" in dates, (avg, dates)
+
+
 def test_ranks_passing_different_extension_dtypes_of_one_size_disagree():
     # Both float8 formats' array-protocol string is raw '|V1': the header names the dtype, so
     # neither rank folds the other's bits as if they were its own format.
