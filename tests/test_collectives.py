@@ -132,14 +132,15 @@ def test_all_gather_peak_memory_is_input_plus_output_call_after_call():
 
 
 @PEAK_MEMORY
-@pytest.mark.parametrize("op", ["sum_scatter", "reduce", "reduce_scatter_counts"])
+@pytest.mark.parametrize("op", ["sum_scatter", "reduce", "reduce_scatter_counts", "exscan"])
 def test_the_ring_reduce_scatter_and_a_rooted_reduce_over_tcp_hold_a_window_not_the_array(op):
     # 4 ranks over TCP, 64 MiB a rank. The ring's reduce-scatter held (N-2)/N of the input in
     # partial sums (32 MiB: peak 112 where 96 is allowed); a rooted reduce ran the all-reduce
     # on every rank, a whole result off the root too (128 where 80 is allowed); reduce_scatter
     # with counts received every rank's block of its rows whole (N times its result: 129 MiB
-    # where 89 is allowed on rank 3). In 8 MiB windows (`ring.SCRATCH_WINDOW`) each holds about
-    # 8 MiB more than its input and output.
+    # where 89 is allowed on rank 3); an exclusive scan passed its fold on from a scratch copy
+    # of the array (192 where 144 is allowed on ranks 1 and 2). In 8 MiB windows
+    # (`ring.SCRATCH_WINDOW`) each holds about 8 MiB more than its input and output.
     env = {**FAST, "RINGDIST_SHM": "0", "RINGDIST_BUFFER_CACHE_MB": "0"}
     res = run_launcher(["-n", "4", str(SCRIPTS / "memory_peak.py"), "64", op, "1"], timeout=120, env=env)
     assert res.returncode == 0, res.stdout + res.stderr

@@ -155,3 +155,41 @@ def test_a_one_element_complex_product_over_tcp_has_the_whole_folds_bits():
     for shm in (False, True):
         got = run_ranks(n, lambda g: rd.reduce_scatter(xs[g.rank()], "prod", counts=[1, 1, 1], group=g), shm=shm)
         assert [got[r].tobytes() for r in range(n)] == [whole[r:r + 1].tobytes() for r in range(n)], shm
+
+
+@pytest.mark.parametrize("n", [2, 3, 5])
+def test_over_tcp_in_windows_the_bits_are_the_fold_in_rank_order(n, monkeypatch):
+    # Over SCRATCH_WINDOW (here 64 KiB, to keep the arrays small) the exchange and fold run a
+    # span of every block at a time (whole blocks held N times the result). Spans start on whole
+    # fold blocks and a block's last takes a short rest with it: NaN signs and complex products'
+    # last bits as one fold of the whole block; empty and one-row blocks too.
+    from ringdist.algorithms import ring
+    monkeypatch.setattr(ring, "SCRATCH_WINDOW", 64 << 10)
+    nans = np.array([0x7FC00000, 0xFFC00000], np.uint32).view(np.float32)
+    rows = 50_003
+    counts = _counts(n, rows, seed=n)
+    counts[0], counts[-1] = counts[0] + counts[-1] - 1, 1  # a one-row block
+    if n > 2:
+        counts[1], counts[0] = 0, counts[0] + counts[1]  # an empty one
+    xs, cs = [], []
+    for q in range(n):
+        rng = np.random.default_rng(q)
+        x = rng.standard_normal((rows, 2)).astype(np.float32)
+        x[rng.integers(0, rows, 5000)] = nans[q % 2]
+        xs.append(x)
+        cs.append((rng.standard_normal(rows) + 1j * rng.standard_normal(rows)).astype(np.complex64))
+
+    def rank(g):
+        return rd.reduce_scatter(xs[g.rank()], counts=counts, group=g), \
+            rd.reduce_scatter(cs[g.rank()], "prod", counts=counts, group=g)
+
+    with np.errstate(invalid="ignore"):
+        got = run_ranks(n, rank, shm=False)
+        sums, prods = np.add(xs[0], xs[1]), np.multiply(cs[0], cs[1])  # as `arrays.fold`: the first pair
+        for q in range(2, n):                                            # into a new array, then in place
+            np.add(sums, xs[q], out=sums)
+            np.multiply(prods, cs[q], out=prods)
+    ends = np.cumsum([0] + counts)
+    for r, (total, product) in enumerate(got):
+        assert total.tobytes() == sums[ends[r]:ends[r + 1]].tobytes(), r
+        assert product.tobytes() == prods[ends[r]:ends[r + 1]].tobytes(), r

@@ -151,3 +151,33 @@ def test_bitwise_scans_fold_integers_and_bools(path):
         for r in range(1 if exclusive else 0, 5):
             want = _folded(xs[dtype], ufuncs[op], r if exclusive else r + 1)
             assert got[r][(op, dtype, exclusive)].tobytes() == want.tobytes(), (path, op, dtype, exclusive, r)
+
+
+@pytest.mark.parametrize("n", [2, 3, 5])
+def test_an_exclusive_ring_scan_in_windows_gives_the_bits_of_one_run(n, monkeypatch):
+    # Over SCRATCH_WINDOW (here 64 KiB, to keep the arrays small) an exclusive scan's chain runs
+    # once per span of the array, its fold passed on from one reused window (it held a whole
+    # scratch copy of the array). Spans start on whole fold blocks and the last takes a short
+    # rest with it: numpy's sequential fold, NaN signs and complex products' last bits included.
+    from ringdist.algorithms import ring
+    monkeypatch.setattr(ring, "SCRATCH_WINDOW", 64 << 10)
+    nans = np.array([0x7FC00000, 0xFFC00000], np.uint32).view(np.float32)
+    cases = []
+    for q in range(n):
+        rng = np.random.default_rng(q)
+        x = rng.standard_normal(40_003).astype(np.float32)
+        x[rng.integers(0, x.size, 4000)] = nans[q % 2]
+        x[-3:] = nans[q % 2]
+        c = (rng.standard_normal(16_389) + 1j * rng.standard_normal(16_389)).astype(np.complex128)
+        cases.append([(x, "sum", np.add), (c, "prod", np.multiply), (x[:0], "sum", np.add)])
+
+    def rank(g: rd.Group) -> list:
+        return [rd.scan(x, op=op, exclusive=True, group=g) for x, op, _ in cases[g.rank()]]
+
+    with np.errstate(invalid="ignore"):
+        got = run_ranks(n, rank, **PATHS["ring"])
+        for k, (_, _, ufunc) in enumerate(cases[0]):
+            assert got[0][k] is None
+            for r in range(1, n):
+                want = _folded([case[k][0] for case in cases], ufunc, r)
+                assert got[r][k].tobytes() == want.tobytes(), (k, r)

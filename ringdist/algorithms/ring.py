@@ -238,42 +238,56 @@ def scan(g: Comm, arr: np.ndarray, op: str, exclusive: bool, header: wire.Header
          timeout: float | None) -> np.ndarray | None:
     """A pipelined chain from rank 0 to rank N-1 round the ring: rank r folds its array into the
     prefix from its left as it lands, and passes the fold on to its right as it is made (an
-    exclusive scan keeps what landed and passes on the fold). Rank N-1 sends its header alone on
-    to rank 0, so every rank checks its left neighbour's call."""
+    exclusive scan keeps what landed and passes on the fold, made in a scratch window: over
+    SCRATCH_WINDOW bytes the chain runs once per window, each run a span of the array). Rank
+    N-1 sends its header alone on to rank 0, so every rank checks its left neighbour's call."""
+    n, r = g.size(), g.rank()
+    own = np.ascontiguousarray(arr).reshape(-1)
+    out = buffers.cache.empty(arr.shape, arr.dtype) if r or not exclusive else None
+    flat = out.reshape(-1) if out is not None else None
+    if not exclusive:  # the prefix lands in the result and becomes this rank's (rank 0's is its own)
+        if r == 0:
+            np.copyto(flat, own)
+        _scan_run(g, own, None if r == 0 else flat, None if r == 0 else flat, op, header, timeout)
+        return out
+    fold = max(1, REDUCE_BLOCK // own.itemsize)
+    span = max(own.size, 1) if own.nbytes <= SCRATCH_WINDOW else max(fold, SCRATCH_WINDOW // own.itemsize // fold * fold)
+    passed = buffers.cache.empty((min(own.size, span + fold),), own.dtype, min_bytes=buffers.SCRATCH_MIN_BYTES) \
+        if 0 < r < n - 1 else None
+    for ((lo, hi),) in schedule.window_spans([(0, own.size)], span, fold):
+        _scan_run(g, own[lo:hi], None if flat is None else flat[lo:hi], None if passed is None else passed[:hi - lo],
+                  op, header, timeout)
+    return out
+
+
+def _scan_run(g: Comm, own: np.ndarray, landed: np.ndarray | None, passed: np.ndarray | None, op: str,
+              header: wire.Header, timeout: float | None) -> None:
+    """One run of the scan's chain over flat `own` (rank 0: `landed` None): the prefix from
+    the left lands in `landed` and is folded with `own` into `passed` (`landed` itself for an
+    inclusive scan; None on the last rank of an exclusive one), which goes on to the right."""
     n, r = g.size(), g.rank()
     ring = g.ring
     assert ring is not None
     name = header.fields["op"]
-    own = np.ascontiguousarray(arr).reshape(-1)
-    out = buffers.cache.empty(arr.shape, arr.dtype) if r or not exclusive else None
     inflows: list[Inflow] = []
     outflows: list[Outflow] = []
     closing = wire.Header(dict(header.fields, step="close"))
     inflow = None
     if r == 0:
-        if out is not None:
-            np.copyto(out.reshape(-1), own)
-        passed = own
+        sent = own
         inflows.append(Inflow(ring.left[0], Segments([]), name, closing))
     else:
-        flat = out.reshape(-1)  # type: ignore[union-attr]
-        if not exclusive:
-            pair: tuple[Any, ...] = (flat, own)  # the prefix lands here and becomes this rank's
-            passed = flat
-        elif r < n - 1:
-            passed = buffers.cache.empty(own.shape, own.dtype, min_bytes=buffers.SCRATCH_MIN_BYTES)
-            pair = (flat, own, passed)
-        else:
-            pair, passed = (flat, None), flat  # the last rank keeps the prefix as it lands, and passes nothing on
+        pair: tuple[Any, ...] = (landed, own) if passed is landed else (landed, own, passed) if passed is not None \
+            else (landed, None)  # (the last rank of an exclusive scan keeps the prefix as it lands)
+        sent = passed if passed is not None else landed
         inflow = ReducingInflow(ring.left[0], [pair], REDUCERS[op], name, header)
         inflows.append(inflow)
     if r < n - 1:
-        outflows.append(Outflow(ring.right[0], Segments([byte_view(passed)]), name, header, source=inflow,
+        outflows.append(Outflow(ring.right[0], Segments([byte_view(sent)]), name, header, source=inflow,
                                 head=0 if inflow is not None else None))
     else:
         outflows.append(Outflow(ring.right[0], Segments([]), name, closing))
     g.run(name, inflows, outflows, timeout=timeout)
-    return out
 
 
 ALGORITHM = Algorithm("ring", gather=gather, reduce=reduce, reduce_scatter=reduce_scatter, broadcast=broadcast,

@@ -2,7 +2,8 @@
 
 usage: memory_peak.py MIB_PER_RANK [OP [CALLS]]   (OP: all_gather, the default, all_sum, all_to_all,
 sum_scatter, reduce (to rank 0; None elsewhere), all_gather_uneven (rank r gives 2(r+1)/(N+1) of MIB_PER_RANK)
-or reduce_scatter_counts (rank r gets 2(r+1)/(N+1) of the rows' N-th share); CALLS: 3)
+reduce_scatter_counts (rank r gets 2(r+1)/(N+1) of the rows' N-th share) or exscan (an exclusive
+sum scan; None on rank 0); CALLS: 3)
 Prints on every rank `call <i>: peak <MiB> MiB over baseline` after each call, then
 `shm=<bool> in=<MiB> out=<MiB> peak=<MiB>`. The peak is VmHWM, reset to the current RSS
 after the group is made, minus the RSS then: it counts the input, the result, every shared
@@ -44,6 +45,8 @@ for call in range(calls):
         y = rd.all_gather(x, uneven=True)
     elif op == "reduce_scatter_counts":
         y = rd.reduce_scatter(x, counts=shares)
+    elif op == "exscan":
+        y = rd.scan(x, exclusive=True)
     else:
         y = getattr(rd, op)(x)
     peak = status_mib("VmHWM") - base
@@ -57,5 +60,7 @@ want = np.repeat(np.arange(1, n + 1, dtype=np.float32), count) if op == "all_gat
     np.full(shares[g.rank()], n * (n + 1) / 2, np.float32) if op == "reduce_scatter_counts" else \
     np.repeat(np.arange(1, n + 1, dtype=np.float32), count // n) if op == "all_to_all" else \
     np.full(count // n, n * (n + 1) / 2, np.float32) if op == "sum_scatter" else \
+    np.full(count, g.rank() * (g.rank() + 1) / 2, np.float32) if op == "exscan" else \
     np.full(count, n * (n + 1) / 2, np.float32)
-assert np.array_equal(y, want) if op != "reduce" or g.rank() == 0 else y is None
+nothing = (op == "reduce" and g.rank() != 0) or (op == "exscan" and g.rank() == 0)  # (None there)
+assert y is None if nothing else np.array_equal(y, want)
