@@ -59,12 +59,10 @@ class Work:
         """The operation's result, or its error raised; after `timeout` seconds (None: no limit)
         a RingTimeoutError says it is still outstanding, and the handle stays valid."""
         timeout, deadline = deadlines.of_wait(timeout)  # checked done or not: the same call always raises
-        if not self._event.is_set():
-            while not self._event.wait(deadlines.thread_wait(deadlines.left(deadline))):
-                if deadlines.passed(deadline):
-                    raise known(RingTimeoutError(f"rank {self.rank}: {self.op} on group {self.gid!r} is still "
-                                                 f"outstanding after wait(timeout={timeout:g})"),
-                                rank=self.rank, group=self.gid, op=self.op)
+        if not self._event.is_set() and not until_done([self], deadline):
+            raise known(RingTimeoutError(f"rank {self.rank}: {self.op} on group {self.gid!r} is still "
+                                         f"outstanding after wait(timeout={timeout:g})"),
+                        rank=self.rank, group=self.gid, op=self.op)
         if not self._waited:
             self._waited = True
             with lock:
@@ -169,9 +167,26 @@ def wait_any(works: "list[Work]", timeout: float | None = None) -> tuple[int, An
     if not works or not all(isinstance(w, Work) for w in works):
         raise TypeError("wait_any: works must be a non-empty sequence of ringdist Work handles")
     timeout, deadline = deadlines.of_wait(timeout)
-    # Woken by a hook each handle calls as it completes: a bare lock, released there and taken
-    # here in single calls. (A condition's `with` on the main thread, split by a signal handler
-    # that raised, stayed held, and every completion after it waited forever.)
+    if not until_done(works, deadline, every=False):
+        raise RingTimeoutError(f"rank {works[0].rank}: wait_any: none of {len(works)} operations "
+                               f"finished within wait_any(timeout={timeout:g})")
+    i, w = next((i, w) for i, w in enumerate(works) if w._event.is_set())
+    try:
+        return i, w.wait()
+    except Exception as exc:
+        exc.index = i  # type: ignore[attr-defined]  (which handle failed, as MPI's Waitany says)
+        raise
+
+
+def until_done(works: "list[Work]", deadline: float, every: bool = True) -> bool:
+    """Wait until every one of `works` is done (`every=False`: any one), or `deadline` passes
+    (`deadlines`); whether they are. Woken by a hook each handle calls as it completes: a bare
+    lock, released there and taken here in single calls, which an exception a signal handler
+    raises (Ctrl-C) leaves as it was. (threading's Event and Condition wait in a `with` of
+    their own lock: one split by such an exception released it twice, a RuntimeError in place
+    of the interruption, or stayed held, and every completion after it waited forever.)"""
+    if _finished(works, every):
+        return True
     woken = threading.Lock()
     woken.acquire()
 
@@ -184,25 +199,18 @@ def wait_any(works: "list[Work]", timeout: float | None = None) -> tuple[int, An
     with lock:  # (a completion sets its event before it reads its hooks: none is missed)
         _hook(works, wake)
     try:
-        while True:
-            for i, w in enumerate(works):
-                if w._event.is_set():
-                    break
-            else:
-                if deadlines.passed(deadline):
-                    raise RingTimeoutError(f"rank {works[0].rank}: wait_any: none of {len(works)} operations "
-                                           f"finished within wait_any(timeout={timeout:g})")
-                woken.acquire(timeout=deadlines.thread_wait(deadlines.left(deadline)))
-                continue
-            break
+        while not _finished(works, every):
+            if deadlines.passed(deadline):
+                return False
+            woken.acquire(timeout=deadlines.thread_wait(deadlines.left(deadline)))
+        return True
     finally:
         with lock:
             _unhook(works, wake)
-    try:
-        return i, w.wait()
-    except Exception as exc:
-        exc.index = i  # type: ignore[attr-defined]  (which handle failed, as MPI's Waitany says)
-        raise
+
+
+def _finished(works: "list[Work]", every: bool) -> bool:
+    return all(w._event.is_set() for w in works) if every else any(w._event.is_set() for w in works)
 
 
 # A loop inside a `with` block is a function of its own (`_hook`, `_unhook`, and elsewhere):
@@ -229,12 +237,10 @@ def wait_all(works: "list[Work]", timeout: float | None = None) -> list[Any]:
     if not all(isinstance(w, Work) for w in works):
         raise TypeError("wait_all: works must be a sequence of ringdist Work handles")
     timeout, deadline = deadlines.of_wait(timeout)
-    for w in works:
-        while not w._event.wait(deadlines.thread_wait(deadlines.left(deadline))):
-            if deadlines.passed(deadline):
-                outstanding = sum(not x.done() for x in works)
-                raise RingTimeoutError(f"rank {w.rank}: wait_all: {outstanding} of {len(works)} operations "
-                                       f"still outstanding after wait_all(timeout={timeout:g})")
+    if works and not until_done(works, deadline):
+        outstanding = sum(not x.done() for x in works)
+        raise RingTimeoutError(f"rank {works[0].rank}: wait_all: {outstanding} of {len(works)} operations "
+                               f"still outstanding after wait_all(timeout={timeout:g})")
     results, first = [], None
     for i, w in enumerate(works):
         try:

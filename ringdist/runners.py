@@ -221,18 +221,20 @@ def end(g: Comm, why: Callable[[str], BaseException]) -> None:
             runner.raise_locked(lambda: why(running.work.op))
 
 
-def interrupted(job: Job) -> None:
+def interrupted(job: Job) -> bool:
     """A blocking collective's caller was interrupted in its wait (`work.interrupted`, which set
     `job.interrupted` first): running, it fails at its next wait, breaking the group and telling
-    the peers as an inline call interrupted does; queued, its runner refuses it at its turn so."""
+    the peers as an inline call interrupted does; queued, its runner refuses it at its turn so.
+    Returns whether it was running (its caller then waits for it to end: `work.interrupted`)."""
     runner = _runners.get(job.g)
     if runner is None:
-        return
+        return False
     why = job.interrupted
     assert why is not None
     with runner.lock:
         if runner.running is job:
-            runner.raise_locked(lambda: why)
+            return runner.raise_locked(lambda: why)
+    return False
 
 
 def threads() -> list[threading.Thread]:

@@ -133,9 +133,22 @@ def interrupted(job: Job, exc: BaseException) -> None:
         if not job.on_runner:
             jobs.interrupted.append(job)
     if job.on_runner:
-        runners.interrupted(job)
+        if runners.interrupted(job):
+            _until_ended(job)
     else:
         _wake()
+
+
+def _until_ended(job: Job) -> None:
+    """Wait (up to CLOSE_WAIT) for an interrupted collective running on its runner to end there.
+
+    It may have given its part already (a shared-memory signal, its frames sent): peers that
+    come later then need nothing more from this rank, and see its failure only by the ABORT
+    its runner sends as it ends. An inline call interrupted has sent that ABORT before its
+    error reaches the caller; so must this one, or what the caller does next (tell its peers
+    by other means that it gave up, exit) could come first, and a peer's same call return a
+    result where this rank's raised. A second interruption ends the wait, not the job."""
+    handle.until_done([job.work], deadlines.after(CLOSE_WAIT))
 
 
 def _checked_async_op(g: Comm, op: str, async_op: Any, p2p: bool,
@@ -310,9 +323,7 @@ def before_close(g: Comm, why: str = "closed") -> None:
     runners.end(g, jobs.closed_error(g, False))
     if _thread is not None:
         _wake()
-    deadline = deadlines.after(CLOSE_WAIT)
-    for job in mine:
-        job.work._event.wait(max(0.0, deadlines.left(deadline)))
+    handle.until_done([job.work for job in mine], deadlines.after(CLOSE_WAIT))
     with handle.lock:
         jobs.closing.discard(g)
 

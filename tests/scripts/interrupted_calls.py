@@ -15,8 +15,21 @@ import ringdist as rd
 MODE, FLAGS = sys.argv[1], sys.argv[2]
 ELSEWHERE = MODE.endswith("_elsewhere")  # the signal goes to another thread; its handler runs on the main one
 MODE = MODE.removesuffix("_elsewhere")
+SLOW = MODE.endswith("_slow")  # the runner acts on the interruption 0.3 s late, as on a loaded machine
+MODE = MODE.removesuffix("_slow")
 g = rd.init()
 r = g.rank()
+
+if SLOW:
+    from ringdist import runners
+
+    _on_event = runners.Runner.on_event
+
+    def _late(self: runners.Runner, fd: int, ev: int) -> None:
+        time.sleep(0.3)
+        _on_event(self, fd, ev)
+
+    runners.Runner.on_event = _late  # type: ignore[method-assign]
 
 
 class Alarm(Exception):
