@@ -32,7 +32,8 @@ import ringdist as rd
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("size", type=int, help="bytes per rank (float32 elements)")
-    parser.add_argument("op", choices=["all_gather", "all_sum", "all_max", "all_min", "sum_scatter", "all_to_all", "reduce"])
+    parser.add_argument("op", choices=["all_gather", "all_sum", "all_max", "all_min", "sum_scatter", "all_to_all", "reduce",
+                                       "exscan"])
     parser.add_argument("target", help="module.NAME or group.NAME")
     parser.add_argument("a")
     parser.add_argument("b")
@@ -46,7 +47,7 @@ def main() -> None:
         raise SystemExit(f"{args.target}: no such attribute")
     values = [_literal(args.a), _literal(args.b)]
     x = np.ones(max(args.size // 4 // g.size(), 1) * g.size(), np.float32)  # rows divisible by N
-    op = getattr(rd, args.op)
+    op = (lambda x: rd.scan(x, exclusive=True)) if args.op == "exscan" else getattr(rd, args.op)
     calls = args.calls or max(20, min(2000, int(40e9 / max(args.size * g.size(), 1)) // 2 * 2))
     for i in range(args.warmup):
         setattr(owner, attr, values[i % 2])

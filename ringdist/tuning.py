@@ -359,6 +359,10 @@ TABLE: list[Row] = [
         "uneven all_gather on one machine: every stream through the segments, landing in place in the result "
         "(2 to 8 ranks, 4 KiB-16 MiB a rank, benchmarks/uneven.py: 0.27-0.76x the direct path's time; "
         "0.40-0.85x with signals through memory off; over 8 as below)"),
+    Row("gather_v", "shm", lambda f: f.shm and f.direct_max > 0 and f.op == "broadcast_object",
+        "broadcast_object on one machine: the root's bytes written once through the segments, every rank "
+        "copying them (2 to 8 ranks, 4 KiB-16 MiB, alternating: 0.29-0.74x the direct path's time, where the "
+        "root sends N-1 copies over TCP; benchmarks/objects.py --broadcast)"),
     Row("gather_v", "direct", lambda f: f.mesh and f.direct_max > 0,
         "one step; every rank checks every other rank's call (all_gather_object on 2 ranks, 16 MiB: 0.77-0.81x "
         "the shared-memory rounds' time, whose objects land each in a buffer of its own)"),

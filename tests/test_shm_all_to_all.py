@@ -302,6 +302,9 @@ def test_past_the_mesh_blocks_of_any_size_gather_through_shared_memory_or_by_bru
     assert run_ranks(9, choices) == [["shm"] * 3] * 9
     assert run_ranks(9, choices, shm=False) == [["bruck"] * 3] * 9  # ceil(log2 N) steps, not N-1 hops
     assert run_ranks(4, choices, shm=False) == [["direct"] * 3] * 4
+    # On the mesh with shared memory: the root's object written once (the direct path sent N-1
+    # copies); every rank's object, each landing in a buffer of its own either way, directly.
+    assert run_ranks(4, choices) == [["shm", "direct", "shm"]] * 4
 
 
 def test_a_scatter_is_chosen_by_the_size_of_the_previous_one_and_sizes_may_change():
