@@ -398,7 +398,7 @@ class Comm:
         raise self.named(exc, op)
 
     def _intrusion(self, op: str, me: threading.Thread, owner: threading.Thread | None) -> str:
-        return (f"rank {self._rank}: {op} on group {self.gid!r} from thread {thread_name(me)} while "
+        return (f"rank {self._rank}: {wire.called_as(op)} on group {self.gid!r} from thread {thread_name(me)} while "
                 f"{self._running()} runs on it from thread {thread_name(owner)}: a group's collectives must come "
                 f"from one thread at a time, in the same order on every rank (order them, or give each thread its "
                 f"own group with split())")
@@ -1025,7 +1025,7 @@ class Comm:
 
     def _arrived(self, poller: "select.poll", entries: list) -> list[int]:
         """The senders whose connection `poller` finds readable, each connection among `entries`
-        registered first (under `_in_lock`; a function of its own: `handle._hook`)."""
+        registered first (under `_in_lock`; a function of its own: `handle._join`)."""
         polled = self._in_polled
         if len(polled) + len(self._in_unpolled) < len(entries):
             for peer, (ch, _) in entries:

@@ -278,7 +278,7 @@ class Endpoint:
 
     def _pop_filed(self, which: Callable[[InboxKey], bool]) -> list[socket.socket]:
         """The inbox's connections whose keys `which` says, taken out (under the lock). Loops
-        under the lock are functions of their own (`handle._hook`: Python 3.13 and Ctrl-C)."""
+        under the lock are functions of their own (`handle._join`: Python 3.13 and Ctrl-C)."""
         filed = [conn for key in [k for k in self._inbox if which(k)] for conn in self._inbox.pop(key)]
         self._claimed(filed)
         return filed

@@ -9,7 +9,7 @@ import threading
 import weakref
 from typing import Any, Callable
 
-from . import deadlines
+from . import deadlines, wire
 from .errors import RingTimeoutError, known
 
 log = logging.getLogger("ringdist")
@@ -39,7 +39,9 @@ class Work:
         self._waited = False
         self._finish: Callable[[Any, BaseException | None], Any] | None = None
         self._finish_lock: threading.Lock | None = None
-        self._hooks: list[Callable[[], None]] | None = None  # called once it completes (`joined`)
+        # Called once it completes (`joined`, `until_done`): appended and removed without a lock
+        # (single list operations, atomic in CPython), read after the event is set.
+        self._hooks: list[Callable[[], None]] = []
 
     def then(self, finish: Callable[[Any, BaseException | None], Any]) -> None:
         """Have the first `wait` turn the outcome into its result with `finish(result, error)`, on
@@ -49,7 +51,7 @@ class Work:
 
     def __repr__(self) -> str:
         state = "done" if self._event.is_set() else "outstanding"
-        return f"<ringdist.Work {self.op} on group {self.gid!r} rank {self.rank} ({state})>"
+        return f"<ringdist.Work {wire.called_as(self.op)} on group {self.gid!r} rank {self.rank} ({state})>"
 
     def done(self) -> bool:
         """Whether the operation has finished (with a result or an error)."""
@@ -60,8 +62,8 @@ class Work:
         a RingTimeoutError says it is still outstanding, and the handle stays valid."""
         timeout, deadline = deadlines.of_wait(timeout)  # checked done or not: the same call always raises
         if not self._event.is_set() and not until_done([self], deadline):
-            raise known(RingTimeoutError(f"rank {self.rank}: {self.op} on group {self.gid!r} is still "
-                                         f"outstanding after wait(timeout={timeout:g})"),
+            raise known(RingTimeoutError(f"rank {self.rank}: {wire.called_as(self.op)} on group {self.gid!r} is "
+                                         f"still outstanding after wait(timeout={timeout:g})"),
                         rank=self.rank, group=self.gid, op=self.op)
         if not self._waited:
             self._waited = True
@@ -85,7 +87,7 @@ class Work:
         if error is None:
             unreported.discard(self)
         self._event.set()
-        for hook in self._hooks or ():
+        for hook in tuple(self._hooks):
             hook()
 
     def fail_in_child(self, error: BaseException) -> None:
@@ -94,7 +96,7 @@ class Work:
         self._event = threading.Event()
         self._event.set()
         self._waited = True
-        for hook in self._hooks or ():  # a handle joined with it fails with it (`joined`)
+        for hook in tuple(self._hooks):  # a handle joined with it fails with it (`joined`)
             hook()
 
     def report(self) -> None:
@@ -143,12 +145,14 @@ def joined(main: Work, other: Work, op: str, g: Any) -> Work:
 
 def _join(both: Work, works: "tuple[Work, Work]", settle: Callable[[], None]) -> None:
     """`works` reported through `both`, each settling it as it completes (under `lock`; a loop of
-    its own: `_hook`)."""
+    its own: Python 3.13 looks for signals at a loop's back-edge, and an exception a signal
+    handler raises at some of them (Ctrl-C) skipped the `with` block's __exit__, leaving its
+    lock held (CPython issue 130279); a call inside the block is covered)."""
     unreported.add(both)
     for w in works:
         w._waited = True
         unreported.discard(w)
-        w._hooks = (w._hooks or []) + [settle]
+        w._hooks.append(settle)
 
 
 def forget(work: Work) -> None:
@@ -184,8 +188,12 @@ def until_done(works: "list[Work]", deadline: float, every: bool = True) -> bool
     lock, released there and taken here in single calls, which an exception a signal handler
     raises (Ctrl-C) leaves as it was. (threading's Event and Condition wait in a `with` of
     their own lock: one split by such an exception released it twice, a RuntimeError in place
-    of the interruption, or stayed held, and every completion after it waited forever.)"""
-    if _finished(works, every):
+    of the interruption, or stayed held, and every completion after it waited forever.) No
+    lock is taken to hook or unhook: a handler that waits on a handle while the main thread
+    is here goes on. Handles never come undone, so `every` looks at each once (linear)."""
+    works = list(works)
+    first = _first_outstanding(works, 0) if every else None
+    if first == len(works) or (not every and any(w._event.is_set() for w in works)):
         return True
     woken = threading.Lock()
     woken.acquire()
@@ -196,36 +204,47 @@ def until_done(works: "list[Work]", deadline: float, every: bool = True) -> bool
         except RuntimeError:  # (woken already)
             pass
 
-    with lock:  # (a completion sets its event before it reads its hooks: none is missed)
-        _hook(works, wake)
+    wake.ended = False  # type: ignore[attr-defined]  (set once this wait is over: `_prune`)
     try:
-        while not _finished(works, every):
+        for w in works:
+            _prune(w)
+            w._hooks.append(wake)  # (before the check below: a completion after it wakes this)
+        while True:
+            if every:
+                first = _first_outstanding(works, first)  # type: ignore[arg-type]
+                if first == len(works):
+                    return True
+            elif any(w._event.is_set() for w in works):
+                return True
             if deadlines.passed(deadline):
                 return False
             woken.acquire(timeout=deadlines.thread_wait(deadlines.left(deadline)))
-        return True
     finally:
-        with lock:
-            _unhook(works, wake)
+        wake.ended = True  # type: ignore[attr-defined]
+        for w in works:
+            _unhook(w, wake)
 
 
-def _finished(works: "list[Work]", every: bool) -> bool:
-    return all(w._event.is_set() for w in works) if every else any(w._event.is_set() for w in works)
+def _first_outstanding(works: "list[Work]", start: int) -> int:
+    """The index of the first of `works` from `start` not yet done (len(works): none)."""
+    while start < len(works) and works[start]._event.is_set():
+        start += 1
+    return start
 
 
-# A loop inside a `with` block is a function of its own (`_hook`, `_unhook`, and elsewhere):
-# Python 3.13 looks for signals at a loop's back-edge, and an exception a signal handler raises
-# at some of them (Ctrl-C) skipped the block's __exit__, leaving its lock held (CPython issue
-# 130279); a call inside the block is covered.
-def _hook(works: "list[Work]", wake: Callable[[], None]) -> None:
-    for each in works:
-        each._hooks = (each._hooks or []) + [wake]
+def _unhook(work: Work, wake: Callable[[], None]) -> None:
+    try:
+        work._hooks.remove(wake)
+    except ValueError:  # (never hooked: interrupted before)
+        pass
 
 
-def _unhook(works: "list[Work]", wake: Callable[[], None]) -> None:
-    for each in works:
-        if each._hooks is not None and wake in each._hooks:
-            each._hooks = [h for h in each._hooks if h is not wake] or None
+def _prune(work: Work) -> None:
+    """Drop the hooks of waits that ended without unhooking (an exception a signal handler
+    raised as they did): each would hold a lock as long as the handle."""
+    for hook in tuple(work._hooks):
+        if getattr(hook, "ended", False):
+            _unhook(work, hook)
 
 
 def wait_all(works: "list[Work]", timeout: float | None = None) -> list[Any]:

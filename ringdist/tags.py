@@ -112,7 +112,7 @@ class Held:
         `reserved`: tags of messages a receive posted before this one waits for (not these)."""
         if not self.by_sender:  # the common case: nothing read ahead (a read without the lock)
             return None
-        with self._lock:  # (the loop in a function of its own: `handle._hook`)
+        with self._lock:  # (the loop in a function of its own: `handle._join`)
             return self._take(src, tag, reserved)
 
     def _take(self, src: int, tag: int, reserved: frozenset[int]) -> "Message | None":

@@ -40,7 +40,7 @@ import select
 import threading
 from typing import Any, Callable
 
-from . import channel, comm as comm_module, deadlines, engine, forks, handle, jobs, runners
+from . import channel, comm as comm_module, deadlines, engine, forks, handle, jobs, runners, wire
 from .calls import check_flag
 from .comm import Comm
 from .handle import Work, log
@@ -342,15 +342,14 @@ def _at_exit() -> None:
         _stopping = True
         runners.exiting()
         jobs.closing.update(jobs.pending)
-        lasts = _pending_works()  # (a loop of its own: `handle._hook`)
+        lasts = _pending_works()  # (a loop of its own: `handle._join`)
         groups = list(jobs.pending)
     for g in groups:
         runners.end(g, jobs.closed_error(g, True))
     if thread is not None:
         _wake()
     deadline = deadlines.after(CLOSE_WAIT)
-    for work in lasts:
-        work._event.wait(max(0.0, deadlines.left(deadline)))
+    handle.until_done(lasts, deadline)
     for waited in ([thread] if thread is not None else []) + runners.threads():
         waited.join(max(0.0, deadlines.left(deadline)) + JOIN_WAIT)
         if waited.is_alive():
@@ -359,7 +358,8 @@ def _at_exit() -> None:
         if work.done():
             work.report()
         else:
-            log.error("rank %d: %s on group %r was still outstanding at exit", work.rank, work.op, work.gid)
+            log.error("rank %d: %s on group %r was still outstanding at exit", work.rank, wire.called_as(work.op),
+                      work.gid)
     _thread = None
     active = False
 
