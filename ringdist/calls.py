@@ -17,17 +17,18 @@ def _comm(group: Comm | None, timeout: float | None, op: str | None = None, *, c
     timeout is refused on every rank (`Comm.refuse`), as any argument of it that fails a check.
     The errors name the rank and the call (`op`, or `call` for one refused on this rank alone)."""
     name = op or call
+    shown = wire.called_as(name) if name else None  # (max_scatter as the reduce_scatter(op='max') it was)
     if group is None:
         g = comm_module.default_made or comm_module.default()
     elif not isinstance(group, Comm):
-        raise comm_module.not_a_group(group, name)
+        raise comm_module.not_a_group(group, shown)
     else:
         g = group
     if timeout is not None:
         try:
             deadlines.check_timeout(timeout)
         except ValueError as exc:
-            exc = ValueError(f"rank {g.rank()}: {name + ': ' if name else ''}{exc}")
+            exc = ValueError(f"rank {g.rank()}: {shown + ': ' if shown else ''}{exc}")
             if op is not None:
                 g.refuse(op, exc)
             raise exc from None
@@ -57,4 +58,4 @@ def check_reduce_op(op: Any, g: Comm, call: str) -> str:
 def check_flag(value: Any, name: str, g: Comm, call: str) -> None:
     """TypeError unless the flag `name` is True or False (numpy's bools too)."""
     if not isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"rank {g.rank()}: {call}: {name} must be True or False, got {value!r}")
+        raise TypeError(f"rank {g.rank()}: {wire.called_as(call)}: {name} must be True or False, got {value!r}")

@@ -9,7 +9,7 @@ import threading
 from collections import deque
 from typing import Any, Callable, Protocol
 
-from . import aborts, errors, handle
+from . import aborts, errors, handle, wire
 from .channel import Channel
 from .comm import Comm
 from .errors import GroupBrokenError, PeerLostError, RingError
@@ -119,7 +119,7 @@ def settle(job: Job, result: Any, exc: BaseException | None, deferred: list[Job]
 def closed_error(g: Comm, exiting: bool) -> Callable[[str], BaseException]:
     """The error of an operation ended because its group closed (or the process exited) first."""
     def make(op: str) -> BaseException:
-        exc = RingError(f"rank {g.rank()}: {op} on group {g.gid!r}: closed with the operation outstanding"
+        exc = RingError(f"rank {g.rank()}: {wire.called_as(op)} on group {g.gid!r}: closed with the operation outstanding"
                         f"{' (the process is exiting)' if exiting else ''}")
         exc.ringdist_closed = True  # type: ignore[attr-defined]
         return errors.known(exc, rank=g.rank(), group=g.gid, op=op)

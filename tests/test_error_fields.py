@@ -70,11 +70,13 @@ def test_a_reduction_with_no_function_of_its_own_is_named_as_it_was_called(shm):
         assert isinstance(exc, rd.MismatchError) and exc.op == "reduce_scatter", exc
         assert "max_scatter" not in str(exc), exc
 
-    misuses = {"reduce_scatter(op='max')": lambda g: rd.reduce_scatter(np.arange(5), op="max", group=g),
-               "reduce_scatter(op='band')": lambda g: rd.reduce_scatter(np.arange(4.0), "band", counts=[2, 2], group=g),
-               "reduce_scatter(op='avg')": lambda g: rd.reduce_scatter(None, op="avg", group=g),
-               "all_reduce(op='bxor')": lambda g: rd.all_reduce(None, op="bxor", group=g)}
-    for shown, call in misuses.items():  # refused before anything is sent; then the group is broken
+    misuses = [("reduce_scatter(op='max')", lambda g: rd.reduce_scatter(np.arange(5), op="max", group=g)),
+               ("reduce_scatter(op='band')", lambda g: rd.reduce_scatter(np.arange(4.0), "band", counts=[2, 2], group=g)),
+               ("reduce_scatter(op='avg')", lambda g: rd.reduce_scatter(None, op="avg", group=g)),
+               ("all_reduce(op='bxor')", lambda g: rd.all_reduce(None, op="bxor", group=g)),
+               ("reduce_scatter(op='min')", lambda g: rd.reduce_scatter(np.arange(4), "min", group=g, timeout=-1)),
+               ("all_reduce(op='band')", lambda g: rd.all_reduce(np.arange(4), "band", group=g, async_op="yes"))]
+    for shown, call in misuses:  # refused before anything is sent; then the group is broken
         def misused(g, call=call):
             found = []
             for then in (call, lambda g: rd.barrier(group=g)):
@@ -88,6 +90,22 @@ def test_a_reduction_with_no_function_of_its_own_is_named_as_it_was_called(shm):
             assert refused.startswith(f"rank {r}: {shown}: "), (shown, refused)
             assert broken.startswith(f"rank {r}: group 'world' cannot run barrier: an earlier operation on it "
                                      f"failed ({shown}: "), (shown, broken)
+
+    def outstanding(g):  # a handle of one, as repr and its wait's timeout name it
+        if g.rank() == 1:
+            time.sleep(1.0)
+        work = rd.all_reduce(np.arange(4), "bor", group=g, async_op=True)
+        seen = [repr(work)]
+        if g.rank() == 0:
+            with pytest.raises(rd.RingTimeoutError) as info:
+                work.wait(timeout=0.2)
+            seen.append(str(info.value))
+        work.wait()
+        return seen
+
+    seen = run_ranks(2, outstanding, shm=shm)[0]
+    assert seen == ["<ringdist.Work all_reduce(op='bor') on group 'world' rank 0 (outstanding)>",
+                    "rank 0: all_reduce(op='bor') on group 'world' is still outstanding after wait(timeout=0.2)"], seen
 
 
 def test_a_sub_group_error_and_the_broken_group_after_it_carry_the_sub_group():
