@@ -69,16 +69,17 @@ class ControlLink:
                                        "(RINGDIST_INIT_TIMEOUT sets the limit)") from None
             # Told to the rendezvous before this rank leaves: the ranks whose deadline falls a moment
             # later hear of its departure with this (the ranks missing), not as a cause in itself.
-            why = self._timeout_message()
-            self._tell_failure(f"RingTimeoutError: {why}")
+            why, missing = self._timeout_message()
+            self._tell_failure(f"RingTimeoutError: {why}", missing)  # (the launcher's summary names them)
             raise RingTimeoutError(why) from None
         except PeerLostError as exc:
             raise PeerLostError(f"rank {job.rank}: registering: {exc}") from None
         if msg.get("type") == "error":
             raise ConfigError(f"rank {job.rank}: the rendezvous at {self.where} refused: {msg.get('message')}")
         if msg.get("type") == "left":
-            raise PeerLostError(f"rank {job.rank}: init(): rank {msg.get('rank')} {_why(msg)} before the "
-                                f"job started")
+            why = f"rank {job.rank}: init(): rank {msg.get('rank')} {_why(msg)} before the job started"
+            self._tell_failure(f"PeerLostError: {why}")  # (the launcher's summary: failed in turn)
+            raise PeerLostError(why)
         if msg.get("type") != "table" or not isinstance(msg.get("members"), list):
             raise ProtocolError(f"rank {job.rank}: unexpected message from the rendezvous: {msg.get('type')!r}")
         members = msg["members"]
@@ -139,7 +140,8 @@ class ControlLink:
                 raise ConfigError(f"rank {self.job.rank}: {name} differs between ranks ({by}); set it the same "
                                   f"on every rank")
 
-    def _timeout_message(self) -> str:
+    def _timeout_message(self) -> tuple[str, tuple[int, ...]]:
+        """init()'s timeout, naming the ranks that never registered (the rendezvous asked), and those ranks."""
         waited = f"rank {self.job.rank}: init() timed out after {self.settings.init_timeout:g} s at the rendezvous {self.where}"
         try:
             deadline = time.monotonic() + 2
@@ -154,9 +156,10 @@ class ControlLink:
             seen = (f"; the rendezvous refused {refused} connection{'s' * (refused != 1)} meanwhile, the latest from "
                     f"{msg.get('last_refused')} (a rank started with another RINGDIST_SECRET is refused as a stranger)"
                     if isinstance(refused, int) and refused > 0 else "")
-            return f"{waited}: ranks that never registered: {listing}{seen} (RINGDIST_INIT_TIMEOUT sets the limit)"
+            missing = tuple(r for r in ranks if type(r) is int)
+            return f"{waited}: ranks that never registered: {listing}{seen} (RINGDIST_INIT_TIMEOUT sets the limit)", missing
         except (RingError, TypeError):  # TypeError: a reply without lists
-            return f"{waited} (RINGDIST_INIT_TIMEOUT sets the limit)"
+            return f"{waited} (RINGDIST_INIT_TIMEOUT sets the limit)", ()
 
     def _watch(self) -> None:
         """Note each rank that leaves the job; exit when the launcher's end of the control

@@ -250,6 +250,20 @@ def test_init_names_the_ranks_that_never_registered():
                                    and "cannot be called again in this process" in text for _, text in again), again
 
 
+def test_the_launchers_summary_names_the_rank_that_never_registered():
+    # Rank 2 never calls init(): the ranks whose init() timed out tell the launcher whom they
+    # waited for, and those that heard of a departure first tell that, so the summary names
+    # rank 2 as the one waited for (it named the first to time out alone, "on their own").
+    code = "import os, time, ringdist as rd\nif os.environ['RANK'] == '2':\n    time.sleep(30)\nrd.init()\n"
+    res = run_launcher(["-n", "4", "--", sys.executable, "-c", code], timeout=60,
+                       env={**FAST, "RINGDIST_INIT_TIMEOUT": "2"})
+    assert res.returncode == 1, res.stdout + res.stderr
+    summary = res.stderr.strip().splitlines()[-1]
+    assert re.fullmatch(r"ringdist-launch: rank [013] \(host localhost, pid \d+\) exited with code 1 first; .*"
+                        r"rank 2 stopped by the launcher; ranks? [013](,[013])* had timed out waiting for rank 2",
+                        summary), res.stderr
+
+
 def test_init_refuses_a_strict_that_is_not_a_bool():
     res = _python("import ringdist as rd\ntry:\n    rd.init(strict='yes')\nexcept TypeError as e:\n    print(e)\n"
                   "print(rd.init(strict=False).size())\n")
