@@ -31,9 +31,10 @@ from .flows import REDUCE_BLOCK, check_same
 
 
 def _rows_check(header: wire.Header, unit: int, expect: Callable[[int], int | None],
-                drop: tuple[str, ...] = ()) -> Callable[[int, dict[str, Any], Channel], int]:
+                drop: tuple[str, ...] = (), what: str = "rows") -> Callable[[int, dict[str, Any], Channel], int]:
     """A check of the senders' headers: the same call as this rank's (but for `drop`), and
-    the rows `expect(source)` where it is not None. Returns the bytes of one row."""
+    the rows (`what`: the units counted) `expect(source)` where it is not None. Returns the
+    bytes of one row."""
     made: list[dict[str, Any]] = []  # this rank's common fields, made on the first check (the
     # direct path compares whole headers as bytes and never calls it)
 
@@ -47,7 +48,7 @@ def _rows_check(header: wire.Header, unit: int, expect: Callable[[int], int | No
         want = expect(src)
         sizes = sizes_of(fields, ch, 1)
         if want is not None and sizes != [want]:
-            raise MismatchError(f"rank {ch.me}: {wire.describe_header(mine)}: {peer_name(ch, src)} sends {sizes[0]} rows "
+            raise MismatchError(f"rank {ch.me}: {wire.describe_header(mine)}: {peer_name(ch, src)} sends {sizes[0]} {what} "
                                 f"where this rank expects {want} (group {ch.group!r})")
         return unit
     return check
@@ -229,8 +230,9 @@ def _exchange_and_fold(g: Comm, algorithm: Any, header: wire.Header, flat: np.nd
     view, base = byte_view(flat), bounds[r][0]
     for spans in schedule.window_spans(bounds, span, fold_block):
         lo, hi = spans[r]
+        check = _rows_check(header, itemsize, lambda src: hi - lo, what="elements")
         got = algorithm.all_to_all(g, header, [view[a * itemsize:b * itemsize] for a, b in spans],
-                                   [b - a for a, b in spans], _rows_check(header, itemsize, lambda src: hi - lo), timeout)
+                                   [b - a for a, b in spans], check, timeout)
         # Each piece folded where it landed (no copy of them all into one array first).
         pieces = [np.frombuffer(block, flat.dtype, hi - lo) for _, block in got]
         fold_piece(pieces, ufunc, out[lo - base:hi - base])  # (a one-element result as shared memory folds it)
