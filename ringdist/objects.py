@@ -37,6 +37,11 @@ from .flows import check_same
 SIZES_BYTES_MAX = wire.MAX_CONTROL // 2
 # Characters of a pickling or unpickling failure that the other ranks hear (in a header; `_agree`).
 FAILURE_CHARS = 2000
+# Out-of-band buffers start on this boundary of the payload where the sender can place them (the
+# pickle padded to it) and are copied to it where a receiver finds them off it (after a buffer
+# whose length is not a multiple of it): an array made on a buffer off its dtype's alignment is
+# unaligned (numpy's slow loops; C code reading it by pointer). numpy's largest alignment.
+ALIGN = 16
 
 
 class Pickled:
@@ -50,13 +55,15 @@ class Pickled:
         out_of_band: list[pickle.PickleBuffer] = []
         try:
             main = pickle.dumps(obj, protocol=5, buffer_callback=None if whole else out_of_band.append)
+            if out_of_band:  # its buffers start aligned where they land (bytes past its STOP are ignored)
+                main += bytes(-len(main) % ALIGN)
             self.parts = [memoryview(main)] + [_raw(b) for b in out_of_band]
             if len(self.parts) > 1 and len(msgpack.packb([len(p) for p in self.parts])) > SIZES_BYTES_MAX:
                 self.parts = [memoryview(pickle.dumps(obj, protocol=5))]  # its buffers inside the pickle
         except Exception as exc:  # noqa: BLE001 - whatever pickling raised, every rank hears of it
             # As every rank reads it: a lone surrogate (an undecodable file name) escaped, or no
             # header could carry it.
-            self.error = (f"rank {rank}: {op}: the {what} cannot be pickled: {type(exc).__name__}: {exc}"
+            self.error = (f"rank {rank}: {op}: the {what} cannot be pickled: {_text(exc)}"
                           .encode("utf-8", "backslashreplace").decode("utf-8"))
             self.parts = []
             return
@@ -136,17 +143,32 @@ def _raw(buffer: pickle.PickleBuffer) -> memoryview:
 def unpickle(payload: memoryview, sizes: list[int], whose: str) -> Any:
     """The object whose parts (the pickle, then its buffers) lie back to back in `payload`;
     one that cannot be unpickled here is a ValueError saying `whose` it is ("rank 1: recv_object:
-    the object from rank 0"), the unpickler's own error chained to it."""
+    the object from rank 0"), the unpickler's own error chained to it. A buffer that does not
+    start on an ALIGN boundary (one after a buffer of odd length) is copied to one that does: an
+    array made on it would be unaligned (numpy's slow loops; C code reading it by pointer)."""
     parts, at = [], 0
     for k in sizes:
-        parts.append(payload[at:at + k])
+        part = payload[at:at + k]
+        if parts and k and np.frombuffer(part, np.uint8).ctypes.data % ALIGN:
+            aligned = np.empty(k, np.uint8)
+            aligned[:] = np.frombuffer(part, np.uint8)
+            part = memoryview(aligned)
+        parts.append(part)
         at += k
     try:
         return pickle.loads(parts[0], buffers=parts[1:])
     except MemoryError:
         raise
     except Exception as exc:  # noqa: BLE001 - unpickling runs the sender's classes' code
-        raise ValueError(f"{whose} cannot be unpickled here: {type(exc).__name__}: {exc}") from exc
+        raise ValueError(f"{whose} cannot be unpickled here: {_text(exc)}") from exc
+
+
+def _text(exc: BaseException) -> str:
+    """'Type: message' of an error a pickler or unpickler raised, whose own __str__ may raise too."""
+    try:
+        return f"{type(exc).__name__}: {exc}"
+    except Exception:  # noqa: BLE001 - a user's class's __str__
+        return f"{type(exc).__name__}: (its message cannot be shown: str() of it raised)"
 
 
 

@@ -270,6 +270,7 @@ class _Peer:
 
     def __init__(self, g: Comm, p: int):
         self.me, self.peer, self.group = g.rank(), p, g.gid
+        self.world_ranks = g.world_ranks  # (errors say "(world rank W)" in a sub-group, as over TCP)
 
     def describe(self) -> str:
         return f"rank {self.peer} (shared memory of group {self.group!r})"
