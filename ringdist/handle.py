@@ -65,10 +65,10 @@ class Work:
             raise known(RingTimeoutError(f"rank {self.rank}: {wire.called_as(self.op)} on group {self.gid!r} is "
                                          f"still outstanding after wait(timeout={timeout:g})"),
                         rank=self.rank, group=self.gid, op=self.op)
-        if not self._waited:
-            self._waited = True
-            with lock:
-                unreported.discard(self)
+        # Waited: its failure is the caller's now (`report` looks at this; the handle may stay in
+        # `unreported`, a weak set, taken with no lock: a signal handler that waits on a handle
+        # while its thread holds `lock` would wait on itself).
+        self._waited = True
         if self._finish_lock is not None:
             with self._finish_lock:  # once, whichever thread waits first; the others see its outcome
                 finish, self._finish = self._finish, None
@@ -82,7 +82,8 @@ class Work:
         return self._result
 
     def complete(self, result: Any, error: BaseException | None) -> None:
-        """Record the outcome and wake every waiter (under `lock`)."""
+        """Record the outcome and wake every waiter (its event set before its hooks are read: a
+        waiter hooks, then looks at the event, so none is missed)."""
         self._result, self._error = result, error
         if error is None:
             unreported.discard(self)
@@ -98,6 +99,7 @@ class Work:
         self._waited = True
         for hook in tuple(self._hooks):  # a handle joined with it fails with it (`joined`)
             hook()
+        self._hooks.clear()  # (the parent's threads' waits, which this process has not)
 
     def report(self) -> None:
         """Log the error of a failed handle never waited (once)."""
@@ -139,7 +141,7 @@ def joined(main: Work, other: Work, op: str, g: Any) -> Work:
 
     with lock:
         _join(both, (main, other), settle)
-        settle()  # either may be done already (under `lock`, as completions are: none is missed)
+        settle()  # either may be done already (set before its hooks are read, as `complete` does: none is missed)
     return both
 
 

@@ -123,7 +123,8 @@ def test_an_interrupted_queued_collective_breaks_the_group_on_every_rank(tmp_pat
 def test_waits_split_by_a_raising_signal_handler_lose_nothing_and_raise_nothing_else():
     # threading's Event.wait, split by an exception a signal handler raised, released its lock
     # twice (RuntimeError: release unlocked lock, in place of the interruption) or left it held
-    # (the completion then waited forever): within 1,500 waits split every 0.3 ms, every run.
+    # (the completion then waited forever): within 1,500 waits split every 0.3 ms, every run. A
+    # handler that waited on a handle while its thread held the handles' lock waited on itself.
     res = run_launcher(["-n", "2", str(SCRIPTS / "signal_waits.py"), "200"], timeout=120, env=FAST)
     out = res.stdout + res.stderr
     assert res.returncode == 0, out

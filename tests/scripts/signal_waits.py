@@ -1,8 +1,8 @@
 """A rank's waits on non-blocking receives, split again and again by an error a signal handler
 raises (as Ctrl-C's KeyboardInterrupt is): SIGALRM every 0.3 ms raises Tick while armed, around
 `Work.wait`, `wait_all` and `wait_any` alone; first, every time, the handler itself waits 0.1 ms
-for a receive outstanding until the end (a handler that waits on a handle while the main thread
-is in a wait must not block on it). Each interrupted wait is tried again (a handle stays
+for a receive outstanding until the end, and waits a handle done at once (a handler that waits
+on a handle while the main thread is in a wait must not block on it). Each interrupted wait is tried again (a handle stays
 valid); every message must arrive, in order, and nothing else be raised. Rank 0 sends COUNT
 messages per kind of wait, 2 ms apart. Rank 1 prints `ticks <k> other <k> ok <bool>`."""
 
@@ -29,12 +29,15 @@ spare = None
 
 
 def tick(*_: object) -> None:
+    global armed
     if spare is not None:
         try:
             spare.wait(timeout=0.0001)
         except rd.RingTimeoutError:
             pass
-    if armed:
+        rd.send(np.zeros(1), None, async_op=True).wait()  # (a handle done at once, waited a first time)
+    if armed:  # (disarmed here: the next tick, maybe in a handler of this one, raises nothing until re-armed)
+        armed = False
         raise Tick()
 
 
