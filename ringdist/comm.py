@@ -1168,6 +1168,7 @@ def not_a_group(group: Any, call: str | None = None) -> TypeError:
     """The error for a `group=` that is not a group, naming this process's world rank (where a
     world group is made) and the call."""
     made = default_made
+    call = wire.called_as(call) if call else call  # (max_scatter as the reduce_scatter(op='max') it was)
     return TypeError(f"{f'rank {made.rank()}: ' if made is not None else ''}{f'{call}: ' if call else ''}group "
                      f"must be a ringdist Group or None, got {type(group).__name__}")
 

@@ -108,6 +108,16 @@ def test_a_reduction_with_no_function_of_its_own_is_named_as_it_was_called(shm):
                     "rank 0: all_reduce(op='bor') on group 'world' is still outstanding after wait(timeout=0.2)"], seen
 
 
+def test_a_bad_group_of_a_queued_reduction_is_named_as_the_call_was_made():
+    # Queued calls (async_op=True, or any call once a handle was issued) check `group=` apart.
+    for call, shown in ((lambda: rd.reduce_scatter(np.ones(4), op="max", group="nope", async_op=True),
+                         "reduce_scatter(op='max')"),
+                        (lambda: rd.all_reduce(np.ones(4), op="avg", group=3, async_op=True), "all_reduce(op='avg')")):
+        with pytest.raises(TypeError) as info:
+            call()
+        assert f"{shown}: group must be a ringdist Group or None" in str(info.value), info.value
+
+
 def test_a_sub_group_error_and_the_broken_group_after_it_carry_the_sub_group():
     def body(g):
         sub = g.split(color=g.rank() % 2)
