@@ -151,6 +151,7 @@ def _killed_from_outside(returncode: int) -> bool:
 
 
 _IN_GROUP = re.compile(r"\(as rank \d+ of group .*?\) ")  # a sub-group's failure, as ringdist tells it
+_LEFT = re.compile(r"(?:world )?rank (\d+) left the job")  # a departure a rank heard of, as ringdist tells it
 _CAUSE = re.compile(r"(?:aborted by|lost) rank (\d+)(?: \(world rank (\d+)[,)])?|world rank (\d+) left the job")
 
 
@@ -415,6 +416,11 @@ class JobPolicy:
                 (early if returncode == 0 else on_own).append(rank)
         stopped += sorted(self._stopped - self._exits.keys())  # never exited (given up on)
         parts = [self._cause]
+        heard = _LEFT.search(self._told.get(self._cause_rank, "")) if self._cause_rank is not None else None
+        if heard is not None and int(heard.group(1)) in early:  # the cause failed on a clean exit's news
+            left = int(heard.group(1))
+            early.remove(left)
+            parts[0] += f", on hearing that rank {left} had left the job (it exited with code 0)"
         in_turn = [r for r in on_own if self._consequence(r)]
         own = [r for r in on_own if r not in in_turn]
         if in_turn:

@@ -264,6 +264,19 @@ def test_the_launchers_summary_names_the_rank_that_never_registered():
                         summary), res.stderr
 
 
+def test_the_launchers_summary_says_the_first_failure_came_of_a_rank_that_left_cleanly():
+    # Rank 2 exits 0 before init(): the others fail on hearing it left. The summary named a rank
+    # that failed first and, apart, "rank 2 had already exited (code 0)", nothing linking the two.
+    code = "import os, sys, ringdist as rd\nif os.environ['RANK'] == '2':\n    sys.exit(0)\nrd.init()\nrd.barrier()\n"
+    res = run_launcher(["-n", "3", "--", sys.executable, "-c", code], timeout=60,
+                       env={**FAST, "RINGDIST_INIT_TIMEOUT": "5"})
+    assert res.returncode == 1, res.stdout + res.stderr
+    summary = res.stderr.strip().splitlines()[-1]
+    assert re.fullmatch(r"ringdist-launch: rank [01] \(host localhost, pid \d+\) exited with code 1 first, on hearing "
+                        r"that rank 2 had left the job \(it exited with code 0\); rank [01] then failed in turn",
+                        summary), res.stderr
+
+
 def test_init_refuses_a_strict_that_is_not_a_bool():
     res = _python("import ringdist as rd\ntry:\n    rd.init(strict='yes')\nexcept TypeError as e:\n    print(e)\n"
                   "print(rd.init(strict=False).size())\n")
