@@ -250,31 +250,23 @@ def test_init_names_the_ranks_that_never_registered():
                                    and "cannot be called again in this process" in text for _, text in again), again
 
 
-def test_the_launchers_summary_names_the_rank_that_never_registered():
-    # Rank 2 never calls init(): the ranks whose init() timed out tell the launcher whom they
-    # waited for, and those that heard of a departure first tell that, so the summary names
-    # rank 2 as the one waited for (it named the first to time out alone, "on their own").
-    code = "import os, time, ringdist as rd\nif os.environ['RANK'] == '2':\n    time.sleep(30)\nrd.init()\n"
-    res = run_launcher(["-n", "4", "--", sys.executable, "-c", code], timeout=60,
-                       env={**FAST, "RINGDIST_INIT_TIMEOUT": "2"})
+@pytest.mark.parametrize("rank_2, n, limit, summary", [
+    # It never calls init(): the ranks whose init() timed out tell the launcher whom they waited
+    # for, and those that heard of a departure first tell that (the summary named the first to
+    # time out alone, "on their own", and rank 2 only as stopped).
+    ("time.sleep(30)", 4, "2", r"rank [013] \(host localhost, pid \d+\) exited with code 1 first; .*rank 2 stopped by "
+                          r"the launcher; ranks? [013](,[013])* had timed out waiting for rank 2"),
+    # It exits 0 before init(): the others fail on hearing it left (the summary named a rank that
+    # failed first and, apart, "rank 2 had already exited (code 0)", nothing linking the two).
+    ("sys.exit(0)", 3, "10", r"rank [01] \(host localhost, pid \d+\) exited with code 1 first, on hearing that rank 2 had "
+                       r"left the job \(it exited with code 0\); rank [01] then failed in turn"),
+])
+def test_the_launchers_summary_names_rank_2_which_never_took_part(rank_2, n, limit, summary):
+    code = f"import os, sys, time, ringdist as rd\nif os.environ['RANK'] == '2':\n    {rank_2}\nrd.init()\nrd.barrier()\n"
+    res = run_launcher(["-n", str(n), "--", sys.executable, "-c", code], timeout=60,
+                       env={**FAST, "RINGDIST_INIT_TIMEOUT": limit})
     assert res.returncode == 1, res.stdout + res.stderr
-    summary = res.stderr.strip().splitlines()[-1]
-    assert re.fullmatch(r"ringdist-launch: rank [013] \(host localhost, pid \d+\) exited with code 1 first; .*"
-                        r"rank 2 stopped by the launcher; ranks? [013](,[013])* had timed out waiting for rank 2",
-                        summary), res.stderr
-
-
-def test_the_launchers_summary_says_the_first_failure_came_of_a_rank_that_left_cleanly():
-    # Rank 2 exits 0 before init(): the others fail on hearing it left. The summary named a rank
-    # that failed first and, apart, "rank 2 had already exited (code 0)", nothing linking the two.
-    code = "import os, sys, ringdist as rd\nif os.environ['RANK'] == '2':\n    sys.exit(0)\nrd.init()\nrd.barrier()\n"
-    res = run_launcher(["-n", "3", "--", sys.executable, "-c", code], timeout=60,
-                       env={**FAST, "RINGDIST_INIT_TIMEOUT": "5"})
-    assert res.returncode == 1, res.stdout + res.stderr
-    summary = res.stderr.strip().splitlines()[-1]
-    assert re.fullmatch(r"ringdist-launch: rank [01] \(host localhost, pid \d+\) exited with code 1 first, on hearing "
-                        r"that rank 2 had left the job \(it exited with code 0\); rank [01] then failed in turn",
-                        summary), res.stderr
+    assert re.fullmatch("ringdist-launch: " + summary, res.stderr.strip().splitlines()[-1]), res.stderr
 
 
 def test_init_refuses_a_strict_that_is_not_a_bool():
