@@ -418,9 +418,10 @@ class JobPolicy:
         parts = [self._cause]
         heard = _LEFT.search(self._told.get(self._cause_rank, "")) if self._cause_rank is not None else None
         if heard is not None and int(heard.group(1)) in early:  # the cause failed on a clean exit's news
-            left = int(heard.group(1))
-            early.remove(left)
-            parts[0] += f", on hearing that rank {left} had left the job (it exited with code 0)"
+            early.remove(int(heard.group(1)))
+            parts[0] += f", on hearing that rank {heard.group(1)} had left the job (it exited with code 0)"
+        else:
+            heard = None
         in_turn = [r for r in on_own if self._consequence(r)]
         own = [r for r in on_own if r not in in_turn]
         if in_turn:
@@ -436,7 +437,7 @@ class JobPolicy:
                 part += f" ({rank_list(killed)} killed with SIGKILL)"
             parts.append(part)
         parts += _waits(waited or {}, [r for r in [self._cause_rank, *on_own] if r is not None], stopped)
-        if len(parts) == 1:
+        if len(parts) == 1 and heard is None:
             return None
         return "ringdist-launch: " + "; ".join(parts)
 
