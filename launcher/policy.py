@@ -417,11 +417,10 @@ class JobPolicy:
         stopped += sorted(self._stopped - self._exits.keys())  # never exited (given up on)
         parts = [self._cause]
         heard = _LEFT.search(self._told.get(self._cause_rank, "")) if self._cause_rank is not None else None
-        if heard is not None and int(heard.group(1)) in early:  # the cause failed on a clean exit's news
-            early.remove(int(heard.group(1)))
-            parts[0] += f", on hearing that rank {heard.group(1)} had left the job (it exited with code 0)"
-        else:
-            heard = None
+        left = int(heard.group(1)) if heard is not None else None
+        if left in early:  # the cause failed on the news of a clean exit
+            early.remove(left)
+            parts[0] += f", on hearing that rank {left} had left the job (it exited with code 0)"
         in_turn = [r for r in on_own if self._consequence(r)]
         own = [r for r in on_own if r not in in_turn]
         if in_turn:
@@ -437,7 +436,7 @@ class JobPolicy:
                 part += f" ({rank_list(killed)} killed with SIGKILL)"
             parts.append(part)
         parts += _waits(waited or {}, [r for r in [self._cause_rank, *on_own] if r is not None], stopped)
-        if len(parts) == 1 and heard is None:
+        if parts == [self._cause]:
             return None
         return "ringdist-launch: " + "; ".join(parts)
 
