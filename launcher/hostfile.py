@@ -122,7 +122,7 @@ def load_hostfile(path: str | Path) -> Hostfile:
     source = str(path)
     raw = _read_bounded(path, source)
     try:
-        text = raw.decode("utf-8")
+        text = raw.decode("utf-8-sig")  # a byte-order mark, as some editors write, is no error
     except UnicodeDecodeError:
         raise ConfigError(f"{source}: not UTF-8 text") from None
     if _nested_too_deep(text):

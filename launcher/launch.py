@@ -43,13 +43,11 @@ def launch(options: argparse.Namespace, target: Target) -> Outcome:
             return remote[0]
 
         spawners = [spawner_for(r.placement, local, remote_spawner) for r in plan.ranks]
-    except UnreachableHost as e:
-        print(f"{PROG}: {e}", file=sys.stderr)
+    except UnreachableHost as e:  # (a name that does not resolve: a mistyped hostfile, most often)
+        print(f"{PROG}: {e}{_hint_for(options.hosts, e)}", file=sys.stderr)
         return Outcome(UNREACHABLE)
     except ConfigError as e:
-        # Only where the error is about that name as a host (not --hosts' own syntax, nor other settings).
-        hint = _hosts_hint(options.hosts) if options.hosts and repr(options.hosts) in str(e) else ""
-        print(f"{PROG}: error: {e}{hint}", file=sys.stderr)
+        print(f"{PROG}: error: {e}{_hint_for(options.hosts, e)}", file=sys.stderr)
         return Outcome(EXIT_USAGE)
     problem = _program_problem(target, plan)
     if problem is not None:
@@ -248,6 +246,12 @@ def _near(name: str, known: list[str]) -> list[str]:
     """The variable `name` (RINGDIST_...) is a near miss of, judged on what follows the prefix."""
     tails = {k[len("RINGDIST_"):]: k for k in known if k.startswith("RINGDIST_")}
     return [tails[t] for t in difflib.get_close_matches(name[len("RINGDIST_"):], list(tails), n=1, cutoff=0.7)]
+
+
+def _hint_for(hosts: str | None, error: Exception) -> str:
+    """`_hosts_hint`, only where the error is about that name as a host (not --hosts' own syntax,
+    nor other settings)."""
+    return _hosts_hint(hosts) if hosts and repr(hosts) in str(error) else ""
 
 
 def _hosts_hint(spec: str | None) -> str:

@@ -248,6 +248,13 @@ def test_not_utf8(tmp_path):
         load_hostfile(path)
 
 
+def test_a_byte_order_mark_is_read_past(tmp_path):
+    # Some Windows editors begin UTF-8 files with one; json.loads refused it ("Unexpected UTF-8 BOM").
+    path = tmp_path / "bom.json"
+    path.write_bytes(b'\xef\xbb\xbf{"hosts": [{"ssh": "localhost", "slots": 2}]}')
+    assert load_hostfile(path).slots == 2
+
+
 def test_long_bad_values_are_shortened():
     with pytest.raises(ConfigError) as info:
         parse_hostfile([{"ssh": "a", "ips": ["x" * 500]}], "f.json")
@@ -270,3 +277,20 @@ def test_an_error_about_hosts_given_as_one_name_that_is_no_file_says_it_was_take
     real.write_text("{}")
     assert _hosts_hint(str(real)) == "" and _hosts_hint("node1,node2") == "" and _hosts_hint(None) == ""
     assert _hosts_hint("localhost:4") == "" and _hosts_hint("::1") == ""
+
+
+def test_a_host_name_that_does_not_resolve_gets_the_hint_too(monkeypatch, capsys, tmp_path):
+    # The hint went only with usage errors: a mistyped hostfile's name, which no name service
+    # knows (the common case), said only "cannot resolve". (No lookup is made here.)
+    from ringdist_launch import cli, launch
+    from ringdist_launch.route import UnreachableHost
+
+    def unresolvable(plan, *args):
+        raise UnreachableHost(f"host {plan.ranks[0].placement.ssh!r}: cannot resolve it (no such host name)")
+
+    monkeypatch.setattr(launch, "choose_rendezvous", unresolvable)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "job.py").write_text("")
+    assert cli.main(["--hosts", "hosts.jsn", "job.py"]) == 255
+    err = capsys.readouterr().err
+    assert "cannot resolve" in err and "(--hosts hosts.jsn: no file of that name here, so it was taken" in err, err
