@@ -26,15 +26,20 @@ class Tick(Exception):
 
 armed = False
 spare = None
+depth = 0  # handlers running, one inside another's wait: at most NESTED wait (a loaded machine
+NESTED = 3  # runs a handler for longer than the interval: nested without end, a RecursionError)
 
 
 def tick(*_: object) -> None:
-    global armed
-    if spare is not None:
+    global armed, depth
+    if spare is not None and depth < NESTED:
+        depth += 1
         try:
             spare.wait(timeout=0.0001)
         except rd.RingTimeoutError:
             pass
+        finally:
+            depth -= 1
         rd.send(np.zeros(1), None, async_op=True).wait()  # (a handle done at once, waited a first time)
     if armed:  # (disarmed here: the next tick, maybe in a handler of this one, raises nothing until re-armed)
         armed = False
