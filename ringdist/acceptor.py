@@ -104,11 +104,13 @@ class Acceptor:
 
     def __init__(self, listeners: list[socket.socket], secret: bytes, job: str, *,
                  on_ready: Callable[[socket.socket, dict[str, Any], Any], None], label: str,
-                 handshake_timeout: float, max_pending: int = MAX_PENDING_HANDSHAKES):
+                 handshake_timeout: float, max_pending: int = MAX_PENDING_HANDSHAKES,
+                 verdict: Callable[[dict[str, Any]], str | None] | None = None):
         self._listeners = listeners
         self._secret = secret
         self._job = job
         self._on_ready = on_ready
+        self._verdict = verdict  # `ServerHandshake`'s
         self.label = label
         self.handshake_timeout = handshake_timeout
         self.max_pending = max_pending
@@ -198,7 +200,7 @@ class Acceptor:
                 self._evict(f"evicted: {self.max_pending} handshakes in progress")
             forks.track(conn)
             conn.setblocking(False)
-            p = _Pending(conn, addr, ServerHandshake(self._secret, self._job), time.monotonic(),
+            p = _Pending(conn, addr, ServerHandshake(self._secret, self._job, self._verdict), time.monotonic(),
                          self.handshake_timeout)
             self._pending[conn.fileno()] = p
             self._selector.register(conn, selectors.EVENT_READ, p)

@@ -209,7 +209,7 @@ class Comm:
         # connections, eventfds and shared memory; its peers see its connections close).
         self._parts = {"shm": self.shm, "hierarchy": self.hierarchy, "links": self.links, "ring": self.ring}
         self._finalizer = weakref.finalize(self, _release_parts, self._parts, self._p2p_out, self._p2p_in,
-                                           endpoint, gid)
+                                           endpoint, gid, self._rank)
         self._finalizer.atexit = False  # at exit `world.shutdown` closes the control connection first, then groups
         if endpoint is not None:  # a group of one process has no connections: it works in a child too
             forks.track(self)
@@ -1146,9 +1146,10 @@ class Comm:
 
 
 def _release_parts(parts: dict[str, Any], p2p_out: dict[int, list], p2p_in: dict[int, list],
-                   endpoint: Endpoint | None, gid: str) -> None:
+                   endpoint: Endpoint | None, gid: str, rank: int) -> None:
     """Close what a group holds (`parts`: its shm link, hierarchy, links and ring, each with a
-    close(), or None): at `close()`, or when a group nobody closed is collected."""
+    close(), or None): at `close()`, or when a group nobody closed is collected. Ranks that
+    connect to this one (`rank`) for it later are told it closed (`Endpoint.discard`)."""
     for name in ("shm", "hierarchy", "links", "ring"):
         part = parts[name]
         if part is not None:
@@ -1156,7 +1157,7 @@ def _release_parts(parts: dict[str, Any], p2p_out: dict[int, list], p2p_in: dict
     for ch, _ in list(p2p_out.values()) + list(p2p_in.values()):
         ch.close()
     if endpoint is not None:
-        endpoint.discard(gid)
+        endpoint.discard(gid, closed_by=rank)
 
 
 def _waited(exc: BaseException) -> tuple[int, ...]:

@@ -21,7 +21,7 @@ from typing import Callable, NamedTuple
 from . import channel, deadlines, forks, posixshm, wire
 from .acceptor import Acceptor, RefusalLog
 from .errors import AuthError, ConnectError, PeerLostError, RingError, RingTimeoutError, known
-from .handshake import HandshakeCutOff, client_handshake
+from .handshake import GroupEnded, HandshakeCutOff, client_handshake
 
 log = logging.getLogger("ringdist")
 
@@ -90,8 +90,9 @@ class Endpoint:
         self._asks: dict[tuple[str, int, int], list[socket.socket]] = {}
         self._answers: dict[str, bytes] = {}  # the ABORT each group's asks are answered with
         # Groups (or a group's kind of connection) that have ended here: a connection for one
-        # that arrives later is closed, not kept in the inbox for good. The latest ENDED_KEPT.
-        self._ended: dict[tuple[str, str | None], None] = {}
+        # that arrives later is closed, not kept in the inbox for good (its dialer told why, where
+        # the value says: a group closed here, `_verdict`). The latest ENDED_KEPT.
+        self._ended: dict[tuple[str, str | None], str | None] = {}
         self._groups: set[str] = set()  # groups made here (`note_group`) and not ended
         # Connections in the inbox for a group not made here when they came, oldest first (with
         # where from), and how many each group rank dialed: capped (`_keep_early`).
@@ -134,7 +135,7 @@ class Endpoint:
         if self.local_name is None:
             self.local_backend = None
         self._acceptor = Acceptor(self._listeners, secret, self.job, on_ready=self._file, label=label,
-                                  handshake_timeout=min(connect_timeout, HANDSHAKE_TIMEOUT))
+                                  handshake_timeout=min(connect_timeout, HANDSHAKE_TIMEOUT), verdict=self._verdict)
         self._acceptor.start()
         forks.track(self)
 
@@ -147,6 +148,15 @@ class Endpoint:
     def refused(self) -> int:
         """Connections dropped before or during the handshake (strangers, garbage, evictions)."""
         return self._acceptor.refusals.count
+
+    def _verdict(self, hello: dict) -> str | None:
+        """Why the group a connection being authenticated is for was closed here (its WELCOME says
+        so: the dialer's send raises, and nothing is written to be lost), or None. Not for asks,
+        nor for a group that failed here (`_file` answers those)."""
+        with self._cond:
+            if hello["kind"] == ASK_KIND or hello["group"] in self._aborted:
+                return None
+            return self._ended.get((hello["group"], None))
 
     def _file(self, conn: socket.socket, hello: dict, addr: tuple) -> None:
         """An authenticated connection (from the acceptor's thread): into the inbox under its key."""
@@ -502,13 +512,27 @@ class Endpoint:
         except RingError:
             return None
 
-    def discard(self, group: str, kind: str | None = None) -> None:
+    def discard(self, group: str, kind: str | None = None, closed_by: int | None = None) -> None:
         """Close connections waiting in the inbox for `group` (only those of `kind`, if given),
         and those that come later: the group is closed, or could not be made here (group ids
-        are not reused), or gave up that kind of connection (shared memory's, after a vote for TCP)."""
+        are not reused), or gave up that kind of connection (shared memory's, after a vote for TCP).
+        `closed_by`: this rank's rank in the group, which its user closed (or dropped): a rank that
+        connects to it later is told so in the handshake (`_verdict`), and asks are answered with
+        it (a PeerLostError, as ABORT), unless the group failed here first; asks from the ranks
+        this rank dialed are still told to wait (their connections carry what was sent)."""
         asks: list[socket.socket] = []
+        answer = why = None
         with self._cond:
-            self._ended[(group, kind)] = None
+            if closed_by is not None and kind is None:
+                why = f"rank {closed_by} closed group {group!r} (Group.close, or the group was dropped)"
+                if group not in self._answers and group not in self._aborted:
+                    self._answers[group] = wire.encode_map(wire.ABORT, {
+                        "error": "PeerLostError", "message": why, "origin": closed_by, "seq": None})
+                    if len(self._answers) > ENDED_KEPT:
+                        oldest = next(iter(self._answers))
+                        del self._answers[oldest]
+                        self._dialed = _without(self._dialed, oldest)
+            self._ended[(group, kind)] = why
             if kind is None:
                 self._groups.discard(group)
             if kind is None and group not in self._answers:
@@ -517,10 +541,15 @@ class Endpoint:
             if kind is None:
                 self._linked = _without(self._linked, group)
                 asks = self._pop_asks(lambda where: where[0] == group)
+                answer = self._answers.get(group) if why is not None else None
             if len(self._ended) > ENDED_KEPT:
                 del self._ended[next(iter(self._ended))]
             filed = self._pop_filed(lambda k: k.group == group and kind in (None, k.kind))
-        for sock in asks + filed:
+        for sock in asks:
+            if why is not None and answer is not None:
+                channel.send_quietly(sock, answer)
+            sock.close()
+        for sock in filed:
             sock.close()
 
     # ---- connecting --------------------------------------------------------------------------
@@ -574,6 +603,8 @@ class Endpoint:
                     continue
                 try:
                     self._authenticate(sock, key, deadline, f"{peer} at {ip}:{port}")
+                except GroupEnded as exc:  # nothing was sent: raised as the peer's departure is
+                    raise PeerLostError(f"{label}: lost {peer}: {exc}") from None
                 except HandshakeCutOff:
                     errors.append(f"{ip}:{port}: handshake cut off (connection closed before WELCOME)")
                     continue

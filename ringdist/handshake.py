@@ -10,7 +10,9 @@ The server nonce is fresh per connection, so a recorded handshake cannot be repl
 the role tag keeps one side's proof from serving as the other's.
 
 The accepting side is `ServerHandshake`, a state machine fed bytes (no socket, no
-thread), so one selector can run many handshakes at once (`acceptor`). A refusal
+thread), so one selector can run many handshakes at once (`acceptor`). Its WELCOME may say
+`ended`: the group the connection is for has ended there (closed), which the connecting side
+raises as `GroupEnded` (a PeerLostError), before anything is sent on it. A refusal
 (wrong job, wrong secret) queues a REJECT for the peer before raising AuthError.
 The connecting side treats a REJECT or a failed server proof as final (AuthError),
 and a connection closed or reset before WELCOME as cut off (`HandshakeCutOff`, a
@@ -22,7 +24,7 @@ from __future__ import annotations
 
 import os
 import socket
-from typing import Any
+from typing import Any, Callable
 
 from . import wire
 from .channel import recv_control, send_blocking
@@ -35,6 +37,11 @@ MAX_HANDSHAKE_FRAME = 2048
 class HandshakeCutOff(PeerLostError, EOFError):
     """The peer closed or reset the connection before the handshake finished (no REJECT: not a
     refusal). Also an EOFError, for callers that treat it as the end of the stream."""
+
+
+class GroupEnded(PeerLostError):
+    """The peer authenticated, and said the group the connection is for has ended there (its
+    WELCOME's `ended`: why). Nothing sent on the connection would be read."""
 
 
 # Ranks of one job that know different secrets meet as strangers: say where the secret comes from.
@@ -68,6 +75,9 @@ def client_handshake(sock: socket.socket, secret: bytes, hello: dict[str, Any], 
     expected = wire.proof_mac(secret, b"server", hello_body, server_nonce)
     if not wire.macs_equal(wire.require(welcome, "mac", bytes), expected):
         raise AuthError(f"{peer} does not know this job's secret (server proof failed){SECRET_HINT}")
+    ended = welcome.get("ended")
+    if ended is not None:
+        raise GroupEnded(ended if isinstance(ended, str) else f"{peer} says the group has ended there")
 
 
 class ServerHandshake:
@@ -76,13 +86,15 @@ class ServerHandshake:
     It never asks for a byte past the PROOF, so whatever the peer sends after the
     handshake stays in the socket for the connection's next reader. `received` counts
     the bytes fed so far; `done` is set once WELCOME is queued, `hello` then holds the
-    verified HELLO fields. `feed` raises ProtocolError on garbage and AuthError on a
+    verified HELLO fields. `verdict(hello)`, if given, says why the group of a verified HELLO has
+    ended here (its WELCOME says so), or None. `feed` raises ProtocolError on garbage and AuthError on a
     wrong job or secret (with a REJECT queued in `outgoing`).
     """
 
-    def __init__(self, secret: bytes, job: str):
+    def __init__(self, secret: bytes, job: str, verdict: Callable[[dict[str, Any]], str | None] | None = None):
         self._secret = secret
         self._job = job
+        self._verdict = verdict  # (the verified HELLO) -> why its group has ended here, or None
         self._expect = wire.HELLO
         self._kind = 0
         self._length = -1  # body length of the frame being read; -1 while reading its prefix
@@ -154,7 +166,11 @@ class ServerHandshake:
             self._reject("authentication failed")
             raise AuthError(f"rank {self.hello['rank']} of group {self.hello['group']!r} failed authentication")
         mac = wire.proof_mac(self._secret, b"server", self._hello_body, self._nonce)
-        self.outgoing += wire.encode_map(wire.WELCOME, {"mac": mac})
+        welcome: dict[str, Any] = {"mac": mac}
+        ended = self._verdict(self.hello) if self._verdict is not None else None
+        if ended is not None:
+            welcome["ended"] = ended[:1000]
+        self.outgoing += wire.encode_map(wire.WELCOME, welcome)
         self.done = True
 
     def _reject(self, reason: str) -> None:

@@ -81,10 +81,11 @@ def test_a_message_issued_before_the_break_is_received_or_its_send_fails(monkeyp
     assert got.startswith("RingError: rank 1: recv " + CAUSE), got
 
 
-def test_a_message_sent_before_the_break_is_received_after_the_sender_closes_its_group(monkeypatch):
-    """Rank 0 sends, breaks its group and closes it before rank 1's acceptor files the message's
-    connection, and rank 1 asks meanwhile: rank 0 still answers "keep waiting" (it dialed rank 1),
-    not the ABORT, so the message is received."""
+@pytest.mark.parametrize("broken", [True, False], ids=["broken", "healthy"])
+def test_a_message_sent_before_the_break_is_received_after_the_sender_closes_its_group(monkeypatch, broken):
+    """Rank 0 sends, breaks its group (or not) and closes it before rank 1's acceptor files the
+    message's connection, and rank 1 asks meanwhile: rank 0 still answers "keep waiting" (it
+    dialed rank 1), not the ABORT nor that it closed the group, so the message is received."""
     from ringdist import channel
     from ringdist.endpoint import Endpoint
 
@@ -114,7 +115,8 @@ def test_a_message_sent_before_the_break_is_received_after_the_sender_closes_its
         if g.rank() == 0:
             time.sleep(0.2)
             rd.send(np.arange(2.0), 1, group=g)
-            _break(g)
+            if broken:
+                _break(g)
             g.close()
             closed.set()
             time.sleep(1.0)
@@ -124,6 +126,35 @@ def test_a_message_sent_before_the_break_is_received_after_the_sender_closes_its
         return _outcome(lambda: rd.recv(2, np.float64, 0, group=g, timeout=30))
 
     assert run_ranks(3, rank, shm=False)[1] == [0.0, 1.0]
+
+
+def test_a_rank_that_closed_a_group_tells_a_later_sender_and_a_receiver_waiting_for_it():
+    """Rank 0 closes a group that rank 1 still uses. Rank 1's first message to it went into a
+    connection rank 0 closed after the handshake, and the send returned (the message lost); a
+    receive from it waited out its whole timeout. Now both raise PeerLostError, saying so."""
+    said = "rank 0 closed group"
+
+    def rank(g: rd.Group):
+        found = []
+        for receive in (False, True):
+            sub = g.split(0)
+            if g.rank() == 0:
+                sub.close()
+            rd.barrier(group=g)
+            if g.rank() == 1:
+                if receive:
+                    found.append(_outcome(lambda: rd.recv(2, np.float64, 0, group=sub, timeout=30)))
+                else:
+                    found.append(_sent(lambda: rd.send(np.arange(2.0), 0, group=sub, timeout=30)))
+                    found.append(_sent(lambda: rd.send(np.arange(2.0), 0, group=sub, timeout=30)))
+            rd.barrier(group=g)
+            sub.close()
+        return found
+
+    sent, again, received = run_ranks(2, rank, shm=False)[1]
+    assert sent.startswith("PeerLostError: rank 1: lost rank 0 of group") and said in sent, sent
+    assert again.startswith("PeerLostError: ") and said in again, again
+    assert received.startswith("PeerLostError: rank 1: recv aborted by rank 0: ") and said in received, received
 
 
 @pytest.mark.parametrize("async_op", [False, True], ids=["blocking", "async"])
