@@ -622,7 +622,10 @@ class Endpoint:
             if time.monotonic() + delay >= deadline:
                 tried = "; ".join(errors[-len(addresses):]) or "no address"
                 hint = CUT_OFF_HINT if tried.endswith("(connection closed before WELCOME)") else ""
-                if "timed out" in tried:
+                if "handshake: timed out" in tried:  # the kernel took the connection; that rank's process never answered
+                    hint += (f" (RINGDIST_CONNECT_TIMEOUT={self.connect_timeout:g} s sets the limit; a process out of file "
+                             f"descriptors takes no connection, and its log says so)")
+                elif "timed out" in tried:
                     hint += f" (RINGDIST_CONNECT_TIMEOUT={self.connect_timeout:g} s sets the limit)"
                 raise ConnectError(f"{label}: cannot reach {peer}: {tried} ({attempts} attempts){hint}")
             if check is not None:
