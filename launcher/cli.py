@@ -202,8 +202,8 @@ def _parser() -> argparse.ArgumentParser:
                         help="address the launcher's rendezvous listens on, reachable from every host "
                         "(default: 127.0.0.1, or this machine's address on the route to the first remote host)")
     parser.add_argument("--timeout", type=_timeout, metavar="S",
-                        help="wall-clock limit of the whole job; on expiry stop every rank and exit 124 "
-                        "(inf: no limit)")
+                        help="limit of the whole job's run time (not counting a suspension, Ctrl-Z); on expiry "
+                        "stop every rank and exit 124 (inf: no limit)")
     parser.add_argument("--grace", type=_grace, default=5.0, metavar="S",
                         help=f"seconds between SIGTERM and SIGKILL when stopping ranks (default: 5, "
                         f"at most {MAX_GRACE:g})")

@@ -31,9 +31,9 @@ from ringdist.settings import Settings
 
 from .output import LineWriter, Pump, pump_rank
 from .plan import JobPlan, RankLaunch
-from .policy import (PASSED_ON, SETTLE_WAIT, Action, Decision, JobPolicy, Outcome, RankInfo, describe_exit,
+from .policy import (PASSED_ON, SETTLE_WAIT, SUSPENDING, Action, Decision, JobPolicy, Outcome, RankInfo, describe_exit,
                      rank_list)
-from .spawn import Guard, RankProcess, Spawner, signal_once, stop_sessions
+from .spawn import Guard, RankProcess, Spawner, signal_every, signal_once, stop_sessions
 
 # How long to wait for ranks after SIGKILL, and for their output to drain, before giving up.
 KILL_WAIT = 10.0
@@ -43,8 +43,9 @@ FDS_PER_RANK = 3
 FDS_BASE = 20
 DRAIN_WAIT = 5.0
 # The signals the launcher handles while the job runs: the policy stops the job on the first
-# four and passes SIGUSR1/SIGUSR2 on to the ranks.
-HANDLED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
+# four, passes SIGUSR1/SIGUSR2 on to the ranks, and suspends the job on SIGTSTP (Ctrl-Z).
+HANDLED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2,
+                   signal.SIGTSTP)
 
 
 @dataclass(frozen=True)
@@ -187,6 +188,7 @@ class _Supervisor:
         self.settle_deadline: float | None = None
         self.term_deadline: float | None = None
         self.kill_deadline: float | None = None
+        self.job_deadline: float | None = None  # --timeout's
 
     def run(self, spawners: Sequence[Spawner]) -> Outcome:
         secret = secrets.token_hex(32)
@@ -304,11 +306,11 @@ class _Supervisor:
         self.events.put(_Exited(rank, returncode, time.monotonic()))
 
     def _supervise(self) -> None:
-        job_deadline = time.monotonic() + self.timeout if self.timeout else None
+        self.job_deadline = time.monotonic() + self.timeout if self.timeout else None
         while self.policy.running:
             deadline = self.kill_deadline or self.term_deadline or self.settle_deadline
             if deadline is None and not self.policy.stopping:
-                deadline = job_deadline
+                deadline = self.job_deadline
             wait = None if deadline is None else max(0.0, deadline - time.monotonic())
             event = self.events.get(timeout=wait)
             if event is None:
@@ -388,6 +390,25 @@ class _Supervisor:
             self._log(f"passing {signal.Signals(decision.signum).name} on to {rank_list(decision.ranks)}")
             for rank in decision.ranks:
                 self.ranks[rank].proc.signal(decision.signum)
+        elif decision.action is Action.SUSPEND:
+            self._suspend([self.ranks[rank].proc for rank in decision.ranks])
+
+    def _suspend(self, procs: list[RankProcess]) -> None:
+        """Job control (Ctrl-Z): stop every process of these ranks (SIGSTOP: a rank leads a session
+        of its own, where the terminal's SIGTSTP would be discarded), then the launcher itself, as
+        a shell sees a stopped program; once the launcher is continued (`fg`, `bg`, SIGCONT),
+        continue them. The time stopped does not count against the launcher's deadlines
+        (`--timeout`, the grace before SIGKILL)."""
+        self._log(f"suspending {rank_list([r for r, rank in self.ranks.items() if rank.proc in procs])}")
+        signal_every(procs, signal.SIGSTOP)
+        began = time.monotonic()
+        os.kill(os.getpid(), signal.SIGSTOP)
+        stopped = time.monotonic() - began
+        signal_every(procs, signal.SIGCONT)
+        self._log(f"continued after {stopped:.1f}s")
+        for name in ("job_deadline", "kill_deadline", "term_deadline", "settle_deadline"):
+            if getattr(self, name, None) is not None:
+                setattr(self, name, getattr(self, name) + stopped)
 
     def _clean_up(self) -> None:
         """Kill whatever is left in every rank's process group and session, reap the ranks, drain their output."""
@@ -417,8 +438,11 @@ class _Supervisor:
         event = self.events.get(timeout=wait)
         while event is not None:
             if isinstance(event, _Signalled):
-                self.policy.signalled(event.signum)
-                stop = stop or event.signum not in PASSED_ON
+                if event.signum in SUSPENDING:  # the ranks are gone: the launcher alone
+                    self._suspend([])
+                else:
+                    self.policy.signalled(event.signum)
+                stop = stop or event.signum not in PASSED_ON + SUSPENDING
             event = self.events.get(timeout=0)
         return stop
 

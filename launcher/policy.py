@@ -61,6 +61,7 @@ class Action(enum.Enum):
     STOP = "stop"  # SIGTERM each rank's process group, SIGKILL after the grace period
     KILL = "kill"  # SIGKILL each rank's process group now
     FORWARD = "forward"  # pass `Decision.signum` on to each rank's process group; the job goes on
+    SUSPEND = "suspend"  # stop each rank (SIGSTOP), then the launcher; once it is continued, continue them
 
 
 @dataclass(frozen=True)
@@ -136,6 +137,9 @@ _STOP_SIGNALS = (-signal.SIGTERM, -signal.SIGKILL, -signal.SIGINT)
 # Signals to the launcher that it passes on to every rank, as mpirun does (a scheduler's warning
 # before pre-emption, `--signal=USR1@60`); any other it handles stops the job.
 PASSED_ON = (signal.SIGUSR1, signal.SIGUSR2)
+# Job control: Ctrl-Z (SIGTSTP) suspends the whole job, as under mpirun (each rank leads a session
+# of its own, so the terminal's signal reaches the launcher alone); `fg` or `bg` resumes it.
+SUSPENDING = (signal.SIGTSTP,)
 # Signals that stop the job and that the launcher then dies of itself, once the job is cleaned
 # up, so that its caller sees how it ended: a shell loop stops on Ctrl-C. (Not SIGQUIT: its
 # default action dumps core; the launcher exits 131 instead.)
@@ -325,7 +329,8 @@ class JobPolicy:
         return self._stop_all()
 
     def signalled(self, signum: int) -> Decision:
-        """The launcher got a signal. SIGUSR1/SIGUSR2: pass it on to every running rank. Any other
+        """The launcher got a signal. SIGUSR1/SIGUSR2: pass it on to every running rank. SIGTSTP
+        (Ctrl-Z): suspend every running rank and the launcher, until it is continued. Any other
         (SIGINT, SIGTERM, SIGHUP, SIGQUIT): stop in order; a second such signal kills at once. The
         first such signal is what the launcher dies of once the job is cleaned up (`fatal_signal`),
         even where a rank's failure, which came first, stays the job's cause and exit status: a
@@ -334,6 +339,8 @@ class JobPolicy:
         if signum in PASSED_ON:
             self._passed_on.add(signum)
             return Decision(Action.FORWARD, tuple(self.running), signum=signum)
+        if signum in SUSPENDING:  # the job goes on once continued, whatever was under way
+            return Decision(Action.SUSPEND, tuple(self.running))
         first = self._stopped_by is None
         if first:
             self._stopped_by = signum
@@ -372,7 +379,7 @@ class JobPolicy:
         return self._stop_all(exclude=rank)  # its agent has exited, or was killed, already
 
     def timed_out(self) -> Decision:
-        """The job's wall-clock limit (`--timeout`) passed."""
+        """The job's limit on its run time (`--timeout`) passed."""
         if self.settling:
             return self._name_first_failure()
         if self.stopping:

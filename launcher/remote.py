@@ -6,6 +6,7 @@ agent's stdin, so nothing secret is ever on a command line:
   TERM, KILL  stop the rank: signal its whole process group, and (Linux) the rest of its
               session, what it started in process groups of its own
   USR1, USR2  pass the signal on to the rank's process group (the launcher got it)
+  STOP, CONT  the same (Ctrl-Z suspended the job; it was continued)
   end of file the launcher (or its ssh connection) is gone: SIGKILL the group at
               once, as the kernel and the job's guard do for local ranks
 The rank runs in its own session with stdin closed and this process's stdout and
@@ -23,7 +24,8 @@ import sys
 import threading
 
 MARKER = b"\x00RINGDIST-REMOTE "
-ORDERS = {b"TERM": signal.SIGTERM, b"KILL": signal.SIGKILL, b"USR1": signal.SIGUSR1, b"USR2": signal.SIGUSR2}
+ORDERS = {b"TERM": signal.SIGTERM, b"KILL": signal.SIGKILL, b"USR1": signal.SIGUSR1, b"USR2": signal.SIGUSR2,
+          b"STOP": signal.SIGSTOP, b"CONT": signal.SIGCONT}
 
 
 def _signal_session(sid, sig):

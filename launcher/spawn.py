@@ -381,6 +381,14 @@ def stop_sessions(ranks: Sequence[RankProcess], sig: int) -> None:
         signal_sessions(sessions, sig)
 
 
+def signal_every(ranks: Sequence[RankProcess], sig: int) -> None:
+    """Send `sig` (SIGSTOP, SIGCONT: repeats are harmless) to every process of these ranks: each
+    one's process group (a remote rank's by its keeper), then the rest of its session (Linux)."""
+    for r in ranks:
+        r.signal(sig)
+    signal_sessions({r.session for r in ranks} - {None}, sig)
+
+
 def signal_once(ranks: Sequence[RankProcess], sig: int) -> None:
     """Send `sig` (SIGTERM, SIGINT) once to every process of these ranks' sessions (on Linux;
     elsewhere its process group): a second one, as its group's and its session's signals

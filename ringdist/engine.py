@@ -45,8 +45,9 @@ forks.in_child(backgrounds.clear)  # (the parent's threads: none of them is in a
 
 def set_background(bg: Any, owner: int) -> None:
     """Install (or, with None, remove) thread `owner`'s background: an object with `masks()`,
-    `pump()`, `on_event(fd, ev)` (which may raise into the wait: a closing group), `tick()` and
-    `max_wait()` (seconds a poll may block, or None)."""
+    `pump()`, `on_event(fd, ev)` (which may raise into the wait: a closing group), `tick()`,
+    `max_wait()` (seconds a poll may block, or None) and `stopped(seconds)` (the process was
+    stopped that long: not counted against its timeouts, `deadlines.stopped_for`)."""
     if bg is None:
         backgrounds.pop(owner, None)
     else:
@@ -135,11 +136,13 @@ def run(inflows: list[Inflow], outflows: list[Outflow], watched: list[Channel], 
             return
         events = poller.poll(0) if spin else None
         if not events and spin:  # never spinning past the timeout
-            spin_until = time.perf_counter() + min(spin, max(0.0, last_progress + timeout - time.monotonic()))
+            spun = time.monotonic()
+            spin_until = time.perf_counter() + min(spin, max(0.0, last_progress + timeout - spun))
             while not events and time.perf_counter() < spin_until:
                 if yield_core:
                     os.sched_yield()
                 events = poller.poll(0)  # a short spin beats the kernel's wake-up latency
+            last_progress += deadlines.stopped_for(spun, spin)  # (no background: it does not spin)
         while idle is not None and not events:
             if not idle():
                 idle = None
@@ -153,7 +156,13 @@ def run(inflows: list[Inflow], outflows: list[Outflow], watched: list[Channel], 
                 cap = bg.max_wait()
                 if cap is not None and cap < wait:
                     wait = max(cap, 0.0)
-            events = poller.poll(deadlines.poll_ms(wait)) if wait > 0 else []
+            began, ms = time.monotonic(), deadlines.poll_ms(wait)
+            events = poller.poll(ms) if ms else []
+            lost = deadlines.stopped_for(began, ms / 1000)  # the process was stopped meanwhile: not counted
+            if lost:
+                last_progress += lost
+                if bg is not None:
+                    bg.stopped(lost)
             if not events:
                 if draining and drained(draining, unsent):
                     last_progress = time.monotonic()  # the peer took bytes: a slow link, not a stall

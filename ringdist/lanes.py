@@ -229,6 +229,13 @@ class Lanes:
         self._failed(job, exc, tell=True)
         return True
 
+    def stopped(self, lost: float) -> None:
+        """This process was stopped for `lost` seconds (`deadlines.stopped_for`) while its jobs
+        waited: not counted against their timeouts, which count progress."""
+        if lost:
+            for job in self.heads():
+                job.since += lost
+
     def max_wait(self) -> float | None:
         heads = self.heads()
         if not heads:

@@ -68,6 +68,9 @@ class Runner:
     def max_wait(self) -> float | None:
         return None
 
+    def stopped(self, lost: float) -> None:
+        pass
+
     def on_event(self, fd: int, ev: int) -> None:
         os.read(self._wake_r, 64)  # readable: this cannot block
         with self.lock:

@@ -61,7 +61,7 @@ from typing import Any
 
 import msgpack
 
-from . import aborts, channel, engine, wire
+from . import aborts, channel, deadlines, engine, wire
 from .errors import MismatchError, PeerLostError, ProtocolError, RingTimeoutError, known
 from .flows import check_same
 
@@ -186,13 +186,14 @@ class Signals:
         nap = _SLICE_FIRST
         while True:
             if spin > 0:  # in pieces of at most _SPIN_PIECE, with the connections looked at between
-                began = clock()
+                began, spun = clock(), time.monotonic()
                 until = began + min(spin, _SPIN_PIECE)
                 while pending and clock() < until:
                     if clock is time.thread_time:
                         os.sched_yield()
                     pending = [p for p in pending if words[p][SIGNALS] < target]
                 spin -= clock() - began
+                start += deadlines.stopped_for(spun, _SPIN_PIECE)
             pending = [p for p in pending if words[p][SIGNALS] < target]
             if not pending:
                 break
@@ -223,7 +224,13 @@ class Signals:
             fence()  # word 5 is seen before the counts are read: a peer signalling now wakes this rank
             try:
                 if all(words[p][SIGNALS] < target for p in pending):  # once more, now that peers may see word 5
+                    began = time.monotonic()
                     ready = poller.poll(wait * 1000)
+                    lost = deadlines.stopped_for(began, wait)  # the process was stopped meanwhile: not counted
+                    if lost:
+                        start += lost
+                        if bg is not None:
+                            bg.stopped(lost)
                     if wait:
                         nap = min(nap * 2, _SLICE_MOST)
                 else:

@@ -38,6 +38,7 @@ import atexit
 import os
 import select
 import threading
+import time
 from typing import Any, Callable
 
 from . import channel, comm as comm_module, deadlines, engine, forks, handle, jobs, runners, wire
@@ -286,7 +287,10 @@ def _loop(flows: Lanes) -> None:
         flows.pump()
         registered = engine.sync_fds(poller, registered, flows.masks())
         wait = flows.max_wait()
-        events = poller.poll(None if wait is None else deadlines.poll_ms(wait))
+        began, ms = time.monotonic(), None if wait is None else deadlines.poll_ms(wait)
+        events = poller.poll(ms)
+        if ms is not None:  # (what woke it may have come as the process was continued)
+            flows.stopped(deadlines.stopped_for(began, ms / 1000))
         for fd, ev in events:
             flows.on_event(fd, ev)
 

@@ -251,6 +251,43 @@ def test_the_launcher_s_sigterm_reaches_each_process_of_a_rank_once(where, tmp_p
         assert f"[{r}] rank got 1" in text and f"[{r}] child got 1" in text, text
 
 
+def _state(pid: int) -> str:
+    """A process's state letter (R, S, T: stopped, ...), or '' once it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rpartition(b")")[2].split()[0].decode()
+    except (OSError, IndexError):
+        return ""
+
+
+@pytest.mark.skipif(not LINUX, reason="reads process states from /proc")
+@pytest.mark.parametrize("where", ["local", "remote"])
+def test_ctrl_z_suspends_every_rank_and_the_job_goes_on_when_continued(where, tmp_path):
+    # Ctrl-Z (SIGTSTP) stopped the launcher alone: each rank leads a session of its own, so the
+    # terminal's signal never reached them, and they ran on. Now they stop too, and go on when the
+    # launcher is continued (fg: SIGCONT); stopped for longer than RINGDIST_TIMEOUT, a rank waiting
+    # in a collective or for a message timed out as it was continued: the stop is not counted.
+    hosts = ["-n", "2"] if where == "local" else remote_hosts(tmp_path, 2)
+    proc = start_launcher([*hosts, str(SCRIPTS / "suspended.py"), "12"], env={"RINGDIST_TIMEOUT": "1.5"})
+    try:
+        out = LineReader(proc.stdout)
+        pids = [int(m.group(1)) for m in out.wait_for(r"^\[\d\] ready pid=(\d+)$", 2, timeout=60)]
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGTSTP)
+        deadline = time.monotonic() + 20
+        while {_state(pid) for pid in [proc.pid, *pids]} != {"T"} and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert [_state(pid) for pid in [proc.pid, *pids]] == ["T", "T", "T"]
+        time.sleep(3.0)  # twice the ranks' timeout
+        assert [_state(pid) for pid in pids] == ["T", "T"]
+        proc.send_signal(signal.SIGCONT)
+        assert proc.wait(timeout=60) == 0, out.rest() + proc.stderr.read()
+        text = out.rest()
+        assert "[0] done 24" in text and "[1] done 24" in text, text
+    finally:
+        kill_tree(proc)
+
+
 def test_sigquit_stops_the_job_as_sigterm_does():
     proc = start_launcher(["-n", "2", SLEEPER, "60"])
     try:
