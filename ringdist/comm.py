@@ -879,7 +879,10 @@ class Comm:
         table = self._p2p_out if outgoing else self._p2p_in
         if peer not in table:
             assert self._endpoint is not None
-            deadline = deadlines.after(self.settings.connect_timeout if outgoing else self._timeout(timeout))
+            # (A first message's dial, to a rank that takes the connection but never answers, is no
+            # progress either: the call's timeout bounds it, where shorter than the connect timeout.)
+            deadline = deadlines.after(min(self.settings.connect_timeout, self._timeout(timeout)) if outgoing
+                                       else self._timeout(timeout))
 
             asker = None if outgoing else self.asker(peer)
 

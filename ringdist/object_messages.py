@@ -90,7 +90,7 @@ class _SendObject(_Turned):
             return False
         pickled = self.pickled
         _message_header(0, pickled.fields, self.tag)  # one that cannot be made fails before the message takes its number
-        ch, number = self.g.p2p_channel(self.peer, outgoing=True, op=self.op)  # type: ignore[misc]
+        ch, number = self.g.p2p_channel(self.peer, outgoing=True, timeout=self.timeout, op=self.op)  # type: ignore[misc]
         self.outflows = [Outflow(ch, Segments(pickled.parts), "send_object",
                                  _message_header(number, pickled.fields, self.tag))]
         self.ch = ch  # the message has its number: its header goes, saying why if it could not be pickled

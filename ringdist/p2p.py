@@ -83,7 +83,7 @@ class _Send:
             self.turn = self.g.p2p_turn(self.peer, True, "send", self.timeout, wait)
             if self.turn is None:
                 return False
-        ch, number = self.g.p2p_channel(self.peer, outgoing=True, op=self.op)  # type: ignore[misc]
+        ch, number = self.g.p2p_channel(self.peer, outgoing=True, timeout=self.timeout, op=self.op)  # type: ignore[misc]
         self.ch = ch
         self.outflows = [Outflow(ch, Segments([byte_view(self.data)]), "send",
                                  _message_header(self.dtag, self.arr.shape, number, self.tag))]
