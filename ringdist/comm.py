@@ -156,6 +156,10 @@ class Comm:
         self._quiet = -1  # a call whose exchanges found their peers' sockets empty after its frames
         self._loud = -1  # a call with an exchange (or a run) that did not: see finish()
         self._p2p_out: dict[int, list] = {}  # peer -> [Channel, messages sent]
+        # The message connections this rank sends on, by fd: what comes back on one is an ABORT
+        # (or its close), looked for before every message (`_check_told`), in one poll.
+        self._outs_poll: select.poll | None = None
+        self._outs: dict[int, tuple[int, Channel]] = {}
         self._p2p_in: dict[int, list] = {}  # peer -> [Channel, messages received]
         self._p2p_turns: dict[tuple[int, bool], threading.Lock] = {}  # (peer, outgoing) -> its message's turn
         self._p2p_holders: dict[tuple[int, bool], threading.Thread] = {}  # the thread that took each turn last
@@ -877,6 +881,8 @@ class Comm:
         message number (the k-th message between the pair in that direction). With `wait`
         False, None when the connection from `peer` has not arrived yet (nothing is counted)."""
         table = self._p2p_out if outgoing else self._p2p_in
+        if self._outs:
+            self._check_told(op, peer if outgoing else None)
         if peer not in table:
             assert self._endpoint is not None
             # (A first message's dial, to a rank that takes the connection but never answers, is no
@@ -906,6 +912,10 @@ class Comm:
                 ch = Channel(sock, me=self._rank, peer=peer, group=self.gid, role="p2p-out",
                              world_ranks=self._world_ranks)
                 table[peer] = [ch, 0]
+                if self._outs_poll is None:
+                    self._outs_poll = select.poll()
+                self._outs_poll.register(ch.fd, select.POLLIN)
+                self._outs[ch.fd] = (peer, ch)
                 if self._broken:  # it broke while this dialed (the receiver's asks: keep waiting)
                     self._refuse_message(ch, op)
             elif not wait:
@@ -1073,6 +1083,40 @@ class Comm:
     def departure(self, peer: int) -> str | None:
         """Why rank `peer` left the job, if this rank has heard that it did."""
         return self._endpoint.departed(self._addresses[peer]) if self._endpoint is not None else None
+
+    def _check_told(self, op: str, peer: int | None) -> None:
+        """Before a message (to `peer`, or from a rank): an ABORT come back on the connection for
+        messages to another rank breaks the group here too, raised as this call's error. That
+        rank's group broke (a message of this rank's it could not take, say) and it told its pairs
+        (`_tell_pairs`): this rank, not told on the connection the call uses, went on with its
+        other pairs, and the ranks waiting on it never heard. One poll of every such connection
+        (a microsecond for a few). A connection only closed is left to a message to that rank:
+        a rank that has left the job after its last receive breaks nothing."""
+        looker = self._outs_poll
+        assert looker is not None
+        for fd, _ in looker.poll(0):
+            theirs, ch = self._outs.get(fd, (-1, None))
+            if theirs == peer:
+                continue
+            if ch is None or ch.closed or self._p2p_out.get(theirs, [None])[0] is not ch:
+                self._outs.pop(fd, None)  # (gone with a connection cut: left to a message to that rank)
+                looker.unregister(fd)
+                continue
+            turn = self._p2p_turns.get((theirs, True))
+            if turn is None or not turn.acquire(False):  # its holder reads what came back itself
+                continue
+            try:
+                if ch.gone() != "":  # closed: left to a message to that rank
+                    self._outs.pop(fd, None)
+                    looker.unregister(fd)
+                    continue
+                try:
+                    aborts.pending_abort([ch], op)
+                except RingError as exc:
+                    self._fail(op, [ch] + (self.channels if self.ring is not None else []), None, [], exc)
+                    raise
+            finally:
+                turn.release()
 
     def _check_outgoing(self, ch: Channel, peer: int) -> None:
         """Before a message goes on the open connection to `peer`: PeerLostError if that rank has

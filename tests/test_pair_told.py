@@ -11,6 +11,7 @@ of waiting out its timeout. Ranks are threads over real sockets (`harness`).
 from __future__ import annotations
 
 import re
+import threading
 import time
 
 import numpy as np
@@ -398,3 +399,36 @@ def test_a_chain_of_receives_hears_a_break_through_the_asks_kept(monkeypatch):
     for r, outcome in enumerate(got, 1):
         assert outcome.startswith(f"RingError: rank {r}: recv " + CAUSE), outcome
     assert asks == {1: 1, 2: 1, 3: 1}, asks
+
+
+@pytest.mark.parametrize("then", ["send", "recv"])
+def test_a_rank_told_of_a_break_on_another_pair_raises_it_at_its_next_message(then):
+    """Rank 1 cannot take rank 0's message (another dtype) and tells rank 0 on their connection.
+    Rank 0's next call was to rank 2: it looked at that pair's connection alone, went on (its
+    send returned, or its receive took rank 2's message), and rank 2, waiting on rank 0, never
+    heard. Now rank 0's next message raises the cause, and rank 2 hears it from rank 0."""
+    told = threading.Event()
+    cause = "aborted by rank 1: rank 1 expected recv(shape=(4,), dtype=float64) from rank 0 but rank 0 sent"
+
+    def rank(g: rd.Group):
+        if g.rank() == 0:
+            rd.send(np.arange(4, dtype=np.float32), 1, group=g)
+            assert told.wait(30)
+            time.sleep(0.2)  # (rank 1's ABORT on their connection reaches this rank's socket)
+            if then == "send":
+                return _outcome(lambda: rd.send(np.ones(2), 2, group=g))
+            return _outcome(lambda: rd.recv(2, np.float64, 2, group=g, timeout=30))
+        if g.rank() == 1:
+            try:
+                return _outcome(lambda: rd.recv(4, np.float64, 0, group=g, timeout=30))
+            finally:
+                told.set()
+        if then == "send":
+            return _outcome(lambda: rd.recv(2, np.float64, 0, group=g, timeout=30))
+        return _outcome(lambda: rd.send(np.ones(2), 0, group=g, timeout=30))
+
+    zero, one, two = run_ranks(3, rank, shm=False)
+    assert one.startswith("MismatchError: rank 1 expected recv(shape=(4,), dtype=float64)"), one
+    assert zero.startswith(f"MismatchError: rank 0: {then} {cause}"), zero
+    if then == "send":  # (a send to rank 0 may have gone into the kernel's buffer before the break)
+        assert two.startswith("MismatchError: rank 2: recv " + cause), two
