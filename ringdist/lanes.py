@@ -287,10 +287,15 @@ class Lanes:
             lane = self.lanes.get(key)
             reserved: set[int] = set()  # tags of kept messages a receive earlier in the lane is owed
             for job in list(lane) if lane else ():
+                if not g.held.by_sender.get(key[1]):
+                    break  # every message kept from this sender has its receive: the rest need not look
                 if job.finished or job.interrupted is not None:  # (one interrupted is dropped: `interrupted`)
                     continue
+                plan = job.plan
+                if (not job.opened and plan.sources is None  # type: ignore[union-attr]
+                        and not g.held.has_tag(key[1], getattr(plan, "tag", ANY_TAG))):
+                    continue  # a receive from this sender for a tag none of its kept messages has
                 if job.opened:
-                    plan = job.plan
                     if plan.sources is not None and plan.peer != key[1]:  # type: ignore[union-attr]
                         # An any-source receive for one tag, reading another sender's message: a
                         # kept message of its tag from this sender is its own, once it gives that

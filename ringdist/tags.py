@@ -102,10 +102,15 @@ class Held:
         self._lock = threading.Lock()
         # Per sender, oldest first; empty when none is kept (a receive's first look, without the lock).
         self.by_sender: dict[int, deque[Message]] = {}
+        # Per sender, how many of its kept messages have each tag: a receive for a tag none has
+        # looks no further (thousands of receives posted, offered each kept message: `lanes`).
+        self._tags: dict[int, dict[int, int]] = {}
 
     def put(self, src: int, message: Message) -> None:
         with self._lock:
             self.by_sender.setdefault(src, deque()).append(message)
+            tags = self._tags.setdefault(src, {})
+            tags[message.tag] = tags.get(message.tag, 0) + 1
 
     def take(self, src: int, tag: int, reserved: frozenset[int] = frozenset()) -> Message | None:
         """The oldest message from `src` a receive for `tag` takes, taken out; None if none.
@@ -117,15 +122,26 @@ class Held:
 
     def _take(self, src: int, tag: int, reserved: frozenset[int]) -> "Message | None":
         held = self.by_sender.get(src)
-        if not held:
+        if not held or (tag != ANY_TAG and tag not in self._tags[src]):
             return None
         for i, message in enumerate(held):
             if matches(tag, message.tag) and message.tag not in reserved:
                 del held[i]
+                tags = self._tags[src]
+                tags[message.tag] -= 1
+                if not tags[message.tag]:
+                    del tags[message.tag]
                 if not held:
                     del self.by_sender[src]
+                    del self._tags[src]
                 return message
         return None
+
+    def has_tag(self, src: int, tag: int) -> bool:
+        """Whether a message from `src` that a receive for `tag` may take is kept (a look without
+        the lock: a message kept meanwhile is offered again once it is)."""
+        tags = self._tags.get(src)
+        return bool(tags) and (tag == ANY_TAG or tag in tags)  # type: ignore[operator]
 
     def kept_note(self, src: int | None) -> str:
         """What a receive from `src` (None: from any rank) that timed out says of the messages kept
@@ -156,6 +172,7 @@ class Held:
     def clear(self) -> None:
         with self._lock:
             self.by_sender.clear()
+            self._tags.clear()
 
     def __bool__(self) -> bool:
         return bool(self.by_sender)
