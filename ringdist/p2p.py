@@ -492,6 +492,8 @@ def sendrecv(x: Any, dst: "int | None", src: "int | None", *, shape: Any = None,
     if dst is None:
         return recv(shape, dtype, src, tag=recvtag, status=status, group=group, timeout=timeout,  # type: ignore[arg-type]
                     async_op=async_op)
+    if not async_op:
+        g.check_usable("sendrecv")  # (a broken group's error names this call, not its halves)
     sending = send(x, dst, tag=sendtag, group=group, timeout=timeout, async_op=True)
     if src is None:
         if async_op:  # (done with None, as the blocking call returns: the receive from None's)

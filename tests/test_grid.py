@@ -130,6 +130,19 @@ def test_sendrecv_fixing_the_shape_checks_it_on_both_ranks():
     assert MismatchError in run_ranks(2, rank)
 
 
+def test_sendrecv_on_a_broken_group_names_itself():
+    # Its error named its receive half ("cannot run recv").
+    def rank(g):
+        with pytest.raises(TypeError):
+            rd.all_sum(np.array(["a"]), group=g)
+        with pytest.raises(rd.GroupBrokenError) as info:
+            rd.sendrecv(np.zeros(2), 1 - g.rank(), 1 - g.rank(), group=g, timeout=20)
+        return str(info.value)
+
+    for r, text in enumerate(run_ranks(2, rank)):
+        assert text.startswith(f"rank {r}: group 'world' cannot run sendrecv"), text
+
+
 def test_sendrecv_checks_its_arguments_before_anything_is_sent():
     # A bad src is refused at once, before the send goes (which nobody would take).
     def rank(g):
