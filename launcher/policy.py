@@ -408,17 +408,19 @@ class JobPolicy:
         out waiting for rank 2'
 
         Ranks that failed before the stop: "in turn" where what they told names another rank's
-        failure (a lost peer, an ABORT passed on), "on their own" otherwise.
+        failure (a lost peer, an ABORT passed on), "on their own" otherwise; remote ranks whose
+        host failed them too (after the cause): "could not be started either".
         """
         if self._cause is None:
             return None
-        on_own, early, stopped = [], [], []
+        on_own, early, stopped, unstarted = [], [], [], []
         for rank, returncode in self._exits.items():
             if rank == self._cause_rank:
                 continue
-            if rank in self._stopped:
-                failed = self._failed_after_stop(rank, returncode) or rank in self._not_started
-                (on_own if failed else stopped).append(rank)
+            if rank in self._not_started:  # its host failed it too (as the cause's, most often)
+                unstarted.append(rank)
+            elif rank in self._stopped:
+                (on_own if self._failed_after_stop(rank, returncode) else stopped).append(rank)
             else:
                 (early if returncode == 0 else on_own).append(rank)
         stopped += sorted(self._stopped - self._exits.keys())  # never exited (given up on)
@@ -434,6 +436,8 @@ class JobPolicy:
             parts.append(f"{rank_list(in_turn)} then failed in turn")
         if own:
             parts.append(f"{rank_list(own)} then failed on {'its' if len(own) == 1 else 'their'} own")
+        if unstarted:
+            parts.append(f"{rank_list(unstarted)} could not be started either")
         if early:
             parts.append(f"{rank_list(early)} had already exited (code 0)")
         if stopped:

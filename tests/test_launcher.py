@@ -309,7 +309,7 @@ def test_policy_start_failure():
     assert "cannot start rank 1 (host localhost): No such file or directory: 'nope'" in decision.message
 
 
-def test_policy_a_remote_rank_that_could_not_start_either_failed_on_its_own():
+def test_policy_a_remote_rank_that_could_not_start_either_is_said_so():
     policy = started_policy(4)
     first = policy.host_failed(0, "a", "ssh exited with code 255 before the rank started", 255)
     assert first.action is Action.STOP and first.ranks == (1, 2, 3) and policy.exit_status == 255
@@ -320,7 +320,7 @@ def test_policy_a_remote_rank_that_could_not_start_either_failed_on_its_own():
         policy.rank_exited(rank, code)
     assert policy.exit_status == 255
     assert policy.summary() == ("ringdist-launch: cannot start rank 0 on host a: ssh exited with code 255 before the "
-                                "rank started; rank 1 then failed on its own; ranks 2,3 stopped by the launcher")
+                                "rank started; rank 1 could not be started either; ranks 2,3 stopped by the launcher")
 
 
 # --- real launches ------------------------------------------------------------------------
@@ -823,7 +823,7 @@ exit 255
     assert result.returncode == 255, result.stderr
     assert launcher_lines(result.stderr)[-1] == (
         f"ringdist-launch: cannot start rank 0 on host rdtest-a: {agent} exited with code 255 before the rank "
-        "started: no route to rdtest-a; rank 1 then failed on its own"), result.stderr
+        "started: no route to rdtest-a; rank 1 could not be started either"), result.stderr
 
 
 def test_policy_after_output_a_gone_reader_is_sigpipe_and_lost_output_no_success():
