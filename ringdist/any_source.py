@@ -181,6 +181,16 @@ class FromAny:
             return None
         missing = [s for s in self.sources if s not in self.known and s not in self.left]
         found = self.askers.look(missing)
+        if found is not None and found[1].get("closed") is True:
+            # That sender closed the group without sending here: one fewer that could send, not
+            # the group's failure (a worker done with its part, while the others still send).
+            message = found[1].get("message")
+            self.left[found[0]] = message if isinstance(message, str) else "it closed the group"
+            try:
+                self._check_left()
+            except PeerLostError as exc:  # every sender has left, or closed the group
+                return exc
+            return None
         return None if found is None else self.g.heard_by_asking(found[0], self.op, found[1])
 
     def _quick(self) -> bool:

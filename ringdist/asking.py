@@ -7,12 +7,14 @@ there went to the connections the peer had, not to this one. So the wait asks th
 (`Endpoint.ask`; its lane says which kind of connection the wait is for). The peer
 - closes it with nothing if it has begun to make the connection waited for (keep waiting:
   that connection carries the messages sent before any failure, then the ABORT);
-- else writes its ABORT on it at once if the group has failed there;
+- else writes its ABORT on it at once if the group has failed there, or a PeerLostError's, marked
+  `closed`, if the group was closed there (`Endpoint.discard`): a receive from that rank raises
+  it; an any-source receive counts that rank as one that will not send;
 - else keeps it open (`Endpoint._keep_ask`) and writes its ABORT on it when the group fails
   there, or closes it once it makes the connection.
 
 So after one ask the waiting rank hears of a failure as soon as the peer has it. An ask closed
-with nothing (or not kept: the peer keeps at most ASKS_KEPT; a closed group keeps none) is
+with nothing (or not kept: the peer keeps at most ASKS_KEPT) is
 made again later, at doubling intervals up to ASK_MOST. The ask's connection is made on a
 thread of its own, so the wait goes on meanwhile (the progress thread serves other messages);
 `look` takes the answer, reading it once it has begun to come (at most ASK_TIMEOUT).

@@ -527,7 +527,7 @@ class Endpoint:
                 why = f"rank {closed_by} closed group {group!r} (Group.close, or the group was dropped)"
                 if group not in self._answers and group not in self._aborted:
                     self._answers[group] = wire.encode_map(wire.ABORT, {
-                        "error": "PeerLostError", "message": why, "origin": closed_by, "seq": None})
+                        "error": "PeerLostError", "message": why, "origin": closed_by, "seq": None, "closed": True})
                     if len(self._answers) > ENDED_KEPT:
                         oldest = next(iter(self._answers))
                         del self._answers[oldest]
@@ -538,7 +538,7 @@ class Endpoint:
             if kind is None and group not in self._answers:
                 # (a failed group's asks are still answered "keep waiting" where it dialed)
                 self._dialed = _without(self._dialed, group)
-            if kind is None:
+            if kind is None and why is None:  # (closed: asks about the links it made still wait for them)
                 self._linked = _without(self._linked, group)
                 asks = self._pop_asks(lambda where: where[0] == group)
                 answer = self._answers.get(group) if why is not None else None

@@ -445,3 +445,35 @@ def test_an_object_any_source_receive_names_itself_in_its_errors():
 
     got = run_ranks(2, rank)[1]
     assert got.startswith("rank 1: recv_object_any: rank 0 could not send its object: rank 0: send_object: "), got
+
+
+@pytest.mark.parametrize("async_op", [False, True], ids=["blocking", "async"])
+def test_a_sender_that_closed_the_group_is_one_fewer_to_wait_for(async_op):
+    """A worker done with its part closes the group: an any-source receive asking it hears so,
+    and waits for the others (it failed, breaking the group, and the message another rank sent
+    later was lost); once every sender has closed, it raises PeerLostError."""
+    def rank(g: rd.Group):
+        found = []
+        for closing in ((2,), (1, 2)):
+            sub = g.split(0)
+            if g.rank() in closing:
+                sub.close()
+            elif g.rank() == 1:
+                time.sleep(3.0)  # (past the receive's first asks)
+                rd.send(np.ones(2), 0, group=sub)
+            else:
+                try:
+                    got = rd.recv_any((2,), np.float64, group=sub, timeout=30, async_op=async_op)
+                    src, x = got.wait() if async_op else got
+                    found.append((src, x.tolist()))
+                except rd.RingError as exc:
+                    found.append(f"{type(exc).__name__}: {exc}")
+            rd.barrier(group=g)
+            if g.rank() not in closing:
+                sub.close()
+        return found
+
+    first, then = run_ranks(3, rank, shm=False)[0]
+    assert first == (1, [1.0, 1.0]), first
+    assert then.startswith("PeerLostError: rank 0: recv_any in group ") and "no rank is left to send" in then, then
+    assert "rank 1 closed group" in then and "rank 2 closed group" in then, then
