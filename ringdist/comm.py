@@ -27,8 +27,8 @@ from .flows import Inflow, Outflow, Watch
 from .channel import Channel, about
 from .asking import ASK_AFTER, Asker
 from .endpoint import ASK_LINK, ASK_MESSAGE, Endpoint, InboxKey
-from .errors import (ConfigError, GroupBrokenError, MismatchError, PeerLostError, RingError, RingTimeoutError,
-                     known)
+from .errors import (ConfigError, ConnectError, GroupBrokenError, MismatchError, PeerLostError, RingError,
+                     RingTimeoutError, known)
 from .hosts import Hierarchy, hierarchical, layout
 from .links import Links
 from .mesh import MAX_RANKS as MESH_MAX_RANKS, MeshLinks
@@ -887,8 +887,9 @@ class Comm:
             assert self._endpoint is not None
             # (A first message's dial, to a rank that takes the connection but never answers, is no
             # progress either: the call's timeout bounds it, where shorter than the connect timeout.)
-            deadline = deadlines.after(min(self.settings.connect_timeout, self._timeout(timeout)) if outgoing
-                                       else self._timeout(timeout))
+            bound = self._timeout(timeout)
+            by_call = outgoing and bound < self.settings.connect_timeout
+            deadline = deadlines.after(min(self.settings.connect_timeout, bound) if outgoing else bound)
 
             asker = None if outgoing else self.asker(peer)
 
@@ -905,7 +906,14 @@ class Comm:
                 try:
                     sock = self._endpoint.connect(self._addresses[peer], InboxKey(self.gid, self._rank, "p2p", 0),
                                                   deadline, f"rank {peer} of group {self.gid!r}", up=True, check=check,
-                                                  me=self._rank, peer_rank=peer)
+                                                  me=self._rank, peer_rank=peer,
+                                                  limit=f"the call's timeout={bound:g} s" if by_call else None)
+                except ConnectError as exc:
+                    self._endpoint.note_not_dialed(self.gid, peer)
+                    if not (by_call and deadlines.passed(deadline)):
+                        raise
+                    raise known(RingTimeoutError(str(exc)), rank=self._rank, group=self.gid, op=op, peer=peer,
+                                address=exc.address) from None  # the call's timeout= ran out: its error
                 except BaseException:
                     self._endpoint.note_not_dialed(self.gid, peer)
                     raise

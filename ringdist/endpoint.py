@@ -556,7 +556,7 @@ class Endpoint:
 
     def connect(self, addresses: list[tuple[str, int]], key: InboxKey, deadline: float,
                 peer: str, *, up: bool = False, check: Callable[[], None] | None = None,
-                me: int | None = None, peer_rank: int | None = None) -> socket.socket:
+                me: int | None = None, peer_rank: int | None = None, limit: str | None = None) -> socket.socket:
         """Dial `peer` at the first of `addresses` that answers, and authenticate.
 
         `key` is what the peer files the connection under: (group, my rank, kind, lane).
@@ -568,10 +568,11 @@ class Endpoint:
         PeerLostError at once, not a wait until `deadline`; so does a peer known to have left
         the job (`note_departed`). `check` is called between tries (an ABORT seen meanwhile).
         `me`: this rank's rank in the group dialing, which errors name (default: the world's);
-        `peer_rank`: the peer's, which its errors carry with the group and its address.
+        `peer_rank`: the peer's, which its errors carry with the group and its address. `limit`:
+        what set `deadline`, as errors name it (default: RINGDIST_CONNECT_TIMEOUT).
         """
         try:
-            return self._connect(addresses, key, deadline, peer, up, check, me)
+            return self._connect(addresses, key, deadline, peer, up, check, me, limit)
         except RingError as exc:
             known(exc, rank=me, group=key.group)
             if getattr(exc, "ringdist_origin", None) is None:  # (an ABORT's carries its origin's peer)
@@ -579,8 +580,9 @@ class Endpoint:
             raise
 
     def _connect(self, addresses: list[tuple[str, int]], key: InboxKey, deadline: float, peer: str, up: bool,
-                 check: Callable[[], None] | None, me: int | None) -> socket.socket:
+                 check: Callable[[], None] | None, me: int | None, limit: str | None = None) -> socket.socket:
         label = self.label if me is None else f"rank {me}"
+        limit = limit or f"RINGDIST_CONNECT_TIMEOUT={self.connect_timeout:g} s"
         errors: list[str] = []
         attempts = 0
         delay = 0.01
@@ -623,10 +625,10 @@ class Endpoint:
                 tried = "; ".join(errors[-len(addresses):]) or "no address"
                 hint = CUT_OFF_HINT if tried.endswith("(connection closed before WELCOME)") else ""
                 if "handshake: timed out" in tried:  # the kernel took the connection; that rank's process never answered
-                    hint += (f" (RINGDIST_CONNECT_TIMEOUT={self.connect_timeout:g} s sets the limit; a process out of file "
-                             f"descriptors takes no connection, and its log says so)")
+                    hint += (f" ({limit} sets the limit; a process stopped, or out of file descriptors, takes no "
+                             f"connection: its log says the latter)")
                 elif "timed out" in tried:
-                    hint += f" (RINGDIST_CONNECT_TIMEOUT={self.connect_timeout:g} s sets the limit)"
+                    hint += f" ({limit} sets the limit)"
                 raise ConnectError(f"{label}: cannot reach {peer}: {tried} ({attempts} attempts){hint}")
             if check is not None:
                 check()

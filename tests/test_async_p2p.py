@@ -127,11 +127,13 @@ def test_recv_checks_its_shape_before_taking_a_message():
 
 def test_a_first_message_to_a_rank_that_never_answers_the_handshake_ends_at_the_calls_timeout():
     # The dial of a pair's first message waited out RINGDIST_CONNECT_TIMEOUT (30 s), whatever the
-    # call's timeout=; a non-blocking one held the progress thread meanwhile.
+    # call's timeout=; a non-blocking one held the progress thread meanwhile. It is the call's
+    # timeout that ends it now, and its error says so (RingTimeoutError, naming that limit).
     res = run_launcher(["-n", "2", str(SCRIPTS / "first_dial_stalled.py")], timeout=45,
                        env={"RINGDIST_TIMEOUT": "20", "RINGDIST_CONNECT_TIMEOUT": "120"})
     assert res.returncode == 0, res.stdout + res.stderr
     for kind in ("blocking", "async"):
         line = next(line for line in res.stdout.splitlines() if line.startswith(f"[0] {kind}: "))
-        assert line.startswith(f"[0] {kind}: ConnectError: rank 0: cannot reach rank 1 of group 'world'"), line
-        assert "handshake: timed out" in line, line
+        assert line.startswith(f"[0] {kind}: RingTimeoutError: rank 0: cannot reach rank 1 of group 'world'"), line
+        assert "handshake: timed out" in line and "(the call's timeout=2 s sets the limit; a process stopped" in line, \
+            line
