@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import bisect
 import select
+import time
 from typing import Any
 
 import numpy as np
@@ -160,8 +161,10 @@ class FromAny:
                 left = deadlines.left(deadline)
                 if left <= 0:
                     raise known(RingTimeoutError(self.waiting(self.limit)), rank=g.rank(), group=g.gid, op=self.op)
+                began = time.monotonic()
                 if self._look(self.sources, min(left, POLL_SLICE), held):
                     return True
+                deadline += deadlines.stopped_for(began, min(left, POLL_SLICE))  # (stopped: not counted)
                 if self.take_held():  # read ahead by another thread's receive meanwhile
                     return True
                 exc = self.ask_missing()

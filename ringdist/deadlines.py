@@ -78,14 +78,17 @@ def socket_wait(deadline: float) -> float | None:
 # A wait that comes back this many seconds later than it asked (a spin, a poll) was stopped: the
 # process was suspended (Ctrl-Z, SIGSTOP: `ringdist-launch` suspends every rank) or not run at
 # all meanwhile. A timeout counts progress, so that time is not counted against a peer: after a
-# stop longer than the timeout every waiting rank timed out at once when continued.
-SUSPENDED = 1.0
+# stop longer than the timeout every waiting rank timed out at once when continued. Waits that
+# count so are cut into slices of at most SLICE: none of a slice that was stopped counts (no
+# clock tells when in it the stop came), which postpones a timeout by at most SLICE a stop.
+SUSPENDED = 0.5
+SLICE = 1.0
 
 
 def stopped_for(began: float, asked: float) -> float:
     """The seconds a wait that began at `began` (`time.monotonic()`) and asked for `asked` seconds
-    took, where it ran over SUSPENDED past them (the process was stopped at some moment of it,
-    which no clock tells: none of it counts); else 0."""
+    (at most SLICE) took, where it ran over SUSPENDED past them: the process was stopped at some
+    moment of it, and none of it counts; else 0."""
     took = time.monotonic() - began
     return took if took - asked > SUSPENDED else 0.0
 

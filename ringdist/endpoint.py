@@ -434,7 +434,10 @@ class Endpoint:
                 elif source:  # its addresses are tried every PROBE_AFTER (`_probe`)
                     wait = min(wait, PROBE_AFTER)
                 if not isinstance(gone, str):
-                    self._cond.wait(wait if check is None else min(wait, CHECK_INTERVAL))
+                    wait = min(wait, deadlines.SLICE) if check is None else min(wait, CHECK_INTERVAL)
+                    began = time.monotonic()
+                    self._cond.wait(wait)
+                    deadline += deadlines.stopped_for(began, wait)  # (the process was stopped: not counted)
             if check is not None:
                 check()
             if isinstance(gone, str):

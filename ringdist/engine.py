@@ -143,6 +143,7 @@ def run(inflows: list[Inflow], outflows: list[Outflow], watched: list[Channel], 
                     os.sched_yield()
                 events = poller.poll(0)  # a short spin beats the kernel's wake-up latency
             last_progress += deadlines.stopped_for(spun, spin)  # (no background: it does not spin)
+            # (A spin is at most milliseconds: a stop in it is all of what it took.)
         while idle is not None and not events:
             if not idle():
                 idle = None
@@ -156,7 +157,7 @@ def run(inflows: list[Inflow], outflows: list[Outflow], watched: list[Channel], 
                 cap = bg.max_wait()
                 if cap is not None and cap < wait:
                     wait = max(cap, 0.0)
-            began, ms = time.monotonic(), deadlines.poll_ms(wait)
+            began, ms = time.monotonic(), deadlines.poll_ms(min(wait, deadlines.SLICE))
             events = poller.poll(ms) if ms else []
             lost = deadlines.stopped_for(began, ms / 1000)  # the process was stopped meanwhile: not counted
             if lost:

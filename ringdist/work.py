@@ -287,7 +287,7 @@ def _loop(flows: Lanes) -> None:
         flows.pump()
         registered = engine.sync_fds(poller, registered, flows.masks())
         wait = flows.max_wait()
-        began, ms = time.monotonic(), None if wait is None else deadlines.poll_ms(wait)
+        began, ms = time.monotonic(), None if wait is None else deadlines.poll_ms(min(wait, deadlines.SLICE))
         events = poller.poll(ms)
         if ms is not None:  # (what woke it may have come as the process was continued)
             flows.stopped(deadlines.stopped_for(began, ms / 1000))
