@@ -6,7 +6,8 @@ agent's stdin, so nothing secret is ever on a command line:
   TERM, KILL  stop the rank: signal its whole process group, and (Linux) the rest of its
               session, what it started in process groups of its own
   USR1, USR2  pass the signal on to the rank's process group (the launcher got it)
-  STOP, CONT  the same (Ctrl-Z suspended the job; it was continued)
+  STOP, CONT  suspend or continue the rank (Ctrl-Z, then fg): its process group and the rest of
+              its session, as TERM
   end of file the launcher (or its ssh connection) is gone: SIGKILL the group at
               once, as the kernel and the job's guard do for local ranks
 The rank runs in its own session with stdin closed and this process's stdout and
@@ -115,7 +116,7 @@ class Keeper:
                 os.killpg(self.proc.pid, sig)
             except (ProcessLookupError, PermissionError):
                 pass
-            if sig in (signal.SIGTERM, signal.SIGKILL):
+            if sig in (signal.SIGTERM, signal.SIGKILL, signal.SIGSTOP, signal.SIGCONT):
                 _signal_session(self.proc.pid, sig)
 
     def listen(self, stdin):
