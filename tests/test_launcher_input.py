@@ -373,7 +373,9 @@ def test_a_remote_host_whose_name_does_not_resolve_is_unreachable(monkeypatch, c
     err = capsys.readouterr().err
     assert status == 255, err
     assert err.strip() == ("ringdist-launch: host 'nosuchhost.invalid': cannot resolve 'nosuchhost.invalid' "
-                           "(no such host name, or no name service)"), err
+                           "(no such host name, or no name service) (--hosts nosuchhost.invalid: no file of that "
+                           "name here, so it was taken as a host name; a hostfile is given by its path, or named "
+                           "*.json)"), err
     # Behind a jump host, ssh resolves the name there: the address to give is still asked for.
     monkeypatch.setattr(route, "_ssh_config", lambda agent, target: {"hostname": "db7.internal.invalid",
                                                                       "proxyjump": "bastion.example.com"})
