@@ -81,7 +81,7 @@ def socket_wait(deadline: float) -> float | None:
 # stop longer than the timeout every waiting rank timed out at once when continued. Waits that
 # count so are cut into slices of at most SLICE: none of a slice that was stopped counts (no
 # clock tells when in it the stop came), which postpones a timeout by at most SLICE a stop.
-SUSPENDED = 0.5
+SUSPENDED = 1.0
 SLICE = 1.0
 
 
