@@ -270,8 +270,8 @@ class RemoteRankProcess(RankProcess):
 
     def signal(self, sig: int) -> None:
         if sig not in (signal.SIGTERM, signal.SIGKILL):  # passed on (SIGUSR1, SIGUSR2): a rank not started misses it
-            if self._started:
-                self.order(signal.Signals(sig).name[3:])
+            if self._started or sig in (signal.SIGSTOP, signal.SIGCONT):  # (the keeper reads orders once it
+                self.order(signal.Signals(sig).name[3:])  # has started the rank: a Ctrl-Z reaches it then)
             return
         if sig == signal.SIGKILL:
             self.order("KILL", close=True)
