@@ -16,6 +16,7 @@ import numbers
 import os
 import select
 import threading
+import time
 import weakref
 from types import SimpleNamespace
 from typing import Any, Callable, Iterator
@@ -158,8 +159,9 @@ class Comm:
         self._p2p_out: dict[int, list] = {}  # peer -> [Channel, messages sent]
         # The message connections this rank sends on, by fd: what comes back on one is an ABORT
         # (or its close), looked for before every message (`_check_told`), in one poll.
-        self._outs_poll: select.poll | None = None
+        self._outs_poll = select.poll()
         self._outs: dict[int, tuple[int, Channel]] = {}
+        self._outs_lock = threading.Lock()  # the poll, and its fds (one thread at a time may poll it)
         self._p2p_in: dict[int, list] = {}  # peer -> [Channel, messages received]
         self._p2p_turns: dict[tuple[int, bool], threading.Lock] = {}  # (peer, outgoing) -> its message's turn
         self._p2p_holders: dict[tuple[int, bool], threading.Thread] = {}  # the thread that took each turn last
@@ -855,13 +857,17 @@ class Comm:
             if ready is None:  # (in slices: on the main thread a signal's handler runs between them)
                 deadline = deadlines.after(limit)
                 while True:
-                    taken = turn.acquire(timeout=deadlines.thread_wait(deadlines.left(deadline)))
+                    began, asked = time.monotonic(), min(deadlines.thread_wait(deadlines.left(deadline)), deadlines.SLICE)
+                    taken = turn.acquire(timeout=asked)
+                    deadline += deadlines.stopped_for(began, asked)  # (the process was stopped: not counted)
                     if taken or deadlines.passed(deadline):
                         break
             else:
                 deadline = deadlines.after(limit)
                 while True:
-                    taken = turn.acquire(timeout=max(0.0, min(HELD_LOOK, deadlines.left(deadline))))
+                    began, asked = time.monotonic(), max(0.0, min(HELD_LOOK, deadlines.left(deadline)))
+                    taken = turn.acquire(timeout=asked)
+                    deadline += deadlines.stopped_for(began, asked)
                     if taken or deadlines.left(deadline) <= 0:
                         break
                     if ready():
@@ -910,7 +916,7 @@ class Comm:
                                                   limit=f"the call's timeout={bound:g} s" if by_call else None)
                 except ConnectError as exc:
                     self._endpoint.note_not_dialed(self.gid, peer)
-                    if not (by_call and deadlines.passed(deadline)):
+                    if not (by_call and deadlines.left(deadline) < 1.0):  # (its last try may end before it)
                         raise
                     raise known(RingTimeoutError(str(exc)), rank=self._rank, group=self.gid, op=op, peer=peer,
                                 address=exc.address) from None  # the call's timeout= ran out: its error
@@ -920,10 +926,9 @@ class Comm:
                 ch = Channel(sock, me=self._rank, peer=peer, group=self.gid, role="p2p-out",
                              world_ranks=self._world_ranks)
                 table[peer] = [ch, 0]
-                if self._outs_poll is None:
-                    self._outs_poll = select.poll()
-                self._outs_poll.register(ch.fd, select.POLLIN)
-                self._outs[ch.fd] = (peer, ch)
+                with self._outs_lock:
+                    self._outs_poll.register(ch.fd, select.POLLIN)
+                    self._outs[ch.fd] = (peer, ch)
                 if self._broken:  # it broke while this dialed (the receiver's asks: keep waiting)
                     self._refuse_message(ch, op)
             elif not wait:
@@ -1100,31 +1105,42 @@ class Comm:
         other pairs, and the ranks waiting on it never heard. One poll of every such connection
         (a microsecond for a few). A connection only closed is left to a message to that rank:
         a rank that has left the job after its last receive breaks nothing."""
-        looker = self._outs_poll
-        assert looker is not None
-        for fd, _ in looker.poll(0):
-            theirs, ch = self._outs.get(fd, (-1, None))
-            if theirs == peer:
-                continue
-            if ch is None or ch.closed or self._p2p_out.get(theirs, [None])[0] is not ch:
-                self._outs.pop(fd, None)  # (gone with a connection cut: left to a message to that rank)
-                looker.unregister(fd)
-                continue
-            turn = self._p2p_turns.get((theirs, True))
-            if turn is None or not turn.acquire(False):  # its holder reads what came back itself
-                continue
-            try:
-                if ch.gone() != "":  # closed: left to a message to that rank
-                    self._outs.pop(fd, None)
-                    looker.unregister(fd)
+        if not self._outs_lock.acquire(False):
+            return  # another thread is looking (a poll object takes one thread at a time)
+        try:
+            found = self._outs_poll.poll(0)
+            for fd, _ in found:
+                theirs, ch = self._outs.get(fd, (-1, None))
+                if theirs == peer:
+                    continue
+                if ch is None or ch.closed or self._p2p_out.get(theirs, [None])[0] is not ch:
+                    self._unwatch(fd)  # (gone with a connection cut: left to a message to that rank)
+                    continue
+                turn = self._p2p_turns.get((theirs, True))
+                if turn is None or not turn.acquire(False):  # its holder reads what came back itself
                     continue
                 try:
-                    aborts.pending_abort([ch], op)
-                except RingError as exc:
-                    self._fail(op, [ch] + (self.channels if self.ring is not None else []), None, [], exc)
-                    raise
-            finally:
-                turn.release()
+                    why = ch.gone()
+                    if why:  # closed: left to a message to that rank
+                        self._unwatch(fd)
+                    elif why == "":
+                        try:
+                            aborts.pending_abort([ch], op)
+                        except RingError as exc:
+                            self._fail(op, [ch] + (self.channels if self.ring is not None else []), None, [], exc)
+                            raise
+                finally:
+                    turn.release()
+        finally:
+            self._outs_lock.release()
+
+    def _unwatch(self, fd: int) -> None:
+        """Stop looking at a connection for what comes back (under `_outs_lock`)."""
+        self._outs.pop(fd, None)
+        try:
+            self._outs_poll.unregister(fd)
+        except KeyError:
+            pass
 
     def _check_outgoing(self, ch: Channel, peer: int) -> None:
         """Before a message goes on the open connection to `peer`: PeerLostError if that rank has

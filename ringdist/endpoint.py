@@ -524,6 +524,7 @@ class Endpoint:
         it (a PeerLostError, as ABORT), unless the group failed here first; asks from the ranks
         this rank dialed are still told to wait (their connections carry what was sent)."""
         asks: list[socket.socket] = []
+        answered: list[socket.socket] = []  # kept asks a closed group's answer goes on
         answer = why = None
         with self._cond:
             if closed_by is not None and kind is None:
@@ -543,16 +544,18 @@ class Endpoint:
                 self._dialed = _without(self._dialed, group)
             if kind is None and why is None:  # (closed: asks about the links it made still wait for them)
                 self._linked = _without(self._linked, group)
-                asks = self._pop_asks(lambda where: where[0] == group)
+            if kind is None:
                 answer = self._answers.get(group) if why is not None else None
+                for (_, peer, lane) in [where for where in self._asks if where[0] == group]:
+                    made = (group, peer) in (self._dialed if lane == ASK_MESSAGE else self._linked)
+                    (asks if answer is None or made else answered).extend(self._asks.pop((group, peer, lane)))
             if len(self._ended) > ENDED_KEPT:
                 del self._ended[next(iter(self._ended))]
             filed = self._pop_filed(lambda k: k.group == group and kind in (None, k.kind))
-        for sock in asks:
-            if why is not None and answer is not None:
-                channel.send_quietly(sock, answer)
+        for sock in answered:
+            channel.send_quietly(sock, answer)  # type: ignore[arg-type]
             sock.close()
-        for sock in filed:
+        for sock in asks + filed:
             sock.close()
 
     # ---- connecting --------------------------------------------------------------------------

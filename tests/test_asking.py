@@ -443,3 +443,32 @@ def test_a_refused_send_passes_on_the_cause_found_for_a_lost_peer():
     assert refused.startswith("GroupBrokenError: rank 0: group 'world' cannot run send"), refused
     assert sent == "returned" and whole == "returned", (sent, whole)
     assert "aborted by rank 1: TypeError: rank 1: all_sum: dtype <U1" in got, got
+
+
+def test_a_receive_whose_ask_was_kept_hears_when_its_sender_closes_the_group():
+    """Rank 0 waits long enough to have asked (its ask kept by ranks 1 and 2) before they close
+    the group: the kept asks are answered as they close. A receive from rank 2 raises that it
+    closed the group, an any-source receive that no rank is left, each at the close, not at its
+    timeout."""
+    def rank(g: rd.Group):
+        found = []
+        for any_source in (False, True):
+            sub = g.split(0)
+            if g.rank() == 0:
+                began = time.monotonic()
+                if any_source:
+                    found.append(_outcome(lambda: rd.recv_any(2, np.float64, group=sub, timeout=30)))
+                else:
+                    found.append(_outcome(lambda: rd.recv(2, np.float64, 2, group=sub, timeout=30)))
+                found.append(time.monotonic() - began < 20)
+            else:
+                time.sleep(3.0)  # (past the first asks: 0.5 s from one rank, 2 s from any)
+                sub.close()
+            rd.barrier(group=g)
+            sub.close()
+        return found
+
+    one, one_early, any_, any_early = run_ranks(3, rank, shm=False)[0]
+    assert one.startswith("PeerLostError: rank 0: recv aborted by rank 2: rank 2 closed group"), one
+    assert any_.startswith("PeerLostError: rank 0: recv_any in group ") and "no rank is left to send" in any_, any_
+    assert one_early and any_early

@@ -432,3 +432,33 @@ def test_a_rank_told_of_a_break_on_another_pair_raises_it_at_its_next_message(th
     assert zero.startswith(f"MismatchError: rank 0: {then} {cause}"), zero
     if then == "send":  # (a send to rank 0 may have gone into the kernel's buffer before the break)
         assert two.startswith("MismatchError: rank 2: recv " + cause), two
+
+
+def test_threads_sending_to_several_ranks_at_once_look_at_what_came_back_one_at_a_time():
+    """Four threads of rank 0 each send to one of ranks 1-4 on one group: each message looks at
+    what came back on the group's connections first (`Comm._check_told`), and a poll object
+    takes one thread at a time ("RuntimeError: concurrent poll() invocation" killed the threads,
+    and their receivers waited out their timeout)."""
+    count = 300
+
+    def rank(g: rd.Group):
+        if g.rank() == 0:
+            errors: list[BaseException] = []
+
+            def sender(p: int) -> None:
+                try:
+                    for i in range(count):
+                        rd.send(np.full(1, i), p, group=g, timeout=30)
+                except BaseException as exc:  # noqa: BLE001 - reported below
+                    errors.append(exc)
+
+            threads = [threading.Thread(target=sender, args=(p,)) for p in range(1, 5)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(60)
+            return [f"{type(e).__name__}: {e}" for e in errors]
+        return [int(rd.recv(1, np.int64, 0, group=g, timeout=30)[0]) for _ in range(count)] == list(range(count))
+
+    results = run_ranks(5, rank, shm=False, timeout=120)
+    assert results[0] == [] and results[1:] == [True] * 4, results
