@@ -234,9 +234,7 @@ class _Supervisor:
         try:
             self._log(f"rendezvous listening at {server.address}")
             self._start_guard()
-            socket_dir = self._make_socket_dir()  # after the guard starts: it is told at once to remove it
-            if self.guard is not None and socket_dir is not None:
-                self.guard.remove(socket_dir)
+            socket_dir = self._make_socket_dir()  # after the guard starts: it is told before it is made
             self._start_ranks(spawners, server.address, secret, socket_dir)
             self._supervise()
         finally:
@@ -256,8 +254,14 @@ class _Supervisor:
             return None
         # Under /tmp where $TMPDIR is too long a path for the socket files (`posixshm.fits`).
         short = posixshm.fits(os.path.join(tempfile.gettempdir(), "rd-" + "x" * 8))
+        # Its guard is told first, then it is made (a name of 64 random bits nobody else holds):
+        # a launcher killed between making it and telling the guard (mkdtemp) left it behind.
+        path = os.path.join(tempfile.gettempdir() if short else posixshm.SHORT_BASE, f"rd-{secrets.token_hex(8)}")
+        if self.guard is not None:
+            self.guard.remove(path)
         try:
-            return tempfile.mkdtemp(prefix="rd-", dir=None if short else posixshm.SHORT_BASE)
+            os.mkdir(path, 0o700)
+            return path
         except OSError as e:  # the ranks then put their sockets under $TMPDIR themselves
             self.writer.message(f"ringdist-launch: warning: cannot make the job's socket directory: {e}")
             return None

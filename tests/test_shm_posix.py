@@ -190,7 +190,9 @@ def test_kill_9_of_the_launcher_leaves_no_socket_directory():
 
 def test_kill_9_of_the_launcher_as_it_makes_the_socket_directory_leaves_nothing():
     # Killed as soon as the directory appears, before any rank runs: the guard was started first
-    # and told of the directory at once (made before the guard, it was left behind 2 times in 3).
+    # and told of the directory before it is made (made before the guard, it was left behind 2
+    # times in 3; told just after it was made, a launcher killed in between left it: 1 full run
+    # in 3 of another machine's).
     # A TMPDIR of its own, short enough for the socket files (pytest's tmp_path may not be).
     tmp_path = Path(tempfile.mkdtemp(prefix="rdt-", dir="/tmp"))
     proc = start_launcher(["-n", "2", str(SCRIPTS / "shm_posix.py"), "loop", "0.01"],
