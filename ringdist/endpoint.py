@@ -282,6 +282,17 @@ class Endpoint:
             channel.send_quietly(sock, frame)
             sock.close()
 
+    def _pop_group_asks(self, group: str, answering: bool) -> tuple[list[socket.socket], list[socket.socket]]:
+        """The asks kept for `group`, taken out (under the lock): those to close with nothing, and
+        (`answering`: it was closed here) those to answer, whose asker's connection (a message's,
+        or a link) this rank never made."""
+        quiet: list[socket.socket] = []
+        answered: list[socket.socket] = []
+        for (_, peer, lane) in [where for where in self._asks if where[0] == group]:
+            made = (group, peer) in (self._dialed if lane == ASK_MESSAGE else self._linked)
+            (answered if answering and not made else quiet).extend(self._asks.pop((group, peer, lane)))
+        return quiet, answered
+
     def _pop_asks(self, which: Callable[[tuple[str, int, int]], bool]) -> list[socket.socket]:
         """The kept asks of the (group, rank, lane)s `which` says, taken out (under the lock)."""
         return [sock for where in [w for w in self._asks if which(w)] for sock in self._asks.pop(where)]
@@ -546,9 +557,7 @@ class Endpoint:
                 self._linked = _without(self._linked, group)
             if kind is None:
                 answer = self._answers.get(group) if why is not None else None
-                for (_, peer, lane) in [where for where in self._asks if where[0] == group]:
-                    made = (group, peer) in (self._dialed if lane == ASK_MESSAGE else self._linked)
-                    (asks if answer is None or made else answered).extend(self._asks.pop((group, peer, lane)))
+                asks, answered = self._pop_group_asks(group, answer is not None)
             if len(self._ended) > ENDED_KEPT:
                 del self._ended[next(iter(self._ended))]
             filed = self._pop_filed(lambda k: k.group == group and kind in (None, k.kind))
