@@ -294,17 +294,17 @@ def test_the_time_a_job_is_suspended_does_not_count_toward_its_timeout(tmp_path)
     # (124) soon after it was continued.
     script = tmp_path / "ticks.py"
     script.write_text("import os, time\nprint(f'ready pid={os.getpid()}', flush=True)\n"
-                      "for _ in range(50):\n    time.sleep(0.1)\nprint('done', flush=True)\n")
-    proc = start_launcher(["-n", "1", "--timeout", "9", str(script)])
+                      "for _ in range(30):\n    time.sleep(0.1)\nprint('done', flush=True)\n")
+    proc = start_launcher(["-n", "1", "--timeout", "6", str(script)])
     try:
         out = LineReader(proc.stdout)
         pid = int(out.wait_for(r"^\[0\] ready pid=(\d+)$", 1, timeout=60)[0].group(1))
-        time.sleep(1.0)
+        time.sleep(0.5)
         proc.send_signal(signal.SIGTSTP)
         deadline = time.monotonic() + 20
         while (_state(proc.pid), _state(pid)) != ("T", "T") and time.monotonic() < deadline:
             time.sleep(0.05)
-        time.sleep(6.0)  # with the 5 s the rank runs, past the 9 s limit
+        time.sleep(4.0)  # with the 3 s the rank runs, past the 6 s limit
         proc.send_signal(signal.SIGCONT)
         assert proc.wait(timeout=60) == 0, out.rest() + proc.stderr.read()
         assert "[0] done" in out.rest()
